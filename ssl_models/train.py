@@ -1,0 +1,264 @@
+"""Training loops: contrastive pretraining (SimCLR / MICLe) and supervised fine-tuning.
+
+Data path: the whole image set is a uint8 tensor (N, C, H, W), on the GPU when it fits, else in
+pinned host memory. Each step gathers a batch of indices and augments it on the device, every
+image with its own random parameters, so no CPU worker pool is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
+from ssl_models.distributed import ProcessInfo, init_from_environment, mean_across_ranks
+from ssl_models.heads import Classifier, ProjectionHead
+from ssl_models.losses import NTXentLoss
+from ssl_models.micle import MiclePairSampler
+from ssl_models.optim import build_optimizer, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Contrastive pretraining. Defaults run in about a minute on a 2-core CPU at 28 px."""
+
+    epochs: int = 5
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-6
+    optimizer: str = "adamw"
+    warmup_epochs: int = 1
+    temperature: float = 0.2
+    projection_dim: int = 64
+    seed: int = 0
+    channels_last: bool = True
+    compile: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Supervised fine-tuning of encoder + linear classifier (``linear_probe`` freezes the encoder)."""
+
+    epochs: int = 15
+    min_steps: int = 150
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    linear_probe: bool = False
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=lambda: FINETUNE_AUGMENT)
+
+
+EpochCallback = Callable[[int, dict, Callable[[], dict]], None]
+"""on_epoch_end(epoch, metrics, state_fn): state_fn() returns a resumable state dict."""
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Put the uint8 image set on the GPU if it takes under a quarter of free memory, else pin it on the host."""
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        if images.numel() * images.element_size() < free_bytes // 4:
+            return images.to(device)
+        return images.pin_memory()
+    return images
+
+
+def _batch_to_device(images: torch.Tensor, indices: np.ndarray, device: torch.device) -> torch.Tensor:
+    index = torch.from_numpy(indices).to(images.device)
+    return images.index_select(0, index).to(device, non_blocking=True)
+
+
+def _autocast(device: torch.device):
+    # bf16 on GPUs; CPU autocast slows small convolutions, so CPU stays in fp32.
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder + projection head. (B, C, H, W) -> (B, projection_dim)."""
+
+    def __init__(self, encoder: nn.Module, projection_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.projection = ProjectionHead(encoder.feature_dim, out_dim=projection_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.encoder(images))
+
+
+def pretrain_contrastive(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    case_ids: Sequence,
+    config: PretrainConfig,
+    on_epoch_end: EpochCallback | None = None,
+    resume_state: dict | None = None,
+) -> list[dict]:
+    """Train ``encoder`` in place with NT-Xent on (anchor, partner) pairs from MiclePairSampler.
+
+    Pass ``case_ids = range(N)`` for SimCLR (every image its own case: two augmentations of one
+    image); pass real (or proxy) case ids for MICLe.
+
+    Args:
+        encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim).
+        images: (N, C, H, W) uint8 on the host.
+        case_ids: length-N case identifiers.
+        resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch.
+
+    Returns:
+        One dict per epoch trained: epoch, loss, images_per_second, learning_rate.
+    """
+    if len(case_ids) != images.shape[0]:
+        raise ValueError(f"case_ids has {len(case_ids)} entries but there are {images.shape[0]} images")
+    device = pick_device()
+    process = init_from_environment(device.type)
+    torch.manual_seed(config.seed + process.rank)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = ContrastiveModel(encoder, config.projection_dim).to(device, memory_format=memory_format)
+    if process.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(model) if config.compile else model
+    sampler = MiclePairSampler(case_ids, seed=config.seed, rank=process.rank, world_size=process.world_size)
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(case_ids) / process.world_size) / config.batch_size))
+    optimizer = build_optimizer(config.optimizer, model, config.learning_rate, config.weight_decay)
+    schedule = warmup_cosine(optimizer, config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch)
+    loss_fn = NTXentLoss(config.temperature)
+    generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + process.rank)
+    start_epoch = 0
+    if resume_state is not None:
+        _unwrap(model).load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        schedule.load_state_dict(resume_state["schedule"])
+        generator.set_state(resume_state["generator"].to(generator.device) if device.type == "cpu" else resume_state["generator"])
+        start_epoch = resume_state["epoch"] + 1
+        log.info("resuming contrastive pretraining after epoch %d", resume_state["epoch"])
+
+    stored = place_images(images, device)
+    history: list[dict] = []
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        anchors, partners = sampler.pairs(epoch)
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for start in range(0, len(anchors), config.batch_size):
+            anchor_batch, partner_batch = anchors[start : start + config.batch_size], partners[start : start + config.batch_size]
+            if len(anchor_batch) < 2:  # a single pair has no negatives
+                continue
+            views = torch.cat(
+                [
+                    augment(_batch_to_device(stored, anchor_batch, device), config.augment, generator),
+                    augment(_batch_to_device(stored, partner_batch, device), config.augment, generator),
+                ]
+            ).contiguous(memory_format=memory_format)
+            with _autocast(device):
+                projections = forward(views)
+            z_a, z_b = projections.float().chunk(2)
+            loss = loss_fn(z_a, z_b)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.item() * len(anchor_batch)
+            seen += len(anchor_batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - started
+        metrics = {
+            "epoch": epoch,
+            "loss": mean_across_ranks(loss_sum / max(seen, 1)),
+            "images_per_second": seen * process.world_size / elapsed,
+            "learning_rate": schedule.get_last_lr()[0],
+        }
+        history.append(metrics)
+        if process.is_main:
+            log.info("pretrain epoch %d/%d loss %.4f %.0f images/s", epoch + 1, config.epochs, metrics["loss"], metrics["images_per_second"])
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics, lambda: _state(model, optimizer, schedule, generator, epoch))
+    return history
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _state(model, optimizer, schedule, generator, epoch: int) -> dict:
+    return {
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "generator": generator.get_state(),
+        "epoch": epoch,
+    }
+
+
+def finetune(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    num_classes: int,
+    config: FinetuneConfig,
+) -> tuple[Classifier, list[dict]]:
+    """Train a linear classifier on ``encoder`` (and the encoder too unless ``linear_probe``).
+
+    Args:
+        images: (N, C, H, W) uint8 labelled training images.
+        labels: (N,) int class indices in [0, num_classes).
+
+    Returns:
+        The trained Classifier (on the host, eval mode) and one dict per epoch: epoch, loss, accuracy.
+    """
+    if len(labels) != images.shape[0] or len(labels) == 0:
+        raise ValueError(f"need one label per image and at least one image; got {len(labels)} labels, {images.shape[0]} images")
+    device = pick_device()
+    torch.manual_seed(config.seed)
+    model = Classifier(encoder, num_classes).to(device)
+    if config.linear_probe:
+        for parameter in model.encoder.parameters():
+            parameter.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = max(1, math.ceil(len(labels) / config.batch_size))
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = warmup_cosine(optimizer, steps_per_epoch, epochs * steps_per_epoch)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    stored = place_images(images, device)
+    targets = torch.as_tensor(labels, dtype=torch.long, device=device)
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        if config.linear_probe:
+            model.encoder.eval()  # frozen features: keep BatchNorm statistics fixed
+        order = rng.permutation(len(labels))
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            views = augment(_batch_to_device(stored, batch, device), config.augment, generator)
+            batch_targets = targets[torch.from_numpy(batch).to(device)]
+            with _autocast(device):
+                logits = model(views)
+            loss = F.cross_entropy(logits.float(), batch_targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.item() * len(batch)
+            correct += int((logits.argmax(1) == batch_targets).sum())
+        history.append({"epoch": epoch, "loss": loss_sum / len(labels), "accuracy": correct / len(labels)})
+    model.eval()
+    return model.cpu(), history

@@ -1,0 +1,102 @@
+"""Typed artifacts that flow between tasks, and their on-disk formats.
+
+A dataset is a folder with ``manifest.parquet`` (one row per image) and ``images.npy``
+((N, C, H, W) uint8, row i of the array is manifest row i). Checkpoints are torch state dicts
+read back with ``weights_only=True``. Every artifact carries a content sha256; tasks declare
+their outputs ``Annotated[..., HashMethod(content_hash)]`` so Flyte's cache keys downstream
+tasks on content, not on the temporary path an artifact was written to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
+
+MANIFEST_FILE = "manifest.parquet"
+IMAGES_FILE = "images.npy"
+MANIFEST_COLUMNS = (
+    "sha256", "source_path", "size_bytes", "width", "height", "mode",
+    "case_id", "case_id_is_proxy", "site", "label", "split",
+)  # fmt: skip
+
+
+@dataclass
+class Dataset:
+    """An ingested image set: a folder of manifest.parquet + images.npy."""
+
+    directory: FlyteDirectory
+    name: str
+    num_images: int
+    content_sha256: str
+    mlflow_run_id: str
+
+
+@dataclass
+class EncoderCheckpoint:
+    """A pretrained encoder's state dict and what is needed to rebuild it."""
+
+    checkpoint: FlyteFile
+    encoder_name: str
+    in_channels: int
+    image_size: int
+    content_sha256: str
+    mlflow_run_id: str
+
+
+@dataclass
+class FinetunedModel:
+    """A classifier (encoder + linear layer) trained on a fraction of the labels."""
+
+    checkpoint: FlyteFile
+    encoder_name: str
+    in_channels: int
+    image_size: int
+    class_names: list[str]
+    init: str  # "ssl" (from the MICLe encoder) or "scratch" (random initialisation)
+    label_fraction: float
+    num_labels: int
+    val_accuracy: float
+    content_sha256: str
+    mlflow_run_id: str
+
+
+def content_hash(artifact) -> str:
+    """HashMethod function for every artifact dataclass: its content sha256."""
+    return artifact.content_sha256
+
+
+def file_sha256(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_dataset(directory: Path, manifest: pd.DataFrame, images: np.ndarray, summary: dict) -> str:
+    """Write the dataset files into ``directory`` and return their content sha256."""
+    if len(manifest) != images.shape[0]:
+        raise ValueError(f"manifest has {len(manifest)} rows but there are {images.shape[0]} images")
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest.reset_index(drop=True).to_parquet(directory / MANIFEST_FILE, index=False)
+    np.save(directory / IMAGES_FILE, np.ascontiguousarray(images), allow_pickle=False)
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return file_sha256(directory / MANIFEST_FILE, directory / IMAGES_FILE)
+
+
+def read_dataset(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
+    """(manifest, images (N, C, H, W) uint8) of a Dataset, downloading it if remote."""
+    local = Path(dataset.directory.download())
+    manifest = pd.read_parquet(local / MANIFEST_FILE)
+    images = np.load(local / IMAGES_FILE, allow_pickle=False)
+    if len(manifest) != images.shape[0]:
+        raise ValueError(f"dataset {dataset.name}: {MANIFEST_FILE} has {len(manifest)} rows, {IMAGES_FILE} {images.shape[0]} images")
+    return manifest, images

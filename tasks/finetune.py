@@ -1,0 +1,96 @@
+"""finetune: a classifier on a fraction of the domain labels, from the MICLe encoder or from scratch."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import mlflow
+import numpy as np
+import torch
+from flytekit import Cache, HashMethod, Resources, dynamic, task
+from flytekit.types.file import FlyteFile
+
+from images.specs import cpu_image
+from ssl_models.encoders import build_encoder
+from ssl_models.evaluate import accuracy, predict_probabilities
+from ssl_models.label_fractions import stratified_subset
+from ssl_models.train import FinetuneConfig, finetune
+from tasks.artifacts import Dataset, EncoderCheckpoint, FinetunedModel, content_hash, file_sha256, read_dataset
+from tasks.tracking import stage_run
+from tasks.training import FINETUNE_TASK, load_encoder
+
+
+def _labelled(manifest, images, split: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = ((manifest["split"] == split) & manifest["label"].notna()).to_numpy()
+    return images[rows], manifest.loc[rows, "label"].astype(str).to_numpy()
+
+
+def _finetune(
+    domain: Dataset, encoder: torch.nn.Module, encoder_name: str, init: str, label_fraction: float,
+    config: FinetuneConfig, parent_run_id: str, lineage: dict,
+) -> FinetunedModel:  # fmt: skip
+    manifest, images = read_dataset(domain)
+    train_images, train_labels = _labelled(manifest, images, "train")
+    val_images, val_labels = _labelled(manifest, images, "val")
+    class_names = sorted(set(train_labels))
+    class_index = {name: i for i, name in enumerate(class_names)}
+    chosen = stratified_subset(train_labels, label_fraction, seed=config.seed)
+    targets = np.array([class_index[label] for label in train_labels[chosen]])
+    params = {"config": config, "init": init, "label_fraction": label_fraction, "num_labels": len(chosen), **lineage}
+    with stage_run(parent_run_id, f"finetune:{init}@{label_fraction:g}", params) as run:
+        model, history = finetune(encoder, torch.from_numpy(train_images[chosen]), targets, len(class_names), config)
+        for record in history:
+            mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
+        known = np.isin(val_labels, class_names)
+        val_targets = np.array([class_index[label] for label in val_labels[known]])
+        val_accuracy = accuracy(predict_probabilities(model, torch.from_numpy(val_images[known]), config.augment), val_targets)
+        mlflow.log_metric("val_accuracy", val_accuracy)
+        path = Path(tempfile.mkdtemp(prefix="finetune-")) / "classifier.pt"
+        torch.save(model.state_dict(), path)
+        mlflow.log_artifact(str(path), artifact_path="checkpoint")
+    return FinetunedModel(
+        checkpoint=FlyteFile(str(path)),
+        encoder_name=encoder_name,
+        in_channels=int(images.shape[1]),
+        image_size=int(images.shape[-1]),
+        class_names=class_names,
+        init=init,
+        label_fraction=label_fraction,
+        num_labels=len(chosen),
+        val_accuracy=val_accuracy,
+        content_sha256=file_sha256(path),
+        mlflow_run_id=run.info.run_id,
+    )
+
+
+@task(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
+def finetune_pretrained(
+    domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
+) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
+    """Fine-tune the self-supervised encoder plus a new linear layer."""
+    lineage = {"encoder.sha256": encoder.content_sha256, "encoder.mlflow_run_id": encoder.mlflow_run_id}
+    return _finetune(domain, load_encoder(encoder), encoder.encoder_name, "ssl", label_fraction, config, parent_run_id, lineage)
+
+
+@task(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
+def finetune_scratch(
+    domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
+) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
+    """The baseline: the same architecture and recipe from random initialisation."""
+    _, images = read_dataset(domain)
+    encoder = build_encoder(encoder_name, int(images.shape[1]), int(images.shape[-1]))
+    return _finetune(domain, encoder, encoder_name, "scratch", label_fraction, config, parent_run_id, {})
+
+
+@dynamic(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
+def finetune_all(
+    domain: Dataset, encoder: EncoderCheckpoint, label_fractions: list[float], config: FinetuneConfig, parent_run_id: str
+) -> list[FinetunedModel]:
+    """Fan out: for each label fraction, one fine-tune from the SSL encoder and one from scratch."""
+    models = []
+    for fraction in label_fractions:
+        models.append(finetune_pretrained(domain=domain, encoder=encoder, label_fraction=fraction, config=config, parent_run_id=parent_run_id))
+        models.append(finetune_scratch(domain=domain, encoder_name=encoder.encoder_name, label_fraction=fraction, config=config, parent_run_id=parent_run_id))
+    return models

@@ -1,0 +1,41 @@
+"""What every training task declares: GPU image and request, accelerator, and Elastic (torchrun) config.
+
+Locally Elastic runs one worker process; on a cluster the same task runs nproc_per_node workers per
+pod (and nnodes pods as a PyTorchJob when nnodes > 1). SSLFLOW_NPROC_PER_NODE sets the workers per
+node at registration time (default 1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from flytekit import Resources
+from flytekit.extras.accelerators import A100
+from flytekitplugins.kfpytorch import Elastic
+
+from images.specs import gpu_image
+from ssl_models.encoders import build_encoder
+from tasks.artifacts import EncoderCheckpoint
+
+TRAINING_TASK = dict(
+    container_image=gpu_image,
+    requests=Resources(cpu="8", mem="32Gi", gpu="1"),
+    limits=Resources(gpu="1"),
+    accelerator=A100,
+    task_config=Elastic(nnodes=1, nproc_per_node=int(os.environ.get("SSLFLOW_NPROC_PER_NODE", "1"))),
+    retries=2,  # preemptible GPU nodes
+)
+
+# Fine-tuning on a few hundred labels gains nothing from data parallelism: one worker, same plumbing.
+FINETUNE_TASK = {**TRAINING_TASK, "task_config": Elastic(nnodes=1, nproc_per_node=1)}
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_encoder(checkpoint: EncoderCheckpoint) -> torch.nn.Module:
+    encoder = build_encoder(checkpoint.encoder_name, checkpoint.in_channels, checkpoint.image_size)
+    encoder.load_state_dict(torch.load(checkpoint.checkpoint.download(), map_location="cpu", weights_only=True))
+    return encoder

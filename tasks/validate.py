@@ -1,0 +1,160 @@
+"""validate: a great-expectations 1.x suite over a Dataset's manifest; failure stops the pipeline.
+
+Checks: schema, nulls, image decoded for every row and side lengths in range, no duplicate images,
+no case in two splits, split and label values, and enough labels per class for every requested
+label fraction. The result is a Flyte Deck and an MLflow artifact (JSON + HTML).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from typing import Annotated
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import great_expectations as gx  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from flytekit import Cache, Deck, HashMethod, Resources, task  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+
+from images.specs import cpu_image  # noqa: E402
+from tasks.artifacts import MANIFEST_COLUMNS, Dataset, content_hash, read_dataset  # noqa: E402
+from tasks.config import ValidationConfig  # noqa: E402
+from tasks.tracking import stage_run  # noqa: E402
+
+E = gx.expectations
+
+
+class DataValidationError(ValueError):
+    """The dataset failed validation; the message lists every failing expectation."""
+
+
+def _suite(name: str, expectations: list) -> gx.ExpectationSuite:
+    suite = gx.ExpectationSuite(name=name)
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    return suite
+
+
+def manifest_expectations(config: ValidationConfig, image_count: int) -> list:
+    expectations = [
+        E.ExpectTableColumnsToMatchSet(column_set=[*MANIFEST_COLUMNS, "splits_of_case"], exact_match=True),  # + derived
+        E.ExpectTableRowCountToEqual(value=image_count),  # every manifest row has a decoded image
+        E.ExpectTableRowCountToBeBetween(min_value=1),
+        *[E.ExpectColumnValuesToNotBeNull(column=column) for column in ("sha256", "source_path", "case_id", "site", "split")],
+        E.ExpectColumnValuesToBeUnique(column="sha256"),
+        E.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "test"]),
+        E.ExpectColumnValuesToBeBetween(column="width", min_value=config.min_image_side, max_value=config.max_image_side),
+        E.ExpectColumnValuesToBeBetween(column="height", min_value=config.min_image_side, max_value=config.max_image_side),
+        E.ExpectColumnValuesToBeBetween(column="size_bytes", min_value=1),
+        E.ExpectColumnValuesToBeInSet(column="splits_of_case", value_set=[1]),
+    ]
+    if config.require_labels:
+        expectations.append(E.ExpectColumnValuesToNotBeNull(column="label"))
+    return expectations
+
+
+def label_count_expectations(label_fractions: list[float]) -> list:
+    """Each class needs floor(fraction * train_labels) >= 1 at the smallest fraction."""
+    needed = math.ceil(1 / min(label_fractions) - 1e-9)
+    return [
+        E.ExpectTableRowCountToBeBetween(min_value=2),  # at least two classes
+        E.ExpectColumnValuesToBeBetween(column="train_labels", min_value=needed),
+    ]
+
+
+def _run(name: str, frame: pd.DataFrame, expectations: list) -> dict:
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (
+        context.data_sources.add_pandas(name)
+        .add_dataframe_asset(name=name)
+        .add_batch_definition_whole_dataframe(name)
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
+    return batch.validate(_suite(name, expectations)).to_json_dict()
+
+
+def failures(result: dict) -> list[str]:
+    """One line per failing expectation: its type, column and a few offending values."""
+    lines = []
+    for item in result["results"]:
+        if item["success"]:
+            continue
+        config = item["expectation_config"]
+        kwargs = {k: v for k, v in config["kwargs"].items() if k not in ("batch_id",)}
+        examples = item.get("result", {}).get("partial_unexpected_list") or item.get("result", {}).get("observed_value")
+        lines.append(f"{config['type']} {json.dumps(kwargs, default=str)} failed; offending: {json.dumps(examples, default=str)[:400]}")
+    return lines
+
+
+def validate_manifest(manifest: pd.DataFrame, image_count: int, config: ValidationConfig, label_fractions: list[float]) -> dict:
+    """Run both suites. Returns {"success", "manifest", "label_counts", "failures", "case_sizes"}."""
+    frame = manifest.copy()
+    frame["splits_of_case"] = frame.groupby("case_id")["split"].transform("nunique")
+    manifest_result = _run("manifest", frame, manifest_expectations(config, image_count))
+    labelled_train = frame[(frame["split"] == "train") & frame["label"].notna()]
+    label_counts = labelled_train.groupby("label").size().rename("train_labels").reset_index()
+    label_result = _run("label_counts", label_counts, label_count_expectations(label_fractions)) if label_fractions else None
+    case_sizes = frame.groupby("case_id").size()
+    failing = failures(manifest_result) + (failures(label_result) if label_result else [])
+    return {
+        "success": not failing,
+        "failures": failing,
+        "manifest": manifest_result,
+        "label_counts": label_result,
+        "train_labels_per_class": dict(zip(label_counts["label"], label_counts["train_labels"].astype(int))),
+        "case_sizes": {
+            "cases": int(len(case_sizes)),
+            "single_image_cases": int((case_sizes == 1).sum()),
+            "mean_images_per_case": float(case_sizes.mean()),
+            "max_images_per_case": int(case_sizes.max()),
+        },
+    }
+
+
+def report_html(dataset_name: str, report: dict) -> str:
+    rows = []
+    for suite in ("manifest", "label_counts"):
+        for item in (report[suite] or {}).get("results", []):
+            config = item["expectation_config"]
+            status = "pass" if item["success"] else "FAIL"
+            rows.append(f"<tr><td>{status}</td><td>{suite}</td><td>{html.escape(config['type'])}</td><td>{html.escape(str(config['kwargs'].get('column', '')))}</td></tr>")
+    return (
+        f"<h3>Validation of {html.escape(dataset_name)}: {'passed' if report['success'] else 'FAILED'}</h3>"
+        f"<p>Case sizes: {html.escape(json.dumps(report['case_sizes']))}</p>"
+        "<table><tr><th>status</th><th>suite</th><th>expectation</th><th>column</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+@task(
+    cache=Cache(version="1", ignored_inputs=("parent_run_id",)),
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="4Gi"),
+    enable_deck=True,
+)
+def validate(
+    dataset: Dataset, config: ValidationConfig, label_fractions: list[float], parent_run_id: str
+) -> Annotated[Dataset, HashMethod(content_hash)]:
+    """Pass ``dataset`` through if it satisfies the suite; otherwise raise DataValidationError.
+
+    label_fractions: the fine-tuning fractions this dataset must support (empty: not fine-tuned on).
+    """
+    params = {"config": config, "label_fractions": label_fractions, "dataset.sha256": dataset.content_sha256}
+    with stage_run(parent_run_id, f"validate:{dataset.name}", params):
+        manifest, images = read_dataset(dataset)
+        report = validate_manifest(manifest, images.shape[0], config, label_fractions)
+        page = report_html(dataset.name, report)
+        Deck(f"validation {dataset.name}", page)
+        mlflow.log_dict(report, "validation.json")
+        mlflow.log_text(page, "validation.html")
+        mlflow.log_metric("failing_expectations", len(report["failures"]))
+        if not report["success"]:
+            raise DataValidationError(
+                f"dataset {dataset.name!r} failed {len(report['failures'])} expectation(s):\n  " + "\n  ".join(report["failures"])
+            )
+    return dataset
