@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make run` (install, then the whole pipeline) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+# Flyte's local cache records absolute paths of task outputs: keep them in the project, not in /tmp.
+export FLYTE_SDK_LOCAL_SANDBOX ?= $(CURDIR)/.flyte/sandbox
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := False
+
+.PHONY: run test install data clean-cache
+
+run: install data
+	@start=$$(date +%s); \
+	$(BIN)/pyflyte run workflows/pipeline.py ssl_pipeline; status=$$?; \
+	echo "pipeline wall time: $$(( $$(date +%s) - start )) s"; exit $$status
+
+test: install data
+	$(BIN)/pytest -q
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check pip==26.3
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
+	touch $@
+
+# Fashion-MNIST ships as a Debian package; install it when missing and apt is usable.
+data:
+	@if [ -f "$(FASHION_MNIST)" ] || [ -n "$$SSLFLOW_FASHION_MNIST_DIR" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" \
+		     "or set SSLFLOW_FASHION_MNIST_DIR to a folder holding its four idx .gz files." >&2; exit 1; \
+	fi
+
+clean-cache:
+	rm -rf .flyte ~/.flyte/local-cache

@@ -1,0 +1,25 @@
+"""Test isolation: every test session gets its own HOME (Flyte's local cache), sandbox and MLflow store."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_session_root = Path(tempfile.mkdtemp(prefix="sslflow-tests-"))
+os.environ["HOME"] = str(_session_root / "home")
+os.environ["FLYTE_SDK_LOCAL_SANDBOX"] = str(_session_root / "sandbox")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_session_root / 'mlflow.db'}"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["GX_ANALYTICS_ENABLED"] = "False"
+(_session_root / "home").mkdir()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)

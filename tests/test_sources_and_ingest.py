@@ -1,0 +1,92 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
+from tasks.config import IngestConfig
+from tasks.ingest import build_manifest, split_of_case
+from tasks.sources import SourceError, fingerprint_source, optdigits_to_mnist_format, read_source
+
+
+def _write_folder(root, count=12, cases=4):
+    rows = []
+    for i in range(count):
+        pixels = np.random.default_rng(i).integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"img{i}.png")
+        rows.append({"path": f"img{i}.png", "case_id": f"patient{i % cases}", "site": f"site{i % 2}", "label": str(i % 3)})
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+
+
+def test_folder_ingest_normalises_images_and_groups_splits_by_case(tmp_path):
+    _write_folder(tmp_path)
+    images = read_source(str(tmp_path), image_size=16, channels=1)
+    assert images.pixels.shape == (12, 1, 16, 16) and images.pixels.dtype == np.uint8
+    manifest, pixels, summary = build_manifest(images, IngestConfig(image_size=16, train_fraction=0.5, val_fraction=0.25))
+    assert len(manifest) == len(pixels) == 12
+    assert (manifest.groupby("case_id")["split"].nunique() == 1).all()
+    assert set(manifest["site"]) == {"site0", "site1"} and summary["cases"] == 4
+    assert not manifest["case_id_is_proxy"].any()
+
+
+def test_duplicates_are_kept_once_and_reported(tmp_path):
+    _write_folder(tmp_path, count=3)
+    Image.open(tmp_path / "img1.png").save(tmp_path / "copy.png")
+    metadata = pd.read_csv(tmp_path / "metadata.csv", dtype=str)
+    metadata.loc[len(metadata)] = {"path": "copy.png", "case_id": "patient9", "site": "site0", "label": "1"}
+    metadata.to_csv(tmp_path / "metadata.csv", index=False)
+    manifest, _, summary = build_manifest(read_source(str(tmp_path), 16, 1), IngestConfig(image_size=16))
+    assert len(manifest) == 3 and summary["duplicates_dropped"] == 1 and summary["duplicate_examples"] == ["copy.png"]
+
+
+def test_bad_metadata_paths_are_refused_with_the_row(tmp_path):
+    _write_folder(tmp_path, count=2)
+    pd.DataFrame({"path": ["img0.png", "../escape.png"]}).to_csv(tmp_path / "metadata.csv", index=False)
+    with pytest.raises(SourceError, match=r"row 3, column 'path'.*inside the source folder"):
+        read_source(str(tmp_path), 16, 1)
+    pd.DataFrame({"file": ["img0.png"]}).to_csv(tmp_path / "metadata.csv", index=False)
+    with pytest.raises(SourceError, match="missing required column 'path'"):
+        read_source(str(tmp_path), 16, 1)
+
+
+def test_undecodable_image_names_the_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(SourceError, match=r"broken.png: not a decodable image"):
+        read_source(str(tmp_path), 16, 1)
+
+
+def test_fingerprint_follows_content_not_path(tmp_path):
+    _write_folder(tmp_path, count=2)
+    before = fingerprint_source(str(tmp_path))
+    assert fingerprint_source(str(tmp_path)) == before
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "img1.png")
+    assert fingerprint_source(str(tmp_path)) != before
+
+
+def test_split_is_deterministic_and_respects_fractions():
+    splits = [split_of_case(f"case{i}", seed=0, train_fraction=0.7, val_fraction=0.1) for i in range(4000)]
+    assert splits == [split_of_case(f"case{i}", 0, 0.7, 0.1) for i in range(4000)]
+    assert abs(splits.count("train") / 4000 - 0.7) < 0.03 and abs(splits.count("val") / 4000 - 0.1) < 0.02
+
+
+def test_optdigits_transform_to_mnist_format():
+    images = np.zeros((2, 8, 8))
+    images[:, 3:5, 3:5] = 16
+    converted = optdigits_to_mnist_format(images)
+    assert converted.shape == (2, 28, 28) and converted.dtype == np.uint8
+    assert converted.max() == 255 and converted[:, :4].max() == 0 and converted[:, -4:].max() == 0  # 4 px frame
+
+
+def test_builtin_sources_read_real_data():
+    mnist = read_source("mnist-5k", 28, 1)
+    assert mnist.pixels.shape == (5000, 1, 28, 28) and sorted(set(mnist.labels)) == [str(d) for d in range(10)]
+    optdigits = read_source("optdigits", 28, 1)
+    assert optdigits.pixels.shape == (1797, 1, 28, 28)
+
+
+def test_proxy_cases_pair_look_alike_images():
+    base = np.random.default_rng(0).integers(0, 256, (50, 28, 28)).astype(np.uint8)
+    near_copies = np.clip(base.astype(int) + 3, 0, 255).astype(np.uint8)
+    case_ids = pixel_neighbour_proxy_cases(np.concatenate([base, near_copies]))
+    assert all(case.startswith(PROXY_PREFIX) for case in case_ids)
+    assert all(case_ids[i] == case_ids[i + 50] for i in range(50))

@@ -1,0 +1,53 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import IngestConfig, ValidationConfig
+from tasks.ingest import build_manifest
+from tasks.sources import SourceImages
+from tasks.validate import validate_manifest
+
+
+def _manifest(count=200, classes=4):
+    labels = [str(i % classes) for i in range(count)]
+    images = SourceImages(
+        pixels=np.random.default_rng(0).integers(0, 256, (count, 1, 8, 8), dtype=np.uint8),
+        source_paths=[f"img{i}.png" for i in range(count)], labels=labels, case_ids=[f"case{i // 2}" for i in range(count)],
+        sites=["a"] * count, size_bytes=[64] * count, modes=["L"] * count, widths=[8] * count, heights=[8] * count,
+    )  # fmt: skip
+    manifest, pixels, _ = build_manifest(images, IngestConfig(image_size=8))
+    return manifest, len(pixels)
+
+
+def test_clean_manifest_passes():
+    manifest, count = _manifest()
+    report = validate_manifest(manifest, count, ValidationConfig(), [0.1, 1.0])
+    assert report["success"], report["failures"]
+    assert report["case_sizes"]["cases"] == 100
+
+
+def test_case_leakage_and_duplicates_are_named():
+    manifest, count = _manifest()
+    first, second = manifest.index[manifest["case_id"] == manifest.loc[0, "case_id"]]
+    manifest.loc[first, "split"], manifest.loc[second, "split"] = "train", "test"  # one case in two splits
+    manifest.loc[5, "sha256"] = manifest.loc[6, "sha256"]
+    report = validate_manifest(manifest, count, ValidationConfig(), [])
+    joined = "\n".join(report["failures"])
+    assert not report["success"]
+    assert "expect_column_values_to_be_unique" in joined and manifest.loc[6, "sha256"] in joined
+    assert "splits_of_case" in joined
+
+
+def test_too_few_labels_for_the_smallest_fraction():
+    manifest, count = _manifest(count=40)
+    report = validate_manifest(manifest, count, ValidationConfig(), [0.01])
+    assert not report["success"]
+    assert "train_labels" in "\n".join(report["failures"])
+
+
+def test_missing_labels_fail_when_required_and_row_count_must_match_images():
+    manifest, count = _manifest()
+    manifest["label"] = pd.array([None] * len(manifest), dtype="string")
+    report = validate_manifest(manifest, count + 1, ValidationConfig(require_labels=True), [])
+    joined = "\n".join(report["failures"])
+    assert "expect_column_values_to_not_be_null" in joined and "expect_table_row_count_to_equal" in joined
