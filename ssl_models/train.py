@@ -49,9 +49,15 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Supervised fine-tuning of encoder + linear classifier (``linear_probe`` freezes the encoder)."""
+    """Supervised fine-tuning of encoder + linear classifier (``linear_probe`` freezes the encoder).
+
+    head_warmup_steps: first train the new linear layer alone on frozen features, then everything
+    (LP-FT, Kumar et al., 2022, arXiv 2202.10054): a random head's large early gradients would
+    otherwise distort pretrained features. Applied identically to every initialisation.
+    """
 
     epochs: int = 15
+    head_warmup_steps: int = 0
     min_steps: int = 150
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -239,6 +245,8 @@ def finetune(
     rng = np.random.default_rng(config.seed)
     stored = place_images(images, device)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
+    if config.head_warmup_steps and not config.linear_probe:
+        _train_head_only(model, stored, targets, config, generator, rng, device)
     history = []
     for epoch in range(epochs):
         model.train()
@@ -262,3 +270,18 @@ def finetune(
         history.append({"epoch": epoch, "loss": loss_sum / len(labels), "accuracy": correct / len(labels)})
     model.eval()
     return model.cpu(), history
+
+
+def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig, generator, rng, device) -> None:
+    """LP phase of LP-FT: ``head_warmup_steps`` AdamW steps on the linear layer, encoder frozen in eval mode."""
+    optimizer = torch.optim.AdamW(model.linear.parameters(), lr=10 * config.learning_rate)
+    model.encoder.eval()
+    for _ in range(config.head_warmup_steps):
+        batch = rng.choice(len(targets), size=min(config.batch_size, len(targets)), replace=False)
+        views = augment(_batch_to_device(stored, batch, device), config.augment, generator)
+        with torch.no_grad(), _autocast(device):
+            features = model.encoder(views)
+        loss = F.cross_entropy(model.linear(features.float()), targets[torch.from_numpy(batch).to(device)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()

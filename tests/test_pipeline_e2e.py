@@ -1,0 +1,65 @@
+"""The whole ssl_pipeline on a small slice of the real data, three times: fresh, cached, new fine-tuning settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ssl_models.train import FinetuneConfig, PretrainConfig
+from tasks.config import IngestConfig
+from tasks.tracking import EXPERIMENT_NAME, tracking_uri
+from workflows.pipeline import ssl_pipeline
+
+SMALL = dict(
+    generic_ingest=IngestConfig(max_images=300),
+    domain_ingest=IngestConfig(proxy_cases=True, max_images=1200),
+    simclr=PretrainConfig(epochs=1, batch_size=128),
+    micle=PretrainConfig(epochs=1, batch_size=128),
+    finetune=FinetuneConfig(epochs=1, min_steps=3),
+    label_fractions=[0.1, 1.0],
+)
+
+
+def _stage_runs() -> list[str]:
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return sorted(run.data.tags.get("sslflow.stage", "PARENT") for run in runs)
+
+
+@pytest.mark.timeout(900) if hasattr(pytest.mark, "timeout") else (lambda f: f)
+def test_pipeline_runs_caches_and_reruns_only_what_changed():
+    started = time.perf_counter()
+    summary = ssl_pipeline(**SMALL)
+    first_wall = time.perf_counter() - started
+    assert "ssl / in_domain" in summary and "scratch / shift" in summary and "Registered model: sslflow version 1" in summary
+
+    stages = _stage_runs()
+    assert stages.count("PARENT") == 1
+    for stage in ("ingest:fashion-mnist", "ingest:mnist-5k", "ingest:optdigits", "validate:mnist-5k", "pretrain_simclr", "pretrain_micle", "evaluate", "register"):
+        assert stage in stages, stage
+    assert sum(stage.startswith("finetune:") for stage in stages) == 4  # 2 fractions x {ssl, scratch}
+    champion = MlflowClient(tracking_uri()).get_model_version_by_alias("sslflow", "champion")
+    assert str(champion.version) == "1"
+    model = mlflow.pytorch.load_model("models:/sslflow@champion")
+    assert model(__import__("torch").zeros(2, 1, 28, 28)).shape == (2, 10)
+
+    started = time.perf_counter()
+    assert ssl_pipeline(**SMALL) == summary
+    cached_wall = time.perf_counter() - started
+    assert _stage_runs() == stages, "a rerun with nothing changed must execute no task body"
+    assert cached_wall < 0.5 * first_wall
+
+    changed = dict(SMALL, finetune=dataclasses.replace(SMALL["finetune"], seed=1))
+    ssl_pipeline(**changed)
+    new_stages = _stage_runs()
+    for stage in set(stages):
+        added = new_stages.count(stage) - stages.count(stage)
+        rerun = stage.startswith(("finetune:", "evaluate", "register")) or stage == "PARENT"
+        assert added == (1 if rerun else 0), (stage, added)
