@@ -57,7 +57,7 @@ class FinetuneConfig:
     """
 
     epochs: int = 15
-    head_warmup_steps: int = 0
+    head_warmup_steps: int = 200
     min_steps: int = 150
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -268,6 +268,7 @@ def finetune(
             loss_sum += loss.item() * len(batch)
             correct += int((logits.argmax(1) == batch_targets).sum())
         history.append({"epoch": epoch, "loss": loss_sum / len(labels), "accuracy": correct / len(labels)})
+        log.info("finetune epoch %d/%d loss %.4f train accuracy %.3f", epoch + 1, epochs, history[-1]["loss"], history[-1]["accuracy"])
     model.eval()
     return model.cpu(), history
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,7 @@ from ssl_models.label_fractions import stratified_subset
 from ssl_models.train import FinetuneConfig, finetune
 from tasks.artifacts import Dataset, EncoderCheckpoint, FinetunedModel, content_hash, file_sha256, read_dataset
 from tasks.tracking import stage_run
-from tasks.training import FINETUNE_TASK, load_encoder
+from tasks.training import FINETUNE_TASK, load_encoder, show_progress
 
 
 def _labelled(manifest, images, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -31,6 +32,7 @@ def _finetune(
     domain: Dataset, encoder: torch.nn.Module, encoder_name: str, init: str, label_fraction: float,
     config: FinetuneConfig, parent_run_id: str, lineage: dict,
 ) -> FinetunedModel:  # fmt: skip
+    show_progress()
     manifest, images = read_dataset(domain)
     train_images, train_labels = _labelled(manifest, images, "train")
     val_images, val_labels = _labelled(manifest, images, "val")
@@ -78,9 +80,14 @@ def finetune_pretrained(
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
-    """The baseline: the same architecture and recipe from random initialisation."""
+    """The baseline: the same architecture and recipe from random initialisation.
+
+    The LP-FT head warm-up is for pretrained features; on random ones it only handicaps the baseline
+    (10% labels, one trial: 86.5% with it vs 90.9% without), so scratch trains without it.
+    """
     _, images = read_dataset(domain)
     encoder = build_encoder(encoder_name, int(images.shape[1]), int(images.shape[-1]))
+    config = dataclasses.replace(config, head_warmup_steps=0)
     return _finetune(domain, encoder, encoder_name, "scratch", label_fraction, config, parent_run_id, {})
 
 

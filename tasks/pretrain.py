@@ -17,7 +17,7 @@ from ssl_models.micle import MiclePairSampler
 from ssl_models.train import PretrainConfig, pretrain_contrastive
 from tasks.artifacts import Dataset, EncoderCheckpoint, content_hash, file_sha256, read_dataset
 from tasks.tracking import stage_run
-from tasks.training import TRAINING_TASK, is_main_process, load_encoder
+from tasks.training import TRAINING_TASK, is_main_process, load_encoder, show_progress
 
 
 def _pretrain(
@@ -30,6 +30,7 @@ def _pretrain(
     parent_run_id: str,
     lineage: dict,
 ) -> EncoderCheckpoint:
+    show_progress()
     manifest, images = read_dataset(dataset)
     pool = (manifest["split"] != "test").to_numpy()  # pretraining never sees the test split
     images, manifest = images[pool], manifest[pool].reset_index(drop=True)

@@ -7,7 +7,9 @@ node at registration time (default 1).
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import torch
 from flytekit import Resources
@@ -39,3 +41,13 @@ def load_encoder(checkpoint: EncoderCheckpoint) -> torch.nn.Module:
     encoder = build_encoder(checkpoint.encoder_name, checkpoint.in_channels, checkpoint.image_size)
     encoder.load_state_dict(torch.load(checkpoint.checkpoint.download(), map_location="cpu", weights_only=True))
     return encoder
+
+
+def show_progress() -> None:
+    """Send ssl_models' per-epoch lines (epoch, loss, images/s) to stderr, in this process and Elastic workers."""
+    logger = logging.getLogger("ssl_models")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from flytekit import workflow
 
-from ssl_models.augment import AugmentConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from tasks.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
@@ -36,7 +35,7 @@ def ssl_pipeline(
     shift_ingest: IngestConfig = IngestConfig(all_test=True),
     encoder_name: str = "small_cnn",
     simclr: PretrainConfig = PretrainConfig(epochs=5),
-    micle: PretrainConfig = PretrainConfig(epochs=15, augment=AugmentConfig(crop_scale=(0.5, 1.0))),
+    micle: PretrainConfig = PretrainConfig(epochs=15),
     finetune: FinetuneConfig = FinetuneConfig(),
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     registry: RegistryConfig = RegistryConfig(),
