@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_functional
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` (B, ...) from every rank in rank order -> (world*B, ...); gradients flow back."""
     if not is_distributed():
         return tensor
-    return torch.cat(torch.distributed.nn.functional.all_gather(tensor), dim=0)
+    return torch.cat(dist_functional.all_gather(tensor), dim=0)
 
 
 def mean_across_ranks(value: float) -> float:

@@ -151,7 +151,7 @@ def pretrain_contrastive(
         _unwrap(model).load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         schedule.load_state_dict(resume_state["schedule"])
-        generator.set_state(resume_state["generator"].to(generator.device) if device.type == "cpu" else resume_state["generator"])
+        generator.set_state(resume_state["generator"])
         start_epoch = resume_state["epoch"] + 1
         log.info("resuming contrastive pretraining after epoch %d", resume_state["epoch"])
 

@@ -16,6 +16,7 @@ from ssl_models.encoders import build_encoder
 from ssl_models.micle import MiclePairSampler
 from ssl_models.train import PretrainConfig, pretrain_contrastive
 from tasks.artifacts import Dataset, EncoderCheckpoint, content_hash, file_sha256, read_dataset
+from tasks.checkpoints import EpochCheckpoints
 from tasks.tracking import stage_run
 from tasks.training import TRAINING_TASK, is_main_process, load_encoder, show_progress
 
@@ -44,15 +45,26 @@ def _pretrain(
             if case_aware and bool(manifest["case_id_is_proxy"].any()):
                 mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the data has no real case ids)")
 
-        def log_epoch(epoch: int, metrics: dict, state_fn) -> None:
+        checkpoints = EpochCheckpoints(f"{stage}|{dataset.content_sha256}|{config}|{encoder_name}|{sorted(lineage.items())}")
+
+        def end_of_epoch(epoch: int, metrics: dict, state_fn) -> None:
             if run is not None:
                 mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            if is_main_process():
+                checkpoints.save(state_fn())
 
-        pretrain_contrastive(encoder, torch.from_numpy(images), case_ids, config, on_epoch_end=log_epoch)
+        resume_state = checkpoints.load()
+        pretrain_contrastive(
+            encoder, torch.from_numpy(images), case_ids, config, on_epoch_end=end_of_epoch, resume_state=resume_state
+        )
+        if run is not None and resume_state is not None:
+            mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])
         path = Path(tempfile.mkdtemp(prefix=f"{stage}-")) / "encoder.pt"
         torch.save(encoder.state_dict(), path)
         if run is not None:
             mlflow.log_artifact(str(path), artifact_path="checkpoint")
+        if is_main_process():
+            checkpoints.clear()
     return EncoderCheckpoint(
         checkpoint=FlyteFile(str(path)),
         encoder_name=encoder_name,
