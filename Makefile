@@ -40,3 +40,8 @@ data:
 
 clean-cache:
 	rm -rf .flyte ~/.flyte/local-cache
+
+# Benchmark-only extra: lightly without its training-framework dependencies, outside the project venv.
+.PHONY: bench-deps
+bench-deps: install
+	$(BIN)/python -m pip install -q --no-deps --target .bench-site lightly==1.6.0 lightning-utilities==0.15.3

@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmark scripts: where results go and what machine made them."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["commit"] = "unknown"
+    return info
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated since the last reset, or this process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
+    """Write {command, machine, date, ...payload} as JSON; returns the path."""
+    out_dir = Path(out_dir) if out_dir else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    path = out_dir / f"{name}-{device}-{now:%Y%m%d}.json"
+    record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": now.isoformat(timespec="seconds"), "machine": machine(), **payload}
+    path.write_text(json.dumps(record, indent=2))
+    return path

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_models.augment import AugmentConfig
+from ssl_models.encoders import build_encoder
+from ssl_models.evaluate import knn_accuracy
+from ssl_models.label_fractions import stratified_subset
+from ssl_models.optim import LARS, warmup_cosine
+from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive
+
+
+@pytest.mark.parametrize("name,channels,size,dim", [("small_cnn", 1, 28, 128), ("resnet18", 1, 28, 512), ("resnet18", 3, 64, 512), ("resnet50", 3, 112, 2048)])
+def test_encoders_take_any_channels_and_resolution(name, channels, size, dim):
+    encoder = build_encoder(name, channels, size)
+    assert encoder.feature_dim == dim
+    assert encoder(torch.zeros(2, channels, size, size)).shape == (2, dim)
+
+
+def test_unknown_encoder_is_named():
+    with pytest.raises(ValueError, match="unknown encoder 'vit'"):
+        build_encoder("vit", 3)
+
+
+def test_lars_and_schedule_reduce_a_quadratic():
+    weight = torch.nn.Parameter(torch.ones(4, 4) * 3)
+    optimizer = LARS([weight], lr=0.5, weight_decay=0.0, trust_coefficient=0.1)
+    schedule = warmup_cosine(optimizer, warmup_steps=2, total_steps=50)
+    assert schedule.get_last_lr()[0] == pytest.approx(0.25)  # first warm-up step: half the base rate
+    for _ in range(50):
+        loss = (weight**2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    assert (weight**2).sum().item() < 0.5 * 16 * 9
+
+
+def test_pretraining_lowers_the_contrastive_loss_with_lars():
+    images = torch.randint(0, 256, (96, 1, 16, 16), dtype=torch.uint8)
+    config = PretrainConfig(epochs=4, batch_size=32, optimizer="lars", learning_rate=0.5, warmup_epochs=1, augment=AugmentConfig(output_size=16))
+    history = pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(96)), config)
+    assert len(history) == 4 and history[-1]["loss"] < history[0]["loss"]
+    assert all(record["images_per_second"] > 0 for record in history)
+
+
+def test_finetune_learns_a_separable_task():
+    labels = np.arange(64) % 2
+    images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    images[labels == 1, :, :, :14] = 255
+    model, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=3, min_steps=30, batch_size=16, head_warmup_steps=5))
+    assert history[-1]["accuracy"] > 0.9
+
+
+def test_label_fractions_are_stratified_and_nested():
+    labels = np.repeat(np.arange(5), 40)
+    small, large = stratified_subset(labels, 0.1, seed=3), stratified_subset(labels, 0.5, seed=3)
+    assert np.bincount(labels[small]).tolist() == [4] * 5 and np.bincount(labels[large]).tolist() == [20] * 5
+    assert set(small) <= set(large)
+    with pytest.raises(ValueError, match="label fraction"):
+        stratified_subset(labels, 0.0)
+
+
+def test_knn_accuracy_on_clustered_features():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16, generator=generator), dim=1)
+    labels = torch.arange(300) % 3
+    features = torch.nn.functional.normalize(centres[labels] + 0.1 * torch.randn(300, 16, generator=generator), dim=1)
+    assert knn_accuracy(features[:200], labels[:200], features[200:], labels[200:], k=20) > 0.95
+    shuffled = labels[:200][torch.randperm(200, generator=generator)]
+    assert knn_accuracy(features[:200], shuffled, features[200:], labels[200:], k=20) < 0.6
+
+
+def test_throughput_benchmark_quick_run_writes_its_result(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    completed = subprocess.run([sys.executable, "benchmarks/pretrain_throughput.py", "--quick", "--out", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    (result,) = tmp_path.glob("pretrain_throughput-quick-*.json")
+    record = json.loads(result.read_text())
+    assert record["command"].endswith("--quick --out " + str(tmp_path)) and record["machine"]["cpu_count"]
+    for row in record["results"].values():
+        assert row["engine_over_dataloader"] > 0 and row["engine"]["peak_memory_mb"] > 0
