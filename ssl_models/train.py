@@ -137,7 +137,8 @@ def pretrain_contrastive(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = ContrastiveModel(encoder, config.projection_dim).to(device, memory_format=memory_format)
     if process.world_size > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":  # global BatchNorm as in SimCLR; PyTorch's SyncBatchNorm is GPU-only
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if config.compile else model
     sampler = MiclePairSampler(case_ids, seed=config.seed, rank=process.rank, world_size=process.world_size)
