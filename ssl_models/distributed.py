@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_functional
 
 
 @dataclass(frozen=True)
@@ -39,11 +38,29 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the summed gradient of its own slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on every slice
+        size = grad.shape[0] // dist.get_world_size()
+        rank = dist.get_rank()
+        return grad[rank * size : (rank + 1) * size]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` (B, ...) from every rank in rank order -> (world*B, ...); gradients flow back."""
     if not is_distributed():
         return tensor
-    return torch.cat(dist_functional.all_gather(tensor), dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 def mean_across_ranks(value: float) -> float:

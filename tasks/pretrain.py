@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -42,6 +43,7 @@ def _pretrain(
     with tracking as run:
         if run is not None:
             mlflow.log_metrics({"images": len(manifest), "cases": sampler.num_cases, "single_image_cases": sampler.num_single_image_cases})
+            mlflow.log_param("world_size", os.environ.get("WORLD_SIZE", "1"))
             if case_aware and bool(manifest["case_id_is_proxy"].any()):
                 mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the data has no real case ids)")
 
