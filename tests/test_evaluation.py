@@ -1,0 +1,79 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from ssl_models.metrics import classification_metrics, expected_calibration_error, one_vs_rest_auc, per_class_accuracy
+from tasks.evaluation_report import corruption_markdown, report_figures, report_html, results_markdown
+
+
+def test_metrics_on_a_hand_made_example():
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    labels = np.array([0, 1, 1, 2])
+    metrics = classification_metrics(probabilities, labels)
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)  # class 0: P=1/2 R=1; class 1: P=1 R=1/2; class 2: 1
+    assert per_class_accuracy(probabilities, labels) == {0: 1.0, 1: 0.5, 2: 1.0}
+    # ECE: bins (0.8,0.867]: {0.8 correct, 0.9 ...}; computed by hand below
+    confidences, correct = np.array([0.9, 0.7, 0.6, 0.8]), np.array([1, 1, 0, 1])
+    bins = np.ceil(confidences * 15) - 1
+    expected = sum((bins == b).mean() * abs(correct[bins == b].mean() - confidences[bins == b].mean()) for b in np.unique(bins))
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+
+
+def test_auc_is_one_for_perfect_ranking_and_nan_for_one_class():
+    probabilities = np.eye(3)[[0, 1, 2, 0]] * 0.8 + 0.2 / 3
+    assert one_vs_rest_auc(probabilities, np.array([0, 1, 2, 0])) == pytest.approx(1.0)
+    assert math.isnan(one_vs_rest_auc(probabilities, np.array([1, 1, 1, 1])))
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corruptions_keep_shape_and_grow_with_severity(name):
+    images = torch.zeros(6, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 8:20, 10:18] = 255
+    changes = []
+    for severity in SEVERITIES:
+        corrupted = corrupt(images, name, severity)
+        assert corrupted.shape == images.shape and corrupted.dtype == torch.uint8
+        changes.append((corrupted.float() - images.float()).abs().mean().item())
+    assert changes[0] > 0 and changes[0] <= changes[1] <= changes[2]
+    assert torch.equal(corrupt(images, name, 2), corrupt(images, name, 2))  # deterministic
+
+
+def test_corrupt_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "snow", 1)
+    with pytest.raises(ValueError, match="severity"):
+        corrupt(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "contrast", 4)
+
+
+def _results() -> pd.DataFrame:
+    rows = []
+    for init in ("scratch", "simclr", "simclr+micle"):
+        for probe in ("linear", "finetune"):
+            for fraction, labels in ((0.01, 30), (0.1, 300), (1.0, 3000)):
+                base = 0.5 + 0.4 * fraction + (0.05 if init != "scratch" else 0)
+                sets = [("in_domain", "in_domain"), ("shift", "shift")] + [(f"{c}@{s}", "corruption") for c in CORRUPTIONS for s in SEVERITIES]
+                for eval_set, kind in sets:
+                    accuracy = base - (0.2 if kind == "shift" else 0) - (0.02 * int(eval_set[-1]) if kind == "corruption" else 0)
+                    rows.append({"init": init, "probe": probe, "label_fraction": fraction, "num_labels": labels, "eval_set": eval_set,
+                                 "eval_kind": kind, "images": 100, "accuracy": accuracy, "macro_f1": accuracy, "auc_ovr": 0.9, "ece": 0.1, "val_accuracy": base})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_report_has_every_method_probe_fraction_and_chart():
+    results = _results()
+    table = results_markdown(results)
+    for init in ("scratch", "simclr", "simclr+micle"):
+        for probe in ("linear", "finetune"):
+            assert f"{init} {probe} / in_domain" in table and f"{init} {probe} / shift" in table
+    assert table.count("\n") == 4  # header, rule, three fractions
+    assert "| 0.1 | 300 | 0.5400 |" in table  # scratch linear in-domain at 10%
+    assert "severity 3" in corruption_markdown(results)
+    figures = report_figures(results)
+    assert set(figures) == {"label_efficiency", "shift_accuracy", "corruptions"}
+    assert all(png.startswith(b"\x89PNG") for png in figures.values())
+    assert report_html(results, figures).count("data:image/png;base64") == 3
