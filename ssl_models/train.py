@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
+from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment, normalise
 from ssl_models.distributed import ProcessInfo, init_from_environment, mean_across_ranks
 from ssl_models.heads import Classifier, ProjectionHead
 from ssl_models.losses import NTXentLoss
@@ -49,7 +49,10 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Supervised fine-tuning of encoder + linear classifier (``linear_probe`` freezes the encoder).
+    """Supervised fine-tuning of encoder + linear classifier.
+
+    linear_probe: freeze the encoder and train only the linear layer on features of the un-augmented
+    images (the linear evaluation protocol), at ``linear_probe_learning_rate``.
 
     head_warmup_steps: first train the new linear layer alone on frozen features, then everything
     (LP-FT, Kumar et al., 2022, arXiv 2202.10054): a random head's large early gradients would
@@ -61,6 +64,7 @@ class FinetuneConfig:
     min_steps: int = 150
     batch_size: int = 64
     learning_rate: float = 1e-3
+    linear_probe_learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     linear_probe: bool = False
     seed: int = 0
@@ -235,24 +239,20 @@ def finetune(
     torch.manual_seed(config.seed)
     model = Classifier(encoder, num_classes).to(device)
     if config.linear_probe:
-        for parameter in model.encoder.parameters():
-            parameter.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+        return _linear_probe(model, images, labels, config, device)
     steps_per_epoch = max(1, math.ceil(len(labels) / config.batch_size))
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = warmup_cosine(optimizer, steps_per_epoch, epochs * steps_per_epoch)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     stored = place_images(images, device)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
-    if config.head_warmup_steps and not config.linear_probe:
+    if config.head_warmup_steps:
         _train_head_only(model, stored, targets, config, generator, rng, device)
     history = []
     for epoch in range(epochs):
         model.train()
-        if config.linear_probe:
-            model.encoder.eval()  # frozen features: keep BatchNorm statistics fixed
         order = rng.permutation(len(labels))
         loss_sum, correct = 0.0, 0
         for start in range(0, len(order), config.batch_size):
@@ -270,6 +270,48 @@ def finetune(
             correct += int((logits.argmax(1) == batch_targets).sum())
         history.append({"epoch": epoch, "loss": loss_sum / len(labels), "accuracy": correct / len(labels)})
         log.info("finetune epoch %d/%d loss %.4f train accuracy %.3f", epoch + 1, epochs, history[-1]["loss"], history[-1]["accuracy"])
+    model.eval()
+    return model.cpu(), history
+
+
+@torch.no_grad()
+def _features(encoder: nn.Module, images: torch.Tensor, view: AugmentConfig, device: torch.device) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, feature_dim) float32 features of the un-augmented images, encoder in eval mode."""
+    encoder.eval()
+    chunks = []
+    for start in range(0, images.shape[0], 512):
+        with _autocast(device):
+            chunks.append(encoder(normalise(images[start : start + 512].to(device), view)).float())
+    return torch.cat(chunks)
+
+
+def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, config: FinetuneConfig, device: torch.device):
+    """The linear evaluation protocol: frozen encoder, features computed once, only the linear layer trained."""
+    for parameter in model.encoder.parameters():
+        parameter.requires_grad_(False)
+    features = _features(model.encoder, images, config.augment, device)
+    targets = torch.as_tensor(labels, dtype=torch.long, device=device)
+    steps_per_epoch = max(1, math.ceil(len(labels) / config.batch_size))
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    optimizer = torch.optim.AdamW(model.linear.parameters(), lr=config.linear_probe_learning_rate, weight_decay=config.weight_decay)
+    schedule = warmup_cosine(optimizer, steps_per_epoch, epochs * steps_per_epoch)
+    rng = np.random.default_rng(config.seed)
+    history = []
+    for epoch in range(epochs):
+        order = torch.from_numpy(rng.permutation(len(labels))).to(device)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            logits = model.linear(features[batch])
+            loss = F.cross_entropy(logits, targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.item() * len(batch)
+            correct += int((logits.argmax(1) == targets[batch]).sum())
+        history.append({"epoch": epoch, "loss": loss_sum / len(labels), "accuracy": correct / len(labels)})
+    log.info("linear probe: %d epochs, final loss %.4f train accuracy %.3f", epochs, history[-1]["loss"], history[-1]["accuracy"])
     model.eval()
     return model.cpu(), history
 

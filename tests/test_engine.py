@@ -85,3 +85,14 @@ def test_throughput_benchmark_quick_run_writes_its_result(tmp_path):
     assert record["command"].endswith("--quick --out " + str(tmp_path)) and record["machine"]["cpu_count"]
     for row in record["results"].values():
         assert row["engine_over_dataloader"] > 0 and row["engine"]["peak_memory_mb"] > 0
+
+
+def test_linear_probe_leaves_the_encoder_untouched():
+    labels = np.arange(64) % 2
+    images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    images[labels == 1, :, :, :14] = 255
+    encoder = build_encoder("small_cnn", 1)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    model, history = finetune(encoder, images, labels, 2, FinetuneConfig(epochs=20, min_steps=40, batch_size=16, linear_probe=True))
+    assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+    assert history[-1]["accuracy"] > 0.9
