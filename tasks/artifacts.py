@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from flytekit.types.file import FlyteFile
 
 MANIFEST_FILE = "manifest.parquet"
 IMAGES_FILE = "images.npy"
+SUMMARY_FILE = "summary.json"  # what ingest saw: duplicates, quarantined files, read statistics
 MANIFEST_COLUMNS = (
     "sha256", "source_path", "size_bytes", "width", "height", "mode",
     "case_id", "case_id_is_proxy", "site", "label", "split",
@@ -82,14 +85,29 @@ def file_sha256(*paths: Path) -> str:
 
 
 def write_dataset(directory: Path, manifest: pd.DataFrame, images: np.ndarray, summary: dict) -> str:
-    """Write the dataset files into ``directory`` and return their content sha256."""
+    """Write the dataset files into ``directory`` and return their content sha256.
+
+    The files are written to a temporary folder beside ``directory`` and renamed into place, so an
+    interrupted write leaves no half-written dataset (a previous one at ``directory`` is replaced).
+    """
     if len(manifest) != images.shape[0]:
         raise ValueError(f"manifest has {len(manifest)} rows but there are {images.shape[0]} images")
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest.reset_index(drop=True).to_parquet(directory / MANIFEST_FILE, index=False)
-    np.save(directory / IMAGES_FILE, np.ascontiguousarray(images), allow_pickle=False)
-    (directory / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    return file_sha256(directory / MANIFEST_FILE, directory / IMAGES_FILE)
+    if tuple(manifest.columns) != MANIFEST_COLUMNS:
+        raise ValueError(f"manifest columns {list(manifest.columns)} differ from MANIFEST_COLUMNS {list(MANIFEST_COLUMNS)}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    try:
+        manifest.reset_index(drop=True).to_parquet(staging / MANIFEST_FILE, index=False)
+        np.save(staging / IMAGES_FILE, np.ascontiguousarray(images), allow_pickle=False)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        sha256 = file_sha256(staging / MANIFEST_FILE, staging / IMAGES_FILE)
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sha256
 
 
 def read_dataset(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
@@ -100,3 +118,9 @@ def read_dataset(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
     if len(manifest) != images.shape[0]:
         raise ValueError(f"dataset {dataset.name}: {MANIFEST_FILE} has {len(manifest)} rows, {IMAGES_FILE} {images.shape[0]} images")
     return manifest, images
+
+
+def read_summary(dataset: Dataset) -> dict:
+    """The ingest summary of a Dataset ({} for datasets written without one)."""
+    path = Path(dataset.directory.download()) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

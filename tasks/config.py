@@ -6,7 +6,7 @@ PretrainConfig, FinetuneConfig and AugmentConfig come from ssl_models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,10 @@ class IngestConfig:
     max_images: keep a deterministic subset of this many images (0 keeps all).
     proxy_cases: when the source has no case ids, group images into PROXY cases by pixel
         neighbours (ssl_models.proxy_cases) instead of one case per image.
+    max_bad_fraction: fraction of a source's image files that may be undecodable (zero bytes,
+        truncated, not an image, over max_image_pixels); they are quarantined (skipped and listed in
+        the ingest summary). 0.0: any undecodable file stops the run. Above it the run stops, naming them.
+    max_image_pixels: width x height above which an image is refused as a decompression bomb.
     """
 
     image_size: int = 28
@@ -29,6 +33,8 @@ class IngestConfig:
     max_images: int = 0
     proxy_cases: bool = False
     seed: int = 0
+    max_bad_fraction: float = 0.0
+    max_image_pixels: int = 100_000_000
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -37,6 +43,10 @@ class IngestConfig:
             raise ValueError(
                 f"IngestConfig: train_fraction={self.train_fraction} and val_fraction={self.val_fraction} must be >= 0 and sum to <= 1"
             )
+        if not 0.0 <= self.max_bad_fraction < 1.0:
+            raise ValueError(f"IngestConfig.max_bad_fraction must be in [0, 1), got {self.max_bad_fraction}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"IngestConfig.max_image_pixels must be positive, got {self.max_image_pixels}")
 
 
 @dataclass(frozen=True)
@@ -44,11 +54,13 @@ class ValidationConfig:
     """What validate requires of a dataset.
 
     require_labels: every row needs a label (evaluation sets); otherwise labels are optional.
+    allowed_labels: the label values a dataset may use (empty: any value without surrounding blanks).
     """
 
     min_image_side: int = 8
     max_image_side: int = 8192
     require_labels: bool = False
+    allowed_labels: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

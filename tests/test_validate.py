@@ -51,3 +51,38 @@ def test_missing_labels_fail_when_required_and_row_count_must_match_images():
     report = validate_manifest(manifest, count + 1, ValidationConfig(require_labels=True), [])
     joined = "\n".join(report["failures"])
     assert "expect_column_values_to_not_be_null" in joined and "expect_table_row_count_to_equal" in joined
+
+
+def test_label_values_outside_the_allowed_set_or_with_blanks_are_named_with_their_file():
+    manifest, count = _manifest()
+    manifest["label"] = manifest["label"].astype("string")
+    manifest.loc[3, "label"] = "7"
+    manifest.loc[4, "label"] = "2 "
+    report = validate_manifest(manifest, count, ValidationConfig(allowed_labels=["0", "1", "2", "3"]), [])
+    joined = "\n".join(report["failures"])
+    assert "expect_column_values_to_be_in_set column 'label'" in joined and "img3.png: label='7'" in joined
+    assert "expect_column_values_to_match_regex column 'label'" in joined and "img4.png: label='2 '" in joined
+    assert validate_manifest(_manifest()[0], count, ValidationConfig(allowed_labels=["0", "1", "2", "3"]), [])["success"]
+
+
+def test_failing_column_checks_name_the_offending_files():
+    manifest, count = _manifest()
+    manifest.loc[7, "width"] = 3
+    report = validate_manifest(manifest, count, ValidationConfig(), [])
+    assert any("column 'width'" in line and "img7.png: width=3" in line for line in report["failures"]), report["failures"]
+
+
+def test_case_size_statistics_for_micle():
+    manifest, count = _manifest(count=10)  # five cases of two images
+    manifest.loc[9, "case_id"] = "alone"
+    stats = validate_manifest(manifest, count, ValidationConfig(), [])["case_sizes"]
+    assert stats == {
+        "cases": 6, "single_image_cases": 2, "multi_image_cases": 4, "images_in_multi_image_cases": 8,
+        "mean_images_per_case": 10 / 6, "max_images_per_case": 2, "cases_by_size": {"1": 2, "2": 4},
+    }  # fmt: skip
+
+
+def test_all_unlabelled_dataset_passes_label_checks():
+    manifest, count = _manifest()
+    manifest["label"] = pd.array([None] * len(manifest), dtype="string")
+    assert validate_manifest(manifest, count, ValidationConfig(allowed_labels=["0"]), [])["success"]

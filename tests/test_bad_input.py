@@ -1,0 +1,240 @@
+"""Bad input stops ingest with a message naming the file, row or column; the input's bytes never change."""
+
+import hashlib
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tasks.artifacts import MANIFEST_COLUMNS, write_dataset
+from tasks.config import IngestConfig
+from tasks.ingest import build_manifest
+from tasks.sources import SourceError, UndecodableImageError, read_source
+
+CONFIG = IngestConfig(image_size=16)
+
+
+def folder_digest(*roots: Path) -> str:
+    """sha256 over every file's relative name, bytes and symlink target under the roots."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            digest.update(str(path.relative_to(root)).encode())
+            if path.is_symlink():
+                digest.update(str(path.readlink()).encode())
+            elif path.is_file():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _png(seed: int, size=(24, 20)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb's signature."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _good_folder(root: Path, count: int = 4) -> None:
+    root.mkdir(exist_ok=True)
+    for i in range(count):
+        (root / f"img{i}.png").write_bytes(_png(i))
+
+
+def _with_metadata(root: Path, text: str) -> None:
+    _good_folder(root)
+    (root / "metadata.csv").write_text(text)
+
+
+# Each case builds a folder under tmp_path (and maybe beside it) and names the error it must raise.
+def truncated_png(root):
+    _good_folder(root)
+    data = _png(99, size=(64, 64))
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+
+
+def truncated_jpeg(root):
+    _good_folder(root)
+    data = _jpeg(7)
+    (root / "cut.jpg").write_bytes(data[: len(data) // 2])
+
+
+def zero_byte_file(root):
+    _good_folder(root)
+    (root / "empty.png").write_bytes(b"")
+
+
+def text_named_png(root):
+    _good_folder(root)
+    (root / "notes.png").write_text("patient notes, not an image\n")
+
+
+def html_named_jpg(root):
+    _good_folder(root)
+    (root / "page.jpg").write_text("<html><body>404 Not Found</body></html>")
+
+
+def decompression_bomb(root):
+    _good_folder(root)
+    (root / "bomb.png").write_bytes(_png_claiming(60000, 60000))
+
+
+def metadata_dotdot(root):
+    _with_metadata(root, "path,case_id\nimg0.png,a\n../outside.png,b\n")
+
+
+def metadata_absolute(root):
+    _with_metadata(root, f"path,case_id\nimg0.png,a\n{root / 'img1.png'},b\n")
+
+
+def metadata_symlink_out(root):
+    outside = root.parent / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(_png(50))
+    _with_metadata(root, "path,case_id\nimg0.png,a\nlink.png,b\n")
+    (root / "link.png").symlink_to(outside / "secret.png")
+
+
+def symlink_out_without_metadata(root):
+    outside = root.parent / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(_png(51))
+    _good_folder(root)
+    (root / "link.png").symlink_to(outside / "secret.png")
+
+
+def metadata_missing_file(root):
+    _with_metadata(root, "path,case_id\nimg0.png,a\nimg7.png,b\n")
+
+
+def metadata_without_path_column(root):
+    _with_metadata(root, "file,case_id\nimg0.png,a\n")
+
+
+def metadata_not_csv(root):
+    _with_metadata(root, 'path,case_id\nimg0.png,"a\nimg1.png,b\n')  # an unterminated quote
+
+
+def metadata_not_text(root):
+    _good_folder(root)
+    (root / "metadata.csv").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01")
+
+
+def metadata_listed_twice(root):
+    _with_metadata(root, "path,case_id\nimg0.png,a\nimg1.png,b\n./img0.png,c\n")
+
+
+def empty_folder(root):
+    root.mkdir(exist_ok=True)
+    (root / "README.txt").write_text("scans go here\n")
+
+
+def metadata_without_rows(root):
+    _with_metadata(root, "path,case_id,site,label\n")
+
+
+BAD_CASES = [
+    (truncated_png, UndecodableImageError, r"truncated.png: not a decodable image, truncated or corrupt"),
+    (truncated_jpeg, UndecodableImageError, r"cut.jpg: not a decodable image, truncated or corrupt"),
+    (zero_byte_file, UndecodableImageError, r"empty.png: zero-byte file"),
+    (text_named_png, UndecodableImageError, r"notes.png: not a PNG, JPEG, TIFF, BMP image"),
+    (html_named_jpg, UndecodableImageError, r"page.jpg: not a PNG, JPEG, TIFF, BMP image"),
+    (decompression_bomb, UndecodableImageError, r"bomb.png: decompression bomb"),
+    (metadata_dotdot, SourceError, r"metadata.csv row 3, column 'path': '../outside.png' contains '..'"),
+    (metadata_absolute, SourceError, r"metadata.csv row 3, column 'path': '/.*img1.png' is empty or absolute"),
+    (metadata_symlink_out, SourceError, r"metadata.csv row 3, column 'path': 'link.png' resolves outside the source folder"),
+    (symlink_out_without_metadata, SourceError, r"link.png: 'link.png' resolves outside the source folder"),
+    (metadata_missing_file, SourceError, r"metadata.csv row 3, column 'path': 'img7.png' does not exist"),
+    (metadata_without_path_column, SourceError, r"metadata.csv: missing required column 'path' \(columns found: \['file', 'case_id'\]\)"),
+    (metadata_not_csv, SourceError, r"metadata.csv: not parseable as CSV \(ParserError"),
+    (metadata_not_text, SourceError, r"metadata.csv: not parseable as CSV \(UnicodeDecodeError"),
+    (metadata_listed_twice, SourceError, r"metadata.csv row 4, column 'path': 'img0.png' is listed twice \(also row 2\)"),
+    (empty_folder, SourceError, r"source .*/scans is empty"),
+    (metadata_without_rows, SourceError, r"source .*/scans is empty"),
+]
+
+
+@pytest.mark.parametrize("build, error, message", BAD_CASES, ids=[case[0].__name__ for case in BAD_CASES])
+def test_bad_input_stops_ingest_naming_the_problem_and_leaves_input_unchanged(tmp_path, build, error, message):
+    root = tmp_path / "scans"
+    build(root)
+    before = folder_digest(tmp_path)
+    with pytest.raises(error, match=message):
+        read_source(str(root), CONFIG)
+    assert folder_digest(tmp_path) == before
+
+
+def test_pixel_limit_is_configurable(tmp_path):
+    _good_folder(tmp_path)  # 24x20 = 480 pixels each
+    with pytest.raises(UndecodableImageError, match=r"img0.png: decompression bomb: 20x24 = 480 pixels exceeds max_image_pixels=400"):
+        read_source(str(tmp_path), IngestConfig(image_size=16, max_image_pixels=400))
+
+
+def test_every_undecodable_file_is_named_at_once(tmp_path):
+    _good_folder(tmp_path, count=6)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(UndecodableImageError, match=r"2 of 8 image files cannot be decoded \(IngestConfig.max_bad_fraction=0.0 allows 0\)") as caught:
+        read_source(str(tmp_path), CONFIG)
+    assert "empty.png: zero-byte file" in str(caught.value) and "notes.jpg: not a PNG" in str(caught.value)
+
+
+def test_max_bad_fraction_quarantines_undecodable_files_and_reports_them(tmp_path):
+    _good_folder(tmp_path, count=7)
+    (tmp_path / "broken.png").write_bytes(_png(9)[:200])
+    before = folder_digest(tmp_path)
+    config = IngestConfig(image_size=16, max_bad_fraction=0.125)  # 1 of 8
+    images = read_source(str(tmp_path), config)
+    assert len(images.source_paths) == 7 and "broken.png" not in images.source_paths
+    assert [item["source_path"] for item in images.quarantined] == ["broken.png"]
+    _, _, summary = build_manifest(images, config)
+    assert summary["quarantined"][0]["source_path"] == "broken.png" and "truncated or corrupt" in summary["quarantined"][0]["problem"]
+    assert folder_digest(tmp_path) == before and (tmp_path / "broken.png").exists()  # quarantine never moves files
+
+
+def test_above_max_bad_fraction_fails_naming_the_files(tmp_path):
+    _good_folder(tmp_path, count=6)
+    (tmp_path / "a_bad.png").write_bytes(b"")
+    (tmp_path / "b_bad.png").write_text("no")
+    with pytest.raises(UndecodableImageError, match=r"2 of 8 .*max_bad_fraction=0.2 allows 1") as caught:
+        read_source(str(tmp_path), IngestConfig(image_size=16, max_bad_fraction=0.2))
+    assert "a_bad.png" in str(caught.value) and "b_bad.png" in str(caught.value)
+
+
+def test_a_failed_dataset_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    _good_folder(tmp_path / "scans")
+    manifest, pixels, summary = build_manifest(read_source(str(tmp_path / "scans"), CONFIG), CONFIG)
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    output = tmp_path / "out"
+    output.mkdir()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_dataset(output / "dataset-scans", manifest, pixels, summary)
+    assert list(output.iterdir()) == []  # neither the dataset nor its staging folder
+    monkeypatch.undo()
+    write_dataset(output / "dataset-scans", manifest, pixels, summary)
+    assert sorted(path.name for path in output.iterdir()) == ["dataset-scans"]
+    assert pd.read_parquet(output / "dataset-scans" / "manifest.parquet").shape[0] == 4

@@ -1,0 +1,159 @@
+"""S3 sources against a real S3 server process (moto_server on 127.0.0.1), reached through AWS_ENDPOINT_URL."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.config import IngestConfig
+from tasks.sources import SourceError, UndecodableImageError, fingerprint_source, read_source
+from workflows.data import validate_data
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "sslflow-scans"
+CONFIG = IngestConfig(image_size=16)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _moto_command(port: int) -> list[str]:
+    script = Path(sys.executable).parent / "moto_server"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
+    return [*command, "-H", "127.0.0.1", "-p", str(port)]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A moto S3 server process for this module, with the environment pointing boto3 at it; always stopped."""
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
+    server = subprocess.Popen(_moto_command(port), stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"moto_server exited with {server.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer means it is serving
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not answer on {endpoint} within 30 s")
+                time.sleep(0.2)
+        with pytest.MonkeyPatch.context() as environment:
+            for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+                environment.delenv(name, raising=False)
+            environment.setenv("AWS_ENDPOINT_URL", endpoint)
+            environment.setenv("AWS_ACCESS_KEY_ID", "testing")
+            environment.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            environment.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            environment.setenv("AWS_CONFIG_FILE", os.devnull)
+            environment.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+            client = boto3.client("s3")
+            client.create_bucket(Bucket=BUCKET)
+            yield client
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        log.close()
+
+
+def _png(seed: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (20 + seed % 7, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _put(client, key: str, body: bytes) -> None:
+    client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+def test_ingest_an_s3_prefix_with_metadata(s3_server):
+    for i in range(6):
+        _put(s3_server, f"clinic/scans/img{i}.png", _png(i, "L" if i % 2 else "RGB"))
+    _put(s3_server, "clinic/scans/metadata.csv", b"path,case_id,site,label\n" + b"".join(f"img{i}.png,p{i // 2},s{i % 2},{i % 2}\n".encode() for i in range(6)))
+    _put(s3_server, "clinic/scans2/other.png", _png(40))  # a sibling prefix: not part of the source
+    images = read_source(f"s3://{BUCKET}/clinic/scans", CONFIG)
+    assert images.source_paths == [f"img{i}.png" for i in range(6)]
+    assert images.pixels.shape == (6, 1, 16, 16) and images.case_ids == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert images.labels == ["0", "1"] * 3 and images.sites == ["s0", "s1"] * 3
+    assert images.size_bytes[0] == len(_png(0))
+    summary = validate_data(source=f"s3://{BUCKET}/clinic/scans")
+    assert "is valid: 6 images, 3 cases" in summary
+
+
+def test_incremental_ingest_downloads_and_decodes_only_new_objects(s3_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "cache"))
+    source = f"s3://{BUCKET}/incremental"
+    for i in range(3):
+        _put(s3_server, f"incremental/img{i}.png", _png(10 + i))
+    first_fingerprint = fingerprint_source(source)
+    first = read_source(source, CONFIG)
+    assert first.read_stats == {"listed": 3, "decoded": 3, "decode_cache_hits": 0, "files_read": 3, "bytes_read": sum(first.size_bytes)}
+    _put(s3_server, "incremental/img3.png", _png(13))
+    assert fingerprint_source(source) != first_fingerprint  # so Flyte's cache runs ingest again
+    second = read_source(source, CONFIG)
+    assert second.read_stats == {"listed": 4, "decoded": 1, "decode_cache_hits": 3, "files_read": 1, "bytes_read": len(_png(13))}
+    assert np.array_equal(second.pixels[:3], first.pixels)
+    _put(s3_server, "incremental/img0.png", _png(20))  # replaced object: new ETag, downloaded and decoded again
+    assert read_source(source, CONFIG).read_stats["decoded"] == 1
+
+
+def test_an_undecodable_object_is_named_or_quarantined(s3_server):
+    for i in range(3):
+        _put(s3_server, f"broken/img{i}.png", _png(30 + i))
+    _put(s3_server, "broken/scan7.png", b"<Error>AccessDenied</Error>")
+    with pytest.raises(UndecodableImageError, match=rf"s3://{BUCKET}/broken/scan7.png: not a PNG, JPEG, TIFF, BMP image"):
+        read_source(f"s3://{BUCKET}/broken", CONFIG)
+    images = read_source(f"s3://{BUCKET}/broken", IngestConfig(image_size=16, max_bad_fraction=0.25))
+    assert len(images.source_paths) == 3 and images.quarantined[0]["source_path"] == "scan7.png"
+
+
+def test_keys_with_dotdot_are_refused(s3_server):
+    _put(s3_server, "escape/img0.png", _png(1))
+    _put(s3_server, "escape/sub/../../etc/passwd.png", _png(2))
+    with pytest.raises(SourceError, match=rf"s3://{BUCKET}/escape/sub/../../etc/passwd.png: .* contains '..'"):
+        read_source(f"s3://{BUCKET}/escape", CONFIG)
+
+
+def test_metadata_naming_a_missing_object_and_a_missing_bucket(s3_server):
+    _put(s3_server, "listed/img0.png", _png(3))
+    _put(s3_server, "listed/metadata.csv", b"path,case_id\nimg0.png,a\nimg1.png,b\n")
+    with pytest.raises(SourceError, match=rf"s3://{BUCKET}/listed/metadata.csv row 3, column 'path': 'img1.png' does not exist"):
+        read_source(f"s3://{BUCKET}/listed", CONFIG)
+    with pytest.raises(SourceError, match=r"listing s3://no-such-bucket/x/: S3 error NoSuchBucket"):
+        read_source("s3://no-such-bucket/x", CONFIG)
+    with pytest.raises(SourceError, match=r"source s3://sslflow-scans/nothing-here is empty"):
+        read_source(f"s3://{BUCKET}/nothing-here", CONFIG)
+
+
+def test_pyflyte_validate_data_on_an_s3_prefix(s3_server):
+    for i in range(4):
+        _put(s3_server, f"cli/img{i}.png", _png(60 + i))
+    command = [str(Path(sys.executable).parent / "pyflyte"), "run", "workflows/data.py", "validate_data", "--source", f"s3://{BUCKET}/cli"]
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is valid: 4 images" in result.stdout
+    assert "testing" not in result.stdout + result.stderr  # credentials are never printed
