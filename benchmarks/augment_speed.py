@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig, augment  # noqa: E402
-from ssl_models.train import pick_device  # noqa: E402
+from ssl_models.device import pick_device  # noqa: E402
 
 
 def kornia_pipeline(size: int):

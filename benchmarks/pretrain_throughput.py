@@ -29,7 +29,8 @@ from benchmarks.common import peak_memory_mb, write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.losses import NTXentLoss  # noqa: E402
-from ssl_models.train import ContrastiveModel, PretrainConfig, _autocast, pick_device, pretrain_contrastive  # noqa: E402
+from ssl_models.device import autocast, pick_device  # noqa: E402
+from ssl_models.train import ContrastiveModel, PretrainConfig, pretrain_contrastive  # noqa: E402
 
 
 class TwoViews(Dataset):
@@ -64,7 +65,7 @@ def _model(device: torch.device, size: int):
 
 def _step(model, optimizer, loss_fn, view_a, view_b, device) -> None:
     views = torch.cat([view_a, view_b]).contiguous(memory_format=torch.channels_last)
-    with _autocast(device):
+    with autocast(device):
         z_a, z_b = model(views).float().chunk(2)
     loss = loss_fn(z_a, z_b)
     optimizer.zero_grad(set_to_none=True)

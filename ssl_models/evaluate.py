@@ -6,22 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_models.augment import AugmentConfig, normalise
-from ssl_models.train import _autocast, pick_device
+from ssl_models.augment import AugmentConfig
+from ssl_models.device import apply_in_batches
 
 
-@torch.no_grad()
 def predict_probabilities(model: nn.Module, images: torch.Tensor, view: AugmentConfig, batch_size: int = 512) -> np.ndarray:
     """images: (N, C, H, W) uint8 -> (N, num_classes) float32 softmax probabilities."""
-    device = pick_device()
-    model = model.to(device).eval()
-    outputs = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = normalise(images[start : start + batch_size].to(device), view)
-        with _autocast(device):
-            logits = model(batch)
-        outputs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(outputs).numpy()
+    return torch.softmax(apply_in_batches(model, images, view, batch_size), dim=1).cpu().numpy()
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -31,17 +22,9 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 
-@torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, view: AugmentConfig, batch_size: int = 512) -> torch.Tensor:
     """images: (N, C, H, W) uint8 -> (N, feature_dim) float32 L2-normalised encoder features, on the host."""
-    device = pick_device()
-    encoder = encoder.to(device).eval()
-    features = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = normalise(images[start : start + batch_size].to(device), view)
-        with _autocast(device):
-            features.append(torch.nn.functional.normalize(encoder(batch).float(), dim=1).cpu())
-    return torch.cat(features)
+    return torch.nn.functional.normalize(apply_in_batches(encoder, images, view, batch_size), dim=1).cpu()
 
 
 def knn_accuracy(

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment, normalise
+from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
+from ssl_models.device import apply_in_batches, autocast, pick_device
 from ssl_models.distributed import ProcessInfo, init_from_environment, mean_across_ranks
 from ssl_models.heads import Classifier, ProjectionHead
 from ssl_models.losses import NTXentLoss
@@ -75,10 +76,6 @@ EpochCallback = Callable[[int, dict, Callable[[], dict]], None]
 """on_epoch_end(epoch, metrics, state_fn): state_fn() returns a resumable state dict."""
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Put the uint8 image set on the GPU if it takes under a quarter of free memory, else pin it on the host."""
     if device.type == "cuda":
@@ -92,11 +89,6 @@ def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _batch_to_device(images: torch.Tensor, indices: np.ndarray, device: torch.device) -> torch.Tensor:
     index = torch.from_numpy(indices).to(images.device)
     return images.index_select(0, index).to(device, non_blocking=True)
-
-
-def _autocast(device: torch.device):
-    # bf16 on GPUs; CPU autocast slows small convolutions, so CPU stays in fp32.
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 class ContrastiveModel(nn.Module):
@@ -176,7 +168,7 @@ def pretrain_contrastive(
                     augment(_batch_to_device(stored, partner_batch, device), config.augment, generator),
                 ]
             ).contiguous(memory_format=memory_format)
-            with _autocast(device):
+            with autocast(device):
                 projections = forward(views)
             z_a, z_b = projections.float().chunk(2)
             loss = loss_fn(z_a, z_b)
@@ -259,7 +251,7 @@ def finetune(
             batch = order[start : start + config.batch_size]
             views = augment(_batch_to_device(stored, batch, device), config.augment, generator)
             batch_targets = targets[torch.from_numpy(batch).to(device)]
-            with _autocast(device):
+            with autocast(device):
                 logits = model(views)
             loss = F.cross_entropy(logits.float(), batch_targets)
             optimizer.zero_grad(set_to_none=True)
@@ -274,22 +266,11 @@ def finetune(
     return model.cpu(), history
 
 
-@torch.no_grad()
-def _features(encoder: nn.Module, images: torch.Tensor, view: AugmentConfig, device: torch.device) -> torch.Tensor:
-    """(N, C, H, W) uint8 -> (N, feature_dim) float32 features of the un-augmented images, encoder in eval mode."""
-    encoder.eval()
-    chunks = []
-    for start in range(0, images.shape[0], 512):
-        with _autocast(device):
-            chunks.append(encoder(normalise(images[start : start + 512].to(device), view)).float())
-    return torch.cat(chunks)
-
-
 def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, config: FinetuneConfig, device: torch.device):
     """The linear evaluation protocol: frozen encoder, features computed once, only the linear layer trained."""
     for parameter in model.encoder.parameters():
         parameter.requires_grad_(False)
-    features = _features(model.encoder, images, config.augment, device)
+    features = apply_in_batches(model.encoder, images, config.augment)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
     steps_per_epoch = max(1, math.ceil(len(labels) / config.batch_size))
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
@@ -323,7 +304,7 @@ def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig,
     for _ in range(config.head_warmup_steps):
         batch = rng.choice(len(targets), size=min(config.batch_size, len(targets)), replace=False)
         views = augment(_batch_to_device(stored, batch, device), config.augment, generator)
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast(device):
             features = model.encoder(views)
         loss = F.cross_entropy(model.linear(features.float()), targets[torch.from_numpy(batch).to(device)])
         optimizer.zero_grad(set_to_none=True)
