@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
 from ssl_models.device import apply_in_batches, autocast, pick_device
-from ssl_models.distributed import ProcessInfo, init_from_environment, mean_across_ranks
+from ssl_models.distributed import init_from_environment, mean_across_ranks
 from ssl_models.heads import Classifier, ProjectionHead
 from ssl_models.losses import NTXentLoss
 from ssl_models.micle import MiclePairSampler

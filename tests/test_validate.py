@@ -1,9 +1,8 @@
 import numpy as np
 import pandas as pd
-import pytest
 
 from tasks.config import IngestConfig, ValidationConfig
-from tasks.ingest import build_manifest
+from tasks.manifest import build_manifest
 from tasks.sources import SourceImages
 from tasks.validate import validate_manifest
 
