@@ -2,7 +2,13 @@
 
 Local runs (`pyflyte run` without --remote) use the current virtual environment and build nothing.
 Set SSLFLOW_IMAGE_REGISTRY to the registry your cluster pulls from (default: the flyte sandbox's).
-Both images pin the same packages as pyproject.toml; the GPU image starts from a CUDA runtime.
+Both images pin the versions of requirements.lock (tests/test_packaging.py checks it). The torch
+wheels bring their own CUDA 13 libraries (the nvidia-* packages of the lock), so the GPU image only
+needs a CUDA 13 base for the driver hooks.
+
+Images built elsewhere (CI, `docker build`): set SSLFLOW_CPU_IMAGE and SSLFLOW_GPU_IMAGE to their full
+names (registry/name:tag). Tasks then name those images and flytekit builds or looks up nothing;
+that is also how the packaging test serializes the workflows on a machine without docker.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ REGISTRY = os.environ.get("SSLFLOW_IMAGE_REGISTRY", "localhost:30000")
 PACKAGES = [
     "torch==2.14.1",
     "torchvision==0.29.1",
+    "numpy==2.4.6",
     "flytekit==1.16.31",
     "flytekitplugins-kfpytorch[elastic]==1.16.31",
     "mlflow==3.17.2",
@@ -28,7 +35,7 @@ PACKAGES = [
     "matplotlib==3.11.2",
 ]
 
-cpu_image = ImageSpec(
+cpu_image_spec = ImageSpec(
     name="sslflow-cpu",
     python_version="3.11",
     packages=PACKAGES,
@@ -36,11 +43,15 @@ cpu_image = ImageSpec(
     registry=REGISTRY,
 )
 
-gpu_image = ImageSpec(
+gpu_image_spec = ImageSpec(
     name="sslflow-gpu",
-    base_image="nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04",
+    base_image="nvidia/cuda:13.0.1-base-ubuntu24.04",
     python_version="3.11",
     packages=PACKAGES,
     apt_packages=["dataset-fashion-mnist"],
     registry=REGISTRY,
 )
+
+# What the tasks name: a pre-built image if one is given, else the spec (built on registration).
+cpu_image: str | ImageSpec = os.environ.get("SSLFLOW_CPU_IMAGE") or cpu_image_spec
+gpu_image: str | ImageSpec = os.environ.get("SSLFLOW_GPU_IMAGE") or gpu_image_spec

@@ -40,7 +40,7 @@ def start_pipeline_run(
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="1"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """The closing summary printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""
     finish_parent_run(parent_run_id)
@@ -51,7 +51,11 @@ def report(results: pd.DataFrame, registration: Registration, parent_run_id: str
             results_markdown(results),
             "",
             f"MLflow parent run: {parent_run_id} ({tracking_uri()})",
-            f"Registered model: {fields['model_name']} version {fields['version']} aliases {', '.join(fields['aliases'])}"
-            f" (selected: {fields['init']} at label fraction {fields['label_fraction']:g}; {fields['decision']})",
+            (
+                f"Registered model: {fields['model_name']} version {fields['version']} aliases {', '.join(fields['aliases'])}"
+                f" (selected: {fields['init']} at label fraction {fields['label_fraction']:g})"
+            ),
+            f"Promotion gate: {fields['decision']}",
+            f"Champion: {fields['model_name']} version {fields['champion_version'] or '(none)'}",
         ]
     )

@@ -1,0 +1,29 @@
+"""Test helper: run Elastic training tasks in the calling process instead of torch-elastic workers.
+
+Locally, every Elastic task launches a worker process that re-imports the project (about 10 s of CPU
+here) and is polled every monitor_interval (5 s); a tiny pipeline has eight such tasks, so they would
+dominate tests whose subject is MLflow and Flyte's cache, not Elastic (tested on its own elsewhere).
+The task function itself is the same; only the launcher is skipped.
+
+    with_inprocess_elastic(monkeypatch)                                   # in a test
+    python tests/inprocess_elastic.py run workflows/pipeline.py ...       # `pyflyte`, patched
+"""
+
+from __future__ import annotations
+
+from flytekitplugins.kfpytorch.task import PytorchElasticFunctionTask
+
+
+def _run_in_process(self, **kwargs):
+    return self._task_function(**kwargs)
+
+
+def with_inprocess_elastic(monkeypatch) -> None:
+    monkeypatch.setattr(PytorchElasticFunctionTask, "_execute", _run_in_process)
+
+
+if __name__ == "__main__":
+    PytorchElasticFunctionTask._execute = _run_in_process
+    from flytekit.clis.sdk_in_container.pyflyte import main
+
+    main()

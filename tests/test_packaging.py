@@ -1,0 +1,149 @@
+"""`pyflyte package` compiles every workflow and launch plan; assertions on the serialized specs.
+
+Nothing is built or looked up: SSLFLOW_CPU_IMAGE / SSLFLOW_GPU_IMAGE name pre-built images (see
+images/specs.py), so no task carries an ImageSpec, and `--image` sets a default image no task may use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from flyteidl.admin import launch_plan_pb2, task_pb2, workflow_pb2
+from google.protobuf.json_format import MessageToDict
+
+from images.specs import PACKAGES
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PYFLYTE = Path(sys.executable).parent / "pyflyte"
+CPU_IMAGE, GPU_IMAGE = "registry.example.com/sslflow-cpu:packaging-test", "registry.example.com/sslflow-gpu:packaging-test"
+DEFAULT_IMAGE = "registry.example.com/no-task-may-use-this:0"
+TRAINING_TASKS = ("tasks.pretrain.pretrain_simclr", "tasks.pretrain.pretrain_micle", "workflows.launch_plans.pretrain_simclr_multinode")
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> dict[str, dict]:
+    """{"tasks": {name: TaskTemplate as dict}, "workflows": {name: WorkflowSpec}, "launch_plans": {name: LaunchPlan}}."""
+    root = tmp_path_factory.mktemp("package")
+    environment = {**os.environ, "SSLFLOW_CPU_IMAGE": CPU_IMAGE, "SSLFLOW_GPU_IMAGE": GPU_IMAGE}
+    command = [str(PYFLYTE), "--pkgs", "workflows", "package", "--image", DEFAULT_IMAGE, "--output", str(root / "flyte-package.tgz"), "--force"]
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with tarfile.open(root / "flyte-package.tgz") as archive:
+        archive.extractall(root / "pb", filter="data")
+    entities: dict[str, dict] = {"tasks": {}, "workflows": {}, "launch_plans": {}}
+    for path in sorted((root / "pb").glob("*.pb")):
+        kind = path.stem.rsplit("_", 1)[1]  # 1 task, 2 workflow, 3 launch plan (flyteidl ResourceType)
+        message = {"1": task_pb2.TaskSpec, "2": workflow_pb2.WorkflowSpec, "3": launch_plan_pb2.LaunchPlan}[kind]()
+        message.ParseFromString(path.read_bytes())
+        if kind == "1":
+            entities["tasks"][message.template.id.name] = MessageToDict(message.template)
+        elif kind == "2":
+            entities["workflows"][message.template.id.name] = MessageToDict(message.template)
+        else:
+            entities["launch_plans"][message.id.name] = MessageToDict(message)
+    return entities
+
+
+def _container(template: dict) -> dict:
+    """The task's (primary) container: plain, or inside the pod template Elastic tasks use for /dev/shm."""
+    if "container" in template:
+        return template["container"]
+    primary = template["config"]["primary_container_name"]
+    return next(c for c in template["k8sPod"]["podSpec"]["containers"] if c["name"] == primary)
+
+
+def _requests(container: dict) -> dict[str, str]:
+    requests = container["resources"].get("requests", {})
+    if isinstance(requests, dict):  # pod spec form
+        return {key.replace("memory", "MEMORY").upper(): value for key, value in requests.items()}
+    return {entry["name"]: entry["value"] for entry in requests}
+
+
+def test_every_workflow_and_launch_plan_compiles(package):
+    workflows = set(package["workflows"])
+    for name in ("workflows.pipeline.ssl_pipeline", "workflows.launch_plans.scheduled_pipeline",
+                 "workflows.launch_plans.ssl_pipeline_multinode", "workflows.lifecycle.rollback"):  # fmt: skip
+        assert name in workflows, name
+        assert name in package["launch_plans"], name  # its default launch plan
+    assert {"sslflow_weekly_retraining", "sslflow_multinode_pretraining"} <= set(package["launch_plans"])
+
+
+def test_every_task_names_its_image(package):
+    for name, template in package["tasks"].items():
+        image = _container(template)["image"]
+        assert image in (CPU_IMAGE, GPU_IMAGE), f"{name} runs in {image}: give it container_image= from images/specs.py"
+    for name in TRAINING_TASKS:
+        assert _container(package["tasks"][name])["image"] == GPU_IMAGE, name
+
+
+def test_pretraining_requests_gpus_and_an_accelerator(package):
+    for name in TRAINING_TASKS:
+        template = package["tasks"][name]
+        assert int(_requests(_container(template))["GPU"]) >= 1, name
+        assert template["extendedResources"]["gpuAccelerator"]["device"].startswith("nvidia-tesla-a100"), name
+        assert template["metadata"]["retries"]["retries"] >= 1, f"{name}: preemptible GPU nodes need retries"
+
+
+def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):
+    single, multi = package["tasks"]["tasks.pretrain.pretrain_simclr"], package["tasks"]["workflows.launch_plans.pretrain_simclr_multinode"]
+    assert single["type"] == "python-task"  # Elastic with one node: torchrun inside one pod
+    assert multi["type"] == "pytorch"  # a PyTorchJob
+    assert multi["custom"]["workerReplicas"]["replicas"] == 2
+    assert multi["custom"]["elasticConfig"]["nprocPerNode"] == 8
+    assert _requests(_container(multi))["GPU"] == "8"
+    # the same DAG as ssl_pipeline but for that one task
+    nodes = {name: [node.get("taskNode", {}).get("referenceId", {}).get("name") for node in package["workflows"][name]["nodes"]]
+             for name in ("workflows.pipeline.ssl_pipeline", "workflows.launch_plans.ssl_pipeline_multinode")}  # fmt: skip
+    swapped = [n.replace("tasks.pretrain.pretrain_simclr", "workflows.launch_plans.pretrain_simclr_multinode") for n in nodes["workflows.pipeline.ssl_pipeline"]]
+    assert nodes["workflows.launch_plans.ssl_pipeline_multinode"] == swapped
+
+
+def test_caching_and_retries(package):
+    tasks = package["tasks"]
+    for name in ("tasks.ingest.ingest", "tasks.register.register", *TRAINING_TASKS, "tasks.evaluate.evaluate"):
+        metadata = tasks[name]["metadata"]
+        assert metadata.get("discoverable") and metadata.get("discoveryVersion"), f"{name} is not cached"
+        assert "parent_run_id" in metadata.get("cacheIgnoreInputVars", []), name
+    for name in ("tasks.ingest.ingest", "tasks.register.register"):
+        assert tasks[name]["metadata"]["retries"]["retries"] >= 1, name
+    # run every time, and once: a rollback retried would roll back twice
+    for name in ("workflows.launch_plans.refresh_source", "tasks.register.rollback_champion"):
+        assert not tasks[name]["metadata"].get("discoverable"), name
+    assert not tasks["tasks.register.rollback_champion"]["metadata"].get("retries", {}).get("retries")
+
+
+def test_weekly_retraining_schedule(package):
+    plan = package["launch_plans"]["sslflow_weekly_retraining"]["spec"]
+    schedule = plan["entityMetadata"]["schedule"]
+    assert schedule == {"cronSchedule": {"schedule": "0 3 * * 1"}, "kickoffTimeInputArg": "kickoff_time"}
+    assert plan["defaultInputs"]["parameters"]["kickoff_time"].get("required") is True
+    assert plan["workflowId"]["name"] == "workflows.launch_plans.scheduled_pipeline"
+    pipeline_inputs = set(package["workflows"]["workflows.pipeline.ssl_pipeline"]["interface"]["inputs"]["variables"])
+    scheduled_inputs = set(package["workflows"]["workflows.launch_plans.scheduled_pipeline"]["interface"]["inputs"]["variables"])
+    assert scheduled_inputs == pipeline_inputs | {"kickoff_time"}
+
+
+def test_image_pins_match_the_lock_file():
+    locked = dict(
+        re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", line).groups()
+        for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines()
+        if re.match(r"[A-Za-z0-9_.\-]+==", line)
+    )
+    normalise = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+    locked = {normalise(name): version for name, version in locked.items()}
+    for pin in PACKAGES:
+        name, version = re.match(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)", pin).groups()
+        assert locked.get(normalise(name)) == version, f"images/specs.py pins {pin}, requirements.lock has {locked.get(normalise(name))}"
+
+
+def test_flyte_config_is_read_by_flytekit():
+    from flytekit.configuration import Config
+
+    config = Config.auto(config_file=str(PROJECT_ROOT / "flyte.config"))
+    assert config.platform.endpoint == "flyte.example.com:443" and config.platform.auth_mode == "Pkce"

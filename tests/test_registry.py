@@ -1,0 +1,291 @@
+"""The model registry against a real `mlflow server`: gate, promotion, rollback, idempotence, load by
+alias, and what a failure half-way leaves behind (a crash of the server included).
+
+The models are constant classifiers (zero linear weights, a bias for one class), so their accuracy is
+the share of that class in a test set, and every gate decision below is known in advance:
+
+    test labels   in-domain: 5 x "0", 3 x "1", 2 x "2"     shift: 2 x "0", 3 x "1", 5 x "2"
+    always "1"    (0.3, 0.3)
+    always "0"    (0.5, 0.2)   better in-domain, worse under shift
+    always "2"    (0.2, 0.5)   worse in-domain, better under shift
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
+from live_mlflow import MlflowServer, free_port, mlflow_at
+from mlflow.tracking import MlflowClient
+
+from ssl_models.encoders import build_encoder
+from ssl_models.heads import Classifier
+from tasks.artifacts import (
+    MANIFEST_COLUMNS,
+    Dataset,
+    FinetunedModel,
+    file_sha256,
+    write_dataset,
+)
+from tasks.config import RegistryConfig
+from tasks.register import (
+    CHALLENGER,
+    CHAMPION,
+    COMPLETE,
+    INCOMPLETE,
+    PREVIOUS_CHAMPION,
+    STATE_TAG,
+    Accuracies,
+    aliases_of,
+    promotion_gate,
+    register,
+    roll_back,
+)
+from tasks.tracking import TrackingServerUnavailable, start_parent_run, tracking_uri
+from workflows.lifecycle import rollback
+
+CLASSES = ["0", "1", "2"]
+
+
+# ---------------------------------------------------------------- the gate alone (no MLflow)
+
+
+def test_gate_promotes_the_first_model():
+    assert promotion_gate(Accuracies(0.1, 0.1), None, RegistryConfig()).promote
+
+
+def test_gate_needs_better_in_domain_and_no_worse_shift():
+    champion, config = Accuracies(0.80, 0.50), RegistryConfig()
+    assert promotion_gate(Accuracies(0.81, 0.50), champion, config).promote
+    tie = promotion_gate(Accuracies(0.80, 0.60), champion, config)
+    assert not tie.promote and "in-domain 0.8000 vs champion 0.8000" in tie.reason  # newer is not better
+    worse_shift = promotion_gate(Accuracies(0.90, 0.49), champion, config)
+    assert not worse_shift.promote and "shift 0.4900" in worse_shift.reason and "in-domain" not in worse_shift.reason
+    both = promotion_gate(Accuracies(0.70, 0.40), champion, config)
+    assert not both.promote and "in-domain" in both.reason and "shift" in both.reason
+
+
+def test_gate_thresholds_are_configurable():
+    champion = Accuracies(0.80, 0.50)
+    lenient = RegistryConfig(non_inferiority_margin=0.02, max_shift_drop=0.05)
+    assert promotion_gate(Accuracies(0.79, 0.46), champion, lenient).promote
+    assert not promotion_gate(Accuracies(0.78, 0.46), champion, lenient).promote  # exactly at the margin: fails
+    assert promotion_gate(Accuracies(0.81, 0.45), champion, lenient).promote  # exactly at the allowed drop: passes
+    assert not promotion_gate(Accuracies(0.81, 0.44), champion, lenient).promote
+
+
+@pytest.mark.parametrize("field", ["non_inferiority_margin", "max_shift_drop"])
+def test_registry_config_rejects_impossible_thresholds(field):
+    with pytest.raises(ValueError, match=field):
+        RegistryConfig(**{field: -0.1})
+    with pytest.raises(ValueError, match=field):
+        RegistryConfig(**{field: 1.5})
+
+
+# ---------------------------------------------------------------- against a live server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as running:
+        yield running
+
+
+def _few_fast_retries(monkeypatch) -> None:
+    """A dead server then fails in seconds instead of MLflow's default of minutes."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+@pytest.fixture
+def tracking(server, monkeypatch):
+    """sslflow pointed at the live server for one test."""
+    _few_fast_retries(monkeypatch)
+    with mlflow_at(monkeypatch, server.uri):
+        yield server
+
+
+def _dataset(directory: Path, name: str, counts: dict[str, int]) -> Dataset:
+    labels = [label for label, count in counts.items() for _ in range(count)]
+    rng = np.random.default_rng(0)
+    manifest = pd.DataFrame({column: [""] * len(labels) for column in MANIFEST_COLUMNS})
+    manifest = manifest.assign(
+        sha256=[f"{name}-{i}" for i in range(len(labels))], size_bytes=784, width=28, height=28, mode="L",
+        case_id=[f"case-{i}" for i in range(len(labels))], case_id_is_proxy=False, label=pd.array(labels, dtype="string"),
+        split="test",
+    )  # fmt: skip
+    images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8)
+    sha256 = write_dataset(directory / name, manifest, images, {})
+    return Dataset(directory=FlyteDirectory(str(directory / name)), name=name, num_images=len(labels), content_sha256=sha256, mlflow_run_id="")
+
+
+@pytest.fixture(scope="module")
+def test_sets(tmp_path_factory) -> tuple[Dataset, Dataset]:
+    root = tmp_path_factory.mktemp("datasets")
+    return _dataset(root, "in-domain", {"0": 5, "1": 3, "2": 2}), _dataset(root, "shift", {"0": 2, "1": 3, "2": 5})
+
+
+def _constant_model(directory: Path, predicted: str) -> FinetunedModel:
+    torch.manual_seed(0)
+    classifier = Classifier(build_encoder("small_cnn", 1, 28), len(CLASSES))
+    with torch.no_grad():
+        classifier.linear.weight.zero_()
+        classifier.linear.bias.copy_(torch.tensor([10.0 if name == predicted else 0.0 for name in CLASSES]))
+    path = directory / f"always-{predicted}-{uuid.uuid4().hex[:8]}.pt"
+    torch.save(classifier.state_dict(), path)
+    values = {
+        "checkpoint": FlyteFile(str(path)), "encoder_name": "small_cnn", "in_channels": 1, "image_size": 28,
+        "class_names": CLASSES, "init": "simclr+micle", "probe": "finetune", "label_fraction": 1.0, "num_labels": 30,
+        "val_accuracy": 0.5, "content_sha256": file_sha256(path), "mlflow_run_id": "",
+    }  # fmt: skip
+    return FinetunedModel(**{f.name: values[f.name] for f in dataclasses.fields(FinetunedModel)})
+
+
+def _register(model: FinetunedModel, test_sets, config: RegistryConfig, parent_run_id: str | None = None):
+    """The register task's body, as the pipeline runs it (Flyte's cache aside)."""
+    in_domain, shift = test_sets
+    parent_run_id = parent_run_id or start_parent_run("test_registry", {})
+    return register.task_function(models=[model], in_domain=in_domain, shift=shift, config=config, parent_run_id=parent_run_id)
+
+
+def _versions(model_name: str) -> list:
+    return sorted(MlflowClient().search_model_versions(f"name = '{model_name}'"), key=lambda v: int(v.version))
+
+
+def test_gate_promotion_load_by_alias_and_rollback(tracking, test_sets, tmp_path):
+    config = RegistryConfig(model_name=f"gate-{uuid.uuid4().hex[:8]}")
+    first = _register(_constant_model(tmp_path, "1"), test_sets, config)
+    assert (first.version, first.promoted, first.champion_version) == ("1", True, "1")
+    assert first.decision == "promoted: no champion yet"
+    assert (first.in_domain_accuracy, first.shift_accuracy) == pytest.approx((0.3, 0.3))
+
+    # better in-domain but worse under shift: only the challenger alias moves; the reason is tagged
+    second = _register(_constant_model(tmp_path, "0"), test_sets, config)
+    assert (second.version, second.promoted, second.aliases, second.champion_version) == ("2", False, [CHALLENGER], "1")
+    tags = MlflowClient().get_model_version(config.model_name, "2").tags
+    assert tags["gate.promoted"] == "false" and "shift 0.2000 vs champion 0.3000" in tags["gate.decision"]
+    assert tags[STATE_TAG] == COMPLETE and tags["gate.champion_version"] == "1"
+    for key in ("checkpoint_sha256", "pipeline_run_id", "code_version", "in_domain_data_sha256", "shift_data_sha256", "label_fraction"):
+        assert tags[key], key
+    assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "2"}
+
+    # the same kind of model passes once a 0.1 drop under shift is allowed: champion moves, the old one is kept
+    third = _register(_constant_model(tmp_path, "0"), test_sets, dataclasses.replace(config, max_shift_drop=0.15))
+    assert (third.version, third.promoted, sorted(third.aliases)) == ("3", True, [CHALLENGER, CHAMPION])
+    assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "3", CHALLENGER: "3", PREVIOUS_CHAMPION: "1"}
+
+    # the champion loads by alias and predicts from raw pixel values
+    images = np.full((4, 1, 28, 28), 255.0, dtype=np.float32)
+    probabilities = mlflow.pyfunc.load_model(f"models:/{config.model_name}@champion").predict(images)
+    assert probabilities.shape == (4, 3) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert (probabilities.argmax(axis=1) == CLASSES.index("0")).all()
+    assert mlflow.pytorch.load_model(f"models:/{config.model_name}@champion")(torch.from_numpy(images)).shape == (4, 3)
+
+    # one command undoes the promotion; with no older champion left, a second one explains why it cannot
+    assert "back to version 1" in rollback(model_name=config.model_name)  # the workflow, run locally
+    assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "3"}
+    assert "rolled_back" in MlflowClient().get_model_version(config.model_name, "3").tags
+    with pytest.raises(ValueError, match="no 'previous_champion' alias"):
+        roll_back(config.model_name)
+
+
+def test_rerun_of_a_registered_pipeline_run_reuses_its_version(tracking, test_sets, tmp_path):
+    config = RegistryConfig(model_name=f"idempotent-{uuid.uuid4().hex[:8]}")
+    model, parent_run_id = _constant_model(tmp_path, "1"), start_parent_run("test_registry", {})
+    first = _register(model, test_sets, config, parent_run_id)
+    again = _register(model, test_sets, config, parent_run_id)
+    assert again.version == first.version and again.promoted and again.decision.startswith("already registered")
+    assert len(_versions(config.model_name)) == 1
+    assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "1"}
+    # a new pipeline run with the same checkpoint is a new version, and a tie does not promote it
+    other_run = _register(model, test_sets, config)
+    assert (other_run.version, other_run.promoted, other_run.champion_version) == ("2", False, "1")
+
+
+def test_failure_after_create_deletes_the_version_and_restores_aliases(tracking, test_sets, tmp_path, monkeypatch):
+    config = RegistryConfig(model_name=f"undo-{uuid.uuid4().hex[:8]}", max_shift_drop=0.5)
+    _register(_constant_model(tmp_path, "1"), test_sets, config)
+    _register(_constant_model(tmp_path, "0"), test_sets, config)
+    before = aliases_of(MlflowClient(), config.model_name)
+    assert before == {CHAMPION: "2", CHALLENGER: "2", PREVIOUS_CHAMPION: "1"}
+
+    set_alias = MlflowClient.set_registered_model_alias
+
+    def fail_on_champion(self, name, alias, version):
+        if alias == CHAMPION:
+            raise RuntimeError("injected failure while moving champion")
+        return set_alias(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_champion)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _register(_constant_model(tmp_path, "0"), test_sets, dataclasses.replace(config, non_inferiority_margin=0.5))
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_alias)
+    assert [v.version for v in _versions(config.model_name)] == ["1", "2"]  # version 3 deleted
+    assert aliases_of(MlflowClient(), config.model_name) == before
+
+
+def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(tracking, test_sets, tmp_path, monkeypatch):
+    config = RegistryConfig(model_name=f"crash-{uuid.uuid4().hex[:8]}", max_shift_drop=0.5)
+    _register(_constant_model(tmp_path, "1"), test_sets, config)
+    model, parent_run_id = _constant_model(tmp_path, "0"), start_parent_run("test_registry", {})
+
+    real_register_model = mlflow.register_model
+
+    def register_then_crash(*args, **kwargs):
+        version = real_register_model(*args, **kwargs)
+        tracking.kill()
+        return version
+
+    monkeypatch.setattr(mlflow, "register_model", register_then_crash)
+    started = time.monotonic()
+    with pytest.raises(TrackingServerUnavailable, match=tracking.uri.replace(".", r"\.")):
+        _register(model, test_sets, config, parent_run_id)
+    assert time.monotonic() - started < 60, "bounded retries"
+    monkeypatch.setattr(mlflow, "register_model", real_register_model)
+
+    tracking.start()  # same store: what did the crash leave?
+    left = _versions(config.model_name)
+    assert [(v.version, v.tags[STATE_TAG]) for v in left] == [("1", COMPLETE), ("2", INCOMPLETE)]
+    assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "1"}
+
+    # the retry of the same pipeline run removes the leftover and registers properly
+    retried = _register(model, test_sets, config, parent_run_id)
+    assert (retried.version, retried.promoted) == ("3", True)
+    assert [(v.version, v.tags[STATE_TAG]) for v in _versions(config.model_name)] == [("1", COMPLETE), ("3", COMPLETE)]
+    assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "3", CHALLENGER: "3", PREVIOUS_CHAMPION: "1"}
+
+
+@pytest.fixture
+def dead_server(monkeypatch):
+    """A URI where no server listens."""
+    _few_fast_retries(monkeypatch)
+    with mlflow_at(monkeypatch, f"http://127.0.0.1:{free_port()}"):
+        yield
+
+
+def test_server_down_fails_fast_with_a_clear_message(dead_server):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    started = time.monotonic()
+    with pytest.raises(TrackingServerUnavailable) as error:
+        start_parent_run("ssl_pipeline", {"a": 1})
+    assert uri in str(error.value) and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in str(error.value)
+    assert time.monotonic() - started < 30
+
+
+def test_a_cluster_pod_without_tracking_uri_says_what_to_set(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("FLYTE_INTERNAL_EXECUTION_ID", "f1234")
+    with pytest.raises(RuntimeError, match="--env MLFLOW_TRACKING_URI="):
+        tracking_uri()

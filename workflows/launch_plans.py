@@ -1,0 +1,134 @@
+"""Launch plans: weekly retraining on freshly fingerprinted data, and the pipeline with multi-node SimCLR.
+
+    sslflow_weekly_retraining      scheduled_pipeline every Monday 03:00 UTC (CronSchedule; the
+                                   schedule's time arrives as the kickoff_time input)
+    sslflow_multinode_pretraining  ssl_pipeline_multinode: ssl_pipeline with SimCLR as a PyTorchJob
+                                   of 2 nodes x 8 GPUs (Elastic nnodes=2, nproc_per_node=8)
+
+Register with the schedule switched on (see README, "Run on your cluster"):
+
+    pyflyte --config flyte.config register --activate-launchplans --env MLFLOW_TRACKING_URI=... workflows/
+
+Both run on a cluster only: locally, run workflows/pipeline.py ssl_pipeline instead.
+"""
+
+from __future__ import annotations
+
+import types
+from datetime import datetime
+from typing import Annotated
+
+from flytekit import (
+    Cache,
+    CronSchedule,
+    HashMethod,
+    LaunchPlan,
+    Resources,
+    task,
+    workflow,
+)
+from flytekitplugins.kfpytorch import Elastic
+
+from images.specs import cpu_image
+from ssl_models.train import FinetuneConfig, PretrainConfig
+from tasks.artifacts import Dataset, EncoderCheckpoint, content_hash
+from tasks.config import IngestConfig, RegistryConfig
+from tasks.ingest import SourceUri
+from tasks.pretrain import pretrain_simclr
+from tasks.training import TRAINING_TASK
+from workflows.pipeline import ssl_pipeline
+
+WEEKLY_CRON = "0 3 * * 1"
+MULTINODE = Elastic(nnodes=2, nproc_per_node=8)
+PIPELINE_DEFAULTS = ssl_pipeline.python_interface.default_inputs_as_kwargs
+
+
+@task(container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
+def refresh_source(source: str, kickoff_time: datetime) -> SourceUri:
+    """Fingerprint a source now, in the scheduled run, not when the launch plan was registered.
+
+    The returned SourceUri carries the sha256 of the source's current files, so ingest (cached on it)
+    re-reads a source whose files changed and hits its cache when nothing did. Not cached itself.
+    """
+    print(f"run scheduled for {kickoff_time.isoformat()}: fingerprinting source {source!r}")
+    return source
+
+
+@workflow
+def scheduled_pipeline(
+    kickoff_time: datetime,
+    generic_source: str = PIPELINE_DEFAULTS["generic_source"],
+    domain_source: str = PIPELINE_DEFAULTS["domain_source"],
+    shift_source: str = PIPELINE_DEFAULTS["shift_source"],
+    generic_ingest: IngestConfig = PIPELINE_DEFAULTS["generic_ingest"],
+    domain_ingest: IngestConfig = PIPELINE_DEFAULTS["domain_ingest"],
+    shift_ingest: IngestConfig = PIPELINE_DEFAULTS["shift_ingest"],
+    encoder_name: str = PIPELINE_DEFAULTS["encoder_name"],
+    simclr: PretrainConfig = PIPELINE_DEFAULTS["simclr"],
+    micle: PretrainConfig = PIPELINE_DEFAULTS["micle"],
+    finetune: FinetuneConfig = PIPELINE_DEFAULTS["finetune"],
+    label_fractions: list[float] = PIPELINE_DEFAULTS["label_fractions"],
+    registry: RegistryConfig = PIPELINE_DEFAULTS["registry"],
+) -> str:
+    """ssl_pipeline (a subworkflow) on sources fingerprinted at kickoff_time; ssl_pipeline's inputs and defaults.
+
+    Sources are plain strings here: a SourceUri default would be fingerprinted once, at registration.
+    """
+    return ssl_pipeline(
+        generic_source=refresh_source(source=generic_source, kickoff_time=kickoff_time),
+        domain_source=refresh_source(source=domain_source, kickoff_time=kickoff_time),
+        shift_source=refresh_source(source=shift_source, kickoff_time=kickoff_time),
+        generic_ingest=generic_ingest, domain_ingest=domain_ingest, shift_ingest=shift_ingest,
+        encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
+        label_fractions=label_fractions, registry=registry,
+    )  # fmt: skip
+
+
+weekly_retraining = LaunchPlan.get_or_create(
+    workflow=scheduled_pipeline,
+    name="sslflow_weekly_retraining",
+    schedule=CronSchedule(schedule=WEEKLY_CRON, kickoff_time_input_arg="kickoff_time"),
+)
+
+
+# A node override (`pretrain_simclr(...).with_overrides(task_config=...)`) cannot do this in flytekit
+# 1.16: it replaces the config on the task object itself, so ssl_pipeline's node would turn
+# multi-node as well. Hence a second task around the same function, with the cluster's numbers.
+@task(
+    cache=Cache(version="1", ignored_inputs=("parent_run_id",)),
+    **{
+        **TRAINING_TASK,
+        "requests": Resources(cpu="32", mem="200Gi", gpu=str(MULTINODE.nproc_per_node)),
+        "limits": Resources(gpu=str(MULTINODE.nproc_per_node)),
+        "task_config": MULTINODE,
+    },
+)
+def pretrain_simclr_multinode(
+    dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
+) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
+    """pretrain_simclr on MULTINODE.nnodes pods x MULTINODE.nproc_per_node GPUs (a PyTorchJob); config.batch_size is per GPU."""
+    return pretrain_simclr.task_function(dataset=dataset, encoder_name=encoder_name, config=config, parent_run_id=parent_run_id)
+
+
+def _ssl_pipeline_with(**replaced_tasks):
+    """ssl_pipeline's own function compiled again as a new workflow, calling replaced_tasks instead of the
+    tasks of the same names: one DAG definition, so the two workflows cannot drift apart."""
+    function = ssl_pipeline.function
+    clone = types.FunctionType(function.__code__, {**function.__globals__, **replaced_tasks}, function.__name__, function.__defaults__)
+    clone.__annotations__, clone.__kwdefaults__ = dict(function.__annotations__), function.__kwdefaults__
+    clone.__module__, clone.__name__, clone.__qualname__ = __name__, "ssl_pipeline_multinode", "ssl_pipeline_multinode"
+    clone.__doc__ = "ssl_pipeline with SimCLR pretraining on MULTINODE (pretrain_simclr_multinode); every other node the same."
+    return workflow(clone)
+
+
+ssl_pipeline_multinode = _ssl_pipeline_with(pretrain_simclr=pretrain_simclr_multinode)
+
+multinode_pretraining = LaunchPlan.get_or_create(
+    workflow=ssl_pipeline_multinode,
+    name="sslflow_multinode_pretraining",
+    default_inputs={
+        "generic_ingest": IngestConfig(max_images=0),  # all 70,000 Fashion-MNIST images
+        "encoder_name": "resnet18",
+        "simclr": PretrainConfig(epochs=100),
+    },
+)
