@@ -21,13 +21,11 @@ import pandas as pd
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 
+from tasks.manifest import MANIFEST_COLUMNS  # noqa: F401  (re-exported: the manifest schema)
+
 MANIFEST_FILE = "manifest.parquet"
 IMAGES_FILE = "images.npy"
 SUMMARY_FILE = "summary.json"  # what ingest saw: duplicates, quarantined files, read statistics
-MANIFEST_COLUMNS = (
-    "sha256", "source_path", "size_bytes", "width", "height", "mode",
-    "case_id", "case_id_is_proxy", "site", "label", "split",
-)  # fmt: skip
 
 
 @dataclass
@@ -62,7 +60,8 @@ class FinetunedModel:
     in_channels: int
     image_size: int
     class_names: list[str]
-    init: str  # "ssl" (from the MICLe encoder) or "scratch" (random initialisation)
+    init: str  # where the encoder weights came from: "scratch", "simclr" or "simclr+micle"
+    probe: str  # "linear" (encoder frozen) or "finetune" (encoder trained too)
     label_fraction: float
     num_labels: int
     val_accuracy: float

@@ -1,22 +1,36 @@
-"""evaluate: accuracy of every fine-tuned model on the in-domain test split and on the shift set."""
+"""evaluate: every fine-tuned model on the in-domain test split (and per site), the shift set, and a corruption suite.
+
+Output: one row per (model, evaluation set) with accuracy, macro-F1, one-vs-rest AUC and expected
+calibration error; per-class accuracy goes to the MLflow artifact ``per_class_accuracy.json``.
+The report (label-efficiency curve, shift and corruption charts, tables) is a Flyte Deck and is
+logged to MLflow as PNG, CSV and markdown.
+"""
 
 from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from flytekit import Cache, Resources, task
+from flytekit import Cache, Deck, Resources, task
 
 from images.specs import cpu_image
 from ssl_models.augment import FINETUNE_AUGMENT
+from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ssl_models.encoders import build_encoder
-from ssl_models.evaluate import accuracy, predict_probabilities
+from ssl_models.evaluate import predict_probabilities
 from ssl_models.heads import Classifier
+from ssl_models.metrics import classification_metrics, per_class_accuracy
 from tasks.artifacts import Dataset, FinetunedModel, read_dataset
+from tasks.evaluation_report import report_figures, report_html, results_markdown
 from tasks.tracking import stage_run
 
-RESULT_COLUMNS = ["init", "label_fraction", "num_labels", "eval_set", "images", "accuracy", "val_accuracy"]
+METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
+RESULT_COLUMNS = ["init", "probe", "label_fraction", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy"]
 
 
 def load_classifier(model: FinetunedModel) -> Classifier:
@@ -25,7 +39,19 @@ def load_classifier(model: FinetunedModel) -> Classifier:
     return classifier.eval()
 
 
-def _test_set(dataset: Dataset, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def model_accuracy(results: pd.DataFrame, model: FinetunedModel, eval_set: str) -> float:
+    """The accuracy of ``model`` on ``eval_set`` ("in_domain", "shift", ...) from evaluate's table."""
+    rows = results[
+        (results["init"] == model.init) & (results["probe"] == model.probe)
+        & (results["label_fraction"] == model.label_fraction) & (results["eval_set"] == eval_set)
+    ]  # fmt: skip
+    if len(rows) != 1:
+        raise ValueError(f"expected one result for {model.init}/{model.probe}@{model.label_fraction:g} on {eval_set}, found {len(rows)}")
+    return float(rows["accuracy"].iloc[0])
+
+
+def _labelled_test_split(dataset: Dataset, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (N, C, H, W) uint8, class indices (N,), sites (N,)) of the dataset's labelled test rows."""
     manifest, images = read_dataset(dataset)
     rows = ((manifest["split"] == "test") & manifest["label"].notna()).to_numpy()
     labels = manifest.loc[rows, "label"].astype(str).to_numpy()
@@ -33,39 +59,54 @@ def _test_set(dataset: Dataset, class_names: list[str]) -> tuple[np.ndarray, np.
     if unknown:
         raise ValueError(f"dataset {dataset.name}: test labels {unknown} were never seen in training (classes {class_names})")
     index = {name: i for i, name in enumerate(class_names)}
-    return images[rows], np.array([index[label] for label in labels])
+    return images[rows], np.array([index[label] for label in labels]), manifest.loc[rows, "site"].astype(str).to_numpy()
 
 
-def results_markdown(results: pd.DataFrame) -> str:
-    """label fraction x {ssl, scratch} x eval set accuracy, as a markdown table."""
-    table = results.pivot_table(index=["label_fraction", "num_labels"], columns=["init", "eval_set"], values="accuracy").sort_index()
-    header = ["label fraction", "labels", *[f"{init} / {eval_set}" for init, eval_set in table.columns]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (fraction, labels), values in table.iterrows():
-        lines.append("| " + " | ".join([f"{fraction:g}", str(int(labels)), *[f"{value:.4f}" for value in values]]) + " |")
-    return "\n".join(lines)
+def evaluation_sets(in_domain: Dataset, shift: Dataset, class_names: list[str]) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(name, kind, images, labels) for: in-domain test, each site of it (if several), the shift set, each corruption."""
+    images, labels, sites = _labelled_test_split(in_domain, class_names)
+    sets = [("in_domain", "in_domain", images, labels)]
+    if len(set(sites)) > 1:
+        sets += [(f"in_domain/site={site}", "site", images[sites == site], labels[sites == site]) for site in sorted(set(sites))]
+    shift_images, shift_labels, _ = _labelled_test_split(shift, class_names)
+    sets.append(("shift", "shift", shift_images, shift_labels))
+    pixels = torch.from_numpy(images)
+    for name in CORRUPTIONS:
+        for severity in SEVERITIES:
+            sets.append((f"{name}@{severity}", "corruption", corrupt(pixels, name, severity).numpy(), labels))
+    return sets
 
 
-@task(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"))
+@task(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True)
 def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, parent_run_id: str) -> pd.DataFrame:
-    """One row per (model, eval set): the in-domain test split and the shift set."""
-    rows = []
-    with stage_run(parent_run_id, "evaluate", {"in_domain": in_domain.name, "shift": shift.name}):
-        eval_sets = {name: _test_set(dataset, models[0].class_names) for name, dataset in (("in_domain", in_domain), ("shift", shift))}
+    """One row per (model, evaluation set); see RESULT_COLUMNS."""
+    rows, per_class = [], {}
+    with stage_run(parent_run_id, "evaluate", {"in_domain": in_domain.name, "shift": shift.name, "corruptions": list(CORRUPTIONS)}):
+        sets = evaluation_sets(in_domain, shift, models[0].class_names)
         for model in models:
             classifier = load_classifier(model)
-            for eval_set, (images, labels) in eval_sets.items():
+            for eval_set, kind, images, labels in sets:
                 probabilities = predict_probabilities(classifier, torch.from_numpy(images), FINETUNE_AUGMENT)
+                metrics = classification_metrics(probabilities, labels)
                 rows.append(
-                    {
-                        "init": model.init, "label_fraction": model.label_fraction, "num_labels": model.num_labels,
-                        "eval_set": eval_set, "images": len(labels), "accuracy": accuracy(probabilities, labels),
-                        "val_accuracy": model.val_accuracy,
-                    }
+                    {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "num_labels": model.num_labels,
+                     "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy}
                 )  # fmt: skip
-                mlflow.log_metric(f"{model.init}_{model.label_fraction:g}_{eval_set}_accuracy", rows[-1]["accuracy"])
+                if kind in ("in_domain", "shift"):
+                    key = f"{model.init}/{model.probe}@{model.label_fraction:g}/{eval_set}"
+                    per_class[key] = {model.class_names[c]: acc for c, acc in per_class_accuracy(probabilities, labels).items()}
         results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-        mlflow.log_table(results, "results.json")
+        figures = report_figures(results)
+        Deck("evaluation", report_html(results, figures))
+        with tempfile.TemporaryDirectory() as folder:
+            for name, png in figures.items():
+                (Path(folder) / f"{name}.png").write_bytes(png)
+            mlflow.log_artifacts(folder, "charts")
         mlflow.log_text(results.to_csv(index=False), "results.csv")
         mlflow.log_text(results_markdown(results), "results.md")
+        mlflow.log_text(json.dumps(per_class, indent=1), "per_class_accuracy.json")
+        headline = results[results["eval_kind"].isin(["in_domain", "shift"])]
+        for row in headline.itertuples():
+            mlflow.log_metric(f"{row.init}_{row.probe}_{row.label_fraction:g}_{row.eval_set}_accuracy".replace("+", "_"), row.accuracy)
     return results
+

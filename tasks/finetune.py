@@ -32,6 +32,7 @@ def _finetune(
     domain: Dataset, encoder: torch.nn.Module, encoder_name: str, init: str, label_fraction: float,
     config: FinetuneConfig, parent_run_id: str, lineage: dict,
 ) -> FinetunedModel:  # fmt: skip
+    probe = "linear" if config.linear_probe else "finetune"
     show_progress()
     manifest, images = read_dataset(domain)
     train_images, train_labels = _labelled(manifest, images, "train")
@@ -40,8 +41,8 @@ def _finetune(
     class_index = {name: i for i, name in enumerate(class_names)}
     chosen = stratified_subset(train_labels, label_fraction, seed=config.seed)
     targets = np.array([class_index[label] for label in train_labels[chosen]])
-    params = {"config": config, "init": init, "label_fraction": label_fraction, "num_labels": len(chosen), **lineage}
-    with stage_run(parent_run_id, f"finetune:{init}@{label_fraction:g}", params) as run:
+    params = {"config": config, "init": init, "probe": probe, "label_fraction": label_fraction, "num_labels": len(chosen), **lineage}
+    with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}", params) as run:
         model, history = finetune(encoder, torch.from_numpy(train_images[chosen]), targets, len(class_names), config)
         for record in history:
             mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
@@ -59,6 +60,7 @@ def _finetune(
         image_size=int(images.shape[-1]),
         class_names=class_names,
         init=init,
+        probe=probe,
         label_fraction=label_fraction,
         num_labels=len(chosen),
         val_accuracy=val_accuracy,
@@ -67,16 +69,16 @@ def _finetune(
     )
 
 
-@task(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
+@task(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
 def finetune_pretrained(
-    domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
+    domain: Dataset, encoder: EncoderCheckpoint, init: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
-    """Fine-tune the self-supervised encoder plus a new linear layer."""
+    """A new linear layer on a self-supervised encoder (``init`` names it: "simclr", "simclr+micle")."""
     lineage = {"encoder.sha256": encoder.content_sha256, "encoder.mlflow_run_id": encoder.mlflow_run_id}
-    return _finetune(domain, load_encoder(encoder), encoder.encoder_name, "ssl", label_fraction, config, parent_run_id, lineage)
+    return _finetune(domain, load_encoder(encoder), encoder.encoder_name, init, label_fraction, config, parent_run_id, lineage)
 
 
-@task(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
+@task(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
@@ -91,13 +93,21 @@ def finetune_scratch(
     return _finetune(domain, encoder, encoder_name, "scratch", label_fraction, config, parent_run_id, {})
 
 
-@dynamic(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
+@dynamic(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
 def finetune_all(
-    domain: Dataset, encoder: EncoderCheckpoint, label_fractions: list[float], config: FinetuneConfig, parent_run_id: str
+    domain: Dataset,
+    simclr_encoder: EncoderCheckpoint,
+    micle_encoder: EncoderCheckpoint,
+    label_fractions: list[float],
+    config: FinetuneConfig,
+    parent_run_id: str,
 ) -> list[FinetunedModel]:
-    """Fan out: for each label fraction, one fine-tune from the SSL encoder and one from scratch."""
+    """The ablation: {scratch, SimCLR only, SimCLR + MICLe} x {linear probe, full fine-tune} x label fractions."""
     models = []
     for fraction in label_fractions:
-        models.append(finetune_pretrained(domain=domain, encoder=encoder, label_fraction=fraction, config=config, parent_run_id=parent_run_id))
-        models.append(finetune_scratch(domain=domain, encoder_name=encoder.encoder_name, label_fraction=fraction, config=config, parent_run_id=parent_run_id))
+        for probe_config in (dataclasses.replace(config, linear_probe=True), dataclasses.replace(config, linear_probe=False)):
+            common = dict(domain=domain, label_fraction=fraction, config=probe_config, parent_run_id=parent_run_id)
+            models.append(finetune_scratch(encoder_name=micle_encoder.encoder_name, **common))
+            models.append(finetune_pretrained(encoder=simclr_encoder, init="simclr", **common))
+            models.append(finetune_pretrained(encoder=micle_encoder, init="simclr+micle", **common))
     return models

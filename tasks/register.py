@@ -134,6 +134,7 @@ class Registration:
     version: str
     aliases: list[str] = field(default_factory=list)
     init: str = ""
+    probe: str = ""
     label_fraction: float = 0.0
     in_domain_accuracy: float = 0.0
     shift_accuracy: float = 0.0
@@ -249,7 +250,7 @@ def _registration(registry: MlflowClient, version: ModelVersion, note: str = "")
     return Registration(
         model_name=version.name, version=str(version.version),
         aliases=sorted(alias for alias, number in aliases.items() if number == str(version.version)),
-        init=tags.get("init", ""), label_fraction=float(tags.get("label_fraction", "0")),
+        init=tags.get("init", ""), probe=tags.get("probe", ""), label_fraction=float(tags.get("label_fraction", "0")),
         in_domain_accuracy=float(tags.get("in_domain_accuracy", "nan")), shift_accuracy=float(tags.get("shift_accuracy", "nan")),
         promoted=tags.get("gate.promoted") == "true", decision=note + tags.get("gate.decision", ""),
         champion_version=aliases.get(CHAMPION, ""),
@@ -276,7 +277,7 @@ def register_best(models: list[FinetunedModel], in_domain: Dataset, shift: Datas
         "checkpoint_sha256": best.content_sha256, "pipeline_run_id": parent_run_id, "code_version": code_version(),
         "in_domain_data_sha256": in_domain.content_sha256, "shift_data_sha256": shift.content_sha256,
         "in_domain_data": in_domain.name, "shift_data": shift.name,
-        "init": best.init, "label_fraction": f"{best.label_fraction:g}", "num_labels": str(best.num_labels),
+        "init": best.init, "probe": best.probe, "label_fraction": f"{best.label_fraction:g}", "num_labels": str(best.num_labels),
         "val_accuracy": f"{best.val_accuracy:.6f}", "in_domain_accuracy": f"{challenger.in_domain:.6f}",
         "shift_accuracy": f"{challenger.shift:.6f}", "class_names": ",".join(best.class_names),
         "encoder_name": best.encoder_name, "finetune_mlflow_run_id": best.mlflow_run_id,

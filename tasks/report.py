@@ -53,7 +53,7 @@ def report(results: pd.DataFrame, registration: Registration, parent_run_id: str
             f"MLflow parent run: {parent_run_id} ({tracking_uri()})",
             (
                 f"Registered model: {fields['model_name']} version {fields['version']} aliases {', '.join(fields['aliases'])}"
-                f" (selected: {fields['init']} at label fraction {fields['label_fraction']:g})"
+                f" (selected: {fields['init']} {fields['probe']} at label fraction {fields['label_fraction']:g})"
             ),
             f"Promotion gate: {fields['decision']}",
             f"Champion: {fields['model_name']} version {fields['champion_version'] or '(none)'}",

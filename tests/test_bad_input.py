@@ -13,7 +13,7 @@ from PIL import Image
 
 from tasks.artifacts import MANIFEST_COLUMNS, write_dataset
 from tasks.config import IngestConfig
-from tasks.ingest import build_manifest
+from tasks.manifest import build_manifest
 from tasks.sources import SourceError, UndecodableImageError, read_source
 
 CONFIG = IngestConfig(image_size=16)

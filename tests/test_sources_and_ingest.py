@@ -5,7 +5,7 @@ from PIL import Image
 
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from tasks.config import IngestConfig
-from tasks.ingest import build_manifest, split_of_case
+from tasks.manifest import build_manifest, split_of_case
 from tasks.sources import SourceError, UndecodableImageError, fingerprint_source, optdigits_to_mnist_format, read_source, source_name
 
 

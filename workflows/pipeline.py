@@ -59,7 +59,10 @@ def ssl_pipeline(
     )  # fmt: skip
     simclr_encoder = pretrain_simclr(dataset=generic, encoder_name=encoder_name, config=simclr, parent_run_id=run_id)
     micle_encoder = pretrain_micle(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
-    models = finetune_all(domain=domain, encoder=micle_encoder, label_fractions=label_fractions, config=finetune, parent_run_id=run_id)
+    models = finetune_all(
+        domain=domain, simclr_encoder=simclr_encoder, micle_encoder=micle_encoder,
+        label_fractions=label_fractions, config=finetune, parent_run_id=run_id,
+    )  # fmt: skip
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
     registration = register(models=models, in_domain=domain, shift=shift, config=registry, parent_run_id=run_id)
     return report(results=results, registration=registration, parent_run_id=run_id)

@@ -1,0 +1,79 @@
+"""The dataset manifest: one row per image with its content hash, source, case, site, label and split.
+
+Pure pandas/numpy (no Flyte): benchmarks/quality.py builds the same manifests on a GPU box.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from ssl_models.proxy_cases import pixel_neighbour_proxy_cases
+from tasks.config import IngestConfig
+from tasks.sources import SourceImages
+
+MANIFEST_COLUMNS = (
+    "sha256", "source_path", "size_bytes", "width", "height", "mode",
+    "case_id", "case_id_is_proxy", "site", "label", "split",
+)  # fmt: skip
+
+
+def split_of_case(case_id: str, seed: int, train_fraction: float, val_fraction: float) -> str:
+    """Deterministic split of a whole case: a hash of (seed, case_id) mapped to [0, 1)."""
+    position = int(hashlib.sha256(f"{seed}:{case_id}".encode()).hexdigest()[:12], 16) / float(16**12)
+    if position < train_fraction:
+        return "train"
+    return "val" if position < train_fraction + val_fraction else "test"
+
+
+def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Deduplicate, subsample, assign cases and splits. Returns (manifest, pixels (N, C, H, W), summary)."""
+    hashes = [hashlib.sha256(pixels.tobytes()).hexdigest() for pixels in images.pixels]
+    _, first = np.unique(hashes, return_index=True)
+    keep = np.sort(first)
+    duplicates = [images.source_paths[i] for i in sorted(set(range(len(hashes))) - set(keep.tolist()))]
+    if config.max_images and len(keep) > config.max_images:
+        keep = np.sort(np.random.default_rng(config.seed).choice(keep, config.max_images, replace=False))
+    pixels = images.pixels[keep]
+    pick = lambda values: [values[i] for i in keep]  # noqa: E731
+
+    if images.case_ids is not None:
+        case_ids, is_proxy = pick(images.case_ids), False
+    elif config.proxy_cases:
+        case_ids, is_proxy = pixel_neighbour_proxy_cases(pixels, seed=config.seed), True
+    else:
+        case_ids, is_proxy = [f"image-{hashes[i][:16]}" for i in keep], False
+    if config.all_test:
+        splits = ["test"] * len(keep)
+    else:
+        splits = [split_of_case(case, config.seed, config.train_fraction, config.val_fraction) for case in case_ids]
+    manifest = pd.DataFrame(
+        {
+            "sha256": pick(hashes),
+            "source_path": pick(images.source_paths),
+            "size_bytes": pick(images.size_bytes),
+            "width": pick(images.widths),
+            "height": pick(images.heights),
+            "mode": pick(images.modes),
+            "case_id": case_ids,
+            "case_id_is_proxy": is_proxy,
+            "site": pick(images.sites),
+            "label": pd.array(pick(images.labels), dtype="string"),
+            "split": splits,
+        },
+        columns=list(MANIFEST_COLUMNS),
+    )
+    summary = {
+        "images": len(manifest),
+        "duplicates_dropped": len(duplicates),
+        "duplicate_examples": duplicates[:20],
+        "cases": int(manifest["case_id"].nunique()),
+        "case_ids_are_proxy": is_proxy,
+        "split_counts": manifest["split"].value_counts().to_dict(),
+        "labelled": int(manifest["label"].notna().sum()),
+        "quarantined": images.quarantined,  # undecodable files skipped under IngestConfig.max_bad_fraction
+        "read": images.read_stats,  # listed / decoded / decode_cache_hits / files_read / bytes_read
+    }
+    return manifest, pixels, summary
