@@ -8,7 +8,6 @@ views per second for each at 32 px (batch 512) and 224 px (batch 256), and ours/
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_arguments, write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig, augment  # noqa: E402
 from ssl_models.device import pick_device  # noqa: E402
 
@@ -49,10 +48,7 @@ def views_per_second(fn, images: torch.Tensor, repeats: int, device: torch.devic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__)
     device = pick_device()
     settings = [(32, 512, 20), (224, 256, 10)] if not args.quick else [(32, 128, 3), (224, 16, 2)]
     results = {}

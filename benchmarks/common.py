@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -48,3 +49,11 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": now.isoformat(timespec="seconds"), "machine": machine(), **payload}
     path.write_text(json.dumps(record, indent=2))
     return path
+
+
+def parse_arguments(description: str, small_run_flag: str = "--quick") -> argparse.Namespace:
+    """The flags every benchmark takes: a small CPU-sized run, and where to write the result."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(small_run_flag, action="store_true", help="a small run that fits a 2-core CPU")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    return parser.parse_args()

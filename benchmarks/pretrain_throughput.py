@@ -13,7 +13,6 @@ Printed and saved: images/s (pairs of views per second) and peak memory of each,
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import peak_memory_mb, write_result  # noqa: E402
+from benchmarks.common import parse_arguments, peak_memory_mb, write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.losses import NTXentLoss  # noqa: E402
@@ -126,10 +125,7 @@ def measure_ceiling(size, batch, steps, device) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small CPU-sized run")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
-    args = parser.parse_args()
+    args = parse_arguments(__doc__)
     device = pick_device()
     torch.backends.cudnn.benchmark = True
     workers = os.cpu_count() or 1

@@ -12,7 +12,6 @@ Prints the three comparisons of issue 6 and saves everything as JSON.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import sys
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_arguments, write_result  # noqa: E402
 from ssl_models.augment import FINETUNE_AUGMENT  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import predict_probabilities  # noqa: E402
@@ -58,10 +57,7 @@ def labelled(manifest, pixels, split: str, class_names: list[str] | None = None)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu-budget", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__, "--cpu-budget")
     settings = SETTINGS["cpu-budget" if args.cpu_budget else "gpu"]
     started = time.perf_counter()
 

@@ -13,7 +13,6 @@ lightly is a benchmark-only extra, installed outside the project's environment:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_arguments, write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import extract_features, knn_accuracy  # noqa: E402
@@ -92,10 +91,7 @@ def knn(encoder, train_images, train_labels, test_images, test_labels) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__)
     device = pick_device()
     fashion = read_fashion_mnist()
     labels = np.array([int(label) for label in fashion.labels])
