@@ -32,7 +32,7 @@ from ssl_models.metrics import classification_metrics  # noqa: E402
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from tasks.config import IngestConfig  # noqa: E402
-from tasks.manifest import build_manifest  # noqa: E402
+from tasks.manifest import build_manifest, labelled_rows  # noqa: E402
 from tasks.sources import read_source  # noqa: E402
 
 SETTINGS = {
@@ -50,10 +50,9 @@ def dataset(source: str, config: IngestConfig):
 
 
 def labelled(manifest, pixels, split: str, class_names: list[str] | None = None):
-    rows = ((manifest["split"] == split) & manifest["label"].notna()).to_numpy()
-    labels = manifest.loc[rows, "label"].astype(str).to_numpy()
+    images, labels, _ = labelled_rows(manifest, pixels, split)
     names = class_names or sorted(set(labels))
-    return pixels[rows], np.array([names.index(label) for label in labels]), names
+    return images, np.array([names.index(label) for label in labels]), names
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from ssl_models.evaluate import predict_probabilities
 from ssl_models.heads import Classifier
 from ssl_models.metrics import classification_metrics, per_class_accuracy
 from tasks.artifacts import Dataset, FinetunedModel, read_dataset
+from tasks.manifest import labelled_rows
 from tasks.evaluation_report import report_figures, report_html, results_markdown
 from tasks.tracking import stage_run
 
@@ -55,14 +56,12 @@ def model_accuracy(results: pd.DataFrame, model: FinetunedModel, eval_set: str) 
 
 def _labelled_test_split(dataset: Dataset, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images (N, C, H, W) uint8, class indices (N,), sites (N,)) of the dataset's labelled test rows."""
-    manifest, images = read_dataset(dataset)
-    rows = ((manifest["split"] == "test") & manifest["label"].notna()).to_numpy()
-    labels = manifest.loc[rows, "label"].astype(str).to_numpy()
+    images, labels, sites = labelled_rows(*read_dataset(dataset), "test")
     unknown = sorted(set(labels) - set(class_names))
     if unknown:
         raise ValueError(f"dataset {dataset.name}: test labels {unknown} were never seen in training (classes {class_names})")
     index = {name: i for i, name in enumerate(class_names)}
-    return images[rows], np.array([index[label] for label in labels]), manifest.loc[rows, "site"].astype(str).to_numpy()
+    return images, np.array([index[label] for label in labels]), sites
 
 
 def evaluation_sets(in_domain: Dataset, shift: Dataset, class_names: list[str]) -> list[tuple[str, str, np.ndarray, np.ndarray]]:

@@ -18,25 +18,23 @@ from ssl_models.encoders import build_encoder
 from ssl_models.evaluate import accuracy, predict_probabilities
 from ssl_models.label_fractions import stratified_subset
 from ssl_models.train import FinetuneConfig, finetune
+from tasks.manifest import labelled_rows
 from tasks.artifacts import Dataset, EncoderCheckpoint, FinetunedModel, content_hash, file_sha256, read_dataset
 from tasks.tracking import stage_run
 from tasks.training import FINETUNE_TASK, load_encoder, show_progress
 
 
-def _labelled(manifest, images, split: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = ((manifest["split"] == split) & manifest["label"].notna()).to_numpy()
-    return images[rows], manifest.loc[rows, "label"].astype(str).to_numpy()
-
-
 def _finetune(
-    domain: Dataset, encoder: torch.nn.Module, encoder_name: str, init: str, label_fraction: float,
+    domain: Dataset, initial: EncoderCheckpoint | None, encoder_name: str, init: str, label_fraction: float,
     config: FinetuneConfig, parent_run_id: str, lineage: dict,
 ) -> FinetunedModel:  # fmt: skip
+    """initial None: a new ``encoder_name`` encoder with random weights."""
     probe = "linear" if config.linear_probe else "finetune"
     show_progress()
     manifest, images = read_dataset(domain)
-    train_images, train_labels = _labelled(manifest, images, "train")
-    val_images, val_labels = _labelled(manifest, images, "val")
+    encoder = build_encoder(encoder_name, int(images.shape[1]), int(images.shape[-1])) if initial is None else load_encoder(initial)
+    train_images, train_labels, _ = labelled_rows(manifest, images, "train")
+    val_images, val_labels, _ = labelled_rows(manifest, images, "val")
     class_names = sorted(set(train_labels))
     class_index = {name: i for i, name in enumerate(class_names)}
     chosen = stratified_subset(train_labels, label_fraction, seed=config.seed)
@@ -75,7 +73,7 @@ def finetune_pretrained(
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """A new linear layer on a self-supervised encoder (``init`` names it: "simclr", "simclr+micle")."""
     lineage = {"encoder.sha256": encoder.content_sha256, "encoder.mlflow_run_id": encoder.mlflow_run_id}
-    return _finetune(domain, load_encoder(encoder), encoder.encoder_name, init, label_fraction, config, parent_run_id, lineage)
+    return _finetune(domain, encoder, encoder.encoder_name, init, label_fraction, config, parent_run_id, lineage)
 
 
 @task(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
@@ -87,10 +85,8 @@ def finetune_scratch(
     The LP-FT head warm-up is for pretrained features; on random ones it only handicaps the baseline
     (10% labels, one trial: 86.5% with it vs 90.9% without), so scratch trains without it.
     """
-    _, images = read_dataset(domain)
-    encoder = build_encoder(encoder_name, int(images.shape[1]), int(images.shape[-1]))
     config = dataclasses.replace(config, head_warmup_steps=0)
-    return _finetune(domain, encoder, encoder_name, "scratch", label_fraction, config, parent_run_id, {})
+    return _finetune(domain, None, encoder_name, "scratch", label_fraction, config, parent_run_id, {})
 
 
 @dynamic(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))

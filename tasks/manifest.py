@@ -77,3 +77,9 @@ def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataF
         "read": images.read_stats,  # listed / decoded / decode_cache_hits / files_read / bytes_read
     }
     return manifest, pixels, summary
+
+
+def labelled_rows(manifest: pd.DataFrame, images: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labelled images of one split: (images (N, C, H, W) uint8, label names (N,) str, sites (N,) str)."""
+    rows = ((manifest["split"] == split) & manifest["label"].notna()).to_numpy()
+    return images[rows], manifest.loc[rows, "label"].astype(str).to_numpy(), manifest.loc[rows, "site"].astype(str).to_numpy()

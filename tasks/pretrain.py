@@ -25,7 +25,7 @@ from tasks.training import TRAINING_TASK, is_main_process, load_encoder, show_pr
 def _pretrain(
     stage: str,
     dataset: Dataset,
-    encoder: torch.nn.Module,
+    initial: EncoderCheckpoint | None,  # None: a new encoder_name encoder with random weights
     encoder_name: str,
     case_aware: bool,
     config: PretrainConfig,
@@ -34,6 +34,7 @@ def _pretrain(
 ) -> EncoderCheckpoint:
     show_progress()
     manifest, images = read_dataset(dataset)
+    encoder = build_encoder(encoder_name, int(images.shape[1]), int(images.shape[-1])) if initial is None else load_encoder(initial)
     pool = (manifest["split"] != "test").to_numpy()  # pretraining never sees the test split
     images, manifest = images[pool], manifest[pool].reset_index(drop=True)
     case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
@@ -82,10 +83,7 @@ def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """SimCLR (arXiv 2002.05709) from random initialisation; labels unused; two augmentations of each image."""
-    _, images = read_dataset(dataset)
-    encoder = build_encoder(encoder_name, int(images.shape[1]), int(images.shape[-1]))
-    del images
-    return _pretrain("pretrain_simclr", dataset, encoder, encoder_name, False, config, parent_run_id, {})
+    return _pretrain("pretrain_simclr", dataset, None, encoder_name, False, config, parent_run_id, {})
 
 
 @task(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), **TRAINING_TASK)
@@ -95,5 +93,5 @@ def pretrain_micle(
     """MICLe (arXiv 2101.05224) from the SimCLR encoder: positives are two images of one case_id."""
     lineage = {"initial_encoder.sha256": initial.content_sha256, "initial_encoder.mlflow_run_id": initial.mlflow_run_id}
     return _pretrain(
-        "pretrain_micle", dataset, load_encoder(initial), initial.encoder_name, True, config, parent_run_id, lineage
+        "pretrain_micle", dataset, initial, initial.encoder_name, True, config, parent_run_id, lineage
     )

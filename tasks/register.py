@@ -47,6 +47,7 @@ from ssl_models.evaluate import accuracy
 from tasks.artifacts import Dataset, FinetunedModel, read_dataset
 from tasks.config import RegistryConfig
 from tasks.evaluate import load_classifier
+from tasks.manifest import labelled_rows
 from tasks.tracking import (
     client,
     code_version,
@@ -147,9 +148,8 @@ TestSets = dict[str, tuple[np.ndarray, np.ndarray]]  # eval set -> (images (N, C
 
 
 def _labelled_test_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    manifest, images = read_dataset(dataset)
-    rows = ((manifest["split"] == "test") & manifest["label"].notna()).to_numpy()
-    return images[rows], manifest.loc[rows, "label"].astype(str).to_numpy()
+    images, label_names, _ = labelled_rows(*read_dataset(dataset), "test")
+    return images, label_names
 
 
 @torch.no_grad()
