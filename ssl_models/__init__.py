@@ -2,6 +2,7 @@
 
 Nothing in this package imports flytekit or mlflow: it runs bare on a GPU box.
 Modules: ``augment`` (per-sample GPU augmentation), ``encoders``, ``heads``,
-``losses`` (NT-Xent), ``micle`` (case-aware pair sampling), ``distributed``,
-``train`` (contrastive pretraining and fine-tuning loops), ``evaluate``.
+``losses`` (NT-Xent), ``micle`` (case pair sampling for MICLe and SimCLR), ``distributed``,
+``loop`` (step and epoch arithmetic every loop shares), ``train`` (contrastive pretraining and
+fine-tuning loops), ``evaluate``.
 """

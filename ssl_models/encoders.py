@@ -46,7 +46,7 @@ class SmallConvNet(nn.Module):
 class ResNetEncoder(nn.Module):
     """torchvision ResNet without its classifier; optional small-image stem. (B, C, H, W) -> (B, 512|2048)."""
 
-    def __init__(self, depth: int, in_channels: int = 3, small_stem: bool = True):
+    def __init__(self, depth: int, in_channels: int = 3, *, small_stem: bool = True):
         super().__init__()
         builders = {18: models.resnet18, 50: models.resnet50}
         if depth not in builders:

@@ -1,9 +1,11 @@
-"""MICLe positive pairs: two different images of the same case (Azizi et al., 2021, arXiv 2101.05224, §3.2).
+"""Positive pairs by case, for MICLe and SimCLR alike.
 
-A case is a patient (or, for data without patients, a proxy grouping named as such). Each image is an
-anchor once per epoch; its partner is another image of the same case drawn at random. Cases with
-a single image fall back to SimCLR: the partner is the anchor itself and the two views differ only by
-augmentation. SimCLR is therefore the special case where every image is its own case.
+MICLe (Azizi et al., 2021, arXiv 2101.05224, §3.2) pairs two different images of the same case. A
+case is a patient (or, for data without patients, a proxy grouping named as such). Each image is an
+anchor once per epoch; its partner is another image of the same case drawn at random. Cases with a
+single image fall back to SimCLR (Chen et al., 2020, arXiv 2002.05709): the partner is the anchor
+itself and the two views differ only by augmentation. SimCLR is therefore the special case where
+every image is its own case (``case_ids = range(N)``), and one sampler drives both methods.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 
 
-class MiclePairSampler:
-    """Per-epoch (anchor, partner) index pairs, shuffled, sharded across DDP ranks like DistributedSampler.
+class CasePairSampler:
+    """Per-epoch (anchor, partner) index pairs of one case, shuffled, sharded across DDP ranks like DistributedSampler.
+
+    MICLe (arXiv 2101.05224): partner = another image of the anchor's case. SimCLR (arXiv 2002.05709):
+    every image its own case, so partner = anchor and the two views differ only by augmentation.
 
     Args:
         case_ids: length-N sequence; images with equal case_id are of one case.
@@ -25,7 +30,7 @@ class MiclePairSampler:
 
     def __init__(self, case_ids: Sequence, seed: int = 0, rank: int = 0, world_size: int = 1):
         if len(case_ids) == 0:
-            raise ValueError("MiclePairSampler needs at least one image")
+            raise ValueError("CasePairSampler needs at least one image")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         _, case_index = np.unique(np.asarray(case_ids, dtype=object).astype(str), return_inverse=True)

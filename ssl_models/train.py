@@ -3,12 +3,16 @@
 Data path: the whole image set is a uint8 tensor (N, C, H, W), on the GPU when it fits, else in
 pinned host memory. Each step gathers a batch of indices and augments it on the device, every
 image with its own random parameters, so no CPU worker pool is needed.
+
+Pretraining reads as torchvision's reference script does: ``build_contrastive_run`` (model, DDP,
+sampler, optimiser, schedule), ``ContrastiveRun.restore`` (resume), ``pretrain_one_epoch``, and the
+loop ``pretrain_contrastive``. Step arithmetic and the optimiser step shared with fine-tuning live
+in ``ssl_models.loop``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
 from ssl_models.device import apply_in_batches, autocast, pick_device
-from ssl_models.distributed import init_from_environment, mean_across_ranks
+from ssl_models.distributed import ProcessInfo, init_from_environment, mean_across_ranks
 from ssl_models.heads import Classifier, ProjectionHead
+from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
 from ssl_models.losses import NTXentLoss
-from ssl_models.micle import MiclePairSampler
-from ssl_models.optim import build_optimizer, warmup_cosine
+from ssl_models.micle import CasePairSampler
+from ssl_models.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -103,30 +108,50 @@ class ContrastiveModel(nn.Module):
         return self.projection(self.encoder(images))
 
 
-def pretrain_contrastive(
-    encoder: nn.Module,
-    images: torch.Tensor,
-    case_ids: Sequence,
-    config: PretrainConfig,
-    on_epoch_end: EpochCallback | None = None,
-    resume_state: dict | None = None,
-) -> list[dict]:
-    """Train ``encoder`` in place with NT-Xent on (anchor, partner) pairs from MiclePairSampler.
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
-    Pass ``case_ids = range(N)`` for SimCLR (every image its own case: two augmentations of one
-    image); pass real (or proxy) case ids for MICLe.
 
-    Args:
-        encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim).
-        images: (N, C, H, W) uint8 on the host.
-        case_ids: length-N case identifiers.
-        resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch.
+@dataclass
+class ContrastiveRun:
+    """What one contrastive pretraining run builds once and every epoch uses (see build_contrastive_run)."""
 
-    Returns:
-        One dict per epoch trained: epoch, loss, images_per_second, learning_rate.
+    model: nn.Module  # ContrastiveModel, wrapped in DistributedDataParallel when world_size > 1
+    forward: Callable[[torch.Tensor], torch.Tensor]  # model or torch.compile(model): (2B, C, S, S) -> (2B, projection_dim)
+    sampler: CasePairSampler
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR  # advanced once per optimiser step
+    loss_fn: NTXentLoss
+    generator: torch.Generator  # augmentation randomness, on ``device``
+    device: torch.device
+    process: ProcessInfo
+    memory_format: torch.memory_format
+
+    def state(self, epoch: int) -> dict:
+        """A resumable state after ``epoch``: model, optimizer, schedule, generator, epoch."""
+        return {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": epoch,
+        }
+
+    def restore(self, state: dict) -> int:
+        """Load a dict made by ``state``; returns the first epoch still to train."""
+        _unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        log.info("resuming contrastive pretraining after epoch %d", state["epoch"])
+        return state["epoch"] + 1
+
+
+def build_contrastive_run(encoder: nn.Module, case_ids: Sequence, config: PretrainConfig) -> ContrastiveRun:
+    """Device, process group, seeded model (+ SyncBatchNorm and DDP under torchrun), sampler, optimiser, schedule.
+
+    encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim). case_ids: length-N case identifiers.
     """
-    if len(case_ids) != images.shape[0]:
-        raise ValueError(f"case_ids has {len(case_ids)} entries but there are {images.shape[0]} images")
     device = pick_device()
     process = init_from_environment(device.type)
     torch.manual_seed(config.seed + process.rank)
@@ -137,76 +162,105 @@ def pretrain_contrastive(
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if config.compile else model
-    sampler = MiclePairSampler(case_ids, seed=config.seed, rank=process.rank, world_size=process.world_size)
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(case_ids) / process.world_size) / config.batch_size))
+    sampler = CasePairSampler(case_ids, seed=config.seed, rank=process.rank, world_size=process.world_size)
+    steps = steps_per_epoch(len(case_ids), config.batch_size, process.world_size)
     optimizer = build_optimizer(config.optimizer, model, config.learning_rate, config.weight_decay)
-    schedule = warmup_cosine(optimizer, config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch)
-    loss_fn = NTXentLoss(config.temperature)
-    generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + process.rank)
-    start_epoch = 0
-    if resume_state is not None:
-        _unwrap(model).load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        schedule.load_state_dict(resume_state["schedule"])
-        generator.set_state(resume_state["generator"])
-        start_epoch = resume_state["epoch"] + 1
-        log.info("resuming contrastive pretraining after epoch %d", resume_state["epoch"])
+    schedule = epoch_schedule(optimizer, steps, config.epochs, warmup_epochs=config.warmup_epochs)
+    return ContrastiveRun(
+        model=model,
+        forward=forward,
+        sampler=sampler,
+        optimizer=optimizer,
+        schedule=schedule,
+        loss_fn=NTXentLoss(config.temperature),
+        generator=torch.Generator(device=device).manual_seed(config.seed * 7919 + process.rank),
+        device=device,
+        process=process,
+        memory_format=memory_format,
+    )
 
-    stored = place_images(images, device)
+
+def _contrastive_loss(
+    run: ContrastiveRun, stored: torch.Tensor, anchors: np.ndarray, partners: np.ndarray, view: AugmentConfig
+) -> torch.Tensor:
+    """NT-Xent of one batch of pairs, each image with its own random view: anchors, partners (B,) indices -> scalar."""
+    views = torch.cat(
+        [
+            augment(_batch_to_device(stored, anchors, run.device), view, run.generator),
+            augment(_batch_to_device(stored, partners, run.device), view, run.generator),
+        ]
+    ).contiguous(memory_format=run.memory_format)
+    with autocast(run.device):
+        projections = run.forward(views)
+    z_a, z_b = projections.float().chunk(2)
+    return run.loss_fn(z_a, z_b)
+
+
+def pretrain_one_epoch(run: ContrastiveRun, stored: torch.Tensor, epoch: int, config: PretrainConfig) -> dict:
+    """One pass over this rank's (anchor, partner) pairs of ``epoch``, one optimiser step per batch.
+
+    stored: (N, C, H, W) uint8 image set from place_images.
+    Returns: epoch, loss (mean over ranks), images_per_second (all ranks), learning_rate.
+    """
+    run.model.train()
+    anchors, partners = run.sampler.pairs(epoch)
+    started, totals = time.perf_counter(), EpochTotals()
+    for start in range(0, len(anchors), config.batch_size):
+        anchor_batch, partner_batch = anchors[start : start + config.batch_size], partners[start : start + config.batch_size]
+        if len(anchor_batch) < 2:  # a single pair has no negatives
+            continue
+        loss = _contrastive_loss(run, stored, anchor_batch, partner_batch, config.augment)
+        optimizer_step(loss, run.optimizer, run.schedule)
+        totals.add(loss, len(anchor_batch))
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    elapsed = time.perf_counter() - started
+    return {
+        "epoch": epoch,
+        "loss": mean_across_ranks(totals.mean_loss),
+        "images_per_second": totals.seen * run.process.world_size / elapsed,
+        "learning_rate": run.schedule.get_last_lr()[0],
+    }
+
+
+def pretrain_contrastive(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    case_ids: Sequence,
+    config: PretrainConfig,
+    *,
+    on_epoch_end: EpochCallback | None = None,
+    resume_state: dict | None = None,
+) -> list[dict]:
+    """Train ``encoder`` in place with NT-Xent on (anchor, partner) pairs from CasePairSampler.
+
+    Pass ``case_ids = range(N)`` for SimCLR (every image its own case: two augmentations of one
+    image); pass real (or proxy) case ids for MICLe.
+
+    Args:
+        encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim).
+        images: (N, C, H, W) uint8 on the host.
+        case_ids: length-N case identifiers.
+        on_epoch_end: called after every epoch with (epoch, metrics, state_fn).
+        resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch.
+
+    Returns:
+        One dict per epoch trained: epoch, loss, images_per_second, learning_rate.
+    """
+    if len(case_ids) != images.shape[0]:
+        raise ValueError(f"case_ids has {len(case_ids)} entries but there are {images.shape[0]} images")
+    run = build_contrastive_run(encoder, case_ids, config)
+    start_epoch = 0 if resume_state is None else run.restore(resume_state)
+    stored = place_images(images, run.device)
     history: list[dict] = []
     for epoch in range(start_epoch, config.epochs):
-        model.train()
-        anchors, partners = sampler.pairs(epoch)
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for start in range(0, len(anchors), config.batch_size):
-            anchor_batch, partner_batch = anchors[start : start + config.batch_size], partners[start : start + config.batch_size]
-            if len(anchor_batch) < 2:  # a single pair has no negatives
-                continue
-            views = torch.cat(
-                [
-                    augment(_batch_to_device(stored, anchor_batch, device), config.augment, generator),
-                    augment(_batch_to_device(stored, partner_batch, device), config.augment, generator),
-                ]
-            ).contiguous(memory_format=memory_format)
-            with autocast(device):
-                projections = forward(views)
-            z_a, z_b = projections.float().chunk(2)
-            loss = loss_fn(z_a, z_b)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.item() * len(anchor_batch)
-            seen += len(anchor_batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - started
-        metrics = {
-            "epoch": epoch,
-            "loss": mean_across_ranks(loss_sum / max(seen, 1)),
-            "images_per_second": seen * process.world_size / elapsed,
-            "learning_rate": schedule.get_last_lr()[0],
-        }
+        metrics = pretrain_one_epoch(run, stored, epoch, config)
         history.append(metrics)
-        if process.is_main:
+        if run.process.is_main:
             log.info("pretrain epoch %d/%d loss %.4f %.0f images/s", epoch + 1, config.epochs, metrics["loss"], metrics["images_per_second"])
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics, lambda: _state(model, optimizer, schedule, generator, epoch))
+            on_epoch_end(epoch, metrics, lambda: run.state(epoch))
     return history
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def _state(model, optimizer, schedule, generator, epoch: int) -> dict:
-    return {
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "generator": generator.get_state(),
-        "epoch": epoch,
-    }
 
 
 def finetune(
@@ -232,10 +286,10 @@ def finetune(
     model = Classifier(encoder, num_classes).to(device)
     if config.linear_probe:
         return _linear_probe(model, images, labels, config, device)
-    steps_per_epoch = max(1, math.ceil(len(labels) / config.batch_size))
-    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    steps = steps_per_epoch(len(labels), config.batch_size)
+    epochs = epoch_count(config.epochs, config.min_steps, steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = warmup_cosine(optimizer, steps_per_epoch, epochs * steps_per_epoch)
+    schedule = epoch_schedule(optimizer, steps, epochs)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     stored = place_images(images, device)
@@ -246,7 +300,7 @@ def finetune(
     for epoch in range(epochs):
         model.train()
         order = rng.permutation(len(labels))
-        loss_sum, correct = 0.0, 0
+        totals = EpochTotals()
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             views = augment(_batch_to_device(stored, batch, device), config.augment, generator)
@@ -254,13 +308,9 @@ def finetune(
             with autocast(device):
                 logits = model(views)
             loss = F.cross_entropy(logits.float(), batch_targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.item() * len(batch)
-            correct += int((logits.argmax(1) == batch_targets).sum())
-        history.append({"epoch": epoch, "loss": loss_sum / len(labels), "accuracy": correct / len(labels)})
+            optimizer_step(loss, optimizer, schedule)
+            totals.add(loss, len(batch), logits, batch_targets)
+        history.append({"epoch": epoch, "loss": totals.mean_loss, "accuracy": totals.accuracy})
         if (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs:  # about ten lines per run
             log.info("finetune epoch %d/%d loss %.4f train accuracy %.3f", epoch + 1, epochs, history[-1]["loss"], history[-1]["accuracy"])
     model.eval()
@@ -273,26 +323,22 @@ def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, c
         parameter.requires_grad_(False)
     features = apply_in_batches(model.encoder, images, config.augment)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
-    steps_per_epoch = max(1, math.ceil(len(labels) / config.batch_size))
-    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    steps = steps_per_epoch(len(labels), config.batch_size)
+    epochs = epoch_count(config.epochs, config.min_steps, steps)
     optimizer = torch.optim.AdamW(model.linear.parameters(), lr=config.linear_probe_learning_rate, weight_decay=config.weight_decay)
-    schedule = warmup_cosine(optimizer, steps_per_epoch, epochs * steps_per_epoch)
+    schedule = epoch_schedule(optimizer, steps, epochs)
     rng = np.random.default_rng(config.seed)
     history = []
     for epoch in range(epochs):
         order = torch.from_numpy(rng.permutation(len(labels))).to(device)
-        loss_sum, correct = 0.0, 0
+        totals = EpochTotals()
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             logits = model.linear(features[batch])
             loss = F.cross_entropy(logits, targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.item() * len(batch)
-            correct += int((logits.argmax(1) == targets[batch]).sum())
-        history.append({"epoch": epoch, "loss": loss_sum / len(labels), "accuracy": correct / len(labels)})
+            optimizer_step(loss, optimizer, schedule)
+            totals.add(loss, len(batch), logits, targets[batch])
+        history.append({"epoch": epoch, "loss": totals.mean_loss, "accuracy": totals.accuracy})
     log.info("linear probe: %d epochs, final loss %.4f train accuracy %.3f", epochs, history[-1]["loss"], history[-1]["accuracy"])
     model.eval()
     return model.cpu(), history
@@ -308,6 +354,4 @@ def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig,
         with torch.no_grad(), autocast(device):
             features = model.encoder(views)
         loss = F.cross_entropy(model.linear(features.float()), targets[torch.from_numpy(batch).to(device)])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer)

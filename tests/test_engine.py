@@ -1,3 +1,4 @@
+import copy
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from ssl_models.augment import AugmentConfig
 from ssl_models.encoders import build_encoder
 from ssl_models.evaluate import knn_accuracy
 from ssl_models.label_fractions import stratified_subset
+from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, steps_per_epoch
 from ssl_models.optim import LARS, warmup_cosine
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive
 
@@ -96,3 +98,37 @@ def test_linear_probe_leaves_the_encoder_untouched():
     model, history = finetune(encoder, images, labels, 2, FinetuneConfig(epochs=20, min_steps=40, batch_size=16, linear_probe=True))
     assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
     assert history[-1]["accuracy"] > 0.9
+
+
+def test_step_arithmetic_is_shared_by_every_loop():
+    assert steps_per_epoch(64, 32) == 2 and steps_per_epoch(65, 32) == 3 and steps_per_epoch(0, 32) == 1
+    assert steps_per_epoch(11, 2, world_size=3) == 2  # each rank sees ceil(11 / 3) = 4 samples
+    assert epoch_count(2, min_steps=10, steps_in_epoch=2) == 5 and epoch_count(8, min_steps=10, steps_in_epoch=2) == 8
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = epoch_schedule(optimizer, steps_in_epoch=4, epochs=3, warmup_epochs=2)
+    rates = []
+    for _ in range(12):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates[:8] == pytest.approx([(step + 1) / 8 for step in range(8)]) and rates[8] == pytest.approx(1.0)
+    totals = EpochTotals()
+    totals.add(torch.tensor(1.0), 2, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([1, 1]))
+    totals.add(torch.tensor(4.0), 1, torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    assert totals.mean_loss == pytest.approx(2.0) and totals.accuracy == pytest.approx(2 / 3)
+
+
+def test_resumed_pretraining_continues_the_same_run():
+    images = torch.randint(0, 256, (48, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = PretrainConfig(epochs=3, batch_size=16, augment=AugmentConfig(output_size=16))
+    states = {}
+
+    def keep_state(epoch, metrics, state_fn):
+        states[epoch] = copy.deepcopy(state_fn())  # state_fn() shares tensors with the live run
+
+    full = pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(48)), config, on_epoch_end=keep_state)
+    resumed = pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(48)), config, resume_state=states[0])
+    assert [record["epoch"] for record in resumed] == [1, 2]
+    assert [record["loss"] for record in resumed] == pytest.approx([record["loss"] for record in full[1:]], rel=1e-3)  # bitwise on CPU
+    with pytest.raises(TypeError):
+        pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(48)), config, None)  # on_epoch_end is keyword-only
