@@ -31,7 +31,7 @@ from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import extract_features, knn_accuracy  # noqa: E402
 from ssl_models.device import pick_device  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
-from tasks.sources import read_fashion_mnist  # noqa: E402
+from sslflow.data.builtin import read_fashion_mnist  # noqa: E402
 
 SIZE = 28
 

@@ -1,16 +1,14 @@
-"""finetune: a classifier on a fraction of the domain labels, from the MICLe encoder or from scratch."""
+"""finetune: a classifier on a fraction of the domain labels, from a pretrained encoder or from scratch."""
 
 from __future__ import annotations
 
 import dataclasses
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import mlflow
 import numpy as np
 import torch
-from flytekit import Cache, HashMethod, Resources, dynamic, task
+from flytekit import HashMethod, Resources, dynamic, task
 from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
@@ -18,65 +16,61 @@ from ssl_models.encoders import build_encoder
 from ssl_models.evaluate import accuracy, predict_probabilities
 from ssl_models.label_fractions import stratified_subset
 from ssl_models.train import FinetuneConfig, finetune
-from tasks.manifest import labelled_rows
-from tasks.artifacts import Dataset, EncoderCheckpoint, FinetunedModel, content_hash, file_sha256, read_dataset
-from tasks.tracking import stage_run
-from tasks.training import FINETUNE_TASK, load_encoder, show_progress
+from sslflow.data.dataset import read_dataset
+from sslflow.data.labels import class_indices
+from sslflow.data.manifest import labelled_rows
+from sslflow.tracking.runs import stage_run
+from sslflow.training.model_files import load_encoder, save_state_dict
+from sslflow.training.progress import show_progress
+from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, content_hash, dataset_folder, pipeline_cache
 
 
 def _finetune(
-    domain: Dataset, initial: EncoderCheckpoint | None, encoder_name: str, init: str, label_fraction: float,
-    config: FinetuneConfig, parent_run_id: str, lineage: dict,
+    domain: Dataset, initial: EncoderCheckpoint | None, encoder_name: str, label_fraction: float, config: FinetuneConfig,
+    parent_run_id: str, *, init: str, lineage: dict,
 ) -> FinetunedModel:  # fmt: skip
-    """initial None: a new ``encoder_name`` encoder with random weights."""
+    """initial None: a new ``encoder_name`` encoder with random weights; ``init`` names where the weights came from."""
     probe = "linear" if config.linear_probe else "finetune"
     show_progress()
-    manifest, images = read_dataset(domain)
-    encoder = build_encoder(encoder_name, int(images.shape[1]), int(images.shape[-1])) if initial is None else load_encoder(initial)
+    manifest, images = read_dataset(dataset_folder(domain), domain.name)
+    in_channels, image_size = int(images.shape[1]), int(images.shape[-1])
+    if initial is None:
+        encoder = build_encoder(encoder_name, in_channels, image_size)
+    else:
+        encoder = load_encoder(initial.checkpoint.download(), initial.encoder_name, initial.in_channels, initial.image_size)
     train_images, train_labels, _ = labelled_rows(manifest, images, "train")
     val_images, val_labels, _ = labelled_rows(manifest, images, "val")
     class_names = sorted(set(train_labels))
-    class_index = {name: i for i, name in enumerate(class_names)}
     chosen = stratified_subset(train_labels, label_fraction, seed=config.seed)
-    targets = np.array([class_index[label] for label in train_labels[chosen]])
+    targets = class_indices(train_labels[chosen], class_names, f"dataset {domain.name} train split")
     params = {"config": config, "init": init, "probe": probe, "label_fraction": label_fraction, "num_labels": len(chosen), **lineage}
     with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}", params) as run:
         model, history = finetune(encoder, torch.from_numpy(train_images[chosen]), targets, len(class_names), config)
         for record in history:
             mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
-        known = np.isin(val_labels, class_names)
-        val_targets = np.array([class_index[label] for label in val_labels[known]])
+        known = np.isin(val_labels, class_names)  # a class with no training label cannot be predicted
+        val_targets = class_indices(val_labels[known], class_names, f"dataset {domain.name} val split")
         val_accuracy = accuracy(predict_probabilities(model, torch.from_numpy(val_images[known]), config.augment), val_targets)
         mlflow.log_metric("val_accuracy", val_accuracy)
-        path = Path(tempfile.mkdtemp(prefix="finetune-")) / "classifier.pt"
-        torch.save(model.state_dict(), path)
+        path, sha256 = save_state_dict(model, "finetune", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     return FinetunedModel(
-        checkpoint=FlyteFile(str(path)),
-        encoder_name=encoder_name,
-        in_channels=int(images.shape[1]),
-        image_size=int(images.shape[-1]),
-        class_names=class_names,
-        init=init,
-        probe=probe,
-        label_fraction=label_fraction,
-        num_labels=len(chosen),
-        val_accuracy=val_accuracy,
-        content_sha256=file_sha256(path),
-        mlflow_run_id=run.info.run_id,
-    )
+        checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,
+        class_names=class_names, init=init, probe=probe, label_fraction=label_fraction, num_labels=len(chosen),
+        val_accuracy=val_accuracy, content_sha256=sha256, mlflow_run_id=run.info.run_id,
+    )  # fmt: skip
 
 
-@task(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
+@task(cache=pipeline_cache("2"), **FINETUNE_TASK_SETTINGS)
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, init: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """A new linear layer on a self-supervised encoder (``init`` names it: "simclr", "simclr+micle")."""
     lineage = {"encoder.sha256": encoder.content_sha256, "encoder.mlflow_run_id": encoder.mlflow_run_id}
-    return _finetune(domain, encoder, encoder.encoder_name, init, label_fraction, config, parent_run_id, lineage)
+    return _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=init, lineage=lineage)
 
 
-@task(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), **FINETUNE_TASK)
+@task(cache=pipeline_cache("2"), **FINETUNE_TASK_SETTINGS)
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
@@ -86,10 +80,10 @@ def finetune_scratch(
     (10% labels, one trial: 86.5% with it vs 90.9% without), so scratch trains without it.
     """
     config = dataclasses.replace(config, head_warmup_steps=0)
-    return _finetune(domain, None, encoder_name, "scratch", label_fraction, config, parent_run_id, {})
+    return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init="scratch", lineage={})
 
 
-@dynamic(cache=Cache(version="2", ignored_inputs=("parent_run_id",)), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
+@dynamic(cache=pipeline_cache("2"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
 def finetune_all(
     domain: Dataset,
     simclr_encoder: EncoderCheckpoint,

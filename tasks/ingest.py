@@ -1,9 +1,9 @@
-"""ingest: a source (built-in data set, folder, parquet manifest or S3 prefix) -> a Dataset (manifest.parquet + images.npy).
+"""ingest: a source (built-in data set, folder, parquet image list or S3 prefix) -> a Dataset folder.
 
 Bad input stops the run here, before any training, with a SourceError naming the file, row or key
-(tasks/sources.py lists the sources, tasks/image_listing.py the metadata rules). Raw inputs are only
-read; the dataset is written to a temporary folder and renamed into place, so a failed ingest leaves
-nothing a later run could mistake for a dataset.
+(sslflow/data/sources.py lists the sources, sslflow/data/metadata.py the metadata rules). Raw inputs
+are only read; the dataset is written to a temporary folder and renamed into place, so a failed
+ingest leaves nothing a later run could mistake for a dataset.
 """
 
 from __future__ import annotations
@@ -12,49 +12,38 @@ from pathlib import Path
 from typing import Annotated
 
 import mlflow
-from flytekit import Cache, HashMethod, Resources, current_context, task
+from flytekit import HashMethod, Resources, current_context, task
 from flytekit.types.directory import FlyteDirectory
 
 from images.specs import cpu_image
-from tasks.artifacts import Dataset, content_hash, write_dataset
-from tasks.config import IngestConfig
-from tasks.manifest import build_manifest
-from tasks.sources import fingerprint_source, read_source, source_name
-from tasks.tracking import stage_run
-
-# A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
-# a rerun on unchanged data hits the cache, a changed folder under the same path does not.
-SourceUri = Annotated[str, HashMethod(fingerprint_source)]
+from sslflow.config import IngestConfig
+from sslflow.data.dataset import write_dataset
+from sslflow.data.manifest import build_manifest
+from sslflow.data.sources import read_source, source_name
+from sslflow.tracking.runs import stage_run
+from tasks.shared import Dataset, SourceUri, content_hash, pipeline_cache
 
 
-@task(
-    cache=Cache(version="2", ignored_inputs=("parent_run_id",)),
-    container_image=cpu_image,
-    requests=Resources(cpu="2", mem="8Gi"),
-    retries=2,
-)
+def _log_summary(summary: dict, sha256: str) -> None:
+    mlflow.log_metrics(
+        {
+            "images": summary["images"], "cases": summary["cases"], "duplicates_dropped": summary["duplicates_dropped"],
+            "quarantined": len(summary["quarantined"]), **{f"read.{key}": value for key, value in summary["read"].items()},
+        }
+    )  # fmt: skip
+    mlflow.log_dict(summary, "ingest_summary.json")
+    mlflow.set_tag("dataset.sha256", sha256)
+    if summary["case_ids_are_proxy"]:
+        mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the source has no real case ids)")
+
+
+@task(cache=pipeline_cache("2"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), retries=2)
 def ingest(source: SourceUri, config: IngestConfig, parent_run_id: str) -> Annotated[Dataset, HashMethod(content_hash)]:
     """Read ``source``, normalise every image to config.channels x config.image_size^2, and write a Dataset."""
     name = source_name(source)
     with stage_run(parent_run_id, f"ingest:{name}", {"source": source, "config": config}) as run:
-        images = read_source(source, config)
-        manifest, pixels, summary = build_manifest(images, config)
+        manifest, pixels, summary = build_manifest(read_source(source, config), config)
         directory = Path(current_context().working_directory) / f"dataset-{name}"
         sha256 = write_dataset(directory, manifest, pixels, summary)
-        mlflow.log_metrics(
-            {
-                "images": summary["images"], "cases": summary["cases"], "duplicates_dropped": summary["duplicates_dropped"],
-                "quarantined": len(summary["quarantined"]), **{f"read.{key}": value for key, value in summary["read"].items()},
-            }
-        )  # fmt: skip
-        mlflow.log_dict(summary, "ingest_summary.json")
-        mlflow.set_tag("dataset.sha256", sha256)
-        if summary["case_ids_are_proxy"]:
-            mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the source has no real case ids)")
-    return Dataset(
-        directory=FlyteDirectory(str(directory)),
-        name=name,
-        num_images=len(manifest),
-        content_sha256=sha256,
-        mlflow_run_id=run.info.run_id,
-    )
+        _log_summary(summary, sha256)
+    return Dataset(directory=FlyteDirectory(str(directory)), name=name, num_images=len(manifest), content_sha256=sha256, mlflow_run_id=run.info.run_id)

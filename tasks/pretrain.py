@@ -4,51 +4,66 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import mlflow
+import numpy as np
+import pandas as pd
 import torch
-from flytekit import Cache, HashMethod, task
+from flytekit import HashMethod, current_context, task
 from flytekit.types.file import FlyteFile
 
 from ssl_models.encoders import build_encoder
-from ssl_models.micle import MiclePairSampler
+from ssl_models.micle import CasePairSampler
 from ssl_models.train import PretrainConfig, pretrain_contrastive
-from tasks.artifacts import Dataset, EncoderCheckpoint, content_hash, file_sha256, read_dataset
-from tasks.checkpoints import EpochCheckpoints
-from tasks.tracking import stage_run
-from tasks.training import TRAINING_TASK, is_main_process, load_encoder, show_progress
+from sslflow.data.dataset import read_dataset
+from sslflow.tracking.runs import stage_run
+from sslflow.training.checkpoints import EpochCheckpoints
+from sslflow.training.model_files import load_encoder, save_state_dict
+from sslflow.training.progress import is_main_process, show_progress
+from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_folder, pipeline_cache
+
+
+def _pretraining_pool(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
+    """(manifest, images (N, C, H, W) uint8) of the train and val rows: pretraining never sees the test split."""
+    manifest, images = read_dataset(dataset_folder(dataset), dataset.name)
+    pool = (manifest["split"] != "test").to_numpy()
+    return manifest[pool].reset_index(drop=True), images[pool]
+
+
+def _flyte_checkpoint():
+    """This execution's intra-task checkpoint (a retry receives the previous attempt's), if Flyte offers one."""
+    try:
+        return current_context().checkpoint
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def _log_pool(manifest: pd.DataFrame, sampler: CasePairSampler, *, case_aware: bool) -> None:
+    mlflow.log_metrics({"images": len(manifest), "cases": sampler.num_cases, "single_image_cases": sampler.num_single_image_cases})
+    mlflow.log_param("world_size", os.environ.get("WORLD_SIZE", "1"))
+    if case_aware and bool(manifest["case_id_is_proxy"].any()):
+        mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the data has no real case ids)")
 
 
 def _pretrain(
-    stage: str,
-    dataset: Dataset,
-    initial: EncoderCheckpoint | None,  # None: a new encoder_name encoder with random weights
-    encoder_name: str,
-    case_aware: bool,
-    config: PretrainConfig,
-    parent_run_id: str,
-    lineage: dict,
-) -> EncoderCheckpoint:
+    stage: str, dataset: Dataset, initial: EncoderCheckpoint | None, encoder_name: str, config: PretrainConfig, parent_run_id: str,
+    *, case_aware: bool, lineage: dict,
+) -> EncoderCheckpoint:  # fmt: skip
+    """initial None: a new ``encoder_name`` encoder with random weights. case_aware: MICLe positives (else SimCLR)."""
     show_progress()
-    manifest, images = read_dataset(dataset)
-    encoder = build_encoder(encoder_name, int(images.shape[1]), int(images.shape[-1])) if initial is None else load_encoder(initial)
-    pool = (manifest["split"] != "test").to_numpy()  # pretraining never sees the test split
-    images, manifest = images[pool], manifest[pool].reset_index(drop=True)
+    manifest, images = _pretraining_pool(dataset)
+    in_channels, image_size = int(images.shape[1]), int(images.shape[-1])
+    if initial is None:
+        encoder = build_encoder(encoder_name, in_channels, image_size)
+    else:
+        encoder = load_encoder(initial.checkpoint.download(), initial.encoder_name, initial.in_channels, initial.image_size)
     case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
-    sampler = MiclePairSampler(case_ids)
     params = {"config": config, "encoder": encoder_name, "dataset": dataset.name, "dataset.sha256": dataset.content_sha256, **lineage}
-    tracking = stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext()
-    with tracking as run:
+    with stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext() as run:
         if run is not None:
-            mlflow.log_metrics({"images": len(manifest), "cases": sampler.num_cases, "single_image_cases": sampler.num_single_image_cases})
-            mlflow.log_param("world_size", os.environ.get("WORLD_SIZE", "1"))
-            if case_aware and bool(manifest["case_id_is_proxy"].any()):
-                mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the data has no real case ids)")
-
-        checkpoints = EpochCheckpoints(f"{stage}|{dataset.content_sha256}|{config}|{encoder_name}|{sorted(lineage.items())}")
+            _log_pool(manifest, CasePairSampler(case_ids), case_aware=case_aware)
+        checkpoints = EpochCheckpoints(f"{stage}|{dataset.content_sha256}|{config}|{encoder_name}|{sorted(lineage.items())}", remote=_flyte_checkpoint())
 
         def end_of_epoch(epoch: int, metrics: dict, state_fn) -> None:
             if run is not None:
@@ -57,41 +72,32 @@ def _pretrain(
                 checkpoints.save(state_fn())
 
         resume_state = checkpoints.load()
-        pretrain_contrastive(
-            encoder, torch.from_numpy(images), case_ids, config, on_epoch_end=end_of_epoch, resume_state=resume_state
-        )
-        if run is not None and resume_state is not None:
-            mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])
-        path = Path(tempfile.mkdtemp(prefix=f"{stage}-")) / "encoder.pt"
-        torch.save(encoder.state_dict(), path)
+        pretrain_contrastive(encoder, torch.from_numpy(images), case_ids, config, on_epoch_end=end_of_epoch, resume_state=resume_state)
+        path, sha256 = save_state_dict(encoder, stage, "encoder.pt")
         if run is not None:
+            if resume_state is not None:
+                mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])
             mlflow.log_artifact(str(path), artifact_path="checkpoint")
         if is_main_process():
             checkpoints.clear()
     return EncoderCheckpoint(
-        checkpoint=FlyteFile(str(path)),
-        encoder_name=encoder_name,
-        in_channels=int(images.shape[1]),
-        image_size=int(images.shape[-1]),
-        content_sha256=file_sha256(path),
-        mlflow_run_id=run.info.run_id if run is not None else "",
-    )
+        checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,
+        content_sha256=sha256, mlflow_run_id=run.info.run_id if run is not None else "",
+    )  # fmt: skip
 
 
-@task(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), **TRAINING_TASK)
+@task(cache=pipeline_cache("1", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """SimCLR (arXiv 2002.05709) from random initialisation; labels unused; two augmentations of each image."""
-    return _pretrain("pretrain_simclr", dataset, None, encoder_name, False, config, parent_run_id, {})
+    return _pretrain("pretrain_simclr", dataset, None, encoder_name, config, parent_run_id, case_aware=False, lineage={})
 
 
-@task(cache=Cache(version="1", ignored_inputs=("parent_run_id",)), **TRAINING_TASK)
+@task(cache=pipeline_cache("1", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_micle(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """MICLe (arXiv 2101.05224) from the SimCLR encoder: positives are two images of one case_id."""
     lineage = {"initial_encoder.sha256": initial.content_sha256, "initial_encoder.mlflow_run_id": initial.mlflow_run_id}
-    return _pretrain(
-        "pretrain_micle", dataset, initial, initial.encoder_name, True, config, parent_run_id, lineage
-    )
+    return _pretrain("pretrain_micle", dataset, initial, initial.encoder_name, config, parent_run_id, case_aware=True, lineage=lineage)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
 from ssl_models.train import FinetuneConfig, PretrainConfig
-from tasks.config import RegistryConfig
-from tasks.evaluate import results_markdown
-from tasks.ingest import SourceUri
-from tasks.register import Registration
-from tasks.tracking import finish_parent_run, start_parent_run, tracking_uri
+from sslflow.config import RegistryConfig
+from sslflow.registry.record import Registration
+from sslflow.reporting.summary import pipeline_summary
+from sslflow.tracking.runs import finish_parent_run, start_parent_run
+from sslflow.tracking.store import tracking_uri
+from tasks.shared import SourceUri
 
 
 @task(cache=Cache(version="1"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
@@ -44,18 +43,4 @@ def start_pipeline_run(
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """The closing summary printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""
     finish_parent_run(parent_run_id)
-    fields = dataclasses.asdict(registration)
-    return "\n".join(
-        [
-            "Accuracy by label fraction (ssl = SimCLR + MICLe pretrained, scratch = random init):",
-            results_markdown(results),
-            "",
-            f"MLflow parent run: {parent_run_id} ({tracking_uri()})",
-            (
-                f"Registered model: {fields['model_name']} version {fields['version']} aliases {', '.join(fields['aliases'])}"
-                f" (selected: {fields['init']} {fields['probe']} at label fraction {fields['label_fraction']:g})"
-            ),
-            f"Promotion gate: {fields['decision']}",
-            f"Champion: {fields['model_name']} version {fields['champion_version'] or '(none)'}",
-        ]
-    )
+    return pipeline_summary(results, registration, parent_run_id, tracking_uri())

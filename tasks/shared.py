@@ -1,62 +1,112 @@
-"""What every training task declares: GPU image and request, accelerator, and Elastic (torchrun) config.
+"""What every task shares: the typed artifacts between tasks, the source type, cache and resource settings.
 
-Locally Elastic runs one worker process; on a cluster the same task runs nproc_per_node workers per
-pod (and nnodes pods as a PyTorchJob when nnodes > 1). SSLFLOW_NPROC_PER_NODE sets the workers per
-node at registration time (default 1).
+Artifacts carry a content sha256 that tasks declare as the output's cache hash
+(``Annotated[..., HashMethod(content_hash)]``), so Flyte keys downstream caches on content, not on the
+temporary path an artifact was written to. Their files are in the formats of sslflow (a dataset
+folder: sslflow/data/dataset.py; checkpoints: torch state dicts read with ``weights_only=True``).
+
+Training tasks declare the GPU image and request, an accelerator and Elastic (torchrun): locally one
+worker process; on a cluster ``SSLFLOW_NPROC_PER_NODE`` workers per pod (default 1), and a
+PyTorchJob of ``nnodes`` pods when nnodes > 1. ``Cache(serialize=True)`` on them: a scheduled and a
+manual run with the same inputs wait for one another instead of both occupying GPUs.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
-import torch
-from flytekit import Resources
+from flytekit import Cache, HashMethod, Resources
 from flytekit.extras.accelerators import A100
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
 from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import gpu_image
-from ssl_models.encoders import build_encoder
-from tasks.artifacts import EncoderCheckpoint
+from sslflow.data.sources import fingerprint_source
+
+# A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
+# a rerun on unchanged data hits the cache, a changed folder under the same path does not.
+SourceUri = Annotated[str, HashMethod(fingerprint_source)]
+
+
+@dataclass
+class Dataset:
+    """An ingested image set: a dataset folder (manifest.parquet + images.npy + summary.json)."""
+
+    directory: FlyteDirectory
+    name: str
+    num_images: int
+    content_sha256: str
+    mlflow_run_id: str
+
+
+@dataclass
+class EncoderCheckpoint:
+    """A pretrained encoder's state dict and what is needed to rebuild it."""
+
+    checkpoint: FlyteFile
+    encoder_name: str
+    in_channels: int
+    image_size: int
+    content_sha256: str
+    mlflow_run_id: str
+
+
+@dataclass
+class FinetunedModel:
+    """A classifier (encoder + linear layer) trained on a fraction of the labels."""
+
+    checkpoint: FlyteFile
+    encoder_name: str
+    in_channels: int
+    image_size: int
+    class_names: list[str]
+    init: str  # where the encoder weights came from: "scratch", "simclr" or "simclr+micle"
+    probe: str  # "linear" (encoder frozen) or "finetune" (encoder trained too)
+    label_fraction: float
+    num_labels: int
+    val_accuracy: float
+    content_sha256: str
+    mlflow_run_id: str
+
+
+def content_hash(artifact) -> str:
+    """HashMethod function for every artifact dataclass: its content sha256."""
+    return artifact.content_sha256
+
+
+def dataset_folder(dataset: Dataset) -> Path:
+    """The local dataset folder of a Dataset, downloaded first when it is remote."""
+    return Path(dataset.directory.download())
+
+
+def pipeline_cache(version: str, *, serialize: bool = False) -> Cache:
+    """The cache of a stage task: keyed on everything but the MLflow parent run it logs under."""
+    return Cache(version=version, ignored_inputs=("parent_run_id",), serialize=serialize)
+
 
 NPROC_PER_NODE = int(os.environ.get("SSLFLOW_NPROC_PER_NODE", "1"))  # one GPU per worker
 
 # monitor_interval: the launcher polls its workers this often (seconds); the default 5 s adds up to
-# 5 s to every task, which dominates short local runs.
-TRAINING_TASK = dict(
+# 5 s to every task, which dominates short local runs. Shared memory (for NCCL and pinned batches)
+# comes from the task's shared_memory, not Elastic's deprecated increase_shared_mem.
+GPU_TASK_SETTINGS = dict(
     container_image=gpu_image,
     requests=Resources(cpu="8", mem="32Gi", gpu=str(NPROC_PER_NODE)),
     limits=Resources(gpu=str(NPROC_PER_NODE)),
     accelerator=A100,
-    task_config=Elastic(nnodes=1, nproc_per_node=NPROC_PER_NODE, monitor_interval=1),
+    shared_memory=True,
+    task_config=Elastic(nnodes=1, nproc_per_node=NPROC_PER_NODE, monitor_interval=1, increase_shared_mem=False),
     retries=2,  # preemptible GPU nodes
 )
 
 # Fine-tuning on a few hundred labels gains nothing from data parallelism: one worker, same plumbing.
-FINETUNE_TASK = {
-    **TRAINING_TASK,
+FINETUNE_TASK_SETTINGS = {
+    **GPU_TASK_SETTINGS,
     "requests": Resources(cpu="8", mem="32Gi", gpu="1"),
     "limits": Resources(gpu="1"),
-    "task_config": Elastic(nnodes=1, nproc_per_node=1, monitor_interval=1),
+    "task_config": Elastic(nnodes=1, nproc_per_node=1, monitor_interval=1, increase_shared_mem=False),
 }
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def load_encoder(checkpoint: EncoderCheckpoint) -> torch.nn.Module:
-    encoder = build_encoder(checkpoint.encoder_name, checkpoint.in_channels, checkpoint.image_size)
-    encoder.load_state_dict(torch.load(checkpoint.checkpoint.download(), map_location="cpu", weights_only=True))
-    return encoder
-
-
-def show_progress() -> None:
-    """Send ssl_models' per-epoch lines (epoch, loss, images/s) to stderr, in this process and Elastic workers."""
-    logger = logging.getLogger("ssl_models")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.artifacts import MANIFEST_COLUMNS, write_dataset
-from tasks.config import IngestConfig
-from tasks.manifest import build_manifest
-from tasks.sources import SourceError, UndecodableImageError, read_source
+from sslflow.data.dataset import write_dataset
+from sslflow.data.manifest import MANIFEST_COLUMNS
+from sslflow.config import IngestConfig
+from sslflow.data.manifest import build_manifest
+from sslflow.data.sources import read_source
+from sslflow.data.types import SourceError, UndecodableImageError
 
 CONFIG = IngestConfig(image_size=16)
 

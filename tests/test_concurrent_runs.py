@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tasks.register import CHAMPION, COMPLETE, STATE_TAG
+from sslflow.registry.aliases import CHAMPION, COMPLETE, STATE_TAG
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYFLYTE = [sys.executable, str(Path(__file__).with_name("inprocess_elastic.py"))]  # pyflyte, Elastic in-process

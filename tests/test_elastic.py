@@ -12,10 +12,10 @@ from mlflow.tracking import MlflowClient
 SCRIPT = """
 from flytekit import workflow
 from ssl_models.train import PretrainConfig
-from tasks.config import IngestConfig
+from sslflow.config import IngestConfig
 from tasks.ingest import ingest
 from tasks.pretrain import pretrain_simclr
-from tasks.tracking import start_parent_run
+from sslflow.tracking.runs import start_parent_run
 
 @workflow
 def pretrain_only(run_id: str):

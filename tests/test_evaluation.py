@@ -7,7 +7,9 @@ import torch
 
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ssl_models.metrics import classification_metrics, expected_calibration_error, one_vs_rest_auc, per_class_accuracy
-from tasks.evaluation_report import corruption_markdown, report_figures, report_html, results_markdown
+from sslflow.reporting.charts import report_figures
+from sslflow.reporting.html import evaluation_html
+from sslflow.reporting.tables import corruption_markdown, results_markdown
 
 
 def test_metrics_on_a_hand_made_example():
@@ -76,4 +78,4 @@ def test_report_has_every_method_probe_fraction_and_chart():
     figures = report_figures(results)
     assert set(figures) == {"label_efficiency", "shift_accuracy", "corruptions"}
     assert all(png.startswith(b"\x89PNG") for png in figures.values())
-    assert report_html(results, figures).count("data:image/png;base64") == 3
+    assert evaluation_html(results, figures).count("data:image/png;base64") == 3

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.image_decode import decode_image
-from tasks.sources import UndecodableImageError
+from sslflow.data.decode import decode_image
+from sslflow.data.types import UndecodableImageError
 
 RGB = (200, 100, 50)
 GREY_OF_RGB = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)  # ITU-R 601-2 luma: 124

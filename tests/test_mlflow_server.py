@@ -10,9 +10,9 @@ from live_mlflow import MlflowServer, mlflow_at
 from mlflow.tracking import MlflowClient
 
 from ssl_models.train import FinetuneConfig, PretrainConfig
-from tasks.config import IngestConfig, RegistryConfig
-from tasks.register import CHAMPION, COMPLETE, STATE_TAG
-from tasks.tracking import EXPERIMENT_NAME
+from sslflow.config import IngestConfig, RegistryConfig
+from sslflow.registry.aliases import CHAMPION, COMPLETE, STATE_TAG
+from sslflow.tracking.store import EXPERIMENT_NAME
 from workflows.pipeline import ssl_pipeline
 
 MODEL_NAME = "sslflow-live-server"

@@ -88,6 +88,9 @@ def test_pretraining_requests_gpus_and_an_accelerator(package):
         assert int(_requests(_container(template))["GPU"]) >= 1, name
         assert template["extendedResources"]["gpuAccelerator"]["device"].startswith("nvidia-tesla-a100"), name
         assert template["metadata"]["retries"]["retries"] >= 1, f"{name}: preemptible GPU nodes need retries"
+        assert template["extendedResources"]["sharedMemory"]["mountPath"] == "/dev/shm", f"{name}: NCCL needs shared memory"
+        # a scheduled and a manual run with the same inputs: one trains, the other waits for its result
+        assert template["metadata"].get("cacheSerializable") is True, f"{name}: GPU tasks use Cache(serialize=True)"
 
 
 def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):

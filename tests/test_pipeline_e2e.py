@@ -10,8 +10,8 @@ from flytekit.core.local_cache import LocalTaskCache
 from mlflow.tracking import MlflowClient
 
 from ssl_models.train import FinetuneConfig, PretrainConfig
-from tasks.config import IngestConfig
-from tasks.tracking import EXPERIMENT_NAME, tracking_uri
+from sslflow.config import IngestConfig
+from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
 from live_mlflow import mlflow_at
 from workflows.pipeline import ssl_pipeline
 

@@ -11,9 +11,9 @@ from PIL import Image
 
 from live_mlflow import mlflow_at
 from ssl_models.train import FinetuneConfig, PretrainConfig
-from tasks.config import IngestConfig
-from tasks.sources import read_mnist_5k
-from tasks.tracking import EXPERIMENT_NAME, tracking_uri
+from sslflow.config import IngestConfig
+from sslflow.data.builtin import read_mnist_5k
+from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
 from workflows.pipeline import ssl_pipeline
 
 MODES = [("L", "png"), ("RGB", "jpg"), ("RGBA", "tif"), ("P", "bmp"), ("I;16", "png"), ("LA", "png")]

@@ -30,28 +30,26 @@ from mlflow.tracking import MlflowClient
 
 from ssl_models.encoders import build_encoder
 from ssl_models.heads import Classifier
-from tasks.artifacts import (
-    MANIFEST_COLUMNS,
-    Dataset,
-    FinetunedModel,
-    file_sha256,
-    write_dataset,
-)
-from tasks.config import RegistryConfig
-from tasks.register import (
+from sslflow.config import RegistryConfig
+from sslflow.data.dataset import write_dataset
+from sslflow.data.manifest import MANIFEST_COLUMNS
+from sslflow.files import file_sha256
+from sslflow.registry.aliases import (
     CHALLENGER,
     CHAMPION,
     COMPLETE,
     INCOMPLETE,
     PREVIOUS_CHAMPION,
     STATE_TAG,
-    Accuracies,
     aliases_of,
-    promotion_gate,
-    register,
-    roll_back,
+    rollback_aliases,
 )
-from tasks.tracking import TrackingServerUnavailable, start_parent_run, tracking_uri
+from sslflow.registry.gate import Accuracies, promotion_gate
+from tasks.register import register
+from tasks.shared import Dataset, FinetunedModel
+from sslflow.tracking.runs import start_parent_run
+from sslflow.tracking.server import TrackingServerUnavailable
+from sslflow.tracking.store import tracking_uri
 from workflows.lifecycle import rollback
 
 CLASSES = ["0", "1", "2"]
@@ -198,7 +196,7 @@ def test_gate_promotion_load_by_alias_and_rollback(tracking, test_sets, tmp_path
     assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "3"}
     assert "rolled_back" in MlflowClient().get_model_version(config.model_name, "3").tags
     with pytest.raises(ValueError, match="no 'previous_champion' alias"):
-        roll_back(config.model_name)
+        rollback_aliases(config.model_name)
 
 
 def test_rerun_of_a_registered_pipeline_run_reuses_its_version(tracking, test_sets, tmp_path):

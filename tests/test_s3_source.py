@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import IngestConfig
-from tasks.sources import SourceError, UndecodableImageError, fingerprint_source, read_source
+from sslflow.config import IngestConfig
+from sslflow.data.sources import fingerprint_source, read_source
+from sslflow.data.types import SourceError, UndecodableImageError
 from workflows.data import validate_data
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -4,9 +4,11 @@ import pytest
 from PIL import Image
 
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
-from tasks.config import IngestConfig
-from tasks.manifest import build_manifest, split_of_case
-from tasks.sources import SourceError, UndecodableImageError, fingerprint_source, optdigits_to_mnist_format, read_source, source_name
+from sslflow.config import IngestConfig
+from sslflow.data.manifest import build_manifest, split_of_case
+from sslflow.data.builtin import optdigits_to_mnist_format
+from sslflow.data.sources import fingerprint_source, read_source, source_name
+from sslflow.data.types import SourceError, UndecodableImageError
 
 
 def _write_folder(root, count=12, cases=4):
@@ -92,7 +94,7 @@ def test_proxy_cases_pair_look_alike_images():
     assert all(case_ids[i] == case_ids[i + 50] for i in range(50))
 
 
-def test_parquet_manifest_lists_images_relative_to_its_folder(tmp_path):
+def test_parquet_image_list_names_images_relative_to_its_folder(tmp_path):
     _write_folder(tmp_path, count=6, cases=3)
     (tmp_path / "metadata.csv").unlink()
     (tmp_path / "lists").mkdir()

@@ -1,10 +1,10 @@
 import numpy as np
 import pandas as pd
 
-from tasks.config import IngestConfig, ValidationConfig
-from tasks.manifest import build_manifest
-from tasks.sources import SourceImages
-from tasks.validate import validate_manifest
+from sslflow.config import IngestConfig, ValidationConfig
+from sslflow.data.manifest import build_manifest
+from sslflow.data.types import SourceImages
+from sslflow.data.validation import validate_manifest
 
 
 def _manifest(count=200, classes=4):

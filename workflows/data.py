@@ -2,7 +2,7 @@
 
     pyflyte run workflows/data.py validate_data --source ./my_scans
     pyflyte run workflows/data.py validate_data --source s3://bucket/prefix --label_fractions '[0.1, 1.0]'
-    pyflyte run workflows/data.py validate_data --source ./manifest.parquet --config '{"max_bad_fraction": 0.01}'
+    pyflyte run workflows/data.py validate_data --source ./cohort.parquet --config '{"max_bad_fraction": 0.01}'
 
 Exits 0 and prints a summary when the source is valid; otherwise exits non-zero, printing the
 failing checks with the offending files or rows (SourceError from ingest, DataValidationError from
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from flytekit import workflow
 
-from tasks.config import IngestConfig, ValidationConfig
+from sslflow.config import IngestConfig, ValidationConfig
 from tasks.data_run import finish_data_run, start_data_run
-from tasks.ingest import SourceUri, ingest
+from tasks.ingest import ingest
+from tasks.shared import SourceUri
 from tasks.validate import validate
 
 

@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Annotated
 
 from flytekit import (
-    Cache,
     CronSchedule,
     HashMethod,
     LaunchPlan,
@@ -31,11 +30,11 @@ from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import cpu_image
 from ssl_models.train import FinetuneConfig, PretrainConfig
-from tasks.artifacts import Dataset, EncoderCheckpoint, content_hash
-from tasks.config import IngestConfig, RegistryConfig
-from tasks.ingest import SourceUri
+from tasks.shared import Dataset, EncoderCheckpoint, content_hash, pipeline_cache
+from sslflow.config import IngestConfig, RegistryConfig
+from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_simclr
-from tasks.training import TRAINING_TASK
+from tasks.shared import GPU_TASK_SETTINGS
 from workflows.pipeline import ssl_pipeline
 
 WEEKLY_CRON = "0 3 * * 1"
@@ -95,9 +94,9 @@ weekly_retraining = LaunchPlan.get_or_create(
 # 1.16: it replaces the config on the task object itself, so ssl_pipeline's node would turn
 # multi-node as well. Hence a second task around the same function, with the cluster's numbers.
 @task(
-    cache=Cache(version="1", ignored_inputs=("parent_run_id",)),
+    cache=pipeline_cache("1", serialize=True),
     **{
-        **TRAINING_TASK,
+        **GPU_TASK_SETTINGS,
         "requests": Resources(cpu="32", mem="200Gi", gpu=str(MULTINODE.nproc_per_node)),
         "limits": Resources(gpu=str(MULTINODE.nproc_per_node)),
         "task_config": MULTINODE,

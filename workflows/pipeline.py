@@ -13,10 +13,11 @@ from __future__ import annotations
 from flytekit import workflow
 
 from ssl_models.train import FinetuneConfig, PretrainConfig
-from tasks.config import IngestConfig, RegistryConfig, ValidationConfig
+from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune_all
-from tasks.ingest import SourceUri, ingest
+from tasks.ingest import ingest
+from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_micle, pretrain_simclr
 from tasks.register import register
 from tasks.report import report, start_pipeline_run

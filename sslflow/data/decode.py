@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tasks.sources import UndecodableImageError
+from sslflow.data.types import UndecodableImageError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")

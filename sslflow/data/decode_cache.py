@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from tasks.config import IngestConfig
-from tasks.image_decode import DecodedImage
+from sslflow.config import IngestConfig
+from sslflow.data.decode import DecodedImage
+from sslflow.files import atomic_write
 
-DECODER_VERSION = "1"  # bump when tasks/image_decode.py changes the pixels it produces
+DECODER_VERSION = "1"  # bump when sslflow/data/decode.py changes the pixels it produces
 
 
 def ingest_cache_dir() -> Path:
@@ -34,19 +34,6 @@ def ingest_cache_dir() -> Path:
     if os.environ.get("FLYTE_SDK_LOCAL_SANDBOX"):
         return Path(os.environ["FLYTE_SDK_LOCAL_SANDBOX"]) / "ingest-cache"
     return Path.home() / ".cache" / "sslflow" / "ingest"
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class DecodeCache:
@@ -76,7 +63,7 @@ class DecodeCache:
             return None
 
     def put(self, file_sha256: str, image: DecodedImage) -> None:
-        _write_atomically(
+        atomic_write(
             self._entry(file_sha256),
             lambda handle: np.savez(handle, pixels=image.pixels, width=image.width, height=image.height, mode=image.mode),
         )
@@ -89,4 +76,4 @@ class DecodeCache:
             return None
 
     def remember_version(self, version_key: str, file_sha256: str) -> None:
-        _write_atomically(self._version(version_key), lambda handle: handle.write(file_sha256.encode()))
+        atomic_write(self._version(version_key), lambda handle: handle.write(file_sha256.encode()))

@@ -1,4 +1,4 @@
-"""A local folder of images, with an optional ``metadata.csv`` (rules: tasks/image_listing.py).
+"""A local folder of images, with an optional ``metadata.csv`` (rules: sslflow/data/metadata.py).
 
 Every file read must lie inside the folder: metadata paths with '..' or absolute paths are refused,
 and so is any path (listed or found) that resolves outside the folder through a symlink. Files are
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config import IngestConfig
-from tasks.decode_cache import DecodeCache
-from tasks.image_listing import METADATA_FILE, ImageRecord, metadata_rows, parse_metadata_csv, read_listing
-from tasks.sources import IMAGE_SUFFIXES, SourceError, SourceImages
+from sslflow.config import IngestConfig
+from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.listing import read_listing
+from sslflow.data.metadata import METADATA_FILE, ImageRecord, metadata_rows, parse_metadata_csv
+from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
 
 
 def resolve_inside(root: Path, relative: str, where: str) -> Path:
@@ -26,7 +27,7 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
 
 
 def local_records(root: Path, rows: list[dict]) -> list[ImageRecord]:
-    """Metadata rows (tasks.image_listing.metadata_rows) of files under ``root`` as ImageRecords."""
+    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords."""
     records = []
     for row in rows:
         path = resolve_inside(root, row["path"], row["where"])

@@ -1,4 +1,5 @@
-"""The dataset manifest: one row per image with its content hash, source, case, site, label and split.
+"""The dataset manifest: the table ingest writes, one row per image with its content hash, source, case,
+site, label and split (the parquet *input* a user may hand in is an image list: sslflow/data/parquet_list.py).
 
 Pure pandas/numpy (no Flyte): benchmarks/quality.py builds the same manifests on a GPU box.
 """
@@ -11,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ssl_models.proxy_cases import pixel_neighbour_proxy_cases
-from tasks.config import IngestConfig
-from tasks.sources import SourceImages
+from sslflow.config import IngestConfig
+from sslflow.data.types import SourceImages
 
 MANIFEST_COLUMNS = (
     "sha256", "source_path", "size_bytes", "width", "height", "mode",

@@ -1,7 +1,9 @@
-"""A parquet manifest: a ``.parquet`` file with columns path, case_id, site, label (rules: tasks/image_listing.py).
+"""A parquet image list: a ``.parquet`` file with columns path, case_id, site, label (rules: sslflow/data/metadata.py).
 
-Paths are relative to the folder holding the manifest and must stay inside it (as for a folder's
-metadata.csv); other columns are ignored. Messages number rows from 0, as pandas does.
+Not to be confused with the dataset manifest that ingest writes (sslflow/data/manifest.py): this is an
+input, a list of image files a user hands in. Paths are relative to the folder holding the list and
+must stay inside it (as for a folder's metadata.csv); other columns are ignored. Messages number rows
+from 0, as pandas does.
 """
 
 from __future__ import annotations
@@ -10,22 +12,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.config import IngestConfig
-from tasks.decode_cache import DecodeCache
-from tasks.folder_source import local_records
-from tasks.image_listing import ImageRecord, metadata_rows, read_listing
-from tasks.sources import SourceError, SourceImages
+from sslflow.config import IngestConfig
+from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.folder import local_records
+from sslflow.data.listing import read_listing
+from sslflow.data.metadata import ImageRecord, metadata_rows
+from sslflow.data.types import SourceError, SourceImages
 
 
-def list_manifest(manifest: Path) -> list[ImageRecord]:
-    if not manifest.is_file():
-        raise SourceError(f"manifest {manifest} does not exist")
+def list_parquet_list(image_list: Path) -> list[ImageRecord]:
+    if not image_list.is_file():
+        raise SourceError(f"parquet image list {image_list} does not exist")
     try:
-        table = pd.read_parquet(manifest)
+        table = pd.read_parquet(image_list)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise SourceError(f"{manifest}: not a readable parquet file ({type(error).__name__}: {error})") from error
-    return local_records(manifest.parent, metadata_rows(table, str(manifest), first_row=0))
+        raise SourceError(f"{image_list}: not a readable parquet file ({type(error).__name__}: {error})") from error
+    return local_records(image_list.parent, metadata_rows(table, str(image_list), first_row=0))
 
 
-def read_manifest(manifest: Path, config: IngestConfig, cache: DecodeCache) -> SourceImages:
-    return read_listing(list_manifest(manifest), lambda record: Path(record.location).read_bytes(), config, cache, str(manifest))
+def read_parquet_list(image_list: Path, config: IngestConfig, cache: DecodeCache) -> SourceImages:
+    return read_listing(list_parquet_list(image_list), lambda record: Path(record.location).read_bytes(), config, cache, str(image_list))

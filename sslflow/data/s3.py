@@ -6,11 +6,11 @@ AWS_DEFAULT_REGION / the profile, credentials from AWS_ACCESS_KEY_ID + AWS_SECRE
 AWS_PROFILE or an instance role. Credentials are never logged: messages name the bucket, key and
 S3 error code only.
 
-Keys below the prefix are the manifest's ``source_path`` (rules of metadata: tasks/image_listing.py).
+Keys below the prefix are the manifest's ``source_path`` (rules of metadata: sslflow/data/metadata.py).
 Any key with a '..' part is refused, since it could escape the prefix when mirrored to disk, and so
 is a metadata path that names no object under the prefix. The fingerprint hashes the listing (keys,
 ETags, sizes), so deciding whether ingest's cache is still valid downloads nothing; unchanged objects
-are not downloaded again either (tasks/decode_cache.py remembers key + ETag + size).
+are not downloaded again either (sslflow/data/decode_cache.py remembers key + ETag + size).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from tasks.config import IngestConfig
-from tasks.decode_cache import DecodeCache
-from tasks.image_listing import METADATA_FILE, ImageRecord, check_relative_path, metadata_rows, parse_metadata_csv, read_listing
-from tasks.sources import IMAGE_SUFFIXES, SourceError, SourceImages
+from sslflow.config import IngestConfig
+from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.listing import read_listing
+from sslflow.data.metadata import METADATA_FILE, ImageRecord, check_relative_path, metadata_rows, parse_metadata_csv
+from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

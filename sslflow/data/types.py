@@ -1,0 +1,37 @@
+"""What every source reader returns and raises: the bottom of sslflow.data (imports nothing of the project)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class SourceImages:
+    """Images of one source before splitting. pixels: (N, C, H, W) uint8; the lists have N entries."""
+
+    pixels: np.ndarray
+    source_paths: list[str]
+    labels: list[str | None]
+    case_ids: list[str] | None  # None: the source has no cases
+    sites: list[str]
+    size_bytes: list[int]
+    modes: list[str]
+    widths: list[int]
+    heights: list[int]
+    quarantined: list[dict] = field(default_factory=list)  # {"source_path", "problem"} of skipped undecodable files
+    read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
+
+
+class SourceError(ValueError):
+    """A source that cannot be read; the message names the file or field and the problem."""
+
+
+class UndecodableImageError(SourceError):
+    """Image files that cannot be decoded (zero bytes, truncated, not an image, too many pixels).
+
+    Unlike other SourceErrors these can be quarantined: IngestConfig.max_bad_fraction.
+    """

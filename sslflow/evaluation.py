@@ -1,0 +1,82 @@
+"""Evaluation of fine-tuned classifiers: in-domain test split (and per site), shift set, corruption suite.
+
+One result row per (model, evaluation set) with accuracy, macro-F1, one-vs-rest AUC and expected
+calibration error (RESULT_COLUMNS); per-class accuracy separately. Test splits are only reported:
+model selection happens on validation data (sslflow/registry/registration.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ssl_models.augment import FINETUNE_AUGMENT
+from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from ssl_models.evaluate import predict_probabilities
+from ssl_models.metrics import classification_metrics, per_class_accuracy
+from sslflow.data.labels import class_indices
+from sslflow.data.manifest import labelled_rows
+
+METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
+# The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
+# the in-domain test split of at most this many images (all of it when smaller).
+CORRUPTION_IMAGES = 512
+RESULT_COLUMNS = ["init", "probe", "label_fraction", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy"]
+
+EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
+DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8): sslflow.data.dataset.read_dataset
+
+
+class EvaluatedModel(Protocol):
+    """What evaluation reads of a fine-tuned model (tasks.shared.FinetunedModel has it)."""
+
+    class_names: list[str]
+    init: str
+    probe: str
+    label_fraction: float
+    num_labels: int
+    val_accuracy: float
+
+
+def _labelled_test_split(dataset: DatasetTable, name: str, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (N, C, H, W) uint8, class indices (N,), sites (N,)) of a dataset's labelled test rows."""
+    images, labels, sites = labelled_rows(*dataset, "test")
+    return images, class_indices(labels, class_names, f"dataset {name} (test labels never seen in training)"), sites
+
+
+def evaluation_sets(in_domain: DatasetTable, shift: DatasetTable, class_names: Sequence[str], *, names: tuple[str, str]) -> list[EvaluationSet]:
+    """In-domain test, each site of it (if several), the shift set, and each corruption x severity of (at
+    most CORRUPTION_IMAGES of) the in-domain test split. names: (in-domain, shift) dataset names for messages."""
+    images, labels, sites = _labelled_test_split(in_domain, names[0], class_names)
+    sets = [("in_domain", "in_domain", images, labels)]
+    if len(set(sites)) > 1:
+        sets += [(f"in_domain/site={site}", "site", images[sites == site], labels[sites == site]) for site in sorted(set(sites))]
+    shift_images, shift_labels, _ = _labelled_test_split(shift, names[1], class_names)
+    sets.append(("shift", "shift", shift_images, shift_labels))
+    subset = np.sort(np.random.default_rng(0).permutation(len(labels))[:CORRUPTION_IMAGES])
+    pixels = torch.from_numpy(images[subset])
+    for name in CORRUPTIONS:
+        for severity in SEVERITIES:
+            sets.append((f"{name}@{severity}", "corruption", corrupt(pixels, name, severity).numpy(), labels[subset]))
+    return sets
+
+
+def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list[EvaluationSet]) -> tuple[list[dict], dict]:
+    """(result rows, {"init/probe@fraction/eval_set": {class name: accuracy}} for in-domain and shift)."""
+    rows, per_class = [], {}
+    for eval_set, kind, images, labels in sets:
+        probabilities = predict_probabilities(classifier, torch.from_numpy(images), FINETUNE_AUGMENT)
+        metrics = classification_metrics(probabilities, labels)
+        rows.append(
+            {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "num_labels": model.num_labels,
+             "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy}
+        )  # fmt: skip
+        if kind in ("in_domain", "shift"):
+            key = f"{model.init}/{model.probe}@{model.label_fraction:g}/{eval_set}"
+            per_class[key] = {model.class_names[c]: acc for c, acc in per_class_accuracy(probabilities, labels).items()}
+    return rows, per_class

@@ -1,0 +1,1 @@
+"""Reports of the pipeline's results: markdown tables, PNG charts, HTML pages for Decks and MLflow."""

@@ -1,0 +1,62 @@
+"""Charts of evaluation results as PNG bytes (matplotlib, Agg backend): label-efficiency curve, shift and corruptions."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sslflow.reporting.tables import INIT_ORDER, methods_in_order  # noqa: E402
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _curve(results: pd.DataFrame, eval_set: str, title: str) -> bytes:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for init, probe in methods_in_order(results):
+        rows = results[(results["init"] == init) & (results["probe"] == probe) & (results["eval_set"] == eval_set)].sort_values("label_fraction")
+        axis.plot(rows["label_fraction"] * 100, rows["accuracy"], marker="o", linestyle="-" if probe == "finetune" else "--", label=f"{init} ({probe})")
+    axis.set_xscale("log")
+    axis.set_xlabel("labelled training images (%)")
+    axis.set_ylabel("accuracy")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def _corruption_chart(results: pd.DataFrame) -> bytes:
+    corrupted = results[(results["eval_kind"] == "corruption") & (results["probe"] == "finetune")].copy()
+    fraction = corrupted["label_fraction"].max()
+    corrupted = corrupted[corrupted["label_fraction"] == fraction]
+    corrupted["corruption"] = corrupted["eval_set"].str.split("@").str[0]
+    corrupted["severity"] = corrupted["eval_set"].str.split("@").str[1].astype(int)
+    names = sorted(corrupted["corruption"].unique())
+    figure, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3), sharey=True)
+    for axis, name in zip(axes, names):
+        for init in [i for i in INIT_ORDER if i in set(corrupted["init"])]:
+            rows = corrupted[(corrupted["corruption"] == name) & (corrupted["init"] == init)].sort_values("severity")
+            axis.plot(rows["severity"], rows["accuracy"], marker="o", label=init)
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("severity")
+        axis.set_xticks([1, 2, 3])
+    axes[0].set_ylabel(f"accuracy (fine-tuned, {fraction:g} of labels)")
+    axes[-1].legend(fontsize=7)
+    return _png(figure)
+
+
+def report_figures(results: pd.DataFrame) -> dict[str, bytes]:
+    return {
+        "label_efficiency": _curve(results, "in_domain", "Label efficiency: in-domain test accuracy"),
+        "shift_accuracy": _curve(results, "shift", "Under distribution shift: shift-set accuracy"),
+        "corruptions": _corruption_chart(results),
+    }

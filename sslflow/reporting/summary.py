@@ -1,0 +1,40 @@
+"""The closing text `pyflyte run` prints: for the pipeline, and for a dataset checked by validate_data."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sslflow.registry.record import Registration
+from sslflow.reporting.tables import results_markdown
+
+
+def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_run_id: str, tracking_uri: str) -> str:
+    """Accuracy table, MLflow parent run, registered version and the gate's decision."""
+    return "\n".join(
+        [
+            "Accuracy by label fraction (ssl = SimCLR + MICLe pretrained, scratch = random init):",
+            results_markdown(results),
+            "",
+            f"MLflow parent run: {parent_run_id} ({tracking_uri})",
+            (
+                f"Registered model: {registration.model_name} version {registration.version} aliases {', '.join(registration.aliases)}"
+                f" (selected: {registration.init} {registration.probe} at label fraction {registration.label_fraction:g})"
+            ),
+            f"Promotion gate: {registration.decision}",
+            f"Champion: {registration.model_name} version {registration.champion_version or '(none)'}",
+        ]
+    )
+
+
+def dataset_summary(name: str, num_images: int, content_sha256: str, summary: dict, parent_run_id: str, tracking_uri: str) -> str:
+    """What a valid dataset holds (ingest's summary.json) and where its MLflow run is."""
+    quarantined = summary.get("quarantined", [])
+    lines = [
+        f"dataset {name!r} is valid: {num_images} images, {summary.get('cases', '?')} cases, "
+        f"{summary.get('labelled', '?')} labelled, splits {summary.get('split_counts', {})}",
+        f"duplicates dropped: {summary.get('duplicates_dropped', 0)}; quarantined: {len(quarantined)}",
+        *[f"  quarantined {item['problem']}" for item in quarantined],
+        f"content sha256: {content_sha256}",
+        f"MLflow parent run: {parent_run_id} ({tracking_uri})",
+    ]
+    return "\n".join(lines)
