@@ -27,8 +27,10 @@ def machine() -> dict:
     }
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True)
+        info["dirty"] = bool(status.stdout.strip())  # uncommitted changes to tracked files: the commit is not the whole story
     except (OSError, subprocess.CalledProcessError):
-        info["commit"] = "unknown"
+        info["commit"], info["dirty"] = "unknown", None
     return info
 
 

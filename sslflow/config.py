@@ -20,9 +20,18 @@ class IngestConfig:
     proxy_cases: when the source has no case ids, group images into PROXY cases by pixel
         neighbours (ssl_models.proxy_cases) instead of one case per image.
     max_bad_fraction: fraction of a source's image files that may be undecodable (zero bytes,
-        truncated, not an image, over max_image_pixels); they are quarantined (skipped and listed in
+        truncated, not an image, over max_image_pixels or max_file_bytes, values beyond bits_stored,
+        NaN or infinite float pixels); they are quarantined (skipped and listed in
         the ingest summary). 0.0: any undecodable file stops the run. Above it the run stops, naming them.
     max_image_pixels: width x height above which an image is refused as a decompression bomb.
+    max_file_bytes: a file larger than this (its size from the listing) is refused before it is read,
+        like an undecodable file (quarantinable under max_bad_fraction).
+    bits_stored: the bit depth of the data in 16-bit and 32-bit integer images (mode I;16, I), for
+        scaling to 8 bits: N (8 to 16) scales by 255 / (2**N - 1) and refuses an image with a value
+        above 2**N - 1; 0 infers it PER IMAGE from the image's maximum (the smallest of 8, 10, 12, 14,
+        16 bits that holds it), so a dark 16-bit image comes out brighter than with bits_stored=16.
+        A dataset of known depth should set it (12 for 12-bit CT/MR stored in 16-bit files, 16 for
+        full-range 16-bit). 8-bit and float images are not affected.
     """
 
     image_size: int = 28
@@ -35,6 +44,8 @@ class IngestConfig:
     seed: int = 0
     max_bad_fraction: float = 0.0
     max_image_pixels: int = 100_000_000
+    max_file_bytes: int = 512 * 2**20
+    bits_stored: int = 0
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -47,6 +58,12 @@ class IngestConfig:
             raise ValueError(f"IngestConfig.max_bad_fraction must be in [0, 1), got {self.max_bad_fraction}")
         if self.max_image_pixels < 1:
             raise ValueError(f"IngestConfig.max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.max_file_bytes < 1:
+            raise ValueError(f"IngestConfig.max_file_bytes must be positive, got {self.max_file_bytes}")
+        if self.bits_stored != 0 and not 8 <= self.bits_stored <= 16:
+            raise ValueError(
+                f"IngestConfig.bits_stored must be 0 (infer per image) or a bit depth from 8 to 16, got {self.bits_stored}"
+            )
 
 
 @dataclass(frozen=True)
@@ -54,7 +71,8 @@ class ValidationConfig:
     """What validate requires of a dataset.
 
     require_labels: every row needs a label (evaluation sets); otherwise labels are optional.
-    allowed_labels: the label values a dataset may use (empty: any value without surrounding blanks).
+    allowed_labels: the label values a dataset may use (empty: any value without surrounding blanks),
+        compared in ingest's spelling (sslflow.data.metadata.canonical_label: "1.0" allows label "1").
     """
 
     min_image_side: int = 8

@@ -28,7 +28,8 @@ def write_dataset(directory: Path, manifest: pd.DataFrame, images: np.ndarray, s
     """Write the dataset files into ``directory`` and return their content sha256.
 
     The files are written to a temporary folder beside ``directory`` and renamed into place, so an
-    interrupted write leaves no half-written dataset (a previous one at ``directory`` is replaced).
+    interrupted write leaves no half-written dataset. A previous dataset at ``directory`` is replaced
+    by ``_swap_in``: it is removed only once the new one is in place.
     """
     if len(manifest) != images.shape[0]:
         raise ValueError(f"manifest has {len(manifest)} rows but there are {images.shape[0]} images")
@@ -41,13 +42,28 @@ def write_dataset(directory: Path, manifest: pd.DataFrame, images: np.ndarray, s
         np.save(staging / IMAGES_FILE, np.ascontiguousarray(images), allow_pickle=False)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
         sha256 = file_sha256(staging / MANIFEST_FILE, staging / IMAGES_FILE)
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
+        _swap_in(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return sha256
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Rename ``staging`` to ``directory``; an existing ``directory`` is moved aside first and removed only
+    after the rename, or moved back if it fails. At no moment is ``directory`` a half-written dataset."""
+    if not directory.exists():
+        staging.rename(directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+    old.rmdir()  # a unique free name for the rename below
+    directory.rename(old)
+    try:
+        staging.rename(directory)
+    except BaseException:
+        old.rename(directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_dataset(directory: Path, name: str = "") -> tuple[pd.DataFrame, np.ndarray]:

@@ -2,7 +2,7 @@
 
 Flyte's cache skips ingest when a source is unchanged; when one file is added the source's fingerprint
 changes and ingest runs again. This cache makes that run cheap: decoded pixels are stored under the
-sha256 of the file's bytes (plus image size, channels and DECODER_VERSION), so an unchanged file is
+sha256 of the file's bytes (plus image size, channels, bits_stored and DECODER_VERSION), so an unchanged file is
 read and hashed but not decoded. For S3 a second index maps key + ETag + size to that sha256, so an
 unchanged object is not even downloaded.
 
@@ -25,7 +25,7 @@ from sslflow.config import IngestConfig
 from sslflow.data.decode import DecodedImage
 from sslflow.files import atomic_write
 
-DECODER_VERSION = "1"  # bump when sslflow/data/decode.py changes the pixels it produces
+DECODER_VERSION = "2"  # bump when sslflow/data/decode.py changes the pixels it produces
 
 
 def ingest_cache_dir() -> Path:
@@ -37,15 +37,15 @@ def ingest_cache_dir() -> Path:
 
 
 class DecodeCache:
-    """Decoded images of one (image_size, channels) setting, keyed by the sha256 of the file bytes."""
+    """Decoded images of one (image_size, channels, bits_stored) setting, keyed by the sha256 of the file bytes."""
 
-    def __init__(self, directory: Path, image_size: int, channels: int):
+    def __init__(self, directory: Path, image_size: int, channels: int, bits_stored: int = 0):
         self.directory = directory
-        self.setting = f"{image_size}px-{channels}ch-v{DECODER_VERSION}"
+        self.setting = f"{image_size}px-{channels}ch-{bits_stored}bits-v{DECODER_VERSION}"
 
     @classmethod
     def for_config(cls, config: IngestConfig) -> DecodeCache:
-        return cls(ingest_cache_dir(), config.image_size, config.channels)
+        return cls(ingest_cache_dir(), config.image_size, config.channels, config.bits_stored)
 
     def _entry(self, file_sha256: str) -> Path:
         return self.directory / "decoded" / file_sha256[:2] / f"{file_sha256}-{self.setting}.npz"

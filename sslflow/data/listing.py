@@ -21,9 +21,17 @@ MAX_LISTED_PROBLEMS = 50
 
 
 def _decode_record(record: ImageRecord, read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, stats: dict) -> DecodedImage:
-    """Decoded pixels of one record: from the cache when its bytes were decoded before, else decoded and cached."""
+    """Decoded pixels of one record: from the cache when its bytes were decoded before, else decoded and cached.
+
+    A record of zero bytes or over config.max_file_bytes (its size from the listing) is refused before it is read.
+    """
     if record.size_bytes == 0:
         raise UndecodableImageError(f"{record.location}: zero-byte file")
+    if record.size_bytes > config.max_file_bytes:
+        raise UndecodableImageError(
+            f"{record.location}: {record.size_bytes} bytes is over IngestConfig.max_file_bytes={config.max_file_bytes}; "
+            "not read (raise max_file_bytes if the file is a genuine image)"
+        )
     file_sha256 = cache.sha256_of_version(record.version_key) if record.version_key else None
     image = cache.get(file_sha256) if file_sha256 else None
     if image is None:
@@ -33,7 +41,9 @@ def _decode_record(record: ImageRecord, read_bytes: Callable[[ImageRecord], byte
         file_sha256 = hashlib.sha256(data).hexdigest()
         image = cache.get(file_sha256)
         if image is None:
-            image = decode_image(data, record.location, config.image_size, config.channels, config.max_image_pixels)
+            image = decode_image(
+                data, record.location, config.image_size, config.channels, config.max_image_pixels, bits_stored=config.bits_stored
+            )
             cache.put(file_sha256, image)
             stats["decoded"] += 1
         else:

@@ -13,12 +13,13 @@ import pandas as pd
 
 from ssl_models.proxy_cases import pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
-from sslflow.data.types import SourceImages
+from sslflow.data.types import SourceError, SourceImages
 
 MANIFEST_COLUMNS = (
     "sha256", "source_path", "size_bytes", "width", "height", "mode",
     "case_id", "case_id_is_proxy", "site", "label", "split",
 )  # fmt: skip
+MAX_LISTED_CONFLICTS = 20
 
 
 def split_of_case(case_id: str, seed: int, train_fraction: float, val_fraction: float) -> str:
@@ -29,12 +30,44 @@ def split_of_case(case_id: str, seed: int, train_fraction: float, val_fraction: 
     return "val" if position < train_fraction + val_fraction else "test"
 
 
+def deduplicate(hashes: list[str], images: SourceImages) -> tuple[np.ndarray, list[str]]:
+    """One row per distinct image (``hashes``: sha256 of each image's decoded pixels).
+
+    Returns (indices kept, ascending; source paths of the dropped copies). Of identical images the first
+    labelled one is kept, else the first: an unlabelled copy never hides a label. Raises SourceError
+    naming the files and their labels when identical images have different labels.
+    """
+    rows_of_hash: dict[str, list[int]] = {}
+    for index, digest in enumerate(hashes):
+        rows_of_hash.setdefault(digest, []).append(index)
+    keep, conflicts = [], []
+    for rows in rows_of_hash.values():
+        labelled = [row for row in rows if images.labels[row] is not None]
+        keep.append(labelled[0] if labelled else rows[0])
+        conflicts += [
+            f"{images.source_paths[labelled[0]]} (label {images.labels[labelled[0]]!r}) and "
+            f"{images.source_paths[row]} (label {images.labels[row]!r})"
+            for row in labelled[1:]
+            if images.labels[row] != images.labels[labelled[0]]
+        ]
+    if conflicts:
+        more = f"\n  ... and {len(conflicts) - MAX_LISTED_CONFLICTS} more" if len(conflicts) > MAX_LISTED_CONFLICTS else ""
+        raise SourceError(
+            f"{len(conflicts)} pair(s) of identical images (same decoded pixels) have different labels; only one copy "
+            "is kept, so one label would be dropped silently. Correct the label or remove the copy:\n  "
+            + "\n  ".join(conflicts[:MAX_LISTED_CONFLICTS]) + more
+        )
+    kept = set(keep)
+    return np.array(sorted(kept), dtype=np.int64), [images.source_paths[i] for i in range(len(hashes)) if i not in kept]
+
+
 def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """Deduplicate, subsample, assign cases and splits. Returns (manifest, pixels (N, C, H, W), summary)."""
+    """Deduplicate, subsample, assign cases and splits. Returns (manifest, pixels (N, C, H, W), summary).
+
+    Raises SourceError when identical images have different labels (deduplicate).
+    """
     hashes = [hashlib.sha256(pixels.tobytes()).hexdigest() for pixels in images.pixels]
-    _, first = np.unique(hashes, return_index=True)
-    keep = np.sort(first)
-    duplicates = [images.source_paths[i] for i in sorted(set(range(len(hashes))) - set(keep.tolist()))]
+    keep, duplicates = deduplicate(hashes, images)
     if config.max_images and len(keep) > config.max_images:
         keep = np.sort(np.random.default_rng(config.seed).choice(keep, config.max_images, replace=False))
     pixels = images.pixels[keep]

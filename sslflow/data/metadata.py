@@ -5,6 +5,10 @@ Metadata (``metadata.csv`` in a folder or at an S3 prefix, or a ``.parquet`` ima
 - ``case_id``, ``site``, ``label`` (optional; blank means unknown). Images of one case_id are two views
   of one patient for MICLe and always land in the same split; an image without a case_id is its own
   case; a blank site is "default".
+A path must not contain a NUL byte, and no part of it may be longer than NAME_MAX_BYTES in UTF-8 (nor
+the whole path longer than PATH_MAX_BYTES), the limits of common file systems. Labels are spelled one
+way whatever the source (canonical_label): a number equal to an integer is written as that integer,
+so ``1``, ``1.0``, ``01`` and ``1e0`` in a CSV, and 1 or 1.0 in a parquet column, are all class ``1``.
 Other columns are ignored (they do not reach the dataset manifest). With metadata, only the listed
 files are read and other files are ignored. Without metadata, every file with an image suffix
 (sslflow.data.types.IMAGE_SUFFIXES) is read, without labels, each image its own case.
@@ -13,8 +17,11 @@ files are read and other files are ignored. Without metadata, every file with an
 from __future__ import annotations
 
 import io
+import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
@@ -22,6 +29,9 @@ import pandas as pd
 from sslflow.data.types import SourceError
 
 METADATA_FILE = "metadata.csv"
+NAME_MAX_BYTES = 255  # one file or folder name (ext4, XFS, APFS, NTFS)
+PATH_MAX_BYTES = 4095  # a whole path (Linux PATH_MAX, less its NUL)
+PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,8 @@ class ImageRecord:
 
     source_path: relative to the source root (the manifest's ``source_path``);
     location: full path or s3:// URL, for messages and for reading;
-    size_bytes: from the file system or the S3 listing (0: the file is refused without reading it);
+    size_bytes: from the file system or the S3 listing (0, or over IngestConfig.max_file_bytes: the file
+        is refused without reading it);
     version_key: names these exact bytes without reading them (S3: URL + ETag + size); "" if unknown.
     """
 
@@ -43,13 +54,33 @@ class ImageRecord:
     version_key: str = ""
 
 
+def _utf8_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
 def check_relative_path(relative: str, where: str) -> str:
-    """``relative`` without empty or '.' parts, or SourceError if it is empty, absolute or has a '..' part."""
+    """``relative`` without empty or '.' parts, or SourceError naming ``where`` if it cannot name a file
+    inside the source root: empty, absolute, a '..' part, a NUL byte, or a name or path too long."""
     if not relative or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
         raise SourceError(f"{where}: {relative!r} is empty or absolute; paths must be relative to the source root")
     if ".." in re.split(r"[/\\]", relative):
         raise SourceError(f"{where}: {relative!r} contains '..'; paths must stay inside the source root")
-    return "/".join(part for part in relative.split("/") if part not in ("", "."))
+    nul = relative.find("\0")
+    if nul >= 0:
+        raise SourceError(
+            f"{where}: {relative!r} contains a NUL byte (\\x00) at character {nul}, which no file name can hold; "
+            "fix the path or rename the file"
+        )
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    for part in parts:
+        if _utf8_length(part) > NAME_MAX_BYTES:
+            raise SourceError(
+                f"{where}: the name {part[:40]!r}... is {_utf8_length(part)} bytes in UTF-8, longer than the "
+                f"{NAME_MAX_BYTES} a file or folder name may have; fix the path or rename the file"
+            )
+    if _utf8_length(relative) > PATH_MAX_BYTES:
+        raise SourceError(f"{where}: the path is {_utf8_length(relative)} bytes in UTF-8, longer than the {PATH_MAX_BYTES} a path may have")
+    return "/".join(parts)
 
 
 def parse_metadata_csv(data: bytes, where: str) -> pd.DataFrame:
@@ -71,6 +102,27 @@ def _text(value) -> str | None:
         value = int(value)
     text = str(value).strip()
     return text or None
+
+
+def canonical_label(value) -> str | None:
+    """A metadata cell as a label: the one spelling every source (CSV, parquet, S3) gives a class.
+
+    Blank or missing -> None. A plain decimal number (digits, optional sign, point and exponent; what
+    PLAIN_NUMBER matches) that is finite and equal to an integer -> that integer in decimal: "1.0",
+    "01", "+1", "1e0", " 1 " and a parquet 1 or 1.0 all become "1", "-0" becomes "0". Everything
+    else is kept as given (stripped): non-integral numbers ("0.5", "1e-1"), "nan", "inf", "1_000",
+    "0x1" and text labels. The value is read exactly (decimal.Decimal), never rounded through float.
+    """
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return None
+    text = str(value).strip()  # a float prints as its shortest round-trip spelling: 1.0, 0.1, 1e+20
+    if not text:
+        return None
+    if PLAIN_NUMBER.fullmatch(text) and math.isfinite(float(text)):
+        number = Decimal(text)
+        if number == number.to_integral_value():
+            return str(int(number))
+    return text
 
 
 def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]:
@@ -96,10 +148,30 @@ def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
                 "path": path,
                 "case_id": _text(record.get("case_id")),
                 "site": _text(record.get("site")) or "default",
-                "label": _text(record.get("label")),
+                "label": canonical_label(record.get("label")),
                 "where": row_where,
             }
         )
     return rows
 
 
+def metadata_file_name(names: Collection[str], where: str) -> str | None:
+    """METADATA_FILE when ``names`` (the entries at a source's root) include it, else None.
+
+    A case variant (``Metadata.csv``, ``METADATA.CSV``, ...) is refused with a SourceError naming it,
+    alone (rename it) or beside metadata.csv or another variant (ambiguous): never silently ignored.
+    where: the folder or S3 prefix, for the message.
+    """
+    variants = sorted(name for name in names if name.lower() == METADATA_FILE and name != METADATA_FILE)
+    found = ([METADATA_FILE] if METADATA_FILE in names else []) + variants
+    if len(found) > 1:
+        raise SourceError(
+            f"{where}: {' and '.join(found)} found; which one holds the metadata is ambiguous: "
+            f"keep one file, named {METADATA_FILE}"
+        )
+    if variants:
+        raise SourceError(
+            f"{where}: found {variants[0]!r} but the metadata file must be named exactly {METADATA_FILE!r} "
+            f"(lower case): rename it to {METADATA_FILE}, or remove it to read the images without metadata"
+        )
+    return METADATA_FILE if METADATA_FILE in names else None

@@ -3,7 +3,9 @@
 Not to be confused with the dataset manifest that ingest writes (sslflow/data/manifest.py): this is an
 input, a list of image files a user hands in. Paths are relative to the folder holding the list and
 must stay inside it (as for a folder's metadata.csv); other columns are ignored. Messages number rows
-from 0, as pandas does.
+from 0, as pandas does. The list and the files it names must be regular files (never a FIFO or device).
+The fingerprint (sslflow/data/fingerprint.py) covers the list and the files it names, nothing else in
+its folder.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ import pandas as pd
 
 from sslflow.config import IngestConfig
 from sslflow.data.decode_cache import DecodeCache
-from sslflow.data.folder import local_records
+from sslflow.data.folder import local_records, stat_regular_file
 from sslflow.data.listing import read_listing
 from sslflow.data.metadata import ImageRecord, metadata_rows
 from sslflow.data.types import SourceError, SourceImages
 
 
 def list_parquet_list(image_list: Path) -> list[ImageRecord]:
-    if not image_list.is_file():
-        raise SourceError(f"parquet image list {image_list} does not exist")
+    """The images a parquet list names, each checked to be a regular file inside the list's folder."""
+    stat_regular_file(image_list, "parquet image list", str(image_list), missing="does not exist")
     try:
         table = pd.read_parquet(image_list)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError

@@ -8,14 +8,14 @@ S3 error code only.
 
 Keys below the prefix are the manifest's ``source_path`` (rules of metadata: sslflow/data/metadata.py).
 Any key with a '..' part is refused, since it could escape the prefix when mirrored to disk, and so
-is a metadata path that names no object under the prefix. The fingerprint hashes the listing (keys,
-ETags, sizes), so deciding whether ingest's cache is still valid downloads nothing; unchanged objects
-are not downloaded again either (sslflow/data/decode_cache.py remembers key + ETag + size).
+is a metadata path that names no object under the prefix, and so is a case variant of metadata.csv
+(``Metadata.csv``) at the prefix. The fingerprint (sslflow/data/fingerprint.py) hashes the listing
+(keys, ETags, sizes), so deciding whether ingest's cache is still valid downloads nothing; unchanged
+objects are not downloaded again either (sslflow/data/decode_cache.py remembers key + ETag + size).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from sslflow.config import IngestConfig
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.listing import read_listing
-from sslflow.data.metadata import METADATA_FILE, ImageRecord, check_relative_path, metadata_rows, parse_metadata_csv
+from sslflow.data.metadata import METADATA_FILE, ImageRecord, check_relative_path, metadata_file_name, metadata_rows, parse_metadata_csv
 from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
 
 
@@ -78,13 +78,9 @@ def objects_by_path(objects: list[dict], bucket: str, prefix: str) -> dict[str, 
     return {check_relative_path(item["Key"][len(prefix) :], f"s3://{bucket}/{item['Key']}"): item for item in objects}
 
 
-def fingerprint_s3(uri: str) -> str:
-    """sha256 of the URI and, for every object under the prefix, its key, ETag and size."""
-    bucket, prefix = parse_s3_uri(uri)
-    digest = hashlib.sha256(uri.encode())
-    for item in list_objects(s3_client(), bucket, prefix):
-        digest.update(f"{item['Key']}\0{item['ETag']}\0{item['Size']}\0".encode())
-    return digest.hexdigest()
+def prefix_metadata_file(objects: dict[str, dict], bucket: str, prefix: str) -> str | None:
+    """METADATA_FILE when the prefix holds one; SourceError for a case variant such as Metadata.csv."""
+    return metadata_file_name({path for path in objects if "/" not in path}, f"s3://{bucket}/{prefix}")
 
 
 def read_object(client, bucket: str, key: str) -> bytes:
@@ -96,7 +92,7 @@ def list_s3(client, uri: str) -> list[ImageRecord]:
     """The images under an S3 prefix: the rows of its metadata.csv, or else every key with an image suffix."""
     bucket, prefix = parse_s3_uri(uri)
     objects = objects_by_path(list_objects(client, bucket, prefix), bucket, prefix)
-    if METADATA_FILE in objects:
+    if prefix_metadata_file(objects, bucket, prefix):
         where = f"s3://{bucket}/{prefix}{METADATA_FILE}"
         rows = metadata_rows(parse_metadata_csv(read_object(client, bucket, objects[METADATA_FILE]["Key"]), where), where, first_row=2)
         for row in rows:

@@ -6,20 +6,21 @@ A source is one of:
 - ``something.parquet``: a parquet image list with columns path, case_id, site, label, paths relative
   to its folder (sslflow/data/parquet_list.py);
 - otherwise a local folder, optionally with ``metadata.csv`` (sslflow/data/folder.py).
-The metadata rules the last three share are in sslflow/data/metadata.py.
+The metadata rules the last three share are in sslflow/data/metadata.py; the fingerprint (Flyte's
+cache key of ingest) is in sslflow/data/fingerprint.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from sslflow.config import IngestConfig
-from sslflow.data.builtin import BUILTIN_SOURCES, builtin_files, read_builtin
+from sslflow.data.builtin import BUILTIN_SOURCES, read_builtin
 from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.fingerprint import fingerprint_builtin, fingerprint_folder, fingerprint_parquet_list, fingerprint_s3
 from sslflow.data.folder import read_folder
 from sslflow.data.parquet_list import read_parquet_list
-from sslflow.data.s3 import fingerprint_s3, read_s3
+from sslflow.data.s3 import read_s3
 from sslflow.data.types import SourceError, SourceImages
 
 
@@ -48,41 +49,33 @@ def source_name(source: str) -> str:
     return "".join(char if char.isalnum() or char in "-_." else "-" for char in name) or "source"
 
 
-def source_files(source: str) -> list[Path]:
-    """The files whose bytes define a local source: what its fingerprint hashes."""
-    kind = source_kind(source)
-    if kind == "builtin":
-        return builtin_files(source)
-    if kind == "parquet":
-        if not Path(source).is_file():
-            raise SourceError(f"parquet image list {source!r} does not exist")
-        return sorted(path for path in Path(source).parent.rglob("*") if path.is_file())
+def _folder(source: str) -> Path:
+    """A folder source as a Path; SourceError listing what a source can be when it names no folder."""
     root = Path(source)
     if not root.is_dir():
         raise SourceError(
             f"source {source!r} is neither a built-in source {BUILTIN_SOURCES}, an s3://bucket/prefix, "
             "a .parquet image list nor an existing folder"
         )
-    return sorted(path for path in root.rglob("*") if path.is_file())
+    return root
 
 
 def fingerprint_source(source: str) -> str:
-    """The cache key of ingest: a sha256 that changes whenever the source's content does.
+    """The cache key of ingest: a sha256 that changes whenever what ingest reads from the source does.
 
-    Local sources: the relative names and bytes of every file (for a parquet list, of every file in
-    its folder). S3: the listing's keys, ETags and sizes (no object is downloaded).
+    Covers exactly the files ingest reads, after the same checks, without re-reading unchanged local
+    files; S3: keys, ETags and sizes (no object is downloaded). Encoding and digest cache:
+    sslflow/data/fingerprint.py.
     """
     kind = source_kind(source)
+    if kind == "builtin":
+        return fingerprint_builtin(source)
     if kind == "s3":
         return fingerprint_s3(source)
-    digest = hashlib.sha256(source.encode())
-    base = Path(source) if kind == "folder" else Path(source).parent if kind == "parquet" else None
-    for path in source_files(source):
-        digest.update(str(path.relative_to(base) if base else path.name).encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    if kind == "parquet":
+        return fingerprint_parquet_list(source)
+    _folder(source)
+    return fingerprint_folder(source)
 
 
 def read_source(source: str, config: IngestConfig) -> SourceImages:
@@ -101,4 +94,4 @@ def read_source(source: str, config: IngestConfig) -> SourceImages:
         return read_s3(source, config, cache)
     if kind == "parquet":
         return read_parquet_list(Path(source), config, cache)
-    return read_folder(Path(source), config, cache)
+    return read_folder(_folder(source), config, cache)

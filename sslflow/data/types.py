@@ -1,10 +1,12 @@
-"""What every source reader returns and raises: the bottom of sslflow.data (imports nothing of the project)."""
+"""What every source reader returns and raises: the bottom of sslflow.data (imports only sslflow.errors)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from sslflow.errors import Refusal
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -26,7 +28,7 @@ class SourceImages:
     read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
 
 
-class SourceError(ValueError):
+class SourceError(Refusal, ValueError):
     """A source that cannot be read; the message names the file or field and the problem."""
 
 

@@ -3,9 +3,11 @@
 Checks: schema, nulls, image decoded for every row and side lengths in range, no duplicate images,
 no case in two splits, split values, label values (no surrounding blanks; in
 ValidationConfig.allowed_labels when given), and enough labels per class for every requested label
-fraction. Also reported, not checked: case-size statistics (MICLe needs cases with two or more
-images; single-image cases fall back to two augmentations of one image) and the files ingest
-quarantined or dropped as duplicates. Each failure names the expectation, its column and the
+fraction: every class labelled in any split needs ceil(1 / smallest fraction) training labels (a
+class only in val or test cannot be predicted, and would fail evaluation after all the training).
+Also reported, not checked: case-size statistics (MICLe needs cases with two or more images;
+single-image cases fall back to two augmentations of one image) and the files ingest quarantined or
+dropped as duplicates. Each failure names the expectation, its column and the
 offending files (source_path). The task (tasks/validate.py) shows the result as a Flyte Deck and logs it to MLflow (JSON + HTML).
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
+from collections.abc import Sequence
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -22,15 +26,22 @@ import pandas as pd  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from sslflow.config import ValidationConfig  # noqa: E402
+from sslflow.errors import Refusal  # noqa: E402
 from sslflow.data.manifest import MANIFEST_COLUMNS  # noqa: E402
+from sslflow.data.metadata import canonical_label  # noqa: E402
 
 E = gx.expectations
 LABEL_PATTERN = r"^\S(?:.*\S)?\Z"  # one line, no leading or trailing blanks ("cat " and "cat" would be two classes)
 MAX_OFFENDING_ROWS = 20
+SPLITS = ("train", "val", "test")
 
 
-class DataValidationError(ValueError):
+class DataValidationError(Refusal, ValueError):
     """The dataset failed validation; the message lists every failing expectation."""
+
+
+class LabelFractionError(Refusal, ValueError):
+    """A label fraction outside (0, 1]."""
 
 
 def _suite(name: str, expectations: list) -> gx.ExpectationSuite:
@@ -57,12 +68,28 @@ def manifest_expectations(config: ValidationConfig, image_count: int) -> list:
         expectations.append(E.ExpectColumnValuesToNotBeNull(column="label"))
     expectations.append(E.ExpectColumnValuesToMatchRegex(column="label", regex=LABEL_PATTERN))
     if config.allowed_labels:
-        expectations.append(E.ExpectColumnValuesToBeInSet(column="label", value_set=list(config.allowed_labels)))
+        allowed = [canonical_label(label) or label for label in config.allowed_labels]  # "1.0" allows "1", as ingest spells it
+        expectations.append(E.ExpectColumnValuesToBeInSet(column="label", value_set=allowed))
     return expectations
 
 
-def label_count_expectations(label_fractions: list[float]) -> list:
-    """Each class needs floor(fraction * train_labels) >= 1 at the smallest fraction."""
+def check_label_fractions(label_fractions: Sequence[float]) -> None:
+    """LabelFractionError (a ValueError) naming the offending entry unless every fraction f is a number with 0 < f <= 1.
+
+    A label fraction is the share of the training labels one fine-tune uses (1.0: all of them); an
+    empty list (no fine-tuning) is fine.
+    """
+    for index, fraction in enumerate(label_fractions):
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+            raise LabelFractionError(
+                f"label_fractions[{index}] = {fraction!r} is not a fraction in (0, 1]: each is the share of the training "
+                "labels one fine-tune uses, so it must be above 0 and at most 1 (e.g. [0.01, 0.1, 1.0])"
+            )
+
+
+def label_count_expectations(label_fractions: Sequence[float]) -> list:
+    """Each class needs floor(fraction * train_labels) >= 1 at the smallest fraction (ValueError for a bad fraction)."""
+    check_label_fractions(label_fractions)
     needed = math.ceil(1 / min(label_fractions) - 1e-9)
     return [
         E.ExpectTableRowCountToBeBetween(min_value=2),  # at least two classes
@@ -84,11 +111,18 @@ def _run(name: str, frame: pd.DataFrame, expectations: list, row_names: list[str
     return batch.validate(_suite(name, expectations), result_format=result_format).to_json_dict()
 
 
+def _row_name(row: dict) -> str:
+    """A failing row by its file (manifest) or its class (label counts)."""
+    if "source_path" in row:
+        return str(row["source_path"])
+    return f"class {row['label']!r}" if "label" in row else "?"
+
+
 def _offending(outcome: dict, column: str | None) -> str:
     """The rows (source_path: column=value) or the observed value behind one failing expectation."""
     rows = outcome.get("partial_unexpected_index_list")
     if rows:
-        names = [f"{row.get('source_path', row.get('label', '?'))}: {column}={row.get(column)!r}" for row in rows[:MAX_OFFENDING_ROWS]]
+        names = [f"{_row_name(row)}: {column}={row.get(column)!r}" for row in rows[:MAX_OFFENDING_ROWS]]
         more = outcome.get("unexpected_count", len(rows)) - len(names)
         return "; ".join(names) + (f"; ... and {more} more" if more > 0 else "")
     if outcome.get("partial_unexpected_list"):
@@ -127,14 +161,29 @@ def case_size_statistics(frame: pd.DataFrame) -> dict:
     }
 
 
+def labels_per_class(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per class labelled in any split: label, train_labels, val_labels, test_labels (counts, 0 when none)."""
+    labelled = frame[frame["label"].notna()]
+    classes = sorted(set(labelled["label"]))
+    counts = {"label": classes}
+    for split in SPLITS:
+        in_split = labelled.loc[labelled["split"] == split, "label"].value_counts()
+        counts[f"{split}_labels"] = [int(in_split.get(label, 0)) for label in classes]
+    return pd.DataFrame(counts)
+
+
 def validate_manifest(manifest: pd.DataFrame, image_count: int, config: ValidationConfig, label_fractions: list[float]) -> dict:
-    """Run both suites. Returns {"success", "manifest", "label_counts", "failures", "case_sizes"}."""
+    """Run both suites. Returns {"success", "manifest", "label_counts", "failures", "case_sizes", "train_labels_per_class"}.
+
+    The label-count suite runs only when ``label_fractions`` is not empty; ValueError for a fraction
+    outside (0, 1] (check_label_fractions), before anything runs.
+    """
+    check_label_fractions(label_fractions)
     frame = manifest.copy()
     frame["splits_of_case"] = frame.groupby("case_id")["split"].transform("nunique")
     row_names = ["source_path"] if "source_path" in frame.columns else []
     manifest_result = _run("manifest", frame, manifest_expectations(config, image_count), row_names)
-    labelled_train = frame[(frame["split"] == "train") & frame["label"].notna()]
-    label_counts = labelled_train.groupby("label").size().rename("train_labels").reset_index()
+    label_counts = labels_per_class(frame)
     label_result = _run("label_counts", label_counts, label_count_expectations(label_fractions), ["label"]) if label_fractions else None
     failing = failures(manifest_result) + (failures(label_result) if label_result else [])
     return {

@@ -1,0 +1,195 @@
+"""The cache key of ingest: a sha256 over exactly what ingest reads, re-reading only changed files.
+
+Flyte keys ingest's cache on this fingerprint (``SourceUri`` in tasks/shared.py), so it must change
+whenever ingest's output could, and stay cheap: it is computed in every task that takes a source.
+
+What it covers, listed by the same functions and checks as ingest so that both agree on the file set:
+- folder: metadata.csv and the files it lists, or without metadata every file with an image suffix
+  (sslflow/data/folder.py: list_folder);
+- parquet image list: the list file and the files it lists, not the rest of its folder
+  (sslflow/data/parquet_list.py: list_parquet_list);
+- built-in data set: the package files it is read from (sslflow/data/builtin.py: builtin_files);
+- S3 prefix: every object under the prefix, by key, ETag and size; nothing is downloaded.
+A local file is hashed only after it is known to be a regular file inside the source root (symlinks
+followed), so a symlink out of the folder or a FIFO, socket or device is refused without being opened.
+
+Encoding: the sha256 of one JSON document (sorted keys, ASCII, no spaces)::
+
+    {"format": "sslflow-source-fingerprint", "version": 2, "kind": "folder", "source": "<as given>",
+     "listing": ["metadata.csv", size, sha256] or null,
+     "files": [[relative path, size, sha256], ...]}           # sorted; S3: [relative key, size, ETag]
+
+Every name is a quoted JSON string, so two different listings never encode alike (the previous
+fingerprint concatenated names and bytes, and ``a.png`` holding C hashed like ``a.pn`` holding "g"+C).
+An empty listing has a fingerprint too: the cache misses and ingest refuses the source as empty.
+
+Digest cache: the sha256 of each local file is remembered in the sqlite database
+``file-digests.sqlite`` in the ingest cache folder (sslflow/data/decode_cache.py: ingest_cache_dir),
+keyed by the absolute path and checked against (size, mtime_ns, ctime_ns, inode, device); a file
+whose stat differs is read again. A digest is not remembered for a file modified less than
+RECENT_SECONDS before it was hashed (a same-size rewrite within one coarse file-system timestamp tick
+would otherwise go unseen), nor when the file changed while it was read. Concurrent processes share
+the database (sqlite locking, with a timeout); any error of the database is logged and only costs
+re-reading. Deleting the database is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from sslflow.data.builtin import builtin_files
+from sslflow.data.decode_cache import ingest_cache_dir
+from sslflow.data.folder import check_regular_file, folder_metadata_file, list_folder, stat_regular_file
+from sslflow.data.metadata import METADATA_FILE
+from sslflow.data.parquet_list import list_parquet_list
+from sslflow.data.s3 import list_objects, objects_by_path, parse_s3_uri, prefix_metadata_file, s3_client
+from sslflow.data.types import SourceError
+
+FINGERPRINT_VERSION = 2  # bump when the encoding or the file set of a kind changes
+DIGEST_DATABASE = "file-digests.sqlite"
+SQLITE_TIMEOUT_SECONDS = 30
+RECENT_SECONDS = 2  # coarser than any file-system timestamp tick (FAT: 2 s; ext3, HFS+: 1 s)
+
+log = logging.getLogger(__name__)
+
+
+def encode_fingerprint(kind: str, source: str, listing: list | None, files: list[list]) -> str:
+    """sha256 of the JSON document described in the module docstring."""
+    document = {
+        "format": "sslflow-source-fingerprint", "version": FINGERPRINT_VERSION, "kind": kind, "source": source,
+        "listing": listing, "files": sorted(files),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def sha256_of_regular_file(path: str | Path, where: str, name: str) -> tuple[str, os.stat_result]:
+    """sha256 of a regular file's bytes and its os.fstat after reading; SourceError naming it otherwise.
+
+    Opened non-blocking and checked with fstat before any read, so a file swapped for a FIFO or device
+    after the caller's os.stat is refused instead of blocking.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as handle:
+            check_regular_file(os.fstat(descriptor), where, name)
+            digest = hashlib.file_digest(handle, "sha256")
+            return digest.hexdigest(), os.fstat(descriptor)
+    except OSError as error:
+        raise SourceError(f"{where}: {name!r} cannot be read ({error.strerror})") from error
+
+
+def _version(status: os.stat_result) -> str:
+    """What must be unchanged for a remembered digest to hold."""
+    return f"{status.st_size} {status.st_mtime_ns} {status.st_ctime_ns} {status.st_ino} {status.st_dev}"
+
+
+class FileDigests:
+    """sha256s of local files, remembered in sqlite by absolute path and stat (see the module docstring).
+
+    A context manager: digests found on the way are written in one transaction on a clean exit.
+    """
+
+    def __init__(self, database: Path | None = None):
+        self.database = database or ingest_cache_dir() / DIGEST_DATABASE
+        self.connection: sqlite3.Connection | None = None
+        self.new_rows: list[tuple[bytes, str, str]] = []
+
+    def __enter__(self) -> FileDigests:
+        try:
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+            self.connection = sqlite3.connect(self.database, timeout=SQLITE_TIMEOUT_SECONDS)
+            with self.connection:
+                self.connection.execute("CREATE TABLE IF NOT EXISTS file_digests (path BLOB PRIMARY KEY, version TEXT NOT NULL, sha256 TEXT NOT NULL)")
+        except (OSError, sqlite3.Error) as error:
+            self._give_up(f"cannot be opened ({error})")
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if self.connection is None:
+            return
+        try:
+            if error_type is None and self.new_rows:
+                with self.connection:
+                    self.connection.executemany("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?)", self.new_rows)
+        except sqlite3.Error as write_error:
+            log.warning("file digest cache %s: digests not saved (%s); the next fingerprint reads those files again", self.database, write_error)
+        finally:
+            self.connection.close()
+
+    def _give_up(self, problem: str) -> None:
+        log.warning("file digest cache %s %s; fingerprinting reads every file instead", self.database, problem)
+        if self.connection is not None:
+            self.connection.close()
+        self.connection = None
+
+    def _remembered(self, key: bytes, version: str) -> str | None:
+        if self.connection is None:
+            return None
+        try:
+            rows = self.connection.execute("SELECT version, sha256 FROM file_digests WHERE path = ?", (key,)).fetchall()
+        except sqlite3.Error as error:
+            self._give_up(f"cannot be read ({error})")
+            return None
+        return rows[0][1] if rows and rows[0][0] == version else None  # fetchall: the read lock is released at once
+
+    def record(self, name: str, path: str | Path, where: str) -> list:
+        """[name, size, sha256] of the regular file ``path``; its bytes are read only if not remembered.
+
+        name: the file's path relative to the source root; where: the file or row, for messages.
+        """
+        status = stat_regular_file(path, where, name, missing="no longer exists")
+        key = os.fsencode(os.path.abspath(path))
+        sha256 = self._remembered(key, _version(status))
+        if sha256 is None:
+            started_ns = time.time_ns()
+            sha256, after = sha256_of_regular_file(path, where, name)
+            if _version(after) == _version(status) and started_ns - status.st_mtime_ns >= RECENT_SECONDS * 10**9:
+                self.new_rows.append((key, _version(status), sha256))
+            status = after
+        return [name, status.st_size, sha256]
+
+
+def fingerprint_folder(source: str) -> str:
+    """The fingerprint of a local folder: its metadata.csv (if any) and the images ingest reads."""
+    root = Path(source)
+    metadata = folder_metadata_file(root)
+    records = list_folder(root)
+    with FileDigests() as digests:
+        listing = digests.record(METADATA_FILE, metadata, str(metadata)) if metadata is not None else None
+        files = [digests.record(record.source_path, record.location, record.location) for record in records]
+    return encode_fingerprint("folder", source, listing, files)
+
+
+def fingerprint_parquet_list(source: str) -> str:
+    """The fingerprint of a parquet image list: the list file and the images it names."""
+    image_list = Path(source)
+    records = list_parquet_list(image_list)
+    with FileDigests() as digests:
+        listing = digests.record(image_list.name, image_list, "parquet image list")
+        files = [digests.record(record.source_path, record.location, record.location) for record in records]
+    return encode_fingerprint("parquet", source, listing, files)
+
+
+def fingerprint_builtin(source: str) -> str:
+    """The fingerprint of a built-in data set: the package files it is read from, by file name."""
+    with FileDigests() as digests:
+        files = [digests.record(path.name, path, f"built-in source {source!r}") for path in builtin_files(source)]
+    return encode_fingerprint("builtin", source, None, files)
+
+
+def fingerprint_s3(uri: str) -> str:
+    """The fingerprint of an S3 prefix: every object's key below the prefix, size and ETag (no download).
+
+    The listing's checks run here too: a key with '..' or a case variant of metadata.csv is refused.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    objects = objects_by_path(list_objects(s3_client(), bucket, prefix), bucket, prefix)
+    prefix_metadata_file(objects, bucket, prefix)
+    files = [[path, int(item["Size"]), item["ETag"]] for path, item in objects.items()]
+    return encode_fingerprint("s3", uri, None, files)
