@@ -39,7 +39,7 @@ SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
                 micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300)),
     "cpu-budget": dict(encoder="small_cnn", generic_images=20000, simclr=PretrainConfig(epochs=8),
-                       micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15)),
+                       micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15, min_steps=150)),
 }  # fmt: skip
 FRACTIONS = (0.01, 0.1, 1.0)
 

@@ -63,11 +63,16 @@ class FinetuneConfig:
     head_warmup_steps: first train the new linear layer alone on frozen features, then everything
     (LP-FT, Kumar et al., 2022, arXiv 2202.10054): a random head's large early gradients would
     otherwise distort pretrained features. Applied identically to every initialisation.
+
+    min_steps: at least this many optimiser steps: ``epochs`` is raised (and the log says so) until the
+    run has them, for label fractions so small that 10 epochs are a handful of steps. 0 (the default):
+    ``epochs`` is exactly what runs. The pipeline's default sets 150 (workflows/pipeline.py); a
+    ``--finetune`` given on the command line replaces the whole config, so it runs what it says.
     """
 
     epochs: int = 10
     head_warmup_steps: int = 200
-    min_steps: int = 150
+    min_steps: int = 0
     batch_size: int = 64
     learning_rate: float = 1e-3
     linear_probe_learning_rate: float = 1e-2
@@ -287,7 +292,7 @@ def finetune(
     if config.linear_probe:
         return _linear_probe(model, images, labels, config, device)
     steps = steps_per_epoch(len(labels), config.batch_size)
-    epochs = epoch_count(config.epochs, config.min_steps, steps)
+    epochs = _epochs(config, steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = epoch_schedule(optimizer, steps, epochs)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -317,6 +322,14 @@ def finetune(
     return model.cpu(), history
 
 
+def _epochs(config: FinetuneConfig, steps: int) -> int:
+    """config.epochs, raised to reach config.min_steps optimiser steps; never silently."""
+    epochs = epoch_count(config.epochs, config.min_steps, steps)
+    if epochs != config.epochs:
+        log.info("finetune: min_steps=%d raises epochs from %d to %d (%d steps per epoch)", config.min_steps, config.epochs, epochs, steps)
+    return epochs
+
+
 def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, config: FinetuneConfig, device: torch.device):
     """The linear evaluation protocol: frozen encoder, features computed once, only the linear layer trained."""
     for parameter in model.encoder.parameters():
@@ -324,7 +337,7 @@ def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, c
     features = apply_in_batches(model.encoder, images, config.augment)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
     steps = steps_per_epoch(len(labels), config.batch_size)
-    epochs = epoch_count(config.epochs, config.min_steps, steps)
+    epochs = _epochs(config, steps)
     optimizer = torch.optim.AdamW(model.linear.parameters(), lr=config.linear_probe_learning_rate, weight_decay=config.weight_decay)
     schedule = epoch_schedule(optimizer, steps, epochs)
     rng = np.random.default_rng(config.seed)

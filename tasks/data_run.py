@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import json
+
 from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
 from sslflow.config import IngestConfig, ValidationConfig
 from sslflow.data.dataset import read_summary
+from sslflow.data.validation import check_label_fractions
 from sslflow.reporting.summary import dataset_summary
-from sslflow.tracking.runs import finish_parent_run, start_parent_run
+from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
 from tasks.shared import Dataset, SourceUri, dataset_folder
 
 
-@task(cache=Cache(version="1"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
-def start_data_run(source: SourceUri, config: IngestConfig, validation: ValidationConfig, label_fractions: list[float]) -> str:
-    """One parent run per (source content, settings): its id. A rerun on unchanged data reuses it."""
+@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+def start_data_run(
+    tracking_store: str, source: SourceUri, config: IngestConfig, validation: ValidationConfig, label_fractions: list[float]
+) -> str:
+    """One parent run per (store, source content, settings): its id. A rerun on unchanged data reuses it."""
+    check_label_fractions(label_fractions)
     settings = {"source": source, "ingest": config, "validation": validation, "label_fractions": label_fractions}
     return start_parent_run("validate_data", settings)
 
 
-@task(cache=Cache(version="1"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def finish_data_run(dataset: Dataset, parent_run_id: str) -> str:
-    """Close the parent run; the summary `pyflyte run` prints for a valid dataset."""
-    finish_parent_run(parent_run_id)
+    """Record the valid dataset on the parent run and close it; the summary `pyflyte run` prints."""
     summary = read_summary(dataset_folder(dataset))
+    record_on_parent(
+        parent_run_id, metrics={"images": dataset.num_images, "cases": summary.get("cases", 0), "quarantined": len(summary.get("quarantined", []))},
+        tags={"dataset.name": dataset.name, "dataset.sha256": dataset.content_sha256}, texts={"ingest_summary.json": json.dumps(summary, indent=1)},
+    )  # fmt: skip
+    finish_parent_run(parent_run_id)
     return dataset_summary(dataset.name, dataset.num_images, dataset.content_sha256, summary, parent_run_id, tracking_uri())

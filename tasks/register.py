@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import numpy as np
-from flytekit import Resources, task
+from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
 from sslflow.config import RegistryConfig
@@ -18,7 +18,7 @@ from sslflow.registry.registration import register_selected, select_best
 from sslflow.tracking.runs import stage_run
 from sslflow.tracking.store import client
 from sslflow.training.model_files import load_classifier
-from tasks.shared import Dataset, FinetunedModel, dataset_folder, pipeline_cache
+from tasks.shared import Dataset, FinetunedModel, dataset_folder
 
 
 def _labelled_test_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +27,9 @@ def _labelled_test_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return images, label_names
 
 
-@task(cache=pipeline_cache("2"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+# Cached on the parent run too (unlike the training stages): a rerun against another store registers the
+# model in that store's registry; the same store and configuration reuse the registration.
+@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
 def register(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, config: RegistryConfig, parent_run_id: str) -> Registration:
     """Register the best model by validation accuracy as ``challenger``; the promotion gate may make it ``champion``."""
     best = select_best(models)

@@ -8,15 +8,18 @@ from flytekit import Cache, Resources, task
 from images.specs import cpu_image
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import RegistryConfig
+from sslflow.data.validation import check_label_fractions
 from sslflow.registry.record import Registration
 from sslflow.reporting.summary import pipeline_summary
-from sslflow.tracking.runs import finish_parent_run, start_parent_run
+from sslflow.reporting.tables import results_markdown
+from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
 from tasks.shared import SourceUri
 
 
-@task(cache=Cache(version="1"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def start_pipeline_run(
+    tracking_store: str,
     generic_source: SourceUri,
     domain_source: SourceUri,
     shift_source: SourceUri,
@@ -27,10 +30,12 @@ def start_pipeline_run(
     label_fractions: list[float],
     registry: RegistryConfig,
 ) -> str:
-    """One parent run per distinct pipeline configuration (sources by content hash): its id.
+    """One parent run per distinct pipeline configuration (sources by content hash) and store: its id.
 
-    A rerun with identical inputs hits this task's cache and so reuses the run, as it reuses everything else.
+    A rerun with identical inputs hits this task's cache and so reuses the run, as it reuses everything else;
+    a rerun against another store (tracking_store) opens a parent run there.
     """
+    check_label_fractions(label_fractions)  # before any work: a bad fraction would fail only after training
     settings = {
         "generic_source": generic_source, "domain_source": domain_source, "shift_source": shift_source,
         "encoder": encoder_name, "simclr": simclr, "micle": micle, "finetune": finetune,
@@ -39,8 +44,13 @@ def start_pipeline_run(
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
-    """The closing summary printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""
+    """Record the results and the registration on the parent run and close it; the closing summary
+    printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""
+    headline = results[results["eval_kind"].isin(["in_domain", "shift"])]
+    metrics = {f"{row.init}_{row.probe}_{row.label_fraction:g}_{row.eval_set}_accuracy".replace("+", "_"): row.accuracy for row in headline.itertuples()}
+    registry_tags = {"registry.model": registration.model_name, "registry.version": registration.version, "registry.decision": registration.decision}
+    record_on_parent(parent_run_id, metrics=metrics, tags=registry_tags, texts={"results.csv": results.to_csv(index=False), "results.md": results_markdown(results)})
     finish_parent_run(parent_run_id)
     return pipeline_summary(results, registration, parent_run_id, tracking_uri())

@@ -132,3 +132,14 @@ def test_resumed_pretraining_continues_the_same_run():
     assert [record["loss"] for record in resumed] == pytest.approx([record["loss"] for record in full[1:]], rel=1e-3)  # bitwise on CPU
     with pytest.raises(TypeError):
         pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(48)), config, None)  # on_epoch_end is keyword-only
+
+
+def test_explicit_finetune_epochs_are_what_runs(caplog):
+    """FinetuneConfig(epochs=1) trains one epoch: no silent minimum raises it (issue: 1 epoch asked, 150 run)."""
+    images = torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8)
+    labels = np.arange(30) % 2
+    _, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=0))
+    assert len(history) == 1
+    with caplog.at_level("INFO", logger="ssl_models.train"):
+        _, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=1, min_steps=10, batch_size=16, head_warmup_steps=0))
+    assert len(history) == 5 and "min_steps=10 raises epochs from 1 to 5" in caplog.text  # asked for, and said

@@ -3,6 +3,8 @@ temporary folder): every stage logs there, the model is registered and loads by 
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 from inprocess_elastic import with_inprocess_elastic
@@ -47,4 +49,4 @@ def test_tiny_pipeline_logs_and_registers_on_a_live_server(tmp_path, monkeypatch
         assert any((tmp_path / "artifacts").rglob("MLmodel"))
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
         probabilities = model.predict(np.zeros((2, 1, 28, 28), dtype=np.float32))
-        assert probabilities.shape == (2, len(champion.tags["class_names"].split(",")))
+        assert probabilities.shape == (2, len(json.loads(champion.tags["class_names"])))

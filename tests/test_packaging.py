@@ -109,14 +109,17 @@ def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):
 
 def test_caching_and_retries(package):
     tasks = package["tasks"]
-    for name in ("tasks.ingest.ingest", "tasks.register.register", *TRAINING_TASKS, "tasks.evaluate.evaluate"):
+    for name in ("tasks.ingest.ingest", *TRAINING_TASKS, "tasks.evaluate.evaluate"):
         metadata = tasks[name]["metadata"]
         assert metadata.get("discoverable") and metadata.get("discoveryVersion"), f"{name} is not cached"
         assert "parent_run_id" in metadata.get("cacheIgnoreInputVars", []), name
+    # register is cached on the parent run (so on the store): another store gets its own registration
+    register = tasks["tasks.register.register"]["metadata"]
+    assert register.get("discoverable") and "parent_run_id" not in register.get("cacheIgnoreInputVars", [])
     for name in ("tasks.ingest.ingest", "tasks.register.register"):
         assert tasks[name]["metadata"]["retries"]["retries"] >= 1, name
     # run every time, and once: a rollback retried would roll back twice
-    for name in ("workflows.launch_plans.refresh_source", "tasks.register.rollback_champion"):
+    for name in ("workflows.launch_plans.refresh_source", "tasks.register.rollback_champion", "tasks.store.tracking_store"):
         assert not tasks[name]["metadata"].get("discoverable"), name
     assert not tasks["tasks.register.rollback_champion"]["metadata"].get("retries", {}).get("retries")
 

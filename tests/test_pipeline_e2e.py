@@ -1,4 +1,4 @@
-"""The whole ssl_pipeline on a small slice of the real data, three times: fresh, cached, new fine-tuning settings."""
+"""The whole ssl_pipeline on a small slice of the real data: fresh, cached, new fine-tuning settings, another MLflow store."""
 
 from __future__ import annotations
 
@@ -39,6 +39,21 @@ def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path, monkeypatch
     LocalTaskCache.clear()
     with mlflow_at(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}"):
         _run_three_times()
+    with mlflow_at(monkeypatch, f"sqlite:///{tmp_path / 'another-store.db'}"):
+        _rerun_against_another_store()
+
+
+def _rerun_against_another_store() -> None:
+    """A switch of MLFLOW_TRACKING_URI records the pipeline in the new store, and retrains nothing."""
+    summary = ssl_pipeline(**SMALL)
+    assert f"({tracking_uri()})" in summary and "another-store.db" in summary
+    assert _stage_runs() == ["PARENT", "register"], "training stages are cache hits: nothing but the record is new"
+    client = MlflowClient(tracking_uri())
+    parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id], "tags.`sslflow.kind` = 'pipeline'")[0]
+    assert {"results.csv", "results.md"} <= {item.path for item in client.list_artifacts(parent.info.run_id)}
+    assert parent.data.metrics["simclr_micle_finetune_1_in_domain_accuracy"] > 0
+    assert parent.data.tags["registry.version"] == "1"
+    assert str(client.get_model_version_by_alias("sslflow", "champion").version) == "1"
 
 
 def _run_three_times() -> None:

@@ -13,6 +13,7 @@ the share of that class in a test set, and every gate decision below is known in
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import uuid
@@ -135,17 +136,17 @@ def test_sets(tmp_path_factory) -> tuple[Dataset, Dataset]:
     return _dataset(root, "in-domain", {"0": 5, "1": 3, "2": 2}), _dataset(root, "shift", {"0": 2, "1": 3, "2": 5})
 
 
-def _constant_model(directory: Path, predicted: str) -> FinetunedModel:
+def _constant_model(directory: Path, predicted: str, classes: list[str] = CLASSES) -> FinetunedModel:
     torch.manual_seed(0)
-    classifier = Classifier(build_encoder("small_cnn", 1, 28), len(CLASSES))
+    classifier = Classifier(build_encoder("small_cnn", 1, 28), len(classes))
     with torch.no_grad():
         classifier.linear.weight.zero_()
-        classifier.linear.bias.copy_(torch.tensor([10.0 if name == predicted else 0.0 for name in CLASSES]))
+        classifier.linear.bias.copy_(torch.tensor([10.0 if name == predicted else 0.0 for name in classes]))
     path = directory / f"always-{predicted}-{uuid.uuid4().hex[:8]}.pt"
     torch.save(classifier.state_dict(), path)
     values = {
         "checkpoint": FlyteFile(str(path)), "encoder_name": "small_cnn", "in_channels": 1, "image_size": 28,
-        "class_names": CLASSES, "init": "simclr+micle", "probe": "finetune", "label_fraction": 1.0, "num_labels": 30,
+        "class_names": classes, "init": "simclr+micle", "probe": "finetune", "label_fraction": 1.0, "num_labels": 30,
         "val_accuracy": 0.5, "content_sha256": file_sha256(path), "mlflow_run_id": "",
     }  # fmt: skip
     return FinetunedModel(**{f.name: values[f.name] for f in dataclasses.fields(FinetunedModel)})
@@ -287,3 +288,31 @@ def test_a_cluster_pod_without_tracking_uri_says_what_to_set(monkeypatch):
     monkeypatch.setenv("FLYTE_INTERNAL_EXECUTION_ID", "f1234")
     with pytest.raises(RuntimeError, match="--env MLFLOW_TRACKING_URI="):
         tracking_uri()
+
+
+def test_a_champion_that_cannot_be_loaded_is_a_reported_decision_not_a_blocked_registry(tracking, test_sets, tmp_path):
+    config = RegistryConfig(model_name=f"unloadable-{uuid.uuid4().hex[:8]}")
+    assert _register(_constant_model(tmp_path, "1"), test_sets, config).champion_version == "1"
+    champion = MlflowClient().get_model_version(config.model_name, "1")
+    artifacts = tracking.root / "artifacts"
+    logged_model = champion.source.rsplit("/", 1)[-1]  # MLflow 3: models:/<logged model id>, stored under models/<id>
+    model_files = [path for path in artifacts.rglob("*") if path.is_file() and logged_model in str(path)]
+    assert model_files, "the champion's files are on the server"
+    for path in model_files:
+        path.unlink()  # e.g. a bucket lifecycle rule removed them
+    second = _register(_constant_model(tmp_path, "0"), test_sets, config)
+    assert (second.version, second.promoted, second.champion_version) == ("2", False, "1")
+    assert "champion version 1 cannot be loaded or scored" in second.decision
+    tags = MlflowClient().get_model_version(config.model_name, "2").tags
+    assert tags[STATE_TAG] == COMPLETE and "cannot be loaded" in tags["gate.decision"]
+
+
+def test_class_names_with_commas_survive_the_registry(tracking, tmp_path):
+    classes = ["cat, black", "dog", "cow"]
+    root = tmp_path / "datasets"
+    sets = _dataset(root, "in-domain", {"cat, black": 5, "dog": 3, "cow": 2}), _dataset(root, "shift", {"cat, black": 2, "dog": 3, "cow": 5})
+    config = RegistryConfig(model_name=f"commas-{uuid.uuid4().hex[:8]}")
+    assert _register(_constant_model(tmp_path, "dog", classes), sets, config).promoted
+    assert json.loads(MlflowClient().get_model_version(config.model_name, "1").tags["class_names"]) == classes
+    second = _register(_constant_model(tmp_path, "cat, black", classes), sets, config)  # better in-domain, worse shift
+    assert not second.promoted and "shift 0.2000 vs champion 0.3000" in second.decision  # compared, not "cannot be scored"

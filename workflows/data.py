@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from flytekit import workflow
 
+import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
+
 from sslflow.config import IngestConfig, ValidationConfig
 from tasks.data_run import finish_data_run, start_data_run
 from tasks.ingest import ingest
 from tasks.shared import SourceUri
+from tasks.store import tracking_store
 from tasks.validate import validate
 
 
@@ -27,7 +30,7 @@ def validate_data(
     validation: ValidationConfig = ValidationConfig(),
     label_fractions: list[float] = [],  # noqa: B006 (Flyte defaults are literals, never mutated)
 ) -> str:
-    run_id = start_data_run(source=source, config=config, validation=validation, label_fractions=label_fractions)
+    run_id = start_data_run(tracking_store=tracking_store(), source=source, config=config, validation=validation, label_fractions=label_fractions)
     dataset = ingest(source=source, config=config, parent_run_id=run_id)
     valid = validate(dataset=dataset, config=validation, label_fractions=label_fractions, parent_run_id=run_id)
     return finish_data_run(dataset=valid, parent_run_id=run_id)

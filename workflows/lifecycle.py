@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from flytekit import workflow
 
+import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
+
 from tasks.register import rollback_champion
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from flytekit import workflow
 
+import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
+
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
@@ -21,6 +23,7 @@ from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_micle, pretrain_simclr
 from tasks.register import register
 from tasks.report import report, start_pipeline_run
+from tasks.store import tracking_store
 from tasks.validate import validate
 
 DEFAULT_LABEL_FRACTIONS = [0.01, 0.1, 1.0]
@@ -37,11 +40,12 @@ def ssl_pipeline(
     encoder_name: str = "small_cnn",
     simclr: PretrainConfig = PretrainConfig(epochs=5),
     micle: PretrainConfig = PretrainConfig(epochs=15),
-    finetune: FinetuneConfig = FinetuneConfig(),
+    finetune: FinetuneConfig = FinetuneConfig(min_steps=150),
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     registry: RegistryConfig = RegistryConfig(),
 ) -> str:
     run_id = start_pipeline_run(
+        tracking_store=tracking_store(),
         generic_source=generic_source, domain_source=domain_source, shift_source=shift_source,
         encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
         label_fractions=label_fractions, registry=registry,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sslflow.errors import Refusal
 from sslflow.tracking.server import explain_unreachable_server
 from sslflow.tracking.store import client
 
@@ -24,6 +25,10 @@ ALIASES_BEFORE_TAG = "sslflow.aliases_before"  # e.g. "challenger=4,champion=3,p
 GATE_CHAMPION_TAG = "gate.champion_version"  # the champion the gate compared with ("" if none)
 
 log = logging.getLogger(__name__)
+
+
+class NothingToRollBack(Refusal, ValueError):
+    """rollback asked of a registered model without a previous_champion."""
 
 
 def aliases_of(registry: MlflowClient, model_name: str) -> dict[str, str]:
@@ -78,7 +83,7 @@ def rollback_aliases(model_name: str) -> str:
         registry = client()
         aliases = aliases_of(registry, model_name)
         if PREVIOUS_CHAMPION not in aliases:
-            raise ValueError(
+            raise NothingToRollBack(
                 f"registered model {model_name!r} has no {PREVIOUS_CHAMPION!r} alias, so there is nothing to roll back to "
                 f"(aliases now: {aliases or 'none'}). Set the champion by hand: "
                 f"MlflowClient().set_registered_model_alias({model_name!r}, 'champion', <version>)"

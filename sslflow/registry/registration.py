@@ -40,14 +40,18 @@ from sslflow.registry.aliases import (
 from sslflow.registry.gate import Accuracies, GateDecision, promotion_gate
 from sslflow.registry.record import Registration
 from sslflow.registry.serving import (
+    CLASS_NAMES_TAG,
     MODEL_PIP_REQUIREMENTS,
     SERVING_FORMAT,
     SERVING_TAG,
     RegisteredClassifier,
     TestSets,
+    decode_class_names,
+    encode_class_names,
     score,
 )
 from sslflow.tracking.provenance import code_version
+from sslflow.tracking.server import is_unreachable
 from sslflow.tracking.store import registry_lock
 from ssl_models.augment import FINETUNE_AUGMENT
 
@@ -97,23 +101,29 @@ def version_tags(best: SelectedModel, challenger: Accuracies, data_tags: dict[st
         "checkpoint_sha256": best.content_sha256, "pipeline_run_id": parent_run_id, "code_version": code_version(), **data_tags,
         "init": best.init, "probe": best.probe, "label_fraction": f"{best.label_fraction:g}", "num_labels": str(best.num_labels),
         "val_accuracy": f"{best.val_accuracy:.6f}", "in_domain_accuracy": f"{challenger.in_domain:.6f}",
-        "shift_accuracy": f"{challenger.shift:.6f}", "class_names": ",".join(best.class_names),
+        "shift_accuracy": f"{challenger.shift:.6f}", CLASS_NAMES_TAG: encode_class_names(best.class_names),
         "encoder_name": best.encoder_name, "finetune_mlflow_run_id": best.mlflow_run_id,
         SERVING_TAG: SERVING_FORMAT, STATE_TAG: INCOMPLETE,
     }  # fmt: skip
 
 
 def _champion_scores(registry: MlflowClient, model_name: str, version: str, test_sets: TestSets) -> tuple[Accuracies | None, str]:
-    """The champion scored on this run's test sets, or (None, why it cannot be)."""
-    champion = registry.get_model_version(model_name, version)
-    model = mlflow.pytorch.load_model(f"models:/{model_name}/{version}", map_location="cpu")
-    if champion.tags.get(SERVING_TAG) != SERVING_FORMAT:  # registered before models carried their preprocessing
-        model = RegisteredClassifier(model, FINETUNE_AUGMENT)
-    class_names = champion.tags.get("class_names", "").split(",")
+    """The champion scored on this run's test sets, or (None, why it cannot be).
+
+    Whatever stops the champion from being loaded or scored (a deleted artifact, another MLflow or torch
+    version, other classes, another input shape) is a reason, never an exception: the registry must not
+    be blocked by one unusable version. An unreachable server still stops the stage (it is no reason).
+    """
     try:
-        return score(model, class_names, test_sets), ""
-    except (ValueError, RuntimeError) as error:  # other classes, or another input shape
-        return None, f"champion version {version} cannot be scored on this run's test sets ({error})"
+        champion = registry.get_model_version(model_name, version)
+        model = mlflow.pytorch.load_model(f"models:/{model_name}/{version}", map_location="cpu")
+        if champion.tags.get(SERVING_TAG) != SERVING_FORMAT:  # registered before models carried their preprocessing
+            model = RegisteredClassifier(model, FINETUNE_AUGMENT)
+        return score(model, decode_class_names(champion.tags.get(CLASS_NAMES_TAG, "")), test_sets), ""
+    except Exception as error:  # noqa: BLE001 - reported in the gate decision, see the docstring
+        if is_unreachable(error):
+            raise
+        return None, f"champion version {version} cannot be loaded or scored on this run's test sets ({type(error).__name__}: {error})"
 
 
 def _gate(registry: MlflowClient, model_name: str, challenger: Accuracies, test_sets: TestSets, config: RegistryConfig) -> tuple[dict[str, str], GateDecision]:

@@ -7,6 +7,8 @@ torch.export (its default "pt2" format), so loading needs torch and mlflow, not 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from torch import nn
@@ -18,6 +20,8 @@ from sslflow.registry.gate import Accuracies
 
 MODEL_PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "mlflow==3.17.2"]
 SERVING_TAG, SERVING_FORMAT = "sslflow.serving", "float32 pixels 0-255 in, probabilities out"
+
+CLASS_NAMES_TAG = "class_names"  # a JSON list: class names may hold commas
 
 TestSets = dict[str, tuple[np.ndarray, np.ndarray]]  # eval set -> (images (N, C, H, W) uint8, label names (N,))
 
@@ -46,3 +50,18 @@ def score(model: nn.Module, class_names: list[str], test_sets: TestSets) -> Accu
         batches = [model(torch.from_numpy(images[start : start + 512]).float()) for start in range(0, len(images), 512)]
         accuracies[eval_set] = accuracy(torch.cat(batches).numpy(), labels)
     return Accuracies(in_domain=accuracies["in_domain"], shift=accuracies["shift"])
+
+
+def encode_class_names(class_names: list[str]) -> str:
+    return json.dumps(list(class_names))
+
+
+def decode_class_names(tag: str) -> list[str]:
+    """The class names of a version's tag: a JSON list, or the comma-joined form of versions registered before."""
+    try:
+        names = json.loads(tag)
+    except json.JSONDecodeError:
+        return tag.split(",")
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"tag {CLASS_NAMES_TAG}={tag!r} is not a JSON list of class names")
+    return names

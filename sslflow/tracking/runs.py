@@ -1,17 +1,21 @@
-"""The pipeline's MLflow runs: one parent run per pipeline configuration, a nested run per stage.
+"""The pipeline's MLflow runs: one parent run per pipeline configuration and store, a nested run per stage.
 
 Nested runs are created with the parent tag through the client, so a stage can attach to its
 parent from any process (Flyte task pods, Elastic workers) without the parent being active there.
+A stage that is a Flyte cache hit logs nothing again; what the pipeline concluded (results table,
+registration, dataset summaries) is also recorded on the parent run (``record_on_parent``), so a
+rerun against a new store records the pipeline there without retraining.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import mlflow
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sslflow.tracking.server import explain_unreachable_server
@@ -63,3 +67,19 @@ def stage_run(parent_run_id: str, stage: str, params: dict | None = None) -> Ite
             if params:
                 mlflow.log_params(flatten(params))
             yield active
+
+
+def record_on_parent(
+    parent_run_id: str, *, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None, texts: dict[str, str] | None = None
+) -> None:
+    """Log metrics, tags and text artifacts (file name -> text) on the parent run, from any process."""
+    with explain_unreachable_server():
+        mlflow_client = client()
+        now = int(time.time() * 1000)
+        mlflow_client.log_batch(
+            parent_run_id,
+            metrics=[Metric(key, float(value), now, 0) for key, value in (metrics or {}).items()],
+            tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
+        )
+        for name, text in (texts or {}).items():
+            mlflow_client.log_text(parent_run_id, text, name)

@@ -21,7 +21,7 @@ class TrackingServerUnavailable(RuntimeError):
     """The MLflow tracking server did not answer, after MLflow's bounded retries."""
 
 
-def _is_unreachable(error: BaseException) -> bool:
+def is_unreachable(error: BaseException) -> bool:
     """True for a failed HTTP exchange with the server (refused, reset, timed out, retries used up), not for an API error."""
     if isinstance(error, requests.exceptions.RequestException):
         return True
@@ -37,7 +37,7 @@ def explain_unreachable_server() -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if isinstance(error, TrackingServerUnavailable) or not _is_unreachable(error):
+        if isinstance(error, TrackingServerUnavailable) or not is_unreachable(error):
             raise
         raise TrackingServerUnavailable(
             f"MLflow tracking server {tracking_uri()} did not answer after {MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries "

@@ -1,0 +1,16 @@
+"""tracking_store: the MLflow store of this run, read when the run executes (not when it is registered)."""
+
+from __future__ import annotations
+
+from flytekit import Resources, task
+
+from images.specs import cpu_image
+from sslflow.tracking.store import store_id
+
+
+@task(container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+def tracking_store() -> str:
+    """The store's URI without credentials. Not cached: the parent run is cached on it, so after a switch of
+    MLFLOW_TRACKING_URI the pipeline opens a parent run in the new store, registers there and records its
+    results there, while every training stage stays a cache hit."""
+    return store_id()

@@ -1,0 +1,87 @@
+"""What is stored survives failures: datasets swapped in whole, checkpoints that can be read or are set aside."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sslflow.data.dataset import read_dataset, write_dataset
+from sslflow.data.manifest import MANIFEST_COLUMNS
+from sslflow.files import atomic_write
+from sslflow.training.checkpoints import PREVIOUS_STATE_FILE, STATE_FILE, EpochCheckpoints
+
+
+def _dataset(count: int, fill: int) -> tuple[pd.DataFrame, np.ndarray]:
+    manifest = pd.DataFrame({column: [""] * count for column in MANIFEST_COLUMNS}).assign(
+        sha256=[f"{fill}-{i}" for i in range(count)], size_bytes=1, width=8, height=8, case_id_is_proxy=False, split="train"
+    )
+    return manifest, np.full((count, 1, 8, 8), fill, dtype=np.uint8)
+
+
+def test_replacing_a_dataset_keeps_the_old_one_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    directory = tmp_path / "dataset-scans"
+    write_dataset(directory, *_dataset(3, fill=1), {})
+    real_rename = Path.rename
+
+    def rename_fails_for_the_new_dataset(self, target):
+        if ".partial-" in self.name:
+            raise OSError("disk full (simulated)")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename_fails_for_the_new_dataset)
+    with pytest.raises(OSError, match="simulated"):
+        write_dataset(directory, *_dataset(5, fill=2), {})
+    manifest, images = read_dataset(directory)
+    assert len(manifest) == 3 and (images == 1).all(), "the previous dataset must survive a failed replacement"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["dataset-scans"]  # nothing half-written left beside it
+    monkeypatch.setattr(Path, "rename", real_rename)
+    write_dataset(directory, *_dataset(5, fill=2), {})
+    assert len(read_dataset(directory)[0]) == 5 and sorted(path.name for path in tmp_path.iterdir()) == ["dataset-scans"]
+
+
+def test_concurrent_atomic_writes_of_one_path_never_mix(tmp_path):
+    """Each writer has its own temporary file: the result is one writer's bytes, whole."""
+    target = tmp_path / "state.pt"
+    payloads = [bytes([i]) * 2_000_000 for i in range(8)]
+    threads = [threading.Thread(target=atomic_write, args=(target, lambda handle, p=p: handle.write(p))) for p in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert target.read_bytes() in payloads
+    assert [path.name for path in tmp_path.iterdir()] == ["state.pt"]
+
+
+def _state(epoch: int) -> dict:
+    return {"epoch": epoch, "model": {"weight": torch.full((2,), float(epoch))}}
+
+
+def test_a_corrupt_checkpoint_is_set_aside_and_training_resumes_from_the_previous_one(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("FLYTE_SDK_LOCAL_SANDBOX", str(tmp_path))
+    checkpoints = EpochCheckpoints("pretrain_simclr|dataset|config")
+    checkpoints.save(_state(0))
+    checkpoints.save(_state(1))
+    assert checkpoints.load()["epoch"] == 1
+    (checkpoints.local_dir / STATE_FILE).write_bytes(b"PK\x03\x04 cut short")  # a write that the disk did not finish
+    with caplog.at_level(logging.WARNING, logger="ssl_models.checkpoints"):
+        state = checkpoints.load()
+    assert state["epoch"] == 0 and torch.equal(state["model"]["weight"], torch.zeros(2))
+    assert "cannot be read" in caplog.text and STATE_FILE in caplog.text
+    names = sorted(path.name for path in checkpoints.local_dir.iterdir())
+    assert PREVIOUS_STATE_FILE in names and any(name.startswith(f"{STATE_FILE}.corrupt-") for name in names)
+    assert checkpoints.load()["epoch"] == 0, "a second attempt (a Flyte retry) does not fail on the same file again"
+
+
+def test_with_no_readable_checkpoint_training_starts_from_scratch(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYTE_SDK_LOCAL_SANDBOX", str(tmp_path))
+    checkpoints = EpochCheckpoints("pretrain_micle|dataset|config")
+    checkpoints.local_dir.mkdir(parents=True)
+    (checkpoints.local_dir / STATE_FILE).write_bytes(b"not a checkpoint")
+    (checkpoints.local_dir / PREVIOUS_STATE_FILE).write_bytes(b"")
+    assert checkpoints.load() is None
