@@ -7,12 +7,9 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import boto3
 import numpy as np
 import pandas as pd
 import pytest
+from moto_s3 import moto_s3_server, s3_environment
 from PIL import Image
 
 import sslflow
@@ -265,45 +263,14 @@ def test_a_case_variant_of_metadata_csv_in_a_folder_is_refused(tmp_path, variant
         read_source(str(tmp_path), CONFIG)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def s3_client(tmp_path, monkeypatch):
-    """A moto S3 server process on 127.0.0.1 (as in tests/test_s3_source.py) and a client with a bucket."""
-    port = _free_port()
-    script = Path(sys.executable).parent / "moto_server"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
-    log = (tmp_path / "moto.log").open("w")
-    server = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer means it is serving
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on {endpoint}; see {log.name}")
-                time.sleep(0.2)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in [("AWS_ENDPOINT_URL", endpoint), ("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_CONFIG_FILE", os.devnull), ("AWS_SHARED_CREDENTIALS_FILE", os.devnull)]:  # fmt: skip
-            monkeypatch.setenv(name, value)
+    """A moto S3 server process on 127.0.0.1 (tests/moto_s3.py) and a client with a bucket."""
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
         client = boto3.client("s3")
         client.create_bucket(Bucket="scans")
         yield client
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
 
 
 def test_a_case_variant_of_metadata_csv_at_an_s3_prefix_is_refused(s3_client):

@@ -2,17 +2,14 @@
 
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
+from moto_s3 import moto_s3_server, s3_environment
 from PIL import Image
 
 from sslflow.config import IngestConfig
@@ -25,59 +22,14 @@ BUCKET = "sslflow-scans"
 CONFIG = IngestConfig(image_size=16)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _moto_command(port: int) -> list[str]:
-    script = Path(sys.executable).parent / "moto_server"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
-    return [*command, "-H", "127.0.0.1", "-p", str(port)]
-
-
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     """A moto S3 server process for this module, with the environment pointing boto3 at it; always stopped."""
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
-    server = subprocess.Popen(_moto_command(port), stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"moto_server exited with {server.returncode}; see {log.name}")
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer means it is serving
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not answer on {endpoint} within 30 s")
-                time.sleep(0.2)
-        with pytest.MonkeyPatch.context() as environment:
-            for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-                environment.delenv(name, raising=False)
-            environment.setenv("AWS_ENDPOINT_URL", endpoint)
-            environment.setenv("AWS_ACCESS_KEY_ID", "testing")
-            environment.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            environment.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            environment.setenv("AWS_CONFIG_FILE", os.devnull)
-            environment.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-            client = boto3.client("s3")
-            client.create_bucket(Bucket=BUCKET)
-            yield client
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        log.close()
+    with moto_s3_server(tmp_path_factory.mktemp("moto")) as endpoint, pytest.MonkeyPatch.context() as environment:
+        s3_environment(environment, endpoint)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
 
 
 def _png(seed: int, mode: str = "RGB") -> bytes:
