@@ -69,7 +69,7 @@ def write_pacs_folder(root: Path, *, copies: int = 4, patients: int = 5, planted
     for copy in range(copies):
         for index, (source, modality) in enumerate(sources):
             patient = f"PAT{(copy * len(sources) + index) % patients}"
-            institution = "North Hospital" if (copy + index) % 2 else "South Clinic"
+            institution = "North Hospital" if (copy // 2 + index) % 2 else "South Clinic"  # a patient visits both
             path = f"{patient}/STUDY{copy}/SERIES{index}/IM{copy:02d}{index:02d}"
             ds = pydicom.dcmread(get_testdata_file(source))
             for keyword, value in (planted or {}).items():
