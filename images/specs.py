@@ -32,6 +32,10 @@ PACKAGES = [
     "pyarrow==25.0.1",
     "boto3==1.43.117",
     "pillow==13.0.0",
+    "pydicom==3.0.2",
+    "pylibjpeg==2.1.0",
+    "pylibjpeg-libjpeg==2.5.0",
+    "pylibjpeg-openjpeg==2.6.0",
     "matplotlib==3.11.2",
 ]
 

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+DICOM_CHOICES = {
+    "dicom_window": ("header", "full-range", "ct-soft-tissue", "ct-lung", "ct-bone", "ct-brain"),
+    "dicom_frames": ("all", "first", "middle"),
+    "dicom_case_level": ("patient", "study", "series"),
+    "dicom_site": ("institution", "scanner"),
+}
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -32,6 +39,15 @@ class IngestConfig:
         16 bits that holds it), so a dark 16-bit image comes out brighter than with bits_stored=16.
         A dataset of known depth should set it (12 for 12-bit CT/MR stored in 16-bit files, 16 for
         full-range 16-bit). 8-bit and float images are not affected.
+    DICOM files (sslflow/data/dicom.py; README "Medical data"):
+    dicom_window: "header" (the header's first window, else the full range of the modality LUT's
+        output), "full-range" (never windowed), or a CT preset applied to CT images (others: "header"):
+        "ct-soft-tissue" (W400/L40), "ct-lung" (W1500/L-600), "ct-bone" (W1800/L400), "ct-brain" (W80/L40).
+    dicom_frames: multi-frame objects become "all" frames (one image each, same case), the "first" or the "middle" one.
+    dicom_case_level: case_id from the "patient" (PatientID), "study" (StudyInstanceUID) or "series"
+        (SeriesInstanceUID), always pseudonymised.
+    dicom_site: site from the "institution" (InstitutionName) or the "scanner" (Manufacturer +
+        ManufacturerModelName); a file without it falls back to the other, then "default".
     """
 
     image_size: int = 28
@@ -46,6 +62,10 @@ class IngestConfig:
     max_image_pixels: int = 100_000_000
     max_file_bytes: int = 512 * 2**20
     bits_stored: int = 0
+    dicom_window: str = "header"
+    dicom_frames: str = "all"
+    dicom_case_level: str = "patient"
+    dicom_site: str = "institution"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -64,6 +84,9 @@ class IngestConfig:
             raise ValueError(
                 f"IngestConfig.bits_stored must be 0 (infer per image) or a bit depth from 8 to 16, got {self.bits_stored}"
             )
+        for name, allowed in DICOM_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"IngestConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ import numpy as np
 
 from sslflow.config import IngestConfig
 from sslflow.data.decode import DecodedImage
+from sslflow.data.dicom import DicomImage
 from sslflow.files import atomic_write
 
 DECODER_VERSION = "2"  # bump when sslflow/data/decode.py changes the pixels it produces
+DICOM_DECODER_VERSION = "1"  # bump when sslflow/data/dicom.py changes what it produces
 
 
 def ingest_cache_dir() -> Path:
@@ -39,13 +41,15 @@ def ingest_cache_dir() -> Path:
 class DecodeCache:
     """Decoded images of one (image_size, channels, bits_stored) setting, keyed by the sha256 of the file bytes."""
 
-    def __init__(self, directory: Path, image_size: int, channels: int, bits_stored: int = 0):
+    def __init__(self, directory: Path, image_size: int, channels: int, bits_stored: int = 0, dicom_options: str = ""):
         self.directory = directory
         self.setting = f"{image_size}px-{channels}ch-{bits_stored}bits-v{DECODER_VERSION}"
+        self.dicom_setting = hashlib.sha256(f"{image_size} {channels} {dicom_options} v{DICOM_DECODER_VERSION}".encode()).hexdigest()[:16]
 
     @classmethod
     def for_config(cls, config: IngestConfig) -> DecodeCache:
-        return cls(ingest_cache_dir(), config.image_size, config.channels, config.bits_stored)
+        options = " ".join([config.dicom_window, config.dicom_frames, config.dicom_case_level, config.dicom_site])
+        return cls(ingest_cache_dir(), config.image_size, config.channels, config.bits_stored, options)
 
     def _entry(self, file_sha256: str) -> Path:
         return self.directory / "decoded" / file_sha256[:2] / f"{file_sha256}-{self.setting}.npz"
@@ -67,6 +71,23 @@ class DecodeCache:
             self._entry(file_sha256),
             lambda handle: np.savez(handle, pixels=image.pixels, width=image.width, height=image.height, mode=image.mode),
         )
+
+    def _dicom_entry(self, file_sha256: str, key_id: str) -> Path:
+        return self.directory / "decoded" / file_sha256[:2] / f"{file_sha256}-dicom-{self.dicom_setting}-{key_id}.npz"
+
+    def get_dicom(self, file_sha256: str, key_id: str) -> DicomImage | None:
+        """A decoded DICOM file; entries hold only pseudonyms, under the id of the key that made them."""
+        try:
+            with np.load(self._dicom_entry(file_sha256, key_id), allow_pickle=False) as entry:
+                fields = {name: str(entry[name]) for name in ("mode", "modality", "site")}
+                case_id = str(entry["case_id"]) or None
+                return DicomImage(pixels=entry["pixels"], width=int(entry["width"]), height=int(entry["height"]), case_id=case_id, **fields)
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+            return None
+
+    def put_dicom(self, file_sha256: str, key_id: str, image: DicomImage) -> None:
+        values = {name: getattr(image, name) for name in ("pixels", "width", "height", "mode", "modality", "site")}
+        atomic_write(self._dicom_entry(file_sha256, key_id), lambda handle: np.savez(handle, case_id=image.case_id or "", **values))
 
     def sha256_of_version(self, version_key: str) -> str | None:
         """The file sha256 recorded for ``version_key`` (e.g. an S3 key + ETag + size), if any."""

@@ -15,7 +15,7 @@ followed), so a symlink out of the folder or a FIFO, socket or device is refused
 
 Encoding: the sha256 of one JSON document (sorted keys, ASCII, no spaces)::
 
-    {"format": "sslflow-source-fingerprint", "version": 2, "kind": "folder", "source": "<as given>",
+    {"format": "sslflow-source-fingerprint", "version": 3, "kind": "folder", "source": "<as given>",
      "listing": ["metadata.csv", size, sha256] or null,
      "files": [[relative path, size, sha256], ...]}           # sorted; S3: [relative key, size, ETag]
 
@@ -51,7 +51,7 @@ from sslflow.data.parquet_list import list_parquet_list
 from sslflow.data.s3 import list_objects, objects_by_path, parse_s3_uri, prefix_metadata_file, s3_client
 from sslflow.data.types import SourceError
 
-FINGERPRINT_VERSION = 2  # bump when the encoding or the file set of a kind changes
+FINGERPRINT_VERSION = 3  # bump when the encoding or the file set of a kind changes
 DIGEST_DATABASE = "file-digests.sqlite"
 SQLITE_TIMEOUT_SECONDS = 30
 RECENT_SECONDS = 2  # coarser than any file-system timestamp tick (FAT: 2 s; ext3, HFS+: 1 s)

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from sslflow.config import IngestConfig
 from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
 from sslflow.data.listing import read_listing
 from sslflow.data.metadata import METADATA_FILE, ImageRecord, metadata_file_name, metadata_rows, parse_metadata_csv
-from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
+from sslflow.data.pseudonyms import Pseudonyms
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
 
 
 def file_kind(mode: int) -> str:
@@ -119,8 +121,25 @@ def local_records(root: Path, rows: list[dict]) -> list[ImageRecord]:
     return records
 
 
+def _has_dicom_content(resolver: _Resolver, relative: str) -> bool:
+    """Whether root/relative is a regular file inside the folder whose first bytes are a DICOM preamble.
+
+    Reads PREAMBLE_BYTES bytes, and only after the checks ingest makes (inside the folder, a regular
+    file; opened non-blocking and checked again with fstat). Anything else is not DICOM: False.
+    """
+    try:
+        path, _ = resolver.regular_file_inside(relative, relative)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (SourceError, OSError):
+        return False
+    with os.fdopen(descriptor, "rb") as handle:
+        return stat.S_ISREG(os.fstat(descriptor).st_mode) and has_dicom_preamble(handle.read(PREAMBLE_BYTES))
+
+
 def image_files(root: Path) -> list[str]:
-    """'/'-separated paths below ``root`` of every non-folder entry with an image suffix, in path order.
+    """'/'-separated paths below ``root`` of the files ingest reads, in path order: every non-folder entry
+    with an image or DICOM suffix, and every other regular file inside the folder (other than metadata.csv)
+    that starts with a DICOM preamble (DICOM files often have no extension).
 
     Symlinks to folders are not followed; a folder that cannot be listed is a SourceError.
     """
@@ -128,16 +147,19 @@ def image_files(root: Path) -> list[str]:
     def refuse(error: OSError) -> None:
         raise SourceError(f"{error.filename}: cannot list this folder of source {root} ({error.strerror})")
 
-    found = []
+    resolver, found = _Resolver(root), []
     for folder, _, names in os.walk(root, onerror=refuse):
         below = os.path.relpath(folder, root).replace(os.sep, "/")
         prefix = "" if below == "." else below + "/"
-        found.extend(prefix + name for name in names if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+        for name in names:
+            by_name = os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES
+            if by_name or (prefix + name != METADATA_FILE and _has_dicom_content(resolver, prefix + name)):
+                found.append(prefix + name)
     return sorted(found, key=lambda path: path.split("/"))
 
 
 def list_folder(root: Path) -> list[ImageRecord]:
-    """The images of a folder: the rows of its metadata.csv, or else every file with an image suffix."""
+    """The images of a folder: the rows of its metadata.csv, or else every image file (image_files)."""
     metadata = folder_metadata_file(root)
     if metadata is not None:
         where = str(root / METADATA_FILE)
@@ -146,5 +168,5 @@ def list_folder(root: Path) -> list[ImageRecord]:
     return local_records(root, rows)
 
 
-def read_folder(root: Path, config: IngestConfig, cache: DecodeCache) -> SourceImages:
-    return read_listing(list_folder(root), lambda record: Path(record.location).read_bytes(), config, cache, str(root))
+def read_folder(root: Path, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
+    return read_listing(list_folder(root), lambda record: Path(record.location).read_bytes(), config, cache, str(root), pseudonyms)

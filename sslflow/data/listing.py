@@ -14,16 +14,38 @@ import numpy as np
 from sslflow.config import IngestConfig
 from sslflow.data.decode import DecodedImage, check_pixel_count, decode_image
 from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.dicom import PREAMBLE_BYTES, DicomImage, NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.metadata import ImageRecord
-from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages, UndecodableImageError
+from sslflow.data.pseudonyms import Pseudonyms
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages, UndecodableImageError
 
 MAX_LISTED_PROBLEMS = 50
 
 
-def _decode_record(record: ImageRecord, read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, stats: dict) -> DecodedImage:
+def _decode_bytes(data: bytes, record: ImageRecord, config: IngestConfig, pseudonyms: Pseudonyms) -> DecodedImage | DicomImage:
+    """One file's bytes decoded: DICOM when its content says so (has_dicom_preamble), else an image format."""
+    if has_dicom_preamble(data[:PREAMBLE_BYTES]):
+        return decode_dicom(data, record.location, config, pseudonyms)
+    if record.source_path.lower().endswith(DICOM_SUFFIXES):
+        raise UndecodableImageError(f"{record.location}: named like a DICOM file but it has no DICM magic at byte 128 (not DICOM Part 10, or cut short)")
+    return decode_image(data, record.location, config.image_size, config.channels, config.max_image_pixels, bits_stored=config.bits_stored)
+
+
+def _cached(cache: DecodeCache, file_sha256: str, pseudonyms: Pseudonyms, *, dicom: bool | None) -> DecodedImage | DicomImage | None:
+    """The cached decoding of these bytes (dicom None: either kind; DICOM entries are per pseudonym key)."""
+    image = cache.get(file_sha256) if not dicom else None
+    if image is None and dicom is not False:
+        image = cache.get_dicom(file_sha256, pseudonyms.key_id())
+    return image
+
+
+def _decode_record(
+    record: ImageRecord, read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, stats: dict, pseudonyms: Pseudonyms
+) -> DecodedImage | DicomImage:
     """Decoded pixels of one record: from the cache when its bytes were decoded before, else decoded and cached.
 
     A record of zero bytes or over config.max_file_bytes (its size from the listing) is refused before it is read.
+    Raises NonImageObject for a DICOM object without an image (not cached: its header is read each time).
     """
     if record.size_bytes == 0:
         raise UndecodableImageError(f"{record.location}: zero-byte file")
@@ -33,18 +55,16 @@ def _decode_record(record: ImageRecord, read_bytes: Callable[[ImageRecord], byte
             "not read (raise max_file_bytes if the file is a genuine image)"
         )
     file_sha256 = cache.sha256_of_version(record.version_key) if record.version_key else None
-    image = cache.get(file_sha256) if file_sha256 else None
+    image = _cached(cache, file_sha256, pseudonyms, dicom=None) if file_sha256 else None
     if image is None:
         data = read_bytes(record)
         stats["files_read"] += 1
         stats["bytes_read"] += len(data)
         file_sha256 = hashlib.sha256(data).hexdigest()
-        image = cache.get(file_sha256)
+        image = _cached(cache, file_sha256, pseudonyms, dicom=has_dicom_preamble(data[:PREAMBLE_BYTES]))
         if image is None:
-            image = decode_image(
-                data, record.location, config.image_size, config.channels, config.max_image_pixels, bits_stored=config.bits_stored
-            )
-            cache.put(file_sha256, image)
+            image = _decode_bytes(data, record, config, pseudonyms)
+            cache.put_dicom(file_sha256, pseudonyms.key_id(), image) if isinstance(image, DicomImage) else cache.put(file_sha256, image)
             stats["decoded"] += 1
         else:
             stats["decode_cache_hits"] += 1
@@ -56,49 +76,87 @@ def _decode_record(record: ImageRecord, read_bytes: Callable[[ImageRecord], byte
     return image
 
 
+def _rows(record: ImageRecord, image: DecodedImage | DicomImage) -> list[dict]:
+    """The manifest rows one record becomes: one per image, one per frame of a multi-frame DICOM object.
+
+    A DICOM file's case and site come from its header unless the metadata names them (a site of
+    "default" counts as unnamed); frames of a multi-frame file are ``path#frame=<n>``.
+    """
+    common = {"label": record.label, "size_bytes": record.size_bytes, "mode": image.mode, "width": image.width, "height": image.height}
+    if isinstance(image, DecodedImage):
+        return [{**common, "source_path": record.source_path, "pixels": image.pixels, "case_id": record.case_id, "site": record.site, "modality": None}]
+    site = record.site if record.site != "default" else image.site
+    frames = len(image.pixels)
+    return [
+        {**common, "source_path": record.source_path if frames == 1 else f"{record.source_path}#frame={index}", "pixels": pixels,
+         "case_id": record.case_id or image.case_id, "site": site, "modality": image.modality}
+        for index, pixels in enumerate(image.pixels)
+    ]  # fmt: skip
+
+
+def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: IngestConfig, *, none_left: bool) -> None:
+    """UndecodableImageError naming the bad files when they are more than config.max_bad_fraction allows, or nothing else is left."""
+    allowed = int(config.max_bad_fraction * listed + 1e-9)
+    if len(quarantined) > allowed or (none_left and quarantined):
+        problems = [item["problem"] for item in quarantined]
+        more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        raise UndecodableImageError(
+            f"source {source}: {len(quarantined)} of {listed} image files cannot be decoded "
+            f"(IngestConfig.max_bad_fraction={config.max_bad_fraction} allows {allowed}); fix or remove them, "
+            "or raise max_bad_fraction to quarantine them:\n  " + "\n  ".join(problems[:MAX_LISTED_PROBLEMS]) + more
+        )
+
+
 def read_listing(
-    records: list[ImageRecord], read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, source: str
+    records: list[ImageRecord], read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, source: str,
+    pseudonyms: Pseudonyms | None = None,
 ) -> SourceImages:
     """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
 
     read_bytes: reads one record's file (only called for bytes the cache cannot vouch for).
-    Raises SourceError for an empty listing, UndecodableImageError naming every bad file when there
-    are more than the allowed fraction (or no image is left).
+    pseudonyms: for DICOM identities (default: the key from the environment or key file, resolved on
+    the first DICOM file). Non-image DICOM objects are skipped and counted by SOP class.
+    Raises SourceError for an empty listing or one with no images, UndecodableImageError naming every
+    bad file when there are more than the allowed fraction (or no image is left).
     """
     if not records:
         raise SourceError(
-            f"source {source} is empty: it lists no images (no metadata rows, or no files ending in {', '.join(IMAGE_SUFFIXES)})"
+            f"source {source} is empty: it lists no images (no metadata rows, or no files ending in {', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} "
+            "nor DICOM files found by content)"
         )
+    pseudonyms = pseudonyms or Pseudonyms()
     stats = {"listed": len(records), "decoded": 0, "decode_cache_hits": 0, "files_read": 0, "bytes_read": 0}
-    kept: list[tuple[ImageRecord, DecodedImage]] = []
+    rows: list[dict] = []
     quarantined: list[dict] = []
+    skipped: dict[str, int] = {}
     for record in records:
         try:
-            kept.append((record, _decode_record(record, read_bytes, config, cache, stats)))
+            rows.extend(_rows(record, _decode_record(record, read_bytes, config, cache, stats, pseudonyms)))
+        except NonImageObject as error:
+            skipped[error.sop_class] = skipped.get(error.sop_class, 0) + 1
         except UndecodableImageError as error:
             quarantined.append({"source_path": record.source_path, "problem": str(error)})
-    allowed = int(config.max_bad_fraction * len(records) + 1e-9)
-    if len(quarantined) > allowed or not kept:
-        problems = [item["problem"] for item in quarantined]
-        more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
-        raise UndecodableImageError(
-            f"source {source}: {len(quarantined)} of {len(records)} image files cannot be decoded "
-            f"(IngestConfig.max_bad_fraction={config.max_bad_fraction} allows {allowed}); fix or remove them, "
-            "or raise max_bad_fraction to quarantine them:\n  " + "\n  ".join(problems[:MAX_LISTED_PROBLEMS]) + more
-        )
-    has_cases = any(record.case_id for record, _ in kept)
+    _refuse_bad(source, quarantined, len(records), config, none_left=not rows)
+    if not rows:
+        raise SourceError(f"source {source} holds no images: only DICOM objects without one ({', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))})")
+    return _source_images(rows, quarantined, stats, skipped)
+
+
+def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int]) -> SourceImages:
+    column = lambda name: [row[name] for row in rows]  # noqa: E731
+    has_cases = any(row["case_id"] for row in rows)
     return SourceImages(
-        pixels=np.stack([image.pixels for _, image in kept]),
-        source_paths=[record.source_path for record, _ in kept],
-        labels=[record.label for record, _ in kept],
-        case_ids=[record.case_id or f"image-{hashlib.sha256(record.source_path.encode()).hexdigest()[:12]}" for record, _ in kept]
-        if has_cases
-        else None,
-        sites=[record.site for record, _ in kept],
-        size_bytes=[record.size_bytes for record, _ in kept],
-        modes=[image.mode for _, image in kept],
-        widths=[image.width for _, image in kept],
-        heights=[image.height for _, image in kept],
+        pixels=np.stack(column("pixels")),
+        source_paths=column("source_path"),
+        labels=column("label"),
+        case_ids=[row["case_id"] or f"image-{hashlib.sha256(row['source_path'].encode()).hexdigest()[:12]}" for row in rows] if has_cases else None,
+        sites=column("site"),
+        size_bytes=column("size_bytes"),
+        modes=column("mode"),
+        widths=column("width"),
+        heights=column("height"),
         quarantined=quarantined,
         read_stats=stats,
+        modalities=column("modality"),
+        skipped=skipped,
     )

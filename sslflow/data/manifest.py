@@ -17,7 +17,7 @@ from sslflow.data.types import SourceError, SourceImages
 
 MANIFEST_COLUMNS = (
     "sha256", "source_path", "size_bytes", "width", "height", "mode",
-    "case_id", "case_id_is_proxy", "site", "label", "split",
+    "case_id", "case_id_is_proxy", "site", "modality", "label", "split",
 )  # fmt: skip
 MAX_LISTED_CONFLICTS = 20
 
@@ -94,6 +94,7 @@ def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataF
             "case_id": case_ids,
             "case_id_is_proxy": is_proxy,
             "site": pick(images.sites),
+            "modality": pd.array(pick(images.modalities) if images.modalities else [None] * len(keep), dtype="string"),
             "label": pd.array(pick(images.labels), dtype="string"),
             "split": splits,
         },
@@ -107,6 +108,9 @@ def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataF
         "case_ids_are_proxy": is_proxy,
         "split_counts": manifest["split"].value_counts().to_dict(),
         "labelled": int(manifest["label"].notna().sum()),
+        "sites": {str(site): int(count) for site, count in manifest["site"].value_counts().sort_index().items()},
+        "modalities": {str(modality): int(count) for modality, count in manifest["modality"].value_counts().sort_index().items()},
+        "skipped_non_image": dict(sorted(images.skipped.items())),  # DICOM objects without an image, by SOP class
         "quarantined": images.quarantined,  # undecodable files skipped under IngestConfig.max_bad_fraction
         "read": images.read_stats,  # listed / decoded / decode_cache_hits / files_read / bytes_read
     }

@@ -19,6 +19,7 @@ from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.folder import local_records, stat_regular_file
 from sslflow.data.listing import read_listing
 from sslflow.data.metadata import ImageRecord, metadata_rows
+from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import SourceError, SourceImages
 
 
@@ -32,5 +33,5 @@ def list_parquet_list(image_list: Path) -> list[ImageRecord]:
     return local_records(image_list.parent, metadata_rows(table, str(image_list), first_row=0))
 
 
-def read_parquet_list(image_list: Path, config: IngestConfig, cache: DecodeCache) -> SourceImages:
-    return read_listing(list_parquet_list(image_list), lambda record: Path(record.location).read_bytes(), config, cache, str(image_list))
+def read_parquet_list(image_list: Path, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
+    return read_listing(list_parquet_list(image_list), lambda record: Path(record.location).read_bytes(), config, cache, str(image_list), pseudonyms)

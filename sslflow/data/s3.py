@@ -26,9 +26,11 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from sslflow.config import IngestConfig
 from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
 from sslflow.data.listing import read_listing
 from sslflow.data.metadata import METADATA_FILE, ImageRecord, check_relative_path, metadata_file_name, metadata_rows, parse_metadata_csv
-from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
+from sslflow.data.pseudonyms import Pseudonyms
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -88,8 +90,17 @@ def read_object(client, bucket: str, key: str) -> bytes:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def read_object_start(client, bucket: str, item: dict) -> bytes:
+    """The first PREAMBLE_BYTES bytes of an object (a ranged GET), to recognise DICOM without a suffix."""
+    if int(item["Size"]) < PREAMBLE_BYTES:
+        return b""
+    with s3_errors(f"reading s3://{bucket}/{item['Key']}"):
+        return client.get_object(Bucket=bucket, Key=item["Key"], Range=f"bytes=0-{PREAMBLE_BYTES - 1}")["Body"].read()
+
+
 def list_s3(client, uri: str) -> list[ImageRecord]:
-    """The images under an S3 prefix: the rows of its metadata.csv, or else every key with an image suffix."""
+    """The images under an S3 prefix: the rows of its metadata.csv, or else every key with an image or DICOM
+    suffix, and every other object whose first bytes are a DICOM preamble (one ranged GET each)."""
     bucket, prefix = parse_s3_uri(uri)
     objects = objects_by_path(list_objects(client, bucket, prefix), bucket, prefix)
     if prefix_metadata_file(objects, bucket, prefix):
@@ -102,7 +113,8 @@ def list_s3(client, uri: str) -> list[ImageRecord]:
         rows = [
             {"path": path, "case_id": None, "site": "default", "label": None}
             for path in objects
-            if os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+            if os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES
+            or (path != METADATA_FILE and has_dicom_preamble(read_object_start(client, bucket, objects[path])))
         ]
     records = []
     for row in rows:
@@ -118,9 +130,9 @@ def list_s3(client, uri: str) -> list[ImageRecord]:
     return records
 
 
-def read_s3(uri: str, config: IngestConfig, cache: DecodeCache) -> SourceImages:
+def read_s3(uri: str, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
     client = s3_client()
     bucket, _ = parse_s3_uri(uri)
     return read_listing(
-        list_s3(client, uri), lambda record: read_object(client, bucket, record.location.removeprefix(f"s3://{bucket}/")), config, cache, uri
+        list_s3(client, uri), lambda record: read_object(client, bucket, record.location.removeprefix(f"s3://{bucket}/")), config, cache, uri, pseudonyms
     )

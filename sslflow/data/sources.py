@@ -20,6 +20,7 @@ from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.fingerprint import fingerprint_builtin, fingerprint_folder, fingerprint_parquet_list, fingerprint_s3
 from sslflow.data.folder import read_folder
 from sslflow.data.parquet_list import read_parquet_list
+from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.s3 import read_s3
 from sslflow.data.types import SourceError, SourceImages
 
@@ -78,20 +79,22 @@ def fingerprint_source(source: str) -> str:
     return fingerprint_folder(source)
 
 
-def read_source(source: str, config: IngestConfig) -> SourceImages:
+def read_source(source: str, config: IngestConfig, *, pseudonym_key: str | None = None) -> SourceImages:
     """Every image of ``source`` as (N, config.channels, config.image_size, config.image_size) uint8.
 
     Listed sources (folder, parquet list, S3) decode through the decode cache
     (sslflow/data/decode_cache.py), so re-reading a source with a few new files decodes only those.
     Raises SourceError naming the file, row or key when the source is unusable, UndecodableImageError
-    when more than config.max_bad_fraction of its images cannot be decoded.
+    when more than config.max_bad_fraction of its images cannot be decoded. DICOM identities are
+    pseudonymised with ``pseudonym_key``, else the key of the environment or key file
+    (sslflow/data/pseudonyms.py), resolved only when a DICOM file is read.
     """
     kind = source_kind(source)
     if kind == "builtin":
         return read_builtin(source, config.image_size, config.channels)
-    cache = DecodeCache.for_config(config)
+    cache, pseudonyms = DecodeCache.for_config(config), Pseudonyms(pseudonym_key)
     if kind == "s3":
-        return read_s3(source, config, cache)
+        return read_s3(source, config, cache, pseudonyms)
     if kind == "parquet":
-        return read_parquet_list(Path(source), config, cache)
-    return read_folder(_folder(source), config, cache)
+        return read_parquet_list(Path(source), config, cache, pseudonyms)
+    return read_folder(_folder(source), config, cache, pseudonyms)

@@ -9,6 +9,7 @@ import numpy as np
 from sslflow.errors import Refusal
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")  # listed by name; DICOM files without them are found by content (folder.py)
 
 
 @dataclass
@@ -26,6 +27,8 @@ class SourceImages:
     heights: list[int]
     quarantined: list[dict] = field(default_factory=list)  # {"source_path", "problem"} of skipped undecodable files
     read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
+    modalities: list[str | None] = field(default_factory=list)  # DICOM Modality per image (None: not DICOM); [] = none
+    skipped: dict[str, int] = field(default_factory=dict)  # non-image DICOM objects skipped, by SOP class
 
 
 class SourceError(Refusal, ValueError):

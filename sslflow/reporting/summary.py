@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from sslflow.registry.record import Registration
@@ -34,7 +36,17 @@ def dataset_summary(name: str, num_images: int, content_sha256: str, summary: di
         f"{summary.get('labelled', '?')} labelled, splits {summary.get('split_counts', {})}",
         f"duplicates dropped: {summary.get('duplicates_dropped', 0)}; quarantined: {len(quarantined)}",
         *[f"  quarantined {item['problem']}" for item in quarantined],
+        f"sites: {summary.get('sites', {})}; modalities: {summary.get('modalities', {})}",
+        f"skipped (DICOM objects without an image): {summary.get('skipped_non_image', {})}",
         f"content sha256: {content_sha256}",
         f"MLflow parent run: {parent_run_id} ({tracking_uri})",
-    ]
+        json.dumps(
+            {
+                "images": num_images, "cases": summary.get("cases"), "sites": len(summary.get("sites", {})),
+                "modalities": summary.get("modalities", {}), "skipped": sum(summary.get("skipped_non_image", {}).values()),
+                "quarantined": len(quarantined),
+            },
+            sort_keys=True,
+        ),  # the last line: machine-readable
+    ]  # fmt: skip
     return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""DICOM test data without network: synthetic files written with pydicom, and PACS-style folders built from
+the ~80 real files pydicom's wheel ships (pydicom.data.get_testdata_file)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+# values a PACS export carries that must never reach any output
+PLANTED = {
+    "PatientName": "Zyxwvut^Qopnmlk", "PatientID": "PID-8675309-ZQ", "PatientBirthDate": "19230417",
+    "AccessionNumber": "ACC-5551234-XJ", "OtherPatientIDs": "MRN-77441122-KW", "ReferringPhysicianName": "Drqxv^Jolyon",
+}  # fmt: skip
+
+
+def write_dicom(path: Path, pixels: np.ndarray, **header) -> Path:
+    """A single-frame image (CT Image Storage unless SOPClassUID is given) of ``pixels`` (rows, columns) int16/uint16
+    or (frames, rows, columns); header: any DICOM keywords (PhotometricInterpretation, RescaleSlope, WindowCenter, ...)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = header.pop("SOPClassUID", CTImageStorage)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "CT", "synthetic"
+    frames = pixels.shape[0] if pixels.ndim == 3 else 1
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _copy_with(source: str, target: Path, **header) -> None:
+    ds = pydicom.dcmread(get_testdata_file(source))
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target)
+
+
+def write_pacs_folder(root: Path, *, copies: int = 4, patients: int = 5, planted: dict | None = None, multiframe: bool = False) -> pd.DataFrame:
+    """A PACS export: extensionless files in patient/study/series folders, several patients at two institutions,
+    CT, MR, US (RGB, palette, multi-frame YBR JPEG) and non-image objects (SR, RT plan) plus a DICOMDIR.
+
+    Each bundled image is written ``copies`` times with a small pixel shift so the copies are not duplicates;
+    patients: PAT<k> (PatientID = planted PatientID + PAT<k>), institutions "North Hospital" / "South Clinic". planted: header values added to every
+    image (PLANTED). Returns one row per image file: path, patient, institution, modality.
+    """
+    sources = [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR"), ("693_J2KI.dcm", "CT"), ("examples_rgb_color.dcm", "US"),
+               ("examples_palette.dcm", "US"), ("JPEG2000.dcm", "NM")]  # fmt: skip
+    rows = []
+    for copy in range(copies):
+        for index, (source, modality) in enumerate(sources):
+            patient = f"PAT{(copy * len(sources) + index) % patients}"
+            institution = "North Hospital" if (copy // 2 + index) % 2 else "South Clinic"  # a patient visits both
+            path = f"{patient}/STUDY{copy}/SERIES{index}/IM{copy:02d}{index:02d}"
+            ds = pydicom.dcmread(get_testdata_file(source))
+            for keyword, value in (planted or {}).items():
+                setattr(ds, keyword, value)
+            ds.PatientID, ds.InstitutionName = f"{(planted or {}).get('PatientID', '')}{patient}", institution
+            if copy:  # a different image: shift the decoded pixels, store uncompressed
+                ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
+                ds.PixelData = np.roll(ds.pixel_array, copy, axis=-2 if ds.get("SamplesPerPixel", 1) == 1 else -3).tobytes()
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(root / path)
+            rows.append({"path": path, "patient": patient, "institution": institution, "modality": modality})
+    _copy_with("reportsi.dcm", root / "PAT0/SR/SR0001", **(planted or {}))
+    _copy_with("rtplan.dcm", root / "PAT1/RTPLAN/RP0001", **(planted or {}))
+    shutil.copy(get_testdata_file("DICOMDIR"), root / "DICOMDIR")
+    if multiframe:  # 30 frames of ultrasound, JPEG baseline YBR_FULL_422
+        prefix = (planted or {}).get("PatientID", "")
+        _copy_with("examples_ybr_color.dcm", root / "PAT0/CINE/US0001", **{**(planted or {}), "PatientID": f"{prefix}PAT0", "InstitutionName": "North Hospital"})
+        rows.append({"path": "PAT0/CINE/US0001", "patient": "PAT0", "institution": "North Hospital", "modality": "US"})
+    (root / "README.txt").write_text("export notes, not DICOM\n")
+    return pd.DataFrame(rows)

@@ -1,0 +1,205 @@
+"""DICOM in: pixel semantics with exact values, every bundled pydicom test file decoded or refused by name,
+PACS folders found by content, header identities pseudonymised, bad files refused or quarantined."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file, get_testdata_files
+
+from dicom_files import PLANTED, write_dicom, write_pacs_folder
+from sslflow.config import IngestConfig
+from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
+from sslflow.data.fingerprint import fingerprint_folder
+from sslflow.data.manifest import build_manifest
+from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
+from sslflow.data.sources import read_source
+from sslflow.data.types import UndecodableImageError
+
+KEY = "test-key-0123456789abcdef0123456789"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PYFLYTE = Path(sys.executable).parent / "pyflyte"
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch, tmp_path):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "ingest-cache"))
+
+
+def _decode(path: Path, size: int, **options):
+    return decode_dicom(path.read_bytes(), path.name, IngestConfig(image_size=size, **options), Pseudonyms(KEY))
+
+
+def _standard_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 (LINEAR) into [0, 255], rounded: the expected values, written independently of pydicom."""
+    low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    inside = ((hu - (center - 0.5)) / (width - 1) + 0.5) * 255
+    return np.round(np.where(hu <= low, 0, np.where(hu > high, 255, inside))).astype(np.uint8)
+
+
+STORED = np.array([[0, 864, 1024, 1064], [1263, 1264, 2048, 4095]], dtype=np.uint16)  # 12-bit CT, HU = stored - 1024
+
+
+def test_ct_to_hounsfield_units_then_the_header_window(tmp_path):
+    square = write_dicom(tmp_path / "sq", STORED[:, :2].reshape(2, 2), RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    pixels = _decode(square, 2).pixels[0, 0]
+    hu = STORED[:, :2].astype(float) - 1024  # -1024, -160, 239, 240
+    assert pixels.tolist() == _standard_window(hu, 40, 400).tolist() == [[0, 0], [255, 255]]
+    full = _decode(write_dicom(tmp_path / "w", np.array([[1024, 1064], [984, 1063]], np.uint16), RescaleSlope=1, RescaleIntercept=-1024,
+                               WindowCenter=40, WindowWidth=400), 2).pixels[0, 0]  # fmt: skip
+    assert full.tolist() == _standard_window(np.array([[0, 40], [-40, 39]], float), 40, 400).tolist() == [[102, 128], [77, 127]]
+    image = _decode(square, 2)
+    assert image.modality == "CT" and image.mode == "DICOM CT MONOCHROME2 12-bit" and image.case_id.startswith("patient-")
+
+
+def test_without_a_window_the_whole_12_bit_range_maps_to_8_bits_unclipped(tmp_path):
+    values = np.array([[0, 2048], [4095, 1000]], dtype=np.uint16)
+    pixels = _decode(write_dicom(tmp_path / "ct", values, RescaleSlope=1, RescaleIntercept=-1024), 2).pixels[0, 0]
+    assert pixels.tolist() == np.round(values / 4095 * 255).astype(int).tolist() == [[0, 128], [255, 62]]
+    windowed = write_dicom(tmp_path / "w", values, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    assert _decode(windowed, 2, dicom_window="full-range").pixels[0, 0].tolist() == [[0, 128], [255, 62]]
+
+
+def test_ct_preset_replaces_the_header_window(tmp_path):
+    values = np.array([[424, 1024], [0, 4095]], dtype=np.uint16)  # HU -600 (lung centre), 0, -1024, 3071
+    path = write_dicom(tmp_path / "ct", values, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    hu = values.astype(float) - 1024
+    assert _decode(path, 2, dicom_window="ct-lung").pixels[0, 0].tolist() == _standard_window(hu, -600, 1500).tolist()
+    assert _decode(path, 2, dicom_window="ct-bone").pixels[0, 0].tolist() == _standard_window(hu, 400, 1800).tolist()
+
+
+def test_monochrome1_is_inverted_so_bright_means_dense(tmp_path):
+    values = np.array([[0, 2048], [4095, 1000]], dtype=np.uint16)
+    pixels = _decode(write_dicom(tmp_path / "cr", values, PhotometricInterpretation="MONOCHROME1", Modality="CR"), 2).pixels[0, 0]
+    assert pixels.tolist() == (255 - np.round(values / 4095 * 255)).astype(int).tolist() == [[255, 127], [0, 193]]
+
+
+def test_multi_frame_objects_follow_the_frame_policy(tmp_path):
+    frames = np.stack([np.full((2, 2), value, np.uint16) for value in (0, 2048, 4095)])
+    path = write_dicom(tmp_path / "mf", frames)
+    assert [int(f[0, 0, 0]) for f in _decode(path, 2).pixels] == [0, 128, 255]
+    assert [int(f[0, 0, 0]) for f in _decode(path, 2, dicom_frames="middle").pixels] == [128]
+    assert [int(f[0, 0, 0]) for f in _decode(path, 2, dicom_frames="first").pixels] == [0]
+
+
+def test_colour_palette_and_ybr_become_rgb_or_luma(tmp_path):
+    rgb = _decode(Path(get_testdata_file("SC_rgb_small_odd.dcm")), 3, channels=3).pixels[0]
+    ybr = _decode(Path(get_testdata_file("SC_ybr_full_422_uncompressed.dcm")), 100, channels=3).pixels[0]
+    reference = pydicom.dcmread(get_testdata_file("SC_rgb_rle.dcm")).pixel_array.transpose(2, 0, 1)  # the same picture, stored RGB
+    assert rgb.shape == (3, 3, 3) and np.abs(ybr.astype(int) - reference).max() <= 6  # YBR_FULL_422 -> RGB (pydicom's conversion, 8-bit rounding)
+    grey = _decode(Path(get_testdata_file("SC_rgb_small_odd.dcm")), 3, channels=1).pixels[0, 0]
+    luma = np.round((rgb[0].astype(float) * 299 + rgb[1].astype(float) * 587 + rgb[2].astype(float) * 114) / 1000)
+    assert np.abs(grey.astype(int) - luma).max() <= 1
+    palette = _decode(Path(get_testdata_file("examples_palette.dcm")), 32, channels=3)
+    assert palette.pixels.shape == (1, 3, 32, 32) and palette.mode.startswith("DICOM US PALETTE COLOR")
+
+
+def test_every_bundled_file_decodes_or_is_refused_naming_why():
+    decoded, refused, skipped = [], {}, {}
+    for name in sorted(get_testdata_files()):
+        path = Path(name)
+        if path.is_dir() or not has_dicom_preamble(path.read_bytes()[:132]):
+            continue
+        try:
+            decoded.append(_decode(path, 16))
+        except NonImageObject as error:
+            skipped[path.name] = error.sop_class
+        except UndecodableImageError as error:
+            refused[path.name] = str(error)
+    assert len(decoded) >= 70 and all(image.pixels.dtype == np.uint8 for image in decoded)
+    for name, message in refused.items():
+        assert message.startswith(name) and ("transfer syntax" in message or "without pixel data" in message or "not a readable DICOM" in message), message
+    assert "JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51)" in refused["JPEG-lossy.dcm"]
+    assert "JPEG 2000 Image Compression (1.2.840.10008.1.2.4.91)" in refused["JPEG2000-embedded-sequence-delimiter.dcm"]
+    assert "less than expected" in refused["MR_truncated.dcm"] and "Explicit VR Little Endian" in refused["MR_truncated.dcm"]
+    assert {"reportsi.dcm", "rtplan.dcm", "test-SR.dcm", "liver_1frame.dcm", "rtdose.dcm"} <= set(skipped)
+    for compressed in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_gdcm.dcm",
+                       "693_J2KI.dcm", "SC_rgb_jpeg_dcmtk.dcm", "image_dfl.dcm", "MR_small_bigendian.dcm", "examples_ybr_color.dcm"):  # fmt: skip
+        assert compressed not in refused and compressed not in skipped, compressed
+
+
+def test_pacs_folder_cases_sites_modalities_and_skipped_objects(tmp_path):
+    folder = tmp_path / "pacs"
+    files = write_pacs_folder(folder, planted=PLANTED, multiframe=True)
+    config = IngestConfig()
+    images = read_source(str(folder), config)
+    manifest, _, summary = build_manifest(images, config)
+    frames = 30 - summary["duplicates_dropped"]  # identical frames of the cine loop are kept once
+    assert summary["sites"] == {"North Hospital": 12 + frames, "South Clinic": 12}
+    assert summary["modalities"] == {"CT": 8, "MR": 4, "NM": 4, "US": 8 + frames}
+    assert summary["skipped_non_image"] == {"Basic Text SR Storage": 1, "Media Storage Directory Storage": 1, "RT Plan Storage": 1}
+    assert summary["cases"] == files["patient"].nunique() == 5 and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
+    assert manifest.loc[manifest["source_path"].str.startswith("PAT0/CINE/US0001#frame="), "case_id"].nunique() == 1
+    again = build_manifest(read_source(str(folder), config), config)[0]  # a second run, same key: same pseudonyms
+    assert again["case_id"].tolist() == manifest["case_id"].tolist()
+    other = build_manifest(read_source(str(folder), config, pseudonym_key="another-key-0123456789"), config)[0]
+    assert set(other["case_id"]).isdisjoint(manifest["case_id"])
+    studies = build_manifest(read_source(str(folder), IngestConfig(dicom_case_level="study", dicom_site="scanner")), config)[2]
+    assert studies["cases"] > 5 and "GE MEDICAL SYSTEMS RHAPSODE" in studies["sites"]  # no Manufacturer: the institution
+
+
+def test_fingerprint_covers_extensionless_dicom_files(tmp_path):
+    folder = tmp_path / "pacs"
+    write_pacs_folder(folder, copies=1)
+    before = fingerprint_folder(str(folder))
+    write_dicom(folder / "PAT9" / "IM0001", np.zeros((4, 4), np.uint16))
+    assert fingerprint_folder(str(folder)) != before
+
+
+def test_key_file_is_created_private_and_reused(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "config" / "pseudonym.key"))
+    first = Pseudonyms().pseudonym("patient", "PID-1")
+    assert stat.S_IMODE(os.stat(tmp_path / "config" / "pseudonym.key").st_mode) == 0o600
+    assert Pseudonyms().pseudonym("patient", "PID-1") == first != Pseudonyms(KEY).pseudonym("patient", "PID-1")
+
+
+def test_bad_dicom_is_refused_by_path_or_quarantined_and_never_modified(tmp_path):
+    folder = tmp_path / "pacs"
+    write_pacs_folder(folder, copies=1)
+    data = (folder / "PAT0/STUDY0/SERIES0/IM0000").read_bytes()
+    (folder / "PAT0/STUDY0/SERIES0/IM0000").write_bytes(data[: len(data) - 500])  # truncated inside the pixel data
+    hashes = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()}
+    with pytest.raises(UndecodableImageError, match=r"PAT0/STUDY0/SERIES0/IM0000: .*transfer syntax Explicit VR Little Endian"):
+        read_source(str(folder), IngestConfig())
+    images = read_source(str(folder), IngestConfig(max_bad_fraction=0.2))
+    assert [item["source_path"] for item in images.quarantined] == ["PAT0/STUDY0/SERIES0/IM0000"]
+    assert hashes == {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
+    folder = tmp_path / "pacs"
+    write_pacs_folder(folder, planted=PLANTED, multiframe=True)
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                   "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox")}  # fmt: skip
+    result = subprocess.run(
+        [str(PYFLYTE), "run", "workflows/data.py", "validate_data", "--source", str(folder)],
+        cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 3, "quarantined": 0}
+    assert_no_identifier([result.stdout, result.stderr], [tmp_path / "mlflow.db", tmp_path / "mlartifacts", tmp_path / "sandbox", tmp_path / "ingest-cache"])
+
+
+def assert_no_identifier(texts: list[str], paths: list[Path]) -> None:
+    """None of PLANTED's values (in the spellings DICOM and Python give them) in ``texts`` or in any file under ``paths``."""
+    needles = {value for value in PLANTED.values()} | {value.replace("^", " ") for value in PLANTED.values()} | {"8675309", "5551234", "77441122", "Zyxwvut", "Qopnmlk", "Drqxv"}
+    for text in texts:
+        assert not [needle for needle in needles if needle in text]
+    files = [file for path in paths if path.exists() for file in ([path] if path.is_file() else path.rglob("*")) if file.is_file()]
+    assert files
+    for file in files:
+        data = file.read_bytes()
+        found = [needle for needle in needles if needle.encode() in data or needle.encode("utf-16-le") in data]
+        assert not found, f"{file} holds {found}"

@@ -1,0 +1,50 @@
+"""The whole ssl_pipeline on a PACS export: extensionless DICOM files with identifiers in their headers, labels
+from a metadata.csv (no case or site there: both from the headers), evaluated per institution. No identifier
+may reach the dataset folders, the decode cache, mlflow.db, mlartifacts or the captured output."""
+
+from __future__ import annotations
+
+import pandas as pd
+from flytekit.core.local_cache import LocalTaskCache
+from mlflow.tracking import MlflowClient
+
+from dicom_files import PLANTED, write_pacs_folder
+from live_mlflow import mlflow_at
+from ssl_models.train import FinetuneConfig, PretrainConfig
+from sslflow.config import IngestConfig
+from sslflow.data.pseudonyms import KEY_ENV
+from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
+from test_dicom import assert_no_identifier
+from workflows.pipeline import ssl_pipeline
+
+
+def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_identifier(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv(KEY_ENV, "pipeline-test-key-0123456789abcdef")
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "ingest-cache"))
+    monkeypatch.setenv("FLYTE_SDK_LOCAL_SANDBOX", str(tmp_path / "sandbox"))
+    folder = tmp_path / "pacs"
+    files = write_pacs_folder(folder, copies=6, patients=12, planted=PLANTED)
+    files.assign(label=[index % 2 for index in range(len(files))])[["path", "label"]].to_csv(folder / "metadata.csv", index=False)
+    LocalTaskCache.clear()
+    with mlflow_at(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        summary = ssl_pipeline(
+            generic_source="fashion-mnist", domain_source=str(folder), shift_source=str(folder),
+            generic_ingest=IngestConfig(max_images=100), domain_ingest=IngestConfig(), shift_ingest=IngestConfig(all_test=True),
+            simclr=PretrainConfig(epochs=1, batch_size=32), micle=PretrainConfig(epochs=1, batch_size=16),
+            finetune=FinetuneConfig(epochs=1, min_steps=2), label_fractions=[1.0],
+        )  # fmt: skip
+        assert "Registered model: sslflow version 1" in summary
+        client = MlflowClient(tracking_uri())
+        experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+        (micle,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")
+        # the header's patients (those of the train and val splits): several images each
+        assert 1 < micle.data.metrics["cases"] <= files["patient"].nunique() and micle.data.metrics["cases"] < micle.data.metrics["images"]
+        assert "case_ids" not in micle.data.tags  # not PROXY
+        (evaluation,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'evaluate'")
+        results = pd.read_csv(client.download_artifacts(evaluation.info.run_id, "results.csv"))
+        assert {"in_domain/site=North Hospital", "in_domain/site=South Clinic"} <= set(results["eval_set"])
+    captured = capfd.readouterr()
+    assert_no_identifier(
+        [summary, captured.out, captured.err],
+        [tmp_path / "mlflow.db", tmp_path / "mlartifacts", tmp_path / "sandbox", tmp_path / "ingest-cache"],
+    )
