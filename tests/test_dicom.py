@@ -11,19 +11,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from dicom_files import PLANTED, write_dicom, write_pacs_folder
+from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.fingerprint import fingerprint_folder
 from sslflow.data.manifest import build_manifest
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
 from sslflow.data.sources import read_source
-from sslflow.data.types import UndecodableImageError
+from sslflow.data.types import SourceError, UndecodableImageError
 
 KEY = "test-key-0123456789abcdef0123456789"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -203,3 +205,47 @@ def assert_no_identifier(texts: list[str], paths: list[Path]) -> None:
         data = file.read_bytes()
         found = [needle for needle in needles if needle.encode() in data or needle.encode("utf-16-le") in data]
         assert not found, f"{file} holds {found}"
+
+
+def _uid_keyed_folder(root: Path) -> tuple[Path, list[str]]:
+    """Three extensionless CT files of two patients, and a metadata.csv naming them by SOPInstanceUID."""
+    uids = []
+    for index, (patient, value) in enumerate([("P-A", 100), ("P-A", 200), ("P-B", 300)]):
+        path = write_dicom(root / "export" / f"IM{index:04d}", np.full((16, 16), value, dtype=np.int16), PatientID=patient)
+        uids.append(str(pydicom.dcmread(path).SOPInstanceUID))
+    rows = [f"{uids[0]},benign,", f"{uids[1]},malignant,case-7", f"{uids[2]},benign,"]
+    (root / "metadata.csv").write_text("sop_instance_uid,label,case_id\n" + "\n".join(rows) + "\n")
+    return root, uids
+
+
+def test_metadata_keyed_by_sop_instance_uid_labels_dicom_files_and_never_shows_the_uid(tmp_path):
+    folder, uids = _uid_keyed_folder(tmp_path / "pacs")
+    config = IngestConfig(image_size=16)
+    manifest, _, summary = build_manifest(read_source(str(folder), config), config)
+    by_file = manifest.set_index("source_path")
+    assert by_file.loc["export/IM0000", "label"] == "benign" and by_file.loc["export/IM0001", "label"] == "malignant"
+    assert by_file.loc["export/IM0001", "case_id"] == "case-7"  # the metadata's case wins over the header's
+    assert by_file.loc["export/IM0000", "case_id"].startswith("patient-")  # blank in the metadata: the header's pseudonym
+    written = manifest.to_csv() + json.dumps(summary, default=str)
+    assert not any(uid in written for uid in uids)
+    # a row naming an object the folder does not hold is refused by its row, without the UID
+    (folder / "metadata.csv").write_text((folder / "metadata.csv").read_text() + "1.2.826.0.1.3680043.99999.1,benign,\n")
+    with pytest.raises(SourceError, match=r"metadata.csv row 5, column 'sop_instance_uid'") as refused:
+        read_source(str(folder), config)
+    assert "99999" not in str(refused.value)
+
+
+def test_dicom_files_without_an_extension_at_an_s3_prefix_are_found_by_content(tmp_path, monkeypatch):
+    folder, uids = _uid_keyed_folder(tmp_path / "pacs")
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="hospital")
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                client.put_object(Bucket="hospital", Key=f"site-a/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+        client.put_object(Bucket="hospital", Key="site-a/export/README", Body=b"not an image")
+        config = IngestConfig(image_size=16)
+        manifest, _, _ = build_manifest(read_source("s3://hospital/site-a", config), config)
+    assert sorted(manifest["source_path"]) == ["export/IM0000", "export/IM0001", "export/IM0002"]
+    assert sorted(manifest["label"]) == ["benign", "benign", "malignant"] and set(manifest["modality"]) == {"CT"}

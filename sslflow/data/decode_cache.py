@@ -79,14 +79,14 @@ class DecodeCache:
         """A decoded DICOM file; entries hold only pseudonyms, under the id of the key that made them."""
         try:
             with np.load(self._dicom_entry(file_sha256, key_id), allow_pickle=False) as entry:
-                fields = {name: str(entry[name]) for name in ("mode", "modality", "site")}
+                fields = {name: str(entry[name]) for name in ("mode", "modality", "site", "instance")}
                 case_id = str(entry["case_id"]) or None
                 return DicomImage(pixels=entry["pixels"], width=int(entry["width"]), height=int(entry["height"]), case_id=case_id, **fields)
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
             return None
 
     def put_dicom(self, file_sha256: str, key_id: str, image: DicomImage) -> None:
-        values = {name: getattr(image, name) for name in ("pixels", "width", "height", "mode", "modality", "site")}
+        values = {name: getattr(image, name) for name in ("pixels", "width", "height", "mode", "modality", "site", "instance")}
         atomic_write(self._dicom_entry(file_sha256, key_id), lambda handle: np.savez(handle, case_id=image.case_id or "", **values))
 
     def sha256_of_version(self, version_key: str) -> str | None:

@@ -87,6 +87,7 @@ class DicomImage:
     modality: str
     case_id: str | None
     site: str
+    instance: str = ""  # the pseudonym of the SOPInstanceUID ("" without one): matches metadata rows keyed by it
 
 
 def has_dicom_preamble(head: bytes) -> bool:
@@ -246,6 +247,11 @@ def _identity(ds: Dataset, config: IngestConfig, pseudonyms: Pseudonyms) -> tupl
     return case_id, first or second or "default"
 
 
+def _instance(ds: Dataset, pseudonyms: Pseudonyms) -> str:
+    uid = _text(ds, "SOPInstanceUID")
+    return pseudonyms.pseudonym("instance", uid) if uid else ""
+
+
 def decode_dicom(data: bytes, name: str, config: IngestConfig, pseudonyms: Pseudonyms) -> DicomImage:
     """Decode one DICOM file's bytes by the module's policy; ``name`` (path or URL) is used in messages.
 
@@ -270,5 +276,5 @@ def decode_dicom(data: bytes, name: str, config: IngestConfig, pseudonyms: Pseud
     mode = f"DICOM {modality} {_text(ds, 'PhotometricInterpretation') or '?'} {int(ds.get('BitsStored') or 0)}-bit"
     return DicomImage(
         pixels=_resize(unit, config.image_size, config.channels), width=columns, height=rows, mode=mode,
-        modality=modality, case_id=case_id, site=site,
+        modality=modality, case_id=case_id, site=site, instance=_instance(ds, pseudonyms),
     )  # fmt: skip

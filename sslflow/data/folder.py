@@ -21,7 +21,7 @@ from sslflow.config import IngestConfig
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
 from sslflow.data.listing import read_listing
-from sslflow.data.metadata import METADATA_FILE, ImageRecord, metadata_file_name, metadata_rows, parse_metadata_csv
+from sslflow.data.metadata import METADATA_FILE, ImageRecord, instance_rows, keyed_by_instance, metadata_file_name, metadata_rows, parse_metadata_csv
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
 
@@ -159,14 +159,30 @@ def image_files(root: Path) -> list[str]:
 
 
 def list_folder(root: Path) -> list[ImageRecord]:
-    """The images of a folder: the rows of its metadata.csv, or else every image file (image_files)."""
+    """The images of a folder: the rows of its metadata.csv, or else (no metadata, or metadata keyed by
+    SOPInstanceUID: folder_instance_rows) every image file (image_files)."""
     metadata = folder_metadata_file(root)
     if metadata is not None:
         where = str(root / METADATA_FILE)
-        return local_records(root, metadata_rows(parse_metadata_csv(metadata.read_bytes(), where), where, first_row=2))
+        table = parse_metadata_csv(metadata.read_bytes(), where)
+        if not keyed_by_instance(table):
+            return local_records(root, metadata_rows(table, where, first_row=2))
     rows = [{"path": path, "case_id": None, "site": "default", "label": None, "where": os.path.join(root, path)} for path in image_files(root)]
     return local_records(root, rows)
 
 
+def folder_instance_rows(root: Path) -> list[dict] | None:
+    """The rows of a folder's metadata.csv when it names DICOM files by SOPInstanceUID, else None."""
+    metadata = folder_metadata_file(root)
+    if metadata is None:
+        return None
+    where = str(root / METADATA_FILE)
+    table = parse_metadata_csv(metadata.read_bytes(), where)
+    return instance_rows(table, where, first_row=2) if keyed_by_instance(table) else None
+
+
 def read_folder(root: Path, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
-    return read_listing(list_folder(root), lambda record: Path(record.location).read_bytes(), config, cache, str(root), pseudonyms)
+    return read_listing(
+        list_folder(root), lambda record: Path(record.location).read_bytes(), config, cache, str(root), pseudonyms,
+        instance_rows=folder_instance_rows(root),
+    )

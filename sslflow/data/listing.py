@@ -76,22 +76,40 @@ def _decode_record(
     return image
 
 
-def _rows(record: ImageRecord, image: DecodedImage | DicomImage) -> list[dict]:
+def _rows(record: ImageRecord, image: DecodedImage | DicomImage, by_instance: dict[str, dict]) -> list[dict]:
     """The manifest rows one record becomes: one per image, one per frame of a multi-frame DICOM object.
 
     A DICOM file's case and site come from its header unless the metadata names them (a site of
-    "default" counts as unnamed); frames of a multi-frame file are ``path#frame=<n>``.
+    "default" counts as unnamed); by_instance: metadata rows keyed by SOPInstanceUID pseudonym, whose
+    label, case and site apply to the DICOM object of that UID. Frames are ``path#frame=<n>``.
     """
-    common = {"label": record.label, "size_bytes": record.size_bytes, "mode": image.mode, "width": image.width, "height": image.height}
+    common = {"size_bytes": record.size_bytes, "mode": image.mode, "width": image.width, "height": image.height}
     if isinstance(image, DecodedImage):
-        return [{**common, "source_path": record.source_path, "pixels": image.pixels, "case_id": record.case_id, "site": record.site, "modality": None}]
-    site = record.site if record.site != "default" else image.site
+        return [{**common, "label": record.label, "source_path": record.source_path, "pixels": image.pixels, "case_id": record.case_id,
+                 "site": record.site, "modality": None}]  # fmt: skip
+    listed = by_instance.get(image.instance) if image.instance else None
+    named = listed or {"label": record.label, "case_id": record.case_id, "site": record.site}
+    site = named["site"] if named["site"] != "default" else image.site
     frames = len(image.pixels)
     return [
-        {**common, "source_path": record.source_path if frames == 1 else f"{record.source_path}#frame={index}", "pixels": pixels,
-         "case_id": record.case_id or image.case_id, "site": site, "modality": image.modality}
+        {**common, "label": named["label"], "source_path": record.source_path if frames == 1 else f"{record.source_path}#frame={index}",
+         "pixels": pixels, "case_id": named["case_id"] or image.case_id, "site": site, "modality": image.modality}
         for index, pixels in enumerate(image.pixels)
     ]  # fmt: skip
+
+
+def _rows_by_instance(rows: list[dict] | None, pseudonyms: Pseudonyms) -> dict[str, dict]:
+    """Metadata rows keyed by SOPInstanceUID (sslflow.data.metadata.instance_rows) by the UID's pseudonym."""
+    return {pseudonyms.pseudonym("instance", row["uid"]): {key: value for key, value in row.items() if key != "uid"} for row in rows or []}
+
+
+def _refuse_unmatched(source: str, by_instance: dict[str, dict], matched: set[str]) -> None:
+    unmatched = [row["where"] for key, row in by_instance.items() if key not in matched]
+    if unmatched:
+        raise SourceError(
+            f"source {source}: {len(unmatched)} metadata row(s) name a SOPInstanceUID that no DICOM image here has "
+            f"(a file missing, or a non-image object): {'; '.join(unmatched[:MAX_LISTED_PROBLEMS])}"
+        )
 
 
 def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: IngestConfig, *, none_left: bool) -> None:
@@ -109,13 +127,15 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
 
 def read_listing(
     records: list[ImageRecord], read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, source: str,
-    pseudonyms: Pseudonyms | None = None,
+    pseudonyms: Pseudonyms | None = None, instance_rows: list[dict] | None = None,
 ) -> SourceImages:
     """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
 
     read_bytes: reads one record's file (only called for bytes the cache cannot vouch for).
     pseudonyms: for DICOM identities (default: the key from the environment or key file, resolved on
     the first DICOM file). Non-image DICOM objects are skipped and counted by SOP class.
+    instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects);
+    every row must match an image.
     Raises SourceError for an empty listing or one with no images, UndecodableImageError naming every
     bad file when there are more than the allowed fraction (or no image is left).
     """
@@ -129,14 +149,18 @@ def read_listing(
     rows: list[dict] = []
     quarantined: list[dict] = []
     skipped: dict[str, int] = {}
+    by_instance, matched = _rows_by_instance(instance_rows, pseudonyms), set()
     for record in records:
         try:
-            rows.extend(_rows(record, _decode_record(record, read_bytes, config, cache, stats, pseudonyms)))
+            image = _decode_record(record, read_bytes, config, cache, stats, pseudonyms)
+            rows.extend(_rows(record, image, by_instance))
+            matched.add(getattr(image, "instance", ""))
         except NonImageObject as error:
             skipped[error.sop_class] = skipped.get(error.sop_class, 0) + 1
         except UndecodableImageError as error:
             quarantined.append({"source_path": record.source_path, "problem": str(error)})
     _refuse_bad(source, quarantined, len(records), config, none_left=not rows)
+    _refuse_unmatched(source, by_instance, matched)
     if not rows:
         raise SourceError(f"source {source} holds no images: only DICOM objects without one ({', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))})")
     return _source_images(rows, quarantined, stats, skipped)

@@ -155,6 +155,38 @@ def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
     return rows
 
 
+INSTANCE_COLUMN = "sop_instance_uid"
+
+
+def keyed_by_instance(table: pd.DataFrame) -> bool:
+    """Whether a metadata table names DICOM files by SOPInstanceUID (a ``sop_instance_uid`` column, no ``path``)."""
+    columns = {str(column).strip() for column in table.columns}
+    return INSTANCE_COLUMN in columns and "path" not in columns
+
+
+def instance_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]:
+    """Rows of a metadata table keyed by SOPInstanceUID: dicts (uid, case_id, site, label, where).
+
+    The UID identifies a study of a person: messages name the row, never the value, and read_listing
+    matches rows by the UID's pseudonym, so the UID itself goes no further than this function's caller.
+    """
+    table = table.rename(columns=lambda column: str(column).strip())
+    rows, first_seen = [], {}
+    for index, record in enumerate(table.to_dict("records")):
+        row_where = f"{where} row {first_row + index}, column '{INSTANCE_COLUMN}'"
+        uid = _text(record[INSTANCE_COLUMN])
+        if not uid:
+            raise SourceError(f"{row_where}: empty; each row names the SOPInstanceUID (0008,0018) of one DICOM file")
+        if uid in first_seen:
+            raise SourceError(f"{row_where}: the same SOPInstanceUID as row {first_seen[uid]}; list each DICOM object once")
+        first_seen[uid] = first_row + index
+        rows.append(
+            {"uid": uid, "case_id": _text(record.get("case_id")), "site": _text(record.get("site")) or "default",
+             "label": canonical_label(record.get("label")), "where": row_where}
+        )  # fmt: skip
+    return rows
+
+
 def metadata_file_name(names: Collection[str], where: str) -> str | None:
     """METADATA_FILE when ``names`` (the entries at a source's root) include it, else None.
 

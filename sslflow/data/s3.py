@@ -28,7 +28,7 @@ from sslflow.config import IngestConfig
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
 from sslflow.data.listing import read_listing
-from sslflow.data.metadata import METADATA_FILE, ImageRecord, check_relative_path, metadata_file_name, metadata_rows, parse_metadata_csv
+from sslflow.data.metadata import METADATA_FILE, ImageRecord, check_relative_path, instance_rows, keyed_by_instance, metadata_file_name, metadata_rows, parse_metadata_csv
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
 
@@ -103,9 +103,10 @@ def list_s3(client, uri: str) -> list[ImageRecord]:
     suffix, and every other object whose first bytes are a DICOM preamble (one ranged GET each)."""
     bucket, prefix = parse_s3_uri(uri)
     objects = objects_by_path(list_objects(client, bucket, prefix), bucket, prefix)
-    if prefix_metadata_file(objects, bucket, prefix):
+    table = _metadata_table(client, objects, bucket, prefix)
+    if table is not None and not keyed_by_instance(table):
         where = f"s3://{bucket}/{prefix}{METADATA_FILE}"
-        rows = metadata_rows(parse_metadata_csv(read_object(client, bucket, objects[METADATA_FILE]["Key"]), where), where, first_row=2)
+        rows = metadata_rows(table, where, first_row=2)
         for row in rows:
             if row["path"] not in objects:
                 raise SourceError(f"{row['where']}: {row['path']!r} does not exist under s3://{bucket}/{prefix}")
@@ -130,9 +131,20 @@ def list_s3(client, uri: str) -> list[ImageRecord]:
     return records
 
 
+def _metadata_table(client, objects: dict[str, dict], bucket: str, prefix: str):
+    """The prefix's metadata.csv as a table, or None."""
+    if not prefix_metadata_file(objects, bucket, prefix):
+        return None
+    where = f"s3://{bucket}/{prefix}{METADATA_FILE}"
+    return parse_metadata_csv(read_object(client, bucket, objects[METADATA_FILE]["Key"]), where)
+
+
 def read_s3(uri: str, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
     client = s3_client()
-    bucket, _ = parse_s3_uri(uri)
+    bucket, prefix = parse_s3_uri(uri)
+    table = _metadata_table(client, objects_by_path(list_objects(client, bucket, prefix), bucket, prefix), bucket, prefix)
+    by_instance = instance_rows(table, f"s3://{bucket}/{prefix}{METADATA_FILE}", first_row=2) if table is not None and keyed_by_instance(table) else None
     return read_listing(
-        list_s3(client, uri), lambda record: read_object(client, bucket, record.location.removeprefix(f"s3://{bucket}/")), config, cache, uri, pseudonyms
+        list_s3(client, uri), lambda record: read_object(client, bucket, record.location.removeprefix(f"s3://{bucket}/")), config, cache, uri, pseudonyms,
+        instance_rows=by_instance,
     )
