@@ -57,7 +57,7 @@ def labelled(manifest, pixels, split: str, class_names: list[str] | None = None)
 
 def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pixels):
     """(SimCLR encoder on the generic set, SimCLR + MICLe encoder on the domain set); test splits unused."""
-    simclr_encoder = build_encoder(settings["encoder"], 1, 28)
+    simclr_encoder = build_encoder(settings["encoder"], 1, 28, seed=settings["simclr"].seed)
     pool = (generic["split"] != "test").to_numpy()
     pretrain_contrastive(simclr_encoder, torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), settings["simclr"])
     micle_encoder = copy.deepcopy(simclr_encoder)
@@ -82,7 +82,7 @@ def ablation(settings: dict, encoders: dict, train_images, train_labels, class_n
         for probe in ("linear", "finetune"):
             config = dataclasses.replace(settings["finetune"], linear_probe=probe == "linear")
             for init, encoder in encoders.items():
-                start = build_encoder(settings["encoder"], 1, 28) if encoder is None else copy.deepcopy(encoder)
+                start = build_encoder(settings["encoder"], 1, 28, seed=config.seed) if encoder is None else copy.deepcopy(encoder)
                 run_config = dataclasses.replace(config, head_warmup_steps=0) if encoder is None else config
                 model, _ = finetune(start, torch.from_numpy(train_images[chosen]), train_labels[chosen], len(class_names), run_config)
                 for eval_set, (images, labels) in eval_sets.items():

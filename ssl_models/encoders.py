@@ -65,10 +65,23 @@ class ResNetEncoder(nn.Module):
         return self.network(images)
 
 
-def build_encoder(name: str, in_channels: int, image_size: int = 28) -> nn.Module:
-    """An encoder with attribute ``feature_dim``. The small stem is used below 96 px."""
+def build_encoder(name: str, in_channels: int, image_size: int = 28, *, seed: int | None = None) -> nn.Module:
+    """An encoder with attribute ``feature_dim``. The small stem is used below 96 px.
+
+    seed: initialise the weights from this seed, whatever the process drew from torch's global
+    generator before (a pipeline runs many tasks in one process). None: draw from the global
+    generator (for a module whose weights are loaded next).
+    """
+    if name not in ENCODER_NAMES:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {ENCODER_NAMES}")
+    if seed is None:
+        return _build(name, in_channels, image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(name, in_channels, image_size)
+
+
+def _build(name: str, in_channels: int, image_size: int) -> nn.Module:
     if name == "small_cnn":
         return SmallConvNet(in_channels)
-    if name in ("resnet18", "resnet50"):
-        return ResNetEncoder(int(name[len("resnet"):]), in_channels, small_stem=image_size < 96)
-    raise ValueError(f"unknown encoder {name!r}; choose one of {ENCODER_NAMES}")
+    return ResNetEncoder(int(name[len("resnet"):]), in_channels, small_stem=image_size < 96)

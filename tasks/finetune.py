@@ -12,7 +12,6 @@ from flytekit import HashMethod, Resources, dynamic, task
 from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
-from ssl_models.encoders import build_encoder
 from ssl_models.evaluate import accuracy, predict_probabilities
 from ssl_models.label_fractions import stratified_subset
 from ssl_models.train import FinetuneConfig, finetune
@@ -20,7 +19,7 @@ from sslflow.data.dataset import read_dataset
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
 from sslflow.tracking.runs import stage_run
-from sslflow.training.model_files import load_encoder, save_state_dict
+from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, content_hash, dataset_folder, pipeline_cache
 
@@ -34,10 +33,7 @@ def _finetune(
     show_progress()
     manifest, images = read_dataset(dataset_folder(domain), domain.name)
     in_channels, image_size = int(images.shape[1]), int(images.shape[-1])
-    if initial is None:
-        encoder = build_encoder(encoder_name, in_channels, image_size)
-    else:
-        encoder = load_encoder(initial.checkpoint.download(), initial.encoder_name, initial.in_channels, initial.image_size)
+    encoder = initial_encoder(None if initial is None else initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed)
     train_images, train_labels, _ = labelled_rows(manifest, images, "train")
     val_images, val_labels, _ = labelled_rows(manifest, images, "val")
     class_names = sorted(set(train_labels))
@@ -61,7 +57,7 @@ def _finetune(
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("2"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("3"), **FINETUNE_TASK_SETTINGS)
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, init: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
@@ -70,7 +66,7 @@ def finetune_pretrained(
     return _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=init, lineage=lineage)
 
 
-@task(cache=pipeline_cache("2"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("3"), **FINETUNE_TASK_SETTINGS)
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
@@ -83,7 +79,7 @@ def finetune_scratch(
     return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init="scratch", lineage={})
 
 
-@dynamic(cache=pipeline_cache("2"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
+@dynamic(cache=pipeline_cache("3"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
 def finetune_all(
     domain: Dataset,
     simclr_encoder: EncoderCheckpoint,

@@ -13,13 +13,12 @@ import torch
 from flytekit import HashMethod, current_context, task
 from flytekit.types.file import FlyteFile
 
-from ssl_models.encoders import build_encoder
 from ssl_models.micle import CasePairSampler
 from ssl_models.train import PretrainConfig, pretrain_contrastive
 from sslflow.data.dataset import read_dataset
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
-from sslflow.training.model_files import load_encoder, save_state_dict
+from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
 from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_folder, pipeline_cache
 
@@ -54,10 +53,7 @@ def _pretrain(
     show_progress()
     manifest, images = _pretraining_pool(dataset)
     in_channels, image_size = int(images.shape[1]), int(images.shape[-1])
-    if initial is None:
-        encoder = build_encoder(encoder_name, in_channels, image_size)
-    else:
-        encoder = load_encoder(initial.checkpoint.download(), initial.encoder_name, initial.in_channels, initial.image_size)
+    encoder = initial_encoder(None if initial is None else initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed)
     case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
     params = {"config": config, "encoder": encoder_name, "dataset": dataset.name, "dataset.sha256": dataset.content_sha256, **lineage}
     with stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext() as run:
@@ -86,7 +82,7 @@ def _pretrain(
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("1", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pipeline_cache("2", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
@@ -94,7 +90,7 @@ def pretrain_simclr(
     return _pretrain("pretrain_simclr", dataset, None, encoder_name, config, parent_run_id, case_aware=False, lineage={})
 
 
-@task(cache=pipeline_cache("1", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pipeline_cache("2", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_micle(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
