@@ -74,22 +74,34 @@ def evaluation_sets(test_images, test_labels, shift_images, shift_labels) -> dic
     return eval_sets
 
 
-def ablation(settings: dict, encoders: dict, train_images, train_labels, class_names, eval_sets: dict) -> list[dict]:
-    """{scratch, simclr, simclr+micle} x {linear, finetune} x FRACTIONS, each scored on every eval set."""
+def arms(encoders: dict) -> list[tuple[str, str]]:
+    """(init, probe) pairs: the floors (pixels probed, scratch fine-tuned) and each pretrained encoder both ways."""
+    pretrained = [init for init, encoder in encoders.items() if encoder is not None]
+    return [("pixels", "linear"), ("scratch", "finetune")] + [(init, probe) for probe in ("linear", "finetune") for init in pretrained]
+
+
+def train_arm(settings: dict, init: str, probe: str, encoder, train, validation, num_classes: int, seed: int):
+    """One classifier: (images, labels) train and validation sets; encoder None builds a fresh one."""
+    config = dataclasses.replace(settings["finetune"], linear_probe=probe == "linear", seed=seed)
+    if encoder is None:
+        name = "pixels" if init == "pixels" else settings["encoder"]
+        encoder, config = build_encoder(name, 1, 28, seed=seed), dataclasses.replace(config, head_warmup_steps=0)
+    model, _ = finetune(copy.deepcopy(encoder), torch.from_numpy(train[0]), train[1], num_classes, config, validation=(torch.from_numpy(validation[0]), validation[1]))
+    return model
+
+
+def ablation(settings: dict, encoders: dict, train, validation, class_names, eval_sets: dict, seed: int = 0) -> list[dict]:
+    """arms(encoders) x FRACTIONS for one seed, each scored on every eval set."""
     results = []
     for fraction in FRACTIONS:
-        chosen = stratified_subset(train_labels, fraction, seed=0)
-        for probe in ("linear", "finetune"):
-            config = dataclasses.replace(settings["finetune"], linear_probe=probe == "linear")
-            for init, encoder in encoders.items():
-                start = build_encoder(settings["encoder"], 1, 28, seed=config.seed) if encoder is None else copy.deepcopy(encoder)
-                run_config = dataclasses.replace(config, head_warmup_steps=0) if encoder is None else config
-                model, _ = finetune(start, torch.from_numpy(train_images[chosen]), train_labels[chosen], len(class_names), run_config)
-                for eval_set, (images, labels) in eval_sets.items():
-                    metrics = classification_metrics(predict_probabilities(model, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
-                    results.append({"init": init, "probe": probe, "label_fraction": fraction, "num_labels": len(chosen), "eval_set": eval_set, **metrics})
-                row = [r for r in results if r["init"] == init and r["probe"] == probe and r["label_fraction"] == fraction]
-                print(f"{init:13s} {probe:8s} {fraction:5g}: in-domain {row[0]['accuracy']:.4f}  optdigits {row[1]['accuracy']:.4f}", flush=True)
+        chosen = stratified_subset(train[1], fraction, seed=seed)
+        for init, probe in arms(encoders):
+            model = train_arm(settings, init, probe, encoders.get(init), (train[0][chosen], train[1][chosen]), validation, len(class_names), seed)
+            for eval_set, (images, labels) in eval_sets.items():
+                metrics = classification_metrics(predict_probabilities(model, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
+                results.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": len(chosen), "eval_set": eval_set, **metrics})
+            row = [r for r in results if r["init"] == init and r["probe"] == probe and r["label_fraction"] == fraction]
+            print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {row[0]['accuracy']:.4f}  optdigits {row[1]['accuracy']:.4f}", flush=True)
     return results
 
 
@@ -124,11 +136,12 @@ def main() -> None:
     simclr_encoder, micle_encoder = pretrain_encoders(settings, generic, generic_pixels, domain, domain_pixels)
 
     train_images, train_labels, class_names = labelled(domain, domain_pixels, "train")
+    validation = labelled(domain, domain_pixels, "val", class_names)[:2]
     test_images, test_labels, _ = labelled(domain, domain_pixels, "test", class_names)
     shift_images, shift_labels, _ = labelled(shift, shift_pixels, "test", class_names)
     eval_sets = evaluation_sets(test_images, test_labels, shift_images, shift_labels)
-    encoders = {"scratch": None, "simclr": simclr_encoder, "simclr+micle": micle_encoder}
-    results = ablation(settings, encoders, train_images, train_labels, class_names, eval_sets)
+    encoders = {"pixels": None, "scratch": None, "simclr": simclr_encoder, "simclr+micle": micle_encoder}
+    results = ablation(settings, encoders, (train_images, train_labels), validation, class_names, eval_sets)
 
     comparisons, targets = compare(results)
     for name, (ours, theirs) in comparisons.items():

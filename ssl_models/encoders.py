@@ -3,7 +3,8 @@
 ``small_cnn`` is a four-block ConvNet sized for a 2-core laptop; ``resnet18`` and ``resnet50`` are
 torchvision's ResNets (He et al., arXiv 1512.03385) with the small-image stem used by SimCLR's
 CIFAR experiments (3x3 stride-1 first convolution, no max-pool; arXiv 2002.05709, appendix B.9).
-All take 1- or 3-channel input at any resolution.
+All take 1- or 3-channel input at any resolution. ``pixels`` is no network: the flattened image, the
+floor a linear probe on learned features must beat.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-ENCODER_NAMES = ("small_cnn", "resnet18", "resnet50")
+ENCODER_NAMES = ("small_cnn", "resnet18", "resnet50", "pixels")
 
 
 class SmallConvNet(nn.Module):
@@ -41,6 +42,20 @@ class SmallConvNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.layers(images)
+
+
+class PixelFeatures(nn.Module):
+    """The raw pixels as features, for the linear-on-pixels floor of the probes. (B, C, H, W) -> (B, C*H*W).
+
+    No parameters: a linear probe on it is multinomial logistic regression on the (normalised) pixels.
+    """
+
+    def __init__(self, in_channels: int, image_size: int):
+        super().__init__()
+        self.feature_dim = in_channels * image_size * image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)
 
 
 class ResNetEncoder(nn.Module):
@@ -84,4 +99,6 @@ def build_encoder(name: str, in_channels: int, image_size: int = 28, *, seed: in
 def _build(name: str, in_channels: int, image_size: int) -> nn.Module:
     if name == "small_cnn":
         return SmallConvNet(in_channels)
+    if name == "pixels":
+        return PixelFeatures(in_channels, image_size)
     return ResNetEncoder(int(name[len("resnet"):]), in_channels, small_stem=image_size < 96)

@@ -31,6 +31,7 @@ from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, optimizer_
 from ssl_models.losses import NTXentLoss
 from ssl_models.micle import CasePairSampler
 from ssl_models.optim import build_optimizer
+from ssl_models.probe import DEFAULT_INVERSE_L2, fit_linear_probe
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ class PretrainConfig:
 class FinetuneConfig:
     """Supervised fine-tuning of encoder + linear classifier.
 
-    linear_probe: freeze the encoder and train only the linear layer on features of the un-augmented
-    images (the linear evaluation protocol), at ``linear_probe_learning_rate``.
+    linear_probe: freeze the encoder and fit only the linear layer on standardised features of the
+    un-augmented images, a converged multinomial logistic regression whose inverse L2 strength is
+    chosen from ``probe_inverse_l2`` on the validation images (ssl_models/probe.py).
 
     head_warmup_steps: first train the new linear layer alone on frozen features, then everything
     (LP-FT, Kumar et al., 2022, arXiv 2202.10054): a random head's large early gradients would
@@ -75,7 +77,7 @@ class FinetuneConfig:
     min_steps: int = 0
     batch_size: int = 64
     learning_rate: float = 1e-3
-    linear_probe_learning_rate: float = 1e-2
+    probe_inverse_l2: list[float] = field(default_factory=lambda: list(DEFAULT_INVERSE_L2))
     weight_decay: float = 1e-4
     linear_probe: bool = False
     seed: int = 0
@@ -274,15 +276,19 @@ def finetune(
     labels: np.ndarray,
     num_classes: int,
     config: FinetuneConfig,
+    *,
+    validation: tuple[torch.Tensor, np.ndarray] | None = None,
 ) -> tuple[Classifier, list[dict]]:
     """Train a linear classifier on ``encoder`` (and the encoder too unless ``linear_probe``).
 
     Args:
         images: (N, C, H, W) uint8 labelled training images.
         labels: (N,) int class indices in [0, num_classes).
+        validation: (images (M, C, H, W) uint8, labels (M,)); the linear probe chooses its L2 strength on it.
 
     Returns:
-        The trained Classifier (on the host, eval mode) and one dict per epoch: epoch, loss, accuracy.
+        The trained Classifier (on the host, eval mode) and one dict per epoch: epoch, loss, accuracy
+        (the linear probe: one dict, also converged, iterations, inverse_l2).
     """
     if len(labels) != images.shape[0] or len(labels) == 0:
         raise ValueError(f"need one label per image and at least one image; got {len(labels)} labels, {images.shape[0]} images")
@@ -290,7 +296,9 @@ def finetune(
     torch.manual_seed(config.seed)
     model = Classifier(encoder, num_classes).to(device)
     if config.linear_probe:
-        return _linear_probe(model, images, labels, config, device)
+        if validation is None:
+            raise ValueError("the linear probe chooses its regularisation on validation data: pass validation=(images, labels)")
+        return _linear_probe(model, images, labels, validation, config)
     steps = steps_per_epoch(len(labels), config.batch_size)
     epochs = _epochs(config, steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -330,31 +338,26 @@ def _epochs(config: FinetuneConfig, steps: int) -> int:
     return epochs
 
 
-def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, config: FinetuneConfig, device: torch.device):
-    """The linear evaluation protocol: frozen encoder, features computed once, only the linear layer trained."""
+def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, validation, config: FinetuneConfig):
+    """The linear evaluation protocol: frozen encoder, features computed once, a converged logistic regression."""
     for parameter in model.encoder.parameters():
         parameter.requires_grad_(False)
-    features = apply_in_batches(model.encoder, images, config.augment)
-    targets = torch.as_tensor(labels, dtype=torch.long, device=device)
-    steps = steps_per_epoch(len(labels), config.batch_size)
-    epochs = _epochs(config, steps)
-    optimizer = torch.optim.AdamW(model.linear.parameters(), lr=config.linear_probe_learning_rate, weight_decay=config.weight_decay)
-    schedule = epoch_schedule(optimizer, steps, epochs)
-    rng = np.random.default_rng(config.seed)
-    history = []
-    for epoch in range(epochs):
-        order = torch.from_numpy(rng.permutation(len(labels))).to(device)
-        totals = EpochTotals()
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            logits = model.linear(features[batch])
-            loss = F.cross_entropy(logits, targets[batch])
-            optimizer_step(loss, optimizer, schedule)
-            totals.add(loss, len(batch), logits, targets[batch])
-        history.append({"epoch": epoch, "loss": totals.mean_loss, "accuracy": totals.accuracy})
-    log.info("linear probe: %d epochs, final loss %.4f train accuracy %.3f", epochs, history[-1]["loss"], history[-1]["accuracy"])
+
+    def features(pixels: torch.Tensor) -> np.ndarray:
+        return apply_in_batches(model.encoder, pixels, config.augment).cpu().double().numpy()
+
+    fit = fit_linear_probe(
+        features(images), np.asarray(labels), features(validation[0]), np.asarray(validation[1]), model.linear.out_features,
+        inverse_l2_grid=config.probe_inverse_l2,
+    )  # fmt: skip
+    with torch.no_grad():
+        model.linear.weight.copy_(fit.weight)
+        model.linear.bias.copy_(fit.bias)
+    record = {"epoch": 0, "loss": fit.train_loss, "accuracy": fit.train_accuracy, "converged": fit.converged, "iterations": fit.iterations, "inverse_l2": fit.inverse_l2}
+    log.info("linear probe: C=%g chosen on validation, %s after %d L-BFGS iterations, train loss %.4f accuracy %.3f",
+             fit.inverse_l2, "converged" if fit.converged else "NOT converged", fit.iterations, fit.train_loss, fit.train_accuracy)  # fmt: skip
     model.eval()
-    return model.cpu(), history
+    return model.cpu(), [record]
 
 
 def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig, generator, rng, device) -> None:

@@ -39,14 +39,16 @@ def _finetune(
     class_names = sorted(set(train_labels))
     chosen = stratified_subset(train_labels, label_fraction, seed=config.seed)
     targets = class_indices(train_labels[chosen], class_names, f"dataset {domain.name} train split")
+    known = np.isin(val_labels, class_names)  # a class with no training label cannot be predicted
+    validation = (torch.from_numpy(val_images[known]), class_indices(val_labels[known], class_names, f"dataset {domain.name} val split"))
     params = {"config": config, "init": init, "probe": probe, "label_fraction": label_fraction, "num_labels": len(chosen), **lineage}
     with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}", params) as run:
-        model, history = finetune(encoder, torch.from_numpy(train_images[chosen]), targets, len(class_names), config)
+        model, history = finetune(encoder, torch.from_numpy(train_images[chosen]), targets, len(class_names), config, validation=validation)
         for record in history:
             mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
-        known = np.isin(val_labels, class_names)  # a class with no training label cannot be predicted
-        val_targets = class_indices(val_labels[known], class_names, f"dataset {domain.name} val split")
-        val_accuracy = accuracy(predict_probabilities(model, torch.from_numpy(val_images[known]), config.augment), val_targets)
+        if config.linear_probe:  # the probe's fit: converged or not, and the L2 strength validation chose
+            mlflow.log_metrics({"probe_converged": float(history[-1]["converged"]), "probe_inverse_l2": history[-1]["inverse_l2"]})
+        val_accuracy = accuracy(predict_probabilities(model, validation[0], config.augment), validation[1])
         mlflow.log_metric("val_accuracy", val_accuracy)
         path, sha256 = save_state_dict(model, "finetune", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
@@ -79,6 +81,13 @@ def finetune_scratch(
     return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init="scratch", lineage={})
 
 
+@task(cache=pipeline_cache("3"), **FINETUNE_TASK_SETTINGS)
+def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig, parent_run_id: str) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
+    """The floor: the linear probe on raw pixels (multinomial logistic regression on standardised pixels)."""
+    config = dataclasses.replace(config, linear_probe=True)
+    return _finetune(domain, None, "pixels", label_fraction, config, parent_run_id, init="pixels", lineage={})
+
+
 @dynamic(cache=pipeline_cache("3"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
 def finetune_all(
     domain: Dataset,
@@ -88,12 +97,19 @@ def finetune_all(
     config: FinetuneConfig,
     parent_run_id: str,
 ) -> list[FinetunedModel]:
-    """The ablation: {scratch, SimCLR only, SimCLR + MICLe} x {linear probe, full fine-tune} x label fractions."""
+    """The ablation at each label fraction: the floors (a linear probe on pixels, a fine-tuned random
+    network) and {SimCLR only, SimCLR + MICLe} x {linear probe, full fine-tune}.
+
+    No linear probe on a random frozen network: its features measure the initialisation, not a method
+    (README, "Baselines").
+    """
     models = []
     for fraction in label_fractions:
+        common = dict(domain=domain, label_fraction=fraction, parent_run_id=parent_run_id)
+        models.append(probe_pixels(config=config, **common))
+        models.append(finetune_scratch(encoder_name=micle_encoder.encoder_name, config=dataclasses.replace(config, linear_probe=False), **common))
         for probe_config in (dataclasses.replace(config, linear_probe=True), dataclasses.replace(config, linear_probe=False)):
             common = dict(domain=domain, label_fraction=fraction, config=probe_config, parent_run_id=parent_run_id)
-            models.append(finetune_scratch(encoder_name=micle_encoder.encoder_name, **common))
             models.append(finetune_pretrained(encoder=simclr_encoder, init="simclr", **common))
             models.append(finetune_pretrained(encoder=micle_encoder, init="simclr+micle", **common))
     return models

@@ -95,9 +95,11 @@ def test_linear_probe_leaves_the_encoder_untouched():
     images[labels == 1, :, :, :14] = 255
     encoder = build_encoder("small_cnn", 1)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    model, history = finetune(encoder, images, labels, 2, FinetuneConfig(epochs=20, min_steps=40, batch_size=16, linear_probe=True))
+    model, history = finetune(encoder, images, labels, 2, FinetuneConfig(linear_probe=True), validation=(images, labels))
     assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
-    assert history[-1]["accuracy"] > 0.9
+    assert history[-1]["accuracy"] > 0.9 and history[-1]["converged"]
+    with pytest.raises(ValueError, match="validation"):
+        finetune(encoder, images, labels, 2, FinetuneConfig(linear_probe=True))
 
 
 def test_step_arithmetic_is_shared_by_every_loop():

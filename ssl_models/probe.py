@@ -1,0 +1,91 @@
+"""The linear evaluation protocol: multinomial logistic regression on frozen, standardised features.
+
+As in SimCLR's linear evaluation (Chen et al., 2020, arXiv 2002.05709, appendix B.5) and the
+converged-probe protocol of Kolesnikov et al. (2019, arXiv 1901.09005): features are computed once,
+standardised with the training features' mean and standard deviation, and a multinomial logistic
+regression is fitted to convergence with full-batch L-BFGS (torch.optim.LBFGS; scikit-learn's lbfgs
+took 80 s for raw pixels at 100% of the MNIST-5k labels on this 2-core machine), its L2
+strength chosen on the validation split from a small grid, from the strongest L2 to the weakest, each
+fit started from the previous one's solution. The fitted model is returned as one
+linear layer on the raw features (the standardisation folded in), so it drops into ``Classifier``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_INVERSE_L2 = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # C = 1 / L2 strength, as scikit-learn's LogisticRegression
+MAX_ITERATIONS = 1000
+
+
+@dataclass(frozen=True)
+class ProbeFit:
+    """A fitted probe. weight (K, D) and bias (K,) act on raw features: logits = features @ weight.T + bias."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    inverse_l2: float  # the C chosen on validation
+    converged: bool  # L-BFGS stopped on its tolerance, not on MAX_ITERATIONS
+    iterations: int
+    train_loss: float  # mean cross-entropy on the training features (without the L2 term)
+    train_accuracy: float
+    val_accuracy_by_inverse_l2: dict[float, float] = field(default_factory=dict)
+
+
+def _fit(features: torch.Tensor, labels: torch.Tensor, inverse_l2: float, weight: torch.Tensor, bias: torch.Tensor) -> tuple[bool, int]:
+    """Minimise mean cross-entropy + ||weight||^2 / (2 C N) (scikit-learn's objective divided by C N) in place
+    with full-batch L-BFGS and a strong-Wolfe line search. features (N, D), labels (N,). -> (converged, iterations)."""
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=MAX_ITERATIONS, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-12,
+    )  # fmt: skip
+    penalty = 1.0 / (2.0 * inverse_l2 * len(labels))
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(features @ weight.T + bias, labels) + penalty * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    iterations = optimizer.state[optimizer._params[0]]["n_iter"]
+    return iterations < MAX_ITERATIONS, iterations
+
+
+def fit_linear_probe(
+    train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray, num_classes: int,
+    *, inverse_l2_grid: Sequence[float] = DEFAULT_INVERSE_L2,
+) -> ProbeFit:  # fmt: skip
+    """Fit on (train_features (N, D), train_labels (N,)); choose C on (val_features (M, D), val_labels (M,)).
+
+    The highest validation accuracy wins; a tie goes to the stronger regularisation (smaller C).
+    """
+    if len(train_labels) == 0 or len(val_labels) == 0:
+        raise ValueError(f"the probe needs training and validation examples; got {len(train_labels)} and {len(val_labels)}")
+    if len(np.unique(train_labels)) < 2:
+        raise ValueError(f"the probe needs at least two classes among the training labels; got only {np.unique(train_labels).tolist()}")
+    mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
+    train_z = torch.as_tensor((train_features - mean) / std, dtype=torch.float64)
+    val_z = torch.as_tensor((val_features - mean) / std, dtype=torch.float64)
+    targets = torch.as_tensor(train_labels, dtype=torch.long)
+    weight = torch.zeros(num_classes, train_z.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    fits, val_accuracy = {}, {}
+    for inverse_l2 in sorted(inverse_l2_grid):  # a warm-started path: each fit starts from the previous solution
+        converged, iterations = _fit(train_z, targets, inverse_l2, weight, bias)
+        fits[inverse_l2] = (weight.detach().clone(), bias.detach().clone(), converged, iterations)
+        val_accuracy[inverse_l2] = float(((val_z @ fits[inverse_l2][0].T + fits[inverse_l2][1]).argmax(1).numpy() == val_labels).mean())
+    chosen = max(val_accuracy, key=lambda c: (val_accuracy[c], -c))
+    chosen_weight, chosen_bias, converged, iterations = fits[chosen]
+    logits = train_z @ chosen_weight.T + chosen_bias
+    scale = chosen_weight / torch.as_tensor(std)  # fold the standardisation into the layer
+    return ProbeFit(
+        weight=scale.float(), bias=(chosen_bias - scale @ torch.as_tensor(mean)).float(),
+        inverse_l2=chosen, converged=converged, iterations=iterations,
+        train_loss=float(F.cross_entropy(logits, targets)), train_accuracy=float((logits.argmax(1) == targets).float().mean()),
+        val_accuracy_by_inverse_l2=val_accuracy,
+    )  # fmt: skip
