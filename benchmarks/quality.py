@@ -55,15 +55,18 @@ def labelled(manifest, pixels, split: str, class_names: list[str] | None = None)
     return images, class_indices(labels, names, f"{split} split"), names
 
 
-def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pixels):
-    """(SimCLR encoder on the generic set, SimCLR + MICLe encoder on the domain set); test splits unused."""
+def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pixels) -> dict:
+    """{"simclr": on the generic set, "simclr+domain" and "simclr+micle": continued on the domain set without
+    and with case pairs (same epochs and schedule)}; test splits unused."""
     simclr_encoder = build_encoder(settings["encoder"], 1, 28, seed=settings["simclr"].seed)
     pool = (generic["split"] != "test").to_numpy()
     pretrain_contrastive(simclr_encoder, torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), settings["simclr"])
-    micle_encoder = copy.deepcopy(simclr_encoder)
     pool = (domain["split"] != "test").to_numpy()
-    pretrain_contrastive(micle_encoder, torch.from_numpy(domain_pixels[pool]), domain.loc[pool, "case_id"].tolist(), settings["micle"])
-    return simclr_encoder, micle_encoder
+    encoders = {"simclr": simclr_encoder}
+    for init, case_ids in (("simclr+domain", list(range(int(pool.sum())))), ("simclr+micle", domain.loc[pool, "case_id"].tolist())):
+        encoders[init] = copy.deepcopy(simclr_encoder)
+        pretrain_contrastive(encoders[init], torch.from_numpy(domain_pixels[pool]), case_ids, settings["micle"])
+    return encoders
 
 
 def evaluation_sets(test_images, test_labels, shift_images, shift_labels) -> dict:
@@ -133,14 +136,14 @@ def main() -> None:
     generic, generic_pixels = dataset("fashion-mnist", IngestConfig(max_images=settings["generic_images"]))
     domain, domain_pixels = dataset("mnist-5k", IngestConfig(proxy_cases=True))
     shift, shift_pixels = dataset("optdigits", IngestConfig(all_test=True))
-    simclr_encoder, micle_encoder = pretrain_encoders(settings, generic, generic_pixels, domain, domain_pixels)
+    pretrained = pretrain_encoders(settings, generic, generic_pixels, domain, domain_pixels)
 
     train_images, train_labels, class_names = labelled(domain, domain_pixels, "train")
     validation = labelled(domain, domain_pixels, "val", class_names)[:2]
     test_images, test_labels, _ = labelled(domain, domain_pixels, "test", class_names)
     shift_images, shift_labels, _ = labelled(shift, shift_pixels, "test", class_names)
     eval_sets = evaluation_sets(test_images, test_labels, shift_images, shift_labels)
-    encoders = {"pixels": None, "scratch": None, "simclr": simclr_encoder, "simclr+micle": micle_encoder}
+    encoders = {"pixels": None, "scratch": None, **pretrained}
     results = ablation(settings, encoders, (train_images, train_labels), validation, class_names, eval_sets)
 
     comparisons, targets = compare(results)

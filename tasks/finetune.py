@@ -63,7 +63,7 @@ def _finetune(
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, init: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
-    """A new linear layer on a self-supervised encoder (``init`` names it: "simclr", "simclr+micle")."""
+    """A new linear layer on a self-supervised encoder (``init`` names it: "simclr", "simclr+domain", "simclr+micle")."""
     lineage = {"encoder.sha256": encoder.content_sha256, "encoder.mlflow_run_id": encoder.mlflow_run_id}
     return _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=init, lineage=lineage)
 
@@ -92,13 +92,14 @@ def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig,
 def finetune_all(
     domain: Dataset,
     simclr_encoder: EncoderCheckpoint,
+    domain_simclr_encoder: EncoderCheckpoint,
     micle_encoder: EncoderCheckpoint,
     label_fractions: list[float],
     config: FinetuneConfig,
     parent_run_id: str,
 ) -> list[FinetunedModel]:
     """The ablation at each label fraction: the floors (a linear probe on pixels, a fine-tuned random
-    network) and {SimCLR only, SimCLR + MICLe} x {linear probe, full fine-tune}.
+    network) and {generic SimCLR, + domain SimCLR, + MICLe pairs} x {linear probe, full fine-tune}.
 
     No linear probe on a random frozen network: its features measure the initialisation, not a method
     (README, "Baselines").
@@ -111,5 +112,6 @@ def finetune_all(
         for probe_config in (dataclasses.replace(config, linear_probe=True), dataclasses.replace(config, linear_probe=False)):
             common = dict(domain=domain, label_fraction=fraction, config=probe_config, parent_run_id=parent_run_id)
             models.append(finetune_pretrained(encoder=simclr_encoder, init="simclr", **common))
+            models.append(finetune_pretrained(encoder=domain_simclr_encoder, init="simclr+domain", **common))
             models.append(finetune_pretrained(encoder=micle_encoder, init="simclr+micle", **common))
     return models

@@ -1,4 +1,6 @@
-"""pretrain_simclr (generic images) and pretrain_micle (domain images, case-aware positives)."""
+"""pretrain_simclr (generic images), then from its encoder on the domain images: pretrain_domain_simclr
+(SimCLR positives) and pretrain_micle (case-aware positives), same epochs and schedule, so the two
+differ only in the pairing rule."""
 
 from __future__ import annotations
 
@@ -97,3 +99,13 @@ def pretrain_micle(
     """MICLe (arXiv 2101.05224) from the SimCLR encoder: positives are two images of one case_id."""
     lineage = {"initial_encoder.sha256": initial.content_sha256, "initial_encoder.mlflow_run_id": initial.mlflow_run_id}
     return _pretrain("pretrain_micle", dataset, initial, initial.encoder_name, config, parent_run_id, case_aware=True, lineage=lineage)
+
+
+@task(cache=pipeline_cache("1", serialize=True), **GPU_TASK_SETTINGS)
+def pretrain_domain_simclr(
+    dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
+) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
+    """SimCLR continued on the domain images from the generic SimCLR encoder, without case pairs: MICLe's
+    control (same images, epochs and schedule; positives are two views of one image)."""
+    lineage = {"initial_encoder.sha256": initial.content_sha256, "initial_encoder.mlflow_run_id": initial.mlflow_run_id}
+    return _pretrain("pretrain_domain_simclr", dataset, initial, initial.encoder_name, config, parent_run_id, case_aware=False, lineage=lineage)

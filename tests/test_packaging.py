@@ -23,7 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYFLYTE = Path(sys.executable).parent / "pyflyte"
 CPU_IMAGE, GPU_IMAGE = "registry.example.com/sslflow-cpu:packaging-test", "registry.example.com/sslflow-gpu:packaging-test"
 DEFAULT_IMAGE = "registry.example.com/no-task-may-use-this:0"
-TRAINING_TASKS = ("tasks.pretrain.pretrain_simclr", "tasks.pretrain.pretrain_micle", "workflows.launch_plans.pretrain_simclr_multinode")
+TRAINING_TASKS = ("tasks.pretrain.pretrain_simclr", "tasks.pretrain.pretrain_domain_simclr", "tasks.pretrain.pretrain_micle", "workflows.launch_plans.pretrain_simclr_multinode")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""ssl_pipeline: ingest -> validate -> SimCLR -> MICLe -> fine-tune (SSL vs scratch) -> evaluate -> register.
+"""ssl_pipeline: ingest -> validate -> SimCLR -> {domain SimCLR, MICLe} -> fine-tune (SSL vs floors) -> evaluate -> register.
 
 Defaults mirror the MICLe recipe on data that ships in packages: generic pretraining on Fashion-MNIST,
-domain pretraining on MNIST-5k (unlabelled, PROXY cases from pixel neighbours: MNIST has no patients),
+domain pretraining on MNIST-5k (unlabelled; MICLe with PROXY cases from pixel neighbours, as MNIST has no
+patients, and its control, SimCLR on the same images with the same schedule and no case pairs),
 fine-tuning on 1/10/100% of MNIST labels, testing on held-out MNIST and on optdigits (a real shift).
 
     pyflyte run workflows/pipeline.py ssl_pipeline
@@ -20,7 +21,7 @@ from tasks.evaluate import evaluate
 from tasks.finetune import finetune_all
 from tasks.ingest import ingest
 from tasks.shared import SourceUri
-from tasks.pretrain import pretrain_micle, pretrain_simclr
+from tasks.pretrain import pretrain_domain_simclr, pretrain_micle, pretrain_simclr
 from tasks.register import register
 from tasks.report import report, start_pipeline_run
 from tasks.store import tracking_store
@@ -63,9 +64,10 @@ def ssl_pipeline(
         config=ValidationConfig(require_labels=True), label_fractions=[], parent_run_id=run_id,
     )  # fmt: skip
     simclr_encoder = pretrain_simclr(dataset=generic, encoder_name=encoder_name, config=simclr, parent_run_id=run_id)
+    domain_simclr_encoder = pretrain_domain_simclr(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
     micle_encoder = pretrain_micle(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
     models = finetune_all(
-        domain=domain, simclr_encoder=simclr_encoder, micle_encoder=micle_encoder,
+        domain=domain, simclr_encoder=simclr_encoder, domain_simclr_encoder=domain_simclr_encoder, micle_encoder=micle_encoder,
         label_fractions=label_fractions, config=finetune, parent_run_id=run_id,
     )  # fmt: skip
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)

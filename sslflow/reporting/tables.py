@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-INIT_ORDER = ["pixels", "scratch", "simclr", "simclr+micle"]
+INIT_ORDER = ["pixels", "scratch", "simclr", "simclr+domain", "simclr+micle"]
 
 
 def methods_in_order(results: pd.DataFrame) -> list[tuple[str, str]]:

@@ -1,0 +1,38 @@
+"""The DAG's shape (workflows/pipeline.py), read from the compiled workflow without running it."""
+
+from types import SimpleNamespace
+
+import tasks.pretrain
+from workflows.pipeline import ssl_pipeline
+
+
+def _bindings() -> dict[str, dict[str, tuple[str, str]]]:
+    """{task name: {input: (producing node id, output or workflow input name)}}."""
+    nodes = {}
+    for node in ssl_pipeline.nodes:
+        name = getattr(node.flyte_entity, "name", "").rsplit(".", 1)[-1]
+        nodes[name] = {b.var: (b.binding.promise.node_id, b.binding.promise.var) for b in node.bindings if b.binding.promise is not None}
+    return nodes
+
+
+def test_domain_simclr_is_micles_control():
+    """Same images, initial encoder and config as MICLe: the arms differ only in the pairing rule."""
+    nodes = _bindings()
+    assert nodes["pretrain_domain_simclr"] == nodes["pretrain_micle"]
+    simclr_node = next(node.id for node in ssl_pipeline.nodes if node.flyte_entity.name.endswith(".pretrain_simclr"))
+    assert nodes["pretrain_micle"]["initial"][0] == simclr_node
+    finetune_inputs = nodes["finetune_all"]
+    assert {finetune_inputs[k][0] for k in ("simclr_encoder", "domain_simclr_encoder", "micle_encoder")} == {
+        simclr_node, *(node.id for node in ssl_pipeline.nodes if node.flyte_entity.name.rsplit(".", 1)[-1] in ("pretrain_domain_simclr", "pretrain_micle"))
+    }
+
+
+def test_domain_simclr_uses_no_case_pairs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tasks.pretrain, "_pretrain", lambda *args, **kwargs: calls.append((args, kwargs)))
+    initial = SimpleNamespace(content_sha256="abc", mlflow_run_id="r", encoder_name="small_cnn")
+    tasks.pretrain.pretrain_domain_simclr.task_function(dataset=None, initial=initial, config=None, parent_run_id="")
+    tasks.pretrain.pretrain_micle.task_function(dataset=None, initial=initial, config=None, parent_run_id="")
+    (domain_args, domain_kwargs), (micle_args, micle_kwargs) = calls
+    assert domain_kwargs["case_aware"] is False and micle_kwargs["case_aware"] is True
+    assert domain_args[1:] == micle_args[1:] and domain_kwargs["lineage"] == micle_kwargs["lineage"]
