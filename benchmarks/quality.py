@@ -1,10 +1,12 @@
 """Label efficiency and robustness at scale: the pipeline's evaluation without Flyte or MLflow, for a GPU box.
 
 Same data, splits, seeds and steps as workflows/pipeline.py (it reuses the same functions), larger
-settings: generic SimCLR on Fashion-MNIST, MICLe on MNIST-5k with PROXY cases (pixel neighbours;
-MNIST has no patients), the ablation {scratch, SimCLR, SimCLR+MICLe} x {linear probe, fine-tune}
-x label fractions, evaluated on the MNIST test split, optdigits and the corruption suite.
-Prints the three comparisons of issue 6 and saves everything as JSON.
+settings: generic SimCLR on Fashion-MNIST, domain SimCLR and MICLe (PROXY cases: pixel
+neighbours; MNIST has no patients) continued from it on MNIST-5k, the ablation {pixels linear, scratch
+fine-tuned, {SimCLR, + domain SimCLR, + MICLe} x {linear probe, fine-tune}} x label fractions x SEEDS,
+evaluated on the MNIST test split, optdigits and the corruption suite. Prints the comparisons of issues 6
+and 12 as means with 95% t-intervals over the seeds (a gain only when the intervals separate), and
+saves everything as JSON.
 
     python benchmarks/quality.py                 # GPU: all 70k Fashion-MNIST, ResNet-18, long schedules
     python benchmarks/quality.py --cpu-budget    # the largest setting that fits ~15 min on 2 CPU cores
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.manifest import build_manifest, labelled_rows  # noqa: E402
 from sslflow.data.labels import class_indices  # noqa: E402
 from sslflow.data.sources import read_source  # noqa: E402
+from sslflow.reporting.intervals import t_interval, verdict  # noqa: E402
 
 SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
@@ -42,6 +46,7 @@ SETTINGS = {
                        micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15, min_steps=150)),
 }  # fmt: skip
 FRACTIONS = (0.01, 0.1, 1.0)
+SEEDS = (0, 1, 2)  # fine-tuning seeds (label subset, head, batch order); pretraining runs once, with seed 0
 
 
 def dataset(source: str, config: IngestConfig):
@@ -84,48 +89,70 @@ def arms(encoders: dict) -> list[tuple[str, str]]:
 
 
 def train_arm(settings: dict, init: str, probe: str, encoder, train, validation, num_classes: int, seed: int):
-    """One classifier: (images, labels) train and validation sets; encoder None builds a fresh one."""
+    """(classifier, probe record) for one arm; (images, labels) train and validation sets; encoder None builds a fresh one."""
     config = dataclasses.replace(settings["finetune"], linear_probe=probe == "linear", seed=seed)
     if encoder is None:
         name = "pixels" if init == "pixels" else settings["encoder"]
         encoder, config = build_encoder(name, 1, 28, seed=seed), dataclasses.replace(config, head_warmup_steps=0)
-    model, _ = finetune(copy.deepcopy(encoder), torch.from_numpy(train[0]), train[1], num_classes, config, validation=(torch.from_numpy(validation[0]), validation[1]))
-    return model
+    validation = (torch.from_numpy(validation[0]), validation[1])
+    model, history = finetune(copy.deepcopy(encoder), torch.from_numpy(train[0]), train[1], num_classes, config, validation=validation)
+    fit = {"probe_converged": history[-1]["converged"], "probe_train_loss": history[-1]["loss"]} if probe == "linear" else {}
+    return model, {"train_accuracy": history[-1]["accuracy"], **fit}
 
 
-def ablation(settings: dict, encoders: dict, train, validation, class_names, eval_sets: dict, seed: int = 0) -> list[dict]:
+def ablation(settings: dict, encoders: dict, train, validation, class_names, eval_sets: dict, seed: int) -> list[dict]:
     """arms(encoders) x FRACTIONS for one seed, each scored on every eval set."""
     results = []
     for fraction in FRACTIONS:
         chosen = stratified_subset(train[1], fraction, seed=seed)
         for init, probe in arms(encoders):
-            model = train_arm(settings, init, probe, encoders.get(init), (train[0][chosen], train[1][chosen]), validation, len(class_names), seed)
+            model, fit = train_arm(settings, init, probe, encoders.get(init), (train[0][chosen], train[1][chosen]), validation, len(class_names), seed)
             for eval_set, (images, labels) in eval_sets.items():
                 metrics = classification_metrics(predict_probabilities(model, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
-                results.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": len(chosen), "eval_set": eval_set, **metrics})
+                results.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": len(chosen), "eval_set": eval_set, **metrics, **fit})
             row = [r for r in results if r["init"] == init and r["probe"] == probe and r["label_fraction"] == fraction]
             print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {row[0]['accuracy']:.4f}  optdigits {row[1]['accuracy']:.4f}", flush=True)
     return results
 
 
-def compare(results: list[dict]) -> tuple[dict, dict]:
-    """(comparisons: [SSL, scratch] per target, targets met) from the fine-tuned rows."""
+def _per_seed(results: list[dict], init: str, probe: str, fraction: float, eval_set: str = "in_domain") -> list[float]:
+    rows = [r for r in results if (r["init"], r["probe"], r["label_fraction"], r["eval_set"]) == (init, probe, fraction, eval_set)]
+    return [r["accuracy"] for r in sorted(rows, key=lambda r: r["seed"])]
 
-    def accuracy(init: str, fraction: float, eval_set: str = "in_domain") -> float:
-        return next(r["accuracy"] for r in results if r["init"] == init and r["probe"] == "finetune" and r["label_fraction"] == fraction and r["eval_set"] == eval_set)
 
-    drop = lambda init: accuracy(init, 1.0) - accuracy(init, 1.0, "shift")  # noqa: E731
-    comparisons = {
-        "ssl_at_1pct_vs_scratch_at_10pct": [accuracy("simclr+micle", 0.01), accuracy("scratch", 0.1)],
-        "ssl_at_10pct_vs_scratch_at_100pct": [accuracy("simclr+micle", 0.1), accuracy("scratch", 1.0)],
-        "shift_drop_ssl_vs_scratch_at_100pct": [drop("simclr+micle"), drop("scratch")],
+def compare(results: list[dict]) -> dict:
+    """{comparison: {"ours", "theirs": "mean ± half-width", "verdict"}}: a gain only when the 95% intervals separate."""
+
+    def drop(init: str) -> list[float]:
+        return [a - b for a, b in zip(_per_seed(results, init, "finetune", 1.0), _per_seed(results, init, "finetune", 1.0, "shift"))]
+
+    pairs = {
+        "ssl_at_1pct_vs_scratch_at_10pct": (_per_seed(results, "simclr+micle", "finetune", 0.01), _per_seed(results, "scratch", "finetune", 0.1), True),
+        "ssl_at_10pct_vs_scratch_at_100pct": (_per_seed(results, "simclr+micle", "finetune", 0.1), _per_seed(results, "scratch", "finetune", 1.0), True),
+        "shift_drop_ssl_vs_scratch_at_100pct": (drop("simclr+micle"), drop("scratch"), False),
     }
-    targets = {
-        "ssl_at_1pct_vs_scratch_at_10pct": comparisons["ssl_at_1pct_vs_scratch_at_10pct"][0] >= comparisons["ssl_at_1pct_vs_scratch_at_10pct"][1],
-        "ssl_at_10pct_vs_scratch_at_100pct": comparisons["ssl_at_10pct_vs_scratch_at_100pct"][0] >= comparisons["ssl_at_10pct_vs_scratch_at_100pct"][1],
-        "shift_drop_ssl_vs_scratch_at_100pct": comparisons["shift_drop_ssl_vs_scratch_at_100pct"][0] <= 0.5 * comparisons["shift_drop_ssl_vs_scratch_at_100pct"][1],
+    for probe in ("linear", "finetune"):
+        for fraction in FRACTIONS:
+            pairs[f"domain_simclr_vs_simclr_{probe}_{fraction:g}"] = (_per_seed(results, "simclr+domain", probe, fraction), _per_seed(results, "simclr", probe, fraction), True)
+            pairs[f"micle_pairs_vs_domain_simclr_{probe}_{fraction:g}"] = (_per_seed(results, "simclr+micle", probe, fraction), _per_seed(results, "simclr+domain", probe, fraction), True)
+    comparisons = {}
+    for name, (ours, theirs, higher_is_better) in pairs.items():
+        ours_interval, theirs_interval = t_interval(ours), t_interval(theirs)
+        comparisons[name] = {"ours": str(ours_interval), "theirs": str(theirs_interval), "verdict": verdict(ours_interval, theirs_interval, higher_is_better=higher_is_better)}
+    drops = {init: t_interval(drop(init)).mean for init in ("simclr+micle", "scratch")}
+    comparisons["shift_drop_ssl_vs_scratch_at_100pct"]["target_met"] = drops["simclr+micle"] <= 0.5 * drops["scratch"]  # Q2, on the means
+    return comparisons
+
+
+def floor_checks(results: list[dict]) -> dict:
+    """Is the pixels floor monotone in labels (each mean at least the previous interval's low end)? Did every probe converge?"""
+    floor = [t_interval(_per_seed(results, "pixels", "linear", fraction)) for fraction in FRACTIONS]
+    probes = [r for r in results if r["probe"] == "linear" and r["eval_set"] == "in_domain"]
+    return {
+        "pixels_floor_in_domain": [str(interval) for interval in floor],
+        "pixels_floor_monotone": all(later.mean >= earlier.low for earlier, later in zip(floor, floor[1:])),
+        "all_probes_converged": all(r["probe_converged"] for r in probes),
     }
-    return comparisons, targets
 
 
 def main() -> None:
@@ -144,15 +171,16 @@ def main() -> None:
     shift_images, shift_labels, _ = labelled(shift, shift_pixels, "test", class_names)
     eval_sets = evaluation_sets(test_images, test_labels, shift_images, shift_labels)
     encoders = {"pixels": None, "scratch": None, **pretrained}
-    results = ablation(settings, encoders, (train_images, train_labels), validation, class_names, eval_sets)
+    results = [row for seed in SEEDS for row in ablation(settings, encoders, (train_images, train_labels), validation, class_names, eval_sets, seed)]
 
-    comparisons, targets = compare(results)
-    for name, (ours, theirs) in comparisons.items():
-        print(f"{name}: {ours:.4f} vs {theirs:.4f} -> target {'met' if targets[name] else 'NOT met'}")
+    comparisons, floor = compare(results), floor_checks(results)
+    for name, comparison in comparisons.items():
+        print(f"{name}: {comparison['ours']} vs {comparison['theirs']} -> {comparison['verdict']}")
+    print(json.dumps(floor))
     settings_record = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in settings.items()}
     path = write_result("quality" + ("-cpu-budget" if args.cpu_budget else ""), {
         "settings": settings_record, "case_ids": "PROXY (pixel-neighbour pairs; MNIST has no patients)",
-        "comparisons": comparisons, "targets_met": targets, "results": results, "wall_seconds": time.perf_counter() - started,
+        "seeds": list(SEEDS), "comparisons": comparisons, "floor": floor, "results": results, "wall_seconds": time.perf_counter() - started,
     }, args.out)  # fmt: skip
     print(f"saved {path}")
 

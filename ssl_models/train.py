@@ -70,6 +70,9 @@ class FinetuneConfig:
     run has them, for label fractions so small that 10 epochs are a handful of steps. 0 (the default):
     ``epochs`` is exactly what runs. The pipeline's default sets 150 (workflows/pipeline.py); a
     ``--finetune`` given on the command line replaces the whole config, so it runs what it says.
+
+    seed: the label subset, head initialisation, batch order and augmentations (the pipeline sets it
+    to each of its ``seeds`` in turn).
     """
 
     epochs: int = 10

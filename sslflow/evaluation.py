@@ -26,7 +26,7 @@ METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
 # The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
 # the in-domain test split of at most this many images (all of it when smaller).
 CORRUPTION_IMAGES = 512
-RESULT_COLUMNS = ["init", "probe", "label_fraction", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy"]
+RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy"]
 
 EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
 DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8): sslflow.data.dataset.read_dataset
@@ -39,6 +39,7 @@ class EvaluatedModel(Protocol):
     init: str
     probe: str
     label_fraction: float
+    seed: int
     num_labels: int
     val_accuracy: float
 
@@ -73,10 +74,10 @@ def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list
         probabilities = predict_probabilities(classifier, torch.from_numpy(images), FINETUNE_AUGMENT)
         metrics = classification_metrics(probabilities, labels)
         rows.append(
-            {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "num_labels": model.num_labels,
+            {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "seed": model.seed, "num_labels": model.num_labels,
              "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy}
         )  # fmt: skip
         if kind in ("in_domain", "shift"):
-            key = f"{model.init}/{model.probe}@{model.label_fraction:g}/{eval_set}"
+            key = f"{model.init}/{model.probe}@{model.label_fraction:g}/seed={model.seed}/{eval_set}"
             per_class[key] = {model.class_names[c]: acc for c, acc in per_class_accuracy(probabilities, labels).items()}
     return rows, per_class

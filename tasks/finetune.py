@@ -42,7 +42,7 @@ def _finetune(
     known = np.isin(val_labels, class_names)  # a class with no training label cannot be predicted
     validation = (torch.from_numpy(val_images[known]), class_indices(val_labels[known], class_names, f"dataset {domain.name} val split"))
     params = {"config": config, "init": init, "probe": probe, "label_fraction": label_fraction, "num_labels": len(chosen), **lineage}
-    with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}", params) as run:
+    with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}/seed={config.seed}", params) as run:
         model, history = finetune(encoder, torch.from_numpy(train_images[chosen]), targets, len(class_names), config, validation=validation)
         for record in history:
             mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
@@ -55,7 +55,7 @@ def _finetune(
     return FinetunedModel(
         checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,
         class_names=class_names, init=init, probe=probe, label_fraction=label_fraction, num_labels=len(chosen),
-        val_accuracy=val_accuracy, content_sha256=sha256, mlflow_run_id=run.info.run_id,
+        val_accuracy=val_accuracy, content_sha256=sha256, mlflow_run_id=run.info.run_id, seed=config.seed,
     )  # fmt: skip
 
 
@@ -95,6 +95,7 @@ def finetune_all(
     domain_simclr_encoder: EncoderCheckpoint,
     micle_encoder: EncoderCheckpoint,
     label_fractions: list[float],
+    seeds: list[int],
     config: FinetuneConfig,
     parent_run_id: str,
 ) -> list[FinetunedModel]:
@@ -102,8 +103,19 @@ def finetune_all(
     network) and {generic SimCLR, + domain SimCLR, + MICLe pairs} x {linear probe, full fine-tune}.
 
     No linear probe on a random frozen network: its features measure the initialisation, not a method
-    (README, "Baselines").
+    (README, "Baselines"). Each seed (FinetunedModel.seed) repeats the whole ablation with its own label
+    subset, head initialisation and batch order; the pretrained encoders are shared by the seeds.
     """
+    encoders = (simclr_encoder, domain_simclr_encoder, micle_encoder)
+    return [model for seed in seeds for model in _ablation(domain, encoders, label_fractions, dataclasses.replace(config, seed=seed), parent_run_id)]
+
+
+def _ablation(
+    domain: Dataset, encoders: tuple[EncoderCheckpoint, EncoderCheckpoint, EncoderCheckpoint], label_fractions: list[float],
+    config: FinetuneConfig, parent_run_id: str,
+) -> list:  # fmt: skip
+    """finetune_all's nodes for one seed (config.seed); encoders: (generic SimCLR, + domain SimCLR, + MICLe)."""
+    simclr_encoder, domain_simclr_encoder, micle_encoder = encoders
     models = []
     for fraction in label_fractions:
         common = dict(domain=domain, label_fraction=fraction, parent_run_id=parent_run_id)

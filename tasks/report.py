@@ -17,7 +17,7 @@ from sslflow.tracking.store import tracking_uri
 from tasks.shared import SourceUri
 
 
-@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def start_pipeline_run(
     tracking_store: str,
     generic_source: SourceUri,
@@ -28,6 +28,7 @@ def start_pipeline_run(
     micle: PretrainConfig,
     finetune: FinetuneConfig,
     label_fractions: list[float],
+    seeds: list[int],
     registry: RegistryConfig,
 ) -> str:
     """One parent run per distinct pipeline configuration (sources by content hash) and store: its id.
@@ -39,17 +40,17 @@ def start_pipeline_run(
     settings = {
         "generic_source": generic_source, "domain_source": domain_source, "shift_source": shift_source,
         "encoder": encoder_name, "simclr": simclr, "micle": micle, "finetune": finetune,
-        "label_fractions": label_fractions, "registry": registry,
+        "label_fractions": label_fractions, "seeds": seeds, "registry": registry,
     }  # fmt: skip
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """Record the results and the registration on the parent run and close it; the closing summary
     printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""
     headline = results[results["eval_kind"].isin(["in_domain", "shift"])]
-    metrics = {f"{row.init}_{row.probe}_{row.label_fraction:g}_{row.eval_set}_accuracy".replace("+", "_"): row.accuracy for row in headline.itertuples()}
+    metrics = {f"{row.init}_{row.probe}_{row.label_fraction:g}_seed{row.seed}_{row.eval_set}_accuracy".replace("+", "_"): row.accuracy for row in headline.itertuples()}
     registry_tags = {"registry.model": registration.model_name, "registry.version": registration.version, "registry.decision": registration.decision}
     record_on_parent(parent_run_id, metrics=metrics, tags=registry_tags, texts={"results.csv": results.to_csv(index=False), "results.md": results_markdown(results)})
     finish_parent_run(parent_run_id)

@@ -64,13 +64,14 @@ class FinetunedModel:
     in_channels: int
     image_size: int
     class_names: list[str]
-    init: str  # where the encoder weights came from: "scratch", "simclr" or "simclr+micle"
+    init: str  # where the encoder weights came from: "pixels", "scratch", "simclr", "simclr+domain" or "simclr+micle"
     probe: str  # "linear" (encoder frozen) or "finetune" (encoder trained too)
     label_fraction: float
     num_labels: int
     val_accuracy: float
     content_sha256: str
     mlflow_run_id: str
+    seed: int = 0  # the fine-tuning seed: label subset, head initialisation, batch order, augmentation
 
 
 def content_hash(artifact) -> str:

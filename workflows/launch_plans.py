@@ -67,6 +67,7 @@ def scheduled_pipeline(
     micle: PretrainConfig = PIPELINE_DEFAULTS["micle"],
     finetune: FinetuneConfig = PIPELINE_DEFAULTS["finetune"],
     label_fractions: list[float] = PIPELINE_DEFAULTS["label_fractions"],
+    seeds: list[int] = PIPELINE_DEFAULTS["seeds"],
     registry: RegistryConfig = PIPELINE_DEFAULTS["registry"],
 ) -> str:
     """ssl_pipeline (a subworkflow) on sources fingerprinted at kickoff_time; ssl_pipeline's inputs and defaults.
@@ -79,7 +80,7 @@ def scheduled_pipeline(
         shift_source=refresh_source(source=shift_source, kickoff_time=kickoff_time),
         generic_ingest=generic_ingest, domain_ingest=domain_ingest, shift_ingest=shift_ingest,
         encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
-        label_fractions=label_fractions, registry=registry,
+        label_fractions=label_fractions, seeds=seeds, registry=registry,
     )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from tasks.store import tracking_store
 from tasks.validate import validate
 
 DEFAULT_LABEL_FRACTIONS = [0.01, 0.1, 1.0]
+DEFAULT_SEEDS = [0]  # fine-tuning seeds; benchmarks/quality.py runs 3 for intervals
 
 
 @workflow
@@ -43,13 +44,14 @@ def ssl_pipeline(
     micle: PretrainConfig = PretrainConfig(epochs=15),
     finetune: FinetuneConfig = FinetuneConfig(min_steps=150),
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
+    seeds: list[int] = DEFAULT_SEEDS,
     registry: RegistryConfig = RegistryConfig(),
 ) -> str:
     run_id = start_pipeline_run(
         tracking_store=tracking_store(),
         generic_source=generic_source, domain_source=domain_source, shift_source=shift_source,
         encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
-        label_fractions=label_fractions, registry=registry,
+        label_fractions=label_fractions, seeds=seeds, registry=registry,
     )  # fmt: skip
     generic = validate(
         dataset=ingest(source=generic_source, config=generic_ingest, parent_run_id=run_id),
@@ -68,7 +70,7 @@ def ssl_pipeline(
     micle_encoder = pretrain_micle(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
     models = finetune_all(
         domain=domain, simclr_encoder=simclr_encoder, domain_simclr_encoder=domain_simclr_encoder, micle_encoder=micle_encoder,
-        label_fractions=label_fractions, config=finetune, parent_run_id=run_id,
+        label_fractions=label_fractions, seeds=seeds, config=finetune, parent_run_id=run_id,
     )  # fmt: skip
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
     registration = register(models=models, in_domain=domain, shift=shift, config=registry, parent_run_id=run_id)

@@ -23,7 +23,8 @@ def _png(figure) -> bytes:
 def _curve(results: pd.DataFrame, eval_set: str, title: str) -> bytes:
     figure, axis = plt.subplots(figsize=(6, 4))
     for init, probe in methods_in_order(results):
-        rows = results[(results["init"] == init) & (results["probe"] == probe) & (results["eval_set"] == eval_set)].sort_values("label_fraction")
+        rows = results[(results["init"] == init) & (results["probe"] == probe) & (results["eval_set"] == eval_set)]
+        rows = rows.groupby("label_fraction", as_index=False)["accuracy"].mean()  # over seeds
         axis.plot(rows["label_fraction"] * 100, rows["accuracy"], marker="o", linestyle="-" if probe == "finetune" else "--", label=f"{init} ({probe})")
     axis.set_xscale("log")
     axis.set_xlabel("labelled training images (%)")
@@ -44,7 +45,7 @@ def _corruption_chart(results: pd.DataFrame) -> bytes:
     figure, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3), sharey=True)
     for axis, name in zip(axes, names):
         for init in [i for i in INIT_ORDER if i in set(corrupted["init"])]:
-            rows = corrupted[(corrupted["corruption"] == name) & (corrupted["init"] == init)].sort_values("severity")
+            rows = corrupted[(corrupted["corruption"] == name) & (corrupted["init"] == init)].groupby("severity", as_index=False)["accuracy"].mean()
             axis.plot(rows["severity"], rows["accuracy"], marker="o", label=init)
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("severity")

@@ -1,10 +1,14 @@
-"""Evaluation results as markdown tables: accuracy by label fraction, corruption robustness."""
+"""Evaluation results as markdown tables: one row per arm and label fraction (means and 95% intervals
+over seeds), corruption robustness."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from sslflow.reporting.intervals import Interval, t_interval
+
 INIT_ORDER = ["pixels", "scratch", "simclr", "simclr+domain", "simclr+micle"]
+HEADLINE = {"in-domain": ("in_domain", "accuracy"), "shift": ("shift", "accuracy"), "ECE": ("in_domain", "ece")}
 
 
 def methods_in_order(results: pd.DataFrame) -> list[tuple[str, str]]:
@@ -12,23 +16,33 @@ def methods_in_order(results: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda pair: (INIT_ORDER.index(pair[0]) if pair[0] in INIT_ORDER else 99, pair[1]))
 
 
-def results_markdown(results: pd.DataFrame, eval_sets: tuple[str, ...] = ("in_domain", "shift")) -> str:
-    """Accuracy by label fraction (rows) x method/probe/eval set (columns), as a markdown table."""
-    headline = results[results["eval_set"].isin(eval_sets)]
-    table = headline.pivot_table(index=["label_fraction", "num_labels"], columns=["init", "probe", "eval_set"], values="accuracy", aggfunc="first")
-    columns = [c for init, probe in methods_in_order(headline) for c in table.columns if c[0] == init and c[1] == probe]
-    header = ["label fraction", "labels", *[f"{init} {probe} / {eval_set}" for init, probe, eval_set in columns]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for fraction in sorted(headline["label_fraction"].unique()):
-        block = table.xs(fraction, level="label_fraction")
-        labels = int(block.index.max())  # the same count for every method; scratch and SSL share the subset
-        values = block.max(axis=0)
-        lines.append("| " + " | ".join([f"{fraction:g}", str(labels), *[f"{values[c]:.4f}" for c in columns]]) + " |")
+def arm_intervals(results: pd.DataFrame) -> dict[tuple[str, str, float], dict[str, Interval]]:
+    """{(init, probe, label_fraction): {"in-domain" | "shift" | "ECE": Interval over seeds}}."""
+    summary = {}
+    for init, probe in methods_in_order(results):
+        for fraction in sorted(results["label_fraction"].unique()):
+            rows = results[(results["init"] == init) & (results["probe"] == probe) & (results["label_fraction"] == fraction)]
+            if len(rows):
+                summary[(init, probe, fraction)] = {
+                    column: t_interval(rows[rows["eval_set"] == eval_set].sort_values("seed")[metric].tolist()) for column, (eval_set, metric) in HEADLINE.items()
+                }
+    return summary
+
+
+def results_markdown(results: pd.DataFrame) -> str:
+    """One row per (arm, label fraction): in-domain and shift accuracy, in-domain ECE, as mean ± 95% t-interval."""
+    summary = arm_intervals(results)
+    seeds = sorted(set(results["seed"]))
+    note = f"mean ± 95% t-interval over {len(seeds)} seeds {seeds}" if len(seeds) > 1 else f"1 seed ({seeds[0]}): no interval"
+    labels = results.groupby("label_fraction")["num_labels"].max()
+    lines = [f"({note})", "| arm | probe | labels | in-domain | shift | ECE |", "|---|---|---|---|---|---|"]
+    for (init, probe, fraction), cells in summary.items():
+        lines.append(f"| {init} | {probe} | {fraction:g} ({labels[fraction]}) | {cells['in-domain']} | {cells['shift']} | {cells['ECE']} |")
     return "\n".join(lines)
 
 
 def corruption_markdown(results: pd.DataFrame) -> str:
-    """Mean accuracy over the corruption types at each severity, per method, at every label fraction."""
+    """Mean accuracy over the corruption types (and seeds) at each severity, per method, at every label fraction."""
     corrupted = results[results["eval_kind"] == "corruption"].copy()
     corrupted["severity"] = corrupted["eval_set"].str.split("@").str[1].astype(int)
     table = corrupted.groupby(["init", "probe", "label_fraction", "severity"])["accuracy"].mean().unstack("severity")
