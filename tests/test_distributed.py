@@ -60,6 +60,7 @@ def _pretrain_worker(rank: int, port: int, results) -> None:
 
     from ssl_models.augment import AugmentConfig
     from ssl_models.encoders import build_encoder
+    from ssl_models.data import InMemoryPairs
     from ssl_models.train import PretrainConfig, pretrain_contrastive
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -68,7 +69,7 @@ def _pretrain_worker(rank: int, port: int, results) -> None:
     torch.manual_seed(0)
     encoder = build_encoder("small_cnn", 1)  # same initial weights on both ranks, as DDP requires
     config = PretrainConfig(epochs=2, batch_size=8, augment=AugmentConfig(output_size=16))
-    history = pretrain_contrastive(encoder, images, [i // 2 for i in range(40)], config)
+    history = pretrain_contrastive(encoder, InMemoryPairs(images, [i // 2 for i in range(40)], seed=config.seed), config)
     # Parameters must agree; BatchNorm running statistics are per rank on CPU (rank 0's are saved).
     results[rank] = ([h["loss"] for h in history], {k: v.detach().clone() for k, v in encoder.named_parameters()})
     dist.destroy_process_group()
