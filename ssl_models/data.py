@@ -18,6 +18,7 @@ rank takes the same number of optimiser steps (DistributedDataParallel needs tha
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -141,20 +142,22 @@ class StreamingPairs:
     def batches(self, epoch: int, batch_size: int, rank: int, world_size: int, device: torch.device) -> Iterator[Batch]:
         """This rank's ceil(N / world_size) pairs of ``epoch`` in batches of batch_size (the last may be smaller)."""
         wanted = -(-self.num_images // world_size)
-        loaded = self._loaded(self._rank_shards(epoch, rank, world_size))
+        shards = self._rank_shards(epoch, rank, world_size)
+        groups = [min(self.buffer_shards, len(shards) - start) for start in range(0, len(shards), self.buffer_shards)]  # one pass
+        loaded = self._loaded(shards)
         rng = np.random.default_rng([self.seed, epoch, rank])
         carried: list[Batch] = []
         try:
-            while wanted > 0:
-                group = [next(loaded) for _ in range(self.buffer_shards)]
+            for size in itertools.cycle(groups):  # a rank with fewer images than ``wanted`` reads its shards again
+                group = [next(loaded) for _ in range(size)]
                 buffer = torch.cat([pixels for pixels, _ in group])
-                cases = np.concatenate([case_ids for _, case_ids in group])
-                sampler = CasePairSampler(cases, seed=int(rng.integers(2**31)))
-                anchors, partners = sampler.pairs(0)
+                anchors, partners = CasePairSampler(np.concatenate([cases for _, cases in group]), seed=int(rng.integers(2**31))).pairs(0)
                 anchors, partners = anchors[:wanted], partners[:wanted]
                 wanted -= len(anchors)
                 carried.append((buffer[torch.from_numpy(anchors)], buffer[torch.from_numpy(partners)]))
                 yield from _rebatch(carried, batch_size, device, final=wanted == 0)
+                if wanted == 0:
+                    return
         finally:
             loaded.close()
 

@@ -10,6 +10,7 @@ failed chunk or join leaves nothing a later run could mistake for a dataset.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -52,7 +53,8 @@ def plan_ingest(source: SourceUri, config: IngestConfig) -> list[str]:
 @task(cache=Cache(version="1"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
 def ingest_chunk(chunk: str) -> FlyteDirectory:
     """Decode one chunk into shards + its table; memory grows with IngestConfig.chunk_images, not the source."""
-    return FlyteDirectory(str(decode_chunk(chunk, Path(current_context().working_directory) / "chunk")))
+    folder = Path(current_context().working_directory) / f"chunk-{hashlib.sha256(chunk.encode()).hexdigest()[:16]}"
+    return FlyteDirectory(str(decode_chunk(chunk, folder)))
 
 
 @task(cache=pipeline_cache("3"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -143,13 +144,18 @@ def decode_chunk(chunk_json: str, directory: Path) -> Path:
         case_keys = [case if case is not None else path for case, path in zip(table["case_id"], table["source_path"])]
         shard, row = write_case_shards(staging / SHARDS, images.pixels, case_keys, config.shard_megabytes * 2**20)
         table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(staging / CHUNK_TABLE, index=False)
-        (staging / CHUNK_REPORT).write_text(json.dumps({"quarantined": images.quarantined, "read": images.read_stats}))
+        report = {"quarantined": images.quarantined, "read": images.read_stats, "decoding": uuid.uuid4().hex}  # names this decoding
+        (staging / CHUNK_REPORT).write_text(json.dumps(report))
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _tables(chunk_folders: list[Path]) -> list[pd.DataFrame]:
+    return [pd.read_parquet(folder / CHUNK_TABLE, columns=["sha256"]) for folder in chunk_folders]
 
 
 def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path) -> tuple[str, pd.DataFrame, dict]:
@@ -164,7 +170,7 @@ def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path
     summary |= {
         "quarantined": [item for report in reports for item in report["quarantined"]],
         "read": read,  # summed over chunks; a chunk served from Flyte's cache reports what it did when it ran
-        "chunks": [{"directory": str(folder), "images": int(len(pd.read_parquet(folder / CHUNK_TABLE, columns=["sha256"])))} for folder in chunk_folders],
+        "chunks": [{"decoding": report["decoding"], "images": len(report_table)} for report, report_table in zip(reports, _tables(chunk_folders))],
         "shards": int(manifest["shard"].nunique()),
     }
     sha256 = assemble_dataset(directory, manifest, [folder / SHARDS for folder in chunk_folders], summary)

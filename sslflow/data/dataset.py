@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ssl_models.data import ShardRows
-from ssl_models.shards import SHARD_SUFFIX, read_shard, write_shard
+from ssl_models.shards import SHARD_SUFFIX, ShardError, read_shard, write_shard
 from sslflow.data.manifest import IMAGE_COLUMNS, MANIFEST_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
@@ -142,10 +142,13 @@ def shard_path(directory: Path, shard: str) -> Path:
 
 
 def image_shape(directory: Path, manifest: pd.DataFrame) -> tuple[int, ...]:
-    """(C, H, W) of the dataset's images, from one shard's header."""
+    """(C, H, W) of the dataset's images, from a shard's header (ShardError when no shard of ``manifest`` is there)."""
     if manifest.empty:
         return (0, 0, 0)
-    return tuple(np.load(shard_path(directory, manifest["shard"].iloc[0]), mmap_mode="r", allow_pickle=False).shape[1:])
+    for shard in manifest["shard"].unique():
+        if shard_path(directory, shard).is_file():
+            return tuple(np.load(shard_path(directory, shard), mmap_mode="r", allow_pickle=False).shape[1:])
+    raise ShardError(f"shard {manifest['shard'].iloc[0]} is missing: no shard of dataset {directory} exists; ingest the source again")
 
 
 def images_bytes(directory: Path, manifest: pd.DataFrame) -> int:
