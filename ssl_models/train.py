@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
 from ssl_models.data import InMemoryPairs, StreamingPairs, gather, place_images
 from ssl_models.device import apply_in_batches, autocast, pick_device
-from ssl_models.distributed import ProcessInfo, init_from_environment, mean_across_ranks
+from ssl_models.distributed import ProcessInfo, from_rank_zero, init_from_environment, mean_across_ranks
 from ssl_models.heads import Classifier, ProjectionHead
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
 from ssl_models.losses import NTXentLoss
@@ -136,6 +136,8 @@ class ContrastiveRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.generator.set_state(state["generator"])
+        if self.process.rank != 0:  # the state holds rank 0's generator: the other ranks draw their own views
+            self.generator.manual_seed(int(self.generator.initial_seed()) + 104729 * (self.process.rank + state["epoch"] + 1))
         log.info("resuming contrastive pretraining after epoch %d", state["epoch"])
         return state["epoch"] + 1
 
@@ -223,12 +225,14 @@ def pretrain_contrastive(
         encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim).
         data: InMemoryPairs (images (N, C, H, W) uint8 + case ids) or StreamingPairs (shards).
         on_epoch_end: called after every epoch with (epoch, metrics, state_fn).
-        resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch.
+        resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch. Under
+            torchrun only rank 0's is used (broadcast to every rank), so other nodes need no copy of it.
 
     Returns:
         One dict per epoch trained: epoch, loss, images_per_second, learning_rate.
     """
     run = build_contrastive_run(encoder, data.num_images, config)
+    resume_state = from_rank_zero(resume_state)  # every rank resumes rank 0's state: the same epoch, identical weights
     start_epoch = 0 if resume_state is None else run.restore(resume_state)
     history: list[dict] = []
     for epoch in range(start_epoch, config.epochs):

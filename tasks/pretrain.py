@@ -86,7 +86,7 @@ def _pretrain(
             if is_main_process():
                 checkpoints.save(state_fn())
 
-        resume_state = checkpoints.load()
+        resume_state = checkpoints.load() if is_main_process() else None  # rank 0's reaches every rank (pretrain_contrastive)
         pretrain_contrastive(encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume_state)
         path, sha256 = save_state_dict(encoder, stage, "encoder.pt")
         if run is not None:
