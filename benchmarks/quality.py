@@ -29,6 +29,7 @@ from ssl_models.evaluate import predict_probabilities  # noqa: E402
 from ssl_models.label_fractions import stratified_subset  # noqa: E402
 from ssl_models.metrics import classification_metrics  # noqa: E402
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
+from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.manifest import build_manifest, labelled_rows  # noqa: E402
@@ -59,10 +60,10 @@ def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pi
     """(SimCLR encoder on the generic set, SimCLR + MICLe encoder on the domain set); test splits unused."""
     simclr_encoder = build_encoder(settings["encoder"], 1, 28)
     pool = (generic["split"] != "test").to_numpy()
-    pretrain_contrastive(simclr_encoder, torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), settings["simclr"])
+    pretrain_contrastive(simclr_encoder, InMemoryPairs(torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), seed=settings["simclr"].seed), settings["simclr"])
     micle_encoder = copy.deepcopy(simclr_encoder)
     pool = (domain["split"] != "test").to_numpy()
-    pretrain_contrastive(micle_encoder, torch.from_numpy(domain_pixels[pool]), domain.loc[pool, "case_id"].tolist(), settings["micle"])
+    pretrain_contrastive(micle_encoder, InMemoryPairs(torch.from_numpy(domain_pixels[pool]), domain.loc[pool, "case_id"].tolist(), seed=settings["micle"].seed), settings["micle"])
     return simclr_encoder, micle_encoder
 
 
