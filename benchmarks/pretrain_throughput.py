@@ -29,6 +29,7 @@ from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.losses import NTXentLoss  # noqa: E402
 from ssl_models.device import autocast, pick_device  # noqa: E402
+from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.train import ContrastiveModel, PretrainConfig, pretrain_contrastive  # noqa: E402
 
 
@@ -86,7 +87,7 @@ def _reset_peak(device):
 def measure_engine(images, size, batch, epochs, device) -> dict:
     _reset_peak(device)
     config = PretrainConfig(epochs=epochs, batch_size=batch, projection_dim=128, augment=AugmentConfig(output_size=size, flip_probability=0.5, rotation_degrees=0.0))
-    history = pretrain_contrastive(build_encoder("resnet18", 3, size), images, list(range(images.shape[0])), config)
+    history = pretrain_contrastive(build_encoder("resnet18", 3, size), InMemoryPairs(images, list(range(images.shape[0])), seed=config.seed), config)
     steady = history[1:] or history  # the first epoch pays for allocation and autotuning
     return {"images_per_second": sum(h["images_per_second"] for h in steady) / len(steady), "peak_memory_mb": peak_memory_mb(device)}
 

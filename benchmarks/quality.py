@@ -32,6 +32,7 @@ from ssl_models.evaluate import predict_probabilities  # noqa: E402
 from ssl_models.label_fractions import stratified_subset  # noqa: E402
 from ssl_models.metrics import classification_metrics  # noqa: E402
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
+from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.manifest import build_manifest, labelled_rows  # noqa: E402
@@ -65,12 +66,12 @@ def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pi
     and with case pairs (same epochs and schedule)}; test splits unused."""
     simclr_encoder = build_encoder(settings["encoder"], 1, 28, seed=settings["simclr"].seed)
     pool = (generic["split"] != "test").to_numpy()
-    pretrain_contrastive(simclr_encoder, torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), settings["simclr"])
+    pretrain_contrastive(simclr_encoder, InMemoryPairs(torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), seed=settings["simclr"].seed), settings["simclr"])
     pool = (domain["split"] != "test").to_numpy()
     encoders = {"simclr": simclr_encoder}
     for init, case_ids in (("simclr+domain", list(range(int(pool.sum())))), ("simclr+micle", domain.loc[pool, "case_id"].tolist())):
         encoders[init] = copy.deepcopy(simclr_encoder)
-        pretrain_contrastive(encoders[init], torch.from_numpy(domain_pixels[pool]), case_ids, settings["micle"])
+        pretrain_contrastive(encoders[init], InMemoryPairs(torch.from_numpy(domain_pixels[pool]), case_ids, seed=settings["micle"].seed), settings["micle"])
     return encoders
 
 

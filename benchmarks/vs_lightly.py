@@ -30,6 +30,7 @@ from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import extract_features, knn_accuracy  # noqa: E402
 from ssl_models.device import pick_device  # noqa: E402
+from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
 from sslflow.data.builtin import read_fashion_mnist  # noqa: E402
 
@@ -76,7 +77,7 @@ def train_lightly(images: np.ndarray, encoder: torch.nn.Module, config: Pretrain
 def train_ours(images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device) -> float:
     pixels = torch.from_numpy(np.repeat(images, 3, axis=1))
     started = time.perf_counter()
-    pretrain_contrastive(encoder, pixels, list(range(len(images))), config)
+    pretrain_contrastive(encoder, InMemoryPairs(pixels, list(range(len(images))), seed=config.seed), config)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - started

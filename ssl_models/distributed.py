@@ -69,3 +69,13 @@ def mean_across_ranks(value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(tensor)
     return float(tensor.item()) / dist.get_world_size()
+
+
+def from_rank_zero(value):
+    """``value`` as rank 0 holds it, on every rank (unchanged without a process group): a resume state found
+    only on rank 0's node (its local checkpoint folder, or Flyte's checkpoint) reaches every node."""
+    if not is_distributed():
+        return value
+    holder = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

@@ -1,8 +1,9 @@
 """Training loops: contrastive pretraining (SimCLR / MICLe) and supervised fine-tuning.
 
-Data path: the whole image set is a uint8 tensor (N, C, H, W), on the GPU when it fits, else in
-pinned host memory. Each step gathers a batch of indices and augments it on the device, every
-image with its own random parameters, so no CPU worker pool is needed.
+Data path (ssl_models/data.py): pretraining reads pairs from a source, the whole image set in memory
+(on the GPU when it fits) or streamed from shards in bounded memory; fine-tuning holds its few labelled
+images in memory. Each step augments its batch on the device, every image with its own random
+parameters, so no CPU worker pool is needed.
 
 Pretraining reads as torchvision's reference script does: ``build_contrastive_run`` (model, DDP,
 sampler, optimiser, schedule), ``ContrastiveRun.restore`` (resume), ``pretrain_one_epoch``, and the
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,12 +25,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
+from ssl_models.data import InMemoryPairs, StreamingPairs, gather, place_images
 from ssl_models.device import apply_in_batches, autocast, pick_device
-from ssl_models.distributed import ProcessInfo, init_from_environment, mean_across_ranks
+from ssl_models.distributed import ProcessInfo, from_rank_zero, init_from_environment, mean_across_ranks
 from ssl_models.heads import Classifier, ProjectionHead
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
 from ssl_models.losses import NTXentLoss
-from ssl_models.micle import CasePairSampler
 from ssl_models.optim import build_optimizer
 from ssl_models.probe import DEFAULT_INVERSE_L2, fit_linear_probe
 
@@ -52,6 +53,8 @@ class PretrainConfig:
     channels_last: bool = True
     compile: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    memory_budget_mb: int = 0  # host memory for the image set; above it, stream from shards (0: a quarter of the pod's)
+    buffer_shards: int = 4  # streaming: shards shuffled together (each rank holds these + prefetched ones)
 
 
 @dataclass(frozen=True)
@@ -87,23 +90,9 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=lambda: FINETUNE_AUGMENT)
 
 
+PairSource = InMemoryPairs | StreamingPairs
 EpochCallback = Callable[[int, dict, Callable[[], dict]], None]
 """on_epoch_end(epoch, metrics, state_fn): state_fn() returns a resumable state dict."""
-
-
-def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Put the uint8 image set on the GPU if it takes under a quarter of free memory, else pin it on the host."""
-    if device.type == "cuda":
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-        if images.numel() * images.element_size() < free_bytes // 4:
-            return images.to(device)
-        return images.pin_memory()
-    return images
-
-
-def _batch_to_device(images: torch.Tensor, indices: np.ndarray, device: torch.device) -> torch.Tensor:
-    index = torch.from_numpy(indices).to(images.device)
-    return images.index_select(0, index).to(device, non_blocking=True)
 
 
 class ContrastiveModel(nn.Module):
@@ -128,7 +117,6 @@ class ContrastiveRun:
 
     model: nn.Module  # ContrastiveModel, wrapped in DistributedDataParallel when world_size > 1
     forward: Callable[[torch.Tensor], torch.Tensor]  # model or torch.compile(model): (2B, C, S, S) -> (2B, projection_dim)
-    sampler: CasePairSampler
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR  # advanced once per optimiser step
     loss_fn: NTXentLoss
@@ -153,14 +141,16 @@ class ContrastiveRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.generator.set_state(state["generator"])
+        if self.process.rank != 0:  # the state holds rank 0's generator: the other ranks draw their own views
+            self.generator.manual_seed(int(self.generator.initial_seed()) + 104729 * (self.process.rank + state["epoch"] + 1))
         log.info("resuming contrastive pretraining after epoch %d", state["epoch"])
         return state["epoch"] + 1
 
 
-def build_contrastive_run(encoder: nn.Module, case_ids: Sequence, config: PretrainConfig) -> ContrastiveRun:
-    """Device, process group, seeded model (+ SyncBatchNorm and DDP under torchrun), sampler, optimiser, schedule.
+def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainConfig) -> ContrastiveRun:
+    """Device, process group, seeded model (+ SyncBatchNorm and DDP under torchrun), optimiser, schedule.
 
-    encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim). case_ids: length-N case identifiers.
+    encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim). num_images: images per epoch.
     """
     device = pick_device()
     process = init_from_environment(device.type)
@@ -172,14 +162,12 @@ def build_contrastive_run(encoder: nn.Module, case_ids: Sequence, config: Pretra
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if config.compile else model
-    sampler = CasePairSampler(case_ids, seed=config.seed, rank=process.rank, world_size=process.world_size)
-    steps = steps_per_epoch(len(case_ids), config.batch_size, process.world_size)
+    steps = steps_per_epoch(num_images, config.batch_size, process.world_size)
     optimizer = build_optimizer(config.optimizer, model, config.learning_rate, config.weight_decay)
     schedule = epoch_schedule(optimizer, steps, config.epochs, warmup_epochs=config.warmup_epochs)
     return ContrastiveRun(
         model=model,
         forward=forward,
-        sampler=sampler,
         optimizer=optimizer,
         schedule=schedule,
         loss_fn=NTXentLoss(config.temperature),
@@ -190,15 +178,10 @@ def build_contrastive_run(encoder: nn.Module, case_ids: Sequence, config: Pretra
     )
 
 
-def _contrastive_loss(
-    run: ContrastiveRun, stored: torch.Tensor, anchors: np.ndarray, partners: np.ndarray, view: AugmentConfig
-) -> torch.Tensor:
-    """NT-Xent of one batch of pairs, each image with its own random view: anchors, partners (B,) indices -> scalar."""
+def _contrastive_loss(run: ContrastiveRun, anchors: torch.Tensor, partners: torch.Tensor, view: AugmentConfig) -> torch.Tensor:
+    """NT-Xent of one batch of pairs, each image with its own random view: anchors, partners (B, C, H, W) uint8 -> scalar."""
     views = torch.cat(
-        [
-            augment(_batch_to_device(stored, anchors, run.device), view, run.generator),
-            augment(_batch_to_device(stored, partners, run.device), view, run.generator),
-        ]
+        [augment(anchors, view, run.generator), augment(partners, view, run.generator)]
     ).contiguous(memory_format=run.memory_format)
     with autocast(run.device):
         projections = run.forward(views)
@@ -206,20 +189,17 @@ def _contrastive_loss(
     return run.loss_fn(z_a, z_b)
 
 
-def pretrain_one_epoch(run: ContrastiveRun, stored: torch.Tensor, epoch: int, config: PretrainConfig) -> dict:
-    """One pass over this rank's (anchor, partner) pairs of ``epoch``, one optimiser step per batch.
+def pretrain_one_epoch(run: ContrastiveRun, data: PairSource, epoch: int, config: PretrainConfig) -> dict:
+    """One pass over this rank's (anchor, partner) pairs of ``epoch`` from ``data``, one optimiser step per batch.
 
-    stored: (N, C, H, W) uint8 image set from place_images.
     Returns: epoch, loss (mean over ranks), images_per_second (all ranks), learning_rate.
     """
     run.model.train()
-    anchors, partners = run.sampler.pairs(epoch)
     started, totals = time.perf_counter(), EpochTotals()
-    for start in range(0, len(anchors), config.batch_size):
-        anchor_batch, partner_batch = anchors[start : start + config.batch_size], partners[start : start + config.batch_size]
+    for anchor_batch, partner_batch in data.batches(epoch, config.batch_size, run.process.rank, run.process.world_size, run.device):
         if len(anchor_batch) < 2:  # a single pair has no negatives
             continue
-        loss = _contrastive_loss(run, stored, anchor_batch, partner_batch, config.augment)
+        loss = _contrastive_loss(run, anchor_batch, partner_batch, config.augment)
         optimizer_step(loss, run.optimizer, run.schedule)
         totals.add(loss, len(anchor_batch))
     if run.device.type == "cuda":
@@ -235,36 +215,33 @@ def pretrain_one_epoch(run: ContrastiveRun, stored: torch.Tensor, epoch: int, co
 
 def pretrain_contrastive(
     encoder: nn.Module,
-    images: torch.Tensor,
-    case_ids: Sequence,
+    data: PairSource,
     config: PretrainConfig,
     *,
     on_epoch_end: EpochCallback | None = None,
     resume_state: dict | None = None,
 ) -> list[dict]:
-    """Train ``encoder`` in place with NT-Xent on (anchor, partner) pairs from CasePairSampler.
+    """Train ``encoder`` in place with NT-Xent on (anchor, partner) pairs of one case drawn by ``data``.
 
-    Pass ``case_ids = range(N)`` for SimCLR (every image its own case: two augmentations of one
-    image); pass real (or proxy) case ids for MICLe.
+    Give ``data`` case ids ``range(N)`` for SimCLR (every image its own case: two augmentations of one
+    image); real (or proxy) case ids for MICLe.
 
     Args:
         encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim).
-        images: (N, C, H, W) uint8 on the host.
-        case_ids: length-N case identifiers.
+        data: InMemoryPairs (images (N, C, H, W) uint8 + case ids) or StreamingPairs (shards).
         on_epoch_end: called after every epoch with (epoch, metrics, state_fn).
-        resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch.
+        resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch. Under
+            torchrun only rank 0's is used (broadcast to every rank), so other nodes need no copy of it.
 
     Returns:
         One dict per epoch trained: epoch, loss, images_per_second, learning_rate.
     """
-    if len(case_ids) != images.shape[0]:
-        raise ValueError(f"case_ids has {len(case_ids)} entries but there are {images.shape[0]} images")
-    run = build_contrastive_run(encoder, case_ids, config)
+    run = build_contrastive_run(encoder, data.num_images, config)
+    resume_state = from_rank_zero(resume_state)  # every rank resumes rank 0's state: the same epoch, identical weights
     start_epoch = 0 if resume_state is None else run.restore(resume_state)
-    stored = place_images(images, run.device)
     history: list[dict] = []
     for epoch in range(start_epoch, config.epochs):
-        metrics = pretrain_one_epoch(run, stored, epoch, config)
+        metrics = pretrain_one_epoch(run, data, epoch, config)
         history.append(metrics)
         if run.process.is_main:
             log.info("pretrain epoch %d/%d loss %.4f %.0f images/s", epoch + 1, config.epochs, metrics["loss"], metrics["images_per_second"])
@@ -319,7 +296,7 @@ def finetune(
         totals = EpochTotals()
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            views = augment(_batch_to_device(stored, batch, device), config.augment, generator)
+            views = augment(gather(stored, batch, device), config.augment, generator)
             batch_targets = targets[torch.from_numpy(batch).to(device)]
             with autocast(device):
                 logits = model(views)
@@ -369,7 +346,7 @@ def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig,
     model.encoder.eval()
     for _ in range(config.head_warmup_steps):
         batch = rng.choice(len(targets), size=min(config.batch_size, len(targets)), replace=False)
-        views = augment(_batch_to_device(stored, batch, device), config.augment, generator)
+        views = augment(gather(stored, batch, device), config.augment, generator)
         with torch.no_grad(), autocast(device):
             features = model.encoder(views)
         loss = F.cross_entropy(model.linear(features.float()), targets[torch.from_numpy(batch).to(device)])

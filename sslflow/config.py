@@ -48,6 +48,9 @@ class IngestConfig:
         (SeriesInstanceUID), always pseudonymised.
     dicom_site: site from the "institution" (InstitutionName) or the "scanner" (Manufacturer +
         ManufacturerModelName); a file without it falls back to the other, then "default".
+    chunk_images: about this many images per ingest chunk (one map-task pod; its memory grows with it,
+        not with the source): sslflow/data/chunks.py. Changing it re-decodes everything.
+    shard_megabytes: the size of one shard file of the dataset (ssl_models/shards.py); a case is never split.
     """
 
     image_size: int = 28
@@ -66,6 +69,8 @@ class IngestConfig:
     dicom_frames: str = "all"
     dicom_case_level: str = "patient"
     dicom_site: str = "institution"
+    chunk_images: int = 8192
+    shard_megabytes: int = 128
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -80,6 +85,8 @@ class IngestConfig:
             raise ValueError(f"IngestConfig.max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.max_file_bytes < 1:
             raise ValueError(f"IngestConfig.max_file_bytes must be positive, got {self.max_file_bytes}")
+        if self.chunk_images < 1 or self.shard_megabytes < 1:
+            raise ValueError(f"IngestConfig.chunk_images and shard_megabytes must be positive, got {self.chunk_images}, {self.shard_megabytes}")
         if self.bits_stored != 0 and not 8 <= self.bits_stored <= 16:
             raise ValueError(
                 f"IngestConfig.bits_stored must be 0 (infer per image) or a bit depth from 8 to 16, got {self.bits_stored}"

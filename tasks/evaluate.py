@@ -46,7 +46,7 @@ def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, p
     """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS."""
     rows, per_class = [], {}
     with stage_run(parent_run_id, "evaluate", {"in_domain": in_domain.name, "shift": shift.name, "corruptions": list(CORRUPTIONS)}):
-        tables = (read_dataset(dataset_folder(in_domain), in_domain.name), read_dataset(dataset_folder(shift), shift.name))
+        tables = tuple(read_dataset(dataset_folder(data), data.name, split="test") for data in (in_domain, shift))  # only the rows scored
         sets = evaluation_sets(*tables, models[0].class_names, names=(in_domain.name, shift.name))
         for model in models:
             classifier = load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from flytekit import HashMethod, Resources, dynamic, task
 from flytekit.types.file import FlyteFile
@@ -15,13 +16,21 @@ from images.specs import cpu_image
 from ssl_models.evaluate import accuracy, predict_probabilities
 from ssl_models.label_fractions import stratified_subset
 from ssl_models.train import FinetuneConfig, finetune
-from sslflow.data.dataset import read_dataset
+from sslflow.data.dataset import read_images, read_manifest
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, content_hash, dataset_folder, pipeline_cache
+
+
+def _labelled_train_and_val(domain: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
+    """(manifest, images (N, C, H, W) uint8) of the labelled train and val rows only: the rest is not read."""
+    folder = dataset_folder(domain)
+    manifest = read_manifest(folder)
+    manifest = manifest[manifest["split"].isin(["train", "val"]) & manifest["label"].notna()].reset_index(drop=True)
+    return manifest, read_images(folder, manifest, name=domain.name)
 
 
 def _finetune(
@@ -31,7 +40,7 @@ def _finetune(
     """initial None: a new ``encoder_name`` encoder with random weights; ``init`` names where the weights came from."""
     probe = "linear" if config.linear_probe else "finetune"
     show_progress()
-    manifest, images = read_dataset(dataset_folder(domain), domain.name)
+    manifest, images = _labelled_train_and_val(domain)
     in_channels, image_size = int(images.shape[1]), int(images.shape[-1])
     encoder = initial_encoder(None if initial is None else initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed)
     train_images, train_labels, _ = labelled_rows(manifest, images, "train")

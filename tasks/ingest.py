@@ -1,29 +1,35 @@
-"""ingest: a source (built-in data set, folder, parquet image list or S3 prefix) -> a Dataset folder.
+"""ingest, as three tasks (wired in workflows/ingest.py): plan_ingest lists a source and cuts it into chunks,
+ingest_chunk decodes one chunk into shards (a map task: chunks in parallel, each a cache hit when its files
+are unchanged), join_ingest joins them into a Dataset (sslflow/data/chunks.py).
 
 Bad input stops the run here, before any training, with a SourceError naming the file, row or key
 (sslflow/data/sources.py lists the sources, sslflow/data/metadata.py the metadata rules). DICOM
-identities are pseudonymised with the key of the Flyte Secret sslflow/pseudonym_key when it is mounted
-(sslflow/data/pseudonyms.py for the local fallbacks). Raw inputs
-are only read; the dataset is written to a temporary folder and renamed into place, so a failed
-ingest leaves nothing a later run could mistake for a dataset.
+identities are pseudonymised by the chunk tasks with the key of the Flyte Secret sslflow/pseudonym_key
+when it is mounted (sslflow/data/pseudonyms.py for the local fallbacks). Raw inputs
+are only read; chunks and the dataset are written to temporary folders and renamed into place, so a
+failed chunk or join leaves nothing a later run could mistake for a dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Annotated
 
 import mlflow
-from flytekit import HashMethod, Resources, Secret, current_context, task
+from flytekit import Cache, HashMethod, Resources, Secret, current_context, task
 from flytekit.types.directory import FlyteDirectory
 
 from images.specs import cpu_image
 from sslflow.config import IngestConfig
-from sslflow.data.dataset import write_dataset
-from sslflow.data.manifest import build_manifest
-from sslflow.data.sources import read_source, source_name
+from sslflow.data.chunks import decode_chunk, join_chunks, plan_chunks
+from sslflow.data.sources import source_name
 from sslflow.tracking.runs import stage_run
 from tasks.shared import Dataset, SourceUri, content_hash, pipeline_cache
+
+# Chunk pods decoding at once (the map task's concurrency); set where the workflow is registered.
+INGEST_CONCURRENCY = int(os.environ.get("SSLFLOW_INGEST_CONCURRENCY", "16"))
 
 
 PSEUDONYM_SECRET = Secret(group="sslflow", key="pseudonym_key")  # locally also $SSLFLOW_PSEUDONYM_KEY (flytekit)
@@ -42,6 +48,7 @@ def _log_summary(summary: dict, sha256: str) -> None:
         {
             "images": summary["images"], "cases": summary["cases"], "duplicates_dropped": summary["duplicates_dropped"],
             "quarantined": len(summary["quarantined"]), "sites": len(summary["sites"]), "skipped_non_image": sum(summary["skipped_non_image"].values()),
+            "chunks": len(summary["chunks"]), "shards": summary["shards"],
             **{f"read.{key}": value for key, value in summary["read"].items()},
         }
     )  # fmt: skip
@@ -51,15 +58,30 @@ def _log_summary(summary: dict, sha256: str) -> None:
         mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the source has no real case ids)")
 
 
+@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
+def plan_ingest(source: SourceUri, config: IngestConfig) -> list[str]:
+    """The chunks of ``source`` (JSON: decode settings + files with their content hashes); nothing is decoded."""
+    return plan_chunks(source, config)
+
+
 @task(
-    cache=pipeline_cache("3"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
+    cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
 )
-def ingest(source: SourceUri, config: IngestConfig, parent_run_id: str) -> Annotated[Dataset, HashMethod(content_hash)]:
-    """Read ``source``, normalise every image to config.channels x config.image_size^2, and write a Dataset."""
+def ingest_chunk(chunk: str) -> FlyteDirectory:
+    """Decode one chunk into shards + its table; memory grows with IngestConfig.chunk_images, not the source.
+    DICOM identities are pseudonymised with the Flyte Secret sslflow/pseudonym_key (never in the chunk document)."""
+    folder = Path(current_context().working_directory) / f"chunk-{hashlib.sha256(chunk.encode()).hexdigest()[:16]}"
+    return FlyteDirectory(str(decode_chunk(chunk, folder, pseudonym_key=_pseudonym_key())))
+
+
+@task(cache=pipeline_cache("4"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+def join_ingest(
+    source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str
+) -> Annotated[Dataset, HashMethod(content_hash)]:
+    """Deduplicate, subsample, cases and splits over every chunk; write the Dataset (manifest + the chunks' shards)."""
     name = source_name(source)
     with stage_run(parent_run_id, f"ingest:{name}", {"source": source, "config": config}) as run:
-        manifest, pixels, summary = build_manifest(read_source(source, config, pseudonym_key=_pseudonym_key()), config)
         directory = Path(current_context().working_directory) / f"dataset-{name}"
-        sha256 = write_dataset(directory, manifest, pixels, summary)
+        sha256, manifest, summary = join_chunks([Path(chunk.download()) for chunk in chunks], config, directory)
         _log_summary(summary, sha256)
     return Dataset(directory=FlyteDirectory(str(directory)), name=name, num_images=len(manifest), content_sha256=sha256, mlflow_run_id=run.info.run_id)

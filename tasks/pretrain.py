@@ -5,31 +5,46 @@ differ only in the pairing rule."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Annotated
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 from flytekit import HashMethod, current_context, task
 from flytekit.types.file import FlyteFile
 
 from ssl_models.micle import CasePairSampler
-from ssl_models.train import PretrainConfig, pretrain_contrastive
-from sslflow.data.dataset import read_dataset
+from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
+from ssl_models.train import PairSource, PretrainConfig, pretrain_contrastive
+from sslflow.data.dataset import image_shape, images_bytes, read_images, read_manifest, shard_rows
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
 from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_folder, pipeline_cache
 
+log = logging.getLogger(__name__)
 
-def _pretraining_pool(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
-    """(manifest, images (N, C, H, W) uint8) of the train and val rows: pretraining never sees the test split."""
-    manifest, images = read_dataset(dataset_folder(dataset), dataset.name)
-    pool = (manifest["split"] != "test").to_numpy()
-    return manifest[pool].reset_index(drop=True), images[pool]
+
+def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_aware: bool) -> tuple[pd.DataFrame, PairSource, tuple[int, ...]]:
+    """(manifest, pair source, image shape (C, H, W)) of the train and val rows: pretraining never sees the test split.
+
+    In memory when the images fit in config.memory_budget_mb (default: a quarter of the pod's memory),
+    else streamed from the dataset's shards; never loaded whole above the budget.
+    """
+    folder = dataset_folder(dataset)
+    manifest = read_manifest(folder)
+    manifest = manifest[manifest["split"] != "test"].reset_index(drop=True)
+    case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
+    budget = memory_budget_bytes(config.memory_budget_mb)
+    if fits_in_memory(images_bytes(folder, manifest), budget):
+        data = InMemoryPairs(torch.from_numpy(read_images(folder, manifest, max_bytes=budget, name=dataset.name)), case_ids, seed=config.seed)
+    else:
+        log.info("dataset %s: %d images over the %d MiB memory budget; streaming from shards", dataset.name, len(manifest), budget // 2**20)
+        data = StreamingPairs(shard_rows(folder, manifest, case_ids), seed=config.seed, buffer_shards=config.buffer_shards)
+    return manifest, data, image_shape(folder, manifest)
 
 
 def _flyte_checkpoint():
@@ -53,8 +68,8 @@ def _pretrain(
 ) -> EncoderCheckpoint:  # fmt: skip
     """initial None: a new ``encoder_name`` encoder with random weights. case_aware: MICLe positives (else SimCLR)."""
     show_progress()
-    manifest, images = _pretraining_pool(dataset)
-    in_channels, image_size = int(images.shape[1]), int(images.shape[-1])
+    manifest, data, shape = _pretraining_data(dataset, config, case_aware=case_aware)
+    in_channels, image_size = int(shape[0]), int(shape[-1])
     encoder = initial_encoder(None if initial is None else initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed)
     case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
     params = {"config": config, "encoder": encoder_name, "dataset": dataset.name, "dataset.sha256": dataset.content_sha256, **lineage}
@@ -69,8 +84,8 @@ def _pretrain(
             if is_main_process():
                 checkpoints.save(state_fn())
 
-        resume_state = checkpoints.load()
-        pretrain_contrastive(encoder, torch.from_numpy(images), case_ids, config, on_epoch_end=end_of_epoch, resume_state=resume_state)
+        resume_state = checkpoints.load() if is_main_process() else None  # rank 0's reaches every rank (pretrain_contrastive)
+        pretrain_contrastive(encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume_state)
         path, sha256 = save_state_dict(encoder, stage, "encoder.pt")
         if run is not None:
             if resume_state is not None:

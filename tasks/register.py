@@ -23,7 +23,7 @@ from tasks.shared import Dataset, FinetunedModel, dataset_folder
 
 def _labelled_test_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, C, H, W) uint8, label names (N,)) of the dataset's labelled test rows."""
-    images, label_names, _ = labelled_rows(*read_dataset(dataset_folder(dataset), dataset.name), "test")
+    images, label_names, _ = labelled_rows(*read_dataset(dataset_folder(dataset), dataset.name, split="test"), "test")
     return images, label_names
 
 

@@ -34,7 +34,7 @@ SourceUri = Annotated[str, HashMethod(fingerprint_source)]
 
 @dataclass
 class Dataset:
-    """An ingested image set: a dataset folder (manifest.parquet + images.npy + summary.json)."""
+    """An ingested image set: a dataset folder (manifest.parquet + shards/<sha256>.npy + summary.json)."""
 
     directory: FlyteDirectory
     name: str

@@ -12,7 +12,7 @@ from flytekit import Deck, HashMethod, Resources, task
 
 from images.specs import cpu_image
 from sslflow.config import ValidationConfig
-from sslflow.data.dataset import read_dataset, read_summary
+from sslflow.data.dataset import count_stored_images, read_manifest, read_summary
 from sslflow.data.validation import DataValidationError, validate_manifest
 from sslflow.reporting.html import validation_html
 from sslflow.tracking.runs import stage_run
@@ -30,8 +30,8 @@ def validate(
     params = {"config": config, "label_fractions": label_fractions, "dataset.sha256": dataset.content_sha256}
     with stage_run(parent_run_id, f"validate:{dataset.name}", params):
         folder = dataset_folder(dataset)
-        manifest, images = read_dataset(folder, dataset.name)
-        report = validate_manifest(manifest, images.shape[0], config, label_fractions)
+        manifest = read_manifest(folder)  # the suite reads the manifest and ingest's per-image statistics, no pixels
+        report = validate_manifest(manifest, count_stored_images(folder, manifest), config, label_fractions)
         report["ingest"] = read_summary(folder)
         page = validation_html(dataset.name, report)
         Deck(f"validation {dataset.name}", page)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sslflow.data.dataset import write_dataset
-from sslflow.data.manifest import MANIFEST_COLUMNS
+from sslflow.data.manifest import IMAGE_COLUMNS
 from sslflow.config import IngestConfig
 from sslflow.data.manifest import build_manifest
 from sslflow.data.sources import read_source
@@ -225,7 +225,7 @@ def test_above_max_bad_fraction_fails_naming_the_files(tmp_path):
 def test_a_failed_dataset_write_leaves_nothing_behind(tmp_path, monkeypatch):
     _good_folder(tmp_path / "scans")
     manifest, pixels, summary = build_manifest(read_source(str(tmp_path / "scans"), CONFIG), CONFIG)
-    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert tuple(manifest.columns) == IMAGE_COLUMNS
     output = tmp_path / "out"
     output.mkdir()
 

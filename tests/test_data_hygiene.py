@@ -126,7 +126,7 @@ def _labelled_manifest(count: int = 60) -> pd.DataFrame:
         modes=["L"] * count, widths=[8] * count, heights=[8] * count,
     )  # fmt: skip
     manifest, _, _ = build_manifest(images, IngestConfig(image_size=8))
-    return manifest
+    return manifest.assign(shard="0" * 64, shard_row=range(len(manifest)))  # as in a dataset, all in one shard
 
 
 def test_a_class_labelled_only_outside_train_fails_validation_naming_it():

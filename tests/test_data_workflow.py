@@ -16,7 +16,7 @@ from PIL import Image
 from sslflow.data.dataset import read_dataset, read_summary
 from tasks.shared import Dataset, dataset_folder
 from sslflow.config import IngestConfig, ValidationConfig
-from tasks.ingest import ingest
+from workflows.ingest import ingest
 from tasks.shared import SourceUri
 from sslflow.tracking.runs import start_parent_run
 from sslflow.tracking.store import client

@@ -20,6 +20,7 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from dicom_files import PLANTED, write_dicom, write_pacs_folder
 from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
+from sslflow.data.chunks import ingest_source, plan_chunks
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.fingerprint import fingerprint_folder
 from sslflow.data.manifest import build_manifest
@@ -233,6 +234,35 @@ def test_metadata_keyed_by_sop_instance_uid_labels_dicom_files_and_never_shows_t
     with pytest.raises(SourceError, match=r"metadata.csv row 5, column 'sop_instance_uid'") as refused:
         read_source(str(folder), config)
     assert "99999" not in str(refused.value)
+
+
+def test_chunked_ingest_of_a_pacs_folder_matches_the_in_memory_manifest(tmp_path):
+    """Chunks (map-task elements) decode DICOM with the given key: same cases, sites, modalities and skipped counts."""
+    folder = tmp_path / "pacs"
+    write_pacs_folder(folder, planted=PLANTED, multiframe=True)
+    config = IngestConfig(chunk_images=4)
+    chunks = plan_chunks(str(folder), config)
+    assert len(chunks) > 2 and not any(KEY in chunk or "another-key" in chunk for chunk in chunks)
+    for key in (None, "another-key-0123456789"):
+        _, chunked, summary = ingest_source(str(folder), config, tmp_path / f"dataset-{key}", workers=2, pseudonym_key=key)
+        expected, _, in_memory = build_manifest(read_source(str(folder), config, pseudonym_key=key), config)
+        columns = ["source_path", "case_id", "site", "modality", "label", "split", "sha256"]
+        assert chunked[columns].sort_values("source_path").values.tolist() == expected[columns].sort_values("source_path").values.tolist()
+        for name in ("sites", "modalities", "skipped_non_image", "cases", "duplicates_dropped"):
+            assert summary[name] == in_memory[name], name
+
+
+def test_chunked_ingest_applies_and_refuses_sop_instance_rows_across_chunks(tmp_path):
+    folder, uids = _uid_keyed_folder(tmp_path / "pacs")
+    config = IngestConfig(image_size=16, chunk_images=1)
+    assert len(plan_chunks(str(folder), config)) == 3  # one file per chunk: each row matched by one chunk only
+    _, manifest, _ = ingest_source(str(folder), config, tmp_path / "dataset")
+    by_file = manifest.set_index("source_path")
+    assert by_file.loc["export/IM0001", "label"] == "malignant" and by_file.loc["export/IM0001", "case_id"] == "case-7"
+    (folder / "metadata.csv").write_text((folder / "metadata.csv").read_text() + "1.2.826.0.1.3680043.99999.1,benign,\n")
+    with pytest.raises(SourceError, match=r"metadata.csv row 5, column 'sop_instance_uid'") as refused:
+        ingest_source(str(folder), config, tmp_path / "dataset-2")
+    assert "99999" not in str(refused.value) and "row 2" not in str(refused.value)
 
 
 def test_dicom_files_without_an_extension_at_an_s3_prefix_are_found_by_content(tmp_path, monkeypatch):

@@ -60,6 +60,7 @@ def _pretrain_worker(rank: int, port: int, results) -> None:
 
     from ssl_models.augment import AugmentConfig
     from ssl_models.encoders import build_encoder
+    from ssl_models.data import InMemoryPairs
     from ssl_models.train import PretrainConfig, pretrain_contrastive
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -68,7 +69,7 @@ def _pretrain_worker(rank: int, port: int, results) -> None:
     torch.manual_seed(0)
     encoder = build_encoder("small_cnn", 1)  # same initial weights on both ranks, as DDP requires
     config = PretrainConfig(epochs=2, batch_size=8, augment=AugmentConfig(output_size=16))
-    history = pretrain_contrastive(encoder, images, [i // 2 for i in range(40)], config)
+    history = pretrain_contrastive(encoder, InMemoryPairs(images, [i // 2 for i in range(40)], seed=config.seed), config)
     # Parameters must agree; BatchNorm running statistics are per rank on CPU (rank 0's are saved).
     results[rank] = ([h["loss"] for h in history], {k: v.detach().clone() for k, v in encoder.named_parameters()})
     dist.destroy_process_group()
@@ -83,6 +84,47 @@ def test_pretraining_runs_data_parallel_and_keeps_ranks_in_sync():
     assert losses_0 == losses_1  # the logged loss is the mean across ranks
     for name, tensor in weights_0.items():
         assert torch.allclose(tensor.float(), weights_1[name].float(), atol=1e-5), name
+
+
+def _resume_worker(rank: int, port: int, results) -> None:
+    import os
+
+    from ssl_models.augment import AugmentConfig
+    from ssl_models.data import InMemoryPairs
+    from ssl_models.encoders import build_encoder
+    from ssl_models.train import PretrainConfig, pretrain_contrastive
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = PretrainConfig(epochs=3, batch_size=8, augment=AugmentConfig(output_size=16))
+    torch.manual_seed(rank)  # different weights on each rank: only the resumed state may make them agree
+    encoder = build_encoder("small_cnn", 1)
+    state = results["state"] if rank == 0 else None  # only rank 0's node has the checkpoint
+    history = pretrain_contrastive(encoder, InMemoryPairs(images, list(range(40))), config, resume_state=state)
+    results[rank] = ([h["epoch"] for h in history], {k: v.detach().clone() for k, v in encoder.named_parameters()})
+    dist.destroy_process_group()
+
+
+def test_every_rank_resumes_rank_zeros_checkpoint_from_the_same_epoch():
+    """Multi-node resume: rank 0 alone holds the checkpoint (after epoch 0); both ranks train epochs 1 and 2
+    from its weights and end with identical weights."""
+    from ssl_models.augment import AugmentConfig
+    from ssl_models.data import InMemoryPairs
+    from ssl_models.encoders import build_encoder
+    from ssl_models.train import PretrainConfig, pretrain_contrastive
+
+    states = []
+    images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = PretrainConfig(epochs=1, batch_size=8, augment=AugmentConfig(output_size=16))
+    pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(40))), config, on_epoch_end=lambda e, m, state: states.append(state()))
+    manager = mp.Manager()
+    results = manager.dict(state=states[0])
+    mp.spawn(_resume_worker, args=(_free_port(), results), nprocs=WORLD_SIZE, join=True)
+    (epochs_0, weights_0), (epochs_1, weights_1) = results[0], results[1]
+    assert epochs_0 == epochs_1 == [1, 2]
+    for name, tensor in weights_0.items():
+        assert torch.allclose(tensor, weights_1[name], atol=1e-5), name
 
 
 def test_ssl_models_imports_no_flytekit_or_mlflow():

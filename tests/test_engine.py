@@ -14,6 +14,7 @@ from ssl_models.evaluate import knn_accuracy
 from ssl_models.label_fractions import stratified_subset
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, steps_per_epoch
 from ssl_models.optim import LARS, warmup_cosine
+from ssl_models.data import InMemoryPairs
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive
 
 
@@ -46,7 +47,7 @@ def test_lars_and_schedule_reduce_a_quadratic():
 def test_pretraining_lowers_the_contrastive_loss_with_lars():
     images = torch.randint(0, 256, (96, 1, 16, 16), dtype=torch.uint8)
     config = PretrainConfig(epochs=4, batch_size=32, optimizer="lars", learning_rate=0.5, warmup_epochs=1, augment=AugmentConfig(output_size=16))
-    history = pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(96)), config)
+    history = pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(96))), config)
     assert len(history) == 4 and history[-1]["loss"] < history[0]["loss"]
     assert all(record["images_per_second"] > 0 for record in history)
 
@@ -128,12 +129,12 @@ def test_resumed_pretraining_continues_the_same_run():
     def keep_state(epoch, metrics, state_fn):
         states[epoch] = copy.deepcopy(state_fn())  # state_fn() shares tensors with the live run
 
-    full = pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(48)), config, on_epoch_end=keep_state)
-    resumed = pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(48)), config, resume_state=states[0])
+    full = pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, on_epoch_end=keep_state)
+    resumed = pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, resume_state=states[0])
     assert [record["epoch"] for record in resumed] == [1, 2]
     assert [record["loss"] for record in resumed] == pytest.approx([record["loss"] for record in full[1:]], rel=1e-3)  # bitwise on CPU
     with pytest.raises(TypeError):
-        pretrain_contrastive(build_encoder("small_cnn", 1), images, list(range(48)), config, None)  # on_epoch_end is keyword-only
+        pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, None)  # on_epoch_end is keyword-only
 
 
 def test_explicit_finetune_epochs_are_what_runs(caplog):

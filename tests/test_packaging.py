@@ -93,6 +93,26 @@ def test_pretraining_requests_gpus_and_an_accelerator(package):
         assert template["metadata"].get("cacheSerializable") is True, f"{name}: GPU tasks use Cache(serialize=True)"
 
 
+def _node_target(node: dict) -> str:
+    """The task or sub-workflow a workflow node runs."""
+    if "workflowNode" in node:
+        return node["workflowNode"]["subWorkflowRef"]["name"]
+    return node.get("taskNode", {}).get("referenceId", {}).get("name", "")
+
+
+def test_ingest_decodes_chunks_in_a_map_task_with_bounded_concurrency(package):
+    """plan -> map task over chunks (ArrayNode, parallelism = INGEST_CONCURRENCY, every chunk must succeed) -> join."""
+    from tasks.ingest import INGEST_CONCURRENCY
+
+    nodes = package["workflows"]["workflows.ingest.ingest"]["nodes"]
+    mapped = [node["arrayNode"] for node in nodes if "arrayNode" in node]
+    assert len(mapped) == 1 and int(mapped[0]["parallelism"]) == INGEST_CONCURRENCY and mapped[0]["minSuccessRatio"] == 1.0
+    assert "ingest_chunk" in mapped[0]["node"]["taskNode"]["referenceId"]["name"]
+    assert [_node_target(node) for node in nodes if "taskNode" in node] == ["tasks.ingest.plan_ingest", "tasks.ingest.join_ingest"]
+    assert package["tasks"]["tasks.ingest.ingest_chunk"]["metadata"].get("discoverable"), "a chunk of unchanged files is a cache hit"
+    assert "workflows.ingest.ingest" in {_node_target(node) for node in package["workflows"]["workflows.pipeline.ssl_pipeline"]["nodes"]}
+
+
 def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):
     single, multi = package["tasks"]["tasks.pretrain.pretrain_simclr"], package["tasks"]["workflows.launch_plans.pretrain_simclr_multinode"]
     assert single["type"] == "python-task"  # Elastic with one node: torchrun inside one pod
@@ -101,7 +121,7 @@ def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):
     assert multi["custom"]["elasticConfig"]["nprocPerNode"] == 8
     assert _requests(_container(multi))["GPU"] == "8"
     # the same DAG as ssl_pipeline but for that one task
-    nodes = {name: [node.get("taskNode", {}).get("referenceId", {}).get("name") for node in package["workflows"][name]["nodes"]]
+    nodes = {name: [_node_target(node) for node in package["workflows"][name]["nodes"]]
              for name in ("workflows.pipeline.ssl_pipeline", "workflows.launch_plans.ssl_pipeline_multinode")}  # fmt: skip
     swapped = [n.replace("tasks.pretrain.pretrain_simclr", "workflows.launch_plans.pretrain_simclr_multinode") for n in nodes["workflows.pipeline.ssl_pipeline"]]
     assert nodes["workflows.launch_plans.ssl_pipeline_multinode"] == swapped
@@ -109,14 +129,14 @@ def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):
 
 def test_caching_and_retries(package):
     tasks = package["tasks"]
-    for name in ("tasks.ingest.ingest", *TRAINING_TASKS, "tasks.evaluate.evaluate"):
+    for name in ("tasks.ingest.join_ingest", *TRAINING_TASKS, "tasks.evaluate.evaluate"):
         metadata = tasks[name]["metadata"]
         assert metadata.get("discoverable") and metadata.get("discoveryVersion"), f"{name} is not cached"
         assert "parent_run_id" in metadata.get("cacheIgnoreInputVars", []), name
     # register is cached on the parent run (so on the store): another store gets its own registration
     register = tasks["tasks.register.register"]["metadata"]
     assert register.get("discoverable") and "parent_run_id" not in register.get("cacheIgnoreInputVars", [])
-    for name in ("tasks.ingest.ingest", "tasks.register.register"):
+    for name in ("tasks.ingest.plan_ingest", "tasks.ingest.ingest_chunk", "tasks.ingest.join_ingest", "tasks.register.register"):
         assert tasks[name]["metadata"]["retries"]["retries"] >= 1, name
     # run every time, and once: a rollback retried would roll back twice
     for name in ("workflows.launch_plans.refresh_source", "tasks.register.rollback_champion", "tasks.store.tracking_store"):

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import torch
 from ssl_models.augment import AugmentConfig
+from ssl_models.data import InMemoryPairs
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive
 from sslflow.training.model_files import initial_encoder
 
@@ -23,7 +24,7 @@ images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (48, 1, 16, 
 labels = np.arange(48) % 2
 view = AugmentConfig(output_size=16)
 encoder = initial_encoder(None, "small_cnn", 1, 16, seed=3)
-pretrain_contrastive(encoder, images, list(range(48)), PretrainConfig(epochs=1, batch_size=16, seed=3, augment=view))
+pretrain_contrastive(encoder, InMemoryPairs(images, list(range(48)), seed=3), PretrainConfig(epochs=1, batch_size=16, seed=3, augment=view))
 scratch = initial_encoder(None, "small_cnn", 1, 16, seed=3)
 finetuned, _ = finetune(encoder, images, labels, 2, FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=2, seed=3, augment=view))
 from_scratch, _ = finetune(scratch, images, labels, 2, FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=0, seed=3, augment=view))

@@ -16,7 +16,7 @@ SCRIPT = """
 from flytekit import workflow
 from ssl_models.train import PretrainConfig
 from sslflow.config import IngestConfig
-from tasks.ingest import ingest
+from workflows.ingest import ingest
 from tasks.pretrain import pretrain_simclr
 from sslflow.tracking.runs import start_parent_run
 

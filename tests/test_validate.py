@@ -15,7 +15,7 @@ def _manifest(count=200, classes=4):
         sites=["a"] * count, size_bytes=[64] * count, modes=["L"] * count, widths=[8] * count, heights=[8] * count,
     )  # fmt: skip
     manifest, pixels, _ = build_manifest(images, IngestConfig(image_size=8))
-    return manifest, len(pixels)
+    return manifest.assign(shard="0" * 64, shard_row=range(len(manifest))), len(pixels)  # as in a dataset, all in one shard
 
 
 def test_clean_manifest_passes():

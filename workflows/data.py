@@ -17,7 +17,7 @@ import workflows.refusals  # noqa: F401  (refused inputs print as one message: s
 
 from sslflow.config import IngestConfig, ValidationConfig
 from tasks.data_run import finish_data_run, start_data_run
-from tasks.ingest import ingest
+from workflows.ingest import ingest
 from tasks.shared import SourceUri
 from tasks.store import tracking_store
 from tasks.validate import validate

@@ -19,7 +19,7 @@ from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune_all
-from tasks.ingest import ingest
+from workflows.ingest import ingest
 from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_domain_simclr, pretrain_micle, pretrain_simclr
 from tasks.register import register

@@ -1,52 +1,112 @@
-"""The dataset folder format: ``manifest.parquet`` + ``images.npy`` + ``summary.json``.
+"""The dataset folder format: ``manifest.parquet`` + ``shards/<sha256>.npy`` + ``summary.json``.
 
-``images.npy`` is (N, C, H, W) uint8 and row i of it is manifest row i (sslflow/data/manifest.py);
-``summary.json`` is what ingest saw (duplicates, quarantined files, read statistics). The content
-sha256 of a dataset is that of its manifest and image bytes. Functions here take local folders;
-the Flyte artifact that carries one between tasks is tasks.shared.Dataset.
+Each manifest row (sslflow/data/manifest.py) names its image's shard (``shard``, the sha256 of the
+shard file) and its row in it (``shard_row``); a shard holds (n, C, H, W) uint8 images of bounded
+size (ssl_models/shards.py), and the images of one case are in one shard. Nothing here loads the
+whole dataset: readers take the rows they need, one memory-mapped shard at a time, and every shard
+read is checked against its hash. The content sha256 of a dataset is that of its manifest and its
+shard hashes. Functions here take local folders; the Flyte artifact is tasks.shared.Dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sslflow.data.manifest import MANIFEST_COLUMNS
-from sslflow.files import file_sha256
+from ssl_models.data import ShardRows
+from ssl_models.shards import SHARD_SUFFIX, ShardError, read_shard, write_shard
+from sslflow.data.manifest import IMAGE_COLUMNS, MANIFEST_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
-IMAGES_FILE = "images.npy"
+SHARDS_FOLDER = "shards"
 SUMMARY_FILE = "summary.json"
+DEFAULT_SHARD_BYTES = 128 * 2**20
 
 
-def write_dataset(directory: Path, manifest: pd.DataFrame, images: np.ndarray, summary: dict) -> str:
-    """Write the dataset files into ``directory`` and return their content sha256.
+def write_case_shards(directory: Path, pixels: np.ndarray, case_ids: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> tuple[list[str], np.ndarray]:
+    """Write ``pixels`` (N, C, H, W) uint8 as shards of about ``shard_bytes`` into ``directory``, the images of one
+    case in one shard (a shard is cut only between cases). Returns (shard sha256 of each row, row in its shard)."""
+    order = np.argsort(np.asarray(case_ids, dtype=object).astype(str), kind="stable")
+    image_bytes = int(np.prod(pixels.shape[1:])) if len(pixels) else 1
+    shard_of_row, row_in_shard = [""] * len(pixels), np.zeros(len(pixels), dtype=np.int64)
+    start = 0
+    while start < len(order):
+        stop = min(len(order), start + max(1, shard_bytes // image_bytes))
+        while stop < len(order) and case_ids[order[stop]] == case_ids[order[stop - 1]]:
+            stop += 1  # never split a case
+        members = order[start:stop]
+        sha256 = write_shard(directory, pixels[members])
+        for position, row in enumerate(members):
+            shard_of_row[row], row_in_shard[row] = sha256, position
+        start = stop
+    return shard_of_row, row_in_shard
 
-    The files are written to a temporary folder beside ``directory`` and renamed into place, so an
-    interrupted write leaves no half-written dataset. A previous dataset at ``directory`` is replaced
-    by ``_swap_in``: it is removed only once the new one is in place.
+
+def dataset_sha256(manifest_file: Path, shard_hashes: Iterable[str]) -> str:
+    """The content hash of a dataset: its manifest's bytes and the sorted hashes of its shards."""
+    digest = hashlib.sha256(manifest_file.read_bytes())
+    for shard in sorted(set(shard_hashes)):
+        digest.update(shard.encode())
+    return digest.hexdigest()
+
+
+def assemble_dataset(directory: Path, manifest: pd.DataFrame, shard_folders: list[Path], summary: dict) -> str:
+    """Write a dataset from a finished manifest and the folders its shards are in; return its content sha256.
+
+    The shards the manifest names are hard-linked (else copied) into a temporary folder beside
+    ``directory``, which is renamed into place: an interrupted write leaves no half-written dataset, and a
+    previous dataset at ``directory`` is removed only once the new one is in place (``_swap_in``).
     """
-    if len(manifest) != images.shape[0]:
-        raise ValueError(f"manifest has {len(manifest)} rows but there are {images.shape[0]} images")
     if tuple(manifest.columns) != MANIFEST_COLUMNS:
         raise ValueError(f"manifest columns {list(manifest.columns)} differ from MANIFEST_COLUMNS {list(MANIFEST_COLUMNS)}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
+        (staging / SHARDS_FOLDER).mkdir()
+        shards = sorted(set(manifest["shard"]))
+        found = {path.stem: path for folder in shard_folders for path in folder.glob(f"*{SHARD_SUFFIX}")}
+        for shard in shards:
+            if shard not in found:
+                raise ValueError(f"shard {shard} named by the manifest is in none of {[str(f) for f in shard_folders]}")
+            _link_or_copy(found[shard], staging / SHARDS_FOLDER / f"{shard}{SHARD_SUFFIX}")
         manifest.reset_index(drop=True).to_parquet(staging / MANIFEST_FILE, index=False)
-        np.save(staging / IMAGES_FILE, np.ascontiguousarray(images), allow_pickle=False)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-        sha256 = file_sha256(staging / MANIFEST_FILE, staging / IMAGES_FILE)
+        sha256 = dataset_sha256(staging / MANIFEST_FILE, shards)
         _swap_in(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return sha256
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def write_dataset(directory: Path, manifest: pd.DataFrame, images: np.ndarray, summary: dict, *, shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
+    """Write an in-memory dataset (manifest with IMAGE_COLUMNS, images (N, C, H, W) uint8 in its row order) as
+    shards + manifest into ``directory`` (atomically, as assemble_dataset); return its content sha256.
+    Shard columns in ``manifest`` (MANIFEST_COLUMNS) are replaced by where the images are written."""
+    if len(manifest) != images.shape[0]:
+        raise ValueError(f"manifest has {len(manifest)} rows but there are {images.shape[0]} images")
+    if tuple(manifest.columns) not in (IMAGE_COLUMNS, MANIFEST_COLUMNS):
+        raise ValueError(f"manifest columns {list(manifest.columns)} differ from IMAGE_COLUMNS {list(IMAGE_COLUMNS)}")
+    manifest = manifest[list(IMAGE_COLUMNS)]
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{directory.name}.shards-", dir=directory.parent) as folder:
+        shard, row = write_case_shards(Path(folder), images, manifest["case_id"].astype(str).tolist(), shard_bytes)
+        return assemble_dataset(directory, manifest.assign(shard=shard, shard_row=row), [Path(folder)], summary)
 
 
 def _swap_in(staging: Path, directory: Path) -> None:
@@ -66,13 +126,71 @@ def _swap_in(staging: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_dataset(directory: Path, name: str = "") -> tuple[pd.DataFrame, np.ndarray]:
-    """(manifest, images (N, C, H, W) uint8) of the dataset folder ``directory``; ``name`` for messages."""
-    manifest = pd.read_parquet(directory / MANIFEST_FILE)
-    images = np.load(directory / IMAGES_FILE, allow_pickle=False)
-    if len(manifest) != images.shape[0]:
-        raise ValueError(f"dataset {name or directory}: {MANIFEST_FILE} has {len(manifest)} rows, {IMAGES_FILE} {images.shape[0]} images")
-    return manifest, images
+def read_manifest(directory: Path) -> pd.DataFrame:
+    """The manifest of a dataset folder (no pixels are read)."""
+    return pd.read_parquet(directory / MANIFEST_FILE)
+
+
+def count_stored_images(directory: Path, manifest: pd.DataFrame) -> int:
+    """How many manifest rows have their shard file in the dataset (what validation compares the row count to)."""
+    present = {shard for shard in manifest["shard"].unique() if shard_path(directory, shard).is_file()}
+    return int(manifest["shard"].isin(present).sum())
+
+
+def shard_path(directory: Path, shard: str) -> Path:
+    return directory / SHARDS_FOLDER / f"{shard}{SHARD_SUFFIX}"
+
+
+def image_shape(directory: Path, manifest: pd.DataFrame) -> tuple[int, ...]:
+    """(C, H, W) of the dataset's images, from a shard's header (ShardError when no shard of ``manifest`` is there)."""
+    if manifest.empty:
+        return (0, 0, 0)
+    for shard in manifest["shard"].unique():
+        if shard_path(directory, shard).is_file():
+            return tuple(np.load(shard_path(directory, shard), mmap_mode="r", allow_pickle=False).shape[1:])
+    raise ShardError(f"shard {manifest['shard'].iloc[0]} is missing: no shard of dataset {directory} exists; ingest the source again")
+
+
+def images_bytes(directory: Path, manifest: pd.DataFrame) -> int:
+    """Bytes the images of ``manifest``'s rows take in memory."""
+    return len(manifest) * int(np.prod(image_shape(directory, manifest)))
+
+
+def read_images(directory: Path, manifest: pd.DataFrame, *, max_bytes: int = 0, name: str = "") -> np.ndarray:
+    """The images of ``manifest``'s rows (any subset of a dataset's manifest), (N, C, H, W) uint8 in its row order.
+
+    Reads one shard at a time and only the shards it needs, each checked against its hash (ShardError naming
+    the shard otherwise). max_bytes > 0: refuse (ValueError) rather than read more than that into memory.
+    """
+    needed = images_bytes(directory, manifest)
+    if max_bytes and needed > max_bytes:
+        raise ValueError(
+            f"dataset {name or directory}: {len(manifest)} images take {needed / 2**20:.0f} MiB, over the host-memory budget of "
+            f"{max_bytes / 2**20:.0f} MiB; read them streamed (ssl_models.data.StreamingPairs) or raise the budget"
+        )
+    images = np.empty((len(manifest), *image_shape(directory, manifest)), dtype=np.uint8)
+    positions = np.arange(len(manifest))
+    for shard, rows in manifest.groupby("shard", sort=True).indices.items():
+        images[positions[rows]] = read_shard(shard_path(directory, shard), shard, manifest["shard_row"].to_numpy()[rows])
+    return images
+
+
+def read_dataset(directory: Path, name: str = "", *, split: str | None = None, max_bytes: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """(manifest, images (N, C, H, W) uint8) of a dataset folder, only the rows of ``split`` when given; ``name`` for messages."""
+    manifest = read_manifest(directory)
+    if split is not None:
+        manifest = manifest[manifest["split"] == split].reset_index(drop=True)
+    return manifest, read_images(directory, manifest, max_bytes=max_bytes, name=name)
+
+
+def shard_rows(directory: Path, manifest: pd.DataFrame, case_ids: list) -> list[ShardRows]:
+    """The rows of ``manifest`` (a subset of a dataset's) per shard, for StreamingPairs; case_ids: one per row."""
+    cases = np.asarray(case_ids, dtype=object).astype(str)
+    positions = manifest["shard_row"].to_numpy()
+    return [
+        ShardRows(shard_path(directory, shard), shard, positions[rows], cases[rows])
+        for shard, rows in manifest.groupby("shard", sort=True).indices.items()
+    ]
 
 
 def read_summary(directory: Path) -> dict:

@@ -103,8 +103,8 @@ def _rows_by_instance(rows: list[dict] | None, pseudonyms: Pseudonyms) -> dict[s
     return {pseudonyms.pseudonym("instance", row["uid"]): {key: value for key, value in row.items() if key != "uid"} for row in rows or []}
 
 
-def _refuse_unmatched(source: str, by_instance: dict[str, dict], matched: set[str]) -> None:
-    unmatched = [row["where"] for key, row in by_instance.items() if key not in matched]
+def refuse_unmatched(source: str, unmatched: list[str]) -> None:
+    """SourceError naming the metadata rows (their "where") whose SOPInstanceUID no DICOM image of the source has."""
     if unmatched:
         raise SourceError(
             f"source {source}: {len(unmatched)} metadata row(s) name a SOPInstanceUID that no DICOM image here has "
@@ -127,7 +127,7 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
 
 def read_listing(
     records: list[ImageRecord], read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, source: str,
-    pseudonyms: Pseudonyms | None = None, instance_rows: list[dict] | None = None,
+    pseudonyms: Pseudonyms | None = None, instance_rows: list[dict] | None = None, *, part: bool = False,
 ) -> SourceImages:
     """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
 
@@ -135,7 +135,8 @@ def read_listing(
     pseudonyms: for DICOM identities (default: the key from the environment or key file, resolved on
     the first DICOM file). Non-image DICOM objects are skipped and counted by SOP class.
     instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects);
-    every row must match an image.
+    every row must match an image (part=True: the records are one ingest chunk of the source; rows not
+    matched here are returned in unmatched_instance_rows, refused by the join when no chunk matched them).
     Raises SourceError for an empty listing or one with no images, UndecodableImageError naming every
     bad file when there are more than the allowed fraction (or no image is left).
     """
@@ -160,10 +161,14 @@ def read_listing(
         except UndecodableImageError as error:
             quarantined.append({"source_path": record.source_path, "problem": str(error)})
     _refuse_bad(source, quarantined, len(records), config, none_left=not rows)
-    _refuse_unmatched(source, by_instance, matched)
+    unmatched = [row["where"] for key, row in by_instance.items() if key not in matched]
+    if not part:
+        refuse_unmatched(source, unmatched)
     if not rows:
         raise SourceError(f"source {source} holds no images: only DICOM objects without one ({', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))})")
-    return _source_images(rows, quarantined, stats, skipped)
+    images = _source_images(rows, quarantined, stats, skipped)
+    images.unmatched_instance_rows = unmatched
+    return images
 
 
 def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int]) -> SourceImages:

@@ -15,10 +15,11 @@ from ssl_models.proxy_cases import pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
 from sslflow.data.types import SourceError, SourceImages
 
-MANIFEST_COLUMNS = (
+IMAGE_COLUMNS = (
     "sha256", "source_path", "size_bytes", "width", "height", "mode",
-    "case_id", "case_id_is_proxy", "site", "modality", "label", "split",
+    "case_id", "case_id_is_proxy", "site", "modality", "label", "split", "pixel_mean", "pixel_std",
 )  # fmt: skip
+MANIFEST_COLUMNS = (*IMAGE_COLUMNS, "shard", "shard_row")  # + where the image is: sslflow/data/dataset.py
 MAX_LISTED_CONFLICTS = 20
 
 
@@ -30,8 +31,8 @@ def split_of_case(case_id: str, seed: int, train_fraction: float, val_fraction: 
     return "val" if position < train_fraction + val_fraction else "test"
 
 
-def deduplicate(hashes: list[str], images: SourceImages) -> tuple[np.ndarray, list[str]]:
-    """One row per distinct image (``hashes``: sha256 of each image's decoded pixels).
+def deduplicate(hashes: list[str], labels: list, source_paths: list[str]) -> tuple[np.ndarray, list[str]]:
+    """One row per distinct image (``hashes``: sha256 of each image's decoded pixels; labels, source_paths per row).
 
     Returns (indices kept, ascending; source paths of the dropped copies). Of identical images the first
     labelled one is kept, else the first: an unlabelled copy never hides a label. Raises SourceError
@@ -42,13 +43,13 @@ def deduplicate(hashes: list[str], images: SourceImages) -> tuple[np.ndarray, li
         rows_of_hash.setdefault(digest, []).append(index)
     keep, conflicts = [], []
     for rows in rows_of_hash.values():
-        labelled = [row for row in rows if images.labels[row] is not None]
+        labelled = [row for row in rows if labels[row] is not None]
         keep.append(labelled[0] if labelled else rows[0])
         conflicts += [
-            f"{images.source_paths[labelled[0]]} (label {images.labels[labelled[0]]!r}) and "
-            f"{images.source_paths[row]} (label {images.labels[row]!r})"
+            f"{source_paths[labelled[0]]} (label {labels[labelled[0]]!r}) and "
+            f"{source_paths[row]} (label {labels[row]!r})"
             for row in labelled[1:]
-            if images.labels[row] != images.labels[labelled[0]]
+            if labels[row] != labels[labelled[0]]
         ]
     if conflicts:
         more = f"\n  ... and {len(conflicts) - MAX_LISTED_CONFLICTS} more" if len(conflicts) > MAX_LISTED_CONFLICTS else ""
@@ -58,48 +59,58 @@ def deduplicate(hashes: list[str], images: SourceImages) -> tuple[np.ndarray, li
             + "\n  ".join(conflicts[:MAX_LISTED_CONFLICTS]) + more
         )
     kept = set(keep)
-    return np.array(sorted(kept), dtype=np.int64), [images.source_paths[i] for i in range(len(hashes)) if i not in kept]
+    return np.array(sorted(kept), dtype=np.int64), [source_paths[i] for i in range(len(hashes)) if i not in kept]
 
 
-def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """Deduplicate, subsample, assign cases and splits. Returns (manifest, pixels (N, C, H, W), summary).
+def decoded_table(images: SourceImages, config: IngestConfig) -> pd.DataFrame:
+    """One row per decoded image, in source order: content hash, file facts, case (None when the source has
+    none; PROXY cases among these images with config.proxy_cases), site, DICOM modality, label, pixel mean and std."""
+    flat = images.pixels.reshape(len(images.pixels), -1)
+    if images.case_ids is not None:
+        case_ids, is_proxy = list(images.case_ids), False
+    elif config.proxy_cases:
+        case_ids, is_proxy = pixel_neighbour_proxy_cases(images.pixels, seed=config.seed), True
+    else:
+        case_ids, is_proxy = [None] * len(flat), False
+    return pd.DataFrame(
+        {
+            "sha256": [hashlib.sha256(pixels.tobytes()).hexdigest() for pixels in images.pixels],
+            "source_path": images.source_paths, "size_bytes": images.size_bytes,
+            "width": images.widths, "height": images.heights, "mode": images.modes,
+            "case_id": case_ids, "case_id_is_proxy": is_proxy, "site": images.sites,
+            "modality": pd.array(images.modalities if images.modalities else [None] * len(flat), dtype="string"),
+            "label": pd.array(images.labels, dtype="string"),
+            "pixel_mean": flat.mean(axis=1, dtype=np.float64) if len(flat) else [], "pixel_std": flat.std(axis=1, dtype=np.float64) if len(flat) else [],
+        }
+    )  # fmt: skip
 
-    Raises SourceError when identical images have different labels (deduplicate).
+
+def finish_manifest(table: pd.DataFrame, config: IngestConfig) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Deduplicate, subsample, name cases, assign splits. table: decoded_table rows (of one or many chunks, in
+    source order; extra columns are carried in the index). Returns (manifest (IMAGE_COLUMNS), rows of
+    ``table`` kept, summary).
+
+    An image's split depends only on its case id, or on its content hash when the source has no cases:
+    never on its position or on which other images exist. Raises SourceError when identical images have
+    different labels (deduplicate).
     """
-    hashes = [hashlib.sha256(pixels.tobytes()).hexdigest() for pixels in images.pixels]
-    keep, duplicates = deduplicate(hashes, images)
+    labels = [None if pd.isna(label) else label for label in table["label"]]
+    keep, duplicates = deduplicate(table["sha256"].tolist(), labels, table["source_path"].tolist())
     if config.max_images and len(keep) > config.max_images:
         keep = np.sort(np.random.default_rng(config.seed).choice(keep, config.max_images, replace=False))
-    pixels = images.pixels[keep]
-    pick = lambda values: [values[i] for i in keep]  # noqa: E731
-
-    if images.case_ids is not None:
-        case_ids, is_proxy = pick(images.case_ids), False
-    elif config.proxy_cases:
-        case_ids, is_proxy = pixel_neighbour_proxy_cases(pixels, seed=config.seed), True
-    else:
-        case_ids, is_proxy = [f"image-{hashes[i][:16]}" for i in keep], False
+    manifest = table.iloc[keep].reset_index(drop=True)
+    has_cases = manifest["case_id"].notna().any()
+    fallback = [
+        f"image-{hashlib.sha256(path.encode()).hexdigest()[:12]}" if has_cases else f"image-{digest[:16]}"
+        for path, digest in zip(manifest["source_path"], manifest["sha256"])
+    ]
+    manifest["case_id"] = [case if case is not None and not pd.isna(case) else other for case, other in zip(manifest["case_id"], fallback)]
     if config.all_test:
-        splits = ["test"] * len(keep)
+        manifest["split"] = "test"
     else:
-        splits = [split_of_case(case, config.seed, config.train_fraction, config.val_fraction) for case in case_ids]
-    manifest = pd.DataFrame(
-        {
-            "sha256": pick(hashes),
-            "source_path": pick(images.source_paths),
-            "size_bytes": pick(images.size_bytes),
-            "width": pick(images.widths),
-            "height": pick(images.heights),
-            "mode": pick(images.modes),
-            "case_id": case_ids,
-            "case_id_is_proxy": is_proxy,
-            "site": pick(images.sites),
-            "modality": pd.array(pick(images.modalities) if images.modalities else [None] * len(keep), dtype="string"),
-            "label": pd.array(pick(images.labels), dtype="string"),
-            "split": splits,
-        },
-        columns=list(MANIFEST_COLUMNS),
-    )
+        manifest["split"] = [split_of_case(case, config.seed, config.train_fraction, config.val_fraction) for case in manifest["case_id"]]
+    manifest = manifest[list(IMAGE_COLUMNS)]
+    is_proxy = bool(manifest["case_id_is_proxy"].any())
     summary = {
         "images": len(manifest),
         "duplicates_dropped": len(duplicates),
@@ -110,11 +121,21 @@ def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataF
         "labelled": int(manifest["label"].notna().sum()),
         "sites": {str(site): int(count) for site, count in manifest["site"].value_counts().sort_index().items()},
         "modalities": {str(modality): int(count) for modality, count in manifest["modality"].value_counts().sort_index().items()},
+    }
+    return manifest, keep, summary
+
+
+def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """The manifest of images decoded in memory: (manifest (IMAGE_COLUMNS), pixels (N, C, H, W) of its rows,
+    summary). Ingest does the same chunk by chunk (sslflow/data/chunks.py); this is for small sources.
+    """
+    manifest, keep, summary = finish_manifest(decoded_table(images, config), config)
+    summary |= {
         "skipped_non_image": dict(sorted(images.skipped.items())),  # DICOM objects without an image, by SOP class
         "quarantined": images.quarantined,  # undecodable files skipped under IngestConfig.max_bad_fraction
         "read": images.read_stats,  # listed / decoded / decode_cache_hits / files_read / bytes_read
     }
-    return manifest, pixels, summary
+    return manifest, images.pixels[keep], summary
 
 
 def labelled_rows(manifest: pd.DataFrame, images: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

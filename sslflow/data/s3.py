@@ -139,12 +139,17 @@ def _metadata_table(client, objects: dict[str, dict], bucket: str, prefix: str):
     return parse_metadata_csv(read_object(client, bucket, objects[METADATA_FILE]["Key"]), where)
 
 
-def read_s3(uri: str, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
-    client = s3_client()
+def s3_instance_rows(client, uri: str) -> list[dict] | None:
+    """The rows of the prefix's metadata.csv when it names DICOM files by SOPInstanceUID, else None."""
     bucket, prefix = parse_s3_uri(uri)
     table = _metadata_table(client, objects_by_path(list_objects(client, bucket, prefix), bucket, prefix), bucket, prefix)
-    by_instance = instance_rows(table, f"s3://{bucket}/{prefix}{METADATA_FILE}", first_row=2) if table is not None and keyed_by_instance(table) else None
+    return instance_rows(table, f"s3://{bucket}/{prefix}{METADATA_FILE}", first_row=2) if table is not None and keyed_by_instance(table) else None
+
+
+def read_s3(uri: str, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
+    client = s3_client()
+    bucket, _ = parse_s3_uri(uri)
     return read_listing(
         list_s3(client, uri), lambda record: read_object(client, bucket, record.location.removeprefix(f"s3://{bucket}/")), config, cache, uri, pseudonyms,
-        instance_rows=by_instance,
+        instance_rows=s3_instance_rows(client, uri),
     )

@@ -50,7 +50,7 @@ def source_name(source: str) -> str:
     return "".join(char if char.isalnum() or char in "-_." else "-" for char in name) or "source"
 
 
-def _folder(source: str) -> Path:
+def source_folder(source: str) -> Path:
     """A folder source as a Path; SourceError listing what a source can be when it names no folder."""
     root = Path(source)
     if not root.is_dir():
@@ -75,7 +75,7 @@ def fingerprint_source(source: str) -> str:
         return fingerprint_s3(source)
     if kind == "parquet":
         return fingerprint_parquet_list(source)
-    _folder(source)
+    source_folder(source)
     return fingerprint_folder(source)
 
 
@@ -97,4 +97,4 @@ def read_source(source: str, config: IngestConfig, *, pseudonym_key: str | None 
         return read_s3(source, config, cache, pseudonyms)
     if kind == "parquet":
         return read_parquet_list(Path(source), config, cache, pseudonyms)
-    return read_folder(_folder(source), config, cache, pseudonyms)
+    return read_folder(source_folder(source), config, cache, pseudonyms)

@@ -29,6 +29,7 @@ class SourceImages:
     read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
     modalities: list[str | None] = field(default_factory=list)  # DICOM Modality per image (None: not DICOM); [] = none
     skipped: dict[str, int] = field(default_factory=dict)  # non-image DICOM objects skipped, by SOP class
+    unmatched_instance_rows: list[str] = field(default_factory=list)  # metadata rows by SOPInstanceUID no image here has ("where")
 
 
 class SourceError(Refusal, ValueError):

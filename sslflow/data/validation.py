@@ -63,6 +63,9 @@ def manifest_expectations(config: ValidationConfig, image_count: int) -> list:
         E.ExpectColumnValuesToBeBetween(column="height", min_value=config.min_image_side, max_value=config.max_image_side),
         E.ExpectColumnValuesToBeBetween(column="size_bytes", min_value=1),
         E.ExpectColumnValuesToBeInSet(column="splits_of_case", value_set=[1]),
+        *[E.ExpectColumnValuesToNotBeNull(column=column) for column in ("pixel_mean", "pixel_std", "shard", "shard_row")],
+        E.ExpectColumnValuesToBeBetween(column="pixel_mean", min_value=0, max_value=255),  # per-image statistics from ingest
+        E.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=0, max_value=128),
     ]
     if config.require_labels:
         expectations.append(E.ExpectColumnValuesToNotBeNull(column="label"))

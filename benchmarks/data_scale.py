@@ -1,0 +1,205 @@
+"""Data at scale: ingest N image files with the project's chunked ingest, then one streaming pretraining epoch.
+
+For each N: synthesise N real-looking 256-px PNG files (smooth shapes, texture and noise; half gray,
+half RGB) in a work folder, ingest them with ``sslflow.data.chunks.ingest_source`` (the functions the
+Flyte map task runs; one process per core) to the default image size, then train one SimCLR epoch
+streaming from the shards with the host-memory budget set to half the dataset's size, and one epoch on
+the same data in memory. Ingest and training run in child processes whose process-tree peak resident
+set is sampled from /proc. Prints one JSON line and writes it to benchmarks/results/.
+
+    python benchmarks/data_scale.py                    # N = 10,000 and 100,000 (about 40 min on 2 cores)
+    python benchmarks/data_scale.py --sizes 2000       # a quick look
+
+Targets (issue 10): peak RSS at N=100,000 <= 1.25 x at N=10,000 (ingest and training); ingest >= 250
+images/s per core; streaming >= 0.9 x the in-memory images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import write_result  # noqa: E402
+
+SIDE = 256
+SHARD_MEGABYTES = 1
+BUFFER_SHARDS = 4
+
+
+def synthetic_image(index: int) -> Image.Image:
+    """A 256-px image with smooth structure, edges, texture and noise; even indices gray, odd RGB."""
+    rng = np.random.default_rng(index)
+    channels = 1 if index % 2 == 0 else 3
+    coarse = rng.integers(0, 256, (6, 6, channels), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse.squeeze()).resize((SIDE, SIDE), Image.BICUBIC), dtype=np.float32).reshape(SIDE, SIDE, channels)
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    for _ in range(3):  # a few bright or dark discs: organ-like blobs with edges
+        cy, cx, radius = rng.integers(30, SIDE - 30, 2).tolist() + [int(rng.integers(10, 50))]
+        base[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] += rng.uniform(-60, 60)
+    base += rng.normal(0, 6, base.shape)  # sensor noise
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8).squeeze())
+
+
+def _write_files(folder: Path, indices: range) -> None:
+    for index in indices:
+        synthetic_image(index).save(folder / f"{index // 1000:04d}" / f"scan{index:07d}.png")
+
+
+def synthesise(folder: Path, count: int, workers: int) -> None:
+    """``count`` PNG files under ``folder`` (kept between runs: files already there are not written again)."""
+    existing = len(list(folder.glob("*/*.png"))) if folder.is_dir() else 0
+    if existing == count:
+        return
+    for group in range(0, count, 1000):
+        (folder / f"{group // 1000:04d}").mkdir(parents=True, exist_ok=True)
+    step = 2000
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_files, [folder] * len(range(0, count, step)), [range(s, min(count, s + step)) for s in range(0, count, step)]))
+
+
+def _tree_rss_bytes(pid: int) -> int:
+    """Resident set of ``pid`` and all its descendants, from /proc."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
+def run_measured(arguments: list[str], environment: dict) -> tuple[dict, float, float]:
+    """Run this script with ``arguments`` in a child process: (its JSON result, wall seconds, peak tree RSS MiB)."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, __file__, *arguments], stdout=subprocess.PIPE, text=True, env=environment)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, _tree_rss_bytes(child.pid))
+        time.sleep(0.05)
+    output = child.stdout.read()
+    if child.returncode != 0:
+        raise RuntimeError(f"{arguments[0]} failed with status {child.returncode}:\n{output[-2000:]}")
+    return json.loads(output.strip().splitlines()[-1]), time.perf_counter() - started, peak / 2**20
+
+
+def stage_times(folder: Path, sample: int = 400) -> dict:
+    """Seconds per image of each ingest stage on ``sample`` files (read, decode, resize, write), one core."""
+    from sslflow.config import IngestConfig
+    from sslflow.data.decode import decode_image
+    from ssl_models.shards import write_shard
+
+    config = IngestConfig()
+    paths = sorted(folder.glob("*/*.png"))[:sample]
+    started = time.perf_counter()
+    blobs = [path.read_bytes() for path in paths]
+    read = time.perf_counter() - started
+    started = time.perf_counter()
+    for blob in blobs:
+        with Image.open(io.BytesIO(blob)) as image:
+            image.load()
+    decode = time.perf_counter() - started
+    started = time.perf_counter()
+    pixels = [decode_image(blob, "x", config.image_size, config.channels, config.max_image_pixels).pixels for blob in blobs]
+    resize = time.perf_counter() - started - decode  # decode_image = decode + convert and resize
+    with tempfile.TemporaryDirectory() as shards:
+        started = time.perf_counter()
+        write_shard(Path(shards), np.stack(pixels))
+        write = time.perf_counter() - started
+    return {stage: round(seconds / len(paths) * 1e3, 4) for stage, seconds in {"read": read, "decode": decode, "resize": resize, "write": write}.items()}
+
+
+def child_ingest(source: str, dataset: str, workers: int) -> dict:
+    from sslflow.config import IngestConfig
+    from sslflow.data.chunks import ingest_source
+
+    sha256, manifest, summary = ingest_source(source, IngestConfig(shard_megabytes=SHARD_MEGABYTES), Path(dataset), workers=workers)
+    return {"sha256": sha256, "images": len(manifest), "chunks": len(summary["chunks"]), "shards": summary["shards"]}
+
+
+def child_train(dataset: str, stream: bool) -> dict:
+    import torch
+
+    from ssl_models.augment import AugmentConfig
+    from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
+    from ssl_models.encoders import build_encoder
+    from ssl_models.train import PretrainConfig, pretrain_contrastive
+    from sslflow.data.dataset import image_shape, images_bytes, read_images, read_manifest, shard_rows
+
+    folder = Path(dataset)
+    manifest = read_manifest(folder)
+    shape, size = image_shape(folder, manifest), images_bytes(folder, manifest)
+    budget_mb = max(1, size // 2 // 2**20) if stream else 0  # streaming: the budget at half the dataset; else the default
+    config = PretrainConfig(epochs=1, batch_size=256, augment=AugmentConfig(output_size=shape[-1]), memory_budget_mb=budget_mb, buffer_shards=BUFFER_SHARDS)
+    cases = list(range(len(manifest)))
+    if not fits_in_memory(size, memory_budget_bytes(config.memory_budget_mb)):  # as tasks/pretrain.py chooses
+        data = StreamingPairs(shard_rows(folder, manifest, cases), seed=0, buffer_shards=BUFFER_SHARDS)
+    else:
+        data = InMemoryPairs(torch.from_numpy(read_images(folder, manifest)), cases)
+    history = pretrain_contrastive(build_encoder("small_cnn", shape[0], shape[-1]), data, config)
+    return {"images_per_second": history[-1]["images_per_second"], "dataset_mib": size / 2**20, "budget_mib": memory_budget_bytes(budget_mb) / 2**20, "streamed": isinstance(data, StreamingPairs)}
+
+
+def measure(count: int, work: Path, workers: int) -> dict:
+    """Synthesise, ingest, train streaming and in memory at N = ``count``."""
+    folder = work / f"png-{count}"
+    synthesise(folder, count, workers)
+    environment = {**os.environ, "SSLFLOW_INGEST_CACHE": tempfile.mkdtemp(prefix="ingest-cache-", dir=work)}
+    dataset = work / f"dataset-{count}"
+    ingested, ingest_seconds, ingest_rss = run_measured(["ingest", str(folder), str(dataset), str(workers)], environment)
+    streamed, stream_seconds, stream_rss = run_measured(["train", str(dataset), "stream"], environment)
+    in_memory, _, memory_rss = run_measured(["train", str(dataset), "memory"], environment)
+    return {
+        "files": count, **ingested,
+        "ingest": {"wall_seconds": round(ingest_seconds, 1), "images_per_second_per_core": round(count / ingest_seconds / workers, 1),
+                   "cores": workers, "peak_rss_mib": round(ingest_rss), "ms_per_image_one_core": stage_times(folder)},
+        "training_epoch": {"wall_seconds": round(stream_seconds, 1), "streaming_images_per_second": round(streamed["images_per_second"], 1),
+                           "in_memory_images_per_second": round(in_memory["images_per_second"], 1),
+                           "streaming_over_in_memory": round(streamed["images_per_second"] / in_memory["images_per_second"], 3),
+                           "peak_rss_mib_streaming": round(stream_rss), "peak_rss_mib_in_memory": round(memory_rss),
+                           "dataset_mib": round(streamed["dataset_mib"], 1), "memory_budget_mib": round(streamed["budget_mib"], 1),
+                           "streamed": streamed["streamed"], "in_memory_run_streamed": in_memory["streamed"]},
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated N")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sslflow-data-scale")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    arguments = parser.parse_args()
+    workers = len(os.sched_getaffinity(0))
+    results = [measure(int(size), arguments.work, workers) for size in arguments.sizes.split(",")]
+    payload = {"results": results}
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        payload["rss_ratio_largest_over_smallest"] = {
+            "ingest": round(large["ingest"]["peak_rss_mib"] / small["ingest"]["peak_rss_mib"], 3),
+            "training": round(large["training_epoch"]["peak_rss_mib_streaming"] / small["training_epoch"]["peak_rss_mib_streaming"], 3),
+        }
+    print(json.dumps(payload))
+    write_result("data_scale", payload, arguments.out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("ingest", "train"):
+        stage = sys.argv[1]
+        result = child_ingest(sys.argv[2], sys.argv[3], int(sys.argv[4])) if stage == "ingest" else child_train(sys.argv[2], sys.argv[3] == "stream")
+        print(json.dumps(result))
+    else:
+        main()

@@ -1,0 +1,242 @@
+"""Ingest in chunks: list a source (no decoding), cut the listing into chunks, decode each chunk into shards,
+join the chunks' tables into one dataset. The Flyte ingest workflow (workflows/ingest.py) runs the
+decoding as a map task; ``ingest_source`` runs the same three steps in one process (or a process pool).
+
+- **Chunks that stay put.** A chunk is a JSON document: the decode settings and its files, each with
+  its content sha256 (S3: key, ETag and size), so it is Flyte's cache key: a chunk whose files are
+  unchanged is a cache hit. Records are ordered by case (the file path when there is none) and a chunk
+  ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
+  boundaries), so adding files changes only the chunks they fall into. The images of one case are in
+  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
+- **Bounded memory.** A chunk task holds one chunk's images; the join reads only the chunks' tables.
+- **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
+  writes the dataset atomically (sslflow/data/dataset.py).
+- ``IngestConfig.max_bad_fraction`` applies per chunk; PROXY cases (``proxy_cases``) are pixel
+  neighbours within a chunk.
+- **DICOM.** A chunk task decodes DICOM with the pseudonym key it is given (the Flyte Secret, never in the
+  chunk document); a DICOM case comes from the header, known only after decoding, so the images of one
+  patient share a chunk only when their files sort together (as in a PACS export's patient folders).
+  Metadata keyed by SOPInstanceUID is read by every chunk (its sha256 is in the chunk document, so a
+  changed metadata.csv re-decodes); a row that no chunk matched is refused by the join.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sslflow.config import IngestConfig
+from sslflow.data.builtin import read_builtin
+from sslflow.data.dataset import assemble_dataset, write_case_shards
+from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.fingerprint import FileDigests, fingerprint_builtin
+from sslflow.data.folder import folder_instance_rows, list_folder
+from sslflow.data.listing import read_listing, refuse_unmatched
+from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest
+from sslflow.data.metadata import ImageRecord
+from sslflow.data.parquet_list import list_parquet_list
+from sslflow.data.pseudonyms import Pseudonyms
+from sslflow.data.s3 import list_s3, parse_s3_uri, read_object, s3_client, s3_instance_rows
+from sslflow.data.sources import source_kind, source_folder
+from sslflow.data.types import SourceImages
+
+CHUNK_TABLE, CHUNK_REPORT, SHARDS = "chunk.parquet", "chunk.json", "shards"
+DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixels", "max_file_bytes", "bits_stored", "proxy_cases", "seed", "shard_megabytes",
+                   "dicom_window", "dicom_frames", "dicom_case_level", "dicom_site")  # fmt: skip
+
+
+def _records(source: str, kind: str) -> list[tuple[ImageRecord, str]]:
+    """(record, content digest) of every file a listed source reads, in listing order; nothing is decoded."""
+    if kind == "s3":
+        return [(record, record.version_key) for record in list_s3(s3_client(), source)]
+    records = list_parquet_list(Path(source)) if kind == "parquet" else list_folder(source_folder(source))
+    with FileDigests() as digests:
+        return [(record, digests.record(record.source_path, record.location, record.location)[2]) for record in records]
+
+
+def _instance_rows(source: str, kind: str) -> list[dict] | None:
+    """The source's metadata rows keyed by SOPInstanceUID (sslflow/data/metadata.py), None when it has none."""
+    if kind == "s3":
+        return s3_instance_rows(s3_client(), source)
+    return folder_instance_rows(source_folder(source)) if kind == "folder" else None
+
+
+def _cut(keys: list[str], chunk_images: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of ``keys`` (sorted case keys): a chunk ends before a new key whose hash is 0 modulo
+    chunk_images, or once it has 4 x chunk_images images (both only between cases)."""
+    bounds, start = [], 0
+    for position in range(1, len(keys) + 1):
+        if position == len(keys):
+            bounds.append((start, position))
+        elif keys[position] != keys[position - 1]:
+            natural = int(hashlib.sha256(keys[position].encode()).hexdigest()[:12], 16) % chunk_images == 0
+            if natural or position - start >= 4 * chunk_images:
+                bounds.append((start, position))
+                start = position
+    return bounds
+
+
+def plan_chunks(source: str, config: IngestConfig) -> list[str]:
+    """The chunks of ``source`` as JSON documents (see the module docstring); SourceError for an empty source."""
+    kind = source_kind(source)
+    decode = {name: getattr(config, name) for name in DECODE_SETTINGS}
+    header = {"source": source, "kind": kind, "decode": decode}
+    if kind == "builtin":
+        count, fingerprint = len(_builtin(source, config.image_size, config.channels).pixels), fingerprint_builtin(source)
+        ranges = [(start, min(count, start + config.chunk_images)) for start in range(0, count, config.chunk_images)]
+        chunks = [{**header, "fingerprint": fingerprint, "start": start, "stop": stop} for start, stop in ranges]
+    else:
+        listed, by_instance = _records(source, kind), _instance_rows(source, kind)
+        if by_instance is not None:
+            header["instance_metadata"] = hashlib.sha256(json.dumps(by_instance, sort_keys=True).encode()).hexdigest()
+        if not listed:
+            read_listing([], lambda record: b"", config, None, source)  # raises the empty-source SourceError
+        order = sorted(range(len(listed)), key=lambda i: (listed[i][0].case_id or listed[i][0].source_path, listed[i][0].source_path))
+        keys = [listed[i][0].case_id or listed[i][0].source_path for i in order]
+        chunks = [
+            {**header, "records": [[i, dataclasses.asdict(listed[i][0]), listed[i][1]] for i in order[start:stop]]}
+            for start, stop in _cut(keys, config.chunk_images)
+        ]
+    if config.proxy_cases and len(chunks) > 1:  # proxy ids are made per chunk: keep them apart
+        chunks = [{**chunk, "proxy_tag": hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()[:8]} for chunk in chunks]
+    return [json.dumps(chunk, sort_keys=True, separators=(",", ":")) for chunk in chunks]
+
+
+@functools.lru_cache(maxsize=2)
+def _builtin(source: str, image_size: int, channels: int) -> SourceImages:
+    """A built-in source, read once per process (its chunks are index ranges of it)."""
+    return read_builtin(source, image_size, channels)
+
+
+def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
+    return SourceImages(
+        **{
+            field.name: value[start:stop] if isinstance(value, (list, np.ndarray)) and field.name != "quarantined" else value
+            for field in dataclasses.fields(SourceImages)
+            for value in [getattr(images, field.name)]
+        }
+    )
+
+
+def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int]]:
+    """(decoded images of a chunk, each one's position in the source listing; frames of a DICOM object share it)."""
+    if chunk["kind"] == "builtin":
+        images = _slice(_builtin(chunk["source"], config.image_size, config.channels), chunk["start"], chunk["stop"])
+        return images, list(range(chunk["start"], chunk["stop"]))
+    records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
+    if chunk["kind"] == "s3":
+        client, (bucket, _) = s3_client(), parse_s3_uri(chunk["source"])
+        read_bytes = lambda record: read_object(client, bucket, record.location.removeprefix(f"s3://{bucket}/"))  # noqa: E731
+    else:
+        read_bytes = lambda record: Path(record.location).read_bytes()  # noqa: E731
+    by_instance = _instance_rows(chunk["source"], chunk["kind"]) if chunk.get("instance_metadata") else None
+    images = read_listing(records, read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance, part=True)
+    position = {fields["source_path"]: index for index, fields, _ in chunk["records"]}
+    return images, [position[path.split("#frame=")[0]] for path in images.source_paths]
+
+
+def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
+    """Decode one chunk into ``directory`` (chunk.parquet: decoded_table + listing position, shard, shard_row;
+    shards/; chunk.json: quarantined files, skipped non-image DICOM objects, unmatched SOPInstanceUID rows, read
+    statistics). DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
+    fallbacks). Written to a temporary folder, renamed on success."""
+    chunk = json.loads(chunk_json)
+    config = IngestConfig(**chunk["decode"])
+    images, positions = _decode(chunk, config, Pseudonyms(pseudonym_key))
+    table = decoded_table(images, config)
+    if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
+        table["case_id"] = [case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]]
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    try:
+        case_keys = [case if case is not None else path for case, path in zip(table["case_id"], table["source_path"])]
+        shard, row = write_case_shards(staging / SHARDS, images.pixels, case_keys, config.shard_megabytes * 2**20)
+        table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(staging / CHUNK_TABLE, index=False)
+        report = {
+            "source": chunk["source"], "quarantined": images.quarantined, "read": images.read_stats, "skipped_non_image": images.skipped,
+            "unmatched_instance_rows": images.unmatched_instance_rows if chunk.get("instance_metadata") else None,
+            "decoding": uuid.uuid4().hex,  # names this decoding
+        }  # fmt: skip
+        (staging / CHUNK_REPORT).write_text(json.dumps(report))
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _tables(chunk_folders: list[Path]) -> list[pd.DataFrame]:
+    return [pd.read_parquet(folder / CHUNK_TABLE, columns=["sha256"]) for folder in chunk_folders]
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            total[key] = total.get(key, 0) + value
+    return dict(sorted(total.items()))
+
+
+def _refuse_unmatched_rows(reports: list[dict]) -> None:
+    """SourceError for metadata rows keyed by SOPInstanceUID that no chunk matched (each chunk lists those it did not)."""
+    lists = [report["unmatched_instance_rows"] for report in reports if report.get("unmatched_instance_rows") is not None]
+    if lists:
+        unmatched = set(lists[0]).intersection(*lists[1:])
+        refuse_unmatched(reports[0]["source"], [where for where in lists[0] if where in unmatched])
+
+
+def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path) -> tuple[str, pd.DataFrame, dict]:
+    """Join decoded chunks into the dataset at ``directory``: deduplicate, subsample, cases and splits over all of
+    them (sslflow/data/manifest.py), in source-listing order. Returns (content sha256, manifest, summary)."""
+    table = pd.concat([pd.read_parquet(folder / CHUNK_TABLE) for folder in chunk_folders], ignore_index=True)
+    table = table.sort_values("listing_position", kind="stable").reset_index(drop=True)
+    manifest, keep, summary = finish_manifest(table, config)
+    manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[list(MANIFEST_COLUMNS)]
+    reports = [json.loads((folder / CHUNK_REPORT).read_text()) for folder in chunk_folders]
+    _refuse_unmatched_rows(reports)
+    read = {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]} if reports[0]["read"] else {}
+    summary |= {
+        "quarantined": [item for report in reports for item in report["quarantined"]],
+        "skipped_non_image": _summed([report["skipped_non_image"] for report in reports]),  # DICOM objects without an image, by SOP class
+        "read": read,  # summed over chunks; a chunk served from Flyte's cache reports what it did when it ran
+        "chunks": [{"decoding": report["decoding"], "images": len(report_table)} for report, report_table in zip(reports, _tables(chunk_folders))],
+        "shards": int(manifest["shard"].nunique()),
+    }
+    sha256 = assemble_dataset(directory, manifest, [folder / SHARDS for folder in chunk_folders], summary)
+    return sha256, manifest, summary
+
+
+def ingest_source(
+    source: str, config: IngestConfig, directory: Path, *, workers: int = 1, pseudonym_key: str | None = None
+) -> tuple[str, pd.DataFrame, dict]:
+    """plan -> decode every chunk (in a pool of ``workers`` processes when > 1) -> join, in this process; the same
+    functions and result as the Flyte ingest workflow. Chunk folders go to a temporary folder beside ``directory``."""
+    decode = functools.partial(decode_chunk, pseudonym_key=pseudonym_key)
+    chunks = plan_chunks(source, config)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{directory.name}.chunks-", dir=directory.parent) as work:
+        folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunks))]
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                list(pool.map(decode, chunks, folders))
+        else:
+            for chunk, folder in zip(chunks, folders):
+                decode(chunk, folder)
+        return join_chunks(folders, config, directory)
+
+
+def chunk_workers() -> int:
+    """Processes for ``ingest_source``: the cores this process may use."""
+    return len(os.sched_getaffinity(0))

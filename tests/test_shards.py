@@ -1,0 +1,145 @@
+"""Sharded datasets: chunked ingest (cache hits, only new chunks decoded, same hash sequential or parallel),
+splits that never move, streaming vs in-memory batches, and a corrupt or missing shard named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flytekit import workflow
+from PIL import Image
+
+from ssl_models.data import InMemoryPairs, StreamingPairs
+from ssl_models.shards import ShardError
+from sslflow.config import IngestConfig
+from sslflow.data.chunks import ingest_source, plan_chunks
+from sslflow.data.dataset import read_dataset, read_manifest, read_summary, shard_path, shard_rows
+from sslflow.tracking.runs import start_parent_run
+from tasks.shared import Dataset, SourceUri, dataset_folder
+from tasks.ingest import ingest_chunk
+from workflows.ingest import ingest
+
+CONFIG = IngestConfig(image_size=8, chunk_images=4, shard_megabytes=1)
+
+
+@workflow
+def ingest_only(source: SourceUri, config: IngestConfig, parent_run_id: str) -> Dataset:
+    return ingest(source=source, config=config, parent_run_id=parent_run_id)
+
+
+def _write_images(folder: Path, names: range, *, cases: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in names:
+        Image.fromarray(np.random.default_rng(1000 + i).integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / f"img{i:03d}.png")
+    if cases:
+        rows = [f"img{i:03d}.png,case{i // 3},default," for i in sorted(int(p.stem[3:]) for p in folder.glob("img*.png"))]
+        (folder / "metadata.csv").write_text("path,case_id,site,label\n" + "\n".join(rows) + "\n")
+
+
+def _decoding(chunk: str) -> str:
+    """Run the chunk task (through Flyte's local cache); the id of the decoding that made its output."""
+    return json.loads((Path(ingest_chunk(chunk=chunk).download()) / "chunk.json").read_text())["decoding"]
+
+
+def test_adding_files_decodes_only_the_chunks_they_fall_into(tmp_path, monkeypatch):
+    """A chunk is its files' content hashes + decode settings, so an unchanged chunk is the same cache key: a hit.
+
+    flytekit 1.16's local map-task executor does not consult the cache per element (a cluster's ArrayNode
+    does), so the chunk task is called here one chunk at a time, as the ArrayNode runs it.
+    """
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "growing"
+    _write_images(folder, range(40))
+    before = plan_chunks(str(folder), CONFIG)
+    assert len(before) > 3
+    first = {chunk: _decoding(chunk) for chunk in before}
+    assert {chunk: _decoding(chunk) for chunk in before} == first, "unchanged data: every chunk a cache hit"
+
+    _write_images(folder, range(40, 44))
+    after = plan_chunks(str(folder), CONFIG)
+    unchanged = set(before) & set(after)
+    assert len(unchanged) >= len(before) - 4 and len(set(after) - unchanged) <= 4  # four new files touch at most four chunks
+    second = {chunk: _decoding(chunk) for chunk in after}
+    assert all(second[chunk] == first[chunk] for chunk in unchanged), "an unchanged chunk is not decoded again"
+    assert all(second[chunk] not in first.values() for chunk in set(after) - unchanged)
+    grown = ingest_only(source=str(folder), config=CONFIG, parent_run_id=start_parent_run("test-chunks", {}))
+    assert grown.num_images == 44 and len(read_summary(dataset_folder(grown))["chunks"]) == len(after)
+
+
+def test_sequential_parallel_and_flyte_ingest_give_the_same_dataset(tmp_path):
+    folder = tmp_path / "scans"
+    _write_images(folder, range(30), cases=True)
+    sequential, _, _ = ingest_source(str(folder), CONFIG, tmp_path / "sequential")
+    parallel, _, summary = ingest_source(str(folder), CONFIG, tmp_path / "parallel", workers=2)
+    flyte = ingest_only(source=str(folder), config=CONFIG, parent_run_id=start_parent_run("test-same-hash", {}))
+    assert sequential == parallel == flyte.content_sha256
+    assert len(summary["chunks"]) > 1 and summary["shards"] >= len(summary["chunks"])
+    manifest = read_manifest(tmp_path / "parallel")
+    assert (manifest.groupby("case_id")["shard"].nunique() == 1).all(), "the images of one case are in one shard"
+
+
+def test_splits_never_move_when_data_is_added(tmp_path):
+    folder = tmp_path / "scans"
+    _write_images(folder, range(30))
+    _, small, _ = ingest_source(str(folder), CONFIG, tmp_path / "small")
+    _write_images(folder, range(30, 90))
+    _, large, _ = ingest_source(str(folder), CONFIG, tmp_path / "large")
+    split_of = dict(zip(large["sha256"], large["split"]))
+    assert all(split_of[digest] == split for digest, split in zip(small["sha256"], small["split"]))
+    assert set(large["split"]) == {"train", "val", "test"}
+
+
+def test_a_missing_or_corrupt_shard_is_named(tmp_path):
+    folder = tmp_path / "scans"
+    _write_images(folder, range(20))
+    ingest_source(str(folder), CONFIG, tmp_path / "dataset")
+    manifest = read_manifest(tmp_path / "dataset")
+    shard = manifest["shard"].iloc[0]
+    path = shard_path(tmp_path / "dataset", shard)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.unlink()  # a hard link to the chunk's file: replace it, do not write through it
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=f"shard {shard} .* is corrupt"):
+        read_dataset(tmp_path / "dataset")
+    streaming = StreamingPairs(shard_rows(tmp_path / "dataset", manifest, list(range(len(manifest)))), buffer_shards=len(set(manifest["shard"])))
+    with pytest.raises(ShardError, match=shard):
+        list(streaming.batches(0, 8, 0, 1, torch.device("cpu")))
+    path.unlink()
+    with pytest.raises(ShardError, match=f"shard {shard} is missing"):
+        read_dataset(tmp_path / "dataset")
+
+
+def test_streaming_and_in_memory_batches_come_from_the_same_distribution(tmp_path):
+    """Each image once per epoch in both (same pairs of one case); over ranks the streams are disjoint."""
+    folder = tmp_path / "scans"
+    _write_images(folder, range(60), cases=True)
+    ingest_source(str(folder), IngestConfig(image_size=8, chunk_images=2, shard_megabytes=1), tmp_path / "dataset")
+    manifest, images = read_dataset(tmp_path / "dataset")
+    assert manifest["shard"].nunique() >= 4
+    case_of = {images[i].tobytes(): case for i, case in enumerate(manifest["case_id"])}
+    cases = manifest["case_id"].tolist()
+    sources = {
+        "memory": InMemoryPairs(torch.from_numpy(images), cases),
+        "stream": StreamingPairs(shard_rows(tmp_path / "dataset", manifest, cases), buffer_shards=2, prefetch_shards=1),
+    }
+    seen = {}
+    for name, source in sources.items():
+        batches = list(source.batches(3, 16, 0, 1, torch.device("cpu")))
+        anchors = torch.cat([a for a, _ in batches]).numpy()
+        partners = torch.cat([p for _, p in batches]).numpy()
+        assert [len(a) for a, _ in batches] == [16, 16, 16, 12]
+        assert all(case_of[a.tobytes()] == case_of[p.tobytes()] for a, p in zip(anchors, partners)), "pairs are of one case"
+        assert all(a.tobytes() != p.tobytes() for a, p in zip(anchors, partners)), "every image has a partner of its case"
+        seen[name] = sorted(a.tobytes() for a in anchors)
+        assert np.allclose(anchors.mean(), images.mean()) and np.allclose(partners.mean(), images.mean(), atol=2)
+    assert seen["memory"] == seen["stream"] == sorted(image.tobytes() for image in images), "every image once per epoch"
+    per_rank = [[a for a, _ in sources["stream"].batches(3, 16, rank, 2, torch.device("cpu"))] for rank in (0, 1)]
+    assert [sum(len(a) for a in batches) for batches in per_rank] == [30, 30], "ranks take the same number of steps"
+    shards_of_rank = [{shard.sha256 for shard in sources["stream"]._rank_shards(3, rank, 2)} for rank in (0, 1)]
+    assert not shards_of_rank[0] & shards_of_rank[1] and len(shards_of_rank[0] | shards_of_rank[1]) == manifest["shard"].nunique()
+    summary = json.loads((tmp_path / "dataset" / "summary.json").read_text())
+    assert summary["images"] == 60

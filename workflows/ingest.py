@@ -1,0 +1,21 @@
+"""ingest: a source -> a Dataset, decoded in parallel chunks (plan -> map task -> join).
+
+    plan_ingest (list, no decoding) -> ingest_chunk x chunks (map task, INGEST_CONCURRENCY at once) -> join_ingest
+
+Locally the same workflow runs, the chunks one after another.
+"""
+
+from __future__ import annotations
+
+from flytekit import map_task, workflow
+
+from sslflow.config import IngestConfig
+from tasks.ingest import INGEST_CONCURRENCY, ingest_chunk, join_ingest, plan_ingest
+from tasks.shared import Dataset, SourceUri
+
+
+@workflow
+def ingest(source: SourceUri, config: IngestConfig, parent_run_id: str) -> Dataset:
+    chunks = plan_ingest(source=source, config=config)
+    decoded = map_task(ingest_chunk, concurrency=INGEST_CONCURRENCY)(chunk=chunks)
+    return join_ingest(source=source, chunks=decoded, config=config, parent_run_id=parent_run_id)
