@@ -65,9 +65,9 @@ def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pi
     """{"simclr": on the generic set, "simclr+domain" and "simclr+micle": continued on the domain set without
     and with case pairs (same epochs and schedule)}; test splits unused."""
     simclr_encoder = build_encoder(settings["encoder"], 1, 28, seed=settings["simclr"].seed)
-    pool = (generic["split"] != "test").to_numpy()
+    pool = generic["split"].isin(["train", "val"]).to_numpy()
     pretrain_contrastive(simclr_encoder, InMemoryPairs(torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), seed=settings["simclr"].seed), settings["simclr"])
-    pool = (domain["split"] != "test").to_numpy()
+    pool = domain["split"].isin(["train", "val"]).to_numpy()
     encoders = {"simclr": simclr_encoder}
     for init, case_ids in (("simclr+domain", list(range(int(pool.sum())))), ("simclr+micle", domain.loc[pool, "case_id"].tolist())):
         encoders[init] = copy.deepcopy(simclr_encoder)

@@ -21,8 +21,11 @@ class IngestConfig:
     """How a source becomes a dataset.
 
     image_size, channels: every image is converted to (channels, image_size, image_size) uint8.
-    train_fraction, val_fraction: case-grouped split by a hash of case_id; the rest is test.
-    all_test: the whole source is an evaluation set (a shift set such as optdigits).
+    train_fraction, val_fraction, gate_fraction: case-grouped split by a hash of case_id; the rest is
+        test. val chooses (probe regularisation, the registered model), gate decides promotion
+        (sslflow/registry/gate.py), test is only reported: no decision reads it.
+    all_test: the whole source is an evaluation set (a shift set such as optdigits): gate_fraction of
+        its cases are the gate split, the rest test.
     max_images: keep a deterministic subset of this many images (0 keeps all).
     proxy_cases: when the source has no case ids, group images into PROXY cases by pixel
         neighbours (ssl_models.proxy_cases) instead of one case per image.
@@ -57,6 +60,7 @@ class IngestConfig:
     channels: int = 1
     train_fraction: float = 0.7
     val_fraction: float = 0.1
+    gate_fraction: float = 0.1
     all_test: bool = False
     max_images: int = 0
     proxy_cases: bool = False
@@ -75,9 +79,11 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"IngestConfig.channels must be 1 or 3, got {self.channels}")
-        if not (0 <= self.train_fraction and 0 <= self.val_fraction and self.train_fraction + self.val_fraction <= 1):
+        fractions = (self.train_fraction, self.val_fraction, self.gate_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
             raise ValueError(
-                f"IngestConfig: train_fraction={self.train_fraction} and val_fraction={self.val_fraction} must be >= 0 and sum to <= 1"
+                f"IngestConfig: train_fraction={self.train_fraction}, val_fraction={self.val_fraction} and "
+                f"gate_fraction={self.gate_fraction} must be >= 0 and sum to <= 1"
             )
         if not 0.0 <= self.max_bad_fraction < 1.0:
             raise ValueError(f"IngestConfig.max_bad_fraction must be in [0, 1), got {self.max_bad_fraction}")

@@ -74,7 +74,7 @@ def ingest_chunk(chunk: str) -> FlyteDirectory:
     return FlyteDirectory(str(decode_chunk(chunk, folder, pseudonym_key=_pseudonym_key())))
 
 
-@task(cache=pipeline_cache("4"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+@task(cache=pipeline_cache("5"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
 def join_ingest(
     source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str
 ) -> Annotated[Dataset, HashMethod(content_hash)]:

@@ -29,14 +29,14 @@ log = logging.getLogger(__name__)
 
 
 def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_aware: bool) -> tuple[pd.DataFrame, PairSource, tuple[int, ...]]:
-    """(manifest, pair source, image shape (C, H, W)) of the train and val rows: pretraining never sees the test split.
+    """(manifest, pair source, image shape (C, H, W)) of the train and val rows: pretraining never sees the gate or test split.
 
     In memory when the images fit in config.memory_budget_mb (default: a quarter of the pod's memory),
     else streamed from the dataset's shards; never loaded whole above the budget.
     """
     folder = dataset_folder(dataset)
     manifest = read_manifest(folder)
-    manifest = manifest[manifest["split"] != "test"].reset_index(drop=True)
+    manifest = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
     case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
     budget = memory_budget_bytes(config.memory_budget_mb)
     if fits_in_memory(images_bytes(folder, manifest), budget):

@@ -21,21 +21,24 @@ from sslflow.training.model_files import load_classifier
 from tasks.shared import Dataset, FinetunedModel, dataset_folder
 
 
-def _labelled_test_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, C, H, W) uint8, label names (N,)) of the dataset's labelled test rows."""
-    images, label_names, _ = labelled_rows(*read_dataset(dataset_folder(dataset), dataset.name, split="test"), "test")
+def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, C, H, W) uint8, label names (N,)) of the dataset's labelled gate rows: the promotion
+    gate decides on these; the test split is never read here."""
+    images, label_names, _ = labelled_rows(*read_dataset(dataset_folder(dataset), dataset.name, split="gate"), "gate")
+    if len(label_names) == 0:
+        raise ValueError(f"dataset {dataset.name} has no labelled gate rows: ingest it with IngestConfig.gate_fraction > 0")
     return images, label_names
 
 
 # Cached on the parent run too (unlike the training stages): a rerun against another store registers the
 # model in that store's registry; the same store and configuration reuse the registration.
-@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
 def register(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, config: RegistryConfig, parent_run_id: str) -> Registration:
     """Register the best model by validation accuracy as ``challenger``; the promotion gate may make it ``champion``."""
     best = select_best(models)
     with stage_run(parent_run_id, "register", {"config": config}):
         classifier = load_classifier(best.checkpoint.download(), best.encoder_name, best.in_channels, best.image_size, len(best.class_names))
-        test_sets = {"in_domain": _labelled_test_split(in_domain), "shift": _labelled_test_split(shift)}
+        test_sets = {"in_domain": labelled_gate_split(in_domain), "shift": labelled_gate_split(shift)}
         data_tags = {
             "in_domain_data_sha256": in_domain.content_sha256, "shift_data_sha256": shift.content_sha256,
             "in_domain_data": in_domain.name, "shift_data": shift.name,

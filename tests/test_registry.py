@@ -116,15 +116,19 @@ def tracking(server, monkeypatch):
         yield server
 
 
-def _dataset(directory: Path, name: str, counts: dict[str, int]) -> Dataset:
+def _dataset(directory: Path, name: str, counts: dict[str, int], test_counts: dict[str, int] | None = None) -> Dataset:
+    """A dataset whose gate split holds ``counts`` labels (the promotion gate reads these) and whose test split
+    holds ``test_counts`` (default: the same)."""
     labels = [label for label, count in counts.items() for _ in range(count)]
+    test_labels = [label for label, count in (test_counts or counts).items() for _ in range(count)]
     rng = np.random.default_rng(0)
-    manifest = pd.DataFrame({column: [""] * len(labels) for column in MANIFEST_COLUMNS})
+    manifest = pd.DataFrame({column: [""] * (len(labels) + len(test_labels)) for column in MANIFEST_COLUMNS})
     manifest = manifest.assign(
-        sha256=[f"{name}-{i}" for i in range(len(labels))], size_bytes=784, width=28, height=28, mode="L",
-        case_id=[f"case-{i}" for i in range(len(labels))], case_id_is_proxy=False, label=pd.array(labels, dtype="string"),
-        split="test",
+        sha256=[f"{name}-{i}" for i in range(len(manifest))], size_bytes=784, width=28, height=28, mode="L",
+        case_id=[f"case-{i}" for i in range(len(manifest))], case_id_is_proxy=False, label=pd.array(labels + test_labels, dtype="string"),
+        split=["gate"] * len(labels) + ["test"] * len(test_labels),
     )  # fmt: skip
+    labels = labels + test_labels
     images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8)
     sha256 = write_dataset(directory / name, manifest, images, {})
     return Dataset(directory=FlyteDirectory(str(directory / name)), name=name, num_images=len(labels), content_sha256=sha256, mlflow_run_id="")
@@ -316,3 +320,32 @@ def test_class_names_with_commas_survive_the_registry(tracking, tmp_path):
     assert json.loads(MlflowClient().get_model_version(config.model_name, "1").tags["class_names"]) == classes
     second = _register(_constant_model(tmp_path, "cat, black", classes), sets, config)  # better in-domain, worse shift
     assert not second.promoted and "shift 0.2000 vs champion 0.3000" in second.decision  # compared, not "cannot be scored"
+
+
+def test_the_gate_never_reads_the_test_split(tracking, tmp_path):
+    """Poisoned test splits (every label "1", which the first challenger always predicts) change no accuracy
+    and no decision: the gate scores on the gate split only."""
+    clean = (_dataset(tmp_path, "in-clean", {"0": 5, "1": 3, "2": 2}), _dataset(tmp_path, "shift-clean", {"0": 2, "1": 3, "2": 5}))
+    poisoned = (
+        _dataset(tmp_path, "in-poisoned", {"0": 5, "1": 3, "2": 2}, test_counts={"1": 40}),
+        _dataset(tmp_path, "shift-poisoned", {"0": 2, "1": 3, "2": 5}, test_counts={"1": 40}),
+    )
+    outcomes = []
+    for sets in (clean, poisoned):
+        config = RegistryConfig(model_name=f"poison-{uuid.uuid4().hex[:8]}")
+        registrations = [_register(_constant_model(tmp_path, predicted), sets, config) for predicted in ("0", "1")]
+        outcomes.append([(r.in_domain_accuracy, r.shift_accuracy, r.promoted, r.decision) for r in registrations])
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][1][:3] == (0.3, 0.3, False)  # "1" is 3 of 10 gate labels; on the poisoned test split it would score 1.0
+
+
+def test_gate_split_is_disjoint_from_test_and_stable_as_cases_are_added():
+    from sslflow.data.manifest import split_of_case
+
+    cases = [f"case-{i}" for i in range(2000)]
+    splits = {case: split_of_case(case, 0, 0.7, 0.1, 0.1) for case in cases}
+    assert {split: list(splits.values()).count(split) for split in ("train", "val", "gate", "test")} == pytest.approx(
+        {"train": 1400, "val": 200, "gate": 200, "test": 200}, abs=60
+    )
+    assert all(split_of_case(case, 0, 0.7, 0.1, 0.1) == splits[case] for case in cases[:500])  # by case alone, whatever else is ingested
+    assert all(split_of_case(case, 0, 0.0, 0.0, 0.1) in ("gate", "test") for case in cases)  # all_test sources: gate + test

@@ -89,7 +89,7 @@ def test_splits_never_move_when_data_is_added(tmp_path):
     _, large, _ = ingest_source(str(folder), CONFIG, tmp_path / "large")
     split_of = dict(zip(large["sha256"], large["split"]))
     assert all(split_of[digest] == split for digest, split in zip(small["sha256"], small["split"]))
-    assert set(large["split"]) == {"train", "val", "test"}
+    assert set(large["split"]) == {"train", "val", "gate", "test"}
 
 
 def test_a_missing_or_corrupt_shard_is_named(tmp_path):

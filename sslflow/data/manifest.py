@@ -23,12 +23,14 @@ MANIFEST_COLUMNS = (*IMAGE_COLUMNS, "shard", "shard_row")  # + where the image i
 MAX_LISTED_CONFLICTS = 20
 
 
-def split_of_case(case_id: str, seed: int, train_fraction: float, val_fraction: float) -> str:
-    """Deterministic split of a whole case: a hash of (seed, case_id) mapped to [0, 1)."""
+def split_of_case(case_id: str, seed: int, train_fraction: float, val_fraction: float, gate_fraction: float = 0.0) -> str:
+    """Deterministic split of a whole case: a hash of (seed, case_id) mapped to [0, 1), cut at the
+    cumulative fractions train | val | gate | test. A case keeps its split when other cases are added."""
     position = int(hashlib.sha256(f"{seed}:{case_id}".encode()).hexdigest()[:12], 16) / float(16**12)
-    if position < train_fraction:
-        return "train"
-    return "val" if position < train_fraction + val_fraction else "test"
+    for split, end in (("train", train_fraction), ("val", train_fraction + val_fraction), ("gate", train_fraction + val_fraction + gate_fraction)):
+        if position < end:
+            return split
+    return "test"
 
 
 def deduplicate(hashes: list[str], labels: list, source_paths: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -105,10 +107,8 @@ def finish_manifest(table: pd.DataFrame, config: IngestConfig) -> tuple[pd.DataF
         for path, digest in zip(manifest["source_path"], manifest["sha256"])
     ]
     manifest["case_id"] = [case if case is not None and not pd.isna(case) else other for case, other in zip(manifest["case_id"], fallback)]
-    if config.all_test:
-        manifest["split"] = "test"
-    else:
-        manifest["split"] = [split_of_case(case, config.seed, config.train_fraction, config.val_fraction) for case in manifest["case_id"]]
+    train, val = (0.0, 0.0) if config.all_test else (config.train_fraction, config.val_fraction)
+    manifest["split"] = [split_of_case(case, config.seed, train, val, config.gate_fraction) for case in manifest["case_id"]]
     manifest = manifest[list(IMAGE_COLUMNS)]
     is_proxy = bool(manifest["case_id_is_proxy"].any())
     summary = {

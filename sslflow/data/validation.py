@@ -33,7 +33,7 @@ from sslflow.data.metadata import canonical_label  # noqa: E402
 E = gx.expectations
 LABEL_PATTERN = r"^\S(?:.*\S)?\Z"  # one line, no leading or trailing blanks ("cat " and "cat" would be two classes)
 MAX_OFFENDING_ROWS = 20
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "gate", "test")
 
 
 class DataValidationError(Refusal, ValueError):
@@ -58,7 +58,7 @@ def manifest_expectations(config: ValidationConfig, image_count: int) -> list:
         E.ExpectTableRowCountToBeBetween(min_value=1),
         *[E.ExpectColumnValuesToNotBeNull(column=column) for column in ("sha256", "source_path", "case_id", "site", "split")],
         E.ExpectColumnValuesToBeUnique(column="sha256"),
-        E.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "test"]),
+        E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         E.ExpectColumnValuesToBeBetween(column="width", min_value=config.min_image_side, max_value=config.max_image_side),
         E.ExpectColumnValuesToBeBetween(column="height", min_value=config.min_image_side, max_value=config.max_image_side),
         E.ExpectColumnValuesToBeBetween(column="size_bytes", min_value=1),
@@ -165,7 +165,7 @@ def case_size_statistics(frame: pd.DataFrame) -> dict:
 
 
 def labels_per_class(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per class labelled in any split: label, train_labels, val_labels, test_labels (counts, 0 when none)."""
+    """One row per class labelled in any split: label, train_labels, val_labels, gate_labels, test_labels (counts, 0 when none)."""
     labelled = frame[frame["label"].notna()]
     classes = sorted(set(labelled["label"]))
     counts = {"label": classes}

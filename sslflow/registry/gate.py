@@ -1,7 +1,9 @@
 """The promotion gate, a pure function: does the challenger take ``champion``?
 
-The challenger and the current champion are both scored on this run's in-domain test split and shift
-set, so they are compared on the same images. The challenger is promoted only if it is better
+The challenger and the current champion are both scored on this run's gate split (IngestConfig.gate_fraction)
+of the in-domain data and of the shift set, so they are compared on the same images. The gate split is
+disjoint from the test split (which is only reported) and from the validation split that chose the
+challenger, so neither selection nor promotion turns the test split into a selection set. The challenger is promoted only if it is better
 in-domain (within RegistryConfig.non_inferiority_margin) and no worse under shift (within
 RegistryConfig.max_shift_drop); never for being newer.
 """
@@ -17,7 +19,7 @@ EPSILON = 1e-9  # accuracy differences smaller than this count as equal
 
 @dataclass(frozen=True)
 class Accuracies:
-    """Accuracy in [0, 1] on the in-domain test split and on the shift set."""
+    """Accuracy in [0, 1] on the gate split of the in-domain data and of the shift set."""
 
     in_domain: float
     shift: float
@@ -30,7 +32,7 @@ class GateDecision:
 
 
 def promotion_gate(challenger: Accuracies, champion: Accuracies | None, config: RegistryConfig) -> GateDecision:
-    """Whether the challenger takes ``champion``. Both must be scored on the same test sets.
+    """Whether the challenger takes ``champion``. Both must be scored on the same gate sets.
 
     Passes when there is no champion, or when both hold:
         in-domain:  challenger > champion - non_inferiority_margin  (margin 0: strictly better; a tie fails)
