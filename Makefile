@@ -41,7 +41,9 @@ data:
 clean-cache:
 	rm -rf .flyte ~/.flyte/local-cache
 
-# Benchmark-only extra: lightly without its training-framework dependencies, outside the project venv.
+# Benchmark-only extras, outside the project venv: lightly without its training-framework dependencies
+# (vs_lightly.py) and kornia (augment_speed.py). tests/test_benchmark_provenance.py checks that every
+# module a benchmark imports is in the venv or here.
 .PHONY: bench-deps
 bench-deps: install
-	$(BIN)/python -m pip install -q --no-deps --target .bench-site lightly==1.6.0 lightning-utilities==0.15.3
+	$(BIN)/python -m pip install -q --no-deps --target .bench-site lightly==1.6.0 lightning-utilities==0.15.3 kornia==0.9.0 kornia-rs==0.2.0

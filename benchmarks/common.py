@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -15,6 +16,21 @@ from pathlib import Path
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CODE_FOLDERS = ("benchmarks", "images", "ssl_models", "sslflow", "tasks", "workflows")
+CODE_FILES = ("Makefile", "pyproject.toml", "requirements.lock")
+
+
+def code_sha256(root: Path = PROJECT_ROOT) -> str:
+    """sha256 of the code as it is on disk (every .py file of CODE_FOLDERS, and CODE_FILES), committed or not:
+    with the commit and the dirty flag, it names exactly what a result ran."""
+    digest = hashlib.sha256()
+    paths = sorted(p for folder in CODE_FOLDERS for p in (root / folder).rglob("*.py")) + [root / name for name in CODE_FILES]
+    for path in paths:
+        if path.is_file():
+            digest.update(f"{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def machine() -> dict:
@@ -24,11 +40,13 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "code_sha256": code_sha256(),
     }
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True)
-        info["dirty"] = bool(status.stdout.strip())  # uncommitted changes to tracked files: the commit is not the whole story
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+        # changed or new (untracked, not ignored) files: the commit is not the whole story (a new script is not in it)
+        info["dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         info["commit"], info["dirty"] = "unknown", None
     return info

@@ -1,6 +1,7 @@
 """evaluate: every fine-tuned model on the in-domain test split (and per site), the shift set, and a
 corruption suite (sslflow/evaluation.py). The report (label-efficiency curve, shift and corruption
-charts, tables) is a Flyte Deck and is logged to MLflow as PNG, CSV and markdown.
+charts, a PCA picture of the self-supervised features by label and by site, tables) is a Flyte Deck
+and is logged to MLflow as PNG (charts/), CSV and markdown.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
+import torch
 from flytekit import Deck, Resources, task
 
 from images.specs import cpu_image
+from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.corruptions import CORRUPTIONS
+from ssl_models.evaluate import extract_features
 from sslflow.data.dataset import read_dataset
+from sslflow.data.manifest import labelled_rows
 from sslflow.evaluation import RESULT_COLUMNS, evaluate_classifier, evaluation_sets
-from sslflow.reporting.charts import report_figures
+from sslflow.reporting.charts import embedding_figure, report_figures
 from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import stage_run
@@ -25,9 +31,25 @@ from sslflow.training.model_files import load_classifier
 from tasks.shared import Dataset, FinetunedModel, dataset_folder, pipeline_cache
 
 
-def _log_report(results: pd.DataFrame, per_class: dict) -> None:
+EMBEDDED_INITS = ("simclr+micle", "simclr+domain", "simclr")  # the first present is pictured
+
+
+def _embedding(models: list[FinetunedModel], in_domain_test: tuple[pd.DataFrame, np.ndarray]) -> dict[str, bytes]:
+    """{"embedding": PNG}: PCA of a pretrained encoder's features of the labelled in-domain test images, by
+    label and by site. The encoder is that of a linear probe, so it holds the self-supervised weights unchanged."""
+    probes = [m for init in EMBEDDED_INITS for m in models if m.init == init and m.probe == "linear"]
+    if not probes:
+        return {}
+    model = probes[0]
+    classifier = load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))
+    images, labels, sites = labelled_rows(*in_domain_test, "test")
+    features = extract_features(classifier.encoder, torch.from_numpy(images), FINETUNE_AUGMENT).numpy()
+    return {"embedding": embedding_figure(features, labels, sites, f"{model.init} encoder features, in-domain test split (PCA)")}
+
+
+def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, bytes]) -> None:
     """The Deck and the MLflow artifacts (charts/, results.csv, results.md, per_class_accuracy.json) and metrics."""
-    figures = report_figures(results)
+    figures = {**report_figures(results), **embedding}
     Deck("evaluation", evaluation_html(results, figures))
     with tempfile.TemporaryDirectory() as folder:
         for name, png in figures.items():
@@ -54,5 +76,5 @@ def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, p
             rows += model_rows
             per_class.update(model_per_class)
         results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-        _log_report(results, per_class)
+        _log_report(results, per_class, _embedding(models, tables[0]))
     return results

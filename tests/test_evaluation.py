@@ -7,9 +7,9 @@ import torch
 
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ssl_models.metrics import classification_metrics, expected_calibration_error, one_vs_rest_auc, per_class_accuracy
-from sslflow.reporting.charts import report_figures
+from sslflow.reporting.charts import embedding_figure, report_figures
 from sslflow.reporting.html import evaluation_html
-from sslflow.reporting.tables import corruption_markdown, results_markdown
+from sslflow.reporting.tables import corruption_markdown, effect_lines, results_markdown
 
 
 def test_metrics_on_a_hand_made_example():
@@ -83,3 +83,15 @@ def test_report_has_every_method_probe_fraction_and_chart():
     assert set(figures) == {"label_efficiency", "shift_accuracy", "corruptions"}
     assert all(png.startswith(b"\x89PNG") for png in figures.values())
     assert evaluation_html(results, figures).count("data:image/png;base64") == 3
+
+
+def test_embedding_picture_and_effect_lines():
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b"] * 50)
+    features = rng.normal(size=(100, 16)) + (labels == "b")[:, None] * 3.0
+    png = embedding_figure(features, labels, np.array(["site-1"] * 60 + ["site-2"] * 40), "test")
+    assert png.startswith(b"\x89PNG")
+    lines = effect_lines(_results(seeds=(0, 1, 2)))
+    # +domain and +micle have the same made-up accuracies, simclr too: every step is "no difference"
+    assert len(lines) == 2 * 2 * 3 and all(line.endswith("-> no difference") for line in lines)
+    assert "MICLe pairs (finetune, 0.1): 0.6000 ± 0.0248 vs 0.6000 ± 0.0248 -> no difference" in lines

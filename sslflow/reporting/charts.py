@@ -1,4 +1,5 @@
-"""Charts of evaluation results as PNG bytes (matplotlib, Agg backend): label-efficiency curve, shift and corruptions."""
+"""Charts of evaluation results as PNG bytes (matplotlib, Agg backend): label-efficiency curve, shift,
+corruptions, and a 2-D picture of the self-supervised features."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
 
 from sslflow.reporting.tables import INIT_ORDER, methods_in_order  # noqa: E402
 
@@ -52,6 +55,26 @@ def _corruption_chart(results: pd.DataFrame) -> bytes:
         axis.set_xticks([1, 2, 3])
     axes[0].set_ylabel(f"accuracy (fine-tuned, {fraction:g} of labels)")
     axes[-1].legend(fontsize=7)
+    return _png(figure)
+
+
+def embedding_figure(features: np.ndarray, labels: np.ndarray, sites: np.ndarray, title: str) -> bytes:
+    """Two panels of the same 2-D PCA of features (N, D): points coloured by label (N,) and by site (N,).
+
+    PCA rather than UMAP: umap-learn is not a dependency, and a linear projection shows what a linear
+    probe can separate.
+    """
+    points = PCA(n_components=2, random_state=0).fit_transform(features)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for axis, values, name in ((axes[0], labels, "label"), (axes[1], sites, "site")):
+        for value in sorted(set(values)):
+            chosen = values == value
+            axis.scatter(points[chosen, 0], points[chosen, 1], s=6, alpha=0.6, label=str(value))
+        axis.set_title(f"coloured by {name}", fontsize=9)
+        axis.set_xlabel("PC 1")
+        axis.legend(fontsize=7, markerscale=2, loc="best")
+    axes[0].set_ylabel("PC 2")
+    figure.suptitle(title, fontsize=10)
     return _png(figure)
 
 

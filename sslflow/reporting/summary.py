@@ -7,15 +7,25 @@ import json
 import pandas as pd
 
 from sslflow.registry.record import Registration
-from sslflow.reporting.tables import results_markdown
+from sslflow.reporting.tables import effect_lines, results_markdown
+
+CHARTS = ("label_efficiency", "shift_accuracy", "corruptions", "embedding")
 
 
 def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_run_id: str, tracking_uri: str) -> str:
-    """Accuracy table, MLflow parent run, registered version and the gate's decision."""
+    """Accuracy table, the pretraining ladder's effects, where the charts are, MLflow parent run, registered
+    version and the gate's decision."""
     return "\n".join(
         [
-            "Accuracy by label fraction (ssl = SimCLR + MICLe pretrained, scratch = random init):",
+            "Accuracy on the in-domain test split and the shift set, ECE in-domain (pixels: linear on raw pixels;",
+            "scratch: random init; simclr: generic SimCLR; +domain: SimCLR continued on the domain; +micle: with case pairs):",
             results_markdown(results),
+            "",
+            "In-domain effect of each pretraining step:",
+            *[f"  {line}" for line in effect_lines(results)],
+            "",
+            f"Charts: {', '.join(f'charts/{name}.png' for name in CHARTS)} in the 'evaluate' stage run under the parent run"
+            " below, and the Flyte Deck 'evaluation' of the evaluate task.",
             "",
             f"MLflow parent run: {parent_run_id} ({tracking_uri})",
             (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sslflow.reporting.intervals import Interval, t_interval
+from sslflow.reporting.intervals import Interval, t_interval, verdict
 
 INIT_ORDER = ["pixels", "scratch", "simclr", "simclr+domain", "simclr+micle"]
 HEADLINE = {"in-domain": ("in_domain", "accuracy"), "shift": ("shift", "accuracy"), "ECE": ("in_domain", "ece")}
@@ -39,6 +39,18 @@ def results_markdown(results: pd.DataFrame) -> str:
     for (init, probe, fraction), cells in summary.items():
         lines.append(f"| {init} | {probe} | {fraction:g} ({labels[fraction]}) | {cells['in-domain']} | {cells['shift']} | {cells['ECE']} |")
     return "\n".join(lines)
+
+
+def effect_lines(results: pd.DataFrame) -> list[str]:
+    """Each step of the pretraining ladder (generic SimCLR -> + domain SimCLR -> + MICLe pairs), in-domain,
+    per probe and fraction: the two intervals and the verdict (a gain only when they separate)."""
+    summary, lines = arm_intervals(results), []
+    for ours, theirs, step in (("simclr+domain", "simclr", "domain SimCLR"), ("simclr+micle", "simclr+domain", "MICLe pairs")):
+        for (init, probe, fraction), cells in summary.items():
+            if init == ours and (theirs, probe, fraction) in summary:
+                baseline = summary[(theirs, probe, fraction)]["in-domain"]
+                lines.append(f"{step} ({probe}, {fraction:g}): {cells['in-domain']} vs {baseline} -> {verdict(cells['in-domain'], baseline)}")
+    return lines
 
 
 def corruption_markdown(results: pd.DataFrame) -> str:
