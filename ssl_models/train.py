@@ -71,7 +71,7 @@ class FinetuneConfig:
 
     min_steps: at least this many optimiser steps: ``epochs`` is raised (and the log says so) until the
     run has them, for label fractions so small that 10 epochs are a handful of steps. 0 (the default):
-    ``epochs`` is exactly what runs. The pipeline's default sets 150 (workflows/pipeline.py); a
+    ``epochs`` is exactly what runs. The pipeline's default sets 60 (workflows/pipeline.py); a
     ``--finetune`` given on the command line replaces the whole config, so it runs what it says.
 
     seed: the label subset, head initialisation, batch order and augmentations (the pipeline sets it

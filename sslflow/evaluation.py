@@ -25,7 +25,7 @@ from sslflow.data.manifest import labelled_rows
 METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
 # The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
 # the in-domain test split of at most this many images (all of it when smaller).
-CORRUPTION_IMAGES = 512
+CORRUPTION_IMAGES = 256
 RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy"]
 
 EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
