@@ -6,7 +6,20 @@ PretrainConfig, FinetuneConfig and AugmentConfig come from ssl_models.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from sslflow.errors import Refusal
+
+
+class SeedsError(Refusal, ValueError):
+    """The pipeline's ``seeds`` are not a non-empty list of distinct integers."""
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """SeedsError unless ``seeds`` is a non-empty list of distinct integers (one ablation per seed)."""
+    if len(seeds) == 0 or len(set(seeds)) != len(seeds) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise SeedsError(f"seeds = {list(seeds)!r}: give a non-empty list of distinct integers, e.g. [0] or [0, 1, 2]")
 
 DICOM_CHOICES = {
     "dicom_window": ("header", "full-range", "ct-soft-tissue", "ct-lung", "ct-bone", "ct-brain"),

@@ -7,7 +7,7 @@ from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
 from ssl_models.train import FinetuneConfig, PretrainConfig
-from sslflow.config import RegistryConfig
+from sslflow.config import RegistryConfig, check_seeds
 from sslflow.data.validation import check_label_fractions
 from sslflow.registry.record import Registration
 from sslflow.reporting.summary import pipeline_summary
@@ -37,6 +37,7 @@ def start_pipeline_run(
     a rerun against another store (tracking_store) opens a parent run there.
     """
     check_label_fractions(label_fractions)  # before any work: a bad fraction would fail only after training
+    check_seeds(seeds)
     settings = {
         "generic_source": generic_source, "domain_source": domain_source, "shift_source": shift_source,
         "encoder": encoder_name, "simclr": simclr, "micle": micle, "finetune": finetune,

@@ -28,3 +28,12 @@ def test_a_gain_needs_separated_intervals():
     assert verdict(Interval(0.85, 0.01, 3), Interval(0.9, 0.01, 3)) == "loss"
     assert verdict(Interval(0.9, 0.03, 3), Interval(0.85, 0.03, 3)) == "no difference"
     assert verdict(Interval(0.05, 0.01, 3), Interval(0.2, 0.01, 3), higher_is_better=False) == "gain"  # a smaller drop
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0], [0.5], [True]])
+def test_seeds_must_be_distinct_integers(seeds):
+    from sslflow.config import SeedsError, check_seeds
+
+    with pytest.raises(SeedsError, match="non-empty list of distinct integers"):
+        check_seeds(seeds)
+    check_seeds([0, 1, 2])
