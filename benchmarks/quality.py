@@ -9,7 +9,7 @@ and 12 as means with 95% t-intervals over the seeds (a gain only when the interv
 saves everything as JSON.
 
     python benchmarks/quality.py                 # GPU: all 70k Fashion-MNIST, ResNet-18, long schedules
-    python benchmarks/quality.py --cpu-budget    # small_cnn on 2 CPU cores: ~15 min per seed of fine-tuning, plus pretraining
+    python benchmarks/quality.py --cpu-budget    # small_cnn, 2 CPU cores (3 seeds x 5 arms: not yet timed; the 1-seed, 3-arm run took ~15 min)
 """
 
 from __future__ import annotations
