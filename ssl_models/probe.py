@@ -52,7 +52,7 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, inverse_l2: float, weight
         return loss
 
     optimizer.step(closure)
-    iterations = optimizer.state[optimizer._params[0]]["n_iter"]
+    iterations = optimizer.state[weight]["n_iter"]
     return iterations < MAX_ITERATIONS, iterations
 
 
