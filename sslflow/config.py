@@ -93,7 +93,7 @@ class IngestConfig:
         if self.channels not in (1, 3):
             raise ValueError(f"IngestConfig.channels must be 1 or 3, got {self.channels}")
         fractions = (self.train_fraction, self.val_fraction, self.gate_fraction)
-        if min(fractions) < 0 or sum(fractions) > 1:
+        if min(fractions) < 0 or (self.gate_fraction if self.all_test else sum(fractions)) > 1:  # all_test ignores train and val
             raise ValueError(
                 f"IngestConfig: train_fraction={self.train_fraction}, val_fraction={self.val_fraction} and "
                 f"gate_fraction={self.gate_fraction} must be >= 0 and sum to <= 1"

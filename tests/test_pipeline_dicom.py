@@ -29,7 +29,9 @@ def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_iden
     with mlflow_at(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}"):
         summary = ssl_pipeline(
             generic_source="fashion-mnist", domain_source=str(folder), shift_source=str(folder),
-            generic_ingest=IngestConfig(max_images=100), domain_ingest=IngestConfig(), shift_ingest=IngestConfig(all_test=True),
+            # 12 patients: with the default 0.7 / 0.1 / 0.1 none of them hashes into the test split, so wider gate and test shares
+            generic_ingest=IngestConfig(max_images=100), domain_ingest=IngestConfig(train_fraction=0.5, val_fraction=0.1, gate_fraction=0.2),
+            shift_ingest=IngestConfig(all_test=True),
             simclr=PretrainConfig(epochs=1, batch_size=32), micle=PretrainConfig(epochs=1, batch_size=16),
             finetune=FinetuneConfig(epochs=1, min_steps=2), label_fractions=[1.0],
         )  # fmt: skip

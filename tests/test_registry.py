@@ -349,3 +349,11 @@ def test_gate_split_is_disjoint_from_test_and_stable_as_cases_are_added():
     )
     assert all(split_of_case(case, 0, 0.7, 0.1, 0.1) == splits[case] for case in cases[:500])  # by case alone, whatever else is ingested
     assert all(split_of_case(case, 0, 0.0, 0.0, 0.1) in ("gate", "test") for case in cases)  # all_test sources: gate + test
+
+
+def test_gate_fraction_is_checked_with_the_other_fractions():
+    from sslflow.config import IngestConfig
+
+    with pytest.raises(ValueError, match="gate_fraction=0.3 must be >= 0 and sum to <= 1"):
+        IngestConfig(gate_fraction=0.3)  # 0.7 + 0.1 + 0.3
+    assert IngestConfig(all_test=True, gate_fraction=0.3).gate_fraction == 0.3  # an all-test source has no train or val share
