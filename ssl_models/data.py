@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,16 +91,29 @@ class InMemoryPairs:
 
 @dataclass(frozen=True)
 class ShardRows:
-    """The rows of one shard a run uses: path, sha256, rows (n,) positions in the shard, case_ids (n,)."""
+    """The rows of one shard a run uses: path, sha256, rows (n,) positions in the shard, case_ids (n,).
+
+    fetch: downloads the shard to ``path`` when it is not there (a dataset in a blob store: each rank
+    fetches only the shards it reads, in the prefetch thread); a fetched shard is deleted once read,
+    so a rank's disk holds only the shards in flight.
+    """
 
     path: Path
     sha256: str
     rows: np.ndarray
     case_ids: np.ndarray
+    fetch: Callable[[Path], None] | None = field(default=None, compare=False)
 
     def load(self) -> tuple[torch.Tensor, np.ndarray]:
         """((n, C, H, W) uint8, case ids (n,)); ShardError naming the shard when it is missing or corrupt."""
-        return torch.from_numpy(read_shard(self.path, self.sha256, self.rows)), self.case_ids
+        fetched = self.fetch is not None and not self.path.is_file()
+        if fetched:
+            self.fetch(self.path)
+        try:
+            return torch.from_numpy(read_shard(self.path, self.sha256, self.rows)), self.case_ids
+        finally:
+            if fetched:
+                self.path.unlink(missing_ok=True)
 
 
 class StreamingPairs:
@@ -126,7 +139,7 @@ class StreamingPairs:
         if len(self.shards) >= world_size:
             return [self.shards[i] for i in order[rank::world_size]]
         picked = [self.shards[i] for i in order]
-        return [ShardRows(s.path, s.sha256, s.rows[rank::world_size], s.case_ids[rank::world_size]) for s in picked if len(s.rows[rank::world_size])]
+        return [replace(s, rows=s.rows[rank::world_size], case_ids=s.case_ids[rank::world_size]) for s in picked if len(s.rows[rank::world_size])]
 
     def _loaded(self, shards: list[ShardRows]) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """Every shard of ``shards`` loaded, cycling; up to prefetch_shards + 1 loads run ahead in a thread."""
