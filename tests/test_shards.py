@@ -178,3 +178,12 @@ def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_pa
     assert seen == 20 and set(fetched) == mine and len(mine) < manifest["shard"].nunique()
     assert not list((folder / "shards").iterdir()), "a fetched shard is deleted once read"
     assert not Path(directory.path).exists() or not any(Path(directory.path).iterdir()), "the directory itself was never downloaded"
+
+
+def test_ingest_chunk_workers_never_import_torch():
+    """A chunk pod or pool worker imports the decoding modules only: torch would add ~300 MiB to every one of them."""
+    import subprocess
+    import sys
+
+    code = "import sys, sslflow.data.chunks; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

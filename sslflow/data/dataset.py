@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ssl_models.data import ShardRows
-from ssl_models.shards import SHARD_SUFFIX, ShardError, read_shard, write_shard
+from ssl_models.shards import SHARD_SUFFIX, ShardError, ShardRows, read_shard, write_shard
 from sslflow.data.manifest import IMAGE_COLUMNS, MANIFEST_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
