@@ -31,7 +31,6 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import write_result  # noqa: E402
 
 SIDE = 256
 SHARD_MEGABYTES = 1
@@ -193,6 +192,8 @@ def main() -> None:
             "training": round(large["training_epoch"]["peak_rss_mib_streaming"] / small["training_epoch"]["peak_rss_mib_streaming"], 3),
         }
     print(json.dumps(payload))
+    from benchmarks.common import write_result  # here: it imports torch, which the ingest child and its workers must not carry
+
     write_result("data_scale", payload, arguments.out)
 
 

@@ -22,14 +22,14 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ssl_models.micle import CasePairSampler
-from ssl_models.shards import read_shard
+from ssl_models.shards import ShardRows
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (anchors, partners), each (B, C, H, W) uint8 on the device
 MEMORY_BUDGET_FRACTION = 0.25  # of the pod's (cgroup's) memory, for the image set when nothing is set
@@ -89,20 +89,6 @@ class InMemoryPairs:
         return _pair_batches(self._stored, anchors, partners, batch_size, device)
 
 
-@dataclass(frozen=True)
-class ShardRows:
-    """The rows of one shard a run uses: path, sha256, rows (n,) positions in the shard, case_ids (n,)."""
-
-    path: Path
-    sha256: str
-    rows: np.ndarray
-    case_ids: np.ndarray
-
-    def load(self) -> tuple[torch.Tensor, np.ndarray]:
-        """((n, C, H, W) uint8, case ids (n,)); ShardError naming the shard when it is missing or corrupt."""
-        return torch.from_numpy(read_shard(self.path, self.sha256, self.rows)), self.case_ids
-
-
 class StreamingPairs:
     """Pairs streamed from shards in bounded memory.
 
@@ -126,9 +112,9 @@ class StreamingPairs:
         if len(self.shards) >= world_size:
             return [self.shards[i] for i in order[rank::world_size]]
         picked = [self.shards[i] for i in order]
-        return [ShardRows(s.path, s.sha256, s.rows[rank::world_size], s.case_ids[rank::world_size]) for s in picked if len(s.rows[rank::world_size])]
+        return [replace(s, rows=s.rows[rank::world_size], case_ids=s.case_ids[rank::world_size]) for s in picked if len(s.rows[rank::world_size])]
 
-    def _loaded(self, shards: list[ShardRows]) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    def _loaded(self, shards: list[ShardRows]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every shard of ``shards`` loaded, cycling; up to prefetch_shards + 1 loads run ahead in a thread."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch") as pool:
             pending: list[Future] = []
@@ -150,7 +136,7 @@ class StreamingPairs:
         try:
             for size in itertools.cycle(groups):  # a rank with fewer images than ``wanted`` reads its shards again
                 group = [next(loaded) for _ in range(size)]
-                buffer = torch.cat([pixels for pixels, _ in group])
+                buffer = torch.from_numpy(np.concatenate([pixels for pixels, _ in group]))
                 anchors, partners = CasePairSampler(np.concatenate([cases for _, cases in group]), seed=int(rng.integers(2**31))).pairs(0)
                 anchors, partners = anchors[:wanted], partners[:wanted]
                 wanted -= len(anchors)

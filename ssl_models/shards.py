@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +66,30 @@ def read_shard(path: Path, sha256: str, rows: np.ndarray | None = None, *, verif
         raise ShardError(f"shard {sha256} ({path}) is corrupt: its bytes do not match its sha256; ingest the source again")
     mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     return np.array(mapped if rows is None else mapped[rows])
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    """The rows of one shard a run uses: path, sha256, rows (n,) positions in the shard, case_ids (n,).
+
+    fetch: downloads the shard to ``path`` when it is not there (a dataset in a blob store: each rank
+    fetches only the shards it reads, in the prefetch thread); a fetched shard is deleted once read,
+    so a rank's disk holds only the shards in flight.
+    """
+
+    path: Path
+    sha256: str
+    rows: np.ndarray
+    case_ids: np.ndarray
+    fetch: Callable[[Path], None] | None = field(default=None, compare=False)
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """((n, C, H, W) uint8, case ids (n,)); ShardError naming the shard when it is missing or corrupt."""
+        fetched = self.fetch is not None and not self.path.is_file()
+        if fetched:
+            self.fetch(self.path)
+        try:
+            return read_shard(self.path, self.sha256, self.rows), self.case_ids
+        finally:
+            if fetched:
+                self.path.unlink(missing_ok=True)

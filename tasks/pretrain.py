@@ -18,12 +18,12 @@ from flytekit.types.file import FlyteFile
 from ssl_models.micle import CasePairSampler
 from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
 from ssl_models.train import PairSource, PretrainConfig, pretrain_contrastive
-from sslflow.data.dataset import image_shape, images_bytes, read_images, read_manifest, shard_rows
+from sslflow.data.dataset import fetch_shards, image_shape, images_bytes, read_images, read_manifest, shard_rows
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
-from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_folder, pipeline_cache
+from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, pipeline_cache
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,23 @@ def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_aware: b
     """(manifest, pair source, image shape (C, H, W)) of the train and val rows: pretraining never sees the gate or test split.
 
     In memory when the images fit in config.memory_budget_mb (default: a quarter of the pod's memory),
-    else streamed from the dataset's shards; never loaded whole above the budget.
+    else streamed from the dataset's shards; never loaded whole above the budget. A Dataset in a blob store is
+    not downloaded whole: streaming fetches each shard when this rank reads it (tasks.shared.dataset_without_shards).
     """
-    folder = dataset_folder(dataset)
+    folder, fetch = dataset_without_shards(dataset)
     manifest = read_manifest(folder)
     manifest = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
     case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
     budget = memory_budget_bytes(config.memory_budget_mb)
+    if fetch is not None:
+        fetch_shards(folder, manifest, fetch, limit=1)  # image_shape reads a shard's header
     if fits_in_memory(images_bytes(folder, manifest), budget):
+        if fetch is not None:
+            fetch_shards(folder, manifest, fetch)
         data = InMemoryPairs(torch.from_numpy(read_images(folder, manifest, max_bytes=budget, name=dataset.name)), case_ids, seed=config.seed)
     else:
         log.info("dataset %s: %d images over the %d MiB memory budget; streaming from shards", dataset.name, len(manifest), budget // 2**20)
-        data = StreamingPairs(shard_rows(folder, manifest, case_ids), seed=config.seed, buffer_shards=config.buffer_shards)
+        data = StreamingPairs(shard_rows(folder, manifest, case_ids, fetch=fetch), seed=config.seed, buffer_shards=config.buffer_shards)
     return manifest, data, image_shape(folder, manifest)
 
 

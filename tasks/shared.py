@@ -14,17 +14,19 @@ manual run with the same inputs wait for one another instead of both occupying G
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from flytekit import Cache, HashMethod, Resources
+from flytekit import Cache, FlyteContextManager, HashMethod, Resources
 from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import gpu_image
+from sslflow.data.dataset import MANIFEST_FILE, SHARDS_FOLDER
 from sslflow.data.sources import fingerprint_source
 
 # A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
@@ -82,6 +84,20 @@ def content_hash(artifact) -> str:
 def dataset_folder(dataset: Dataset) -> Path:
     """The local dataset folder of a Dataset, downloaded first when it is remote."""
     return Path(dataset.directory.download())
+
+
+def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], None] | None]:
+    """(folder, fetch) for reading a Dataset shard by shard. A local Dataset: its folder, fetch None. A Dataset in
+    a blob store (a task on a cluster): a local folder with only the manifest downloaded; fetch(path) downloads
+    the shard named like ``path`` to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a training worker
+    downloads only the shards it reads, never the whole directory."""
+    remote, file_access = dataset.directory.remote_source, FlyteContextManager.current_context().file_access
+    if not remote or not file_access.is_remote(remote):
+        return dataset_folder(dataset), None
+    remote, folder = remote.rstrip("/"), Path(file_access.get_random_local_directory())
+    file_access.get_data(f"{remote}/{MANIFEST_FILE}", str(folder / MANIFEST_FILE))
+    (folder / SHARDS_FOLDER).mkdir()
+    return folder, lambda path: file_access.get_data(f"{remote}/{SHARDS_FOLDER}/{path.name}", str(path))
 
 
 def pipeline_cache(version: str, *, serialize: bool = False) -> Cache:

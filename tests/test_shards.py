@@ -143,3 +143,47 @@ def test_streaming_and_in_memory_batches_come_from_the_same_distribution(tmp_pat
     assert not shards_of_rank[0] & shards_of_rank[1] and len(shards_of_rank[0] | shards_of_rank[1]) == manifest["shard"].nunique()
     summary = json.loads((tmp_path / "dataset" / "summary.json").read_text())
     assert summary["images"] == 60
+
+
+def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_path, monkeypatch):
+    """A Dataset in S3 (moto): the task gets the manifest only, and rank 0 of 2 fetches exactly its epoch's shards."""
+    import boto3
+    from flytekit import FlyteContextManager
+    from flytekit.configuration import DataConfig, S3Config
+    from flytekit.core.data_persistence import FileAccessProvider
+    from flytekit.types.directory import FlyteDirectory
+
+    from moto_s3 import moto_s3_server, s3_environment
+    from tasks.shared import dataset_without_shards
+
+    _write_images(tmp_path / "scans", range(40))
+    sha256, _, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
+        bucket = boto3.client("s3")
+        bucket.create_bucket(Bucket="datasets")
+        for path in (tmp_path / "dataset").rglob("*"):
+            if path.is_file():
+                bucket.upload_file(str(path), "datasets", f"ds/{path.relative_to(tmp_path / 'dataset').as_posix()}")
+        access = FileAccessProvider(str(tmp_path / "sandbox"), "s3://datasets/raw", DataConfig(s3=S3Config(endpoint=endpoint, access_key_id="testing", secret_access_key="testing")))
+        with FlyteContextManager.with_context(FlyteContextManager.current_context().with_file_access(access)):
+            directory = FlyteDirectory.from_source("s3://datasets/ds")
+            folder, fetch = dataset_without_shards(Dataset(directory=directory, name="ds", num_images=40, content_sha256=sha256, mlflow_run_id=""))
+            assert fetch is not None and not list((folder / "shards").iterdir())
+            fetched = []
+            manifest = read_manifest(folder)
+            data = StreamingPairs(shard_rows(folder, manifest, list(range(len(manifest))), fetch=lambda path: (fetched.append(path.stem), fetch(path))), buffer_shards=2)
+            seen = sum(len(anchors) for anchors, _ in data.batches(0, 8, rank=0, world_size=2, device=torch.device("cpu")))
+    mine = {shard.sha256 for shard in data._rank_shards(0, rank=0, world_size=2)}
+    assert seen == 20 and set(fetched) == mine and len(mine) < manifest["shard"].nunique()
+    assert not list((folder / "shards").iterdir()), "a fetched shard is deleted once read"
+    assert not Path(directory.path).exists() or not any(Path(directory.path).iterdir()), "the directory itself was never downloaded"
+
+
+def test_ingest_chunk_workers_never_import_torch():
+    """A chunk pod or pool worker imports the decoding modules only: torch would add ~300 MiB to every one of them."""
+    import subprocess
+    import sys
+
+    code = "import sys, sslflow.data.chunks; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from sslflow.data.types import SourceError, SourceImages
 
@@ -108,6 +106,9 @@ def optdigits_to_mnist_format(images: np.ndarray) -> np.ndarray:
     uint8 0..255 with the digit in a 20x20 box centred in the frame. So: scale by 255/16, bilinear
     upsampling 8x8 -> 20x20, zero-pad 4 pixels on every side. Returns (N, 28, 28) uint8.
     """
+    import torch  # here, not at the top: ingest workers decoding files never load torch (its ~300 MiB per process)
+    import torch.nn.functional as F
+
     scaled = torch.from_numpy(images.astype(np.float32) * (255.0 / 16.0))[:, None]
     upsampled = F.interpolate(scaled, size=(20, 20), mode="bilinear", align_corners=False)
     padded = F.pad(upsampled, (4, 4, 4, 4))
@@ -129,6 +130,9 @@ def read_builtin(source: str, image_size: int, channels: int) -> SourceImages:
 
 def _conform(images: SourceImages, image_size: int, channels: int) -> SourceImages:
     """Resize and repeat channels of a packaged source to (N, channels, image_size, image_size)."""
+    import torch  # only built-in sources need it (see optdigits_to_mnist_format)
+    import torch.nn.functional as F
+
     pixels = torch.from_numpy(images.pixels)
     if pixels.shape[-1] != image_size or pixels.shape[-2] != image_size:
         pixels = F.interpolate(pixels.float(), size=(image_size, image_size), mode="bilinear", antialias=True)

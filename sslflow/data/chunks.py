@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -229,7 +230,9 @@ def ingest_source(
     with tempfile.TemporaryDirectory(prefix=f".{directory.name}.chunks-", dir=directory.parent) as work:
         folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunks))]
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            # spawned, not forked: a worker holds its chunk and the decoding modules (no torch), not a copy of this
+            # process's listing, so its memory does not grow with the source (benchmarks/data_scale.py)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 list(pool.map(decode, chunks, folders))
         else:
             for chunk, folder in zip(chunks, folders):

@@ -15,14 +15,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ssl_models.data import ShardRows
-from ssl_models.shards import SHARD_SUFFIX, ShardError, read_shard, write_shard
+from ssl_models.shards import SHARD_SUFFIX, ShardError, ShardRows, read_shard, write_shard
 from sslflow.data.manifest import IMAGE_COLUMNS, MANIFEST_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
@@ -151,6 +150,14 @@ def image_shape(directory: Path, manifest: pd.DataFrame) -> tuple[int, ...]:
     raise ShardError(f"shard {manifest['shard'].iloc[0]} is missing: no shard of dataset {directory} exists; ingest the source again")
 
 
+def fetch_shards(directory: Path, manifest: pd.DataFrame, fetch: Callable[[Path], None], *, limit: int = 0) -> None:
+    """Download the shards of ``manifest``'s rows missing under ``directory`` (only the first ``limit`` when > 0)."""
+    shards = manifest["shard"].unique()
+    for shard in shards[:limit] if limit else shards:
+        if not shard_path(directory, shard).is_file():
+            fetch(shard_path(directory, shard))
+
+
 def images_bytes(directory: Path, manifest: pd.DataFrame) -> int:
     """Bytes the images of ``manifest``'s rows take in memory."""
     return len(manifest) * int(np.prod(image_shape(directory, manifest)))
@@ -183,12 +190,13 @@ def read_dataset(directory: Path, name: str = "", *, split: str | None = None, m
     return manifest, read_images(directory, manifest, max_bytes=max_bytes, name=name)
 
 
-def shard_rows(directory: Path, manifest: pd.DataFrame, case_ids: list) -> list[ShardRows]:
-    """The rows of ``manifest`` (a subset of a dataset's) per shard, for StreamingPairs; case_ids: one per row."""
+def shard_rows(directory: Path, manifest: pd.DataFrame, case_ids: list, *, fetch: Callable[[Path], None] | None = None) -> list[ShardRows]:
+    """The rows of ``manifest`` (a subset of a dataset's) per shard, for StreamingPairs; case_ids: one per row.
+    fetch: downloads a shard missing under ``directory`` when it is read (ShardRows)."""
     cases = np.asarray(case_ids, dtype=object).astype(str)
     positions = manifest["shard_row"].to_numpy()
     return [
-        ShardRows(shard_path(directory, shard), shard, positions[rows], cases[rows])
+        ShardRows(shard_path(directory, shard), shard, positions[rows], cases[rows], fetch)
         for shard, rows in manifest.groupby("shard", sort=True).indices.items()
     ]
 
