@@ -64,13 +64,16 @@ class FinetunedModel:
     in_channels: int
     image_size: int
     class_names: list[str]
-    init: str  # where the encoder weights came from: "scratch", "simclr" or "simclr+micle"
+    init: str  # where the weights came from: "scratch", "simclr", "simclr+micle" or "simclr+micle+student" (tasks/self_train.py)
     probe: str  # "linear" (encoder frozen) or "finetune" (encoder trained too)
     label_fraction: float
     num_labels: int
     val_accuracy: float
     content_sha256: str
     mlflow_run_id: str
+    # False for a self-trained student that does not beat its teacher on validation: evaluated and
+    # reported, never registered (sslflow.registry.registration.select_best skips it).
+    selectable: bool = True
 
 
 def content_hash(artifact) -> str:

@@ -1,4 +1,4 @@
-"""ssl_pipeline: ingest -> validate -> SimCLR -> MICLe -> fine-tune (SSL vs scratch) -> evaluate -> register.
+"""ssl_pipeline: ingest -> validate -> SimCLR -> MICLe -> fine-tune (SSL vs scratch) -> self-train -> evaluate -> register.
 
 Defaults mirror the MICLe recipe on data that ships in packages: generic pretraining on Fashion-MNIST,
 domain pretraining on MNIST-5k (unlabelled, PROXY cases from pixel neighbours: MNIST has no patients),
@@ -14,6 +14,7 @@ from flytekit import workflow
 
 import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
 
+from ssl_models.self_training import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
@@ -23,6 +24,7 @@ from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_micle, pretrain_simclr
 from tasks.register import register
 from tasks.report import report, start_pipeline_run
+from tasks.self_train import self_train as self_train_task
 from tasks.store import tracking_store
 from tasks.validate import validate
 
@@ -42,13 +44,14 @@ def ssl_pipeline(
     micle: PretrainConfig = PretrainConfig(epochs=15),
     finetune: FinetuneConfig = FinetuneConfig(min_steps=150),
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
+    self_train: SelfTrainConfig = SelfTrainConfig(),
     registry: RegistryConfig = RegistryConfig(),
 ) -> str:
     run_id = start_pipeline_run(
         tracking_store=tracking_store(),
         generic_source=generic_source, domain_source=domain_source, shift_source=shift_source,
         encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
-        label_fractions=label_fractions, registry=registry,
+        label_fractions=label_fractions, self_train=self_train, registry=registry,
     )  # fmt: skip
     generic = validate(
         dataset=ingest(source=generic_source, config=generic_ingest, parent_run_id=run_id),
@@ -68,6 +71,7 @@ def ssl_pipeline(
         domain=domain, simclr_encoder=simclr_encoder, micle_encoder=micle_encoder,
         label_fractions=label_fractions, config=finetune, parent_run_id=run_id,
     )  # fmt: skip
+    models = self_train_task(models=models, domain=domain, encoder=micle_encoder, finetune=finetune, config=self_train, parent_run_id=run_id)
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
     registration = register(models=models, in_domain=domain, shift=shift, config=registry, parent_run_id=run_id)
     return report(results=results, registration=registration, parent_run_id=run_id)

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from sslflow.registry.record import Registration
+from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
 from sslflow.reporting.tables import results_markdown
 
 
@@ -16,6 +17,8 @@ def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_r
         [
             "Accuracy by label fraction (ssl = SimCLR + MICLe pretrained, scratch = random init):",
             results_markdown(results),
+            "Labels saved (in-domain test; best arm vs scratch fine-tuned with more labels):",
+            *comparison_lines(label_efficiency_comparisons(results)),
             "",
             f"MLflow parent run: {parent_run_id} ({tracking_uri})",
             (
