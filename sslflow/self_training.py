@@ -27,6 +27,9 @@ from sslflow.data.manifest import labelled_rows
 from sslflow.errors import Refusal
 
 
+STUDENT_INIT = "simclr+micle+student"  # the student's arm (FinetunedModel.init, result rows' init)
+
+
 class NoPseudoLabels(Refusal):
     """The teacher is confident about no pool image at the configured threshold."""
 

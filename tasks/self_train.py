@@ -21,14 +21,11 @@ from ssl_models.train import FinetuneConfig
 from sslflow.data.dataset import read_dataset
 from sslflow.registry.registration import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
-from sslflow.self_training import run_self_training, self_training_data
+from sslflow.self_training import STUDENT_INIT, run_self_training, self_training_data
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier, load_encoder, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_folder, pipeline_cache
-
-STUDENT_INIT = "simclr+micle+student"
-
 
 def _train_student(
     data_table, teacher: FinetunedModel, encoder: EncoderCheckpoint, domain_name: str, seed: int, config: SelfTrainConfig, parent_run_id: str

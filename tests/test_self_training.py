@@ -4,7 +4,12 @@ report, the label-efficiency comparisons, and the stage end to end on a tiny syn
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -163,3 +168,17 @@ def test_a_teacher_confident_about_nothing_is_refused_by_name():
         teacher.linear.bias.zero_()
     with pytest.raises(NoPseudoLabels, match="confidence_threshold=0.5"):
         run_self_training(teacher, build_encoder("small_cnn", 1, 28), data, SelfTrainConfig(steps=2, head_warmup_steps=0, confidence_threshold=0.5))
+
+
+def test_quality_benchmark_smoke_reports_the_student_arm_and_both_comparisons(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "benchmarks/quality.py", "--smoke", "--out", str(tmp_path)]
+    completed = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    record = json.loads(next(tmp_path.glob("quality-smoke-*.json")).read_text())
+    assert set(record["label_efficiency"]) == {"best_at_1pct_vs_scratch_at_10pct", "best_at_10pct_vs_scratch_at_100pct"}
+    assert set(record["self_training"]) == {"0.01", "0.1", "1"}
+    for fraction in record["self_training"].values():
+        assert {"pseudo_label_accuracy", "student_gain", "student_test_gain", "teacher"} <= set(fraction)
+    assert {r["init"] for r in record["results"]} >= {"scratch", "simclr", "simclr+micle", "simclr+micle+student"}
+    assert "best_at_1pct_vs_scratch_at_10pct" in completed.stdout
