@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: 
         data = self_training_data(domain, domain_pixels, fraction, 0, "mnist-5k")
         outcome = run_self_training(teacher, copy.deepcopy(micle_encoder), data, settings["self_train"])
         reports.append({"label_fraction": fraction, "teacher": arm, **outcome.report})
-        for eval_set, (images, labels) in eval_sets.items():
+        for eval_set, (images, labels) in eval_sets.items() if outcome.student is not None else ():
             metrics = classification_metrics(predict_probabilities(outcome.student, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
             results.append({"init": STUDENT_INIT, "probe": "finetune", "label_fraction": fraction, "num_labels": len(data.labels),
                             "eval_set": eval_set, "val_accuracy": outcome.report["student_val_accuracy"], **metrics})  # fmt: skip
@@ -130,7 +131,7 @@ def self_training_summary(results: list[dict], reports: list[dict]) -> dict:
     """{fraction: pseudo-label quality and the student's gain over its teacher on val and on the in-domain test split}."""
 
     def test_accuracy(arm: str, fraction: float) -> float:
-        return next(r["accuracy"] for r in results if f"{r['init']} {r['probe']}" == arm and r["label_fraction"] == fraction and r["eval_set"] == "in_domain")
+        return next((r["accuracy"] for r in results if f"{r['init']} {r['probe']}" == arm and r["label_fraction"] == fraction and r["eval_set"] == "in_domain"), math.nan)  # no student: no row
 
     keys = ("teacher", "coverage", "pseudo_label_accuracy", "teacher_ece", "pseudo_labelled", "teacher_val_accuracy", "student_val_accuracy", "student_gain")
     return {

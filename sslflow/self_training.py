@@ -24,14 +24,9 @@ from ssl_models.metrics import expected_calibration_error
 from ssl_models.self_training import SelfTrainConfig, select_pseudo_labels, soft_targets, teacher_logits, train_student
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
-from sslflow.errors import Refusal
 
 
 STUDENT_INIT = "simclr+micle+student"  # the student's arm (FinetunedModel.init, result rows' init)
-
-
-class NoPseudoLabels(Refusal):
-    """The teacher is confident about no pool image at the configured threshold."""
 
 
 @dataclass
@@ -48,7 +43,7 @@ class SelfTrainingData:
 
 @dataclass
 class SelfTrainingResult:
-    student: Classifier
+    student: Classifier | None  # None when the teacher is confident about no pool image: nothing to learn from
     history: list[dict]  # train_student's: step, loss, pool_accuracy
     report: dict  # see pseudo_label_quality and run_self_training
 
@@ -105,20 +100,21 @@ def run_self_training(teacher: nn.Module, encoder: nn.Module, data: SelfTraining
 
     The report: pseudo_label_quality on val, plus pool_images, pseudo_labelled (after threshold and class
     balance), per class pool_pseudo_labels, teacher_val_accuracy, student_val_accuracy, student_gain and
-    student_beats_teacher (strictly higher val accuracy).
+    student_beats_teacher (strictly higher val accuracy). With no pseudo-label at the threshold no student
+    is trained: its accuracy and gain are NaN and it does not beat its teacher.
     """
     pool = torch.from_numpy(data.pool_images)
     logits = teacher_logits(teacher, pool, config.augment)
     prior = np.bincount(data.labels, minlength=len(data.class_names)) / len(data.labels)
     kept = select_pseudo_labels(soft_targets(logits, 1.0).numpy(), config.confidence_threshold, config.max_class_ratio, prior)
-    if len(kept) == 0:
-        raise NoPseudoLabels(f"SelfTrainConfig.confidence_threshold={config.confidence_threshold}: the teacher reaches it on none of {len(pool)} pool images; lower it")  # fmt: skip
-    student, history = train_student(
-        encoder, torch.from_numpy(data.labelled_images), data.labels, pool[kept], soft_targets(logits[kept], config.temperature), config
-    )  # fmt: skip
+    student, history, student_accuracy = None, [], math.nan
     val = torch.from_numpy(data.val_images)
+    if len(kept):
+        student, history = train_student(
+            encoder, torch.from_numpy(data.labelled_images), data.labels, pool[kept], soft_targets(logits[kept], config.temperature), config
+        )  # fmt: skip
+        student_accuracy = float((predict_probabilities(student, val, config.augment).argmax(1) == data.val_labels).mean())
     teacher_probabilities = predict_probabilities(teacher, val, config.augment)
-    student_accuracy = float((predict_probabilities(student, val, config.augment).argmax(1) == data.val_labels).mean())
     report = pseudo_label_quality(teacher_probabilities, data.val_labels, config.confidence_threshold, data.class_names)
     pool_counts = np.bincount(logits[kept].argmax(1).numpy(), minlength=len(data.class_names))
     for row, count in zip(report["per_class"], pool_counts):

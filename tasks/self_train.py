@@ -29,8 +29,8 @@ from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, Fin
 
 def _train_student(
     data_table, teacher: FinetunedModel, encoder: EncoderCheckpoint, domain_name: str, seed: int, config: SelfTrainConfig, parent_run_id: str
-) -> tuple[FinetunedModel, dict]:  # fmt: skip
-    """One student at the teacher's label fraction; its report gains label_fraction and teacher."""
+) -> tuple[FinetunedModel | None, dict]:  # fmt: skip
+    """One student at the teacher's label fraction (None: no pseudo-label); its report gains label_fraction and teacher."""
     fraction = teacher.label_fraction
     data = self_training_data(*data_table, fraction, seed, domain_name)
     if len(data.labels) != teacher.num_labels or data.class_names != teacher.class_names:
@@ -46,6 +46,8 @@ def _train_student(
         report = {"label_fraction": fraction, "teacher": f"{teacher.init} {teacher.probe}", **result.report}
         mlflow.log_metrics({k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k != "label_fraction"})
         mlflow.log_text(json.dumps(report, indent=1), "pseudo_label_quality.json")
+        if result.student is None:
+            return None, report
         path, sha256 = save_state_dict(result.student, "student", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     student = FinetunedModel(
@@ -73,7 +75,8 @@ def _log_report(reports: list[dict]) -> None:
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, finetune: FinetuneConfig, config: SelfTrainConfig, parent_run_id: str
 ) -> list[FinetunedModel]:
-    """``models`` followed by one student per label fraction, taught by that fraction's best model on validation.
+    """``models`` followed by one student per label fraction, taught by that fraction's best model on validation
+    (none at a fraction whose teacher is confident about no pool image; the report says so).
 
     finetune: the fine-tuning config ``models`` were trained with (its seed picks the same labelled subset).
     """
@@ -83,7 +86,7 @@ def self_train(
     for fraction in sorted({model.label_fraction for model in models}):
         teacher = select_best([model for model in models if model.label_fraction == fraction])
         student, report = _train_student(data_table, teacher, encoder, domain.name, finetune.seed, config, parent_run_id)
-        students.append(student)
+        students += [student] if student is not None else []
         reports.append(report)
     with stage_run(parent_run_id, "self_train", {"config": config, "label_fractions": [r["label_fraction"] for r in reports]}):
         _log_report(reports)

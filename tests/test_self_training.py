@@ -24,7 +24,7 @@ from ssl_models.train import FinetuneConfig, finetune
 from sslflow.registry.registration import select_best
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
-from sslflow.self_training import NoPseudoLabels, pseudo_label_quality, run_self_training, self_training_data
+from sslflow.self_training import pseudo_label_quality, run_self_training, self_training_data
 
 UNIFORM3 = np.full(3, 1 / 3)
 
@@ -159,15 +159,17 @@ def test_self_training_end_to_end_on_a_tiny_set_never_reads_the_test_split():
     assert chart.startswith(b"\x89PNG") and "<img" in quality_html(reports, chart)
 
 
-def test_a_teacher_confident_about_nothing_is_refused_by_name():
+def test_a_teacher_confident_about_nothing_trains_no_student_and_says_so():
     manifest, images = _tiny_domain({"train": 4, "val": 2})
     data = self_training_data(manifest, images, 0.5, 0, "tiny")
     teacher = _teacher(data)
     with torch.no_grad():  # uniform predictions: top probability 1/3 everywhere
         teacher.linear.weight.zero_()
         teacher.linear.bias.zero_()
-    with pytest.raises(NoPseudoLabels, match="confidence_threshold=0.5"):
-        run_self_training(teacher, build_encoder("small_cnn", 1, 28), data, SelfTrainConfig(steps=2, head_warmup_steps=0, confidence_threshold=0.5))
+    result = run_self_training(teacher, build_encoder("small_cnn", 1, 28), data, SelfTrainConfig(steps=2, head_warmup_steps=0, confidence_threshold=0.5))
+    assert result.student is None and result.history == []
+    assert result.report["pseudo_labelled"] == 0 and result.report["coverage"] == 0 and result.report["student_beats_teacher"] is False
+    assert math.isnan(result.report["student_gain"]) and "nan" in quality_markdown([{"label_fraction": 0.5, "teacher": "t", **result.report}])
 
 
 def test_quality_benchmark_smoke_reports_the_student_arm_and_both_comparisons(tmp_path):

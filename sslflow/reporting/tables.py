@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-INIT_ORDER = ["scratch", "simclr", "simclr+micle"]
+INIT_ORDER = ["scratch", "simclr", "simclr+micle", "simclr+micle+student"]
 
 
 def methods_in_order(results: pd.DataFrame) -> list[tuple[str, str]]:
