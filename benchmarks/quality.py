@@ -116,6 +116,8 @@ def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: 
     (result rows like ablation's, pseudo-label quality reports)."""
     results, reports = [], []
     for fraction, (_, arm, teacher) in sorted(teachers.items()):
+        if fraction > settings["self_train"].max_label_fraction:
+            continue
         data = self_training_data(domain, domain_pixels, fraction, 0, "mnist-5k")
         outcome = run_self_training(teacher, copy.deepcopy(micle_encoder), data, settings["self_train"])
         reports.append({"label_fraction": fraction, "teacher": arm, **outcome.report})

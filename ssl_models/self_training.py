@@ -39,6 +39,8 @@ class SelfTrainConfig:
         (at temperature 1) is at least this.
     max_class_ratio: class balance: a predicted class keeps at most ratio x its share of the labelled
         images x the confident pool images, its most confident ones (select_pseudo_labels).
+    max_label_fraction: self-train only at label fractions up to this. At 100% every pool image already
+        has its true label, and the default run's time budget is better spent elsewhere.
     """
 
     steps: int = 100
@@ -48,6 +50,7 @@ class SelfTrainConfig:
     confidence_threshold: float = 0.5
     max_class_ratio: float = 1.5
     labelled_weight: float = 1.0
+    max_label_fraction: float = 0.5
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0

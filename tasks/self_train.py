@@ -75,19 +75,21 @@ def _log_report(reports: list[dict]) -> None:
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, finetune: FinetuneConfig, config: SelfTrainConfig, parent_run_id: str
 ) -> list[FinetunedModel]:
-    """``models`` followed by one student per label fraction, taught by that fraction's best model on validation
-    (none at a fraction whose teacher is confident about no pool image; the report says so).
+    """``models`` followed by one student per label fraction up to config.max_label_fraction, taught by that
+    fraction's best model on validation (none where the teacher is confident about no pool image; the report says so).
 
     finetune: the fine-tuning config ``models`` were trained with (its seed picks the same labelled subset).
     """
     show_progress()
     data_table = read_dataset(dataset_folder(domain), domain.name)
     students, reports = [], []
-    for fraction in sorted({model.label_fraction for model in models}):
+    for fraction in sorted({model.label_fraction for model in models if model.label_fraction <= config.max_label_fraction}):
         teacher = select_best([model for model in models if model.label_fraction == fraction])
         student, report = _train_student(data_table, teacher, encoder, domain.name, finetune.seed, config, parent_run_id)
         students += [student] if student is not None else []
         reports.append(report)
+    if not reports:
+        return models
     with stage_run(parent_run_id, "self_train", {"config": config, "label_fractions": [r["label_fraction"] for r in reports]}):
         _log_report(reports)
     return models + students
