@@ -50,7 +50,7 @@ SETTINGS = {
                 self_train=SelfTrainConfig(steps=2000, head_warmup_steps=200, batch_size=256)),
     "cpu-budget": dict(encoder="small_cnn", generic_images=20000, simclr=PretrainConfig(epochs=8),
                        micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15, min_steps=150),
-                       self_train=SelfTrainConfig(steps=300, head_warmup_steps=30)),
+                       self_train=SelfTrainConfig(steps=600, head_warmup_steps=50)),
     "smoke": dict(encoder="small_cnn", generic_images=300, domain_images=600, shift_images=200, simclr=PretrainConfig(epochs=1, batch_size=128),
                   micle=PretrainConfig(epochs=1, batch_size=128), finetune=FinetuneConfig(epochs=1, min_steps=3, head_warmup_steps=2),
                   self_train=SelfTrainConfig(steps=3, head_warmup_steps=1, confidence_threshold=0.0)),
