@@ -71,9 +71,11 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     return path
 
 
-def parse_arguments(description: str, small_run_flag: str = "--quick") -> argparse.Namespace:
-    """The flags every benchmark takes: a small CPU-sized run, and where to write the result."""
+def parse_arguments(description: str, small_run_flag: str = "--quick", extra_flags: dict[str, str] | None = None) -> argparse.Namespace:
+    """The flags every benchmark takes: a small CPU-sized run, and where to write the result; extra_flags: {flag: help}."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(small_run_flag, action="store_true", help="a small run that fits a 2-core CPU")
+    for flag, text in (extra_flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=text)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     return parser.parse_args()

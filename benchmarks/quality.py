@@ -4,12 +4,16 @@ Same data, splits, seeds and steps as workflows/pipeline.py (it reuses the same 
 settings: generic SimCLR on Fashion-MNIST, domain SimCLR and MICLe (PROXY cases: pixel
 neighbours; MNIST has no patients) continued from it on MNIST-5k, the ablation {pixels linear, scratch
 fine-tuned, {SimCLR, + domain SimCLR, + MICLe} x {linear probe, fine-tune}} x label fractions x SEEDS,
-evaluated on the MNIST test split, optdigits and the corruption suite. Prints the comparisons of issues 6
-and 12 as means with 95% t-intervals over the seeds (a gain only when the intervals separate), and
-saves everything as JSON.
+plus a self-trained student per fraction and seed (SimCLR v2 step 3: the best model on validation labels
+the domain pool; sslflow/self_training.py), evaluated on the MNIST test split, optdigits and the corruption
+suite. Prints the comparisons of issues 6 and 12 as means with 95% t-intervals over the seeds (a gain only
+when the intervals separate), issue 14's two label-efficiency comparisons (best arm vs scratch with 10x the
+labels, by mean), the pseudo-label accuracy and the student's gain at each fraction, and saves everything
+as JSON.
 
     python benchmarks/quality.py                 # GPU: all 70k Fashion-MNIST, ResNet-18, long schedules
-    python benchmarks/quality.py --cpu-budget    # small_cnn, 2 CPU cores (3 seeds x 5 arms: not yet timed; the 1-seed, 3-arm run took ~15 min)
+    python benchmarks/quality.py --cpu-budget    # small_cnn, 2 CPU cores (3 seeds; its time is in the result JSON)
+    python benchmarks/quality.py --smoke         # a minute of tiny settings, one seed: the script works (tests use it)
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,18 +39,26 @@ from ssl_models.label_fractions import stratified_subset  # noqa: E402
 from ssl_models.metrics import classification_metrics  # noqa: E402
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
+from ssl_models.self_training import SelfTrainConfig  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.manifest import build_manifest, labelled_rows  # noqa: E402
 from sslflow.data.labels import class_indices  # noqa: E402
 from sslflow.data.sources import read_source  # noqa: E402
+from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
 from sslflow.reporting.intervals import t_interval, verdict  # noqa: E402
+from sslflow.self_training import STUDENT_INIT, run_self_training, self_training_data  # noqa: E402
 
 SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
-                micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300)),
+                micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300),
+                self_train=SelfTrainConfig(steps=2000, head_warmup_steps=200, batch_size=256)),
     "cpu-budget": dict(encoder="small_cnn", generic_images=20000, simclr=PretrainConfig(epochs=8),
-                       micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15, min_steps=150)),
+                       micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15, min_steps=150),
+                       self_train=SelfTrainConfig(steps=600, head_warmup_steps=50)),
+    "smoke": dict(encoder="small_cnn", generic_images=300, domain_images=600, shift_images=200, simclr=PretrainConfig(epochs=1, batch_size=128),
+                  micle=PretrainConfig(epochs=1, batch_size=128), finetune=FinetuneConfig(epochs=1, min_steps=3, head_warmup_steps=2),
+                  self_train=SelfTrainConfig(steps=3, head_warmup_steps=1, confidence_threshold=0.0), seeds=(0,)),
 }  # fmt: skip
 FRACTIONS = (0.01, 0.1, 1.0)
 SEEDS = (0, 1, 2)  # fine-tuning seeds (label subset, head, batch order); pretraining runs once, with seed 0
@@ -101,19 +115,59 @@ def train_arm(settings: dict, init: str, probe: str, encoder, train, validation,
     return model, {"train_accuracy": history[-1]["accuracy"], **fit}
 
 
-def ablation(settings: dict, encoders: dict, train, validation, class_names, eval_sets: dict, seed: int) -> list[dict]:
-    """arms(encoders) x FRACTIONS for one seed, each scored on every eval set."""
-    results = []
+def ablation(settings: dict, encoders: dict, train, validation, class_names, eval_sets: dict, seed: int) -> tuple[list[dict], dict]:
+    """arms(encoders) x FRACTIONS for one seed, each scored on every eval set and on validation (images, labels);
+    also {fraction: (val accuracy, "init probe", model)}: the best model on validation, the self-training teacher."""
+    results, teachers = [], {}
     for fraction in FRACTIONS:
         chosen = stratified_subset(train[1], fraction, seed=seed)
         for init, probe in arms(encoders):
             model, fit = train_arm(settings, init, probe, encoders.get(init), (train[0][chosen], train[1][chosen]), validation, len(class_names), seed)
+            val_accuracy = float((predict_probabilities(model, torch.from_numpy(validation[0]), FINETUNE_AUGMENT).argmax(1) == validation[1]).mean())
+            if val_accuracy > teachers.get(fraction, (-1.0,))[0]:
+                teachers[fraction] = (val_accuracy, f"{init} {probe}", model)
             for eval_set, (images, labels) in eval_sets.items():
                 metrics = classification_metrics(predict_probabilities(model, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
-                results.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": len(chosen), "eval_set": eval_set, **metrics, **fit})
+                results.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": len(chosen),
+                                "eval_set": eval_set, "val_accuracy": val_accuracy, **metrics, **fit})  # fmt: skip
             row = [r for r in results if r["init"] == init and r["probe"] == probe and r["label_fraction"] == fraction]
             print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {row[0]['accuracy']:.4f}  optdigits {row[1]['accuracy']:.4f}", flush=True)
-    return results
+    return results, teachers
+
+
+def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: dict, eval_sets: dict, seed: int) -> tuple[list[dict], list[dict]]:
+    """A student per fraction, from the SimCLR + MICLe encoder, taught by that fraction's best model on val:
+    (result rows like ablation's, pseudo-label quality reports)."""
+    results, reports = [], []
+    for fraction, (_, arm, teacher) in sorted(teachers.items()):
+        if fraction > settings["self_train"].max_label_fraction:
+            continue
+        data = self_training_data(domain, domain_pixels, fraction, seed, "mnist-5k")
+        outcome = run_self_training(teacher, copy.deepcopy(micle_encoder), data, dataclasses.replace(settings["self_train"], seed=seed))
+        reports.append({"label_fraction": fraction, "seed": seed, "teacher": arm, **outcome.report})
+        for eval_set, (images, labels) in eval_sets.items() if outcome.student is not None else ():
+            metrics = classification_metrics(predict_probabilities(outcome.student, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
+            results.append({"init": STUDENT_INIT, "probe": "finetune", "label_fraction": fraction, "seed": seed, "num_labels": len(data.labels),
+                            "eval_set": eval_set, "val_accuracy": outcome.report["student_val_accuracy"], **metrics})  # fmt: skip
+        print(f"seed {seed} student {fraction:5g} (teacher {arm}): pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
+    return results, reports
+
+
+def self_training_summary(results: list[dict], reports: list[dict]) -> dict:
+    """{"fraction/seed": pseudo-label quality and the student's gain over its teacher on val and on the in-domain test split}."""
+
+    def test_accuracy(arm: str, fraction: float, seed: int) -> float:
+        rows = (r for r in results if f"{r['init']} {r['probe']}" == arm and (r["label_fraction"], r["seed"], r["eval_set"]) == (fraction, seed, "in_domain"))
+        return next((r["accuracy"] for r in rows), math.nan)  # no student: no row
+
+    keys = ("teacher", "coverage", "pseudo_label_accuracy", "teacher_ece", "pseudo_labelled", "teacher_val_accuracy", "student_val_accuracy", "student_gain")
+    return {
+        f"{r['label_fraction']:g}/seed={r['seed']}": {
+            **{k: r[k] for k in keys},
+            "student_test_gain": test_accuracy(f"{STUDENT_INIT} finetune", r["label_fraction"], r["seed"]) - test_accuracy(r["teacher"], r["label_fraction"], r["seed"]),
+        }
+        for r in reports
+    }  # fmt: skip
 
 
 def _per_seed(results: list[dict], init: str, probe: str, fraction: float, eval_set: str = "in_domain") -> list[float]:
@@ -156,32 +210,47 @@ def floor_checks(results: list[dict]) -> dict:
     }
 
 
+def run_seeds(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: dict) -> tuple[list[dict], list[dict]]:
+    """(result rows of every arm and student, pseudo-label reports) over the settings' seeds."""
+    train_images, train_labels, class_names = labelled(domain, domain_pixels, "train")
+    validation = labelled(domain, domain_pixels, "val", class_names)[:2]
+    results, reports = [], []
+    for seed in settings.get("seeds", SEEDS):
+        rows, teachers = ablation(settings, encoders, (train_images, train_labels), validation, class_names, eval_sets, seed)
+        student_rows, seed_reports = student_arm(settings, encoders["simclr+micle"], domain, domain_pixels, teachers, eval_sets, seed)
+        results, reports = results + rows + student_rows, reports + seed_reports
+    return results, reports
+
+
 def main() -> None:
-    args = parse_arguments(__doc__, "--cpu-budget")
-    settings = SETTINGS["cpu-budget" if args.cpu_budget else "gpu"]
+    args = parse_arguments(__doc__, "--cpu-budget", {"--smoke": "tiny settings, one seed: to check that the script works"})
+    mode = "smoke" if args.smoke else "cpu-budget" if args.cpu_budget else "gpu"
+    settings = SETTINGS[mode]
     started = time.perf_counter()
 
     generic, generic_pixels = dataset("fashion-mnist", IngestConfig(max_images=settings["generic_images"]))
-    domain, domain_pixels = dataset("mnist-5k", IngestConfig(proxy_cases=True))
-    shift, shift_pixels = dataset("optdigits", IngestConfig(all_test=True))
+    domain, domain_pixels = dataset("mnist-5k", IngestConfig(proxy_cases=True, max_images=settings.get("domain_images", 0)))
+    shift, shift_pixels = dataset("optdigits", IngestConfig(all_test=True, max_images=settings.get("shift_images", 0)))
     pretrained = pretrain_encoders(settings, generic, generic_pixels, domain, domain_pixels)
 
-    train_images, train_labels, class_names = labelled(domain, domain_pixels, "train")
-    validation = labelled(domain, domain_pixels, "val", class_names)[:2]
+    class_names = labelled(domain, domain_pixels, "train")[2]
     test_images, test_labels, _ = labelled(domain, domain_pixels, "test", class_names)
     shift_images, shift_labels, _ = labelled(shift, shift_pixels, "test", class_names)
     eval_sets = evaluation_sets(test_images, test_labels, shift_images, shift_labels)
-    encoders = {"pixels": None, "scratch": None, **pretrained}
-    results = [row for seed in SEEDS for row in ablation(settings, encoders, (train_images, train_labels), validation, class_names, eval_sets, seed)]
+    results, reports = run_seeds(settings, {"pixels": None, "scratch": None, **pretrained}, domain, domain_pixels, eval_sets)
 
     comparisons, floor = compare(results), floor_checks(results)
     for name, comparison in comparisons.items():
         print(f"{name}: {comparison['ours']} vs {comparison['theirs']} -> {comparison['verdict']}")
     print(json.dumps(floor))
+    label_efficiency = label_efficiency_comparisons(pd.DataFrame(results))
+    print("\n".join(comparison_lines(label_efficiency)))
     settings_record = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in settings.items()}
-    path = write_result("quality" + ("-cpu-budget" if args.cpu_budget else ""), {
+    path = write_result("quality" + ("" if mode == "gpu" else f"-{mode}"), {
         "settings": settings_record, "case_ids": "PROXY (pixel-neighbour pairs; MNIST has no patients)",
-        "seeds": list(SEEDS), "comparisons": comparisons, "floor": floor, "results": results, "wall_seconds": time.perf_counter() - started,
+        "seeds": list(settings.get("seeds", SEEDS)), "comparisons": comparisons, "floor": floor, "label_efficiency": label_efficiency,
+        "self_training": self_training_summary(results, reports), "pseudo_label_reports": reports, "results": results,
+        "wall_seconds": time.perf_counter() - started,
     }, args.out)  # fmt: skip
     print(f"saved {path}")
 

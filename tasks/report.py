@@ -6,6 +6,7 @@ import pandas as pd
 from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
+from ssl_models.self_training import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
 from sslflow.data.validation import check_label_fractions
@@ -17,7 +18,7 @@ from sslflow.tracking.store import tracking_uri
 from tasks.shared import SourceUri
 
 
-@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def start_pipeline_run(
     tracking_store: str,
     generic_source: SourceUri,
@@ -29,6 +30,7 @@ def start_pipeline_run(
     finetune: FinetuneConfig,
     label_fractions: list[float],
     seeds: list[int],
+    self_train: SelfTrainConfig,
     registry: RegistryConfig,
 ) -> str:
     """One parent run per distinct pipeline configuration (sources by content hash) and store: its id.
@@ -41,12 +43,12 @@ def start_pipeline_run(
     settings = {
         "generic_source": generic_source, "domain_source": domain_source, "shift_source": shift_source,
         "encoder": encoder_name, "simclr": simclr, "micle": micle, "finetune": finetune,
-        "label_fractions": label_fractions, "seeds": seeds, "registry": registry,
+        "label_fractions": label_fractions, "seeds": seeds, "self_train": self_train, "registry": registry,
     }  # fmt: skip
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """Record the results and the registration on the parent run and close it; the closing summary
     printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""

@@ -66,7 +66,9 @@ class FinetunedModel:
     in_channels: int
     image_size: int
     class_names: list[str]
-    init: str  # where the encoder weights came from: "pixels", "scratch", "simclr", "simclr+domain" or "simclr+micle"
+    # where the weights came from: "pixels", "scratch", "simclr", "simclr+domain", "simclr+micle" or
+    # "simclr+micle+student" (tasks/self_train.py)
+    init: str
     probe: str  # "linear" (encoder frozen) or "finetune" (encoder trained too)
     label_fraction: float
     num_labels: int
@@ -74,6 +76,9 @@ class FinetunedModel:
     content_sha256: str
     mlflow_run_id: str
     seed: int = 0  # the fine-tuning seed: label subset, head initialisation, batch order, augmentation
+    # False for a self-trained student that does not beat its teacher on validation: evaluated and
+    # reported, never registered (sslflow.registry.registration.select_best skips it).
+    selectable: bool = True
 
 
 def content_hash(artifact) -> str:

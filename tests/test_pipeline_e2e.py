@@ -9,6 +9,7 @@ import mlflow
 from flytekit.core.local_cache import LocalTaskCache
 from mlflow.tracking import MlflowClient
 
+from ssl_models.self_training import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
@@ -22,6 +23,7 @@ SMALL = dict(
     micle=PretrainConfig(epochs=1, batch_size=128),
     finetune=FinetuneConfig(epochs=1, min_steps=3),
     label_fractions=[1.0],
+    self_train=SelfTrainConfig(steps=3, head_warmup_steps=1, confidence_threshold=0.0, max_label_fraction=1.0),  # a 3-step teacher is confident about little
 )
 
 
@@ -65,8 +67,11 @@ def _run_three_times() -> None:
 
     stages = _stage_runs()
     assert stages.count("PARENT") == 1
-    for stage in ("ingest:fashion-mnist", "ingest:mnist-5k", "ingest:optdigits", "validate:mnist-5k", "pretrain_simclr", "pretrain_domain_simclr", "pretrain_micle", "evaluate", "register"):
+    for stage in ("ingest:fashion-mnist", "ingest:mnist-5k", "ingest:optdigits", "validate:mnist-5k", "pretrain_simclr", "pretrain_domain_simclr",
+                  "pretrain_micle", "self_train:simclr+micle+student@1/seed=0", "self_train", "evaluate", "register"):  # fmt: skip
         assert stage in stages, stage
+    assert "| simclr+micle+student | finetune | 1 (" in summary  # the student is an arm of the evaluation
+    _assert_pseudo_label_report()
     assert sum(stage.startswith("finetune:") for stage in stages) == 8  # pixels, scratch, {simclr, +domain, +micle} x {linear, finetune}
     champion = MlflowClient(tracking_uri()).get_model_version_by_alias("sslflow", "champion")
     assert str(champion.version) == "1"
@@ -83,5 +88,16 @@ def _run_three_times() -> None:
     new_stages = _stage_runs()
     for stage in set(stages):
         added = new_stages.count(stage.replace("/seed=0", "/seed=1")) - stages.count(stage.replace("/seed=0", "/seed=1"))
-        rerun = stage.startswith(("finetune:", "evaluate", "register")) or stage == "PARENT"
+        rerun = stage.startswith(("finetune:", "self_train", "evaluate", "register")) or stage == "PARENT"
         assert added == (1 if rerun else 0), (stage, added)
+
+
+def _assert_pseudo_label_report() -> None:
+    """The self_train stage run holds the pseudo-label quality report; the student's run its numbers."""
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+    report_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'self_train'")[0]
+    artifacts = {item.path for item in client.list_artifacts(report_run.info.run_id)}
+    assert {"pseudo_labels.md", "pseudo_labels.csv", "pseudo_labels_per_class.csv", "charts"} <= artifacts
+    student_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'self_train:simclr+micle+student@1/seed=0'")[0]
+    assert 0 <= student_run.data.metrics["pseudo_label_accuracy"] <= 1 and student_run.data.metrics["pseudo_labelled"] > 0

@@ -151,7 +151,7 @@ def _constant_model(directory: Path, predicted: str, classes: list[str] = CLASSE
     values = {
         "checkpoint": FlyteFile(str(path)), "encoder_name": "small_cnn", "in_channels": 1, "image_size": 28,
         "class_names": classes, "init": "simclr+micle", "probe": "finetune", "label_fraction": 1.0, "num_labels": 30,
-        "val_accuracy": 0.5, "content_sha256": file_sha256(path), "mlflow_run_id": "", "seed": 0,
+        "val_accuracy": 0.5, "content_sha256": file_sha256(path), "mlflow_run_id": "", "seed": 0, "selectable": True,
     }  # fmt: skip
     return FinetunedModel(**{f.name: values[f.name] for f in dataclasses.fields(FinetunedModel)})
 

@@ -29,6 +29,7 @@ from flytekit import (
 from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import cpu_image
+from ssl_models.self_training import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from tasks.shared import Dataset, EncoderCheckpoint, content_hash, pipeline_cache
 from sslflow.config import IngestConfig, RegistryConfig
@@ -68,6 +69,7 @@ def scheduled_pipeline(
     finetune: FinetuneConfig = PIPELINE_DEFAULTS["finetune"],
     label_fractions: list[float] = PIPELINE_DEFAULTS["label_fractions"],
     seeds: list[int] = PIPELINE_DEFAULTS["seeds"],
+    self_train: SelfTrainConfig = PIPELINE_DEFAULTS["self_train"],
     registry: RegistryConfig = PIPELINE_DEFAULTS["registry"],
 ) -> str:
     """ssl_pipeline (a subworkflow) on sources fingerprinted at kickoff_time; ssl_pipeline's inputs and defaults.
@@ -80,7 +82,7 @@ def scheduled_pipeline(
         shift_source=refresh_source(source=shift_source, kickoff_time=kickoff_time),
         generic_ingest=generic_ingest, domain_ingest=domain_ingest, shift_ingest=shift_ingest,
         encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
-        label_fractions=label_fractions, seeds=seeds, registry=registry,
+        label_fractions=label_fractions, seeds=seeds, self_train=self_train, registry=registry,
     )  # fmt: skip
 
 

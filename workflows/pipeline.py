@@ -1,4 +1,5 @@
-"""ssl_pipeline: ingest -> validate -> SimCLR -> {domain SimCLR, MICLe} -> fine-tune (SSL vs floors) -> evaluate -> register.
+"""ssl_pipeline: ingest -> validate -> SimCLR -> {domain SimCLR, MICLe} -> fine-tune (SSL vs floors) -> self-train
+-> evaluate -> register.
 
 Defaults mirror the MICLe recipe on data that ships in packages: generic pretraining on Fashion-MNIST,
 domain pretraining on MNIST-5k (unlabelled; MICLe with PROXY cases from pixel neighbours, as MNIST has no
@@ -15,6 +16,7 @@ from flytekit import workflow
 
 import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
 
+from ssl_models.self_training import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
@@ -24,6 +26,7 @@ from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_domain_simclr, pretrain_micle, pretrain_simclr
 from tasks.register import register
 from tasks.report import report, start_pipeline_run
+from tasks.self_train import self_train as self_train_task
 from tasks.store import tracking_store
 from tasks.validate import validate
 
@@ -46,13 +49,14 @@ def ssl_pipeline(
     finetune: FinetuneConfig = FinetuneConfig(epochs=3, min_steps=60, head_warmup_steps=100),
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     seeds: list[int] = DEFAULT_SEEDS,
+    self_train: SelfTrainConfig = SelfTrainConfig(),
     registry: RegistryConfig = RegistryConfig(),
 ) -> str:
     run_id = start_pipeline_run(
         tracking_store=tracking_store(),
         generic_source=generic_source, domain_source=domain_source, shift_source=shift_source,
         encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
-        label_fractions=label_fractions, seeds=seeds, registry=registry,
+        label_fractions=label_fractions, seeds=seeds, self_train=self_train, registry=registry,
     )  # fmt: skip
     generic = validate(
         dataset=ingest(source=generic_source, config=generic_ingest, parent_run_id=run_id),
@@ -73,6 +77,7 @@ def ssl_pipeline(
         domain=domain, simclr_encoder=simclr_encoder, domain_simclr_encoder=domain_simclr_encoder, micle_encoder=micle_encoder,
         label_fractions=label_fractions, seeds=seeds, config=finetune, parent_run_id=run_id,
     )  # fmt: skip
+    models = self_train_task(models=models, domain=domain, encoder=micle_encoder, config=self_train, parent_run_id=run_id)
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
     registration = register(models=models, in_domain=domain, shift=shift, config=registry, parent_run_id=run_id)
     return report(results=results, registration=registration, parent_run_id=run_id)

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from sslflow.registry.record import Registration
+from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
 from sslflow.reporting.tables import effect_lines, results_markdown
 
 CHARTS = ("label_efficiency", "shift_accuracy", "corruptions", "embedding")
@@ -20,6 +21,8 @@ def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_r
             "Accuracy on the in-domain test split and the shift set, ECE in-domain (pixels: linear on raw pixels;",
             "scratch: random init; simclr: generic SimCLR; +domain: SimCLR continued on the domain; +micle: with case pairs):",
             results_markdown(results),
+            "Labels saved (in-domain test; best arm vs scratch fine-tuned with more labels):",
+            *comparison_lines(label_efficiency_comparisons(results)),
             "",
             "In-domain effect of each pretraining step:",
             *[f"  {line}" for line in effect_lines(results)],

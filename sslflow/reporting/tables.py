@@ -7,7 +7,7 @@ import pandas as pd
 
 from sslflow.reporting.intervals import Interval, t_interval, verdict
 
-INIT_ORDER = ["pixels", "scratch", "simclr", "simclr+domain", "simclr+micle"]
+INIT_ORDER = ["pixels", "scratch", "simclr", "simclr+domain", "simclr+micle", "simclr+micle+student"]
 HEADLINE = {"in-domain": ("in_domain", "accuracy"), "shift": ("shift", "accuracy"), "ECE": ("in_domain", "ece")}
 
 

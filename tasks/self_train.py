@@ -1,0 +1,104 @@
+"""self_train: SimCLR v2's third step. At each label fraction the best fine-tuned model (by validation
+accuracy) labels the unlabelled domain pool and a student, starting from the self-supervised encoder,
+learns from those labels and the labelled images (ssl_models/self_training.py, sslflow/self_training.py).
+
+The pseudo-label quality report (val split only) is a Flyte Deck and MLflow artifacts. A student that
+does not beat its teacher on validation is kept for evaluation but flagged not selectable for registration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+from flytekit import Deck, task
+from flytekit.types.file import FlyteFile
+
+from ssl_models.self_training import SelfTrainConfig
+from sslflow.data.dataset import read_images, read_manifest
+from sslflow.registry.registration import select_best
+from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
+from sslflow.self_training import STUDENT_INIT, run_self_training, self_training_data
+from sslflow.tracking.runs import stage_run
+from sslflow.training.model_files import load_classifier, load_encoder, save_state_dict
+from sslflow.training.progress import show_progress
+from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_folder, pipeline_cache
+
+def _train_and_val(domain: Dataset) -> tuple:
+    """(manifest, images (N, C, H, W) uint8) of the train and val rows: the test split is never read."""
+    folder = dataset_folder(domain)
+    manifest = read_manifest(folder)
+    manifest = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
+    return manifest, read_images(folder, manifest, name=domain.name)
+
+
+def _train_student(
+    data_table, teacher: FinetunedModel, encoder: EncoderCheckpoint, domain_name: str, seed: int, config: SelfTrainConfig, parent_run_id: str
+) -> tuple[FinetunedModel | None, dict]:  # fmt: skip
+    """One student at the teacher's label fraction (None: no pseudo-label); its report gains label_fraction and teacher."""
+    fraction = teacher.label_fraction
+    data = self_training_data(*data_table, fraction, seed, domain_name)
+    if len(data.labels) != teacher.num_labels or data.class_names != teacher.class_names:
+        raise ValueError(f"self_train: the labelled subset at {fraction:g} ({len(data.labels)} images) is not the teacher's ({teacher.num_labels}): fine-tuning used another seed or dataset")  # fmt: skip
+    classifier = load_classifier(teacher.checkpoint.download(), teacher.encoder_name, teacher.in_channels, teacher.image_size, len(teacher.class_names))
+    start = load_encoder(encoder.checkpoint.download(), encoder.encoder_name, encoder.in_channels, encoder.image_size)
+    params = {"config": config, "label_fraction": fraction, "teacher.init": teacher.init, "teacher.probe": teacher.probe,
+              "teacher.sha256": teacher.content_sha256, "encoder.sha256": encoder.content_sha256}  # fmt: skip
+    with stage_run(parent_run_id, f"self_train:{STUDENT_INIT}@{fraction:g}/seed={seed}", params) as run:
+        result = run_self_training(classifier, start, data, dataclasses.replace(config, seed=seed))  # the seed of its teacher
+        for record in result.history:
+            mlflow.log_metrics({"train_loss": record["loss"], "pool_agreement": record["pool_accuracy"]}, step=record["step"])
+        report = {"label_fraction": fraction, "seed": seed, "teacher": f"{teacher.init} {teacher.probe}", **result.report}
+        mlflow.log_metrics({k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k != "label_fraction"})
+        mlflow.log_text(json.dumps(report, indent=1), "pseudo_label_quality.json")
+        if result.student is None:
+            return None, report
+        path, sha256 = save_state_dict(result.student, "student", "classifier.pt")
+        mlflow.log_artifact(str(path), artifact_path="checkpoint")
+    student = FinetunedModel(
+        checkpoint=FlyteFile(str(path)), encoder_name=encoder.encoder_name, in_channels=encoder.in_channels, image_size=encoder.image_size,
+        class_names=data.class_names, init=STUDENT_INIT, probe="finetune", label_fraction=fraction, num_labels=len(data.labels),
+        val_accuracy=report["student_val_accuracy"], content_sha256=sha256, mlflow_run_id=run.info.run_id,
+        selectable=bool(report["student_beats_teacher"]), seed=seed,
+    )  # fmt: skip
+    return student, report
+
+
+def _log_report(reports: list[dict]) -> None:
+    """The Deck and the MLflow artifacts: pseudo_labels.md/.csv, pseudo_labels_per_class.csv, charts/pseudo_labels.png."""
+    chart = quality_chart(reports)
+    Deck("self-training", quality_html(reports, chart))
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "pseudo_labels.png").write_bytes(chart)
+        mlflow.log_artifacts(folder, "charts")
+    mlflow.log_text(quality_markdown(reports), "pseudo_labels.md")
+    mlflow.log_text(quality_table(reports).to_csv(index=False), "pseudo_labels.csv")
+    mlflow.log_text(per_class_table(reports).to_csv(index=False), "pseudo_labels_per_class.csv")
+
+
+@task(cache=pipeline_cache("2"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+def self_train(
+    models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str
+) -> list[FinetunedModel]:
+    """``models`` followed by one student per label fraction up to config.max_label_fraction, taught by that
+    fraction's best model on validation (none where the teacher is confident about no pool image; the report says so).
+
+    Each fine-tuning seed (FinetunedModel.seed) has its own teacher and student, on that seed's labelled subset.
+    """
+    show_progress()
+    data_table = _train_and_val(domain)
+    students, reports = [], []
+    runs = sorted({(model.seed, model.label_fraction) for model in models if model.label_fraction <= config.max_label_fraction})
+    for seed, fraction in runs:
+        teacher = select_best([model for model in models if (model.seed, model.label_fraction) == (seed, fraction)])
+        student, report = _train_student(data_table, teacher, encoder, domain.name, seed, config, parent_run_id)
+        students += [student] if student is not None else []
+        reports.append(report)
+    if not reports:
+        return models
+    with stage_run(parent_run_id, "self_train", {"config": config, "label_fractions": [r["label_fraction"] for r in reports]}):
+        _log_report(reports)
+    return models + students
