@@ -12,6 +12,14 @@ set is sampled from /proc. Prints one JSON line and writes it to benchmarks/resu
 
 Targets (issue 10): peak RSS at N=100,000 <= 1.25 x at N=10,000 (ingest and training); ingest >= 250
 images/s per core; streaming >= 0.9 x the in-memory images/s.
+
+Like with like: both N are ingested with the same chunk size (CHUNK_IMAGES, about 1,000 images per chunk),
+so that N=10,000 already has more chunks (14) than cores and both N keep every core decoding one chunk at a
+time. This is how a user runs ingest on a machine or cluster: chunk_images is chosen for the pod's memory
+and the number of pods, not for the source's size (the default 8,192 would give N=10,000 a single chunk,
+one busy core, and compare one worker's memory with two). Chunk boundaries are content-defined, so chunk
+sizes vary (at most 4 x CHUNK_IMAGES): the largest chunk at N=100,000 (4,096) is larger than at N=10,000
+(2,397), and a worker's memory grows with its chunk.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIDE = 256
 SHARD_MEGABYTES = 1
+CHUNK_IMAGES = 1024
 BUFFER_SHARDS = 4
 
 
@@ -83,9 +93,15 @@ def _tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def run_measured(arguments: list[str], environment: dict) -> tuple[dict, float, float]:
-    """Run this script with ``arguments`` in a child process: (its JSON result, wall seconds, peak tree RSS MiB)."""
-    started = time.perf_counter()
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # children that ended, with the descendants they waited for
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_measured(arguments: list[str], environment: dict) -> tuple[dict, float, float, float]:
+    """Run this script with ``arguments`` in a child process: (its JSON result, wall seconds, peak tree RSS MiB,
+    CPU seconds of the child and its processes)."""
+    started, cpu_before = time.perf_counter(), _children_cpu_seconds()
     child = subprocess.Popen([sys.executable, __file__, *arguments], stdout=subprocess.PIPE, text=True, env=environment)
     peak = 0
     while child.poll() is None:
@@ -94,7 +110,7 @@ def run_measured(arguments: list[str], environment: dict) -> tuple[dict, float, 
     output = child.stdout.read()
     if child.returncode != 0:
         raise RuntimeError(f"{arguments[0]} failed with status {child.returncode}:\n{output[-2000:]}")
-    return json.loads(output.strip().splitlines()[-1]), time.perf_counter() - started, peak / 2**20
+    return json.loads(output.strip().splitlines()[-1]), time.perf_counter() - started, peak / 2**20, _children_cpu_seconds() - cpu_before
 
 
 def stage_times(folder: Path, sample: int = 400) -> dict:
@@ -127,7 +143,7 @@ def child_ingest(source: str, dataset: str, workers: int) -> dict:
     from sslflow.config import IngestConfig
     from sslflow.data.chunks import ingest_source
 
-    sha256, manifest, summary = ingest_source(source, IngestConfig(shard_megabytes=SHARD_MEGABYTES), Path(dataset), workers=workers)
+    sha256, manifest, summary = ingest_source(source, IngestConfig(shard_megabytes=SHARD_MEGABYTES, chunk_images=CHUNK_IMAGES), Path(dataset), workers=workers)
     return {"sha256": sha256, "images": len(manifest), "chunks": len(summary["chunks"]), "shards": summary["shards"]}
 
 
@@ -160,13 +176,15 @@ def measure(count: int, work: Path, workers: int) -> dict:
     synthesise(folder, count, workers)
     environment = {**os.environ, "SSLFLOW_INGEST_CACHE": tempfile.mkdtemp(prefix="ingest-cache-", dir=work)}
     dataset = work / f"dataset-{count}"
-    ingested, ingest_seconds, ingest_rss = run_measured(["ingest", str(folder), str(dataset), str(workers)], environment)
-    streamed, stream_seconds, stream_rss = run_measured(["train", str(dataset), "stream"], environment)
-    in_memory, _, memory_rss = run_measured(["train", str(dataset), "memory"], environment)
+    ingested, ingest_seconds, ingest_rss, ingest_cpu = run_measured(["ingest", str(folder), str(dataset), str(workers)], environment)
+    streamed, stream_seconds, stream_rss, _ = run_measured(["train", str(dataset), "stream"], environment)
+    in_memory, _, memory_rss, _ = run_measured(["train", str(dataset), "memory"], environment)
     return {
         "files": count, **ingested,
         "ingest": {"wall_seconds": round(ingest_seconds, 1), "images_per_second_per_core": round(count / ingest_seconds / workers, 1),
-                   "cores": workers, "peak_rss_mib": round(ingest_rss), "ms_per_image_one_core": stage_times(folder)},
+                   "cores": workers,
+                   "cpu_seconds": round(ingest_cpu, 1), "images_per_cpu_second": round(count / ingest_cpu, 1),  # not slowed by other users of the CPU
+                   "load_average_1min_after": round(os.getloadavg()[0], 2), "peak_rss_mib": round(ingest_rss), "ms_per_image_one_core": stage_times(folder)},
         "training_epoch": {"wall_seconds": round(stream_seconds, 1), "streaming_images_per_second": round(streamed["images_per_second"], 1),
                            "in_memory_images_per_second": round(in_memory["images_per_second"], 1),
                            "streaming_over_in_memory": round(streamed["images_per_second"] / in_memory["images_per_second"], 3),

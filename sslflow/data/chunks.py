@@ -219,24 +219,42 @@ def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path
     return sha256, manifest, summary
 
 
+def _plan_to_files(source: str, config: IngestConfig, work: Path) -> list[Path]:
+    """plan_chunks, each chunk document written to ``work``/plan-NNNNN.json; returns their paths."""
+    paths = []
+    for index, chunk in enumerate(plan_chunks(source, config)):
+        paths.append(work / f"plan-{index:05d}.json")
+        paths[-1].write_text(chunk)
+    return paths
+
+
+def _decode_chunk_file(chunk_file: Path, directory: Path, *, pseudonym_key: str | None = None) -> Path:
+    return decode_chunk(chunk_file.read_text(), directory, pseudonym_key=pseudonym_key)
+
+
 def ingest_source(
     source: str, config: IngestConfig, directory: Path, *, workers: int = 1, pseudonym_key: str | None = None
 ) -> tuple[str, pd.DataFrame, dict]:
-    """plan -> decode every chunk (in a pool of ``workers`` processes when > 1) -> join, in this process; the same
-    functions and result as the Flyte ingest workflow. Chunk folders go to a temporary folder beside ``directory``."""
-    decode = functools.partial(decode_chunk, pseudonym_key=pseudonym_key)
-    chunks = plan_chunks(source, config)
+    """plan -> decode every chunk (in a pool of ``workers`` processes when > 1) -> join; the same functions and
+    result as the Flyte ingest workflow. Chunk folders go to a temporary folder beside ``directory``.
+
+    With workers > 1 the steps are separate processes as the workflow's tasks are separate pods: the plan (which
+    holds the whole listing) runs in its own short-lived process and writes the chunk documents to files, so this
+    process never holds the listing while the chunks decode; it joins once the decoding processes have ended."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{directory.name}.chunks-", dir=directory.parent) as work:
-        folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunks))]
         if workers > 1:
-            # spawned, not forked: a worker holds its chunk and the decoding modules (no torch), not a copy of this
-            # process's listing, so its memory does not grow with the source (benchmarks/data_scale.py)
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                list(pool.map(decode, chunks, folders))
+            spawn = multiprocessing.get_context("spawn")  # a worker holds its chunk and the decoding modules (no torch)
+            with ProcessPoolExecutor(1, mp_context=spawn) as planner:
+                chunk_files = planner.submit(_plan_to_files, source, config, Path(work)).result()
+            folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
+            with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+                list(pool.map(functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key), chunk_files, folders))
         else:
+            chunks = plan_chunks(source, config)
+            folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunks))]
             for chunk, folder in zip(chunks, folders):
-                decode(chunk, folder)
+                decode_chunk(chunk, folder, pseudonym_key=pseudonym_key)
         return join_chunks(folders, config, directory)
 
 
