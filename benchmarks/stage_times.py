@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_result  # noqa: E402
 
-STAGE_TAG = "sslflow.stage"
+STAGE_TAG = "sslflow.stage"  # on every stage run (sslflow/tracking/runs.py)
+PARENT_TAG = ("sslflow.kind", "pipeline")  # on the pipeline's parent run
 
 
 def stage_kind(stage: str) -> str:
@@ -38,7 +39,7 @@ def stage_kind(stage: str) -> str:
 def newest_parent_stages(client: MlflowClient) -> tuple[dict, list[tuple[str, float]]]:
     """(the newest parent run's {id, seconds}, [(stage, seconds)] of its finished stage runs)."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(experiments, f"tags.`{STAGE_TAG}` = 'PARENT'", order_by=["attributes.start_time DESC"], max_results=1)
+    parents = client.search_runs(experiments, f"tags.`{PARENT_TAG[0]}` = '{PARENT_TAG[1]}'", order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise SystemExit("no pipeline parent run in this store: run `make run` first")
     parent = parents[0]
