@@ -125,10 +125,12 @@ GPU_TASK_SETTINGS = dict(
     retries=2,  # preemptible GPU nodes
 )
 
-# Fine-tuning on a few hundred labels gains nothing from data parallelism: one worker, same plumbing.
+# Fine-tuning on a few hundred labels gains nothing from data parallelism: one process, no Elastic.
+# An Elastic task with one worker still spawns a worker process per call, which re-imports torch,
+# torchvision, mlflow and the task module and rendezvouses (torch's rendezvous events walk
+# inspect.stack()): ~20 s per call locally under load, for each of finetune_all's 27 tasks.
 FINETUNE_TASK_SETTINGS = {
-    **GPU_TASK_SETTINGS,
+    **{key: value for key, value in GPU_TASK_SETTINGS.items() if key != "task_config"},
     "requests": Resources(cpu="8", mem="32Gi", gpu="1"),
     "limits": Resources(gpu="1"),
-    "task_config": Elastic(nnodes=1, nproc_per_node=1, monitor_interval=1, increase_shared_mem=False),
 }

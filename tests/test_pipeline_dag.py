@@ -36,3 +36,18 @@ def test_domain_simclr_uses_no_case_pairs(monkeypatch):
     (domain_args, domain_kwargs), (micle_args, micle_kwargs) = calls
     assert domain_kwargs["case_aware"] is False and micle_kwargs["case_aware"] is True
     assert domain_args[1:] == micle_args[1:] and domain_kwargs["lineage"] == micle_kwargs["lineage"]
+
+
+def test_only_pretraining_launches_elastic_workers():
+    """Single-GPU tasks run in the task's own process: a one-worker Elastic launch per fine-tuning task cost
+    ~15-20 s locally (worker start, re-imports, rendezvous) for each of finetune_all's tasks."""
+    from flytekitplugins.kfpytorch.task import PytorchElasticFunctionTask
+
+    import tasks.finetune
+    import tasks.self_train
+
+    single = (tasks.finetune.finetune_pretrained, tasks.finetune.finetune_scratch, tasks.finetune.probe_pixels, tasks.self_train.self_train)
+    assert not any(isinstance(task, PytorchElasticFunctionTask) for task in single)
+    assert all(task.resources.requests.gpu == "1" for task in single)
+    pretraining = (tasks.pretrain.pretrain_simclr, tasks.pretrain.pretrain_domain_simclr, tasks.pretrain.pretrain_micle)
+    assert all(isinstance(task, PytorchElasticFunctionTask) for task in pretraining)
