@@ -100,6 +100,6 @@ def test_two_workers_killed_with_sigkill_resume_from_the_same_epoch_with_identic
     resumed_epochs = list(range(KILLED_AFTER_EPOCH + 1, EPOCHS))
     assert results[0]["epochs"] == results[1]["epochs"] == resumed_epochs
     assert results[0]["resumed"] and not results[1]["resumed"], "rank 0 read the checkpoint; rank 1 got it by broadcast"
-    weights = [torch.load(tmp_path / f"result-1-{rank}.pt") for rank in range(2)]
+    weights = [torch.load(tmp_path / f"result-1-{rank}.pt", weights_only=True) for rank in range(2)]
     for name, tensor in weights[0].items():
         assert torch.allclose(tensor, weights[1][name], atol=1e-5), name
