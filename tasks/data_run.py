@@ -8,12 +8,11 @@ from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
 from sslflow.config import IngestConfig, ValidationConfig
-from sslflow.data.dataset import read_summary
 from sslflow.data.validation import check_label_fractions
 from sslflow.reporting.summary import dataset_summary
 from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
-from tasks.shared import Dataset, SourceUri, dataset_folder
+from tasks.shared import Dataset, SourceUri, ingest_summary
 
 
 @task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
@@ -29,7 +28,7 @@ def start_data_run(
 @task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def finish_data_run(dataset: Dataset, parent_run_id: str) -> str:
     """Record the valid dataset on the parent run and close it; the summary `pyflyte run` prints."""
-    summary = read_summary(dataset_folder(dataset))
+    summary = ingest_summary(dataset)
     record_on_parent(
         parent_run_id, metrics={"images": dataset.num_images, "cases": summary.get("cases", 0), "quarantined": len(summary.get("quarantined", []))},
         tags={"dataset.name": dataset.name, "dataset.sha256": dataset.content_sha256}, texts={"ingest_summary.json": json.dumps(summary, indent=1)},

@@ -20,7 +20,7 @@ from images.specs import cpu_image
 from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.corruptions import CORRUPTIONS
 from ssl_models.evaluate import extract_features
-from sslflow.data.dataset import read_dataset
+from sslflow.data.dataset import read_images
 from sslflow.data.manifest import labelled_rows
 from sslflow.evaluation import RESULT_COLUMNS, evaluate_classifier, evaluation_sets
 from sslflow.reporting.charts import embedding_figure, report_figures
@@ -28,7 +28,13 @@ from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier
-from tasks.shared import Dataset, FinetunedModel, dataset_folder, pipeline_cache
+from tasks.shared import Dataset, FinetunedModel, dataset_rows, labelled_in, pipeline_cache
+
+
+def _labelled_test_rows(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
+    """(manifest, images (N, C, H, W) uint8) of the labelled test rows, the only ones scored: no other shard is fetched."""
+    folder, manifest = dataset_rows(dataset, labelled_in("test"))
+    return manifest, read_images(folder, manifest, name=dataset.name)
 
 
 EMBEDDED_INITS = ("simclr+micle", "simclr+domain", "simclr")  # the first present is pictured
@@ -68,7 +74,7 @@ def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, p
     """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS."""
     rows, per_class = [], {}
     with stage_run(parent_run_id, "evaluate", {"in_domain": in_domain.name, "shift": shift.name, "corruptions": list(CORRUPTIONS)}):
-        tables = tuple(read_dataset(dataset_folder(data), data.name, split="test") for data in (in_domain, shift))  # only the rows scored
+        tables = tuple(_labelled_test_rows(data) for data in (in_domain, shift))
         sets = evaluation_sets(*tables, models[0].class_names, names=(in_domain.name, shift.name))
         for model in models:
             classifier = load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))

@@ -65,7 +65,7 @@ def plan_ingest(source: SourceUri, config: IngestConfig) -> list[str]:
 
 
 @task(
-    cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
+    cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
 )
 def ingest_chunk(chunk: str) -> FlyteDirectory:
     """Decode one chunk into shards + its table; memory grows with IngestConfig.chunk_images, not the source.

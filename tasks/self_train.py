@@ -18,20 +18,18 @@ from flytekit import Deck, task
 from flytekit.types.file import FlyteFile
 
 from ssl_models.self_training import SelfTrainConfig
-from sslflow.data.dataset import read_images, read_manifest
+from sslflow.data.dataset import read_images
 from sslflow.registry.registration import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.self_training import STUDENT_INIT, run_self_training, self_training_data
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier, load_encoder, save_state_dict
 from sslflow.training.progress import show_progress
-from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_folder, pipeline_cache
+from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_rows, pipeline_cache
 
 def _train_and_val(domain: Dataset) -> tuple:
     """(manifest, images (N, C, H, W) uint8) of the train and val rows: the test split is never read."""
-    folder = dataset_folder(domain)
-    manifest = read_manifest(folder)
-    manifest = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
+    folder, manifest = dataset_rows(domain, lambda rows: rows["split"].isin(["train", "val"]))
     return manifest, read_images(folder, manifest, name=domain.name)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 from flytekit import Cache, FlyteContextManager, HashMethod, Resources
 from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
@@ -26,7 +27,8 @@ from flytekit.types.file import FlyteFile
 from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import gpu_image
-from sslflow.data.dataset import MANIFEST_FILE, SHARDS_FOLDER
+from ssl_models.shards import SHARD_SUFFIX
+from sslflow.data.dataset import MANIFEST_FILE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, read_manifest, read_summary
 from sslflow.data.sources import fingerprint_source
 
 # A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
@@ -86,23 +88,51 @@ def content_hash(artifact) -> str:
     return artifact.content_sha256
 
 
-def dataset_folder(dataset: Dataset) -> Path:
-    """The local dataset folder of a Dataset, downloaded first when it is remote."""
-    return Path(dataset.directory.download())
-
-
 def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], None] | None]:
     """(folder, fetch) for reading a Dataset shard by shard. A local Dataset: its folder, fetch None. A Dataset in
-    a blob store (a task on a cluster): a local folder with only the manifest downloaded; fetch(path) downloads
-    the shard named like ``path`` to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a training worker
+    a blob store (a task on a cluster): a local folder with only the manifest and summary downloaded; fetch(path)
+    downloads the shard named like ``path`` to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task
     downloads only the shards it reads, never the whole directory."""
     remote, file_access = dataset.directory.remote_source, FlyteContextManager.current_context().file_access
     if not remote or not file_access.is_remote(remote):
-        return dataset_folder(dataset), None
+        return Path(dataset.directory.download()), None
     remote, folder = remote.rstrip("/"), Path(file_access.get_random_local_directory())
     file_access.get_data(f"{remote}/{MANIFEST_FILE}", str(folder / MANIFEST_FILE))
+    if file_access.exists(f"{remote}/{SUMMARY_FILE}"):
+        file_access.get_data(f"{remote}/{SUMMARY_FILE}", str(folder / SUMMARY_FILE))
     (folder / SHARDS_FOLDER).mkdir()
     return folder, lambda path: file_access.get_data(f"{remote}/{SHARDS_FOLDER}/{path.name}", str(path))
+
+
+def dataset_rows(dataset: Dataset, rows: Callable[[pd.DataFrame], pd.Series]) -> tuple[Path, pd.DataFrame]:
+    """(local folder, the manifest rows where ``rows(manifest)`` is True) with the shards of those rows, and only
+    those, present in the folder: a task reads a few hundred labelled images without downloading the dataset."""
+    folder, fetch = dataset_without_shards(dataset)
+    manifest = read_manifest(folder)
+    manifest = manifest[rows(manifest).to_numpy(dtype=bool)].reset_index(drop=True)
+    if fetch is not None:
+        fetch_shards(folder, manifest, fetch)
+    return folder, manifest
+
+
+def labelled_in(*splits: str) -> Callable[[pd.DataFrame], pd.Series]:
+    """dataset_rows' selector of the labelled rows of ``splits``."""
+    return lambda manifest: manifest["split"].isin(splits) & manifest["label"].notna()
+
+
+def ingest_summary(dataset: Dataset) -> dict:
+    """The ingest summary of a Dataset (sslflow.data.dataset.read_summary), without downloading its shards."""
+    return read_summary(dataset_without_shards(dataset)[0])
+
+
+def stored_shards(dataset: Dataset) -> set[str]:
+    """The sha256s of the shard files a Dataset's folder holds, listed without downloading them."""
+    remote, file_access = dataset.directory.remote_source, FlyteContextManager.current_context().file_access
+    if not remote or not file_access.is_remote(remote):
+        return {path.stem for path in (Path(dataset.directory.download()) / SHARDS_FOLDER).glob(f"*{SHARD_SUFFIX}")}
+    shards = f"{remote.rstrip('/')}/{SHARDS_FOLDER}"
+    names = file_access.get_filesystem_for_path(shards).ls(shards, detail=False) if file_access.exists(shards) else []
+    return {name.rstrip("/").rsplit("/", 1)[-1].removesuffix(SHARD_SUFFIX) for name in names if name.endswith(SHARD_SUFFIX)}
 
 
 def pipeline_cache(version: str, *, serialize: bool = False) -> Cache:

@@ -16,10 +16,10 @@ from sslflow.data.dataset import count_stored_images, read_manifest, read_summar
 from sslflow.data.validation import DataValidationError, validate_manifest
 from sslflow.reporting.html import validation_html
 from sslflow.tracking.runs import stage_run
-from tasks.shared import Dataset, content_hash, dataset_folder, pipeline_cache
+from tasks.shared import Dataset, content_hash, dataset_without_shards, pipeline_cache, stored_shards
 
 
-@task(cache=pipeline_cache("3"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True)
+@task(cache=pipeline_cache("4"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True)
 def validate(
     dataset: Dataset, config: ValidationConfig, label_fractions: list[float], parent_run_id: str
 ) -> Annotated[Dataset, HashMethod(content_hash)]:
@@ -29,9 +29,9 @@ def validate(
     """
     params = {"config": config, "label_fractions": label_fractions, "dataset.sha256": dataset.content_sha256}
     with stage_run(parent_run_id, f"validate:{dataset.name}", params):
-        folder = dataset_folder(dataset)
-        manifest = read_manifest(folder)  # the suite reads the manifest and ingest's per-image statistics, no pixels
-        report = validate_manifest(manifest, count_stored_images(folder, manifest), config, label_fractions)
+        folder, _ = dataset_without_shards(dataset)  # the suite reads the manifest and ingest's per-image statistics, no pixels
+        manifest = read_manifest(folder)
+        report = validate_manifest(manifest, count_stored_images(manifest, stored_shards(dataset)), config, label_fractions)
         report["ingest"] = read_summary(folder)
         page = validation_html(dataset.name, report)
         Deck(f"validation {dataset.name}", page)

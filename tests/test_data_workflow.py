@@ -13,8 +13,8 @@ import sklearn.datasets
 from flytekit import workflow
 from PIL import Image
 
-from sslflow.data.dataset import read_dataset, read_summary
-from tasks.shared import Dataset, dataset_folder
+from sslflow.data.dataset import read_dataset
+from tasks.shared import Dataset, ingest_summary
 from sslflow.config import IngestConfig, ValidationConfig
 from workflows.ingest import ingest
 from tasks.shared import SourceUri
@@ -69,7 +69,7 @@ def test_real_photos_of_mixed_sizes_and_modes_ingest_and_validate(tmp_path):
     dataset = ingest_and_validate(
         source=str(tmp_path / "photos"), config=IngestConfig(image_size=32, channels=3), validation=ValidationConfig(), parent_run_id=run_id
     )
-    manifest, images = read_dataset(dataset_folder(dataset))
+    manifest, images = read_dataset(Path(dataset.directory.download()))
     assert images.shape == (12, 3, 32, 32) and images.dtype == np.uint8
     assert list(manifest["source_path"]) == list(metadata["path"])
     assert set(manifest["mode"]) == {"L", "LA", "RGB", "RGBA", "P", "I;16", "CMYK"}
@@ -97,10 +97,10 @@ def test_reingesting_with_one_added_file_decodes_only_that_file(tmp_path, monkey
     for i in range(5):
         Image.fromarray(np.random.default_rng(100 + i).integers(0, 256, (20, 20), dtype=np.uint8)).save(folder / f"img{i}.png")
     run_id = start_parent_run("test-incremental", {})
-    first = read_summary(dataset_folder(ingest_only(source=str(folder), config=IngestConfig(image_size=16), parent_run_id=run_id)))
+    first = ingest_summary((ingest_only(source=str(folder), config=IngestConfig(image_size=16), parent_run_id=run_id)))
     assert first["read"]["decoded"] == 5 and first["images"] == 5
     Image.fromarray(np.random.default_rng(105).integers(0, 256, (20, 20), dtype=np.uint8)).save(folder / "img5.png")
-    second = read_summary(dataset_folder(ingest_only(source=str(folder), config=IngestConfig(image_size=16), parent_run_id=run_id)))
+    second = ingest_summary((ingest_only(source=str(folder), config=IngestConfig(image_size=16), parent_run_id=run_id)))
     assert second["read"] == {**second["read"], "listed": 6, "decoded": 1, "decode_cache_hits": 5}
     assert second["images"] == 6
 

@@ -201,6 +201,23 @@ def test_an_unchanged_folder_is_fingerprinted_without_reading_its_files(tmp_path
     assert _opened_under(opened, root) == (["img07.png", "metadata.csv"] if with_metadata else ["img07.png"])
 
 
+def test_files_hashed_by_several_threads_keep_their_order_and_digests(tmp_path, monkeypatch):
+    """FileDigests.records hashes batches of files on threads: every digest is that file's, in listing order, and
+    is remembered for the next call."""
+    import hashlib
+
+    from sslflow.data import fingerprint
+
+    monkeypatch.setattr(fingerprint, "HASH_BATCH", 3)  # several batches on the two threads
+    monkeypatch.setattr(fingerprint, "HASH_THREADS", 2)
+    files = [_write(tmp_path / f"img{i:02d}.png", _png(i)) for i in range(20)]
+    expected = [[path.name, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()] for path in files]
+    with fingerprint.FileDigests(tmp_path / "digests.sqlite") as digests:
+        assert digests.records([(path.name, path, str(path)) for path in reversed(files)]) == expected[::-1]
+    with fingerprint.FileDigests(tmp_path / "digests.sqlite") as digests:
+        assert [digests._remembered(os.fsencode(path), fingerprint._version(path.stat())) for path in files] == [row[2] for row in expected]
+
+
 def test_a_recently_modified_file_is_read_again(tmp_path, opened):
     """A same-size rewrite in place that keeps the mtime (as one within a coarse timestamp tick would) is seen."""
     _write(tmp_path / "img0.png", _png(0), old=False)

@@ -4,6 +4,7 @@ splits that never move, streaming vs in-memory batches, and a corrupt or missing
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ from ssl_models.data import InMemoryPairs, StreamingPairs
 from ssl_models.shards import ShardError
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source, plan_chunks
-from sslflow.data.dataset import read_dataset, read_manifest, read_summary, shard_path, shard_rows
+from sslflow.data.dataset import read_dataset, read_images, read_manifest, shard_path, shard_rows
 from sslflow.tracking.runs import start_parent_run
-from tasks.shared import Dataset, SourceUri, dataset_folder
+from tasks.shared import Dataset, SourceUri, dataset_rows, ingest_summary, labelled_in, stored_shards
 from tasks.ingest import ingest_chunk
 from workflows.ingest import ingest
 
@@ -30,12 +31,15 @@ def ingest_only(source: SourceUri, config: IngestConfig, parent_run_id: str) -> 
     return ingest(source=source, config=config, parent_run_id=parent_run_id)
 
 
-def _write_images(folder: Path, names: range, *, cases: bool = False) -> None:
+def _write_images(folder: Path, names: range, *, cases: bool = False, labelled_cases: int = 0) -> None:
+    """PNG files img000.png...; cases: a metadata.csv with three images per case, the first ``labelled_cases``
+    cases labelled (one image each, so a labelled case has unlabelled images too)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in names:
         Image.fromarray(np.random.default_rng(1000 + i).integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / f"img{i:03d}.png")
     if cases:
-        rows = [f"img{i:03d}.png,case{i // 3},default," for i in sorted(int(p.stem[3:]) for p in folder.glob("img*.png"))]
+        label = lambda i: f"class{i % 2}" if i // 3 < labelled_cases and i % 3 == 0 else ""  # noqa: E731
+        rows = [f"img{i:03d}.png,case{i // 3},default,{label(i)}" for i in sorted(int(p.stem[3:]) for p in folder.glob("img*.png"))]
         (folder / "metadata.csv").write_text("path,case_id,site,label\n" + "\n".join(rows) + "\n")
 
 
@@ -66,7 +70,7 @@ def test_adding_files_decodes_only_the_chunks_they_fall_into(tmp_path, monkeypat
     assert all(second[chunk] == first[chunk] for chunk in unchanged), "an unchanged chunk is not decoded again"
     assert all(second[chunk] not in first.values() for chunk in set(after) - unchanged)
     grown = ingest_only(source=str(folder), config=CONFIG, parent_run_id=start_parent_run("test-chunks", {}))
-    assert grown.num_images == 44 and len(read_summary(dataset_folder(grown))["chunks"]) == len(after)
+    assert grown.num_images == 44 and len(ingest_summary(grown)["chunks"]) == len(after)
 
 
 def test_sequential_parallel_and_flyte_ingest_give_the_same_dataset(tmp_path):
@@ -145,8 +149,10 @@ def test_streaming_and_in_memory_batches_come_from_the_same_distribution(tmp_pat
     assert summary["images"] == 60
 
 
-def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_path, monkeypatch):
-    """A Dataset in S3 (moto): the task gets the manifest only, and rank 0 of 2 fetches exactly its epoch's shards."""
+@contextmanager
+def _dataset_in_s3(tmp_path: Path, monkeypatch, dataset: Path, sha256: str):
+    """The local dataset folder ``dataset`` uploaded to a moto S3 bucket; yields the Dataset (its directory an
+    s3:// FlyteDirectory) inside a Flyte context whose file access reads that bucket."""
     import boto3
     from flytekit import FlyteContextManager
     from flytekit.configuration import DataConfig, S3Config
@@ -154,30 +160,75 @@ def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_pa
     from flytekit.types.directory import FlyteDirectory
 
     from moto_s3 import moto_s3_server, s3_environment
-    from tasks.shared import dataset_without_shards
 
-    _write_images(tmp_path / "scans", range(40))
-    sha256, _, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
     with moto_s3_server(tmp_path) as endpoint:
         s3_environment(monkeypatch, endpoint)
         bucket = boto3.client("s3")
         bucket.create_bucket(Bucket="datasets")
-        for path in (tmp_path / "dataset").rglob("*"):
+        for path in dataset.rglob("*"):
             if path.is_file():
-                bucket.upload_file(str(path), "datasets", f"ds/{path.relative_to(tmp_path / 'dataset').as_posix()}")
+                bucket.upload_file(str(path), "datasets", f"ds/{path.relative_to(dataset).as_posix()}")
         access = FileAccessProvider(str(tmp_path / "sandbox"), "s3://datasets/raw", DataConfig(s3=S3Config(endpoint=endpoint, access_key_id="testing", secret_access_key="testing")))
         with FlyteContextManager.with_context(FlyteContextManager.current_context().with_file_access(access)):
             directory = FlyteDirectory.from_source("s3://datasets/ds")
-            folder, fetch = dataset_without_shards(Dataset(directory=directory, name="ds", num_images=40, content_sha256=sha256, mlflow_run_id=""))
-            assert fetch is not None and not list((folder / "shards").iterdir())
-            fetched = []
-            manifest = read_manifest(folder)
-            data = StreamingPairs(shard_rows(folder, manifest, list(range(len(manifest))), fetch=lambda path: (fetched.append(path.stem), fetch(path))), buffer_shards=2)
-            seen = sum(len(anchors) for anchors, _ in data.batches(0, 8, rank=0, world_size=2, device=torch.device("cpu")))
+            yield Dataset(directory=directory, name="ds", num_images=len(read_manifest(dataset)), content_sha256=sha256, mlflow_run_id="")
+
+
+def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_path, monkeypatch):
+    """A Dataset in S3 (moto): the task gets the manifest only, and rank 0 of 2 fetches exactly its epoch's shards."""
+    from tasks.shared import dataset_without_shards
+
+    _write_images(tmp_path / "scans", range(40))
+    sha256, _, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
+    with _dataset_in_s3(tmp_path, monkeypatch, tmp_path / "dataset", sha256) as dataset:
+        folder, fetch = dataset_without_shards(dataset)
+        assert fetch is not None and not list((folder / "shards").iterdir())
+        fetched = []
+        manifest = read_manifest(folder)
+        data = StreamingPairs(shard_rows(folder, manifest, list(range(len(manifest))), fetch=lambda path: (fetched.append(path.stem), fetch(path))), buffer_shards=2)
+        seen = sum(len(anchors) for anchors, _ in data.batches(0, 8, rank=0, world_size=2, device=torch.device("cpu")))
     mine = {shard.sha256 for shard in data._rank_shards(0, rank=0, world_size=2)}
     assert seen == 20 and set(fetched) == mine and len(mine) < manifest["shard"].nunique()
     assert not list((folder / "shards").iterdir()), "a fetched shard is deleted once read"
-    assert not Path(directory.path).exists() or not any(Path(directory.path).iterdir()), "the directory itself was never downloaded"
+    assert not Path(dataset.directory.path).exists() or not any(Path(dataset.directory.path).iterdir()), "the directory itself was never downloaded"
+
+
+def test_labelled_cases_are_in_shards_of_their_own(tmp_path):
+    """A shard holds labelled cases or unlabelled ones, never both, and a case stays in one shard."""
+    _write_images(tmp_path / "scans", range(90), cases=True, labelled_cases=4)
+    ingest_source(str(tmp_path / "scans"), IngestConfig(image_size=8, chunk_images=8, shard_megabytes=1), tmp_path / "dataset")
+    manifest = read_manifest(tmp_path / "dataset")
+    labelled_case = manifest.groupby("case_id")["label"].transform(lambda labels: labels.notna().any())
+    assert labelled_case.sum() == 12 and manifest["label"].notna().sum() == 4
+    assert (manifest.groupby("shard").apply(lambda rows: labelled_case[rows.index].nunique()) == 1).all()
+    assert (manifest.groupby("case_id")["shard"].nunique() == 1).all()
+
+
+def test_fine_tuning_rows_fetch_only_their_shards_from_a_blob_store(tmp_path, monkeypatch):
+    """dataset_rows (fine-tune, evaluate, the promotion gate) downloads the shards of the rows asked for, no other;
+    validate and the data run read the manifest, the summary and the shard listing only."""
+    _write_images(tmp_path / "scans", range(90), cases=True, labelled_cases=6)
+    config = IngestConfig(image_size=8, chunk_images=8, shard_megabytes=1)
+    sha256, _, _ = ingest_source(str(tmp_path / "scans"), config, tmp_path / "dataset")
+    everything = read_manifest(tmp_path / "dataset")
+    with _dataset_in_s3(tmp_path, monkeypatch, tmp_path / "dataset", sha256) as dataset:
+        folder, manifest = dataset_rows(dataset, labelled_in("train", "val"))
+        images = read_images(folder, manifest)
+        assert stored_shards(dataset) == set(everything["shard"]), "validate counts stored images from a listing"
+        assert ingest_summary(dataset)["images"] == len(everything)
+    wanted = everything[everything["split"].isin(["train", "val"]) & everything["label"].notna()]
+    assert len(manifest) == len(wanted) > 0 and sorted(manifest["sha256"]) == sorted(wanted["sha256"])
+    fetched = {path.stem for path in (folder / "shards").iterdir()}
+    assert fetched == set(wanted["shard"]) and len(fetched) < everything["shard"].nunique() / 2
+    assert np.array_equal(images, read_images(tmp_path / "dataset", manifest))
+
+
+def test_the_plan_lists_the_largest_chunks_first(tmp_path):
+    """The map task and the process pool start chunks in plan order: a large chunk started last would leave every
+    other worker idle while it runs."""
+    _write_images(tmp_path / "scans", range(60))
+    sizes = [len(json.loads(chunk)["records"]) for chunk in plan_chunks(str(tmp_path / "scans"), CONFIG)]
+    assert len(set(sizes)) > 1 and sizes == sorted(sizes, reverse=True)
 
 
 def test_ingest_chunk_workers_never_import_torch():

@@ -7,7 +7,8 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   unchanged is a cache hit. Records are ordered by case (the file path when there is none) and a chunk
   ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
   boundaries), so adding files changes only the chunks they fall into. The images of one case are in
-  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
+  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges. The plan
+  lists the largest chunks first: the map task and the process pool start them in that order.
 - **Bounded memory.** A chunk task holds one chunk's images; the join reads only the chunks' tables.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
   writes the dataset atomically (sslflow/data/dataset.py).
@@ -39,7 +40,7 @@ import pandas as pd
 
 from sslflow.config import IngestConfig
 from sslflow.data.builtin import read_builtin
-from sslflow.data.dataset import assemble_dataset, write_case_shards
+from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_shards
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.fingerprint import FileDigests, fingerprint_builtin
 from sslflow.data.folder import folder_instance_rows, list_folder
@@ -63,7 +64,8 @@ def _records(source: str, kind: str) -> list[tuple[ImageRecord, str]]:
         return [(record, record.version_key) for record in list_s3(s3_client(), source)]
     records = list_parquet_list(Path(source)) if kind == "parquet" else list_folder(source_folder(source))
     with FileDigests() as digests:
-        return [(record, digests.record(record.source_path, record.location, record.location)[2]) for record in records]
+        digested = digests.records([(record.source_path, record.location, record.location) for record in records])
+    return [(record, sha256) for record, (_, _, sha256) in zip(records, digested)]
 
 
 def _instance_rows(source: str, kind: str) -> list[dict] | None:
@@ -106,12 +108,17 @@ def plan_chunks(source: str, config: IngestConfig) -> list[str]:
         order = sorted(range(len(listed)), key=lambda i: (listed[i][0].case_id or listed[i][0].source_path, listed[i][0].source_path))
         keys = [listed[i][0].case_id or listed[i][0].source_path for i in order]
         chunks = [
-            {**header, "records": [[i, dataclasses.asdict(listed[i][0]), listed[i][1]] for i in order[start:stop]]}
+            {**header, "records": [[i, vars(listed[i][0]), listed[i][1]] for i in order[start:stop]]}
             for start, stop in _cut(keys, config.chunk_images)
         ]
     if config.proxy_cases and len(chunks) > 1:  # proxy ids are made per chunk: keep them apart
         chunks = [{**chunk, "proxy_tag": hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()[:8]} for chunk in chunks]
+    chunks.sort(key=_chunk_images, reverse=True)  # the map task and the pool start chunks in order: the longest first
     return [json.dumps(chunk, sort_keys=True, separators=(",", ":")) for chunk in chunks]
+
+
+def _chunk_images(chunk: dict) -> int:
+    return len(chunk["records"]) if "records" in chunk else chunk["stop"] - chunk["start"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -162,7 +169,8 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
         case_keys = [case if case is not None else path for case, path in zip(table["case_id"], table["source_path"])]
-        shard, row = write_case_shards(staging / SHARDS, images.pixels, case_keys, config.shard_megabytes * 2**20)
+        labelled = labelled_cases(case_keys, table["label"].tolist())
+        shard, row = write_case_shards(staging / SHARDS, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20)
         table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(staging / CHUNK_TABLE, index=False)
         report = {
             "source": chunk["source"], "quarantined": images.quarantined, "read": images.read_stats, "skipped_non_image": images.skipped,

@@ -2,7 +2,8 @@
 
 Each manifest row (sslflow/data/manifest.py) names its image's shard (``shard``, the sha256 of the
 shard file) and its row in it (``shard_row``); a shard holds (n, C, H, W) uint8 images of bounded
-size (ssl_models/shards.py), and the images of one case are in one shard. Nothing here loads the
+size (ssl_models/shards.py); the images of one case are in one shard, and a shard holds either labelled
+cases or unlabelled ones (write_case_shards). Nothing here loads the
 whole dataset: readers take the rows they need, one memory-mapped shard at a time, and every shard
 read is checked against its hash. The content sha256 of a dataset is that of its manifest and its
 shard hashes. Functions here take local folders; the Flyte artifact is tasks.shared.Dataset.
@@ -30,17 +31,35 @@ SUMMARY_FILE = "summary.json"
 DEFAULT_SHARD_BYTES = 128 * 2**20
 
 
-def write_case_shards(directory: Path, pixels: np.ndarray, case_ids: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> tuple[list[str], np.ndarray]:
-    """Write ``pixels`` (N, C, H, W) uint8 as shards of about ``shard_bytes`` into ``directory``, the images of one
-    case in one shard (a shard is cut only between cases). Returns (shard sha256 of each row, row in its shard)."""
-    order = np.argsort(np.asarray(case_ids, dtype=object).astype(str), kind="stable")
+def labelled_cases(case_ids: list[str], labels: list) -> np.ndarray:
+    """(N,) bool: the row's case has at least one labelled image (``labels``: None or NA when unlabelled)."""
+    cases = np.asarray(case_ids, dtype=object).astype(str)
+    labelled = np.array([label is not None and not pd.isna(label) for label in labels], dtype=bool)
+    return np.isin(cases, np.unique(cases[labelled]))
+
+
+def write_case_shards(
+    directory: Path, pixels: np.ndarray, case_ids: list[str], labelled: np.ndarray, shard_bytes: int = DEFAULT_SHARD_BYTES
+) -> tuple[list[str], np.ndarray]:
+    """Write ``pixels`` (N, C, H, W) uint8 as shards of about ``shard_bytes`` into ``directory``; returns (shard
+    sha256 of each row, row in its shard).
+
+    The images of one case are in one shard (a shard is cut only between cases), and a shard holds either
+    cases with a label or cases without (``labelled``, (N,) bool, from labelled_cases): the few hundred
+    labelled images of a large unlabelled set sit in a few small shards, so fine-tuning, evaluation and the
+    promotion gate fetch those and not the whole dataset.
+    """
+    cases, labelled = np.asarray(case_ids, dtype=object).astype(str), np.asarray(labelled, dtype=bool)
+    order = np.lexsort((cases, ~labelled))  # labelled cases first, then by case
     image_bytes = int(np.prod(pixels.shape[1:])) if len(pixels) else 1
     shard_of_row, row_in_shard = [""] * len(pixels), np.zeros(len(pixels), dtype=np.int64)
     start = 0
     while start < len(order):
-        stop = min(len(order), start + max(1, shard_bytes // image_bytes))
-        while stop < len(order) and case_ids[order[stop]] == case_ids[order[stop - 1]]:
-            stop += 1  # never split a case
+        stop = start + 1
+        while stop < len(order) and labelled[order[stop]] == labelled[order[start]]:
+            if cases[order[stop]] != cases[order[stop - 1]] and stop - start >= max(1, shard_bytes // image_bytes):
+                break  # full, and between two cases
+            stop += 1
         members = order[start:stop]
         sha256 = write_shard(directory, pixels[members])
         for position, row in enumerate(members):
@@ -104,7 +123,8 @@ def write_dataset(directory: Path, manifest: pd.DataFrame, images: np.ndarray, s
     manifest = manifest[list(IMAGE_COLUMNS)]
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{directory.name}.shards-", dir=directory.parent) as folder:
-        shard, row = write_case_shards(Path(folder), images, manifest["case_id"].astype(str).tolist(), shard_bytes)
+        case_ids = manifest["case_id"].astype(str).tolist()
+        shard, row = write_case_shards(Path(folder), images, case_ids, labelled_cases(case_ids, manifest["label"].tolist()), shard_bytes)
         return assemble_dataset(directory, manifest.assign(shard=shard, shard_row=row), [Path(folder)], summary)
 
 
@@ -130,10 +150,10 @@ def read_manifest(directory: Path) -> pd.DataFrame:
     return pd.read_parquet(directory / MANIFEST_FILE)
 
 
-def count_stored_images(directory: Path, manifest: pd.DataFrame) -> int:
-    """How many manifest rows have their shard file in the dataset (what validation compares the row count to)."""
-    present = {shard for shard in manifest["shard"].unique() if shard_path(directory, shard).is_file()}
-    return int(manifest["shard"].isin(present).sum())
+def count_stored_images(manifest: pd.DataFrame, stored_shards: set[str]) -> int:
+    """How many manifest rows have their shard among ``stored_shards`` (the sha256s of the shard files the dataset
+    holds): what validation compares the row count to."""
+    return int(manifest["shard"].isin(stored_shards).sum())
 
 
 def shard_path(directory: Path, shard: str) -> Path:
