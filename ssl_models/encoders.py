@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision import models
 
 ENCODER_NAMES = ("small_cnn", "resnet18", "resnet50", "pixels")
 
@@ -63,6 +62,8 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, depth: int, in_channels: int = 3, *, small_stem: bool = True):
         super().__init__()
+        from torchvision import models  # here, not at the top: 1.9 s that every task process would pay for small_cnn
+
         builders = {18: models.resnet18, 50: models.resnet50}
         if depth not in builders:
             raise ValueError(f"ResNet depth must be one of {sorted(builders)}, got {depth}")

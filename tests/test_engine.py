@@ -30,6 +30,12 @@ def test_unknown_encoder_is_named():
         build_encoder("vit", 3)
 
 
+def test_the_task_modules_import_torchvision_only_for_a_resnet():
+    """torchvision takes about 2 s to import; a task process training small_cnn never needs it."""
+    code = "import sys, tasks.finetune, tasks.pretrain; sys.exit('torchvision' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
+
+
 def test_lars_and_schedule_reduce_a_quadratic():
     weight = torch.nn.Parameter(torch.ones(4, 4) * 3)
     optimizer = LARS([weight], lr=0.5, weight_decay=0.0, trust_coefficient=0.1)
