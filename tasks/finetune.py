@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Annotated
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from flytekit import HashMethod, Resources, dynamic, task
+from flytekit import HashMethod, Resources, current_context, dynamic, task
 from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
@@ -57,7 +58,7 @@ def _finetune(
             mlflow.log_metrics({"probe_converged": float(history[-1]["converged"]), "probe_inverse_l2": history[-1]["inverse_l2"]})
         val_accuracy = accuracy(predict_probabilities(model, validation[0], config.augment), validation[1])
         mlflow.log_metric("val_accuracy", val_accuracy)
-        path, sha256 = save_state_dict(model, "finetune", "classifier.pt")
+        path, sha256 = save_state_dict(model, Path(current_context().working_directory), "finetune", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     return FinetunedModel(
         checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,

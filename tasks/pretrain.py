@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Annotated
 
 import mlflow
@@ -91,7 +92,7 @@ def _pretrain(
 
         resume_state = checkpoints.load() if is_main_process() else None  # rank 0's reaches every rank (pretrain_contrastive)
         pretrain_contrastive(encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume_state)
-        path, sha256 = save_state_dict(encoder, stage, "encoder.pt")
+        path, sha256 = save_state_dict(encoder, Path(current_context().working_directory), stage, "encoder.pt")
         if run is not None:
             if resume_state is not None:
                 mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])

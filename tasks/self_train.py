@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-from flytekit import Deck, task
+from flytekit import Deck, current_context, task
 from flytekit.types.file import FlyteFile
 
 from ssl_models.self_training import SelfTrainConfig
@@ -54,7 +54,7 @@ def _train_student(
         mlflow.log_text(json.dumps(report, indent=1), "pseudo_label_quality.json")
         if result.student is None:
             return None, report
-        path, sha256 = save_state_dict(result.student, "student", "classifier.pt")
+        path, sha256 = save_state_dict(result.student, Path(current_context().working_directory), "student", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     student = FinetunedModel(
         checkpoint=FlyteFile(str(path)), encoder_name=encoder.encoder_name, in_channels=encoder.in_channels, image_size=encoder.image_size,

@@ -1,6 +1,6 @@
 """A real moto S3 server process on 127.0.0.1 for tests, and the environment that points boto3 at it.
 
-    with moto_s3_server(log_dir) as endpoint:      # waits (bounded) until it answers; always stopped
+    with moto_s3_server(log_dir) as endpoint:      # waits (bounded) until it answers; always stopped (S3 clients closed first)
         s3_environment(monkeypatch, endpoint)       # no real AWS profile, credentials or endpoint can leak in
         client = boto3.client("s3")
 """
@@ -56,12 +56,32 @@ def moto_s3_server(log_dir: Path) -> Iterator[str]:
             _wait_until_serving(server, endpoint, log.name)
             yield endpoint
         finally:
+            close_s3_clients()
             server.terminate()
             try:
                 server.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(timeout=10)
+
+
+def close_s3_clients() -> None:
+    """Close the asynchronous S3 clients that flytekit opened through s3fs, each on its own event loop, and
+    drop them from s3fs's instance cache.
+
+    s3fs never closes an asynchronous instance's client (fsspec/s3fs#943). Left open until interpreter
+    exit, each client's aiohttp session is reported then through flytekit's event-loop exception handler,
+    whose rich logging fails with "ImportError: sys.meta_path is None, Python is likely shutting down".
+    """
+    import asyncio
+
+    from s3fs import S3FileSystem
+
+    for filesystem in list(S3FileSystem._cache.values()):
+        client, loop = getattr(filesystem, "_s3", None), filesystem.storage_options.get("loop")  # flytekit passes its loop
+        if filesystem.asynchronous and client is not None and loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
+    S3FileSystem.clear_instance_cache()
 
 
 def s3_environment(monkeypatch, endpoint: str) -> None:

@@ -37,8 +37,13 @@ def load_classifier(path: Path | str, encoder_name: str, in_channels: int, image
     return classifier.eval()
 
 
-def save_state_dict(module: nn.Module, prefix: str, file_name: str) -> tuple[Path, str]:
-    """Save ``module``'s state dict into a new temporary folder; returns (path, content sha256)."""
-    path = Path(tempfile.mkdtemp(prefix=f"{prefix}-")) / file_name
+def save_state_dict(module: nn.Module, directory: Path, prefix: str, file_name: str) -> tuple[Path, str]:
+    """Save ``module``'s state dict as ``file_name`` in a new folder ``prefix``-* inside ``directory``;
+    returns (path, content sha256).
+
+    ``directory`` is the caller's to clean up (a Flyte task passes its execution's working directory);
+    the new folder keeps ``file_name`` unchanged and two saves apart.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=directory)) / file_name
     torch.save(module.state_dict(), path)
     return path, file_sha256(path)
