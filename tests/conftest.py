@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,12 @@ os.environ["GX_ANALYTICS_ENABLED"] = "False"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's HOME, Flyte sandbox and MLflow store after a passing run (kept to look into otherwise)."""
+    if exitstatus == 0:
+        shutil.rmtree(_session_root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
