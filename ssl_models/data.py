@@ -132,7 +132,7 @@ class StreamingPairs:
         groups = [min(self.buffer_shards, len(shards) - start) for start in range(0, len(shards), self.buffer_shards)]  # one pass
         loaded = self._loaded(shards)
         rng = np.random.default_rng([self.seed, epoch, rank])
-        carried: list[Batch] = []
+        carried: list[Segment] = []
         try:
             for size in itertools.cycle(groups):  # a rank with fewer images than ``wanted`` reads its shards again
                 group = [next(loaded) for _ in range(size)]
@@ -140,7 +140,7 @@ class StreamingPairs:
                 anchors, partners = CasePairSampler(np.concatenate([cases for _, cases in group]), seed=int(rng.integers(2**31))).pairs(0)
                 anchors, partners = anchors[:wanted], partners[:wanted]
                 wanted -= len(anchors)
-                carried.append((buffer[torch.from_numpy(anchors)], buffer[torch.from_numpy(partners)]))
+                carried.append((buffer, anchors, partners))
                 yield from _rebatch(carried, batch_size, device, final=wanted == 0)
                 if wanted == 0:
                     return
@@ -148,16 +148,30 @@ class StreamingPairs:
             loaded.close()
 
 
-def _rebatch(carried: list[Batch], batch_size: int, device: torch.device, *, final: bool) -> Iterator[Batch]:
-    """Full batches of batch_size from the pairs in ``carried`` (host tensors); the rest stays in ``carried``
-    unless ``final``, when it is yielded too."""
-    anchors, partners = torch.cat([a for a, _ in carried]), torch.cat([p for _, p in carried])
-    carried.clear()
-    full = len(anchors) if final else len(anchors) - len(anchors) % batch_size
-    for start in range(0, full, batch_size):
-        yield anchors[start : start + batch_size].to(device, non_blocking=True), partners[start : start + batch_size].to(device, non_blocking=True)
-    if full < len(anchors):
-        carried.append((anchors[full:], partners[full:]))
+Segment = tuple[torch.Tensor, np.ndarray, np.ndarray]  # a shuffle buffer (n, C, H, W) uint8 and the (anchor, partner) rows of its pairs
+
+
+def _rebatch(carried: list[Segment], batch_size: int, device: torch.device, *, final: bool) -> Iterator[Batch]:
+    """Full batches of batch_size pairs from the segments in ``carried``, in order; the pairs left over stay in
+    ``carried`` unless ``final``, when they are yielded too. Each image is copied once, into its batch (a batch
+    that spans two segments joins two small pieces)."""
+    available = sum(len(anchors) for _, anchors, _ in carried)
+    while available >= batch_size or (final and available):
+        take, pieces = min(batch_size, available), []
+        available -= take
+        while take:
+            buffer, anchors, partners = carried[0]
+            count = min(take, len(anchors))
+            pieces.append((buffer, anchors[:count], partners[:count]))
+            carried[0] = (buffer, anchors[count:], partners[count:])
+            if count == len(anchors):
+                carried.pop(0)
+            take -= count
+        yield _joined([gather(buffer, rows, device) for buffer, rows, _ in pieces]), _joined([gather(buffer, rows, device) for buffer, _, rows in pieces])
+
+
+def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def fits_in_memory(image_bytes: int, budget_bytes: int) -> bool:

@@ -238,3 +238,21 @@ def test_ingest_chunk_workers_never_import_torch():
 
     code = "import sys, sslflow.data.chunks; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
+
+
+def test_stream_feed_benchmark_quick_run_streams_every_image_of_each_shape(tmp_path):
+    """benchmarks/stream_feed.py (the data-path bound the README's epoch arithmetic uses) runs and records its facts."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "benchmarks/stream_feed.py", "--quick", "--out", str(tmp_path)]
+    completed = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    (result,) = tmp_path.glob("stream_feed-quick-*.json")
+    record = json.loads(result.read_text())
+    assert record["machine"]["commit"] and isinstance(record["machine"]["dirty"], bool) and record["date"]
+    assert set(record["results"]) == {"gray-224", "rgb-224", "gray-28"}
+    for shape in record["results"].values():
+        assert shape["shards"] == 3 and shape["images"] == 3 * (8 * 2**20 // np.prod(shape["image_shape"]))
+        assert shape["images_per_second"] > 0 and shape["seconds"] > 0
