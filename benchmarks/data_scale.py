@@ -4,9 +4,10 @@ For each N: synthesise N real-looking 256-px PNG files (smooth shapes, texture a
 half RGB) in a work folder, read them once so that they are in the page cache (as they are when just
 written; a work folder kept from an earlier run would otherwise be read from disk, and the rate would be
 the disk's), ingest them with ``sslflow.data.chunks.ingest_source`` (the functions the Flyte map task
-runs; one process per core) to the default image size, then train EPOCHS SimCLR epochs streaming from
-the shards with the host-memory budget set to half the dataset's size, and EPOCHS epochs on the same
-data in memory; the rates compared are those of the last epoch. Ingest and training run in child processes whose process-tree peak resident
+runs; one process per core) to the default image size, then train one SimCLR epoch streaming from
+the shards with the host-memory budget set to half the dataset's size (its peak RSS is the training
+figure), and in another process, after an untimed warm-up on WARM_UP_IMAGES images, four epochs
+alternating streaming and in memory (COMPARISON_ORDER): the throughput ratio is that of the mean rates. Ingest and training run in child processes whose process-tree peak resident
 set is sampled from /proc. Prints one JSON line and writes it to benchmarks/results/.
 
     python benchmarks/data_scale.py                    # N = 10,000 and 100,000 (about 40 min on 2 cores)
@@ -47,7 +48,8 @@ SIDE = 256
 SHARD_MEGABYTES = 1
 CHUNK_IMAGES = 1024
 BUFFER_SHARDS = 4
-EPOCHS = 2  # the rate compared is the last epoch's: steady state, after start-up and the first shard loads
+COMPARISON_ORDER = ("stream", "memory", "memory", "stream")  # one epoch each; on a 2-core VM one epoch's rate varies by 10%
+WARM_UP_IMAGES = 2048
 
 
 def synthetic_image(index: int) -> Image.Image:
@@ -160,7 +162,10 @@ def child_ingest(source: str, dataset: str, workers: int) -> dict:
     return {"sha256": sha256, "images": len(manifest), "chunks": len(summary["chunks"]), "shards": summary["shards"]}
 
 
-def child_train(dataset: str, stream: bool) -> dict:
+def child_train(dataset: str, mode: str) -> dict:
+    """mode "stream": one SimCLR epoch streamed with the budget at half the dataset (its peak RSS is the training
+    figure). mode "compare": epochs alternating streaming and in memory in the order COMPARISON_ORDER, each on a
+    new encoder from the same seed; the ratio of the mean rates (ABBA, so a drift of the machine's speed cancels)."""
     import torch
 
     from ssl_models.augment import AugmentConfig
@@ -172,15 +177,22 @@ def child_train(dataset: str, stream: bool) -> dict:
     folder = Path(dataset)
     manifest = read_manifest(folder)
     shape, size = image_shape(folder, manifest), images_bytes(folder, manifest)
-    budget_mb = max(1, size // 2 // 2**20) if stream else 0  # streaming: the budget at half the dataset; else the default
-    config = PretrainConfig(epochs=EPOCHS, batch_size=256, augment=AugmentConfig(output_size=shape[-1]), memory_budget_mb=budget_mb, buffer_shards=BUFFER_SHARDS)
+    budget_mb = max(1, size // 2 // 2**20)  # streaming: the budget at half the dataset
+    config = PretrainConfig(epochs=1, batch_size=256, augment=AugmentConfig(output_size=shape[-1]), memory_budget_mb=budget_mb, buffer_shards=BUFFER_SHARDS)
     cases = list(range(len(manifest)))
-    if not fits_in_memory(size, memory_budget_bytes(config.memory_budget_mb)):  # as tasks/pretrain.py chooses
-        data = StreamingPairs(shard_rows(folder, manifest, cases), seed=0, buffer_shards=BUFFER_SHARDS)
-    else:
-        data = InMemoryPairs(torch.from_numpy(read_images(folder, manifest)), cases)
-    history = pretrain_contrastive(build_encoder("small_cnn", shape[0], shape[-1]), data, config)
-    return {"images_per_second": history[-1]["images_per_second"], "dataset_mib": size / 2**20, "budget_mib": memory_budget_bytes(budget_mb) / 2**20, "streamed": isinstance(data, StreamingPairs)}
+    if fits_in_memory(size, memory_budget_bytes(config.memory_budget_mb)):  # as tasks/pretrain.py chooses
+        raise RuntimeError(f"{size} bytes fit the {budget_mb} MiB budget: nothing would be streamed")
+    sources = {"stream": StreamingPairs(shard_rows(folder, manifest, cases), seed=0, buffer_shards=BUFFER_SHARDS)}
+    if mode == "compare":
+        sources["memory"] = InMemoryPairs(torch.from_numpy(read_images(folder, manifest)), cases)
+    rates: dict[str, list[float]] = {name: [] for name in sources}
+    if mode == "compare":  # untimed: the process's one-time costs (thread pools, kernel selection) land on no path
+        warm_up = manifest.iloc[:WARM_UP_IMAGES]
+        pretrain_contrastive(build_encoder("small_cnn", shape[0], shape[-1], seed=0), InMemoryPairs(torch.from_numpy(read_images(folder, warm_up)), cases[: len(warm_up)]), config)
+    for name in COMPARISON_ORDER if mode == "compare" else ["stream"]:
+        history = pretrain_contrastive(build_encoder("small_cnn", shape[0], shape[-1], seed=0), sources[name], config)
+        rates[name].append(history[-1]["images_per_second"])
+    return {"images_per_second": rates, "dataset_mib": size / 2**20, "budget_mib": memory_budget_bytes(budget_mb) / 2**20}
 
 
 def measure(count: int, work: Path, workers: int) -> dict:
@@ -192,7 +204,8 @@ def measure(count: int, work: Path, workers: int) -> dict:
     page_cache_seconds = warm_page_cache(folder)
     ingested, ingest_seconds, ingest_rss, ingest_cpu = run_measured(["ingest", str(folder), str(dataset), str(workers)], environment)
     streamed, stream_seconds, stream_rss, _ = run_measured(["train", str(dataset), "stream"], environment)
-    in_memory, _, memory_rss, _ = run_measured(["train", str(dataset), "memory"], environment)
+    compared, compare_seconds, _, _ = run_measured(["train", str(dataset), "compare"], environment)
+    stream_rate, memory_rate = (float(np.mean(compared["images_per_second"][name])) for name in ("stream", "memory"))
     return {
         "files": count, **ingested,
         "ingest": {"wall_seconds": round(ingest_seconds, 1), "images_per_second_per_core": round(count / ingest_seconds / workers, 1),
@@ -200,12 +213,12 @@ def measure(count: int, work: Path, workers: int) -> dict:
                    "cpu_seconds": round(ingest_cpu, 1), "images_per_cpu_second": round(count / ingest_cpu, 1),  # not slowed by other users of the CPU
                    "load_average_1min_after": round(os.getloadavg()[0], 2), "peak_rss_mib": round(ingest_rss), "ms_per_image_one_core": stage_times(folder),
                    "files_read_into_page_cache_first_seconds": round(page_cache_seconds, 1)},
-        "training_epoch": {"epochs": EPOCHS, "rate_of_epoch": EPOCHS, "wall_seconds": round(stream_seconds, 1), "streaming_images_per_second": round(streamed["images_per_second"], 1),
-                           "in_memory_images_per_second": round(in_memory["images_per_second"], 1),
-                           "streaming_over_in_memory": round(streamed["images_per_second"] / in_memory["images_per_second"], 3),
-                           "peak_rss_mib_streaming": round(stream_rss), "peak_rss_mib_in_memory": round(memory_rss),
+        "training_epoch": {"wall_seconds_streaming": round(stream_seconds, 1), "peak_rss_mib_streaming": round(stream_rss),
                            "dataset_mib": round(streamed["dataset_mib"], 1), "memory_budget_mib": round(streamed["budget_mib"], 1),
-                           "streamed": streamed["streamed"], "in_memory_run_streamed": in_memory["streamed"]},
+                           "comparison_order": list(COMPARISON_ORDER), "comparison_wall_seconds": round(compare_seconds, 1),
+                           "epoch_images_per_second": {name: [round(rate, 1) for rate in rates] for name, rates in compared["images_per_second"].items()},
+                           "streaming_images_per_second": round(stream_rate, 1), "in_memory_images_per_second": round(memory_rate, 1),
+                           "streaming_over_in_memory": round(stream_rate / memory_rate, 3)},
     }  # fmt: skip
 
 
@@ -233,7 +246,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in ("ingest", "train"):
         stage = sys.argv[1]
-        result = child_ingest(sys.argv[2], sys.argv[3], int(sys.argv[4])) if stage == "ingest" else child_train(sys.argv[2], sys.argv[3] == "stream")
+        result = child_ingest(sys.argv[2], sys.argv[3], int(sys.argv[4])) if stage == "ingest" else child_train(sys.argv[2], sys.argv[3])
         print(json.dumps(result))
     else:
         main()
