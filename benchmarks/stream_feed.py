@@ -1,4 +1,8 @@
-"""How fast one rank's streaming path delivers pairs, with no model: the data-path bound on a streaming epoch.
+"""The per-core rates of the README's 10^6-image plan at 224 px: ingest's decode to 224 px, and how fast one
+rank's streaming path delivers pairs with no model (the data-path bound on a streaming epoch).
+
+Decode: DECODE_FILES 256-px PNGs like benchmarks/data_scale.py's (half gray, half RGB), decoded one at a
+time on one core with sslflow's ``decode_image`` to 224 px, gray and RGB (ms per image).
 
 For each image shape (224-px gray and RGB, the 10^6-image plan of the README, and the default 28 px),
 writes ``--shards`` shards of ``--shard-megabytes`` MiB of random uint8 images with
@@ -36,6 +40,7 @@ from sslflow.data.dataset import shard_path, write_case_shards  # noqa: E402
 SHAPES = {"gray-224": (1, 224, 224), "rgb-224": (3, 224, 224), "gray-28": (1, 28, 28)}
 BUFFER_SHARDS = 4
 BATCH_SIZE = 256
+DECODE_FILES = 1000
 
 
 def feed_rate(folder: Path, shape: tuple[int, ...], shards: int, shard_megabytes: int, epochs: int) -> dict:
@@ -67,6 +72,27 @@ def feed_rate(folder: Path, shape: tuple[int, ...], shards: int, shard_megabytes
     }  # fmt: skip
 
 
+def decode_ms_per_image(files: int) -> dict:
+    """ms per image on one core to decode ``files`` 256-px PNGs to 224 px, gray (1 channel) and RGB (3)."""
+    import io
+
+    from benchmarks.data_scale import synthetic_image
+    from sslflow.data.decode import decode_image
+
+    blobs = []
+    for index in range(files):
+        buffer = io.BytesIO()
+        synthetic_image(index).save(buffer, format="PNG")
+        blobs.append(buffer.getvalue())
+    result = {}
+    for name, channels in (("gray-224", 1), ("rgb-224", 3)):
+        started = time.perf_counter()
+        for blob in blobs:
+            decode_image(blob, "benchmark.png", 224, channels, 2**28)
+        result[name] = round((time.perf_counter() - started) / files * 1e3, 3)
+    return result
+
+
 def main() -> None:
     arguments = parse_arguments(__doc__)
     shards, shard_megabytes, epochs = (3, 8, 1) if arguments.quick else (8, 128, 2)
@@ -74,7 +100,11 @@ def main() -> None:
     for name, shape in SHAPES.items():
         with tempfile.TemporaryDirectory(prefix="stream-feed-") as work:
             results[name] = feed_rate(Path(work) / "shards", shape, shards, shard_megabytes, epochs)
-    payload = {"buffer_shards": BUFFER_SHARDS, "batch_size": BATCH_SIZE, "threads": torch.get_num_threads(), "results": results}
+    decode_files = 50 if arguments.quick else DECODE_FILES
+    payload = {
+        "buffer_shards": BUFFER_SHARDS, "batch_size": BATCH_SIZE, "threads": torch.get_num_threads(), "results": results,
+        "decode_files": decode_files, "decode_256px_png_ms_per_image_one_core": decode_ms_per_image(decode_files),
+    }  # fmt: skip
     print(json.dumps(payload))
     write_result("stream_feed" + ("-quick" if arguments.quick else ""), payload, arguments.out)
 

@@ -256,3 +256,4 @@ def test_stream_feed_benchmark_quick_run_streams_every_image_of_each_shape(tmp_p
     for shape in record["results"].values():
         assert shape["shards"] == 3 and shape["images"] == 3 * (8 * 2**20 // np.prod(shape["image_shape"]))
         assert shape["images_per_second"] > 0 and shape["seconds"] > 0
+    assert record["decode_files"] == 50 and set(record["decode_256px_png_ms_per_image_one_core"]) == {"gray-224", "rgb-224"}
