@@ -88,15 +88,21 @@ def content_hash(artifact) -> str:
     return artifact.content_sha256
 
 
+def _in_blob_store(dataset: Dataset) -> str | None:
+    """The Dataset's folder in a blob store (no trailing slash); None for a local one."""
+    remote = dataset.directory.remote_source
+    return remote.rstrip("/") if remote and FlyteContextManager.current_context().file_access.is_remote(remote) else None
+
+
 def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], None] | None]:
     """(folder, fetch) for reading a Dataset shard by shard. A local Dataset: its folder, fetch None. A Dataset in
     a blob store (a task on a cluster): a local folder with only the manifest and summary downloaded; fetch(path)
     downloads the shard named like ``path`` to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task
     downloads only the shards it reads, never the whole directory."""
-    remote, file_access = dataset.directory.remote_source, FlyteContextManager.current_context().file_access
-    if not remote or not file_access.is_remote(remote):
+    remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
+    if remote is None:
         return Path(dataset.directory.download()), None
-    remote, folder = remote.rstrip("/"), Path(file_access.get_random_local_directory())
+    folder = Path(file_access.get_random_local_directory())
     file_access.get_data(f"{remote}/{MANIFEST_FILE}", str(folder / MANIFEST_FILE))
     if file_access.exists(f"{remote}/{SUMMARY_FILE}"):
         file_access.get_data(f"{remote}/{SUMMARY_FILE}", str(folder / SUMMARY_FILE))
@@ -127,10 +133,10 @@ def ingest_summary(dataset: Dataset) -> dict:
 
 def stored_shards(dataset: Dataset) -> set[str]:
     """The sha256s of the shard files a Dataset's folder holds, listed without downloading them."""
-    remote, file_access = dataset.directory.remote_source, FlyteContextManager.current_context().file_access
-    if not remote or not file_access.is_remote(remote):
+    remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
+    if remote is None:
         return {path.stem for path in (Path(dataset.directory.download()) / SHARDS_FOLDER).glob(f"*{SHARD_SUFFIX}")}
-    shards = f"{remote.rstrip('/')}/{SHARDS_FOLDER}"
+    shards = f"{remote}/{SHARDS_FOLDER}"
     names = file_access.get_filesystem_for_path(shards).ls(shards, detail=False) if file_access.exists(shards) else []
     return {name.rstrip("/").rsplit("/", 1)[-1].removesuffix(SHARD_SUFFIX) for name in names if name.endswith(SHARD_SUFFIX)}
 
