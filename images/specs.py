@@ -39,11 +39,15 @@ PACKAGES = [
     "matplotlib==3.11.2",
 ]
 
+# A pod's disk ends with the pod: the per-file ingest caches could never hit there (sslflow/data/decode_cache.py).
+POD_ENVIRONMENT = {"SSLFLOW_INGEST_CACHE": "off"}
+
 cpu_image_spec = ImageSpec(
     name="sslflow-cpu",
     python_version="3.11",
     packages=PACKAGES,
     apt_packages=["dataset-fashion-mnist"],
+    env=POD_ENVIRONMENT,
     registry=REGISTRY,
 )
 
@@ -53,6 +57,7 @@ gpu_image_spec = ImageSpec(
     python_version="3.11",
     packages=PACKAGES,
     apt_packages=["dataset-fashion-mnist"],
+    env=POD_ENVIRONMENT,
     registry=REGISTRY,
 )
 

@@ -257,3 +257,24 @@ def test_stream_feed_benchmark_quick_run_streams_every_image_of_each_shape(tmp_p
         assert shape["shards"] == 3 and shape["images"] == 3 * (8 * 2**20 // np.prod(shape["image_shape"]))
         assert shape["images_per_second"] > 0 and shape["seconds"] > 0
     assert record["decode_files"] == 50 and set(record["decode_256px_png_ms_per_image_one_core"]) == {"gray-224", "rgb-224"}
+
+
+def test_with_the_ingest_caches_off_nothing_is_cached_and_the_dataset_is_the_same(tmp_path, monkeypatch):
+    """SSLFLOW_INGEST_CACHE=off (set in the task images: a pod's disk ends with the pod): no decode cache and no
+    file-digest cache are written, every file is decoded, and the dataset and fingerprint do not change."""
+    from images.specs import cpu_image_spec, gpu_image_spec
+    from sslflow.data.sources import fingerprint_source
+
+    _write_images(tmp_path / "scans", range(20))
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "cache"))
+    cached, _, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "cached")
+    fingerprint = fingerprint_source(str(tmp_path / "scans"))
+    assert list((tmp_path / "cache").rglob("*.npz")) and (tmp_path / "cache" / "file-digests.sqlite").is_file()
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # where a cache folder literally named "off" would appear
+    runs = [ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / f"uncached-{run}") for run in range(2)]
+    assert cached == runs[0][0] == runs[1][0] and fingerprint_source(str(tmp_path / "scans")) == fingerprint
+    assert runs[1][2]["read"]["decoded"] == 20 and runs[1][2]["read"]["decode_cache_hits"] == 0
+    assert not list((tmp_path / "cwd").iterdir())
+    assert cpu_image_spec.env["SSLFLOW_INGEST_CACHE"] == gpu_image_spec.env["SSLFLOW_INGEST_CACHE"] == "off"

@@ -7,7 +7,9 @@ read and hashed but not decoded. For S3 a second index maps key + ETag + size to
 unchanged object is not even downloaded.
 
 Where: $SSLFLOW_INGEST_CACHE, else $FLYTE_SDK_LOCAL_SANDBOX/ingest-cache (`make clean-cache` removes
-it), else ~/.cache/sslflow/ingest. Entries are written to a temporary file and renamed, so a crash
+it), else ~/.cache/sslflow/ingest. SSLFLOW_INGEST_CACHE=off turns it off, and the task images set that:
+a pod's disk is gone when the pod ends, so on a cluster the cache would only cost a file write per image;
+there an unchanged chunk is a hit in Flyte's cache instead (sslflow/data/chunks.py). Entries are written to a temporary file and renamed, so a crash
 never leaves a half-written entry; an unreadable entry is treated as missing and rewritten.
 Deleting the folder is always safe.
 """
@@ -28,9 +30,13 @@ from sslflow.files import atomic_write
 
 DECODER_VERSION = "2"  # bump when sslflow/data/decode.py changes the pixels it produces
 DICOM_DECODER_VERSION = "1"  # bump when sslflow/data/dicom.py changes what it produces
+INGEST_CACHE_OFF = "off"  # SSLFLOW_INGEST_CACHE=off: no decode cache, no file-digest cache (the task images set it)
 
 
-def ingest_cache_dir() -> Path:
+def ingest_cache_dir() -> Path | None:
+    """The folder of the decode cache and the file-digest cache; None when SSLFLOW_INGEST_CACHE is "off"."""
+    if os.environ.get("SSLFLOW_INGEST_CACHE") == INGEST_CACHE_OFF:
+        return None
     if os.environ.get("SSLFLOW_INGEST_CACHE"):
         return Path(os.environ["SSLFLOW_INGEST_CACHE"])
     if os.environ.get("FLYTE_SDK_LOCAL_SANDBOX"):
@@ -39,9 +45,12 @@ def ingest_cache_dir() -> Path:
 
 
 class DecodeCache:
-    """Decoded images of one (image_size, channels, bits_stored) setting, keyed by the sha256 of the file bytes."""
+    """Decoded images of one (image_size, channels, bits_stored) setting, keyed by the sha256 of the file bytes.
 
-    def __init__(self, directory: Path, image_size: int, channels: int, bits_stored: int = 0, dicom_options: str = ""):
+    directory None: the cache is off (every get misses, every put is skipped).
+    """
+
+    def __init__(self, directory: Path | None, image_size: int, channels: int, bits_stored: int = 0, dicom_options: str = ""):
         self.directory = directory
         self.setting = f"{image_size}px-{channels}ch-{bits_stored}bits-v{DECODER_VERSION}"
         self.dicom_setting = hashlib.sha256(f"{image_size} {channels} {dicom_options} v{DICOM_DECODER_VERSION}".encode()).hexdigest()[:16]
@@ -58,6 +67,8 @@ class DecodeCache:
         return self.directory / "versions" / hashlib.sha256(version_key.encode()).hexdigest()
 
     def get(self, file_sha256: str) -> DecodedImage | None:
+        if self.directory is None:
+            return None
         try:
             with np.load(self._entry(file_sha256), allow_pickle=False) as entry:
                 return DecodedImage(
@@ -67,6 +78,8 @@ class DecodeCache:
             return None
 
     def put(self, file_sha256: str, image: DecodedImage) -> None:
+        if self.directory is None:
+            return
         atomic_write(
             self._entry(file_sha256),
             lambda handle: np.savez(handle, pixels=image.pixels, width=image.width, height=image.height, mode=image.mode),
@@ -77,6 +90,8 @@ class DecodeCache:
 
     def get_dicom(self, file_sha256: str, key_id: str) -> DicomImage | None:
         """A decoded DICOM file; entries hold only pseudonyms, under the id of the key that made them."""
+        if self.directory is None:
+            return None
         try:
             with np.load(self._dicom_entry(file_sha256, key_id), allow_pickle=False) as entry:
                 fields = {name: str(entry[name]) for name in ("mode", "modality", "site", "instance")}
@@ -86,15 +101,21 @@ class DecodeCache:
             return None
 
     def put_dicom(self, file_sha256: str, key_id: str, image: DicomImage) -> None:
+        if self.directory is None:
+            return
         values = {name: getattr(image, name) for name in ("pixels", "width", "height", "mode", "modality", "site", "instance")}
         atomic_write(self._dicom_entry(file_sha256, key_id), lambda handle: np.savez(handle, case_id=image.case_id or "", **values))
 
     def sha256_of_version(self, version_key: str) -> str | None:
         """The file sha256 recorded for ``version_key`` (e.g. an S3 key + ETag + size), if any."""
+        if self.directory is None:
+            return None
         try:
             return self._version(version_key).read_text().strip() or None
         except OSError:
             return None
 
     def remember_version(self, version_key: str, file_sha256: str) -> None:
+        if self.directory is None:
+            return
         atomic_write(self._version(version_key), lambda handle: handle.write(file_sha256.encode()))

@@ -99,11 +99,14 @@ class FileDigests:
     """
 
     def __init__(self, database: Path | None = None):
-        self.database = database or ingest_cache_dir() / DIGEST_DATABASE
+        cache = ingest_cache_dir()
+        self.database = database or (cache / DIGEST_DATABASE if cache is not None else None)  # None: off, read every file
         self.connection: sqlite3.Connection | None = None
         self.new_rows: list[tuple[bytes, str, str]] = []
 
     def __enter__(self) -> FileDigests:
+        if self.database is None:
+            return self
         try:
             self.database.parent.mkdir(parents=True, exist_ok=True)
             self.connection = sqlite3.connect(self.database, timeout=SQLITE_TIMEOUT_SECONDS)
