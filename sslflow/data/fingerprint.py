@@ -30,7 +30,8 @@ whose stat differs is read again. A digest is not remembered for a file modified
 RECENT_SECONDS before it was hashed (a same-size rewrite within one coarse file-system timestamp tick
 would otherwise go unseen), nor when the file changed while it was read. Concurrent processes share
 the database (sqlite locking, with a timeout); any error of the database is logged and only costs
-re-reading. Deleting the database is always safe.
+re-reading. Deleting the database is always safe. With SSLFLOW_INGEST_CACHE=off (the task images) there
+is no database and every file is read. Files not remembered are hashed on one thread per core.
 """
 
 from __future__ import annotations
