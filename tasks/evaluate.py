@@ -20,7 +20,6 @@ from images.specs import cpu_image
 from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.corruptions import CORRUPTIONS
 from ssl_models.evaluate import extract_features
-from sslflow.data.dataset import read_images
 from sslflow.data.manifest import labelled_rows
 from sslflow.evaluation import RESULT_COLUMNS, evaluate_classifier, evaluation_sets
 from sslflow.reporting.charts import embedding_figure, report_figures
@@ -28,13 +27,12 @@ from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier
-from tasks.shared import Dataset, FinetunedModel, dataset_rows, labelled_in, pipeline_cache
+from tasks.shared import Dataset, FinetunedModel, labelled_in, pipeline_cache, read_rows
 
 
 def _labelled_test_rows(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
     """(manifest, images (N, C, H, W) uint8) of the labelled test rows, the only ones scored: no other shard is fetched."""
-    folder, manifest = dataset_rows(dataset, labelled_in("test"))
-    return manifest, read_images(folder, manifest, name=dataset.name)
+    return read_rows(dataset, labelled_in("test"))
 
 
 EMBEDDED_INITS = ("simclr+micle", "simclr+domain", "simclr")  # the first present is pictured

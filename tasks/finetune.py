@@ -17,19 +17,17 @@ from images.specs import cpu_image
 from ssl_models.evaluate import accuracy, predict_probabilities
 from ssl_models.label_fractions import stratified_subset
 from ssl_models.train import FinetuneConfig, finetune
-from sslflow.data.dataset import read_images
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import show_progress
-from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, content_hash, dataset_rows, labelled_in, pipeline_cache
+from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, content_hash, labelled_in, pipeline_cache, read_rows
 
 
 def _labelled_train_and_val(domain: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
     """(manifest, images (N, C, H, W) uint8) of the labelled train and val rows only: the rest is neither fetched nor read."""
-    folder, manifest = dataset_rows(domain, labelled_in("train", "val"))
-    return manifest, read_images(folder, manifest, name=domain.name)
+    return read_rows(domain, labelled_in("train", "val"))
 
 
 def _finetune(

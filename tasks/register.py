@@ -10,7 +10,6 @@ from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
 from sslflow.config import RegistryConfig
-from sslflow.data.dataset import read_images
 from sslflow.data.manifest import labelled_rows
 from sslflow.registry.aliases import rollback_aliases
 from sslflow.registry.record import Registration
@@ -18,14 +17,13 @@ from sslflow.registry.registration import register_selected, select_best
 from sslflow.tracking.runs import stage_run
 from sslflow.tracking.store import client
 from sslflow.training.model_files import load_classifier
-from tasks.shared import Dataset, FinetunedModel, dataset_rows, labelled_in
+from tasks.shared import Dataset, FinetunedModel, labelled_in, read_rows
 
 
 def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, C, H, W) uint8, label names (N,)) of the dataset's labelled gate rows: the promotion
     gate decides on these; the test split is never read here."""
-    folder, manifest = dataset_rows(dataset, labelled_in("gate"))
-    images, label_names, _ = labelled_rows(manifest, read_images(folder, manifest, name=dataset.name), "gate")
+    images, label_names, _ = labelled_rows(*read_rows(dataset, labelled_in("gate")), "gate")
     if len(label_names) == 0:
         raise ValueError(f"dataset {dataset.name} has no labelled gate rows: ingest it with IngestConfig.gate_fraction > 0")
     return images, label_names

@@ -18,19 +18,17 @@ from flytekit import Deck, current_context, task
 from flytekit.types.file import FlyteFile
 
 from ssl_models.self_training import SelfTrainConfig
-from sslflow.data.dataset import read_images
 from sslflow.registry.registration import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.self_training import STUDENT_INIT, run_self_training, self_training_data
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier, load_encoder, save_state_dict
 from sslflow.training.progress import show_progress
-from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_rows, pipeline_cache
+from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, pipeline_cache, read_rows
 
 def _train_and_val(domain: Dataset) -> tuple:
     """(manifest, images (N, C, H, W) uint8) of the train and val rows: the test split is never read."""
-    folder, manifest = dataset_rows(domain, lambda rows: rows["split"].isin(["train", "val"]))
-    return manifest, read_images(folder, manifest, name=domain.name)
+    return read_rows(domain, lambda rows: rows["split"].isin(["train", "val"]))
 
 
 def _train_student(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import pandas as pd
 from flytekit import Cache, FlyteContextManager, HashMethod, Resources
 from flytekit.extras.accelerators import A100
@@ -28,7 +29,7 @@ from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import gpu_image
 from ssl_models.shards import SHARD_SUFFIX
-from sslflow.data.dataset import MANIFEST_FILE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, read_manifest, read_summary
+from sslflow.data.dataset import MANIFEST_FILE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, read_images, read_manifest, read_summary
 from sslflow.data.sources import fingerprint_source
 
 # A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
@@ -119,6 +120,12 @@ def dataset_rows(dataset: Dataset, rows: Callable[[pd.DataFrame], pd.Series]) ->
     if fetch is not None:
         fetch_shards(folder, manifest, fetch)
     return folder, manifest
+
+
+def read_rows(dataset: Dataset, rows: Callable[[pd.DataFrame], pd.Series]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(manifest rows, their images (N, C, H, W) uint8) where ``rows(manifest)`` is True; only their shards are fetched."""
+    folder, manifest = dataset_rows(dataset, rows)
+    return manifest, read_images(folder, manifest, name=dataset.name)
 
 
 def labelled_in(*splits: str) -> Callable[[pd.DataFrame], pd.Series]:
