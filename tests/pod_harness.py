@@ -96,12 +96,14 @@ class PodRunner:
     """Runs serialized tasks as pods against an S3 endpoint; every literal file it wrote or read is in ``literal_files``."""
 
     def __init__(self, work: Path, endpoint: str, *, bucket: str = "flyte", registered: dict[str, str] | None = None,
-                 secrets: dict[tuple[str, str], str] | None = None):  # fmt: skip
+                 secrets: dict[tuple[str, str], str] | None = None, setup_endpoint: str | None = None):  # fmt: skip
+        """endpoint: the object store as the pods see it; setup_endpoint: as this process sees it (default: the same)."""
         self.work, self.endpoint, self.bucket = work, endpoint, bucket
         self.registered, self.secrets = dict(registered or {}), dict(secrets or {})
         self.execution = f"pod-test-{uuid.uuid4().hex[:8]}"
-        self.s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
-        self.s3.create_bucket(Bucket=bucket)
+        self.s3 = boto3.client("s3", endpoint_url=setup_endpoint or endpoint, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+        if bucket not in {entry["Name"] for entry in self.s3.list_buckets()["Buckets"]}:
+            self.s3.create_bucket(Bucket=bucket)
         self.literal_files: dict[str, int] = {}
 
     def run(self, task: SerializedTask, node: str, inputs: LiteralMap) -> LiteralMap:

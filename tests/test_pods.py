@@ -90,12 +90,13 @@ def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: L
     return python_value(model.literals["o0"], FinetunedModel)
 
 
-def _pod_runner(tmp_path: Path, endpoint: str, mlflow_uri: str) -> PodRunner:
+def _pod_runner(tmp_path: Path, endpoint: str, mlflow_uri: str, *, s3_endpoint: str | None = None) -> PodRunner:
     registered = {  # what a user passes with `pyflyte register --env` (README: run on your cluster)
-        "MLFLOW_TRACKING_URI": mlflow_uri, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+        "MLFLOW_TRACKING_URI": mlflow_uri, "AWS_ENDPOINT_URL": s3_endpoint or endpoint, "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
     }  # fmt: skip
-    return PodRunner(tmp_path, endpoint, registered=registered, secrets={("sslflow", "pseudonym_key"): PSEUDONYM_KEY})
+    secrets = {("sslflow", "pseudonym_key"): PSEUDONYM_KEY}
+    return PodRunner(tmp_path, s3_endpoint or endpoint, registered=registered, secrets=secrets, setup_endpoint=endpoint)
 
 
 @pytest.mark.parametrize("kind", ["png", "dicom"])
@@ -120,3 +121,25 @@ def test_the_data_workflow_runs_as_pods_with_every_literal_file_under_one_megaby
     assert not any((tmp_path / "pods").glob("*/cwd/*")), "a pod leaves nothing in its working directory"
     if model is not None:
         assert model.checkpoint.remote_source.startswith("s3://flyte/raw/") and model.num_labels > 0 and model.init == "simclr"
+
+
+def test_pods_finish_with_the_same_dataset_when_s3_fails_a_share_of_requests(tmp_path, monkeypatch, tasks):
+    """Every pod's S3 traffic (Flyte's inputs, outputs and Dataset, and the source) goes through a proxy that answers
+    every 5th request with 503 SlowDown and resets every 7th connection: the run finishes with the dataset that
+    ingest gives without faults (in this process, same key)."""
+    from faulty_proxy import FaultyS3Proxy
+    from sslflow.data.chunks import ingest_source
+
+    _pngs(tmp_path / "scans", 24)
+    config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
+    monkeypatch.setenv("SSLFLOW_PSEUDONYM_KEY", PSEUDONYM_KEY)
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")
+    with moto_s3_server(tmp_path) as endpoint, MlflowServer(tmp_path / "mlflow") as mlflow:
+        s3_environment(monkeypatch, endpoint)
+        _upload(tmp_path / "scans", "scans", "site-a")
+        expected, _, _ = ingest_source("s3://scans/site-a", config, tmp_path / "expected")
+        with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
+            runner = _pod_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
+            result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
+    assert python_value(result["dataset"].literals["o0"], Dataset).content_sha256 == expected
+    assert proxy.injected["slow_down"] > 3 and proxy.injected["reset"] > 3, proxy.injected
