@@ -47,7 +47,8 @@ class PretrainConfig:
     method: a name in ``ssl_models.methods.METHODS``: "simclr" (arXiv 2002.05709), "moco" (MoCo v2, arXiv
         2003.04297) or "byol" (arXiv 2006.07733).
     temperature: SimCLR's and MoCo's tau. projection_dim: every method's projection width.
-    queue_size: MoCo's queue of negatives. momentum: MoCo's key-encoder EMA; BYOL's starting target EMA.
+    queue_size: MoCo's queue of negatives; keep it well under the number of images: a queue longer than an
+        epoch holds the anchor's own earlier key as a "negative" (1024 for the default's 4,000-6,000 images). momentum: MoCo's key-encoder EMA; BYOL's starting target EMA.
     """
 
     method: str = "simclr"
@@ -59,7 +60,7 @@ class PretrainConfig:
     warmup_epochs: int = 1
     temperature: float = 0.2
     projection_dim: int = 64
-    queue_size: int = 4096
+    queue_size: int = 1024
     momentum: float = 0.99
     seed: int = 0
     channels_last: bool = True

@@ -21,6 +21,7 @@ from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.corruptions import CORRUPTIONS
 from ssl_models.evaluate import extract_features
 from sslflow.data.manifest import labelled_rows
+from sslflow.ladder import arm_order, method_of
 from sslflow.evaluation import RESULT_COLUMNS, evaluate_classifier, evaluation_sets
 from sslflow.reporting.charts import embedding_figure, report_figures
 from sslflow.reporting.html import evaluation_html
@@ -35,13 +36,11 @@ def _labelled_test_rows(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
     return read_rows(dataset, labelled_in("test"))
 
 
-EMBEDDED_INITS = ("simclr+micle", "simclr+domain", "simclr")  # the first present is pictured
-
-
 def _embedding(models: list[FinetunedModel], in_domain_test: tuple[pd.DataFrame, np.ndarray]) -> dict[str, bytes]:
     """{"embedding": PNG}: PCA of a pretrained encoder's features of the labelled in-domain test images, by
     label and by site. The encoder is that of a linear probe, so it holds the self-supervised weights unchanged."""
-    probes = [m for init in EMBEDDED_INITS for m in models if m.init == init and m.probe == "linear"]
+    ladder = [m for m in models if m.probe == "linear" and method_of(m.init) is not None]  # the top rung present is pictured
+    probes = sorted(ladder, key=lambda m: arm_order(m.init), reverse=True)
     if not probes:
         return {}
     model = probes[0]

@@ -8,8 +8,6 @@ images of one case: MICLe) is the data's choice, so every method works with case
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
 from ssl_models.methods.base import SSLMethod
@@ -17,11 +15,11 @@ from ssl_models.methods.byol import BYOL
 from ssl_models.methods.moco import MoCoV2
 from ssl_models.methods.simclr import SimCLR
 
-# name -> builder(encoder, settings) where settings has projection_dim, temperature, queue_size, momentum (PretrainConfig)
-METHODS: dict[str, Callable[[nn.Module, object], SSLMethod]] = {
-    "simclr": lambda encoder, s: SimCLR(encoder, projection_dim=s.projection_dim, temperature=s.temperature),
-    "moco": lambda encoder, s: MoCoV2(encoder, projection_dim=s.projection_dim, temperature=s.temperature, queue_size=s.queue_size, momentum=s.momentum),
-    "byol": lambda encoder, s: BYOL(encoder, projection_dim=s.projection_dim, momentum=s.momentum),
+# The name a PretrainConfig's ``method`` gives -> the method's class (its ``label`` names it in reports).
+METHODS: dict[str, type[SSLMethod]] = {
+    "simclr": SimCLR,
+    "moco": MoCoV2,
+    "byol": BYOL,
 }
 
 
@@ -29,7 +27,7 @@ def build_method(name: str, encoder: nn.Module, settings) -> SSLMethod:
     """The method ``name`` of METHODS around ``encoder``, its hyper-parameters read from ``settings`` (a PretrainConfig)."""
     if name not in METHODS:
         raise ValueError(f"unknown self-supervised method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name](encoder, settings)
+    return METHODS[name].from_config(encoder, settings)
 
 
 __all__ = ["METHODS", "SSLMethod", "build_method"]

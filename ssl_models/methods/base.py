@@ -27,6 +27,12 @@ class SSLMethod(nn.Module):
     """
 
     encoder: nn.Module
+    label: str = ""  # the name reports print ("SimCLR", "MoCo v2")
+
+    @classmethod
+    def from_config(cls, encoder: nn.Module, settings) -> SSLMethod:
+        """The method around ``encoder``, its hyper-parameters read from ``settings`` (a PretrainConfig)."""
+        raise NotImplementedError(f"{cls.__name__} must define from_config")
 
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step; ``progress`` in [0, 1] is steps done / steps of the run. No-op by default."""

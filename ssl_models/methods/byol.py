@@ -38,6 +38,12 @@ class BYOL(SSLMethod):
     Shapes: views_a, views_b (B, C, H, W) -> scalar: the sum of the two directions' loss, in [0, 8].
     """
 
+    label = "BYOL"
+
+    @classmethod
+    def from_config(cls, encoder: nn.Module, settings) -> BYOL:
+        return cls(encoder, projection_dim=settings.projection_dim, momentum=settings.momentum)
+
     def __init__(self, encoder: nn.Module, *, projection_dim: int = 64, momentum: float = 0.99):
         super().__init__()
         if not 0.0 <= momentum < 1.0:

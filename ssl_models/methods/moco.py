@@ -49,7 +49,13 @@ class MoCoV2(SSLMethod):
     Shapes: views_a, views_b (B, C, H, W) -> scalar: the mean of the two directions' InfoNCE.
     """
 
-    def __init__(self, encoder: nn.Module, *, projection_dim: int = 64, temperature: float = 0.2, queue_size: int = 4096, momentum: float = 0.99):
+    label = "MoCo v2"
+
+    @classmethod
+    def from_config(cls, encoder: nn.Module, settings) -> MoCoV2:
+        return cls(encoder, projection_dim=settings.projection_dim, temperature=settings.temperature, queue_size=settings.queue_size, momentum=settings.momentum)
+
+    def __init__(self, encoder: nn.Module, *, projection_dim: int = 64, temperature: float = 0.2, queue_size: int = 1024, momentum: float = 0.99):
         super().__init__()
         if temperature <= 1e-6:
             raise ValueError(f"MoCo's temperature must be positive and not ~0 (got {temperature}); it divides the logits")

@@ -24,6 +24,12 @@ class SimCLR(SSLMethod):
         BatchNorm sees both views. Returns a scalar.
     """
 
+    label = "SimCLR"
+
+    @classmethod
+    def from_config(cls, encoder: nn.Module, settings) -> SimCLR:
+        return cls(encoder, projection_dim=settings.projection_dim, temperature=settings.temperature)
+
     def __init__(self, encoder: nn.Module, *, projection_dim: int = 64, temperature: float = 0.2):
         super().__init__()
         self.encoder = encoder
