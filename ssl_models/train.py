@@ -342,9 +342,10 @@ def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, v
     with torch.no_grad():
         model.linear.weight.copy_(fit.weight)
         model.linear.bias.copy_(fit.bias)
-    record = {"epoch": 0, "loss": fit.train_loss, "accuracy": fit.train_accuracy, "converged": fit.converged, "iterations": fit.iterations, "inverse_l2": fit.inverse_l2}
-    log.info("linear probe: C=%g chosen on validation, %s after %d L-BFGS iterations, train loss %.4f accuracy %.3f",
-             fit.inverse_l2, "converged" if fit.converged else "NOT converged", fit.iterations, fit.train_loss, fit.train_accuracy)  # fmt: skip
+    record = {"epoch": 0, "loss": fit.train_loss, "accuracy": fit.train_accuracy, "converged": fit.converged, "iterations": fit.iterations,
+              "stop_reason": fit.stop_reason, "inverse_l2": fit.inverse_l2}  # fmt: skip
+    log.info("linear probe: C=%g chosen on validation, %s (%s) after %d L-BFGS iterations, train loss %.4f accuracy %.3f",
+             fit.inverse_l2, "converged" if fit.converged else "NOT converged", fit.stop_reason, fit.iterations, fit.train_loss, fit.train_accuracy)  # fmt: skip
     model.eval()
     return model.cpu(), [record]
 

@@ -54,6 +54,7 @@ def _finetune(
             mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
         if config.linear_probe:  # the probe's fit: converged or not, and the L2 strength validation chose
             mlflow.log_metrics({"probe_converged": float(history[-1]["converged"]), "probe_inverse_l2": history[-1]["inverse_l2"]})
+            mlflow.set_tag("probe_stop_reason", history[-1]["stop_reason"])
         val_accuracy = accuracy(predict_probabilities(model, validation[0], config.augment), validation[1])
         mlflow.log_metric("val_accuracy", val_accuracy)
         path, sha256 = save_state_dict(model, Path(current_context().working_directory), "finetune", "classifier.pt")
@@ -87,7 +88,7 @@ def finetune_scratch(
     return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init="scratch", lineage={})
 
 
-@task(cache=pipeline_cache("3"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
 def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig, parent_run_id: str) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """The floor: the linear probe on raw pixels (multinomial logistic regression on standardised pixels)."""
     config = dataclasses.replace(config, linear_probe=True)
