@@ -133,7 +133,7 @@ def ablation(settings: dict, encoders: dict, train, validation, class_names, eva
             for eval_set, (images, labels) in eval_sets.items():
                 metrics = classification_metrics(predict_probabilities(model, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
                 results.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": len(chosen),
-                                "eval_set": eval_set, "val_accuracy": val_accuracy, **metrics, **fit})  # fmt: skip
+                                "eval_set": eval_set, "val_accuracy": val_accuracy, "selectable": True, **metrics, **fit})  # fmt: skip
             row = [r for r in results if r["init"] == init and r["probe"] == probe and r["label_fraction"] == fraction]
             print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {row[0]['accuracy']:.4f}  optdigits {row[1]['accuracy']:.4f}", flush=True)
     return results, teachers
@@ -153,7 +153,8 @@ def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: 
         for eval_set, (images, labels) in eval_sets.items() if outcome.student is not None else ():
             metrics = classification_metrics(predict_probabilities(outcome.student, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
             results.append({"init": student_init, "probe": "finetune", "label_fraction": fraction, "seed": seed, "num_labels": len(data.labels),
-                            "eval_set": eval_set, "val_accuracy": outcome.report["student_val_accuracy"], **metrics})  # fmt: skip
+                            "eval_set": eval_set, "val_accuracy": outcome.report["student_val_accuracy"],
+                            "selectable": bool(outcome.report["student_beats_teacher"]), **metrics})  # fmt: skip
         print(f"seed {seed} student {fraction:5g} (teacher {arm}): pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
     return results, reports
 

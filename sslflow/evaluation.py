@@ -26,7 +26,7 @@ METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
 # The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
 # the in-domain test split of at most this many images (all of it when smaller).
 CORRUPTION_IMAGES = 256
-RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy"]
+RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy", "selectable"]
 
 EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
 DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8): sslflow.data.dataset.read_dataset
@@ -42,6 +42,7 @@ class EvaluatedModel(Protocol):
     seed: int
     num_labels: int
     val_accuracy: float
+    selectable: bool  # False: a student that did not beat its teacher on validation (never chosen)
 
 
 def _labelled_test_split(dataset: DatasetTable, name: str, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,7 +76,7 @@ def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list
         metrics = classification_metrics(probabilities, labels)
         rows.append(
             {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "seed": model.seed, "num_labels": model.num_labels,
-             "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy}
+             "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy, "selectable": model.selectable}
         )  # fmt: skip
         if kind in ("in_domain", "shift"):
             key = f"{model.init}/{model.probe}@{model.label_fraction:g}/seed={model.seed}/{eval_set}"
