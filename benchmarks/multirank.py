@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import PROJECT_ROOT, parse_arguments, write_result  # noqa: E402
-padded_images = lambda n, w: -(-n // w) * w - n
+from ssl_models.data import padded_images  # noqa: E402
 from ssl_models.shards import write_shard  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "multirank_worker.py"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.data import StreamingPairs  # noqa: E402
-from ssl_models.distributed import init_from_environment  # noqa: E402
+from ssl_models.distributed import init_from_environment, leave_process_group  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.shards import ShardRows  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--hang-after", type=int, default=-1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    import os; rank = int(os.environ["RANK"])
+    rank = init_from_environment().rank
     data = RecordingPairs(StreamingPairs(_shards(args.data), seed=0, buffer_shards=2))
     config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, augment=AugmentConfig(output_size=16))
     torch.manual_seed(args.init_seed + rank)  # only rank 0's initial weights count: DDP broadcasts them
@@ -81,6 +81,7 @@ def main() -> None:
               "images_per_second": [h["images_per_second"] for h in history], "resumed": resume_state is not None}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(record))
     torch.save({name: tensor.detach() for name, tensor in encoder.state_dict().items()}, args.out.with_suffix(".pt"))
+    leave_process_group()
 
 
 def _checkpoints(args: argparse.Namespace, rank: int):

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import parse_arguments, peak_memory_mb, write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.losses import NTXentLoss  # noqa: E402
 from ssl_models.device import autocast, pick_device  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
-from ssl_models.train import ContrastiveModel, PretrainConfig, pretrain_contrastive  # noqa: E402
+from ssl_models.methods.simclr import SimCLR  # noqa: E402
+from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
 
 
 class TwoViews(Dataset):
@@ -59,15 +59,14 @@ class TwoViews(Dataset):
 
 
 def _model(device: torch.device, size: int):
-    model = ContrastiveModel(build_encoder("resnet18", 3, size), 128).to(device, memory_format=torch.channels_last)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-3), NTXentLoss(0.2)
+    model = SimCLR(build_encoder("resnet18", 3, size), projection_dim=128, temperature=0.2).to(device, memory_format=torch.channels_last)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 
-def _step(model, optimizer, loss_fn, view_a, view_b, device) -> None:
-    views = torch.cat([view_a, view_b]).contiguous(memory_format=torch.channels_last)
+def _step(model, optimizer, view_a, view_b, device) -> None:
+    """One SimCLR step: encoder, head and NT-Xent (ssl_models.methods.simclr)."""
     with autocast(device):
-        z_a, z_b = model(views).float().chunk(2)
-    loss = loss_fn(z_a, z_b)
+        loss = model(view_a.contiguous(memory_format=torch.channels_last), view_b.contiguous(memory_format=torch.channels_last))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -94,13 +93,13 @@ def measure_engine(images, size, batch, epochs, device) -> dict:
 
 def measure_dataloader(images, size, batch, steps, device, workers) -> dict:
     _reset_peak(device)
-    model, optimizer, loss_fn = _model(device, size)
+    model, optimizer = _model(device, size)
     loader = DataLoader(TwoViews(images, size), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
     done, started = 0, None
     while done < steps + 1:
         for view_a, view_b in loader:
-            _step(model, optimizer, loss_fn, view_a.to(device, non_blocking=True), view_b.to(device, non_blocking=True), device)
+            _step(model, optimizer, view_a.to(device, non_blocking=True), view_b.to(device, non_blocking=True), device)
             done += 1
             if done == 1:  # warm-up step excluded
                 _sync(device)
@@ -113,14 +112,14 @@ def measure_dataloader(images, size, batch, steps, device, workers) -> dict:
 
 def measure_ceiling(size, batch, steps, device) -> dict:
     _reset_peak(device)
-    model, optimizer, loss_fn = _model(device, size)
+    model, optimizer = _model(device, size)
     view_a = torch.randn(batch, 3, size, size, device=device)
     view_b = torch.randn(batch, 3, size, size, device=device)
-    _step(model, optimizer, loss_fn, view_a, view_b, device)
+    _step(model, optimizer, view_a, view_b, device)
     _sync(device)
     started = time.perf_counter()
     for _ in range(steps):
-        _step(model, optimizer, loss_fn, view_a, view_b, device)
+        _step(model, optimizer, view_a, view_b, device)
     _sync(device)
     return {"images_per_second": steps * batch / (time.perf_counter() - started), "peak_memory_mb": peak_memory_mb(device)}
 

@@ -47,7 +47,8 @@ from sslflow.data.labels import class_indices  # noqa: E402
 from sslflow.data.sources import read_source  # noqa: E402
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
 from sslflow.reporting.intervals import t_interval, verdict  # noqa: E402
-from sslflow.self_training import STUDENT_INIT, run_self_training, self_training_data  # noqa: E402
+from sslflow.ladder import LADDER, arm, ladder_arms, ladder_steps, student_arm as student_arm_of  # noqa: E402
+from sslflow.self_training import run_self_training, self_training_data  # noqa: E402
 
 SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
@@ -76,16 +77,19 @@ def labelled(manifest, pixels, split: str, class_names: list[str] | None = None)
 
 
 def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pixels) -> dict:
-    """{"simclr": on the generic set, "simclr+domain" and "simclr+micle": continued on the domain set without
-    and with case pairs (same epochs and schedule)}; test splits unused."""
-    simclr_encoder = build_encoder(settings["encoder"], 1, 28, seed=settings["simclr"].seed)
+    """{arm: encoder} for the ladder (sslflow.ladder) of the settings' method: the generic rung on the generic
+    set, each rung above it continued from it on the domain set, with or without case pairs (same epochs and
+    schedule); test splits unused."""
+    method = settings["simclr"].method
+    generic_encoder = build_encoder(settings["encoder"], 1, 28, seed=settings["simclr"].seed)
     pool = generic["split"].isin(["train", "val"]).to_numpy()
-    pretrain_contrastive(simclr_encoder, InMemoryPairs(torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), seed=settings["simclr"].seed), settings["simclr"])
+    pretrain_contrastive(generic_encoder, InMemoryPairs(torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), seed=settings["simclr"].seed), settings["simclr"])
     pool = domain["split"].isin(["train", "val"]).to_numpy()
-    encoders = {"simclr": simclr_encoder}
-    for init, case_ids in (("simclr+domain", list(range(int(pool.sum())))), ("simclr+micle", domain.loc[pool, "case_id"].tolist())):
-        encoders[init] = copy.deepcopy(simclr_encoder)
-        pretrain_contrastive(encoders[init], InMemoryPairs(torch.from_numpy(domain_pixels[pool]), case_ids, seed=settings["micle"].seed), settings["micle"])
+    encoders = {arm(method, LADDER[0].name): generic_encoder}
+    for rung in LADDER[1:]:
+        case_ids = domain.loc[pool, "case_id"].tolist() if rung.case_pairs else list(range(int(pool.sum())))
+        encoders[arm(method, rung.name)] = copy.deepcopy(generic_encoder)
+        pretrain_contrastive(encoders[arm(method, rung.name)], InMemoryPairs(torch.from_numpy(domain_pixels[pool]), case_ids, seed=settings["micle"].seed), settings["micle"])
     return encoders
 
 
@@ -129,15 +133,16 @@ def ablation(settings: dict, encoders: dict, train, validation, class_names, eva
             for eval_set, (images, labels) in eval_sets.items():
                 metrics = classification_metrics(predict_probabilities(model, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
                 results.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": len(chosen),
-                                "eval_set": eval_set, "val_accuracy": val_accuracy, **metrics, **fit})  # fmt: skip
+                                "eval_set": eval_set, "val_accuracy": val_accuracy, "selectable": True, **metrics, **fit})  # fmt: skip
             row = [r for r in results if r["init"] == init and r["probe"] == probe and r["label_fraction"] == fraction]
             print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {row[0]['accuracy']:.4f}  optdigits {row[1]['accuracy']:.4f}", flush=True)
     return results, teachers
 
 
 def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: dict, eval_sets: dict, seed: int) -> tuple[list[dict], list[dict]]:
-    """A student per fraction, from the SimCLR + MICLe encoder, taught by that fraction's best model on val:
+    """A student per fraction, from the top rung's encoder (case pairs), taught by that fraction's best model on val:
     (result rows like ablation's, pseudo-label quality reports)."""
+    student_init = student_arm_of(ladder_arms(settings["simclr"].method)[-1])
     results, reports = [], []
     for fraction, (_, arm, teacher) in sorted(teachers.items()):
         if fraction > settings["self_train"].max_label_fraction:
@@ -147,13 +152,14 @@ def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: 
         reports.append({"label_fraction": fraction, "seed": seed, "teacher": arm, **outcome.report})
         for eval_set, (images, labels) in eval_sets.items() if outcome.student is not None else ():
             metrics = classification_metrics(predict_probabilities(outcome.student, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
-            results.append({"init": STUDENT_INIT, "probe": "finetune", "label_fraction": fraction, "seed": seed, "num_labels": len(data.labels),
-                            "eval_set": eval_set, "val_accuracy": outcome.report["student_val_accuracy"], **metrics})  # fmt: skip
+            results.append({"init": student_init, "probe": "finetune", "label_fraction": fraction, "seed": seed, "num_labels": len(data.labels),
+                            "eval_set": eval_set, "val_accuracy": outcome.report["student_val_accuracy"],
+                            "selectable": bool(outcome.report["student_beats_teacher"]), **metrics})  # fmt: skip
         print(f"seed {seed} student {fraction:5g} (teacher {arm}): pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
     return results, reports
 
 
-def self_training_summary(results: list[dict], reports: list[dict]) -> dict:
+def self_training_summary(results: list[dict], reports: list[dict], method: str) -> dict:
     """{"fraction/seed": pseudo-label quality and the student's gain over its teacher on val and on the in-domain test split}."""
 
     def test_accuracy(arm: str, fraction: float, seed: int) -> float:
@@ -164,7 +170,7 @@ def self_training_summary(results: list[dict], reports: list[dict]) -> dict:
     return {
         f"{r['label_fraction']:g}/seed={r['seed']}": {
             **{k: r[k] for k in keys},
-            "student_test_gain": test_accuracy(f"{STUDENT_INIT} finetune", r["label_fraction"], r["seed"]) - test_accuracy(r["teacher"], r["label_fraction"], r["seed"]),
+            "student_test_gain": test_accuracy(f"{student_arm_of(ladder_arms(method)[-1])} finetune", r["label_fraction"], r["seed"]) - test_accuracy(r["teacher"], r["label_fraction"], r["seed"]),
         }
         for r in reports
     }  # fmt: skip
@@ -175,28 +181,38 @@ def _per_seed(results: list[dict], init: str, probe: str, fraction: float, eval_
     return [r["accuracy"] for r in sorted(rows, key=lambda r: r["seed"])]
 
 
-def compare(results: list[dict]) -> dict:
-    """{comparison: {"ours", "theirs": "mean ± half-width", "verdict"}}: a gain only when the 95% intervals separate."""
+def compare(results: list[dict], method: str) -> dict:
+    """{comparison: {"ours", "theirs": "mean ± half-width", "verdict"}}: a gain only when the 95% intervals separate.
+    "ssl" is the top rung of ``method``'s ladder (case pairs); each ladder step is compared with the rung below."""
+    top = ladder_arms(method)[-1]
 
     def drop(init: str) -> list[float]:
         return [a - b for a, b in zip(_per_seed(results, init, "finetune", 1.0), _per_seed(results, init, "finetune", 1.0, "shift"))]
 
     pairs = {
-        "ssl_at_1pct_vs_scratch_at_10pct": (_per_seed(results, "simclr+micle", "finetune", 0.01), _per_seed(results, "scratch", "finetune", 0.1), True),
-        "ssl_at_10pct_vs_scratch_at_100pct": (_per_seed(results, "simclr+micle", "finetune", 0.1), _per_seed(results, "scratch", "finetune", 1.0), True),
-        "shift_drop_ssl_vs_scratch_at_100pct": (drop("simclr+micle"), drop("scratch"), False),
+        "ssl_at_1pct_vs_scratch_at_10pct": (_per_seed(results, top, "finetune", 0.01), _per_seed(results, "scratch", "finetune", 0.1), True),
+        "ssl_at_10pct_vs_scratch_at_100pct": (_per_seed(results, top, "finetune", 0.1), _per_seed(results, "scratch", "finetune", 1.0), True),
+        "shift_drop_ssl_vs_scratch_at_100pct": (drop(top), drop("scratch"), False),
     }
     for probe in ("linear", "finetune"):
         for fraction in FRACTIONS:
-            pairs[f"domain_simclr_vs_simclr_{probe}_{fraction:g}"] = (_per_seed(results, "simclr+domain", probe, fraction), _per_seed(results, "simclr", probe, fraction), True)
-            pairs[f"micle_pairs_vs_domain_simclr_{probe}_{fraction:g}"] = (_per_seed(results, "simclr+micle", probe, fraction), _per_seed(results, "simclr+domain", probe, fraction), True)
+            for ours, theirs, _ in ladder_steps(method):  # simclr: domain_simclr_vs_simclr, micle_pairs_vs_domain_simclr
+                name = f"{_step_name(ours, method)}_vs_{_step_name(theirs, method)}"
+                pairs[f"{name}_{probe}_{fraction:g}"] = (_per_seed(results, ours, probe, fraction), _per_seed(results, theirs, probe, fraction), True)
     comparisons = {}
     for name, (ours, theirs, higher_is_better) in pairs.items():
         ours_interval, theirs_interval = t_interval(ours), t_interval(theirs)
         comparisons[name] = {"ours": str(ours_interval), "theirs": str(theirs_interval), "verdict": verdict(ours_interval, theirs_interval, higher_is_better=higher_is_better)}
-    drops = {init: t_interval(drop(init)).mean for init in ("simclr+micle", "scratch")}
-    comparisons["shift_drop_ssl_vs_scratch_at_100pct"]["target_met"] = drops["simclr+micle"] <= 0.5 * drops["scratch"]  # Q2, on the means
+    drops = {init: t_interval(drop(init)).mean for init in (top, "scratch")}
+    comparisons["shift_drop_ssl_vs_scratch_at_100pct"]["target_met"] = drops[top] <= 0.5 * drops["scratch"]  # Q2, on the means
     return comparisons
+
+
+def _step_name(init: str, method: str) -> str:
+    """A ladder arm in the comparison names of earlier results: "simclr" -> "simclr", "simclr+domain" ->
+    "domain_simclr", "simclr+micle" -> "micle_pairs" (for SimCLR; the method's name for another)."""
+    rung = LADDER[ladder_arms(method).index(init)]
+    return {"generic": method, "domain": f"domain_{method}", "case_pairs": "micle_pairs"}[rung.name]
 
 
 def floor_checks(results: list[dict]) -> dict:
@@ -217,7 +233,7 @@ def run_seeds(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: 
     results, reports = [], []
     for seed in settings.get("seeds", SEEDS):
         rows, teachers = ablation(settings, encoders, (train_images, train_labels), validation, class_names, eval_sets, seed)
-        student_rows, seed_reports = student_arm(settings, encoders["simclr+micle"], domain, domain_pixels, teachers, eval_sets, seed)
+        student_rows, seed_reports = student_arm(settings, encoders[ladder_arms(settings["simclr"].method)[-1]], domain, domain_pixels, teachers, eval_sets, seed)
         results, reports = results + rows + student_rows, reports + seed_reports
     return results, reports
 
@@ -239,7 +255,7 @@ def main() -> None:
     eval_sets = evaluation_sets(test_images, test_labels, shift_images, shift_labels)
     results, reports = run_seeds(settings, {"pixels": None, "scratch": None, **pretrained}, domain, domain_pixels, eval_sets)
 
-    comparisons, floor = compare(results), floor_checks(results)
+    comparisons, floor = compare(results, settings["simclr"].method), floor_checks(results)
     for name, comparison in comparisons.items():
         print(f"{name}: {comparison['ours']} vs {comparison['theirs']} -> {comparison['verdict']}")
     print(json.dumps(floor))
@@ -249,7 +265,7 @@ def main() -> None:
     path = write_result("quality" + ("" if mode == "gpu" else f"-{mode}"), {
         "settings": settings_record, "case_ids": "PROXY (pixel-neighbour pairs; MNIST has no patients)",
         "seeds": list(settings.get("seeds", SEEDS)), "comparisons": comparisons, "floor": floor, "label_efficiency": label_efficiency,
-        "self_training": self_training_summary(results, reports), "pseudo_label_reports": reports, "results": results,
+        "self_training": self_training_summary(results, reports, settings["simclr"].method), "pseudo_label_reports": reports, "results": results,
         "wall_seconds": time.perf_counter() - started,
     }, args.out)  # fmt: skip
     print(f"saved {path}")

@@ -147,6 +147,15 @@ def from_every_rank(value) -> list:
     return gathered
 
 
+def leave_process_group() -> None:
+    """Wait for every rank, then destroy the process group (nothing in a single process). A process that exits with
+    its gloo or NCCL group alive can abort in the group's destructor ("terminate called without an active
+    exception"), and torchrun then reports the rank as failed although its work is done."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def local_world_size() -> int:
     """Processes on this node (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun), readable before the group exists."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -1,6 +1,9 @@
-"""Evaluation: class probabilities and accuracy of a classifier on a labelled image set."""
+"""Evaluation: class probabilities and accuracy of a classifier on a labelled image set; the kNN probe of an
+encoder's features (as an evaluation and as a per-epoch monitor of pretraining)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,3 +49,38 @@ def knn_accuracy(
         votes.scatter_add_(1, bank_labels[index], (weights / temperature).exp())
         correct += int((votes.argmax(1) == query_labels[start : start + 1024]).sum())
     return correct / query_features.shape[0]
+
+
+@dataclass(frozen=True)
+class KnnMonitor:
+    """kNN accuracy of an encoder's features during pretraining: labelled ``bank`` images as the memory bank,
+    labelled ``query`` images (the validation split) classified by their k nearest bank features.
+
+    The protocol lightly and solo-learn report (weighted kNN on L2-normalised features, k=200, temperature
+    0.1; InstDisc, arXiv 1805.01978). It reads labels only to measure; pretraining never trains on them.
+
+    Shapes: bank_images (N, C, H, W) uint8, bank_labels (N,) int64; query_images (M, C, H, W) uint8,
+    query_labels (M,) int64. ``view`` gives the normalisation (its mean and std), no augmentation.
+    """
+
+    bank_images: torch.Tensor
+    bank_labels: torch.Tensor
+    query_images: torch.Tensor
+    query_labels: torch.Tensor
+    view: AugmentConfig
+    k: int = 200
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if len(self.bank_labels) != self.bank_images.shape[0] or len(self.query_labels) != self.query_images.shape[0]:
+            raise ValueError("KnnMonitor needs one label per bank image and per query image")
+        if len(self.bank_labels) == 0 or len(self.query_labels) == 0:
+            raise ValueError("KnnMonitor needs at least one bank image and one query image")
+
+    def __call__(self, encoder: nn.Module) -> float:
+        """The kNN accuracy of ``encoder`` (left in the training mode it had)."""
+        was_training = encoder.training
+        bank = extract_features(encoder, self.bank_images, self.view)
+        queries = extract_features(encoder, self.query_images, self.view)
+        encoder.train(was_training)
+        return knn_accuracy(bank, self.bank_labels, queries, self.query_labels, k=self.k, temperature=self.temperature)

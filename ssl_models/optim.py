@@ -47,11 +47,13 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(name: str, model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    """'adamw' (default for small batches) or 'lars' (SimCLR's choice for batches of thousands)."""
+    """'adamw' (default for small batches) or 'lars' (SimCLR's choice for batches of thousands), over the
+    parameters that take gradients (not a method's momentum target networks)."""
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     if name == "lars":
-        return LARS(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        return LARS(parameters, lr=learning_rate, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose 'adamw' or 'lars'")
 
 

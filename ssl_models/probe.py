@@ -21,6 +21,9 @@ import torch.nn.functional as F
 
 DEFAULT_INVERSE_L2 = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # C = 1 / L2 strength, as scikit-learn's LogisticRegression
 MAX_ITERATIONS = 1000
+MAX_EVALUATIONS = 1250  # torch.optim.LBFGS's default max_eval, max_iter * 5 / 4: the line search spends evaluations too
+TOLERANCE_GRAD, TOLERANCE_CHANGE = 1e-6, 1e-12
+CONVERGED_REASONS = ("gradient", "no_progress")  # L-BFGS's own termination tests; "max_iter" and "max_eval" are budgets
 
 
 @dataclass(frozen=True)
@@ -30,18 +33,34 @@ class ProbeFit:
     weight: torch.Tensor
     bias: torch.Tensor
     inverse_l2: float  # the C chosen on validation
-    converged: bool  # L-BFGS stopped on its tolerance, not on MAX_ITERATIONS
+    converged: bool  # L-BFGS stopped on one of its own tests (stop_reason in CONVERGED_REASONS), not on a budget
     iterations: int
+    stop_reason: str  # "gradient" (max |grad| <= TOLERANCE_GRAD), "no_progress" (loss or step change < TOLERANCE_CHANGE), "max_iter", "max_eval"
     train_loss: float  # mean cross-entropy on the training features (without the L2 term)
     train_accuracy: float
     val_accuracy_by_inverse_l2: dict[float, float] = field(default_factory=dict)
 
 
-def _fit(features: torch.Tensor, labels: torch.Tensor, inverse_l2: float, weight: torch.Tensor, bias: torch.Tensor) -> tuple[bool, int]:
+def _stop_reason(optimizer: torch.optim.LBFGS, closure, parameters: list[torch.Tensor]) -> str:
+    """Which of L-BFGS's termination tests ended ``optimizer.step``: the gradient test (re-evaluated at the
+    solution), the iteration or evaluation budget, else its no-progress test (torch.optim.LBFGS checks these)."""
+    closure()
+    if max(float(p.grad.abs().max()) for p in parameters) <= TOLERANCE_GRAD:
+        return "gradient"
+    state = optimizer.state[parameters[0]]
+    if state["n_iter"] >= MAX_ITERATIONS:
+        return "max_iter"
+    if state["func_evals"] >= MAX_EVALUATIONS:
+        return "max_eval"
+    return "no_progress"
+
+
+def _fit(features: torch.Tensor, labels: torch.Tensor, inverse_l2: float, weight: torch.Tensor, bias: torch.Tensor) -> tuple[str, int]:
     """Minimise mean cross-entropy + ||weight||^2 / (2 C N) (scikit-learn's objective divided by C N) in place
-    with full-batch L-BFGS and a strong-Wolfe line search. features (N, D), labels (N,). -> (converged, iterations)."""
+    with full-batch L-BFGS and a strong-Wolfe line search. features (N, D), labels (N,). -> (stop reason, iterations)."""
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=MAX_ITERATIONS, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-12,
+        [weight, bias], lr=1.0, max_iter=MAX_ITERATIONS, max_eval=MAX_EVALUATIONS, history_size=20, line_search_fn="strong_wolfe",
+        tolerance_grad=TOLERANCE_GRAD, tolerance_change=TOLERANCE_CHANGE,
     )  # fmt: skip
     penalty = 1.0 / (2.0 * inverse_l2 * len(labels))
 
@@ -52,8 +71,7 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, inverse_l2: float, weight
         return loss
 
     optimizer.step(closure)
-    iterations = optimizer.state[weight]["n_iter"]
-    return iterations < MAX_ITERATIONS, iterations
+    return _stop_reason(optimizer, closure, [weight, bias]), optimizer.state[weight]["n_iter"]
 
 
 def fit_linear_probe(
@@ -76,16 +94,16 @@ def fit_linear_probe(
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
     fits, val_accuracy = {}, {}
     for inverse_l2 in sorted(inverse_l2_grid):  # a warm-started path: each fit starts from the previous solution
-        converged, iterations = _fit(train_z, targets, inverse_l2, weight, bias)
-        fits[inverse_l2] = (weight.detach().clone(), bias.detach().clone(), converged, iterations)
+        stop_reason, iterations = _fit(train_z, targets, inverse_l2, weight, bias)
+        fits[inverse_l2] = (weight.detach().clone(), bias.detach().clone(), stop_reason, iterations)
         val_accuracy[inverse_l2] = float(((val_z @ fits[inverse_l2][0].T + fits[inverse_l2][1]).argmax(1).numpy() == val_labels).mean())
     chosen = max(val_accuracy, key=lambda c: (val_accuracy[c], -c))
-    chosen_weight, chosen_bias, converged, iterations = fits[chosen]
+    chosen_weight, chosen_bias, stop_reason, iterations = fits[chosen]
     logits = train_z @ chosen_weight.T + chosen_bias
     scale = chosen_weight / torch.as_tensor(std)  # fold the standardisation into the layer
     return ProbeFit(
         weight=scale.float(), bias=(chosen_bias - scale @ torch.as_tensor(mean)).float(),
-        inverse_l2=chosen, converged=converged, iterations=iterations,
+        inverse_l2=chosen, converged=stop_reason in CONVERGED_REASONS, iterations=iterations, stop_reason=stop_reason,
         train_loss=float(F.cross_entropy(logits, targets)), train_accuracy=float((logits.argmax(1) == targets).float().mean()),
         val_accuracy_by_inverse_l2=val_accuracy,
     )  # fmt: skip

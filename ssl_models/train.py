@@ -1,4 +1,5 @@
-"""Training loops: contrastive pretraining (SimCLR / MICLe) and supervised fine-tuning.
+"""Training loops: self-supervised pretraining (any method of ``ssl_models.methods``, on views of one image
+or, MICLe, of two images of one case) and supervised fine-tuning.
 
 Data path (ssl_models/data.py): pretraining reads pairs from a source, the whole image set in memory
 (on the GPU when it fits) or streamed from shards in bounded memory; fine-tuning holds its few labelled
@@ -7,7 +8,8 @@ parameters, so no CPU worker pool is needed.
 
 Pretraining reads as torchvision's reference script does: ``build_contrastive_run`` (model, DDP,
 sampler, optimiser, schedule), ``ContrastiveRun.restore`` (resume), ``pretrain_one_epoch``, and the
-loop ``pretrain_contrastive``. Step arithmetic and the optimiser step shared with fine-tuning live
+loop ``pretrain_contrastive``. The method (SimCLR, MoCo v2, BYOL: ``PretrainConfig.method``) adds only
+its loss and its target-network update; the loop owns optimiser, schedule, steps and state. Step arithmetic and the optimiser step shared with fine-tuning live
 in ``ssl_models.loop``.
 """
 
@@ -26,11 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
 from ssl_models.data import InMemoryPairs, StreamingPairs, gather, padded_images, place_images
+from ssl_models.evaluate import KnnMonitor
 from ssl_models.device import apply_in_batches, autocast, pick_device
 from ssl_models.distributed import ProcessInfo, from_every_rank, from_rank_zero, init_from_environment, mean_across_ranks
-from ssl_models.heads import Classifier, ProjectionHead
+from ssl_models.heads import Classifier
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
-from ssl_models.losses import NTXentLoss
+from ssl_models.methods import METHODS, SSLMethod, build_method
 from ssl_models.optim import build_optimizer
 from ssl_models.probe import DEFAULT_INVERSE_L2, fit_linear_probe
 
@@ -39,8 +42,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Contrastive pretraining. Defaults run in about a minute on a 2-core CPU at 28 px."""
+    """Self-supervised pretraining. Defaults run in about a minute on a 2-core CPU at 28 px.
 
+    method: a name in ``ssl_models.methods.METHODS``: "simclr" (arXiv 2002.05709), "moco" (MoCo v2, arXiv
+        2003.04297) or "byol" (arXiv 2006.07733).
+    temperature: SimCLR's and MoCo's tau. projection_dim: every method's projection width.
+    queue_size: MoCo's queue of negatives; keep it well under the number of images: a queue longer than an
+        epoch holds the anchor's own earlier key as a "negative" (1024 for the default's 4,000-6,000 images). momentum: MoCo's key-encoder EMA; BYOL's starting target EMA.
+    """
+
+    method: str = "simclr"
     epochs: int = 5
     batch_size: int = 256
     learning_rate: float = 2e-3
@@ -49,12 +60,18 @@ class PretrainConfig:
     warmup_epochs: int = 1
     temperature: float = 0.2
     projection_dim: int = 64
+    queue_size: int = 1024
+    momentum: float = 0.99
     seed: int = 0
     channels_last: bool = True
     compile: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     memory_budget_mb: int = 0  # host memory for the image set; above it, stream from shards (0: a quarter of the pod's)
     buffer_shards: int = 4  # streaming: shards shuffled together (each rank holds these + prefetched ones)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"PretrainConfig.method must be one of {sorted(METHODS)}, got {self.method!r}")
 
 
 @dataclass(frozen=True)
@@ -95,31 +112,19 @@ EpochCallback = Callable[[int, dict, Callable[[], dict]], None]
 """on_epoch_end(epoch, metrics, state_fn): state_fn() returns a resumable state dict."""
 
 
-class ContrastiveModel(nn.Module):
-    """Encoder + projection head. (B, C, H, W) -> (B, projection_dim)."""
-
-    def __init__(self, encoder: nn.Module, projection_dim: int):
-        super().__init__()
-        self.encoder = encoder
-        self.projection = ProjectionHead(encoder.feature_dim, out_dim=projection_dim)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.encoder(images))
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
+def _unwrap(model: nn.Module) -> SSLMethod:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 @dataclass
 class ContrastiveRun:
-    """What one contrastive pretraining run builds once and every epoch uses (see build_contrastive_run)."""
+    """What one pretraining run builds once and every epoch uses (see build_contrastive_run)."""
 
-    model: nn.Module  # ContrastiveModel, wrapped in DistributedDataParallel when world_size > 1
-    forward: Callable[[torch.Tensor], torch.Tensor]  # model or torch.compile(model): (2B, C, S, S) -> (2B, projection_dim)
+    model: nn.Module  # an SSLMethod, wrapped in DistributedDataParallel when world_size > 1
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # model or torch.compile(model): views a, b (B, C, S, S) -> loss
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR  # advanced once per optimiser step
-    loss_fn: NTXentLoss
+    total_steps: int  # optimiser steps of the whole run (the methods' momentum schedules)
     generator: torch.Generator  # augmentation randomness, on ``device``
     device: torch.device
     process: ProcessInfo
@@ -127,8 +132,9 @@ class ContrastiveRun:
     seed: int
 
     def state(self, epoch: int, generator_states: list[torch.Tensor]) -> dict:
-        """A resumable state after ``epoch``: model, optimizer, schedule, epoch, and every rank's augmentation
-        generator (``generator_states``, in rank order, gathered by ``pretrain_contrastive``)."""
+        """A resumable state after ``epoch``: model (the method's networks and state: MoCo's queue, BYOL's target),
+        optimizer, schedule, epoch, and every rank's augmentation generator (``generator_states``, in rank order,
+        gathered by ``pretrain_contrastive``)."""
         return {
             "model": _unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -168,7 +174,7 @@ def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainC
     device = process.device
     torch.manual_seed(config.seed + process.rank)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = ContrastiveModel(encoder, config.projection_dim).to(device, memory_format=memory_format)
+    model = build_method(config.method, encoder, config).to(device, memory_format=memory_format)
     if process.world_size > 1:
         if device.type == "cuda":  # global BatchNorm as in SimCLR; PyTorch's SyncBatchNorm is GPU-only
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -184,7 +190,7 @@ def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainC
         forward=forward,
         optimizer=optimizer,
         schedule=schedule,
-        loss_fn=NTXentLoss(config.temperature),
+        total_steps=steps * config.epochs,
         generator=torch.Generator(device=device).manual_seed(config.seed * 7919 + process.rank),
         device=device,
         process=process,
@@ -193,15 +199,12 @@ def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainC
     )
 
 
-def _contrastive_loss(run: ContrastiveRun, anchors: torch.Tensor, partners: torch.Tensor, view: AugmentConfig) -> torch.Tensor:
-    """NT-Xent of one batch of pairs, each image with its own random view: anchors, partners (B, C, H, W) uint8 -> scalar."""
-    views = torch.cat(
-        [augment(anchors, view, run.generator), augment(partners, view, run.generator)]
-    ).contiguous(memory_format=run.memory_format)
+def _method_loss(run: ContrastiveRun, anchors: torch.Tensor, partners: torch.Tensor, view: AugmentConfig) -> torch.Tensor:
+    """The method's loss on one batch of pairs, each image with its own random view: anchors, partners (B, C, H, W) uint8 -> scalar."""
+    views_a = augment(anchors, view, run.generator).contiguous(memory_format=run.memory_format)
+    views_b = augment(partners, view, run.generator).contiguous(memory_format=run.memory_format)
     with autocast(run.device):
-        projections = run.forward(views)
-    z_a, z_b = projections.float().chunk(2)
-    return run.loss_fn(z_a, z_b)
+        return run.forward(views_a, views_b).float()
 
 
 def pretrain_one_epoch(run: ContrastiveRun, data: PairSource, epoch: int, config: PretrainConfig) -> dict:
@@ -213,10 +216,11 @@ def pretrain_one_epoch(run: ContrastiveRun, data: PairSource, epoch: int, config
     run.model.train()
     started, totals = time.perf_counter(), EpochTotals()
     for anchor_batch, partner_batch in data.batches(epoch, config.batch_size, run.process.rank, run.process.world_size, run.device):
-        if len(anchor_batch) < 2:  # a single pair has no negatives
+        if len(anchor_batch) < 2:  # a single pair has no negatives (and BatchNorm no statistics)
             continue
-        loss = _contrastive_loss(run, anchor_batch, partner_batch, config.augment)
+        loss = _method_loss(run, anchor_batch, partner_batch, config.augment)
         optimizer_step(loss, run.optimizer, run.schedule)
+        _unwrap(run.model).after_step(run.schedule.last_epoch / run.total_steps)
         totals.add(loss, len(anchor_batch))
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
@@ -237,21 +241,25 @@ def pretrain_contrastive(
     *,
     on_epoch_end: EpochCallback | None = None,
     resume_state: dict | None = None,
+    monitor: KnnMonitor | None = None,
 ) -> list[dict]:
-    """Train ``encoder`` in place with NT-Xent on (anchor, partner) pairs of one case drawn by ``data``.
+    """Train ``encoder`` in place with ``config.method`` on (anchor, partner) pairs of one case drawn by ``data``.
 
-    Give ``data`` case ids ``range(N)`` for SimCLR (every image its own case: two augmentations of one
-    image); real (or proxy) case ids for MICLe.
+    The pairing is the data's: case ids ``range(N)`` (every image its own case) give two augmentations of
+    one image, as SimCLR, MoCo and BYOL define their views; real (or proxy) case ids give MICLe's pairs
+    (arXiv 2101.05224), two images of one case, for whichever method.
 
     Args:
         encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim).
         data: InMemoryPairs (images (N, C, H, W) uint8 + case ids) or StreamingPairs (shards).
         on_epoch_end: called after every epoch with (epoch, metrics, state_fn).
+        monitor: measures the encoder after every epoch; its kNN accuracy joins the epoch's metrics as ``knn_accuracy``.
         resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch. Under
             torchrun only rank 0's is used (broadcast to every rank), so other nodes need no copy of it.
 
     Returns:
-        One dict per epoch trained: epoch, loss, images_per_second, learning_rate, padded_images.
+        One dict per epoch trained: epoch, loss, images_per_second, learning_rate, padded_images (and knn_accuracy
+        with a monitor).
     """
     run = build_contrastive_run(encoder, data.num_images, config)
     resume_state = from_rank_zero(resume_state)  # every rank resumes rank 0's state: the same epoch, identical weights
@@ -263,6 +271,8 @@ def pretrain_contrastive(
     history: list[dict] = []
     for epoch in range(start_epoch, config.epochs):
         metrics = pretrain_one_epoch(run, data, epoch, config)
+        if monitor is not None:
+            metrics["knn_accuracy"] = monitor(_unwrap(run.model).encoder)
         history.append(metrics)
         generator_states = from_every_rank(run.generator.get_state())  # a collective: every rank, every epoch
         if run.process.is_main:
@@ -355,9 +365,10 @@ def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, v
     with torch.no_grad():
         model.linear.weight.copy_(fit.weight)
         model.linear.bias.copy_(fit.bias)
-    record = {"epoch": 0, "loss": fit.train_loss, "accuracy": fit.train_accuracy, "converged": fit.converged, "iterations": fit.iterations, "inverse_l2": fit.inverse_l2}
-    log.info("linear probe: C=%g chosen on validation, %s after %d L-BFGS iterations, train loss %.4f accuracy %.3f",
-             fit.inverse_l2, "converged" if fit.converged else "NOT converged", fit.iterations, fit.train_loss, fit.train_accuracy)  # fmt: skip
+    record = {"epoch": 0, "loss": fit.train_loss, "accuracy": fit.train_accuracy, "converged": fit.converged, "iterations": fit.iterations,
+              "stop_reason": fit.stop_reason, "inverse_l2": fit.inverse_l2}  # fmt: skip
+    log.info("linear probe: C=%g chosen on validation, %s (%s) after %d L-BFGS iterations, train loss %.4f accuracy %.3f",
+             fit.inverse_l2, "converged" if fit.converged else "NOT converged", fit.stop_reason, fit.iterations, fit.train_loss, fit.train_accuracy)  # fmt: skip
     model.eval()
     return model.cpu(), [record]
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from ssl_models.evaluate import predict_probabilities
+from ssl_models.evaluate import extract_features, knn_accuracy, predict_probabilities
+from ssl_models.label_fractions import stratified_subset
 from ssl_models.metrics import classification_metrics, per_class_accuracy
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
@@ -26,7 +27,7 @@ METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
 # The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
 # the in-domain test split of at most this many images (all of it when smaller).
 CORRUPTION_IMAGES = 256
-RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy"]
+RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy", "selectable"]
 
 EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
 DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8): sslflow.data.dataset.read_dataset
@@ -42,6 +43,7 @@ class EvaluatedModel(Protocol):
     seed: int
     num_labels: int
     val_accuracy: float
+    selectable: bool  # False: a student that did not beat its teacher on validation (never chosen)
 
 
 def _labelled_test_split(dataset: DatasetTable, name: str, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,9 +77,28 @@ def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list
         metrics = classification_metrics(probabilities, labels)
         rows.append(
             {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "seed": model.seed, "num_labels": model.num_labels,
-             "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy}
+             "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy, "selectable": model.selectable}
         )  # fmt: skip
         if kind in ("in_domain", "shift"):
             key = f"{model.init}/{model.probe}@{model.label_fraction:g}/seed={model.seed}/{eval_set}"
             per_class[key] = {model.class_names[c]: acc for c, acc in per_class_accuracy(probabilities, labels).items()}
     return rows, per_class
+
+
+KNN_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "accuracy"]
+
+
+def knn_probe_row(encoder: nn.Module, model: EvaluatedModel, train: DatasetTable, test: tuple[np.ndarray, np.ndarray], *, name: str) -> dict:
+    """The kNN probe of a pretrained encoder beside the linear probe and the fine-tune: weighted kNN (k=200,
+    temperature 0.1, on L2-normalised features; the protocol lightly and solo-learn report) with the model's
+    labelled subset of the train split (same fraction and seed as its fine-tuning) as the memory bank, scored on
+    the in-domain test images (N, C, H, W) uint8 and class indices (N,). train: (manifest, images) of the
+    labelled train rows of dataset ``name``. One KNN_COLUMNS row."""
+    images, label_names, _ = labelled_rows(*train, "train")
+    chosen = stratified_subset(label_names, model.label_fraction, seed=model.seed)
+    bank_labels = torch.from_numpy(class_indices(label_names[chosen], model.class_names, f"dataset {name} train split"))
+    bank = extract_features(encoder, torch.from_numpy(images[chosen]), FINETUNE_AUGMENT)
+    queries = extract_features(encoder, torch.from_numpy(test[0]), FINETUNE_AUGMENT)
+    accuracy = knn_accuracy(bank, bank_labels, queries, torch.from_numpy(test[1]), k=200, temperature=0.1)
+    return {"init": model.init, "probe": "knn", "label_fraction": model.label_fraction, "seed": model.seed,
+            "num_labels": len(chosen), "eval_set": "in_domain", "accuracy": accuracy}  # fmt: skip

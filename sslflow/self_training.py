@@ -26,8 +26,6 @@ from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
 
 
-STUDENT_INIT = "simclr+micle+student"  # the student's arm (FinetunedModel.init, result rows' init)
-
 
 @dataclass
 class SelfTrainingData:

@@ -1,5 +1,6 @@
 """evaluate: every fine-tuned model on the in-domain test split (and per site), the shift set, and a
-corruption suite (sslflow/evaluation.py). The report (label-efficiency curve, shift and corruption
+corruption suite (sslflow/evaluation.py); beside the linear probe and the fine-tune, the kNN probe of each
+frozen pretrained encoder on the in-domain test split (knn_probe.csv and metrics in MLflow). The report (label-efficiency curve, shift and corruption
 charts, a PCA picture of the self-supervised features by label and by site, tables) is a Flyte Deck
 and is logged to MLflow as PNG (charts/), CSV and markdown.
 """
@@ -21,7 +22,8 @@ from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.corruptions import CORRUPTIONS
 from ssl_models.evaluate import extract_features
 from sslflow.data.manifest import labelled_rows
-from sslflow.evaluation import RESULT_COLUMNS, evaluate_classifier, evaluation_sets
+from sslflow.ladder import arm_order, method_of
+from sslflow.evaluation import KNN_COLUMNS, RESULT_COLUMNS, EvaluationSet, evaluate_classifier, evaluation_sets, knn_probe_row
 from sslflow.reporting.charts import embedding_figure, report_figures
 from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import results_markdown
@@ -35,13 +37,11 @@ def _labelled_test_rows(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
     return read_rows(dataset, labelled_in("test"))
 
 
-EMBEDDED_INITS = ("simclr+micle", "simclr+domain", "simclr")  # the first present is pictured
-
-
 def _embedding(models: list[FinetunedModel], in_domain_test: tuple[pd.DataFrame, np.ndarray]) -> dict[str, bytes]:
     """{"embedding": PNG}: PCA of a pretrained encoder's features of the labelled in-domain test images, by
     label and by site. The encoder is that of a linear probe, so it holds the self-supervised weights unchanged."""
-    probes = [m for init in EMBEDDED_INITS for m in models if m.init == init and m.probe == "linear"]
+    ladder = [m for m in models if m.probe == "linear" and method_of(m.init) is not None]  # the top rung present is pictured
+    probes = sorted(ladder, key=lambda m: arm_order(m.init), reverse=True)
     if not probes:
         return {}
     model = probes[0]
@@ -49,6 +49,25 @@ def _embedding(models: list[FinetunedModel], in_domain_test: tuple[pd.DataFrame,
     images, labels, sites = labelled_rows(*in_domain_test, "test")
     features = extract_features(classifier.encoder, torch.from_numpy(images), FINETUNE_AUGMENT).numpy()
     return {"embedding": embedding_figure(features, labels, sites, f"{model.init} encoder features, in-domain test split (PCA)")}
+
+
+def _knn_probes(models: list[FinetunedModel], in_domain: Dataset, sets: list[EvaluationSet]) -> pd.DataFrame:
+    """KNN_COLUMNS rows: the kNN probe of every pretrained encoder that a linear probe kept frozen, its bank the
+    probe's labelled subset of the train split (only those rows' shards are read)."""
+    frozen = [model for model in models if model.probe == "linear" and method_of(model.init) is not None]
+    if not frozen:
+        return pd.DataFrame(columns=KNN_COLUMNS)
+    train = read_rows(in_domain, labelled_in("train"))
+    test = next((images, labels) for name, _, images, labels in sets if name == "in_domain")
+    rows = []
+    for model in frozen:
+        classifier = load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))
+        rows.append(knn_probe_row(classifier.encoder, model, train, test, name=in_domain.name))
+    knn = pd.DataFrame(rows, columns=KNN_COLUMNS)
+    mlflow.log_text(knn.to_csv(index=False), "knn_probe.csv")
+    for row in knn.itertuples():
+        mlflow.log_metric(f"{row.init}_knn_{row.label_fraction:g}_seed{row.seed}_in_domain_accuracy".replace("+", "_"), row.accuracy)
+    return knn
 
 
 def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, bytes]) -> None:
@@ -67,7 +86,7 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
         mlflow.log_metric(f"{row.init}_{row.probe}_{row.label_fraction:g}_seed{row.seed}_{row.eval_set}_accuracy".replace("+", "_"), row.accuracy)
 
 
-@task(cache=pipeline_cache("5"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True)
+@task(cache=pipeline_cache("6"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True)
 def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, parent_run_id: str) -> pd.DataFrame:
     """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS."""
     rows, per_class = [], {}
@@ -80,5 +99,6 @@ def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, p
             rows += model_rows
             per_class.update(model_per_class)
         results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+        _knn_probes(models, in_domain, sets)
         _log_report(results, per_class, _embedding(models, tables[0]))
     return results

@@ -54,6 +54,7 @@ def _finetune(
             mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
         if config.linear_probe:  # the probe's fit: converged or not, and the L2 strength validation chose
             mlflow.log_metrics({"probe_converged": float(history[-1]["converged"]), "probe_inverse_l2": history[-1]["inverse_l2"]})
+            mlflow.set_tag("probe_stop_reason", history[-1]["stop_reason"])
         val_accuracy = accuracy(predict_probabilities(model, validation[0], config.augment), validation[1])
         mlflow.log_metric("val_accuracy", val_accuracy)
         path, sha256 = save_state_dict(model, Path(current_context().working_directory), "finetune", "classifier.pt")
@@ -65,13 +66,13 @@ def _finetune(
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("3"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
 def finetune_pretrained(
-    domain: Dataset, encoder: EncoderCheckpoint, init: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
+    domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
-    """A new linear layer on a self-supervised encoder (``init`` names it: "simclr", "simclr+domain", "simclr+micle")."""
+    """A new linear layer on a self-supervised encoder; the model's init is the encoder's arm ("simclr+micle")."""
     lineage = {"encoder.sha256": encoder.content_sha256, "encoder.mlflow_run_id": encoder.mlflow_run_id}
-    return _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=init, lineage=lineage)
+    return _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=encoder.arm, lineage=lineage)
 
 
 @task(cache=pipeline_cache("3"), **FINETUNE_TASK_SETTINGS)
@@ -87,49 +88,42 @@ def finetune_scratch(
     return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init="scratch", lineage={})
 
 
-@task(cache=pipeline_cache("3"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
 def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig, parent_run_id: str) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """The floor: the linear probe on raw pixels (multinomial logistic regression on standardised pixels)."""
     config = dataclasses.replace(config, linear_probe=True)
     return _finetune(domain, None, "pixels", label_fraction, config, parent_run_id, init="pixels", lineage={})
 
 
-@dynamic(cache=pipeline_cache("3"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
+@dynamic(cache=pipeline_cache("4"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
 def finetune_all(
     domain: Dataset,
-    simclr_encoder: EncoderCheckpoint,
-    domain_simclr_encoder: EncoderCheckpoint,
-    micle_encoder: EncoderCheckpoint,
+    encoders: list[EncoderCheckpoint],
     label_fractions: list[float],
     seeds: list[int],
     config: FinetuneConfig,
     parent_run_id: str,
 ) -> list[FinetunedModel]:
     """The ablation at each label fraction: the floors (a linear probe on pixels, a fine-tuned random
-    network) and {generic SimCLR, + domain SimCLR, + MICLe pairs} x {linear probe, full fine-tune}.
+    network) and each pretrained encoder (the ladder's rungs, sslflow.ladder) x {linear probe, full fine-tune}.
 
     No linear probe on a random frozen network: its features measure the initialisation, not a method
     (README, "Baselines"). Each seed (FinetunedModel.seed) repeats the whole ablation with its own label
     subset, head initialisation and batch order; the pretrained encoders are shared by the seeds.
     """
-    encoders = (simclr_encoder, domain_simclr_encoder, micle_encoder)
     return [model for seed in seeds for model in _ablation(domain, encoders, label_fractions, dataclasses.replace(config, seed=seed), parent_run_id)]
 
 
 def _ablation(
-    domain: Dataset, encoders: tuple[EncoderCheckpoint, EncoderCheckpoint, EncoderCheckpoint], label_fractions: list[float],
-    config: FinetuneConfig, parent_run_id: str,
+    domain: Dataset, encoders: list[EncoderCheckpoint], label_fractions: list[float], config: FinetuneConfig, parent_run_id: str,
 ) -> list:  # fmt: skip
-    """finetune_all's nodes for one seed (config.seed); encoders: (generic SimCLR, + domain SimCLR, + MICLe)."""
-    simclr_encoder, domain_simclr_encoder, micle_encoder = encoders
+    """finetune_all's nodes for one seed (config.seed); encoders: the ladder's, bottom rung first."""
     models = []
     for fraction in label_fractions:
         common = dict(domain=domain, label_fraction=fraction, parent_run_id=parent_run_id)
         models.append(probe_pixels(config=config, **common))
-        models.append(finetune_scratch(encoder_name=micle_encoder.encoder_name, config=dataclasses.replace(config, linear_probe=False), **common))
+        models.append(finetune_scratch(encoder_name=encoders[-1].encoder_name, config=dataclasses.replace(config, linear_probe=False), **common))
         for probe_config in (dataclasses.replace(config, linear_probe=True), dataclasses.replace(config, linear_probe=False)):
             common = dict(domain=domain, label_fraction=fraction, config=probe_config, parent_run_id=parent_run_id)
-            models.append(finetune_pretrained(encoder=simclr_encoder, init="simclr", **common))
-            models.append(finetune_pretrained(encoder=domain_simclr_encoder, init="simclr+domain", **common))
-            models.append(finetune_pretrained(encoder=micle_encoder, init="simclr+micle", **common))
+            models += [finetune_pretrained(encoder=encoder, **common) for encoder in encoders]
     return models

@@ -1,6 +1,11 @@
-"""pretrain_simclr (generic images), then from its encoder on the domain images: pretrain_domain_simclr
-(SimCLR positives) and pretrain_micle (case-aware positives), same epochs and schedule, so the two
-differ only in the pairing rule."""
+"""The pretraining ladder (sslflow.ladder.LADDER) with the configured method (PretrainConfig.method: SimCLR,
+MoCo v2, BYOL): pretrain_simclr (generic images), then from its encoder on the domain images:
+pretrain_domain_simclr (views of one image) and pretrain_micle (case pairs: two images of one case), same
+method, epochs and schedule, so the two differ only in the pairing rule. The task names are the SimCLR
+pipeline's; each encoder's ``arm`` names what ran ("moco+micle").
+
+Every epoch logs the method's loss and, where the dataset has labelled train and val rows, the kNN
+accuracy of the encoder's features (ssl_models.evaluate.KnnMonitor) on the val split."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 from flytekit import HashMethod, current_context, task
@@ -18,20 +24,47 @@ from flytekit.types.file import FlyteFile
 
 from ssl_models.micle import CasePairSampler
 from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
-from ssl_models.distributed import local_world_size
+from ssl_models.distributed import leave_process_group, local_world_size
+from ssl_models.evaluate import KnnMonitor
 from ssl_models.train import PairSource, PretrainConfig, pretrain_contrastive
 from sslflow.data.dataset import fetch_shards_once_per_node, image_shape, images_bytes, read_images, read_manifest, shard_rows
+from sslflow.data.labels import class_indices
+from sslflow.data.manifest import labelled_rows
+from sslflow.ladder import RUNGS, Rung, arm
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
-from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, node_shards_folder, pipeline_cache
+from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, node_shards_folder, pipeline_cache, read_rows
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "state-v2"  # ContrastiveRun.state's layout (v2: every rank's generator): a local checkpoint of another layout is not resumed
 
+MONITOR_IMAGES = 1000  # the kNN monitor's bank (train) and queries (val): at most this many labelled images of each (about 2 s an epoch on 2 loaded CPU cores, small_cnn, 28 px)
 
-def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_aware: bool) -> tuple[pd.DataFrame, PairSource, tuple[int, ...]]:
+
+def _monitor_rows(manifest: pd.DataFrame) -> pd.Series:
+    """The labelled train and val rows the kNN monitor reads: the first MONITOR_IMAGES of each split."""
+    labelled = manifest["split"].isin(["train", "val"]) & manifest["label"].notna()
+    return labelled & (manifest[labelled].groupby("split").cumcount() < MONITOR_IMAGES).reindex(manifest.index, fill_value=False)
+
+
+def _knn_monitor(dataset: Dataset, config: PretrainConfig) -> KnnMonitor | None:
+    """The per-epoch kNN monitor on ``dataset``'s labelled val rows (bank: its labelled train rows); None without both."""
+    manifest, images = read_rows(dataset, _monitor_rows)
+    bank_images, bank_names, _ = labelled_rows(manifest, images, "train")
+    query_images, query_names, _ = labelled_rows(manifest, images, "val")
+    classes = sorted(set(bank_names))
+    known = np.isin(query_names, classes)
+    if len(classes) < 2 or not known.any():
+        log.info("dataset %s: no labelled train and val rows of two classes or more; no kNN monitor", dataset.name)
+        return None
+    bank_labels = torch.from_numpy(class_indices(bank_names, classes, f"dataset {dataset.name} train split"))
+    query_labels = torch.from_numpy(class_indices(query_names[known], classes, f"dataset {dataset.name} val split"))
+    return KnnMonitor(torch.from_numpy(bank_images), bank_labels, torch.from_numpy(query_images[known]), query_labels, config.augment)
+
+
+def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_pairs: bool) -> tuple[pd.DataFrame, PairSource, tuple[int, ...]]:
     """(manifest, pair source, image shape (C, H, W)) of the train and val rows: pretraining never sees the gate or test split.
 
     In memory when the images fit in this rank's share of the pod's memory budget (config.memory_budget_mb, default a
@@ -43,7 +76,7 @@ def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_aware: b
     folder, fetch = dataset_without_shards(dataset)
     manifest = read_manifest(folder)
     manifest = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
-    case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
+    case_ids = manifest["case_id"].tolist() if case_pairs else list(range(len(manifest)))
     budget = memory_budget_bytes(config.memory_budget_mb, local_world_size())
     shards_folder = folder if fetch is None else node_shards_folder(dataset)
     if fetch is not None:
@@ -68,27 +101,28 @@ def _flyte_checkpoint():
         return None
 
 
-def _log_pool(manifest: pd.DataFrame, sampler: CasePairSampler, *, case_aware: bool) -> None:
+def _log_pool(manifest: pd.DataFrame, sampler: CasePairSampler, *, case_pairs: bool) -> None:
     mlflow.log_metrics({"images": len(manifest), "cases": sampler.num_cases, "single_image_cases": sampler.num_single_image_cases})
     mlflow.log_param("world_size", os.environ.get("WORLD_SIZE", "1"))
-    if case_aware and bool(manifest["case_id_is_proxy"].any()):
+    if case_pairs and bool(manifest["case_id_is_proxy"].any()):
         mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the data has no real case ids)")
 
 
 def _pretrain(
-    stage: str, dataset: Dataset, initial: EncoderCheckpoint | None, encoder_name: str, config: PretrainConfig, parent_run_id: str,
-    *, case_aware: bool, lineage: dict,
+    rung: Rung, dataset: Dataset, initial: EncoderCheckpoint | None, encoder_name: str, config: PretrainConfig, parent_run_id: str,
+    *, lineage: dict,
 ) -> EncoderCheckpoint:  # fmt: skip
-    """initial None: a new ``encoder_name`` encoder with random weights. case_aware: MICLe positives (else SimCLR)."""
+    """initial None: a new ``encoder_name`` encoder with random weights. rung.case_pairs: MICLe pairs (else two views of one image)."""
     show_progress()
-    manifest, data, shape = _pretraining_data(dataset, config, case_aware=case_aware)
+    stage, case_pairs = rung.stage, rung.case_pairs
+    manifest, data, shape = _pretraining_data(dataset, config, case_pairs=case_pairs)
     in_channels, image_size = int(shape[0]), int(shape[-1])
     encoder = initial_encoder(None if initial is None else initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed)
-    case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
-    params = {"config": config, "encoder": encoder_name, "dataset": dataset.name, "dataset.sha256": dataset.content_sha256, **lineage}
+    case_ids = manifest["case_id"].tolist() if case_pairs else list(range(len(manifest)))
+    params = {"config": config, "method": config.method, "arm": arm(config.method, rung.name), "encoder": encoder_name, "dataset": dataset.name, "dataset.sha256": dataset.content_sha256, **lineage}
     with stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext() as run:
         if run is not None:
-            _log_pool(manifest, CasePairSampler(case_ids), case_aware=case_aware)
+            _log_pool(manifest, CasePairSampler(case_ids), case_pairs=case_pairs)
         key = f"{stage}|{STATE_FORMAT}|{dataset.content_sha256}|{config}|{encoder_name}|{sorted(lineage.items())}"
         checkpoints = EpochCheckpoints(key, remote=_flyte_checkpoint())
 
@@ -99,7 +133,8 @@ def _pretrain(
                 checkpoints.save(state_fn())
 
         resume_state = checkpoints.load() if is_main_process() else None  # rank 0's reaches every rank (pretrain_contrastive)
-        pretrain_contrastive(encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume_state)
+        monitor = _knn_monitor(dataset, config)
+        pretrain_contrastive(encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume_state, monitor=monitor)
         path, sha256 = save_state_dict(encoder, Path(current_context().working_directory), stage, "encoder.pt")
         if run is not None:
             if resume_state is not None:
@@ -107,9 +142,10 @@ def _pretrain(
             mlflow.log_artifact(str(path), artifact_path="checkpoint")
         if is_main_process():
             checkpoints.clear()
+    leave_process_group()  # every rank done: the group's destructor must not run at the worker's exit
     return EncoderCheckpoint(
         checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,
-        content_sha256=sha256, mlflow_run_id=run.info.run_id if run is not None else "",
+        content_sha256=sha256, mlflow_run_id=run.info.run_id if run is not None else "", arm=arm(config.method, rung.name),
     )  # fmt: skip
 
 
@@ -117,24 +153,26 @@ def _pretrain(
 def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
-    """SimCLR (arXiv 2002.05709) from random initialisation; labels unused; two augmentations of each image."""
-    return _pretrain("pretrain_simclr", dataset, None, encoder_name, config, parent_run_id, case_aware=False, lineage={})
+    """The generic rung: config.method (SimCLR by default, arXiv 2002.05709) from random initialisation; labels
+    unused (but by the kNN monitor); two augmentations of each image."""
+    return _pretrain(RUNGS["generic"], dataset, None, encoder_name, config, parent_run_id, lineage={})
 
 
 @task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_micle(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
-    """MICLe (arXiv 2101.05224) from the SimCLR encoder: positives are two images of one case_id."""
+    """The case-pairs rung, MICLe's pairing (arXiv 2101.05224) with config.method, from the generic encoder:
+    the two views are two images of one case_id."""
     lineage = {"initial_encoder.sha256": initial.content_sha256, "initial_encoder.mlflow_run_id": initial.mlflow_run_id}
-    return _pretrain("pretrain_micle", dataset, initial, initial.encoder_name, config, parent_run_id, case_aware=True, lineage=lineage)
+    return _pretrain(RUNGS["case_pairs"], dataset, initial, initial.encoder_name, config, parent_run_id, lineage=lineage)
 
 
 @task(cache=pipeline_cache("2", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_domain_simclr(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
-    """SimCLR continued on the domain images from the generic SimCLR encoder, without case pairs: MICLe's
-    control (same images, epochs and schedule; positives are two views of one image)."""
+    """The domain rung: config.method continued on the domain images from the generic encoder, without case
+    pairs: the case pairs' control (same images, epochs and schedule; the views are two of one image)."""
     lineage = {"initial_encoder.sha256": initial.content_sha256, "initial_encoder.mlflow_run_id": initial.mlflow_run_id}
-    return _pretrain("pretrain_domain_simclr", dataset, initial, initial.encoder_name, config, parent_run_id, case_aware=False, lineage=lineage)
+    return _pretrain(RUNGS["domain"], dataset, initial, initial.encoder_name, config, parent_run_id, lineage=lineage)

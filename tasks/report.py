@@ -10,6 +10,7 @@ from ssl_models.self_training import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
 from sslflow.data.validation import check_label_fractions
+from sslflow.ladder import check_one_method
 from sslflow.registry.record import Registration
 from sslflow.reporting.summary import pipeline_summary
 from sslflow.reporting.tables import results_markdown
@@ -18,7 +19,7 @@ from sslflow.tracking.store import tracking_uri
 from tasks.shared import SourceUri
 
 
-@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def start_pipeline_run(
     tracking_store: str,
     generic_source: SourceUri,
@@ -40,6 +41,7 @@ def start_pipeline_run(
     """
     check_label_fractions(label_fractions)  # before any work: a bad fraction would fail only after training
     check_seeds(seeds)
+    check_one_method(simclr.method, micle.method)
     settings = {
         "generic_source": generic_source, "domain_source": domain_source, "shift_source": shift_source,
         "encoder": encoder_name, "simclr": simclr, "micle": micle, "finetune": finetune,
@@ -48,7 +50,7 @@ def start_pipeline_run(
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """Record the results and the registration on the parent run and close it; the closing summary
     printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""

@@ -20,7 +20,8 @@ from flytekit.types.file import FlyteFile
 from ssl_models.self_training import SelfTrainConfig
 from sslflow.registry.registration import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
-from sslflow.self_training import STUDENT_INIT, run_self_training, self_training_data
+from sslflow.ladder import student_arm
+from sslflow.self_training import run_self_training, self_training_data
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier, load_encoder, save_state_dict
 from sslflow.training.progress import show_progress
@@ -43,7 +44,7 @@ def _train_student(
     start = load_encoder(encoder.checkpoint.download(), encoder.encoder_name, encoder.in_channels, encoder.image_size)
     params = {"config": config, "label_fraction": fraction, "teacher.init": teacher.init, "teacher.probe": teacher.probe,
               "teacher.sha256": teacher.content_sha256, "encoder.sha256": encoder.content_sha256}  # fmt: skip
-    with stage_run(parent_run_id, f"self_train:{STUDENT_INIT}@{fraction:g}/seed={seed}", params) as run:
+    with stage_run(parent_run_id, f"self_train:{student_arm(encoder.arm)}@{fraction:g}/seed={seed}", params) as run:
         result = run_self_training(classifier, start, data, dataclasses.replace(config, seed=seed))  # the seed of its teacher
         for record in result.history:
             mlflow.log_metrics({"train_loss": record["loss"], "pool_agreement": record["pool_accuracy"]}, step=record["step"])
@@ -56,7 +57,7 @@ def _train_student(
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     student = FinetunedModel(
         checkpoint=FlyteFile(str(path)), encoder_name=encoder.encoder_name, in_channels=encoder.in_channels, image_size=encoder.image_size,
-        class_names=data.class_names, init=STUDENT_INIT, probe="finetune", label_fraction=fraction, num_labels=len(data.labels),
+        class_names=data.class_names, init=student_arm(encoder.arm), probe="finetune", label_fraction=fraction, num_labels=len(data.labels),
         val_accuracy=report["student_val_accuracy"], content_sha256=sha256, mlflow_run_id=run.info.run_id,
         selectable=bool(report["student_beats_teacher"]), seed=seed,
     )  # fmt: skip
@@ -75,7 +76,7 @@ def _log_report(reports: list[dict]) -> None:
     mlflow.log_text(per_class_table(reports).to_csv(index=False), "pseudo_labels_per_class.csv")
 
 
-@task(cache=pipeline_cache("2"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("3"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str
 ) -> list[FinetunedModel]:

@@ -59,6 +59,7 @@ class EncoderCheckpoint:
     image_size: int
     content_sha256: str
     mlflow_run_id: str
+    arm: str  # the method and ladder rung that made it (sslflow.ladder.arm): "simclr", "moco+domain", "byol+micle"
 
 
 @dataclass
@@ -70,8 +71,8 @@ class FinetunedModel:
     in_channels: int
     image_size: int
     class_names: list[str]
-    # where the weights came from: "pixels", "scratch", "simclr", "simclr+domain", "simclr+micle" or
-    # "simclr+micle+student" (tasks/self_train.py)
+    # where the weights came from: a floor ("pixels", "scratch"), a ladder arm ("simclr", "simclr+domain",
+    # "simclr+micle"; "moco+micle" for MoCo v2: sslflow.ladder) or a student ("simclr+micle+student", tasks/self_train.py)
     init: str
     probe: str  # "linear" (encoder frozen) or "finetune" (encoder trained too)
     label_fraction: float

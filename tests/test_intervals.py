@@ -18,7 +18,8 @@ def test_t_interval_matches_scipy(values):
 def test_one_seed_has_no_interval():
     interval = t_interval([0.8])
     assert interval.half_width is None and str(interval) == "0.8000"
-    assert verdict(interval, t_interval([0.1])) == "no interval (1 seed)"
+    assert verdict(interval, t_interval([0.1])) == "undetermined (1 seed)"
+    assert verdict(Interval(0.9, 0.0, 3), Interval(0.85, 0.01, 3)).startswith("undetermined (zero-width")
     with pytest.raises(ValueError, match="no values"):
         t_interval([])
 

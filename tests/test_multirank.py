@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from benchmarks.multirank import QUICK_SHARD_SIZES, coverage, resume
-
-
-
+from ssl_models import distributed
+from ssl_models.distributed import collective_device, init_from_environment, rank_device
 
 def test_every_local_rank_of_an_eight_gpu_node_gets_its_own_gpu():
     devices = [rank_device(local_rank, cuda_devices=8) for local_rank in range(8)]

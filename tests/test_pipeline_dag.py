@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 import tasks.pretrain
+from sslflow.ladder import LADDER, RUNGS
 from workflows.pipeline import ssl_pipeline
 
 
@@ -12,6 +13,9 @@ def _bindings() -> dict[str, dict[str, tuple[str, str]]]:
     for node in ssl_pipeline.nodes:
         name = getattr(node.flyte_entity, "name", "").rsplit(".", 1)[-1]
         nodes[name] = {b.var: (b.binding.promise.node_id, b.binding.promise.var) for b in node.bindings if b.binding.promise is not None}
+        for b in node.bindings:  # a list of promises (finetune_all's encoders): {input: [(node id, output), ...]}
+            if b.binding.collection is not None:
+                nodes[name][b.var] = [(item.promise.node_id, item.promise.var) for item in b.binding.collection.bindings]
     return nodes
 
 
@@ -21,10 +25,9 @@ def test_domain_simclr_is_micles_control():
     assert nodes["pretrain_domain_simclr"] == nodes["pretrain_micle"]
     simclr_node = next(node.id for node in ssl_pipeline.nodes if node.flyte_entity.name.endswith(".pretrain_simclr"))
     assert nodes["pretrain_micle"]["initial"][0] == simclr_node
-    finetune_inputs = nodes["finetune_all"]
-    assert {finetune_inputs[k][0] for k in ("simclr_encoder", "domain_simclr_encoder", "micle_encoder")} == {
-        simclr_node, *(node.id for node in ssl_pipeline.nodes if node.flyte_entity.name.rsplit(".", 1)[-1] in ("pretrain_domain_simclr", "pretrain_micle"))
-    }
+    by_name = {node.flyte_entity.name.rsplit(".", 1)[-1]: node.id for node in ssl_pipeline.nodes}
+    ladder_nodes = [by_name[rung.stage] for rung in LADDER]  # bottom rung first, as finetune_all expects
+    assert [node_id for node_id, _ in nodes["finetune_all"]["encoders"]] == ladder_nodes
 
 
 def test_domain_simclr_uses_no_case_pairs(monkeypatch):
@@ -34,7 +37,8 @@ def test_domain_simclr_uses_no_case_pairs(monkeypatch):
     tasks.pretrain.pretrain_domain_simclr.task_function(dataset=None, initial=initial, config=None, parent_run_id="")
     tasks.pretrain.pretrain_micle.task_function(dataset=None, initial=initial, config=None, parent_run_id="")
     (domain_args, domain_kwargs), (micle_args, micle_kwargs) = calls
-    assert domain_kwargs["case_aware"] is False and micle_kwargs["case_aware"] is True
+    assert domain_args[0] is RUNGS["domain"] and not domain_args[0].case_pairs
+    assert micle_args[0] is RUNGS["case_pairs"] and micle_args[0].case_pairs
     assert domain_args[1:] == micle_args[1:] and domain_kwargs["lineage"] == micle_kwargs["lineage"]
 
 

@@ -72,6 +72,7 @@ def _run_three_times() -> None:
         assert stage in stages, stage
     assert "| simclr+micle+student | finetune | 1 (" in summary  # the student is an arm of the evaluation
     _assert_pseudo_label_report()
+    _assert_knn_probe_and_monitor()
     assert sum(stage.startswith("finetune:") for stage in stages) == 8  # pixels, scratch, {simclr, +domain, +micle} x {linear, finetune}
     champion = MlflowClient(tracking_uri()).get_model_version_by_alias("sslflow", "champion")
     assert str(champion.version) == "1"
@@ -90,6 +91,17 @@ def _run_three_times() -> None:
         added = new_stages.count(stage.replace("/seed=0", "/seed=1")) - stages.count(stage.replace("/seed=0", "/seed=1"))
         rerun = stage.startswith(("finetune:", "self_train", "evaluate", "register")) or stage == "PARENT"
         assert added == (1 if rerun else 0), (stage, added)
+
+
+def _assert_knn_probe_and_monitor() -> None:
+    """The evaluate run holds the kNN probe of each frozen pretrained encoder; each pretraining run a kNN accuracy per epoch."""
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+    evaluate_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'evaluate'")[0]
+    assert "knn_probe.csv" in {item.path for item in client.list_artifacts(evaluate_run.info.run_id)}
+    assert 0 <= evaluate_run.data.metrics["simclr_micle_knn_1_seed0_in_domain_accuracy"] <= 1
+    micle_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")[0]
+    assert len(client.get_metric_history(micle_run.info.run_id, "knn_accuracy")) == 1  # one epoch
 
 
 def _assert_pseudo_label_report() -> None:

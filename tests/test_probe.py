@@ -21,7 +21,7 @@ def test_probe_converges_on_a_separable_toy():
     rng = np.random.default_rng(0)
     train, train_labels = _blobs(rng, 90)
     fit = fit_linear_probe(train, train_labels, train[:30], train_labels[:30], 3)
-    assert fit.converged and fit.train_accuracy == 1.0
+    assert fit.converged and fit.stop_reason in ("gradient", "no_progress") and fit.train_accuracy == 1.0
     logits = torch.as_tensor(train, dtype=torch.float32) @ fit.weight.T + fit.bias  # standardisation folded in
     assert (logits.argmax(1).numpy() == train_labels).all()
 
@@ -55,3 +55,16 @@ def test_pixels_is_a_linear_model_on_the_image():
     classifier = Classifier(build_encoder("pixels", 1, 4), 2)
     assert classifier.encoder.feature_dim == 16 and sum(p.numel() for p in classifier.encoder.parameters()) == 0
     assert classifier(torch.zeros(3, 1, 4, 4)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("budget,reason", [({"MAX_ITERATIONS": 2}, "max_iter"), ({"MAX_EVALUATIONS": 4}, "max_eval")])
+def test_a_probe_stopped_by_a_budget_is_not_converged(monkeypatch, budget, reason):
+    """Convergence is L-BFGS's own test (gradient or no progress), not "fewer than MAX_ITERATIONS iterations":
+    a fit cut off by the evaluation budget stops early, and is still not converged."""
+    import ssl_models.probe as probe
+
+    for name, value in budget.items():
+        monkeypatch.setattr(probe, name, value)
+    features, labels = _blobs(np.random.default_rng(3), 300, classes=4, spread=6.0)
+    fit = fit_linear_probe(features, labels, features, labels, 4, inverse_l2_grid=(100.0,))
+    assert fit.stop_reason == reason and not fit.converged and fit.iterations < 1000

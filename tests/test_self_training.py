@@ -74,22 +74,33 @@ def test_pseudo_label_quality_arithmetic():
     assert nothing["coverage"] == 0 and math.isnan(nothing["pseudo_label_accuracy"])
 
 
-def _results(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"init": i, "probe": p, "label_fraction": f, "eval_set": "in_domain", "accuracy": a} for i, p, f, a in rows])
-
-
-def test_label_efficiency_comparisons_pick_the_best_arm_against_scratch_with_more_labels():
-    results = _results([
-        ("scratch", "finetune", 0.01, 0.5), ("simclr+micle", "finetune", 0.01, 0.7), ("simclr+micle+student", "finetune", 0.01, 0.82),
-        ("scratch", "finetune", 0.1, 0.8), ("scratch", "linear", 0.1, 0.95), ("simclr+micle", "finetune", 0.1, 0.9),
-        ("scratch", "finetune", 1.0, 0.97),
+def _results(rows: list[tuple], seeds=(0, 1, 2)) -> pd.DataFrame:
+    """(init, probe, fraction, test accuracy, val accuracy[, selectable]) per arm; seed s adds 0.01 * s to both accuracies."""
+    return pd.DataFrame([
+        {"init": row[0], "probe": row[1], "label_fraction": row[2], "seed": seed, "eval_set": eval_set, "accuracy": row[3] + 0.01 * seed,
+         "val_accuracy": row[4] + 0.01 * seed, "selectable": row[5] if len(row) > 5 else True}
+        for row in rows for seed in seeds for eval_set in ("in_domain", "shift")
     ])  # fmt: skip
-    comparisons = label_efficiency_comparisons(results)
-    assert comparisons["best_at_1pct_vs_scratch_at_10pct"] == {
-        "best_arm": "simclr+micle+student finetune", "best_accuracy": 0.82, "scratch_accuracy": 0.8, "met": True,
-    }  # scratch means scratch fine-tuned: the linear scratch row is not the baseline
-    assert comparisons["best_at_10pct_vs_scratch_at_100pct"]["met"] is False
-    assert "NOT met" in comparison_lines(comparisons)[1]
+
+
+def test_label_efficiency_comparisons_choose_the_best_arm_on_validation_and_need_an_interval():
+    rows = [
+        ("scratch", "finetune", 0.01, 0.5, 0.5), ("simclr+micle", "finetune", 0.01, 0.7, 0.75), ("simclr", "linear", 0.01, 0.9, 0.6),
+        ("simclr+micle+student", "finetune", 0.01, 0.95, 0.9, False),  # not selectable: never the best, whatever it scores
+        ("scratch", "finetune", 0.1, 0.6, 0.6), ("scratch", "linear", 0.1, 0.95, 0.6), ("simclr+micle", "finetune", 0.1, 0.9, 0.9),
+        ("scratch", "finetune", 1.0, 0.97, 0.97),
+    ]  # fmt: skip
+    comparisons = label_efficiency_comparisons(_results(rows))
+    first = comparisons["best_at_1pct_vs_scratch_at_10pct"]
+    assert first["best_arm"] == "simclr+micle finetune"  # best on validation, not "simclr linear" (best on test)
+    assert first["best_accuracy"] == pytest.approx(0.71) and first["scratch_accuracy"] == pytest.approx(0.61)  # scratch fine-tuned, not linear
+    assert first["verdict"] == "met" and comparisons["best_at_10pct_vs_scratch_at_100pct"]["verdict"] == "NOT met"
+    assert "chosen on validation" in comparison_lines(comparisons)[0] and "NOT met" in comparison_lines(comparisons)[1]
+    one_seed = label_efficiency_comparisons(_results(rows, seeds=(0,)))
+    assert one_seed["best_at_1pct_vs_scratch_at_10pct"]["verdict"] == "undetermined (1 seed)"
+    close = label_efficiency_comparisons(_results([("simclr", "linear", 0.01, 0.605, 0.7), ("scratch", "finetune", 0.1, 0.6, 0.6)]))
+    assert close["best_at_1pct_vs_scratch_at_10pct"]["verdict"].startswith("undetermined")
+    results = _results(rows)
     assert label_efficiency_comparisons(results[results["label_fraction"] < 1]).keys() == {"best_at_1pct_vs_scratch_at_10pct"}
 
 

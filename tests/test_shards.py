@@ -243,9 +243,9 @@ def test_pretraining_ranks_share_the_pods_memory_and_one_download_per_node(tmp_p
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "pod-tmp"))  # the pod's /tmp
     monkeypatch.setattr(pretrain, "memory_budget_bytes", lambda mb, ranks: 40 * 64 * 3 // 4 // ranks)  # the pod holds 3/4 of the set
     with _dataset_in_s3(tmp_path, monkeypatch, tmp_path / "dataset", sha256) as dataset:
-        _, streamed, _ = pretrain._pretraining_data(dataset, PretrainConfig(), case_aware=False)
+        _, streamed, _ = pretrain._pretraining_data(dataset, PretrainConfig(), case_pairs=False)
         monkeypatch.setattr(pretrain, "memory_budget_bytes", lambda mb, ranks: 40 * 64 * 3 // ranks)  # the pod holds 3 copies
-        rank_data = [pretrain._pretraining_data(dataset, PretrainConfig(), case_aware=False)[1] for _rank in range(2)]
+        rank_data = [pretrain._pretraining_data(dataset, PretrainConfig(), case_pairs=False)[1] for _rank in range(2)]
     manifest = read_manifest(tmp_path / "dataset")
     wanted = manifest[manifest["split"].isin(["train", "val"])]
     assert isinstance(streamed, StreamingPairs)

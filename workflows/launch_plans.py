@@ -97,7 +97,7 @@ weekly_retraining = LaunchPlan.get_or_create(
 # 1.16: it replaces the config on the task object itself, so ssl_pipeline's node would turn
 # multi-node as well. Hence a second task around the same function, with the cluster's numbers.
 @task(
-    cache=pipeline_cache("2", serialize=True),
+    cache=pipeline_cache("3", serialize=True),
     **{
         **GPU_TASK_SETTINGS,
         "requests": Resources(cpu="32", mem="200Gi", gpu=str(MULTINODE.nproc_per_node)),

@@ -8,6 +8,10 @@ fine-tuning on 1/10/100% of MNIST labels, testing on held-out MNIST and on optdi
 
     pyflyte run workflows/pipeline.py ssl_pipeline
     pyflyte run workflows/pipeline.py ssl_pipeline --domain_source ./my_scans --shift_source ./other_site
+    pyflyte run workflows/pipeline.py ssl_pipeline --simclr '{"method": "moco", "epochs": 4}' --micle '{"method": "moco", "epochs": 4}'
+
+The method (SimCLR, MoCo v2, BYOL: ssl_models.methods.METHODS) is the pretraining configs' ``method``; the
+ladder's arms are named after it (sslflow.ladder), so MoCo v2's are "moco", "moco+domain", "moco+micle".
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ def ssl_pipeline(
     domain_ingest: IngestConfig = IngestConfig(proxy_cases=True),
     shift_ingest: IngestConfig = IngestConfig(all_test=True),
     encoder_name: str = "small_cnn",
-    simclr: PretrainConfig = PretrainConfig(epochs=4),
-    micle: PretrainConfig = PretrainConfig(epochs=4),  # also domain SimCLR's: the two differ only in the pairs
+    simclr: PretrainConfig = PretrainConfig(epochs=4),  # the generic rung; its method (simclr, moco, byol) names the arms
+    micle: PretrainConfig = PretrainConfig(epochs=4),  # both domain rungs': they differ only in the pairs; same method as simclr's
     finetune: FinetuneConfig = FinetuneConfig(epochs=3, min_steps=60, head_warmup_steps=100),
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     seeds: list[int] = DEFAULT_SEEDS,
@@ -74,7 +78,7 @@ def ssl_pipeline(
     domain_simclr_encoder = pretrain_domain_simclr(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
     micle_encoder = pretrain_micle(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
     models = finetune_all(
-        domain=domain, simclr_encoder=simclr_encoder, domain_simclr_encoder=domain_simclr_encoder, micle_encoder=micle_encoder,
+        domain=domain, encoders=[simclr_encoder, domain_simclr_encoder, micle_encoder],  # sslflow.ladder.LADDER, bottom rung first
         label_fractions=label_fractions, seeds=seeds, config=finetune, parent_run_id=run_id,
     )  # fmt: skip
     models = self_train_task(models=models, domain=domain, encoder=micle_encoder, config=self_train, parent_run_id=run_id)

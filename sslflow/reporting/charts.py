@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from sslflow.reporting.tables import INIT_ORDER, methods_in_order  # noqa: E402
+from sslflow.ladder import arm_order  # noqa: E402
+from sslflow.reporting.tables import methods_in_order  # noqa: E402
 
 
 def _png(figure) -> bytes:
@@ -47,7 +48,7 @@ def _corruption_chart(results: pd.DataFrame) -> bytes:
     names = sorted(corrupted["corruption"].unique())
     figure, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3), sharey=True)
     for axis, name in zip(axes, names):
-        for init in [i for i in INIT_ORDER if i in set(corrupted["init"])]:
+        for init in sorted(set(corrupted["init"]), key=arm_order):
             rows = corrupted[(corrupted["corruption"] == name) & (corrupted["init"] == init)].groupby("severity", as_index=False)["accuracy"].mean()
             axis.plot(rows["severity"], rows["accuracy"], marker="o", label=init)
         axis.set_title(name, fontsize=9)

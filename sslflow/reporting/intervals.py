@@ -2,7 +2,9 @@
 
 The interval is Student's t: mean ± t_{0.975, n-1} · s / sqrt(n), s the sample standard deviation
 (ddof 1). With one seed there is no interval. A difference is called a gain (or a loss) only when
-the two intervals do not overlap; otherwise it is "no difference" at this number of seeds.
+the two intervals do not overlap; otherwise it is "no difference" at this number of seeds. With one seed,
+or an interval of zero width (an arm the seeds do not vary, such as a converged probe on all labels), the
+verdict is "undetermined": there is no estimate of the spread to separate.
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
 
 
 def verdict(ours: Interval, theirs: Interval, *, higher_is_better: bool = True) -> str:
-    """"gain", "loss" or "no difference" (intervals overlap); "no interval" when either has one seed."""
+    """"gain", "loss" or "no difference" (intervals overlap); "undetermined (...)" when either has one seed or zero width."""
     if ours.half_width is None or theirs.half_width is None:
-        return "no interval (1 seed)"
+        return "undetermined (1 seed)"
+    if ours.half_width == 0 or theirs.half_width == 0:
+        return "undetermined (zero-width interval: the seeds do not vary this arm)"
     if ours.low > theirs.high:
         return "gain" if higher_is_better else "loss"
     if ours.high < theirs.low:

@@ -21,7 +21,7 @@ def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_r
             "Accuracy on the in-domain test split and the shift set, ECE in-domain (pixels: linear on raw pixels;",
             "scratch: random init; simclr: generic SimCLR; +domain: SimCLR continued on the domain; +micle: with case pairs):",
             results_markdown(results),
-            "Labels saved (in-domain test; best arm vs scratch fine-tuned with more labels):",
+            "Labels saved (in-domain test; the best arm on validation vs scratch fine-tuned with more labels):",
             *comparison_lines(label_efficiency_comparisons(results)),
             "",
             "In-domain effect of each pretraining step:",

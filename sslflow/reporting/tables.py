@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sslflow.ladder import arm_order, ladder_steps, method_of
 from sslflow.reporting.intervals import Interval, t_interval, verdict
 
-INIT_ORDER = ["pixels", "scratch", "simclr", "simclr+domain", "simclr+micle", "simclr+micle+student"]
 HEADLINE = {"in-domain": ("in_domain", "accuracy"), "shift": ("shift", "accuracy"), "ECE": ("in_domain", "ece")}
 
 
 def methods_in_order(results: pd.DataFrame) -> list[tuple[str, str]]:
     pairs = results[["init", "probe"]].drop_duplicates().itertuples(index=False)
-    return sorted(pairs, key=lambda pair: (INIT_ORDER.index(pair[0]) if pair[0] in INIT_ORDER else 99, pair[1]))
+    return sorted(pairs, key=lambda pair: (arm_order(pair[0]), pair[1]))
 
 
 def arm_intervals(results: pd.DataFrame) -> dict[tuple[str, str, float], dict[str, Interval]]:
@@ -42,10 +42,11 @@ def results_markdown(results: pd.DataFrame) -> str:
 
 
 def effect_lines(results: pd.DataFrame) -> list[str]:
-    """Each step of the pretraining ladder (generic SimCLR -> + domain SimCLR -> + MICLe pairs), in-domain,
-    per probe and fraction: the two intervals and the verdict (a gain only when they separate)."""
+    """Each step of the pretraining ladder (sslflow.ladder: generic -> + domain -> + MICLe pairs) of each method
+    present, in-domain, per probe and fraction: the two intervals and the verdict (a gain only when they separate)."""
     summary, lines = arm_intervals(results), []
-    for ours, theirs, step in (("simclr+domain", "simclr", "domain SimCLR"), ("simclr+micle", "simclr+domain", "MICLe pairs")):
+    methods = sorted({method_of(init) for init in results["init"]} - {None}, key=lambda method: arm_order(method))
+    for ours, theirs, step in [step for method in methods for step in ladder_steps(method)]:
         for (init, probe, fraction), cells in summary.items():
             if init == ours and (theirs, probe, fraction) in summary:
                 baseline = summary[(theirs, probe, fraction)]["in-domain"]

@@ -1,0 +1,139 @@
+"""SimCLR, MoCo v2 and BYOL: ours (ssl_models.methods through ssl_models.train.pretrain_contrastive) and
+lightly 1.6.0's building blocks for the same three methods, on Fashion-MNIST, in one run.
+
+Both sides: the same encoder, initial weights, epochs, batch size, optimiser (AdamW, constant learning
+rate on lightly's side as in its examples; ours warm-up + cosine, the engine's schedule), projection width,
+temperature (SimCLR, MoCo), queue size and momentum (MoCo 0.99 fixed; BYOL 0.99 rising to 1 on a cosine),
+symmetrised MoCo and BYOL losses. lightly side: its SimCLRTransform on PIL images in a torchvision
+DataLoader (one worker per core), SimCLRProjectionHead / MoCoProjectionHead (MoCo v2's head, no BatchNorm;
+ours is SimCLR's, with BatchNorm) / BYOLProjectionHead + BYOLPredictionHead, NTXentLoss (with memory_bank_size for MoCo), NegativeCosineSimilarity, update_momentum.
+Scored by weighted kNN (k=200, temperature 0.1) of the frozen encoder's features, bank = the training
+images, queries = test images; wall time covers training only.
+
+    make bench-deps                                                   # lightly 1.6.0 into .bench-site
+    PYTHONPATH=.bench-site python benchmarks/methods.py --quick       # CPU: small_cnn, 4096 images, 3 epochs
+    PYTHONPATH=.bench-site python benchmarks/methods.py               # GPU: ResNet-18, all 60k, 20 epochs
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import parse_arguments, write_result  # noqa: E402
+from benchmarks.vs_lightly import SIZE, PilImages, knn, train_ours  # noqa: E402
+from ssl_models.augment import AugmentConfig  # noqa: E402
+from ssl_models.device import pick_device  # noqa: E402
+from ssl_models.encoders import build_encoder  # noqa: E402
+from ssl_models.train import PretrainConfig  # noqa: E402
+from sslflow.data.builtin import read_fashion_mnist  # noqa: E402
+
+METHODS = ("simclr", "moco", "byol")
+
+
+def _lightly_heads(method: str, encoder: torch.nn.Module, config: PretrainConfig) -> torch.nn.ModuleDict:
+    from lightly.models import modules
+
+    dim = config.projection_dim
+    if method == "simclr":
+        return torch.nn.ModuleDict({"projection": modules.SimCLRProjectionHead(encoder.feature_dim, 256, dim)})
+    if method == "moco":
+        return torch.nn.ModuleDict({"projection": modules.MoCoProjectionHead(encoder.feature_dim, 256, dim)})
+    return torch.nn.ModuleDict({"projection": modules.BYOLProjectionHead(encoder.feature_dim, 256, dim), "prediction": modules.BYOLPredictionHead(dim, 256, dim)})
+
+
+def _lightly_loss(method: str, online: torch.nn.Module, heads, targets, views, loss_fn) -> torch.Tensor:
+    """One batch's loss with lightly's modules; targets: (encoder, projection) EMA copies for MoCo and BYOL."""
+    view_a, view_b = views
+    z_a, z_b = heads["projection"](online(view_a)), heads["projection"](online(view_b))
+    if method == "simclr":
+        return loss_fn(z_a, z_b)
+    with torch.no_grad():
+        k_a, k_b = targets[1](targets[0](view_a)), targets[1](targets[0](view_b))
+    if method == "moco":
+        return 0.5 * (loss_fn(z_a, k_b) + loss_fn(z_b, k_a))
+    p_a, p_b = heads["prediction"](z_a), heads["prediction"](z_b)
+    return 0.5 * (loss_fn(p_a, k_b) + loss_fn(p_b, k_a))
+
+
+def train_lightly(method: str, images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device) -> float:
+    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.transforms import SimCLRTransform
+    from lightly.utils.scheduler import cosine_schedule
+
+    transform = SimCLRTransform(input_size=SIZE, min_scale=config.augment.crop_scale[0], hf_prob=config.augment.flip_probability,
+                                rr_prob=0.0, normalize={"mean": [0.5] * 3, "std": [0.5] * 3})  # fmt: skip
+    encoder, heads = encoder.to(device), _lightly_heads(method, encoder, config).to(device)
+    targets = (copy.deepcopy(encoder), copy.deepcopy(heads["projection"])) if method != "simclr" else None
+    for target in targets or ():
+        deactivate_requires_grad(target)
+    loss_fn = {"simclr": NTXentLoss(temperature=config.temperature), "moco": NTXentLoss(temperature=config.temperature, memory_bank_size=(config.queue_size, config.projection_dim)),
+               "byol": NegativeCosineSimilarity()}[method]  # fmt: skip
+    optimizer = torch.optim.AdamW([*encoder.parameters(), *heads.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay)
+    loader = DataLoader(PilImages(images, transform), batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        num_workers=os.cpu_count() or 1, persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
+    total, step, started = config.epochs * len(loader), 0, time.perf_counter()
+    for _ in range(config.epochs):
+        for view_a, view_b in loader:
+            if targets is not None:
+                momentum = config.momentum if method == "moco" else cosine_schedule(step, total, config.momentum, 1.0)
+                update_momentum(encoder, targets[0], momentum)
+                update_momentum(heads["projection"], targets[1], momentum)
+            loss = _lightly_loss(method, encoder, heads, targets, (view_a.to(device), view_b.to(device)), loss_fn)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    args = parse_arguments(__doc__)
+    device = pick_device()
+    fashion = read_fashion_mnist()
+    labels = np.array([int(label) for label in fashion.labels])
+    train_count, test_count = (4096, 2000) if args.quick else (60000, 10000)
+    train_images, train_labels = fashion.pixels[:train_count], labels[:train_count]
+    test_images, test_labels = fashion.pixels[60000 : 60000 + test_count], labels[60000 : 60000 + test_count]
+    encoder_name = "small_cnn" if args.quick else "resnet18"
+    base = PretrainConfig(
+        epochs=3 if args.quick else 20, batch_size=256 if args.quick else 512, temperature=0.2, queue_size=1024 if args.quick else 4096,
+        augment=AugmentConfig(output_size=SIZE, crop_scale=(0.3, 1.0), flip_probability=0.5, rotation_degrees=0.0),
+    )  # fmt: skip
+    rows = {}
+    for method in METHODS:
+        config = dataclasses.replace(base, method=method)
+        for side in ("lightly", "sslflow"):
+            encoder = build_encoder(encoder_name, 3, SIZE, seed=config.seed)
+            seconds = train_lightly(method, train_images, encoder, config, device) if side == "lightly" else train_ours(train_images, encoder, config, device)
+            rows[f"{method}/{side}"] = {"knn_accuracy": knn(encoder, train_images, train_labels, test_images, test_labels), "train_seconds": seconds}
+            print(f"{method:6s} {side:8s} kNN accuracy {rows[f'{method}/{side}']['knn_accuracy']:.4f}  train {seconds:7.1f} s", flush=True)
+    summary = {
+        method: {
+            "accuracy_difference": rows[f"{method}/sslflow"]["knn_accuracy"] - rows[f"{method}/lightly"]["knn_accuracy"],
+            "time_ratio": rows[f"{method}/sslflow"]["train_seconds"] / rows[f"{method}/lightly"]["train_seconds"],
+        }
+        for method in METHODS
+    }
+    for method, numbers in summary.items():
+        print(f"{method}: sslflow - lightly kNN accuracy {numbers['accuracy_difference']:+.4f}; sslflow / lightly time {numbers['time_ratio']:.2f}")
+    settings = {"encoder": encoder_name, "train_images": train_count, "test_images": test_count, "config": dataclasses.asdict(base)}
+    path = write_result("methods" + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, "summary": summary}, args.out)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The pretraining ladder and the arms of the comparison, declared once: tasks, tables, charts, comparisons,
+self-training and benchmarks/quality.py iterate this module instead of naming arms.
+
+The ladder (the MICLe recipe, Azizi et al., 2021, arXiv 2101.05224): a self-supervised method on generic
+images, then continued on the domain images (views of one image), or continued on the domain images with
+case pairs (two images of one case as the two views). Each rung's arm is the method's name and the rung's
+suffix: for SimCLR "simclr", "simclr+domain", "simclr+micle"; for MoCo v2 "moco", "moco+domain",
+"moco+micle". Beside them the floors (a linear probe on pixels, a network trained from scratch) and the
+self-trained student of the top rung ("simclr+micle+student").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ssl_models.methods import METHODS
+from sslflow.errors import Refusal
+
+FLOORS = ("pixels", "scratch")  # arms without self-supervision, first in every table
+STUDENT_SUFFIX = "+student"
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of the pretraining ladder.
+
+    name: the rung ("generic", "domain", "case_pairs"). suffix: appended to the method's name to make the
+    arm. stage: the pretraining task's name (MLflow run name). case_pairs: pairs are two images of one case
+    (MICLe) rather than two views of one image. step: what the rung adds over the one before ("{method}" is
+    the method's label), for the effect lines of the report.
+    """
+
+    name: str
+    suffix: str
+    stage: str
+    case_pairs: bool
+    step: str
+
+
+LADDER = (
+    Rung("generic", "", "pretrain_simclr", case_pairs=False, step=""),
+    Rung("domain", "+domain", "pretrain_domain_simclr", case_pairs=False, step="domain {method}"),
+    Rung("case_pairs", "+micle", "pretrain_micle", case_pairs=True, step="MICLe pairs"),
+)
+RUNGS = {rung.name: rung for rung in LADDER}
+
+
+class LadderError(Refusal, ValueError):
+    """The two pretraining configurations of one pipeline name different methods."""
+
+
+def arm(method: str, rung: str) -> str:
+    """The arm (FinetunedModel.init) of ``method`` at the rung named ``rung``: arm("simclr", "case_pairs") == "simclr+micle"."""
+    return method + RUNGS[rung].suffix
+
+
+def ladder_arms(method: str) -> list[str]:
+    """The arms of ``method``, bottom rung first."""
+    return [arm(method, rung.name) for rung in LADDER]
+
+
+def student_arm(teacher_encoder_arm: str) -> str:
+    """The arm of a student self-trained from the encoder of ``teacher_encoder_arm``."""
+    return teacher_encoder_arm + STUDENT_SUFFIX
+
+
+def ladder_steps(method: str) -> list[tuple[str, str, str]]:
+    """(arm, the arm below it, what the step adds) for each rung above the first: the effects the report tests."""
+    label = METHODS[method].label if method in METHODS else method
+    arms = ladder_arms(method)
+    return [(arms[i], arms[i - 1], LADDER[i].step.format(method=label)) for i in range(1, len(LADDER))]
+
+
+def arm_order(init: str) -> tuple:
+    """Sort key of an arm: floors, then each method's rungs bottom up (methods in METHODS order), its student
+    last; unknown arms at the end."""
+    if init in FLOORS:
+        return (0, FLOORS.index(init))
+    base, student = (init[: -len(STUDENT_SUFFIX)], 1) if init.endswith(STUDENT_SUFFIX) else (init, 0)
+    for method_index, method in enumerate(METHODS):
+        if base in ladder_arms(method):
+            return (1 + method_index, ladder_arms(method).index(base), student)
+    return (99, init)
+
+
+def method_of(init: str) -> str | None:
+    """The method of a ladder arm or student ("moco+micle+student" -> "moco"); None for a floor or unknown arm."""
+    base = init.split("+", 1)[0]
+    return base if base in METHODS and init not in FLOORS else None
+
+
+def check_one_method(generic_method: str, domain_method: str) -> None:
+    """LadderError unless both rungs' configurations name the same method: the ladder compares rungs, not methods."""
+    if generic_method != domain_method:
+        raise LadderError(
+            f"the generic pretraining config has method={generic_method!r} and the domain one method={domain_method!r}: "
+            "give both the same method (the ladder's steps compare pretraining data and pairs, not methods)"
+        )
