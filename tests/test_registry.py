@@ -21,6 +21,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
@@ -29,7 +30,9 @@ from flytekit.types.file import FlyteFile
 from live_mlflow import MlflowServer, free_port, mlflow_at
 from mlflow.tracking import MlflowClient
 
+from ssl_models.augment import FINETUNE_AUGMENT, normalise
 from ssl_models.encoders import build_encoder
+from sslflow.data.builtin import read_mnist_5k
 from ssl_models.heads import Classifier
 from sslflow.config import RegistryConfig
 from sslflow.data.dataset import write_dataset
@@ -46,6 +49,8 @@ from sslflow.registry.aliases import (
     rollback_aliases,
 )
 from sslflow.registry.gate import Accuracies, promotion_gate
+from sslflow.registry.names import default_model_name
+from sslflow.registry.serving import ONNX_ARTIFACT
 from tasks.register import register
 from tasks.shared import Dataset, FinetunedModel
 from sslflow.tracking.runs import start_parent_run
@@ -116,9 +121,11 @@ def tracking(server, monkeypatch):
         yield server
 
 
-def _dataset(directory: Path, name: str, counts: dict[str, int], test_counts: dict[str, int] | None = None) -> Dataset:
+def _dataset(
+    directory: Path, name: str, counts: dict[str, int], test_counts: dict[str, int] | None = None, images: np.ndarray | None = None
+) -> Dataset:
     """A dataset whose gate split holds ``counts`` labels (the promotion gate reads these) and whose test split
-    holds ``test_counts`` (default: the same)."""
+    holds ``test_counts`` (default: the same); its ``images`` (N, 1, 28, 28) uint8, default random pixels."""
     labels = [label for label, count in counts.items() for _ in range(count)]
     test_labels = [label for label, count in (test_counts or counts).items() for _ in range(count)]
     rng = np.random.default_rng(0)
@@ -129,7 +136,7 @@ def _dataset(directory: Path, name: str, counts: dict[str, int], test_counts: di
         split=["gate"] * len(labels) + ["test"] * len(test_labels),
     )  # fmt: skip
     labels = labels + test_labels
-    images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8) if images is None else images[: len(labels)]
     sha256 = write_dataset(directory / name, manifest, images, {})
     return Dataset(directory=FlyteDirectory(str(directory / name)), name=name, num_images=len(labels), content_sha256=sha256, mlflow_run_id="")
 
@@ -146,7 +153,11 @@ def _constant_model(directory: Path, predicted: str, classes: list[str] = CLASSE
     with torch.no_grad():
         classifier.linear.weight.zero_()
         classifier.linear.bias.copy_(torch.tensor([10.0 if name == predicted else 0.0 for name in classes]))
-    path = directory / f"always-{predicted}-{uuid.uuid4().hex[:8]}.pt"
+    return _finetuned(directory, classifier, f"always-{predicted}", classes)
+
+
+def _finetuned(directory: Path, classifier: Classifier, name: str, classes: list[str]) -> FinetunedModel:
+    path = directory / f"{name}-{uuid.uuid4().hex[:8]}.pt"
     torch.save(classifier.state_dict(), path)
     values = {
         "checkpoint": FlyteFile(str(path)), "encoder_name": "small_cnn", "in_channels": 1, "image_size": 28,
@@ -156,11 +167,13 @@ def _constant_model(directory: Path, predicted: str, classes: list[str] = CLASSE
     return FinetunedModel(**{f.name: values[f.name] for f in dataclasses.fields(FinetunedModel)})
 
 
-def _register(model: FinetunedModel, test_sets, config: RegistryConfig, parent_run_id: str | None = None):
+def _register(model: FinetunedModel, test_sets, config: RegistryConfig, parent_run_id: str | None = None, domain_source: str = "mnist-5k"):
     """The register task's body, as the pipeline runs it (Flyte's cache aside)."""
     in_domain, shift = test_sets
     parent_run_id = parent_run_id or start_parent_run("test_registry", {})
-    return register.task_function(models=[model], in_domain=in_domain, shift=shift, config=config, parent_run_id=parent_run_id)
+    return register.task_function(
+        models=[model], in_domain=in_domain, shift=shift, config=config, domain_source=domain_source, parent_run_id=parent_run_id
+    )  # fmt: skip
 
 
 def _versions(model_name: str) -> list:
@@ -202,6 +215,61 @@ def test_gate_promotion_load_by_alias_and_rollback(tracking, test_sets, tmp_path
     assert "rolled_back" in MlflowClient().get_model_version(config.model_name, "3").tags
     with pytest.raises(ValueError, match="no 'previous_champion' alias"):
         rollback_aliases(config.model_name)
+
+
+def _digit_classifier(pixels: np.ndarray, labels: list[str]) -> Classifier:
+    """A seeded small_cnn whose linear layer is a least-squares fit of its features of ``pixels`` (N, 1, 28, 28) to
+    the one-hot ``labels`` (digits "0"-"9"), scaled so that its probabilities are confident."""
+    torch.manual_seed(1)
+    classifier = Classifier(build_encoder("small_cnn", 1, 28), 10).eval()
+    with torch.no_grad():
+        features = classifier.encoder(normalise(torch.from_numpy(pixels), FINETUNE_AUGMENT)).double().numpy()
+        inputs, targets = np.hstack([features, np.ones((len(features), 1))]), np.eye(10)[np.array(labels, dtype=int)]
+        weights = 20.0 * np.linalg.lstsq(inputs, targets, rcond=None)[0]  # (D + 1, 10)
+        classifier.linear.weight.copy_(torch.from_numpy(weights[:-1].T).float())
+        classifier.linear.bias.copy_(torch.from_numpy(weights[-1]).float())
+    return classifier
+
+
+def test_the_registered_version_carries_an_onnx_export_with_the_same_probabilities(tracking, tmp_path):
+    """ONNX Runtime on the version's model.onnx gives PyTorch's probabilities (within 1e-4) on real MNIST digits,
+    for a classifier whose output depends on the image (a linear layer fit to the digits, not a constant)."""
+    digits = read_mnist_5k()
+    spread = digits.pixels[:: len(digits.pixels) // 60][:60]  # mnist_5k.csv is sorted by label: every digit
+    classes = [str(digit) for digit in range(10)]
+    sets = (
+        _dataset(tmp_path, "in-digits", {label: 3 for label in classes}, images=spread),
+        _dataset(tmp_path, "shift-digits", {label: 3 for label in classes}, images=spread[::-1].copy()),
+    )
+    model = _finetuned(tmp_path, _digit_classifier(digits.pixels[1::10], digits.labels[1::10]), "digits", classes)
+    config = RegistryConfig(model_name=f"onnx-{uuid.uuid4().hex[:8]}")
+    assert _register(model, sets, config).version == "1"
+
+    images = digits.pixels[7::50][:100].astype(np.float32)  # other digits than the gate's, a batch size the export never saw
+    # the lines of docs/serving.md
+    path = mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@champion/{ONNX_ARTIFACT}")
+    served = onnxruntime.InferenceSession(path).run(None, {"images": images})[0]
+    expected = mlflow.pytorch.load_model(f"models:/{config.model_name}@champion")(torch.from_numpy(images)).detach().numpy()
+    assert served.shape == (100, 10) and np.abs(served - expected).max() < 1e-4
+    assert expected.std(axis=0).max() > 0.05, "the probabilities depend on the image, so the comparison means something"
+    assert (served.argmax(axis=1) == np.array(digits.labels[7::50][:100], dtype=int)).mean() > 0.5  # it reads the digits
+
+
+def test_each_domain_source_registers_its_own_model_unless_one_is_named(tracking, test_sets, tmp_path):
+    """Two folders (even of the same name) are two registered models, each promoting its first version; the
+    demo's source keeps one stable name; RegistryConfig.model_name overrides the derived name."""
+    folders = [tmp_path / "site-a" / "scans", tmp_path / "site-b" / "scans"]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    names = [default_model_name(str(folder)) for folder in folders]
+    assert names[0] != names[1] and all(name.startswith("sslflow-scans-") for name in names)
+    assert default_model_name(str(folders[0])) == default_model_name(f"{folders[0]}/") == names[0]  # one folder, one name
+    registrations = [_register(_constant_model(tmp_path, "1"), test_sets, RegistryConfig(), domain_source=str(folder)) for folder in folders]
+    assert [(r.model_name, r.version, r.promoted) for r in registrations] == [(names[0], "1", True), (names[1], "1", True)]
+    assert default_model_name("mnist-5k") == "sslflow-mnist-5k" == rollback.python_interface.default_inputs_as_kwargs["model_name"]
+    assert default_model_name("s3://bucket/ct/2024/").startswith("sslflow-bucket-ct-2024-")
+    named = RegistryConfig(model_name=f"named-{uuid.uuid4().hex[:8]}")
+    assert _register(_constant_model(tmp_path, "1"), test_sets, named, domain_source=str(folders[0])).model_name == named.model_name
 
 
 def test_rerun_of_a_registered_pipeline_run_reuses_its_version(tracking, test_sets, tmp_path):

@@ -79,5 +79,5 @@ def ssl_pipeline(
     )  # fmt: skip
     models = self_train_task(models=models, domain=domain, encoder=micle_encoder, config=self_train, parent_run_id=run_id)
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
-    registration = register(models=models, in_domain=domain, shift=shift, config=registry, parent_run_id=run_id)
+    registration = register(models=models, in_domain=domain, shift=shift, config=registry, domain_source=domain_source, parent_run_id=run_id)
     return report(results=results, registration=registration, parent_run_id=run_id)

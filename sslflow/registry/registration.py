@@ -13,7 +13,9 @@ tagged ``incomplete`` and the next attempt of the same pipeline run undoes it be
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import mlflow
@@ -42,12 +44,14 @@ from sslflow.registry.record import Registration
 from sslflow.registry.serving import (
     CLASS_NAMES_TAG,
     MODEL_PIP_REQUIREMENTS,
+    ONNX_FILE,
     SERVING_FORMAT,
     SERVING_TAG,
     RegisteredClassifier,
     TestSets,
     decode_class_names,
     encode_class_names,
+    export_onnx,
     score,
 )
 from sslflow.tracking.provenance import code_version
@@ -190,7 +194,7 @@ def register_selected(
     registry: MlflowClient, best: SelectedModel, classifier: nn.Module, test_sets: TestSets, data_tags: dict[str, str],
     config: RegistryConfig, parent_run_id: str,
 ) -> Registration:  # fmt: skip
-    """Register ``best`` (its trained ``classifier``) unless this pipeline run already has; runs inside a stage run."""
+    """Register ``best`` (its trained ``classifier``, with an ONNX copy) unless this pipeline run already has; runs inside a stage run."""
     existing = find_registered(registry, config.model_name, best.content_sha256, parent_run_id)
     if existing is not None:
         return existing
@@ -198,7 +202,11 @@ def register_selected(
     served = RegisteredClassifier(classifier, FINETUNE_AUGMENT).eval()
     challenger = score(served, best.class_names, test_sets)
     example = np.zeros((2, best.in_channels, best.image_size, best.image_size), dtype=np.float32)
-    logged = mlflow.pytorch.log_model(served, name="model", input_example=example, pip_requirements=MODEL_PIP_REQUIREMENTS)
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_file = export_onnx(served, test_sets["in_domain"][0], Path(folder) / ONNX_FILE)
+        logged = mlflow.pytorch.log_model(
+            served, name="model", input_example=example, pip_requirements=MODEL_PIP_REQUIREMENTS, extra_files=[str(onnx_file)]
+        )  # fmt: skip
     registration = register_version(registry, logged.model_uri, version_tags(best, challenger, data_tags, parent_run_id), challenger, test_sets, config)
     mlflow.set_tags({"registry.decision": registration.decision, "registry.version": registration.version})
     mlflow.log_metrics({"in_domain_accuracy": challenger.in_domain, "shift_accuracy": challenger.shift})
