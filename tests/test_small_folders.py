@@ -82,6 +82,12 @@ def _class_only_in_test(manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest
 
 
+def _unlabel_split(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    manifest = manifest.copy()
+    manifest.loc[manifest["split"] == split, "label"] = None
+    return manifest
+
+
 def _edited(column: str, value) -> Callable[[pd.DataFrame], pd.DataFrame]:
     def edit(manifest: pd.DataFrame) -> pd.DataFrame:
         manifest = manifest.copy()
@@ -97,6 +103,9 @@ def _edited(column: str, value) -> Callable[[pd.DataFrame], pd.DataFrame]:
     [
         ("one labelled class", _one_class, ValidationConfig(), [1.0], "at least two classes and this data has 1: label images of two or more"),
         ("a class only in test", _class_only_in_test, ValidationConfig(), [1.0], "'unseen' have labels only outside the train split"),
+        ("no labelled val image", lambda manifest: _unlabel_split(manifest, "val"), ValidationConfig(), [1.0], "no labelled image is in the val split, which selects the model"),
+        ("no labelled gate image", lambda manifest: _unlabel_split(manifest, "gate"), ValidationConfig(), [1.0], """--domain_ingest '{"train_fraction": 0.6, "gate_fraction": 0.2}'"""),
+        ("no labelled test image", lambda manifest: _unlabel_split(manifest, "test"), ValidationConfig(), [1.0], """--domain_ingest '{"train_fraction": 0.6}'"""),
         ("a 5 px image", _edited("width", 5), ValidationConfig(), [], "remove or resize those files: validate accepts sides from 8 to 8192 px"),
         ("a label with a blank", _edited("label", "3 "), ValidationConfig(), [], "remove the blanks around those labels in metadata.csv"),
         ("a label not allowed", _edited("label", "x"), ValidationConfig(allowed_labels=[str(d) for d in range(10)]), [], "add them to ValidationConfig.allowed_labels"),

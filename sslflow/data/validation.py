@@ -4,7 +4,8 @@ Checks: schema, nulls, image decoded for every row and side lengths in range, no
 no case in two splits, split values, label values (no surrounding blanks; in
 ValidationConfig.allowed_labels when given), and enough labels per class for every requested label
 fraction: every class labelled in any split needs ceil(1 / smallest fraction) training labels (a
-class only in val or test cannot be predicted, and would fail evaluation after all the training).
+class only in val or test cannot be predicted, and would fail evaluation after all the training),
+and the val, gate and test splits a labelled image each (a small folder can leave one empty).
 Also reported, not checked: case-size statistics (MICLe needs cases with two or more images;
 single-image cases fall back to two augmentations of one image) and the files ingest quarantined or
 dropped as duplicates. Each failure names the expectation, its column, the
@@ -92,12 +93,15 @@ def check_label_fractions(label_fractions: Sequence[float]) -> None:
 
 
 def label_count_expectations(label_fractions: Sequence[float]) -> list:
-    """Each class needs floor(fraction * train_labels) >= 1 at the smallest fraction (ValueError for a bad fraction)."""
+    """Each class needs floor(fraction * train_labels) >= 1 at the smallest fraction, and val, gate and test need a
+    labelled image each (ValueError for a bad fraction)."""
     check_label_fractions(label_fractions)
     needed = math.ceil(1 / min(label_fractions) - 1e-9)
     return [
         E.ExpectTableRowCountToBeBetween(min_value=2),  # at least two classes
         E.ExpectColumnValuesToBeBetween(column="train_labels", min_value=needed),
+        # fine-tune selects on val, register gates on gate, evaluate scores test: each needs a labelled image
+        *[E.ExpectColumnSumToBeBetween(column=f"{split}_labels", min_value=1) for split in ("val", "gate", "test")],
     ]
 
 

@@ -45,11 +45,31 @@ def _fewest_training_labels(label_counts: pd.DataFrame, needed: float) -> str:
     )
 
 
+SPLIT_ROLES = {"val": "selects the model", "gate": "the promotion gate decides on", "test": "the evaluation reports"}
+# the split's share doubled (defaults: train 0.7, val 0.1, gate 0.1, test the rest), taken from train
+LARGER_SHARE = {
+    "val": '{"train_fraction": 0.6, "val_fraction": 0.2}',
+    "gate": '{"train_fraction": 0.6, "gate_fraction": 0.2}',
+    "test": '{"train_fraction": 0.6}',
+}
+
+
+def _empty_split(split: str, label_counts: pd.DataFrame) -> str:
+    labelled = int(label_counts[[f"{name}_labels" for name in ("train", "val", "gate", "test")]].to_numpy().sum())
+    return (
+        f"no labelled image is in the {split} split, which {SPLIT_ROLES[split]}: splits take whole cases by a hash of the case id, "
+        f"so with {labelled} labelled images one can stay empty; label more images {FIX_METADATA}, or give it a larger share: "
+        f"--domain_ingest '{LARGER_SHARE[split]}'"
+    )
+
+
 def what_to_do(expectation: str, column: str | None, kwargs: dict, label_counts: pd.DataFrame | None = None) -> str:
     """The advice for one failing expectation; ``label_counts`` (validation.labels_per_class) for the label-count suite."""
     if label_counts is not None:
         if column == "train_labels":
             return _fewest_training_labels(label_counts, kwargs.get("min_value", 0))
+        if column in ("val_labels", "gate_labels", "test_labels"):
+            return _empty_split(column.removesuffix("_labels"), label_counts)
         return (
             f"fine-tuning needs labelled images of at least two classes and this data has {len(label_counts)}: "
             f"label images of two or more classes {FIX_METADATA}"
