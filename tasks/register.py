@@ -45,12 +45,12 @@ def register(
     config = dataclasses.replace(config, model_name=config.model_name or default_model_name(domain_source))
     with stage_run(parent_run_id, "register", {"config": config}):
         classifier = load_classifier(best.checkpoint.download(), best.encoder_name, best.in_channels, best.image_size, len(best.class_names))
-        test_sets = {"in_domain": labelled_gate_split(in_domain), "shift": labelled_gate_split(shift)}
+        gate_sets = {"in_domain": labelled_gate_split(in_domain), "shift": labelled_gate_split(shift)}
         data_tags = {
             "in_domain_data_sha256": in_domain.content_sha256, "shift_data_sha256": shift.content_sha256,
             "in_domain_data": in_domain.name, "shift_data": shift.name,
         }  # fmt: skip
-        return register_selected(client(), best, classifier, test_sets, data_tags, config, parent_run_id)
+        return register_selected(client(), best, classifier, gate_sets, data_tags, config, parent_run_id)
 
 
 @task(container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))

@@ -25,7 +25,7 @@ from workflows.ingest import ingest
 from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_domain_simclr, pretrain_micle, pretrain_simclr
 from tasks.register import register
-from tasks.report import report, start_pipeline_run
+from tasks.pipeline_run import report, start_pipeline_run
 from tasks.self_train import self_train as self_train_task
 from tasks.store import tracking_store
 from tasks.validate import validate

@@ -1,4 +1,4 @@
-"""What the registry serves, and how a served model is scored on test sets.
+"""What the registry serves, and how a served model is scored on the gate sets (the promotion gate's images).
 
 ``RegisteredClassifier``: float32 images (B, C, H, W) with pixel values 0-255 in; class probabilities
 (B, num_classes) out, columns in the order of the version's ``class_names`` tag. MLflow saves it with
@@ -32,7 +32,7 @@ ONNX_TOLERANCE = 1e-4  # largest difference in any probability between the ONNX 
 
 CLASS_NAMES_TAG = "class_names"  # a JSON list: class names may hold commas
 
-TestSets = dict[str, tuple[np.ndarray, np.ndarray]]  # eval set -> (images (N, C, H, W) uint8, label names (N,))
+GateSets = dict[str, tuple[np.ndarray, np.ndarray]]  # "in_domain" / "shift" -> gate split (images (N, C, H, W) uint8, label names (N,))
 
 
 class RegisteredClassifier(nn.Module):
@@ -77,11 +77,11 @@ def export_onnx(model: RegisteredClassifier, images: np.ndarray, path: Path) -> 
 
 
 @torch.no_grad()
-def score(model: nn.Module, class_names: list[str], test_sets: TestSets) -> Accuracies:
-    """Accuracy of a RegisteredClassifier (in eval mode) on each test set. ValueError if a test label is not one of class_names."""
+def score(model: nn.Module, class_names: list[str], gate_sets: GateSets) -> Accuracies:
+    """Accuracy of a RegisteredClassifier (in eval mode) on each gate set. ValueError if a gate label is not one of class_names."""
     accuracies = {}
-    for eval_set, (images, label_names) in test_sets.items():
-        labels = class_indices(label_names, class_names, f"{eval_set} test split")
+    for eval_set, (images, label_names) in gate_sets.items():
+        labels = class_indices(label_names, class_names, f"{eval_set} gate split")
         batches = [model(torch.from_numpy(images[start : start + 512]).float()) for start in range(0, len(images), 512)]
         accuracies[eval_set] = accuracy(torch.cat(batches).numpy(), labels)
     return Accuracies(in_domain=accuracies["in_domain"], shift=accuracies["shift"])
