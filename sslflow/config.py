@@ -137,7 +137,7 @@ class RegistryConfig:
     model_name: the registered model; empty (the default): one per domain source, e.g. ``sslflow-mnist-5k``
         for the demo (sslflow/registry/names.py), so a run on other data is never gated against its champion.
 
-    The gate scores the challenger and the champion on the same test sets (accuracy in [0, 1]):
+    The gate scores the challenger and the champion on the same gate sets (accuracy in [0, 1]):
     non_inferiority_margin: in-domain, the challenger must score above champion - margin. At 0 it must
         be strictly better: a tie keeps the champion, so no model is promoted for being newer.
     max_shift_drop: on the shift set, the challenger may score at most this much below the champion.

@@ -59,8 +59,9 @@ def export_onnx(model: RegisteredClassifier, images: np.ndarray, path: Path) -> 
     """
     example = torch.from_numpy(np.ascontiguousarray(images[:64], dtype=np.float32))
     with warnings.catch_warnings():
-        # The TorchScript exporter: 0.5 s here against 2.4 s for the torch.export one, which also needs onnxscript. It warns that it is
-        # deprecated, and that normalise's size check (augment.py) is traced as a constant: C, H, W are fixed.
+        # The TorchScript exporter: 0.5 s here against 2.4 s for the torch.export one, which also needs onnxscript.
+        # It warns that it is deprecated, and that normalise's size check (augment.py) is traced as a constant:
+        # C, H and W are fixed, as the docstring says.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
