@@ -37,6 +37,9 @@ PACKAGES = [
     "pylibjpeg-libjpeg==2.5.0",
     "pylibjpeg-openjpeg==2.6.0",
     "matplotlib==3.11.2",
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
+    "umap-learn==0.5.12",
 ]
 
 # A pod's disk ends with the pod: the per-file ingest caches could never hit there (sslflow/data/decode_cache.py).

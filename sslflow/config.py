@@ -134,20 +134,23 @@ class ValidationConfig:
 class RegistryConfig:
     """MLflow model registry: the model each run adds a version to, and the promotion gate's thresholds.
 
-    The gate scores the challenger and the champion on the same test sets (accuracy in [0, 1]):
+    model_name: the registered model; empty (the default): one per domain source, e.g. ``sslflow-mnist-5k``
+        for the demo (sslflow/registry/names.py), so a run on other data is never gated against its champion.
+
+    The gate scores the challenger and the champion on the same gate sets (accuracy in [0, 1]):
     non_inferiority_margin: in-domain, the challenger must score above champion - margin. At 0 it must
         be strictly better: a tie keeps the champion, so no model is promoted for being newer.
     max_shift_drop: on the shift set, the challenger may score at most this much below the champion.
         At 0 it must be no worse.
     """
 
-    model_name: str = "sslflow"
+    model_name: str = ""
     non_inferiority_margin: float = 0.0
     max_shift_drop: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.model_name or "'" in self.model_name:
-            raise ValueError(f"RegistryConfig.model_name must be a non-empty name without quotes, got {self.model_name!r}")
+        if "'" in self.model_name or self.model_name != self.model_name.strip():
+            raise ValueError(f"RegistryConfig.model_name must be a name without quotes or surrounding blanks (or empty), got {self.model_name!r}")
         for name in ("non_inferiority_margin", "max_shift_drop"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

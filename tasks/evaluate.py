@@ -1,13 +1,15 @@
 """evaluate: every fine-tuned model on the in-domain test split (and per site), the shift set, and a
 corruption suite (sslflow/evaluation.py); beside the linear probe and the fine-tune, the kNN probe of each
-frozen pretrained encoder on the in-domain test split (knn_probe.csv and metrics in MLflow). The report (label-efficiency curve, shift and corruption
-charts, a PCA picture of the self-supervised features by label and by site, tables) is a Flyte Deck
+frozen pretrained encoder on the in-domain test split (knn_probe.csv and metrics in MLflow). The report
+(label-efficiency curve, shift and corruption charts, a UMAP picture of the self-supervised features by label
+and by site, tables) is a Flyte Deck
 and is logged to MLflow as PNG (charts/), CSV and markdown.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -24,12 +26,14 @@ from ssl_models.evaluate import extract_features
 from sslflow.data.manifest import labelled_rows
 from sslflow.ladder import arm_order, method_of
 from sslflow.evaluation import KNN_COLUMNS, RESULT_COLUMNS, EvaluationSet, evaluate_classifier, evaluation_sets, knn_probe_row
-from sslflow.reporting.charts import embedding_figure, report_figures
+from sslflow.reporting.charts import EMBEDDING_MIN_POINTS, embedding_figure, report_figures
 from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier
 from tasks.shared import Dataset, FinetunedModel, labelled_in, pipeline_cache, read_rows
+
+log = logging.getLogger(__name__)
 
 
 def _labelled_test_rows(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
@@ -38,7 +42,7 @@ def _labelled_test_rows(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def _embedding(models: list[FinetunedModel], in_domain_test: tuple[pd.DataFrame, np.ndarray]) -> dict[str, bytes]:
-    """{"embedding": PNG}: PCA of a pretrained encoder's features of the labelled in-domain test images, by
+    """{"embedding": PNG}: UMAP (seed 0) of a pretrained encoder's features of the labelled in-domain test images, by
     label and by site. The encoder is that of a linear probe, so it holds the self-supervised weights unchanged."""
     ladder = [m for m in models if m.probe == "linear" and method_of(m.init) is not None]  # the top rung present is pictured
     probes = sorted(ladder, key=lambda m: arm_order(m.init), reverse=True)
@@ -47,8 +51,11 @@ def _embedding(models: list[FinetunedModel], in_domain_test: tuple[pd.DataFrame,
     model = probes[0]
     classifier = load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))
     images, labels, sites = labelled_rows(*in_domain_test, "test")
+    if len(labels) < EMBEDDING_MIN_POINTS:
+        log.warning("evaluate: no embedding picture: %d labelled in-domain test images, fewer than %d", len(labels), EMBEDDING_MIN_POINTS)
+        return {}
     features = extract_features(classifier.encoder, torch.from_numpy(images), FINETUNE_AUGMENT).numpy()
-    return {"embedding": embedding_figure(features, labels, sites, f"{model.init} encoder features, in-domain test split (PCA)")}
+    return {"embedding": embedding_figure(features, labels, sites, f"{model.init} encoder features, in-domain test split (UMAP)")}
 
 
 def _knn_probes(models: list[FinetunedModel], in_domain: Dataset, sets: list[EvaluationSet]) -> pd.DataFrame:
@@ -58,6 +65,9 @@ def _knn_probes(models: list[FinetunedModel], in_domain: Dataset, sets: list[Eva
     if not frozen:
         return pd.DataFrame(columns=KNN_COLUMNS)
     train = read_rows(in_domain, labelled_in("train"))
+    if len(train[0]) == 0:  # an evaluation-only dataset: nothing to put in the memory bank
+        log.warning("evaluate: no kNN probe: dataset %s has no labelled train images", in_domain.name)
+        return pd.DataFrame(columns=KNN_COLUMNS)
     test = next((images, labels) for name, _, images, labels in sets if name == "in_domain")
     rows = []
     for model in frozen:
@@ -86,7 +96,7 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
         mlflow.log_metric(f"{row.init}_{row.probe}_{row.label_fraction:g}_seed{row.seed}_{row.eval_set}_accuracy".replace("+", "_"), row.accuracy)
 
 
-@task(cache=pipeline_cache("6"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True)
+@task(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True)
 def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, parent_run_id: str) -> pd.DataFrame:
     """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS."""
     rows, per_class = [], {}

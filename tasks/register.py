@@ -1,9 +1,12 @@
 """register: the best fine-tuned model by validation accuracy becomes a version of the registered model
-(alias ``challenger``); the promotion gate (sslflow/registry/gate.py) decides whether it also becomes
-``champion``. rollback_champion undoes a promotion. The registry logic is in sslflow/registry/.
+(alias ``challenger``), in MLflow's PyTorch format with an ONNX copy (docs/serving.md); the promotion
+gate (sslflow/registry/gate.py) decides whether it also becomes ``champion``. rollback_champion undoes a
+promotion. The registry logic is in sslflow/registry/.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from flytekit import Cache, Resources, task
@@ -12,6 +15,7 @@ from images.specs import cpu_image
 from sslflow.config import RegistryConfig
 from sslflow.data.manifest import labelled_rows
 from sslflow.registry.aliases import rollback_aliases
+from sslflow.registry.names import default_model_name
 from sslflow.registry.record import Registration
 from sslflow.registry.registration import register_selected, select_best
 from sslflow.tracking.runs import stage_run
@@ -31,18 +35,22 @@ def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 # Cached on the parent run too (unlike the training stages): a rerun against another store registers the
 # model in that store's registry; the same store and configuration reuse the registration.
-@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
-def register(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, config: RegistryConfig, parent_run_id: str) -> Registration:
-    """Register the best model by validation accuracy as ``challenger``; the promotion gate may make it ``champion``."""
+@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+def register(
+    models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, config: RegistryConfig, domain_source: str, parent_run_id: str
+) -> Registration:
+    """Register the best model by validation accuracy as ``challenger``; the promotion gate may make it ``champion``.
+    The registered model is ``config.model_name``, or when that is empty the one of ``domain_source`` (sslflow/registry/names.py)."""
     best = select_best(models)
+    config = dataclasses.replace(config, model_name=config.model_name or default_model_name(domain_source))
     with stage_run(parent_run_id, "register", {"config": config}):
         classifier = load_classifier(best.checkpoint.download(), best.encoder_name, best.in_channels, best.image_size, len(best.class_names))
-        test_sets = {"in_domain": labelled_gate_split(in_domain), "shift": labelled_gate_split(shift)}
+        gate_sets = {"in_domain": labelled_gate_split(in_domain), "shift": labelled_gate_split(shift)}
         data_tags = {
             "in_domain_data_sha256": in_domain.content_sha256, "shift_data_sha256": shift.content_sha256,
             "in_domain_data": in_domain.name, "shift_data": shift.name,
         }  # fmt: skip
-        return register_selected(client(), best, classifier, test_sets, data_tags, config, parent_run_id)
+        return register_selected(client(), best, classifier, gate_sets, data_tags, config, parent_run_id)
 
 
 @task(container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))

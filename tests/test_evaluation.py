@@ -1,15 +1,29 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from flytekit import FlyteContextManager
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
+from mlflow.tracking import MlflowClient
+
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from ssl_models.encoders import build_encoder
+from ssl_models.heads import Classifier
+from sslflow.data.builtin import read_mnist_5k
+from sslflow.data.dataset import write_dataset
+from sslflow.data.manifest import MANIFEST_COLUMNS
 from ssl_models.metrics import classification_metrics, expected_calibration_error, one_vs_rest_auc, per_class_accuracy
-from sslflow.reporting.charts import embedding_figure, report_figures
+from sslflow.reporting.charts import EMBEDDING_MIN_POINTS, embedding_figure, report_figures, umap_points
 from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import corruption_markdown, effect_lines, results_markdown
+from sslflow.tracking.runs import start_parent_run
+from tasks.evaluate import evaluate
+from tasks.shared import Dataset, FinetunedModel
 
 
 def test_metrics_on_a_hand_made_example():
@@ -85,12 +99,58 @@ def test_report_has_every_method_probe_fraction_and_chart():
     assert evaluation_html(results, figures).count("data:image/png;base64") == 3
 
 
-def test_embedding_picture_and_effect_lines():
+def test_umap_picture_is_seeded_separates_what_differs_and_caps_its_points():
     rng = np.random.default_rng(0)
     labels = np.array(["a", "b"] * 50)
     features = rng.normal(size=(100, 16)) + (labels == "b")[:, None] * 3.0
-    png = embedding_figure(features, labels, np.array(["site-1"] * 60 + ["site-2"] * 40), "test")
-    assert png.startswith(b"\x89PNG")
+    points = umap_points(features, seed=0)
+    assert points.shape == (100, 2) and np.array_equal(points, umap_points(features, seed=0))
+    distances = ((points[:, None] - points[None]) ** 2).sum(axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    assert (labels[distances.argmin(axis=1)] == labels).mean() > 0.95  # a point's nearest neighbour in the picture shares its label
+    sites = np.array(["site-1"] * 60 + ["site-2"] * 40)
+    assert embedding_figure(features, labels, sites, "test", max_points=EMBEDDING_MIN_POINTS).startswith(b"\x89PNG")
+
+
+def test_evaluate_logs_the_umap_picture_to_mlflow_and_the_deck(tmp_path):
+    """The evaluate task's body on real digits: charts/embedding.png is in its MLflow run and in the Deck."""
+    digits = read_mnist_5k()
+    pixels, labels = digits.pixels[::20], np.array(digits.labels[::20])  # 250 digits, every class
+    in_domain = _test_split(tmp_path, "digits", pixels[:150], labels[:150], sites=["site-1", "site-2"] * 75)
+    shift = _test_split(tmp_path, "digits-shift", pixels[150:], labels[150:], sites=["default"] * 100)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "probe.pt"
+    torch.save(Classifier(build_encoder("small_cnn", 1, 28), 10).state_dict(), checkpoint)
+    models = [
+        FinetunedModel(
+            checkpoint=FlyteFile(str(checkpoint)), encoder_name="small_cnn", in_channels=1, image_size=28, class_names=[str(d) for d in range(10)],
+            init="simclr+micle", probe=probe, label_fraction=1.0, num_labels=150, val_accuracy=0.5, content_sha256="0" * 64, mlflow_run_id="",
+        )  # fmt: skip
+        for probe in ("linear", "finetune")  # the picture is of a linear probe's encoder; the corruption chart of fine-tuned ones
+    ]
+    parent_run_id = start_parent_run("test_evaluation", {})
+    evaluate.task_function(models=models, in_domain=in_domain, shift=shift, parent_run_id=parent_run_id)
+
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_run(parent_run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    assert "charts/embedding.png" in {item.path for item in client.list_artifacts(run.info.run_id, "charts")}
+    assert Path(client.download_artifacts(run.info.run_id, "charts/embedding.png", str(tmp_path))).read_bytes().startswith(b"\x89PNG")
+    (deck,) = [deck for deck in FlyteContextManager.current_context().user_space_params.decks if deck.name == "evaluation"]
+    assert "<h4>embedding</h4><img" in deck.html
+
+
+def _test_split(directory: Path, name: str, pixels: np.ndarray, labels: np.ndarray, sites: list[str]) -> Dataset:
+    """A Dataset whose rows are all labelled test rows: ``pixels`` (N, 1, 28, 28) uint8 with ``labels`` and ``sites`` (N,)."""
+    manifest = pd.DataFrame({column: [""] * len(labels) for column in MANIFEST_COLUMNS}).assign(
+        sha256=[f"{name}-{i}" for i in range(len(labels))], size_bytes=784, width=28, height=28, mode="L",
+        case_id=[f"case-{i}" for i in range(len(labels))], case_id_is_proxy=False, site=sites,
+        label=pd.array(labels, dtype="string"), split="test",
+    )  # fmt: skip
+    sha256 = write_dataset(directory / name, manifest, pixels, {})
+    return Dataset(directory=FlyteDirectory(str(directory / name)), name=name, num_images=len(labels), content_sha256=sha256, mlflow_run_id="")
+
+
+def test_effect_lines_say_no_difference_for_equal_accuracies():
     lines = effect_lines(_results(seeds=(0, 1, 2)))
     # +domain and +micle have the same made-up accuracies, simclr too: every step is "no difference"
     assert len(lines) == 2 * 2 * 3 and all(line.endswith("-> no difference") for line in lines)

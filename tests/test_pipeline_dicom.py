@@ -13,6 +13,7 @@ from live_mlflow import mlflow_at
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.data.pseudonyms import KEY_ENV
+from sslflow.registry.names import default_model_name
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
 from test_dicom import assert_no_identifier
 from workflows.pipeline import ssl_pipeline
@@ -35,7 +36,7 @@ def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_iden
             simclr=PretrainConfig(epochs=1, batch_size=32), micle=PretrainConfig(epochs=1, batch_size=16),
             finetune=FinetuneConfig(epochs=1, min_steps=2), label_fractions=[1.0],
         )  # fmt: skip
-        assert "Registered model: sslflow version 1" in summary
+        assert f"Registered model: {default_model_name(str(folder))} version 1" in summary
         client = MlflowClient(tracking_uri())
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
         (micle,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")

@@ -55,7 +55,7 @@ def _rerun_against_another_store() -> None:
     assert {"results.csv", "results.md"} <= {item.path for item in client.list_artifacts(parent.info.run_id)}
     assert parent.data.metrics["simclr_micle_finetune_1_seed0_in_domain_accuracy"] > 0
     assert parent.data.tags["registry.version"] == "1"
-    assert str(client.get_model_version_by_alias("sslflow", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("sslflow-mnist-5k", "champion").version) == "1"
 
 
 def _run_three_times() -> None:
@@ -63,7 +63,7 @@ def _run_three_times() -> None:
     summary = ssl_pipeline(**SMALL)
     first_wall = time.perf_counter() - started
     assert "| simclr+micle | finetune | 1 (" in summary and "| pixels | linear | 1 (" in summary
-    assert "Registered model: sslflow version 1" in summary
+    assert "Registered model: sslflow-mnist-5k version 1" in summary
 
     stages = _stage_runs()
     assert stages.count("PARENT") == 1
@@ -74,9 +74,9 @@ def _run_three_times() -> None:
     _assert_pseudo_label_report()
     _assert_knn_probe_and_monitor()
     assert sum(stage.startswith("finetune:") for stage in stages) == 8  # pixels, scratch, {simclr, +domain, +micle} x {linear, finetune}
-    champion = MlflowClient(tracking_uri()).get_model_version_by_alias("sslflow", "champion")
+    champion = MlflowClient(tracking_uri()).get_model_version_by_alias("sslflow-mnist-5k", "champion")
     assert str(champion.version) == "1"
-    model = mlflow.pytorch.load_model("models:/sslflow@champion")
+    model = mlflow.pytorch.load_model("models:/sslflow-mnist-5k@champion")
     assert model(__import__("torch").zeros(2, 1, 28, 28)).shape == (2, 10)
 
     started = time.perf_counter()

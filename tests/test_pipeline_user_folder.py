@@ -13,6 +13,7 @@ from live_mlflow import mlflow_at
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.data.builtin import read_mnist_5k
+from sslflow.registry.names import default_model_name
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
 from workflows.pipeline import ssl_pipeline
 
@@ -51,7 +52,7 @@ def test_pipeline_runs_on_a_user_folder_with_real_cases(tmp_path, monkeypatch):
             simclr=PretrainConfig(epochs=1, batch_size=64), micle=PretrainConfig(epochs=1, batch_size=64),
             finetune=FinetuneConfig(epochs=1, min_steps=3), label_fractions=[1.0],
         )  # fmt: skip
-        assert "| simclr+micle | finetune | 1 (" in summary and "Registered model: sslflow version 1" in summary
+        assert "| simclr+micle | finetune | 1 (" in summary and f"Registered model: {default_model_name(str(folder))} version 1" in summary
         client = MlflowClient(tracking_uri())
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
         (micle,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")

@@ -2,9 +2,9 @@
 alias, and what a failure half-way leaves behind (a crash of the server included).
 
 The models are constant classifiers (zero linear weights, a bias for one class), so their accuracy is
-the share of that class in a test set, and every gate decision below is known in advance:
+the share of that class in a gate set, and every gate decision below is known in advance:
 
-    test labels   in-domain: 5 x "0", 3 x "1", 2 x "2"     shift: 2 x "0", 3 x "1", 5 x "2"
+    gate labels   in-domain: 5 x "0", 3 x "1", 2 x "2"     shift: 2 x "0", 3 x "1", 5 x "2"
     always "1"    (0.3, 0.3)
     always "0"    (0.5, 0.2)   better in-domain, worse under shift
     always "2"    (0.2, 0.5)   worse in-domain, better under shift
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
@@ -29,7 +30,9 @@ from flytekit.types.file import FlyteFile
 from live_mlflow import MlflowServer, free_port, mlflow_at
 from mlflow.tracking import MlflowClient
 
+from ssl_models.augment import FINETUNE_AUGMENT, normalise
 from ssl_models.encoders import build_encoder
+from sslflow.data.builtin import read_mnist_5k
 from ssl_models.heads import Classifier
 from sslflow.config import RegistryConfig
 from sslflow.data.dataset import write_dataset
@@ -46,6 +49,8 @@ from sslflow.registry.aliases import (
     rollback_aliases,
 )
 from sslflow.registry.gate import Accuracies, promotion_gate
+from sslflow.registry.names import default_model_name
+from sslflow.registry.serving import ONNX_ARTIFACT
 from tasks.register import register
 from tasks.shared import Dataset, FinetunedModel
 from sslflow.tracking.runs import start_parent_run
@@ -116,9 +121,11 @@ def tracking(server, monkeypatch):
         yield server
 
 
-def _dataset(directory: Path, name: str, counts: dict[str, int], test_counts: dict[str, int] | None = None) -> Dataset:
+def _dataset(
+    directory: Path, name: str, counts: dict[str, int], test_counts: dict[str, int] | None = None, images: np.ndarray | None = None
+) -> Dataset:
     """A dataset whose gate split holds ``counts`` labels (the promotion gate reads these) and whose test split
-    holds ``test_counts`` (default: the same)."""
+    holds ``test_counts`` (default: the same); its ``images`` (N, 1, 28, 28) uint8, default random pixels."""
     labels = [label for label, count in counts.items() for _ in range(count)]
     test_labels = [label for label, count in (test_counts or counts).items() for _ in range(count)]
     rng = np.random.default_rng(0)
@@ -129,13 +136,13 @@ def _dataset(directory: Path, name: str, counts: dict[str, int], test_counts: di
         split=["gate"] * len(labels) + ["test"] * len(test_labels),
     )  # fmt: skip
     labels = labels + test_labels
-    images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8) if images is None else images[: len(labels)]
     sha256 = write_dataset(directory / name, manifest, images, {})
     return Dataset(directory=FlyteDirectory(str(directory / name)), name=name, num_images=len(labels), content_sha256=sha256, mlflow_run_id="")
 
 
 @pytest.fixture(scope="module")
-def test_sets(tmp_path_factory) -> tuple[Dataset, Dataset]:
+def gate_sets(tmp_path_factory) -> tuple[Dataset, Dataset]:
     root = tmp_path_factory.mktemp("datasets")
     return _dataset(root, "in-domain", {"0": 5, "1": 3, "2": 2}), _dataset(root, "shift", {"0": 2, "1": 3, "2": 5})
 
@@ -146,7 +153,11 @@ def _constant_model(directory: Path, predicted: str, classes: list[str] = CLASSE
     with torch.no_grad():
         classifier.linear.weight.zero_()
         classifier.linear.bias.copy_(torch.tensor([10.0 if name == predicted else 0.0 for name in classes]))
-    path = directory / f"always-{predicted}-{uuid.uuid4().hex[:8]}.pt"
+    return _finetuned(directory, classifier, f"always-{predicted}", classes)
+
+
+def _finetuned(directory: Path, classifier: Classifier, name: str, classes: list[str]) -> FinetunedModel:
+    path = directory / f"{name}-{uuid.uuid4().hex[:8]}.pt"
     torch.save(classifier.state_dict(), path)
     values = {
         "checkpoint": FlyteFile(str(path)), "encoder_name": "small_cnn", "in_channels": 1, "image_size": 28,
@@ -156,26 +167,28 @@ def _constant_model(directory: Path, predicted: str, classes: list[str] = CLASSE
     return FinetunedModel(**{f.name: values[f.name] for f in dataclasses.fields(FinetunedModel)})
 
 
-def _register(model: FinetunedModel, test_sets, config: RegistryConfig, parent_run_id: str | None = None):
+def _register(model: FinetunedModel, gate_sets, config: RegistryConfig, parent_run_id: str | None = None, domain_source: str = "mnist-5k"):
     """The register task's body, as the pipeline runs it (Flyte's cache aside)."""
-    in_domain, shift = test_sets
+    in_domain, shift = gate_sets
     parent_run_id = parent_run_id or start_parent_run("test_registry", {})
-    return register.task_function(models=[model], in_domain=in_domain, shift=shift, config=config, parent_run_id=parent_run_id)
+    return register.task_function(
+        models=[model], in_domain=in_domain, shift=shift, config=config, domain_source=domain_source, parent_run_id=parent_run_id
+    )  # fmt: skip
 
 
 def _versions(model_name: str) -> list:
     return sorted(MlflowClient().search_model_versions(f"name = '{model_name}'"), key=lambda v: int(v.version))
 
 
-def test_gate_promotion_load_by_alias_and_rollback(tracking, test_sets, tmp_path):
+def test_gate_promotion_load_by_alias_and_rollback(tracking, gate_sets, tmp_path):
     config = RegistryConfig(model_name=f"gate-{uuid.uuid4().hex[:8]}")
-    first = _register(_constant_model(tmp_path, "1"), test_sets, config)
+    first = _register(_constant_model(tmp_path, "1"), gate_sets, config)
     assert (first.version, first.promoted, first.champion_version) == ("1", True, "1")
     assert first.decision == "promoted: no champion yet"
     assert (first.in_domain_accuracy, first.shift_accuracy) == pytest.approx((0.3, 0.3))
 
     # better in-domain but worse under shift: only the challenger alias moves; the reason is tagged
-    second = _register(_constant_model(tmp_path, "0"), test_sets, config)
+    second = _register(_constant_model(tmp_path, "0"), gate_sets, config)
     assert (second.version, second.promoted, second.aliases, second.champion_version) == ("2", False, [CHALLENGER], "1")
     tags = MlflowClient().get_model_version(config.model_name, "2").tags
     assert tags["gate.promoted"] == "false" and "shift 0.2000 vs champion 0.3000" in tags["gate.decision"]
@@ -185,7 +198,7 @@ def test_gate_promotion_load_by_alias_and_rollback(tracking, test_sets, tmp_path
     assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "2"}
 
     # the same kind of model passes once a 0.1 drop under shift is allowed: champion moves, the old one is kept
-    third = _register(_constant_model(tmp_path, "0"), test_sets, dataclasses.replace(config, max_shift_drop=0.15))
+    third = _register(_constant_model(tmp_path, "0"), gate_sets, dataclasses.replace(config, max_shift_drop=0.15))
     assert (third.version, third.promoted, sorted(third.aliases)) == ("3", True, [CHALLENGER, CHAMPION])
     assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "3", CHALLENGER: "3", PREVIOUS_CHAMPION: "1"}
 
@@ -204,23 +217,78 @@ def test_gate_promotion_load_by_alias_and_rollback(tracking, test_sets, tmp_path
         rollback_aliases(config.model_name)
 
 
-def test_rerun_of_a_registered_pipeline_run_reuses_its_version(tracking, test_sets, tmp_path):
+def _digit_classifier(pixels: np.ndarray, labels: list[str]) -> Classifier:
+    """A seeded small_cnn whose linear layer is a least-squares fit of its features of ``pixels`` (N, 1, 28, 28) to
+    the one-hot ``labels`` (digits "0"-"9"), scaled so that its probabilities are confident."""
+    torch.manual_seed(1)
+    classifier = Classifier(build_encoder("small_cnn", 1, 28), 10).eval()
+    with torch.no_grad():
+        features = classifier.encoder(normalise(torch.from_numpy(pixels), FINETUNE_AUGMENT)).double().numpy()
+        inputs, targets = np.hstack([features, np.ones((len(features), 1))]), np.eye(10)[np.array(labels, dtype=int)]
+        weights = 20.0 * np.linalg.lstsq(inputs, targets, rcond=None)[0]  # (D + 1, 10)
+        classifier.linear.weight.copy_(torch.from_numpy(weights[:-1].T).float())
+        classifier.linear.bias.copy_(torch.from_numpy(weights[-1]).float())
+    return classifier
+
+
+def test_the_registered_version_carries_an_onnx_export_with_the_same_probabilities(tracking, tmp_path):
+    """ONNX Runtime on the version's model.onnx gives PyTorch's probabilities (within 1e-4) on real MNIST digits,
+    for a classifier whose output depends on the image (a linear layer fit to the digits, not a constant)."""
+    digits = read_mnist_5k()
+    spread = digits.pixels[:: len(digits.pixels) // 60][:60]  # mnist_5k.csv is sorted by label: every digit
+    classes = [str(digit) for digit in range(10)]
+    sets = (
+        _dataset(tmp_path, "in-digits", {label: 3 for label in classes}, images=spread),
+        _dataset(tmp_path, "shift-digits", {label: 3 for label in classes}, images=spread[::-1].copy()),
+    )
+    model = _finetuned(tmp_path, _digit_classifier(digits.pixels[1::10], digits.labels[1::10]), "digits", classes)
+    config = RegistryConfig(model_name=f"onnx-{uuid.uuid4().hex[:8]}")
+    assert _register(model, sets, config).version == "1"
+
+    images = digits.pixels[7::50][:100].astype(np.float32)  # other digits than the gate's, a batch size the export never saw
+    # the lines of docs/serving.md
+    path = mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@champion/{ONNX_ARTIFACT}")
+    served = onnxruntime.InferenceSession(path).run(None, {"images": images})[0]
+    expected = mlflow.pytorch.load_model(f"models:/{config.model_name}@champion")(torch.from_numpy(images)).detach().numpy()
+    assert served.shape == (100, 10) and np.abs(served - expected).max() < 1e-4
+    assert expected.std(axis=0).max() > 0.05, "the probabilities depend on the image, so the comparison means something"
+    assert (served.argmax(axis=1) == np.array(digits.labels[7::50][:100], dtype=int)).mean() > 0.5  # it reads the digits
+
+
+def test_each_domain_source_registers_its_own_model_unless_one_is_named(tracking, gate_sets, tmp_path):
+    """Two folders (even of the same name) are two registered models, each promoting its first version; the
+    demo's source keeps one stable name; RegistryConfig.model_name overrides the derived name."""
+    folders = [tmp_path / "site-a" / "scans", tmp_path / "site-b" / "scans"]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    names = [default_model_name(str(folder)) for folder in folders]
+    assert names[0] != names[1] and all(name.startswith("sslflow-scans-") for name in names)
+    assert default_model_name(str(folders[0])) == default_model_name(f"{folders[0]}/") == names[0]  # one folder, one name
+    registrations = [_register(_constant_model(tmp_path, "1"), gate_sets, RegistryConfig(), domain_source=str(folder)) for folder in folders]
+    assert [(r.model_name, r.version, r.promoted) for r in registrations] == [(names[0], "1", True), (names[1], "1", True)]
+    assert default_model_name("mnist-5k") == "sslflow-mnist-5k" == rollback.python_interface.default_inputs_as_kwargs["model_name"]
+    assert default_model_name("s3://bucket/ct/2024/").startswith("sslflow-bucket-ct-2024-")
+    named = RegistryConfig(model_name=f"named-{uuid.uuid4().hex[:8]}")
+    assert _register(_constant_model(tmp_path, "1"), gate_sets, named, domain_source=str(folders[0])).model_name == named.model_name
+
+
+def test_rerun_of_a_registered_pipeline_run_reuses_its_version(tracking, gate_sets, tmp_path):
     config = RegistryConfig(model_name=f"idempotent-{uuid.uuid4().hex[:8]}")
     model, parent_run_id = _constant_model(tmp_path, "1"), start_parent_run("test_registry", {})
-    first = _register(model, test_sets, config, parent_run_id)
-    again = _register(model, test_sets, config, parent_run_id)
+    first = _register(model, gate_sets, config, parent_run_id)
+    again = _register(model, gate_sets, config, parent_run_id)
     assert again.version == first.version and again.promoted and again.decision.startswith("already registered")
     assert len(_versions(config.model_name)) == 1
     assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "1"}
     # a new pipeline run with the same checkpoint is a new version, and a tie does not promote it
-    other_run = _register(model, test_sets, config)
+    other_run = _register(model, gate_sets, config)
     assert (other_run.version, other_run.promoted, other_run.champion_version) == ("2", False, "1")
 
 
-def test_failure_after_create_deletes_the_version_and_restores_aliases(tracking, test_sets, tmp_path, monkeypatch):
+def test_failure_after_create_deletes_the_version_and_restores_aliases(tracking, gate_sets, tmp_path, monkeypatch):
     config = RegistryConfig(model_name=f"undo-{uuid.uuid4().hex[:8]}", max_shift_drop=0.5)
-    _register(_constant_model(tmp_path, "1"), test_sets, config)
-    _register(_constant_model(tmp_path, "0"), test_sets, config)
+    _register(_constant_model(tmp_path, "1"), gate_sets, config)
+    _register(_constant_model(tmp_path, "0"), gate_sets, config)
     before = aliases_of(MlflowClient(), config.model_name)
     assert before == {CHAMPION: "2", CHALLENGER: "2", PREVIOUS_CHAMPION: "1"}
 
@@ -233,15 +301,15 @@ def test_failure_after_create_deletes_the_version_and_restores_aliases(tracking,
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_champion)
     with pytest.raises(RuntimeError, match="injected failure"):
-        _register(_constant_model(tmp_path, "0"), test_sets, dataclasses.replace(config, non_inferiority_margin=0.5))
+        _register(_constant_model(tmp_path, "0"), gate_sets, dataclasses.replace(config, non_inferiority_margin=0.5))
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_alias)
     assert [v.version for v in _versions(config.model_name)] == ["1", "2"]  # version 3 deleted
     assert aliases_of(MlflowClient(), config.model_name) == before
 
 
-def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(tracking, test_sets, tmp_path, monkeypatch):
+def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(tracking, gate_sets, tmp_path, monkeypatch):
     config = RegistryConfig(model_name=f"crash-{uuid.uuid4().hex[:8]}", max_shift_drop=0.5)
-    _register(_constant_model(tmp_path, "1"), test_sets, config)
+    _register(_constant_model(tmp_path, "1"), gate_sets, config)
     model, parent_run_id = _constant_model(tmp_path, "0"), start_parent_run("test_registry", {})
 
     real_register_model = mlflow.register_model
@@ -254,7 +322,7 @@ def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(tr
     monkeypatch.setattr(mlflow, "register_model", register_then_crash)
     started = time.monotonic()
     with pytest.raises(TrackingServerUnavailable, match=tracking.uri.replace(".", r"\.")):
-        _register(model, test_sets, config, parent_run_id)
+        _register(model, gate_sets, config, parent_run_id)
     assert time.monotonic() - started < 60, "bounded retries"
     monkeypatch.setattr(mlflow, "register_model", real_register_model)
 
@@ -264,7 +332,7 @@ def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(tr
     assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "1"}
 
     # the retry of the same pipeline run removes the leftover and registers properly
-    retried = _register(model, test_sets, config, parent_run_id)
+    retried = _register(model, gate_sets, config, parent_run_id)
     assert (retried.version, retried.promoted) == ("3", True)
     assert [(v.version, v.tags[STATE_TAG]) for v in _versions(config.model_name)] == [("1", COMPLETE), ("3", COMPLETE)]
     assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "3", CHALLENGER: "3", PREVIOUS_CHAMPION: "1"}
@@ -294,9 +362,9 @@ def test_a_cluster_pod_without_tracking_uri_says_what_to_set(monkeypatch):
         tracking_uri()
 
 
-def test_a_champion_that_cannot_be_loaded_is_a_reported_decision_not_a_blocked_registry(tracking, test_sets, tmp_path):
+def test_a_champion_that_cannot_be_loaded_is_a_reported_decision_not_a_blocked_registry(tracking, gate_sets, tmp_path):
     config = RegistryConfig(model_name=f"unloadable-{uuid.uuid4().hex[:8]}")
-    assert _register(_constant_model(tmp_path, "1"), test_sets, config).champion_version == "1"
+    assert _register(_constant_model(tmp_path, "1"), gate_sets, config).champion_version == "1"
     champion = MlflowClient().get_model_version(config.model_name, "1")
     artifacts = tracking.root / "artifacts"
     logged_model = champion.source.rsplit("/", 1)[-1]  # MLflow 3: models:/<logged model id>, stored under models/<id>
@@ -304,7 +372,7 @@ def test_a_champion_that_cannot_be_loaded_is_a_reported_decision_not_a_blocked_r
     assert model_files, "the champion's files are on the server"
     for path in model_files:
         path.unlink()  # e.g. a bucket lifecycle rule removed them
-    second = _register(_constant_model(tmp_path, "0"), test_sets, config)
+    second = _register(_constant_model(tmp_path, "0"), gate_sets, config)
     assert (second.version, second.promoted, second.champion_version) == ("2", False, "1")
     assert "champion version 1 cannot be loaded or scored" in second.decision
     tags = MlflowClient().get_model_version(config.model_name, "2").tags

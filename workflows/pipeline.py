@@ -29,7 +29,7 @@ from workflows.ingest import ingest
 from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_domain_simclr, pretrain_micle, pretrain_simclr
 from tasks.register import register
-from tasks.report import report, start_pipeline_run
+from tasks.pipeline_run import report, start_pipeline_run
 from tasks.self_train import self_train as self_train_task
 from tasks.store import tracking_store
 from tasks.validate import validate
@@ -83,5 +83,5 @@ def ssl_pipeline(
     )  # fmt: skip
     models = self_train_task(models=models, domain=domain, encoder=micle_encoder, config=self_train, parent_run_id=run_id)
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
-    registration = register(models=models, in_domain=domain, shift=shift, config=registry, parent_run_id=run_id)
+    registration = register(models=models, in_domain=domain, shift=shift, config=registry, domain_source=domain_source, parent_run_id=run_id)
     return report(results=results, registration=registration, parent_run_id=run_id)

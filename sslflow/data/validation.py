@@ -4,11 +4,12 @@ Checks: schema, nulls, image decoded for every row and side lengths in range, no
 no case in two splits, split values, label values (no surrounding blanks; in
 ValidationConfig.allowed_labels when given), and enough labels per class for every requested label
 fraction: every class labelled in any split needs ceil(1 / smallest fraction) training labels (a
-class only in val or test cannot be predicted, and would fail evaluation after all the training).
+class only in val or test cannot be predicted, and would fail evaluation after all the training),
+and the val, gate and test splits a labelled image each (a small folder can leave one empty).
 Also reported, not checked: case-size statistics (MICLe needs cases with two or more images;
 single-image cases fall back to two augmentations of one image) and the files ingest quarantined or
-dropped as duplicates. Each failure names the expectation, its column and the
-offending files (source_path). The task (tasks/validate.py) shows the result as a Flyte Deck and logs it to MLflow (JSON + HTML).
+dropped as duplicates. Each failure names the expectation, its column, the
+offending files (source_path) and what to do (sslflow/data/validation_advice.py). The task (tasks/validate.py) shows the result as a Flyte Deck and logs it to MLflow (JSON + HTML).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sslflow.config import ValidationConfig  # noqa: E402
 from sslflow.errors import Refusal  # noqa: E402
 from sslflow.data.manifest import MANIFEST_COLUMNS  # noqa: E402
 from sslflow.data.metadata import canonical_label  # noqa: E402
+from sslflow.data.validation_advice import what_to_do  # noqa: E402
 
 E = gx.expectations
 LABEL_PATTERN = r"^\S(?:.*\S)?\Z"  # one line, no leading or trailing blanks ("cat " and "cat" would be two classes)
@@ -91,12 +93,15 @@ def check_label_fractions(label_fractions: Sequence[float]) -> None:
 
 
 def label_count_expectations(label_fractions: Sequence[float]) -> list:
-    """Each class needs floor(fraction * train_labels) >= 1 at the smallest fraction (ValueError for a bad fraction)."""
+    """Each class needs floor(fraction * train_labels) >= 1 at the smallest fraction, and val, gate and test need a
+    labelled image each (ValueError for a bad fraction)."""
     check_label_fractions(label_fractions)
     needed = math.ceil(1 / min(label_fractions) - 1e-9)
     return [
         E.ExpectTableRowCountToBeBetween(min_value=2),  # at least two classes
         E.ExpectColumnValuesToBeBetween(column="train_labels", min_value=needed),
+        # fine-tune selects on val, register gates on gate, evaluate scores test: each needs a labelled image
+        *[E.ExpectColumnSumToBeBetween(column=f"{split}_labels", min_value=1) for split in ("val", "gate", "test")],
     ]
 
 
@@ -133,8 +138,9 @@ def _offending(outcome: dict, column: str | None) -> str:
     return f"observed {json.dumps(outcome.get('observed_value'), default=str)[:400]}"
 
 
-def failures(result: dict) -> list[str]:
-    """One line per failing expectation: its type, column and arguments, and the offending rows or value."""
+def failures(result: dict, label_counts: pd.DataFrame | None = None) -> list[str]:
+    """One entry per failing expectation: its type, column and arguments, the offending rows or value, and what to do
+    (sslflow/data/validation_advice.py; label_counts: the frame the label-count suite checked)."""
     lines = []
     for item in result["results"]:
         if item["success"]:
@@ -145,7 +151,8 @@ def failures(result: dict) -> list[str]:
         error = (item.get("exception_info") or {}).get("exception_message")
         offending = f"error: {error}" if error else _offending(item.get("result") or {}, column)
         where = f" column {column!r}" if column else ""
-        lines.append(f"{config['type']}{where} {json.dumps(kwargs, default=str)} failed; offending: {offending}")
+        advice = what_to_do(config["type"], column, kwargs, label_counts)
+        lines.append(f"{config['type']}{where} {json.dumps(kwargs, default=str)} failed; offending: {offending}\n    what to do: {advice}")
     return lines
 
 
@@ -188,7 +195,7 @@ def validate_manifest(manifest: pd.DataFrame, image_count: int, config: Validati
     manifest_result = _run("manifest", frame, manifest_expectations(config, image_count), row_names)
     label_counts = labels_per_class(frame)
     label_result = _run("label_counts", label_counts, label_count_expectations(label_fractions), ["label"]) if label_fractions else None
-    failing = failures(manifest_result) + (failures(label_result) if label_result else [])
+    failing = failures(manifest_result) + (failures(label_result, label_counts) if label_result else [])
     return {
         "success": not failing,
         "failures": failing,

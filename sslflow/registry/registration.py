@@ -13,7 +13,9 @@ tagged ``incomplete`` and the next attempt of the same pipeline run undoes it be
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import mlflow
@@ -42,12 +44,14 @@ from sslflow.registry.record import Registration
 from sslflow.registry.serving import (
     CLASS_NAMES_TAG,
     MODEL_PIP_REQUIREMENTS,
+    ONNX_FILE,
     SERVING_FORMAT,
     SERVING_TAG,
+    GateSets,
     RegisteredClassifier,
-    TestSets,
     decode_class_names,
     encode_class_names,
+    export_onnx,
     score,
 )
 from sslflow.tracking.provenance import code_version
@@ -100,7 +104,7 @@ def find_registered(registry: MlflowClient, model_name: str, checkpoint_sha256: 
 
 
 def version_tags(best: SelectedModel, challenger: Accuracies, data_tags: dict[str, str], parent_run_id: str) -> dict[str, str]:
-    """The tags a new version is created with (data_tags: names and sha256 of the test data sets)."""
+    """The tags a new version is created with (data_tags: names and sha256 of the in-domain and shift data sets)."""
     return {
         "checkpoint_sha256": best.content_sha256, "pipeline_run_id": parent_run_id, "code_version": code_version(), **data_tags,
         "init": best.init, "probe": best.probe, "label_fraction": f"{best.label_fraction:g}", "num_labels": str(best.num_labels),
@@ -111,8 +115,8 @@ def version_tags(best: SelectedModel, challenger: Accuracies, data_tags: dict[st
     }  # fmt: skip
 
 
-def _champion_scores(registry: MlflowClient, model_name: str, version: str, test_sets: TestSets) -> tuple[Accuracies | None, str]:
-    """The champion scored on this run's test sets, or (None, why it cannot be).
+def _champion_scores(registry: MlflowClient, model_name: str, version: str, gate_sets: GateSets) -> tuple[Accuracies | None, str]:
+    """The champion scored on this run's gate sets, or (None, why it cannot be).
 
     Whatever stops the champion from being loaded or scored (a deleted artifact, another MLflow or torch
     version, other classes, another input shape) is a reason, never an exception: the registry must not
@@ -123,14 +127,14 @@ def _champion_scores(registry: MlflowClient, model_name: str, version: str, test
         model = mlflow.pytorch.load_model(f"models:/{model_name}/{version}", map_location="cpu")
         if champion.tags.get(SERVING_TAG) != SERVING_FORMAT:  # registered before models carried their preprocessing
             model = RegisteredClassifier(model, FINETUNE_AUGMENT)
-        return score(model, decode_class_names(champion.tags.get(CLASS_NAMES_TAG, "")), test_sets), ""
+        return score(model, decode_class_names(champion.tags.get(CLASS_NAMES_TAG, "")), gate_sets), ""
     except Exception as error:  # noqa: BLE001 - reported in the gate decision, see the docstring
         if is_unreachable(error):
             raise
-        return None, f"champion version {version} cannot be loaded or scored on this run's test sets ({type(error).__name__}: {error})"
+        return None, f"champion version {version} cannot be loaded or scored on this run's gate sets ({type(error).__name__}: {error})"
 
 
-def _gate(registry: MlflowClient, model_name: str, challenger: Accuracies, test_sets: TestSets, config: RegistryConfig) -> tuple[dict[str, str], GateDecision]:
+def _gate(registry: MlflowClient, model_name: str, challenger: Accuracies, gate_sets: GateSets, config: RegistryConfig) -> tuple[dict[str, str], GateDecision]:
     """(the aliases as they are now, the decision). Gates again if another run moved the champion meanwhile."""
     aliases = aliases_of(registry, model_name)
     for _ in range(3):
@@ -138,7 +142,7 @@ def _gate(registry: MlflowClient, model_name: str, challenger: Accuracies, test_
         if not champion:
             decision = promotion_gate(challenger, None, config)
         else:
-            scores, incomparable = _champion_scores(registry, model_name, champion, test_sets)
+            scores, incomparable = _champion_scores(registry, model_name, champion, gate_sets)
             if scores is None:
                 decision = GateDecision(False, f"kept champion: {incomparable}; move the alias by hand if the change is intended")
             else:
@@ -149,10 +153,10 @@ def _gate(registry: MlflowClient, model_name: str, challenger: Accuracies, test_
     raise RuntimeError(f"the champion of {model_name} moved three times while this run was being gated; run register again")
 
 
-def _gate_and_move_aliases(registry: MlflowClient, name: str, number: str, challenger: Accuracies, test_sets: TestSets, config: RegistryConfig, tags: dict[str, str]) -> GateDecision:
+def _gate_and_move_aliases(registry: MlflowClient, name: str, number: str, challenger: Accuracies, gate_sets: GateSets, config: RegistryConfig, tags: dict[str, str]) -> GateDecision:
     """Gate version ``number``, record the aliases as they were, move them, mark the version complete."""
     with registry_lock():  # sqlite: one gate at a time across processes; a server: _gate re-checks instead
-        aliases_before, decision = _gate(registry, name, challenger, test_sets, config)
+        aliases_before, decision = _gate(registry, name, challenger, gate_sets, config)
         champion = aliases_before.get(CHAMPION, "")
         gate_tags = {
             "gate.promoted": str(decision.promote).lower(), "gate.decision": decision.reason,
@@ -170,12 +174,12 @@ def _gate_and_move_aliases(registry: MlflowClient, name: str, number: str, chall
     return decision
 
 
-def register_version(registry: MlflowClient, model_uri: str, tags: dict[str, str], challenger: Accuracies, test_sets: TestSets, config: RegistryConfig) -> Registration:
+def register_version(registry: MlflowClient, model_uri: str, tags: dict[str, str], challenger: Accuracies, gate_sets: GateSets, config: RegistryConfig) -> Registration:
     """The registration transaction: create the version, gate, move aliases; on any failure undo all of it."""
     name = config.model_name
     number = str(mlflow.register_model(model_uri, name, tags=tags).version)
     try:
-        decision = _gate_and_move_aliases(registry, name, number, challenger, test_sets, config, tags)
+        decision = _gate_and_move_aliases(registry, name, number, challenger, gate_sets, config, tags)
     except BaseException:
         try:
             undo_registration(registry, name, number, tags)
@@ -187,19 +191,23 @@ def register_version(registry: MlflowClient, model_uri: str, tags: dict[str, str
 
 
 def register_selected(
-    registry: MlflowClient, best: SelectedModel, classifier: nn.Module, test_sets: TestSets, data_tags: dict[str, str],
+    registry: MlflowClient, best: SelectedModel, classifier: nn.Module, gate_sets: GateSets, data_tags: dict[str, str],
     config: RegistryConfig, parent_run_id: str,
 ) -> Registration:  # fmt: skip
-    """Register ``best`` (its trained ``classifier``) unless this pipeline run already has; runs inside a stage run."""
+    """Register ``best`` (its trained ``classifier``, with an ONNX copy) unless this pipeline run already has; runs inside a stage run."""
     existing = find_registered(registry, config.model_name, best.content_sha256, parent_run_id)
     if existing is not None:
         return existing
     mlflow.log_params({"selected.init": best.init, "selected.label_fraction": best.label_fraction})
     served = RegisteredClassifier(classifier, FINETUNE_AUGMENT).eval()
-    challenger = score(served, best.class_names, test_sets)
+    challenger = score(served, best.class_names, gate_sets)
     example = np.zeros((2, best.in_channels, best.image_size, best.image_size), dtype=np.float32)
-    logged = mlflow.pytorch.log_model(served, name="model", input_example=example, pip_requirements=MODEL_PIP_REQUIREMENTS)
-    registration = register_version(registry, logged.model_uri, version_tags(best, challenger, data_tags, parent_run_id), challenger, test_sets, config)
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_file = export_onnx(served, gate_sets["in_domain"][0], Path(folder) / ONNX_FILE)
+        logged = mlflow.pytorch.log_model(
+            served, name="model", input_example=example, pip_requirements=MODEL_PIP_REQUIREMENTS, extra_files=[str(onnx_file)]
+        )  # fmt: skip
+    registration = register_version(registry, logged.model_uri, version_tags(best, challenger, data_tags, parent_run_id), challenger, gate_sets, config)
     mlflow.set_tags({"registry.decision": registration.decision, "registry.version": registration.version})
     mlflow.log_metrics({"in_domain_accuracy": challenger.in_domain, "shift_accuracy": challenger.shift})
     return registration

@@ -1,5 +1,5 @@
 """Charts of evaluation results as PNG bytes (matplotlib, Agg backend): label-efficiency curve, shift,
-corruptions, and a 2-D picture of the self-supervised features."""
+corruptions, and a 2-D UMAP picture of the self-supervised features."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
 
 from sslflow.ladder import arm_order  # noqa: E402
 from sslflow.reporting.tables import methods_in_order  # noqa: E402
@@ -59,22 +58,41 @@ def _corruption_chart(results: pd.DataFrame) -> bytes:
     return _png(figure)
 
 
-def embedding_figure(features: np.ndarray, labels: np.ndarray, sites: np.ndarray, title: str) -> bytes:
-    """Two panels of the same 2-D PCA of features (N, D): points coloured by label (N,) and by site (N,).
+EMBEDDING_MAX_POINTS = 2000  # UMAP's layout time grows with the points; more add little to a picture
+EMBEDDING_MIN_POINTS = 10  # fewer make no picture (UMAP fails on 2 points)
 
-    PCA rather than UMAP: umap-learn is not a dependency, and a linear projection shows what a linear
-    probe can separate.
+
+def umap_points(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N, D) features -> (N, 2) UMAP coordinates (McInnes et al. 2018, arXiv 1802.03426); the same for the
+    same features and seed (single-threaded, numba's random state seeded)."""
+    import umap  # here, not at the top: its import (numba, pynndescent) takes seconds that loading the workflows need not pay
+
+    neighbours = max(2, min(15, len(features) - 1))  # UMAP needs 2 <= n_neighbors < N
+    reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, min_dist=0.1, init="pca", n_epochs=200, random_state=seed, n_jobs=1)
+    return reducer.fit_transform(np.asarray(features, dtype=np.float32))
+
+
+def embedding_figure(
+    features: np.ndarray, labels: np.ndarray, sites: np.ndarray, title: str, *, seed: int = 0, max_points: int = EMBEDDING_MAX_POINTS
+) -> bytes:
+    """Two panels of the same 2-D UMAP of features (N, D): points coloured by label (N,) and by site (N,).
+
+    Over max_points images: a random subset of max_points (drawn with ``seed``) is pictured, and the title says so.
     """
-    points = PCA(n_components=2, random_state=0).fit_transform(features)
+    chosen = np.arange(len(features))
+    if len(features) > max_points:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(features), size=max_points, replace=False))
+        title = f"{title}, {max_points} of {len(features)} images"
+    points, labels, sites = umap_points(features[chosen], seed), np.asarray(labels)[chosen], np.asarray(sites)[chosen]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for axis, values, name in ((axes[0], labels, "label"), (axes[1], sites, "site")):
         for value in sorted(set(values)):
-            chosen = values == value
-            axis.scatter(points[chosen, 0], points[chosen, 1], s=6, alpha=0.6, label=str(value))
+            shown = values == value
+            axis.scatter(points[shown, 0], points[shown, 1], s=6, alpha=0.6, label=str(value))
         axis.set_title(f"coloured by {name}", fontsize=9)
-        axis.set_xlabel("PC 1")
+        axis.set_xlabel("UMAP 1")
         axis.legend(fontsize=7, markerscale=2, loc="best")
-    axes[0].set_ylabel("PC 2")
+    axes[0].set_ylabel("UMAP 2")
     figure.suptitle(title, fontsize=10)
     return _png(figure)
 

@@ -1,4 +1,5 @@
-"""start_pipeline_run opens the MLflow parent run; report closes it and renders the final table."""
+"""The pipeline's MLflow parent run: start_pipeline_run opens it; report records the results and the registration on
+it, closes it and renders the summary `pyflyte run` prints."""
 
 from __future__ import annotations
 
