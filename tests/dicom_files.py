@@ -60,7 +60,7 @@ def write_pacs_folder(root: Path, *, copies: int = 4, patients: int = 5, planted
     CT, MR, US (RGB, palette, multi-frame YBR JPEG) and non-image objects (SR, RT plan) plus a DICOMDIR.
 
     Each bundled image is written ``copies`` times with a small pixel shift so the copies are not duplicates;
-    patients: PAT<k> (PatientID = planted PatientID + PAT<k>), institutions "North Hospital" / "South Clinic". planted: header values added to every
+    patients: PAT<k> (PatientID = planted PatientID + PAT<k>, IssuerOfPatientID REGIONAL-MPI), institutions "North Hospital" / "South Clinic". planted: header values added to every
     image (PLANTED). Returns one row per image file: path, patient, institution, modality.
     """
     sources = [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR"), ("693_J2KI.dcm", "CT"), ("examples_rgb_color.dcm", "US"),
@@ -75,7 +75,9 @@ def write_pacs_folder(root: Path, *, copies: int = 4, patients: int = 5, planted
             for keyword, value in (planted or {}).items():
                 setattr(ds, keyword, value)
             ds.PatientID, ds.InstitutionName = f"{(planted or {}).get('PatientID', '')}{patient}", institution
-            if copy:  # a different image: shift the decoded pixels, store uncompressed
+            ds.IssuerOfPatientID = "REGIONAL-MPI"  # one patient index over both institutions: PAT<k> is one person at both
+            if copy:  # a different image (its own SOPInstanceUID): shift the decoded pixels, store uncompressed
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
                 ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
                 ds.PixelData = np.roll(ds.pixel_array, copy, axis=-2 if ds.get("SamplesPerPixel", 1) == 1 else -3).tobytes()
             (root / path).parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,8 @@ def write_pacs_folder(root: Path, *, copies: int = 4, patients: int = 5, planted
     shutil.copy(get_testdata_file("DICOMDIR"), root / "DICOMDIR")
     if multiframe:  # 30 frames of ultrasound, JPEG baseline YBR_FULL_422
         prefix = (planted or {}).get("PatientID", "")
-        _copy_with("examples_ybr_color.dcm", root / "PAT0/CINE/US0001", **{**(planted or {}), "PatientID": f"{prefix}PAT0", "InstitutionName": "North Hospital"})
+        header = {**(planted or {}), "PatientID": f"{prefix}PAT0", "InstitutionName": "North Hospital", "IssuerOfPatientID": "REGIONAL-MPI"}
+        _copy_with("examples_ybr_color.dcm", root / "PAT0/CINE/US0001", **header)
         rows.append({"path": "PAT0/CINE/US0001", "patient": "PAT0", "institution": "North Hospital", "modality": "US"})
     (root / "README.txt").write_text("export notes, not DICOM\n")
     return pd.DataFrame(rows)
