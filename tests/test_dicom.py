@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from dicom_files import PLANTED, write_dicom, write_pacs_folder
+from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
 from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source, plan_chunks
@@ -191,31 +191,81 @@ def test_bad_dicom_is_refused_by_path_or_quarantined_and_never_modified(tmp_path
 
 
 def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
+    """Names, IDs, dates, accession numbers, UIDs and path parts of an export reach no output: not the dataset, a task
+    output, Flyte's cache, MLflow or the console (only ingest's plan lists the files it reads)."""
     folder = tmp_path / "pacs"
-    write_pacs_folder(folder, planted=PLANTED, multiframe=True)
+    write_pacs_folder(folder, planted=PLANTED, multiframe=True, identifying_paths=True)
+    burned = folder / "ZYXWVÜT_QÖPNMLK_PID-8675309-ZQPAT0" / "20231105" / "CT" / "ACC-5551234-XJ99_99.dcm"
+    write_dicom(burned, np.full((8, 8), 1200, np.int16), BurnedInAnnotation="YES", **PLANTED)
     environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                   "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox")}  # fmt: skip
+                   "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"), "HOME": str(tmp_path / "home")}  # fmt: skip
     result = subprocess.run(
         [str(PYFLYTE), "run", "workflows/data.py", "validate_data", "--source", str(folder)],
         cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 3, "quarantined": 0}
-    assert_no_identifier([result.stdout, result.stderr], [tmp_path / "mlflow.db", tmp_path / "mlartifacts", tmp_path / "sandbox", tmp_path / "ingest-cache"])
+    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 3, "quarantined": 1}
+    assert "held back: {'burned_in_annotation': 1}" in result.stdout
+    cached = flyte_cache_entries(tmp_path / "home")
+    (plan_key,) = [key for key in cached if key.startswith("tasks.ingest.plan_ingest-")]  # ingest's plan: the files it must read
+    plan = cached.pop(plan_key)
+    for chunk in plan_chunks(str(folder), IngestConfig()):
+        assert chunk.encode() in plan
+        plan = plan.replace(chunk.encode(), b"")
+    outputs = [tmp_path / name for name in ("mlflow.db", "mlartifacts", "sandbox", "ingest-cache")]
+    assert_no_identifier([result.stdout, result.stderr], outputs, folder=folder, blobs={**cached, plan_key: plan})
 
 
-def assert_no_identifier(texts: list[str], paths: list[Path]) -> None:
-    """None of PLANTED's values (in the spellings DICOM and Python give them) in ``texts`` or in any file under ``paths``."""
-    needles = {value for value in PLANTED.values()} | {value.replace("^", " ") for value in PLANTED.values()} | {"8675309", "5551234", "77441122", "Zyxwvut", "Qopnmlk", "Drqxv"}
+GENERIC_PATH_PARTS = {"CT", "MR", "US", "NM", "SR", "CINE", "RTPLAN", "DICOMDIR", "README.txt", "metadata.csv"}
+
+
+def identifiers_of(folder: Path) -> set[str]:
+    """What a PACS export at ``folder`` identifies people by: every UID of its DICOM files and every part of its paths."""
+    found = set()
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        found |= {part for part in relative.parts if part not in GENERIC_PATH_PARTS and not part.startswith(("PAT", "STUDY", "SERIES", "IM", "US0", "SR0", "RP0"))}
+        if path.is_file() and has_dicom_preamble(path.read_bytes()[:132]):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            found |= {str(ds.get(keyword)) for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID") if keyword in ds}
+    return found
+
+
+def needles_of(values: set[str]) -> set[bytes]:
+    """``values`` in the spellings an export and a program give them: caret, space, underscore, upper case; UTF-8, Latin-1, UTF-16."""
+    spellings = {spelling for value in values for spelling in (value, value.replace("^", " "), value.replace("^", "_"), value.upper())}
+    encoded = set()
+    for spelling in spellings:
+        for encoding in ("utf-8", "latin-1", "utf-16-le"):
+            try:
+                encoded.add(spelling.encode(encoding))
+            except UnicodeEncodeError:
+                continue
+    return encoded
+
+
+def flyte_cache_entries(home: Path) -> dict[str, bytes]:
+    """Flyte's local cache (``home``/.flyte/local-cache, a diskcache): every task's cached outputs, by cache key."""
+    from diskcache import Cache
+
+    with Cache(str(home / ".flyte" / "local-cache")) as cache:
+        return {key: bytes(cache[key]) for key in cache.iterkeys()}
+
+
+def assert_no_identifier(texts: list[str], paths: list[Path], *, folder: Path | None = None, blobs: dict[str, bytes] | None = None) -> None:
+    """None of PLANTED's values, nor (``folder``) a UID or path part of the export, in ``texts``, in any file under
+    ``paths`` or in ``blobs`` (name: bytes, e.g. flyte_cache_entries)."""
+    values = {value for keyword, value in PLANTED.items() if keyword != "SpecificCharacterSet"} | set(PLANTED_FRAGMENTS)
+    needles = needles_of(values | (identifiers_of(folder) if folder else set()))
     for text in texts:
-        assert not [needle for needle in needles if needle in text]
+        found = [needle for needle in needles if needle.decode("utf-8", "ignore") and needle.decode("utf-8", "ignore") in text]
+        assert not found, found[:5]
     files = [file for path in paths if path.exists() for file in ([path] if path.is_file() else path.rglob("*")) if file.is_file()]
     assert files
-    for file in files:
-        data = file.read_bytes()
-        found = [needle for needle in needles if needle.encode() in data or needle.encode("utf-16-le") in data]
-        assert not found, f"{file} holds {found}"
+    for name, data in [*((str(file), file.read_bytes()) for file in files), *(blobs or {}).items()]:
+        found = [needle for needle in needles if needle in data]
+        assert not found, f"{name} holds {found[:5]}"
 
 
 def _uid_keyed_folder(root: Path) -> tuple[Path, list[str]]:
