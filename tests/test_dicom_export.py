@@ -58,6 +58,7 @@ def test_burned_in_annotation_is_held_back_by_default_and_counted(tmp_path):
     for index in range(3):
         _ct(folder / f"IM{index}", 100 * index, PatientID=f"P{index}", BurnedInAnnotation="YES" if index == 1 else "NO")
     manifest, _, summary = _ingest(folder)  # max_bad_fraction 0: a held-back image is not a bad file
+    assert len(manifest) == 2
     assert sorted(manifest["image_key"]) == sorted([_key("IM0"), _key("IM2")])
     assert summary["held_back"] == {"burned_in_annotation": 1}
     (item,) = summary["quarantined"]
@@ -78,6 +79,7 @@ def test_one_patient_id_at_two_issuers_is_two_cases(tmp_path):
     _ct(folder / "mpi/IM0", 400, IssuerOfPatientID="REGIONAL-MPI", InstitutionName="North Hospital", **same)
     _ct(folder / "mpi/IM1", 500, IssuerOfPatientID="REGIONAL-MPI", InstitutionName="South Clinic", **same)  # one index, two sites
     manifest, _, summary = _ingest(folder)
+    assert summary["cases"] == 4
     cases = manifest.set_index("image_key")["case_id"]
     assert len({cases[_key(path)] for path in ("north/IM0", "south/IM0", "east/IM0", "mpi/IM0")}) == 4
     assert cases[_key("mpi/IM0")] == cases[_key("mpi/IM1")]
@@ -139,6 +141,7 @@ def test_a_lossy_re_export_of_one_instance_is_dropped_for_the_lossless_copy(tmp_
     original = pydicom.dcmread(lossy_marked)
     _ct(folder / "d/IM0", 400, PatientID="P2", SOPInstanceUID=original.SOPInstanceUID)
     manifest, _, summary = _ingest(folder)
+    assert len(manifest) == 2
     assert sorted(manifest["image_key"]) == sorted([_key("b_lossless/IM0"), _key("d/IM0")])
     assert summary["instance_copies_dropped"] == 2
 

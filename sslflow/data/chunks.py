@@ -156,8 +156,9 @@ def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[
 
 def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
     """Decode one chunk into ``directory`` (chunk.parquet: decoded_table + listing position, shard, shard_row;
-    shards/; chunk.json: quarantined files, skipped non-image DICOM objects, unmatched SOPInstanceUID rows, read
-    statistics). DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
+    shards/; chunk.json: quarantined and held-back files by image key, skipped non-image DICOM objects, unmatched
+    SOPInstanceUID rows, read statistics, the chunk document's sha256). No path is written: the table and the report
+    know images by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
     fallbacks). Written to a temporary folder, renamed on success."""
     chunk = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])

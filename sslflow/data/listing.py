@@ -145,8 +145,9 @@ def read_listing(
     """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
 
     read_bytes: reads one record's file (only called for bytes the cache cannot vouch for).
-    pseudonyms: for DICOM identities (default: the key from the environment or key file, resolved on
-    the first DICOM file). Non-image DICOM objects are skipped and counted by SOP class.
+    pseudonyms: for DICOM identities and image keys (the HMAC of each path; default: the key from the environment
+    or key file). Non-image DICOM objects are skipped and counted by SOP class; images with BurnedInAnnotation YES
+    are held back (listed with the quarantined, not counted against max_bad_fraction).
     instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects);
     every row must match an image (part=True: the records are one ingest chunk of the source; rows not
     matched here are returned in unmatched_instance_rows, refused by the join when no chunk matched them).
