@@ -88,6 +88,11 @@ def sha256_of_regular_file(path: str | Path, where: str, name: str) -> tuple[str
         raise SourceError(f"{where}: {name!r} cannot be read ({error.strerror})") from error
 
 
+def path_key(path: str | Path) -> bytes:
+    """What the digest cache knows a file by: the sha256 of its absolute path (a path can name a patient)."""
+    return hashlib.sha256(os.fsencode(os.path.abspath(path))).digest()
+
+
 def _version(status: os.stat_result) -> str:
     """What must be unchanged for a remembered digest to hold."""
     return f"{status.st_size} {status.st_mtime_ns} {status.st_ctime_ns} {status.st_ino} {status.st_dev}"
@@ -158,7 +163,7 @@ class FileDigests:
         known = []
         for name, path, where in files:
             status = stat_regular_file(path, where, name, missing="no longer exists")
-            key = hashlib.sha256(os.fsencode(os.path.abspath(path))).digest()
+            key = path_key(path)
             known.append((name, path, where, status, key, self._remembered(key, _version(status))))
         batches = [known[start : start + HASH_BATCH] for start in range(0, len(known), HASH_BATCH)]
         with ThreadPoolExecutor(HASH_THREADS) as pool:
