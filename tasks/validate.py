@@ -44,6 +44,7 @@ def validate(
         mlflow.log_metrics({f"case_sizes.{key}": value for key, value in report["case_sizes"].items() if key != "cases_by_size"})
         if not report["success"]:
             raise DataValidationError(
-                f"dataset {dataset.name!r} failed {len(report['failures'])} expectation(s):\n  " + "\n  ".join(report["failures"])
+                f"dataset {dataset.name!r} failed {len(report['failures'])} expectation(s) (images are named by their image_key; "
+                "`python -m sslflow.data.image_keys <source> <key>...` names their files):\n  " + "\n  ".join(report["failures"])
             )
     return dataset

@@ -130,7 +130,9 @@ def test_pyflyte_validate_data_exit_code_and_message(tmp_path, case):
         assert "is valid: 4 images" in result.stdout
     elif case == "failing_check":
         assert result.returncode != 0
-        assert "expect_column_values_to_be_between column 'height'" in output and "sliver.png: height=4" in output
+        sliver = Pseudonyms().pseudonym("file", "sliver.png")  # images are named by key after ingest, with how to find the file
+        assert "expect_column_values_to_be_between column 'height'" in output and f"{sliver}: height=4" in output
+        assert "python -m sslflow.data.image_keys" in output
     else:
         assert result.returncode != 0
         assert "scan9.png: not a PNG, JPEG, TIFF, BMP image" in output
