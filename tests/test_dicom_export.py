@@ -65,6 +65,7 @@ def test_burned_in_annotation_is_held_back_by_default_and_counted(tmp_path):
     assert item["image_key"] == _key("IM1") and item["held_back"] == "burned_in_annotation" and "BurnedInAnnotation (0028,0301) is YES" in item["problem"]
     included, _, summary = _ingest(folder, dicom_burned_in=True)
     assert len(included) == 3 and summary["held_back"] == {} and summary["deidentification"]["dicom"]["opted_in_beyond_the_profile"]
+    assert len(_ingest(folder)[0]) == 2  # the decode cache of the opted-in run does not serve the default one
 
 
 # 3. A case is (IssuerOfPatientID or InstitutionName) + PatientID; fallbacks to study and series are marked weaker.

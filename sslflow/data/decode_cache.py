@@ -57,7 +57,8 @@ class DecodeCache:
 
     @classmethod
     def for_config(cls, config: IngestConfig) -> DecodeCache:
-        options = " ".join([config.dicom_window, config.dicom_frames, config.dicom_case_level, config.dicom_site, f"names={config.dicom_site_names}"])
+        options = " ".join([config.dicom_window, config.dicom_frames, config.dicom_case_level, config.dicom_site,
+                            f"names={config.dicom_site_names}", f"burned_in={config.dicom_burned_in}"])  # an opted-in image never serves a default run
         return cls(ingest_cache_dir(), config.image_size, config.channels, config.bits_stored, options)
 
     def _entry(self, file_sha256: str) -> Path:
