@@ -61,6 +61,8 @@ def test_burned_in_annotation_is_held_back_by_default_and_counted(tmp_path):
     assert len(manifest) == 2
     assert sorted(manifest["image_key"]) == sorted([_key("IM0"), _key("IM2")])
     assert summary["held_back"] == {"burned_in_annotation": 1}
+    assert "Basic Application Level Confidentiality Profile (DCM 113100)" in summary["deidentification"]["dicom"]["method"]
+    assert summary["deidentification"]["dicom"]["opted_in_beyond_the_profile"] == []
     (item,) = summary["quarantined"]
     assert item["image_key"] == _key("IM1") and item["held_back"] == "burned_in_annotation" and "BurnedInAnnotation (0028,0301) is YES" in item["problem"]
     included, _, summary = _ingest(folder, dicom_burned_in=True)
