@@ -2,23 +2,30 @@
 
 Both sources yield, per epoch and rank, batches of (anchor, partner) pairs of one case as uint8 tensors
 (B, C, H, W) on the training device; train.py augments every image on the device with its own random
-parameters. Each rank gets exactly ceil(N / world_size) pairs per epoch from either source, so every
-rank takes the same number of optimiser steps (DistributedDataParallel needs that).
+parameters.
+
+Exact epochs with W ranks, from either source: every rank gets exactly ceil(N / W) anchors per epoch, so
+every rank takes the same number of optimiser steps (DistributedDataParallel needs that), and the ranks'
+anchors together are the N images once, plus ceil(N / W) * W - N <= W - 1 images repeated to even the
+ranks out (``padded_images``; DistributedSampler's rule). The order is shuffled anew each epoch and is a
+function of (seed, epoch) alone: a resumed run reads what an uninterrupted one reads.
 
 - ``InMemoryPairs``: the image set is one tensor, on the GPU when it takes under a quarter of free
   memory (else pinned); pairs come from CasePairSampler over all images.
-- ``StreamingPairs``: shards (ssl_models/shards.py) are shuffled per epoch and dealt to the ranks, so
-  ranks read disjoint shards; each rank keeps a shuffle buffer of ``buffer_shards`` shards, draws pairs
-  of one case inside it (ingest puts the images of one case in one shard: MICLe pairs stay possible) and
-  loads the next shards in a background thread while it trains. Host memory is about
+- ``StreamingPairs``: the shards (ssl_models/shards.py), in an order shuffled per epoch, are laid end to
+  end and cut into W equal contiguous parts (``rank_pieces``): a rank reads whole shards and at most a
+  part of one shard at each end of its run, never another rank's rows, and fetches only those shards.
+  Each rank keeps a shuffle buffer of ``buffer_shards`` pieces, draws pairs of one case inside it (ingest
+  puts the images of one case in one shard: MICLe pairs stay possible, except for a case cut at a rank's
+  boundary) and loads the next pieces in a background thread while it trains. Host memory is about
   (buffer_shards + prefetch_shards) shards, whatever the dataset size.
 
-``memory_budget_bytes`` is the knob that chooses between them (``fits_in_memory``).
+``memory_budget_bytes`` is the knob that chooses between them (``fits_in_memory``): the pod's budget,
+shared by the ranks on the node.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,11 +42,17 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (anchors, partners), each (B, C, H,
 MEMORY_BUDGET_FRACTION = 0.25  # of the pod's (cgroup's) memory, for the image set when nothing is set
 
 
-def memory_budget_bytes(budget_megabytes: int = 0) -> int:
-    """Host memory the image set may take: ``budget_megabytes`` MiB, or 0 for a quarter of the pod's memory
-    (the cgroup limit when there is one, else the machine's physical memory)."""
+def memory_budget_bytes(budget_megabytes: int = 0, local_world_size: int = 1) -> int:
+    """Host memory the image set of one rank may take: the pod's budget shared by the ``local_world_size``
+    ranks on it (each in-memory rank holds its own copy of the image set).
+
+    The pod's budget is ``budget_megabytes`` MiB, or for 0 a quarter of the pod's memory (the cgroup limit when
+    there is one, else the machine's physical memory).
+    """
+    if local_world_size < 1:
+        raise ValueError(f"local_world_size must be >= 1, got {local_world_size}")
     if budget_megabytes > 0:
-        return budget_megabytes * 2**20
+        return budget_megabytes * 2**20 // local_world_size
     limit = None
     try:
         text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
@@ -47,7 +60,12 @@ def memory_budget_bytes(budget_megabytes: int = 0) -> int:
     except (OSError, ValueError):
         pass
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(MEMORY_BUDGET_FRACTION * min(limit or physical, physical))
+    return int(MEMORY_BUDGET_FRACTION * min(limit or physical, physical)) // local_world_size
+
+
+def padded_images(num_images: int, world_size: int) -> int:
+    """Images repeated per epoch so that ``world_size`` ranks get ceil(N / W) anchors each: at most W - 1."""
+    return -(-num_images // world_size) * world_size - num_images
 
 
 def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -92,10 +110,11 @@ class InMemoryPairs:
 class StreamingPairs:
     """Pairs streamed from shards in bounded memory.
 
-    shards: every shard's rows (images of one case in one shard). buffer_shards: shards shuffled together;
-    prefetch_shards: shards loaded ahead in a background thread. The epoch's shard order is a permutation
-    by (seed, epoch), identical on every rank; rank r reads order[r::world_size] (every shard, rows
-    r::world_size, when there are fewer shards than ranks).
+    shards: every shard's rows (images of one case in one shard). buffer_shards: pieces shuffled together;
+    prefetch_shards: pieces loaded ahead in a background thread. The epoch's shard order is a permutation
+    by (seed, epoch), identical on every rank; rank r reads its contiguous part of that order
+    (``rank_pieces``): ceil(N / W) images, the last rank's part wrapping to the first rows when N is not a
+    multiple of W (``padded_images``, at most W - 1).
     """
 
     def __init__(self, shards: Sequence[ShardRows], *, seed: int = 0, buffer_shards: int = 4, prefetch_shards: int = 2):
@@ -107,43 +126,46 @@ class StreamingPairs:
         self.buffer_shards, self.prefetch_shards = buffer_shards, prefetch_shards
         self.num_images = sum(len(shard.rows) for shard in self.shards)
 
-    def _rank_shards(self, epoch: int, rank: int, world_size: int) -> list[ShardRows]:
+    def rank_pieces(self, epoch: int, rank: int, world_size: int) -> list[ShardRows]:
+        """The rows ``rank`` reads in ``epoch``, as pieces of shards in reading order: the shards in the epoch's
+        order laid end to end (position p is row p mod N), positions [rank * q, (rank + 1) * q) with q = ceil(N / W)."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
-        if len(self.shards) >= world_size:
-            return [self.shards[i] for i in order[rank::world_size]]
-        picked = [self.shards[i] for i in order]
-        return [replace(s, rows=s.rows[rank::world_size], case_ids=s.case_ids[rank::world_size]) for s in picked if len(s.rows[rank::world_size])]
+        sizes = np.array([len(self.shards[i].rows) for i in order])
+        ends = np.cumsum(sizes)
+        per_rank = -(-self.num_images // world_size)
+        position, stop, pieces = rank * per_rank, (rank + 1) * per_rank, []
+        while position < stop:
+            wrapped = position % self.num_images
+            k = int(np.searchsorted(ends, wrapped, side="right"))  # the shard holding position ``wrapped``
+            shard, first = self.shards[order[k]], wrapped - (ends[k] - sizes[k])
+            count = min(len(shard.rows) - first, stop - position)
+            pieces.append(replace(shard, rows=shard.rows[first : first + count], case_ids=shard.case_ids[first : first + count]))
+            position += count
+        return pieces
 
-    def _loaded(self, shards: list[ShardRows]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every shard of ``shards`` loaded, cycling; up to prefetch_shards + 1 loads run ahead in a thread."""
+    def _loaded(self, pieces: list[ShardRows]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every piece of ``pieces`` loaded, in order; up to prefetch_shards + 1 loads run ahead in a thread."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch") as pool:
             pending: list[Future] = []
-            position = 0
-            while True:
-                while len(pending) <= self.prefetch_shards:
-                    pending.append(pool.submit(shards[position % len(shards)].load))
-                    position += 1
+            for position in range(len(pieces)):
+                while len(pending) <= self.prefetch_shards and position + len(pending) < len(pieces):
+                    pending.append(pool.submit(pieces[position + len(pending)].load))
                 yield pending.pop(0).result()
 
     def batches(self, epoch: int, batch_size: int, rank: int, world_size: int, device: torch.device) -> Iterator[Batch]:
         """This rank's ceil(N / world_size) pairs of ``epoch`` in batches of batch_size (the last may be smaller)."""
-        wanted = -(-self.num_images // world_size)
-        shards = self._rank_shards(epoch, rank, world_size)
-        groups = [min(self.buffer_shards, len(shards) - start) for start in range(0, len(shards), self.buffer_shards)]  # one pass
-        loaded = self._loaded(shards)
+        pieces = self.rank_pieces(epoch, rank, world_size)
+        groups = [pieces[start : start + self.buffer_shards] for start in range(0, len(pieces), self.buffer_shards)]
+        loaded = self._loaded(pieces)
         rng = np.random.default_rng([self.seed, epoch, rank])
         carried: list[Segment] = []
         try:
-            for size in itertools.cycle(groups):  # a rank with fewer images than ``wanted`` reads its shards again
-                group = [next(loaded) for _ in range(size)]
-                buffer = torch.from_numpy(np.concatenate([pixels for pixels, _ in group]))
-                anchors, partners = CasePairSampler(np.concatenate([cases for _, cases in group]), seed=int(rng.integers(2**31))).pairs(0)
-                anchors, partners = anchors[:wanted], partners[:wanted]
-                wanted -= len(anchors)
+            for index, group in enumerate(groups):
+                arrays = [next(loaded) for _ in group]
+                buffer = torch.from_numpy(np.concatenate([pixels for pixels, _ in arrays]))
+                anchors, partners = CasePairSampler(np.concatenate([cases for _, cases in arrays]), seed=int(rng.integers(2**31))).pairs(0)
                 carried.append((buffer, anchors, partners))
-                yield from _rebatch(carried, batch_size, device, final=wanted == 0)
-                if wanted == 0:
-                    return
+                yield from _rebatch(carried, batch_size, device, final=index == len(groups) - 1)
         finally:
             loaded.close()
 

@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
-from ssl_models.data import InMemoryPairs, StreamingPairs, gather, place_images
+from ssl_models.data import InMemoryPairs, StreamingPairs, gather, padded_images, place_images
 from ssl_models.device import apply_in_batches, autocast, pick_device
-from ssl_models.distributed import ProcessInfo, from_rank_zero, init_from_environment, mean_across_ranks
+from ssl_models.distributed import ProcessInfo, from_every_rank, from_rank_zero, init_from_environment, mean_across_ranks
 from ssl_models.heads import Classifier, ProjectionHead
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
 from ssl_models.losses import NTXentLoss
@@ -124,25 +124,37 @@ class ContrastiveRun:
     device: torch.device
     process: ProcessInfo
     memory_format: torch.memory_format
+    seed: int
 
-    def state(self, epoch: int) -> dict:
-        """A resumable state after ``epoch``: model, optimizer, schedule, generator, epoch."""
+    def state(self, epoch: int, generator_states: list[torch.Tensor]) -> dict:
+        """A resumable state after ``epoch``: model, optimizer, schedule, epoch, and every rank's augmentation
+        generator (``generator_states``, in rank order, gathered by ``pretrain_contrastive``)."""
         return {
             "model": _unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "generator": self.generator.get_state(),
+            "generators": generator_states,
             "epoch": epoch,
         }
 
     def restore(self, state: dict) -> int:
-        """Load a dict made by ``state``; returns the first epoch still to train."""
+        """Load a dict made by ``state``; returns the first epoch still to train.
+
+        Each rank takes its own generator back, so a run resumed with the world size it was saved with draws
+        the same views as the run that was never stopped (bitwise equal weights on CPU). With another world size
+        the ranks without a saved generator are seeded from (seed, rank, epoch), and the log says so.
+        """
         _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.generator.set_state(state["generator"])
-        if self.process.rank != 0:  # the state holds rank 0's generator: the other ranks draw their own views
-            self.generator.manual_seed(int(self.generator.initial_seed()) + 104729 * (self.process.rank + state["epoch"] + 1))
+        generators = state["generators"]
+        if len(generators) == self.process.world_size:
+            self.generator.set_state(generators[self.process.rank])
+        else:
+            self.generator.manual_seed(self.seed * 7919 + 104729 * (state["epoch"] + 1) + self.process.rank)
+            if self.process.is_main:
+                log.warning("resuming with %d ranks from a state saved by %d: augmentations differ from an uninterrupted run",
+                            self.process.world_size, len(generators))  # fmt: skip
         log.info("resuming contrastive pretraining after epoch %d", state["epoch"])
         return state["epoch"] + 1
 
@@ -152,15 +164,17 @@ def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainC
 
     encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim). num_images: images per epoch.
     """
-    device = pick_device()
-    process = init_from_environment(device.type)
+    process = init_from_environment()  # binds this rank's GPU before any CUDA work
+    device = process.device
     torch.manual_seed(config.seed + process.rank)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = ContrastiveModel(encoder, config.projection_dim).to(device, memory_format=memory_format)
     if process.world_size > 1:
         if device.type == "cuda":  # global BatchNorm as in SimCLR; PyTorch's SyncBatchNorm is GPU-only
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            model = DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
+        else:
+            model = DistributedDataParallel(model)
     forward = torch.compile(model) if config.compile else model
     steps = steps_per_epoch(num_images, config.batch_size, process.world_size)
     optimizer = build_optimizer(config.optimizer, model, config.learning_rate, config.weight_decay)
@@ -175,6 +189,7 @@ def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainC
         device=device,
         process=process,
         memory_format=memory_format,
+        seed=config.seed,
     )
 
 
@@ -192,7 +207,8 @@ def _contrastive_loss(run: ContrastiveRun, anchors: torch.Tensor, partners: torc
 def pretrain_one_epoch(run: ContrastiveRun, data: PairSource, epoch: int, config: PretrainConfig) -> dict:
     """One pass over this rank's (anchor, partner) pairs of ``epoch`` from ``data``, one optimiser step per batch.
 
-    Returns: epoch, loss (mean over ranks), images_per_second (all ranks), learning_rate.
+    Returns: epoch, loss (mean over ranks), images_per_second (all ranks), learning_rate, padded_images (the
+    <= world_size - 1 images read twice this epoch so that every rank takes the same steps: data.py).
     """
     run.model.train()
     started, totals = time.perf_counter(), EpochTotals()
@@ -210,6 +226,7 @@ def pretrain_one_epoch(run: ContrastiveRun, data: PairSource, epoch: int, config
         "loss": mean_across_ranks(totals.mean_loss),
         "images_per_second": totals.seen * run.process.world_size / elapsed,
         "learning_rate": run.schedule.get_last_lr()[0],
+        "padded_images": padded_images(data.num_images, run.process.world_size),
     }
 
 
@@ -234,19 +251,24 @@ def pretrain_contrastive(
             torchrun only rank 0's is used (broadcast to every rank), so other nodes need no copy of it.
 
     Returns:
-        One dict per epoch trained: epoch, loss, images_per_second, learning_rate.
+        One dict per epoch trained: epoch, loss, images_per_second, learning_rate, padded_images.
     """
     run = build_contrastive_run(encoder, data.num_images, config)
     resume_state = from_rank_zero(resume_state)  # every rank resumes rank 0's state: the same epoch, identical weights
     start_epoch = 0 if resume_state is None else run.restore(resume_state)
+    if run.process.is_main and run.process.world_size > 1:
+        log.info("%d images over %d ranks: %d pairs per rank per epoch, %d images read twice to even the ranks out",
+                 data.num_images, run.process.world_size, -(-data.num_images // run.process.world_size),
+                 padded_images(data.num_images, run.process.world_size))  # fmt: skip
     history: list[dict] = []
     for epoch in range(start_epoch, config.epochs):
         metrics = pretrain_one_epoch(run, data, epoch, config)
         history.append(metrics)
+        generator_states = from_every_rank(run.generator.get_state())  # a collective: every rank, every epoch
         if run.process.is_main:
             log.info("pretrain epoch %d/%d loss %.4f %.0f images/s", epoch + 1, config.epochs, metrics["loss"], metrics["images_per_second"])
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics, lambda: run.state(epoch))
+            on_epoch_end(epoch, metrics, lambda: run.state(epoch, generator_states))
     return history
 
 

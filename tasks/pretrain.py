@@ -18,39 +18,46 @@ from flytekit.types.file import FlyteFile
 
 from ssl_models.micle import CasePairSampler
 from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
+from ssl_models.distributed import local_world_size
 from ssl_models.train import PairSource, PretrainConfig, pretrain_contrastive
-from sslflow.data.dataset import fetch_shards, image_shape, images_bytes, read_images, read_manifest, shard_rows
+from sslflow.data.dataset import fetch_shards_once_per_node, image_shape, images_bytes, read_images, read_manifest, shard_rows
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
-from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, pipeline_cache
+from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, node_shards_folder, pipeline_cache
 
 log = logging.getLogger(__name__)
+STATE_FORMAT = "state-v2"  # ContrastiveRun.state's layout (v2: every rank's generator): a local checkpoint of another layout is not resumed
 
 
 def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_aware: bool) -> tuple[pd.DataFrame, PairSource, tuple[int, ...]]:
     """(manifest, pair source, image shape (C, H, W)) of the train and val rows: pretraining never sees the gate or test split.
 
-    In memory when the images fit in config.memory_budget_mb (default: a quarter of the pod's memory),
-    else streamed from the dataset's shards; never loaded whole above the budget. A Dataset in a blob store is
-    not downloaded whole: streaming fetches each shard when this rank reads it (tasks.shared.dataset_without_shards).
+    In memory when the images fit in this rank's share of the pod's memory budget (config.memory_budget_mb, default a
+    quarter of the pod's memory, divided by the ranks on the node), else streamed from the dataset's shards; never
+    loaded whole above the budget. A Dataset in a blob store is not downloaded whole: streaming fetches each shard
+    when this rank reads it (tasks.shared.dataset_without_shards); in memory, the ranks of a node download the
+    shards once, into a folder they share (tasks.shared.node_shards_folder).
     """
     folder, fetch = dataset_without_shards(dataset)
     manifest = read_manifest(folder)
     manifest = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
     case_ids = manifest["case_id"].tolist() if case_aware else list(range(len(manifest)))
-    budget = memory_budget_bytes(config.memory_budget_mb)
+    budget = memory_budget_bytes(config.memory_budget_mb, local_world_size())
+    shards_folder = folder if fetch is None else node_shards_folder(dataset)
     if fetch is not None:
-        fetch_shards(folder, manifest, fetch, limit=1)  # image_shape reads a shard's header
-    if fits_in_memory(images_bytes(folder, manifest), budget):
+        fetch_shards_once_per_node(shards_folder, manifest.head(1), fetch)  # image_shape reads a shard's header
+    shape = image_shape(shards_folder, manifest)
+    if fits_in_memory(images_bytes(shards_folder, manifest), budget):
         if fetch is not None:
-            fetch_shards(folder, manifest, fetch)
-        data = InMemoryPairs(torch.from_numpy(read_images(folder, manifest, max_bytes=budget, name=dataset.name)), case_ids, seed=config.seed)
+            fetch_shards_once_per_node(shards_folder, manifest, fetch)
+        images = read_images(shards_folder, manifest, max_bytes=budget, name=dataset.name)
+        data = InMemoryPairs(torch.from_numpy(images), case_ids, seed=config.seed)
     else:
-        log.info("dataset %s: %d images over the %d MiB memory budget; streaming from shards", dataset.name, len(manifest), budget // 2**20)
+        log.info("dataset %s: %d images over this rank's %d MiB memory budget; streaming from shards", dataset.name, len(manifest), budget // 2**20)
         data = StreamingPairs(shard_rows(folder, manifest, case_ids, fetch=fetch), seed=config.seed, buffer_shards=config.buffer_shards)
-    return manifest, data, image_shape(folder, manifest)
+    return manifest, data, shape
 
 
 def _flyte_checkpoint():
@@ -82,7 +89,8 @@ def _pretrain(
     with stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext() as run:
         if run is not None:
             _log_pool(manifest, CasePairSampler(case_ids), case_aware=case_aware)
-        checkpoints = EpochCheckpoints(f"{stage}|{dataset.content_sha256}|{config}|{encoder_name}|{sorted(lineage.items())}", remote=_flyte_checkpoint())
+        key = f"{stage}|{STATE_FORMAT}|{dataset.content_sha256}|{config}|{encoder_name}|{sorted(lineage.items())}"
+        checkpoints = EpochCheckpoints(key, remote=_flyte_checkpoint())
 
         def end_of_epoch(epoch: int, metrics: dict, state_fn) -> None:
             if run is not None:
@@ -105,7 +113,7 @@ def _pretrain(
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("2", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
@@ -113,7 +121,7 @@ def pretrain_simclr(
     return _pretrain("pretrain_simclr", dataset, None, encoder_name, config, parent_run_id, case_aware=False, lineage={})
 
 
-@task(cache=pipeline_cache("2", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_micle(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
@@ -122,7 +130,7 @@ def pretrain_micle(
     return _pretrain("pretrain_micle", dataset, initial, initial.encoder_name, config, parent_run_id, case_aware=True, lineage=lineage)
 
 
-@task(cache=pipeline_cache("1", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pipeline_cache("2", serialize=True), **GPU_TASK_SETTINGS)
 def pretrain_domain_simclr(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:

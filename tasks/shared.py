@@ -14,6 +14,7 @@ manual run with the same inputs wait for one another instead of both occupying G
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,19 @@ def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], Non
     if file_access.exists(f"{remote}/{SUMMARY_FILE}"):
         file_access.get_data(f"{remote}/{SUMMARY_FILE}", str(folder / SUMMARY_FILE))
     (folder / SHARDS_FOLDER).mkdir()
-    return folder, lambda path: file_access.get_data(f"{remote}/{SHARDS_FOLDER}/{path.name}", str(path))
+
+    def fetch(path: Path) -> None:  # under a temporary name first: a shard file under its own name is whole
+        partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
+        file_access.get_data(f"{remote}/{SHARDS_FOLDER}/{path.name}", str(partial))
+        os.replace(partial, path)
+
+    return folder, fetch
+
+
+def node_shards_folder(dataset: Dataset) -> Path:
+    """A folder for a Dataset's shards that every process of this node (pod) shares: the ranks of one training
+    pod download each shard once into it (sslflow.data.dataset.fetch_shards_once_per_node)."""
+    return Path(tempfile.gettempdir()) / "sslflow-node-shards" / dataset.content_sha256
 
 
 def dataset_rows(dataset: Dataset, rows: Callable[[pd.DataFrame], pd.Series]) -> tuple[Path, pd.DataFrame]:

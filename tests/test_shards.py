@@ -17,7 +17,7 @@ from ssl_models.data import InMemoryPairs, StreamingPairs
 from ssl_models.shards import ShardError
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source, plan_chunks
-from sslflow.data.dataset import read_dataset, read_images, read_manifest, shard_path, shard_rows
+from sslflow.data.dataset import fetch_shards_once_per_node, read_dataset, read_images, read_manifest, shard_path, shard_rows
 from sslflow.tracking.runs import start_parent_run
 from tasks.shared import Dataset, SourceUri, dataset_rows, ingest_summary, labelled_in, stored_shards
 from tasks.ingest import ingest_chunk
@@ -118,7 +118,7 @@ def test_a_missing_or_corrupt_shard_is_named(tmp_path):
 
 
 def test_streaming_and_in_memory_batches_come_from_the_same_distribution(tmp_path):
-    """Each image once per epoch in both (same pairs of one case); over ranks the streams are disjoint."""
+    """Each image once per epoch in both (same pairs of one case); over ranks the streams read disjoint rows."""
     folder = tmp_path / "scans"
     _write_images(folder, range(60), cases=True)
     ingest_source(str(folder), IngestConfig(image_size=8, chunk_images=2, shard_megabytes=1), tmp_path / "dataset")
@@ -143,8 +143,8 @@ def test_streaming_and_in_memory_batches_come_from_the_same_distribution(tmp_pat
     assert seen["memory"] == seen["stream"] == sorted(image.tobytes() for image in images), "every image once per epoch"
     per_rank = [[a for a, _ in sources["stream"].batches(3, 16, rank, 2, torch.device("cpu"))] for rank in (0, 1)]
     assert [sum(len(a) for a in batches) for batches in per_rank] == [30, 30], "ranks take the same number of steps"
-    shards_of_rank = [{shard.sha256 for shard in sources["stream"]._rank_shards(3, rank, 2)} for rank in (0, 1)]
-    assert not shards_of_rank[0] & shards_of_rank[1] and len(shards_of_rank[0] | shards_of_rank[1]) == manifest["shard"].nunique()
+    rows_of_rank = [{(piece.sha256, row) for piece in sources["stream"].rank_pieces(3, rank, 2) for row in piece.rows} for rank in (0, 1)]
+    assert not rows_of_rank[0] & rows_of_rank[1] and len(rows_of_rank[0] | rows_of_rank[1]) == 60, "ranks read disjoint rows, all of them"
     summary = json.loads((tmp_path / "dataset" / "summary.json").read_text())
     assert summary["images"] == 60
 
@@ -187,10 +187,71 @@ def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_pa
         manifest = read_manifest(folder)
         data = StreamingPairs(shard_rows(folder, manifest, list(range(len(manifest))), fetch=lambda path: (fetched.append(path.stem), fetch(path))), buffer_shards=2)
         seen = sum(len(anchors) for anchors, _ in data.batches(0, 8, rank=0, world_size=2, device=torch.device("cpu")))
-    mine = {shard.sha256 for shard in data._rank_shards(0, rank=0, world_size=2)}
+    mine = {piece.sha256 for piece in data.rank_pieces(0, rank=0, world_size=2)}
     assert seen == 20 and set(fetched) == mine and len(mine) < manifest["shard"].nunique()
     assert not list((folder / "shards").iterdir()), "a fetched shard is deleted once read"
     assert not Path(dataset.directory.path).exists() or not any(Path(dataset.directory.path).iterdir()), "the directory itself was never downloaded"
+
+
+def _fetch_logged(source: Path, log: Path, path: Path) -> None:
+    """A fetch that copies the shard from ``source`` and appends its name to ``log`` (one line per download)."""
+    import shutil
+
+    with open(log, "a") as stream:
+        stream.write(path.name + "\n")
+    partial = path.with_name(f".partial-{path.name}")
+    shutil.copyfile(source / "shards" / path.name, partial)
+    partial.replace(path)
+
+
+def _fetch_for_one_rank(source: Path, node_folder: Path, log: Path) -> None:
+    from functools import partial
+
+    fetch_shards_once_per_node(node_folder, read_manifest(source), partial(_fetch_logged, source, log))
+
+
+def test_the_ranks_of_one_node_download_each_shard_once(tmp_path):
+    """Four processes of one pod fetch the same dataset at the same time into the node's folder: each shard is
+    downloaded once, and every rank finds every shard whole."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    _write_images(tmp_path / "scans", range(40))
+    ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
+    manifest = read_manifest(tmp_path / "dataset")
+    with ProcessPoolExecutor(4) as pool:
+        list(pool.map(_fetch_for_one_rank, *zip(*[(tmp_path / "dataset", tmp_path / "node", tmp_path / "fetched.log")] * 4)))
+    fetched = (tmp_path / "fetched.log").read_text().split()
+    assert sorted(fetched) == sorted(f"{shard}.npy" for shard in manifest["shard"].unique())
+    assert np.array_equal(read_images(tmp_path / "node", manifest), read_images(tmp_path / "dataset", manifest))
+
+
+def test_pretraining_ranks_share_the_pods_memory_and_one_download_per_node(tmp_path, monkeypatch):
+    """Two ranks on one pod (LOCAL_WORLD_SIZE=2) each get half the pod's memory budget: a set that fits the pod but
+    not half of it streams; one that fits half is read in memory, from shards the node downloaded once (the shard
+    whose header gave the image shape included)."""
+    import tasks.pretrain as pretrain
+    from ssl_models.train import PretrainConfig
+
+    _write_images(tmp_path / "scans", range(40))
+    sha256, _, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
+    fetched, original = [], pretrain.dataset_without_shards
+    def counted(dataset):  # noqa: E306
+        folder, fetch = original(dataset)
+        return folder, lambda path: (fetched.append(path.name), fetch(path))
+    monkeypatch.setattr(pretrain, "dataset_without_shards", counted)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "pod-tmp"))  # the pod's /tmp
+    monkeypatch.setattr(pretrain, "memory_budget_bytes", lambda mb, ranks: 40 * 64 * 3 // 4 // ranks)  # the pod holds 3/4 of the set
+    with _dataset_in_s3(tmp_path, monkeypatch, tmp_path / "dataset", sha256) as dataset:
+        _, streamed, _ = pretrain._pretraining_data(dataset, PretrainConfig(), case_aware=False)
+        monkeypatch.setattr(pretrain, "memory_budget_bytes", lambda mb, ranks: 40 * 64 * 3 // ranks)  # the pod holds 3 copies
+        rank_data = [pretrain._pretraining_data(dataset, PretrainConfig(), case_aware=False)[1] for _rank in range(2)]
+    manifest = read_manifest(tmp_path / "dataset")
+    wanted = manifest[manifest["split"].isin(["train", "val"])]
+    assert isinstance(streamed, StreamingPairs)
+    assert all(isinstance(data, InMemoryPairs) for data in rank_data)
+    assert sorted(fetched) == sorted(f"{shard}.npy" for shard in wanted["shard"].unique()), "each shard downloaded once per node"
+    assert torch.equal(rank_data[0].images, rank_data[1].images) and len(rank_data[0].images) == len(wanted)
 
 
 def test_labelled_cases_are_in_shards_of_their_own(tmp_path):

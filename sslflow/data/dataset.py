@@ -11,6 +11,7 @@ shard hashes. Functions here take local folders; the Flyte artifact is tasks.sha
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -180,6 +181,16 @@ def fetch_shards(directory: Path, manifest: pd.DataFrame, fetch: Callable[[Path]
     for shard in shards[:limit] if limit else shards:
         if not shard_path(directory, shard).is_file():
             fetch(shard_path(directory, shard))
+
+
+def fetch_shards_once_per_node(directory: Path, manifest: pd.DataFrame, fetch: Callable[[Path], None]) -> None:
+    """fetch_shards into a folder the processes of one node share, each shard downloaded once: the processes
+    take an exclusive lock on ``directory/.fetch.lock`` in turn; the first downloads, the others find the shards
+    there. ``fetch`` must write atomically (a shard under its own name is whole)."""
+    (directory / SHARDS_FOLDER).mkdir(parents=True, exist_ok=True)
+    with open(directory / ".fetch.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also when the process dies
+        fetch_shards(directory, manifest, fetch)
 
 
 def images_bytes(directory: Path, manifest: pd.DataFrame) -> int:

@@ -1,0 +1,87 @@
+"""The README's results section, generated from committed result files (no number in it is typed by hand).
+
+Reads the newest ``benchmarks/results/make_run_summary-*.txt`` (what a cold ``make run`` printed, written by
+benchmarks/make_run_summary.py) and the newest ``multirank-cpu-*.json`` (benchmarks/multirank.py), and writes
+the block between the ``results:begin`` and ``results:end`` markers of README.md.
+
+    python benchmarks/readme_tables.py           # rewrite the block
+    python benchmarks/readme_tables.py --check   # exit 1 when README.md differs (tests/test_readme.py runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- results:begin", "<!-- results:end -->"
+
+
+def newest(pattern: str) -> Path:
+    """The result file matching ``pattern`` with the latest date in its name (YYYYMMDD)."""
+    files = sorted(RESULTS.glob(pattern), key=lambda path: re.findall(r"\d{8}", path.name)[-1])
+    if not files:
+        raise FileNotFoundError(f"no committed result matches benchmarks/results/{pattern}")
+    return files[-1]
+
+
+def make_run_block(path: Path) -> list[str]:
+    """The header facts, the results table and the label-saving lines of a make run summary file."""
+    lines = path.read_text().splitlines()
+    header = {key: value for key, value in (line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)}
+    table = [line for line in lines if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Labels saved"))
+    saving = lines[start : lines.index("", start)]
+    return [
+        f"`make run`, one seed, cold, on a {header['machine']} (`{path.relative_to(RESULTS.parent.parent)}`, commit "
+        f"{header['commit']}{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']}): pipeline wall time {header['wall time']}.",
+        "",
+        *table,
+        "",
+        *[f"- {line}" if i else f"{line}" for i, line in enumerate(saving)],
+    ]
+
+
+def multirank_block(path: Path) -> list[str]:
+    """One line per world size of a multirank result: exact coverage, steps, resume."""
+    record = json.loads(path.read_text())
+    machine = record["machine"]
+    lines = [f"Many ranks, one model, on CPU with gloo (`{path.relative_to(RESULTS.parent.parent)}`, commit {machine['commit']}"
+             f"{' (dirty)' if machine['dirty'] else ''}): {sum(record['shard_sizes'])} images in {len(record['shard_sizes'])} uneven shards.", ""]  # fmt: skip
+    lines += ["| ranks | every image once per epoch (+ padding) | steps per rank per epoch | images/s per rank | killed and resumed: bitwise equal weights |", "|---|---|---|---|---|"]
+    for result in record["results"].values():
+        resumed = str(result["resume_bitwise_equal"]) if "resume_bitwise_equal" in result else "-"
+        steps = sorted({tuple(rank) for rank in result["steps_per_rank"]})
+        rates = ", ".join(f"{rate:.0f}" for rate in result["images_per_second_per_rank"])
+        lines.append(f"| {result['world_size']} | {result['coverage_exact']} (+{result['padded_images_per_epoch']}) | {' / '.join(map(str, steps))} | {rates} | {resumed} |")
+    return lines
+
+
+def block() -> str:
+    lines = [*make_run_block(newest("make_run_summary-*.txt")), "", *multirank_block(newest("multirank-cpu-*.json"))]
+    return "\n".join(lines) + "\n"
+
+
+def updated(readme: str) -> str:
+    start, end = readme.index(BEGIN), readme.index(END)
+    opening = readme[start : readme.index("\n", start) + 1]
+    return readme[:start] + opening + block() + readme[end:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 when README.md is not what the results give")
+    args = parser.parse_args()
+    current = README.read_text()
+    wanted = updated(current)
+    if args.check:
+        sys.exit(0 if wanted == current else "README.md's results section differs from the committed results: run python benchmarks/readme_tables.py")
+    README.write_text(wanted)
+
+
+if __name__ == "__main__":
+    main()

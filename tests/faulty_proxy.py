@@ -1,0 +1,92 @@
+"""A reverse proxy on 127.0.0.1 in front of an S3 server (moto) that fails a share of the requests, as S3 does
+under load: every ``slow_down_every``-th request is answered 503 SlowDown, every ``reset_every``-th has its
+connection reset without an answer; the others are forwarded unchanged.
+
+    with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint   # clients now talk to S3 through the faults
+        ...
+        proxy.injected   # {"slow_down": n, "reset": m}
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import socket
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+SLOW_DOWN = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>'
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "trailer", "upgrade"}
+
+
+class FaultyS3Proxy:
+    def __init__(self, upstream: str, *, slow_down_every: int = 5, reset_every: int = 7):
+        self.upstream = urlparse(upstream)
+        self.slow_down_every, self.reset_every = slow_down_every, reset_every
+        self.injected = {"slow_down": 0, "reset": 0}
+        self._count, self._lock = itertools.count(1), threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FaultyS3Proxy:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _fault(self) -> str | None:
+        with self._lock:
+            count = next(self._count)
+            fault = "slow_down" if count % self.slow_down_every == 0 else "reset" if count % self.reset_every == 0 else None
+            if fault:
+                self.injected[fault] += 1
+            return fault
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fault = proxy._fault()
+                if fault == "reset":  # RST instead of an answer: botocore sees the connection closed
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                if fault == "slow_down":
+                    self._answer(503, [("Content-Type", "application/xml")], SLOW_DOWN)
+                    return
+                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                try:
+                    upstream.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP})
+                    response = upstream.getresponse()
+                    payload = b"" if self.command == "HEAD" else response.read()
+                    headers = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP | {"content-length"}]
+                    self._answer(response.status, headers, payload, head_length=response.getheader("Content-Length"))
+                finally:
+                    upstream.close()
+
+            def _answer(self, status: int, headers, payload: bytes, head_length: str | None = None) -> None:
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", head_length if self.command == "HEAD" and head_length else str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
+
+        return Handler

@@ -1,0 +1,145 @@
+"""The ingest/validate workflow run task by task as a cluster runs it: each task a pod (tests/pod_harness.py) started
+from its serialized command, in a fresh process with only the pod's environment, its inputs and outputs literal
+files in a moto S3 server, MLflow a server process, the pseudonym key a mounted Secret.
+
+Chained in the order of workflows/data.py: tracking_store -> start_data_run -> plan_ingest -> ingest_chunk (each
+map-task index its own pod) -> join_ingest -> validate -> finish_data_run, for PNGs and for a PACS-style DICOM
+export under S3 prefixes (a pod shares no disk with another, so the sources are in the object store); then, for
+the PNGs, pretrain_simclr (Elastic: torchrun inside the pod) and finetune_pretrained on its encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from flytekit.models.literals import LiteralMap
+from PIL import Image
+
+from dicom_files import write_pacs_folder
+from live_mlflow import MlflowServer
+from moto_s3 import moto_s3_server, s3_environment
+from pod_harness import PodRunner, bind, literals, python_value, serialized_tasks
+from sslflow.config import IngestConfig, ValidationConfig
+from tasks.shared import Dataset
+
+LITERAL_LIMIT = 2**20  # bytes: far below flytepropeller's maxDownloadMBs (2 MB by default)
+PSEUDONYM_KEY = "9f" * 32
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return serialized_tasks(tmp_path_factory.mktemp("package"))
+
+
+def _upload(folder: Path, bucket: str, prefix: str) -> None:
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=bucket)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+def _pngs(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(count):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / f"img{i:03d}.png")
+        rows.append(f"img{i:03d}.png,case{i // 3},site-a,{'class' + str(i // 2 % 2) if i % 2 == 0 else ''}")
+    (folder / "metadata.csv").write_text("path,case_id,site,label\n" + "\n".join(rows) + "\n")
+
+
+def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConfig) -> dict:
+    """Every task of workflows/data.py validate_data as a pod, in the workflow's order; the final outputs."""
+    from tasks.data_run import finish_data_run, start_data_run
+    from tasks.ingest import join_ingest, plan_ingest
+    from tasks.validate import validate
+
+    store = runner.run(tasks["tasks.store.tracking_store"], "tracking-store", LiteralMap({}))
+    settings = literals(start_data_run, source=source, config=config, validation=ValidationConfig(), label_fractions=[])
+    run = runner.run(tasks["tasks.data_run.start_data_run"], "start-data-run", bind((store, "o0", "tracking_store"), **settings.literals))
+    plan = runner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", literals(plan_ingest, source=source, config=config))
+    chunks = len(plan.literals["o0"].collection.literals)
+    decoded = runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), chunks)
+    join_inputs = bind((decoded, "o0", "chunks"), (run, "o0", "parent_run_id"), **literals(join_ingest, source=source, config=config).literals)
+    dataset = runner.run(tasks["tasks.ingest.join_ingest"], "join-ingest", join_inputs)
+    checks = literals(validate, config=ValidationConfig(), label_fractions=[])
+    valid = runner.run(tasks["tasks.validate.validate"], "validate", bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **checks.literals))
+    summary = runner.run(tasks["tasks.data_run.finish_data_run"], "finish-data-run", bind((valid, "o0", "dataset"), (run, "o0", "parent_run_id")))
+    assert finish_data_run.name.endswith("finish_data_run")
+    return {"chunks": chunks, "dataset": valid, "run": run, "summary": python_value(summary.literals["o0"], str)}
+
+
+def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: LiteralMap):
+    """pretrain_simclr (an Elastic task: torchrun inside the pod) and finetune_pretrained on its encoder, as pods."""
+    from ssl_models.augment import AugmentConfig
+    from ssl_models.train import FinetuneConfig, PretrainConfig
+    from tasks.finetune import finetune_pretrained
+    from tasks.pretrain import pretrain_simclr
+    from tasks.shared import FinetunedModel
+
+    config = PretrainConfig(epochs=1, batch_size=16, augment=AugmentConfig(output_size=16))
+    settings = literals(pretrain_simclr, encoder_name="small_cnn", config=config)
+    encoder = runner.run(tasks["tasks.pretrain.pretrain_simclr"], "pretrain-simclr", bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **settings.literals))
+    finetune = FinetuneConfig(epochs=1, head_warmup_steps=2, augment=AugmentConfig(output_size=16, crop_scale=(0.8, 1.0)))
+    settings = literals(finetune_pretrained, init="simclr", label_fraction=1.0, config=finetune)
+    inputs = bind((dataset, "o0", "domain"), (encoder, "o0", "encoder"), (run, "o0", "parent_run_id"), **settings.literals)
+    model = runner.run(tasks["tasks.finetune.finetune_pretrained"], "finetune-pretrained", inputs)
+    return python_value(model.literals["o0"], FinetunedModel)
+
+
+def _pod_runner(tmp_path: Path, endpoint: str, mlflow_uri: str, *, s3_endpoint: str | None = None) -> PodRunner:
+    registered = {  # what a user passes with `pyflyte register --env` (README: run on your cluster)
+        "MLFLOW_TRACKING_URI": mlflow_uri, "AWS_ENDPOINT_URL": s3_endpoint or endpoint, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+    }  # fmt: skip
+    secrets = {("sslflow", "pseudonym_key"): PSEUDONYM_KEY}
+    return PodRunner(tmp_path, s3_endpoint or endpoint, registered=registered, secrets=secrets, setup_endpoint=endpoint)
+
+
+@pytest.mark.parametrize("kind", ["png", "dicom"])
+def test_the_data_workflow_runs_as_pods_with_every_literal_file_under_one_megabyte(tmp_path, monkeypatch, tasks, kind):
+    if kind == "png":
+        _pngs(tmp_path / "scans", 40)
+    else:
+        write_pacs_folder(tmp_path / "scans", copies=2, patients=3)
+    config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
+    with moto_s3_server(tmp_path) as endpoint, MlflowServer(tmp_path / "mlflow") as mlflow:
+        s3_environment(monkeypatch, endpoint)
+        _upload(tmp_path / "scans", "scans", "site-a")
+        runner = _pod_runner(tmp_path, endpoint, mlflow.uri)
+        result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
+        model = _pretrain_and_finetune(runner, tasks, result["dataset"], result["run"]) if kind == "png" else None
+        dataset = python_value(result["dataset"].literals["o0"], Dataset)
+    assert result["chunks"] >= 2, "the map task ran more than one chunk pod"
+    assert dataset.directory.remote_source.startswith("s3://flyte/raw/"), "the Dataset lives in the object store"
+    assert dataset.num_images > 0 and str(dataset.num_images) in result["summary"]
+    sizes = runner.literal_files
+    assert sizes and max(sizes.values()) < LITERAL_LIMIT, sorted(sizes.items(), key=lambda item: -item[1])[:3]
+    assert not any((tmp_path / "pods").glob("*/cwd/*")), "a pod leaves nothing in its working directory"
+    if model is not None:
+        assert model.checkpoint.remote_source.startswith("s3://flyte/raw/") and model.num_labels > 0 and model.init == "simclr"
+
+
+def test_pods_finish_with_the_same_dataset_when_s3_fails_a_share_of_requests(tmp_path, monkeypatch, tasks):
+    """Every pod's S3 traffic (Flyte's inputs, outputs and Dataset, and the source) goes through a proxy that answers
+    every 5th request with 503 SlowDown and resets every 7th connection: the run finishes with the dataset that
+    ingest gives without faults (in this process, same key)."""
+    from faulty_proxy import FaultyS3Proxy
+    from sslflow.data.chunks import ingest_source
+
+    _pngs(tmp_path / "scans", 24)
+    config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
+    monkeypatch.setenv("SSLFLOW_PSEUDONYM_KEY", PSEUDONYM_KEY)
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")
+    with moto_s3_server(tmp_path) as endpoint, MlflowServer(tmp_path / "mlflow") as mlflow:
+        s3_environment(monkeypatch, endpoint)
+        _upload(tmp_path / "scans", "scans", "site-a")
+        expected, _, _ = ingest_source("s3://scans/site-a", config, tmp_path / "expected")
+        with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
+            runner = _pod_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
+            result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
+    assert python_value(result["dataset"].literals["o0"], Dataset).content_sha256 == expected
+    assert proxy.injected["slow_down"] > 3 and proxy.injected["reset"] > 3, proxy.injected
