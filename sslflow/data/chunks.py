@@ -176,7 +176,7 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
         report = {
             "source": chunk["source"], "quarantined": public_quarantined(images.quarantined), "held_back": images.held_back,
             "read": images.read_stats, "skipped_non_image": images.skipped,
-            "chunk_sha256": hashlib.sha256(chunk_json.encode()).hexdigest(),  # the chunk document: its files and their content hashes
+            "chunk_sha256": _chunk_identity(chunk),  # the chunk document: its files and their content hashes
             "unmatched_instance_rows": images.unmatched_instance_rows if chunk.get("instance_metadata") else None,
             "decoding": uuid.uuid4().hex,  # names this decoding
         }  # fmt: skip
@@ -207,6 +207,15 @@ def _refuse_unmatched_rows(reports: list[dict]) -> None:
     if lists:
         unmatched = set(lists[0]).intersection(*lists[1:])
         refuse_unmatched(reports[0]["source"], [where for where in lists[0] if where in unmatched])
+
+
+def _chunk_identity(chunk: dict) -> str:
+    """sha256 of a chunk document, S3 version keys without their endpoint: which server answered does not change the files."""
+    if chunk["kind"] == "s3":
+        strip = lambda key: key.split(" ", 1)[-1]  # noqa: E731  ("<endpoint> <url> <etag> <size>": sslflow/data/s3.py)
+        records = [[index, {**fields, "version_key": strip(fields["version_key"])}, strip(digest)] for index, fields, digest in chunk["records"]]
+        chunk = {**chunk, "records": records}
+    return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
 
 
 def _listing_sha256(reports: list[dict]) -> str:
