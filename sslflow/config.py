@@ -56,14 +56,22 @@ class IngestConfig:
         A dataset of known depth should set it (12 for 12-bit CT/MR stored in 16-bit files, 16 for
         full-range 16-bit). 8-bit and float images are not affected.
     DICOM files (sslflow/data/dicom.py; README "Medical data"):
-    dicom_window: "header" (the header's first window, else the full range of the modality LUT's
-        output), "full-range" (never windowed), or a CT preset applied to CT images (others: "header"):
+    dicom_window: "header" (the header's first window or VOI LUT; without one, CT gets ct-soft-tissue
+        and other modalities the 0.5 and 99.5 percentiles of the object's values), "full-range" (the
+        whole range the header declares, never windowed), or a CT preset applied to CT images (others: "header"):
         "ct-soft-tissue" (W400/L40), "ct-lung" (W1500/L-600), "ct-bone" (W1800/L400), "ct-brain" (W80/L40).
     dicom_frames: multi-frame objects become "all" frames (one image each, same case), the "first" or the "middle" one.
-    dicom_case_level: case_id from the "patient" (PatientID), "study" (StudyInstanceUID) or "series"
-        (SeriesInstanceUID), always pseudonymised.
+    dicom_case_level: case_id from the "patient" (IssuerOfPatientID, else InstitutionName, + PatientID),
+        "study" (StudyInstanceUID) or "series" (SeriesInstanceUID), always pseudonymised; a file without
+        the tag falls back to the next level (marked weaker in the summary).
     dicom_site: site from the "institution" (InstitutionName) or the "scanner" (Manufacturer +
         ManufacturerModelName); a file without it falls back to the other, then "default".
+    dicom_site_names: keep the site as written in the header; by default (False) it is pseudonymised
+        (``site-`` + HMAC, like the case), since an institution may be named after a person. A
+        ``site`` column in metadata.csv (or the parquet list) is a user-supplied mapping, kept as given.
+    dicom_burned_in: include images whose BurnedInAnnotation is YES (text burned into the pixels, often
+        a name); by default (False) they are held back: quarantined with that reason, counted in the
+        summary, never counted against max_bad_fraction.
     chunk_images: about this many images per ingest chunk (one map-task pod; its memory grows with it,
         not with the source): sslflow/data/chunks.py. Changing it re-decodes everything.
     shard_megabytes: the size of one shard file of the dataset (ssl_models/shards.py); a case is never split.
@@ -86,6 +94,8 @@ class IngestConfig:
     dicom_frames: str = "all"
     dicom_case_level: str = "patient"
     dicom_site: str = "institution"
+    dicom_site_names: bool = False
+    dicom_burned_in: bool = False
     chunk_images: int = 8192
     shard_megabytes: int = 128
 

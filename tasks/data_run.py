@@ -25,7 +25,7 @@ def start_data_run(
     return start_parent_run("validate_data", settings)
 
 
-@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def finish_data_run(dataset: Dataset, parent_run_id: str) -> str:
     """Record the valid dataset on the parent run and close it; the summary `pyflyte run` prints."""
     summary = ingest_summary(dataset)

@@ -4,8 +4,9 @@ are unchanged), join_ingest joins them into a Dataset (sslflow/data/chunks.py).
 
 Bad input stops the run here, before any training, with a SourceError naming the file, row or key
 (sslflow/data/sources.py lists the sources, sslflow/data/metadata.py the metadata rules). DICOM
-identities are pseudonymised by the chunk tasks with the key of the Flyte Secret sslflow/pseudonym_key
-when it is mounted (sslflow/data/pseudonyms.py for the local fallbacks). Raw inputs
+identities and the image keys that replace file paths are pseudonymised by the chunk tasks with the key of
+the Flyte Secret sslflow/pseudonym_key when it is mounted (sslflow/data/pseudonyms.py for the local
+fallbacks): paths are in the plan and the chunk documents only, never in a chunk's output or the Dataset. Raw inputs
 are only read; chunks and the dataset are written to temporary folders and renamed into place, so a
 failed chunk or join leaves nothing a later run could mistake for a dataset.
 """
@@ -47,7 +48,8 @@ def _log_summary(summary: dict, sha256: str) -> None:
     mlflow.log_metrics(
         {
             "images": summary["images"], "cases": summary["cases"], "duplicates_dropped": summary["duplicates_dropped"],
-            "quarantined": len(summary["quarantined"]), "sites": len(summary["sites"]), "skipped_non_image": sum(summary["skipped_non_image"].values()),
+            "quarantined": len(summary["quarantined"]), "held_back": sum(summary["held_back"].values()),
+            "instance_copies_dropped": summary["instance_copies_dropped"], "images_without_case_id": summary["case_ids"]["none"], "sites": len(summary["sites"]), "skipped_non_image": sum(summary["skipped_non_image"].values()),
             "chunks": len(summary["chunks"]), "shards": summary["shards"],
             **{f"read.{key}": value for key, value in summary["read"].items()},
         }
@@ -58,14 +60,14 @@ def _log_summary(summary: dict, sha256: str) -> None:
         mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the source has no real case ids)")
 
 
-@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
+@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
 def plan_ingest(source: SourceUri, config: IngestConfig) -> list[str]:
     """The chunks of ``source`` (JSON: decode settings + files with their content hashes); nothing is decoded."""
     return plan_chunks(source, config)
 
 
 @task(
-    cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
+    cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
 )
 def ingest_chunk(chunk: str) -> FlyteDirectory:
     """Decode one chunk into shards + its table; memory grows with IngestConfig.chunk_images, not the source.
@@ -74,7 +76,7 @@ def ingest_chunk(chunk: str) -> FlyteDirectory:
     return FlyteDirectory(str(decode_chunk(chunk, folder, pseudonym_key=_pseudonym_key())))
 
 
-@task(cache=pipeline_cache("5"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+@task(cache=pipeline_cache("6"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
 def join_ingest(
     source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str
 ) -> Annotated[Dataset, HashMethod(content_hash)]:

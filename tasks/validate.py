@@ -1,6 +1,8 @@
 """validate: the great-expectations suite (sslflow/data/validation.py) over a Dataset; failure stops the pipeline.
 
-The report is a Flyte Deck and MLflow artifacts (validation.json, validation.html).
+The report is a Flyte Deck and MLflow artifacts (validation.json, validation.html); its ``warnings`` repeat
+ingest's leakage guard (images without a case id, cases by study or series: sslflow/data/leakage.py).
+Cached on the Dataset's content hash, which covers the whole listing ingest read (sslflow/data/dataset.py).
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ def validate(
         manifest = read_manifest(folder)
         report = validate_manifest(manifest, count_stored_images(manifest, stored_shards(dataset)), config, label_fractions)
         report["ingest"] = read_summary(folder)
+        report["warnings"] = report["ingest"].get("warnings", [])  # the leakage guard (sslflow/data/leakage.py)
         page = validation_html(dataset.name, report)
         Deck(f"validation {dataset.name}", page)
         mlflow.log_dict(report, "validation.json")
         mlflow.log_text(page, "validation.html")
-        mlflow.log_metric("failing_expectations", len(report["failures"]))
+        mlflow.log_metrics({"failing_expectations": len(report["failures"]), "warnings": len(report["warnings"])})
         mlflow.log_metrics({f"case_sizes.{key}": value for key, value in report["case_sizes"].items() if key != "cases_by_size"})
         if not report["success"]:
             raise DataValidationError(
-                f"dataset {dataset.name!r} failed {len(report['failures'])} expectation(s):\n  " + "\n  ".join(report["failures"])
+                f"dataset {dataset.name!r} failed {len(report['failures'])} expectation(s) (images are named by their image_key; "
+                "`python -m sslflow.data.image_keys <source> <key>...` names their files):\n  " + "\n  ".join(report["failures"])
             )
     return dataset

@@ -1,6 +1,7 @@
 """Bad input stops ingest with a message naming the file, row or column; the input's bytes never change."""
 
 import hashlib
+import json
 import io
 import struct
 import zlib
@@ -15,6 +16,7 @@ from sslflow.data.dataset import write_dataset
 from sslflow.data.manifest import IMAGE_COLUMNS
 from sslflow.config import IngestConfig
 from sslflow.data.manifest import build_manifest
+from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import read_source
 from sslflow.data.types import SourceError, UndecodableImageError
 
@@ -209,7 +211,9 @@ def test_max_bad_fraction_quarantines_undecodable_files_and_reports_them(tmp_pat
     assert len(images.source_paths) == 7 and "broken.png" not in images.source_paths
     assert [item["source_path"] for item in images.quarantined] == ["broken.png"]
     _, _, summary = build_manifest(images, config)
-    assert summary["quarantined"][0]["source_path"] == "broken.png" and "truncated or corrupt" in summary["quarantined"][0]["problem"]
+    (item,) = summary["quarantined"]  # the dataset's summary names the key, never the path
+    assert item["image_key"] == Pseudonyms().pseudonym("file", "broken.png") and "truncated or corrupt" in item["problem"]
+    assert "broken.png" not in json.dumps(summary) and item["problem"].startswith(item["image_key"] + ": ")
     assert folder_digest(tmp_path) == before and (tmp_path / "broken.png").exists()  # quarantine never moves files
 
 

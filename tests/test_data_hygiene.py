@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 from sslflow.config import IngestConfig, ValidationConfig
+from sslflow.data.image_keys import paths_of_keys
 from sslflow.data.listing import read_listing
 from sslflow.data.manifest import build_manifest
 from sslflow.data.metadata import ImageRecord, metadata_rows, parse_metadata_csv
+from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import read_source
 from sslflow.data.types import SourceError, SourceImages, UndecodableImageError
 from sslflow.data.validation import validate_manifest
@@ -101,7 +103,10 @@ def test_identical_images_with_different_labels_are_refused_naming_both(tmp_path
     images = read_source(str(root), CONFIG)
     with pytest.raises(SourceError, match=r"identical images .* different labels") as caught:
         build_manifest(images, CONFIG)
-    assert "img0.png (label 'cat') and copy.png (label 'dog')" in str(caught.value)
+    first, second = (Pseudonyms().pseudonym("file", path) for path in ("img0.png", "copy.png"))
+    assert f"{first} (label 'cat') and {second} (label 'dog')" in str(caught.value)  # named by key; the keys lead back to the files:
+    assert paths_of_keys(str(root), [first, second]) == {first: "img0.png", second: "copy.png"}
+    assert "img0.png" not in str(caught.value) and "python -m sslflow.data.image_keys" in str(caught.value)
 
 
 def test_identical_images_with_one_label_are_kept_once_with_that_label(tmp_path):
@@ -110,9 +115,10 @@ def test_identical_images_with_one_label_are_kept_once_with_that_label(tmp_path)
     (root / "copy2.png").write_bytes((root / "img1.png").read_bytes())
     (root / "metadata.csv").write_text((root / "metadata.csv").read_text() + "copy2.png,dog\n")
     manifest, _, summary = build_manifest(read_source(str(root), CONFIG), CONFIG)
-    assert list(manifest["source_path"]) == ["img1.png", "img2.png", "copy.png"]  # the unlabelled img0.png gave way
+    paths = paths_of_keys(str(root), list(manifest["image_key"]) + summary["duplicate_examples"])
+    assert [paths[key] for key in manifest["image_key"]] == ["img1.png", "img2.png", "copy.png"]  # the unlabelled img0.png gave way
     assert list(manifest["label"]) == ["dog", "dog", "cat"]
-    assert summary["duplicates_dropped"] == 2 and summary["duplicate_examples"] == ["img0.png", "copy2.png"]
+    assert summary["duplicates_dropped"] == 2 and [paths[key] for key in summary["duplicate_examples"]] == ["img0.png", "copy2.png"]
 
 
 # 4. Every class needs training labels; label fractions lie in (0, 1].
@@ -269,10 +275,10 @@ def test_file_over_max_file_bytes_is_refused_without_reading_it(tmp_path):
     config = IngestConfig(image_size=16, max_bad_fraction=0.5, max_file_bytes=10**6)
     images = read_listing(records, read_bytes, config, DecodeCache(tmp_path / "cache", 16, 1), "test")
     assert read == ["small.png"] and images.source_paths == ["small.png"]
-    assert images.quarantined == [
-        {"source_path": "huge.png", "problem": f"/data/huge.png: {10**12} bytes is over IngestConfig.max_file_bytes=1000000; "
-         "not read (raise max_file_bytes if the file is a genuine image)"}
-    ]  # fmt: skip
+    (quarantined,) = images.quarantined
+    assert quarantined["source_path"] == "huge.png" and quarantined["problem"] == (
+        f"/data/huge.png: {10**12} bytes is over IngestConfig.max_file_bytes=1000000; not read (raise max_file_bytes if the file is a genuine image)"
+    )
 
 
 def test_folder_file_over_max_file_bytes_stops_ingest_naming_it(tmp_path):

@@ -14,6 +14,7 @@ from flytekit import workflow
 from PIL import Image
 
 from sslflow.data.dataset import read_dataset
+from sslflow.data.pseudonyms import Pseudonyms
 from tasks.shared import Dataset, ingest_summary
 from sslflow.config import IngestConfig, ValidationConfig
 from workflows.ingest import ingest
@@ -71,7 +72,7 @@ def test_real_photos_of_mixed_sizes_and_modes_ingest_and_validate(tmp_path):
     )
     manifest, images = read_dataset(Path(dataset.directory.download()))
     assert images.shape == (12, 3, 32, 32) and images.dtype == np.uint8
-    assert list(manifest["source_path"]) == list(metadata["path"])
+    assert list(manifest["image_key"]) == [Pseudonyms().pseudonym("file", path) for path in metadata["path"]]  # paths never reach the dataset
     assert set(manifest["mode"]) == {"L", "LA", "RGB", "RGBA", "P", "I;16", "CMYK"}
     assert manifest["width"].nunique() == 12 and manifest["height"].nunique() == 12
     assert (manifest.groupby("case_id")["split"].nunique() == 1).all() and manifest["case_id"].nunique() == 6
@@ -129,7 +130,9 @@ def test_pyflyte_validate_data_exit_code_and_message(tmp_path, case):
         assert "is valid: 4 images" in result.stdout
     elif case == "failing_check":
         assert result.returncode != 0
-        assert "expect_column_values_to_be_between column 'height'" in output and "sliver.png: height=4" in output
+        sliver = Pseudonyms().pseudonym("file", "sliver.png")  # images are named by key after ingest, with how to find the file
+        assert "expect_column_values_to_be_between column 'height'" in output and f"{sliver}: height=4" in output
+        assert "python -m sslflow.data.image_keys" in output
     else:
         assert result.returncode != 0
         assert "scan9.png: not a PNG, JPEG, TIFF, BMP image" in output

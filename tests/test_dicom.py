@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from dicom_files import PLANTED, write_dicom, write_pacs_folder
+from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
 from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source, plan_chunks
@@ -37,6 +37,11 @@ PYFLYTE = Path(sys.executable).parent / "pyflyte"
 def _key(monkeypatch, tmp_path):
     monkeypatch.setenv(KEY_ENV, KEY)
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "ingest-cache"))
+
+
+def _image_key(path: str) -> str:
+    """The image_key ingest gives the file at ``path`` (relative to the source) under the test key."""
+    return Pseudonyms(KEY).pseudonym("file", path)
 
 
 def _decode(path: Path, size: int, **options):
@@ -65,9 +70,9 @@ def test_ct_to_hounsfield_units_then_the_header_window(tmp_path):
     assert image.modality == "CT" and image.mode == "DICOM CT MONOCHROME2 12-bit" and image.case_id.startswith("patient-")
 
 
-def test_without_a_window_the_whole_12_bit_range_maps_to_8_bits_unclipped(tmp_path):
+def test_full_range_maps_the_whole_12_bit_range_to_8_bits_unclipped(tmp_path):
     values = np.array([[0, 2048], [4095, 1000]], dtype=np.uint16)
-    pixels = _decode(write_dicom(tmp_path / "ct", values, RescaleSlope=1, RescaleIntercept=-1024), 2).pixels[0, 0]
+    pixels = _decode(write_dicom(tmp_path / "ct", values, RescaleSlope=1, RescaleIntercept=-1024), 2, dicom_window="full-range").pixels[0, 0]
     assert pixels.tolist() == np.round(values / 4095 * 255).astype(int).tolist() == [[0, 128], [255, 62]]
     windowed = write_dicom(tmp_path / "w", values, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
     assert _decode(windowed, 2, dicom_window="full-range").pixels[0, 0].tolist() == [[0, 128], [255, 62]]
@@ -83,16 +88,17 @@ def test_ct_preset_replaces_the_header_window(tmp_path):
 
 def test_monochrome1_is_inverted_so_bright_means_dense(tmp_path):
     values = np.array([[0, 2048], [4095, 1000]], dtype=np.uint16)
-    pixels = _decode(write_dicom(tmp_path / "cr", values, PhotometricInterpretation="MONOCHROME1", Modality="CR"), 2).pixels[0, 0]
+    path = write_dicom(tmp_path / "cr", values, PhotometricInterpretation="MONOCHROME1", Modality="CR")
+    pixels = _decode(path, 2, dicom_window="full-range").pixels[0, 0]
     assert pixels.tolist() == (255 - np.round(values / 4095 * 255)).astype(int).tolist() == [[255, 127], [0, 193]]
 
 
 def test_multi_frame_objects_follow_the_frame_policy(tmp_path):
     frames = np.stack([np.full((2, 2), value, np.uint16) for value in (0, 2048, 4095)])
-    path = write_dicom(tmp_path / "mf", frames)
-    assert [int(f[0, 0, 0]) for f in _decode(path, 2).pixels] == [0, 128, 255]
-    assert [int(f[0, 0, 0]) for f in _decode(path, 2, dicom_frames="middle").pixels] == [128]
-    assert [int(f[0, 0, 0]) for f in _decode(path, 2, dicom_frames="first").pixels] == [0]
+    path = write_dicom(tmp_path / "mf", frames, Modality="OT")
+    assert [int(f[0, 0, 0]) for f in _decode(path, 2, dicom_window="full-range").pixels] == [0, 128, 255]
+    assert [int(f[0, 0, 0]) for f in _decode(path, 2, dicom_frames="middle", dicom_window="full-range").pixels] == [128]
+    assert [int(f[0, 0, 0]) for f in _decode(path, 2, dicom_frames="first", dicom_window="full-range").pixels] == [0]
 
 
 def test_colour_palette_and_ybr_become_rgb_or_luma(tmp_path):
@@ -121,7 +127,8 @@ def test_every_bundled_file_decodes_or_is_refused_naming_why():
             refused[path.name] = str(error)
     assert len(decoded) >= 70 and all(image.pixels.dtype == np.uint8 for image in decoded)
     for name, message in refused.items():
-        assert message.startswith(name) and ("transfer syntax" in message or "without pixel data" in message or "not a readable DICOM" in message), message
+        reasons = ("transfer syntax", "without pixel data", "not a readable DICOM", "is incomplete")
+        assert message.startswith(name) and any(reason in message for reason in reasons), message
     assert "JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51)" in refused["JPEG-lossy.dcm"]
     assert "JPEG 2000 Image Compression (1.2.840.10008.1.2.4.91)" in refused["JPEG2000-embedded-sequence-delimiter.dcm"]
     assert "less than expected" in refused["MR_truncated.dcm"] and "Explicit VR Little Endian" in refused["MR_truncated.dcm"]
@@ -138,16 +145,19 @@ def test_pacs_folder_cases_sites_modalities_and_skipped_objects(tmp_path):
     images = read_source(str(folder), config)
     manifest, _, summary = build_manifest(images, config)
     frames = 30 - summary["duplicates_dropped"]  # identical frames of the cine loop are kept once
-    assert summary["sites"] == {"North Hospital": 12 + frames, "South Clinic": 12}
+    north, south = (Pseudonyms(KEY).pseudonym("site", name) for name in ("North Hospital", "South Clinic"))
+    assert summary["sites"] == {north: 12 + frames, south: 12}  # pseudonymised by default
+    named = build_manifest(read_source(str(folder), IngestConfig(dicom_site_names=True)), config)[2]
+    assert named["sites"] == {"North Hospital": 12 + frames, "South Clinic": 12}
     assert summary["modalities"] == {"CT": 8, "MR": 4, "NM": 4, "US": 8 + frames}
     assert summary["skipped_non_image"] == {"Basic Text SR Storage": 1, "Media Storage Directory Storage": 1, "RT Plan Storage": 1}
     assert summary["cases"] == files["patient"].nunique() == 5 and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
-    assert manifest.loc[manifest["source_path"].str.startswith("PAT0/CINE/US0001#frame="), "case_id"].nunique() == 1
+    assert manifest.loc[manifest["image_key"].str.startswith(_image_key("PAT0/CINE/US0001") + "#frame="), "case_id"].nunique() == 1
     again = build_manifest(read_source(str(folder), config), config)[0]  # a second run, same key: same pseudonyms
     assert again["case_id"].tolist() == manifest["case_id"].tolist()
     other = build_manifest(read_source(str(folder), config, pseudonym_key="another-key-0123456789"), config)[0]
     assert set(other["case_id"]).isdisjoint(manifest["case_id"])
-    studies = build_manifest(read_source(str(folder), IngestConfig(dicom_case_level="study", dicom_site="scanner")), config)[2]
+    studies = build_manifest(read_source(str(folder), IngestConfig(dicom_case_level="study", dicom_site="scanner", dicom_site_names=True)), config)[2]
     assert studies["cases"] > 5 and "GE MEDICAL SYSTEMS RHAPSODE" in studies["sites"]  # no Manufacturer: the institution
 
 
@@ -181,31 +191,82 @@ def test_bad_dicom_is_refused_by_path_or_quarantined_and_never_modified(tmp_path
 
 
 def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
+    """Names, IDs, dates, accession numbers, UIDs and path parts of an export reach no output: not the dataset, a task
+    output, Flyte's cache, MLflow or the console (only ingest's plan lists the files it reads)."""
     folder = tmp_path / "pacs"
-    write_pacs_folder(folder, planted=PLANTED, multiframe=True)
+    write_pacs_folder(folder, planted=PLANTED, multiframe=True, identifying_paths=True)
+    burned = folder / "ZYXWVÜT_QÖPNMLK_PID-8675309-ZQPAT0" / "20231105" / "CT" / "ACC-5551234-XJ99_99.dcm"
+    write_dicom(burned, np.full((8, 8), 1200, np.int16), BurnedInAnnotation="YES", **PLANTED)
     environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                   "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox")}  # fmt: skip
+                   "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"), "HOME": str(tmp_path / "home")}  # fmt: skip
     result = subprocess.run(
         [str(PYFLYTE), "run", "workflows/data.py", "validate_data", "--source", str(folder)],
         cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 3, "quarantined": 0}
-    assert_no_identifier([result.stdout, result.stderr], [tmp_path / "mlflow.db", tmp_path / "mlartifacts", tmp_path / "sandbox", tmp_path / "ingest-cache"])
+    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 3, "quarantined": 1}
+    assert "held back: {'burned_in_annotation': 1}" in result.stdout
+    cached = flyte_cache_entries(tmp_path / "home", plan_chunks(str(folder), IngestConfig()))
+    assert any(key.startswith("tasks.ingest.plan_ingest-") for key in cached) and len(cached) >= 6  # plan, chunks, join, validate, ...
+    outputs = [tmp_path / name for name in ("mlflow.db", "mlartifacts", "sandbox", "ingest-cache")]
+    assert_no_identifier([result.stdout, result.stderr], outputs, folder=folder, blobs=cached)
 
 
-def assert_no_identifier(texts: list[str], paths: list[Path]) -> None:
-    """None of PLANTED's values (in the spellings DICOM and Python give them) in ``texts`` or in any file under ``paths``."""
-    needles = {value for value in PLANTED.values()} | {value.replace("^", " ") for value in PLANTED.values()} | {"8675309", "5551234", "77441122", "Zyxwvut", "Qopnmlk", "Drqxv"}
+GENERIC_PATH_PARTS = {"CT", "MR", "US", "NM", "SR", "CINE", "RTPLAN", "DICOMDIR", "README.txt", "metadata.csv"}
+
+
+def identifiers_of(folder: Path) -> set[str]:
+    """What a PACS export at ``folder`` identifies people by: every UID of its DICOM files and every part of its paths."""
+    found = set()
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        found |= {part for part in relative.parts if part not in GENERIC_PATH_PARTS and not part.startswith(("PAT", "STUDY", "SERIES", "IM", "US0", "SR0", "RP0"))}
+        if path.is_file() and has_dicom_preamble(path.read_bytes()[:132]):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            found |= {str(ds.get(keyword)) for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID") if keyword in ds}
+    return found
+
+
+def needles_of(values: set[str]) -> set[bytes]:
+    """``values`` in the spellings an export and a program give them: caret, space, underscore, upper case; UTF-8, Latin-1, UTF-16."""
+    spellings = {spelling for value in values for spelling in (value, value.replace("^", " "), value.replace("^", "_"), value.upper())}
+    encoded = set()
+    for spelling in spellings:
+        for encoding in ("utf-8", "latin-1", "utf-16-le"):
+            try:
+                encoded.add(spelling.encode(encoding))
+            except UnicodeEncodeError:
+                continue
+    return encoded
+
+
+def flyte_cache_entries(home: Path, plans: list[str]) -> dict[str, bytes]:
+    """Flyte's local cache (``home``/.flyte/local-cache, a diskcache): every task's cached outputs by cache key, the
+    chunk documents of ``plans`` (ingest's plan: the files it must read, plan_chunks) cut out of plan_ingest's."""
+    from diskcache import Cache
+
+    with Cache(str(home / ".flyte" / "local-cache")) as cache:
+        entries = {key: bytes(cache[key]) for key in cache.iterkeys()}
+    for key in [key for key in entries if key.startswith("tasks.ingest.plan_ingest-")]:
+        for chunk in plans:
+            entries[key] = entries[key].replace(chunk.encode(), b"")
+    return entries
+
+
+def assert_no_identifier(texts: list[str], paths: list[Path], *, folder: Path | None = None, blobs: dict[str, bytes] | None = None) -> None:
+    """None of PLANTED's values, nor (``folder``) a UID or path part of the export, in ``texts``, in any file under
+    ``paths`` or in ``blobs`` (name: bytes, e.g. flyte_cache_entries)."""
+    values = {value for keyword, value in PLANTED.items() if keyword != "SpecificCharacterSet"} | set(PLANTED_FRAGMENTS)
+    needles = needles_of(values | (identifiers_of(folder) if folder else set()))
     for text in texts:
-        assert not [needle for needle in needles if needle in text]
+        found = [needle for needle in needles if needle.decode("utf-8", "ignore") and needle.decode("utf-8", "ignore") in text]
+        assert not found, found[:5]
     files = [file for path in paths if path.exists() for file in ([path] if path.is_file() else path.rglob("*")) if file.is_file()]
     assert files
-    for file in files:
-        data = file.read_bytes()
-        found = [needle for needle in needles if needle.encode() in data or needle.encode("utf-16-le") in data]
-        assert not found, f"{file} holds {found}"
+    for name, data in [*((str(file), file.read_bytes()) for file in files), *(blobs or {}).items()]:
+        found = [needle for needle in needles if needle in data]
+        assert not found, f"{name} holds {found[:5]}"
 
 
 def _uid_keyed_folder(root: Path) -> tuple[Path, list[str]]:
@@ -223,10 +284,10 @@ def test_metadata_keyed_by_sop_instance_uid_labels_dicom_files_and_never_shows_t
     folder, uids = _uid_keyed_folder(tmp_path / "pacs")
     config = IngestConfig(image_size=16)
     manifest, _, summary = build_manifest(read_source(str(folder), config), config)
-    by_file = manifest.set_index("source_path")
-    assert by_file.loc["export/IM0000", "label"] == "benign" and by_file.loc["export/IM0001", "label"] == "malignant"
-    assert by_file.loc["export/IM0001", "case_id"] == "case-7"  # the metadata's case wins over the header's
-    assert by_file.loc["export/IM0000", "case_id"].startswith("patient-")  # blank in the metadata: the header's pseudonym
+    by_file = manifest.set_index("image_key")
+    assert by_file.loc[_image_key("export/IM0000"), "label"] == "benign" and by_file.loc[_image_key("export/IM0001"), "label"] == "malignant"
+    assert by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"  # the metadata's case wins over the header's
+    assert by_file.loc[_image_key("export/IM0000"), "case_id"].startswith("patient-")  # blank in the metadata: the header's pseudonym
     written = manifest.to_csv() + json.dumps(summary, default=str)
     assert not any(uid in written for uid in uids)
     # a row naming an object the folder does not hold is refused by its row, without the UID
@@ -246,8 +307,8 @@ def test_chunked_ingest_of_a_pacs_folder_matches_the_in_memory_manifest(tmp_path
     for key in (None, "another-key-0123456789"):
         _, chunked, summary = ingest_source(str(folder), config, tmp_path / f"dataset-{key}", workers=2, pseudonym_key=key)
         expected, _, in_memory = build_manifest(read_source(str(folder), config, pseudonym_key=key), config)
-        columns = ["source_path", "case_id", "site", "modality", "label", "split", "sha256"]
-        assert chunked[columns].sort_values("source_path").values.tolist() == expected[columns].sort_values("source_path").values.tolist()
+        columns = ["image_key", "case_id", "site", "modality", "label", "split", "sha256"]
+        assert chunked[columns].sort_values("image_key").values.tolist() == expected[columns].sort_values("image_key").values.tolist()
         for name in ("sites", "modalities", "skipped_non_image", "cases", "duplicates_dropped"):
             assert summary[name] == in_memory[name], name
 
@@ -257,8 +318,8 @@ def test_chunked_ingest_applies_and_refuses_sop_instance_rows_across_chunks(tmp_
     config = IngestConfig(image_size=16, chunk_images=1)
     assert len(plan_chunks(str(folder), config)) == 3  # one file per chunk: each row matched by one chunk only
     _, manifest, _ = ingest_source(str(folder), config, tmp_path / "dataset")
-    by_file = manifest.set_index("source_path")
-    assert by_file.loc["export/IM0001", "label"] == "malignant" and by_file.loc["export/IM0001", "case_id"] == "case-7"
+    by_file = manifest.set_index("image_key")
+    assert by_file.loc[_image_key("export/IM0001"), "label"] == "malignant" and by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"
     (folder / "metadata.csv").write_text((folder / "metadata.csv").read_text() + "1.2.826.0.1.3680043.99999.1,benign,\n")
     with pytest.raises(SourceError, match=r"metadata.csv row 5, column 'sop_instance_uid'") as refused:
         ingest_source(str(folder), config, tmp_path / "dataset-2")
@@ -277,5 +338,5 @@ def test_dicom_files_without_an_extension_at_an_s3_prefix_are_found_by_content(t
         client.put_object(Bucket="hospital", Key="site-a/export/README", Body=b"not an image")
         config = IngestConfig(image_size=16)
         manifest, _, _ = build_manifest(read_source("s3://hospital/site-a", config), config)
-    assert sorted(manifest["source_path"]) == ["export/IM0000", "export/IM0001", "export/IM0002"]
+    assert sorted(manifest["image_key"]) == sorted(_image_key(f"export/IM000{index}") for index in range(3))
     assert sorted(manifest["label"]) == ["benign", "benign", "malignant"] and set(manifest["modality"]) == {"CT"}

@@ -7,6 +7,7 @@ from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
 from sslflow.data.manifest import build_manifest, split_of_case
 from sslflow.data.builtin import optdigits_to_mnist_format
+from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import fingerprint_source, read_source, source_name
 from sslflow.data.types import SourceError, UndecodableImageError
 
@@ -38,7 +39,7 @@ def test_duplicates_are_kept_once_and_reported(tmp_path):
     metadata.loc[len(metadata)] = {"path": "copy.png", "case_id": "patient9", "site": "site0", "label": "1"}
     metadata.to_csv(tmp_path / "metadata.csv", index=False)
     manifest, _, summary = build_manifest(read_source(str(tmp_path), IngestConfig(image_size=16)), IngestConfig(image_size=16))
-    assert len(manifest) == 3 and summary["duplicates_dropped"] == 1 and summary["duplicate_examples"] == ["copy.png"]
+    assert len(manifest) == 3 and summary["duplicates_dropped"] == 1 and summary["duplicate_examples"] == [Pseudonyms().pseudonym("file", "copy.png")]
 
 
 def test_bad_metadata_paths_are_refused_with_the_row(tmp_path):

@@ -45,7 +45,7 @@ from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.fingerprint import FileDigests, fingerprint_builtin
 from sslflow.data.folder import folder_instance_rows, list_folder
 from sslflow.data.listing import read_listing, refuse_unmatched
-from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest
+from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest, public_quarantined
 from sslflow.data.metadata import ImageRecord
 from sslflow.data.parquet_list import list_parquet_list
 from sslflow.data.pseudonyms import Pseudonyms
@@ -55,7 +55,7 @@ from sslflow.data.types import SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, SHARDS = "chunk.parquet", "chunk.json", "shards"
 DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixels", "max_file_bytes", "bits_stored", "proxy_cases", "seed", "shard_megabytes",
-                   "dicom_window", "dicom_frames", "dicom_case_level", "dicom_site")  # fmt: skip
+                   "dicom_window", "dicom_frames", "dicom_case_level", "dicom_site", "dicom_site_names", "dicom_burned_in")  # fmt: skip
 
 
 def _records(source: str, kind: str) -> list[tuple[ImageRecord, str]]:
@@ -156,8 +156,9 @@ def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[
 
 def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
     """Decode one chunk into ``directory`` (chunk.parquet: decoded_table + listing position, shard, shard_row;
-    shards/; chunk.json: quarantined files, skipped non-image DICOM objects, unmatched SOPInstanceUID rows, read
-    statistics). DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
+    shards/; chunk.json: quarantined and held-back files by image key, skipped non-image DICOM objects, unmatched
+    SOPInstanceUID rows, read statistics, the chunk document's sha256). No path is written: the table and the report
+    know images by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
     fallbacks). Written to a temporary folder, renamed on success."""
     chunk = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])
@@ -168,12 +169,14 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
-        case_keys = [case if case is not None else path for case, path in zip(table["case_id"], table["source_path"])]
+        case_keys = [case if case is not None else key for case, key in zip(table["case_id"], table["image_key"])]
         labelled = labelled_cases(case_keys, table["label"].tolist())
         shard, row = write_case_shards(staging / SHARDS, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20)
         table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(staging / CHUNK_TABLE, index=False)
         report = {
-            "source": chunk["source"], "quarantined": images.quarantined, "read": images.read_stats, "skipped_non_image": images.skipped,
+            "source": chunk["source"], "quarantined": public_quarantined(images.quarantined), "held_back": images.held_back,
+            "read": images.read_stats, "skipped_non_image": images.skipped,
+            "chunk_sha256": _chunk_identity(chunk),  # the chunk document: its files and their content hashes
             "unmatched_instance_rows": images.unmatched_instance_rows if chunk.get("instance_metadata") else None,
             "decoding": uuid.uuid4().hex,  # names this decoding
         }  # fmt: skip
@@ -206,6 +209,20 @@ def _refuse_unmatched_rows(reports: list[dict]) -> None:
         refuse_unmatched(reports[0]["source"], [where for where in lists[0] if where in unmatched])
 
 
+def _chunk_identity(chunk: dict) -> str:
+    """sha256 of a chunk document, S3 version keys without their endpoint: which server answered does not change the files."""
+    if chunk["kind"] == "s3":
+        strip = lambda key: key.split(" ", 1)[-1]  # noqa: E731  ("<endpoint> <url> <etag> <size>": sslflow/data/s3.py)
+        records = [[index, {**fields, "version_key": strip(fields["version_key"])}, strip(digest)] for index, fields, digest in chunk["records"]]
+        chunk = {**chunk, "records": records}
+    return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
+
+
+def _listing_sha256(reports: list[dict]) -> str:
+    """A hash of every chunk document (every file listed, with its content hash, kept or not): part of the dataset's hash."""
+    return hashlib.sha256(" ".join(sorted(report["chunk_sha256"] for report in reports)).encode()).hexdigest()
+
+
 def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path) -> tuple[str, pd.DataFrame, dict]:
     """Join decoded chunks into the dataset at ``directory``: deduplicate, subsample, cases and splits over all of
     them (sslflow/data/manifest.py), in source-listing order. Returns (content sha256, manifest, summary)."""
@@ -219,6 +236,8 @@ def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path
     summary |= {
         "quarantined": [item for report in reports for item in report["quarantined"]],
         "skipped_non_image": _summed([report["skipped_non_image"] for report in reports]),  # DICOM objects without an image, by SOP class
+        "held_back": _summed([report["held_back"] for report in reports]),  # images held back, by reason (BurnedInAnnotation YES)
+        "listing_sha256": _listing_sha256(reports),
         "read": read,  # summed over chunks; a chunk served from Flyte's cache reports what it did when it ran
         "chunks": [{"decoding": report["decoding"], "images": len(report_table)} for report, report_table in zip(reports, _tables(chunk_folders))],
         "shards": int(manifest["shard"].nunique()),

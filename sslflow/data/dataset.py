@@ -69,11 +69,15 @@ def write_case_shards(
     return shard_of_row, row_in_shard
 
 
-def dataset_sha256(manifest_file: Path, shard_hashes: Iterable[str]) -> str:
-    """The content hash of a dataset: its manifest's bytes and the sorted hashes of its shards."""
+def dataset_sha256(manifest_file: Path, shard_hashes: Iterable[str], listing_sha256: str = "") -> str:
+    """The content hash of a dataset: its manifest's bytes, the sorted hashes of its shards and, when ingest gives
+    one, the hash of the whole listing it read (listing_sha256: kept, quarantined, held back and skipped files
+    alike), so that validate, keyed on this hash, reports afresh after any change to the source."""
     digest = hashlib.sha256(manifest_file.read_bytes())
     for shard in sorted(set(shard_hashes)):
         digest.update(shard.encode())
+    if listing_sha256:
+        digest.update(f"listing {listing_sha256}".encode())
     return digest.hexdigest()
 
 
@@ -98,7 +102,7 @@ def assemble_dataset(directory: Path, manifest: pd.DataFrame, shard_folders: lis
             _link_or_copy(found[shard], staging / SHARDS_FOLDER / f"{shard}{SHARD_SUFFIX}")
         manifest.reset_index(drop=True).to_parquet(staging / MANIFEST_FILE, index=False)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-        sha256 = dataset_sha256(staging / MANIFEST_FILE, shards)
+        sha256 = dataset_sha256(staging / MANIFEST_FILE, shards, summary.get("listing_sha256", ""))
         _swap_in(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

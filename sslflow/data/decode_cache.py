@@ -29,7 +29,7 @@ from sslflow.data.dicom import DicomImage
 from sslflow.files import atomic_write
 
 DECODER_VERSION = "2"  # bump when sslflow/data/decode.py changes the pixels it produces
-DICOM_DECODER_VERSION = "1"  # bump when sslflow/data/dicom.py changes what it produces
+DICOM_DECODER_VERSION = "2"  # bump when sslflow/data/dicom.py changes what it produces
 INGEST_CACHE_OFF = "off"  # SSLFLOW_INGEST_CACHE=off: no decode cache, no file-digest cache (the task images set it)
 
 
@@ -57,7 +57,8 @@ class DecodeCache:
 
     @classmethod
     def for_config(cls, config: IngestConfig) -> DecodeCache:
-        options = " ".join([config.dicom_window, config.dicom_frames, config.dicom_case_level, config.dicom_site])
+        options = " ".join([config.dicom_window, config.dicom_frames, config.dicom_case_level, config.dicom_site,
+                            f"names={config.dicom_site_names}", f"burned_in={config.dicom_burned_in}"])  # an opted-in image never serves a default run
         return cls(ingest_cache_dir(), config.image_size, config.channels, config.bits_stored, options)
 
     def _entry(self, file_sha256: str) -> Path:
@@ -94,16 +95,18 @@ class DecodeCache:
             return None
         try:
             with np.load(self._dicom_entry(file_sha256, key_id), allow_pickle=False) as entry:
-                fields = {name: str(entry[name]) for name in ("mode", "modality", "site", "instance")}
-                case_id = str(entry["case_id"]) or None
-                return DicomImage(pixels=entry["pixels"], width=int(entry["width"]), height=int(entry["height"]), case_id=case_id, **fields)
+                fields = {name: str(entry[name]) for name in ("mode", "modality", "site", "instance", "case_level")}
+                case_id, lossless = str(entry["case_id"]) or None, bool(entry["lossless"])
+                return DicomImage(
+                    pixels=entry["pixels"], width=int(entry["width"]), height=int(entry["height"]), case_id=case_id, lossless=lossless, **fields
+                )
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
             return None
 
     def put_dicom(self, file_sha256: str, key_id: str, image: DicomImage) -> None:
         if self.directory is None:
             return
-        values = {name: getattr(image, name) for name in ("pixels", "width", "height", "mode", "modality", "site", "instance")}
+        values = {name: getattr(image, name) for name in ("pixels", "width", "height", "mode", "modality", "site", "instance", "case_level", "lossless")}
         atomic_write(self._dicom_entry(file_sha256, key_id), lambda handle: np.savez(handle, case_id=image.case_id or "", **values))
 
     def sha256_of_version(self, version_key: str) -> str | None:

@@ -7,23 +7,22 @@ pylibjpeg plugins (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000).
 Pixel policy (README "Medical data"), by pydicom's own pixel pipeline:
 - colour: YBR_* converted to RGB by pydicom when decoding, PALETTE COLOR through apply_color_lut;
   scaled by the full scale of their bit depth (2**BitsStored - 1; 8 or 16 bits for a palette);
-- MONOCHROME1/2: apply_modality_lut (CT: stored values -> Hounsfield units by RescaleSlope and
-  RescaleIntercept), then a window (IngestConfig.dicom_window: the header's first window or VOI LUT,
-  a CT preset, or none) by apply_windowing / apply_voi_lut. The result is mapped to [0, 255] from the
-  range pydicom's windowing maps into: the modality LUT applied to the range BitsStored and
-  PixelRepresentation allow (so unwindowed 12-bit CT keeps its whole range, nothing clipped; only
-  values outside what the header declares are clipped). MONOCHROME1 is then inverted (255 - v), so
-  bright always means dense;
+- MONOCHROME1/2: apply_modality_lut, then a window (IngestConfig.dicom_window), per frame with the
+  functional groups of Enhanced objects: sslflow/data/dicom_pixels.py;
 - one channel: colour to grey by ITU-R 601-2 luma (as Pillow's "L"); three: grey repeated;
 - resized per frame and channel to size x size, bilinear, in float, rounded once;
 - multi-frame objects: IngestConfig.dicom_frames ("all": one image per frame, same case).
-Identity: the case from PatientID, StudyInstanceUID or SeriesInstanceUID (dicom_case_level), always
-pseudonymised (sslflow/data/pseudonyms.py); the site from InstitutionName or Manufacturer +
-ManufacturerModelName (dicom_site); the Modality. No other header value leaves this module: messages
-name the file, the SOP class and the transfer syntax, and any text from pydicom is scrubbed of the
-file's identifying values first. pydicom's own log output is limited to errors (its warnings can
-quote header values).
+Identity (sslflow/data/dicom_identity.py): the case from IssuerOfPatientID (else InstitutionName) +
+PatientID, falling back to StudyInstanceUID then SeriesInstanceUID, always pseudonymised; the site,
+pseudonymised unless IngestConfig.dicom_site_names; the Modality; the SOPInstanceUID's pseudonym and
+whether the pixels are lossless (one SOPInstanceUID is one image: the join keeps the lossless copy). No
+other header value leaves this module: messages name the file, the SOP class and the transfer syntax,
+and any text from pydicom is scrubbed of the file's identifying values first. pydicom's own log output
+is limited to errors (its warnings can quote header values).
 
+Held back (HeldBackImage, unless IngestConfig.dicom_burned_in): BurnedInAnnotation YES. Refused
+(UndecodableImageError, quarantinable): a JPEG, JPEG-LS or JPEG 2000 frame that does not end with its
+end marker (FF D9: EOI / EOC), which the decoders would otherwise fill in silently.
 Objects without an image (structured reports, RT plans and doses, segmentations, presentation
 states, DICOMDIRs, ...) raise NonImageObject: skipped and counted, not an error.
 """
@@ -39,21 +38,23 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing
+from pydicom.encaps import generate_frames
+from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, UID
 
 from sslflow.config import IngestConfig
 from sslflow.data.decode import check_pixel_count
+from sslflow.data.dicom_identity import case_identity, site_identity
+from sslflow.data.dicom_pixels import to_unit_range
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import UndecodableImageError
 
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 PREAMBLE_BYTES = DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-CT_PRESETS = {"ct-soft-tissue": (40.0, 400.0), "ct-lung": (-600.0, 1500.0), "ct-bone": (400.0, 1800.0), "ct-brain": (40.0, 80.0)}
-WINDOW_KEYWORDS = (
-    "PhotometricInterpretation", "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
-    "ModalityLUTSequence", "VOILUTFunction",
-)  # fmt: skip
+# transfer syntaxes whose frames end with an EOI (JPEG, JPEG-LS) or EOC (JPEG 2000, HTJ2K) marker: FF D9
+MARKED_SYNTAXES = ("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.7", "1.2.840.10008.1.2.4.8", "1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20")
+END_OF_IMAGE = b"\xff\xd9"
+LOSSY_SYNTAXES = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, UID("1.2.840.10008.1.2.4.203"))
 # values never to be shown, even inside a decoder's message (PS3.15 basic profile, the usual suspects)
 IDENTIFYING_KEYWORDS = (
     "PatientID", "PatientName", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge", "PatientAddress",
@@ -63,9 +64,15 @@ IDENTIFYING_KEYWORDS = (
     "RequestingPhysician", "InstitutionAddress", "StudyDate", "StudyTime", "AcquisitionDateTime", "ContentDate",
     "DeviceSerialNumber", "MedicalRecordLocator", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
 )  # fmt: skip
-CASE_KEYWORDS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
-
 logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+class HeldBackImage(Exception):
+    """An image not to be learnt from by default (BurnedInAnnotation YES); ``reason`` names why, for the summary."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class NonImageObject(Exception):
@@ -88,6 +95,8 @@ class DicomImage:
     case_id: str | None
     site: str
     instance: str = ""  # the pseudonym of the SOPInstanceUID ("" without one): matches metadata rows keyed by it
+    case_level: str = ""  # where case_id came from: "patient", "study", "series" ("" none)
+    lossless: bool = True  # False: lossy compressed, now or before (LossyImageCompression 01)
 
 
 def has_dicom_preamble(head: bytes) -> bool:
@@ -165,62 +174,6 @@ def _decoded_frames(ds: Dataset, name: str, indices: list[int] | None) -> np.nda
     return array[..., None] if samples == 1 else array
 
 
-def _window_dataset(ds: Dataset, window: str) -> tuple[Dataset, tuple[float, float] | None]:
-    """A dataset holding only what windowing needs, and the (center, width) to apply (None: no window)."""
-    small = Dataset()
-    for keyword in WINDOW_KEYWORDS:
-        if keyword in ds:
-            setattr(small, keyword, ds.get(keyword))
-    if window in CT_PRESETS and _text(ds, "Modality") == "CT":
-        center_width = CT_PRESETS[window]
-    elif window != "full-range" and "WindowCenter" in ds and "WindowWidth" in ds:
-        first = lambda value: float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)  # noqa: E731
-        center_width = (first(ds.WindowCenter), first(ds.WindowWidth))
-        center_width = center_width if center_width[1] >= 1 else None
-    else:
-        center_width = None
-    if center_width:
-        small.WindowCenter, small.WindowWidth = center_width
-    return small, center_width
-
-
-def _output_range(small: Dataset) -> tuple[float, float]:
-    """The range pydicom's apply_windowing maps into: the modality LUT of the stored range (its y_min, y_max)."""
-    if small.get("ModalityLUTSequence"):
-        return 0.0, float(2 ** int(small.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    bits = int(small.BitsStored)
-    low, high = (0.0, 2.0**bits - 1) if int(small.get("PixelRepresentation", 0)) == 0 else (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
-    if "RescaleSlope" in small and "RescaleIntercept" in small:
-        slope, intercept = float(small.RescaleSlope), float(small.RescaleIntercept)
-        low, high = sorted((low * slope + intercept, high * slope + intercept))
-    return low, high
-
-
-def _monochrome_to_unit(frames: np.ndarray, ds: Dataset, window: str) -> np.ndarray:
-    """MONOCHROME1/2 frames (F, R, C, 1) -> floats in [0, 255]: modality LUT, window, range, inversion."""
-    small, center_width = _window_dataset(ds, window)
-    values = apply_modality_lut(frames, ds).astype(np.float64)
-    low, high = _output_range(small)
-    if center_width:
-        values = apply_windowing(values, small)
-    elif window == "header" and ds.get("VOILUTSequence"):
-        values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
-        low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-    scaled = np.clip((values - low) * (255.0 / (high - low)), 0.0, 255.0) if high > low else np.zeros_like(values)
-    return 255.0 - scaled if _text(ds, "PhotometricInterpretation") == "MONOCHROME1" else scaled
-
-
-def _to_unit_range(frames: np.ndarray, ds: Dataset, window: str) -> np.ndarray:
-    """Decoded frames (F, R, C, S) -> floats in [0, 255], (F, R, C, 1) grey or (F, R, C, 3) RGB."""
-    photometric = _text(ds, "PhotometricInterpretation")
-    if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(frames[..., 0], ds)
-        return rgb.astype(np.float64) * (255.0 / (255 if rgb.dtype == np.uint8 else 65535))
-    if frames.shape[-1] == 3:
-        return np.clip(frames.astype(np.float64) * (255.0 / (2 ** int(ds.BitsStored) - 1)), 0.0, 255.0)
-    return _monochrome_to_unit(frames, ds, window)
-
-
 def _resize(unit: np.ndarray, size: int, channels: int) -> np.ndarray:
     """(F, R, C, S) floats in [0, 255] -> (F, channels, size, size) uint8: luma or repeat, bilinear, rounded once."""
     if unit.shape[-1] == 3 and channels == 1:
@@ -236,45 +189,78 @@ def _resize(unit: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def _identity(ds: Dataset, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[str | None, str]:
-    """(case_id pseudonym or None, site) from the header, by config.dicom_case_level and config.dicom_site."""
-    level = config.dicom_case_level
-    value = _text(ds, CASE_KEYWORDS[level])
-    case_id = pseudonyms.pseudonym(level, value) if value else None
-    institution = _text(ds, "InstitutionName")
-    scanner = " ".join(part for part in (_text(ds, "Manufacturer"), _text(ds, "ManufacturerModelName")) if part)
-    first, second = (institution, scanner) if config.dicom_site == "institution" else (scanner, institution)
-    return case_id, first or second or "default"
-
-
 def _instance(ds: Dataset, pseudonyms: Pseudonyms) -> str:
     uid = _text(ds, "SOPInstanceUID")
     return pseudonyms.pseudonym("instance", uid) if uid else ""
 
 
+def _check_burned_in(ds: Dataset, name: str, config: IngestConfig) -> None:
+    """HeldBackImage for BurnedInAnnotation YES, unless config.dicom_burned_in opts in."""
+    if _text(ds, "BurnedInAnnotation").upper() == "YES" and not config.dicom_burned_in:
+        raise HeldBackImage(
+            f"{name}: held back: BurnedInAnnotation (0028,0301) is YES, the pixels carry text (often a name); "
+            "remove the file, or set IngestConfig.dicom_burned_in=True once the pixels are cleaned",
+            "burned_in_annotation",
+        )
+
+
+def _syntax(ds: Dataset) -> str:
+    return str(ds.file_meta.get("TransferSyntaxUID") or "") if hasattr(ds, "file_meta") else ""
+
+
+def _check_frames_complete(ds: Dataset, name: str) -> None:
+    """UndecodableImageError naming the frame when a JPEG / JPEG-LS / JPEG 2000 frame lacks its end marker (FF D9).
+
+    A frame cut short still decodes (the decoder fills in the rest), so the marker is checked first.
+    """
+    if not _syntax(ds).startswith(MARKED_SYNTAXES) or "PixelData" not in ds:
+        return
+    count = int(ds.get("NumberOfFrames") or 1)
+    try:
+        frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+    except Exception as error:  # broken encapsulation (item tags, offsets): refused by name
+        raise UndecodableImageError(f"{name}: the encapsulated pixel data is broken ({type(error).__name__}: {_scrub(str(error), ds)})") from error
+    for index, frame in enumerate(frames):
+        if END_OF_IMAGE not in frame[-4:]:  # the marker, then at most 2 padding bytes (00 or FF, as encoders write)
+            raise UndecodableImageError(
+                f"{name}: frame {index + 1} of {len(frames)} is incomplete: its compressed data ({_transfer_syntax(ds)}) does not end "
+                "with the end-of-image marker FF D9, so it was cut short or corrupted; export the file again"
+            )
+
+
+def _lossless(ds: Dataset) -> bool:
+    """Whether the pixels were never lossy compressed (transfer syntax, and LossyImageCompression for earlier steps)."""
+    return _syntax(ds) not in LOSSY_SYNTAXES and _text(ds, "LossyImageCompression") != "01"
+
+
 def decode_dicom(data: bytes, name: str, config: IngestConfig, pseudonyms: Pseudonyms) -> DicomImage:
     """Decode one DICOM file's bytes by the module's policy; ``name`` (path or URL) is used in messages.
 
-    Raises NonImageObject for an object without an image, UndecodableImageError for a file that is not
-    readable DICOM, an image without pixel data, pixel data no installed decoder handles (the transfer
-    syntax is named), truncated or inconsistent pixel data, or more than config.max_image_pixels pixels.
+    Raises NonImageObject for an object without an image, HeldBackImage for BurnedInAnnotation YES (unless
+    config.dicom_burned_in), UndecodableImageError for a file that is not readable DICOM, an image without
+    pixel data, pixel data no installed decoder handles (the transfer syntax is named), a compressed frame
+    without its end marker, truncated or inconsistent pixel data, or more than config.max_image_pixels pixels.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warnings can quote header values
         ds = _read_dataset(data, name)
         _check_image_object(ds, name)
+        _check_burned_in(ds, name, config)
         rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
         indices = _frame_indices(ds, config.dicom_frames)
-        check_pixel_count(columns, rows * (len(indices) if indices else int(ds.get("NumberOfFrames") or 1)), config.max_image_pixels, name)
+        count = int(ds.get("NumberOfFrames") or 1)
+        check_pixel_count(columns, rows * (len(indices) if indices else count), config.max_image_pixels, name)
+        _check_frames_complete(ds, name)
         frames = _decoded_frames(ds, name, indices)
         try:
-            unit = _to_unit_range(frames, ds, config.dicom_window)
+            unit = to_unit_range(frames, ds, config.dicom_window, indices or list(range(len(frames))))
         except Exception as error:  # a LUT or window the header describes inconsistently
             raise UndecodableImageError(f"{name}: the pixel values cannot be mapped to 8 bits ({type(error).__name__}: {_scrub(str(error), ds)})") from error
-    case_id, site = _identity(ds, config, pseudonyms)
+    case_id, level = case_identity(ds, config.dicom_case_level, pseudonyms)
     modality = _text(ds, "Modality") or "OT"
     mode = f"DICOM {modality} {_text(ds, 'PhotometricInterpretation') or '?'} {int(ds.get('BitsStored') or 0)}-bit"
     return DicomImage(
-        pixels=_resize(unit, config.image_size, config.channels), width=columns, height=rows, mode=mode,
-        modality=modality, case_id=case_id, site=site, instance=_instance(ds, pseudonyms),
+        pixels=_resize(unit, config.image_size, config.channels), width=columns, height=rows, mode=mode, modality=modality,
+        case_id=case_id, site=site_identity(ds, config, pseudonyms), instance=_instance(ds, pseudonyms), case_level=level,
+        lossless=_lossless(ds),
     )  # fmt: skip

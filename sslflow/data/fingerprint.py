@@ -25,7 +25,7 @@ An empty listing has a fingerprint too: the cache misses and ingest refuses the 
 
 Digest cache: the sha256 of each local file is remembered in the sqlite database
 ``file-digests.sqlite`` in the ingest cache folder (sslflow/data/decode_cache.py: ingest_cache_dir),
-keyed by the absolute path and checked against (size, mtime_ns, ctime_ns, inode, device); a file
+keyed by the sha256 of the absolute path (a path can name a patient: it is never stored) and checked against (size, mtime_ns, ctime_ns, inode, device); a file
 whose stat differs is read again. A digest is not remembered for a file modified less than
 RECENT_SECONDS before it was hashed (a same-size rewrite within one coarse file-system timestamp tick
 would otherwise go unseen), nor when the file changed while it was read. Concurrent processes share
@@ -88,6 +88,11 @@ def sha256_of_regular_file(path: str | Path, where: str, name: str) -> tuple[str
         raise SourceError(f"{where}: {name!r} cannot be read ({error.strerror})") from error
 
 
+def path_key(path: str | Path) -> bytes:
+    """What the digest cache knows a file by: the sha256 of its absolute path (a path can name a patient)."""
+    return hashlib.sha256(os.fsencode(os.path.abspath(path))).digest()
+
+
 def _version(status: os.stat_result) -> str:
     """What must be unchanged for a remembered digest to hold."""
     return f"{status.st_size} {status.st_mtime_ns} {status.st_ctime_ns} {status.st_ino} {status.st_dev}"
@@ -112,7 +117,7 @@ class FileDigests:
             self.database.parent.mkdir(parents=True, exist_ok=True)
             self.connection = sqlite3.connect(self.database, timeout=SQLITE_TIMEOUT_SECONDS)
             with self.connection:
-                self.connection.execute("CREATE TABLE IF NOT EXISTS file_digests (path BLOB PRIMARY KEY, version TEXT NOT NULL, sha256 TEXT NOT NULL)")
+                self.connection.execute("CREATE TABLE IF NOT EXISTS digests_by_path_hash (path_sha256 BLOB PRIMARY KEY, version TEXT NOT NULL, sha256 TEXT NOT NULL)")
         except (OSError, sqlite3.Error) as error:
             self._give_up(f"cannot be opened ({error})")
         return self
@@ -123,7 +128,7 @@ class FileDigests:
         try:
             if error_type is None and self.new_rows:
                 with self.connection:
-                    self.connection.executemany("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?)", self.new_rows)
+                    self.connection.executemany("INSERT OR REPLACE INTO digests_by_path_hash VALUES (?, ?, ?)", self.new_rows)
         except sqlite3.Error as write_error:
             log.warning("file digest cache %s: digests not saved (%s); the next fingerprint reads those files again", self.database, write_error)
         finally:
@@ -139,7 +144,7 @@ class FileDigests:
         if self.connection is None:
             return None
         try:
-            rows = self.connection.execute("SELECT version, sha256 FROM file_digests WHERE path = ?", (key,)).fetchall()
+            rows = self.connection.execute("SELECT version, sha256 FROM digests_by_path_hash WHERE path_sha256 = ?", (key,)).fetchall()
         except sqlite3.Error as error:
             self._give_up(f"cannot be read ({error})")
             return None
@@ -158,7 +163,7 @@ class FileDigests:
         known = []
         for name, path, where in files:
             status = stat_regular_file(path, where, name, missing="no longer exists")
-            key = os.fsencode(os.path.abspath(path))
+            key = path_key(path)
             known.append((name, path, where, status, key, self._remembered(key, _version(status))))
         batches = [known[start : start + HASH_BATCH] for start in range(0, len(known), HASH_BATCH)]
         with ThreadPoolExecutor(HASH_THREADS) as pool:

@@ -14,7 +14,7 @@ import numpy as np
 from sslflow.config import IngestConfig
 from sslflow.data.decode import DecodedImage, check_pixel_count, decode_image
 from sslflow.data.decode_cache import DecodeCache
-from sslflow.data.dicom import PREAMBLE_BYTES, DicomImage, NonImageObject, decode_dicom, has_dicom_preamble
+from sslflow.data.dicom import PREAMBLE_BYTES, DicomImage, HeldBackImage, NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.metadata import ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages, UndecodableImageError
@@ -76,26 +76,37 @@ def _decode_record(
     return image
 
 
-def _rows(record: ImageRecord, image: DecodedImage | DicomImage, by_instance: dict[str, dict]) -> list[dict]:
+def _rows(record: ImageRecord, key: str, image: DecodedImage | DicomImage, by_instance: dict[str, dict]) -> list[dict]:
     """The manifest rows one record becomes: one per image, one per frame of a multi-frame DICOM object.
 
-    A DICOM file's case and site come from its header unless the metadata names them (a site of
-    "default" counts as unnamed); by_instance: metadata rows keyed by SOPInstanceUID pseudonym, whose
-    label, case and site apply to the DICOM object of that UID. Frames are ``path#frame=<n>``.
+    key: the image's pseudonymous key (image_key). A DICOM file's case and site come from its header unless
+    the metadata names them (a site of "default" counts as unnamed); by_instance: metadata rows keyed by
+    SOPInstanceUID pseudonym, whose label, case and site apply to the DICOM object of that UID. Frames
+    are ``<path or key>#frame=<n>``; case_source says where the case came from (the leakage guard).
     """
     common = {"size_bytes": record.size_bytes, "mode": image.mode, "width": image.width, "height": image.height}
     if isinstance(image, DecodedImage):
-        return [{**common, "label": record.label, "source_path": record.source_path, "pixels": image.pixels, "case_id": record.case_id,
-                 "site": record.site, "modality": None}]  # fmt: skip
+        return [{**common, "label": record.label, "source_path": record.source_path, "image_key": key, "pixels": image.pixels,
+                 "case_id": record.case_id, "case_source": "metadata" if record.case_id else "none", "site": record.site,
+                 "modality": None, "instance": "", "lossless": True}]  # fmt: skip
     listed = by_instance.get(image.instance) if image.instance else None
     named = listed or {"label": record.label, "case_id": record.case_id, "site": record.site}
     site = named["site"] if named["site"] != "default" else image.site
     frames = len(image.pixels)
+    frame = lambda text, index: text if frames == 1 or not text else f"{text}#frame={index}"  # noqa: E731
     return [
-        {**common, "label": named["label"], "source_path": record.source_path if frames == 1 else f"{record.source_path}#frame={index}",
-         "pixels": pixels, "case_id": named["case_id"] or image.case_id, "site": site, "modality": image.modality}
+        {**common, "label": named["label"], "source_path": frame(record.source_path, index), "image_key": frame(key, index),
+         "pixels": pixels, "case_id": named["case_id"] or image.case_id, "case_source": "metadata" if named["case_id"] else image.case_level or "none",
+         "site": site, "modality": image.modality, "instance": frame(image.instance, index), "lossless": image.lossless}
         for index, pixels in enumerate(image.pixels)
     ]  # fmt: skip
+
+
+def _quarantined(record: ImageRecord, key: str, error: Exception, held_back: str | None = None) -> dict:
+    """A skipped file: its path and message (for refusals on ingest's console), and the same message naming the key."""
+    problem = str(error)
+    public = problem.replace(record.location, key).replace(record.source_path, key)
+    return {"source_path": record.source_path, "problem": problem, "image_key": key, "public_problem": public, "held_back": held_back}
 
 
 def _rows_by_instance(rows: list[dict] | None, pseudonyms: Pseudonyms) -> dict[str, dict]:
@@ -113,7 +124,9 @@ def refuse_unmatched(source: str, unmatched: list[str]) -> None:
 
 
 def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: IngestConfig, *, none_left: bool) -> None:
-    """UndecodableImageError naming the bad files when they are more than config.max_bad_fraction allows, or nothing else is left."""
+    """UndecodableImageError naming the bad files when they are more than config.max_bad_fraction allows, or nothing else is left.
+    Images held back (BurnedInAnnotation) are not bad files: they do not count."""
+    quarantined = [item for item in quarantined if not item.get("held_back")]
     allowed = int(config.max_bad_fraction * listed + 1e-9)
     if len(quarantined) > allowed or (none_left and quarantined):
         problems = [item["problem"] for item in quarantined]
@@ -132,8 +145,9 @@ def read_listing(
     """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
 
     read_bytes: reads one record's file (only called for bytes the cache cannot vouch for).
-    pseudonyms: for DICOM identities (default: the key from the environment or key file, resolved on
-    the first DICOM file). Non-image DICOM objects are skipped and counted by SOP class.
+    pseudonyms: for DICOM identities and image keys (the HMAC of each path; default: the key from the environment
+    or key file). Non-image DICOM objects are skipped and counted by SOP class; images with BurnedInAnnotation YES
+    are held back (listed with the quarantined, not counted against max_bad_fraction).
     instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects);
     every row must match an image (part=True: the records are one ingest chunk of the source; rows not
     matched here are returned in unmatched_instance_rows, refused by the join when no chunk matched them).
@@ -146,28 +160,34 @@ def read_listing(
             "nor DICOM files found by content)"
         )
     pseudonyms = pseudonyms or Pseudonyms()
+    held_back: dict[str, int] = {}
     stats = {"listed": len(records), "decoded": 0, "decode_cache_hits": 0, "files_read": 0, "bytes_read": 0}
     rows: list[dict] = []
     quarantined: list[dict] = []
     skipped: dict[str, int] = {}
     by_instance, matched = _rows_by_instance(instance_rows, pseudonyms), set()
     for record in records:
+        key = pseudonyms.pseudonym("file", record.source_path)
         try:
             image = _decode_record(record, read_bytes, config, cache, stats, pseudonyms)
-            rows.extend(_rows(record, image, by_instance))
+            rows.extend(_rows(record, key, image, by_instance))
             matched.add(getattr(image, "instance", ""))
         except NonImageObject as error:
             skipped[error.sop_class] = skipped.get(error.sop_class, 0) + 1
+        except HeldBackImage as error:
+            quarantined.append(_quarantined(record, key, error, error.reason))
+            held_back[error.reason] = held_back.get(error.reason, 0) + 1
         except UndecodableImageError as error:
-            quarantined.append({"source_path": record.source_path, "problem": str(error)})
+            quarantined.append(_quarantined(record, key, error))
     _refuse_bad(source, quarantined, len(records), config, none_left=not rows)
     unmatched = [row["where"] for key, row in by_instance.items() if key not in matched]
     if not part:
         refuse_unmatched(source, unmatched)
     if not rows:
-        raise SourceError(f"source {source} holds no images: only DICOM objects without one ({', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))})")
+        left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [f"{n} held back ({k})" for k, n in sorted(held_back.items())]
+        raise SourceError(f"source {source} holds no images to learn from: {', '.join(left_out)}")
     images = _source_images(rows, quarantined, stats, skipped)
-    images.unmatched_instance_rows = unmatched
+    images.unmatched_instance_rows, images.held_back = unmatched, held_back
     return images
 
 
@@ -178,7 +198,7 @@ def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipp
         pixels=np.stack(column("pixels")),
         source_paths=column("source_path"),
         labels=column("label"),
-        case_ids=[row["case_id"] or f"image-{hashlib.sha256(row['source_path'].encode()).hexdigest()[:12]}" for row in rows] if has_cases else None,
+        case_ids=[row["case_id"] or f"image-{hashlib.sha256(row['image_key'].encode()).hexdigest()[:12]}" for row in rows] if has_cases else None,
         sites=column("site"),
         size_bytes=column("size_bytes"),
         modes=column("mode"),
@@ -188,4 +208,8 @@ def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipp
         read_stats=stats,
         modalities=column("modality"),
         skipped=skipped,
+        image_keys=column("image_key"),
+        case_sources=column("case_source"),
+        instances=column("instance"),
+        lossless=column("lossless"),
     )

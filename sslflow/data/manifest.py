@@ -1,5 +1,8 @@
-"""The dataset manifest: the table ingest writes, one row per image with its content hash, source, case,
+"""The dataset manifest: the table ingest writes, one row per image with its content hash, key, case,
 site, label and split (the parquet *input* a user may hand in is an image list: sslflow/data/parquet_list.py).
+
+An image is known by its ``image_key``: "file-" + HMAC of its path in the source (sslflow/data/pseudonyms.py),
+"#frame=<n>" for the frames of a multi-frame DICOM object; no path reaches the manifest or the summary.
 
 Pure pandas/numpy (no Flyte): benchmarks/quality.py builds the same manifests on a GPU box.
 """
@@ -13,10 +16,12 @@ import pandas as pd
 
 from ssl_models.proxy_cases import pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
+from sslflow.data.dicom_identity import deidentification
+from sslflow.data.leakage import case_id_sources, leakage_warnings
 from sslflow.data.types import SourceError, SourceImages
 
 IMAGE_COLUMNS = (
-    "sha256", "source_path", "size_bytes", "width", "height", "mode",
+    "sha256", "image_key", "size_bytes", "width", "height", "mode",
     "case_id", "case_id_is_proxy", "site", "modality", "label", "split", "pixel_mean", "pixel_std",
 )  # fmt: skip
 MANIFEST_COLUMNS = (*IMAGE_COLUMNS, "shard", "shard_row")  # + where the image is: sslflow/data/dataset.py
@@ -33,10 +38,10 @@ def split_of_case(case_id: str, seed: int, train_fraction: float, val_fraction: 
     return "test"
 
 
-def deduplicate(hashes: list[str], labels: list, source_paths: list[str]) -> tuple[np.ndarray, list[str]]:
-    """One row per distinct image (``hashes``: sha256 of each image's decoded pixels; labels, source_paths per row).
+def deduplicate(hashes: list[str], labels: list, image_keys: list[str]) -> tuple[np.ndarray, list[str]]:
+    """One row per distinct image (``hashes``: sha256 of each image's decoded pixels; labels, image keys per row).
 
-    Returns (indices kept, ascending; source paths of the dropped copies). Of identical images the first
+    Returns (indices kept, ascending; keys of the dropped copies). Of identical images the first
     labelled one is kept, else the first: an unlabelled copy never hides a label. Raises SourceError
     naming the files and their labels when identical images have different labels.
     """
@@ -48,8 +53,8 @@ def deduplicate(hashes: list[str], labels: list, source_paths: list[str]) -> tup
         labelled = [row for row in rows if labels[row] is not None]
         keep.append(labelled[0] if labelled else rows[0])
         conflicts += [
-            f"{source_paths[labelled[0]]} (label {labels[labelled[0]]!r}) and "
-            f"{source_paths[row]} (label {labels[row]!r})"
+            f"{image_keys[labelled[0]]} (label {labels[labelled[0]]!r}) and "
+            f"{image_keys[row]} (label {labels[row]!r})"
             for row in labelled[1:]
             if labels[row] != labels[labelled[0]]
         ]
@@ -57,32 +62,66 @@ def deduplicate(hashes: list[str], labels: list, source_paths: list[str]) -> tup
         more = f"\n  ... and {len(conflicts) - MAX_LISTED_CONFLICTS} more" if len(conflicts) > MAX_LISTED_CONFLICTS else ""
         raise SourceError(
             f"{len(conflicts)} pair(s) of identical images (same decoded pixels) have different labels; only one copy "
-            "is kept, so one label would be dropped silently. Correct the label or remove the copy:\n  "
+            "is kept, so one label would be dropped silently. Correct the label or remove the copy (the images are named by "
+            "their keys; `python -m sslflow.data.image_keys <source> <key>...` names their files):\n  "
             + "\n  ".join(conflicts[:MAX_LISTED_CONFLICTS]) + more
         )
     kept = set(keep)
-    return np.array(sorted(kept), dtype=np.int64), [source_paths[i] for i in range(len(hashes)) if i not in kept]
+    return np.array(sorted(kept), dtype=np.int64), [image_keys[i] for i in range(len(hashes)) if i not in kept]
+
+
+def public_quarantined(quarantined: list[dict]) -> list[dict]:
+    """What the dataset may say of skipped files: the key, the reason naming the key, and why held back (no path)."""
+    return [
+        {"image_key": item["image_key"], "problem": item["public_problem"], **({"held_back": item["held_back"]} if item.get("held_back") else {})}
+        for item in quarantined
+    ]
+
+
+def one_per_instance(instances: list[str], lossless: list[bool], labels: list) -> tuple[np.ndarray, int]:
+    """One row per SOPInstanceUID (``instances``: its pseudonym per row, "" for none: always kept): the first lossless
+    copy, else the first labelled one, else the first. Returns (indices kept, ascending; copies dropped)."""
+    best: dict[str, int] = {}
+    kept = []
+    for index, instance in enumerate(instances):
+        if not instance:
+            kept.append(index)
+            continue
+        rank = lambda row: (not lossless[row], labels[row] is None, row)  # noqa: E731
+        if instance not in best or rank(index) < rank(best[instance]):
+            best[instance] = index
+    chosen = np.array(sorted(kept + list(best.values())), dtype=np.int64)
+    return chosen, len(instances) - len(chosen)
+
+
+def _per_image(values: list, count: int, default) -> list:
+    return list(values) if values else [default] * count
 
 
 def decoded_table(images: SourceImages, config: IngestConfig) -> pd.DataFrame:
     """One row per decoded image, in source order: content hash, file facts, case (None when the source has
-    none; PROXY cases among these images with config.proxy_cases), site, DICOM modality, label, pixel mean and std."""
+    none; PROXY cases among these images with config.proxy_cases), site, DICOM modality, label, pixel mean and
+    std; and, for the join only (not manifest columns): case_source, instance, lossless."""
     flat = images.pixels.reshape(len(images.pixels), -1)
+    count = len(flat)
+    case_sources = _per_image(images.case_sources, count, "unknown")
     if images.case_ids is not None:
         case_ids, is_proxy = list(images.case_ids), False
     elif config.proxy_cases:
         case_ids, is_proxy = pixel_neighbour_proxy_cases(images.pixels, seed=config.seed), True
+        case_sources = ["proxy"] * count
     else:
-        case_ids, is_proxy = [None] * len(flat), False
+        case_ids, is_proxy = [None] * count, False
     return pd.DataFrame(
         {
             "sha256": [hashlib.sha256(pixels.tobytes()).hexdigest() for pixels in images.pixels],
-            "source_path": images.source_paths, "size_bytes": images.size_bytes,
+            "image_key": images.image_keys or images.source_paths, "size_bytes": images.size_bytes,
             "width": images.widths, "height": images.heights, "mode": images.modes,
             "case_id": case_ids, "case_id_is_proxy": is_proxy, "site": images.sites,
             "modality": pd.array(images.modalities if images.modalities else [None] * len(flat), dtype="string"),
             "label": pd.array(images.labels, dtype="string"),
             "pixel_mean": flat.mean(axis=1, dtype=np.float64) if len(flat) else [], "pixel_std": flat.std(axis=1, dtype=np.float64) if len(flat) else [],
+            "case_source": case_sources, "instance": _per_image(images.instances, count, ""), "lossless": _per_image(images.lossless, count, True),
         }
     )  # fmt: skip
 
@@ -97,31 +136,38 @@ def finish_manifest(table: pd.DataFrame, config: IngestConfig) -> tuple[pd.DataF
     different labels (deduplicate).
     """
     labels = [None if pd.isna(label) else label for label in table["label"]]
-    keep, duplicates = deduplicate(table["sha256"].tolist(), labels, table["source_path"].tolist())
+    instances, instance_copies = one_per_instance(table["instance"].tolist(), table["lossless"].tolist(), labels)
+    kept, duplicates = deduplicate(table["sha256"].iloc[instances].tolist(), [labels[i] for i in instances], table["image_key"].iloc[instances].tolist())
+    keep = instances[kept]
     if config.max_images and len(keep) > config.max_images:
         keep = np.sort(np.random.default_rng(config.seed).choice(keep, config.max_images, replace=False))
     manifest = table.iloc[keep].reset_index(drop=True)
     has_cases = manifest["case_id"].notna().any()
     fallback = [
-        f"image-{hashlib.sha256(path.encode()).hexdigest()[:12]}" if has_cases else f"image-{digest[:16]}"
-        for path, digest in zip(manifest["source_path"], manifest["sha256"])
+        f"image-{hashlib.sha256(key.encode()).hexdigest()[:12]}" if has_cases else f"image-{digest[:16]}"
+        for key, digest in zip(manifest["image_key"], manifest["sha256"])
     ]
     manifest["case_id"] = [case if case is not None and not pd.isna(case) else other for case, other in zip(manifest["case_id"], fallback)]
     train, val = (0.0, 0.0) if config.all_test else (config.train_fraction, config.val_fraction)
     manifest["split"] = [split_of_case(case, config.seed, train, val, config.gate_fraction) for case in manifest["case_id"]]
+    sources = case_id_sources(manifest["case_source"])
     manifest = manifest[list(IMAGE_COLUMNS)]
-    is_proxy = bool(manifest["case_id_is_proxy"].any())
     summary = {
         "images": len(manifest),
         "duplicates_dropped": len(duplicates),
         "duplicate_examples": duplicates[:20],
+        "instance_copies_dropped": instance_copies,  # a second file of one SOPInstanceUID (the lossless copy is kept)
         "cases": int(manifest["case_id"].nunique()),
-        "case_ids_are_proxy": is_proxy,
+        "case_ids_are_proxy": bool(manifest["case_id_is_proxy"].any()),
+        "case_ids": sources,
+        "warnings": leakage_warnings(sources, len(manifest)),
         "split_counts": manifest["split"].value_counts().to_dict(),
         "labelled": int(manifest["label"].notna().sum()),
         "sites": {str(site): int(count) for site, count in manifest["site"].value_counts().sort_index().items()},
         "modalities": {str(modality): int(count) for modality, count in manifest["modality"].value_counts().sort_index().items()},
-    }
+        "deidentification": {"image_keys": "file- + HMAC-SHA256(project key, path in the source); no path is kept",
+                             "dicom": deidentification(config) if manifest["modality"].notna().any() else None},
+    }  # fmt: skip
     return manifest, keep, summary
 
 
@@ -132,7 +178,8 @@ def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataF
     manifest, keep, summary = finish_manifest(decoded_table(images, config), config)
     summary |= {
         "skipped_non_image": dict(sorted(images.skipped.items())),  # DICOM objects without an image, by SOP class
-        "quarantined": images.quarantined,  # undecodable files skipped under IngestConfig.max_bad_fraction
+        "quarantined": public_quarantined(images.quarantined),  # undecodable files skipped (max_bad_fraction), and held back
+        "held_back": dict(sorted(images.held_back.items())),  # images held back by reason (BurnedInAnnotation YES)
         "read": images.read_stats,  # listed / decoded / decode_cache_hits / files_read / bytes_read
     }
     return manifest, images.pixels[keep], summary

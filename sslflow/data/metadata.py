@@ -38,7 +38,7 @@ PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-
 class ImageRecord:
     """One image file a source lists.
 
-    source_path: relative to the source root (the manifest's ``source_path``);
+    source_path: relative to the source root (never in the dataset: its HMAC is the manifest's ``image_key``);
     location: full path or s3:// URL, for messages and for reading;
     size_bytes: from the file system or the S3 listing (0, or over IngestConfig.max_file_bytes: the file
         is refused without reading it);

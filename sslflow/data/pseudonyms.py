@@ -1,4 +1,4 @@
-"""Keyed pseudonyms for identifying DICOM header values (patient id, study and series uids): HMAC-SHA256.
+"""Keyed pseudonyms for identifying values (DICOM patient, study, series, instance and site; file paths): HMAC-SHA256.
 
 The same value gets the same pseudonym under the same key, on every run and machine; without the key
 a pseudonym cannot be turned back into the value, nor recomputed from a guessed value. Where the key

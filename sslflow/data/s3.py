@@ -6,7 +6,7 @@ AWS_DEFAULT_REGION / the profile, credentials from AWS_ACCESS_KEY_ID + AWS_SECRE
 AWS_PROFILE or an instance role. Credentials are never logged: messages name the bucket, key and
 S3 error code only.
 
-Keys below the prefix are the manifest's ``source_path`` (rules of metadata: sslflow/data/metadata.py).
+Keys below the prefix are the records' ``source_path`` (the manifest's ``image_key`` is their HMAC) (rules of metadata: sslflow/data/metadata.py).
 Any key with a '..' part is refused, since it could escape the prefix when mirrored to disk, and so
 is a metadata path that names no object under the prefix, and so is a case variant of metadata.csv
 (``Metadata.csv``) at the prefix. The fingerprint (sslflow/data/fingerprint.py) hashes the listing

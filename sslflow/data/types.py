@@ -25,11 +25,19 @@ class SourceImages:
     modes: list[str]
     widths: list[int]
     heights: list[int]
-    quarantined: list[dict] = field(default_factory=list)  # {"source_path", "problem"} of skipped undecodable files
+    # skipped files: {"source_path", "problem" (naming the path), "image_key", "public_problem" (naming the key), "held_back"}
+    quarantined: list[dict] = field(default_factory=list)
     read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
     modalities: list[str | None] = field(default_factory=list)  # DICOM Modality per image (None: not DICOM); [] = none
     skipped: dict[str, int] = field(default_factory=dict)  # non-image DICOM objects skipped, by SOP class
     unmatched_instance_rows: list[str] = field(default_factory=list)  # metadata rows by SOPInstanceUID no image here has ("where")
+    # what the dataset knows an image by (source_paths never leave ingest): "file-" + HMAC of the path; [] = the paths
+    # themselves (built-in data sets, whose paths name no one)
+    image_keys: list[str] = field(default_factory=list)
+    case_sources: list[str] = field(default_factory=list)  # per image: "metadata", "patient", "study", "series", "none"; [] = unknown
+    instances: list[str] = field(default_factory=list)  # per image: SOPInstanceUID pseudonym (+ "#frame=<n>"), "" for none
+    lossless: list[bool] = field(default_factory=list)  # per image: False when its pixels were lossy compressed
+    held_back: dict[str, int] = field(default_factory=dict)  # images held back by reason (e.g. burned_in_annotation)
 
 
 class SourceError(Refusal, ValueError):

@@ -8,8 +8,10 @@ class only in val or test cannot be predicted, and would fail evaluation after a
 and the val, gate and test splits a labelled image each (a small folder can leave one empty).
 Also reported, not checked: case-size statistics (MICLe needs cases with two or more images;
 single-image cases fall back to two augmentations of one image) and the files ingest quarantined or
-dropped as duplicates. Each failure names the expectation, its column, the
-offending files (source_path) and what to do (sslflow/data/validation_advice.py). The task (tasks/validate.py) shows the result as a Flyte Deck and logs it to MLflow (JSON + HTML).
+dropped as duplicates. Each failure names the expectation, its column, the offending images (image_key, the
+pseudonymous key ingest gave each file: sslflow/data/manifest.py) and what to do
+(sslflow/data/validation_advice.py). The task (tasks/validate.py) shows the result as a Flyte Deck and logs it
+to MLflow (JSON + HTML).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def manifest_expectations(config: ValidationConfig, image_count: int) -> list:
         E.ExpectTableColumnsToMatchSet(column_set=[*MANIFEST_COLUMNS, "splits_of_case"], exact_match=True),  # + derived
         E.ExpectTableRowCountToEqual(value=image_count),  # every manifest row has a decoded image
         E.ExpectTableRowCountToBeBetween(min_value=1),
-        *[E.ExpectColumnValuesToNotBeNull(column=column) for column in ("sha256", "source_path", "case_id", "site", "split")],
+        *[E.ExpectColumnValuesToNotBeNull(column=column) for column in ("sha256", "image_key", "case_id", "site", "split")],
         E.ExpectColumnValuesToBeUnique(column="sha256"),
         E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         E.ExpectColumnValuesToBeBetween(column="width", min_value=config.min_image_side, max_value=config.max_image_side),
@@ -121,13 +123,13 @@ def _run(name: str, frame: pd.DataFrame, expectations: list, row_names: list[str
 
 def _row_name(row: dict) -> str:
     """A failing row by its file (manifest) or its class (label counts)."""
-    if "source_path" in row:
-        return str(row["source_path"])
+    if "image_key" in row:
+        return str(row["image_key"])
     return f"class {row['label']!r}" if "label" in row else "?"
 
 
 def _offending(outcome: dict, column: str | None) -> str:
-    """The rows (source_path: column=value) or the observed value behind one failing expectation."""
+    """The rows (image_key: column=value) or the observed value behind one failing expectation."""
     rows = outcome.get("partial_unexpected_index_list")
     if rows:
         names = [f"{_row_name(row)}: {column}={row.get(column)!r}" for row in rows[:MAX_OFFENDING_ROWS]]
@@ -191,7 +193,7 @@ def validate_manifest(manifest: pd.DataFrame, image_count: int, config: Validati
     check_label_fractions(label_fractions)
     frame = manifest.copy()
     frame["splits_of_case"] = frame.groupby("case_id")["split"].transform("nunique")
-    row_names = ["source_path"] if "source_path" in frame.columns else []
+    row_names = ["image_key"] if "image_key" in frame.columns else []
     manifest_result = _run("manifest", frame, manifest_expectations(config, image_count), row_names)
     label_counts = labels_per_class(frame)
     label_result = _run("label_counts", label_counts, label_count_expectations(label_fractions), ["label"]) if label_fractions else None

@@ -47,8 +47,9 @@ def dataset_summary(name: str, num_images: int, content_sha256: str, summary: di
     lines = [
         f"dataset {name!r} is valid: {num_images} images, {summary.get('cases', '?')} cases, "
         f"{summary.get('labelled', '?')} labelled, splits {summary.get('split_counts', {})}",
-        f"duplicates dropped: {summary.get('duplicates_dropped', 0)}; quarantined: {len(quarantined)}",
+        f"duplicates dropped: {summary.get('duplicates_dropped', 0)}; quarantined: {len(quarantined)} (held back: {summary.get('held_back', {})})",
         *[f"  quarantined {item['problem']}" for item in quarantined],
+        *[f"warning: {warning}" for warning in summary.get("warnings", [])],
         f"sites: {summary.get('sites', {})}; modalities: {summary.get('modalities', {})}",
         f"skipped (DICOM objects without an image): {summary.get('skipped_non_image', {})}",
         f"content sha256: {content_sha256}",
