@@ -5,7 +5,7 @@ settings: generic SimCLR on Fashion-MNIST, domain SimCLR and MICLe (PROXY cases:
 neighbours; MNIST has no patients) continued from it on MNIST-5k, the ablation {pixels linear, scratch
 fine-tuned, {SimCLR, + domain SimCLR, + MICLe} x {linear probe, fine-tune}} x label fractions x SEEDS,
 plus a self-trained student per fraction and seed (SimCLR v2 step 3: the best model on validation labels
-the domain pool; sslflow/self_training.py), evaluated on the MNIST test split, optdigits and the corruption
+the domain pool; sslflow/training/student.py), evaluated on the MNIST test split, optdigits and the corruption
 suite. Prints the comparisons of issues 6 and 12 as means with 95% t-intervals over the seeds (a gain only
 when the intervals separate), issue 14's two label-efficiency comparisons (best arm vs scratch with 10x the
 labels, by mean), the pseudo-label accuracy and the student's gain at each fraction, and saves everything
@@ -39,7 +39,7 @@ from ssl_models.label_fractions import stratified_subset  # noqa: E402
 from ssl_models.metrics import classification_metrics  # noqa: E402
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
-from ssl_models.self_training import SelfTrainConfig  # noqa: E402
+from ssl_models.distillation import SelfTrainConfig  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.manifest import build_manifest, labelled_rows  # noqa: E402
@@ -48,7 +48,7 @@ from sslflow.data.sources import read_source  # noqa: E402
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
 from sslflow.reporting.intervals import t_interval, verdict  # noqa: E402
 from sslflow.ladder import LADDER, arm, ladder_arms, ladder_steps, student_arm as student_arm_of  # noqa: E402
-from sslflow.self_training import run_self_training, self_training_data  # noqa: E402
+from sslflow.training.student import run_self_training, self_training_data  # noqa: E402
 
 SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),

@@ -18,10 +18,10 @@ from torch import nn
 from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ssl_models.evaluate import extract_features, knn_accuracy, predict_probabilities
-from ssl_models.label_fractions import stratified_subset
 from ssl_models.metrics import classification_metrics, per_class_accuracy
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
+from sslflow.training.labelled_subset import labelled_subset
 
 METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
 # The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
@@ -30,7 +30,7 @@ CORRUPTION_IMAGES = 256
 RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy", "selectable"]
 
 EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
-DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8): sslflow.data.dataset.read_dataset
+DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8): tasks.shared.read_rows
 
 
 class EvaluatedModel(Protocol):
@@ -88,17 +88,22 @@ def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list
 KNN_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "accuracy"]
 
 
+def accuracy_metric_key(row) -> str:
+    """The MLflow metric name of a results row's accuracy (a RESULT_COLUMNS or KNN_COLUMNS row, any object with
+    init, probe, label_fraction, seed, eval_set): ``simclr_micle_linear_0.1_seed0_in_domain_accuracy``."""
+    return f"{row.init}_{row.probe}_{row.label_fraction:g}_seed{row.seed}_{row.eval_set}_accuracy".replace("+", "_")
+
+
 def knn_probe_row(encoder: nn.Module, model: EvaluatedModel, train: DatasetTable, test: tuple[np.ndarray, np.ndarray], *, name: str) -> dict:
     """The kNN probe of a pretrained encoder beside the linear probe and the fine-tune: weighted kNN (k=200,
     temperature 0.1, on L2-normalised features; the protocol lightly and solo-learn report) with the model's
     labelled subset of the train split (same fraction and seed as its fine-tuning) as the memory bank, scored on
     the in-domain test images (N, C, H, W) uint8 and class indices (N,). train: (manifest, images) of the
     labelled train rows of dataset ``name``. One KNN_COLUMNS row."""
-    images, label_names, _ = labelled_rows(*train, "train")
-    chosen = stratified_subset(label_names, model.label_fraction, seed=model.seed)
-    bank_labels = torch.from_numpy(class_indices(label_names[chosen], model.class_names, f"dataset {name} train split"))
-    bank = extract_features(encoder, torch.from_numpy(images[chosen]), FINETUNE_AUGMENT)
+    subset = labelled_subset(*train, model.label_fraction, model.seed, name)
+    bank_labels = torch.from_numpy(subset.labels)
+    bank = extract_features(encoder, torch.from_numpy(subset.images), FINETUNE_AUGMENT)
     queries = extract_features(encoder, torch.from_numpy(test[0]), FINETUNE_AUGMENT)
     accuracy = knn_accuracy(bank, bank_labels, queries, torch.from_numpy(test[1]), k=200, temperature=0.1)
     return {"init": model.init, "probe": "knn", "label_fraction": model.label_fraction, "seed": model.seed,
-            "num_labels": len(chosen), "eval_set": "in_domain", "accuracy": accuracy}  # fmt: skip
+            "num_labels": len(subset.labels), "eval_set": "in_domain", "accuracy": accuracy}  # fmt: skip

@@ -25,7 +25,7 @@ from ssl_models.corruptions import CORRUPTIONS
 from ssl_models.evaluate import extract_features
 from sslflow.data.manifest import labelled_rows
 from sslflow.ladder import arm_order, method_of
-from sslflow.evaluation import KNN_COLUMNS, RESULT_COLUMNS, EvaluationSet, evaluate_classifier, evaluation_sets, knn_probe_row
+from sslflow.evaluation import KNN_COLUMNS, RESULT_COLUMNS, EvaluationSet, accuracy_metric_key, evaluate_classifier, evaluation_sets, knn_probe_row
 from sslflow.reporting.charts import EMBEDDING_MIN_POINTS, embedding_figure, report_figures
 from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import results_markdown
@@ -76,7 +76,7 @@ def _knn_probes(models: list[FinetunedModel], in_domain: Dataset, sets: list[Eva
     knn = pd.DataFrame(rows, columns=KNN_COLUMNS)
     mlflow.log_text(knn.to_csv(index=False), "knn_probe.csv")
     for row in knn.itertuples():
-        mlflow.log_metric(f"{row.init}_knn_{row.label_fraction:g}_seed{row.seed}_in_domain_accuracy".replace("+", "_"), row.accuracy)
+        mlflow.log_metric(accuracy_metric_key(row), row.accuracy)
     return knn
 
 
@@ -93,7 +93,7 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
     mlflow.log_text(json.dumps(per_class, indent=1), "per_class_accuracy.json")
     headline = results[results["eval_kind"].isin(["in_domain", "shift"])]
     for row in headline.itertuples():
-        mlflow.log_metric(f"{row.init}_{row.probe}_{row.label_fraction:g}_seed{row.seed}_{row.eval_set}_accuracy".replace("+", "_"), row.accuracy)
+        mlflow.log_metric(accuracy_metric_key(row), row.accuracy)
 
 
 @task(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True)

@@ -15,11 +15,9 @@ from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
 from ssl_models.evaluate import accuracy, predict_probabilities
-from ssl_models.label_fractions import stratified_subset
 from ssl_models.train import FinetuneConfig, finetune
-from sslflow.data.labels import class_indices
-from sslflow.data.manifest import labelled_rows
 from sslflow.tracking.runs import stage_run
+from sslflow.training.labelled_subset import labelled_subset
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, content_hash, labelled_in, pipeline_cache, read_rows
@@ -40,16 +38,11 @@ def _finetune(
     manifest, images = _labelled_train_and_val(domain)
     in_channels, image_size = int(images.shape[1]), int(images.shape[-1])
     encoder = initial_encoder(None if initial is None else initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed)
-    train_images, train_labels, _ = labelled_rows(manifest, images, "train")
-    val_images, val_labels, _ = labelled_rows(manifest, images, "val")
-    class_names = sorted(set(train_labels))
-    chosen = stratified_subset(train_labels, label_fraction, seed=config.seed)
-    targets = class_indices(train_labels[chosen], class_names, f"dataset {domain.name} train split")
-    known = np.isin(val_labels, class_names)  # a class with no training label cannot be predicted
-    validation = (torch.from_numpy(val_images[known]), class_indices(val_labels[known], class_names, f"dataset {domain.name} val split"))
-    params = {"config": config, "init": init, "probe": probe, "label_fraction": label_fraction, "num_labels": len(chosen), **lineage}
+    subset = labelled_subset(manifest, images, label_fraction, config.seed, domain.name)
+    validation = (torch.from_numpy(subset.val_images), subset.val_labels)
+    params = {"config": config, "init": init, "probe": probe, "label_fraction": label_fraction, "num_labels": len(subset.labels), **lineage}
     with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}/seed={config.seed}", params) as run:
-        model, history = finetune(encoder, torch.from_numpy(train_images[chosen]), targets, len(class_names), config, validation=validation)
+        model, history = finetune(encoder, torch.from_numpy(subset.images), subset.labels, len(subset.class_names), config, validation=validation)
         for record in history:
             mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
         if config.linear_probe:  # the probe's fit: converged or not, and the L2 strength validation chose
@@ -61,7 +54,7 @@ def _finetune(
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     return FinetunedModel(
         checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,
-        class_names=class_names, init=init, probe=probe, label_fraction=label_fraction, num_labels=len(chosen),
+        class_names=subset.class_names, init=init, probe=probe, label_fraction=label_fraction, num_labels=len(subset.labels),
         val_accuracy=val_accuracy, content_sha256=sha256, mlflow_run_id=run.info.run_id, seed=config.seed,
     )  # fmt: skip
 

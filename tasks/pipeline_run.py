@@ -7,9 +7,10 @@ import pandas as pd
 from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
-from ssl_models.self_training import SelfTrainConfig
+from ssl_models.distillation import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
+from sslflow.evaluation import accuracy_metric_key
 from sslflow.data.validation import check_label_fractions
 from sslflow.ladder import check_one_method
 from sslflow.registry.record import Registration
@@ -56,7 +57,7 @@ def report(results: pd.DataFrame, registration: Registration, parent_run_id: str
     """Record the results and the registration on the parent run and close it; the closing summary
     printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""
     headline = results[results["eval_kind"].isin(["in_domain", "shift"])]
-    metrics = {f"{row.init}_{row.probe}_{row.label_fraction:g}_seed{row.seed}_{row.eval_set}_accuracy".replace("+", "_"): row.accuracy for row in headline.itertuples()}
+    metrics = {accuracy_metric_key(row): row.accuracy for row in headline.itertuples()}
     registry_tags = {"registry.model": registration.model_name, "registry.version": registration.version, "registry.decision": registration.decision}
     record_on_parent(parent_run_id, metrics=metrics, tags=registry_tags, texts={"results.csv": results.to_csv(index=False), "results.md": results_markdown(results)})
     finish_parent_run(parent_run_id)

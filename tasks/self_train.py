@@ -1,6 +1,6 @@
 """self_train: SimCLR v2's third step. At each label fraction the best fine-tuned model (by validation
 accuracy) labels the unlabelled domain pool and a student, starting from the self-supervised encoder,
-learns from those labels and the labelled images (ssl_models/self_training.py, sslflow/self_training.py).
+learns from those labels and the labelled images (ssl_models/distillation.py, sslflow/training/student.py).
 
 The pseudo-label quality report (val split only) is a Flyte Deck and MLflow artifacts. A student that
 does not beat its teacher on validation is kept for evaluation but flagged not selectable for registration.
@@ -17,11 +17,11 @@ import mlflow
 from flytekit import Deck, current_context, task
 from flytekit.types.file import FlyteFile
 
-from ssl_models.self_training import SelfTrainConfig
+from ssl_models.distillation import SelfTrainConfig
 from sslflow.registry.registration import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.ladder import student_arm
-from sslflow.self_training import run_self_training, self_training_data
+from sslflow.training.student import run_self_training, self_training_data
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier, load_encoder, save_state_dict
 from sslflow.training.progress import show_progress
@@ -38,8 +38,6 @@ def _train_student(
     """One student at the teacher's label fraction (None: no pseudo-label); its report gains label_fraction and teacher."""
     fraction = teacher.label_fraction
     data = self_training_data(*data_table, fraction, seed, domain_name)
-    if len(data.labels) != teacher.num_labels or data.class_names != teacher.class_names:
-        raise ValueError(f"self_train: the labelled subset at {fraction:g} ({len(data.labels)} images) is not the teacher's ({teacher.num_labels}): fine-tuning used another seed or dataset")  # fmt: skip
     classifier = load_classifier(teacher.checkpoint.download(), teacher.encoder_name, teacher.in_channels, teacher.image_size, len(teacher.class_names))
     start = load_encoder(encoder.checkpoint.download(), encoder.encoder_name, encoder.in_channels, encoder.image_size)
     params = {"config": config, "label_fraction": fraction, "teacher.init": teacher.init, "teacher.probe": teacher.probe,

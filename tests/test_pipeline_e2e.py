@@ -9,7 +9,7 @@ import mlflow
 from flytekit.core.local_cache import LocalTaskCache
 from mlflow.tracking import MlflowClient
 
-from ssl_models.self_training import SelfTrainConfig
+from ssl_models.distillation import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri

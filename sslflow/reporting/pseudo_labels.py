@@ -1,4 +1,4 @@
-"""The pseudo-label quality report of the self-training stage (sslflow/self_training.py) as tables and a chart.
+"""The pseudo-label quality report of the self-training stage (sslflow/training/student.py) as tables and a chart.
 
 One report per label fraction (run_self_training's dict). Everything here is measured on the val split.
 """

@@ -1,4 +1,4 @@
-"""Self-training, the third step of SimCLR v2 (Chen et al., 2020, "Big Self-Supervised Models are Strong
+"""The student of self-training, the third step of SimCLR v2 (Chen et al., 2020, "Big Self-Supervised Models are Strong
 Semi-Supervised Learners", arXiv 2006.10029, §2 eq. 2): a fine-tuned teacher labels the unlabelled pool
 and a student learns from those labels by distillation.
 

@@ -19,11 +19,9 @@ from torch import nn
 
 from ssl_models.evaluate import predict_probabilities
 from ssl_models.heads import Classifier
-from ssl_models.label_fractions import stratified_subset
 from ssl_models.metrics import expected_calibration_error
-from ssl_models.self_training import SelfTrainConfig, select_pseudo_labels, soft_targets, teacher_logits, train_student
-from sslflow.data.labels import class_indices
-from sslflow.data.manifest import labelled_rows
+from ssl_models.distillation import SelfTrainConfig, select_pseudo_labels, soft_targets, teacher_logits, train_student
+from sslflow.training.labelled_subset import labelled_subset
 
 
 
@@ -47,19 +45,16 @@ class SelfTrainingResult:
 
 
 def self_training_data(manifest: pd.DataFrame, images: np.ndarray, label_fraction: float, seed: int, name: str) -> SelfTrainingData:
-    """The parts of dataset ``name`` (manifest + images from read_dataset) at ``label_fraction``; test rows unread."""
-    train_images, train_label_names, _ = labelled_rows(manifest, images, "train")
-    class_names = sorted(set(train_label_names))
-    chosen = stratified_subset(train_label_names, label_fraction, seed=seed)
-    val_images, val_label_names, _ = labelled_rows(manifest, images, "val")
-    known = np.isin(val_label_names, class_names)  # a class with no training label cannot be predicted
+    """The parts of dataset ``name`` (its train and val rows and their images) at ``label_fraction``: the labelled
+    subset fine-tuning used (sslflow.training.labelled_subset), the pool, the labelled val images."""
+    subset = labelled_subset(manifest, images, label_fraction, seed, name)
     return SelfTrainingData(
-        class_names=class_names,
-        labelled_images=train_images[chosen],
-        labels=class_indices(train_label_names[chosen], class_names, f"dataset {name} train split"),
+        class_names=subset.class_names,
+        labelled_images=subset.images,
+        labels=subset.labels,
         pool_images=images[(manifest["split"] == "train").to_numpy()],
-        val_images=val_images[known],
-        val_labels=class_indices(val_label_names[known], class_names, f"dataset {name} val split"),
+        val_images=subset.val_images,
+        val_labels=subset.val_labels,
     )
 
 
