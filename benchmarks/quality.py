@@ -25,6 +25,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
@@ -35,19 +36,17 @@ from benchmarks.common import parse_arguments, write_result  # noqa: E402
 from ssl_models.augment import FINETUNE_AUGMENT  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import predict_probabilities  # noqa: E402
-from ssl_models.label_fractions import stratified_subset  # noqa: E402
-from ssl_models.metrics import classification_metrics  # noqa: E402
-from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.distillation import SelfTrainConfig  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
-from sslflow.data.manifest import build_manifest, labelled_rows  # noqa: E402
-from sslflow.data.labels import class_indices  # noqa: E402
+from sslflow.data.manifest import build_manifest  # noqa: E402
+from sslflow.evaluation import evaluate_classifier, evaluation_sets, select_best  # noqa: E402
 from sslflow.data.sources import read_source  # noqa: E402
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
 from sslflow.reporting.intervals import t_interval, verdict  # noqa: E402
 from sslflow.ladder import LADDER, arm, ladder_arms, ladder_steps, student_arm as student_arm_of  # noqa: E402
+from sslflow.training.labelled_subset import labelled_subset  # noqa: E402
 from sslflow.training.student import run_self_training, self_training_data  # noqa: E402
 
 SETTINGS = {
@@ -70,12 +69,6 @@ def dataset(source: str, config: IngestConfig):
     return manifest, pixels
 
 
-def labelled(manifest, pixels, split: str, class_names: list[str] | None = None):
-    images, labels, _ = labelled_rows(manifest, pixels, split)
-    names = class_names or sorted(set(labels))
-    return images, class_indices(labels, names, f"{split} split"), names
-
-
 def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pixels) -> dict:
     """{arm: encoder} for the ladder (sslflow.ladder) of the settings' method: the generic rung on the generic
     set, each rung above it continued from it on the domain set, with or without case pairs (same epochs and
@@ -91,14 +84,6 @@ def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pi
         encoders[arm(method, rung.name)] = copy.deepcopy(generic_encoder)
         pretrain_contrastive(encoders[arm(method, rung.name)], InMemoryPairs(torch.from_numpy(domain_pixels[pool]), case_ids, seed=settings["micle"].seed), settings["micle"])
     return encoders
-
-
-def evaluation_sets(test_images, test_labels, shift_images, shift_labels) -> dict:
-    eval_sets = {"in_domain": (test_images, test_labels), "shift": (shift_images, shift_labels)}
-    for name in CORRUPTIONS:
-        for severity in SEVERITIES:
-            eval_sets[f"{name}@{severity}"] = (corrupt(torch.from_numpy(test_images), name, severity).numpy(), test_labels)
-    return eval_sets
 
 
 def arms(encoders: dict) -> list[tuple[str, str]]:
@@ -119,42 +104,53 @@ def train_arm(settings: dict, init: str, probe: str, encoder, train, validation,
     return model, {"train_accuracy": history[-1]["accuracy"], **fit}
 
 
-def ablation(settings: dict, encoders: dict, train, validation, class_names, eval_sets: dict, seed: int) -> tuple[list[dict], dict]:
-    """arms(encoders) x FRACTIONS for one seed, each scored on every eval set and on validation (images, labels);
-    also {fraction: (val accuracy, "init probe", model)}: the best model on validation, the self-training teacher."""
+def _scored(model, record: SimpleNamespace, eval_sets: list, fit: dict) -> list[dict]:
+    """The pipeline's scoring (sslflow.evaluation.evaluate_classifier) of one model on every set, with its fit record."""
+    rows, _ = evaluate_classifier(model, record, eval_sets)
+    return [{**row, **fit} for row in rows]
+
+
+def _accuracy(rows: list[dict], eval_set: str) -> float:
+    return next(row["accuracy"] for row in rows if row["eval_set"] == eval_set)
+
+
+def ablation(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: list, seed: int) -> tuple[list[dict], dict]:
+    """arms(encoders) x FRACTIONS for one seed on the pipeline's labelled subset (sslflow.training.labelled_subset),
+    each scored on every evaluation set; also {fraction: (teacher record, model)}: the fraction's best model on
+    validation by the pipeline's rule (sslflow.evaluation.select_best), the self-training teacher."""
     results, teachers = [], {}
     for fraction in FRACTIONS:
-        chosen = stratified_subset(train[1], fraction, seed=seed)
+        subset = labelled_subset(domain, domain_pixels, fraction, seed, "mnist-5k")
+        candidates = []
         for init, probe in arms(encoders):
-            model, fit = train_arm(settings, init, probe, encoders.get(init), (train[0][chosen], train[1][chosen]), validation, len(class_names), seed)
-            val_accuracy = float((predict_probabilities(model, torch.from_numpy(validation[0]), FINETUNE_AUGMENT).argmax(1) == validation[1]).mean())
-            if val_accuracy > teachers.get(fraction, (-1.0,))[0]:
-                teachers[fraction] = (val_accuracy, f"{init} {probe}", model)
-            for eval_set, (images, labels) in eval_sets.items():
-                metrics = classification_metrics(predict_probabilities(model, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
-                results.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": len(chosen),
-                                "eval_set": eval_set, "val_accuracy": val_accuracy, "selectable": True, **metrics, **fit})  # fmt: skip
-            row = [r for r in results if r["init"] == init and r["probe"] == probe and r["label_fraction"] == fraction]
-            print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {row[0]['accuracy']:.4f}  optdigits {row[1]['accuracy']:.4f}", flush=True)
+            model, fit = train_arm(settings, init, probe, encoders.get(init), (subset.images, subset.labels), (subset.val_images, subset.val_labels), len(subset.class_names), seed)
+            val_accuracy = float((predict_probabilities(model, torch.from_numpy(subset.val_images), FINETUNE_AUGMENT).argmax(1) == subset.val_labels).mean())
+            record = SimpleNamespace(class_names=subset.class_names, init=init, probe=probe, label_fraction=fraction, seed=seed,
+                                     num_labels=len(subset.labels), val_accuracy=val_accuracy, selectable=True, model=model)  # fmt: skip
+            candidates.append(record)
+            rows = _scored(model, record, eval_sets, fit)
+            results += rows
+            print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {_accuracy(rows, 'in_domain'):.4f}  optdigits {_accuracy(rows, 'shift'):.4f}", flush=True)
+        teachers[fraction] = select_best(candidates)
     return results, teachers
 
 
-def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: dict, eval_sets: dict, seed: int) -> tuple[list[dict], list[dict]]:
+def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: dict, eval_sets: list, seed: int) -> tuple[list[dict], list[dict]]:
     """A student per fraction, from the top rung's encoder (case pairs), taught by that fraction's best model on val:
     (result rows like ablation's, pseudo-label quality reports)."""
     student_init = student_arm_of(ladder_arms(settings["simclr"].method)[-1])
     results, reports = [], []
-    for fraction, (_, arm, teacher) in sorted(teachers.items()):
+    for fraction, teacher in sorted(teachers.items()):
         if fraction > settings["self_train"].max_label_fraction:
             continue
+        arm = f"{teacher.init} {teacher.probe}"
         data = self_training_data(domain, domain_pixels, fraction, seed, "mnist-5k")
-        outcome = run_self_training(teacher, copy.deepcopy(micle_encoder), data, dataclasses.replace(settings["self_train"], seed=seed))
+        outcome = run_self_training(teacher.model, copy.deepcopy(micle_encoder), data, dataclasses.replace(settings["self_train"], seed=seed))
         reports.append({"label_fraction": fraction, "seed": seed, "teacher": arm, **outcome.report})
-        for eval_set, (images, labels) in eval_sets.items() if outcome.student is not None else ():
-            metrics = classification_metrics(predict_probabilities(outcome.student, torch.from_numpy(images), FINETUNE_AUGMENT), labels)
-            results.append({"init": student_init, "probe": "finetune", "label_fraction": fraction, "seed": seed, "num_labels": len(data.labels),
-                            "eval_set": eval_set, "val_accuracy": outcome.report["student_val_accuracy"],
-                            "selectable": bool(outcome.report["student_beats_teacher"]), **metrics})  # fmt: skip
+        if outcome.student is not None:
+            record = SimpleNamespace(class_names=data.class_names, init=student_init, probe="finetune", label_fraction=fraction, seed=seed, num_labels=len(data.labels),
+                                     val_accuracy=outcome.report["student_val_accuracy"], selectable=bool(outcome.report["student_beats_teacher"]))  # fmt: skip
+            results += _scored(outcome.student, record, eval_sets, {})
         print(f"seed {seed} student {fraction:5g} (teacher {arm}): pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
     return results, reports
 
@@ -226,13 +222,11 @@ def floor_checks(results: list[dict]) -> dict:
     }
 
 
-def run_seeds(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: dict) -> tuple[list[dict], list[dict]]:
+def run_seeds(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: list) -> tuple[list[dict], list[dict]]:
     """(result rows of every arm and student, pseudo-label reports) over the settings' seeds."""
-    train_images, train_labels, class_names = labelled(domain, domain_pixels, "train")
-    validation = labelled(domain, domain_pixels, "val", class_names)[:2]
     results, reports = [], []
     for seed in settings.get("seeds", SEEDS):
-        rows, teachers = ablation(settings, encoders, (train_images, train_labels), validation, class_names, eval_sets, seed)
+        rows, teachers = ablation(settings, encoders, domain, domain_pixels, eval_sets, seed)
         student_rows, seed_reports = student_arm(settings, encoders[ladder_arms(settings["simclr"].method)[-1]], domain, domain_pixels, teachers, eval_sets, seed)
         results, reports = results + rows + student_rows, reports + seed_reports
     return results, reports
@@ -249,10 +243,8 @@ def main() -> None:
     shift, shift_pixels = dataset("optdigits", IngestConfig(all_test=True, max_images=settings.get("shift_images", 0)))
     pretrained = pretrain_encoders(settings, generic, generic_pixels, domain, domain_pixels)
 
-    class_names = labelled(domain, domain_pixels, "train")[2]
-    test_images, test_labels, _ = labelled(domain, domain_pixels, "test", class_names)
-    shift_images, shift_labels, _ = labelled(shift, shift_pixels, "test", class_names)
-    eval_sets = evaluation_sets(test_images, test_labels, shift_images, shift_labels)
+    class_names = labelled_subset(domain, domain_pixels, 1.0, 0, "mnist-5k").class_names
+    eval_sets = evaluation_sets((domain, domain_pixels), (shift, shift_pixels), class_names, names=("mnist-5k", "optdigits"))
     results, reports = run_seeds(settings, {"pixels": None, "scratch": None, **pretrained}, domain, domain_pixels, eval_sets)
 
     comparisons, floor = compare(results, settings["simclr"].method), floor_checks(results)

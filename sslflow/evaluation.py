@@ -46,6 +46,15 @@ class EvaluatedModel(Protocol):
     selectable: bool  # False: a student that did not beat its teacher on validation (never chosen)
 
 
+def select_best(models: Sequence[EvaluatedModel]) -> EvaluatedModel:
+    """The selectable model with the best validation accuracy; ties go to a pretrained init, then to more labels.
+    The one selection rule: the registered model, the self-training teacher, quality.py's teachers."""
+    candidates = [model for model in models if model.selectable]
+    if not candidates:
+        raise ValueError(f"none of the {len(models)} models is selectable")
+    return max(candidates, key=lambda model: (model.val_accuracy, model.init != "scratch", model.label_fraction))
+
+
 def _labelled_test_split(dataset: DatasetTable, name: str, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images (N, C, H, W) uint8, class indices (N,), sites (N,)) of a dataset's labelled test rows."""
     images, labels, sites = labelled_rows(*dataset, "test")

@@ -17,7 +17,8 @@ from sslflow.data.manifest import labelled_rows
 from sslflow.registry.aliases import rollback_aliases
 from sslflow.registry.names import default_model_name
 from sslflow.registry.record import Registration
-from sslflow.registry.registration import register_selected, select_best
+from sslflow.evaluation import select_best
+from sslflow.registry.registration import register_selected
 from sslflow.tracking.runs import stage_run
 from sslflow.tracking.store import client
 from sslflow.training.model_files import load_classifier

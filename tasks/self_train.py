@@ -18,7 +18,7 @@ from flytekit import Deck, current_context, task
 from flytekit.types.file import FlyteFile
 
 from ssl_models.distillation import SelfTrainConfig
-from sslflow.registry.registration import select_best
+from sslflow.evaluation import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.ladder import student_arm
 from sslflow.training.student import run_self_training, self_training_data

@@ -82,7 +82,7 @@ class FinetunedModel:
     mlflow_run_id: str
     seed: int = 0  # the fine-tuning seed: label subset, head initialisation, batch order, augmentation
     # False for a self-trained student that does not beat its teacher on validation: evaluated and
-    # reported, never registered (sslflow.registry.registration.select_best skips it).
+    # reported, never registered (sslflow.evaluation.select_best skips it).
     selectable: bool = True
 
 

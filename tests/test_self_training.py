@@ -21,7 +21,7 @@ from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.encoders import build_encoder
 from ssl_models.distillation import SelfTrainConfig, distillation_loss, select_pseudo_labels, soft_targets
 from ssl_models.train import FinetuneConfig, finetune
-from sslflow.registry.registration import select_best
+from sslflow.evaluation import select_best
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.training.student import pseudo_label_quality, run_self_training, self_training_data

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -71,14 +70,6 @@ class SelectedModel(EvaluatedModel, Protocol):
     content_sha256: str
     mlflow_run_id: str
     selectable: bool  # False: a self-trained student that did not beat its teacher on validation
-
-
-def select_best(models: Sequence[SelectedModel]) -> SelectedModel:
-    """The selectable model with the best validation accuracy; ties go to a pretrained init, then to more labels."""
-    candidates = [model for model in models if model.selectable]
-    if not candidates:
-        raise ValueError(f"none of the {len(models)} models is selectable for registration")
-    return max(candidates, key=lambda model: (model.val_accuracy, model.init != "scratch", model.label_fraction))
 
 
 def _registration(registry: MlflowClient, version: ModelVersion, note: str = "") -> Registration:
