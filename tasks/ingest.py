@@ -26,6 +26,7 @@ from images.specs import cpu_image
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import decode_chunk, join_chunks, plan_chunks
 from sslflow.data.sources import source_name
+from sslflow.errors import Refusal
 from sslflow.tracking.runs import stage_run
 from tasks.shared import Dataset, SourceUri, content_hash, pipeline_cache
 
@@ -36,12 +37,29 @@ INGEST_CONCURRENCY = int(os.environ.get("SSLFLOW_INGEST_CONCURRENCY", "16"))
 PSEUDONYM_SECRET = Secret(group="sslflow", key="pseudonym_key")  # locally also $SSLFLOW_PSEUDONYM_KEY (flytekit)
 
 
+class MissingSecretError(Refusal, RuntimeError):
+    """A pod of a cluster execution without the pseudonym key Secret."""
+
+
 def _pseudonym_key() -> str | None:
-    """The Flyte Secret sslflow/pseudonym_key, or None (sslflow then uses $SSLFLOW_PSEUDONYM_KEY or its key file)."""
+    """The Flyte Secret sslflow/pseudonym_key. Required in a pod of a cluster execution: without it every chunk pod
+    would make a random key of its own, one patient would get a different case id in each chunk (landing in train
+    and test, losing its MICLe pairs) and nothing would fail. Locally None when it is not mounted (sslflow then uses
+    $SSLFLOW_PSEUDONYM_KEY or its key file)."""
     try:
-        return current_context().secrets.get(PSEUDONYM_SECRET.group, PSEUDONYM_SECRET.key) or None
-    except ValueError:  # not mounted (a local run without it): never an error
-        return None
+        key = current_context().secrets.get(PSEUDONYM_SECRET.group, PSEUDONYM_SECRET.key)
+    except ValueError:  # not mounted
+        key = None
+    if key and key.strip():
+        return key
+    if os.environ.get("FLYTE_INTERNAL_EXECUTION_ID"):  # set in every pod of a Flyte cluster execution
+        raise MissingSecretError(
+            f"the Flyte Secret {PSEUDONYM_SECRET.group}/{PSEUDONYM_SECRET.key} is {'empty' if key is not None else 'missing'} in this pod: "
+            f"create it in the project's namespace (e.g. kubectl -n <project>-<domain> create secret generic {PSEUDONYM_SECRET.group} "
+            f"--from-literal={PSEUDONYM_SECRET.key}=$(openssl rand -hex 32)) and keep it; without it each chunk pod would "
+            "pseudonymise with a key of its own and one patient would become several cases"
+        )
+    return None
 
 
 def _log_summary(summary: dict, sha256: str) -> None:
@@ -67,7 +85,7 @@ def plan_ingest(source: SourceUri, config: IngestConfig) -> list[str]:
 
 
 @task(
-    cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
+    cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
 )
 def ingest_chunk(chunk: str) -> FlyteDirectory:
     """Decode one chunk into shards + its table; memory grows with IngestConfig.chunk_images, not the source.

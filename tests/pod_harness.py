@@ -144,6 +144,9 @@ class PodRunner:
         (folder / "log.txt").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise RuntimeError(f"pod {pod} ({task.name}) exited with {result.returncode}:\n{(result.stdout + result.stderr)[-4000:]}")
+        error = self._error(f"{output_prefix}/error.pb")
+        if error is not None:  # the task failed: pyflyte-execute writes error.pb (what Flyte shows) and exits 0
+            raise RuntimeError(f"pod {pod} ({task.name}) failed: {error}")
 
     def _environment(self, task: SerializedTask, folder: Path, index: int | None) -> dict[str, str]:
         from images.specs import POD_ENVIRONMENT
@@ -159,6 +162,18 @@ class PodRunner:
         if index is not None:
             environment |= {"BATCH_JOB_ARRAY_INDEX_VAR_NAME": "FLYTE_K8S_ARRAY_INDEX", "FLYTE_K8S_ARRAY_INDEX": str(index)}
         return environment
+
+    def _error(self, uri: str) -> str | None:
+        """The message of the ErrorDocument at ``uri``, or None when the pod wrote none."""
+        from flyteidl.core import errors_pb2
+
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(uri))["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        document = errors_pb2.ErrorDocument()
+        document.ParseFromString(body)
+        return f"{document.error.code}: {document.error.message}"
 
     def _key(self, uri: str) -> str:
         return uri.removeprefix(f"s3://{self.bucket}/")

@@ -143,3 +143,22 @@ def test_pods_finish_with_the_same_dataset_when_s3_fails_a_share_of_requests(tmp
             result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
     assert python_value(result["dataset"].literals["o0"], Dataset).content_sha256 == expected
     assert proxy.injected["slow_down"] > 3 and proxy.injected["reset"] > 3, proxy.injected
+
+
+@pytest.mark.parametrize("secret", [None, "  \n"], ids=["missing", "empty"])
+def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monkeypatch, tasks, secret):
+    """A cluster pod with no (or an empty) sslflow/pseudonym_key Secret stops, naming the Secret, instead of
+    pseudonymising with a random key of its own (one patient would become a different case in each chunk)."""
+    from tasks.ingest import plan_ingest
+
+    write_pacs_folder(tmp_path / "scans", copies=1, patients=2)
+    config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
+        _upload(tmp_path / "scans", "scans", "site-a")
+        registered = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        secrets = {} if secret is None else {("sslflow", "pseudonym_key"): secret}
+        runner = PodRunner(tmp_path, endpoint, registered=registered, secrets=secrets)
+        plan = runner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", literals(plan_ingest, source="s3://scans/site-a", config=config))
+        with pytest.raises(RuntimeError, match="the Flyte Secret sslflow/pseudonym_key is (missing|empty) in this pod"):
+            runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), 1)
