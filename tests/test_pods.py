@@ -84,7 +84,7 @@ def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: L
     settings = literals(pretrain_simclr, encoder_name="small_cnn", config=config)
     encoder = runner.run(tasks["tasks.pretrain.pretrain_simclr"], "pretrain-simclr", bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **settings.literals))
     finetune = FinetuneConfig(epochs=1, head_warmup_steps=2, augment=AugmentConfig(output_size=16, crop_scale=(0.8, 1.0)))
-    settings = literals(finetune_pretrained, init="simclr", label_fraction=1.0, config=finetune)
+    settings = literals(finetune_pretrained, label_fraction=1.0, config=finetune)
     inputs = bind((dataset, "o0", "domain"), (encoder, "o0", "encoder"), (run, "o0", "parent_run_id"), **settings.literals)
     model = runner.run(tasks["tasks.finetune.finetune_pretrained"], "finetune-pretrained", inputs)
     return python_value(model.literals["o0"], FinetunedModel)
@@ -99,38 +99,28 @@ def _pod_runner(tmp_path: Path, endpoint: str, mlflow_uri: str, *, s3_endpoint: 
     return PodRunner(tmp_path, s3_endpoint or endpoint, registered=registered, secrets=secrets, setup_endpoint=endpoint)
 
 
-@pytest.mark.parametrize("kind", ["png", "dicom"])
-def test_the_data_workflow_runs_as_pods_with_every_literal_file_under_one_megabyte(tmp_path, monkeypatch, tasks, kind):
-    if kind == "png":
-        _pngs(tmp_path / "scans", 40)
-    else:
-        write_pacs_folder(tmp_path / "scans", copies=2, patients=3)
-    config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
-    with moto_s3_server(tmp_path) as endpoint, MlflowServer(tmp_path / "mlflow") as mlflow:
-        s3_environment(monkeypatch, endpoint)
-        _upload(tmp_path / "scans", "scans", "site-a")
-        runner = _pod_runner(tmp_path, endpoint, mlflow.uri)
-        result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
-        model = _pretrain_and_finetune(runner, tasks, result["dataset"], result["run"]) if kind == "png" else None
-        dataset = python_value(result["dataset"].literals["o0"], Dataset)
+def _check_pod_run(runner: PodRunner, tmp_path: Path, result: dict) -> Dataset:
+    """What every pod run must show: several chunk pods, the Dataset in the object store, literal files under 1 MB,
+    nothing left in a pod's working directory. Returns the Dataset."""
+    dataset = python_value(result["dataset"].literals["o0"], Dataset)
     assert result["chunks"] >= 2, "the map task ran more than one chunk pod"
     assert dataset.directory.remote_source.startswith("s3://flyte/raw/"), "the Dataset lives in the object store"
     assert dataset.num_images > 0 and str(dataset.num_images) in result["summary"]
     sizes = runner.literal_files
     assert sizes and max(sizes.values()) < LITERAL_LIMIT, sorted(sizes.items(), key=lambda item: -item[1])[:3]
     assert not any((tmp_path / "pods").glob("*/cwd/*")), "a pod leaves nothing in its working directory"
-    if model is not None:
-        assert model.checkpoint.remote_source.startswith("s3://flyte/raw/") and model.num_labels > 0 and model.init == "simclr"
+    return dataset
 
 
-def test_pods_finish_with_the_same_dataset_when_s3_fails_a_share_of_requests(tmp_path, monkeypatch, tasks):
-    """Every pod's S3 traffic (Flyte's inputs, outputs and Dataset, and the source) goes through a proxy that answers
-    every 5th request with 503 SlowDown and resets every 7th connection: the run finishes with the dataset that
-    ingest gives without faults (in this process, same key)."""
+def test_pngs_through_failing_s3_requests_as_pods_then_pretraining_and_fine_tuning_pods(tmp_path, monkeypatch, tasks):
+    """PNGs with a metadata.csv in S3. Every pod's S3 traffic (Flyte's inputs, outputs and Dataset, and the source)
+    goes through a proxy that answers every 5th request with 503 SlowDown and resets every 7th connection: the data
+    workflow finishes with the dataset ingest gives without faults (in this process, same key), then an Elastic
+    pretraining pod (torchrun inside it) and a fine-tuning pod on its encoder."""
     from faulty_proxy import FaultyS3Proxy
     from sslflow.data.chunks import ingest_source
 
-    _pngs(tmp_path / "scans", 24)
+    _pngs(tmp_path / "scans", 40)
     config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
     monkeypatch.setenv("SSLFLOW_PSEUDONYM_KEY", PSEUDONYM_KEY)
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")
@@ -141,13 +131,26 @@ def test_pods_finish_with_the_same_dataset_when_s3_fails_a_share_of_requests(tmp
         with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
             runner = _pod_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
             result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
-    assert python_value(result["dataset"].literals["o0"], Dataset).content_sha256 == expected
+            model = _pretrain_and_finetune(runner, tasks, result["dataset"], result["run"])
+    dataset = _check_pod_run(runner, tmp_path, result)
+    assert dataset.content_sha256 == expected
     assert proxy.injected["slow_down"] > 3 and proxy.injected["reset"] > 3, proxy.injected
+    assert model.checkpoint.remote_source.startswith("s3://flyte/raw/") and model.num_labels > 0 and model.init == "simclr"
 
 
-@pytest.mark.parametrize("secret", [None, "  \n"], ids=["missing", "empty"])
-def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monkeypatch, tasks, secret):
-    """A cluster pod with no (or an empty) sslflow/pseudonym_key Secret stops, naming the Secret, instead of
+def test_a_pacs_export_in_s3_runs_as_pods(tmp_path, monkeypatch, tasks):
+    write_pacs_folder(tmp_path / "scans", copies=2, patients=3)
+    config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
+    with moto_s3_server(tmp_path) as endpoint, MlflowServer(tmp_path / "mlflow") as mlflow:
+        s3_environment(monkeypatch, endpoint)
+        _upload(tmp_path / "scans", "scans", "site-a")
+        runner = _pod_runner(tmp_path, endpoint, mlflow.uri)
+        result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
+    _check_pod_run(runner, tmp_path, result)
+
+
+def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monkeypatch, tasks):
+    """A cluster pod with no, or an empty, sslflow/pseudonym_key Secret stops, naming the Secret, instead of
     pseudonymising with a random key of its own (one patient would become a different case in each chunk)."""
     from tasks.ingest import plan_ingest
 
@@ -157,8 +160,9 @@ def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monke
         s3_environment(monkeypatch, endpoint)
         _upload(tmp_path / "scans", "scans", "site-a")
         registered = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-        secrets = {} if secret is None else {("sslflow", "pseudonym_key"): secret}
-        runner = PodRunner(tmp_path, endpoint, registered=registered, secrets=secrets)
-        plan = runner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", literals(plan_ingest, source="s3://scans/site-a", config=config))
-        with pytest.raises(RuntimeError, match="the Flyte Secret sslflow/pseudonym_key is (missing|empty) in this pod"):
-            runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), 1)
+        planner = PodRunner(tmp_path, endpoint, registered=registered, secrets={})
+        plan = planner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", literals(plan_ingest, source="s3://scans/site-a", config=config))
+        for name, secrets in {"missing": {}, "empty": {("sslflow", "pseudonym_key"): "  \n"}}.items():
+            runner = PodRunner(tmp_path / name, endpoint, registered=registered, secrets=secrets)
+            with pytest.raises(RuntimeError, match=f"the Flyte Secret sslflow/pseudonym_key is {name} in this pod"):
+                runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), 1)
