@@ -21,7 +21,7 @@ from sslflow.data.metadata import ImageRecord, metadata_rows, parse_metadata_csv
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import SourceError, SourceImages, UndecodableImageError
 from sslflow.data.validation import validate_manifest
-from tests.ingested import image_keys, ingest, labels as labels_of
+from ingested import image_keys, ingest, labels as labels_of
 
 CONFIG = IngestConfig(image_size=16)
 

@@ -10,7 +10,7 @@ from sslflow.data.builtin import optdigits_to_mnist_format
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import fingerprint_source, source_name
 from sslflow.data.types import SourceError, UndecodableImageError
-from tests.ingested import image_keys, ingest, labels
+from ingested import image_keys, ingest, labels
 
 
 def _write_folder(root, count=12, cases=4):
