@@ -11,7 +11,7 @@ import pandas as pd
 
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source
-from sslflow.data.dataset import read_images
+from sslflow.data.dataset import assemble_dataset, labelled_cases, read_images, write_case_shards
 from sslflow.data.pseudonyms import Pseudonyms
 
 
@@ -31,3 +31,13 @@ def labels(manifest: pd.DataFrame) -> list:
 def image_keys(paths: list[str]) -> list[str]:
     """The image keys ingest gives the files at ``paths`` (in the source), with the default pseudonym key."""
     return [Pseudonyms().pseudonym("file", path) for path in paths]
+
+
+def write_arrays(directory: Path, manifest: pd.DataFrame, images: np.ndarray) -> str:
+    """A dataset folder at ``directory`` from a manifest whose splits a test sets itself (MANIFEST_COLUMNS; shard columns
+    are filled in) and its images (N, C, H, W) uint8, written as a chunk's shards are and joined as ingest joins them
+    (write_case_shards, assemble_dataset); returns its content sha256."""
+    with tempfile.TemporaryDirectory(prefix="sslflow-test-shards-") as folder:
+        case_ids = manifest["case_id"].astype(str).tolist()
+        shard, row = write_case_shards(Path(folder), images, case_ids, labelled_cases(case_ids, manifest["label"].tolist()))
+        return assemble_dataset(directory, manifest.assign(shard=shard, shard_row=row), [Path(folder)], {})
