@@ -103,7 +103,8 @@ def test_parquet_image_list_names_images_relative_to_its_folder(tmp_path):
     table.to_parquet(tmp_path / "cohort.parquet")
     manifest, _, _ = ingest(tmp_path / "cohort.parquet", IngestConfig(image_size=16))
     assert manifest["image_key"].tolist() == image_keys([f"img{i}.png" for i in range(6)])
-    assert manifest["case_id"].tolist() == ["0", "1", "2"] * 2 and labels(manifest) == [None, "a", "b"] * 2 and manifest["site"].tolist() == ["default"] * 6
+    assert manifest["case_id"].tolist() == ["0", "1", "2"] * 2 and labels(manifest) == [None, "a", "b"] * 2
+    assert manifest["site"].tolist() == ["default"] * 6
     before = fingerprint_source(str(tmp_path / "cohort.parquet"))
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "img5.png")
     assert fingerprint_source(str(tmp_path / "cohort.parquet")) != before
