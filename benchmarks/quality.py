@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,9 +41,9 @@ from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.distillation import SelfTrainConfig  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
-from sslflow.data.manifest import build_manifest  # noqa: E402
+from sslflow.data.chunks import ingest_source  # noqa: E402
+from sslflow.data.dataset import read_images  # noqa: E402
 from sslflow.evaluation import evaluate_classifier, evaluation_sets, select_best  # noqa: E402
-from sslflow.data.sources import read_source  # noqa: E402
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
 from sslflow.reporting.intervals import t_interval, verdict  # noqa: E402
 from sslflow.ladder import LADDER, arm, ladder_arms, ladder_steps, student_arm as student_arm_of  # noqa: E402
@@ -65,8 +66,11 @@ SEEDS = (0, 1, 2)  # fine-tuning seeds (label subset, head, batch order); pretra
 
 
 def dataset(source: str, config: IngestConfig):
-    manifest, pixels, _ = build_manifest(read_source(source, config), config)
-    return manifest, pixels
+    """(manifest, images (N, C, H, W) uint8 in its row order) of ``source``, ingested as the pipeline ingests it
+    (plan -> decode chunks -> join: sslflow/data/chunks.py) into a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="sslflow-quality-") as folder:
+        _, manifest, _ = ingest_source(source, config, Path(folder) / "dataset")
+        return manifest, read_images(Path(folder) / "dataset", manifest)
 
 
 def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pixels) -> dict:

@@ -12,13 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sslflow.data.dataset import write_dataset
-from sslflow.data.manifest import IMAGE_COLUMNS
+from sslflow.data.chunks import ingest_source
+from sslflow.data.manifest import MANIFEST_COLUMNS
 from sslflow.config import IngestConfig
-from sslflow.data.manifest import build_manifest
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.sources import read_source
 from sslflow.data.types import SourceError, UndecodableImageError
+from ingested import image_keys, ingest
 
 CONFIG = IngestConfig(image_size=16)
 
@@ -183,14 +182,14 @@ def test_bad_input_stops_ingest_naming_the_problem_and_leaves_input_unchanged(tm
     build(root)
     before = folder_digest(tmp_path)
     with pytest.raises(error, match=message):
-        read_source(str(root), CONFIG)
+        ingest(root, CONFIG)
     assert folder_digest(tmp_path) == before
 
 
 def test_pixel_limit_is_configurable(tmp_path):
     _good_folder(tmp_path)  # 24x20 = 480 pixels each
     with pytest.raises(UndecodableImageError, match=r"img0.png: decompression bomb: 20x24 = 480 pixels exceeds max_image_pixels=400"):
-        read_source(str(tmp_path), IngestConfig(image_size=16, max_image_pixels=400))
+        ingest(tmp_path, IngestConfig(image_size=16, max_image_pixels=400))
 
 
 def test_every_undecodable_file_is_named_at_once(tmp_path):
@@ -198,7 +197,7 @@ def test_every_undecodable_file_is_named_at_once(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(UndecodableImageError, match=r"2 of 8 image files cannot be decoded \(IngestConfig.max_bad_fraction=0.0 allows 0\)") as caught:
-        read_source(str(tmp_path), CONFIG)
+        ingest(tmp_path, CONFIG)
     assert "empty.png: zero-byte file" in str(caught.value) and "notes.jpg: not a PNG" in str(caught.value)
 
 
@@ -207,10 +206,8 @@ def test_max_bad_fraction_quarantines_undecodable_files_and_reports_them(tmp_pat
     (tmp_path / "broken.png").write_bytes(_png(9)[:200])
     before = folder_digest(tmp_path)
     config = IngestConfig(image_size=16, max_bad_fraction=0.125)  # 1 of 8
-    images = read_source(str(tmp_path), config)
-    assert len(images.source_paths) == 7 and "broken.png" not in images.source_paths
-    assert [item["source_path"] for item in images.quarantined] == ["broken.png"]
-    _, _, summary = build_manifest(images, config)
+    manifest, _, summary = ingest(tmp_path, config)
+    assert len(manifest) == 7 and manifest["image_key"].tolist() == image_keys([f"img{i}.png" for i in range(7)])
     (item,) = summary["quarantined"]  # the dataset's summary names the key, never the path
     assert item["image_key"] == Pseudonyms().pseudonym("file", "broken.png") and "truncated or corrupt" in item["problem"]
     assert "broken.png" not in json.dumps(summary) and item["problem"].startswith(item["image_key"] + ": ")
@@ -222,14 +219,12 @@ def test_above_max_bad_fraction_fails_naming_the_files(tmp_path):
     (tmp_path / "a_bad.png").write_bytes(b"")
     (tmp_path / "b_bad.png").write_text("no")
     with pytest.raises(UndecodableImageError, match=r"2 of 8 .*max_bad_fraction=0.2 allows 1") as caught:
-        read_source(str(tmp_path), IngestConfig(image_size=16, max_bad_fraction=0.2))
+        ingest(tmp_path, IngestConfig(image_size=16, max_bad_fraction=0.2))
     assert "a_bad.png" in str(caught.value) and "b_bad.png" in str(caught.value)
 
 
 def test_a_failed_dataset_write_leaves_nothing_behind(tmp_path, monkeypatch):
     _good_folder(tmp_path / "scans")
-    manifest, pixels, summary = build_manifest(read_source(str(tmp_path / "scans"), CONFIG), CONFIG)
-    assert tuple(manifest.columns) == IMAGE_COLUMNS
     output = tmp_path / "out"
     output.mkdir()
 
@@ -238,9 +233,10 @@ def test_a_failed_dataset_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        write_dataset(output / "dataset-scans", manifest, pixels, summary)
-    assert list(output.iterdir()) == []  # neither the dataset nor its staging folder
+        ingest_source(str(tmp_path / "scans"), CONFIG, output / "dataset-scans")
+    assert list(output.iterdir()) == []  # neither the dataset nor its chunk or staging folders
     monkeypatch.undo()
-    write_dataset(output / "dataset-scans", manifest, pixels, summary)
+    _, manifest, _ = ingest_source(str(tmp_path / "scans"), CONFIG, output / "dataset-scans")
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
     assert sorted(path.name for path in output.iterdir()) == ["dataset-scans"]
     assert pd.read_parquet(output / "dataset-scans" / "manifest.parquet").shape[0] == 4

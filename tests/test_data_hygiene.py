@@ -16,12 +16,12 @@ from PIL import Image
 from sslflow.config import IngestConfig, ValidationConfig
 from sslflow.data.image_keys import paths_of_keys
 from sslflow.data.listing import read_listing
-from sslflow.data.manifest import build_manifest
+from sslflow.data.manifest import decoded_table, finish_manifest
 from sslflow.data.metadata import ImageRecord, metadata_rows, parse_metadata_csv
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.sources import read_source
 from sslflow.data.types import SourceError, SourceImages, UndecodableImageError
 from sslflow.data.validation import validate_manifest
+from ingested import image_keys, ingest, labels as labels_of
 
 CONFIG = IngestConfig(image_size=16)
 
@@ -52,24 +52,24 @@ def _save(array: np.ndarray, path, format_name: str) -> None:
 def test_nul_byte_in_a_csv_path_is_refused_naming_the_row(tmp_path):
     root = _folder(tmp_path / "scans", metadata="path,label\nimg0.png,a\nimg\x001.png,b\n")
     with pytest.raises(SourceError, match=r"metadata.csv row 3, column 'path': 'img\\x001.png' contains a NUL byte"):
-        read_source(str(root), CONFIG)
+        ingest(root, CONFIG)
 
 
 def test_nul_byte_in_a_parquet_path_is_refused_naming_the_row(tmp_path):
     root = _folder(tmp_path / "scans")
     pd.DataFrame({"path": ["img0.png", "img1.png", "img\x002.png"]}).to_parquet(root / "cohort.parquet")
     with pytest.raises(SourceError, match=r"cohort.parquet row 2, column 'path': .* contains a NUL byte"):
-        read_source(str(root / "cohort.parquet"), CONFIG)
+        ingest(root / "cohort.parquet", CONFIG)
 
 
 @pytest.mark.parametrize("name, length", [("x" * 252 + ".png", 256), ("é" * 126 + ".png", 256)])
 def test_a_path_component_over_255_bytes_is_refused_naming_the_row(tmp_path, name, length):
     root = _folder(tmp_path / "scans", metadata=f"path,label\nimg0.png,a\n{name},b\n")
     with pytest.raises(SourceError, match=rf"metadata.csv row 3, column 'path': the name .* is {length} bytes in UTF-8, longer than the 255"):
-        read_source(str(root), CONFIG)
+        ingest(root, CONFIG)
     pd.DataFrame({"path": ["img0.png", name]}).to_parquet(root / "cohort.parquet")
     with pytest.raises(SourceError, match=r"cohort.parquet row 1, column 'path': the name .* longer than the 255"):
-        read_source(str(root / "cohort.parquet"), CONFIG)
+        ingest(root / "cohort.parquet", CONFIG)
 
 
 # 2. A numeric label has one spelling whatever the source.
@@ -80,11 +80,11 @@ def test_numeric_label_spellings_are_one_class_in_csv_and_parquet(tmp_path):
     expected = ["1", "1", "1", "1", "2", "0.5", "cat", None]
     rows = "".join(f"img{i}.png,{label}\n" for i, label in enumerate(labels))
     root = _folder(tmp_path / "scans", count=len(labels), metadata="path,label\n" + rows)
-    assert read_source(str(root), CONFIG).labels == expected
+    assert labels_of(ingest(root, CONFIG)[0]) == expected
     pd.DataFrame({"path": [f"img{i}.png" for i in range(3)], "label": [1.0, 2.0, None]}).to_parquet(root / "floats.parquet")
     pd.DataFrame({"path": [f"img{i}.png" for i in range(3)], "label": [1, 2, 1]}).to_parquet(root / "ints.parquet")
-    assert read_source(str(root / "floats.parquet"), CONFIG).labels == ["1", "2", None]
-    assert read_source(str(root / "ints.parquet"), CONFIG).labels == ["1", "2", "1"]
+    assert labels_of(ingest(root / "floats.parquet", CONFIG)[0]) == ["1", "2", None]
+    assert labels_of(ingest(root / "ints.parquet", CONFIG)[0]) == ["1", "2", "1"]
 
 
 def test_metadata_rows_canonicalise_labels_for_every_source():
@@ -100,9 +100,8 @@ def test_metadata_rows_canonicalise_labels_for_every_source():
 def test_identical_images_with_different_labels_are_refused_naming_both(tmp_path):
     root = _folder(tmp_path / "scans", count=3, metadata="path,label\nimg0.png,cat\nimg1.png,dog\nimg2.png,cat\ncopy.png,dog\n")
     (root / "copy.png").write_bytes((root / "img0.png").read_bytes())
-    images = read_source(str(root), CONFIG)
     with pytest.raises(SourceError, match=r"identical images .* different labels") as caught:
-        build_manifest(images, CONFIG)
+        ingest(root, CONFIG)
     first, second = (Pseudonyms().pseudonym("file", path) for path in ("img0.png", "copy.png"))
     assert f"{first} (label 'cat') and {second} (label 'dog')" in str(caught.value)  # named by key; the keys lead back to the files:
     assert paths_of_keys(str(root), [first, second]) == {first: "img0.png", second: "copy.png"}
@@ -114,7 +113,7 @@ def test_identical_images_with_one_label_are_kept_once_with_that_label(tmp_path)
     (root / "copy.png").write_bytes((root / "img0.png").read_bytes())
     (root / "copy2.png").write_bytes((root / "img1.png").read_bytes())
     (root / "metadata.csv").write_text((root / "metadata.csv").read_text() + "copy2.png,dog\n")
-    manifest, _, summary = build_manifest(read_source(str(root), CONFIG), CONFIG)
+    manifest, _, summary = ingest(root, CONFIG)
     paths = paths_of_keys(str(root), list(manifest["image_key"]) + summary["duplicate_examples"])
     assert [paths[key] for key in manifest["image_key"]] == ["img1.png", "img2.png", "copy.png"]  # the unlabelled img0.png gave way
     assert list(manifest["label"]) == ["dog", "dog", "cat"]
@@ -131,7 +130,8 @@ def _labelled_manifest(count: int = 60) -> pd.DataFrame:
         case_ids=[f"case{i}" for i in range(count)], sites=["a"] * count, size_bytes=[64] * count,
         modes=["L"] * count, widths=[8] * count, heights=[8] * count,
     )  # fmt: skip
-    manifest, _, _ = build_manifest(images, IngestConfig(image_size=8))
+    config = IngestConfig(image_size=8)
+    manifest, _, _ = finish_manifest(decoded_table(images, config), config)
     return manifest.assign(shard="0" * 64, shard_row=range(len(manifest)))  # as in a dataset, all in one shard
 
 
@@ -176,16 +176,17 @@ def test_float_image_with_non_finite_pixels_is_refused_naming_the_count(tmp_path
     root = _folder(tmp_path / "scans")
     _float_tiff(root / "float.tif", bad, count=3)
     with pytest.raises(UndecodableImageError, match=r"float.tif: 3 of 100 pixels of this 32-bit float image are not finite"):
-        read_source(str(root), CONFIG)
-    images = read_source(str(root), IngestConfig(image_size=16, max_bad_fraction=0.2))
-    assert "float.tif" not in images.source_paths and images.quarantined[0]["source_path"] == "float.tif"
+        ingest(root, CONFIG)
+    manifest, _, summary = ingest(root, IngestConfig(image_size=16, max_bad_fraction=0.2))
+    (key,) = image_keys(["float.tif"])
+    assert key not in set(manifest["image_key"]) and summary["quarantined"][0]["image_key"] == key
 
 
 def test_finite_float_image_is_min_max_scaled(tmp_path):
     root = tmp_path / "scans"
     root.mkdir()
     _float_tiff(root / "float.tif", 0.0, count=0)
-    pixels = read_source(str(root), IngestConfig(image_size=10)).pixels
+    pixels = ingest(root, IngestConfig(image_size=10))[1]
     assert pixels.min() == 0 and pixels.max() == 255
 
 
@@ -203,7 +204,7 @@ def test_12_bit_data_in_a_16_bit_png_uses_the_full_8_bit_range(tmp_path):
     root = tmp_path / "scans"
     root.mkdir()
     _sixteen_bit_png(root / "ct.png", maximum=4095)
-    pixels = read_source(str(root), CONFIG).pixels
+    pixels = ingest(root, CONFIG)[1]
     assert pixels.max() == 255, pixels.max()  # scaled by 255/65535 it would be 16: nearly black
 
 
@@ -211,13 +212,13 @@ def test_bits_stored_fixes_the_scale_and_refuses_values_above_it(tmp_path):
     root = tmp_path / "scans"
     root.mkdir()
     _sixteen_bit_png(root / "dark.png", maximum=3000)
-    inferred = read_source(str(root), CONFIG).pixels  # per image: 12 bits, so 3000 -> 187
+    inferred = ingest(root, CONFIG)[1]  # per image: 12 bits, so 3000 -> 187
     assert inferred.max() == round(3000 / 4095 * 255)
-    assert read_source(str(root), IngestConfig(image_size=16, bits_stored=12)).pixels.max() == round(3000 / 4095 * 255)
-    assert read_source(str(root), IngestConfig(image_size=16, bits_stored=16)).pixels.max() == round(3000 / 65535 * 255)
+    assert ingest(root, IngestConfig(image_size=16, bits_stored=12))[1].max() == round(3000 / 4095 * 255)
+    assert ingest(root, IngestConfig(image_size=16, bits_stored=16))[1].max() == round(3000 / 65535 * 255)
     refused = r"dark.png: maximum pixel value 3000 is above 1023 = 2\*\*10 - 1, the largest value IngestConfig.bits_stored=10 allows"
     with pytest.raises(UndecodableImageError, match=refused):
-        read_source(str(root), IngestConfig(image_size=16, bits_stored=10))
+        ingest(root, IngestConfig(image_size=16, bits_stored=10))
 
 
 @pytest.mark.parametrize(
@@ -232,14 +233,14 @@ def test_32_bit_integer_values_outside_16_bits_are_refused_not_clipped(tmp_path,
     values[0, 0] = value
     _save(values, root / "wide.tif", "TIFF")
     with pytest.raises(UndecodableImageError, match=rf"wide.tif: {problem}"):
-        read_source(str(root), CONFIG)
+        ingest(root, CONFIG)
 
 
 def test_eight_bit_images_do_not_depend_on_bits_stored(tmp_path):
     root = _folder(tmp_path / "scans")
-    expected = read_source(str(root), CONFIG).pixels
+    expected = ingest(root, CONFIG)[1]
     for bits in (8, 12, 16):
-        assert np.array_equal(read_source(str(root), IngestConfig(image_size=16, bits_stored=bits)).pixels, expected)
+        assert np.array_equal(ingest(root, IngestConfig(image_size=16, bits_stored=bits))[1], expected)
 
 
 def test_decode_cache_keeps_each_bits_stored_apart():
@@ -285,4 +286,4 @@ def test_folder_file_over_max_file_bytes_stops_ingest_naming_it(tmp_path):
     root = _folder(tmp_path / "scans", count=2)
     limit = min(len(_png(0)), len(_png(1))) - 1
     with pytest.raises(UndecodableImageError, match=rf"img0.png: \d+ bytes is over IngestConfig.max_file_bytes={limit}"):
-        read_source(str(root), IngestConfig(image_size=16, max_file_bytes=limit))
+        ingest(root, IngestConfig(image_size=16, max_file_bytes=limit))

@@ -23,10 +23,9 @@ from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source, plan_chunks
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.fingerprint import fingerprint_folder
-from sslflow.data.manifest import build_manifest
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
-from sslflow.data.sources import read_source
 from sslflow.data.types import SourceError, UndecodableImageError
+from ingested import ingest
 
 KEY = "test-key-0123456789abcdef0123456789"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -142,22 +141,21 @@ def test_pacs_folder_cases_sites_modalities_and_skipped_objects(tmp_path):
     folder = tmp_path / "pacs"
     files = write_pacs_folder(folder, planted=PLANTED, multiframe=True)
     config = IngestConfig()
-    images = read_source(str(folder), config)
-    manifest, _, summary = build_manifest(images, config)
+    manifest, _, summary = ingest(folder, config)
     frames = 30 - summary["duplicates_dropped"]  # identical frames of the cine loop are kept once
     north, south = (Pseudonyms(KEY).pseudonym("site", name) for name in ("North Hospital", "South Clinic"))
     assert summary["sites"] == {north: 12 + frames, south: 12}  # pseudonymised by default
-    named = build_manifest(read_source(str(folder), IngestConfig(dicom_site_names=True)), config)[2]
+    named = ingest(folder, IngestConfig(dicom_site_names=True))[2]
     assert named["sites"] == {"North Hospital": 12 + frames, "South Clinic": 12}
     assert summary["modalities"] == {"CT": 8, "MR": 4, "NM": 4, "US": 8 + frames}
     assert summary["skipped_non_image"] == {"Basic Text SR Storage": 1, "Media Storage Directory Storage": 1, "RT Plan Storage": 1}
     assert summary["cases"] == files["patient"].nunique() == 5 and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
     assert manifest.loc[manifest["image_key"].str.startswith(_image_key("PAT0/CINE/US0001") + "#frame="), "case_id"].nunique() == 1
-    again = build_manifest(read_source(str(folder), config), config)[0]  # a second run, same key: same pseudonyms
+    again = ingest(folder, config)[0]  # a second run, same key: same pseudonyms
     assert again["case_id"].tolist() == manifest["case_id"].tolist()
-    other = build_manifest(read_source(str(folder), config, pseudonym_key="another-key-0123456789"), config)[0]
+    other = ingest(folder, config, pseudonym_key="another-key-0123456789")[0]
     assert set(other["case_id"]).isdisjoint(manifest["case_id"])
-    studies = build_manifest(read_source(str(folder), IngestConfig(dicom_case_level="study", dicom_site="scanner", dicom_site_names=True)), config)[2]
+    studies = ingest(folder, IngestConfig(dicom_case_level="study", dicom_site="scanner", dicom_site_names=True))[2]
     assert studies["cases"] > 5 and "GE MEDICAL SYSTEMS RHAPSODE" in studies["sites"]  # no Manufacturer: the institution
 
 
@@ -184,9 +182,9 @@ def test_bad_dicom_is_refused_by_path_or_quarantined_and_never_modified(tmp_path
     (folder / "PAT0/STUDY0/SERIES0/IM0000").write_bytes(data[: len(data) - 500])  # truncated inside the pixel data
     hashes = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()}
     with pytest.raises(UndecodableImageError, match=r"PAT0/STUDY0/SERIES0/IM0000: .*transfer syntax Explicit VR Little Endian"):
-        read_source(str(folder), IngestConfig())
-    images = read_source(str(folder), IngestConfig(max_bad_fraction=0.2))
-    assert [item["source_path"] for item in images.quarantined] == ["PAT0/STUDY0/SERIES0/IM0000"]
+        ingest(folder, IngestConfig())
+    summary = ingest(folder, IngestConfig(max_bad_fraction=0.2))[2]
+    assert [item["image_key"] for item in summary["quarantined"]] == [_image_key("PAT0/STUDY0/SERIES0/IM0000")]
     assert hashes == {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()}
 
 
@@ -283,7 +281,7 @@ def _uid_keyed_folder(root: Path) -> tuple[Path, list[str]]:
 def test_metadata_keyed_by_sop_instance_uid_labels_dicom_files_and_never_shows_the_uid(tmp_path):
     folder, uids = _uid_keyed_folder(tmp_path / "pacs")
     config = IngestConfig(image_size=16)
-    manifest, _, summary = build_manifest(read_source(str(folder), config), config)
+    manifest, _, summary = ingest(folder, config)
     by_file = manifest.set_index("image_key")
     assert by_file.loc[_image_key("export/IM0000"), "label"] == "benign" and by_file.loc[_image_key("export/IM0001"), "label"] == "malignant"
     assert by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"  # the metadata's case wins over the header's
@@ -293,12 +291,13 @@ def test_metadata_keyed_by_sop_instance_uid_labels_dicom_files_and_never_shows_t
     # a row naming an object the folder does not hold is refused by its row, without the UID
     (folder / "metadata.csv").write_text((folder / "metadata.csv").read_text() + "1.2.826.0.1.3680043.99999.1,benign,\n")
     with pytest.raises(SourceError, match=r"metadata.csv row 5, column 'sop_instance_uid'") as refused:
-        read_source(str(folder), config)
+        ingest(folder, config)
     assert "99999" not in str(refused.value)
 
 
-def test_chunked_ingest_of_a_pacs_folder_matches_the_in_memory_manifest(tmp_path):
-    """Chunks (map-task elements) decode DICOM with the given key: same cases, sites, modalities and skipped counts."""
+def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
+    """Chunks (map-task elements, in a pool) decode DICOM with the given key: same cases, sites, modalities and skipped
+    counts as the whole folder in one chunk."""
     folder = tmp_path / "pacs"
     write_pacs_folder(folder, planted=PLANTED, multiframe=True)
     config = IngestConfig(chunk_images=4)
@@ -306,7 +305,7 @@ def test_chunked_ingest_of_a_pacs_folder_matches_the_in_memory_manifest(tmp_path
     assert len(chunks) > 2 and not any(KEY in chunk or "another-key" in chunk for chunk in chunks)
     for key in (None, "another-key-0123456789"):
         _, chunked, summary = ingest_source(str(folder), config, tmp_path / f"dataset-{key}", workers=2, pseudonym_key=key)
-        expected, _, in_memory = build_manifest(read_source(str(folder), config, pseudonym_key=key), config)
+        expected, _, in_memory = ingest(folder, IngestConfig(), pseudonym_key=key)
         columns = ["image_key", "case_id", "site", "modality", "label", "split", "sha256"]
         assert chunked[columns].sort_values("image_key").values.tolist() == expected[columns].sort_values("image_key").values.tolist()
         for name in ("sites", "modalities", "skipped_non_image", "cases", "duplicates_dropped"):
@@ -337,6 +336,6 @@ def test_dicom_files_without_an_extension_at_an_s3_prefix_are_found_by_content(t
                 client.put_object(Bucket="hospital", Key=f"site-a/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
         client.put_object(Bucket="hospital", Key="site-a/export/README", Body=b"not an image")
         config = IngestConfig(image_size=16)
-        manifest, _, _ = build_manifest(read_source("s3://hospital/site-a", config), config)
+        manifest, _, _ = ingest("s3://hospital/site-a", config)
     assert sorted(manifest["image_key"]) == sorted(_image_key(f"export/IM000{index}") for index in range(3))
     assert sorted(manifest["label"]) == ["benign", "benign", "malignant"] and set(manifest["modality"]) == {"CT"}

@@ -21,10 +21,9 @@ from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source
 from sslflow.data.dataset import read_summary
 from sslflow.data.dicom import decode_dicom
-from sslflow.data.manifest import build_manifest
 from sslflow.data.pseudonyms import KEY_ENV, Pseudonyms
-from sslflow.data.sources import read_source
 from sslflow.data.types import UndecodableImageError
+from ingested import ingest
 from test_dicom import _standard_window
 
 KEY = "export-test-key-0123456789abcdef"
@@ -42,7 +41,7 @@ def _key(path: str) -> str:
 
 def _ingest(folder, **options):
     config = IngestConfig(image_size=16, **options)
-    return build_manifest(read_source(str(folder), config), config)
+    return ingest(folder, config)
 
 
 def _ct(path, seed: int, **header):

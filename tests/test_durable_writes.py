@@ -7,42 +7,48 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from sslflow.data.dataset import read_dataset, write_dataset
-from sslflow.data.manifest import MANIFEST_COLUMNS
+from PIL import Image
+
+from sslflow.config import IngestConfig
+from sslflow.data.chunks import ingest_source
+from sslflow.data.dataset import read_images, read_manifest
 from sslflow.files import atomic_write
 from sslflow.training.checkpoints import PREVIOUS_STATE_FILE, STATE_FILE, EpochCheckpoints
 
 
-def _dataset(count: int, fill: int) -> tuple[pd.DataFrame, np.ndarray]:
-    manifest = pd.DataFrame({column: [""] * count for column in MANIFEST_COLUMNS}).assign(
-        sha256=[f"{fill}-{i}" for i in range(count)], size_bytes=1, width=8, height=8, case_id_is_proxy=False, split="train"
-    )
-    return manifest, np.full((count, 1, 8, 8), fill, dtype=np.uint8)
+def _scans(root: Path, count: int) -> str:
+    """A folder of ``count`` distinct 8 x 8 PNGs."""
+    root.mkdir(parents=True)
+    for index in range(count):
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{index}.png")
+    return str(root)
 
 
 def test_replacing_a_dataset_keeps_the_old_one_until_the_new_one_is_in_place(tmp_path, monkeypatch):
-    directory = tmp_path / "dataset-scans"
-    write_dataset(directory, *_dataset(3, fill=1), {})
+    config, output = IngestConfig(image_size=8), tmp_path / "out"
+    directory = output / "dataset-scans"
+    ingest_source(_scans(tmp_path / "three", 3), config, directory)
+    before = read_manifest(directory)
     real_rename = Path.rename
 
     def rename_fails_for_the_new_dataset(self, target):
-        if ".partial-" in self.name:
+        if ".partial-" in self.name and Path(target) == directory:
             raise OSError("disk full (simulated)")
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", rename_fails_for_the_new_dataset)
     with pytest.raises(OSError, match="simulated"):
-        write_dataset(directory, *_dataset(5, fill=2), {})
-    manifest, images = read_dataset(directory)
-    assert len(manifest) == 3 and (images == 1).all(), "the previous dataset must survive a failed replacement"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["dataset-scans"]  # nothing half-written left beside it
+        ingest_source(_scans(tmp_path / "five", 5), config, directory)
+    manifest = read_manifest(directory)
+    assert manifest.equals(before), "the previous dataset must survive a failed replacement"
+    assert len(manifest) == 3 and len(read_images(directory, manifest)) == 3  # its shards whole (read_images checks their hashes)
+    assert sorted(path.name for path in output.iterdir()) == ["dataset-scans"]  # nothing half-written left beside it
     monkeypatch.setattr(Path, "rename", real_rename)
-    write_dataset(directory, *_dataset(5, fill=2), {})
-    assert len(read_dataset(directory)[0]) == 5 and sorted(path.name for path in tmp_path.iterdir()) == ["dataset-scans"]
+    ingest_source(str(tmp_path / "five"), config, directory)
+    assert len(read_manifest(directory)) == 5 and sorted(path.name for path in output.iterdir()) == ["dataset-scans"]
 
 
 def test_concurrent_atomic_writes_of_one_path_never_mix(tmp_path):

@@ -15,8 +15,8 @@ from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ssl_models.encoders import build_encoder
 from ssl_models.heads import Classifier
 from sslflow.data.builtin import read_mnist_5k
-from sslflow.data.dataset import write_dataset
 from sslflow.data.manifest import MANIFEST_COLUMNS
+from ingested import write_arrays
 from ssl_models.metrics import classification_metrics, expected_calibration_error, one_vs_rest_auc, per_class_accuracy
 from sslflow.reporting.charts import EMBEDDING_MIN_POINTS, embedding_figure, report_figures, umap_points
 from sslflow.reporting.html import evaluation_html
@@ -146,7 +146,7 @@ def _test_split(directory: Path, name: str, pixels: np.ndarray, labels: np.ndarr
         case_id=[f"case-{i}" for i in range(len(labels))], case_id_is_proxy=False, site=sites,
         label=pd.array(labels, dtype="string"), split="test",
     )  # fmt: skip
-    sha256 = write_dataset(directory / name, manifest, pixels, {})
+    sha256 = write_arrays(directory / name, manifest, pixels)
     return Dataset(directory=FlyteDirectory(str(directory / name)), name=name, num_images=len(labels), content_sha256=sha256, mlflow_run_id="")
 
 

@@ -22,8 +22,9 @@ from PIL import Image
 
 import sslflow
 from sslflow.config import IngestConfig
-from sslflow.data.sources import fingerprint_source, read_source
+from sslflow.data.sources import fingerprint_source
 from sslflow.data.types import SourceError
+from ingested import ingest, labels
 
 # The project whose sslflow is imported (a worktree of an older commit when PYTHONPATH points there).
 PROJECT_ROOT = Path(sslflow.__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_a_png_and_a_pn_holding_g_plus_its_bytes_differ(tmp_path):
     (tmp_path / "two").rename(tmp_path / "one")
     assert fingerprint_source(str(tmp_path / "one")) != first
     with pytest.raises(SourceError, match=r"source .*one is empty"):
-        read_source(str(tmp_path / "one"), CONFIG)
+        ingest(tmp_path / "one", CONFIG)
 
 
 def test_files_ingest_does_not_read_do_not_change_the_fingerprint(tmp_path):
@@ -142,7 +143,7 @@ def test_a_fifo_is_refused_by_name_without_being_opened(tmp_path, build):
     root = tmp_path / "scans"
     _write(root / "img0.png", _png(0))
     name = build(root)
-    for compute in (fingerprint_source, lambda source: read_source(source, CONFIG)):
+    for compute in (fingerprint_source, lambda source: ingest(source, CONFIG)):
         with _within(3), pytest.raises(SourceError, match=rf"{name}'? is not a regular file but a FIFO"):
             compute(str(root))
 
@@ -262,7 +263,7 @@ def test_an_empty_listing_has_a_fingerprint_and_ingest_says_empty(tmp_path):
     _write(tmp_path / "README.txt", b"scans go here\n")
     assert len(fingerprint_source(str(tmp_path))) == 64
     with pytest.raises(SourceError, match=r"source .* is empty"):
-        read_source(str(tmp_path), CONFIG)
+        ingest(tmp_path, CONFIG)
 
 
 def test_builtin_fingerprints_are_stable_and_distinct():
@@ -273,12 +274,12 @@ def test_builtin_fingerprints_are_stable_and_distinct():
 def test_a_case_variant_of_metadata_csv_in_a_folder_is_refused(tmp_path, variant):
     _write(tmp_path / "img0.png", _png(0))
     _write(tmp_path / variant, b"path,label\nimg0.png,a\n")
-    for compute in (fingerprint_source, lambda source: read_source(source, CONFIG)):
+    for compute in (fingerprint_source, lambda source: ingest(source, CONFIG)):
         with pytest.raises(SourceError, match=rf"found '{variant}'.*rename it to metadata.csv"):
             compute(str(tmp_path))
     _write(tmp_path / "metadata.csv", b"path,label\nimg0.png,b\n")
     with pytest.raises(SourceError, match=rf"metadata.csv and {variant} found; which one holds the metadata is ambiguous"):
-        read_source(str(tmp_path), CONFIG)
+        ingest(tmp_path, CONFIG)
 
 
 @pytest.fixture
@@ -294,14 +295,14 @@ def s3_client(tmp_path, monkeypatch):
 def test_a_case_variant_of_metadata_csv_at_an_s3_prefix_is_refused(s3_client):
     s3_client.put_object(Bucket="scans", Key="clinic/img0.png", Body=_png(0))
     s3_client.put_object(Bucket="scans", Key="clinic/Metadata.csv", Body=b"path,label\nimg0.png,a\n")
-    for compute in (fingerprint_source, lambda source: read_source(source, CONFIG)):
+    for compute in (fingerprint_source, lambda source: ingest(source, CONFIG)):
         with pytest.raises(SourceError, match=r"s3://scans/clinic/: found 'Metadata.csv'.*rename it to metadata.csv"):
             compute("s3://scans/clinic")
     s3_client.put_object(Bucket="scans", Key="clinic/metadata.csv", Body=b"path,label\nimg0.png,a\n")
     with pytest.raises(SourceError, match=r"s3://scans/clinic/: metadata.csv and Metadata.csv found; which one .* is ambiguous"):
-        read_source("s3://scans/clinic", CONFIG)
+        ingest("s3://scans/clinic", CONFIG)
     s3_client.delete_object(Bucket="scans", Key="clinic/Metadata.csv")
-    assert read_source("s3://scans/clinic", CONFIG).labels == ["a"]
+    assert labels(ingest("s3://scans/clinic", CONFIG)[0]) == ["a"]
     before = fingerprint_source("s3://scans/clinic")
     s3_client.put_object(Bucket="scans", Key="clinic/img0.png", Body=_png(1))
     assert fingerprint_source("s3://scans/clinic") != before

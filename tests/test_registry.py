@@ -35,8 +35,8 @@ from ssl_models.encoders import build_encoder
 from sslflow.data.builtin import read_mnist_5k
 from ssl_models.heads import Classifier
 from sslflow.config import RegistryConfig
-from sslflow.data.dataset import write_dataset
 from sslflow.data.manifest import MANIFEST_COLUMNS
+from ingested import write_arrays
 from sslflow.files import file_sha256
 from sslflow.registry.aliases import (
     CHALLENGER,
@@ -137,7 +137,7 @@ def _dataset(
     )  # fmt: skip
     labels = labels + test_labels
     images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8) if images is None else images[: len(labels)]
-    sha256 = write_dataset(directory / name, manifest, images, {})
+    sha256 = write_arrays(directory / name, manifest, images)
     return Dataset(directory=FlyteDirectory(str(directory / name)), name=name, num_images=len(labels), content_sha256=sha256, mlflow_run_id="")
 
 

@@ -17,7 +17,7 @@ from ssl_models.data import InMemoryPairs, StreamingPairs
 from ssl_models.shards import ShardError
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source, plan_chunks
-from sslflow.data.dataset import fetch_shards_once_per_node, read_dataset, read_images, read_manifest, shard_path, shard_rows
+from sslflow.data.dataset import fetch_shards_once_per_node, read_images, read_manifest, shard_path, shard_rows
 from sslflow.tracking.runs import start_parent_run
 from tasks.shared import Dataset, SourceUri, dataset_rows, ingest_summary, labelled_in, stored_shards
 from tasks.ingest import ingest_chunk
@@ -108,13 +108,13 @@ def test_a_missing_or_corrupt_shard_is_named(tmp_path):
     path.unlink()  # a hard link to the chunk's file: replace it, do not write through it
     path.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=f"shard {shard} .* is corrupt"):
-        read_dataset(tmp_path / "dataset")
+        read_images(tmp_path / "dataset", manifest)
     streaming = StreamingPairs(shard_rows(tmp_path / "dataset", manifest, list(range(len(manifest)))), buffer_shards=len(set(manifest["shard"])))
     with pytest.raises(ShardError, match=shard):
         list(streaming.batches(0, 8, 0, 1, torch.device("cpu")))
     path.unlink()
     with pytest.raises(ShardError, match=f"shard {shard} is missing"):
-        read_dataset(tmp_path / "dataset")
+        read_images(tmp_path / "dataset", manifest)
 
 
 def test_streaming_and_in_memory_batches_come_from_the_same_distribution(tmp_path):
@@ -122,7 +122,8 @@ def test_streaming_and_in_memory_batches_come_from_the_same_distribution(tmp_pat
     folder = tmp_path / "scans"
     _write_images(folder, range(60), cases=True)
     ingest_source(str(folder), IngestConfig(image_size=8, chunk_images=2, shard_megabytes=1), tmp_path / "dataset")
-    manifest, images = read_dataset(tmp_path / "dataset")
+    manifest = read_manifest(tmp_path / "dataset")
+    images = read_images(tmp_path / "dataset", manifest)
     assert manifest["shard"].nunique() >= 4
     case_of = {images[i].tobytes(): case for i, case in enumerate(manifest["case_id"])}
     cases = manifest["case_id"].tolist()

@@ -5,11 +5,12 @@ from PIL import Image
 
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
-from sslflow.data.manifest import build_manifest, split_of_case
+from sslflow.data.manifest import split_of_case
 from sslflow.data.builtin import optdigits_to_mnist_format
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.sources import fingerprint_source, read_source, source_name
+from sslflow.data.sources import fingerprint_source, source_name
 from sslflow.data.types import SourceError, UndecodableImageError
+from ingested import image_keys, ingest, labels
 
 
 def _write_folder(root, count=12, cases=4):
@@ -23,9 +24,8 @@ def _write_folder(root, count=12, cases=4):
 
 def test_folder_ingest_normalises_images_and_groups_splits_by_case(tmp_path):
     _write_folder(tmp_path)
-    images = read_source(str(tmp_path), IngestConfig(image_size=16))
-    assert images.pixels.shape == (12, 1, 16, 16) and images.pixels.dtype == np.uint8
-    manifest, pixels, summary = build_manifest(images, IngestConfig(image_size=16, train_fraction=0.5, val_fraction=0.25))
+    manifest, pixels, summary = ingest(tmp_path, IngestConfig(image_size=16, train_fraction=0.5, val_fraction=0.25))
+    assert pixels.shape == (12, 1, 16, 16) and pixels.dtype == np.uint8
     assert len(manifest) == len(pixels) == 12
     assert (manifest.groupby("case_id")["split"].nunique() == 1).all()
     assert set(manifest["site"]) == {"site0", "site1"} and summary["cases"] == 4
@@ -38,7 +38,7 @@ def test_duplicates_are_kept_once_and_reported(tmp_path):
     metadata = pd.read_csv(tmp_path / "metadata.csv", dtype=str)
     metadata.loc[len(metadata)] = {"path": "copy.png", "case_id": "patient9", "site": "site0", "label": "1"}
     metadata.to_csv(tmp_path / "metadata.csv", index=False)
-    manifest, _, summary = build_manifest(read_source(str(tmp_path), IngestConfig(image_size=16)), IngestConfig(image_size=16))
+    manifest, _, summary = ingest(tmp_path, IngestConfig(image_size=16))
     assert len(manifest) == 3 and summary["duplicates_dropped"] == 1 and summary["duplicate_examples"] == [Pseudonyms().pseudonym("file", "copy.png")]
 
 
@@ -46,16 +46,16 @@ def test_bad_metadata_paths_are_refused_with_the_row(tmp_path):
     _write_folder(tmp_path, count=2)
     pd.DataFrame({"path": ["img0.png", "../escape.png"]}).to_csv(tmp_path / "metadata.csv", index=False)
     with pytest.raises(SourceError, match=r"row 3, column 'path'.*must stay inside the source root"):
-        read_source(str(tmp_path), IngestConfig(image_size=16))
+        ingest(tmp_path, IngestConfig(image_size=16))
     pd.DataFrame({"file": ["img0.png"]}).to_csv(tmp_path / "metadata.csv", index=False)
     with pytest.raises(SourceError, match="missing required column 'path'"):
-        read_source(str(tmp_path), IngestConfig(image_size=16))
+        ingest(tmp_path, IngestConfig(image_size=16))
 
 
 def test_undecodable_image_names_the_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
     with pytest.raises(UndecodableImageError, match=r"broken.png: not a PNG, JPEG, TIFF, BMP image"):
-        read_source(str(tmp_path), IngestConfig(image_size=16))
+        ingest(tmp_path, IngestConfig(image_size=16))
 
 
 def test_fingerprint_follows_content_not_path(tmp_path):
@@ -81,10 +81,10 @@ def test_optdigits_transform_to_mnist_format():
 
 
 def test_builtin_sources_read_real_data():
-    mnist = read_source("mnist-5k", IngestConfig())
-    assert mnist.pixels.shape == (5000, 1, 28, 28) and sorted(set(mnist.labels)) == [str(d) for d in range(10)]
-    optdigits = read_source("optdigits", IngestConfig())
-    assert optdigits.pixels.shape == (1797, 1, 28, 28)
+    mnist, pixels, _ = ingest("mnist-5k", IngestConfig())
+    assert pixels.shape == (len(mnist), 1, 28, 28) and len(mnist) > 4900 and sorted(set(mnist["label"])) == [str(d) for d in range(10)]
+    optdigits, pixels, _ = ingest("optdigits", IngestConfig())
+    assert pixels.shape == (len(optdigits), 1, 28, 28) and len(optdigits) > 1700
 
 
 def test_proxy_cases_pair_look_alike_images():
@@ -101,26 +101,28 @@ def test_parquet_image_list_names_images_relative_to_its_folder(tmp_path):
     (tmp_path / "lists").mkdir()
     table = pd.DataFrame({"path": [f"img{i}.png" for i in range(6)], "case_id": [i % 3 for i in range(6)], "label": [None, "a", "b"] * 2})
     table.to_parquet(tmp_path / "cohort.parquet")
-    images = read_source(str(tmp_path / "cohort.parquet"), IngestConfig(image_size=16))
-    assert images.source_paths == [f"img{i}.png" for i in range(6)]
-    assert images.case_ids == ["0", "1", "2"] * 2 and images.labels == [None, "a", "b"] * 2 and images.sites == ["default"] * 6
+    manifest, _, _ = ingest(tmp_path / "cohort.parquet", IngestConfig(image_size=16))
+    assert manifest["image_key"].tolist() == image_keys([f"img{i}.png" for i in range(6)])
+    assert manifest["case_id"].tolist() == ["0", "1", "2"] * 2 and labels(manifest) == [None, "a", "b"] * 2
+    assert manifest["site"].tolist() == ["default"] * 6
     before = fingerprint_source(str(tmp_path / "cohort.parquet"))
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "img5.png")
     assert fingerprint_source(str(tmp_path / "cohort.parquet")) != before
     pd.DataFrame({"path": ["img0.png", "../elsewhere/img1.png"]}).to_parquet(tmp_path / "lists" / "escape.parquet")
     with pytest.raises(SourceError, match=r"escape.parquet row 1, column 'path': '../elsewhere/img1.png' contains '..'"):
-        read_source(str(tmp_path / "lists" / "escape.parquet"), IngestConfig(image_size=16))
+        ingest(tmp_path / "lists" / "escape.parquet", IngestConfig(image_size=16))
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(SourceError, match=r"broken.parquet: not a readable parquet file"):
-        read_source(str(tmp_path / "broken.parquet"), IngestConfig(image_size=16))
+        ingest(tmp_path / "broken.parquet", IngestConfig(image_size=16))
 
 
 def test_metadata_header_with_spaces_and_blank_cells(tmp_path):
     _write_folder(tmp_path, count=3)
     (tmp_path / "metadata.csv").write_text("path, case_id, site, label\nimg0.png, p1, a, x\nimg1.png, , , \nimg2.png, p1, b, y\n")
-    images = read_source(str(tmp_path), IngestConfig(image_size=16))
-    assert images.case_ids[0] == images.case_ids[2] == "p1" and images.case_ids[1].startswith("image-")
-    assert images.sites == ["a", "default", "b"] and images.labels == ["x", None, "y"]
+    manifest, _, _ = ingest(tmp_path, IngestConfig(image_size=16))
+    cases = manifest["case_id"].tolist()
+    assert cases[0] == cases[2] == "p1" and cases[1].startswith("image-")
+    assert manifest["site"].tolist() == ["a", "default", "b"] and labels(manifest) == ["x", None, "y"]
 
 
 def test_without_metadata_every_image_is_its_own_case_and_other_files_are_ignored(tmp_path):
@@ -129,9 +131,9 @@ def test_without_metadata_every_image_is_its_own_case_and_other_files_are_ignore
     (tmp_path / "notes.txt").write_text("ignored")
     (tmp_path / "sub").mkdir()
     Image.fromarray(np.full((9, 9), 7, dtype=np.uint8)).save(tmp_path / "sub" / "deep.TIF")
-    images = read_source(str(tmp_path), IngestConfig(image_size=16))
-    assert images.source_paths == ["img0.png", "img1.png", "img2.png", "sub/deep.TIF"] and images.case_ids is None
-    manifest, _, summary = build_manifest(images, IngestConfig(image_size=16))
+    manifest, _, summary = ingest(tmp_path, IngestConfig(image_size=16))
+    assert manifest["image_key"].tolist() == image_keys(["img0.png", "img1.png", "img2.png", "sub/deep.TIF"])
+    assert summary["case_ids"]["none"] == 4  # no case ids in the source
     assert manifest["case_id"].nunique() == 4 and summary["cases"] == 4
 
 

@@ -13,8 +13,8 @@ from flytekit import workflow
 from flytekit.types.directory import FlyteDirectory
 
 from ssl_models.train import FinetuneConfig
-from sslflow.data.dataset import write_dataset
 from sslflow.data.manifest import MANIFEST_COLUMNS
+from ingested import write_arrays
 from sslflow.files import file_sha256
 from sslflow.tracking.runs import start_parent_run
 from sslflow.training.model_files import save_state_dict
@@ -32,7 +32,7 @@ def _labelled_dataset(directory: Path) -> Dataset:
         split=["train"] * (count // 2) + ["val"] * (count // 2),
     )  # fmt: skip
     images = np.random.default_rng(0).integers(0, 256, size=(count, 1, 28, 28), dtype=np.uint8)
-    sha256 = write_dataset(directory, manifest, images, {})
+    sha256 = write_arrays(directory, manifest, images)
     return Dataset(directory=FlyteDirectory(str(directory)), name="tiny", num_images=count, content_sha256=sha256, mlflow_run_id="")
 
 

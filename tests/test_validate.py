@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 
 from sslflow.config import IngestConfig, ValidationConfig
-from sslflow.data.manifest import build_manifest
+from sslflow.data.manifest import decoded_table, finish_manifest
 from sslflow.data.types import SourceImages
 from sslflow.data.validation import validate_manifest
 
@@ -14,8 +14,9 @@ def _manifest(count=200, classes=4):
         source_paths=[f"img{i}.png" for i in range(count)], labels=labels, case_ids=[f"case{i // 2}" for i in range(count)],
         sites=["a"] * count, size_bytes=[64] * count, modes=["L"] * count, widths=[8] * count, heights=[8] * count,
     )  # fmt: skip
-    manifest, pixels, _ = build_manifest(images, IngestConfig(image_size=8))
-    return manifest.assign(shard="0" * 64, shard_row=range(len(manifest))), len(pixels)  # as in a dataset, all in one shard
+    config = IngestConfig(image_size=8)
+    manifest, kept, _ = finish_manifest(decoded_table(images, config), config)
+    return manifest.assign(shard="0" * 64, shard_row=range(len(manifest))), len(kept)  # as in a dataset, all in one shard
 
 
 def test_clean_manifest_passes():

@@ -28,7 +28,6 @@ import functools
 import hashlib
 import json
 import multiprocessing
-import os
 import shutil
 import tempfile
 import uuid
@@ -149,7 +148,7 @@ def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[
     else:
         read_bytes = lambda record: Path(record.location).read_bytes()  # noqa: E731
     by_instance = _instance_rows(chunk["source"], chunk["kind"]) if chunk.get("instance_metadata") else None
-    images = read_listing(records, read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance, part=True)
+    images = read_listing(records, read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance)
     position = {fields["source_path"]: index for index, fields, _ in chunk["records"]}
     return images, [position[path.split("#frame=")[0]] for path in images.source_paths]
 
@@ -283,8 +282,3 @@ def ingest_source(
             for chunk, folder in zip(chunks, folders):
                 decode_chunk(chunk, folder, pseudonym_key=pseudonym_key)
         return join_chunks(folders, config, directory)
-
-
-def chunk_workers() -> int:
-    """Processes for ``ingest_source``: the cores this process may use."""
-    return len(os.sched_getaffinity(0))

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ssl_models.shards import SHARD_SUFFIX, ShardError, ShardRows, read_shard, write_shard
-from sslflow.data.manifest import IMAGE_COLUMNS, MANIFEST_COLUMNS
+from sslflow.data.manifest import MANIFEST_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
 SHARDS_FOLDER = "shards"
@@ -117,22 +117,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def write_dataset(directory: Path, manifest: pd.DataFrame, images: np.ndarray, summary: dict, *, shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
-    """Write an in-memory dataset (manifest with IMAGE_COLUMNS, images (N, C, H, W) uint8 in its row order) as
-    shards + manifest into ``directory`` (atomically, as assemble_dataset); return its content sha256.
-    Shard columns in ``manifest`` (MANIFEST_COLUMNS) are replaced by where the images are written."""
-    if len(manifest) != images.shape[0]:
-        raise ValueError(f"manifest has {len(manifest)} rows but there are {images.shape[0]} images")
-    if tuple(manifest.columns) not in (IMAGE_COLUMNS, MANIFEST_COLUMNS):
-        raise ValueError(f"manifest columns {list(manifest.columns)} differ from IMAGE_COLUMNS {list(IMAGE_COLUMNS)}")
-    manifest = manifest[list(IMAGE_COLUMNS)]
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{directory.name}.shards-", dir=directory.parent) as folder:
-        case_ids = manifest["case_id"].astype(str).tolist()
-        shard, row = write_case_shards(Path(folder), images, case_ids, labelled_cases(case_ids, manifest["label"].tolist()), shard_bytes)
-        return assemble_dataset(directory, manifest.assign(shard=shard, shard_row=row), [Path(folder)], summary)
-
-
 def _swap_in(staging: Path, directory: Path) -> None:
     """Rename ``staging`` to ``directory``; an existing ``directory`` is moved aside first and removed only
     after the rename, or moved back if it fails. At no moment is ``directory`` a half-written dataset."""
@@ -215,14 +199,6 @@ def read_images(directory: Path, manifest: pd.DataFrame, *, max_bytes: int = 0, 
     for shard, rows in manifest.groupby("shard", sort=True).indices.items():
         images[positions[rows]] = read_shard(shard_path(directory, shard), shard, manifest["shard_row"].to_numpy()[rows])
     return images
-
-
-def read_dataset(directory: Path, name: str = "", *, split: str | None = None, max_bytes: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
-    """(manifest, images (N, C, H, W) uint8) of a dataset folder, only the rows of ``split`` when given; ``name`` for messages."""
-    manifest = read_manifest(directory)
-    if split is not None:
-        manifest = manifest[manifest["split"] == split].reset_index(drop=True)
-    return manifest, read_images(directory, manifest, max_bytes=max_bytes, name=name)
 
 
 def shard_rows(directory: Path, manifest: pd.DataFrame, case_ids: list, *, fetch: Callable[[Path], None] | None = None) -> list[ShardRows]:

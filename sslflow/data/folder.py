@@ -17,13 +17,9 @@ import os
 import stat
 from pathlib import Path
 
-from sslflow.config import IngestConfig
-from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
-from sslflow.data.listing import read_listing
 from sslflow.data.metadata import METADATA_FILE, ImageRecord, instance_rows, keyed_by_instance, metadata_file_name, metadata_rows, parse_metadata_csv
-from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
 
 
 def file_kind(mode: int) -> str:
@@ -179,10 +175,3 @@ def folder_instance_rows(root: Path) -> list[dict] | None:
     where = str(root / METADATA_FILE)
     table = parse_metadata_csv(metadata.read_bytes(), where)
     return instance_rows(table, where, first_row=2) if keyed_by_instance(table) else None
-
-
-def read_folder(root: Path, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
-    return read_listing(
-        list_folder(root), lambda record: Path(record.location).read_bytes(), config, cache, str(root), pseudonyms,
-        instance_rows=folder_instance_rows(root),
-    )

@@ -140,7 +140,7 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
 
 def read_listing(
     records: list[ImageRecord], read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, source: str,
-    pseudonyms: Pseudonyms | None = None, instance_rows: list[dict] | None = None, *, part: bool = False,
+    pseudonyms: Pseudonyms | None = None, instance_rows: list[dict] | None = None,
 ) -> SourceImages:
     """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
 
@@ -148,9 +148,9 @@ def read_listing(
     pseudonyms: for DICOM identities and image keys (the HMAC of each path; default: the key from the environment
     or key file). Non-image DICOM objects are skipped and counted by SOP class; images with BurnedInAnnotation YES
     are held back (listed with the quarantined, not counted against max_bad_fraction).
-    instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects);
-    every row must match an image (part=True: the records are one ingest chunk of the source; rows not
-    matched here are returned in unmatched_instance_rows, refused by the join when no chunk matched them).
+    instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects); the records are
+    one ingest chunk of the source, so rows not matched here are returned in unmatched_instance_rows, refused by
+    the join (sslflow/data/chunks.py) when no chunk matched them.
     Raises SourceError for an empty listing or one with no images, UndecodableImageError naming every
     bad file when there are more than the allowed fraction (or no image is left).
     """
@@ -181,8 +181,6 @@ def read_listing(
             quarantined.append(_quarantined(record, key, error))
     _refuse_bad(source, quarantined, len(records), config, none_left=not rows)
     unmatched = [row["where"] for key, row in by_instance.items() if key not in matched]
-    if not part:
-        refuse_unmatched(source, unmatched)
     if not rows:
         left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [f"{n} held back ({k})" for k, n in sorted(held_back.items())]
         raise SourceError(f"source {source} holds no images to learn from: {', '.join(left_out)}")

@@ -4,7 +4,7 @@ site, label and split (the parquet *input* a user may hand in is an image list: 
 An image is known by its ``image_key``: "file-" + HMAC of its path in the source (sslflow/data/pseudonyms.py),
 "#frame=<n>" for the frames of a multi-frame DICOM object; no path reaches the manifest or the summary.
 
-Pure pandas/numpy (no Flyte): benchmarks/quality.py builds the same manifests on a GPU box.
+Pure pandas/numpy (no Flyte): the join of ingest's chunks (sslflow/data/chunks.py) calls decoded_table and finish_manifest.
 """
 
 from __future__ import annotations
@@ -169,20 +169,6 @@ def finish_manifest(table: pd.DataFrame, config: IngestConfig) -> tuple[pd.DataF
                              "dicom": deidentification(config) if manifest["modality"].notna().any() else None},
     }  # fmt: skip
     return manifest, keep, summary
-
-
-def build_manifest(images: SourceImages, config: IngestConfig) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """The manifest of images decoded in memory: (manifest (IMAGE_COLUMNS), pixels (N, C, H, W) of its rows,
-    summary). Ingest does the same chunk by chunk (sslflow/data/chunks.py); this is for small sources.
-    """
-    manifest, keep, summary = finish_manifest(decoded_table(images, config), config)
-    summary |= {
-        "skipped_non_image": dict(sorted(images.skipped.items())),  # DICOM objects without an image, by SOP class
-        "quarantined": public_quarantined(images.quarantined),  # undecodable files skipped (max_bad_fraction), and held back
-        "held_back": dict(sorted(images.held_back.items())),  # images held back by reason (BurnedInAnnotation YES)
-        "read": images.read_stats,  # listed / decoded / decode_cache_hits / files_read / bytes_read
-    }
-    return manifest, images.pixels[keep], summary
 
 
 def labelled_rows(manifest: pd.DataFrame, images: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,13 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sslflow.config import IngestConfig
-from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.folder import local_records, stat_regular_file
-from sslflow.data.listing import read_listing
 from sslflow.data.metadata import ImageRecord, metadata_rows
-from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.types import SourceError, SourceImages
+from sslflow.data.types import SourceError
 
 
 def list_parquet_list(image_list: Path) -> list[ImageRecord]:
@@ -31,7 +27,3 @@ def list_parquet_list(image_list: Path) -> list[ImageRecord]:
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise SourceError(f"{image_list}: not a readable parquet file ({type(error).__name__}: {error})") from error
     return local_records(image_list.parent, metadata_rows(table, str(image_list), first_row=0))
-
-
-def read_parquet_list(image_list: Path, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
-    return read_listing(list_parquet_list(image_list), lambda record: Path(record.location).read_bytes(), config, cache, str(image_list), pseudonyms)

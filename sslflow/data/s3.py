@@ -24,13 +24,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from sslflow.config import IngestConfig
-from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
-from sslflow.data.listing import read_listing
 from sslflow.data.metadata import METADATA_FILE, ImageRecord, check_relative_path, instance_rows, keyed_by_instance, metadata_file_name, metadata_rows, parse_metadata_csv
-from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -144,12 +140,3 @@ def s3_instance_rows(client, uri: str) -> list[dict] | None:
     bucket, prefix = parse_s3_uri(uri)
     table = _metadata_table(client, objects_by_path(list_objects(client, bucket, prefix), bucket, prefix), bucket, prefix)
     return instance_rows(table, f"s3://{bucket}/{prefix}{METADATA_FILE}", first_row=2) if table is not None and keyed_by_instance(table) else None
-
-
-def read_s3(uri: str, config: IngestConfig, cache: DecodeCache, pseudonyms: Pseudonyms | None = None) -> SourceImages:
-    client = s3_client()
-    bucket, _ = parse_s3_uri(uri)
-    return read_listing(
-        list_s3(client, uri), lambda record: read_object(client, bucket, record.location.removeprefix(f"s3://{bucket}/")), config, cache, uri, pseudonyms,
-        instance_rows=s3_instance_rows(client, uri),
-    )

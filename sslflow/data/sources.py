@@ -1,4 +1,5 @@
-"""The dispatcher: a source string -> its kind, name, fingerprint and images. The top of sslflow.data.
+"""The dispatcher: a source string -> its kind, name, folder and fingerprint. Ingest reads a source in chunks
+(sslflow/data/chunks.py).
 
 A source is one of:
 - a built-in data set (``fashion-mnist``, ``mnist-5k``, ``optdigits``: sslflow/data/builtin.py);
@@ -14,15 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sslflow.config import IngestConfig
-from sslflow.data.builtin import BUILTIN_SOURCES, read_builtin
-from sslflow.data.decode_cache import DecodeCache
+from sslflow.data.builtin import BUILTIN_SOURCES
 from sslflow.data.fingerprint import fingerprint_builtin, fingerprint_folder, fingerprint_parquet_list, fingerprint_s3
-from sslflow.data.folder import read_folder
-from sslflow.data.parquet_list import read_parquet_list
-from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.s3 import read_s3
-from sslflow.data.types import SourceError, SourceImages
+from sslflow.data.types import SourceError
 
 
 def source_kind(source: str) -> str:
@@ -77,24 +72,3 @@ def fingerprint_source(source: str) -> str:
         return fingerprint_parquet_list(source)
     source_folder(source)
     return fingerprint_folder(source)
-
-
-def read_source(source: str, config: IngestConfig, *, pseudonym_key: str | None = None) -> SourceImages:
-    """Every image of ``source`` as (N, config.channels, config.image_size, config.image_size) uint8.
-
-    Listed sources (folder, parquet list, S3) decode through the decode cache
-    (sslflow/data/decode_cache.py), so re-reading a source with a few new files decodes only those.
-    Raises SourceError naming the file, row or key when the source is unusable, UndecodableImageError
-    when more than config.max_bad_fraction of its images cannot be decoded. DICOM identities are
-    pseudonymised with ``pseudonym_key``, else the key of the environment or key file
-    (sslflow/data/pseudonyms.py), resolved only when a DICOM file is read.
-    """
-    kind = source_kind(source)
-    if kind == "builtin":
-        return read_builtin(source, config.image_size, config.channels)
-    cache, pseudonyms = DecodeCache.for_config(config), Pseudonyms(pseudonym_key)
-    if kind == "s3":
-        return read_s3(source, config, cache, pseudonyms)
-    if kind == "parquet":
-        return read_parquet_list(Path(source), config, cache, pseudonyms)
-    return read_folder(source_folder(source), config, cache, pseudonyms)
