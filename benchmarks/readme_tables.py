@@ -37,7 +37,7 @@ def make_run_block(path: Path) -> list[str]:
     start = next(i for i, line in enumerate(lines) if line.startswith("Labels saved"))
     saving = lines[start : lines.index("", start)]
     return [
-        f"`make run`, one seed, cold, on a {header['machine']} (`{path.relative_to(RESULTS.parent.parent)}`, commit "
+        f"`make run`, one seed, cold, on a {header['machine'].replace(', cpu', ', no GPU')} (`{path.relative_to(RESULTS.parent.parent)}`, commit "
         f"{header['commit']}{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']}): pipeline wall time {header['wall time']}.",
         "",
         *table,
