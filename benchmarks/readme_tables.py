@@ -38,7 +38,7 @@ def make_run_block(path: Path) -> list[str]:
     saving = lines[start : lines.index("", start)]
     return [
         f"`make run`, one seed, cold, on a {header['machine'].replace(', cpu', ', no GPU')} (`{path.relative_to(RESULTS.parent.parent)}`, commit "
-        f"{header['commit']}{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']}): pipeline wall time {header['wall time']}.",
+        f"{header['commit']}{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']}): `make run` wall time {header['wall time']}.",
         "",
         *table,
         "",
