@@ -79,3 +79,18 @@ def parse_arguments(description: str, small_run_flag: str = "--quick", extra_fla
         parser.add_argument(flag, action="store_true", help=text)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     return parser.parse_args()
+
+
+def fashion_mnist_split(*, quick: bool):
+    """(train images, train labels, test images, test labels) of Fashion-MNIST for the kNN benchmarks: the first
+    4,096 training and 2,000 test images with ``quick``, else all 60,000 and 10,000. Images (N, 1, 28, 28) uint8,
+    labels (N,) int."""
+    import numpy as np
+
+    from sslflow.data.builtin import read_fashion_mnist
+
+    fashion = read_fashion_mnist()
+    labels = np.array([int(label) for label in fashion.labels])
+    train_count, test_count = (4096, 2000) if quick else (60000, 10000)
+    return (fashion.pixels[:train_count], labels[:train_count],
+            fashion.pixels[60000 : 60000 + test_count], labels[60000 : 60000 + test_count])  # fmt: skip

@@ -25,14 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parse_arguments, write_result  # noqa: E402
+from benchmarks.common import fashion_mnist_split, parse_arguments, write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import extract_features, knn_accuracy  # noqa: E402
 from ssl_models.device import pick_device  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
-from sslflow.data.builtin import read_fashion_mnist  # noqa: E402
 
 SIZE = 28
 
@@ -94,11 +93,7 @@ def knn(encoder, train_images, train_labels, test_images, test_labels) -> float:
 def main() -> None:
     args = parse_arguments(__doc__)
     device = pick_device()
-    fashion = read_fashion_mnist()
-    labels = np.array([int(label) for label in fashion.labels])
-    train_count, test_count = (4096, 2000) if args.quick else (60000, 10000)
-    train_images, train_labels = fashion.pixels[:train_count], labels[:train_count]
-    test_images, test_labels = fashion.pixels[60000 : 60000 + test_count], labels[60000 : 60000 + test_count]
+    train_images, train_labels, test_images, test_labels = fashion_mnist_split(quick=args.quick)
     encoder_name = "small_cnn" if args.quick else "resnet18"
     config = PretrainConfig(
         epochs=3 if args.quick else 20, batch_size=256 if args.quick else 512, temperature=0.2,
