@@ -91,3 +91,42 @@ def test_with_no_readable_checkpoint_training_starts_from_scratch(tmp_path, monk
     (checkpoints.local_dir / STATE_FILE).write_bytes(b"not a checkpoint")
     (checkpoints.local_dir / PREVIOUS_STATE_FILE).write_bytes(b"")
     assert checkpoints.load() is None
+
+
+KILLED_INGEST = """
+import sys
+from pathlib import Path
+from sslflow.config import IngestConfig
+from sslflow.data.chunks import ingest_source
+ingest_source(sys.argv[1], IngestConfig(image_size=64, chunk_images=40, shard_megabytes=1), Path(sys.argv[2]))
+"""
+
+
+def test_an_ingest_killed_while_it_writes_shards_leaves_no_dataset_and_a_rerun_completes(tmp_path):
+    """SIGKILL while the chunks are being decoded and their shards written (as a preempted chunk pod dies): no
+    dataset folder appears, half-written or not; the rerun writes the same dataset as a run never interrupted,
+    with no partial file in it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = tmp_path / "scans"
+    source.mkdir()
+    for index in range(400):
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (96, 96), dtype=np.uint8)).save(source / f"img{index}.png")
+    config = IngestConfig(image_size=64, chunk_images=40, shard_megabytes=1)
+    expected, _, _ = ingest_source(str(source), config, tmp_path / "uninterrupted")
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "SSLFLOW_INGEST_CACHE": "off"}
+    worker = subprocess.Popen([sys.executable, "-c", KILLED_INGEST, str(source), str(tmp_path / "dataset")], env=environment)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".dataset.chunks-*/chunk-*/**/*.npy")):  # a chunk has written a shard
+        assert worker.poll() is None and time.monotonic() < deadline, "the ingest ended before it could be killed"
+        time.sleep(0.01)
+    worker.send_signal(signal.SIGKILL)
+    assert worker.wait() == -signal.SIGKILL
+    assert not (tmp_path / "dataset").exists(), "a killed ingest leaves no dataset folder"
+    observed, _, _ = ingest_source(str(source), config, tmp_path / "dataset")
+    assert observed == expected
+    assert not [path for path in (tmp_path / "dataset").rglob("*") if path.name.startswith(".partial")]
