@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.data import StreamingPairs  # noqa: E402
-from ssl_models.distributed import init_from_environment, leave_process_group  # noqa: E402
+from ssl_models.distributed import init_from_environment, is_distributed  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.shards import ShardRows  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
@@ -81,7 +82,9 @@ def main() -> None:
               "images_per_second": [h["images_per_second"] for h in history], "resumed": resume_state is not None}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(record))
     torch.save({name: tensor.detach() for name, tensor in encoder.state_dict().items()}, args.out.with_suffix(".pt"))
-    leave_process_group()
+    if is_distributed():
+        torch.distributed.barrier()  # every rank has written its results
+    os._exit(0)  # gloo's teardown can abort (SIGABRT) a rank whose peer exited first; the results are on disk
 
 
 def _checkpoints(args: argparse.Namespace, rank: int):
