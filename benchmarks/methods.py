@@ -125,7 +125,7 @@ def main() -> None:
     }
     for method, numbers in summary.items():
         print(f"{method}: sslflow - lightly kNN accuracy {numbers['accuracy_difference']:+.4f}; sslflow / lightly time {numbers['time_ratio']:.2f}")
-    settings = {"encoder": encoder_name, "train_images": train_count, "test_images": test_count, "config": dataclasses.asdict(base)}
+    settings = {"encoder": encoder_name, "train_images": len(train_images), "test_images": len(test_images), "config": dataclasses.asdict(base)}
     path = write_result("methods" + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, "summary": summary}, args.out)
     print(f"saved {path}")
 

@@ -111,7 +111,7 @@ def main() -> None:
         "time_ratio": rows["sslflow"]["train_seconds"] / rows["lightly"]["train_seconds"],
     }
     print(f"sslflow - lightly kNN accuracy: {summary['accuracy_difference']:+.4f}; sslflow / lightly time: {summary['time_ratio']:.2f}")
-    settings = {"encoder": encoder_name, "train_images": train_count, "test_images": test_count, "epochs": config.epochs, "batch_size": config.batch_size}
+    settings = {"encoder": encoder_name, "train_images": len(train_images), "test_images": len(test_images), "epochs": config.epochs, "batch_size": config.batch_size}
     path = write_result("vs_lightly" + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, **summary}, args.out)
     print(f"saved {path}")
 
