@@ -41,6 +41,9 @@ def machine() -> dict:
         "platform": platform.platform(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "code_sha256": code_sha256(),
+        # other work on the machine while the benchmark ran (1, 5, 15 minutes): times measured with a load above
+        # cpu_count are shared with it; ratios measured side by side share it alike only roughly
+        "load_average": [round(load, 2) for load in os.getloadavg()],
     }
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT).stdout.strip()

@@ -5,13 +5,22 @@ half RGB) in a work folder, read them once so that they are in the page cache (a
 written; a work folder kept from an earlier run would otherwise be read from disk, and the rate would be
 the disk's), ingest them with ``sslflow.data.chunks.ingest_source`` (the functions the Flyte map task
 runs; one process per core) to the default image size, then train one SimCLR epoch streaming from
-the shards with the host-memory budget set to half the dataset's size (its peak RSS is the training
-figure), and in another process, after an untimed warm-up on WARM_UP_IMAGES images, four epochs
+the shards with the host-memory budget set to half the dataset's size (the data path alone: shards read,
+views drawn, no model; its peak RSS is the training figure), and in another process, after an untimed warm-up on WARM_UP_IMAGES images, four epochs
 alternating streaming and in memory (COMPARISON_ORDER): the throughput ratio is that of the mean rates. Ingest and training run in child processes whose process-tree peak resident
 set is sampled from /proc. Prints one JSON line and writes it to benchmarks/results/.
 
-    python benchmarks/data_scale.py                    # N = 10,000 and 100,000 (about 40 min on 2 cores)
+    python benchmarks/data_scale.py                    # N = 10,000 and 100,000 at 224 px (about 40 min on 2 cores)
     python benchmarks/data_scale.py --sizes 2000       # a quick look
+    python benchmarks/data_scale.py --image-size 28    # the pipeline's default size (the dataset then fits in memory
+                                                       # at 100,000 images: 75 MiB, so the RSS target cannot fail)
+
+At 224 px (the default here) the dataset is 480 MiB at N=10,000 and 4.7 GiB at N=100,000 (one channel): the
+in-memory path's RSS would grow tenfold, so the RSS target fails unless training streams. Training draws
+VIEW_SIZE-px views (random resized crops, resampled) from the stored 224-px images, as SimCLR's CIFAR runs train
+at 32 px, so that a CPU epoch over 100,000 images takes minutes, not hours; the memory measured is that of the
+stored images and the shards streamed, which the view size does not change.
+The streaming/in-memory throughput comparison runs on the first COMPARE_IMAGES images of the dataset.
 
 Targets (issue 10): peak RSS at N=100,000 <= 1.25 x at N=10,000 (ingest and training); ingest >= 250
 images/s per core; streaming >= 0.9 x the in-memory images/s.
@@ -50,6 +59,8 @@ CHUNK_IMAGES = 1024
 BUFFER_SHARDS = 4
 COMPARISON_ORDER = ("stream", "memory", "memory", "stream")  # one epoch each; on a 2-core VM one epoch's rate varies by 10%
 WARM_UP_IMAGES = 2048
+COMPARE_IMAGES = 8192
+VIEW_SIZE = 32
 
 
 def synthetic_image(index: int) -> Image.Image:
@@ -154,21 +165,24 @@ def stage_times(folder: Path, sample: int = 400) -> dict:
     return {stage: round(seconds / len(paths) * 1e3, 4) for stage, seconds in {"read": read, "decode": decode, "resize": resize, "write": write}.items()}
 
 
-def child_ingest(source: str, dataset: str, workers: int) -> dict:
+def child_ingest(source: str, dataset: str, workers: int, image_size: int) -> dict:
     from sslflow.config import IngestConfig
     from sslflow.data.chunks import ingest_source
 
-    sha256, manifest, summary = ingest_source(source, IngestConfig(shard_megabytes=SHARD_MEGABYTES, chunk_images=CHUNK_IMAGES), Path(dataset), workers=workers)
+    config = IngestConfig(image_size=image_size, shard_megabytes=SHARD_MEGABYTES, chunk_images=CHUNK_IMAGES)
+    sha256, manifest, summary = ingest_source(source, config, Path(dataset), workers=workers)
     return {"sha256": sha256, "images": len(manifest), "chunks": len(summary["chunks"]), "shards": summary["shards"]}
 
 
 def child_train(dataset: str, mode: str) -> dict:
-    """mode "stream": one SimCLR epoch streamed with the budget at half the dataset (its peak RSS is the training
-    figure). mode "compare": epochs alternating streaming and in memory in the order COMPARISON_ORDER, each on a
-    new encoder from the same seed; the ratio of the mean rates (ABBA, so a drift of the machine's speed cancels)."""
+    """mode "stream": one epoch of pretraining's data path over the whole dataset, streamed with the budget at half
+    the dataset: every shard read, both views of every image drawn (augment), no model, whose memory does not
+    grow with N (its peak RSS is the training figure). mode "compare": epochs over the first COMPARE_IMAGES images alternating streaming and in memory in the
+    order COMPARISON_ORDER, each on a new encoder from the same seed; the ratio of the mean rates (ABBA, so a drift
+    of the machine's speed cancels). Views are at most VIEW_SIZE px."""
     import torch
 
-    from ssl_models.augment import AugmentConfig
+    from ssl_models.augment import AugmentConfig, augment
     from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
     from ssl_models.encoders import build_encoder
     from ssl_models.train import PretrainConfig, pretrain_contrastive
@@ -178,43 +192,54 @@ def child_train(dataset: str, mode: str) -> dict:
     manifest = read_manifest(folder)
     shape, size = image_shape(folder, manifest), images_bytes(folder, manifest)
     budget_mb = max(1, size // 2 // 2**20)  # streaming: the budget at half the dataset
-    config = PretrainConfig(epochs=1, batch_size=256, augment=AugmentConfig(output_size=shape[-1]), memory_budget_mb=budget_mb, buffer_shards=BUFFER_SHARDS)
-    cases = list(range(len(manifest)))
+    view = AugmentConfig(output_size=min(shape[-1], VIEW_SIZE))
+    config = PretrainConfig(epochs=1, batch_size=256, augment=view, memory_budget_mb=budget_mb, buffer_shards=BUFFER_SHARDS)
     if fits_in_memory(size, memory_budget_bytes(config.memory_budget_mb)):  # as tasks/pretrain.py chooses
         raise RuntimeError(f"{size} bytes fit the {budget_mb} MiB budget: nothing would be streamed")
+    if mode == "compare":
+        manifest = manifest.iloc[:COMPARE_IMAGES].reset_index(drop=True)
+    cases = list(range(len(manifest)))
     sources = {"stream": StreamingPairs(shard_rows(folder, manifest, cases), seed=0, buffer_shards=BUFFER_SHARDS)}
     if mode == "compare":
         sources["memory"] = InMemoryPairs(torch.from_numpy(read_images(folder, manifest)), cases)
     rates: dict[str, list[float]] = {name: [] for name in sources}
+    if mode == "stream":
+        started, generator = time.perf_counter(), torch.Generator().manual_seed(0)
+        for anchors, partners in sources["stream"].batches(0, config.batch_size, 0, 1, torch.device("cpu")):
+            augment(anchors, view, generator), augment(partners, view, generator)
+        rates["stream"].append(len(manifest) / (time.perf_counter() - started))
+        return {"images_per_second": rates, "dataset_mib": size / 2**20, "budget_mib": memory_budget_bytes(budget_mb) / 2**20, "view_size": view.output_size}
     if mode == "compare":  # untimed: the process's one-time costs (thread pools, kernel selection) land on no path
         warm_up = manifest.iloc[:WARM_UP_IMAGES]
         pretrain_contrastive(build_encoder("small_cnn", shape[0], shape[-1], seed=0), InMemoryPairs(torch.from_numpy(read_images(folder, warm_up)), cases[: len(warm_up)]), config)
-    for name in COMPARISON_ORDER if mode == "compare" else ["stream"]:
+    for name in COMPARISON_ORDER:
         history = pretrain_contrastive(build_encoder("small_cnn", shape[0], shape[-1], seed=0), sources[name], config)
         rates[name].append(history[-1]["images_per_second"])
-    return {"images_per_second": rates, "dataset_mib": size / 2**20, "budget_mib": memory_budget_bytes(budget_mb) / 2**20}
+    return {"images_per_second": rates, "dataset_mib": size / 2**20, "budget_mib": memory_budget_bytes(budget_mb) / 2**20, "view_size": view.output_size}
 
 
-def measure(count: int, work: Path, workers: int) -> dict:
-    """Synthesise, ingest, train streaming and in memory at N = ``count``."""
+def measure(count: int, work: Path, workers: int, image_size: int) -> dict:
+    """Synthesise, ingest (to ``image_size`` px), train streaming and in memory at N = ``count``."""
     folder = work / f"png-{count}"
     synthesise(folder, count, workers)
     environment = {**os.environ, "SSLFLOW_INGEST_CACHE": tempfile.mkdtemp(prefix="ingest-cache-", dir=work)}
-    dataset = work / f"dataset-{count}"
+    dataset = work / f"dataset-{count}-{image_size}px"
     page_cache_seconds = warm_page_cache(folder)
-    ingested, ingest_seconds, ingest_rss, ingest_cpu = run_measured(["ingest", str(folder), str(dataset), str(workers)], environment)
+    ingested, ingest_seconds, ingest_rss, ingest_cpu = run_measured(["ingest", str(folder), str(dataset), str(workers), str(image_size)], environment)
     streamed, stream_seconds, stream_rss, _ = run_measured(["train", str(dataset), "stream"], environment)
     compared, compare_seconds, _, _ = run_measured(["train", str(dataset), "compare"], environment)
     stream_rate, memory_rate = (float(np.mean(compared["images_per_second"][name])) for name in ("stream", "memory"))
     return {
-        "files": count, **ingested,
+        "files": count, "image_size": image_size, **ingested,
         "ingest": {"wall_seconds": round(ingest_seconds, 1), "images_per_second_per_core": round(count / ingest_seconds / workers, 1),
                    "cores": workers,
                    "cpu_seconds": round(ingest_cpu, 1), "images_per_cpu_second": round(count / ingest_cpu, 1),  # not slowed by other users of the CPU
                    "load_average_1min_after": round(os.getloadavg()[0], 2), "peak_rss_mib": round(ingest_rss), "ms_per_image_one_core": stage_times(folder),
                    "files_read_into_page_cache_first_seconds": round(page_cache_seconds, 1)},
         "training_epoch": {"wall_seconds_streaming": round(stream_seconds, 1), "peak_rss_mib_streaming": round(stream_rss),
+                           "data_path_images_per_second_streaming": round(streamed["images_per_second"]["stream"][0], 1),
                            "dataset_mib": round(streamed["dataset_mib"], 1), "memory_budget_mib": round(streamed["budget_mib"], 1),
+                           "view_size": streamed["view_size"], "comparison_images": min(count, COMPARE_IMAGES),
                            "comparison_order": list(COMPARISON_ORDER), "comparison_wall_seconds": round(compare_seconds, 1),
                            "epoch_images_per_second": {name: [round(rate, 1) for rate in rates] for name, rates in compared["images_per_second"].items()},
                            "streaming_images_per_second": round(stream_rate, 1), "in_memory_images_per_second": round(memory_rate, 1),
@@ -225,17 +250,20 @@ def measure(count: int, work: Path, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated N")
+    parser.add_argument("--image-size", type=int, default=224, help="ingest's IngestConfig.image_size")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sslflow-data-scale")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     arguments = parser.parse_args()
     workers = len(os.sched_getaffinity(0))
-    results = [measure(int(size), arguments.work, workers) for size in arguments.sizes.split(",")]
-    payload = {"results": results}
+    results = [measure(int(size), arguments.work, workers, arguments.image_size) for size in arguments.sizes.split(",")]
+    payload = {"settings": {"image_size": arguments.image_size, "view_size": VIEW_SIZE, "chunk_images": CHUNK_IMAGES, "shard_megabytes": SHARD_MEGABYTES,
+                            "buffer_shards": BUFFER_SHARDS, "comparison_images": COMPARE_IMAGES}, "results": results}
     if len(results) >= 2:
         small, large = results[0], results[-1]
         payload["rss_ratio_largest_over_smallest"] = {
             "ingest": round(large["ingest"]["peak_rss_mib"] / small["ingest"]["peak_rss_mib"], 3),
             "training": round(large["training_epoch"]["peak_rss_mib_streaming"] / small["training_epoch"]["peak_rss_mib_streaming"], 3),
+            "dataset_bytes (what an in-memory path would hold)": round(large["training_epoch"]["dataset_mib"] / small["training_epoch"]["dataset_mib"], 3),
         }
     print(json.dumps(payload))
     from benchmarks.common import write_result  # here: it imports torch, which the ingest child and its workers must not carry
@@ -246,7 +274,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in ("ingest", "train"):
         stage = sys.argv[1]
-        result = child_ingest(sys.argv[2], sys.argv[3], int(sys.argv[4])) if stage == "ingest" else child_train(sys.argv[2], sys.argv[3])
+        result = child_ingest(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])) if stage == "ingest" else child_train(sys.argv[2], sys.argv[3])
         print(json.dumps(result))
     else:
         main()
