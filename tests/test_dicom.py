@@ -20,9 +20,9 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
 from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import ingest_source, plan_chunks
+from sslflow.data.chunks import ingest_source, plan_documents
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
-from sslflow.data.fingerprint import fingerprint_folder
+from sslflow.data.sources import fingerprint_source as fingerprint_folder
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
 from sslflow.data.types import SourceError, UndecodableImageError
 from ingested import ingest
@@ -148,8 +148,9 @@ def test_pacs_folder_cases_sites_modalities_and_skipped_objects(tmp_path):
     named = ingest(folder, IngestConfig(dicom_site_names=True))[2]
     assert named["sites"] == {"North Hospital": 12 + frames, "South Clinic": 12}
     assert summary["modalities"] == {"CT": 8, "MR": 4, "NM": 4, "US": 8 + frames}
-    assert summary["skipped_non_image"] == {"Basic Text SR Storage": 1, "Media Storage Directory Storage": 1, "RT Plan Storage": 1}
-    assert summary["cases"] == files["patient"].nunique() == 5 and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
+    # README.txt has no image suffix: a candidate the chunk reads, finds not DICOM and skips (counted, not quarantined)
+    assert summary["skipped_non_image"] == {"Basic Text SR Storage": 1, "Media Storage Directory Storage": 1, "RT Plan Storage": 1, "not DICOM (no image suffix)": 1}
+    assert summary["quarantined"] == [] and summary["cases"] == files["patient"].nunique() == 5 and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
     assert manifest.loc[manifest["image_key"].str.startswith(_image_key("PAT0/CINE/US0001") + "#frame="), "case_id"].nunique() == 1
     again = ingest(folder, config)[0]  # a second run, same key: same pseudonyms
     assert again["case_id"].tolist() == manifest["case_id"].tolist()
@@ -203,9 +204,9 @@ def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 3, "quarantined": 1}
+    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 4, "quarantined": 1}  # skipped: 3 non-image DICOM objects, README.txt
     assert "held back: {'burned_in_annotation': 1}" in result.stdout
-    cached = flyte_cache_entries(tmp_path / "home", plan_chunks(str(folder), IngestConfig()))
+    cached = flyte_cache_entries(tmp_path / "home", plan_documents(str(folder), IngestConfig()))
     assert any(key.startswith("tasks.ingest.plan_ingest-") for key in cached) and len(cached) >= 6  # plan, chunks, join, validate, ...
     outputs = [tmp_path / name for name in ("mlflow.db", "mlartifacts", "sandbox", "ingest-cache")]
     assert_no_identifier([result.stdout, result.stderr], outputs, folder=folder, blobs=cached)
@@ -241,7 +242,7 @@ def needles_of(values: set[str]) -> set[bytes]:
 
 def flyte_cache_entries(home: Path, plans: list[str]) -> dict[str, bytes]:
     """Flyte's local cache (``home``/.flyte/local-cache, a diskcache): every task's cached outputs by cache key, the
-    chunk documents of ``plans`` (ingest's plan: the files it must read, plan_chunks) cut out of plan_ingest's."""
+    chunk documents of ``plans`` (ingest's plan: the files it must read, plan_documents) cut out of plan_ingest's."""
     from diskcache import Cache
 
     with Cache(str(home / ".flyte" / "local-cache")) as cache:
@@ -301,7 +302,7 @@ def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
     folder = tmp_path / "pacs"
     write_pacs_folder(folder, planted=PLANTED, multiframe=True)
     config = IngestConfig(chunk_images=4)
-    chunks = plan_chunks(str(folder), config)
+    chunks = plan_documents(str(folder), config)
     assert len(chunks) > 2 and not any(KEY in chunk or "another-key" in chunk for chunk in chunks)
     for key in (None, "another-key-0123456789"):
         _, chunked, summary = ingest_source(str(folder), config, tmp_path / f"dataset-{key}", workers=2, pseudonym_key=key)
@@ -315,7 +316,7 @@ def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
 def test_chunked_ingest_applies_and_refuses_sop_instance_rows_across_chunks(tmp_path):
     folder, uids = _uid_keyed_folder(tmp_path / "pacs")
     config = IngestConfig(image_size=16, chunk_images=1)
-    assert len(plan_chunks(str(folder), config)) == 3  # one file per chunk: each row matched by one chunk only
+    assert len(plan_documents(str(folder), config)) == 3  # one file per chunk: each row matched by one chunk only
     _, manifest, _ = ingest_source(str(folder), config, tmp_path / "dataset")
     by_file = manifest.set_index("image_key")
     assert by_file.loc[_image_key("export/IM0001"), "label"] == "malignant" and by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"

@@ -6,7 +6,7 @@ from PIL import Image
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
 from sslflow.data.manifest import split_of_case
-from sslflow.data.builtin import optdigits_to_mnist_format
+from sslflow.data.sources.builtin import optdigits_to_mnist_format
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import fingerprint_source, source_name
 from sslflow.data.types import SourceError, UndecodableImageError

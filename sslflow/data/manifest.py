@@ -1,5 +1,5 @@
 """The dataset manifest: the table ingest writes, one row per image with its content hash, key, case,
-site, label and split (the parquet *input* a user may hand in is an image list: sslflow/data/parquet_list.py).
+site, label and split (the parquet *input* a user may hand in is an image list: sslflow/data/sources/parquet_list.py).
 
 An image is known by its ``image_key``: "file-" + HMAC of its path in the source (sslflow/data/pseudonyms.py),
 "#frame=<n>" for the frames of a multi-frame DICOM object; no path reaches the manifest or the summary.
