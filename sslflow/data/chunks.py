@@ -7,9 +7,11 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   unchanged is a cache hit. Records are ordered by case (the file path when there is none) and a chunk
   ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
   boundaries), so adding files changes only the chunks they fall into. The images of one case are in
-  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges. The plan
-  lists the largest chunks first: the map task and the process pool start them in that order.
-- **Bounded memory.** A chunk task holds one chunk's images; the join reads only the chunks' tables.
+  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
+  ``plan_documents`` lists the largest chunks first: the map task and the process pool start them in that order.
+- **Bounded memory.** ``plan_chunks`` cuts while the source (sslflow/data/sources/: ``open_source``) streams its
+  records in case order, so it holds one chunk, not the listing (a metadata table is sorted by case first);
+  a chunk task holds one chunk's images; the join reads only the chunks' tables.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
   writes the dataset atomically (sslflow/data/dataset.py).
 - ``IngestConfig.max_bad_fraction`` applies per chunk; PROXY cases (``proxy_cases``) are pixel
@@ -17,8 +19,10 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
 - **DICOM.** A chunk task decodes DICOM with the pseudonym key it is given (the Flyte Secret, never in the
   chunk document); a DICOM case comes from the header, known only after decoding, so the images of one
   patient share a chunk only when their files sort together (as in a PACS export's patient folders).
-  Metadata keyed by SOPInstanceUID is read by every chunk (its sha256 is in the chunk document, so a
-  changed metadata.csv re-decodes); a row that no chunk matched is refused by the join.
+  Files without an image suffix are candidates the chunk reads and skips unless they are DICOM (the plan reads
+  none of them). Metadata keyed by SOPInstanceUID is read by every chunk, that one file and no listing (its sha256
+  is in the chunk document, so a changed metadata.csv re-decodes, and a chunk refuses one changed since the plan);
+  a row that no chunk matched is refused by the join.
 """
 
 from __future__ import annotations
