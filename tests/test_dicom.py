@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import botocore.client
 import numpy as np
 import pydicom
 import pytest
@@ -20,7 +21,7 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
 from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import ingest_source, plan_documents
+from sslflow.data.chunks import decode_chunk, ingest_source, plan_chunks, plan_documents
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.sources import fingerprint_source as fingerprint_folder
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
@@ -340,3 +341,65 @@ def test_dicom_files_without_an_extension_at_an_s3_prefix_are_found_by_content(t
         manifest, _, _ = ingest("s3://hospital/site-a", config)
     assert sorted(manifest["image_key"]) == sorted(_image_key(f"export/IM000{index}") for index in range(3))
     assert sorted(manifest["label"]) == ["benign", "benign", "malignant"] and set(manifest["modality"]) == {"CT"}
+
+
+@pytest.fixture
+def s3_calls(monkeypatch) -> list[tuple[str, str | None, str | None]]:
+    """Every S3 API call any boto3 client makes from here on: (operation, key or prefix, Range)."""
+    calls = []
+    make_call = botocore.client.BaseClient._make_api_call
+
+    def recorded(client, operation: str, parameters: dict):
+        calls.append((operation, parameters.get("Key", parameters.get("Prefix")), parameters.get("Range")))
+        return make_call(client, operation, parameters)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recorded)
+    return calls
+
+
+def _uid_keyed_prefix(client, folder: Path) -> None:
+    """The SOPInstanceUID-keyed folder at s3://hospital/site-a, with two objects without an image suffix that are not DICOM."""
+    client.create_bucket(Bucket="hospital")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.put_object(Bucket="hospital", Key=f"site-a/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+    client.put_object(Bucket="hospital", Key="site-a/export/README", Body=b"not an image")
+    client.put_object(Bucket="hospital", Key="site-a/export/report.pdf", Body=b"%PDF-1.4" + bytes(300))
+
+
+def test_an_s3_plan_reads_no_object_without_an_image_suffix_and_the_chunks_skip_those_not_dicom(tmp_path, monkeypatch, s3_calls):
+    """The plan lists objects without a suffix unread (no GET, ranged or not); each chunk reads its own, decodes the
+    DICOM ones and counts the others as skipped, never quarantined. The prefix is listed once per ingest, by the plan:
+    a chunk reads the metadata keyed by SOPInstanceUID by its key."""
+    folder, _ = _uid_keyed_folder(tmp_path / "pacs")
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
+        _uid_keyed_prefix(boto3.client("s3"), folder)
+        s3_calls.clear()
+        plan = list(plan_chunks("s3://hospital/site-a", IngestConfig(image_size=16)))
+        assert plan and [call for call in s3_calls if call[0] == "GetObject"] == [("GetObject", "site-a/metadata.csv", None)]
+        s3_calls.clear()
+        manifest, _, summary = ingest("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))
+    assert sorted(manifest["image_key"]) == sorted(_image_key(f"export/IM000{index}") for index in range(3))
+    assert summary["skipped_non_image"] == {"not DICOM (no image suffix)": 2} and summary["quarantined"] == []
+    assert not any(byte_range for _, _, byte_range in s3_calls)
+    assert sum(1 for operation, key, _ in s3_calls if operation == "GetObject" and key.endswith(("README", "report.pdf"))) == 2
+    assert len(summary["chunks"]) > 1 and [operation for operation, _, _ in s3_calls].count("ListObjectsV2") == 1
+
+
+def test_a_chunk_reads_sop_instance_metadata_by_key_and_refuses_it_changed_since_the_plan(tmp_path, monkeypatch, s3_calls):
+    folder, _ = _uid_keyed_folder(tmp_path / "pacs")
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
+        client = boto3.client("s3")
+        _uid_keyed_prefix(client, folder)
+        chunks = plan_documents("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))
+        s3_calls.clear()
+        decode_chunk(chunks[0], tmp_path / "chunk-0")
+        assert "ListObjectsV2" not in [operation for operation, _, _ in s3_calls]
+        assert s3_calls.count(("GetObject", "site-a/metadata.csv", None)) == 1
+        metadata = (folder / "metadata.csv").read_bytes().replace(b"malignant", b"benign")
+        client.put_object(Bucket="hospital", Key="site-a/metadata.csv", Body=metadata)
+        with pytest.raises(SourceError, match=r"s3://hospital/site-a: metadata.csv changed since ingest listed the source"):
+            decode_chunk(chunks[1], tmp_path / "chunk-1")
+    assert not (tmp_path / "chunk-1").exists()

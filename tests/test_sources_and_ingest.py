@@ -5,10 +5,12 @@ from PIL import Image
 
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
+from sslflow.data import fingerprint
+from sslflow.data.chunks import plan_chunks
 from sslflow.data.manifest import split_of_case
 from sslflow.data.sources.builtin import optdigits_to_mnist_format
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.sources import fingerprint_source, source_name
+from sslflow.data.sources import fingerprint_source, open_source, source_name
 from sslflow.data.types import SourceError, UndecodableImageError
 from ingested import image_keys, ingest, labels
 
@@ -141,3 +143,26 @@ def test_source_names_are_safe_file_names():
     assert source_name("s3://bucket/some/prefix/") == "bucket-some-prefix"
     assert source_name("/data/cohort 2/list.parquet") == "list"
     assert source_name("mnist-5k") == "mnist-5k"
+
+
+def test_open_source_dispatches_every_kind_and_refuses_what_is_no_source(tmp_path):
+    (tmp_path / "scans").mkdir()
+    uris = {"mnist-5k": "builtin", "s3://bucket/some/prefix": "s3", str(tmp_path / "cohort.parquet"): "parquet", str(tmp_path / "scans"): "folder"}
+    assert {uri: open_source(uri).kind for uri in uris} == uris  # nothing is read when a source is opened
+    for uri in (str(tmp_path / "no-such-folder"), "gs://bucket/prefix", "https://example.org/scans", str(tmp_path / "scans" / "x.png")):
+        with pytest.raises(SourceError, match=r"is neither a built-in source .*, an s3://bucket/prefix, a .parquet image list nor an existing folder"):
+            open_source(uri)
+
+
+def test_the_plan_yields_a_chunk_before_it_has_listed_the_whole_folder(tmp_path, monkeypatch):
+    """plan_chunks cuts while the folder is walked: the first chunk comes after a batch of files is hashed, not all."""
+    for i in range(400):
+        (tmp_path / f"img{i:04d}.png").write_bytes(b"not decoded by the plan %d" % i)
+    hashed = []
+    records = fingerprint.FileDigests.records
+    monkeypatch.setattr(fingerprint.FileDigests, "records", lambda digests, files: hashed.extend(files) or records(digests, files))
+    monkeypatch.setattr(fingerprint, "HASH_BATCH", 2)  # hashed 32 files at a time
+    chunks = iter(plan_chunks(str(tmp_path), IngestConfig(chunk_images=4)))
+    first = next(chunks)
+    assert 0 < len(first["records"]) <= 16 and len(hashed) < 100
+    assert sum(len(chunk["records"]) for chunk in chunks) + len(first["records"]) == 400 and len(hashed) == 400

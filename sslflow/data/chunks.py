@@ -46,7 +46,7 @@ import pandas as pd
 from sslflow.config import IngestConfig
 from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_shards
 from sslflow.data.decode_cache import DecodeCache
-from sslflow.data.listing import read_listing, refuse_unmatched
+from sslflow.data.listing import read_listing, refuse_no_images, refuse_unmatched
 from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest, public_quarantined
 from sslflow.data.metadata import METADATA_FILE, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
@@ -236,6 +236,9 @@ def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path
     them (sslflow/data/manifest.py), in source-listing order. Returns (content sha256, manifest, summary)."""
     table = pd.concat([pd.read_parquet(folder / CHUNK_TABLE) for folder in chunk_folders], ignore_index=True)
     table = table.sort_values("listing_position", kind="stable").reset_index(drop=True)
+    if table.empty:  # every chunk's files were skipped or held back
+        reports = [json.loads((folder / CHUNK_REPORT).read_text()) for folder in chunk_folders]
+        refuse_no_images(reports[0]["source"], *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")))
     manifest, keep, summary = finish_manifest(table, config)
     manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[list(MANIFEST_COLUMNS)]
     reports = [json.loads((folder / CHUNK_REPORT).read_text()) for folder in chunk_folders]

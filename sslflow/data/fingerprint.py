@@ -180,11 +180,11 @@ class FileDigests:
         return [name, status.st_size, sha256]
 
 
-def digested(records: Iterable[ImageRecord], batch_files: int = HASH_BATCH * 16) -> Iterator[tuple[ImageRecord, str]]:
-    """(record, sha256 of its file) for local records, in their order, hashed ``batch_files`` at a time: a listing
+def digested(records: Iterable[ImageRecord]) -> Iterator[tuple[ImageRecord, str]]:
+    """(record, sha256 of its file) for local records, in their order, hashed HASH_BATCH x 16 at a time: a listing
     streams through in bounded memory. Through the digest cache (FileDigests), saved once every record is through."""
     records = iter(records)
     with FileDigests() as digests:
-        while batch := list(islice(records, batch_files)):
+        while batch := list(islice(records, HASH_BATCH * 16)):
             hashed = digests.records([(record.source_path, record.location, record.location) for record in batch])
             yield from ((record, sha256) for record, (_, _, sha256) in zip(batch, hashed))

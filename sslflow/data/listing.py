@@ -163,6 +163,15 @@ def _refuse_empty(source: str) -> None:
     )
 
 
+def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, int]) -> None:
+    """SourceError for a source none of whose chunks decoded an image: empty when every file it listed without an
+    image suffix turned out not to be DICOM, else naming what was left out (skipped by kind, held back by reason)."""
+    if not held_back and set(skipped) <= {NOT_DICOM, NOT_READ}:
+        _refuse_empty(source)
+    left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [f"{n} held back ({k})" for k, n in sorted(held_back.items())]
+    raise SourceError(f"source {source} holds no images to learn from: {', '.join(left_out)}")
+
+
 def read_listing(
     records: list[ImageRecord], read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, source: str,
     pseudonyms: Pseudonyms | None = None, instance_rows: list[dict] | None = None,
@@ -177,8 +186,10 @@ def read_listing(
     instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects); the records are
     one ingest chunk of the source, so rows not matched here are returned in unmatched_instance_rows, refused by
     the join (sslflow/data/chunks.py) when no chunk matched them.
-    Raises SourceError for an empty listing or one with no images, UndecodableImageError naming every
-    bad file when there are more than the allowed fraction (or no image is left).
+    The records may be a chunk whose files were all skipped or held back: it has no images (``pixels`` (0, C, H, W)),
+    and the join refuses a source none of whose chunks has any (refuse_no_images).
+    Raises SourceError for an empty listing, UndecodableImageError naming every bad file when there are more than
+    the allowed fraction (or no image is left).
     """
     if not records:
         _refuse_empty(source)
@@ -200,23 +211,19 @@ def read_listing(
         except UndecodableImageError as error:
             quarantined.append(_quarantined(record, key, error))
     stats["listed"] -= skipped.get(NOT_DICOM, 0) + skipped.get(NOT_READ, 0)  # candidates that turned out not to be images
-    if not stats["listed"]:
-        _refuse_empty(source)
     _refuse_bad(source, quarantined, stats["listed"], config, none_left=not rows)
-    if not rows:
-        left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [f"{n} held back ({k})" for k, n in sorted(held_back.items())]
-        raise SourceError(f"source {source} holds no images to learn from: {', '.join(left_out)}")
-    images = _source_images(rows, quarantined, stats, skipped)
+    images = _source_images(rows, quarantined, stats, skipped, (config.channels, config.image_size, config.image_size))
     images.unmatched_instance_rows = [row["where"] for key, row in by_instance.items() if key not in matched]
     images.held_back = held_back
     return images
 
 
-def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int]) -> SourceImages:
+def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int], shape: tuple[int, int, int]) -> SourceImages:
+    """rows as SourceImages; shape: (C, H, W) of an image, for the (0, C, H, W) pixels of a chunk without any."""
     column = lambda name: [row[name] for row in rows]  # noqa: E731
     has_cases = any(row["case_id"] for row in rows)
     return SourceImages(
-        pixels=np.stack(column("pixels")),
+        pixels=np.stack(column("pixels")) if rows else np.zeros((0, *shape), dtype=np.uint8),
         source_paths=column("source_path"),
         labels=column("label"),
         case_ids=[row["case_id"] or f"image-{hashlib.sha256(row['image_key'].encode()).hexdigest()[:12]}" for row in rows] if has_cases else None,

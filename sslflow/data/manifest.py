@@ -102,7 +102,7 @@ def decoded_table(images: SourceImages, config: IngestConfig) -> pd.DataFrame:
     """One row per decoded image, in source order: content hash, file facts, case (None when the source has
     none; PROXY cases among these images with config.proxy_cases), site, DICOM modality, label, pixel mean and
     std; and, for the join only (not manifest columns): case_source, instance, lossless."""
-    flat = images.pixels.reshape(len(images.pixels), -1)
+    flat = images.pixels.reshape(len(images.pixels), int(np.prod(images.pixels.shape[1:])))  # (0, C*H*W) for a chunk without images
     count = len(flat)
     case_sources = _per_image(images.case_sources, count, "unknown")
     if images.case_ids is not None:
