@@ -11,7 +11,8 @@ way whatever the source (canonical_label): a number equal to an integer is writt
 so ``1``, ``1.0``, ``01`` and ``1e0`` in a CSV, and 1 or 1.0 in a parquet column, are all class ``1``.
 Other columns are ignored (they do not reach the dataset manifest). With metadata, only the listed
 files are read and other files are ignored. Without metadata, every file with an image suffix
-(sslflow.data.types.IMAGE_SUFFIXES) is read, without labels, each image its own case.
+(sslflow.data.types.IMAGE_SUFFIXES) is read, without labels, each image its own case, and every other
+file (but metadata.csv) is a candidate (``ImageRecord.sniff``), read as DICOM when its bytes say so.
 """
 
 from __future__ import annotations
