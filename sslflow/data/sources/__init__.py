@@ -32,7 +32,7 @@ class Source(Protocol):
     records(): (position in the source's listing, record, content digest) of every file ingest reads, streamed in
         case order (case_id, else the path; then the path): sorted by path without metadata, and the metadata
         rows sorted by case with it. The digest is the file's sha256 (S3: endpoint, URL, ETag and size). Files
-        without an image suffix come as candidates (``ImageRecord.sniff``), unread.
+        without an image suffix come as candidates (``ImageRecord.sniff``): nothing looks at their content here.
     fingerprint(): the cache key of ingest (sslflow/data/fingerprint.py): changes whenever what ingest reads does.
     read_bytes(record): the bytes of one listed file.
     instance_rows(): the metadata rows keyed by SOPInstanceUID and the sha256 of their file, or None.
