@@ -1,4 +1,5 @@
 import numpy as np
+from botocore.exceptions import ClientError
 import pandas as pd
 import pytest
 from PIL import Image
@@ -11,6 +12,7 @@ from sslflow.data.manifest import split_of_case
 from sslflow.data.sources.builtin import optdigits_to_mnist_format
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import fingerprint_source, open_source, source_name
+from sslflow.data.sources import s3 as s3_source
 from sslflow.data.types import SourceError, UndecodableImageError
 from ingested import image_keys, ingest, labels
 
@@ -166,3 +168,31 @@ def test_the_plan_yields_a_chunk_before_it_has_listed_the_whole_folder(tmp_path,
     first = next(chunks)
     assert 0 < len(first["records"]) <= 16 and len(hashed) < 100
     assert sum(len(chunk["records"]) for chunk in chunks) + len(first["records"]) == 400 and len(hashed) == 400
+
+
+class _PagedBucket:
+    """An S3 client's two calls the plan makes, over ``pages`` listing pages of 1,000 keys served one at a time."""
+
+    def __init__(self, pages: int):
+        self.pages, self.served = pages, 0
+
+    def get_paginator(self, operation: str):
+        assert operation == "list_objects_v2"
+        return self
+
+    def paginate(self, Bucket: str, Prefix: str):
+        for page in range(self.pages):
+            self.served += 1
+            yield {"Contents": [{"Key": f"{Prefix}img{page:02d}{i:03d}.png", "ETag": f'"{page}-{i}"', "Size": 100} for i in range(1000)]}
+
+    def get_object(self, Bucket: str, Key: str):
+        raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no metadata.csv"}}, "GetObject")
+
+
+def test_the_plan_of_an_s3_prefix_yields_a_chunk_from_the_first_listing_page(monkeypatch):
+    bucket = _PagedBucket(pages=5)
+    monkeypatch.setattr(s3_source, "s3_client", lambda: bucket)
+    chunks = plan_chunks("s3://scans/site-a", IngestConfig(chunk_images=16))
+    first = next(chunks)
+    assert first["records"][0][1]["source_path"] == "img00000.png" and bucket.served == 1
+    assert sum(len(chunk["records"]) for chunk in chunks) + len(first["records"]) == 5000 and bucket.served == 5
