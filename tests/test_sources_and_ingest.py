@@ -139,6 +139,18 @@ def test_without_metadata_every_image_is_its_own_case_and_other_files_are_ignore
     assert manifest["image_key"].tolist() == image_keys(["img0.png", "img1.png", "img2.png", "sub/deep.TIF"])
     assert summary["case_ids"]["none"] == 4  # no case ids in the source
     assert manifest["case_id"].nunique() == 4 and summary["cases"] == 4
+    assert summary["skipped_non_image"] == {"not DICOM (no image suffix)": 1} and summary["quarantined"] == []
+
+
+def test_a_file_without_an_image_suffix_over_max_file_bytes_is_skipped_unread(tmp_path):
+    _write_folder(tmp_path, count=2)
+    (tmp_path / "metadata.csv").unlink()
+    (tmp_path / "archive").write_bytes(bytes(128) + b"DICM" + bytes(200_000))  # would be DICOM, but too big to read
+    (tmp_path / "empty").write_bytes(b"")
+    manifest, _, summary = ingest(tmp_path, IngestConfig(image_size=16, max_file_bytes=100_000))
+    assert manifest["image_key"].tolist() == image_keys(["img0.png", "img1.png"]) and summary["quarantined"] == []
+    assert summary["skipped_non_image"] == {"not DICOM (no image suffix)": 1, "not read (no image suffix, over max_file_bytes)": 1}
+    assert summary["read"]["files_read"] == 2  # the two images: neither candidate is opened
 
 
 def test_source_names_are_safe_file_names():
