@@ -90,7 +90,7 @@ def fashion_mnist_split(*, quick: bool):
     labels (N,) int."""
     import numpy as np
 
-    from sslflow.data.builtin import read_fashion_mnist
+    from sslflow.data.sources.builtin import read_fashion_mnist
 
     fashion = read_fashion_mnist()
     labels = np.array([int(label) for label in fashion.labels])

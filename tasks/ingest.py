@@ -3,7 +3,7 @@ ingest_chunk decodes one chunk into shards (a map task: chunks in parallel, each
 are unchanged), join_ingest joins them into a Dataset (sslflow/data/chunks.py).
 
 Bad input stops the run here, before any training, with a SourceError naming the file, row or key
-(sslflow/data/sources.py lists the sources, sslflow/data/metadata.py the metadata rules). DICOM
+(sslflow/data/sources/ lists the sources, sslflow/data/metadata.py the metadata rules). DICOM
 identities and the image keys that replace file paths are pseudonymised by the chunk tasks with the key of
 the Flyte Secret sslflow/pseudonym_key when it is mounted (sslflow/data/pseudonyms.py for the local
 fallbacks): paths are in the plan and the chunk documents only, never in a chunk's output or the Dataset. Raw inputs
@@ -24,7 +24,7 @@ from flytekit.types.directory import FlyteDirectory
 
 from images.specs import cpu_image
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import decode_chunk, join_chunks, plan_chunks
+from sslflow.data.chunks import decode_chunk, join_chunks, plan_documents
 from sslflow.data.sources import source_name
 from sslflow.errors import Refusal
 from sslflow.tracking.runs import stage_run
@@ -78,14 +78,14 @@ def _log_summary(summary: dict, sha256: str) -> None:
         mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the source has no real case ids)")
 
 
-@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
+@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
 def plan_ingest(source: SourceUri, config: IngestConfig) -> list[str]:
-    """The chunks of ``source`` (JSON: decode settings + files with their content hashes); nothing is decoded."""
-    return plan_chunks(source, config)
+    """The chunks of ``source`` (JSON: decode settings + files with their content hashes), largest first; nothing is decoded."""
+    return plan_documents(source, config)
 
 
 @task(
-    cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
+    cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
 )
 def ingest_chunk(chunk: str) -> FlyteDirectory:
     """Decode one chunk into shards + its table; memory grows with IngestConfig.chunk_images, not the source.

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import botocore.client
 import numpy as np
 import pydicom
 import pytest
@@ -20,9 +21,9 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
 from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import ingest_source, plan_chunks
+from sslflow.data.chunks import decode_chunk, ingest_source, plan_chunks, plan_documents
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
-from sslflow.data.fingerprint import fingerprint_folder
+from sslflow.data.sources import fingerprint_source as fingerprint_folder
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
 from sslflow.data.types import SourceError, UndecodableImageError
 from ingested import ingest
@@ -148,8 +149,9 @@ def test_pacs_folder_cases_sites_modalities_and_skipped_objects(tmp_path):
     named = ingest(folder, IngestConfig(dicom_site_names=True))[2]
     assert named["sites"] == {"North Hospital": 12 + frames, "South Clinic": 12}
     assert summary["modalities"] == {"CT": 8, "MR": 4, "NM": 4, "US": 8 + frames}
-    assert summary["skipped_non_image"] == {"Basic Text SR Storage": 1, "Media Storage Directory Storage": 1, "RT Plan Storage": 1}
-    assert summary["cases"] == files["patient"].nunique() == 5 and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
+    # README.txt has no image suffix: a candidate the chunk reads, finds not DICOM and skips (counted, not quarantined)
+    assert summary["skipped_non_image"] == {"Basic Text SR Storage": 1, "Media Storage Directory Storage": 1, "RT Plan Storage": 1, "not DICOM (no image suffix)": 1}
+    assert summary["quarantined"] == [] and summary["cases"] == files["patient"].nunique() == 5 and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
     assert manifest.loc[manifest["image_key"].str.startswith(_image_key("PAT0/CINE/US0001") + "#frame="), "case_id"].nunique() == 1
     again = ingest(folder, config)[0]  # a second run, same key: same pseudonyms
     assert again["case_id"].tolist() == manifest["case_id"].tolist()
@@ -203,9 +205,9 @@ def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 3, "quarantined": 1}
+    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 4, "quarantined": 1}  # skipped: 3 non-image DICOM objects, README.txt
     assert "held back: {'burned_in_annotation': 1}" in result.stdout
-    cached = flyte_cache_entries(tmp_path / "home", plan_chunks(str(folder), IngestConfig()))
+    cached = flyte_cache_entries(tmp_path / "home", plan_documents(str(folder), IngestConfig()))
     assert any(key.startswith("tasks.ingest.plan_ingest-") for key in cached) and len(cached) >= 6  # plan, chunks, join, validate, ...
     outputs = [tmp_path / name for name in ("mlflow.db", "mlartifacts", "sandbox", "ingest-cache")]
     assert_no_identifier([result.stdout, result.stderr], outputs, folder=folder, blobs=cached)
@@ -241,7 +243,7 @@ def needles_of(values: set[str]) -> set[bytes]:
 
 def flyte_cache_entries(home: Path, plans: list[str]) -> dict[str, bytes]:
     """Flyte's local cache (``home``/.flyte/local-cache, a diskcache): every task's cached outputs by cache key, the
-    chunk documents of ``plans`` (ingest's plan: the files it must read, plan_chunks) cut out of plan_ingest's."""
+    chunk documents of ``plans`` (ingest's plan: the files it must read, plan_documents) cut out of plan_ingest's."""
     from diskcache import Cache
 
     with Cache(str(home / ".flyte" / "local-cache")) as cache:
@@ -301,7 +303,7 @@ def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
     folder = tmp_path / "pacs"
     write_pacs_folder(folder, planted=PLANTED, multiframe=True)
     config = IngestConfig(chunk_images=4)
-    chunks = plan_chunks(str(folder), config)
+    chunks = plan_documents(str(folder), config)
     assert len(chunks) > 2 and not any(KEY in chunk or "another-key" in chunk for chunk in chunks)
     for key in (None, "another-key-0123456789"):
         _, chunked, summary = ingest_source(str(folder), config, tmp_path / f"dataset-{key}", workers=2, pseudonym_key=key)
@@ -315,7 +317,7 @@ def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
 def test_chunked_ingest_applies_and_refuses_sop_instance_rows_across_chunks(tmp_path):
     folder, uids = _uid_keyed_folder(tmp_path / "pacs")
     config = IngestConfig(image_size=16, chunk_images=1)
-    assert len(plan_chunks(str(folder), config)) == 3  # one file per chunk: each row matched by one chunk only
+    assert len(plan_documents(str(folder), config)) == 3  # one file per chunk: each row matched by one chunk only
     _, manifest, _ = ingest_source(str(folder), config, tmp_path / "dataset")
     by_file = manifest.set_index("image_key")
     assert by_file.loc[_image_key("export/IM0001"), "label"] == "malignant" and by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"
@@ -339,3 +341,65 @@ def test_dicom_files_without_an_extension_at_an_s3_prefix_are_found_by_content(t
         manifest, _, _ = ingest("s3://hospital/site-a", config)
     assert sorted(manifest["image_key"]) == sorted(_image_key(f"export/IM000{index}") for index in range(3))
     assert sorted(manifest["label"]) == ["benign", "benign", "malignant"] and set(manifest["modality"]) == {"CT"}
+
+
+@pytest.fixture
+def s3_calls(monkeypatch) -> list[tuple[str, str | None, str | None]]:
+    """Every S3 API call any boto3 client makes from here on: (operation, key or prefix, Range)."""
+    calls = []
+    make_call = botocore.client.BaseClient._make_api_call
+
+    def recorded(client, operation: str, parameters: dict):
+        calls.append((operation, parameters.get("Key", parameters.get("Prefix")), parameters.get("Range")))
+        return make_call(client, operation, parameters)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recorded)
+    return calls
+
+
+def _uid_keyed_prefix(client, folder: Path) -> None:
+    """The SOPInstanceUID-keyed folder at s3://hospital/site-a, with two objects without an image suffix that are not DICOM."""
+    client.create_bucket(Bucket="hospital")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.put_object(Bucket="hospital", Key=f"site-a/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+    client.put_object(Bucket="hospital", Key="site-a/export/README", Body=b"not an image")
+    client.put_object(Bucket="hospital", Key="site-a/export/report.pdf", Body=b"%PDF-1.4" + bytes(300))
+
+
+def test_an_s3_plan_reads_no_object_without_an_image_suffix_and_the_chunks_skip_those_not_dicom(tmp_path, monkeypatch, s3_calls):
+    """The plan lists objects without a suffix unread (no GET, ranged or not); each chunk reads its own, decodes the
+    DICOM ones and counts the others as skipped, never quarantined. The prefix is listed once per ingest, by the plan:
+    a chunk reads the metadata keyed by SOPInstanceUID by its key."""
+    folder, _ = _uid_keyed_folder(tmp_path / "pacs")
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
+        _uid_keyed_prefix(boto3.client("s3"), folder)
+        s3_calls.clear()
+        plan = list(plan_chunks("s3://hospital/site-a", IngestConfig(image_size=16)))
+        assert plan and [call for call in s3_calls if call[0] == "GetObject"] == [("GetObject", "site-a/metadata.csv", None)]
+        s3_calls.clear()
+        manifest, _, summary = ingest("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))
+    assert sorted(manifest["image_key"]) == sorted(_image_key(f"export/IM000{index}") for index in range(3))
+    assert summary["skipped_non_image"] == {"not DICOM (no image suffix)": 2} and summary["quarantined"] == []
+    assert not any(byte_range for _, _, byte_range in s3_calls)
+    assert sum(1 for operation, key, _ in s3_calls if operation == "GetObject" and key.endswith(("README", "report.pdf"))) == 2
+    assert len(summary["chunks"]) > 1 and [operation for operation, _, _ in s3_calls].count("ListObjectsV2") == 1
+
+
+def test_a_chunk_reads_sop_instance_metadata_by_key_and_refuses_it_changed_since_the_plan(tmp_path, monkeypatch, s3_calls):
+    folder, _ = _uid_keyed_folder(tmp_path / "pacs")
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
+        client = boto3.client("s3")
+        _uid_keyed_prefix(client, folder)
+        chunks = plan_documents("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))
+        s3_calls.clear()
+        decode_chunk(chunks[0], tmp_path / "chunk-0")
+        assert "ListObjectsV2" not in [operation for operation, _, _ in s3_calls]
+        assert s3_calls.count(("GetObject", "site-a/metadata.csv", None)) == 1
+        metadata = (folder / "metadata.csv").read_bytes().replace(b"malignant", b"benign")
+        client.put_object(Bucket="hospital", Key="site-a/metadata.csv", Body=metadata)
+        with pytest.raises(SourceError, match=r"s3://hospital/site-a: metadata.csv changed since ingest listed the source"):
+            decode_chunk(chunks[1], tmp_path / "chunk-1")
+    assert not (tmp_path / "chunk-1").exists()

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ssl_models.encoders import build_encoder
 from ssl_models.heads import Classifier
-from sslflow.data.builtin import read_mnist_5k
+from sslflow.data.sources.builtin import read_mnist_5k
 from sslflow.data.manifest import MANIFEST_COLUMNS
 from ingested import write_arrays
 from ssl_models.metrics import classification_metrics, expected_calibration_error, one_vs_rest_auc, per_class_accuracy

@@ -12,7 +12,7 @@ from PIL import Image
 from live_mlflow import mlflow_at
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
-from sslflow.data.builtin import read_mnist_5k
+from sslflow.data.sources.builtin import read_mnist_5k
 from sslflow.registry.names import default_model_name
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
 from workflows.pipeline import ssl_pipeline

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from ssl_models.augment import FINETUNE_AUGMENT, normalise
 from ssl_models.encoders import build_encoder
-from sslflow.data.builtin import read_mnist_5k
+from sslflow.data.sources.builtin import read_mnist_5k
 from ssl_models.heads import Classifier
 from sslflow.config import RegistryConfig
 from sslflow.data.manifest import MANIFEST_COLUMNS

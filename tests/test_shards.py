@@ -16,7 +16,7 @@ from PIL import Image
 from ssl_models.data import InMemoryPairs, StreamingPairs
 from ssl_models.shards import ShardError
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import ingest_source, plan_chunks
+from sslflow.data.chunks import ingest_source, plan_documents
 from sslflow.data.dataset import fetch_shards_once_per_node, read_images, read_manifest, shard_path, shard_rows
 from sslflow.tracking.runs import start_parent_run
 from tasks.shared import Dataset, SourceUri, dataset_rows, ingest_summary, labelled_in, stored_shards
@@ -57,13 +57,13 @@ def test_adding_files_decodes_only_the_chunks_they_fall_into(tmp_path, monkeypat
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "growing"
     _write_images(folder, range(40))
-    before = plan_chunks(str(folder), CONFIG)
+    before = plan_documents(str(folder), CONFIG)
     assert len(before) > 3
     first = {chunk: _decoding(chunk) for chunk in before}
     assert {chunk: _decoding(chunk) for chunk in before} == first, "unchanged data: every chunk a cache hit"
 
     _write_images(folder, range(40, 44))
-    after = plan_chunks(str(folder), CONFIG)
+    after = plan_documents(str(folder), CONFIG)
     unchanged = set(before) & set(after)
     assert len(unchanged) >= len(before) - 4 and len(set(after) - unchanged) <= 4  # four new files touch at most four chunks
     second = {chunk: _decoding(chunk) for chunk in after}
@@ -289,7 +289,7 @@ def test_the_plan_lists_the_largest_chunks_first(tmp_path):
     """The map task and the process pool start chunks in plan order: a large chunk started last would leave every
     other worker idle while it runs."""
     _write_images(tmp_path / "scans", range(60))
-    sizes = [len(json.loads(chunk)["records"]) for chunk in plan_chunks(str(tmp_path / "scans"), CONFIG)]
+    sizes = [len(json.loads(chunk)["records"]) for chunk in plan_documents(str(tmp_path / "scans"), CONFIG)]
     assert len(set(sizes)) > 1 and sizes == sorted(sizes, reverse=True)
 
 

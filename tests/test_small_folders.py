@@ -13,7 +13,7 @@ from PIL import Image
 
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig, ValidationConfig
-from sslflow.data.builtin import read_mnist_5k
+from sslflow.data.sources.builtin import read_mnist_5k
 from sslflow.data.chunks import ingest_source
 from sslflow.data.validation import validate_manifest
 

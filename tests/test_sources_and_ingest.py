@@ -1,14 +1,18 @@
 import numpy as np
+from botocore.exceptions import ClientError
 import pandas as pd
 import pytest
 from PIL import Image
 
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
+from sslflow.data import fingerprint
+from sslflow.data.chunks import plan_chunks
 from sslflow.data.manifest import split_of_case
-from sslflow.data.builtin import optdigits_to_mnist_format
+from sslflow.data.sources.builtin import optdigits_to_mnist_format
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.sources import fingerprint_source, source_name
+from sslflow.data.sources import fingerprint_source, open_source, source_name
+from sslflow.data.sources import s3 as s3_source
 from sslflow.data.types import SourceError, UndecodableImageError
 from ingested import image_keys, ingest, labels
 
@@ -135,9 +139,72 @@ def test_without_metadata_every_image_is_its_own_case_and_other_files_are_ignore
     assert manifest["image_key"].tolist() == image_keys(["img0.png", "img1.png", "img2.png", "sub/deep.TIF"])
     assert summary["case_ids"]["none"] == 4  # no case ids in the source
     assert manifest["case_id"].nunique() == 4 and summary["cases"] == 4
+    assert summary["skipped_non_image"] == {"not DICOM (no image suffix)": 1} and summary["quarantined"] == []
+
+
+def test_a_file_without_an_image_suffix_over_max_file_bytes_is_skipped_unread(tmp_path):
+    _write_folder(tmp_path, count=2)
+    (tmp_path / "metadata.csv").unlink()
+    (tmp_path / "archive").write_bytes(bytes(128) + b"DICM" + bytes(200_000))  # would be DICOM, but too big to read
+    (tmp_path / "empty").write_bytes(b"")
+    manifest, _, summary = ingest(tmp_path, IngestConfig(image_size=16, max_file_bytes=100_000))
+    assert manifest["image_key"].tolist() == image_keys(["img0.png", "img1.png"]) and summary["quarantined"] == []
+    assert summary["skipped_non_image"] == {"not DICOM (no image suffix)": 1, "not read (no image suffix, over max_file_bytes)": 1}
+    assert summary["read"]["files_read"] == 2  # the two images: neither candidate is opened
 
 
 def test_source_names_are_safe_file_names():
     assert source_name("s3://bucket/some/prefix/") == "bucket-some-prefix"
     assert source_name("/data/cohort 2/list.parquet") == "list"
     assert source_name("mnist-5k") == "mnist-5k"
+
+
+def test_open_source_dispatches_every_kind_and_refuses_what_is_no_source(tmp_path):
+    (tmp_path / "scans").mkdir()
+    uris = {"mnist-5k": "builtin", "s3://bucket/some/prefix": "s3", str(tmp_path / "cohort.parquet"): "parquet", str(tmp_path / "scans"): "folder"}
+    assert {uri: open_source(uri).kind for uri in uris} == uris  # nothing is read when a source is opened
+    for uri in (str(tmp_path / "no-such-folder"), "gs://bucket/prefix", "https://example.org/scans", str(tmp_path / "scans" / "x.png")):
+        with pytest.raises(SourceError, match=r"is neither a built-in source .*, an s3://bucket/prefix, a .parquet image list nor an existing folder"):
+            open_source(uri)
+
+
+def test_the_plan_yields_a_chunk_before_it_has_listed_the_whole_folder(tmp_path, monkeypatch):
+    """plan_chunks cuts while the folder is walked: the first chunk comes after a batch of files is hashed, not all."""
+    for i in range(400):
+        (tmp_path / f"img{i:04d}.png").write_bytes(b"not decoded by the plan %d" % i)
+    hashed = []
+    records = fingerprint.FileDigests.records
+    monkeypatch.setattr(fingerprint.FileDigests, "records", lambda digests, files: hashed.extend(files) or records(digests, files))
+    monkeypatch.setattr(fingerprint, "HASH_BATCH", 2)  # hashed 32 files at a time
+    chunks = iter(plan_chunks(str(tmp_path), IngestConfig(chunk_images=4)))
+    first = next(chunks)
+    assert 0 < len(first["records"]) <= 16 and len(hashed) < 100
+    assert sum(len(chunk["records"]) for chunk in chunks) + len(first["records"]) == 400 and len(hashed) == 400
+
+
+class _PagedBucket:
+    """An S3 client's two calls the plan makes, over ``pages`` listing pages of 1,000 keys served one at a time."""
+
+    def __init__(self, pages: int):
+        self.pages, self.served = pages, 0
+
+    def get_paginator(self, operation: str):
+        assert operation == "list_objects_v2"
+        return self
+
+    def paginate(self, Bucket: str, Prefix: str):
+        for page in range(self.pages):
+            self.served += 1
+            yield {"Contents": [{"Key": f"{Prefix}img{page:02d}{i:03d}.png", "ETag": f'"{page}-{i}"', "Size": 100} for i in range(1000)]}
+
+    def get_object(self, Bucket: str, Key: str):
+        raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no metadata.csv"}}, "GetObject")
+
+
+def test_the_plan_of_an_s3_prefix_yields_a_chunk_from_the_first_listing_page(monkeypatch):
+    bucket = _PagedBucket(pages=5)
+    monkeypatch.setattr(s3_source, "s3_client", lambda: bucket)
+    chunks = plan_chunks("s3://scans/site-a", IngestConfig(chunk_images=16))
+    first = next(chunks)
+    assert first["records"][0][1]["source_path"] == "img00000.png" and bucket.served == 1
+    assert sum(len(chunk["records"]) for chunk in chunks) + len(first["records"]) == 5000 and bucket.served == 5

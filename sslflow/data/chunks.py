@@ -7,9 +7,11 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   unchanged is a cache hit. Records are ordered by case (the file path when there is none) and a chunk
   ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
   boundaries), so adding files changes only the chunks they fall into. The images of one case are in
-  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges. The plan
-  lists the largest chunks first: the map task and the process pool start them in that order.
-- **Bounded memory.** A chunk task holds one chunk's images; the join reads only the chunks' tables.
+  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
+  ``plan_documents`` lists the largest chunks first: the map task and the process pool start them in that order.
+- **Bounded memory.** ``plan_chunks`` cuts while the source (sslflow/data/sources/: ``open_source``) streams its
+  records in case order, so it holds one chunk, not the listing (a metadata table is sorted by case first);
+  a chunk task holds one chunk's images; the join reads only the chunks' tables.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
   writes the dataset atomically (sslflow/data/dataset.py).
 - ``IngestConfig.max_bad_fraction`` applies per chunk; PROXY cases (``proxy_cases``) are pixel
@@ -17,8 +19,10 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
 - **DICOM.** A chunk task decodes DICOM with the pseudonym key it is given (the Flyte Secret, never in the
   chunk document); a DICOM case comes from the header, known only after decoding, so the images of one
   patient share a chunk only when their files sort together (as in a PACS export's patient folders).
-  Metadata keyed by SOPInstanceUID is read by every chunk (its sha256 is in the chunk document, so a
-  changed metadata.csv re-decodes); a row that no chunk matched is refused by the join.
+  Files without an image suffix are candidates the chunk reads and skips unless they are DICOM (the plan reads
+  none of them). Metadata keyed by SOPInstanceUID is read by every chunk, that one file and no listing (its sha256
+  is in the chunk document, so a changed metadata.csv re-decodes, and a chunk refuses one changed since the plan);
+  a row that no chunk matched is refused by the join.
 """
 
 from __future__ import annotations
@@ -31,88 +35,85 @@ import multiprocessing
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from sslflow.config import IngestConfig
-from sslflow.data.builtin import read_builtin
 from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_shards
 from sslflow.data.decode_cache import DecodeCache
-from sslflow.data.fingerprint import FileDigests, fingerprint_builtin
-from sslflow.data.folder import folder_instance_rows, list_folder
-from sslflow.data.listing import read_listing, refuse_unmatched
+from sslflow.data.listing import read_listing, refuse_no_images, refuse_unmatched
 from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest, public_quarantined
-from sslflow.data.metadata import ImageRecord
-from sslflow.data.parquet_list import list_parquet_list
+from sslflow.data.metadata import METADATA_FILE, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.s3 import list_s3, parse_s3_uri, read_object, s3_client, s3_instance_rows
-from sslflow.data.sources import source_kind, source_folder
-from sslflow.data.types import SourceImages
+from sslflow.data.sources import Source, open_source
+from sslflow.data.sources.builtin import BuiltinSource
+from sslflow.data.types import SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, SHARDS = "chunk.parquet", "chunk.json", "shards"
 DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixels", "max_file_bytes", "bits_stored", "proxy_cases", "seed", "shard_megabytes",
                    "dicom_window", "dicom_frames", "dicom_case_level", "dicom_site", "dicom_site_names", "dicom_burned_in")  # fmt: skip
+T = TypeVar("T")
 
 
-def _records(source: str, kind: str) -> list[tuple[ImageRecord, str]]:
-    """(record, content digest) of every file a listed source reads, in listing order; nothing is decoded."""
-    if kind == "s3":
-        return [(record, record.version_key) for record in list_s3(s3_client(), source)]
-    records = list_parquet_list(Path(source)) if kind == "parquet" else list_folder(source_folder(source))
-    with FileDigests() as digests:
-        digested = digests.records([(record.source_path, record.location, record.location) for record in records])
-    return [(record, sha256) for record, (_, _, sha256) in zip(records, digested)]
+def _cut(items: Iterable[T], key: Callable[[T], str], chunk_images: int) -> Iterator[list[T]]:
+    """``items`` (in order of ``key``, their case key) in chunks, streamed: a chunk ends before a new key whose hash is 0
+    modulo chunk_images, or once it has 4 x chunk_images images (both only between cases). Holds one chunk."""
+    chunk: list[T] = []
+    previous = None
+    for item in items:
+        current = key(item)
+        if chunk and current != previous:
+            if current < previous:
+                raise ValueError(f"the listing is not in case order: {current!r} after {previous!r}")
+            natural = int(hashlib.sha256(current.encode()).hexdigest()[:12], 16) % chunk_images == 0
+            if natural or len(chunk) >= 4 * chunk_images:
+                yield chunk
+                chunk = []
+        chunk.append(item)
+        previous = current
+    if chunk:
+        yield chunk
 
 
-def _instance_rows(source: str, kind: str) -> list[dict] | None:
-    """The source's metadata rows keyed by SOPInstanceUID (sslflow/data/metadata.py), None when it has none."""
-    if kind == "s3":
-        return s3_instance_rows(s3_client(), source)
-    return folder_instance_rows(source_folder(source)) if kind == "folder" else None
+def plan_chunks(source: str, config: IngestConfig) -> Iterator[dict]:
+    """The chunks of ``source`` as documents, streamed in listing order while the source is listed (see the module
+    docstring); SourceError for an empty source. Built-in sources are cut by index ranges."""
+    opened = open_source(source)
+    header = {"source": source, "kind": opened.kind, "decode": {name: getattr(config, name) for name in DECODE_SETTINGS}}
+    chunks = _builtin_chunks(opened, header, config) if isinstance(opened, BuiltinSource) else _listed_chunks(opened, header, config)
+    for chunk in chunks:
+        # PROXY case ids are made per chunk: the tag (from the chunk's own content) keeps those of two chunks apart
+        yield {**chunk, "proxy_tag": hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()[:8]} if config.proxy_cases else chunk
 
 
-def _cut(keys: list[str], chunk_images: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges of ``keys`` (sorted case keys): a chunk ends before a new key whose hash is 0 modulo
-    chunk_images, or once it has 4 x chunk_images images (both only between cases)."""
-    bounds, start = [], 0
-    for position in range(1, len(keys) + 1):
-        if position == len(keys):
-            bounds.append((start, position))
-        elif keys[position] != keys[position - 1]:
-            natural = int(hashlib.sha256(keys[position].encode()).hexdigest()[:12], 16) % chunk_images == 0
-            if natural or position - start >= 4 * chunk_images:
-                bounds.append((start, position))
-                start = position
-    return bounds
+def _builtin_chunks(opened: BuiltinSource, header: dict, config: IngestConfig) -> Iterator[dict]:
+    count, fingerprint = len(_builtin(opened.uri, config.image_size, config.channels).pixels), opened.fingerprint()
+    for start in range(0, count, config.chunk_images):
+        yield {**header, "fingerprint": fingerprint, "start": start, "stop": min(count, start + config.chunk_images)}
 
 
-def plan_chunks(source: str, config: IngestConfig) -> list[str]:
-    """The chunks of ``source`` as JSON documents (see the module docstring); SourceError for an empty source."""
-    kind = source_kind(source)
-    decode = {name: getattr(config, name) for name in DECODE_SETTINGS}
-    header = {"source": source, "kind": kind, "decode": decode}
-    if kind == "builtin":
-        count, fingerprint = len(_builtin(source, config.image_size, config.channels).pixels), fingerprint_builtin(source)
-        ranges = [(start, min(count, start + config.chunk_images)) for start in range(0, count, config.chunk_images)]
-        chunks = [{**header, "fingerprint": fingerprint, "start": start, "stop": stop} for start, stop in ranges]
-    else:
-        listed, by_instance = _records(source, kind), _instance_rows(source, kind)
-        if by_instance is not None:
-            header["instance_metadata"] = hashlib.sha256(json.dumps(by_instance, sort_keys=True).encode()).hexdigest()
-        if not listed:
-            read_listing([], lambda record: b"", config, None, source)  # raises the empty-source SourceError
-        order = sorted(range(len(listed)), key=lambda i: (listed[i][0].case_id or listed[i][0].source_path, listed[i][0].source_path))
-        keys = [listed[i][0].case_id or listed[i][0].source_path for i in order]
-        chunks = [
-            {**header, "records": [[i, vars(listed[i][0]), listed[i][1]] for i in order[start:stop]]}
-            for start, stop in _cut(keys, config.chunk_images)
-        ]
-    if config.proxy_cases and len(chunks) > 1:  # proxy ids are made per chunk: keep them apart
-        chunks = [{**chunk, "proxy_tag": hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()[:8]} for chunk in chunks]
-    chunks.sort(key=_chunk_images, reverse=True)  # the map task and the pool start chunks in order: the longest first
+def _listed_chunks(opened: Source, header: dict, config: IngestConfig) -> Iterator[dict]:
+    """Chunks of (listing position, record fields, content digest), cut from the source's records as they stream in.
+    Metadata keyed by SOPInstanceUID is named by its sha256: each chunk reads it again and checks it."""
+    by_instance = opened.instance_rows()
+    if by_instance is not None:
+        header["instance_metadata"] = {"file": METADATA_FILE, "sha256": by_instance.sha256}
+    empty = True
+    for chunk in _cut(opened.records(), lambda item: item[1].case_id or item[1].source_path, config.chunk_images):
+        empty = False
+        yield {**header, "records": [[position, vars(record), digest] for position, record, digest in chunk]}
+    if empty:
+        read_listing([], lambda record: b"", config, None, opened.uri)  # raises the empty-source SourceError
+
+
+def plan_documents(source: str, config: IngestConfig) -> list[str]:
+    """plan_chunks as JSON documents, the largest chunk first (the map task and the process pool start them in order)."""
+    chunks = sorted(plan_chunks(source, config), key=_chunk_images, reverse=True)
     return [json.dumps(chunk, sort_keys=True, separators=(",", ":")) for chunk in chunks]
 
 
@@ -123,7 +124,7 @@ def _chunk_images(chunk: dict) -> int:
 @functools.lru_cache(maxsize=2)
 def _builtin(source: str, image_size: int, channels: int) -> SourceImages:
     """A built-in source, read once per process (its chunks are index ranges of it)."""
-    return read_builtin(source, image_size, channels)
+    return BuiltinSource(source).read(image_size, channels)
 
 
 def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
@@ -138,19 +139,27 @@ def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
 
 def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int]]:
     """(decoded images of a chunk, each one's position in the source listing; frames of a DICOM object share it)."""
-    if chunk["kind"] == "builtin":
+    if "records" not in chunk:  # a built-in source: an index range
         images = _slice(_builtin(chunk["source"], config.image_size, config.channels), chunk["start"], chunk["stop"])
         return images, list(range(chunk["start"], chunk["stop"]))
+    opened = open_source(chunk["source"])
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
-    if chunk["kind"] == "s3":
-        client, (bucket, _) = s3_client(), parse_s3_uri(chunk["source"])
-        read_bytes = lambda record: read_object(client, bucket, record.location.removeprefix(f"s3://{bucket}/"))  # noqa: E731
-    else:
-        read_bytes = lambda record: Path(record.location).read_bytes()  # noqa: E731
-    by_instance = _instance_rows(chunk["source"], chunk["kind"]) if chunk.get("instance_metadata") else None
-    images = read_listing(records, read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance)
+    by_instance = _instance_rows(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
+    images = read_listing(records, opened.read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance)
     position = {fields["source_path"]: index for index, fields, _ in chunk["records"]}
     return images, [position[path.split("#frame=")[0]] for path in images.source_paths]
+
+
+def _instance_rows(opened: Source, expected: dict) -> list[dict]:
+    """The source's metadata rows keyed by SOPInstanceUID, read again (one file: no listing) and checked to be the
+    file the plan read (``expected``: its name and sha256); SourceError if it changed or went away since."""
+    found = opened.instance_rows()
+    if found is None or found.sha256 != expected["sha256"]:
+        raise SourceError(
+            f"source {opened.uri}: {expected['file']} {'is no longer keyed by SOPInstanceUID or is gone' if found is None else 'changed'} "
+            "since ingest listed the source (its sha256 is in the chunk document); run ingest again"
+        )
+    return found.rows
 
 
 def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
@@ -211,7 +220,7 @@ def _refuse_unmatched_rows(reports: list[dict]) -> None:
 def _chunk_identity(chunk: dict) -> str:
     """sha256 of a chunk document, S3 version keys without their endpoint: which server answered does not change the files."""
     if chunk["kind"] == "s3":
-        strip = lambda key: key.split(" ", 1)[-1]  # noqa: E731  ("<endpoint> <url> <etag> <size>": sslflow/data/s3.py)
+        strip = lambda key: key.split(" ", 1)[-1]  # noqa: E731  ("<endpoint> <url> <etag> <size>": sslflow/data/sources/s3.py)
         records = [[index, {**fields, "version_key": strip(fields["version_key"])}, strip(digest)] for index, fields, digest in chunk["records"]]
         chunk = {**chunk, "records": records}
     return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
@@ -227,6 +236,9 @@ def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path
     them (sslflow/data/manifest.py), in source-listing order. Returns (content sha256, manifest, summary)."""
     table = pd.concat([pd.read_parquet(folder / CHUNK_TABLE) for folder in chunk_folders], ignore_index=True)
     table = table.sort_values("listing_position", kind="stable").reset_index(drop=True)
+    if table.empty:  # every chunk's files were skipped or held back
+        reports = [json.loads((folder / CHUNK_REPORT).read_text()) for folder in chunk_folders]
+        refuse_no_images(reports[0]["source"], *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")))
     manifest, keep, summary = finish_manifest(table, config)
     manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[list(MANIFEST_COLUMNS)]
     reports = [json.loads((folder / CHUNK_REPORT).read_text()) for folder in chunk_folders]
@@ -248,7 +260,7 @@ def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path
 def _plan_to_files(source: str, config: IngestConfig, work: Path) -> list[Path]:
     """plan_chunks, each chunk document written to ``work``/plan-NNNNN.json; returns their paths."""
     paths = []
-    for index, chunk in enumerate(plan_chunks(source, config)):
+    for index, chunk in enumerate(plan_documents(source, config)):
         paths.append(work / f"plan-{index:05d}.json")
         paths[-1].write_text(chunk)
     return paths
@@ -277,7 +289,7 @@ def ingest_source(
             with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
                 list(pool.map(functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key), chunk_files, folders))
         else:
-            chunks = plan_chunks(source, config)
+            chunks = plan_documents(source, config)
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunks))]
             for chunk, folder in zip(chunks, folders):
                 decode_chunk(chunk, folder, pseudonym_key=pseudonym_key)

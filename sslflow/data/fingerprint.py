@@ -3,12 +3,14 @@
 Flyte keys ingest's cache on this fingerprint (``SourceUri`` in tasks/shared.py), so it must change
 whenever ingest's output could, and stay cheap: it is computed in every task that takes a source.
 
-What it covers, listed by the same functions and checks as ingest so that both agree on the file set:
-- folder: metadata.csv and the files it lists, or without metadata every file with an image suffix
-  (sslflow/data/folder.py: list_folder);
+What it covers, listed by the same functions and checks as ingest so that both agree on the file set (each
+source's ``fingerprint()`` in sslflow/data/sources/ computes it with the helpers of this module):
+- folder: metadata.csv and the files it lists, or without metadata every file with an image suffix and every
+  other file that starts with a DICOM preamble (sslflow/data/sources/folder.py); ingest also reads the other
+  files without an image suffix, to find out they are not DICOM, but those add no image;
 - parquet image list: the list file and the files it lists, not the rest of its folder
-  (sslflow/data/parquet_list.py: list_parquet_list);
-- built-in data set: the package files it is read from (sslflow/data/builtin.py: builtin_files);
+  (sslflow/data/sources/parquet_list.py);
+- built-in data set: the package files it is read from (sslflow/data/sources/builtin.py: builtin_files);
 - S3 prefix: every object under the prefix, by key, ETag and size; nothing is downloaded.
 A local file is hashed only after it is known to be a regular file inside the source root (symlinks
 followed), so a symlink out of the folder or a FIFO, socket or device is refused without being opened.
@@ -42,15 +44,14 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
-from sslflow.data.builtin import builtin_files
 from sslflow.data.decode_cache import ingest_cache_dir
-from sslflow.data.folder import check_regular_file, folder_metadata_file, list_folder, stat_regular_file
-from sslflow.data.metadata import METADATA_FILE
-from sslflow.data.parquet_list import list_parquet_list
-from sslflow.data.s3 import list_objects, objects_by_path, parse_s3_uri, prefix_metadata_file, s3_client
+from sslflow.data.metadata import ImageRecord
+from sslflow.data.regular_files import check_regular_file, stat_regular_file
 from sslflow.data.types import SourceError
 
 FINGERPRINT_VERSION = 3  # bump when the encoding or the file set of a kind changes
@@ -179,41 +180,11 @@ class FileDigests:
         return [name, status.st_size, sha256]
 
 
-def fingerprint_folder(source: str) -> str:
-    """The fingerprint of a local folder: its metadata.csv (if any) and the images ingest reads."""
-    root = Path(source)
-    metadata = folder_metadata_file(root)
-    records = list_folder(root)
+def digested(records: Iterable[ImageRecord]) -> Iterator[tuple[ImageRecord, str]]:
+    """(record, sha256 of its file) for local records, in their order, hashed HASH_BATCH x 16 at a time: a listing
+    streams through in bounded memory. Through the digest cache (FileDigests), saved once every record is through."""
+    records = iter(records)
     with FileDigests() as digests:
-        listing = digests.record(METADATA_FILE, metadata, str(metadata)) if metadata is not None else None
-        files = digests.records([(record.source_path, record.location, record.location) for record in records])
-    return encode_fingerprint("folder", source, listing, files)
-
-
-def fingerprint_parquet_list(source: str) -> str:
-    """The fingerprint of a parquet image list: the list file and the images it names."""
-    image_list = Path(source)
-    records = list_parquet_list(image_list)
-    with FileDigests() as digests:
-        listing = digests.record(image_list.name, image_list, "parquet image list")
-        files = digests.records([(record.source_path, record.location, record.location) for record in records])
-    return encode_fingerprint("parquet", source, listing, files)
-
-
-def fingerprint_builtin(source: str) -> str:
-    """The fingerprint of a built-in data set: the package files it is read from, by file name."""
-    with FileDigests() as digests:
-        files = [digests.record(path.name, path, f"built-in source {source!r}") for path in builtin_files(source)]
-    return encode_fingerprint("builtin", source, None, files)
-
-
-def fingerprint_s3(uri: str) -> str:
-    """The fingerprint of an S3 prefix: every object's key below the prefix, size and ETag (no download).
-
-    The listing's checks run here too: a key with '..' or a case variant of metadata.csv is refused.
-    """
-    bucket, prefix = parse_s3_uri(uri)
-    objects = objects_by_path(list_objects(s3_client(), bucket, prefix), bucket, prefix)
-    prefix_metadata_file(objects, bucket, prefix)
-    files = [[path, int(item["Size"]), item["ETag"]] for path, item in objects.items()]
-    return encode_fingerprint("s3", uri, None, files)
+        while batch := list(islice(records, HASH_BATCH * 16)):
+            hashed = digests.records([(record.source_path, record.location, record.location) for record in batch])
+            yield from ((record, sha256) for record, (_, _, sha256) in zip(batch, hashed))

@@ -9,24 +9,15 @@ and hash each path with the same key (nothing is decoded; only the listing is re
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from sslflow.data.folder import list_folder
-from sslflow.data.parquet_list import list_parquet_list
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.s3 import list_s3, s3_client
-from sslflow.data.sources import source_folder, source_kind
+from sslflow.data.sources import open_source
 
 
 def paths_of_keys(source: str, keys: list[str], pseudonyms: Pseudonyms | None = None) -> dict[str, str | None]:
     """{key: the path in ``source`` it names, or None when no file of the source has it} (frames keep their suffix)."""
     pseudonyms = pseudonyms or Pseudonyms()
-    kind = source_kind(source)
-    if kind == "s3":
-        records = list_s3(s3_client(), source)
-    else:
-        records = list_parquet_list(Path(source)) if kind == "parquet" else list_folder(source_folder(source))
-    by_key = {pseudonyms.pseudonym("file", record.source_path): record.source_path for record in records}
+    by_key = {pseudonyms.pseudonym("file", record.source_path): record.source_path for _, record, _ in open_source(source).records()}
     found = {}
     for key in keys:
         base, frame = key.split("#", 1) if "#" in key else (key, "")

@@ -1,7 +1,9 @@
 """Reading a listing of image files into SourceImages: through the decode cache, quarantining bad files.
 
 What folder, parquet-list and S3 sources share once they have listed their files as ImageRecords
-(sslflow/data/metadata.py): each source passes a function that reads one record's bytes.
+(sslflow/data/metadata.py): each source passes a function that reads one record's bytes
+(``Source.read_bytes``, sslflow/data/sources/). Files listed without an image suffix are candidates
+(``ImageRecord.sniff``): decoded here when their bytes start with a DICOM preamble, else skipped and counted.
 """
 
 from __future__ import annotations
@@ -39,29 +41,45 @@ def _cached(cache: DecodeCache, file_sha256: str, pseudonyms: Pseudonyms, *, dic
     return image
 
 
+NOT_DICOM = "not DICOM (no image suffix)"
+NOT_READ = "not read (no image suffix, over max_file_bytes)"
+
+
+def _unread(record: ImageRecord, config: IngestConfig) -> None:
+    """Refuse a record before it is read: zero bytes, or over config.max_file_bytes (its size from the listing).
+    A candidate without an image suffix (``sniff``) is skipped instead (NonImageObject): nothing says it is an image."""
+    if record.size_bytes == 0:
+        raise NonImageObject(NOT_DICOM) if record.sniff else UndecodableImageError(f"{record.location}: zero-byte file")
+    if record.size_bytes > config.max_file_bytes:
+        if record.sniff:
+            raise NonImageObject(NOT_READ)
+        raise UndecodableImageError(
+            f"{record.location}: {record.size_bytes} bytes is over IngestConfig.max_file_bytes={config.max_file_bytes}; "
+            "not read (raise max_file_bytes if the file is a genuine image)"
+        )
+
+
 def _decode_record(
     record: ImageRecord, read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, stats: dict, pseudonyms: Pseudonyms
 ) -> DecodedImage | DicomImage:
     """Decoded pixels of one record: from the cache when its bytes were decoded before, else decoded and cached.
 
-    A record of zero bytes or over config.max_file_bytes (its size from the listing) is refused before it is read.
-    Raises NonImageObject for a DICOM object without an image (not cached: its header is read each time).
+    Refused or skipped before it is read by _unread. A candidate (``sniff``) whose bytes do not start with a DICOM
+    preamble raises NonImageObject(NOT_DICOM): skipped, as is a DICOM object without an image (not cached: its
+    header is read each time).
     """
-    if record.size_bytes == 0:
-        raise UndecodableImageError(f"{record.location}: zero-byte file")
-    if record.size_bytes > config.max_file_bytes:
-        raise UndecodableImageError(
-            f"{record.location}: {record.size_bytes} bytes is over IngestConfig.max_file_bytes={config.max_file_bytes}; "
-            "not read (raise max_file_bytes if the file is a genuine image)"
-        )
+    _unread(record, config)
     file_sha256 = cache.sha256_of_version(record.version_key) if record.version_key else None
-    image = _cached(cache, file_sha256, pseudonyms, dicom=None) if file_sha256 else None
+    image = _cached(cache, file_sha256, pseudonyms, dicom=True if record.sniff else None) if file_sha256 else None
     if image is None:
         data = read_bytes(record)
         stats["files_read"] += 1
         stats["bytes_read"] += len(data)
+        is_dicom = has_dicom_preamble(data[:PREAMBLE_BYTES])
+        if record.sniff and not is_dicom:
+            raise NonImageObject(NOT_DICOM)
         file_sha256 = hashlib.sha256(data).hexdigest()
-        image = _cached(cache, file_sha256, pseudonyms, dicom=has_dicom_preamble(data[:PREAMBLE_BYTES]))
+        image = _cached(cache, file_sha256, pseudonyms, dicom=is_dicom)
         if image is None:
             image = _decode_bytes(data, record, config, pseudonyms)
             cache.put_dicom(file_sha256, pseudonyms.key_id(), image) if isinstance(image, DicomImage) else cache.put(file_sha256, image)
@@ -138,6 +156,22 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
         )
 
 
+def _refuse_empty(source: str) -> None:
+    raise SourceError(
+        f"source {source} is empty: it lists no images (no metadata rows, or no files ending in {', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} "
+        "nor DICOM files found by content)"
+    )
+
+
+def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, int]) -> None:
+    """SourceError for a source none of whose chunks decoded an image: empty when every file it listed without an
+    image suffix turned out not to be DICOM, else naming what was left out (skipped by kind, held back by reason)."""
+    if not held_back and set(skipped) <= {NOT_DICOM, NOT_READ}:
+        _refuse_empty(source)
+    left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [f"{n} held back ({k})" for k, n in sorted(held_back.items())]
+    raise SourceError(f"source {source} holds no images to learn from: {', '.join(left_out)}")
+
+
 def read_listing(
     records: list[ImageRecord], read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, source: str,
     pseudonyms: Pseudonyms | None = None, instance_rows: list[dict] | None = None,
@@ -146,25 +180,22 @@ def read_listing(
 
     read_bytes: reads one record's file (only called for bytes the cache cannot vouch for).
     pseudonyms: for DICOM identities and image keys (the HMAC of each path; default: the key from the environment
-    or key file). Non-image DICOM objects are skipped and counted by SOP class; images with BurnedInAnnotation YES
+    or key file). Non-image DICOM objects are skipped and counted by SOP class, and so are candidates without an
+    image suffix that are not DICOM (NOT_DICOM, NOT_READ: not counted as listed); images with BurnedInAnnotation YES
     are held back (listed with the quarantined, not counted against max_bad_fraction).
     instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects); the records are
     one ingest chunk of the source, so rows not matched here are returned in unmatched_instance_rows, refused by
     the join (sslflow/data/chunks.py) when no chunk matched them.
-    Raises SourceError for an empty listing or one with no images, UndecodableImageError naming every
-    bad file when there are more than the allowed fraction (or no image is left).
+    The records may be a chunk whose files were all skipped or held back: it has no images (``pixels`` (0, C, H, W)),
+    and the join refuses a source none of whose chunks has any (refuse_no_images).
+    Raises SourceError for an empty listing, UndecodableImageError naming every bad file when there are more than
+    the allowed fraction (or no image is left).
     """
     if not records:
-        raise SourceError(
-            f"source {source} is empty: it lists no images (no metadata rows, or no files ending in {', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} "
-            "nor DICOM files found by content)"
-        )
+        _refuse_empty(source)
     pseudonyms = pseudonyms or Pseudonyms()
-    held_back: dict[str, int] = {}
     stats = {"listed": len(records), "decoded": 0, "decode_cache_hits": 0, "files_read": 0, "bytes_read": 0}
-    rows: list[dict] = []
-    quarantined: list[dict] = []
-    skipped: dict[str, int] = {}
+    rows, quarantined, skipped, held_back = [], [], {}, {}
     by_instance, matched = _rows_by_instance(instance_rows, pseudonyms), set()
     for record in records:
         key = pseudonyms.pseudonym("file", record.source_path)
@@ -179,21 +210,20 @@ def read_listing(
             held_back[error.reason] = held_back.get(error.reason, 0) + 1
         except UndecodableImageError as error:
             quarantined.append(_quarantined(record, key, error))
-    _refuse_bad(source, quarantined, len(records), config, none_left=not rows)
-    unmatched = [row["where"] for key, row in by_instance.items() if key not in matched]
-    if not rows:
-        left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [f"{n} held back ({k})" for k, n in sorted(held_back.items())]
-        raise SourceError(f"source {source} holds no images to learn from: {', '.join(left_out)}")
-    images = _source_images(rows, quarantined, stats, skipped)
-    images.unmatched_instance_rows, images.held_back = unmatched, held_back
+    stats["listed"] -= skipped.get(NOT_DICOM, 0) + skipped.get(NOT_READ, 0)  # candidates that turned out not to be images
+    _refuse_bad(source, quarantined, stats["listed"], config, none_left=not rows)
+    images = _source_images(rows, quarantined, stats, skipped, (config.channels, config.image_size, config.image_size))
+    images.unmatched_instance_rows = [row["where"] for key, row in by_instance.items() if key not in matched]
+    images.held_back = held_back
     return images
 
 
-def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int]) -> SourceImages:
+def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int], shape: tuple[int, int, int]) -> SourceImages:
+    """rows as SourceImages; shape: (C, H, W) of an image, for the (0, C, H, W) pixels of a chunk without any."""
     column = lambda name: [row[name] for row in rows]  # noqa: E731
     has_cases = any(row["case_id"] for row in rows)
     return SourceImages(
-        pixels=np.stack(column("pixels")),
+        pixels=np.stack(column("pixels")) if rows else np.zeros((0, *shape), dtype=np.uint8),
         source_paths=column("source_path"),
         labels=column("label"),
         case_ids=[row["case_id"] or f"image-{hashlib.sha256(row['image_key'].encode()).hexdigest()[:12]}" for row in rows] if has_cases else None,

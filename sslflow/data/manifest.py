@@ -1,5 +1,5 @@
 """The dataset manifest: the table ingest writes, one row per image with its content hash, key, case,
-site, label and split (the parquet *input* a user may hand in is an image list: sslflow/data/parquet_list.py).
+site, label and split (the parquet *input* a user may hand in is an image list: sslflow/data/sources/parquet_list.py).
 
 An image is known by its ``image_key``: "file-" + HMAC of its path in the source (sslflow/data/pseudonyms.py),
 "#frame=<n>" for the frames of a multi-frame DICOM object; no path reaches the manifest or the summary.
@@ -102,7 +102,7 @@ def decoded_table(images: SourceImages, config: IngestConfig) -> pd.DataFrame:
     """One row per decoded image, in source order: content hash, file facts, case (None when the source has
     none; PROXY cases among these images with config.proxy_cases), site, DICOM modality, label, pixel mean and
     std; and, for the join only (not manifest columns): case_source, instance, lossless."""
-    flat = images.pixels.reshape(len(images.pixels), -1)
+    flat = images.pixels.reshape(len(images.pixels), int(np.prod(images.pixels.shape[1:])))  # (0, C*H*W) for a chunk without images
     count = len(flat)
     case_sources = _per_image(images.case_sources, count, "unknown")
     if images.case_ids is not None:

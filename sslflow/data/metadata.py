@@ -11,11 +11,13 @@ way whatever the source (canonical_label): a number equal to an integer is writt
 so ``1``, ``1.0``, ``01`` and ``1e0`` in a CSV, and 1 or 1.0 in a parquet column, are all class ``1``.
 Other columns are ignored (they do not reach the dataset manifest). With metadata, only the listed
 files are read and other files are ignored. Without metadata, every file with an image suffix
-(sslflow.data.types.IMAGE_SUFFIXES) is read, without labels, each image its own case.
+(sslflow.data.types.IMAGE_SUFFIXES) is read, without labels, each image its own case, and every other
+file (but metadata.csv) is a candidate (``ImageRecord.sniff``), read as DICOM when its bytes say so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -42,7 +44,9 @@ class ImageRecord:
     location: full path or s3:// URL, for messages and for reading;
     size_bytes: from the file system or the S3 listing (0, or over IngestConfig.max_file_bytes: the file
         is refused without reading it);
-    version_key: names these exact bytes without reading them (S3: URL + ETag + size); "" if unknown.
+    version_key: names these exact bytes without reading them (S3: URL + ETag + size); "" if unknown;
+    sniff: a file without an image or DICOM suffix, listed unread: ingest decodes it when its bytes start
+        with a DICOM preamble and skips it (counted, never quarantined) otherwise.
     """
 
     source_path: str
@@ -52,6 +56,7 @@ class ImageRecord:
     site: str = "default"
     label: str | None = None
     version_key: str = ""
+    sniff: bool = False
 
 
 def _utf8_length(text: str) -> int:
@@ -187,6 +192,28 @@ def instance_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
     return rows
 
 
+@dataclass(frozen=True)
+class InstanceRows:
+    """A metadata file keyed by SOPInstanceUID: its rows (instance_rows) and the sha256 of its bytes, which a plan
+    puts in each chunk document so that a chunk reading the file again sees whether it changed."""
+
+    rows: list[dict]
+    sha256: str
+
+
+def read_instance_rows(table: pd.DataFrame, data: bytes, where: str) -> InstanceRows | None:
+    """The rows of a metadata.csv (its bytes ``data``, parsed as ``table``) when it is keyed by SOPInstanceUID, else None."""
+    if not keyed_by_instance(table):
+        return None
+    return InstanceRows(instance_rows(table, where, first_row=2), hashlib.sha256(data).hexdigest())
+
+
+def in_case_order(rows: list[dict]) -> list[tuple[int, dict]]:
+    """(position, row) of metadata rows ordered by case (the path for a row without one), then path: the order
+    ingest cuts a listing into chunks in (sslflow/data/chunks.py), so the images of a case are neighbours."""
+    return sorted(enumerate(rows), key=lambda item: (item[1]["case_id"] or item[1]["path"], item[1]["path"]))
+
+
 def metadata_file_name(names: Collection[str], where: str) -> str | None:
     """METADATA_FILE when ``names`` (the entries at a source's root) include it, else None.
 
@@ -207,3 +234,8 @@ def metadata_file_name(names: Collection[str], where: str) -> str | None:
             f"(lower case): rename it to {METADATA_FILE}, or remove it to read the images without metadata"
         )
     return METADATA_FILE if METADATA_FILE in names else None
+
+
+def safe_name(text: str) -> str:
+    """``text`` safe as a file name: every character but letters, digits and -_. becomes '-' ("source" if empty)."""
+    return "".join(char if char.isalnum() or char in "-_." else "-" for char in text) or "source"

@@ -9,7 +9,7 @@ import numpy as np
 from sslflow.errors import Refusal
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DICOM_SUFFIXES = (".dcm", ".dicom")  # listed by name; DICOM files without them are found by content (folder.py)
+DICOM_SUFFIXES = (".dcm", ".dicom")  # listed by name; DICOM files without them are found by content (sslflow/data/listing.py)
 
 
 @dataclass

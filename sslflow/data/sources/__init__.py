@@ -1,0 +1,98 @@
+"""The sources ingest reads, one module per kind behind one protocol: ``open_source(uri)`` is the only place
+that tells the kinds apart. Ingest cuts a source's records into chunks (sslflow/data/chunks.py).
+
+A source is one of:
+- a built-in data set (``fashion-mnist``, ``mnist-5k``, ``optdigits``: sslflow/data/sources/builtin.py);
+- ``s3://bucket/prefix``: the objects under an S3 prefix (sslflow/data/sources/s3.py);
+- ``something.parquet``: a parquet image list with columns path, case_id, site, label, paths relative
+  to its folder (sslflow/data/sources/parquet_list.py);
+- otherwise a local folder, optionally with ``metadata.csv`` (sslflow/data/sources/folder.py).
+The metadata rules the last three share are in sslflow/data/metadata.py; the fingerprint's encoding and
+digest cache (Flyte's cache key of ingest) in sslflow/data/fingerprint.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from sslflow.data.metadata import ImageRecord, InstanceRows
+from sslflow.data.sources.builtin import BUILTIN_SOURCES, BuiltinSource
+from sslflow.data.sources.folder import FolderSource
+from sslflow.data.sources.parquet_list import ParquetListSource
+from sslflow.data.sources.s3 import S3Source
+from sslflow.data.types import SourceError
+
+
+class Source(Protocol):
+    """One source of images. Nothing is read when it is opened; each method reads what it says.
+
+    kind: "builtin", "s3", "parquet" or "folder"; uri: as the user gave it; name: short, safe as a file name.
+    records(): (position in the source's listing, record, content digest) of every file ingest reads, streamed in
+        case order (case_id, else the path; then the path): sorted by path without metadata, and the metadata
+        rows sorted by case with it. The digest is the file's sha256 (S3: endpoint, URL, ETag and size). Files
+        without an image suffix come as candidates (``ImageRecord.sniff``): nothing looks at their content here.
+    fingerprint(): the cache key of ingest (sslflow/data/fingerprint.py): changes whenever what ingest reads does.
+    read_bytes(record): the bytes of one listed file.
+    instance_rows(): the metadata rows keyed by SOPInstanceUID and the sha256 of their file, or None.
+    """
+
+    kind: str
+    uri: str
+
+    @property
+    def name(self) -> str: ...
+
+    def records(self) -> Iterator[tuple[int, ImageRecord, str]]: ...
+
+    def fingerprint(self) -> str: ...
+
+    def read_bytes(self, record: ImageRecord) -> bytes: ...
+
+    def instance_rows(self) -> InstanceRows | None: ...
+
+
+def _source_class(uri: str) -> type:
+    if uri in BUILTIN_SOURCES:
+        return BuiltinSource
+    if uri.startswith("s3://"):
+        return S3Source
+    if uri.endswith(".parquet"):
+        return ParquetListSource
+    return FolderSource
+
+
+def _what_a_source_can_be(uri: str) -> str:
+    return (
+        f"source {uri!r} is neither a built-in source {BUILTIN_SOURCES}, an s3://bucket/prefix, "
+        "a .parquet image list nor an existing folder"
+    )
+
+
+def open_source(uri: str) -> Source:
+    """The source ``uri`` names (see the module docstring); SourceError listing what a source can be when it names none
+    (another URL scheme, or a path that is no folder)."""
+    source_class = _source_class(uri)
+    if source_class is FolderSource and ("://" in uri or not Path(uri).is_dir()):
+        raise SourceError(_what_a_source_can_be(uri))
+    return source_class(uri)
+
+
+def source_kind(uri: str) -> str:
+    """"builtin", "s3", "parquet" (a .parquet image list) or "folder", without looking at the source."""
+    return _source_class(uri).kind
+
+
+def source_name(uri: str) -> str:
+    """A short name for a source, safe as a file name: the folder or list name, bucket-prefix for S3 (nothing is read)."""
+    return _source_class(uri)(uri).name
+
+
+def fingerprint_source(uri: str) -> str:
+    """The cache key of ingest: a sha256 that changes whenever what ingest reads from the source does.
+
+    Covers the files ingest reads, after the same checks, without re-reading unchanged local files; S3: keys,
+    ETags and sizes (no object is downloaded). Encoding and digest cache: sslflow/data/fingerprint.py.
+    """
+    return open_source(uri).fingerprint()

@@ -1,0 +1,208 @@
+"""A local folder of images, with an optional ``metadata.csv`` (rules: sslflow/data/metadata.py).
+
+Every file read must lie inside the folder: metadata paths with '..' or absolute paths are refused,
+and so is any path (listed or found) that resolves outside the folder through a symlink. Only
+regular files are read: a FIFO, socket or device (or a symlink to one) is refused after an
+``os.stat``, without ever being opened, so a special file can neither block ingest nor feed it.
+A case variant of the metadata file name (``Metadata.csv``, ``METADATA.CSV``) is refused, not
+ignored. Files are only ever opened for reading.
+
+Without metadata the files are walked in path order and streamed (each folder is sorted when the walk
+reaches it). Files without an image or DICOM suffix are listed as candidates, unread: the chunk that
+reads them decodes those that start with a DICOM preamble and skips the others (sslflow/data/listing.py).
+The fingerprint (sslflow/data/fingerprint.py) lists a folder with these same functions and checks; it
+reads the first bytes of each candidate and covers those that are DICOM, the files ingest decodes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
+from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
+from sslflow.data.metadata import (
+    METADATA_FILE, ImageRecord, InstanceRows, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows, parse_metadata_csv,
+    read_instance_rows, safe_name,
+)  # fmt: skip
+from sslflow.data.regular_files import stat_regular_file
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
+
+
+class _Resolver:
+    """Resolves paths below one source folder, remembering the real path of each folder on the way.
+
+    realpath(folder/name) is realpath(folder)/name unless name is a symlink, so a folder of 10^5 files
+    costs one lstat per file instead of one per path component (os.path.realpath).
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root_text = os.fspath(root)
+        self.real_root = os.path.realpath(root)
+        self.real_folders: dict[str, str] = {}
+
+    def regular_file_inside(self, relative: str, where: str) -> tuple[str, os.stat_result]:
+        """(real path, os.stat) of root/relative, a regular file inside root; else SourceError. Never opens it."""
+        folder, name = os.path.split(os.path.join(self.root_text, relative))
+        try:
+            if folder not in self.real_folders:
+                self.real_folders[folder] = os.path.realpath(folder)
+            path = os.path.join(self.real_folders[folder], name)
+            if os.path.islink(path):
+                path = str(Path(path).resolve())  # Path.resolve, not realpath: it raises on a symlink loop
+        except (OSError, RuntimeError) as error:  # Python 3.11 raises RuntimeError for a symlink loop
+            raise SourceError(f"{where}: {relative!r} cannot be resolved ({error}); a symlink loop?") from error
+        if not path.startswith(os.path.join(self.real_root, "")):
+            raise SourceError(f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file into the folder")
+        return path, stat_regular_file(path, where, relative, missing=f"does not exist in {self.root}")
+
+
+def resolve_inside(root: Path, relative: str, where: str) -> Path:
+    """root / relative as a regular file inside root (after following symlinks), else SourceError.
+
+    The file is never opened: a symlink out of the folder, a FIFO, socket or device is refused first.
+    """
+    return Path(_Resolver(root).regular_file_inside(relative, where)[0])
+
+
+def folder_metadata_file(root: Path) -> Path | None:
+    """The folder's metadata.csv (resolved, checked inside the folder and regular), None if it has none."""
+    if not root.is_dir():
+        raise SourceError(f"source folder {root} does not exist")
+    if metadata_file_name(set(os.listdir(root)), str(root)) is None:
+        return None
+    return resolve_inside(root, METADATA_FILE, str(root / METADATA_FILE))
+
+
+def local_records(root: Path, rows: list[dict]) -> list[ImageRecord]:
+    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords."""
+    resolver = _Resolver(root)
+    records = []
+    for row in rows:
+        path, status = resolver.regular_file_inside(row["path"], row["where"])
+        records.append(
+            ImageRecord(
+                source_path=row["path"], location=path, size_bytes=status.st_size,
+                case_id=row["case_id"], site=row["site"], label=row["label"],
+            )  # fmt: skip
+        )
+    return records
+
+
+def _has_dicom_content(path: str) -> bool:
+    """Whether the regular file ``path`` (already checked inside the folder) starts with a DICOM preamble.
+
+    Reads PREAMBLE_BYTES bytes, opened non-blocking and checked again with fstat. Anything else is not DICOM: False.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(descriptor, "rb") as handle:
+        return stat.S_ISREG(os.fstat(descriptor).st_mode) and has_dicom_preamble(handle.read(PREAMBLE_BYTES))
+
+
+def walk_files(root: Path) -> Iterator[str]:
+    """'/'-separated paths of the files below ``root`` (every entry but folders), streamed in path (string) order:
+    each folder is listed and sorted when the walk reaches it. Symlinks to folders are not followed; a folder that
+    cannot be listed is a SourceError."""
+
+    def below(folder: str, prefix: str) -> Iterator[str]:
+        entries = []
+        try:
+            with os.scandir(folder) as scan:
+                for entry in scan:
+                    try:
+                        is_folder = entry.is_dir()
+                    except OSError:
+                        is_folder = False
+                    if not (is_folder and entry.is_symlink()):
+                        entries.append((entry.name + "/" if is_folder else entry.name, entry.path, is_folder))  # "a/x" sorts before "a0"
+        except OSError as error:
+            raise SourceError(f"{error.filename}: cannot list this folder of source {root} ({error.strerror})") from error
+        for name, path, is_folder in sorted(entries):
+            yield from below(path, prefix + name) if is_folder else [prefix + name]
+
+    yield from below(os.fspath(root), "")
+
+
+def found_files(root: Path) -> Iterator[ImageRecord]:
+    """The files of a folder without metadata, streamed in path order: every file with an image or DICOM suffix
+    (refused unless it is a regular file inside the folder), and as candidates (``sniff``) the other regular files
+    inside the folder but metadata.csv (DICOM files often have no suffix): ingest decodes those that are DICOM."""
+    resolver = _Resolver(root)
+    for relative in walk_files(root):
+        by_name = os.path.splitext(relative)[1].lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES
+        if not by_name and relative == METADATA_FILE:
+            continue
+        try:
+            path, status = resolver.regular_file_inside(relative, os.path.join(root, relative))
+        except SourceError:
+            if by_name:
+                raise
+            continue  # a special file, or a symlink out of the folder, without an image suffix: not a candidate
+        yield ImageRecord(source_path=relative, location=path, size_bytes=status.st_size, sniff=not by_name)
+
+
+class FolderSource:
+    """A local folder as a Source (sslflow/data/sources/__init__.py; rules: the module docstring)."""
+
+    kind = "folder"
+
+    def __init__(self, uri: str):
+        self.uri, self.root = uri, Path(uri)
+
+    @property
+    def name(self) -> str:
+        return safe_name(self.root.resolve().name)
+
+    def _metadata(self) -> tuple[Path, bytes, pd.DataFrame] | None:
+        """(path, bytes, table) of the folder's metadata.csv, None if it has none."""
+        path = folder_metadata_file(self.root)
+        if path is None:
+            return None
+        data = path.read_bytes()
+        return path, data, parse_metadata_csv(data, str(self.root / METADATA_FILE))
+
+    def _listed(self, metadata: tuple[Path, bytes, pd.DataFrame] | None) -> list[tuple[int, ImageRecord]] | None:
+        """(row position, record) of the files metadata.csv lists, in case order; None without metadata naming paths."""
+        if metadata is None or keyed_by_instance(metadata[2]):
+            return None
+        ordered = in_case_order(metadata_rows(metadata[2], str(self.root / METADATA_FILE), first_row=2))
+        return list(zip([position for position, _ in ordered], local_records(self.root, [row for _, row in ordered])))
+
+    def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
+        """The rows of metadata.csv in case order, or else (no metadata, or metadata keyed by SOPInstanceUID) the
+        folder's files (found_files) streamed in path order; each with its sha256 (sslflow/data/fingerprint.py)."""
+        listed = self._listed(self._metadata())
+        if listed is None:
+            yield from ((position, record, sha256) for position, (record, sha256) in enumerate(digested(found_files(self.root))))
+        else:
+            positions = [position for position, _ in listed]
+            yield from ((position, record, sha256) for position, (record, sha256) in zip(positions, digested(record for _, record in listed)))
+
+    def fingerprint(self) -> str:
+        """metadata.csv and the files ingest decodes: those it lists, or every file with an image suffix and every
+        candidate that starts with a DICOM preamble (ingest skips the others, so they change nothing)."""
+        metadata = self._metadata()
+        listed = self._listed(metadata)
+        records = [record for _, record in listed] if listed is not None else [
+            record for record in found_files(self.root) if not record.sniff or _has_dicom_content(record.location)
+        ]  # fmt: skip
+        with FileDigests() as digests:
+            listing = digests.record(METADATA_FILE, metadata[0], str(metadata[0])) if metadata is not None else None
+            files = digests.records([(record.source_path, record.location, record.location) for record in records])
+        return encode_fingerprint("folder", self.uri, listing, files)
+
+    def read_bytes(self, record: ImageRecord) -> bytes:
+        return Path(record.location).read_bytes()
+
+    def instance_rows(self) -> InstanceRows | None:
+        """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None."""
+        metadata = self._metadata()
+        return read_instance_rows(metadata[2], metadata[1], str(self.root / METADATA_FILE)) if metadata is not None else None

@@ -1,0 +1,186 @@
+"""An S3 prefix ``s3://bucket/prefix`` read through boto3, with an optional ``metadata.csv`` at the prefix.
+
+Connection settings come from the environment, as for the AWS CLI: the endpoint from
+AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (MinIO, moto, Ceph, ...), the region from AWS_REGION /
+AWS_DEFAULT_REGION / the profile, credentials from AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY,
+AWS_PROFILE or an instance role. Credentials are never logged: messages name the bucket, key and
+S3 error code only.
+
+Keys below the prefix are the records' ``source_path`` (the manifest's ``image_key`` is their HMAC) (rules of metadata: sslflow/data/metadata.py).
+Any key with a '..' part is refused, since it could escape the prefix when mirrored to disk, and so
+is a metadata path that names no object under the prefix, and so is a case variant of metadata.csv
+(``Metadata.csv``) at the prefix. The listing is streamed page by page in key order and read once per
+plan; objects without an image or DICOM suffix are listed unread, as candidates the chunk decodes when
+they are DICOM (sslflow/data/listing.py). metadata.csv is read with one GET of its key, so a chunk that
+needs metadata keyed by SOPInstanceUID lists nothing. The fingerprint (sslflow/data/fingerprint.py)
+hashes the listing (keys, ETags, sizes), so deciding whether ingest's cache is still valid downloads
+nothing; unchanged objects are not downloaded again either (sslflow/data/decode_cache.py remembers
+key + ETag + size).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import boto3
+import pandas as pd
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from sslflow.data.fingerprint import encode_fingerprint
+from sslflow.data.metadata import (
+    METADATA_FILE, ImageRecord, InstanceRows, check_relative_path, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows,
+    parse_metadata_csv, read_instance_rows, safe_name,
+)  # fmt: skip
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix/"); the prefix is "" or ends in '/'."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket:
+        raise SourceError(f"{uri!r} is not an S3 source; expected s3://bucket/prefix")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_client():
+    """A boto3 S3 client configured from the environment (see the module docstring)."""
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url(), config=config)
+
+
+@contextmanager
+def s3_errors(what: str) -> Iterator[None]:
+    """Turn boto errors into SourceErrors that say what was being done (never with credentials)."""
+    try:
+        yield
+    except ClientError as error:
+        details = error.response.get("Error", {})
+        raise SourceError(f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')})") from error
+    except NoCredentialsError as error:
+        raise SourceError(f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from error
+    except BotoCoreError as error:
+        raise SourceError(f"{what}: {type(error).__name__}: {error} (endpoint {endpoint_url() or 'AWS default'})") from error
+
+
+def iter_objects(client, bucket: str, prefix: str) -> Iterator[dict]:
+    """Every object under the prefix as {"Key", "ETag", "Size"}, streamed a listing page (1,000 keys) at a time in
+    key order, as S3 returns them; folder markers skipped. SourceError if the server breaks the order."""
+    previous = ""
+    with s3_errors(f"listing s3://{bucket}/{prefix}"):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["Key"] < previous:
+                    raise SourceError(f"listing s3://{bucket}/{prefix}: the server returned {item['Key']!r} after {previous!r}, out of key order")
+                previous = item["Key"]
+                if not item["Key"].endswith("/"):
+                    yield item
+
+
+def read_object(client, bucket: str, key: str) -> bytes:
+    with s3_errors(f"reading s3://{bucket}/{key}"):
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+class S3Source:
+    """An S3 prefix as a Source (sslflow/data/sources/__init__.py; rules: the module docstring)."""
+
+    kind = "s3"
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.where = f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def name(self) -> str:
+        return safe_name(self.uri.removeprefix("s3://").strip("/"))
+
+    @functools.cached_property
+    def client(self):
+        return s3_client()
+
+    @functools.cached_property
+    def _metadata(self) -> tuple[bytes, pd.DataFrame] | None:
+        """(bytes, table) of the prefix's metadata.csv, read with one GET (no listing); None if there is none."""
+        key = f"{self.prefix}{METADATA_FILE}"
+        try:
+            data = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            with s3_errors(f"reading s3://{self.bucket}/{key}"):
+                raise
+        return data, parse_metadata_csv(data, f"{self.where}{METADATA_FILE}")
+
+    def _objects(self) -> Iterator[tuple[str, dict]]:
+        """(path below the prefix, object) of every object, streamed in key order; SourceError for a key that is
+        absolute or has '..' below the prefix."""
+        for item in iter_objects(self.client, self.bucket, self.prefix):
+            yield check_relative_path(item["Key"][len(self.prefix) :], f"s3://{self.bucket}/{item['Key']}"), item
+
+    def _record(self, path: str, item: dict, row: dict | None = None) -> ImageRecord:
+        location = f"s3://{self.bucket}/{item['Key']}"
+        named = row or {"case_id": None, "site": "default", "label": None}
+        return ImageRecord(
+            source_path=path, location=location, size_bytes=int(item["Size"]),
+            case_id=named["case_id"], site=named["site"], label=named["label"],
+            version_key=f"{endpoint_url() or 'aws'} {location} {item['ETag']} {item['Size']}",
+            sniff=row is None and os.path.splitext(path)[1].lower() not in IMAGE_SUFFIXES + DICOM_SUFFIXES,
+        )  # fmt: skip
+
+    def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
+        """The rows of metadata.csv in case order, or else (no metadata, or metadata keyed by SOPInstanceUID) every
+        object but metadata.csv, streamed from the listing in key order; objects without an image or DICOM suffix
+        as candidates (``sniff``: nothing is read here). The digest is the record's version_key."""
+        metadata = self._metadata
+        if metadata is not None and not keyed_by_instance(metadata[1]):
+            yield from self._listed(metadata[1])
+            return
+        position = 0
+        for path, item in self._objects():
+            if "/" not in path and path.lower() == METADATA_FILE:
+                metadata_file_name({path} | ({METADATA_FILE} if metadata is not None else set()), self.where)  # refuses a case variant
+            if path != METADATA_FILE:
+                record = self._record(path, item)
+                yield position, record, record.version_key
+                position += 1
+
+    def _listed(self, table: pd.DataFrame) -> Iterator[tuple[int, ImageRecord, str]]:
+        """The objects metadata.csv lists, in case order; SourceError for a row naming no object under the prefix."""
+        rows = metadata_rows(table, f"{self.where}{METADATA_FILE}", first_row=2)
+        wanted, found = {row["path"] for row in rows}, {}
+        for path, item in self._objects():
+            if "/" not in path and path.lower() == METADATA_FILE:
+                metadata_file_name({path, METADATA_FILE}, self.where)
+            if path in wanted:
+                found[path] = item
+        for row in rows:
+            if row["path"] not in found:
+                raise SourceError(f"{row['where']}: {row['path']!r} does not exist under {self.where}")
+        for position, row in in_case_order(rows):
+            record = self._record(row["path"], found[row["path"]], row)
+            yield position, record, record.version_key
+
+    def fingerprint(self) -> str:
+        """Every object below the prefix by key, size and ETag (the listing only: nothing is downloaded); a key with
+        '..' or a case variant of metadata.csv is refused here too."""
+        files = [[path, int(item["Size"]), item["ETag"]] for path, item in self._objects()]
+        metadata_file_name({path for path, _, _ in files if "/" not in path}, self.where)
+        return encode_fingerprint("s3", self.uri, None, files)
+
+    def read_bytes(self, record: ImageRecord) -> bytes:
+        return read_object(self.client, self.bucket, record.location.removeprefix(f"s3://{self.bucket}/"))
+
+    def instance_rows(self) -> InstanceRows | None:
+        """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None: one GET, no listing."""
+        metadata = self._metadata
+        return read_instance_rows(metadata[1], metadata[0], f"{self.where}{METADATA_FILE}") if metadata is not None else None
