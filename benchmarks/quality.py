@@ -104,7 +104,8 @@ def train_arm(settings: dict, init: str, probe: str, encoder, train, validation,
         encoder, config = build_encoder(name, 1, 28, seed=seed), dataclasses.replace(config, head_warmup_steps=0)
     validation = (torch.from_numpy(validation[0]), validation[1])
     model, history = finetune(copy.deepcopy(encoder), torch.from_numpy(train[0]), train[1], num_classes, config, validation=validation)
-    fit = {"probe_converged": history[-1]["converged"], "probe_train_loss": history[-1]["loss"]} if probe == "linear" else {}
+    fit = ({"probe_converged": history[-1]["converged"], "probe_train_loss": history[-1]["loss"]} if probe == "linear"
+           else {"stopped_step": history[-1]["stopped_step"], "best_step": history[-1]["best_step"]})  # fmt: skip
     return model, {"train_accuracy": history[-1]["accuracy"], **fit}
 
 
