@@ -4,8 +4,8 @@ Same data, splits, seeds and steps as workflows/pipeline.py (it reuses the same 
 settings: generic SimCLR on Fashion-MNIST, domain SimCLR and MICLe (PROXY cases: pixel
 neighbours; MNIST has no patients) continued from it on MNIST-5k, the ablation {pixels linear, scratch
 fine-tuned, {SimCLR, + domain SimCLR, + MICLe} x {linear probe, fine-tune}} x label fractions x SEEDS,
-plus a self-trained student per fraction and seed (SimCLR v2 step 3: the best model on validation labels
-the domain pool; sslflow/training/student.py), evaluated on the MNIST test split, optdigits and the corruption
+plus a self-trained student per fraction and seed (SimCLR v2 step 3 with FixMatch on the domain pool, judged
+against the best model on validation; sslflow/training/student.py), evaluated on the MNIST test split, optdigits and the corruption
 suite. Prints the comparisons of issues 6 and 12 as means with 95% t-intervals over the seeds (a gain only
 when the intervals separate), issue 14's two label-efficiency comparisons (best arm vs scratch with 10x the
 labels, by mean), the pseudo-label accuracy and the student's gain at each fraction, and saves everything
@@ -38,7 +38,7 @@ from ssl_models.augment import FINETUNE_AUGMENT  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import predict_probabilities  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
-from ssl_models.distillation import SelfTrainConfig  # noqa: E402
+from ssl_models.fixmatch import SelfTrainConfig  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.chunks import ingest_source  # noqa: E402
@@ -53,13 +53,13 @@ from sslflow.training.student import run_self_training, self_training_data  # no
 SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
                 micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300),
-                self_train=SelfTrainConfig(steps=2000, head_warmup_steps=200, batch_size=256)),
+                self_train=SelfTrainConfig(steps=2000, head_warmup_steps=200, batch_size=64, unlabelled_ratio=7, confidence_threshold=0.95)),
     "cpu-budget": dict(encoder="small_cnn", generic_images=20000, simclr=PretrainConfig(epochs=8),
                        micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15, min_steps=150),
                        self_train=SelfTrainConfig(steps=600, head_warmup_steps=50)),
     "smoke": dict(encoder="small_cnn", generic_images=300, domain_images=600, shift_images=200, simclr=PretrainConfig(epochs=1, batch_size=128),
                   micle=PretrainConfig(epochs=1, batch_size=128), finetune=FinetuneConfig(epochs=1, min_steps=3, head_warmup_steps=2),
-                  self_train=SelfTrainConfig(steps=3, head_warmup_steps=1, confidence_threshold=0.0), seeds=(0,)),
+                  self_train=SelfTrainConfig(steps=3, head_warmup_steps=1, eval_every=2, confidence_threshold=0.0), seeds=(0,)),
 }  # fmt: skip
 FRACTIONS = (0.01, 0.1, 1.0)
 SEEDS = (0, 1, 2)  # fine-tuning seeds (label subset, head, batch order); pretraining runs once, with seed 0
@@ -141,7 +141,7 @@ def ablation(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: l
 
 
 def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: dict, eval_sets: list, seed: int) -> tuple[list[dict], list[dict]]:
-    """A student per fraction, from the top rung's encoder (case pairs), taught by that fraction's best model on val:
+    """A FixMatch student per fraction, from the top rung's encoder (case pairs), judged against that fraction's best model on val:
     (result rows like ablation's, pseudo-label quality reports)."""
     student_init = student_arm_of(ladder_arms(settings["simclr"].method)[-1])
     results, reports = [], []
@@ -149,14 +149,13 @@ def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: 
         if fraction > settings["self_train"].max_label_fraction:
             continue
         arm = f"{teacher.init} {teacher.probe}"
-        data = self_training_data(domain, domain_pixels, fraction, seed, "mnist-5k")
+        data = self_training_data(domain, lambda rows: domain_pixels[rows], fraction, seed, "mnist-5k", max_pool_images=settings["self_train"].max_pool_images)
         outcome = run_self_training(teacher.model, copy.deepcopy(micle_encoder), data, dataclasses.replace(settings["self_train"], seed=seed))
         reports.append({"label_fraction": fraction, "seed": seed, "teacher": arm, **outcome.report})
-        if outcome.student is not None:
-            record = SimpleNamespace(class_names=data.class_names, init=student_init, probe="finetune", label_fraction=fraction, seed=seed, num_labels=len(data.labels),
-                                     val_accuracy=outcome.report["student_val_accuracy"], selectable=bool(outcome.report["student_beats_teacher"]))  # fmt: skip
-            results += _scored(outcome.student, record, eval_sets, {})
-        print(f"seed {seed} student {fraction:5g} (teacher {arm}): pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
+        record = SimpleNamespace(class_names=data.class_names, init=student_init, probe="finetune", label_fraction=fraction, seed=seed, num_labels=len(data.labels),
+                                 val_accuracy=outcome.report["student_val_accuracy"], selectable=bool(outcome.report["student_beats_teacher"]))  # fmt: skip
+        results += _scored(outcome.student, record, eval_sets, {})
+        print(f"seed {seed} student {fraction:5g} (teacher {arm}): mask rate {outcome.report['mask_rate']:.3f}, pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
     return results, reports
 
 
@@ -167,7 +166,7 @@ def self_training_summary(results: list[dict], reports: list[dict], method: str)
         rows = (r for r in results if f"{r['init']} {r['probe']}" == arm and (r["label_fraction"], r["seed"], r["eval_set"]) == (fraction, seed, "in_domain"))
         return next((r["accuracy"] for r in rows), math.nan)  # no student: no row
 
-    keys = ("teacher", "coverage", "pseudo_label_accuracy", "teacher_ece", "pseudo_labelled", "teacher_val_accuracy", "student_val_accuracy", "student_gain")
+    keys = ("teacher", "coverage", "pseudo_label_accuracy", "ece", "mask_rate", "pseudo_labelled", "teacher_val_accuracy", "student_val_accuracy", "student_gain")
     return {
         f"{r['label_fraction']:g}/seed={r['seed']}": {
             **{k: r[k] for k in keys},

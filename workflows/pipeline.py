@@ -20,7 +20,7 @@ from flytekit import workflow
 
 import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
 
-from ssl_models.distillation import SelfTrainConfig
+from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
