@@ -17,7 +17,12 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Parameters of the view distribution. Defaults suit 28 px grey digits and clothes."""
+    """Parameters of the view distribution. Defaults suit 28 px grey digits and clothes.
+
+    cutout_probability: Cutout (DeVries & Taylor, 2017, arXiv 1708.04552), a grey square over the image, on this
+        share of the images (FixMatch's strong view: all).
+    cutout_size: the square's side, drawn per image in (0, cutout_size] x the image side.
+    """
 
     output_size: int = 28
     crop_scale: tuple[float, float] = (0.3, 1.0)
@@ -32,8 +37,8 @@ class AugmentConfig:
     grayscale_probability: float = 0.2
     blur_probability: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    cutout_probability: float = 0.0  # Cutout (DeVries & Taylor, 2017, arXiv 1708.04552): a grey square over the image
-    cutout_size: float = 0.5  # its side, drawn per sample in (0, cutout_size] x output_size (FixMatch: up to half the side)
+    cutout_probability: float = 0.0
+    cutout_size: float = 0.5
     mean: float = 0.5
     std: float = 0.5
 

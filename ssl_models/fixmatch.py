@@ -35,18 +35,21 @@ from ssl_models.train import train_head_only, validation_accuracy
 class SelfTrainConfig:
     """The self-training stage (FixMatch). Defaults: about a minute per label fraction on a 2-core CPU at 28 px (small_cnn).
 
-    steps: FixMatch optimiser steps (each: ``batch_size`` labelled + ``unlabelled_ratio`` x ``batch_size`` pool
-        images, the pool ones in two views), after ``head_warmup_steps`` steps on the new linear layer alone.
-    unlabelled_ratio: the paper's mu (7 there; 3 here, a quarter of the compute per step on 2 CPU cores).
+    steps: FixMatch optimiser steps, each on ``batch_size`` labelled + ``unlabelled_ratio`` x ``batch_size`` pool
+        images (the pool ones in two views).
+    head_warmup_steps: before them, steps on the new linear layer alone, labelled images only (LP-FT, as fine-tuning).
+    unlabelled_ratio: the paper's mu (7 there; 3 here, less than half the compute per step on 2 CPU cores).
     confidence_threshold: a pool image's weak-view top probability must reach it to be pseudo-labelled. The paper's
-        0.95 assumes 2^20 steps; within a few hundred steps from a freshly warmed-up head few images pass it
-        (the mask rate stays low), so 0.9 here (measured: docs/self-training.md).
+        0.95 comes with about a million steps; a student of a few hundred steps, its head just warmed up on a few
+        labels, passes it on fewer pool images, so 0.9 here (docs/self-training.md, "Threshold").
     unlabelled_weight: the paper's lambda_u (1).
-    eval_every, patience: fine-tuning's early stopping rule (FinetuneConfig), on the val split.
+    eval_every: the validation accuracy every this many steps (fine-tuning's rule, FinetuneConfig).
+    patience: evaluations without a better one that stop the run; the best weights on validation are kept.
     max_label_fraction: self-train only at label fractions up to this; at 100% the pool is all labelled.
     max_pool_images: the pool held in host memory: at most this many train-split images, sampled by seed
         (sslflow.training.student.self_training_data says when it samples).
-    augment: the weak view (and the labelled images'); strong_augment: the strong view.
+    augment: the weak view, also the labelled images' view.
+    strong_augment: the strong view (STRONG_AUGMENT: crop, rotation, brightness/contrast, blur, Cutout).
     """
 
     steps: int = 200

@@ -86,17 +86,18 @@ class FinetuneConfig:
     (LP-FT, Kumar et al., 2022, arXiv 2202.10054): a random head's large early gradients would
     otherwise distort pretrained features. Applied identically to every initialisation.
 
-    The step budget: ``epochs`` epochs of the labelled images, raised (and the log says so) to at least
-    ``min_steps`` optimiser steps, for label fractions so small that 10 epochs are a handful of steps. 0 (the
+    min_steps: the step budget is ``epochs`` epochs of the labelled images, raised (and the log says so) to at
+    least this many optimiser steps, for label fractions so small that 10 epochs are a handful of steps; 0 (the
     default): ``epochs`` is exactly the budget. It depends only on the number of labels, so every arm at a label
-    fraction (scratch and each pretrained encoder) has the same budget. The pipeline's default sets 300
+    fraction (scratch and each pretrained encoder) has the same budget. The pipeline's default sets 200
     (workflows/pipeline.py); a ``--finetune`` given on the command line replaces the whole config.
 
-    eval_every, patience: early stopping, the same rule for every arm. With validation images (the pipeline always
-    passes them) the validation accuracy is measured every ``eval_every`` steps of the budget and at its last;
-    ``patience`` evaluations in a row without a better one stop the run, and the weights of the best evaluation
-    are the ones returned (patience 0: train the whole budget, still return the best). An arm is then neither
-    cut short by a budget sized for another nor judged on weights past its peak.
+    eval_every: with validation images (the pipeline always passes them) the validation accuracy is measured every
+    this many steps of the budget and at its last: early stopping, the same rule for every arm.
+
+    patience: this many evaluations in a row without a better validation accuracy stop the run, and the weights
+    of the best evaluation are the ones returned (0: train the whole budget, still return the best). An arm is
+    then neither cut short by a budget sized for another nor judged on weights past its peak.
 
     seed: the label subset, head initialisation, batch order and augmentations (the pipeline sets it
     to each of its ``seeds`` in turn).
