@@ -1,5 +1,6 @@
 """The self-training student: FixMatch (Sohn et al., 2020, "FixMatch: Simplifying Semi-Supervised Learning with
-Consistency and Confidence", arXiv 2001.07685) on the unlabelled pool, from the self-supervised encoder.
+Consistency and Confidence", arXiv 2001.07685) on the unlabelled pool, continuing a fine-tuned classifier (in the
+pipeline: the top rung's encoder fine-tuned on the same labels, as SimCLR v2 self-trains from its fine-tuned network).
 
 Each optimiser step sees a batch of B labelled images (cross-entropy on their labels, weak view) and mu x B pool
 images, each in a weak view (FINETUNE_AUGMENT: a small crop and rotation) and a strong one (STRONG_AUGMENT: large
@@ -8,9 +9,9 @@ pseudo-label where its top probability reaches ``confidence_threshold``; the str
 cross-entropy (``fixmatch_loss``), weighted ``unlabelled_weight`` (the paper's lambda_u). The three batches go
 through the model together, so BatchNorm sees them as one (as the paper's implementation does).
 
-The run follows fine-tuning's rule (ssl_models.train.finetune): an LP-FT head warm-up on the labelled images,
-then ``steps`` steps with the validation accuracy every ``eval_every`` steps, ``patience`` evaluations without
-a better one stop it, and the best weights on validation are returned (ssl_models.loop.BestOnValidation).
+The run follows fine-tuning's rule (ssl_models.train.finetune): ``steps`` steps with the validation accuracy every
+``eval_every`` steps; ``patience`` evaluations without a better one stop it, and the best weights on validation are
+returned (ssl_models.loop.BestOnValidation).
 """
 
 from __future__ import annotations
@@ -28,20 +29,19 @@ from ssl_models.device import autocast, pick_device
 from ssl_models.heads import Classifier
 from ssl_models.loop import BestOnValidation, optimizer_step
 from ssl_models.optim import warmup_cosine
-from ssl_models.train import train_head_only, validation_accuracy
+from ssl_models.train import validation_accuracy
 
 
 @dataclass(frozen=True)
 class SelfTrainConfig:
-    """The self-training stage (FixMatch). Defaults: about a minute per label fraction on a 2-core CPU at 28 px (small_cnn).
+    """The self-training stage (FixMatch).
 
     steps: FixMatch optimiser steps, each on ``batch_size`` labelled + ``unlabelled_ratio`` x ``batch_size`` pool
         images (the pool ones in two views).
-    head_warmup_steps: before them, steps on the new linear layer alone, labelled images only (LP-FT, as fine-tuning).
     unlabelled_ratio: the paper's mu (7 there; 3 here, less than half the compute per step on 2 CPU cores).
     confidence_threshold: a pool image's weak-view top probability must reach it to be pseudo-labelled. The paper's
-        0.95 comes with about a million steps; a student of a few hundred steps, its head just warmed up on a few
-        labels, passes it on fewer pool images, so 0.9 here (docs/self-training.md, "Threshold").
+        0.95 comes with about a million steps; in a few hundred steps it leaves most of the pool unused,
+        so 0.9 here (docs/self-training.md, "Threshold").
     unlabelled_weight: the paper's lambda_u (1).
     eval_every: the validation accuracy every this many steps (fine-tuning's rule, FinetuneConfig).
     patience: evaluations without a better one that stop the run; the best weights on validation are kept.
@@ -53,7 +53,6 @@ class SelfTrainConfig:
     """
 
     steps: int = 200
-    head_warmup_steps: int = 50
     batch_size: int = 32
     unlabelled_ratio: int = 3
     confidence_threshold: float = 0.9
@@ -71,8 +70,8 @@ class SelfTrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError(f"SelfTrainConfig.confidence_threshold must be in [0, 1], got {self.confidence_threshold}")
-        if self.steps < 1 or self.head_warmup_steps < 0 or self.unlabelled_ratio < 1:
-            raise ValueError(f"SelfTrainConfig needs steps >= 1, head_warmup_steps >= 0 and unlabelled_ratio >= 1; got {self.steps}, {self.head_warmup_steps}, {self.unlabelled_ratio}")  # fmt: skip
+        if self.steps < 1 or self.unlabelled_ratio < 1:
+            raise ValueError(f"SelfTrainConfig needs steps >= 1 and unlabelled_ratio >= 1; got {self.steps} and {self.unlabelled_ratio}")
         if self.eval_every < 1 or self.patience < 0 or self.max_pool_images < 1:
             raise ValueError(f"SelfTrainConfig needs eval_every >= 1, patience >= 0 and max_pool_images >= 1; got {self.eval_every}, {self.patience}, {self.max_pool_images}")  # fmt: skip
 
@@ -130,37 +129,33 @@ def _fixmatch_step(model: Classifier, batches: _Batches, config: SelfTrainConfig
 
 
 def train_fixmatch(
-    encoder: nn.Module,
+    model: Classifier,
     labelled_images: torch.Tensor,
     labels: np.ndarray,
     pool_images: torch.Tensor,
-    num_classes: int,
     config: SelfTrainConfig,
     *,
     validation: tuple[torch.Tensor, np.ndarray] | None = None,
 ) -> tuple[Classifier, list[dict]]:
-    """A FixMatch student: ``encoder`` (trained in place) + a new linear layer.
+    """Continue ``model`` (trained in place: encoder + linear layer, (B, C, H, W) -> (B, K)) as a FixMatch student.
 
     Args:
-        encoder: the self-supervised encoder to start from; module with ``feature_dim``, (B, C, H, W) -> (B, feature_dim).
-        labelled_images: (L, C, H, W) uint8; labels: (L,) int class indices in [0, num_classes).
+        model: the classifier to start from (the pipeline: the top rung's fine-tuned model at this fraction and seed).
+        labelled_images: (L, C, H, W) uint8; labels: (L,) int class indices in [0, K).
         pool_images: (P, C, H, W) uint8 unlabelled images (labelled ones among them are used without their labels).
         validation: (images (M, C, H, W) uint8, labels (M,)): early stopping and the best weights; None: all ``steps``.
 
     Returns:
-        The student Classifier (on the host, eval mode) and one record per ``eval_every`` steps (and the last):
-        step, loss, labelled_loss, unlabelled_loss, mask_rate (means over those steps), val_accuracy (with
-        validation); the last also stopped_step, and with validation best_step, best_val_accuracy, evaluations.
+        The student (on the host, eval mode) and one record per ``eval_every`` steps (and the last): step, loss,
+        labelled_loss, unlabelled_loss, mask_rate (means over those steps), val_accuracy (with validation); the last
+        also stopped_step, and with validation best_step, best_val_accuracy, evaluations.
     """
     if len(labels) != labelled_images.shape[0] or len(labels) == 0 or pool_images.shape[0] == 0:
         raise ValueError(f"need labelled images with one label each and a non-empty pool; got {len(labels)} labels, {labelled_images.shape[0]} labelled images, {pool_images.shape[0]} pool images")  # fmt: skip
     device = pick_device()
-    torch.manual_seed(config.seed)  # the new linear layer: same seed, same student
-    model = Classifier(encoder, num_classes).to(device)
+    model = model.to(device)
     batches = _Batches(place_images(labelled_images, device), torch.as_tensor(labels, dtype=torch.long, device=device), place_images(pool_images, device),
                        np.random.default_rng(config.seed), torch.Generator(device=device).manual_seed(config.seed), device)  # fmt: skip
-    if config.head_warmup_steps:
-        train_head_only(model, batches.labelled, batches.targets, config, batches.generator, batches.rng, device)
     history = _train_steps(model, batches, config, validation)
     model.eval()
     return model.cpu(), history

@@ -333,7 +333,7 @@ def finetune(
     stored = place_images(images, device)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
     if config.head_warmup_steps:
-        train_head_only(model, stored, targets, config, generator, rng, device)
+        _train_head_only(model, stored, targets, config, generator, rng, device)
     run = _FinetuneRun(model, stored, targets, generator, rng, device, validation)
     history = _train_within_budget(run, config, steps, _epochs(config, steps))
     model.eval()
@@ -444,10 +444,10 @@ def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, v
     return model.cpu(), [record]
 
 
-def train_head_only(model: Classifier, stored, targets, config: FinetuneConfig, generator, rng, device) -> None:
+def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig, generator, rng, device) -> None:
     """LP phase of LP-FT: ``config.head_warmup_steps`` AdamW steps (at 10 x ``config.learning_rate``) on the linear
-    layer, encoder frozen in eval mode, on batches of ``config.batch_size`` labelled images in ``config.augment``'s view
-    (a FinetuneConfig or a SelfTrainConfig). stored (N, C, H, W) uint8 and targets (N,) int64 on ``device``."""
+    layer, encoder frozen in eval mode, on batches of ``config.batch_size`` labelled images in ``config.augment``'s view.
+    stored (N, C, H, W) uint8 and targets (N,) int64 on ``device``."""
     optimizer = torch.optim.AdamW(model.linear.parameters(), lr=10 * config.learning_rate)
     model.encoder.eval()
     for _ in range(config.head_warmup_steps):

@@ -1,7 +1,7 @@
-"""self_train: SimCLR v2's third step with a FixMatch student. At each label fraction a student, starting from the
-self-supervised encoder, learns from the labelled images and, by FixMatch's consistency on confident pseudo-labels,
-from the unlabelled domain pool (ssl_models/fixmatch.py, sslflow/training/student.py); the best fine-tuned model
-(by validation accuracy) at that fraction is the teacher it must beat.
+"""self_train: SimCLR v2's third step with a FixMatch student. At each label fraction a student continues the model
+fine-tuned from the top rung's encoder and learns from the labelled images and, by FixMatch's consistency on
+confident pseudo-labels, from the unlabelled domain pool (ssl_models/fixmatch.py, sslflow/training/student.py); the
+best fine-tuned model (by validation accuracy) at that fraction is the teacher it must beat.
 
 The pseudo-label quality report (val split only) is a Flyte Deck and MLflow artifacts. A student that
 does not beat its teacher on validation is kept for evaluation but flagged not selectable for registration.
@@ -25,9 +25,9 @@ from sslflow.data.dataset import read_manifest
 from sslflow.evaluation import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.ladder import student_arm
-from sslflow.training.student import run_self_training, self_training_data
+from sslflow.training.student import run_self_training, self_training_data, student_start
 from sslflow.tracking.runs import stage_run
-from sslflow.training.model_files import load_classifier, load_encoder, save_state_dict
+from sslflow.training.model_files import load_classifier, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_without_shards, pipeline_cache, read_rows
 
@@ -43,18 +43,21 @@ def _manifest_and_reader(domain: Dataset) -> tuple:
     return manifest, read_images
 
 
+def _classifier(model: FinetunedModel):
+    return load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))
+
+
 def _train_student(
-    data_source, teacher: FinetunedModel, encoder: EncoderCheckpoint, domain_name: str, seed: int, config: SelfTrainConfig, parent_run_id: str
+    data_source, teacher: FinetunedModel, start: FinetunedModel, encoder: EncoderCheckpoint, domain_name: str, seed: int, config: SelfTrainConfig,
+    parent_run_id: str,
 ) -> tuple[FinetunedModel, dict]:  # fmt: skip
-    """One student at the teacher's label fraction; its report gains label_fraction and teacher."""
+    """One student at the teacher's label fraction, continuing ``start``; its report gains label_fraction and teacher."""
     fraction = teacher.label_fraction
     data = self_training_data(*data_source, fraction, seed, domain_name, max_pool_images=config.max_pool_images)
-    classifier = load_classifier(teacher.checkpoint.download(), teacher.encoder_name, teacher.in_channels, teacher.image_size, len(teacher.class_names))
-    start = load_encoder(encoder.checkpoint.download(), encoder.encoder_name, encoder.in_channels, encoder.image_size)
     params = {"config": config, "label_fraction": fraction, "teacher.init": teacher.init, "teacher.probe": teacher.probe,
-              "teacher.sha256": teacher.content_sha256, "encoder.sha256": encoder.content_sha256}  # fmt: skip
+              "teacher.sha256": teacher.content_sha256, "start.sha256": start.content_sha256, "encoder.sha256": encoder.content_sha256}  # fmt: skip
     with stage_run(parent_run_id, f"self_train:{student_arm(encoder.arm)}@{fraction:g}/seed={seed}", params) as run:
-        result = run_self_training(classifier, start, data, dataclasses.replace(config, seed=seed))  # the seed of its teacher
+        result = run_self_training(_classifier(teacher), _classifier(start), data, dataclasses.replace(config, seed=seed))  # the seed of its teacher
         for record in result.history:
             curve = {"train_loss": record["loss"], "labelled_loss": record["labelled_loss"], "unlabelled_loss": record["unlabelled_loss"],
                      "step_mask_rate": record["mask_rate"], "val_accuracy_at_step": record.get("val_accuracy")}  # fmt: skip
@@ -89,8 +92,8 @@ def _log_report(reports: list[dict]) -> None:
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str
 ) -> list[FinetunedModel]:
-    """``models`` followed by one FixMatch student per label fraction up to config.max_label_fraction, judged against
-    that fraction's best model on validation (its teacher).
+    """``models`` followed by one FixMatch student per label fraction up to config.max_label_fraction, continuing the
+    model fine-tuned from ``encoder`` (the top rung) and judged against that fraction's best model on validation (its teacher).
 
     Each fine-tuning seed (FinetunedModel.seed) has its own teacher and student, on that seed's labelled subset.
     """
@@ -99,8 +102,9 @@ def self_train(
     students, reports = [], []
     runs = sorted({(model.seed, model.label_fraction) for model in models if model.label_fraction <= config.max_label_fraction})
     for seed, fraction in runs:
-        teacher = select_best([model for model in models if (model.seed, model.label_fraction) == (seed, fraction)])
-        student, report = _train_student(data_source, teacher, encoder, domain.name, seed, config, parent_run_id)
+        candidates = [model for model in models if (model.seed, model.label_fraction) == (seed, fraction)]
+        teacher, start = select_best(candidates), student_start(candidates, encoder.arm)
+        student, report = _train_student(data_source, teacher, start, encoder, domain.name, seed, config, parent_run_id)
         students.append(student)
         reports.append(report)
     if not reports:

@@ -23,7 +23,7 @@ SMALL = dict(
     micle=PretrainConfig(epochs=1, batch_size=128),
     finetune=FinetuneConfig(epochs=1, min_steps=3),
     label_fractions=[1.0],
-    self_train=SelfTrainConfig(steps=3, head_warmup_steps=1, confidence_threshold=0.0, max_label_fraction=1.0),  # a 3-step teacher is confident about little
+    self_train=SelfTrainConfig(steps=3, confidence_threshold=0.0, max_label_fraction=1.0),  # a 3-step student is confident about little
 )
 
 

@@ -21,6 +21,7 @@ import torch
 from ssl_models.augment import FINETUNE_AUGMENT, STRONG_AUGMENT, augment, normalise
 from ssl_models.encoders import build_encoder
 from ssl_models.fixmatch import SelfTrainConfig, fixmatch_loss, train_fixmatch
+from ssl_models.heads import Classifier
 from ssl_models.train import FinetuneConfig, finetune
 from sslflow.evaluation import select_best
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
@@ -66,12 +67,13 @@ def _fixmatch_inputs(seed: int = 0):
 
 def test_the_fixmatch_student_is_determined_by_its_seed():
     data, validation = _fixmatch_inputs()
-    config = SelfTrainConfig(steps=4, head_warmup_steps=1, batch_size=4, eval_every=2, confidence_threshold=0.0)
+    config = SelfTrainConfig(steps=4, batch_size=4, eval_every=2, confidence_threshold=0.0)
 
     def student(seed: int):
-        torch.manual_seed(5)  # the same encoder weights every time
-        model, history = train_fixmatch(build_encoder("small_cnn", 1, 28), torch.from_numpy(data.labelled_images), data.labels,
-                                        torch.from_numpy(data.pool_images), 3, dataclasses.replace(config, seed=seed), validation=validation)  # fmt: skip
+        start = Classifier(build_encoder("small_cnn", 1, 28, seed=5), 3)
+        start.linear.load_state_dict({"weight": torch.full((3, start.linear.in_features), 0.01), "bias": torch.zeros(3)})  # the same start every time
+        model, history = train_fixmatch(start, torch.from_numpy(data.labelled_images), data.labels, torch.from_numpy(data.pool_images),
+                                        dataclasses.replace(config, seed=seed), validation=validation)  # fmt: skip
         return model.state_dict(), history
 
     (first, history), (again, _), (other, _) = student(0), student(0), student(1)
@@ -178,7 +180,7 @@ def _teacher(data) -> torch.nn.Module:
     return model
 
 
-TINY = SelfTrainConfig(steps=6, head_warmup_steps=2, batch_size=16, eval_every=3, confidence_threshold=0.0)
+TINY = SelfTrainConfig(steps=6, batch_size=16, eval_every=3, confidence_threshold=0.0)
 
 
 def _data(manifest, images, fraction):
@@ -190,22 +192,22 @@ def test_self_training_end_to_end_on_a_tiny_set_never_reads_the_test_split():
     data = _data(manifest, images, 0.2)
     assert (len(data.labels), len(data.pool_images), len(data.val_labels)) == (12, 60, 30)
     teacher = _teacher(data)
-    torch.manual_seed(1)
-    encoder = build_encoder("small_cnn", 1, 28)  # stands for the self-supervised encoder
-    result = run_self_training(teacher, copy.deepcopy(encoder), data, TINY)
+    start = copy.deepcopy(teacher)  # stands for the top rung's fine-tuned model
+    result = run_self_training(teacher, start, data, TINY)
     report = result.report
     assert 0 < report["pseudo_labelled"] <= 60 and sum(row["pool_pseudo_labels"] for row in report["per_class"]) == report["pseudo_labelled"]
     assert report["mask_rate"] == 1.0 and report["pool_images"] == report["train_images"] == 60  # threshold 0; the pool is not capped
     assert report["student_gain"] == pytest.approx(report["student_val_accuracy"] - report["teacher_val_accuracy"])
     assert report["student_beats_teacher"] == (report["student_gain"] > 0) and result.history[-1]["step"] == 6
-    assert not torch.equal(result.student.encoder.state_dict()["layers.0.weight"], encoder.state_dict()["layers.0.weight"])
+    assert not torch.equal(result.student.encoder.state_dict()["layers.0.weight"], start.encoder.state_dict()["layers.0.weight"])
+    assert all(torch.equal(tensor, teacher.state_dict()[name]) for name, tensor in start.state_dict().items())  # the start is left as it was
 
     # Poisoned test split (other pixels, a label no class has): the same student, the same report.
     poisoned_manifest, poisoned = manifest.copy(), images.copy()
     test_rows = (manifest["split"] == "test").to_numpy()
     poisoned[test_rows] = 255 - poisoned[test_rows]
     poisoned_manifest.loc[test_rows, "label"] = "poison"
-    again = run_self_training(teacher, copy.deepcopy(encoder), _data(poisoned_manifest, poisoned, 0.2), TINY)
+    again = run_self_training(teacher, start, _data(poisoned_manifest, poisoned, 0.2), TINY)
     assert again.report == report
     for name, tensor in result.student.state_dict().items():
         assert torch.equal(tensor, again.student.state_dict()[name]), name
@@ -220,8 +222,8 @@ def test_self_training_end_to_end_on_a_tiny_set_never_reads_the_test_split():
 def test_a_threshold_no_image_reaches_leaves_only_the_labelled_loss_and_says_so():
     manifest, images = _tiny_domain({"train": 4, "val": 2})
     data = _data(manifest, images, 0.5)
-    config = SelfTrainConfig(steps=2, head_warmup_steps=0, batch_size=4, eval_every=1, confidence_threshold=1.0)
-    result = run_self_training(_teacher(data), build_encoder("small_cnn", 1, 28), data, config)
+    config = SelfTrainConfig(steps=2, batch_size=4, eval_every=1, confidence_threshold=1.0)
+    result = run_self_training(_teacher(data), Classifier(build_encoder("small_cnn", 1, 28, seed=0), 3), data, config)  # an untrained start: unsure
     assert all(record["mask_rate"] == 0 and record["unlabelled_loss"] == 0 for record in result.history)
     assert result.report["mask_rate"] == 0 and result.report["pseudo_labelled"] == 0 and result.report["coverage"] == 0
     assert math.isnan(result.report["pseudo_label_accuracy"]) and "nan" in quality_markdown([{"label_fraction": 0.5, "teacher": "t", **result.report}])

@@ -11,6 +11,7 @@ stays for reporting (tasks/evaluate.py).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
@@ -86,6 +87,15 @@ def self_training_data(
     )  # fmt: skip
 
 
+def student_start(models: list, arm: str):
+    """The model the student continues: the one fine-tuned (probe "finetune") from ``arm``'s encoder among ``models``
+    (those of one label fraction and seed; anything with ``init`` and ``probe``)."""
+    starts = [model for model in models if (model.init, model.probe) == (arm, "finetune")]
+    if len(starts) != 1:
+        raise ValueError(f"self-training continues the model fine-tuned from the {arm} encoder; found {len(starts)} among {sorted((m.init, m.probe) for m in models)}")
+    return starts[0]
+
+
 def pseudo_label_quality(probabilities: np.ndarray, labels: np.ndarray, threshold: float, class_names: list[str]) -> dict:
     """What a model's pseudo-labels are worth, measured on held-out labelled images.
 
@@ -116,8 +126,9 @@ def pseudo_label_quality(probabilities: np.ndarray, labels: np.ndarray, threshol
     }
 
 
-def run_self_training(teacher: nn.Module, encoder: nn.Module, data: SelfTrainingData, config: SelfTrainConfig) -> SelfTrainingResult:
-    """Train a FixMatch student from ``encoder`` on the labelled images and the pool; judge it and ``teacher`` on val.
+def run_self_training(teacher: nn.Module, start: Classifier, data: SelfTrainingData, config: SelfTrainConfig) -> SelfTrainingResult:
+    """Train a FixMatch student from a copy of ``start`` (a fine-tuned classifier, left as it is) on the labelled images
+    and the pool; judge it and ``teacher`` on val.
 
     The report: pseudo_label_quality of the student's own pseudo-labels (FixMatch labels with the model being
     trained) at the threshold on val (coverage, pseudo_label_accuracy, ece, per_class), mask_rate (the share of pool
@@ -128,7 +139,7 @@ def run_self_training(teacher: nn.Module, encoder: nn.Module, data: SelfTraining
     """
     val = torch.from_numpy(data.val_images)
     student, history = train_fixmatch(
-        encoder, torch.from_numpy(data.labelled_images), data.labels, torch.from_numpy(data.pool_images), len(data.class_names), config,
+        copy.deepcopy(start), torch.from_numpy(data.labelled_images), data.labels, torch.from_numpy(data.pool_images), config,
         validation=(val, data.val_labels),
     )  # fmt: skip
     student_probabilities = predict_probabilities(student, val, config.augment)
