@@ -4,8 +4,8 @@ Same data, splits, seeds and steps as workflows/pipeline.py (it reuses the same 
 settings: generic SimCLR on Fashion-MNIST, domain SimCLR and MICLe (PROXY cases: pixel
 neighbours; MNIST has no patients) continued from it on MNIST-5k, the ablation {pixels linear, scratch
 fine-tuned, {SimCLR, + domain SimCLR, + MICLe} x {linear probe, fine-tune}} x label fractions x SEEDS,
-plus a self-trained student per fraction and seed (SimCLR v2 step 3: the best model on validation labels
-the domain pool; sslflow/training/student.py), evaluated on the MNIST test split, optdigits and the corruption
+plus a self-trained student per fraction and seed (SimCLR v2 step 3: FixMatch on the domain pool, continuing the
+top rung's fine-tuned model, judged against the best model on validation; sslflow/training/student.py), evaluated on the MNIST test split, optdigits and the corruption
 suite. Prints the comparisons of issues 6 and 12 as means with 95% t-intervals over the seeds (a gain only
 when the intervals separate), issue 14's two label-efficiency comparisons (best arm vs scratch with 10x the
 labels, by mean), the pseudo-label accuracy and the student's gain at each fraction, and saves everything
@@ -38,7 +38,7 @@ from ssl_models.augment import FINETUNE_AUGMENT  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import predict_probabilities  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
-from ssl_models.distillation import SelfTrainConfig  # noqa: E402
+from ssl_models.fixmatch import SelfTrainConfig  # noqa: E402
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.chunks import ingest_source  # noqa: E402
@@ -48,18 +48,18 @@ from sslflow.reporting.comparisons import comparison_lines, label_efficiency_com
 from sslflow.reporting.intervals import t_interval, verdict  # noqa: E402
 from sslflow.ladder import LADDER, arm, ladder_arms, ladder_steps, student_arm as student_arm_of  # noqa: E402
 from sslflow.training.labelled_subset import labelled_subset  # noqa: E402
-from sslflow.training.student import run_self_training, self_training_data  # noqa: E402
+from sslflow.training.student import run_self_training, self_training_data, student_start  # noqa: E402
 
 SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
                 micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300),
-                self_train=SelfTrainConfig(steps=2000, head_warmup_steps=200, batch_size=256)),
+                self_train=SelfTrainConfig(steps=2000, batch_size=64, unlabelled_ratio=7, confidence_threshold=0.95)),
     "cpu-budget": dict(encoder="small_cnn", generic_images=20000, simclr=PretrainConfig(epochs=8),
                        micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15, min_steps=150),
-                       self_train=SelfTrainConfig(steps=600, head_warmup_steps=50)),
+                       self_train=SelfTrainConfig(steps=600)),
     "smoke": dict(encoder="small_cnn", generic_images=300, domain_images=600, shift_images=200, simclr=PretrainConfig(epochs=1, batch_size=128),
                   micle=PretrainConfig(epochs=1, batch_size=128), finetune=FinetuneConfig(epochs=1, min_steps=3, head_warmup_steps=2),
-                  self_train=SelfTrainConfig(steps=3, head_warmup_steps=1, confidence_threshold=0.0), seeds=(0,)),
+                  self_train=SelfTrainConfig(steps=3, eval_every=2, confidence_threshold=0.0), seeds=(0,)),
 }  # fmt: skip
 FRACTIONS = (0.01, 0.1, 1.0)
 SEEDS = (0, 1, 2)  # fine-tuning seeds (label subset, head, batch order); pretraining runs once, with seed 0
@@ -104,7 +104,8 @@ def train_arm(settings: dict, init: str, probe: str, encoder, train, validation,
         encoder, config = build_encoder(name, 1, 28, seed=seed), dataclasses.replace(config, head_warmup_steps=0)
     validation = (torch.from_numpy(validation[0]), validation[1])
     model, history = finetune(copy.deepcopy(encoder), torch.from_numpy(train[0]), train[1], num_classes, config, validation=validation)
-    fit = {"probe_converged": history[-1]["converged"], "probe_train_loss": history[-1]["loss"]} if probe == "linear" else {}
+    fit = ({"probe_converged": history[-1]["converged"], "probe_train_loss": history[-1]["loss"]} if probe == "linear"
+           else {"stopped_step": history[-1]["stopped_step"], "best_step": history[-1]["best_step"]})  # fmt: skip
     return model, {"train_accuracy": history[-1]["accuracy"], **fit}
 
 
@@ -120,9 +121,9 @@ def _accuracy(rows: list[dict], eval_set: str) -> float:
 
 def ablation(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: list, seed: int) -> tuple[list[dict], dict]:
     """arms(encoders) x FRACTIONS for one seed on the pipeline's labelled subset (sslflow.training.labelled_subset),
-    each scored on every evaluation set; also {fraction: (teacher record, model)}: the fraction's best model on
-    validation by the pipeline's rule (sslflow.evaluation.select_best), the self-training teacher."""
-    results, teachers = [], {}
+    each scored on every evaluation set; also {fraction: [record with its model per arm]}: the self-training teacher
+    and the student's start are among them."""
+    results, trained = [], {}
     for fraction in FRACTIONS:
         subset = labelled_subset(domain, domain_pixels, fraction, seed, "mnist-5k")
         candidates = []
@@ -135,27 +136,28 @@ def ablation(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: l
             rows = _scored(model, record, eval_sets, fit)
             results += rows
             print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {_accuracy(rows, 'in_domain'):.4f}  optdigits {_accuracy(rows, 'shift'):.4f}", flush=True)
-        teachers[fraction] = select_best(candidates)
-    return results, teachers
+        trained[fraction] = candidates
+    return results, trained
 
 
-def student_arm(settings: dict, micle_encoder, domain, domain_pixels, teachers: dict, eval_sets: list, seed: int) -> tuple[list[dict], list[dict]]:
-    """A student per fraction, from the top rung's encoder (case pairs), taught by that fraction's best model on val:
-    (result rows like ablation's, pseudo-label quality reports)."""
-    student_init = student_arm_of(ladder_arms(settings["simclr"].method)[-1])
+def student_arm(settings: dict, domain, domain_pixels, trained: dict, eval_sets: list, seed: int) -> tuple[list[dict], list[dict]]:
+    """A FixMatch student per fraction, continuing the top rung's (case pairs) fine-tuned model, judged against that
+    fraction's best model on val by the pipeline's rule (sslflow.evaluation.select_best): (result rows like
+    ablation's, pseudo-label quality reports)."""
+    top = ladder_arms(settings["simclr"].method)[-1]
     results, reports = [], []
-    for fraction, teacher in sorted(teachers.items()):
+    for fraction, candidates in sorted(trained.items()):
         if fraction > settings["self_train"].max_label_fraction:
             continue
+        teacher, start = select_best(candidates), student_start(candidates, top)
         arm = f"{teacher.init} {teacher.probe}"
-        data = self_training_data(domain, domain_pixels, fraction, seed, "mnist-5k")
-        outcome = run_self_training(teacher.model, copy.deepcopy(micle_encoder), data, dataclasses.replace(settings["self_train"], seed=seed))
+        data = self_training_data(domain, lambda rows: domain_pixels[rows], fraction, seed, "mnist-5k", max_pool_images=settings["self_train"].max_pool_images)
+        outcome = run_self_training(teacher.model, start.model, data, dataclasses.replace(settings["self_train"], seed=seed))
         reports.append({"label_fraction": fraction, "seed": seed, "teacher": arm, **outcome.report})
-        if outcome.student is not None:
-            record = SimpleNamespace(class_names=data.class_names, init=student_init, probe="finetune", label_fraction=fraction, seed=seed, num_labels=len(data.labels),
-                                     val_accuracy=outcome.report["student_val_accuracy"], selectable=bool(outcome.report["student_beats_teacher"]))  # fmt: skip
-            results += _scored(outcome.student, record, eval_sets, {})
-        print(f"seed {seed} student {fraction:5g} (teacher {arm}): pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
+        record = SimpleNamespace(class_names=data.class_names, init=student_arm_of(top), probe="finetune", label_fraction=fraction, seed=seed, num_labels=len(data.labels),
+                                 val_accuracy=outcome.report["student_val_accuracy"], selectable=bool(outcome.report["student_beats_teacher"]))  # fmt: skip
+        results += _scored(outcome.student, record, eval_sets, {})
+        print(f"seed {seed} student {fraction:5g} (teacher {arm}): mask rate {outcome.report['mask_rate']:.3f}, pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
     return results, reports
 
 
@@ -166,7 +168,7 @@ def self_training_summary(results: list[dict], reports: list[dict], method: str)
         rows = (r for r in results if f"{r['init']} {r['probe']}" == arm and (r["label_fraction"], r["seed"], r["eval_set"]) == (fraction, seed, "in_domain"))
         return next((r["accuracy"] for r in rows), math.nan)  # no student: no row
 
-    keys = ("teacher", "coverage", "pseudo_label_accuracy", "teacher_ece", "pseudo_labelled", "teacher_val_accuracy", "student_val_accuracy", "student_gain")
+    keys = ("teacher", "coverage", "pseudo_label_accuracy", "ece", "mask_rate", "pseudo_labelled", "teacher_val_accuracy", "student_val_accuracy", "student_gain")
     return {
         f"{r['label_fraction']:g}/seed={r['seed']}": {
             **{k: r[k] for k in keys},
@@ -230,8 +232,8 @@ def run_seeds(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: 
     """(result rows of every arm and student, pseudo-label reports) over the settings' seeds."""
     results, reports = [], []
     for seed in settings.get("seeds", SEEDS):
-        rows, teachers = ablation(settings, encoders, domain, domain_pixels, eval_sets, seed)
-        student_rows, seed_reports = student_arm(settings, encoders[ladder_arms(settings["simclr"].method)[-1]], domain, domain_pixels, teachers, eval_sets, seed)
+        rows, trained = ablation(settings, encoders, domain, domain_pixels, eval_sets, seed)
+        student_rows, seed_reports = student_arm(settings, domain, domain_pixels, trained, eval_sets, seed)
         results, reports = results + rows + student_rows, reports + seed_reports
     return results, reports
 

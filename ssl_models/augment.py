@@ -17,7 +17,12 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Parameters of the view distribution. Defaults suit 28 px grey digits and clothes."""
+    """Parameters of the view distribution. Defaults suit 28 px grey digits and clothes.
+
+    cutout_probability: Cutout (DeVries & Taylor, 2017, arXiv 1708.04552), a grey square over the image, on this
+        share of the images (FixMatch's strong view: all).
+    cutout_size: the square's side, drawn per image in (0, cutout_size] x the image side.
+    """
 
     output_size: int = 28
     crop_scale: tuple[float, float] = (0.3, 1.0)
@@ -32,6 +37,8 @@ class AugmentConfig:
     grayscale_probability: float = 0.2
     blur_probability: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    cutout_probability: float = 0.0
+    cutout_size: float = 0.5
     mean: float = 0.5
     std: float = 0.5
 
@@ -43,6 +50,8 @@ class AugmentConfig:
             raise ValueError(f"output_size must be at least 4 pixels, got {self.output_size}")
         if self.std <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
+        if not 0 < self.cutout_size <= 1:
+            raise ValueError(f"cutout_size is a share of the image side, in (0, 1]; got {self.cutout_size}")
 
 
 # A mild distribution for supervised fine-tuning: small crops and rotations, no colour changes.
@@ -52,6 +61,22 @@ FINETUNE_AUGMENT = AugmentConfig(
     jitter_probability=0.0,
     grayscale_probability=0.0,
     blur_probability=0.0,
+)
+
+# FixMatch's strong view (Sohn et al., 2020, arXiv 2001.07685: RandAugment + Cutout), built from this module's
+# operations for grey digits: larger crops and rotations, strong brightness/contrast, blur, and always a Cutout
+# square. No flip: a mirrored digit is another symbol. The weak view is FINETUNE_AUGMENT.
+STRONG_AUGMENT = AugmentConfig(
+    crop_scale=(0.5, 1.0),
+    rotation_degrees=25.0,
+    jitter_probability=0.8,
+    brightness=0.5,
+    contrast=0.5,
+    grayscale_probability=0.0,
+    blur_probability=0.5,
+    blur_sigma=(0.1, 1.5),
+    cutout_probability=1.0,
+    cutout_size=0.5,
 )
 
 
@@ -161,6 +186,22 @@ def _gaussian_blur(images: torch.Tensor, config: AugmentConfig, generator) -> to
     return flat.view(batch, channels, height, width)
 
 
+def _cutout(images: torch.Tensor, config: AugmentConfig, generator) -> torch.Tensor:
+    """A grey (0.5) square of side drawn in (0, cutout_size] x the image side, centre uniform (it may overhang the
+    border), on each image with probability cutout_probability. (B, C, S, S) in [0, 1] -> same shape."""
+    batch, _, height, width = images.shape
+    device = images.device
+    apply = _bernoulli(batch, config.cutout_probability, generator, device)
+    half = _uniform((batch,), 0.0, config.cutout_size / 2, generator, device) * width
+    centre_y, centre_x = _uniform((batch,), 0.0, height, generator, device), _uniform((batch,), 0.0, width, generator, device)
+    rows = torch.arange(height, device=device, dtype=images.dtype) + 0.5
+    columns = torch.arange(width, device=device, dtype=images.dtype) + 0.5
+    inside_y = (rows.view(1, -1) - centre_y.view(-1, 1)).abs() < half.view(-1, 1)  # (B, H)
+    inside_x = (columns.view(1, -1) - centre_x.view(-1, 1)).abs() < half.view(-1, 1)  # (B, W)
+    square = (inside_y.unsqueeze(2) & inside_x.unsqueeze(1) & apply.view(-1, 1, 1)).unsqueeze(1)  # (B, 1, H, W)
+    return torch.where(square, torch.full_like(images, 0.5), images)
+
+
 def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """One random view of each image.
 
@@ -182,6 +223,8 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
         views = _random_grayscale(views, config, generator)
     if config.blur_probability > 0:
         views = _gaussian_blur(views, config, generator)
+    if config.cutout_probability > 0:
+        views = _cutout(views, config, generator)
     return (views - config.mean) / config.std
 
 

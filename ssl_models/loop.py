@@ -70,3 +70,36 @@ class EpochTotals:
     @property
     def accuracy(self) -> float:
         return self.correct / max(self.seen, 1)
+
+
+class BestOnValidation:
+    """Early stopping on validation accuracy, keeping the best weights (the rule every fine-tuned arm and the
+    self-training student train under, so that each stops where its own validation accuracy peaks).
+
+    ``update(step, accuracy, model)`` after each evaluation: a strictly higher accuracy than every earlier one
+    makes ``model``'s weights (a copy of its state_dict) the best; ``patience`` evaluations in a row without one
+    return True (stop; patience 0: never). ``restore(model)`` loads the best weights back. The record:
+    best_step, best_val_accuracy, evaluations.
+    """
+
+    def __init__(self, patience: int) -> None:
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0 evaluations, got {patience}")
+        self.patience, self.best_step, self.best_accuracy, self.evaluations, self._stale = patience, 0, -math.inf, 0, 0
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def update(self, step: int, accuracy: float, model: torch.nn.Module) -> bool:
+        self.evaluations += 1
+        if accuracy > self.best_accuracy:
+            self.best_step, self.best_accuracy, self._stale = step, accuracy, 0
+            self._state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            return False
+        self._stale += 1
+        return 0 < self.patience <= self._stale
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self._state is not None:
+            model.load_state_dict(self._state)
+
+    def record(self) -> dict:
+        return {"best_step": self.best_step, "best_val_accuracy": self.best_accuracy, "evaluations": self.evaluations}

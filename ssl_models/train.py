@@ -32,7 +32,7 @@ from ssl_models.evaluate import KnnMonitor
 from ssl_models.device import apply_in_batches, autocast, pick_device
 from ssl_models.distributed import ProcessInfo, from_every_rank, from_rank_zero, init_from_environment, mean_across_ranks
 from ssl_models.heads import Classifier
-from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
+from ssl_models.loop import BestOnValidation, EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
 from ssl_models.methods import METHODS, SSLMethod, build_method
 from ssl_models.optim import build_optimizer
 from ssl_models.probe import DEFAULT_INVERSE_L2, fit_linear_probe
@@ -86,10 +86,18 @@ class FinetuneConfig:
     (LP-FT, Kumar et al., 2022, arXiv 2202.10054): a random head's large early gradients would
     otherwise distort pretrained features. Applied identically to every initialisation.
 
-    min_steps: at least this many optimiser steps: ``epochs`` is raised (and the log says so) until the
-    run has them, for label fractions so small that 10 epochs are a handful of steps. 0 (the default):
-    ``epochs`` is exactly what runs. The pipeline's default sets 60 (workflows/pipeline.py); a
-    ``--finetune`` given on the command line replaces the whole config, so it runs what it says.
+    min_steps: the step budget is ``epochs`` epochs of the labelled images, raised (and the log says so) to at
+    least this many optimiser steps, for label fractions so small that 10 epochs are a handful of steps; 0 (the
+    default): ``epochs`` is exactly the budget. It depends only on the number of labels, so every arm at a label
+    fraction (scratch and each pretrained encoder) has the same budget. The pipeline's default sets 200
+    (workflows/pipeline.py); a ``--finetune`` given on the command line replaces the whole config.
+
+    eval_every: with validation images (the pipeline always passes them) the validation accuracy is measured every
+    this many steps of the budget and at its last: early stopping, the same rule for every arm.
+
+    patience: this many evaluations in a row without a better validation accuracy stop the run, and the weights
+    of the best evaluation are the ones returned (0: train the whole budget, still return the best). An arm is
+    then neither cut short by a budget sized for another nor judged on weights past its peak.
 
     seed: the label subset, head initialisation, batch order and augmentations (the pipeline sets it
     to each of its ``seeds`` in turn).
@@ -98,6 +106,8 @@ class FinetuneConfig:
     epochs: int = 10
     head_warmup_steps: int = 200
     min_steps: int = 0
+    eval_every: int = 20
+    patience: int = 3
     batch_size: int = 64
     learning_rate: float = 1e-3
     probe_inverse_l2: list[float] = field(default_factory=lambda: list(DEFAULT_INVERSE_L2))
@@ -105,6 +115,10 @@ class FinetuneConfig:
     linear_probe: bool = False
     seed: int = 0
     augment: AugmentConfig = field(default_factory=lambda: FINETUNE_AUGMENT)
+
+    def __post_init__(self) -> None:
+        if self.eval_every < 1 or self.patience < 0:
+            raise ValueError(f"FinetuneConfig needs eval_every >= 1 step and patience >= 0 evaluations, got {self.eval_every} and {self.patience}")
 
 
 PairSource = InMemoryPairs | StreamingPairs
@@ -296,11 +310,13 @@ def finetune(
     Args:
         images: (N, C, H, W) uint8 labelled training images.
         labels: (N,) int class indices in [0, num_classes).
-        validation: (images (M, C, H, W) uint8, labels (M,)); the linear probe chooses its L2 strength on it.
+        validation: (images (M, C, H, W) uint8, labels (M,)); the linear probe chooses its L2 strength on it,
+            full fine-tuning stops early on it and returns its best weights (FinetuneConfig: eval_every, patience).
 
     Returns:
-        The trained Classifier (on the host, eval mode) and one dict per epoch: epoch, loss, accuracy
-        (the linear probe: one dict, also converged, iterations, inverse_l2).
+        The trained Classifier (on the host, eval mode) and its records (_train_within_budget): one per
+        ``eval_every`` steps with step, loss, accuracy (and val_accuracy), the last with the stopping step and
+        the best val accuracy (the linear probe: one dict, also converged, iterations, inverse_l2).
     """
     if len(labels) != images.shape[0] or len(labels) == 0:
         raise ValueError(f"need one label per image and at least one image; got {len(labels)} labels, {images.shape[0]} images")
@@ -312,34 +328,89 @@ def finetune(
             raise ValueError("the linear probe chooses its regularisation on validation data: pass validation=(images, labels)")
         return _linear_probe(model, images, labels, validation, config)
     steps = steps_per_epoch(len(labels), config.batch_size)
-    epochs = _epochs(config, steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = epoch_schedule(optimizer, steps, epochs)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     stored = place_images(images, device)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
     if config.head_warmup_steps:
         _train_head_only(model, stored, targets, config, generator, rng, device)
-    history = []
+    run = _FinetuneRun(model, stored, targets, generator, rng, device, validation)
+    history = _train_within_budget(run, config, steps, _epochs(config, steps))
+    model.eval()
+    return model.cpu(), history
+
+
+@dataclass
+class _FinetuneRun:
+    """What the full fine-tuning phase works on: the model, the labelled images (N, C, H, W) uint8 and their class
+    indices (N,) on ``device``, the augmentation generator, the batch-order rng and the (images, labels) validation set."""
+
+    model: Classifier
+    stored: torch.Tensor
+    targets: torch.Tensor
+    generator: torch.Generator
+    rng: np.random.Generator
+    device: torch.device
+    validation: tuple[torch.Tensor, np.ndarray] | None
+
+
+def _train_within_budget(run: _FinetuneRun, config: FinetuneConfig, steps: int, epochs: int) -> list[dict]:
+    """The budget, ``epochs`` x ``steps`` AdamW steps on encoder + linear layer (warm-up + cosine), with the validation
+    accuracy every ``config.eval_every`` steps and at the last; ``config.patience`` evaluations without a new best stop
+    the run and the best weights are restored (ssl_models.loop.BestOnValidation). Without validation: the whole budget.
+
+    Returns one record per ``eval_every`` steps (and the last): epoch, step, loss and accuracy of the training batches
+    since the previous record, val_accuracy (with validation); the last also has budget_steps, stopped_step, and with
+    validation best_step, best_val_accuracy, evaluations, early_stopped.
+    """
+    model, budget = run.model, steps * epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = epoch_schedule(optimizer, steps, epochs)
+    stopping, history, step, stop = BestOnValidation(config.patience), [], 0, False
+    totals = EpochTotals()
     for epoch in range(epochs):
         model.train()
-        order = rng.permutation(len(labels))
-        totals = EpochTotals()
+        order = run.rng.permutation(len(run.targets))
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            views = augment(gather(stored, batch, device), config.augment, generator)
-            batch_targets = targets[torch.from_numpy(batch).to(device)]
-            with autocast(device):
+            views = augment(gather(run.stored, batch, run.device), config.augment, run.generator)
+            batch_targets = run.targets[torch.from_numpy(batch).to(run.device)]
+            with autocast(run.device):
                 logits = model(views)
             loss = F.cross_entropy(logits.float(), batch_targets)
             optimizer_step(loss, optimizer, schedule)
             totals.add(loss, len(batch), logits, batch_targets)
-        history.append({"epoch": epoch, "loss": totals.mean_loss, "accuracy": totals.accuracy})
-        if (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs:  # about ten lines per run
-            log.info("finetune epoch %d/%d loss %.4f train accuracy %.3f", epoch + 1, epochs, history[-1]["loss"], history[-1]["accuracy"])
-    model.eval()
-    return model.cpu(), history
+            step += 1
+            if step % config.eval_every == 0 or step == budget:
+                history.append({"epoch": epoch, "step": step, "loss": totals.mean_loss, "accuracy": totals.accuracy})
+                totals = EpochTotals()
+                if run.validation is not None:
+                    history[-1]["val_accuracy"] = validation_accuracy(model, *run.validation, config.augment)
+                    stop = stopping.update(step, history[-1]["val_accuracy"], model)
+                    model.train()
+                if stop:
+                    break
+        if stop:
+            break
+    return _close_budget(run, history, stopping, budget, step)
+
+
+def _close_budget(run: _FinetuneRun, history: list[dict], stopping: BestOnValidation, budget: int, step: int) -> list[dict]:
+    """Restore the best weights on validation (if any) and write the run's summary into its last record."""
+    history[-1].update(budget_steps=budget, stopped_step=step)
+    if run.validation is not None:
+        stopping.restore(run.model)
+        history[-1].update(stopping.record(), early_stopped=step < budget)
+        log.info("finetune: best val accuracy %.4f at step %d of %d (stopped at step %d)", stopping.best_accuracy, stopping.best_step, budget, step)
+    else:
+        log.info("finetune: %d steps, train loss %.4f accuracy %.3f (no validation: no early stopping)", step, history[-1]["loss"], history[-1]["accuracy"])
+    return history
+
+
+def validation_accuracy(model: nn.Module, images: torch.Tensor, labels: np.ndarray, view: AugmentConfig) -> float:
+    """Accuracy of ``model`` (left in eval mode) on un-augmented images (M, C, H, W) uint8 with class indices (M,)."""
+    predicted = apply_in_batches(model, images, view).argmax(1).cpu().numpy()
+    return float((predicted == np.asarray(labels)).mean())
 
 
 def _epochs(config: FinetuneConfig, steps: int) -> int:
@@ -374,7 +445,9 @@ def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, v
 
 
 def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig, generator, rng, device) -> None:
-    """LP phase of LP-FT: ``head_warmup_steps`` AdamW steps on the linear layer, encoder frozen in eval mode."""
+    """LP phase of LP-FT: ``config.head_warmup_steps`` AdamW steps (at 10 x ``config.learning_rate``) on the linear
+    layer, encoder frozen in eval mode, on batches of ``config.batch_size`` labelled images in ``config.augment``'s view.
+    stored (N, C, H, W) uint8 and targets (N,) int64 on ``device``."""
     optimizer = torch.optim.AdamW(model.linear.parameters(), lr=10 * config.learning_rate)
     model.encoder.eval()
     for _ in range(config.head_warmup_steps):

@@ -44,7 +44,10 @@ def _finetune(
     with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}/seed={config.seed}", params) as run:
         model, history = finetune(encoder, torch.from_numpy(subset.images), subset.labels, len(subset.class_names), config, validation=validation)
         for record in history:
-            mlflow.log_metrics({"train_loss": record["loss"], "train_accuracy": record["accuracy"]}, step=record["epoch"])
+            curve = {"train_loss": record["loss"], "train_accuracy": record["accuracy"], "val_accuracy_at_step": record.get("val_accuracy")}
+            mlflow.log_metrics({k: v for k, v in curve.items() if v is not None}, step=record.get("step", record["epoch"]))
+        stopping = ("budget_steps", "stopped_step", "best_step", "best_val_accuracy", "evaluations", "early_stopped")
+        mlflow.log_metrics({k: float(history[-1][k]) for k in stopping if k in history[-1]})  # full fine-tuning: where it stopped
         if config.linear_probe:  # the probe's fit: converged or not, and the L2 strength validation chose
             mlflow.log_metrics({"probe_converged": float(history[-1]["converged"]), "probe_inverse_l2": history[-1]["inverse_l2"]})
             mlflow.set_tag("probe_stop_reason", history[-1]["stop_reason"])
@@ -59,7 +62,7 @@ def _finetune(
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("5"), **FINETUNE_TASK_SETTINGS)
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
@@ -68,7 +71,7 @@ def finetune_pretrained(
     return _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=encoder.arm, lineage=lineage)
 
 
-@task(cache=pipeline_cache("3"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
@@ -88,7 +91,7 @@ def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig,
     return _finetune(domain, None, "pixels", label_fraction, config, parent_run_id, init="pixels", lineage={})
 
 
-@dynamic(cache=pipeline_cache("4"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
+@dynamic(cache=pipeline_cache("5"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
 def finetune_all(
     domain: Dataset,
     encoders: list[EncoderCheckpoint],

@@ -7,7 +7,7 @@ import pandas as pd
 from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
-from ssl_models.distillation import SelfTrainConfig
+from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
 from sslflow.evaluation import accuracy_metric_key

@@ -1,6 +1,7 @@
-"""self_train: SimCLR v2's third step. At each label fraction the best fine-tuned model (by validation
-accuracy) labels the unlabelled domain pool and a student, starting from the self-supervised encoder,
-learns from those labels and the labelled images (ssl_models/distillation.py, sslflow/training/student.py).
+"""self_train: SimCLR v2's third step with a FixMatch student. At each label fraction a student continues the model
+fine-tuned from the top rung's encoder and learns from the labelled images and, by FixMatch's consistency on
+confident pseudo-labels, from the unlabelled domain pool (ssl_models/fixmatch.py, sslflow/training/student.py); the
+best fine-tuned model (by validation accuracy) at that fraction is the teacher it must beat.
 
 The pseudo-label quality report (val split only) is a Flyte Deck and MLflow artifacts. A student that
 does not beat its teacher on validation is kept for evaluation but flagged not selectable for registration.
@@ -14,43 +15,56 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 from flytekit import Deck, current_context, task
 from flytekit.types.file import FlyteFile
 
-from ssl_models.distillation import SelfTrainConfig
+from ssl_models.fixmatch import SelfTrainConfig
+from sslflow.data.dataset import read_manifest
 from sslflow.evaluation import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.ladder import student_arm
-from sslflow.training.student import run_self_training, self_training_data
+from sslflow.training.student import run_self_training, self_training_data, student_start
 from sslflow.tracking.runs import stage_run
-from sslflow.training.model_files import load_classifier, load_encoder, save_state_dict
+from sslflow.training.model_files import load_classifier, save_state_dict
 from sslflow.training.progress import show_progress
-from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, pipeline_cache, read_rows
+from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_without_shards, pipeline_cache, read_rows
 
-def _train_and_val(domain: Dataset) -> tuple:
-    """(manifest, images (N, C, H, W) uint8) of the train and val rows: the test split is never read."""
-    return read_rows(domain, lambda rows: rows["split"].isin(["train", "val"]))
+
+def _manifest_and_reader(domain: Dataset) -> tuple:
+    """(the domain's manifest, read_images(rows) -> the images (len(rows), C, H, W) uint8 of the rows at those positions):
+    only the rows self_training_data asks for are fetched and read, never the test split or the rest of the pool."""
+    manifest = read_manifest(dataset_without_shards(domain)[0])
+
+    def read_images(rows: np.ndarray) -> np.ndarray:
+        return read_rows(domain, lambda table: pd.Series(np.isin(np.arange(len(table)), rows), index=table.index))[1]
+
+    return manifest, read_images
+
+
+def _classifier(model: FinetunedModel):
+    return load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))
 
 
 def _train_student(
-    data_table, teacher: FinetunedModel, encoder: EncoderCheckpoint, domain_name: str, seed: int, config: SelfTrainConfig, parent_run_id: str
-) -> tuple[FinetunedModel | None, dict]:  # fmt: skip
-    """One student at the teacher's label fraction (None: no pseudo-label); its report gains label_fraction and teacher."""
+    data_source, teacher: FinetunedModel, start: FinetunedModel, encoder: EncoderCheckpoint, domain_name: str, seed: int, config: SelfTrainConfig,
+    parent_run_id: str,
+) -> tuple[FinetunedModel, dict]:  # fmt: skip
+    """One student at the teacher's label fraction, continuing ``start``; its report gains label_fraction and teacher."""
     fraction = teacher.label_fraction
-    data = self_training_data(*data_table, fraction, seed, domain_name)
-    classifier = load_classifier(teacher.checkpoint.download(), teacher.encoder_name, teacher.in_channels, teacher.image_size, len(teacher.class_names))
-    start = load_encoder(encoder.checkpoint.download(), encoder.encoder_name, encoder.in_channels, encoder.image_size)
+    data = self_training_data(*data_source, fraction, seed, domain_name, max_pool_images=config.max_pool_images)
     params = {"config": config, "label_fraction": fraction, "teacher.init": teacher.init, "teacher.probe": teacher.probe,
-              "teacher.sha256": teacher.content_sha256, "encoder.sha256": encoder.content_sha256}  # fmt: skip
+              "teacher.sha256": teacher.content_sha256, "start.sha256": start.content_sha256, "encoder.sha256": encoder.content_sha256}  # fmt: skip
     with stage_run(parent_run_id, f"self_train:{student_arm(encoder.arm)}@{fraction:g}/seed={seed}", params) as run:
-        result = run_self_training(classifier, start, data, dataclasses.replace(config, seed=seed))  # the seed of its teacher
+        result = run_self_training(_classifier(teacher), _classifier(start), data, dataclasses.replace(config, seed=seed))  # the seed of its teacher
         for record in result.history:
-            mlflow.log_metrics({"train_loss": record["loss"], "pool_agreement": record["pool_accuracy"]}, step=record["step"])
+            curve = {"train_loss": record["loss"], "labelled_loss": record["labelled_loss"], "unlabelled_loss": record["unlabelled_loss"],
+                     "step_mask_rate": record["mask_rate"], "val_accuracy_at_step": record.get("val_accuracy")}  # fmt: skip
+            mlflow.log_metrics({k: v for k, v in curve.items() if v is not None}, step=record["step"])
         report = {"label_fraction": fraction, "seed": seed, "teacher": f"{teacher.init} {teacher.probe}", **result.report}
         mlflow.log_metrics({k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k != "label_fraction"})
         mlflow.log_text(json.dumps(report, indent=1), "pseudo_label_quality.json")
-        if result.student is None:
-            return None, report
         path, sha256 = save_state_dict(result.student, Path(current_context().working_directory), "student", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     student = FinetunedModel(
@@ -74,23 +88,24 @@ def _log_report(reports: list[dict]) -> None:
     mlflow.log_text(per_class_table(reports).to_csv(index=False), "pseudo_labels_per_class.csv")
 
 
-@task(cache=pipeline_cache("3"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("4"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str
 ) -> list[FinetunedModel]:
-    """``models`` followed by one student per label fraction up to config.max_label_fraction, taught by that
-    fraction's best model on validation (none where the teacher is confident about no pool image; the report says so).
+    """``models`` followed by one FixMatch student per label fraction up to config.max_label_fraction, continuing the
+    model fine-tuned from ``encoder`` (the top rung) and judged against that fraction's best model on validation (its teacher).
 
     Each fine-tuning seed (FinetunedModel.seed) has its own teacher and student, on that seed's labelled subset.
     """
     show_progress()
-    data_table = _train_and_val(domain)
+    data_source = _manifest_and_reader(domain)
     students, reports = [], []
     runs = sorted({(model.seed, model.label_fraction) for model in models if model.label_fraction <= config.max_label_fraction})
     for seed, fraction in runs:
-        teacher = select_best([model for model in models if (model.seed, model.label_fraction) == (seed, fraction)])
-        student, report = _train_student(data_table, teacher, encoder, domain.name, seed, config, parent_run_id)
-        students += [student] if student is not None else []
+        candidates = [model for model in models if (model.seed, model.label_fraction) == (seed, fraction)]
+        teacher, start = select_best(candidates), student_start(candidates, encoder.arm)
+        student, report = _train_student(data_source, teacher, start, encoder, domain.name, seed, config, parent_run_id)
+        students.append(student)
         reports.append(report)
     if not reports:
         return models

@@ -1,3 +1,4 @@
+import dataclasses
 import copy
 import json
 import subprocess
@@ -15,7 +16,7 @@ from ssl_models.label_fractions import stratified_subset
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, steps_per_epoch
 from ssl_models.optim import LARS, warmup_cosine
 from ssl_models.data import InMemoryPairs
-from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive
+from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive, validation_accuracy
 
 
 @pytest.mark.parametrize("name,channels,size,dim", [("small_cnn", 1, 28, 128), ("resnet18", 1, 28, 512), ("resnet18", 3, 64, 512), ("resnet50", 3, 112, 2048)])
@@ -151,4 +152,49 @@ def test_explicit_finetune_epochs_are_what_runs(caplog):
     assert len(history) == 1
     with caplog.at_level("INFO", logger="ssl_models.train"):
         _, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=1, min_steps=10, batch_size=16, head_warmup_steps=0))
-    assert len(history) == 5 and "min_steps=10 raises epochs from 1 to 5" in caplog.text  # asked for, and said
+    assert history[-1]["stopped_step"] == 10 and "min_steps=10 raises epochs from 1 to 5" in caplog.text  # asked for, and said
+
+
+def _contradicting_validation() -> tuple:
+    """64 training images (class 1: left half bright) and 64 validation images labelled by the opposite rule:
+    the more a model learns the training task, the lower its validation accuracy, so validation peaks early."""
+    labels = np.arange(64) % 2
+    images = torch.randint(0, 40, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[labels == 1, :, :, :14] = 255
+    return images, labels, (images.clone(), 1 - labels)
+
+
+def test_finetune_returns_the_weights_of_its_best_validation_step():
+    images, labels, validation = _contradicting_validation()
+    config = FinetuneConfig(epochs=1, min_steps=20, batch_size=16, head_warmup_steps=0, eval_every=1, patience=0)
+    model, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, config, validation=validation)
+    curve = [record["val_accuracy"] for record in history]
+    assert len(curve) == 20 and history[-1]["stopped_step"] == 20 and not history[-1]["early_stopped"]  # patience 0: the whole budget
+    assert history[-1]["best_val_accuracy"] == max(curve) > curve[-1] + 0.2  # it peaked, then fell as the training rule was learnt
+    assert history[-1]["best_step"] == 1 + curve.index(max(curve)) < 20
+    assert validation_accuracy(model, *validation, config.augment) == pytest.approx(max(curve))  # the peak's weights, not the last step's
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_a_better_one():
+    images, labels, validation = _contradicting_validation()
+    config = FinetuneConfig(epochs=1, min_steps=20, batch_size=16, head_warmup_steps=0, eval_every=1, patience=2)
+    model, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, config, validation=validation)
+    last = history[-1]
+    assert last["early_stopped"] and last["stopped_step"] == last["best_step"] + 2 < 20 and last["budget_steps"] == 20
+    assert validation_accuracy(model, *validation, config.augment) == pytest.approx(last["best_val_accuracy"])
+
+
+def test_scratch_and_pretrained_arms_share_one_budget_and_stopping_rule():
+    """finetune_all gives every arm at a fraction the same config (scratch only drops the LP-FT head warm-up): the
+    budget and the evaluation steps depend on the labels and the config, never on the initial weights."""
+    images, labels, _ = _contradicting_validation()
+    validation = (images, labels)
+    config = FinetuneConfig(epochs=1, min_steps=30, batch_size=16, head_warmup_steps=3, eval_every=5, patience=0)
+    pretrained = build_encoder("small_cnn", 1, seed=1)
+    with torch.no_grad():
+        for parameter in pretrained.parameters():
+            parameter.mul_(2.0)  # other starting weights
+    runs = [finetune(build_encoder("small_cnn", 1, seed=0), images, labels, 2, dataclasses.replace(config, head_warmup_steps=0), validation=validation),
+            finetune(pretrained, images, labels, 2, config, validation=validation)]  # fmt: skip
+    steps = [[record["step"] for record in history] for _, history in runs]
+    assert steps[0] == steps[1] == [5, 10, 15, 20, 25, 30] and runs[0][1][-1]["budget_steps"] == runs[1][1][-1]["budget_steps"] == 30

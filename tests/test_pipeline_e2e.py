@@ -9,7 +9,7 @@ import mlflow
 from flytekit.core.local_cache import LocalTaskCache
 from mlflow.tracking import MlflowClient
 
-from ssl_models.distillation import SelfTrainConfig
+from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
@@ -23,7 +23,7 @@ SMALL = dict(
     micle=PretrainConfig(epochs=1, batch_size=128),
     finetune=FinetuneConfig(epochs=1, min_steps=3),
     label_fractions=[1.0],
-    self_train=SelfTrainConfig(steps=3, head_warmup_steps=1, confidence_threshold=0.0, max_label_fraction=1.0),  # a 3-step teacher is confident about little
+    self_train=SelfTrainConfig(steps=3, confidence_threshold=0.0, max_label_fraction=1.0),  # a 3-step student is confident about little
 )
 
 
@@ -73,6 +73,7 @@ def _run_three_times() -> None:
     assert "| simclr+micle+student | finetune | 1 (" in summary  # the student is an arm of the evaluation
     _assert_pseudo_label_report()
     _assert_knn_probe_and_monitor()
+    _assert_one_budget_and_stopping_rule()
     assert sum(stage.startswith("finetune:") for stage in stages) == 8  # pixels, scratch, {simclr, +domain, +micle} x {linear, finetune}
     champion = MlflowClient(tracking_uri()).get_model_version_by_alias("sslflow-mnist-5k", "champion")
     assert str(champion.version) == "1"
@@ -102,6 +103,21 @@ def _assert_knn_probe_and_monitor() -> None:
     assert 0 <= evaluate_run.data.metrics["simclr_micle_knn_1_seed0_in_domain_accuracy"] <= 1
     micle_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")[0]
     assert len(client.get_metric_history(micle_run.info.run_id, "knn_accuracy")) == 1  # one epoch
+
+
+def _assert_one_budget_and_stopping_rule() -> None:
+    """Every fully fine-tuned arm (scratch and each pretrained encoder) and the student log where they stopped; the
+    fine-tuned arms at a fraction share one step budget."""
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+    runs = [run for run in client.search_runs([experiment], max_results=1000) if run.data.tags.get("sslflow.stage", "").startswith("finetune:")]
+    finetuned = [run for run in runs if "/finetune@" in run.data.tags["sslflow.stage"]]
+    assert len(finetuned) == 4 and len({run.data.metrics["budget_steps"] for run in finetuned}) == 1  # scratch + 3 pretrained
+    for run in finetuned:
+        assert run.data.metrics["best_step"] <= run.data.metrics["stopped_step"] <= run.data.metrics["budget_steps"]
+        assert run.data.metrics["best_val_accuracy"] == run.data.metrics["val_accuracy"]  # the best weights are the ones kept
+    student_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'self_train:simclr+micle+student@1/seed=0'")[0]
+    assert student_run.data.metrics["best_step"] <= student_run.data.metrics["stopped_step"]
 
 
 def _assert_pseudo_label_report() -> None:

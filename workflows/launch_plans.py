@@ -29,7 +29,7 @@ from flytekit import (
 from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import cpu_image
-from ssl_models.distillation import SelfTrainConfig
+from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from tasks.shared import Dataset, EncoderCheckpoint, content_hash, pipeline_cache
 from sslflow.config import IngestConfig, RegistryConfig

@@ -20,7 +20,7 @@ from flytekit import workflow
 
 import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
 
-from ssl_models.distillation import SelfTrainConfig
+from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
@@ -50,7 +50,7 @@ def ssl_pipeline(
     encoder_name: str = "small_cnn",
     simclr: PretrainConfig = PretrainConfig(epochs=4),  # the generic rung; its method (simclr, moco, byol) names the arms
     micle: PretrainConfig = PretrainConfig(epochs=4),  # both domain rungs': they differ only in the pairs; same method as simclr's
-    finetune: FinetuneConfig = FinetuneConfig(epochs=3, min_steps=60, head_warmup_steps=100),
+    finetune: FinetuneConfig = FinetuneConfig(epochs=3, min_steps=200, head_warmup_steps=100),  # every arm: 200+ steps, early stopping on val
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     seeds: list[int] = DEFAULT_SEEDS,
     self_train: SelfTrainConfig = SelfTrainConfig(),

@@ -1,4 +1,5 @@
-"""The pseudo-label quality report of the self-training stage (sslflow/training/student.py) as tables and a chart.
+"""The pseudo-label quality report of the self-training stage (sslflow/training/student.py: the FixMatch student's
+own pseudo-labels) as tables and a chart.
 
 One report per label fraction (run_self_training's dict). Everything here is measured on the val split.
 """
@@ -17,7 +18,7 @@ import pandas as pd  # noqa: E402
 from sslflow.reporting.charts import _png  # noqa: E402
 
 SUMMARY_COLUMNS = [
-    "label_fraction", "seed", "teacher", "threshold", "coverage", "pseudo_label_accuracy", "teacher_ece", "pseudo_labelled",
+    "label_fraction", "seed", "teacher", "threshold", "coverage", "pseudo_label_accuracy", "ece", "mask_rate", "pseudo_labelled",
     "pool_images", "teacher_val_accuracy", "student_val_accuracy", "student_gain", "student_beats_teacher",
 ]  # fmt: skip
 
@@ -61,8 +62,9 @@ def quality_html(reports: list[dict], chart: bytes) -> str:
     """The Deck page: what the numbers mean, the summary table, the chart, the per-class table."""
     return (
         "<h3>Self-training: pseudo-label quality (val split)</h3>"
-        "<p>coverage: share of val images the teacher is confident about (would be pseudo-labelled); "
-        "pseudo_label_accuracy: accuracy of those labels; teacher_ece: the teacher's calibration error; "
+        "<p>The FixMatch student labels with its own predictions. coverage: share of val images the student is confident "
+        "about at the threshold (would be pseudo-labelled); pseudo_label_accuracy: accuracy of those labels; ece: the "
+        "student's calibration error; mask_rate: share of pool images that passed the threshold during training; "
         "a student that does not beat its teacher on val is reported and never registered.</p>"
         f"<pre>{html.escape(quality_markdown(reports))}</pre>"
         f'<img src="data:image/png;base64,{base64.b64encode(chart).decode()}"/>'

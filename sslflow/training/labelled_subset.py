@@ -16,7 +16,6 @@ import pandas as pd
 
 from ssl_models.label_fractions import stratified_subset
 from sslflow.data.labels import class_indices
-from sslflow.data.manifest import labelled_rows
 
 
 @dataclass(frozen=True)
@@ -30,18 +29,45 @@ class LabelledSubset:
     val_labels: np.ndarray
 
 
+@dataclass(frozen=True)
+class SubsetRows:
+    """Where a labelled subset is in a manifest: positions (row numbers, ascending within each part) of its train
+    images with their class indices, and of the val images with theirs."""
+
+    class_names: list[str]
+    rows: np.ndarray
+    labels: np.ndarray
+    val_rows: np.ndarray
+    val_labels: np.ndarray
+
+
+def labelled_subset_rows(manifest: pd.DataFrame, label_fraction: float, seed: int, name: str) -> SubsetRows:
+    """The subset of dataset ``name`` at ``label_fraction`` and ``seed`` from its manifest alone (no pixels): which rows
+    to read (any rows that include the labelled train and val ones; others are ignored)."""
+    train = np.flatnonzero(((manifest["split"] == "train") & manifest["label"].notna()).to_numpy())
+    train_label_names = manifest["label"].to_numpy()[train].astype(str)
+    class_names = sorted(set(train_label_names))
+    chosen = stratified_subset(train_label_names, label_fraction, seed=seed)
+    val = np.flatnonzero(((manifest["split"] == "val") & manifest["label"].notna()).to_numpy())
+    val_label_names = manifest["label"].to_numpy()[val].astype(str)
+    known = np.isin(val_label_names, class_names)
+    return SubsetRows(
+        class_names=class_names,
+        rows=train[chosen],
+        labels=class_indices(train_label_names[chosen], class_names, f"dataset {name} train split"),
+        val_rows=val[known],
+        val_labels=class_indices(val_label_names[known], class_names, f"dataset {name} val split"),
+    )
+
+
 def labelled_subset(manifest: pd.DataFrame, images: np.ndarray, label_fraction: float, seed: int, name: str) -> LabelledSubset:
     """The subset of dataset ``name`` at ``label_fraction`` and ``seed``, from its manifest rows and their images
     (any rows that include the labelled train and val ones; others are ignored)."""
-    train_images, train_label_names, _ = labelled_rows(manifest, images, "train")
-    class_names = sorted(set(train_label_names))
-    chosen = stratified_subset(train_label_names, label_fraction, seed=seed)
-    val_images, val_label_names, _ = labelled_rows(manifest, images, "val")
-    known = np.isin(val_label_names, class_names)
+    subset = labelled_subset_rows(manifest, label_fraction, seed, name)
     return LabelledSubset(
-        class_names=class_names,
-        images=train_images[chosen],
-        labels=class_indices(train_label_names[chosen], class_names, f"dataset {name} train split"),
-        val_images=val_images[known],
-        val_labels=class_indices(val_label_names[known], class_names, f"dataset {name} val split"),
+        class_names=subset.class_names,
+        images=images[subset.rows],
+        labels=subset.labels,
+        val_images=images[subset.val_rows],
+        val_labels=subset.val_labels,
     )

@@ -1,15 +1,20 @@
-"""Self-training on a dataset (SimCLR v2 step 3, arXiv 2006.10029): which images play which part, the
-student, and the pseudo-label quality report.
+"""Self-training on a dataset (the third step of SimCLR v2, arXiv 2006.10029, with a FixMatch student, arXiv
+2001.07685): which images play which part, the student, and the pseudo-label quality report.
 
 Parts: the labelled images are the same stratified subset of the train split that fine-tuning used
-(same fraction, same seed); the unlabelled pool is every train-split image; the held-out images that
-judge the pseudo-labels and decide whether the student beats its teacher are the labelled val split.
-The test split is never read here: it stays for reporting (tasks/evaluate.py).
+(same fraction, same seed); the unlabelled pool is the train split's images, at most
+``SelfTrainConfig.max_pool_images`` of them (a sample drawn by seed when the split is larger: host memory
+stays bounded whatever the dataset's size); the held-out images that judge the pseudo-labels and decide
+whether the student beats its teacher are the labelled val split. The test split is never read here: it
+stays for reporting (tasks/evaluate.py).
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,11 +23,12 @@ import torch
 from torch import nn
 
 from ssl_models.evaluate import predict_probabilities
+from ssl_models.fixmatch import SelfTrainConfig, train_fixmatch
 from ssl_models.heads import Classifier
 from ssl_models.metrics import expected_calibration_error
-from ssl_models.distillation import SelfTrainConfig, select_pseudo_labels, soft_targets, teacher_logits, train_student
-from sslflow.training.labelled_subset import labelled_subset
+from sslflow.training.labelled_subset import labelled_subset_rows
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,38 +38,70 @@ class SelfTrainingData:
     class_names: list[str]
     labelled_images: np.ndarray
     labels: np.ndarray
-    pool_images: np.ndarray  # every train-split image, labelled or not
+    pool_images: np.ndarray  # train-split images, labelled or not: all of them, or a sample of max_pool_images
     val_images: np.ndarray
     val_labels: np.ndarray
+    train_images: int  # in the train split: more than len(pool_images) when the pool is a sample
 
 
 @dataclass
 class SelfTrainingResult:
-    student: Classifier | None  # None when the teacher is confident about no pool image: nothing to learn from
-    history: list[dict]  # train_student's: step, loss, pool_accuracy
+    student: Classifier
+    history: list[dict]  # train_fixmatch's: step, loss, labelled_loss, unlabelled_loss, mask_rate, val_accuracy
     report: dict  # see pseudo_label_quality and run_self_training
 
 
-def self_training_data(manifest: pd.DataFrame, images: np.ndarray, label_fraction: float, seed: int, name: str) -> SelfTrainingData:
-    """The parts of dataset ``name`` (its train and val rows and their images) at ``label_fraction``: the labelled
-    subset fine-tuning used (sslflow.training.labelled_subset), the pool, the labelled val images."""
-    subset = labelled_subset(manifest, images, label_fraction, seed, name)
+def pool_rows(manifest: pd.DataFrame, max_pool_images: int, seed: int) -> np.ndarray:
+    """Positions (ascending) of the pool's rows: every train-split row, or ``max_pool_images`` of them drawn
+    without replacement by ``seed`` (the same rows for the same seed)."""
+    train = np.flatnonzero((manifest["split"] == "train").to_numpy())
+    if len(train) <= max_pool_images:
+        return train
+    return np.sort(np.random.default_rng(seed).choice(train, size=max_pool_images, replace=False))
+
+
+def self_training_data(
+    manifest: pd.DataFrame, read_images: Callable[[np.ndarray], np.ndarray], label_fraction: float, seed: int, name: str, *, max_pool_images: int
+) -> SelfTrainingData:  # fmt: skip
+    """The parts of dataset ``name`` at ``label_fraction``: the labelled subset fine-tuning used
+    (sslflow.training.labelled_subset), the pool (``pool_rows``), the labelled val images.
+
+    manifest: the dataset's rows (at least its train and val ones), no pixels. read_images(rows) -> the images
+    (len(rows), C, H, W) uint8 of the manifest rows at positions ``rows`` (ascending): called once, for the rows
+    the parts need and no others, so at most max_pool_images + labelled + val images are held.
+    """
+    subset = labelled_subset_rows(manifest, label_fraction, seed, name)
+    pool = pool_rows(manifest, max_pool_images, seed)
+    train_images = int((manifest["split"] == "train").sum())
+    if len(pool) < train_images:
+        log.info("self-training on %s: the pool is %d of the %d train images (max_pool_images), sampled with seed %d", name, len(pool), train_images, seed)
+    needed = np.union1d(np.union1d(subset.rows, subset.val_rows), pool)
+    images = read_images(needed)
+
+    def part(rows: np.ndarray) -> np.ndarray:
+        return images[np.searchsorted(needed, rows)]
+
     return SelfTrainingData(
-        class_names=subset.class_names,
-        labelled_images=subset.images,
-        labels=subset.labels,
-        pool_images=images[(manifest["split"] == "train").to_numpy()],
-        val_images=subset.val_images,
-        val_labels=subset.val_labels,
-    )
+        class_names=subset.class_names, labelled_images=part(subset.rows), labels=subset.labels, pool_images=part(pool),
+        val_images=part(subset.val_rows), val_labels=subset.val_labels, train_images=train_images,
+    )  # fmt: skip
+
+
+def student_start(models: list, arm: str):
+    """The model the student continues: the one fine-tuned (probe "finetune") from ``arm``'s encoder among ``models``
+    (those of one label fraction and seed; anything with ``init`` and ``probe``)."""
+    starts = [model for model in models if (model.init, model.probe) == (arm, "finetune")]
+    if len(starts) != 1:
+        raise ValueError(f"self-training continues the model fine-tuned from the {arm} encoder; found {len(starts)} among {sorted((m.init, m.probe) for m in models)}")
+    return starts[0]
 
 
 def pseudo_label_quality(probabilities: np.ndarray, labels: np.ndarray, threshold: float, class_names: list[str]) -> dict:
-    """What the teacher's pseudo-labels are worth, measured on held-out labelled images.
+    """What a model's pseudo-labels are worth, measured on held-out labelled images.
 
-    probabilities (N, K) teacher probabilities; labels (N,) true class indices. coverage: share of images
+    probabilities (N, K) the model's probabilities; labels (N,) true class indices. coverage: share of images
     whose top probability reaches ``threshold`` (they would be pseudo-labelled); pseudo_label_accuracy:
-    accuracy of the arg-max among those (NaN when none); teacher_ece: calibration over all N. per_class:
+    accuracy of the arg-max among those (NaN when none); ece: calibration over all N. per_class:
     the same two by true class.
     """
     if len(labels) == 0:
@@ -83,39 +121,40 @@ def pseudo_label_quality(probabilities: np.ndarray, labels: np.ndarray, threshol
         "held_out_images": len(labels),
         "coverage": share(passed),
         "pseudo_label_accuracy": share(correct[passed]),
-        "teacher_ece": expected_calibration_error(probabilities, labels),
+        "ece": expected_calibration_error(probabilities, labels),
         "per_class": per_class,
     }
 
 
-def run_self_training(teacher: nn.Module, encoder: nn.Module, data: SelfTrainingData, config: SelfTrainConfig) -> SelfTrainingResult:
-    """Pseudo-label the pool with ``teacher``, train a student from ``encoder``, judge both on the val split.
+def run_self_training(teacher: nn.Module, start: Classifier, data: SelfTrainingData, config: SelfTrainConfig) -> SelfTrainingResult:
+    """Train a FixMatch student from a copy of ``start`` (a fine-tuned classifier, left as it is) on the labelled images
+    and the pool; judge it and ``teacher`` on val.
 
-    The report: pseudo_label_quality on val, plus pool_images, pseudo_labelled (after threshold and class
-    balance), per class pool_pseudo_labels, teacher_val_accuracy, student_val_accuracy, student_gain and
-    student_beats_teacher (strictly higher val accuracy). With no pseudo-label at the threshold no student
-    is trained: its accuracy and gain are NaN and it does not beat its teacher.
+    The report: pseudo_label_quality of the student's own pseudo-labels (FixMatch labels with the model being
+    trained) at the threshold on val (coverage, pseudo_label_accuracy, ece, per_class), mask_rate (the share of pool
+    images whose weak view passed the threshold, over the training steps), pool_images, train_images,
+    pseudo_labelled and per class pool_pseudo_labels (pool images the final student labels at the threshold),
+    labelled_images, best_step, stopped_step, teacher_val_accuracy, student_val_accuracy, student_gain and
+    student_beats_teacher (strictly higher val accuracy).
     """
-    pool = torch.from_numpy(data.pool_images)
-    logits = teacher_logits(teacher, pool, config.augment)
-    prior = np.bincount(data.labels, minlength=len(data.class_names)) / len(data.labels)
-    kept = select_pseudo_labels(soft_targets(logits, 1.0).numpy(), config.confidence_threshold, config.max_class_ratio, prior)
-    student, history, student_accuracy = None, [], math.nan
     val = torch.from_numpy(data.val_images)
-    if len(kept):
-        student, history = train_student(
-            encoder, torch.from_numpy(data.labelled_images), data.labels, pool[kept], soft_targets(logits[kept], config.temperature), config
-        )  # fmt: skip
-        student_accuracy = float((predict_probabilities(student, val, config.augment).argmax(1) == data.val_labels).mean())
-    teacher_probabilities = predict_probabilities(teacher, val, config.augment)
-    report = pseudo_label_quality(teacher_probabilities, data.val_labels, config.confidence_threshold, data.class_names)
-    pool_counts = np.bincount(logits[kept].argmax(1).numpy(), minlength=len(data.class_names))
+    student, history = train_fixmatch(
+        copy.deepcopy(start), torch.from_numpy(data.labelled_images), data.labels, torch.from_numpy(data.pool_images), config,
+        validation=(val, data.val_labels),
+    )  # fmt: skip
+    student_probabilities = predict_probabilities(student, val, config.augment)
+    report = pseudo_label_quality(student_probabilities, data.val_labels, config.confidence_threshold, data.class_names)
+    pool_probabilities = predict_probabilities(student, torch.from_numpy(data.pool_images), config.augment)
+    passed = pool_probabilities.max(1) >= config.confidence_threshold
+    pool_counts = np.bincount(pool_probabilities.argmax(1)[passed], minlength=len(data.class_names))
     for row, count in zip(report["per_class"], pool_counts):
         row["pool_pseudo_labels"] = int(count)
-    teacher_accuracy = float((teacher_probabilities.argmax(1) == data.val_labels).mean())
+    student_accuracy = float((student_probabilities.argmax(1) == data.val_labels).mean())
+    teacher_accuracy = float((predict_probabilities(teacher, val, config.augment).argmax(1) == data.val_labels).mean())
     report.update(
-        pool_images=len(pool), pseudo_labelled=len(kept), labelled_images=len(data.labels),
-        teacher_val_accuracy=teacher_accuracy, student_val_accuracy=student_accuracy,
+        mask_rate=float(np.mean([record["mask_rate"] for record in history])), pool_images=len(data.pool_images), train_images=data.train_images,
+        pseudo_labelled=int(passed.sum()), labelled_images=len(data.labels), best_step=history[-1].get("best_step", history[-1]["step"]),
+        stopped_step=history[-1]["stopped_step"], teacher_val_accuracy=teacher_accuracy, student_val_accuracy=student_accuracy,
         student_gain=student_accuracy - teacher_accuracy, student_beats_teacher=student_accuracy > teacher_accuracy,
     )  # fmt: skip
     return SelfTrainingResult(student=student, history=history, report=report)
