@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ssl_models.shards import SHARD_SUFFIX
+
 from sslflow.config import IngestConfig
 from sslflow.data.builtin import read_builtin
 from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_shards
@@ -50,9 +52,10 @@ from sslflow.data.parquet_list import list_parquet_list
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.s3 import list_s3, parse_s3_uri, read_object, s3_client, s3_instance_rows
 from sslflow.data.sources import source_kind, source_folder
-from sslflow.data.types import SourceImages
+from sslflow.data.types import SourceError, SourceImages
 
-CHUNK_TABLE, CHUNK_REPORT, SHARDS = "chunk.parquet", "chunk.json", "shards"
+CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
+CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
 DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixels", "max_file_bytes", "bits_stored", "proxy_cases", "seed", "shard_megabytes",
                    "dicom_window", "dicom_frames", "dicom_case_level", "dicom_site", "dicom_site_names", "dicom_burned_in")  # fmt: skip
 
@@ -89,8 +92,8 @@ def _cut(keys: list[str], chunk_images: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def plan_chunks(source: str, config: IngestConfig) -> list[str]:
-    """The chunks of ``source`` as JSON documents (see the module docstring); SourceError for an empty source."""
+def plan_chunks(source: str, config: IngestConfig) -> list[dict]:
+    """The chunks of ``source`` as documents, in listing order (see the module docstring); SourceError for an empty source."""
     kind = source_kind(source)
     decode = {name: getattr(config, name) for name in DECODE_SETTINGS}
     header = {"source": source, "kind": kind, "decode": decode}
@@ -112,8 +115,7 @@ def plan_chunks(source: str, config: IngestConfig) -> list[str]:
         ]
     if config.proxy_cases and len(chunks) > 1:  # proxy ids are made per chunk: keep them apart
         chunks = [{**chunk, "proxy_tag": hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()[:8]} for chunk in chunks]
-    chunks.sort(key=_chunk_images, reverse=True)  # the map task and the pool start chunks in order: the longest first
-    return [json.dumps(chunk, sort_keys=True, separators=(",", ":")) for chunk in chunks]
+    return chunks
 
 
 def _chunk_images(chunk: dict) -> int:
@@ -136,11 +138,12 @@ def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
     )
 
 
-def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int]]:
-    """(decoded images of a chunk, each one's position in the source listing; frames of a DICOM object share it)."""
+def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int], list[dict] | None]:
+    """(decoded images of a chunk, each one's position in the source listing (frames of a DICOM object share it),
+    the source's metadata rows keyed by SOPInstanceUID or None)."""
     if chunk["kind"] == "builtin":
         images = _slice(_builtin(chunk["source"], config.image_size, config.channels), chunk["start"], chunk["stop"])
-        return images, list(range(chunk["start"], chunk["stop"]))
+        return images, list(range(chunk["start"], chunk["stop"])), None
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
     if chunk["kind"] == "s3":
         client, (bucket, _) = s3_client(), parse_s3_uri(chunk["source"])
@@ -150,18 +153,19 @@ def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[
     by_instance = _instance_rows(chunk["source"], chunk["kind"]) if chunk.get("instance_metadata") else None
     images = read_listing(records, read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance)
     position = {fields["source_path"]: index for index, fields, _ in chunk["records"]}
-    return images, [position[path.split("#frame=")[0]] for path in images.source_paths]
+    return images, [position[path.split("#frame=")[0]] for path in images.source_paths], by_instance
 
 
 def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
-    """Decode one chunk into ``directory`` (chunk.parquet: decoded_table + listing position, shard, shard_row;
-    shards/; chunk.json: quarantined and held-back files by image key, skipped non-image DICOM objects, unmatched
-    SOPInstanceUID rows, read statistics, the chunk document's sha256). No path is written: the table and the report
-    know images by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
+    """Decode one chunk (a chunk document, JSON) into ``directory``: chunk.parquet (decoded_table + listing position,
+    shard, shard_row), shards/<sha256>.npy, chunk.json (the report: counts, quarantined and held-back files by image
+    key, read statistics, the chunk document's sha256) and, for metadata keyed by SOPInstanceUID, instance_rows.parquet
+    (``row``: the metadata rows this chunk matched, by position). No path is written: the table and the report know
+    images by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
     fallbacks). Written to a temporary folder, renamed on success."""
     chunk = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])
-    images, positions = _decode(chunk, config, Pseudonyms(pseudonym_key))
+    images, positions, instance_rows = _decode(chunk, config, Pseudonyms(pseudonym_key))
     table = decoded_table(images, config)
     if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
         table["case_id"] = [case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]]
@@ -172,11 +176,13 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
         labelled = labelled_cases(case_keys, table["label"].tolist())
         shard, row = write_case_shards(staging / SHARDS, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20)
         table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(staging / CHUNK_TABLE, index=False)
+        if instance_rows is not None:
+            _matched_rows(instance_rows, images.unmatched_instance_rows).to_parquet(staging / INSTANCE_ROWS, index=False)
         report = {
-            "source": chunk["source"], "quarantined": public_quarantined(images.quarantined), "held_back": images.held_back,
+            "source": chunk["source"], "images": len(table), "quarantined": public_quarantined(images.quarantined), "held_back": images.held_back,
             "read": images.read_stats, "skipped_non_image": images.skipped,
             "chunk_sha256": _chunk_identity(chunk),  # the chunk document: its files and their content hashes
-            "unmatched_instance_rows": images.unmatched_instance_rows if chunk.get("instance_metadata") else None,
+            "instance_rows": None if instance_rows is None else len(instance_rows),  # rows matched: instance_rows.parquet
             "decoding": uuid.uuid4().hex,  # names this decoding
         }  # fmt: skip
         (staging / CHUNK_REPORT).write_text(json.dumps(report))
@@ -188,8 +194,20 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     return directory
 
 
-def _tables(chunk_folders: list[Path]) -> list[pd.DataFrame]:
-    return [pd.read_parquet(folder / CHUNK_TABLE, columns=["sha256"]) for folder in chunk_folders]
+def _matched_rows(instance_rows: list[dict], unmatched: list[str]) -> pd.DataFrame:
+    """``row``: positions in ``instance_rows`` (the metadata rows keyed by SOPInstanceUID) of the rows a chunk matched."""
+    missed = set(unmatched)
+    return pd.DataFrame({"row": np.array([index for index, row in enumerate(instance_rows) if row["where"] not in missed], dtype=np.int64)})
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedChunk:
+    """A decoded chunk as the join sees it. tables: a local folder holding its chunk.parquet, chunk.json (and
+    instance_rows.parquet); shards: where its shards/ folder is (a URI, an absolute path, or a path relative to the
+    dataset folder), which the dataset's shard table points into. The join reads the tables, never the shards."""
+
+    tables: Path
+    shards: str
 
 
 def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
@@ -200,12 +218,23 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def _refuse_unmatched_rows(reports: list[dict]) -> None:
-    """SourceError for metadata rows keyed by SOPInstanceUID that no chunk matched (each chunk lists those it did not)."""
-    lists = [report["unmatched_instance_rows"] for report in reports if report.get("unmatched_instance_rows") is not None]
-    if lists:
-        unmatched = set(lists[0]).intersection(*lists[1:])
-        refuse_unmatched(reports[0]["source"], [where for where in lists[0] if where in unmatched])
+def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[dict]) -> None:
+    """SourceError naming the metadata rows keyed by SOPInstanceUID that no chunk matched (each chunk's
+    instance_rows.parquet lists those it did: O(rows) in all). The rows are read again only to name them."""
+    counts = {report["instance_rows"] for report in reports if report.get("instance_rows") is not None}
+    if not counts:
+        return
+    matched = set()
+    for chunk, report in zip(chunks, reports):
+        if report.get("instance_rows") is not None:
+            matched.update(pd.read_parquet(chunk.tables / INSTANCE_ROWS)["row"].tolist())
+    unmatched = sorted(set(range(max(counts))) - matched)
+    if unmatched:
+        source = reports[0]["source"]
+        rows = _instance_rows(source, source_kind(source)) or []
+        if len(counts) > 1 or len(rows) != max(counts):
+            raise SourceError(f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by SOPInstanceUID); ingest it again")
+        refuse_unmatched(source, [rows[index]["where"] for index in unmatched])
 
 
 def _chunk_identity(chunk: dict) -> str:
@@ -217,20 +246,30 @@ def _chunk_identity(chunk: dict) -> str:
     return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
 
 
+def chunk_file_sha256(path: Path) -> str:
+    """The identity of the chunk document in the file at ``path`` (plan_to_files): Flyte's cache key for its chunk task."""
+    return _chunk_identity(json.loads(Path(path).read_text()))
+
+
 def _listing_sha256(reports: list[dict]) -> str:
     """A hash of every chunk document (every file listed, with its content hash, kept or not): part of the dataset's hash."""
     return hashlib.sha256(" ".join(sorted(report["chunk_sha256"] for report in reports)).encode()).hexdigest()
 
 
-def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path) -> tuple[str, pd.DataFrame, dict]:
+def join_chunks(
+    chunks: list[DecodedChunk], config: IngestConfig, directory: Path, *, contents: dict[str, Path] | None = None
+) -> tuple[str, pd.DataFrame, dict]:
     """Join decoded chunks into the dataset at ``directory``: deduplicate, subsample, cases and splits over all of
-    them (sslflow/data/manifest.py), in source-listing order. Returns (content sha256, manifest, summary)."""
-    table = pd.concat([pd.read_parquet(folder / CHUNK_TABLE) for folder in chunk_folders], ignore_index=True)
-    table = table.sort_values("listing_position", kind="stable").reset_index(drop=True)
+    them (sslflow/data/manifest.py), in source-listing order. Reads only the chunks' tables; the dataset's shard
+    table points at their shards where they are (sslflow/data/dataset.py). contents: folders moved into the dataset
+    (assemble_dataset). Returns (content sha256, manifest, summary)."""
+    tables = [pd.read_parquet(chunk.tables / CHUNK_TABLE) for chunk in chunks]
+    locations = {shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}" for chunk, table in zip(chunks, tables) for shard in table["shard"].unique()}
+    table = pd.concat(tables, ignore_index=True).sort_values("listing_position", kind="stable").reset_index(drop=True)
     manifest, keep, summary = finish_manifest(table, config)
     manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[list(MANIFEST_COLUMNS)]
-    reports = [json.loads((folder / CHUNK_REPORT).read_text()) for folder in chunk_folders]
-    _refuse_unmatched_rows(reports)
+    reports = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
+    _refuse_unmatched_rows(chunks, reports)
     read = {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]} if reports[0]["read"] else {}
     summary |= {
         "quarantined": [item for report in reports for item in report["quarantined"]],
@@ -238,20 +277,24 @@ def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path
         "held_back": _summed([report["held_back"] for report in reports]),  # images held back, by reason (BurnedInAnnotation YES)
         "listing_sha256": _listing_sha256(reports),
         "read": read,  # summed over chunks; a chunk served from Flyte's cache reports what it did when it ran
-        "chunks": [{"decoding": report["decoding"], "images": len(report_table)} for report, report_table in zip(reports, _tables(chunk_folders))],
+        "chunks": [{"decoding": report["decoding"], "images": len(chunk_table)} for report, chunk_table in zip(reports, tables)],
         "shards": int(manifest["shard"].nunique()),
     }
-    sha256 = assemble_dataset(directory, manifest, [folder / SHARDS for folder in chunk_folders], summary)
+    sha256 = assemble_dataset(directory, manifest, locations, summary, contents=contents)
     return sha256, manifest, summary
 
 
-def _plan_to_files(source: str, config: IngestConfig, work: Path) -> list[Path]:
-    """plan_chunks, each chunk document written to ``work``/plan-NNNNN.json; returns their paths."""
-    paths = []
-    for index, chunk in enumerate(plan_chunks(source, config)):
-        paths.append(work / f"plan-{index:05d}.json")
-        paths[-1].write_text(chunk)
-    return paths
+def plan_to_files(source: str, config: IngestConfig, folder: Path) -> list[Path]:
+    """plan_chunks, each chunk document written to ``folder``/chunk-<its sha256>.json as it comes (never all of them
+    in memory); returns the paths, the chunks with the most images first (the map task and the process pool start
+    them in that order), ties in listing order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[int, Path]] = []
+    for chunk in plan_chunks(source, config):
+        path = folder / f"chunk-{_chunk_identity(chunk)}.json"
+        path.write_text(json.dumps(chunk, sort_keys=True, separators=(",", ":")))
+        written.append((_chunk_images(chunk), path))
+    return [path for _, path in sorted(written, key=lambda pair: -pair[0])]
 
 
 def _decode_chunk_file(chunk_file: Path, directory: Path, *, pseudonym_key: str | None = None) -> Path:
@@ -262,23 +305,27 @@ def ingest_source(
     source: str, config: IngestConfig, directory: Path, *, workers: int = 1, pseudonym_key: str | None = None
 ) -> tuple[str, pd.DataFrame, dict]:
     """plan -> decode every chunk (in a pool of ``workers`` processes when > 1) -> join; the same functions and
-    result as the Flyte ingest workflow. Chunk folders go to a temporary folder beside ``directory``.
+    result as the Flyte ingest workflow. Chunks are decoded into a temporary folder beside ``directory``; the join
+    moves them into the dataset (``chunks/chunk-NNNNN/``, no shard copied), whose shard table names them relative
+    to it, so the dataset folder holds everything it references and can be moved.
 
-    With workers > 1 the steps are separate processes as the workflow's tasks are separate pods: the plan (which
-    holds the whole listing) runs in its own short-lived process and writes the chunk documents to files, so this
-    process never holds the listing while the chunks decode; it joins once the decoding processes have ended."""
+    With workers > 1 the steps are separate processes as the workflow's tasks are separate pods: the plan runs in
+    its own short-lived process and writes the chunk documents to files, so this process never holds the listing
+    while the chunks decode; it joins once the decoding processes have ended."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{directory.name}.chunks-", dir=directory.parent) as work:
         if workers > 1:
             spawn = multiprocessing.get_context("spawn")  # a worker holds its chunk and the decoding modules (no torch)
             with ProcessPoolExecutor(1, mp_context=spawn) as planner:
-                chunk_files = planner.submit(_plan_to_files, source, config, Path(work)).result()
+                chunk_files = planner.submit(plan_to_files, source, config, Path(work) / "plan").result()
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
             with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
                 list(pool.map(functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key), chunk_files, folders))
         else:
-            chunks = plan_chunks(source, config)
-            folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunks))]
-            for chunk, folder in zip(chunks, folders):
-                decode_chunk(chunk, folder, pseudonym_key=pseudonym_key)
-        return join_chunks(folders, config, directory)
+            chunk_files = plan_to_files(source, config, Path(work) / "plan")
+            folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
+            for chunk_file, folder in zip(chunk_files, folders):
+                _decode_chunk_file(chunk_file, folder, pseudonym_key=pseudonym_key)
+        contents = {f"{CHUNKS}/{folder.name}": folder for folder in folders}
+        chunks = [DecodedChunk(folder, f"{CHUNKS}/{folder.name}/{SHARDS}") for folder in folders]
+        return join_chunks(chunks, config, directory, contents=contents)
