@@ -59,5 +59,5 @@ def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_iden
     assert_no_identifier(
         [summary, captured.out, captured.err],
         [tmp_path / "mlflow.db", tmp_path / "mlartifacts", tmp_path / "sandbox", tmp_path / "ingest-cache"],
-        folder=folder, blobs=flyte_cache_entries(tmp_path / "home", plans),
+        folder=folder, blobs=flyte_cache_entries(tmp_path / "home", plans), plans=plans,
     )

@@ -284,6 +284,11 @@ def join_chunks(
     return sha256, manifest, summary
 
 
+def chunk_json(chunk: dict) -> str:
+    """A chunk document as the JSON text its file holds."""
+    return json.dumps(chunk, sort_keys=True, separators=(",", ":"))
+
+
 def plan_to_files(source: str, config: IngestConfig, folder: Path) -> list[Path]:
     """plan_chunks, each chunk document written to ``folder``/chunk-<its sha256>.json as it comes (never all of them
     in memory); returns the paths, the chunks with the most images first (the map task and the process pool start
@@ -292,7 +297,7 @@ def plan_to_files(source: str, config: IngestConfig, folder: Path) -> list[Path]
     written: list[tuple[int, Path]] = []
     for chunk in plan_chunks(source, config):
         path = folder / f"chunk-{_chunk_identity(chunk)}.json"
-        path.write_text(json.dumps(chunk, sort_keys=True, separators=(",", ":")))
+        path.write_text(chunk_json(chunk))
         written.append((_chunk_images(chunk), path))
     return [path for _, path in sorted(written, key=lambda pair: -pair[0])]
 
