@@ -229,6 +229,26 @@ def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_pa
     assert not Path(dataset.directory.path).exists() or not any(Path(dataset.directory.path).iterdir()), "the directory itself was never downloaded"
 
 
+def test_a_shard_gone_from_the_blob_store_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """A Dataset in S3 whose shard table names a shard object that was deleted (its chunk output cleaned up):
+    validate counts it missing, and reading it is a ShardError naming the shard and saying to ingest again."""
+    import boto3
+
+    from tasks.shared import dataset_without_shards
+
+    _write_images(tmp_path / "scans", range(20))
+    sha256, manifest, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
+    shard = manifest["shard"].iloc[0]
+    with _dataset_in_s3(tmp_path, monkeypatch, tmp_path / "dataset", sha256) as dataset:
+        location = shard_path(tmp_path / "dataset", shard).relative_to(tmp_path / "dataset").as_posix()
+        boto3.client("s3").delete_object(Bucket="datasets", Key=f"ds/{location}")
+        assert stored_shards(dataset) == set(manifest["shard"]) - {shard}
+        folder, fetch = dataset_without_shards(dataset)
+        assert fetch is not None
+        with pytest.raises(ShardError, match=f"shard {shard} of dataset ds is missing at s3://datasets/ds/{location} .*ingest the source again"):
+            fetch(shard_path(folder, shard))
+
+
 def _fetch_logged(source: Path, log: Path, path: Path) -> None:
     """A fetch that copies the shard from ``source`` and appends its name to ``log`` (one line per download)."""
     import shutil

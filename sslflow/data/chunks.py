@@ -3,13 +3,17 @@ join the chunks' tables into one dataset. The Flyte ingest workflow (workflows/i
 decoding as a map task; ``ingest_source`` runs the same three steps in one process (or a process pool).
 
 - **Chunks that stay put.** A chunk is a JSON document: the decode settings and its files, each with
-  its content sha256 (S3: key, ETag and size), so it is Flyte's cache key: a chunk whose files are
-  unchanged is a cache hit. Records are ordered by case (the file path when there is none) and a chunk
+  its content sha256 (S3: key, ETag and size). The plan writes each to a file (plan_to_files) and the
+  Flyte plan returns references to them, with the document's sha256 as Flyte's cache hash: a chunk whose
+  files are unchanged is a cache hit, and the plan's literal grows with the number of chunks, not files.
+  Records are ordered by case (the file path when there is none) and a chunk
   ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
   boundaries), so adding files changes only the chunks they fall into. The images of one case are in
   one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges. The plan
   lists the largest chunks first: the map task and the process pool start them in that order.
-- **Bounded memory.** A chunk task holds one chunk's images; the join reads only the chunks' tables.
+- **Bounded memory, tables only.** A chunk task holds one chunk's images; the join reads only the chunks'
+  tables (chunk.parquet, chunk.json) and writes the dataset's tables: its shard table points at the
+  chunks' shards where they were written (sslflow/data/dataset.py), no shard is read or copied.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
   writes the dataset atomically (sslflow/data/dataset.py).
 - ``IngestConfig.max_bad_fraction`` applies per chunk; PROXY cases (``proxy_cases``) are pixel
@@ -18,7 +22,8 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   chunk document); a DICOM case comes from the header, known only after decoding, so the images of one
   patient share a chunk only when their files sort together (as in a PACS export's patient folders).
   Metadata keyed by SOPInstanceUID is read by every chunk (its sha256 is in the chunk document, so a
-  changed metadata.csv re-decodes); a row that no chunk matched is refused by the join.
+  changed metadata.csv re-decodes); each chunk lists the rows it matched (instance_rows.parquet, by
+  position), and the join refuses the rows that no chunk matched.
 """
 
 from __future__ import annotations
