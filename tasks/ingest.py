@@ -16,6 +16,7 @@ failed chunk or join leaves nothing a later run could mistake for a dataset.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -121,8 +122,8 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
             continue
         tables = work / f"chunk-{index:05d}"
         tables.mkdir(parents=True)
-        for name in (CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS):
-            if name != INSTANCE_ROWS or file_access.exists(f"{location}/{name}"):
+        for name in (CHUNK_REPORT, CHUNK_TABLE, INSTANCE_ROWS):
+            if name != INSTANCE_ROWS or json.loads((tables / CHUNK_REPORT).read_text()).get("instance_rows") is not None:
                 file_access.get_data(f"{location}/{name}", str(tables / name))
         decoded.append(DecodedChunk(tables, f"{location}/{SHARDS}"))
     return decoded
