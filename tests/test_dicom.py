@@ -205,7 +205,7 @@ def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 3, "quarantined": 1}
     assert "held back: {'burned_in_annotation': 1}" in result.stdout
-    plans = plan_chunks(str(folder), IngestConfig())
+    plans = list(plan_chunks(str(folder), IngestConfig()))
     cached = flyte_cache_entries(tmp_path / "home", plans)
     assert any(key.startswith("tasks.ingest.plan_ingest-") for key in cached) and len(cached) >= 6  # plan, chunks, join, validate, ...
     outputs = [tmp_path / name for name in ("mlflow.db", "mlartifacts", "sandbox", "ingest-cache")]
@@ -321,7 +321,7 @@ def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
 def test_chunked_ingest_applies_and_refuses_sop_instance_rows_across_chunks(tmp_path):
     folder, uids = _uid_keyed_folder(tmp_path / "pacs")
     config = IngestConfig(image_size=16, chunk_images=1)
-    assert len(plan_chunks(str(folder), config)) == 3  # one file per chunk: each row matched by one chunk only
+    assert len(list(plan_chunks(str(folder), config))) == 3  # one file per chunk: each row matched by one chunk only
     _, manifest, _ = ingest_source(str(folder), config, tmp_path / "dataset")
     by_file = manifest.set_index("image_key")
     assert by_file.loc[_image_key("export/IM0001"), "label"] == "malignant" and by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"

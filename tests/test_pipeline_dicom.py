@@ -55,7 +55,7 @@ def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_iden
         sites = {f"in_domain/site={Pseudonyms(key).pseudonym('site', name)}" for name in ("North Hospital", "South Clinic")}
         assert sites <= set(results["eval_set"])  # institutions are known by pseudonyms
     captured = capfd.readouterr()
-    plans = plan_chunks(str(folder), domain) + plan_chunks(str(folder), shift)
+    plans = [*plan_chunks(str(folder), domain), *plan_chunks(str(folder), shift)]  # chunk documents (dicts)
     assert_no_identifier(
         [summary, captured.out, captured.err],
         [tmp_path / "mlflow.db", tmp_path / "mlartifacts", tmp_path / "sandbox", tmp_path / "ingest-cache"],
