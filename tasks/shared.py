@@ -29,8 +29,7 @@ from flytekit.types.file import FlyteFile
 from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import gpu_image
-from ssl_models.shards import SHARD_SUFFIX
-from ssl_models.shards import ShardError
+from ssl_models.shards import SHARD_SUFFIX, ShardError
 from sslflow.data.dataset import (
     MANIFEST_FILE, SHARD_TABLE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, is_remote, present_shards, read_images, read_manifest, read_summary,
     shard_locations,
@@ -105,8 +104,8 @@ def _in_blob_store(dataset: Dataset) -> str | None:
 def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], None] | None]:
     """(folder, fetch) for reading a Dataset shard by shard. A local Dataset: its folder (the shard table points at
     local shard files), fetch None. A Dataset in a blob store (a task on a cluster): a local folder with only the
-    manifest, summary and shard table downloaded; fetch(path) downloads the shard named like ``path`` from its
-    location to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task downloads only the shards it
+    manifest and summary downloaded; fetch(path) downloads the shard named like ``path`` from its location (the
+    Dataset's shard table) to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task downloads only the shards it
     reads. A shard whose location is gone is a ShardError naming it."""
     remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
     if remote is None:

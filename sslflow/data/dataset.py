@@ -24,7 +24,6 @@ import fcntl
 import functools
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
