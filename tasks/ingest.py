@@ -1,6 +1,9 @@
 """ingest, as three tasks (wired in workflows/ingest.py): plan_ingest lists a source and cuts it into chunks,
-ingest_chunk decodes one chunk into shards (a map task: chunks in parallel, each a cache hit when its files
-are unchanged), join_ingest joins them into a Dataset (sslflow/data/chunks.py).
+each chunk document a file (the plan's literal holds one reference per chunk, whatever the number of files),
+ingest_chunk decodes one chunk into shards (a map task over the references: chunks in parallel, each a cache
+hit when its files are unchanged: a reference's cache hash is its document's sha256), join_ingest joins the
+chunks' tables into a Dataset whose shard table points at the chunks' shards where they were written: no
+shard is downloaded or copied (sslflow/data/chunks.py, sslflow/data/dataset.py).
 
 Bad input stops the run here, before any training, with a SourceError naming the file, row or key
 (sslflow/data/sources/ lists the sources, sslflow/data/metadata.py the metadata rules). DICOM
@@ -13,18 +16,19 @@ failed chunk or join leaves nothing a later run could mistake for a dataset.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 import mlflow
-from flytekit import Cache, HashMethod, Resources, Secret, current_context, task
+from flytekit import Cache, FlyteContextManager, HashMethod, Resources, Secret, current_context, task
 from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import decode_chunk, join_chunks, plan_documents
+from sslflow.data.chunks import CHUNK_REPORT, CHUNK_TABLE, INSTANCE_ROWS, SHARDS, DecodedChunk, chunk_file_sha256, decode_chunk, join_chunks, plan_to_files
 from sslflow.data.sources import source_name
 from sslflow.errors import Refusal
 from sslflow.tracking.runs import stage_run
@@ -78,30 +82,63 @@ def _log_summary(summary: dict, sha256: str) -> None:
         mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the source has no real case ids)")
 
 
-@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
-def plan_ingest(source: SourceUri, config: IngestConfig) -> list[str]:
-    """The chunks of ``source`` (JSON: decode settings + files with their content hashes), largest first; nothing is decoded."""
-    return plan_documents(source, config)
+def _chunk_sha256(chunk: FlyteFile) -> str:
+    """HashMethod of a chunk reference: the sha256 of its chunk document (files, content hashes, decode settings)."""
+    return chunk_file_sha256(Path(chunk.download()))
+
+
+# A chunk document in a file; Flyte keys the chunk task's cache on the document's content, not the file's URI.
+ChunkFile = Annotated[FlyteFile, HashMethod(_chunk_sha256)]
+
+
+@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
+def plan_ingest(source: SourceUri, config: IngestConfig) -> list[ChunkFile]:
+    """The chunks of ``source``, each a JSON file (decode settings + files with their content hashes), the chunks
+    with the most images first; nothing is decoded."""
+    folder = Path(current_context().working_directory) / "plan"
+    return [FlyteFile(str(path)) for path in plan_to_files(source, config, folder)]
 
 
 @task(
-    cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
+    cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
 )
-def ingest_chunk(chunk: str) -> FlyteDirectory:
-    """Decode one chunk into shards + its table; memory grows with IngestConfig.chunk_images, not the source.
+def ingest_chunk(chunk: ChunkFile) -> FlyteDirectory:
+    """Decode one chunk into shards + its tables; memory grows with IngestConfig.chunk_images, not the source.
     DICOM identities are pseudonymised with the Flyte Secret sslflow/pseudonym_key (never in the chunk document)."""
-    folder = Path(current_context().working_directory) / f"chunk-{hashlib.sha256(chunk.encode()).hexdigest()[:16]}"
-    return FlyteDirectory(str(decode_chunk(chunk, folder, pseudonym_key=_pseudonym_key())))
+    document = Path(chunk.download())
+    folder = Path(current_context().working_directory) / f"chunk-{chunk_file_sha256(document)[:16]}"
+    return FlyteDirectory(str(decode_chunk(document.read_text(), folder, pseudonym_key=_pseudonym_key())))
 
 
-@task(cache=pipeline_cache("6"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk]:
+    """Each chunk output's tables, local (downloaded from the blob store on a cluster: its table and report, not its
+    shards), with where its shards are (the output's URI or local path)."""
+    file_access = FlyteContextManager.current_context().file_access
+    decoded = []
+    for index, chunk in enumerate(chunks):
+        location = (chunk.remote_source or str(chunk.path)).rstrip("/")
+        if not file_access.is_remote(location):
+            decoded.append(DecodedChunk(Path(location), f"{location}/{SHARDS}"))
+            continue
+        tables = work / f"chunk-{index:05d}"
+        tables.mkdir(parents=True)
+        for name in (CHUNK_REPORT, CHUNK_TABLE, INSTANCE_ROWS):
+            if name != INSTANCE_ROWS or json.loads((tables / CHUNK_REPORT).read_text()).get("instance_rows") is not None:
+                file_access.get_data(f"{location}/{name}", str(tables / name))
+        decoded.append(DecodedChunk(tables, f"{location}/{SHARDS}"))
+    return decoded
+
+
+@task(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
 def join_ingest(
     source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str
 ) -> Annotated[Dataset, HashMethod(content_hash)]:
-    """Deduplicate, subsample, cases and splits over every chunk; write the Dataset (manifest + the chunks' shards)."""
+    """Deduplicate, subsample, cases and splits over every chunk; write the Dataset (manifest + summary + a shard
+    table pointing at the chunks' shards). Reads only the chunks' tables."""
     name = source_name(source)
     with stage_run(parent_run_id, f"ingest:{name}", {"source": source, "config": config}) as run:
-        directory = Path(current_context().working_directory) / f"dataset-{name}"
-        sha256, manifest, summary = join_chunks([Path(chunk.download()) for chunk in chunks], config, directory)
+        work = Path(current_context().working_directory)
+        directory = work / f"dataset-{name}"
+        sha256, manifest, summary = join_chunks(_chunk_tables(chunks, work / "chunk-tables"), config, directory)
         _log_summary(summary, sha256)
     return Dataset(directory=FlyteDirectory(str(directory)), name=name, num_images=len(manifest), content_sha256=sha256, mlflow_run_id=run.info.run_id)

@@ -29,8 +29,11 @@ from flytekit.types.file import FlyteFile
 from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import gpu_image
-from ssl_models.shards import SHARD_SUFFIX
-from sslflow.data.dataset import MANIFEST_FILE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, read_images, read_manifest, read_summary
+from ssl_models.shards import SHARD_SUFFIX, ShardError
+from sslflow.data.dataset import (
+    MANIFEST_FILE, SHARD_TABLE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, is_remote, present_shards, read_images, read_manifest, read_summary,
+    shard_locations,
+)  # fmt: skip
 from sslflow.data.sources import fingerprint_source
 
 # A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
@@ -40,7 +43,8 @@ SourceUri = Annotated[str, HashMethod(fingerprint_source)]
 
 @dataclass
 class Dataset:
-    """An ingested image set: a dataset folder (manifest.parquet + shards/<sha256>.npy + summary.json)."""
+    """An ingested image set: a dataset folder (manifest.parquet + shards.parquet + summary.json; the shard table
+    points at the shards where the ingest chunks wrote them: sslflow/data/dataset.py)."""
 
     directory: FlyteDirectory
     name: str
@@ -98,10 +102,11 @@ def _in_blob_store(dataset: Dataset) -> str | None:
 
 
 def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], None] | None]:
-    """(folder, fetch) for reading a Dataset shard by shard. A local Dataset: its folder, fetch None. A Dataset in
-    a blob store (a task on a cluster): a local folder with only the manifest and summary downloaded; fetch(path)
-    downloads the shard named like ``path`` to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task
-    downloads only the shards it reads, never the whole directory."""
+    """(folder, fetch) for reading a Dataset shard by shard. A local Dataset: its folder (the shard table points at
+    local shard files), fetch None. A Dataset in a blob store (a task on a cluster): a local folder with only the
+    manifest and summary downloaded; fetch(path) downloads the shard named like ``path`` from its location (the
+    Dataset's shard table) to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task downloads only the shards it
+    reads. A shard whose location is gone is a ShardError naming it."""
     remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
     if remote is None:
         return Path(dataset.directory.download()), None
@@ -109,14 +114,35 @@ def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], Non
     file_access.get_data(f"{remote}/{MANIFEST_FILE}", str(folder / MANIFEST_FILE))
     if file_access.exists(f"{remote}/{SUMMARY_FILE}"):
         file_access.get_data(f"{remote}/{SUMMARY_FILE}", str(folder / SUMMARY_FILE))
-    (folder / SHARDS_FOLDER).mkdir()
+    (folder / SHARDS_FOLDER).mkdir()  # the folder has no shard table: its shards are fetched into shards/
+    locations = _remote_locations(remote)
 
     def fetch(path: Path) -> None:  # under a temporary name first: a shard file under its own name is whole
+        location = locations.get(path.name.removesuffix(SHARD_SUFFIX), f"{remote}/{SHARDS_FOLDER}/{path.name}")
         partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
-        file_access.get_data(f"{remote}/{SHARDS_FOLDER}/{path.name}", str(partial))
+        try:
+            file_access.get_data(location, str(partial))
+        except Exception as error:
+            if file_access.exists(location):
+                raise
+            raise ShardError(
+                f"shard {path.name.removesuffix(SHARD_SUFFIX)} of dataset {dataset.name} is missing at {location} (the ingest chunk "
+                "output it references was deleted); ingest the source again"
+            ) from error
         os.replace(partial, path)
 
     return folder, fetch
+
+
+def _remote_locations(remote: str) -> dict[str, str]:
+    """shard sha256 -> URI of the Dataset at ``remote`` from its shard table ({} for a Dataset without one: its shards
+    are in shards/); a relative location is inside the Dataset's folder."""
+    file_access = FlyteContextManager.current_context().file_access
+    if not file_access.exists(f"{remote}/{SHARD_TABLE}"):
+        return {}
+    folder = Path(file_access.get_random_local_directory())
+    file_access.get_data(f"{remote}/{SHARD_TABLE}", str(folder / SHARD_TABLE))
+    return {shard: location if is_remote(location) else f"{remote}/{location}" for shard, location in shard_locations(folder).items()}
 
 
 def node_shards_folder(dataset: Dataset) -> Path:
@@ -153,12 +179,13 @@ def ingest_summary(dataset: Dataset) -> dict:
 
 
 def stored_shards(dataset: Dataset) -> set[str]:
-    """The sha256s of the shard files a Dataset's folder holds, listed without downloading them."""
+    """The sha256s of the Dataset's shards whose files exist where its shard table says, listed without downloading
+    them (one listing per folder of shards, i.e. per chunk, on a blob store)."""
     remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
     if remote is None:
-        return {path.stem for path in (Path(dataset.directory.download()) / SHARDS_FOLDER).glob(f"*{SHARD_SUFFIX}")}
-    shards = f"{remote}/{SHARDS_FOLDER}"
-    names = file_access.get_filesystem_for_path(shards).ls(shards, detail=False) if file_access.exists(shards) else []
+        return present_shards(Path(dataset.directory.download()))
+    folders = {location.rsplit("/", 1)[0] for location in _remote_locations(remote).values()} or {f"{remote}/{SHARDS_FOLDER}"}
+    names = [name for shards in sorted(folders) if file_access.exists(shards) for name in file_access.get_filesystem_for_path(shards).ls(shards, detail=False)]
     return {name.rstrip("/").rsplit("/", 1)[-1].removesuffix(SHARD_SUFFIX) for name in names if name.endswith(SHARD_SUFFIX)}
 
 

@@ -21,7 +21,7 @@ from sslflow.tracking.runs import stage_run
 from tasks.shared import Dataset, content_hash, dataset_without_shards, pipeline_cache, stored_shards
 
 
-@task(cache=pipeline_cache("5"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True)
+@task(cache=pipeline_cache("6"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True)
 def validate(
     dataset: Dataset, config: ValidationConfig, label_fractions: list[float], parent_run_id: str
 ) -> Annotated[Dataset, HashMethod(content_hash)]:

@@ -6,6 +6,7 @@ connection reset without an answer; the others are forwarded unchanged.
         os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint   # clients now talk to S3 through the faults
         ...
         proxy.injected   # {"slow_down": n, "reset": m}
+        proxy.requests   # every request it received, in order: (method, path)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class FaultyS3Proxy:
         self.upstream = urlparse(upstream)
         self.slow_down_every, self.reset_every = slow_down_every, reset_every
         self.injected = {"slow_down": 0, "reset": 0}
+        self.requests: list[tuple[str, str]] = []
         self._count, self._lock = itertools.count(1), threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -59,6 +61,7 @@ class FaultyS3Proxy:
 
             def _relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests.append((self.command, self.path))
                 fault = proxy._fault()
                 if fault == "reset":  # RST instead of an answer: botocore sees the connection closed
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

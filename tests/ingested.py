@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ssl_models.shards import SHARD_SUFFIX
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source
 from sslflow.data.dataset import assemble_dataset, labelled_cases, read_images, write_case_shards
@@ -37,7 +38,9 @@ def write_arrays(directory: Path, manifest: pd.DataFrame, images: np.ndarray) ->
     """A dataset folder at ``directory`` from a manifest whose splits a test sets itself (MANIFEST_COLUMNS; shard columns
     are filled in) and its images (N, C, H, W) uint8, written as a chunk's shards are and joined as ingest joins them
     (write_case_shards, assemble_dataset); returns its content sha256."""
-    with tempfile.TemporaryDirectory(prefix="sslflow-test-shards-") as folder:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{directory.name}.shards-", dir=directory.parent) as folder:
         case_ids = manifest["case_id"].astype(str).tolist()
-        shard, row = write_case_shards(Path(folder), images, case_ids, labelled_cases(case_ids, manifest["label"].tolist()))
-        return assemble_dataset(directory, manifest.assign(shard=shard, shard_row=row), [Path(folder)], {})
+        shard, row = write_case_shards(Path(folder) / "shards", images, case_ids, labelled_cases(case_ids, manifest["label"].tolist()))
+        locations = {sha256: f"shards/{sha256}{SHARD_SUFFIX}" for sha256 in set(shard)}
+        return assemble_dataset(directory, manifest.assign(shard=shard, shard_row=row), locations, {}, contents={"shards": Path(folder) / "shards"})

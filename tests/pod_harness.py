@@ -11,8 +11,11 @@ files (``inputs.pb``, ``outputs.pb``) in the object store. ``PodRunner.run`` doe
   credentials, FLYTE_INTERNAL_*), what the user registers with ``--env`` (``registered``), Secrets as files
   under FLYTE_SECRETS_DEFAULT_DIR; nothing else of this process's environment;
 - inputs written to and outputs read from an ``s3://`` prefix on a real (moto) S3 server;
-- a map task's subtask with the index propeller gives it (BATCH_JOB_ARRAY_INDEX_VAR_NAME), its outputs
-  gathered into the collection the next node reads, as an ArrayNode does.
+- a map task's subtask with the index propeller gives it (BATCH_JOB_ARRAY_INDEX_VAR_NAME), over the collection
+  the previous node returned (plan_ingest's chunk-file references: blob literals, each with its cache hash), its
+  outputs gathered into the collection the next node reads, as an ArrayNode does;
+- the size of every literal file it writes or reads (``literal_files``), which propeller would refuse over
+  ``storage.limits.maxDownloadMBs``.
 
 The code comes from this checkout (PYTHONPATH), as the image's copy of it would.
 """

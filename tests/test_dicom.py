@@ -21,7 +21,7 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
 from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import decode_chunk, ingest_source, plan_chunks, plan_documents
+from sslflow.data.chunks import chunk_json, decode_chunk, ingest_source, plan_chunks
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.sources import fingerprint_source as fingerprint_folder
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
@@ -207,10 +207,11 @@ def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 4, "quarantined": 1}  # skipped: 3 non-image DICOM objects, README.txt
     assert "held back: {'burned_in_annotation': 1}" in result.stdout
-    cached = flyte_cache_entries(tmp_path / "home", plan_documents(str(folder), IngestConfig()))
+    plans = list(plan_chunks(str(folder), IngestConfig()))
+    cached = flyte_cache_entries(tmp_path / "home", plans)
     assert any(key.startswith("tasks.ingest.plan_ingest-") for key in cached) and len(cached) >= 6  # plan, chunks, join, validate, ...
     outputs = [tmp_path / name for name in ("mlflow.db", "mlartifacts", "sandbox", "ingest-cache")]
-    assert_no_identifier([result.stdout, result.stderr], outputs, folder=folder, blobs=cached)
+    assert_no_identifier([result.stdout, result.stderr], outputs, folder=folder, blobs=cached, plans=plans)
 
 
 GENERIC_PATH_PARTS = {"CT", "MR", "US", "NM", "SR", "CINE", "RTPLAN", "DICOMDIR", "README.txt", "metadata.csv"}
@@ -241,22 +242,25 @@ def needles_of(values: set[str]) -> set[bytes]:
     return encoded
 
 
-def flyte_cache_entries(home: Path, plans: list[str]) -> dict[str, bytes]:
+def flyte_cache_entries(home: Path, plans: list[dict]) -> dict[str, bytes]:
     """Flyte's local cache (``home``/.flyte/local-cache, a diskcache): every task's cached outputs by cache key, the
-    chunk documents of ``plans`` (ingest's plan: the files it must read, plan_documents) cut out of plan_ingest's."""
+    chunk documents of ``plans`` (ingest's plan: the files it must read, plan_chunks) cut out of plan_ingest's."""
     from diskcache import Cache
 
     with Cache(str(home / ".flyte" / "local-cache")) as cache:
         entries = {key: bytes(cache[key]) for key in cache.iterkeys()}
     for key in [key for key in entries if key.startswith("tasks.ingest.plan_ingest-")]:
         for chunk in plans:
-            entries[key] = entries[key].replace(chunk.encode(), b"")
+            entries[key] = entries[key].replace(chunk_json(chunk).encode(), b"")
     return entries
 
 
-def assert_no_identifier(texts: list[str], paths: list[Path], *, folder: Path | None = None, blobs: dict[str, bytes] | None = None) -> None:
+def assert_no_identifier(
+    texts: list[str], paths: list[Path], *, folder: Path | None = None, blobs: dict[str, bytes] | None = None, plans: list[dict] = ()
+) -> None:
     """None of PLANTED's values, nor (``folder``) a UID or path part of the export, in ``texts``, in any file under
-    ``paths`` or in ``blobs`` (name: bytes, e.g. flyte_cache_entries)."""
+    ``paths`` or in ``blobs`` (name: bytes, e.g. flyte_cache_entries). plans: chunk documents (plan_chunks), the
+    files plan_ingest writes, which name the files to read: a file holding exactly one of them is not searched."""
     values = {value for keyword, value in PLANTED.items() if keyword != "SpecificCharacterSet"} | set(PLANTED_FRAGMENTS)
     needles = needles_of(values | (identifiers_of(folder) if folder else set()))
     for text in texts:
@@ -264,6 +268,8 @@ def assert_no_identifier(texts: list[str], paths: list[Path], *, folder: Path | 
         assert not found, found[:5]
     files = [file for path in paths if path.exists() for file in ([path] if path.is_file() else path.rglob("*")) if file.is_file()]
     assert files
+    documents = {chunk_json(chunk).encode() for chunk in plans}
+    files = [file for file in files if not (file.name.startswith("chunk-") and file.suffix == ".json" and file.read_bytes() in documents)]
     for name, data in [*((str(file), file.read_bytes()) for file in files), *(blobs or {}).items()]:
         found = [needle for needle in needles if needle in data]
         assert not found, f"{name} holds {found[:5]}"
@@ -303,7 +309,7 @@ def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
     folder = tmp_path / "pacs"
     write_pacs_folder(folder, planted=PLANTED, multiframe=True)
     config = IngestConfig(chunk_images=4)
-    chunks = plan_documents(str(folder), config)
+    chunks = [chunk_json(chunk) for chunk in plan_chunks(str(folder), config)]
     assert len(chunks) > 2 and not any(KEY in chunk or "another-key" in chunk for chunk in chunks)
     for key in (None, "another-key-0123456789"):
         _, chunked, summary = ingest_source(str(folder), config, tmp_path / f"dataset-{key}", workers=2, pseudonym_key=key)
@@ -317,7 +323,7 @@ def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
 def test_chunked_ingest_applies_and_refuses_sop_instance_rows_across_chunks(tmp_path):
     folder, uids = _uid_keyed_folder(tmp_path / "pacs")
     config = IngestConfig(image_size=16, chunk_images=1)
-    assert len(plan_documents(str(folder), config)) == 3  # one file per chunk: each row matched by one chunk only
+    assert len(list(plan_chunks(str(folder), config))) == 3  # one file per chunk: each row matched by one chunk only
     _, manifest, _ = ingest_source(str(folder), config, tmp_path / "dataset")
     by_file = manifest.set_index("image_key")
     assert by_file.loc[_image_key("export/IM0001"), "label"] == "malignant" and by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"
@@ -393,7 +399,7 @@ def test_a_chunk_reads_sop_instance_metadata_by_key_and_refuses_it_changed_since
         s3_environment(monkeypatch, endpoint)
         client = boto3.client("s3")
         _uid_keyed_prefix(client, folder)
-        chunks = plan_documents("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))
+        chunks = [chunk_json(chunk) for chunk in plan_chunks("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))]
         s3_calls.clear()
         decode_chunk(chunks[0], tmp_path / "chunk-0")
         assert "ListObjectsV2" not in [operation for operation, _, _ in s3_calls]

@@ -13,7 +13,7 @@ from dicom_files import PLANTED, write_pacs_folder
 from live_mlflow import mlflow_at
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import plan_documents
+from sslflow.data.chunks import plan_chunks
 from sslflow.data.pseudonyms import KEY_ENV, Pseudonyms
 from sslflow.registry.names import default_model_name
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
@@ -55,9 +55,9 @@ def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_iden
         sites = {f"in_domain/site={Pseudonyms(key).pseudonym('site', name)}" for name in ("North Hospital", "South Clinic")}
         assert sites <= set(results["eval_set"])  # institutions are known by pseudonyms
     captured = capfd.readouterr()
-    plans = plan_documents(str(folder), domain) + plan_documents(str(folder), shift)
+    plans = [*plan_chunks(str(folder), domain), *plan_chunks(str(folder), shift)]  # chunk documents (dicts)
     assert_no_identifier(
         [summary, captured.out, captured.err],
         [tmp_path / "mlflow.db", tmp_path / "mlartifacts", tmp_path / "sandbox", tmp_path / "ingest-cache"],
-        folder=folder, blobs=flyte_cache_entries(tmp_path / "home", plans),
+        folder=folder, blobs=flyte_cache_entries(tmp_path / "home", plans), plans=plans,
     )

@@ -2,10 +2,12 @@
 from its serialized command, in a fresh process with only the pod's environment, its inputs and outputs literal
 files in a moto S3 server, MLflow a server process, the pseudonym key a mounted Secret.
 
-Chained in the order of workflows/data.py: tracking_store -> start_data_run -> plan_ingest -> ingest_chunk (each
-map-task index its own pod) -> join_ingest -> validate -> finish_data_run, for PNGs and for a PACS-style DICOM
-export under S3 prefixes (a pod shares no disk with another, so the sources are in the object store); then, for
-the PNGs, pretrain_simclr (Elastic: torchrun inside the pod) and finetune_pretrained on its encoder.
+Chained in the order of workflows/data.py: tracking_store -> start_data_run -> plan_ingest (a list of chunk
+files) -> ingest_chunk (a map task over the file references, each index its own pod) -> join_ingest -> validate ->
+finish_data_run, for PNGs and for a PACS-style DICOM export under S3 prefixes (a pod shares no disk with another,
+so the sources are in the object store); then, for the PNGs, pretrain_simclr (Elastic: torchrun inside the pod)
+and finetune_pretrained on its encoder. Every pod's S3 requests go through a proxy (tests/faulty_proxy.py) that
+records them: the join pod reads the chunks' tables and downloads no shard.
 """
 
 from __future__ import annotations
@@ -51,8 +53,14 @@ def _pngs(folder: Path, count: int) -> None:
     (folder / "metadata.csv").write_text("path,case_id,site,label\n" + "\n".join(rows) + "\n")
 
 
-def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConfig) -> dict:
-    """Every task of workflows/data.py validate_data as a pod, in the workflow's order; the final outputs."""
+def _shard_gets(requests: list[tuple[str, str]]) -> list[str]:
+    """The paths of the GET requests for shard files (``.../shards/<sha256>.npy``) among a proxy's ``requests``."""
+    return [path for method, path in requests if method == "GET" and "/shards/" in path and path.split("?")[0].endswith(".npy")]
+
+
+def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConfig, proxy) -> dict:
+    """Every task of workflows/data.py validate_data as a pod, in the workflow's order; the final outputs, and the
+    shard GETs of the join pod (from ``proxy``'s requests, the pods running one at a time)."""
     from tasks.data_run import finish_data_run, start_data_run
     from tasks.ingest import join_ingest, plan_ingest
     from tasks.validate import validate
@@ -61,15 +69,19 @@ def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConf
     settings = literals(start_data_run, source=source, config=config, validation=ValidationConfig(), label_fractions=[])
     run = runner.run(tasks["tasks.data_run.start_data_run"], "start-data-run", bind((store, "o0", "tracking_store"), **settings.literals))
     plan = runner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", literals(plan_ingest, source=source, config=config))
-    chunks = len(plan.literals["o0"].collection.literals)
-    decoded = runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), chunks)
+    references = plan.literals["o0"].collection.literals
+    assert all(reference.scalar.blob.uri.startswith("s3://flyte/raw/") for reference in references), "the plan is files in the object store"
+    assert len({reference.hash for reference in references}) == len(references) and all(len(reference.hash) == 64 for reference in references)
+    decoded = runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), len(references))
     join_inputs = bind((decoded, "o0", "chunks"), (run, "o0", "parent_run_id"), **literals(join_ingest, source=source, config=config).literals)
+    before_join = len(proxy.requests)
     dataset = runner.run(tasks["tasks.ingest.join_ingest"], "join-ingest", join_inputs)
+    join_requests = proxy.requests[before_join:]
     checks = literals(validate, config=ValidationConfig(), label_fractions=[])
     valid = runner.run(tasks["tasks.validate.validate"], "validate", bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **checks.literals))
     summary = runner.run(tasks["tasks.data_run.finish_data_run"], "finish-data-run", bind((valid, "o0", "dataset"), (run, "o0", "parent_run_id")))
     assert finish_data_run.name.endswith("finish_data_run")
-    return {"chunks": chunks, "dataset": valid, "run": run, "summary": python_value(summary.literals["o0"], str)}
+    return {"chunks": len(references), "dataset": valid, "run": run, "summary": python_value(summary.literals["o0"], str), "join_requests": join_requests}
 
 
 def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: LiteralMap):
@@ -101,8 +113,15 @@ def _pod_runner(tmp_path: Path, endpoint: str, mlflow_uri: str, *, s3_endpoint: 
 
 def _check_pod_run(runner: PodRunner, tmp_path: Path, result: dict) -> Dataset:
     """What every pod run must show: several chunk pods, the Dataset in the object store, literal files under 1 MB,
-    nothing left in a pod's working directory. Returns the Dataset."""
+    a join that downloaded no shard (but its chunks' tables), nothing left in a pod's working directory. Returns the Dataset."""
     dataset = python_value(result["dataset"].literals["o0"], Dataset)
+    join_gets = [path for method, path in result["join_requests"] if method == "GET"]
+    assert any(path.split("?")[0].endswith("/chunk.parquet") for path in join_gets), "the join read the chunks' tables"
+    assert not _shard_gets(result["join_requests"]), f"the join pod downloaded shards: {_shard_gets(result['join_requests'])[:3]}"
+    shard_keys = [key for key in _keys(runner, "raw/") if "/shards/" in key and key.endswith(".npy")]
+    assert len(shard_keys) >= result["chunks"], "the chunk pods wrote their shards to the object store"
+    in_dataset = {key.rsplit("/", 1)[-1] for key in _keys(runner, dataset.directory.remote_source.removeprefix("s3://flyte/").rstrip("/") + "/")}
+    assert in_dataset == {"manifest.parquet", "summary.json", "shards.parquet"}, f"the Dataset holds its tables, no copy of a shard: {in_dataset}"
     assert result["chunks"] >= 2, "the map task ran more than one chunk pod"
     assert dataset.directory.remote_source.startswith("s3://flyte/raw/"), "the Dataset lives in the object store"
     assert dataset.num_images > 0 and str(dataset.num_images) in result["summary"]
@@ -110,6 +129,12 @@ def _check_pod_run(runner: PodRunner, tmp_path: Path, result: dict) -> Dataset:
     assert sizes and max(sizes.values()) < LITERAL_LIMIT, sorted(sizes.items(), key=lambda item: -item[1])[:3]
     assert not any((tmp_path / "pods").glob("*/cwd/*")), "a pod leaves nothing in its working directory"
     return dataset
+
+
+def _keys(runner: PodRunner, prefix: str) -> list[str]:
+    """Every key under ``prefix`` in the runner's bucket."""
+    pages = runner.s3.get_paginator("list_objects_v2").paginate(Bucket=runner.bucket, Prefix=prefix)
+    return [entry["Key"] for page in pages for entry in page.get("Contents", [])]
 
 
 def test_pngs_through_failing_s3_requests_as_pods_then_pretraining_and_fine_tuning_pods(tmp_path, monkeypatch, tasks):
@@ -130,9 +155,11 @@ def test_pngs_through_failing_s3_requests_as_pods_then_pretraining_and_fine_tuni
         expected, _, _ = ingest_source("s3://scans/site-a", config, tmp_path / "expected")
         with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
             runner = _pod_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
-            result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
+            result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config, proxy)
+            before_training = len(proxy.requests)
             model = _pretrain_and_finetune(runner, tasks, result["dataset"], result["run"])
-    dataset = _check_pod_run(runner, tmp_path, result)
+            assert _shard_gets(proxy.requests[before_training:]), "the training pods fetch shards from where the chunks wrote them"
+        dataset = _check_pod_run(runner, tmp_path, result)
     assert dataset.content_sha256 == expected
     assert proxy.injected["slow_down"] > 3 and proxy.injected["reset"] > 3, proxy.injected
     assert model.checkpoint.remote_source.startswith("s3://flyte/raw/") and model.num_labels > 0 and model.init == "simclr"
@@ -141,12 +168,15 @@ def test_pngs_through_failing_s3_requests_as_pods_then_pretraining_and_fine_tuni
 def test_a_pacs_export_in_s3_runs_as_pods(tmp_path, monkeypatch, tasks):
     write_pacs_folder(tmp_path / "scans", copies=2, patients=3)
     config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
+    from faulty_proxy import FaultyS3Proxy
+
     with moto_s3_server(tmp_path) as endpoint, MlflowServer(tmp_path / "mlflow") as mlflow:
         s3_environment(monkeypatch, endpoint)
         _upload(tmp_path / "scans", "scans", "site-a")
-        runner = _pod_runner(tmp_path, endpoint, mlflow.uri)
-        result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config)
-    _check_pod_run(runner, tmp_path, result)
+        with FaultyS3Proxy(endpoint, slow_down_every=10**9, reset_every=10**9) as proxy:  # no faults: it records the requests
+            runner = _pod_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
+            result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config, proxy)
+            _check_pod_run(runner, tmp_path, result)
 
 
 def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monkeypatch, tasks):

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 from flytekit import workflow
+from flytekit.types.file import FlyteFile
 from PIL import Image
 
 from ssl_models.data import InMemoryPairs, StreamingPairs
 from ssl_models.shards import ShardError
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import ingest_source, plan_documents
+from sslflow.data.chunks import chunk_file_sha256, ingest_source, plan_to_files
 from sslflow.data.dataset import fetch_shards_once_per_node, read_images, read_manifest, shard_path, shard_rows
 from sslflow.tracking.runs import start_parent_run
 from tasks.shared import Dataset, SourceUri, dataset_rows, ingest_summary, labelled_in, stored_shards
@@ -43,13 +44,20 @@ def _write_images(folder: Path, names: range, *, cases: bool = False, labelled_c
         (folder / "metadata.csv").write_text("path,case_id,site,label\n" + "\n".join(rows) + "\n")
 
 
-def _decoding(chunk: str) -> str:
-    """Run the chunk task (through Flyte's local cache); the id of the decoding that made its output."""
-    return json.loads((Path(ingest_chunk(chunk=chunk).download()) / "chunk.json").read_text())["decoding"]
+def _decoding(chunk: Path) -> str:
+    """Run the chunk task on the chunk file at ``chunk`` (through Flyte's local cache); the id of the decoding that made its output."""
+    return json.loads((Path(ingest_chunk(chunk=FlyteFile(str(chunk))).download()) / "chunk.json").read_text())["decoding"]
+
+
+def _plan(folder: Path, plan: Path) -> dict[str, Path]:
+    """The chunk files of ``folder``'s plan, written to ``plan`` (a new folder per run, as each execution's plan
+    task writes its own files), by chunk sha256."""
+    return {chunk_file_sha256(path): path for path in plan_to_files(str(folder), CONFIG, plan)}
 
 
 def test_adding_files_decodes_only_the_chunks_they_fall_into(tmp_path, monkeypatch):
-    """A chunk is its files' content hashes + decode settings, so an unchanged chunk is the same cache key: a hit.
+    """A chunk reference's cache hash is its document's sha256 (files' content hashes + decode settings), so an
+    unchanged chunk is the same cache key in another execution, although its file is elsewhere: a hit.
 
     flytekit 1.16's local map-task executor does not consult the cache per element (a cluster's ArrayNode
     does), so the chunk task is called here one chunk at a time, as the ArrayNode runs it.
@@ -57,20 +65,47 @@ def test_adding_files_decodes_only_the_chunks_they_fall_into(tmp_path, monkeypat
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "growing"
     _write_images(folder, range(40))
-    before = plan_documents(str(folder), CONFIG)
+    before = _plan(folder, tmp_path / "plan-1")
     assert len(before) > 3
-    first = {chunk: _decoding(chunk) for chunk in before}
-    assert {chunk: _decoding(chunk) for chunk in before} == first, "unchanged data: every chunk a cache hit"
+    first = {chunk: _decoding(path) for chunk, path in before.items()}
+    again = _plan(folder, tmp_path / "plan-2")
+    assert {chunk: _decoding(path) for chunk, path in again.items()} == first, "unchanged data: every chunk a cache hit"
 
     _write_images(folder, range(40, 44))
-    after = plan_documents(str(folder), CONFIG)
+    after = _plan(folder, tmp_path / "plan-3")
     unchanged = set(before) & set(after)
     assert len(unchanged) >= len(before) - 4 and len(set(after) - unchanged) <= 4  # four new files touch at most four chunks
-    second = {chunk: _decoding(chunk) for chunk in after}
+    second = {chunk: _decoding(path) for chunk, path in after.items()}
     assert all(second[chunk] == first[chunk] for chunk in unchanged), "an unchanged chunk is not decoded again"
     assert all(second[chunk] not in first.values() for chunk in set(after) - unchanged)
     grown = ingest_only(source=str(folder), config=CONFIG, parent_run_id=start_parent_run("test-chunks", {}))
     assert grown.num_images == 44 and len(ingest_summary(grown)["chunks"]) == len(after)
+
+
+def test_a_rerun_with_one_changed_file_decodes_only_its_chunk(tmp_path, monkeypatch):
+    """The plan task's chunk references, run twice (two executions: the second after one file's pixels changed):
+    one chunk reference has a new cache hash and is decoded again; every other one is a cache hit."""
+    from tasks.ingest import plan_ingest
+
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")
+    folder = tmp_path / "scans"
+    _write_images(folder, range(40))
+    first = {_chunk_hash(chunk): _decoding(Path(chunk.path)) for chunk in plan_ingest(source=str(folder), config=CONFIG)}
+    Image.fromarray(np.full((12, 12), 7, dtype=np.uint8)).save(folder / "img017.png")
+    second = {_chunk_hash(chunk): _decoding(Path(chunk.path)) for chunk in plan_ingest(source=str(folder), config=CONFIG)}
+    assert len(first) == len(second) > 3
+    assert len(set(second.values()) - set(first.values())) == 1, "only the chunk of the changed file is decoded again"
+    assert {chunk: second[chunk] for chunk in set(first) & set(second)} == {chunk: first[chunk] for chunk in set(first) & set(second)}
+
+
+def _chunk_hash(chunk: FlyteFile) -> str:
+    """The cache hash Flyte gives the chunk reference ``chunk`` in the plan task's output literal."""
+    from flytekit import FlyteContextManager
+    from flytekit.core.type_engine import TypeEngine
+
+    from tasks.ingest import ChunkFile
+
+    return TypeEngine.to_literal(FlyteContextManager.current_context(), chunk, ChunkFile, TypeEngine.to_literal_type(ChunkFile)).hash
 
 
 def test_sequential_parallel_and_flyte_ingest_give_the_same_dataset(tmp_path):
@@ -194,6 +229,26 @@ def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_pa
     assert not Path(dataset.directory.path).exists() or not any(Path(dataset.directory.path).iterdir()), "the directory itself was never downloaded"
 
 
+def test_a_shard_gone_from_the_blob_store_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """A Dataset in S3 whose shard table names a shard object that was deleted (its chunk output cleaned up):
+    validate counts it missing, and reading it is a ShardError naming the shard and saying to ingest again."""
+    import boto3
+
+    from tasks.shared import dataset_without_shards
+
+    _write_images(tmp_path / "scans", range(20))
+    sha256, manifest, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
+    shard = manifest["shard"].iloc[0]
+    with _dataset_in_s3(tmp_path, monkeypatch, tmp_path / "dataset", sha256) as dataset:
+        location = shard_path(tmp_path / "dataset", shard).relative_to(tmp_path / "dataset").as_posix()
+        boto3.client("s3").delete_object(Bucket="datasets", Key=f"ds/{location}")
+        assert stored_shards(dataset) == set(manifest["shard"]) - {shard}
+        folder, fetch = dataset_without_shards(dataset)
+        assert fetch is not None
+        with pytest.raises(ShardError, match=f"shard {shard} of dataset ds is missing at s3://datasets/ds/{location} .*ingest the source again"):
+            fetch(shard_path(folder, shard))
+
+
 def _fetch_logged(source: Path, log: Path, path: Path) -> None:
     """A fetch that copies the shard from ``source`` and appends its name to ``log`` (one line per download)."""
     import shutil
@@ -201,7 +256,7 @@ def _fetch_logged(source: Path, log: Path, path: Path) -> None:
     with open(log, "a") as stream:
         stream.write(path.name + "\n")
     partial = path.with_name(f".partial-{path.name}")
-    shutil.copyfile(source / "shards" / path.name, partial)
+    shutil.copyfile(shard_path(source, path.stem), partial)
     partial.replace(path)
 
 
@@ -289,7 +344,7 @@ def test_the_plan_lists_the_largest_chunks_first(tmp_path):
     """The map task and the process pool start chunks in plan order: a large chunk started last would leave every
     other worker idle while it runs."""
     _write_images(tmp_path / "scans", range(60))
-    sizes = [len(json.loads(chunk)["records"]) for chunk in plan_documents(str(tmp_path / "scans"), CONFIG)]
+    sizes = [len(json.loads(path.read_text())["records"]) for path in plan_to_files(str(tmp_path / "scans"), CONFIG, tmp_path / "plan")]
     assert len(set(sizes)) > 1 and sizes == sorted(sizes, reverse=True)
 
 

@@ -1,6 +1,7 @@
 """ingest: a source -> a Dataset, decoded in parallel chunks (plan -> map task -> join).
 
-    plan_ingest (list, no decoding) -> ingest_chunk x chunks (map task, INGEST_CONCURRENCY at once) -> join_ingest
+    plan_ingest (list, no decoding; a file per chunk) -> ingest_chunk x chunk files (map task, INGEST_CONCURRENCY at once)
+        -> join_ingest (the chunks' tables; the Dataset points at their shards)
 
 Locally the same workflow runs, the chunks one after another.
 """

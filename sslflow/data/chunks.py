@@ -3,15 +3,20 @@ join the chunks' tables into one dataset. The Flyte ingest workflow (workflows/i
 decoding as a map task; ``ingest_source`` runs the same three steps in one process (or a process pool).
 
 - **Chunks that stay put.** A chunk is a JSON document: the decode settings and its files, each with
-  its content sha256 (S3: key, ETag and size), so it is Flyte's cache key: a chunk whose files are
-  unchanged is a cache hit. Records are ordered by case (the file path when there is none) and a chunk
+  its content sha256 (S3: key, ETag and size). The plan writes each to a file (plan_to_files) and the
+  Flyte plan returns references to them, with the document's sha256 as Flyte's cache hash: a chunk whose
+  files are unchanged is a cache hit, and the plan's literal grows with the number of chunks, not files.
+  Records are ordered by case (the file path when there is none) and a chunk
   ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
   boundaries), so adding files changes only the chunks they fall into. The images of one case are in
   one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
-  ``plan_documents`` lists the largest chunks first: the map task and the process pool start them in that order.
-- **Bounded memory.** ``plan_chunks`` cuts while the source (sslflow/data/sources/: ``open_source``) streams its
-  records in case order, so it holds one chunk, not the listing (a metadata table is sorted by case first);
-  a chunk task holds one chunk's images; the join reads only the chunks' tables.
+  ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
+  and the process pool start them in that order.
+- **Bounded memory, tables only.** ``plan_chunks`` cuts while the source (sslflow/data/sources/:
+  ``open_source``) streams its records in case order, so it holds one chunk, not the listing (a metadata table
+  is sorted by case first); a chunk task holds one chunk's images; the join reads only the chunks' tables
+  (chunk.parquet, chunk.json) and writes the dataset's tables: its shard table points at the chunks' shards
+  where they were written (sslflow/data/dataset.py), no shard is read or copied.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
   writes the dataset atomically (sslflow/data/dataset.py).
 - ``IngestConfig.max_bad_fraction`` applies per chunk; PROXY cases (``proxy_cases``) are pixel
@@ -22,7 +27,8 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   Files without an image suffix are candidates the chunk reads and skips unless they are DICOM (the plan reads
   none of them). Metadata keyed by SOPInstanceUID is read by every chunk, that one file and no listing (its sha256
   is in the chunk document, so a changed metadata.csv re-decodes, and a chunk refuses one changed since the plan);
-  a row that no chunk matched is refused by the join.
+  each chunk lists the rows it matched (instance_rows.parquet, by position), and the join refuses the rows that no
+  chunk matched.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
+from ssl_models.shards import SHARD_SUFFIX
+
 from sslflow.config import IngestConfig
 from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_shards
 from sslflow.data.decode_cache import DecodeCache
@@ -54,7 +62,8 @@ from sslflow.data.sources import Source, open_source
 from sslflow.data.sources.builtin import BuiltinSource
 from sslflow.data.types import SourceError, SourceImages
 
-CHUNK_TABLE, CHUNK_REPORT, SHARDS = "chunk.parquet", "chunk.json", "shards"
+CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
+CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
 DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixels", "max_file_bytes", "bits_stored", "proxy_cases", "seed", "shard_megabytes",
                    "dicom_window", "dicom_frames", "dicom_case_level", "dicom_site", "dicom_site_names", "dicom_burned_in")  # fmt: skip
 T = TypeVar("T")
@@ -111,11 +120,6 @@ def _listed_chunks(opened: Source, header: dict, config: IngestConfig) -> Iterat
         read_listing([], lambda record: b"", config, None, opened.uri)  # raises the empty-source SourceError
 
 
-def plan_documents(source: str, config: IngestConfig) -> list[str]:
-    """plan_chunks as JSON documents, the largest chunk first (the map task and the process pool start them in order)."""
-    chunks = sorted(plan_chunks(source, config), key=_chunk_images, reverse=True)
-    return [json.dumps(chunk, sort_keys=True, separators=(",", ":")) for chunk in chunks]
-
 
 def _chunk_images(chunk: dict) -> int:
     return len(chunk["records"]) if "records" in chunk else chunk["stop"] - chunk["start"]
@@ -137,17 +141,18 @@ def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
     )
 
 
-def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int]]:
-    """(decoded images of a chunk, each one's position in the source listing; frames of a DICOM object share it)."""
+def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int], list[dict] | None]:
+    """(decoded images of a chunk, each one's position in the source listing (frames of a DICOM object share it),
+    the source's metadata rows keyed by SOPInstanceUID or None)."""
     if "records" not in chunk:  # a built-in source: an index range
         images = _slice(_builtin(chunk["source"], config.image_size, config.channels), chunk["start"], chunk["stop"])
-        return images, list(range(chunk["start"], chunk["stop"]))
+        return images, list(range(chunk["start"], chunk["stop"])), None
     opened = open_source(chunk["source"])
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
     by_instance = _instance_rows(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
     images = read_listing(records, opened.read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance)
     position = {fields["source_path"]: index for index, fields, _ in chunk["records"]}
-    return images, [position[path.split("#frame=")[0]] for path in images.source_paths]
+    return images, [position[path.split("#frame=")[0]] for path in images.source_paths], by_instance
 
 
 def _instance_rows(opened: Source, expected: dict) -> list[dict]:
@@ -163,14 +168,15 @@ def _instance_rows(opened: Source, expected: dict) -> list[dict]:
 
 
 def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
-    """Decode one chunk into ``directory`` (chunk.parquet: decoded_table + listing position, shard, shard_row;
-    shards/; chunk.json: quarantined and held-back files by image key, skipped non-image DICOM objects, unmatched
-    SOPInstanceUID rows, read statistics, the chunk document's sha256). No path is written: the table and the report
-    know images by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
+    """Decode one chunk (a chunk document, JSON) into ``directory``: chunk.parquet (decoded_table + listing position,
+    shard, shard_row), shards/<sha256>.npy, chunk.json (the report: counts, quarantined and held-back files by image
+    key, read statistics, the chunk document's sha256) and, for metadata keyed by SOPInstanceUID, instance_rows.parquet
+    (``row``: the metadata rows this chunk matched, by position). No path is written: the table and the report know
+    images by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
     fallbacks). Written to a temporary folder, renamed on success."""
     chunk = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])
-    images, positions = _decode(chunk, config, Pseudonyms(pseudonym_key))
+    images, positions, instance_rows = _decode(chunk, config, Pseudonyms(pseudonym_key))
     table = decoded_table(images, config)
     if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
         table["case_id"] = [case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]]
@@ -181,11 +187,13 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
         labelled = labelled_cases(case_keys, table["label"].tolist())
         shard, row = write_case_shards(staging / SHARDS, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20)
         table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(staging / CHUNK_TABLE, index=False)
+        if instance_rows is not None:
+            _matched_rows(instance_rows, images.unmatched_instance_rows).to_parquet(staging / INSTANCE_ROWS, index=False)
         report = {
-            "source": chunk["source"], "quarantined": public_quarantined(images.quarantined), "held_back": images.held_back,
+            "source": chunk["source"], "images": len(table), "quarantined": public_quarantined(images.quarantined), "held_back": images.held_back,
             "read": images.read_stats, "skipped_non_image": images.skipped,
             "chunk_sha256": _chunk_identity(chunk),  # the chunk document: its files and their content hashes
-            "unmatched_instance_rows": images.unmatched_instance_rows if chunk.get("instance_metadata") else None,
+            "instance_rows": None if instance_rows is None else len(instance_rows),  # rows matched: instance_rows.parquet
             "decoding": uuid.uuid4().hex,  # names this decoding
         }  # fmt: skip
         (staging / CHUNK_REPORT).write_text(json.dumps(report))
@@ -197,8 +205,20 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     return directory
 
 
-def _tables(chunk_folders: list[Path]) -> list[pd.DataFrame]:
-    return [pd.read_parquet(folder / CHUNK_TABLE, columns=["sha256"]) for folder in chunk_folders]
+def _matched_rows(instance_rows: list[dict], unmatched: list[str]) -> pd.DataFrame:
+    """``row``: positions in ``instance_rows`` (the metadata rows keyed by SOPInstanceUID) of the rows a chunk matched."""
+    missed = set(unmatched)
+    return pd.DataFrame({"row": np.array([index for index, row in enumerate(instance_rows) if row["where"] not in missed], dtype=np.int64)})
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedChunk:
+    """A decoded chunk as the join sees it. tables: a local folder holding its chunk.parquet, chunk.json (and
+    instance_rows.parquet); shards: where its shards/ folder is (a URI, an absolute path, or a path relative to the
+    dataset folder), which the dataset's shard table points into. The join reads the tables, never the shards."""
+
+    tables: Path
+    shards: str
 
 
 def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
@@ -209,12 +229,24 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def _refuse_unmatched_rows(reports: list[dict]) -> None:
-    """SourceError for metadata rows keyed by SOPInstanceUID that no chunk matched (each chunk lists those it did not)."""
-    lists = [report["unmatched_instance_rows"] for report in reports if report.get("unmatched_instance_rows") is not None]
-    if lists:
-        unmatched = set(lists[0]).intersection(*lists[1:])
-        refuse_unmatched(reports[0]["source"], [where for where in lists[0] if where in unmatched])
+def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[dict]) -> None:
+    """SourceError naming the metadata rows keyed by SOPInstanceUID that no chunk matched (each chunk's
+    instance_rows.parquet lists those it did: O(rows) in all). The rows are read again only to name them."""
+    counts = {report["instance_rows"] for report in reports if report.get("instance_rows") is not None}
+    if not counts:
+        return
+    matched = set()
+    for chunk, report in zip(chunks, reports):
+        if report.get("instance_rows") is not None:
+            matched.update(pd.read_parquet(chunk.tables / INSTANCE_ROWS)["row"].tolist())
+    unmatched = sorted(set(range(max(counts))) - matched)
+    if unmatched:
+        source = reports[0]["source"]
+        found = open_source(source).instance_rows()
+        rows = found.rows if found is not None else []
+        if len(counts) > 1 or len(rows) != max(counts):
+            raise SourceError(f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by SOPInstanceUID); ingest it again")
+        refuse_unmatched(source, [rows[index]["where"] for index in unmatched])
 
 
 def _chunk_identity(chunk: dict) -> str:
@@ -226,23 +258,32 @@ def _chunk_identity(chunk: dict) -> str:
     return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
 
 
+def chunk_file_sha256(path: Path) -> str:
+    """The identity of the chunk document in the file at ``path`` (plan_to_files): Flyte's cache key for its chunk task."""
+    return _chunk_identity(json.loads(Path(path).read_text()))
+
+
 def _listing_sha256(reports: list[dict]) -> str:
     """A hash of every chunk document (every file listed, with its content hash, kept or not): part of the dataset's hash."""
     return hashlib.sha256(" ".join(sorted(report["chunk_sha256"] for report in reports)).encode()).hexdigest()
 
 
-def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path) -> tuple[str, pd.DataFrame, dict]:
+def join_chunks(
+    chunks: list[DecodedChunk], config: IngestConfig, directory: Path, *, contents: dict[str, Path] | None = None
+) -> tuple[str, pd.DataFrame, dict]:
     """Join decoded chunks into the dataset at ``directory``: deduplicate, subsample, cases and splits over all of
-    them (sslflow/data/manifest.py), in source-listing order. Returns (content sha256, manifest, summary)."""
-    table = pd.concat([pd.read_parquet(folder / CHUNK_TABLE) for folder in chunk_folders], ignore_index=True)
-    table = table.sort_values("listing_position", kind="stable").reset_index(drop=True)
+    them (sslflow/data/manifest.py), in source-listing order. Reads only the chunks' tables; the dataset's shard
+    table points at their shards where they are (sslflow/data/dataset.py). contents: folders moved into the dataset
+    (assemble_dataset). Returns (content sha256, manifest, summary)."""
+    tables = [pd.read_parquet(chunk.tables / CHUNK_TABLE) for chunk in chunks]
+    locations = {shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}" for chunk, table in zip(chunks, tables) for shard in table["shard"].unique()}
+    table = pd.concat(tables, ignore_index=True).sort_values("listing_position", kind="stable").reset_index(drop=True)
+    reports = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
     if table.empty:  # every chunk's files were skipped or held back
-        reports = [json.loads((folder / CHUNK_REPORT).read_text()) for folder in chunk_folders]
         refuse_no_images(reports[0]["source"], *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")))
     manifest, keep, summary = finish_manifest(table, config)
     manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[list(MANIFEST_COLUMNS)]
-    reports = [json.loads((folder / CHUNK_REPORT).read_text()) for folder in chunk_folders]
-    _refuse_unmatched_rows(reports)
+    _refuse_unmatched_rows(chunks, reports)
     read = {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]} if reports[0]["read"] else {}
     summary |= {
         "quarantined": [item for report in reports for item in report["quarantined"]],
@@ -250,20 +291,29 @@ def join_chunks(chunk_folders: list[Path], config: IngestConfig, directory: Path
         "held_back": _summed([report["held_back"] for report in reports]),  # images held back, by reason (BurnedInAnnotation YES)
         "listing_sha256": _listing_sha256(reports),
         "read": read,  # summed over chunks; a chunk served from Flyte's cache reports what it did when it ran
-        "chunks": [{"decoding": report["decoding"], "images": len(report_table)} for report, report_table in zip(reports, _tables(chunk_folders))],
+        "chunks": [{"decoding": report["decoding"], "images": len(chunk_table)} for report, chunk_table in zip(reports, tables)],
         "shards": int(manifest["shard"].nunique()),
     }
-    sha256 = assemble_dataset(directory, manifest, [folder / SHARDS for folder in chunk_folders], summary)
+    sha256 = assemble_dataset(directory, manifest, locations, summary, contents=contents)
     return sha256, manifest, summary
 
 
-def _plan_to_files(source: str, config: IngestConfig, work: Path) -> list[Path]:
-    """plan_chunks, each chunk document written to ``work``/plan-NNNNN.json; returns their paths."""
-    paths = []
-    for index, chunk in enumerate(plan_documents(source, config)):
-        paths.append(work / f"plan-{index:05d}.json")
-        paths[-1].write_text(chunk)
-    return paths
+def chunk_json(chunk: dict) -> str:
+    """A chunk document as the JSON text its file holds."""
+    return json.dumps(chunk, sort_keys=True, separators=(",", ":"))
+
+
+def plan_to_files(source: str, config: IngestConfig, folder: Path) -> list[Path]:
+    """plan_chunks, each chunk document written to ``folder``/chunk-<its sha256>.json as it comes (never all of them
+    in memory); returns the paths, the chunks with the most images first (the map task and the process pool start
+    them in that order), ties in listing order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[int, Path]] = []
+    for chunk in plan_chunks(source, config):
+        path = folder / f"chunk-{_chunk_identity(chunk)}.json"
+        path.write_text(chunk_json(chunk))
+        written.append((_chunk_images(chunk), path))
+    return [path for _, path in sorted(written, key=lambda pair: -pair[0])]
 
 
 def _decode_chunk_file(chunk_file: Path, directory: Path, *, pseudonym_key: str | None = None) -> Path:
@@ -274,23 +324,28 @@ def ingest_source(
     source: str, config: IngestConfig, directory: Path, *, workers: int = 1, pseudonym_key: str | None = None
 ) -> tuple[str, pd.DataFrame, dict]:
     """plan -> decode every chunk (in a pool of ``workers`` processes when > 1) -> join; the same functions and
-    result as the Flyte ingest workflow. Chunk folders go to a temporary folder beside ``directory``.
+    result as the Flyte ingest workflow. Chunks are decoded into a temporary folder beside ``directory``; the join
+    moves them into the dataset (``chunks/chunk-NNNNN/``, no shard copied), whose shard table names them relative
+    to it, so the dataset folder holds everything it references and can be moved.
 
-    With workers > 1 the steps are separate processes as the workflow's tasks are separate pods: the plan (which
-    holds the whole listing) runs in its own short-lived process and writes the chunk documents to files, so this
-    process never holds the listing while the chunks decode; it joins once the decoding processes have ended."""
+    With workers > 1 the steps are separate processes as the workflow's tasks are separate pods: the plan runs in
+    its own short-lived process and writes the chunk documents to files, so this process never holds the listing
+    while the chunks decode; it joins once the decoding processes have ended."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{directory.name}.chunks-", dir=directory.parent) as work:
         if workers > 1:
             spawn = multiprocessing.get_context("spawn")  # a worker holds its chunk and the decoding modules (no torch)
             with ProcessPoolExecutor(1, mp_context=spawn) as planner:
-                chunk_files = planner.submit(_plan_to_files, source, config, Path(work)).result()
+                chunk_files = planner.submit(plan_to_files, source, config, Path(work) / "plan").result()
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
-            with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            # a process per chunk, as a pod per chunk: memory a long-lived worker kept from earlier chunks is not counted
+            with ProcessPoolExecutor(workers, mp_context=spawn, max_tasks_per_child=1) as pool:
                 list(pool.map(functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key), chunk_files, folders))
         else:
-            chunks = plan_documents(source, config)
-            folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunks))]
-            for chunk, folder in zip(chunks, folders):
-                decode_chunk(chunk, folder, pseudonym_key=pseudonym_key)
-        return join_chunks(folders, config, directory)
+            chunk_files = plan_to_files(source, config, Path(work) / "plan")
+            folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
+            for chunk_file, folder in zip(chunk_files, folders):
+                _decode_chunk_file(chunk_file, folder, pseudonym_key=pseudonym_key)
+        contents = {f"{CHUNKS}/{folder.name}": folder for folder in folders}
+        chunks = [DecodedChunk(folder, f"{CHUNKS}/{folder.name}/{SHARDS}") for folder in folders]
+        return join_chunks(chunks, config, directory, contents=contents)

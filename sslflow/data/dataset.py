@@ -1,23 +1,32 @@
-"""The dataset folder format: ``manifest.parquet`` + ``shards/<sha256>.npy`` + ``summary.json``.
+"""The dataset folder format: ``manifest.parquet`` + ``shards.parquet`` + ``summary.json``.
 
 Each manifest row (sslflow/data/manifest.py) names its image's shard (``shard``, the sha256 of the
 shard file) and its row in it (``shard_row``); a shard holds (n, C, H, W) uint8 images of bounded
 size (ssl_models/shards.py); the images of one case are in one shard, and a shard holds either labelled
-cases or unlabelled ones (write_case_shards). Nothing here loads the
-whole dataset: readers take the rows they need, one memory-mapped shard at a time, and every shard
-read is checked against its hash. The content sha256 of a dataset is that of its manifest and its
-shard hashes. Functions here take local folders; the Flyte artifact is tasks.shared.Dataset.
+cases or unlabelled ones (write_case_shards).
+
+The shards stay where the ingest chunks wrote them: ``shards.parquet`` maps each shard (sha256) to its
+``location``, a blob-store URI (``s3://.../chunk/shards/<sha256>.npy``, a chunk task's output), an absolute
+local path, or a path relative to the dataset folder (``chunks/chunk-00000/shards/<sha256>.npy``, where
+ingest_source moves its chunk folders). A shard file's name is its sha256, so a location cannot hold other
+bytes unnoticed. A folder without the table (older datasets, a shard cache) holds its shards in ``shards/``;
+a shard fetched from a blob store is put there too (shard_path).
+
+Nothing here loads the whole dataset: readers take the rows they need, one memory-mapped shard at a time,
+and every shard read is checked against its hash. The content sha256 of a dataset is that of its manifest
+and its shard hashes (not where they are). Functions here take local folders; the Flyte artifact is
+tasks.shared.Dataset.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,7 @@ from sslflow.data.manifest import MANIFEST_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
 SHARDS_FOLDER = "shards"
+SHARD_TABLE = "shards.parquet"  # shard sha256 -> location
 SUMMARY_FILE = "summary.json"
 DEFAULT_SHARD_BYTES = 128 * 2**20
 
@@ -81,25 +91,28 @@ def dataset_sha256(manifest_file: Path, shard_hashes: Iterable[str], listing_sha
     return digest.hexdigest()
 
 
-def assemble_dataset(directory: Path, manifest: pd.DataFrame, shard_folders: list[Path], summary: dict) -> str:
-    """Write a dataset from a finished manifest and the folders its shards are in; return its content sha256.
+def assemble_dataset(
+    directory: Path, manifest: pd.DataFrame, locations: Mapping[str, str], summary: dict, *, contents: Mapping[str, Path] | None = None
+) -> str:
+    """Write a dataset from a finished manifest and where its shards are; return its content sha256.
 
-    The shards the manifest names are hard-linked (else copied) into a temporary folder beside
-    ``directory``, which is renamed into place: an interrupted write leaves no half-written dataset, and a
-    previous dataset at ``directory`` is removed only once the new one is in place (``_swap_in``).
+    locations: shard sha256 -> location (a URI, an absolute path, or a path relative to the dataset folder; see
+    the module docstring); every shard the manifest names must have one, and a local one must exist. No shard is
+    read or copied. contents: folders moved (renamed) into the dataset, by their path in it (ingest_source's chunk
+    folders, which relative locations name). Everything is written to a temporary folder beside ``directory``,
+    which is renamed into place: an interrupted write leaves no half-written dataset, and a previous dataset at
+    ``directory`` is removed only once the new one is in place (``_swap_in``).
     """
     if tuple(manifest.columns) != MANIFEST_COLUMNS:
         raise ValueError(f"manifest columns {list(manifest.columns)} differ from MANIFEST_COLUMNS {list(MANIFEST_COLUMNS)}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
-        (staging / SHARDS_FOLDER).mkdir()
+        for name, folder in (contents or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(folder, staging / name)  # a rename: the folders are beside ``directory``
         shards = sorted(set(manifest["shard"]))
-        found = {path.stem: path for folder in shard_folders for path in folder.glob(f"*{SHARD_SUFFIX}")}
-        for shard in shards:
-            if shard not in found:
-                raise ValueError(f"shard {shard} named by the manifest is in none of {[str(f) for f in shard_folders]}")
-            _link_or_copy(found[shard], staging / SHARDS_FOLDER / f"{shard}{SHARD_SUFFIX}")
+        _shard_table(shards, locations, staging).to_parquet(staging / SHARD_TABLE, index=False)
         manifest.reset_index(drop=True).to_parquet(staging / MANIFEST_FILE, index=False)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
         sha256 = dataset_sha256(staging / MANIFEST_FILE, shards, summary.get("listing_sha256", ""))
@@ -110,11 +123,19 @@ def assemble_dataset(directory: Path, manifest: pd.DataFrame, shard_folders: lis
     return sha256
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+def _shard_table(shards: list[str], locations: Mapping[str, str], staging: Path) -> pd.DataFrame:
+    """The shard table of ``shards`` (ValueError naming a shard without a location or whose local file is missing)."""
+    for shard in shards:
+        if shard not in locations:
+            raise ValueError(f"shard {shard} named by the manifest has no location (none of the chunks wrote it)")
+        if not is_remote(locations[shard]) and not (staging / locations[shard]).is_file():
+            raise ValueError(f"shard {shard} named by the manifest is missing at {locations[shard]}")
+    return pd.DataFrame({"shard": shards, "location": [locations[shard] for shard in shards]}, dtype=object)
+
+
+def is_remote(location: str) -> bool:
+    """A location in a blob store (``s3://``, ``gs://``, ...), not a local path."""
+    return "://" in location and not location.startswith("file://")
 
 
 def _swap_in(staging: Path, directory: Path) -> None:
@@ -145,8 +166,35 @@ def count_stored_images(manifest: pd.DataFrame, stored_shards: set[str]) -> int:
     return int(manifest["shard"].isin(stored_shards).sum())
 
 
+def shard_locations(directory: Path) -> dict[str, str]:
+    """shard sha256 -> location (shards.parquet) of a dataset folder; {} for a folder without the table."""
+    table = directory / SHARD_TABLE
+    if not table.is_file():
+        return {}
+    stat = table.stat()
+    return _read_shard_table(str(table), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_shard_table(path: str, modified: int, size: int) -> dict[str, str]:  # keyed on mtime and size: a rewrite is read anew
+    table = pd.read_parquet(path)
+    return dict(zip(table["shard"], table["location"]))
+
+
 def shard_path(directory: Path, shard: str) -> Path:
-    return directory / SHARDS_FOLDER / f"{shard}{SHARD_SUFFIX}"
+    """The local file of ``shard`` of the dataset folder ``directory``: where its location (shards.parquet) points
+    when that is local, else ``directory/shards/<sha256>.npy`` (where a shard fetched from a blob store goes)."""
+    local = directory / SHARDS_FOLDER / f"{shard}{SHARD_SUFFIX}"
+    location = shard_locations(directory).get(shard)
+    if location is None or is_remote(location) or local.is_file():
+        return local
+    return directory / location.removeprefix("file://")
+
+
+def present_shards(directory: Path) -> set[str]:
+    """The sha256s of the shards of a local dataset folder whose files exist (where their locations point, or in shards/)."""
+    found = {path.stem for path in (directory / SHARDS_FOLDER).glob(f"*{SHARD_SUFFIX}")}
+    return found | {shard for shard in shard_locations(directory) if shard_path(directory, shard).is_file()}
 
 
 def image_shape(directory: Path, manifest: pd.DataFrame) -> tuple[int, ...]:
