@@ -189,7 +189,7 @@ def test_scratch_and_pretrained_arms_share_one_budget_and_stopping_rule():
     budget and the evaluation steps depend on the labels and the config, never on the initial weights."""
     images, labels, _ = _contradicting_validation()
     validation = (images, labels)
-    config = FinetuneConfig(epochs=1, min_steps=30, batch_size=16, head_warmup_steps=3, eval_every=5, patience=0)
+    config = FinetuneConfig(epochs=1, min_steps=32, batch_size=16, head_warmup_steps=3, eval_every=8, patience=0)  # 4 steps an epoch
     pretrained = build_encoder("small_cnn", 1, seed=1)
     with torch.no_grad():
         for parameter in pretrained.parameters():
@@ -197,4 +197,4 @@ def test_scratch_and_pretrained_arms_share_one_budget_and_stopping_rule():
     runs = [finetune(build_encoder("small_cnn", 1, seed=0), images, labels, 2, dataclasses.replace(config, head_warmup_steps=0), validation=validation),
             finetune(pretrained, images, labels, 2, config, validation=validation)]  # fmt: skip
     steps = [[record["step"] for record in history] for _, history in runs]
-    assert steps[0] == steps[1] == [5, 10, 15, 20, 25, 30] and runs[0][1][-1]["budget_steps"] == runs[1][1][-1]["budget_steps"] == 30
+    assert steps[0] == steps[1] == [8, 16, 24, 32] and runs[0][1][-1]["budget_steps"] == runs[1][1][-1]["budget_steps"] == 32
