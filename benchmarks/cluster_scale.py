@@ -30,7 +30,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.data_scale import _tree_rss_bytes  # noqa: E402
+from benchmarks.data_scale import run_measured  # noqa: E402
 
 IMAGES_PER_PATIENT = 4
 SIDE = 32
@@ -169,16 +168,8 @@ def child_join(chunk_folders: str, dataset: str) -> dict:
 
 def run_child(arguments: list[str]) -> tuple[dict, float, float]:
     """This script with ``arguments`` in a child process: (its JSON result, wall seconds, peak tree RSS MiB)."""
-    started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, __file__, *arguments], stdout=subprocess.PIPE, text=True)
-    peak = 0
-    while child.poll() is None:
-        peak = max(peak, _tree_rss_bytes(child.pid))
-        time.sleep(0.02)
-    output = child.stdout.read()
-    if child.returncode != 0:
-        raise RuntimeError(f"{arguments[0]} failed with status {child.returncode}:\n{output[-2000:]}")
-    return json.loads(output.strip().splitlines()[-1]), time.perf_counter() - started, peak / 2**20
+    result, seconds, rss, _ = run_measured(arguments, dict(os.environ), script=Path(__file__))
+    return result, seconds, rss
 
 
 def _request_kinds(requests: list[tuple[str, str]]) -> dict[str, int]:

@@ -124,11 +124,11 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_measured(arguments: list[str], environment: dict) -> tuple[dict, float, float, float]:
-    """Run this script with ``arguments`` in a child process: (its JSON result, wall seconds, peak tree RSS MiB,
-    CPU seconds of the child and its processes)."""
+def run_measured(arguments: list[str], environment: dict, script: Path = Path(__file__)) -> tuple[dict, float, float, float]:
+    """Run ``script`` (this one by default) with ``arguments`` in a child process: (its JSON result, wall seconds, peak
+    tree RSS MiB, CPU seconds of the children that ended meanwhile: the child's own when it runs alone)."""
     started, cpu_before = time.perf_counter(), _children_cpu_seconds()
-    child = subprocess.Popen([sys.executable, __file__, *arguments], stdout=subprocess.PIPE, text=True, env=environment)
+    child = subprocess.Popen([sys.executable, str(script), *arguments], stdout=subprocess.PIPE, text=True, env=environment)
     peak = 0
     while child.poll() is None:
         peak = max(peak, _tree_rss_bytes(child.pid))
