@@ -91,7 +91,7 @@ def _chunk_sha256(chunk: FlyteFile) -> str:
 ChunkFile = Annotated[FlyteFile, HashMethod(_chunk_sha256)]
 
 
-@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
+@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
 def plan_ingest(source: SourceUri, config: IngestConfig) -> list[ChunkFile]:
     """The chunks of ``source``, each a JSON file (decode settings + files with their content hashes), the chunks
     with the most images first; nothing is decoded."""

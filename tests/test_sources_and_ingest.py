@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 from botocore.exceptions import ClientError
 import pandas as pd
@@ -7,7 +9,7 @@ from PIL import Image
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig
 from sslflow.data import fingerprint
-from sslflow.data.chunks import plan_chunks
+from sslflow.data.chunks import _cut, plan_chunks
 from sslflow.data.manifest import split_of_case
 from sslflow.data.sources.builtin import optdigits_to_mnist_format
 from sslflow.data.pseudonyms import Pseudonyms
@@ -208,3 +210,20 @@ def test_the_plan_of_an_s3_prefix_yields_a_chunk_from_the_first_listing_page(mon
     first = next(chunks)
     assert first["records"][0][1]["source_path"] == "img00000.png" and bucket.served == 1
     assert sum(len(chunk["records"]) for chunk in chunks) + len(first["records"]) == 5000 and bucket.served == 5
+
+
+def test_chunks_hold_about_chunk_images_images_whatever_the_images_per_case():
+    """4 images per patient, chunk_images 64: chunks average about 64 images, not 4 x 64 (a cut decided per case,
+    the old rule, makes every chunk the 4 x chunk_images cap); a file added changes only the chunk it falls into."""
+    files = [(f"patient{index // 4:05d}", f"patient{index // 4:05d}/image{index % 4}") for index in range(8192)]
+    chunks = list(_cut(files, lambda item: item[0], lambda item: item[1], 64))
+    sizes = [len(chunk) for chunk in chunks]
+    assert sum(sizes) == 8192 and max(sizes) <= 4 * 64 and 40 <= np.mean(sizes) <= 100
+    assert all(len({case for case, _ in chunk} & {case for case, _ in other}) == 0 for chunk, other in zip(chunks, chunks[1:]))  # cut between cases
+    for name in (f"patient{patient:05d}/image9" for patient in range(2000)):  # a file that does not end its chunk
+        if int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) % 64:
+            break
+    added = sorted([*files, (name.split("/")[0], name)])
+    again = list(_cut(added, lambda item: item[0], lambda item: item[1], 64))
+    changed = [chunk for chunk in again if chunk not in chunks]
+    assert len(again) == len(chunks) and len(changed) == 1 and (name.split("/")[0], name) in changed[0]

@@ -69,21 +69,24 @@ DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixe
 T = TypeVar("T")
 
 
-def _cut(items: Iterable[T], key: Callable[[T], str], chunk_images: int) -> Iterator[list[T]]:
-    """``items`` (in order of ``key``, their case key) in chunks, streamed: a chunk ends before a new key whose hash is 0
-    modulo chunk_images, or once it has 4 x chunk_images images (both only between cases). Holds one chunk."""
+def _cut(items: Iterable[T], key: Callable[[T], str], identity: Callable[[T], str], chunk_images: int) -> Iterator[list[T]]:
+    """``items`` (in order of ``key``, their case key) in chunks, streamed and content-defined: each item whose
+    ``identity`` (its path in the source) hashes to 0 modulo chunk_images ends its chunk at the next case boundary;
+    a chunk also ends once it has 4 x chunk_images images (both only between cases). A chunk holds chunk_images
+    images on average whatever the number of images per case (a cut decided per case would make it that many times
+    larger); adding a file changes its own chunk (and splits it when its path is one that cuts). Holds one chunk."""
     chunk: list[T] = []
-    previous = None
+    previous, cut_due = None, False
     for item in items:
         current = key(item)
         if chunk and current != previous:
             if current < previous:
                 raise ValueError(f"the listing is not in case order: {current!r} after {previous!r}")
-            natural = int(hashlib.sha256(current.encode()).hexdigest()[:12], 16) % chunk_images == 0
-            if natural or len(chunk) >= 4 * chunk_images:
+            if cut_due or len(chunk) >= 4 * chunk_images:
                 yield chunk
-                chunk = []
+                chunk, cut_due = [], False
         chunk.append(item)
+        cut_due = cut_due or int(hashlib.sha256(identity(item).encode()).hexdigest()[:12], 16) % chunk_images == 0
         previous = current
     if chunk:
         yield chunk
@@ -113,7 +116,7 @@ def _listed_chunks(opened: Source, header: dict, config: IngestConfig) -> Iterat
     if by_instance is not None:
         header["instance_metadata"] = {"file": METADATA_FILE, "sha256": by_instance.sha256}
     empty = True
-    for chunk in _cut(opened.records(), lambda item: item[1].case_id or item[1].source_path, config.chunk_images):
+    for chunk in _cut(opened.records(), lambda item: item[1].case_id or item[1].source_path, lambda item: item[1].source_path, config.chunk_images):
         empty = False
         yield {**header, "records": [[position, vars(record), digest] for position, record, digest in chunk]}
     if empty:
