@@ -11,7 +11,8 @@ through the model together, so BatchNorm sees them as one (as the paper's implem
 
 The run follows fine-tuning's rule (ssl_models.train.finetune): ``steps`` steps with the validation accuracy every
 ``eval_every`` steps; ``patience`` evaluations without a better one stop it, and the best weights on validation are
-returned (ssl_models.loop.BestOnValidation).
+returned (ssl_models.loop.BestOnValidation). As in the paper, the model evaluated and returned is an exponential moving
+average of the trained weights (BatchNorm statistics included; ``ema_decay``), torch.optim.swa_utils.AveragedModel.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ssl_models.augment import FINETUNE_AUGMENT, STRONG_AUGMENT, AugmentConfig, augment
 from ssl_models.data import gather, place_images
@@ -48,11 +50,14 @@ class SelfTrainConfig:
     max_label_fraction: self-train only at label fractions up to this; at 100% the pool is all labelled.
     max_pool_images: the pool held in host memory: at most this many train-split images, sampled by seed
         (sslflow.training.student.self_training_data says when it samples).
+    ema_decay: the weights validated and returned are an exponential moving average of the trained ones, updated
+        after every step with this decay (the paper: 0.999 over a million steps; 0.99, a horizon of about 100 steps,
+        fits a few hundred); 0: the trained weights themselves.
     augment: the weak view, also the labelled images' view.
     strong_augment: the strong view (STRONG_AUGMENT: crop, rotation, brightness/contrast, blur, Cutout).
     """
 
-    steps: int = 200
+    steps: int = 500
     batch_size: int = 32
     unlabelled_ratio: int = 3
     confidence_threshold: float = 0.9
@@ -63,6 +68,7 @@ class SelfTrainConfig:
     max_pool_images: int = 10000
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
+    ema_decay: float = 0.99
     seed: int = 0  # the pipeline and quality.py pass the teacher's fine-tuning seed
     augment: AugmentConfig = field(default_factory=lambda: FINETUNE_AUGMENT)
     strong_augment: AugmentConfig = field(default_factory=lambda: STRONG_AUGMENT)
@@ -72,6 +78,8 @@ class SelfTrainConfig:
             raise ValueError(f"SelfTrainConfig.confidence_threshold must be in [0, 1], got {self.confidence_threshold}")
         if self.steps < 1 or self.unlabelled_ratio < 1:
             raise ValueError(f"SelfTrainConfig needs steps >= 1 and unlabelled_ratio >= 1; got {self.steps} and {self.unlabelled_ratio}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"SelfTrainConfig.ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.eval_every < 1 or self.patience < 0 or self.max_pool_images < 1:
             raise ValueError(f"SelfTrainConfig needs eval_every >= 1, patience >= 0 and max_pool_images >= 1; got {self.eval_every}, {self.patience}, {self.max_pool_images}")  # fmt: skip
 
@@ -162,25 +170,32 @@ def train_fixmatch(
 
 
 def _train_steps(model: Classifier, batches: _Batches, config: SelfTrainConfig, validation) -> list[dict]:
-    """``config.steps`` FixMatch steps (AdamW, warm-up + cosine) under fine-tuning's early-stopping rule; the records."""
+    """``config.steps`` FixMatch steps (AdamW, warm-up + cosine) under fine-tuning's early-stopping rule, validating
+    the moving average of the weights (``config.ema_decay``), which ``model`` holds at the end; the records."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = warmup_cosine(optimizer, max(1, config.steps // 10), config.steps)
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) if config.ema_decay else None
+    evaluated = average.module if average is not None else model
     stopping, history, parts = BestOnValidation(config.patience), [], []
     model.train()
     for step in range(1, config.steps + 1):
         loss, record = _fixmatch_step(model, batches, config)
         optimizer_step(loss, optimizer, schedule)
+        if average is not None:
+            average.update_parameters(model)
         parts.append({"loss": loss.item(), **record})
         if step % config.eval_every and step != config.steps:
             continue
         history.append({"step": step, **{key: float(np.mean([part[key] for part in parts])) for key in parts[0]}})
         parts = []
         if validation is not None:
-            history[-1]["val_accuracy"] = validation_accuracy(model, *validation, config.augment)
+            history[-1]["val_accuracy"] = validation_accuracy(evaluated, *validation, config.augment)
             model.train()
-            if stopping.update(step, history[-1]["val_accuracy"], model):
+            if stopping.update(step, history[-1]["val_accuracy"], evaluated):
                 break
     history[-1]["stopped_step"] = history[-1]["step"]
+    if evaluated is not model:
+        model.load_state_dict(evaluated.state_dict())
     if validation is not None:
         stopping.restore(model)
         history[-1].update(stopping.record())

@@ -1,7 +1,9 @@
 """Evaluation of fine-tuned classifiers: in-domain test split (and per site), shift set, corruption suite.
 
 One result row per (model, evaluation set) with accuracy, macro-F1, one-vs-rest AUC and expected
-calibration error (RESULT_COLUMNS); per-class accuracy separately. Test splits are only reported:
+calibration error (RESULT_COLUMNS), and on the in-domain test split which images the model got right
+(``correct``: for a paired comparison of two models on the same images, sslflow/reporting/intervals.py);
+per-class accuracy separately. Test splits are only reported:
 model selection happens on validation data (sslflow/registry/registration.py).
 """
 
@@ -27,7 +29,7 @@ METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
 # The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
 # the in-domain test split of at most this many images (all of it when smaller).
 CORRUPTION_IMAGES = 256
-RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy", "selectable"]
+RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy", "selectable", "correct"]
 
 EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
 DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8 of its rows): tasks.shared.read_rows
@@ -44,6 +46,17 @@ class EvaluatedModel(Protocol):
     num_labels: int
     val_accuracy: float
     selectable: bool  # False: a student that did not beat its teacher on validation (never chosen)
+
+
+def pack_correct(correct: np.ndarray) -> str:
+    """Which of N images a model got right, (N,) bool, as hex text (N / 4 characters; unpack_correct reverses it)."""
+    return f"{len(correct)}:" + np.packbits(np.asarray(correct, dtype=bool)).tobytes().hex()
+
+
+def unpack_correct(packed: str) -> np.ndarray:
+    """(N,) bool from pack_correct's text."""
+    count, bits = packed.split(":", 1)
+    return np.unpackbits(np.frombuffer(bytes.fromhex(bits), dtype=np.uint8), count=int(count)).astype(bool)
 
 
 def select_best(models: Sequence[EvaluatedModel]) -> EvaluatedModel:
@@ -86,7 +99,8 @@ def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list
         metrics = classification_metrics(probabilities, labels)
         rows.append(
             {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "seed": model.seed, "num_labels": model.num_labels,
-             "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy, "selectable": model.selectable}
+             "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy, "selectable": model.selectable,
+             "correct": pack_correct(probabilities.argmax(1) == labels) if kind == "in_domain" else None}
         )  # fmt: skip
         if kind in ("in_domain", "shift"):
             key = f"{model.init}/{model.probe}@{model.label_fraction:g}/seed={model.seed}/{eval_set}"

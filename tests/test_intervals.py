@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sslflow.reporting.intervals import Interval, t_interval, verdict
+from sslflow.reporting.intervals import Interval, paired_bootstrap, paired_verdict, t_interval, verdict
 
 
 @pytest.mark.parametrize("values", [[0.91, 0.93, 0.92], [0.5, 0.7], [0.1, 0.4, 0.35, 0.2, 0.3]])
@@ -38,3 +38,23 @@ def test_seeds_must_be_distinct_integers(seeds):
     with pytest.raises(SeedsError, match="non-empty list of distinct integers"):
         check_seeds(seeds)
     check_seeds([0, 1, 2])
+
+
+def test_the_paired_bootstrap_interval_of_a_difference_in_accuracy():
+    theirs = np.zeros(456, dtype=bool)
+    theirs[:400] = True
+    better = theirs.copy()
+    better[400:430] = True  # right on 30 more images, wrong on none theirs got right
+    difference = paired_bootstrap(better, theirs)
+    assert difference.difference == pytest.approx(30 / 456) and difference.low > 0 and difference.high < 0.12 and difference.images == 456
+    assert paired_verdict(difference) == "gain" and paired_verdict(paired_bootstrap(theirs, better)) == "loss"
+    assert paired_bootstrap(better, theirs) == difference  # a fixed resampling seed: the same answers, the same interval
+    swapped = theirs.copy()
+    swapped[:3], swapped[400:403] = False, True  # as many images gained as lost: no difference
+    near = paired_bootstrap(swapped, theirs)
+    assert near.difference == 0 and near.low < 0 < near.high and paired_verdict(near) == "no difference"
+    same = paired_bootstrap(theirs, theirs)
+    assert (same.low, same.high) == (0, 0) and paired_verdict(same) == "no difference"
+    assert "paired bootstrap over 456 test images" in str(difference)
+    with pytest.raises(ValueError, match="same 2\\+ images"):
+        paired_bootstrap(better, theirs[:-1])

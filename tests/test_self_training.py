@@ -23,7 +23,7 @@ from ssl_models.encoders import build_encoder
 from ssl_models.fixmatch import SelfTrainConfig, fixmatch_loss, train_fixmatch
 from ssl_models.heads import Classifier
 from ssl_models.train import FinetuneConfig, finetune
-from sslflow.evaluation import select_best
+from sslflow.evaluation import pack_correct, select_best, unpack_correct
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.training.labelled_subset import labelled_subset
@@ -81,6 +81,26 @@ def test_the_fixmatch_student_is_determined_by_its_seed():
     assert not all(torch.equal(first[name], other[name]) for name in first)
     assert [record["step"] for record in history] == [2, 4] and history[0]["mask_rate"] == 1.0  # threshold 0: every pool image passes
     assert history[-1]["best_step"] in (2, 4) and history[-1]["stopped_step"] == 4
+
+
+def test_the_student_returned_is_the_moving_average_of_the_trained_weights():
+    data, _ = _fixmatch_inputs()
+    config = SelfTrainConfig(steps=1, batch_size=4, eval_every=1, confidence_threshold=0.0, ema_decay=0.0)
+
+    def student(config: SelfTrainConfig) -> dict:
+        start = Classifier(build_encoder("small_cnn", 1, 28, seed=5), 3)
+        start.linear.load_state_dict({"weight": torch.full((3, start.linear.in_features), 0.01), "bias": torch.zeros(3)})  # the same start every time
+        model, _ = train_fixmatch(start, torch.from_numpy(data.labelled_images), data.labels, torch.from_numpy(data.pool_images), config)
+        return model.state_dict()
+
+    after_one_step = student(config)
+    # decay 1: the average is the weights after the first step (AveragedModel copies them), and never moves again
+    frozen_average = student(dataclasses.replace(config, steps=4, ema_decay=1.0))
+    trained = student(dataclasses.replace(config, steps=4))
+    assert all(torch.equal(after_one_step[name], frozen_average[name]) for name in after_one_step)  # BatchNorm statistics too
+    assert not all(torch.equal(after_one_step[name], trained[name]) for name in after_one_step)
+    with pytest.raises(ValueError, match="ema_decay"):
+        SelfTrainConfig(ema_decay=1.5)
 
 
 def test_the_pool_held_in_memory_is_bounded_when_the_train_split_is_larger():
@@ -146,6 +166,28 @@ def test_label_efficiency_comparisons_choose_the_best_arm_on_validation_and_need
     assert close["best_at_1pct_vs_scratch_at_10pct"]["verdict"].startswith("undetermined")
     results = _results(rows)
     assert label_efficiency_comparisons(results[results["label_fraction"] < 1]).keys() == {"best_at_1pct_vs_scratch_at_10pct"}
+
+
+def test_with_one_seed_the_comparison_is_decided_by_a_paired_bootstrap_over_the_test_images():
+    scratch = np.zeros(456, dtype=bool)
+    scratch[:420] = True
+
+    def results(ours: np.ndarray) -> pd.DataFrame:
+        table = _results([("simclr+micle", "finetune", 0.01, ours.mean(), 0.8), ("scratch", "finetune", 0.1, scratch.mean(), 0.9)], seeds=(0,))
+        packed = {0.01: pack_correct(ours), 0.1: pack_correct(scratch)}
+        return table.assign(correct=[packed[fraction] if eval_set == "in_domain" else None for fraction, eval_set in zip(table["label_fraction"], table["eval_set"])])
+
+    assert np.array_equal(unpack_correct(pack_correct(scratch)), scratch) and len(pack_correct(scratch)) == len("456:") + 456 // 4
+    better, worse, even = scratch.copy(), scratch.copy(), scratch.copy()
+    better[420:440] = True
+    worse[:20] = False
+    even[:2], even[420:422] = False, True
+    verdicts = {name: label_efficiency_comparisons(results(ours))["best_at_1pct_vs_scratch_at_10pct"] for name, ours in
+                (("better", better), ("worse", worse), ("even", even))}  # fmt: skip
+    assert verdicts["better"]["verdict"] == "met" and verdicts["worse"]["verdict"] == "NOT met"
+    assert verdicts["even"]["verdict"] == "undetermined (the interval of the difference holds 0)"
+    line = comparison_lines({"best_at_1pct_vs_scratch_at_10pct": verdicts["better"]})[0]
+    assert "difference +0.0439 [" in line and "paired bootstrap over 456 test images" in line and line.endswith("-> target met")
 
 
 def test_registration_never_selects_a_student_that_did_not_beat_its_teacher():

@@ -3,19 +3,23 @@
 Two comparisons: the best arm at 1% of the labels against scratch fine-tuned at 10%, and the best arm at
 10% against scratch at 100%. The best arm is chosen on VALIDATION (highest mean val_accuracy over seeds,
 among selectable models: a student that did not beat its teacher on validation is not one); the test split
-only reports the chosen arm's accuracy. The verdict needs a real interval: "met" or "NOT met" only when
-the 95% t-intervals over seeds of the two test accuracies separate; with one seed, an interval of zero
-width (an arm the seeds do not vary) or overlapping intervals it is "undetermined".
+only reports the chosen arm's accuracy. The verdict needs a real interval: with several seeds, "met" or
+"NOT met" only when the 95% t-intervals over seeds of the two test accuracies separate (an interval of zero
+width, an arm the seeds do not vary, or overlapping intervals: "undetermined"); with one seed, when the 95%
+paired-bootstrap interval over the test images of the difference between the two models excludes 0
+(sslflow/reporting/intervals.py; "undetermined" when it holds 0).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from sslflow.reporting.intervals import t_interval, verdict
+from sslflow.evaluation import unpack_correct
+from sslflow.reporting.intervals import paired_bootstrap, paired_verdict, t_interval, verdict
 
 COMPARISONS = {"best_at_1pct_vs_scratch_at_10pct": (0.01, 0.1), "best_at_10pct_vs_scratch_at_100pct": (0.1, 1.0)}
 VERDICT_WORDS = {"gain": "met", "loss": "NOT met", "no difference": "undetermined (the intervals overlap)"}
+PAIRED_WORDS = {"gain": "met", "loss": "NOT met", "no difference": "undetermined (the interval of the difference holds 0)"}
 
 
 def best_on_validation(results: pd.DataFrame, fraction: float) -> tuple[str, str] | None:
@@ -28,8 +32,9 @@ def best_on_validation(results: pd.DataFrame, fraction: float) -> tuple[str, str
 
 
 def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
-    """{name: {best_arm, best_val_accuracy, best_accuracy, scratch_accuracy, best_interval, scratch_interval, verdict}}
-    for each comparison whose two fractions were run; accuracies are in-domain test means over seeds.
+    """{name: {best_arm, best_val_accuracy, best_accuracy, scratch_accuracy, best_interval, scratch_interval,
+    difference, verdict}} for each comparison whose two fractions were run; accuracies are in-domain test means over
+    seeds; difference: with one seed each, best - scratch with its paired-bootstrap interval (else None).
 
     results: rows with init, probe, label_fraction, seed, eval_set, accuracy, val_accuracy, selectable
     (sslflow.evaluation.RESULT_COLUMNS).
@@ -44,12 +49,15 @@ def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
         ours = in_domain[(in_domain["init"] == best[0]) & (in_domain["probe"] == best[1]) & (in_domain["label_fraction"] == few)]
         ours_interval = t_interval(ours.sort_values("seed")["accuracy"].tolist())
         theirs_interval = t_interval(scratch.sort_values("seed")["accuracy"].tolist())
-        raw = verdict(ours_interval, theirs_interval)
+        raw, words, difference = verdict(ours_interval, theirs_interval), VERDICT_WORDS, None
+        if len(ours) == len(scratch) == 1 and "correct" in ours and ours["correct"].notna().all() and scratch["correct"].notna().all():
+            difference = paired_bootstrap(unpack_correct(ours["correct"].iloc[0]), unpack_correct(scratch["correct"].iloc[0]))
+            raw, words = paired_verdict(difference), PAIRED_WORDS
         comparisons[name] = {
             "best_arm": f"{best[0]} {best[1]}", "best_val_accuracy": float(ours["val_accuracy"].mean()),
             "best_accuracy": ours_interval.mean, "scratch_accuracy": theirs_interval.mean,
             "best_interval": str(ours_interval), "scratch_interval": str(theirs_interval),
-            "verdict": VERDICT_WORDS.get(raw, raw),
+            "difference": None if difference is None else str(difference), "verdict": words.get(raw, raw),
         }  # fmt: skip
     return comparisons
 
@@ -57,6 +65,7 @@ def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
 def comparison_lines(comparisons: dict[str, dict]) -> list[str]:
     """One printable line per comparison."""
     return [
-        f"{name}: {c['best_interval']} ({c['best_arm']}, chosen on validation) vs scratch {c['scratch_interval']} -> target {c['verdict']}"
+        f"{name}: {c['best_interval']} ({c['best_arm']}, chosen on validation) vs scratch {c['scratch_interval']}"
+        + (f", difference {c['difference']}" if c.get("difference") else "") + f" -> target {c['verdict']}"
         for name, c in comparisons.items()
     ]

@@ -5,6 +5,12 @@ The interval is Student's t: mean ± t_{0.975, n-1} · s / sqrt(n), s the sample
 the two intervals do not overlap; otherwise it is "no difference" at this number of seeds. With one seed,
 or an interval of zero width (an arm the seeds do not vary, such as a converged probe on all labels), the
 verdict is "undetermined": there is no estimate of the spread to separate.
+
+With one seed, two models evaluated on the same test images can still be compared: ``paired_bootstrap``
+resamples the images (each resample keeps both models' answers on an image together) and gives a 95% interval
+of the difference in accuracy (scipy.stats.bootstrap, BCa); ``paired_verdict`` calls a gain or a loss only
+when that interval excludes 0. The interval is over test images, not over training seeds: it says whether
+these two trained models differ on this population of images, not whether retraining would keep the order.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
@@ -58,4 +65,46 @@ def verdict(ours: Interval, theirs: Interval, *, higher_is_better: bool = True) 
         return "gain" if higher_is_better else "loss"
     if ours.high < theirs.low:
         return "loss" if higher_is_better else "gain"
+    return "no difference"
+
+
+BOOTSTRAP_RESAMPLES = 10000
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Accuracy of one model minus another's on the same test images, and the 95% interval of that difference."""
+
+    difference: float
+    low: float
+    high: float
+    images: int
+
+    def __str__(self) -> str:
+        return f"{self.difference:+.4f} [{self.low:+.4f}, {self.high:+.4f}] (paired bootstrap over {self.images} test images)"
+
+
+def paired_bootstrap(ours: np.ndarray, theirs: np.ndarray, confidence: float = CONFIDENCE, *, seed: int = 0) -> PairedDifference:
+    """ours - theirs in accuracy with its paired-bootstrap interval. ours, theirs: (N,) bool, which of the same N
+    test images (same order) each model got right. BCa interval (scipy.stats.bootstrap, BOOTSTRAP_RESAMPLES
+    resamples, fixed seed: the same answers give the same interval); identical answers: a zero-width interval."""
+    ours, theirs = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
+    if ours.shape != theirs.shape or ours.ndim != 1 or len(ours) < 2:
+        raise ValueError(f"a paired bootstrap needs two answers on the same 2+ images; got shapes {ours.shape} and {theirs.shape}")
+    difference = float(ours.mean() - theirs.mean())
+    if np.array_equal(ours, theirs):
+        return PairedDifference(difference, difference, difference, len(ours))
+    result = stats.bootstrap(
+        (ours, theirs), lambda a, b, axis: a.mean(axis=axis) - b.mean(axis=axis), paired=True, vectorized=True,
+        n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence, method="BCa", rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return PairedDifference(difference, float(result.confidence_interval.low), float(result.confidence_interval.high), len(ours))
+
+
+def paired_verdict(difference: PairedDifference) -> str:
+    """"gain" (the whole interval of ours - theirs above 0), "loss" (below 0), or "no difference" (it holds 0)."""
+    if difference.low > 0:
+        return "gain"
+    if difference.high < 0:
+        return "loss"
     return "no difference"
