@@ -46,7 +46,7 @@ from benchmarks.data_scale import run_measured  # noqa: E402
 IMAGES_PER_PATIENT = 4
 SIDE = 32
 IMAGE_SIZE = 224  # ingest's image size: the dataset bytes the join's bytes are compared with are those of 224-px images
-CHUNK_IMAGES = 8192  # IngestConfig's default: a chunk pod's memory is chosen for the pod, not the source
+CHUNK_IMAGES = 4096  # IngestConfig's default: a chunk pod's memory is chosen for the pod, not the source
 BUCKET, PREFIX = "hospital", "pacs-export"
 PSEUDONYM_KEY = "cluster-scale-benchmark-key"
 UPLOAD_THREADS = 16

@@ -72,8 +72,10 @@ class IngestConfig:
     dicom_burned_in: include images whose BurnedInAnnotation is YES (text burned into the pixels, often
         a name); by default (False) they are held back: quarantined with that reason, counted in the
         summary, never counted against max_bad_fraction.
-    chunk_images: about this many images per ingest chunk (one map-task pod; its memory grows with it,
-        not with the source): sslflow/data/chunks.py. Changing it re-decodes everything.
+    chunk_images: about this many images per ingest chunk on average, at most twice as many (one map-task pod;
+        its memory grows with it, not with the source: about 150 KiB per 224-px gray image, so the 4,096 default
+        keeps the largest chunk near 1.2 GiB at 224 px gray, RGB images hold three times the pixels; ingest_chunk requests 4 GiB):
+        sslflow/data/chunks.py. Changing it re-decodes everything.
     shard_megabytes: the size of one shard file of the dataset (ssl_models/shards.py); a case is never split.
     """
 
@@ -96,7 +98,7 @@ class IngestConfig:
     dicom_site: str = "institution"
     dicom_site_names: bool = False
     dicom_burned_in: bool = False
-    chunk_images: int = 8192
+    chunk_images: int = 4096
     shard_megabytes: int = 128
 
     def __post_init__(self) -> None:

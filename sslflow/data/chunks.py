@@ -64,6 +64,8 @@ from sslflow.data.types import SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
 CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
+# The largest chunk, in chunk_images: a chunk pod's memory is sized for it (the cuts give chunk_images on average)
+MAX_CHUNK_FACTOR = 2
 DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixels", "max_file_bytes", "bits_stored", "proxy_cases", "seed", "shard_megabytes",
                    "dicom_window", "dicom_frames", "dicom_case_level", "dicom_site", "dicom_site_names", "dicom_burned_in")  # fmt: skip
 T = TypeVar("T")
@@ -72,7 +74,8 @@ T = TypeVar("T")
 def _cut(items: Iterable[T], key: Callable[[T], str], identity: Callable[[T], str], chunk_images: int) -> Iterator[list[T]]:
     """``items`` (in order of ``key``, their case key) in chunks, streamed and content-defined: each item whose
     ``identity`` (its path in the source) hashes to 0 modulo chunk_images ends its chunk at the next case boundary;
-    a chunk also ends once it has 4 x chunk_images images (both only between cases). A chunk holds chunk_images
+    a chunk also ends once it has MAX_CHUNK_FACTOR x chunk_images images (both only between cases: a case larger than
+    that is one chunk). A chunk holds chunk_images
     images on average whatever the number of images per case (a cut decided per case would make it that many times
     larger); adding a file changes its own chunk (and splits it when its path is one that cuts). Holds one chunk."""
     chunk: list[T] = []
@@ -82,7 +85,7 @@ def _cut(items: Iterable[T], key: Callable[[T], str], identity: Callable[[T], st
         if chunk and current != previous:
             if current < previous:
                 raise ValueError(f"the listing is not in case order: {current!r} after {previous!r}")
-            if cut_due or len(chunk) >= 4 * chunk_images:
+            if cut_due or len(chunk) >= MAX_CHUNK_FACTOR * chunk_images:
                 yield chunk
                 chunk, cut_due = [], False
         chunk.append(item)
