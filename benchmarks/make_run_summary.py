@@ -52,7 +52,7 @@ def main() -> None:
         f"# wall time: {wall:.0f} s",
         f"# load average at the end (1, 5, 15 min): {', '.join(f'{load:.1f}' for load in os.getloadavg())}",
     ]
-    path = RESULTS_DIR / f"make_run_summary-{'gpu' if info['device'] != 'cpu' else 'cpu'}-{now:%Y%m%d}.txt"
+    path = RESULTS_DIR / f"make_run_summary-{'gpu' if info['device'] != 'cpu' else 'cpu'}-{now:%Y%m%dT%H%M}.txt"  # two runs a day: two files
     path.write_text("\n".join(header) + "\n" + summary)
     print(f"wrote {path}")
 

@@ -22,8 +22,8 @@ BEGIN, END = "<!-- results:begin", "<!-- results:end -->"
 
 
 def newest(pattern: str) -> Path:
-    """The result file matching ``pattern`` with the latest date in its name (YYYYMMDD)."""
-    files = sorted(RESULTS.glob(pattern), key=lambda path: re.findall(r"\d{8}", path.name)[-1])
+    """The result file matching ``pattern`` with the latest date in its name (YYYYMMDD, or YYYYMMDDTHHMM: later that day)."""
+    files = sorted(RESULTS.glob(pattern), key=lambda path: re.findall(r"\d{8}(?:T\d{4})?", path.name)[-1])
     if not files:
         raise FileNotFoundError(f"no committed result matches benchmarks/results/{pattern}")
     return files[-1]
