@@ -57,7 +57,7 @@ class SelfTrainConfig:
     strong_augment: the strong view (STRONG_AUGMENT: crop, rotation, brightness/contrast, blur, Cutout).
     """
 
-    steps: int = 500
+    steps: int = 400
     batch_size: int = 32
     unlabelled_ratio: int = 3
     confidence_threshold: float = 0.9
