@@ -75,9 +75,9 @@ def _cut(items: Iterable[T], key: Callable[[T], str], identity: Callable[[T], st
     """``items`` (in order of ``key``, their case key) in chunks, streamed and content-defined: each item whose
     ``identity`` (its path in the source) hashes to 0 modulo chunk_images ends its chunk at the next case boundary;
     a chunk also ends once it has MAX_CHUNK_FACTOR x chunk_images images (both only between cases: a case larger than
-    that is one chunk). A chunk holds chunk_images
-    images on average whatever the number of images per case (a cut decided per case would make it that many times
-    larger); adding a file changes its own chunk (and splits it when its path is one that cuts). Holds one chunk."""
+    that is one chunk). A chunk holds chunk_images images on average whatever the number of images per case (a cut
+    decided per case would make it that many times larger); adding a file changes its own chunk (and splits it when
+    its path is one that cuts). Holds one chunk."""
     chunk: list[T] = []
     previous, cut_due = None, False
     for item in items:
