@@ -240,3 +240,37 @@ def test_a_failed_dataset_write_leaves_nothing_behind(tmp_path, monkeypatch):
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     assert sorted(path.name for path in output.iterdir()) == ["dataset-scans"]
     assert pd.read_parquet(output / "dataset-scans" / "manifest.parquet").shape[0] == 4
+
+
+def test_the_first_missing_row_is_named_with_how_many_rows_fail(tmp_path):
+    """Rows 2-9 name files that exist, rows 10 and 11 files that do not: the refusal names row 10 (not row 11, which
+    sorts first by path), says two rows fail and names the second."""
+    _good_folder(tmp_path, count=9)
+    rows = [f"img{i}.png" for i in range(1, 9)] + ["img9.png", "img10.png"]
+    (tmp_path / "metadata.csv").write_text("path\n" + "\n".join(rows) + "\n")
+    with pytest.raises(SourceError) as caught:
+        ingest(tmp_path, CONFIG)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'metadata.csv'} row 10, column 'path': 'img9.png' does not exist"), message
+    assert "2 rows of" in message and "row 11, column 'path': 'img10.png'" in message and "add the file" in message
+
+
+def test_a_first_row_with_windows_separators_is_named_with_the_fix(tmp_path):
+    _good_folder(tmp_path / "sub")
+    (tmp_path / "metadata.csv").write_text("path\nsub\\img3.png\nsub/img0.png\nsub\\img1.png\n")
+    with pytest.raises(SourceError) as caught:
+        ingest(tmp_path, CONFIG)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'metadata.csv'} row 2, column 'path': 'sub\\\\img3.png' does not exist"), message
+    assert "write it with '/', as 'sub/img3.png'" in message and "2 rows of" in message
+
+
+def test_several_bad_paths_are_counted_and_the_first_few_named(tmp_path):
+    _good_folder(tmp_path)
+    bad = [f"../out{i}.png" for i in range(8)]
+    (tmp_path / "metadata.csv").write_text("path\nimg0.png\n" + "\n".join(bad) + "\n")
+    with pytest.raises(SourceError) as caught:
+        ingest(tmp_path, CONFIG)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'metadata.csv'} row 3, column 'path': '../out0.png' contains '..'"), message
+    assert "8 rows of" in message and "row 7," in message and "row 8," not in message and message.endswith("; ...")

@@ -33,6 +33,7 @@ from sslflow.data.types import SourceError
 METADATA_FILE = "metadata.csv"
 NAME_MAX_BYTES = 255  # one file or folder name (ext4, XFS, APFS, NTFS)
 PATH_MAX_BYTES = 4095  # a whole path (Linux PATH_MAX, less its NUL)
+ROWS_NAMED = 5  # a refusal of several metadata rows names the first this many
 PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -130,10 +131,28 @@ def canonical_label(value) -> str | None:
     return text
 
 
+def refuse_rows(problems: list[SourceError], what: str) -> None:
+    """Raise the first of ``problems`` (one SourceError per failing row of ``what``, in row order); where several rows
+    fail, the message says how many and names the next few (ROWS_NAMED in all), so one run shows what to fix."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        more = "; ".join(str(problem) for problem in problems[1:ROWS_NAMED]) + ("; ..." if len(problems) > ROWS_NAMED else "")
+        raise SourceError(f"{problems[0]}. {len(problems)} rows of {what} fail; the next: {more}") from problems[0]
+
+
+def missing_file(relative: str, place: str) -> str:
+    """How a refusal of a metadata row naming no file under ``place`` goes on after "<row>: '<path>' ": what to do."""
+    if "\\" in relative:
+        return f"does not exist in {place}; the path uses '\\' (Windows) separators: write it with '/', as {relative.replace(chr(92), '/')!r}"
+    return f"does not exist in {place}: add the file, or correct or remove the row"
+
+
 def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]:
     """Rows of a metadata table as dicts (path, case_id, site, label, where), paths checked.
 
-    first_row: the number the message gives the first data row (2 for a CSV: its line number).
+    first_row: the number the message gives the first data row (2 for a CSV: its line number). A refusal names the
+    first failing row, and how many fail (refuse_rows).
     """
     table = table.rename(columns=lambda column: str(column).strip())
     if "path" not in table.columns:
@@ -141,12 +160,17 @@ def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
             f"{where}: missing required column 'path' (columns found: {list(table.columns)}); "
             "expected path,case_id,site,label with paths relative to the source root"
         )
-    rows, first_seen = [], {}
+    rows, first_seen, problems = [], {}, []
     for index, record in enumerate(table.to_dict("records")):
         row_where = f"{where} row {first_row + index}, column 'path'"
-        path = check_relative_path(_text(record["path"]) or "", row_where)
+        try:
+            path = check_relative_path(_text(record["path"]) or "", row_where)
+        except SourceError as problem:
+            problems.append(problem)
+            continue
         if path in first_seen:
-            raise SourceError(f"{row_where}: {path!r} is listed twice (also row {first_seen[path]})")
+            problems.append(SourceError(f"{row_where}: {path!r} is listed twice (also row {first_seen[path]}); remove one of the rows"))
+            continue
         first_seen[path] = first_row + index
         rows.append(
             {
@@ -157,6 +181,7 @@ def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
                 "where": row_where,
             }
         )
+    refuse_rows(problems, where)
     return rows
 
 

@@ -26,8 +26,8 @@ import pandas as pd
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
 from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
 from sslflow.data.metadata import (
-    METADATA_FILE, ImageRecord, InstanceRows, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows, parse_metadata_csv,
-    read_instance_rows, safe_name,
+    METADATA_FILE, ImageRecord, InstanceRows, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows, missing_file,
+    parse_metadata_csv, read_instance_rows, refuse_rows, safe_name,
 )  # fmt: skip
 from sslflow.data.regular_files import stat_regular_file
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
@@ -46,7 +46,7 @@ class _Resolver:
         self.real_root = os.path.realpath(root)
         self.real_folders: dict[str, str] = {}
 
-    def regular_file_inside(self, relative: str, where: str) -> tuple[str, os.stat_result]:
+    def regular_file_inside(self, relative: str, where: str, *, missing: str = "") -> tuple[str, os.stat_result]:
         """(real path, os.stat) of root/relative, a regular file inside root; else SourceError. Never opens it."""
         folder, name = os.path.split(os.path.join(self.root_text, relative))
         try:
@@ -59,7 +59,7 @@ class _Resolver:
             raise SourceError(f"{where}: {relative!r} cannot be resolved ({error}); a symlink loop?") from error
         if not path.startswith(os.path.join(self.real_root, "")):
             raise SourceError(f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file into the folder")
-        return path, stat_regular_file(path, where, relative, missing=f"does not exist in {self.root}")
+        return path, stat_regular_file(path, where, relative, missing=missing or f"does not exist in {self.root}")
 
 
 def resolve_inside(root: Path, relative: str, where: str) -> Path:
@@ -79,19 +79,30 @@ def folder_metadata_file(root: Path) -> Path | None:
     return resolve_inside(root, METADATA_FILE, str(root / METADATA_FILE))
 
 
-def local_records(root: Path, rows: list[dict]) -> list[ImageRecord]:
-    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords."""
+def local_records(root: Path, rows: list[dict], what: str) -> list[ImageRecord]:
+    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords, in the rows' order;
+    SourceError naming the first row (of ``what``, the metadata file) whose file is missing or refused, and how many."""
     resolver = _Resolver(root)
-    records = []
+    records, problems = [], []
     for row in rows:
-        path, status = resolver.regular_file_inside(row["path"], row["where"])
+        try:
+            path, status = resolver.regular_file_inside(row["path"], row["where"], missing=missing_file(row["path"], str(root)))
+        except SourceError as problem:
+            problems.append(problem)
+            continue
         records.append(
             ImageRecord(
                 source_path=row["path"], location=path, size_bytes=status.st_size,
                 case_id=row["case_id"], site=row["site"], label=row["label"],
             )  # fmt: skip
         )
+    refuse_rows(problems, what)
     return records
+
+
+def in_case_order_records(rows: list[dict], records: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
+    """(row position, record) of metadata rows and their records (in row order), in case order (in_case_order)."""
+    return [(position, records[position]) for position, _ in in_case_order(rows)]
 
 
 def _has_dicom_content(path: str) -> bool:
@@ -173,8 +184,9 @@ class FolderSource:
         """(row position, record) of the files metadata.csv lists, in case order; None without metadata naming paths."""
         if metadata is None or keyed_by_instance(metadata[2]):
             return None
-        ordered = in_case_order(metadata_rows(metadata[2], str(self.root / METADATA_FILE), first_row=2))
-        return list(zip([position for position, _ in ordered], local_records(self.root, [row for _, row in ordered])))
+        where = str(self.root / METADATA_FILE)
+        rows = metadata_rows(metadata[2], where, first_row=2)
+        return in_case_order_records(rows, local_records(self.root, rows, where))
 
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
         """The rows of metadata.csv in case order, or else (no metadata, or metadata keyed by SOPInstanceUID) the

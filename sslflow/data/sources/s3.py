@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from sslflow.data.fingerprint import encode_fingerprint
 from sslflow.data.metadata import (
     METADATA_FILE, ImageRecord, InstanceRows, check_relative_path, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows,
-    parse_metadata_csv, read_instance_rows, safe_name,
+    missing_file, parse_metadata_csv, read_instance_rows, refuse_rows, safe_name,
 )  # fmt: skip
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
 
@@ -163,9 +163,8 @@ class S3Source:
                 metadata_file_name({path, METADATA_FILE}, self.where)
             if path in wanted:
                 found[path] = item
-        for row in rows:
-            if row["path"] not in found:
-                raise SourceError(f"{row['where']}: {row['path']!r} does not exist under {self.where}")
+        missing = [row for row in rows if row["path"] not in found]
+        refuse_rows([SourceError(f"{row['where']}: {row['path']!r} {missing_file(row['path'], self.where)}") for row in missing], f"{self.where}{METADATA_FILE}")
         for position, row in in_case_order(rows):
             record = self._record(row["path"], found[row["path"]], row)
             yield position, record, record.version_key
