@@ -56,7 +56,7 @@ class _Resolver:
             if os.path.islink(path):
                 path = str(Path(path).resolve())  # Path.resolve, not realpath: it raises on a symlink loop
         except (OSError, RuntimeError) as error:  # Python 3.11 raises RuntimeError for a symlink loop
-            raise SourceError(f"{where}: {relative!r} cannot be resolved ({error}); a symlink loop?") from error
+            raise SourceError(f"{where}: {relative!r} cannot be resolved ({error}); a symlink loop? Replace the symlink with the file") from error
         if not path.startswith(os.path.join(self.real_root, "")):
             raise SourceError(f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file into the folder")
         return path, stat_regular_file(path, where, relative, missing=missing or f"does not exist in {self.root}")
@@ -73,7 +73,7 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
 def folder_metadata_file(root: Path) -> Path | None:
     """The folder's metadata.csv (resolved, checked inside the folder and regular), None if it has none."""
     if not root.is_dir():
-        raise SourceError(f"source folder {root} does not exist")
+        raise SourceError(f"source folder {root} does not exist; check the path")
     if metadata_file_name(set(os.listdir(root)), str(root)) is None:
         return None
     return resolve_inside(root, METADATA_FILE, str(root / METADATA_FILE))
@@ -135,7 +135,7 @@ def walk_files(root: Path) -> Iterator[str]:
                     if not (is_folder and entry.is_symlink()):
                         entries.append((entry.name + "/" if is_folder else entry.name, entry.path, is_folder))  # "a/x" sorts before "a0"
         except OSError as error:
-            raise SourceError(f"{error.filename}: cannot list this folder of source {root} ({error.strerror})") from error
+            raise SourceError(f"{error.filename}: cannot list this folder of source {root} ({error.strerror}); check its permissions") from error
         for name, path, is_folder in sorted(entries):
             yield from below(path, prefix + name) if is_folder else [prefix + name]
 
@@ -209,7 +209,8 @@ class FolderSource:
         with FileDigests() as digests:
             listing = digests.record(METADATA_FILE, metadata[0], str(metadata[0])) if metadata is not None else None
             files = digests.records([(record.source_path, record.location, record.location) for record in records])
-        return encode_fingerprint("folder", self.uri, listing, files)
+        unlisted = list(self._unlisted(metadata))  # by name only: the summary counts them, ingest reads none
+        return encode_fingerprint("folder", self.uri, [listing, unlisted] if unlisted else listing, files)
 
     def read_bytes(self, record: ImageRecord) -> bytes:
         return Path(record.location).read_bytes()
@@ -218,3 +219,18 @@ class FolderSource:
         """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None."""
         metadata = self._metadata()
         return read_instance_rows(metadata[2], metadata[1], str(self.root / METADATA_FILE)) if metadata is not None else None
+
+    def unlisted(self) -> Iterator[str]:
+        """The image files (by suffix) in the folder that its metadata.csv does not list, in path order (none without
+        metadata naming paths)."""
+        return self._unlisted(self._metadata())
+
+    def _unlisted(self, metadata: tuple[Path, bytes, pd.DataFrame] | None) -> Iterator[str]:
+        if metadata is None or keyed_by_instance(metadata[2]):
+            return
+        listed = {row["path"] for row in metadata_rows(metadata[2], str(self.root / METADATA_FILE), first_row=2)}
+        suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
+        yield from (path for path in walk_files(self.root) if path not in listed and os.path.splitext(path)[1].lower() in suffixes)
+
+    def check_service(self, timeout_s: float) -> None:
+        """Nothing to check: the files are local."""
