@@ -21,6 +21,7 @@ def check_seeds(seeds: Sequence[int]) -> None:
     if len(seeds) == 0 or len(set(seeds)) != len(seeds) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise SeedsError(f"seeds = {list(seeds)!r}: give a non-empty list of distinct integers, e.g. [0] or [0, 1, 2]")
 
+UNLISTED_FILES_CHOICES = ("warn", "refuse")
 DICOM_CHOICES = {
     "dicom_window": ("header", "full-range", "ct-soft-tissue", "ct-lung", "ct-bone", "ct-brain"),
     "dicom_frames": ("all", "first", "middle"),
@@ -77,6 +78,9 @@ class IngestConfig:
         keeps the largest chunk near 1.2 GiB at 224 px gray, RGB images hold three times the pixels; ingest_chunk requests 4 GiB):
         sslflow/data/chunks.py. Changing it re-decodes everything.
     shard_megabytes: the size of one shard file of the dataset (ssl_models/shards.py); a case is never split.
+    unlisted_files: image files (by suffix) in a folder or S3 prefix whose metadata.csv does not list them are not
+        used: "warn" counts them in the ingest summary and the validation report, with their keys; "refuse"
+        stops ingest naming them.
     """
 
     image_size: int = 28
@@ -100,6 +104,7 @@ class IngestConfig:
     dicom_burned_in: bool = False
     chunk_images: int = 4096
     shard_megabytes: int = 128
+    unlisted_files: str = "warn"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -116,6 +121,8 @@ class IngestConfig:
             raise ValueError(f"IngestConfig.max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.max_file_bytes < 1:
             raise ValueError(f"IngestConfig.max_file_bytes must be positive, got {self.max_file_bytes}")
+        if self.unlisted_files not in UNLISTED_FILES_CHOICES:
+            raise ValueError(f"IngestConfig.unlisted_files must be one of {UNLISTED_FILES_CHOICES}, got {self.unlisted_files!r}")
         if self.chunk_images < 1 or self.shard_megabytes < 1:
             raise ValueError(f"IngestConfig.chunk_images and shard_megabytes must be positive, got {self.chunk_images}, {self.shard_megabytes}")
         if self.bits_stored != 0 and not 8 <= self.bits_stored <= 16:

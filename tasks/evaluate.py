@@ -32,6 +32,7 @@ from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier
 from tasks.shared import Dataset, FinetunedModel, labelled_in, pipeline_cache, read_rows
+from tasks.shared import outages_are_recoverable
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
         mlflow.log_metric(accuracy_metric_key(row), row.accuracy)
 
 
-@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True)
+@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True, retries=2)
+@outages_are_recoverable
 def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, parent_run_id: str) -> pd.DataFrame:
     """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS."""
     rows, per_class = [], {}

@@ -21,6 +21,7 @@ from sslflow.training.labelled_subset import labelled_subset
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, content_hash, labelled_in, pipeline_cache, read_rows
+from tasks.shared import outages_are_recoverable
 
 
 def _labelled_train_and_val(domain: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
@@ -63,6 +64,7 @@ def _finetune(
 
 
 @task(cache=pipeline_cache("5"), **FINETUNE_TASK_SETTINGS)
+@outages_are_recoverable
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
@@ -72,6 +74,7 @@ def finetune_pretrained(
 
 
 @task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
+@outages_are_recoverable
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
@@ -85,6 +88,7 @@ def finetune_scratch(
 
 
 @task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
+@outages_are_recoverable
 def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig, parent_run_id: str) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """The floor: the linear probe on raw pixels (multinomial logistic regression on standardised pixels)."""
     config = dataclasses.replace(config, linear_probe=True)

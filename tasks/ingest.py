@@ -33,6 +33,7 @@ from sslflow.data.sources import source_name
 from sslflow.errors import Refusal
 from sslflow.tracking.runs import stage_run
 from tasks.shared import Dataset, SourceUri, content_hash, pipeline_cache
+from tasks.shared import outages_are_recoverable
 
 # Chunk pods decoding at once (the map task's concurrency); set where the workflow is registered.
 INGEST_CONCURRENCY = int(os.environ.get("SSLFLOW_INGEST_CONCURRENCY", "16"))
@@ -72,7 +73,7 @@ def _log_summary(summary: dict, sha256: str) -> None:
             "images": summary["images"], "cases": summary["cases"], "duplicates_dropped": summary["duplicates_dropped"],
             "quarantined": len(summary["quarantined"]), "held_back": sum(summary["held_back"].values()),
             "instance_copies_dropped": summary["instance_copies_dropped"], "images_without_case_id": summary["case_ids"]["none"], "sites": len(summary["sites"]), "skipped_non_image": sum(summary["skipped_non_image"].values()),
-            "chunks": len(summary["chunks"]), "shards": summary["shards"],
+            "chunks": len(summary["chunks"]), "shards": summary["shards"], "unlisted_files": summary["unlisted_files"]["count"],
             **{f"read.{key}": value for key, value in summary["read"].items()},
         }
     )  # fmt: skip
@@ -91,7 +92,8 @@ def _chunk_sha256(chunk: FlyteFile) -> str:
 ChunkFile = Annotated[FlyteFile, HashMethod(_chunk_sha256)]
 
 
-@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
+@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
+@outages_are_recoverable
 def plan_ingest(source: SourceUri, config: IngestConfig) -> list[ChunkFile]:
     """The chunks of ``source``, each a JSON file (decode settings + files with their content hashes), the chunks
     with the most images first; nothing is decoded."""
@@ -102,6 +104,7 @@ def plan_ingest(source: SourceUri, config: IngestConfig) -> list[ChunkFile]:
 @task(
     cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
 )
+@outages_are_recoverable
 def ingest_chunk(chunk: ChunkFile) -> FlyteDirectory:
     """Decode one chunk into shards + its tables; memory grows with IngestConfig.chunk_images, not the source.
     DICOM identities are pseudonymised with the Flyte Secret sslflow/pseudonym_key (never in the chunk document)."""
@@ -129,7 +132,8 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
     return decoded
 
 
-@task(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+@outages_are_recoverable
 def join_ingest(
     source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str
 ) -> Annotated[Dataset, HashMethod(content_hash)]:

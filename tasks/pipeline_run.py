@@ -19,9 +19,11 @@ from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
 from tasks.shared import SourceUri
+from tasks.shared import outages_are_recoverable
 
 
-@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
+@outages_are_recoverable
 def start_pipeline_run(
     tracking_store: str,
     generic_source: SourceUri,
@@ -52,7 +54,8 @@ def start_pipeline_run(
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
+@outages_are_recoverable
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """Record the results and the registration on the parent run and close it; the closing summary
     printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""

@@ -36,6 +36,7 @@ from sslflow.training.checkpoints import EpochCheckpoints
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
 from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, node_shards_folder, pipeline_cache, read_rows
+from tasks.shared import outages_are_recoverable
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "state-v2"  # ContrastiveRun.state's layout (v2: every rank's generator): a local checkpoint of another layout is not resumed
@@ -150,6 +151,7 @@ def _pretrain(
 
 
 @task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
+@outages_are_recoverable
 def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
@@ -159,6 +161,7 @@ def pretrain_simclr(
 
 
 @task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
+@outages_are_recoverable
 def pretrain_micle(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
@@ -169,6 +172,7 @@ def pretrain_micle(
 
 
 @task(cache=pipeline_cache("2", serialize=True), **GPU_TASK_SETTINGS)
+@outages_are_recoverable
 def pretrain_domain_simclr(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:

@@ -30,6 +30,7 @@ from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_without_shards, pipeline_cache, read_rows
+from tasks.shared import outages_are_recoverable
 
 
 def _manifest_and_reader(domain: Dataset) -> tuple:
@@ -89,6 +90,7 @@ def _log_report(reports: list[dict]) -> None:
 
 
 @task(cache=pipeline_cache("5"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@outages_are_recoverable
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str
 ) -> list[FinetunedModel]:

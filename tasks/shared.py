@@ -13,6 +13,7 @@ manual run with the same inputs wait for one another instead of both occupying G
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 from flytekit import Cache, FlyteContextManager, HashMethod, Resources
+from flytekit.exceptions.user import FlyteRecoverableException
 from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
@@ -35,10 +37,35 @@ from sslflow.data.dataset import (
     shard_locations,
 )  # fmt: skip
 from sslflow.data.sources import fingerprint_source
+from sslflow.errors import ServiceUnavailable
+from sslflow.services import check_services
+
+
+def fingerprint_at_start(source: str) -> str:
+    """The HashMethod of a source: where the run starts (the `pyflyte run` process, before any task), the tracking
+    server and the source's service are checked in seconds (sslflow/services.py), then the source is fingerprinted."""
+    check_services([source])
+    return fingerprint_source(source)
+
 
 # A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
 # a rerun on unchanged data hits the cache, a changed folder under the same path does not.
-SourceUri = Annotated[str, HashMethod(fingerprint_source)]
+SourceUri = Annotated[str, HashMethod(fingerprint_at_start)]
+
+
+def outages_are_recoverable(task_function: Callable) -> Callable:
+    """Under ``@task``: a service that stops answering during the task (sslflow.errors.ServiceUnavailable: tracking
+    server, S3 endpoint, archive) fails it with FlyteRecoverableException, so Flyte retries it (the task's
+    ``retries``) as an outage instead of failing the run as if the input were bad."""
+
+    @functools.wraps(task_function)
+    def run(*args, **kwargs):
+        try:
+            return task_function(*args, **kwargs)
+        except ServiceUnavailable as outage:
+            raise FlyteRecoverableException(f"{type(outage).__name__}: {outage}") from outage
+
+    return run
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""tracking_store: the MLflow store of this run, read when the run executes (not when it is registered)."""
+"""tracking_store: the MLflow store of this run, read and checked when the run executes (not when it is registered)."""
 
 from __future__ import annotations
 
 from flytekit import Resources, task
 
 from images.specs import cpu_image
+from sslflow.services import check_services
 from sslflow.tracking.store import store_id
 
 
@@ -12,5 +13,7 @@ from sslflow.tracking.store import store_id
 def tracking_store() -> str:
     """The store's URI without credentials. Not cached: the parent run is cached on it, so after a switch of
     MLFLOW_TRACKING_URI the pipeline opens a parent run in the new store, registers there and records its
-    results there, while every training stage stays a cache hit."""
+    results there, while every training stage stays a cache hit. The first task of a run: where tasks run in pods,
+    the tracking server is checked from there in seconds (sslflow/services.py) before a stage waits on MLflow's retries."""
+    check_services()
     return store_id()

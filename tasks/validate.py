@@ -19,9 +19,11 @@ from sslflow.data.validation import DataValidationError, validate_manifest
 from sslflow.reporting.html import validation_html
 from sslflow.tracking.runs import stage_run
 from tasks.shared import Dataset, content_hash, dataset_without_shards, pipeline_cache, stored_shards
+from tasks.shared import outages_are_recoverable
 
 
-@task(cache=pipeline_cache("6"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True)
+@task(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True, retries=2)
+@outages_are_recoverable
 def validate(
     dataset: Dataset, config: ValidationConfig, label_fractions: list[float], parent_run_id: str
 ) -> Annotated[Dataset, HashMethod(content_hash)]:
@@ -35,12 +37,15 @@ def validate(
         manifest = read_manifest(folder)
         report = validate_manifest(manifest, count_stored_images(manifest, stored_shards(dataset)), config, label_fractions)
         report["ingest"] = read_summary(folder)
-        report["warnings"] = report["ingest"].get("warnings", [])  # the leakage guard (sslflow/data/leakage.py)
+        report["warnings"] = report["ingest"].get("warnings", [])  # the leakage guard (sslflow/data/leakage.py), files left out
+        report["unlisted_files"] = report["ingest"].get("unlisted_files", {"count": 0, "keys": []})  # not in metadata.csv: not used
         page = validation_html(dataset.name, report)
         Deck(f"validation {dataset.name}", page)
         mlflow.log_dict(report, "validation.json")
         mlflow.log_text(page, "validation.html")
-        mlflow.log_metrics({"failing_expectations": len(report["failures"]), "warnings": len(report["warnings"])})
+        mlflow.log_metrics(
+            {"failing_expectations": len(report["failures"]), "warnings": len(report["warnings"]), "unlisted_files": report["unlisted_files"]["count"]}
+        )
         mlflow.log_metrics({f"case_sizes.{key}": value for key, value in report["case_sizes"].items() if key != "cases_by_size"})
         if not report["success"]:
             raise DataValidationError(

@@ -240,3 +240,92 @@ def test_a_failed_dataset_write_leaves_nothing_behind(tmp_path, monkeypatch):
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     assert sorted(path.name for path in output.iterdir()) == ["dataset-scans"]
     assert pd.read_parquet(output / "dataset-scans" / "manifest.parquet").shape[0] == 4
+
+
+def test_the_first_missing_row_is_named_with_how_many_rows_fail(tmp_path):
+    """Rows 2-9 name files that exist, rows 10 and 11 files that do not: the refusal names row 10 (not row 11, which
+    sorts first by path), says two rows fail and names the second."""
+    _good_folder(tmp_path, count=9)
+    rows = [f"img{i}.png" for i in range(1, 9)] + ["img9.png", "img10.png"]
+    (tmp_path / "metadata.csv").write_text("path\n" + "\n".join(rows) + "\n")
+    with pytest.raises(SourceError) as caught:
+        ingest(tmp_path, CONFIG)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'metadata.csv'} row 10, column 'path': 'img9.png' does not exist"), message
+    assert "2 rows of" in message and "row 11, column 'path': 'img10.png'" in message and "add the file" in message
+
+
+def test_a_first_row_with_windows_separators_is_named_with_the_fix(tmp_path):
+    _good_folder(tmp_path / "sub")
+    (tmp_path / "metadata.csv").write_text("path\nsub\\img3.png\nsub/img0.png\nsub\\img1.png\n")
+    with pytest.raises(SourceError) as caught:
+        ingest(tmp_path, CONFIG)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'metadata.csv'} row 2, column 'path': 'sub\\\\img3.png' does not exist"), message
+    assert "write it with '/', as 'sub/img3.png'" in message and "2 rows of" in message
+
+
+def test_several_bad_paths_are_counted_and_the_first_few_named(tmp_path):
+    _good_folder(tmp_path)
+    bad = [f"../out{i}.png" for i in range(8)]
+    (tmp_path / "metadata.csv").write_text("path\nimg0.png\n" + "\n".join(bad) + "\n")
+    with pytest.raises(SourceError) as caught:
+        ingest(tmp_path, CONFIG)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'metadata.csv'} row 3, column 'path': '../out0.png' contains '..'"), message
+    assert "8 rows of" in message and "row 7," in message and "row 8," not in message and message.endswith("; ...")
+
+
+# What each refusal of BAD_CASES ends with: what to do about it.
+UNDECODABLE_FIX = "Replace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and reported)"
+FIXES = {
+    "truncated_png": UNDECODABLE_FIX,
+    "truncated_jpeg": UNDECODABLE_FIX,
+    "zero_byte_file": UNDECODABLE_FIX,
+    "text_named_png": UNDECODABLE_FIX,
+    "html_named_jpg": UNDECODABLE_FIX,
+    "decompression_bomb": UNDECODABLE_FIX,
+    "metadata_dotdot": "write the path relative to the source root, or copy the file into it",
+    "metadata_absolute": "write the path relative to the source root (e.g. 'site-a/scan1.png')",
+    "metadata_symlink_out": "copy the file into the folder",
+    "symlink_out_without_metadata": "copy the file into the folder",
+    "metadata_missing_file": "add the file, or correct or remove the row",
+    "metadata_without_path_column": "name the column of paths relative to the source root 'path', as in the header row path,case_id,site,label",
+    "metadata_not_csv": "save it as UTF-8 CSV text with a header row such as path,case_id,site,label",
+    "metadata_not_text": "save it as UTF-8 CSV text with a header row such as path,case_id,site,label",
+    "metadata_listed_twice": "remove one of the rows",
+    "empty_folder": "point the source at the folder or prefix that holds the images, or list them in metadata.csv",
+    "metadata_without_rows": "point the source at the folder or prefix that holds the images, or list them in metadata.csv",
+}
+
+
+@pytest.mark.parametrize("build", [case[0] for case in BAD_CASES], ids=[case[0].__name__ for case in BAD_CASES])
+def test_every_ingest_refusal_ends_with_what_to_do(tmp_path, build):
+    root = tmp_path / "scans"
+    build(root)
+    with pytest.raises(SourceError) as caught:
+        ingest(root, CONFIG)
+    assert str(caught.value).endswith(FIXES[build.__name__]), str(caught.value)
+
+
+ESCAPE = "\x1b[2J\x1b]0;pwned\x07"  # clear the screen, retitle the terminal
+
+
+def test_names_with_control_characters_are_printed_escaped(tmp_path, capsys):
+    root = tmp_path / f"scans{ESCAPE}"
+    _with_metadata(root, f"path\nimg0.png\nmissing{ESCAPE}.png\n")
+    with pytest.raises(SourceError) as caught:
+        ingest(root, CONFIG)
+    message = str(caught.value)
+    assert "\x1b" not in message and "\x07" not in message, message
+    assert "scans\\x1b[2J\\x1b]0;pwned\\x07" in message  # the folder's name, escaped: still readable
+    (root / "metadata.csv").unlink()
+    (root / f"bad{ESCAPE}.png").write_bytes(b"not a png")
+    with pytest.raises(UndecodableImageError) as caught:
+        ingest(root, CONFIG)
+    assert "\x1b" not in str(caught.value) and "bad\\x1b[2J" in str(caught.value)
+    from workflows.refusals import print_refusal_or_traceback
+
+    print_refusal_or_traceback(caught.value, 1)
+    printed = capsys.readouterr().err
+    assert "\x1b" not in printed and "\x07" not in printed and "bad\\x1b[2J" in printed

@@ -106,6 +106,7 @@ def test_identical_images_with_different_labels_are_refused_naming_both(tmp_path
     assert f"{first} (label 'cat') and {second} (label 'dog')" in str(caught.value)  # named by key; the keys lead back to the files:
     assert paths_of_keys(str(root), [first, second]) == {first: "img0.png", second: "copy.png"}
     assert "img0.png" not in str(caught.value) and "python -m sslflow.data.image_keys" in str(caught.value)
+    assert str(caught.value).splitlines()[-1].startswith("Correct the label or remove the copy")  # the refusal ends with the fix
 
 
 def test_identical_images_with_one_label_are_kept_once_with_that_label(tmp_path):

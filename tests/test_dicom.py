@@ -205,7 +205,7 @@ def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 4, "quarantined": 1}  # skipped: 3 non-image DICOM objects, README.txt
+    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 4, "quarantined": 1, "unlisted_files": 0}  # skipped: 3 non-image DICOM objects, README.txt
     assert "held back: {'burned_in_annotation': 1}" in result.stdout
     plans = list(plan_chunks(str(folder), IngestConfig()))
     cached = flyte_cache_entries(tmp_path / "home", plans)

@@ -29,6 +29,10 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   is in the chunk document, so a changed metadata.csv re-decodes, and a chunk refuses one changed since the plan);
   each chunk lists the rows it matched (instance_rows.parquet, by position), and the join refuses the rows that no
   chunk matched.
+- **Files metadata.csv does not list.** The plan counts the image files it leaves out (``Source.unlisted``) and
+  refuses them under ``IngestConfig.unlisted_files="refuse"``; otherwise the first chunk document carries the count
+  and the first UNLISTED_NAMED paths, its task reports them by key, and the join puts them in the summary
+  (``unlisted_files``) with a warning the validation report repeats.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_sh
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.listing import read_listing, refuse_no_images, refuse_unmatched
 from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest, public_quarantined
-from sslflow.data.metadata import METADATA_FILE, ImageRecord
+from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import Source, open_source
 from sslflow.data.sources.builtin import BuiltinSource
@@ -112,16 +116,37 @@ def _builtin_chunks(opened: BuiltinSource, header: dict, config: IngestConfig) -
         yield {**header, "fingerprint": fingerprint, "start": start, "stop": min(count, start + config.chunk_images)}
 
 
+def _unlisted(opened: Source, config: IngestConfig) -> dict | None:
+    """{"count", "paths": the first UNLISTED_NAMED} of the image files the source's metadata.csv does not list (None
+    for none); SourceError naming them when IngestConfig.unlisted_files is "refuse"."""
+    count, first = 0, []
+    for path in opened.unlisted():
+        count += 1
+        if len(first) < UNLISTED_NAMED:
+            first.append(path)
+    if count and config.unlisted_files == "refuse":
+        more = ", ..." if count > len(first) else ""
+        raise SourceError(
+            f"source {opened.uri}: {count} image file(s) are not listed in its {METADATA_FILE}, so they would not be used: "
+            f"{', '.join(repr(path) for path in first)}{more}; add them to {METADATA_FILE}, move them out of the source, "
+            "or set IngestConfig.unlisted_files='warn' to go on without them"
+        )
+    return {"count": count, "paths": first} if count else None
+
+
 def _listed_chunks(opened: Source, header: dict, config: IngestConfig) -> Iterator[dict]:
     """Chunks of (listing position, record fields, content digest), cut from the source's records as they stream in.
-    Metadata keyed by SOPInstanceUID is named by its sha256: each chunk reads it again and checks it."""
+    Metadata keyed by SOPInstanceUID is named by its sha256: each chunk reads it again and checks it. The first chunk
+    carries the image files metadata.csv does not list (``unlisted``: its task reports them by key)."""
     by_instance = opened.instance_rows()
     if by_instance is not None:
         header["instance_metadata"] = {"file": METADATA_FILE, "sha256": by_instance.sha256}
+    unlisted = _unlisted(opened, config)
     empty = True
     for chunk in _cut(opened.records(), lambda item: item[1].case_id or item[1].source_path, lambda item: item[1].source_path, config.chunk_images):
+        document = {**header, "records": [[position, vars(record), digest] for position, record, digest in chunk]}
+        yield {**document, "unlisted": unlisted} if empty and unlisted else document
         empty = False
-        yield {**header, "records": [[position, vars(record), digest] for position, record, digest in chunk]}
     if empty:
         read_listing([], lambda record: b"", config, None, opened.uri)  # raises the empty-source SourceError
 
@@ -182,7 +207,8 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     fallbacks). Written to a temporary folder, renamed on success."""
     chunk = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])
-    images, positions, instance_rows = _decode(chunk, config, Pseudonyms(pseudonym_key))
+    pseudonyms = Pseudonyms(pseudonym_key)
+    images, positions, instance_rows = _decode(chunk, config, pseudonyms)
     table = decoded_table(images, config)
     if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
         table["case_id"] = [case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]]
@@ -202,6 +228,9 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
             "instance_rows": None if instance_rows is None else len(instance_rows),  # rows matched: instance_rows.parquet
             "decoding": uuid.uuid4().hex,  # names this decoding
         }  # fmt: skip
+        if chunk.get("unlisted"):  # files metadata.csv does not list, by key (the paths stay in the chunk document)
+            keys = [pseudonyms.pseudonym("file", path) for path in chunk["unlisted"]["paths"]]
+            report["unlisted"] = {"count": chunk["unlisted"]["count"], "keys": keys}
         (staging / CHUNK_REPORT).write_text(json.dumps(report))
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
@@ -292,6 +321,7 @@ def join_chunks(
     _refuse_unmatched_rows(chunks, reports)
     read = {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]} if reports[0]["read"] else {}
     summary |= {
+        "unlisted_files": unlisted_files([report["unlisted"] for report in reports if report.get("unlisted")]),
         "quarantined": [item for report in reports for item in report["quarantined"]],
         "skipped_non_image": _summed([report["skipped_non_image"] for report in reports]),  # DICOM objects without an image, by SOP class
         "held_back": _summed([report["held_back"] for report in reports]),  # images held back, by reason (BurnedInAnnotation YES)
@@ -300,8 +330,27 @@ def join_chunks(
         "chunks": [{"decoding": report["decoding"], "images": len(chunk_table)} for report, chunk_table in zip(reports, tables)],
         "shards": int(manifest["shard"].nunique()),
     }
+    if summary["unlisted_files"]["count"]:
+        summary["warnings"] = [*summary.get("warnings", []), unlisted_warning(summary["unlisted_files"])]
     sha256 = assemble_dataset(directory, manifest, locations, summary, contents=contents)
     return sha256, manifest, summary
+
+
+def unlisted_files(reported: list[dict]) -> dict:
+    """The summary's ``unlisted_files``: {"count", "keys"} of the image files metadata.csv does not list, over the chunk
+    reports that carry them."""
+    return {"count": sum(item["count"] for item in reported), "keys": [key for item in reported for key in item["keys"]]}
+
+
+def unlisted_warning(unlisted: dict) -> str:
+    """The warning the summary and the validation report give for image files metadata.csv does not list."""
+    more = ", ..." if unlisted["count"] > len(unlisted["keys"]) else ""
+    return (
+        f"{unlisted['count']} image file(s) in the source are not listed in its {METADATA_FILE} and were not used: "
+        f"{', '.join(unlisted['keys'])}{more}. `python -m sslflow.data.image_keys <source> <key>...` names their files "
+        f"(`python -m sslflow.data.image_keys <source> --unlisted` lists all of them); add them to {METADATA_FILE} to use them, "
+        "or set IngestConfig.unlisted_files='refuse' to stop instead"
+    )
 
 
 def chunk_json(chunk: dict) -> str:

@@ -86,7 +86,7 @@ def sha256_of_regular_file(path: str | Path, where: str, name: str) -> tuple[str
             digest = hashlib.file_digest(handle, "sha256")
             return digest.hexdigest(), os.fstat(descriptor)
     except OSError as error:
-        raise SourceError(f"{where}: {name!r} cannot be read ({error.strerror})") from error
+        raise SourceError(f"{where}: {name!r} cannot be read ({error.strerror}); check its permissions") from error
 
 
 def path_key(path: str | Path) -> bytes:

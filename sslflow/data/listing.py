@@ -137,7 +137,8 @@ def refuse_unmatched(source: str, unmatched: list[str]) -> None:
     if unmatched:
         raise SourceError(
             f"source {source}: {len(unmatched)} metadata row(s) name a SOPInstanceUID that no DICOM image here has "
-            f"(a file missing, or a non-image object): {'; '.join(unmatched[:MAX_LISTED_PROBLEMS])}"
+            f"(a file missing, or a non-image object): {'; '.join(unmatched[:MAX_LISTED_PROBLEMS])}. "
+            "Add the DICOM files these rows name, or remove the rows"
         )
 
 
@@ -151,15 +152,15 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
         more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
         raise UndecodableImageError(
             f"source {source}: {len(quarantined)} of {listed} image files cannot be decoded "
-            f"(IngestConfig.max_bad_fraction={config.max_bad_fraction} allows {allowed}); fix or remove them, "
-            "or raise max_bad_fraction to quarantine them:\n  " + "\n  ".join(problems[:MAX_LISTED_PROBLEMS]) + more
+            f"(IngestConfig.max_bad_fraction={config.max_bad_fraction} allows {allowed}):\n  " + "\n  ".join(problems[:MAX_LISTED_PROBLEMS]) + more
+            + "\nReplace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and reported)"
         )
 
 
 def _refuse_empty(source: str) -> None:
     raise SourceError(
         f"source {source} is empty: it lists no images (no metadata rows, or no files ending in {', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} "
-        "nor DICOM files found by content)"
+        "nor DICOM files found by content); point the source at the folder or prefix that holds the images, or list them in metadata.csv"
     )
 
 
@@ -169,7 +170,9 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
     if not held_back and set(skipped) <= {NOT_DICOM, NOT_READ}:
         _refuse_empty(source)
     left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [f"{n} held back ({k})" for k, n in sorted(held_back.items())]
-    raise SourceError(f"source {source} holds no images to learn from: {', '.join(left_out)}")
+    raise SourceError(
+        f"source {source} holds no images to learn from: {', '.join(left_out)}; add image files, or see docs/dicom.md for what is held back and why"
+    )
 
 
 def read_listing(

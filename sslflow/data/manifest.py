@@ -62,9 +62,9 @@ def deduplicate(hashes: list[str], labels: list, image_keys: list[str]) -> tuple
         more = f"\n  ... and {len(conflicts) - MAX_LISTED_CONFLICTS} more" if len(conflicts) > MAX_LISTED_CONFLICTS else ""
         raise SourceError(
             f"{len(conflicts)} pair(s) of identical images (same decoded pixels) have different labels; only one copy "
-            "is kept, so one label would be dropped silently. Correct the label or remove the copy (the images are named by "
-            "their keys; `python -m sslflow.data.image_keys <source> <key>...` names their files):\n  "
+            "is kept, so one label would be dropped silently (the images are named by their keys):\n  "
             + "\n  ".join(conflicts[:MAX_LISTED_CONFLICTS]) + more
+            + "\nCorrect the label or remove the copy; `python -m sslflow.data.image_keys <source> <key>...` names their files"
         )
     kept = set(keep)
     return np.array(sorted(kept), dtype=np.int64), [image_keys[i] for i in range(len(hashes)) if i not in kept]

@@ -10,7 +10,8 @@ the whole path longer than PATH_MAX_BYTES), the limits of common file systems. L
 way whatever the source (canonical_label): a number equal to an integer is written as that integer,
 so ``1``, ``1.0``, ``01`` and ``1e0`` in a CSV, and 1 or 1.0 in a parquet column, are all class ``1``.
 Other columns are ignored (they do not reach the dataset manifest). With metadata, only the listed
-files are read and other files are ignored. Without metadata, every file with an image suffix
+files are read; other image files are counted by key, or refused (IngestConfig.unlisted_files:
+sslflow/data/chunks.py). Without metadata, every file with an image suffix
 (sslflow.data.types.IMAGE_SUFFIXES) is read, without labels, each image its own case, and every other
 file (but metadata.csv) is a candidate (``ImageRecord.sniff``), read as DICOM when its bytes say so.
 """
@@ -33,6 +34,8 @@ from sslflow.data.types import SourceError
 METADATA_FILE = "metadata.csv"
 NAME_MAX_BYTES = 255  # one file or folder name (ext4, XFS, APFS, NTFS)
 PATH_MAX_BYTES = 4095  # a whole path (Linux PATH_MAX, less its NUL)
+ROWS_NAMED = 5  # a refusal of several metadata rows names the first this many
+UNLISTED_NAMED = 20  # image files metadata.csv does not list: the summary and messages name the first this many
 PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -67,9 +70,12 @@ def check_relative_path(relative: str, where: str) -> str:
     """``relative`` without empty or '.' parts, or SourceError naming ``where`` if it cannot name a file
     inside the source root: empty, absolute, a '..' part, a NUL byte, or a name or path too long."""
     if not relative or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
-        raise SourceError(f"{where}: {relative!r} is empty or absolute; paths must be relative to the source root")
+        raise SourceError(f"{where}: {relative!r} is empty or absolute: write the path relative to the source root (e.g. 'site-a/scan1.png')")
     if ".." in re.split(r"[/\\]", relative):
-        raise SourceError(f"{where}: {relative!r} contains '..'; paths must stay inside the source root")
+        raise SourceError(
+            f"{where}: {relative!r} contains '..'; paths must stay inside the source root: write the path relative to the source root, "
+            "or copy the file into it"
+        )
     nul = relative.find("\0")
     if nul >= 0:
         raise SourceError(
@@ -84,7 +90,10 @@ def check_relative_path(relative: str, where: str) -> str:
                 f"{NAME_MAX_BYTES} a file or folder name may have; fix the path or rename the file"
             )
     if _utf8_length(relative) > PATH_MAX_BYTES:
-        raise SourceError(f"{where}: the path is {_utf8_length(relative)} bytes in UTF-8, longer than the {PATH_MAX_BYTES} a path may have")
+        raise SourceError(
+            f"{where}: the path is {_utf8_length(relative)} bytes in UTF-8, longer than the {PATH_MAX_BYTES} a path may have; "
+            "shorten it (rename its folders or the file)"
+        )
     return "/".join(parts)
 
 
@@ -95,7 +104,7 @@ def parse_metadata_csv(data: bytes, where: str) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
         raise SourceError(
             f"{where}: not parseable as CSV ({type(error).__name__}: {error}); "
-            "expected UTF-8 text with a header row such as path,case_id,site,label"
+            "save it as UTF-8 CSV text with a header row such as path,case_id,site,label"
         ) from error
 
 
@@ -130,23 +139,46 @@ def canonical_label(value) -> str | None:
     return text
 
 
+def refuse_rows(problems: list[SourceError], what: str) -> None:
+    """Raise the first of ``problems`` (one SourceError per failing row of ``what``, in row order); where several rows
+    fail, the message says how many and names the next few (ROWS_NAMED in all), so one run shows what to fix."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        more = "; ".join(str(problem) for problem in problems[1:ROWS_NAMED]) + ("; ..." if len(problems) > ROWS_NAMED else "")
+        raise SourceError(f"{problems[0]}. {len(problems)} rows of {what} fail; the next: {more}") from problems[0]
+
+
+def missing_file(relative: str, place: str) -> str:
+    """How a refusal of a metadata row naming no file under ``place`` goes on after "<row>: '<path>' ": what to do."""
+    if "\\" in relative:
+        return f"does not exist in {place}; the path uses '\\' (Windows) separators: write it with '/', as {relative.replace(chr(92), '/')!r}"
+    return f"does not exist in {place}: add the file, or correct or remove the row"
+
+
 def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]:
     """Rows of a metadata table as dicts (path, case_id, site, label, where), paths checked.
 
-    first_row: the number the message gives the first data row (2 for a CSV: its line number).
+    first_row: the number the message gives the first data row (2 for a CSV: its line number). A refusal names the
+    first failing row, and how many fail (refuse_rows).
     """
     table = table.rename(columns=lambda column: str(column).strip())
     if "path" not in table.columns:
         raise SourceError(
             f"{where}: missing required column 'path' (columns found: {list(table.columns)}); "
-            "expected path,case_id,site,label with paths relative to the source root"
+            "name the column of paths relative to the source root 'path', as in the header row path,case_id,site,label"
         )
-    rows, first_seen = [], {}
+    rows, first_seen, problems = [], {}, []
     for index, record in enumerate(table.to_dict("records")):
         row_where = f"{where} row {first_row + index}, column 'path'"
-        path = check_relative_path(_text(record["path"]) or "", row_where)
+        try:
+            path = check_relative_path(_text(record["path"]) or "", row_where)
+        except SourceError as problem:
+            problems.append(problem)
+            continue
         if path in first_seen:
-            raise SourceError(f"{row_where}: {path!r} is listed twice (also row {first_seen[path]})")
+            problems.append(SourceError(f"{row_where}: {path!r} is listed twice (also row {first_seen[path]}); remove one of the rows"))
+            continue
         first_seen[path] = first_row + index
         rows.append(
             {
@@ -157,6 +189,7 @@ def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
                 "where": row_where,
             }
         )
+    refuse_rows(problems, where)
     return rows
 
 
@@ -181,7 +214,7 @@ def instance_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
         row_where = f"{where} row {first_row + index}, column '{INSTANCE_COLUMN}'"
         uid = _text(record[INSTANCE_COLUMN])
         if not uid:
-            raise SourceError(f"{row_where}: empty; each row names the SOPInstanceUID (0008,0018) of one DICOM file")
+            raise SourceError(f"{row_where}: empty; each row names the SOPInstanceUID (0008,0018) of one DICOM file: fill it in or remove the row")
         if uid in first_seen:
             raise SourceError(f"{row_where}: the same SOPInstanceUID as row {first_seen[uid]}; list each DICOM object once")
         first_seen[uid] = first_row + index

@@ -32,5 +32,6 @@ def validation_html(dataset_name: str, report: dict) -> str:
         + "".join(f"<pre>{html.escape(line)}</pre>" for line in report["failures"])
         + "<table><tr><th>status</th><th>suite</th><th>expectation</th><th>column</th></tr>" + "".join(rows) + "</table>"
         + (f"<p>Quarantined by ingest ({len(skipped)}):</p><ul>{''.join(skipped)}</ul>" if skipped else "")
+        + "".join(f"<p>Warning: {html.escape(warning)}</p>" for warning in report.get("warnings", []))
         + f"<p>Duplicates dropped by ingest: {html.escape(json.dumps(ingest_summary.get('duplicate_examples', [])))}</p>"
     )

