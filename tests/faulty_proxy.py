@@ -1,12 +1,14 @@
-"""A reverse proxy on 127.0.0.1 in front of an S3 server (moto) that fails a share of the requests, as S3 does
-under load: every ``slow_down_every``-th request is answered 503 SlowDown, every ``reset_every``-th has its
-connection reset without an answer; the others are forwarded unchanged.
+"""A reverse proxy on 127.0.0.1 in front of an S3 server (moto) or a DICOMweb archive (Orthanc) that fails a share of
+the requests, as servers do under load: every ``slow_down_every``-th request is answered 503 SlowDown, every
+``reset_every``-th has its connection reset without an answer, every ``too_many_every``-th (0: none) is answered
+429 Too Many Requests with ``Retry-After: retry_after`` seconds; the others are forwarded unchanged.
 
     with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
         os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint   # clients now talk to S3 through the faults
         ...
-        proxy.injected   # {"slow_down": n, "reset": m}
+        proxy.injected   # {"slow_down": n, "reset": m, "too_many": k}
         proxy.requests   # every request it received, in order: (method, path)
+        proxy.waits_after_too_many   # seconds from each 429 to the next request (a client's retry, when it is alone)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import itertools
 import socket
 import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -24,11 +27,13 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
 
 
 class FaultyS3Proxy:
-    def __init__(self, upstream: str, *, slow_down_every: int = 5, reset_every: int = 7):
+    def __init__(self, upstream: str, *, slow_down_every: int = 5, reset_every: int = 7, too_many_every: int = 0, retry_after: int = 1):
         self.upstream = urlparse(upstream)
-        self.slow_down_every, self.reset_every = slow_down_every, reset_every
-        self.injected = {"slow_down": 0, "reset": 0}
+        self.slow_down_every, self.reset_every, self.too_many_every, self.retry_after = slow_down_every, reset_every, too_many_every, retry_after
+        self.injected = {"slow_down": 0, "reset": 0, "too_many": 0}
         self.requests: list[tuple[str, str]] = []
+        self.waits_after_too_many: list[float] = []
+        self._too_many_at: float | None = None
         self._count, self._lock = itertools.count(1), threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -44,11 +49,19 @@ class FaultyS3Proxy:
 
     def _fault(self) -> str | None:
         with self._lock:
-            count = next(self._count)
+            count, now = next(self._count), time.monotonic()
+            if self._too_many_at is not None:
+                self.waits_after_too_many.append(now - self._too_many_at)
+                self._too_many_at = None
             fault = "slow_down" if count % self.slow_down_every == 0 else "reset" if count % self.reset_every == 0 else None
+            fault = "too_many" if self.too_many_every and count % self.too_many_every == 0 else fault
             if fault:
                 self.injected[fault] += 1
             return fault
+
+    def _answered_too_many(self) -> None:
+        with self._lock:
+            self._too_many_at = time.monotonic()
 
     def _handler(self):
         proxy = self
@@ -76,6 +89,10 @@ class FaultyS3Proxy:
                     return
                 if fault == "slow_down":
                     self._answer(503, [("Content-Type", "application/xml")], SLOW_DOWN)
+                    return
+                if fault == "too_many":
+                    self._answer(429, [("Retry-After", str(proxy.retry_after)), ("Content-Type", "text/plain")], b"Too Many Requests")
+                    proxy._answered_too_many()
                     return
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
                 try:
