@@ -1,7 +1,8 @@
 """A reverse proxy on 127.0.0.1 in front of an S3 server (moto) or a DICOMweb archive (Orthanc) that fails a share of
 the requests, as servers do under load: every ``slow_down_every``-th request is answered 503 SlowDown, every
 ``reset_every``-th has its connection reset without an answer, every ``too_many_every``-th (0: none) is answered
-429 Too Many Requests with ``Retry-After: retry_after`` seconds; the others are forwarded unchanged.
+429 Too Many Requests with ``Retry-After: retry_after`` seconds; the others are forwarded unchanged. With
+``certificate`` (a PEM file holding a certificate and its key: self_signed_certificate) it answers over https.
 
     with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
         os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint   # clients now talk to S3 through the faults
@@ -16,10 +17,12 @@ from __future__ import annotations
 import http.client
 import itertools
 import socket
+import ssl
 import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlparse
 
 SLOW_DOWN = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>'
@@ -27,7 +30,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
 
 
 class FaultyS3Proxy:
-    def __init__(self, upstream: str, *, slow_down_every: int = 5, reset_every: int = 7, too_many_every: int = 0, retry_after: int = 1):
+    def __init__(
+        self, upstream: str, *, slow_down_every: int = 5, reset_every: int = 7, too_many_every: int = 0, retry_after: int = 1, certificate: Path | None = None
+    ):
         self.upstream = urlparse(upstream)
         self.slow_down_every, self.reset_every, self.too_many_every, self.retry_after = slow_down_every, reset_every, too_many_every, retry_after
         self.injected = {"slow_down": 0, "reset": 0, "too_many": 0}
@@ -37,7 +42,11 @@ class FaultyS3Proxy:
         self._count, self._lock = itertools.count(1), threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if certificate is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certificate)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.endpoint = f"{'https' if certificate else 'http'}://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> FaultyS3Proxy:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -116,3 +125,31 @@ class FaultyS3Proxy:
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
 
         return Handler
+
+
+def self_signed_certificate(folder: Path) -> Path:
+    """A PEM file with a self-signed certificate for 127.0.0.1 and its private key (FaultyS3Proxy's ``certificate``;
+    the certificate is also the CA bundle that trusts it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sslflow test archive")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "archive-certificate.pem"
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM) + key_pem)
+    return path

@@ -11,20 +11,19 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-import requests
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from dicom_files import PLANTED, write_dicom, write_pacs_folder
-from faulty_proxy import FaultyS3Proxy
+from faulty_proxy import FaultyS3Proxy, self_signed_certificate
 from ingested import ingest
 from orthanc import MISSING, orthanc_server
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import fingerprint_source, open_source
-from sslflow.data.sources import dicomweb, dicomweb_http
-from sslflow.data.sources.dicomweb_http import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV, archive_errors
+from sslflow.data.sources import dicomweb
+from sslflow.data.sources.dicomweb_http import CA_BUNDLE_ENV, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
 from sslflow.data.types import SourceError
 from workflows.data import validate_data
 
@@ -130,12 +129,6 @@ def test_the_fingerprint_is_the_listing_an_unchanged_query_hits_and_a_new_study_
     assert fingerprint_source(source) == second
 
 
-def test_an_archive_that_ignores_offset_is_refused_not_listed_forever():
-    page = [{"0020000D": {"vr": "UI", "Value": [f"1.2.{index}"]}} for index in range(dicomweb.PAGE_SIZE)]
-    with pytest.raises(SourceError, match=r"archive https://pacs/dicom-web, searching: the archive ignores the offset parameter"):
-        list(dicomweb._paged(lambda limit, offset: page, "https://pacs/dicom-web", "searching"))
-
-
 def test_refusals_name_the_archive_and_the_problem(archive, monkeypatch):
     with pytest.raises(SourceError, match=r"the query matches no instance in the archive \(studies by \{'StudyDate': '19000101-19001231'\}"):
         ingest(archive.uri("StudyDate=19000101-19001231"), CONFIG)
@@ -159,12 +152,17 @@ def test_refusals_name_the_archive_and_the_problem(archive, monkeypatch):
         fingerprint_source("dicomweb+http://pacs.example.org/dicom-web?Modality=CT")
 
 
-def test_403_and_an_unreachable_archive_are_refused_by_name(monkeypatch):
-    answer = requests.Response()
-    answer.status_code = 403
-    with pytest.raises(SourceError, match=r"archive https://pacs.example.org/dicom-web, retrieving: the archive refuses these credentials"):
-        with archive_errors("https://pacs.example.org/dicom-web", "retrieving"):
-            answer.raise_for_status()
-    monkeypatch.setattr(dicomweb_http, "RETRIES", 1)  # a refused connection is retried too: once is enough here
-    with pytest.raises(SourceError, match=r"cannot be reached \(ConnectionError\)"):
-        fingerprint_source("dicomweb+http://127.0.0.1:9/dicom-web?Modality=CT")  # port 9 (discard): nothing listens
+def test_tls_is_verified_against_the_ca_bundle_setting(archive, tmp_path, monkeypatch):
+    """The archive behind a TLS front (the proxy with a self-signed certificate, as a hospital's own CA signs one)."""
+    archive.store(write_study(tmp_path / "tls-study", "SSLFLOW-TLS", "P-T0", 2, seed=40))
+    certificate = self_signed_certificate(tmp_path / "tls")
+    with FaultyS3Proxy(archive.base_url.removesuffix("/dicom-web"), slow_down_every=10**9, reset_every=10**9, certificate=certificate) as front:
+        source = f"dicomweb+{front.endpoint}/dicom-web?StudyDescription=SSLFLOW-TLS"
+        monkeypatch.delenv(CA_BUNDLE_ENV, raising=False)
+        with pytest.raises(SourceError, match=rf"{front.endpoint}/dicom-web, searching studies \(QIDO-RS\): its TLS certificate cannot be verified .* set {CA_BUNDLE_ENV}"):
+            fingerprint_source(source)
+        monkeypatch.setenv(CA_BUNDLE_ENV, str(certificate))  # the hospital's CA: here the certificate itself
+        assert len(ingest(source, CONFIG)[0]) == 2
+        monkeypatch.setenv(CA_BUNDLE_ENV, str(tmp_path / "no-such-ca.pem"))
+        with pytest.raises(SourceError, match=rf"{CA_BUNDLE_ENV}=.*no-such-ca.pem: no such file"):
+            fingerprint_source(source)

@@ -6,7 +6,7 @@ One ``requests`` session per archive and process, used by dicomweb-client for QI
   ``SSLFLOW_DICOMWEB_PASSWORD`` (HTTP basic). They are sent only over https, or http to a loopback address, and
   never appear in a message or a log.
 - **TLS** is always verified: against ``SSLFLOW_DICOMWEB_CA_BUNDLE`` (a PEM file: a hospital's own CA) when set,
-  else the system's trust store as requests finds it.
+  whatever REQUESTS_CA_BUNDLE says, else as requests verifies (REQUESTS_CA_BUNDLE, else certifi's bundle).
 - **Retries**: urllib3's ``Retry`` on connection errors and on 429, 500, 502, 503, 504, with exponential backoff
   (at once, then 0.5 s, 1 s, 2 s, ... at most BACKOFF_MAX_S) and the server's ``Retry-After`` honoured on 429 and 503, RETRIES
   times; dicomweb-client's own retrying is turned off so that it does not multiply them. One request at a time per
@@ -83,6 +83,18 @@ def _credentials(base_url: str) -> dict:
     return {"auth": (username, password)} if username else {}
 
 
+class _VerifyingAdapter(HTTPAdapter):
+    """An HTTPAdapter that verifies TLS against the CA bundle at ``verify`` whatever a request asks: requests lets
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's own setting."""
+
+    def __init__(self, verify: str, retry: Retry):
+        super().__init__(max_retries=retry)
+        self.verify = verify
+
+    def send(self, request, **options):
+        return super().send(request, **{**options, "verify": self.verify})
+
+
 def archive_session(base_url: str) -> requests.Session:
     """A session for the archive at ``base_url``: credentials, TLS verification, retries (module docstring)."""
     session = requests.Session()
@@ -92,13 +104,12 @@ def archive_session(base_url: str) -> requests.Session:
     bundle = os.environ.get(CA_BUNDLE_ENV)
     if bundle and not os.path.isfile(bundle):
         raise SourceError(f"{CA_BUNDLE_ENV}={bundle}: no such file; give the PEM file of the CA that signed the archive's certificate")
-    session.verify = bundle or True
     retry = Retry(
-        total=RETRIES, backoff_factor=BACKOFF_FACTOR_S, backoff_max=BACKOFF_MAX_S, status_forcelist=RETRY_STATUSES,
+        total=RETRIES, other=0, backoff_factor=BACKOFF_FACTOR_S, backoff_max=BACKOFF_MAX_S, status_forcelist=RETRY_STATUSES,
         allowed_methods=frozenset({"GET"}), respect_retry_after_header=True, raise_on_status=False,
-    )
+    )  # other=0: a TLS certificate that cannot be verified fails at once, not after a minute of retries
     session.mount("http://", HTTPAdapter(max_retries=retry))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", _VerifyingAdapter(bundle, retry) if bundle else HTTPAdapter(max_retries=retry))
     return session
 
 
