@@ -9,14 +9,14 @@ export FLYTE_SDK_LOCAL_SANDBOX ?= $(CURDIR)/.flyte/sandbox
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: run test install data clean-cache
+.PHONY: run test install data orthanc clean-cache
 
 run: install data
 	@start=$$(date +%s); \
 	$(BIN)/pyflyte run workflows/pipeline.py ssl_pipeline; status=$$?; \
 	echo "pipeline wall time: $$(( $$(date +%s) - start )) s"; exit $$status
 
-test: install data
+test: install data orthanc
 	$(BIN)/pytest -q
 
 install: $(VENV)/.installed
@@ -36,6 +36,20 @@ data:
 	else \
 		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" \
 		     "or set SSLFLOW_FASHION_MNIST_DIR to a folder holding its four idx .gz files." >&2; exit 1; \
+	fi
+
+# Orthanc and its DICOMweb plugin (Debian packages) for the DICOMweb source's tests, which start their own server
+# on a loopback port (never the system service, stopped and disabled once installed); installed when missing and apt
+# is usable, else those tests skip, saying so.
+orthanc:
+	@if command -v Orthanc >/dev/null && ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; } || \
+		echo "orthanc could not be installed: the DICOMweb tests will be skipped" >&2; \
+		if command -v systemctl >/dev/null; then systemctl disable --now orthanc >/dev/null 2>&1 || true; fi; \
+	else \
+		echo "Orthanc is missing (sudo apt-get install orthanc orthanc-dicomweb): the DICOMweb tests will be skipped" >&2; \
 	fi
 
 clean-cache:

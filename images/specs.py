@@ -33,6 +33,7 @@ PACKAGES = [
     "boto3==1.43.117",
     "pillow==13.0.0",
     "pydicom==3.0.2",
+    "dicomweb-client==0.61.2",
     "pylibjpeg==2.1.0",
     "pylibjpeg-libjpeg==2.5.0",
     "pylibjpeg-openjpeg==2.6.0",

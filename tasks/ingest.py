@@ -30,6 +30,7 @@ from images.specs import cpu_image
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import CHUNK_REPORT, CHUNK_TABLE, INSTANCE_ROWS, SHARDS, DecodedChunk, chunk_file_sha256, decode_chunk, join_chunks, plan_to_files
 from sslflow.data.sources import source_name
+from sslflow.data.sources.dicomweb_http import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
 from sslflow.errors import Refusal
 from sslflow.tracking.runs import stage_run
 from tasks.shared import Dataset, SourceUri, content_hash, pipeline_cache
@@ -40,6 +41,13 @@ INGEST_CONCURRENCY = int(os.environ.get("SSLFLOW_INGEST_CONCURRENCY", "16"))
 
 
 PSEUDONYM_SECRET = Secret(group="sslflow", key="pseudonym_key")  # locally also $SSLFLOW_PSEUDONYM_KEY (flytekit)
+# A DICOMweb archive's credentials (docs/data.md), requested only where the workflow is registered with
+# SSLFLOW_DICOMWEB_AUTH=token or basic: a Secret that does not exist would keep every ingest pod from starting.
+DICOMWEB_SECRETS = {
+    "token": [Secret(group="sslflow-dicomweb", key="token", env_var=TOKEN_ENV, mount_requirement=Secret.MountType.ENV_VAR)],
+    "basic": [Secret(group="sslflow-dicomweb", key=key, env_var=name, mount_requirement=Secret.MountType.ENV_VAR)
+              for key, name in (("username", USERNAME_ENV), ("password", PASSWORD_ENV))],
+}.get(os.environ.get("SSLFLOW_DICOMWEB_AUTH", ""), [])
 
 
 class MissingSecretError(Refusal, RuntimeError):
@@ -92,7 +100,7 @@ def _chunk_sha256(chunk: FlyteFile) -> str:
 ChunkFile = Annotated[FlyteFile, HashMethod(_chunk_sha256)]
 
 
-@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2)
+@task(cache=Cache(version="8"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2, secret_requests=DICOMWEB_SECRETS)
 @outages_are_recoverable
 def plan_ingest(source: SourceUri, config: IngestConfig) -> list[ChunkFile]:
     """The chunks of ``source``, each a JSON file (decode settings + files with their content hashes), the chunks
@@ -102,7 +110,8 @@ def plan_ingest(source: SourceUri, config: IngestConfig) -> list[ChunkFile]:
 
 
 @task(
-    cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=[PSEUDONYM_SECRET]
+    cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2,
+    secret_requests=[PSEUDONYM_SECRET, *DICOMWEB_SECRETS],
 )
 @outages_are_recoverable
 def ingest_chunk(chunk: ChunkFile) -> FlyteDirectory:

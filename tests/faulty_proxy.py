@@ -1,12 +1,15 @@
-"""A reverse proxy on 127.0.0.1 in front of an S3 server (moto) that fails a share of the requests, as S3 does
-under load: every ``slow_down_every``-th request is answered 503 SlowDown, every ``reset_every``-th has its
-connection reset without an answer; the others are forwarded unchanged.
+"""A reverse proxy on 127.0.0.1 in front of an S3 server (moto) or a DICOMweb archive (Orthanc) that fails a share of
+the requests, as servers do under load: every ``slow_down_every``-th request is answered 503 SlowDown, every
+``reset_every``-th has its connection reset without an answer, every ``too_many_every``-th (0: none) is answered
+429 Too Many Requests with ``Retry-After: retry_after`` seconds; the others are forwarded unchanged. With
+``certificate`` (a PEM file holding a certificate and its key: self_signed_certificate) it answers over https.
 
     with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
         os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint   # clients now talk to S3 through the faults
         ...
-        proxy.injected   # {"slow_down": n, "reset": m}
+        proxy.injected   # {"slow_down": n, "reset": m, "too_many": k}
         proxy.requests   # every request it received, in order: (method, path)
+        proxy.waits_after_too_many   # seconds from each 429 to the next request (a client's retry, when it is alone)
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from __future__ import annotations
 import http.client
 import itertools
 import socket
+import ssl
 import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlparse
 
 SLOW_DOWN = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>'
@@ -24,15 +30,23 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
 
 
 class FaultyS3Proxy:
-    def __init__(self, upstream: str, *, slow_down_every: int = 5, reset_every: int = 7):
+    def __init__(
+        self, upstream: str, *, slow_down_every: int = 5, reset_every: int = 7, too_many_every: int = 0, retry_after: int = 1, certificate: Path | None = None
+    ):
         self.upstream = urlparse(upstream)
-        self.slow_down_every, self.reset_every = slow_down_every, reset_every
-        self.injected = {"slow_down": 0, "reset": 0}
+        self.slow_down_every, self.reset_every, self.too_many_every, self.retry_after = slow_down_every, reset_every, too_many_every, retry_after
+        self.injected = {"slow_down": 0, "reset": 0, "too_many": 0}
         self.requests: list[tuple[str, str]] = []
+        self.waits_after_too_many: list[float] = []
+        self._too_many_at: float | None = None
         self._count, self._lock = itertools.count(1), threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if certificate is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certificate)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.endpoint = f"{'https' if certificate else 'http'}://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> FaultyS3Proxy:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -44,11 +58,19 @@ class FaultyS3Proxy:
 
     def _fault(self) -> str | None:
         with self._lock:
-            count = next(self._count)
+            count, now = next(self._count), time.monotonic()
+            if self._too_many_at is not None:
+                self.waits_after_too_many.append(now - self._too_many_at)
+                self._too_many_at = None
             fault = "slow_down" if count % self.slow_down_every == 0 else "reset" if count % self.reset_every == 0 else None
+            fault = "too_many" if self.too_many_every and count % self.too_many_every == 0 else fault
             if fault:
                 self.injected[fault] += 1
             return fault
+
+    def _answered_too_many(self) -> None:
+        with self._lock:
+            self._too_many_at = time.monotonic()
 
     def _handler(self):
         proxy = self
@@ -77,6 +99,10 @@ class FaultyS3Proxy:
                 if fault == "slow_down":
                     self._answer(503, [("Content-Type", "application/xml")], SLOW_DOWN)
                     return
+                if fault == "too_many":
+                    self._answer(429, [("Retry-After", str(proxy.retry_after)), ("Content-Type", "text/plain")], b"Too Many Requests")
+                    proxy._answered_too_many()
+                    return
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
                 try:
                     upstream.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP})
@@ -99,3 +125,31 @@ class FaultyS3Proxy:
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
 
         return Handler
+
+
+def self_signed_certificate(folder: Path) -> Path:
+    """A PEM file with a self-signed certificate for 127.0.0.1 and its private key (FaultyS3Proxy's ``certificate``;
+    the certificate is also the CA bundle that trusts it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sslflow test archive")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "archive-certificate.pem"
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM) + key_pem)
+    return path

@@ -163,10 +163,11 @@ def test_source_names_are_safe_file_names():
 
 def test_open_source_dispatches_every_kind_and_refuses_what_is_no_source(tmp_path):
     (tmp_path / "scans").mkdir()
-    uris = {"mnist-5k": "builtin", "s3://bucket/some/prefix": "s3", str(tmp_path / "cohort.parquet"): "parquet", str(tmp_path / "scans"): "folder"}
+    uris = {"mnist-5k": "builtin", "s3://bucket/some/prefix": "s3", str(tmp_path / "cohort.parquet"): "parquet", str(tmp_path / "scans"): "folder",
+            "dicomweb+https://pacs.example.org/dicom-web?ModalitiesInStudy=CT": "dicomweb"}
     assert {uri: open_source(uri).kind for uri in uris} == uris  # nothing is read when a source is opened
     for uri in (str(tmp_path / "no-such-folder"), "gs://bucket/prefix", "https://example.org/scans", str(tmp_path / "scans" / "x.png")):
-        with pytest.raises(SourceError, match=r"is neither a built-in source .*, an s3://bucket/prefix, a .parquet image list nor an existing folder"):
+        with pytest.raises(SourceError, match=r"is neither a built-in source .*, an s3://bucket/prefix, a dicomweb\+https://host/dicom-web\?query archive, a .parquet image list nor"):
             open_source(uri)
 
 

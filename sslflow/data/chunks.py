@@ -64,6 +64,7 @@ from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import Source, open_source
 from sslflow.data.sources.builtin import BuiltinSource
+from sslflow.data.sources.dicomweb import without_address
 from sslflow.data.types import SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
@@ -285,11 +286,15 @@ def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[dict]) -> N
 
 
 def _chunk_identity(chunk: dict) -> str:
-    """sha256 of a chunk document, S3 version keys without their endpoint: which server answered does not change the files."""
+    """sha256 of a chunk document, S3 version keys without their endpoint and DICOMweb URLs without the archive's
+    address: which server (a replica, a proxy) answered does not change the files."""
     if chunk["kind"] == "s3":
         strip = lambda key: key.split(" ", 1)[-1]  # noqa: E731  ("<endpoint> <url> <etag> <size>": sslflow/data/sources/s3.py)
         records = [[index, {**fields, "version_key": strip(fields["version_key"])}, strip(digest)] for index, fields, digest in chunk["records"]]
         chunk = {**chunk, "records": records}
+    if chunk["kind"] == "dicomweb":
+        records = [[index, {**fields, "location": without_address(fields["location"])}, digest] for index, fields, digest in chunk["records"]]
+        chunk = {**chunk, "source": without_address(chunk["source"]), "records": records}
     return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
 
 

@@ -11,7 +11,10 @@ source's ``fingerprint()`` in sslflow/data/sources/ computes it with the helpers
 - parquet image list: the list file and the files it lists, not the rest of its folder
   (sslflow/data/sources/parquet_list.py);
 - built-in data set: the package files it is read from (sslflow/data/sources/builtin.py: builtin_files);
-- S3 prefix: every object under the prefix, by key, ETag and size; nothing is downloaded.
+- S3 prefix: every object under the prefix, by key, ETag and size; nothing is downloaded;
+- DICOMweb archive query: ``listing`` is [metadata file sha256 or null, number of instances, sha256 of the sorted
+  "<study>/<series>/<instance> UIDs <series instance count>" lines from QIDO-RS] and ``files`` is empty: the listing
+  streams through a file on disk, never whole in memory; nothing is retrieved (sslflow/data/sources/dicomweb.py).
 A local file is hashed only after it is known to be a regular file inside the source root (symlinks
 followed), so a symlink out of the folder or a FIFO, socket or device is refused without being opened.
 

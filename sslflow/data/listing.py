@@ -8,6 +8,7 @@ What folder, parquet-list and S3 sources share once they have listed their files
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ from sslflow.config import IngestConfig
 from sslflow.data.decode import DecodedImage, check_pixel_count, decode_image
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.dicom import PREAMBLE_BYTES, DicomImage, HeldBackImage, NonImageObject, decode_dicom, has_dicom_preamble
-from sslflow.data.metadata import ImageRecord
+from sslflow.data.metadata import UNKNOWN_SIZE, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages, UndecodableImageError
 
@@ -47,7 +48,10 @@ NOT_READ = "not read (no image suffix, over max_file_bytes)"
 
 def _unread(record: ImageRecord, config: IngestConfig) -> None:
     """Refuse a record before it is read: zero bytes, or over config.max_file_bytes (its size from the listing).
-    A candidate without an image suffix (``sniff``) is skipped instead (NonImageObject): nothing says it is an image."""
+    A candidate without an image suffix (``sniff``) is skipped instead (NonImageObject): nothing says it is an image.
+    A record of UNKNOWN_SIZE passes: it is checked again once read, with its size then known."""
+    if record.size_bytes == UNKNOWN_SIZE:
+        return
     if record.size_bytes == 0:
         raise NonImageObject(NOT_DICOM) if record.sniff else UndecodableImageError(f"{record.location}: zero-byte file")
     if record.size_bytes > config.max_file_bytes:
@@ -61,18 +65,22 @@ def _unread(record: ImageRecord, config: IngestConfig) -> None:
 
 def _decode_record(
     record: ImageRecord, read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, stats: dict, pseudonyms: Pseudonyms
-) -> DecodedImage | DicomImage:
-    """Decoded pixels of one record: from the cache when its bytes were decoded before, else decoded and cached.
+) -> tuple[DecodedImage | DicomImage, ImageRecord]:
+    """(decoded pixels of one record, the record with its size known): from the cache when its bytes were decoded
+    before, else decoded and cached.
 
-    Refused or skipped before it is read by _unread. A candidate (``sniff``) whose bytes do not start with a DICOM
-    preamble raises NonImageObject(NOT_DICOM): skipped, as is a DICOM object without an image (not cached: its
-    header is read each time).
+    Refused or skipped before it is read by _unread (a record of UNKNOWN_SIZE once read). A candidate (``sniff``)
+    whose bytes do not start with a DICOM preamble raises NonImageObject(NOT_DICOM): skipped, as is a DICOM object
+    without an image (not cached: its header is read each time).
     """
     _unread(record, config)
     file_sha256 = cache.sha256_of_version(record.version_key) if record.version_key else None
     image = _cached(cache, file_sha256, pseudonyms, dicom=True if record.sniff else None) if file_sha256 else None
     if image is None:
         data = read_bytes(record)
+        if record.size_bytes == UNKNOWN_SIZE:
+            record = dataclasses.replace(record, size_bytes=len(data))
+            _unread(record, config)
         stats["files_read"] += 1
         stats["bytes_read"] += len(data)
         is_dicom = has_dicom_preamble(data[:PREAMBLE_BYTES])
@@ -91,7 +99,7 @@ def _decode_record(
     else:
         stats["decode_cache_hits"] += 1
     check_pixel_count(image.width, image.height, config.max_image_pixels, record.location)  # cached under a higher limit?
-    return image
+    return image, record
 
 
 def _rows(record: ImageRecord, key: str, image: DecodedImage | DicomImage, by_instance: dict[str, dict]) -> list[dict]:
@@ -203,7 +211,7 @@ def read_listing(
     for record in records:
         key = pseudonyms.pseudonym("file", record.source_path)
         try:
-            image = _decode_record(record, read_bytes, config, cache, stats, pseudonyms)
+            image, record = _decode_record(record, read_bytes, config, cache, stats, pseudonyms)
             rows.extend(_rows(record, key, image, by_instance))
             matched.add(getattr(image, "instance", ""))
         except NonImageObject as error:

@@ -36,6 +36,7 @@ NAME_MAX_BYTES = 255  # one file or folder name (ext4, XFS, APFS, NTFS)
 PATH_MAX_BYTES = 4095  # a whole path (Linux PATH_MAX, less its NUL)
 ROWS_NAMED = 5  # a refusal of several metadata rows names the first this many
 UNLISTED_NAMED = 20  # image files metadata.csv does not list: the summary and messages name the first this many
+UNKNOWN_SIZE = -1  # ImageRecord.size_bytes of a file whose listing does not say (a DICOMweb instance): checked once read
 PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -46,7 +47,7 @@ class ImageRecord:
     source_path: relative to the source root (never in the dataset: its HMAC is the manifest's ``image_key``);
     location: full path or s3:// URL, for messages and for reading;
     size_bytes: from the file system or the S3 listing (0, or over IngestConfig.max_file_bytes: the file
-        is refused without reading it);
+        is refused without reading it); UNKNOWN_SIZE when the listing does not say (checked once read);
     version_key: names these exact bytes without reading them (S3: URL + ETag + size); "" if unknown;
     sniff: a file without an image or DICOM suffix, listed unread: ingest decodes it when its bytes start
         with a DICOM preamble and skips it (counted, never quarantined) otherwise.

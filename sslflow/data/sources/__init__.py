@@ -4,6 +4,8 @@ that tells the kinds apart. Ingest cuts a source's records into chunks (sslflow/
 A source is one of:
 - a built-in data set (``fashion-mnist``, ``mnist-5k``, ``optdigits``: sslflow/data/sources/builtin.py);
 - ``s3://bucket/prefix``: the objects under an S3 prefix (sslflow/data/sources/s3.py);
+- ``dicomweb+https://host/dicom-web?ModalitiesInStudy=CT``: the instances a DICOMweb archive's QIDO-RS query
+  selects, retrieved by WADO-RS (sslflow/data/sources/dicomweb.py);
 - ``something.parquet``: a parquet image list with columns path, case_id, site, label, paths relative
   to its folder (sslflow/data/sources/parquet_list.py);
 - otherwise a local folder, optionally with ``metadata.csv`` (sslflow/data/sources/folder.py).
@@ -19,6 +21,8 @@ from typing import Protocol
 
 from sslflow.data.metadata import ImageRecord, InstanceRows
 from sslflow.data.sources.builtin import BUILTIN_SOURCES, BuiltinSource
+from sslflow.data.sources.dicomweb import SCHEMES as DICOMWEB_SCHEMES
+from sslflow.data.sources.dicomweb import DicomwebSource
 from sslflow.data.sources.folder import FolderSource
 from sslflow.data.sources.parquet_list import ParquetListSource
 from sslflow.data.sources.s3 import S3Source
@@ -28,10 +32,11 @@ from sslflow.data.types import SourceError
 class Source(Protocol):
     """One source of images. Nothing is read when it is opened; each method reads what it says.
 
-    kind: "builtin", "s3", "parquet" or "folder"; uri: as the user gave it; name: short, safe as a file name.
+    kind: "builtin", "s3", "dicomweb", "parquet" or "folder"; uri: as the user gave it; name: short, safe as a file name.
     records(): (position in the source's listing, record, content digest) of every file ingest reads, streamed in
         case order (case_id, else the path; then the path): sorted by path without metadata, and the metadata
-        rows sorted by case with it. The digest is the file's sha256 (S3: endpoint, URL, ETag and size). Files
+        rows sorted by case with it. The digest is the file's sha256 (S3: endpoint, URL, ETag and size; DICOMweb: the
+        instance count of its series). Files
         without an image suffix come as candidates (``ImageRecord.sniff``): nothing looks at their content here.
     fingerprint(): the cache key of ingest (sslflow/data/fingerprint.py): changes whenever what ingest reads does.
     read_bytes(record): the bytes of one listed file.
@@ -66,6 +71,8 @@ def _source_class(uri: str) -> type:
         return BuiltinSource
     if uri.startswith("s3://"):
         return S3Source
+    if uri.startswith(DICOMWEB_SCHEMES):
+        return DicomwebSource
     if uri.endswith(".parquet"):
         return ParquetListSource
     return FolderSource
@@ -74,7 +81,7 @@ def _source_class(uri: str) -> type:
 def _what_a_source_can_be(uri: str) -> str:
     return (
         f"source {uri!r} is neither a built-in source {BUILTIN_SOURCES}, an s3://bucket/prefix, "
-        "a .parquet image list nor an existing folder; pass one of these"
+        "a dicomweb+https://host/dicom-web?query archive, a .parquet image list nor an existing folder; pass one of these"
     )
 
 
@@ -88,12 +95,13 @@ def open_source(uri: str) -> Source:
 
 
 def source_kind(uri: str) -> str:
-    """"builtin", "s3", "parquet" (a .parquet image list) or "folder", without looking at the source."""
+    """"builtin", "s3", "dicomweb", "parquet" (a .parquet image list) or "folder", without looking at the source."""
     return _source_class(uri).kind
 
 
 def source_name(uri: str) -> str:
-    """A short name for a source, safe as a file name: the folder or list name, bucket-prefix for S3 (nothing is read)."""
+    """A short name for a source, safe as a file name: the folder or list name, bucket-prefix for S3, host-path-hash for
+    DICOMweb (nothing is read)."""
     return _source_class(uri)(uri).name
 
 
@@ -101,6 +109,6 @@ def fingerprint_source(uri: str) -> str:
     """The cache key of ingest: a sha256 that changes whenever what ingest reads from the source does.
 
     Covers the files ingest reads, after the same checks, without re-reading unchanged local files; S3: keys,
-    ETags and sizes (no object is downloaded). Encoding and digest cache: sslflow/data/fingerprint.py.
+    ETags and sizes (no object is downloaded); DICOMweb: the QIDO-RS listing (no instance is retrieved). Encoding and digest cache: sslflow/data/fingerprint.py.
     """
     return open_source(uri).fingerprint()
