@@ -33,8 +33,27 @@ def code_sha256(root: Path = PROJECT_ROOT) -> str:
     return digest.hexdigest()
 
 
+def cpu_model() -> dict:
+    """The CPU's model name and the widest vector instruction sets it offers (float results and speed differ between CPUs:
+    PyTorch picks its kernels by them), and the kernels PyTorch runs here (ATEN_CPU_CAPABILITY can lower them)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_instruction_sets": [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if name in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+
+
 def machine() -> dict:
     info = {
+        **cpu_model(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),

@@ -1,18 +1,24 @@
-"""Label efficiency and robustness at scale: the pipeline's evaluation without Flyte or MLflow, for a GPU box.
+"""How many labels self-supervision saves, measured the way the pipeline measures it, at six label fractions and
+several seeds: the label-savings curve, its controls and its headline, without Flyte or MLflow.
 
-Same data, splits, seeds and steps as workflows/pipeline.py (it reuses the same functions), larger
-settings: generic SimCLR on Fashion-MNIST, domain SimCLR and MICLe (PROXY cases: pixel
-neighbours; MNIST has no patients) continued from it on MNIST-5k, the ablation {pixels linear, scratch
-fine-tuned, {SimCLR, + domain SimCLR, + MICLe} x {linear probe, fine-tune}} x label fractions x SEEDS,
-plus a self-trained student per fraction and seed (SimCLR v2 step 3: FixMatch on the domain pool, continuing the
-top rung's fine-tuned model, judged against the best model on validation; sslflow/training/student.py), evaluated on the MNIST test split, optdigits and the corruption
-suite. Prints the comparisons of issues 6 and 12 as means with 95% t-intervals over the seeds (a gain only
-when the intervals separate), issue 14's two label-efficiency comparisons (best arm vs scratch with 10x the
-labels, by mean), the pseudo-label accuracy and the student's gain at each fraction, and saves everything
-as JSON.
+The protocol (the pipeline's functions, larger settings):
+- per seed, pretraining from that seed: generic SimCLR on Fashion-MNIST, then the ladder's top rung, MICLe on
+  MNIST-5k continued from it (PROXY cases: pixel neighbours; MNIST has no patients). The seeds vary pretraining as
+  well as fine-tuning;
+- at each fraction the label budget (sslflow.training.labelled_subset): training fold + validation fold, both
+  counted as labels used; every choice is made on the validation fold;
+- arms: pixels (linear probe), scratch (fine-tuned), the top rung and the generic rung (linear probe and fine-tuned),
+  and up to max_label_fraction two FixMatch students: the top rung's and the control, scratch's
+  (sslflow.training.student.student_starts). Every fine-tuned arm gets the same search (learning_rates x
+  weight_decays) on its own validation fold, no head warm-up, and a step budget that early stopping ends;
+- scored on the MNIST test split and optdigits (the shift set); the corruption suite is left to the pipeline;
+- the curves (sslflow/reporting/curves.py) and the headline "labels saved" against scratch, scratch + student and
+  the best arm without self-supervision, with 95% intervals from a bootstrap over test cases and seeds; the paired
+  comparisons of sslflow/reporting/comparisons.py. Per-image outcomes (``correct``, ``cases``) are in the JSON, so
+  any interval can be recomputed.
 
     python benchmarks/quality.py                 # GPU: all 70k Fashion-MNIST, ResNet-18, long schedules
-    python benchmarks/quality.py --cpu-budget    # small_cnn, 2 CPU cores (3 seeds; its time is in the result JSON)
+    python benchmarks/quality.py --cpu-budget    # small_cnn on 2 CPU cores, 3 seeds; the JSON is rewritten after each seed
     python benchmarks/quality.py --smoke         # a minute of tiny settings, one seed: the script works (tests use it)
 """
 
@@ -21,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import sys
 import tempfile
 import time
@@ -34,35 +39,38 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import parse_arguments, write_result  # noqa: E402
-from ssl_models.augment import FINETUNE_AUGMENT  # noqa: E402
-from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.evaluate import predict_probabilities  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
+from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.fixmatch import SelfTrainConfig  # noqa: E402
-from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
+from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive, validation_scores  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.chunks import ingest_source  # noqa: E402
 from sslflow.data.dataset import read_images  # noqa: E402
-from sslflow.evaluation import evaluate_classifier, evaluation_sets, select_best  # noqa: E402
+from sslflow.evaluation import evaluate_classifier, evaluation_sets, in_domain_test_cases  # noqa: E402
+from sslflow.ladder import LADDER, arm, student_arm  # noqa: E402
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
-from sslflow.reporting.intervals import t_interval, verdict  # noqa: E402
-from sslflow.ladder import LADDER, arm, ladder_arms, ladder_steps, student_arm as student_arm_of  # noqa: E402
+from sslflow.reporting.curves import headlines, savings_curves  # noqa: E402
+from sslflow.reporting.label_savings import savings_curve_figure  # noqa: E402
+from sslflow.training.fit import fit_summary  # noqa: E402
 from sslflow.training.labelled_subset import labelled_subset  # noqa: E402
-from sslflow.training.student import run_self_training, self_training_data, student_start  # noqa: E402
+from sslflow.training.student import run_self_training, self_training_data, student_starts  # noqa: E402
 
+SEARCH = dict(learning_rates=[1e-3, 3e-3], weight_decays=[1e-4, 1e-2])
 SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
-                micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300),
-                self_train=SelfTrainConfig(steps=2000, batch_size=64, unlabelled_ratio=7, confidence_threshold=0.95)),
-    "cpu-budget": dict(encoder="small_cnn", generic_images=20000, simclr=PretrainConfig(epochs=8),
-                       micle=PretrainConfig(epochs=30), finetune=FinetuneConfig(epochs=15, min_steps=150),
-                       self_train=SelfTrainConfig(steps=600)),
-    "smoke": dict(encoder="small_cnn", generic_images=300, domain_images=600, shift_images=200, simclr=PretrainConfig(epochs=1, batch_size=128),
-                  micle=PretrainConfig(epochs=1, batch_size=128), finetune=FinetuneConfig(epochs=1, min_steps=3, head_warmup_steps=2),
-                  self_train=SelfTrainConfig(steps=3, eval_every=2, confidence_threshold=0.0), seeds=(0,)),
+                micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300, **SEARCH),
+                self_train=SelfTrainConfig(steps=2000, batch_size=64, unlabelled_ratio=7)),
+    "cpu-budget": dict(encoder="small_cnn", generic_images=6000, simclr=PretrainConfig(epochs=4), micle=PretrainConfig(epochs=8),
+                       finetune=FinetuneConfig(epochs=10, min_steps=150, eval_every=10, patience=4, **SEARCH),
+                       self_train=SelfTrainConfig(steps=300, max_label_fraction=0.1)),
+    "smoke": dict(encoder="small_cnn", generic_images=200, domain_images=400, shift_images=100, simclr=PretrainConfig(epochs=1, batch_size=128),
+                  micle=PretrainConfig(epochs=1, batch_size=128), finetune=FinetuneConfig(epochs=1, min_steps=2, learning_rates=[1e-3, 3e-3], probe_inverse_l2=[1.0]),
+                  self_train=SelfTrainConfig(steps=2, eval_every=2, confidence_threshold=0.0, max_label_fraction=0.1), seeds=(0, 1),
+                  fractions=(0.1, 1.0)),
 }  # fmt: skip
-FRACTIONS = (0.01, 0.1, 1.0)
-SEEDS = (0, 1, 2)  # fine-tuning seeds (label subset, head, batch order); pretraining runs once, with seed 0
+FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+SEEDS = (0, 1, 2)  # each seed: pretraining, label budget, heads, batch order, augmentations, students
+TARGETS = {"scratch": 10.0, "scratch + student": 3.0, "best without self-supervision": 3.0}  # labels saved aimed at
 
 
 def dataset(source: str, config: IngestConfig):
@@ -73,200 +81,125 @@ def dataset(source: str, config: IngestConfig):
         return manifest, read_images(Path(folder) / "dataset", manifest)
 
 
-def pretrain_encoders(settings: dict, generic, generic_pixels, domain, domain_pixels) -> dict:
-    """{arm: encoder} for the ladder (sslflow.ladder) of the settings' method: the generic rung on the generic
-    set, each rung above it continued from it on the domain set, with or without case pairs (same epochs and
-    schedule); test splits unused."""
-    method = settings["simclr"].method
-    generic_encoder = build_encoder(settings["encoder"], 1, 28, seed=settings["simclr"].seed)
-    pool = generic["split"].isin(["train", "val"]).to_numpy()
-    pretrain_contrastive(generic_encoder, InMemoryPairs(torch.from_numpy(generic_pixels[pool]), list(range(int(pool.sum()))), seed=settings["simclr"].seed), settings["simclr"])
-    pool = domain["split"].isin(["train", "val"]).to_numpy()
-    encoders = {arm(method, LADDER[0].name): generic_encoder}
-    for rung in LADDER[1:]:
-        case_ids = domain.loc[pool, "case_id"].tolist() if rung.case_pairs else list(range(int(pool.sum())))
-        encoders[arm(method, rung.name)] = copy.deepcopy(generic_encoder)
-        pretrain_contrastive(encoders[arm(method, rung.name)], InMemoryPairs(torch.from_numpy(domain_pixels[pool]), case_ids, seed=settings["micle"].seed), settings["micle"])
-    return encoders
+def pretrain_encoders(settings: dict, data: SimpleNamespace, seed: int) -> dict:
+    """{arm: encoder}: the generic rung on the generic set and the top rung (case pairs) continued from it on the
+    domain set, both from ``seed``; test splits unused."""
+    method, top = settings["simclr"].method, LADDER[-1]
+    simclr, micle = dataclasses.replace(settings["simclr"], seed=seed), dataclasses.replace(settings["micle"], seed=seed)
+    generic = build_encoder(settings["encoder"], 1, 28, seed=seed)
+    pool = data.generic["split"].isin(["train", "val"]).to_numpy()
+    pretrain_contrastive(generic, InMemoryPairs(torch.from_numpy(data.generic_pixels[pool]), list(range(int(pool.sum()))), seed=seed), simclr)
+    pool = data.domain["split"].isin(["train", "val"]).to_numpy()
+    continued = copy.deepcopy(generic)
+    pretrain_contrastive(continued, InMemoryPairs(torch.from_numpy(data.domain_pixels[pool]), data.domain.loc[pool, "case_id"].tolist(), seed=seed), micle)
+    return {arm(method, LADDER[0].name): generic, arm(method, top.name): continued}
 
 
-def arms(encoders: dict) -> list[tuple[str, str]]:
-    """(init, probe) pairs: the floors (pixels probed, scratch fine-tuned) and each pretrained encoder both ways."""
-    pretrained = [init for init, encoder in encoders.items() if encoder is not None]
-    return [("pixels", "linear"), ("scratch", "finetune")] + [(init, probe) for probe in ("linear", "finetune") for init in pretrained]
-
-
-def train_arm(settings: dict, init: str, probe: str, encoder, train, validation, num_classes: int, seed: int):
-    """(classifier, probe record) for one arm; (images, labels) train and validation sets; encoder None builds a fresh one."""
+def train_arm(settings: dict, init: str, probe: str, encoder, subset, seed: int) -> SimpleNamespace:
+    """One arm on one label budget: the model and what evaluation reads of it (sslflow.evaluation.EvaluatedModel)."""
     config = dataclasses.replace(settings["finetune"], linear_probe=probe == "linear", seed=seed)
     if encoder is None:
-        name = "pixels" if init == "pixels" else settings["encoder"]
-        encoder, config = build_encoder(name, 1, 28, seed=seed), dataclasses.replace(config, head_warmup_steps=0)
-    validation = (torch.from_numpy(validation[0]), validation[1])
-    model, history = finetune(copy.deepcopy(encoder), torch.from_numpy(train[0]), train[1], num_classes, config, validation=validation)
-    fit = ({"probe_converged": history[-1]["converged"], "probe_train_loss": history[-1]["loss"]} if probe == "linear"
-           else {"stopped_step": history[-1]["stopped_step"], "best_step": history[-1]["best_step"]})  # fmt: skip
-    return model, {"train_accuracy": history[-1]["accuracy"], **fit}
+        encoder = build_encoder("pixels" if init == "pixels" else settings["encoder"], 1, 28, seed=seed)
+    validation = (torch.from_numpy(subset.val_images), subset.val_labels)
+    model, history = finetune(copy.deepcopy(encoder), torch.from_numpy(subset.images), subset.labels, len(subset.class_names), config, validation=validation)
+    val_accuracy, val_loss = validation_scores(model, *validation, config.augment)
+    fit = fit_summary(history[-1])
+    return SimpleNamespace(class_names=subset.class_names, init=init, probe=probe, seed=seed, num_labels=len(subset.labels), num_val_labels=len(subset.val_labels),
+                           val_accuracy=val_accuracy, val_loss=val_loss, selectable=True, chosen=fit.chosen, best_step=fit.best_step,
+                           final_train_accuracy=fit.final_train_accuracy, best_at_budget_end=fit.best_at_budget_end, model=model)  # fmt: skip
 
 
-def _scored(model, record: SimpleNamespace, eval_sets: list, fit: dict) -> list[dict]:
-    """The pipeline's scoring (sslflow.evaluation.evaluate_classifier) of one model on every set, with its fit record."""
-    rows, _ = evaluate_classifier(model, record, eval_sets)
-    return [{**row, **fit} for row in rows]
+def _scored(record: SimpleNamespace, fraction: float, data: SimpleNamespace) -> list[dict]:
+    """The pipeline's scoring (sslflow.evaluation.evaluate_classifier) of one model, with where it stopped."""
+    record.label_fraction = fraction
+    rows, _ = evaluate_classifier(record.model, record, data.eval_sets, data.cases)
+    print(f"seed {record.seed} {record.init:22s} {record.probe:8s} {fraction:5g} ({record.num_labels} + {record.num_val_labels} labels, {record.chosen},"
+          f" best step {record.best_step}): in-domain {rows[0]['accuracy']:.4f}", flush=True)  # fmt: skip
+    return [{**row, "best_at_budget_end": getattr(record, "best_at_budget_end", False)} for row in rows]
 
 
-def _accuracy(rows: list[dict], eval_set: str) -> float:
-    return next(row["accuracy"] for row in rows if row["eval_set"] == eval_set)
-
-
-def ablation(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: list, seed: int) -> tuple[list[dict], dict]:
-    """arms(encoders) x FRACTIONS for one seed on the pipeline's labelled subset (sslflow.training.labelled_subset),
-    each scored on every evaluation set; also {fraction: [record with its model per arm]}: the self-training teacher
-    and the student's start are among them."""
+def ablation(settings: dict, encoders: dict, data: SimpleNamespace, seed: int) -> tuple[list[dict], dict]:
+    """Every arm at every fraction for one seed; also {fraction: the trained records} for the students."""
     results, trained = [], {}
-    for fraction in FRACTIONS:
-        subset = labelled_subset(domain, domain_pixels, fraction, seed, "mnist-5k")
-        candidates = []
-        for init, probe in arms(encoders):
-            model, fit = train_arm(settings, init, probe, encoders.get(init), (subset.images, subset.labels), (subset.val_images, subset.val_labels), len(subset.class_names), seed)
-            val_accuracy = float((predict_probabilities(model, torch.from_numpy(subset.val_images), FINETUNE_AUGMENT).argmax(1) == subset.val_labels).mean())
-            record = SimpleNamespace(class_names=subset.class_names, init=init, probe=probe, label_fraction=fraction, seed=seed,
-                                     num_labels=len(subset.labels), val_accuracy=val_accuracy, selectable=True, model=model)  # fmt: skip
-            candidates.append(record)
-            rows = _scored(model, record, eval_sets, fit)
-            results += rows
-            print(f"seed {seed} {init:13s} {probe:8s} {fraction:5g}: in-domain {_accuracy(rows, 'in_domain'):.4f}  optdigits {_accuracy(rows, 'shift'):.4f}", flush=True)
-        trained[fraction] = candidates
+    arms = [("pixels", "linear"), ("scratch", "finetune")] + [(init, probe) for init in encoders for probe in ("linear", "finetune")]
+    for fraction in settings.get("fractions", FRACTIONS):
+        subset = labelled_subset(data.domain, data.domain_pixels, fraction, seed, "mnist-5k")
+        trained[fraction] = []
+        for init, probe in arms:
+            record = train_arm(settings, init, probe, encoders.get(init), subset, seed)
+            results += _scored(record, fraction, data)
+            trained[fraction].append(record)
     return results, trained
 
 
-def student_arm(settings: dict, domain, domain_pixels, trained: dict, eval_sets: list, seed: int) -> tuple[list[dict], list[dict]]:
-    """A FixMatch student per fraction, continuing the top rung's (case pairs) fine-tuned model, judged against that
-    fraction's best model on val by the pipeline's rule (sslflow.evaluation.select_best): (result rows like
-    ablation's, pseudo-label quality reports)."""
-    top = ladder_arms(settings["simclr"].method)[-1]
+def students(settings: dict, top: str, trained: dict, data: SimpleNamespace, seed: int) -> tuple[list[dict], list[dict]]:
+    """Up to max_label_fraction, the top rung's student and scratch's (sslflow.training.student.student_starts):
+    (result rows, pseudo-label quality reports)."""
+    config = dataclasses.replace(settings["self_train"], seed=seed)
     results, reports = [], []
     for fraction, candidates in sorted(trained.items()):
-        if fraction > settings["self_train"].max_label_fraction:
+        if fraction > config.max_label_fraction:
             continue
-        teacher, start = select_best(candidates), student_start(candidates, top)
-        arm = f"{teacher.init} {teacher.probe}"
-        data = self_training_data(domain, lambda rows: domain_pixels[rows], fraction, seed, "mnist-5k", max_pool_images=settings["self_train"].max_pool_images)
-        outcome = run_self_training(teacher.model, start.model, data, dataclasses.replace(settings["self_train"], seed=seed))
-        reports.append({"label_fraction": fraction, "seed": seed, "teacher": arm, **outcome.report})
-        record = SimpleNamespace(class_names=data.class_names, init=student_arm_of(top), probe="finetune", label_fraction=fraction, seed=seed, num_labels=len(data.labels),
-                                 val_accuracy=outcome.report["student_val_accuracy"], selectable=bool(outcome.report["student_beats_teacher"]))  # fmt: skip
-        results += _scored(outcome.student, record, eval_sets, {})
-        print(f"seed {seed} student {fraction:5g} (teacher {arm}): mask rate {outcome.report['mask_rate']:.3f}, pseudo-label accuracy {outcome.report['pseudo_label_accuracy']:.4f}, val gain {outcome.report['student_gain']:+.4f}", flush=True)
+        parts = self_training_data(data.domain, lambda rows: data.domain_pixels[rows], fraction, seed, "mnist-5k", max_pool_images=config.max_pool_images)
+        for start, teacher in student_starts(candidates, top):
+            outcome = run_self_training(teacher.model, start.model, parts, config)
+            report = outcome.report
+            reports.append({"label_fraction": fraction, "seed": seed, "start": start.init, "teacher": f"{teacher.init} {teacher.probe}", **report})
+            record = SimpleNamespace(class_names=parts.class_names, init=student_arm(start.init), probe="finetune", seed=seed, num_labels=len(parts.labels),
+                                     num_val_labels=len(parts.val_labels), val_accuracy=report["student_val_accuracy"], val_loss=report["student_val_loss"],
+                                     selectable=bool(report["student_beats_teacher"]), chosen=f"threshold={config.confidence_threshold:g}",
+                                     best_step=int(report["best_step"]), final_train_accuracy=report["final_train_accuracy"], model=outcome.student)  # fmt: skip
+            results += _scored(record, fraction, data)
     return results, reports
 
 
-def self_training_summary(results: list[dict], reports: list[dict], method: str) -> dict:
-    """{"fraction/seed": pseudo-label quality and the student's gain over its teacher on val and on the in-domain test split}."""
-
-    def test_accuracy(arm: str, fraction: float, seed: int) -> float:
-        rows = (r for r in results if f"{r['init']} {r['probe']}" == arm and (r["label_fraction"], r["seed"], r["eval_set"]) == (fraction, seed, "in_domain"))
-        return next((r["accuracy"] for r in rows), math.nan)  # no student: no row
-
-    keys = ("teacher", "coverage", "pseudo_label_accuracy", "ece", "mask_rate", "pseudo_labelled", "teacher_val_accuracy", "student_val_accuracy", "student_gain")
-    return {
-        f"{r['label_fraction']:g}/seed={r['seed']}": {
-            **{k: r[k] for k in keys},
-            "student_test_gain": test_accuracy(f"{student_arm_of(ladder_arms(method)[-1])} finetune", r["label_fraction"], r["seed"]) - test_accuracy(r["teacher"], r["label_fraction"], r["seed"]),
-        }
-        for r in reports
-    }  # fmt: skip
-
-
-def _per_seed(results: list[dict], init: str, probe: str, fraction: float, eval_set: str = "in_domain") -> list[float]:
-    rows = [r for r in results if (r["init"], r["probe"], r["label_fraction"], r["eval_set"]) == (init, probe, fraction, eval_set)]
-    return [r["accuracy"] for r in sorted(rows, key=lambda r: r["seed"])]
-
-
-def compare(results: list[dict], method: str) -> dict:
-    """{comparison: {"ours", "theirs": "mean ± half-width", "verdict"}}: a gain only when the 95% intervals separate.
-    "ssl" is the top rung of ``method``'s ladder (case pairs); each ladder step is compared with the rung below."""
-    top = ladder_arms(method)[-1]
-
-    def drop(init: str) -> list[float]:
-        return [a - b for a, b in zip(_per_seed(results, init, "finetune", 1.0), _per_seed(results, init, "finetune", 1.0, "shift"))]
-
-    pairs = {
-        "ssl_at_1pct_vs_scratch_at_10pct": (_per_seed(results, top, "finetune", 0.01), _per_seed(results, "scratch", "finetune", 0.1), True),
-        "ssl_at_10pct_vs_scratch_at_100pct": (_per_seed(results, top, "finetune", 0.1), _per_seed(results, "scratch", "finetune", 1.0), True),
-        "shift_drop_ssl_vs_scratch_at_100pct": (drop(top), drop("scratch"), False),
-    }
-    for probe in ("linear", "finetune"):
-        for fraction in FRACTIONS:
-            for ours, theirs, _ in ladder_steps(method):  # simclr: domain_simclr_vs_simclr, micle_pairs_vs_domain_simclr
-                name = f"{_step_name(ours, method)}_vs_{_step_name(theirs, method)}"
-                pairs[f"{name}_{probe}_{fraction:g}"] = (_per_seed(results, ours, probe, fraction), _per_seed(results, theirs, probe, fraction), True)
-    comparisons = {}
-    for name, (ours, theirs, higher_is_better) in pairs.items():
-        ours_interval, theirs_interval = t_interval(ours), t_interval(theirs)
-        comparisons[name] = {"ours": str(ours_interval), "theirs": str(theirs_interval), "verdict": verdict(ours_interval, theirs_interval, higher_is_better=higher_is_better)}
-    drops = {init: t_interval(drop(init)).mean for init in (top, "scratch")}
-    comparisons["shift_drop_ssl_vs_scratch_at_100pct"]["target_met"] = drops[top] <= 0.5 * drops["scratch"]  # Q2, on the means
-    return comparisons
-
-
-def _step_name(init: str, method: str) -> str:
-    """A ladder arm in the comparison names of earlier results: "simclr" -> "simclr", "simclr+domain" ->
-    "domain_simclr", "simclr+micle" -> "micle_pairs" (for SimCLR; the method's name for another)."""
-    rung = LADDER[ladder_arms(method).index(init)]
-    return {"generic": method, "domain": f"domain_{method}", "case_pairs": "micle_pairs"}[rung.name]
-
-
-def floor_checks(results: list[dict]) -> dict:
-    """Is the pixels floor monotone in labels (each mean at least the previous interval's low end)? Did every probe converge?"""
-    floor = [t_interval(_per_seed(results, "pixels", "linear", fraction)) for fraction in FRACTIONS]
-    probes = [r for r in results if r["probe"] == "linear" and r["eval_set"] == "in_domain"]
-    return {
-        "pixels_floor_in_domain": [str(interval) for interval in floor],
-        "pixels_floor_monotone": all(later.mean >= earlier.low for earlier, later in zip(floor, floor[1:])),
-        "all_probes_converged": all(r["probe_converged"] for r in probes),
-    }
-
-
-def run_seeds(settings: dict, encoders: dict, domain, domain_pixels, eval_sets: list) -> tuple[list[dict], list[dict]]:
-    """(result rows of every arm and student, pseudo-label reports) over the settings' seeds."""
-    results, reports = [], []
-    for seed in settings.get("seeds", SEEDS):
-        rows, trained = ablation(settings, encoders, domain, domain_pixels, eval_sets, seed)
-        student_rows, seed_reports = student_arm(settings, domain, domain_pixels, trained, eval_sets, seed)
-        results, reports = results + rows + student_rows, reports + seed_reports
-    return results, reports
-
-
-def main() -> None:
-    args = parse_arguments(__doc__, "--cpu-budget", {"--smoke": "tiny settings, one seed: to check that the script works"})
-    mode = "smoke" if args.smoke else "cpu-budget" if args.cpu_budget else "gpu"
-    settings = SETTINGS[mode]
-    started = time.perf_counter()
-
+def load_data(settings: dict) -> SimpleNamespace:
+    """The three datasets as the pipeline ingests them, the evaluation sets (in-domain test and shift) and the case
+    of each in-domain test image."""
     generic, generic_pixels = dataset("fashion-mnist", IngestConfig(max_images=settings["generic_images"]))
     domain, domain_pixels = dataset("mnist-5k", IngestConfig(proxy_cases=True, max_images=settings.get("domain_images", 0)))
     shift, shift_pixels = dataset("optdigits", IngestConfig(all_test=True, max_images=settings.get("shift_images", 0)))
-    pretrained = pretrain_encoders(settings, generic, generic_pixels, domain, domain_pixels)
-
     class_names = labelled_subset(domain, domain_pixels, 1.0, 0, "mnist-5k").class_names
-    eval_sets = evaluation_sets((domain, domain_pixels), (shift, shift_pixels), class_names, names=("mnist-5k", "optdigits"))
-    results, reports = run_seeds(settings, {"pixels": None, "scratch": None, **pretrained}, domain, domain_pixels, eval_sets)
+    sets = evaluation_sets((domain, domain_pixels), (shift, shift_pixels), class_names, names=("mnist-5k", "optdigits"))
+    return SimpleNamespace(generic=generic, generic_pixels=generic_pixels, domain=domain, domain_pixels=domain_pixels,
+                           eval_sets=[s for s in sets if s[1] in ("in_domain", "shift")], cases=in_domain_test_cases((domain, domain_pixels)))  # fmt: skip
 
-    comparisons, floor = compare(results, settings["simclr"].method), floor_checks(results)
-    for name, comparison in comparisons.items():
-        print(f"{name}: {comparison['ours']} vs {comparison['theirs']} -> {comparison['verdict']}")
-    print(json.dumps(floor))
-    label_efficiency = label_efficiency_comparisons(pd.DataFrame(results))
-    print("\n".join(comparison_lines(label_efficiency)))
+
+def summary(results: list[dict]) -> dict:
+    """The curves, the headlines against their targets, the paired comparisons, and how many fits stopped at the end
+    of their budget."""
+    table = pd.DataFrame(results)
+    fitted = table[(table["eval_set"] == "in_domain") & (table["probe"] == "finetune") & ~table["init"].str.endswith("+student")]
+    return {
+        "curves": savings_curves(table), "labels_saved": headlines(table, TARGETS), "comparisons": label_efficiency_comparisons(table),
+        "fine_tunes_best_at_budget_end": f"{int(fitted['best_at_budget_end'].sum())} of {len(fitted)}",
+    }  # fmt: skip
+
+
+def main() -> None:
+    args = parse_arguments(__doc__, "--cpu-budget", {"--smoke": "tiny settings: to check that the script works"})
+    mode = "smoke" if args.smoke else "cpu-budget" if args.cpu_budget else "gpu"
+    settings, started = SETTINGS[mode], time.perf_counter()
+    data = load_data(settings)
+    results, reports, top = [], [], arm(settings["simclr"].method, LADDER[-1].name)
     settings_record = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in settings.items()}
-    path = write_result("quality" + ("" if mode == "gpu" else f"-{mode}"), {
-        "settings": settings_record, "case_ids": "PROXY (pixel-neighbour pairs; MNIST has no patients)",
-        "seeds": list(settings.get("seeds", SEEDS)), "comparisons": comparisons, "floor": floor, "label_efficiency": label_efficiency,
-        "self_training": self_training_summary(results, reports, settings["simclr"].method), "pseudo_label_reports": reports, "results": results,
-        "wall_seconds": time.perf_counter() - started,
-    }, args.out)  # fmt: skip
-    print(f"saved {path}")
+    for seed in settings.get("seeds", SEEDS):
+        encoders = pretrain_encoders(settings, data, seed)
+        rows, trained = ablation(settings, encoders, data, seed)
+        student_rows, seed_reports = students(settings, top, trained, data, seed)
+        results, reports = results + rows + student_rows, reports + seed_reports
+        found = summary(results)
+        name = "quality" + ("" if mode == "gpu" else f"-{mode}")
+        path = write_result(name, {
+            "settings": settings_record, "case_ids": "PROXY (pixel-neighbour pairs; MNIST has no patients)", "targets": TARGETS,
+            "seeds_done": sorted({row["seed"] for row in results}), **found, "pseudo_label_reports": reports, "results": results,
+            "wall_seconds": time.perf_counter() - started,
+        }, args.out)  # fmt: skip
+        seeds_done = sorted({row["seed"] for row in results})
+        path.with_suffix(".png").write_bytes(savings_curve_figure(found["curves"], f"MNIST-5k test accuracy against labels used ({len(seeds_done)} seeds)"))
+        print(json.dumps({"seeds_done": seeds_done, "labels_saved": found["labels_saved"]}, indent=1), flush=True)
+        print("\n".join(comparison_lines(found["comparisons"])), flush=True)
+        print(f"saved {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The README's results section, generated from committed result files (no number in it is typed by hand).
 
-Reads the newest ``benchmarks/results/make_run_summary-*.txt`` (what a cold ``make run`` printed, written by
-benchmarks/make_run_summary.py) and the newest ``multirank-cpu-*.json`` (benchmarks/multirank.py), and writes
-the block between the ``results:begin`` and ``results:end`` markers of README.md.
+Reads the newest ``benchmarks/results/quality-cpu-budget-*.json`` that holds a label-savings curve (the product's
+answer, several seeds: benchmarks/quality.py), the newest ``make_run_summary-*.txt`` (what a cold ``make run``
+printed, one seed: benchmarks/make_run_summary.py) and the newest ``multirank-cpu-*.json`` (benchmarks/multirank.py),
+and writes the block between the ``results:begin`` and ``results:end`` markers of README.md.
 
     python benchmarks/readme_tables.py           # rewrite the block
     python benchmarks/readme_tables.py --check   # exit 1 when README.md differs (tests/test_readme.py runs it)
@@ -34,7 +35,7 @@ def make_run_block(path: Path) -> list[str]:
     lines = path.read_text().splitlines()
     header = {key: value for key, value in (line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)}
     table = [line for line in lines if line.startswith("|")]
-    start = next(i for i, line in enumerate(lines) if line.startswith("Labels saved"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("This run's verdicts"))
     saving = lines[start : lines.index("", start)]
     return [
         f"`make run`, one seed, cold, on a {header['machine'].replace(', cpu', ', no GPU')} (`{path.relative_to(RESULTS.parent.parent)}`, commit "
@@ -44,6 +45,40 @@ def make_run_block(path: Path) -> list[str]:
         "",
         *[f"- {line}" if i else f"{line}" for i, line in enumerate(saving)],
     ]
+
+
+def quality_block(path: Path) -> list[str]:
+    """The headline (labels saved against each baseline, with its interval and verdict), the curves as a table, and
+    the chart beside the result file."""
+    record = json.loads(path.read_text())
+    machine, seeds = record["machine"], record["seeds_done"]
+    where = path.relative_to(RESULTS.parent.parent)
+    lines = [f"How many labels self-supervision saves: `benchmarks/quality.py --cpu-budget`, {len(seeds)} seeds {seeds} (each pretrains,"
+             f" fine-tunes and self-trains anew), on {machine['cpu_model']} ({machine['torch_cpu_capability']} kernels), commit {machine['commit']}"
+             f"{' (dirty)' if machine['dirty'] else ''} (`{where}`). Labels used = training + validation folds of the budget; every arm chosen on"
+             " validation; intervals: 95%, bootstrap over test cases (PROXY cases: MNIST has no patients) and seeds.", ""]  # fmt: skip
+    for baseline, found in record["labels_saved"].items():
+        lines.append(f"- labels saved against {baseline}: {found['labels_saved']}; target >= {found['target']:g}x: {found['verdict']}")
+    curves = record["curves"]
+    fractions = sorted({f for curve in curves.values() for f in curve["fractions"]})
+    lines += ["", "| fraction | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+    for fraction in fractions:
+        cells = []
+        for curve in curves.values():
+            if fraction in curve["fractions"]:
+                i = curve["fractions"].index(fraction)
+                cells.append(f"{curve['accuracy'][i]:.4f} [{curve['low'][i]:.4f}, {curve['high'][i]:.4f}] ({curve['labels'][i]} labels, {curve['arms'][i]})")
+            else:
+                cells.append("-")
+        lines.append(f"| {fraction:g} | " + " | ".join(cells) + " |")
+    return lines + ["", f"![label-savings curve]({where.with_suffix('.png').as_posix()})"]
+
+
+def newest_quality() -> Path | None:
+    """The newest quality-cpu-budget result that holds a label-savings curve, or None."""
+    files = sorted(RESULTS.glob("quality-cpu-budget-*.json"), key=lambda path: re.findall(r"\d{8}(?:T\d{4})?", path.name)[-1])
+    with_curve = [path for path in files if "labels_saved" in json.loads(path.read_text())]
+    return with_curve[-1] if with_curve else None
 
 
 def multirank_block(path: Path) -> list[str]:
@@ -62,7 +97,9 @@ def multirank_block(path: Path) -> list[str]:
 
 
 def block() -> str:
-    lines = [*make_run_block(newest("make_run_summary-*.txt")), "", *multirank_block(newest("multirank-cpu-*.json"))]
+    quality = newest_quality()
+    lines = [*(quality_block(quality) + [""] if quality else []), *make_run_block(newest("make_run_summary-*.txt")), "",
+             *multirank_block(newest("multirank-cpu-*.json"))]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -73,25 +73,28 @@ class EpochTotals:
 
 
 class BestOnValidation:
-    """Early stopping on validation accuracy, keeping the best weights (the rule every fine-tuned arm and the
-    self-training student train under, so that each stops where its own validation accuracy peaks).
+    """Early stopping on validation, keeping the best weights (the rule every fine-tuned arm and the self-training
+    student train under, so that each stops where its own validation score peaks).
 
-    ``update(step, accuracy, model)`` after each evaluation: a strictly higher accuracy than every earlier one
-    makes ``model``'s weights (a copy of its state_dict) the best; ``patience`` evaluations in a row without one
-    return True (stop; patience 0: never). ``restore(model)`` loads the best weights back. The record:
-    best_step, best_val_accuracy, evaluations.
+    ``update(step, accuracy, model, loss)`` after each evaluation: a better score than every earlier one makes
+    ``model``'s weights (a copy of its state_dict) the best. The score is the accuracy, ties broken by the lower
+    validation cross-entropy: a validation fold of a few labels (ten at 1% of MNIST's) ties often, and the loss still
+    tells a model that is surer of its right answers. ``patience`` evaluations in a row without a better score return
+    True (stop; patience 0: never). ``restore(model)`` loads the best weights back. The record: best_step,
+    best_val_accuracy, best_val_loss, evaluations.
     """
 
     def __init__(self, patience: int) -> None:
         if patience < 0:
             raise ValueError(f"patience must be >= 0 evaluations, got {patience}")
-        self.patience, self.best_step, self.best_accuracy, self.evaluations, self._stale = patience, 0, -math.inf, 0, 0
+        self.patience, self.best_step, self.evaluations, self._stale = patience, 0, 0, 0
+        self.best_accuracy, self.best_loss = -math.inf, math.inf
         self._state: dict[str, torch.Tensor] | None = None
 
-    def update(self, step: int, accuracy: float, model: torch.nn.Module) -> bool:
+    def update(self, step: int, accuracy: float, model: torch.nn.Module, loss: float = math.inf) -> bool:
         self.evaluations += 1
-        if accuracy > self.best_accuracy:
-            self.best_step, self.best_accuracy, self._stale = step, accuracy, 0
+        if (accuracy, -loss) > (self.best_accuracy, -self.best_loss):
+            self.best_step, self.best_accuracy, self.best_loss, self._stale = step, accuracy, loss, 0
             self._state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
             return False
         self._stale += 1
@@ -102,4 +105,4 @@ class BestOnValidation:
             model.load_state_dict(self._state)
 
     def record(self) -> dict:
-        return {"best_step": self.best_step, "best_val_accuracy": self.best_accuracy, "evaluations": self.evaluations}
+        return {"best_step": self.best_step, "best_val_accuracy": self.best_accuracy, "best_val_loss": self.best_loss, "evaluations": self.evaluations}

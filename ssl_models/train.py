@@ -15,6 +15,7 @@ in ``ssl_models.loop``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from ssl_models.distributed import ProcessInfo, from_every_rank, from_rank_zero,
 from ssl_models.heads import Classifier
 from ssl_models.loop import BestOnValidation, EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
 from ssl_models.methods import METHODS, SSLMethod, build_method
-from ssl_models.optim import build_optimizer
+from ssl_models.optim import build_optimizer, warmup_constant
 from ssl_models.probe import DEFAULT_INVERSE_L2, fit_linear_probe
 
 log = logging.getLogger(__name__)
@@ -76,42 +77,43 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Supervised fine-tuning of encoder + linear classifier.
+    """Supervised fine-tuning of encoder + linear classifier, with the same small search for every initialisation.
 
     linear_probe: freeze the encoder and fit only the linear layer on standardised features of the
     un-augmented images, a converged multinomial logistic regression whose inverse L2 strength is
     chosen from ``probe_inverse_l2`` on the validation images (ssl_models/probe.py).
 
-    head_warmup_steps: first train the new linear layer alone on frozen features, then everything
-    (LP-FT, Kumar et al., 2022, arXiv 2202.10054): a random head's large early gradients would
-    otherwise distort pretrained features. Applied identically to every initialisation.
+    learning_rates x weight_decays: the search. Full fine-tuning trains once per pair (same seed: same head, batch
+    order and augmentations) and keeps the pair whose best validation score (accuracy, then cross-entropy) is
+    highest. Every arm, scratch and each pretrained encoder, gets the same grid on its own validation fold.
 
-    min_steps: the step budget is ``epochs`` epochs of the labelled images, raised (and the log says so) to at
-    least this many optimiser steps, for label fractions so small that 10 epochs are a handful of steps; 0 (the
-    default): ``epochs`` is exactly the budget. It depends only on the number of labels, so every arm at a label
-    fraction (scratch and each pretrained encoder) has the same budget. The pipeline's default sets 200
-    (workflows/pipeline.py); a ``--finetune`` given on the command line replaces the whole config.
+    epochs, min_steps: the step budget is ``epochs`` epochs of the labelled images, raised (and the log says so) to
+    at least ``min_steps`` optimiser steps, for label fractions so small that an epoch is one step. It depends only
+    on the number of labels, so every arm at a label fraction has the same budget. The learning rate warms up over
+    the first tenth of the budget (at most one epoch) and then stays constant, so that the run stops where
+    validation stops improving (``patience``), not where a decay ends; a run whose best step is the last
+    evaluation of its budget says so (``best_at_budget_end``: the budget was too short for it).
 
-    eval_every: with validation images (the pipeline always passes them) the validation accuracy is measured every
-    this many steps of the budget and at its last: early stopping, the same rule for every arm.
+    eval_every, patience: the validation score every this many steps and at the last; this many evaluations in a
+    row without a better one stop the run, and the weights of the best evaluation are returned (0: train the whole
+    budget, still return the best).
 
-    patience: this many evaluations in a row without a better validation accuracy stop the run, and the weights
-    of the best evaluation are the ones returned (0: train the whole budget, still return the best). An arm is
-    then neither cut short by a budget sized for another nor judged on weights past its peak.
+    head_warmup_steps: first train the new linear layer alone on frozen features, then everything (LP-FT, Kumar et
+    al., 2022, arXiv 2202.10054), for every initialisation alike; 0 (the default): no warm-up for any arm.
 
     seed: the label subset, head initialisation, batch order and augmentations (the pipeline sets it
     to each of its ``seeds`` in turn).
     """
 
     epochs: int = 10
-    head_warmup_steps: int = 200
     min_steps: int = 0
     eval_every: int = 20
     patience: int = 3
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rates: list[float] = field(default_factory=lambda: [1e-3])
+    weight_decays: list[float] = field(default_factory=lambda: [1e-4])
+    head_warmup_steps: int = 0
     probe_inverse_l2: list[float] = field(default_factory=lambda: list(DEFAULT_INVERSE_L2))
-    weight_decay: float = 1e-4
     linear_probe: bool = False
     seed: int = 0
     augment: AugmentConfig = field(default_factory=lambda: FINETUNE_AUGMENT)
@@ -119,6 +121,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.eval_every < 1 or self.patience < 0:
             raise ValueError(f"FinetuneConfig needs eval_every >= 1 step and patience >= 0 evaluations, got {self.eval_every} and {self.patience}")
+        if not self.learning_rates or not self.weight_decays:
+            raise ValueError("FinetuneConfig's search needs at least one learning rate and one weight decay (learning_rates, weight_decays)")
 
 
 PairSource = InMemoryPairs | StreamingPairs
@@ -311,39 +315,61 @@ def finetune(
         images: (N, C, H, W) uint8 labelled training images.
         labels: (N,) int class indices in [0, num_classes).
         validation: (images (M, C, H, W) uint8, labels (M,)); the linear probe chooses its L2 strength on it,
-            full fine-tuning stops early on it and returns its best weights (FinetuneConfig: eval_every, patience).
+            full fine-tuning chooses among its search (learning_rates x weight_decays), stops early on it and returns
+            its best weights (FinetuneConfig).
 
     Returns:
         The trained Classifier (on the host, eval mode) and its records (_train_within_budget): one per
-        ``eval_every`` steps with step, loss, accuracy (and val_accuracy), the last with the stopping step and
-        the best val accuracy (the linear probe: one dict, also converged, iterations, inverse_l2).
+        ``eval_every`` steps with step, loss, accuracy (and val_accuracy, val_loss), the last with the stopping step,
+        the best val accuracy, the chosen learning_rate and weight_decay, final_train_accuracy (the returned model on
+        its un-augmented training images) and ``search`` (each pair's best_val_accuracy, best_val_loss, best_step);
+        the linear probe: one dict, also converged, iterations, inverse_l2.
     """
     if len(labels) != images.shape[0] or len(labels) == 0:
         raise ValueError(f"need one label per image and at least one image; got {len(labels)} labels, {images.shape[0]} images")
-    device = pick_device()
-    torch.manual_seed(config.seed)
-    model = Classifier(encoder, num_classes).to(device)
     if config.linear_probe:
         if validation is None:
             raise ValueError("the linear probe chooses its regularisation on validation data: pass validation=(images, labels)")
-        return _linear_probe(model, images, labels, validation, config)
+        torch.manual_seed(config.seed)
+        return _linear_probe(Classifier(encoder, num_classes).to(pick_device()), images, labels, validation, config)
+    grid = [(rate, decay) for rate in config.learning_rates for decay in config.weight_decays]
+    if validation is None and len(grid) > 1:
+        raise ValueError(f"the fine-tuning search ({len(grid)} settings) chooses on validation data: pass validation=(images, labels)")
+    runs = [_finetune_one_setting(encoder, images, labels, num_classes, config, rate, decay, validation) for rate, decay in grid]
+    model, history = max(runs, key=lambda run: (run[1][-1].get("best_val_accuracy", 0.0), -run[1][-1].get("best_val_loss", 0.0)))
+    search = [{key: run[1][-1][key] for key in ("learning_rate", "weight_decay", "best_val_accuracy", "best_val_loss", "best_step") if key in run[1][-1]} for run in runs]
+    history[-1]["search"] = search
+    if len(grid) > 1:
+        log.info("finetune: chose learning_rate %g, weight_decay %g on validation among %d settings", history[-1]["learning_rate"], history[-1]["weight_decay"], len(grid))
+    model.eval()
+    return model.cpu(), history
+
+
+def _finetune_one_setting(encoder, images, labels, num_classes, config: FinetuneConfig, learning_rate: float, weight_decay: float, validation):
+    """One point of the search: a copy of ``encoder`` with a new head, trained within the budget at these settings,
+    from the same seed as every other point. (model on its device, records)."""
+    device = pick_device()
+    torch.manual_seed(config.seed)
+    model = Classifier(copy.deepcopy(encoder), num_classes).to(device)
     steps = steps_per_epoch(len(labels), config.batch_size)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     stored = place_images(images, device)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
     if config.head_warmup_steps:
-        _train_head_only(model, stored, targets, config, generator, rng, device)
-    run = _FinetuneRun(model, stored, targets, generator, rng, device, validation)
+        _train_head_only(model, stored, targets, config, learning_rate, generator, rng, device)
+    run = _FinetuneRun(model, stored, targets, generator, rng, device, validation, learning_rate, weight_decay)
     history = _train_within_budget(run, config, steps, _epochs(config, steps))
-    model.eval()
-    return model.cpu(), history
+    history[-1].update(learning_rate=learning_rate, weight_decay=weight_decay)
+    history[-1]["final_train_accuracy"] = validation_scores(model, images, labels, config.augment)[0]
+    return model, history
 
 
 @dataclass
 class _FinetuneRun:
     """What the full fine-tuning phase works on: the model, the labelled images (N, C, H, W) uint8 and their class
-    indices (N,) on ``device``, the augmentation generator, the batch-order rng and the (images, labels) validation set."""
+    indices (N,) on ``device``, the augmentation generator, the batch-order rng, the (images, labels) validation set
+    and the search point's learning rate and weight decay."""
 
     model: Classifier
     stored: torch.Tensor
@@ -352,20 +378,24 @@ class _FinetuneRun:
     rng: np.random.Generator
     device: torch.device
     validation: tuple[torch.Tensor, np.ndarray] | None
+    learning_rate: float
+    weight_decay: float
 
 
 def _train_within_budget(run: _FinetuneRun, config: FinetuneConfig, steps: int, epochs: int) -> list[dict]:
-    """The budget, ``epochs`` x ``steps`` AdamW steps on encoder + linear layer (warm-up + cosine), with the validation
-    accuracy every ``config.eval_every`` steps and at the last; ``config.patience`` evaluations without a new best stop
-    the run and the best weights are restored (ssl_models.loop.BestOnValidation). Without validation: the whole budget.
+    """The budget, ``epochs`` x ``steps`` AdamW steps on encoder + linear layer (warm-up, then constant), with the
+    validation score every ``config.eval_every`` steps and at the last; ``config.patience`` evaluations without a better
+    one stop the run and the best weights are restored (ssl_models.loop.BestOnValidation). Without validation: the
+    whole budget.
 
     Returns one record per ``eval_every`` steps (and the last): epoch, step, loss and accuracy of the training batches
-    since the previous record, val_accuracy (with validation); the last also has budget_steps, stopped_step, and with
-    validation best_step, best_val_accuracy, evaluations, early_stopped.
+    since the previous record, val_accuracy and val_loss (with validation); the last also has budget_steps,
+    stopped_step, and with validation best_step, best_val_accuracy, best_val_loss, evaluations, early_stopped and
+    best_at_budget_end.
     """
     model, budget = run.model, steps * epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = epoch_schedule(optimizer, steps, epochs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.learning_rate, weight_decay=run.weight_decay)
+    schedule = warmup_constant(optimizer, min(steps, max(1, budget // 10)))
     stopping, history, step, stop = BestOnValidation(config.patience), [], 0, False
     totals = EpochTotals()
     for epoch in range(epochs):
@@ -385,8 +415,8 @@ def _train_within_budget(run: _FinetuneRun, config: FinetuneConfig, steps: int, 
                 history.append({"epoch": epoch, "step": step, "loss": totals.mean_loss, "accuracy": totals.accuracy})
                 totals = EpochTotals()
                 if run.validation is not None:
-                    history[-1]["val_accuracy"] = validation_accuracy(model, *run.validation, config.augment)
-                    stop = stopping.update(step, history[-1]["val_accuracy"], model)
+                    history[-1]["val_accuracy"], history[-1]["val_loss"] = validation_scores(model, *run.validation, config.augment)
+                    stop = stopping.update(step, history[-1]["val_accuracy"], model, history[-1]["val_loss"])
                     model.train()
                 if stop:
                     break
@@ -400,17 +430,26 @@ def _close_budget(run: _FinetuneRun, history: list[dict], stopping: BestOnValida
     history[-1].update(budget_steps=budget, stopped_step=step)
     if run.validation is not None:
         stopping.restore(run.model)
-        history[-1].update(stopping.record(), early_stopped=step < budget)
-        log.info("finetune: best val accuracy %.4f at step %d of %d (stopped at step %d)", stopping.best_accuracy, stopping.best_step, budget, step)
+        at_end = stopping.best_step == budget
+        history[-1].update(stopping.record(), early_stopped=step < budget, best_at_budget_end=at_end)
+        log.info("finetune (lr %g, wd %g): best val accuracy %.4f at step %d of %d (stopped at step %d)%s", run.learning_rate, run.weight_decay,
+                 stopping.best_accuracy, stopping.best_step, budget, step, ": still improving at the end of its budget" if at_end else "")  # fmt: skip
     else:
         log.info("finetune: %d steps, train loss %.4f accuracy %.3f (no validation: no early stopping)", step, history[-1]["loss"], history[-1]["accuracy"])
     return history
 
 
+def validation_scores(model: nn.Module, images: torch.Tensor, labels: np.ndarray, view: AugmentConfig) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` (left in eval mode) on un-augmented images (M, C, H, W) uint8 with
+    class indices (M,)."""
+    logits = apply_in_batches(model, images, view).float()
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=logits.device)
+    return float((logits.argmax(1) == targets).float().mean()), float(F.cross_entropy(logits, targets))
+
+
 def validation_accuracy(model: nn.Module, images: torch.Tensor, labels: np.ndarray, view: AugmentConfig) -> float:
     """Accuracy of ``model`` (left in eval mode) on un-augmented images (M, C, H, W) uint8 with class indices (M,)."""
-    predicted = apply_in_batches(model, images, view).argmax(1).cpu().numpy()
-    return float((predicted == np.asarray(labels)).mean())
+    return validation_scores(model, images, labels, view)[0]
 
 
 def _epochs(config: FinetuneConfig, steps: int) -> int:
@@ -437,18 +476,18 @@ def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, v
         model.linear.weight.copy_(fit.weight)
         model.linear.bias.copy_(fit.bias)
     record = {"epoch": 0, "loss": fit.train_loss, "accuracy": fit.train_accuracy, "converged": fit.converged, "iterations": fit.iterations,
-              "stop_reason": fit.stop_reason, "inverse_l2": fit.inverse_l2}  # fmt: skip
+              "stop_reason": fit.stop_reason, "inverse_l2": fit.inverse_l2, "final_train_accuracy": fit.train_accuracy}  # fmt: skip
     log.info("linear probe: C=%g chosen on validation, %s (%s) after %d L-BFGS iterations, train loss %.4f accuracy %.3f",
              fit.inverse_l2, "converged" if fit.converged else "NOT converged", fit.stop_reason, fit.iterations, fit.train_loss, fit.train_accuracy)  # fmt: skip
     model.eval()
     return model.cpu(), [record]
 
 
-def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig, generator, rng, device) -> None:
-    """LP phase of LP-FT: ``config.head_warmup_steps`` AdamW steps (at 10 x ``config.learning_rate``) on the linear
+def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig, learning_rate: float, generator, rng, device) -> None:
+    """LP phase of LP-FT: ``config.head_warmup_steps`` AdamW steps (at 10 x ``learning_rate``) on the linear
     layer, encoder frozen in eval mode, on batches of ``config.batch_size`` labelled images in ``config.augment``'s view.
     stored (N, C, H, W) uint8 and targets (N,) int64 on ``device``."""
-    optimizer = torch.optim.AdamW(model.linear.parameters(), lr=10 * config.learning_rate)
+    optimizer = torch.optim.AdamW(model.linear.parameters(), lr=10 * learning_rate)
     model.encoder.eval()
     for _ in range(config.head_warmup_steps):
         batch = rng.choice(len(targets), size=min(config.batch_size, len(targets)), replace=False)

@@ -24,12 +24,19 @@ from ssl_models.metrics import classification_metrics, per_class_accuracy
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
 from sslflow.training.labelled_subset import labelled_subset
+from sslflow.training.selection import select_best  # noqa: F401  (the selection rule, re-exported beside evaluation)
 
 METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
 # The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
 # the in-domain test split of at most this many images (all of it when smaller).
 CORRUPTION_IMAGES = 256
-RESULT_COLUMNS = ["init", "probe", "label_fraction", "seed", "num_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy", "selectable", "correct"]
+# num_labels + val_labels: the labels a model used (its budget's training and validation folds); chosen, best_step and
+# final_train_accuracy: what its search chose on validation and where it stopped; correct and cases (in-domain test rows
+# only): which images it got right and the case of each, for intervals that resample cases (sslflow/reporting/).
+RESULT_COLUMNS = [
+    "init", "probe", "label_fraction", "seed", "num_labels", "val_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy", "val_loss",
+    "selectable", "chosen", "best_step", "final_train_accuracy", "correct", "cases",
+]  # fmt: skip
 
 EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
 DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8 of its rows): tasks.shared.read_rows
@@ -44,8 +51,13 @@ class EvaluatedModel(Protocol):
     label_fraction: float
     seed: int
     num_labels: int
+    num_val_labels: int
     val_accuracy: float
+    val_loss: float
     selectable: bool  # False: a student that did not beat its teacher on validation (never chosen)
+    chosen: str
+    best_step: int
+    final_train_accuracy: float
 
 
 def pack_correct(correct: np.ndarray) -> str:
@@ -59,13 +71,27 @@ def unpack_correct(packed: str) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(bits), dtype=np.uint8), count=int(count)).astype(bool)
 
 
-def select_best(models: Sequence[EvaluatedModel]) -> EvaluatedModel:
-    """The selectable model with the best validation accuracy; ties go to a pretrained init, then to more labels.
-    The one selection rule: the registered model, the self-training teacher, quality.py's teachers."""
-    candidates = [model for model in models if model.selectable]
-    if not candidates:
-        raise ValueError(f"none of the {len(models)} models is selectable")
-    return max(candidates, key=lambda model: (model.val_accuracy, model.init != "scratch", model.label_fraction))
+def pack_cases(case_ids: np.ndarray) -> str:
+    """The case of each of N images, (N,) ids of any type, as text: "N:" and each image's case number (cases numbered
+    in order of first appearance), comma-separated; unpack_cases reverses it up to the numbering."""
+    codes, _ = pd.factorize(pd.Series(case_ids).astype(str), sort=False)
+    return f"{len(codes)}:" + ",".join(map(str, codes))
+
+
+def unpack_cases(packed: str) -> np.ndarray:
+    """(N,) int case numbers from pack_cases's text."""
+    count, codes = packed.split(":", 1)
+    cases = np.array([int(code) for code in codes.split(",")] if codes else [], dtype=np.int64)
+    if len(cases) != int(count):
+        raise ValueError(f"packed cases say {count} images but hold {len(cases)}")
+    return cases
+
+
+def in_domain_test_cases(in_domain: DatasetTable) -> np.ndarray:
+    """(N,) the case id of each labelled in-domain test image, in the order of evaluation_sets' "in_domain" set."""
+    manifest = in_domain[0]
+    rows = ((manifest["split"] == "test") & manifest["label"].notna()).to_numpy()
+    return manifest.loc[rows, "case_id"].astype(str).to_numpy()
 
 
 def _labelled_test_split(dataset: DatasetTable, name: str, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,16 +117,21 @@ def evaluation_sets(in_domain: DatasetTable, shift: DatasetTable, class_names: S
     return sets
 
 
-def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list[EvaluationSet]) -> tuple[list[dict], dict]:
-    """(result rows, {"init/probe@fraction/eval_set": {class name: accuracy}} for in-domain and shift)."""
+def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list[EvaluationSet], cases: np.ndarray | None = None) -> tuple[list[dict], dict]:
+    """(result rows, {"init/probe@fraction/eval_set": {class name: accuracy}} for in-domain and shift). cases: (N,) the
+    case of each in-domain test image (test_cases), packed into the in-domain row."""
     rows, per_class = [], {}
+    packed_cases = None if cases is None else pack_cases(cases)
     for eval_set, kind, images, labels in sets:
         probabilities = predict_probabilities(classifier, torch.from_numpy(images), FINETUNE_AUGMENT)
         metrics = classification_metrics(probabilities, labels)
         rows.append(
             {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "seed": model.seed, "num_labels": model.num_labels,
-             "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics, "val_accuracy": model.val_accuracy, "selectable": model.selectable,
-             "correct": pack_correct(probabilities.argmax(1) == labels) if kind == "in_domain" else None}
+             "val_labels": model.num_val_labels, "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics,
+             "val_accuracy": model.val_accuracy, "val_loss": model.val_loss, "selectable": model.selectable, "chosen": model.chosen,
+             "best_step": model.best_step, "final_train_accuracy": model.final_train_accuracy,
+             "correct": pack_correct(probabilities.argmax(1) == labels) if kind == "in_domain" else None,
+             "cases": packed_cases if kind == "in_domain" else None}
         )  # fmt: skip
         if kind in ("in_domain", "shift"):
             key = f"{model.init}/{model.probe}@{model.label_fraction:g}/seed={model.seed}/{eval_set}"

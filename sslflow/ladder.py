@@ -6,7 +6,8 @@ images, then continued on the domain images (views of one image), or continued o
 case pairs (two images of one case as the two views). Each rung's arm is the method's name and the rung's
 suffix: for SimCLR "simclr", "simclr+domain", "simclr+micle"; for MoCo v2 "moco", "moco+domain",
 "moco+micle". Beside them the floors (a linear probe on pixels, a network trained from scratch) and the
-self-trained student of the top rung ("simclr+micle+student").
+self-trained student of the top rung ("simclr+micle+student") and its control, the student of the model fine-tuned
+from scratch ("scratch+student").
 """
 
 from __future__ import annotations
@@ -72,15 +73,21 @@ def ladder_steps(method: str) -> list[tuple[str, str, str]]:
 
 
 def arm_order(init: str) -> tuple:
-    """Sort key of an arm: floors, then each method's rungs bottom up (methods in METHODS order), its student
-    last; unknown arms at the end."""
-    if init in FLOORS:
-        return (0, FLOORS.index(init))
+    """Sort key of an arm: floors (scratch's student after scratch), then each method's rungs bottom up (methods in
+    METHODS order), its student last; unknown arms at the end."""
     base, student = (init[: -len(STUDENT_SUFFIX)], 1) if init.endswith(STUDENT_SUFFIX) else (init, 0)
+    if base in FLOORS:
+        return (0, FLOORS.index(base), student)
     for method_index, method in enumerate(METHODS):
         if base in ladder_arms(method):
             return (1 + method_index, ladder_arms(method).index(base), student)
     return (99, init)
+
+
+def is_self_supervised(init: str) -> bool:
+    """Whether an arm's weights come from self-supervised pretraining (a ladder arm or its student), not from a floor or
+    a floor's student ("scratch+student")."""
+    return method_of(init) is not None
 
 
 def method_of(init: str) -> str | None:

@@ -25,12 +25,16 @@ from ssl_models.corruptions import CORRUPTIONS
 from ssl_models.evaluate import extract_features
 from sslflow.data.manifest import labelled_rows
 from sslflow.ladder import arm_order, method_of
-from sslflow.evaluation import KNN_COLUMNS, RESULT_COLUMNS, EvaluationSet, accuracy_metric_key, evaluate_classifier, evaluation_sets, knn_probe_row
+from sslflow.evaluation import (
+    KNN_COLUMNS, RESULT_COLUMNS, EvaluationSet, accuracy_metric_key, evaluate_classifier, evaluation_sets, in_domain_test_cases, knn_probe_row,
+)  # fmt: skip
 from sslflow.reporting.charts import EMBEDDING_MIN_POINTS, embedding_figure, report_figures
+from sslflow.reporting.curves import savings_figure
 from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier
+from sslflow.training.progress import show_progress
 from tasks.shared import Dataset, FinetunedModel, labelled_in, pipeline_cache, read_rows
 from tasks.shared import outages_are_recoverable
 
@@ -56,6 +60,7 @@ def _embedding(models: list[FinetunedModel], in_domain_test: tuple[pd.DataFrame,
         log.warning("evaluate: no embedding picture: %d labelled in-domain test images, fewer than %d", len(labels), EMBEDDING_MIN_POINTS)
         return {}
     features = extract_features(classifier.encoder, torch.from_numpy(images), FINETUNE_AUGMENT).numpy()
+    log.info("evaluate: the UMAP picture of the %s encoder's features of %d test images", model.init, len(labels))
     return {"embedding": embedding_figure(features, labels, sites, f"{model.init} encoder features, in-domain test split (UMAP)")}
 
 
@@ -71,6 +76,7 @@ def _knn_probes(models: list[FinetunedModel], in_domain: Dataset, sets: list[Eva
         return pd.DataFrame(columns=KNN_COLUMNS)
     test = next((images, labels) for name, _, images, labels in sets if name == "in_domain")
     rows = []
+    log.info("evaluate: the kNN probe of %d frozen encoders", len(frozen))
     for model in frozen:
         classifier = load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))
         rows.append(knn_probe_row(classifier.encoder, model, train, test, name=in_domain.name))
@@ -83,7 +89,7 @@ def _knn_probes(models: list[FinetunedModel], in_domain: Dataset, sets: list[Eva
 
 def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, bytes]) -> None:
     """The Deck and the MLflow artifacts (charts/, results.csv, results.md, per_class_accuracy.json) and metrics."""
-    figures = {**report_figures(results), **embedding}
+    figures = {**report_figures(results), **savings_figure(results), **embedding}
     Deck("evaluation", evaluation_html(results, figures))
     with tempfile.TemporaryDirectory() as folder:
         for name, png in figures.items():
@@ -97,17 +103,22 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
         mlflow.log_metric(accuracy_metric_key(row), row.accuracy)
 
 
-@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True, retries=2)
+@task(cache=pipeline_cache("9"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True, retries=2)
 @outages_are_recoverable
 def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, parent_run_id: str) -> pd.DataFrame:
     """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS."""
     rows, per_class = [], {}
+    show_progress()
     with stage_run(parent_run_id, "evaluate", {"in_domain": in_domain.name, "shift": shift.name, "corruptions": list(CORRUPTIONS)}):
         tables = tuple(_labelled_test_rows(data) for data in (in_domain, shift))
         sets = evaluation_sets(*tables, models[0].class_names, names=(in_domain.name, shift.name))
-        for model in models:
+        cases = in_domain_test_cases(tables[0])
+        log.info("evaluate: %d models on %d sets (%d images)", len(models), len(sets), sum(len(labels) for *_, labels in sets))
+        for number, model in enumerate(models, 1):
             classifier = load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))
-            model_rows, model_per_class = evaluate_classifier(classifier, model, sets)
+            model_rows, model_per_class = evaluate_classifier(classifier, model, sets, cases)
+            log.info("evaluate: model %d/%d %s %s@%g seed %d: in-domain accuracy %.4f", number, len(models), model.init, model.probe,
+                     model.label_fraction, model.seed, model_rows[0]["accuracy"])  # fmt: skip
             rows += model_rows
             per_class.update(model_per_class)
         results = pd.DataFrame(rows, columns=RESULT_COLUMNS)

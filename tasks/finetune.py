@@ -14,9 +14,9 @@ from flytekit import HashMethod, Resources, current_context, dynamic, task
 from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
-from ssl_models.evaluate import accuracy, predict_probabilities
-from ssl_models.train import FinetuneConfig, finetune
+from ssl_models.train import FinetuneConfig, finetune, validation_scores
 from sslflow.tracking.runs import stage_run
+from sslflow.training.fit import fit_summary
 from sslflow.training.labelled_subset import labelled_subset
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import show_progress
@@ -41,29 +41,34 @@ def _finetune(
     encoder = initial_encoder(None if initial is None else initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed)
     subset = labelled_subset(manifest, images, label_fraction, config.seed, domain.name)
     validation = (torch.from_numpy(subset.val_images), subset.val_labels)
-    params = {"config": config, "init": init, "probe": probe, "label_fraction": label_fraction, "num_labels": len(subset.labels), **lineage}
+    params = {"config": config, "init": init, "probe": probe, "label_fraction": label_fraction, "num_labels": len(subset.labels),
+              "num_val_labels": len(subset.val_labels), **lineage}  # fmt: skip
     with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}/seed={config.seed}", params) as run:
         model, history = finetune(encoder, torch.from_numpy(subset.images), subset.labels, len(subset.class_names), config, validation=validation)
         for record in history:
             curve = {"train_loss": record["loss"], "train_accuracy": record["accuracy"], "val_accuracy_at_step": record.get("val_accuracy")}
             mlflow.log_metrics({k: v for k, v in curve.items() if v is not None}, step=record.get("step", record["epoch"]))
-        stopping = ("budget_steps", "stopped_step", "best_step", "best_val_accuracy", "evaluations", "early_stopped")
+        stopping = ("budget_steps", "stopped_step", "best_step", "best_val_accuracy", "evaluations", "early_stopped", "best_at_budget_end")
         mlflow.log_metrics({k: float(history[-1][k]) for k in stopping if k in history[-1]})  # full fine-tuning: where it stopped
         if config.linear_probe:  # the probe's fit: converged or not, and the L2 strength validation chose
             mlflow.log_metrics({"probe_converged": float(history[-1]["converged"]), "probe_inverse_l2": history[-1]["inverse_l2"]})
             mlflow.set_tag("probe_stop_reason", history[-1]["stop_reason"])
-        val_accuracy = accuracy(predict_probabilities(model, validation[0], config.augment), validation[1])
-        mlflow.log_metric("val_accuracy", val_accuracy)
+        val_accuracy, val_loss = validation_scores(model, validation[0], validation[1], config.augment)
+        fit = fit_summary(history[-1])
+        mlflow.log_metrics({"val_accuracy": val_accuracy, "val_loss": val_loss, "final_train_accuracy": fit.final_train_accuracy})
+        mlflow.set_tag("chosen_on_validation", fit.chosen)
         path, sha256 = save_state_dict(model, Path(current_context().working_directory), "finetune", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     return FinetunedModel(
         checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,
         class_names=subset.class_names, init=init, probe=probe, label_fraction=label_fraction, num_labels=len(subset.labels),
         val_accuracy=val_accuracy, content_sha256=sha256, mlflow_run_id=run.info.run_id, seed=config.seed,
+        num_val_labels=len(subset.val_labels), val_loss=val_loss, chosen=fit.chosen, best_step=fit.best_step,
+        final_train_accuracy=fit.final_train_accuracy,
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("5"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("6"), **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
@@ -73,21 +78,16 @@ def finetune_pretrained(
     return _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=encoder.arm, lineage=lineage)
 
 
-@task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("5"), **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
-    """The baseline: the same architecture and recipe from random initialisation.
-
-    The LP-FT head warm-up is for pretrained features; on random ones it only handicaps the baseline
-    (10% labels, one trial: 86.5% with it vs 90.9% without), so scratch trains without it.
-    """
-    config = dataclasses.replace(config, head_warmup_steps=0)
+    """The baseline: the same architecture, recipe and search from random initialisation."""
     return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init="scratch", lineage={})
 
 
-@task(cache=pipeline_cache("4"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("5"), **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig, parent_run_id: str) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """The floor: the linear probe on raw pixels (multinomial logistic regression on standardised pixels)."""
@@ -95,7 +95,7 @@ def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig,
     return _finetune(domain, None, "pixels", label_fraction, config, parent_run_id, init="pixels", lineage={})
 
 
-@dynamic(cache=pipeline_cache("5"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
+@dynamic(cache=pipeline_cache("6"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
 def finetune_all(
     domain: Dataset,
     encoders: list[EncoderCheckpoint],

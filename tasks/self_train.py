@@ -1,9 +1,11 @@
 """self_train: SimCLR v2's third step with a FixMatch student. At each label fraction a student continues the model
 fine-tuned from the top rung's encoder and learns from the labelled images and, by FixMatch's consistency on
 confident pseudo-labels, from the unlabelled domain pool (ssl_models/fixmatch.py, sslflow/training/student.py); the
-best fine-tuned model (by validation accuracy) at that fraction is the teacher it must beat.
+best fine-tuned model (by validation score) at that fraction is the teacher it must beat. Beside it the control: the
+same student continuing the model fine-tuned from scratch ("scratch+student"), which a user without self-supervised
+pretraining would run; the difference between the two is what pretraining adds when a student follows.
 
-The pseudo-label quality report (val split only) is a Flyte Deck and MLflow artifacts. A student that
+The pseudo-label quality report (the label budget's validation fold only) is a Flyte Deck and MLflow artifacts. A student that
 does not beat its teacher on validation is kept for evaluation but flagged not selectable for registration.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -22,15 +25,16 @@ from flytekit.types.file import FlyteFile
 
 from ssl_models.fixmatch import SelfTrainConfig
 from sslflow.data.dataset import read_manifest
-from sslflow.evaluation import select_best
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.ladder import student_arm
-from sslflow.training.student import run_self_training, self_training_data, student_start
+from sslflow.training.student import run_self_training, self_training_data, student_starts
 from sslflow.tracking.runs import stage_run
 from sslflow.training.model_files import load_classifier, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import FINETUNE_TASK_SETTINGS, Dataset, EncoderCheckpoint, FinetunedModel, dataset_without_shards, pipeline_cache, read_rows
 from tasks.shared import outages_are_recoverable
+
+log = logging.getLogger(__name__)
 
 
 def _manifest_and_reader(domain: Dataset) -> tuple:
@@ -48,31 +52,31 @@ def _classifier(model: FinetunedModel):
     return load_classifier(model.checkpoint.download(), model.encoder_name, model.in_channels, model.image_size, len(model.class_names))
 
 
-def _train_student(
-    data_source, teacher: FinetunedModel, start: FinetunedModel, encoder: EncoderCheckpoint, domain_name: str, seed: int, config: SelfTrainConfig,
-    parent_run_id: str,
-) -> tuple[FinetunedModel, dict]:  # fmt: skip
-    """One student at the teacher's label fraction, continuing ``start``; its report gains label_fraction and teacher."""
-    fraction = teacher.label_fraction
+def _train_student(data_source, teacher: FinetunedModel, start: FinetunedModel, domain_name: str, seed: int, config: SelfTrainConfig, parent_run_id: str) -> tuple[FinetunedModel, dict]:
+    """One student at the teacher's label fraction, continuing ``start`` (its arm: start's init + "+student"); its
+    report gains label_fraction, seed, teacher and start."""
+    fraction, arm = teacher.label_fraction, student_arm(start.init)
     data = self_training_data(*data_source, fraction, seed, domain_name, max_pool_images=config.max_pool_images)
     params = {"config": config, "label_fraction": fraction, "teacher.init": teacher.init, "teacher.probe": teacher.probe,
-              "teacher.sha256": teacher.content_sha256, "start.sha256": start.content_sha256, "encoder.sha256": encoder.content_sha256}  # fmt: skip
-    with stage_run(parent_run_id, f"self_train:{student_arm(encoder.arm)}@{fraction:g}/seed={seed}", params) as run:
+              "teacher.sha256": teacher.content_sha256, "start.init": start.init, "start.sha256": start.content_sha256}  # fmt: skip
+    with stage_run(parent_run_id, f"self_train:{arm}@{fraction:g}/seed={seed}", params) as run:
+        log.info("self-training %s at %g (seed %d): %d labelled + %d val labels, %d pool images", arm, fraction, seed, len(data.labels), len(data.val_labels), len(data.pool_images))
         result = run_self_training(_classifier(teacher), _classifier(start), data, dataclasses.replace(config, seed=seed))  # the seed of its teacher
         for record in result.history:
             curve = {"train_loss": record["loss"], "labelled_loss": record["labelled_loss"], "unlabelled_loss": record["unlabelled_loss"],
                      "step_mask_rate": record["mask_rate"], "val_accuracy_at_step": record.get("val_accuracy")}  # fmt: skip
             mlflow.log_metrics({k: v for k, v in curve.items() if v is not None}, step=record["step"])
-        report = {"label_fraction": fraction, "seed": seed, "teacher": f"{teacher.init} {teacher.probe}", **result.report}
+        report = {"label_fraction": fraction, "seed": seed, "teacher": f"{teacher.init} {teacher.probe}", "start": start.init, **result.report}
         mlflow.log_metrics({k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k != "label_fraction"})
         mlflow.log_text(json.dumps(report, indent=1), "pseudo_label_quality.json")
         path, sha256 = save_state_dict(result.student, Path(current_context().working_directory), "student", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     student = FinetunedModel(
-        checkpoint=FlyteFile(str(path)), encoder_name=encoder.encoder_name, in_channels=encoder.in_channels, image_size=encoder.image_size,
-        class_names=data.class_names, init=student_arm(encoder.arm), probe="finetune", label_fraction=fraction, num_labels=len(data.labels),
+        checkpoint=FlyteFile(str(path)), encoder_name=start.encoder_name, in_channels=start.in_channels, image_size=start.image_size,
+        class_names=data.class_names, init=arm, probe="finetune", label_fraction=fraction, num_labels=len(data.labels),
         val_accuracy=report["student_val_accuracy"], content_sha256=sha256, mlflow_run_id=run.info.run_id,
-        selectable=bool(report["student_beats_teacher"]), seed=seed,
+        selectable=bool(report["student_beats_teacher"]), seed=seed, num_val_labels=len(data.val_labels), val_loss=report["student_val_loss"],
+        chosen=f"threshold={config.confidence_threshold:g}", best_step=int(report["best_step"]), final_train_accuracy=report["final_train_accuracy"],
     )  # fmt: skip
     return student, report
 
@@ -89,15 +93,17 @@ def _log_report(reports: list[dict]) -> None:
     mlflow.log_text(per_class_table(reports).to_csv(index=False), "pseudo_labels_per_class.csv")
 
 
-@task(cache=pipeline_cache("5"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("6"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str
 ) -> list[FinetunedModel]:
-    """``models`` followed by one FixMatch student per label fraction up to config.max_label_fraction, continuing the
-    model fine-tuned from ``encoder`` (the top rung) and judged against that fraction's best model on validation (its teacher).
+    """``models`` followed by two FixMatch students per label fraction up to config.max_label_fraction: one continuing
+    the model fine-tuned from ``encoder`` (the top rung), judged against the fraction's best model on validation, and
+    the control, one continuing the model fine-tuned from scratch, judged against the best model without
+    self-supervision (sslflow.training.student.student_starts).
 
-    Each fine-tuning seed (FinetunedModel.seed) has its own teacher and student, on that seed's labelled subset.
+    Each fine-tuning seed (FinetunedModel.seed) has its own teachers and students, on that seed's label budget.
     """
     show_progress()
     data_source = _manifest_and_reader(domain)
@@ -105,12 +111,12 @@ def self_train(
     runs = sorted({(model.seed, model.label_fraction) for model in models if model.label_fraction <= config.max_label_fraction})
     for seed, fraction in runs:
         candidates = [model for model in models if (model.seed, model.label_fraction) == (seed, fraction)]
-        teacher, start = select_best(candidates), student_start(candidates, encoder.arm)
-        student, report = _train_student(data_source, teacher, start, encoder, domain.name, seed, config, parent_run_id)
-        students.append(student)
-        reports.append(report)
+        for start, teacher in student_starts(candidates, encoder.arm):
+            student, report = _train_student(data_source, teacher, start, domain.name, seed, config, parent_run_id)
+            students.append(student)
+            reports.append(report)
     if not reports:
         return models
-    with stage_run(parent_run_id, "self_train", {"config": config, "label_fractions": [r["label_fraction"] for r in reports]}):
+    with stage_run(parent_run_id, "self_train", {"config": config, "label_fractions": sorted({r["label_fraction"] for r in reports})}):
         _log_report(reports)
     return models + students

@@ -115,6 +115,12 @@ class FinetunedModel:
     # False for a self-trained student that does not beat its teacher on validation: evaluated and
     # reported, never registered (sslflow.evaluation.select_best skips it).
     selectable: bool = True
+    # the label budget's validation fold (sslflow.training.labelled_subset): num_labels + num_val_labels labels used
+    num_val_labels: int = 0
+    val_loss: float = 0.0  # cross-entropy on the validation fold: breaks ties of val_accuracy in every choice
+    chosen: str = ""  # the settings the search chose on validation ("lr=0.001 wd=0.0001"; a probe's "C=0.1")
+    best_step: int = 0  # the step whose weights were kept (0: a probe, no steps)
+    final_train_accuracy: float = 0.0  # the returned model on its un-augmented training images
 
 
 def content_hash(artifact) -> str:

@@ -78,8 +78,10 @@ def _results(seeds=(0, 1)) -> pd.DataFrame:
                 sets = [("in_domain", "in_domain"), ("shift", "shift")] + [(f"{c}@{s}", "corruption") for c in CORRUPTIONS for s in SEVERITIES]
                 for eval_set, kind in sets:
                     accuracy = base - (0.2 if kind == "shift" else 0) - (0.02 * int(eval_set[-1]) if kind == "corruption" else 0)
-                    rows.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": labels, "eval_set": eval_set,
-                                 "eval_kind": kind, "images": 100, "accuracy": accuracy, "macro_f1": accuracy, "auc_ovr": 0.9, "ece": 0.1, "val_accuracy": base})  # fmt: skip
+                    rows.append({"init": init, "probe": probe, "label_fraction": fraction, "seed": seed, "num_labels": labels, "val_labels": labels // 10,
+                                 "eval_set": eval_set, "eval_kind": kind, "images": 100, "accuracy": accuracy, "macro_f1": accuracy, "auc_ovr": 0.9,
+                                 "ece": 0.1, "val_accuracy": base, "val_loss": 1 - base, "chosen": f"lr={0.001 * (1 + seed):g} wd=0.0001",
+                                 "best_step": 40 + 20 * seed, "final_train_accuracy": 0.9 + 0.02 * seed})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -87,10 +89,11 @@ def test_report_has_every_method_probe_fraction_and_chart():
     results = _results()
     table = results_markdown(results)
     assert table.count("\n") == 2 + len(ARMS) * 3  # note, header, rule, one row per arm and fraction
-    assert all(len(line.split("|")) == 8 for line in table.splitlines()[1:])  # six columns, narrow
-    assert "over 2 seeds [0, 1]" in table
-    # pixels at 10%: in-domain 0.54 and 0.55 over two seeds: mean 0.545 ± t(0.975, 1) * 0.00707 / sqrt(2)
-    assert "| pixels | linear | 0.1 (300) | 0.5450 ± 0.0635 | 0.3450 ± 0.0635 | 0.1000 ± 0.0000 |" in table
+    assert all(len(line.split("|")) == 11 for line in table.splitlines()[1:])  # nine columns
+    assert "over 2 seeds [0, 1]" in table and "labels: training + validation" in table
+    # pixels at 10%: in-domain 0.54 and 0.55 over two seeds: mean 0.545 ± t(0.975, 1) * 0.00707 / sqrt(2); the seeds chose
+    # different learning rates; best steps 40 and 60 (median 50); training accuracy 0.90 and 0.92
+    assert "| pixels | linear | 0.1 (300 + 30) | 0.5450 ± 0.0635 | 0.3450 ± 0.0635 | 0.1000 ± 0.0000 | varies | 50 | 0.910 |" in table
     assert "1 seed (0): no interval" in results_markdown(_results(seeds=(0,)))
     assert "severity 3" in corruption_markdown(results)
     figures = report_figures(results)

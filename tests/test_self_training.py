@@ -23,8 +23,6 @@ from ssl_models.encoders import build_encoder
 from ssl_models.fixmatch import SelfTrainConfig, fixmatch_loss, train_fixmatch
 from ssl_models.heads import Classifier
 from ssl_models.train import FinetuneConfig, finetune
-from sslflow.evaluation import pack_correct, select_best, unpack_correct
-from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
 from sslflow.reporting.pseudo_labels import per_class_table, quality_chart, quality_html, quality_markdown, quality_table
 from sslflow.training.labelled_subset import labelled_subset
 from sslflow.training.student import pseudo_label_quality, run_self_training, self_training_data
@@ -138,70 +136,6 @@ def test_pseudo_label_quality_arithmetic():
     assert nothing["coverage"] == 0 and math.isnan(nothing["pseudo_label_accuracy"])
 
 
-def _results(rows: list[tuple], seeds=(0, 1, 2)) -> pd.DataFrame:
-    """(init, probe, fraction, test accuracy, val accuracy[, selectable]) per arm; seed s adds 0.01 * s to both accuracies."""
-    return pd.DataFrame([
-        {"init": row[0], "probe": row[1], "label_fraction": row[2], "seed": seed, "eval_set": eval_set, "accuracy": row[3] + 0.01 * seed,
-         "val_accuracy": row[4] + 0.01 * seed, "selectable": row[5] if len(row) > 5 else True}
-        for row in rows for seed in seeds for eval_set in ("in_domain", "shift")
-    ])  # fmt: skip
-
-
-def test_label_efficiency_comparisons_choose_the_best_arm_on_validation_and_need_an_interval():
-    rows = [
-        ("scratch", "finetune", 0.01, 0.5, 0.5), ("simclr+micle", "finetune", 0.01, 0.7, 0.75), ("simclr", "linear", 0.01, 0.9, 0.6),
-        ("simclr+micle+student", "finetune", 0.01, 0.95, 0.9, False),  # not selectable: never the best, whatever it scores
-        ("scratch", "finetune", 0.1, 0.6, 0.6), ("scratch", "linear", 0.1, 0.95, 0.6), ("simclr+micle", "finetune", 0.1, 0.9, 0.9),
-        ("scratch", "finetune", 1.0, 0.97, 0.97),
-    ]  # fmt: skip
-    comparisons = label_efficiency_comparisons(_results(rows))
-    first = comparisons["best_at_1pct_vs_scratch_at_10pct"]
-    assert first["best_arm"] == "simclr+micle finetune"  # best on validation, not "simclr linear" (best on test)
-    assert first["best_accuracy"] == pytest.approx(0.71) and first["scratch_accuracy"] == pytest.approx(0.61)  # scratch fine-tuned, not linear
-    assert first["verdict"] == "met" and comparisons["best_at_10pct_vs_scratch_at_100pct"]["verdict"] == "NOT met"
-    assert "chosen on validation" in comparison_lines(comparisons)[0] and "NOT met" in comparison_lines(comparisons)[1]
-    one_seed = label_efficiency_comparisons(_results(rows, seeds=(0,)))
-    assert one_seed["best_at_1pct_vs_scratch_at_10pct"]["verdict"] == "undetermined (1 seed)"
-    close = label_efficiency_comparisons(_results([("simclr", "linear", 0.01, 0.605, 0.7), ("scratch", "finetune", 0.1, 0.6, 0.6)]))
-    assert close["best_at_1pct_vs_scratch_at_10pct"]["verdict"].startswith("undetermined")
-    results = _results(rows)
-    assert label_efficiency_comparisons(results[results["label_fraction"] < 1]).keys() == {"best_at_1pct_vs_scratch_at_10pct"}
-
-
-def test_with_one_seed_the_comparison_is_decided_by_a_paired_bootstrap_over_the_test_images():
-    scratch = np.zeros(456, dtype=bool)
-    scratch[:420] = True
-
-    def results(ours: np.ndarray) -> pd.DataFrame:
-        table = _results([("simclr+micle", "finetune", 0.01, ours.mean(), 0.8), ("scratch", "finetune", 0.1, scratch.mean(), 0.9)], seeds=(0,))
-        packed = {0.01: pack_correct(ours), 0.1: pack_correct(scratch)}
-        return table.assign(correct=[packed[fraction] if eval_set == "in_domain" else None for fraction, eval_set in zip(table["label_fraction"], table["eval_set"])])
-
-    assert np.array_equal(unpack_correct(pack_correct(scratch)), scratch) and len(pack_correct(scratch)) == len("456:") + 456 // 4
-    better, worse, even = scratch.copy(), scratch.copy(), scratch.copy()
-    better[420:440] = True
-    worse[:20] = False
-    even[:2], even[420:422] = False, True
-    verdicts = {name: label_efficiency_comparisons(results(ours))["best_at_1pct_vs_scratch_at_10pct"] for name, ours in
-                (("better", better), ("worse", worse), ("even", even))}  # fmt: skip
-    assert verdicts["better"]["verdict"] == "met" and verdicts["worse"]["verdict"] == "NOT met"
-    assert verdicts["even"]["verdict"] == "undetermined (the interval of the difference holds 0)"
-    line = comparison_lines({"best_at_1pct_vs_scratch_at_10pct": verdicts["better"]})[0]
-    assert "difference +0.0439 [" in line and "paired bootstrap over 456 test images" in line and line.endswith("-> target met")
-
-
-def test_registration_never_selects_a_student_that_did_not_beat_its_teacher():
-    def model(init, val_accuracy, selectable=True):
-        return SimpleNamespace(init=init, val_accuracy=val_accuracy, label_fraction=0.1, selectable=selectable)
-
-    teacher, student = model("simclr+micle", 0.9), model("simclr+micle+student", 0.95, selectable=False)
-    assert select_best([teacher, student]) is teacher
-    good_student = model("simclr+micle+student", 0.95)
-    assert select_best([teacher, good_student]) is good_student
-    with pytest.raises(ValueError, match="none of the 1 models is selectable"):
-        select_best([student])
-
-
 def _tiny_domain(per_split: dict[str, int], seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """3 classes of 28 px images, class c a bright band in rows 9c..9c+8 over noise; per_split images per class."""
     rng = np.random.default_rng(seed)
@@ -232,7 +166,7 @@ def _data(manifest, images, fraction):
 def test_self_training_end_to_end_on_a_tiny_set_never_reads_the_test_split():
     manifest, images = _tiny_domain({"train": 20, "val": 10, "test": 5})
     data = _data(manifest, images, 0.2)
-    assert (len(data.labels), len(data.pool_images), len(data.val_labels)) == (12, 60, 30)
+    assert (len(data.labels), len(data.pool_images), len(data.val_labels)) == (12, 60, 6)  # the budget's validation fold: 20% of val
     teacher = _teacher(data)
     start = copy.deepcopy(teacher)  # stands for the top rung's fine-tuned model
     result = run_self_training(teacher, start, data, TINY)
@@ -240,7 +174,8 @@ def test_self_training_end_to_end_on_a_tiny_set_never_reads_the_test_split():
     assert 0 < report["pseudo_labelled"] <= 60 and sum(row["pool_pseudo_labels"] for row in report["per_class"]) == report["pseudo_labelled"]
     assert report["mask_rate"] == 1.0 and report["pool_images"] == report["train_images"] == 60  # threshold 0; the pool is not capped
     assert report["student_gain"] == pytest.approx(report["student_val_accuracy"] - report["teacher_val_accuracy"])
-    assert report["student_beats_teacher"] == (report["student_gain"] > 0) and result.history[-1]["step"] == 6
+    scores = ((report["student_val_accuracy"], -report["student_val_loss"]), (report["teacher_val_accuracy"], -report["teacher_val_loss"]))
+    assert report["student_beats_teacher"] == (scores[0] > scores[1]) and result.history[-1]["step"] == 6
     assert not torch.equal(result.student.encoder.state_dict()["layers.0.weight"], start.encoder.state_dict()["layers.0.weight"])
     assert all(torch.equal(tensor, teacher.state_dict()[name]) for name, tensor in start.state_dict().items())  # the start is left as it was
 
@@ -271,15 +206,22 @@ def test_a_threshold_no_image_reaches_leaves_only_the_labelled_loss_and_says_so(
     assert math.isnan(result.report["pseudo_label_accuracy"]) and "nan" in quality_markdown([{"label_fraction": 0.5, "teacher": "t", **result.report}])
 
 
-def test_quality_benchmark_smoke_reports_the_student_arm_and_both_comparisons(tmp_path):
+def test_quality_benchmark_smoke_reports_the_curve_the_controls_and_the_headline(tmp_path):
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "benchmarks/quality.py", "--smoke", "--out", str(tmp_path)]
     completed = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
     assert completed.returncode == 0, completed.stderr[-2000:]
-    record = json.loads(next(tmp_path.glob("quality-smoke-*.json")).read_text())
-    assert set(record["label_efficiency"]) == {"best_at_1pct_vs_scratch_at_10pct", "best_at_10pct_vs_scratch_at_100pct"}
-    assert set(record["self_training"]) == {"0.01/seed=0", "0.1/seed=0"}  # SelfTrainConfig.max_label_fraction: not at 100%
-    for fraction in record["self_training"].values():
-        assert {"pseudo_label_accuracy", "student_gain", "student_test_gain", "teacher"} <= set(fraction)
-    assert {r["init"] for r in record["results"]} >= {"pixels", "scratch", "simclr", "simclr+domain", "simclr+micle", "simclr+micle+student"}
-    assert "best_at_1pct_vs_scratch_at_10pct" in completed.stdout
+    result = next(tmp_path.glob("quality-smoke-*.json"))
+    record = json.loads(result.read_text())
+    assert record["seeds_done"] == [0, 1] and result.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    inits = {r["init"] for r in record["results"]}
+    assert inits == {"pixels", "scratch", "scratch+student", "simclr", "simclr+micle", "simclr+micle+student"}
+    students = {(r["init"], r["label_fraction"]) for r in record["results"] if r["init"].endswith("+student")}
+    assert students == {("scratch+student", 0.1), ("simclr+micle+student", 0.1)}  # max_label_fraction 0.1: not at 100%
+    assert set(record["curves"]) == {"scratch", "scratch + student", "best without self-supervision", "best self-supervised"}
+    assert record["curves"]["scratch"]["fractions"] == [0.1, 1.0]
+    assert set(record["labels_saved"]) == set(record["targets"]) and all("verdict" in v for v in record["labels_saved"].values())
+    models = [r for r in record["results"] if r["eval_set"] == "in_domain"]
+    assert all(r["val_labels"] >= 1 and r["correct"] and r["cases"] for r in models)
+    assert {r["chosen"] for r in models if r["probe"] == "finetune" and "student" not in r["init"]} <= {"lr=0.001 wd=0.0001", "lr=0.003 wd=0.0001"}
+    assert "pretraining_adds_with_student_at_0.1" in record["comparisons"] and "labels_saved" in completed.stdout

@@ -50,7 +50,7 @@ def ssl_pipeline(
     encoder_name: str = "small_cnn",
     simclr: PretrainConfig = PretrainConfig(epochs=4),  # the generic rung; its method (simclr, moco, byol) names the arms
     micle: PretrainConfig = PretrainConfig(epochs=4),  # both domain rungs': they differ only in the pairs; same method as simclr's
-    finetune: FinetuneConfig = FinetuneConfig(epochs=3, min_steps=200, head_warmup_steps=100),  # every arm: 200+ steps, early stopping on val
+    finetune: FinetuneConfig = FinetuneConfig(epochs=5, min_steps=200),  # every arm alike: 200+ steps, early stopping on the validation fold
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     seeds: list[int] = DEFAULT_SEEDS,
     self_train: SelfTrainConfig = SelfTrainConfig(),

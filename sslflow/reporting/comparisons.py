@@ -1,71 +1,115 @@
-"""How many labels self-supervision saves (issue 14's targets), from evaluation result rows.
+"""How many labels self-supervision saves, and what pretraining adds with and without a student, from evaluation
+result rows (sslflow.evaluation.RESULT_COLUMNS).
 
-Two comparisons: the best arm at 1% of the labels against scratch fine-tuned at 10%, and the best arm at
-10% against scratch at 100%. The best arm is chosen on VALIDATION (highest mean val_accuracy over seeds,
-among selectable models: a student that did not beat its teacher on validation is not one); the test split
-only reports the chosen arm's accuracy. The verdict needs a real interval: with several seeds, "met" or
-"NOT met" only when the 95% t-intervals over seeds of the two test accuracies separate (an interval of zero
-width, an arm the seeds do not vary, or overlapping intervals: "undetermined"); with one seed, when the 95%
-paired-bootstrap interval over the test images of the difference between the two models excludes 0
-(sslflow/reporting/intervals.py; "undetermined" when it holds 0).
+Every arm is chosen on validation: the label budget's validation fold (sslflow.training.labelled_subset), the
+highest mean val_accuracy over seeds, ties broken by the lower mean val_loss; the test split only reports. Each
+comparison is a paired difference on the same in-domain test images (the same seeds on both sides), with a 95%
+interval from a bootstrap that resamples cases (patients; PROXY cases on the digits), not images, and with several
+seeds the seeds too (sslflow/reporting/intervals.py). "met" when the whole interval is above 0, "NOT met" below,
+"undetermined" when it holds 0.
+
+The comparisons:
+- best_at_1pct_vs_scratch_at_10pct, best_at_10pct_vs_scratch_at_100pct: the best arm (any, students included)
+  against scratch fine-tuned with ten times the labels;
+- best_at_1pct_vs_scratch_student_at_10pct: the same against the control, scratch followed by the same student;
+- pretraining_adds_at_{f} (no student): the best self-supervised arm without a student vs scratch at f;
+- pretraining_adds_with_student_at_{f}: the top rung's student vs scratch's student at f.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from sslflow.evaluation import unpack_correct
-from sslflow.reporting.intervals import paired_bootstrap, paired_verdict, t_interval, verdict
+from sslflow.evaluation import unpack_cases, unpack_correct
+from sslflow.ladder import FLOORS, STUDENT_SUFFIX, is_self_supervised
+from sslflow.reporting.intervals import paired_case_bootstrap, paired_verdict
 
-COMPARISONS = {"best_at_1pct_vs_scratch_at_10pct": (0.01, 0.1), "best_at_10pct_vs_scratch_at_100pct": (0.1, 1.0)}
-VERDICT_WORDS = {"gain": "met", "loss": "NOT met", "no difference": "undetermined (the intervals overlap)"}
-PAIRED_WORDS = {"gain": "met", "loss": "NOT met", "no difference": "undetermined (the interval of the difference holds 0)"}
+TEN_TIMES = {"best_at_1pct_vs_scratch_at_10pct": (0.01, 0.1, "scratch"), "best_at_10pct_vs_scratch_at_100pct": (0.1, 1.0, "scratch"),
+             "best_at_1pct_vs_scratch_student_at_10pct": (0.01, 0.1, "scratch" + STUDENT_SUFFIX)}  # fmt: skip
+VERDICT_WORDS = {"gain": "met", "loss": "NOT met", "no difference": "undetermined (the interval of the difference holds 0)"}
 
 
-def best_on_validation(results: pd.DataFrame, fraction: float) -> tuple[str, str] | None:
-    """(init, probe) of the selectable arm with the highest mean val_accuracy over seeds at ``fraction`` (a tie:
-    the first in name order); None when no arm ran there. results: RESULT_COLUMNS rows (val_accuracy, selectable)."""
-    rows = results[(results["label_fraction"] == fraction) & results["selectable"].astype(bool)]
-    per_model = rows.drop_duplicates(["init", "probe", "seed"])  # val_accuracy is per model, repeated per eval set
-    means = per_model.groupby(["init", "probe"])["val_accuracy"].mean()
-    return None if means.empty else means.sort_index().idxmax()
+def _models(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained model (its in-domain test row), selectable or not."""
+    return results[results["eval_set"] == "in_domain"]
+
+
+def best_on_validation(results: pd.DataFrame, fraction: float, arms=None) -> tuple[str, str] | None:
+    """(init, probe) of the selectable arm with the best mean validation score over seeds at ``fraction`` (accuracy,
+    ties broken by the lower val_loss, then by name), among ``arms`` (inits; None: all); None when none ran there."""
+    rows = _models(results)
+    rows = rows[(rows["label_fraction"] == fraction) & rows["selectable"].astype(bool)]
+    if arms is not None:
+        rows = rows[rows["init"].isin(list(arms))]
+    if rows.empty:
+        return None
+    means = rows.groupby(["init", "probe"])[["val_accuracy", "val_loss"]].mean().reset_index()
+    means = means.sort_values(["val_accuracy", "val_loss", "init", "probe"], ascending=[False, True, True, True])
+    return means.iloc[0]["init"], means.iloc[0]["probe"]
+
+
+def _arm_rows(results: pd.DataFrame, arm: tuple[str, str], fraction: float) -> pd.DataFrame:
+    rows = _models(results)
+    return rows[(rows["init"] == arm[0]) & (rows["probe"] == arm[1]) & (rows["label_fraction"] == fraction)].sort_values("seed")
+
+
+def compare_arms(results: pd.DataFrame, ours: tuple[str, str], ours_fraction: float, theirs: tuple[str, str], theirs_fraction: float) -> dict | None:
+    """ours - theirs in in-domain test accuracy, paired by seed and image, with its case-bootstrap interval; None when
+    either arm lacks a seed the other has. {ours, theirs, *_accuracy, *_labels (training + validation), difference,
+    verdict, seeds}."""
+    mine, other = _arm_rows(results, ours, ours_fraction), _arm_rows(results, theirs, theirs_fraction)
+    seeds = sorted(set(mine["seed"]) & set(other["seed"]))
+    if not seeds:
+        return None
+    mine, other = mine[mine["seed"].isin(seeds)], other[other["seed"].isin(seeds)]
+    cases = unpack_cases(mine["cases"].iloc[0])
+    difference = paired_case_bootstrap(
+        np.stack([unpack_correct(packed) for packed in mine["correct"]]), np.stack([unpack_correct(packed) for packed in other["correct"]]), cases
+    )  # fmt: skip
+    return {
+        "ours": f"{ours[0]} {ours[1]}", "ours_fraction": ours_fraction, "ours_accuracy": float(mine["accuracy"].mean()),
+        "ours_labels": _labels_used(mine), "theirs": f"{theirs[0]} {theirs[1]}", "theirs_fraction": theirs_fraction,
+        "theirs_accuracy": float(other["accuracy"].mean()), "theirs_labels": _labels_used(other), "difference": str(difference),
+        "low": difference.low, "high": difference.high, "verdict": VERDICT_WORDS[paired_verdict(difference)], "seeds": seeds,
+    }  # fmt: skip
+
+
+def _labels_used(rows: pd.DataFrame) -> int:
+    """Training + validation labels of an arm's models (the same for every seed: the budget depends on the fraction)."""
+    return int((rows["num_labels"] + rows["val_labels"]).iloc[0])
 
 
 def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
-    """{name: {best_arm, best_val_accuracy, best_accuracy, scratch_accuracy, best_interval, scratch_interval,
-    difference, verdict}} for each comparison whose two fractions were run; accuracies are in-domain test means over
-    seeds; difference: with one seed each, best - scratch with its paired-bootstrap interval (else None).
-
-    results: rows with init, probe, label_fraction, seed, eval_set, accuracy, val_accuracy, selectable
-    (sslflow.evaluation.RESULT_COLUMNS).
-    """
-    in_domain = results[results["eval_set"] == "in_domain"]
+    """{name: compare_arms(...) plus chosen_on: "validation"} for each comparison whose arms ran (module docstring)."""
     comparisons = {}
-    for name, (few, many) in COMPARISONS.items():
-        best = best_on_validation(in_domain, few)
-        scratch = in_domain[(in_domain["init"] == "scratch") & (in_domain["probe"] == "finetune") & (in_domain["label_fraction"] == many)]
-        if best is None or scratch.empty:
-            continue
-        ours = in_domain[(in_domain["init"] == best[0]) & (in_domain["probe"] == best[1]) & (in_domain["label_fraction"] == few)]
-        ours_interval = t_interval(ours.sort_values("seed")["accuracy"].tolist())
-        theirs_interval = t_interval(scratch.sort_values("seed")["accuracy"].tolist())
-        raw, words, difference = verdict(ours_interval, theirs_interval), VERDICT_WORDS, None
-        if len(ours) == len(scratch) == 1 and "correct" in ours and ours["correct"].notna().all() and scratch["correct"].notna().all():
-            difference = paired_bootstrap(unpack_correct(ours["correct"].iloc[0]), unpack_correct(scratch["correct"].iloc[0]))
-            raw, words = paired_verdict(difference), PAIRED_WORDS
-        comparisons[name] = {
-            "best_arm": f"{best[0]} {best[1]}", "best_val_accuracy": float(ours["val_accuracy"].mean()),
-            "best_accuracy": ours_interval.mean, "scratch_accuracy": theirs_interval.mean,
-            "best_interval": str(ours_interval), "scratch_interval": str(theirs_interval),
-            "difference": None if difference is None else str(difference), "verdict": words.get(raw, raw),
-        }  # fmt: skip
+    for name, (few, many, baseline) in TEN_TIMES.items():
+        best = best_on_validation(results, few)
+        if best is not None and (found := compare_arms(results, best, few, (baseline, "finetune"), many)) is not None:
+            comparisons[name] = found
+    fractions = sorted(set(_models(results)["label_fraction"]))
+    for fraction in fractions:
+        ssl = [init for init in set(_models(results)["init"]) if is_self_supervised(init) and not init.endswith(STUDENT_SUFFIX)]
+        best_ssl = best_on_validation(results, fraction, ssl)
+        if best_ssl is not None and (found := compare_arms(results, best_ssl, fraction, ("scratch", "finetune"), fraction)) is not None:
+            comparisons[f"pretraining_adds_at_{fraction:g}"] = found
+        students = [init for init in set(_models(results)["init"]) if is_self_supervised(init) and init.endswith(STUDENT_SUFFIX)]
+        for student in sorted(students):
+            found = compare_arms(results, (student, "finetune"), fraction, ("scratch" + STUDENT_SUFFIX, "finetune"), fraction)
+            if found is not None:
+                comparisons[f"pretraining_adds_with_student_at_{fraction:g}"] = found
     return comparisons
 
 
 def comparison_lines(comparisons: dict[str, dict]) -> list[str]:
-    """One printable line per comparison."""
+    """One printable line per comparison, with the labels each side used (training + validation)."""
     return [
-        f"{name}: {c['best_interval']} ({c['best_arm']}, chosen on validation) vs scratch {c['scratch_interval']}"
-        + (f", difference {c['difference']}" if c.get("difference") else "") + f" -> target {c['verdict']}"
+        f"{name}: {c['ours']} ({c['ours_labels']} labels) {c['ours_accuracy']:.4f} vs {c['theirs']} ({c['theirs_labels']} labels)"
+        f" {c['theirs_accuracy']:.4f}, difference {c['difference']} -> {c['verdict']}"
         for name, c in comparisons.items()
     ]
+
+
+def non_self_supervised(inits) -> list[str]:
+    """The arms without self-supervised pretraining among ``inits``: the floors and their students."""
+    return [init for init in inits if init.removesuffix(STUDENT_SUFFIX) in FLOORS]

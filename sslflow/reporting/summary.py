@@ -10,7 +10,7 @@ from sslflow.registry.record import Registration
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
 from sslflow.reporting.tables import effect_lines, results_markdown
 
-CHARTS = ("label_efficiency", "shift_accuracy", "corruptions", "embedding")
+CHARTS = ("label_efficiency", "label_savings", "shift_accuracy", "corruptions", "embedding")
 
 
 def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_run_id: str, tracking_uri: str) -> str:
@@ -19,9 +19,13 @@ def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_r
     return "\n".join(
         [
             "Accuracy on the in-domain test split and the shift set, ECE in-domain (pixels: linear on raw pixels;",
-            "scratch: random init; simclr: generic SimCLR; +domain: SimCLR continued on the domain; +micle: with case pairs):",
+            "scratch: random init; simclr: generic SimCLR; +domain: SimCLR continued on the domain; +micle: with case pairs;",
+            "+student: a FixMatch student of that fine-tuned model). Labels: the budget at each fraction, training + validation",
+            "folds; every choice (early stopping, the search, the probe's regularisation, the student's checkpoint, the best arm)",
+            "was made on the validation fold:",
             results_markdown(results),
-            "Labels saved (in-domain test; the best arm on validation vs scratch fine-tuned with more labels):",
+            f"This run's verdicts ({_seeds_note(results)}; the arms chosen on validation; each interval is of the paired",
+            "difference on the in-domain test split, from a bootstrap over test cases, not images):",
             *comparison_lines(label_efficiency_comparisons(results)),
             "",
             "In-domain effect of each pretraining step:",
@@ -39,6 +43,11 @@ def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_r
             f"Champion: {registration.model_name} version {registration.champion_version or '(none)'}",
         ]
     )
+
+
+def _seeds_note(results: pd.DataFrame) -> str:
+    seeds = sorted(set(results["seed"]))
+    return f"{len(seeds)} seeds, the bootstrap resamples them too" if len(seeds) > 1 else "one seed: retraining variance is not in the interval"
 
 
 def dataset_summary(name: str, num_images: int, content_sha256: str, summary: dict, parent_run_id: str, tracking_uri: str) -> str:

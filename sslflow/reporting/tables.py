@@ -30,14 +30,22 @@ def arm_intervals(results: pd.DataFrame) -> dict[tuple[str, str, float], dict[st
 
 
 def results_markdown(results: pd.DataFrame) -> str:
-    """One row per (arm, label fraction): in-domain and shift accuracy, in-domain ECE, as mean ± 95% t-interval."""
+    """One row per (arm, label fraction): the labels used (the budget's training + validation folds), in-domain and
+    shift accuracy, in-domain ECE as mean ± 95% t-interval, and how it was fitted: the settings its search chose on
+    validation (seed 0's; "varies" when the seeds chose differently), the best step (median over seeds) and the
+    final training accuracy (mean)."""
     summary = arm_intervals(results)
     seeds = sorted(set(results["seed"]))
     note = f"mean ± 95% t-interval over {len(seeds)} seeds {seeds}" if len(seeds) > 1 else f"1 seed ({seeds[0]}): no interval"
-    labels = results.groupby("label_fraction")["num_labels"].max()
-    lines = [f"({note})", "| arm | probe | labels | in-domain | shift | ECE |", "|---|---|---|---|---|---|"]
+    models = results[results["eval_set"] == "in_domain"]
+    lines = [f"({note}; labels: training + validation)", "| arm | probe | labels | in-domain | shift | ECE | chosen on validation | best step | train accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (init, probe, fraction), cells in summary.items():
-        lines.append(f"| {init} | {probe} | {fraction:g} ({labels[fraction]}) | {cells['in-domain']} | {cells['shift']} | {cells['ECE']} |")
+        fits = models[(models["init"] == init) & (models["probe"] == probe) & (models["label_fraction"] == fraction)].sort_values("seed")
+        chosen = fits["chosen"].iloc[0] if fits["chosen"].nunique() == 1 else "varies"
+        labels = f"{fraction:g} ({fits['num_labels'].iloc[0]} + {fits['val_labels'].iloc[0]})"
+        fit = f"{chosen} | {fits['best_step'].median():g} | {fits['final_train_accuracy'].mean():.3f}"
+        lines.append(f"| {init} | {probe} | {labels} | {cells['in-domain']} | {cells['shift']} | {cells['ECE']} | {fit} |")
     return "\n".join(lines)
 
 

@@ -1,10 +1,15 @@
-"""The labelled images a run at one label fraction and seed may use: the one rule fine-tuning, self-training and
-the kNN probe share.
+"""The label budget: the labelled images a run at one label fraction and seed may use, for training and for every
+choice it makes. The one rule fine-tuning, self-training, the kNN probe and the choice among arms share.
 
-The classes are the labels of the train split (sorted); the labelled images are ``stratified_subset`` of the
-train split's labelled images at (fraction, seed) (ssl_models/label_fractions.py: nested across fractions); the
-validation images are the labelled val images of those classes (a class with no training label cannot be
-predicted). Everything else (the unlabelled pool, the test split) is the caller's.
+At fraction f the budget is f of the labels available for development, in two folds that the dataset's case-level
+split already keeps apart: the training fold is ``stratified_subset`` of the train split's labelled images at (f,
+seed), the validation fold ``stratified_subset`` of the val split's labelled images (of the classes the training
+fold has) at the same (f, seed) (ssl_models/label_fractions.py: at least one image per class, nested across
+fractions). Early stopping, the fine-tuning search, the probe's regularisation, the student's checkpoint and the
+choice among arms all decide on the validation fold, so a run at 1% uses 1% of the training labels and 1% of the
+validation labels, never the whole val split (Oliver et al., "Realistic Evaluation of Deep Semi-Supervised
+Learning Algorithms", NeurIPS 2018: a validation set larger than the training set makes a comparison unrealistic).
+Both folds count as labels used. The gate and test splits are never part of a budget.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from sslflow.data.labels import class_indices
 
 @dataclass(frozen=True)
 class LabelledSubset:
-    """Images (N, C, H, W) uint8 with class indices (N,) int64 of the subset, and the val images (M, ...) with theirs."""
+    """Images (N, C, H, W) uint8 with class indices (N,) int64 of the training fold, and the validation fold's images
+    (M, C, H, W) with theirs (M,): N + M labels used."""
 
     class_names: list[str]
     images: np.ndarray
@@ -49,14 +55,15 @@ def labelled_subset_rows(manifest: pd.DataFrame, label_fraction: float, seed: in
     class_names = sorted(set(train_label_names))
     chosen = stratified_subset(train_label_names, label_fraction, seed=seed)
     val = np.flatnonzero(((manifest["split"] == "val") & manifest["label"].notna()).to_numpy())
+    val = val[np.isin(manifest["label"].to_numpy()[val].astype(str), class_names)]
     val_label_names = manifest["label"].to_numpy()[val].astype(str)
-    known = np.isin(val_label_names, class_names)
+    val_chosen = stratified_subset(val_label_names, label_fraction, seed=seed) if len(val) else np.zeros(0, dtype=int)
     return SubsetRows(
         class_names=class_names,
         rows=train[chosen],
         labels=class_indices(train_label_names[chosen], class_names, f"dataset {name} train split"),
-        val_rows=val[known],
-        val_labels=class_indices(val_label_names[known], class_names, f"dataset {name} val split"),
+        val_rows=val[val_chosen],
+        val_labels=class_indices(val_label_names[val_chosen], class_names, f"dataset {name} val split"),
     )
 
 

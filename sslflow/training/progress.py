@@ -12,11 +12,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+PROGRESS_LOGGERS = ("ssl_models", "sslflow.training", "tasks.evaluate", "tasks.self_train")
+
+
 def show_progress() -> None:
-    """Send ssl_models' per-epoch lines (epoch, loss, images/s) to stderr, in this process and Elastic workers."""
-    logger = logging.getLogger("ssl_models")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
+    """Send the progress lines of training and evaluation (epochs, search points, self-training steps, each model
+    evaluated) to stderr, in this process and Elastic workers: no stage runs longer than a few seconds in silence."""
+    for name in PROGRESS_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+            logger.addHandler(handler)

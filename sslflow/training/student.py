@@ -25,8 +25,11 @@ from torch import nn
 from ssl_models.evaluate import predict_probabilities
 from ssl_models.fixmatch import SelfTrainConfig, train_fixmatch
 from ssl_models.heads import Classifier
+from ssl_models.train import validation_scores
 from ssl_models.metrics import expected_calibration_error
+from sslflow.ladder import FLOORS
 from sslflow.training.labelled_subset import labelled_subset_rows
+from sslflow.training.selection import select_best
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,15 @@ def self_training_data(
     )  # fmt: skip
 
 
+def student_starts(models: list, top_rung_arm: str) -> list[tuple]:
+    """(start, teacher) of each student at one label fraction and seed: the model fine-tuned from the top rung's encoder
+    (``top_rung_arm``), judged against the best of every model there; and the control, the model fine-tuned from
+    scratch, judged against the best model without self-supervision (the floors), so that the table can say what
+    pretraining adds with a student and without one. models: those of one label fraction and seed, no students."""
+    floors = [model for model in models if model.init in FLOORS]
+    return [(student_start(models, top_rung_arm), select_best(models)), (student_start(models, "scratch"), select_best(floors))]
+
+
 def student_start(models: list, arm: str):
     """The model the student continues: the one fine-tuned (probe "finetune") from ``arm``'s encoder among ``models``
     (those of one label fraction and seed; anything with ``init`` and ``probe``)."""
@@ -134,8 +146,9 @@ def run_self_training(teacher: nn.Module, start: Classifier, data: SelfTrainingD
     trained) at the threshold on val (coverage, pseudo_label_accuracy, ece, per_class), mask_rate (the share of pool
     images whose weak view passed the threshold, over the training steps), pool_images, train_images,
     pseudo_labelled and per class pool_pseudo_labels (pool images the final student labels at the threshold),
-    labelled_images, best_step, stopped_step, teacher_val_accuracy, student_val_accuracy, student_gain and
-    student_beats_teacher (strictly higher val accuracy).
+    labelled_images, val_images, best_step, stopped_step, final_train_accuracy, teacher_val_accuracy and _loss,
+    student_val_accuracy and _loss, student_gain and student_beats_teacher (a better validation score: higher accuracy,
+    ties broken by lower cross-entropy, the rule of every choice).
     """
     val = torch.from_numpy(data.val_images)
     student, history = train_fixmatch(
@@ -149,12 +162,14 @@ def run_self_training(teacher: nn.Module, start: Classifier, data: SelfTrainingD
     pool_counts = np.bincount(pool_probabilities.argmax(1)[passed], minlength=len(data.class_names))
     for row, count in zip(report["per_class"], pool_counts):
         row["pool_pseudo_labels"] = int(count)
-    student_accuracy = float((student_probabilities.argmax(1) == data.val_labels).mean())
-    teacher_accuracy = float((predict_probabilities(teacher, val, config.augment).argmax(1) == data.val_labels).mean())
+    student_accuracy, student_loss = validation_scores(student, val, data.val_labels, config.augment)
+    teacher_accuracy, teacher_loss = validation_scores(teacher, val, data.val_labels, config.augment)
     report.update(
         mask_rate=float(np.mean([record["mask_rate"] for record in history])), pool_images=len(data.pool_images), train_images=data.train_images,
-        pseudo_labelled=int(passed.sum()), labelled_images=len(data.labels), best_step=history[-1].get("best_step", history[-1]["step"]),
-        stopped_step=history[-1]["stopped_step"], teacher_val_accuracy=teacher_accuracy, student_val_accuracy=student_accuracy,
-        student_gain=student_accuracy - teacher_accuracy, student_beats_teacher=student_accuracy > teacher_accuracy,
+        pseudo_labelled=int(passed.sum()), labelled_images=len(data.labels), val_images=len(data.val_labels),
+        best_step=history[-1].get("best_step", history[-1]["step"]), stopped_step=history[-1]["stopped_step"],
+        final_train_accuracy=validation_scores(student, torch.from_numpy(data.labelled_images), data.labels, config.augment)[0],
+        teacher_val_accuracy=teacher_accuracy, teacher_val_loss=teacher_loss, student_val_accuracy=student_accuracy, student_val_loss=student_loss,
+        student_gain=student_accuracy - teacher_accuracy, student_beats_teacher=(student_accuracy, -student_loss) > (teacher_accuracy, -teacher_loss),
     )  # fmt: skip
     return SelfTrainingResult(student=student, history=history, report=report)
