@@ -12,7 +12,7 @@ from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
 from sslflow.evaluation import accuracy_metric_key
 from sslflow.data.validation import check_label_fractions
-from sslflow.ladder import check_one_method
+from sslflow.ladder import check_initial_weights, check_one_method
 from sslflow.registry.record import Registration
 from sslflow.reporting.summary import pipeline_summary
 from sslflow.reporting.tables import results_markdown
@@ -21,7 +21,7 @@ from sslflow.tracking.store import tracking_uri
 from tasks.shared import SourceUri
 
 
-@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
 def start_pipeline_run(
     tracking_store: str,
     generic_source: SourceUri,
@@ -44,6 +44,7 @@ def start_pipeline_run(
     check_label_fractions(label_fractions)  # before any work: a bad fraction would fail only after training
     check_seeds(seeds)
     check_one_method(simclr.method, micle.method)
+    check_initial_weights("domain", micle.initial_weights)
     settings = {
         "generic_source": generic_source, "domain_source": domain_source, "shift_source": shift_source,
         "encoder": encoder_name, "simclr": simclr, "micle": micle, "finetune": finetune,

@@ -72,6 +72,7 @@ def _train_student(
         class_names=data.class_names, init=student_arm(encoder.arm), probe="finetune", label_fraction=fraction, num_labels=len(data.labels),
         val_accuracy=report["student_val_accuracy"], content_sha256=sha256, mlflow_run_id=run.info.run_id,
         selectable=bool(report["student_beats_teacher"]), seed=seed,
+        initial_weights=encoder.initial_weights, initial_weights_sha256=encoder.initial_weights_sha256,
     )  # fmt: skip
     return student, report
 
@@ -88,7 +89,7 @@ def _log_report(reports: list[dict]) -> None:
     mlflow.log_text(per_class_table(reports).to_csv(index=False), "pseudo_labels_per_class.csv")
 
 
-@task(cache=pipeline_cache("5"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("6"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str
 ) -> list[FinetunedModel]:

@@ -64,6 +64,10 @@ class EncoderCheckpoint:
     content_sha256: str
     mlflow_run_id: str
     arm: str  # the method and ladder rung that made it (sslflow.ladder.arm): "simclr", "moco+domain", "byol+micle"
+    # the user's weights the ladder started from (PretrainConfig.initial_weights) and their sha256; "" for random ones
+    initial_weights: str = ""
+    initial_weights_sha256: str = ""
+    collapsed: str = ""  # why the method's representation collapsed in its last epoch (DINO's monitor); "" when it did not
 
 
 @dataclass
@@ -88,6 +92,8 @@ class FinetunedModel:
     # False for a self-trained student that does not beat its teacher on validation: evaluated and
     # reported, never registered (sslflow.evaluation.select_best skips it).
     selectable: bool = True
+    initial_weights: str = ""  # the user's weights its encoder's ladder started from, and their sha256 (EncoderCheckpoint)
+    initial_weights_sha256: str = ""
 
 
 def content_hash(artifact) -> str:
