@@ -19,6 +19,7 @@ images, queries = test images; wall time covers training only.
     make bench-deps                                                   # lightly 1.6.0 into .bench-site
     PYTHONPATH=.bench-site python benchmarks/methods.py --quick       # CPU: small_cnn, 4096 images, 3 epochs
     PYTHONPATH=.bench-site python benchmarks/methods.py               # GPU: ResNet-18, all 60k, 20 epochs
+    PYTHONPATH=.bench-site python benchmarks/methods.py --quick --dino-only   # DINO alone, ours vs lightly's
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def train_lightly_dino(images: np.ndarray, encoder: torch.nn.Module, config: Pre
         hf_prob=view.flip_probability, cj_strength=0.5, gaussian_blur=(0.5, 0.5, 0.5), solarization_prob=0.0, normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
     )  # fmt: skip
     encoder, head = encoder.to(device), DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device)
-    teacher_encoder, teacher_head = copy.deepcopy(encoder), copy.deepcopy(head)
+    teacher_encoder, teacher_head = copy.deepcopy(encoder), DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device)
+    teacher_head.load_state_dict(head.state_dict())  # a copy: its weight_norm parameters cannot be deep-copied
     deactivate_requires_grad(teacher_encoder)
     deactivate_requires_grad(teacher_head)
     loss_fn = DINOLoss(output_dim=config.prototypes, warmup_teacher_temp=config.teacher_warmup_temperature, teacher_temp=config.teacher_temperature,
@@ -148,7 +150,7 @@ def train_lightly_dino(images: np.ndarray, encoder: torch.nn.Module, config: Pre
 
 
 def main() -> None:
-    args = parse_arguments(__doc__)
+    args = parse_arguments(__doc__, extra_flags={"--dino-only": "only DINO, ours and lightly's"})
     device = pick_device()
     train_images, train_labels, test_images, test_labels = fashion_mnist_split(quick=args.quick)
     encoder_name = "small_cnn" if args.quick else "resnet18"
@@ -157,7 +159,8 @@ def main() -> None:
         augment=AugmentConfig(output_size=SIZE, crop_scale=(0.3, 1.0), flip_probability=0.5, rotation_degrees=0.0),
     )  # fmt: skip
     rows = {}
-    for method in METHODS:
+    methods = ("dino",) if args.dino_only else METHODS
+    for method in methods:
         config = dataclasses.replace(base, method=method)
         for side in ("lightly", "sslflow"):
             encoder = build_encoder(encoder_name, 3, SIZE, seed=config.seed)
@@ -172,12 +175,12 @@ def main() -> None:
             "accuracy_difference": rows[f"{method}/sslflow"]["knn_accuracy"] - rows[f"{method}/lightly"]["knn_accuracy"],
             "time_ratio": rows[f"{method}/sslflow"]["train_seconds"] / rows[f"{method}/lightly"]["train_seconds"],
         }
-        for method in METHODS
+        for method in methods
     }
     for method, numbers in summary.items():
         print(f"{method}: sslflow - lightly kNN accuracy {numbers['accuracy_difference']:+.4f}; sslflow / lightly time {numbers['time_ratio']:.2f}")
     settings = {"encoder": encoder_name, "train_images": len(train_images), "test_images": len(test_images), "config": dataclasses.asdict(base)}
-    path = write_result("methods" + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, "summary": summary}, args.out)
+    path = write_result("methods" + ("-dino" if args.dino_only else "") + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, "summary": summary}, args.out)
     print(f"saved {path}")
 
 
