@@ -1,5 +1,5 @@
-"""SimCLR, MoCo v2 and BYOL: ours (ssl_models.methods through ssl_models.train.pretrain_contrastive) and
-lightly 1.6.0's building blocks for the same three methods, on Fashion-MNIST, in one run.
+"""SimCLR, MoCo v2, BYOL and DINO: ours (ssl_models.methods through ssl_models.train.pretrain_contrastive) and
+lightly 1.6.0's building blocks for the same four methods, on Fashion-MNIST, in one run.
 
 Both sides: the same encoder, initial weights, epochs, batch size, optimiser (AdamW, constant learning
 rate on lightly's side as in its examples; ours warm-up + cosine, the engine's schedule), projection width,
@@ -7,12 +7,19 @@ temperature (SimCLR, MoCo), queue size and momentum (MoCo 0.99 fixed; BYOL 0.99 
 symmetrised MoCo and BYOL losses. lightly side: its SimCLRTransform on PIL images in a torchvision
 DataLoader (one worker per core), SimCLRProjectionHead / MoCoProjectionHead (MoCo v2's head, no BatchNorm;
 ours is SimCLR's, with BatchNorm) / BYOLProjectionHead + BYOLPredictionHead, NTXentLoss (with memory_bank_size for MoCo), NegativeCosineSimilarity, update_momentum.
+DINO on both sides: two global views and ``local_crops`` local ones (5-40% crops at 96/224 of the side), a
+head of hidden width 512, bottleneck 128 and ``prototypes`` outputs (lightly's DINOProjectionHead, no
+BatchNorm, last layer weight-normalised), teacher temperature 0.04 -> 0.07 (lightly: per epoch over the first
+30% of the epochs; ours: per step over the first 30% of the steps), student temperature 0.1, centre
+momentum 0.9, teacher EMA from ``momentum`` to 1 on a cosine. lightly's side uses its DINOTransform (no
+solarisation, blur probability 0.5 on every view, as ours).
 Scored by weighted kNN (k=200, temperature 0.1) of the frozen encoder's features, bank = the training
 images, queries = test images; wall time covers training only.
 
     make bench-deps                                                   # lightly 1.6.0 into .bench-site
     PYTHONPATH=.bench-site python benchmarks/methods.py --quick       # CPU: small_cnn, 4096 images, 3 epochs
     PYTHONPATH=.bench-site python benchmarks/methods.py               # GPU: ResNet-18, all 60k, 20 epochs
+    PYTHONPATH=.bench-site python benchmarks/methods.py --quick --dino-only   # DINO alone, ours vs lightly's
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from ssl_models.device import pick_device  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.train import PretrainConfig  # noqa: E402
 
-METHODS = ("simclr", "moco", "byol")
+METHODS = ("simclr", "moco", "byol", "dino")
 
 
 def _lightly_heads(method: str, encoder: torch.nn.Module, config: PretrainConfig) -> torch.nn.ModuleDict:
@@ -99,8 +106,51 @@ def train_lightly(method: str, images: np.ndarray, encoder: torch.nn.Module, con
     return time.perf_counter() - started
 
 
+def train_lightly_dino(images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device) -> float:
+    """lightly's DINO (its DINOTransform, DINOProjectionHead, DINOLoss, update_momentum) with the settings of the docstring."""
+    from lightly.loss import DINOLoss
+    from lightly.models.modules import DINOProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.transforms import DINOTransform
+    from lightly.utils.scheduler import cosine_schedule
+
+    view = config.augment
+    transform = DINOTransform(
+        global_crop_size=SIZE, global_crop_scale=view.crop_scale, local_crop_size=max(8, round(SIZE * 96 / 224)), n_local_views=config.local_crops,
+        hf_prob=view.flip_probability, cj_strength=0.5, gaussian_blur=(0.5, 0.5, 0.5), solarization_prob=0.0, normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
+    )  # fmt: skip
+    encoder, head = encoder.to(device), DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device)
+    teacher_encoder, teacher_head = copy.deepcopy(encoder), DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device)
+    teacher_head.load_state_dict(head.state_dict())  # a copy: its weight_norm parameters cannot be deep-copied
+    deactivate_requires_grad(teacher_encoder)
+    deactivate_requires_grad(teacher_head)
+    loss_fn = DINOLoss(output_dim=config.prototypes, warmup_teacher_temp=config.teacher_warmup_temperature, teacher_temp=config.teacher_temperature,
+                       warmup_teacher_temp_epochs=max(1, round(0.3 * config.epochs))).to(device)  # fmt: skip
+    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay)
+    loader = DataLoader(PilImages(images, transform), batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        num_workers=os.cpu_count() or 1, persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
+    total, step, started = config.epochs * len(loader), 0, time.perf_counter()
+    for epoch in range(config.epochs):
+        for views in loader:
+            momentum = cosine_schedule(step, total, config.momentum, 1.0)
+            update_momentum(encoder, teacher_encoder, momentum)
+            update_momentum(head, teacher_head, momentum)
+            views = [v.to(device) for v in views]
+            with torch.no_grad():
+                teacher_out = [teacher_head(teacher_encoder(v)) for v in views[:2]]
+            student_out = [head(encoder(v)) for v in views]
+            loss = loss_fn(teacher_out, student_out, epoch=epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
 def main() -> None:
-    args = parse_arguments(__doc__)
+    args = parse_arguments(__doc__, extra_flags={"--dino-only": "only DINO, ours and lightly's"})
     device = pick_device()
     train_images, train_labels, test_images, test_labels = fashion_mnist_split(quick=args.quick)
     encoder_name = "small_cnn" if args.quick else "resnet18"
@@ -109,11 +159,15 @@ def main() -> None:
         augment=AugmentConfig(output_size=SIZE, crop_scale=(0.3, 1.0), flip_probability=0.5, rotation_degrees=0.0),
     )  # fmt: skip
     rows = {}
-    for method in METHODS:
+    methods = ("dino",) if args.dino_only else METHODS
+    for method in methods:
         config = dataclasses.replace(base, method=method)
         for side in ("lightly", "sslflow"):
             encoder = build_encoder(encoder_name, 3, SIZE, seed=config.seed)
-            seconds = train_lightly(method, train_images, encoder, config, device) if side == "lightly" else train_ours(train_images, encoder, config, device)
+            if side == "sslflow":
+                seconds = train_ours(train_images, encoder, config, device)
+            else:
+                seconds = train_lightly_dino(train_images, encoder, config, device) if method == "dino" else train_lightly(method, train_images, encoder, config, device)
             rows[f"{method}/{side}"] = {"knn_accuracy": knn(encoder, train_images, train_labels, test_images, test_labels), "train_seconds": seconds}
             print(f"{method:6s} {side:8s} kNN accuracy {rows[f'{method}/{side}']['knn_accuracy']:.4f}  train {seconds:7.1f} s", flush=True)
     summary = {
@@ -121,12 +175,12 @@ def main() -> None:
             "accuracy_difference": rows[f"{method}/sslflow"]["knn_accuracy"] - rows[f"{method}/lightly"]["knn_accuracy"],
             "time_ratio": rows[f"{method}/sslflow"]["train_seconds"] / rows[f"{method}/lightly"]["train_seconds"],
         }
-        for method in METHODS
+        for method in methods
     }
     for method, numbers in summary.items():
         print(f"{method}: sslflow - lightly kNN accuracy {numbers['accuracy_difference']:+.4f}; sslflow / lightly time {numbers['time_ratio']:.2f}")
     settings = {"encoder": encoder_name, "train_images": len(train_images), "test_images": len(test_images), "config": dataclasses.asdict(base)}
-    path = write_result("methods" + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, "summary": summary}, args.out)
+    path = write_result("methods" + ("-dino" if args.dino_only else "") + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, "summary": summary}, args.out)
     print(f"saved {path}")
 
 

@@ -21,6 +21,7 @@ REGISTRY = os.environ.get("SSLFLOW_IMAGE_REGISTRY", "localhost:30000")
 PACKAGES = [
     "torch==2.14.1",
     "torchvision==0.29.1",
+    "timm==1.0.31",
     "numpy==2.4.6",
     "flytekit==1.16.31",
     "flytekitplugins-kfpytorch[elastic]==1.16.31",

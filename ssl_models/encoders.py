@@ -4,13 +4,16 @@
 torchvision's ResNets (He et al., arXiv 1512.03385) with the small-image stem used by SimCLR's
 CIFAR experiments (3x3 stride-1 first convolution, no max-pool; arXiv 2002.05709, appendix B.9).
 All take 1- or 3-channel input at any resolution. ``pixels`` is no network: the flattened image, the
-floor a linear probe on learned features must beat.
+floor a linear probe on learned features must beat. Beside them, any timm or torchvision backbone by name
+(``timm:vit_small_patch16_224``, ``torchvision:convnext_tiny``: ``ssl_models.backbones``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ssl_models.backbones import build_named_backbone, split_name
 
 ENCODER_NAMES = ("small_cnn", "resnet18", "resnet50", "pixels")
 
@@ -82,14 +85,15 @@ class ResNetEncoder(nn.Module):
 
 
 def build_encoder(name: str, in_channels: int, image_size: int = 28, *, seed: int | None = None) -> nn.Module:
-    """An encoder with attribute ``feature_dim``. The small stem is used below 96 px.
+    """An encoder with attribute ``feature_dim``: one of ENCODER_NAMES (the small stem is used below 96 px) or a
+    backbone "timm:<model>" / "torchvision:<model>" (ssl_models.backbones).
 
     seed: initialise the weights from this seed, whatever the process drew from torch's global
     generator before (a pipeline runs many tasks in one process). None: draw from the global
     generator (for a module whose weights are loaded next).
     """
-    if name not in ENCODER_NAMES:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {ENCODER_NAMES}")
+    if name not in ENCODER_NAMES and split_name(name) is None:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {ENCODER_NAMES} or a backbone timm:<model> or torchvision:<model>")
     if seed is None:
         return _build(name, in_channels, image_size)
     with torch.random.fork_rng(devices=[]):
@@ -98,6 +102,8 @@ def build_encoder(name: str, in_channels: int, image_size: int = 28, *, seed: in
 
 
 def _build(name: str, in_channels: int, image_size: int) -> nn.Module:
+    if split_name(name) is not None:
+        return build_named_backbone(name, in_channels, image_size)
     if name == "small_cnn":
         return SmallConvNet(in_channels)
     if name == "pixels":

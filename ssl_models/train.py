@@ -46,10 +46,22 @@ class PretrainConfig:
     """Self-supervised pretraining. Defaults run in about a minute on a 2-core CPU at 28 px.
 
     method: a name in ``ssl_models.methods.METHODS``: "simclr" (arXiv 2002.05709), "moco" (MoCo v2, arXiv
-        2003.04297) or "byol" (arXiv 2006.07733).
+        2003.04297), "byol" (arXiv 2006.07733), "dino" (arXiv 2104.14294) or "distill" (distillation from the frozen
+        ``teacher``: ssl_models/methods/distill.py).
     temperature: SimCLR's and MoCo's tau. projection_dim: every method's projection width.
     queue_size: MoCo's queue of negatives; keep it well under the number of images: a queue longer than an
-        epoch holds the anchor's own earlier key as a "negative" (1024 for the default's 4,000-6,000 images). momentum: MoCo's key-encoder EMA; BYOL's starting target EMA.
+        epoch holds the anchor's own earlier key as a "negative" (1024 for the default's 4,000-6,000 images). momentum: MoCo's key-encoder EMA; BYOL's and DINO's starting target (teacher) EMA.
+    prototypes: DINO's K, the width of its output distribution (65,536 in the paper; 1024 for small encoders).
+    teacher_temperature, teacher_warmup_temperature: DINO's teacher temperature after and at the start of its
+        linear warm-up over the first 30% of the run (0.07 and 0.04 as the paper). local_crops: DINO's local views
+        per pair (multi-crop; 0: the two global views only).
+    teacher, teacher_weights: method "distill"'s frozen teacher, a backbone name as encoder_name takes
+        ("timm:vit_small_patch14_dinov2") and its weights (a local file, s3:// or MLflow URI, as initial_weights).
+    initial_weights: where the generic rung's encoder starts: "" random weights; else the user's weights of the
+        pipeline's encoder_name backbone, a local file, s3://bucket/key or an MLflow URI (models:/name/version,
+        runs:/id/path): a state dict or a timm/torchvision checkpoint, checked key by key, RGB first layers summed
+        to 1 channel (sslflow/tracking/initial_weights.py). With epochs 0 the weights themselves are the generic rung.
+        Only the generic rung's config takes it: the domain rungs start from the generic rung.
     """
 
     method: str = "simclr"
@@ -63,16 +75,25 @@ class PretrainConfig:
     projection_dim: int = 64
     queue_size: int = 1024
     momentum: float = 0.99
+    prototypes: int = 1024
+    teacher_temperature: float = 0.07
+    teacher_warmup_temperature: float = 0.04
+    local_crops: int = 2
+    teacher: str = ""
+    teacher_weights: str = ""
     seed: int = 0
     channels_last: bool = True
     compile: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     memory_budget_mb: int = 0  # host memory for the image set; above it, stream from shards (0: a quarter of the pod's)
     buffer_shards: int = 4  # streaming: shards shuffled together (each rank holds these + prefetched ones)
+    initial_weights: str = ""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"PretrainConfig.method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if METHODS[self.method].needs_teacher and not (self.teacher and self.teacher_weights):
+            raise ValueError(f"PretrainConfig.method={self.method!r} distils a teacher: set teacher (a backbone name) and teacher_weights (where its weights are)")
 
 
 @dataclass(frozen=True)
@@ -183,16 +204,17 @@ class ContrastiveRun:
         return state["epoch"] + 1
 
 
-def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainConfig) -> ContrastiveRun:
+def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainConfig, *, teacher: nn.Module | None = None) -> ContrastiveRun:
     """Device, process group, seeded model (+ SyncBatchNorm and DDP under torchrun), optimiser, schedule.
 
     encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim). num_images: images per epoch.
+    teacher: the frozen network of a distillation method (config.method "distill"), else None.
     """
     process = init_from_environment()  # binds this rank's GPU before any CUDA work
     device = process.device
     torch.manual_seed(config.seed + process.rank)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = build_method(config.method, encoder, config).to(device, memory_format=memory_format)
+    model = build_method(config.method, encoder, config, teacher=teacher).to(device, memory_format=memory_format)
     if process.world_size > 1:
         if device.type == "cuda":  # global BatchNorm as in SimCLR; PyTorch's SyncBatchNorm is GPU-only
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -221,8 +243,11 @@ def _method_loss(run: ContrastiveRun, anchors: torch.Tensor, partners: torch.Ten
     """The method's loss on one batch of pairs, each image with its own random view: anchors, partners (B, C, H, W) uint8 -> scalar."""
     views_a = augment(anchors, view, run.generator).contiguous(memory_format=run.memory_format)
     views_b = augment(partners, view, run.generator).contiguous(memory_format=run.memory_format)
+    method = _unwrap(run.model)
+    local_view = method.local_view(view)
+    local_views = [augment(partners if i % 2 else anchors, local_view, run.generator).contiguous(memory_format=run.memory_format) for i in range(method.local_crops)]
     with autocast(run.device):
-        return run.forward(views_a, views_b).float()
+        return run.forward(views_a, views_b, *local_views).float()
 
 
 def pretrain_one_epoch(run: ContrastiveRun, data: PairSource, epoch: int, config: PretrainConfig) -> dict:
@@ -243,12 +268,14 @@ def pretrain_one_epoch(run: ContrastiveRun, data: PairSource, epoch: int, config
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     elapsed = time.perf_counter() - started
+    method_metrics = {name: mean_across_ranks(value) for name, value in _unwrap(run.model).epoch_metrics().items()}
     return {
         "epoch": epoch,
         "loss": mean_across_ranks(totals.mean_loss),
         "images_per_second": totals.seen * run.process.world_size / elapsed,
         "learning_rate": run.schedule.get_last_lr()[0],
         "padded_images": padded_images(data.num_images, run.process.world_size),
+        **method_metrics,
     }
 
 
@@ -260,6 +287,7 @@ def pretrain_contrastive(
     on_epoch_end: EpochCallback | None = None,
     resume_state: dict | None = None,
     monitor: KnnMonitor | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[dict]:
     """Train ``encoder`` in place with ``config.method`` on (anchor, partner) pairs of one case drawn by ``data``.
 
@@ -274,12 +302,13 @@ def pretrain_contrastive(
         monitor: measures the encoder after every epoch; its kNN accuracy joins the epoch's metrics as ``knn_accuracy``.
         resume_state: a dict from a previous run's ``state_fn()``; training restarts after its epoch. Under
             torchrun only rank 0's is used (broadcast to every rank), so other nodes need no copy of it.
+        teacher: the frozen teacher of method "distill" (module with ``feature_dim``), else None.
 
     Returns:
         One dict per epoch trained: epoch, loss, images_per_second, learning_rate, padded_images (and knn_accuracy
         with a monitor).
     """
-    run = build_contrastive_run(encoder, data.num_images, config)
+    run = build_contrastive_run(encoder, data.num_images, config, teacher=teacher)
     resume_state = from_rank_zero(resume_state)  # every rank resumes rank 0's state: the same epoch, identical weights
     start_epoch = 0 if resume_state is None else run.restore(resume_state)
     if run.process.is_main and run.process.world_size > 1:

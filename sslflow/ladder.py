@@ -96,6 +96,15 @@ def method_of(init: str) -> str | None:
     return base if base in METHODS and init not in FLOORS else None
 
 
+def check_initial_weights(rung: str, initial_weights: str) -> None:
+    """LadderError if a rung above the generic one is given initial weights: it starts from the rung below it."""
+    if initial_weights and rung != LADDER[0].name:
+        raise LadderError(
+            f"initial_weights={initial_weights!r} is set in the configuration of the {rung!r} rung, which starts from the generic rung's "
+            f"encoder: give the weights in the generic rung's configuration ('simclr') and leave the domain one's ('micle') empty"
+        )
+
+
 def check_one_method(generic_method: str, domain_method: str) -> None:
     """LadderError unless both rungs' configurations name the same method: the ladder compares rungs, not methods."""
     if generic_method != domain_method:

@@ -68,14 +68,20 @@ def _finetune(
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("6"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("7"), **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
-    """A new linear layer on a self-supervised encoder; the model's init is the encoder's arm ("simclr+micle")."""
+    """A new linear layer on a self-supervised encoder; the model's init is the encoder's arm ("simclr+micle"), its
+    lineage the user's initial weights the encoder's ladder started from, if any. A collapsed encoder's model is
+    evaluated and reported, never selected."""
     lineage = {"encoder.sha256": encoder.content_sha256, "encoder.mlflow_run_id": encoder.mlflow_run_id}
-    return _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=encoder.arm, lineage=lineage)
+    if encoder.initial_weights:
+        lineage.update({"initial_weights.source": encoder.initial_weights, "initial_weights.sha256": encoder.initial_weights_sha256})
+    model = _finetune(domain, encoder, encoder.encoder_name, label_fraction, config, parent_run_id, init=encoder.arm, lineage=lineage)
+    weights = {"initial_weights": encoder.initial_weights, "initial_weights_sha256": encoder.initial_weights_sha256}
+    return dataclasses.replace(model, selectable=not encoder.collapsed, **weights)
 
 
 @task(cache=pipeline_cache("5"), **FINETUNE_TASK_SETTINGS)

@@ -12,7 +12,7 @@ from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
 from sslflow.evaluation import accuracy_metric_key
 from sslflow.data.validation import check_label_fractions
-from sslflow.ladder import check_one_method
+from sslflow.ladder import check_initial_weights, check_one_method
 from sslflow.registry.record import Registration
 from sslflow.reporting.summary import pipeline_summary
 from sslflow.reporting.tables import results_markdown
@@ -22,7 +22,7 @@ from tasks.shared import SourceUri
 from tasks.shared import outages_are_recoverable
 
 
-@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
+@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
 @outages_are_recoverable
 def start_pipeline_run(
     tracking_store: str,
@@ -46,6 +46,7 @@ def start_pipeline_run(
     check_label_fractions(label_fractions)  # before any work: a bad fraction would fail only after training
     check_seeds(seeds)
     check_one_method(simclr.method, micle.method)
+    check_initial_weights("domain", micle.initial_weights)
     settings = {
         "generic_source": generic_source, "domain_source": domain_source, "shift_source": shift_source,
         "encoder": encoder_name, "simclr": simclr, "micle": micle, "finetune": finetune,

@@ -26,13 +26,15 @@ from ssl_models.micle import CasePairSampler
 from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
 from ssl_models.distributed import leave_process_group, local_world_size
 from ssl_models.evaluate import KnnMonitor
+from ssl_models.methods import METHODS
 from ssl_models.train import PairSource, PretrainConfig, pretrain_contrastive
 from sslflow.data.dataset import fetch_shards_once_per_node, image_shape, images_bytes, read_images, read_manifest, shard_rows
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
-from sslflow.ladder import RUNGS, Rung, arm
+from sslflow.ladder import RUNGS, Rung, arm, check_initial_weights
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
+from sslflow.tracking.initial_weights import InitialWeights, encoder_from_weights
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
 from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, node_shards_folder, pipeline_cache, read_rows
@@ -109,6 +111,30 @@ def _log_pool(manifest: pd.DataFrame, sampler: CasePairSampler, *, case_pairs: b
         mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the data has no real case ids)")
 
 
+def _starting_encoder(
+    rung: Rung, initial: EncoderCheckpoint | None, encoder_name: str, shape: tuple[int, ...], config: PretrainConfig
+) -> tuple[torch.nn.Module, InitialWeights | None]:
+    """The encoder a rung starts from and the user's weights under it (None: random ones). The generic rung (initial
+    None): config.initial_weights when given, else random weights from config.seed; the others: ``initial``'s."""
+    in_channels, image_size = int(shape[0]), int(shape[-1])
+    if initial is not None:
+        check_initial_weights(rung.name, config.initial_weights)
+        weights = InitialWeights(initial.initial_weights, initial.initial_weights_sha256) if initial.initial_weights else None
+        return initial_encoder(initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed), weights
+    if config.initial_weights:
+        return encoder_from_weights(config.initial_weights, encoder_name, in_channels, image_size, Path(current_context().working_directory))
+    return initial_encoder(None, encoder_name, in_channels, image_size, seed=config.seed), None
+
+
+def _teacher(config: PretrainConfig, shape: tuple[int, ...]) -> tuple[torch.nn.Module | None, dict]:
+    """The frozen teacher of a distillation method (config.teacher with config.teacher_weights) and its lineage params;
+    (None, {}) for the other methods."""
+    if not METHODS[config.method].needs_teacher:
+        return None, {}
+    teacher, weights = encoder_from_weights(config.teacher_weights, config.teacher, int(shape[0]), int(shape[-1]), Path(current_context().working_directory))
+    return teacher, {"teacher": config.teacher, "teacher.source": weights.source, "teacher.sha256": weights.sha256}
+
+
 def _pretrain(
     rung: Rung, dataset: Dataset, initial: EncoderCheckpoint | None, encoder_name: str, config: PretrainConfig, parent_run_id: str,
     *, lineage: dict,
@@ -118,7 +144,9 @@ def _pretrain(
     stage, case_pairs = rung.stage, rung.case_pairs
     manifest, data, shape = _pretraining_data(dataset, config, case_pairs=case_pairs)
     in_channels, image_size = int(shape[0]), int(shape[-1])
-    encoder = initial_encoder(None if initial is None else initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed)
+    encoder, weights = _starting_encoder(rung, initial, encoder_name, shape, config)
+    teacher, teacher_lineage = _teacher(config, shape)
+    lineage = {**lineage, **(weights.params() if weights else {}), **teacher_lineage}
     case_ids = manifest["case_id"].tolist() if case_pairs else list(range(len(manifest)))
     params = {"config": config, "method": config.method, "arm": arm(config.method, rung.name), "encoder": encoder_name, "dataset": dataset.name, "dataset.sha256": dataset.content_sha256, **lineage}
     with stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext() as run:
@@ -135,9 +163,13 @@ def _pretrain(
 
         resume_state = checkpoints.load() if is_main_process() else None  # rank 0's reaches every rank (pretrain_contrastive)
         monitor = _knn_monitor(dataset, config)
-        pretrain_contrastive(encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume_state, monitor=monitor)
+        history = pretrain_contrastive(encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume_state, monitor=monitor, teacher=teacher)
+        collapsed = METHODS[config.method].collapse_reason(history[-1]) if history else ""
         path, sha256 = save_state_dict(encoder, Path(current_context().working_directory), stage, "encoder.pt")
         if run is not None:
+            if collapsed:
+                log.warning("%s: %s; its fine-tuned models are not selectable", stage, collapsed)
+                mlflow.set_tag("collapsed", collapsed)
             if resume_state is not None:
                 mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])
             mlflow.log_artifact(str(path), artifact_path="checkpoint")
@@ -147,20 +179,21 @@ def _pretrain(
     return EncoderCheckpoint(
         checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,
         content_sha256=sha256, mlflow_run_id=run.info.run_id if run is not None else "", arm=arm(config.method, rung.name),
+        initial_weights=weights.source if weights else "", initial_weights_sha256=weights.sha256 if weights else "", collapsed=collapsed,
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pipeline_cache("4", serialize=True), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
-    """The generic rung: config.method (SimCLR by default, arXiv 2002.05709) from random initialisation; labels
-    unused (but by the kNN monitor); two augmentations of each image."""
+    """The generic rung: config.method (SimCLR by default, arXiv 2002.05709) from random initialisation, or from the
+    user's weights (config.initial_weights); labels unused (but by the kNN monitor); two augmentations of each image."""
     return _pretrain(RUNGS["generic"], dataset, None, encoder_name, config, parent_run_id, lineage={})
 
 
-@task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pipeline_cache("4", serialize=True), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_micle(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
@@ -171,7 +204,7 @@ def pretrain_micle(
     return _pretrain(RUNGS["case_pairs"], dataset, initial, initial.encoder_name, config, parent_run_id, lineage=lineage)
 
 
-@task(cache=pipeline_cache("2", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_domain_simclr(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str

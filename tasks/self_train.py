@@ -77,6 +77,7 @@ def _train_student(data_source, teacher: FinetunedModel, start: FinetunedModel, 
         val_accuracy=report["student_val_accuracy"], content_sha256=sha256, mlflow_run_id=run.info.run_id,
         selectable=bool(report["student_beats_teacher"]), seed=seed, num_val_labels=len(data.val_labels), val_loss=report["student_val_loss"],
         chosen=f"threshold={config.confidence_threshold:g}", best_step=int(report["best_step"]), final_train_accuracy=report["final_train_accuracy"],
+        initial_weights=start.initial_weights, initial_weights_sha256=start.initial_weights_sha256,
     )  # fmt: skip
     return student, report
 
@@ -93,7 +94,7 @@ def _log_report(reports: list[dict]) -> None:
     mlflow.log_text(per_class_table(reports).to_csv(index=False), "pseudo_labels_per_class.csv")
 
 
-@task(cache=pipeline_cache("6"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("7"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str

@@ -91,6 +91,10 @@ class EncoderCheckpoint:
     content_sha256: str
     mlflow_run_id: str
     arm: str  # the method and ladder rung that made it (sslflow.ladder.arm): "simclr", "moco+domain", "byol+micle"
+    # the user's weights the ladder started from (PretrainConfig.initial_weights) and their sha256; "" for random ones
+    initial_weights: str = ""
+    initial_weights_sha256: str = ""
+    collapsed: str = ""  # why the method's representation collapsed in its last epoch (DINO's monitor); "" when it did not
 
 
 @dataclass
@@ -121,6 +125,8 @@ class FinetunedModel:
     chosen: str = ""  # the settings the search chose on validation ("lr=0.001 wd=0.0001"; a probe's "C=0.1")
     best_step: int = 0  # the step whose weights were kept (0: a probe, no steps)
     final_train_accuracy: float = 0.0  # the returned model on its un-augmented training images
+    initial_weights: str = ""  # the user's weights its encoder's ladder started from, and their sha256 (EncoderCheckpoint)
+    initial_weights_sha256: str = ""
 
 
 def content_hash(artifact) -> str:

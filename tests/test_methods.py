@@ -113,8 +113,10 @@ def test_micle_case_pairs_train_every_method(method):
     monitor = KnnMonitor(images[:24], labels[:24], images[24:], labels[24:], VIEW, k=5)
     encoder = build_encoder("small_cnn", 1, seed=0)
     before = copy.deepcopy(encoder.state_dict())
-    config = PretrainConfig(method=method, epochs=2, batch_size=16, augment=VIEW, queue_size=32)
-    history = pretrain_contrastive(encoder, InMemoryPairs(images, [i // 2 for i in range(32)]), config, monitor=monitor)
+    teacher = build_encoder("small_cnn", 1, seed=1) if METHODS[method].needs_teacher else None  # distillation's frozen teacher
+    settings = {"teacher": "small_cnn", "teacher_weights": "given as a module"} if teacher is not None else {}
+    config = PretrainConfig(method=method, epochs=2, batch_size=16, augment=VIEW, queue_size=32, **settings)
+    history = pretrain_contrastive(encoder, InMemoryPairs(images, [i // 2 for i in range(32)]), config, monitor=monitor, teacher=teacher)
     assert all(math.isfinite(r["loss"]) and 0.0 <= r["knn_accuracy"] <= 1.0 for r in history)
     assert not torch.equal(before["layers.0.weight"], encoder.state_dict()["layers.0.weight"])
 

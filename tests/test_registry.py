@@ -163,6 +163,7 @@ def _finetuned(directory: Path, classifier: Classifier, name: str, classes: list
         "checkpoint": FlyteFile(str(path)), "encoder_name": "small_cnn", "in_channels": 1, "image_size": 28,
         "class_names": classes, "init": "simclr+micle", "probe": "finetune", "label_fraction": 1.0, "num_labels": 30,
         "val_accuracy": 0.5, "content_sha256": file_sha256(path), "mlflow_run_id": "", "seed": 0, "selectable": True,
+        "initial_weights": "s3://weights/user.pth", "initial_weights_sha256": "ab" * 32,
     }  # fmt: skip
     return FinetunedModel(**{f.name: values[f.name] for f in dataclasses.fields(FinetunedModel)})
 
@@ -195,6 +196,7 @@ def test_gate_promotion_load_by_alias_and_rollback(tracking, gate_sets, tmp_path
     assert tags[STATE_TAG] == COMPLETE and tags["gate.champion_version"] == "1"
     for key in ("checkpoint_sha256", "pipeline_run_id", "code_version", "in_domain_data_sha256", "shift_data_sha256", "label_fraction"):
         assert tags[key], key
+    assert (tags["initial_weights.source"], tags["initial_weights.sha256"]) == ("s3://weights/user.pth", "ab" * 32)  # the weights' lineage
     assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "2"}
 
     # the same kind of model passes once a 0.1 drop under shift is allowed: champion moves, the old one is kept

@@ -10,7 +10,7 @@ fine-tuning on 1/10/100% of MNIST labels, testing on held-out MNIST and on optdi
     pyflyte run workflows/pipeline.py ssl_pipeline --domain_source ./my_scans --shift_source ./other_site
     pyflyte run workflows/pipeline.py ssl_pipeline --simclr '{"method": "moco", "epochs": 4}' --micle '{"method": "moco", "epochs": 4}'
 
-The method (SimCLR, MoCo v2, BYOL: ssl_models.methods.METHODS) is the pretraining configs' ``method``; the
+The method (SimCLR, MoCo v2, BYOL, DINO, distillation: ssl_models.methods.METHODS) is the pretraining configs' ``method``; the
 ladder's arms are named after it (sslflow.ladder), so MoCo v2's are "moco", "moco+domain", "moco+micle".
 """
 

@@ -12,6 +12,8 @@ from torch import nn
 
 from ssl_models.methods.base import SSLMethod
 from ssl_models.methods.byol import BYOL
+from ssl_models.methods.dino import DINO
+from ssl_models.methods.distill import Distillation
 from ssl_models.methods.moco import MoCoV2
 from ssl_models.methods.simclr import SimCLR
 
@@ -20,13 +22,20 @@ METHODS: dict[str, type[SSLMethod]] = {
     "simclr": SimCLR,
     "moco": MoCoV2,
     "byol": BYOL,
+    "dino": DINO,
+    "distill": Distillation,
 }
 
 
-def build_method(name: str, encoder: nn.Module, settings) -> SSLMethod:
-    """The method ``name`` of METHODS around ``encoder``, its hyper-parameters read from ``settings`` (a PretrainConfig)."""
+def build_method(name: str, encoder: nn.Module, settings, *, teacher: nn.Module | None = None) -> SSLMethod:
+    """The method ``name`` of METHODS around ``encoder``, its hyper-parameters read from ``settings`` (a PretrainConfig);
+    ``teacher``: the frozen network a method with ``needs_teacher`` (distillation) learns from, None for the others."""
     if name not in METHODS:
         raise ValueError(f"unknown self-supervised method {name!r}; choose one of {sorted(METHODS)}")
+    if METHODS[name].needs_teacher:
+        return METHODS[name].from_config(encoder, settings, teacher=teacher)
+    if teacher is not None:
+        raise ValueError(f"method {name!r} takes no teacher; distillation from a teacher is method 'distill'")
     return METHODS[name].from_config(encoder, settings)
 
 

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from ssl_models.augment import AugmentConfig
+
 
 class SSLMethod(nn.Module):
     """Base of the methods in ``ssl_models.methods.METHODS``.
@@ -28,6 +30,8 @@ class SSLMethod(nn.Module):
 
     encoder: nn.Module
     label: str = ""  # the name reports print ("SimCLR", "MoCo v2")
+    needs_teacher: bool = False  # from_config takes a frozen ``teacher`` module (distillation)
+    local_crops: int = 0  # multi-crop (DINO): this many extra views in local_view(view), passed to forward after the pair
 
     @classmethod
     def from_config(cls, encoder: nn.Module, settings) -> SSLMethod:
@@ -36,6 +40,19 @@ class SSLMethod(nn.Module):
 
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step; ``progress`` in [0, 1] is steps done / steps of the run. No-op by default."""
+
+    def local_view(self, view: AugmentConfig) -> AugmentConfig:
+        """The view distribution of the ``local_crops`` extra views, given the pair's ``view``."""
+        return view
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Measures of the steps since the last call, joined to the epoch's metrics (DINO's collapse monitor). None by default."""
+        return {}
+
+    @classmethod
+    def collapse_reason(cls, metrics: dict) -> str:
+        """Why the epoch with ``metrics`` shows a collapsed representation, or "" (never, by default)."""
+        return ""
 
 
 def full_precision(tensor: torch.Tensor):

@@ -70,6 +70,8 @@ class SelectedModel(EvaluatedModel, Protocol):
     content_sha256: str
     mlflow_run_id: str
     selectable: bool  # False: a self-trained student that did not beat its teacher on validation
+    initial_weights: str  # the user's weights its encoder's ladder started from ("" for random ones), and their sha256
+    initial_weights_sha256: str
 
 
 def _registration(registry: MlflowClient, version: ModelVersion, note: str = "") -> Registration:
@@ -102,8 +104,15 @@ def version_tags(best: SelectedModel, challenger: Accuracies, data_tags: dict[st
         "val_accuracy": f"{best.val_accuracy:.6f}", "in_domain_accuracy": f"{challenger.in_domain:.6f}",
         "shift_accuracy": f"{challenger.shift:.6f}", CLASS_NAMES_TAG: encode_class_names(best.class_names),
         "encoder_name": best.encoder_name, "finetune_mlflow_run_id": best.mlflow_run_id,
-        SERVING_TAG: SERVING_FORMAT, STATE_TAG: INCOMPLETE,
+        SERVING_TAG: SERVING_FORMAT, STATE_TAG: INCOMPLETE, **initial_weights_tags(best),
     }  # fmt: skip
+
+
+def initial_weights_tags(best: SelectedModel) -> dict[str, str]:
+    """The lineage of the weights the model's ladder started from: the user's (source URI and sha256) or "random"."""
+    if not best.initial_weights:
+        return {"initial_weights.source": "random"}
+    return {"initial_weights.source": best.initial_weights, "initial_weights.sha256": best.initial_weights_sha256}
 
 
 def _champion_scores(registry: MlflowClient, model_name: str, version: str, gate_sets: GateSets) -> tuple[Accuracies | None, str]:
