@@ -7,8 +7,9 @@ The protocol (the pipeline's functions, larger settings):
   well as fine-tuning;
 - at each fraction the label budget (sslflow.training.labelled_subset): training fold + validation fold, both
   counted as labels used; every choice is made on the validation fold;
-- arms: pixels (linear probe), scratch (fine-tuned), the top rung and the generic rung (linear probe and fine-tuned),
-  and up to max_label_fraction two FixMatch students: the top rung's and the control, scratch's
+- arms: pixels (linear probe), scratch (fine-tuned), the ladder's rungs of the settings' ``rungs`` (on 2 CPU cores
+  the top rung only; linear probe and fine-tuned), and up to max_label_fraction two FixMatch students: the top
+  rung's and the control, scratch's
   (sslflow.training.student.student_starts). Every fine-tuned arm gets the same search (learning_rates x
   weight_decays) on its own validation fold, no head warm-up, and a step budget that early stopping ends;
 - scored on the MNIST test split and optdigits (the shift set); the corruption suite is left to the pipeline;
@@ -18,7 +19,7 @@ The protocol (the pipeline's functions, larger settings):
   any interval can be recomputed.
 
     python benchmarks/quality.py                 # GPU: all 70k Fashion-MNIST, ResNet-18, long schedules
-    python benchmarks/quality.py --cpu-budget    # small_cnn on 2 CPU cores, 3 seeds; the JSON is rewritten after each seed
+    python benchmarks/quality.py --cpu-budget    # small_cnn on 2 CPU cores, 3 seeds, about an hour; the JSON is rewritten after each seed
     python benchmarks/quality.py --smoke         # a minute of tiny settings, one seed: the script works (tests use it)
 """
 
@@ -60,9 +61,9 @@ SETTINGS = {
     "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
                 micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300, **SEARCH),
                 self_train=SelfTrainConfig(steps=2000, batch_size=64, unlabelled_ratio=7)),
-    "cpu-budget": dict(encoder="small_cnn", generic_images=6000, simclr=PretrainConfig(epochs=4), micle=PretrainConfig(epochs=8),
-                       finetune=FinetuneConfig(epochs=10, min_steps=150, eval_every=10, patience=4, **SEARCH),
-                       self_train=SelfTrainConfig(steps=300, max_label_fraction=0.1)),
+    "cpu-budget": dict(encoder="small_cnn", generic_images=6000, simclr=PretrainConfig(epochs=4), micle=PretrainConfig(epochs=6),
+                       finetune=FinetuneConfig(epochs=4, min_steps=100, eval_every=10, patience=3, **SEARCH),
+                       self_train=SelfTrainConfig(steps=150, max_label_fraction=0.05), fractions=(0.01, 0.02, 0.03, 0.05, 0.1, 1.0), rungs=("case_pairs",)),
     "smoke": dict(encoder="small_cnn", generic_images=200, domain_images=400, shift_images=100, simclr=PretrainConfig(epochs=1, batch_size=128),
                   micle=PretrainConfig(epochs=1, batch_size=128), finetune=FinetuneConfig(epochs=1, min_steps=2, learning_rates=[1e-3, 3e-3], probe_inverse_l2=[1.0]),
                   self_train=SelfTrainConfig(steps=2, eval_every=2, confidence_threshold=0.0, max_label_fraction=0.1), seeds=(0, 1),
@@ -119,9 +120,12 @@ def _scored(record: SimpleNamespace, fraction: float, data: SimpleNamespace) -> 
 
 
 def ablation(settings: dict, encoders: dict, data: SimpleNamespace, seed: int) -> tuple[list[dict], dict]:
-    """Every arm at every fraction for one seed; also {fraction: the trained records} for the students."""
+    """Every arm at every fraction for one seed (the encoders of the settings' ``rungs``, all without); also
+    {fraction: the trained records} for the students."""
     results, trained = [], {}
-    arms = [("pixels", "linear"), ("scratch", "finetune")] + [(init, probe) for init in encoders for probe in ("linear", "finetune")]
+    method, rungs = settings["simclr"].method, settings.get("rungs", [rung.name for rung in LADDER])
+    tried = [init for init in encoders if init in [arm(method, rung) for rung in rungs]]
+    arms = [("pixels", "linear"), ("scratch", "finetune")] + [(init, probe) for init in tried for probe in ("linear", "finetune")]
     for fraction in settings.get("fractions", FRACTIONS):
         subset = labelled_subset(data.domain, data.domain_pixels, fraction, seed, "mnist-5k")
         trained[fraction] = []
