@@ -35,7 +35,7 @@ def make_run_block(path: Path) -> list[str]:
     lines = path.read_text().splitlines()
     header = {key: value for key, value in (line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)}
     table = [line for line in lines if line.startswith("|")]
-    start = next(i for i, line in enumerate(lines) if line.startswith("This run's verdicts"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(("This run's verdicts", "Labels saved")))  # the latter: older summaries
     saving = lines[start : lines.index("", start)]
     return [
         f"`make run`, one seed, cold, on a {header['machine'].replace(', cpu', ', no GPU')} (`{path.relative_to(RESULTS.parent.parent)}`, commit "
