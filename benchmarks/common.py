@@ -66,8 +66,9 @@ def machine() -> dict:
     }
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
-        # changed or new (untracked, not ignored) files: the commit is not the whole story (a new script is not in it)
+        status = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+        # changed or new (untracked, not ignored) files: the commit is not the whole story (a new script is not in it);
+        # result files are outputs, not code: a benchmark that rewrites its own result as it goes stays clean
         info["dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         info["commit"], info["dirty"] = "unknown", None
