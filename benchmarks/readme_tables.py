@@ -37,9 +37,11 @@ def make_run_block(path: Path) -> list[str]:
     table = [line for line in lines if line.startswith("|")]
     start = next(i for i, line in enumerate(lines) if line.startswith(("This run's verdicts", "Labels saved")))  # the latter: older summaries
     saving = lines[start : lines.index("", start)]
+    cpu = f" ({header['cpu']})" if "cpu" in header else ""
     return [
-        f"`make run`, one seed, cold, on a {header['machine'].replace(', cpu', ', no GPU')} (`{path.relative_to(RESULTS.parent.parent)}`, commit "
-        f"{header['commit']}{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']}): `make run` wall time {header['wall time']}.",
+        f"`make run`, one seed, cold, on a {header['machine'].replace(', cpu', ', no GPU')}{cpu}"
+        f" (`{path.relative_to(RESULTS.parent.parent)}`, commit {header['commit']}{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']},"
+        f" load {header.get('load average at the end (1, 5, 15 min)', '?')}): `make run` wall time {header['wall time']}.",
         "",
         *table,
         "",
