@@ -135,3 +135,11 @@ def test_the_curve_and_the_labels_saved_read_off_it():
     assert found["ratio"] == pytest.approx(np.sqrt(350 * 3500) / 40) and found["low"] < found["ratio"] < found["high"]
     assert found["verdict"] in ("met", "undetermined (the interval holds the target)") and found["reference"] == "simclr+micle finetune at 0.01"
     assert savings_figure(results)["label_savings"].startswith(b"\x89PNG")
+
+
+def test_a_test_split_of_one_case_gives_no_interval_and_no_crash():
+    one_case = np.zeros(20, dtype=int)
+    rows = [_row("simclr+micle", 0.01, np.arange(20) < 15, one_case, val_accuracy=0.9), _row("scratch", 0.1, np.arange(20) < 10, one_case, labels=(300, 50))]
+    results = pd.DataFrame(rows)
+    assert label_efficiency_comparisons(results) == {} and savings_curves(results) == {} and savings_figure(results) == {}
+    assert headlines(results, {"scratch": 10.0}) == {}

@@ -56,7 +56,7 @@ def _arm_rows(results: pd.DataFrame, arm: tuple[str, str], fraction: float) -> p
 
 def compare_arms(results: pd.DataFrame, ours: tuple[str, str], ours_fraction: float, theirs: tuple[str, str], theirs_fraction: float) -> dict | None:
     """ours - theirs in in-domain test accuracy, paired by seed and image, with its case-bootstrap interval; None when
-    either arm lacks a seed the other has. {ours, theirs, *_accuracy, *_labels (training + validation), difference,
+    either arm lacks a seed the other has, or the test images come from fewer than 2 cases (no interval exists). {ours, theirs, *_accuracy, *_labels (training + validation), difference,
     verdict, seeds}."""
     mine, other = _arm_rows(results, ours, ours_fraction), _arm_rows(results, theirs, theirs_fraction)
     seeds = sorted(set(mine["seed"]) & set(other["seed"]))
@@ -64,6 +64,8 @@ def compare_arms(results: pd.DataFrame, ours: tuple[str, str], ours_fraction: fl
         return None
     mine, other = mine[mine["seed"].isin(seeds)], other[other["seed"].isin(seeds)]
     cases = unpack_cases(mine["cases"].iloc[0])
+    if len(set(cases)) < 2:  # one case: no resampling can say anything
+        return None
     difference = paired_case_bootstrap(
         np.stack([unpack_correct(packed) for packed in mine["correct"]]), np.stack([unpack_correct(packed) for packed in other["correct"]]), cases
     )  # fmt: skip

@@ -54,7 +54,8 @@ def _correct(rows: pd.DataFrame, seeds: list[int]) -> np.ndarray:
 
 def savings_curves(results: pd.DataFrame) -> dict[str, dict]:
     """{curve: {"fractions", "arms", "labels" (training + validation), "accuracy", "low", "high"}} (lists, one entry
-    per fraction where the curve's arm ran on every seed; intervals from the case bootstrap over seeds)."""
+    per fraction where the curve's arm ran on every seed; intervals from the case bootstrap over seeds); {} when the
+    test images come from fewer than 2 cases."""
     seeds = sorted(set(results["seed"]))
     curves = {}
     for name, choose in curve_choices(results).items():
@@ -62,6 +63,8 @@ def savings_curves(results: pd.DataFrame) -> dict[str, dict]:
         if not points:
             continue
         cases = unpack_cases(points[0][2]["cases"].iloc[0])
+        if len(set(cases)) < 2:  # one test case: no interval, no curve worth drawing
+            return {}
         intervals = [case_bootstrap_accuracy(_correct(rows, seeds), cases) for _, _, rows in points]
         curves[name] = {
             "fractions": [f for f, _, _ in points], "arms": [f"{arm[0]} {arm[1]}" for _, arm, _ in points],
@@ -82,6 +85,8 @@ def headlines(results: pd.DataFrame, targets: dict[str, float]) -> dict[str, dic
         return {}
     fraction, arm, rows = reference[0]
     cases = unpack_cases(rows["cases"].iloc[0])
+    if len(set(cases)) < 2:
+        return {}
     found = {}
     for name, target in targets.items():
         points = [(f, a, r) for f, a, r in _points(results, choices[name]) if sorted(r["seed"]) == seeds]
