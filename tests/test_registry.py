@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime
 import pandas as pd
 import pytest
+from flytekit.exceptions.user import FlyteRecoverableException
 import torch
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
@@ -163,7 +164,8 @@ def _finetuned(directory: Path, classifier: Classifier, name: str, classes: list
         "checkpoint": FlyteFile(str(path)), "encoder_name": "small_cnn", "in_channels": 1, "image_size": 28,
         "class_names": classes, "init": "simclr+micle", "probe": "finetune", "label_fraction": 1.0, "num_labels": 30,
         "val_accuracy": 0.5, "content_sha256": file_sha256(path), "mlflow_run_id": "", "seed": 0, "selectable": True,
-        "initial_weights": "s3://weights/user.pth", "initial_weights_sha256": "ab" * 32,
+        "initial_weights": "s3://weights/user.pth", "initial_weights_sha256": "ab" * 32, "num_val_labels": 10, "val_loss": 0.7,
+        "chosen": "lr=0.001 wd=0.0001", "best_step": 40, "final_train_accuracy": 0.9,
     }  # fmt: skip
     return FinetunedModel(**{f.name: values[f.name] for f in dataclasses.fields(FinetunedModel)})
 
@@ -323,8 +325,8 @@ def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(tr
 
     monkeypatch.setattr(mlflow, "register_model", register_then_crash)
     started = time.monotonic()
-    with pytest.raises(TrackingServerUnavailable, match=tracking.uri.replace(".", r"\.")):
-        _register(model, gate_sets, config, parent_run_id)
+    with pytest.raises(FlyteRecoverableException, match=r"TrackingServerUnavailable: MLflow tracking server " + tracking.uri.replace(".", r"\.")):
+        _register(model, gate_sets, config, parent_run_id)  # an outage: Flyte retries the task
     assert time.monotonic() - started < 60, "bounded retries"
     monkeypatch.setattr(mlflow, "register_model", real_register_model)
 
