@@ -24,8 +24,8 @@ import numpy as np
 import onnxruntime
 import pandas as pd
 import pytest
-from flytekit.exceptions.user import FlyteRecoverableException
 import torch
+from flytekit.exceptions.user import FlyteRecoverableException
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from live_mlflow import MlflowServer, free_port, mlflow_at
