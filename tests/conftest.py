@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -30,3 +31,13 @@ def pytest_sessionfinish(session, exitstatus):
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _progress_lines_reach_caplog(monkeypatch):
+    """show_progress() stops its loggers propagating (one line each on a console whose root logger a dependency gave a
+    handler); a test that ran a task in this process before must still read those lines with caplog."""
+    from sslflow.training.progress import PROGRESS_LOGGERS
+
+    for name in PROGRESS_LOGGERS:
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
