@@ -476,11 +476,6 @@ def validation_scores(model: nn.Module, images: torch.Tensor, labels: np.ndarray
     return float((logits.argmax(1) == targets).float().mean()), float(F.cross_entropy(logits, targets))
 
 
-def validation_accuracy(model: nn.Module, images: torch.Tensor, labels: np.ndarray, view: AugmentConfig) -> float:
-    """Accuracy of ``model`` (left in eval mode) on un-augmented images (M, C, H, W) uint8 with class indices (M,)."""
-    return validation_scores(model, images, labels, view)[0]
-
-
 def _epochs(config: FinetuneConfig, steps: int) -> int:
     """config.epochs, raised to reach config.min_steps optimiser steps; never silently."""
     epochs = epoch_count(config.epochs, config.min_steps, steps)

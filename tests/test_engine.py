@@ -16,7 +16,7 @@ from ssl_models.label_fractions import stratified_subset
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, steps_per_epoch
 from ssl_models.optim import LARS, warmup_cosine
 from ssl_models.data import InMemoryPairs
-from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive, validation_accuracy
+from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive, validation_scores
 
 
 @pytest.mark.parametrize("name,channels,size,dim", [("small_cnn", 1, 28, 128), ("resnet18", 1, 28, 512), ("resnet18", 3, 64, 512), ("resnet50", 3, 112, 2048)])
@@ -172,7 +172,7 @@ def test_finetune_returns_the_weights_of_its_best_validation_step():
     assert len(curve) == 20 and history[-1]["stopped_step"] == 20 and not history[-1]["early_stopped"]  # patience 0: the whole budget
     assert history[-1]["best_val_accuracy"] == max(curve) > curve[-1] + 0.2  # it peaked, then fell as the training rule was learnt
     assert history[-1]["best_step"] == 1 + curve.index(max(curve)) < 20
-    assert validation_accuracy(model, *validation, config.augment) == pytest.approx(max(curve))  # the peak's weights, not the last step's
+    assert validation_scores(model, *validation, config.augment)[0] == pytest.approx(max(curve))  # the peak's weights, not the last step's
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_a_better_one():
@@ -181,7 +181,7 @@ def test_early_stopping_stops_after_patience_evaluations_without_a_better_one():
     model, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, config, validation=validation)
     last = history[-1]
     assert last["early_stopped"] and last["stopped_step"] == last["best_step"] + 2 < 20 and last["budget_steps"] == 20
-    assert validation_accuracy(model, *validation, config.augment) == pytest.approx(last["best_val_accuracy"])
+    assert validation_scores(model, *validation, config.augment)[0] == pytest.approx(last["best_val_accuracy"])
 
 
 def test_scratch_and_pretrained_arms_share_one_budget_and_stopping_rule():
