@@ -29,8 +29,13 @@ def _curve(results: pd.DataFrame, eval_set: str, title: str) -> bytes:
         rows = results[(results["init"] == init) & (results["probe"] == probe) & (results["eval_set"] == eval_set)]
         rows = rows.groupby("label_fraction", as_index=False)["accuracy"].mean()  # over seeds
         axis.plot(rows["label_fraction"] * 100, rows["accuracy"], marker="o", linestyle="-" if probe == "finetune" else "--", label=f"{init} ({probe})")
+    return finish_accuracy_curve(figure, axis, "labelled training images (%)", title)
+
+
+def finish_accuracy_curve(figure, axis, x_label: str, title: str) -> bytes:
+    """The PNG of an accuracy curve against a count of labels: log x axis, labels, grid, legend (every such chart alike)."""
     axis.set_xscale("log")
-    axis.set_xlabel("labelled training images (%)")
+    axis.set_xlabel(x_label)
     axis.set_ylabel("accuracy")
     axis.set_title(title)
     axis.grid(alpha=0.3)

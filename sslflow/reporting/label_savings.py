@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sslflow.reporting.charts import _png
+from sslflow.reporting.charts import finish_accuracy_curve
 from sslflow.reporting.intervals import CONFIDENCE, answers_per_seed, bootstrap_draws, case_totals, percentile_interval
 
 
@@ -123,10 +123,4 @@ def savings_curve_figure(curves: dict[str, dict], title: str) -> bytes:
         labels = np.asarray(curve["labels"], dtype=float)
         (line,) = axis.plot(labels, np.asarray(curve["accuracy"], dtype=float), marker="o", label=arm)
         axis.fill_between(labels, np.asarray(curve["low"], dtype=float), np.asarray(curve["high"], dtype=float), color=line.get_color(), alpha=0.2)
-    axis.set_xscale("log")
-    axis.set_xlabel("labels used (train + validation)")
-    axis.set_ylabel("accuracy")
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return _png(figure)
+    return finish_accuracy_curve(figure, axis, "labels used (train + validation)", title)
