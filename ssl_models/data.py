@@ -53,14 +53,25 @@ def memory_budget_bytes(budget_megabytes: int = 0, local_world_size: int = 1) ->
         raise ValueError(f"local_world_size must be >= 1, got {local_world_size}")
     if budget_megabytes > 0:
         return budget_megabytes * 2**20 // local_world_size
-    limit = None
-    try:
-        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        limit = int(text) if text != "max" else None
-    except (OSError, ValueError):
-        pass
+    limit = cgroup_memory_limit()
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(MEMORY_BUDGET_FRACTION * min(limit or physical, physical)) // local_world_size
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_MEMORY_FILES = ("memory.max", "memory/memory.limit_in_bytes")  # cgroup v2, then v1 (a pod's own cgroup)
+
+
+def cgroup_memory_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """This container's memory limit in bytes from its cgroup under ``root``: v2's memory.max ("max": none), else v1's
+    memory/memory.limit_in_bytes (no limit reads as a huge number, which the physical memory caps); None without one."""
+    for name in CGROUP_MEMORY_FILES:
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        return int(text) if text.isdigit() else None
+    return None
 
 
 def padded_images(num_images: int, world_size: int) -> int:

@@ -38,7 +38,7 @@ from sslflow.tracking.initial_weights import InitialWeights, encoder_from_weight
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
 from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, node_shards_folder, pipeline_cache, read_rows
-from tasks.shared import outages_are_recoverable
+from tasks.shared import outages_are_recoverable, pretraining_cache
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "state-v2"  # ContrastiveRun.state's layout (v2: every rank's generator): a local checkpoint of another layout is not resumed
@@ -183,7 +183,7 @@ def _pretrain(
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("4", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
@@ -193,7 +193,7 @@ def pretrain_simclr(
     return _pretrain(RUNGS["generic"], dataset, None, encoder_name, config, parent_run_id, lineage={})
 
 
-@task(cache=pipeline_cache("4", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_micle(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
@@ -204,7 +204,7 @@ def pretrain_micle(
     return _pretrain(RUNGS["case_pairs"], dataset, initial, initial.encoder_name, config, parent_run_id, lineage=lineage)
 
 
-@task(cache=pipeline_cache("3", serialize=True), **GPU_TASK_SETTINGS)
+@task(cache=pretraining_cache("3"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_domain_simclr(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str

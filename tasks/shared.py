@@ -18,26 +18,31 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import pandas as pd
 from flytekit import Cache, FlyteContextManager, HashMethod, Resources
-from flytekit.exceptions.user import FlyteRecoverableException
+from flytekit.core.task import TaskPlugins
+from flytekit.exceptions.user import FlyteRecoverableException, FlyteUserRuntimeException
 from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from flytekitplugins.kfpytorch import Elastic
+from flytekitplugins.kfpytorch.task import PytorchElasticFunctionTask
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from images.specs import gpu_image
+from ssl_models.device import check_gpus
 from ssl_models.shards import SHARD_SUFFIX, ShardError
 from sslflow.data.dataset import (
     MANIFEST_FILE, SHARD_TABLE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, is_remote, present_shards, read_images, read_manifest, read_summary,
     shard_locations,
 )  # fmt: skip
 from sslflow.data.sources import fingerprint_source
-from sslflow.errors import ServiceUnavailable
+from sslflow.failures import infrastructure_failure, killed_by_signal
 from sslflow.services import check_services
 
 
@@ -54,16 +59,23 @@ SourceUri = Annotated[str, HashMethod(fingerprint_at_start)]
 
 
 def outages_are_recoverable(task_function: Callable) -> Callable:
-    """Under ``@task``: a service that stops answering during the task (sslflow.errors.ServiceUnavailable: tracking
-    server, S3 endpoint, archive) fails it with FlyteRecoverableException, so Flyte retries it (the task's
-    ``retries``) as an outage instead of failing the run as if the input were bad."""
+    """Under ``@task``: the task's failures classified (sslflow.failures). A pod given GPUs (GPUS_PER_POD_VARIABLE, set
+    by the GPU tasks' ``environment``) that cannot use them fails at once (ssl_models.device.check_gpus: the driver
+    and CUDA versions), not retried and never trained on the CPU instead. An infrastructure failure during the task
+    (a service that stops answering, NCCL, CUDA) is raised as FlyteRecoverableException, so Flyte retries it (the
+    task's ``retries``), its message starting "retried: infrastructure failure"; anything else (a refusal of the
+    input: sslflow.errors.Refusal, a bug) fails the task as the user's error, not retried."""
 
     @functools.wraps(task_function)
     def run(*args, **kwargs):
+        check_gpus(int(os.environ.get(GPUS_PER_POD_VARIABLE, "0")))
         try:
             return task_function(*args, **kwargs)
-        except ServiceUnavailable as outage:
-            raise FlyteRecoverableException(f"{type(outage).__name__}: {outage}") from outage
+        except Exception as error:
+            broken = infrastructure_failure(error)
+            if broken is None:
+                raise
+            raise FlyteRecoverableException(f"{RETRIED}{broken}: {type(error).__name__}: {error}") from error
 
     return run
 
@@ -233,27 +245,89 @@ def pipeline_cache(version: str, *, serialize: bool = False) -> Cache:
     return Cache(version=version, ignored_inputs=("parent_run_id",), serialize=serialize)
 
 
-NPROC_PER_NODE = int(os.environ.get("SSLFLOW_NPROC_PER_NODE", "1"))  # one GPU per worker
+# Workers per pod: the GPUs a training pod requests and the processes Elastic starts in it, one per GPU. Read where
+# the tasks are registered (SSLFLOW_NPROC_PER_NODE, default 1) and sent into the pod in the task's environment, so
+# the pod's import of this module builds the same Elastic config (the plugin launches task_config.nproc_per_node
+# workers) and the pod checks that it can use that many GPUs (GPUS_PER_POD_VARIABLE, outages_are_recoverable).
+NPROC_VARIABLE, GPUS_PER_POD_VARIABLE = "SSLFLOW_NPROC_PER_NODE", "SSLFLOW_GPUS_PER_POD"
+NPROC_PER_NODE = int(os.environ.get(NPROC_VARIABLE, "1"))
+RETRIED = "retried: infrastructure failure of "  # how a recoverable failure's message starts (Flyte retries the task)
 
-# monitor_interval: the launcher polls its workers this often (seconds); the default 5 s adds up to
-# 5 s to every task, which dominates short local runs. Shared memory (for NCCL and pinned batches)
-# comes from the task's shared_memory, not Elastic's deprecated increase_shared_mem.
-GPU_TASK_SETTINGS = dict(
-    container_image=gpu_image,
-    requests=Resources(cpu="8", mem="32Gi", gpu=str(NPROC_PER_NODE)),
-    limits=Resources(gpu=str(NPROC_PER_NODE)),
-    accelerator=A100,
-    shared_memory=True,
-    task_config=Elastic(nnodes=1, nproc_per_node=NPROC_PER_NODE, monitor_interval=1, increase_shared_mem=False),
-    retries=2,  # preemptible GPU nodes
-)
+# What one rank (one GPU) of a training pod gets; a pod of n ranks gets n times as much, as requests and limits.
+# Shared memory (/dev/shm: NCCL, pinned batches) counts against the memory limit; ephemeral storage holds the
+# shards a rank downloads to /tmp (tasks.shared.node_shards_folder) and its checkpoints.
+CPU_PER_RANK, MEMORY_PER_RANK_GIB, SHARED_MEMORY_PER_RANK_GIB, DISK_PER_RANK_GIB = 8, 32, 4, 50
+GPU_TASK_TIMEOUT = timedelta(hours=24)  # a hung rendezvous or collective ends the attempt (then Flyte's retries)
 
-# Fine-tuning on a few hundred labels gains nothing from data parallelism: one process, no Elastic.
+
+class ElasticWorkers(Elastic):
+    """flytekitplugins.kfpytorch's Elastic config, run by ElasticWorkersTask (a worker killed by a signal is retried)."""
+
+
+class ElasticWorkersTask(PytorchElasticFunctionTask):
+    """The Elastic plugin's task (torchrun in the pod), but a worker process killed by a signal (the node's OOM killer,
+    a preemption) fails the attempt as recoverable, so Flyte retries it; the plugin reports it as the user's error."""
+
+    def execute(self, **kwargs):
+        try:
+            return super().execute(**kwargs)
+        except FlyteUserRuntimeException as error:
+            if isinstance(error.value, ChildFailedError):
+                rank, failure = error.value.get_first_failure()
+                signal_name = killed_by_signal(failure.exitcode)
+                if signal_name is not None:
+                    raise FlyteRecoverableException(
+                        f"{RETRIED}a worker process: rank {rank} was killed by {signal_name} (the node's OOM killer or a "
+                        "preemption); if every attempt is, give the pod more memory or lower PretrainConfig.batch_size"
+                    ) from error
+            raise
+
+
+TaskPlugins.register_pythontask_plugin(ElasticWorkers, ElasticWorkersTask)
+
+
+def rank_resources(ranks: int) -> Resources:
+    """The requests (and limits) of a pod of ``ranks`` training processes: per rank CPU_PER_RANK cores,
+    MEMORY_PER_RANK_GIB GiB, DISK_PER_RANK_GIB GiB of ephemeral storage and one GPU."""
+    memory, disk = f"{MEMORY_PER_RANK_GIB * ranks}Gi", f"{DISK_PER_RANK_GIB * ranks}Gi"
+    return Resources(cpu=str(CPU_PER_RANK * ranks), mem=memory, gpu=str(ranks), ephemeral_storage=disk)
+
+
+def gpu_task_settings(ranks: int, *, nnodes: int = 1) -> dict:
+    """The @task settings of a training task of ``nnodes`` pods of ``ranks`` GPUs each, an Elastic worker per GPU:
+    the GPU image, resources that follow the ranks (rank_resources; shared memory too), the A100 accelerator, the
+    workers per pod in the pod's environment, retries on preemptible (``interruptible``) nodes and a timeout.
+    monitor_interval: the launcher polls its workers every second (the default 5 s adds up to 5 s to every task).
+    Shared memory comes from the task's shared_memory, not Elastic's deprecated increase_shared_mem."""
+    return dict(
+        container_image=gpu_image,
+        requests=rank_resources(ranks),
+        limits=rank_resources(ranks),
+        accelerator=A100,
+        shared_memory=f"{SHARED_MEMORY_PER_RANK_GIB * ranks}Gi",
+        environment={NPROC_VARIABLE: str(ranks), GPUS_PER_POD_VARIABLE: str(ranks)},
+        task_config=ElasticWorkers(nnodes=nnodes, nproc_per_node=ranks, monitor_interval=1, increase_shared_mem=False),
+        retries=2,
+        interruptible=True,
+        timeout=GPU_TASK_TIMEOUT,
+    )
+
+
+def pretraining_cache(version: str, *, ranks: int = NPROC_PER_NODE, nnodes: int = 1) -> Cache:
+    """The cache of a pretraining task on ``nnodes`` pods of ``ranks`` workers: the world size is part of the cache
+    version, because the global batch (PretrainConfig.batch_size per rank) and the steps per epoch follow it; the same
+    inputs on another number of workers train another model. Serialized: a scheduled and a manual run with the same
+    inputs wait for one another instead of both occupying GPUs."""
+    return pipeline_cache(f"{version}-world{ranks * nnodes}", serialize=True)
+
+
+GPU_TASK_SETTINGS = gpu_task_settings(NPROC_PER_NODE)
+
+# Fine-tuning on a few hundred labels gains nothing from data parallelism: one process on one GPU, no Elastic.
 # An Elastic task with one worker still spawns a worker process per call, which re-imports torch,
 # torchvision, mlflow and the task module and rendezvouses (torch's rendezvous events walk
 # inspect.stack()): ~20 s per call locally under load, for each of finetune_all's 27 tasks.
 FINETUNE_TASK_SETTINGS = {
-    **{key: value for key, value in GPU_TASK_SETTINGS.items() if key != "task_config"},
-    "requests": Resources(cpu="8", mem="32Gi", gpu="1"),
-    "limits": Resources(gpu="1"),
+    **{key: value for key, value in gpu_task_settings(1).items() if key != "task_config"},
+    "environment": {GPUS_PER_POD_VARIABLE: "1"},
 }

@@ -160,11 +160,19 @@ class PodRunner:
             "FLYTE_AWS_ENDPOINT": self.endpoint, "FLYTE_AWS_ACCESS_KEY_ID": "testing", "FLYTE_AWS_SECRET_ACCESS_KEY": "testing",
             "FLYTE_INTERNAL_EXECUTION_ID": self.execution, "FLYTE_INTERNAL_EXECUTION_PROJECT": "sslflow",
             "FLYTE_INTERNAL_EXECUTION_DOMAIN": "development", "FLYTE_INTERNAL_TASK_NAME": task.name, "FLYTE_INTERNAL_TASK_VERSION": "pod-test",
-            "FLYTE_SECRETS_DEFAULT_DIR": str(folder / "secrets"), **self.registered,
+            "FLYTE_SECRETS_DEFAULT_DIR": str(folder / "secrets"), **self.registered, **self._no_gpus(task),
         }  # fmt: skip
         if index is not None:
             environment |= {"BATCH_JOB_ARRAY_INDEX_VAR_NAME": "FLYTE_K8S_ARRAY_INDEX", "FLYTE_K8S_ARRAY_INDEX": str(index)}
         return environment
+
+    @staticmethod
+    def _no_gpus(task: SerializedTask) -> dict[str, str]:
+        """A GPU task's pod on a machine without a usable GPU is told it was given none (SSLFLOW_GPUS_PER_POD=0) and
+        trains on the CPU here; on a cluster such a pod fails at once (ssl_models.device.check_gpus)."""
+        import torch
+
+        return {"SSLFLOW_GPUS_PER_POD": "0"} if "SSLFLOW_GPUS_PER_POD" in task.env and not torch.cuda.is_available() else {}
 
     def _error(self, uri: str) -> str | None:
         """The message of the ErrorDocument at ``uri``, or None when the pod wrote none."""

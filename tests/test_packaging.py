@@ -17,12 +17,13 @@ import pytest
 from flyteidl.admin import launch_plan_pb2, task_pb2, workflow_pb2
 from google.protobuf.json_format import MessageToDict
 
-from images.specs import PACKAGES
+from images.specs import LOCK_FILE, cpu_image_spec, gpu_image_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYFLYTE = Path(sys.executable).parent / "pyflyte"
 CPU_IMAGE, GPU_IMAGE = "registry.example.com/sslflow-cpu:packaging-test", "registry.example.com/sslflow-gpu:packaging-test"
 DEFAULT_IMAGE = "registry.example.com/no-task-may-use-this:0"
+WORKERS_PER_POD = 4  # registered with SSLFLOW_NPROC_PER_NODE=4: pods of 4 GPUs
 TRAINING_TASKS = ("tasks.pretrain.pretrain_simclr", "tasks.pretrain.pretrain_domain_simclr", "tasks.pretrain.pretrain_micle", "workflows.launch_plans.pretrain_simclr_multinode")
 
 
@@ -30,7 +31,7 @@ TRAINING_TASKS = ("tasks.pretrain.pretrain_simclr", "tasks.pretrain.pretrain_dom
 def package(tmp_path_factory) -> dict[str, dict]:
     """{"tasks": {name: TaskTemplate as dict}, "workflows": {name: WorkflowSpec}, "launch_plans": {name: LaunchPlan}}."""
     root = tmp_path_factory.mktemp("package")
-    environment = {**os.environ, "SSLFLOW_CPU_IMAGE": CPU_IMAGE, "SSLFLOW_GPU_IMAGE": GPU_IMAGE}
+    environment = {**os.environ, "SSLFLOW_CPU_IMAGE": CPU_IMAGE, "SSLFLOW_GPU_IMAGE": GPU_IMAGE, "SSLFLOW_NPROC_PER_NODE": str(WORKERS_PER_POD)}
     command = [str(PYFLYTE), "--pkgs", "workflows", "package", "--image", DEFAULT_IMAGE, "--output", str(root / "flyte-package.tgz"), "--force"]
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -91,6 +92,50 @@ def test_pretraining_requests_gpus_and_an_accelerator(package):
         assert template["extendedResources"]["sharedMemory"]["mountPath"] == "/dev/shm", f"{name}: NCCL needs shared memory"
         # a scheduled and a manual run with the same inputs: one trains, the other waits for its result
         assert template["metadata"].get("cacheSerializable") is True, f"{name}: GPU tasks use Cache(serialize=True)"
+
+
+def _resources(container: dict, kind: str) -> dict[str, str]:
+    return {entry["name"]: entry["value"] for entry in container["resources"].get(kind, [])}
+
+
+def test_training_pods_get_resources_per_worker(package):
+    """CPU, memory, ephemeral storage (limits too), shared memory follow the GPUs; preemptible with a timeout."""
+    from tasks.shared import CPU_PER_RANK, DISK_PER_RANK_GIB, MEMORY_PER_RANK_GIB, SHARED_MEMORY_PER_RANK_GIB
+
+    for name, ranks in [(name, WORKERS_PER_POD) for name in TRAINING_TASKS[:3]] + [(TRAINING_TASKS[3], 8), ("tasks.finetune.finetune_pretrained", 1)]:
+        template = package["tasks"][name]
+        expected = {"CPU": str(CPU_PER_RANK * ranks), "MEMORY": f"{MEMORY_PER_RANK_GIB * ranks}Gi", "GPU": str(ranks), "EPHEMERAL_STORAGE": f"{DISK_PER_RANK_GIB * ranks}Gi"}
+        container = _container(template)
+        assert _resources(container, "requests") == expected and _resources(container, "limits") == expected, name
+        assert template["extendedResources"]["sharedMemory"]["sizeLimit"] == f"{SHARED_MEMORY_PER_RANK_GIB * ranks}Gi", name
+        assert template["metadata"]["interruptible"] is True and template["metadata"]["timeout"] == "86400s", name
+
+
+def test_workers_per_pod_travel_into_the_pod(package):
+    """The pod imports the task module again with only the pod's environment: its Elastic config starts as many
+    workers as the pod has GPUs, and the pod checks it can use them."""
+    from images.specs import POD_ENVIRONMENT
+
+    for name in TRAINING_TASKS[:3]:
+        env = _env(package["tasks"][name])
+        assert env == {"SSLFLOW_NPROC_PER_NODE": str(WORKERS_PER_POD), "SSLFLOW_GPUS_PER_POD": str(WORKERS_PER_POD)}, name
+    pod = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(PROJECT_ROOT), **POD_ENVIRONMENT, **env}
+    script = "from tasks.pretrain import pretrain_simclr as t; print(t.task_config.nproc_per_node, t.metadata.cache_version)"
+    imported = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=pod, capture_output=True, text=True, timeout=120, check=False)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert imported.stdout.split() == [str(WORKERS_PER_POD), f"4-world{WORKERS_PER_POD}"]
+    assert _env(package["tasks"]["tasks.finetune.finetune_pretrained"]) == {"SSLFLOW_GPUS_PER_POD": "1"}
+
+
+def test_pretraining_cache_keys_on_the_world_size(package):
+    """Steps per epoch and the global batch follow the world size: another number of workers misses the cache."""
+    versions = {name: package["tasks"][name]["metadata"]["discoveryVersion"] for name in TRAINING_TASKS}
+    assert versions["tasks.pretrain.pretrain_simclr"].endswith(f"-world{WORKERS_PER_POD}")
+    assert versions["workflows.launch_plans.pretrain_simclr_multinode"].endswith("-world16")  # 2 pods x 8 GPUs
+
+
+def _env(template: dict) -> dict[str, str]:
+    return {pair["key"]: pair["value"] for pair in _container(template).get("env", [])}
 
 
 def _node_target(node: dict) -> str:
@@ -155,17 +200,12 @@ def test_weekly_retraining_schedule(package):
     assert scheduled_inputs == pipeline_inputs | {"kickoff_time"}
 
 
-def test_image_pins_match_the_lock_file():
-    locked = dict(
-        re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", line).groups()
-        for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines()
-        if re.match(r"[A-Za-z0-9_.\-]+==", line)
-    )
-    normalise = lambda name: re.sub(r"[-_.]+", "-", name).lower()
-    locked = {normalise(name): version for name, version in locked.items()}
-    for pin in PACKAGES:
-        name, version = re.match(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)", pin).groups()
-        assert locked.get(normalise(name)) == version, f"images/specs.py pins {pin}, requirements.lock has {locked.get(normalise(name))}"
+def test_images_install_the_whole_lock_file():
+    """Both images are built from requirements.lock itself (every package and dependency at its locked version)."""
+    lines = [line for line in LOCK_FILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert len(lines) > 200 and all(re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[^\]]*\])?==\S+", line) for line in lines), "the lock pins every line"
+    for spec in (cpu_image_spec, gpu_image_spec):
+        assert spec.requirements == str(LOCK_FILE) and not spec.packages, f"{spec.name} installs only part of the lock"
 
 
 def test_flyte_config_is_read_by_flytekit():

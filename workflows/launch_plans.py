@@ -26,7 +26,6 @@ from flytekit import (
     task,
     workflow,
 )
-from flytekitplugins.kfpytorch import Elastic
 
 from images.specs import cpu_image
 from ssl_models.fixmatch import SelfTrainConfig
@@ -35,11 +34,11 @@ from tasks.shared import Dataset, EncoderCheckpoint, content_hash, pipeline_cach
 from sslflow.config import IngestConfig, RegistryConfig
 from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_simclr
-from tasks.shared import GPU_TASK_SETTINGS
+from tasks.shared import gpu_task_settings, pretraining_cache
 from workflows.pipeline import ssl_pipeline
 
 WEEKLY_CRON = "0 3 * * 1"
-MULTINODE = Elastic(nnodes=2, nproc_per_node=8)
+MULTINODE_NODES, MULTINODE_RANKS = 2, 8  # pods, GPUs (Elastic workers) per pod
 PIPELINE_DEFAULTS = ssl_pipeline.python_interface.default_inputs_as_kwargs
 
 
@@ -96,19 +95,11 @@ weekly_retraining = LaunchPlan.get_or_create(
 # A node override (`pretrain_simclr(...).with_overrides(task_config=...)`) cannot do this in flytekit
 # 1.16: it replaces the config on the task object itself, so ssl_pipeline's node would turn
 # multi-node as well. Hence a second task around the same function, with the cluster's numbers.
-@task(
-    cache=pipeline_cache("3", serialize=True),
-    **{
-        **GPU_TASK_SETTINGS,
-        "requests": Resources(cpu="32", mem="200Gi", gpu=str(MULTINODE.nproc_per_node)),
-        "limits": Resources(gpu=str(MULTINODE.nproc_per_node)),
-        "task_config": MULTINODE,
-    },
-)
+@task(cache=pretraining_cache("3", ranks=MULTINODE_RANKS, nnodes=MULTINODE_NODES), **gpu_task_settings(MULTINODE_RANKS, nnodes=MULTINODE_NODES))
 def pretrain_simclr_multinode(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
-    """pretrain_simclr on MULTINODE.nnodes pods x MULTINODE.nproc_per_node GPUs (a PyTorchJob); config.batch_size is per GPU."""
+    """pretrain_simclr on MULTINODE_NODES pods x MULTINODE_RANKS GPUs (a PyTorchJob); config.batch_size is per GPU."""
     return pretrain_simclr.task_function(dataset=dataset, encoder_name=encoder_name, config=config, parent_run_id=parent_run_id)
 
 

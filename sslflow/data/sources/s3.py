@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import boto3
 import pandas as pd
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError
 from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from sslflow.data.fingerprint import encode_fingerprint
@@ -40,6 +40,12 @@ from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
 from sslflow.errors import ServiceUnavailable
 
 SERVICE = "S3 endpoint"
+# Error codes of an S3 server that is there but cannot serve now (botocore's standard retry mode retries them:
+# botocore.retries.standard, transient and throttled); once boto's retries are used up, an outage, not bad input.
+TRANSIENT_CODES = frozenset(
+    "RequestTimeout RequestTimeoutException PriorRequestNotComplete Throttling ThrottlingException RequestThrottled "
+    "RequestThrottledException TooManyRequestsException RequestLimitExceeded BandwidthLimitExceeded SlowDown".split()
+)
 
 
 class ObjectStoreUnavailable(ServiceUnavailable):
@@ -79,18 +85,19 @@ def _unavailable(what: str, error: Exception) -> ObjectStoreUnavailable:
 @contextmanager
 def s3_errors(what: str) -> Iterator[None]:
     """Turn boto errors into SourceErrors that say what was being done (never with credentials); an endpoint that does
-    not answer (no connection, a timeout, a server error after boto's retries) into ObjectStoreUnavailable."""
+    not answer (no connection, a timeout, a response cut short, a server error or a throttling or timeout code after
+    boto's retries) into ObjectStoreUnavailable."""
     try:
         yield
     except ClientError as error:
         details = error.response.get("Error", {})
-        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500 or details.get("Code") in TRANSIENT_CODES:
             raise _unavailable(what, error) from error
         raise SourceError(
             f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')}); check the bucket and prefix, and that the "
             "credentials may list and read them"
         ) from error
-    except (S3ConnectionError, HTTPClientError) as error:
+    except (S3ConnectionError, HTTPClientError, IncompleteReadError) as error:
         raise _unavailable(what, error) from error
     except NoCredentialsError as error:
         raise SourceError(f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from error
