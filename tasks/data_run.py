@@ -13,10 +13,10 @@ from sslflow.reporting.summary import dataset_summary
 from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
 from tasks.shared import Dataset, SourceUri, ingest_summary
-from tasks.shared import outages_are_recoverable
+from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
-@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
+@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def start_data_run(
     tracking_store: str, source: SourceUri, config: IngestConfig, validation: ValidationConfig, label_fractions: list[float]
@@ -27,7 +27,7 @@ def start_data_run(
     return start_parent_run("validate_data", settings)
 
 
-@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
+@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def finish_data_run(dataset: Dataset, parent_run_id: str) -> str:
     """Record the valid dataset on the parent run and close it; the summary `pyflyte run` prints."""

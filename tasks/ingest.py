@@ -34,7 +34,7 @@ from sslflow.data.sources.dicomweb_http import PASSWORD_ENV, TOKEN_ENV, USERNAME
 from sslflow.errors import Refusal
 from sslflow.tracking.runs import stage_run
 from tasks.shared import Dataset, SourceUri, content_hash, pipeline_cache
-from tasks.shared import outages_are_recoverable
+from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 # Chunk pods decoding at once (the map task's concurrency); set where the workflow is registered.
 INGEST_CONCURRENCY = int(os.environ.get("SSLFLOW_INGEST_CONCURRENCY", "16"))
@@ -141,7 +141,7 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
     return decoded
 
 
-@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def join_ingest(
     source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str

@@ -19,10 +19,10 @@ from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
 from tasks.shared import SourceUri
-from tasks.shared import outages_are_recoverable
+from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
-@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
+@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def start_pipeline_run(
     tracking_store: str,
@@ -55,7 +55,7 @@ def start_pipeline_run(
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
+@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """Record the results and the registration on the parent run and close it; the closing summary

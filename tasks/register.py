@@ -23,7 +23,7 @@ from sslflow.tracking.runs import stage_run
 from sslflow.tracking.store import client
 from sslflow.training.model_files import load_classifier
 from tasks.shared import Dataset, FinetunedModel, labelled_in, read_rows
-from tasks.shared import outages_are_recoverable
+from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
 def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +37,7 @@ def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 # Cached on the parent run too (unlike the training stages): a rerun against another store registers the
 # model in that store's registry; the same store and configuration reuse the registration.
-@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2)
+@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def register(
     models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, config: RegistryConfig, domain_source: str, parent_run_id: str
@@ -56,7 +56,7 @@ def register(
         return register_selected(client(), best, classifier, gate_sets, data_tags, config, parent_run_id)
 
 
-@task(container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"))
+@task(container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), secret_requests=MLFLOW_SECRETS)
 def rollback_champion(model_name: str) -> str:
     """Undo the last promotion. Not cached and not retried: each run moves the aliases one step back."""
     return rollback_aliases(model_name)

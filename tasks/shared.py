@@ -24,7 +24,7 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-from flytekit import Cache, FlyteContextManager, HashMethod, Resources
+from flytekit import Cache, FlyteContextManager, HashMethod, Resources, Secret
 from flytekit.core.task import TaskPlugins
 from flytekit.exceptions.user import FlyteRecoverableException, FlyteUserRuntimeException
 from flytekit.extras.accelerators import A100
@@ -245,6 +245,22 @@ def pipeline_cache(version: str, *, serialize: bool = False) -> Cache:
     return Cache(version=version, ignored_inputs=("parent_run_id",), serialize=serialize)
 
 
+# The MLflow tracking server's credentials, as Flyte Secrets mounted into MLflow's own variables: never in the execution
+# spec, a task template or a log. Requested by every task that talks to MLflow where the tasks are registered with
+# SSLFLOW_MLFLOW_AUTH=basic (Secret sslflow-mlflow, keys username and password) or token (key token); none by default
+# (a server without authentication): a Secret that does not exist would keep every pod from starting.
+MLFLOW_AUTH = os.environ.get("SSLFLOW_MLFLOW_AUTH", "")
+MLFLOW_SECRETS = {
+    "basic": [
+        Secret(group="sslflow-mlflow", key="username", env_var="MLFLOW_TRACKING_USERNAME", mount_requirement=Secret.MountType.ENV_VAR),
+        Secret(group="sslflow-mlflow", key="password", env_var="MLFLOW_TRACKING_PASSWORD", mount_requirement=Secret.MountType.ENV_VAR),
+    ],
+    "token": [Secret(group="sslflow-mlflow", key="token", env_var="MLFLOW_TRACKING_TOKEN", mount_requirement=Secret.MountType.ENV_VAR)],
+    "": [],
+}.get(MLFLOW_AUTH)
+if MLFLOW_SECRETS is None:
+    raise ValueError(f"SSLFLOW_MLFLOW_AUTH={MLFLOW_AUTH!r}: set it to basic, token or nothing (a tracking server without authentication)")
+
 # Workers per pod: the GPUs a training pod requests and the processes Elastic starts in it, one per GPU. Read where
 # the tasks are registered (SSLFLOW_NPROC_PER_NODE, default 1) and sent into the pod in the task's environment, so
 # the pod's import of this module builds the same Elastic config (the plugin launches task_config.nproc_per_node
@@ -296,7 +312,7 @@ def rank_resources(ranks: int) -> Resources:
 def gpu_task_settings(ranks: int, *, nnodes: int = 1) -> dict:
     """The @task settings of a training task of ``nnodes`` pods of ``ranks`` GPUs each, an Elastic worker per GPU:
     the GPU image, resources that follow the ranks (rank_resources; shared memory too), the A100 accelerator, the
-    workers per pod in the pod's environment, retries on preemptible (``interruptible``) nodes and a timeout.
+    workers per pod in the pod's environment, MLflow's credentials (MLFLOW_SECRETS), retries on preemptible (``interruptible``) nodes and a timeout.
     monitor_interval: the launcher polls its workers every second (the default 5 s adds up to 5 s to every task).
     Shared memory comes from the task's shared_memory, not Elastic's deprecated increase_shared_mem."""
     return dict(
@@ -307,6 +323,7 @@ def gpu_task_settings(ranks: int, *, nnodes: int = 1) -> dict:
         shared_memory=f"{SHARED_MEMORY_PER_RANK_GIB * ranks}Gi",
         environment={NPROC_VARIABLE: str(ranks), GPUS_PER_POD_VARIABLE: str(ranks)},
         task_config=ElasticWorkers(nnodes=nnodes, nproc_per_node=ranks, monitor_interval=1, increase_shared_mem=False),
+        secret_requests=MLFLOW_SECRETS,
         retries=2,
         interruptible=True,
         timeout=GPU_TASK_TIMEOUT,

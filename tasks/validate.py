@@ -19,10 +19,10 @@ from sslflow.data.validation import DataValidationError, validate_manifest
 from sslflow.reporting.html import validation_html
 from sslflow.tracking.runs import stage_run
 from tasks.shared import Dataset, content_hash, dataset_without_shards, pipeline_cache, stored_shards
-from tasks.shared import outages_are_recoverable
+from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
-@task(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True, retries=2)
+@task(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True, retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def validate(
     dataset: Dataset, config: ValidationConfig, label_fractions: list[float], parent_run_id: str

@@ -31,7 +31,8 @@ TRAINING_TASKS = ("tasks.pretrain.pretrain_simclr", "tasks.pretrain.pretrain_dom
 def package(tmp_path_factory) -> dict[str, dict]:
     """{"tasks": {name: TaskTemplate as dict}, "workflows": {name: WorkflowSpec}, "launch_plans": {name: LaunchPlan}}."""
     root = tmp_path_factory.mktemp("package")
-    environment = {**os.environ, "SSLFLOW_CPU_IMAGE": CPU_IMAGE, "SSLFLOW_GPU_IMAGE": GPU_IMAGE, "SSLFLOW_NPROC_PER_NODE": str(WORKERS_PER_POD)}
+    environment = {**os.environ, "SSLFLOW_CPU_IMAGE": CPU_IMAGE, "SSLFLOW_GPU_IMAGE": GPU_IMAGE, "SSLFLOW_NPROC_PER_NODE": str(WORKERS_PER_POD),
+                   "SSLFLOW_MLFLOW_AUTH": "basic"}
     command = [str(PYFLYTE), "--pkgs", "workflows", "package", "--image", DEFAULT_IMAGE, "--output", str(root / "flyte-package.tgz"), "--force"]
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -132,6 +133,23 @@ def test_pretraining_cache_keys_on_the_world_size(package):
     versions = {name: package["tasks"][name]["metadata"]["discoveryVersion"] for name in TRAINING_TASKS}
     assert versions["tasks.pretrain.pretrain_simclr"].endswith(f"-world{WORKERS_PER_POD}")
     assert versions["workflows.launch_plans.pretrain_simclr_multinode"].endswith("-world16")  # 2 pods x 8 GPUs
+
+
+def test_mlflow_credentials_are_flyte_secrets(package):
+    """Registered with SSLFLOW_MLFLOW_AUTH=basic: every task that talks to MLflow requests the Secret sslflow-mlflow,
+    mounted into MLflow's own variables; nothing of it is in a template's environment."""
+    mlflow_secrets = {("sslflow-mlflow", "username", "MLFLOW_TRACKING_USERNAME"), ("sslflow-mlflow", "password", "MLFLOW_TRACKING_PASSWORD")}
+    without = set()
+    for name, template in package["tasks"].items():
+        requested = {(secret["group"], secret["key"], secret.get("envVar")) for secret in template.get("securityContext", {}).get("secrets", [])}
+        assert not any("MLFLOW_TRACKING_" in key for key in _env(template)), name
+        if not mlflow_secrets <= requested:
+            without.add(name)
+    # the tasks that never talk to MLflow: the plan, the chunks (and their map task), the scheduled fingerprint,
+    # the dynamic fine-tuning (it only builds the sub-workflow of its tasks)
+    assert {re.sub(r"_[0-9a-f]{32}-arraynode$", "", name) for name in without} == {
+        "tasks.ingest.plan_ingest", "tasks.ingest.ingest_chunk", "tasks.ingest.map_ingest_chunk", "workflows.launch_plans.refresh_source", "tasks.finetune.finetune_all"
+    }, without
 
 
 def _env(template: dict) -> dict[str, str]:
