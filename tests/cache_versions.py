@@ -9,7 +9,8 @@ imports, transitively, parent packages included. Each module is hashed as its no
 comments and docstrings change no hash, and bumping one task's version does not change its neighbours' hashes.
 Third-party packages (requirements.lock) are not hashed: the image's version covers them.
 
-    python tests/cache_versions.py --update    # rewrite the table; refuses while a task's code changed without a bump
+    python tests/cache_versions.py --update          # rewrite the table; refuses while a task's code changed without a bump
+    python tests/cache_versions.py --update --bump   # first bump (+1) the Cache version of every such task in its file
 
 ``tests/test_cache_versions.py`` runs the check in ``make test``.
 """
@@ -150,13 +151,47 @@ def out_of_date(recorded: dict[str, dict], current: dict[str, dict]) -> list[str
     return [f"task {name}: {TABLE.name} records {recorded.get(name)} but the code gives {current.get(name)}" for name in rows if recorded.get(name) != current.get(name)]
 
 
+def version_literal(path: Path, function: str) -> ast.Constant:
+    """The string constant of the Cache version in the decorator of task ``function`` in ``path``: ``cache=Cache(version=
+    "7")`` or ``cache=pipeline_cache("7", ...)``."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            for decorator in node.decorator_list:
+                for keyword in getattr(decorator, "keywords", []):
+                    if keyword.arg == "cache" and isinstance(keyword.value, ast.Call):
+                        call = keyword.value
+                        candidates = [k.value for k in call.keywords if k.arg == "version"] + call.args[:1]
+                        if candidates and isinstance(candidates[0], ast.Constant) and isinstance(candidates[0].value, str):
+                            return candidates[0]
+    raise ValueError(f"{path}: no cache=...(version=\"...\") literal on task {function}'s decorator: bump its version by hand")
+
+
+def bump(task: str, root: Path = PROJECT_ROOT) -> str:
+    """Raise ``task``'s Cache version in its source file: "7" -> "8" (a version that is not a number gets ".1"); returns it."""
+    module, _, function = task.rpartition(".")
+    path = module_path(module, root)
+    literal = version_literal(path, function)
+    new = str(int(literal.value) + 1) if literal.value.isdigit() else literal.value + ".1"
+    lines = path.read_text().splitlines(keepends=True)
+    line = lines[literal.lineno - 1]
+    lines[literal.lineno - 1] = line[: literal.col_offset] + json.dumps(new) + line[literal.end_col_offset :]
+    path.write_text("".join(lines))
+    return new
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update", action="store_true", help="rewrite tasks/cache_versions.json")
+    parser.add_argument("--bump", action="store_true", help="with --update: first bump the version of every task whose code changed")
     args = parser.parse_args()
     recorded = json.loads(TABLE.read_text()) if TABLE.is_file() else {}
     current = current_table()
     problems = stale(recorded, current)
+    if problems and args.update and args.bump:
+        for task in [name for name in current if name in recorded and stale({name: recorded[name]}, {name: current[name]})]:
+            current[task]["version"] = bump(task)
+            print(f"{task}: Cache version {recorded[task]['version']!r} -> {current[task]['version']!r} in {current[task]['file']}")
+        problems = stale(recorded, current)
     if problems:
         sys.exit("\n".join(["refused: bump these Cache versions first", *problems]))
     if args.update:

@@ -53,8 +53,12 @@ def _row_by_row_keys(moco: MoCoV2, views_a: torch.Tensor, views_b: torch.Tensor)
 
 def test_one_process_encodes_keys_in_other_halves_than_their_queries_and_hands_them_back_in_order():
     moco, calls = _moco()
+    head_batches = []
+    for head in (moco.projection, moco.key_projection):
+        head.register_forward_hook(lambda module, inputs, output: head_batches.append(len(inputs[0])))
     views_a, views_b = _views(0)
     moco(views_a, views_b)
+    assert head_batches == [PAIRS] * 4  # the heads' BatchNorm is grouped too: two query groups, two key groups
     queries, keys = calls[:2], calls[2:]
     assert queries == [list(range(PAIRS)), list(range(100, 100 + PAIRS))]  # two BatchNorm groups, as they come
     assert len(keys) == 2 and sorted(keys[0] + keys[1]) == sorted(queries[0] + queries[1])

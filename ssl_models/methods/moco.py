@@ -33,11 +33,12 @@ from ssl_models.methods.base import SSLMethod, ema_update, frozen_copy, full_pre
 SINGLE_PROCESS_GROUPS = 2  # BatchNorm groups of one process's batch (one group per rank under torchrun)
 
 
-def encode_in_groups(network: nn.Module, views: torch.Tensor, groups: int) -> torch.Tensor:
-    """``network`` on each of ``groups`` consecutive equal chunks of ``views``: BatchNorm's statistics per chunk.
+def encode_in_groups(encoder: nn.Module, projection: nn.Module, views: torch.Tensor, groups: int) -> torch.Tensor:
+    """``projection(encoder(chunk))`` for each of ``groups`` consecutive equal chunks of ``views``: the BatchNorm
+    layers of both (the projection head has them too) take their statistics per chunk.
 
     Shapes: views (N, C, H, W), N divisible by ``groups`` -> (N, D)."""
-    return torch.cat([network(chunk) for chunk in views.chunk(groups)])
+    return torch.cat([projection(encoder(chunk)) for chunk in views.chunk(groups)])
 
 
 def shuffle_permutation(size: int, seed: int, step: int) -> torch.Tensor:
@@ -103,7 +104,7 @@ class MoCoV2(SSLMethod):
         views = torch.cat([views_a, views_b])
         _, world_size = rank_and_world_size()
         groups = SINGLE_PROCESS_GROUPS if world_size == 1 else 1  # per rank; the ranks are groups of their own
-        queries = self.projection(encode_in_groups(self.encoder, views, groups))  # (2B, D)
+        queries = encode_in_groups(self.encoder, self.projection, views, groups)  # (2B, D)
         keys = self._shuffled_keys(views, groups)  # (2B, D)
         with full_precision(queries):
             queries, keys = F.normalize(queries.float(), dim=1), F.normalize(keys.float(), dim=1)
@@ -120,7 +121,7 @@ class MoCoV2(SSLMethod):
         every_view = gather_with_grad(views)  # (W N, C, H, W) in rank order; no gradient flows to keys
         order = shuffle_permutation(every_view.shape[0], self.seed, int(self.steps_done)).to(views.device)
         mine = every_view[order].chunk(world_size)[rank]
-        keys = gather_with_grad(self.key_projection(encode_in_groups(self.key_encoder, mine, groups)))  # (W N, D), shuffled
+        keys = gather_with_grad(encode_in_groups(self.key_encoder, self.key_projection, mine, groups))  # (W N, D), shuffled
         unshuffled = torch.empty_like(keys)
         unshuffled[order] = keys
         return unshuffled.chunk(world_size)[rank]
