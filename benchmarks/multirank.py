@@ -17,7 +17,7 @@ For W = 2, ``resume_bitwise_equal``: a job killed with SIGKILL after epoch 1's c
 fresh "nodes": only rank 0's checkpoint survives) ends with a final encoder and method state (queue, target)
 bitwise equal to an uninterrupted job's.
 
-    python benchmarks/multirank.py            # a few minutes on 2 cores
+    python benchmarks/multirank.py            # 3 methods: about 8 minutes on 2 loaded cores
     python benchmarks/multirank.py --quick    # the test suite's size
 
 Prints one JSON line and writes benchmarks/results/multirank-<device>-<date>.json.
