@@ -1,4 +1,5 @@
-"""Many ranks, one model, on CPU (gloo): exact epoch coverage, equal steps, exact resume, images/s per rank.
+"""Many ranks, one model, on CPU (gloo), for each method of METHODS (SimCLR, MoCo v2, BYOL): exact epoch coverage,
+equal steps, the method's state identical across ranks, exact resume, images/s per rank.
 
 A sharded dataset with uneven shards (SHARD_SIZES images, every image's id in its first two pixels) is
 streamed by W ranks, each a process started as torchrun starts its workers (benchmarks/multirank_worker.py
@@ -7,12 +8,16 @@ runs ``ssl_models.train.pretrain_contrastive``). For W in {1, 2, 3}:
   ``padded_images(N, W)`` (<= W - 1) images read twice;
 - ``steps_per_rank``: optimiser steps of each rank in each epoch (equal, or DDP would hang);
 - ``order_changes_between_epochs``: the epoch's order is shuffled anew;
+- ``method_state_identical_across_ranks``: at the end, every rank holds bitwise the same parameters and
+  method buffers (MoCo's queue and key network, BYOL's target); BatchNorm's running statistics excluded,
+  each rank's own (DDP broadcasts rank 0's before every forward);
 - ``images_per_second_per_rank``: the mean over epochs of all ranks' images/s divided by W (2 cores: W = 3
   oversubscribes them, so this shows the scaling of the code path, not of hardware).
 For W = 2, ``resume_bitwise_equal``: a job killed with SIGKILL after epoch 1's checkpoint and started again (on
-fresh "nodes": only rank 0's checkpoint survives) ends with final weights bitwise equal to an uninterrupted job.
+fresh "nodes": only rank 0's checkpoint survives) ends with a final encoder and method state (queue, target)
+bitwise equal to an uninterrupted job's.
 
-    python benchmarks/multirank.py            # a few minutes on 2 cores
+    python benchmarks/multirank.py            # 3 methods: about 8 minutes on 2 loaded cores
     python benchmarks/multirank.py --quick    # the test suite's size
 
 Prints one JSON line and writes benchmarks/results/multirank-<device>-<date>.json.
@@ -46,6 +51,7 @@ QUICK_SHARD_SIZES = (7, 3, 11, 5, 2, 9)  # 37 images: W = 2 pads 1, W = 3 pads 2
 FULL_SHARD_SIZES = (97, 31, 140, 65, 12, 111, 88, 57)  # 601 images
 FULL_BATCH_SIZE = 32
 IMAGE_SIZE = 16
+METHODS = ("simclr", "moco", "byol")
 
 
 def write_shards(folder: Path, sizes: tuple[int, ...]) -> int:
@@ -90,12 +96,27 @@ def _finish(workers: list[subprocess.Popen], work: Path, name: str, timeout: flo
     return [json.loads((work / f"{name}-rank-{rank}.json").read_text()) for rank in range(len(workers))]
 
 
-def coverage(world_size: int, work: Path, sizes: tuple[int, ...], *, epochs: int = 2, batch_size: int = 5) -> dict:
-    """Run a ``world_size``-rank job streaming the shards of ``sizes``; what the module docstring lists, for one W."""
+def _method_states(work: Path, name: str, ranks: int) -> list[dict]:
+    return [torch.load(work / f"{name}-rank-{rank}.method.pt", weights_only=True) for rank in range(ranks)]
+
+
+def identical_across_ranks(states: list[dict]) -> bool:
+    """Whether every rank's method state equals rank 0's bitwise, BatchNorm's running statistics aside."""
+    shared = [name for name in states[0] if not name.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    return all(torch.equal(state[name], states[0][name]) for state in states[1:] for name in shared)
+
+
+def coverage(world_size: int, work: Path, sizes: tuple[int, ...], *, method: str = "simclr", epochs: int = 2, batch_size: int = 5) -> dict:
+    """Run a ``world_size``-rank job of ``method`` streaming the shards of ``sizes``; what the module docstring lists, for one W."""
     num_images = write_shards(work / "data", sizes)
-    options = ["--data", str(work / "data"), "--epochs", str(epochs), "--batch-size", str(batch_size)]
+    options = ["--data", str(work / "data"), "--epochs", str(epochs), "--batch-size", str(batch_size), "--method", method]
     ranks = _finish(start_job(world_size, work, f"w{world_size}", options), work, f"w{world_size}")
-    exact, orders = True, []
+    return _job_summary(ranks, num_images, epochs, work, f"w{world_size}")
+
+
+def _job_summary(ranks: list[dict], num_images: int, epochs: int, work: Path, name: str) -> dict:
+    """What the module docstring lists for the finished job ``name`` of len(ranks) ranks, from each rank's record."""
+    world_size, exact, orders = len(ranks), True, []
     for epoch in map(str, range(epochs)):
         counts = Counter(i for rank in ranks for i in rank["ids"][epoch])
         repeated = sum(counts.values()) - num_images
@@ -106,15 +127,17 @@ def coverage(world_size: int, work: Path, sizes: tuple[int, ...], *, epochs: int
         "world_size": world_size, "images": num_images, "padded_images_per_epoch": padded_images(num_images, world_size),
         "coverage_exact": bool(exact), "steps_per_rank": [[rank["steps"][str(e)] for e in range(epochs)] for rank in ranks],
         "order_changes_between_epochs": all(a != b for a, b in zip(orders, orders[1:])), "images_per_second_per_rank": rates,
+        "method_state_identical_across_ranks": identical_across_ranks(_method_states(work, name, world_size)),
     }  # fmt: skip
 
 
-def resume(work: Path, sizes: tuple[int, ...], *, epochs: int = 4, killed_after: int = 1, batch_size: int = 5) -> dict:
+def resume(work: Path, sizes: tuple[int, ...], *, method: str = "simclr", epochs: int = 4, killed_after: int = 1, batch_size: int = 5) -> dict:
     """Two ranks on two nodes: an uninterrupted job, and one killed with SIGKILL after epoch ``killed_after``'s checkpoint
-    and started again on fresh nodes; whether their final weights are bitwise equal, and what the restart did."""
-    write_shards(work / "data", sizes)
-    options = ["--data", str(work / "data"), "--epochs", str(epochs), "--batch-size", str(batch_size)]
-    _finish(start_job(2, work, "uninterrupted", options, nodes=2), work, "uninterrupted")
+    and started again on fresh nodes; whether their final weights are bitwise equal, what the restart did, and the
+    uninterrupted job's coverage and agreement across ranks (``uninterrupted_*``)."""
+    num_images = write_shards(work / "data", sizes)
+    options = ["--data", str(work / "data"), "--epochs", str(epochs), "--batch-size", str(batch_size), "--method", method]
+    uninterrupted = _job_summary(_finish(start_job(2, work, "uninterrupted", options, nodes=2), work, "uninterrupted"), num_images, epochs, work, "uninterrupted")
     shared = work / "checkpoints"
     shared.mkdir()
     first = start_job(2, work, "killed", [*options, "--checkpoints", str(shared), "--hang-after", str(killed_after)], nodes=2)
@@ -131,11 +154,12 @@ def resume(work: Path, sizes: tuple[int, ...], *, epochs: int = 4, killed_after:
     shutil.rmtree(work / "killed-node-0", ignore_errors=True)  # restarted pods land on fresh nodes: only the shared checkpoint is left
     restarted = [*options, "--checkpoints", str(shared), "--attempt", "1", "--init-seed", "100"]
     ranks = _finish(start_job(2, work, "resumed", restarted, nodes=2), work, "resumed")
-    weights = [torch.load(work / f"{name}-rank-0.pt", weights_only=True) for name in ("uninterrupted", "resumed")]
+    weights = [torch.load(work / f"{name}-rank-0.pt", weights_only=True) | _method_states(work, name, 1)[0] for name in ("uninterrupted", "resumed")]
     return {
         "killed_exit_codes": killed, "rank_one_wrote_checkpoints": rank_one_checkpoints,
         "resumed_epochs": [rank["epochs"] for rank in ranks], "resumed_from_checkpoint": [rank["resumed"] for rank in ranks],
         "resume_bitwise_equal": all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0]),
+        **{f"uninterrupted_{key}": uninterrupted[key] for key in ("coverage_exact", "steps_per_rank", "method_state_identical_across_ranks")},
     }  # fmt: skip
 
 
@@ -143,8 +167,11 @@ def main() -> None:
     args = parse_arguments(__doc__)
     sizes, batch_size = (QUICK_SHARD_SIZES, 5) if args.quick else (FULL_SHARD_SIZES, FULL_BATCH_SIZE)
     with tempfile.TemporaryDirectory(prefix="multirank-") as folder:
-        results = {f"W{w}": coverage(w, Path(folder) / f"W{w}", sizes, batch_size=batch_size) for w in (1, 2, 3)}
-        results["W2"].update(resume(Path(folder) / "resume", sizes, batch_size=batch_size))
+        results = {}
+        for method in METHODS:
+            work = Path(folder) / method
+            results[method] = {f"W{w}": coverage(w, work / f"W{w}", sizes, method=method, batch_size=batch_size) for w in (1, 2, 3)}
+            results[method]["W2"].update(resume(work / "resume", sizes, method=method, batch_size=batch_size))
     payload = {"shard_sizes": list(sizes), "batch_size_per_rank": batch_size, "results": results}
     path = write_result("multirank-quick" if args.quick else "multirank", payload, args.out)
     print(json.dumps(results))

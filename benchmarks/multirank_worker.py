@@ -2,8 +2,9 @@
 its workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
 
 It streams the sharded dataset that multirank.py wrote (every image's id is in its first two pixels), runs
-``ssl_models.train.pretrain_contrastive``, and writes ``<out>.json`` (the ids this rank read per epoch, its
-optimiser steps per epoch, images/s) and ``<out>.pt`` (its final encoder parameters).
+``ssl_models.train.pretrain_contrastive`` with ``--method`` (SimCLR, MoCo v2, BYOL), and writes ``<out>.json`` (the
+ids this rank read per epoch, its optimiser steps per epoch, images/s), ``<out>.pt`` (its final encoder parameters)
+and ``<out>.method.pt`` (the method's final state: MoCo's queue and key network, BYOL's target).
 
 With a ``--checkpoints`` folder (the orchestrator's checkpoint, as Flyte's SyncCheckpoint gives a retry the
 previous attempt's), rank 0 saves the state after every epoch and a restarted job resumes from it; with
@@ -30,6 +31,8 @@ from ssl_models.distributed import init_from_environment, is_distributed  # noqa
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.shards import ShardRows  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
+
+QUEUE_SIZE = 128  # MoCo's queue of negatives: under the images of an epoch (601 in the full run), as PretrainConfig advises
 
 
 def image_ids(images: torch.Tensor) -> list[int]:
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--method", default="simclr")
     parser.add_argument("--init-seed", type=int, default=0)
     parser.add_argument("--checkpoints", type=Path, default=None)
     parser.add_argument("--attempt", type=int, default=0)
@@ -73,15 +77,17 @@ def main() -> None:
     torch.set_num_threads(1)
     rank = init_from_environment().rank
     data = RecordingPairs(StreamingPairs(_shards(args.data), seed=0, buffer_shards=2))
-    config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, augment=AugmentConfig(output_size=16))
+    config = PretrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size, augment=AugmentConfig(output_size=16), queue_size=QUEUE_SIZE)
     torch.manual_seed(args.init_seed + rank)  # only rank 0's initial weights count: DDP broadcasts them
     encoder = build_encoder("small_cnn", 1)
     checkpoints, resume_state = _checkpoints(args, rank)
-    history = pretrain_contrastive(encoder, data, config, on_epoch_end=_end_of_epoch(args, rank, checkpoints), resume_state=resume_state)
+    final_method_state = {}
+    history = pretrain_contrastive(encoder, data, config, on_epoch_end=_end_of_epoch(args, rank, checkpoints, final_method_state), resume_state=resume_state)
     record = {"rank": rank, "ids": data.ids, "steps": data.steps, "epochs": [h["epoch"] for h in history],
               "images_per_second": [h["images_per_second"] for h in history], "resumed": resume_state is not None}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(record))
     torch.save({name: tensor.detach() for name, tensor in encoder.state_dict().items()}, args.out.with_suffix(".pt"))
+    torch.save(final_method_state, args.out.with_suffix(".method.pt"))
     if is_distributed():
         torch.distributed.barrier()  # every rank has written its results
     os._exit(0)  # gloo's teardown can abort (SIGABRT) a rank whose peer exited first; the results are on disk
@@ -100,8 +106,12 @@ def _checkpoints(args: argparse.Namespace, rank: int):
     return checkpoints, checkpoints.load() if rank == 0 else None
 
 
-def _end_of_epoch(args: argparse.Namespace, rank: int, checkpoints):
+def _end_of_epoch(args: argparse.Namespace, rank: int, checkpoints, final_method_state: dict):
+    """The epoch callback: rank 0 checkpoints; every rank keeps its method state of the last epoch in ``final_method_state``."""
+
     def end_of_epoch(epoch: int, metrics: dict, state_fn) -> None:
+        if epoch == args.epochs - 1:
+            final_method_state.update({name: tensor.detach().clone() for name, tensor in state_fn()["model"].items()})
         if checkpoints is not None and rank == 0:
             checkpoints.save(state_fn())
             (args.checkpoints / f"saved-{args.attempt}-{epoch}").touch()

@@ -84,17 +84,21 @@ def newest_quality() -> Path | None:
 
 
 def multirank_block(path: Path) -> list[str]:
-    """One line per world size of a multirank result: exact coverage, steps, resume."""
+    """One line per method and world size of a multirank result: exact coverage, steps, agreement across ranks, resume."""
     record = json.loads(path.read_text())
     machine = record["machine"]
+    by_method = record["results"] if "W1" not in record["results"] else {"simclr": record["results"]}  # older results: SimCLR only
     lines = [f"Many ranks, one model, on CPU with gloo (`{path.relative_to(RESULTS.parent.parent)}`, commit {machine['commit']}"
              f"{' (dirty)' if machine['dirty'] else ''}): {sum(record['shard_sizes'])} images in {len(record['shard_sizes'])} uneven shards.", ""]  # fmt: skip
-    lines += ["| ranks | every image once per epoch (+ padding) | steps per rank per epoch | images/s per rank | killed and resumed: bitwise equal weights |", "|---|---|---|---|---|"]
-    for result in record["results"].values():
-        resumed = str(result["resume_bitwise_equal"]) if "resume_bitwise_equal" in result else "-"
-        steps = sorted({tuple(rank) for rank in result["steps_per_rank"]})
-        rates = ", ".join(f"{rate:.0f}" for rate in result["images_per_second_per_rank"])
-        lines.append(f"| {result['world_size']} | {result['coverage_exact']} (+{result['padded_images_per_epoch']}) | {' / '.join(map(str, steps))} | {rates} | {resumed} |")
+    lines += ["| method | ranks | every image once per epoch (+ padding) | steps per rank per epoch | images/s per rank | same model on every rank | killed and resumed: bitwise equal weights |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for method, results in by_method.items():
+        for result in results.values():
+            resumed = str(result["resume_bitwise_equal"]) if "resume_bitwise_equal" in result else "-"
+            same = str(result.get("method_state_identical_across_ranks", "-"))
+            steps = sorted({tuple(rank) for rank in result["steps_per_rank"]})
+            rates = ", ".join(f"{rate:.0f}" for rate in result["images_per_second_per_rank"])
+            lines.append(f"| {method} | {result['world_size']} | {result['coverage_exact']} (+{result['padded_images_per_epoch']}) | {' / '.join(map(str, steps))} | {rates} | {same} | {resumed} |")
     return lines
 
 

@@ -84,6 +84,13 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """(this process's rank, the number of ranks) of the initialised group; (0, 1) in a single process."""
+    if not is_distributed():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
 def _group_device() -> torch.device:
     """collective_device of the initialised group, for this process (its bound GPU under NCCL)."""
     backend = dist.get_backend()

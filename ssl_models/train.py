@@ -216,8 +216,8 @@ def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainC
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = build_method(config.method, encoder, config, teacher=teacher).to(device, memory_format=memory_format)
     if process.world_size > 1:
-        if device.type == "cuda":  # global BatchNorm as in SimCLR; PyTorch's SyncBatchNorm is GPU-only
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":  # global BatchNorm as in SimCLR (not MoCo's, per rank); SyncBatchNorm is GPU-only
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if model.sync_batch_norm else model
             model = DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
         else:
             model = DistributedDataParallel(model)

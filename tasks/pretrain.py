@@ -41,7 +41,7 @@ from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_
 from tasks.shared import outages_are_recoverable, pretraining_cache
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = "state-v2"  # ContrastiveRun.state's layout (v2: every rank's generator): a local checkpoint of another layout is not resumed
+STATE_FORMAT = "state-v3"  # ContrastiveRun.state's layout (v2: every rank's generator; v3: MoCo's steps_done): a local checkpoint of another layout is not resumed
 
 MONITOR_IMAGES = 1000  # the kNN monitor's bank (train) and queries (val): at most this many labelled images of each (about 2 s an epoch on 2 loaded CPU cores, small_cnn, 28 px)
 
@@ -183,7 +183,7 @@ def _pretrain(
     )  # fmt: skip
 
 
-@task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)
+@task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_simclr(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
@@ -193,7 +193,7 @@ def pretrain_simclr(
     return _pretrain(RUNGS["generic"], dataset, None, encoder_name, config, parent_run_id, lineage={})
 
 
-@task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)
+@task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_micle(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
@@ -204,7 +204,7 @@ def pretrain_micle(
     return _pretrain(RUNGS["case_pairs"], dataset, initial, initial.encoder_name, config, parent_run_id, lineage=lineage)
 
 
-@task(cache=pretraining_cache("3"), **GPU_TASK_SETTINGS)
+@task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
 def pretrain_domain_simclr(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str

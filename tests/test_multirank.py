@@ -1,5 +1,6 @@
 """Many ranks, one model: each rank binds its own GPU, collectives use the backend's device, W ranks cover an
-epoch exactly with equal steps, and a multi-node job killed with SIGKILL resumes to bitwise the same weights.
+epoch exactly with equal steps and end with the same model on every rank, and a multi-node job killed with SIGKILL
+resumes to bitwise the same weights; for SimCLR, MoCo v2 (its queue) and BYOL (its target network).
 
 The device tests monkeypatch the GPU count and the process group (no GPU here); the coverage and resume tests
 run real gloo ranks, each a process started as torchrun starts it (benchmarks/multirank.py).
@@ -69,6 +70,7 @@ def test_w_gloo_ranks_cover_an_epoch_of_uneven_shards_exactly_with_equal_steps(t
     steps = result["steps_per_rank"]
     assert len(steps) == world_size and all(rank_steps == steps[0] for rank_steps in steps), steps
     assert result["order_changes_between_epochs"]
+    assert result["method_state_identical_across_ranks"]
 
 
 def test_two_ranks_killed_with_sigkill_resume_to_bitwise_the_weights_of_an_uninterrupted_run(tmp_path):
@@ -79,4 +81,18 @@ def test_two_ranks_killed_with_sigkill_resume_to_bitwise_the_weights_of_an_unint
     assert result["killed_exit_codes"] == [-signal.SIGKILL] * 2
     assert result["rank_one_wrote_checkpoints"] == []
     assert result["resumed_epochs"] == [[2, 3], [2, 3]] and result["resumed_from_checkpoint"] == [True, False]
+    assert result["resume_bitwise_equal"]
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_moco_and_byol_on_two_gloo_ranks_cover_exactly_agree_across_ranks_and_resume_bitwise(tmp_path, method):
+    """MoCo v2 (queue of every rank's keys, BatchNorm shuffled across ranks) and BYOL (target network) on two nodes:
+    exact coverage with equal steps, the queue and key network (the target) bitwise the same on both ranks at the end,
+    and a job killed after epoch 1's checkpoint resumes to an encoder, queue and target bitwise equal to an
+    uninterrupted job's."""
+    result = resume(tmp_path, QUICK_SHARD_SIZES, method=method, epochs=3, killed_after=1)
+    steps = result["uninterrupted_steps_per_rank"]
+    assert result["uninterrupted_coverage_exact"] and steps[0] == steps[1], result
+    assert result["uninterrupted_method_state_identical_across_ranks"]
+    assert result["resumed_epochs"] == [[2], [2]] and result["resumed_from_checkpoint"] == [True, False]
     assert result["resume_bitwise_equal"]

@@ -31,6 +31,7 @@ class SSLMethod(nn.Module):
     encoder: nn.Module
     label: str = ""  # the name reports print ("SimCLR", "MoCo v2")
     needs_teacher: bool = False  # from_config takes a frozen ``teacher`` module (distillation)
+    sync_batch_norm: bool = True  # under torchrun on GPUs, BatchNorm over the global batch (SyncBatchNorm), as SimCLR's
     local_crops: int = 0  # multi-crop (DINO): this many extra views in local_view(view), passed to forward after the pair
 
     @classmethod
