@@ -8,13 +8,14 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   files are unchanged is a cache hit, and the plan's literal grows with the number of chunks, not files.
   Records are ordered by case (the file path when there is none) and a chunk
   ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
-  boundaries), so adding files changes only the chunks they fall into. The images of one case are in
-  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
+  boundaries), so adding files changes only the chunks they fall into; it also ends before a case that would
+  take its files over ``IngestConfig.chunk_megabytes`` (sizes from the listing: a multi-frame object is one file
+  of many images). The images of one case are in one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
   ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
   and the process pool start them in that order.
 - **Bounded memory, tables only.** ``plan_chunks`` cuts while the source (sslflow/data/sources/:
   ``open_source``) streams its records in case order, so it holds one chunk, not the listing (a metadata table
-  is sorted by case first); a chunk task holds one chunk's images; the join reads only the chunks' tables
+  is sorted by case first: on S3 through a sqlite file on disk, sslflow/data/metadata_catalog.py); a chunk task holds one chunk's images; the join reads only the chunks' tables
   (chunk.parquet, chunk.json) and writes the dataset's tables: its shard table points at the chunks' shards
   where they were written (sslflow/data/dataset.py), no shard is read or copied.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
