@@ -5,7 +5,7 @@ whose peak resident set is sampled from /proc.
 For each N (four instances per patient, one study and series each, 32 x 32 pixels: benchmarks/cluster_scale.py's
 ``dicom_bytes``), stored by STOW-RS, with basic-auth credentials as a user sets them:
 
-- fingerprint: ``fingerprint_source`` (the cache key the launcher computes: tasks/shared.SourceUri), QIDO-RS only;
+- fingerprint: ``fingerprint_source`` (the cache key: tasks/ingest.py source_fingerprint, the run's first task), QIDO-RS only;
 - plan: ``plan_to_files`` (tasks/ingest.plan_ingest's work: the QIDO-RS listing, sorted on disk, cut into chunks);
 - chunk: ``decode_chunk`` of the CHUNKS_TIMED largest chunks, one after another, each in a process of its own (a
   chunk pod): images per second through WADO-RS, retrieval, decoding and shard writing included.

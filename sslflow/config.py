@@ -77,6 +77,9 @@ class IngestConfig:
         its memory grows with it, not with the source: about 150 KiB per 224-px gray image, so the 4,096 default
         keeps the largest chunk near 1.2 GiB at 224 px gray, RGB images hold three times the pixels; ingest_chunk requests 4 GiB):
         sslflow/data/chunks.py. Changing it re-decodes everything.
+    chunk_megabytes: at most this many megabytes of files (their sizes from the listing) per ingest chunk, whatever
+        the number of files: a few large multi-frame DICOM objects (each frame an image, up to max_file_bytes each)
+        make a chunk of their own instead of overrunning its pod's memory. A case larger than this is one chunk.
     shard_megabytes: the size of one shard file of the dataset (ssl_models/shards.py); a case is never split.
     unlisted_files: image files (by suffix) in a folder or S3 prefix whose metadata.csv does not list them are not
         used: "warn" counts them in the ingest summary and the validation report, with their keys; "refuse"
@@ -103,6 +106,7 @@ class IngestConfig:
     dicom_site_names: bool = False
     dicom_burned_in: bool = False
     chunk_images: int = 4096
+    chunk_megabytes: int = 1024
     shard_megabytes: int = 128
     unlisted_files: str = "warn"
 
@@ -123,8 +127,11 @@ class IngestConfig:
             raise ValueError(f"IngestConfig.max_file_bytes must be positive, got {self.max_file_bytes}")
         if self.unlisted_files not in UNLISTED_FILES_CHOICES:
             raise ValueError(f"IngestConfig.unlisted_files must be one of {UNLISTED_FILES_CHOICES}, got {self.unlisted_files!r}")
-        if self.chunk_images < 1 or self.shard_megabytes < 1:
-            raise ValueError(f"IngestConfig.chunk_images and shard_megabytes must be positive, got {self.chunk_images}, {self.shard_megabytes}")
+        if min(self.chunk_images, self.chunk_megabytes, self.shard_megabytes) < 1:
+            raise ValueError(
+                "IngestConfig.chunk_images, chunk_megabytes and shard_megabytes must be positive, "
+                f"got {self.chunk_images}, {self.chunk_megabytes}, {self.shard_megabytes}"
+            )
         if self.bits_stored != 0 and not 8 <= self.bits_stored <= 16:
             raise ValueError(
                 f"IngestConfig.bits_stored must be 0 (infer per image) or a bit depth from 8 to 16, got {self.bits_stored}"

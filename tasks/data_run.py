@@ -12,16 +12,17 @@ from sslflow.data.validation import check_label_fractions
 from sslflow.reporting.summary import dataset_summary
 from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
-from tasks.shared import Dataset, SourceUri, ingest_summary
+from tasks.shared import Dataset, ingest_summary
 from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
-@task(cache=Cache(version="2"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(cache=Cache(version="3"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def start_data_run(
-    tracking_store: str, source: SourceUri, config: IngestConfig, validation: ValidationConfig, label_fractions: list[float]
+    tracking_store: str, source: str, fingerprint: str, config: IngestConfig, validation: ValidationConfig, label_fractions: list[float]
 ) -> str:
-    """One parent run per (store, source content, settings): its id. A rerun on unchanged data reuses it."""
+    """One parent run per (store, source content, settings): its id. A rerun on unchanged data reuses it.
+    fingerprint: the source's (tasks/ingest.py: source_fingerprint), for the cache key."""
     check_label_fractions(label_fractions)
     settings = {"source": source, "ingest": config, "validation": validation, "label_fractions": label_fractions}
     return start_parent_run("validate_data", settings)

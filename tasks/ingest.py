@@ -1,4 +1,8 @@
-"""ingest, as three tasks (wired in workflows/ingest.py): plan_ingest lists a source and cuts it into chunks,
+"""ingest, as a first step and three tasks (wired in workflows/ingest.py). source_fingerprint, in a pod of the cluster
+(never where `pyflyte run --remote` is launched: that process needs no bucket credentials and sends no request to the
+source), checks the services a run needs and returns the source's fingerprint; it is not cached, so every execution
+sees the files as they are now, and its output is an input of plan_ingest, so the plan's cache key holds it: a rerun
+on unchanged data hits the cache, a changed source misses it. plan_ingest lists a source and cuts it into chunks,
 each chunk document a file (the plan's literal holds one reference per chunk, whatever the number of files),
 ingest_chunk decodes one chunk into shards (a map task over the references: chunks in parallel, each a cache
 hit when its files are unchanged: a reference's cache hash is its document's sha256), join_ingest joins the
@@ -29,11 +33,12 @@ from flytekit.types.file import FlyteFile
 from images.specs import cpu_image
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import CHUNK_REPORT, CHUNK_TABLE, INSTANCE_ROWS, SHARDS, DecodedChunk, chunk_file_sha256, decode_chunk, join_chunks, plan_to_files
-from sslflow.data.sources import source_name
+from sslflow.data.sources import fingerprint_source, source_name
 from sslflow.data.sources.dicomweb_http import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
 from sslflow.errors import Refusal
+from sslflow.services import check_services
 from sslflow.tracking.runs import stage_run
-from tasks.shared import Dataset, SourceUri, content_hash, pipeline_cache
+from tasks.shared import Dataset, content_hash, pipeline_cache
 from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 # Chunk pods decoding at once (the map task's concurrency); set where the workflow is registered.
@@ -100,11 +105,22 @@ def _chunk_sha256(chunk: FlyteFile) -> str:
 ChunkFile = Annotated[FlyteFile, HashMethod(_chunk_sha256)]
 
 
-@task(cache=Cache(version="8"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2, secret_requests=DICOMWEB_SECRETS)
+@task(container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2, secret_requests=DICOMWEB_SECRETS + MLFLOW_SECRETS)
 @outages_are_recoverable
-def plan_ingest(source: SourceUri, config: IngestConfig) -> list[ChunkFile]:
+def source_fingerprint(source: str) -> str:
+    """The first step of a run, never cached: the tracking server and the source's service are checked (one request
+    each, sslflow/services.py: UnreachableService names the one that did not answer), then the source's fingerprint
+    (sslflow/data/fingerprint.py: a sha256 that changes whenever what ingest reads does) is computed here, in the pod."""
+    check_services([source])
+    return fingerprint_source(source)
+
+
+@task(cache=Cache(version="9"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2, secret_requests=DICOMWEB_SECRETS)
+@outages_are_recoverable
+def plan_ingest(source: str, fingerprint: str, config: IngestConfig) -> list[ChunkFile]:
     """The chunks of ``source``, each a JSON file (decode settings + files with their content hashes), the chunks
-    with the most images first; nothing is decoded."""
+    with the most images first; nothing is decoded. fingerprint: source_fingerprint's output, there for the cache key
+    (the source as it was when this execution started)."""
     folder = Path(current_context().working_directory) / "plan"
     return [FlyteFile(str(path)) for path in plan_to_files(source, config, folder)]
 

@@ -18,17 +18,17 @@ from sslflow.reporting.summary import pipeline_summary
 from sslflow.reporting.tables import results_markdown
 from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
-from tasks.shared import SourceUri
 from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
-@task(cache=Cache(version="6"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def start_pipeline_run(
     tracking_store: str,
-    generic_source: SourceUri,
-    domain_source: SourceUri,
-    shift_source: SourceUri,
+    generic_source: str,
+    domain_source: str,
+    shift_source: str,
+    source_fingerprints: list[str],
     encoder_name: str,
     simclr: PretrainConfig,
     micle: PretrainConfig,
@@ -38,7 +38,8 @@ def start_pipeline_run(
     self_train: SelfTrainConfig,
     registry: RegistryConfig,
 ) -> str:
-    """One parent run per distinct pipeline configuration (sources by content hash) and store: its id.
+    """One parent run per distinct pipeline configuration (sources by content hash: source_fingerprints, the generic,
+    domain and shift sources' from tasks/ingest.py's source_fingerprint, in the cache key) and store: its id.
 
     A rerun with identical inputs hits this task's cache and so reuses the run, as it reuses everything else;
     a rerun against another store (tracking_store) opens a parent run there.

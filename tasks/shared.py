@@ -1,4 +1,4 @@
-"""What every task shares: the typed artifacts between tasks, the source type, cache and resource settings.
+"""What every task shares: the typed artifacts between tasks, cache and resource settings.
 
 Artifacts carry a content sha256 that tasks declare as the output's cache hash
 (``Annotated[..., HashMethod(content_hash)]``), so Flyte keys downstream caches on content, not on the
@@ -20,11 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
-from flytekit import Cache, FlyteContextManager, HashMethod, Resources, Secret
+from flytekit import Cache, FlyteContextManager, Resources, Secret
 from flytekit.core.task import TaskPlugins
 from flytekit.exceptions.user import FlyteRecoverableException, FlyteUserRuntimeException
 from flytekit.extras.accelerators import A100
@@ -41,21 +40,7 @@ from sslflow.data.dataset import (
     MANIFEST_FILE, SHARD_TABLE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, is_remote, present_shards, read_images, read_manifest, read_summary,
     shard_locations,
 )  # fmt: skip
-from sslflow.data.sources import fingerprint_source
 from sslflow.failures import infrastructure_failure, killed_by_signal
-from sslflow.services import check_services
-
-
-def fingerprint_at_start(source: str) -> str:
-    """The HashMethod of a source: where the run starts (the `pyflyte run` process, before any task), the tracking
-    server and the source's service are checked in seconds (sslflow/services.py), then the source is fingerprinted."""
-    check_services([source])
-    return fingerprint_source(source)
-
-
-# A source is named by a string, but Flyte's cache key uses the sha256 of its files' bytes:
-# a rerun on unchanged data hits the cache, a changed folder under the same path does not.
-SourceUri = Annotated[str, HashMethod(fingerprint_at_start)]
 
 
 def outages_are_recoverable(task_function: Callable) -> Callable:

@@ -16,8 +16,8 @@ from PIL import Image
 from sslflow.data.pseudonyms import Pseudonyms
 from tasks.shared import Dataset, ingest_summary, read_rows
 from sslflow.config import IngestConfig, ValidationConfig
+from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest
-from tasks.shared import SourceUri
 from sslflow.tracking.runs import start_parent_run
 from sslflow.tracking.store import client
 from tasks.validate import validate
@@ -29,14 +29,14 @@ PHOTOS = Path(sklearn.datasets.__file__).parent / "images"  # china.jpg, flower.
 # flytekit cannot convert an Annotated[Dataset, HashMethod] task output back when a task is called on its
 # own, so these tests call the tasks through a workflow, as the pipeline does.
 @workflow
-def ingest_and_validate(source: SourceUri, config: IngestConfig, validation: ValidationConfig, parent_run_id: str) -> Dataset:
-    dataset = ingest(source=source, config=config, parent_run_id=parent_run_id)
+def ingest_and_validate(source: str, config: IngestConfig, validation: ValidationConfig, parent_run_id: str) -> Dataset:
+    dataset = ingest(source=source, fingerprint=source_fingerprint(source=source), config=config, parent_run_id=parent_run_id)
     return validate(dataset=dataset, config=validation, label_fractions=[], parent_run_id=parent_run_id)
 
 
 @workflow
-def ingest_only(source: SourceUri, config: IngestConfig, parent_run_id: str) -> Dataset:
-    return ingest(source=source, config=config, parent_run_id=parent_run_id)
+def ingest_only(source: str, config: IngestConfig, parent_run_id: str) -> Dataset:
+    return ingest(source=source, fingerprint=source_fingerprint(source=source), config=config, parent_run_id=parent_run_id)
 
 
 def write_photo_folder(root: Path) -> pd.DataFrame:

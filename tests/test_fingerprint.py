@@ -342,3 +342,31 @@ def test_fingerprint_benchmark_quick_run_writes_its_result(tmp_path):
     assert record["files"] == 2000 and record["same_fingerprint"]
     assert record["cold"]["seconds"] > 0 and record["warm"]["seconds"] > 0 and record["warm"]["files_per_second"] > 0
     assert record["warm"]["files_read"] == 0 and record["cold"]["files_read"] == 2000
+
+
+def test_an_s3_fingerprint_is_hashed_as_the_listing_streams(monkeypatch):
+    """The fingerprint task of a 10^6-object prefix holds one listing page, not a list of every object: the digest is
+    encode_fingerprint's, computed from the listing as a generator."""
+    from sslflow.data.fingerprint import encode_fingerprint
+    from sslflow.data.sources import s3 as s3_source
+
+    entries = []
+
+    class Pages:
+        def get_paginator(self, operation):
+            return self
+
+        def paginate(self, Bucket, Prefix):
+            for page in range(3):
+                keys = [{"Key": f"{Prefix}p{page}/img{i:03d}.png", "ETag": f'"{page}-{i}"', "Size": 10 + i} for i in range(1000)]
+                entries.extend([item["Key"][len(Prefix):], item["Size"], item["ETag"]] for item in keys)
+                yield {"Contents": keys}
+
+    monkeypatch.setattr(s3_source, "s3_client", lambda **settings: Pages())
+    streamed = []
+    original = s3_source.encode_sorted_fingerprint
+    monkeypatch.setattr(s3_source, "encode_sorted_fingerprint", lambda *args: streamed.append(type(args[3]).__name__) or original(*args))
+    fingerprint = fingerprint_source("s3://scans/clinic")
+    assert fingerprint == encode_fingerprint("s3", "s3://scans/clinic", None, entries) and streamed == ["generator"]
+    with pytest.raises(ValueError, match="not sorted by name"):
+        original("s3", "s3://scans/clinic", None, iter([["b", 1, "x"], ["a", 1, "y"]]))

@@ -17,6 +17,7 @@ from ssl_models.shards import ShardError
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import CHUNK_REPORT, decode_chunk, ingest_source, plan_to_files
 from sslflow.data.dataset import SHARD_TABLE, read_images, read_manifest, shard_locations, shard_path
+from sslflow.data.sources import fingerprint_source
 from sslflow.data.types import SourceError
 
 
@@ -30,7 +31,7 @@ def _plan_literal_bytes(folder: Path, config: IngestConfig) -> tuple[int, int]:
     """(bytes of plan_ingest's output literal as propeller would store it, number of chunks)."""
     from tasks.ingest import plan_ingest
 
-    references = plan_ingest(source=str(folder), config=config)
+    references = plan_ingest(source=str(folder), fingerprint=fingerprint_source(str(folder)), config=config)
     python_type = plan_ingest.python_interface.outputs["o0"]
     literal = TypeEngine.to_literal(FlyteContextManager.current_context(), references, python_type, TypeEngine.to_literal_type(python_type))
     return literal.to_flyte_idl().ByteSize(), len(references)

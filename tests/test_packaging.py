@@ -202,7 +202,7 @@ def test_caching_and_retries(package):
     for name in ("tasks.ingest.plan_ingest", "tasks.ingest.ingest_chunk", "tasks.ingest.join_ingest", "tasks.register.register"):
         assert tasks[name]["metadata"]["retries"]["retries"] >= 1, name
     # run every time, and once: a rollback retried would roll back twice
-    for name in ("workflows.launch_plans.refresh_source", "tasks.register.rollback_champion", "tasks.store.tracking_store"):
+    for name in ("tasks.ingest.source_fingerprint", "tasks.register.rollback_champion", "tasks.store.tracking_store"):
         assert not tasks[name]["metadata"].get("discoverable"), name
     assert not tasks["tasks.register.rollback_champion"]["metadata"].get("retries", {}).get("retries")
 

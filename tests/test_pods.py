@@ -2,7 +2,7 @@
 from its serialized command, in a fresh process with only the pod's environment, its inputs and outputs literal
 files in a moto S3 server, MLflow a server process, the pseudonym key a mounted Secret.
 
-Chained in the order of workflows/data.py: tracking_store -> start_data_run -> plan_ingest (a list of chunk
+Chained in the order of workflows/data.py: source_fingerprint -> tracking_store -> start_data_run -> plan_ingest (a list of chunk
 files) -> ingest_chunk (a map task over the file references, each index its own pod) -> join_ingest -> validate ->
 finish_data_run, for PNGs and for a PACS-style DICOM export under S3 prefixes (a pod shares no disk with another,
 so the sources are in the object store); then, for the PNGs, pretrain_simclr (Elastic: torchrun inside the pod)
@@ -62,13 +62,17 @@ def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConf
     """Every task of workflows/data.py validate_data as a pod, in the workflow's order; the final outputs, and the
     shard GETs of the join pod (from ``proxy``'s requests, the pods running one at a time)."""
     from tasks.data_run import finish_data_run, start_data_run
-    from tasks.ingest import join_ingest, plan_ingest
+    from tasks.ingest import join_ingest, plan_ingest, source_fingerprint
     from tasks.validate import validate
 
+    fingerprint = runner.run(tasks["tasks.ingest.source_fingerprint"], "source-fingerprint", literals(source_fingerprint, source=source))
     store = runner.run(tasks["tasks.store.tracking_store"], "tracking-store", LiteralMap({}))
     settings = literals(start_data_run, source=source, config=config, validation=ValidationConfig(), label_fractions=[])
-    run = runner.run(tasks["tasks.data_run.start_data_run"], "start-data-run", bind((store, "o0", "tracking_store"), **settings.literals))
-    plan = runner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", literals(plan_ingest, source=source, config=config))
+    run = runner.run(
+        tasks["tasks.data_run.start_data_run"], "start-data-run", bind((store, "o0", "tracking_store"), (fingerprint, "o0", "fingerprint"), **settings.literals)
+    )
+    plan_inputs = bind((fingerprint, "o0", "fingerprint"), **literals(plan_ingest, source=source, config=config).literals)
+    plan = runner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", plan_inputs)
     references = plan.literals["o0"].collection.literals
     assert all(reference.scalar.blob.uri.startswith("s3://flyte/raw/") for reference in references), "the plan is files in the object store"
     assert len({reference.hash for reference in references}) == len(references) and all(len(reference.hash) == 64 for reference in references)
@@ -191,7 +195,8 @@ def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monke
         _upload(tmp_path / "scans", "scans", "site-a")
         registered = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
         planner = PodRunner(tmp_path, endpoint, registered=registered, secrets={})
-        plan = planner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", literals(plan_ingest, source="s3://scans/site-a", config=config))
+        plan_inputs = literals(plan_ingest, source="s3://scans/site-a", fingerprint="not checked by the plan", config=config)
+        plan = planner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", plan_inputs)
         for name, secrets in {"missing": {}, "empty": {("sslflow", "pseudonym_key"): "  \n"}}.items():
             runner = PodRunner(tmp_path / name, endpoint, registered=registered, secrets=secrets)
             with pytest.raises(RuntimeError, match=f"the Flyte Secret sslflow/pseudonym_key is {name} in this pod"):

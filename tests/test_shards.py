@@ -19,17 +19,18 @@ from ssl_models.shards import ShardError
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import chunk_file_sha256, ingest_source, plan_to_files
 from sslflow.data.dataset import fetch_shards_once_per_node, read_images, read_manifest, shard_path, shard_rows
+from sslflow.data.sources import fingerprint_source
 from sslflow.tracking.runs import start_parent_run
-from tasks.shared import Dataset, SourceUri, dataset_rows, ingest_summary, labelled_in, stored_shards
-from tasks.ingest import ingest_chunk
+from tasks.shared import Dataset, dataset_rows, ingest_summary, labelled_in, stored_shards
+from tasks.ingest import ingest_chunk, source_fingerprint
 from workflows.ingest import ingest
 
 CONFIG = IngestConfig(image_size=8, chunk_images=4, shard_megabytes=1)
 
 
 @workflow
-def ingest_only(source: SourceUri, config: IngestConfig, parent_run_id: str) -> Dataset:
-    return ingest(source=source, config=config, parent_run_id=parent_run_id)
+def ingest_only(source: str, config: IngestConfig, parent_run_id: str) -> Dataset:
+    return ingest(source=source, fingerprint=source_fingerprint(source=source), config=config, parent_run_id=parent_run_id)
 
 
 def _write_images(folder: Path, names: range, *, cases: bool = False, labelled_cases: int = 0) -> None:
@@ -90,9 +91,9 @@ def test_a_rerun_with_one_changed_file_decodes_only_its_chunk(tmp_path, monkeypa
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")
     folder = tmp_path / "scans"
     _write_images(folder, range(40))
-    first = {_chunk_hash(chunk): _decoding(Path(chunk.path)) for chunk in plan_ingest(source=str(folder), config=CONFIG)}
+    first = {_chunk_hash(chunk): _decoding(Path(chunk.path)) for chunk in plan_ingest(source=str(folder), fingerprint=fingerprint_source(str(folder)), config=CONFIG)}
     Image.fromarray(np.full((12, 12), 7, dtype=np.uint8)).save(folder / "img017.png")
-    second = {_chunk_hash(chunk): _decoding(Path(chunk.path)) for chunk in plan_ingest(source=str(folder), config=CONFIG)}
+    second = {_chunk_hash(chunk): _decoding(Path(chunk.path)) for chunk in plan_ingest(source=str(folder), fingerprint=fingerprint_source(str(folder)), config=CONFIG)}
     assert len(first) == len(second) > 3
     assert len(set(second.values()) - set(first.values())) == 1, "only the chunk of the changed file is decoded again"
     assert {chunk: second[chunk] for chunk in set(first) & set(second)} == {chunk: first[chunk] for chunk in set(first) & set(second)}
@@ -380,7 +381,6 @@ def test_with_the_ingest_caches_off_nothing_is_cached_and_the_dataset_is_the_sam
     """SSLFLOW_INGEST_CACHE=off (set in the task images: a pod's disk ends with the pod): no decode cache and no
     file-digest cache are written, every file is decoded, and the dataset and fingerprint do not change."""
     from images.specs import cpu_image_spec, gpu_image_spec
-    from sslflow.data.sources import fingerprint_source
 
     _write_images(tmp_path / "scans", range(20))
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "cache"))

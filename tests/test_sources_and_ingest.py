@@ -1,4 +1,6 @@
 import hashlib
+import io
+import tracemalloc
 
 import numpy as np
 from botocore.exceptions import ClientError
@@ -217,7 +219,7 @@ def test_chunks_hold_about_chunk_images_images_whatever_the_images_per_case():
     """4 images per patient, chunk_images 64: chunks average about 64 images and hold at most 2 x 64 (a cut decided
     per case, the old rule, made them about 4 times larger, up to a 4 x chunk_images cap); a file added changes only the chunk it falls into."""
     files = [(f"patient{index // 4:05d}", f"patient{index // 4:05d}/image{index % 4}") for index in range(8192)]
-    chunks = list(_cut(files, lambda item: item[0], lambda item: item[1], 64))
+    chunks = list(_cut(files, lambda item: item[0], lambda item: item[1], lambda item: 1000, IngestConfig(chunk_images=64)))
     sizes = [len(chunk) for chunk in chunks]
     assert sum(sizes) == 8192 and max(sizes) <= 2 * 64 and 40 <= np.mean(sizes) <= 100
     assert all(len({case for case, _ in chunk} & {case for case, _ in other}) == 0 for chunk, other in zip(chunks, chunks[1:]))  # cut between cases
@@ -225,6 +227,73 @@ def test_chunks_hold_about_chunk_images_images_whatever_the_images_per_case():
         if int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) % 64:
             break
     added = sorted([*files, (name.split("/")[0], name)])
-    again = list(_cut(added, lambda item: item[0], lambda item: item[1], 64))
+    again = list(_cut(added, lambda item: item[0], lambda item: item[1], lambda item: 1000, IngestConfig(chunk_images=64)))
     changed = [chunk for chunk in again if chunk not in chunks]
     assert len(again) == len(chunks) and len(changed) == 1 and (name.split("/")[0], name) in changed[0]
+
+
+def test_chunks_hold_at_most_chunk_megabytes_of_files_whatever_their_count(tmp_path):
+    """Multi-frame objects (many images in one file, up to max_file_bytes): a chunk is cut by the files' bytes from
+    the listing, not only by their number, so a few 300 MB objects do not share one 4 GiB chunk pod; small files
+    still fill a chunk by count; a case larger than chunk_megabytes is one chunk of its own."""
+    megabyte = 2**20
+    files = [(f"patient{index:03d}", f"patient{index:03d}/cine.dcm", 300 * megabyte) for index in range(12)]
+    files += [(f"small{index:03d}", f"small{index:03d}/image.dcm", 100_000) for index in range(40)]
+    files += [("zz-large-case", f"zz-large-case/cine{index}.dcm", 400 * megabyte) for index in range(4)]
+    config = IngestConfig(chunk_images=4096, chunk_megabytes=1024)
+    chunks = list(_cut(files, lambda item: item[0], lambda item: item[1], lambda item: item[2], config))
+    chunk_bytes = [sum(size for _, _, size in chunk) for chunk in chunks]
+    assert sum(len(chunk) for chunk in chunks) == len(files)
+    assert all(size <= 1024 * megabyte for size, chunk in zip(chunk_bytes, chunks) if len({case for case, _, _ in chunk}) > 1)
+    assert [len(chunk) for chunk in chunks[:3]] == [3, 3, 3]  # 3 x 300 MB, not 12 files in one chunk
+    assert chunks[-1] == files[-4:]  # the 1.6 GB case: one chunk, alone
+    assert len(chunks[3]) == 3 + 40  # the small files join the last 300 MB ones: by count they fit
+
+
+class _BucketWithMetadata:
+    """An S3 client over ``count`` objects (pages of 1,000 keys) and a metadata.csv naming each of them by path, four
+    images per case, listed in reverse order (so the plan must sort the rows by case)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        rows = "".join(f"img{i:06d}.png,case{i // 4:06d},{i % 3}\n" for i in reversed(range(count)))
+        self.metadata_csv = f"path,case_id,label\n{rows}".encode()  # the server's: made before the plan is measured
+
+    def get_paginator(self, operation: str):
+        return self
+
+    def paginate(self, Bucket: str, Prefix: str):
+        for start in range(0, self.count, 1000):
+            yield {"Contents": [{"Key": f"{Prefix}img{i:06d}.png", "ETag": f'"{i}"', "Size": 100} for i in range(start, min(self.count, start + 1000))]}
+
+    def get_object(self, Bucket: str, Key: str):
+        return {"Body": io.BytesIO(self.metadata_csv)}
+
+
+def _plan_peak_bytes(count: int, monkeypatch) -> tuple[int, int]:
+    """(Python's peak traced allocation while the plan of an S3 prefix with a metadata.csv of ``count`` rows streams
+    through, number of records planned)."""
+    bucket = _BucketWithMetadata(count)
+    monkeypatch.setattr(s3_source, "s3_client", lambda: bucket)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        baseline = tracemalloc.get_traced_memory()[0]
+        planned = sum(len(chunk["records"]) for chunk in plan_chunks("s3://scans/site-a", IngestConfig(chunk_images=64)))
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    return peak, planned
+
+
+def test_the_plan_of_an_s3_prefix_with_metadata_holds_neither_its_rows_nor_its_objects(monkeypatch):
+    """metadata.csv naming files by path at an S3 prefix: the plan's memory does not grow with the rows or the objects
+    (rows and listing joined in a sqlite file on disk, read ROW_BATCH rows at a time); every row planned in case order."""
+    from sslflow.data import metadata_catalog
+
+    monkeypatch.setattr(metadata_catalog, "ROW_BATCH", 500)
+    monkeypatch.setattr(metadata_catalog, "OBJECT_BATCH", 500)
+    small, small_planned = _plan_peak_bytes(2_000, monkeypatch)
+    large, large_planned = _plan_peak_bytes(20_000, monkeypatch)
+    assert (small_planned, large_planned) == (2_000, 20_000)
+    assert large < 2 * small, (small, large)

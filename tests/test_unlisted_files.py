@@ -20,8 +20,9 @@ from sslflow.data.types import SourceError
 from sslflow.reporting.summary import dataset_summary
 from sslflow.tracking.runs import start_parent_run
 from sslflow.tracking.store import client
-from tasks.shared import Dataset, SourceUri
+from tasks.shared import Dataset
 from tasks.validate import validate
+from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest as ingest_workflow
 
 CONFIG = IngestConfig(image_size=16)
@@ -71,8 +72,8 @@ def test_adding_an_unlisted_file_changes_the_fingerprint(tmp_path):
 
 
 @workflow
-def ingest_and_validate(source: SourceUri, config: IngestConfig, parent_run_id: str) -> Dataset:
-    dataset = ingest_workflow(source=source, config=config, parent_run_id=parent_run_id)
+def ingest_and_validate(source: str, config: IngestConfig, parent_run_id: str) -> Dataset:
+    dataset = ingest_workflow(source=source, fingerprint=source_fingerprint(source=source), config=config, parent_run_id=parent_run_id)
     return validate(dataset=dataset, config=ValidationConfig(), label_fractions=[], parent_run_id=parent_run_id)
 
 

@@ -17,20 +17,23 @@ import workflows.refusals  # noqa: F401  (refused inputs print as one message: s
 
 from sslflow.config import IngestConfig, ValidationConfig
 from tasks.data_run import finish_data_run, start_data_run
+from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest
-from tasks.shared import SourceUri
 from tasks.store import tracking_store
 from tasks.validate import validate
 
 
 @workflow
 def validate_data(
-    source: SourceUri,
+    source: str,
     config: IngestConfig = IngestConfig(),
     validation: ValidationConfig = ValidationConfig(),
     label_fractions: list[float] = [],  # noqa: B006 (Flyte defaults are literals, never mutated)
 ) -> str:
-    run_id = start_data_run(tracking_store=tracking_store(), source=source, config=config, validation=validation, label_fractions=label_fractions)
-    dataset = ingest(source=source, config=config, parent_run_id=run_id)
+    fingerprint = source_fingerprint(source=source)  # in a pod: services checked, the source fingerprinted
+    run_id = start_data_run(
+        tracking_store=tracking_store(), source=source, fingerprint=fingerprint, config=config, validation=validation, label_fractions=label_fractions
+    )
+    dataset = ingest(source=source, fingerprint=fingerprint, config=config, parent_run_id=run_id)
     valid = validate(dataset=dataset, config=validation, label_fractions=label_fractions, parent_run_id=run_id)
     return finish_data_run(dataset=valid, parent_run_id=run_id)

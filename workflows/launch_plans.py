@@ -1,4 +1,5 @@
-"""Launch plans: weekly retraining on freshly fingerprinted data, and the pipeline with multi-node SimCLR.
+"""Launch plans: weekly retraining on freshly fingerprinted data (each execution fingerprints its sources in a pod),
+and the pipeline with multi-node SimCLR.
 
     sslflow_weekly_retraining      scheduled_pipeline every Monday 03:00 UTC (CronSchedule; the
                                    schedule's time arrives as the kickoff_time input)
@@ -27,12 +28,10 @@ from flytekit import (
     workflow,
 )
 
-from images.specs import cpu_image
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from tasks.shared import Dataset, EncoderCheckpoint, content_hash, pipeline_cache
 from sslflow.config import IngestConfig, RegistryConfig
-from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_simclr
 from tasks.shared import gpu_task_settings, pretraining_cache
 from workflows.pipeline import ssl_pipeline
@@ -40,17 +39,6 @@ from workflows.pipeline import ssl_pipeline
 WEEKLY_CRON = "0 3 * * 1"
 MULTINODE_NODES, MULTINODE_RANKS = 2, 8  # pods, GPUs (Elastic workers) per pod
 PIPELINE_DEFAULTS = ssl_pipeline.python_interface.default_inputs_as_kwargs
-
-
-@task(container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2)
-def refresh_source(source: str, kickoff_time: datetime) -> SourceUri:
-    """Fingerprint a source now, in the scheduled run, not when the launch plan was registered.
-
-    The returned SourceUri carries the sha256 of the source's current files, so ingest (cached on it)
-    re-reads a source whose files changed and hits its cache when nothing did. Not cached itself.
-    """
-    print(f"run scheduled for {kickoff_time.isoformat()}: fingerprinting source {source!r}")
-    return source
 
 
 @workflow
@@ -71,14 +59,13 @@ def scheduled_pipeline(
     self_train: SelfTrainConfig = PIPELINE_DEFAULTS["self_train"],
     registry: RegistryConfig = PIPELINE_DEFAULTS["registry"],
 ) -> str:
-    """ssl_pipeline (a subworkflow) on sources fingerprinted at kickoff_time; ssl_pipeline's inputs and defaults.
+    """ssl_pipeline (a subworkflow) with ssl_pipeline's inputs and defaults, started at kickoff_time (the schedule's).
 
-    Sources are plain strings here: a SourceUri default would be fingerprinted once, at registration.
+    Each execution fingerprints its sources in its first steps (tasks/ingest.py: source_fingerprint, never cached):
+    ingest re-reads a source whose files changed since last week and hits its cache when nothing did.
     """
     return ssl_pipeline(
-        generic_source=refresh_source(source=generic_source, kickoff_time=kickoff_time),
-        domain_source=refresh_source(source=domain_source, kickoff_time=kickoff_time),
-        shift_source=refresh_source(source=shift_source, kickoff_time=kickoff_time),
+        generic_source=generic_source, domain_source=domain_source, shift_source=shift_source,
         generic_ingest=generic_ingest, domain_ingest=domain_ingest, shift_ingest=shift_ingest,
         encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
         label_fractions=label_fractions, seeds=seeds, self_train=self_train, registry=registry,

@@ -25,8 +25,8 @@ from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune_all
+from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest
-from tasks.shared import SourceUri
 from tasks.pretrain import pretrain_domain_simclr, pretrain_micle, pretrain_simclr
 from tasks.register import register
 from tasks.pipeline_run import report, start_pipeline_run
@@ -41,9 +41,9 @@ DEFAULT_SEEDS = [0]  # fine-tuning seeds; benchmarks/quality.py runs 3 for inter
 
 @workflow
 def ssl_pipeline(
-    generic_source: SourceUri = "fashion-mnist",
-    domain_source: SourceUri = "mnist-5k",
-    shift_source: SourceUri = "optdigits",
+    generic_source: str = "fashion-mnist",
+    domain_source: str = "mnist-5k",
+    shift_source: str = "optdigits",
     generic_ingest: IngestConfig = IngestConfig(max_images=6000),
     domain_ingest: IngestConfig = IngestConfig(proxy_cases=True),
     shift_ingest: IngestConfig = IngestConfig(all_test=True),
@@ -56,22 +56,27 @@ def ssl_pipeline(
     self_train: SelfTrainConfig = SelfTrainConfig(),
     registry: RegistryConfig = RegistryConfig(),
 ) -> str:
+    # the first steps, in pods: services checked, each source fingerprinted (the cache key of its ingest)
+    generic_fingerprint = source_fingerprint(source=generic_source)
+    domain_fingerprint = source_fingerprint(source=domain_source)
+    shift_fingerprint = source_fingerprint(source=shift_source)
     run_id = start_pipeline_run(
         tracking_store=tracking_store(),
         generic_source=generic_source, domain_source=domain_source, shift_source=shift_source,
+        source_fingerprints=[generic_fingerprint, domain_fingerprint, shift_fingerprint],
         encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
         label_fractions=label_fractions, seeds=seeds, self_train=self_train, registry=registry,
     )  # fmt: skip
     generic = validate(
-        dataset=ingest(source=generic_source, config=generic_ingest, parent_run_id=run_id),
+        dataset=ingest(source=generic_source, fingerprint=generic_fingerprint, config=generic_ingest, parent_run_id=run_id),
         config=ValidationConfig(), label_fractions=[], parent_run_id=run_id,
     )  # fmt: skip
     domain = validate(
-        dataset=ingest(source=domain_source, config=domain_ingest, parent_run_id=run_id),
+        dataset=ingest(source=domain_source, fingerprint=domain_fingerprint, config=domain_ingest, parent_run_id=run_id),
         config=ValidationConfig(), label_fractions=label_fractions, parent_run_id=run_id,
     )  # fmt: skip
     shift = validate(
-        dataset=ingest(source=shift_source, config=shift_ingest, parent_run_id=run_id),
+        dataset=ingest(source=shift_source, fingerprint=shift_fingerprint, config=shift_ingest, parent_run_id=run_id),
         config=ValidationConfig(require_labels=True), label_fractions=[], parent_run_id=run_id,
     )  # fmt: skip
     simclr_encoder = pretrain_simclr(dataset=generic, encoder_name=encoder_name, config=simclr, parent_run_id=run_id)

@@ -8,13 +8,14 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   files are unchanged is a cache hit, and the plan's literal grows with the number of chunks, not files.
   Records are ordered by case (the file path when there is none) and a chunk
   ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
-  boundaries), so adding files changes only the chunks they fall into. The images of one case are in
-  one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
+  boundaries), so adding files changes only the chunks they fall into; it also ends before a case that would
+  take its files over ``IngestConfig.chunk_megabytes`` (sizes from the listing: a multi-frame object is one file
+  of many images). The images of one case are in one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
   ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
   and the process pool start them in that order.
 - **Bounded memory, tables only.** ``plan_chunks`` cuts while the source (sslflow/data/sources/:
   ``open_source``) streams its records in case order, so it holds one chunk, not the listing (a metadata table
-  is sorted by case first); a chunk task holds one chunk's images; the join reads only the chunks' tables
+  is sorted by case first: on S3 through a sqlite file on disk, sslflow/data/metadata_catalog.py); a chunk task holds one chunk's images; the join reads only the chunks' tables
   (chunk.parquet, chunk.json) and writes the dataset's tables: its shard table points at the chunks' shards
   where they were written (sslflow/data/dataset.py), no shard is read or copied.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
@@ -76,25 +77,30 @@ DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixe
 T = TypeVar("T")
 
 
-def _cut(items: Iterable[T], key: Callable[[T], str], identity: Callable[[T], str], chunk_images: int) -> Iterator[list[T]]:
+def _cut(items: Iterable[T], key: Callable[[T], str], identity: Callable[[T], str], size: Callable[[T], int], config: IngestConfig) -> Iterator[list[T]]:
     """``items`` (in order of ``key``, their case key) in chunks, streamed and content-defined: each item whose
     ``identity`` (its path in the source) hashes to 0 modulo chunk_images ends its chunk at the next case boundary;
-    a chunk also ends once it has MAX_CHUNK_FACTOR x chunk_images images (both only between cases: a case larger than
+    a chunk also ends once it has MAX_CHUNK_FACTOR x chunk_images images, and before a case whose first item's
+    ``size`` (bytes, from the listing) would take it over chunk_megabytes (all only between cases: a case larger than
     that is one chunk). A chunk holds chunk_images images on average whatever the number of images per case (a cut
-    decided per case would make it that many times larger); adding a file changes its own chunk (and splits it when
-    its path is one that cuts). Holds one chunk."""
+    decided per case would make it that many times larger) and at most chunk_megabytes of files whatever their
+    frames (a multi-frame object is one file of many images); adding a file changes its own chunk (and splits it
+    when its path is one that cuts; a cut for bytes can move the cuts after it until the next content-defined one).
+    Holds one chunk."""
     chunk: list[T] = []
-    previous, cut_due = None, False
+    previous, cut_due, chunk_bytes = None, False, 0
     for item in items:
-        current = key(item)
+        current, item_bytes = key(item), max(0, size(item))
         if chunk and current != previous:
             if current < previous:
                 raise ValueError(f"the listing is not in case order: {current!r} after {previous!r}")
-            if cut_due or len(chunk) >= MAX_CHUNK_FACTOR * chunk_images:
+            full = len(chunk) >= MAX_CHUNK_FACTOR * config.chunk_images or chunk_bytes + item_bytes > config.chunk_megabytes * 2**20
+            if cut_due or full:
                 yield chunk
-                chunk, cut_due = [], False
+                chunk, cut_due, chunk_bytes = [], False, 0
         chunk.append(item)
-        cut_due = cut_due or int(hashlib.sha256(identity(item).encode()).hexdigest()[:12], 16) % chunk_images == 0
+        chunk_bytes += item_bytes
+        cut_due = cut_due or int(hashlib.sha256(identity(item).encode()).hexdigest()[:12], 16) % config.chunk_images == 0
         previous = current
     if chunk:
         yield chunk
@@ -144,7 +150,8 @@ def _listed_chunks(opened: Source, header: dict, config: IngestConfig) -> Iterat
         header["instance_metadata"] = {"file": METADATA_FILE, "sha256": by_instance.sha256}
     unlisted = _unlisted(opened, config)
     empty = True
-    for chunk in _cut(opened.records(), lambda item: item[1].case_id or item[1].source_path, lambda item: item[1].source_path, config.chunk_images):
+    case, path, size = lambda item: item[1].case_id or item[1].source_path, lambda item: item[1].source_path, lambda item: item[1].size_bytes
+    for chunk in _cut(opened.records(), case, path, size, config):
         document = {**header, "records": [[position, vars(record), digest] for position, record, digest in chunk]}
         yield {**document, "unlisted": unlisted} if empty and unlisted else document
         empty = False

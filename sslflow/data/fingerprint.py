@@ -1,7 +1,8 @@
 """The cache key of ingest: a sha256 over exactly what ingest reads, re-reading only changed files.
 
-Flyte keys ingest's cache on this fingerprint (``SourceUri`` in tasks/shared.py), so it must change
-whenever ingest's output could, and stay cheap: it is computed in every task that takes a source.
+Flyte keys ingest's cache on this fingerprint (computed by the uncached first task of a run, in a pod:
+tasks/ingest.py source_fingerprint; the plan takes it as an input), so it must change whenever ingest's
+output could, and stay cheap: it is computed in every run.
 
 What it covers, listed by the same functions and checks as ingest so that both agree on the file set (each
 source's ``fingerprint()`` in sslflow/data/sources/ computes it with the helpers of this module):
@@ -74,6 +75,22 @@ def encode_fingerprint(kind: str, source: str, listing: list | None, files: list
         "listing": listing, "files": sorted(files),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def encode_sorted_fingerprint(kind: str, source: str, listing: list | None, files: Iterable[list]) -> str:
+    """encode_fingerprint of ``files`` that come sorted by name (an S3 listing: keys in UTF-8 byte order, which is
+    Python's str order), hashed as they stream: the same sha256, in memory one entry at a time, whatever the number
+    of files. ValueError for a name out of order."""
+    rest = {"format": "sslflow-source-fingerprint", "version": FINGERPRINT_VERSION, "kind": kind, "source": source, "listing": listing}
+    digest, previous = hashlib.sha256(b'{"files":['), None
+    for entry in files:
+        if previous is not None and entry[0] <= previous:
+            raise ValueError(f"the listing of {source} is not sorted by name: {entry[0]!r} after {previous!r}")
+        digest.update((b"," if previous is not None else b"") + json.dumps(entry, separators=(",", ":"), ensure_ascii=True).encode())
+        previous = entry[0]
+    # sorted keys: "files" comes first, then the others in the order sort_keys gives them
+    digest.update(b"]," + json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)[1:].encode())
+    return digest.hexdigest()
 
 
 def sha256_of_regular_file(path: str | Path, where: str, name: str) -> tuple[str, os.stat_result]:

@@ -140,14 +140,16 @@ def canonical_label(value) -> str | None:
     return text
 
 
-def refuse_rows(problems: list[SourceError], what: str) -> None:
+def refuse_rows(problems: list[SourceError], what: str, *, count: int | None = None) -> None:
     """Raise the first of ``problems`` (one SourceError per failing row of ``what``, in row order); where several rows
-    fail, the message says how many and names the next few (ROWS_NAMED in all), so one run shows what to fix."""
-    if len(problems) == 1:
+    fail, the message says how many and names the next few (ROWS_NAMED in all), so one run shows what to fix.
+    count: how many rows fail, when ``problems`` holds only the first ROWS_NAMED of them (default: len(problems))."""
+    count = len(problems) if count is None else count
+    if count == 1:
         raise problems[0]
     if problems:
-        more = "; ".join(str(problem) for problem in problems[1:ROWS_NAMED]) + ("; ..." if len(problems) > ROWS_NAMED else "")
-        raise SourceError(f"{problems[0]}. {len(problems)} rows of {what} fail; the next: {more}") from problems[0]
+        more = "; ".join(str(problem) for problem in problems[1:ROWS_NAMED]) + ("; ..." if count > ROWS_NAMED else "")
+        raise SourceError(f"{problems[0]}. {count} rows of {what} fail; the next: {more}") from problems[0]
 
 
 def missing_file(relative: str, place: str) -> str:
@@ -163,35 +165,48 @@ def metadata_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
     first_row: the number the message gives the first data row (2 for a CSV: its line number). A refusal names the
     first failing row, and how many fail (refuse_rows).
     """
+    table = check_path_column(table, where)
+    rows, first_seen, problems = [], {}, []
+    for index, record in enumerate(table.to_dict("records")):
+        try:
+            row = path_row(record, f"{where} row {first_row + index}, column 'path'")
+        except SourceError as problem:
+            problems.append(problem)
+            continue
+        if row["path"] in first_seen:
+            problems.append(listed_twice(row, first_seen[row["path"]]))
+            continue
+        first_seen[row["path"]] = first_row + index
+        rows.append(row)
+    refuse_rows(problems, where)
+    return rows
+
+
+def check_path_column(table: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``table`` with its column names stripped; SourceError when it has no ``path`` column."""
     table = table.rename(columns=lambda column: str(column).strip())
     if "path" not in table.columns:
         raise SourceError(
             f"{where}: missing required column 'path' (columns found: {list(table.columns)}); "
             "name the column of paths relative to the source root 'path', as in the header row path,case_id,site,label"
         )
-    rows, first_seen, problems = [], {}, []
-    for index, record in enumerate(table.to_dict("records")):
-        row_where = f"{where} row {first_row + index}, column 'path'"
-        try:
-            path = check_relative_path(_text(record["path"]) or "", row_where)
-        except SourceError as problem:
-            problems.append(problem)
-            continue
-        if path in first_seen:
-            problems.append(SourceError(f"{row_where}: {path!r} is listed twice (also row {first_seen[path]}); remove one of the rows"))
-            continue
-        first_seen[path] = first_row + index
-        rows.append(
-            {
-                "path": path,
-                "case_id": _text(record.get("case_id")),
-                "site": _text(record.get("site")) or "default",
-                "label": canonical_label(record.get("label")),
-                "where": row_where,
-            }
-        )
-    refuse_rows(problems, where)
-    return rows
+    return table
+
+
+def path_row(record: dict, row_where: str) -> dict:
+    """One metadata row (a record of a table with a ``path`` column) as a dict (path, case_id, site, label, where);
+    SourceError naming ``row_where`` for a path that is empty, absolute, has '..' or is too long."""
+    return {
+        "path": check_relative_path(_text(record["path"]) or "", row_where),
+        "case_id": _text(record.get("case_id")),
+        "site": _text(record.get("site")) or "default",
+        "label": canonical_label(record.get("label")),
+        "where": row_where,
+    }
+
+
+def listed_twice(row: dict, first_row: int) -> SourceError:
+    return SourceError(f"{row['where']}: {row['path']!r} is listed twice (also row {first_row}); remove one of the rows")
 
 
 INSTANCE_COLUMN = "sop_instance_uid"

@@ -11,8 +11,9 @@ Any key with a '..' part is refused, since it could escape the prefix when mirro
 is a metadata path that names no object under the prefix, and so is a case variant of metadata.csv
 (``Metadata.csv``) at the prefix. The listing is streamed page by page in key order and read once per
 plan; objects without an image or DICOM suffix are listed unread, as candidates the chunk decodes when
-they are DICOM (sslflow/data/listing.py). metadata.csv is read with one GET of its key, so a chunk that
-needs metadata keyed by SOPInstanceUID lists nothing. The fingerprint (sslflow/data/fingerprint.py)
+they are DICOM (sslflow/data/listing.py). metadata.csv is read with one GET of its key, streamed to a file, so a
+chunk that needs metadata keyed by SOPInstanceUID lists nothing; metadata naming files by path is joined with the
+listing in a sqlite file on disk (sslflow/data/metadata_catalog.py), so the plan holds neither its rows nor the objects. The fingerprint (sslflow/data/fingerprint.py)
 hashes the listing (keys, ETags, sizes), so deciding whether ingest's cache is still valid downloads
 nothing; unchanged objects are not downloaded again either (sslflow/data/decode_cache.py remembers
 key + ETag + size).
@@ -22,20 +23,23 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import boto3
-import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError
 from botocore.exceptions import ConnectionError as S3ConnectionError
 
-from sslflow.data.fingerprint import encode_fingerprint
+from sslflow.data.fingerprint import encode_sorted_fingerprint
 from sslflow.data.metadata import (
-    METADATA_FILE, ImageRecord, InstanceRows, check_relative_path, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows,
-    missing_file, parse_metadata_csv, read_instance_rows, refuse_rows, safe_name,
+    METADATA_FILE, ImageRecord, InstanceRows, check_relative_path, keyed_by_instance, metadata_file_name, missing_file, parse_metadata_csv,
+    read_instance_rows, refuse_rows, safe_name,
 )  # fmt: skip
+from sslflow.data.metadata_catalog import MetadataCatalog, metadata_header
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
 from sslflow.errors import ServiceUnavailable
 
@@ -46,6 +50,7 @@ TRANSIENT_CODES = frozenset(
     "RequestTimeout RequestTimeoutException PriorRequestNotComplete Throttling ThrottlingException RequestThrottled "
     "RequestThrottledException TooManyRequestsException RequestLimitExceeded BandwidthLimitExceeded SlowDown".split()
 )
+METADATA_READ_BYTES = 2**20  # metadata.csv is copied to disk this many bytes at a time
 
 
 class ObjectStoreUnavailable(ServiceUnavailable):
@@ -149,23 +154,46 @@ class S3Source:
         return s3_client()
 
     @functools.cached_property
-    def _metadata(self) -> tuple[bytes, pd.DataFrame] | None:
-        """(bytes, table) of the prefix's metadata.csv, read with one GET (no listing); None if there is none."""
+    def _metadata_file(self) -> Path | None:
+        """The prefix's metadata.csv, downloaded with one GET (no listing) into a temporary folder this source keeps
+        (streamed to disk: never whole in memory); None if there is none."""
         key = f"{self.prefix}{METADATA_FILE}"
+        self._scratch = tempfile.TemporaryDirectory(prefix="sslflow-s3-metadata-")
+        path = Path(self._scratch.name) / METADATA_FILE
         with s3_errors(f"reading s3://{self.bucket}/{key}"):
             try:
-                data = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     return None
                 raise
-        return data, parse_metadata_csv(data, f"{self.where}{METADATA_FILE}")
+            with path.open("wb") as file:
+                shutil.copyfileobj(body, file, METADATA_READ_BYTES)
+        return path
 
-    def _objects(self) -> Iterator[tuple[str, dict]]:
+    @functools.cached_property
+    def _metadata_by_path(self) -> bool:
+        """Whether the prefix has a metadata.csv naming files by path (not keyed by SOPInstanceUID): its header only."""
+        if self._metadata_file is None:
+            return False
+        return not keyed_by_instance(metadata_header(self._metadata_file, f"{self.where}{METADATA_FILE}"))
+
+    @functools.cached_property
+    def _catalog(self) -> MetadataCatalog:
+        """metadata.csv's rows and the listing, joined on disk (sslflow/data/metadata_catalog.py): read once, and
+        memory does not grow with the rows or objects."""
+        catalog = MetadataCatalog(self._metadata_file, f"{self.where}{METADATA_FILE}")
+        catalog.add_objects((path, item["Key"], int(item["Size"]), item["ETag"]) for path, item in self._objects(refuse_variants=True))
+        return catalog
+
+    def _objects(self, *, refuse_variants: bool = False) -> Iterator[tuple[str, dict]]:
         """(path below the prefix, object) of every object, streamed in key order; SourceError for a key that is
-        absolute or has '..' below the prefix."""
+        absolute or has '..' below the prefix, and (refuse_variants) for a case variant of metadata.csv beside it."""
         for item in iter_objects(self.client, self.bucket, self.prefix):
-            yield check_relative_path(item["Key"][len(self.prefix) :], f"s3://{self.bucket}/{item['Key']}"), item
+            path = check_relative_path(item["Key"][len(self.prefix) :], f"s3://{self.bucket}/{item['Key']}")
+            if refuse_variants and "/" not in path and path.lower() == METADATA_FILE:
+                metadata_file_name({path, METADATA_FILE}, self.where)
+            yield path, item
 
     def _record(self, path: str, item: dict, row: dict | None = None) -> ImageRecord:
         location = f"s3://{self.bucket}/{item['Key']}"
@@ -181,43 +209,34 @@ class S3Source:
         """The rows of metadata.csv in case order, or else (no metadata, or metadata keyed by SOPInstanceUID) every
         object but metadata.csv, streamed from the listing in key order; objects without an image or DICOM suffix
         as candidates (``sniff``: nothing is read here). The digest is the record's version_key."""
-        metadata = self._metadata
-        if metadata is not None and not keyed_by_instance(metadata[1]):
-            yield from self._listed(metadata[1])
+        if self._metadata_by_path:
+            yield from self._listed()
             return
-        position = 0
+        position, has_metadata = 0, self._metadata_file is not None
         for path, item in self._objects():
             if "/" not in path and path.lower() == METADATA_FILE:
-                metadata_file_name({path} | ({METADATA_FILE} if metadata is not None else set()), self.where)  # refuses a case variant
+                metadata_file_name({path} | ({METADATA_FILE} if has_metadata else set()), self.where)  # refuses a case variant
             if path != METADATA_FILE:
                 record = self._record(path, item)
                 yield position, record, record.version_key
                 position += 1
 
-    def _listed(self, table: pd.DataFrame) -> Iterator[tuple[int, ImageRecord, str]]:
-        """The objects metadata.csv lists, in case order; SourceError for a row naming no object under the prefix."""
-        rows = metadata_rows(table, f"{self.where}{METADATA_FILE}", first_row=2)
-        wanted, found = {row["path"] for row in rows}, {}
-        for path, item in self._objects():
-            if "/" not in path and path.lower() == METADATA_FILE:
-                metadata_file_name({path, METADATA_FILE}, self.where)
-            if path in wanted:
-                found[path] = item
-        missing = [row for row in rows if row["path"] not in found]
-        refuse_rows([SourceError(f"{row['where']}: {row['path']!r} {missing_file(row['path'], self.where)}") for row in missing], f"{self.where}{METADATA_FILE}")
-        for position, row in in_case_order(rows):
-            record = self._record(row["path"], found[row["path"]], row)
+    def _listed(self) -> Iterator[tuple[int, ImageRecord, str]]:
+        """The objects metadata.csv lists, in case order; SourceError for rows naming no object under the prefix."""
+        missing, count = self._catalog.missing()
+        problems = [SourceError(f"{row['where']}: {row['path']!r} {missing_file(row['path'], self.where)}") for row in missing]
+        refuse_rows(problems, f"{self.where}{METADATA_FILE}", count=count)
+        for position, row, (key, size, etag) in self._catalog.rows_in_case_order():
+            record = self._record(row["path"], {"Key": key, "Size": size, "ETag": etag}, row)
             yield position, record, record.version_key
 
     def unlisted(self) -> Iterator[str]:
         """The image objects (by suffix) under the prefix that its metadata.csv does not list, in key order (none
         without metadata naming paths)."""
-        metadata = self._metadata
-        if metadata is None or keyed_by_instance(metadata[1]):
+        if not self._metadata_by_path:
             return
-        listed = {row["path"] for row in metadata_rows(metadata[1], f"{self.where}{METADATA_FILE}", first_row=2)}
         suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
-        yield from (path for path, _ in self._objects() if path not in listed and os.path.splitext(path)[1].lower() in suffixes)
+        yield from (path for path in self._catalog.unlisted() if os.path.splitext(path)[1].lower() in suffixes)
 
     def check_service(self, timeout_s: float) -> None:
         """One listing request of one key, no retry: ObjectStoreUnavailable when the endpoint does not answer within
@@ -226,16 +245,29 @@ class S3Source:
             s3_client(attempts=1, timeout_s=timeout_s).list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
 
     def fingerprint(self) -> str:
-        """Every object below the prefix by key, size and ETag (the listing only: nothing is downloaded); a key with
-        '..' or a case variant of metadata.csv is refused here too."""
-        files = [[path, int(item["Size"]), item["ETag"]] for path, item in self._objects()]
-        metadata_file_name({path for path, _, _ in files if "/" not in path}, self.where)
-        return encode_fingerprint("s3", self.uri, None, files)
+        """Every object below the prefix by key, size and ETag (the listing only: nothing is downloaded), hashed as the
+        listing pages come: memory does not grow with the number of objects. A key with '..' or a case variant of
+        metadata.csv is refused here too."""
+        metadata_names: set[str] = set()  # metadata.csv and its case variants at the prefix's root: refused if ambiguous
+
+        def files() -> Iterator[list]:
+            for path, item in self._objects():
+                if "/" not in path and path.lower() == METADATA_FILE:
+                    metadata_names.add(path)
+                yield [path, int(item["Size"]), item["ETag"]]
+
+        fingerprint = encode_sorted_fingerprint("s3", self.uri, None, files())  # the listing's key order, streamed
+        metadata_file_name(metadata_names, self.where)
+        return fingerprint
 
     def read_bytes(self, record: ImageRecord) -> bytes:
         return read_object(self.client, self.bucket, record.location.removeprefix(f"s3://{self.bucket}/"))
 
     def instance_rows(self) -> InstanceRows | None:
-        """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None: one GET, no listing."""
-        metadata = self._metadata
-        return read_instance_rows(metadata[1], metadata[0], f"{self.where}{METADATA_FILE}") if metadata is not None else None
+        """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None (its header alone is read):
+        one GET, no listing."""
+        if self._metadata_file is None or self._metadata_by_path:
+            return None
+        data = self._metadata_file.read_bytes()
+        where = f"{self.where}{METADATA_FILE}"
+        return read_instance_rows(parse_metadata_csv(data, where), data, where)

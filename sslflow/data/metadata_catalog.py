@@ -1,0 +1,118 @@
+"""A metadata.csv that names files by path, joined with a source's listing on disk: memory bounded by a batch.
+
+An S3 prefix of 10^6 objects with a metadata.csv of 10^6 rows would otherwise be held whole by the plan pod (the
+rows, the listed objects, a sort by case). Here the CSV is read ROW_BATCH rows at a time and each row checked by the
+rules of sslflow/data/metadata.py (metadata_rows: path checked, listed once) into a sqlite table on the local disk;
+the listing goes into a second table; the rows come back in case order (in_case_order's order: case_id, else the
+path; then the path: sqlite's BINARY collation is Python's str order) joined with their objects.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from sslflow.data.metadata import ROWS_NAMED, check_path_column, listed_twice, path_row, refuse_rows
+from sslflow.data.types import SourceError
+
+ROW_BATCH = 10_000  # metadata rows parsed at a time
+OBJECT_BATCH = 10_000  # listed objects inserted at a time
+ROW_COLUMNS = ("path", "case_id", "site", "label", "where")
+
+
+class MetadataCatalog:
+    """The rows of a metadata.csv (by path) and a listing, in a sqlite file in a temporary folder of its own.
+
+    ``rows``: position (among the valid rows, in file order), line (the CSV line), the row's fields and its case
+    key; ``objects``: path and what the listing says of it (a JSON-free tuple: key, size, version)."""
+
+    def __init__(self, csv_file: Path, where: str):
+        self.where = where
+        self._folder = tempfile.TemporaryDirectory(prefix="sslflow-metadata-")
+        self.database = sqlite3.connect(Path(self._folder.name) / "catalog.sqlite")
+        self.database.execute(
+            "CREATE TABLE rows (position INTEGER PRIMARY KEY, line INTEGER NOT NULL, path TEXT NOT NULL, case_id TEXT, "
+            "site TEXT NOT NULL, label TEXT, row_where TEXT NOT NULL, case_key TEXT NOT NULL)"
+        )
+        self.database.execute("CREATE UNIQUE INDEX rows_by_path ON rows (path)")
+        self.database.execute("CREATE TABLE objects (path TEXT PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL, version TEXT NOT NULL)")
+        self._load_rows(csv_file)
+
+    def close(self) -> None:
+        self.database.close()
+        self._folder.cleanup()
+
+    def _load_rows(self, csv_file: Path) -> None:
+        """Every row checked (SourceError naming the first failing rows, and how many fail) into ``rows``."""
+        problems, failing, position, line = [], 0, 0, 2
+        check_path_column(metadata_header(csv_file, self.where), self.where)  # the header, even with no rows
+        for batch in _csv_batches(csv_file, self.where, rows=ROW_BATCH):
+            batch = check_path_column(batch, self.where)
+            for record in batch.to_dict("records"):
+                try:
+                    row = path_row(record, f"{self.where} row {line}, column 'path'")
+                    seen = self.database.execute("SELECT line FROM rows WHERE path = ?", (row["path"],)).fetchone()
+                    if seen is not None:
+                        raise listed_twice(row, seen[0])
+                except SourceError as problem:
+                    failing += 1
+                    problems.extend([problem] if len(problems) < ROWS_NAMED else [])
+                else:
+                    values = (position, line, *(row[name] for name in ROW_COLUMNS), row["case_id"] or row["path"])
+                    self.database.execute("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+                    position += 1
+                line += 1
+        refuse_rows(problems, self.where, count=failing)
+
+    def add_objects(self, objects: Iterable[tuple[str, str, int, str]]) -> None:
+        """Record the listing: (path below the source's root, key or location, size in bytes, version) per object."""
+        objects = iter(objects)
+        while batch := [item for _, item in zip(range(OBJECT_BATCH), objects)]:
+            self.database.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", batch)
+
+    def missing(self) -> tuple[list[dict], int]:
+        """(the first ROWS_NAMED rows naming no listed object, in file order; how many there are)."""
+        query = "FROM rows LEFT JOIN objects ON objects.path = rows.path WHERE objects.path IS NULL"
+        first = self.database.execute(f"SELECT rows.path, rows.row_where {query} ORDER BY rows.position LIMIT ?", (ROWS_NAMED,)).fetchall()
+        count = self.database.execute(f"SELECT COUNT(*) {query}").fetchone()[0]
+        return [{"path": path, "where": where} for path, where in first], count
+
+    def rows_in_case_order(self) -> Iterator[tuple[int, dict, tuple[str, int, str]]]:
+        """(position, row, (key, size, version) of its object) of every row with an object, in case order, streamed."""
+        query = (
+            "SELECT rows.position, rows.path, rows.case_id, rows.site, rows.label, rows.row_where, objects.key, objects.size, "
+            "objects.version FROM rows JOIN objects ON objects.path = rows.path ORDER BY rows.case_key, rows.path"
+        )
+        for position, *fields, key, size, version in self.database.execute(query):
+            yield position, dict(zip(ROW_COLUMNS, fields)), (key, size, version)
+
+    def unlisted(self) -> Iterator[str]:
+        """Paths of listed objects that no row names, in path order, streamed."""
+        query = "SELECT objects.path FROM objects LEFT JOIN rows ON rows.path = objects.path WHERE rows.path IS NULL ORDER BY objects.path"
+        for (path,) in self.database.execute(query):
+            yield path
+
+
+def metadata_header(csv_file: Path, where: str) -> pd.DataFrame:
+    """The CSV's header as an empty table (its columns); SourceError if it is not CSV."""
+    return next(_csv_batches(csv_file, where, rows=0))
+
+
+def _csv_batches(csv_file: Path, where: str, rows: int) -> Iterator[pd.DataFrame]:
+    """The CSV's rows as tables of strings, ``rows`` at a time (0: its header alone, as one empty table); SourceError
+    if it is not CSV (as parse_metadata_csv)."""
+    settings = dict(dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8")
+    try:
+        if rows == 0:
+            yield pd.read_csv(csv_file, nrows=0, **settings)
+        else:
+            yield from pd.read_csv(csv_file, chunksize=rows, **settings)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+        raise SourceError(
+            f"{where}: not parseable as CSV ({type(error).__name__}: {error}); "
+            "save it as UTF-8 CSV text with a header row such as path,case_id,site,label"
+        ) from error
