@@ -17,6 +17,8 @@ import os
 
 from flytekit import ImageSpec
 
+from sslflow.telemetry import TELEMETRY_OFF
+
 REGISTRY = os.environ.get("SSLFLOW_IMAGE_REGISTRY", "localhost:30000")
 PACKAGES = [
     "torch==2.14.1",
@@ -45,7 +47,8 @@ PACKAGES = [
 ]
 
 # A pod's disk ends with the pod: the per-file ingest caches could never hit there (sslflow/data/decode_cache.py).
-POD_ENVIRONMENT = {"SSLFLOW_INGEST_CACHE": "off"}
+# No dependency reports home from a pod (sslflow/telemetry.py).
+POD_ENVIRONMENT = {"SSLFLOW_INGEST_CACHE": "off", **TELEMETRY_OFF}
 
 cpu_image_spec = ImageSpec(
     name="sslflow-cpu",
