@@ -6,8 +6,12 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 # Flyte's local cache records absolute paths of task outputs: keep them in the project, not in /tmp.
 export FLYTE_SDK_LOCAL_SANDBOX ?= $(CURDIR)/.flyte/sandbox
+# No dependency reports home (sslflow/telemetry.py, which importing sslflow also sets).
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := False
+export ORT_DISABLE_TELEMETRY := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := true
 
 .PHONY: run test install data orthanc clean-cache
 

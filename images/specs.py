@@ -18,12 +18,15 @@ from pathlib import Path
 
 from flytekit import ImageSpec
 
+from sslflow.telemetry import TELEMETRY_OFF
+
 REGISTRY = os.environ.get("SSLFLOW_IMAGE_REGISTRY", "localhost:30000")
 # Every package of the lock file at its locked version, dependencies included: the pods run what the tests ran.
 LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
 
 # A pod's disk ends with the pod: the per-file ingest caches could never hit there (sslflow/data/decode_cache.py).
-POD_ENVIRONMENT = {"SSLFLOW_INGEST_CACHE": "off"}
+# No dependency reports home from a pod (sslflow/telemetry.py).
+POD_ENVIRONMENT = {"SSLFLOW_INGEST_CACHE": "off", **TELEMETRY_OFF}
 
 cpu_image_spec = ImageSpec(
     name="sslflow-cpu",

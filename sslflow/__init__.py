@@ -5,3 +5,7 @@ which it imports). It never imports flytekit, and only ``tracking`` and ``regist
 so every piece runs and tests without a Flyte context. The layer order is a contract checked by
 ``make test`` (``.importlinter``).
 """
+
+from sslflow.telemetry import switch_off_telemetry
+
+switch_off_telemetry()  # before any dependency is imported: sslflow/telemetry.py

@@ -17,7 +17,15 @@ files (``inputs.pb``, ``outputs.pb``) in the object store. ``PodRunner.run`` doe
 - the size of every literal file it writes or reads (``literal_files``), which propeller would refuse over
   ``storage.limits.maxDownloadMBs``.
 
-The code comes from this checkout (PYTHONPATH), as the image's copy of it would.
+The code comes from this checkout (PYTHONPATH), as the image's copy of it would; or, for a package serialized with
+``fast=True`` (what `pyflyte run --remote` and `pyflyte register` do), from the code archive: the template's args then
+start with ``pyflyte-fast-execute``, which downloads the archive from the object store into the pod (its ``/root``
+is the pod's own folder here) and runs the task from there, nothing of this checkout on the pod's PYTHONPATH.
+
+A failed pod raises ``PodFailed`` with what Flyte reads from the ``error.pb`` it wrote: the error's kind
+(RECOVERABLE, which Flyte retries, or NON_RECOVERABLE) and origin (USER or SYSTEM). A dynamic task's pod writes
+``futures.pb`` (the sub-workflow it compiled) instead of outputs: ``execute`` returns it, and tests/pod_workflows.py
+runs its nodes.
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
-from flyteidl.admin import task_pb2
-from flyteidl.core import literals_pb2
+from flyteidl.admin import launch_plan_pb2, task_pb2, workflow_pb2
+from flyteidl.core import dynamic_job_pb2, errors_pb2, execution_pb2, literals_pb2, tasks_pb2, workflow_pb2 as core_workflow_pb2
 from flytekit.models.literals import Literal, LiteralCollection, LiteralMap
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -49,29 +57,63 @@ class SerializedTask:
     env: dict[str, str]
     secrets: list[tuple[str, str]]
 
+    @classmethod
+    def from_template(cls, template: tasks_pb2.TaskTemplate) -> SerializedTask:
+        """The pod of a task template (its container, or a pod template's primary container)."""
+        container = template.container if template.HasField("container") else _primary_container(template)
+        args = list(container.args)
+        env = {pair.key: pair.value for pair in container.env}
+        secrets = [(secret.group, secret.key) for secret in template.security_context.secrets]
+        return cls(name=template.id.name, args=args, env=env, secrets=secrets)
 
-def serialized_tasks(work: Path, package: str = "workflows") -> dict[str, SerializedTask]:
-    """Every task of ``package`` as `pyflyte package` serializes it, by name (a map task's subtask by the mapped task's
-    name with a ``map:`` prefix)."""
+    def in_image(self) -> SerializedTask:
+        """The task as registered with its code in the image (`pyflyte register --copy none`): the same command without
+        the fast-execute prefix that downloads the code archive."""
+        if self.args[0] != "pyflyte-fast-execute":
+            return self
+        return SerializedTask(name=self.name, args=self.args[self.args.index("--") + 1 :], env=self.env, secrets=self.secrets)
+
+
+@dataclass(frozen=True)
+class Package:
+    """What `pyflyte package` serialized: tasks and workflows by name, each launch plan's default inputs, and the
+    code archive of a fast package (None otherwise)."""
+
+    tasks: dict[str, SerializedTask]
+    workflows: dict[str, core_workflow_pb2.WorkflowTemplate]
+    defaults: dict[str, LiteralMap]
+    fast_archive: Path | None
+
+
+def serialized_package(work: Path, package: str = "workflows", *, fast: bool = False) -> Package:
+    """Every task, workflow and launch plan of ``package`` as `pyflyte package` (``--fast``: with a code archive)
+    serializes them. A map task's subtask is also listed by the mapped task's name with a ``map:`` prefix."""
     environment = {**os.environ, "SSLFLOW_CPU_IMAGE": CPU_IMAGE, "SSLFLOW_GPU_IMAGE": GPU_IMAGE}
+    work.mkdir(parents=True, exist_ok=True)
     archive = work / "package.tgz"
     command = [str(BIN / "pyflyte"), "--pkgs", package, "package", "--image", "registry.example.com/default:0", "--output", str(archive), "--force"]
-    result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(command + ["--fast"] * fast, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with tarfile.open(archive) as package_file:
         package_file.extractall(work / "package", filter="data")
-    tasks = {}
-    for path in sorted((work / "package").glob("*_1.pb")):  # ResourceType 1: a task
-        spec = task_pb2.TaskSpec()
-        spec.ParseFromString(path.read_bytes())
-        template = spec.template
-        container = template.container if template.HasField("container") else _primary_container(template)
-        args = list(container.args)
-        name = f"map:{args[args.index('task-name') + 1]}" if args[0] == "pyflyte-map-execute" else template.id.name
-        env = {pair.key: pair.value for pair in container.env}
-        secrets = [(secret.group, secret.key) for secret in template.security_context.secrets]
-        tasks[name] = SerializedTask(name=name, args=args, env=env, secrets=secrets)
-    return tasks
+    tasks, workflows, defaults = {}, {}, {}
+    for path in sorted((work / "package").glob("*.pb")):  # <index>_<name>_<ResourceType>.pb: 1 task, 2 workflow, 3 launch plan
+        kind = path.stem.rsplit("_", 1)[-1]
+        if kind == "1":
+            task = SerializedTask.from_template(_parsed(task_pb2.TaskSpec, path.read_bytes()).template)
+            tasks[task.name] = task
+            if "pyflyte-map-execute" in task.args:
+                tasks[f"map:{task.args[task.args.index('task-name') + 1]}"] = task
+        elif kind == "2":
+            spec = _parsed(workflow_pb2.WorkflowSpec, path.read_bytes())
+            workflows |= {template.id.name: template for template in [spec.template, *spec.sub_workflows]}
+        else:
+            plan = _parsed(launch_plan_pb2.LaunchPlan, path.read_bytes())
+            parameters = plan.spec.default_inputs.parameters
+            literal_map = literals_pb2.LiteralMap(literals={name: p.default for name, p in parameters.items() if p.HasField("default")})
+            defaults[plan.id.name] = LiteralMap.from_flyte_idl(literal_map)
+    fast_archive = next((work / "package").glob("fast*.tar.gz"), None) if fast else None
+    return Package(tasks=tasks, workflows=workflows, defaults=defaults, fast_archive=fast_archive)
 
 
 def _primary_container(template):
@@ -95,12 +137,31 @@ def _primary_container(template):
     return _Container(args=spec["args"], env=[_Pair(e["name"], e.get("value", "")) for e in spec.get("env", [])])
 
 
+class PodFailed(RuntimeError):
+    """A pod's task failed: the ErrorDocument it wrote (``kind``: RECOVERABLE or NON_RECOVERABLE; ``origin``: USER or
+    SYSTEM), as Flyte reads it to decide on a retry."""
+
+    def __init__(self, pod: str, task: str, document: errors_pb2.ErrorDocument):
+        error = document.error
+        self.kind = errors_pb2.ContainerError.Kind.Name(error.kind)
+        self.origin = execution_pb2.ExecutionError.ErrorKind.Name(error.origin)
+        self.code, self.message = error.code, error.message
+        super().__init__(f"pod {pod} ({task}) failed: {self.kind} {self.origin} {self.code}: {self.message}")
+
+    @property
+    def recoverable(self) -> bool:
+        return self.kind == "RECOVERABLE"
+
+
 class PodRunner:
     """Runs serialized tasks as pods against an S3 endpoint; every literal file it wrote or read is in ``literal_files``."""
 
     def __init__(self, work: Path, endpoint: str, *, bucket: str = "flyte", registered: dict[str, str] | None = None,
-                 secrets: dict[tuple[str, str], str] | None = None, setup_endpoint: str | None = None):  # fmt: skip
-        """endpoint: the object store as the pods see it; setup_endpoint: as this process sees it (default: the same)."""
+                 secrets: dict[tuple[str, str], str] | None = None, setup_endpoint: str | None = None,
+                 fast_archive: Path | None = None, python_path: tuple[Path, ...] = ()):  # fmt: skip
+        """endpoint: the object store as the pods see it; setup_endpoint: as this process sees it (default: the same);
+        fast_archive: the code archive of a fast package (uploaded here; the pods run the code from it);
+        python_path: folders put on every pod's PYTHONPATH before the code (a test's sitecustomize)."""
         self.work, self.endpoint, self.bucket = work, endpoint, bucket
         self.registered, self.secrets = dict(registered or {}), dict(secrets or {})
         self.execution = f"pod-test-{uuid.uuid4().hex[:8]}"
@@ -108,12 +169,26 @@ class PodRunner:
         if bucket not in {entry["Name"] for entry in self.s3.list_buckets()["Buckets"]}:
             self.s3.create_bucket(Bucket=bucket)
         self.literal_files: dict[str, int] = {}
+        self.python_path = [*map(str, python_path), *([] if fast_archive else [str(PROJECT_ROOT)])]
+        self.code_archive = None
+        if fast_archive is not None:  # where `pyflyte register` uploads it; propeller fills in {{ .remote_package_path }}
+            self.code_archive = f"s3://{bucket}/fast/{self.execution}/{fast_archive.name}"
+            self.s3.upload_file(str(fast_archive), bucket, self._key(self.code_archive))
 
     def run(self, task: SerializedTask, node: str, inputs: LiteralMap) -> LiteralMap:
         """Run ``task`` as the pod of ``node`` with ``inputs``; its outputs."""
+        outputs = self.execute(task, node, inputs)
+        assert isinstance(outputs, LiteralMap), f"{task.name} is a dynamic task: its pod returned a workflow (tests/pod_workflows.py runs it)"
+        return outputs
+
+    def execute(self, task: SerializedTask, node: str, inputs: LiteralMap) -> LiteralMap | dynamic_job_pb2.DynamicJobSpec:
+        """Run ``task`` as the pod of ``node``: its outputs, or the sub-workflow a dynamic task's pod compiled."""
         prefix = f"s3://{self.bucket}/metadata/{self.execution}/{node}"
         self._put(f"{prefix}/inputs.pb", inputs)
         self._start(task, node, prefix, prefix, index=None)
+        futures = self._read(f"{prefix}/futures.pb")
+        if futures is not None:
+            return _parsed(dynamic_job_pb2.DynamicJobSpec, futures)
         return self._get(f"{prefix}/outputs.pb")
 
     def run_map(self, task: SerializedTask, node: str, inputs: LiteralMap, size: int) -> LiteralMap:
@@ -141,22 +216,32 @@ class PodRunner:
             "{{.rawOutputDataPrefix}}": f"s3://{self.bucket}/raw/{self.execution}/{pod}",
             "{{.checkpointOutputPrefix}}": f"s3://{self.bucket}/checkpoints/{self.execution}/{pod}", "{{.prevCheckpointPrefix}}": '""',
         }  # fmt: skip
-        args = [values.get(arg, arg) for arg in task.args]
+        args = [values.get(arg, arg) for arg in self._fast_args(task.args, folder)]
         command = [str(BIN / args[0]), *args[1:]]
         result = subprocess.run(command, cwd=folder / "cwd", env=self._environment(task, folder, index), capture_output=True, text=True, timeout=600)
         (folder / "log.txt").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise RuntimeError(f"pod {pod} ({task.name}) exited with {result.returncode}:\n{(result.stdout + result.stderr)[-4000:]}")
-        error = self._error(f"{output_prefix}/error.pb")
+        error = self._read(f"{output_prefix}/error.pb")
         if error is not None:  # the task failed: pyflyte-execute writes error.pb (what Flyte shows) and exits 0
-            raise RuntimeError(f"pod {pod} ({task.name}) failed: {error}")
+            raise PodFailed(pod, task.name, _parsed(errors_pb2.ErrorDocument, error))
+
+    def _fast_args(self, args: list[str], folder: Path) -> list[str]:
+        """A fast-registered task's args with the code archive's URI and the image's /root (here: the pod's ``root``)."""
+        if args[0] != "pyflyte-fast-execute":
+            return args
+        assert self.code_archive is not None, "a fast-registered task needs the package's code archive (PodRunner's fast_archive)"
+        (folder / "root").mkdir(exist_ok=True)
+        filled = [self.code_archive if arg == "{{ .remote_package_path }}" else arg for arg in args]
+        destination = filled.index("--dest-dir") + 1
+        return [*filled[:destination], str(folder / "root"), *filled[destination + 1 :]]
 
     def _environment(self, task: SerializedTask, folder: Path, index: int | None) -> dict[str, str]:
         from images.specs import POD_ENVIRONMENT
 
         environment = {
             "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(folder / "home"), "TMPDIR": str(folder / "tmp"), "LANG": "C.UTF-8",
-            "PYTHONPATH": str(PROJECT_ROOT), **POD_ENVIRONMENT, **task.env,
+            "PYTHONPATH": os.pathsep.join(self.python_path), **POD_ENVIRONMENT, **task.env,
             "FLYTE_AWS_ENDPOINT": self.endpoint, "FLYTE_AWS_ACCESS_KEY_ID": "testing", "FLYTE_AWS_SECRET_ACCESS_KEY": "testing",
             "FLYTE_INTERNAL_EXECUTION_ID": self.execution, "FLYTE_INTERNAL_EXECUTION_PROJECT": "sslflow",
             "FLYTE_INTERNAL_EXECUTION_DOMAIN": "development", "FLYTE_INTERNAL_TASK_NAME": task.name, "FLYTE_INTERNAL_TASK_VERSION": "pod-test",
@@ -174,17 +259,12 @@ class PodRunner:
 
         return {"SSLFLOW_GPUS_PER_POD": "0"} if "SSLFLOW_GPUS_PER_POD" in task.env and not torch.cuda.is_available() else {}
 
-    def _error(self, uri: str) -> str | None:
-        """The message of the ErrorDocument at ``uri``, or None when the pod wrote none."""
-        from flyteidl.core import errors_pb2
-
+    def _read(self, uri: str) -> bytes | None:
+        """The body of the object at ``uri``, or None when there is none."""
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(uri))["Body"].read()
+            return self.s3.get_object(Bucket=self.bucket, Key=self._key(uri))["Body"].read()
         except self.s3.exceptions.NoSuchKey:
             return None
-        document = errors_pb2.ErrorDocument()
-        document.ParseFromString(body)
-        return f"{document.error.code}: {document.error.message}"
 
     def _key(self, uri: str) -> str:
         return uri.removeprefix(f"s3://{self.bucket}/")
@@ -200,6 +280,12 @@ class PodRunner:
         message = literals_pb2.LiteralMap()
         message.ParseFromString(body)
         return LiteralMap.from_flyte_idl(message)
+
+
+def _parsed(message_type, body: bytes):
+    message = message_type()
+    message.ParseFromString(body)
+    return message
 
 
 def literals(task, **values) -> LiteralMap:

@@ -1,0 +1,2 @@
+
+import sslflow  # noqa: F401  (first: no dependency reports home, sslflow/telemetry.py)
