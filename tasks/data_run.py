@@ -28,7 +28,7 @@ def start_data_run(
     return start_parent_run("validate_data", settings)
 
 
-@task(cache=Cache(version="4"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(cache=Cache(version="5"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def finish_data_run(dataset: Dataset, parent_run_id: str) -> str:
     """Record the valid dataset on the parent run and close it; the summary `pyflyte run` prints."""

@@ -103,7 +103,7 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
         mlflow.log_metric(accuracy_metric_key(row), row.accuracy)
 
 
-@task(cache=pipeline_cache("9"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True, retries=2, secret_requests=MLFLOW_SECRETS)
+@task(cache=pipeline_cache("10"), container_image=cpu_image, requests=Resources(cpu="2", mem="8Gi"), enable_deck=True, retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, parent_run_id: str) -> pd.DataFrame:
     """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS."""

@@ -68,7 +68,7 @@ def _finetune(
     )  # fmt: skip
 
 
-@task(cache=pipeline_cache("7"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("8"), **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
@@ -84,7 +84,7 @@ def finetune_pretrained(
     return dataclasses.replace(model, selectable=not encoder.collapsed, **weights)
 
 
-@task(cache=pipeline_cache("5"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("6"), **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
@@ -93,7 +93,7 @@ def finetune_scratch(
     return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init="scratch", lineage={})
 
 
-@task(cache=pipeline_cache("5"), **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("6"), **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig, parent_run_id: str) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """The floor: the linear probe on raw pixels (multinomial logistic regression on standardised pixels)."""
@@ -101,7 +101,7 @@ def probe_pixels(domain: Dataset, label_fraction: float, config: FinetuneConfig,
     return _finetune(domain, None, "pixels", label_fraction, config, parent_run_id, init="pixels", lineage={})
 
 
-@dynamic(cache=pipeline_cache("6"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
+@dynamic(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))
 def finetune_all(
     domain: Dataset,
     encoders: list[EncoderCheckpoint],

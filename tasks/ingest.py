@@ -126,7 +126,7 @@ def plan_ingest(source: str, fingerprint: str, config: IngestConfig) -> list[Chu
 
 
 @task(
-    cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2,
+    cache=Cache(version="8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2,
     secret_requests=[PSEUDONYM_SECRET, *DICOMWEB_SECRETS],
 )
 @outages_are_recoverable
@@ -157,7 +157,7 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
     return decoded
 
 
-@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(cache=pipeline_cache("9"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def join_ingest(
     source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str

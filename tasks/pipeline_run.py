@@ -56,7 +56,7 @@ def start_pipeline_run(
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(cache=Cache(version="8"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """Record the results and the registration on the parent run and close it; the closing summary

@@ -37,7 +37,7 @@ def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 # Cached on the parent run too (unlike the training stages): a rerun against another store registers the
 # model in that store's registry; the same store and configuration reuse the registration.
-@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(cache=Cache(version="8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def register(
     models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, config: RegistryConfig, domain_source: str, parent_run_id: str

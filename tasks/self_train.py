@@ -94,7 +94,7 @@ def _log_report(reports: list[dict]) -> None:
     mlflow.log_text(per_class_table(reports).to_csv(index=False), "pseudo_labels_per_class.csv")
 
 
-@task(cache=pipeline_cache("7"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("8"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
 @outages_are_recoverable
 def self_train(
     models: list[FinetunedModel], domain: Dataset, encoder: EncoderCheckpoint, config: SelfTrainConfig, parent_run_id: str

@@ -22,7 +22,7 @@ from tasks.shared import Dataset, content_hash, dataset_without_shards, pipeline
 from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
-@task(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True, retries=2, secret_requests=MLFLOW_SECRETS)
+@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True, retries=2, secret_requests=MLFLOW_SECRETS)
 @outages_are_recoverable
 def validate(
     dataset: Dataset, config: ValidationConfig, label_fractions: list[float], parent_run_id: str
