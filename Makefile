@@ -21,6 +21,8 @@ run: install data
 	echo "pipeline wall time: $$(( $$(date +%s) - start )) s"; exit $$status
 
 test: install data orthanc
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 install: $(VENV)/.installed

@@ -55,12 +55,22 @@ def main() -> None:
     for size, batch, repeats in settings:
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
         config = AugmentConfig(output_size=size, flip_probability=0.5, rotation_degrees=0.0)
-        ours = views_per_second(lambda x: augment(x, config), images, repeats, device)
+        ours = views_per_second(lambda x, config=config: augment(x, config), images, repeats, device)
         pipeline = kornia_pipeline(size).to(device)
-        theirs = views_per_second(lambda x: pipeline(x.float() / 255.0), images, repeats, device)
-        results[f"{size}px"] = {"batch_size": batch, "ours_views_per_second": ours, "kornia_views_per_second": theirs, "ours_over_kornia": ours / theirs}
-        print(f"{size:>3} px batch {batch:>3}: ours {ours:10.0f} views/s | kornia {theirs:10.0f} views/s | ours/kornia {ours / theirs:.2f}", flush=True)
-    print(f"saved {write_result('augment_speed' + ('-quick' if args.quick else ''), {'device': str(device), 'results': results}, args.out)}")
+        theirs = views_per_second(lambda x, pipeline=pipeline: pipeline(x.float() / 255.0), images, repeats, device)
+        results[f"{size}px"] = {
+            "batch_size": batch,
+            "ours_views_per_second": ours,
+            "kornia_views_per_second": theirs,
+            "ours_over_kornia": ours / theirs,
+        }
+        print(
+            f"{size:>3} px batch {batch:>3}: ours {ours:10.0f} views/s | kornia {theirs:10.0f} views/s | ours/kornia {ours / theirs:.2f}",
+            flush=True,
+        )
+    print(
+        f"saved {write_result('augment_speed' + ('-quick' if args.quick else ''), {'device': str(device), 'results': results}, args.out)}"
+    )
 
 
 if __name__ == "__main__":

@@ -93,12 +93,16 @@ def object_key(index: int) -> str:
 
 def metadata_csv(count: int) -> bytes:
     """metadata.csv naming every file by its path below the prefix, with its case (the patient folder) and a label."""
-    rows = (f"{object_key(index)[len(PREFIX) + 1 :]},patient{index // IMAGES_PER_PATIENT:07d},{index // IMAGES_PER_PATIENT % LABELS}" for index in range(count))
+    rows = (
+        f"{object_key(index)[len(PREFIX) + 1 :]},patient{index // IMAGES_PER_PATIENT:07d},{index // IMAGES_PER_PATIENT % LABELS}"
+        for index in range(count)
+    )
     return ("path,case_id,label\n" + "\n".join(rows) + "\n").encode()
 
 
 def upload(count: int) -> float:
-    """Put ``count`` DICOM files and the metadata.csv into the bucket (straight to the server, not counted); returns the seconds."""
+    """Put ``count`` DICOM files and the metadata.csv into the bucket (straight to the server, not counted); returns the
+    seconds."""
     import boto3
 
     client = boto3.client("s3")
@@ -106,7 +110,12 @@ def upload(count: int) -> float:
     started = time.perf_counter()
     client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/metadata.csv", Body=metadata_csv(count))
     with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-        list(pool.map(lambda index: client.put_object(Bucket=BUCKET, Key=object_key(index), Body=dicom_bytes(index)), range(count)))
+        list(
+            pool.map(
+                lambda index: client.put_object(Bucket=BUCKET, Key=object_key(index), Body=dicom_bytes(index)),
+                range(count),
+            )
+        )
     return time.perf_counter() - started
 
 
@@ -138,7 +147,9 @@ def child_launch(source: str) -> dict:
     from workflows.data import validate_data
     from workflows.pipeline import ssl_pipeline
 
-    settings = SerializationSettings(image_config=ImageConfig(default_image=Image(name="default", fqn="registry.example.com/sslflow", tag="0")))
+    settings = SerializationSettings(
+        image_config=ImageConfig(default_image=Image(name="default", fqn="registry.example.com/sslflow", tag="0"))
+    )
     context = FlyteContextManager.current_context()
     for workflow, name in ((ssl_pipeline, "domain_source"), (validate_data, "source")):
         get_serializable({}, settings, workflow)
@@ -172,7 +183,9 @@ def child_plan(source: str, plan_folder: str) -> dict:
         "literal_bytes": {
             "plan_ingest output": _literal_bytes([FlyteFile(str(path)) for path in paths], plan_type),
             "ingest_chunk input (largest)": _literal_bytes(FlyteFile(str(paths[0])), one_chunk_type),
-            "join_ingest input chunks": _literal_bytes([FlyteDirectory(chunk_output_uri(index)) for index in range(len(paths))], join_type),
+            "join_ingest input chunks": _literal_bytes(
+                [FlyteDirectory(chunk_output_uri(index)) for index in range(len(paths))], join_type
+            ),
         },
     }
 
@@ -202,7 +215,9 @@ def child_join(chunk_folders: str, dataset: str) -> dict:
     folders = [Path(line) for line in Path(chunk_folders).read_text().splitlines()]
     chunks = [DecodedChunk(folder, str(folder / SHARDS)) for folder in folders]
     before = _io_bytes()
-    sha256, manifest, _ = join_chunks(chunks, IngestConfig(image_size=image_size(), chunk_images=CHUNK_IMAGES), Path(dataset))
+    sha256, manifest, _ = join_chunks(
+        chunks, IngestConfig(image_size=image_size(), chunk_images=CHUNK_IMAGES), Path(dataset)
+    )
     moved = _io_bytes() - before
     shard_bytes = sum(path.stat().st_size for folder in folders for path in (folder / SHARDS).iterdir())
     return {"images": len(manifest), "sha256": sha256, "join_bytes_moved": moved, "dataset_shard_bytes": shard_bytes}
@@ -218,12 +233,19 @@ def _request_kinds(requests: list[tuple[str, str]]) -> dict[str, int]:
     """Requests by kind: ListObjectsV2, GetObject, HeadObject, ... (from method and query)."""
     kinds = Counter()
     for method, path in requests:
-        kinds["ListObjectsV2" if "list-type=2" in path else f"{method} object" if "?" not in path or "x-id=" in path else f"{method} {path.split('?')[1][:20]}"] += 1
+        kinds[
+            "ListObjectsV2"
+            if "list-type=2" in path
+            else f"{method} object"
+            if "?" not in path or "x-id=" in path
+            else f"{method} {path.split('?')[1][:20]}"
+        ] += 1
     return dict(sorted(kinds.items()))
 
 
 def decode_chunks(documents: list[Path], work: Path, workers: int) -> tuple[list[Path], float]:
-    """Every chunk decoded in a process of its own, ``workers`` at a time (the map task's pods); the largest peak RSS."""
+    """Every chunk decoded in a process of its own, ``workers`` at a time (the map task's pods); the largest peak
+    RSS."""
     folders = [work / f"chunk-{index:05d}" for index in range(len(documents))]
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda pair: run_child(["chunk", str(pair[0]), str(pair[1])]), zip(documents, folders)))
@@ -237,9 +259,17 @@ def measure(count: int, work: Path, workers: int) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     source = f"s3://{BUCKET}/{PREFIX}"
     with moto_s3_server(work) as endpoint, FaultyS3Proxy(endpoint, slow_down_every=10**12, reset_every=10**12) as proxy:
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "benchmark", "AWS_SECRET_ACCESS_KEY": "benchmark",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                           "SSLFLOW_INGEST_CACHE": "off"})  # fmt: skip  (no local decode cache, as the task images set)
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "benchmark",
+                "AWS_SECRET_ACCESS_KEY": "benchmark",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                "SSLFLOW_INGEST_CACHE": "off",
+            }
+        )  # (no local decode cache, as the task images set)
         upload_seconds = upload(count)
         os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint  # the steps below talk to S3 through the counting proxy
         steps, requests = {}, {}
@@ -262,12 +292,19 @@ def measure(count: int, work: Path, workers: int) -> dict:
             steps[step] = {"wall_seconds": round(seconds, 1), "peak_rss_mib": round(rss, 1)}
             requests[step] = _request_kinds(list(proxy.requests))
     return {
-        "files": count, "images": joined["images"], "chunks": planned["chunks"], "upload_seconds": round(upload_seconds, 1),
-        "steps": steps, "s3_requests": requests, "literal_bytes": planned["literal_bytes"],
-        "largest_literal_bytes": max(planned["literal_bytes"].values()), "chunk_file_bytes_largest": planned["chunk_file_bytes_largest"],
-        "join_bytes_moved": joined["join_bytes_moved"], "dataset_shard_bytes": joined["dataset_shard_bytes"],
+        "files": count,
+        "images": joined["images"],
+        "chunks": planned["chunks"],
+        "upload_seconds": round(upload_seconds, 1),
+        "steps": steps,
+        "s3_requests": requests,
+        "literal_bytes": planned["literal_bytes"],
+        "largest_literal_bytes": max(planned["literal_bytes"].values()),
+        "chunk_file_bytes_largest": planned["chunk_file_bytes_largest"],
+        "join_bytes_moved": joined["join_bytes_moved"],
+        "dataset_shard_bytes": joined["dataset_shard_bytes"],
         "join_bytes_over_dataset_bytes": round(joined["join_bytes_moved"] / joined["dataset_shard_bytes"], 5),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -286,24 +323,41 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(json.dumps(results[-1]), flush=True)
-    settings = {"chunk_images": CHUNK_IMAGES, "image_size": arguments.image_size, "images_per_patient": IMAGES_PER_PATIENT, "image_side": SIDE,
-                "multiframe_every": MULTIFRAME_EVERY, "frames": FRAMES, "metadata_csv": "path,case_id,label", "chunk_workers": workers}  # fmt: skip
+    settings = {
+        "chunk_images": CHUNK_IMAGES,
+        "image_size": arguments.image_size,
+        "images_per_patient": IMAGES_PER_PATIENT,
+        "image_side": SIDE,
+        "multiframe_every": MULTIFRAME_EVERY,
+        "frames": FRAMES,
+        "metadata_csv": "path,case_id,label",
+        "chunk_workers": workers,
+    }
     payload = {"settings": settings, "results": results}
     if len(results) >= 2:
         small, large = results[0], results[-1]
         payload["largest_over_smallest"] = {
             "files": large["files"] / small["files"],
-            **{f"{step}_peak_rss": round(large["steps"][step]["peak_rss_mib"] / small["steps"][step]["peak_rss_mib"], 3)
-               for step in ("fingerprint", "plan", "chunks", "join")},  # fmt: skip
+            **{
+                f"{step}_peak_rss": round(
+                    large["steps"][step]["peak_rss_mib"] / small["steps"][step]["peak_rss_mib"], 3
+                )
+                for step in ("fingerprint", "plan", "chunks", "join")
+            },
             "largest_literal": round(large["largest_literal_bytes"] / small["largest_literal_bytes"], 3),
         }
         payload["targets"] = {
-            **{f"{step}_rss_ratio_at_most_1.25": payload["largest_over_smallest"][f"{step}_peak_rss"] <= 1.25 for step in ("plan", "chunks", "join")},
+            **{
+                f"{step}_rss_ratio_at_most_1.25": payload["largest_over_smallest"][f"{step}_peak_rss"] <= 1.25
+                for step in ("plan", "chunks", "join")
+            },
             "join_bytes_ratio_at_most_0.01": all(result["join_bytes_over_dataset_bytes"] <= 0.01 for result in results),
             "largest_literal_at_most_1MB": large["largest_literal_bytes"] <= 2**20,
         }
     if results:
-        payload.setdefault("targets", {})["no_s3_request_from_the_launching_process"] = all(not result["s3_requests"]["launch"] for result in results)
+        payload.setdefault("targets", {})["no_s3_request_from_the_launching_process"] = all(
+            not result["s3_requests"]["launch"] for result in results
+        )
     print(json.dumps(payload))
     from benchmarks.common import write_result  # here: it imports torch, which the children need not carry
 
@@ -313,7 +367,13 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in ("launch", "fingerprint", "plan", "chunk", "join"):
         stage, arguments = sys.argv[1], sys.argv[2:]
-        child = {"launch": child_launch, "fingerprint": child_fingerprint, "plan": child_plan, "chunk": child_chunk, "join": child_join}[stage]
+        child = {
+            "launch": child_launch,
+            "fingerprint": child_fingerprint,
+            "plan": child_plan,
+            "chunk": child_chunk,
+            "join": child_join,
+        }[stage]
         print(json.dumps(child(*arguments)))
     else:
         main()

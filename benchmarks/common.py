@@ -25,7 +25,9 @@ def code_sha256(root: Path = PROJECT_ROOT) -> str:
     """sha256 of the code as it is on disk (every .py file of CODE_FOLDERS, and CODE_FILES), committed or not:
     with the commit and the dirty flag, it names exactly what a result ran."""
     digest = hashlib.sha256()
-    paths = sorted(p for folder in CODE_FOLDERS for p in (root / folder).rglob("*.py")) + [root / name for name in CODE_FILES]
+    paths = sorted(p for folder in CODE_FOLDERS for p in (root / folder).rglob("*.py")) + [
+        root / name for name in CODE_FILES
+    ]
     for path in paths:
         if path.is_file():
             digest.update(f"{path.relative_to(root).as_posix()}\0".encode())
@@ -34,8 +36,8 @@ def code_sha256(root: Path = PROJECT_ROOT) -> str:
 
 
 def cpu_model() -> dict:
-    """The CPU's model name and the widest vector instruction sets it offers (float results and speed differ between CPUs:
-    PyTorch picks its kernels by them), and the kernels PyTorch runs here (ATEN_CPU_CAPABILITY can lower them)."""
+    """The CPU's model name and the widest vector instruction sets it offers (float results and speed differ between
+    CPUs: PyTorch picks its kernels by them), and the kernels PyTorch runs here (ATEN_CPU_CAPABILITY can lower them)."""
     model, flags = platform.processor() or "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,8 +49,11 @@ def cpu_model() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu_model": model, "cpu_instruction_sets": [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if name in flags],
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+    return {
+        "cpu_model": model,
+        "cpu_instruction_sets": [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if name in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def machine() -> dict:
@@ -65,8 +70,16 @@ def machine() -> dict:
         "load_average": [round(load, 2) for load in os.getloadavg()],
     }
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=PROJECT_ROOT,
+        )
         # changed or new (untracked, not ignored) files: the commit is not the whole story (a new script is not in it);
         # result files are outputs, not code: a benchmark that rewrites its own result as it goes stays clean
         info["dirty"] = bool(status.stdout.strip())
@@ -86,16 +99,24 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     """Write {command, machine, date, ...payload} as JSON; returns the path."""
     out_dir = Path(out_dir) if out_dir else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     device = "gpu" if torch.cuda.is_available() else "cpu"
     path = out_dir / f"{name}-{device}-{now:%Y%m%d}.json"
-    record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": now.isoformat(timespec="seconds"), "machine": machine(), **payload}
+    record = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": now.isoformat(timespec="seconds"),
+        "machine": machine(),
+        **payload,
+    }
     path.write_text(json.dumps(record, indent=2))
     return path
 
 
-def parse_arguments(description: str, small_run_flag: str = "--quick", extra_flags: dict[str, str] | None = None) -> argparse.Namespace:
-    """The flags every benchmark takes: a small CPU-sized run, and where to write the result; extra_flags: {flag: help}."""
+def parse_arguments(
+    description: str, small_run_flag: str = "--quick", extra_flags: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """The flags every benchmark takes: a small CPU-sized run, and where to write the result; extra_flags: {flag:
+    help}."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(small_run_flag, action="store_true", help="a small run that fits a 2-core CPU")
     for flag, text in (extra_flags or {}).items():
@@ -115,5 +136,9 @@ def fashion_mnist_split(*, quick: bool):
     fashion = read_fashion_mnist()
     labels = np.array([int(label) for label in fashion.labels])
     train_count, test_count = (4096, 2000) if quick else (60000, 10000)
-    return (fashion.pixels[:train_count], labels[:train_count],
-            fashion.pixels[60000 : 60000 + test_count], labels[60000 : 60000 + test_count])  # fmt: skip
+    return (
+        fashion.pixels[:train_count],
+        labels[:train_count],
+        fashion.pixels[60000 : 60000 + test_count],
+        labels[60000 : 60000 + test_count],
+    )

@@ -60,15 +60,23 @@ def main() -> None:
     for name, data in slices().items():
         results[name] = {
             "bytes": len(data),
-            "sslflow_images_per_s": round(rate(lambda data=data: decode_dicom(data, name, config, pseudonyms), repeats), 1),
-            "pydicom_pixel_array_per_s": round(rate(lambda data=data: pydicom.dcmread(io.BytesIO(data)).pixel_array, repeats), 1),
+            "sslflow_images_per_s": round(
+                rate(lambda data=data, name=name: decode_dicom(data, name, config, pseudonyms), repeats), 1
+            ),
+            "pydicom_pixel_array_per_s": round(
+                rate(lambda data=data: pydicom.dcmread(io.BytesIO(data)).pixel_array, repeats), 1
+            ),
         }
         print(name, results[name])
     payload = {
-        "benchmark": "dicom_decode", "image_size": IMAGE_SIZE, "repeats": repeats, "processes": 1,
-        "cpu_affinity": len(os.sched_getaffinity(0)), "results": results,
+        "benchmark": "dicom_decode",
+        "image_size": IMAGE_SIZE,
+        "repeats": repeats,
+        "processes": 1,
+        "cpu_affinity": len(os.sched_getaffinity(0)),
+        "results": results,
         "note": "one process, one image at a time: images/s per core; sslflow = parse + decode + modality LUT + window + resize + pseudonym",
-    }  # fmt: skip
+    }
     print(write_result("dicom_decode" + ("-quick" if arguments.quick else ""), payload, arguments.out))
 
 

@@ -5,7 +5,8 @@ whose peak resident set is sampled from /proc.
 For each N (four instances per patient, one study and series each, 32 x 32 pixels: benchmarks/cluster_scale.py's
 ``dicom_bytes``), stored by STOW-RS, with basic-auth credentials as a user sets them:
 
-- fingerprint: ``fingerprint_source`` (the cache key: tasks/ingest.py source_fingerprint, the run's first task), QIDO-RS only;
+- fingerprint: ``fingerprint_source`` (the cache key: tasks/ingest.py source_fingerprint, the run's first task), QIDO-RS
+  only;
 - plan: ``plan_to_files`` (tasks/ingest.plan_ingest's work: the QIDO-RS listing, sorted on disk, cut into chunks);
 - chunk: ``decode_chunk`` of the CHUNKS_TIMED largest chunks, one after another, each in a process of its own (a
   chunk pod): images per second through WADO-RS, retrieval, decoding and shard writing included.
@@ -107,17 +108,25 @@ def _request_kinds(requests: list[tuple[str, str]]) -> dict[str, int]:
 
 def _timed_chunks(documents: list[Path], work: Path) -> dict:
     """The CHUNKS_TIMED largest chunks, each in a process of its own: images per second and peak RSS."""
-    timed = [run_child(["chunk", str(document), str(work / f"chunk-{index}")]) for index, document in enumerate(documents[:CHUNKS_TIMED])]
+    timed = [
+        run_child(["chunk", str(document), str(work / f"chunk-{index}")])
+        for index, document in enumerate(documents[:CHUNKS_TIMED])
+    ]
     rates = [result["images"] / result["seconds"] for result, _, _ in timed]
-    return {"images": [result["images"] for result, _, _ in timed], "images_per_second": [round(rate, 1) for rate in rates],
-            "peak_rss_mib": round(max(rss for _, _, rss in timed), 1)}
+    return {
+        "images": [result["images"] for result, _, _ in timed],
+        "images_per_second": [round(rate, 1) for rate in rates],
+        "peak_rss_mib": round(max(rss for _, _, rss in timed), 1),
+    }
 
 
 def measure(count: int, work: Path) -> dict:
     from tests.faulty_proxy import FaultyS3Proxy
     from tests.orthanc import orthanc_server
 
-    os.environ.update({"SSLFLOW_DICOMWEB_USERNAME": USER, "SSLFLOW_DICOMWEB_PASSWORD": PASSWORD, "SSLFLOW_INGEST_CACHE": "off"})
+    os.environ.update(
+        {"SSLFLOW_DICOMWEB_USERNAME": USER, "SSLFLOW_DICOMWEB_PASSWORD": PASSWORD, "SSLFLOW_INGEST_CACHE": "off"}
+    )
     with orthanc_server(work / "orthanc", users={USER: PASSWORD}) as archive:
         stow_seconds = store(archive, count, work / "stow")
         upstream = archive.base_url.removesuffix("/dicom-web")
@@ -136,14 +145,26 @@ def measure(count: int, work: Path) -> dict:
             target.write_text(path.read_text().replace(proxy.endpoint, upstream))
         chunks = _timed_chunks(direct, work)
     return {
-        "instances": count, "chunks": planned["chunks"], "stow_seconds": round(stow_seconds, 1),
-        "fingerprint": {"wall_seconds": round(fingerprint_seconds, 2), "peak_rss_mib": round(fingerprint_rss, 1), "requests": fingerprint_requests},
-        "plan": {"wall_seconds": round(plan_seconds, 2), "peak_rss_mib": round(plan_rss, 1), "requests": plan_requests,
-                 "chunk_file_bytes_largest": planned["chunk_file_bytes_largest"]},
+        "instances": count,
+        "chunks": planned["chunks"],
+        "stow_seconds": round(stow_seconds, 1),
+        "fingerprint": {
+            "wall_seconds": round(fingerprint_seconds, 2),
+            "peak_rss_mib": round(fingerprint_rss, 1),
+            "requests": fingerprint_requests,
+        },
+        "plan": {
+            "wall_seconds": round(plan_seconds, 2),
+            "peak_rss_mib": round(plan_rss, 1),
+            "requests": plan_requests,
+            "chunk_file_bytes_largest": planned["chunk_file_bytes_largest"],
+        },
         "chunk": {**chunks, "requests_of_one_chunk": chunk_requests, "images_of_that_chunk": counted_chunk["images"]},
         "qido_requests_per_instance": round(sum(plan_requests.values()) / count, 4),
         "wado_requests_per_image": round(chunk_requests.get("WADO-RS instance", 0) / counted_chunk["images"], 4),
-        "requests_per_image": round(sum(plan_requests.values()) / count + chunk_requests.get("WADO-RS instance", 0) / counted_chunk["images"], 4),
+        "requests_per_image": round(
+            sum(plan_requests.values()) / count + chunk_requests.get("WADO-RS instance", 0) / counted_chunk["images"], 4
+        ),
     }
 
 
@@ -160,13 +181,30 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(json.dumps(results[-1]), flush=True)
-    payload = {"settings": {"chunk_images": CHUNK_IMAGES, "image_size": IMAGE_SIZE, "instances_per_study": 4, "image_side": 32}, "results": results}
+    payload = {
+        "settings": {
+            "chunk_images": CHUNK_IMAGES,
+            "image_size": IMAGE_SIZE,
+            "instances_per_study": 4,
+            "image_side": 32,
+        },
+        "results": results,
+    }
     if len(results) >= 2:
         small, large = results[0], results[-1]
-        ratios = {step: round(large[step]["peak_rss_mib"] / small[step]["peak_rss_mib"], 3) for step in ("fingerprint", "plan")}
-        payload["largest_over_smallest"] = {"instances": large["instances"] / small["instances"], "launcher_fingerprint_peak_rss": ratios["fingerprint"],
-                                            "plan_peak_rss": ratios["plan"]}
-        payload["targets"] = {"launcher_rss_ratio_at_most_1.25": ratios["fingerprint"] <= 1.25, "plan_rss_ratio_at_most_1.25": ratios["plan"] <= 1.25}
+        ratios = {
+            step: round(large[step]["peak_rss_mib"] / small[step]["peak_rss_mib"], 3)
+            for step in ("fingerprint", "plan")
+        }
+        payload["largest_over_smallest"] = {
+            "instances": large["instances"] / small["instances"],
+            "launcher_fingerprint_peak_rss": ratios["fingerprint"],
+            "plan_peak_rss": ratios["plan"],
+        }
+        payload["targets"] = {
+            "launcher_rss_ratio_at_most_1.25": ratios["fingerprint"] <= 1.25,
+            "plan_rss_ratio_at_most_1.25": ratios["plan"] <= 1.25,
+        }
     print(json.dumps(payload))
     from benchmarks.common import write_result  # here: it imports torch, which the children need not carry
 
@@ -176,6 +214,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in ("fingerprint", "plan", "chunk"):
         stage, arguments = sys.argv[1], sys.argv[2:]
-        print(json.dumps({"fingerprint": child_fingerprint, "plan": child_plan, "chunk": child_chunk}[stage](*arguments)))
+        print(
+            json.dumps({"fingerprint": child_fingerprint, "plan": child_plan, "chunk": child_chunk}[stage](*arguments))
+        )
     else:
         main()

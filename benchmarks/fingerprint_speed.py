@@ -65,7 +65,12 @@ def fingerprint_in_fresh_process(folder: Path, cache: Path) -> dict:
     """{"seconds", "fingerprint", "files_read"} of one fingerprint of ``folder`` with digest cache ``cache``."""
     environment = {**os.environ, "SSLFLOW_INGEST_CACHE": str(cache), "PYTHONPATH": str(PROJECT_ROOT)}
     completed = subprocess.run(
-        [sys.executable, "-c", CHILD, str(folder)], capture_output=True, text=True, env=environment, check=False, timeout=3600
+        [sys.executable, "-c", CHILD, str(folder)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=3600,
     )
     if completed.returncode != 0:
         raise SystemExit(f"fingerprinting {folder} failed:\n{completed.stderr[-4000:]}")
@@ -92,12 +97,18 @@ def measure(count: int, size: int) -> dict:
         reference = read_every_byte(folder)
     for name, run in runs.items():
         run["files_per_second"] = count / run["seconds"]
-        print(f"  {name}: {run['seconds']:.2f} s, {run['files_per_second']:,.0f} files/s, {run['files_read']} files read")
+        print(
+            f"  {name}: {run['seconds']:.2f} s, {run['files_per_second']:,.0f} files/s, {run['files_read']} files read"
+        )
     print(f"  reference, reading and hashing every file once: {reference:.2f} s")
     return {
-        "files": count, "file_bytes": size, "cold": runs["cold"], "warm": runs["warm"],
-        "same_fingerprint": runs["cold"]["fingerprint"] == runs["warm"]["fingerprint"], "read_every_byte_seconds": reference,
-    }  # fmt: skip
+        "files": count,
+        "file_bytes": size,
+        "cold": runs["cold"],
+        "warm": runs["warm"],
+        "same_fingerprint": runs["cold"]["fingerprint"] == runs["warm"]["fingerprint"],
+        "read_every_byte_seconds": reference,
+    }
 
 
 def main() -> None:

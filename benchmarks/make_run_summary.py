@@ -42,7 +42,7 @@ def main() -> None:
     if completed.returncode != 0 or SUMMARY_START not in completed.stdout:
         sys.exit(f"make run failed (exit {completed.returncode}):\n{(completed.stdout + completed.stderr)[-4000:]}")
     summary = completed.stdout[completed.stdout.index(SUMMARY_START) :]  # the printed summary; the log went to stderr
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     header = [
         "# command: make clean-cache && make run (with a new MLflow store)",
         f"# machine: {info['cpu_count']}-core {platform.machine()} CPU, {info['device']}",
@@ -53,7 +53,9 @@ def main() -> None:
         f"# wall time: {wall:.0f} s",
         f"# load average at the end (1, 5, 15 min): {', '.join(f'{load:.1f}' for load in os.getloadavg())}",
     ]
-    path = RESULTS_DIR / f"make_run_summary-{'gpu' if info['device'] != 'cpu' else 'cpu'}-{now:%Y%m%dT%H%M}.txt"  # two runs a day: two files
+    path = (
+        RESULTS_DIR / f"make_run_summary-{'gpu' if info['device'] != 'cpu' else 'cpu'}-{now:%Y%m%dT%H%M}.txt"
+    )  # two runs a day: two files
     path.write_text("\n".join(header) + "\n" + summary)
     print(f"wrote {path}")
 

@@ -1,20 +1,19 @@
 """SimCLR, MoCo v2, BYOL and DINO: ours (ssl_models.methods through ssl_models.train.pretrain_contrastive) and
 lightly 1.6.0's building blocks for the same four methods, on Fashion-MNIST, in one run.
 
-Both sides: the same encoder, initial weights, epochs, batch size, optimiser (AdamW, constant learning
-rate on lightly's side as in its examples; ours warm-up + cosine, the engine's schedule), projection width,
-temperature (SimCLR, MoCo), queue size and momentum (MoCo 0.99 fixed; BYOL 0.99 rising to 1 on a cosine),
-symmetrised MoCo and BYOL losses. lightly side: its SimCLRTransform on PIL images in a torchvision
-DataLoader (one worker per core), SimCLRProjectionHead / MoCoProjectionHead (MoCo v2's head, no BatchNorm;
-ours is SimCLR's, with BatchNorm) / BYOLProjectionHead + BYOLPredictionHead, NTXentLoss (with memory_bank_size for MoCo), NegativeCosineSimilarity, update_momentum.
-DINO on both sides: two global views and ``local_crops`` local ones (5-40% crops at 96/224 of the side), a
-head of hidden width 512, bottleneck 128 and ``prototypes`` outputs (lightly's DINOProjectionHead, no
-BatchNorm, last layer weight-normalised), teacher temperature 0.04 -> 0.07 (lightly: per epoch over the first
-30% of the epochs; ours: per step over the first 30% of the steps), student temperature 0.1, centre
-momentum 0.9, teacher EMA from ``momentum`` to 1 on a cosine. lightly's side uses its DINOTransform (no
-solarisation, blur probability 0.5 on every view, as ours).
-Scored by weighted kNN (k=200, temperature 0.1) of the frozen encoder's features, bank = the training
-images, queries = test images; wall time and CPU time (this process and lightly's DataLoader workers) cover training only.
+Both sides: the same encoder, initial weights, epochs, batch size, optimiser (AdamW, constant learning rate on lightly's
+side as in its examples; ours warm-up + cosine, the engine's schedule), projection width, temperature (SimCLR, MoCo),
+queue size and momentum (MoCo 0.99 fixed; BYOL 0.99 rising to 1 on a cosine), symmetrised MoCo and BYOL losses. lightly
+side: its SimCLRTransform on PIL images in a torchvision DataLoader (one worker per core), SimCLRProjectionHead /
+MoCoProjectionHead (MoCo v2's head, no BatchNorm; ours is SimCLR's, with BatchNorm) / BYOLProjectionHead +
+BYOLPredictionHead, NTXentLoss (with memory_bank_size for MoCo), NegativeCosineSimilarity, update_momentum. DINO on both
+sides: two global views and ``local_crops`` local ones (5-40% crops at 96/224 of the side), a head of hidden width 512,
+bottleneck 128 and ``prototypes`` outputs (lightly's DINOProjectionHead, no BatchNorm, last layer weight-normalised),
+teacher temperature 0.04 -> 0.07 (lightly: per epoch over the first 30% of the epochs; ours: per step over the first 30%
+of the steps), student temperature 0.1, centre momentum 0.9, teacher EMA from ``momentum`` to 1 on a cosine. lightly's
+side uses its DINOTransform (no solarisation, blur probability 0.5 on every view, as ours). Scored by weighted kNN
+(k=200, temperature 0.1) of the frozen encoder's features, bank = the training images, queries = test images; wall time
+and CPU time (this process and lightly's DataLoader workers) cover training only.
 
     make bench-deps                                                   # lightly 1.6.0 into .bench-site
     PYTHONPATH=.bench-site python benchmarks/methods.py --quick       # CPU: small_cnn, 4096 images, 3 epochs
@@ -75,7 +74,12 @@ def _lightly_heads(method: str, encoder: torch.nn.Module, config: PretrainConfig
         return torch.nn.ModuleDict({"projection": modules.SimCLRProjectionHead(encoder.feature_dim, 256, dim)})
     if method == "moco":
         return torch.nn.ModuleDict({"projection": modules.MoCoProjectionHead(encoder.feature_dim, 256, dim)})
-    return torch.nn.ModuleDict({"projection": modules.BYOLProjectionHead(encoder.feature_dim, 256, dim), "prediction": modules.BYOLPredictionHead(dim, 256, dim)})
+    return torch.nn.ModuleDict(
+        {
+            "projection": modules.BYOLProjectionHead(encoder.feature_dim, 256, dim),
+            "prediction": modules.BYOLPredictionHead(dim, 256, dim),
+        }
+    )
 
 
 def _lightly_loss(method: str, online: torch.nn.Module, heads, targets, views, loss_fn) -> torch.Tensor:
@@ -92,23 +96,42 @@ def _lightly_loss(method: str, online: torch.nn.Module, heads, targets, views, l
     return 0.5 * (loss_fn(p_a, k_b) + loss_fn(p_b, k_a))
 
 
-def train_lightly(method: str, images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device) -> float:
+def train_lightly(
+    method: str, images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device
+) -> float:
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.transforms import SimCLRTransform
     from lightly.utils.scheduler import cosine_schedule
 
-    transform = SimCLRTransform(input_size=SIZE, min_scale=config.augment.crop_scale[0], hf_prob=config.augment.flip_probability,
-                                rr_prob=0.0, normalize={"mean": [0.5] * 3, "std": [0.5] * 3})  # fmt: skip
+    transform = SimCLRTransform(
+        input_size=SIZE,
+        min_scale=config.augment.crop_scale[0],
+        hf_prob=config.augment.flip_probability,
+        rr_prob=0.0,
+        normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
+    )
     encoder, heads = encoder.to(device), _lightly_heads(method, encoder, config).to(device)
     targets = (copy.deepcopy(encoder), copy.deepcopy(heads["projection"])) if method != "simclr" else None
     for target in targets or ():
         deactivate_requires_grad(target)
-    loss_fn = {"simclr": NTXentLoss(temperature=config.temperature), "moco": NTXentLoss(temperature=config.temperature, memory_bank_size=(config.queue_size, config.projection_dim)),
-               "byol": NegativeCosineSimilarity()}[method]  # fmt: skip
-    optimizer = torch.optim.AdamW([*encoder.parameters(), *heads.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay)
-    loader = DataLoader(PilImages(images, transform), batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        num_workers=os.cpu_count() or 1, persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
+    loss_fn = {
+        "simclr": NTXentLoss(temperature=config.temperature),
+        "moco": NTXentLoss(temperature=config.temperature, memory_bank_size=(config.queue_size, config.projection_dim)),
+        "byol": NegativeCosineSimilarity(),
+    }[method]
+    optimizer = torch.optim.AdamW(
+        [*encoder.parameters(), *heads.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    loader = DataLoader(
+        PilImages(images, transform),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=os.cpu_count() or 1,
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
+    )
     total, step, started = config.epochs * len(loader), 0, time.perf_counter()
     for _ in range(config.epochs):
         for view_a, view_b in loader:
@@ -126,8 +149,11 @@ def train_lightly(method: str, images: np.ndarray, encoder: torch.nn.Module, con
     return time.perf_counter() - started
 
 
-def train_lightly_dino(images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device) -> float:
-    """lightly's DINO (its DINOTransform, DINOProjectionHead, DINOLoss, update_momentum) with the settings of the docstring."""
+def train_lightly_dino(
+    images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device
+) -> float:
+    """lightly's DINO (its DINOTransform, DINOProjectionHead, DINOLoss, update_momentum) with the settings of the
+    docstring."""
     from lightly.loss import DINOLoss
     from lightly.models.modules import DINOProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
@@ -136,19 +162,42 @@ def train_lightly_dino(images: np.ndarray, encoder: torch.nn.Module, config: Pre
 
     view = config.augment
     transform = DINOTransform(
-        global_crop_size=SIZE, global_crop_scale=view.crop_scale, local_crop_size=max(8, round(SIZE * 96 / 224)), n_local_views=config.local_crops,
-        hf_prob=view.flip_probability, cj_strength=0.5, gaussian_blur=(0.5, 0.5, 0.5), solarization_prob=0.0, normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
-    )  # fmt: skip
+        global_crop_size=SIZE,
+        global_crop_scale=view.crop_scale,
+        local_crop_size=max(8, round(SIZE * 96 / 224)),
+        n_local_views=config.local_crops,
+        hf_prob=view.flip_probability,
+        cj_strength=0.5,
+        gaussian_blur=(0.5, 0.5, 0.5),
+        solarization_prob=0.0,
+        normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
+    )
     encoder, head = encoder.to(device), DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device)
-    teacher_encoder, teacher_head = copy.deepcopy(encoder), DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device)
+    teacher_encoder, teacher_head = (
+        copy.deepcopy(encoder),
+        DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device),
+    )
     teacher_head.load_state_dict(head.state_dict())  # a copy: its weight_norm parameters cannot be deep-copied
     deactivate_requires_grad(teacher_encoder)
     deactivate_requires_grad(teacher_head)
-    loss_fn = DINOLoss(output_dim=config.prototypes, warmup_teacher_temp=config.teacher_warmup_temperature, teacher_temp=config.teacher_temperature,
-                       warmup_teacher_temp_epochs=max(1, round(0.3 * config.epochs))).to(device)  # fmt: skip
-    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay)
-    loader = DataLoader(PilImages(images, transform), batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        num_workers=os.cpu_count() or 1, persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
+    loss_fn = DINOLoss(
+        output_dim=config.prototypes,
+        warmup_teacher_temp=config.teacher_warmup_temperature,
+        teacher_temp=config.teacher_temperature,
+        warmup_teacher_temp_epochs=max(1, round(0.3 * config.epochs)),
+    ).to(device)
+    optimizer = torch.optim.AdamW(
+        [*encoder.parameters(), *head.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    loader = DataLoader(
+        PilImages(images, transform),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=os.cpu_count() or 1,
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
+    )
     total, step, started = config.epochs * len(loader), 0, time.perf_counter()
     for epoch in range(config.epochs):
         for views in loader:
@@ -175,9 +224,12 @@ def main() -> None:
     train_images, train_labels, test_images, test_labels = fashion_mnist_split(quick=args.quick)
     encoder_name = "small_cnn" if args.quick else "resnet18"
     base = PretrainConfig(
-        epochs=3 if args.quick else 20, batch_size=256 if args.quick else 512, temperature=0.2, queue_size=1024 if args.quick else 4096,
+        epochs=3 if args.quick else 20,
+        batch_size=256 if args.quick else 512,
+        temperature=0.2,
+        queue_size=1024 if args.quick else 4096,
         augment=AugmentConfig(output_size=SIZE, crop_scale=(0.3, 1.0), flip_probability=0.5, rotation_degrees=0.0),
-    )  # fmt: skip
+    )
     rows = {}
     methods = ("dino",) if args.dino_only else METHODS
     for method in methods:
@@ -187,24 +239,52 @@ def main() -> None:
             if side == "sslflow":
                 seconds = train_ours(train_images, encoder, config, device)
             else:
-                seconds = train_lightly_dino(train_images, encoder, config, device) if method == "dino" else train_lightly(method, train_images, encoder, config, device)
+                seconds = (
+                    train_lightly_dino(train_images, encoder, config, device)
+                    if method == "dino"
+                    else train_lightly(method, train_images, encoder, config, device)
+                )
             cpu = cpu_seconds() - cpu_before
-            rows[f"{method}/{side}"] = {"knn_accuracy": knn(encoder, train_images, train_labels, test_images, test_labels), "train_seconds": seconds, "train_cpu_seconds": cpu}
-            print(f"{method:6s} {side:8s} kNN accuracy {rows[f'{method}/{side}']['knn_accuracy']:.4f}  train {seconds:7.1f} s, {cpu:7.1f} CPU s", flush=True)
+            rows[f"{method}/{side}"] = {
+                "knn_accuracy": knn(encoder, train_images, train_labels, test_images, test_labels),
+                "train_seconds": seconds,
+                "train_cpu_seconds": cpu,
+            }
+            print(
+                f"{method:6s} {side:8s} kNN accuracy {rows[f'{method}/{side}']['knn_accuracy']:.4f}  train {seconds:7.1f} s, {cpu:7.1f} CPU s",
+                flush=True,
+            )
     summary = {
         method: {
-            "accuracy_difference": rows[f"{method}/sslflow"]["knn_accuracy"] - rows[f"{method}/lightly"]["knn_accuracy"],
+            "accuracy_difference": rows[f"{method}/sslflow"]["knn_accuracy"]
+            - rows[f"{method}/lightly"]["knn_accuracy"],
             "time_ratio": rows[f"{method}/sslflow"]["train_seconds"] / rows[f"{method}/lightly"]["train_seconds"],
-            "cpu_time_ratio": rows[f"{method}/sslflow"]["train_cpu_seconds"] / rows[f"{method}/lightly"]["train_cpu_seconds"],
+            "cpu_time_ratio": rows[f"{method}/sslflow"]["train_cpu_seconds"]
+            / rows[f"{method}/lightly"]["train_cpu_seconds"],
         }
         for method in methods
     }
     for numbers in summary.values():
-        numbers["targets_met"] = {"knn_accuracy_at_least_lightly": numbers["accuracy_difference"] >= 0, "time_at_most_0.7x": numbers["time_ratio"] <= TIME_RATIO_TARGET}
+        numbers["targets_met"] = {
+            "knn_accuracy_at_least_lightly": numbers["accuracy_difference"] >= 0,
+            "time_at_most_0.7x": numbers["time_ratio"] <= TIME_RATIO_TARGET,
+        }
     for method, numbers in summary.items():
-        print(f"{method}: sslflow - lightly kNN accuracy {numbers['accuracy_difference']:+.4f}; sslflow / lightly time {numbers['time_ratio']:.2f}, CPU time {numbers['cpu_time_ratio']:.2f}")
-    settings = {"encoder": encoder_name, "train_images": len(train_images), "test_images": len(test_images), "config": dataclasses.asdict(base), "differences": DIFFERENCES}
-    path = write_result("methods" + ("-dino" if args.dino_only else "") + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, "summary": summary}, args.out)
+        print(
+            f"{method}: sslflow - lightly kNN accuracy {numbers['accuracy_difference']:+.4f}; sslflow / lightly time {numbers['time_ratio']:.2f}, CPU time {numbers['cpu_time_ratio']:.2f}"
+        )
+    settings = {
+        "encoder": encoder_name,
+        "train_images": len(train_images),
+        "test_images": len(test_images),
+        "config": dataclasses.asdict(base),
+        "differences": DIFFERENCES,
+    }
+    path = write_result(
+        "methods" + ("-dino" if args.dino_only else "") + ("-quick" if args.quick else ""),
+        {"device": str(device), "settings": settings, "results": rows, "summary": summary},
+        args.out,
+    )
     print(f"saved {path}")
 
 

@@ -79,10 +79,16 @@ def start_job(world_size: int, work: Path, name: str, options: list[str], *, nod
     port, per_node, workers = _free_port(), world_size // nodes, []
     for rank in range(world_size):
         env = os.environ | {
-            "RANK": str(rank), "LOCAL_RANK": str(rank % per_node), "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(per_node),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank % per_node),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(per_node),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(PROJECT_ROOT),
             "FLYTE_SDK_LOCAL_SANDBOX": str(work / f"{name}-node-{rank // per_node}"),
-        }  # fmt: skip
+        }
         command = [sys.executable, str(WORKER), "--out", str(work / f"{name}-rank-{rank}"), *options]
         workers.append(subprocess.Popen(command, env=env, stderr=open(work / f"{name}-rank-{rank}.log", "w")))
     return workers
@@ -106,10 +112,22 @@ def identical_across_ranks(states: list[dict]) -> bool:
     return all(torch.equal(state[name], states[0][name]) for state in states[1:] for name in shared)
 
 
-def coverage(world_size: int, work: Path, sizes: tuple[int, ...], *, method: str = "simclr", epochs: int = 2, batch_size: int = 5) -> dict:
-    """Run a ``world_size``-rank job of ``method`` streaming the shards of ``sizes``; what the module docstring lists, for one W."""
+def coverage(
+    world_size: int, work: Path, sizes: tuple[int, ...], *, method: str = "simclr", epochs: int = 2, batch_size: int = 5
+) -> dict:
+    """Run a ``world_size``-rank job of ``method`` streaming the shards of ``sizes``; what the module docstring lists,
+    for one W."""
     num_images = write_shards(work / "data", sizes)
-    options = ["--data", str(work / "data"), "--epochs", str(epochs), "--batch-size", str(batch_size), "--method", method]
+    options = [
+        "--data",
+        str(work / "data"),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch_size),
+        "--method",
+        method,
+    ]
     ranks = _finish(start_job(world_size, work, f"w{world_size}", options), work, f"w{world_size}")
     return _job_summary(ranks, num_images, epochs, work, f"w{world_size}")
 
@@ -120,27 +138,60 @@ def _job_summary(ranks: list[dict], num_images: int, epochs: int, work: Path, na
     for epoch in map(str, range(epochs)):
         counts = Counter(i for rank in ranks for i in rank["ids"][epoch])
         repeated = sum(counts.values()) - num_images
-        exact &= set(counts) == set(range(num_images)) and repeated == padded_images(num_images, world_size) and max(counts.values()) <= 2
+        exact &= (
+            set(counts) == set(range(num_images))
+            and repeated == padded_images(num_images, world_size)
+            and max(counts.values()) <= 2
+        )
         orders.append([i for rank in ranks for i in rank["ids"][epoch]])
     rates = [float(np.mean(rank["images_per_second"])) / world_size for rank in ranks]
     return {
-        "world_size": world_size, "images": num_images, "padded_images_per_epoch": padded_images(num_images, world_size),
-        "coverage_exact": bool(exact), "steps_per_rank": [[rank["steps"][str(e)] for e in range(epochs)] for rank in ranks],
-        "order_changes_between_epochs": all(a != b for a, b in zip(orders, orders[1:])), "images_per_second_per_rank": rates,
+        "world_size": world_size,
+        "images": num_images,
+        "padded_images_per_epoch": padded_images(num_images, world_size),
+        "coverage_exact": bool(exact),
+        "steps_per_rank": [[rank["steps"][str(e)] for e in range(epochs)] for rank in ranks],
+        "order_changes_between_epochs": all(a != b for a, b in zip(orders, orders[1:])),
+        "images_per_second_per_rank": rates,
         "method_state_identical_across_ranks": identical_across_ranks(_method_states(work, name, world_size)),
-    }  # fmt: skip
+    }
 
 
-def resume(work: Path, sizes: tuple[int, ...], *, method: str = "simclr", epochs: int = 4, killed_after: int = 1, batch_size: int = 5) -> dict:
-    """Two ranks on two nodes: an uninterrupted job, and one killed with SIGKILL after epoch ``killed_after``'s checkpoint
-    and started again on fresh nodes; whether their final weights are bitwise equal, what the restart did, and the
-    uninterrupted job's coverage and agreement across ranks (``uninterrupted_*``)."""
+def resume(
+    work: Path,
+    sizes: tuple[int, ...],
+    *,
+    method: str = "simclr",
+    epochs: int = 4,
+    killed_after: int = 1,
+    batch_size: int = 5,
+) -> dict:
+    """Two ranks on two nodes: an uninterrupted job, and one killed with SIGKILL after epoch ``killed_after``'s
+    checkpoint and started again on fresh nodes; whether their final weights are bitwise equal, what the restart did,
+    and the uninterrupted job's coverage and agreement across ranks (``uninterrupted_*``)."""
     num_images = write_shards(work / "data", sizes)
-    options = ["--data", str(work / "data"), "--epochs", str(epochs), "--batch-size", str(batch_size), "--method", method]
-    uninterrupted = _job_summary(_finish(start_job(2, work, "uninterrupted", options, nodes=2), work, "uninterrupted"), num_images, epochs, work, "uninterrupted")
+    options = [
+        "--data",
+        str(work / "data"),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch_size),
+        "--method",
+        method,
+    ]
+    uninterrupted = _job_summary(
+        _finish(start_job(2, work, "uninterrupted", options, nodes=2), work, "uninterrupted"),
+        num_images,
+        epochs,
+        work,
+        "uninterrupted",
+    )
     shared = work / "checkpoints"
     shared.mkdir()
-    first = start_job(2, work, "killed", [*options, "--checkpoints", str(shared), "--hang-after", str(killed_after)], nodes=2)
+    first = start_job(
+        2, work, "killed", [*options, "--checkpoints", str(shared), "--hang-after", str(killed_after)], nodes=2
+    )
     deadline = time.monotonic() + 240
     while not (shared / f"saved-0-{killed_after}").exists():
         if time.monotonic() > deadline or any(worker.poll() is not None for worker in first):
@@ -151,16 +202,26 @@ def resume(work: Path, sizes: tuple[int, ...], *, method: str = "simclr", epochs
         worker.send_signal(signal.SIGKILL)
     killed = [worker.wait() for worker in first]
     rank_one_checkpoints = [p.name for p in (work / "killed-node-1").rglob("state*.pt")]
-    shutil.rmtree(work / "killed-node-0", ignore_errors=True)  # restarted pods land on fresh nodes: only the shared checkpoint is left
+    shutil.rmtree(
+        work / "killed-node-0", ignore_errors=True
+    )  # restarted pods land on fresh nodes: only the shared checkpoint is left
     restarted = [*options, "--checkpoints", str(shared), "--attempt", "1", "--init-seed", "100"]
     ranks = _finish(start_job(2, work, "resumed", restarted, nodes=2), work, "resumed")
-    weights = [torch.load(work / f"{name}-rank-0.pt", weights_only=True) | _method_states(work, name, 1)[0] for name in ("uninterrupted", "resumed")]
+    weights = [
+        torch.load(work / f"{name}-rank-0.pt", weights_only=True) | _method_states(work, name, 1)[0]
+        for name in ("uninterrupted", "resumed")
+    ]
     return {
-        "killed_exit_codes": killed, "rank_one_wrote_checkpoints": rank_one_checkpoints,
-        "resumed_epochs": [rank["epochs"] for rank in ranks], "resumed_from_checkpoint": [rank["resumed"] for rank in ranks],
+        "killed_exit_codes": killed,
+        "rank_one_wrote_checkpoints": rank_one_checkpoints,
+        "resumed_epochs": [rank["epochs"] for rank in ranks],
+        "resumed_from_checkpoint": [rank["resumed"] for rank in ranks],
         "resume_bitwise_equal": all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0]),
-        **{f"uninterrupted_{key}": uninterrupted[key] for key in ("coverage_exact", "steps_per_rank", "method_state_identical_across_ranks")},
-    }  # fmt: skip
+        **{
+            f"uninterrupted_{key}": uninterrupted[key]
+            for key in ("coverage_exact", "steps_per_rank", "method_state_identical_across_ranks")
+        },
+    }
 
 
 def main() -> None:
@@ -170,7 +231,9 @@ def main() -> None:
         results = {}
         for method in METHODS:
             work = Path(folder) / method
-            results[method] = {f"W{w}": coverage(w, work / f"W{w}", sizes, method=method, batch_size=batch_size) for w in (1, 2, 3)}
+            results[method] = {
+                f"W{w}": coverage(w, work / f"W{w}", sizes, method=method, batch_size=batch_size) for w in (1, 2, 3)
+            }
             results[method]["W2"].update(resume(work / "resume", sizes, method=method, batch_size=batch_size))
     payload = {"shard_sizes": list(sizes), "batch_size_per_rank": batch_size, "results": results}
     path = write_result("multirank-quick" if args.quick else "multirank", payload, args.out)

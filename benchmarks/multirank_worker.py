@@ -32,7 +32,9 @@ from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.shards import ShardRows  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
 
-QUEUE_SIZE = 128  # MoCo's queue of negatives: under the images of an epoch (601 in the full run), as PretrainConfig advises
+QUEUE_SIZE = (
+    128  # MoCo's queue of negatives: under the images of an epoch (601 in the full run), as PretrainConfig advises
+)
 
 
 def image_ids(images: torch.Tensor) -> list[int]:
@@ -59,7 +61,10 @@ class RecordingPairs:
 
 def _shards(folder: Path) -> list[ShardRows]:
     listing = json.loads((folder / "shards.json").read_text())
-    return [ShardRows(folder / f"{sha256}.npy", sha256, np.arange(count), np.arange(start, start + count).astype(str)) for sha256, start, count in listing]
+    return [
+        ShardRows(folder / f"{sha256}.npy", sha256, np.arange(count), np.arange(start, start + count).astype(str))
+        for sha256, start, count in listing
+    ]
 
 
 def main() -> None:
@@ -77,14 +82,32 @@ def main() -> None:
     torch.set_num_threads(1)
     rank = init_from_environment().rank
     data = RecordingPairs(StreamingPairs(_shards(args.data), seed=0, buffer_shards=2))
-    config = PretrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size, augment=AugmentConfig(output_size=16), queue_size=QUEUE_SIZE)
+    config = PretrainConfig(
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        augment=AugmentConfig(output_size=16),
+        queue_size=QUEUE_SIZE,
+    )
     torch.manual_seed(args.init_seed + rank)  # only rank 0's initial weights count: DDP broadcasts them
     encoder = build_encoder("small_cnn", 1)
     checkpoints, resume_state = _checkpoints(args, rank)
     final_method_state = {}
-    history = pretrain_contrastive(encoder, data, config, on_epoch_end=_end_of_epoch(args, rank, checkpoints, final_method_state), resume_state=resume_state)
-    record = {"rank": rank, "ids": data.ids, "steps": data.steps, "epochs": [h["epoch"] for h in history],
-              "images_per_second": [h["images_per_second"] for h in history], "resumed": resume_state is not None}  # fmt: skip
+    history = pretrain_contrastive(
+        encoder,
+        data,
+        config,
+        on_epoch_end=_end_of_epoch(args, rank, checkpoints, final_method_state),
+        resume_state=resume_state,
+    )
+    record = {
+        "rank": rank,
+        "ids": data.ids,
+        "steps": data.steps,
+        "epochs": [h["epoch"] for h in history],
+        "images_per_second": [h["images_per_second"] for h in history],
+        "resumed": resume_state is not None,
+    }
     args.out.with_suffix(".json").write_text(json.dumps(record))
     torch.save({name: tensor.detach() for name, tensor in encoder.state_dict().items()}, args.out.with_suffix(".pt"))
     torch.save(final_method_state, args.out.with_suffix(".method.pt"))
@@ -102,12 +125,15 @@ def _checkpoints(args: argparse.Namespace, rank: int):
     from sslflow.training.checkpoints import EpochCheckpoints
 
     source = str(args.checkpoints / f"attempt-{args.attempt - 1}") if args.attempt > 0 else None
-    checkpoints = EpochCheckpoints("multirank", remote=SyncCheckpoint(str(args.checkpoints / f"attempt-{args.attempt}"), source))
+    checkpoints = EpochCheckpoints(
+        "multirank", remote=SyncCheckpoint(str(args.checkpoints / f"attempt-{args.attempt}"), source)
+    )
     return checkpoints, checkpoints.load() if rank == 0 else None
 
 
 def _end_of_epoch(args: argparse.Namespace, rank: int, checkpoints, final_method_state: dict):
-    """The epoch callback: rank 0 checkpoints; every rank keeps its method state of the last epoch in ``final_method_state``."""
+    """The epoch callback: rank 0 checkpoints; every rank keeps its method state of the last epoch in
+    ``final_method_state``."""
 
     def end_of_epoch(epoch: int, metrics: dict, state_fn) -> None:
         if epoch == args.epochs - 1:

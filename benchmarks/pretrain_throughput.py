@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import parse_arguments, peak_memory_mb, write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
-from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.device import autocast, pick_device  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
+from ssl_models.device import autocast, pick_device  # noqa: E402
+from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.methods.simclr import SimCLR  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
 
@@ -59,14 +59,18 @@ class TwoViews(Dataset):
 
 
 def _model(device: torch.device, size: int):
-    model = SimCLR(build_encoder("resnet18", 3, size), projection_dim=128, temperature=0.2).to(device, memory_format=torch.channels_last)
+    model = SimCLR(build_encoder("resnet18", 3, size), projection_dim=128, temperature=0.2).to(
+        device, memory_format=torch.channels_last
+    )
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 
 def _step(model, optimizer, view_a, view_b, device) -> None:
     """One SimCLR step: encoder, head and NT-Xent (ssl_models.methods.simclr)."""
     with autocast(device):
-        loss = model(view_a.contiguous(memory_format=torch.channels_last), view_b.contiguous(memory_format=torch.channels_last))
+        loss = model(
+            view_a.contiguous(memory_format=torch.channels_last), view_b.contiguous(memory_format=torch.channels_last)
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -85,17 +89,36 @@ def _reset_peak(device):
 
 def measure_engine(images, size, batch, epochs, device) -> dict:
     _reset_peak(device)
-    config = PretrainConfig(epochs=epochs, batch_size=batch, projection_dim=128, augment=AugmentConfig(output_size=size, flip_probability=0.5, rotation_degrees=0.0))
-    history = pretrain_contrastive(build_encoder("resnet18", 3, size), InMemoryPairs(images, list(range(images.shape[0])), seed=config.seed), config)
+    config = PretrainConfig(
+        epochs=epochs,
+        batch_size=batch,
+        projection_dim=128,
+        augment=AugmentConfig(output_size=size, flip_probability=0.5, rotation_degrees=0.0),
+    )
+    history = pretrain_contrastive(
+        build_encoder("resnet18", 3, size),
+        InMemoryPairs(images, list(range(images.shape[0])), seed=config.seed),
+        config,
+    )
     steady = history[1:] or history  # the first epoch pays for allocation and autotuning
-    return {"images_per_second": sum(h["images_per_second"] for h in steady) / len(steady), "peak_memory_mb": peak_memory_mb(device)}
+    return {
+        "images_per_second": sum(h["images_per_second"] for h in steady) / len(steady),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
 
 
 def measure_dataloader(images, size, batch, steps, device, workers) -> dict:
     _reset_peak(device)
     model, optimizer = _model(device, size)
-    loader = DataLoader(TwoViews(images, size), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+    loader = DataLoader(
+        TwoViews(images, size),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     done, started = 0, None
     while done < steps + 1:
         for view_a, view_b in loader:
@@ -107,7 +130,10 @@ def measure_dataloader(images, size, batch, steps, device, workers) -> dict:
             if done == steps + 1:
                 break
     _sync(device)
-    return {"images_per_second": steps * batch / (time.perf_counter() - started), "peak_memory_mb": peak_memory_mb(device)}
+    return {
+        "images_per_second": steps * batch / (time.perf_counter() - started),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
 
 
 def measure_ceiling(size, batch, steps, device) -> dict:
@@ -121,7 +147,10 @@ def measure_ceiling(size, batch, steps, device) -> dict:
     for _ in range(steps):
         _step(model, optimizer, view_a, view_b, device)
     _sync(device)
-    return {"images_per_second": steps * batch / (time.perf_counter() - started), "peak_memory_mb": peak_memory_mb(device)}
+    return {
+        "images_per_second": steps * batch / (time.perf_counter() - started),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
 
 
 def main() -> None:
@@ -138,11 +167,15 @@ def main() -> None:
         usual = measure_dataloader(images, size, batch, steps, device, workers)
         ceiling = measure_ceiling(size, batch, steps, device)
         row = {
-            "image_size": size, "batch_size": batch, "dataloader_workers": workers,
-            "engine": engine, "dataloader": usual, "ceiling": ceiling,
+            "image_size": size,
+            "batch_size": batch,
+            "dataloader_workers": workers,
+            "engine": engine,
+            "dataloader": usual,
+            "ceiling": ceiling,
             "engine_over_dataloader": engine["images_per_second"] / usual["images_per_second"],
             "engine_over_ceiling": engine["images_per_second"] / ceiling["images_per_second"],
-        }  # fmt: skip
+        }
         results[f"{size}px"] = row
         print(
             f"{size:>3} px batch {batch:>3}: engine {engine['images_per_second']:8.1f} img/s ({engine['peak_memory_mb']:.0f} MB) | "
@@ -150,7 +183,9 @@ def main() -> None:
             f"a/b {row['engine_over_dataloader']:.2f}  a/c {row['engine_over_ceiling']:.2f}",
             flush=True,
         )
-    path = write_result("pretrain_throughput" + ("-quick" if args.quick else ""), {"device": str(device), "results": results}, args.out)
+    path = write_result(
+        "pretrain_throughput" + ("-quick" if args.quick else ""), {"device": str(device), "results": results}, args.out
+    )
     print(f"saved {path}")
 
 

@@ -58,17 +58,37 @@ from sslflow.training.student import run_self_training, self_training_data, stud
 
 SEARCH = dict(learning_rates=[1e-3, 3e-3], weight_decays=[1e-4, 1e-2])
 SETTINGS = {
-    "gpu": dict(encoder="resnet18", generic_images=0, simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
-                micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3), finetune=FinetuneConfig(epochs=30, min_steps=300, **SEARCH),
-                self_train=SelfTrainConfig(steps=2000, batch_size=64, unlabelled_ratio=7)),
-    "cpu-budget": dict(encoder="small_cnn", generic_images=6000, simclr=PretrainConfig(epochs=4), micle=PretrainConfig(epochs=6),
-                       finetune=FinetuneConfig(epochs=4, min_steps=100, eval_every=10, patience=3, **SEARCH),
-                       self_train=SelfTrainConfig(steps=150, max_label_fraction=0.05), fractions=(0.01, 0.02, 0.03, 0.05, 0.1, 1.0), rungs=("case_pairs",)),
-    "smoke": dict(encoder="small_cnn", generic_images=200, domain_images=400, shift_images=100, simclr=PretrainConfig(epochs=1, batch_size=128),
-                  micle=PretrainConfig(epochs=1, batch_size=128), finetune=FinetuneConfig(epochs=1, min_steps=2, learning_rates=[1e-3, 3e-3], probe_inverse_l2=[1.0]),
-                  self_train=SelfTrainConfig(steps=2, eval_every=2, confidence_threshold=0.0, max_label_fraction=0.1), seeds=(0, 1),
-                  fractions=(0.1, 1.0)),
-}  # fmt: skip
+    "gpu": dict(
+        encoder="resnet18",
+        generic_images=0,
+        simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
+        micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3),
+        finetune=FinetuneConfig(epochs=30, min_steps=300, **SEARCH),
+        self_train=SelfTrainConfig(steps=2000, batch_size=64, unlabelled_ratio=7),
+    ),
+    "cpu-budget": dict(
+        encoder="small_cnn",
+        generic_images=6000,
+        simclr=PretrainConfig(epochs=4),
+        micle=PretrainConfig(epochs=6),
+        finetune=FinetuneConfig(epochs=4, min_steps=100, eval_every=10, patience=3, **SEARCH),
+        self_train=SelfTrainConfig(steps=150, max_label_fraction=0.05),
+        fractions=(0.01, 0.02, 0.03, 0.05, 0.1, 1.0),
+        rungs=("case_pairs",),
+    ),
+    "smoke": dict(
+        encoder="small_cnn",
+        generic_images=200,
+        domain_images=400,
+        shift_images=100,
+        simclr=PretrainConfig(epochs=1, batch_size=128),
+        micle=PretrainConfig(epochs=1, batch_size=128),
+        finetune=FinetuneConfig(epochs=1, min_steps=2, learning_rates=[1e-3, 3e-3], probe_inverse_l2=[1.0]),
+        self_train=SelfTrainConfig(steps=2, eval_every=2, confidence_threshold=0.0, max_label_fraction=0.1),
+        seeds=(0, 1),
+        fractions=(0.1, 1.0),
+    ),
+}
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 SEEDS = (0, 1, 2)  # each seed: pretraining, label budget, heads, batch order, augmentations, students
 TARGETS = {"scratch": 10.0, "scratch + student": 3.0, "best without self-supervision": 3.0}  # labels saved aimed at
@@ -86,13 +106,24 @@ def pretrain_encoders(settings: dict, data: SimpleNamespace, seed: int) -> dict:
     """{arm: encoder}: the generic rung on the generic set and the top rung (case pairs) continued from it on the
     domain set, both from ``seed``; test splits unused."""
     method, top = settings["simclr"].method, LADDER[-1]
-    simclr, micle = dataclasses.replace(settings["simclr"], seed=seed), dataclasses.replace(settings["micle"], seed=seed)
+    simclr, micle = (
+        dataclasses.replace(settings["simclr"], seed=seed),
+        dataclasses.replace(settings["micle"], seed=seed),
+    )
     generic = build_encoder(settings["encoder"], 1, 28, seed=seed)
     pool = data.generic["split"].isin(["train", "val"]).to_numpy()
-    pretrain_contrastive(generic, InMemoryPairs(torch.from_numpy(data.generic_pixels[pool]), list(range(int(pool.sum()))), seed=seed), simclr)
+    pretrain_contrastive(
+        generic,
+        InMemoryPairs(torch.from_numpy(data.generic_pixels[pool]), list(range(int(pool.sum()))), seed=seed),
+        simclr,
+    )
     pool = data.domain["split"].isin(["train", "val"]).to_numpy()
     continued = copy.deepcopy(generic)
-    pretrain_contrastive(continued, InMemoryPairs(torch.from_numpy(data.domain_pixels[pool]), data.domain.loc[pool, "case_id"].tolist(), seed=seed), micle)
+    pretrain_contrastive(
+        continued,
+        InMemoryPairs(torch.from_numpy(data.domain_pixels[pool]), data.domain.loc[pool, "case_id"].tolist(), seed=seed),
+        micle,
+    )
     return {arm(method, LADDER[0].name): generic, arm(method, top.name): continued}
 
 
@@ -102,20 +133,43 @@ def train_arm(settings: dict, init: str, probe: str, encoder, subset, seed: int)
     if encoder is None:
         encoder = build_encoder("pixels" if init == "pixels" else settings["encoder"], 1, 28, seed=seed)
     validation = (torch.from_numpy(subset.val_images), subset.val_labels)
-    model, history = finetune(copy.deepcopy(encoder), torch.from_numpy(subset.images), subset.labels, len(subset.class_names), config, validation=validation)
+    model, history = finetune(
+        copy.deepcopy(encoder),
+        torch.from_numpy(subset.images),
+        subset.labels,
+        len(subset.class_names),
+        config,
+        validation=validation,
+    )
     val_accuracy, val_loss = validation_scores(model, *validation, config.augment)
     fit = fit_summary(history[-1])
-    return SimpleNamespace(class_names=subset.class_names, init=init, probe=probe, seed=seed, num_labels=len(subset.labels), num_val_labels=len(subset.val_labels),
-                           val_accuracy=val_accuracy, val_loss=val_loss, selectable=True, chosen=fit.chosen, best_step=fit.best_step,
-                           final_train_accuracy=fit.final_train_accuracy, best_at_budget_end=fit.best_at_budget_end, model=model)  # fmt: skip
+    return SimpleNamespace(
+        class_names=subset.class_names,
+        init=init,
+        probe=probe,
+        seed=seed,
+        num_labels=len(subset.labels),
+        num_val_labels=len(subset.val_labels),
+        val_accuracy=val_accuracy,
+        val_loss=val_loss,
+        selectable=True,
+        chosen=fit.chosen,
+        best_step=fit.best_step,
+        final_train_accuracy=fit.final_train_accuracy,
+        best_at_budget_end=fit.best_at_budget_end,
+        model=model,
+    )
 
 
 def _scored(record: SimpleNamespace, fraction: float, data: SimpleNamespace) -> list[dict]:
     """The pipeline's scoring (sslflow.evaluation.evaluate_classifier) of one model, with where it stopped."""
     record.label_fraction = fraction
     rows, _ = evaluate_classifier(record.model, record, data.eval_sets, data.cases)
-    print(f"seed {record.seed} {record.init:22s} {record.probe:8s} {fraction:5g} ({record.num_labels} + {record.num_val_labels} labels, {record.chosen},"
-          f" best step {record.best_step}): in-domain {rows[0]['accuracy']:.4f}", flush=True)  # fmt: skip
+    print(
+        f"seed {record.seed} {record.init:22s} {record.probe:8s} {fraction:5g} ({record.num_labels} + {record.num_val_labels} labels, {record.chosen},"
+        f" best step {record.best_step}): in-domain {rows[0]['accuracy']:.4f}",
+        flush=True,
+    )
     return [{**row, "best_at_budget_end": getattr(record, "best_at_budget_end", False)} for row in rows]
 
 
@@ -125,7 +179,9 @@ def ablation(settings: dict, encoders: dict, data: SimpleNamespace, seed: int) -
     results, trained = [], {}
     method, rungs = settings["simclr"].method, settings.get("rungs", [rung.name for rung in LADDER])
     tried = [init for init in encoders if init in [arm(method, rung) for rung in rungs]]
-    arms = [("pixels", "linear"), ("scratch", "finetune")] + [(init, probe) for init in tried for probe in ("linear", "finetune")]
+    arms = [("pixels", "linear"), ("scratch", "finetune")] + [
+        (init, probe) for init in tried for probe in ("linear", "finetune")
+    ]
     for fraction in settings.get("fractions", FRACTIONS):
         subset = labelled_subset(data.domain, data.domain_pixels, fraction, seed, "mnist-5k")
         trained[fraction] = []
@@ -136,7 +192,9 @@ def ablation(settings: dict, encoders: dict, data: SimpleNamespace, seed: int) -
     return results, trained
 
 
-def students(settings: dict, top: str, trained: dict, data: SimpleNamespace, seed: int) -> tuple[list[dict], list[dict]]:
+def students(
+    settings: dict, top: str, trained: dict, data: SimpleNamespace, seed: int
+) -> tuple[list[dict], list[dict]]:
     """Up to max_label_fraction, the top rung's student and scratch's (sslflow.training.student.student_starts):
     (result rows, pseudo-label quality reports)."""
     config = dataclasses.replace(settings["self_train"], seed=seed)
@@ -144,15 +202,41 @@ def students(settings: dict, top: str, trained: dict, data: SimpleNamespace, see
     for fraction, candidates in sorted(trained.items()):
         if fraction > config.max_label_fraction:
             continue
-        parts = self_training_data(data.domain, lambda rows: data.domain_pixels[rows], fraction, seed, "mnist-5k", max_pool_images=config.max_pool_images)
+        parts = self_training_data(
+            data.domain,
+            lambda rows: data.domain_pixels[rows],
+            fraction,
+            seed,
+            "mnist-5k",
+            max_pool_images=config.max_pool_images,
+        )
         for start, teacher in student_starts(candidates, top):
             outcome = run_self_training(teacher.model, start.model, parts, config)
             report = outcome.report
-            reports.append({"label_fraction": fraction, "seed": seed, "start": start.init, "teacher": f"{teacher.init} {teacher.probe}", **report})
-            record = SimpleNamespace(class_names=parts.class_names, init=student_arm(start.init), probe="finetune", seed=seed, num_labels=len(parts.labels),
-                                     num_val_labels=len(parts.val_labels), val_accuracy=report["student_val_accuracy"], val_loss=report["student_val_loss"],
-                                     selectable=bool(report["student_beats_teacher"]), chosen=f"threshold={config.confidence_threshold:g}",
-                                     best_step=int(report["best_step"]), final_train_accuracy=report["final_train_accuracy"], model=outcome.student)  # fmt: skip
+            reports.append(
+                {
+                    "label_fraction": fraction,
+                    "seed": seed,
+                    "start": start.init,
+                    "teacher": f"{teacher.init} {teacher.probe}",
+                    **report,
+                }
+            )
+            record = SimpleNamespace(
+                class_names=parts.class_names,
+                init=student_arm(start.init),
+                probe="finetune",
+                seed=seed,
+                num_labels=len(parts.labels),
+                num_val_labels=len(parts.val_labels),
+                val_accuracy=report["student_val_accuracy"],
+                val_loss=report["student_val_loss"],
+                selectable=bool(report["student_beats_teacher"]),
+                chosen=f"threshold={config.confidence_threshold:g}",
+                best_step=int(report["best_step"]),
+                final_train_accuracy=report["final_train_accuracy"],
+                model=outcome.student,
+            )
             results += _scored(record, fraction, data)
     return results, reports
 
@@ -161,23 +245,35 @@ def load_data(settings: dict) -> SimpleNamespace:
     """The three datasets as the pipeline ingests them, the evaluation sets (in-domain test and shift) and the case
     of each in-domain test image."""
     generic, generic_pixels = dataset("fashion-mnist", IngestConfig(max_images=settings["generic_images"]))
-    domain, domain_pixels = dataset("mnist-5k", IngestConfig(proxy_cases=True, max_images=settings.get("domain_images", 0)))
+    domain, domain_pixels = dataset(
+        "mnist-5k", IngestConfig(proxy_cases=True, max_images=settings.get("domain_images", 0))
+    )
     shift, shift_pixels = dataset("optdigits", IngestConfig(all_test=True, max_images=settings.get("shift_images", 0)))
     class_names = labelled_subset(domain, domain_pixels, 1.0, 0, "mnist-5k").class_names
     sets = evaluation_sets((domain, domain_pixels), (shift, shift_pixels), class_names, names=("mnist-5k", "optdigits"))
-    return SimpleNamespace(generic=generic, generic_pixels=generic_pixels, domain=domain, domain_pixels=domain_pixels,
-                           eval_sets=[s for s in sets if s[1] in ("in_domain", "shift")], cases=in_domain_test_cases((domain, domain_pixels)))  # fmt: skip
+    return SimpleNamespace(
+        generic=generic,
+        generic_pixels=generic_pixels,
+        domain=domain,
+        domain_pixels=domain_pixels,
+        eval_sets=[s for s in sets if s[1] in ("in_domain", "shift")],
+        cases=in_domain_test_cases((domain, domain_pixels)),
+    )
 
 
 def summary(results: list[dict]) -> dict:
     """The curves, the headlines against their targets, the paired comparisons, and how many fits stopped at the end
     of their budget."""
     table = pd.DataFrame(results)
-    fitted = table[(table["eval_set"] == "in_domain") & (table["probe"] == "finetune") & ~table["init"].str.endswith("+student")]
+    fitted = table[
+        (table["eval_set"] == "in_domain") & (table["probe"] == "finetune") & ~table["init"].str.endswith("+student")
+    ]
     return {
-        "curves": savings_curves(table), "labels_saved": headlines(table, TARGETS), "comparisons": label_efficiency_comparisons(table),
+        "curves": savings_curves(table),
+        "labels_saved": headlines(table, TARGETS),
+        "comparisons": label_efficiency_comparisons(table),
         "fine_tunes_best_at_budget_end": f"{int(fitted['best_at_budget_end'].sum())} of {len(fitted)}",
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -194,13 +290,26 @@ def main() -> None:
         results, reports = results + rows + student_rows, reports + seed_reports
         found = summary(results)
         name = "quality" + ("" if mode == "gpu" else f"-{mode}")
-        path = write_result(name, {
-            "settings": settings_record, "case_ids": "PROXY (pixel-neighbour pairs; MNIST has no patients)", "targets": TARGETS,
-            "seeds_done": sorted({row["seed"] for row in results}), **found, "pseudo_label_reports": reports, "results": results,
-            "wall_seconds": time.perf_counter() - started,
-        }, args.out)  # fmt: skip
+        path = write_result(
+            name,
+            {
+                "settings": settings_record,
+                "case_ids": "PROXY (pixel-neighbour pairs; MNIST has no patients)",
+                "targets": TARGETS,
+                "seeds_done": sorted({row["seed"] for row in results}),
+                **found,
+                "pseudo_label_reports": reports,
+                "results": results,
+                "wall_seconds": time.perf_counter() - started,
+            },
+            args.out,
+        )
         seeds_done = sorted({row["seed"] for row in results})
-        path.with_suffix(".png").write_bytes(savings_curve_figure(found["curves"], f"MNIST-5k test accuracy against labels used ({len(seeds_done)} seeds)"))
+        path.with_suffix(".png").write_bytes(
+            savings_curve_figure(
+                found["curves"], f"MNIST-5k test accuracy against labels used ({len(seeds_done)} seeds)"
+            )
+        )
         print(json.dumps({"seeds_done": seeds_done, "labels_saved": found["labels_saved"]}, indent=1), flush=True)
         print("\n".join(comparison_lines(found["comparisons"])), flush=True)
         print(f"saved {path}", flush=True)

@@ -23,7 +23,8 @@ BEGIN, END = "<!-- results:begin", "<!-- results:end -->"
 
 
 def newest(pattern: str) -> Path:
-    """The result file matching ``pattern`` with the latest date in its name (YYYYMMDD, or YYYYMMDDTHHMM: later that day)."""
+    """The result file matching ``pattern`` with the latest date in its name (YYYYMMDD, or YYYYMMDDTHHMM: later that
+    day)."""
     files = sorted(RESULTS.glob(pattern), key=lambda path: re.findall(r"\d{8}(?:T\d{4})?", path.name)[-1])
     if not files:
         raise FileNotFoundError(f"no committed result matches benchmarks/results/{pattern}")
@@ -33,9 +34,14 @@ def newest(pattern: str) -> Path:
 def make_run_block(path: Path) -> list[str]:
     """The header facts, the results table and the label-saving lines of a make run summary file."""
     lines = path.read_text().splitlines()
-    header = {key: value for key, value in (line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)}
+    header = {
+        key: value
+        for key, value in (line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)
+    }
     table = [line for line in lines if line.startswith("|")]
-    start = next(i for i, line in enumerate(lines) if line.startswith(("This run's verdicts", "Labels saved")))  # the latter: older summaries
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith(("This run's verdicts", "Labels saved"))
+    )  # the latter: older summaries
     saving = lines[start : lines.index("", start)]
     cpu = f" ({header['cpu']})" if "cpu" in header else ""
     return [
@@ -55,12 +61,17 @@ def quality_block(path: Path) -> list[str]:
     record = json.loads(path.read_text())
     machine, seeds = record["machine"], record["seeds_done"]
     where = path.relative_to(RESULTS.parent.parent)
-    lines = [f"How many labels self-supervision saves: `benchmarks/quality.py --cpu-budget`, {len(seeds)} seeds {seeds} (each pretrains,"
-             f" fine-tunes and self-trains anew), on {machine['cpu_model']} ({machine['torch_cpu_capability']} kernels), commit {machine['commit']}"
-             f"{' (dirty)' if machine['dirty'] else ''} (`{where}`). Labels used = training + validation folds of the budget; every arm chosen on"
-             " validation; intervals: 95%, bootstrap over test cases (PROXY cases: MNIST has no patients) and seeds.", ""]  # fmt: skip
+    lines = [
+        f"How many labels self-supervision saves: `benchmarks/quality.py --cpu-budget`, {len(seeds)} seeds {seeds} (each pretrains,"
+        f" fine-tunes and self-trains anew), on {machine['cpu_model']} ({machine['torch_cpu_capability']} kernels), commit {machine['commit']}"
+        f"{' (dirty)' if machine['dirty'] else ''} (`{where}`). Labels used = training + validation folds of the budget; every arm chosen on"
+        " validation; intervals: 95%, bootstrap over test cases (PROXY cases: MNIST has no patients) and seeds.",
+        "",
+    ]
     for baseline, found in record["labels_saved"].items():
-        lines.append(f"- labels saved against {baseline}: {found['labels_saved']}; target >= {found['target']:g}x: {found['verdict']}")
+        lines.append(
+            f"- labels saved against {baseline}: {found['labels_saved']}; target >= {found['target']:g}x: {found['verdict']}"
+        )
     curves = record["curves"]
     fractions = sorted({f for curve in curves.values() for f in curve["fractions"]})
     lines += ["", "| fraction | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
@@ -69,7 +80,9 @@ def quality_block(path: Path) -> list[str]:
         for curve in curves.values():
             if fraction in curve["fractions"]:
                 i = curve["fractions"].index(fraction)
-                cells.append(f"{curve['accuracy'][i]:.4f} [{curve['low'][i]:.4f}, {curve['high'][i]:.4f}] ({curve['labels'][i]} labels, {curve['arms'][i]})")
+                cells.append(
+                    f"{curve['accuracy'][i]:.4f} [{curve['low'][i]:.4f}, {curve['high'][i]:.4f}] ({curve['labels'][i]} labels, {curve['arms'][i]})"
+                )
             else:
                 cells.append("-")
         lines.append(f"| {fraction:g} | " + " | ".join(cells) + " |")
@@ -78,34 +91,50 @@ def quality_block(path: Path) -> list[str]:
 
 def newest_quality() -> Path | None:
     """The newest quality-cpu-budget result that holds a label-savings curve, or None."""
-    files = sorted(RESULTS.glob("quality-cpu-budget-*.json"), key=lambda path: re.findall(r"\d{8}(?:T\d{4})?", path.name)[-1])
+    files = sorted(
+        RESULTS.glob("quality-cpu-budget-*.json"), key=lambda path: re.findall(r"\d{8}(?:T\d{4})?", path.name)[-1]
+    )
     with_curve = [path for path in files if "labels_saved" in json.loads(path.read_text())]
     return with_curve[-1] if with_curve else None
 
 
 def multirank_block(path: Path) -> list[str]:
-    """One line per method and world size of a multirank result: exact coverage, steps, agreement across ranks, resume."""
+    """One line per method and world size of a multirank result: exact coverage, steps, agreement across ranks,
+    resume."""
     record = json.loads(path.read_text())
     machine = record["machine"]
-    by_method = record["results"] if "W1" not in record["results"] else {"simclr": record["results"]}  # older results: SimCLR only
-    lines = [f"Many ranks, one model, on CPU with gloo (`{path.relative_to(RESULTS.parent.parent)}`, commit {machine['commit']}"
-             f"{' (dirty)' if machine['dirty'] else ''}): {sum(record['shard_sizes'])} images in {len(record['shard_sizes'])} uneven shards.", ""]  # fmt: skip
-    lines += ["| method | ranks | every image once per epoch (+ padding) | steps per rank per epoch | images/s per rank | same model on every rank | killed and resumed: bitwise equal weights |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    by_method = (
+        record["results"] if "W1" not in record["results"] else {"simclr": record["results"]}
+    )  # older results: SimCLR only
+    lines = [
+        f"Many ranks, one model, on CPU with gloo (`{path.relative_to(RESULTS.parent.parent)}`, commit {machine['commit']}"
+        f"{' (dirty)' if machine['dirty'] else ''}): {sum(record['shard_sizes'])} images in {len(record['shard_sizes'])} uneven shards.",
+        "",
+    ]
+    lines += [
+        "| method | ranks | every image once per epoch (+ padding) | steps per rank per epoch | images/s per rank | same model on every rank | killed and resumed: bitwise equal weights |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for method, results in by_method.items():
         for result in results.values():
             resumed = str(result["resume_bitwise_equal"]) if "resume_bitwise_equal" in result else "-"
             same = str(result.get("method_state_identical_across_ranks", "-"))
             steps = sorted({tuple(rank) for rank in result["steps_per_rank"]})
             rates = ", ".join(f"{rate:.0f}" for rate in result["images_per_second_per_rank"])
-            lines.append(f"| {method} | {result['world_size']} | {result['coverage_exact']} (+{result['padded_images_per_epoch']}) | {' / '.join(map(str, steps))} | {rates} | {same} | {resumed} |")
+            lines.append(
+                f"| {method} | {result['world_size']} | {result['coverage_exact']} (+{result['padded_images_per_epoch']}) | {' / '.join(map(str, steps))} | {rates} | {same} | {resumed} |"
+            )
     return lines
 
 
 def block() -> str:
     quality = newest_quality()
-    lines = [*(quality_block(quality) + [""] if quality else []), *make_run_block(newest("make_run_summary-*.txt")), "",
-             *multirank_block(newest("multirank-cpu-*.json"))]  # fmt: skip
+    lines = [
+        *(quality_block(quality) + [""] if quality else []),
+        *make_run_block(newest("make_run_summary-*.txt")),
+        "",
+        *multirank_block(newest("multirank-cpu-*.json")),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +151,11 @@ def main() -> None:
     current = README.read_text()
     wanted = updated(current)
     if args.check:
-        sys.exit(0 if wanted == current else "README.md's results section differs from the committed results: run python benchmarks/readme_tables.py")
+        sys.exit(
+            0
+            if wanted == current
+            else "README.md's results section differs from the committed results: run python benchmarks/readme_tables.py"
+        )
     README.write_text(wanted)
 
 

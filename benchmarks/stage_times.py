@@ -39,12 +39,21 @@ def stage_kind(stage: str) -> str:
 def newest_parent_stages(client: MlflowClient) -> tuple[dict, list[tuple[str, float]]]:
     """(the newest parent run's {id, seconds}, [(stage, seconds)] of its finished stage runs)."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(experiments, f"tags.`{PARENT_TAG[0]}` = '{PARENT_TAG[1]}'", order_by=["attributes.start_time DESC"], max_results=1)
+    parents = client.search_runs(
+        experiments,
+        f"tags.`{PARENT_TAG[0]}` = '{PARENT_TAG[1]}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not parents:
         raise SystemExit("no pipeline parent run in this store: run `make run` first")
     parent = parents[0]
     children = client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=5000)
-    stages = [(run.data.tags.get(STAGE_TAG, run.info.run_name), (run.info.end_time - run.info.start_time) / 1000) for run in children if run.info.end_time]
+    stages = [
+        (run.data.tags.get(STAGE_TAG, run.info.run_name), (run.info.end_time - run.info.start_time) / 1000)
+        for run in children
+        if run.info.end_time
+    ]
     parent_seconds = (parent.info.end_time - parent.info.start_time) / 1000 if parent.info.end_time else None
     return {"run_id": parent.info.run_id, "seconds": parent_seconds}, stages
 
@@ -61,13 +70,23 @@ def main() -> None:
         by_kind[stage_kind(stage)] += seconds
         counts[stage_kind(stage)] += 1
     stage_total = sum(by_kind.values())
-    path = write_result("make_run_stages", {
-        "pipeline_wall_seconds": args.wall_seconds, "target_seconds": 600, "within_target": args.wall_seconds <= 600,
-        "stage_seconds": {kind: round(seconds, 1) for kind, seconds in sorted(by_kind.items(), key=lambda item: -item[1])},
-        "stage_runs": dict(counts), "stages_total_seconds": round(stage_total, 1),
-        "outside_stages_seconds": round(args.wall_seconds - stage_total, 1),  # Flyte, task start-up, tracking
-        "parent_run": parent, "load_average_at_end": os.getloadavg(),
-    }, args.out)  # fmt: skip
+    path = write_result(
+        "make_run_stages",
+        {
+            "pipeline_wall_seconds": args.wall_seconds,
+            "target_seconds": 600,
+            "within_target": args.wall_seconds <= 600,
+            "stage_seconds": {
+                kind: round(seconds, 1) for kind, seconds in sorted(by_kind.items(), key=lambda item: -item[1])
+            },
+            "stage_runs": dict(counts),
+            "stages_total_seconds": round(stage_total, 1),
+            "outside_stages_seconds": round(args.wall_seconds - stage_total, 1),  # Flyte, task start-up, tracking
+            "parent_run": parent,
+            "load_average_at_end": os.getloadavg(),
+        },
+        args.out,
+    )
     print(path.read_text())
 
 

@@ -49,27 +49,39 @@ def feed_rate(folder: Path, shape: tuple[int, ...], shards: int, shard_megabytes
     count = shards * per_shard
     pixels = np.random.default_rng(0).integers(0, 256, (count, *shape), dtype=np.uint8)
     case_ids = [str(index) for index in range(count)]  # SimCLR: each image its own case
-    shard_of_row, row_in_shard = write_case_shards(folder, pixels, case_ids, np.zeros(count, dtype=bool), shard_megabytes * 2**20)
+    shard_of_row, row_in_shard = write_case_shards(
+        folder, pixels, case_ids, np.zeros(count, dtype=bool), shard_megabytes * 2**20
+    )
     del pixels
     rows = {}
     for index, (shard, row) in enumerate(zip(shard_of_row, row_in_shard)):
         rows.setdefault(shard, []).append((row, case_ids[index]))
     sources = [
-        ShardRows(shard_path(folder.parent, shard), shard, np.array([r for r, _ in members]), np.array([c for _, c in members]))
+        ShardRows(
+            shard_path(folder.parent, shard),
+            shard,
+            np.array([r for r, _ in members]),
+            np.array([c for _, c in members]),
+        )
         for shard, members in sorted(rows.items())
     ]
     data = StreamingPairs(sources, buffer_shards=BUFFER_SHARDS)
     started = time.perf_counter()
     delivered = 0
     for epoch in range(epochs):
-        for anchors, partners in data.batches(epoch, BATCH_SIZE, rank=0, world_size=1, device=torch.device("cpu")):
+        for anchors, _partners in data.batches(epoch, BATCH_SIZE, rank=0, world_size=1, device=torch.device("cpu")):
             delivered += len(anchors)
     seconds = time.perf_counter() - started
     return {
-        "image_shape": list(shape), "images": count, "shards": len(sources), "shard_megabytes": shard_megabytes, "epochs": epochs,
-        "seconds": round(seconds, 2), "images_per_second": round(delivered / seconds, 1),
+        "image_shape": list(shape),
+        "images": count,
+        "shards": len(sources),
+        "shard_megabytes": shard_megabytes,
+        "epochs": epochs,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(delivered / seconds, 1),
         "megabytes_per_second": round(delivered * int(np.prod(shape)) / seconds / 2**20, 1),
-    }  # fmt: skip
+    }
 
 
 def decode_ms_per_image(files: int) -> dict:
@@ -102,9 +114,13 @@ def main() -> None:
             results[name] = feed_rate(Path(work) / "shards", shape, shards, shard_megabytes, epochs)
     decode_files = 50 if arguments.quick else DECODE_FILES
     payload = {
-        "buffer_shards": BUFFER_SHARDS, "batch_size": BATCH_SIZE, "threads": torch.get_num_threads(), "results": results,
-        "decode_files": decode_files, "decode_256px_png_ms_per_image_one_core": decode_ms_per_image(decode_files),
-    }  # fmt: skip
+        "buffer_shards": BUFFER_SHARDS,
+        "batch_size": BATCH_SIZE,
+        "threads": torch.get_num_threads(),
+        "results": results,
+        "decode_files": decode_files,
+        "decode_256px_png_ms_per_image_one_core": decode_ms_per_image(decode_files),
+    }
     print(json.dumps(payload))
     write_result("stream_feed" + ("-quick" if arguments.quick else ""), payload, arguments.out)
 

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import fashion_mnist_split, parse_arguments, write_result  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
+from ssl_models.data import InMemoryPairs  # noqa: E402
+from ssl_models.device import pick_device  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import extract_features, knn_accuracy  # noqa: E402
-from ssl_models.device import pick_device  # noqa: E402
-from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
 
 SIZE = 28
@@ -52,14 +52,28 @@ def train_lightly(images: np.ndarray, encoder: torch.nn.Module, config: Pretrain
     from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
 
-    transform = SimCLRTransform(input_size=SIZE, min_scale=config.augment.crop_scale[0], hf_prob=config.augment.flip_probability,
-                                rr_prob=0.0, normalize={"mean": [0.5] * 3, "std": [0.5] * 3})  # fmt: skip
-    model = torch.nn.Sequential(encoder, SimCLRProjectionHead(encoder.feature_dim, 256, config.projection_dim)).to(device)
+    transform = SimCLRTransform(
+        input_size=SIZE,
+        min_scale=config.augment.crop_scale[0],
+        hf_prob=config.augment.flip_probability,
+        rr_prob=0.0,
+        normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
+    )
+    model = torch.nn.Sequential(encoder, SimCLRProjectionHead(encoder.feature_dim, 256, config.projection_dim)).to(
+        device
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = NTXentLoss(temperature=config.temperature)
     workers = os.cpu_count() or 1
-    loader = DataLoader(PilImages(images, transform), batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        num_workers=workers, persistent_workers=True, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        PilImages(images, transform),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
+    )
     started = time.perf_counter()
     for _ in range(config.epochs):
         for view_a, view_b in loader:
@@ -87,7 +101,9 @@ def knn(encoder, train_images, train_labels, test_images, test_labels) -> float:
     to_rgb = lambda x: torch.from_numpy(np.repeat(x, 3, axis=1))  # noqa: E731
     bank = extract_features(encoder, to_rgb(train_images), view)
     queries = extract_features(encoder, to_rgb(test_images), view)
-    return knn_accuracy(bank, torch.from_numpy(train_labels), queries, torch.from_numpy(test_labels), k=200, temperature=0.1)
+    return knn_accuracy(
+        bank, torch.from_numpy(train_labels), queries, torch.from_numpy(test_labels), k=200, temperature=0.1
+    )
 
 
 def main() -> None:
@@ -96,23 +112,40 @@ def main() -> None:
     train_images, train_labels, test_images, test_labels = fashion_mnist_split(quick=args.quick)
     encoder_name = "small_cnn" if args.quick else "resnet18"
     config = PretrainConfig(
-        epochs=3 if args.quick else 20, batch_size=256 if args.quick else 512, temperature=0.2,
+        epochs=3 if args.quick else 20,
+        batch_size=256 if args.quick else 512,
+        temperature=0.2,
         augment=AugmentConfig(output_size=SIZE, crop_scale=(0.3, 1.0), flip_probability=0.5, rotation_degrees=0.0),
-    )  # fmt: skip
+    )
     rows = {}
     for name, train in (("lightly", train_lightly), ("sslflow", train_ours)):
         torch.manual_seed(config.seed)
         encoder = build_encoder(encoder_name, 3, SIZE)
         seconds = train(train_images, encoder, config, device)
-        rows[name] = {"knn_accuracy": knn(encoder, train_images, train_labels, test_images, test_labels), "train_seconds": seconds}
+        rows[name] = {
+            "knn_accuracy": knn(encoder, train_images, train_labels, test_images, test_labels),
+            "train_seconds": seconds,
+        }
         print(f"{name:8s} kNN accuracy {rows[name]['knn_accuracy']:.4f}  train {seconds:7.1f} s", flush=True)
     summary = {
         "accuracy_difference": rows["sslflow"]["knn_accuracy"] - rows["lightly"]["knn_accuracy"],
         "time_ratio": rows["sslflow"]["train_seconds"] / rows["lightly"]["train_seconds"],
     }
-    print(f"sslflow - lightly kNN accuracy: {summary['accuracy_difference']:+.4f}; sslflow / lightly time: {summary['time_ratio']:.2f}")
-    settings = {"encoder": encoder_name, "train_images": len(train_images), "test_images": len(test_images), "epochs": config.epochs, "batch_size": config.batch_size}
-    path = write_result("vs_lightly" + ("-quick" if args.quick else ""), {"device": str(device), "settings": settings, "results": rows, **summary}, args.out)
+    print(
+        f"sslflow - lightly kNN accuracy: {summary['accuracy_difference']:+.4f}; sslflow / lightly time: {summary['time_ratio']:.2f}"
+    )
+    settings = {
+        "encoder": encoder_name,
+        "train_images": len(train_images),
+        "test_images": len(test_images),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+    }
+    path = write_result(
+        "vs_lightly" + ("-quick" if args.quick else ""),
+        {"device": str(device), "settings": settings, "results": rows, **summary},
+        args.out,
+    )
     print(f"saved {path}")
 
 

@@ -29,7 +29,15 @@ def _config_classes() -> list[type]:
     from ssl_models.train import FinetuneConfig, PretrainConfig
     from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 
-    return [IngestConfig, ValidationConfig, PretrainConfig, FinetuneConfig, SelfTrainConfig, AugmentConfig, RegistryConfig]
+    return [
+        IngestConfig,
+        ValidationConfig,
+        PretrainConfig,
+        FinetuneConfig,
+        SelfTrainConfig,
+        AugmentConfig,
+        RegistryConfig,
+    ]
 
 
 def _descriptions(cls: type) -> dict[str, str]:
@@ -67,7 +75,14 @@ def _shown(value) -> str:
 def class_reference(cls: type) -> list[str]:
     texts = _descriptions(cls)
     first = inspect.cleandoc(cls.__doc__ or "").split("\n", 1)[0]
-    lines = [f"### `{cls.__name__}` (`{cls.__module__}`)", "", first, "", "| field | type | default | meaning |", "|---|---|---|---|"]
+    lines = [
+        f"### `{cls.__name__}` (`{cls.__module__}`)",
+        "",
+        first,
+        "",
+        "| field | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
     for field in dataclasses.fields(cls):
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         text = texts.get(field.name, "").replace("|", "\\|")
@@ -79,7 +94,11 @@ def _changed_fields(value) -> str:
     """A config by the fields whose value differs from its dataclass's defaults: ``IngestConfig(max_images=6000)``."""
     if not dataclasses.is_dataclass(value):
         return repr(value)
-    changed = [f"{f.name}={getattr(value, f.name)!r}" for f in dataclasses.fields(value) if getattr(value, f.name) != _default(f)]
+    changed = [
+        f"{f.name}={getattr(value, f.name)!r}"
+        for f in dataclasses.fields(value)
+        if getattr(value, f.name) != _default(f)
+    ]
     return f"{type(value).__name__}({', '.join(changed)})"
 
 
@@ -111,7 +130,11 @@ def main() -> None:
     current = DOC.read_text()
     wanted = updated(current)
     if args.check:
-        sys.exit(0 if wanted == current else "docs/configuration.md is out of date: run python docs/generate_configuration.py")
+        sys.exit(
+            0
+            if wanted == current
+            else "docs/configuration.md is out of date: run python docs/generate_configuration.py"
+        )
     DOC.write_text(wanted)
 
 

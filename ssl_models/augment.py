@@ -181,8 +181,12 @@ def _gaussian_blur(images: torch.Tensor, config: AugmentConfig, generator) -> to
     kernel = kernel.repeat_interleave(channels, dim=0)  # (B*C, K)
     flat = images.reshape(1, batch * channels, height, width)
     pad = kernel_size // 2
-    flat = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, kernel_size), groups=batch * channels)
-    flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"), kernel.view(-1, 1, kernel_size, 1), groups=batch * channels)
+    flat = F.conv2d(
+        F.pad(flat, (pad, pad, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, kernel_size), groups=batch * channels
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, pad, pad), mode="reflect"), kernel.view(-1, 1, kernel_size, 1), groups=batch * channels
+    )
     return flat.view(batch, channels, height, width)
 
 
@@ -193,7 +197,10 @@ def _cutout(images: torch.Tensor, config: AugmentConfig, generator) -> torch.Ten
     device = images.device
     apply = _bernoulli(batch, config.cutout_probability, generator, device)
     half = _uniform((batch,), 0.0, config.cutout_size / 2, generator, device) * width
-    centre_y, centre_x = _uniform((batch,), 0.0, height, generator, device), _uniform((batch,), 0.0, width, generator, device)
+    centre_y, centre_x = (
+        _uniform((batch,), 0.0, height, generator, device),
+        _uniform((batch,), 0.0, width, generator, device),
+    )
     rows = torch.arange(height, device=device, dtype=images.dtype) + 0.5
     columns = torch.arange(width, device=device, dtype=images.dtype) + 0.5
     inside_y = (rows.view(1, -1) - centre_y.view(-1, 1)).abs() < half.view(-1, 1)  # (B, H)

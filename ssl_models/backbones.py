@@ -41,7 +41,9 @@ class NamedBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] < MIN_SIDE or images.shape[-2] < MIN_SIDE:
-            images = F.interpolate(images, size=(self.input_side, self.input_side), mode="bilinear", align_corners=False)
+            images = F.interpolate(
+                images, size=(self.input_side, self.input_side), mode="bilinear", align_corners=False
+            )
         return self.network(images)
 
 
@@ -73,7 +75,11 @@ def _timm_backbone(model: str, in_channels: int, image_size: int) -> NamedBackbo
     options: dict = {}
     if _is_vision_transformer(model):
         patch = _patch_size(model)
-        options = {"img_size": math.ceil(max(image_size, MIN_SIDE) / patch) * patch, "dynamic_img_size": True, "dynamic_img_pad": True}
+        options = {
+            "img_size": math.ceil(max(image_size, MIN_SIDE) / patch) * patch,
+            "dynamic_img_size": True,
+            "dynamic_img_pad": True,
+        }
     network = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_channels, **options)
     classifier = network.pretrained_cfg.get("classifier") or "head"
     return NamedBackbone(network, int(network.head_hidden_size), classifier, image_size)
@@ -97,10 +103,14 @@ def _torchvision_backbone(model: str, in_channels: int, image_size: int) -> Name
     from torchvision import models
 
     if model not in models.list_models(module=models):
-        raise ValueError(f"torchvision has no classification model {model!r}: see torchvision.models.list_models() for the names")
+        raise ValueError(
+            f"torchvision has no classification model {model!r}: see torchvision.models.list_models() for the names"
+        )
     options = {"image_size": math.ceil(max(image_size, MIN_SIDE) / 16) * 16} if model.startswith("vit_") else {}
     network = models.get_model(model, weights=None, **options)
-    classifier_name, classifier = [(name, module) for name, module in network.named_modules() if isinstance(module, nn.Linear)][-1]
+    classifier_name, classifier = [
+        (name, module) for name, module in network.named_modules() if isinstance(module, nn.Linear)
+    ][-1]
     _replace(network, classifier_name, nn.Identity())
     conv_name, conv = next((name, module) for name, module in network.named_modules() if isinstance(module, nn.Conv2d))
     if in_channels != conv.in_channels:
@@ -115,5 +125,11 @@ def _replace(network: nn.Module, name: str, module: nn.Module) -> None:
 
 def _with_input_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """A new convolution like ``conv`` but with ``in_channels`` inputs (random weights, as the rest of the network)."""
-    shape = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups, "bias": conv.bias is not None}
+    shape = {
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "bias": conv.bias is not None,
+    }
     return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, **shape)

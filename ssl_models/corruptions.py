@@ -40,8 +40,16 @@ def gaussian_blur(images: torch.Tensor, severity: int) -> torch.Tensor:
     kernel = kernel / kernel.sum()
     channels = images.shape[1]
     x = images.float()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    x = F.conv2d(
+        F.pad(x, (radius, radius, 0, 0), mode="reflect"),
+        kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
+        groups=channels,
+    )
+    x = F.conv2d(
+        F.pad(x, (0, 0, radius, radius), mode="reflect"),
+        kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
+        groups=channels,
+    )
     return _to_uint8(x)
 
 

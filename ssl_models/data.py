@@ -95,9 +95,14 @@ def gather(stored: torch.Tensor, indices: np.ndarray, device: torch.device) -> t
     return stored.index_select(0, index).to(device, non_blocking=True)
 
 
-def _pair_batches(stored: torch.Tensor, anchors: np.ndarray, partners: np.ndarray, batch_size: int, device: torch.device) -> Iterator[Batch]:
+def _pair_batches(
+    stored: torch.Tensor, anchors: np.ndarray, partners: np.ndarray, batch_size: int, device: torch.device
+) -> Iterator[Batch]:
     for start in range(0, len(anchors), batch_size):
-        yield gather(stored, anchors[start : start + batch_size], device), gather(stored, partners[start : start + batch_size], device)
+        yield (
+            gather(stored, anchors[start : start + batch_size], device),
+            gather(stored, partners[start : start + batch_size], device),
+        )
 
 
 class InMemoryPairs:
@@ -114,7 +119,9 @@ class InMemoryPairs:
         """This rank's pairs of ``epoch`` (CasePairSampler, ceil(N / world_size) of them) in batches of batch_size."""
         if self._stored is None or self._stored.device.type != device.type:
             self._stored = place_images(self.images, device)
-        anchors, partners = CasePairSampler(self.case_ids, seed=self.seed, rank=rank, world_size=world_size).pairs(epoch)
+        anchors, partners = CasePairSampler(self.case_ids, seed=self.seed, rank=rank, world_size=world_size).pairs(
+            epoch
+        )
         return _pair_batches(self._stored, anchors, partners, batch_size, device)
 
 
@@ -132,7 +139,9 @@ class StreamingPairs:
         if not shards:
             raise ValueError("StreamingPairs needs at least one shard")
         if buffer_shards < 1 or prefetch_shards < 0:
-            raise ValueError(f"buffer_shards must be >= 1 and prefetch_shards >= 0, got {buffer_shards}, {prefetch_shards}")
+            raise ValueError(
+                f"buffer_shards must be >= 1 and prefetch_shards >= 0, got {buffer_shards}, {prefetch_shards}"
+            )
         self.shards, self.seed = list(shards), seed
         self.buffer_shards, self.prefetch_shards = buffer_shards, prefetch_shards
         self.num_images = sum(len(shard.rows) for shard in self.shards)
@@ -150,7 +159,9 @@ class StreamingPairs:
             k = int(np.searchsorted(ends, wrapped, side="right"))  # the shard holding position ``wrapped``
             shard, first = self.shards[order[k]], wrapped - (ends[k] - sizes[k])
             count = min(len(shard.rows) - first, stop - position)
-            pieces.append(replace(shard, rows=shard.rows[first : first + count], case_ids=shard.case_ids[first : first + count]))
+            pieces.append(
+                replace(shard, rows=shard.rows[first : first + count], case_ids=shard.case_ids[first : first + count])
+            )
             position += count
         return pieces
 
@@ -174,14 +185,18 @@ class StreamingPairs:
             for index, group in enumerate(groups):
                 arrays = [next(loaded) for _ in group]
                 buffer = torch.from_numpy(np.concatenate([pixels for pixels, _ in arrays]))
-                anchors, partners = CasePairSampler(np.concatenate([cases for _, cases in arrays]), seed=int(rng.integers(2**31))).pairs(0)
+                anchors, partners = CasePairSampler(
+                    np.concatenate([cases for _, cases in arrays]), seed=int(rng.integers(2**31))
+                ).pairs(0)
                 carried.append((buffer, anchors, partners))
                 yield from _rebatch(carried, batch_size, device, final=index == len(groups) - 1)
         finally:
             loaded.close()
 
 
-Segment = tuple[torch.Tensor, np.ndarray, np.ndarray]  # a shuffle buffer (n, C, H, W) uint8 and the (anchor, partner) rows of its pairs
+Segment = tuple[
+    torch.Tensor, np.ndarray, np.ndarray
+]  # a shuffle buffer (n, C, H, W) uint8 and the (anchor, partner) rows of its pairs
 
 
 def _rebatch(carried: list[Segment], batch_size: int, device: torch.device, *, final: bool) -> Iterator[Batch]:
@@ -200,7 +215,10 @@ def _rebatch(carried: list[Segment], batch_size: int, device: torch.device, *, f
             if count == len(anchors):
                 carried.pop(0)
             take -= count
-        yield _joined([gather(buffer, rows, device) for buffer, rows, _ in pieces]), _joined([gather(buffer, rows, device) for buffer, _, rows in pieces])
+        yield (
+            _joined([gather(buffer, rows, device) for buffer, rows, _ in pieces]),
+            _joined([gather(buffer, rows, device) for buffer, _, rows in pieces]),
+        )
 
 
 def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:

@@ -16,7 +16,6 @@ from torch import nn
 
 from ssl_models.augment import AugmentConfig, normalise
 
-
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # the kernel module's version line, where a driver is loaded
 
 
@@ -29,7 +28,12 @@ def driver_version(version_file: Path = NVIDIA_DRIVER_FILE) -> str:
     (``version_file``), else a sentence saying neither was found."""
     if shutil.which("nvidia-smi"):
         try:
-            answer = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+            answer = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             if answer.returncode == 0 and answer.stdout.strip():
                 return answer.stdout.strip().splitlines()[0]
         except (OSError, subprocess.TimeoutExpired):
@@ -69,7 +73,9 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def apply_in_batches(module: nn.Module, images: torch.Tensor, view: AugmentConfig, batch_size: int = 512) -> torch.Tensor:
+def apply_in_batches(
+    module: nn.Module, images: torch.Tensor, view: AugmentConfig, batch_size: int = 512
+) -> torch.Tensor:
     """module in eval mode over un-augmented images: (N, C, H, W) uint8 -> (N, ...) float32 outputs.
 
     Runs on the module's device (moved to pick_device() first); returns outputs on that device.

@@ -77,7 +77,9 @@ def init_from_environment() -> ProcessInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend=backend_for(device))
-    return ProcessInfo(rank=rank, local_rank=local_rank, world_size=world_size, local_world_size=local_world_size(), device=device)
+    return ProcessInfo(
+        rank=rank, local_rank=local_rank, world_size=world_size, local_world_size=local_world_size(), device=device
+    )
 
 
 def is_distributed() -> bool:

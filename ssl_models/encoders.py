@@ -93,7 +93,9 @@ def build_encoder(name: str, in_channels: int, image_size: int = 28, *, seed: in
     generator (for a module whose weights are loaded next).
     """
     if name not in ENCODER_NAMES and split_name(name) is None:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {ENCODER_NAMES} or a backbone timm:<model> or torchvision:<model>")
+        raise ValueError(
+            f"unknown encoder {name!r}; choose one of {ENCODER_NAMES} or a backbone timm:<model> or torchvision:<model>"
+        )
     if seed is None:
         return _build(name, in_channels, image_size)
     with torch.random.fork_rng(devices=[]):
@@ -108,4 +110,4 @@ def _build(name: str, in_channels: int, image_size: int) -> nn.Module:
         return SmallConvNet(in_channels)
     if name == "pixels":
         return PixelFeatures(in_channels, image_size)
-    return ResNetEncoder(int(name[len("resnet"):]), in_channels, small_stem=image_size < 96)
+    return ResNetEncoder(int(name[len("resnet") :]), in_channels, small_stem=image_size < 96)

@@ -13,7 +13,9 @@ from ssl_models.augment import AugmentConfig
 from ssl_models.device import apply_in_batches
 
 
-def predict_probabilities(model: nn.Module, images: torch.Tensor, view: AugmentConfig, batch_size: int = 512) -> np.ndarray:
+def predict_probabilities(
+    model: nn.Module, images: torch.Tensor, view: AugmentConfig, batch_size: int = 512
+) -> np.ndarray:
     """images: (N, C, H, W) uint8 -> (N, num_classes) float32 softmax probabilities."""
     return torch.softmax(apply_in_batches(model, images, view, batch_size), dim=1).cpu().numpy()
 
@@ -25,15 +27,21 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 
-def extract_features(encoder: nn.Module, images: torch.Tensor, view: AugmentConfig, batch_size: int = 512) -> torch.Tensor:
+def extract_features(
+    encoder: nn.Module, images: torch.Tensor, view: AugmentConfig, batch_size: int = 512
+) -> torch.Tensor:
     """images: (N, C, H, W) uint8 -> (N, feature_dim) float32 L2-normalised encoder features, on the host."""
     return torch.nn.functional.normalize(apply_in_batches(encoder, images, view, batch_size), dim=1).cpu()
 
 
 def knn_accuracy(
-    bank_features: torch.Tensor, bank_labels: torch.Tensor, query_features: torch.Tensor, query_labels: torch.Tensor,
-    k: int = 200, temperature: float = 0.1,
-) -> float:  # fmt: skip
+    bank_features: torch.Tensor,
+    bank_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    query_labels: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> float:
     """Weighted kNN classifier on cosine similarity, as in lightly's benchmarks (Wu et al. 2018, arXiv 1805.01978).
 
     bank_features (M, D) and query_features (Q, D) L2-normalised; labels (M,), (Q,) int64.

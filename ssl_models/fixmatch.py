@@ -18,13 +18,11 @@ average of the trained weights (BatchNorm statistics included; ``ema_decay``), t
 from __future__ import annotations
 
 import logging
-
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ssl_models.augment import FINETUNE_AUGMENT, STRONG_AUGMENT, AugmentConfig, augment
@@ -80,14 +78,20 @@ class SelfTrainConfig:
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError(f"SelfTrainConfig.confidence_threshold must be in [0, 1], got {self.confidence_threshold}")
         if self.steps < 1 or self.unlabelled_ratio < 1:
-            raise ValueError(f"SelfTrainConfig needs steps >= 1 and unlabelled_ratio >= 1; got {self.steps} and {self.unlabelled_ratio}")
+            raise ValueError(
+                f"SelfTrainConfig needs steps >= 1 and unlabelled_ratio >= 1; got {self.steps} and {self.unlabelled_ratio}"
+            )
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"SelfTrainConfig.ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.eval_every < 1 or self.patience < 0 or self.max_pool_images < 1:
-            raise ValueError(f"SelfTrainConfig needs eval_every >= 1, patience >= 0 and max_pool_images >= 1; got {self.eval_every}, {self.patience}, {self.max_pool_images}")  # fmt: skip
+            raise ValueError(
+                f"SelfTrainConfig needs eval_every >= 1, patience >= 0 and max_pool_images >= 1; got {self.eval_every}, {self.patience}, {self.max_pool_images}"
+            )
 
 
-def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fixmatch_loss(
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FixMatch's unlabelled loss (arXiv 2001.07685, eq. 4): (1 / U) sum_u 1[max q_u >= threshold] H(argmax q_u, p_u).
 
     weak_logits (U, K): the model on the weak views; q_u = softmax of them, no gradient flows through it.
@@ -95,7 +99,9 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, thresh
     the images whose pseudo-label passed). The mean is over all U images, as in the paper: no image passing gives 0.
     """
     if weak_logits.shape != strong_logits.shape or weak_logits.dim() != 2:
-        raise ValueError(f"weak and strong logits must both be (U, K); got {tuple(weak_logits.shape)} and {tuple(strong_logits.shape)}")
+        raise ValueError(
+            f"weak and strong logits must both be (U, K); got {tuple(weak_logits.shape)} and {tuple(strong_logits.shape)}"
+        )
     confidence, pseudo_labels = torch.softmax(weak_logits.detach().float(), dim=1).max(dim=1)
     mask = confidence >= threshold
     per_image = F.cross_entropy(strong_logits.float(), pseudo_labels, reduction="none")
@@ -117,13 +123,17 @@ class _Batches:
     def step_inputs(self, config: SelfTrainConfig) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(views (B + 2U, C, S, S): labelled weak, pool weak, pool strong; labelled targets (B,); U)."""
         labelled = self.rng.choice(len(self.targets), size=min(config.batch_size, len(self.targets)), replace=False)
-        unlabelled = self.rng.choice(len(self.pool), size=min(config.unlabelled_ratio * config.batch_size, len(self.pool)), replace=False)
+        unlabelled = self.rng.choice(
+            len(self.pool), size=min(config.unlabelled_ratio * config.batch_size, len(self.pool)), replace=False
+        )
         pool = gather(self.pool, unlabelled, self.device)
-        views = torch.cat([
-            augment(gather(self.labelled, labelled, self.device), config.augment, self.generator),
-            augment(pool, config.augment, self.generator),
-            augment(pool, config.strong_augment, self.generator),
-        ])  # fmt: skip
+        views = torch.cat(
+            [
+                augment(gather(self.labelled, labelled, self.device), config.augment, self.generator),
+                augment(pool, config.augment, self.generator),
+                augment(pool, config.strong_augment, self.generator),
+            ]
+        )
         return views, self.targets[torch.from_numpy(labelled).to(self.device)], len(unlabelled)
 
 
@@ -132,11 +142,19 @@ def _fixmatch_step(model: Classifier, batches: _Batches, config: SelfTrainConfig
     views, targets, unlabelled = batches.step_inputs(config)
     with autocast(batches.device):
         logits = model(views).float()
-    labelled_logits, weak, strong = logits[: len(targets)], logits[len(targets) : len(targets) + unlabelled], logits[len(targets) + unlabelled :]
+    labelled_logits, weak, strong = (
+        logits[: len(targets)],
+        logits[len(targets) : len(targets) + unlabelled],
+        logits[len(targets) + unlabelled :],
+    )
     labelled_loss = F.cross_entropy(labelled_logits, targets)
     unlabelled_loss, mask = fixmatch_loss(weak, strong, config.confidence_threshold)
     loss = labelled_loss + config.unlabelled_weight * unlabelled_loss
-    return loss, {"labelled_loss": labelled_loss.item(), "unlabelled_loss": unlabelled_loss.item(), "mask_rate": mask.float().mean().item()}
+    return loss, {
+        "labelled_loss": labelled_loss.item(),
+        "unlabelled_loss": unlabelled_loss.item(),
+        "mask_rate": mask.float().mean().item(),
+    }
 
 
 def train_fixmatch(
@@ -162,11 +180,19 @@ def train_fixmatch(
         also stopped_step, and with validation best_step, best_val_accuracy, evaluations.
     """
     if len(labels) != labelled_images.shape[0] or len(labels) == 0 or pool_images.shape[0] == 0:
-        raise ValueError(f"need labelled images with one label each and a non-empty pool; got {len(labels)} labels, {labelled_images.shape[0]} labelled images, {pool_images.shape[0]} pool images")  # fmt: skip
+        raise ValueError(
+            f"need labelled images with one label each and a non-empty pool; got {len(labels)} labels, {labelled_images.shape[0]} labelled images, {pool_images.shape[0]} pool images"
+        )
     device = pick_device()
     model = model.to(device)
-    batches = _Batches(place_images(labelled_images, device), torch.as_tensor(labels, dtype=torch.long, device=device), place_images(pool_images, device),
-                       np.random.default_rng(config.seed), torch.Generator(device=device).manual_seed(config.seed), device)  # fmt: skip
+    batches = _Batches(
+        place_images(labelled_images, device),
+        torch.as_tensor(labels, dtype=torch.long, device=device),
+        place_images(pool_images, device),
+        np.random.default_rng(config.seed),
+        torch.Generator(device=device).manual_seed(config.seed),
+        device,
+    )
     history = _train_steps(model, batches, config, validation)
     model.eval()
     return model.cpu(), history
@@ -177,7 +203,11 @@ def _train_steps(model: Classifier, batches: _Batches, config: SelfTrainConfig, 
     the moving average of the weights (``config.ema_decay``), which ``model`` holds at the end; the records."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = warmup_cosine(optimizer, max(1, config.steps // 10), config.steps)
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) if config.ema_decay else None
+    average = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        if config.ema_decay
+        else None
+    )
     evaluated = average.module if average is not None else model
     stopping, history, parts, stop = BestOnValidation(config.patience), [], [], False
     model.train()
@@ -192,11 +222,19 @@ def _train_steps(model: Classifier, batches: _Batches, config: SelfTrainConfig, 
         history.append({"step": step, **{key: float(np.mean([part[key] for part in parts])) for key in parts[0]}})
         parts = []
         if validation is not None:
-            history[-1]["val_accuracy"], history[-1]["val_loss"] = validation_scores(evaluated, *validation, config.augment)
+            history[-1]["val_accuracy"], history[-1]["val_loss"] = validation_scores(
+                evaluated, *validation, config.augment
+            )
             model.train()
             stop = stopping.update(step, history[-1]["val_accuracy"], evaluated, history[-1]["val_loss"])
-        log.info("self-training step %d/%d: loss %.4f, mask rate %.3f%s", step, config.steps, history[-1]["loss"], history[-1]["mask_rate"],
-                 f", val accuracy {history[-1]['val_accuracy']:.4f}" if validation is not None else "")  # fmt: skip
+        log.info(
+            "self-training step %d/%d: loss %.4f, mask rate %.3f%s",
+            step,
+            config.steps,
+            history[-1]["loss"],
+            history[-1]["mask_rate"],
+            f", val accuracy {history[-1]['val_accuracy']:.4f}" if validation is not None else "",
+        )
         if validation is not None and stop:
             break
     history[-1]["stopped_step"] = history[-1]["step"]

@@ -56,7 +56,11 @@ class EpochTotals:
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
 
     def add(
-        self, loss: torch.Tensor, batch_size: int, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None
+        self,
+        loss: torch.Tensor,
+        batch_size: int,
+        logits: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> None:
         self.loss_sum += loss.item() * batch_size
         self.seen += batch_size
@@ -105,4 +109,9 @@ class BestOnValidation:
             model.load_state_dict(self._state)
 
     def record(self) -> dict:
-        return {"best_step": self.best_step, "best_val_accuracy": self.best_accuracy, "best_val_loss": self.best_loss, "evaluations": self.evaluations}
+        return {
+            "best_step": self.best_step,
+            "best_val_accuracy": self.best_accuracy,
+            "best_val_loss": self.best_loss,
+            "evaluations": self.evaluations,
+        }

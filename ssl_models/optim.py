@@ -15,10 +15,14 @@ class LARS(torch.optim.Optimizer):
     trust-ratio adaptation.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6, trust_coefficient: float = 1e-3):
+    def __init__(
+        self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6, trust_coefficient: float = 1e-3
+    ):
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient))
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient)
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -57,7 +61,9 @@ def build_optimizer(name: str, model: nn.Module, learning_rate: float, weight_de
     raise ValueError(f"unknown optimizer {name!r}; choose 'adamw' or 'lars'")
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the base rate over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
 
     def factor(step: int) -> float:

@@ -55,13 +55,21 @@ def _stop_reason(optimizer: torch.optim.LBFGS, closure, parameters: list[torch.T
     return "no_progress"
 
 
-def _fit(features: torch.Tensor, labels: torch.Tensor, inverse_l2: float, weight: torch.Tensor, bias: torch.Tensor) -> tuple[str, int]:
-    """Minimise mean cross-entropy + ||weight||^2 / (2 C N) (scikit-learn's objective divided by C N) in place
-    with full-batch L-BFGS and a strong-Wolfe line search. features (N, D), labels (N,). -> (stop reason, iterations)."""
+def _fit(
+    features: torch.Tensor, labels: torch.Tensor, inverse_l2: float, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[str, int]:
+    """Minimise mean cross-entropy + ||weight||^2 / (2 C N) (scikit-learn's objective divided by C N) in place with
+    full-batch L-BFGS and a strong-Wolfe line search. features (N, D), labels (N,). -> (stop reason, iterations)."""
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=MAX_ITERATIONS, max_eval=MAX_EVALUATIONS, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=TOLERANCE_GRAD, tolerance_change=TOLERANCE_CHANGE,
-    )  # fmt: skip
+        [weight, bias],
+        lr=1.0,
+        max_iter=MAX_ITERATIONS,
+        max_eval=MAX_EVALUATIONS,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=TOLERANCE_GRAD,
+        tolerance_change=TOLERANCE_CHANGE,
+    )
     penalty = 1.0 / (2.0 * inverse_l2 * len(labels))
 
     def closure() -> torch.Tensor:
@@ -75,17 +83,26 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, inverse_l2: float, weight
 
 
 def fit_linear_probe(
-    train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray, num_classes: int,
-    *, inverse_l2_grid: Sequence[float] = DEFAULT_INVERSE_L2,
-) -> ProbeFit:  # fmt: skip
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    *,
+    inverse_l2_grid: Sequence[float] = DEFAULT_INVERSE_L2,
+) -> ProbeFit:
     """Fit on (train_features (N, D), train_labels (N,)); choose C on (val_features (M, D), val_labels (M,)).
 
     The highest validation accuracy wins; a tie goes to the stronger regularisation (smaller C).
     """
     if len(train_labels) == 0 or len(val_labels) == 0:
-        raise ValueError(f"the probe needs training and validation examples; got {len(train_labels)} and {len(val_labels)}")
+        raise ValueError(
+            f"the probe needs training and validation examples; got {len(train_labels)} and {len(val_labels)}"
+        )
     if len(np.unique(train_labels)) < 2:
-        raise ValueError(f"the probe needs at least two classes among the training labels; got only {np.unique(train_labels).tolist()}")
+        raise ValueError(
+            f"the probe needs at least two classes among the training labels; got only {np.unique(train_labels).tolist()}"
+        )
     mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
     train_z = torch.as_tensor((train_features - mean) / std, dtype=torch.float64)
     val_z = torch.as_tensor((val_features - mean) / std, dtype=torch.float64)
@@ -96,14 +113,21 @@ def fit_linear_probe(
     for inverse_l2 in sorted(inverse_l2_grid):  # a warm-started path: each fit starts from the previous solution
         stop_reason, iterations = _fit(train_z, targets, inverse_l2, weight, bias)
         fits[inverse_l2] = (weight.detach().clone(), bias.detach().clone(), stop_reason, iterations)
-        val_accuracy[inverse_l2] = float(((val_z @ fits[inverse_l2][0].T + fits[inverse_l2][1]).argmax(1).numpy() == val_labels).mean())
+        val_accuracy[inverse_l2] = float(
+            ((val_z @ fits[inverse_l2][0].T + fits[inverse_l2][1]).argmax(1).numpy() == val_labels).mean()
+        )
     chosen = max(val_accuracy, key=lambda c: (val_accuracy[c], -c))
     chosen_weight, chosen_bias, stop_reason, iterations = fits[chosen]
     logits = train_z @ chosen_weight.T + chosen_bias
     scale = chosen_weight / torch.as_tensor(std)  # fold the standardisation into the layer
     return ProbeFit(
-        weight=scale.float(), bias=(chosen_bias - scale @ torch.as_tensor(mean)).float(),
-        inverse_l2=chosen, converged=stop_reason in CONVERGED_REASONS, iterations=iterations, stop_reason=stop_reason,
-        train_loss=float(F.cross_entropy(logits, targets)), train_accuracy=float((logits.argmax(1) == targets).float().mean()),
+        weight=scale.float(),
+        bias=(chosen_bias - scale @ torch.as_tensor(mean)).float(),
+        inverse_l2=chosen,
+        converged=stop_reason in CONVERGED_REASONS,
+        iterations=iterations,
+        stop_reason=stop_reason,
+        train_loss=float(F.cross_entropy(logits, targets)),
+        train_accuracy=float((logits.argmax(1) == targets).float().mean()),
         val_accuracy_by_inverse_l2=val_accuracy,
-    )  # fmt: skip
+    )

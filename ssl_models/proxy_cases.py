@@ -34,7 +34,9 @@ def _nearest_neighbours(projected: np.ndarray, count: int, block: int) -> np.nda
     return nearest_first
 
 
-def pixel_neighbour_proxy_cases(pixels: np.ndarray, seed: int = 0, components: int = 32, block: int = 1024) -> list[str]:
+def pixel_neighbour_proxy_cases(
+    pixels: np.ndarray, seed: int = 0, components: int = 32, block: int = 1024
+) -> list[str]:
     """Group images into proxy cases of two (leftovers stay single) by nearest neighbour in PCA space.
 
     Args:
@@ -51,7 +53,9 @@ def pixel_neighbour_proxy_cases(pixels: np.ndarray, seed: int = 0, components: i
     flat = pixels.reshape(count, -1).astype(np.float32) / 255.0
     centred = flat - flat.mean(axis=0, keepdims=True)
     _, _, components_matrix = np.linalg.svd(centred[: min(count, 5000)], full_matrices=False)
-    neighbours = _nearest_neighbours(centred @ components_matrix[:components].T, count, block)  # PCA space (N, components)
+    neighbours = _nearest_neighbours(
+        centred @ components_matrix[:components].T, count, block
+    )  # PCA space (N, components)
 
     case_of = np.full(count, -1, dtype=np.int64)
     next_case = 0

@@ -63,7 +63,9 @@ def read_shard(path: Path, sha256: str, rows: np.ndarray | None = None, *, verif
     if not path.is_file():
         raise ShardError(f"shard {sha256} is missing: {path} does not exist; ingest the source again")
     if verify and file_digest(path) != sha256:
-        raise ShardError(f"shard {sha256} ({path}) is corrupt: its bytes do not match its sha256; ingest the source again")
+        raise ShardError(
+            f"shard {sha256} ({path}) is corrupt: its bytes do not match its sha256; ingest the source again"
+        )
     mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     return np.array(mapped if rows is None else mapped[rows])
 

@@ -6,12 +6,11 @@ Data path (ssl_models/data.py): pretraining reads pairs from a source, the whole
 images in memory. Each step augments its batch on the device, every image with its own random
 parameters, so no CPU worker pool is needed.
 
-Pretraining reads as torchvision's reference script does: ``build_contrastive_run`` (model, DDP,
-sampler, optimiser, schedule), ``ContrastiveRun.restore`` (resume), ``pretrain_one_epoch``, and the
-loop ``pretrain_contrastive``. The method (SimCLR, MoCo v2, BYOL: ``PretrainConfig.method``) adds only
-its loss and its target-network update; the loop owns optimiser, schedule, steps and state. Step arithmetic and the optimiser step shared with fine-tuning live
-in ``ssl_models.loop``.
-"""
+Pretraining reads as torchvision's reference script does: ``build_contrastive_run`` (model, DDP, sampler, optimiser,
+schedule), ``ContrastiveRun.restore`` (resume), ``pretrain_one_epoch``, and the loop ``pretrain_contrastive``. The
+method (SimCLR, MoCo v2, BYOL: ``PretrainConfig.method``) adds only its loss and its target-network update; the loop
+owns optimiser, schedule, steps and state. Step arithmetic and the optimiser step shared with fine-tuning live in
+``ssl_models.loop``."""
 
 from __future__ import annotations
 
@@ -29,9 +28,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig, augment
 from ssl_models.data import InMemoryPairs, StreamingPairs, gather, padded_images, place_images
-from ssl_models.evaluate import KnnMonitor
 from ssl_models.device import apply_in_batches, autocast, pick_device
-from ssl_models.distributed import ProcessInfo, from_every_rank, from_rank_zero, init_from_environment, mean_across_ranks
+from ssl_models.distributed import (
+    ProcessInfo,
+    from_every_rank,
+    from_rank_zero,
+    init_from_environment,
+    mean_across_ranks,
+)
+from ssl_models.evaluate import KnnMonitor
 from ssl_models.heads import Classifier
 from ssl_models.loop import BestOnValidation, EpochTotals, epoch_count, epoch_schedule, optimizer_step, steps_per_epoch
 from ssl_models.methods import METHODS, SSLMethod, build_method
@@ -50,7 +55,8 @@ class PretrainConfig:
         ``teacher``: ssl_models/methods/distill.py).
     temperature: SimCLR's and MoCo's tau. projection_dim: every method's projection width.
     queue_size: MoCo's queue of negatives; keep it well under the number of images: a queue longer than an
-        epoch holds the anchor's own earlier key as a "negative" (1024 for the default's 4,000-6,000 images). momentum: MoCo's key-encoder EMA; BYOL's and DINO's starting target (teacher) EMA.
+        epoch holds the anchor's own earlier key as a "negative" (1024 for the default's 4,000-6,000 images). momentum:
+        MoCo's key-encoder EMA; BYOL's and DINO's starting target (teacher) EMA.
     prototypes: DINO's K, the width of its output distribution (65,536 in the paper; 1024 for small encoders).
     teacher_temperature, teacher_warmup_temperature: DINO's teacher temperature after and at the start of its
         linear warm-up over the first 30% of the run (0.07 and 0.04 as the paper). local_crops: DINO's local views
@@ -93,7 +99,9 @@ class PretrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"PretrainConfig.method must be one of {sorted(METHODS)}, got {self.method!r}")
         if METHODS[self.method].needs_teacher and not (self.teacher and self.teacher_weights):
-            raise ValueError(f"PretrainConfig.method={self.method!r} distils a teacher: set teacher (a backbone name) and teacher_weights (where its weights are)")
+            raise ValueError(
+                f"PretrainConfig.method={self.method!r} distils a teacher: set teacher (a backbone name) and teacher_weights (where its weights are)"
+            )
 
 
 @dataclass(frozen=True)
@@ -141,9 +149,13 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.eval_every < 1 or self.patience < 0:
-            raise ValueError(f"FinetuneConfig needs eval_every >= 1 step and patience >= 0 evaluations, got {self.eval_every} and {self.patience}")
+            raise ValueError(
+                f"FinetuneConfig needs eval_every >= 1 step and patience >= 0 evaluations, got {self.eval_every} and {self.patience}"
+            )
         if not self.learning_rates or not self.weight_decays:
-            raise ValueError("FinetuneConfig's search needs at least one learning rate and one weight decay (learning_rates, weight_decays)")
+            raise ValueError(
+                "FinetuneConfig's search needs at least one learning rate and one weight decay (learning_rates, weight_decays)"
+            )
 
 
 PairSource = InMemoryPairs | StreamingPairs
@@ -160,7 +172,9 @@ class ContrastiveRun:
     """What one pretraining run builds once and every epoch uses (see build_contrastive_run)."""
 
     model: nn.Module  # an SSLMethod, wrapped in DistributedDataParallel when world_size > 1
-    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # model or torch.compile(model): views a, b (B, C, S, S) -> loss
+    forward: Callable[
+        [torch.Tensor, torch.Tensor], torch.Tensor
+    ]  # model or torch.compile(model): views a, b (B, C, S, S) -> loss
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR  # advanced once per optimiser step
     total_steps: int  # optimiser steps of the whole run (the methods' momentum schedules)
@@ -198,13 +212,18 @@ class ContrastiveRun:
         else:
             self.generator.manual_seed(self.seed * 7919 + 104729 * (state["epoch"] + 1) + self.process.rank)
             if self.process.is_main:
-                log.warning("resuming with %d ranks from a state saved by %d: augmentations differ from an uninterrupted run",
-                            self.process.world_size, len(generators))  # fmt: skip
+                log.warning(
+                    "resuming with %d ranks from a state saved by %d: augmentations differ from an uninterrupted run",
+                    self.process.world_size,
+                    len(generators),
+                )
         log.info("resuming contrastive pretraining after epoch %d", state["epoch"])
         return state["epoch"] + 1
 
 
-def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainConfig, *, teacher: nn.Module | None = None) -> ContrastiveRun:
+def build_contrastive_run(
+    encoder: nn.Module, num_images: int, config: PretrainConfig, *, teacher: nn.Module | None = None
+) -> ContrastiveRun:
     """Device, process group, seeded model (+ SyncBatchNorm and DDP under torchrun), optimiser, schedule.
 
     encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim). num_images: images per epoch.
@@ -239,13 +258,19 @@ def build_contrastive_run(encoder: nn.Module, num_images: int, config: PretrainC
     )
 
 
-def _method_loss(run: ContrastiveRun, anchors: torch.Tensor, partners: torch.Tensor, view: AugmentConfig) -> torch.Tensor:
-    """The method's loss on one batch of pairs, each image with its own random view: anchors, partners (B, C, H, W) uint8 -> scalar."""
+def _method_loss(
+    run: ContrastiveRun, anchors: torch.Tensor, partners: torch.Tensor, view: AugmentConfig
+) -> torch.Tensor:
+    """The method's loss on one batch of pairs, each image with its own random view: anchors, partners (B, C, H, W)
+    uint8 -> scalar."""
     views_a = augment(anchors, view, run.generator).contiguous(memory_format=run.memory_format)
     views_b = augment(partners, view, run.generator).contiguous(memory_format=run.memory_format)
     method = _unwrap(run.model)
     local_view = method.local_view(view)
-    local_views = [augment(partners if i % 2 else anchors, local_view, run.generator).contiguous(memory_format=run.memory_format) for i in range(method.local_crops)]
+    local_views = [
+        augment(partners if i % 2 else anchors, local_view, run.generator).contiguous(memory_format=run.memory_format)
+        for i in range(method.local_crops)
+    ]
     with autocast(run.device):
         return run.forward(views_a, views_b, *local_views).float()
 
@@ -258,7 +283,9 @@ def pretrain_one_epoch(run: ContrastiveRun, data: PairSource, epoch: int, config
     """
     run.model.train()
     started, totals = time.perf_counter(), EpochTotals()
-    for anchor_batch, partner_batch in data.batches(epoch, config.batch_size, run.process.rank, run.process.world_size, run.device):
+    for anchor_batch, partner_batch in data.batches(
+        epoch, config.batch_size, run.process.rank, run.process.world_size, run.device
+    ):
         if len(anchor_batch) < 2:  # a single pair has no negatives (and BatchNorm no statistics)
             continue
         loss = _method_loss(run, anchor_batch, partner_batch, config.augment)
@@ -312,9 +339,13 @@ def pretrain_contrastive(
     resume_state = from_rank_zero(resume_state)  # every rank resumes rank 0's state: the same epoch, identical weights
     start_epoch = 0 if resume_state is None else run.restore(resume_state)
     if run.process.is_main and run.process.world_size > 1:
-        log.info("%d images over %d ranks: %d pairs per rank per epoch, %d images read twice to even the ranks out",
-                 data.num_images, run.process.world_size, -(-data.num_images // run.process.world_size),
-                 padded_images(data.num_images, run.process.world_size))  # fmt: skip
+        log.info(
+            "%d images over %d ranks: %d pairs per rank per epoch, %d images read twice to even the ranks out",
+            data.num_images,
+            run.process.world_size,
+            -(-data.num_images // run.process.world_size),
+            padded_images(data.num_images, run.process.world_size),
+        )
     history: list[dict] = []
     for epoch in range(start_epoch, config.epochs):
         metrics = pretrain_one_epoch(run, data, epoch, config)
@@ -323,9 +354,15 @@ def pretrain_contrastive(
         history.append(metrics)
         generator_states = from_every_rank(run.generator.get_state())  # a collective: every rank, every epoch
         if run.process.is_main:
-            log.info("pretrain epoch %d/%d loss %.4f %.0f images/s", epoch + 1, config.epochs, metrics["loss"], metrics["images_per_second"])
+            log.info(
+                "pretrain epoch %d/%d loss %.4f %.0f images/s",
+                epoch + 1,
+                config.epochs,
+                metrics["loss"],
+                metrics["images_per_second"],
+            )
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics, lambda: run.state(epoch, generator_states))
+            on_epoch_end(epoch, metrics, lambda epoch=epoch, states=generator_states: run.state(epoch, states))
     return history
 
 
@@ -355,26 +392,51 @@ def finetune(
         the linear probe: one dict, also converged, iterations, inverse_l2.
     """
     if len(labels) != images.shape[0] or len(labels) == 0:
-        raise ValueError(f"need one label per image and at least one image; got {len(labels)} labels, {images.shape[0]} images")
+        raise ValueError(
+            f"need one label per image and at least one image; got {len(labels)} labels, {images.shape[0]} images"
+        )
     if config.linear_probe:
         if validation is None:
-            raise ValueError("the linear probe chooses its regularisation on validation data: pass validation=(images, labels)")
+            raise ValueError(
+                "the linear probe chooses its regularisation on validation data: pass validation=(images, labels)"
+            )
         torch.manual_seed(config.seed)
         return _linear_probe(Classifier(encoder, num_classes).to(pick_device()), images, labels, validation, config)
     grid = [(rate, decay) for rate in config.learning_rates for decay in config.weight_decays]
     if validation is None and len(grid) > 1:
-        raise ValueError(f"the fine-tuning search ({len(grid)} settings) chooses on validation data: pass validation=(images, labels)")
-    runs = [_finetune_one_setting(encoder, images, labels, num_classes, config, rate, decay, validation) for rate, decay in grid]
-    model, history = max(runs, key=lambda run: (run[1][-1].get("best_val_accuracy", 0.0), -run[1][-1].get("best_val_loss", 0.0)))
-    search = [{key: run[1][-1][key] for key in ("learning_rate", "weight_decay", "best_val_accuracy", "best_val_loss", "best_step") if key in run[1][-1]} for run in runs]
+        raise ValueError(
+            f"the fine-tuning search ({len(grid)} settings) chooses on validation data: pass validation=(images, labels)"
+        )
+    runs = [
+        _finetune_one_setting(encoder, images, labels, num_classes, config, rate, decay, validation)
+        for rate, decay in grid
+    ]
+    model, history = max(
+        runs, key=lambda run: (run[1][-1].get("best_val_accuracy", 0.0), -run[1][-1].get("best_val_loss", 0.0))
+    )
+    search = [
+        {
+            key: run[1][-1][key]
+            for key in ("learning_rate", "weight_decay", "best_val_accuracy", "best_val_loss", "best_step")
+            if key in run[1][-1]
+        }
+        for run in runs
+    ]
     history[-1]["search"] = search
     if len(grid) > 1:
-        log.info("finetune: chose learning_rate %g, weight_decay %g on validation among %d settings", history[-1]["learning_rate"], history[-1]["weight_decay"], len(grid))
+        log.info(
+            "finetune: chose learning_rate %g, weight_decay %g on validation among %d settings",
+            history[-1]["learning_rate"],
+            history[-1]["weight_decay"],
+            len(grid),
+        )
     model.eval()
     return model.cpu(), history
 
 
-def _finetune_one_setting(encoder, images, labels, num_classes, config: FinetuneConfig, learning_rate: float, weight_decay: float, validation):
+def _finetune_one_setting(
+    encoder, images, labels, num_classes, config: FinetuneConfig, learning_rate: float, weight_decay: float, validation
+):
     """One point of the search: a copy of ``encoder`` with a new head, trained within the budget at these settings,
     from the same seed as every other point. (model on its device, records)."""
     device = pick_device()
@@ -444,7 +506,9 @@ def _train_within_budget(run: _FinetuneRun, config: FinetuneConfig, steps: int, 
                 history.append({"epoch": epoch, "step": step, "loss": totals.mean_loss, "accuracy": totals.accuracy})
                 totals = EpochTotals()
                 if run.validation is not None:
-                    history[-1]["val_accuracy"], history[-1]["val_loss"] = validation_scores(model, *run.validation, config.augment)
+                    history[-1]["val_accuracy"], history[-1]["val_loss"] = validation_scores(
+                        model, *run.validation, config.augment
+                    )
                     stop = stopping.update(step, history[-1]["val_accuracy"], model, history[-1]["val_loss"])
                     model.train()
                 if stop:
@@ -454,21 +518,38 @@ def _train_within_budget(run: _FinetuneRun, config: FinetuneConfig, steps: int, 
     return _close_budget(run, history, stopping, budget, step)
 
 
-def _close_budget(run: _FinetuneRun, history: list[dict], stopping: BestOnValidation, budget: int, step: int) -> list[dict]:
+def _close_budget(
+    run: _FinetuneRun, history: list[dict], stopping: BestOnValidation, budget: int, step: int
+) -> list[dict]:
     """Restore the best weights on validation (if any) and write the run's summary into its last record."""
     history[-1].update(budget_steps=budget, stopped_step=step)
     if run.validation is not None:
         stopping.restore(run.model)
         at_end = stopping.best_step == budget
         history[-1].update(stopping.record(), early_stopped=step < budget, best_at_budget_end=at_end)
-        log.info("finetune (lr %g, wd %g): best val accuracy %.4f at step %d of %d (stopped at step %d)%s", run.learning_rate, run.weight_decay,
-                 stopping.best_accuracy, stopping.best_step, budget, step, ": still improving at the end of its budget" if at_end else "")  # fmt: skip
+        log.info(
+            "finetune (lr %g, wd %g): best val accuracy %.4f at step %d of %d (stopped at step %d)%s",
+            run.learning_rate,
+            run.weight_decay,
+            stopping.best_accuracy,
+            stopping.best_step,
+            budget,
+            step,
+            ": still improving at the end of its budget" if at_end else "",
+        )
     else:
-        log.info("finetune: %d steps, train loss %.4f accuracy %.3f (no validation: no early stopping)", step, history[-1]["loss"], history[-1]["accuracy"])
+        log.info(
+            "finetune: %d steps, train loss %.4f accuracy %.3f (no validation: no early stopping)",
+            step,
+            history[-1]["loss"],
+            history[-1]["accuracy"],
+        )
     return history
 
 
-def validation_scores(model: nn.Module, images: torch.Tensor, labels: np.ndarray, view: AugmentConfig) -> tuple[float, float]:
+def validation_scores(
+    model: nn.Module, images: torch.Tensor, labels: np.ndarray, view: AugmentConfig
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` (left in eval mode) on un-augmented images (M, C, H, W) uint8 with
     class indices (M,)."""
     logits = apply_in_batches(model, images, view).float()
@@ -480,7 +561,13 @@ def _epochs(config: FinetuneConfig, steps: int) -> int:
     """config.epochs, raised to reach config.min_steps optimiser steps; never silently."""
     epochs = epoch_count(config.epochs, config.min_steps, steps)
     if epochs != config.epochs:
-        log.info("finetune: min_steps=%d raises epochs from %d to %d (%d steps per epoch)", config.min_steps, config.epochs, epochs, steps)
+        log.info(
+            "finetune: min_steps=%d raises epochs from %d to %d (%d steps per epoch)",
+            config.min_steps,
+            config.epochs,
+            epochs,
+            steps,
+        )
     return epochs
 
 
@@ -493,23 +580,44 @@ def _linear_probe(model: Classifier, images: torch.Tensor, labels: np.ndarray, v
         return apply_in_batches(model.encoder, pixels, config.augment).cpu().double().numpy()
 
     fit = fit_linear_probe(
-        features(images), np.asarray(labels), features(validation[0]), np.asarray(validation[1]), model.linear.out_features,
+        features(images),
+        np.asarray(labels),
+        features(validation[0]),
+        np.asarray(validation[1]),
+        model.linear.out_features,
         inverse_l2_grid=config.probe_inverse_l2,
-    )  # fmt: skip
+    )
     with torch.no_grad():
         model.linear.weight.copy_(fit.weight)
         model.linear.bias.copy_(fit.bias)
-    record = {"epoch": 0, "loss": fit.train_loss, "accuracy": fit.train_accuracy, "converged": fit.converged, "iterations": fit.iterations,
-              "stop_reason": fit.stop_reason, "inverse_l2": fit.inverse_l2, "final_train_accuracy": fit.train_accuracy}  # fmt: skip
-    log.info("linear probe: C=%g chosen on validation, %s (%s) after %d L-BFGS iterations, train loss %.4f accuracy %.3f",
-             fit.inverse_l2, "converged" if fit.converged else "NOT converged", fit.stop_reason, fit.iterations, fit.train_loss, fit.train_accuracy)  # fmt: skip
+    record = {
+        "epoch": 0,
+        "loss": fit.train_loss,
+        "accuracy": fit.train_accuracy,
+        "converged": fit.converged,
+        "iterations": fit.iterations,
+        "stop_reason": fit.stop_reason,
+        "inverse_l2": fit.inverse_l2,
+        "final_train_accuracy": fit.train_accuracy,
+    }
+    log.info(
+        "linear probe: C=%g chosen on validation, %s (%s) after %d L-BFGS iterations, train loss %.4f accuracy %.3f",
+        fit.inverse_l2,
+        "converged" if fit.converged else "NOT converged",
+        fit.stop_reason,
+        fit.iterations,
+        fit.train_loss,
+        fit.train_accuracy,
+    )
     model.eval()
     return model.cpu(), [record]
 
 
-def _train_head_only(model: Classifier, stored, targets, config: FinetuneConfig, learning_rate: float, generator, rng, device) -> None:
-    """LP phase of LP-FT: ``config.head_warmup_steps`` AdamW steps (at 10 x ``learning_rate``) on the linear
-    layer, encoder frozen in eval mode, on batches of ``config.batch_size`` labelled images in ``config.augment``'s view.
+def _train_head_only(
+    model: Classifier, stored, targets, config: FinetuneConfig, learning_rate: float, generator, rng, device
+) -> None:
+    """LP phase of LP-FT: ``config.head_warmup_steps`` AdamW steps (at 10 x ``learning_rate``) on the linear layer,
+    encoder frozen in eval mode, on batches of ``config.batch_size`` labelled images in ``config.augment``'s view.
     stored (N, C, H, W) uint8 and targets (N,) int64 on ``device``."""
     optimizer = torch.optim.AdamW(model.linear.parameters(), lr=10 * learning_rate)
     model.encoder.eval()

@@ -20,7 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-WRAPPER_PREFIXES = ("", "encoder.", "classifier.encoder.")  # a bare backbone; this project's SSLMethod/Classifier; its served model
+WRAPPER_PREFIXES = (
+    "",
+    "encoder.",
+    "classifier.encoder.",
+)  # a bare backbone; this project's SSLMethod/Classifier; its served model
 CHECKPOINT_ENTRIES = ("state_dict", "model")  # where timm's and torchvision's training scripts keep the weights
 SHOWN_KEYS = 8
 
@@ -50,7 +54,9 @@ def read_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickles with code, truncated files: one message for all
-        raise ValueError(f"weights file {path.name}: not a PyTorch state dict readable without running code ({type(error).__name__}: {error})") from error
+        raise ValueError(
+            f"weights file {path.name}: not a PyTorch state dict readable without running code ({type(error).__name__}: {error})"
+        ) from error
     return tensors_of(checkpoint, str(path.name))
 
 
@@ -69,7 +75,9 @@ def tensors_of(checkpoint, source: str) -> dict[str, torch.Tensor]:
     raise ValueError(f"weights {source}: no state dict of tensors in it; save model.state_dict() with torch.save")
 
 
-def load_backbone_weights(encoder: nn.Module, weights: dict[str, torch.Tensor], *, source: str = "the weights") -> LoadedWeights:
+def load_backbone_weights(
+    encoder: nn.Module, weights: dict[str, torch.Tensor], *, source: str = "the weights"
+) -> LoadedWeights:
     """Copy ``weights`` into ``encoder`` (in place) after checking that every key fits; see the module docstring.
 
     Raises WeightsMismatch (naming up to SHOWN_KEYS keys of each kind) and leaves ``encoder`` unchanged if any
@@ -84,7 +92,11 @@ def load_backbone_weights(encoder: nn.Module, weights: dict[str, torch.Tensor], 
             renamed[key] = _adapted(encoder, key, value, target[key], result)
     missing = [key for key in target if key not in renamed and not key.endswith("num_batches_tracked")]
     unexpected = [key for key in renamed if key not in target]
-    misshapen = [f"{key} {tuple(renamed[key].shape)} vs {tuple(target[key].shape)}" for key in renamed if key in target and renamed[key].shape != target[key].shape]
+    misshapen = [
+        f"{key} {tuple(renamed[key].shape)} vs {tuple(target[key].shape)}"
+        for key in renamed
+        if key in target and renamed[key].shape != target[key].shape
+    ]
     if missing or unexpected or misshapen:
         raise WeightsMismatch(_mismatch_message(source, missing, unexpected, misshapen))
     encoder.load_state_dict({**target, **renamed})
@@ -98,7 +110,7 @@ def _backbone_keys(weights: dict, target: dict, classifier_prefix: str | None) -
     under_network = classifier_prefix is not None
     best: tuple[int, dict, list[str]] = (-1, {}, [])
     for prefix in WRAPPER_PREFIXES:
-        inside = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+        inside = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
         if under_network and not any(key.startswith("network.") for key in inside):
             inside = {f"network.{key}": value for key, value in inside.items()}
         ignored = [key for key in weights if not key.startswith(prefix)]
@@ -112,14 +124,23 @@ def _backbone_keys(weights: dict, target: dict, classifier_prefix: str | None) -
     return best[1], best[2]
 
 
-def _adapted(encoder: nn.Module, key: str, value: torch.Tensor, wanted: torch.Tensor, result: LoadedWeights) -> torch.Tensor:
+def _adapted(
+    encoder: nn.Module, key: str, value: torch.Tensor, wanted: torch.Tensor, result: LoadedWeights
+) -> torch.Tensor:
     """``value`` reshaped to ``wanted``'s shape the standard way, if ``key`` is the first convolution or a ViT's
     position embedding; else ``value`` unchanged (refused by the caller)."""
     first_conv = _first_conv_weight(encoder)
-    if key == first_conv and value.dim() == 4 and value.shape[0] == wanted.shape[0] and value.shape[2:] == wanted.shape[2:]:
+    if (
+        key == first_conv
+        and value.dim() == 4
+        and value.shape[0] == wanted.shape[0]
+        and value.shape[2:] == wanted.shape[2:]
+    ):
         from timm.models import adapt_input_conv
 
-        result.adapted.append(f"{key}: {value.shape[1]} input channels adapted to {wanted.shape[1]} (summed for 1 channel)")
+        result.adapted.append(
+            f"{key}: {value.shape[1]} input channels adapted to {wanted.shape[1]} (summed for 1 channel)"
+        )
         return adapt_input_conv(wanted.shape[1], value.float()).to(value.dtype)
     if key.endswith("pos_embed") and value.dim() == 3 and value.shape[-1] == wanted.shape[-1]:
         from timm.layers import resample_abs_pos_embed
@@ -128,7 +149,9 @@ def _adapted(encoder: nn.Module, key: str, value: torch.Tensor, wanted: torch.Te
         prefix_tokens = 0 if getattr(network, "no_embed_class", False) else network.num_prefix_tokens
         grid = network.patch_embed.grid_size
         result.adapted.append(f"{key}: position grid resampled to {grid[0]}x{grid[1]}")
-        return resample_abs_pos_embed(value.float(), new_size=list(grid), num_prefix_tokens=prefix_tokens).to(value.dtype)
+        return resample_abs_pos_embed(value.float(), new_size=list(grid), num_prefix_tokens=prefix_tokens).to(
+            value.dtype
+        )
     return value
 
 
@@ -141,8 +164,10 @@ def _mismatch_message(source: str, missing: list[str], unexpected: list[str], mi
     def shown(keys: list[str]) -> str:
         return ", ".join(keys[:SHOWN_KEYS]) + (f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")
 
-    parts = [f"{len(missing)} backbone keys missing from them ({shown(missing)})" if missing else "",
-             f"{len(unexpected)} keys the backbone does not have ({shown(unexpected)})" if unexpected else "",
-             f"{len(misshapen)} of another shape ({shown(misshapen)})" if misshapen else ""]
+    parts = [
+        f"{len(missing)} backbone keys missing from them ({shown(missing)})" if missing else "",
+        f"{len(unexpected)} keys the backbone does not have ({shown(unexpected)})" if unexpected else "",
+        f"{len(misshapen)} of another shape ({shown(misshapen)})" if misshapen else "",
+    ]
     found = "; ".join(part for part in parts if part)
     return f"{source} do not fit the backbone: {found}. Name the backbone the weights were trained with (encoder_name), or give weights of this one."

@@ -18,8 +18,13 @@ class SeedsError(Refusal, ValueError):
 
 def check_seeds(seeds: Sequence[int]) -> None:
     """SeedsError unless ``seeds`` is a non-empty list of distinct integers (one ablation per seed)."""
-    if len(seeds) == 0 or len(set(seeds)) != len(seeds) or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+    if (
+        len(seeds) == 0
+        or len(set(seeds)) != len(seeds)
+        or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+    ):
         raise SeedsError(f"seeds = {list(seeds)!r}: give a non-empty list of distinct integers, e.g. [0] or [0, 1, 2]")
+
 
 UNLISTED_FILES_CHOICES = ("warn", "refuse")
 DICOM_CHOICES = {
@@ -74,9 +79,9 @@ class IngestConfig:
         a name); by default (False) they are held back: quarantined with that reason, counted in the
         summary, never counted against max_bad_fraction.
     chunk_images: about this many images per ingest chunk on average, at most twice as many (one map-task pod;
-        its memory grows with it, not with the source: about 150 KiB per 224-px gray image, so the 4,096 default
-        keeps the largest chunk near 1.2 GiB at 224 px gray, RGB images hold three times the pixels; ingest_chunk requests 4 GiB):
-        sslflow/data/chunks.py. Changing it re-decodes everything.
+        its memory grows with it, not with the source: about 150 KiB per 224-px gray image, so the 4,096 default keeps
+        the largest chunk near 1.2 GiB at 224 px gray, RGB images hold three times the pixels; ingest_chunk requests 4
+        GiB): sslflow/data/chunks.py. Changing it re-decodes everything.
     chunk_megabytes: at most this many megabytes of files (their sizes from the listing) per ingest chunk, whatever
         the number of files: a few large multi-frame DICOM objects (each frame an image, up to max_file_bytes each)
         make a chunk of their own instead of overrunning its pod's memory. A case larger than this is one chunk.
@@ -114,7 +119,9 @@ class IngestConfig:
         if self.channels not in (1, 3):
             raise ValueError(f"IngestConfig.channels must be 1 or 3, got {self.channels}")
         fractions = (self.train_fraction, self.val_fraction, self.gate_fraction)
-        if min(fractions) < 0 or (self.gate_fraction if self.all_test else sum(fractions)) > 1:  # all_test ignores train and val
+        if (
+            min(fractions) < 0 or (self.gate_fraction if self.all_test else sum(fractions)) > 1
+        ):  # all_test ignores train and val
             raise ValueError(
                 f"IngestConfig: train_fraction={self.train_fraction}, val_fraction={self.val_fraction} and "
                 f"gate_fraction={self.gate_fraction} must be >= 0 and sum to <= 1"
@@ -126,7 +133,9 @@ class IngestConfig:
         if self.max_file_bytes < 1:
             raise ValueError(f"IngestConfig.max_file_bytes must be positive, got {self.max_file_bytes}")
         if self.unlisted_files not in UNLISTED_FILES_CHOICES:
-            raise ValueError(f"IngestConfig.unlisted_files must be one of {UNLISTED_FILES_CHOICES}, got {self.unlisted_files!r}")
+            raise ValueError(
+                f"IngestConfig.unlisted_files must be one of {UNLISTED_FILES_CHOICES}, got {self.unlisted_files!r}"
+            )
         if min(self.chunk_images, self.chunk_megabytes, self.shard_megabytes) < 1:
             raise ValueError(
                 "IngestConfig.chunk_images, chunk_megabytes and shard_megabytes must be positive, "
@@ -176,7 +185,9 @@ class RegistryConfig:
 
     def __post_init__(self) -> None:
         if "'" in self.model_name or self.model_name != self.model_name.strip():
-            raise ValueError(f"RegistryConfig.model_name must be a name without quotes or surrounding blanks (or empty), got {self.model_name!r}")
+            raise ValueError(
+                f"RegistryConfig.model_name must be a name without quotes or surrounding blanks (or empty), got {self.model_name!r}"
+            )
         for name in ("non_inferiority_margin", "max_shift_drop"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

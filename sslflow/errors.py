@@ -20,7 +20,9 @@ def printable(text: str, *, keep_newlines: bool = False) -> str:
     control written as its Python escape (ESC as \\x1b, U+202E as \\u202e): a file name holding a terminal escape
     sequence prints as text and never recolours or rewrites the terminal or a CI log."""
     return "".join(
-        repr(char)[1:-1] if (unicodedata.category(char) == "Cc" and not (keep_newlines and char == "\n")) or char in _BIDI_CONTROLS else char
+        repr(char)[1:-1]
+        if (unicodedata.category(char) == "Cc" and not (keep_newlines and char == "\n")) or char in _BIDI_CONTROLS
+        else char
         for char in text
     )
 
@@ -37,6 +39,8 @@ class ServiceUnavailable(RuntimeError):
     """A service the run needs did not answer. service: what it is ("MLflow tracking server"); uri: where, without
     credentials; the message says what to check."""
 
-    def __init__(self, message: str, *, service: str = "", uri: str = ""):  # defaults: unpickled, attributes come back after
+    def __init__(
+        self, message: str, *, service: str = "", uri: str = ""
+    ):  # defaults: unpickled, attributes come back after
         super().__init__(printable(message))
         self.service, self.uri = service, printable(uri)

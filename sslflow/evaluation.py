@@ -34,12 +34,30 @@ CORRUPTION_IMAGES = 256
 # final_train_accuracy: what its search chose on validation and where it stopped; correct and cases (in-domain test rows
 # only): which images it got right and the case of each, for intervals that resample cases (sslflow/reporting/).
 RESULT_COLUMNS = [
-    "init", "probe", "label_fraction", "seed", "num_labels", "val_labels", "eval_set", "eval_kind", "images", *METRICS, "val_accuracy", "val_loss",
-    "selectable", "chosen", "best_step", "final_train_accuracy", "correct", "cases",
-]  # fmt: skip
+    "init",
+    "probe",
+    "label_fraction",
+    "seed",
+    "num_labels",
+    "val_labels",
+    "eval_set",
+    "eval_kind",
+    "images",
+    *METRICS,
+    "val_accuracy",
+    "val_loss",
+    "selectable",
+    "chosen",
+    "best_step",
+    "final_train_accuracy",
+    "correct",
+    "cases",
+]
 
 EvaluationSet = tuple[str, str, np.ndarray, np.ndarray]  # (name, kind, images (N, C, H, W) uint8, class indices (N,))
-DatasetTable = tuple[pd.DataFrame, np.ndarray]  # (manifest, images (N, C, H, W) uint8 of its rows): tasks.shared.read_rows
+DatasetTable = tuple[
+    pd.DataFrame, np.ndarray
+]  # (manifest, images (N, C, H, W) uint8 of its rows): tasks.shared.read_rows
 
 
 class EvaluatedModel(Protocol):
@@ -94,19 +112,26 @@ def in_domain_test_cases(in_domain: DatasetTable) -> np.ndarray:
     return manifest.loc[rows, "case_id"].astype(str).to_numpy()
 
 
-def _labelled_test_split(dataset: DatasetTable, name: str, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _labelled_test_split(
+    dataset: DatasetTable, name: str, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images (N, C, H, W) uint8, class indices (N,), sites (N,)) of a dataset's labelled test rows."""
     images, labels, sites = labelled_rows(*dataset, "test")
     return images, class_indices(labels, class_names, f"dataset {name} (test labels never seen in training)"), sites
 
 
-def evaluation_sets(in_domain: DatasetTable, shift: DatasetTable, class_names: Sequence[str], *, names: tuple[str, str]) -> list[EvaluationSet]:
+def evaluation_sets(
+    in_domain: DatasetTable, shift: DatasetTable, class_names: Sequence[str], *, names: tuple[str, str]
+) -> list[EvaluationSet]:
     """In-domain test, each site of it (if several), the shift set, and each corruption x severity of (at
     most CORRUPTION_IMAGES of) the in-domain test split. names: (in-domain, shift) dataset names for messages."""
     images, labels, sites = _labelled_test_split(in_domain, names[0], class_names)
     sets = [("in_domain", "in_domain", images, labels)]
     if len(set(sites)) > 1:
-        sets += [(f"in_domain/site={site}", "site", images[sites == site], labels[sites == site]) for site in sorted(set(sites))]
+        sets += [
+            (f"in_domain/site={site}", "site", images[sites == site], labels[sites == site])
+            for site in sorted(set(sites))
+        ]
     shift_images, shift_labels, _ = _labelled_test_split(shift, names[1], class_names)
     sets.append(("shift", "shift", shift_images, shift_labels))
     subset = np.sort(np.random.default_rng(0).permutation(len(labels))[:CORRUPTION_IMAGES])
@@ -117,7 +142,9 @@ def evaluation_sets(in_domain: DatasetTable, shift: DatasetTable, class_names: S
     return sets
 
 
-def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list[EvaluationSet], cases: np.ndarray | None = None) -> tuple[list[dict], dict]:
+def evaluate_classifier(
+    classifier: nn.Module, model: EvaluatedModel, sets: list[EvaluationSet], cases: np.ndarray | None = None
+) -> tuple[list[dict], dict]:
     """(result rows, {"init/probe@fraction/eval_set": {class name: accuracy}} for in-domain and shift). cases: (N,) the
     case of each in-domain test image (test_cases), packed into the in-domain row."""
     rows, per_class = [], {}
@@ -126,13 +153,27 @@ def evaluate_classifier(classifier: nn.Module, model: EvaluatedModel, sets: list
         probabilities = predict_probabilities(classifier, torch.from_numpy(images), FINETUNE_AUGMENT)
         metrics = classification_metrics(probabilities, labels)
         rows.append(
-            {"init": model.init, "probe": model.probe, "label_fraction": model.label_fraction, "seed": model.seed, "num_labels": model.num_labels,
-             "val_labels": model.num_val_labels, "eval_set": eval_set, "eval_kind": kind, "images": len(labels), **metrics,
-             "val_accuracy": model.val_accuracy, "val_loss": model.val_loss, "selectable": model.selectable, "chosen": model.chosen,
-             "best_step": model.best_step, "final_train_accuracy": model.final_train_accuracy,
-             "correct": pack_correct(probabilities.argmax(1) == labels) if kind == "in_domain" else None,
-             "cases": packed_cases if kind == "in_domain" else None}
-        )  # fmt: skip
+            {
+                "init": model.init,
+                "probe": model.probe,
+                "label_fraction": model.label_fraction,
+                "seed": model.seed,
+                "num_labels": model.num_labels,
+                "val_labels": model.num_val_labels,
+                "eval_set": eval_set,
+                "eval_kind": kind,
+                "images": len(labels),
+                **metrics,
+                "val_accuracy": model.val_accuracy,
+                "val_loss": model.val_loss,
+                "selectable": model.selectable,
+                "chosen": model.chosen,
+                "best_step": model.best_step,
+                "final_train_accuracy": model.final_train_accuracy,
+                "correct": pack_correct(probabilities.argmax(1) == labels) if kind == "in_domain" else None,
+                "cases": packed_cases if kind == "in_domain" else None,
+            }
+        )
         if kind in ("in_domain", "shift"):
             key = f"{model.init}/{model.probe}@{model.label_fraction:g}/seed={model.seed}/{eval_set}"
             per_class[key] = {model.class_names[c]: acc for c, acc in per_class_accuracy(probabilities, labels).items()}
@@ -148,7 +189,9 @@ def accuracy_metric_key(row) -> str:
     return f"{row.init}_{row.probe}_{row.label_fraction:g}_seed{row.seed}_{row.eval_set}_accuracy".replace("+", "_")
 
 
-def knn_probe_row(encoder: nn.Module, model: EvaluatedModel, train: DatasetTable, test: tuple[np.ndarray, np.ndarray], *, name: str) -> dict:
+def knn_probe_row(
+    encoder: nn.Module, model: EvaluatedModel, train: DatasetTable, test: tuple[np.ndarray, np.ndarray], *, name: str
+) -> dict:
     """The kNN probe of a pretrained encoder beside the linear probe and the fine-tune: weighted kNN (k=200,
     temperature 0.1, on L2-normalised features; the protocol lightly and solo-learn report) with the model's
     labelled subset of the train split (same fraction and seed as its fine-tuning) as the memory bank, scored on
@@ -159,5 +202,12 @@ def knn_probe_row(encoder: nn.Module, model: EvaluatedModel, train: DatasetTable
     bank = extract_features(encoder, torch.from_numpy(subset.images), FINETUNE_AUGMENT)
     queries = extract_features(encoder, torch.from_numpy(test[0]), FINETUNE_AUGMENT)
     accuracy = knn_accuracy(bank, bank_labels, queries, torch.from_numpy(test[1]), k=200, temperature=0.1)
-    return {"init": model.init, "probe": "knn", "label_fraction": model.label_fraction, "seed": model.seed,
-            "num_labels": len(subset.labels), "eval_set": "in_domain", "accuracy": accuracy}  # fmt: skip
+    return {
+        "init": model.init,
+        "probe": "knn",
+        "label_fraction": model.label_fraction,
+        "seed": model.seed,
+        "num_labels": len(subset.labels),
+        "eval_set": "in_domain",
+        "accuracy": accuracy,
+    }

@@ -1,13 +1,12 @@
 """What a failed task is: an infrastructure failure that a retry can get past, or not.
 
-Infrastructure (``infrastructure_failure`` names it): a service that stopped answering (sslflow.errors.ServiceUnavailable:
-the tracking server, the object store after its retries, an archive), the process group (NCCL, gloo, the rendezvous
-store: torch.distributed's DistError), the GPU (a CUDA error other than running out of memory), a worker process
-killed by a signal (the node's OOM killer, a preemption: ``killed_by_signal``). The task layer raises these as
-Flyte's recoverable error, so Flyte retries the task (tasks/shared.py). Anything else is not retried: a
-sslflow.errors.Refusal is the input's (its message says what to fix), a GPU that runs out of memory or a pod
-without a usable GPU fails the same way on every attempt, and any other error is a bug.
-"""
+Infrastructure (``infrastructure_failure`` names it): a service that stopped answering
+(sslflow.errors.ServiceUnavailable: the tracking server, the object store after its retries, an archive), the process
+group (NCCL, gloo, the rendezvous store: torch.distributed's DistError), the GPU (a CUDA error other than running out of
+memory), a worker process killed by a signal (the node's OOM killer, a preemption: ``killed_by_signal``). The task layer
+raises these as Flyte's recoverable error, so Flyte retries the task (tasks/shared.py). Anything else is not retried: a
+sslflow.errors.Refusal is the input's (its message says what to fix), a GPU that runs out of memory or a pod without a
+usable GPU fails the same way on every attempt, and any other error is a bug."""
 
 from __future__ import annotations
 
@@ -21,7 +20,9 @@ import torch.distributed as dist
 from sslflow.errors import ServiceUnavailable
 
 # RuntimeErrors of torch that mean the hardware or its driver failed, not the code or the input
-_HARDWARE_MESSAGES = re.compile(r"CUDA error|CUDA driver error|NCCL error|DataLoader worker \(pid \d+\) is killed by signal|cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+_HARDWARE_MESSAGES = re.compile(
+    r"CUDA error|CUDA driver error|NCCL error|DataLoader worker \(pid \d+\) is killed by signal|cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"
+)
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -43,7 +44,9 @@ def infrastructure_failure(error: BaseException) -> str | None:
             return link.service or "a service"
         if isinstance(link, dist.DistError):
             return "the process group (NCCL/gloo, rendezvous)"
-        if isinstance(link, torch.AcceleratorError) or (isinstance(link, RuntimeError) and _HARDWARE_MESSAGES.search(str(link))):
+        if isinstance(link, torch.AcceleratorError) or (
+            isinstance(link, RuntimeError) and _HARDWARE_MESSAGES.search(str(link))
+        ):
             return "the GPU or a worker process (CUDA, NCCL)"
     return None
 

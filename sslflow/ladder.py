@@ -51,7 +51,8 @@ class LadderError(Refusal, ValueError):
 
 
 def arm(method: str, rung: str) -> str:
-    """The arm (FinetunedModel.init) of ``method`` at the rung named ``rung``: arm("simclr", "case_pairs") == "simclr+micle"."""
+    """The arm (FinetunedModel.init) of ``method`` at the rung named ``rung``: arm("simclr", "case_pairs") ==
+    "simclr+micle"."""
     return method + RUNGS[rung].suffix
 
 

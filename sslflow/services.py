@@ -36,7 +36,9 @@ def service_timeout_s() -> float:
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise Refusal(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds above 0: set it to e.g. 5, or unset it for {DEFAULT_TIMEOUT_S:g}")
+        raise Refusal(
+            f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds above 0: set it to e.g. 5, or unset it for {DEFAULT_TIMEOUT_S:g}"
+        )
     return seconds
 
 
@@ -53,4 +55,6 @@ def check_services(sources: Iterable[str] = ()) -> None:
             silent.append(outage)
     if silent:
         told = " ".join(str(outage) for outage in silent)
-        raise UnreachableService(f"the run was not started: {told} ({TIMEOUT_VARIABLE} sets the seconds each service has to answer.)") from silent[0]
+        raise UnreachableService(
+            f"the run was not started: {told} ({TIMEOUT_VARIABLE} sets the seconds each service has to answer.)"
+        ) from silent[0]

@@ -32,14 +32,23 @@ from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
 from sslflow.config import IngestConfig
-from sslflow.data.chunks import CHUNK_REPORT, CHUNK_TABLE, INSTANCE_ROWS, SHARDS, DecodedChunk, chunk_file_sha256, decode_chunk, join_chunks, plan_to_files
+from sslflow.data.chunks import (
+    CHUNK_REPORT,
+    CHUNK_TABLE,
+    INSTANCE_ROWS,
+    SHARDS,
+    DecodedChunk,
+    chunk_file_sha256,
+    decode_chunk,
+    join_chunks,
+    plan_to_files,
+)
 from sslflow.data.sources import fingerprint_source, source_name
 from sslflow.data.sources.dicomweb_http import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
 from sslflow.errors import Refusal
 from sslflow.services import check_services
 from sslflow.tracking.runs import stage_run
-from tasks.shared import Dataset, content_hash, pipeline_cache
-from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
+from tasks.shared import MLFLOW_SECRETS, Dataset, content_hash, outages_are_recoverable, pipeline_cache
 
 # Chunk pods decoding at once (the map task's concurrency); set where the workflow is registered.
 INGEST_CONCURRENCY = int(os.environ.get("SSLFLOW_INGEST_CONCURRENCY", "16"))
@@ -49,9 +58,13 @@ PSEUDONYM_SECRET = Secret(group="sslflow", key="pseudonym_key")  # locally also 
 # A DICOMweb archive's credentials (docs/data.md), requested only where the workflow is registered with
 # SSLFLOW_DICOMWEB_AUTH=token or basic: a Secret that does not exist would keep every ingest pod from starting.
 DICOMWEB_SECRETS = {
-    "token": [Secret(group="sslflow-dicomweb", key="token", env_var=TOKEN_ENV, mount_requirement=Secret.MountType.ENV_VAR)],
-    "basic": [Secret(group="sslflow-dicomweb", key=key, env_var=name, mount_requirement=Secret.MountType.ENV_VAR)
-              for key, name in (("username", USERNAME_ENV), ("password", PASSWORD_ENV))],
+    "token": [
+        Secret(group="sslflow-dicomweb", key="token", env_var=TOKEN_ENV, mount_requirement=Secret.MountType.ENV_VAR)
+    ],
+    "basic": [
+        Secret(group="sslflow-dicomweb", key=key, env_var=name, mount_requirement=Secret.MountType.ENV_VAR)
+        for key, name in (("username", USERNAME_ENV), ("password", PASSWORD_ENV))
+    ],
 }.get(os.environ.get("SSLFLOW_DICOMWEB_AUTH", ""), [])
 
 
@@ -83,13 +96,21 @@ def _pseudonym_key() -> str | None:
 def _log_summary(summary: dict, sha256: str) -> None:
     mlflow.log_metrics(
         {
-            "images": summary["images"], "cases": summary["cases"], "duplicates_dropped": summary["duplicates_dropped"],
-            "quarantined": len(summary["quarantined"]), "held_back": sum(summary["held_back"].values()),
-            "instance_copies_dropped": summary["instance_copies_dropped"], "images_without_case_id": summary["case_ids"]["none"], "sites": len(summary["sites"]), "skipped_non_image": sum(summary["skipped_non_image"].values()),
-            "chunks": len(summary["chunks"]), "shards": summary["shards"], "unlisted_files": summary["unlisted_files"]["count"],
+            "images": summary["images"],
+            "cases": summary["cases"],
+            "duplicates_dropped": summary["duplicates_dropped"],
+            "quarantined": len(summary["quarantined"]),
+            "held_back": sum(summary["held_back"].values()),
+            "instance_copies_dropped": summary["instance_copies_dropped"],
+            "images_without_case_id": summary["case_ids"]["none"],
+            "sites": len(summary["sites"]),
+            "skipped_non_image": sum(summary["skipped_non_image"].values()),
+            "chunks": len(summary["chunks"]),
+            "shards": summary["shards"],
+            "unlisted_files": summary["unlisted_files"]["count"],
             **{f"read.{key}": value for key, value in summary["read"].items()},
         }
-    )  # fmt: skip
+    )
     mlflow.log_dict(summary, "ingest_summary.json")
     mlflow.set_tag("dataset.sha256", sha256)
     if summary["case_ids_are_proxy"]:
@@ -105,17 +126,29 @@ def _chunk_sha256(chunk: FlyteFile) -> str:
 ChunkFile = Annotated[FlyteFile, HashMethod(_chunk_sha256)]
 
 
-@task(container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2, secret_requests=DICOMWEB_SECRETS + MLFLOW_SECRETS)
+@task(
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="2Gi"),
+    retries=2,
+    secret_requests=DICOMWEB_SECRETS + MLFLOW_SECRETS,
+)
 @outages_are_recoverable
 def source_fingerprint(source: str) -> str:
     """The first step of a run, never cached: the tracking server and the source's service are checked (one request
     each, sslflow/services.py: UnreachableService names the one that did not answer), then the source's fingerprint
-    (sslflow/data/fingerprint.py: a sha256 that changes whenever what ingest reads does) is computed here, in the pod."""
+    (sslflow/data/fingerprint.py: a sha256 that changes whenever what ingest reads does) is computed here, in the
+    pod."""
     check_services([source])
     return fingerprint_source(source)
 
 
-@task(cache=Cache(version="9"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"), retries=2, secret_requests=DICOMWEB_SECRETS)
+@task(
+    cache=Cache(version="9"),
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="2Gi"),
+    retries=2,
+    secret_requests=DICOMWEB_SECRETS,
+)
 @outages_are_recoverable
 def plan_ingest(source: str, fingerprint: str, config: IngestConfig) -> list[ChunkFile]:
     """The chunks of ``source``, each a JSON file (decode settings + files with their content hashes), the chunks
@@ -126,7 +159,10 @@ def plan_ingest(source: str, fingerprint: str, config: IngestConfig) -> list[Chu
 
 
 @task(
-    cache=Cache(version="8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2,
+    cache=Cache(version="8"),
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="4Gi"),
+    retries=2,
     secret_requests=[PSEUDONYM_SECRET, *DICOMWEB_SECRETS],
 )
 @outages_are_recoverable
@@ -151,13 +187,22 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
         tables = work / f"chunk-{index:05d}"
         tables.mkdir(parents=True)
         for name in (CHUNK_REPORT, CHUNK_TABLE, INSTANCE_ROWS):
-            if name != INSTANCE_ROWS or json.loads((tables / CHUNK_REPORT).read_text()).get("instance_rows") is not None:
+            if (
+                name != INSTANCE_ROWS
+                or json.loads((tables / CHUNK_REPORT).read_text()).get("instance_rows") is not None
+            ):
                 file_access.get_data(f"{location}/{name}", str(tables / name))
         decoded.append(DecodedChunk(tables, f"{location}/{SHARDS}"))
     return decoded
 
 
-@task(cache=pipeline_cache("9"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(
+    cache=pipeline_cache("9"),
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="4Gi"),
+    retries=2,
+    secret_requests=MLFLOW_SECRETS,
+)
 @outages_are_recoverable
 def join_ingest(
     source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str
@@ -170,4 +215,10 @@ def join_ingest(
         directory = work / f"dataset-{name}"
         sha256, manifest, summary = join_chunks(_chunk_tables(chunks, work / "chunk-tables"), config, directory)
         _log_summary(summary, sha256)
-    return Dataset(directory=FlyteDirectory(str(directory)), name=name, num_images=len(manifest), content_sha256=sha256, mlflow_run_id=run.info.run_id)
+    return Dataset(
+        directory=FlyteDirectory(str(directory)),
+        name=name,
+        num_images=len(manifest),
+        content_sha256=sha256,
+        mlflow_run_id=run.info.run_id,
+    )

@@ -10,8 +10,8 @@ from images.specs import cpu_image
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
-from sslflow.evaluation import accuracy_metric_key
 from sslflow.data.validation import check_label_fractions
+from sslflow.evaluation import accuracy_metric_key
 from sslflow.ladder import check_initial_weights, check_one_method
 from sslflow.registry.record import Registration
 from sslflow.reporting.summary import pipeline_summary
@@ -21,7 +21,13 @@ from sslflow.tracking.store import tracking_uri
 from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
-@task(cache=Cache(version="7"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(
+    cache=Cache(version="7"),
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="1Gi"),
+    retries=2,
+    secret_requests=MLFLOW_SECRETS,
+)
 @outages_are_recoverable
 def start_pipeline_run(
     tracking_store: str,
@@ -49,21 +55,44 @@ def start_pipeline_run(
     check_one_method(simclr.method, micle.method)
     check_initial_weights("domain", micle.initial_weights)
     settings = {
-        "generic_source": generic_source, "domain_source": domain_source, "shift_source": shift_source,
-        "encoder": encoder_name, "simclr": simclr, "micle": micle, "finetune": finetune,
-        "label_fractions": label_fractions, "seeds": seeds, "self_train": self_train, "registry": registry,
-    }  # fmt: skip
+        "generic_source": generic_source,
+        "domain_source": domain_source,
+        "shift_source": shift_source,
+        "encoder": encoder_name,
+        "simclr": simclr,
+        "micle": micle,
+        "finetune": finetune,
+        "label_fractions": label_fractions,
+        "seeds": seeds,
+        "self_train": self_train,
+        "registry": registry,
+    }
     return start_parent_run("ssl_pipeline", settings)
 
 
-@task(cache=Cache(version="8"), container_image=cpu_image, requests=Resources(cpu="1", mem="1Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(
+    cache=Cache(version="8"),
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="1Gi"),
+    retries=2,
+    secret_requests=MLFLOW_SECRETS,
+)
 @outages_are_recoverable
 def report(results: pd.DataFrame, registration: Registration, parent_run_id: str) -> str:
     """Record the results and the registration on the parent run and close it; the closing summary
     printed by `pyflyte run`: accuracy table, MLflow run id, registered version."""
     headline = results[results["eval_kind"].isin(["in_domain", "shift"])]
     metrics = {accuracy_metric_key(row): row.accuracy for row in headline.itertuples()}
-    registry_tags = {"registry.model": registration.model_name, "registry.version": registration.version, "registry.decision": registration.decision}
-    record_on_parent(parent_run_id, metrics=metrics, tags=registry_tags, texts={"results.csv": results.to_csv(index=False), "results.md": results_markdown(results)})
+    registry_tags = {
+        "registry.model": registration.model_name,
+        "registry.version": registration.version,
+        "registry.decision": registration.decision,
+    }
+    record_on_parent(
+        parent_run_id,
+        metrics=metrics,
+        tags=registry_tags,
+        texts={"results.csv": results.to_csv(index=False), "results.md": results_markdown(results)},
+    )
     finish_parent_run(parent_run_id)
     return pipeline_summary(results, registration, parent_run_id, tracking_uri())

@@ -22,23 +22,39 @@ import torch
 from flytekit import HashMethod, current_context, task
 from flytekit.types.file import FlyteFile
 
-from ssl_models.micle import CasePairSampler
 from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
 from ssl_models.distributed import leave_process_group, local_world_size
 from ssl_models.evaluate import KnnMonitor
 from ssl_models.methods import METHODS
+from ssl_models.micle import CasePairSampler
 from ssl_models.train import PairSource, PretrainConfig, pretrain_contrastive
-from sslflow.data.dataset import fetch_shards_once_per_node, image_shape, images_bytes, read_images, read_manifest, shard_rows
+from sslflow.data.dataset import (
+    fetch_shards_once_per_node,
+    image_shape,
+    images_bytes,
+    read_images,
+    read_manifest,
+    shard_rows,
+)
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
 from sslflow.ladder import RUNGS, Rung, arm, check_initial_weights
+from sslflow.tracking.initial_weights import InitialWeights, encoder_from_weights
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
-from sslflow.tracking.initial_weights import InitialWeights, encoder_from_weights
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
-from tasks.shared import GPU_TASK_SETTINGS, Dataset, EncoderCheckpoint, content_hash, dataset_without_shards, node_shards_folder, pipeline_cache, read_rows
-from tasks.shared import outages_are_recoverable, pretraining_cache
+from tasks.shared import (
+    GPU_TASK_SETTINGS,
+    Dataset,
+    EncoderCheckpoint,
+    content_hash,
+    dataset_without_shards,
+    node_shards_folder,
+    outages_are_recoverable,
+    pretraining_cache,
+    read_rows,
+)
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "state-v3"  # ContrastiveRun.state's layout (v2: every rank's generator; v3: MoCo's steps_done): a local checkpoint of another layout is not resumed
@@ -49,11 +65,14 @@ MONITOR_IMAGES = 1000  # the kNN monitor's bank (train) and queries (val): at mo
 def _monitor_rows(manifest: pd.DataFrame) -> pd.Series:
     """The labelled train and val rows the kNN monitor reads: the first MONITOR_IMAGES of each split."""
     labelled = manifest["split"].isin(["train", "val"]) & manifest["label"].notna()
-    return labelled & (manifest[labelled].groupby("split").cumcount() < MONITOR_IMAGES).reindex(manifest.index, fill_value=False)
+    return labelled & (manifest[labelled].groupby("split").cumcount() < MONITOR_IMAGES).reindex(
+        manifest.index, fill_value=False
+    )
 
 
 def _knn_monitor(dataset: Dataset, config: PretrainConfig) -> KnnMonitor | None:
-    """The per-epoch kNN monitor on ``dataset``'s labelled val rows (bank: its labelled train rows); None without both."""
+    """The per-epoch kNN monitor on ``dataset``'s labelled val rows (bank: its labelled train rows); None without
+    both."""
     manifest, images = read_rows(dataset, _monitor_rows)
     bank_images, bank_names, _ = labelled_rows(manifest, images, "train")
     query_images, query_names, _ = labelled_rows(manifest, images, "val")
@@ -64,11 +83,16 @@ def _knn_monitor(dataset: Dataset, config: PretrainConfig) -> KnnMonitor | None:
         return None
     bank_labels = torch.from_numpy(class_indices(bank_names, classes, f"dataset {dataset.name} train split"))
     query_labels = torch.from_numpy(class_indices(query_names[known], classes, f"dataset {dataset.name} val split"))
-    return KnnMonitor(torch.from_numpy(bank_images), bank_labels, torch.from_numpy(query_images[known]), query_labels, config.augment)
+    return KnnMonitor(
+        torch.from_numpy(bank_images), bank_labels, torch.from_numpy(query_images[known]), query_labels, config.augment
+    )
 
 
-def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_pairs: bool) -> tuple[pd.DataFrame, PairSource, tuple[int, ...]]:
-    """(manifest, pair source, image shape (C, H, W)) of the train and val rows: pretraining never sees the gate or test split.
+def _pretraining_data(
+    dataset: Dataset, config: PretrainConfig, *, case_pairs: bool
+) -> tuple[pd.DataFrame, PairSource, tuple[int, ...]]:
+    """(manifest, pair source, image shape (C, H, W)) of the train and val rows: pretraining never sees the gate or test
+    split.
 
     In memory when the images fit in this rank's share of the pod's memory budget (config.memory_budget_mb, default a
     quarter of the pod's memory, divided by the ranks on the node), else streamed from the dataset's shards; never
@@ -91,8 +115,15 @@ def _pretraining_data(dataset: Dataset, config: PretrainConfig, *, case_pairs: b
         images = read_images(shards_folder, manifest, max_bytes=budget, name=dataset.name)
         data = InMemoryPairs(torch.from_numpy(images), case_ids, seed=config.seed)
     else:
-        log.info("dataset %s: %d images over this rank's %d MiB memory budget; streaming from shards", dataset.name, len(manifest), budget // 2**20)
-        data = StreamingPairs(shard_rows(folder, manifest, case_ids, fetch=fetch), seed=config.seed, buffer_shards=config.buffer_shards)
+        log.info(
+            "dataset %s: %d images over this rank's %d MiB memory budget; streaming from shards",
+            dataset.name,
+            len(manifest),
+            budget // 2**20,
+        )
+        data = StreamingPairs(
+            shard_rows(folder, manifest, case_ids, fetch=fetch), seed=config.seed, buffer_shards=config.buffer_shards
+        )
     return manifest, data, shape
 
 
@@ -105,7 +136,9 @@ def _flyte_checkpoint():
 
 
 def _log_pool(manifest: pd.DataFrame, sampler: CasePairSampler, *, case_pairs: bool) -> None:
-    mlflow.log_metrics({"images": len(manifest), "cases": sampler.num_cases, "single_image_cases": sampler.num_single_image_cases})
+    mlflow.log_metrics(
+        {"images": len(manifest), "cases": sampler.num_cases, "single_image_cases": sampler.num_single_image_cases}
+    )
     mlflow.log_param("world_size", os.environ.get("WORLD_SIZE", "1"))
     if case_pairs and bool(manifest["case_id_is_proxy"].any()):
         mlflow.set_tag("case_ids", "PROXY (pixel-neighbour groups; the data has no real case ids)")
@@ -119,10 +152,16 @@ def _starting_encoder(
     in_channels, image_size = int(shape[0]), int(shape[-1])
     if initial is not None:
         check_initial_weights(rung.name, config.initial_weights)
-        weights = InitialWeights(initial.initial_weights, initial.initial_weights_sha256) if initial.initial_weights else None
-        return initial_encoder(initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed), weights
+        weights = (
+            InitialWeights(initial.initial_weights, initial.initial_weights_sha256) if initial.initial_weights else None
+        )
+        return initial_encoder(
+            initial.checkpoint.download(), encoder_name, in_channels, image_size, seed=config.seed
+        ), weights
     if config.initial_weights:
-        return encoder_from_weights(config.initial_weights, encoder_name, in_channels, image_size, Path(current_context().working_directory))
+        return encoder_from_weights(
+            config.initial_weights, encoder_name, in_channels, image_size, Path(current_context().working_directory)
+        )
     return initial_encoder(None, encoder_name, in_channels, image_size, seed=config.seed), None
 
 
@@ -131,15 +170,24 @@ def _teacher(config: PretrainConfig, shape: tuple[int, ...]) -> tuple[torch.nn.M
     (None, {}) for the other methods."""
     if not METHODS[config.method].needs_teacher:
         return None, {}
-    teacher, weights = encoder_from_weights(config.teacher_weights, config.teacher, int(shape[0]), int(shape[-1]), Path(current_context().working_directory))
+    teacher, weights = encoder_from_weights(
+        config.teacher_weights, config.teacher, int(shape[0]), int(shape[-1]), Path(current_context().working_directory)
+    )
     return teacher, {"teacher": config.teacher, "teacher.source": weights.source, "teacher.sha256": weights.sha256}
 
 
 def _pretrain(
-    rung: Rung, dataset: Dataset, initial: EncoderCheckpoint | None, encoder_name: str, config: PretrainConfig, parent_run_id: str,
-    *, lineage: dict,
-) -> EncoderCheckpoint:  # fmt: skip
-    """initial None: a new ``encoder_name`` encoder with random weights. rung.case_pairs: MICLe pairs (else two views of one image)."""
+    rung: Rung,
+    dataset: Dataset,
+    initial: EncoderCheckpoint | None,
+    encoder_name: str,
+    config: PretrainConfig,
+    parent_run_id: str,
+    *,
+    lineage: dict,
+) -> EncoderCheckpoint:
+    """initial None: a new ``encoder_name`` encoder with random weights. rung.case_pairs: MICLe pairs (else two views of
+    one image)."""
     show_progress()
     stage, case_pairs = rung.stage, rung.case_pairs
     manifest, data, shape = _pretraining_data(dataset, config, case_pairs=case_pairs)
@@ -148,7 +196,15 @@ def _pretrain(
     teacher, teacher_lineage = _teacher(config, shape)
     lineage = {**lineage, **(weights.params() if weights else {}), **teacher_lineage}
     case_ids = manifest["case_id"].tolist() if case_pairs else list(range(len(manifest)))
-    params = {"config": config, "method": config.method, "arm": arm(config.method, rung.name), "encoder": encoder_name, "dataset": dataset.name, "dataset.sha256": dataset.content_sha256, **lineage}
+    params = {
+        "config": config,
+        "method": config.method,
+        "arm": arm(config.method, rung.name),
+        "encoder": encoder_name,
+        "dataset": dataset.name,
+        "dataset.sha256": dataset.content_sha256,
+        **lineage,
+    }
     with stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext() as run:
         if run is not None:
             _log_pool(manifest, CasePairSampler(case_ids), case_pairs=case_pairs)
@@ -161,9 +217,19 @@ def _pretrain(
             if is_main_process():
                 checkpoints.save(state_fn())
 
-        resume_state = checkpoints.load() if is_main_process() else None  # rank 0's reaches every rank (pretrain_contrastive)
+        resume_state = (
+            checkpoints.load() if is_main_process() else None
+        )  # rank 0's reaches every rank (pretrain_contrastive)
         monitor = _knn_monitor(dataset, config)
-        history = pretrain_contrastive(encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume_state, monitor=monitor, teacher=teacher)
+        history = pretrain_contrastive(
+            encoder,
+            data,
+            config,
+            on_epoch_end=end_of_epoch,
+            resume_state=resume_state,
+            monitor=monitor,
+            teacher=teacher,
+        )
         collapsed = METHODS[config.method].collapse_reason(history[-1]) if history else ""
         path, sha256 = save_state_dict(encoder, Path(current_context().working_directory), stage, "encoder.pt")
         if run is not None:
@@ -177,10 +243,17 @@ def _pretrain(
             checkpoints.clear()
     leave_process_group()  # every rank done: the group's destructor must not run at the worker's exit
     return EncoderCheckpoint(
-        checkpoint=FlyteFile(str(path)), encoder_name=encoder_name, in_channels=in_channels, image_size=image_size,
-        content_sha256=sha256, mlflow_run_id=run.info.run_id if run is not None else "", arm=arm(config.method, rung.name),
-        initial_weights=weights.source if weights else "", initial_weights_sha256=weights.sha256 if weights else "", collapsed=collapsed,
-    )  # fmt: skip
+        checkpoint=FlyteFile(str(path)),
+        encoder_name=encoder_name,
+        in_channels=in_channels,
+        image_size=image_size,
+        content_sha256=sha256,
+        mlflow_run_id=run.info.run_id if run is not None else "",
+        arm=arm(config.method, rung.name),
+        initial_weights=weights.source if weights else "",
+        initial_weights_sha256=weights.sha256 if weights else "",
+        collapsed=collapsed,
+    )
 
 
 @task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
@@ -201,7 +274,9 @@ def pretrain_micle(
     """The case-pairs rung, MICLe's pairing (arXiv 2101.05224) with config.method, from the generic encoder:
     the two views are two images of one case_id."""
     lineage = {"initial_encoder.sha256": initial.content_sha256, "initial_encoder.mlflow_run_id": initial.mlflow_run_id}
-    return _pretrain(RUNGS["case_pairs"], dataset, initial, initial.encoder_name, config, parent_run_id, lineage=lineage)
+    return _pretrain(
+        RUNGS["case_pairs"], dataset, initial, initial.encoder_name, config, parent_run_id, lineage=lineage
+    )
 
 
 @task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)

@@ -14,16 +14,15 @@ from flytekit import Cache, Resources, task
 from images.specs import cpu_image
 from sslflow.config import RegistryConfig
 from sslflow.data.manifest import labelled_rows
+from sslflow.evaluation import select_best
 from sslflow.registry.aliases import rollback_aliases
 from sslflow.registry.names import default_model_name
 from sslflow.registry.record import Registration
-from sslflow.evaluation import select_best
 from sslflow.registry.registration import register_selected
 from sslflow.tracking.runs import stage_run
 from sslflow.tracking.store import client
 from sslflow.training.model_files import load_classifier
-from tasks.shared import Dataset, FinetunedModel, labelled_in, read_rows
-from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
+from tasks.shared import MLFLOW_SECRETS, Dataset, FinetunedModel, labelled_in, outages_are_recoverable, read_rows
 
 
 def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -31,28 +30,46 @@ def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     gate decides on these; the test split is never read here."""
     images, label_names, _ = labelled_rows(*read_rows(dataset, labelled_in("gate")), "gate")
     if len(label_names) == 0:
-        raise ValueError(f"dataset {dataset.name} has no labelled gate rows: ingest it with IngestConfig.gate_fraction > 0")
+        raise ValueError(
+            f"dataset {dataset.name} has no labelled gate rows: ingest it with IngestConfig.gate_fraction > 0"
+        )
     return images, label_names
 
 
 # Cached on the parent run too (unlike the training stages): a rerun against another store registers the
 # model in that store's registry; the same store and configuration reuse the registration.
-@task(cache=Cache(version="8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), retries=2, secret_requests=MLFLOW_SECRETS)
+@task(
+    cache=Cache(version="8"),
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="4Gi"),
+    retries=2,
+    secret_requests=MLFLOW_SECRETS,
+)
 @outages_are_recoverable
 def register(
-    models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, config: RegistryConfig, domain_source: str, parent_run_id: str
+    models: list[FinetunedModel],
+    in_domain: Dataset,
+    shift: Dataset,
+    config: RegistryConfig,
+    domain_source: str,
+    parent_run_id: str,
 ) -> Registration:
     """Register the best model by validation accuracy as ``challenger``; the promotion gate may make it ``champion``.
-    The registered model is ``config.model_name``, or when that is empty the one of ``domain_source`` (sslflow/registry/names.py)."""
+    The registered model is ``config.model_name``, or when that is empty the one of ``domain_source``
+    (sslflow/registry/names.py)."""
     best = select_best(models)
     config = dataclasses.replace(config, model_name=config.model_name or default_model_name(domain_source))
     with stage_run(parent_run_id, "register", {"config": config}):
-        classifier = load_classifier(best.checkpoint.download(), best.encoder_name, best.in_channels, best.image_size, len(best.class_names))
+        classifier = load_classifier(
+            best.checkpoint.download(), best.encoder_name, best.in_channels, best.image_size, len(best.class_names)
+        )
         gate_sets = {"in_domain": labelled_gate_split(in_domain), "shift": labelled_gate_split(shift)}
         data_tags = {
-            "in_domain_data_sha256": in_domain.content_sha256, "shift_data_sha256": shift.content_sha256,
-            "in_domain_data": in_domain.name, "shift_data": shift.name,
-        }  # fmt: skip
+            "in_domain_data_sha256": in_domain.content_sha256,
+            "shift_data_sha256": shift.content_sha256,
+            "in_domain_data": in_domain.name,
+            "shift_data": shift.name,
+        }
         return register_selected(client(), best, classifier, gate_sets, data_tags, config, parent_run_id)
 
 

@@ -37,9 +37,18 @@ from images.specs import gpu_image
 from ssl_models.device import check_gpus
 from ssl_models.shards import SHARD_SUFFIX, ShardError
 from sslflow.data.dataset import (
-    MANIFEST_FILE, SHARD_TABLE, SHARDS_FOLDER, SUMMARY_FILE, fetch_shards, is_remote, present_shards, read_images, read_manifest, read_summary,
+    MANIFEST_FILE,
+    SHARD_TABLE,
+    SHARDS_FOLDER,
+    SUMMARY_FILE,
+    fetch_shards,
+    is_remote,
+    present_shards,
+    read_images,
+    read_manifest,
+    read_summary,
     shard_locations,
-)  # fmt: skip
+)
 from sslflow.failures import infrastructure_failure, killed_by_signal
 
 
@@ -91,7 +100,9 @@ class EncoderCheckpoint:
     # the user's weights the ladder started from (PretrainConfig.initial_weights) and their sha256; "" for random ones
     initial_weights: str = ""
     initial_weights_sha256: str = ""
-    collapsed: str = ""  # why the method's representation collapsed in its last epoch (DINO's monitor); "" when it did not
+    collapsed: str = (
+        ""  # why the method's representation collapsed in its last epoch (DINO's monitor); "" when it did not
+    )
 
 
 @dataclass
@@ -122,7 +133,9 @@ class FinetunedModel:
     chosen: str = ""  # the settings the search chose on validation ("lr=0.001 wd=0.0001"; a probe's "C=0.1")
     best_step: int = 0  # the step whose weights were kept (0: a probe, no steps)
     final_train_accuracy: float = 0.0  # the returned model on its un-augmented training images
-    initial_weights: str = ""  # the user's weights its encoder's ladder started from, and their sha256 (EncoderCheckpoint)
+    initial_weights: str = (
+        ""  # the user's weights its encoder's ladder started from, and their sha256 (EncoderCheckpoint)
+    )
     initial_weights_sha256: str = ""
 
 
@@ -134,15 +147,17 @@ def content_hash(artifact) -> str:
 def _in_blob_store(dataset: Dataset) -> str | None:
     """The Dataset's folder in a blob store (no trailing slash); None for a local one."""
     remote = dataset.directory.remote_source
-    return remote.rstrip("/") if remote and FlyteContextManager.current_context().file_access.is_remote(remote) else None
+    return (
+        remote.rstrip("/") if remote and FlyteContextManager.current_context().file_access.is_remote(remote) else None
+    )
 
 
 def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], None] | None]:
     """(folder, fetch) for reading a Dataset shard by shard. A local Dataset: its folder (the shard table points at
     local shard files), fetch None. A Dataset in a blob store (a task on a cluster): a local folder with only the
     manifest and summary downloaded; fetch(path) downloads the shard named like ``path`` from its location (the
-    Dataset's shard table) to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task downloads only the shards it
-    reads. A shard whose location is gone is a ShardError naming it."""
+    Dataset's shard table) to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task downloads only the
+    shards it reads. A shard whose location is gone is a ShardError naming it."""
     remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
     if remote is None:
         return Path(dataset.directory.download()), None
@@ -178,7 +193,10 @@ def _remote_locations(remote: str) -> dict[str, str]:
         return {}
     folder = Path(file_access.get_random_local_directory())
     file_access.get_data(f"{remote}/{SHARD_TABLE}", str(folder / SHARD_TABLE))
-    return {shard: location if is_remote(location) else f"{remote}/{location}" for shard, location in shard_locations(folder).items()}
+    return {
+        shard: location if is_remote(location) else f"{remote}/{location}"
+        for shard, location in shard_locations(folder).items()
+    }
 
 
 def node_shards_folder(dataset: Dataset) -> Path:
@@ -199,7 +217,8 @@ def dataset_rows(dataset: Dataset, rows: Callable[[pd.DataFrame], pd.Series]) ->
 
 
 def read_rows(dataset: Dataset, rows: Callable[[pd.DataFrame], pd.Series]) -> tuple[pd.DataFrame, np.ndarray]:
-    """(manifest rows, their images (N, C, H, W) uint8) where ``rows(manifest)`` is True; only their shards are fetched."""
+    """(manifest rows, their images (N, C, H, W) uint8) where ``rows(manifest)`` is True; only their shards are
+    fetched."""
     folder, manifest = dataset_rows(dataset, rows)
     return manifest, read_images(folder, manifest, name=dataset.name)
 
@@ -220,9 +239,18 @@ def stored_shards(dataset: Dataset) -> set[str]:
     remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
     if remote is None:
         return present_shards(Path(dataset.directory.download()))
-    folders = {location.rsplit("/", 1)[0] for location in _remote_locations(remote).values()} or {f"{remote}/{SHARDS_FOLDER}"}
-    names = [name for shards in sorted(folders) if file_access.exists(shards) for name in file_access.get_filesystem_for_path(shards).ls(shards, detail=False)]
-    return {name.rstrip("/").rsplit("/", 1)[-1].removesuffix(SHARD_SUFFIX) for name in names if name.endswith(SHARD_SUFFIX)}
+    folders = {location.rsplit("/", 1)[0] for location in _remote_locations(remote).values()} or {
+        f"{remote}/{SHARDS_FOLDER}"
+    }
+    names = [
+        name
+        for shards in sorted(folders)
+        if file_access.exists(shards)
+        for name in file_access.get_filesystem_for_path(shards).ls(shards, detail=False)
+    ]
+    return {
+        name.rstrip("/").rsplit("/", 1)[-1].removesuffix(SHARD_SUFFIX) for name in names if name.endswith(SHARD_SUFFIX)
+    }
 
 
 def pipeline_cache(version: str, *, serialize: bool = False) -> Cache:
@@ -237,14 +265,33 @@ def pipeline_cache(version: str, *, serialize: bool = False) -> Cache:
 MLFLOW_AUTH = os.environ.get("SSLFLOW_MLFLOW_AUTH", "")
 MLFLOW_SECRETS = {
     "basic": [
-        Secret(group="sslflow-mlflow", key="username", env_var="MLFLOW_TRACKING_USERNAME", mount_requirement=Secret.MountType.ENV_VAR),
-        Secret(group="sslflow-mlflow", key="password", env_var="MLFLOW_TRACKING_PASSWORD", mount_requirement=Secret.MountType.ENV_VAR),
+        Secret(
+            group="sslflow-mlflow",
+            key="username",
+            env_var="MLFLOW_TRACKING_USERNAME",
+            mount_requirement=Secret.MountType.ENV_VAR,
+        ),
+        Secret(
+            group="sslflow-mlflow",
+            key="password",
+            env_var="MLFLOW_TRACKING_PASSWORD",
+            mount_requirement=Secret.MountType.ENV_VAR,
+        ),
     ],
-    "token": [Secret(group="sslflow-mlflow", key="token", env_var="MLFLOW_TRACKING_TOKEN", mount_requirement=Secret.MountType.ENV_VAR)],
+    "token": [
+        Secret(
+            group="sslflow-mlflow",
+            key="token",
+            env_var="MLFLOW_TRACKING_TOKEN",
+            mount_requirement=Secret.MountType.ENV_VAR,
+        )
+    ],
     "": [],
 }.get(MLFLOW_AUTH)
 if MLFLOW_SECRETS is None:
-    raise ValueError(f"SSLFLOW_MLFLOW_AUTH={MLFLOW_AUTH!r}: set it to basic, token or nothing (a tracking server without authentication)")
+    raise ValueError(
+        f"SSLFLOW_MLFLOW_AUTH={MLFLOW_AUTH!r}: set it to basic, token or nothing (a tracking server without authentication)"
+    )
 
 # Workers per pod: the GPUs a training pod requests and the processes Elastic starts in it, one per GPU. Read where
 # the tasks are registered (SSLFLOW_NPROC_PER_NODE, default 1) and sent into the pod in the task's environment, so
@@ -262,7 +309,8 @@ GPU_TASK_TIMEOUT = timedelta(hours=24)  # a hung rendezvous or collective ends t
 
 
 class ElasticWorkers(Elastic):
-    """flytekitplugins.kfpytorch's Elastic config, run by ElasticWorkersTask (a worker killed by a signal is retried)."""
+    """flytekitplugins.kfpytorch's Elastic config, run by ElasticWorkersTask (a worker killed by a signal is
+    retried)."""
 
 
 class ElasticWorkersTask(PytorchElasticFunctionTask):
@@ -295,11 +343,11 @@ def rank_resources(ranks: int) -> Resources:
 
 
 def gpu_task_settings(ranks: int, *, nnodes: int = 1) -> dict:
-    """The @task settings of a training task of ``nnodes`` pods of ``ranks`` GPUs each, an Elastic worker per GPU:
-    the GPU image, resources that follow the ranks (rank_resources; shared memory too), the A100 accelerator, the
-    workers per pod in the pod's environment, MLflow's credentials (MLFLOW_SECRETS), retries on preemptible (``interruptible``) nodes and a timeout.
-    monitor_interval: the launcher polls its workers every second (the default 5 s adds up to 5 s to every task).
-    Shared memory comes from the task's shared_memory, not Elastic's deprecated increase_shared_mem."""
+    """The @task settings of a training task of ``nnodes`` pods of ``ranks`` GPUs each, an Elastic worker per GPU: the
+    GPU image, resources that follow the ranks (rank_resources; shared memory too), the A100 accelerator, the workers
+    per pod in the pod's environment, MLflow's credentials (MLFLOW_SECRETS), retries on preemptible (``interruptible``)
+    nodes and a timeout. monitor_interval: the launcher polls its workers every second (the default 5 s adds up to 5 s
+    to every task). Shared memory comes from the task's shared_memory, not Elastic's deprecated increase_shared_mem."""
     return dict(
         container_image=gpu_image,
         requests=rank_resources(ranks),

@@ -18,11 +18,25 @@ from sslflow.data.dataset import count_stored_images, read_manifest, read_summar
 from sslflow.data.validation import DataValidationError, validate_manifest
 from sslflow.reporting.html import validation_html
 from sslflow.tracking.runs import stage_run
-from tasks.shared import Dataset, content_hash, dataset_without_shards, pipeline_cache, stored_shards
-from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
+from tasks.shared import (
+    MLFLOW_SECRETS,
+    Dataset,
+    content_hash,
+    dataset_without_shards,
+    outages_are_recoverable,
+    pipeline_cache,
+    stored_shards,
+)
 
 
-@task(cache=pipeline_cache("8"), container_image=cpu_image, requests=Resources(cpu="1", mem="4Gi"), enable_deck=True, retries=2, secret_requests=MLFLOW_SECRETS)
+@task(
+    cache=pipeline_cache("8"),
+    container_image=cpu_image,
+    requests=Resources(cpu="1", mem="4Gi"),
+    enable_deck=True,
+    retries=2,
+    secret_requests=MLFLOW_SECRETS,
+)
 @outages_are_recoverable
 def validate(
     dataset: Dataset, config: ValidationConfig, label_fractions: list[float], parent_run_id: str
@@ -33,23 +47,38 @@ def validate(
     """
     params = {"config": config, "label_fractions": label_fractions, "dataset.sha256": dataset.content_sha256}
     with stage_run(parent_run_id, f"validate:{dataset.name}", params):
-        folder, _ = dataset_without_shards(dataset)  # the suite reads the manifest and ingest's per-image statistics, no pixels
+        folder, _ = dataset_without_shards(
+            dataset
+        )  # the suite reads the manifest and ingest's per-image statistics, no pixels
         manifest = read_manifest(folder)
-        report = validate_manifest(manifest, count_stored_images(manifest, stored_shards(dataset)), config, label_fractions)
+        report = validate_manifest(
+            manifest, count_stored_images(manifest, stored_shards(dataset)), config, label_fractions
+        )
         report["ingest"] = read_summary(folder)
-        report["warnings"] = report["ingest"].get("warnings", [])  # the leakage guard (sslflow/data/leakage.py), files left out
-        report["unlisted_files"] = report["ingest"].get("unlisted_files", {"count": 0, "keys": []})  # not in metadata.csv: not used
+        report["warnings"] = report["ingest"].get(
+            "warnings", []
+        )  # the leakage guard (sslflow/data/leakage.py), files left out
+        report["unlisted_files"] = report["ingest"].get(
+            "unlisted_files", {"count": 0, "keys": []}
+        )  # not in metadata.csv: not used
         page = validation_html(dataset.name, report)
         Deck(f"validation {dataset.name}", page)
         mlflow.log_dict(report, "validation.json")
         mlflow.log_text(page, "validation.html")
         mlflow.log_metrics(
-            {"failing_expectations": len(report["failures"]), "warnings": len(report["warnings"]), "unlisted_files": report["unlisted_files"]["count"]}
+            {
+                "failing_expectations": len(report["failures"]),
+                "warnings": len(report["warnings"]),
+                "unlisted_files": report["unlisted_files"]["count"],
+            }
         )
-        mlflow.log_metrics({f"case_sizes.{key}": value for key, value in report["case_sizes"].items() if key != "cases_by_size"})
+        mlflow.log_metrics(
+            {f"case_sizes.{key}": value for key, value in report["case_sizes"].items() if key != "cases_by_size"}
+        )
         if not report["success"]:
             raise DataValidationError(
                 f"dataset {dataset.name!r} failed {len(report['failures'])} expectation(s) (images are named by their image_key; "
-                "`python -m sslflow.data.image_keys <source> <key>...` names their files):\n  " + "\n  ".join(report["failures"])
+                "`python -m sslflow.data.image_keys <source> <key>...` names their files):\n  "
+                + "\n  ".join(report["failures"])
             )
     return dataset

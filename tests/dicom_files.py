@@ -15,23 +15,29 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 # values a PACS export carries that must never reach any output
 PLANTED = {
-    "SpecificCharacterSet": "ISO_IR 100", "PatientName": "Zyxwvüt^Qöpnmlk", "PatientID": "PID-8675309-ZQ", "PatientBirthDate": "19230417",
-    "StudyDate": "20231105", "AccessionNumber": "ACC-5551234-XJ", "OtherPatientIDs": "MRN-77441122-KW", "ReferringPhysicianName": "Drqxv^Jolyon",
-}  # fmt: skip
+    "SpecificCharacterSet": "ISO_IR 100",
+    "PatientName": "Zyxwvüt^Qöpnmlk",
+    "PatientID": "PID-8675309-ZQ",
+    "PatientBirthDate": "19230417",
+    "StudyDate": "20231105",
+    "AccessionNumber": "ACC-5551234-XJ",
+    "OtherPatientIDs": "MRN-77441122-KW",
+    "ReferringPhysicianName": "Drqxv^Jolyon",
+}
 PLANTED_FRAGMENTS = ("8675309", "5551234", "77441122", "Zyxwvüt", "Qöpnmlk", "Drqxv", "Jolyon", "19230417", "20231105")
 
 
 def export_path(planted: dict, patient: str, modality: str, accession: str, uid: str, index: int) -> str:
-    """Where a PACS export puts an image: <NAME>_<MRN>/<StudyDate>/<Modality>/<Accession>_<n>.dcm, or the file named by its
-    SOPInstanceUID (every other image, no extension)."""
+    """Where a PACS export puts an image: <NAME>_<MRN>/<StudyDate>/<Modality>/<Accession>_<n>.dcm, or the file named by
+    its SOPInstanceUID (every other image, no extension)."""
     name = planted["PatientName"].replace("^", "_").upper()
     folder = f"{name}_{planted['PatientID']}{patient}/{planted['StudyDate']}/{modality}"
     return f"{folder}/{accession}_{index}.dcm" if index % 2 == 0 else f"{folder}/{uid}"
 
 
 def write_dicom(path: Path, pixels: np.ndarray, **header) -> Path:
-    """A single-frame image (CT Image Storage unless SOPClassUID is given) of ``pixels`` (rows, columns) int16/uint16
-    or (frames, rows, columns); header: any DICOM keywords (PhotometricInterpretation, RescaleSlope, WindowCenter, ...)."""
+    """A single-frame image (CT Image Storage unless SOPClassUID is given) of ``pixels`` (rows, columns) int16/uint16 or
+    (frames, rows, columns); header: any DICOM keywords (PhotometricInterpretation, RescaleSlope, WindowCenter, ...)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = header.pop("SOPClassUID", CTImageStorage)
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -65,19 +71,30 @@ def _copy_with(source: str, target: Path, **header) -> None:
 
 
 def write_pacs_folder(
-    root: Path, *, copies: int = 4, patients: int = 5, planted: dict | None = None, multiframe: bool = False, identifying_paths: bool = False
+    root: Path,
+    *,
+    copies: int = 4,
+    patients: int = 5,
+    planted: dict | None = None,
+    multiframe: bool = False,
+    identifying_paths: bool = False,
 ) -> pd.DataFrame:
     """A PACS export: extensionless files in patient/study/series folders, several patients at two institutions,
     CT, MR, US (RGB, palette, multi-frame YBR JPEG) and non-image objects (SR, RT plan) plus a DICOMDIR.
 
-    Each bundled image is written ``copies`` times with a small pixel shift so the copies are not duplicates;
-    patients: PAT<k> (PatientID = planted PatientID + PAT<k>, IssuerOfPatientID REGIONAL-MPI), institutions "North Hospital" / "South Clinic". planted: header values added to every
-    image (PLANTED). identifying_paths (with planted): files laid out as an export names them (export_path): patient
-    name, MRN, study date, accession number and SOPInstanceUID in the path. Returns one row per image file: path,
-    patient, institution, modality.
-    """
-    sources = [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR"), ("693_J2KI.dcm", "CT"), ("examples_rgb_color.dcm", "US"),
-               ("examples_palette.dcm", "US"), ("JPEG2000.dcm", "NM")]  # fmt: skip
+    Each bundled image is written ``copies`` times with a small pixel shift so the copies are not duplicates; patients:
+    PAT<k> (PatientID = planted PatientID + PAT<k>, IssuerOfPatientID REGIONAL-MPI), institutions "North Hospital" /
+    "South Clinic". planted: header values added to every image (PLANTED). identifying_paths (with planted): files laid
+    out as an export names them (export_path): patient name, MRN, study date, accession number and SOPInstanceUID in the
+    path. Returns one row per image file: path, patient, institution, modality."""
+    sources = [
+        ("CT_small.dcm", "CT"),
+        ("MR_small.dcm", "MR"),
+        ("693_J2KI.dcm", "CT"),
+        ("examples_rgb_color.dcm", "US"),
+        ("examples_palette.dcm", "US"),
+        ("JPEG2000.dcm", "NM"),
+    ]
     rows = []
     for copy in range(copies):
         for index, (source, modality) in enumerate(sources):
@@ -88,15 +105,21 @@ def write_pacs_folder(
             for keyword, value in (planted or {}).items():
                 setattr(ds, keyword, value)
             ds.PatientID, ds.InstitutionName = f"{(planted or {}).get('PatientID', '')}{patient}", institution
-            ds.IssuerOfPatientID = "REGIONAL-MPI"  # one patient index over both institutions: PAT<k> is one person at both
+            ds.IssuerOfPatientID = (
+                "REGIONAL-MPI"  # one patient index over both institutions: PAT<k> is one person at both
+            )
             if copy:  # a different image (its own SOPInstanceUID): shift the decoded pixels, store uncompressed
                 ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
                 ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
-                ds.PixelData = np.roll(ds.pixel_array, copy, axis=-2 if ds.get("SamplesPerPixel", 1) == 1 else -3).tobytes()
+                ds.PixelData = np.roll(
+                    ds.pixel_array, copy, axis=-2 if ds.get("SamplesPerPixel", 1) == 1 else -3
+                ).tobytes()
             if identifying_paths:
                 accession = f"{planted['AccessionNumber']}{copy}{index}"
                 ds.AccessionNumber = accession
-                path = export_path(planted, patient, modality, accession, str(ds.SOPInstanceUID), copy * len(sources) + index)
+                path = export_path(
+                    planted, patient, modality, accession, str(ds.SOPInstanceUID), copy * len(sources) + index
+                )
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(root / path)
             rows.append({"path": path, "patient": patient, "institution": institution, "modality": modality})
@@ -105,7 +128,12 @@ def write_pacs_folder(
     shutil.copy(get_testdata_file("DICOMDIR"), root / "DICOMDIR")
     if multiframe:  # 30 frames of ultrasound, JPEG baseline YBR_FULL_422
         prefix = (planted or {}).get("PatientID", "")
-        header = {**(planted or {}), "PatientID": f"{prefix}PAT0", "InstitutionName": "North Hospital", "IssuerOfPatientID": "REGIONAL-MPI"}
+        header = {
+            **(planted or {}),
+            "PatientID": f"{prefix}PAT0",
+            "InstitutionName": "North Hospital",
+            "IssuerOfPatientID": "REGIONAL-MPI",
+        }
         _copy_with("examples_ybr_color.dcm", root / "PAT0/CINE/US0001", **header)
         rows.append({"path": "PAT0/CINE/US0001", "patient": "PAT0", "institution": "North Hospital", "modality": "US"})
     (root / "README.txt").write_text("export notes, not DICOM\n")

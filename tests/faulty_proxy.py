@@ -31,10 +31,22 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
 
 class FaultyS3Proxy:
     def __init__(
-        self, upstream: str, *, slow_down_every: int = 5, reset_every: int = 7, too_many_every: int = 0, retry_after: int = 1, certificate: Path | None = None
+        self,
+        upstream: str,
+        *,
+        slow_down_every: int = 5,
+        reset_every: int = 7,
+        too_many_every: int = 0,
+        retry_after: int = 1,
+        certificate: Path | None = None,
     ):
         self.upstream = urlparse(upstream)
-        self.slow_down_every, self.reset_every, self.too_many_every, self.retry_after = slow_down_every, reset_every, too_many_every, retry_after
+        self.slow_down_every, self.reset_every, self.too_many_every, self.retry_after = (
+            slow_down_every,
+            reset_every,
+            too_many_every,
+            retry_after,
+        )
         self.injected = {"slow_down": 0, "reset": 0, "too_many": 0}
         self.requests: list[tuple[str, str]] = []
         self.waits_after_too_many: list[float] = []
@@ -62,7 +74,9 @@ class FaultyS3Proxy:
             if self._too_many_at is not None:
                 self.waits_after_too_many.append(now - self._too_many_at)
                 self._too_many_at = None
-            fault = "slow_down" if count % self.slow_down_every == 0 else "reset" if count % self.reset_every == 0 else None
+            fault = (
+                "slow_down" if count % self.slow_down_every == 0 else "reset" if count % self.reset_every == 0 else None
+            )
             fault = "too_many" if self.too_many_every and count % self.too_many_every == 0 else fault
             if fault:
                 self.injected[fault] += 1
@@ -100,15 +114,26 @@ class FaultyS3Proxy:
                     self._answer(503, [("Content-Type", "application/xml")], SLOW_DOWN)
                     return
                 if fault == "too_many":
-                    self._answer(429, [("Retry-After", str(proxy.retry_after)), ("Content-Type", "text/plain")], b"Too Many Requests")
+                    self._answer(
+                        429,
+                        [("Retry-After", str(proxy.retry_after)), ("Content-Type", "text/plain")],
+                        b"Too Many Requests",
+                    )
                     proxy._answered_too_many()
                     return
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
                 try:
-                    upstream.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP})
+                    upstream.request(
+                        self.command,
+                        self.path,
+                        body=body,
+                        headers={k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP},
+                    )
                     response = upstream.getresponse()
                     payload = b"" if self.command == "HEAD" else response.read()
-                    headers = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP | {"content-length"}]
+                    headers = [
+                        (k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP | {"content-length"}
+                    ]
                     self._answer(response.status, headers, payload, head_length=response.getheader("Content-Length"))
                 finally:
                     upstream.close()
@@ -117,7 +142,9 @@ class FaultyS3Proxy:
                 self.send_response(status)
                 for name, value in headers:
                     self.send_header(name, value)
-                self.send_header("Content-Length", head_length if self.command == "HEAD" and head_length else str(len(payload)))
+                self.send_header(
+                    "Content-Length", head_length if self.command == "HEAD" and head_length else str(len(payload))
+                )
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
@@ -140,16 +167,23 @@ def self_signed_certificate(folder: Path) -> Path:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sslflow test archive")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "archive-certificate.pem"
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM) + key_pem)
     return path

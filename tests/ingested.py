@@ -35,12 +35,20 @@ def image_keys(paths: list[str]) -> list[str]:
 
 
 def write_arrays(directory: Path, manifest: pd.DataFrame, images: np.ndarray) -> str:
-    """A dataset folder at ``directory`` from a manifest whose splits a test sets itself (MANIFEST_COLUMNS; shard columns
-    are filled in) and its images (N, C, H, W) uint8, written as a chunk's shards are and joined as ingest joins them
-    (write_case_shards, assemble_dataset); returns its content sha256."""
+    """A dataset folder at ``directory`` from a manifest whose splits a test sets itself (MANIFEST_COLUMNS; shard
+    columns are filled in) and its images (N, C, H, W) uint8, written as a chunk's shards are and joined as ingest joins
+    them (write_case_shards, assemble_dataset); returns its content sha256."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{directory.name}.shards-", dir=directory.parent) as folder:
         case_ids = manifest["case_id"].astype(str).tolist()
-        shard, row = write_case_shards(Path(folder) / "shards", images, case_ids, labelled_cases(case_ids, manifest["label"].tolist()))
+        shard, row = write_case_shards(
+            Path(folder) / "shards", images, case_ids, labelled_cases(case_ids, manifest["label"].tolist())
+        )
         locations = {sha256: f"shards/{sha256}{SHARD_SUFFIX}" for sha256 in set(shard)}
-        return assemble_dataset(directory, manifest.assign(shard=shard, shard_row=row), locations, {}, contents={"shards": Path(folder) / "shards"})
+        return assemble_dataset(
+            directory,
+            manifest.assign(shard=shard, shard_row=row),
+            locations,
+            {},
+            contents={"shards": Path(folder) / "shards"},
+        )

@@ -1,8 +1,9 @@
 """A real moto S3 server process on 127.0.0.1 for tests, and the environment that points boto3 at it.
 
-    with moto_s3_server(log_dir) as endpoint:      # waits (bounded) until it answers; always stopped (S3 clients closed first)
-        s3_environment(monkeypatch, endpoint)       # no real AWS profile, credentials or endpoint can leak in
-        client = boto3.client("s3")
+with moto_s3_server(log_dir) as endpoint:      # waits (bounded) until it answers; always stopped (S3 clients closed
+first)
+    s3_environment(monkeypatch, endpoint)       # no real AWS profile, credentials or endpoint can leak in
+    client = boto3.client("s3")
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def _wait_until_serving(server: subprocess.Popen, endpoint: str, log_name: str) 
             return  # any HTTP answer means it is serving
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"moto_server did not answer on {endpoint} within {STARTUP_TIMEOUT_S} s; see {log_name}") from None
+                raise TimeoutError(
+                    f"moto_server did not answer on {endpoint} within {STARTUP_TIMEOUT_S} s; see {log_name}"
+                ) from None
             time.sleep(0.2)
 
 
@@ -78,7 +81,10 @@ def close_s3_clients() -> None:
     from s3fs import S3FileSystem
 
     for filesystem in list(S3FileSystem._cache.values()):
-        client, loop = getattr(filesystem, "_s3", None), filesystem.storage_options.get("loop")  # flytekit passes its loop
+        client, loop = (
+            getattr(filesystem, "_s3", None),
+            filesystem.storage_options.get("loop"),
+        )  # flytekit passes its loop
         if filesystem.asynchronous and client is not None and loop is not None and loop.is_running():
             asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
     S3FileSystem.clear_instance_cache()
@@ -89,8 +95,12 @@ def s3_environment(monkeypatch, endpoint: str) -> None:
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     settings = {
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }  # fmt: skip
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)

@@ -17,7 +17,7 @@ from pathlib import Path
 # huggingface_hub's telemetry keep none: they send at once, so their host lookups show them).
 TELEMETRY_STORES = (".cache/Microsoft",)
 
-_SITECUSTOMIZE = '''
+_SITECUSTOMIZE = """
 import json, os, socket, sys
 
 _events = os.path.join({folder!r}, "events")
@@ -37,7 +37,7 @@ def _record(event, args):
 
 
 sys.addaudithook(_record)
-'''
+"""
 
 
 def audited_python_path(folder: Path) -> Path:
@@ -50,7 +50,11 @@ def audited_python_path(folder: Path) -> Path:
 def network_events(folder: Path) -> list[dict]:
     """Every event the audited processes recorded: {"event": "lookup", "host", "port"} or {"event": "connect",
     "family", "address"}, each with the first two words of its process's argv."""
-    return [json.loads(line) for path in sorted((folder / "events").glob("*.jsonl")) for line in path.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for path in sorted((folder / "events").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
 
 
 def telemetry_stores(home: Path) -> list[Path]:

@@ -29,7 +29,9 @@ STOW_BATCH = 50
 
 
 def _dicomweb_plugin() -> str | None:
-    return next((str(path) for folder in PLUGIN_FOLDERS for path in sorted(Path(folder).glob("libOrthancDicomWeb.so*"))), None)
+    return next(
+        (str(path) for folder in PLUGIN_FOLDERS for path in sorted(Path(folder).glob("libOrthancDicomWeb.so*"))), None
+    )
 
 
 MISSING = (
@@ -58,13 +60,24 @@ class Archive:
         the first file of a batch the archive refused any of."""
         boundary = "sslflow-test-stow-boundary"
         for start in range(0, len(paths), STOW_BATCH):
-            parts = [b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), Path(path).read_bytes()) for path in paths[start : start + STOW_BATCH]]
+            parts = [
+                b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), Path(path).read_bytes())
+                for path in paths[start : start + STOW_BATCH]
+            ]
             answer = requests.post(
-                f"{self.base_url}/studies", data=b"".join(parts) + f"--{boundary}--\r\n".encode(), auth=self.auth, timeout=120,
-                headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}', "Accept": "application/dicom+json"},
+                f"{self.base_url}/studies",
+                data=b"".join(parts) + f"--{boundary}--\r\n".encode(),
+                auth=self.auth,
+                timeout=120,
+                headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                    "Accept": "application/dicom+json",
+                },
             )
             failed = answer.json().get("00081198", {}).get("Value", []) if answer.content else []
-            assert answer.ok and not failed, f"Orthanc refused files stored from {paths[start]} (HTTP {answer.status_code})"
+            assert answer.ok and not failed, (
+                f"Orthanc refused files stored from {paths[start]} (HTTP {answer.status_code})"
+            )
 
     def uri(self, query: str = "") -> str:
         """The dicomweb+http:// source URI of ``query`` on this archive."""
@@ -73,11 +86,23 @@ class Archive:
 
 def _configuration(folder: Path, port: int, users: dict[str, str]) -> dict:
     return {
-        "Name": "sslflow-test", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
-        "HttpPort": port, "DicomServerEnabled": False, "DicomPort": free_port(), "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": bool(users), "RegisteredUsers": users, "HttpServerEnabled": True, "StorageCompression": False,
-        "HttpThreadsCount": 8, "Plugins": [_dicomweb_plugin()], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "ConcurrentJobs": 1, "LimitFindResults": 0, "LimitFindInstances": 0,
+        "Name": "sslflow-test",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "storage"),
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "DicomPort": free_port(),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": users,
+        "HttpServerEnabled": True,
+        "StorageCompression": False,
+        "HttpThreadsCount": 8,
+        "Plugins": [_dicomweb_plugin()],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "ConcurrentJobs": 1,
+        "LimitFindResults": 0,
+        "LimitFindInstances": 0,
     }
 
 
@@ -91,7 +116,9 @@ def _wait_until_serving(server: subprocess.Popen, base_url: str, auth, log: Path
             return
         except requests.RequestException:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Orthanc did not answer on {base_url} within {STARTUP_TIMEOUT_S} s; see {log}") from None
+                raise TimeoutError(
+                    f"Orthanc did not answer on {base_url} within {STARTUP_TIMEOUT_S} s; see {log}"
+                ) from None
             time.sleep(0.2)
 
 
@@ -104,7 +131,9 @@ def orthanc_server(folder: Path, *, users: dict[str, str] | None = None) -> Iter
     (folder / "orthanc.json").write_text(json.dumps(_configuration(folder, port, users)))
     auth = next(iter(users.items()), None)
     with (folder / "orthanc.log").open("w") as log:
-        server = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+        server = subprocess.Popen(
+            ["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=folder
+        )
         archive = Archive(f"http://127.0.0.1:{port}/dicom-web", auth, server)
         try:
             _wait_until_serving(server, archive.base_url, auth, folder / "orthanc.log")

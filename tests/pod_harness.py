@@ -40,7 +40,16 @@ from pathlib import Path
 
 import boto3
 from flyteidl.admin import launch_plan_pb2, task_pb2, workflow_pb2
-from flyteidl.core import dynamic_job_pb2, errors_pb2, execution_pb2, literals_pb2, tasks_pb2, workflow_pb2 as core_workflow_pb2
+from flyteidl.core import (
+    dynamic_job_pb2,
+    errors_pb2,
+    execution_pb2,
+    literals_pb2,
+    tasks_pb2,
+)
+from flyteidl.core import (
+    workflow_pb2 as core_workflow_pb2,
+)
 from flytekit.models.literals import Literal, LiteralCollection, LiteralMap
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +80,9 @@ class SerializedTask:
         the fast-execute prefix that downloads the code archive."""
         if self.args[0] != "pyflyte-fast-execute":
             return self
-        return SerializedTask(name=self.name, args=self.args[self.args.index("--") + 1 :], env=self.env, secrets=self.secrets)
+        return SerializedTask(
+            name=self.name, args=self.args[self.args.index("--") + 1 :], env=self.env, secrets=self.secrets
+        )
 
 
 @dataclass(frozen=True)
@@ -91,13 +102,33 @@ def serialized_package(work: Path, package: str = "workflows", *, fast: bool = F
     environment = {**os.environ, "SSLFLOW_CPU_IMAGE": CPU_IMAGE, "SSLFLOW_GPU_IMAGE": GPU_IMAGE}
     work.mkdir(parents=True, exist_ok=True)
     archive = work / "package.tgz"
-    command = [str(BIN / "pyflyte"), "--pkgs", package, "package", "--image", "registry.example.com/default:0", "--output", str(archive), "--force"]
-    result = subprocess.run(command + ["--fast"] * fast, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    command = [
+        str(BIN / "pyflyte"),
+        "--pkgs",
+        package,
+        "package",
+        "--image",
+        "registry.example.com/default:0",
+        "--output",
+        str(archive),
+        "--force",
+    ]
+    result = subprocess.run(
+        command + ["--fast"] * fast,
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with tarfile.open(archive) as package_file:
         package_file.extractall(work / "package", filter="data")
     tasks, workflows, defaults = {}, {}, {}
-    for path in sorted((work / "package").glob("*.pb")):  # <index>_<name>_<ResourceType>.pb: 1 task, 2 workflow, 3 launch plan
+    for path in sorted(
+        (work / "package").glob("*.pb")
+    ):  # <index>_<name>_<ResourceType>.pb: 1 task, 2 workflow, 3 launch plan
         kind = path.stem.rsplit("_", 1)[-1]
         if kind == "1":
             task = SerializedTask.from_template(_parsed(task_pb2.TaskSpec, path.read_bytes()).template)
@@ -110,7 +141,9 @@ def serialized_package(work: Path, package: str = "workflows", *, fast: bool = F
         else:
             plan = _parsed(launch_plan_pb2.LaunchPlan, path.read_bytes())
             parameters = plan.spec.default_inputs.parameters
-            literal_map = literals_pb2.LiteralMap(literals={name: p.default for name, p in parameters.items() if p.HasField("default")})
+            literal_map = literals_pb2.LiteralMap(
+                literals={name: p.default for name, p in parameters.items() if p.HasField("default")}
+            )
             defaults[plan.id.name] = LiteralMap.from_flyte_idl(literal_map)
     fast_archive = next((work / "package").glob("fast*.tar.gz"), None) if fast else None
     return Package(tasks=tasks, workflows=workflows, defaults=defaults, fast_archive=fast_archive)
@@ -154,34 +187,56 @@ class PodFailed(RuntimeError):
 
 
 class PodRunner:
-    """Runs serialized tasks as pods against an S3 endpoint; every literal file it wrote or read is in ``literal_files``."""
+    """Runs serialized tasks as pods against an S3 endpoint; every literal file it wrote or read is in
+    ``literal_files``."""
 
-    def __init__(self, work: Path, endpoint: str, *, bucket: str = "flyte", registered: dict[str, str] | None = None,
-                 secrets: dict[tuple[str, str], str] | None = None, setup_endpoint: str | None = None,
-                 fast_archive: Path | None = None, python_path: tuple[Path, ...] = ()):  # fmt: skip
+    def __init__(
+        self,
+        work: Path,
+        endpoint: str,
+        *,
+        bucket: str = "flyte",
+        registered: dict[str, str] | None = None,
+        secrets: dict[tuple[str, str], str] | None = None,
+        setup_endpoint: str | None = None,
+        fast_archive: Path | None = None,
+        python_path: tuple[Path, ...] = (),
+    ):
         """endpoint: the object store as the pods see it; setup_endpoint: as this process sees it (default: the same);
         fast_archive: the code archive of a fast package (uploaded here; the pods run the code from it);
         python_path: folders put on every pod's PYTHONPATH before the code (a test's sitecustomize)."""
         self.work, self.endpoint, self.bucket = work, endpoint, bucket
         self.registered, self.secrets = dict(registered or {}), dict(secrets or {})
         self.execution = f"pod-test-{uuid.uuid4().hex[:8]}"
-        self.s3 = boto3.client("s3", endpoint_url=setup_endpoint or endpoint, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=setup_endpoint or endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
         if bucket not in {entry["Name"] for entry in self.s3.list_buckets()["Buckets"]}:
             self.s3.create_bucket(Bucket=bucket)
         self.literal_files: dict[str, int] = {}
         self.python_path = [*map(str, python_path), *([] if fast_archive else [str(PROJECT_ROOT)])]
         self.code_archive = None
-        if fast_archive is not None:  # where `pyflyte register` uploads it; propeller fills in {{ .remote_package_path }}
+        if (
+            fast_archive is not None
+        ):  # where `pyflyte register` uploads it; propeller fills in {{ .remote_package_path }}
             self.code_archive = f"s3://{bucket}/fast/{self.execution}/{fast_archive.name}"
             self.s3.upload_file(str(fast_archive), bucket, self._key(self.code_archive))
 
     def run(self, task: SerializedTask, node: str, inputs: LiteralMap) -> LiteralMap:
         """Run ``task`` as the pod of ``node`` with ``inputs``; its outputs."""
         outputs = self.execute(task, node, inputs)
-        assert isinstance(outputs, LiteralMap), f"{task.name} is a dynamic task: its pod returned a workflow (tests/pod_workflows.py runs it)"
+        assert isinstance(outputs, LiteralMap), (
+            f"{task.name} is a dynamic task: its pod returned a workflow (tests/pod_workflows.py runs it)"
+        )
         return outputs
 
-    def execute(self, task: SerializedTask, node: str, inputs: LiteralMap) -> LiteralMap | dynamic_job_pb2.DynamicJobSpec:
+    def execute(
+        self, task: SerializedTask, node: str, inputs: LiteralMap
+    ) -> LiteralMap | dynamic_job_pb2.DynamicJobSpec:
         """Run ``task`` as the pod of ``node``: its outputs, or the sub-workflow a dynamic task's pod compiled."""
         prefix = f"s3://{self.bucket}/metadata/{self.execution}/{node}"
         self._put(f"{prefix}/inputs.pb", inputs)
@@ -201,9 +256,13 @@ class PodRunner:
             self._start(task, f"{node}-{index}", prefix, f"{prefix}/{index}", index=index)
             outputs.append(self._get(f"{prefix}/{index}/outputs.pb"))
         names = outputs[0].literals.keys() if outputs else []
-        return LiteralMap({name: Literal(collection=LiteralCollection([o.literals[name] for o in outputs])) for name in names})
+        return LiteralMap(
+            {name: Literal(collection=LiteralCollection([o.literals[name] for o in outputs])) for name in names}
+        )
 
-    def _start(self, task: SerializedTask, pod: str, input_prefix: str, output_prefix: str, *, index: int | None) -> None:
+    def _start(
+        self, task: SerializedTask, pod: str, input_prefix: str, output_prefix: str, *, index: int | None
+    ) -> None:
         folder = self.work / "pods" / pod
         for part in ("home", "tmp", "cwd", "secrets"):
             (folder / part).mkdir(parents=True, exist_ok=True)
@@ -212,25 +271,39 @@ class PodRunner:
                 (folder / "secrets" / group).mkdir(exist_ok=True)
                 (folder / "secrets" / group / key).write_text(self.secrets[(group, key)])
         values = {
-            "{{.input}}": f"{input_prefix}/inputs.pb", "{{.outputPrefix}}": output_prefix,
+            "{{.input}}": f"{input_prefix}/inputs.pb",
+            "{{.outputPrefix}}": output_prefix,
             "{{.rawOutputDataPrefix}}": f"s3://{self.bucket}/raw/{self.execution}/{pod}",
-            "{{.checkpointOutputPrefix}}": f"s3://{self.bucket}/checkpoints/{self.execution}/{pod}", "{{.prevCheckpointPrefix}}": '""',
-        }  # fmt: skip
+            "{{.checkpointOutputPrefix}}": f"s3://{self.bucket}/checkpoints/{self.execution}/{pod}",
+            "{{.prevCheckpointPrefix}}": '""',
+        }
         args = [values.get(arg, arg) for arg in self._fast_args(task.args, folder)]
         command = [str(BIN / args[0]), *args[1:]]
-        result = subprocess.run(command, cwd=folder / "cwd", env=self._environment(task, folder, index), capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            command,
+            cwd=folder / "cwd",
+            env=self._environment(task, folder, index),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         (folder / "log.txt").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
-            raise RuntimeError(f"pod {pod} ({task.name}) exited with {result.returncode}:\n{(result.stdout + result.stderr)[-4000:]}")
+            raise RuntimeError(
+                f"pod {pod} ({task.name}) exited with {result.returncode}:\n{(result.stdout + result.stderr)[-4000:]}"
+            )
         error = self._read(f"{output_prefix}/error.pb")
         if error is not None:  # the task failed: pyflyte-execute writes error.pb (what Flyte shows) and exits 0
             raise PodFailed(pod, task.name, _parsed(errors_pb2.ErrorDocument, error))
 
     def _fast_args(self, args: list[str], folder: Path) -> list[str]:
-        """A fast-registered task's args with the code archive's URI and the image's /root (here: the pod's ``root``)."""
+        """A fast-registered task's args with the code archive's URI and the image's /root (here: the pod's
+        ``root``)."""
         if args[0] != "pyflyte-fast-execute":
             return args
-        assert self.code_archive is not None, "a fast-registered task needs the package's code archive (PodRunner's fast_archive)"
+        assert self.code_archive is not None, (
+            "a fast-registered task needs the package's code archive (PodRunner's fast_archive)"
+        )
         (folder / "root").mkdir(exist_ok=True)
         filled = [self.code_archive if arg == "{{ .remote_package_path }}" else arg for arg in args]
         destination = filled.index("--dest-dir") + 1
@@ -240,15 +313,30 @@ class PodRunner:
         from images.specs import POD_ENVIRONMENT
 
         environment = {
-            "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(folder / "home"), "TMPDIR": str(folder / "tmp"), "LANG": "C.UTF-8",
-            "PYTHONPATH": os.pathsep.join(self.python_path), **POD_ENVIRONMENT, **task.env,
-            "FLYTE_AWS_ENDPOINT": self.endpoint, "FLYTE_AWS_ACCESS_KEY_ID": "testing", "FLYTE_AWS_SECRET_ACCESS_KEY": "testing",
-            "FLYTE_INTERNAL_EXECUTION_ID": self.execution, "FLYTE_INTERNAL_EXECUTION_PROJECT": "sslflow",
-            "FLYTE_INTERNAL_EXECUTION_DOMAIN": "development", "FLYTE_INTERNAL_TASK_NAME": task.name, "FLYTE_INTERNAL_TASK_VERSION": "pod-test",
-            "FLYTE_SECRETS_DEFAULT_DIR": str(folder / "secrets"), **self.registered, **self._no_gpus(task),
-        }  # fmt: skip
+            "PATH": f"{BIN}:/usr/bin:/bin",
+            "HOME": str(folder / "home"),
+            "TMPDIR": str(folder / "tmp"),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": os.pathsep.join(self.python_path),
+            **POD_ENVIRONMENT,
+            **task.env,
+            "FLYTE_AWS_ENDPOINT": self.endpoint,
+            "FLYTE_AWS_ACCESS_KEY_ID": "testing",
+            "FLYTE_AWS_SECRET_ACCESS_KEY": "testing",
+            "FLYTE_INTERNAL_EXECUTION_ID": self.execution,
+            "FLYTE_INTERNAL_EXECUTION_PROJECT": "sslflow",
+            "FLYTE_INTERNAL_EXECUTION_DOMAIN": "development",
+            "FLYTE_INTERNAL_TASK_NAME": task.name,
+            "FLYTE_INTERNAL_TASK_VERSION": "pod-test",
+            "FLYTE_SECRETS_DEFAULT_DIR": str(folder / "secrets"),
+            **self.registered,
+            **self._no_gpus(task),
+        }
         if index is not None:
-            environment |= {"BATCH_JOB_ARRAY_INDEX_VAR_NAME": "FLYTE_K8S_ARRAY_INDEX", "FLYTE_K8S_ARRAY_INDEX": str(index)}
+            environment |= {
+                "BATCH_JOB_ARRAY_INDEX_VAR_NAME": "FLYTE_K8S_ARRAY_INDEX",
+                "FLYTE_K8S_ARRAY_INDEX": str(index),
+            }
         return environment
 
     @staticmethod
@@ -257,7 +345,11 @@ class PodRunner:
         trains on the CPU here; on a cluster such a pod fails at once (ssl_models.device.check_gpus)."""
         import torch
 
-        return {"SSLFLOW_GPUS_PER_POD": "0"} if "SSLFLOW_GPUS_PER_POD" in task.env and not torch.cuda.is_available() else {}
+        return (
+            {"SSLFLOW_GPUS_PER_POD": "0"}
+            if "SSLFLOW_GPUS_PER_POD" in task.env and not torch.cuda.is_available()
+            else {}
+        )
 
     def _read(self, uri: str) -> bytes | None:
         """The body of the object at ``uri``, or None when there is none."""
@@ -295,7 +387,12 @@ def literals(task, **values) -> LiteralMap:
 
     context = FlyteContextManager.current_context()
     types = task.python_interface.inputs
-    return LiteralMap({name: TypeEngine.to_literal(context, value, types[name], TypeEngine.to_literal_type(types[name])) for name, value in values.items()})
+    return LiteralMap(
+        {
+            name: TypeEngine.to_literal(context, value, types[name], TypeEngine.to_literal_type(types[name]))
+            for name, value in values.items()
+        }
+    )
 
 
 def bind(*sources: tuple[LiteralMap, str, str], **literal_values: Literal) -> LiteralMap:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from flyteidl.core import dynamic_job_pb2, literals_pb2
 from flyteidl.core import workflow_pb2 as core_workflow_pb2
 from flytekit.models.literals import LiteralMap
-
 from pod_harness import Package, PodRunner, SerializedTask
 
 START_NODE = "start-node"  # what a binding to the workflow's own inputs names (or leaves empty)
@@ -26,7 +25,8 @@ START_NODE = "start-node"  # what a binding to the workflow's own inputs names (
 @dataclass
 class WorkflowWalk:
     """Runs workflows of ``package`` through ``runner``; what ran is in ``nodes`` (path -> task name, in order) and each
-    task node's inputs and outputs in ``inputs`` and ``outputs`` by path ("n2/n1" is node n1 of node n2's sub-workflow)."""
+    task node's inputs and outputs in ``inputs`` and ``outputs`` by path ("n2/n1" is node n1 of node n2's
+    sub-workflow)."""
 
     runner: PodRunner
     package: Package
@@ -39,14 +39,22 @@ class WorkflowWalk:
         template = self.package.workflows[workflow]
         return self._run_nodes(list(template.nodes), list(template.outputs), inputs, self.package.tasks, path="")
 
-    def _run_nodes(self, nodes: list, output_bindings: list, inputs: LiteralMap, tasks: dict[str, SerializedTask], path: str) -> LiteralMap:
+    def _run_nodes(
+        self, nodes: list, output_bindings: list, inputs: LiteralMap, tasks: dict[str, SerializedTask], path: str
+    ) -> LiteralMap:
         results = {START_NODE: inputs.to_flyte_idl()}
         for node in _in_order(nodes):
             node_inputs = literals_pb2.LiteralMap(literals={b.var: _resolve(b.binding, results) for b in node.inputs})
-            results[node.id] = self._run_node(node, LiteralMap.from_flyte_idl(node_inputs), tasks, f"{path}{node.id}").to_flyte_idl()
-        return LiteralMap.from_flyte_idl(literals_pb2.LiteralMap(literals={b.var: _resolve(b.binding, results) for b in output_bindings}))
+            results[node.id] = self._run_node(
+                node, LiteralMap.from_flyte_idl(node_inputs), tasks, f"{path}{node.id}"
+            ).to_flyte_idl()
+        return LiteralMap.from_flyte_idl(
+            literals_pb2.LiteralMap(literals={b.var: _resolve(b.binding, results) for b in output_bindings})
+        )
 
-    def _run_node(self, node: core_workflow_pb2.Node, inputs: LiteralMap, tasks: dict[str, SerializedTask], path: str) -> LiteralMap:
+    def _run_node(
+        self, node: core_workflow_pb2.Node, inputs: LiteralMap, tasks: dict[str, SerializedTask], path: str
+    ) -> LiteralMap:
         target = node.WhichOneof("target")
         if target == "workflow_node":
             template = self.package.workflows[node.workflow_node.sub_workflow_ref.name]
@@ -66,11 +74,14 @@ class WorkflowWalk:
         self.outputs[path] = result
         return result
 
-    def _run_dynamic(self, spec: dynamic_job_pb2.DynamicJobSpec, tasks: dict[str, SerializedTask], path: str) -> LiteralMap:
+    def _run_dynamic(
+        self, spec: dynamic_job_pb2.DynamicJobSpec, tasks: dict[str, SerializedTask], path: str
+    ) -> LiteralMap:
         """The nodes of a dynamic task's sub-workflow; their tasks are the templates the pod compiled (fast-registered
         ones download the same code archive), and its outputs the dynamic node's."""
         compiled = {template.id.name: SerializedTask.from_template(template) for template in spec.tasks}
         return self._run_nodes(list(spec.nodes), list(spec.outputs), LiteralMap({}), {**tasks, **compiled}, f"{path}/")
+
 
 def _in_order(nodes: list) -> list:
     """``nodes`` with every node after the nodes it names upstream (a topological order, stable otherwise)."""
@@ -97,6 +108,7 @@ def _resolve(binding: literals_pb2.BindingData, results: dict[str, literals_pb2.
     if kind == "map":
         entries = {key: _resolve(item, results) for key, item in binding.map.bindings.items()}
         return literals_pb2.Literal(map=literals_pb2.LiteralMap(literals=entries))
-    assert kind == "promise" and not binding.promise.attr_path, f"the walk resolves constants, promises and collections, not {kind}"
+    assert kind == "promise" and not binding.promise.attr_path, (
+        f"the walk resolves constants, promises and collections, not {kind}"
+    )
     return results[binding.promise.node_id or START_NODE].literals[binding.promise.var]
-

@@ -30,7 +30,14 @@ def test_generator_makes_views_reproducible():
 
 def test_identity_settings_reproduce_the_image():
     images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
-    config = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation_degrees=0.0, jitter_probability=0.0, grayscale_probability=0.0, blur_probability=0.0)
+    config = AugmentConfig(
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        rotation_degrees=0.0,
+        jitter_probability=0.0,
+        grayscale_probability=0.0,
+        blur_probability=0.0,
+    )
     assert torch.allclose(augment(images, config), normalise(images, config), atol=1e-5)
 
 

@@ -59,7 +59,9 @@ def test_rgb_imagenet_style_checkpoints_load_into_one_channel_backbones(tmp_path
     assert sorted(loaded.ignored) == ["network.head.bias", "network.head.weight"] and len(loaded.adapted) == 2
     assert torch.allclose(encoder.network.patch_embed.proj.weight, vit.patch_embed.proj.weight.sum(1, keepdim=True))
     resnet = torchvision.models.resnet50(weights=None)
-    torch.save({"model": resnet.state_dict(), "epoch": 3}, tmp_path / "resnet.pth")  # torchvision's reference-script checkpoint
+    torch.save(
+        {"model": resnet.state_dict(), "epoch": 3}, tmp_path / "resnet.pth"
+    )  # torchvision's reference-script checkpoint
     encoder = build_encoder("torchvision:resnet50", 1, 64).eval()
     load_backbone_weights(encoder, read_weights_file(tmp_path / "resnet.pth"))
     grey = torch.rand(2, 1, 64, 64)
@@ -73,9 +75,17 @@ def test_weights_of_another_architecture_are_refused_naming_the_keys():
 
     encoder = build_encoder("torchvision:resnet18", 1, 28)
     before = {key: value.clone() for key, value in encoder.state_dict().items()}
-    with pytest.raises(WeightsMismatch, match=r"keys the backbone does not have \(network\.layer1\.0\.conv3\.weight.*of another shape"):
-        load_backbone_weights(encoder, torchvision.models.resnet50(weights=None).state_dict(), source="weights resnet50.pt")
-    missing = {key: value for key, value in torchvision.models.resnet18(weights=None).state_dict().items() if not key.startswith("layer4")}
+    with pytest.raises(
+        WeightsMismatch, match=r"keys the backbone does not have \(network\.layer1\.0\.conv3\.weight.*of another shape"
+    ):
+        load_backbone_weights(
+            encoder, torchvision.models.resnet50(weights=None).state_dict(), source="weights resnet50.pt"
+        )
+    missing = {
+        key: value
+        for key, value in torchvision.models.resnet18(weights=None).state_dict().items()
+        if not key.startswith("layer4")
+    }
     with pytest.raises(WeightsMismatch, match=r"backbone keys missing from them \(network\.layer4\.0\.conv1\.weight"):
         load_backbone_weights(encoder, missing)
     assert all(torch.equal(before[key], value) for key, value in encoder.state_dict().items())  # left unchanged
@@ -86,10 +96,20 @@ def test_vit_s16_at_224_pretrains_finetunes_and_exports_onnx(tmp_path):
     tasks do, served with its ONNX copy within 1e-4 of PyTorch (export_onnx checks it)."""
     images = torch.randint(0, 256, (4, 1, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     encoder = build_encoder("timm:vit_small_patch16_224", 1, 224, seed=0)
-    history = pretrain_contrastive(encoder, InMemoryPairs(images, list(range(4))), PretrainConfig(epochs=1, batch_size=4, augment=AugmentConfig(output_size=224)))
+    history = pretrain_contrastive(
+        encoder,
+        InMemoryPairs(images, list(range(4))),
+        PretrainConfig(epochs=1, batch_size=4, augment=AugmentConfig(output_size=224)),
+    )
     assert np.isfinite(history[0]["loss"])
     view = AugmentConfig(**{**FINETUNE_AUGMENT.__dict__, "output_size": 224})
-    classifier, records = finetune(encoder, images, np.array([0, 1, 0, 1]), 2, FinetuneConfig(epochs=1, batch_size=4, head_warmup_steps=1, augment=view))
+    classifier, records = finetune(
+        encoder,
+        images,
+        np.array([0, 1, 0, 1]),
+        2,
+        FinetuneConfig(epochs=1, batch_size=4, head_warmup_steps=1, augment=view),
+    )
     assert records[-1]["step"] == 1
     path, _ = save_state_dict(classifier, tmp_path, "finetune", "classifier.pt")
     served = RegisteredClassifier(load_classifier(path, "timm:vit_small_patch16_224", 1, 224, 2), view).eval()

@@ -1,8 +1,8 @@
 """Bad input stops ingest with a message naming the file, row or column; the input's bytes never change."""
 
 import hashlib
-import json
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from ingested import image_keys, ingest
 from PIL import Image
 
+from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source
 from sslflow.data.manifest import MANIFEST_COLUMNS
-from sslflow.config import IngestConfig
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import SourceError, UndecodableImageError
-from ingested import image_keys, ingest
 
 CONFIG = IngestConfig(image_size=16)
 
@@ -43,7 +43,9 @@ def _png(seed: int, size=(24, 20)) -> bytes:
 
 def _jpeg(seed: int) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, format="JPEG"
+    )
     return buffer.getvalue()
 
 
@@ -54,7 +56,9 @@ def _png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _good_folder(root: Path, count: int = 4) -> None:
@@ -164,13 +168,25 @@ BAD_CASES = [
     (decompression_bomb, UndecodableImageError, r"bomb.png: decompression bomb"),
     (metadata_dotdot, SourceError, r"metadata.csv row 3, column 'path': '../outside.png' contains '..'"),
     (metadata_absolute, SourceError, r"metadata.csv row 3, column 'path': '/.*img1.png' is empty or absolute"),
-    (metadata_symlink_out, SourceError, r"metadata.csv row 3, column 'path': 'link.png' resolves outside the source folder"),
+    (
+        metadata_symlink_out,
+        SourceError,
+        r"metadata.csv row 3, column 'path': 'link.png' resolves outside the source folder",
+    ),
     (symlink_out_without_metadata, SourceError, r"link.png: 'link.png' resolves outside the source folder"),
     (metadata_missing_file, SourceError, r"metadata.csv row 3, column 'path': 'img7.png' does not exist"),
-    (metadata_without_path_column, SourceError, r"metadata.csv: missing required column 'path' \(columns found: \['file', 'case_id'\]\)"),
+    (
+        metadata_without_path_column,
+        SourceError,
+        r"metadata.csv: missing required column 'path' \(columns found: \['file', 'case_id'\]\)",
+    ),
     (metadata_not_csv, SourceError, r"metadata.csv: not parseable as CSV \(ParserError"),
     (metadata_not_text, SourceError, r"metadata.csv: not parseable as CSV \(UnicodeDecodeError"),
-    (metadata_listed_twice, SourceError, r"metadata.csv row 4, column 'path': 'img0.png' is listed twice \(also row 2\)"),
+    (
+        metadata_listed_twice,
+        SourceError,
+        r"metadata.csv row 4, column 'path': 'img0.png' is listed twice \(also row 2\)",
+    ),
     (empty_folder, SourceError, r"source .*/scans is empty"),
     (metadata_without_rows, SourceError, r"source .*/scans is empty"),
 ]
@@ -188,7 +204,9 @@ def test_bad_input_stops_ingest_naming_the_problem_and_leaves_input_unchanged(tm
 
 def test_pixel_limit_is_configurable(tmp_path):
     _good_folder(tmp_path)  # 24x20 = 480 pixels each
-    with pytest.raises(UndecodableImageError, match=r"img0.png: decompression bomb: 20x24 = 480 pixels exceeds max_image_pixels=400"):
+    with pytest.raises(
+        UndecodableImageError, match=r"img0.png: decompression bomb: 20x24 = 480 pixels exceeds max_image_pixels=400"
+    ):
         ingest(tmp_path, IngestConfig(image_size=16, max_image_pixels=400))
 
 
@@ -196,7 +214,10 @@ def test_every_undecodable_file_is_named_at_once(tmp_path):
     _good_folder(tmp_path, count=6)
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.jpg").write_text("not an image")
-    with pytest.raises(UndecodableImageError, match=r"2 of 8 image files cannot be decoded \(IngestConfig.max_bad_fraction=0.0 allows 0\)") as caught:
+    with pytest.raises(
+        UndecodableImageError,
+        match=r"2 of 8 image files cannot be decoded \(IngestConfig.max_bad_fraction=0.0 allows 0\)",
+    ) as caught:
         ingest(tmp_path, CONFIG)
     assert "empty.png: zero-byte file" in str(caught.value) and "notes.jpg: not a PNG" in str(caught.value)
 
@@ -209,7 +230,9 @@ def test_max_bad_fraction_quarantines_undecodable_files_and_reports_them(tmp_pat
     manifest, _, summary = ingest(tmp_path, config)
     assert len(manifest) == 7 and manifest["image_key"].tolist() == image_keys([f"img{i}.png" for i in range(7)])
     (item,) = summary["quarantined"]  # the dataset's summary names the key, never the path
-    assert item["image_key"] == Pseudonyms().pseudonym("file", "broken.png") and "truncated or corrupt" in item["problem"]
+    assert (
+        item["image_key"] == Pseudonyms().pseudonym("file", "broken.png") and "truncated or corrupt" in item["problem"]
+    )
     assert "broken.png" not in json.dumps(summary) and item["problem"].startswith(item["image_key"] + ": ")
     assert folder_digest(tmp_path) == before and (tmp_path / "broken.png").exists()  # quarantine never moves files
 
@@ -261,7 +284,9 @@ def test_a_first_row_with_windows_separators_is_named_with_the_fix(tmp_path):
     with pytest.raises(SourceError) as caught:
         ingest(tmp_path, CONFIG)
     message = str(caught.value)
-    assert message.startswith(f"{tmp_path / 'metadata.csv'} row 2, column 'path': 'sub\\\\img3.png' does not exist"), message
+    assert message.startswith(f"{tmp_path / 'metadata.csv'} row 2, column 'path': 'sub\\\\img3.png' does not exist"), (
+        message
+    )
     assert "write it with '/', as 'sub/img3.png'" in message and "2 rows of" in message
 
 
@@ -277,7 +302,9 @@ def test_several_bad_paths_are_counted_and_the_first_few_named(tmp_path):
 
 
 # What each refusal of BAD_CASES ends with: what to do about it.
-UNDECODABLE_FIX = "Replace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and reported)"
+UNDECODABLE_FIX = (
+    "Replace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and reported)"
+)
 FIXES = {
     "truncated_png": UNDECODABLE_FIX,
     "truncated_jpeg": UNDECODABLE_FIX,

@@ -14,15 +14,22 @@ BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*
 
 
 def _undefined_globals(source: str, filename: str) -> set[str]:
-    """Names that functions (at any depth) read as globals but that the module neither defines, imports nor has as a builtin."""
+    """Names that functions (at any depth) read as globals but that the module neither defines, imports nor has as a
+    builtin."""
     module = symtable.symtable(source, filename, "exec")
-    defined = {symbol.get_name() for symbol in module.get_symbols() if symbol.is_assigned() or symbol.is_imported()} | set(dir(builtins)) | {"__file__", "__name__", "__doc__"}
+    defined = (
+        {symbol.get_name() for symbol in module.get_symbols() if symbol.is_assigned() or symbol.is_imported()}
+        | set(dir(builtins))
+        | {"__file__", "__name__", "__doc__"}
+    )
     undefined, tables = set(), list(module.get_children())
     while tables:
         table = tables.pop()
         tables.extend(table.get_children())
         if table.get_type() == "function":
-            undefined |= {symbol.get_name() for symbol in table.get_symbols() if symbol.is_global() and symbol.is_referenced()} - defined
+            undefined |= {
+                symbol.get_name() for symbol in table.get_symbols() if symbol.is_global() and symbol.is_referenced()
+            } - defined
     return undefined
 
 
@@ -32,4 +39,6 @@ def test_benchmark_functions_read_only_defined_names(script):
 
 
 def test_the_check_finds_a_name_nothing_defines():
-    assert _undefined_globals("import os\ndef f():\n    return os.sep + missing_name\n", "example.py") == {"missing_name"}
+    assert _undefined_globals("import os\ndef f():\n    return os.sep + missing_name\n", "example.py") == {
+        "missing_name"
+    }

@@ -41,9 +41,20 @@ def test_bench_deps_install_every_module_a_benchmark_imports():
     missing = {}
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
         for node in ast.walk(ast.parse(script.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
             for top in {name.split(".")[0] for name in names if name}:
-                known = top in sys.stdlib_module_names or top in PROJECT_PACKAGES or top.lower() in installed or top == "__future__"
+                known = (
+                    top in sys.stdlib_module_names
+                    or top in PROJECT_PACKAGES
+                    or top.lower() in installed
+                    or top == "__future__"
+                )
                 if not known and importlib.util.find_spec(top) is None:
                     missing.setdefault(script.name, set()).add(top)
     assert not missing, f"imported by benchmarks but neither in the venv nor in `make bench-deps`: {missing}"

@@ -7,12 +7,24 @@ import json
 import shutil
 import sys
 
-import pytest
-
 import cache_versions
-from cache_versions import PROJECT_PACKAGES, PROJECT_ROOT, TABLE, UPDATE_COMMAND, code_sha256, current_table, out_of_date, stale
+import pytest
+from cache_versions import (
+    PROJECT_PACKAGES,
+    PROJECT_ROOT,
+    TABLE,
+    UPDATE_COMMAND,
+    code_sha256,
+    current_table,
+    out_of_date,
+    stale,
+)
 
-PRETRAINING = {"tasks.pretrain.pretrain_simclr", "tasks.pretrain.pretrain_micle", "tasks.pretrain.pretrain_domain_simclr"}
+PRETRAINING = {
+    "tasks.pretrain.pretrain_simclr",
+    "tasks.pretrain.pretrain_micle",
+    "tasks.pretrain.pretrain_domain_simclr",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +58,9 @@ def test_an_engine_change_without_a_version_bump_fails_naming_the_tasks_that_run
     named = {problem.split(":")[0].removeprefix("task ") for problem in problems}
     assert PRETRAINING <= named and "tasks.ingest.plan_ingest" not in named, problems
     assert any(f"bump the version in tasks/pretrain.py and run `{UPDATE_COMMAND}`" in problem for problem in problems)
-    bumped = {name: {**row, "version": row["version"] + "-bumped"} if name in named else row for name, row in changed.items()}
+    bumped = {
+        name: {**row, "version": row["version"] + "-bumped"} if name in named else row for name, row in changed.items()
+    }
     assert stale(current, bumped) == []
 
 
@@ -54,7 +68,9 @@ def test_formatting_comments_docstrings_and_version_bumps_change_no_hash(tmp_pat
     root = _project_copy(tmp_path)
     pretrain = root / "tasks" / "pretrain.py"
     source = pretrain.read_text()
-    source = source.replace('"""The pretraining ladder', '"""Reworded. The pretraining ladder').replace("\n\n\ndef ", "\n\n\n# a comment\ndef ")
+    source = source.replace('"""The pretraining ladder', '"""Reworded. The pretraining ladder').replace(
+        "\n\n\ndef ", "\n\n\n# a comment\ndef "
+    )
     source = source.replace('pipeline_cache("5", serialize=True)', 'pipeline_cache(\n    "6",\n    serialize=True,\n)')
     assert source != pretrain.read_text()
     pretrain.write_text(source)
@@ -73,11 +89,24 @@ def test_update_refuses_while_a_task_changed_without_a_bump(tmp_path, monkeypatc
     assert json.loads(table.read_text()) == current
 
 
+def test_a_refactor_is_recorded_without_a_bump_only_when_said(tmp_path, monkeypatch, current):
+    table = tmp_path / "cache_versions.json"
+    table.write_text(json.dumps(current))
+    changed = {name: {**row, "code_sha256": "0" * 64} for name, row in current.items()}
+    monkeypatch.setattr(cache_versions, "TABLE", table)
+    monkeypatch.setattr(cache_versions, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(cache_versions, "current_table", lambda: changed)
+    monkeypatch.setattr(sys, "argv", ["cache_versions.py", "--update", "--same-outputs"])
+    cache_versions.main()
+    assert json.loads(table.read_text()) == changed  # versions kept, new hashes recorded
+
+
 def test_bump_raises_a_tasks_version_in_its_decorator_and_changes_no_hash(tmp_path, current):
     root = _project_copy(tmp_path)
     for task in ("tasks.pretrain.pretrain_simclr", "tasks.ingest.join_ingest"):
         path, function = root / current[task]["file"], task.rpartition(".")[2]
-        written = cache_versions.version_literal(path, function).value  # the decorator's literal ("5"; the task adds "-world1")
+        # the decorator's literal ("5"; a pretraining task adds "-world1")
+        written = cache_versions.version_literal(path, function).value
         assert cache_versions.bump(task, root) == str(int(written) + 1)
         assert cache_versions.version_literal(path, function).value == str(int(written) + 1)
     assert _hashed_under(root, current) == current

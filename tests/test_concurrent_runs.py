@@ -44,7 +44,9 @@ def _start(seed: int, root: Path) -> subprocess.Popen:
         "PYTHONPATH": str(PROJECT_ROOT),
     }
     with open(root / f"seed-{seed}.log", "w") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
 
 
 def _finish(process: subprocess.Popen, root: Path, seed: int) -> str:
@@ -66,7 +68,11 @@ def test_two_pipelines_at_once_share_store_and_cache(tmp_path):
     parents = [run for run in all_runs if run.data.tags.get("sslflow.kind") == "pipeline"]
     assert len(parents) == 2 and all(run.info.status == "FINISHED" for run in parents)
     for parent in parents:
-        stages = [run.data.tags.get("sslflow.stage") for run in all_runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        stages = [
+            run.data.tags.get("sslflow.stage")
+            for run in all_runs
+            if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        ]
         assert "register" in stages and "pretrain_simclr" in stages, stages
         assert parent.info.run_id in outputs[1] + outputs[2]
 
@@ -81,4 +87,7 @@ def test_two_pipelines_at_once_share_store_and_cache(tmp_path):
     rerun = _finish(_start(1, tmp_path), tmp_path, 1)
     assert len(client.search_runs([experiment.experiment_id], max_results=1000)) == len(all_runs)
     assert "Accuracy on the in-domain test split" in rerun  # the summary's table, the same as the first run's:
-    assert rerun.split("Accuracy on the in-domain test split")[-1] == outputs[1].split("Accuracy on the in-domain test split")[-1]
+    assert (
+        rerun.split("Accuracy on the in-domain test split")[-1]
+        == outputs[1].split("Accuracy on the in-domain test split")[-1]
+    )

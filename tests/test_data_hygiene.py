@@ -11,6 +11,8 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+from ingested import image_keys, ingest
+from ingested import labels as labels_of
 from PIL import Image
 
 from sslflow.config import IngestConfig, ValidationConfig
@@ -21,7 +23,6 @@ from sslflow.data.metadata import ImageRecord, metadata_rows, parse_metadata_csv
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import SourceError, SourceImages, UndecodableImageError
 from sslflow.data.validation import validate_manifest
-from ingested import image_keys, ingest, labels as labels_of
 
 CONFIG = IngestConfig(image_size=16)
 
@@ -65,7 +66,10 @@ def test_nul_byte_in_a_parquet_path_is_refused_naming_the_row(tmp_path):
 @pytest.mark.parametrize("name, length", [("x" * 252 + ".png", 256), ("é" * 126 + ".png", 256)])
 def test_a_path_component_over_255_bytes_is_refused_naming_the_row(tmp_path, name, length):
     root = _folder(tmp_path / "scans", metadata=f"path,label\nimg0.png,a\n{name},b\n")
-    with pytest.raises(SourceError, match=rf"metadata.csv row 3, column 'path': the name .* is {length} bytes in UTF-8, longer than the 255"):
+    with pytest.raises(
+        SourceError,
+        match=rf"metadata.csv row 3, column 'path': the name .* is {length} bytes in UTF-8, longer than the 255",
+    ):
         ingest(root, CONFIG)
     pd.DataFrame({"path": ["img0.png", name]}).to_parquet(root / "cohort.parquet")
     with pytest.raises(SourceError, match=r"cohort.parquet row 1, column 'path': the name .* longer than the 255"):
@@ -81,7 +85,9 @@ def test_numeric_label_spellings_are_one_class_in_csv_and_parquet(tmp_path):
     rows = "".join(f"img{i}.png,{label}\n" for i, label in enumerate(labels))
     root = _folder(tmp_path / "scans", count=len(labels), metadata="path,label\n" + rows)
     assert labels_of(ingest(root, CONFIG)[0]) == expected
-    pd.DataFrame({"path": [f"img{i}.png" for i in range(3)], "label": [1.0, 2.0, None]}).to_parquet(root / "floats.parquet")
+    pd.DataFrame({"path": [f"img{i}.png" for i in range(3)], "label": [1.0, 2.0, None]}).to_parquet(
+        root / "floats.parquet"
+    )
     pd.DataFrame({"path": [f"img{i}.png" for i in range(3)], "label": [1, 2, 1]}).to_parquet(root / "ints.parquet")
     assert labels_of(ingest(root / "floats.parquet", CONFIG)[0]) == ["1", "2", None]
     assert labels_of(ingest(root / "ints.parquet", CONFIG)[0]) == ["1", "2", "1"]
@@ -89,7 +95,10 @@ def test_numeric_label_spellings_are_one_class_in_csv_and_parquet(tmp_path):
 
 def test_metadata_rows_canonicalise_labels_for_every_source():
     """The S3 source parses its metadata.csv with the same two functions as a folder."""
-    table = parse_metadata_csv(b"path,label\na.png,3.00\nb.png,-0\nc.png,1e-1\nd.png,nan\ne.png,12345678901234567890.0\n", "s3://b/p/metadata.csv")
+    table = parse_metadata_csv(
+        b"path,label\na.png,3.00\nb.png,-0\nc.png,1e-1\nd.png,nan\ne.png,12345678901234567890.0\n",
+        "s3://b/p/metadata.csv",
+    )
     labels = [row["label"] for row in metadata_rows(table, "s3://b/p/metadata.csv", first_row=2)]
     assert labels == ["3", "0", "1e-1", "nan", "12345678901234567890"]  # exact, never rounded through float
 
@@ -98,27 +107,42 @@ def test_metadata_rows_canonicalise_labels_for_every_source():
 
 
 def test_identical_images_with_different_labels_are_refused_naming_both(tmp_path):
-    root = _folder(tmp_path / "scans", count=3, metadata="path,label\nimg0.png,cat\nimg1.png,dog\nimg2.png,cat\ncopy.png,dog\n")
+    root = _folder(
+        tmp_path / "scans", count=3, metadata="path,label\nimg0.png,cat\nimg1.png,dog\nimg2.png,cat\ncopy.png,dog\n"
+    )
     (root / "copy.png").write_bytes((root / "img0.png").read_bytes())
     with pytest.raises(SourceError, match=r"identical images .* different labels") as caught:
         ingest(root, CONFIG)
     first, second = (Pseudonyms().pseudonym("file", path) for path in ("img0.png", "copy.png"))
-    assert f"{first} (label 'cat') and {second} (label 'dog')" in str(caught.value)  # named by key; the keys lead back to the files:
+    assert f"{first} (label 'cat') and {second} (label 'dog')" in str(
+        caught.value
+    )  # named by key; the keys lead back to the files:
     assert paths_of_keys(str(root), [first, second]) == {first: "img0.png", second: "copy.png"}
     assert "img0.png" not in str(caught.value) and "python -m sslflow.data.image_keys" in str(caught.value)
-    assert str(caught.value).splitlines()[-1].startswith("Correct the label or remove the copy")  # the refusal ends with the fix
+    assert (
+        str(caught.value).splitlines()[-1].startswith("Correct the label or remove the copy")
+    )  # the refusal ends with the fix
 
 
 def test_identical_images_with_one_label_are_kept_once_with_that_label(tmp_path):
-    root = _folder(tmp_path / "scans", count=3, metadata="path,label\nimg0.png,\nimg1.png,dog\nimg2.png,dog\ncopy.png,cat\n")
+    root = _folder(
+        tmp_path / "scans", count=3, metadata="path,label\nimg0.png,\nimg1.png,dog\nimg2.png,dog\ncopy.png,cat\n"
+    )
     (root / "copy.png").write_bytes((root / "img0.png").read_bytes())
     (root / "copy2.png").write_bytes((root / "img1.png").read_bytes())
     (root / "metadata.csv").write_text((root / "metadata.csv").read_text() + "copy2.png,dog\n")
     manifest, _, summary = ingest(root, CONFIG)
     paths = paths_of_keys(str(root), list(manifest["image_key"]) + summary["duplicate_examples"])
-    assert [paths[key] for key in manifest["image_key"]] == ["img1.png", "img2.png", "copy.png"]  # the unlabelled img0.png gave way
+    assert [paths[key] for key in manifest["image_key"]] == [
+        "img1.png",
+        "img2.png",
+        "copy.png",
+    ]  # the unlabelled img0.png gave way
     assert list(manifest["label"]) == ["dog", "dog", "cat"]
-    assert summary["duplicates_dropped"] == 2 and [paths[key] for key in summary["duplicate_examples"]] == ["img0.png", "copy2.png"]
+    assert summary["duplicates_dropped"] == 2 and [paths[key] for key in summary["duplicate_examples"]] == [
+        "img0.png",
+        "copy2.png",
+    ]
 
 
 # 4. Every class needs training labels; label fractions lie in (0, 1].
@@ -127,10 +151,15 @@ def test_identical_images_with_one_label_are_kept_once_with_that_label(tmp_path)
 def _labelled_manifest(count: int = 60) -> pd.DataFrame:
     images = SourceImages(
         pixels=np.random.default_rng(0).integers(0, 256, (count, 1, 8, 8), dtype=np.uint8),
-        source_paths=[f"img{i}.png" for i in range(count)], labels=[str(i % 2) for i in range(count)],
-        case_ids=[f"case{i}" for i in range(count)], sites=["a"] * count, size_bytes=[64] * count,
-        modes=["L"] * count, widths=[8] * count, heights=[8] * count,
-    )  # fmt: skip
+        source_paths=[f"img{i}.png" for i in range(count)],
+        labels=[str(i % 2) for i in range(count)],
+        case_ids=[f"case{i}" for i in range(count)],
+        sites=["a"] * count,
+        size_bytes=[64] * count,
+        modes=["L"] * count,
+        widths=[8] * count,
+        heights=[8] * count,
+    )
     config = IngestConfig(image_size=8)
     manifest, _, _ = finish_manifest(decoded_table(images, config), config)
     return manifest.assign(shard="0" * 64, shard_row=range(len(manifest)))  # as in a dataset, all in one shard
@@ -143,11 +172,16 @@ def test_a_class_labelled_only_outside_train_fails_validation_naming_it():
     manifest.loc[manifest.index[manifest["split"] == "test"][0], "label"] = "rare"
     report = validate_manifest(manifest, len(manifest), ValidationConfig(), [0.5, 1.0])
     assert not report["success"]
-    assert any("train_labels" in line and "class 'rare': train_labels=0" in line for line in report["failures"]), report["failures"]
+    assert any("train_labels" in line and "class 'rare': train_labels=0" in line for line in report["failures"]), (
+        report["failures"]
+    )
     assert report["train_labels_per_class"]["rare"] == 0
 
 
-@pytest.mark.parametrize("fractions, index, shown", [([0.1, 0.0], 1, "0.0"), ([1.5], 0, "1.5"), ([-0.1], 0, "-0.1"), ([float("nan")], 0, "nan")])
+@pytest.mark.parametrize(
+    "fractions, index, shown",
+    [([0.1, 0.0], 1, "0.0"), ([1.5], 0, "1.5"), ([-0.1], 0, "-0.1"), ([float("nan")], 0, "nan")],
+)
 def test_label_fractions_outside_0_to_1_are_refused_naming_the_value(fractions, index, shown):
     manifest = _labelled_manifest()
     with pytest.raises(ValueError, match=rf"label_fractions\[{index}\] = {shown} is not a fraction in \(0, 1\]"):
@@ -176,7 +210,9 @@ def _float_tiff(path, bad: float, count: int) -> None:
 def test_float_image_with_non_finite_pixels_is_refused_naming_the_count(tmp_path, bad):
     root = _folder(tmp_path / "scans")
     _float_tiff(root / "float.tif", bad, count=3)
-    with pytest.raises(UndecodableImageError, match=r"float.tif: 3 of 100 pixels of this 32-bit float image are not finite"):
+    with pytest.raises(
+        UndecodableImageError, match=r"float.tif: 3 of 100 pixels of this 32-bit float image are not finite"
+    ):
         ingest(root, CONFIG)
     manifest, _, summary = ingest(root, IngestConfig(image_size=16, max_bad_fraction=0.2))
     (key,) = image_keys(["float.tif"])
@@ -224,7 +260,10 @@ def test_bits_stored_fixes_the_scale_and_refuses_values_above_it(tmp_path):
 
 @pytest.mark.parametrize(
     "value, problem",
-    [(-5, r"negative pixel values \(minimum -5\) in a mode I image"), (70000, r"maximum pixel value 70000 is above 65535")],
+    [
+        (-5, r"negative pixel values \(minimum -5\) in a mode I image"),
+        (70000, r"maximum pixel value 70000 is above 65535"),
+    ],
     ids=["negative", "over-16-bits"],
 )
 def test_32_bit_integer_values_outside_16_bits_are_refused_not_clipped(tmp_path, value, problem):
@@ -286,5 +325,7 @@ def test_file_over_max_file_bytes_is_refused_without_reading_it(tmp_path):
 def test_folder_file_over_max_file_bytes_stops_ingest_naming_it(tmp_path):
     root = _folder(tmp_path / "scans", count=2)
     limit = min(len(_png(0)), len(_png(1))) - 1
-    with pytest.raises(UndecodableImageError, match=rf"img0.png: \d+ bytes is over IngestConfig.max_file_bytes={limit}"):
+    with pytest.raises(
+        UndecodableImageError, match=rf"img0.png: \d+ bytes is over IngestConfig.max_file_bytes={limit}"
+    ):
         ingest(root, IngestConfig(image_size=16, max_file_bytes=limit))

@@ -15,9 +15,16 @@ from sslflow.data.types import SourceImages
 def _images(count: int, side: int) -> SourceImages:
     pixels = np.random.default_rng(0).integers(0, 256, (count, 1, side, side), dtype=np.uint8)
     return SourceImages(
-        pixels=pixels, source_paths=[f"image{i}.png" for i in range(count)], labels=[None] * count, case_ids=None,
-        sites=["default"] * count, size_bytes=[1] * count, modes=["L"] * count, widths=[side] * count, heights=[side] * count,
-    )  # fmt: skip
+        pixels=pixels,
+        source_paths=[f"image{i}.png" for i in range(count)],
+        labels=[None] * count,
+        case_ids=None,
+        sites=["default"] * count,
+        size_bytes=[1] * count,
+        modes=["L"] * count,
+        widths=[side] * count,
+        heights=[side] * count,
+    )
 
 
 def test_pixel_statistics_take_a_fraction_of_a_float64_copy_of_the_chunk():
@@ -28,7 +35,9 @@ def test_pixel_statistics_take_a_fraction_of_a_float64_copy_of_the_chunk():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 2 * images.pixels.nbytes, f"decoded_table peaked at {peak / images.pixels.nbytes:.1f} x the images' bytes"
+    assert peak < 2 * images.pixels.nbytes, (
+        f"decoded_table peaked at {peak / images.pixels.nbytes:.1f} x the images' bytes"
+    )
     flat = images.pixels.reshape(len(images.pixels), -1)
     np.testing.assert_allclose(table["pixel_mean"], flat.mean(axis=1, dtype=np.float64))
     np.testing.assert_allclose(table["pixel_std"], flat.std(axis=1, dtype=np.float64))

@@ -16,17 +16,17 @@ import botocore.client
 import numpy as np
 import pydicom
 import pytest
+from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
+from ingested import ingest
+from moto_s3 import moto_s3_server, s3_environment
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
-from moto_s3 import moto_s3_server, s3_environment
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import chunk_json, decode_chunk, ingest_source, plan_chunks
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
-from sslflow.data.sources import fingerprint_source as fingerprint_folder
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
+from sslflow.data.sources import fingerprint_source as fingerprint_folder
 from sslflow.data.types import SourceError, UndecodableImageError
-from ingested import ingest
 
 KEY = "test-key-0123456789abcdef0123456789"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,8 @@ def _decode(path: Path, size: int, **options):
 
 
 def _standard_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2.1 (LINEAR) into [0, 255], rounded: the expected values, written independently of pydicom."""
+    """DICOM PS3.3 C.11.2.1.2.1 (LINEAR) into [0, 255], rounded: the expected values, written independently of
+    pydicom."""
     low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
     inside = ((hu - (center - 0.5)) / (width - 1) + 0.5) * 255
     return np.round(np.where(hu <= low, 0, np.where(hu > high, 255, inside))).astype(np.uint8)
@@ -59,28 +60,56 @@ STORED = np.array([[0, 864, 1024, 1064], [1263, 1264, 2048, 4095]], dtype=np.uin
 
 
 def test_ct_to_hounsfield_units_then_the_header_window(tmp_path):
-    square = write_dicom(tmp_path / "sq", STORED[:, :2].reshape(2, 2), RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    square = write_dicom(
+        tmp_path / "sq",
+        STORED[:, :2].reshape(2, 2),
+        RescaleSlope=1,
+        RescaleIntercept=-1024,
+        WindowCenter=40,
+        WindowWidth=400,
+    )
     pixels = _decode(square, 2).pixels[0, 0]
     hu = STORED[:, :2].astype(float) - 1024  # -1024, -160, 239, 240
     assert pixels.tolist() == _standard_window(hu, 40, 400).tolist() == [[0, 0], [255, 255]]
-    full = _decode(write_dicom(tmp_path / "w", np.array([[1024, 1064], [984, 1063]], np.uint16), RescaleSlope=1, RescaleIntercept=-1024,
-                               WindowCenter=40, WindowWidth=400), 2).pixels[0, 0]  # fmt: skip
-    assert full.tolist() == _standard_window(np.array([[0, 40], [-40, 39]], float), 40, 400).tolist() == [[102, 128], [77, 127]]
+    full = _decode(
+        write_dicom(
+            tmp_path / "w",
+            np.array([[1024, 1064], [984, 1063]], np.uint16),
+            RescaleSlope=1,
+            RescaleIntercept=-1024,
+            WindowCenter=40,
+            WindowWidth=400,
+        ),
+        2,
+    ).pixels[0, 0]
+    assert (
+        full.tolist()
+        == _standard_window(np.array([[0, 40], [-40, 39]], float), 40, 400).tolist()
+        == [[102, 128], [77, 127]]
+    )
     image = _decode(square, 2)
-    assert image.modality == "CT" and image.mode == "DICOM CT MONOCHROME2 12-bit" and image.case_id.startswith("patient-")
+    assert (
+        image.modality == "CT" and image.mode == "DICOM CT MONOCHROME2 12-bit" and image.case_id.startswith("patient-")
+    )
 
 
 def test_full_range_maps_the_whole_12_bit_range_to_8_bits_unclipped(tmp_path):
     values = np.array([[0, 2048], [4095, 1000]], dtype=np.uint16)
-    pixels = _decode(write_dicom(tmp_path / "ct", values, RescaleSlope=1, RescaleIntercept=-1024), 2, dicom_window="full-range").pixels[0, 0]
+    pixels = _decode(
+        write_dicom(tmp_path / "ct", values, RescaleSlope=1, RescaleIntercept=-1024), 2, dicom_window="full-range"
+    ).pixels[0, 0]
     assert pixels.tolist() == np.round(values / 4095 * 255).astype(int).tolist() == [[0, 128], [255, 62]]
-    windowed = write_dicom(tmp_path / "w", values, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    windowed = write_dicom(
+        tmp_path / "w", values, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400
+    )
     assert _decode(windowed, 2, dicom_window="full-range").pixels[0, 0].tolist() == [[0, 128], [255, 62]]
 
 
 def test_ct_preset_replaces_the_header_window(tmp_path):
     values = np.array([[424, 1024], [0, 4095]], dtype=np.uint16)  # HU -600 (lung centre), 0, -1024, 3071
-    path = write_dicom(tmp_path / "ct", values, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    path = write_dicom(
+        tmp_path / "ct", values, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400
+    )
     hu = values.astype(float) - 1024
     assert _decode(path, 2, dicom_window="ct-lung").pixels[0, 0].tolist() == _standard_window(hu, -600, 1500).tolist()
     assert _decode(path, 2, dicom_window="ct-bone").pixels[0, 0].tolist() == _standard_window(hu, 400, 1800).tolist()
@@ -104,8 +133,12 @@ def test_multi_frame_objects_follow_the_frame_policy(tmp_path):
 def test_colour_palette_and_ybr_become_rgb_or_luma(tmp_path):
     rgb = _decode(Path(get_testdata_file("SC_rgb_small_odd.dcm")), 3, channels=3).pixels[0]
     ybr = _decode(Path(get_testdata_file("SC_ybr_full_422_uncompressed.dcm")), 100, channels=3).pixels[0]
-    reference = pydicom.dcmread(get_testdata_file("SC_rgb_rle.dcm")).pixel_array.transpose(2, 0, 1)  # the same picture, stored RGB
-    assert rgb.shape == (3, 3, 3) and np.abs(ybr.astype(int) - reference).max() <= 6  # YBR_FULL_422 -> RGB (pydicom's conversion, 8-bit rounding)
+    reference = pydicom.dcmread(get_testdata_file("SC_rgb_rle.dcm")).pixel_array.transpose(
+        2, 0, 1
+    )  # the same picture, stored RGB
+    assert (
+        rgb.shape == (3, 3, 3) and np.abs(ybr.astype(int) - reference).max() <= 6
+    )  # YBR_FULL_422 -> RGB (pydicom's conversion, 8-bit rounding)
     grey = _decode(Path(get_testdata_file("SC_rgb_small_odd.dcm")), 3, channels=1).pixels[0, 0]
     luma = np.round((rgb[0].astype(float) * 299 + rgb[1].astype(float) * 587 + rgb[2].astype(float) * 114) / 1000)
     assert np.abs(grey.astype(int) - luma).max() <= 1
@@ -131,10 +164,23 @@ def test_every_bundled_file_decodes_or_is_refused_naming_why():
         assert message.startswith(name) and any(reason in message for reason in reasons), message
     assert "JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51)" in refused["JPEG-lossy.dcm"]
     assert "JPEG 2000 Image Compression (1.2.840.10008.1.2.4.91)" in refused["JPEG2000-embedded-sequence-delimiter.dcm"]
-    assert "less than expected" in refused["MR_truncated.dcm"] and "Explicit VR Little Endian" in refused["MR_truncated.dcm"]
+    assert (
+        "less than expected" in refused["MR_truncated.dcm"]
+        and "Explicit VR Little Endian" in refused["MR_truncated.dcm"]
+    )
     assert {"reportsi.dcm", "rtplan.dcm", "test-SR.dcm", "liver_1frame.dcm", "rtdose.dcm"} <= set(skipped)
-    for compressed in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_gdcm.dcm",
-                       "693_J2KI.dcm", "SC_rgb_jpeg_dcmtk.dcm", "image_dfl.dcm", "MR_small_bigendian.dcm", "examples_ybr_color.dcm"):  # fmt: skip
+    for compressed in (
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "JPGExtended.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",
+        "693_J2KI.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "image_dfl.dcm",
+        "MR_small_bigendian.dcm",
+        "examples_ybr_color.dcm",
+    ):
         assert compressed not in refused and compressed not in skipped, compressed
 
 
@@ -150,15 +196,31 @@ def test_pacs_folder_cases_sites_modalities_and_skipped_objects(tmp_path):
     assert named["sites"] == {"North Hospital": 12 + frames, "South Clinic": 12}
     assert summary["modalities"] == {"CT": 8, "MR": 4, "NM": 4, "US": 8 + frames}
     # README.txt has no image suffix: a candidate the chunk reads, finds not DICOM and skips (counted, not quarantined)
-    assert summary["skipped_non_image"] == {"Basic Text SR Storage": 1, "Media Storage Directory Storage": 1, "RT Plan Storage": 1, "not DICOM (no image suffix)": 1}
-    assert summary["quarantined"] == [] and summary["cases"] == files["patient"].nunique() == 5 and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
-    assert manifest.loc[manifest["image_key"].str.startswith(_image_key("PAT0/CINE/US0001") + "#frame="), "case_id"].nunique() == 1
+    assert summary["skipped_non_image"] == {
+        "Basic Text SR Storage": 1,
+        "Media Storage Directory Storage": 1,
+        "RT Plan Storage": 1,
+        "not DICOM (no image suffix)": 1,
+    }
+    assert (
+        summary["quarantined"] == []
+        and summary["cases"] == files["patient"].nunique() == 5
+        and manifest["case_id"].str.fullmatch(r"patient-[0-9a-f]{20}").all()
+    )
+    assert (
+        manifest.loc[
+            manifest["image_key"].str.startswith(_image_key("PAT0/CINE/US0001") + "#frame="), "case_id"
+        ].nunique()
+        == 1
+    )
     again = ingest(folder, config)[0]  # a second run, same key: same pseudonyms
     assert again["case_id"].tolist() == manifest["case_id"].tolist()
     other = ingest(folder, config, pseudonym_key="another-key-0123456789")[0]
     assert set(other["case_id"]).isdisjoint(manifest["case_id"])
     studies = ingest(folder, IngestConfig(dicom_case_level="study", dicom_site="scanner", dicom_site_names=True))[2]
-    assert studies["cases"] > 5 and "GE MEDICAL SYSTEMS RHAPSODE" in studies["sites"]  # no Manufacturer: the institution
+    assert (
+        studies["cases"] > 5 and "GE MEDICAL SYSTEMS RHAPSODE" in studies["sites"]
+    )  # no Manufacturer: the institution
 
 
 def test_fingerprint_covers_extensionless_dicom_files(tmp_path):
@@ -183,11 +245,15 @@ def test_bad_dicom_is_refused_by_path_or_quarantined_and_never_modified(tmp_path
     data = (folder / "PAT0/STUDY0/SERIES0/IM0000").read_bytes()
     (folder / "PAT0/STUDY0/SERIES0/IM0000").write_bytes(data[: len(data) - 500])  # truncated inside the pixel data
     hashes = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()}
-    with pytest.raises(UndecodableImageError, match=r"PAT0/STUDY0/SERIES0/IM0000: .*transfer syntax Explicit VR Little Endian"):
+    with pytest.raises(
+        UndecodableImageError, match=r"PAT0/STUDY0/SERIES0/IM0000: .*transfer syntax Explicit VR Little Endian"
+    ):
         ingest(folder, IngestConfig())
     summary = ingest(folder, IngestConfig(max_bad_fraction=0.2))[2]
     assert [item["image_key"] for item in summary["quarantined"]] == [_image_key("PAT0/STUDY0/SERIES0/IM0000")]
-    assert hashes == {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()}
+    assert hashes == {
+        path: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()
+    }
 
 
 def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
@@ -197,19 +263,39 @@ def test_pyflyte_validate_data_on_a_pacs_export_shows_no_identifier(tmp_path):
     write_pacs_folder(folder, planted=PLANTED, multiframe=True, identifying_paths=True)
     burned = folder / "ZYXWVÜT_QÖPNMLK_PID-8675309-ZQPAT0" / "20231105" / "CT" / "ACC-5551234-XJ99_99.dcm"
     write_dicom(burned, np.full((8, 8), 1200, np.int16), BurnedInAnnotation="YES", **PLANTED)
-    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                   "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"), "HOME": str(tmp_path / "home")}  # fmt: skip
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"),
+        "HOME": str(tmp_path / "home"),
+    }
     result = subprocess.run(
         [str(PYFLYTE), "run", "workflows/data.py", "validate_data", "--source", str(folder)],
-        cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last == {"images": 52, "cases": 5, "sites": 2, "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36}, "skipped": 4, "quarantined": 1, "unlisted_files": 0}  # skipped: 3 non-image DICOM objects, README.txt
+    assert last == {
+        "images": 52,
+        "cases": 5,
+        "sites": 2,
+        "modalities": {"CT": 8, "MR": 4, "NM": 4, "US": 36},
+        "skipped": 4,
+        "quarantined": 1,
+        "unlisted_files": 0,
+    }  # skipped: 3 non-image DICOM objects, README.txt
     assert "held back: {'burned_in_annotation': 1}" in result.stdout
     plans = list(plan_chunks(str(folder), IngestConfig()))
     cached = flyte_cache_entries(tmp_path / "home", plans)
-    assert any(key.startswith("tasks.ingest.plan_ingest-") for key in cached) and len(cached) >= 6  # plan, chunks, join, validate, ...
+    assert (
+        any(key.startswith("tasks.ingest.plan_ingest-") for key in cached) and len(cached) >= 6
+    )  # plan, chunks, join, validate, ...
     outputs = [tmp_path / name for name in ("mlflow.db", "mlartifacts", "sandbox", "ingest-cache")]
     assert_no_identifier([result.stdout, result.stderr], outputs, folder=folder, blobs=cached, plans=plans)
 
@@ -218,20 +304,35 @@ GENERIC_PATH_PARTS = {"CT", "MR", "US", "NM", "SR", "CINE", "RTPLAN", "DICOMDIR"
 
 
 def identifiers_of(folder: Path) -> set[str]:
-    """What a PACS export at ``folder`` identifies people by: every UID of its DICOM files and every part of its paths."""
+    """What a PACS export at ``folder`` identifies people by: every UID of its DICOM files and every part of its
+    paths."""
     found = set()
     for path in folder.rglob("*"):
         relative = path.relative_to(folder)
-        found |= {part for part in relative.parts if part not in GENERIC_PATH_PARTS and not part.startswith(("PAT", "STUDY", "SERIES", "IM", "US0", "SR0", "RP0"))}
+        found |= {
+            part
+            for part in relative.parts
+            if part not in GENERIC_PATH_PARTS
+            and not part.startswith(("PAT", "STUDY", "SERIES", "IM", "US0", "SR0", "RP0"))
+        }
         if path.is_file() and has_dicom_preamble(path.read_bytes()[:132]):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            found |= {str(ds.get(keyword)) for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID") if keyword in ds}
+            found |= {
+                str(ds.get(keyword))
+                for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+                if keyword in ds
+            }
     return found
 
 
 def needles_of(values: set[str]) -> set[bytes]:
-    """``values`` in the spellings an export and a program give them: caret, space, underscore, upper case; UTF-8, Latin-1, UTF-16."""
-    spellings = {spelling for value in values for spelling in (value, value.replace("^", " "), value.replace("^", "_"), value.upper())}
+    """``values`` in the spellings an export and a program give them: caret, space, underscore, upper case; UTF-8,
+    Latin-1, UTF-16."""
+    spellings = {
+        spelling
+        for value in values
+        for spelling in (value, value.replace("^", " "), value.replace("^", "_"), value.upper())
+    }
     encoded = set()
     for spelling in spellings:
         for encoding in ("utf-8", "latin-1", "utf-16-le"):
@@ -256,7 +357,12 @@ def flyte_cache_entries(home: Path, plans: list[dict]) -> dict[str, bytes]:
 
 
 def assert_no_identifier(
-    texts: list[str], paths: list[Path], *, folder: Path | None = None, blobs: dict[str, bytes] | None = None, plans: list[dict] = ()
+    texts: list[str],
+    paths: list[Path],
+    *,
+    folder: Path | None = None,
+    blobs: dict[str, bytes] | None = None,
+    plans: list[dict] = (),
 ) -> None:
     """None of PLANTED's values, nor (``folder``) a UID or path part of the export, in ``texts``, in any file under
     ``paths`` or in ``blobs`` (name: bytes, e.g. flyte_cache_entries). plans: chunk documents (plan_chunks), the
@@ -264,12 +370,26 @@ def assert_no_identifier(
     values = {value for keyword, value in PLANTED.items() if keyword != "SpecificCharacterSet"} | set(PLANTED_FRAGMENTS)
     needles = needles_of(values | (identifiers_of(folder) if folder else set()))
     for text in texts:
-        found = [needle for needle in needles if needle.decode("utf-8", "ignore") and needle.decode("utf-8", "ignore") in text]
+        found = [
+            needle
+            for needle in needles
+            if needle.decode("utf-8", "ignore") and needle.decode("utf-8", "ignore") in text
+        ]
         assert not found, found[:5]
-    files = [file for path in paths if path.exists() for file in ([path] if path.is_file() else path.rglob("*")) if file.is_file()]
+    files = [
+        file
+        for path in paths
+        if path.exists()
+        for file in ([path] if path.is_file() else path.rglob("*"))
+        if file.is_file()
+    ]
     assert files
     documents = {chunk_json(chunk).encode() for chunk in plans}
-    files = [file for file in files if not (file.name.startswith("chunk-") and file.suffix == ".json" and file.read_bytes() in documents)]
+    files = [
+        file
+        for file in files
+        if not (file.name.startswith("chunk-") and file.suffix == ".json" and file.read_bytes() in documents)
+    ]
     for name, data in [*((str(file), file.read_bytes()) for file in files), *(blobs or {}).items()]:
         found = [needle for needle in needles if needle in data]
         assert not found, f"{name} holds {found[:5]}"
@@ -279,7 +399,9 @@ def _uid_keyed_folder(root: Path) -> tuple[Path, list[str]]:
     """Three extensionless CT files of two patients, and a metadata.csv naming them by SOPInstanceUID."""
     uids = []
     for index, (patient, value) in enumerate([("P-A", 100), ("P-A", 200), ("P-B", 300)]):
-        path = write_dicom(root / "export" / f"IM{index:04d}", np.full((16, 16), value, dtype=np.int16), PatientID=patient)
+        path = write_dicom(
+            root / "export" / f"IM{index:04d}", np.full((16, 16), value, dtype=np.int16), PatientID=patient
+        )
         uids.append(str(pydicom.dcmread(path).SOPInstanceUID))
     rows = [f"{uids[0]},benign,", f"{uids[1]},malignant,case-7", f"{uids[2]},benign,"]
     (root / "metadata.csv").write_text("sop_instance_uid,label,case_id\n" + "\n".join(rows) + "\n")
@@ -291,13 +413,20 @@ def test_metadata_keyed_by_sop_instance_uid_labels_dicom_files_and_never_shows_t
     config = IngestConfig(image_size=16)
     manifest, _, summary = ingest(folder, config)
     by_file = manifest.set_index("image_key")
-    assert by_file.loc[_image_key("export/IM0000"), "label"] == "benign" and by_file.loc[_image_key("export/IM0001"), "label"] == "malignant"
+    assert (
+        by_file.loc[_image_key("export/IM0000"), "label"] == "benign"
+        and by_file.loc[_image_key("export/IM0001"), "label"] == "malignant"
+    )
     assert by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"  # the metadata's case wins over the header's
-    assert by_file.loc[_image_key("export/IM0000"), "case_id"].startswith("patient-")  # blank in the metadata: the header's pseudonym
+    assert by_file.loc[_image_key("export/IM0000"), "case_id"].startswith(
+        "patient-"
+    )  # blank in the metadata: the header's pseudonym
     written = manifest.to_csv() + json.dumps(summary, default=str)
     assert not any(uid in written for uid in uids)
     # a row naming an object the folder does not hold is refused by its row, without the UID
-    (folder / "metadata.csv").write_text((folder / "metadata.csv").read_text() + "1.2.826.0.1.3680043.99999.1,benign,\n")
+    (folder / "metadata.csv").write_text(
+        (folder / "metadata.csv").read_text() + "1.2.826.0.1.3680043.99999.1,benign,\n"
+    )
     with pytest.raises(SourceError, match=r"metadata.csv row 5, column 'sop_instance_uid'") as refused:
         ingest(folder, config)
     assert "99999" not in str(refused.value)
@@ -312,10 +441,15 @@ def test_chunked_ingest_of_a_pacs_folder_matches_one_chunk(tmp_path):
     chunks = [chunk_json(chunk) for chunk in plan_chunks(str(folder), config)]
     assert len(chunks) > 2 and not any(KEY in chunk or "another-key" in chunk for chunk in chunks)
     for key in (None, "another-key-0123456789"):
-        _, chunked, summary = ingest_source(str(folder), config, tmp_path / f"dataset-{key}", workers=2, pseudonym_key=key)
+        _, chunked, summary = ingest_source(
+            str(folder), config, tmp_path / f"dataset-{key}", workers=2, pseudonym_key=key
+        )
         expected, _, in_memory = ingest(folder, IngestConfig(), pseudonym_key=key)
         columns = ["image_key", "case_id", "site", "modality", "label", "split", "sha256"]
-        assert chunked[columns].sort_values("image_key").values.tolist() == expected[columns].sort_values("image_key").values.tolist()
+        assert (
+            chunked[columns].sort_values("image_key").values.tolist()
+            == expected[columns].sort_values("image_key").values.tolist()
+        )
         for name in ("sites", "modalities", "skipped_non_image", "cases", "duplicates_dropped"):
             assert summary[name] == in_memory[name], name
 
@@ -326,8 +460,13 @@ def test_chunked_ingest_applies_and_refuses_sop_instance_rows_across_chunks(tmp_
     assert len(list(plan_chunks(str(folder), config))) == 3  # one file per chunk: each row matched by one chunk only
     _, manifest, _ = ingest_source(str(folder), config, tmp_path / "dataset")
     by_file = manifest.set_index("image_key")
-    assert by_file.loc[_image_key("export/IM0001"), "label"] == "malignant" and by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"
-    (folder / "metadata.csv").write_text((folder / "metadata.csv").read_text() + "1.2.826.0.1.3680043.99999.1,benign,\n")
+    assert (
+        by_file.loc[_image_key("export/IM0001"), "label"] == "malignant"
+        and by_file.loc[_image_key("export/IM0001"), "case_id"] == "case-7"
+    )
+    (folder / "metadata.csv").write_text(
+        (folder / "metadata.csv").read_text() + "1.2.826.0.1.3680043.99999.1,benign,\n"
+    )
     with pytest.raises(SourceError, match=r"metadata.csv row 5, column 'sop_instance_uid'") as refused:
         ingest_source(str(folder), config, tmp_path / "dataset-2")
     assert "99999" not in str(refused.value) and "row 2" not in str(refused.value)
@@ -341,7 +480,9 @@ def test_dicom_files_without_an_extension_at_an_s3_prefix_are_found_by_content(t
         client.create_bucket(Bucket="hospital")
         for path in sorted(folder.rglob("*")):
             if path.is_file():
-                client.put_object(Bucket="hospital", Key=f"site-a/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+                client.put_object(
+                    Bucket="hospital", Key=f"site-a/{path.relative_to(folder).as_posix()}", Body=path.read_bytes()
+                )
         client.put_object(Bucket="hospital", Key="site-a/export/README", Body=b"not an image")
         config = IngestConfig(image_size=16)
         manifest, _, _ = ingest("s3://hospital/site-a", config)
@@ -364,16 +505,21 @@ def s3_calls(monkeypatch) -> list[tuple[str, str | None, str | None]]:
 
 
 def _uid_keyed_prefix(client, folder: Path) -> None:
-    """The SOPInstanceUID-keyed folder at s3://hospital/site-a, with two objects without an image suffix that are not DICOM."""
+    """The SOPInstanceUID-keyed folder at s3://hospital/site-a, with two objects without an image suffix that are not
+    DICOM."""
     client.create_bucket(Bucket="hospital")
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            client.put_object(Bucket="hospital", Key=f"site-a/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+            client.put_object(
+                Bucket="hospital", Key=f"site-a/{path.relative_to(folder).as_posix()}", Body=path.read_bytes()
+            )
     client.put_object(Bucket="hospital", Key="site-a/export/README", Body=b"not an image")
     client.put_object(Bucket="hospital", Key="site-a/export/report.pdf", Body=b"%PDF-1.4" + bytes(300))
 
 
-def test_an_s3_plan_reads_no_object_without_an_image_suffix_and_the_chunks_skip_those_not_dicom(tmp_path, monkeypatch, s3_calls):
+def test_an_s3_plan_reads_no_object_without_an_image_suffix_and_the_chunks_skip_those_not_dicom(
+    tmp_path, monkeypatch, s3_calls
+):
     """The plan lists objects without a suffix unread (no GET, ranged or not); each chunk reads its own, decodes the
     DICOM ones and counts the others as skipped, never quarantined. The prefix is listed once per ingest, by the plan:
     a chunk reads the metadata keyed by SOPInstanceUID by its key."""
@@ -383,29 +529,41 @@ def test_an_s3_plan_reads_no_object_without_an_image_suffix_and_the_chunks_skip_
         _uid_keyed_prefix(boto3.client("s3"), folder)
         s3_calls.clear()
         plan = list(plan_chunks("s3://hospital/site-a", IngestConfig(image_size=16)))
-        assert plan and [call for call in s3_calls if call[0] == "GetObject"] == [("GetObject", "site-a/metadata.csv", None)]
+        assert plan and [call for call in s3_calls if call[0] == "GetObject"] == [
+            ("GetObject", "site-a/metadata.csv", None)
+        ]
         s3_calls.clear()
         manifest, _, summary = ingest("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))
     assert sorted(manifest["image_key"]) == sorted(_image_key(f"export/IM000{index}") for index in range(3))
     assert summary["skipped_non_image"] == {"not DICOM (no image suffix)": 2} and summary["quarantined"] == []
     assert not any(byte_range for _, _, byte_range in s3_calls)
-    assert sum(1 for operation, key, _ in s3_calls if operation == "GetObject" and key.endswith(("README", "report.pdf"))) == 2
+    assert (
+        sum(1 for operation, key, _ in s3_calls if operation == "GetObject" and key.endswith(("README", "report.pdf")))
+        == 2
+    )
     assert len(summary["chunks"]) > 1 and [operation for operation, _, _ in s3_calls].count("ListObjectsV2") == 1
 
 
-def test_a_chunk_reads_sop_instance_metadata_by_key_and_refuses_it_changed_since_the_plan(tmp_path, monkeypatch, s3_calls):
+def test_a_chunk_reads_sop_instance_metadata_by_key_and_refuses_it_changed_since_the_plan(
+    tmp_path, monkeypatch, s3_calls
+):
     folder, _ = _uid_keyed_folder(tmp_path / "pacs")
     with moto_s3_server(tmp_path) as endpoint:
         s3_environment(monkeypatch, endpoint)
         client = boto3.client("s3")
         _uid_keyed_prefix(client, folder)
-        chunks = [chunk_json(chunk) for chunk in plan_chunks("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))]
+        chunks = [
+            chunk_json(chunk)
+            for chunk in plan_chunks("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))
+        ]
         s3_calls.clear()
         decode_chunk(chunks[0], tmp_path / "chunk-0")
         assert "ListObjectsV2" not in [operation for operation, _, _ in s3_calls]
         assert s3_calls.count(("GetObject", "site-a/metadata.csv", None)) == 1
         metadata = (folder / "metadata.csv").read_bytes().replace(b"malignant", b"benign")
         client.put_object(Bucket="hospital", Key="site-a/metadata.csv", Body=metadata)
-        with pytest.raises(SourceError, match=r"s3://hospital/site-a: metadata.csv changed since ingest listed the source"):
+        with pytest.raises(
+            SourceError, match=r"s3://hospital/site-a: metadata.csv changed since ingest listed the source"
+        ):
             decode_chunk(chunks[1], tmp_path / "chunk-1")
     assert not (tmp_path / "chunk-1").exists()

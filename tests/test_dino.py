@@ -40,7 +40,9 @@ def test_dino_loss_matches_hand_computed_values():
     assert dino_loss(flat, flat[:2], torch.zeros(1, 4), 0.04).item() == pytest.approx(math.log(4), abs=1e-6)
     teacher = [torch.tensor([[1.0, 0.0, 0.0, 0.0]])] * 2
     agreeing, disagreeing = [torch.tensor([[1.0, 0.0, 0.0, 0.0]])] * 2, [torch.tensor([[0.0, 0.0, 0.0, 1.0]])] * 2
-    assert dino_loss(agreeing, teacher, torch.zeros(1, 4), 0.04) < dino_loss(disagreeing, teacher, torch.zeros(1, 4), 0.04)
+    assert dino_loss(agreeing, teacher, torch.zeros(1, 4), 0.04) < dino_loss(
+        disagreeing, teacher, torch.zeros(1, 4), 0.04
+    )
 
 
 def test_collapse_monitor_tells_uniform_one_dimension_and_healthy_teachers_apart():
@@ -48,7 +50,9 @@ def test_collapse_monitor_tells_uniform_one_dimension_and_healthy_teachers_apart
 
     def reason(teacher: torch.Tensor) -> str:
         entropy, kl, share = teacher_statistics(teacher, torch.zeros(1, 64), 0.04)
-        return DINO.collapse_reason({"teacher_entropy": entropy, "kl_to_uniform": kl, "mean_entropy_share": share, "log_prototypes": log_k})
+        return DINO.collapse_reason(
+            {"teacher_entropy": entropy, "kl_to_uniform": kl, "mean_entropy_share": share, "log_prototypes": log_k}
+        )
 
     assert reason(torch.eye(64)[:32]) == ""  # each image its own sharp distribution
     assert "one dimension" in reason(torch.eye(64)[[3] * 32])  # every image the same dimension
@@ -58,8 +62,8 @@ def test_collapse_monitor_tells_uniform_one_dimension_and_healthy_teachers_apart
 
 
 def test_dino_trains_with_local_crops_and_case_pairs(monkeypatch):
-    """Two global views (two images of one case: MICLe) and two local crops (96/224 of the side, at least 8 px) reach forward;
-    the teacher and the centre move; the monitor's measures join the epoch's metrics."""
+    """Two global views (two images of one case: MICLe) and two local crops (96/224 of the side, at least 8 px) reach
+    forward; the teacher and the centre move; the monitor's measures join the epoch's metrics."""
     seen = []
     forward = DINO.forward
 
@@ -71,19 +75,32 @@ def test_dino_trains_with_local_crops_and_case_pairs(monkeypatch):
     states = []
     config = PretrainConfig(method="dino", epochs=1, batch_size=16, augment=VIEW, prototypes=64, local_crops=2)
     pairs = InMemoryPairs(_images(), [i // 2 for i in range(32)])
-    history = pretrain_contrastive(build_encoder("small_cnn", 1, seed=0), pairs, config, on_epoch_end=lambda epoch, metrics, state_fn: states.append(state_fn()["model"]))
+    history = pretrain_contrastive(
+        build_encoder("small_cnn", 1, seed=0),
+        pairs,
+        config,
+        on_epoch_end=lambda epoch, metrics, state_fn: states.append(state_fn()["model"]),
+    )
     assert seen[0] == [(16, 16), (16, 16), (8, 8), (8, 8)] and len(seen) == 2
-    assert {"teacher_entropy", "kl_to_uniform", "mean_entropy_share"} <= set(history[0]) and math.isfinite(history[0]["loss"])
+    assert {"teacher_entropy", "kl_to_uniform", "mean_entropy_share"} <= set(history[0]) and math.isfinite(
+        history[0]["loss"]
+    )
     model = states[0]
-    assert model["center"].abs().sum() > 0 and not torch.equal(model["teacher_head.prototypes"], model["head.prototypes"])
+    assert model["center"].abs().sum() > 0 and not torch.equal(
+        model["teacher_head.prototypes"], model["head.prototypes"]
+    )
     assert "dino" in METHODS
 
 
 def test_a_dino_run_without_sharpening_collapses_and_says_so():
     """Teacher temperature 1 (no sharpening; the paper's Fig. 7 ablation): the teacher hands every image the uniform
     distribution, and the monitor's verdict on the last epoch says so."""
-    config = PretrainConfig(method="dino", epochs=2, batch_size=16, augment=VIEW, teacher_temperature=1.0, teacher_warmup_temperature=1.0)
-    history = pretrain_contrastive(build_encoder("small_cnn", 1, seed=0), InMemoryPairs(_images(), list(range(32))), config)
+    config = PretrainConfig(
+        method="dino", epochs=2, batch_size=16, augment=VIEW, teacher_temperature=1.0, teacher_warmup_temperature=1.0
+    )
+    history = pretrain_contrastive(
+        build_encoder("small_cnn", 1, seed=0), InMemoryPairs(_images(), list(range(32))), config
+    )
     assert "collapsed to the uniform distribution" in METHODS["dino"].collapse_reason(history[-1])
     assert history[-1]["teacher_entropy"] > 0.95 * math.log(config.prototypes)
 
@@ -94,15 +111,24 @@ WORLD_SIZE = 2
 def _dino_worker(rank: int, port: int, results) -> None:
     import os
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     torch.manual_seed(0)
     encoder = build_encoder("small_cnn", 1)  # same initial weights on both ranks, as DDP requires
     config = PretrainConfig(method="dino", epochs=1, batch_size=8, augment=VIEW, prototypes=32, local_crops=1)
     states = []
     pairs = InMemoryPairs(_images(), [i // 2 for i in range(32)], seed=0)
-    history = pretrain_contrastive(encoder, pairs, config, on_epoch_end=lambda epoch, metrics, state_fn: states.append(state_fn()["model"]))
-    results[rank] = (history[0]["loss"], history[0]["teacher_entropy"], states[0]["center"].clone(), states[0]["head.prototypes"].clone())
+    history = pretrain_contrastive(
+        encoder, pairs, config, on_epoch_end=lambda epoch, metrics, state_fn: states.append(state_fn()["model"])
+    )
+    results[rank] = (
+        history[0]["loss"],
+        history[0]["teacher_entropy"],
+        states[0]["center"].clone(),
+        states[0]["head.prototypes"].clone(),
+    )
     dist.destroy_process_group()
 
 
@@ -124,15 +150,23 @@ def test_dino_under_ddp_keeps_one_centre_and_one_student():
 def _collapsing_dino_rung(run_id: str, config: PretrainConfig, finetune_config: FinetuneConfig) -> FinetunedModel:
     dataset = ingest(source="mnist-5k", config=IngestConfig(max_images=100), parent_run_id=run_id)
     encoder = pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
-    return finetune_pretrained(domain=dataset, encoder=encoder, label_fraction=1.0, config=finetune_config, parent_run_id=run_id)
+    return finetune_pretrained(
+        domain=dataset, encoder=encoder, label_fraction=1.0, config=finetune_config, parent_run_id=run_id
+    )
 
 
 def test_a_collapsed_pretraining_stage_is_tagged_and_its_models_are_not_selectable():
     """The pipeline's tasks: the collapsed DINO rung's MLflow run carries the reason, and the model fine-tuned from it
     is evaluated but never selected (FinetunedModel.selectable)."""
-    config = PretrainConfig(method="dino", epochs=1, batch_size=32, teacher_temperature=1.0, teacher_warmup_temperature=1.0, prototypes=64)
+    config = PretrainConfig(
+        method="dino", epochs=1, batch_size=32, teacher_temperature=1.0, teacher_warmup_temperature=1.0, prototypes=64
+    )
     finetune_config = FinetuneConfig(epochs=1, head_warmup_steps=0, batch_size=32)
-    model = _collapsing_dino_rung(run_id=start_parent_run("dino-collapse-test", {}), config=config, finetune_config=finetune_config)
+    model = _collapsing_dino_rung(
+        run_id=start_parent_run("dino-collapse-test", {}), config=config, finetune_config=finetune_config
+    )
     assert model.selectable is False and model.init == "dino"
-    encoder_run = mlflow.tracking.MlflowClient().get_run(mlflow.tracking.MlflowClient().get_run(model.mlflow_run_id).data.params["encoder.mlflow_run_id"])
+    encoder_run = mlflow.tracking.MlflowClient().get_run(
+        mlflow.tracking.MlflowClient().get_run(model.mlflow_run_id).data.params["encoder.mlflow_run_id"]
+    )
     assert "collapsed to the uniform distribution" in encoder_run.data.tags["collapsed"]

@@ -24,7 +24,9 @@ from workflows.ingest import ingest
 
 
 def _blocky(n: int = 48) -> torch.Tensor:
-    return F.interpolate(torch.randint(0, 256, (n, 1, 4, 4), generator=torch.Generator().manual_seed(0)).float(), size=16, mode="nearest").to(torch.uint8)
+    return F.interpolate(
+        torch.randint(0, 256, (n, 1, 4, 4), generator=torch.Generator().manual_seed(0)).float(), size=16, mode="nearest"
+    ).to(torch.uint8)
 
 
 def test_the_student_learns_the_frozen_teachers_features():
@@ -32,11 +34,23 @@ def test_the_student_learns_the_frozen_teachers_features():
     change and stays in eval mode, the student's features come to predict the teacher's."""
     teacher = build_encoder("timm:resnet18", 1, 16, seed=1).eval()
     frozen = {key: value.clone() for key, value in teacher.state_dict().items()}
-    config = PretrainConfig(method="distill", epochs=5, batch_size=16, learning_rate=3e-3, teacher="timm:resnet18", teacher_weights="test",
-                            augment=AugmentConfig(output_size=16, crop_scale=(0.6, 1.0)))
+    config = PretrainConfig(
+        method="distill",
+        epochs=5,
+        batch_size=16,
+        learning_rate=3e-3,
+        teacher="timm:resnet18",
+        teacher_weights="test",
+        augment=AugmentConfig(output_size=16, crop_scale=(0.6, 1.0)),
+    )
     states = []
-    history = pretrain_contrastive(build_encoder("small_cnn", 1, seed=0), InMemoryPairs(_blocky(), list(range(48))), config, teacher=teacher,
-                                   on_epoch_end=lambda epoch, metrics, state_fn: states.append(state_fn()["model"]))
+    history = pretrain_contrastive(
+        build_encoder("small_cnn", 1, seed=0),
+        InMemoryPairs(_blocky(), list(range(48))),
+        config,
+        teacher=teacher,
+        on_epoch_end=lambda epoch, metrics, state_fn: states.append(state_fn()["model"]),
+    )
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
     assert all(torch.equal(states[-1][f"teacher.{key}"], value) for key, value in frozen.items())
     assert METHODS["distill"].label == "distillation"
@@ -50,7 +64,12 @@ def test_distillation_needs_a_teacher_and_the_others_take_none():
         build_method("distill", encoder, PretrainConfig(method="distill", teacher="small_cnn", teacher_weights="x"))
     with pytest.raises(ValueError, match="takes no teacher"):
         build_method("simclr", encoder, PretrainConfig(), teacher=build_encoder("small_cnn", 1))
-    method = build_method("distill", encoder, PretrainConfig(method="distill", teacher="small_cnn", teacher_weights="x"), teacher=build_encoder("small_cnn", 1))
+    method = build_method(
+        "distill",
+        encoder,
+        PretrainConfig(method="distill", teacher="small_cnn", teacher_weights="x"),
+        teacher=build_encoder("small_cnn", 1),
+    )
     assert not method.train().teacher.training and not any(p.requires_grad for p in method.teacher.parameters())
 
 
@@ -67,8 +86,14 @@ def test_the_pretraining_task_distils_the_teacher_from_the_users_weights_file(tm
 
     path = tmp_path / "teacher.pth"
     torch.save(timm.create_model("resnet18", num_classes=1000).state_dict(), path)
-    config = PretrainConfig(method="distill", epochs=1, batch_size=50, teacher="timm:resnet18", teacher_weights=str(path))
+    config = PretrainConfig(
+        method="distill", epochs=1, batch_size=50, teacher="timm:resnet18", teacher_weights=str(path)
+    )
     encoder = _distilled_rung(run_id=start_parent_run("distill-task-test", {}), config=config)
     assert encoder.arm == "distill" and encoder.collapsed == ""
     params = mlflow.tracking.MlflowClient().get_run(encoder.mlflow_run_id).data.params
-    assert (params["teacher"], params["teacher.source"], params["teacher.sha256"]) == ("timm:resnet18", str(path), file_sha256(path))
+    assert (params["teacher"], params["teacher.source"], params["teacher.sha256"]) == (
+        "timm:resnet18",
+        str(path),
+        file_sha256(path),
+    )

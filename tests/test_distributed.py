@@ -15,7 +15,9 @@ WORLD_SIZE, PER_RANK, DIM, TAU = 2, 4, 8, 0.5
 
 def _global_batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(WORLD_SIZE * PER_RANK, DIM, generator=generator), torch.randn(WORLD_SIZE * PER_RANK, DIM, generator=generator)
+    return torch.randn(WORLD_SIZE * PER_RANK, DIM, generator=generator), torch.randn(
+        WORLD_SIZE * PER_RANK, DIM, generator=generator
+    )
 
 
 def _worker(rank: int, port: int, results) -> None:
@@ -59,17 +61,21 @@ def _pretrain_worker(rank: int, port: int, results) -> None:
     import os
 
     from ssl_models.augment import AugmentConfig
-    from ssl_models.encoders import build_encoder
     from ssl_models.data import InMemoryPairs
+    from ssl_models.encoders import build_encoder
     from ssl_models.train import PretrainConfig, pretrain_contrastive
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     encoder = build_encoder("small_cnn", 1)  # same initial weights on both ranks, as DDP requires
     config = PretrainConfig(epochs=2, batch_size=8, augment=AugmentConfig(output_size=16))
-    history = pretrain_contrastive(encoder, InMemoryPairs(images, [i // 2 for i in range(40)], seed=config.seed), config)
+    history = pretrain_contrastive(
+        encoder, InMemoryPairs(images, [i // 2 for i in range(40)], seed=config.seed), config
+    )
     # Parameters must agree; BatchNorm running statistics are per rank on CPU (rank 0's are saved).
     results[rank] = ([h["loss"] for h in history], {k: v.detach().clone() for k, v in encoder.named_parameters()})
     dist.destroy_process_group()
@@ -94,7 +100,9 @@ def _resume_worker(rank: int, port: int, results) -> None:
     from ssl_models.encoders import build_encoder
     from ssl_models.train import PretrainConfig, pretrain_contrastive
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     config = PretrainConfig(epochs=3, batch_size=8, augment=AugmentConfig(output_size=16))
@@ -117,7 +125,12 @@ def test_every_rank_resumes_rank_zeros_checkpoint_from_the_same_epoch():
     states = []
     images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     config = PretrainConfig(epochs=1, batch_size=8, augment=AugmentConfig(output_size=16))
-    pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(40))), config, on_epoch_end=lambda e, m, state: states.append(state()))
+    pretrain_contrastive(
+        build_encoder("small_cnn", 1),
+        InMemoryPairs(images, list(range(40))),
+        config,
+        on_epoch_end=lambda e, m, state: states.append(state()),
+    )
     manager = mp.Manager()
     results = manager.dict(state=states[0])
     mp.spawn(_resume_worker, args=(_free_port(), results), nprocs=WORLD_SIZE, join=True)

@@ -20,24 +20,34 @@ def test_the_readme_is_read_in_five_minutes_and_shows_exactly_two_set_up_command
 
 
 def test_the_docs_say_what_is_not_what_was():
-    history = re.compile(r"\bissue \d+|\bissue #\d+|the run before|earlier runs?\b|this session|used to be|in git history", re.IGNORECASE)
+    history = re.compile(
+        r"\bissue \d+|\bissue #\d+|the run before|earlier runs?\b|this session|used to be|in git history", re.IGNORECASE
+    )
     for document in DOCUMENTS:
         hits = [line for line in document.read_text().splitlines() if history.search(line)]
         assert not hits, f"{document.relative_to(ROOT)}: {hits[:3]}"
 
 
 def test_every_path_the_docs_name_exists():
-    named = re.compile(r"`((?:docs|benchmarks|tests|ssl_models|sslflow|tasks|workflows|images)/[\w./-]+\.(?:py|md|json|txt))`")
+    named = re.compile(
+        r"`((?:docs|benchmarks|tests|ssl_models|sslflow|tasks|workflows|images)/[\w./-]+\.(?:py|md|json|txt))`"
+    )
     for document in DOCUMENTS:
-        missing = [path for path in named.findall(document.read_text()) if "*" not in path and not (ROOT / path).exists()]
+        missing = [
+            path for path in named.findall(document.read_text()) if "*" not in path and not (ROOT / path).exists()
+        ]
         assert not missing, f"{document.relative_to(ROOT)} names files that do not exist: {missing}"
 
 
 def test_the_readme_results_are_generated_from_committed_results():
-    completed = subprocess.run([sys.executable, "benchmarks/readme_tables.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/readme_tables.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert completed.returncode == 0, completed.stderr
 
 
 def test_the_configuration_reference_matches_the_dataclasses():
-    completed = subprocess.run([sys.executable, "docs/generate_configuration.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, "docs/generate_configuration.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert completed.returncode == 0, completed.stderr

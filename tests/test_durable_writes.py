@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from PIL import Image
 
 from sslflow.config import IngestConfig
@@ -23,7 +22,9 @@ def _scans(root: Path, count: int) -> str:
     """A folder of ``count`` distinct 8 x 8 PNGs."""
     root.mkdir(parents=True)
     for index in range(count):
-        Image.fromarray(np.random.default_rng(index).integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{index}.png")
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (8, 8), dtype=np.uint8)).save(
+            root / f"img{index}.png"
+        )
     return str(root)
 
 
@@ -44,7 +45,9 @@ def test_replacing_a_dataset_keeps_the_old_one_until_the_new_one_is_in_place(tmp
         ingest_source(_scans(tmp_path / "five", 5), config, directory)
     manifest = read_manifest(directory)
     assert manifest.equals(before), "the previous dataset must survive a failed replacement"
-    assert len(manifest) == 3 and len(read_images(directory, manifest)) == 3  # its shards whole (read_images checks their hashes)
+    assert (
+        len(manifest) == 3 and len(read_images(directory, manifest)) == 3
+    )  # its shards whole (read_images checks their hashes)
     assert sorted(path.name for path in output.iterdir()) == ["dataset-scans"]  # nothing half-written left beside it
     monkeypatch.setattr(Path, "rename", real_rename)
     ingest_source(str(tmp_path / "five"), config, directory)
@@ -55,7 +58,9 @@ def test_concurrent_atomic_writes_of_one_path_never_mix(tmp_path):
     """Each writer has its own temporary file: the result is one writer's bytes, whole."""
     target = tmp_path / "state.pt"
     payloads = [bytes([i]) * 2_000_000 for i in range(8)]
-    threads = [threading.Thread(target=atomic_write, args=(target, lambda handle, p=p: handle.write(p))) for p in payloads]
+    threads = [
+        threading.Thread(target=atomic_write, args=(target, lambda handle, p=p: handle.write(p))) for p in payloads
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -115,11 +120,15 @@ def test_an_ingest_killed_while_it_writes_shards_leaves_no_dataset_and_a_rerun_c
     source = tmp_path / "scans"
     source.mkdir()
     for index in range(400):
-        Image.fromarray(np.random.default_rng(index).integers(0, 256, (96, 96), dtype=np.uint8)).save(source / f"img{index}.png")
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (96, 96), dtype=np.uint8)).save(
+            source / f"img{index}.png"
+        )
     config = IngestConfig(image_size=64, chunk_images=40, shard_megabytes=1)
     expected, _, _ = ingest_source(str(source), config, tmp_path / "uninterrupted")
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "SSLFLOW_INGEST_CACHE": "off"}
-    worker = subprocess.Popen([sys.executable, "-c", KILLED_INGEST, str(source), str(tmp_path / "dataset")], env=environment)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", KILLED_INGEST, str(source), str(tmp_path / "dataset")], env=environment
+    )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".dataset.chunks-*/chunk-*/**/*.npy")):  # a chunk has written a shard
         assert worker.poll() is None and time.monotonic() < deadline, "the ingest ended before it could be killed"

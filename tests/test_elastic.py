@@ -28,9 +28,18 @@ pretrain_only(run_id=start_parent_run("elastic-test", {}))
 
 def test_pretraining_task_runs_with_two_elastic_workers(tmp_path):
     env = dict(os.environ, SSLFLOW_NPROC_PER_NODE="2", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    completed = subprocess.run([sys.executable, "-c", SCRIPT], cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("sslflow").experiment_id], "tags.`sslflow.stage` = 'pretrain_simclr'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("sslflow").experiment_id], "tags.`sslflow.stage` = 'pretrain_simclr'"
+    )
     assert len(runs) == 1, "only rank 0 logs to MLflow"
     assert runs[0].data.params["world_size"] == "2"

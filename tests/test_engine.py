@@ -1,5 +1,5 @@
-import dataclasses
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,16 +10,19 @@ import pytest
 import torch
 
 from ssl_models.augment import AugmentConfig
+from ssl_models.data import InMemoryPairs
 from ssl_models.encoders import build_encoder
 from ssl_models.evaluate import knn_accuracy
 from ssl_models.label_fractions import stratified_subset
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, steps_per_epoch
 from ssl_models.optim import LARS, warmup_cosine
-from ssl_models.data import InMemoryPairs
 from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive, validation_scores
 
 
-@pytest.mark.parametrize("name,channels,size,dim", [("small_cnn", 1, 28, 128), ("resnet18", 1, 28, 512), ("resnet18", 3, 64, 512), ("resnet50", 3, 112, 2048)])
+@pytest.mark.parametrize(
+    "name,channels,size,dim",
+    [("small_cnn", 1, 28, 128), ("resnet18", 1, 28, 512), ("resnet18", 3, 64, 512), ("resnet50", 3, 112, 2048)],
+)
 def test_encoders_take_any_channels_and_resolution(name, channels, size, dim):
     encoder = build_encoder(name, channels, size)
     assert encoder.feature_dim == dim
@@ -53,7 +56,14 @@ def test_lars_and_schedule_reduce_a_quadratic():
 
 def test_pretraining_lowers_the_contrastive_loss_with_lars():
     images = torch.randint(0, 256, (96, 1, 16, 16), dtype=torch.uint8)
-    config = PretrainConfig(epochs=4, batch_size=32, optimizer="lars", learning_rate=0.5, warmup_epochs=1, augment=AugmentConfig(output_size=16))
+    config = PretrainConfig(
+        epochs=4,
+        batch_size=32,
+        optimizer="lars",
+        learning_rate=0.5,
+        warmup_epochs=1,
+        augment=AugmentConfig(output_size=16),
+    )
     history = pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(96))), config)
     assert len(history) == 4 and history[-1]["loss"] < history[0]["loss"]
     assert all(record["images_per_second"] > 0 for record in history)
@@ -63,7 +73,13 @@ def test_finetune_learns_a_separable_task():
     labels = np.arange(64) % 2
     images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
     images[labels == 1, :, :, :14] = 255
-    model, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=3, min_steps=30, batch_size=16, head_warmup_steps=5))
+    model, history = finetune(
+        build_encoder("small_cnn", 1),
+        images,
+        labels,
+        2,
+        FinetuneConfig(epochs=3, min_steps=30, batch_size=16, head_warmup_steps=5),
+    )
     assert history[-1]["accuracy"] > 0.9
 
 
@@ -88,7 +104,13 @@ def test_knn_accuracy_on_clustered_features():
 
 def test_throughput_benchmark_quick_run_writes_its_result(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    completed = subprocess.run([sys.executable, "benchmarks/pretrain_throughput.py", "--quick", "--out", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/pretrain_throughput.py", "--quick", "--out", str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     (result,) = tmp_path.glob("pretrain_throughput-quick-*.json")
     record = json.loads(result.read_text())
@@ -103,7 +125,9 @@ def test_linear_probe_leaves_the_encoder_untouched():
     images[labels == 1, :, :, :14] = 255
     encoder = build_encoder("small_cnn", 1)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    model, history = finetune(encoder, images, labels, 2, FinetuneConfig(linear_probe=True), validation=(images, labels))
+    model, history = finetune(
+        encoder, images, labels, 2, FinetuneConfig(linear_probe=True), validation=(images, labels)
+    )
     assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
     assert history[-1]["accuracy"] > 0.9 and history[-1]["converged"]
     with pytest.raises(ValueError, match="validation"):
@@ -136,23 +160,41 @@ def test_resumed_pretraining_continues_the_same_run():
     def keep_state(epoch, metrics, state_fn):
         states[epoch] = copy.deepcopy(state_fn())  # state_fn() shares tensors with the live run
 
-    full = pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, on_epoch_end=keep_state)
-    resumed = pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, resume_state=states[0])
+    full = pretrain_contrastive(
+        build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, on_epoch_end=keep_state
+    )
+    resumed = pretrain_contrastive(
+        build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, resume_state=states[0]
+    )
     assert [record["epoch"] for record in resumed] == [1, 2]
-    assert [record["loss"] for record in resumed] == pytest.approx([record["loss"] for record in full[1:]], rel=1e-3)  # bitwise on CPU
+    assert [record["loss"] for record in resumed] == pytest.approx(
+        [record["loss"] for record in full[1:]], rel=1e-3
+    )  # bitwise on CPU
     with pytest.raises(TypeError):
-        pretrain_contrastive(build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, None)  # on_epoch_end is keyword-only
+        pretrain_contrastive(
+            build_encoder("small_cnn", 1), InMemoryPairs(images, list(range(48))), config, None
+        )  # on_epoch_end is keyword-only
 
 
 def test_explicit_finetune_epochs_are_what_runs(caplog):
     """FinetuneConfig(epochs=1) trains one epoch: no silent minimum raises it (issue: 1 epoch asked, 150 run)."""
     images = torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8)
     labels = np.arange(30) % 2
-    _, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=0))
+    _, history = finetune(
+        build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=0)
+    )
     assert len(history) == 1
     with caplog.at_level("INFO", logger="ssl_models.train"):
-        _, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=1, min_steps=10, batch_size=16, head_warmup_steps=0))
-    assert history[-1]["stopped_step"] == 10 and "min_steps=10 raises epochs from 1 to 5" in caplog.text  # asked for, and said
+        _, history = finetune(
+            build_encoder("small_cnn", 1),
+            images,
+            labels,
+            2,
+            FinetuneConfig(epochs=1, min_steps=10, batch_size=16, head_warmup_steps=0),
+        )
+    assert (
+        history[-1]["stopped_step"] == 10 and "min_steps=10 raises epochs from 1 to 5" in caplog.text
+    )  # asked for, and said
 
 
 def _contradicting_validation() -> tuple:
@@ -169,10 +211,16 @@ def test_finetune_returns_the_weights_of_its_best_validation_step():
     config = FinetuneConfig(epochs=1, min_steps=20, batch_size=16, head_warmup_steps=0, eval_every=1, patience=0)
     model, history = finetune(build_encoder("small_cnn", 1), images, labels, 2, config, validation=validation)
     curve = [record["val_accuracy"] for record in history]
-    assert len(curve) == 20 and history[-1]["stopped_step"] == 20 and not history[-1]["early_stopped"]  # patience 0: the whole budget
-    assert history[-1]["best_val_accuracy"] == max(curve) > curve[-1] + 0.2  # it peaked, then fell as the training rule was learnt
+    assert (
+        len(curve) == 20 and history[-1]["stopped_step"] == 20 and not history[-1]["early_stopped"]
+    )  # patience 0: the whole budget
+    assert (
+        history[-1]["best_val_accuracy"] == max(curve) > curve[-1] + 0.2
+    )  # it peaked, then fell as the training rule was learnt
     assert history[-1]["best_step"] == 1 + curve.index(max(curve)) < 20
-    assert validation_scores(model, *validation, config.augment)[0] == pytest.approx(max(curve))  # the peak's weights, not the last step's
+    assert validation_scores(model, *validation, config.augment)[0] == pytest.approx(
+        max(curve)
+    )  # the peak's weights, not the last step's
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_a_better_one():
@@ -189,12 +237,26 @@ def test_scratch_and_pretrained_arms_share_one_budget_and_stopping_rule():
     budget and the evaluation steps depend on the labels and the config, never on the initial weights."""
     images, labels, _ = _contradicting_validation()
     validation = (images, labels)
-    config = FinetuneConfig(epochs=1, min_steps=32, batch_size=16, head_warmup_steps=3, eval_every=8, patience=0)  # 4 steps an epoch
+    config = FinetuneConfig(
+        epochs=1, min_steps=32, batch_size=16, head_warmup_steps=3, eval_every=8, patience=0
+    )  # 4 steps an epoch
     pretrained = build_encoder("small_cnn", 1, seed=1)
     with torch.no_grad():
         for parameter in pretrained.parameters():
             parameter.mul_(2.0)  # other starting weights
-    runs = [finetune(build_encoder("small_cnn", 1, seed=0), images, labels, 2, dataclasses.replace(config, head_warmup_steps=0), validation=validation),
-            finetune(pretrained, images, labels, 2, config, validation=validation)]  # fmt: skip
+    runs = [
+        finetune(
+            build_encoder("small_cnn", 1, seed=0),
+            images,
+            labels,
+            2,
+            dataclasses.replace(config, head_warmup_steps=0),
+            validation=validation,
+        ),
+        finetune(pretrained, images, labels, 2, config, validation=validation),
+    ]
     steps = [[record["step"] for record in history] for _, history in runs]
-    assert steps[0] == steps[1] == [8, 16, 24, 32] and runs[0][1][-1]["budget_steps"] == runs[1][1][-1]["budget_steps"] == 32
+    assert (
+        steps[0] == steps[1] == [8, 16, 24, 32]
+        and runs[0][1][-1]["budget_steps"] == runs[1][1][-1]["budget_steps"] == 32
+    )

@@ -38,7 +38,9 @@ def _failing(error: BaseException):
         dist.DistBackendError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error"),
         RuntimeError("CUDA error: an illegal memory access was encountered"),
         RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed."),
-        TrackingServerUnavailable("MLflow tracking server http://mlflow:5000 did not answer", service="MLflow tracking server"),
+        TrackingServerUnavailable(
+            "MLflow tracking server http://mlflow:5000 did not answer", service="MLflow tracking server"
+        ),
         ObjectStoreUnavailable("reading s3://scans/a.png: the S3 endpoint did not answer", service="S3 endpoint"),
     ],
 )
@@ -76,8 +78,17 @@ def test_an_infrastructure_failure_is_found_in_the_cause_chain():
 @pytest.mark.parametrize(
     "error",
     [
-        ClientError({"Error": {"Code": "RequestTimeout", "Message": "socket not read"}, "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject"),
-        ClientError({"Error": {"Code": "SlowDown", "Message": "reduce your rate"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"),
+        ClientError(
+            {
+                "Error": {"Code": "RequestTimeout", "Message": "socket not read"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            },
+            "GetObject",
+        ),
+        ClientError(
+            {"Error": {"Code": "SlowDown", "Message": "reduce your rate"}, "ResponseMetadata": {"HTTPStatusCode": 503}},
+            "GetObject",
+        ),
         IncompleteReadError(actual_bytes=10, expected_bytes=100),
     ],
 )
@@ -88,7 +99,9 @@ def test_s3_retries_used_up_are_an_outage_not_a_refusal(error):
 
 
 def test_a_missing_s3_object_stays_a_refusal():
-    missing = ClientError({"Error": {"Code": "NoSuchKey", "Message": "gone"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject")
+    missing = ClientError(
+        {"Error": {"Code": "NoSuchKey", "Message": "gone"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject"
+    )
     with pytest.raises(SourceError):
         with s3_errors("reading s3://scans/a.png"):
             raise missing
@@ -98,9 +111,14 @@ def test_a_pod_given_gpus_it_cannot_use_fails_at_once_naming_driver_and_cuda(mon
     """This machine has no usable GPU: a pod that requested one (the task's environment) must not train on the CPU."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     version_file = tmp_path / "version"
-    version_file.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.256.02  Thu May  2 14:37:44 UTC 2024\n")
+    version_file.write_text(
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.256.02  Thu May  2 14:37:44 UTC 2024\n"
+    )
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: the kernel module's line names the driver
-    with pytest.raises(GpuUnavailable, match=rf"requested 2 GPU\(s\) but torch can use 0: .*CUDA {torch.version.cuda or 'none'}.*470\.256\.02"):
+    with pytest.raises(
+        GpuUnavailable,
+        match=rf"requested 2 GPU\(s\) but torch can use 0: .*CUDA {torch.version.cuda or 'none'}.*470\.256\.02",
+    ):
         check_gpus(2, version_file=version_file)
     with pytest.raises(GpuUnavailable, match=r"none found \(no nvidia-smi on PATH"):
         check_gpus(1, version_file=tmp_path / "absent")
@@ -117,7 +135,8 @@ def test_a_pod_given_gpus_it_cannot_use_fails_at_once_naming_driver_and_cuda(mon
 
 
 def _elastic_failure(tmp_path, exit_code: int) -> FlyteUserRuntimeException:
-    """What the Elastic plugin raises when a worker process ended with ``exit_code`` (negative: killed by that signal)."""
+    """What the Elastic plugin raises when a worker process ended with ``exit_code`` (negative: killed by that
+    signal)."""
     failure = ProcessFailure(local_rank=0, pid=os.getpid(), exitcode=exit_code, error_file=str(tmp_path / "error.json"))
     return FlyteUserRuntimeException(ChildFailedError("pretrain", {0: failure}))
 
@@ -127,8 +146,12 @@ def test_a_worker_killed_by_a_signal_is_retried_a_worker_error_is_not(monkeypatc
 
     assert killed_by_signal(-signal.SIGKILL) == "SIGKILL" and killed_by_signal(1) is None
     raised = {"error": _elastic_failure(tmp_path, -signal.SIGKILL)}
-    monkeypatch.setattr(PytorchElasticFunctionTask, "execute", lambda self, **kwargs: (_ for _ in ()).throw(raised["error"]))
-    with pytest.raises(FlyteRecoverableException, match=f"error={RETRIED}a worker process: rank 0 was killed by SIGKILL"):
+    monkeypatch.setattr(
+        PytorchElasticFunctionTask, "execute", lambda self, **kwargs: (_ for _ in ()).throw(raised["error"])
+    )
+    with pytest.raises(
+        FlyteRecoverableException, match=f"error={RETRIED}a worker process: rank 0 was killed by SIGKILL"
+    ):
         pretrain_simclr.execute()
     raised["error"] = _elastic_failure(tmp_path, 1)
     with pytest.raises(FlyteUserRuntimeException):

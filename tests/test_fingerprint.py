@@ -17,6 +17,7 @@ import boto3
 import numpy as np
 import pandas as pd
 import pytest
+from ingested import ingest, labels
 from moto_s3 import moto_s3_server, s3_environment
 from PIL import Image
 
@@ -24,7 +25,6 @@ import sslflow
 from sslflow.config import IngestConfig
 from sslflow.data.sources import fingerprint_source
 from sslflow.data.types import SourceError
-from ingested import ingest, labels
 
 # The project whose sslflow is imported (a worktree of an older commit when PYTHONPATH points there).
 PROJECT_ROOT = Path(sslflow.__file__).resolve().parents[1]
@@ -138,7 +138,9 @@ def _metadata_csv_is_a_fifo(root: Path) -> str:
     return "metadata.csv"
 
 
-@pytest.mark.parametrize("build", [_fifo_named_png, _symlink_to_a_fifo, _metadata_lists_a_fifo, _metadata_csv_is_a_fifo])
+@pytest.mark.parametrize(
+    "build", [_fifo_named_png, _symlink_to_a_fifo, _metadata_lists_a_fifo, _metadata_csv_is_a_fifo]
+)
 def test_a_fifo_is_refused_by_name_without_being_opened(tmp_path, build):
     root = tmp_path / "scans"
     _write(root / "img0.png", _png(0))
@@ -216,8 +218,12 @@ def test_files_hashed_by_several_threads_keep_their_order_and_digests(tmp_path, 
     with fingerprint.FileDigests(tmp_path / "digests.sqlite") as digests:
         assert digests.records([(path.name, path, str(path)) for path in reversed(files)]) == expected[::-1]
     with fingerprint.FileDigests(tmp_path / "digests.sqlite") as digests:
-        assert [digests._remembered(fingerprint.path_key(path), fingerprint._version(path.stat())) for path in files] == [row[2] for row in expected]
-    assert not any(path.name.encode() in (tmp_path / "digests.sqlite").read_bytes() for path in files)  # paths are never stored
+        assert [
+            digests._remembered(fingerprint.path_key(path), fingerprint._version(path.stat())) for path in files
+        ] == [row[2] for row in expected]
+    assert not any(
+        path.name.encode() in (tmp_path / "digests.sqlite").read_bytes() for path in files
+    )  # paths are never stored
 
 
 def test_a_recently_modified_file_is_read_again(tmp_path, opened):
@@ -250,7 +256,13 @@ def test_concurrent_processes_share_the_digest_cache(tmp_path):
     code = "import sys; from sslflow.data.sources import fingerprint_source; print(fingerprint_source(sys.argv[1]))"
     environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     workers = [
-        subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
         for _ in range(4)
     ]
     results = [worker.communicate(timeout=300) for worker in workers]
@@ -278,7 +290,9 @@ def test_a_case_variant_of_metadata_csv_in_a_folder_is_refused(tmp_path, variant
         with pytest.raises(SourceError, match=rf"found '{variant}'.*rename it to metadata.csv"):
             compute(str(tmp_path))
     _write(tmp_path / "metadata.csv", b"path,label\nimg0.png,b\n")
-    with pytest.raises(SourceError, match=rf"metadata.csv and {variant} found; which one holds the metadata is ambiguous"):
+    with pytest.raises(
+        SourceError, match=rf"metadata.csv and {variant} found; which one holds the metadata is ambiguous"
+    ):
         ingest(tmp_path, CONFIG)
 
 
@@ -299,7 +313,9 @@ def test_a_case_variant_of_metadata_csv_at_an_s3_prefix_is_refused(s3_client):
         with pytest.raises(SourceError, match=r"s3://scans/clinic/: found 'Metadata.csv'.*rename it to metadata.csv"):
             compute("s3://scans/clinic")
     s3_client.put_object(Bucket="scans", Key="clinic/metadata.csv", Body=b"path,label\nimg0.png,a\n")
-    with pytest.raises(SourceError, match=r"s3://scans/clinic/: metadata.csv and Metadata.csv found; which one .* is ambiguous"):
+    with pytest.raises(
+        SourceError, match=r"s3://scans/clinic/: metadata.csv and Metadata.csv found; which one .* is ambiguous"
+    ):
         ingest("s3://scans/clinic", CONFIG)
     s3_client.delete_object(Bucket="scans", Key="clinic/Metadata.csv")
     assert labels(ingest("s3://scans/clinic", CONFIG)[0]) == ["a"]
@@ -309,7 +325,14 @@ def test_a_case_variant_of_metadata_csv_at_an_s3_prefix_is_refused(s3_client):
 
 
 def _pyflyte_validate_data(source: Path) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "pyflyte"), "run", "workflows/data.py", "validate_data", "--source", str(source)]
+    command = [
+        str(Path(sys.executable).parent / "pyflyte"),
+        "run",
+        "workflows/data.py",
+        "validate_data",
+        "--source",
+        str(source),
+    ]
     environment = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(PROJECT_ROOT)}
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=environment)
 
@@ -358,14 +381,19 @@ def test_an_s3_fingerprint_is_hashed_as_the_listing_streams(monkeypatch):
 
         def paginate(self, Bucket, Prefix):
             for page in range(3):
-                keys = [{"Key": f"{Prefix}p{page}/img{i:03d}.png", "ETag": f'"{page}-{i}"', "Size": 10 + i} for i in range(1000)]
-                entries.extend([item["Key"][len(Prefix):], item["Size"], item["ETag"]] for item in keys)
+                keys = [
+                    {"Key": f"{Prefix}p{page}/img{i:03d}.png", "ETag": f'"{page}-{i}"', "Size": 10 + i}
+                    for i in range(1000)
+                ]
+                entries.extend([item["Key"][len(Prefix) :], item["Size"], item["ETag"]] for item in keys)
                 yield {"Contents": keys}
 
     monkeypatch.setattr(s3_source, "s3_client", lambda **settings: Pages())
     streamed = []
     original = s3_source.encode_sorted_fingerprint
-    monkeypatch.setattr(s3_source, "encode_sorted_fingerprint", lambda *args: streamed.append(type(args[3]).__name__) or original(*args))
+    monkeypatch.setattr(
+        s3_source, "encode_sorted_fingerprint", lambda *args: streamed.append(type(args[3]).__name__) or original(*args)
+    )
     fingerprint = fingerprint_source("s3://scans/clinic")
     assert fingerprint == encode_fingerprint("s3", "s3://scans/clinic", None, entries) and streamed == ["generator"]
     with pytest.raises(ValueError, match="not sorted by name"):

@@ -36,9 +36,21 @@ def _constant(mode: str) -> Image.Image:
 
 @pytest.mark.parametrize(
     "mode, format_name",
-    [("L", "PNG"), ("L", "BMP"), ("LA", "PNG"), ("RGB", "JPEG"), ("RGB", "BMP"), ("RGB", "TIFF"),
-     ("RGBA", "PNG"), ("RGBA", "TIFF"), ("P", "PNG"), ("P", "BMP"), ("CMYK", "JPEG"), ("CMYK", "TIFF")],
-)  # fmt: skip
+    [
+        ("L", "PNG"),
+        ("L", "BMP"),
+        ("LA", "PNG"),
+        ("RGB", "JPEG"),
+        ("RGB", "BMP"),
+        ("RGB", "TIFF"),
+        ("RGBA", "PNG"),
+        ("RGBA", "TIFF"),
+        ("P", "PNG"),
+        ("P", "BMP"),
+        ("CMYK", "JPEG"),
+        ("CMYK", "TIFF"),
+    ],
+)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_mode_becomes_the_configured_channels_and_size(mode, format_name, channels):
     data = _encode(_constant(mode), format_name)

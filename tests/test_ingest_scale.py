@@ -33,7 +33,9 @@ def _plan_literal_bytes(folder: Path, config: IngestConfig) -> tuple[int, int]:
 
     references = plan_ingest(source=str(folder), fingerprint=fingerprint_source(str(folder)), config=config)
     python_type = plan_ingest.python_interface.outputs["o0"]
-    literal = TypeEngine.to_literal(FlyteContextManager.current_context(), references, python_type, TypeEngine.to_literal_type(python_type))
+    literal = TypeEngine.to_literal(
+        FlyteContextManager.current_context(), references, python_type, TypeEngine.to_literal_type(python_type)
+    )
     return literal.to_flyte_idl().ByteSize(), len(references)
 
 
@@ -43,22 +45,29 @@ def test_the_plan_literal_does_not_grow_with_the_number_of_files(tmp_path, monke
     config = IngestConfig(image_size=8, chunk_images=2**20)
     _tiny_pngs(tmp_path / "few", 200)
     _tiny_pngs(tmp_path / "many", 2000)
-    (few, few_chunks), (many, many_chunks) = _plan_literal_bytes(tmp_path / "few", config), _plan_literal_bytes(tmp_path / "many", config)
+    (few, few_chunks), (many, many_chunks) = (
+        _plan_literal_bytes(tmp_path / "few", config),
+        _plan_literal_bytes(tmp_path / "many", config),
+    )
     assert few_chunks == many_chunks == 1
     assert many <= few + 16 and many < 1000, (few, many)
 
 
 def _uid_keyed_folder(root: Path, extra_rows: int) -> Path:
-    """Three DICOM files and a metadata.csv keyed by SOPInstanceUID, with ``extra_rows`` rows naming objects it lacks."""
+    """Three DICOM files and a metadata.csv keyed by SOPInstanceUID, with ``extra_rows`` rows naming objects it
+    lacks."""
     import pydicom
-
     from dicom_files import write_dicom
 
     uids = []
     for index, value in enumerate((100, 200, 300)):
-        path = write_dicom(root / "export" / f"IM{index:04d}", np.full((16, 16), value, dtype=np.int16), PatientID=f"P-{index}")
+        path = write_dicom(
+            root / "export" / f"IM{index:04d}", np.full((16, 16), value, dtype=np.int16), PatientID=f"P-{index}"
+        )
         uids.append(str(pydicom.dcmread(path).SOPInstanceUID))
-    rows = [f"{uid},benign," for uid in uids] + [f"1.2.826.0.1.3680043.99999.{index},benign," for index in range(extra_rows)]
+    rows = [f"{uid},benign," for uid in uids] + [
+        f"1.2.826.0.1.3680043.99999.{index},benign," for index in range(extra_rows)
+    ]
     (root / "metadata.csv").write_text("sop_instance_uid,label,case_id\n" + "\n".join(rows) + "\n")
     return root
 
@@ -71,24 +80,36 @@ def test_a_chunk_report_counts_unmatched_metadata_rows_and_the_join_names_at_mos
     for extra in (0, 500):
         folder = _uid_keyed_folder(tmp_path / f"pacs-{extra}", extra)
         chunk_file = plan_to_files(str(folder), config, tmp_path / f"plan-{extra}")[0]
-        report = json.loads((decode_chunk(chunk_file.read_text(), tmp_path / f"chunk-{extra}") / CHUNK_REPORT).read_text())
-        sizes[extra] = len(json.dumps({key: value for key, value in report.items() if key not in ("decoding", "chunk_sha256", "source")}))
+        report = json.loads(
+            (decode_chunk(chunk_file.read_text(), tmp_path / f"chunk-{extra}") / CHUNK_REPORT).read_text()
+        )
+        sizes[extra] = len(
+            json.dumps(
+                {key: value for key, value in report.items() if key not in ("decoding", "chunk_sha256", "source")}
+            )
+        )
         assert report["instance_rows"] == 3 + extra
     assert abs(sizes[500] - sizes[0]) <= 8, sizes
     with pytest.raises(SourceError, match=r"500 metadata row\(s\) name a SOPInstanceUID") as refused:
         ingest_source(str(tmp_path / "pacs-500"), config, tmp_path / "dataset")
-    assert str(refused.value).count("metadata.csv row ") == 50 and "row 5, column 'sop_instance_uid'" in str(refused.value)
+    assert str(refused.value).count("metadata.csv row ") == 50 and "row 5, column 'sop_instance_uid'" in str(
+        refused.value
+    )
 
 
 def test_an_ingested_dataset_references_its_shards_and_names_a_missing_one(tmp_path):
     """ingest_source's dataset holds its chunk folders (moved, not copied) and a shard table that names each shard
     relative to it: the folder can be moved. A shard deleted from there is named, with what to do."""
     _tiny_pngs(tmp_path / "scans", 30)
-    ingest_source(str(tmp_path / "scans"), IngestConfig(image_size=8, chunk_images=4, shard_megabytes=1), tmp_path / "dataset")
+    ingest_source(
+        str(tmp_path / "scans"), IngestConfig(image_size=8, chunk_images=4, shard_megabytes=1), tmp_path / "dataset"
+    )
     (tmp_path / "dataset").rename(tmp_path / "moved")
     manifest, locations = read_manifest(tmp_path / "moved"), shard_locations(tmp_path / "moved")
     assert (tmp_path / "moved" / SHARD_TABLE).is_file() and not (tmp_path / "moved" / "shards").exists()
-    assert set(locations) == set(manifest["shard"]) and all(location.startswith("chunks/chunk-") for location in locations.values())
+    assert set(locations) == set(manifest["shard"]) and all(
+        location.startswith("chunks/chunk-") for location in locations.values()
+    )
     assert len(read_images(tmp_path / "moved", manifest)) == len(manifest)
     assert not list(tmp_path.glob(".dataset.*")), "no temporary chunk folder left beside it"
     shard = manifest["shard"].iloc[-1]

@@ -11,15 +11,15 @@ import mlflow
 import pytest
 import torch
 from flytekit import workflow
-
 from moto_s3 import moto_s3_server, s3_environment
+
 from ssl_models.train import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.files import file_sha256
 from sslflow.ladder import LadderError, check_initial_weights
 from sslflow.registry.registration import initial_weights_tags
-from sslflow.tracking.runs import start_parent_run
 from sslflow.tracking.initial_weights import InitialWeightsError, encoder_from_weights
+from sslflow.tracking.runs import start_parent_run
 from sslflow.training.model_files import load_encoder
 from tasks.pretrain import pretrain_simclr
 from tasks.shared import EncoderCheckpoint, FinetunedModel
@@ -72,19 +72,32 @@ def test_mlflow_run_artifact_and_registered_model_are_loaded(imagenet_style, tmp
     network, path = imagenet_style
     with mlflow.start_run() as run:
         mlflow.log_artifact(str(path), artifact_path="weights")
-    encoder, weights = encoder_from_weights(f"runs:/{run.info.run_id}/weights/resnet18_rgb.pth", BACKBONE, 1, 32, tmp_path / "a")
+    encoder, weights = encoder_from_weights(
+        f"runs:/{run.info.run_id}/weights/resnet18_rgb.pth", BACKBONE, 1, 32, tmp_path / "a"
+    )
     assert weights.sha256 == file_sha256(path) and _same_network(encoder, network)
     name = f"user-encoder-{uuid.uuid4().hex[:8]}"
-    grey_network = encoder_from_weights(str(path), BACKBONE, 1, 32, tmp_path)[0]  # a registered 1-channel encoder of this project
+    grey_network = encoder_from_weights(str(path), BACKBONE, 1, 32, tmp_path)[
+        0
+    ]  # a registered 1-channel encoder of this project
     with mlflow.start_run():
-        mlflow.pytorch.log_model(grey_network.eval(), name="model", registered_model_name=name, pip_requirements=["torch"], input_example=torch.zeros(1, 1, 32, 32).numpy())
+        mlflow.pytorch.log_model(
+            grey_network.eval(),
+            name="model",
+            registered_model_name=name,
+            pip_requirements=["torch"],
+            input_example=torch.zeros(1, 1, 32, 32).numpy(),
+        )
     encoder, weights = encoder_from_weights(f"models:/{name}/1", BACKBONE, 1, 32, tmp_path / "b")
     assert len(weights.sha256) == 64 and _same_network(encoder, network)
 
 
 def test_weights_that_do_not_fit_or_do_not_exist_are_refused(imagenet_style, tmp_path):
     _, path = imagenet_style
-    with pytest.raises(InitialWeightsError, match=r"keys the backbone does not have.*encoder_name='timm:resnet34'|backbone keys missing.*encoder_name='timm:resnet34'"):
+    with pytest.raises(
+        InitialWeightsError,
+        match=r"keys the backbone does not have.*encoder_name='timm:resnet34'|backbone keys missing.*encoder_name='timm:resnet34'",
+    ):
         encoder_from_weights(str(path), "timm:resnet34", 1, 32, tmp_path)
     with pytest.raises(InitialWeightsError, match="no such file"):
         encoder_from_weights(str(tmp_path / "absent.pth"), BACKBONE, 1, 32, tmp_path)
@@ -112,8 +125,22 @@ def test_the_generic_rung_starts_from_the_users_weights_and_records_them(imagene
     assert params["initial_weights.source"] == str(path) and params["initial_weights.sha256"] == file_sha256(path)
     assert _same_network(load_encoder(encoder.checkpoint.download(), BACKBONE, 1, 28), network)
     model = FinetunedModel(
-        checkpoint=encoder.checkpoint, encoder_name=BACKBONE, in_channels=1, image_size=28, class_names=["0"], init="simclr", probe="finetune",
-        label_fraction=0.1, num_labels=5, val_accuracy=0.5, content_sha256="0" * 64, mlflow_run_id="", initial_weights=encoder.initial_weights,
+        checkpoint=encoder.checkpoint,
+        encoder_name=BACKBONE,
+        in_channels=1,
+        image_size=28,
+        class_names=["0"],
+        init="simclr",
+        probe="finetune",
+        label_fraction=0.1,
+        num_labels=5,
+        val_accuracy=0.5,
+        content_sha256="0" * 64,
+        mlflow_run_id="",
+        initial_weights=encoder.initial_weights,
         initial_weights_sha256=encoder.initial_weights_sha256,
     )
-    assert initial_weights_tags(model) == {"initial_weights.source": str(path), "initial_weights.sha256": file_sha256(path)}
+    assert initial_weights_tags(model) == {
+        "initial_weights.source": str(path),
+        "initial_weights.sha256": file_sha256(path),
+    }

@@ -56,9 +56,16 @@ def test_the_paired_bootstrap_interval_of_a_difference_in_accuracy():
     better = theirs.copy()
     better[400:430] = True  # right on 30 more images, wrong on none theirs got right
     difference = paired_bootstrap(better, theirs)
-    assert difference.difference == pytest.approx(30 / 456) and difference.low > 0 and difference.high < 0.12 and difference.images == 456
+    assert (
+        difference.difference == pytest.approx(30 / 456)
+        and difference.low > 0
+        and difference.high < 0.12
+        and difference.images == 456
+    )
     assert paired_verdict(difference) == "gain" and paired_verdict(paired_bootstrap(theirs, better)) == "loss"
-    assert paired_bootstrap(better, theirs) == difference  # a fixed resampling seed: the same answers, the same interval
+    assert (
+        paired_bootstrap(better, theirs) == difference
+    )  # a fixed resampling seed: the same answers, the same interval
     swapped = theirs.copy()
     swapped[:3], swapped[400:403] = False, True  # as many images gained as lost: no difference
     near = paired_bootstrap(swapped, theirs)
@@ -71,8 +78,11 @@ def test_the_paired_bootstrap_interval_of_a_difference_in_accuracy():
 
 
 def _answers_in_cases(per_case: np.ndarray, images_per_case: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """(..., C) answers per case -> (..., C * images_per_case) answers per image (every image of a case alike), case ids."""
-    return np.repeat(per_case, images_per_case, axis=-1), np.repeat([f"case-{i}" for i in range(per_case.shape[-1])], images_per_case)
+    """(..., C) answers per case -> (..., C * images_per_case) answers per image (every image of a case alike), case
+    ids."""
+    return np.repeat(per_case, images_per_case, axis=-1), np.repeat(
+        [f"case-{i}" for i in range(per_case.shape[-1])], images_per_case
+    )
 
 
 def test_the_case_bootstrap_is_wider_than_the_image_bootstrap_when_images_of_a_case_agree():
@@ -82,7 +92,9 @@ def test_the_case_bootstrap_is_wider_than_the_image_bootstrap_when_images_of_a_c
     ours_per_case[np.flatnonzero(theirs_per_case)[:3]] = False  # and wrong on a few theirs got right
     (ours, theirs), cases = _answers_in_cases(np.stack([ours_per_case, theirs_per_case]))
     by_case = paired_case_bootstrap(ours, theirs, cases)
-    by_image = paired_case_bootstrap(ours, theirs, np.arange(len(ours)))  # every image its own case: the image bootstrap
+    by_image = paired_case_bootstrap(
+        ours, theirs, np.arange(len(ours))
+    )  # every image its own case: the image bootstrap
     old = paired_bootstrap(ours, theirs)
     assert by_case.difference == by_image.difference == pytest.approx(ours.mean() - theirs.mean())
     assert by_case.cases == 100 and by_case.images == 500 and by_image.cases == 500
@@ -95,7 +107,9 @@ def test_the_case_bootstrap_is_wider_than_the_image_bootstrap_when_images_of_a_c
 def test_resampling_the_seeds_widens_the_interval_when_the_seeds_disagree():
     theirs_per_case = np.arange(100) < 60
     agreeing = np.stack([theirs_per_case | (np.arange(100) >= 90)] * 3)  # every seed 10 cases better
-    disagreeing = np.stack([theirs_per_case | (np.arange(100) >= 100 - gained) for gained in (0, 10, 20)])  # 0, 10, 20 cases better
+    disagreeing = np.stack(
+        [theirs_per_case | (np.arange(100) >= 100 - gained) for gained in (0, 10, 20)]
+    )  # 0, 10, 20 cases better
     (theirs,), cases = _answers_in_cases(theirs_per_case[None])
     theirs = np.stack([theirs] * 3)
     agree = paired_case_bootstrap(_answers_in_cases(agreeing)[0], theirs, cases)
@@ -104,14 +118,20 @@ def test_resampling_the_seeds_widens_the_interval_when_the_seeds_disagree():
     assert agree.seeds == disagree.seeds == 3
     assert disagree.high - disagree.low > 1.5 * (agree.high - agree.low)
     one_seed = paired_case_bootstrap(_answers_in_cases(agreeing[0])[0], theirs[0], cases)
-    assert (one_seed.low, one_seed.high) == pytest.approx((agree.low, agree.high), abs=0.01)  # agreeing seeds add nothing
+    assert (one_seed.low, one_seed.high) == pytest.approx(
+        (agree.low, agree.high), abs=0.01
+    )  # agreeing seeds add nothing
 
 
 def test_the_case_bootstrap_reports_and_checks_its_input():
-    (ours, theirs), cases = _answers_in_cases(np.stack([np.arange(40) % 3 > 0, np.arange(40) % 4 > 0]), images_per_case=3)
+    (ours, theirs), cases = _answers_in_cases(
+        np.stack([np.arange(40) % 3 > 0, np.arange(40) % 4 > 0]), images_per_case=3
+    )
     difference = paired_case_bootstrap(ours, theirs, cases)
     assert paired_case_bootstrap(ours[None], theirs[None], cases) == difference  # (N,) is one seed
-    assert paired_case_bootstrap(ours, theirs, cases, seed=0) == difference  # a fixed resampling seed: the same interval
+    assert (
+        paired_case_bootstrap(ours, theirs, cases, seed=0) == difference
+    )  # a fixed resampling seed: the same interval
     assert str(difference).endswith("(bootstrap over 40 test cases, 1 seed)")
     assert str(difference).startswith(f"{difference.difference:+.4f} [{difference.low:+.4f}, {difference.high:+.4f}]")
     same = paired_case_bootstrap(np.stack([ours, theirs]), np.stack([ours, theirs]), cases)

@@ -21,7 +21,9 @@ class _Brightness(torch.nn.Module):
 
 def test_knn_probe_uses_the_models_labelled_subset_and_scores_the_test_images():
     labels = np.array(["dark", "bright"] * 50)
-    images = np.where(labels == "bright", 255, 0).astype(np.uint8)[:, None, None, None] * np.ones((1, 1, 4, 4), np.uint8)
+    images = np.where(labels == "bright", 255, 0).astype(np.uint8)[:, None, None, None] * np.ones(
+        (1, 1, 4, 4), np.uint8
+    )
     manifest = pd.DataFrame({"split": "train", "label": labels, "site": "a"})
     model = SimpleNamespace(init="moco+micle", label_fraction=0.1, seed=0, class_names=["bright", "dark"])
     test_images, test_labels = images[:20], (labels[:20] == "dark").astype(np.int64)

@@ -71,7 +71,9 @@ def test_three_seeds_are_resampled_with_the_cases():
 def test_both_arms_are_resampled_with_the_same_draw():
     difficulty = _difficulties(1)
     reference = _right_below(0.8, difficulty)
-    baseline = _right_below([0.6, 0.7, 0.8, 0.85, 0.9, 0.95], difficulty)  # right on the same cases as the reference at 160
+    baseline = _right_below(
+        [0.6, 0.7, 0.8, 0.85, 0.9, 0.95], difficulty
+    )  # right on the same cases as the reference at 160
     saved = labels_saved(reference, 40, BUDGETS, baseline, CASE_IDS)
     assert (saved.ratio, saved.low, saved.high) == pytest.approx((4.0, 4.0, 4.0))  # in every resample: 160 labels
 
@@ -99,6 +101,13 @@ def test_labels_saved_checks_its_shapes():
 
 
 def test_the_savings_curve_is_a_png():
-    curve = {"labels": BUDGETS, "accuracy": [0.6, 0.7, 0.75, 0.8, 0.85, 0.9], "low": [0.55, 0.66, 0.7, 0.76, 0.82, 0.87], "high": [0.65, 0.74, 0.8, 0.84, 0.88, 0.93]}
-    png = savings_curve_figure({"scratch": curve, "simclr": {**curve, "accuracy": [0.8, 0.82, 0.84, 0.86, 0.88, 0.9]}}, "Labels saved")
+    curve = {
+        "labels": BUDGETS,
+        "accuracy": [0.6, 0.7, 0.75, 0.8, 0.85, 0.9],
+        "low": [0.55, 0.66, 0.7, 0.76, 0.82, 0.87],
+        "high": [0.65, 0.74, 0.8, 0.84, 0.88, 0.93],
+    }
+    png = savings_curve_figure(
+        {"scratch": curve, "simclr": {**curve, "accuracy": [0.8, 0.82, 0.84, 0.86, 0.88, 0.9]}}, "Labels saved"
+    )
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000

@@ -21,7 +21,11 @@ from workflows.ingest import ingest
 from workflows.launch_plans import scheduled_pipeline, ssl_pipeline_multinode
 from workflows.pipeline import ssl_pipeline
 
-S3_SOURCES = {"generic_source": "s3://hospital/generic", "domain_source": "s3://hospital/domain", "shift_source": "s3://hospital/shift"}
+S3_SOURCES = {
+    "generic_source": "s3://hospital/generic",
+    "domain_source": "s3://hospital/domain",
+    "shift_source": "s3://hospital/shift",
+}
 
 
 @pytest.fixture
@@ -43,7 +47,13 @@ def counting_s3_endpoint(monkeypatch) -> Iterator[list[str]]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
@@ -65,7 +75,9 @@ def _launch_literals(workflow, values: dict) -> None:
 
 
 def test_launching_on_s3_sources_sends_no_request_and_needs_no_credentials(counting_s3_endpoint):
-    settings = SerializationSettings(image_config=ImageConfig(default_image=Image(name="default", fqn="registry.example.com/sslflow", tag="0")))
+    settings = SerializationSettings(
+        image_config=ImageConfig(default_image=Image(name="default", fqn="registry.example.com/sslflow", tag="0"))
+    )
     for workflow in (ssl_pipeline, validate_data, scheduled_pipeline, ssl_pipeline_multinode):
         get_serializable({}, settings, workflow)  # registration: the workflow, its tasks and its default inputs
     _launch_literals(ssl_pipeline, S3_SOURCES)
@@ -78,7 +90,9 @@ def test_the_fingerprint_is_an_uncached_task_whose_output_keys_the_cached_plan()
     assert not source_fingerprint.metadata.cache and plan_ingest.metadata.cache
     assert "fingerprint" in plan_ingest.python_interface.inputs
     plan = next(node for node in ingest.nodes if node.flyte_entity is plan_ingest)
-    assert {b.var: b.binding.promise.var for b in plan.bindings if b.binding.promise is not None}["fingerprint"] == "fingerprint"
+    assert {b.var: b.binding.promise.var for b in plan.bindings if b.binding.promise is not None}[
+        "fingerprint"
+    ] == "fingerprint"
     for workflow, sources in ((ssl_pipeline, len(S3_SOURCES)), (validate_data, 1)):
         fingerprints = {node.id for node in workflow.nodes if node.flyte_entity is source_fingerprint}
         assert len(fingerprints) == sources

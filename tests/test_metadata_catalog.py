@@ -28,7 +28,9 @@ def test_rows_come_in_the_in_memory_case_order_with_their_objects(tmp_path, monk
     expected = in_case_order(metadata_rows(parse_metadata_csv(text.encode(), WHERE), WHERE, first_row=2))
     found = list(catalog.rows_in_case_order())
     assert [(position, row) for position, row, _ in found] == expected
-    assert [item for _, _, item in found] == [(f"site-a/{row['path']}", paths.index(row["path"]), f'"{paths.index(row["path"])}"') for _, row in expected]
+    assert [item for _, _, item in found] == [
+        (f"site-a/{row['path']}", paths.index(row["path"]), f'"{paths.index(row["path"])}"') for _, row in expected
+    ]
     assert catalog.missing() == ([], 0) and list(catalog.unlisted()) == ["unlisted.png"]
     catalog.close()
 
@@ -45,7 +47,10 @@ def test_missing_objects_are_counted_and_the_first_named_in_row_order(tmp_path):
     "text, message",
     [
         ("path\nimg0.png\nimg1.png\nimg0.png\n", r"row 4, column 'path': 'img0.png' is listed twice \(also row 2\)"),
-        ("path\n../out.png\nok.png\n/abs.png\n", r"row 2, column 'path': '../out.png' contains '..'.*2 rows of .* fail"),
+        (
+            "path\n../out.png\nok.png\n/abs.png\n",
+            r"row 2, column 'path': '../out.png' contains '..'.*2 rows of .* fail",
+        ),
         ("file,case_id\na.png,1\n", r"missing required column 'path' \(columns found: \['file', 'case_id'\]\)"),
         ("file,case_id\n", r"missing required column 'path'"),
         ("", r"not parseable as CSV \(EmptyDataError"),

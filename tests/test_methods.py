@@ -19,7 +19,10 @@ from ssl_models.methods.moco import MoCoV2, info_nce_with_queue
 from ssl_models.train import PretrainConfig, pretrain_contrastive
 
 VIEW = AugmentConfig(output_size=16)
-STATE_KEYS = {"moco": ("queue", "queue_pointer", "key_encoder.layers.0.weight"), "byol": ("target_encoder.layers.0.weight", "target_projection.layers.0.weight")}
+STATE_KEYS = {
+    "moco": ("queue", "queue_pointer", "key_encoder.layers.0.weight"),
+    "byol": ("target_encoder.layers.0.weight", "target_projection.layers.0.weight"),
+}
 
 
 def _images(n: int = 48) -> torch.Tensor:
@@ -29,7 +32,9 @@ def _images(n: int = 48) -> torch.Tensor:
 def test_info_nce_with_queue_matches_hand_computed_value():
     # One query, its key identical (similarity 1), two orthogonal queue entries (similarity 0), tau = 1.
     query, queue = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    assert info_nce_with_queue(query, query.clone(), queue, 1.0).item() == pytest.approx(math.log(1 + 2 / math.e), abs=1e-6)
+    assert info_nce_with_queue(query, query.clone(), queue, 1.0).item() == pytest.approx(
+        math.log(1 + 2 / math.e), abs=1e-6
+    )
 
 
 def test_moco_shapes_queue_and_arguments():
@@ -41,7 +46,11 @@ def test_moco_shapes_queue_and_arguments():
     first_keys = moco.queue[:6].clone()
     moco(torch.randn(3, 1, 16, 16), torch.randn(3, 1, 16, 16))
     moco.after_step(0.6)  # the next 6 go to rows 6, 7, 0, 1, 2, 3: the oldest are overwritten first
-    assert int(moco.queue_pointer) == 4 and torch.equal(moco.queue[4:6], first_keys[4:6]) and not torch.equal(moco.queue[:4], first_keys[:4])
+    assert (
+        int(moco.queue_pointer) == 4
+        and torch.equal(moco.queue[4:6], first_keys[4:6])
+        and not torch.equal(moco.queue[:4], first_keys[:4])
+    )
     assert torch.allclose(moco.queue.norm(dim=1), torch.ones(8))
     for bad in (dict(temperature=0.0), dict(queue_size=0), dict(momentum=1.0)):
         with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
@@ -71,17 +80,29 @@ def test_unknown_method_is_refused_with_the_choices():
 def test_training_lowers_the_loss_and_moves_the_target(method):
     """Blocky images (4x4 patterns at 16 px) that mild crops leave recognisable. MoCo's first epoch scores
     against a queue of random vectors (easy negatives), so its loss is compared from the second epoch on."""
-    blocky = F.interpolate(torch.randint(0, 256, (48, 1, 4, 4), generator=torch.Generator().manual_seed(0)).float(), size=16, mode="nearest").to(torch.uint8)
+    blocky = F.interpolate(
+        torch.randint(0, 256, (48, 1, 4, 4), generator=torch.Generator().manual_seed(0)).float(),
+        size=16,
+        mode="nearest",
+    ).to(torch.uint8)
     view = AugmentConfig(output_size=16, crop_scale=(0.6, 1.0))
-    config = PretrainConfig(method=method, epochs=6, batch_size=16, learning_rate=3e-3, augment=view, queue_size=16, momentum=0.9)
+    config = PretrainConfig(
+        method=method, epochs=6, batch_size=16, learning_rate=3e-3, augment=view, queue_size=16, momentum=0.9
+    )
     states = []
-    history = pretrain_contrastive(build_encoder("small_cnn", 1, seed=0), InMemoryPairs(blocky, list(range(48))), config,
-                                   on_epoch_end=lambda epoch, metrics, state_fn: states.append(copy.deepcopy(state_fn()["model"])))  # fmt: skip
+    history = pretrain_contrastive(
+        build_encoder("small_cnn", 1, seed=0),
+        InMemoryPairs(blocky, list(range(48))),
+        config,
+        on_epoch_end=lambda epoch, metrics, state_fn: states.append(copy.deepcopy(state_fn()["model"])),
+    )
     assert history[-1]["loss"] < 0.95 * history[1 if method == "moco" else 0]["loss"]
     target = "key_encoder" if method == "moco" else "target_encoder"
     first, last = states[0], states[-1]
     assert not torch.equal(first[f"{target}.layers.0.weight"], last[f"{target}.layers.0.weight"])  # the target moved
-    assert not torch.equal(last[f"{target}.layers.0.weight"], last["encoder.layers.0.weight"])  # and lags the online network
+    assert not torch.equal(
+        last[f"{target}.layers.0.weight"], last["encoder.layers.0.weight"]
+    )  # and lags the online network
     if method == "moco":
         assert not torch.equal(first["queue"], last["queue"])
 
@@ -95,28 +116,43 @@ def test_resume_restores_the_method_state(method):
     def keep(epoch, metrics, state_fn):
         states.setdefault("run", {})[epoch] = copy.deepcopy(state_fn())
 
-    full = pretrain_contrastive(build_encoder("small_cnn", 1, seed=0), InMemoryPairs(_images(), list(range(48))), config, on_epoch_end=keep)
+    full = pretrain_contrastive(
+        build_encoder("small_cnn", 1, seed=0), InMemoryPairs(_images(), list(range(48))), config, on_epoch_end=keep
+    )
     uninterrupted, resumed_from = states["run"][2]["model"], states["run"][0]
     states.clear()
-    resumed = pretrain_contrastive(build_encoder("small_cnn", 1, seed=0), InMemoryPairs(_images(), list(range(48))), config, on_epoch_end=keep, resume_state=resumed_from)
+    resumed = pretrain_contrastive(
+        build_encoder("small_cnn", 1, seed=0),
+        InMemoryPairs(_images(), list(range(48))),
+        config,
+        on_epoch_end=keep,
+        resume_state=resumed_from,
+    )
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[1:]], rel=1e-4)
     for key in STATE_KEYS[method]:
         assert torch.allclose(states["run"][2]["model"][key].float(), uninterrupted[key].float(), atol=1e-5), key
-    fresh = build_method(method, build_encoder("small_cnn", 1, seed=0), config).state_dict()  # the state is not the initial one
+    fresh = build_method(
+        method, build_encoder("small_cnn", 1, seed=0), config
+    ).state_dict()  # the state is not the initial one
     assert not torch.equal(fresh[STATE_KEYS[method][0]], uninterrupted[STATE_KEYS[method][0]])
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_micle_case_pairs_train_every_method(method):
-    """Two images of one case as the two views (case ids i // 2): each method trains on them and so does the kNN monitor."""
+    """Two images of one case as the two views (case ids i // 2): each method trains on them and so does the kNN
+    monitor."""
     images, labels = _images(32), torch.arange(32) % 2
     monitor = KnnMonitor(images[:24], labels[:24], images[24:], labels[24:], VIEW, k=5)
     encoder = build_encoder("small_cnn", 1, seed=0)
     before = copy.deepcopy(encoder.state_dict())
-    teacher = build_encoder("small_cnn", 1, seed=1) if METHODS[method].needs_teacher else None  # distillation's frozen teacher
+    teacher = (
+        build_encoder("small_cnn", 1, seed=1) if METHODS[method].needs_teacher else None
+    )  # distillation's frozen teacher
     settings = {"teacher": "small_cnn", "teacher_weights": "given as a module"} if teacher is not None else {}
     config = PretrainConfig(method=method, epochs=2, batch_size=16, augment=VIEW, queue_size=32, **settings)
-    history = pretrain_contrastive(encoder, InMemoryPairs(images, [i // 2 for i in range(32)]), config, monitor=monitor, teacher=teacher)
+    history = pretrain_contrastive(
+        encoder, InMemoryPairs(images, [i // 2 for i in range(32)]), config, monitor=monitor, teacher=teacher
+    )
     assert all(math.isfinite(r["loss"]) and 0.0 <= r["knn_accuracy"] <= 1.0 for r in history)
     assert not torch.equal(before["layers.0.weight"], encoder.state_dict()["layers.0.weight"])
 
@@ -136,6 +172,9 @@ def test_knn_monitor_measures_features_not_noise():
     encoder = Mean().train()
     monitor = KnnMonitor(images[:30], labels[:30], images[30:], labels[30:], AugmentConfig(output_size=4), k=5)
     assert monitor(encoder) == 1.0 and encoder.training
-    assert KnnMonitor(images[:30], labels[:30], images[30:], 1 - labels[30:], AugmentConfig(output_size=4), k=5)(encoder) == 0.0
+    assert (
+        KnnMonitor(images[:30], labels[:30], images[30:], 1 - labels[30:], AugmentConfig(output_size=4), k=5)(encoder)
+        == 0.0
+    )
     with pytest.raises(ValueError, match="one label per"):
         KnnMonitor(images[:30], labels[:29], images[30:], labels[30:], AugmentConfig(output_size=4))

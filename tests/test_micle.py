@@ -36,7 +36,9 @@ def test_ranks_shard_the_epoch_like_distributed_sampler():
     covered = np.concatenate([anchors for anchors, _ in shards])
     assert set(covered) == set(range(11))
     for anchors, partners in shards:
-        assert all(case_ids[a] == case_ids[p] and a != p or case_ids.count(case_ids[a]) == 1 for a, p in zip(anchors, partners))
+        assert all(
+            case_ids[a] == case_ids[p] and a != p or case_ids.count(case_ids[a]) == 1 for a, p in zip(anchors, partners)
+        )
 
 
 def test_rejects_empty_and_bad_rank():

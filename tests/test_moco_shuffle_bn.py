@@ -70,7 +70,9 @@ def test_one_process_encodes_keys_in_other_halves_than_their_queries_and_hands_t
     moco.eval()
     calls.clear()
     moco(views_a, views_b)
-    assert torch.allclose(moco._new_keys, _row_by_row_keys(moco, views_a, views_b), atol=1e-6)  # unshuffled: row i is view i's key
+    assert torch.allclose(
+        moco._new_keys, _row_by_row_keys(moco, views_a, views_b), atol=1e-6
+    )  # unshuffled: row i is view i's key
 
 
 def test_a_resumed_moco_draws_the_shuffle_of_the_step_it_resumes_at():

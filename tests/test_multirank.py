@@ -17,6 +17,7 @@ from benchmarks.multirank import QUICK_SHARD_SIZES, coverage, resume
 from ssl_models import distributed
 from ssl_models.distributed import collective_device, init_from_environment, rank_device
 
+
 def test_every_local_rank_of_an_eight_gpu_node_gets_its_own_gpu():
     devices = [rank_device(local_rank, cuda_devices=8) for local_rank in range(8)]
     assert devices == [torch.device("cuda", k) for k in range(8)]
@@ -32,13 +33,24 @@ def test_a_rank_binds_its_gpu_before_it_joins_the_nccl_group(monkeypatch, local_
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", torch.device(device))))
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: calls.append(("init_process_group", backend)))
-    environment = {"RANK": str(8 + local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}
+    monkeypatch.setattr(
+        distributed.dist, "init_process_group", lambda backend: calls.append(("init_process_group", backend))
+    )
+    environment = {
+        "RANK": str(8 + local_rank),
+        "LOCAL_RANK": str(local_rank),
+        "WORLD_SIZE": "16",
+        "LOCAL_WORLD_SIZE": "8",
+    }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     process = init_from_environment()
     assert calls == [("set_device", torch.device("cuda", local_rank)), ("init_process_group", "nccl")]
-    assert process.device == torch.device("cuda", local_rank) and process.local_world_size == 8 and process.rank == 8 + local_rank
+    assert (
+        process.device == torch.device("cuda", local_rank)
+        and process.local_world_size == 8
+        and process.rank == 8 + local_rank
+    )
 
 
 def test_nccl_collectives_take_the_ranks_gpu_and_gloo_collectives_the_host():
@@ -50,13 +62,16 @@ def test_nccl_collectives_take_the_ranks_gpu_and_gloo_collectives_the_host():
 
 
 def test_the_loss_mean_is_all_reduced_on_the_collective_device(monkeypatch):
-    """mean_across_ranks builds its tensor where collective_device says (here: gloo, the host), not always on the host."""
+    """mean_across_ranks builds its tensor where collective_device says (here: gloo, the host), not always on the
+    host."""
     seen = []
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
     monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
     monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor: (seen.append(tensor.device), tensor.mul_(2)))
-    monkeypatch.setattr(distributed, "collective_device", lambda backend, device: torch.device("meta") if backend == "gloo" else device)
+    monkeypatch.setattr(
+        distributed, "collective_device", lambda backend, device: torch.device("meta") if backend == "gloo" else device
+    )
     with pytest.raises((NotImplementedError, RuntimeError)):
         distributed.mean_across_ranks(0.5)  # a meta tensor has no value to read back: the point is where it was made
     assert seen == [torch.device("meta")]

@@ -21,20 +21,46 @@ from images.specs import LOCK_FILE, cpu_image_spec, gpu_image_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYFLYTE = Path(sys.executable).parent / "pyflyte"
-CPU_IMAGE, GPU_IMAGE = "registry.example.com/sslflow-cpu:packaging-test", "registry.example.com/sslflow-gpu:packaging-test"
+CPU_IMAGE, GPU_IMAGE = (
+    "registry.example.com/sslflow-cpu:packaging-test",
+    "registry.example.com/sslflow-gpu:packaging-test",
+)
 DEFAULT_IMAGE = "registry.example.com/no-task-may-use-this:0"
 WORKERS_PER_POD = 4  # registered with SSLFLOW_NPROC_PER_NODE=4: pods of 4 GPUs
-TRAINING_TASKS = ("tasks.pretrain.pretrain_simclr", "tasks.pretrain.pretrain_domain_simclr", "tasks.pretrain.pretrain_micle", "workflows.launch_plans.pretrain_simclr_multinode")
+TRAINING_TASKS = (
+    "tasks.pretrain.pretrain_simclr",
+    "tasks.pretrain.pretrain_domain_simclr",
+    "tasks.pretrain.pretrain_micle",
+    "workflows.launch_plans.pretrain_simclr_multinode",
+)
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> dict[str, dict]:
-    """{"tasks": {name: TaskTemplate as dict}, "workflows": {name: WorkflowSpec}, "launch_plans": {name: LaunchPlan}}."""
+    """{"tasks": {name: TaskTemplate as dict}, "workflows": {name: WorkflowSpec}, "launch_plans": {name:
+    LaunchPlan}}."""
     root = tmp_path_factory.mktemp("package")
-    environment = {**os.environ, "SSLFLOW_CPU_IMAGE": CPU_IMAGE, "SSLFLOW_GPU_IMAGE": GPU_IMAGE, "SSLFLOW_NPROC_PER_NODE": str(WORKERS_PER_POD),
-                   "SSLFLOW_MLFLOW_AUTH": "basic"}
-    command = [str(PYFLYTE), "--pkgs", "workflows", "package", "--image", DEFAULT_IMAGE, "--output", str(root / "flyte-package.tgz"), "--force"]
-    result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    environment = {
+        **os.environ,
+        "SSLFLOW_CPU_IMAGE": CPU_IMAGE,
+        "SSLFLOW_GPU_IMAGE": GPU_IMAGE,
+        "SSLFLOW_NPROC_PER_NODE": str(WORKERS_PER_POD),
+        "SSLFLOW_MLFLOW_AUTH": "basic",
+    }
+    command = [
+        str(PYFLYTE),
+        "--pkgs",
+        "workflows",
+        "package",
+        "--image",
+        DEFAULT_IMAGE,
+        "--output",
+        str(root / "flyte-package.tgz"),
+        "--force",
+    ]
+    result = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with tarfile.open(root / "flyte-package.tgz") as archive:
         archive.extractall(root / "pb", filter="data")
@@ -69,8 +95,12 @@ def _requests(container: dict) -> dict[str, str]:
 
 def test_every_workflow_and_launch_plan_compiles(package):
     workflows = set(package["workflows"])
-    for name in ("workflows.pipeline.ssl_pipeline", "workflows.launch_plans.scheduled_pipeline",
-                 "workflows.launch_plans.ssl_pipeline_multinode", "workflows.lifecycle.rollback"):  # fmt: skip
+    for name in (
+        "workflows.pipeline.ssl_pipeline",
+        "workflows.launch_plans.scheduled_pipeline",
+        "workflows.launch_plans.ssl_pipeline_multinode",
+        "workflows.lifecycle.rollback",
+    ):
         assert name in workflows, name
         assert name in package["launch_plans"], name  # its default launch plan
     assert {"sslflow_weekly_retraining", "sslflow_multinode_pretraining"} <= set(package["launch_plans"])
@@ -90,7 +120,9 @@ def test_pretraining_requests_gpus_and_an_accelerator(package):
         assert int(_requests(_container(template))["GPU"]) >= 1, name
         assert template["extendedResources"]["gpuAccelerator"]["device"].startswith("nvidia-tesla-a100"), name
         assert template["metadata"]["retries"]["retries"] >= 1, f"{name}: preemptible GPU nodes need retries"
-        assert template["extendedResources"]["sharedMemory"]["mountPath"] == "/dev/shm", f"{name}: NCCL needs shared memory"
+        assert template["extendedResources"]["sharedMemory"]["mountPath"] == "/dev/shm", (
+            f"{name}: NCCL needs shared memory"
+        )
         # a scheduled and a manual run with the same inputs: one trains, the other waits for its result
         assert template["metadata"].get("cacheSerializable") is True, f"{name}: GPU tasks use Cache(serialize=True)"
 
@@ -103,12 +135,22 @@ def test_training_pods_get_resources_per_worker(package):
     """CPU, memory, ephemeral storage (limits too), shared memory follow the GPUs; preemptible with a timeout."""
     from tasks.shared import CPU_PER_RANK, DISK_PER_RANK_GIB, MEMORY_PER_RANK_GIB, SHARED_MEMORY_PER_RANK_GIB
 
-    for name, ranks in [(name, WORKERS_PER_POD) for name in TRAINING_TASKS[:3]] + [(TRAINING_TASKS[3], 8), ("tasks.finetune.finetune_pretrained", 1)]:
+    for name, ranks in [(name, WORKERS_PER_POD) for name in TRAINING_TASKS[:3]] + [
+        (TRAINING_TASKS[3], 8),
+        ("tasks.finetune.finetune_pretrained", 1),
+    ]:
         template = package["tasks"][name]
-        expected = {"CPU": str(CPU_PER_RANK * ranks), "MEMORY": f"{MEMORY_PER_RANK_GIB * ranks}Gi", "GPU": str(ranks), "EPHEMERAL_STORAGE": f"{DISK_PER_RANK_GIB * ranks}Gi"}
+        expected = {
+            "CPU": str(CPU_PER_RANK * ranks),
+            "MEMORY": f"{MEMORY_PER_RANK_GIB * ranks}Gi",
+            "GPU": str(ranks),
+            "EPHEMERAL_STORAGE": f"{DISK_PER_RANK_GIB * ranks}Gi",
+        }
         container = _container(template)
         assert _resources(container, "requests") == expected and _resources(container, "limits") == expected, name
-        assert template["extendedResources"]["sharedMemory"]["sizeLimit"] == f"{SHARED_MEMORY_PER_RANK_GIB * ranks}Gi", name
+        assert (
+            template["extendedResources"]["sharedMemory"]["sizeLimit"] == f"{SHARED_MEMORY_PER_RANK_GIB * ranks}Gi"
+        ), name
         assert template["metadata"]["interruptible"] is True and template["metadata"]["timeout"] == "86400s", name
 
 
@@ -119,10 +161,28 @@ def test_workers_per_pod_travel_into_the_pod(package):
 
     for name in TRAINING_TASKS[:3]:
         env = _env(package["tasks"][name])
-        assert env == {"SSLFLOW_NPROC_PER_NODE": str(WORKERS_PER_POD), "SSLFLOW_GPUS_PER_POD": str(WORKERS_PER_POD)}, name
-    pod = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(PROJECT_ROOT), **POD_ENVIRONMENT, **env}
-    script = "from tasks.pretrain import pretrain_simclr as t; print(t.task_config.nproc_per_node, t.metadata.cache_version)"
-    imported = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=pod, capture_output=True, text=True, timeout=120, check=False)
+        assert env == {"SSLFLOW_NPROC_PER_NODE": str(WORKERS_PER_POD), "SSLFLOW_GPUS_PER_POD": str(WORKERS_PER_POD)}, (
+            name
+        )
+    pod = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+        **POD_ENVIRONMENT,
+        **env,
+    }
+    script = (
+        "from tasks.pretrain import pretrain_simclr as t; print(t.task_config.nproc_per_node, t.metadata.cache_version)"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        env=pod,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert imported.returncode == 0, imported.stderr[-3000:]
     workers, cache_version = imported.stdout.split()
     assert workers == str(WORKERS_PER_POD) and cache_version.endswith(f"-world{WORKERS_PER_POD}"), imported.stdout
@@ -139,17 +199,26 @@ def test_pretraining_cache_keys_on_the_world_size(package):
 def test_mlflow_credentials_are_flyte_secrets(package):
     """Registered with SSLFLOW_MLFLOW_AUTH=basic: every task that talks to MLflow requests the Secret sslflow-mlflow,
     mounted into MLflow's own variables; nothing of it is in a template's environment."""
-    mlflow_secrets = {("sslflow-mlflow", "username", "MLFLOW_TRACKING_USERNAME"), ("sslflow-mlflow", "password", "MLFLOW_TRACKING_PASSWORD")}
+    mlflow_secrets = {
+        ("sslflow-mlflow", "username", "MLFLOW_TRACKING_USERNAME"),
+        ("sslflow-mlflow", "password", "MLFLOW_TRACKING_PASSWORD"),
+    }
     without = set()
     for name, template in package["tasks"].items():
-        requested = {(secret["group"], secret["key"], secret.get("envVar")) for secret in template.get("securityContext", {}).get("secrets", [])}
+        requested = {
+            (secret["group"], secret["key"], secret.get("envVar"))
+            for secret in template.get("securityContext", {}).get("secrets", [])
+        }
         assert not any("MLFLOW_TRACKING_" in key for key in _env(template)), name
         if not mlflow_secrets <= requested:
             without.add(name)
     # the tasks that never talk to MLflow: the plan, the chunks (and their map task),
     # the dynamic fine-tuning (it only builds the sub-workflow of its tasks)
     assert {re.sub(r"_[0-9a-f]{32}-arraynode$", "", name) for name in without} == {
-        "tasks.ingest.plan_ingest", "tasks.ingest.ingest_chunk", "tasks.ingest.map_ingest_chunk", "tasks.finetune.finetune_all"
+        "tasks.ingest.plan_ingest",
+        "tasks.ingest.ingest_chunk",
+        "tasks.ingest.map_ingest_chunk",
+        "tasks.finetune.finetune_all",
     }, without
 
 
@@ -170,24 +239,41 @@ def test_ingest_decodes_chunks_in_a_map_task_with_bounded_concurrency(package):
 
     nodes = package["workflows"]["workflows.ingest.ingest"]["nodes"]
     mapped = [node["arrayNode"] for node in nodes if "arrayNode" in node]
-    assert len(mapped) == 1 and int(mapped[0]["parallelism"]) == INGEST_CONCURRENCY and mapped[0]["minSuccessRatio"] == 1.0
+    assert (
+        len(mapped) == 1 and int(mapped[0]["parallelism"]) == INGEST_CONCURRENCY and mapped[0]["minSuccessRatio"] == 1.0
+    )
     assert "ingest_chunk" in mapped[0]["node"]["taskNode"]["referenceId"]["name"]
-    assert [_node_target(node) for node in nodes if "taskNode" in node] == ["tasks.ingest.plan_ingest", "tasks.ingest.join_ingest"]
-    assert package["tasks"]["tasks.ingest.ingest_chunk"]["metadata"].get("discoverable"), "a chunk of unchanged files is a cache hit"
-    assert "workflows.ingest.ingest" in {_node_target(node) for node in package["workflows"]["workflows.pipeline.ssl_pipeline"]["nodes"]}
+    assert [_node_target(node) for node in nodes if "taskNode" in node] == [
+        "tasks.ingest.plan_ingest",
+        "tasks.ingest.join_ingest",
+    ]
+    assert package["tasks"]["tasks.ingest.ingest_chunk"]["metadata"].get("discoverable"), (
+        "a chunk of unchanged files is a cache hit"
+    )
+    assert "workflows.ingest.ingest" in {
+        _node_target(node) for node in package["workflows"]["workflows.pipeline.ssl_pipeline"]["nodes"]
+    }
 
 
 def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):
-    single, multi = package["tasks"]["tasks.pretrain.pretrain_simclr"], package["tasks"]["workflows.launch_plans.pretrain_simclr_multinode"]
+    single, multi = (
+        package["tasks"]["tasks.pretrain.pretrain_simclr"],
+        package["tasks"]["workflows.launch_plans.pretrain_simclr_multinode"],
+    )
     assert single["type"] == "python-task"  # Elastic with one node: torchrun inside one pod
     assert multi["type"] == "pytorch"  # a PyTorchJob
     assert multi["custom"]["workerReplicas"]["replicas"] == 2
     assert multi["custom"]["elasticConfig"]["nprocPerNode"] == 8
     assert _requests(_container(multi))["GPU"] == "8"
     # the same DAG as ssl_pipeline but for that one task
-    nodes = {name: [_node_target(node) for node in package["workflows"][name]["nodes"]]
-             for name in ("workflows.pipeline.ssl_pipeline", "workflows.launch_plans.ssl_pipeline_multinode")}  # fmt: skip
-    swapped = [n.replace("tasks.pretrain.pretrain_simclr", "workflows.launch_plans.pretrain_simclr_multinode") for n in nodes["workflows.pipeline.ssl_pipeline"]]
+    nodes = {
+        name: [_node_target(node) for node in package["workflows"][name]["nodes"]]
+        for name in ("workflows.pipeline.ssl_pipeline", "workflows.launch_plans.ssl_pipeline_multinode")
+    }
+    swapped = [
+        n.replace("tasks.pretrain.pretrain_simclr", "workflows.launch_plans.pretrain_simclr_multinode")
+        for n in nodes["workflows.pipeline.ssl_pipeline"]
+    ]
     assert nodes["workflows.launch_plans.ssl_pipeline_multinode"] == swapped
 
 
@@ -200,7 +286,12 @@ def test_caching_and_retries(package):
     # register is cached on the parent run (so on the store): another store gets its own registration
     register = tasks["tasks.register.register"]["metadata"]
     assert register.get("discoverable") and "parent_run_id" not in register.get("cacheIgnoreInputVars", [])
-    for name in ("tasks.ingest.plan_ingest", "tasks.ingest.ingest_chunk", "tasks.ingest.join_ingest", "tasks.register.register"):
+    for name in (
+        "tasks.ingest.plan_ingest",
+        "tasks.ingest.ingest_chunk",
+        "tasks.ingest.join_ingest",
+        "tasks.register.register",
+    ):
         assert tasks[name]["metadata"]["retries"]["retries"] >= 1, name
     # run every time, and once: a rollback retried would roll back twice
     for name in ("tasks.ingest.source_fingerprint", "tasks.register.rollback_champion", "tasks.store.tracking_store"):
@@ -215,14 +306,18 @@ def test_weekly_retraining_schedule(package):
     assert plan["defaultInputs"]["parameters"]["kickoff_time"].get("required") is True
     assert plan["workflowId"]["name"] == "workflows.launch_plans.scheduled_pipeline"
     pipeline_inputs = set(package["workflows"]["workflows.pipeline.ssl_pipeline"]["interface"]["inputs"]["variables"])
-    scheduled_inputs = set(package["workflows"]["workflows.launch_plans.scheduled_pipeline"]["interface"]["inputs"]["variables"])
+    scheduled_inputs = set(
+        package["workflows"]["workflows.launch_plans.scheduled_pipeline"]["interface"]["inputs"]["variables"]
+    )
     assert scheduled_inputs == pipeline_inputs | {"kickoff_time"}
 
 
 def test_images_install_the_whole_lock_file():
     """Both images are built from requirements.lock itself (every package and dependency at its locked version)."""
     lines = [line for line in LOCK_FILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    assert len(lines) > 200 and all(re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[^\]]*\])?==\S+", line) for line in lines), "the lock pins every line"
+    assert len(lines) > 200 and all(re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[^\]]*\])?==\S+", line) for line in lines), (
+        "the lock pins every line"
+    )
     for spec in (cpu_image_spec, gpu_image_spec):
         assert spec.requirements == str(LOCK_FILE) and not spec.packages, f"{spec.name} installs only part of the lock"
 

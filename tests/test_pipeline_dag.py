@@ -12,10 +12,16 @@ def _bindings() -> dict[str, dict[str, tuple[str, str]]]:
     nodes = {}
     for node in ssl_pipeline.nodes:
         name = getattr(node.flyte_entity, "name", "").rsplit(".", 1)[-1]
-        nodes[name] = {b.var: (b.binding.promise.node_id, b.binding.promise.var) for b in node.bindings if b.binding.promise is not None}
+        nodes[name] = {
+            b.var: (b.binding.promise.node_id, b.binding.promise.var)
+            for b in node.bindings
+            if b.binding.promise is not None
+        }
         for b in node.bindings:  # a list of promises (finetune_all's encoders): {input: [(node id, output), ...]}
             if b.binding.collection is not None:
-                nodes[name][b.var] = [(item.promise.node_id, item.promise.var) for item in b.binding.collection.bindings]
+                nodes[name][b.var] = [
+                    (item.promise.node_id, item.promise.var) for item in b.binding.collection.bindings
+                ]
     return nodes
 
 
@@ -50,7 +56,12 @@ def test_only_pretraining_launches_elastic_workers():
     import tasks.finetune
     import tasks.self_train
 
-    single = (tasks.finetune.finetune_pretrained, tasks.finetune.finetune_scratch, tasks.finetune.probe_pixels, tasks.self_train.self_train)
+    single = (
+        tasks.finetune.finetune_pretrained,
+        tasks.finetune.finetune_scratch,
+        tasks.finetune.probe_pixels,
+        tasks.self_train.self_train,
+    )
     assert not any(isinstance(task, PytorchElasticFunctionTask) for task in single)
     assert all(task.resources.requests.gpu == "1" for task in single)
     pretraining = (tasks.pretrain.pretrain_simclr, tasks.pretrain.pretrain_domain_simclr, tasks.pretrain.pretrain_micle)

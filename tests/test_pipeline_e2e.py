@@ -1,19 +1,19 @@
-"""The whole ssl_pipeline on a small slice of the real data: fresh, cached, new fine-tuning settings, another MLflow store."""
+"""The whole ssl_pipeline on a small slice of the real data: fresh, cached, new fine-tuning settings, another MLflow
+store."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import mlflow
 from flytekit.core.local_cache import LocalTaskCache
+from live_mlflow import mlflow_at
 from mlflow.tracking import MlflowClient
 
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
-from live_mlflow import mlflow_at
 from workflows.pipeline import ssl_pipeline
 
 SMALL = dict(
@@ -23,7 +23,9 @@ SMALL = dict(
     micle=PretrainConfig(epochs=1, batch_size=128),
     finetune=FinetuneConfig(epochs=1, min_steps=3),
     label_fractions=[1.0],
-    self_train=SelfTrainConfig(steps=3, confidence_threshold=0.0, max_label_fraction=1.0),  # a 3-step student is confident about little
+    self_train=SelfTrainConfig(
+        steps=3, confidence_threshold=0.0, max_label_fraction=1.0
+    ),  # a 3-step student is confident about little
 )
 
 
@@ -51,7 +53,9 @@ def _rerun_against_another_store() -> None:
     assert f"({tracking_uri()})" in summary and "another-store.db" in summary
     assert _stage_runs() == ["PARENT", "register"], "training stages are cache hits: nothing but the record is new"
     client = MlflowClient(tracking_uri())
-    parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id], "tags.`sslflow.kind` = 'pipeline'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id], "tags.`sslflow.kind` = 'pipeline'"
+    )[0]
     assert {"results.csv", "results.md"} <= {item.path for item in client.list_artifacts(parent.info.run_id)}
     assert parent.data.metrics["simclr_micle_finetune_1_seed0_in_domain_accuracy"] > 0
     assert parent.data.tags["registry.version"] == "1"
@@ -67,14 +71,27 @@ def _run_three_times() -> None:
 
     stages = _stage_runs()
     assert stages.count("PARENT") == 1
-    for stage in ("ingest:fashion-mnist", "ingest:mnist-5k", "ingest:optdigits", "validate:mnist-5k", "pretrain_simclr", "pretrain_domain_simclr",
-                  "pretrain_micle", "self_train:simclr+micle+student@1/seed=0", "self_train", "evaluate", "register"):  # fmt: skip
+    for stage in (
+        "ingest:fashion-mnist",
+        "ingest:mnist-5k",
+        "ingest:optdigits",
+        "validate:mnist-5k",
+        "pretrain_simclr",
+        "pretrain_domain_simclr",
+        "pretrain_micle",
+        "self_train:simclr+micle+student@1/seed=0",
+        "self_train",
+        "evaluate",
+        "register",
+    ):
         assert stage in stages, stage
     assert "| simclr+micle+student | finetune | 1 (" in summary  # the student is an arm of the evaluation
     _assert_pseudo_label_report()
     _assert_knn_probe_and_monitor()
     _assert_one_budget_and_stopping_rule()
-    assert sum(stage.startswith("finetune:") for stage in stages) == 8  # pixels, scratch, {simclr, +domain, +micle} x {linear, finetune}
+    assert (
+        sum(stage.startswith("finetune:") for stage in stages) == 8
+    )  # pixels, scratch, {simclr, +domain, +micle} x {linear, finetune}
     champion = MlflowClient(tracking_uri()).get_model_version_by_alias("sslflow-mnist-5k", "champion")
     assert str(champion.version) == "1"
     model = mlflow.pytorch.load_model("models:/sslflow-mnist-5k@champion")
@@ -86,16 +103,21 @@ def _run_three_times() -> None:
     assert _stage_runs() == stages, "a rerun with nothing changed must execute no task body"
     assert cached_wall < 0.5 * first_wall
 
-    ssl_pipeline(**dict(SMALL, seeds=[1]))  # another fine-tuning seed: fine-tuning and what follows rerun, nothing before
+    ssl_pipeline(
+        **dict(SMALL, seeds=[1])
+    )  # another fine-tuning seed: fine-tuning and what follows rerun, nothing before
     new_stages = _stage_runs()
     for stage in set(stages):
-        added = new_stages.count(stage.replace("/seed=0", "/seed=1")) - stages.count(stage.replace("/seed=0", "/seed=1"))
+        added = new_stages.count(stage.replace("/seed=0", "/seed=1")) - stages.count(
+            stage.replace("/seed=0", "/seed=1")
+        )
         rerun = stage.startswith(("finetune:", "self_train", "evaluate", "register")) or stage == "PARENT"
         assert added == (1 if rerun else 0), (stage, added)
 
 
 def _assert_knn_probe_and_monitor() -> None:
-    """The evaluate run holds the kNN probe of each frozen pretrained encoder; each pretraining run a kNN accuracy per epoch."""
+    """The evaluate run holds the kNN probe of each frozen pretrained encoder; each pretraining run a kNN accuracy per
+    epoch."""
     client = MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
     evaluate_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'evaluate'")[0]
@@ -110,13 +132,23 @@ def _assert_one_budget_and_stopping_rule() -> None:
     fine-tuned arms at a fraction share one step budget."""
     client = MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
-    runs = [run for run in client.search_runs([experiment], max_results=1000) if run.data.tags.get("sslflow.stage", "").startswith("finetune:")]
+    runs = [
+        run
+        for run in client.search_runs([experiment], max_results=1000)
+        if run.data.tags.get("sslflow.stage", "").startswith("finetune:")
+    ]
     finetuned = [run for run in runs if "/finetune@" in run.data.tags["sslflow.stage"]]
-    assert len(finetuned) == 4 and len({run.data.metrics["budget_steps"] for run in finetuned}) == 1  # scratch + 3 pretrained
+    assert (
+        len(finetuned) == 4 and len({run.data.metrics["budget_steps"] for run in finetuned}) == 1
+    )  # scratch + 3 pretrained
     for run in finetuned:
         assert run.data.metrics["best_step"] <= run.data.metrics["stopped_step"] <= run.data.metrics["budget_steps"]
-        assert run.data.metrics["best_val_accuracy"] == run.data.metrics["val_accuracy"]  # the best weights are the ones kept
-    student_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'self_train:simclr+micle+student@1/seed=0'")[0]
+        assert (
+            run.data.metrics["best_val_accuracy"] == run.data.metrics["val_accuracy"]
+        )  # the best weights are the ones kept
+    student_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'self_train:simclr+micle+student@1/seed=0'")[
+        0
+    ]
     assert student_run.data.metrics["best_step"] <= student_run.data.metrics["stopped_step"]
 
 
@@ -127,5 +159,9 @@ def _assert_pseudo_label_report() -> None:
     report_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'self_train'")[0]
     artifacts = {item.path for item in client.list_artifacts(report_run.info.run_id)}
     assert {"pseudo_labels.md", "pseudo_labels.csv", "pseudo_labels_per_class.csv", "charts"} <= artifacts
-    student_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'self_train:simclr+micle+student@1/seed=0'")[0]
-    assert 0 <= student_run.data.metrics["pseudo_label_accuracy"] <= 1 and student_run.data.metrics["pseudo_labelled"] > 0
+    student_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'self_train:simclr+micle+student@1/seed=0'")[
+        0
+    ]
+    assert (
+        0 <= student_run.data.metrics["pseudo_label_accuracy"] <= 1 and student_run.data.metrics["pseudo_labelled"] > 0
+    )

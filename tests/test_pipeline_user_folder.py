@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from flytekit.core.local_cache import LocalTaskCache
+from live_mlflow import mlflow_at
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from live_mlflow import mlflow_at
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.data.sources.builtin import read_mnist_5k
@@ -35,7 +35,14 @@ def write_scan_folder(root, count=360) -> pd.DataFrame:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         image.save(root / path)
         case = f"patient{i // 3}" if i % 9 else f"solo{i}"  # most cases have 2-3 images, some only one
-        rows.append({"path": path, "case_id": case, "site": f"site-{i % 2}", "label": digits.labels[source_row] if i % 3 else ""})
+        rows.append(
+            {
+                "path": path,
+                "case_id": case,
+                "site": f"site-{i % 2}",
+                "label": digits.labels[source_row] if i % 3 else "",
+            }
+        )
     metadata = pd.DataFrame(rows)
     metadata.to_csv(root / "metadata.csv", index=False)
     return metadata
@@ -47,12 +54,21 @@ def test_pipeline_runs_on_a_user_folder_with_real_cases(tmp_path, monkeypatch):
     LocalTaskCache.clear()
     with mlflow_at(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}"):
         summary = ssl_pipeline(
-            generic_source="fashion-mnist", domain_source=str(folder), shift_source="optdigits",
-            generic_ingest=IngestConfig(max_images=200), domain_ingest=IngestConfig(), shift_ingest=IngestConfig(all_test=True),
-            simclr=PretrainConfig(epochs=1, batch_size=64), micle=PretrainConfig(epochs=1, batch_size=64),
-            finetune=FinetuneConfig(epochs=1, min_steps=3), label_fractions=[1.0],
-        )  # fmt: skip
-        assert "| simclr+micle | finetune | 1 (" in summary and f"Registered model: {default_model_name(str(folder))} version 1" in summary
+            generic_source="fashion-mnist",
+            domain_source=str(folder),
+            shift_source="optdigits",
+            generic_ingest=IngestConfig(max_images=200),
+            domain_ingest=IngestConfig(),
+            shift_ingest=IngestConfig(all_test=True),
+            simclr=PretrainConfig(epochs=1, batch_size=64),
+            micle=PretrainConfig(epochs=1, batch_size=64),
+            finetune=FinetuneConfig(epochs=1, min_steps=3),
+            label_fractions=[1.0],
+        )
+        assert (
+            "| simclr+micle | finetune | 1 (" in summary
+            and f"Registered model: {default_model_name(str(folder))} version 1" in summary
+        )
         client = MlflowClient(tracking_uri())
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
         (micle,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")

@@ -2,12 +2,12 @@
 from its serialized command, in a fresh process with only the pod's environment, its inputs and outputs literal
 files in a moto S3 server, MLflow a server process, the pseudonym key a mounted Secret.
 
-Chained in the order of workflows/data.py: source_fingerprint -> tracking_store -> start_data_run -> plan_ingest (a list of chunk
-files) -> ingest_chunk (a map task over the file references, each index its own pod) -> join_ingest -> validate ->
-finish_data_run, for PNGs and for a PACS-style DICOM export under S3 prefixes (a pod shares no disk with another,
-so the sources are in the object store); then, for the PNGs, pretrain_simclr (Elastic: torchrun inside the pod)
-and finetune_pretrained on its encoder. Every pod's S3 requests go through a proxy (tests/faulty_proxy.py) that
-records them: the join pod reads the chunks' tables and downloads no shard.
+Chained in the order of workflows/data.py: source_fingerprint -> tracking_store -> start_data_run -> plan_ingest (a list
+of chunk files) -> ingest_chunk (a map task over the file references, each index its own pod) -> join_ingest -> validate
+-> finish_data_run, for PNGs and for a PACS-style DICOM export under S3 prefixes (a pod shares no disk with another, so
+the sources are in the object store); then, for the PNGs, pretrain_simclr (Elastic: torchrun inside the pod) and
+finetune_pretrained on its encoder. Every pod's S3 requests go through a proxy (tests/faulty_proxy.py) that records
+them: the join pod reads the chunks' tables and downloads no shard.
 
 Then the whole of workflows/pipeline.py ssl_pipeline, fast-registered (the pods download the code archive, as after
 `pyflyte run --remote`), walked node by node as propeller does (tests/pod_workflows.py): every task, the ingest
@@ -22,15 +22,15 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from flytekit.models.literals import LiteralMap
-from PIL import Image
-
 from dicom_files import write_pacs_folder
+from flytekit.models.literals import LiteralMap
 from live_mlflow import MlflowServer, free_port
 from moto_s3 import moto_s3_server, s3_environment
 from network_audit import audited_python_path, network_events, telemetry_stores
+from PIL import Image
 from pod_harness import PodFailed, PodRunner, bind, literals, python_value, serialized_package
 from pod_workflows import WorkflowWalk
+
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, ValidationConfig
@@ -64,14 +64,20 @@ def _pngs(folder: Path, count: int) -> None:
     folder.mkdir(parents=True)
     rows = []
     for i in range(count):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / f"img{i:03d}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (12, 12), dtype=np.uint8)).save(
+            folder / f"img{i:03d}.png"
+        )
         rows.append(f"img{i:03d}.png,case{i // 3},site-a,{'class' + str(i // 2 % 2) if i % 2 == 0 else ''}")
     (folder / "metadata.csv").write_text("path,case_id,site,label\n" + "\n".join(rows) + "\n")
 
 
 def _shard_gets(requests: list[tuple[str, str]]) -> list[str]:
     """The paths of the GET requests for shard files (``.../shards/<sha256>.npy``) among a proxy's ``requests``."""
-    return [path for method, path in requests if method == "GET" and "/shards/" in path and path.split("?")[0].endswith(".npy")]
+    return [
+        path
+        for method, path in requests
+        if method == "GET" and "/shards/" in path and path.split("?")[0].endswith(".npy")
+    ]
 
 
 def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConfig, proxy) -> dict:
@@ -81,27 +87,55 @@ def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConf
     from tasks.ingest import join_ingest, plan_ingest, source_fingerprint
     from tasks.validate import validate
 
-    fingerprint = runner.run(tasks["tasks.ingest.source_fingerprint"], "source-fingerprint", literals(source_fingerprint, source=source))
+    fingerprint = runner.run(
+        tasks["tasks.ingest.source_fingerprint"], "source-fingerprint", literals(source_fingerprint, source=source)
+    )
     store = runner.run(tasks["tasks.store.tracking_store"], "tracking-store", LiteralMap({}))
     settings = literals(start_data_run, source=source, config=config, validation=ValidationConfig(), label_fractions=[])
     run = runner.run(
-        tasks["tasks.data_run.start_data_run"], "start-data-run", bind((store, "o0", "tracking_store"), (fingerprint, "o0", "fingerprint"), **settings.literals)
+        tasks["tasks.data_run.start_data_run"],
+        "start-data-run",
+        bind((store, "o0", "tracking_store"), (fingerprint, "o0", "fingerprint"), **settings.literals),
     )
-    plan_inputs = bind((fingerprint, "o0", "fingerprint"), **literals(plan_ingest, source=source, config=config).literals)
+    plan_inputs = bind(
+        (fingerprint, "o0", "fingerprint"), **literals(plan_ingest, source=source, config=config).literals
+    )
     plan = runner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", plan_inputs)
     references = plan.literals["o0"].collection.literals
-    assert all(reference.scalar.blob.uri.startswith("s3://flyte/raw/") for reference in references), "the plan is files in the object store"
-    assert len({reference.hash for reference in references}) == len(references) and all(len(reference.hash) == 64 for reference in references)
+    assert all(reference.scalar.blob.uri.startswith("s3://flyte/raw/") for reference in references), (
+        "the plan is files in the object store"
+    )
+    assert len({reference.hash for reference in references}) == len(references) and all(
+        len(reference.hash) == 64 for reference in references
+    )
     decoded = runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), len(references))
-    join_inputs = bind((decoded, "o0", "chunks"), (run, "o0", "parent_run_id"), **literals(join_ingest, source=source, config=config).literals)
+    join_inputs = bind(
+        (decoded, "o0", "chunks"),
+        (run, "o0", "parent_run_id"),
+        **literals(join_ingest, source=source, config=config).literals,
+    )
     before_join = len(proxy.requests)
     dataset = runner.run(tasks["tasks.ingest.join_ingest"], "join-ingest", join_inputs)
     join_requests = proxy.requests[before_join:]
     checks = literals(validate, config=ValidationConfig(), label_fractions=[])
-    valid = runner.run(tasks["tasks.validate.validate"], "validate", bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **checks.literals))
-    summary = runner.run(tasks["tasks.data_run.finish_data_run"], "finish-data-run", bind((valid, "o0", "dataset"), (run, "o0", "parent_run_id")))
+    valid = runner.run(
+        tasks["tasks.validate.validate"],
+        "validate",
+        bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **checks.literals),
+    )
+    summary = runner.run(
+        tasks["tasks.data_run.finish_data_run"],
+        "finish-data-run",
+        bind((valid, "o0", "dataset"), (run, "o0", "parent_run_id")),
+    )
     assert finish_data_run.name.endswith("finish_data_run")
-    return {"chunks": len(references), "dataset": valid, "run": run, "summary": python_value(summary.literals["o0"], str), "join_requests": join_requests}
+    return {
+        "chunks": len(references),
+        "dataset": valid,
+        "run": run,
+        "summary": python_value(summary.literals["o0"], str),
+        "join_requests": join_requests,
+    }
 
 
 def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: LiteralMap):
@@ -114,34 +148,57 @@ def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: L
 
     config = PretrainConfig(epochs=1, batch_size=16, augment=AugmentConfig(output_size=16))
     settings = literals(pretrain_simclr, encoder_name="small_cnn", config=config)
-    encoder = runner.run(tasks["tasks.pretrain.pretrain_simclr"], "pretrain-simclr", bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **settings.literals))
-    finetune = FinetuneConfig(epochs=1, head_warmup_steps=2, augment=AugmentConfig(output_size=16, crop_scale=(0.8, 1.0)))
+    encoder = runner.run(
+        tasks["tasks.pretrain.pretrain_simclr"],
+        "pretrain-simclr",
+        bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **settings.literals),
+    )
+    finetune = FinetuneConfig(
+        epochs=1, head_warmup_steps=2, augment=AugmentConfig(output_size=16, crop_scale=(0.8, 1.0))
+    )
     settings = literals(finetune_pretrained, label_fraction=1.0, config=finetune)
-    inputs = bind((dataset, "o0", "domain"), (encoder, "o0", "encoder"), (run, "o0", "parent_run_id"), **settings.literals)
+    inputs = bind(
+        (dataset, "o0", "domain"), (encoder, "o0", "encoder"), (run, "o0", "parent_run_id"), **settings.literals
+    )
     model = runner.run(tasks["tasks.finetune.finetune_pretrained"], "finetune-pretrained", inputs)
     return python_value(model.literals["o0"], FinetunedModel)
 
 
-def _pod_runner(tmp_path: Path, endpoint: str, mlflow_uri: str, *, s3_endpoint: str | None = None, **options) -> PodRunner:
+def _pod_runner(
+    tmp_path: Path, endpoint: str, mlflow_uri: str, *, s3_endpoint: str | None = None, **options
+) -> PodRunner:
     registered = {  # what a user passes with `pyflyte register --env` (README: run on your cluster)
-        "MLFLOW_TRACKING_URI": mlflow_uri, "AWS_ENDPOINT_URL": s3_endpoint or endpoint, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-    }  # fmt: skip
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "AWS_ENDPOINT_URL": s3_endpoint or endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     secrets = {("sslflow", "pseudonym_key"): PSEUDONYM_KEY}
-    return PodRunner(tmp_path, s3_endpoint or endpoint, registered=registered, secrets=secrets, setup_endpoint=endpoint, **options)
+    return PodRunner(
+        tmp_path, s3_endpoint or endpoint, registered=registered, secrets=secrets, setup_endpoint=endpoint, **options
+    )
 
 
 def _check_pod_run(runner: PodRunner, tmp_path: Path, result: dict) -> Dataset:
-    """What every pod run must show: several chunk pods, the Dataset in the object store, literal files under 1 MB,
-    a join that downloaded no shard (but its chunks' tables), nothing left in a pod's working directory. Returns the Dataset."""
+    """What every pod run must show: several chunk pods, the Dataset in the object store, literal files under 1 MB, a
+    join that downloaded no shard (but its chunks' tables), nothing left in a pod's working directory. Returns the
+    Dataset."""
     dataset = python_value(result["dataset"].literals["o0"], Dataset)
     join_gets = [path for method, path in result["join_requests"] if method == "GET"]
     assert any(path.split("?")[0].endswith("/chunk.parquet") for path in join_gets), "the join read the chunks' tables"
-    assert not _shard_gets(result["join_requests"]), f"the join pod downloaded shards: {_shard_gets(result['join_requests'])[:3]}"
+    assert not _shard_gets(result["join_requests"]), (
+        f"the join pod downloaded shards: {_shard_gets(result['join_requests'])[:3]}"
+    )
     shard_keys = [key for key in _keys(runner, "raw/") if "/shards/" in key and key.endswith(".npy")]
     assert len(shard_keys) >= result["chunks"], "the chunk pods wrote their shards to the object store"
-    in_dataset = {key.rsplit("/", 1)[-1] for key in _keys(runner, dataset.directory.remote_source.removeprefix("s3://flyte/").rstrip("/") + "/")}
-    assert in_dataset == {"manifest.parquet", "summary.json", "shards.parquet"}, f"the Dataset holds its tables, no copy of a shard: {in_dataset}"
+    in_dataset = {
+        key.rsplit("/", 1)[-1]
+        for key in _keys(runner, dataset.directory.remote_source.removeprefix("s3://flyte/").rstrip("/") + "/")
+    }
+    assert in_dataset == {"manifest.parquet", "summary.json", "shards.parquet"}, (
+        f"the Dataset holds its tables, no copy of a shard: {in_dataset}"
+    )
     assert result["chunks"] >= 2, "the map task ran more than one chunk pod"
     assert dataset.directory.remote_source.startswith("s3://flyte/raw/"), "the Dataset lives in the object store"
     assert dataset.num_images > 0 and str(dataset.num_images) in result["summary"]
@@ -163,6 +220,7 @@ def test_pngs_through_failing_s3_requests_as_pods_then_pretraining_and_fine_tuni
     workflow finishes with the dataset ingest gives without faults (in this process, same key), then an Elastic
     pretraining pod (torchrun inside it) and a fine-tuning pod on its encoder."""
     from faulty_proxy import FaultyS3Proxy
+
     from sslflow.data.chunks import ingest_source
 
     _pngs(tmp_path / "scans", 40)
@@ -178,11 +236,15 @@ def test_pngs_through_failing_s3_requests_as_pods_then_pretraining_and_fine_tuni
             result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config, proxy)
             before_training = len(proxy.requests)
             model = _pretrain_and_finetune(runner, tasks, result["dataset"], result["run"])
-            assert _shard_gets(proxy.requests[before_training:]), "the training pods fetch shards from where the chunks wrote them"
+            assert _shard_gets(proxy.requests[before_training:]), (
+                "the training pods fetch shards from where the chunks wrote them"
+            )
         dataset = _check_pod_run(runner, tmp_path, result)
     assert dataset.content_sha256 == expected
     assert proxy.injected["slow_down"] > 3 and proxy.injected["reset"] > 3, proxy.injected
-    assert model.checkpoint.remote_source.startswith("s3://flyte/raw/") and model.num_labels > 0 and model.init == "simclr"
+    assert (
+        model.checkpoint.remote_source.startswith("s3://flyte/raw/") and model.num_labels > 0 and model.init == "simclr"
+    )
 
 
 def test_a_pacs_export_in_s3_runs_as_pods(tmp_path, monkeypatch, tasks):
@@ -193,7 +255,9 @@ def test_a_pacs_export_in_s3_runs_as_pods(tmp_path, monkeypatch, tasks):
     with moto_s3_server(tmp_path) as endpoint, MlflowServer(tmp_path / "mlflow") as mlflow:
         s3_environment(monkeypatch, endpoint)
         _upload(tmp_path / "scans", "scans", "site-a")
-        with FaultyS3Proxy(endpoint, slow_down_every=10**9, reset_every=10**9) as proxy:  # no faults: it records the requests
+        with FaultyS3Proxy(
+            endpoint, slow_down_every=10**9, reset_every=10**9
+        ) as proxy:  # no faults: it records the requests
             runner = _pod_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
             result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config, proxy)
             _check_pod_run(runner, tmp_path, result)
@@ -209,9 +273,16 @@ def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monke
     with moto_s3_server(tmp_path) as endpoint:
         s3_environment(monkeypatch, endpoint)
         _upload(tmp_path / "scans", "scans", "site-a")
-        registered = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        registered = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         planner = PodRunner(tmp_path, endpoint, registered=registered, secrets={})
-        plan_inputs = literals(plan_ingest, source="s3://scans/site-a", fingerprint="not checked by the plan", config=config)
+        plan_inputs = literals(
+            plan_ingest, source="s3://scans/site-a", fingerprint="not checked by the plan", config=config
+        )
         plan = planner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", plan_inputs)
         for name, secrets in {"missing": {}, "empty": {("sslflow", "pseudonym_key"): "  \n"}}.items():
             runner = PodRunner(tmp_path / name, endpoint, registered=registered, secrets=secrets)
@@ -242,7 +313,11 @@ def pipeline_pods(tmp_path_factory, package):
 
     work = tmp_path_factory.mktemp("pipeline-pods")
     audit = audited_python_path(work / "audit")
-    with pytest.MonkeyPatch.context() as monkeypatch, moto_s3_server(work) as endpoint, MlflowServer(work / "mlflow") as mlflow:
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        moto_s3_server(work) as endpoint,
+        MlflowServer(work / "mlflow") as mlflow,
+    ):
         s3_environment(monkeypatch, endpoint)
         runner = _pod_runner(work, endpoint, mlflow.uri, fast_archive=package.fast_archive, python_path=(audit,))
         walk = WorkflowWalk(runner, package)
@@ -250,7 +325,15 @@ def pipeline_pods(tmp_path_factory, package):
         outputs = walk.run(PIPELINE, LiteralMap(inputs))
         services = {endpoint.removeprefix("http://"), mlflow.uri.removeprefix("http://")}
         summary = python_value(outputs.literals["o0"], str)
-        yield {"walk": walk, "package": package, "work": work, "audit": audit, "summary": summary, "services": services, "endpoint": endpoint}
+        yield {
+            "walk": walk,
+            "package": package,
+            "work": work,
+            "audit": audit,
+            "summary": summary,
+            "services": services,
+            "endpoint": endpoint,
+        }
 
 
 def _task_nodes(package, workflow: str) -> set[str]:
@@ -273,13 +356,24 @@ def test_every_task_of_the_pipeline_runs_as_a_fast_registered_pod(pipeline_pods)
     walk, package, summary = pipeline_pods["walk"], pipeline_pods["package"], pipeline_pods["summary"]
     ran = set(walk.nodes.values())
     assert _task_nodes(package, PIPELINE) <= ran, _task_nodes(package, PIPELINE) - ran
-    assert {"tasks.finetune.finetune_all", "tasks.self_train.self_train", "tasks.evaluate.evaluate", "tasks.register.register", "tasks.pipeline_run.report"} <= ran
+    assert {
+        "tasks.finetune.finetune_all",
+        "tasks.self_train.self_train",
+        "tasks.evaluate.evaluate",
+        "tasks.register.register",
+        "tasks.pipeline_run.report",
+    } <= ran
     dynamic = next(path for path, name in walk.nodes.items() if name == "tasks.finetune.finetune_all")
     compiled = sorted(name for path, name in walk.nodes.items() if path.startswith(f"{dynamic}/"))
-    assert compiled.count("tasks.finetune.finetune_pretrained") == 6 and {"tasks.finetune.probe_pixels", "tasks.finetune.finetune_scratch"} <= set(compiled)
+    assert compiled.count("tasks.finetune.finetune_pretrained") == 6 and {
+        "tasks.finetune.probe_pixels",
+        "tasks.finetune.finetune_scratch",
+    } <= set(compiled)
     assert all(task.args[0] == "pyflyte-fast-execute" for task in package.tasks.values())
     pods = sorted((pipeline_pods["work"] / "pods").iterdir())
-    assert len(pods) >= len(walk.nodes) and all((pod / "root" / "tasks" / "finetune.py").is_file() for pod in pods), "every pod ran the archive's code"
+    assert len(pods) >= len(walk.nodes) and all((pod / "root" / "tasks" / "finetune.py").is_file() for pod in pods), (
+        "every pod ran the archive's code"
+    )
     assert "Registered model: sslflow-mnist-5k version 1" in summary and "| simclr+micle | finetune | 1 (" in summary
 
 
@@ -294,9 +388,15 @@ def test_no_pod_of_the_pipeline_reports_home(pipeline_pods):
     assert not [store for pod in pods for store in telemetry_stores(pod / "home")]
     events = network_events(pipeline_pods["audit"])
     assert any(event["event"] == "connect" for event in events), "the audit hook recorded the pods' connections"
-    services = pipeline_pods["services"] | {f"{statsd.host}:{statsd.port}"}  # flytekit's task metrics to the node's statsd
+    services = pipeline_pods["services"] | {
+        f"{statsd.host}:{statsd.port}"
+    }  # flytekit's task metrics to the node's statsd
     lookups = {f"{event['host']}:{event['port']}" for event in events if event["event"] == "lookup"}
-    connects = {":".join(map(str, event["address"])) for event in events if event["event"] == "connect" and event["family"] != "AF_UNIX"}
+    connects = {
+        ":".join(map(str, event["address"]))
+        for event in events
+        if event["event"] == "connect" and event["family"] != "AF_UNIX"
+    }
     assert lookups <= services and connects <= services, (lookups - services, connects - services)
 
 
@@ -306,9 +406,19 @@ def test_outages_fail_recoverable_and_refusals_do_not(package, tmp_path):
     from sslflow.config import RegistryConfig
     from tasks.pipeline_run import start_pipeline_run
 
-    settings = {"generic_source": "mnist-5k", "domain_source": "mnist-5k", "shift_source": "optdigits", "encoder_name": "small_cnn",
-                "simclr": PretrainConfig(), "micle": PretrainConfig(), "finetune": FinetuneConfig(), "seeds": [0],
-                "self_train": SelfTrainConfig(), "registry": RegistryConfig(), "tracking_store": "http://127.0.0.1"}  # fmt: skip
+    settings = {
+        "generic_source": "mnist-5k",
+        "domain_source": "mnist-5k",
+        "shift_source": "optdigits",
+        "encoder_name": "small_cnn",
+        "simclr": PretrainConfig(),
+        "micle": PretrainConfig(),
+        "finetune": FinetuneConfig(),
+        "seeds": [0],
+        "self_train": SelfTrainConfig(),
+        "registry": RegistryConfig(),
+        "tracking_store": "http://127.0.0.1",
+    }
     task = package.tasks["tasks.pipeline_run.start_pipeline_run"]
     with moto_s3_server(tmp_path) as endpoint:
         runner = _pod_runner(tmp_path, endpoint, f"http://127.0.0.1:{free_port()}", fast_archive=package.fast_archive)
@@ -317,5 +427,9 @@ def test_outages_fail_recoverable_and_refusals_do_not(package, tmp_path):
             runner.run(task, "tracking-server-down", literals(start_pipeline_run, label_fractions=[1.0], **settings))
         with pytest.raises(PodFailed) as refusal:
             runner.run(task, "label-fraction-over-one", literals(start_pipeline_run, label_fractions=[1.5], **settings))
-    assert outage.value.recoverable and outage.value.origin == "USER" and "TrackingServerUnavailable" in outage.value.message
+    assert (
+        outage.value.recoverable
+        and outage.value.origin == "USER"
+        and "TrackingServerUnavailable" in outage.value.message
+    )
     assert not refusal.value.recoverable and refusal.value.origin == "USER" and "1.5" in refusal.value.message

@@ -32,6 +32,10 @@ assert (folder / "manifest.parquet").read_bytes() == b"rows"
 
 def test_reading_s3_through_flytekit_leaves_no_session_open_at_exit(tmp_path):
     tests = Path(__file__).resolve().parent
-    completed = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=tests, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=tests, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "Unclosed client session" not in completed.stderr and "meta_path is None" not in completed.stderr, completed.stderr[-3000:]
+    assert "Unclosed client session" not in completed.stderr and "meta_path is None" not in completed.stderr, (
+        completed.stderr[-3000:]
+    )

@@ -1,4 +1,5 @@
-"""A refused input ends `pyflyte run` with one message naming what to fix, never a traceback; a crash keeps its traceback."""
+"""A refused input ends `pyflyte run` with one message naming what to fix, never a traceback; a crash keeps its
+traceback."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def test_a_refusal_is_found_through_the_chain_flytekit_wraps_it_in():
 
 def test_only_refusals_lose_their_traceback(monkeypatch, capsys):
     printed = []
-    monkeypatch.setattr(refusals, "_flytekit_pretty_print_exception", lambda error, verbosity: printed.append((error, verbosity)))
+    monkeypatch.setattr(
+        refusals, "_flytekit_pretty_print_exception", lambda error, verbosity: printed.append((error, verbosity))
+    )
     refusals.print_refusal_or_traceback(SourceError("a.png: zero-byte file"), 1)
     assert capsys.readouterr().err == "Refused (SourceError): a.png: zero-byte file\n" and not printed
     bug = KeyError("oops")
@@ -48,7 +51,9 @@ def _pyflyte(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess:
 def _folder(root: Path, metadata: str | None = None, undecodable: bool = False) -> Path:
     root.mkdir()
     for i in range(4):
-        Image.fromarray(np.random.default_rng(400 + i).integers(0, 256, (20, 20), dtype=np.uint8)).save(root / f"scan{i}.png")
+        Image.fromarray(np.random.default_rng(400 + i).integers(0, 256, (20, 20), dtype=np.uint8)).save(
+            root / f"scan{i}.png"
+        )
     if metadata is not None:
         (root / "metadata.csv").write_text(metadata)
     if undecodable:
@@ -87,4 +92,8 @@ def test_the_pipeline_refuses_a_label_fraction_of_zero_before_any_training(tmp_p
     result = _pyflyte(tmp_path, "workflows/pipeline.py", "ssl_pipeline", "--label_fractions", "[0.0]")
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output
-    assert "label_fractions[0] = 0.0 is not a fraction" in result.stderr and "pretrain epoch" not in output and "ingest" not in result.stderr
+    assert (
+        "label_fractions[0] = 0.0 is not a fraction" in result.stderr
+        and "pretrain epoch" not in output
+        and "ingest" not in result.stderr
+    )

@@ -28,16 +28,16 @@ import torch
 from flytekit.exceptions.user import FlyteRecoverableException
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
+from ingested import write_arrays
 from live_mlflow import MlflowServer, free_port, mlflow_at
 from mlflow.tracking import MlflowClient
 
 from ssl_models.augment import FINETUNE_AUGMENT, normalise
 from ssl_models.encoders import build_encoder
-from sslflow.data.sources.builtin import read_mnist_5k
 from ssl_models.heads import Classifier
 from sslflow.config import RegistryConfig
 from sslflow.data.manifest import MANIFEST_COLUMNS
-from ingested import write_arrays
+from sslflow.data.sources.builtin import read_mnist_5k
 from sslflow.files import file_sha256
 from sslflow.registry.aliases import (
     CHALLENGER,
@@ -52,11 +52,11 @@ from sslflow.registry.aliases import (
 from sslflow.registry.gate import Accuracies, promotion_gate
 from sslflow.registry.names import default_model_name
 from sslflow.registry.serving import ONNX_ARTIFACT
-from tasks.register import register
-from tasks.shared import Dataset, FinetunedModel
 from sslflow.tracking.runs import start_parent_run
 from sslflow.tracking.server import TrackingServerUnavailable
 from sslflow.tracking.store import tracking_uri
+from tasks.register import register
+from tasks.shared import Dataset, FinetunedModel
 from workflows.lifecycle import rollback
 
 CLASSES = ["0", "1", "2"]
@@ -123,7 +123,11 @@ def tracking(server, monkeypatch):
 
 
 def _dataset(
-    directory: Path, name: str, counts: dict[str, int], test_counts: dict[str, int] | None = None, images: np.ndarray | None = None
+    directory: Path,
+    name: str,
+    counts: dict[str, int],
+    test_counts: dict[str, int] | None = None,
+    images: np.ndarray | None = None,
 ) -> Dataset:
     """A dataset whose gate split holds ``counts`` labels (the promotion gate reads these) and whose test split
     holds ``test_counts`` (default: the same); its ``images`` (N, 1, 28, 28) uint8, default random pixels."""
@@ -132,14 +136,28 @@ def _dataset(
     rng = np.random.default_rng(0)
     manifest = pd.DataFrame({column: [""] * (len(labels) + len(test_labels)) for column in MANIFEST_COLUMNS})
     manifest = manifest.assign(
-        sha256=[f"{name}-{i}" for i in range(len(manifest))], size_bytes=784, width=28, height=28, mode="L",
-        case_id=[f"case-{i}" for i in range(len(manifest))], case_id_is_proxy=False, label=pd.array(labels + test_labels, dtype="string"),
+        sha256=[f"{name}-{i}" for i in range(len(manifest))],
+        size_bytes=784,
+        width=28,
+        height=28,
+        mode="L",
+        case_id=[f"case-{i}" for i in range(len(manifest))],
+        case_id_is_proxy=False,
+        label=pd.array(labels + test_labels, dtype="string"),
         split=["gate"] * len(labels) + ["test"] * len(test_labels),
-    )  # fmt: skip
+    )
     labels = labels + test_labels
-    images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8) if images is None else images[: len(labels)]
+    images = (
+        rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8) if images is None else images[: len(labels)]
+    )
     sha256 = write_arrays(directory / name, manifest, images)
-    return Dataset(directory=FlyteDirectory(str(directory / name)), name=name, num_images=len(labels), content_sha256=sha256, mlflow_run_id="")
+    return Dataset(
+        directory=FlyteDirectory(str(directory / name)),
+        name=name,
+        num_images=len(labels),
+        content_sha256=sha256,
+        mlflow_run_id="",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +179,49 @@ def _finetuned(directory: Path, classifier: Classifier, name: str, classes: list
     path = directory / f"{name}-{uuid.uuid4().hex[:8]}.pt"
     torch.save(classifier.state_dict(), path)
     values = {
-        "checkpoint": FlyteFile(str(path)), "encoder_name": "small_cnn", "in_channels": 1, "image_size": 28,
-        "class_names": classes, "init": "simclr+micle", "probe": "finetune", "label_fraction": 1.0, "num_labels": 30,
-        "val_accuracy": 0.5, "content_sha256": file_sha256(path), "mlflow_run_id": "", "seed": 0, "selectable": True,
-        "initial_weights": "s3://weights/user.pth", "initial_weights_sha256": "ab" * 32, "num_val_labels": 10, "val_loss": 0.7,
-        "chosen": "lr=0.001 wd=0.0001", "best_step": 40, "final_train_accuracy": 0.9,
-    }  # fmt: skip
+        "checkpoint": FlyteFile(str(path)),
+        "encoder_name": "small_cnn",
+        "in_channels": 1,
+        "image_size": 28,
+        "class_names": classes,
+        "init": "simclr+micle",
+        "probe": "finetune",
+        "label_fraction": 1.0,
+        "num_labels": 30,
+        "val_accuracy": 0.5,
+        "content_sha256": file_sha256(path),
+        "mlflow_run_id": "",
+        "seed": 0,
+        "selectable": True,
+        "initial_weights": "s3://weights/user.pth",
+        "initial_weights_sha256": "ab" * 32,
+        "num_val_labels": 10,
+        "val_loss": 0.7,
+        "chosen": "lr=0.001 wd=0.0001",
+        "best_step": 40,
+        "final_train_accuracy": 0.9,
+    }
     return FinetunedModel(**{f.name: values[f.name] for f in dataclasses.fields(FinetunedModel)})
 
 
-def _register(model: FinetunedModel, gate_sets, config: RegistryConfig, parent_run_id: str | None = None, domain_source: str = "mnist-5k"):
+def _register(
+    model: FinetunedModel,
+    gate_sets,
+    config: RegistryConfig,
+    parent_run_id: str | None = None,
+    domain_source: str = "mnist-5k",
+):
     """The register task's body, as the pipeline runs it (Flyte's cache aside)."""
     in_domain, shift = gate_sets
     parent_run_id = parent_run_id or start_parent_run("test_registry", {})
     return register.task_function(
-        models=[model], in_domain=in_domain, shift=shift, config=config, domain_source=domain_source, parent_run_id=parent_run_id
-    )  # fmt: skip
+        models=[model],
+        in_domain=in_domain,
+        shift=shift,
+        config=config,
+        domain_source=domain_source,
+        parent_run_id=parent_run_id,
+    )
 
 
 def _versions(model_name: str) -> list:
@@ -196,9 +241,19 @@ def test_gate_promotion_load_by_alias_and_rollback(tracking, gate_sets, tmp_path
     tags = MlflowClient().get_model_version(config.model_name, "2").tags
     assert tags["gate.promoted"] == "false" and "shift 0.2000 vs champion 0.3000" in tags["gate.decision"]
     assert tags[STATE_TAG] == COMPLETE and tags["gate.champion_version"] == "1"
-    for key in ("checkpoint_sha256", "pipeline_run_id", "code_version", "in_domain_data_sha256", "shift_data_sha256", "label_fraction"):
+    for key in (
+        "checkpoint_sha256",
+        "pipeline_run_id",
+        "code_version",
+        "in_domain_data_sha256",
+        "shift_data_sha256",
+        "label_fraction",
+    ):
         assert tags[key], key
-    assert (tags["initial_weights.source"], tags["initial_weights.sha256"]) == ("s3://weights/user.pth", "ab" * 32)  # the weights' lineage
+    assert (tags["initial_weights.source"], tags["initial_weights.sha256"]) == (
+        "s3://weights/user.pth",
+        "ab" * 32,
+    )  # the weights' lineage
     assert aliases_of(MlflowClient(), config.model_name) == {CHAMPION: "1", CHALLENGER: "2"}
 
     # the same kind of model passes once a 0.1 drop under shift is allowed: champion moves, the old one is kept
@@ -249,14 +304,20 @@ def test_the_registered_version_carries_an_onnx_export_with_the_same_probabiliti
     config = RegistryConfig(model_name=f"onnx-{uuid.uuid4().hex[:8]}")
     assert _register(model, sets, config).version == "1"
 
-    images = digits.pixels[7::50][:100].astype(np.float32)  # other digits than the gate's, a batch size the export never saw
+    images = digits.pixels[7::50][:100].astype(
+        np.float32
+    )  # other digits than the gate's, a batch size the export never saw
     # the lines of docs/serving.md
     path = mlflow.artifacts.download_artifacts(f"models:/{config.model_name}@champion/{ONNX_ARTIFACT}")
     served = onnxruntime.InferenceSession(path).run(None, {"images": images})[0]
-    expected = mlflow.pytorch.load_model(f"models:/{config.model_name}@champion")(torch.from_numpy(images)).detach().numpy()
+    expected = (
+        mlflow.pytorch.load_model(f"models:/{config.model_name}@champion")(torch.from_numpy(images)).detach().numpy()
+    )
     assert served.shape == (100, 10) and np.abs(served - expected).max() < 1e-4
     assert expected.std(axis=0).max() > 0.05, "the probabilities depend on the image, so the comparison means something"
-    assert (served.argmax(axis=1) == np.array(digits.labels[7::50][:100], dtype=int)).mean() > 0.5  # it reads the digits
+    assert (
+        served.argmax(axis=1) == np.array(digits.labels[7::50][:100], dtype=int)
+    ).mean() > 0.5  # it reads the digits
 
 
 def test_each_domain_source_registers_its_own_model_unless_one_is_named(tracking, gate_sets, tmp_path):
@@ -267,13 +328,28 @@ def test_each_domain_source_registers_its_own_model_unless_one_is_named(tracking
         folder.mkdir(parents=True)
     names = [default_model_name(str(folder)) for folder in folders]
     assert names[0] != names[1] and all(name.startswith("sslflow-scans-") for name in names)
-    assert default_model_name(str(folders[0])) == default_model_name(f"{folders[0]}/") == names[0]  # one folder, one name
-    registrations = [_register(_constant_model(tmp_path, "1"), gate_sets, RegistryConfig(), domain_source=str(folder)) for folder in folders]
-    assert [(r.model_name, r.version, r.promoted) for r in registrations] == [(names[0], "1", True), (names[1], "1", True)]
-    assert default_model_name("mnist-5k") == "sslflow-mnist-5k" == rollback.python_interface.default_inputs_as_kwargs["model_name"]
+    assert (
+        default_model_name(str(folders[0])) == default_model_name(f"{folders[0]}/") == names[0]
+    )  # one folder, one name
+    registrations = [
+        _register(_constant_model(tmp_path, "1"), gate_sets, RegistryConfig(), domain_source=str(folder))
+        for folder in folders
+    ]
+    assert [(r.model_name, r.version, r.promoted) for r in registrations] == [
+        (names[0], "1", True),
+        (names[1], "1", True),
+    ]
+    assert (
+        default_model_name("mnist-5k")
+        == "sslflow-mnist-5k"
+        == rollback.python_interface.default_inputs_as_kwargs["model_name"]
+    )
     assert default_model_name("s3://bucket/ct/2024/").startswith("sslflow-bucket-ct-2024-")
     named = RegistryConfig(model_name=f"named-{uuid.uuid4().hex[:8]}")
-    assert _register(_constant_model(tmp_path, "1"), gate_sets, named, domain_source=str(folders[0])).model_name == named.model_name
+    assert (
+        _register(_constant_model(tmp_path, "1"), gate_sets, named, domain_source=str(folders[0])).model_name
+        == named.model_name
+    )
 
 
 def test_rerun_of_a_registered_pipeline_run_reuses_its_version(tracking, gate_sets, tmp_path):
@@ -311,7 +387,9 @@ def test_failure_after_create_deletes_the_version_and_restores_aliases(tracking,
     assert aliases_of(MlflowClient(), config.model_name) == before
 
 
-def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(tracking, gate_sets, tmp_path, monkeypatch):
+def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(
+    tracking, gate_sets, tmp_path, monkeypatch
+):
     config = RegistryConfig(model_name=f"crash-{uuid.uuid4().hex[:8]}", max_shift_drop=0.5)
     _register(_constant_model(tmp_path, "1"), gate_sets, config)
     model, parent_run_id = _constant_model(tmp_path, "0"), start_parent_run("test_registry", {})
@@ -325,7 +403,10 @@ def test_server_killed_after_create_gives_a_clear_error_and_no_usable_version(tr
 
     monkeypatch.setattr(mlflow, "register_model", register_then_crash)
     started = time.monotonic()
-    with pytest.raises(FlyteRecoverableException, match=r"TrackingServerUnavailable: MLflow tracking server " + tracking.uri.replace(".", r"\.")):
+    with pytest.raises(
+        FlyteRecoverableException,
+        match=r"TrackingServerUnavailable: MLflow tracking server " + tracking.uri.replace(".", r"\."),
+    ):
         _register(model, gate_sets, config, parent_run_id)  # an outage: Flyte retries the task
     assert time.monotonic() - started < 60, "bounded retries"
     monkeypatch.setattr(mlflow, "register_model", real_register_model)
@@ -386,18 +467,26 @@ def test_a_champion_that_cannot_be_loaded_is_a_reported_decision_not_a_blocked_r
 def test_class_names_with_commas_survive_the_registry(tracking, tmp_path):
     classes = ["cat, black", "dog", "cow"]
     root = tmp_path / "datasets"
-    sets = _dataset(root, "in-domain", {"cat, black": 5, "dog": 3, "cow": 2}), _dataset(root, "shift", {"cat, black": 2, "dog": 3, "cow": 5})
+    sets = (
+        _dataset(root, "in-domain", {"cat, black": 5, "dog": 3, "cow": 2}),
+        _dataset(root, "shift", {"cat, black": 2, "dog": 3, "cow": 5}),
+    )
     config = RegistryConfig(model_name=f"commas-{uuid.uuid4().hex[:8]}")
     assert _register(_constant_model(tmp_path, "dog", classes), sets, config).promoted
     assert json.loads(MlflowClient().get_model_version(config.model_name, "1").tags["class_names"]) == classes
     second = _register(_constant_model(tmp_path, "cat, black", classes), sets, config)  # better in-domain, worse shift
-    assert not second.promoted and "shift 0.2000 vs champion 0.3000" in second.decision  # compared, not "cannot be scored"
+    assert (
+        not second.promoted and "shift 0.2000 vs champion 0.3000" in second.decision
+    )  # compared, not "cannot be scored"
 
 
 def test_the_gate_never_reads_the_test_split(tracking, tmp_path):
     """Poisoned test splits (every label "1", which the first challenger always predicts) change no accuracy
     and no decision: the gate scores on the gate split only."""
-    clean = (_dataset(tmp_path, "in-clean", {"0": 5, "1": 3, "2": 2}), _dataset(tmp_path, "shift-clean", {"0": 2, "1": 3, "2": 5}))
+    clean = (
+        _dataset(tmp_path, "in-clean", {"0": 5, "1": 3, "2": 2}),
+        _dataset(tmp_path, "shift-clean", {"0": 2, "1": 3, "2": 5}),
+    )
     poisoned = (
         _dataset(tmp_path, "in-poisoned", {"0": 5, "1": 3, "2": 2}, test_counts={"1": 40}),
         _dataset(tmp_path, "shift-poisoned", {"0": 2, "1": 3, "2": 5}, test_counts={"1": 40}),
@@ -408,7 +497,11 @@ def test_the_gate_never_reads_the_test_split(tracking, tmp_path):
         registrations = [_register(_constant_model(tmp_path, predicted), sets, config) for predicted in ("0", "1")]
         outcomes.append([(r.in_domain_accuracy, r.shift_accuracy, r.promoted, r.decision) for r in registrations])
     assert outcomes[0] == outcomes[1]
-    assert outcomes[1][1][:3] == (0.3, 0.3, False)  # "1" is 3 of 10 gate labels; on the poisoned test split it would score 1.0
+    assert outcomes[1][1][:3] == (
+        0.3,
+        0.3,
+        False,
+    )  # "1" is 3 of 10 gate labels; on the poisoned test split it would score 1.0
 
 
 def test_gate_split_is_disjoint_from_test_and_stable_as_cases_are_added():
@@ -419,8 +512,12 @@ def test_gate_split_is_disjoint_from_test_and_stable_as_cases_are_added():
     assert {split: list(splits.values()).count(split) for split in ("train", "val", "gate", "test")} == pytest.approx(
         {"train": 1400, "val": 200, "gate": 200, "test": 200}, abs=60
     )
-    assert all(split_of_case(case, 0, 0.7, 0.1, 0.1) == splits[case] for case in cases[:500])  # by case alone, whatever else is ingested
-    assert all(split_of_case(case, 0, 0.0, 0.0, 0.1) in ("gate", "test") for case in cases)  # all_test sources: gate + test
+    assert all(
+        split_of_case(case, 0, 0.7, 0.1, 0.1) == splits[case] for case in cases[:500]
+    )  # by case alone, whatever else is ingested
+    assert all(
+        split_of_case(case, 0, 0.0, 0.0, 0.1) in ("gate", "test") for case in cases
+    )  # all_test sources: gate + test
 
 
 def test_gate_fraction_is_checked_with_the_other_fractions():
@@ -428,4 +525,6 @@ def test_gate_fraction_is_checked_with_the_other_fractions():
 
     with pytest.raises(ValueError, match="gate_fraction=0.3 must be >= 0 and sum to <= 1"):
         IngestConfig(gate_fraction=0.3)  # 0.7 + 0.1 + 0.3
-    assert IngestConfig(all_test=True, gate_fraction=0.3).gate_fraction == 0.3  # an all-test source has no train or val share
+    assert (
+        IngestConfig(all_test=True, gate_fraction=0.3).gate_fraction == 0.3
+    )  # an all-test source has no train or val share

@@ -34,7 +34,12 @@ torch.save({"pretrained": finetuned.state_dict(), "scratch": from_scratch.state_
 
 def _train_in_a_new_process(path: Path, draws_before: int) -> dict:
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-c", TRAIN_ONCE, str(path), str(draws_before)], check=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": ""})
+    subprocess.run(
+        [sys.executable, "-c", TRAIN_ONCE, str(path), str(draws_before)],
+        check=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": ""},
+    )
     return torch.load(path, weights_only=True)
 
 

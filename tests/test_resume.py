@@ -33,9 +33,14 @@ EPOCHS = 6
 
 def _start(tmp_path: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT], cwd=Path(__file__).resolve().parents[1], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-c", SCRIPT],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_killed_pretraining_resumes_from_last_completed_epoch(tmp_path):
@@ -56,9 +61,13 @@ def test_killed_pretraining_resumes_from_last_completed_epoch(tmp_path):
     first.wait(timeout=30)
 
     second = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=Path(__file__).resolve().parents[1], env=env,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "-c", SCRIPT],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = second.stdout + second.stderr
     assert second.returncode == 0, output
     resumed = re.search(r"resuming contrastive pretraining after epoch (\d+)", output)

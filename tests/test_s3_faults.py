@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import boto3
 import numpy as np
-from PIL import Image
-
 from faulty_proxy import FaultyS3Proxy
 from moto_s3 import moto_s3_server, s3_environment
+from PIL import Image
+
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import ingest_source
 from sslflow.data.sources import fingerprint_source
@@ -28,7 +28,9 @@ def _upload_scans(count: int) -> None:
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (12, 12), dtype=np.uint8)).save(path)
         client.upload_file(path, "scans", f"site/img{i:03d}.png")
         rows.append(f"img{i:03d}.png,case{i // 2},default,{i % 2}")
-    client.put_object(Bucket="scans", Key="site/metadata.csv", Body=("path,case_id,site,label\n" + "\n".join(rows) + "\n").encode())
+    client.put_object(
+        Bucket="scans", Key="site/metadata.csv", Body=("path,case_id,site,label\n" + "\n".join(rows) + "\n").encode()
+    )
 
 
 def test_ingest_through_failing_s3_requests_gives_the_same_dataset(tmp_path, monkeypatch):

@@ -50,26 +50,42 @@ def closed_s3_endpoint(monkeypatch) -> str:
 def test_the_pipeline_refuses_an_unreachable_tracking_server_in_seconds_before_any_task(tmp_path):
     port = free_port()
     env = {
-        **os.environ, "COLUMNS": "200", "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"), "HOME": str(tmp_path),
+        **os.environ,
+        "COLUMNS": "200",
+        "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"),
+        "HOME": str(tmp_path),
         "MLFLOW_TRACKING_URI": f"http://someone:hunter2@127.0.0.1:{port}",
     }
     started = time.monotonic()
     result = subprocess.run(
         [str(Path(sys.executable).parent / "pyflyte"), "run", "workflows/pipeline.py", "ssl_pipeline"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=150, env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and time.monotonic() - started < 90, output
-    assert "Refused (UnreachableService)" in result.stderr and f"MLflow tracking server http://127.0.0.1:{port} " in result.stderr, output
+    assert (
+        "Refused (UnreachableService)" in result.stderr
+        and f"MLflow tracking server http://127.0.0.1:{port} " in result.stderr
+    ), output
     assert "hunter2" not in output and "someone" not in output and "Traceback" not in output, output
     # refused by the run's first task (source_fingerprint, in a pod on a cluster): nothing listed, decoded or trained
-    assert "tasks.ingest.source_fingerprint" in result.stderr and "plan_ingest" not in output and "pretrain epoch" not in output, output
+    assert (
+        "tasks.ingest.source_fingerprint" in result.stderr
+        and "plan_ingest" not in output
+        and "pretrain epoch" not in output
+    ), output
 
 
 def test_a_closed_s3_endpoint_is_named_as_the_service_that_did_not_answer(closed_s3_endpoint):
     with pytest.raises(UnreachableService) as refused:
         check_services(["s3://scans/site-a"])
-    assert f"the S3 endpoint {closed_s3_endpoint} did not answer" in str(refused.value) and "AWS_ENDPOINT_URL" in str(refused.value)
+    assert f"the S3 endpoint {closed_s3_endpoint} did not answer" in str(refused.value) and "AWS_ENDPOINT_URL" in str(
+        refused.value
+    )
     assert "testing-secret" not in str(refused.value)
 
 
@@ -79,7 +95,10 @@ def test_every_silent_service_is_named_at_once(closed_s3_endpoint, monkeypatch):
         with pytest.raises(UnreachableService) as refused:
             check_services(["s3://scans/site-a", "fashion-mnist"])
     message = str(refused.value)
-    assert f"MLflow tracking server {tracking} did not answer" in message and f"S3 endpoint {closed_s3_endpoint}" in message
+    assert (
+        f"MLflow tracking server {tracking} did not answer" in message
+        and f"S3 endpoint {closed_s3_endpoint}" in message
+    )
 
 
 def test_the_wait_for_an_answer_is_the_configured_timeout(silent_port, monkeypatch):
@@ -95,16 +114,28 @@ def test_the_wait_for_an_answer_is_the_configured_timeout(silent_port, monkeypat
 
 
 def test_an_s3_endpoint_that_stops_answering_during_ingest_is_a_recoverable_outage(closed_s3_endpoint):
-    with pytest.raises(FlyteRecoverableException, match=rf"ObjectStoreUnavailable: .*S3 endpoint {closed_s3_endpoint} did not answer"):
-        plan_ingest.execute(source="s3://scans/site-a", fingerprint="", config=IngestConfig())  # the task's body, as a pod runs it
+    with pytest.raises(
+        FlyteRecoverableException, match=rf"ObjectStoreUnavailable: .*S3 endpoint {closed_s3_endpoint} did not answer"
+    ):
+        plan_ingest.execute(
+            source="s3://scans/site-a", fingerprint="", config=IngestConfig()
+        )  # the task's body, as a pod runs it
     assert plan_ingest.metadata.retries >= 1
 
 
 def test_a_tracking_server_that_stops_answering_during_a_run_is_a_recoverable_outage(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with mlflow_at(monkeypatch, f"http://127.0.0.1:{free_port()}"):
-        with pytest.raises(FlyteRecoverableException, match=r"TrackingServerUnavailable: MLflow tracking server http://127.0.0.1:\d+ did not answer"):
+        with pytest.raises(
+            FlyteRecoverableException,
+            match=r"TrackingServerUnavailable: MLflow tracking server http://127.0.0.1:\d+ did not answer",
+        ):
             start_data_run.execute(
-                tracking_store="x", source="fashion-mnist", fingerprint="", config=IngestConfig(), validation=ValidationConfig(), label_fractions=[]
+                tracking_store="x",
+                source="fashion-mnist",
+                fingerprint="",
+                config=IngestConfig(),
+                validation=ValidationConfig(),
+                label_fractions=[],
             )
     assert start_data_run.metadata.retries >= 1

@@ -21,8 +21,8 @@ from sslflow.data.chunks import chunk_file_sha256, ingest_source, plan_to_files
 from sslflow.data.dataset import fetch_shards_once_per_node, read_images, read_manifest, shard_path, shard_rows
 from sslflow.data.sources import fingerprint_source
 from sslflow.tracking.runs import start_parent_run
-from tasks.shared import Dataset, dataset_rows, ingest_summary, labelled_in, stored_shards
 from tasks.ingest import ingest_chunk, source_fingerprint
+from tasks.shared import Dataset, dataset_rows, ingest_summary, labelled_in, stored_shards
 from workflows.ingest import ingest
 
 CONFIG = IngestConfig(image_size=8, chunk_images=4, shard_megabytes=1)
@@ -30,7 +30,9 @@ CONFIG = IngestConfig(image_size=8, chunk_images=4, shard_megabytes=1)
 
 @workflow
 def ingest_only(source: str, config: IngestConfig, parent_run_id: str) -> Dataset:
-    return ingest(source=source, fingerprint=source_fingerprint(source=source), config=config, parent_run_id=parent_run_id)
+    return ingest(
+        source=source, fingerprint=source_fingerprint(source=source), config=config, parent_run_id=parent_run_id
+    )
 
 
 def _write_images(folder: Path, names: range, *, cases: bool = False, labelled_cases: int = 0) -> None:
@@ -38,16 +40,24 @@ def _write_images(folder: Path, names: range, *, cases: bool = False, labelled_c
     cases labelled (one image each, so a labelled case has unlabelled images too)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in names:
-        Image.fromarray(np.random.default_rng(1000 + i).integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / f"img{i:03d}.png")
+        Image.fromarray(np.random.default_rng(1000 + i).integers(0, 256, (12, 12), dtype=np.uint8)).save(
+            folder / f"img{i:03d}.png"
+        )
     if cases:
         label = lambda i: f"class{i % 2}" if i // 3 < labelled_cases and i % 3 == 0 else ""  # noqa: E731
-        rows = [f"img{i:03d}.png,case{i // 3},default,{label(i)}" for i in sorted(int(p.stem[3:]) for p in folder.glob("img*.png"))]
+        rows = [
+            f"img{i:03d}.png,case{i // 3},default,{label(i)}"
+            for i in sorted(int(p.stem[3:]) for p in folder.glob("img*.png"))
+        ]
         (folder / "metadata.csv").write_text("path,case_id,site,label\n" + "\n".join(rows) + "\n")
 
 
 def _decoding(chunk: Path) -> str:
-    """Run the chunk task on the chunk file at ``chunk`` (through Flyte's local cache); the id of the decoding that made its output."""
-    return json.loads((Path(ingest_chunk(chunk=FlyteFile(str(chunk))).download()) / "chunk.json").read_text())["decoding"]
+    """Run the chunk task on the chunk file at ``chunk`` (through Flyte's local cache); the id of the decoding that made
+    its output."""
+    return json.loads((Path(ingest_chunk(chunk=FlyteFile(str(chunk))).download()) / "chunk.json").read_text())[
+        "decoding"
+    ]
 
 
 def _plan(folder: Path, plan: Path) -> dict[str, Path]:
@@ -75,7 +85,9 @@ def test_adding_files_decodes_only_the_chunks_they_fall_into(tmp_path, monkeypat
     _write_images(folder, range(40, 44))
     after = _plan(folder, tmp_path / "plan-3")
     unchanged = set(before) & set(after)
-    assert len(unchanged) >= len(before) - 4 and len(set(after) - unchanged) <= 4  # four new files touch at most four chunks
+    assert (
+        len(unchanged) >= len(before) - 4 and len(set(after) - unchanged) <= 4
+    )  # four new files touch at most four chunks
     second = {chunk: _decoding(path) for chunk, path in after.items()}
     assert all(second[chunk] == first[chunk] for chunk in unchanged), "an unchanged chunk is not decoded again"
     assert all(second[chunk] not in first.values() for chunk in set(after) - unchanged)
@@ -91,12 +103,20 @@ def test_a_rerun_with_one_changed_file_decodes_only_its_chunk(tmp_path, monkeypa
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")
     folder = tmp_path / "scans"
     _write_images(folder, range(40))
-    first = {_chunk_hash(chunk): _decoding(Path(chunk.path)) for chunk in plan_ingest(source=str(folder), fingerprint=fingerprint_source(str(folder)), config=CONFIG)}
+    first = {
+        _chunk_hash(chunk): _decoding(Path(chunk.path))
+        for chunk in plan_ingest(source=str(folder), fingerprint=fingerprint_source(str(folder)), config=CONFIG)
+    }
     Image.fromarray(np.full((12, 12), 7, dtype=np.uint8)).save(folder / "img017.png")
-    second = {_chunk_hash(chunk): _decoding(Path(chunk.path)) for chunk in plan_ingest(source=str(folder), fingerprint=fingerprint_source(str(folder)), config=CONFIG)}
+    second = {
+        _chunk_hash(chunk): _decoding(Path(chunk.path))
+        for chunk in plan_ingest(source=str(folder), fingerprint=fingerprint_source(str(folder)), config=CONFIG)
+    }
     assert len(first) == len(second) > 3
     assert len(set(second.values()) - set(first.values())) == 1, "only the chunk of the changed file is decoded again"
-    assert {chunk: second[chunk] for chunk in set(first) & set(second)} == {chunk: first[chunk] for chunk in set(first) & set(second)}
+    assert {chunk: second[chunk] for chunk in set(first) & set(second)} == {
+        chunk: first[chunk] for chunk in set(first) & set(second)
+    }
 
 
 def _chunk_hash(chunk: FlyteFile) -> str:
@@ -106,7 +126,9 @@ def _chunk_hash(chunk: FlyteFile) -> str:
 
     from tasks.ingest import ChunkFile
 
-    return TypeEngine.to_literal(FlyteContextManager.current_context(), chunk, ChunkFile, TypeEngine.to_literal_type(ChunkFile)).hash
+    return TypeEngine.to_literal(
+        FlyteContextManager.current_context(), chunk, ChunkFile, TypeEngine.to_literal_type(ChunkFile)
+    ).hash
 
 
 def test_sequential_parallel_and_flyte_ingest_give_the_same_dataset(tmp_path):
@@ -145,7 +167,10 @@ def test_a_missing_or_corrupt_shard_is_named(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=f"shard {shard} .* is corrupt"):
         read_images(tmp_path / "dataset", manifest)
-    streaming = StreamingPairs(shard_rows(tmp_path / "dataset", manifest, list(range(len(manifest)))), buffer_shards=len(set(manifest["shard"])))
+    streaming = StreamingPairs(
+        shard_rows(tmp_path / "dataset", manifest, list(range(len(manifest)))),
+        buffer_shards=len(set(manifest["shard"])),
+    )
     with pytest.raises(ShardError, match=shard):
         list(streaming.batches(0, 8, 0, 1, torch.device("cpu")))
     path.unlink()
@@ -173,15 +198,24 @@ def test_streaming_and_in_memory_batches_come_from_the_same_distribution(tmp_pat
         anchors = torch.cat([a for a, _ in batches]).numpy()
         partners = torch.cat([p for _, p in batches]).numpy()
         assert [len(a) for a, _ in batches] == [16, 16, 16, 12]
-        assert all(case_of[a.tobytes()] == case_of[p.tobytes()] for a, p in zip(anchors, partners)), "pairs are of one case"
-        assert all(a.tobytes() != p.tobytes() for a, p in zip(anchors, partners)), "every image has a partner of its case"
+        assert all(case_of[a.tobytes()] == case_of[p.tobytes()] for a, p in zip(anchors, partners)), (
+            "pairs are of one case"
+        )
+        assert all(a.tobytes() != p.tobytes() for a, p in zip(anchors, partners)), (
+            "every image has a partner of its case"
+        )
         seen[name] = sorted(a.tobytes() for a in anchors)
         assert np.allclose(anchors.mean(), images.mean()) and np.allclose(partners.mean(), images.mean(), atol=2)
     assert seen["memory"] == seen["stream"] == sorted(image.tobytes() for image in images), "every image once per epoch"
     per_rank = [[a for a, _ in sources["stream"].batches(3, 16, rank, 2, torch.device("cpu"))] for rank in (0, 1)]
     assert [sum(len(a) for a in batches) for batches in per_rank] == [30, 30], "ranks take the same number of steps"
-    rows_of_rank = [{(piece.sha256, row) for piece in sources["stream"].rank_pieces(3, rank, 2) for row in piece.rows} for rank in (0, 1)]
-    assert not rows_of_rank[0] & rows_of_rank[1] and len(rows_of_rank[0] | rows_of_rank[1]) == 60, "ranks read disjoint rows, all of them"
+    rows_of_rank = [
+        {(piece.sha256, row) for piece in sources["stream"].rank_pieces(3, rank, 2) for row in piece.rows}
+        for rank in (0, 1)
+    ]
+    assert not rows_of_rank[0] & rows_of_rank[1] and len(rows_of_rank[0] | rows_of_rank[1]) == 60, (
+        "ranks read disjoint rows, all of them"
+    )
     summary = json.loads((tmp_path / "dataset" / "summary.json").read_text())
     assert summary["images"] == 60
 
@@ -195,7 +229,6 @@ def _dataset_in_s3(tmp_path: Path, monkeypatch, dataset: Path, sha256: str):
     from flytekit.configuration import DataConfig, S3Config
     from flytekit.core.data_persistence import FileAccessProvider
     from flytekit.types.directory import FlyteDirectory
-
     from moto_s3 import moto_s3_server, s3_environment
 
     with moto_s3_server(tmp_path) as endpoint:
@@ -205,10 +238,20 @@ def _dataset_in_s3(tmp_path: Path, monkeypatch, dataset: Path, sha256: str):
         for path in dataset.rglob("*"):
             if path.is_file():
                 bucket.upload_file(str(path), "datasets", f"ds/{path.relative_to(dataset).as_posix()}")
-        access = FileAccessProvider(str(tmp_path / "sandbox"), "s3://datasets/raw", DataConfig(s3=S3Config(endpoint=endpoint, access_key_id="testing", secret_access_key="testing")))
+        access = FileAccessProvider(
+            str(tmp_path / "sandbox"),
+            "s3://datasets/raw",
+            DataConfig(s3=S3Config(endpoint=endpoint, access_key_id="testing", secret_access_key="testing")),
+        )
         with FlyteContextManager.with_context(FlyteContextManager.current_context().with_file_access(access)):
             directory = FlyteDirectory.from_source("s3://datasets/ds")
-            yield Dataset(directory=directory, name="ds", num_images=len(read_manifest(dataset)), content_sha256=sha256, mlflow_run_id="")
+            yield Dataset(
+                directory=directory,
+                name="ds",
+                num_images=len(read_manifest(dataset)),
+                content_sha256=sha256,
+                mlflow_run_id="",
+            )
 
 
 def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_path, monkeypatch):
@@ -222,12 +265,22 @@ def test_a_streaming_rank_downloads_only_its_own_shards_from_a_blob_store(tmp_pa
         assert fetch is not None and not list((folder / "shards").iterdir())
         fetched = []
         manifest = read_manifest(folder)
-        data = StreamingPairs(shard_rows(folder, manifest, list(range(len(manifest))), fetch=lambda path: (fetched.append(path.stem), fetch(path))), buffer_shards=2)
+        data = StreamingPairs(
+            shard_rows(
+                folder,
+                manifest,
+                list(range(len(manifest))),
+                fetch=lambda path: (fetched.append(path.stem), fetch(path)),
+            ),
+            buffer_shards=2,
+        )
         seen = sum(len(anchors) for anchors, _ in data.batches(0, 8, rank=0, world_size=2, device=torch.device("cpu")))
     mine = {piece.sha256 for piece in data.rank_pieces(0, rank=0, world_size=2)}
     assert seen == 20 and set(fetched) == mine and len(mine) < manifest["shard"].nunique()
     assert not list((folder / "shards").iterdir()), "a fetched shard is deleted once read"
-    assert not Path(dataset.directory.path).exists() or not any(Path(dataset.directory.path).iterdir()), "the directory itself was never downloaded"
+    assert not Path(dataset.directory.path).exists() or not any(Path(dataset.directory.path).iterdir()), (
+        "the directory itself was never downloaded"
+    )
 
 
 def test_a_shard_gone_from_the_blob_store_is_named_with_what_to_do(tmp_path, monkeypatch):
@@ -246,7 +299,10 @@ def test_a_shard_gone_from_the_blob_store_is_named_with_what_to_do(tmp_path, mon
         assert stored_shards(dataset) == set(manifest["shard"]) - {shard}
         folder, fetch = dataset_without_shards(dataset)
         assert fetch is not None
-        with pytest.raises(ShardError, match=f"shard {shard} of dataset ds is missing at s3://datasets/ds/{location} .*ingest the source again"):
+        with pytest.raises(
+            ShardError,
+            match=f"shard {shard} of dataset ds is missing at s3://datasets/ds/{location} .*ingest the source again",
+        ):
             fetch(shard_path(folder, shard))
 
 
@@ -276,7 +332,11 @@ def test_the_ranks_of_one_node_download_each_shard_once(tmp_path):
     ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
     manifest = read_manifest(tmp_path / "dataset")
     with ProcessPoolExecutor(4) as pool:
-        list(pool.map(_fetch_for_one_rank, *zip(*[(tmp_path / "dataset", tmp_path / "node", tmp_path / "fetched.log")] * 4)))
+        list(
+            pool.map(
+                _fetch_for_one_rank, *zip(*[(tmp_path / "dataset", tmp_path / "node", tmp_path / "fetched.log")] * 4)
+            )
+        )
     fetched = (tmp_path / "fetched.log").read_text().split()
     assert sorted(fetched) == sorted(f"{shard}.npy" for shard in manifest["shard"].unique())
     assert np.array_equal(read_images(tmp_path / "node", manifest), read_images(tmp_path / "dataset", manifest))
@@ -292,29 +352,39 @@ def test_pretraining_ranks_share_the_pods_memory_and_one_download_per_node(tmp_p
     _write_images(tmp_path / "scans", range(40))
     sha256, _, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")
     fetched, original = [], pretrain.dataset_without_shards
+
     def counted(dataset):  # noqa: E306
         folder, fetch = original(dataset)
         return folder, lambda path: (fetched.append(path.name), fetch(path))
+
     monkeypatch.setattr(pretrain, "dataset_without_shards", counted)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "pod-tmp"))  # the pod's /tmp
-    monkeypatch.setattr(pretrain, "memory_budget_bytes", lambda mb, ranks: 40 * 64 * 3 // 4 // ranks)  # the pod holds 3/4 of the set
+    monkeypatch.setattr(
+        pretrain, "memory_budget_bytes", lambda mb, ranks: 40 * 64 * 3 // 4 // ranks
+    )  # the pod holds 3/4 of the set
     with _dataset_in_s3(tmp_path, monkeypatch, tmp_path / "dataset", sha256) as dataset:
         _, streamed, _ = pretrain._pretraining_data(dataset, PretrainConfig(), case_pairs=False)
-        monkeypatch.setattr(pretrain, "memory_budget_bytes", lambda mb, ranks: 40 * 64 * 3 // ranks)  # the pod holds 3 copies
+        monkeypatch.setattr(
+            pretrain, "memory_budget_bytes", lambda mb, ranks: 40 * 64 * 3 // ranks
+        )  # the pod holds 3 copies
         rank_data = [pretrain._pretraining_data(dataset, PretrainConfig(), case_pairs=False)[1] for _rank in range(2)]
     manifest = read_manifest(tmp_path / "dataset")
     wanted = manifest[manifest["split"].isin(["train", "val"])]
     assert isinstance(streamed, StreamingPairs)
     assert all(isinstance(data, InMemoryPairs) for data in rank_data)
-    assert sorted(fetched) == sorted(f"{shard}.npy" for shard in wanted["shard"].unique()), "each shard downloaded once per node"
+    assert sorted(fetched) == sorted(f"{shard}.npy" for shard in wanted["shard"].unique()), (
+        "each shard downloaded once per node"
+    )
     assert torch.equal(rank_data[0].images, rank_data[1].images) and len(rank_data[0].images) == len(wanted)
 
 
 def test_labelled_cases_are_in_shards_of_their_own(tmp_path):
     """A shard holds labelled cases or unlabelled ones, never both, and a case stays in one shard."""
     _write_images(tmp_path / "scans", range(90), cases=True, labelled_cases=4)
-    ingest_source(str(tmp_path / "scans"), IngestConfig(image_size=8, chunk_images=8, shard_megabytes=1), tmp_path / "dataset")
+    ingest_source(
+        str(tmp_path / "scans"), IngestConfig(image_size=8, chunk_images=8, shard_megabytes=1), tmp_path / "dataset"
+    )
     manifest = read_manifest(tmp_path / "dataset")
     labelled_case = manifest.groupby("case_id")["label"].transform(lambda labels: labels.notna().any())
     assert labelled_case.sum() == 12 and manifest["label"].notna().sum() == 4
@@ -345,7 +415,10 @@ def test_the_plan_lists_the_largest_chunks_first(tmp_path):
     """The map task and the process pool start chunks in plan order: a large chunk started last would leave every
     other worker idle while it runs."""
     _write_images(tmp_path / "scans", range(60))
-    sizes = [len(json.loads(path.read_text())["records"]) for path in plan_to_files(str(tmp_path / "scans"), CONFIG, tmp_path / "plan")]
+    sizes = [
+        len(json.loads(path.read_text())["records"])
+        for path in plan_to_files(str(tmp_path / "scans"), CONFIG, tmp_path / "plan")
+    ]
     assert len(set(sizes)) > 1 and sizes == sorted(sizes, reverse=True)
 
 
@@ -374,7 +447,10 @@ def test_stream_feed_benchmark_quick_run_streams_every_image_of_each_shape(tmp_p
     for shape in record["results"].values():
         assert shape["shards"] == 3 and shape["images"] == 3 * (8 * 2**20 // np.prod(shape["image_shape"]))
         assert shape["images_per_second"] > 0 and shape["seconds"] > 0
-    assert record["decode_files"] == 50 and set(record["decode_256px_png_ms_per_image_one_core"]) == {"gray-224", "rgb-224"}
+    assert record["decode_files"] == 50 and set(record["decode_256px_png_ms_per_image_one_core"]) == {
+        "gray-224",
+        "rgb-224",
+    }
 
 
 def test_with_the_ingest_caches_off_nothing_is_cached_and_the_dataset_is_the_same(tmp_path, monkeypatch):

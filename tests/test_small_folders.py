@@ -13,20 +13,25 @@ from PIL import Image
 
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
 from sslflow.config import IngestConfig, ValidationConfig
-from sslflow.data.sources.builtin import read_mnist_5k
 from sslflow.data.chunks import ingest_source
+from sslflow.data.sources.builtin import read_mnist_5k
 from sslflow.data.validation import validate_manifest
 
 
 def _digit_folder(root: Path, count: int, *, labelled: bool = False) -> Path:
-    """``count`` MNIST digits saved as PNG files in ``root``, one case each; with their labels in metadata.csv if ``labelled``."""
+    """``count`` MNIST digits saved as PNG files in ``root``, one case each; with their labels in metadata.csv if
+    ``labelled``."""
     root.mkdir(parents=True)
     digits = read_mnist_5k()
-    rows = [(i * 499 + i // 10) % len(digits.pixels) for i in range(count)]  # mnist_5k.csv is sorted by label: every digit
+    rows = [
+        (i * 499 + i // 10) % len(digits.pixels) for i in range(count)
+    ]  # mnist_5k.csv is sorted by label: every digit
     for i, row in enumerate(rows):
         Image.fromarray(digits.pixels[row, 0]).save(root / f"scan{i}.png")
     if labelled:
-        pd.DataFrame({"path": [f"scan{i}.png" for i in range(count)], "label": [digits.labels[row] for row in rows]}).to_csv(root / "metadata.csv", index=False)
+        pd.DataFrame(
+            {"path": [f"scan{i}.png" for i in range(count)], "label": [digits.labels[row] for row in rows]}
+        ).to_csv(root / "metadata.csv", index=False)
     return root
 
 
@@ -56,7 +61,9 @@ def _advice(report: dict) -> str:
 def test_ninety_labelled_images_are_told_which_label_fractions_work(tmp_path):
     """The default fractions (0.01 needs 100 training labels per class) refuse 90 labelled images; the refusal
     names fractions that pass, and they do."""
-    _, manifest, _ = ingest_source(str(_digit_folder(tmp_path / "scans", 90, labelled=True)), IngestConfig(), tmp_path / "dataset")
+    _, manifest, _ = ingest_source(
+        str(_digit_folder(tmp_path / "scans", 90, labelled=True)), IngestConfig(), tmp_path / "dataset"
+    )
     refused = validate_manifest(manifest, len(manifest), ValidationConfig(), [0.01, 0.1, 1.0])
     advice = _advice(refused)
     assert "expect_column_values_to_be_between column 'train_labels' {\"min_value\": 100.0}" in refused["failures"][0]
@@ -101,19 +108,79 @@ def _edited(column: str, value) -> Callable[[pd.DataFrame], pd.DataFrame]:
 @pytest.mark.parametrize(
     ("case", "edit", "config", "fractions", "expected"),
     [
-        ("one labelled class", _one_class, ValidationConfig(), [1.0], "at least two classes and this data has 1: label images of two or more"),
-        ("a class only in test", _class_only_in_test, ValidationConfig(), [1.0], "'unseen' have labels only outside the train split"),
-        ("no labelled val image", lambda manifest: _unlabel_split(manifest, "val"), ValidationConfig(), [1.0], "no labelled image is in the val split, which selects the model"),
-        ("no labelled gate image", lambda manifest: _unlabel_split(manifest, "gate"), ValidationConfig(), [1.0], """--domain_ingest '{"train_fraction": 0.6, "gate_fraction": 0.2}'"""),
-        ("no labelled test image", lambda manifest: _unlabel_split(manifest, "test"), ValidationConfig(), [1.0], """--domain_ingest '{"train_fraction": 0.6}'"""),
-        ("a 5 px image", _edited("width", 5), ValidationConfig(), [], "remove or resize those files: validate accepts sides from 8 to 8192 px"),
-        ("a label with a blank", _edited("label", "3 "), ValidationConfig(), [], "remove the blanks around those labels in metadata.csv"),
-        ("a label not allowed", _edited("label", "x"), ValidationConfig(allowed_labels=[str(d) for d in range(10)]), [], "add them to ValidationConfig.allowed_labels"),
-        ("an unlabelled shift image", _edited("label", None), ValidationConfig(require_labels=True), [], "every image of an evaluation set (the shift set) needs a label"),
+        (
+            "one labelled class",
+            _one_class,
+            ValidationConfig(),
+            [1.0],
+            "at least two classes and this data has 1: label images of two or more",
+        ),
+        (
+            "a class only in test",
+            _class_only_in_test,
+            ValidationConfig(),
+            [1.0],
+            "'unseen' have labels only outside the train split",
+        ),
+        (
+            "no labelled val image",
+            lambda manifest: _unlabel_split(manifest, "val"),
+            ValidationConfig(),
+            [1.0],
+            "no labelled image is in the val split, which selects the model",
+        ),
+        (
+            "no labelled gate image",
+            lambda manifest: _unlabel_split(manifest, "gate"),
+            ValidationConfig(),
+            [1.0],
+            """--domain_ingest '{"train_fraction": 0.6, "gate_fraction": 0.2}'""",
+        ),
+        (
+            "no labelled test image",
+            lambda manifest: _unlabel_split(manifest, "test"),
+            ValidationConfig(),
+            [1.0],
+            """--domain_ingest '{"train_fraction": 0.6}'""",
+        ),
+        (
+            "a 5 px image",
+            _edited("width", 5),
+            ValidationConfig(),
+            [],
+            "remove or resize those files: validate accepts sides from 8 to 8192 px",
+        ),
+        (
+            "a label with a blank",
+            _edited("label", "3 "),
+            ValidationConfig(),
+            [],
+            "remove the blanks around those labels in metadata.csv",
+        ),
+        (
+            "a label not allowed",
+            _edited("label", "x"),
+            ValidationConfig(allowed_labels=[str(d) for d in range(10)]),
+            [],
+            "add them to ValidationConfig.allowed_labels",
+        ),
+        (
+            "an unlabelled shift image",
+            _edited("label", None),
+            ValidationConfig(require_labels=True),
+            [],
+            "every image of an evaluation set (the shift set) needs a label",
+        ),
         ("no image", lambda manifest: manifest.iloc[:0], ValidationConfig(), [], "no image was ingested"),
-        ("a changed dataset folder", lambda manifest: _edited("sha256", manifest["sha256"].iloc[4])(manifest), ValidationConfig(), [], "ingest it again (make clean-cache, then rerun)"),
+        (
+            "a changed dataset folder",
+            lambda manifest: _edited("sha256", manifest["sha256"].iloc[4])(manifest),
+            ValidationConfig(),
+            [],
+            "ingest it again (make clean-cache, then rerun)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_every_refusal_says_what_to_do(small_manifest, case, edit, config, fractions, expected):
     manifest = edit(small_manifest)
     report = validate_manifest(manifest, len(manifest), config, fractions)

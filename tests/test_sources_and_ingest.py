@@ -3,9 +3,10 @@ import io
 import tracemalloc
 
 import numpy as np
-from botocore.exceptions import ClientError
 import pandas as pd
 import pytest
+from botocore.exceptions import ClientError
+from ingested import image_keys, ingest, labels
 from PIL import Image
 
 from ssl_models.proxy_cases import PROXY_PREFIX, pixel_neighbour_proxy_cases
@@ -13,12 +14,11 @@ from sslflow.config import IngestConfig
 from sslflow.data import fingerprint
 from sslflow.data.chunks import _cut, plan_chunks
 from sslflow.data.manifest import split_of_case
-from sslflow.data.sources.builtin import optdigits_to_mnist_format
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import fingerprint_source, open_source, source_name
 from sslflow.data.sources import s3 as s3_source
+from sslflow.data.sources.builtin import optdigits_to_mnist_format
 from sslflow.data.types import SourceError, UndecodableImageError
-from ingested import image_keys, ingest, labels
 
 
 def _write_folder(root, count=12, cases=4):
@@ -26,7 +26,9 @@ def _write_folder(root, count=12, cases=4):
     for i in range(count):
         pixels = np.random.default_rng(i).integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / f"img{i}.png")
-        rows.append({"path": f"img{i}.png", "case_id": f"patient{i % cases}", "site": f"site{i % 2}", "label": str(i % 3)})
+        rows.append(
+            {"path": f"img{i}.png", "case_id": f"patient{i % cases}", "site": f"site{i % 2}", "label": str(i % 3)}
+        )
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
 
 
@@ -47,7 +49,11 @@ def test_duplicates_are_kept_once_and_reported(tmp_path):
     metadata.loc[len(metadata)] = {"path": "copy.png", "case_id": "patient9", "site": "site0", "label": "1"}
     metadata.to_csv(tmp_path / "metadata.csv", index=False)
     manifest, _, summary = ingest(tmp_path, IngestConfig(image_size=16))
-    assert len(manifest) == 3 and summary["duplicates_dropped"] == 1 and summary["duplicate_examples"] == [Pseudonyms().pseudonym("file", "copy.png")]
+    assert (
+        len(manifest) == 3
+        and summary["duplicates_dropped"] == 1
+        and summary["duplicate_examples"] == [Pseudonyms().pseudonym("file", "copy.png")]
+    )
 
 
 def test_bad_metadata_paths_are_refused_with_the_row(tmp_path):
@@ -90,7 +96,11 @@ def test_optdigits_transform_to_mnist_format():
 
 def test_builtin_sources_read_real_data():
     mnist, pixels, _ = ingest("mnist-5k", IngestConfig())
-    assert pixels.shape == (len(mnist), 1, 28, 28) and len(mnist) > 4900 and sorted(set(mnist["label"])) == [str(d) for d in range(10)]
+    assert (
+        pixels.shape == (len(mnist), 1, 28, 28)
+        and len(mnist) > 4900
+        and sorted(set(mnist["label"])) == [str(d) for d in range(10)]
+    )
     optdigits, pixels, _ = ingest("optdigits", IngestConfig())
     assert pixels.shape == (len(optdigits), 1, 28, 28) and len(optdigits) > 1700
 
@@ -107,7 +117,9 @@ def test_parquet_image_list_names_images_relative_to_its_folder(tmp_path):
     _write_folder(tmp_path, count=6, cases=3)
     (tmp_path / "metadata.csv").unlink()
     (tmp_path / "lists").mkdir()
-    table = pd.DataFrame({"path": [f"img{i}.png" for i in range(6)], "case_id": [i % 3 for i in range(6)], "label": [None, "a", "b"] * 2})
+    table = pd.DataFrame(
+        {"path": [f"img{i}.png" for i in range(6)], "case_id": [i % 3 for i in range(6)], "label": [None, "a", "b"] * 2}
+    )
     table.to_parquet(tmp_path / "cohort.parquet")
     manifest, _, _ = ingest(tmp_path / "cohort.parquet", IngestConfig(image_size=16))
     assert manifest["image_key"].tolist() == image_keys([f"img{i}.png" for i in range(6)])
@@ -117,7 +129,9 @@ def test_parquet_image_list_names_images_relative_to_its_folder(tmp_path):
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "img5.png")
     assert fingerprint_source(str(tmp_path / "cohort.parquet")) != before
     pd.DataFrame({"path": ["img0.png", "../elsewhere/img1.png"]}).to_parquet(tmp_path / "lists" / "escape.parquet")
-    with pytest.raises(SourceError, match=r"escape.parquet row 1, column 'path': '../elsewhere/img1.png' contains '..'"):
+    with pytest.raises(
+        SourceError, match=r"escape.parquet row 1, column 'path': '../elsewhere/img1.png' contains '..'"
+    ):
         ingest(tmp_path / "lists" / "escape.parquet", IngestConfig(image_size=16))
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(SourceError, match=r"broken.parquet: not a readable parquet file"):
@@ -126,7 +140,9 @@ def test_parquet_image_list_names_images_relative_to_its_folder(tmp_path):
 
 def test_metadata_header_with_spaces_and_blank_cells(tmp_path):
     _write_folder(tmp_path, count=3)
-    (tmp_path / "metadata.csv").write_text("path, case_id, site, label\nimg0.png, p1, a, x\nimg1.png, , , \nimg2.png, p1, b, y\n")
+    (tmp_path / "metadata.csv").write_text(
+        "path, case_id, site, label\nimg0.png, p1, a, x\nimg1.png, , , \nimg2.png, p1, b, y\n"
+    )
     manifest, _, _ = ingest(tmp_path, IngestConfig(image_size=16))
     cases = manifest["case_id"].tolist()
     assert cases[0] == cases[2] == "p1" and cases[1].startswith("image-")
@@ -153,7 +169,10 @@ def test_a_file_without_an_image_suffix_over_max_file_bytes_is_skipped_unread(tm
     (tmp_path / "empty").write_bytes(b"")
     manifest, _, summary = ingest(tmp_path, IngestConfig(image_size=16, max_file_bytes=100_000))
     assert manifest["image_key"].tolist() == image_keys(["img0.png", "img1.png"]) and summary["quarantined"] == []
-    assert summary["skipped_non_image"] == {"not DICOM (no image suffix)": 1, "not read (no image suffix, over max_file_bytes)": 1}
+    assert summary["skipped_non_image"] == {
+        "not DICOM (no image suffix)": 1,
+        "not read (no image suffix, over max_file_bytes)": 1,
+    }
     assert summary["read"]["files_read"] == 2  # the two images: neither candidate is opened
 
 
@@ -165,11 +184,24 @@ def test_source_names_are_safe_file_names():
 
 def test_open_source_dispatches_every_kind_and_refuses_what_is_no_source(tmp_path):
     (tmp_path / "scans").mkdir()
-    uris = {"mnist-5k": "builtin", "s3://bucket/some/prefix": "s3", str(tmp_path / "cohort.parquet"): "parquet", str(tmp_path / "scans"): "folder",
-            "dicomweb+https://pacs.example.org/dicom-web?ModalitiesInStudy=CT": "dicomweb"}
+    uris = {
+        "mnist-5k": "builtin",
+        "s3://bucket/some/prefix": "s3",
+        str(tmp_path / "cohort.parquet"): "parquet",
+        str(tmp_path / "scans"): "folder",
+        "dicomweb+https://pacs.example.org/dicom-web?ModalitiesInStudy=CT": "dicomweb",
+    }
     assert {uri: open_source(uri).kind for uri in uris} == uris  # nothing is read when a source is opened
-    for uri in (str(tmp_path / "no-such-folder"), "gs://bucket/prefix", "https://example.org/scans", str(tmp_path / "scans" / "x.png")):
-        with pytest.raises(SourceError, match=r"is neither a built-in source .*, an s3://bucket/prefix, a dicomweb\+https://host/dicom-web\?query archive, a .parquet image list nor"):
+    for uri in (
+        str(tmp_path / "no-such-folder"),
+        "gs://bucket/prefix",
+        "https://example.org/scans",
+        str(tmp_path / "scans" / "x.png"),
+    ):
+        with pytest.raises(
+            SourceError,
+            match=r"is neither a built-in source .*, an s3://bucket/prefix, a dicomweb\+https://host/dicom-web\?query archive, a .parquet image list nor",
+        ):
             open_source(uri)
 
 
@@ -179,7 +211,9 @@ def test_the_plan_yields_a_chunk_before_it_has_listed_the_whole_folder(tmp_path,
         (tmp_path / f"img{i:04d}.png").write_bytes(b"not decoded by the plan %d" % i)
     hashed = []
     records = fingerprint.FileDigests.records
-    monkeypatch.setattr(fingerprint.FileDigests, "records", lambda digests, files: hashed.extend(files) or records(digests, files))
+    monkeypatch.setattr(
+        fingerprint.FileDigests, "records", lambda digests, files: hashed.extend(files) or records(digests, files)
+    )
     monkeypatch.setattr(fingerprint, "HASH_BATCH", 2)  # hashed 32 files at a time
     chunks = iter(plan_chunks(str(tmp_path), IngestConfig(chunk_images=4)))
     first = next(chunks)
@@ -200,7 +234,12 @@ class _PagedBucket:
     def paginate(self, Bucket: str, Prefix: str):
         for page in range(self.pages):
             self.served += 1
-            yield {"Contents": [{"Key": f"{Prefix}img{page:02d}{i:03d}.png", "ETag": f'"{page}-{i}"', "Size": 100} for i in range(1000)]}
+            yield {
+                "Contents": [
+                    {"Key": f"{Prefix}img{page:02d}{i:03d}.png", "ETag": f'"{page}-{i}"', "Size": 100}
+                    for i in range(1000)
+                ]
+            }
 
     def get_object(self, Bucket: str, Key: str):
         raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no metadata.csv"}}, "GetObject")
@@ -216,18 +255,25 @@ def test_the_plan_of_an_s3_prefix_yields_a_chunk_from_the_first_listing_page(mon
 
 
 def test_chunks_hold_about_chunk_images_images_whatever_the_images_per_case():
-    """4 images per patient, chunk_images 64: chunks average about 64 images and hold at most 2 x 64 (a cut decided
-    per case, the old rule, made them about 4 times larger, up to a 4 x chunk_images cap); a file added changes only the chunk it falls into."""
+    """4 images per patient, chunk_images 64: chunks average about 64 images and hold at most 2 x 64 (a cut decided per
+    case, the old rule, made them about 4 times larger, up to a 4 x chunk_images cap); a file added changes only the
+    chunk it falls into."""
     files = [(f"patient{index // 4:05d}", f"patient{index // 4:05d}/image{index % 4}") for index in range(8192)]
-    chunks = list(_cut(files, lambda item: item[0], lambda item: item[1], lambda item: 1000, IngestConfig(chunk_images=64)))
+    chunks = list(
+        _cut(files, lambda item: item[0], lambda item: item[1], lambda item: 1000, IngestConfig(chunk_images=64))
+    )
     sizes = [len(chunk) for chunk in chunks]
     assert sum(sizes) == 8192 and max(sizes) <= 2 * 64 and 40 <= np.mean(sizes) <= 100
-    assert all(len({case for case, _ in chunk} & {case for case, _ in other}) == 0 for chunk, other in zip(chunks, chunks[1:]))  # cut between cases
+    assert all(
+        len({case for case, _ in chunk} & {case for case, _ in other}) == 0 for chunk, other in zip(chunks, chunks[1:])
+    )  # cut between cases
     for name in (f"patient{patient:05d}/image9" for patient in range(2000)):  # a file that does not end its chunk
         if int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) % 64:
             break
     added = sorted([*files, (name.split("/")[0], name)])
-    again = list(_cut(added, lambda item: item[0], lambda item: item[1], lambda item: 1000, IngestConfig(chunk_images=64)))
+    again = list(
+        _cut(added, lambda item: item[0], lambda item: item[1], lambda item: 1000, IngestConfig(chunk_images=64))
+    )
     changed = [chunk for chunk in again if chunk not in chunks]
     assert len(again) == len(chunks) and len(changed) == 1 and (name.split("/")[0], name) in changed[0]
 
@@ -244,7 +290,9 @@ def test_chunks_hold_at_most_chunk_megabytes_of_files_whatever_their_count(tmp_p
     chunks = list(_cut(files, lambda item: item[0], lambda item: item[1], lambda item: item[2], config))
     chunk_bytes = [sum(size for _, _, size in chunk) for chunk in chunks]
     assert sum(len(chunk) for chunk in chunks) == len(files)
-    assert all(size <= 1024 * megabyte for size, chunk in zip(chunk_bytes, chunks) if len({case for case, _, _ in chunk}) > 1)
+    assert all(
+        size <= 1024 * megabyte for size, chunk in zip(chunk_bytes, chunks) if len({case for case, _, _ in chunk}) > 1
+    )
     assert [len(chunk) for chunk in chunks[:3]] == [3, 3, 3]  # 3 x 300 MB, not 12 files in one chunk
     assert chunks[-1] == files[-4:]  # the 1.6 GB case: one chunk, alone
     assert len(chunks[3]) == 3 + 40  # the small files join the last 300 MB ones: by count they fit
@@ -264,7 +312,12 @@ class _BucketWithMetadata:
 
     def paginate(self, Bucket: str, Prefix: str):
         for start in range(0, self.count, 1000):
-            yield {"Contents": [{"Key": f"{Prefix}img{i:06d}.png", "ETag": f'"{i}"', "Size": 100} for i in range(start, min(self.count, start + 1000))]}
+            yield {
+                "Contents": [
+                    {"Key": f"{Prefix}img{i:06d}.png", "ETag": f'"{i}"', "Size": 100}
+                    for i in range(start, min(self.count, start + 1000))
+                ]
+            }
 
     def get_object(self, Bucket: str, Key: str):
         return {"Body": io.BytesIO(self.metadata_csv)}
@@ -279,7 +332,9 @@ def _plan_peak_bytes(count: int, monkeypatch) -> tuple[int, int]:
     try:
         tracemalloc.reset_peak()
         baseline = tracemalloc.get_traced_memory()[0]
-        planned = sum(len(chunk["records"]) for chunk in plan_chunks("s3://scans/site-a", IngestConfig(chunk_images=64)))
+        planned = sum(
+            len(chunk["records"]) for chunk in plan_chunks("s3://scans/site-a", IngestConfig(chunk_images=64))
+        )
         peak = tracemalloc.get_traced_memory()[1] - baseline
     finally:
         tracemalloc.stop()
@@ -288,7 +343,8 @@ def _plan_peak_bytes(count: int, monkeypatch) -> tuple[int, int]:
 
 def test_the_plan_of_an_s3_prefix_with_metadata_holds_neither_its_rows_nor_its_objects(monkeypatch):
     """metadata.csv naming files by path at an S3 prefix: the plan's memory does not grow with the rows or the objects
-    (rows and listing joined in a sqlite file on disk, read ROW_BATCH rows at a time); every row planned in case order."""
+    (rows and listing joined in a sqlite file on disk, read ROW_BATCH rows at a time); every row planned in case
+    order."""
     from sslflow.data import metadata_catalog
 
     monkeypatch.setattr(metadata_catalog, "ROW_BATCH", 500)

@@ -10,11 +10,16 @@ from benchmarks.stage_times import PARENT_TAG, STAGE_TAG, newest_parent_stages, 
 def test_stage_kinds_group_fine_tunes_by_probe():
     assert stage_kind("finetune:simclr+micle/linear@0.1/seed=2") == "finetune (linear)"
     assert stage_kind("finetune:scratch/finetune@1/seed=0") == "finetune (finetune)"
-    assert stage_kind("ingest:mnist-5k") == "ingest" and stage_kind("self_train:simclr+micle+student@0.01/seed=0") == "self_train"
+    assert (
+        stage_kind("ingest:mnist-5k") == "ingest"
+        and stage_kind("self_train:simclr+micle+student@0.01/seed=0") == "self_train"
+    )
     assert stage_kind("evaluate") == "evaluate"
 
 
-def _finished_run(client: MlflowClient, experiment: str, stage: str, parent: str | None, start_ms: int, seconds: float) -> str:
+def _finished_run(
+    client: MlflowClient, experiment: str, stage: str, parent: str | None, start_ms: int, seconds: float
+) -> str:
     tags = {STAGE_TAG: stage, "mlflow.parentRunId": parent} if parent else dict([PARENT_TAG])
     run = client.create_run(experiment, start_time=start_ms, tags=tags)
     client.set_terminated(run.info.run_id, end_time=start_ms + int(seconds * 1000))

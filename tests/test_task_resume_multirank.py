@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from flyteidl.core import literals_pb2
 from flytekit.models.literals import LiteralMap
-
 from pod_harness import python_value
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -45,22 +44,42 @@ open(sys.argv[1], "wb").write(inputs.to_flyte_idl().SerializeToString())
 
 def _environment(work: Path, attempt: str) -> dict[str, str]:
     return dict(
-        os.environ, PYTHONPATH=f"{PROJECT_ROOT}{os.pathsep}{PROJECT_ROOT / 'tests'}", SSLFLOW_NPROC_PER_NODE="2", OMP_NUM_THREADS="1",
-        MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", FLYTE_SDK_LOCAL_SANDBOX=str(work / f"sandbox-{attempt}"),
-    )  # fmt: skip
+        os.environ,
+        PYTHONPATH=f"{PROJECT_ROOT}{os.pathsep}{PROJECT_ROOT / 'tests'}",
+        SSLFLOW_NPROC_PER_NODE="2",
+        OMP_NUM_THREADS="1",
+        MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
+        FLYTE_SDK_LOCAL_SANDBOX=str(work / f"sandbox-{attempt}"),
+    )
 
 
 def _start(work: Path, attempt: str, previous: str | None) -> subprocess.Popen:
     """pyflyte-execute of pretrain_simclr as its pod runs it, checkpointing under work/checkpoints/<attempt>."""
     command = [
-        str(Path(sys.executable).parent / "pyflyte-execute"), "--inputs", str(work / "inputs.pb"), "--output-prefix", str(work / "out" / attempt),
-        "--raw-output-data-prefix", str(work / "raw" / attempt), "--checkpoint-path", str(work / "checkpoints" / attempt),
-        "--prev-checkpoint", str(work / "checkpoints" / previous) if previous else '""',
-        "--resolver", "flytekit.core.python_auto_container.default_task_resolver", "--", "task-module", "tasks.pretrain", "task-name", "pretrain_simclr",
-    ]  # fmt: skip
+        str(Path(sys.executable).parent / "pyflyte-execute"),
+        "--inputs",
+        str(work / "inputs.pb"),
+        "--output-prefix",
+        str(work / "out" / attempt),
+        "--raw-output-data-prefix",
+        str(work / "raw" / attempt),
+        "--checkpoint-path",
+        str(work / "checkpoints" / attempt),
+        "--prev-checkpoint",
+        str(work / "checkpoints" / previous) if previous else '""',
+        "--resolver",
+        "flytekit.core.python_auto_container.default_task_resolver",
+        "--",
+        "task-module",
+        "tasks.pretrain",
+        "task-name",
+        "pretrain_simclr",
+    ]
     (work / "out" / attempt).mkdir(parents=True)
     log = open(work / f"{attempt}.log", "w")
-    return subprocess.Popen(command, cwd=work, env=_environment(work, attempt), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=work, env=_environment(work, attempt), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _finish(work: Path, attempt: str, process: subprocess.Popen) -> dict[str, torch.Tensor]:
@@ -83,17 +102,31 @@ def _saved_epoch(state: Path) -> int:
         return -1
 
 
-def test_a_killed_two_rank_pretraining_pod_resumes_from_the_previous_attempts_checkpoint_to_bitwise_equal_weights(tmp_path):
-    setup = subprocess.run([sys.executable, "-c", INPUTS_SCRIPT, str(tmp_path / "inputs.pb")], cwd=tmp_path, env=_environment(tmp_path, "setup"),
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+def test_a_killed_two_rank_pretraining_pod_resumes_from_the_previous_attempts_checkpoint_to_bitwise_equal_weights(
+    tmp_path,
+):
+    setup = subprocess.run(
+        [sys.executable, "-c", INPUTS_SCRIPT, str(tmp_path / "inputs.pb")],
+        cwd=tmp_path,
+        env=_environment(tmp_path, "setup"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert setup.returncode == 0, setup.stderr[-3000:]
     uninterrupted = _finish(tmp_path, "uninterrupted", _start(tmp_path, "uninterrupted", None))
 
     first = _start(tmp_path, "attempt-0", None)
     deadline = time.monotonic() + 300
-    while _saved_epoch(tmp_path / "checkpoints" / "attempt-0" / "state.pt") < 0 and first.poll() is None and time.monotonic() < deadline:
+    while (
+        _saved_epoch(tmp_path / "checkpoints" / "attempt-0" / "state.pt") < 0
+        and first.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    assert first.poll() is None, "the first attempt ended before it could be killed:\n" + (tmp_path / "attempt-0.log").read_text()[-3000:]
+    assert first.poll() is None, (
+        "the first attempt ended before it could be killed:\n" + (tmp_path / "attempt-0.log").read_text()[-3000:]
+    )
     os.killpg(first.pid, signal.SIGKILL)  # the pod is gone: pyflyte-execute and both ranks
     first.wait(timeout=30)
     saved = _saved_epoch(tmp_path / "checkpoints" / "attempt-0" / "state.pt")
@@ -104,4 +137,6 @@ def test_a_killed_two_rank_pretraining_pod_resumes_from_the_previous_attempts_ch
     resumed_after = [int(epoch) for epoch in re.findall(r"resuming contrastive pretraining after epoch (\d+)", log)]
     assert resumed_after and set(resumed_after) == {saved}, log[-3000:]  # every rank resumed the saved epoch
     assert len(resumed_after) == 2, "both ranks resume (rank 0 read the prefix, rank 1 got it by broadcast)"
-    assert uninterrupted.keys() == resumed.keys() and all(torch.equal(uninterrupted[name], resumed[name]) for name in uninterrupted)
+    assert uninterrupted.keys() == resumed.keys() and all(
+        torch.equal(uninterrupted[name], resumed[name]) for name in uninterrupted
+    )

@@ -1,8 +1,8 @@
 """No dependency reports home (sslflow/telemetry.py).
 
 Here: a local process started with none of the switches in its environment (a bare `pyflyte run`, a pod of an image
-built elsewhere) that imports sslflow and checks an ONNX export, as the register task does, leaves no telemetry store
-in its HOME and looks nothing up. The whole pipeline's pods: tests/test_pods.py (test_no_pod_of_the_pipeline_reports_home).
+built elsewhere) that imports sslflow and checks an ONNX export, as the register task does, leaves no telemetry store in
+its HOME and looks nothing up. The whole pipeline's pods: tests/test_pods.py (test_no_pod_of_the_pipeline_reports_home).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from network_audit import audited_python_path, network_events, telemetry_stores
+
 from sslflow.telemetry import TELEMETRY_OFF
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +34,17 @@ def test_a_local_run_without_the_switches_in_its_environment_leaves_no_telemetry
     home.mkdir()
     audit = audited_python_path(tmp_path / "audit")
     environment = {
-        "PATH": os.environ["PATH"], "HOME": str(home), "TMPDIR": str(tmp_path), "LANG": "C.UTF-8",
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "TMPDIR": str(tmp_path),
+        "LANG": "C.UTF-8",
         "PYTHONPATH": os.pathsep.join([str(audit), str(PROJECT_ROOT)]),
-    }  # fmt: skip
+    }
     assert not TELEMETRY_OFF.keys() & environment.keys()
     command = [sys.executable, "-c", EXPORT_AND_SERVE, str(tmp_path / "model.onnx")]
-    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "model.onnx").is_file(), "ONNX Runtime ran the exported model"
     assert not telemetry_stores(home), [str(path) for path in home.rglob("*")]

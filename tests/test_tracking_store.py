@@ -20,7 +20,9 @@ WHERE_IS_THE_STORE = "from sslflow.tracking.store import tracking_uri; print(tra
 
 
 def _python(code: str, cwd: Path, env: dict) -> str:
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=True
+    ).stdout.strip()
 
 
 def test_default_store_is_the_working_directory_and_every_child_process_uses_it(tmp_path):
@@ -49,13 +51,24 @@ def test_credentials_in_the_uri_move_to_mlflows_variables(monkeypatch):
 def _image_folder(root: Path) -> Path:
     root.mkdir()
     for i in range(4):
-        Image.fromarray(np.random.default_rng(300 + i).integers(0, 256, (20, 20), dtype=np.uint8)).save(root / f"scan{i}.png")
+        Image.fromarray(np.random.default_rng(300 + i).integers(0, 256, (20, 20), dtype=np.uint8)).save(
+            root / f"scan{i}.png"
+        )
     return root
 
 
 def _validate_data(source: Path, env: dict) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "pyflyte"), "run", "workflows/data.py", "validate_data", "--source", str(source)]
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env={**env, "COLUMNS": "200"})
+    command = [
+        str(Path(sys.executable).parent / "pyflyte"),
+        "run",
+        "workflows/data.py",
+        "validate_data",
+        "--source",
+        str(source),
+    ]
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env={**env, "COLUMNS": "200"}
+    )
 
 
 def _runs(uri: str) -> list:
@@ -66,7 +79,11 @@ def _runs(uri: str) -> list:
 
 def test_a_rerun_against_another_store_records_the_data_run_there_without_reingesting(tmp_path):
     folder = _image_folder(tmp_path / "scans")
-    env = {**os.environ, "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"), "HOME": str(tmp_path)}  # a Flyte cache of its own
+    env = {
+        **os.environ,
+        "FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"),
+        "HOME": str(tmp_path),
+    }  # a Flyte cache of its own
     first_store, second_store = f"sqlite:///{tmp_path / 'first.db'}", f"sqlite:///{tmp_path / 'second.db'}"
     first = _validate_data(folder, {**env, "MLFLOW_TRACKING_URI": first_store})
     assert first.returncode == 0, first.stdout + first.stderr
@@ -77,7 +94,9 @@ def test_a_rerun_against_another_store_records_the_data_run_there_without_reinge
     assert stages == ["PARENT"], "ingest and validate are cache hits; the new store gets the parent run and its record"
     parent = _runs(second_store)[0]
     assert parent.data.metrics["images"] == 4 and parent.data.tags["dataset.sha256"]
-    assert "ingest_summary.json" in {item.path for item in MlflowClient(second_store).list_artifacts(parent.info.run_id)}
+    assert "ingest_summary.json" in {
+        item.path for item in MlflowClient(second_store).list_artifacts(parent.info.run_id)
+    }
     assert len(_runs(first_store)) == 3  # parent, ingest, validate: the first store is untouched by the rerun
 
 
@@ -92,7 +111,9 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_stored(tmp_path, ser
     secret = "s3cretPassw0rd"
     uri = server.uri.replace("http://", f"http://alice:{secret}@")
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update({"FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"), "HOME": str(tmp_path), "MLFLOW_TRACKING_URI": uri})
+    env.update(
+        {"FLYTE_SDK_LOCAL_SANDBOX": str(tmp_path / "sandbox"), "HOME": str(tmp_path), "MLFLOW_TRACKING_URI": uri}
+    )
     result = _validate_data(folder, env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -102,6 +123,10 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_stored(tmp_path, ser
     assert len(runs) == 3
     for run in runs:
         assert secret not in repr(run.data.params) + repr(run.data.tags)
-    stored = b"".join(path.read_bytes() for path in (tmp_path / "server").rglob("*") if path.is_file() and path.name != "mlflow-server.log")
+    stored = b"".join(
+        path.read_bytes()
+        for path in (tmp_path / "server").rglob("*")
+        if path.is_file() and path.name != "mlflow-server.log"
+    )
     stored += b"".join(path.read_bytes() for path in (tmp_path / "sandbox").rglob("*") if path.is_file())
     assert secret.encode() not in stored, "the password reached the store, an artifact or Flyte's cache"

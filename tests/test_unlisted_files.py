@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flytekit import workflow
+from ingested import image_keys, ingest
 from PIL import Image
 
-from ingested import image_keys, ingest
 from sslflow.config import IngestConfig, ValidationConfig
 from sslflow.data.image_keys import paths_of_keys
 from sslflow.data.sources import fingerprint_source
@@ -20,9 +20,9 @@ from sslflow.data.types import SourceError
 from sslflow.reporting.summary import dataset_summary
 from sslflow.tracking.runs import start_parent_run
 from sslflow.tracking.store import client
+from tasks.ingest import source_fingerprint
 from tasks.shared import Dataset
 from tasks.validate import validate
-from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest as ingest_workflow
 
 CONFIG = IngestConfig(image_size=16)
@@ -51,7 +51,10 @@ def test_files_metadata_does_not_list_are_counted_by_key_with_the_command_that_n
     assert not any(path in json.dumps(summary) for path in UNLISTED)  # by key: no path leaves ingest
     assert paths_of_keys(str(root), keys) == dict(zip(keys, UNLISTED))  # the command names their files
     printed = dataset_summary("scans", 4, "sha", summary, "run", "sqlite:///x")
-    assert "not listed in metadata.csv, not used: 3 image file(s)" in printed and json.loads(printed.splitlines()[-1])["unlisted_files"] == 3
+    assert (
+        "not listed in metadata.csv, not used: 3 image file(s)" in printed
+        and json.loads(printed.splitlines()[-1])["unlisted_files"] == 3
+    )
 
 
 def test_a_setting_refuses_them_instead(tmp_path):
@@ -59,7 +62,10 @@ def test_a_setting_refuses_them_instead(tmp_path):
     with pytest.raises(SourceError) as caught:
         ingest(root, IngestConfig(image_size=16, unlisted_files="refuse"))
     message = str(caught.value)
-    assert "3 image file(s) are not listed in its metadata.csv" in message and "'extra.png', 'later/scan.tif', 'zz.jpg'" in message
+    assert (
+        "3 image file(s) are not listed in its metadata.csv" in message
+        and "'extra.png', 'later/scan.tif', 'zz.jpg'" in message
+    )
     assert message.endswith("or set IngestConfig.unlisted_files='warn' to go on without them")
 
 
@@ -73,7 +79,9 @@ def test_adding_an_unlisted_file_changes_the_fingerprint(tmp_path):
 
 @workflow
 def ingest_and_validate(source: str, config: IngestConfig, parent_run_id: str) -> Dataset:
-    dataset = ingest_workflow(source=source, fingerprint=source_fingerprint(source=source), config=config, parent_run_id=parent_run_id)
+    dataset = ingest_workflow(
+        source=source, fingerprint=source_fingerprint(source=source), config=config, parent_run_id=parent_run_id
+    )
     return validate(dataset=dataset, config=ValidationConfig(), label_fractions=[], parent_run_id=parent_run_id)
 
 
@@ -81,9 +89,13 @@ def test_the_validation_report_counts_them(tmp_path):
     root = _folder(tmp_path / "scans")
     run_id = start_parent_run("test-unlisted", {})
     ingest_and_validate(source=str(root), config=CONFIG, parent_run_id=run_id)
-    stage_runs = client().search_runs([client().get_run(run_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    stage_runs = client().search_runs(
+        [client().get_run(run_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+    )
     validation_run = next(run for run in stage_runs if run.data.tags["sslflow.stage"].startswith("validate:"))
-    report = json.loads(Path(client().download_artifacts(validation_run.info.run_id, "validation.json", str(tmp_path))).read_text())
+    report = json.loads(
+        Path(client().download_artifacts(validation_run.info.run_id, "validation.json", str(tmp_path))).read_text()
+    )
     assert report["unlisted_files"] == {"count": 3, "keys": image_keys(UNLISTED)}
     assert any("3 image file(s) in the source are not listed" in warning for warning in report["warnings"])
     assert validation_run.data.metrics["unlisted_files"] == 3

@@ -14,13 +14,12 @@ from __future__ import annotations
 from flytekit import workflow
 
 import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
-
 from sslflow.config import IngestConfig, ValidationConfig
 from tasks.data_run import finish_data_run, start_data_run
 from tasks.ingest import source_fingerprint
-from workflows.ingest import ingest
 from tasks.store import tracking_store
 from tasks.validate import validate
+from workflows.ingest import ingest
 
 
 @workflow
@@ -32,7 +31,12 @@ def validate_data(
 ) -> str:
     fingerprint = source_fingerprint(source=source)  # in a pod: services checked, the source fingerprinted
     run_id = start_data_run(
-        tracking_store=tracking_store(), source=source, fingerprint=fingerprint, config=config, validation=validation, label_fractions=label_fractions
+        tracking_store=tracking_store(),
+        source=source,
+        fingerprint=fingerprint,
+        config=config,
+        validation=validation,
+        label_fractions=label_fractions,
     )
     dataset = ingest(source=source, fingerprint=fingerprint, config=config, parent_run_id=run_id)
     valid = validate(dataset=dataset, config=validation, label_fractions=label_fractions, parent_run_id=run_id)

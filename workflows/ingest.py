@@ -3,7 +3,8 @@
 The fingerprint is source_fingerprint's output (tasks/ingest.py), computed in a pod by the calling workflow's first
 step; the plan is cached on it.
 
-    plan_ingest (list, no decoding; a file per chunk) -> ingest_chunk x chunk files (map task, INGEST_CONCURRENCY at once)
+    plan_ingest (list, no decoding; a file per chunk) -> ingest_chunk x chunk files (map task, INGEST_CONCURRENCY at
+    once)
         -> join_ingest (the chunks' tables; the Dataset points at their shards)
 
 Locally the same workflow runs, the chunks one after another.

@@ -23,17 +23,15 @@ from flytekit import (
     CronSchedule,
     HashMethod,
     LaunchPlan,
-    Resources,
     task,
     workflow,
 )
 
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
-from tasks.shared import Dataset, EncoderCheckpoint, content_hash, pipeline_cache
 from sslflow.config import IngestConfig, RegistryConfig
 from tasks.pretrain import pretrain_simclr
-from tasks.shared import gpu_task_settings, pretraining_cache
+from tasks.shared import Dataset, EncoderCheckpoint, content_hash, gpu_task_settings, pretraining_cache
 from workflows.pipeline import ssl_pipeline
 
 WEEKLY_CRON = "0 3 * * 1"
@@ -65,11 +63,21 @@ def scheduled_pipeline(
     ingest re-reads a source whose files changed since last week and hits its cache when nothing did.
     """
     return ssl_pipeline(
-        generic_source=generic_source, domain_source=domain_source, shift_source=shift_source,
-        generic_ingest=generic_ingest, domain_ingest=domain_ingest, shift_ingest=shift_ingest,
-        encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
-        label_fractions=label_fractions, seeds=seeds, self_train=self_train, registry=registry,
-    )  # fmt: skip
+        generic_source=generic_source,
+        domain_source=domain_source,
+        shift_source=shift_source,
+        generic_ingest=generic_ingest,
+        domain_ingest=domain_ingest,
+        shift_ingest=shift_ingest,
+        encoder_name=encoder_name,
+        simclr=simclr,
+        micle=micle,
+        finetune=finetune,
+        label_fractions=label_fractions,
+        seeds=seeds,
+        self_train=self_train,
+        registry=registry,
+    )
 
 
 weekly_retraining = LaunchPlan.get_or_create(
@@ -82,22 +90,31 @@ weekly_retraining = LaunchPlan.get_or_create(
 # A node override (`pretrain_simclr(...).with_overrides(task_config=...)`) cannot do this in flytekit
 # 1.16: it replaces the config on the task object itself, so ssl_pipeline's node would turn
 # multi-node as well. Hence a second task around the same function, with the cluster's numbers.
-@task(cache=pretraining_cache("3", ranks=MULTINODE_RANKS, nnodes=MULTINODE_NODES), **gpu_task_settings(MULTINODE_RANKS, nnodes=MULTINODE_NODES))
+@task(
+    cache=pretraining_cache("3", ranks=MULTINODE_RANKS, nnodes=MULTINODE_NODES),
+    **gpu_task_settings(MULTINODE_RANKS, nnodes=MULTINODE_NODES),
+)
 def pretrain_simclr_multinode(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """pretrain_simclr on MULTINODE_NODES pods x MULTINODE_RANKS GPUs (a PyTorchJob); config.batch_size is per GPU."""
-    return pretrain_simclr.task_function(dataset=dataset, encoder_name=encoder_name, config=config, parent_run_id=parent_run_id)
+    return pretrain_simclr.task_function(
+        dataset=dataset, encoder_name=encoder_name, config=config, parent_run_id=parent_run_id
+    )
 
 
 def _ssl_pipeline_with(**replaced_tasks):
     """ssl_pipeline's own function compiled again as a new workflow, calling replaced_tasks instead of the
     tasks of the same names: one DAG definition, so the two workflows cannot drift apart."""
     function = ssl_pipeline.function
-    clone = types.FunctionType(function.__code__, {**function.__globals__, **replaced_tasks}, function.__name__, function.__defaults__)
+    clone = types.FunctionType(
+        function.__code__, {**function.__globals__, **replaced_tasks}, function.__name__, function.__defaults__
+    )
     clone.__annotations__, clone.__kwdefaults__ = dict(function.__annotations__), function.__kwdefaults__
     clone.__module__, clone.__name__, clone.__qualname__ = __name__, "ssl_pipeline_multinode", "ssl_pipeline_multinode"
-    clone.__doc__ = "ssl_pipeline with SimCLR pretraining on MULTINODE (pretrain_simclr_multinode); every other node the same."
+    clone.__doc__ = (
+        "ssl_pipeline with SimCLR pretraining on MULTINODE (pretrain_simclr_multinode); every other node the same."
+    )
     return workflow(clone)
 
 

@@ -1,8 +1,8 @@
 """Model lifecycle commands on the MLflow registry (the promotion gate itself runs in ssl_pipeline's register).
 
-    pyflyte run workflows/lifecycle.py rollback                        # the demo's model: champion <- previous_champion
-    pyflyte run workflows/lifecycle.py rollback --model_name sslflow-scans-1a2b3c4d   # a run's model (its summary names it)
-    pyflyte --config flyte.config run --remote --env MLFLOW_TRACKING_URI=http://mlflow:5000 workflows/lifecycle.py rollback
+pyflyte run workflows/lifecycle.py rollback                        # the demo's model: champion <- previous_champion
+pyflyte run workflows/lifecycle.py rollback --model_name sslflow-scans-1a2b3c4d   # a run's model (its summary names it)
+pyflyte --config flyte.config run --remote --env MLFLOW_TRACKING_URI=http://mlflow:5000 workflows/lifecycle.py rollback
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from flytekit import workflow
 
 import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
-
 from sslflow.registry.names import default_model_name
 from tasks.register import rollback_champion
 

@@ -10,8 +10,8 @@ fine-tuning on 1/10/100% of MNIST labels, testing on held-out MNIST and on optdi
     pyflyte run workflows/pipeline.py ssl_pipeline --domain_source ./my_scans --shift_source ./other_site
     pyflyte run workflows/pipeline.py ssl_pipeline --simclr '{"method": "moco", "epochs": 4}' --micle '{"method": "moco", "epochs": 4}'
 
-The method (SimCLR, MoCo v2, BYOL, DINO, distillation: ssl_models.methods.METHODS) is the pretraining configs' ``method``; the
-ladder's arms are named after it (sslflow.ladder), so MoCo v2's are "moco", "moco+domain", "moco+micle".
+The method (SimCLR, MoCo v2, BYOL, DINO, distillation: ssl_models.methods.METHODS) is the pretraining configs'
+``method``; the ladder's arms are named after it (sslflow.ladder), so MoCo v2's are "moco", "moco+domain", "moco+micle".
 """
 
 from __future__ import annotations
@@ -19,20 +19,19 @@ from __future__ import annotations
 from flytekit import workflow
 
 import workflows.refusals  # noqa: F401  (refused inputs print as one message: see the module)
-
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.train import FinetuneConfig, PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune_all
 from tasks.ingest import source_fingerprint
-from workflows.ingest import ingest
+from tasks.pipeline_run import report, start_pipeline_run
 from tasks.pretrain import pretrain_domain_simclr, pretrain_micle, pretrain_simclr
 from tasks.register import register
-from tasks.pipeline_run import report, start_pipeline_run
 from tasks.self_train import self_train as self_train_task
 from tasks.store import tracking_store
 from tasks.validate import validate
+from workflows.ingest import ingest
 
 DEFAULT_LABEL_FRACTIONS = [0.01, 0.1, 1.0]
 DEFAULT_SEEDS = [0]  # fine-tuning seeds; benchmarks/quality.py runs 3 for intervals
@@ -48,9 +47,15 @@ def ssl_pipeline(
     domain_ingest: IngestConfig = IngestConfig(proxy_cases=True),
     shift_ingest: IngestConfig = IngestConfig(all_test=True),
     encoder_name: str = "small_cnn",
-    simclr: PretrainConfig = PretrainConfig(epochs=4),  # the generic rung; its method (simclr, moco, byol) names the arms
-    micle: PretrainConfig = PretrainConfig(epochs=4),  # both domain rungs': they differ only in the pairs; same method as simclr's
-    finetune: FinetuneConfig = FinetuneConfig(epochs=5, min_steps=200),  # every arm alike: 200+ steps, early stopping on the validation fold
+    simclr: PretrainConfig = PretrainConfig(
+        epochs=4
+    ),  # the generic rung; its method (simclr, moco, byol) names the arms
+    micle: PretrainConfig = PretrainConfig(
+        epochs=4
+    ),  # both domain rungs': they differ only in the pairs; same method as simclr's
+    finetune: FinetuneConfig = FinetuneConfig(
+        epochs=5, min_steps=200
+    ),  # every arm alike: 200+ steps, early stopping on the validation fold
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     seeds: list[int] = DEFAULT_SEEDS,
     self_train: SelfTrainConfig = SelfTrainConfig(),
@@ -62,31 +67,59 @@ def ssl_pipeline(
     shift_fingerprint = source_fingerprint(source=shift_source)
     run_id = start_pipeline_run(
         tracking_store=tracking_store(),
-        generic_source=generic_source, domain_source=domain_source, shift_source=shift_source,
+        generic_source=generic_source,
+        domain_source=domain_source,
+        shift_source=shift_source,
         source_fingerprints=[generic_fingerprint, domain_fingerprint, shift_fingerprint],
-        encoder_name=encoder_name, simclr=simclr, micle=micle, finetune=finetune,
-        label_fractions=label_fractions, seeds=seeds, self_train=self_train, registry=registry,
-    )  # fmt: skip
+        encoder_name=encoder_name,
+        simclr=simclr,
+        micle=micle,
+        finetune=finetune,
+        label_fractions=label_fractions,
+        seeds=seeds,
+        self_train=self_train,
+        registry=registry,
+    )
     generic = validate(
-        dataset=ingest(source=generic_source, fingerprint=generic_fingerprint, config=generic_ingest, parent_run_id=run_id),
-        config=ValidationConfig(), label_fractions=[], parent_run_id=run_id,
-    )  # fmt: skip
+        dataset=ingest(
+            source=generic_source, fingerprint=generic_fingerprint, config=generic_ingest, parent_run_id=run_id
+        ),
+        config=ValidationConfig(),
+        label_fractions=[],
+        parent_run_id=run_id,
+    )
     domain = validate(
-        dataset=ingest(source=domain_source, fingerprint=domain_fingerprint, config=domain_ingest, parent_run_id=run_id),
-        config=ValidationConfig(), label_fractions=label_fractions, parent_run_id=run_id,
-    )  # fmt: skip
+        dataset=ingest(
+            source=domain_source, fingerprint=domain_fingerprint, config=domain_ingest, parent_run_id=run_id
+        ),
+        config=ValidationConfig(),
+        label_fractions=label_fractions,
+        parent_run_id=run_id,
+    )
     shift = validate(
         dataset=ingest(source=shift_source, fingerprint=shift_fingerprint, config=shift_ingest, parent_run_id=run_id),
-        config=ValidationConfig(require_labels=True), label_fractions=[], parent_run_id=run_id,
-    )  # fmt: skip
+        config=ValidationConfig(require_labels=True),
+        label_fractions=[],
+        parent_run_id=run_id,
+    )
     simclr_encoder = pretrain_simclr(dataset=generic, encoder_name=encoder_name, config=simclr, parent_run_id=run_id)
-    domain_simclr_encoder = pretrain_domain_simclr(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
+    domain_simclr_encoder = pretrain_domain_simclr(
+        dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id
+    )
     micle_encoder = pretrain_micle(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
     models = finetune_all(
-        domain=domain, encoders=[simclr_encoder, domain_simclr_encoder, micle_encoder],  # sslflow.ladder.LADDER, bottom rung first
-        label_fractions=label_fractions, seeds=seeds, config=finetune, parent_run_id=run_id,
-    )  # fmt: skip
-    models = self_train_task(models=models, domain=domain, encoder=micle_encoder, config=self_train, parent_run_id=run_id)
+        domain=domain,
+        encoders=[simclr_encoder, domain_simclr_encoder, micle_encoder],  # sslflow.ladder.LADDER, bottom rung first
+        label_fractions=label_fractions,
+        seeds=seeds,
+        config=finetune,
+        parent_run_id=run_id,
+    )
+    models = self_train_task(
+        models=models, domain=domain, encoder=micle_encoder, config=self_train, parent_run_id=run_id
+    )
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
-    registration = register(models=models, in_domain=domain, shift=shift, config=registry, domain_source=domain_source, parent_run_id=run_id)
+    registration = register(
+        models=models, in_domain=domain, shift=shift, config=registry, domain_source=domain_source, parent_run_id=run_id
+    )
     return report(results=results, registration=registration, parent_run_id=run_id)

@@ -28,8 +28,9 @@ METHODS: dict[str, type[SSLMethod]] = {
 
 
 def build_method(name: str, encoder: nn.Module, settings, *, teacher: nn.Module | None = None) -> SSLMethod:
-    """The method ``name`` of METHODS around ``encoder``, its hyper-parameters read from ``settings`` (a PretrainConfig);
-    ``teacher``: the frozen network a method with ``needs_teacher`` (distillation) learns from, None for the others."""
+    """The method ``name`` of METHODS around ``encoder``, its hyper-parameters read from ``settings`` (a
+    PretrainConfig); ``teacher``: the frozen network a method with ``needs_teacher`` (distillation) learns from, None
+    for the others."""
     if name not in METHODS:
         raise ValueError(f"unknown self-supervised method {name!r}; choose one of {sorted(METHODS)}")
     if METHODS[name].needs_teacher:

@@ -32,7 +32,9 @@ class SSLMethod(nn.Module):
     label: str = ""  # the name reports print ("SimCLR", "MoCo v2")
     needs_teacher: bool = False  # from_config takes a frozen ``teacher`` module (distillation)
     sync_batch_norm: bool = True  # under torchrun on GPUs, BatchNorm over the global batch (SyncBatchNorm), as SimCLR's
-    local_crops: int = 0  # multi-crop (DINO): this many extra views in local_view(view), passed to forward after the pair
+    local_crops: int = (
+        0  # multi-crop (DINO): this many extra views in local_view(view), passed to forward after the pair
+    )
 
     @classmethod
     def from_config(cls, encoder: nn.Module, settings) -> SSLMethod:
@@ -40,14 +42,16 @@ class SSLMethod(nn.Module):
         raise NotImplementedError(f"{cls.__name__} must define from_config")
 
     def after_step(self, progress: float) -> None:
-        """Called after every optimiser step; ``progress`` in [0, 1] is steps done / steps of the run. No-op by default."""
+        """Called after every optimiser step; ``progress`` in [0, 1] is steps done / steps of the run. No-op by
+        default."""
 
     def local_view(self, view: AugmentConfig) -> AugmentConfig:
         """The view distribution of the ``local_crops`` extra views, given the pair's ``view``."""
         return view
 
     def epoch_metrics(self) -> dict[str, float]:
-        """Measures of the steps since the last call, joined to the epoch's metrics (DINO's collapse monitor). None by default."""
+        """Measures of the steps since the last call, joined to the epoch's metrics (DINO's collapse monitor). None by
+        default."""
         return {}
 
     @classmethod

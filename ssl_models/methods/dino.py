@@ -39,25 +39,36 @@ TEACHER_WARMUP_SHARE = 0.3  # of the run's steps (30 of 100 epochs in the paper)
 LOCAL_SCALE = (0.05, 0.4)  # the paper's local crops: 5-40% of the image
 LOCAL_SIDE_SHARE = 96 / 224  # local crops at 96 px for 224 px global ones
 UNIFORM_COLLAPSE_SHARE = 0.95  # teacher entropy above this share of log K: every image gets the uniform distribution
-ONE_DIMENSION_SHARE = 0.1  # entropy of the batch's mean teacher distribution below this share of its maximum: one dimension wins
+ONE_DIMENSION_SHARE = (
+    0.1  # entropy of the batch's mean teacher distribution below this share of its maximum: one dimension wins
+)
 
 
 class DINOHead(nn.Module):
     """DINO's projection head (arXiv 2104.14294, §3.1 and appendix): a 3-layer MLP (GELU) to a bottleneck, L2
-    normalisation, then a weight-normalised linear layer without bias whose norm is fixed to 1. (B, in_dim) -> (B, K)."""
+    normalisation, then a weight-normalised linear layer without bias whose norm is fixed to 1. (B, in_dim) -> (B,
+    K)."""
 
     def __init__(self, in_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128, prototypes: int = 1024):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim)
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
         )
-        self.prototypes = nn.Parameter(torch.randn(prototypes, bottleneck_dim) * 0.02)  # each row a direction; used normalised
+        self.prototypes = nn.Parameter(
+            torch.randn(prototypes, bottleneck_dim) * 0.02
+        )  # each row a direction; used normalised
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(features), dim=1) @ F.normalize(self.prototypes, dim=1).T
 
 
-def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor, teacher_temperature: float) -> torch.Tensor:
+def dino_loss(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor, teacher_temperature: float
+) -> torch.Tensor:
     """DINO's loss (arXiv 2104.14294, eq. 3 and Algorithm 1): the mean over pairs (teacher view i, student view v != i)
     of the cross-entropy H(Pt_i, Ps_v), Pt = softmax((t - center) / teacher_temperature), Ps = softmax(s / 0.1).
 
@@ -66,11 +77,18 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     """
     targets = [F.softmax((t - center) / teacher_temperature, dim=1) for t in teacher]
     log_predictions = [F.log_softmax(s / STUDENT_TEMPERATURE, dim=1) for s in student]
-    terms = [-(target * log_predictions[v]).sum(dim=1).mean() for i, target in enumerate(targets) for v in range(len(student)) if v != i]
+    terms = [
+        -(target * log_predictions[v]).sum(dim=1).mean()
+        for i, target in enumerate(targets)
+        for v in range(len(student))
+        if v != i
+    ]
     return torch.stack(terms).mean()
 
 
-def teacher_statistics(teacher: torch.Tensor, center: torch.Tensor, teacher_temperature: float) -> tuple[float, float, float]:
+def teacher_statistics(
+    teacher: torch.Tensor, center: torch.Tensor, teacher_temperature: float
+) -> tuple[float, float, float]:
     """(mean per-image entropy, KL(mean distribution || uniform), entropy of the mean distribution / its maximum)
     of the teacher's distributions; teacher (N, K) raw outputs, the maximum log(min(N, K)) (N outputs fill at most N
     dimensions). Entropies in nats."""
@@ -79,7 +97,11 @@ def teacher_statistics(teacher: torch.Tensor, center: torch.Tensor, teacher_temp
     mean = probabilities.mean(dim=0)
     mean_entropy = -(mean * mean.clamp_min(1e-12).log()).sum()
     most = math.log(min(teacher.shape[0], teacher.shape[1]))
-    return float(entropy), math.log(teacher.shape[1]) - float(mean_entropy), min(1.0, float(mean_entropy) / most) if most > 0 else 0.0
+    return (
+        float(entropy),
+        math.log(teacher.shape[1]) - float(mean_entropy),
+        min(1.0, float(mean_entropy) / most) if most > 0 else 0.0,
+    )
 
 
 class DINO(SSLMethod):
@@ -101,8 +123,17 @@ class DINO(SSLMethod):
 
     @classmethod
     def from_config(cls, encoder: nn.Module, settings) -> DINO:
-        temperatures = {"teacher_temperature": settings.teacher_temperature, "teacher_warmup_temperature": settings.teacher_warmup_temperature}
-        return cls(encoder, prototypes=settings.prototypes, momentum=settings.momentum, local_crops=settings.local_crops, **temperatures)
+        temperatures = {
+            "teacher_temperature": settings.teacher_temperature,
+            "teacher_warmup_temperature": settings.teacher_warmup_temperature,
+        }
+        return cls(
+            encoder,
+            prototypes=settings.prototypes,
+            momentum=settings.momentum,
+            local_crops=settings.local_crops,
+            **temperatures,
+        )
 
     def __init__(
         self,
@@ -116,7 +147,9 @@ class DINO(SSLMethod):
     ):
         super().__init__()
         if min(teacher_temperature, teacher_warmup_temperature) <= 1e-6:
-            raise ValueError(f"DINO's teacher temperatures must be positive and not ~0 (got {teacher_warmup_temperature} -> {teacher_temperature})")
+            raise ValueError(
+                f"DINO's teacher temperatures must be positive and not ~0 (got {teacher_warmup_temperature} -> {teacher_temperature})"
+            )
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"DINO's momentum must be in [0, 1) (got {momentum}); 1 would never update the teacher")
         if local_crops < 0 or prototypes < 2:
@@ -124,7 +157,11 @@ class DINO(SSLMethod):
         self.encoder, self.head = encoder, DINOHead(encoder.feature_dim, prototypes=prototypes)
         self.teacher_encoder, self.teacher_head = frozen_copy(encoder), frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, prototypes))
-        self.temperatures, self.momentum, self.local_crops = (teacher_warmup_temperature, teacher_temperature), momentum, local_crops
+        self.temperatures, self.momentum, self.local_crops = (
+            (teacher_warmup_temperature, teacher_temperature),
+            momentum,
+            local_crops,
+        )
         self.progress = 0.0
         self._teacher_outputs: torch.Tensor | None = None
         self._statistics: list[tuple[float, float, float]] = []
@@ -134,7 +171,8 @@ class DINO(SSLMethod):
         return replace(view, output_size=max(8, round(view.output_size * LOCAL_SIDE_SHARE)), crop_scale=LOCAL_SCALE)
 
     def teacher_temperature(self) -> float:
-        """The teacher's temperature at ``self.progress``: linear warm-up over TEACHER_WARMUP_SHARE of the run, then constant."""
+        """The teacher's temperature at ``self.progress``: linear warm-up over TEACHER_WARMUP_SHARE of the run, then
+        constant."""
         start, end = self.temperatures
         return start + (end - start) * min(1.0, self.progress / TEACHER_WARMUP_SHARE)
 
@@ -172,12 +210,18 @@ class DINO(SSLMethod):
             return {}
         entropy, kl, share = (sum(values) / len(values) for values in zip(*self._statistics, strict=True))
         self._statistics = []
-        return {"teacher_entropy": entropy, "kl_to_uniform": kl, "mean_entropy_share": share, "log_prototypes": math.log(self.center.shape[1])}
+        return {
+            "teacher_entropy": entropy,
+            "kl_to_uniform": kl,
+            "mean_entropy_share": share,
+            "log_prototypes": math.log(self.center.shape[1]),
+        }
 
     @classmethod
     def collapse_reason(cls, metrics: dict) -> str:
-        """"" for a healthy epoch; else why its teacher collapsed (arXiv 2104.14294, Fig. 7): uniform (teacher entropy above
-        UNIFORM_COLLAPSE_SHARE of log K) or one dimension (the batch's mean distribution below ONE_DIMENSION_SHARE of its maximum entropy)."""
+        """ "" for a healthy epoch; else why its teacher collapsed (arXiv 2104.14294, Fig. 7): uniform (teacher entropy
+        above UNIFORM_COLLAPSE_SHARE of log K) or one dimension (the batch's mean distribution below ONE_DIMENSION_SHARE
+        of its maximum entropy)."""
         if "teacher_entropy" not in metrics:
             return ""
         entropy, kl, ceiling = metrics["teacher_entropy"], metrics["kl_to_uniform"], metrics["log_prototypes"]

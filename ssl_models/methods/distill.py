@@ -40,14 +40,18 @@ class Distillation(SSLMethod):
     @classmethod
     def from_config(cls, encoder: nn.Module, settings, teacher: nn.Module | None = None) -> Distillation:
         if teacher is None:
-            raise ValueError("method 'distill' needs a teacher: set PretrainConfig.teacher (a backbone name) and teacher_weights (its weights)")
+            raise ValueError(
+                "method 'distill' needs a teacher: set PretrainConfig.teacher (a backbone name) and teacher_weights (its weights)"
+            )
         return cls(encoder, teacher)
 
     def __init__(self, encoder: nn.Module, teacher: nn.Module):
         super().__init__()
         self.encoder = encoder
         self.teacher = frozen_copy(teacher).eval()
-        self.projection = BYOLHead(encoder.feature_dim, hidden_dim=max(256, teacher.feature_dim), out_dim=teacher.feature_dim)
+        self.projection = BYOLHead(
+            encoder.feature_dim, hidden_dim=max(256, teacher.feature_dim), out_dim=teacher.feature_dim
+        )
 
     def train(self, mode: bool = True) -> Distillation:
         """As nn.Module.train, but the teacher stays in eval mode."""

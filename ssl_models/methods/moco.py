@@ -47,7 +47,9 @@ def shuffle_permutation(size: int, seed: int, step: int) -> torch.Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
 
 
-def info_nce_with_queue(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce_with_queue(
+    queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """MoCo's InfoNCE (arXiv 1911.05722, eq. 1): row i of ``keys`` is the positive of row i of ``queries``,
     every row of ``queue`` a negative.
 
@@ -81,16 +83,36 @@ class MoCoV2(SSLMethod):
 
     @classmethod
     def from_config(cls, encoder: nn.Module, settings) -> MoCoV2:
-        return cls(encoder, projection_dim=settings.projection_dim, temperature=settings.temperature, queue_size=settings.queue_size, momentum=settings.momentum, seed=settings.seed)
+        return cls(
+            encoder,
+            projection_dim=settings.projection_dim,
+            temperature=settings.temperature,
+            queue_size=settings.queue_size,
+            momentum=settings.momentum,
+            seed=settings.seed,
+        )
 
-    def __init__(self, encoder: nn.Module, *, projection_dim: int = 64, temperature: float = 0.2, queue_size: int = 1024, momentum: float = 0.99, seed: int = 0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        projection_dim: int = 64,
+        temperature: float = 0.2,
+        queue_size: int = 1024,
+        momentum: float = 0.99,
+        seed: int = 0,
+    ):
         super().__init__()
         if temperature <= 1e-6:
-            raise ValueError(f"MoCo's temperature must be positive and not ~0 (got {temperature}); it divides the logits")
+            raise ValueError(
+                f"MoCo's temperature must be positive and not ~0 (got {temperature}); it divides the logits"
+            )
         if queue_size < 1:
             raise ValueError(f"MoCo's queue_size must be at least 1 (got {queue_size}): the queue holds the negatives")
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"MoCo's momentum must be in [0, 1) (got {momentum}); 1 would never update the key encoder")
+            raise ValueError(
+                f"MoCo's momentum must be in [0, 1) (got {momentum}); 1 would never update the key encoder"
+            )
         self.encoder = encoder
         self.projection = SimCLRProjectionHead(encoder.feature_dim, out_dim=projection_dim)
         self.key_encoder, self.key_projection = frozen_copy(encoder), frozen_copy(self.projection)
@@ -109,7 +131,10 @@ class MoCoV2(SSLMethod):
         with full_precision(queries):
             queries, keys = F.normalize(queries.float(), dim=1), F.normalize(keys.float(), dim=1)
             (q_a, q_b), (k_a, k_b), queue = queries.chunk(2), keys.chunk(2), self.queue.clone()
-            loss = 0.5 * (info_nce_with_queue(q_a, k_b, queue, self.temperature) + info_nce_with_queue(q_b, k_a, queue, self.temperature))
+            loss = 0.5 * (
+                info_nce_with_queue(q_a, k_b, queue, self.temperature)
+                + info_nce_with_queue(q_b, k_a, queue, self.temperature)
+            )
         self._new_keys = keys
         return loss
 
@@ -121,7 +146,9 @@ class MoCoV2(SSLMethod):
         every_view = gather_with_grad(views)  # (W N, C, H, W) in rank order; no gradient flows to keys
         order = shuffle_permutation(every_view.shape[0], self.seed, int(self.steps_done)).to(views.device)
         mine = every_view[order].chunk(world_size)[rank]
-        keys = gather_with_grad(encode_in_groups(self.key_encoder, self.key_projection, mine, groups))  # (W N, D), shuffled
+        keys = gather_with_grad(
+            encode_in_groups(self.key_encoder, self.key_projection, mine, groups)
+        )  # (W N, D), shuffled
         unshuffled = torch.empty_like(keys)
         unshuffled[order] = keys
         return unshuffled.chunk(world_size)[rank]

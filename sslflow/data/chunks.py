@@ -2,22 +2,21 @@
 join the chunks' tables into one dataset. The Flyte ingest workflow (workflows/ingest.py) runs the
 decoding as a map task; ``ingest_source`` runs the same three steps in one process (or a process pool).
 
-- **Chunks that stay put.** A chunk is a JSON document: the decode settings and its files, each with
-  its content sha256 (S3: key, ETag and size). The plan writes each to a file (plan_to_files) and the
-  Flyte plan returns references to them, with the document's sha256 as Flyte's cache hash: a chunk whose
-  files are unchanged is a cache hit, and the plan's literal grows with the number of chunks, not files.
-  Records are ordered by case (the file path when there is none) and a chunk
-  ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
-  boundaries), so adding files changes only the chunks they fall into; it also ends before a case that would
-  take its files over ``IngestConfig.chunk_megabytes`` (sizes from the listing: a multi-frame object is one file
-  of many images). The images of one case are in one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index ranges.
-  ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
+- **Chunks that stay put.** A chunk is a JSON document: the decode settings and its files, each with its content sha256
+  (S3: key, ETag and size). The plan writes each to a file (plan_to_files) and the Flyte plan returns references to
+  them, with the document's sha256 as Flyte's cache hash: a chunk whose files are unchanged is a cache hit, and the
+  plan's literal grows with the number of chunks, not files. Records are ordered by case (the file path when there is
+  none) and a chunk ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
+  boundaries), so adding files changes only the chunks they fall into; it also ends before a case that would take its
+  files over ``IngestConfig.chunk_megabytes`` (sizes from the listing: a multi-frame object is one file of many images).
+  The images of one case are in one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index
+  ranges. ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
   and the process pool start them in that order.
-- **Bounded memory, tables only.** ``plan_chunks`` cuts while the source (sslflow/data/sources/:
-  ``open_source``) streams its records in case order, so it holds one chunk, not the listing (a metadata table
-  is sorted by case first: on S3 through a sqlite file on disk, sslflow/data/metadata_catalog.py); a chunk task holds one chunk's images; the join reads only the chunks' tables
-  (chunk.parquet, chunk.json) and writes the dataset's tables: its shard table points at the chunks' shards
-  where they were written (sslflow/data/dataset.py), no shard is read or copied.
+- **Bounded memory, tables only.** ``plan_chunks`` cuts while the source (sslflow/data/sources/: ``open_source``)
+  streams its records in case order, so it holds one chunk, not the listing (a metadata table is sorted by case first:
+  on S3 through a sqlite file on disk, sslflow/data/metadata_catalog.py); a chunk task holds one chunk's images; the
+  join reads only the chunks' tables (chunk.parquet, chunk.json) and writes the dataset's tables: its shard table points
+  at the chunks' shards where they were written (sslflow/data/dataset.py), no shard is read or copied.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
   writes the dataset atomically (sslflow/data/dataset.py).
 - ``IngestConfig.max_bad_fraction`` applies per chunk; PROXY cases (``proxy_cases``) are pixel
@@ -55,7 +54,6 @@ import numpy as np
 import pandas as pd
 
 from ssl_models.shards import SHARD_SUFFIX
-
 from sslflow.config import IngestConfig
 from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_shards
 from sslflow.data.decode_cache import DecodeCache
@@ -72,12 +70,33 @@ CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json"
 CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
 # The largest chunk, in chunk_images: a chunk pod's memory is sized for it (the cuts give chunk_images on average)
 MAX_CHUNK_FACTOR = 2
-DECODE_SETTINGS = ("image_size", "channels", "max_bad_fraction", "max_image_pixels", "max_file_bytes", "bits_stored", "proxy_cases", "seed", "shard_megabytes",
-                   "dicom_window", "dicom_frames", "dicom_case_level", "dicom_site", "dicom_site_names", "dicom_burned_in")  # fmt: skip
+DECODE_SETTINGS = (
+    "image_size",
+    "channels",
+    "max_bad_fraction",
+    "max_image_pixels",
+    "max_file_bytes",
+    "bits_stored",
+    "proxy_cases",
+    "seed",
+    "shard_megabytes",
+    "dicom_window",
+    "dicom_frames",
+    "dicom_case_level",
+    "dicom_site",
+    "dicom_site_names",
+    "dicom_burned_in",
+)
 T = TypeVar("T")
 
 
-def _cut(items: Iterable[T], key: Callable[[T], str], identity: Callable[[T], str], size: Callable[[T], int], config: IngestConfig) -> Iterator[list[T]]:
+def _cut(
+    items: Iterable[T],
+    key: Callable[[T], str],
+    identity: Callable[[T], str],
+    size: Callable[[T], int],
+    config: IngestConfig,
+) -> Iterator[list[T]]:
     """``items`` (in order of ``key``, their case key) in chunks, streamed and content-defined: each item whose
     ``identity`` (its path in the source) hashes to 0 modulo chunk_images ends its chunk at the next case boundary;
     a chunk also ends once it has MAX_CHUNK_FACTOR x chunk_images images, and before a case whose first item's
@@ -94,13 +113,18 @@ def _cut(items: Iterable[T], key: Callable[[T], str], identity: Callable[[T], st
         if chunk and current != previous:
             if current < previous:
                 raise ValueError(f"the listing is not in case order: {current!r} after {previous!r}")
-            full = len(chunk) >= MAX_CHUNK_FACTOR * config.chunk_images or chunk_bytes + item_bytes > config.chunk_megabytes * 2**20
+            full = (
+                len(chunk) >= MAX_CHUNK_FACTOR * config.chunk_images
+                or chunk_bytes + item_bytes > config.chunk_megabytes * 2**20
+            )
             if cut_due or full:
                 yield chunk
                 chunk, cut_due, chunk_bytes = [], False, 0
         chunk.append(item)
         chunk_bytes += item_bytes
-        cut_due = cut_due or int(hashlib.sha256(identity(item).encode()).hexdigest()[:12], 16) % config.chunk_images == 0
+        cut_due = (
+            cut_due or int(hashlib.sha256(identity(item).encode()).hexdigest()[:12], 16) % config.chunk_images == 0
+        )
         previous = current
     if chunk:
         yield chunk
@@ -110,11 +134,23 @@ def plan_chunks(source: str, config: IngestConfig) -> Iterator[dict]:
     """The chunks of ``source`` as documents, streamed in listing order while the source is listed (see the module
     docstring); SourceError for an empty source. Built-in sources are cut by index ranges."""
     opened = open_source(source)
-    header = {"source": source, "kind": opened.kind, "decode": {name: getattr(config, name) for name in DECODE_SETTINGS}}
-    chunks = _builtin_chunks(opened, header, config) if isinstance(opened, BuiltinSource) else _listed_chunks(opened, header, config)
+    header = {
+        "source": source,
+        "kind": opened.kind,
+        "decode": {name: getattr(config, name) for name in DECODE_SETTINGS},
+    }
+    chunks = (
+        _builtin_chunks(opened, header, config)
+        if isinstance(opened, BuiltinSource)
+        else _listed_chunks(opened, header, config)
+    )
     for chunk in chunks:
         # PROXY case ids are made per chunk: the tag (from the chunk's own content) keeps those of two chunks apart
-        yield {**chunk, "proxy_tag": hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()[:8]} if config.proxy_cases else chunk
+        yield (
+            {**chunk, "proxy_tag": hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()[:8]}
+            if config.proxy_cases
+            else chunk
+        )
 
 
 def _builtin_chunks(opened: BuiltinSource, header: dict, config: IngestConfig) -> Iterator[dict]:
@@ -150,14 +186,17 @@ def _listed_chunks(opened: Source, header: dict, config: IngestConfig) -> Iterat
         header["instance_metadata"] = {"file": METADATA_FILE, "sha256": by_instance.sha256}
     unlisted = _unlisted(opened, config)
     empty = True
-    case, path, size = lambda item: item[1].case_id or item[1].source_path, lambda item: item[1].source_path, lambda item: item[1].size_bytes
+    case, path, size = (
+        lambda item: item[1].case_id or item[1].source_path,
+        lambda item: item[1].source_path,
+        lambda item: item[1].size_bytes,
+    )
     for chunk in _cut(opened.records(), case, path, size, config):
         document = {**header, "records": [[position, vars(record), digest] for position, record, digest in chunk]}
         yield {**document, "unlisted": unlisted} if empty and unlisted else document
         empty = False
     if empty:
         read_listing([], lambda record: b"", config, None, opened.uri)  # raises the empty-source SourceError
-
 
 
 def _chunk_images(chunk: dict) -> int:
@@ -173,14 +212,18 @@ def _builtin(source: str, image_size: int, channels: int) -> SourceImages:
 def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
     return SourceImages(
         **{
-            field.name: value[start:stop] if isinstance(value, (list, np.ndarray)) and field.name != "quarantined" else value
+            field.name: value[start:stop]
+            if isinstance(value, (list, np.ndarray)) and field.name != "quarantined"
+            else value
             for field in dataclasses.fields(SourceImages)
             for value in [getattr(images, field.name)]
         }
     )
 
 
-def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int], list[dict] | None]:
+def _decode(
+    chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms
+) -> tuple[SourceImages, list[int], list[dict] | None]:
     """(decoded images of a chunk, each one's position in the source listing (frames of a DICOM object share it),
     the source's metadata rows keyed by SOPInstanceUID or None)."""
     if "records" not in chunk:  # a built-in source: an index range
@@ -189,7 +232,9 @@ def _decode(chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[
     opened = open_source(chunk["source"])
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
     by_instance = _instance_rows(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
-    images = read_listing(records, opened.read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance)
+    images = read_listing(
+        records, opened.read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance
+    )
     position = {fields["source_path"]: index for index, fields, _ in chunk["records"]}
     return images, [position[path.split("#frame=")[0]] for path in images.source_paths], by_instance
 
@@ -219,23 +264,37 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     images, positions, instance_rows = _decode(chunk, config, pseudonyms)
     table = decoded_table(images, config)
     if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
-        table["case_id"] = [case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]]
+        table["case_id"] = [
+            case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]
+        ]
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
         case_keys = [case if case is not None else key for case, key in zip(table["case_id"], table["image_key"])]
         labelled = labelled_cases(case_keys, table["label"].tolist())
-        shard, row = write_case_shards(staging / SHARDS, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20)
-        table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(staging / CHUNK_TABLE, index=False)
+        shard, row = write_case_shards(
+            staging / SHARDS, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20
+        )
+        table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(
+            staging / CHUNK_TABLE, index=False
+        )
         if instance_rows is not None:
-            _matched_rows(instance_rows, images.unmatched_instance_rows).to_parquet(staging / INSTANCE_ROWS, index=False)
+            _matched_rows(instance_rows, images.unmatched_instance_rows).to_parquet(
+                staging / INSTANCE_ROWS, index=False
+            )
         report = {
-            "source": chunk["source"], "images": len(table), "quarantined": public_quarantined(images.quarantined), "held_back": images.held_back,
-            "read": images.read_stats, "skipped_non_image": images.skipped,
+            "source": chunk["source"],
+            "images": len(table),
+            "quarantined": public_quarantined(images.quarantined),
+            "held_back": images.held_back,
+            "read": images.read_stats,
+            "skipped_non_image": images.skipped,
             "chunk_sha256": _chunk_identity(chunk),  # the chunk document: its files and their content hashes
-            "instance_rows": None if instance_rows is None else len(instance_rows),  # rows matched: instance_rows.parquet
+            "instance_rows": None
+            if instance_rows is None
+            else len(instance_rows),  # rows matched: instance_rows.parquet
             "decoding": uuid.uuid4().hex,  # names this decoding
-        }  # fmt: skip
+        }
         if chunk.get("unlisted"):  # files metadata.csv does not list, by key (the paths stay in the chunk document)
             keys = [pseudonyms.pseudonym("file", path) for path in chunk["unlisted"]["paths"]]
             report["unlisted"] = {"count": chunk["unlisted"]["count"], "keys": keys}
@@ -249,9 +308,16 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
 
 
 def _matched_rows(instance_rows: list[dict], unmatched: list[str]) -> pd.DataFrame:
-    """``row``: positions in ``instance_rows`` (the metadata rows keyed by SOPInstanceUID) of the rows a chunk matched."""
+    """``row``: positions in ``instance_rows`` (the metadata rows keyed by SOPInstanceUID) of the rows a chunk
+    matched."""
     missed = set(unmatched)
-    return pd.DataFrame({"row": np.array([index for index, row in enumerate(instance_rows) if row["where"] not in missed], dtype=np.int64)})
+    return pd.DataFrame(
+        {
+            "row": np.array(
+                [index for index, row in enumerate(instance_rows) if row["where"] not in missed], dtype=np.int64
+            )
+        }
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,7 +354,9 @@ def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[dict]) -> N
         found = open_source(source).instance_rows()
         rows = found.rows if found is not None else []
         if len(counts) > 1 or len(rows) != max(counts):
-            raise SourceError(f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by SOPInstanceUID); ingest it again")
+            raise SourceError(
+                f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by SOPInstanceUID); ingest it again"
+            )
         refuse_unmatched(source, [rows[index]["where"] for index in unmatched])
 
 
@@ -297,21 +365,29 @@ def _chunk_identity(chunk: dict) -> str:
     address: which server (a replica, a proxy) answered does not change the files."""
     if chunk["kind"] == "s3":
         strip = lambda key: key.split(" ", 1)[-1]  # noqa: E731  ("<endpoint> <url> <etag> <size>": sslflow/data/sources/s3.py)
-        records = [[index, {**fields, "version_key": strip(fields["version_key"])}, strip(digest)] for index, fields, digest in chunk["records"]]
+        records = [
+            [index, {**fields, "version_key": strip(fields["version_key"])}, strip(digest)]
+            for index, fields, digest in chunk["records"]
+        ]
         chunk = {**chunk, "records": records}
     if chunk["kind"] == "dicomweb":
-        records = [[index, {**fields, "location": without_address(fields["location"])}, digest] for index, fields, digest in chunk["records"]]
+        records = [
+            [index, {**fields, "location": without_address(fields["location"])}, digest]
+            for index, fields, digest in chunk["records"]
+        ]
         chunk = {**chunk, "source": without_address(chunk["source"]), "records": records}
     return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
 
 
 def chunk_file_sha256(path: Path) -> str:
-    """The identity of the chunk document in the file at ``path`` (plan_to_files): Flyte's cache key for its chunk task."""
+    """The identity of the chunk document in the file at ``path`` (plan_to_files): Flyte's cache key for its chunk
+    task."""
     return _chunk_identity(json.loads(Path(path).read_text()))
 
 
 def _listing_sha256(reports: list[dict]) -> str:
-    """A hash of every chunk document (every file listed, with its content hash, kept or not): part of the dataset's hash."""
+    """A hash of every chunk document (every file listed, with its content hash, kept or not): part of the dataset's
+    hash."""
     return hashlib.sha256(" ".join(sorted(report["chunk_sha256"] for report in reports)).encode()).hexdigest()
 
 
@@ -323,23 +399,42 @@ def join_chunks(
     table points at their shards where they are (sslflow/data/dataset.py). contents: folders moved into the dataset
     (assemble_dataset). Returns (content sha256, manifest, summary)."""
     tables = [pd.read_parquet(chunk.tables / CHUNK_TABLE) for chunk in chunks]
-    locations = {shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}" for chunk, table in zip(chunks, tables) for shard in table["shard"].unique()}
+    locations = {
+        shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}"
+        for chunk, table in zip(chunks, tables)
+        for shard in table["shard"].unique()
+    }
     table = pd.concat(tables, ignore_index=True).sort_values("listing_position", kind="stable").reset_index(drop=True)
     reports = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
     if table.empty:  # every chunk's files were skipped or held back
-        refuse_no_images(reports[0]["source"], *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")))
+        refuse_no_images(
+            reports[0]["source"],
+            *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")),
+        )
     manifest, keep, summary = finish_manifest(table, config)
-    manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[list(MANIFEST_COLUMNS)]
+    manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[
+        list(MANIFEST_COLUMNS)
+    ]
     _refuse_unmatched_rows(chunks, reports)
-    read = {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]} if reports[0]["read"] else {}
+    read = (
+        {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]}
+        if reports[0]["read"]
+        else {}
+    )
     summary |= {
         "unlisted_files": unlisted_files([report["unlisted"] for report in reports if report.get("unlisted")]),
         "quarantined": [item for report in reports for item in report["quarantined"]],
-        "skipped_non_image": _summed([report["skipped_non_image"] for report in reports]),  # DICOM objects without an image, by SOP class
-        "held_back": _summed([report["held_back"] for report in reports]),  # images held back, by reason (BurnedInAnnotation YES)
+        "skipped_non_image": _summed(
+            [report["skipped_non_image"] for report in reports]
+        ),  # DICOM objects without an image, by SOP class
+        "held_back": _summed(
+            [report["held_back"] for report in reports]
+        ),  # images held back, by reason (BurnedInAnnotation YES)
         "listing_sha256": _listing_sha256(reports),
         "read": read,  # summed over chunks; a chunk served from Flyte's cache reports what it did when it ran
-        "chunks": [{"decoding": report["decoding"], "images": len(chunk_table)} for report, chunk_table in zip(reports, tables)],
+        "chunks": [
+            {"decoding": report["decoding"], "images": len(chunk_table)} for report, chunk_table in zip(reports, tables)
+        ],
         "shards": int(manifest["shard"].nunique()),
     }
     if summary["unlisted_files"]["count"]:
@@ -351,7 +446,10 @@ def join_chunks(
 def unlisted_files(reported: list[dict]) -> dict:
     """The summary's ``unlisted_files``: {"count", "keys"} of the image files metadata.csv does not list, over the chunk
     reports that carry them."""
-    return {"count": sum(item["count"] for item in reported), "keys": [key for item in reported for key in item["keys"]]}
+    return {
+        "count": sum(item["count"] for item in reported),
+        "keys": [key for item in reported for key in item["keys"]],
+    }
 
 
 def unlisted_warning(unlisted: dict) -> str:

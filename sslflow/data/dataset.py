@@ -50,7 +50,11 @@ def labelled_cases(case_ids: list[str], labels: list) -> np.ndarray:
 
 
 def write_case_shards(
-    directory: Path, pixels: np.ndarray, case_ids: list[str], labelled: np.ndarray, shard_bytes: int = DEFAULT_SHARD_BYTES
+    directory: Path,
+    pixels: np.ndarray,
+    case_ids: list[str],
+    labelled: np.ndarray,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> tuple[list[str], np.ndarray]:
     """Write ``pixels`` (N, C, H, W) uint8 as shards of about ``shard_bytes`` into ``directory``; returns (shard
     sha256 of each row, row in its shard).
@@ -92,7 +96,12 @@ def dataset_sha256(manifest_file: Path, shard_hashes: Iterable[str], listing_sha
 
 
 def assemble_dataset(
-    directory: Path, manifest: pd.DataFrame, locations: Mapping[str, str], summary: dict, *, contents: Mapping[str, Path] | None = None
+    directory: Path,
+    manifest: pd.DataFrame,
+    locations: Mapping[str, str],
+    summary: dict,
+    *,
+    contents: Mapping[str, Path] | None = None,
 ) -> str:
     """Write a dataset from a finished manifest and where its shards are; return its content sha256.
 
@@ -104,7 +113,9 @@ def assemble_dataset(
     ``directory`` is removed only once the new one is in place (``_swap_in``).
     """
     if tuple(manifest.columns) != MANIFEST_COLUMNS:
-        raise ValueError(f"manifest columns {list(manifest.columns)} differ from MANIFEST_COLUMNS {list(MANIFEST_COLUMNS)}")
+        raise ValueError(
+            f"manifest columns {list(manifest.columns)} differ from MANIFEST_COLUMNS {list(MANIFEST_COLUMNS)}"
+        )
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
@@ -176,7 +187,9 @@ def shard_locations(directory: Path) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_shard_table(path: str, modified: int, size: int) -> dict[str, str]:  # keyed on mtime and size: a rewrite is read anew
+def _read_shard_table(
+    path: str, modified: int, size: int
+) -> dict[str, str]:  # keyed on mtime and size: a rewrite is read anew
     table = pd.read_parquet(path)
     return dict(zip(table["shard"], table["location"]))
 
@@ -192,7 +205,8 @@ def shard_path(directory: Path, shard: str) -> Path:
 
 
 def present_shards(directory: Path) -> set[str]:
-    """The sha256s of the shards of a local dataset folder whose files exist (where their locations point, or in shards/)."""
+    """The sha256s of the shards of a local dataset folder whose files exist (where their locations point, or in
+    shards/)."""
     found = {path.stem for path in (directory / SHARDS_FOLDER).glob(f"*{SHARD_SUFFIX}")}
     return found | {shard for shard in shard_locations(directory) if shard_path(directory, shard).is_file()}
 
@@ -204,7 +218,9 @@ def image_shape(directory: Path, manifest: pd.DataFrame) -> tuple[int, ...]:
     for shard in manifest["shard"].unique():
         if shard_path(directory, shard).is_file():
             return tuple(np.load(shard_path(directory, shard), mmap_mode="r", allow_pickle=False).shape[1:])
-    raise ShardError(f"shard {manifest['shard'].iloc[0]} is missing: no shard of dataset {directory} exists; ingest the source again")
+    raise ShardError(
+        f"shard {manifest['shard'].iloc[0]} is missing: no shard of dataset {directory} exists; ingest the source again"
+    )
 
 
 def fetch_shards(directory: Path, manifest: pd.DataFrame, fetch: Callable[[Path], None], *, limit: int = 0) -> None:
@@ -245,11 +261,15 @@ def read_images(directory: Path, manifest: pd.DataFrame, *, max_bytes: int = 0, 
     images = np.empty((len(manifest), *image_shape(directory, manifest)), dtype=np.uint8)
     positions = np.arange(len(manifest))
     for shard, rows in manifest.groupby("shard", sort=True).indices.items():
-        images[positions[rows]] = read_shard(shard_path(directory, shard), shard, manifest["shard_row"].to_numpy()[rows])
+        images[positions[rows]] = read_shard(
+            shard_path(directory, shard), shard, manifest["shard_row"].to_numpy()[rows]
+        )
     return images
 
 
-def shard_rows(directory: Path, manifest: pd.DataFrame, case_ids: list, *, fetch: Callable[[Path], None] | None = None) -> list[ShardRows]:
+def shard_rows(
+    directory: Path, manifest: pd.DataFrame, case_ids: list, *, fetch: Callable[[Path], None] | None = None
+) -> list[ShardRows]:
     """The rows of ``manifest`` (a subset of a dataset's) per shard, for StreamingPairs; case_ids: one per row.
     fetch: downloads a shard missing under ``directory`` when it is read (ShardRows)."""
     cases = np.asarray(case_ids, dtype=object).astype(str)

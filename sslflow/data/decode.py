@@ -65,7 +65,9 @@ def full_scale(maximum: int, bits_stored: int, name: str) -> int:
     for bits in INFERRED_DEPTHS:
         if maximum <= 2**bits - 1:
             return 2**bits - 1
-    raise UndecodableImageError(f"{name}: maximum pixel value {maximum} is above 65535; images of more than 16 bits are not supported")
+    raise UndecodableImageError(
+        f"{name}: maximum pixel value {maximum} is above 65535; images of more than 16 bits are not supported"
+    )
 
 
 def _integer_to_float(values: np.ndarray, mode: str, name: str, bits_stored: int) -> np.ndarray:
@@ -100,7 +102,9 @@ def _high_depth_to_float(image: Image.Image, name: str, bits_stored: int) -> Ima
     return Image.fromarray(scaled.astype(np.float32), mode="F")
 
 
-def decode_image(data: bytes, name: str, image_size: int, channels: int, max_pixels: int, *, bits_stored: int = 0) -> DecodedImage:
+def decode_image(
+    data: bytes, name: str, image_size: int, channels: int, max_pixels: int, *, bits_stored: int = 0
+) -> DecodedImage:
     """Decode one image file's bytes; ``name`` (path or URL) is used in error messages.
 
     bits_stored: the depth of 16-bit and 32-bit integer images (0: inferred per image; module docstring).
@@ -128,14 +132,18 @@ def decode_image(data: bytes, name: str, image_size: int, channels: int, max_pix
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         if isinstance(error, UndecodableImageError):
             raise
-        raise UndecodableImageError(f"{name}: not a decodable image, truncated or corrupt ({type(error).__name__}: {error})") from error
+        raise UndecodableImageError(
+            f"{name}: not a decodable image, truncated or corrupt ({type(error).__name__}: {error})"
+        ) from error
 
     try:
         pixels = _to_pixels(image, image_size, channels, name, bits_stored)
     except UndecodableImageError:
         raise
     except ValueError as error:  # a mode Pillow cannot convert to L / RGB (LAB, HSV, ...)
-        raise UndecodableImageError(f"{name}: mode {mode} cannot be converted to {channels} channel(s) ({error})") from error
+        raise UndecodableImageError(
+            f"{name}: mode {mode} cannot be converted to {channels} channel(s) ({error})"
+        ) from error
     return DecodedImage(pixels=pixels, width=width, height=height, mode=mode)
 
 

@@ -6,13 +6,12 @@ sha256 of the file's bytes (plus image size, channels, bits_stored and DECODER_V
 read and hashed but not decoded. For S3 a second index maps key + ETag + size to that sha256, so an
 unchanged object is not even downloaded.
 
-Where: $SSLFLOW_INGEST_CACHE, else $FLYTE_SDK_LOCAL_SANDBOX/ingest-cache (`make clean-cache` removes
-it), else ~/.cache/sslflow/ingest. SSLFLOW_INGEST_CACHE=off turns it off, and the task images set that:
-a pod's disk is gone when the pod ends, so on a cluster the cache would only cost a file write per image;
-there an unchanged chunk is a hit in Flyte's cache instead (sslflow/data/chunks.py). Entries are written to a temporary file and renamed, so a crash
-never leaves a half-written entry; an unreadable entry is treated as missing and rewritten.
-Deleting the folder is always safe.
-"""
+Where: $SSLFLOW_INGEST_CACHE, else $FLYTE_SDK_LOCAL_SANDBOX/ingest-cache (`make clean-cache` removes it), else
+~/.cache/sslflow/ingest. SSLFLOW_INGEST_CACHE=off turns it off, and the task images set that: a pod's disk is gone when
+the pod ends, so on a cluster the cache would only cost a file write per image; there an unchanged chunk is a hit in
+Flyte's cache instead (sslflow/data/chunks.py). Entries are written to a temporary file and renamed, so a crash never
+leaves a half-written entry; an unreadable entry is treated as missing and rewritten. Deleting the folder is always
+safe."""
 
 from __future__ import annotations
 
@@ -50,15 +49,27 @@ class DecodeCache:
     directory None: the cache is off (every get misses, every put is skipped).
     """
 
-    def __init__(self, directory: Path | None, image_size: int, channels: int, bits_stored: int = 0, dicom_options: str = ""):
+    def __init__(
+        self, directory: Path | None, image_size: int, channels: int, bits_stored: int = 0, dicom_options: str = ""
+    ):
         self.directory = directory
         self.setting = f"{image_size}px-{channels}ch-{bits_stored}bits-v{DECODER_VERSION}"
-        self.dicom_setting = hashlib.sha256(f"{image_size} {channels} {dicom_options} v{DICOM_DECODER_VERSION}".encode()).hexdigest()[:16]
+        self.dicom_setting = hashlib.sha256(
+            f"{image_size} {channels} {dicom_options} v{DICOM_DECODER_VERSION}".encode()
+        ).hexdigest()[:16]
 
     @classmethod
     def for_config(cls, config: IngestConfig) -> DecodeCache:
-        options = " ".join([config.dicom_window, config.dicom_frames, config.dicom_case_level, config.dicom_site,
-                            f"names={config.dicom_site_names}", f"burned_in={config.dicom_burned_in}"])  # an opted-in image never serves a default run
+        options = " ".join(
+            [
+                config.dicom_window,
+                config.dicom_frames,
+                config.dicom_case_level,
+                config.dicom_site,
+                f"names={config.dicom_site_names}",
+                f"burned_in={config.dicom_burned_in}",
+            ]
+        )  # an opted-in image never serves a default run
         return cls(ingest_cache_dir(), config.image_size, config.channels, config.bits_stored, options)
 
     def _entry(self, file_sha256: str) -> Path:
@@ -73,7 +84,10 @@ class DecodeCache:
         try:
             with np.load(self._entry(file_sha256), allow_pickle=False) as entry:
                 return DecodedImage(
-                    pixels=entry["pixels"], width=int(entry["width"]), height=int(entry["height"]), mode=str(entry["mode"])
+                    pixels=entry["pixels"],
+                    width=int(entry["width"]),
+                    height=int(entry["height"]),
+                    mode=str(entry["mode"]),
                 )
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):  # missing or unreadable: decode again
             return None
@@ -83,7 +97,9 @@ class DecodeCache:
             return
         atomic_write(
             self._entry(file_sha256),
-            lambda handle: np.savez(handle, pixels=image.pixels, width=image.width, height=image.height, mode=image.mode),
+            lambda handle: np.savez(
+                handle, pixels=image.pixels, width=image.width, height=image.height, mode=image.mode
+            ),
         )
 
     def _dicom_entry(self, file_sha256: str, key_id: str) -> Path:
@@ -98,7 +114,12 @@ class DecodeCache:
                 fields = {name: str(entry[name]) for name in ("mode", "modality", "site", "instance", "case_level")}
                 case_id, lossless = str(entry["case_id"]) or None, bool(entry["lossless"])
                 return DicomImage(
-                    pixels=entry["pixels"], width=int(entry["width"]), height=int(entry["height"]), case_id=case_id, lossless=lossless, **fields
+                    pixels=entry["pixels"],
+                    width=int(entry["width"]),
+                    height=int(entry["height"]),
+                    case_id=case_id,
+                    lossless=lossless,
+                    **fields,
                 )
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
             return None
@@ -106,8 +127,14 @@ class DecodeCache:
     def put_dicom(self, file_sha256: str, key_id: str, image: DicomImage) -> None:
         if self.directory is None:
             return
-        values = {name: getattr(image, name) for name in ("pixels", "width", "height", "mode", "modality", "site", "instance", "case_level", "lossless")}
-        atomic_write(self._dicom_entry(file_sha256, key_id), lambda handle: np.savez(handle, case_id=image.case_id or "", **values))
+        values = {
+            name: getattr(image, name)
+            for name in ("pixels", "width", "height", "mode", "modality", "site", "instance", "case_level", "lossless")
+        }
+        atomic_write(
+            self._dicom_entry(file_sha256, key_id),
+            lambda handle: np.savez(handle, case_id=image.case_id or "", **values),
+        )
 
     def sha256_of_version(self, version_key: str) -> str | None:
         """The file sha256 recorded for ``version_key`` (e.g. an S3 key + ETag + size), if any."""

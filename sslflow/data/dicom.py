@@ -39,7 +39,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, UID
+from pydicom.uid import JPEG2000, UID, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
 
 from sslflow.config import IngestConfig
 from sslflow.data.decode import check_pixel_count
@@ -52,18 +52,51 @@ DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 PREAMBLE_BYTES = DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # transfer syntaxes whose frames end with an EOI (JPEG, JPEG-LS) or EOC (JPEG 2000, HTJ2K) marker: FF D9
-MARKED_SYNTAXES = ("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.7", "1.2.840.10008.1.2.4.8", "1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20")
+MARKED_SYNTAXES = (
+    "1.2.840.10008.1.2.4.5",
+    "1.2.840.10008.1.2.4.7",
+    "1.2.840.10008.1.2.4.8",
+    "1.2.840.10008.1.2.4.9",
+    "1.2.840.10008.1.2.4.20",
+)
 END_OF_IMAGE = b"\xff\xd9"
 LOSSY_SYNTAXES = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, UID("1.2.840.10008.1.2.4.203"))
 # values never to be shown, even inside a decoder's message (PS3.15 basic profile, the usual suspects)
 IDENTIFYING_KEYWORDS = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge", "PatientAddress",
-    "PatientTelephoneNumbers", "OtherPatientIDs", "OtherPatientNames", "PatientMotherBirthName", "IssuerOfPatientID",
-    "AccessionNumber", "StudyID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
-    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy",
-    "RequestingPhysician", "InstitutionAddress", "StudyDate", "StudyTime", "AcquisitionDateTime", "ContentDate",
-    "DeviceSerialNumber", "MedicalRecordLocator", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
-)  # fmt: skip
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientMotherBirthName",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician",
+    "InstitutionAddress",
+    "StudyDate",
+    "StudyTime",
+    "AcquisitionDateTime",
+    "ContentDate",
+    "DeviceSerialNumber",
+    "MedicalRecordLocator",
+    "EthnicGroup",
+    "Occupation",
+    "AdditionalPatientHistory",
+)
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
@@ -135,7 +168,9 @@ def _read_dataset(data: bytes, name: str) -> Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except Exception as error:  # pydicom raises many types for bad bytes; none may escape as a crash
-        raise UndecodableImageError(f"{name}: not a readable DICOM file, truncated or corrupt ({type(error).__name__}: {_scrub(str(error), None)})") from error
+        raise UndecodableImageError(
+            f"{name}: not a readable DICOM file, truncated or corrupt ({type(error).__name__}: {_scrub(str(error), None)})"
+        ) from error
 
 
 def _check_image_object(ds: Dataset, name: str) -> None:
@@ -145,7 +180,9 @@ def _check_image_object(ds: Dataset, name: str) -> None:
     if has_pixels and (not sop_class or "Image" in sop_class):
         return
     if not has_pixels and "Image Storage" in sop_class:
-        raise UndecodableImageError(f"{name}: a {sop_class} object without pixel data (no (7FE0,0010) element); the file is incomplete")
+        raise UndecodableImageError(
+            f"{name}: a {sop_class} object without pixel data (no (7FE0,0010) element); the file is incomplete"
+        )
     raise NonImageObject(sop_class or "unknown SOP class")
 
 
@@ -179,10 +216,16 @@ def _resize(unit: np.ndarray, size: int, channels: int) -> np.ndarray:
     if unit.shape[-1] == 3 and channels == 1:
         unit = (unit[..., 0] * 299 + unit[..., 1] * 587 + unit[..., 2] * 114)[..., None] / 1000
     planes = [
-        [np.asarray(Image.fromarray(frame[..., sample].astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR))
-         for sample in range(frame.shape[-1])]
+        [
+            np.asarray(
+                Image.fromarray(frame[..., sample].astype(np.float32), mode="F").resize(
+                    (size, size), Image.Resampling.BILINEAR
+                )
+            )
+            for sample in range(frame.shape[-1])
+        ]
         for frame in unit
-    ]  # fmt: skip
+    ]
     pixels = np.clip(np.round(np.array(planes, dtype=np.float64)), 0, 255).astype(np.uint8)
     if pixels.shape[1] == 1 and channels == 3:
         pixels = np.repeat(pixels, 3, axis=1)
@@ -219,7 +262,9 @@ def _check_frames_complete(ds: Dataset, name: str) -> None:
     try:
         frames = list(generate_frames(ds.PixelData, number_of_frames=count))
     except Exception as error:  # broken encapsulation (item tags, offsets): refused by name
-        raise UndecodableImageError(f"{name}: the encapsulated pixel data is broken ({type(error).__name__}: {_scrub(str(error), ds)})") from error
+        raise UndecodableImageError(
+            f"{name}: the encapsulated pixel data is broken ({type(error).__name__}: {_scrub(str(error), ds)})"
+        ) from error
     for index, frame in enumerate(frames):
         if END_OF_IMAGE not in frame[-4:]:  # the marker, then at most 2 padding bytes (00 or FF, as encoders write)
             raise UndecodableImageError(
@@ -255,12 +300,21 @@ def decode_dicom(data: bytes, name: str, config: IngestConfig, pseudonyms: Pseud
         try:
             unit = to_unit_range(frames, ds, config.dicom_window, indices or list(range(len(frames))))
         except Exception as error:  # a LUT or window the header describes inconsistently
-            raise UndecodableImageError(f"{name}: the pixel values cannot be mapped to 8 bits ({type(error).__name__}: {_scrub(str(error), ds)})") from error
+            raise UndecodableImageError(
+                f"{name}: the pixel values cannot be mapped to 8 bits ({type(error).__name__}: {_scrub(str(error), ds)})"
+            ) from error
     case_id, level = case_identity(ds, config.dicom_case_level, pseudonyms)
     modality = _text(ds, "Modality") or "OT"
     mode = f"DICOM {modality} {_text(ds, 'PhotometricInterpretation') or '?'} {int(ds.get('BitsStored') or 0)}-bit"
     return DicomImage(
-        pixels=_resize(unit, config.image_size, config.channels), width=columns, height=rows, mode=mode, modality=modality,
-        case_id=case_id, site=site_identity(ds, config, pseudonyms), instance=_instance(ds, pseudonyms), case_level=level,
+        pixels=_resize(unit, config.image_size, config.channels),
+        width=columns,
+        height=rows,
+        mode=mode,
+        modality=modality,
+        case_id=case_id,
+        site=site_identity(ds, config, pseudonyms),
+        instance=_instance(ds, pseudonyms),
+        case_level=level,
         lossless=_lossless(ds),
-    )  # fmt: skip
+    )

@@ -30,12 +30,18 @@ DEIDENTIFICATION = {
     "options_not_applied": [
         "Clean Pixel Data (DCM 113101): images with BurnedInAnnotation YES are held back; text burned in without that attribute is NOT detected",
         "Retain Longitudinal Temporal Information (DCM 113106/113107): no date or time is kept",
-        "Retain Patient Characteristics (DCM 113108): none kept", "Retain Device Identity (DCM 113109): scanner sites are pseudonymised",
-        "Retain UIDs (DCM 113110): UIDs are replaced by keyed pseudonyms", "Retain Safe Private (DCM 113111): no private tag is kept",
+        "Retain Patient Characteristics (DCM 113108): none kept",
+        "Retain Device Identity (DCM 113109): scanner sites are pseudonymised",
+        "Retain UIDs (DCM 113110): UIDs are replaced by keyed pseudonyms",
+        "Retain Safe Private (DCM 113111): no private tag is kept",
     ],
-    "kept": ["Modality", "pixel data (resized, 8-bit)", "pseudonyms: patient/study/series (case), site, SOPInstanceUID, file path"],
+    "kept": [
+        "Modality",
+        "pixel data (resized, 8-bit)",
+        "pseudonyms: patient/study/series (case), site, SOPInstanceUID, file path",
+    ],
     "pseudonyms": "HMAC-SHA256 with the project key (sslflow/data/pseudonyms.py), 80 bits shown",
-}  # fmt: skip
+}
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -69,7 +75,15 @@ def site_identity(ds: Dataset, config: IngestConfig, pseudonyms: Pseudonyms) -> 
 def deidentification(config: IngestConfig) -> dict:
     """DEIDENTIFICATION as this config applies it (the opt-ins that keep more are named)."""
     opted_in = [
-        *(["InstitutionName / scanner kept as the site (IngestConfig.dicom_site_names)"] if config.dicom_site_names else []),
-        *(["images with BurnedInAnnotation YES included (IngestConfig.dicom_burned_in)"] if config.dicom_burned_in else []),
+        *(
+            ["InstitutionName / scanner kept as the site (IngestConfig.dicom_site_names)"]
+            if config.dicom_site_names
+            else []
+        ),
+        *(
+            ["images with BurnedInAnnotation YES included (IngestConfig.dicom_burned_in)"]
+            if config.dicom_burned_in
+            else []
+        ),
     ]
     return {**DEIDENTIFICATION, "opted_in_beyond_the_profile": opted_in}

@@ -21,13 +21,26 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing
 
-CT_PRESETS = {"ct-soft-tissue": (40.0, 400.0), "ct-lung": (-600.0, 1500.0), "ct-bone": (400.0, 1800.0), "ct-brain": (40.0, 80.0)}
+CT_PRESETS = {
+    "ct-soft-tissue": (40.0, 400.0),
+    "ct-lung": (-600.0, 1500.0),
+    "ct-bone": (400.0, 1800.0),
+    "ct-brain": (40.0, 80.0),
+}
 DEFAULT_CT_WINDOW = CT_PRESETS["ct-soft-tissue"]
 ROBUST_PERCENTILES = (0.5, 99.5)
 FRAME_KEYWORDS = (
-    "PhotometricInterpretation", "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
-    "ModalityLUTSequence", "VOILUTFunction", "VOILUTSequence", "WindowCenter", "WindowWidth",
-)  # fmt: skip
+    "PhotometricInterpretation",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ModalityLUTSequence",
+    "VOILUTFunction",
+    "VOILUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+)
 GROUP_SEQUENCES = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
 
@@ -42,7 +55,10 @@ def frame_header(ds: Dataset, frame: int) -> Dataset:
         if keyword in ds:
             setattr(header, keyword, ds.get(keyword))
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    groups = [*(ds.get("SharedFunctionalGroupsSequence") or [])[:1], *([per_frame[frame]] if frame < len(per_frame) else [])]
+    groups = [
+        *(ds.get("SharedFunctionalGroupsSequence") or [])[:1],
+        *([per_frame[frame]] if frame < len(per_frame) else []),
+    ]
     for group in groups:
         for sequence in GROUP_SEQUENCES:
             for item in group.get(sequence) or []:
@@ -70,7 +86,11 @@ def _output_range(header: Dataset) -> tuple[float, float]:
     if header.get("ModalityLUTSequence"):
         return 0.0, float(2 ** int(header.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
     bits = int(header.BitsStored)
-    low, high = (0.0, 2.0**bits - 1) if int(header.get("PixelRepresentation", 0)) == 0 else (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
+    low, high = (
+        (0.0, 2.0**bits - 1)
+        if int(header.get("PixelRepresentation", 0)) == 0
+        else (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
+    )
     if "RescaleSlope" in header and "RescaleIntercept" in header:
         slope, intercept = float(header.RescaleSlope), float(header.RescaleIntercept)
         low, high = sorted((low * slope + intercept, high * slope + intercept))
@@ -81,7 +101,9 @@ def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((values - low) * (255.0 / (high - low)), 0.0, 255.0) if high > low else np.zeros_like(values)
 
 
-def _frame_to_unit(values: np.ndarray, header: Dataset, modality: str, window: str, robust: tuple[float, float]) -> np.ndarray:
+def _frame_to_unit(
+    values: np.ndarray, header: Dataset, modality: str, window: str, robust: tuple[float, float]
+) -> np.ndarray:
     """One frame's modality-LUT output (R, C, 1) -> floats in [0, 255] by the module's window policy."""
     center_width = _center_width(header, modality, window)
     if center_width:
@@ -99,7 +121,9 @@ def monochrome_to_unit(frames: np.ndarray, ds: Dataset, window: str, numbers: li
     values = [apply_modality_lut(frame, header).astype(np.float64) for frame, header in zip(frames, headers)]
     low, high = (float(v) for v in np.percentile(np.stack(values), ROBUST_PERCENTILES))
     modality = str(ds.get("Modality") or "")
-    unit = np.stack([_frame_to_unit(value, header, modality, window, (low, high)) for value, header in zip(values, headers)])
+    unit = np.stack(
+        [_frame_to_unit(value, header, modality, window, (low, high)) for value, header in zip(values, headers)]
+    )
     return 255.0 - unit if str(ds.get("PhotometricInterpretation")) == "MONOCHROME1" else unit
 
 

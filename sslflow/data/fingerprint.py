@@ -29,16 +29,14 @@ Every name is a quoted JSON string, so two different listings never encode alike
 fingerprint concatenated names and bytes, and ``a.png`` holding C hashed like ``a.pn`` holding "g"+C).
 An empty listing has a fingerprint too: the cache misses and ingest refuses the source as empty.
 
-Digest cache: the sha256 of each local file is remembered in the sqlite database
-``file-digests.sqlite`` in the ingest cache folder (sslflow/data/decode_cache.py: ingest_cache_dir),
-keyed by the sha256 of the absolute path (a path can name a patient: it is never stored) and checked against (size, mtime_ns, ctime_ns, inode, device); a file
-whose stat differs is read again. A digest is not remembered for a file modified less than
-RECENT_SECONDS before it was hashed (a same-size rewrite within one coarse file-system timestamp tick
-would otherwise go unseen), nor when the file changed while it was read. Concurrent processes share
-the database (sqlite locking, with a timeout); any error of the database is logged and only costs
-re-reading. Deleting the database is always safe. With SSLFLOW_INGEST_CACHE=off (the task images) there
-is no database and every file is read. Files not remembered are hashed on one thread per core.
-"""
+Digest cache: the sha256 of each local file is remembered in the sqlite database ``file-digests.sqlite`` in the ingest
+cache folder (sslflow/data/decode_cache.py: ingest_cache_dir), keyed by the sha256 of the absolute path (a path can name
+a patient: it is never stored) and checked against (size, mtime_ns, ctime_ns, inode, device); a file whose stat differs
+is read again. A digest is not remembered for a file modified less than RECENT_SECONDS before it was hashed (a same-size
+rewrite within one coarse file-system timestamp tick would otherwise go unseen), nor when the file changed while it was
+read. Concurrent processes share the database (sqlite locking, with a timeout); any error of the database is logged and
+only costs re-reading. Deleting the database is always safe. With SSLFLOW_INGEST_CACHE=off (the task images) there is no
+database and every file is read. Files not remembered are hashed on one thread per core."""
 
 from __future__ import annotations
 
@@ -71,22 +69,37 @@ log = logging.getLogger(__name__)
 def encode_fingerprint(kind: str, source: str, listing: list | None, files: list[list]) -> str:
     """sha256 of the JSON document described in the module docstring."""
     document = {
-        "format": "sslflow-source-fingerprint", "version": FINGERPRINT_VERSION, "kind": kind, "source": source,
-        "listing": listing, "files": sorted(files),
-    }  # fmt: skip
-    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+        "format": "sslflow-source-fingerprint",
+        "version": FINGERPRINT_VERSION,
+        "kind": kind,
+        "source": source,
+        "listing": listing,
+        "files": sorted(files),
+    }
+    return hashlib.sha256(
+        json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    ).hexdigest()
 
 
 def encode_sorted_fingerprint(kind: str, source: str, listing: list | None, files: Iterable[list]) -> str:
     """encode_fingerprint of ``files`` that come sorted by name (an S3 listing: keys in UTF-8 byte order, which is
     Python's str order), hashed as they stream: the same sha256, in memory one entry at a time, whatever the number
     of files. ValueError for a name out of order."""
-    rest = {"format": "sslflow-source-fingerprint", "version": FINGERPRINT_VERSION, "kind": kind, "source": source, "listing": listing}
+    rest = {
+        "format": "sslflow-source-fingerprint",
+        "version": FINGERPRINT_VERSION,
+        "kind": kind,
+        "source": source,
+        "listing": listing,
+    }
     digest, previous = hashlib.sha256(b'{"files":['), None
     for entry in files:
         if previous is not None and entry[0] <= previous:
             raise ValueError(f"the listing of {source} is not sorted by name: {entry[0]!r} after {previous!r}")
-        digest.update((b"," if previous is not None else b"") + json.dumps(entry, separators=(",", ":"), ensure_ascii=True).encode())
+        digest.update(
+            (b"," if previous is not None else b"")
+            + json.dumps(entry, separators=(",", ":"), ensure_ascii=True).encode()
+        )
         previous = entry[0]
     # sorted keys: "files" comes first, then the others in the order sort_keys gives them
     digest.update(b"]," + json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)[1:].encode())
@@ -127,7 +140,9 @@ class FileDigests:
 
     def __init__(self, database: Path | None = None):
         cache = ingest_cache_dir()
-        self.database = database or (cache / DIGEST_DATABASE if cache is not None else None)  # None: off, read every file
+        self.database = database or (
+            cache / DIGEST_DATABASE if cache is not None else None
+        )  # None: off, read every file
         self.connection: sqlite3.Connection | None = None
         self.new_rows: list[tuple[bytes, str, str]] = []
 
@@ -138,7 +153,9 @@ class FileDigests:
             self.database.parent.mkdir(parents=True, exist_ok=True)
             self.connection = sqlite3.connect(self.database, timeout=SQLITE_TIMEOUT_SECONDS)
             with self.connection:
-                self.connection.execute("CREATE TABLE IF NOT EXISTS digests_by_path_hash (path_sha256 BLOB PRIMARY KEY, version TEXT NOT NULL, sha256 TEXT NOT NULL)")
+                self.connection.execute(
+                    "CREATE TABLE IF NOT EXISTS digests_by_path_hash (path_sha256 BLOB PRIMARY KEY, version TEXT NOT NULL, sha256 TEXT NOT NULL)"
+                )
         except (OSError, sqlite3.Error) as error:
             self._give_up(f"cannot be opened ({error})")
         return self
@@ -149,9 +166,15 @@ class FileDigests:
         try:
             if error_type is None and self.new_rows:
                 with self.connection:
-                    self.connection.executemany("INSERT OR REPLACE INTO digests_by_path_hash VALUES (?, ?, ?)", self.new_rows)
+                    self.connection.executemany(
+                        "INSERT OR REPLACE INTO digests_by_path_hash VALUES (?, ?, ?)", self.new_rows
+                    )
         except sqlite3.Error as write_error:
-            log.warning("file digest cache %s: digests not saved (%s); the next fingerprint reads those files again", self.database, write_error)
+            log.warning(
+                "file digest cache %s: digests not saved (%s); the next fingerprint reads those files again",
+                self.database,
+                write_error,
+            )
         finally:
             self.connection.close()
 
@@ -165,7 +188,9 @@ class FileDigests:
         if self.connection is None:
             return None
         try:
-            rows = self.connection.execute("SELECT version, sha256 FROM digests_by_path_hash WHERE path_sha256 = ?", (key,)).fetchall()
+            rows = self.connection.execute(
+                "SELECT version, sha256 FROM digests_by_path_hash WHERE path_sha256 = ?", (key,)
+            ).fetchall()
         except sqlite3.Error as error:
             self._give_up(f"cannot be read ({error})")
             return None
@@ -188,9 +213,15 @@ class FileDigests:
             known.append((name, path, where, status, key, self._remembered(key, _version(status))))
         batches = [known[start : start + HASH_BATCH] for start in range(0, len(known), HASH_BATCH)]
         with ThreadPoolExecutor(HASH_THREADS) as pool:
-            return [record for batch in pool.map(lambda batch: [self._hashed(*item) for item in batch], batches) for record in batch]
+            return [
+                record
+                for batch in pool.map(lambda batch: [self._hashed(*item) for item in batch], batches)
+                for record in batch
+            ]
 
-    def _hashed(self, name: str, path: str | Path, where: str, status: os.stat_result, key: bytes, sha256: str | None) -> list:
+    def _hashed(
+        self, name: str, path: str | Path, where: str, status: os.stat_result, key: bytes, sha256: str | None
+    ) -> list:
         if sha256 is None:
             started_ns = time.time_ns()
             sha256, after = sha256_of_regular_file(path, where, name)

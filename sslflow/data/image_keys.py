@@ -1,5 +1,5 @@
-"""From image keys back to files, for whoever holds the project key: ``python -m sslflow.data.image_keys SOURCE KEY...``;
-``python -m sslflow.data.image_keys SOURCE --unlisted`` lists the image files its metadata.csv does not list.
+"""From image keys back to files, for whoever holds the project key: ``python -m sslflow.data.image_keys SOURCE
+KEY...``; ``python -m sslflow.data.image_keys SOURCE --unlisted`` lists the image files its metadata.csv does not list.
 
 The dataset, its summary and every message after ingest name an image by its key ("file-" + HMAC of its path
 in the source, "#frame=<n>" for a frame: sslflow/data/manifest.py), never by its path. To find the files

@@ -20,9 +20,14 @@ HOW_TO_GIVE_CASE_IDS = (
 
 
 def case_id_sources(case_sources: pd.Series) -> dict:
-    """{"from": images per source of their case id, "weaker": images grouped by study or series, "none": without one}."""
+    """{"from": images per source of their case id, "weaker": images grouped by study or series, "none": without
+    one}."""
     counts = {str(source): int(count) for source, count in case_sources.value_counts().sort_index().items()}
-    return {"from": counts, "weaker": sum(counts.get(source, 0) for source in WEAKER_SOURCES), "none": counts.get("none", 0)}
+    return {
+        "from": counts,
+        "weaker": sum(counts.get(source, 0) for source in WEAKER_SOURCES),
+        "none": counts.get("none", 0),
+    }
 
 
 def leakage_warnings(sources: dict, images: int) -> list[str]:

@@ -17,7 +17,14 @@ import numpy as np
 from sslflow.config import IngestConfig
 from sslflow.data.decode import DecodedImage, check_pixel_count, decode_image
 from sslflow.data.decode_cache import DecodeCache
-from sslflow.data.dicom import PREAMBLE_BYTES, DicomImage, HeldBackImage, NonImageObject, decode_dicom, has_dicom_preamble
+from sslflow.data.dicom import (
+    PREAMBLE_BYTES,
+    DicomImage,
+    HeldBackImage,
+    NonImageObject,
+    decode_dicom,
+    has_dicom_preamble,
+)
 from sslflow.data.metadata import UNKNOWN_SIZE, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages, UndecodableImageError
@@ -25,16 +32,29 @@ from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, Sour
 MAX_LISTED_PROBLEMS = 50
 
 
-def _decode_bytes(data: bytes, record: ImageRecord, config: IngestConfig, pseudonyms: Pseudonyms) -> DecodedImage | DicomImage:
+def _decode_bytes(
+    data: bytes, record: ImageRecord, config: IngestConfig, pseudonyms: Pseudonyms
+) -> DecodedImage | DicomImage:
     """One file's bytes decoded: DICOM when its content says so (has_dicom_preamble), else an image format."""
     if has_dicom_preamble(data[:PREAMBLE_BYTES]):
         return decode_dicom(data, record.location, config, pseudonyms)
     if record.source_path.lower().endswith(DICOM_SUFFIXES):
-        raise UndecodableImageError(f"{record.location}: named like a DICOM file but it has no DICM magic at byte 128 (not DICOM Part 10, or cut short)")
-    return decode_image(data, record.location, config.image_size, config.channels, config.max_image_pixels, bits_stored=config.bits_stored)
+        raise UndecodableImageError(
+            f"{record.location}: named like a DICOM file but it has no DICM magic at byte 128 (not DICOM Part 10, or cut short)"
+        )
+    return decode_image(
+        data,
+        record.location,
+        config.image_size,
+        config.channels,
+        config.max_image_pixels,
+        bits_stored=config.bits_stored,
+    )
 
 
-def _cached(cache: DecodeCache, file_sha256: str, pseudonyms: Pseudonyms, *, dicom: bool | None) -> DecodedImage | DicomImage | None:
+def _cached(
+    cache: DecodeCache, file_sha256: str, pseudonyms: Pseudonyms, *, dicom: bool | None
+) -> DecodedImage | DicomImage | None:
     """The cached decoding of these bytes (dicom None: either kind; DICOM entries are per pseudonym key)."""
     image = cache.get(file_sha256) if not dicom else None
     if image is None and dicom is not False:
@@ -64,7 +84,12 @@ def _unread(record: ImageRecord, config: IngestConfig) -> None:
 
 
 def _decode_record(
-    record: ImageRecord, read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, stats: dict, pseudonyms: Pseudonyms
+    record: ImageRecord,
+    read_bytes: Callable[[ImageRecord], bytes],
+    config: IngestConfig,
+    cache: DecodeCache,
+    stats: dict,
+    pseudonyms: Pseudonyms,
 ) -> tuple[DecodedImage | DicomImage, ImageRecord]:
     """(decoded pixels of one record, the record with its size known): from the cache when its bytes were decoded
     before, else decoded and cached.
@@ -90,7 +115,9 @@ def _decode_record(
         image = _cached(cache, file_sha256, pseudonyms, dicom=is_dicom)
         if image is None:
             image = _decode_bytes(data, record, config, pseudonyms)
-            cache.put_dicom(file_sha256, pseudonyms.key_id(), image) if isinstance(image, DicomImage) else cache.put(file_sha256, image)
+            cache.put_dicom(file_sha256, pseudonyms.key_id(), image) if isinstance(image, DicomImage) else cache.put(
+                file_sha256, image
+            )
             stats["decoded"] += 1
         else:
             stats["decode_cache_hits"] += 1
@@ -98,7 +125,9 @@ def _decode_record(
             cache.remember_version(record.version_key, file_sha256)
     else:
         stats["decode_cache_hits"] += 1
-    check_pixel_count(image.width, image.height, config.max_image_pixels, record.location)  # cached under a higher limit?
+    check_pixel_count(
+        image.width, image.height, config.max_image_pixels, record.location
+    )  # cached under a higher limit?
     return image, record
 
 
@@ -112,32 +141,63 @@ def _rows(record: ImageRecord, key: str, image: DecodedImage | DicomImage, by_in
     """
     common = {"size_bytes": record.size_bytes, "mode": image.mode, "width": image.width, "height": image.height}
     if isinstance(image, DecodedImage):
-        return [{**common, "label": record.label, "source_path": record.source_path, "image_key": key, "pixels": image.pixels,
-                 "case_id": record.case_id, "case_source": "metadata" if record.case_id else "none", "site": record.site,
-                 "modality": None, "instance": "", "lossless": True}]  # fmt: skip
+        return [
+            {
+                **common,
+                "label": record.label,
+                "source_path": record.source_path,
+                "image_key": key,
+                "pixels": image.pixels,
+                "case_id": record.case_id,
+                "case_source": "metadata" if record.case_id else "none",
+                "site": record.site,
+                "modality": None,
+                "instance": "",
+                "lossless": True,
+            }
+        ]
     listed = by_instance.get(image.instance) if image.instance else None
     named = listed or {"label": record.label, "case_id": record.case_id, "site": record.site}
     site = named["site"] if named["site"] != "default" else image.site
     frames = len(image.pixels)
     frame = lambda text, index: text if frames == 1 or not text else f"{text}#frame={index}"  # noqa: E731
     return [
-        {**common, "label": named["label"], "source_path": frame(record.source_path, index), "image_key": frame(key, index),
-         "pixels": pixels, "case_id": named["case_id"] or image.case_id, "case_source": "metadata" if named["case_id"] else image.case_level or "none",
-         "site": site, "modality": image.modality, "instance": frame(image.instance, index), "lossless": image.lossless}
+        {
+            **common,
+            "label": named["label"],
+            "source_path": frame(record.source_path, index),
+            "image_key": frame(key, index),
+            "pixels": pixels,
+            "case_id": named["case_id"] or image.case_id,
+            "case_source": "metadata" if named["case_id"] else image.case_level or "none",
+            "site": site,
+            "modality": image.modality,
+            "instance": frame(image.instance, index),
+            "lossless": image.lossless,
+        }
         for index, pixels in enumerate(image.pixels)
-    ]  # fmt: skip
+    ]
 
 
 def _quarantined(record: ImageRecord, key: str, error: Exception, held_back: str | None = None) -> dict:
     """A skipped file: its path and message (for refusals on ingest's console), and the same message naming the key."""
     problem = str(error)
     public = problem.replace(record.location, key).replace(record.source_path, key)
-    return {"source_path": record.source_path, "problem": problem, "image_key": key, "public_problem": public, "held_back": held_back}
+    return {
+        "source_path": record.source_path,
+        "problem": problem,
+        "image_key": key,
+        "public_problem": public,
+        "held_back": held_back,
+    }
 
 
 def _rows_by_instance(rows: list[dict] | None, pseudonyms: Pseudonyms) -> dict[str, dict]:
     """Metadata rows keyed by SOPInstanceUID (sslflow.data.metadata.instance_rows) by the UID's pseudonym."""
-    return {pseudonyms.pseudonym("instance", row["uid"]): {key: value for key, value in row.items() if key != "uid"} for row in rows or []}
+    return {
+        pseudonyms.pseudonym("instance", row["uid"]): {key: value for key, value in row.items() if key != "uid"}
+        for row in rows or []
+    }
 
 
 def refuse_unmatched(source: str, unmatched: list[str]) -> None:
@@ -151,8 +211,8 @@ def refuse_unmatched(source: str, unmatched: list[str]) -> None:
 
 
 def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: IngestConfig, *, none_left: bool) -> None:
-    """UndecodableImageError naming the bad files when they are more than config.max_bad_fraction allows, or nothing else is left.
-    Images held back (BurnedInAnnotation) are not bad files: they do not count."""
+    """UndecodableImageError naming the bad files when they are more than config.max_bad_fraction allows, or nothing
+    else is left. Images held back (BurnedInAnnotation) are not bad files: they do not count."""
     quarantined = [item for item in quarantined if not item.get("held_back")]
     allowed = int(config.max_bad_fraction * listed + 1e-9)
     if len(quarantined) > allowed or (none_left and quarantined):
@@ -160,7 +220,9 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
         more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
         raise UndecodableImageError(
             f"source {source}: {len(quarantined)} of {listed} image files cannot be decoded "
-            f"(IngestConfig.max_bad_fraction={config.max_bad_fraction} allows {allowed}):\n  " + "\n  ".join(problems[:MAX_LISTED_PROBLEMS]) + more
+            f"(IngestConfig.max_bad_fraction={config.max_bad_fraction} allows {allowed}):\n  "
+            + "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+            + more
             + "\nReplace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and reported)"
         )
 
@@ -177,15 +239,22 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
     image suffix turned out not to be DICOM, else naming what was left out (skipped by kind, held back by reason)."""
     if not held_back and set(skipped) <= {NOT_DICOM, NOT_READ}:
         _refuse_empty(source)
-    left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [f"{n} held back ({k})" for k, n in sorted(held_back.items())]
+    left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [
+        f"{n} held back ({k})" for k, n in sorted(held_back.items())
+    ]
     raise SourceError(
         f"source {source} holds no images to learn from: {', '.join(left_out)}; add image files, or see docs/dicom.md for what is held back and why"
     )
 
 
 def read_listing(
-    records: list[ImageRecord], read_bytes: Callable[[ImageRecord], bytes], config: IngestConfig, cache: DecodeCache, source: str,
-    pseudonyms: Pseudonyms | None = None, instance_rows: list[dict] | None = None,
+    records: list[ImageRecord],
+    read_bytes: Callable[[ImageRecord], bytes],
+    config: IngestConfig,
+    cache: DecodeCache,
+    source: str,
+    pseudonyms: Pseudonyms | None = None,
+    instance_rows: list[dict] | None = None,
 ) -> SourceImages:
     """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
 
@@ -221,7 +290,9 @@ def read_listing(
             held_back[error.reason] = held_back.get(error.reason, 0) + 1
         except UndecodableImageError as error:
             quarantined.append(_quarantined(record, key, error))
-    stats["listed"] -= skipped.get(NOT_DICOM, 0) + skipped.get(NOT_READ, 0)  # candidates that turned out not to be images
+    stats["listed"] -= skipped.get(NOT_DICOM, 0) + skipped.get(
+        NOT_READ, 0
+    )  # candidates that turned out not to be images
     _refuse_bad(source, quarantined, stats["listed"], config, none_left=not rows)
     images = _source_images(rows, quarantined, stats, skipped, (config.channels, config.image_size, config.image_size))
     images.unmatched_instance_rows = [row["where"] for key, row in by_instance.items() if key not in matched]
@@ -229,7 +300,9 @@ def read_listing(
     return images
 
 
-def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int], shape: tuple[int, int, int]) -> SourceImages:
+def _source_images(
+    rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int], shape: tuple[int, int, int]
+) -> SourceImages:
     """rows as SourceImages; shape: (C, H, W) of an image, for the (0, C, H, W) pixels of a chunk without any."""
     column = lambda name: [row[name] for row in rows]  # noqa: E731
     has_cases = any(row["case_id"] for row in rows)
@@ -237,7 +310,11 @@ def _source_images(rows: list[dict], quarantined: list[dict], stats: dict, skipp
         pixels=np.stack(column("pixels")) if rows else np.zeros((0, *shape), dtype=np.uint8),
         source_paths=column("source_path"),
         labels=column("label"),
-        case_ids=[row["case_id"] or f"image-{hashlib.sha256(row['image_key'].encode()).hexdigest()[:12]}" for row in rows] if has_cases else None,
+        case_ids=[
+            row["case_id"] or f"image-{hashlib.sha256(row['image_key'].encode()).hexdigest()[:12]}" for row in rows
+        ]
+        if has_cases
+        else None,
         sites=column("site"),
         size_bytes=column("size_bytes"),
         modes=column("mode"),

@@ -36,7 +36,9 @@ NAME_MAX_BYTES = 255  # one file or folder name (ext4, XFS, APFS, NTFS)
 PATH_MAX_BYTES = 4095  # a whole path (Linux PATH_MAX, less its NUL)
 ROWS_NAMED = 5  # a refusal of several metadata rows names the first this many
 UNLISTED_NAMED = 20  # image files metadata.csv does not list: the summary and messages name the first this many
-UNKNOWN_SIZE = -1  # ImageRecord.size_bytes of a file whose listing does not say (a DICOMweb instance): checked once read
+UNKNOWN_SIZE = (
+    -1
+)  # ImageRecord.size_bytes of a file whose listing does not say (a DICOMweb instance): checked once read
 PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -71,7 +73,9 @@ def check_relative_path(relative: str, where: str) -> str:
     """``relative`` without empty or '.' parts, or SourceError naming ``where`` if it cannot name a file
     inside the source root: empty, absolute, a '..' part, a NUL byte, or a name or path too long."""
     if not relative or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
-        raise SourceError(f"{where}: {relative!r} is empty or absolute: write the path relative to the source root (e.g. 'site-a/scan1.png')")
+        raise SourceError(
+            f"{where}: {relative!r} is empty or absolute: write the path relative to the source root (e.g. 'site-a/scan1.png')"
+        )
     if ".." in re.split(r"[/\\]", relative):
         raise SourceError(
             f"{where}: {relative!r} contains '..'; paths must stay inside the source root: write the path relative to the source root, "
@@ -206,7 +210,9 @@ def path_row(record: dict, row_where: str) -> dict:
 
 
 def listed_twice(row: dict, first_row: int) -> SourceError:
-    return SourceError(f"{row['where']}: {row['path']!r} is listed twice (also row {first_row}); remove one of the rows")
+    return SourceError(
+        f"{row['where']}: {row['path']!r} is listed twice (also row {first_row}); remove one of the rows"
+    )
 
 
 INSTANCE_COLUMN = "sop_instance_uid"
@@ -230,14 +236,23 @@ def instance_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
         row_where = f"{where} row {first_row + index}, column '{INSTANCE_COLUMN}'"
         uid = _text(record[INSTANCE_COLUMN])
         if not uid:
-            raise SourceError(f"{row_where}: empty; each row names the SOPInstanceUID (0008,0018) of one DICOM file: fill it in or remove the row")
+            raise SourceError(
+                f"{row_where}: empty; each row names the SOPInstanceUID (0008,0018) of one DICOM file: fill it in or remove the row"
+            )
         if uid in first_seen:
-            raise SourceError(f"{row_where}: the same SOPInstanceUID as row {first_seen[uid]}; list each DICOM object once")
+            raise SourceError(
+                f"{row_where}: the same SOPInstanceUID as row {first_seen[uid]}; list each DICOM object once"
+            )
         first_seen[uid] = first_row + index
         rows.append(
-            {"uid": uid, "case_id": _text(record.get("case_id")), "site": _text(record.get("site")) or "default",
-             "label": canonical_label(record.get("label")), "where": row_where}
-        )  # fmt: skip
+            {
+                "uid": uid,
+                "case_id": _text(record.get("case_id")),
+                "site": _text(record.get("site")) or "default",
+                "label": canonical_label(record.get("label")),
+                "where": row_where,
+            }
+        )
     return rows
 
 
@@ -251,7 +266,8 @@ class InstanceRows:
 
 
 def read_instance_rows(table: pd.DataFrame, data: bytes, where: str) -> InstanceRows | None:
-    """The rows of a metadata.csv (its bytes ``data``, parsed as ``table``) when it is keyed by SOPInstanceUID, else None."""
+    """The rows of a metadata.csv (its bytes ``data``, parsed as ``table``) when it is keyed by SOPInstanceUID, else
+    None."""
     if not keyed_by_instance(table):
         return None
     return InstanceRows(instance_rows(table, where, first_row=2), hashlib.sha256(data).hexdigest())

@@ -39,7 +39,9 @@ class MetadataCatalog:
             "site TEXT NOT NULL, label TEXT, row_where TEXT NOT NULL, case_key TEXT NOT NULL)"
         )
         self.database.execute("CREATE UNIQUE INDEX rows_by_path ON rows (path)")
-        self.database.execute("CREATE TABLE objects (path TEXT PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL, version TEXT NOT NULL)")
+        self.database.execute(
+            "CREATE TABLE objects (path TEXT PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL, version TEXT NOT NULL)"
+        )
         self._load_rows(csv_file)
 
     def close(self) -> None:
@@ -77,7 +79,9 @@ class MetadataCatalog:
     def missing(self) -> tuple[list[dict], int]:
         """(the first ROWS_NAMED rows naming no listed object, in file order; how many there are)."""
         query = "FROM rows LEFT JOIN objects ON objects.path = rows.path WHERE objects.path IS NULL"
-        first = self.database.execute(f"SELECT rows.path, rows.row_where {query} ORDER BY rows.position LIMIT ?", (ROWS_NAMED,)).fetchall()
+        first = self.database.execute(
+            f"SELECT rows.path, rows.row_where {query} ORDER BY rows.position LIMIT ?", (ROWS_NAMED,)
+        ).fetchall()
         count = self.database.execute(f"SELECT COUNT(*) {query}").fetchone()[0]
         return [{"path": path, "where": where} for path, where in first], count
 

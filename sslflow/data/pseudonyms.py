@@ -29,7 +29,11 @@ PSEUDONYM_HEX_CHARACTERS = 20  # 80 bits: no collision among 10^9 patients in pr
 
 
 def default_key_file() -> Path:
-    return Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else Path.home() / ".config" / "sslflow" / "pseudonym.key"
+    return (
+        Path(os.environ[KEY_FILE_ENV])
+        if os.environ.get(KEY_FILE_ENV)
+        else Path.home() / ".config" / "sslflow" / "pseudonym.key"
+    )
 
 
 def _read_or_create_key_file(path: Path) -> str:
@@ -55,9 +59,13 @@ def resolve_key(given: str | None = None) -> bytes:
         try:
             key, origin = _read_or_create_key_file(path), f"the key file {path}"
         except OSError as error:
-            raise SourceError(f"the pseudonym key file {path} cannot be read or created ({error.strerror}); set {KEY_ENV} instead") from error
+            raise SourceError(
+                f"the pseudonym key file {path} cannot be read or created ({error.strerror}); set {KEY_ENV} instead"
+            ) from error
     if len(key) < MIN_KEY_CHARACTERS:
-        raise SourceError(f"{origin} is shorter than {MIN_KEY_CHARACTERS} characters; use a long random key (e.g. `openssl rand -hex 32`)")
+        raise SourceError(
+            f"{origin} is shorter than {MIN_KEY_CHARACTERS} characters; use a long random key (e.g. `openssl rand -hex 32`)"
+        )
     return key.encode("utf-8")
 
 
@@ -79,5 +87,7 @@ class Pseudonyms:
 
     def pseudonym(self, kind: str, value: str) -> str:
         """``kind``-HMAC(key, kind NUL value): the same value of another kind gets another pseudonym."""
-        digest = hmac.new(self._secret(), f"{kind}\0{value}".encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+        digest = hmac.new(
+            self._secret(), f"{kind}\0{value}".encode("utf-8", "surrogateescape"), hashlib.sha256
+        ).hexdigest()
         return f"{kind}-{digest[:PSEUDONYM_HEX_CHARACTERS]}"

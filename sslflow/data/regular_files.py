@@ -17,9 +17,13 @@ from sslflow.data.types import SourceError
 def file_kind(mode: int) -> str:
     """What an ``st_mode`` describes, for messages: "a regular file", "a FIFO (named pipe)", ..."""
     kinds = [
-        (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-    ]  # fmt: skip
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
     return next((kind for test, kind in kinds if test(mode)), "a special file")
 
 

@@ -9,7 +9,10 @@ import numpy as np
 from sslflow.errors import Refusal
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DICOM_SUFFIXES = (".dcm", ".dicom")  # listed by name; DICOM files without them are found by content (sslflow/data/listing.py)
+DICOM_SUFFIXES = (
+    ".dcm",
+    ".dicom",
+)  # listed by name; DICOM files without them are found by content (sslflow/data/listing.py)
 
 
 @dataclass
@@ -30,12 +33,18 @@ class SourceImages:
     read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
     modalities: list[str | None] = field(default_factory=list)  # DICOM Modality per image (None: not DICOM); [] = none
     skipped: dict[str, int] = field(default_factory=dict)  # non-image DICOM objects skipped, by SOP class
-    unmatched_instance_rows: list[str] = field(default_factory=list)  # metadata rows by SOPInstanceUID no image here has ("where")
+    unmatched_instance_rows: list[str] = field(
+        default_factory=list
+    )  # metadata rows by SOPInstanceUID no image here has ("where")
     # what the dataset knows an image by (source_paths never leave ingest): "file-" + HMAC of the path; [] = the paths
     # themselves (built-in data sets, whose paths name no one)
     image_keys: list[str] = field(default_factory=list)
-    case_sources: list[str] = field(default_factory=list)  # per image: "metadata", "patient", "study", "series", "none"; [] = unknown
-    instances: list[str] = field(default_factory=list)  # per image: SOPInstanceUID pseudonym (+ "#frame=<n>"), "" for none
+    case_sources: list[str] = field(
+        default_factory=list
+    )  # per image: "metadata", "patient", "study", "series", "none"; [] = unknown
+    instances: list[str] = field(
+        default_factory=list
+    )  # per image: SOPInstanceUID pseudonym (+ "#frame=<n>"), "" for none
     lossless: list[bool] = field(default_factory=list)  # per image: False when its pixels were lossy compressed
     held_back: dict[str, int] = field(default_factory=dict)  # images held back by reason (e.g. burned_in_annotation)
 

@@ -29,10 +29,10 @@ import pandas as pd  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from sslflow.config import ValidationConfig  # noqa: E402
-from sslflow.errors import Refusal  # noqa: E402
 from sslflow.data.manifest import MANIFEST_COLUMNS  # noqa: E402
 from sslflow.data.metadata import canonical_label  # noqa: E402
 from sslflow.data.validation_advice import what_to_do  # noqa: E402
+from sslflow.errors import Refusal  # noqa: E402
 
 E = gx.expectations
 LABEL_PATTERN = r"^\S(?:.*\S)?\Z"  # one line, no leading or trailing blanks ("cat " and "cat" would be two classes)
@@ -60,22 +60,36 @@ def manifest_expectations(config: ValidationConfig, image_count: int) -> list:
         E.ExpectTableColumnsToMatchSet(column_set=[*MANIFEST_COLUMNS, "splits_of_case"], exact_match=True),  # + derived
         E.ExpectTableRowCountToEqual(value=image_count),  # every manifest row has a decoded image
         E.ExpectTableRowCountToBeBetween(min_value=1),
-        *[E.ExpectColumnValuesToNotBeNull(column=column) for column in ("sha256", "image_key", "case_id", "site", "split")],
+        *[
+            E.ExpectColumnValuesToNotBeNull(column=column)
+            for column in ("sha256", "image_key", "case_id", "site", "split")
+        ],
         E.ExpectColumnValuesToBeUnique(column="sha256"),
         E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-        E.ExpectColumnValuesToBeBetween(column="width", min_value=config.min_image_side, max_value=config.max_image_side),
-        E.ExpectColumnValuesToBeBetween(column="height", min_value=config.min_image_side, max_value=config.max_image_side),
+        E.ExpectColumnValuesToBeBetween(
+            column="width", min_value=config.min_image_side, max_value=config.max_image_side
+        ),
+        E.ExpectColumnValuesToBeBetween(
+            column="height", min_value=config.min_image_side, max_value=config.max_image_side
+        ),
         E.ExpectColumnValuesToBeBetween(column="size_bytes", min_value=1),
         E.ExpectColumnValuesToBeInSet(column="splits_of_case", value_set=[1]),
-        *[E.ExpectColumnValuesToNotBeNull(column=column) for column in ("pixel_mean", "pixel_std", "shard", "shard_row")],
-        E.ExpectColumnValuesToBeBetween(column="pixel_mean", min_value=0, max_value=255),  # per-image statistics from ingest
+        *[
+            E.ExpectColumnValuesToNotBeNull(column=column)
+            for column in ("pixel_mean", "pixel_std", "shard", "shard_row")
+        ],
+        E.ExpectColumnValuesToBeBetween(
+            column="pixel_mean", min_value=0, max_value=255
+        ),  # per-image statistics from ingest
         E.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=0, max_value=128),
     ]
     if config.require_labels:
         expectations.append(E.ExpectColumnValuesToNotBeNull(column="label"))
     expectations.append(E.ExpectColumnValuesToMatchRegex(column="label", regex=LABEL_PATTERN))
     if config.allowed_labels:
-        allowed = [canonical_label(label) or label for label in config.allowed_labels]  # "1.0" allows "1", as ingest spells it
+        allowed = [
+            canonical_label(label) or label for label in config.allowed_labels
+        ]  # "1.0" allows "1", as ingest spells it
         expectations.append(E.ExpectColumnValuesToBeInSet(column="label", value_set=allowed))
     return expectations
 
@@ -117,7 +131,11 @@ def _run(name: str, frame: pd.DataFrame, expectations: list, row_names: list[str
         .add_batch_definition_whole_dataframe(name)
         .get_batch(batch_parameters={"dataframe": frame})
     )
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_OFFENDING_ROWS, "unexpected_index_column_names": row_names}
+    result_format = {
+        "result_format": "SUMMARY",
+        "partial_unexpected_count": MAX_OFFENDING_ROWS,
+        "unexpected_index_column_names": row_names,
+    }
     return batch.validate(_suite(name, expectations), result_format=result_format).to_json_dict()
 
 
@@ -154,7 +172,9 @@ def failures(result: dict, label_counts: pd.DataFrame | None = None) -> list[str
         offending = f"error: {error}" if error else _offending(item.get("result") or {}, column)
         where = f" column {column!r}" if column else ""
         advice = what_to_do(config["type"], column, kwargs, label_counts)
-        lines.append(f"{config['type']}{where} {json.dumps(kwargs, default=str)} failed; offending: {offending}\n    what to do: {advice}")
+        lines.append(
+            f"{config['type']}{where} {json.dumps(kwargs, default=str)} failed; offending: {offending}\n    what to do: {advice}"
+        )
     return lines
 
 
@@ -174,7 +194,8 @@ def case_size_statistics(frame: pd.DataFrame) -> dict:
 
 
 def labels_per_class(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per class labelled in any split: label, train_labels, val_labels, gate_labels, test_labels (counts, 0 when none)."""
+    """One row per class labelled in any split: label, train_labels, val_labels, gate_labels, test_labels (counts, 0
+    when none)."""
     labelled = frame[frame["label"].notna()]
     classes = sorted(set(labelled["label"]))
     counts = {"label": classes}
@@ -184,8 +205,11 @@ def labels_per_class(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(counts)
 
 
-def validate_manifest(manifest: pd.DataFrame, image_count: int, config: ValidationConfig, label_fractions: list[float]) -> dict:
-    """Run both suites. Returns {"success", "manifest", "label_counts", "failures", "case_sizes", "train_labels_per_class"}.
+def validate_manifest(
+    manifest: pd.DataFrame, image_count: int, config: ValidationConfig, label_fractions: list[float]
+) -> dict:
+    """Run both suites. Returns {"success", "manifest", "label_counts", "failures", "case_sizes",
+    "train_labels_per_class"}.
 
     The label-count suite runs only when ``label_fractions`` is not empty; ValueError for a fraction
     outside (0, 1] (check_label_fractions), before anything runs.
@@ -196,13 +220,19 @@ def validate_manifest(manifest: pd.DataFrame, image_count: int, config: Validati
     row_names = ["image_key"] if "image_key" in frame.columns else []
     manifest_result = _run("manifest", frame, manifest_expectations(config, image_count), row_names)
     label_counts = labels_per_class(frame)
-    label_result = _run("label_counts", label_counts, label_count_expectations(label_fractions), ["label"]) if label_fractions else None
+    label_result = (
+        _run("label_counts", label_counts, label_count_expectations(label_fractions), ["label"])
+        if label_fractions
+        else None
+    )
     failing = failures(manifest_result) + (failures(label_result, label_counts) if label_result else [])
     return {
         "success": not failing,
         "failures": failing,
         "manifest": manifest_result,
         "label_counts": label_result,
-        "train_labels_per_class": {str(label): int(count) for label, count in zip(label_counts["label"], label_counts["train_labels"])},
+        "train_labels_per_class": {
+            str(label): int(count) for label, count in zip(label_counts["label"], label_counts["train_labels"])
+        },
         "case_sizes": case_size_statistics(frame),
     }

@@ -16,11 +16,26 @@ REINGEST = (
 FIX_METADATA = "in metadata.csv (columns path, case_id, site, label) beside the images"
 
 MANIFEST_ADVICE = {
-    ("expect_table_row_count_to_be_between", None): "no image was ingested: point the source at a folder, S3 prefix or parquet list of image files",
-    ("expect_column_values_to_be_between", "width"): "remove or resize those files: validate accepts sides from {min_value:g} to {max_value:g} px",
-    ("expect_column_values_to_be_between", "height"): "remove or resize those files: validate accepts sides from {min_value:g} to {max_value:g} px",
-    ("expect_column_values_to_match_regex", "label"): f"remove the blanks around those labels {FIX_METADATA}: 'cat ' and 'cat' would be two classes",
-    ("expect_column_values_to_be_in_set", "label"): "correct those labels, or add them to ValidationConfig.allowed_labels",
+    (
+        "expect_table_row_count_to_be_between",
+        None,
+    ): "no image was ingested: point the source at a folder, S3 prefix or parquet list of image files",
+    (
+        "expect_column_values_to_be_between",
+        "width",
+    ): "remove or resize those files: validate accepts sides from {min_value:g} to {max_value:g} px",
+    (
+        "expect_column_values_to_be_between",
+        "height",
+    ): "remove or resize those files: validate accepts sides from {min_value:g} to {max_value:g} px",
+    (
+        "expect_column_values_to_match_regex",
+        "label",
+    ): f"remove the blanks around those labels {FIX_METADATA}: 'cat ' and 'cat' would be two classes",
+    (
+        "expect_column_values_to_be_in_set",
+        "label",
+    ): "correct those labels, or add them to ValidationConfig.allowed_labels",
     ("expect_column_values_to_not_be_null", "label"): (
         f"every image of an evaluation set (the shift set) needs a label: add the missing ones {FIX_METADATA}, or move those images out"
     ),
@@ -64,7 +79,8 @@ def _empty_split(split: str, label_counts: pd.DataFrame) -> str:
 
 
 def what_to_do(expectation: str, column: str | None, kwargs: dict, label_counts: pd.DataFrame | None = None) -> str:
-    """The advice for one failing expectation; ``label_counts`` (validation.labels_per_class) for the label-count suite."""
+    """The advice for one failing expectation; ``label_counts`` (validation.labels_per_class) for the label-count
+    suite."""
     if label_counts is not None:
         if column == "train_labels":
             return _fewest_training_labels(label_counts, kwargs.get("min_value", 0))

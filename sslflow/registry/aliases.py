@@ -57,14 +57,18 @@ def undo_registration(registry: MlflowClient, model_name: str, number: str, tags
     for alias in (CHAMPION, CHALLENGER):  # deleting the version drops these if they point to it
         if now.get(alias) == number and before.get(alias):
             registry.set_registered_model_alias(model_name, alias, before[alias])
-    moved_previous = before.get(CHAMPION) and now.get(PREVIOUS_CHAMPION) == before[CHAMPION] != before.get(PREVIOUS_CHAMPION)
+    moved_previous = before.get(CHAMPION) and now.get(PREVIOUS_CHAMPION) == before[CHAMPION] != before.get(
+        PREVIOUS_CHAMPION
+    )
     if moved_previous:
         if before.get(PREVIOUS_CHAMPION):
             registry.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, before[PREVIOUS_CHAMPION])
         else:
             registry.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
     registry.delete_model_version(model_name, number)
-    log.warning("registry: deleted incomplete version %s of %s and restored the aliases it had moved", number, model_name)
+    log.warning(
+        "registry: deleted incomplete version %s of %s and restored the aliases it had moved", number, model_name
+    )
 
 
 def _version_exists(registry: MlflowClient, model_name: str, number: str) -> bool:
@@ -98,7 +102,9 @@ def rollback_aliases(model_name: str) -> str:
             registry.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
         if demoted:
             when = datetime.now(UTC).isoformat(timespec="seconds")
-            registry.set_model_version_tag(model_name, demoted, "rolled_back", f"{when}: champion moved back to version {restored}")
+            registry.set_model_version_tag(
+                model_name, demoted, "rolled_back", f"{when}: champion moved back to version {restored}"
+            )
     return (
         f"{model_name}: champion moved from version {demoted or '(none)'} back to version {restored}; "
         f"previous_champion is now {older or 'unset'}"

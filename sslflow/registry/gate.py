@@ -1,12 +1,11 @@
 """The promotion gate, a pure function: does the challenger take ``champion``?
 
-The challenger and the current champion are both scored on this run's gate split (IngestConfig.gate_fraction)
-of the in-domain data and of the shift set, so they are compared on the same images. The gate split is
-disjoint from the test split (which is only reported) and from the validation split that chose the
-challenger, so neither selection nor promotion turns the test split into a selection set. The challenger is promoted only if it is better
-in-domain (within RegistryConfig.non_inferiority_margin) and no worse under shift (within
-RegistryConfig.max_shift_drop); never for being newer.
-"""
+The challenger and the current champion are both scored on this run's gate split (IngestConfig.gate_fraction) of the
+in-domain data and of the shift set, so they are compared on the same images. The gate split is disjoint from the test
+split (which is only reported) and from the validation split that chose the challenger, so neither selection nor
+promotion turns the test split into a selection set. The challenger is promoted only if it is better in-domain (within
+RegistryConfig.non_inferiority_margin) and no worse under shift (within RegistryConfig.max_shift_drop); never for being
+newer."""
 
 from __future__ import annotations
 

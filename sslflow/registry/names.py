@@ -20,7 +20,8 @@ PREFIX = "sslflow"
 
 
 def _location(source: str) -> str:
-    """The source as one string per place: the absolute path of a folder or parquet list, the S3 URI without a final /."""
+    """The source as one string per place: the absolute path of a folder or parquet list, the S3 URI without a final
+    /."""
     kind = source_kind(source)
     return source.rstrip("/") if kind == "s3" else str(Path(source).resolve())
 

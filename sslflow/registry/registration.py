@@ -23,6 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from ssl_models.augment import FINETUNE_AUGMENT
 from sslflow.config import RegistryConfig
 from sslflow.evaluation import EvaluatedModel
 from sslflow.registry.aliases import (
@@ -56,7 +57,6 @@ from sslflow.registry.serving import (
 from sslflow.tracking.provenance import code_version
 from sslflow.tracking.server import is_unreachable
 from sslflow.tracking.store import registry_lock
-from ssl_models.augment import FINETUNE_AUGMENT
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,23 @@ class SelectedModel(EvaluatedModel, Protocol):
 def _registration(registry: MlflowClient, version: ModelVersion, note: str = "") -> Registration:
     tags, aliases = version.tags, aliases_of(registry, version.name)
     return Registration(
-        model_name=version.name, version=str(version.version),
+        model_name=version.name,
+        version=str(version.version),
         aliases=sorted(alias for alias, number in aliases.items() if number == str(version.version)),
-        init=tags.get("init", ""), probe=tags.get("probe", ""), label_fraction=float(tags.get("label_fraction", "0")),
-        in_domain_accuracy=float(tags.get("in_domain_accuracy", "nan")), shift_accuracy=float(tags.get("shift_accuracy", "nan")),
-        promoted=tags.get("gate.promoted") == "true", decision=note + tags.get("gate.decision", ""),
+        init=tags.get("init", ""),
+        probe=tags.get("probe", ""),
+        label_fraction=float(tags.get("label_fraction", "0")),
+        in_domain_accuracy=float(tags.get("in_domain_accuracy", "nan")),
+        shift_accuracy=float(tags.get("shift_accuracy", "nan")),
+        promoted=tags.get("gate.promoted") == "true",
+        decision=note + tags.get("gate.decision", ""),
         champion_version=aliases.get(CHAMPION, ""),
-    )  # fmt: skip
+    )
 
 
-def find_registered(registry: MlflowClient, model_name: str, checkpoint_sha256: str, parent_run_id: str) -> Registration | None:
+def find_registered(
+    registry: MlflowClient, model_name: str, checkpoint_sha256: str, parent_run_id: str
+) -> Registration | None:
     """This pipeline run's complete registration of this checkpoint, if any; undoes incomplete ones it finds."""
     same_run = f"name = '{model_name}' and tags.checkpoint_sha256 = '{checkpoint_sha256}' and tags.pipeline_run_id = '{parent_run_id}'"
     for earlier in registry.search_model_versions(same_run):
@@ -96,16 +103,29 @@ def find_registered(registry: MlflowClient, model_name: str, checkpoint_sha256: 
     return None
 
 
-def version_tags(best: SelectedModel, challenger: Accuracies, data_tags: dict[str, str], parent_run_id: str) -> dict[str, str]:
+def version_tags(
+    best: SelectedModel, challenger: Accuracies, data_tags: dict[str, str], parent_run_id: str
+) -> dict[str, str]:
     """The tags a new version is created with (data_tags: names and sha256 of the in-domain and shift data sets)."""
     return {
-        "checkpoint_sha256": best.content_sha256, "pipeline_run_id": parent_run_id, "code_version": code_version(), **data_tags,
-        "init": best.init, "probe": best.probe, "label_fraction": f"{best.label_fraction:g}", "num_labels": str(best.num_labels),
-        "val_accuracy": f"{best.val_accuracy:.6f}", "in_domain_accuracy": f"{challenger.in_domain:.6f}",
-        "shift_accuracy": f"{challenger.shift:.6f}", CLASS_NAMES_TAG: encode_class_names(best.class_names),
-        "encoder_name": best.encoder_name, "finetune_mlflow_run_id": best.mlflow_run_id,
-        SERVING_TAG: SERVING_FORMAT, STATE_TAG: INCOMPLETE, **initial_weights_tags(best),
-    }  # fmt: skip
+        "checkpoint_sha256": best.content_sha256,
+        "pipeline_run_id": parent_run_id,
+        "code_version": code_version(),
+        **data_tags,
+        "init": best.init,
+        "probe": best.probe,
+        "label_fraction": f"{best.label_fraction:g}",
+        "num_labels": str(best.num_labels),
+        "val_accuracy": f"{best.val_accuracy:.6f}",
+        "in_domain_accuracy": f"{challenger.in_domain:.6f}",
+        "shift_accuracy": f"{challenger.shift:.6f}",
+        CLASS_NAMES_TAG: encode_class_names(best.class_names),
+        "encoder_name": best.encoder_name,
+        "finetune_mlflow_run_id": best.mlflow_run_id,
+        SERVING_TAG: SERVING_FORMAT,
+        STATE_TAG: INCOMPLETE,
+        **initial_weights_tags(best),
+    }
 
 
 def initial_weights_tags(best: SelectedModel) -> dict[str, str]:
@@ -115,7 +135,9 @@ def initial_weights_tags(best: SelectedModel) -> dict[str, str]:
     return {"initial_weights.source": best.initial_weights, "initial_weights.sha256": best.initial_weights_sha256}
 
 
-def _champion_scores(registry: MlflowClient, model_name: str, version: str, gate_sets: GateSets) -> tuple[Accuracies | None, str]:
+def _champion_scores(
+    registry: MlflowClient, model_name: str, version: str, gate_sets: GateSets
+) -> tuple[Accuracies | None, str]:
     """The champion scored on this run's gate sets, or (None, why it cannot be).
 
     Whatever stops the champion from being loaded or scored (a deleted artifact, another MLflow or torch
@@ -131,10 +153,15 @@ def _champion_scores(registry: MlflowClient, model_name: str, version: str, gate
     except Exception as error:  # noqa: BLE001 - reported in the gate decision, see the docstring
         if is_unreachable(error):
             raise
-        return None, f"champion version {version} cannot be loaded or scored on this run's gate sets ({type(error).__name__}: {error})"
+        return (
+            None,
+            f"champion version {version} cannot be loaded or scored on this run's gate sets ({type(error).__name__}: {error})",
+        )
 
 
-def _gate(registry: MlflowClient, model_name: str, challenger: Accuracies, gate_sets: GateSets, config: RegistryConfig) -> tuple[dict[str, str], GateDecision]:
+def _gate(
+    registry: MlflowClient, model_name: str, challenger: Accuracies, gate_sets: GateSets, config: RegistryConfig
+) -> tuple[dict[str, str], GateDecision]:
     """(the aliases as they are now, the decision). Gates again if another run moved the champion meanwhile."""
     aliases = aliases_of(registry, model_name)
     for _ in range(3):
@@ -144,24 +171,38 @@ def _gate(registry: MlflowClient, model_name: str, challenger: Accuracies, gate_
         else:
             scores, incomparable = _champion_scores(registry, model_name, champion, gate_sets)
             if scores is None:
-                decision = GateDecision(False, f"kept champion: {incomparable}; move the alias by hand if the change is intended")
+                decision = GateDecision(
+                    False, f"kept champion: {incomparable}; move the alias by hand if the change is intended"
+                )
             else:
                 decision = promotion_gate(challenger, scores, config)
         aliases = aliases_of(registry, model_name)
         if aliases.get(CHAMPION, "") == champion:
             return aliases, decision
-    raise RuntimeError(f"the champion of {model_name} moved three times while this run was being gated; run register again")
+    raise RuntimeError(
+        f"the champion of {model_name} moved three times while this run was being gated; run register again"
+    )
 
 
-def _gate_and_move_aliases(registry: MlflowClient, name: str, number: str, challenger: Accuracies, gate_sets: GateSets, config: RegistryConfig, tags: dict[str, str]) -> GateDecision:
+def _gate_and_move_aliases(
+    registry: MlflowClient,
+    name: str,
+    number: str,
+    challenger: Accuracies,
+    gate_sets: GateSets,
+    config: RegistryConfig,
+    tags: dict[str, str],
+) -> GateDecision:
     """Gate version ``number``, record the aliases as they were, move them, mark the version complete."""
     with registry_lock():  # sqlite: one gate at a time across processes; a server: _gate re-checks instead
         aliases_before, decision = _gate(registry, name, challenger, gate_sets, config)
         champion = aliases_before.get(CHAMPION, "")
         gate_tags = {
-            "gate.promoted": str(decision.promote).lower(), "gate.decision": decision.reason,
-            GATE_CHAMPION_TAG: champion, ALIASES_BEFORE_TAG: encode_aliases(aliases_before),
-        }  # fmt: skip
+            "gate.promoted": str(decision.promote).lower(),
+            "gate.decision": decision.reason,
+            GATE_CHAMPION_TAG: champion,
+            ALIASES_BEFORE_TAG: encode_aliases(aliases_before),
+        }
         for key, value in gate_tags.items():
             registry.set_model_version_tag(name, number, key, value)
         tags.update(gate_tags)  # undo_registration reads aliases_before from here
@@ -174,7 +215,14 @@ def _gate_and_move_aliases(registry: MlflowClient, name: str, number: str, chall
     return decision
 
 
-def register_version(registry: MlflowClient, model_uri: str, tags: dict[str, str], challenger: Accuracies, gate_sets: GateSets, config: RegistryConfig) -> Registration:
+def register_version(
+    registry: MlflowClient,
+    model_uri: str,
+    tags: dict[str, str],
+    challenger: Accuracies,
+    gate_sets: GateSets,
+    config: RegistryConfig,
+) -> Registration:
     """The registration transaction: create the version, gate, move aliases; on any failure undo all of it."""
     name = config.model_name
     number = str(mlflow.register_model(model_uri, name, tags=tags).version)
@@ -184,17 +232,30 @@ def register_version(registry: MlflowClient, model_uri: str, tags: dict[str, str
         try:
             undo_registration(registry, name, number, tags)
         except Exception as undo_error:  # noqa: BLE001 - the server is gone: the next attempt of this run undoes it
-            log.error("registry: could not undo version %s of %s (left tagged %s=%s): %s", number, name, STATE_TAG, INCOMPLETE, undo_error)
+            log.error(
+                "registry: could not undo version %s of %s (left tagged %s=%s): %s",
+                number,
+                name,
+                STATE_TAG,
+                INCOMPLETE,
+                undo_error,
+            )
         raise
     log.warning("registry: %s version %s: %s", name, number, decision.reason)
     return _registration(registry, registry.get_model_version(name, number))
 
 
 def register_selected(
-    registry: MlflowClient, best: SelectedModel, classifier: nn.Module, gate_sets: GateSets, data_tags: dict[str, str],
-    config: RegistryConfig, parent_run_id: str,
-) -> Registration:  # fmt: skip
-    """Register ``best`` (its trained ``classifier``, with an ONNX copy) unless this pipeline run already has; runs inside a stage run."""
+    registry: MlflowClient,
+    best: SelectedModel,
+    classifier: nn.Module,
+    gate_sets: GateSets,
+    data_tags: dict[str, str],
+    config: RegistryConfig,
+    parent_run_id: str,
+) -> Registration:
+    """Register ``best`` (its trained ``classifier``, with an ONNX copy) unless this pipeline run already has; runs
+    inside a stage run."""
     existing = find_registered(registry, config.model_name, best.content_sha256, parent_run_id)
     if existing is not None:
         return existing
@@ -205,9 +266,20 @@ def register_selected(
     with tempfile.TemporaryDirectory() as folder:
         onnx_file = export_onnx(served, gate_sets["in_domain"][0], Path(folder) / ONNX_FILE)
         logged = mlflow.pytorch.log_model(
-            served, name="model", input_example=example, pip_requirements=MODEL_PIP_REQUIREMENTS, extra_files=[str(onnx_file)]
-        )  # fmt: skip
-    registration = register_version(registry, logged.model_uri, version_tags(best, challenger, data_tags, parent_run_id), challenger, gate_sets, config)
+            served,
+            name="model",
+            input_example=example,
+            pip_requirements=MODEL_PIP_REQUIREMENTS,
+            extra_files=[str(onnx_file)],
+        )
+    registration = register_version(
+        registry,
+        logged.model_uri,
+        version_tags(best, challenger, data_tags, parent_run_id),
+        challenger,
+        gate_sets,
+        config,
+    )
     mlflow.set_tags({"registry.decision": registration.decision, "registry.version": registration.version})
     mlflow.log_metrics({"in_domain_accuracy": challenger.in_domain, "shift_accuracy": challenger.shift})
     return registration

@@ -27,12 +27,16 @@ MODEL_PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "mlflow==3.17.
 SERVING_TAG, SERVING_FORMAT = "sslflow.serving", "float32 pixels 0-255 in, probabilities out"
 
 ONNX_FILE = "model.onnx"
-ONNX_ARTIFACT = f"extra_files/{ONNX_FILE}"  # its path inside the registered version (mlflow.pytorch.log_model extra_files)
+ONNX_ARTIFACT = (
+    f"extra_files/{ONNX_FILE}"  # its path inside the registered version (mlflow.pytorch.log_model extra_files)
+)
 ONNX_TOLERANCE = 1e-4  # largest difference in any probability between the ONNX and the PyTorch model
 
 CLASS_NAMES_TAG = "class_names"  # a JSON list: class names may hold commas
 
-GateSets = dict[str, tuple[np.ndarray, np.ndarray]]  # "in_domain" / "shift" -> gate split (images (N, C, H, W) uint8, label names (N,))
+GateSets = dict[
+    str, tuple[np.ndarray, np.ndarray]
+]  # "in_domain" / "shift" -> gate split (images (N, C, H, W) uint8, label names (N,))
 
 
 class RegisteredClassifier(nn.Module):
@@ -65,21 +69,29 @@ def export_onnx(model: RegisteredClassifier, images: np.ndarray, path: Path) -> 
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            model, (example,), str(path), input_names=["images"], output_names=["probabilities"], dynamo=False,
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["probabilities"],
+            dynamo=False,
             dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
-        )  # fmt: skip
+        )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     exported = session.run(None, {"images": example.numpy()})[0]
     with torch.no_grad():
         difference = float(np.abs(exported - model(example).numpy()).max())
     if not difference <= ONNX_TOLERANCE:
-        raise RuntimeError(f"the ONNX export of the classifier differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}) on the gate images")
+        raise RuntimeError(
+            f"the ONNX export of the classifier differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}) on the gate images"
+        )
     return path
 
 
 @torch.no_grad()
 def score(model: nn.Module, class_names: list[str], gate_sets: GateSets) -> Accuracies:
-    """Accuracy of a RegisteredClassifier (in eval mode) on each gate set. ValueError if a gate label is not one of class_names."""
+    """Accuracy of a RegisteredClassifier (in eval mode) on each gate set. ValueError if a gate label is not one of
+    class_names."""
     accuracies = {}
     for eval_set, (images, label_names) in gate_sets.items():
         labels = class_indices(label_names, class_names, f"{eval_set} gate split")

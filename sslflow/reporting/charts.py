@@ -28,12 +28,19 @@ def _curve(results: pd.DataFrame, eval_set: str, title: str) -> bytes:
     for init, probe in methods_in_order(results):
         rows = results[(results["init"] == init) & (results["probe"] == probe) & (results["eval_set"] == eval_set)]
         rows = rows.groupby("label_fraction", as_index=False)["accuracy"].mean()  # over seeds
-        axis.plot(rows["label_fraction"] * 100, rows["accuracy"], marker="o", linestyle="-" if probe == "finetune" else "--", label=f"{init} ({probe})")
+        axis.plot(
+            rows["label_fraction"] * 100,
+            rows["accuracy"],
+            marker="o",
+            linestyle="-" if probe == "finetune" else "--",
+            label=f"{init} ({probe})",
+        )
     return finish_accuracy_curve(figure, axis, "labelled training images (%)", title)
 
 
 def finish_accuracy_curve(figure, axis, x_label: str, title: str) -> bytes:
-    """The PNG of an accuracy curve against a count of labels: log x axis, labels, grid, legend (every such chart alike)."""
+    """The PNG of an accuracy curve against a count of labels: log x axis, labels, grid, legend (every such chart
+    alike)."""
     axis.set_xscale("log")
     axis.set_xlabel(x_label)
     axis.set_ylabel("accuracy")
@@ -53,7 +60,11 @@ def _corruption_chart(results: pd.DataFrame) -> bytes:
     figure, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3), sharey=True)
     for axis, name in zip(axes, names):
         for init in sorted(set(corrupted["init"]), key=arm_order):
-            rows = corrupted[(corrupted["corruption"] == name) & (corrupted["init"] == init)].groupby("severity", as_index=False)["accuracy"].mean()
+            rows = (
+                corrupted[(corrupted["corruption"] == name) & (corrupted["init"] == init)]
+                .groupby("severity", as_index=False)["accuracy"]
+                .mean()
+            )
             axis.plot(rows["severity"], rows["accuracy"], marker="o", label=init)
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("severity")
@@ -73,12 +84,20 @@ def umap_points(features: np.ndarray, seed: int = 0) -> np.ndarray:
     import umap  # here, not at the top: its import (numba, pynndescent) takes seconds that loading the workflows need not pay
 
     neighbours = max(2, min(15, len(features) - 1))  # UMAP needs 2 <= n_neighbors < N
-    reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, min_dist=0.1, init="pca", n_epochs=200, random_state=seed, n_jobs=1)
+    reducer = umap.UMAP(
+        n_components=2, n_neighbors=neighbours, min_dist=0.1, init="pca", n_epochs=200, random_state=seed, n_jobs=1
+    )
     return reducer.fit_transform(np.asarray(features, dtype=np.float32))
 
 
 def embedding_figure(
-    features: np.ndarray, labels: np.ndarray, sites: np.ndarray, title: str, *, seed: int = 0, max_points: int = EMBEDDING_MAX_POINTS
+    features: np.ndarray,
+    labels: np.ndarray,
+    sites: np.ndarray,
+    title: str,
+    *,
+    seed: int = 0,
+    max_points: int = EMBEDDING_MAX_POINTS,
 ) -> bytes:
     """Two panels of the same 2-D UMAP of features (N, D): points coloured by label (N,) and by site (N,).
 

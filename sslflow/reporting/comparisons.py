@@ -25,9 +25,16 @@ from sslflow.evaluation import unpack_cases, unpack_correct
 from sslflow.ladder import FLOORS, STUDENT_SUFFIX, is_self_supervised
 from sslflow.reporting.intervals import paired_case_bootstrap, paired_verdict
 
-TEN_TIMES = {"best_at_1pct_vs_scratch_at_10pct": (0.01, 0.1, "scratch"), "best_at_10pct_vs_scratch_at_100pct": (0.1, 1.0, "scratch"),
-             "best_at_1pct_vs_scratch_student_at_10pct": (0.01, 0.1, "scratch" + STUDENT_SUFFIX)}  # fmt: skip
-VERDICT_WORDS = {"gain": "met", "loss": "NOT met", "no difference": "undetermined (the interval of the difference holds 0)"}
+TEN_TIMES = {
+    "best_at_1pct_vs_scratch_at_10pct": (0.01, 0.1, "scratch"),
+    "best_at_10pct_vs_scratch_at_100pct": (0.1, 1.0, "scratch"),
+    "best_at_1pct_vs_scratch_student_at_10pct": (0.01, 0.1, "scratch" + STUDENT_SUFFIX),
+}
+VERDICT_WORDS = {
+    "gain": "met",
+    "loss": "NOT met",
+    "no difference": "undetermined (the interval of the difference holds 0)",
+}
 
 
 def _models(results: pd.DataFrame) -> pd.DataFrame:
@@ -51,13 +58,17 @@ def best_on_validation(results: pd.DataFrame, fraction: float, arms=None) -> tup
 
 def _arm_rows(results: pd.DataFrame, arm: tuple[str, str], fraction: float) -> pd.DataFrame:
     rows = _models(results)
-    return rows[(rows["init"] == arm[0]) & (rows["probe"] == arm[1]) & (rows["label_fraction"] == fraction)].sort_values("seed")
+    return rows[
+        (rows["init"] == arm[0]) & (rows["probe"] == arm[1]) & (rows["label_fraction"] == fraction)
+    ].sort_values("seed")
 
 
-def compare_arms(results: pd.DataFrame, ours: tuple[str, str], ours_fraction: float, theirs: tuple[str, str], theirs_fraction: float) -> dict | None:
+def compare_arms(
+    results: pd.DataFrame, ours: tuple[str, str], ours_fraction: float, theirs: tuple[str, str], theirs_fraction: float
+) -> dict | None:
     """ours - theirs in in-domain test accuracy, paired by seed and image, with its case-bootstrap interval; None when
-    either arm lacks a seed the other has, or the test images come from fewer than 2 cases (no interval exists). {ours, theirs, *_accuracy, *_labels (training + validation), difference,
-    verdict, seeds}."""
+    either arm lacks a seed the other has, or the test images come from fewer than 2 cases (no interval exists). {ours,
+    theirs, *_accuracy, *_labels (training + validation), difference, verdict, seeds}."""
     mine, other = _arm_rows(results, ours, ours_fraction), _arm_rows(results, theirs, theirs_fraction)
     seeds = sorted(set(mine["seed"]) & set(other["seed"]))
     if not seeds:
@@ -67,14 +78,25 @@ def compare_arms(results: pd.DataFrame, ours: tuple[str, str], ours_fraction: fl
     if len(set(cases)) < 2:  # one case: no resampling can say anything
         return None
     difference = paired_case_bootstrap(
-        np.stack([unpack_correct(packed) for packed in mine["correct"]]), np.stack([unpack_correct(packed) for packed in other["correct"]]), cases
-    )  # fmt: skip
+        np.stack([unpack_correct(packed) for packed in mine["correct"]]),
+        np.stack([unpack_correct(packed) for packed in other["correct"]]),
+        cases,
+    )
     return {
-        "ours": f"{ours[0]} {ours[1]}", "ours_fraction": ours_fraction, "ours_accuracy": float(mine["accuracy"].mean()),
-        "ours_labels": _labels_used(mine), "theirs": f"{theirs[0]} {theirs[1]}", "theirs_fraction": theirs_fraction,
-        "theirs_accuracy": float(other["accuracy"].mean()), "theirs_labels": _labels_used(other), "difference": str(difference),
-        "low": difference.low, "high": difference.high, "verdict": VERDICT_WORDS[paired_verdict(difference)], "seeds": seeds,
-    }  # fmt: skip
+        "ours": f"{ours[0]} {ours[1]}",
+        "ours_fraction": ours_fraction,
+        "ours_accuracy": float(mine["accuracy"].mean()),
+        "ours_labels": _labels_used(mine),
+        "theirs": f"{theirs[0]} {theirs[1]}",
+        "theirs_fraction": theirs_fraction,
+        "theirs_accuracy": float(other["accuracy"].mean()),
+        "theirs_labels": _labels_used(other),
+        "difference": str(difference),
+        "low": difference.low,
+        "high": difference.high,
+        "verdict": VERDICT_WORDS[paired_verdict(difference)],
+        "seeds": seeds,
+    }
 
 
 def _labels_used(rows: pd.DataFrame) -> int:
@@ -91,13 +113,24 @@ def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
             comparisons[name] = found
     fractions = sorted(set(_models(results)["label_fraction"]))
     for fraction in fractions:
-        ssl = [init for init in set(_models(results)["init"]) if is_self_supervised(init) and not init.endswith(STUDENT_SUFFIX)]
+        ssl = [
+            init
+            for init in set(_models(results)["init"])
+            if is_self_supervised(init) and not init.endswith(STUDENT_SUFFIX)
+        ]
         best_ssl = best_on_validation(results, fraction, ssl)
-        if best_ssl is not None and (found := compare_arms(results, best_ssl, fraction, ("scratch", "finetune"), fraction)) is not None:
+        if (
+            best_ssl is not None
+            and (found := compare_arms(results, best_ssl, fraction, ("scratch", "finetune"), fraction)) is not None
+        ):
             comparisons[f"pretraining_adds_at_{fraction:g}"] = found
-        students = [init for init in set(_models(results)["init"]) if is_self_supervised(init) and init.endswith(STUDENT_SUFFIX)]
+        students = [
+            init for init in set(_models(results)["init"]) if is_self_supervised(init) and init.endswith(STUDENT_SUFFIX)
+        ]
         for student in sorted(students):
-            found = compare_arms(results, (student, "finetune"), fraction, ("scratch" + STUDENT_SUFFIX, "finetune"), fraction)
+            found = compare_arms(
+                results, (student, "finetune"), fraction, ("scratch" + STUDENT_SUFFIX, "finetune"), fraction
+            )
             if found is not None:
                 comparisons[f"pretraining_adds_with_student_at_{fraction:g}"] = found
     return comparisons

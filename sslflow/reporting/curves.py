@@ -23,12 +23,19 @@ SCRATCH, SCRATCH_STUDENT = ("scratch", "finetune"), ("scratch" + STUDENT_SUFFIX,
 
 
 def _points(results: pd.DataFrame, choose) -> list[tuple[float, tuple[str, str], pd.DataFrame]]:
-    """(fraction, arm, its in-domain rows sorted by seed) at each fraction where ``choose(fraction)`` names an arm that ran."""
+    """(fraction, arm, its in-domain rows sorted by seed) at each fraction where ``choose(fraction)`` names an arm that
+    ran."""
     models = results[results["eval_set"] == "in_domain"]
     points = []
     for fraction in sorted(set(models["label_fraction"])):
         arm = choose(fraction)
-        rows = None if arm is None else models[(models["init"] == arm[0]) & (models["probe"] == arm[1]) & (models["label_fraction"] == fraction)]
+        rows = (
+            None
+            if arm is None
+            else models[
+                (models["init"] == arm[0]) & (models["probe"] == arm[1]) & (models["label_fraction"] == fraction)
+            ]
+        )
         if rows is not None and len(rows):
             points.append((fraction, arm, rows.sort_values("seed")))
     return points
@@ -67,10 +74,13 @@ def savings_curves(results: pd.DataFrame) -> dict[str, dict]:
             return {}
         intervals = [case_bootstrap_accuracy(_correct(rows, seeds), cases) for _, _, rows in points]
         curves[name] = {
-            "fractions": [f for f, _, _ in points], "arms": [f"{arm[0]} {arm[1]}" for _, arm, _ in points],
+            "fractions": [f for f, _, _ in points],
+            "arms": [f"{arm[0]} {arm[1]}" for _, arm, _ in points],
             "labels": [int((rows["num_labels"] + rows["val_labels"]).iloc[0]) for _, _, rows in points],
-            "accuracy": [i.mean for i in intervals], "low": [i.low for i in intervals], "high": [i.high for i in intervals],
-        }  # fmt: skip
+            "accuracy": [i.mean for i in intervals],
+            "low": [i.low for i in intervals],
+            "high": [i.high for i in intervals],
+        }
     return curves
 
 
@@ -93,12 +103,29 @@ def headlines(results: pd.DataFrame, targets: dict[str, float]) -> dict[str, dic
         if not points:
             continue
         saved = labels_saved(
-            _correct(rows, seeds), int((rows["num_labels"] + rows["val_labels"]).iloc[0]),
-            np.array([int((r["num_labels"] + r["val_labels"]).iloc[0]) for _, _, r in points]), np.stack([_correct(r, seeds) for _, _, r in points], axis=1), cases,
-        )  # fmt: skip
-        verdict = "met" if saved.low >= target else "NOT met" if saved.high < target else "undetermined (the interval holds the target)"
-        found[name] = {"reference": f"{arm[0]} {arm[1]} at {fraction:g}", "labels_saved": str(saved), "ratio": saved.ratio, "low": saved.low,
-                       "high": saved.high, "censored": saved.censored, "target": target, "verdict": verdict}  # fmt: skip
+            _correct(rows, seeds),
+            int((rows["num_labels"] + rows["val_labels"]).iloc[0]),
+            np.array([int((r["num_labels"] + r["val_labels"]).iloc[0]) for _, _, r in points]),
+            np.stack([_correct(r, seeds) for _, _, r in points], axis=1),
+            cases,
+        )
+        verdict = (
+            "met"
+            if saved.low >= target
+            else "NOT met"
+            if saved.high < target
+            else "undetermined (the interval holds the target)"
+        )
+        found[name] = {
+            "reference": f"{arm[0]} {arm[1]} at {fraction:g}",
+            "labels_saved": str(saved),
+            "ratio": saved.ratio,
+            "low": saved.low,
+            "high": saved.high,
+            "censored": saved.censored,
+            "target": target,
+            "verdict": verdict,
+        }
     return found
 
 
@@ -108,4 +135,12 @@ def savings_figure(results: pd.DataFrame) -> dict[str, bytes]:
         return {}
     curves = savings_curves(results)
     seeds = sorted(set(results["seed"]))
-    return {"label_savings": savings_curve_figure(curves, f"In-domain test accuracy against labels used (training + validation), {len(seeds)} seed(s)")} if curves else {}
+    return (
+        {
+            "label_savings": savings_curve_figure(
+                curves, f"In-domain test accuracy against labels used (training + validation), {len(seeds)} seed(s)"
+            )
+        }
+        if curves
+        else {}
+    )

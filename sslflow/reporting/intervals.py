@@ -62,7 +62,8 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
 
 
 def verdict(ours: Interval, theirs: Interval, *, higher_is_better: bool = True) -> str:
-    """"gain", "loss" or "no difference" (intervals overlap); "undetermined (...)" when either has one seed or zero width."""
+    """ "gain", "loss" or "no difference" (intervals overlap); "undetermined (...)" when either has one seed or zero
+    width."""
     if ours.half_width is None or theirs.half_width is None:
         return "undetermined (1 seed)"
     if ours.half_width == 0 or theirs.half_width == 0:
@@ -95,25 +96,37 @@ class PairedDifference:
         return f"{interval} (bootstrap over {self.cases} test cases, {self.seeds} seed{'s' if self.seeds > 1 else ''})"
 
 
-def paired_bootstrap(ours: np.ndarray, theirs: np.ndarray, confidence: float = CONFIDENCE, *, seed: int = 0) -> PairedDifference:
+def paired_bootstrap(
+    ours: np.ndarray, theirs: np.ndarray, confidence: float = CONFIDENCE, *, seed: int = 0
+) -> PairedDifference:
     """ours - theirs in accuracy with its paired-bootstrap interval. ours, theirs: (N,) bool, which of the same N
     test images (same order) each model got right. BCa interval (scipy.stats.bootstrap, BOOTSTRAP_RESAMPLES
     resamples, fixed seed: the same answers give the same interval); identical answers: a zero-width interval."""
     ours, theirs = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
     if ours.shape != theirs.shape or ours.ndim != 1 or len(ours) < 2:
-        raise ValueError(f"a paired bootstrap needs two answers on the same 2+ images; got shapes {ours.shape} and {theirs.shape}")
+        raise ValueError(
+            f"a paired bootstrap needs two answers on the same 2+ images; got shapes {ours.shape} and {theirs.shape}"
+        )
     difference = float(ours.mean() - theirs.mean())
     if np.array_equal(ours, theirs):
         return PairedDifference(difference, difference, difference, len(ours))
     result = stats.bootstrap(
-        (ours, theirs), lambda a, b, axis: a.mean(axis=axis) - b.mean(axis=axis), paired=True, vectorized=True,
-        n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence, method="BCa", rng=np.random.default_rng(seed),
-    )  # fmt: skip
-    return PairedDifference(difference, float(result.confidence_interval.low), float(result.confidence_interval.high), len(ours))
+        (ours, theirs),
+        lambda a, b, axis: a.mean(axis=axis) - b.mean(axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=confidence,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+    )
+    return PairedDifference(
+        difference, float(result.confidence_interval.low), float(result.confidence_interval.high), len(ours)
+    )
 
 
 def paired_verdict(difference: PairedDifference) -> str:
-    """"gain" (the whole interval of ours - theirs above 0), "loss" (below 0), or "no difference" (it holds 0)."""
+    """ "gain" (the whole interval of ours - theirs above 0), "loss" (below 0), or "no difference" (it holds 0)."""
     if difference.low > 0:
         return "gain"
     if difference.high < 0:
@@ -148,7 +161,9 @@ def answers_per_seed(correct: np.ndarray, name: str, *, ndim: int) -> np.ndarray
     if correct.ndim == ndim - 1:
         correct = correct[None]
     if correct.ndim != ndim or correct.size == 0:
-        raise ValueError(f"{name} must be a non-empty {ndim}-D array with one row per seed (a single seed may drop that axis); got shape {correct.shape}")
+        raise ValueError(
+            f"{name} must be a non-empty {ndim}-D array with one row per seed (a single seed may drop that axis); got shape {correct.shape}"
+        )
     if correct.dtype != bool and not np.isin(correct, (0, 1)).all():
         raise ValueError(f"{name} must say right (True/1) or wrong (False/0) per image; it holds other values")
     return correct.astype(float)
@@ -162,7 +177,9 @@ def case_totals(correct: np.ndarray, cases) -> CaseTotals:
     index: dict = {}
     codes = np.array([index.setdefault(case, len(index)) for case in cases], dtype=np.intp)
     if len(index) < 2:
-        raise ValueError(f"a case bootstrap needs test images from 2 or more cases; these {len(cases)} images come from {len(index)}")
+        raise ValueError(
+            f"a case bootstrap needs test images from 2 or more cases; these {len(cases)} images come from {len(index)}"
+        )
     totals = np.zeros((len(index),) + correct.shape[:-1])
     np.add.at(totals, codes, np.moveaxis(correct, -1, 0))
     return CaseTotals(np.moveaxis(totals, 0, -1), np.bincount(codes, minlength=len(index)).astype(float))
@@ -218,12 +235,20 @@ def case_bootstrap_accuracy(
     totals = case_totals(answers_per_seed(correct, "correct", ndim=2)[:, None, :], cases)
     seeds, _, n_cases = totals.correct.shape
     mean = float(totals.accuracy(np.ones((1, n_cases)), np.ones((1, seeds)))[0, 0])
-    low, high = percentile_interval(totals.accuracy(*bootstrap_draws(resamples, n_cases, seeds, seed))[:, 0], confidence)
+    low, high = percentile_interval(
+        totals.accuracy(*bootstrap_draws(resamples, n_cases, seeds, seed))[:, 0], confidence
+    )
     return BootstrapInterval(mean, low, high)
 
 
 def paired_case_bootstrap(
-    ours: np.ndarray, theirs: np.ndarray, cases, *, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+    ours: np.ndarray,
+    theirs: np.ndarray,
+    cases,
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> PairedDifference:
     """ours - theirs in accuracy with a case-level (cluster) bootstrap percentile interval.
 
@@ -236,7 +261,9 @@ def paired_case_bootstrap(
     """
     ours, theirs = answers_per_seed(ours, "ours", ndim=2), answers_per_seed(theirs, "theirs", ndim=2)
     if ours.shape != theirs.shape:
-        raise ValueError(f"ours and theirs must be answers of the same seeds on the same images; got shapes {ours.shape} and {theirs.shape}")
+        raise ValueError(
+            f"ours and theirs must be answers of the same seeds on the same images; got shapes {ours.shape} and {theirs.shape}"
+        )
     totals = case_totals(np.stack([ours, theirs], axis=1), cases)  # (S, 2, C)
     seeds, _, n_cases = totals.correct.shape
     point = totals.accuracy(np.ones((1, n_cases)), np.ones((1, seeds)))[0]

@@ -30,9 +30,13 @@ def labels_needed(labels: np.ndarray, accuracies: np.ndarray, target: float) -> 
     """
     labels, accuracies = np.asarray(labels, dtype=float), np.asarray(accuracies, dtype=float)
     if labels.ndim != 1 or labels.shape != accuracies.shape or labels.size == 0:
-        raise ValueError(f"labels and accuracies must be two 1-D arrays of the same length; got shapes {labels.shape} and {accuracies.shape}")
+        raise ValueError(
+            f"labels and accuracies must be two 1-D arrays of the same length; got shapes {labels.shape} and {accuracies.shape}"
+        )
     if not (labels > 0).all() or not (np.diff(labels) > 0).all() or not np.isfinite(accuracies).all():
-        raise ValueError(f"labels must be positive and strictly increasing and accuracies finite; got {labels.tolist()} and {accuracies.tolist()}")
+        raise ValueError(
+            f"labels must be positive and strictly increasing and accuracies finite; got {labels.tolist()} and {accuracies.tolist()}"
+        )
     reached = np.flatnonzero(accuracies >= target)
     if reached.size == 0:
         return math.inf
@@ -40,7 +44,9 @@ def labels_needed(labels: np.ndarray, accuracies: np.ndarray, target: float) -> 
     if first == 0:
         return float(labels[0])
     fraction = (target - accuracies[first - 1]) / (accuracies[first] - accuracies[first - 1])
-    return float(math.exp(math.log(labels[first - 1]) + fraction * (math.log(labels[first]) - math.log(labels[first - 1]))))
+    return float(
+        math.exp(math.log(labels[first - 1]) + fraction * (math.log(labels[first]) - math.log(labels[first - 1])))
+    )
 
 
 @dataclass(frozen=True)
@@ -122,5 +128,11 @@ def savings_curve_figure(curves: dict[str, dict], title: str) -> bytes:
     for arm, curve in curves.items():
         labels = np.asarray(curve["labels"], dtype=float)
         (line,) = axis.plot(labels, np.asarray(curve["accuracy"], dtype=float), marker="o", label=arm)
-        axis.fill_between(labels, np.asarray(curve["low"], dtype=float), np.asarray(curve["high"], dtype=float), color=line.get_color(), alpha=0.2)
+        axis.fill_between(
+            labels,
+            np.asarray(curve["low"], dtype=float),
+            np.asarray(curve["high"], dtype=float),
+            color=line.get_color(),
+            alpha=0.2,
+        )
     return finish_accuracy_curve(figure, axis, "labels used (train + validation)", title)

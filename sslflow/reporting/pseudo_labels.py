@@ -18,22 +18,54 @@ import pandas as pd  # noqa: E402
 from sslflow.reporting.charts import _png  # noqa: E402
 
 SUMMARY_COLUMNS = [
-    "label_fraction", "seed", "start", "teacher", "threshold", "coverage", "pseudo_label_accuracy", "ece", "mask_rate", "pseudo_labelled",
-    "pool_images", "teacher_val_accuracy", "student_val_accuracy", "student_gain", "student_beats_teacher",
-]  # fmt: skip
+    "label_fraction",
+    "seed",
+    "start",
+    "teacher",
+    "threshold",
+    "coverage",
+    "pseudo_label_accuracy",
+    "ece",
+    "mask_rate",
+    "pseudo_labelled",
+    "pool_images",
+    "teacher_val_accuracy",
+    "student_val_accuracy",
+    "student_gain",
+    "student_beats_teacher",
+]
 
 
 def quality_table(reports: list[dict]) -> pd.DataFrame:
     """One row per label fraction and seed: SUMMARY_COLUMNS (seed 0 where a report has none)."""
     defaults = {"seed": 0, "start": ""}
-    rows = [{column: report.get(column, defaults[column]) if column in defaults else report[column] for column in SUMMARY_COLUMNS} for report in reports]
+    rows = [
+        {
+            column: report.get(column, defaults[column]) if column in defaults else report[column]
+            for column in SUMMARY_COLUMNS
+        }
+        for report in reports
+    ]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def per_class_table(reports: list[dict]) -> pd.DataFrame:
-    """One row per (label fraction, seed, class): val images, coverage and accuracy at the threshold, pool pseudo-labels kept."""
-    rows = [{"label_fraction": report["label_fraction"], "seed": report.get("seed", 0), "start": report.get("start", ""), **row} for report in reports for row in report["per_class"]]
-    return pd.DataFrame(rows, columns=["label_fraction", "seed", "start", "class", "images", "coverage", "accuracy", "pool_pseudo_labels"])
+    """One row per (label fraction, seed, class): val images, coverage and accuracy at the threshold, pool pseudo-labels
+    kept."""
+    rows = [
+        {
+            "label_fraction": report["label_fraction"],
+            "seed": report.get("seed", 0),
+            "start": report.get("start", ""),
+            **row,
+        }
+        for report in reports
+        for row in report["per_class"]
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=["label_fraction", "seed", "start", "class", "images", "coverage", "accuracy", "pool_pseudo_labels"],
+    )
 
 
 def quality_markdown(reports: list[dict]) -> str:
@@ -50,10 +82,17 @@ def quality_chart(reports: list[dict]) -> bytes:
     for axis, report in zip(axes[0], reports):
         classes = [row["class"] for row in report["per_class"]]
         positions = range(len(classes))
-        axis.bar([p - 0.2 for p in positions], [row["coverage"] for row in report["per_class"]], width=0.4, label="coverage")
-        axis.bar([p + 0.2 for p in positions], [row["accuracy"] for row in report["per_class"]], width=0.4, label="accuracy")
+        axis.bar(
+            [p - 0.2 for p in positions], [row["coverage"] for row in report["per_class"]], width=0.4, label="coverage"
+        )
+        axis.bar(
+            [p + 0.2 for p in positions], [row["accuracy"] for row in report["per_class"]], width=0.4, label="accuracy"
+        )
         axis.set_xticks(list(positions), classes, fontsize=7)
-        axis.set_title(f"{report.get('start', '')} student, {report['label_fraction']:g} of labels, threshold {report['threshold']:g}", fontsize=9)
+        axis.set_title(
+            f"{report.get('start', '')} student, {report['label_fraction']:g} of labels, threshold {report['threshold']:g}",
+            fontsize=9,
+        )
     axes[0][0].set_ylabel("validation fold, by true class")
     axes[0][-1].legend(fontsize=7)
     return _png(figure)

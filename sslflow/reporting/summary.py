@@ -47,10 +47,16 @@ def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_r
 
 def _seeds_note(results: pd.DataFrame) -> str:
     seeds = sorted(set(results["seed"]))
-    return f"{len(seeds)} seeds, the bootstrap resamples them too" if len(seeds) > 1 else "one seed: retraining variance is not in the interval"
+    return (
+        f"{len(seeds)} seeds, the bootstrap resamples them too"
+        if len(seeds) > 1
+        else "one seed: retraining variance is not in the interval"
+    )
 
 
-def dataset_summary(name: str, num_images: int, content_sha256: str, summary: dict, parent_run_id: str, tracking_uri: str) -> str:
+def dataset_summary(
+    name: str, num_images: int, content_sha256: str, summary: dict, parent_run_id: str, tracking_uri: str
+) -> str:
     """What a valid dataset holds (ingest's summary.json) and where its MLflow run is."""
     quarantined = summary.get("quarantined", [])
     lines = [
@@ -66,11 +72,15 @@ def dataset_summary(name: str, num_images: int, content_sha256: str, summary: di
         f"MLflow parent run: {parent_run_id} ({tracking_uri})",
         json.dumps(
             {
-                "images": num_images, "cases": summary.get("cases"), "sites": len(summary.get("sites", {})),
-                "modalities": summary.get("modalities", {}), "skipped": sum(summary.get("skipped_non_image", {}).values()),
-                "quarantined": len(quarantined), "unlisted_files": summary.get("unlisted_files", {}).get("count", 0),
+                "images": num_images,
+                "cases": summary.get("cases"),
+                "sites": len(summary.get("sites", {})),
+                "modalities": summary.get("modalities", {}),
+                "skipped": sum(summary.get("skipped_non_image", {}).values()),
+                "quarantined": len(quarantined),
+                "unlisted_files": summary.get("unlisted_files", {}).get("count", 0),
             },
             sort_keys=True,
         ),  # the last line: machine-readable
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)

@@ -21,10 +21,13 @@ def arm_intervals(results: pd.DataFrame) -> dict[tuple[str, str, float], dict[st
     summary = {}
     for init, probe in methods_in_order(results):
         for fraction in sorted(results["label_fraction"].unique()):
-            rows = results[(results["init"] == init) & (results["probe"] == probe) & (results["label_fraction"] == fraction)]
+            rows = results[
+                (results["init"] == init) & (results["probe"] == probe) & (results["label_fraction"] == fraction)
+            ]
             if len(rows):
                 summary[(init, probe, fraction)] = {
-                    column: t_interval(rows[rows["eval_set"] == eval_set].sort_values("seed")[metric].tolist()) for column, (eval_set, metric) in HEADLINE.items()
+                    column: t_interval(rows[rows["eval_set"] == eval_set].sort_values("seed")[metric].tolist())
+                    for column, (eval_set, metric) in HEADLINE.items()
                 }
     return summary
 
@@ -36,16 +39,27 @@ def results_markdown(results: pd.DataFrame) -> str:
     final training accuracy (mean)."""
     summary = arm_intervals(results)
     seeds = sorted(set(results["seed"]))
-    note = f"mean ± 95% t-interval over {len(seeds)} seeds {seeds}" if len(seeds) > 1 else f"1 seed ({seeds[0]}): no interval"
+    note = (
+        f"mean ± 95% t-interval over {len(seeds)} seeds {seeds}"
+        if len(seeds) > 1
+        else f"1 seed ({seeds[0]}): no interval"
+    )
     models = results[results["eval_set"] == "in_domain"]
-    lines = [f"({note}; labels: training + validation)", "| arm | probe | labels | in-domain | shift | ECE | chosen on validation | best step | train accuracy |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"({note}; labels: training + validation)",
+        "| arm | probe | labels | in-domain | shift | ECE | chosen on validation | best step | train accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for (init, probe, fraction), cells in summary.items():
-        fits = models[(models["init"] == init) & (models["probe"] == probe) & (models["label_fraction"] == fraction)].sort_values("seed")
+        fits = models[
+            (models["init"] == init) & (models["probe"] == probe) & (models["label_fraction"] == fraction)
+        ].sort_values("seed")
         chosen = fits["chosen"].iloc[0] if fits["chosen"].nunique() == 1 else "varies"
         labels = f"{fraction:g} ({fits['num_labels'].iloc[0]} + {fits['val_labels'].iloc[0]})"
         fit = f"{chosen} | {fits['best_step'].median():g} | {fits['final_train_accuracy'].mean():.3f}"
-        lines.append(f"| {init} | {probe} | {labels} | {cells['in-domain']} | {cells['shift']} | {cells['ECE']} | {fit} |")
+        lines.append(
+            f"| {init} | {probe} | {labels} | {cells['in-domain']} | {cells['shift']} | {cells['ECE']} | {fit} |"
+        )
     return "\n".join(lines)
 
 
@@ -58,7 +72,9 @@ def effect_lines(results: pd.DataFrame) -> list[str]:
         for (init, probe, fraction), cells in summary.items():
             if init == ours and (theirs, probe, fraction) in summary:
                 baseline = summary[(theirs, probe, fraction)]["in-domain"]
-                lines.append(f"{step} ({probe}, {fraction:g}): {cells['in-domain']} vs {baseline} -> {verdict(cells['in-domain'], baseline)}")
+                lines.append(
+                    f"{step} ({probe}, {fraction:g}): {cells['in-domain']} vs {baseline} -> {verdict(cells['in-domain'], baseline)}"
+                )
     return lines
 
 
@@ -67,7 +83,10 @@ def corruption_markdown(results: pd.DataFrame) -> str:
     corrupted = results[results["eval_kind"] == "corruption"].copy()
     corrupted["severity"] = corrupted["eval_set"].str.split("@").str[1].astype(int)
     table = corrupted.groupby(["init", "probe", "label_fraction", "severity"])["accuracy"].mean().unstack("severity")
-    lines = ["| method | probe | label fraction | " + " | ".join(f"severity {s}" for s in table.columns) + " |", "|" + "---|" * (3 + len(table.columns))]
+    lines = [
+        "| method | probe | label fraction | " + " | ".join(f"severity {s}" for s in table.columns) + " |",
+        "|" + "---|" * (3 + len(table.columns)),
+    ]
     for (init, probe, fraction), values in table.iterrows():
         lines.append(f"| {init} | {probe} | {fraction:g} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
     return "\n".join(lines)

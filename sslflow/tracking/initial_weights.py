@@ -50,7 +50,9 @@ class InitialWeights:
         return {"initial_weights.source": self.source, "initial_weights.sha256": self.sha256}
 
 
-def encoder_from_weights(uri: str, encoder_name: str, in_channels: int, image_size: int, folder: Path) -> tuple[nn.Module, InitialWeights]:
+def encoder_from_weights(
+    uri: str, encoder_name: str, in_channels: int, image_size: int, folder: Path
+) -> tuple[nn.Module, InitialWeights]:
     """An ``encoder_name`` encoder for (in_channels, image_size, image_size) images holding the weights at ``uri``.
 
     folder: where S3 and MLflow downloads go (the caller's to clean up). InitialWeightsError naming the URI when the
@@ -67,7 +69,16 @@ def encoder_from_weights(uri: str, encoder_name: str, in_channels: int, image_si
     except ValueError as error:
         raise InitialWeightsError(f"initial weights {uri}: {error}") from error
     adapted, left_out = "; ".join(loaded.adapted) or "nothing adapted", ", ".join(loaded.ignored[:4])
-    log.info("initial weights %s (sha256 %s): %d tensors into %s; %s; %d checkpoint keys left out (%s)", uri, sha256[:12], loaded.loaded, encoder_name, adapted, len(loaded.ignored), left_out)
+    log.info(
+        "initial weights %s (sha256 %s): %d tensors into %s; %s; %d checkpoint keys left out (%s)",
+        uri,
+        sha256[:12],
+        loaded.loaded,
+        encoder_name,
+        adapted,
+        len(loaded.ignored),
+        left_out,
+    )
     return encoder, InitialWeights(source=uri, sha256=sha256)
 
 
@@ -79,7 +90,9 @@ def fetch_weights(uri: str, folder: Path) -> Path:
         return _from_mlflow(uri, folder)
     path = Path(uri).expanduser()
     if not path.is_file():
-        raise InitialWeightsError(f"initial weights {uri}: no such file; give a local file, s3://bucket/key, models:/name/version or runs:/id/path")
+        raise InitialWeightsError(
+            f"initial weights {uri}: no such file; give a local file, s3://bucket/key, models:/name/version or runs:/id/path"
+        )
     return path
 
 
@@ -102,7 +115,9 @@ def _from_mlflow(uri: str, folder: Path) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
     except Exception as error:  # noqa: BLE001 - mlflow raises many kinds; the URI and the reason are what the user needs
-        raise InitialWeightsError(f"initial weights {uri}: cannot download from MLflow ({type(error).__name__}: {error})") from error
+        raise InitialWeightsError(
+            f"initial weights {uri}: cannot download from MLflow ({type(error).__name__}: {error})"
+        ) from error
 
 
 def _folder_tensors(folder: Path, uri: str) -> dict:
@@ -111,7 +126,9 @@ def _folder_tensors(folder: Path, uri: str) -> dict:
         return tensors_of(mlflow.pytorch.load_model(str(folder), map_location="cpu"), uri)
     files = sorted(path for path in folder.rglob("*") if path.suffix in WEIGHT_SUFFIXES)
     if len(files) != 1:
-        raise ValueError(f"the folder holds {len(files)} weight files ({', '.join(p.name for p in files[:5])}); point the URI at one of them")
+        raise ValueError(
+            f"the folder holds {len(files)} weight files ({', '.join(p.name for p in files[:5])}); point the URI at one of them"
+        )
     return read_weights_file(files[0])
 
 

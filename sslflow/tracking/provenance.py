@@ -15,8 +15,12 @@ def code_version() -> str:
     try:
         described = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return f"git:{described.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
         pass

@@ -70,7 +70,11 @@ def stage_run(parent_run_id: str, stage: str, params: dict | None = None) -> Ite
 
 
 def record_on_parent(
-    parent_run_id: str, *, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None, texts: dict[str, str] | None = None
+    parent_run_id: str,
+    *,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+    texts: dict[str, str] | None = None,
 ) -> None:
     """Log metrics, tags and text artifacts (file name -> text) on the parent run, from any process."""
     with explain_unreachable_server():

@@ -30,7 +30,8 @@ class TrackingServerUnavailable(ServiceUnavailable):
 
 
 def is_unreachable(error: BaseException) -> bool:
-    """True for a failed HTTP exchange with the server (refused, reset, timed out, retries used up), not for an API error."""
+    """True for a failed HTTP exchange with the server (refused, reset, timed out, retries used up), not for an API
+    error."""
     if isinstance(error, requests.exceptions.RequestException):
         return True
     if isinstance(error, MlflowException) and str(error.message).startswith("API request to"):
@@ -63,7 +64,13 @@ def check_tracking_server(timeout_s: float) -> None:
     if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
         return
     uri = tracking_uri()  # credentials moved out of the URI into MLflow's variables
-    request = {"max_retries": 0, "backoff_factor": 0, "timeout": timeout_s, "raise_on_status": False, "params": {"experiment_name": EXPERIMENT_NAME}}
+    request = {
+        "max_retries": 0,
+        "backoff_factor": 0,
+        "timeout": timeout_s,
+        "raise_on_status": False,
+        "params": {"experiment_name": EXPERIMENT_NAME},
+    }
     try:
         http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET", **request)
     except Exception as error:

@@ -90,7 +90,8 @@ _ready_sqlite_stores: set[str] = set()
 
 @contextmanager
 def _flock(database: Path) -> Iterator[None]:
-    """An exclusive flock on the database file (sqlite's own locks are fcntl locks, which flock does not touch on Linux)."""
+    """An exclusive flock on the database file (sqlite's own locks are fcntl locks, which flock does not touch on
+    Linux)."""
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(database, "ab") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

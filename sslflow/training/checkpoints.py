@@ -94,5 +94,11 @@ def _read_or_set_aside(path: Path) -> dict | None:
             os.replace(path, aside)
         except OSError:  # a read-only restored copy: skipping it is enough
             aside = path
-        log.warning("checkpoint %s cannot be read (%s: %s); set aside as %s, trying the previous one", path, type(error).__name__, error, aside.name)
+        log.warning(
+            "checkpoint %s cannot be read (%s: %s); set aside as %s, trying the previous one",
+            path,
+            type(error).__name__,
+            error,
+            aside.name,
+        )
         return None

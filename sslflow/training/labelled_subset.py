@@ -67,7 +67,9 @@ def labelled_subset_rows(manifest: pd.DataFrame, label_fraction: float, seed: in
     )
 
 
-def labelled_subset(manifest: pd.DataFrame, images: np.ndarray, label_fraction: float, seed: int, name: str) -> LabelledSubset:
+def labelled_subset(
+    manifest: pd.DataFrame, images: np.ndarray, label_fraction: float, seed: int, name: str
+) -> LabelledSubset:
     """The subset of dataset ``name`` at ``label_fraction`` and ``seed``, from its manifest rows and their images
     (any rows that include the labelled train and val ones; others are ignored)."""
     subset = labelled_subset_rows(manifest, label_fraction, seed, name)

@@ -20,7 +20,9 @@ def load_encoder(path: Path | str, encoder_name: str, in_channels: int, image_si
     return encoder
 
 
-def initial_encoder(path: Path | str | None, encoder_name: str, in_channels: int, image_size: int, *, seed: int) -> nn.Module:
+def initial_encoder(
+    path: Path | str | None, encoder_name: str, in_channels: int, image_size: int, *, seed: int
+) -> nn.Module:
     """Where training starts: the weights at ``path``, or (path None) random weights drawn from ``seed``.
 
     Seeded here, not by whatever ran before in the process: the same inputs and seed give the same weights.
@@ -30,7 +32,9 @@ def initial_encoder(path: Path | str | None, encoder_name: str, in_channels: int
     return load_encoder(path, encoder_name, in_channels, image_size)
 
 
-def load_classifier(path: Path | str, encoder_name: str, in_channels: int, image_size: int, num_classes: int) -> Classifier:
+def load_classifier(
+    path: Path | str, encoder_name: str, in_channels: int, image_size: int, num_classes: int
+) -> Classifier:
     """The Classifier (encoder + linear layer) at ``path``, in eval mode."""
     classifier = Classifier(build_encoder(encoder_name, in_channels, image_size), num_classes)
     classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

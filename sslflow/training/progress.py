@@ -21,7 +21,9 @@ def show_progress() -> None:
     for name in PROGRESS_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
-        logger.propagate = False  # once: mlflow.pytorch's import gives the root logger a handler of its own (basicConfig)
+        logger.propagate = (
+            False  # once: mlflow.pytorch's import gives the root logger a handler of its own (basicConfig)
+        )
         if not logger.handlers:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

@@ -25,8 +25,8 @@ from torch import nn
 from ssl_models.evaluate import predict_probabilities
 from ssl_models.fixmatch import SelfTrainConfig, train_fixmatch
 from ssl_models.heads import Classifier
-from ssl_models.train import validation_scores
 from ssl_models.metrics import expected_calibration_error
+from ssl_models.train import validation_scores
 from sslflow.ladder import FLOORS
 from sslflow.training.labelled_subset import labelled_subset_rows
 from sslflow.training.selection import select_best
@@ -64,8 +64,14 @@ def pool_rows(manifest: pd.DataFrame, max_pool_images: int, seed: int) -> np.nda
 
 
 def self_training_data(
-    manifest: pd.DataFrame, read_images: Callable[[np.ndarray], np.ndarray], label_fraction: float, seed: int, name: str, *, max_pool_images: int
-) -> SelfTrainingData:  # fmt: skip
+    manifest: pd.DataFrame,
+    read_images: Callable[[np.ndarray], np.ndarray],
+    label_fraction: float,
+    seed: int,
+    name: str,
+    *,
+    max_pool_images: int,
+) -> SelfTrainingData:
     """The parts of dataset ``name`` at ``label_fraction``: the labelled subset fine-tuning used
     (sslflow.training.labelled_subset), the pool (``pool_rows``), the labelled val images.
 
@@ -77,7 +83,13 @@ def self_training_data(
     pool = pool_rows(manifest, max_pool_images, seed)
     train_images = int((manifest["split"] == "train").sum())
     if len(pool) < train_images:
-        log.info("self-training on %s: the pool is %d of the %d train images (max_pool_images), sampled with seed %d", name, len(pool), train_images, seed)
+        log.info(
+            "self-training on %s: the pool is %d of the %d train images (max_pool_images), sampled with seed %d",
+            name,
+            len(pool),
+            train_images,
+            seed,
+        )
     needed = np.union1d(np.union1d(subset.rows, subset.val_rows), pool)
     images = read_images(needed)
 
@@ -85,9 +97,14 @@ def self_training_data(
         return images[np.searchsorted(needed, rows)]
 
     return SelfTrainingData(
-        class_names=subset.class_names, labelled_images=part(subset.rows), labels=subset.labels, pool_images=part(pool),
-        val_images=part(subset.val_rows), val_labels=subset.val_labels, train_images=train_images,
-    )  # fmt: skip
+        class_names=subset.class_names,
+        labelled_images=part(subset.rows),
+        labels=subset.labels,
+        pool_images=part(pool),
+        val_images=part(subset.val_rows),
+        val_labels=subset.val_labels,
+        train_images=train_images,
+    )
 
 
 def student_starts(models: list, top_rung_arm: str) -> list[tuple]:
@@ -96,7 +113,10 @@ def student_starts(models: list, top_rung_arm: str) -> list[tuple]:
     scratch, judged against the best model without self-supervision (the floors), so that the table can say what
     pretraining adds with a student and without one. models: those of one label fraction and seed, no students."""
     floors = [model for model in models if model.init in FLOORS]
-    return [(student_start(models, top_rung_arm), select_best(models)), (student_start(models, "scratch"), select_best(floors))]
+    return [
+        (student_start(models, top_rung_arm), select_best(models)),
+        (student_start(models, "scratch"), select_best(floors)),
+    ]
 
 
 def student_start(models: list, arm: str):
@@ -104,11 +124,15 @@ def student_start(models: list, arm: str):
     (those of one label fraction and seed; anything with ``init`` and ``probe``)."""
     starts = [model for model in models if (model.init, model.probe) == (arm, "finetune")]
     if len(starts) != 1:
-        raise ValueError(f"self-training continues the model fine-tuned from the {arm} encoder; found {len(starts)} among {sorted((m.init, m.probe) for m in models)}")
+        raise ValueError(
+            f"self-training continues the model fine-tuned from the {arm} encoder; found {len(starts)} among {sorted((m.init, m.probe) for m in models)}"
+        )
     return starts[0]
 
 
-def pseudo_label_quality(probabilities: np.ndarray, labels: np.ndarray, threshold: float, class_names: list[str]) -> dict:
+def pseudo_label_quality(
+    probabilities: np.ndarray, labels: np.ndarray, threshold: float, class_names: list[str]
+) -> dict:
     """What a model's pseudo-labels are worth, measured on held-out labelled images.
 
     probabilities (N, K) the model's probabilities; labels (N,) true class indices. coverage: share of images
@@ -125,9 +149,14 @@ def pseudo_label_quality(probabilities: np.ndarray, labels: np.ndarray, threshol
         return float(mask.mean()) if mask.size else math.nan
 
     per_class = [
-        {"class": name, "images": int((labels == c).sum()), "coverage": share(passed[labels == c]), "accuracy": share(correct[(labels == c) & passed])}
+        {
+            "class": name,
+            "images": int((labels == c).sum()),
+            "coverage": share(passed[labels == c]),
+            "accuracy": share(correct[(labels == c) & passed]),
+        }
         for c, name in enumerate(class_names)
-    ]  # fmt: skip
+    ]
     return {
         "threshold": threshold,
         "held_out_images": len(labels),
@@ -138,7 +167,9 @@ def pseudo_label_quality(probabilities: np.ndarray, labels: np.ndarray, threshol
     }
 
 
-def run_self_training(teacher: nn.Module, start: Classifier, data: SelfTrainingData, config: SelfTrainConfig) -> SelfTrainingResult:
+def run_self_training(
+    teacher: nn.Module, start: Classifier, data: SelfTrainingData, config: SelfTrainConfig
+) -> SelfTrainingResult:
     """Train a FixMatch student from a copy of ``start`` (a fine-tuned classifier, left as it is) on the labelled images
     and the pool; judge it and ``teacher`` on val.
 
@@ -152,9 +183,13 @@ def run_self_training(teacher: nn.Module, start: Classifier, data: SelfTrainingD
     """
     val = torch.from_numpy(data.val_images)
     student, history = train_fixmatch(
-        copy.deepcopy(start), torch.from_numpy(data.labelled_images), data.labels, torch.from_numpy(data.pool_images), config,
+        copy.deepcopy(start),
+        torch.from_numpy(data.labelled_images),
+        data.labels,
+        torch.from_numpy(data.pool_images),
+        config,
         validation=(val, data.val_labels),
-    )  # fmt: skip
+    )
     student_probabilities = predict_probabilities(student, val, config.augment)
     report = pseudo_label_quality(student_probabilities, data.val_labels, config.confidence_threshold, data.class_names)
     pool_probabilities = predict_probabilities(student, torch.from_numpy(data.pool_images), config.augment)
@@ -165,11 +200,22 @@ def run_self_training(teacher: nn.Module, start: Classifier, data: SelfTrainingD
     student_accuracy, student_loss = validation_scores(student, val, data.val_labels, config.augment)
     teacher_accuracy, teacher_loss = validation_scores(teacher, val, data.val_labels, config.augment)
     report.update(
-        mask_rate=float(np.mean([record["mask_rate"] for record in history])), pool_images=len(data.pool_images), train_images=data.train_images,
-        pseudo_labelled=int(passed.sum()), labelled_images=len(data.labels), val_images=len(data.val_labels),
-        best_step=history[-1].get("best_step", history[-1]["step"]), stopped_step=history[-1]["stopped_step"],
-        final_train_accuracy=validation_scores(student, torch.from_numpy(data.labelled_images), data.labels, config.augment)[0],
-        teacher_val_accuracy=teacher_accuracy, teacher_val_loss=teacher_loss, student_val_accuracy=student_accuracy, student_val_loss=student_loss,
-        student_gain=student_accuracy - teacher_accuracy, student_beats_teacher=(student_accuracy, -student_loss) > (teacher_accuracy, -teacher_loss),
-    )  # fmt: skip
+        mask_rate=float(np.mean([record["mask_rate"] for record in history])),
+        pool_images=len(data.pool_images),
+        train_images=data.train_images,
+        pseudo_labelled=int(passed.sum()),
+        labelled_images=len(data.labels),
+        val_images=len(data.val_labels),
+        best_step=history[-1].get("best_step", history[-1]["step"]),
+        stopped_step=history[-1]["stopped_step"],
+        final_train_accuracy=validation_scores(
+            student, torch.from_numpy(data.labelled_images), data.labels, config.augment
+        )[0],
+        teacher_val_accuracy=teacher_accuracy,
+        teacher_val_loss=teacher_loss,
+        student_val_accuracy=student_accuracy,
+        student_val_loss=student_loss,
+        student_gain=student_accuracy - teacher_accuracy,
+        student_beats_teacher=(student_accuracy, -student_loss) > (teacher_accuracy, -teacher_loss),
+    )
     return SelfTrainingResult(student=student, history=history, report=report)

@@ -32,8 +32,8 @@ from sslflow.data.types import SourceError
 class Source(Protocol):
     """One source of images. Nothing is read when it is opened; each method reads what it says.
 
-    kind: "builtin", "s3", "dicomweb", "parquet" or "folder"; uri: as the user gave it; name: short, safe as a file name.
-    records(): (position in the source's listing, record, content digest) of every file ingest reads, streamed in
+    kind: "builtin", "s3", "dicomweb", "parquet" or "folder"; uri: as the user gave it; name: short, safe as a file
+    name. records(): (position in the source's listing, record, content digest) of every file ingest reads, streamed in
         case order (case_id, else the path; then the path): sorted by path without metadata, and the metadata
         rows sorted by case with it. The digest is the file's sha256 (S3: endpoint, URL, ETag and size; DICOMweb: the
         instance count of its series). Files
@@ -95,7 +95,7 @@ def open_source(uri: str) -> Source:
 
 
 def source_kind(uri: str) -> str:
-    """"builtin", "s3", "dicomweb", "parquet" (a .parquet image list) or "folder", without looking at the source."""
+    """ "builtin", "s3", "dicomweb", "parquet" (a .parquet image list) or "folder", without looking at the source."""
     return _source_class(uri).kind
 
 
@@ -108,7 +108,7 @@ def source_name(uri: str) -> str:
 def fingerprint_source(uri: str) -> str:
     """The cache key of ingest: a sha256 that changes whenever what ingest reads from the source does.
 
-    Covers the files ingest reads, after the same checks, without re-reading unchanged local files; S3: keys,
-    ETags and sizes (no object is downloaded); DICOMweb: the QIDO-RS listing (no instance is retrieved). Encoding and digest cache: sslflow/data/fingerprint.py.
-    """
+    Covers the files ingest reads, after the same checks, without re-reading unchanged local files; S3: keys, ETags and
+    sizes (no object is downloaded); DICOMweb: the QIDO-RS listing (no instance is retrieved). Encoding and digest
+    cache: sslflow/data/fingerprint.py."""
     return open_source(uri).fingerprint()

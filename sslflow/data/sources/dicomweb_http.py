@@ -7,10 +7,10 @@ One ``requests`` session per archive and process, used by dicomweb-client for QI
   never appear in a message or a log.
 - **TLS** is always verified: against ``SSLFLOW_DICOMWEB_CA_BUNDLE`` (a PEM file: a hospital's own CA) when set,
   whatever REQUESTS_CA_BUNDLE says, else as requests verifies (REQUESTS_CA_BUNDLE, else certifi's bundle).
-- **Retries**: urllib3's ``Retry`` on connection errors and on 429, 500, 502, 503, 504, with exponential backoff
-  (at once, then 0.5 s, 1 s, 2 s, ... at most BACKOFF_MAX_S) and the server's ``Retry-After`` honoured on 429 and 503, RETRIES
-  times; dicomweb-client's own retrying is turned off so that it does not multiply them. One request at a time per
-  process: the load on the archive is one request per ingest chunk running (docs/data.md).
+- **Retries**: urllib3's ``Retry`` on connection errors and on 429, 500, 502, 503, 504, with exponential backoff (at
+  once, then 0.5 s, 1 s, 2 s, ... at most BACKOFF_MAX_S) and the server's ``Retry-After`` honoured on 429 and 503,
+  RETRIES times; dicomweb-client's own retrying is turned off so that it does not multiply them. One request at a time
+  per process: the load on the archive is one request per ingest chunk running (docs/data.md).
 - **Answers that stop ingest** (SourceError): 401 (no or wrong credentials), 403 (not allowed), 404 (no DICOMweb
   service at that URL, or the instance is gone), any other error status once the retries are spent, an unreachable
   host. Messages name the archive's base URL and what was being done, never a UID: a URL naming a study, series or
@@ -35,10 +35,15 @@ from sslflow.data.types import SourceError
 from sslflow.errors import ServiceUnavailable
 
 TOKEN_ENV, USERNAME_ENV, PASSWORD_ENV, CA_BUNDLE_ENV = (
-    "SSLFLOW_DICOMWEB_TOKEN", "SSLFLOW_DICOMWEB_USERNAME", "SSLFLOW_DICOMWEB_PASSWORD", "SSLFLOW_DICOMWEB_CA_BUNDLE",
+    "SSLFLOW_DICOMWEB_TOKEN",
+    "SSLFLOW_DICOMWEB_USERNAME",
+    "SSLFLOW_DICOMWEB_PASSWORD",
+    "SSLFLOW_DICOMWEB_CA_BUNDLE",
 )
 RETRIES = 8
-BACKOFF_FACTOR_S = 0.25  # waits 0, 0.5, 1, 2, 4, ... s before the retries (urllib3: factor x 2^(errors - 1), none after the first)
+BACKOFF_FACTOR_S = (
+    0.25  # waits 0, 0.5, 1, 2, 4, ... s before the retries (urllib3: factor x 2^(errors - 1), none after the first)
+)
 BACKOFF_MAX_S = 30
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 TIMEOUT_S = (10, 120)  # connect, read
@@ -51,7 +56,8 @@ REFUSALS = {
 
 
 class _NoUrlsInRetryWarnings(logging.Filter):
-    """Drops urllib3's "Retrying ... after connection broken ...: <url>" warnings: the URL names a study and instance."""
+    """Drops urllib3's "Retrying ... after connection broken ...: <url>" warnings: the URL names a study and
+    instance."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Retrying")
@@ -73,12 +79,16 @@ def _credentials(base_url: str) -> dict:
     or credentials that would cross a network in clear text."""
     token, username, password = (os.environ.get(name, "").strip() for name in (TOKEN_ENV, USERNAME_ENV, PASSWORD_ENV))
     if token and (username or password):
-        raise SourceError(f"both {TOKEN_ENV} and {USERNAME_ENV}/{PASSWORD_ENV} are set: set one kind of DICOMweb credentials")
+        raise SourceError(
+            f"both {TOKEN_ENV} and {USERNAME_ENV}/{PASSWORD_ENV} are set: set one kind of DICOMweb credentials"
+        )
     if bool(username) != bool(password):
         raise SourceError(f"{USERNAME_ENV} and {PASSWORD_ENV} go together: set both, or neither")
     parts = urlsplit(base_url)
     if (token or username) and parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
-        raise SourceError(f"{base_url}: credentials are sent only over https (or to a loopback address); use dicomweb+https://")
+        raise SourceError(
+            f"{base_url}: credentials are sent only over https (or to a loopback address); use dicomweb+https://"
+        )
     if token:
         return {"headers": {"Authorization": f"Bearer {token}"}}
     return {"auth": (username, password)} if username else {}
@@ -100,7 +110,8 @@ SERVICE = "DICOMweb archive"
 
 
 class ArchiveUnavailable(ServiceUnavailable):
-    """The archive did not answer (no connection, a timeout, a server error after the retries): an outage, not bad input."""
+    """The archive did not answer (no connection, a timeout, a server error after the retries): an outage, not bad
+    input."""
 
 
 def archive_session(base_url: str) -> requests.Session:
@@ -111,10 +122,18 @@ def archive_session(base_url: str) -> requests.Session:
     session.auth = settings.get("auth")
     bundle = os.environ.get(CA_BUNDLE_ENV)
     if bundle and not os.path.isfile(bundle):
-        raise SourceError(f"{CA_BUNDLE_ENV}={bundle}: no such file; give the PEM file of the CA that signed the archive's certificate")
+        raise SourceError(
+            f"{CA_BUNDLE_ENV}={bundle}: no such file; give the PEM file of the CA that signed the archive's certificate"
+        )
     retry = Retry(
-        total=RETRIES, other=0, backoff_factor=BACKOFF_FACTOR_S, backoff_max=BACKOFF_MAX_S, status_forcelist=RETRY_STATUSES,
-        allowed_methods=frozenset({"GET"}), respect_retry_after_header=True, raise_on_status=False,
+        total=RETRIES,
+        other=0,
+        backoff_factor=BACKOFF_FACTOR_S,
+        backoff_max=BACKOFF_MAX_S,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
     )  # other=0: a TLS certificate that cannot be verified fails at once, not after a minute of retries
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", _VerifyingAdapter(bundle, retry) if bundle else HTTPAdapter(max_retries=retry))
@@ -126,16 +145,21 @@ def check_archive(base_url: str, timeout_s: float) -> None:
     does not answer; any answer, an error too (401, 403, 404: ingest refuses those with their fix), shows it is up.
     No credentials are sent: whether the archive answers is all this asks."""
     try:
-        requests.get(f"{base_url}/studies", params={"limit": 1}, timeout=timeout_s, verify=os.environ.get(CA_BUNDLE_ENV) or True)
+        requests.get(
+            f"{base_url}/studies", params={"limit": 1}, timeout=timeout_s, verify=os.environ.get(CA_BUNDLE_ENV) or True
+        )
     except requests.RequestException as error:
         raise ArchiveUnavailable(
             f"the {SERVICE} {base_url} did not answer within {timeout_s:g} s ({type(error).__name__}); check that it is running and reachable "
-            "from here", service=SERVICE, uri=base_url,
-        ) from None  # fmt: skip
+            "from here",
+            service=SERVICE,
+            uri=base_url,
+        ) from None
 
 
 def archive_client(base_url: str, session: requests.Session) -> DICOMwebClient:
-    """A dicomweb-client client on ``session`` (archive_session), without its own retries (the session's honour Retry-After)."""
+    """A dicomweb-client client on ``session`` (archive_session), without its own retries (the session's honour
+    Retry-After)."""
     client = DICOMwebClient(url=base_url, session=session, timeout=TIMEOUT_S)
     client.set_http_retry_params(retry=False)
     return client
@@ -143,13 +167,18 @@ def archive_client(base_url: str, session: requests.Session) -> DICOMwebClient:
 
 @contextmanager
 def archive_errors(base_url: str, what: str) -> Iterator[None]:
-    """Turn what requests raises into a SourceError naming the archive and ``what`` was done (never a URL with a UID)."""
+    """Turn what requests raises into a SourceError naming the archive and ``what`` was done (never a URL with a
+    UID)."""
     try:
         yield
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else 0
         if status in RETRY_STATUSES:
-            raise ArchiveUnavailable(f"DICOMweb archive {base_url}, {what}: HTTP {status} after {RETRIES} retries; try again later", service=SERVICE, uri=base_url) from None
+            raise ArchiveUnavailable(
+                f"DICOMweb archive {base_url}, {what}: HTTP {status} after {RETRIES} retries; try again later",
+                service=SERVICE,
+                uri=base_url,
+            ) from None
         raise SourceError(f"DICOMweb archive {base_url}, {what}: {REFUSALS.get(status, f'HTTP {status}')}") from None
     except requests.exceptions.SSLError as error:
         raise SourceError(
@@ -159,13 +188,22 @@ def archive_errors(base_url: str, what: str) -> Iterator[None]:
     except requests.RequestException as error:
         raise ArchiveUnavailable(
             f"DICOMweb archive {base_url}, {what}: cannot be reached ({type(error).__name__}) after {RETRIES} retries; check that it is running "
-            "and reachable from here", service=SERVICE, uri=base_url,
-        ) from None  # fmt: skip
+            "and reachable from here",
+            service=SERVICE,
+            uri=base_url,
+        ) from None
 
 
 def _parts(body: bytes, content_type: str) -> list[bytes]:
     """The parts of a multipart/related body (RFC 2046): each part's content after its blank line."""
-    boundary = next((item.split("=", 1)[1].strip().strip('"') for item in content_type.split(";") if item.strip().lower().startswith("boundary=")), "")
+    boundary = next(
+        (
+            item.split("=", 1)[1].strip().strip('"')
+            for item in content_type.split(";")
+            if item.strip().lower().startswith("boundary=")
+        ),
+        "",
+    )
     if not content_type.lower().startswith("multipart/related") or not boundary:
         return [body]  # a single part sent bare (some archives do)
     parts = []
@@ -183,10 +221,14 @@ def retrieve_instance_bytes(session: requests.Session, base_url: str, uids: tupl
     study, series, instance = uids
     with archive_errors(base_url, what):
         response = session.get(
-            f"{base_url}/studies/{study}/series/{series}/instances/{instance}", headers={"Accept": INSTANCE_ACCEPT}, timeout=TIMEOUT_S
+            f"{base_url}/studies/{study}/series/{series}/instances/{instance}",
+            headers={"Accept": INSTANCE_ACCEPT},
+            timeout=TIMEOUT_S,
         )
         response.raise_for_status()
     parts = _parts(response.content, response.headers.get("Content-Type", ""))
     if len(parts) != 1:
-        raise SourceError(f"DICOMweb archive {base_url}, {what}: WADO-RS answered {len(parts)} parts for one instance; expected one")
+        raise SourceError(
+            f"DICOMweb archive {base_url}, {what}: WADO-RS answered {len(parts)} parts for one instance; expected one"
+        )
     return parts[0]

@@ -26,9 +26,19 @@ import pandas as pd
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
 from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
 from sslflow.data.metadata import (
-    METADATA_FILE, ImageRecord, InstanceRows, in_case_order, keyed_by_instance, metadata_file_name, metadata_rows, missing_file,
-    parse_metadata_csv, read_instance_rows, refuse_rows, safe_name,
-)  # fmt: skip
+    METADATA_FILE,
+    ImageRecord,
+    InstanceRows,
+    in_case_order,
+    keyed_by_instance,
+    metadata_file_name,
+    metadata_rows,
+    missing_file,
+    parse_metadata_csv,
+    read_instance_rows,
+    refuse_rows,
+    safe_name,
+)
 from sslflow.data.regular_files import stat_regular_file
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
 
@@ -56,9 +66,13 @@ class _Resolver:
             if os.path.islink(path):
                 path = str(Path(path).resolve())  # Path.resolve, not realpath: it raises on a symlink loop
         except (OSError, RuntimeError) as error:  # Python 3.11 raises RuntimeError for a symlink loop
-            raise SourceError(f"{where}: {relative!r} cannot be resolved ({error}); a symlink loop? Replace the symlink with the file") from error
+            raise SourceError(
+                f"{where}: {relative!r} cannot be resolved ({error}); a symlink loop? Replace the symlink with the file"
+            ) from error
         if not path.startswith(os.path.join(self.real_root, "")):
-            raise SourceError(f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file into the folder")
+            raise SourceError(
+                f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file into the folder"
+            )
         return path, stat_regular_file(path, where, relative, missing=missing or f"does not exist in {self.root}")
 
 
@@ -86,15 +100,21 @@ def local_records(root: Path, rows: list[dict], what: str) -> list[ImageRecord]:
     records, problems = [], []
     for row in rows:
         try:
-            path, status = resolver.regular_file_inside(row["path"], row["where"], missing=missing_file(row["path"], str(root)))
+            path, status = resolver.regular_file_inside(
+                row["path"], row["where"], missing=missing_file(row["path"], str(root))
+            )
         except SourceError as problem:
             problems.append(problem)
             continue
         records.append(
             ImageRecord(
-                source_path=row["path"], location=path, size_bytes=status.st_size,
-                case_id=row["case_id"], site=row["site"], label=row["label"],
-            )  # fmt: skip
+                source_path=row["path"],
+                location=path,
+                size_bytes=status.st_size,
+                case_id=row["case_id"],
+                site=row["site"],
+                label=row["label"],
+            )
         )
     refuse_rows(problems, what)
     return records
@@ -133,9 +153,13 @@ def walk_files(root: Path) -> Iterator[str]:
                     except OSError:
                         is_folder = False
                     if not (is_folder and entry.is_symlink()):
-                        entries.append((entry.name + "/" if is_folder else entry.name, entry.path, is_folder))  # "a/x" sorts before "a0"
+                        entries.append(
+                            (entry.name + "/" if is_folder else entry.name, entry.path, is_folder)
+                        )  # "a/x" sorts before "a0"
         except OSError as error:
-            raise SourceError(f"{error.filename}: cannot list this folder of source {root} ({error.strerror}); check its permissions") from error
+            raise SourceError(
+                f"{error.filename}: cannot list this folder of source {root} ({error.strerror}); check its permissions"
+            ) from error
         for name, path, is_folder in sorted(entries):
             yield from below(path, prefix + name) if is_folder else [prefix + name]
 
@@ -193,19 +217,28 @@ class FolderSource:
         folder's files (found_files) streamed in path order; each with its sha256 (sslflow/data/fingerprint.py)."""
         listed = self._listed(self._metadata())
         if listed is None:
-            yield from ((position, record, sha256) for position, (record, sha256) in enumerate(digested(found_files(self.root))))
+            yield from (
+                (position, record, sha256) for position, (record, sha256) in enumerate(digested(found_files(self.root)))
+            )
         else:
             positions = [position for position, _ in listed]
-            yield from ((position, record, sha256) for position, (record, sha256) in zip(positions, digested(record for _, record in listed)))
+            yield from (
+                (position, record, sha256)
+                for position, (record, sha256) in zip(positions, digested(record for _, record in listed))
+            )
 
     def fingerprint(self) -> str:
         """metadata.csv and the files ingest decodes: those it lists, or every file with an image suffix and every
         candidate that starts with a DICOM preamble (ingest skips the others, so they change nothing)."""
         metadata = self._metadata()
         listed = self._listed(metadata)
-        records = [record for _, record in listed] if listed is not None else [
-            record for record in found_files(self.root) if not record.sniff or _has_dicom_content(record.location)
-        ]  # fmt: skip
+        records = (
+            [record for _, record in listed]
+            if listed is not None
+            else [
+                record for record in found_files(self.root) if not record.sniff or _has_dicom_content(record.location)
+            ]
+        )
         with FileDigests() as digests:
             listing = digests.record(METADATA_FILE, metadata[0], str(metadata[0])) if metadata is not None else None
             files = digests.records([(record.source_path, record.location, record.location) for record in records])
@@ -218,7 +251,11 @@ class FolderSource:
     def instance_rows(self) -> InstanceRows | None:
         """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None."""
         metadata = self._metadata()
-        return read_instance_rows(metadata[2], metadata[1], str(self.root / METADATA_FILE)) if metadata is not None else None
+        return (
+            read_instance_rows(metadata[2], metadata[1], str(self.root / METADATA_FILE))
+            if metadata is not None
+            else None
+        )
 
     def unlisted(self) -> Iterator[str]:
         """The image files (by suffix) in the folder that its metadata.csv does not list, in path order (none without
@@ -230,7 +267,11 @@ class FolderSource:
             return
         listed = {row["path"] for row in metadata_rows(metadata[2], str(self.root / METADATA_FILE), first_row=2)}
         suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
-        yield from (path for path in walk_files(self.root) if path not in listed and os.path.splitext(path)[1].lower() in suffixes)
+        yield from (
+            path
+            for path in walk_files(self.root)
+            if path not in listed and os.path.splitext(path)[1].lower() in suffixes
+        )
 
     def check_service(self, timeout_s: float) -> None:
         """Nothing to check: the files are local."""

@@ -53,7 +53,10 @@ class ParquetListSource:
         """The rows of the list in case order, each with its file's sha256."""
         listed = list_parquet_list(self.image_list)
         positions = [position for position, _ in listed]
-        yield from ((position, record, sha256) for position, (record, sha256) in zip(positions, digested(record for _, record in listed)))
+        yield from (
+            (position, record, sha256)
+            for position, (record, sha256) in zip(positions, digested(record for _, record in listed))
+        )
 
     def fingerprint(self) -> str:
         """The list file and the files it names."""

@@ -6,18 +6,17 @@ AWS_DEFAULT_REGION / the profile, credentials from AWS_ACCESS_KEY_ID + AWS_SECRE
 AWS_PROFILE or an instance role. Credentials are never logged: messages name the bucket, key and
 S3 error code only.
 
-Keys below the prefix are the records' ``source_path`` (the manifest's ``image_key`` is their HMAC) (rules of metadata: sslflow/data/metadata.py).
-Any key with a '..' part is refused, since it could escape the prefix when mirrored to disk, and so
-is a metadata path that names no object under the prefix, and so is a case variant of metadata.csv
-(``Metadata.csv``) at the prefix. The listing is streamed page by page in key order and read once per
-plan; objects without an image or DICOM suffix are listed unread, as candidates the chunk decodes when
-they are DICOM (sslflow/data/listing.py). metadata.csv is read with one GET of its key, streamed to a file, so a
-chunk that needs metadata keyed by SOPInstanceUID lists nothing; metadata naming files by path is joined with the
-listing in a sqlite file on disk (sslflow/data/metadata_catalog.py), so the plan holds neither its rows nor the objects. The fingerprint (sslflow/data/fingerprint.py)
-hashes the listing (keys, ETags, sizes), so deciding whether ingest's cache is still valid downloads
-nothing; unchanged objects are not downloaded again either (sslflow/data/decode_cache.py remembers
-key + ETag + size).
-"""
+Keys below the prefix are the records' ``source_path`` (the manifest's ``image_key`` is their HMAC) (rules of metadata:
+sslflow/data/metadata.py). Any key with a '..' part is refused, since it could escape the prefix when mirrored to disk,
+and so is a metadata path that names no object under the prefix, and so is a case variant of metadata.csv
+(``Metadata.csv``) at the prefix. The listing is streamed page by page in key order and read once per plan; objects
+without an image or DICOM suffix are listed unread, as candidates the chunk decodes when they are DICOM
+(sslflow/data/listing.py). metadata.csv is read with one GET of its key, streamed to a file, so a chunk that needs
+metadata keyed by SOPInstanceUID lists nothing; metadata naming files by path is joined with the listing in a sqlite
+file on disk (sslflow/data/metadata_catalog.py), so the plan holds neither its rows nor the objects. The fingerprint
+(sslflow/data/fingerprint.py) hashes the listing (keys, ETags, sizes), so deciding whether ingest's cache is still valid
+downloads nothing; unchanged objects are not downloaded again either (sslflow/data/decode_cache.py remembers key + ETag
++ size)."""
 
 from __future__ import annotations
 
@@ -36,9 +35,18 @@ from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from sslflow.data.fingerprint import encode_sorted_fingerprint
 from sslflow.data.metadata import (
-    METADATA_FILE, ImageRecord, InstanceRows, check_relative_path, keyed_by_instance, metadata_file_name, missing_file, parse_metadata_csv,
-    read_instance_rows, refuse_rows, safe_name,
-)  # fmt: skip
+    METADATA_FILE,
+    ImageRecord,
+    InstanceRows,
+    check_relative_path,
+    keyed_by_instance,
+    metadata_file_name,
+    missing_file,
+    parse_metadata_csv,
+    read_instance_rows,
+    refuse_rows,
+    safe_name,
+)
 from sslflow.data.metadata_catalog import MetadataCatalog, metadata_header
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
 from sslflow.errors import ServiceUnavailable
@@ -54,7 +62,8 @@ METADATA_READ_BYTES = 2**20  # metadata.csv is copied to disk this many bytes at
 
 
 class ObjectStoreUnavailable(ServiceUnavailable):
-    """The S3 endpoint did not answer (no connection, a timeout, a 5xx after boto's retries): an outage, not bad input."""
+    """The S3 endpoint did not answer (no connection, a timeout, a 5xx after boto's retries): an outage, not bad
+    input."""
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -73,7 +82,9 @@ def endpoint_url() -> str | None:
 def s3_client(*, attempts: int = 3, timeout_s: float = 10):
     """A boto3 S3 client configured from the environment (see the module docstring); ``timeout_s`` to connect (reads
     may take 6 times as long), ``attempts`` tries per request."""
-    config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=timeout_s, read_timeout=6 * timeout_s)
+    config = Config(
+        retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=timeout_s, read_timeout=6 * timeout_s
+    )
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url(), config=config)
 
 
@@ -96,7 +107,10 @@ def s3_errors(what: str) -> Iterator[None]:
         yield
     except ClientError as error:
         details = error.response.get("Error", {})
-        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500 or details.get("Code") in TRANSIENT_CODES:
+        if (
+            error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+            or details.get("Code") in TRANSIENT_CODES
+        ):
             raise _unavailable(what, error) from error
         raise SourceError(
             f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')}); check the bucket and prefix, and that the "
@@ -105,7 +119,9 @@ def s3_errors(what: str) -> Iterator[None]:
     except (S3ConnectionError, HTTPClientError, IncompleteReadError) as error:
         raise _unavailable(what, error) from error
     except NoCredentialsError as error:
-        raise SourceError(f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from error
+        raise SourceError(
+            f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        ) from error
     except BotoCoreError as error:
         raise SourceError(
             f"{what}: {type(error).__name__}: {error} (endpoint {endpoint_url() or 'AWS default'}); "
@@ -183,7 +199,9 @@ class S3Source:
         """metadata.csv's rows and the listing, joined on disk (sslflow/data/metadata_catalog.py): read once, and
         memory does not grow with the rows or objects."""
         catalog = MetadataCatalog(self._metadata_file, f"{self.where}{METADATA_FILE}")
-        catalog.add_objects((path, item["Key"], int(item["Size"]), item["ETag"]) for path, item in self._objects(refuse_variants=True))
+        catalog.add_objects(
+            (path, item["Key"], int(item["Size"]), item["ETag"]) for path, item in self._objects(refuse_variants=True)
+        )
         return catalog
 
     def _objects(self, *, refuse_variants: bool = False) -> Iterator[tuple[str, dict]]:
@@ -199,11 +217,15 @@ class S3Source:
         location = f"s3://{self.bucket}/{item['Key']}"
         named = row or {"case_id": None, "site": "default", "label": None}
         return ImageRecord(
-            source_path=path, location=location, size_bytes=int(item["Size"]),
-            case_id=named["case_id"], site=named["site"], label=named["label"],
+            source_path=path,
+            location=location,
+            size_bytes=int(item["Size"]),
+            case_id=named["case_id"],
+            site=named["site"],
+            label=named["label"],
             version_key=f"{endpoint_url() or 'aws'} {location} {item['ETag']} {item['Size']}",
             sniff=row is None and os.path.splitext(path)[1].lower() not in IMAGE_SUFFIXES + DICOM_SUFFIXES,
-        )  # fmt: skip
+        )
 
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
         """The rows of metadata.csv in case order, or else (no metadata, or metadata keyed by SOPInstanceUID) every
@@ -215,7 +237,9 @@ class S3Source:
         position, has_metadata = 0, self._metadata_file is not None
         for path, item in self._objects():
             if "/" not in path and path.lower() == METADATA_FILE:
-                metadata_file_name({path} | ({METADATA_FILE} if has_metadata else set()), self.where)  # refuses a case variant
+                metadata_file_name(
+                    {path} | ({METADATA_FILE} if has_metadata else set()), self.where
+                )  # refuses a case variant
             if path != METADATA_FILE:
                 record = self._record(path, item)
                 yield position, record, record.version_key
@@ -224,7 +248,9 @@ class S3Source:
     def _listed(self) -> Iterator[tuple[int, ImageRecord, str]]:
         """The objects metadata.csv lists, in case order; SourceError for rows naming no object under the prefix."""
         missing, count = self._catalog.missing()
-        problems = [SourceError(f"{row['where']}: {row['path']!r} {missing_file(row['path'], self.where)}") for row in missing]
+        problems = [
+            SourceError(f"{row['where']}: {row['path']!r} {missing_file(row['path'], self.where)}") for row in missing
+        ]
         refuse_rows(problems, f"{self.where}{METADATA_FILE}", count=count)
         for position, row, (key, size, etag) in self._catalog.rows_in_case_order():
             record = self._record(row["path"], {"Key": key, "Size": size, "ETag": etag}, row)
@@ -242,13 +268,17 @@ class S3Source:
         """One listing request of one key, no retry: ObjectStoreUnavailable when the endpoint does not answer within
         ``timeout_s`` seconds; SourceError when it answers with an error (no such bucket, access denied)."""
         with s3_errors(f"listing s3://{self.bucket}/{self.prefix}"):
-            s3_client(attempts=1, timeout_s=timeout_s).list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+            s3_client(attempts=1, timeout_s=timeout_s).list_objects_v2(
+                Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1
+            )
 
     def fingerprint(self) -> str:
         """Every object below the prefix by key, size and ETag (the listing only: nothing is downloaded), hashed as the
         listing pages come: memory does not grow with the number of objects. A key with '..' or a case variant of
         metadata.csv is refused here too."""
-        metadata_names: set[str] = set()  # metadata.csv and its case variants at the prefix's root: refused if ambiguous
+        metadata_names: set[str] = (
+            set()
+        )  # metadata.csv and its case variants at the prefix's root: refused if ambiguous
 
         def files() -> Iterator[list]:
             for path, item in self._objects():
