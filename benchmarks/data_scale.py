@@ -212,7 +212,7 @@ def child_train(dataset: str, mode: str) -> dict:
     from ssl_models.augment import AugmentConfig, augment
     from ssl_models.data import InMemoryPairs, StreamingPairs, fits_in_memory, memory_budget_bytes
     from ssl_models.encoders import build_encoder
-    from ssl_models.train import PretrainConfig, pretrain_contrastive
+    from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
     from sslflow.data.dataset import image_shape, images_bytes, read_images, read_manifest, shard_rows
 
     folder = Path(dataset)

@@ -39,7 +39,8 @@ from benchmarks.quality import SETTINGS as QUALITY_SETTINGS  # noqa: E402
 from benchmarks.quality import load_data, train_arm  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive  # noqa: E402
+from ssl_models.finetuning import FinetuneConfig, finetune  # noqa: E402
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
 from sslflow.evaluation import evaluate_classifier  # noqa: E402
 from sslflow.reporting.comparisons import compare_arms  # noqa: E402
 from sslflow.tracking.initial_weights import encoder_from_weights  # noqa: E402

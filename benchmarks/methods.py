@@ -1,4 +1,4 @@
-"""SimCLR, MoCo v2, BYOL and DINO: ours (ssl_models.methods through ssl_models.train.pretrain_contrastive) and
+"""SimCLR, MoCo v2, BYOL and DINO: ours (ssl_models.methods through ssl_models.pretraining.pretrain_contrastive) and
 lightly 1.6.0's building blocks for the same four methods, on Fashion-MNIST, in one run.
 
 Both sides: the same encoder, initial weights, epochs, batch size, optimiser (AdamW, constant learning rate on lightly's
@@ -43,7 +43,7 @@ from benchmarks.vs_lightly import SIZE, PilImages, knn, train_ours  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.device import pick_device  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.train import PretrainConfig  # noqa: E402
+from ssl_models.pretraining import PretrainConfig  # noqa: E402
 
 METHODS = ("simclr", "moco", "byol", "dino")
 TIME_RATIO_TARGET = 0.7  # sslflow's training time at most this share of lightly's, kNN accuracy at least lightly's
@@ -115,11 +115,12 @@ def train_lightly(
     targets = (copy.deepcopy(encoder), copy.deepcopy(heads["projection"])) if method != "simclr" else None
     for target in targets or ():
         deactivate_requires_grad(target)
+    settings = config.settings  # the method's own (SimCLRSettings, MoCoSettings, BYOLSettings)
     loss_fn = {
-        "simclr": NTXentLoss(temperature=config.temperature),
-        "moco": NTXentLoss(temperature=config.temperature, memory_bank_size=(config.queue_size, config.projection_dim)),
-        "byol": NegativeCosineSimilarity(),
-    }[method]
+        "simclr": lambda: NTXentLoss(temperature=settings.temperature),
+        "moco": lambda: NTXentLoss(settings.temperature, memory_bank_size=(settings.queue_size, config.projection_dim)),
+        "byol": NegativeCosineSimilarity,
+    }[method]()
     optimizer = torch.optim.AdamW(
         [*encoder.parameters(), *heads.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -136,7 +137,9 @@ def train_lightly(
     for _ in range(config.epochs):
         for view_a, view_b in loader:
             if targets is not None:
-                momentum = config.momentum if method == "moco" else cosine_schedule(step, total, config.momentum, 1.0)
+                momentum = (
+                    settings.momentum if method == "moco" else cosine_schedule(step, total, settings.momentum, 1.0)
+                )
                 update_momentum(encoder, targets[0], momentum)
                 update_momentum(heads["projection"], targets[1], momentum)
             loss = _lightly_loss(method, encoder, heads, targets, (view_a.to(device), view_b.to(device)), loss_fn)
@@ -160,30 +163,31 @@ def train_lightly_dino(
     from lightly.transforms import DINOTransform
     from lightly.utils.scheduler import cosine_schedule
 
-    view = config.augment
+    view, settings = config.augment, config.settings
     transform = DINOTransform(
         global_crop_size=SIZE,
         global_crop_scale=view.crop_scale,
         local_crop_size=max(8, round(SIZE * 96 / 224)),
-        n_local_views=config.local_crops,
+        n_local_views=settings.local_crops,
         hf_prob=view.flip_probability,
         cj_strength=0.5,
         gaussian_blur=(0.5, 0.5, 0.5),
         solarization_prob=0.0,
         normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
     )
-    encoder, head = encoder.to(device), DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device)
+    encoder = encoder.to(device)
+    head = DINOProjectionHead(encoder.feature_dim, 512, 128, settings.prototypes).to(device)
     teacher_encoder, teacher_head = (
         copy.deepcopy(encoder),
-        DINOProjectionHead(encoder.feature_dim, 512, 128, config.prototypes).to(device),
+        DINOProjectionHead(encoder.feature_dim, 512, 128, settings.prototypes).to(device),
     )
     teacher_head.load_state_dict(head.state_dict())  # a copy: its weight_norm parameters cannot be deep-copied
     deactivate_requires_grad(teacher_encoder)
     deactivate_requires_grad(teacher_head)
     loss_fn = DINOLoss(
-        output_dim=config.prototypes,
-        warmup_teacher_temp=config.teacher_warmup_temperature,
-        teacher_temp=config.teacher_temperature,
+        output_dim=settings.prototypes,
+        warmup_teacher_temp=settings.teacher_warmup_temperature,
+        teacher_temp=settings.teacher_temperature,
         warmup_teacher_temp_epochs=max(1, round(0.3 * config.epochs)),
     ).to(device)
     optimizer = torch.optim.AdamW(
@@ -201,7 +205,7 @@ def train_lightly_dino(
     total, step, started = config.epochs * len(loader), 0, time.perf_counter()
     for epoch in range(config.epochs):
         for views in loader:
-            momentum = cosine_schedule(step, total, config.momentum, 1.0)
+            momentum = cosine_schedule(step, total, settings.momentum, 1.0)
             update_momentum(encoder, teacher_encoder, momentum)
             update_momentum(head, teacher_head, momentum)
             views = [v.to(device) for v in views]
@@ -223,17 +227,17 @@ def main() -> None:
     device = pick_device()
     train_images, train_labels, test_images, test_labels = fashion_mnist_split(quick=args.quick)
     encoder_name = "small_cnn" if args.quick else "resnet18"
+    queue_size = 1024 if args.quick else 4096
     base = PretrainConfig(
         epochs=3 if args.quick else 20,
         batch_size=256 if args.quick else 512,
-        temperature=0.2,
-        queue_size=1024 if args.quick else 4096,
         augment=AugmentConfig(output_size=SIZE, crop_scale=(0.3, 1.0), flip_probability=0.5, rotation_degrees=0.0),
     )
     rows = {}
     methods = ("dino",) if args.dino_only else METHODS
     for method in methods:
-        config = dataclasses.replace(base, method=method)
+        settings = {"simclr": {"temperature": 0.2}, "moco": {"temperature": 0.2, "queue_size": queue_size}}
+        config = dataclasses.replace(base, method=method, method_settings=settings.get(method, {}))
         for side in ("lightly", "sslflow"):
             encoder, cpu_before = build_encoder(encoder_name, 3, SIZE, seed=config.seed), cpu_seconds()
             if side == "sslflow":

@@ -3,7 +3,7 @@ equal steps, the method's state identical across ranks, exact resume, images/s p
 
 A sharded dataset with uneven shards (SHARD_SIZES images, every image's id in its first two pixels) is
 streamed by W ranks, each a process started as torchrun starts its workers (benchmarks/multirank_worker.py
-runs ``ssl_models.train.pretrain_contrastive``). For W in {1, 2, 3}:
+runs ``ssl_models.pretraining.pretrain_contrastive``). For W in {1, 2, 3}:
 - ``coverage_exact``: in every epoch the ranks' anchors together are every image once, plus exactly
   ``padded_images(N, W)`` (<= W - 1) images read twice;
 - ``steps_per_rank``: optimiser steps of each rank in each epoch (equal, or DDP would hang);

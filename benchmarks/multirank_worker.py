@@ -2,8 +2,8 @@
 its workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
 
 It streams the sharded dataset that multirank.py wrote (every image's id is in its first two pixels), runs
-``ssl_models.train.pretrain_contrastive`` with ``--method`` (SimCLR, MoCo v2, BYOL), and writes ``<out>.json`` (the
-ids this rank read per epoch, its optimiser steps per epoch, images/s), ``<out>.pt`` (its final encoder parameters)
+``ssl_models.pretraining.pretrain_contrastive`` with ``--method`` (SimCLR, MoCo v2, BYOL), and writes ``<out>.json``
+(the ids this rank read per epoch, its optimiser steps per epoch, images/s), ``<out>.pt`` (its final encoder parameters)
 and ``<out>.method.pt`` (the method's final state: MoCo's queue and key network, BYOL's target).
 
 With a ``--checkpoints`` folder (the orchestrator's checkpoint, as Flyte's SyncCheckpoint gives a retry the
@@ -29,8 +29,8 @@ from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.data import StreamingPairs  # noqa: E402
 from ssl_models.distributed import init_from_environment, is_distributed  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
 from ssl_models.shards import ShardRows  # noqa: E402
-from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
 
 QUEUE_SIZE = (
     128  # MoCo's queue of negatives: under the images of an epoch (601 in the full run), as PretrainConfig advises
@@ -87,7 +87,7 @@ def main() -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         augment=AugmentConfig(output_size=16),
-        queue_size=QUEUE_SIZE,
+        method_settings={"queue_size": QUEUE_SIZE} if args.method == "moco" else {},
     )
     torch.manual_seed(args.init_seed + rank)  # only rank 0's initial weights count: DDP broadcasts them
     encoder = build_encoder("small_cnn", 1)

@@ -1,6 +1,6 @@
 """SimCLR pretraining throughput: our engine vs the usual DataLoader recipe vs the training-step ceiling.
 
-(a) engine: ssl_models.train.pretrain_contrastive end to end: uint8 images on the device, per-sample
+(a) engine: ssl_models.pretraining.pretrain_contrastive end to end: uint8 images on the device, per-sample
     augmentation on the device, NT-Xent step (bf16 autocast and channels_last on CUDA).
 (b) usual: torchvision transforms applied per sample in a DataLoader with one worker per CPU core,
     then the same training step.
@@ -30,7 +30,7 @@ from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.device import autocast, pick_device  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.methods.simclr import SimCLR  # noqa: E402
-from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
 
 
 class TwoViews(Dataset):

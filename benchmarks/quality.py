@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import parse_arguments, write_result  # noqa: E402
 from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
+from ssl_models.finetuning import FinetuneConfig, finetune, validation_scores  # noqa: E402
 from ssl_models.fixmatch import SelfTrainConfig  # noqa: E402
-from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive, validation_scores  # noqa: E402
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
 from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.chunks import ingest_source  # noqa: E402
 from sslflow.data.dataset import read_images  # noqa: E402

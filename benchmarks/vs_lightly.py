@@ -1,7 +1,7 @@
 """Our SimCLR vs lightly's on Fashion-MNIST: same backbone, epochs, batch, temperature and optimiser.
 
 lightly side: its SimCLRTransform on PIL images in a torchvision DataLoader (one worker per core),
-its SimCLRProjectionHead and NTXentLoss. Our side: ssl_models.train.pretrain_contrastive. Both are
+its SimCLRProjectionHead and NTXentLoss. Our side: ssl_models.pretraining.pretrain_contrastive. Both are
 scored by weighted kNN (k=200, temperature 0.1, as lightly's own benchmarks) of frozen encoder
 features, bank = the training images, queries = the test images; wall time covers training only.
 
@@ -31,7 +31,7 @@ from ssl_models.data import InMemoryPairs  # noqa: E402
 from ssl_models.device import pick_device  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
 from ssl_models.evaluate import extract_features, knn_accuracy  # noqa: E402
-from ssl_models.train import PretrainConfig, pretrain_contrastive  # noqa: E402
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
 
 SIZE = 28
 
@@ -63,7 +63,7 @@ def train_lightly(images: np.ndarray, encoder: torch.nn.Module, config: Pretrain
         device
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    loss_fn = NTXentLoss(temperature=config.temperature)
+    loss_fn = NTXentLoss(temperature=config.settings.temperature)
     workers = os.cpu_count() or 1
     loader = DataLoader(
         PilImages(images, transform),
@@ -114,7 +114,7 @@ def main() -> None:
     config = PretrainConfig(
         epochs=3 if args.quick else 20,
         batch_size=256 if args.quick else 512,
-        temperature=0.2,
+        method_settings={"temperature": 0.2},
         augment=AugmentConfig(output_size=SIZE, crop_scale=(0.3, 1.0), flip_probability=0.5, rotation_degrees=0.0),
     )
     rows = {}

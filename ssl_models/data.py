@@ -1,7 +1,7 @@
 """Where pretraining reads its images: in memory (the fast path) or streamed from shards (bounded memory).
 
 Both sources yield, per epoch and rank, batches of (anchor, partner) pairs of one case as uint8 tensors
-(B, C, H, W) on the training device; train.py augments every image on the device with its own random
+(B, C, H, W) on the training device; pretraining.py augments every image on the device with its own random
 parameters.
 
 Exact epochs with W ranks, from either source: every rank gets exactly ceil(N / W) anchors per epoch, so

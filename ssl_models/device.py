@@ -56,8 +56,9 @@ def check_gpus(requested: int, *, version_file: Path = NVIDIA_DRIVER_FILE) -> No
     if usable >= requested:
         return
     raise GpuUnavailable(
-        f"this pod requested {requested} GPU(s) but torch can use {usable}: torch {torch.__version__} is built for CUDA "
-        f"{torch.version.cuda or 'none (a CPU build)'}, the node's NVIDIA driver is {driver_version(version_file)}. "
+        f"this pod requested {requested} GPU(s) but torch can use {usable}: torch {torch.__version__} is built for "
+        f"CUDA {torch.version.cuda or 'none (a CPU build)'}, "
+        f"the node's NVIDIA driver is {driver_version(version_file)}. "
         "Run on nodes whose driver supports that CUDA version (or build the GPU image for the driver's CUDA), "
         "with the NVIDIA device plugin; training on the CPU instead is not done silently"
     )

@@ -9,7 +9,7 @@ pseudo-label where its top probability reaches ``confidence_threshold``; the str
 cross-entropy (``fixmatch_loss``), weighted ``unlabelled_weight`` (the paper's lambda_u). The three batches go
 through the model together, so BatchNorm sees them as one (as the paper's implementation does).
 
-The run follows fine-tuning's rule (ssl_models.train.finetune): ``steps`` steps with the validation accuracy every
+The run follows fine-tuning's rule (ssl_models.finetuning.finetune): ``steps`` steps with the validation accuracy every
 ``eval_every`` steps; ``patience`` evaluations without a better one stop it, and the best weights on validation are
 returned (ssl_models.loop.BestOnValidation). As in the paper, the model evaluated and returned is an exponential moving
 average of the trained weights (BatchNorm statistics included; ``ema_decay``), torch.optim.swa_utils.AveragedModel.
@@ -28,10 +28,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ssl_models.augment import FINETUNE_AUGMENT, STRONG_AUGMENT, AugmentConfig, augment
 from ssl_models.data import gather, place_images
 from ssl_models.device import autocast, pick_device
+from ssl_models.finetuning import validation_scores
 from ssl_models.heads import Classifier
 from ssl_models.loop import BestOnValidation, optimizer_step
 from ssl_models.optim import warmup_cosine
-from ssl_models.train import validation_scores
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,15 @@ class SelfTrainConfig:
             raise ValueError(f"SelfTrainConfig.confidence_threshold must be in [0, 1], got {self.confidence_threshold}")
         if self.steps < 1 or self.unlabelled_ratio < 1:
             raise ValueError(
-                f"SelfTrainConfig needs steps >= 1 and unlabelled_ratio >= 1; got {self.steps} and {self.unlabelled_ratio}"
+                f"SelfTrainConfig needs steps >= 1 and unlabelled_ratio >= 1; got {self.steps} and "
+                f"{self.unlabelled_ratio}"
             )
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"SelfTrainConfig.ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.eval_every < 1 or self.patience < 0 or self.max_pool_images < 1:
             raise ValueError(
-                f"SelfTrainConfig needs eval_every >= 1, patience >= 0 and max_pool_images >= 1; got {self.eval_every}, {self.patience}, {self.max_pool_images}"
+                "SelfTrainConfig needs eval_every >= 1, patience >= 0 and max_pool_images >= 1; "
+                f"got {self.eval_every}, {self.patience}, {self.max_pool_images}"
             )
 
 
@@ -100,7 +102,8 @@ def fixmatch_loss(
     """
     if weak_logits.shape != strong_logits.shape or weak_logits.dim() != 2:
         raise ValueError(
-            f"weak and strong logits must both be (U, K); got {tuple(weak_logits.shape)} and {tuple(strong_logits.shape)}"
+            f"weak and strong logits must both be (U, K); got {tuple(weak_logits.shape)} and "
+            f"{tuple(strong_logits.shape)}"
         )
     confidence, pseudo_labels = torch.softmax(weak_logits.detach().float(), dim=1).max(dim=1)
     mask = confidence >= threshold
@@ -181,7 +184,8 @@ def train_fixmatch(
     """
     if len(labels) != labelled_images.shape[0] or len(labels) == 0 or pool_images.shape[0] == 0:
         raise ValueError(
-            f"need labelled images with one label each and a non-empty pool; got {len(labels)} labels, {labelled_images.shape[0]} labelled images, {pool_images.shape[0]} pool images"
+            f"need labelled images with one label each and a non-empty pool; got {len(labels)} labels, "
+            f"{labelled_images.shape[0]} labelled images, {pool_images.shape[0]} pool images"
         )
     device = pick_device()
     model = model.to(device)

@@ -34,19 +34,13 @@ class ProjectionHead(nn.Module):
         return self.layers(features)
 
 
-class SimCLRProjectionHead(ProjectionHead):
-    """SimCLR's g(h) = W2 ReLU(BN(W1 h)) (Chen et al., 2020, arXiv 2002.05709, §2.1). (B, in_dim) -> (B, out_dim).
+class MLPHead(ProjectionHead):
+    """The two-layer head g(h) = W2 ReLU(BN(W1 h)). (B, in_dim) -> (B, out_dim).
 
-    MoCo v2 uses the same two-layer MLP head (Chen et al., 2020, arXiv 2003.04297, §2).
+    SimCLR's projection head (Chen et al., 2020, arXiv 2002.05709, §2.1), MoCo v2's (Chen et al., 2020, arXiv
+    2003.04297, §2), BYOL's projector and predictor (Grill et al., 2020, arXiv 2006.07733, §3.3; 4096 hidden and 256
+    out there) and the distillation projector: the same block, narrower here for the encoders a CPU trains.
     """
-
-    def __init__(self, in_dim: int, hidden_dim: int = 256, out_dim: int = 64):
-        super().__init__([(in_dim, hidden_dim, True, True), (hidden_dim, out_dim, False, False)])
-
-
-class BYOLHead(ProjectionHead):
-    """BYOL's projector and predictor: Linear -> BN -> ReLU -> Linear (Grill et al., 2020, arXiv 2006.07733, §3.3;
-    4096 hidden and 256 out there). (B, in_dim) -> (B, out_dim)."""
 
     def __init__(self, in_dim: int, hidden_dim: int = 256, out_dim: int = 64):
         super().__init__([(in_dim, hidden_dim, True, True), (hidden_dim, out_dim, False, False)])

@@ -1,4 +1,5 @@
-"""The scaffolding every training loop in ``train.py`` shares; each loop adds only its own step.
+"""The scaffolding every training loop (``pretraining.py``, ``finetuning.py``, ``fixmatch.py``) shares; each loop
+adds only its own step.
 
 How many optimiser steps an epoch has, how many epochs a run has, the warm-up + cosine schedule over
 them, one optimiser step, and the sample-weighted totals an epoch reports (as solo-learn's

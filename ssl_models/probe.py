@@ -35,7 +35,9 @@ class ProbeFit:
     inverse_l2: float  # the C chosen on validation
     converged: bool  # L-BFGS stopped on one of its own tests (stop_reason in CONVERGED_REASONS), not on a budget
     iterations: int
-    stop_reason: str  # "gradient" (max |grad| <= TOLERANCE_GRAD), "no_progress" (loss or step change < TOLERANCE_CHANGE), "max_iter", "max_eval"
+    # "gradient" (max |grad| <= TOLERANCE_GRAD), "no_progress" (loss or step change < TOLERANCE_CHANGE), "max_iter",
+    # "max_eval"
+    stop_reason: str
     train_loss: float  # mean cross-entropy on the training features (without the L2 term)
     train_accuracy: float
     val_accuracy_by_inverse_l2: dict[float, float] = field(default_factory=dict)
@@ -101,7 +103,8 @@ def fit_linear_probe(
         )
     if len(np.unique(train_labels)) < 2:
         raise ValueError(
-            f"the probe needs at least two classes among the training labels; got only {np.unique(train_labels).tolist()}"
+            "the probe needs at least two classes among the training labels; got only "
+            f"{np.unique(train_labels).tolist()}"
         )
     mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
     train_z = torch.as_tensor((train_features - mean) / std, dtype=torch.float64)

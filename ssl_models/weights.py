@@ -55,7 +55,8 @@ def read_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickles with code, truncated files: one message for all
         raise ValueError(
-            f"weights file {path.name}: not a PyTorch state dict readable without running code ({type(error).__name__}: {error})"
+            f"weights file {path.name}: not a PyTorch state dict readable without running code "
+            f"({type(error).__name__}: {error})"
         ) from error
     return tensors_of(checkpoint, str(path.name))
 
@@ -170,4 +171,7 @@ def _mismatch_message(source: str, missing: list[str], unexpected: list[str], mi
         f"{len(misshapen)} of another shape ({shown(misshapen)})" if misshapen else "",
     ]
     found = "; ".join(part for part in parts if part)
-    return f"{source} do not fit the backbone: {found}. Name the backbone the weights were trained with (encoder_name), or give weights of this one."
+    return (
+        f"{source} do not fit the backbone: {found}. Name the backbone the weights were trained with (encoder_name), "
+        "or give weights of this one."
+    )

@@ -14,7 +14,7 @@ from flytekit import HashMethod, Resources, current_context, dynamic, task
 from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
-from ssl_models.train import FinetuneConfig, finetune, validation_scores
+from ssl_models.finetuning import FinetuneConfig, finetune, validation_scores
 from sslflow.tracking.runs import stage_run
 from sslflow.training.fit import fit_summary
 from sslflow.training.labelled_subset import labelled_subset

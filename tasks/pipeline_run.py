@@ -7,8 +7,9 @@ import pandas as pd
 from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
+from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
-from ssl_models.train import FinetuneConfig, PretrainConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
 from sslflow.data.validation import check_label_fractions
 from sslflow.evaluation import accuracy_metric_key

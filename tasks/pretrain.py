@@ -27,7 +27,7 @@ from ssl_models.distributed import leave_process_group, local_world_size
 from ssl_models.evaluate import KnnMonitor
 from ssl_models.methods import METHODS
 from ssl_models.micle import CasePairSampler
-from ssl_models.train import PairSource, PretrainConfig, pretrain_contrastive
+from ssl_models.pretraining import PairSource, PretrainConfig, pretrain_contrastive
 from sslflow.data.dataset import (
     fetch_shards_once_per_node,
     image_shape,
@@ -166,14 +166,19 @@ def _starting_encoder(
 
 
 def _teacher(config: PretrainConfig, shape: tuple[int, ...]) -> tuple[torch.nn.Module | None, dict]:
-    """The frozen teacher of a distillation method (config.teacher with config.teacher_weights) and its lineage params;
+    """The frozen teacher of a distillation method (its settings' teacher with teacher_weights) and its lineage params;
     (None, {}) for the other methods."""
     if not METHODS[config.method].needs_teacher:
         return None, {}
+    settings = config.settings
     teacher, weights = encoder_from_weights(
-        config.teacher_weights, config.teacher, int(shape[0]), int(shape[-1]), Path(current_context().working_directory)
+        settings.teacher_weights,
+        settings.teacher,
+        int(shape[0]),
+        int(shape[-1]),
+        Path(current_context().working_directory),
     )
-    return teacher, {"teacher": config.teacher, "teacher.source": weights.source, "teacher.sha256": weights.sha256}
+    return teacher, {"teacher": settings.teacher, "teacher.source": weights.source, "teacher.sha256": weights.sha256}
 
 
 def _pretrain(
@@ -199,6 +204,7 @@ def _pretrain(
     params = {
         "config": config,
         "method": config.method,
+        "method_settings": config.settings,
         "arm": arm(config.method, rung.name),
         "encoder": encoder_name,
         "dataset": dataset.name,

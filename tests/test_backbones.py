@@ -11,7 +11,8 @@ import torch
 from ssl_models.augment import FINETUNE_AUGMENT, AugmentConfig
 from ssl_models.data import InMemoryPairs
 from ssl_models.encoders import build_encoder
-from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive
+from ssl_models.finetuning import FinetuneConfig, finetune
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 from ssl_models.weights import WeightsMismatch, load_backbone_weights, read_weights_file
 from sslflow.registry.serving import RegisteredClassifier, export_onnx
 from sslflow.training.model_files import load_classifier, save_state_dict

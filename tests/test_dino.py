@@ -16,9 +16,11 @@ from flytekit import workflow
 from ssl_models.augment import AugmentConfig
 from ssl_models.data import InMemoryPairs
 from ssl_models.encoders import build_encoder
+from ssl_models.finetuning import FinetuneConfig
+from ssl_models.losses import dino_loss
 from ssl_models.methods import METHODS
-from ssl_models.methods.dino import DINO, dino_loss, teacher_statistics
-from ssl_models.train import FinetuneConfig, PretrainConfig, pretrain_contrastive
+from ssl_models.methods.dino import DINO, teacher_statistics
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 from sslflow.config import IngestConfig
 from sslflow.tracking.runs import start_parent_run
 from tasks.finetune import finetune_pretrained
@@ -73,7 +75,9 @@ def test_dino_trains_with_local_crops_and_case_pairs(monkeypatch):
 
     monkeypatch.setattr(DINO, "forward", recording)
     states = []
-    config = PretrainConfig(method="dino", epochs=1, batch_size=16, augment=VIEW, prototypes=64, local_crops=2)
+    config = PretrainConfig(
+        method="dino", epochs=1, batch_size=16, augment=VIEW, method_settings={"prototypes": 64, "local_crops": 2}
+    )
     pairs = InMemoryPairs(_images(), [i // 2 for i in range(32)])
     history = pretrain_contrastive(
         build_encoder("small_cnn", 1, seed=0),
@@ -96,13 +100,17 @@ def test_a_dino_run_without_sharpening_collapses_and_says_so():
     """Teacher temperature 1 (no sharpening; the paper's Fig. 7 ablation): the teacher hands every image the uniform
     distribution, and the monitor's verdict on the last epoch says so."""
     config = PretrainConfig(
-        method="dino", epochs=2, batch_size=16, augment=VIEW, teacher_temperature=1.0, teacher_warmup_temperature=1.0
+        method="dino",
+        epochs=2,
+        batch_size=16,
+        augment=VIEW,
+        method_settings={"teacher_temperature": 1.0, "teacher_warmup_temperature": 1.0},
     )
     history = pretrain_contrastive(
         build_encoder("small_cnn", 1, seed=0), InMemoryPairs(_images(), list(range(32))), config
     )
     assert "collapsed to the uniform distribution" in METHODS["dino"].collapse_reason(history[-1])
-    assert history[-1]["teacher_entropy"] > 0.95 * math.log(config.prototypes)
+    assert history[-1]["teacher_entropy"] > 0.95 * math.log(config.settings.prototypes)
 
 
 WORLD_SIZE = 2
@@ -117,7 +125,9 @@ def _dino_worker(rank: int, port: int, results) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     encoder = build_encoder("small_cnn", 1)  # same initial weights on both ranks, as DDP requires
-    config = PretrainConfig(method="dino", epochs=1, batch_size=8, augment=VIEW, prototypes=32, local_crops=1)
+    config = PretrainConfig(
+        method="dino", epochs=1, batch_size=8, augment=VIEW, method_settings={"prototypes": 32, "local_crops": 1}
+    )
     states = []
     pairs = InMemoryPairs(_images(), [i // 2 for i in range(32)], seed=0)
     history = pretrain_contrastive(
@@ -159,7 +169,10 @@ def test_a_collapsed_pretraining_stage_is_tagged_and_its_models_are_not_selectab
     """The pipeline's tasks: the collapsed DINO rung's MLflow run carries the reason, and the model fine-tuned from it
     is evaluated but never selected (FinetunedModel.selectable)."""
     config = PretrainConfig(
-        method="dino", epochs=1, batch_size=32, teacher_temperature=1.0, teacher_warmup_temperature=1.0, prototypes=64
+        method="dino",
+        epochs=1,
+        batch_size=32,
+        method_settings={"teacher_temperature": 1.0, "teacher_warmup_temperature": 1.0, "prototypes": 64},
     )
     finetune_config = FinetuneConfig(epochs=1, head_warmup_steps=0, batch_size=32)
     model = _collapsing_dino_rung(

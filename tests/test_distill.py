@@ -14,7 +14,7 @@ from ssl_models.augment import AugmentConfig
 from ssl_models.data import InMemoryPairs
 from ssl_models.encoders import build_encoder
 from ssl_models.methods import METHODS, build_method
-from ssl_models.train import PretrainConfig, pretrain_contrastive
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 from sslflow.config import IngestConfig
 from sslflow.files import file_sha256
 from sslflow.tracking.runs import start_parent_run
@@ -39,8 +39,7 @@ def test_the_student_learns_the_frozen_teachers_features():
         epochs=5,
         batch_size=16,
         learning_rate=3e-3,
-        teacher="timm:resnet18",
-        teacher_weights="test",
+        method_settings={"teacher": "timm:resnet18", "teacher_weights": "test"},
         augment=AugmentConfig(output_size=16, crop_scale=(0.6, 1.0)),
     )
     states = []
@@ -61,13 +60,17 @@ def test_distillation_needs_a_teacher_and_the_others_take_none():
         PretrainConfig(method="distill")
     encoder = build_encoder("small_cnn", 1)
     with pytest.raises(ValueError, match="needs a teacher"):
-        build_method("distill", encoder, PretrainConfig(method="distill", teacher="small_cnn", teacher_weights="x"))
+        build_method(
+            "distill",
+            encoder,
+            PretrainConfig(method="distill", method_settings={"teacher": "small_cnn", "teacher_weights": "x"}),
+        )
     with pytest.raises(ValueError, match="takes no teacher"):
         build_method("simclr", encoder, PretrainConfig(), teacher=build_encoder("small_cnn", 1))
     method = build_method(
         "distill",
         encoder,
-        PretrainConfig(method="distill", teacher="small_cnn", teacher_weights="x"),
+        PretrainConfig(method="distill", method_settings={"teacher": "small_cnn", "teacher_weights": "x"}),
         teacher=build_encoder("small_cnn", 1),
     )
     assert not method.train().teacher.training and not any(p.requires_grad for p in method.teacher.parameters())
@@ -87,7 +90,10 @@ def test_the_pretraining_task_distils_the_teacher_from_the_users_weights_file(tm
     path = tmp_path / "teacher.pth"
     torch.save(timm.create_model("resnet18", num_classes=1000).state_dict(), path)
     config = PretrainConfig(
-        method="distill", epochs=1, batch_size=50, teacher="timm:resnet18", teacher_weights=str(path)
+        method="distill",
+        epochs=1,
+        batch_size=50,
+        method_settings={"teacher": "timm:resnet18", "teacher_weights": str(path)},
     )
     encoder = _distilled_rung(run_id=start_parent_run("distill-task-test", {}), config=config)
     assert encoder.arm == "distill" and encoder.collapsed == ""

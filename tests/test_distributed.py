@@ -63,7 +63,7 @@ def _pretrain_worker(rank: int, port: int, results) -> None:
     from ssl_models.augment import AugmentConfig
     from ssl_models.data import InMemoryPairs
     from ssl_models.encoders import build_encoder
-    from ssl_models.train import PretrainConfig, pretrain_contrastive
+    from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
@@ -98,7 +98,7 @@ def _resume_worker(rank: int, port: int, results) -> None:
     from ssl_models.augment import AugmentConfig
     from ssl_models.data import InMemoryPairs
     from ssl_models.encoders import build_encoder
-    from ssl_models.train import PretrainConfig, pretrain_contrastive
+    from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
@@ -120,7 +120,7 @@ def test_every_rank_resumes_rank_zeros_checkpoint_from_the_same_epoch():
     from ssl_models.augment import AugmentConfig
     from ssl_models.data import InMemoryPairs
     from ssl_models.encoders import build_encoder
-    from ssl_models.train import PretrainConfig, pretrain_contrastive
+    from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 
     states = []
     images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

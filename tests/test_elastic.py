@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 SCRIPT = """
 from flytekit import workflow
-from ssl_models.train import PretrainConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from workflows.ingest import ingest
 from tasks.pretrain import pretrain_simclr

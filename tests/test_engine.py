@@ -13,10 +13,11 @@ from ssl_models.augment import AugmentConfig
 from ssl_models.data import InMemoryPairs
 from ssl_models.encoders import build_encoder
 from ssl_models.evaluate import knn_accuracy
+from ssl_models.finetuning import FinetuneConfig, finetune, validation_scores
 from ssl_models.label_fractions import stratified_subset
 from ssl_models.loop import EpochTotals, epoch_count, epoch_schedule, steps_per_epoch
 from ssl_models.optim import LARS, warmup_cosine
-from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive, validation_scores
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 
 
 @pytest.mark.parametrize(
@@ -184,7 +185,7 @@ def test_explicit_finetune_epochs_are_what_runs(caplog):
         build_encoder("small_cnn", 1), images, labels, 2, FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=0)
     )
     assert len(history) == 1
-    with caplog.at_level("INFO", logger="ssl_models.train"):
+    with caplog.at_level("INFO", logger="ssl_models.finetuning"):
         _, history = finetune(
             build_encoder("small_cnn", 1),
             images,

@@ -13,7 +13,7 @@ import torch
 from flytekit import workflow
 from moto_s3 import moto_s3_server, s3_environment
 
-from ssl_models.train import PretrainConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.files import file_sha256
 from sslflow.ladder import LadderError, check_initial_weights

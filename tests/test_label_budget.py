@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ssl_models.encoders import build_encoder
+from ssl_models.finetuning import FinetuneConfig, finetune
 from ssl_models.loop import BestOnValidation
-from ssl_models.train import FinetuneConfig, finetune
 from sslflow.evaluation import pack_cases, pack_correct, unpack_cases
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
 from sslflow.reporting.curves import headlines, savings_curves, savings_figure

@@ -12,11 +12,12 @@ from ssl_models.augment import AugmentConfig
 from ssl_models.data import InMemoryPairs
 from ssl_models.encoders import build_encoder
 from ssl_models.evaluate import KnnMonitor
+from ssl_models.losses import info_nce_with_queue, normalized_mse
 from ssl_models.methods import METHODS, build_method
 from ssl_models.methods.base import cosine_momentum
-from ssl_models.methods.byol import BYOL, normalized_mse
-from ssl_models.methods.moco import MoCoV2, info_nce_with_queue
-from ssl_models.train import PretrainConfig, pretrain_contrastive
+from ssl_models.methods.byol import BYOL
+from ssl_models.methods.moco import MoCoV2
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 
 VIEW = AugmentConfig(output_size=16)
 STATE_KEYS = {
@@ -86,8 +87,9 @@ def test_training_lowers_the_loss_and_moves_the_target(method):
         mode="nearest",
     ).to(torch.uint8)
     view = AugmentConfig(output_size=16, crop_scale=(0.6, 1.0))
+    settings = {"queue_size": 16, "momentum": 0.9} if method == "moco" else {"momentum": 0.9}
     config = PretrainConfig(
-        method=method, epochs=6, batch_size=16, learning_rate=3e-3, augment=view, queue_size=16, momentum=0.9
+        method=method, epochs=6, batch_size=16, learning_rate=3e-3, augment=view, method_settings=settings
     )
     states = []
     history = pretrain_contrastive(
@@ -110,7 +112,8 @@ def test_training_lowers_the_loss_and_moves_the_target(method):
 @pytest.mark.parametrize("method", ["moco", "byol"])
 def test_resume_restores_the_method_state(method):
     """A run killed after epoch 0 and resumed ends where the uninterrupted run ends: queue, key encoder, target."""
-    config = PretrainConfig(method=method, epochs=3, batch_size=16, augment=VIEW, queue_size=40)
+    settings = {"queue_size": 40} if method == "moco" else {}
+    config = PretrainConfig(method=method, epochs=3, batch_size=16, augment=VIEW, method_settings=settings)
     states = {}
 
     def keep(epoch, metrics, state_fn):
@@ -148,8 +151,11 @@ def test_micle_case_pairs_train_every_method(method):
     teacher = (
         build_encoder("small_cnn", 1, seed=1) if METHODS[method].needs_teacher else None
     )  # distillation's frozen teacher
-    settings = {"teacher": "small_cnn", "teacher_weights": "given as a module"} if teacher is not None else {}
-    config = PretrainConfig(method=method, epochs=2, batch_size=16, augment=VIEW, queue_size=32, **settings)
+    settings = {
+        "distill": {"teacher": "small_cnn", "teacher_weights": "given as a module"},
+        "moco": {"queue_size": 32},
+    }.get(method, {})
+    config = PretrainConfig(method=method, epochs=2, batch_size=16, augment=VIEW, method_settings=settings)
     history = pretrain_contrastive(
         encoder, InMemoryPairs(images, [i // 2 for i in range(32)]), config, monitor=monitor, teacher=teacher
     )

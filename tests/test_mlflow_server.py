@@ -11,7 +11,8 @@ from inprocess_elastic import with_inprocess_elastic
 from live_mlflow import MlflowServer, mlflow_at
 from mlflow.tracking import MlflowClient
 
-from ssl_models.train import FinetuneConfig, PretrainConfig
+from ssl_models.finetuning import FinetuneConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig
 from sslflow.registry.aliases import CHAMPION, COMPLETE, STATE_TAG
 from sslflow.tracking.store import EXPERIMENT_NAME

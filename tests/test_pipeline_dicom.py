@@ -12,7 +12,8 @@ from live_mlflow import mlflow_at
 from mlflow.tracking import MlflowClient
 from test_dicom import assert_no_identifier, flyte_cache_entries
 
-from ssl_models.train import FinetuneConfig, PretrainConfig
+from ssl_models.finetuning import FinetuneConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import plan_chunks
 from sslflow.data.pseudonyms import KEY_ENV, Pseudonyms

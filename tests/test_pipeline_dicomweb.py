@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from orthanc import MISSING, orthanc_server
 from test_dicom import assert_no_identifier, flyte_cache_entries
 
-from ssl_models.train import FinetuneConfig, PretrainConfig
+from ssl_models.finetuning import FinetuneConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.data.chunks import plan_chunks
 from sslflow.data.pseudonyms import KEY_ENV

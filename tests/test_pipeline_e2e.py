@@ -10,8 +10,9 @@ from flytekit.core.local_cache import LocalTaskCache
 from live_mlflow import mlflow_at
 from mlflow.tracking import MlflowClient
 
+from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
-from ssl_models.train import FinetuneConfig, PretrainConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
 from workflows.pipeline import ssl_pipeline

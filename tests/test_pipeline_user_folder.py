@@ -10,7 +10,8 @@ from live_mlflow import mlflow_at
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ssl_models.train import FinetuneConfig, PretrainConfig
+from ssl_models.finetuning import FinetuneConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.data.sources.builtin import read_mnist_5k
 from sslflow.registry.names import default_model_name

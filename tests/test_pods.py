@@ -31,8 +31,9 @@ from PIL import Image
 from pod_harness import PodFailed, PodRunner, bind, literals, python_value, serialized_package
 from pod_workflows import WorkflowWalk
 
+from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
-from ssl_models.train import FinetuneConfig, PretrainConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig, ValidationConfig
 from tasks.shared import Dataset
 
@@ -141,7 +142,8 @@ def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConf
 def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: LiteralMap):
     """pretrain_simclr (an Elastic task: torchrun inside the pod) and finetune_pretrained on its encoder, as pods."""
     from ssl_models.augment import AugmentConfig
-    from ssl_models.train import FinetuneConfig, PretrainConfig
+    from ssl_models.finetuning import FinetuneConfig
+    from ssl_models.pretraining import PretrainConfig
     from tasks.finetune import finetune_pretrained
     from tasks.pretrain import pretrain_simclr
     from tasks.shared import FinetunedModel

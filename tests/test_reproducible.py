@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from ssl_models.augment import AugmentConfig
 from ssl_models.data import InMemoryPairs
-from ssl_models.train import FinetuneConfig, PretrainConfig, finetune, pretrain_contrastive
+from ssl_models.finetuning import FinetuneConfig, finetune
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 from sslflow.training.model_files import initial_encoder
 
 torch.rand(int(sys.argv[2]))  # what ran before in this process

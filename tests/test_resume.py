@@ -14,7 +14,7 @@ import torch
 
 SCRIPT = """
 from flytekit import workflow
-from ssl_models.train import PretrainConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from workflows.ingest import ingest
 from tasks.pretrain import pretrain_simclr

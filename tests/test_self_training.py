@@ -19,9 +19,9 @@ import torch
 
 from ssl_models.augment import FINETUNE_AUGMENT, STRONG_AUGMENT, augment, normalise
 from ssl_models.encoders import build_encoder
+from ssl_models.finetuning import FinetuneConfig, finetune
 from ssl_models.fixmatch import SelfTrainConfig, fixmatch_loss, train_fixmatch
 from ssl_models.heads import Classifier
-from ssl_models.train import FinetuneConfig, finetune
 from sslflow.reporting.pseudo_labels import (
     per_class_table,
     quality_chart,

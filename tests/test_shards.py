@@ -347,7 +347,7 @@ def test_pretraining_ranks_share_the_pods_memory_and_one_download_per_node(tmp_p
     not half of it streams; one that fits half is read in memory, from shards the node downloaded once (the shard
     whose header gave the image shape included)."""
     import tasks.pretrain as pretrain
-    from ssl_models.train import PretrainConfig
+    from ssl_models.pretraining import PretrainConfig
 
     _write_images(tmp_path / "scans", range(40))
     sha256, _, _ = ingest_source(str(tmp_path / "scans"), CONFIG, tmp_path / "dataset")

@@ -13,7 +13,7 @@ from flytekit import workflow
 from flytekit.types.directory import FlyteDirectory
 from ingested import write_arrays
 
-from ssl_models.train import FinetuneConfig
+from ssl_models.finetuning import FinetuneConfig
 from sslflow.data.manifest import MANIFEST_COLUMNS
 from sslflow.files import file_sha256
 from sslflow.tracking.runs import start_parent_run

@@ -27,8 +27,9 @@ from flytekit import (
     workflow,
 )
 
+from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
-from ssl_models.train import FinetuneConfig, PretrainConfig
+from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig
 from tasks.pretrain import pretrain_simclr
 from tasks.shared import Dataset, EncoderCheckpoint, content_hash, gpu_task_settings, pretraining_cache

@@ -1,6 +1,6 @@
 """What every self-supervised method shares: the encoder it trains, one loss per batch of view pairs, and
 the optional target networks it updates after each optimiser step (solo-learn's ``BaseMethod``, reduced
-to the part that differs from method to method; the loop in ``ssl_models.train`` owns the optimiser,
+to the part that differs from method to method; the loop in ``ssl_models.pretraining`` owns the optimiser,
 schedule, steps, data and checkpoints).
 
 A method is an ``nn.Module``: its target networks are submodules and its extra state (MoCo's queue of
@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ssl_models.augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A method without settings of its own: it reads only PretrainConfig's shared fields."""
 
 
 class SSLMethod(nn.Module):
@@ -29,6 +35,7 @@ class SSLMethod(nn.Module):
     """
 
     encoder: nn.Module
+    settings_type: type = NoSettings  # its frozen settings dataclass, in its module (PretrainConfig.method_settings)
     label: str = ""  # the name reports print ("SimCLR", "MoCo v2")
     needs_teacher: bool = False  # from_config takes a frozen ``teacher`` module (distillation)
     sync_batch_norm: bool = True  # under torchrun on GPUs, BatchNorm over the global batch (SyncBatchNorm), as SimCLR's
@@ -37,8 +44,10 @@ class SSLMethod(nn.Module):
     )
 
     @classmethod
-    def from_config(cls, encoder: nn.Module, settings) -> SSLMethod:
-        """The method around ``encoder``, its hyper-parameters read from ``settings`` (a PretrainConfig)."""
+    def from_config(cls, encoder: nn.Module, settings, config) -> SSLMethod:
+        """The method around ``encoder``: ``settings`` is its own ``settings_type`` instance (built from
+        ``PretrainConfig.method_settings``), ``config`` the PretrainConfig for the shared fields (projection_dim,
+        seed)."""
         raise NotImplementedError(f"{cls.__name__} must define from_config")
 
     def after_step(self, progress: float) -> None:

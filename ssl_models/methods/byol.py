@@ -9,20 +9,25 @@ the run (§3.2; 0.996 there, 0.99 by default here for short runs). Heads are nar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ssl_models.heads import BYOLHead
+from ssl_models.heads import MLPHead
+from ssl_models.losses import normalized_mse
 from ssl_models.methods.base import SSLMethod, cosine_momentum, ema_update, frozen_copy, full_precision
 
 
-def normalized_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BYOL's loss (arXiv 2006.07733, eq. 2): ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z), the mean over rows.
+@dataclass(frozen=True)
+class BYOLSettings:
+    """BYOL's settings: ``PretrainConfig.method_settings`` when ``method`` is "byol".
 
-    Shapes: predictions (B, D), targets (B, D) (the target is not back-propagated through); returns a scalar in [0, 4].
+    momentum: the target EMA's starting momentum, in [0, 1), raised to 1 on a cosine over the run (0.996 in the
+        paper; 0.99 for short runs).
     """
-    return (2.0 - 2.0 * F.cosine_similarity(predictions.float(), targets.float().detach(), dim=1)).mean()
+
+    momentum: float = 0.99
 
 
 class BYOL(SSLMethod):
@@ -40,17 +45,19 @@ class BYOL(SSLMethod):
 
     label = "BYOL"
 
+    settings_type = BYOLSettings
+
     @classmethod
-    def from_config(cls, encoder: nn.Module, settings) -> BYOL:
-        return cls(encoder, projection_dim=settings.projection_dim, momentum=settings.momentum)
+    def from_config(cls, encoder: nn.Module, settings: BYOLSettings, config) -> BYOL:
+        return cls(encoder, projection_dim=config.projection_dim, momentum=settings.momentum)
 
     def __init__(self, encoder: nn.Module, *, projection_dim: int = 64, momentum: float = 0.99):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"BYOL's momentum must be in [0, 1) (got {momentum}); 1 would never update the target")
         self.encoder = encoder
-        self.projection = BYOLHead(encoder.feature_dim, out_dim=projection_dim)
-        self.prediction = BYOLHead(projection_dim, out_dim=projection_dim)
+        self.projection = MLPHead(encoder.feature_dim, out_dim=projection_dim)
+        self.prediction = MLPHead(projection_dim, out_dim=projection_dim)
         self.target_encoder, self.target_projection = frozen_copy(encoder), frozen_copy(self.projection)
         self.momentum = momentum
 

@@ -23,7 +23,7 @@ distribution (one dimension for every image: -> log K); ``collapse_reason`` turn
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from torch import nn
 
 from ssl_models.augment import AugmentConfig
 from ssl_models.distributed import gather_with_grad
+from ssl_models.losses import dino_loss
 from ssl_models.methods.base import SSLMethod, cosine_momentum, ema_update, frozen_copy, full_precision
 
 STUDENT_TEMPERATURE = 0.1
@@ -42,6 +43,24 @@ UNIFORM_COLLAPSE_SHARE = 0.95  # teacher entropy above this share of log K: ever
 ONE_DIMENSION_SHARE = (
     0.1  # entropy of the batch's mean teacher distribution below this share of its maximum: one dimension wins
 )
+
+
+@dataclass(frozen=True)
+class DINOSettings:
+    """DINO's settings: ``PretrainConfig.method_settings`` when ``method`` is "dino".
+
+    prototypes: K, the width of the output distribution (65,536 in the paper; 1024 for small encoders).
+    teacher_temperature, teacher_warmup_temperature: the teacher's temperature after and at the start of its linear
+        warm-up over the first 30% of the run (0.07 and 0.04 as the paper).
+    momentum: the teacher EMA's starting momentum, in [0, 1), raised to 1 on a cosine over the run.
+    local_crops: local views per pair (multi-crop; 0: the two global views only).
+    """
+
+    prototypes: int = 1024
+    teacher_temperature: float = 0.07
+    teacher_warmup_temperature: float = 0.04
+    momentum: float = 0.99
+    local_crops: int = 2
 
 
 class DINOHead(nn.Module):
@@ -64,26 +83,6 @@ class DINOHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(features), dim=1) @ F.normalize(self.prototypes, dim=1).T
-
-
-def dino_loss(
-    student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor, teacher_temperature: float
-) -> torch.Tensor:
-    """DINO's loss (arXiv 2104.14294, eq. 3 and Algorithm 1): the mean over pairs (teacher view i, student view v != i)
-    of the cross-entropy H(Pt_i, Ps_v), Pt = softmax((t - center) / teacher_temperature), Ps = softmax(s / 0.1).
-
-    Shapes: student: one (B, K) tensor per view (the global views first); teacher: one (B, K) per global view,
-    in the same order; center (1, K). Returns a scalar >= 0.
-    """
-    targets = [F.softmax((t - center) / teacher_temperature, dim=1) for t in teacher]
-    log_predictions = [F.log_softmax(s / STUDENT_TEMPERATURE, dim=1) for s in student]
-    terms = [
-        -(target * log_predictions[v]).sum(dim=1).mean()
-        for i, target in enumerate(targets)
-        for v in range(len(student))
-        if v != i
-    ]
-    return torch.stack(terms).mean()
 
 
 def teacher_statistics(
@@ -121,19 +120,11 @@ class DINO(SSLMethod):
 
     label = "DINO"
 
+    settings_type = DINOSettings
+
     @classmethod
-    def from_config(cls, encoder: nn.Module, settings) -> DINO:
-        temperatures = {
-            "teacher_temperature": settings.teacher_temperature,
-            "teacher_warmup_temperature": settings.teacher_warmup_temperature,
-        }
-        return cls(
-            encoder,
-            prototypes=settings.prototypes,
-            momentum=settings.momentum,
-            local_crops=settings.local_crops,
-            **temperatures,
-        )
+    def from_config(cls, encoder: nn.Module, settings: DINOSettings, config) -> DINO:
+        return cls(encoder, **asdict(settings))
 
     def __init__(
         self,
@@ -148,7 +139,8 @@ class DINO(SSLMethod):
         super().__init__()
         if min(teacher_temperature, teacher_warmup_temperature) <= 1e-6:
             raise ValueError(
-                f"DINO's teacher temperatures must be positive and not ~0 (got {teacher_warmup_temperature} -> {teacher_temperature})"
+                f"DINO's teacher temperatures must be positive and not ~0 (got {teacher_warmup_temperature} -> "
+                f"{teacher_temperature})"
             )
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"DINO's momentum must be in [0, 1) (got {momentum}); 1 would never update the teacher")
@@ -185,7 +177,8 @@ class DINO(SSLMethod):
             teacher = self.teacher_head(self.teacher_encoder(global_views)).float()  # (2B, K)
         temperature = self.teacher_temperature()
         with full_precision(teacher):
-            loss = dino_loss([s.float() for s in student], list(teacher.chunk(2)), self.center, temperature)
+            student_views = [s.float() for s in student]
+            loss = dino_loss(student_views, list(teacher.chunk(2)), self.center, temperature, STUDENT_TEMPERATURE)
         self._teacher_outputs = teacher
         self._statistics.append(teacher_statistics(teacher, self.center, temperature))
         return loss
@@ -226,7 +219,13 @@ class DINO(SSLMethod):
             return ""
         entropy, kl, ceiling = metrics["teacher_entropy"], metrics["kl_to_uniform"], metrics["log_prototypes"]
         if entropy > UNIFORM_COLLAPSE_SHARE * ceiling:
-            return f"DINO collapsed to the uniform distribution: teacher entropy {entropy:.3f} of at most {ceiling:.3f} nats (sharpen more: a lower teacher_temperature)"
+            return (
+                f"DINO collapsed to the uniform distribution: teacher entropy {entropy:.3f} of at most {ceiling:.3f} "
+                "nats (sharpen more: a lower teacher_temperature)"
+            )
         if metrics["mean_entropy_share"] < ONE_DIMENSION_SHARE:
-            return f"DINO collapsed to one dimension: KL of the mean teacher output to uniform {kl:.3f} of at most {ceiling:.3f} nats (a higher teacher_temperature)"
+            return (
+                f"DINO collapsed to one dimension: KL of the mean teacher output to uniform {kl:.3f} of at most "
+                f"{ceiling:.3f} nats (a higher teacher_temperature)"
+            )
         return ""

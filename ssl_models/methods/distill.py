@@ -13,12 +13,33 @@ with MICLe's case pairs, to the two images of one case. The teacher is any modul
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ssl_models.heads import BYOLHead
+from ssl_models.heads import MLPHead
+from ssl_models.losses import normalized_mse
 from ssl_models.methods.base import SSLMethod, frozen_copy, full_precision
-from ssl_models.methods.byol import normalized_mse
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Distillation's settings: ``PretrainConfig.method_settings`` when ``method`` is "distill"; both are required.
+
+    teacher: the frozen teacher's backbone, a name as encoder_name takes ("timm:vit_small_patch14_dinov2").
+    teacher_weights: its weights, a local file, s3:// or MLflow URI, loaded and checked as initial_weights.
+    """
+
+    teacher: str = ""
+    teacher_weights: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.teacher and self.teacher_weights):
+            raise ValueError(
+                "PretrainConfig.method='distill' distils a teacher: set teacher (a backbone name) and teacher_weights"
+                " (where its weights are) in PretrainConfig.method_settings"
+            )
 
 
 class Distillation(SSLMethod):
@@ -36,12 +57,16 @@ class Distillation(SSLMethod):
 
     label = "distillation"
     needs_teacher = True
+    settings_type = DistillSettings
 
     @classmethod
-    def from_config(cls, encoder: nn.Module, settings, teacher: nn.Module | None = None) -> Distillation:
+    def from_config(
+        cls, encoder: nn.Module, settings: DistillSettings, config, teacher: nn.Module | None = None
+    ) -> Distillation:
         if teacher is None:
             raise ValueError(
-                "method 'distill' needs a teacher: set PretrainConfig.teacher (a backbone name) and teacher_weights (its weights)"
+                "method 'distill' needs a teacher module: build it from method_settings' teacher and teacher_weights"
+                " (tasks/pretrain.py does)"
             )
         return cls(encoder, teacher)
 
@@ -49,7 +74,7 @@ class Distillation(SSLMethod):
         super().__init__()
         self.encoder = encoder
         self.teacher = frozen_copy(teacher).eval()
-        self.projection = BYOLHead(
+        self.projection = MLPHead(
             encoder.feature_dim, hidden_dim=max(256, teacher.feature_dim), out_dim=teacher.feature_dim
         )
 

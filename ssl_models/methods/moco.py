@@ -22,12 +22,15 @@ resumed run shuffles as the uninterrupted one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssl_models.distributed import gather_with_grad, rank_and_world_size
-from ssl_models.heads import SimCLRProjectionHead
+from ssl_models.heads import MLPHead
+from ssl_models.losses import info_nce_with_queue
 from ssl_models.methods.base import SSLMethod, ema_update, frozen_copy, full_precision
 
 SINGLE_PROCESS_GROUPS = 2  # BatchNorm groups of one process's batch (one group per rank under torchrun)
@@ -47,18 +50,19 @@ def shuffle_permutation(size: int, seed: int, step: int) -> torch.Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
 
 
-def info_nce_with_queue(
-    queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """MoCo's InfoNCE (arXiv 1911.05722, eq. 1): row i of ``keys`` is the positive of row i of ``queries``,
-    every row of ``queue`` a negative.
+@dataclass(frozen=True)
+class MoCoSettings:
+    """MoCo v2's settings: ``PretrainConfig.method_settings`` when ``method`` is "moco".
 
-    Shapes: queries (B, D), keys (B, D), queue (K, D), all L2-normalised; returns the scalar mean over B.
+    temperature: tau of InfoNCE (> 1e-6).
+    queue_size: the queue of negatives; keep it well under the number of images: a queue longer than an epoch holds
+        the anchor's own earlier key as a "negative" (1024 for the default's 4,000-6,000 images).
+    momentum: the key encoder's EMA, in [0, 1) (0.999 in the paper; 0.99 for short runs).
     """
-    positives = (queries * keys).sum(dim=1, keepdim=True)  # (B, 1)
-    negatives = queries @ queue.T  # (B, K)
-    logits = torch.cat([positives, negatives], dim=1) / temperature  # (B, 1 + K); the positive is class 0
-    return F.cross_entropy(logits, torch.zeros(queries.shape[0], dtype=torch.long, device=queries.device))
+
+    temperature: float = 0.2
+    queue_size: int = 1024
+    momentum: float = 0.99
 
 
 class MoCoV2(SSLMethod):
@@ -81,15 +85,17 @@ class MoCoV2(SSLMethod):
     label = "MoCo v2"
     sync_batch_norm = False  # shuffling BN needs BatchNorm per group (rank): SyncBatchNorm would pool them
 
+    settings_type = MoCoSettings
+
     @classmethod
-    def from_config(cls, encoder: nn.Module, settings) -> MoCoV2:
+    def from_config(cls, encoder: nn.Module, settings: MoCoSettings, config) -> MoCoV2:
         return cls(
             encoder,
-            projection_dim=settings.projection_dim,
+            projection_dim=config.projection_dim,
             temperature=settings.temperature,
             queue_size=settings.queue_size,
             momentum=settings.momentum,
-            seed=settings.seed,
+            seed=config.seed,
         )
 
     def __init__(
@@ -114,7 +120,7 @@ class MoCoV2(SSLMethod):
                 f"MoCo's momentum must be in [0, 1) (got {momentum}); 1 would never update the key encoder"
             )
         self.encoder = encoder
-        self.projection = SimCLRProjectionHead(encoder.feature_dim, out_dim=projection_dim)
+        self.projection = MLPHead(encoder.feature_dim, out_dim=projection_dim)
         self.key_encoder, self.key_projection = frozen_copy(encoder), frozen_copy(self.projection)
         self.temperature, self.momentum, self.seed = temperature, momentum, seed
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, projection_dim), dim=1))

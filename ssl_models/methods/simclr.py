@@ -4,16 +4,28 @@ in the (global) batch is a negative, so it wants large batches."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ssl_models.heads import SimCLRProjectionHead
+from ssl_models.heads import MLPHead
 from ssl_models.losses import NTXentLoss
 from ssl_models.methods.base import SSLMethod, full_precision
 
 
+@dataclass(frozen=True)
+class SimCLRSettings:
+    """SimCLR's settings: ``PretrainConfig.method_settings`` when ``method`` is "simclr".
+
+    temperature: NT-Xent's tau (> 1e-6).
+    """
+
+    temperature: float = 0.2
+
+
 class SimCLR(SSLMethod):
-    """encoder -> SimCLRProjectionHead -> NT-Xent.
+    """encoder -> MLPHead -> NT-Xent.
 
     Args:
         encoder: module with ``feature_dim``; (B, C, H, W) -> (B, feature_dim).
@@ -25,15 +37,16 @@ class SimCLR(SSLMethod):
     """
 
     label = "SimCLR"
+    settings_type = SimCLRSettings
 
     @classmethod
-    def from_config(cls, encoder: nn.Module, settings) -> SimCLR:
-        return cls(encoder, projection_dim=settings.projection_dim, temperature=settings.temperature)
+    def from_config(cls, encoder: nn.Module, settings: SimCLRSettings, config) -> SimCLR:
+        return cls(encoder, projection_dim=config.projection_dim, temperature=settings.temperature)
 
     def __init__(self, encoder: nn.Module, *, projection_dim: int = 64, temperature: float = 0.2):
         super().__init__()
         self.encoder = encoder
-        self.projection = SimCLRProjectionHead(encoder.feature_dim, out_dim=projection_dim)
+        self.projection = MLPHead(encoder.feature_dim, out_dim=projection_dim)
         self.loss_fn = NTXentLoss(temperature)
 
     def forward(self, views_a: torch.Tensor, views_b: torch.Tensor) -> torch.Tensor:

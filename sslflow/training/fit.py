@@ -1,4 +1,4 @@
-"""What a fine-tuning run chose and where it stopped, read from its last record (ssl_models.train.finetune): the
+"""What a fine-tuning run chose and where it stopped, read from its last record (ssl_models.finetuning.finetune): the
 columns every result row carries so that a reader can see each arm was tuned alike and trained to its peak."""
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from ssl_models.evaluate import predict_probabilities
+from ssl_models.finetuning import validation_scores
 from ssl_models.fixmatch import SelfTrainConfig, train_fixmatch
 from ssl_models.heads import Classifier
 from ssl_models.metrics import expected_calibration_error
-from ssl_models.train import validation_scores
 from sslflow.ladder import FLOORS
 from sslflow.training.labelled_subset import labelled_subset_rows
 from sslflow.training.selection import select_best
