@@ -61,9 +61,7 @@ from sslflow.data.listing import read_listing, refuse_no_images, refuse_unmatche
 from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest, public_quarantined
 from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.sources import Source, open_source
-from sslflow.data.sources.builtin import BuiltinSource
-from sslflow.data.sources.dicomweb import without_address
+from sslflow.data.sources import Source, named_source, open_source
 from sslflow.data.types import SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
@@ -139,10 +137,11 @@ def plan_chunks(source: str, config: IngestConfig) -> Iterator[dict]:
         "kind": opened.kind,
         "decode": {name: getattr(config, name) for name in DECODE_SETTINGS},
     }
+    packaged = opened.packaged_images(config.image_size, config.channels)
     chunks = (
-        _builtin_chunks(opened, header, config)
-        if isinstance(opened, BuiltinSource)
-        else _listed_chunks(opened, header, config)
+        _listed_chunks(opened, header, config)
+        if packaged is None
+        else _index_range_chunks(opened, len(packaged.pixels), header, config)
     )
     for chunk in chunks:
         # PROXY case ids are made per chunk: the tag (from the chunk's own content) keeps those of two chunks apart
@@ -153,8 +152,9 @@ def plan_chunks(source: str, config: IngestConfig) -> Iterator[dict]:
         )
 
 
-def _builtin_chunks(opened: BuiltinSource, header: dict, config: IngestConfig) -> Iterator[dict]:
-    count, fingerprint = len(_builtin(opened.uri, config.image_size, config.channels).pixels), opened.fingerprint()
+def _index_range_chunks(opened: Source, count: int, header: dict, config: IngestConfig) -> Iterator[dict]:
+    """A packaged source's ``count`` images (``Source.packaged_images``) in chunks of chunk_images, by index range."""
+    fingerprint = opened.fingerprint()
     for start in range(0, count, config.chunk_images):
         yield {**header, "fingerprint": fingerprint, "start": start, "stop": min(count, start + config.chunk_images)}
 
@@ -203,12 +203,6 @@ def _chunk_images(chunk: dict) -> int:
     return len(chunk["records"]) if "records" in chunk else chunk["stop"] - chunk["start"]
 
 
-@functools.lru_cache(maxsize=2)
-def _builtin(source: str, image_size: int, channels: int) -> SourceImages:
-    """A built-in source, read once per process (its chunks are index ranges of it)."""
-    return BuiltinSource(source).read(image_size, channels)
-
-
 def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
     return SourceImages(
         **{
@@ -226,10 +220,10 @@ def _decode(
 ) -> tuple[SourceImages, list[int], list[dict] | None]:
     """(decoded images of a chunk, each one's position in the source listing (frames of a DICOM object share it),
     the source's metadata rows keyed by SOPInstanceUID or None)."""
-    if "records" not in chunk:  # a built-in source: an index range
-        images = _slice(_builtin(chunk["source"], config.image_size, config.channels), chunk["start"], chunk["stop"])
-        return images, list(range(chunk["start"], chunk["stop"])), None
     opened = open_source(chunk["source"])
+    packaged = opened.packaged_images(config.image_size, config.channels)
+    if packaged is not None:  # a chunk of a packaged source is an index range
+        return _slice(packaged, chunk["start"], chunk["stop"]), list(range(chunk["start"], chunk["stop"])), None
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
     by_instance = _instance_rows(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
     images = read_listing(
@@ -363,20 +357,13 @@ def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[dict]) -> N
 def _chunk_identity(chunk: dict) -> str:
     """sha256 of a chunk document, S3 version keys without their endpoint and DICOMweb URLs without the archive's
     address: which server (a replica, a proxy) answered does not change the files."""
-    if chunk["kind"] == "s3":
-        strip = lambda key: key.split(" ", 1)[-1]  # noqa: E731  ("<endpoint> <url> <etag> <size>": sslflow/data/sources/s3.py)
-        records = [
-            [index, {**fields, "version_key": strip(fields["version_key"])}, strip(digest)]
-            for index, fields, digest in chunk["records"]
+    source = named_source(chunk["source"])
+    identity = {**chunk, "source": source.uri_without_server}
+    if "records" in chunk:
+        identity["records"] = [
+            [index, *source.without_server(fields, digest)] for index, fields, digest in chunk["records"]
         ]
-        chunk = {**chunk, "records": records}
-    if chunk["kind"] == "dicomweb":
-        records = [
-            [index, {**fields, "location": without_address(fields["location"])}, digest]
-            for index, fields, digest in chunk["records"]
-        ]
-        chunk = {**chunk, "source": without_address(chunk["source"]), "records": records}
-    return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def chunk_file_sha256(path: Path) -> str:

@@ -304,3 +304,8 @@ def metadata_file_name(names: Collection[str], where: str) -> str | None:
 def safe_name(text: str) -> str:
     """``text`` safe as a file name: every character but letters, digits and -_. becomes '-' ("source" if empty)."""
     return "".join(char if char.isalnum() or char in "-_." else "-" for char in text) or "source"
+
+
+def located_name(name: str, location: str) -> str:
+    """``name``-<8 hex of ``location``>: a source's display name, one per place its data lives."""
+    return f"{name}-{hashlib.sha256(location.encode()).hexdigest()[:8]}"

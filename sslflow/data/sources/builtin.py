@@ -11,6 +11,7 @@ They are arrays, not files: ingest cuts them into chunks by index ranges (sslflo
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -138,8 +139,10 @@ def read_optdigits() -> SourceImages:
     return _packaged(optdigits_to_mnist_format(digits.images), digits.target, "optdigits")
 
 
+@functools.lru_cache(maxsize=2)
 def read_builtin(source: str, image_size: int, channels: int) -> SourceImages:
-    """A built-in source as (N, channels, image_size, image_size) uint8."""
+    """A built-in source as (N, channels, image_size, image_size) uint8, read once per process (ingest's chunks are
+    index ranges of it)."""
     readers = {"fashion-mnist": read_fashion_mnist, "mnist-5k": read_mnist_5k, "optdigits": read_optdigits}
     return _conform(readers[source](), image_size, channels)
 
@@ -168,13 +171,30 @@ class BuiltinSource:
     def __init__(self, uri: str):
         self.uri = uri
 
+    @staticmethod
+    def claims(uri: str) -> bool:
+        return uri in BUILTIN_SOURCES
+
     @property
     def name(self) -> str:
         return self.uri
 
-    def read(self, image_size: int, channels: int) -> SourceImages:
-        """Every image, (N, channels, image_size, image_size) uint8."""
+    @property
+    def display_name(self) -> str:
+        """The data set's name: a built-in data set is the same everywhere."""
+        return self.uri
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages:
+        """Every image, (N, channels, image_size, image_size) uint8, read once per process."""
         return read_builtin(self.uri, image_size, channels)
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
+        """The record as it is (a built-in data set lists no records)."""
+        return fields, digest
+
+    @property
+    def uri_without_server(self) -> str:
+        return self.uri
 
     def fingerprint(self) -> str:
         """The package files it is read from, by file name."""

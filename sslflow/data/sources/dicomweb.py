@@ -48,6 +48,7 @@ from sslflow.data.metadata import (
     ImageRecord,
     InstanceRows,
     keyed_by_instance,
+    located_name,
     parse_metadata_csv,
     read_instance_rows,
     safe_name,
@@ -60,7 +61,7 @@ from sslflow.data.sources.dicomweb_http import (
     retrieve_instance_bytes,
 )
 from sslflow.data.sources.s3 import parse_s3_uri, read_object, s3_client
-from sslflow.data.types import SourceError
+from sslflow.data.types import SourceError, SourceImages
 
 SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 PAGE_SIZE = 500  # results per QIDO-RS request: below the cap of common archives (a page shorter than this is the last)
@@ -247,15 +248,32 @@ class DicomwebSource:
         self.uri = uri
         self.query = parse_dicomweb_uri(uri)
 
+    @staticmethod
+    def claims(uri: str) -> bool:
+        return uri.startswith(SCHEMES)
+
     @property
     def name(self) -> str:
         """<host>-<path>-<8 hex of the whole URI>: two queries of one archive get two names."""
         parts = urlsplit(self.query.base_url)
-        return (
-            safe_name(f"{parts.hostname}{parts.path}".strip("/"))
-            + "-"
-            + hashlib.sha256(self.uri.encode()).hexdigest()[:8]
-        )
+        return located_name(safe_name(f"{parts.hostname}{parts.path}".strip("/")), self.uri)
+
+    @property
+    def display_name(self) -> str:
+        """The name and 8 hex of the URI."""
+        return located_name(self.name, self.uri)
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
+        """None: its images are instances, listed by ``records``."""
+        return None
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
+        """The instance's URL without the archive's address (``without_address``)."""
+        return {**fields, "location": without_address(fields["location"])}, digest
+
+    @property
+    def uri_without_server(self) -> str:
+        return without_address(self.uri)
 
     @functools.cached_property
     def session(self):

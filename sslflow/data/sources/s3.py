@@ -40,6 +40,7 @@ from sslflow.data.metadata import (
     InstanceRows,
     check_relative_path,
     keyed_by_instance,
+    located_name,
     metadata_file_name,
     missing_file,
     parse_metadata_csv,
@@ -48,7 +49,7 @@ from sslflow.data.metadata import (
     safe_name,
 )
 from sslflow.data.metadata_catalog import MetadataCatalog, metadata_header
-from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
 from sslflow.errors import ServiceUnavailable
 
 SERVICE = "S3 endpoint"
@@ -151,6 +152,10 @@ def read_object(client, bucket: str, key: str) -> bytes:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def _without_endpoint(version_key: str) -> str:
+    return version_key.split(" ", 1)[-1]
+
+
 class S3Source:
     """An S3 prefix as a Source (sslflow/data/sources/__init__.py; rules: the module docstring)."""
 
@@ -161,9 +166,30 @@ class S3Source:
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.where = f"s3://{self.bucket}/{self.prefix}"
 
+    @staticmethod
+    def claims(uri: str) -> bool:
+        return uri.startswith("s3://")
+
     @property
     def name(self) -> str:
         return safe_name(self.uri.removeprefix("s3://").strip("/"))
+
+    @property
+    def display_name(self) -> str:
+        """bucket-prefix and 8 hex of the URI (without a final /)."""
+        return located_name(self.name, self.uri.rstrip("/"))
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
+        """None: its images are files, listed by ``records``."""
+        return None
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
+        """The version key and digest ("<endpoint> <url> <etag> <size>", ``_record``) without the endpoint."""
+        return {**fields, "version_key": _without_endpoint(fields["version_key"])}, _without_endpoint(digest)
+
+    @property
+    def uri_without_server(self) -> str:
+        return self.uri
 
     @functools.cached_property
     def client(self):

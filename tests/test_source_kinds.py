@@ -1,0 +1,29 @@
+"""A source kind is one module behind the ``Source`` protocol and one line in ``SOURCE_KINDS``: ingest, its cache key
+and the model's name follow without a change elsewhere (README, "where a change goes")."""
+
+import numpy as np
+import pytest
+from ingested import ingest, labels
+from toy_source import ToySource
+
+from sslflow.config import IngestConfig
+from sslflow.data import sources
+from sslflow.data.chunks import plan_chunks
+from sslflow.data.sources import fingerprint_source, open_source
+from sslflow.registry.names import default_model_name
+
+
+@pytest.fixture
+def toy_kind(monkeypatch):
+    monkeypatch.setattr(sources, "SOURCE_KINDS", [ToySource, *sources.SOURCE_KINDS])  # the one registry line
+
+
+def test_a_toy_source_kind_is_ingested_and_names_its_model(toy_kind):
+    assert open_source("toy://6").kind == "toy"
+    manifest, pixels, summary = ingest("toy://6", IngestConfig(image_size=8, chunk_images=2))
+    assert pixels.shape == (6, 1, 8, 8) and pixels.dtype == np.uint8
+    assert sorted(labels(manifest)) == ["0", "0", "0", "1", "1", "1"]
+    assert manifest["case_id"].nunique() == 3 and summary["quarantined"] == []
+    assert all(chunk["kind"] == "toy" for chunk in plan_chunks("toy://6", IngestConfig(image_size=8)))
+    assert fingerprint_source("toy://6") != fingerprint_source("toy://5")
+    assert default_model_name("toy://6") == "sslflow-toy-6"
