@@ -212,9 +212,9 @@ def _unlisted(opened: Source, config: IngestConfig) -> dict | None:
     if count and config.unlisted_files == "refuse":
         more = ", ..." if count > len(first) else ""
         raise SourceError(
-            f"source {opened.uri}: {count} image file(s) are not listed in its {METADATA_FILE}, so they would not be used: "
-            f"{', '.join(repr(path) for path in first)}{more}; add them to {METADATA_FILE}, move them out of the source, "
-            "or set IngestConfig.unlisted_files='warn' to go on without them"
+            f"source {opened.uri}: {count} image file(s) are not listed in its {METADATA_FILE}, so they would not be "
+            f"used: {', '.join(repr(path) for path in first)}{more}; add them to {METADATA_FILE}, move them out of "
+            "the source, or set IngestConfig.unlisted_files='warn' to go on without them"
         )
     return {"count": count, "paths": first} if count else None
 
@@ -282,7 +282,8 @@ def _instance_rows(opened: Source, expected: dict) -> list[dict]:
     found = opened.instance_rows()
     if found is None or found.sha256 != expected["sha256"]:
         raise SourceError(
-            f"source {opened.uri}: {expected['file']} {'is no longer keyed by SOPInstanceUID or is gone' if found is None else 'changed'} "
+            f"source {opened.uri}: {expected['file']} "
+            f"{'is no longer keyed by SOPInstanceUID or is gone' if found is None else 'changed'} "
             "since ingest listed the source (its sha256 is in the chunk document); run ingest again"
         )
     return found.rows
@@ -402,7 +403,8 @@ def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[ChunkReport
         rows = found.rows if found is not None else []
         if len(counts) > 1 or len(rows) != max(counts):
             raise SourceError(
-                f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by SOPInstanceUID); ingest it again"
+                f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by "
+                "SOPInstanceUID); ingest it again"
             )
         refuse_unmatched(source, [rows[index]["where"] for index in unmatched])
 
@@ -497,9 +499,9 @@ def unlisted_warning(unlisted: dict) -> str:
     more = ", ..." if unlisted["count"] > len(unlisted["keys"]) else ""
     return (
         f"{unlisted['count']} image file(s) in the source are not listed in its {METADATA_FILE} and were not used: "
-        f"{', '.join(unlisted['keys'])}{more}. `python -m sslflow.data.image_keys <source> <key>...` names their files "
-        f"(`python -m sslflow.data.image_keys <source> --unlisted` lists all of them); add them to {METADATA_FILE} to use them, "
-        "or set IngestConfig.unlisted_files='refuse' to stop instead"
+        f"{', '.join(unlisted['keys'])}{more}. `python -m sslflow.data.image_keys <source> <key>...` names their "
+        "files (`python -m sslflow.data.image_keys <source> --unlisted` lists all of them); add them to "
+        f"{METADATA_FILE} to use them, or set IngestConfig.unlisted_files='refuse' to stop instead"
     )
 
 
@@ -543,9 +545,10 @@ def ingest_source(
             with ProcessPoolExecutor(1, mp_context=spawn) as planner:
                 chunk_files = planner.submit(plan_to_files, source, config, Path(work) / "plan").result()
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
-            # a process per chunk, as a pod per chunk: memory a long-lived worker kept from earlier chunks is not counted
+            # a process per chunk, as a pod per chunk: memory a long-lived worker kept from earlier chunks is uncounted
             with ProcessPoolExecutor(workers, mp_context=spawn, max_tasks_per_child=1) as pool:
-                list(pool.map(functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key), chunk_files, folders))
+                decode = functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key)
+                list(pool.map(decode, chunk_files, folders))
         else:
             chunk_files = plan_to_files(source, config, Path(work) / "plan")
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]

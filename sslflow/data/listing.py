@@ -66,7 +66,8 @@ def _decode_bytes(
         return decode_dicom(data, record.location, config, pseudonyms)
     if record.source_path.lower().endswith(DICOM_SUFFIXES):
         raise UndecodableImageError(
-            f"{record.location}: named like a DICOM file but it has no DICM magic at byte 128 (not DICOM Part 10, or cut short)"
+            f"{record.location}: named like a DICOM file but it has no DICM magic at byte 128 (not DICOM Part 10, or "
+            "cut short)"
         )
     return decode_image(
         data,
@@ -104,7 +105,8 @@ def _unread(record: ImageRecord, config: IngestConfig) -> None:
         if record.sniff:
             raise NonImageObject(NOT_READ)
         raise UndecodableImageError(
-            f"{record.location}: {record.size_bytes} bytes is over IngestConfig.max_file_bytes={config.max_file_bytes}; "
+            f"{record.location}: {record.size_bytes} bytes is over "
+            f"IngestConfig.max_file_bytes={config.max_file_bytes}; "
             "not read (raise max_file_bytes if the file is a genuine image)"
         )
 
@@ -244,14 +246,16 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
             f"(IngestConfig.max_bad_fraction={config.max_bad_fraction} allows {allowed}):\n  "
             + "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
             + more
-            + "\nReplace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and reported)"
+            + "\nReplace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and "
+            "reported)"
         )
 
 
 def _refuse_empty(source: str) -> None:
     raise SourceError(
-        f"source {source} is empty: it lists no images (no metadata rows, or no files ending in {', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} "
-        "nor DICOM files found by content); point the source at the folder or prefix that holds the images, or list them in metadata.csv"
+        f"source {source} is empty: it lists no images (no metadata rows, or no files ending in "
+        f"{', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} nor DICOM files found by content); point the source at the "
+        "folder or prefix that holds the images, or list them in metadata.csv"
     )
 
 
@@ -264,7 +268,8 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
         f"{n} held back ({k})" for k, n in sorted(held_back.items())
     ]
     raise SourceError(
-        f"source {source} holds no images to learn from: {', '.join(left_out)}; add image files, or see docs/dicom.md for what is held back and why"
+        f"source {source} holds no images to learn from: {', '.join(left_out)}; add image files, or see docs/dicom.md "
+        "for what is held back and why"
     )
 
 

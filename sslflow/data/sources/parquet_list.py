@@ -30,8 +30,8 @@ def list_parquet_list(image_list: Path) -> list[tuple[int, ImageRecord]]:
         table = pd.read_parquet(image_list)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise SourceError(
-            f"{image_list}: not a readable parquet file ({type(error).__name__}: {error}); write it again (e.g. pandas DataFrame.to_parquet) "
-            "with the columns path, case_id, site, label"
+            f"{image_list}: not a readable parquet file ({type(error).__name__}: {error}); write it again (e.g. "
+            "pandas DataFrame.to_parquet) with the columns path, case_id, site, label"
         ) from error
     rows = metadata_rows(table, str(image_list), first_row=0)
     return in_case_order_records(rows, local_records(image_list.parent, rows, str(image_list)))

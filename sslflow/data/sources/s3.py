@@ -92,8 +92,8 @@ def s3_client(*, attempts: int = 3, timeout_s: float = 10):
 def _unavailable(what: str, error: Exception) -> ObjectStoreUnavailable:
     endpoint = endpoint_url() or "AWS default"
     return ObjectStoreUnavailable(
-        f"{what}: the {SERVICE} {endpoint} did not answer ({type(error).__name__}: {error}). Check that it is running and reachable "
-        "from here, or point AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) at one that is.",
+        f"{what}: the {SERVICE} {endpoint} did not answer ({type(error).__name__}: {error}). Check that it is running "
+        "and reachable from here, or point AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) at one that is.",
         service=SERVICE,
         uri=endpoint,
     )
@@ -114,8 +114,8 @@ def s3_errors(what: str) -> Iterator[None]:
         ):
             raise _unavailable(what, error) from error
         raise SourceError(
-            f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')}); check the bucket and prefix, and that the "
-            "credentials may list and read them"
+            f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')}); check the bucket and "
+            "prefix, and that the credentials may list and read them"
         ) from error
     except (S3ConnectionError, HTTPClientError, IncompleteReadError) as error:
         raise _unavailable(what, error) from error
@@ -139,8 +139,8 @@ def iter_objects(client, bucket: str, prefix: str) -> Iterator[dict]:
             for item in page.get("Contents", []):
                 if item["Key"] < previous:
                     raise SourceError(
-                        f"listing s3://{bucket}/{prefix}: the server returned {item['Key']!r} after {previous!r}, out of key order; "
-                        "ingest needs an S3 server that lists keys in order, as the S3 API does"
+                        f"listing s3://{bucket}/{prefix}: the server returned {item['Key']!r} after {previous!r}, out "
+                        "of key order; ingest needs an S3 server that lists keys in order, as the S3 API does"
                     )
                 previous = item["Key"]
                 if not item["Key"].endswith("/"):
