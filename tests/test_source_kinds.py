@@ -27,3 +27,24 @@ def test_a_toy_source_kind_is_ingested_and_names_its_model(toy_kind):
     assert all(chunk["kind"] == "toy" for chunk in plan_chunks("toy://6", IngestConfig(image_size=8)))
     assert fingerprint_source("toy://6") != fingerprint_source("toy://5")
     assert default_model_name("toy://6") == "sslflow-toy-6"
+
+
+def test_nothing_outside_the_sources_package_tells_the_kinds_apart():
+    """Outside sslflow/data/sources/ no module imports a kind's Source class or tests a source's kind: they go
+    through the protocol (open_source, named_source and the Source methods)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    kind_classes = {kind.__name__ for kind in sources.SOURCE_KINDS} | {"FolderSource"}
+    found = []
+    for package in ("sslflow", "tasks", "workflows"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path.is_relative_to(root / "sslflow" / "data" / "sources"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = {alias.name for alias in node.names} if isinstance(node, ast.ImportFrom) else set()
+                attribute = node.attr if isinstance(node, ast.Attribute) else ""
+                if names & (kind_classes | {"source_kind"}) or attribute == "kind" and "source" in ast.unparse(node):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not found, f"source kinds told apart outside sslflow/data/sources/: {found}"
