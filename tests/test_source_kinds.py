@@ -48,3 +48,15 @@ def test_nothing_outside_the_sources_package_tells_the_kinds_apart():
                 if names & (kind_classes | {"source_kind"}) or attribute == "kind" and "source" in ast.unparse(node):
                     found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not found, f"source kinds told apart outside sslflow/data/sources/: {found}"
+
+
+def test_an_archive_query_names_its_model_wherever_the_pipeline_runs(tmp_path, monkeypatch):
+    """A DICOMweb source's model name comes from its URI, not from the folder the process runs in (it once hashed the
+    URI resolved as a local path)."""
+    uri = "dicomweb+https://pacs.example/dicom-web?ModalitiesInStudy=CT"
+    names = set()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        names.add(default_model_name(uri))
+    assert names == {f"sslflow-{sources.source_name(uri)}"}

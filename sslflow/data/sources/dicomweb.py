@@ -265,8 +265,8 @@ class DicomwebSource:
 
     @property
     def display_name(self) -> str:
-        """The name and 8 hex of the URI."""
-        return located_name(self.name, self.uri)
+        """The name: it holds 8 hex of the URI already."""
+        return self.name
 
     def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
         """None: its images are instances, listed by ``records``."""
