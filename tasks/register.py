@@ -39,7 +39,7 @@ def labelled_gate_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 # Cached on the parent run too (unlike the training stages): a rerun against another store registers the
 # model in that store's registry; the same store and configuration reuse the registration.
 @task(
-    cache=Cache(version="8"),
+    cache=Cache(version="9"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="4Gi"),
     retries=2,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,20 +34,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from images.specs import gpu_image
 from ssl_models.device import check_gpus
-from ssl_models.shards import SHARD_SUFFIX, ShardError
-from sslflow.data.dataset import (
-    MANIFEST_FILE,
-    SHARD_TABLE,
-    SHARDS_FOLDER,
-    SUMMARY_FILE,
-    fetch_shards,
-    is_remote,
-    present_shards,
-    read_images,
-    read_manifest,
-    read_summary,
-    shard_locations,
-)
+from sslflow.data import shard_fetch
+from sslflow.data.dataset import present_shards, read_images, read_summary
 from sslflow.failures import infrastructure_failure, killed_by_signal
 
 
@@ -147,73 +134,33 @@ def content_hash(artifact) -> str:
 def _in_blob_store(dataset: Dataset) -> str | None:
     """The Dataset's folder in a blob store (no trailing slash); None for a local one."""
     remote = dataset.directory.remote_source
-    return (
-        remote.rstrip("/") if remote and FlyteContextManager.current_context().file_access.is_remote(remote) else None
-    )
+    return remote.rstrip("/") if remote and _file_access().is_remote(remote) else None
+
+
+def _file_access():
+    return FlyteContextManager.current_context().file_access
 
 
 def dataset_without_shards(dataset: Dataset) -> tuple[Path, Callable[[Path], None] | None]:
     """(folder, fetch) for reading a Dataset shard by shard. A local Dataset: its folder (the shard table points at
-    local shard files), fetch None. A Dataset in a blob store (a task on a cluster): a local folder with only the
-    manifest and summary downloaded; fetch(path) downloads the shard named like ``path`` from its location (the
-    Dataset's shard table) to ``path`` (sslflow.data.dataset.fetch_shards, ShardRows), so a task downloads only the
-    shards it reads. A shard whose location is gone is a ShardError naming it."""
-    remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
+    local shard files), fetch None. A Dataset in a blob store (a task on a cluster): the manifest and summary, each
+    shard fetched when read (sslflow.data.shard_fetch.dataset_without_shards)."""
+    remote = _in_blob_store(dataset)
     if remote is None:
         return Path(dataset.directory.download()), None
-    folder = Path(file_access.get_random_local_directory())
-    file_access.get_data(f"{remote}/{MANIFEST_FILE}", str(folder / MANIFEST_FILE))
-    if file_access.exists(f"{remote}/{SUMMARY_FILE}"):
-        file_access.get_data(f"{remote}/{SUMMARY_FILE}", str(folder / SUMMARY_FILE))
-    (folder / SHARDS_FOLDER).mkdir()  # the folder has no shard table: its shards are fetched into shards/
-    locations = _remote_locations(remote)
-
-    def fetch(path: Path) -> None:  # under a temporary name first: a shard file under its own name is whole
-        location = locations.get(path.name.removesuffix(SHARD_SUFFIX), f"{remote}/{SHARDS_FOLDER}/{path.name}")
-        partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
-        try:
-            file_access.get_data(location, str(partial))
-        except Exception as error:
-            if file_access.exists(location):
-                raise
-            raise ShardError(
-                f"shard {path.name.removesuffix(SHARD_SUFFIX)} of dataset {dataset.name} is missing at {location} (the ingest chunk "
-                "output it references was deleted); ingest the source again"
-            ) from error
-        os.replace(partial, path)
-
-    return folder, fetch
-
-
-def _remote_locations(remote: str) -> dict[str, str]:
-    """shard sha256 -> URI of the Dataset at ``remote`` from its shard table ({} for a Dataset without one: its shards
-    are in shards/); a relative location is inside the Dataset's folder."""
-    file_access = FlyteContextManager.current_context().file_access
-    if not file_access.exists(f"{remote}/{SHARD_TABLE}"):
-        return {}
-    folder = Path(file_access.get_random_local_directory())
-    file_access.get_data(f"{remote}/{SHARD_TABLE}", str(folder / SHARD_TABLE))
-    return {
-        shard: location if is_remote(location) else f"{remote}/{location}"
-        for shard, location in shard_locations(folder).items()
-    }
+    return shard_fetch.dataset_without_shards(remote, dataset.name, _file_access())
 
 
 def node_shards_folder(dataset: Dataset) -> Path:
-    """A folder for a Dataset's shards that every process of this node (pod) shares: the ranks of one training
-    pod download each shard once into it (sslflow.data.dataset.fetch_shards_once_per_node)."""
-    return Path(tempfile.gettempdir()) / "sslflow-node-shards" / dataset.content_sha256
+    """A folder for a Dataset's shards that every process of this node (pod) shares
+    (sslflow.data.shard_fetch.node_shards_folder)."""
+    return shard_fetch.node_shards_folder(dataset.content_sha256)
 
 
 def dataset_rows(dataset: Dataset, rows: Callable[[pd.DataFrame], pd.Series]) -> tuple[Path, pd.DataFrame]:
     """(local folder, the manifest rows where ``rows(manifest)`` is True) with the shards of those rows, and only
     those, present in the folder: a task reads a few hundred labelled images without downloading the dataset."""
-    folder, fetch = dataset_without_shards(dataset)
-    manifest = read_manifest(folder)
-    manifest = manifest[rows(manifest).to_numpy(dtype=bool)].reset_index(drop=True)
-    if fetch is not None:
-        fetch_shards(folder, manifest, fetch)
-    return folder, manifest
+    return shard_fetch.rows_with_shards(*dataset_without_shards(dataset), rows)
 
 
 def read_rows(dataset: Dataset, rows: Callable[[pd.DataFrame], pd.Series]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -235,22 +182,11 @@ def ingest_summary(dataset: Dataset) -> dict:
 
 def stored_shards(dataset: Dataset) -> set[str]:
     """The sha256s of the Dataset's shards whose files exist where its shard table says, listed without downloading
-    them (one listing per folder of shards, i.e. per chunk, on a blob store)."""
-    remote, file_access = _in_blob_store(dataset), FlyteContextManager.current_context().file_access
+    them (sslflow.data.shard_fetch.stored_shards on a blob store)."""
+    remote = _in_blob_store(dataset)
     if remote is None:
         return present_shards(Path(dataset.directory.download()))
-    folders = {location.rsplit("/", 1)[0] for location in _remote_locations(remote).values()} or {
-        f"{remote}/{SHARDS_FOLDER}"
-    }
-    names = [
-        name
-        for shards in sorted(folders)
-        if file_access.exists(shards)
-        for name in file_access.get_filesystem_for_path(shards).ls(shards, detail=False)
-    ]
-    return {
-        name.rstrip("/").rsplit("/", 1)[-1].removesuffix(SHARD_SUFFIX) for name in names if name.endswith(SHARD_SUFFIX)
-    }
+    return shard_fetch.stored_shards(remote, _file_access())
 
 
 def pipeline_cache(version: str, *, serialize: bool = False) -> Cache:

@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -61,9 +61,7 @@ from sslflow.data.listing import read_listing, refuse_no_images, refuse_unmatche
 from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest, public_quarantined
 from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
-from sslflow.data.sources import Source, open_source
-from sslflow.data.sources.builtin import BuiltinSource
-from sslflow.data.sources.dicomweb import without_address
+from sslflow.data.sources import Source, named_source, open_source
 from sslflow.data.types import SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
@@ -88,6 +86,47 @@ DECODE_SETTINGS = (
     "dicom_burned_in",
 )
 T = TypeVar("T")
+
+
+class ChunkDocument(TypedDict, total=False):
+    """A chunk as its file holds it (JSON, plan_to_files); its sha256 (``_chunk_identity``) is the cache key of its
+    decoding. Keys a chunk has no value for are absent, not null, so the JSON and its hash stay those of the keys set.
+
+    source, kind: the source's URI and kind (sslflow/data/sources/); decode: the IngestConfig settings decoding uses
+    (DECODE_SETTINGS). A source of files: records ([listing position, ImageRecord fields, content digest] each),
+    instance_metadata ({"file", "sha256"} of metadata keyed by SOPInstanceUID), unlisted ({"count", "paths"} of the
+    image files metadata.csv does not list: the first chunk only). A packaged source (``Source.packaged_images``):
+    fingerprint, and start and stop, the index range. proxy_tag: 8 hex of the rest, with IngestConfig.proxy_cases.
+    """
+
+    source: str
+    kind: str
+    decode: dict
+    records: list[list]
+    instance_metadata: dict[str, str]
+    unlisted: dict
+    fingerprint: str
+    start: int
+    stop: int
+    proxy_tag: str
+
+
+class ChunkReport(TypedDict, total=False):
+    """A decoded chunk's chunk.json, read by the join: counts, the quarantined and held-back files by image key, read
+    statistics, its chunk document's sha256 (chunk_sha256), the metadata rows keyed by SOPInstanceUID it was given
+    (instance_rows: None without; which it matched: instance_rows.parquet), ``decoding`` (names this decoding) and,
+    in the first chunk only, ``unlisted`` ({"count", "keys"} of the image files metadata.csv does not list)."""
+
+    source: str
+    images: int
+    quarantined: list[dict]
+    held_back: dict[str, int]
+    read: dict[str, int]
+    skipped_non_image: dict[str, int]
+    chunk_sha256: str
+    instance_rows: int | None
+    decoding: str
+    unlisted: dict
 
 
 def _cut(
@@ -130,19 +169,18 @@ def _cut(
         yield chunk
 
 
-def plan_chunks(source: str, config: IngestConfig) -> Iterator[dict]:
+def plan_chunks(source: str, config: IngestConfig) -> Iterator[ChunkDocument]:
     """The chunks of ``source`` as documents, streamed in listing order while the source is listed (see the module
     docstring); SourceError for an empty source. Built-in sources are cut by index ranges."""
     opened = open_source(source)
-    header = {
-        "source": source,
-        "kind": opened.kind,
-        "decode": {name: getattr(config, name) for name in DECODE_SETTINGS},
-    }
+    header = ChunkDocument(
+        source=source, kind=opened.kind, decode={name: getattr(config, name) for name in DECODE_SETTINGS}
+    )
+    packaged = opened.packaged_images(config.image_size, config.channels)
     chunks = (
-        _builtin_chunks(opened, header, config)
-        if isinstance(opened, BuiltinSource)
-        else _listed_chunks(opened, header, config)
+        _listed_chunks(opened, header, config)
+        if packaged is None
+        else _index_range_chunks(opened, len(packaged.pixels), header, config)
     )
     for chunk in chunks:
         # PROXY case ids are made per chunk: the tag (from the chunk's own content) keeps those of two chunks apart
@@ -153,10 +191,14 @@ def plan_chunks(source: str, config: IngestConfig) -> Iterator[dict]:
         )
 
 
-def _builtin_chunks(opened: BuiltinSource, header: dict, config: IngestConfig) -> Iterator[dict]:
-    count, fingerprint = len(_builtin(opened.uri, config.image_size, config.channels).pixels), opened.fingerprint()
+def _index_range_chunks(
+    opened: Source, count: int, header: ChunkDocument, config: IngestConfig
+) -> Iterator[ChunkDocument]:
+    """A packaged source's ``count`` images (``Source.packaged_images``) in chunks of chunk_images, by index range."""
+    fingerprint = opened.fingerprint()
     for start in range(0, count, config.chunk_images):
-        yield {**header, "fingerprint": fingerprint, "start": start, "stop": min(count, start + config.chunk_images)}
+        stop = min(count, start + config.chunk_images)
+        yield ChunkDocument(**header, fingerprint=fingerprint, start=start, stop=stop)
 
 
 def _unlisted(opened: Source, config: IngestConfig) -> dict | None:
@@ -170,20 +212,20 @@ def _unlisted(opened: Source, config: IngestConfig) -> dict | None:
     if count and config.unlisted_files == "refuse":
         more = ", ..." if count > len(first) else ""
         raise SourceError(
-            f"source {opened.uri}: {count} image file(s) are not listed in its {METADATA_FILE}, so they would not be used: "
-            f"{', '.join(repr(path) for path in first)}{more}; add them to {METADATA_FILE}, move them out of the source, "
-            "or set IngestConfig.unlisted_files='warn' to go on without them"
+            f"source {opened.uri}: {count} image file(s) are not listed in its {METADATA_FILE}, so they would not be "
+            f"used: {', '.join(repr(path) for path in first)}{more}; add them to {METADATA_FILE}, move them out of "
+            "the source, or set IngestConfig.unlisted_files='warn' to go on without them"
         )
     return {"count": count, "paths": first} if count else None
 
 
-def _listed_chunks(opened: Source, header: dict, config: IngestConfig) -> Iterator[dict]:
+def _listed_chunks(opened: Source, header: ChunkDocument, config: IngestConfig) -> Iterator[ChunkDocument]:
     """Chunks of (listing position, record fields, content digest), cut from the source's records as they stream in.
     Metadata keyed by SOPInstanceUID is named by its sha256: each chunk reads it again and checks it. The first chunk
     carries the image files metadata.csv does not list (``unlisted``: its task reports them by key)."""
     by_instance = opened.instance_rows()
     if by_instance is not None:
-        header["instance_metadata"] = {"file": METADATA_FILE, "sha256": by_instance.sha256}
+        header = ChunkDocument(**header, instance_metadata={"file": METADATA_FILE, "sha256": by_instance.sha256})
     unlisted = _unlisted(opened, config)
     empty = True
     case, path, size = (
@@ -192,21 +234,16 @@ def _listed_chunks(opened: Source, header: dict, config: IngestConfig) -> Iterat
         lambda item: item[1].size_bytes,
     )
     for chunk in _cut(opened.records(), case, path, size, config):
-        document = {**header, "records": [[position, vars(record), digest] for position, record, digest in chunk]}
-        yield {**document, "unlisted": unlisted} if empty and unlisted else document
+        records = [[position, vars(record), digest] for position, record, digest in chunk]
+        yield ChunkDocument(**header, records=records, **({"unlisted": unlisted} if empty and unlisted else {}))
         empty = False
     if empty:
         read_listing([], lambda record: b"", config, None, opened.uri)  # raises the empty-source SourceError
 
 
-def _chunk_images(chunk: dict) -> int:
+def _chunk_images(chunk: ChunkDocument) -> int:
+    """Its listed files, or the length of its index range (a packaged source)."""
     return len(chunk["records"]) if "records" in chunk else chunk["stop"] - chunk["start"]
-
-
-@functools.lru_cache(maxsize=2)
-def _builtin(source: str, image_size: int, channels: int) -> SourceImages:
-    """A built-in source, read once per process (its chunks are index ranges of it)."""
-    return BuiltinSource(source).read(image_size, channels)
 
 
 def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
@@ -222,14 +259,14 @@ def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
 
 
 def _decode(
-    chunk: dict, config: IngestConfig, pseudonyms: Pseudonyms
+    chunk: ChunkDocument, config: IngestConfig, pseudonyms: Pseudonyms
 ) -> tuple[SourceImages, list[int], list[dict] | None]:
     """(decoded images of a chunk, each one's position in the source listing (frames of a DICOM object share it),
     the source's metadata rows keyed by SOPInstanceUID or None)."""
-    if "records" not in chunk:  # a built-in source: an index range
-        images = _slice(_builtin(chunk["source"], config.image_size, config.channels), chunk["start"], chunk["stop"])
-        return images, list(range(chunk["start"], chunk["stop"])), None
     opened = open_source(chunk["source"])
+    packaged = opened.packaged_images(config.image_size, config.channels)
+    if packaged is not None:  # a chunk of a packaged source is an index range
+        return _slice(packaged, chunk["start"], chunk["stop"]), list(range(chunk["start"], chunk["stop"])), None
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
     by_instance = _instance_rows(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
     images = read_listing(
@@ -245,7 +282,8 @@ def _instance_rows(opened: Source, expected: dict) -> list[dict]:
     found = opened.instance_rows()
     if found is None or found.sha256 != expected["sha256"]:
         raise SourceError(
-            f"source {opened.uri}: {expected['file']} {'is no longer keyed by SOPInstanceUID or is gone' if found is None else 'changed'} "
+            f"source {opened.uri}: {expected['file']} "
+            f"{'is no longer keyed by SOPInstanceUID or is gone' if found is None else 'changed'} "
             "since ingest listed the source (its sha256 is in the chunk document); run ingest again"
         )
     return found.rows
@@ -258,7 +296,7 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     (``row``: the metadata rows this chunk matched, by position). No path is written: the table and the report know
     images by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
     fallbacks). Written to a temporary folder, renamed on success."""
-    chunk = json.loads(chunk_json)
+    chunk: ChunkDocument = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])
     pseudonyms = Pseudonyms(pseudonym_key)
     images, positions, instance_rows = _decode(chunk, config, pseudonyms)
@@ -282,22 +320,7 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
             _matched_rows(instance_rows, images.unmatched_instance_rows).to_parquet(
                 staging / INSTANCE_ROWS, index=False
             )
-        report = {
-            "source": chunk["source"],
-            "images": len(table),
-            "quarantined": public_quarantined(images.quarantined),
-            "held_back": images.held_back,
-            "read": images.read_stats,
-            "skipped_non_image": images.skipped,
-            "chunk_sha256": _chunk_identity(chunk),  # the chunk document: its files and their content hashes
-            "instance_rows": None
-            if instance_rows is None
-            else len(instance_rows),  # rows matched: instance_rows.parquet
-            "decoding": uuid.uuid4().hex,  # names this decoding
-        }
-        if chunk.get("unlisted"):  # files metadata.csv does not list, by key (the paths stay in the chunk document)
-            keys = [pseudonyms.pseudonym("file", path) for path in chunk["unlisted"]["paths"]]
-            report["unlisted"] = {"count": chunk["unlisted"]["count"], "keys": keys}
+        report = _report(chunk, table, images, instance_rows, pseudonyms)
         (staging / CHUNK_REPORT).write_text(json.dumps(report))
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
@@ -305,6 +328,31 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _report(
+    chunk: ChunkDocument,
+    table: pd.DataFrame,
+    images: SourceImages,
+    instance_rows: list[dict] | None,
+    pseudonyms: Pseudonyms,
+) -> ChunkReport:
+    """The chunk's report (ChunkReport). Files metadata.csv does not list are named by key: their paths stay in the
+    chunk document."""
+    unlisted = chunk.get("unlisted") or {"count": 0, "paths": []}
+    keys = {"count": unlisted["count"], "keys": [pseudonyms.pseudonym("file", path) for path in unlisted["paths"]]}
+    return ChunkReport(
+        source=chunk["source"],
+        images=len(table),
+        quarantined=public_quarantined(images.quarantined),
+        held_back=images.held_back,
+        read=images.read_stats,
+        skipped_non_image=images.skipped,
+        chunk_sha256=_chunk_identity(chunk),  # the chunk document: its files and their content hashes
+        instance_rows=None if instance_rows is None else len(instance_rows),
+        decoding=uuid.uuid4().hex,
+        **({"unlisted": keys} if keys["count"] else {}),
+    )
 
 
 def _matched_rows(instance_rows: list[dict], unmatched: list[str]) -> pd.DataFrame:
@@ -338,7 +386,7 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[dict]) -> None:
+def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[ChunkReport]) -> None:
     """SourceError naming the metadata rows keyed by SOPInstanceUID that no chunk matched (each chunk's
     instance_rows.parquet lists those it did: O(rows) in all). The rows are read again only to name them."""
     counts = {report["instance_rows"] for report in reports if report.get("instance_rows") is not None}
@@ -355,28 +403,22 @@ def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[dict]) -> N
         rows = found.rows if found is not None else []
         if len(counts) > 1 or len(rows) != max(counts):
             raise SourceError(
-                f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by SOPInstanceUID); ingest it again"
+                f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by "
+                "SOPInstanceUID); ingest it again"
             )
         refuse_unmatched(source, [rows[index]["where"] for index in unmatched])
 
 
-def _chunk_identity(chunk: dict) -> str:
+def _chunk_identity(chunk: ChunkDocument) -> str:
     """sha256 of a chunk document, S3 version keys without their endpoint and DICOMweb URLs without the archive's
     address: which server (a replica, a proxy) answered does not change the files."""
-    if chunk["kind"] == "s3":
-        strip = lambda key: key.split(" ", 1)[-1]  # noqa: E731  ("<endpoint> <url> <etag> <size>": sslflow/data/sources/s3.py)
-        records = [
-            [index, {**fields, "version_key": strip(fields["version_key"])}, strip(digest)]
-            for index, fields, digest in chunk["records"]
+    source = named_source(chunk["source"])
+    identity = {**chunk, "source": source.uri_without_server}
+    if "records" in chunk:
+        identity["records"] = [
+            [index, *source.without_server(fields, digest)] for index, fields, digest in chunk["records"]
         ]
-        chunk = {**chunk, "records": records}
-    if chunk["kind"] == "dicomweb":
-        records = [
-            [index, {**fields, "location": without_address(fields["location"])}, digest]
-            for index, fields, digest in chunk["records"]
-        ]
-        chunk = {**chunk, "source": without_address(chunk["source"]), "records": records}
-    return hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def chunk_file_sha256(path: Path) -> str:
@@ -385,7 +427,7 @@ def chunk_file_sha256(path: Path) -> str:
     return _chunk_identity(json.loads(Path(path).read_text()))
 
 
-def _listing_sha256(reports: list[dict]) -> str:
+def _listing_sha256(reports: list[ChunkReport]) -> str:
     """A hash of every chunk document (every file listed, with its content hash, kept or not): part of the dataset's
     hash."""
     return hashlib.sha256(" ".join(sorted(report["chunk_sha256"] for report in reports)).encode()).hexdigest()
@@ -405,7 +447,7 @@ def join_chunks(
         for shard in table["shard"].unique()
     }
     table = pd.concat(tables, ignore_index=True).sort_values("listing_position", kind="stable").reset_index(drop=True)
-    reports = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
+    reports: list[ChunkReport] = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
     if table.empty:  # every chunk's files were skipped or held back
         refuse_no_images(
             reports[0]["source"],
@@ -457,13 +499,13 @@ def unlisted_warning(unlisted: dict) -> str:
     more = ", ..." if unlisted["count"] > len(unlisted["keys"]) else ""
     return (
         f"{unlisted['count']} image file(s) in the source are not listed in its {METADATA_FILE} and were not used: "
-        f"{', '.join(unlisted['keys'])}{more}. `python -m sslflow.data.image_keys <source> <key>...` names their files "
-        f"(`python -m sslflow.data.image_keys <source> --unlisted` lists all of them); add them to {METADATA_FILE} to use them, "
-        "or set IngestConfig.unlisted_files='refuse' to stop instead"
+        f"{', '.join(unlisted['keys'])}{more}. `python -m sslflow.data.image_keys <source> <key>...` names their "
+        "files (`python -m sslflow.data.image_keys <source> --unlisted` lists all of them); add them to "
+        f"{METADATA_FILE} to use them, or set IngestConfig.unlisted_files='refuse' to stop instead"
     )
 
 
-def chunk_json(chunk: dict) -> str:
+def chunk_json(chunk: ChunkDocument) -> str:
     """A chunk document as the JSON text its file holds."""
     return json.dumps(chunk, sort_keys=True, separators=(",", ":"))
 
@@ -503,9 +545,10 @@ def ingest_source(
             with ProcessPoolExecutor(1, mp_context=spawn) as planner:
                 chunk_files = planner.submit(plan_to_files, source, config, Path(work) / "plan").result()
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
-            # a process per chunk, as a pod per chunk: memory a long-lived worker kept from earlier chunks is not counted
+            # a process per chunk, as a pod per chunk: memory a long-lived worker kept from earlier chunks is uncounted
             with ProcessPoolExecutor(workers, mp_context=spawn, max_tasks_per_child=1) as pool:
-                list(pool.map(functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key), chunk_files, folders))
+                decode = functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key)
+                list(pool.map(decode, chunk_files, folders))
         else:
             chunk_files = plan_to_files(source, config, Path(work) / "plan")
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]

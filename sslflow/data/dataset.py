@@ -255,7 +255,8 @@ def read_images(directory: Path, manifest: pd.DataFrame, *, max_bytes: int = 0, 
     needed = images_bytes(directory, manifest)
     if max_bytes and needed > max_bytes:
         raise ValueError(
-            f"dataset {name or directory}: {len(manifest)} images take {needed / 2**20:.0f} MiB, over the host-memory budget of "
+            f"dataset {name or directory}: {len(manifest)} images take {needed / 2**20:.0f} MiB, over the host-memory "
+            "budget of "
             f"{max_bytes / 2**20:.0f} MiB; read them streamed (ssl_models.data.StreamingPairs) or raise the budget"
         )
     images = np.empty((len(manifest), *image_shape(directory, manifest)), dtype=np.uint8)

@@ -59,7 +59,8 @@ def full_scale(maximum: int, bits_stored: int, name: str) -> int:
         if maximum > top:
             raise UndecodableImageError(
                 f"{name}: maximum pixel value {maximum} is above {top} = 2**{bits_stored} - 1, the largest value "
-                f"IngestConfig.bits_stored={bits_stored} allows; set bits_stored to the data's real depth (e.g. 16), or 0 to infer it per image"
+                f"IngestConfig.bits_stored={bits_stored} allows; set bits_stored to the data's real depth (e.g. 16), "
+                "or 0 to infer it per image"
             )
         return top
     for bits in INFERRED_DEPTHS:
@@ -85,8 +86,8 @@ def _float_to_float(values: np.ndarray, name: str) -> np.ndarray:
     not_finite = int(np.count_nonzero(~np.isfinite(values)))
     if not_finite:
         raise UndecodableImageError(
-            f"{name}: {not_finite} of {values.size} pixels of this 32-bit float image are not finite (NaN or infinity); "
-            "fix or remove the file"
+            f"{name}: {not_finite} of {values.size} pixels of this 32-bit float image are not finite (NaN or "
+            "infinity); fix or remove the file"
         )
     low, high = float(values.min()), float(values.max())
     return (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
@@ -127,7 +128,8 @@ def decode_image(
         raise UndecodableImageError(f"{name}: decompression bomb: {error}") from error
     except UnidentifiedImageError as error:
         raise UndecodableImageError(
-            f"{name}: not a {', '.join(ALLOWED_FORMATS)} image (no header of those formats: another kind of file, or cut short)"
+            f"{name}: not a {', '.join(ALLOWED_FORMATS)} image (no header of those formats: another kind of file, or "
+            "cut short)"
         ) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         if isinstance(error, UndecodableImageError):

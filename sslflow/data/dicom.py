@@ -169,7 +169,8 @@ def _read_dataset(data: bytes, name: str) -> Dataset:
         return pydicom.dcmread(io.BytesIO(data))
     except Exception as error:  # pydicom raises many types for bad bytes; none may escape as a crash
         raise UndecodableImageError(
-            f"{name}: not a readable DICOM file, truncated or corrupt ({type(error).__name__}: {_scrub(str(error), None)})"
+            f"{name}: not a readable DICOM file, truncated or corrupt ({type(error).__name__}: "
+            f"{_scrub(str(error), None)})"
         ) from error
 
 
@@ -268,7 +269,8 @@ def _check_frames_complete(ds: Dataset, name: str) -> None:
     for index, frame in enumerate(frames):
         if END_OF_IMAGE not in frame[-4:]:  # the marker, then at most 2 padding bytes (00 or FF, as encoders write)
             raise UndecodableImageError(
-                f"{name}: frame {index + 1} of {len(frames)} is incomplete: its compressed data ({_transfer_syntax(ds)}) does not end "
+                f"{name}: frame {index + 1} of {len(frames)} is incomplete: its compressed data "
+                f"({_transfer_syntax(ds)}) does not end "
                 "with the end-of-image marker FF D9, so it was cut short or corrupted; export the file again"
             )
 
@@ -301,7 +303,8 @@ def decode_dicom(data: bytes, name: str, config: IngestConfig, pseudonyms: Pseud
             unit = to_unit_range(frames, ds, config.dicom_window, indices or list(range(len(frames))))
         except Exception as error:  # a LUT or window the header describes inconsistently
             raise UndecodableImageError(
-                f"{name}: the pixel values cannot be mapped to 8 bits ({type(error).__name__}: {_scrub(str(error), ds)})"
+                f"{name}: the pixel values cannot be mapped to 8 bits ({type(error).__name__}: "
+                f"{_scrub(str(error), ds)})"
             ) from error
     case_id, level = case_identity(ds, config.dicom_case_level, pseudonyms)
     modality = _text(ds, "Modality") or "OT"

@@ -28,7 +28,8 @@ DEIDENTIFICATION = {
     "method": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile (DCM 113100)",
     "options_applied": [],
     "options_not_applied": [
-        "Clean Pixel Data (DCM 113101): images with BurnedInAnnotation YES are held back; text burned in without that attribute is NOT detected",
+        "Clean Pixel Data (DCM 113101): images with BurnedInAnnotation YES are held back; text burned in without that "
+        "attribute is NOT detected",
         "Retain Longitudinal Temporal Information (DCM 113106/113107): no date or time is kept",
         "Retain Patient Characteristics (DCM 113108): none kept",
         "Retain Device Identity (DCM 113109): scanner sites are pseudonymised",

@@ -154,7 +154,8 @@ class FileDigests:
             self.connection = sqlite3.connect(self.database, timeout=SQLITE_TIMEOUT_SECONDS)
             with self.connection:
                 self.connection.execute(
-                    "CREATE TABLE IF NOT EXISTS digests_by_path_hash (path_sha256 BLOB PRIMARY KEY, version TEXT NOT NULL, sha256 TEXT NOT NULL)"
+                    "CREATE TABLE IF NOT EXISTS digests_by_path_hash (path_sha256 BLOB PRIMARY KEY, version TEXT NOT "
+                    "NULL, sha256 TEXT NOT NULL)"
                 )
         except (OSError, sqlite3.Error) as error:
             self._give_up(f"cannot be opened ({error})")

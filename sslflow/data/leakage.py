@@ -40,7 +40,8 @@ def leakage_warnings(sources: dict, images: int) -> list[str]:
         )
     if sources["weaker"]:
         warnings.append(
-            f"{sources['weaker']} of {images} DICOM images are grouped by study or series, not by patient (no PatientID, or "
+            f"{sources['weaker']} of {images} DICOM images are grouped by study or series, not by patient (no "
+            "PatientID, or "
             "IngestConfig.dicom_case_level='study'/'series'): one patient's studies can land in different splits; "
             "use dicom_case_level='patient' where PatientID is present, or a case_id column in metadata.csv"
         )

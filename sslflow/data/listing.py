@@ -32,6 +32,32 @@ from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, Sour
 MAX_LISTED_PROBLEMS = 50
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageRow:
+    """One decoded image (a file, or one frame of a multi-frame DICOM object) as ingest's table will hold it.
+
+    pixels: (C, H, W) uint8; image_key: the pseudonymous key (frames: ``<key>#frame=<n>``); case_source: where the
+    case came from ("metadata", "patient", "study", "series", "none": the leakage guard); modality: DICOM Modality,
+    None when not DICOM; instance: SOPInstanceUID pseudonym (+ frame), "" for none; lossless: False when the pixels
+    were lossy compressed; size_bytes, mode, width, height: of the file as read.
+    """
+
+    label: str | None
+    source_path: str
+    image_key: str
+    pixels: np.ndarray
+    case_id: str | None
+    case_source: str
+    site: str
+    size_bytes: int
+    mode: str
+    width: int
+    height: int
+    modality: str | None = None
+    instance: str = ""
+    lossless: bool = True
+
+
 def _decode_bytes(
     data: bytes, record: ImageRecord, config: IngestConfig, pseudonyms: Pseudonyms
 ) -> DecodedImage | DicomImage:
@@ -40,7 +66,8 @@ def _decode_bytes(
         return decode_dicom(data, record.location, config, pseudonyms)
     if record.source_path.lower().endswith(DICOM_SUFFIXES):
         raise UndecodableImageError(
-            f"{record.location}: named like a DICOM file but it has no DICM magic at byte 128 (not DICOM Part 10, or cut short)"
+            f"{record.location}: named like a DICOM file but it has no DICM magic at byte 128 (not DICOM Part 10, or "
+            "cut short)"
         )
     return decode_image(
         data,
@@ -78,7 +105,8 @@ def _unread(record: ImageRecord, config: IngestConfig) -> None:
         if record.sniff:
             raise NonImageObject(NOT_READ)
         raise UndecodableImageError(
-            f"{record.location}: {record.size_bytes} bytes is over IngestConfig.max_file_bytes={config.max_file_bytes}; "
+            f"{record.location}: {record.size_bytes} bytes is over "
+            f"IngestConfig.max_file_bytes={config.max_file_bytes}; "
             "not read (raise max_file_bytes if the file is a genuine image)"
         )
 
@@ -131,7 +159,9 @@ def _decode_record(
     return image, record
 
 
-def _rows(record: ImageRecord, key: str, image: DecodedImage | DicomImage, by_instance: dict[str, dict]) -> list[dict]:
+def _rows(
+    record: ImageRecord, key: str, image: DecodedImage | DicomImage, by_instance: dict[str, dict]
+) -> list[ImageRow]:
     """The manifest rows one record becomes: one per image, one per frame of a multi-frame DICOM object.
 
     key: the image's pseudonymous key (image_key). A DICOM file's case and site come from its header unless
@@ -139,42 +169,35 @@ def _rows(record: ImageRecord, key: str, image: DecodedImage | DicomImage, by_in
     SOPInstanceUID pseudonym, whose label, case and site apply to the DICOM object of that UID. Frames
     are ``<path or key>#frame=<n>``; case_source says where the case came from (the leakage guard).
     """
-    common = {"size_bytes": record.size_bytes, "mode": image.mode, "width": image.width, "height": image.height}
+    file = {"size_bytes": record.size_bytes, "mode": image.mode, "width": image.width, "height": image.height}
     if isinstance(image, DecodedImage):
+        case_source = "metadata" if record.case_id else "none"
         return [
-            {
-                **common,
-                "label": record.label,
-                "source_path": record.source_path,
-                "image_key": key,
-                "pixels": image.pixels,
-                "case_id": record.case_id,
-                "case_source": "metadata" if record.case_id else "none",
-                "site": record.site,
-                "modality": None,
-                "instance": "",
-                "lossless": True,
-            }
+            ImageRow(
+                record.label, record.source_path, key, image.pixels, record.case_id, case_source, record.site, **file
+            )
         ]
     listed = by_instance.get(image.instance) if image.instance else None
     named = listed or {"label": record.label, "case_id": record.case_id, "site": record.site}
-    site = named["site"] if named["site"] != "default" else image.site
     frames = len(image.pixels)
-    frame = lambda text, index: text if frames == 1 or not text else f"{text}#frame={index}"  # noqa: E731
+
+    def frame(text: str, index: int) -> str:
+        return text if frames == 1 or not text else f"{text}#frame={index}"
+
     return [
-        {
-            **common,
-            "label": named["label"],
-            "source_path": frame(record.source_path, index),
-            "image_key": frame(key, index),
-            "pixels": pixels,
-            "case_id": named["case_id"] or image.case_id,
-            "case_source": "metadata" if named["case_id"] else image.case_level or "none",
-            "site": site,
-            "modality": image.modality,
-            "instance": frame(image.instance, index),
-            "lossless": image.lossless,
-        }
+        ImageRow(
+            label=named["label"],
+            source_path=frame(record.source_path, index),
+            image_key=frame(key, index),
+            pixels=pixels,
+            case_id=named["case_id"] or image.case_id,
+            case_source="metadata" if named["case_id"] else image.case_level or "none",
+            site=named["site"] if named["site"] != "default" else image.site,
+            modality=image.modality,
+            instance=frame(image.instance, index),
+            lossless=image.lossless,
+            **file,
+        )
         for index, pixels in enumerate(image.pixels)
     ]
 
@@ -223,14 +246,16 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
             f"(IngestConfig.max_bad_fraction={config.max_bad_fraction} allows {allowed}):\n  "
             + "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
             + more
-            + "\nReplace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and reported)"
+            + "\nReplace or remove these files, or raise IngestConfig.max_bad_fraction to quarantine them (skipped and "
+            "reported)"
         )
 
 
 def _refuse_empty(source: str) -> None:
     raise SourceError(
-        f"source {source} is empty: it lists no images (no metadata rows, or no files ending in {', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} "
-        "nor DICOM files found by content); point the source at the folder or prefix that holds the images, or list them in metadata.csv"
+        f"source {source} is empty: it lists no images (no metadata rows, or no files ending in "
+        f"{', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} nor DICOM files found by content); point the source at the "
+        "folder or prefix that holds the images, or list them in metadata.csv"
     )
 
 
@@ -243,7 +268,8 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
         f"{n} held back ({k})" for k, n in sorted(held_back.items())
     ]
     raise SourceError(
-        f"source {source} holds no images to learn from: {', '.join(left_out)}; add image files, or see docs/dicom.md for what is held back and why"
+        f"source {source} holds no images to learn from: {', '.join(left_out)}; add image files, or see docs/dicom.md "
+        "for what is held back and why"
     )
 
 
@@ -290,29 +316,34 @@ def read_listing(
             held_back[error.reason] = held_back.get(error.reason, 0) + 1
         except UndecodableImageError as error:
             quarantined.append(_quarantined(record, key, error))
-    stats["listed"] -= skipped.get(NOT_DICOM, 0) + skipped.get(
-        NOT_READ, 0
-    )  # candidates that turned out not to be images
+    # candidates that turned out not to be images
+    stats["listed"] -= skipped.get(NOT_DICOM, 0) + skipped.get(NOT_READ, 0)
     _refuse_bad(source, quarantined, stats["listed"], config, none_left=not rows)
-    images = _source_images(rows, quarantined, stats, skipped, (config.channels, config.image_size, config.image_size))
-    images.unmatched_instance_rows = [row["where"] for key, row in by_instance.items() if key not in matched]
-    images.held_back = held_back
-    return images
+    return _source_images(
+        rows,
+        (config.channels, config.image_size, config.image_size),
+        quarantined=quarantined,
+        read_stats=stats,
+        skipped=skipped,
+        held_back=held_back,
+        unmatched_instance_rows=[row["where"] for key, row in by_instance.items() if key not in matched],
+    )
 
 
-def _source_images(
-    rows: list[dict], quarantined: list[dict], stats: dict, skipped: dict[str, int], shape: tuple[int, int, int]
-) -> SourceImages:
-    """rows as SourceImages; shape: (C, H, W) of an image, for the (0, C, H, W) pixels of a chunk without any."""
-    column = lambda name: [row[name] for row in rows]  # noqa: E731
-    has_cases = any(row["case_id"] for row in rows)
+def _source_images(rows: list[ImageRow], shape: tuple[int, int, int], **files) -> SourceImages:
+    """rows as SourceImages; shape: (C, H, W) of an image, for the (0, C, H, W) pixels of a chunk without any; files:
+    the SourceImages fields about the files rather than the images (quarantined, read_stats, skipped, held_back,
+    unmatched_instance_rows)."""
+
+    def column(name: str) -> list:
+        return [getattr(row, name) for row in rows]
+
+    has_cases = any(row.case_id for row in rows)
     return SourceImages(
         pixels=np.stack(column("pixels")) if rows else np.zeros((0, *shape), dtype=np.uint8),
         source_paths=column("source_path"),
         labels=column("label"),
-        case_ids=[
-            row["case_id"] or f"image-{hashlib.sha256(row['image_key'].encode()).hexdigest()[:12]}" for row in rows
-        ]
+        case_ids=[row.case_id or f"image-{hashlib.sha256(row.image_key.encode()).hexdigest()[:12]}" for row in rows]
         if has_cases
         else None,
         sites=column("site"),
@@ -320,12 +351,10 @@ def _source_images(
         modes=column("mode"),
         widths=column("width"),
         heights=column("height"),
-        quarantined=quarantined,
-        read_stats=stats,
         modalities=column("modality"),
-        skipped=skipped,
         image_keys=column("image_key"),
         case_sources=column("case_source"),
         instances=column("instance"),
         lossless=column("lossless"),
+        **files,
     )

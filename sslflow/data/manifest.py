@@ -84,7 +84,8 @@ def deduplicate(hashes: list[str], labels: list, image_keys: list[str]) -> tuple
             "is kept, so one label would be dropped silently (the images are named by their keys):\n  "
             + "\n  ".join(conflicts[:MAX_LISTED_CONFLICTS])
             + more
-            + "\nCorrect the label or remove the copy; `python -m sslflow.data.image_keys <source> <key>...` names their files"
+            + "\nCorrect the label or remove the copy; `python -m sslflow.data.image_keys <source> <key>...` names "
+            "their files"
         )
     kept = set(keep)
     return np.array(sorted(kept), dtype=np.int64), [image_keys[i] for i in range(len(hashes)) if i not in kept]

@@ -74,12 +74,13 @@ def check_relative_path(relative: str, where: str) -> str:
     inside the source root: empty, absolute, a '..' part, a NUL byte, or a name or path too long."""
     if not relative or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
         raise SourceError(
-            f"{where}: {relative!r} is empty or absolute: write the path relative to the source root (e.g. 'site-a/scan1.png')"
+            f"{where}: {relative!r} is empty or absolute: write the path relative to the source root (e.g. "
+            "'site-a/scan1.png')"
         )
     if ".." in re.split(r"[/\\]", relative):
         raise SourceError(
-            f"{where}: {relative!r} contains '..'; paths must stay inside the source root: write the path relative to the source root, "
-            "or copy the file into it"
+            f"{where}: {relative!r} contains '..'; paths must stay inside the source root: write the path relative to "
+            "the source root, or copy the file into it"
         )
     nul = relative.find("\0")
     if nul >= 0:
@@ -96,8 +97,8 @@ def check_relative_path(relative: str, where: str) -> str:
             )
     if _utf8_length(relative) > PATH_MAX_BYTES:
         raise SourceError(
-            f"{where}: the path is {_utf8_length(relative)} bytes in UTF-8, longer than the {PATH_MAX_BYTES} a path may have; "
-            "shorten it (rename its folders or the file)"
+            f"{where}: the path is {_utf8_length(relative)} bytes in UTF-8, longer than the {PATH_MAX_BYTES} a path "
+            "may have; shorten it (rename its folders or the file)"
         )
     return "/".join(parts)
 
@@ -159,7 +160,10 @@ def refuse_rows(problems: list[SourceError], what: str, *, count: int | None = N
 def missing_file(relative: str, place: str) -> str:
     """How a refusal of a metadata row naming no file under ``place`` goes on after "<row>: '<path>' ": what to do."""
     if "\\" in relative:
-        return f"does not exist in {place}; the path uses '\\' (Windows) separators: write it with '/', as {relative.replace(chr(92), '/')!r}"
+        return (
+            f"does not exist in {place}; the path uses '\\' (Windows) separators: write it with '/', "
+            f"as {relative.replace(chr(92), '/')!r}"
+        )
     return f"does not exist in {place}: add the file, or correct or remove the row"
 
 
@@ -237,7 +241,8 @@ def instance_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]
         uid = _text(record[INSTANCE_COLUMN])
         if not uid:
             raise SourceError(
-                f"{row_where}: empty; each row names the SOPInstanceUID (0008,0018) of one DICOM file: fill it in or remove the row"
+                f"{row_where}: empty; each row names the SOPInstanceUID (0008,0018) of one DICOM file: fill it in or "
+                "remove the row"
             )
         if uid in first_seen:
             raise SourceError(
@@ -304,3 +309,8 @@ def metadata_file_name(names: Collection[str], where: str) -> str | None:
 def safe_name(text: str) -> str:
     """``text`` safe as a file name: every character but letters, digits and -_. becomes '-' ("source" if empty)."""
     return "".join(char if char.isalnum() or char in "-_." else "-" for char in text) or "source"
+
+
+def located_name(name: str, location: str) -> str:
+    """``name``-<8 hex of ``location``>: a source's display name, one per place its data lives."""
+    return f"{name}-{hashlib.sha256(location.encode()).hexdigest()[:8]}"

@@ -40,7 +40,8 @@ class MetadataCatalog:
         )
         self.database.execute("CREATE UNIQUE INDEX rows_by_path ON rows (path)")
         self.database.execute(
-            "CREATE TABLE objects (path TEXT PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL, version TEXT NOT NULL)"
+            "CREATE TABLE objects (path TEXT PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL, version TEXT NOT "
+            "NULL)"
         )
         self._load_rows(csv_file)
 
@@ -88,7 +89,8 @@ class MetadataCatalog:
     def rows_in_case_order(self) -> Iterator[tuple[int, dict, tuple[str, int, str]]]:
         """(position, row, (key, size, version) of its object) of every row with an object, in case order, streamed."""
         query = (
-            "SELECT rows.position, rows.path, rows.case_id, rows.site, rows.label, rows.row_where, objects.key, objects.size, "
+            "SELECT rows.position, rows.path, rows.case_id, rows.site, rows.label, rows.row_where, objects.key, "
+            "objects.size, "
             "objects.version FROM rows JOIN objects ON objects.path = rows.path ORDER BY rows.case_key, rows.path"
         )
         for position, *fields, key, size, version in self.database.execute(query):
@@ -96,7 +98,10 @@ class MetadataCatalog:
 
     def unlisted(self) -> Iterator[str]:
         """Paths of listed objects that no row names, in path order, streamed."""
-        query = "SELECT objects.path FROM objects LEFT JOIN rows ON rows.path = objects.path WHERE rows.path IS NULL ORDER BY objects.path"
+        query = (
+            "SELECT objects.path FROM objects LEFT JOIN rows ON rows.path = objects.path "
+            "WHERE rows.path IS NULL ORDER BY objects.path"
+        )
         for (path,) in self.database.execute(query):
             yield path
 

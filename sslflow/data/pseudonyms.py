@@ -64,7 +64,8 @@ def resolve_key(given: str | None = None) -> bytes:
             ) from error
     if len(key) < MIN_KEY_CHARACTERS:
         raise SourceError(
-            f"{origin} is shorter than {MIN_KEY_CHARACTERS} characters; use a long random key (e.g. `openssl rand -hex 32`)"
+            f"{origin} is shorter than {MIN_KEY_CHARACTERS} characters; use a long random key (e.g. `openssl rand -hex "
+            "32`)"
         )
     return key.encode("utf-8")
 

@@ -28,7 +28,8 @@ class SourceImages:
     modes: list[str]
     widths: list[int]
     heights: list[int]
-    # skipped files: {"source_path", "problem" (naming the path), "image_key", "public_problem" (naming the key), "held_back"}
+    # skipped files: {"source_path", "problem" (naming the path), "image_key", "public_problem" (naming the key),
+    # "held_back"}
     quarantined: list[dict] = field(default_factory=list)
     read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
     modalities: list[str | None] = field(default_factory=list)  # DICOM Modality per image (None: not DICOM); [] = none

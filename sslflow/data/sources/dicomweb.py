@@ -48,6 +48,7 @@ from sslflow.data.metadata import (
     ImageRecord,
     InstanceRows,
     keyed_by_instance,
+    located_name,
     parse_metadata_csv,
     read_instance_rows,
     safe_name,
@@ -60,7 +61,7 @@ from sslflow.data.sources.dicomweb_http import (
     retrieve_instance_bytes,
 )
 from sslflow.data.sources.s3 import parse_s3_uri, read_object, s3_client
-from sslflow.data.types import SourceError
+from sslflow.data.types import SourceError, SourceImages
 
 SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 PAGE_SIZE = 500  # results per QIDO-RS request: below the cap of common archives (a page shorter than this is the last)
@@ -111,12 +112,14 @@ def _keyword(name: str, where: str) -> str:
     )
     if not keyword or tag_for_keyword(keyword) is None:
         raise SourceError(
-            f"source {where}: {name!r} is not a DICOM attribute keyword (e.g. ModalitiesInStudy, StudyDate, Modality, BodyPartExamined)"
+            f"source {where}: {name!r} is not a DICOM attribute keyword (e.g. ModalitiesInStudy, StudyDate, Modality, "
+            "BodyPartExamined)"
         )
     if keyword in QUERY_REFUSED or keyword.endswith(("UID", "UIDs")):
         raise SourceError(
-            f"source {where}: the query selects by {keyword}, an identifier; a source URI is logged and stored, so it may not hold one: "
-            "select by modality, date range, description or body part, or list the instances in metadata=<csv keyed by sop_instance_uid>"
+            f"source {where}: the query selects by {keyword}, an identifier; a source URI is logged and stored, so it "
+            "may not hold one: select by modality, date range, description or body part, or list the instances in "
+            "metadata=<csv keyed by sop_instance_uid>"
         )
     return keyword
 
@@ -131,7 +134,8 @@ def parse_dicomweb_uri(uri: str) -> ArchiveQuery:
     parts = urlsplit(uri.removeprefix("dicomweb+"))
     if parts.username or parts.password:
         raise SourceError(
-            f"source {parts.hostname}: credentials in the URI would be logged; set SSLFLOW_DICOMWEB_TOKEN or SSLFLOW_DICOMWEB_USERNAME/PASSWORD"
+            f"source {parts.hostname}: credentials in the URI would be logged; set SSLFLOW_DICOMWEB_TOKEN or "
+            "SSLFLOW_DICOMWEB_USERNAME/PASSWORD"
         )
     if not parts.hostname or parts.fragment:
         raise SourceError(f"source {uri}: expected dicomweb+https://host[:port]/path?query, without a #fragment")
@@ -167,7 +171,8 @@ def _value(result: dict, tag: str, base_url: str, level: str):
     values = (result.get(tag) or {}).get("Value") or [None]
     if values[0] is None:
         raise SourceError(
-            f"DICOMweb archive {base_url}: a QIDO-RS {level} result without ({tag[:4]},{tag[4:]}); the archive's answer is incomplete"
+            f"DICOMweb archive {base_url}: a QIDO-RS {level} result without ({tag[:4]},{tag[4:]}); the archive's "
+            "answer is incomplete"
         )
     return values[0]
 
@@ -182,7 +187,8 @@ def _paged(search: Callable[..., list[dict]], base_url: str, what: str, **argume
             page = search(limit=PAGE_SIZE, offset=offset, **arguments)
         if page and page[0] == first:
             raise SourceError(
-                f"DICOMweb archive {base_url}, {what}: the archive ignores the offset parameter and sends the same page again"
+                f"DICOMweb archive {base_url}, {what}: the archive ignores the offset parameter and sends the same "
+                "page again"
             )
         yield from page
         if len(page) != PAGE_SIZE:
@@ -247,15 +253,32 @@ class DicomwebSource:
         self.uri = uri
         self.query = parse_dicomweb_uri(uri)
 
+    @staticmethod
+    def claims(uri: str) -> bool:
+        return uri.startswith(SCHEMES)
+
     @property
     def name(self) -> str:
         """<host>-<path>-<8 hex of the whole URI>: two queries of one archive get two names."""
         parts = urlsplit(self.query.base_url)
-        return (
-            safe_name(f"{parts.hostname}{parts.path}".strip("/"))
-            + "-"
-            + hashlib.sha256(self.uri.encode()).hexdigest()[:8]
-        )
+        return located_name(safe_name(f"{parts.hostname}{parts.path}".strip("/")), self.uri)
+
+    @property
+    def display_name(self) -> str:
+        """The name: it holds 8 hex of the URI already."""
+        return self.name
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
+        """None: its images are instances, listed by ``records``."""
+        return None
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
+        """The instance's URL without the archive's address (``without_address``)."""
+        return {**fields, "location": without_address(fields["location"])}, digest
+
+    @property
+    def uri_without_server(self) -> str:
+        return without_address(self.uri)
 
     @functools.cached_property
     def session(self):
@@ -273,8 +296,9 @@ class DicomwebSource:
             yield row
         if empty:
             raise SourceError(
-                f"source {self.uri}: the query matches no instance in the archive (studies by {self.query.study_filters or 'none'}, "
-                f"series by {self.query.series_filters or 'none'}); check the attributes and values (dates as YYYYMMDD-YYYYMMDD)"
+                f"source {self.uri}: the query matches no instance in the archive (studies by "
+                f"{self.query.study_filters or 'none'}, series by {self.query.series_filters or 'none'}); check the "
+                "attributes and values (dates as YYYYMMDD-YYYYMMDD)"
             )
 
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
@@ -332,7 +356,8 @@ class DicomwebSource:
         table = parse_metadata_csv(data, where)
         if not keyed_by_instance(table):
             raise SourceError(
-                f"{where}: the metadata of a DICOMweb source names instances by a sop_instance_uid column (no path column), as a {METADATA_FILE} keyed by SOPInstanceUID"
+                f"{where}: the metadata of a DICOMweb source names instances by a sop_instance_uid column (no path "
+                f"column), as a {METADATA_FILE} keyed by SOPInstanceUID"
             )
         return data, table
 

@@ -49,9 +49,18 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 TIMEOUT_S = (10, 120)  # connect, read
 INSTANCE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'  # as stored: no transcoding
 REFUSALS = {
-    401: f"the archive asks for credentials, or refused the ones given: set {TOKEN_ENV}, or {USERNAME_ENV} and {PASSWORD_ENV}",
-    403: "the archive refuses these credentials access to it: ask its administrator for read (QIDO-RS and WADO-RS) access",
-    404: "not found: no DICOMweb service at this URL (is the path, e.g. /dicom-web, right?) or the instance was deleted since ingest listed it",
+    401: (
+        f"the archive asks for credentials, or refused the ones given: set {TOKEN_ENV}, or {USERNAME_ENV} and "
+        f"{PASSWORD_ENV}"
+    ),
+    403: (
+        "the archive refuses these credentials access to it: ask its administrator for read (QIDO-RS and WADO-RS) "
+        "access"
+    ),
+    404: (
+        "not found: no DICOMweb service at this URL (is the path, e.g. /dicom-web, right?) or the instance was "
+        "deleted since ingest listed it"
+    ),
 }
 
 
@@ -150,8 +159,8 @@ def check_archive(base_url: str, timeout_s: float) -> None:
         )
     except requests.RequestException as error:
         raise ArchiveUnavailable(
-            f"the {SERVICE} {base_url} did not answer within {timeout_s:g} s ({type(error).__name__}); check that it is running and reachable "
-            "from here",
+            f"the {SERVICE} {base_url} did not answer within {timeout_s:g} s ({type(error).__name__}); check that it "
+            "is running and reachable from here",
             service=SERVICE,
             uri=base_url,
         ) from None
@@ -187,8 +196,8 @@ def archive_errors(base_url: str, what: str) -> Iterator[None]:
         ) from None
     except requests.RequestException as error:
         raise ArchiveUnavailable(
-            f"DICOMweb archive {base_url}, {what}: cannot be reached ({type(error).__name__}) after {RETRIES} retries; check that it is running "
-            "and reachable from here",
+            f"DICOMweb archive {base_url}, {what}: cannot be reached ({type(error).__name__}) after {RETRIES} "
+            "retries; check that it is running and reachable from here",
             service=SERVICE,
             uri=base_url,
         ) from None

@@ -31,6 +31,7 @@ from sslflow.data.metadata import (
     InstanceRows,
     in_case_order,
     keyed_by_instance,
+    located_name,
     metadata_file_name,
     metadata_rows,
     missing_file,
@@ -40,7 +41,7 @@ from sslflow.data.metadata import (
     safe_name,
 )
 from sslflow.data.regular_files import stat_regular_file
-from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
 
 
 class _Resolver:
@@ -71,7 +72,8 @@ class _Resolver:
             ) from error
         if not path.startswith(os.path.join(self.real_root, "")):
             raise SourceError(
-                f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file into the folder"
+                f"{where}: {relative!r} resolves outside the source folder {self.root} (a symlink?); copy the file "
+                "into the folder"
             )
         return path, stat_regular_file(path, where, relative, missing=missing or f"does not exist in {self.root}")
 
@@ -192,9 +194,31 @@ class FolderSource:
     def __init__(self, uri: str):
         self.uri, self.root = uri, Path(uri)
 
+    @staticmethod
+    def claims(uri: str) -> bool:
+        """Any URI without a scheme: the dispatcher's last resort, it checks that the folder exists."""
+        return "://" not in uri
+
     @property
     def name(self) -> str:
         return safe_name(self.root.resolve().name)
+
+    @property
+    def display_name(self) -> str:
+        """The folder's name and 8 hex of its absolute path."""
+        return located_name(self.name, str(self.root.resolve()))
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
+        """None: its images are files, listed by ``records``."""
+        return None
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
+        """The record as it is: local files name no server."""
+        return fields, digest
+
+    @property
+    def uri_without_server(self) -> str:
+        return self.uri
 
     def _metadata(self) -> tuple[Path, bytes, pd.DataFrame] | None:
         """(path, bytes, table) of the folder's metadata.csv, None if it has none."""

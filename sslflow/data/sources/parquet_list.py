@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
-from sslflow.data.metadata import ImageRecord, InstanceRows, metadata_rows, safe_name
+from sslflow.data.metadata import ImageRecord, InstanceRows, located_name, metadata_rows, safe_name
 from sslflow.data.regular_files import stat_regular_file
 from sslflow.data.sources.folder import in_case_order_records, local_records
-from sslflow.data.types import SourceError
+from sslflow.data.types import SourceError, SourceImages
 
 
 def list_parquet_list(image_list: Path) -> list[tuple[int, ImageRecord]]:
@@ -30,8 +30,8 @@ def list_parquet_list(image_list: Path) -> list[tuple[int, ImageRecord]]:
         table = pd.read_parquet(image_list)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise SourceError(
-            f"{image_list}: not a readable parquet file ({type(error).__name__}: {error}); write it again (e.g. pandas DataFrame.to_parquet) "
-            "with the columns path, case_id, site, label"
+            f"{image_list}: not a readable parquet file ({type(error).__name__}: {error}); write it again (e.g. "
+            "pandas DataFrame.to_parquet) with the columns path, case_id, site, label"
         ) from error
     rows = metadata_rows(table, str(image_list), first_row=0)
     return in_case_order_records(rows, local_records(image_list.parent, rows, str(image_list)))
@@ -45,9 +45,30 @@ class ParquetListSource:
     def __init__(self, uri: str):
         self.uri, self.image_list = uri, Path(uri)
 
+    @staticmethod
+    def claims(uri: str) -> bool:
+        return uri.endswith(".parquet")
+
     @property
     def name(self) -> str:
         return safe_name(self.image_list.stem)
+
+    @property
+    def display_name(self) -> str:
+        """The list's name and 8 hex of its absolute path."""
+        return located_name(self.name, str(self.image_list.resolve()))
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
+        """None: its images are files, listed by ``records``."""
+        return None
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
+        """The record as it is: local files name no server."""
+        return fields, digest
+
+    @property
+    def uri_without_server(self) -> str:
+        return self.uri
 
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
         """The rows of the list in case order, each with its file's sha256."""

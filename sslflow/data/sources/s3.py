@@ -40,6 +40,7 @@ from sslflow.data.metadata import (
     InstanceRows,
     check_relative_path,
     keyed_by_instance,
+    located_name,
     metadata_file_name,
     missing_file,
     parse_metadata_csv,
@@ -48,7 +49,7 @@ from sslflow.data.metadata import (
     safe_name,
 )
 from sslflow.data.metadata_catalog import MetadataCatalog, metadata_header
-from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
 from sslflow.errors import ServiceUnavailable
 
 SERVICE = "S3 endpoint"
@@ -91,8 +92,8 @@ def s3_client(*, attempts: int = 3, timeout_s: float = 10):
 def _unavailable(what: str, error: Exception) -> ObjectStoreUnavailable:
     endpoint = endpoint_url() or "AWS default"
     return ObjectStoreUnavailable(
-        f"{what}: the {SERVICE} {endpoint} did not answer ({type(error).__name__}: {error}). Check that it is running and reachable "
-        "from here, or point AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) at one that is.",
+        f"{what}: the {SERVICE} {endpoint} did not answer ({type(error).__name__}: {error}). Check that it is running "
+        "and reachable from here, or point AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) at one that is.",
         service=SERVICE,
         uri=endpoint,
     )
@@ -113,8 +114,8 @@ def s3_errors(what: str) -> Iterator[None]:
         ):
             raise _unavailable(what, error) from error
         raise SourceError(
-            f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')}); check the bucket and prefix, and that the "
-            "credentials may list and read them"
+            f"{what}: S3 error {details.get('Code', '?')} ({details.get('Message', '')}); check the bucket and "
+            "prefix, and that the credentials may list and read them"
         ) from error
     except (S3ConnectionError, HTTPClientError, IncompleteReadError) as error:
         raise _unavailable(what, error) from error
@@ -138,8 +139,8 @@ def iter_objects(client, bucket: str, prefix: str) -> Iterator[dict]:
             for item in page.get("Contents", []):
                 if item["Key"] < previous:
                     raise SourceError(
-                        f"listing s3://{bucket}/{prefix}: the server returned {item['Key']!r} after {previous!r}, out of key order; "
-                        "ingest needs an S3 server that lists keys in order, as the S3 API does"
+                        f"listing s3://{bucket}/{prefix}: the server returned {item['Key']!r} after {previous!r}, out "
+                        "of key order; ingest needs an S3 server that lists keys in order, as the S3 API does"
                     )
                 previous = item["Key"]
                 if not item["Key"].endswith("/"):
@@ -149,6 +150,10 @@ def iter_objects(client, bucket: str, prefix: str) -> Iterator[dict]:
 def read_object(client, bucket: str, key: str) -> bytes:
     with s3_errors(f"reading s3://{bucket}/{key}"):
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _without_endpoint(version_key: str) -> str:
+    return version_key.split(" ", 1)[-1]
 
 
 class S3Source:
@@ -161,9 +166,30 @@ class S3Source:
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.where = f"s3://{self.bucket}/{self.prefix}"
 
+    @staticmethod
+    def claims(uri: str) -> bool:
+        return uri.startswith("s3://")
+
     @property
     def name(self) -> str:
         return safe_name(self.uri.removeprefix("s3://").strip("/"))
+
+    @property
+    def display_name(self) -> str:
+        """bucket-prefix and 8 hex of the URI (without a final /)."""
+        return located_name(self.name, self.uri.rstrip("/"))
+
+    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
+        """None: its images are files, listed by ``records``."""
+        return None
+
+    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
+        """The version key and digest ("<endpoint> <url> <etag> <size>", ``_record``) without the endpoint."""
+        return {**fields, "version_key": _without_endpoint(fields["version_key"])}, _without_endpoint(digest)
+
+    @property
+    def uri_without_server(self) -> str:
+        return self.uri
 
     @functools.cached_property
     def client(self):
