@@ -65,12 +65,12 @@ def main() -> None:
             "ours_over_kornia": ours / theirs,
         }
         print(
-            f"{size:>3} px batch {batch:>3}: ours {ours:10.0f} views/s | kornia {theirs:10.0f} views/s | ours/kornia {ours / theirs:.2f}",
+            f"{size:>3} px batch {batch:>3}: ours {ours:10.0f} views/s | kornia {theirs:10.0f} views/s | "
+            f"ours/kornia {ours / theirs:.2f}",
             flush=True,
         )
-    print(
-        f"saved {write_result('augment_speed' + ('-quick' if args.quick else ''), {'device': str(device), 'results': results}, args.out)}"
-    )
+    name = "augment_speed" + ("-quick" if args.quick else "")
+    print(f"saved {write_result(name, {'device': str(device), 'results': results}, args.out)}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def object_key(index: int) -> str:
 def metadata_csv(count: int) -> bytes:
     """metadata.csv naming every file by its path below the prefix, with its case (the patient folder) and a label."""
     rows = (
-        f"{object_key(index)[len(PREFIX) + 1 :]},patient{index // IMAGES_PER_PATIENT:07d},{index // IMAGES_PER_PATIENT % LABELS}"
+        f"{object_key(index)[len(PREFIX) + 1 :]},patient{index // IMAGES_PER_PATIENT:07d},"
+        f"{index // IMAGES_PER_PATIENT % LABELS}"
         for index in range(count)
     )
     return ("path,case_id,label\n" + "\n".join(rows) + "\n").encode()

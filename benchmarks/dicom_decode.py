@@ -75,7 +75,8 @@ def main() -> None:
         "processes": 1,
         "cpu_affinity": len(os.sched_getaffinity(0)),
         "results": results,
-        "note": "one process, one image at a time: images/s per core; sslflow = parse + decode + modality LUT + window + resize + pseudonym",
+        "note": "one process, one image at a time: images/s per core; "
+        "sslflow = parse + decode + modality LUT + window + resize + pseudonym",
     }
     print(write_result("dicom_decode" + ("-quick" if arguments.quick else ""), payload, arguments.out))
 

@@ -14,8 +14,8 @@ Per seed, without Flyte or MLflow but with the pipeline's functions:
   scored on the MNIST-5k test split (and optdigits, the shift set), the difference paired by seed and test image with
   the case-bootstrap interval of sslflow.reporting.comparisons.
 
-    python benchmarks/initial_weights_rung.py --cpu-budget   # small_cnn, 28 px, 3,000 generic images, SimCLR 2 epochs, 3 seeds
-    python benchmarks/initial_weights_rung.py --smoke        # tiny settings, one seed: the script works
+    python benchmarks/initial_weights_rung.py --cpu-budget  # small_cnn, 28 px, 3,000 generic images, 2 epochs, 3 seeds
+    python benchmarks/initial_weights_rung.py --smoke       # tiny settings, one seed: the script works
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ USED = (
     "seeds",
 )  # of quality.py's settings
 SETTINGS = {
-    # quality.py's fine-tuning protocol (search, budget, early stopping); pretraining smaller than its cpu-budget's (3,000
-    # generic images, 2 epochs) so that 3 seeds fit a shared 2-core machine
+    # quality.py's fine-tuning protocol (search, budget, early stopping); pretraining smaller than its cpu-budget's
+    # (3,000 generic images, 2 epochs) so that 3 seeds fit a shared 2-core machine
     "cpu-budget": dict(
         {k: v for k, v in QUALITY_SETTINGS["cpu-budget"].items() if k in USED},
         generic_images=3000,
@@ -137,7 +137,8 @@ def one_seed(settings: dict, data: SimpleNamespace, seed: int, folder: Path) -> 
         record.label_fraction = FRACTION
         scored, _ = evaluate_classifier(record.model, record, data.eval_sets, data.cases)
         print(
-            f"seed {seed} {init:26s} ({record.num_labels} + {record.num_val_labels} labels, {record.chosen}): test {scored[0]['accuracy']:.4f}",
+            f"seed {seed} {init:26s} ({record.num_labels} + {record.num_val_labels} labels, {record.chosen}): "
+            f"test {scored[0]['accuracy']:.4f}",
             flush=True,
         )
         rows += scored

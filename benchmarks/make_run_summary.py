@@ -46,7 +46,8 @@ def main() -> None:
     header = [
         "# command: make clean-cache && make run (with a new MLflow store)",
         f"# machine: {info['cpu_count']}-core {platform.machine()} CPU, {info['device']}",
-        f"# cpu: {info['cpu_model']}, instruction sets {' '.join(info['cpu_instruction_sets'])}, PyTorch kernels {info['torch_cpu_capability']}",
+        f"# cpu: {info['cpu_model']}, instruction sets {' '.join(info['cpu_instruction_sets'])}, "
+        f"PyTorch kernels {info['torch_cpu_capability']}",
         f"# commit: {info['commit']}",
         f"# dirty: {info['dirty']}",
         f"# date: {now.isoformat(timespec='seconds')}",

@@ -48,11 +48,13 @@ from ssl_models.pretraining import PretrainConfig  # noqa: E402
 METHODS = ("simclr", "moco", "byol", "dino")
 TIME_RATIO_TARGET = 0.7  # sslflow's training time at most this share of lightly's, kNN accuracy at least lightly's
 DIFFERENCES = (
-    "augmentation: lightly's per-image PIL transforms in DataLoader worker processes (one per core); ours batched tensor ops on the training device",
+    "augmentation: lightly's per-image PIL transforms in DataLoader worker processes (one per core); "
+    "ours batched tensor ops on the training device",
     "learning rate: lightly's side constant (its examples); ours warm-up + cosine (the engine's schedule)",
     "MoCo projection head: lightly's MoCoProjectionHead (no BatchNorm); ours SimCLR's (with BatchNorm)",
     "DINO teacher temperature warm-up: lightly's per epoch; ours per step, over the first 30% of the run on both sides",
-    "DINO head: lightly's DINOProjectionHead (weight_norm last layer); ours DINOHead (normalised prototypes): same widths",
+    "DINO head: lightly's DINOProjectionHead (weight_norm last layer); "
+    "ours DINOHead (normalised prototypes): same widths",
     "channels_last memory format on our side (PretrainConfig.channels_last), lightly's default layout",
 )
 
@@ -255,7 +257,8 @@ def main() -> None:
                 "train_cpu_seconds": cpu,
             }
             print(
-                f"{method:6s} {side:8s} kNN accuracy {rows[f'{method}/{side}']['knn_accuracy']:.4f}  train {seconds:7.1f} s, {cpu:7.1f} CPU s",
+                f"{method:6s} {side:8s} kNN accuracy {rows[f'{method}/{side}']['knn_accuracy']:.4f}  "
+                f"train {seconds:7.1f} s, {cpu:7.1f} CPU s",
                 flush=True,
             )
     summary = {
@@ -275,7 +278,8 @@ def main() -> None:
         }
     for method, numbers in summary.items():
         print(
-            f"{method}: sslflow - lightly kNN accuracy {numbers['accuracy_difference']:+.4f}; sslflow / lightly time {numbers['time_ratio']:.2f}, CPU time {numbers['cpu_time_ratio']:.2f}"
+            f"{method}: sslflow - lightly kNN accuracy {numbers['accuracy_difference']:+.4f}; "
+            f"sslflow / lightly time {numbers['time_ratio']:.2f}, CPU time {numbers['cpu_time_ratio']:.2f}"
         )
     settings = {
         "encoder": encoder_name,

@@ -178,8 +178,9 @@ def main() -> None:
         }
         results[f"{size}px"] = row
         print(
-            f"{size:>3} px batch {batch:>3}: engine {engine['images_per_second']:8.1f} img/s ({engine['peak_memory_mb']:.0f} MB) | "
-            f"dataloader x{workers} {usual['images_per_second']:8.1f} img/s | ceiling {ceiling['images_per_second']:8.1f} img/s | "
+            f"{size:>3} px batch {batch:>3}: engine {engine['images_per_second']:8.1f} img/s "
+            f"({engine['peak_memory_mb']:.0f} MB) | dataloader x{workers} {usual['images_per_second']:8.1f} img/s | "
+            f"ceiling {ceiling['images_per_second']:8.1f} img/s | "
             f"a/b {row['engine_over_dataloader']:.2f}  a/c {row['engine_over_ceiling']:.2f}",
             flush=True,
         )

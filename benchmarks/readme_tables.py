@@ -46,8 +46,10 @@ def make_run_block(path: Path) -> list[str]:
     cpu = f" ({header['cpu']})" if "cpu" in header else ""
     return [
         f"`make run`, one seed, cold, on a {header['machine'].replace(', cpu', ', no GPU')}{cpu}"
-        f" (`{path.relative_to(RESULTS.parent.parent)}`, commit {header['commit']}{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']},"
-        f" load {header.get('load average at the end (1, 5, 15 min)', '?')}): `make run` wall time {header['wall time']}.",
+        f" (`{path.relative_to(RESULTS.parent.parent)}`, commit {header['commit']}"
+        f"{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']},"
+        f" load {header.get('load average at the end (1, 5, 15 min)', '?')}):"
+        f" `make run` wall time {header['wall time']}.",
         "",
         *table,
         "",
@@ -62,15 +64,18 @@ def quality_block(path: Path) -> list[str]:
     machine, seeds = record["machine"], record["seeds_done"]
     where = path.relative_to(RESULTS.parent.parent)
     lines = [
-        f"How many labels self-supervision saves: `benchmarks/quality.py --cpu-budget`, {len(seeds)} seeds {seeds} (each pretrains,"
-        f" fine-tunes and self-trains anew), on {machine['cpu_model']} ({machine['torch_cpu_capability']} kernels), commit {machine['commit']}"
-        f"{' (dirty)' if machine['dirty'] else ''} (`{where}`). Labels used = training + validation folds of the budget; every arm chosen on"
+        "How many labels self-supervision saves: `benchmarks/quality.py --cpu-budget`,"
+        f" {len(seeds)} seeds {seeds} (each pretrains, fine-tunes and self-trains anew), on {machine['cpu_model']}"
+        f" ({machine['torch_cpu_capability']} kernels), commit {machine['commit']}"
+        f"{' (dirty)' if machine['dirty'] else ''} (`{where}`)."
+        " Labels used = training + validation folds of the budget; every arm chosen on"
         " validation; intervals: 95%, bootstrap over test cases (PROXY cases: MNIST has no patients) and seeds.",
         "",
     ]
     for baseline, found in record["labels_saved"].items():
         lines.append(
-            f"- labels saved against {baseline}: {found['labels_saved']}; target >= {found['target']:g}x: {found['verdict']}"
+            f"- labels saved against {baseline}: {found['labels_saved']};"
+            f" target >= {found['target']:g}x: {found['verdict']}"
         )
     curves = record["curves"]
     fractions = sorted({f for curve in curves.values() for f in curve["fractions"]})
@@ -81,7 +86,8 @@ def quality_block(path: Path) -> list[str]:
             if fraction in curve["fractions"]:
                 i = curve["fractions"].index(fraction)
                 cells.append(
-                    f"{curve['accuracy'][i]:.4f} [{curve['low'][i]:.4f}, {curve['high'][i]:.4f}] ({curve['labels'][i]} labels, {curve['arms'][i]})"
+                    f"{curve['accuracy'][i]:.4f} [{curve['low'][i]:.4f}, {curve['high'][i]:.4f}]"
+                    f" ({curve['labels'][i]} labels, {curve['arms'][i]})"
                 )
             else:
                 cells.append("-")
@@ -107,12 +113,14 @@ def multirank_block(path: Path) -> list[str]:
         record["results"] if "W1" not in record["results"] else {"simclr": record["results"]}
     )  # older results: SimCLR only
     lines = [
-        f"Many ranks, one model, on CPU with gloo (`{path.relative_to(RESULTS.parent.parent)}`, commit {machine['commit']}"
-        f"{' (dirty)' if machine['dirty'] else ''}): {sum(record['shard_sizes'])} images in {len(record['shard_sizes'])} uneven shards.",
+        f"Many ranks, one model, on CPU with gloo (`{path.relative_to(RESULTS.parent.parent)}`,"
+        f" commit {machine['commit']}{' (dirty)' if machine['dirty'] else ''}):"
+        f" {sum(record['shard_sizes'])} images in {len(record['shard_sizes'])} uneven shards.",
         "",
     ]
     lines += [
-        "| method | ranks | every image once per epoch (+ padding) | steps per rank per epoch | images/s per rank | same model on every rank | killed and resumed: bitwise equal weights |",
+        "| method | ranks | every image once per epoch (+ padding) | steps per rank per epoch | images/s per rank"
+        " | same model on every rank | killed and resumed: bitwise equal weights |",
         "|---|---|---|---|---|---|---|",
     ]
     for method, results in by_method.items():
@@ -122,7 +130,9 @@ def multirank_block(path: Path) -> list[str]:
             steps = sorted({tuple(rank) for rank in result["steps_per_rank"]})
             rates = ", ".join(f"{rate:.0f}" for rate in result["images_per_second_per_rank"])
             lines.append(
-                f"| {method} | {result['world_size']} | {result['coverage_exact']} (+{result['padded_images_per_epoch']}) | {' / '.join(map(str, steps))} | {rates} | {same} | {resumed} |"
+                f"| {method} | {result['world_size']} | {result['coverage_exact']}"
+                f" (+{result['padded_images_per_epoch']}) | {' / '.join(map(str, steps))}"
+                f" | {rates} | {same} | {resumed} |"
             )
     return lines
 
@@ -154,7 +164,8 @@ def main() -> None:
         sys.exit(
             0
             if wanted == current
-            else "README.md's results section differs from the committed results: run python benchmarks/readme_tables.py"
+            else "README.md's results section differs from the committed results: "
+            "run python benchmarks/readme_tables.py"
         )
     README.write_text(wanted)
 

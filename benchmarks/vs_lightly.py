@@ -132,7 +132,8 @@ def main() -> None:
         "time_ratio": rows["sslflow"]["train_seconds"] / rows["lightly"]["train_seconds"],
     }
     print(
-        f"sslflow - lightly kNN accuracy: {summary['accuracy_difference']:+.4f}; sslflow / lightly time: {summary['time_ratio']:.2f}"
+        f"sslflow - lightly kNN accuracy: {summary['accuracy_difference']:+.4f}; "
+        f"sslflow / lightly time: {summary['time_ratio']:.2f}"
     )
     settings = {
         "encoder": encoder_name,

@@ -9,7 +9,7 @@ imports, transitively, parent packages included. Each module is hashed as its no
 comments and docstrings change no hash, and bumping one task's version does not change its neighbours' hashes.
 Third-party packages (requirements.lock) are not hashed: the image's version covers them.
 
-    python tests/cache_versions.py --update          # rewrite the table; refuses while a task's code changed without a bump
+    python tests/cache_versions.py --update          # rewrite the table; refused while a task's code changed, unbumped
     python tests/cache_versions.py --update --bump   # first bump (+1) the Cache version of every such task in its file
     python tests/cache_versions.py --update --same-outputs  # a refactor: record the new hashes, keep the versions
 
@@ -157,8 +157,9 @@ def stale(recorded: dict[str, dict], current: dict[str, dict]) -> list[str]:
         before = recorded.get(name)
         if before is not None and before["code_sha256"] != now["code_sha256"] and before["version"] == now["version"]:
             problems.append(
-                f"task {name}: the code it runs changed (its module or a project module it imports) but its Cache version is "
-                f"still {now['version']!r}: bump the version in {now['file']} and run `{UPDATE_COMMAND}` to update {TABLE.name}"
+                f"task {name}: the code it runs changed (its module or a project module it imports) "
+                f"but its Cache version is still {now['version']!r}: bump the version in {now['file']} "
+                f"and run `{UPDATE_COMMAND}` to update {TABLE.name}"
             )
     return problems
 
@@ -229,7 +230,8 @@ def main() -> None:
         ]:
             current[task]["version"] = bump(task)
             print(
-                f"{task}: Cache version {recorded[task]['version']!r} -> {current[task]['version']!r} in {current[task]['file']}"
+                f"{task}: Cache version {recorded[task]['version']!r} -> {current[task]['version']!r} "
+                f"in {current[task]['file']}"
             )
         problems = stale(recorded, current)
     if problems and args.update and args.same_outputs:

@@ -28,7 +28,8 @@ def _record(event, args):
         entry = {{"event": "lookup", "host": str(args[0]), "port": str(args[1])}}
     elif event == "socket.connect":
         family, address = args[0].family, args[1]
-        entry = {{"event": "connect", "family": socket.AddressFamily(family).name, "address": list(address) if isinstance(address, tuple) else str(address)}}
+        where = list(address) if isinstance(address, tuple) else str(address)
+        entry = {{"event": "connect", "family": socket.AddressFamily(family).name, "address": where}}
     else:
         return
     os.makedirs(_events, exist_ok=True)

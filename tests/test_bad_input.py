@@ -317,12 +317,16 @@ FIXES = {
     "metadata_symlink_out": "copy the file into the folder",
     "symlink_out_without_metadata": "copy the file into the folder",
     "metadata_missing_file": "add the file, or correct or remove the row",
-    "metadata_without_path_column": "name the column of paths relative to the source root 'path', as in the header row path,case_id,site,label",
+    "metadata_without_path_column": (
+        "name the column of paths relative to the source root 'path', as in the header row path,case_id,site,label"
+    ),
     "metadata_not_csv": "save it as UTF-8 CSV text with a header row such as path,case_id,site,label",
     "metadata_not_text": "save it as UTF-8 CSV text with a header row such as path,case_id,site,label",
     "metadata_listed_twice": "remove one of the rows",
     "empty_folder": "point the source at the folder or prefix that holds the images, or list them in metadata.csv",
-    "metadata_without_rows": "point the source at the folder or prefix that holds the images, or list them in metadata.csv",
+    "metadata_without_rows": (
+        "point the source at the folder or prefix that holds the images, or list them in metadata.csv"
+    ),
 }
 
 

@@ -253,7 +253,10 @@ def test_bits_stored_fixes_the_scale_and_refuses_values_above_it(tmp_path):
     assert inferred.max() == round(3000 / 4095 * 255)
     assert ingest(root, IngestConfig(image_size=16, bits_stored=12))[1].max() == round(3000 / 4095 * 255)
     assert ingest(root, IngestConfig(image_size=16, bits_stored=16))[1].max() == round(3000 / 65535 * 255)
-    refused = r"dark.png: maximum pixel value 3000 is above 1023 = 2\*\*10 - 1, the largest value IngestConfig.bits_stored=10 allows"
+    refused = (
+        r"dark.png: maximum pixel value 3000 is above 1023 = 2\*\*10 - 1, "
+        r"the largest value IngestConfig.bits_stored=10 allows"
+    )
     with pytest.raises(UndecodableImageError, match=refused):
         ingest(root, IngestConfig(image_size=16, bits_stored=10))
 
@@ -318,7 +321,8 @@ def test_file_over_max_file_bytes_is_refused_without_reading_it(tmp_path):
     assert read == ["small.png"] and images.source_paths == ["small.png"]
     (quarantined,) = images.quarantined
     assert quarantined["source_path"] == "huge.png" and quarantined["problem"] == (
-        f"/data/huge.png: {10**12} bytes is over IngestConfig.max_file_bytes=1000000; not read (raise max_file_bytes if the file is a genuine image)"
+        f"/data/huge.png: {10**12} bytes is over IngestConfig.max_file_bytes=1000000; "
+        "not read (raise max_file_bytes if the file is a genuine image)"
     )
 
 

@@ -61,7 +61,10 @@ def test_a_bearer_token_is_sent_as_a_header_and_basic_credentials_as_auth(monkey
 
 
 def test_registered_with_dicomweb_auth_the_ingest_tasks_request_its_flyte_secrets():
-    script = "import tasks.ingest as t; print(sorted((s.group, s.key, s.env_var) for task in (t.plan_ingest, t.ingest_chunk) for s in task.security_context.secrets))"
+    script = (
+        "import tasks.ingest as t; print(sorted((s.group, s.key, s.env_var) "
+        "for task in (t.plan_ingest, t.ingest_chunk) for s in task.security_context.secrets))"
+    )
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "SSLFLOW_DICOMWEB_AUTH": "basic"}
     printed = subprocess.run(
         [sys.executable, "-c", script],

@@ -217,7 +217,8 @@ def test_tls_is_verified_against_the_ca_bundle_setting(archive, tmp_path, monkey
         monkeypatch.delenv(CA_BUNDLE_ENV, raising=False)
         with pytest.raises(
             SourceError,
-            match=rf"{front.endpoint}/dicom-web, searching studies \(QIDO-RS\): its TLS certificate cannot be verified .* set {CA_BUNDLE_ENV}",
+            match=rf"{front.endpoint}/dicom-web, searching studies \(QIDO-RS\): "
+            rf"its TLS certificate cannot be verified .* set {CA_BUNDLE_ENV}",
         ):
             fingerprint_source(source)
         monkeypatch.setenv(CA_BUNDLE_ENV, str(certificate))  # the hospital's CA: here the certificate itself

@@ -18,6 +18,7 @@ from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 from sslflow.config import IngestConfig
 from sslflow.files import file_sha256
 from sslflow.tracking.runs import start_parent_run
+from tasks.ingest import source_fingerprint
 from tasks.pretrain import pretrain_simclr
 from tasks.shared import EncoderCheckpoint
 from workflows.ingest import ingest
@@ -78,7 +79,12 @@ def test_distillation_needs_a_teacher_and_the_others_take_none():
 
 @workflow
 def _distilled_rung(run_id: str, config: PretrainConfig) -> EncoderCheckpoint:
-    dataset = ingest(source="mnist-5k", config=IngestConfig(max_images=100), parent_run_id=run_id)
+    dataset = ingest(
+        source="mnist-5k",
+        fingerprint=source_fingerprint(source="mnist-5k"),
+        config=IngestConfig(max_images=100),
+        parent_run_id=run_id,
+    )
     return pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 
 

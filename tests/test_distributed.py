@@ -146,7 +146,8 @@ def test_ssl_models_imports_no_flytekit_or_mlflow():
 
     code = (
         "import importlib, pkgutil, sys, ssl_models\n"
-        "for module in pkgutil.iter_modules(ssl_models.__path__): importlib.import_module('ssl_models.' + module.name)\n"
+        "for module in pkgutil.iter_modules(ssl_models.__path__):\n"
+        "    importlib.import_module('ssl_models.' + module.name)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flytekit', 'mlflow')))"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

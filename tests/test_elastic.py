@@ -13,14 +13,19 @@ SCRIPT = """
 from flytekit import workflow
 from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
+from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest
 from tasks.pretrain import pretrain_simclr
 from sslflow.tracking.runs import start_parent_run
 
 @workflow
 def pretrain_only(run_id: str):
-    dataset = ingest(source="mnist-5k", config=IngestConfig(max_images=300), parent_run_id=run_id)
-    pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=PretrainConfig(epochs=1, batch_size=32, seed=11), parent_run_id=run_id)
+    fingerprint = source_fingerprint(source="mnist-5k")
+    dataset = ingest(
+        source="mnist-5k", fingerprint=fingerprint, config=IngestConfig(max_images=300), parent_run_id=run_id
+    )
+    config = PretrainConfig(epochs=1, batch_size=32, seed=11)
+    pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 
 pretrain_only(run_id=start_parent_run("elastic-test", {}))
 """

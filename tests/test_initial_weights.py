@@ -21,6 +21,7 @@ from sslflow.registry.registration import initial_weights_tags
 from sslflow.tracking.initial_weights import InitialWeightsError, encoder_from_weights
 from sslflow.tracking.runs import start_parent_run
 from sslflow.training.model_files import load_encoder
+from tasks.ingest import source_fingerprint
 from tasks.pretrain import pretrain_simclr
 from tasks.shared import EncoderCheckpoint, FinetunedModel
 from workflows.ingest import ingest
@@ -96,7 +97,10 @@ def test_weights_that_do_not_fit_or_do_not_exist_are_refused(imagenet_style, tmp
     _, path = imagenet_style
     with pytest.raises(
         InitialWeightsError,
-        match=r"keys the backbone does not have.*encoder_name='timm:resnet34'|backbone keys missing.*encoder_name='timm:resnet34'",
+        match=(
+            r"keys the backbone does not have.*encoder_name='timm:resnet34'"
+            r"|backbone keys missing.*encoder_name='timm:resnet34'"
+        ),
     ):
         encoder_from_weights(str(path), "timm:resnet34", 1, 32, tmp_path)
     with pytest.raises(InitialWeightsError, match="no such file"):
@@ -110,7 +114,12 @@ def test_weights_that_do_not_fit_or_do_not_exist_are_refused(imagenet_style, tmp
 
 @workflow
 def _generic_rung_from_weights(run_id: str, config: PretrainConfig) -> EncoderCheckpoint:
-    dataset = ingest(source="mnist-5k", config=IngestConfig(max_images=100), parent_run_id=run_id)
+    dataset = ingest(
+        source="mnist-5k",
+        fingerprint=source_fingerprint(source="mnist-5k"),
+        config=IngestConfig(max_images=100),
+        parent_run_id=run_id,
+    )
     return pretrain_simclr(dataset=dataset, encoder_name=BACKBONE, config=config, parent_run_id=run_id)
 
 

@@ -198,7 +198,8 @@ def test_the_curve_and_the_labels_saved_read_off_it():
     )
     assert curves["best self-supervised"]["arms"] == ["simclr+micle finetune"]
     found = headlines(results, {"scratch": 10.0})["scratch"]
-    # 0.8 lies halfway from 0.7 (350 labels) to 0.9 (3,500) in log labels: sqrt(350 * 3500) = 1,107 labels, 27.7x the 40 used
+    # 0.8 lies halfway from 0.7 (350 labels) to 0.9 (3,500) in log labels: sqrt(350 * 3500) = 1,107 labels,
+    # 27.7x the 40 used
     assert found["ratio"] == pytest.approx(np.sqrt(350 * 3500) / 40) and found["low"] < found["ratio"] < found["high"]
     assert (
         found["verdict"] in ("met", "undetermined (the interval holds the target)")

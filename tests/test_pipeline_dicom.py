@@ -43,7 +43,8 @@ def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_iden
             generic_source="fashion-mnist",
             domain_source=str(folder),
             shift_source=str(folder),
-            # 12 patients: with the default 0.7 / 0.1 / 0.1 none of them hashes into the test split, so wider gate and test shares
+            # 12 patients: with the default 0.7 / 0.1 / 0.1 none of them hashes into the test split,
+            # so wider gate and test shares
             generic_ingest=IngestConfig(max_images=100),
             domain_ingest=domain,
             shift_ingest=shift,

@@ -9,6 +9,7 @@ from flytekit import workflow
 from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.tracking.runs import start_parent_run
+from tasks.ingest import source_fingerprint
 from tasks.pretrain import pretrain_simclr
 from tasks.shared import EncoderCheckpoint
 from workflows.ingest import ingest
@@ -16,7 +17,12 @@ from workflows.ingest import ingest
 
 @workflow
 def _moco_generic_rung(run_id: str) -> EncoderCheckpoint:
-    dataset = ingest(source="mnist-5k", config=IngestConfig(max_images=300), parent_run_id=run_id)
+    dataset = ingest(
+        source="mnist-5k",
+        fingerprint=source_fingerprint(source="mnist-5k"),
+        config=IngestConfig(max_images=300),
+        parent_run_id=run_id,
+    )
     config = PretrainConfig(method="moco", epochs=2, batch_size=64, method_settings={"queue_size": 128})
     return pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 

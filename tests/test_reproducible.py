@@ -25,10 +25,13 @@ images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (48, 1, 16, 
 labels = np.arange(48) % 2
 view = AugmentConfig(output_size=16)
 encoder = initial_encoder(None, "small_cnn", 1, 16, seed=3)
-pretrain_contrastive(encoder, InMemoryPairs(images, list(range(48)), seed=3), PretrainConfig(epochs=1, batch_size=16, seed=3, augment=view))
+pairs = InMemoryPairs(images, list(range(48)), seed=3)
+pretrain_contrastive(encoder, pairs, PretrainConfig(epochs=1, batch_size=16, seed=3, augment=view))
 scratch = initial_encoder(None, "small_cnn", 1, 16, seed=3)
-finetuned, _ = finetune(encoder, images, labels, 2, FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=2, seed=3, augment=view))
-from_scratch, _ = finetune(scratch, images, labels, 2, FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=0, seed=3, augment=view))
+warm = FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=2, seed=3, augment=view)
+cold = FinetuneConfig(epochs=1, batch_size=16, head_warmup_steps=0, seed=3, augment=view)
+finetuned, _ = finetune(encoder, images, labels, 2, warm)
+from_scratch, _ = finetune(scratch, images, labels, 2, cold)
 torch.save({"pretrained": finetuned.state_dict(), "scratch": from_scratch.state_dict()}, sys.argv[1])
 """
 

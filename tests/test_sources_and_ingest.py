@@ -200,7 +200,10 @@ def test_open_source_dispatches_every_kind_and_refuses_what_is_no_source(tmp_pat
     ):
         with pytest.raises(
             SourceError,
-            match=r"is neither a built-in source .*, an s3://bucket/prefix, a dicomweb\+https://host/dicom-web\?query archive, a .parquet image list nor",
+            match=(
+                r"is neither a built-in source .*, an s3://bucket/prefix, "
+                r"a dicomweb\+https://host/dicom-web\?query archive, a .parquet image list nor"
+            ),
         ):
             open_source(uri)
 

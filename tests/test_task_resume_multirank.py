@@ -32,10 +32,12 @@ from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.tracking.runs import start_parent_run
 from tasks.pretrain import pretrain_simclr
+from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest
 
 run_id = start_parent_run("task-resume-test", {{}})
-dataset = ingest(source="mnist-5k", config=IngestConfig(max_images=400), parent_run_id=run_id)
+fingerprint = source_fingerprint(source="mnist-5k")
+dataset = ingest(source="mnist-5k", fingerprint=fingerprint, config=IngestConfig(max_images=400), parent_run_id=run_id)
 config = PretrainConfig(method="moco", epochs={EPOCHS}, batch_size=32, seed=5, method_settings={{"queue_size": 64}})
 inputs = literals(pretrain_simclr, dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 open(sys.argv[1], "wb").write(inputs.to_flyte_idl().SerializeToString())

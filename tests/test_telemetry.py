@@ -25,7 +25,8 @@ from torch import nn
 from ssl_models.augment import AugmentConfig
 from sslflow.registry.serving import RegisteredClassifier, export_onnx
 model = RegisteredClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), AugmentConfig(output_size=8)).eval()
-export_onnx(model, np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8)).astype(np.uint8), __import__("pathlib").Path(sys.argv[1]))
+images = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8)).astype(np.uint8)
+export_onnx(model, images, __import__("pathlib").Path(sys.argv[1]))
 """
 
 
