@@ -157,6 +157,19 @@ def _job_summary(ranks: list[dict], num_images: int, epochs: int, work: Path, na
     }
 
 
+def _kill_after_checkpoint(workers: list, saved: Path) -> list[int]:
+    """SIGKILL every worker of a job once rank 0 has written ``saved`` (its checkpoint marker); their exit codes."""
+    deadline = time.monotonic() + 240
+    while not saved.exists():
+        if time.monotonic() > deadline or any(worker.poll() is not None for worker in workers):
+            raise RuntimeError("the first attempt died or never checkpointed")
+        time.sleep(0.2)
+    time.sleep(0.5)  # rank 1 reaches its sleep after the same epoch
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+    return [worker.wait() for worker in workers]
+
+
 def resume(
     work: Path,
     sizes: tuple[int, ...],
@@ -192,19 +205,10 @@ def resume(
     first = start_job(
         2, work, "killed", [*options, "--checkpoints", str(shared), "--hang-after", str(killed_after)], nodes=2
     )
-    deadline = time.monotonic() + 240
-    while not (shared / f"saved-0-{killed_after}").exists():
-        if time.monotonic() > deadline or any(worker.poll() is not None for worker in first):
-            raise RuntimeError("the first attempt died or never checkpointed")
-        time.sleep(0.2)
-    time.sleep(0.5)  # rank 1 reaches its sleep after the same epoch
-    for worker in first:
-        worker.send_signal(signal.SIGKILL)
-    killed = [worker.wait() for worker in first]
+    killed = _kill_after_checkpoint(first, shared / f"saved-0-{killed_after}")
     rank_one_checkpoints = [p.name for p in (work / "killed-node-1").rglob("state*.pt")]
-    shutil.rmtree(
-        work / "killed-node-0", ignore_errors=True
-    )  # restarted pods land on fresh nodes: only the shared checkpoint is left
+    # restarted pods land on fresh nodes: only the shared checkpoint is left
+    shutil.rmtree(work / "killed-node-0", ignore_errors=True)
     restarted = [*options, "--checkpoints", str(shared), "--attempt", "1", "--init-seed", "100"]
     ranks = _finish(start_job(2, work, "resumed", restarted, nodes=2), work, "resumed")
     weights = [

@@ -70,6 +70,41 @@ def _copy_with(source: str, target: Path, **header) -> None:
     ds.save_as(target)
 
 
+def _write_pacs_image(
+    root: Path,
+    source: str,
+    modality: str,
+    copy: int,
+    index: int,
+    num_sources: int,
+    patients: int,
+    planted: dict | None,
+    identifying_paths: bool,
+) -> dict:
+    """Copy ``copy`` of bundled image ``source`` (write_pacs_folder's ``index``-th) under ``root``; its manifest row."""
+    patient = f"PAT{(copy * num_sources + index) % patients}"
+    institution = "North Hospital" if (copy // 2 + index) % 2 else "South Clinic"  # a patient visits both
+    path = f"{patient}/STUDY{copy}/SERIES{index}/IM{copy:02d}{index:02d}"
+    ds = pydicom.dcmread(get_testdata_file(source))
+    for keyword, value in (planted or {}).items():
+        setattr(ds, keyword, value)
+    ds.PatientID, ds.InstitutionName = f"{(planted or {}).get('PatientID', '')}{patient}", institution
+    ds.IssuerOfPatientID = "REGIONAL-MPI"  # one patient index over both institutions: PAT<k> is one person at both
+    if copy:  # a different image (its own SOPInstanceUID): shift the decoded pixels, store uncompressed
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
+        axis = -2 if ds.get("SamplesPerPixel", 1) == 1 else -3
+        ds.PixelData = np.roll(ds.pixel_array, copy, axis=axis).tobytes()
+    if identifying_paths:
+        accession = f"{planted['AccessionNumber']}{copy}{index}"
+        ds.AccessionNumber = accession
+        serial = copy * num_sources + index
+        path = export_path(planted, patient, modality, accession, str(ds.SOPInstanceUID), serial)
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(root / path)
+    return {"path": path, "patient": patient, "institution": institution, "modality": modality}
+
+
 def write_pacs_folder(
     root: Path,
     *,
@@ -95,34 +130,11 @@ def write_pacs_folder(
         ("examples_palette.dcm", "US"),
         ("JPEG2000.dcm", "NM"),
     ]
-    rows = []
-    for copy in range(copies):
-        for index, (source, modality) in enumerate(sources):
-            patient = f"PAT{(copy * len(sources) + index) % patients}"
-            institution = "North Hospital" if (copy // 2 + index) % 2 else "South Clinic"  # a patient visits both
-            path = f"{patient}/STUDY{copy}/SERIES{index}/IM{copy:02d}{index:02d}"
-            ds = pydicom.dcmread(get_testdata_file(source))
-            for keyword, value in (planted or {}).items():
-                setattr(ds, keyword, value)
-            ds.PatientID, ds.InstitutionName = f"{(planted or {}).get('PatientID', '')}{patient}", institution
-            ds.IssuerOfPatientID = (
-                "REGIONAL-MPI"  # one patient index over both institutions: PAT<k> is one person at both
-            )
-            if copy:  # a different image (its own SOPInstanceUID): shift the decoded pixels, store uncompressed
-                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-                ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
-                ds.PixelData = np.roll(
-                    ds.pixel_array, copy, axis=-2 if ds.get("SamplesPerPixel", 1) == 1 else -3
-                ).tobytes()
-            if identifying_paths:
-                accession = f"{planted['AccessionNumber']}{copy}{index}"
-                ds.AccessionNumber = accession
-                path = export_path(
-                    planted, patient, modality, accession, str(ds.SOPInstanceUID), copy * len(sources) + index
-                )
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(root / path)
-            rows.append({"path": path, "patient": patient, "institution": institution, "modality": modality})
+    rows = [
+        _write_pacs_image(root, source, modality, copy, index, len(sources), patients, planted, identifying_paths)
+        for copy in range(copies)
+        for index, (source, modality) in enumerate(sources)
+    ]
     _copy_with("reportsi.dcm", root / "PAT0/SR/SR0001", **(planted or {}))
     _copy_with("rtplan.dcm", root / "PAT1/RTPLAN/RP0001", **(planted or {}))
     shutil.copy(get_testdata_file("DICOMDIR"), root / "DICOMDIR")

@@ -108,35 +108,29 @@ class FaultyS3Proxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.requests.append((self.command, self.path))
                 fault = proxy._fault()
+                self._inject(fault) if fault else self._forward(body)
+
+            def _inject(self, fault: str) -> None:
                 if fault == "reset":  # RST instead of an answer: botocore sees the connection closed
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()
                     self.close_connection = True
-                    return
-                if fault == "slow_down":
+                elif fault == "slow_down":
                     self._answer(503, [("Content-Type", "application/xml")], SLOW_DOWN)
-                    return
-                if fault == "too_many":
-                    self._answer(
-                        429,
-                        [("Retry-After", str(proxy.retry_after)), ("Content-Type", "text/plain")],
-                        b"Too Many Requests",
-                    )
+                elif fault == "too_many":
+                    headers = [("Retry-After", str(proxy.retry_after)), ("Content-Type", "text/plain")]
+                    self._answer(429, headers, b"Too Many Requests")
                     proxy._answered_too_many()
-                    return
+
+            def _forward(self, body: bytes) -> None:
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
                 try:
-                    upstream.request(
-                        self.command,
-                        self.path,
-                        body=body,
-                        headers={k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP},
-                    )
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                    upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     payload = b"" if self.command == "HEAD" else response.read()
-                    headers = [
-                        (k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP | {"content-length"}
-                    ]
+                    skipped = HOP_BY_HOP | {"content-length"}
+                    headers = [(k, v) for k, v in response.getheaders() if k.lower() not in skipped]
                     self._answer(response.status, headers, payload, head_length=response.getheader("Content-Length"))
                 finally:
                     upstream.close()
