@@ -61,16 +61,16 @@ SETTINGS = {
     "gpu": dict(
         encoder="resnet18",
         generic_images=0,
-        simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
-        micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3),
+        generic_pretraining=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
+        domain_pretraining=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3),
         finetune=FinetuneConfig(epochs=30, min_steps=300, **SEARCH),
         self_train=SelfTrainConfig(steps=2000, batch_size=64, unlabelled_ratio=7),
     ),
     "cpu-budget": dict(
         encoder="small_cnn",
         generic_images=6000,
-        simclr=PretrainConfig(epochs=4),
-        micle=PretrainConfig(epochs=6),
+        generic_pretraining=PretrainConfig(epochs=4),
+        domain_pretraining=PretrainConfig(epochs=6),
         finetune=FinetuneConfig(epochs=4, min_steps=100, eval_every=10, patience=3, **SEARCH),
         self_train=SelfTrainConfig(steps=150, max_label_fraction=0.05),
         fractions=(0.01, 0.02, 0.03, 0.05, 0.1, 1.0),
@@ -81,8 +81,8 @@ SETTINGS = {
         generic_images=200,
         domain_images=400,
         shift_images=100,
-        simclr=PretrainConfig(epochs=1, batch_size=128),
-        micle=PretrainConfig(epochs=1, batch_size=128),
+        generic_pretraining=PretrainConfig(epochs=1, batch_size=128),
+        domain_pretraining=PretrainConfig(epochs=1, batch_size=128),
         finetune=FinetuneConfig(epochs=1, min_steps=2, learning_rates=[1e-3, 3e-3], probe_inverse_l2=[1.0]),
         self_train=SelfTrainConfig(steps=2, eval_every=2, confidence_threshold=0.0, max_label_fraction=0.1),
         seeds=(0, 1),
@@ -105,24 +105,24 @@ def dataset(source: str, config: IngestConfig):
 def pretrain_encoders(settings: dict, data: SimpleNamespace, seed: int) -> dict:
     """{arm: encoder}: the generic rung on the generic set and the top rung (case pairs) continued from it on the
     domain set, both from ``seed``; test splits unused."""
-    method, top = settings["simclr"].method, LADDER[-1]
-    simclr, micle = (
-        dataclasses.replace(settings["simclr"], seed=seed),
-        dataclasses.replace(settings["micle"], seed=seed),
+    method, top = settings["generic_pretraining"].method, LADDER[-1]
+    generic_config, domain_config = (
+        dataclasses.replace(settings["generic_pretraining"], seed=seed),
+        dataclasses.replace(settings["domain_pretraining"], seed=seed),
     )
     generic = build_encoder(settings["encoder"], 1, 28, seed=seed)
     pool = data.generic["split"].isin(["train", "val"]).to_numpy()
     pretrain_contrastive(
         generic,
         InMemoryPairs(torch.from_numpy(data.generic_pixels[pool]), list(range(int(pool.sum()))), seed=seed),
-        simclr,
+        generic_config,
     )
     pool = data.domain["split"].isin(["train", "val"]).to_numpy()
     continued = copy.deepcopy(generic)
     pretrain_contrastive(
         continued,
         InMemoryPairs(torch.from_numpy(data.domain_pixels[pool]), data.domain.loc[pool, "case_id"].tolist(), seed=seed),
-        micle,
+        domain_config,
     )
     return {arm(method, LADDER[0].name): generic, arm(method, top.name): continued}
 
@@ -177,7 +177,7 @@ def ablation(settings: dict, encoders: dict, data: SimpleNamespace, seed: int) -
     """Every arm at every fraction for one seed (the encoders of the settings' ``rungs``, all without); also
     {fraction: the trained records} for the students."""
     results, trained = [], {}
-    method, rungs = settings["simclr"].method, settings.get("rungs", [rung.name for rung in LADDER])
+    method, rungs = settings["generic_pretraining"].method, settings.get("rungs", [rung.name for rung in LADDER])
     tried = [init for init in encoders if init in [arm(method, rung) for rung in rungs]]
     arms = [("pixels", "linear"), ("scratch", "finetune")] + [
         (init, probe) for init in tried for probe in ("linear", "finetune")
@@ -281,7 +281,7 @@ def main() -> None:
     mode = "smoke" if args.smoke else "cpu-budget" if args.cpu_budget else "gpu"
     settings, started = SETTINGS[mode], time.perf_counter()
     data = load_data(settings)
-    results, reports, top = [], [], arm(settings["simclr"].method, LADDER[-1].name)
+    results, reports, top = [], [], arm(settings["generic_pretraining"].method, LADDER[-1].name)
     settings_record = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in settings.items()}
     for seed in settings.get("seeds", SEEDS):
         encoders = pretrain_encoders(settings, data, seed)

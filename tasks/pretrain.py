@@ -1,8 +1,8 @@
-"""The pretraining ladder (sslflow.ladder.LADDER) with the configured method (PretrainConfig.method: SimCLR,
-MoCo v2, BYOL): pretrain_simclr (generic images), then from its encoder on the domain images:
-pretrain_domain_simclr (views of one image) and pretrain_micle (case pairs: two images of one case), same
-method, epochs and schedule, so the two differ only in the pairing rule. The task names are the SimCLR
-pipeline's; each encoder's ``arm`` names what ran ("moco+micle").
+"""The pretraining ladder (sslflow.ladder.LADDER), one task a rung, with the configured method (PretrainConfig.method:
+SimCLR, MoCo v2, BYOL, DINO, distillation): pretrain_generic (generic images), then from its encoder on the domain
+images: pretrain_domain (views of one image) and pretrain_case_pairs (case pairs: two images of one case), with the
+generic encoder's method (sslflow.ladder.continued_method), same epochs and schedule, so the two differ only in the
+pairing rule. Each encoder's ``arm`` names what ran ("moco+micle").
 
 Every epoch logs the method's loss and, where the dataset has labelled train and val rows, the kNN
 accuracy of the encoder's features (ssl_models.evaluate.KnnMonitor) on the val split."""
@@ -10,6 +10,7 @@ accuracy of the encoder's features (ssl_models.evaluate.KnnMonitor) on the val s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -38,7 +39,7 @@ from sslflow.data.dataset import (
 )
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
-from sslflow.ladder import RUNGS, Rung, arm, check_initial_weights
+from sslflow.ladder import RUNGS, Rung, arm, check_initial_weights, continued_method, method_of
 from sslflow.tracking.initial_weights import InitialWeights, encoder_from_weights
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
@@ -57,9 +58,13 @@ from tasks.shared import (
 )
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = "state-v3"  # ContrastiveRun.state's layout (v2: every rank's generator; v3: MoCo's steps_done): a local checkpoint of another layout is not resumed
+# ContrastiveRun.state's layout (v2: every rank's generator; v3: MoCo's steps_done): a local checkpoint of another
+# layout is not resumed
+STATE_FORMAT = "state-v3"
 
-MONITOR_IMAGES = 1000  # the kNN monitor's bank (train) and queries (val): at most this many labelled images of each (about 2 s an epoch on 2 loaded CPU cores, small_cnn, 28 px)
+# the kNN monitor's bank (train) and queries (val): at most this many labelled images of each (about 2 s an epoch on
+# 2 loaded CPU cores, small_cnn, 28 px)
+MONITOR_IMAGES = 1000
 
 
 def _monitor_rows(manifest: pd.DataFrame) -> pd.Series:
@@ -165,6 +170,13 @@ def _starting_encoder(
     return initial_encoder(None, encoder_name, in_channels, image_size, seed=config.seed), None
 
 
+def _continued_config(config: PretrainConfig, initial: EncoderCheckpoint) -> PretrainConfig:
+    """A domain rung's ``config`` with the method of the encoder it starts from (``initial.arm``'s): LadderError if
+    ``config`` names another method."""
+    method = continued_method(method_of(initial.arm), config.method, default_method=PretrainConfig().method)
+    return dataclasses.replace(config, method=method)
+
+
 def _teacher(config: PretrainConfig, shape: tuple[int, ...]) -> tuple[torch.nn.Module | None, dict]:
     """The frozen teacher of a distillation method (config.teacher with config.teacher_weights) and its lineage params;
     (None, {}) for the other methods."""
@@ -189,6 +201,7 @@ def _pretrain(
     """initial None: a new ``encoder_name`` encoder with random weights. rung.case_pairs: MICLe pairs (else two views of
     one image)."""
     show_progress()
+    config = config if initial is None else _continued_config(config, initial)
     stage, case_pairs = rung.stage, rung.case_pairs
     manifest, data, shape = _pretraining_data(dataset, config, case_pairs=case_pairs)
     in_channels, image_size = int(shape[0]), int(shape[-1])
@@ -258,7 +271,7 @@ def _pretrain(
 
 @task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
-def pretrain_simclr(
+def pretrain_generic(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """The generic rung: config.method (SimCLR by default, arXiv 2002.05709) from random initialisation, or from the
@@ -268,7 +281,7 @@ def pretrain_simclr(
 
 @task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
-def pretrain_micle(
+def pretrain_case_pairs(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """The case-pairs rung, MICLe's pairing (arXiv 2101.05224) with config.method, from the generic encoder:
@@ -281,7 +294,7 @@ def pretrain_micle(
 
 @task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
-def pretrain_domain_simclr(
+def pretrain_domain(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """The domain rung: config.method continued on the domain images from the generic encoder, without case

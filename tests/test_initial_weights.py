@@ -21,7 +21,7 @@ from sslflow.registry.registration import initial_weights_tags
 from sslflow.tracking.initial_weights import InitialWeightsError, encoder_from_weights
 from sslflow.tracking.runs import start_parent_run
 from sslflow.training.model_files import load_encoder
-from tasks.pretrain import pretrain_simclr
+from tasks.pretrain import pretrain_generic
 from tasks.shared import EncoderCheckpoint, FinetunedModel
 from workflows.ingest import ingest
 
@@ -111,7 +111,7 @@ def test_weights_that_do_not_fit_or_do_not_exist_are_refused(imagenet_style, tmp
 @workflow
 def _generic_rung_from_weights(run_id: str, config: PretrainConfig) -> EncoderCheckpoint:
     dataset = ingest(source="mnist-5k", config=IngestConfig(max_images=100), parent_run_id=run_id)
-    return pretrain_simclr(dataset=dataset, encoder_name=BACKBONE, config=config, parent_run_id=run_id)
+    return pretrain_generic(dataset=dataset, encoder_name=BACKBONE, config=config, parent_run_id=run_id)
 
 
 def test_the_generic_rung_starts_from_the_users_weights_and_records_them(imagenet_style):

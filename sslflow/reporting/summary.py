@@ -19,7 +19,8 @@ def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_r
     return "\n".join(
         [
             "Accuracy on the in-domain test split and the shift set, ECE in-domain (pixels: linear on raw pixels;",
-            "scratch: random init; simclr: generic SimCLR; +domain: SimCLR continued on the domain; +micle: with case pairs;",
+            "scratch: random init; simclr, moco, ...: the method on generic images; +domain: continued on the domain;",
+            "+micle: with case pairs;",
             "+student: a FixMatch student of that fine-tuned model). Labels: the budget at each fraction, training + validation",
             "folds; every choice (early stopping, the search, the probe's regularisation, the student's checkpoint, the best arm)",
             "was made on the validation fold:",
