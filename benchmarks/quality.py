@@ -48,7 +48,7 @@ from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.chunks import ingest_source  # noqa: E402
 from sslflow.data.dataset import read_images  # noqa: E402
 from sslflow.evaluation import evaluate_classifier, evaluation_sets, in_domain_test_cases  # noqa: E402
-from sslflow.ladder import LADDER, arm, student_arm  # noqa: E402
+from sslflow.ladder import LADDER, PIXELS_ARM, PIXELS_ENCODER, SCRATCH_ARM, arm, student_arm  # noqa: E402
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
 from sslflow.reporting.curves import headlines, savings_curves  # noqa: E402
 from sslflow.reporting.label_savings import savings_curve_figure  # noqa: E402
@@ -131,7 +131,7 @@ def train_arm(settings: dict, init: str, probe: str, encoder, subset, seed: int)
     """One arm on one label budget: the model and what evaluation reads of it (sslflow.evaluation.EvaluatedModel)."""
     config = dataclasses.replace(settings["finetune"], linear_probe=probe == "linear", seed=seed)
     if encoder is None:
-        encoder = build_encoder("pixels" if init == "pixels" else settings["encoder"], 1, 28, seed=seed)
+        encoder = build_encoder(PIXELS_ENCODER if init == PIXELS_ARM else settings["encoder"], 1, 28, seed=seed)
     validation = (torch.from_numpy(subset.val_images), subset.val_labels)
     model, history = finetune(
         copy.deepcopy(encoder),
@@ -179,7 +179,7 @@ def ablation(settings: dict, encoders: dict, data: SimpleNamespace, seed: int) -
     results, trained = [], {}
     method, rungs = settings["generic_pretraining"].method, settings.get("rungs", [rung.name for rung in LADDER])
     tried = [init for init in encoders if init in [arm(method, rung) for rung in rungs]]
-    arms = [("pixels", "linear"), ("scratch", "finetune")] + [
+    arms = [(PIXELS_ARM, "linear"), (SCRATCH_ARM, "finetune")] + [
         (init, probe) for init in tried for probe in ("linear", "finetune")
     ]
     for fraction in settings.get("fractions", FRACTIONS):

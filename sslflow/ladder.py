@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from ssl_models.methods import METHODS
 from sslflow.errors import Refusal
 
-FLOORS = ("pixels", "scratch")  # arms without self-supervision, first in every table
+PIXELS_ARM = "pixels"  # the floor arm: a linear probe on the raw pixels (its encoder: PIXELS_ENCODER)
+PIXELS_ENCODER = "pixels"  # ssl_models.encoders' encoder of the pixels arm: the image flattened, no weights
+SCRATCH_ARM = "scratch"  # the floor arm: the encoder fine-tuned from random weights
+FLOORS = (PIXELS_ARM, SCRATCH_ARM)  # arms without self-supervision, first in every table
 STUDENT_SUFFIX = "+student"
 
 

@@ -27,7 +27,7 @@ from ssl_models.fixmatch import SelfTrainConfig, train_fixmatch
 from ssl_models.heads import Classifier
 from ssl_models.metrics import expected_calibration_error
 from ssl_models.train import validation_scores
-from sslflow.ladder import FLOORS
+from sslflow.ladder import FLOORS, SCRATCH_ARM
 from sslflow.training.labelled_subset import labelled_subset_rows
 from sslflow.training.selection import select_best
 
@@ -115,7 +115,7 @@ def student_starts(models: list, top_rung_arm: str) -> list[tuple]:
     floors = [model for model in models if model.init in FLOORS]
     return [
         (student_start(models, top_rung_arm), select_best(models)),
-        (student_start(models, "scratch"), select_best(floors)),
+        (student_start(models, SCRATCH_ARM), select_best(floors)),
     ]
 
 
