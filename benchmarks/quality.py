@@ -19,7 +19,7 @@ The protocol (the pipeline's functions, larger settings):
   any interval can be recomputed.
 
     python benchmarks/quality.py                 # GPU: all 70k Fashion-MNIST, ResNet-18, long schedules
-    python benchmarks/quality.py --cpu-budget    # small_cnn on 2 CPU cores, 3 seeds, about an hour; the JSON is rewritten after each seed
+    python benchmarks/quality.py --cpu-budget    # small_cnn, 2 CPU cores, 3 seeds, about an hour; JSON written per seed
     python benchmarks/quality.py --smoke         # a minute of tiny settings, one seed: the script works (tests use it)
 """
 
@@ -166,7 +166,8 @@ def _scored(record: SimpleNamespace, fraction: float, data: SimpleNamespace) -> 
     record.label_fraction = fraction
     rows, _ = evaluate_classifier(record.model, record, data.eval_sets, data.cases)
     print(
-        f"seed {record.seed} {record.init:22s} {record.probe:8s} {fraction:5g} ({record.num_labels} + {record.num_val_labels} labels, {record.chosen},"
+        f"seed {record.seed} {record.init:22s} {record.probe:8s} {fraction:5g} ({record.num_labels} + "
+        f"{record.num_val_labels} labels, {record.chosen},"
         f" best step {record.best_step}): in-domain {rows[0]['accuracy']:.4f}",
         flush=True,
     )

@@ -139,7 +139,8 @@ def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
 def comparison_lines(comparisons: dict[str, dict]) -> list[str]:
     """One printable line per comparison, with the labels each side used (training + validation)."""
     return [
-        f"{name}: {c['ours']} ({c['ours_labels']} labels) {c['ours_accuracy']:.4f} vs {c['theirs']} ({c['theirs_labels']} labels)"
+        f"{name}: {c['ours']} ({c['ours_labels']} labels) {c['ours_accuracy']:.4f} vs {c['theirs']} "
+        f"({c['theirs_labels']} labels)"
         f" {c['theirs_accuracy']:.4f}, difference {c['difference']} -> {c['verdict']}"
         for name, c in comparisons.items()
     ]

@@ -125,7 +125,8 @@ def student_start(models: list, arm: str):
     starts = [model for model in models if (model.init, model.probe) == (arm, "finetune")]
     if len(starts) != 1:
         raise ValueError(
-            f"self-training continues the model fine-tuned from the {arm} encoder; found {len(starts)} among {sorted((m.init, m.probe) for m in models)}"
+            f"self-training continues the model fine-tuned from the {arm} encoder; found {len(starts)} among "
+            f"{sorted((m.init, m.probe) for m in models)}"
         )
     return starts[0]
 
