@@ -188,6 +188,30 @@ def _teacher(config: PretrainConfig, shape: tuple[int, ...]) -> tuple[torch.nn.M
     return teacher, {"teacher": config.teacher, "teacher.source": weights.source, "teacher.sha256": weights.sha256}
 
 
+def _stage_params(rung: Rung, dataset: Dataset, encoder_name: str, config: PretrainConfig, lineage: dict) -> dict:
+    """The params of a rung's MLflow stage run: its config, method, arm, encoder, dataset and lineage."""
+    return {
+        "config": config,
+        "method": config.method,
+        "arm": arm(config.method, rung.name),
+        "encoder": encoder_name,
+        "dataset": dataset.name,
+        "dataset.sha256": dataset.content_sha256,
+        **lineage,
+    }
+
+
+def _log_outcome(stage: str, collapsed: str, resume_state: dict | None, encoder_file: Path) -> None:
+    """On the stage run: why the representation collapsed (if it did), the epoch a resumed run started after, and
+    the encoder file."""
+    if collapsed:
+        log.warning("%s: %s; its fine-tuned models are not selectable", stage, collapsed)
+        mlflow.set_tag("collapsed", collapsed)
+    if resume_state is not None:
+        mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])
+    mlflow.log_artifact(str(encoder_file), artifact_path="checkpoint")
+
+
 def _pretrain(
     rung: Rung,
     dataset: Dataset,
@@ -209,15 +233,7 @@ def _pretrain(
     teacher, teacher_lineage = _teacher(config, shape)
     lineage = {**lineage, **(weights.params() if weights else {}), **teacher_lineage}
     case_ids = manifest["case_id"].tolist() if case_pairs else list(range(len(manifest)))
-    params = {
-        "config": config,
-        "method": config.method,
-        "arm": arm(config.method, rung.name),
-        "encoder": encoder_name,
-        "dataset": dataset.name,
-        "dataset.sha256": dataset.content_sha256,
-        **lineage,
-    }
+    params = _stage_params(rung, dataset, encoder_name, config, lineage)
     with stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext() as run:
         if run is not None:
             _log_pool(manifest, CasePairSampler(case_ids), case_pairs=case_pairs)
@@ -230,28 +246,15 @@ def _pretrain(
             if is_main_process():
                 checkpoints.save(state_fn())
 
-        resume_state = (
-            checkpoints.load() if is_main_process() else None
-        )  # rank 0's reaches every rank (pretrain_contrastive)
+        resume = checkpoints.load() if is_main_process() else None  # reaches every rank (pretrain_contrastive)
         monitor = _knn_monitor(dataset, config)
         history = pretrain_contrastive(
-            encoder,
-            data,
-            config,
-            on_epoch_end=end_of_epoch,
-            resume_state=resume_state,
-            monitor=monitor,
-            teacher=teacher,
+            encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume, monitor=monitor, teacher=teacher
         )
         collapsed = METHODS[config.method].collapse_reason(history[-1]) if history else ""
         path, sha256 = save_state_dict(encoder, Path(current_context().working_directory), stage, "encoder.pt")
         if run is not None:
-            if collapsed:
-                log.warning("%s: %s; its fine-tuned models are not selectable", stage, collapsed)
-                mlflow.set_tag("collapsed", collapsed)
-            if resume_state is not None:
-                mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])
-            mlflow.log_artifact(str(path), artifact_path="checkpoint")
+            _log_outcome(stage, collapsed, resume, path)
         if is_main_process():
             checkpoints.clear()
     leave_process_group()  # every rank done: the group's destructor must not run at the worker's exit

@@ -17,12 +17,14 @@ from flytekit import workflow
 from ssl_models.train import PretrainConfig
 from sslflow.config import IngestConfig
 from workflows.ingest import ingest
+from tasks.ingest import source_fingerprint
 from tasks.pretrain import pretrain_generic
 from sslflow.tracking.runs import start_parent_run
 
 @workflow
 def pretrain_only(run_id: str):
-    dataset = ingest(source="mnist-5k", config=IngestConfig(max_images=600), parent_run_id=run_id)
+    fingerprint = source_fingerprint(source="mnist-5k")
+    dataset = ingest(source="mnist-5k", fingerprint=fingerprint, config=IngestConfig(max_images=600), parent_run_id=run_id)
     pretrain_generic(dataset=dataset, encoder_name="small_cnn", config=PretrainConfig(epochs=6, batch_size=64), parent_run_id=run_id)
 
 pretrain_only(run_id=start_parent_run("resume-test", {}))
