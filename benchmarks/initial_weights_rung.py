@@ -53,7 +53,7 @@ USED = (
     "generic_images",
     "domain_images",
     "shift_images",
-    "simclr",
+    "generic_pretraining",
     "finetune",
     "seeds",
 )  # of quality.py's settings
