@@ -54,7 +54,7 @@ USED = (
     "generic_images",
     "domain_images",
     "shift_images",
-    "simclr",
+    "generic_pretraining",
     "finetune",
     "seeds",
 )  # of quality.py's settings
@@ -64,7 +64,7 @@ SETTINGS = {
     "cpu-budget": dict(
         {k: v for k, v in QUALITY_SETTINGS["cpu-budget"].items() if k in USED},
         generic_images=3000,
-        simclr=PretrainConfig(epochs=2),
+        generic_pretraining=PretrainConfig(epochs=2),
         user_weights=FinetuneConfig(epochs=2, eval_every=20, patience=3),
     ),
     "smoke": dict(
@@ -119,7 +119,7 @@ def one_seed(settings: dict, data: SimpleNamespace, seed: int, folder: Path) -> 
     """(result rows of every arm at FRACTION, the user weights' training summary) for ``seed``."""
     weights_path = folder / f"fashion_mnist_{settings['encoder']}_seed{seed}.pt"
     user = train_user_weights(settings, data, seed, weights_path)
-    simclr = dataclasses.replace(settings["simclr"], seed=seed)
+    simclr = dataclasses.replace(settings["generic_pretraining"], seed=seed)
     encoders = {
         "scratch": None,
         WEIGHTS_ALONE: generic_rung(

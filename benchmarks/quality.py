@@ -19,7 +19,7 @@ The protocol (the pipeline's functions, larger settings):
   any interval can be recomputed.
 
     python benchmarks/quality.py                 # GPU: all 70k Fashion-MNIST, ResNet-18, long schedules
-    python benchmarks/quality.py --cpu-budget    # small_cnn on 2 CPU cores, 3 seeds, about an hour; the JSON is rewritten after each seed
+    python benchmarks/quality.py --cpu-budget    # small_cnn, 2 CPU cores, 3 seeds, about an hour; JSON written per seed
     python benchmarks/quality.py --smoke         # a minute of tiny settings, one seed: the script works (tests use it)
 """
 
@@ -49,7 +49,7 @@ from sslflow.config import IngestConfig  # noqa: E402
 from sslflow.data.chunks import ingest_source  # noqa: E402
 from sslflow.data.dataset import read_images  # noqa: E402
 from sslflow.evaluation import evaluate_classifier, evaluation_sets, in_domain_test_cases  # noqa: E402
-from sslflow.ladder import LADDER, arm, student_arm  # noqa: E402
+from sslflow.ladder import LADDER, PIXELS_ARM, PIXELS_ENCODER, SCRATCH_ARM, arm, student_arm  # noqa: E402
 from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
 from sslflow.reporting.curves import headlines, savings_curves  # noqa: E402
 from sslflow.reporting.label_savings import savings_curve_figure  # noqa: E402
@@ -62,16 +62,16 @@ SETTINGS = {
     "gpu": dict(
         encoder="resnet18",
         generic_images=0,
-        simclr=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
-        micle=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3),
+        generic_pretraining=PretrainConfig(epochs=100, batch_size=512, learning_rate=1e-3),
+        domain_pretraining=PretrainConfig(epochs=200, batch_size=512, learning_rate=1e-3),
         finetune=FinetuneConfig(epochs=30, min_steps=300, **SEARCH),
         self_train=SelfTrainConfig(steps=2000, batch_size=64, unlabelled_ratio=7),
     ),
     "cpu-budget": dict(
         encoder="small_cnn",
         generic_images=6000,
-        simclr=PretrainConfig(epochs=4),
-        micle=PretrainConfig(epochs=6),
+        generic_pretraining=PretrainConfig(epochs=4),
+        domain_pretraining=PretrainConfig(epochs=6),
         finetune=FinetuneConfig(epochs=4, min_steps=100, eval_every=10, patience=3, **SEARCH),
         self_train=SelfTrainConfig(steps=150, max_label_fraction=0.05),
         fractions=(0.01, 0.02, 0.03, 0.05, 0.1, 1.0),
@@ -82,8 +82,8 @@ SETTINGS = {
         generic_images=200,
         domain_images=400,
         shift_images=100,
-        simclr=PretrainConfig(epochs=1, batch_size=128),
-        micle=PretrainConfig(epochs=1, batch_size=128),
+        generic_pretraining=PretrainConfig(epochs=1, batch_size=128),
+        domain_pretraining=PretrainConfig(epochs=1, batch_size=128),
         finetune=FinetuneConfig(epochs=1, min_steps=2, learning_rates=[1e-3, 3e-3], probe_inverse_l2=[1.0]),
         self_train=SelfTrainConfig(steps=2, eval_every=2, confidence_threshold=0.0, max_label_fraction=0.1),
         seeds=(0, 1),
@@ -106,24 +106,24 @@ def dataset(source: str, config: IngestConfig):
 def pretrain_encoders(settings: dict, data: SimpleNamespace, seed: int) -> dict:
     """{arm: encoder}: the generic rung on the generic set and the top rung (case pairs) continued from it on the
     domain set, both from ``seed``; test splits unused."""
-    method, top = settings["simclr"].method, LADDER[-1]
-    simclr, micle = (
-        dataclasses.replace(settings["simclr"], seed=seed),
-        dataclasses.replace(settings["micle"], seed=seed),
+    method, top = settings["generic_pretraining"].method, LADDER[-1]
+    generic_config, domain_config = (
+        dataclasses.replace(settings["generic_pretraining"], seed=seed),
+        dataclasses.replace(settings["domain_pretraining"], seed=seed),
     )
     generic = build_encoder(settings["encoder"], 1, 28, seed=seed)
     pool = data.generic["split"].isin(["train", "val"]).to_numpy()
     pretrain_contrastive(
         generic,
         InMemoryPairs(torch.from_numpy(data.generic_pixels[pool]), list(range(int(pool.sum()))), seed=seed),
-        simclr,
+        generic_config,
     )
     pool = data.domain["split"].isin(["train", "val"]).to_numpy()
     continued = copy.deepcopy(generic)
     pretrain_contrastive(
         continued,
         InMemoryPairs(torch.from_numpy(data.domain_pixels[pool]), data.domain.loc[pool, "case_id"].tolist(), seed=seed),
-        micle,
+        domain_config,
     )
     return {arm(method, LADDER[0].name): generic, arm(method, top.name): continued}
 
@@ -132,7 +132,7 @@ def train_arm(settings: dict, init: str, probe: str, encoder, subset, seed: int)
     """One arm on one label budget: the model and what evaluation reads of it (sslflow.evaluation.EvaluatedModel)."""
     config = dataclasses.replace(settings["finetune"], linear_probe=probe == "linear", seed=seed)
     if encoder is None:
-        encoder = build_encoder("pixels" if init == "pixels" else settings["encoder"], 1, 28, seed=seed)
+        encoder = build_encoder(PIXELS_ENCODER if init == PIXELS_ARM else settings["encoder"], 1, 28, seed=seed)
     validation = (torch.from_numpy(subset.val_images), subset.val_labels)
     model, history = finetune(
         copy.deepcopy(encoder),
@@ -167,7 +167,8 @@ def _scored(record: SimpleNamespace, fraction: float, data: SimpleNamespace) -> 
     record.label_fraction = fraction
     rows, _ = evaluate_classifier(record.model, record, data.eval_sets, data.cases)
     print(
-        f"seed {record.seed} {record.init:22s} {record.probe:8s} {fraction:5g} ({record.num_labels} + {record.num_val_labels} labels, {record.chosen},"
+        f"seed {record.seed} {record.init:22s} {record.probe:8s} {fraction:5g} ({record.num_labels} + "
+        f"{record.num_val_labels} labels, {record.chosen},"
         f" best step {record.best_step}): in-domain {rows[0]['accuracy']:.4f}",
         flush=True,
     )
@@ -178,9 +179,9 @@ def ablation(settings: dict, encoders: dict, data: SimpleNamespace, seed: int) -
     """Every arm at every fraction for one seed (the encoders of the settings' ``rungs``, all without); also
     {fraction: the trained records} for the students."""
     results, trained = [], {}
-    method, rungs = settings["simclr"].method, settings.get("rungs", [rung.name for rung in LADDER])
+    method, rungs = settings["generic_pretraining"].method, settings.get("rungs", [rung.name for rung in LADDER])
     tried = [init for init in encoders if init in [arm(method, rung) for rung in rungs]]
-    arms = [("pixels", "linear"), ("scratch", "finetune")] + [
+    arms = [(PIXELS_ARM, "linear"), (SCRATCH_ARM, "finetune")] + [
         (init, probe) for init in tried for probe in ("linear", "finetune")
     ]
     for fraction in settings.get("fractions", FRACTIONS):
@@ -282,7 +283,7 @@ def main() -> None:
     mode = "smoke" if args.smoke else "cpu-budget" if args.cpu_budget else "gpu"
     settings, started = SETTINGS[mode], time.perf_counter()
     data = load_data(settings)
-    results, reports, top = [], [], arm(settings["simclr"].method, LADDER[-1].name)
+    results, reports, top = [], [], arm(settings["generic_pretraining"].method, LADDER[-1].name)
     settings_record = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in settings.items()}
     for seed in settings.get("seeds", SEEDS):
         encoders = pretrain_encoders(settings, data, seed)

@@ -143,7 +143,8 @@ class IngestConfig:
             )
         if self.bits_stored != 0 and not 8 <= self.bits_stored <= 16:
             raise ValueError(
-                f"IngestConfig.bits_stored must be 0 (infer per image) or a bit depth from 8 to 16, got {self.bits_stored}"
+                "IngestConfig.bits_stored must be 0 (infer per image) or a bit depth from 8 to 16, got "
+                f"{self.bits_stored}"
             )
         for name, allowed in DICOM_CHOICES.items():
             if getattr(self, name) not in allowed:
@@ -186,7 +187,8 @@ class RegistryConfig:
     def __post_init__(self) -> None:
         if "'" in self.model_name or self.model_name != self.model_name.strip():
             raise ValueError(
-                f"RegistryConfig.model_name must be a name without quotes or surrounding blanks (or empty), got {self.model_name!r}"
+                "RegistryConfig.model_name must be a name without quotes or surrounding blanks (or empty), got "
+                f"{self.model_name!r}"
             )
         for name in ("non_inferiority_margin", "max_shift_drop"):
             value = getattr(self, name)

@@ -21,7 +21,8 @@ from sslflow.errors import ServiceUnavailable
 
 # RuntimeErrors of torch that mean the hardware or its driver failed, not the code or the input
 _HARDWARE_MESSAGES = re.compile(
-    r"CUDA error|CUDA driver error|NCCL error|DataLoader worker \(pid \d+\) is killed by signal|cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"
+    r"CUDA error|CUDA driver error|NCCL error|DataLoader worker \(pid \d+\) is killed by signal|cuDNN error: "
+    r"CUDNN_STATUS_INTERNAL_ERROR"
 )
 
 

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from ssl_models.methods import METHODS
 from sslflow.errors import Refusal
 
-FLOORS = ("pixels", "scratch")  # arms without self-supervision, first in every table
+PIXELS_ARM = "pixels"  # the floor arm: a linear probe on the raw pixels (its encoder: PIXELS_ENCODER)
+PIXELS_ENCODER = "pixels"  # ssl_models.encoders' encoder of the pixels arm: the image flattened, no weights
+SCRATCH_ARM = "scratch"  # the floor arm: the encoder fine-tuned from random weights
+FLOORS = (PIXELS_ARM, SCRATCH_ARM)  # arms without self-supervision, first in every table
 STUDENT_SUFFIX = "+student"
 
 
@@ -39,9 +42,9 @@ class Rung:
 
 
 LADDER = (
-    Rung("generic", "", "pretrain_simclr", case_pairs=False, step=""),
-    Rung("domain", "+domain", "pretrain_domain_simclr", case_pairs=False, step="domain {method}"),
-    Rung("case_pairs", "+micle", "pretrain_micle", case_pairs=True, step="MICLe pairs"),
+    Rung("generic", "", "pretrain_generic", case_pairs=False, step=""),
+    Rung("domain", "+domain", "pretrain_domain", case_pairs=False, step="domain {method}"),
+    Rung("case_pairs", "+micle", "pretrain_case_pairs", case_pairs=True, step="MICLe pairs"),
 )
 RUNGS = {rung.name: rung for rung in LADDER}
 
@@ -101,15 +104,20 @@ def check_initial_weights(rung: str, initial_weights: str) -> None:
     """LadderError if a rung above the generic one is given initial weights: it starts from the rung below it."""
     if initial_weights and rung != LADDER[0].name:
         raise LadderError(
-            f"initial_weights={initial_weights!r} is set in the configuration of the {rung!r} rung, which starts from the generic rung's "
-            f"encoder: give the weights in the generic rung's configuration ('simclr') and leave the domain one's ('micle') empty"
+            f"initial_weights={initial_weights!r} is set in the configuration of the {rung!r} rung, which starts from "
+            "the generic rung's encoder: give the weights in the generic rung's configuration ('generic_pretraining') "
+            "and leave the domain one's ('domain_pretraining') empty"
         )
 
 
-def check_one_method(generic_method: str, domain_method: str) -> None:
-    """LadderError unless both rungs' configurations name the same method: the ladder compares rungs, not methods."""
-    if generic_method != domain_method:
+def continued_method(generic_method: str, domain_method: str, *, default_method: str) -> str:
+    """The method of the domain rungs: the generic rung's (``generic_method``), which they continue; the method is
+    given once, in the generic rung's configuration. LadderError if the domain configuration names another method
+    than its default (``default_method``, PretrainConfig's): the ladder compares rungs, not methods."""
+    if domain_method not in (generic_method, default_method):
         raise LadderError(
-            f"the generic pretraining config has method={generic_method!r} and the domain one method={domain_method!r}: "
-            "give both the same method (the ladder's steps compare pretraining data and pairs, not methods)"
+            f"the domain pretraining config has method={domain_method!r} but the generic rung's encoder was trained "
+            f"with method={generic_method!r}: the domain rungs continue the generic rung's method; leave "
+            "'method' out of domain_pretraining (or give the generic one) and set it in generic_pretraining"
         )
+    return generic_method

@@ -37,7 +37,8 @@ def service_timeout_s() -> float:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
         raise Refusal(
-            f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds above 0: set it to e.g. 5, or unset it for {DEFAULT_TIMEOUT_S:g}"
+            f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds above 0: set it to e.g. 5, or unset it for "
+            f"{DEFAULT_TIMEOUT_S:g}"
         )
     return seconds
 

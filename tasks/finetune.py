@@ -15,6 +15,7 @@ from flytekit.types.file import FlyteFile
 
 from images.specs import cpu_image
 from ssl_models.finetuning import FinetuneConfig, finetune, validation_scores
+from sslflow.ladder import PIXELS_ARM, PIXELS_ENCODER, SCRATCH_ARM
 from sslflow.tracking.runs import stage_run
 from sslflow.training.fit import fit_summary
 from sslflow.training.labelled_subset import labelled_subset
@@ -167,7 +168,7 @@ def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """The baseline: the same architecture, recipe and search from random initialisation."""
-    return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init="scratch", lineage={})
+    return _finetune(domain, None, encoder_name, label_fraction, config, parent_run_id, init=SCRATCH_ARM, lineage={})
 
 
 @task(cache=pipeline_cache("6"), **FINETUNE_TASK_SETTINGS)
@@ -177,7 +178,7 @@ def probe_pixels(
 ) -> Annotated[FinetunedModel, HashMethod(content_hash)]:
     """The floor: the linear probe on raw pixels (multinomial logistic regression on standardised pixels)."""
     config = dataclasses.replace(config, linear_probe=True)
-    return _finetune(domain, None, "pixels", label_fraction, config, parent_run_id, init="pixels", lineage={})
+    return _finetune(domain, None, PIXELS_ENCODER, label_fraction, config, parent_run_id, init=PIXELS_ARM, lineage={})
 
 
 @dynamic(cache=pipeline_cache("7"), container_image=cpu_image, requests=Resources(cpu="1", mem="2Gi"))

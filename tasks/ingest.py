@@ -85,10 +85,12 @@ def _pseudonym_key() -> str | None:
         return key
     if os.environ.get("FLYTE_INTERNAL_EXECUTION_ID"):  # set in every pod of a Flyte cluster execution
         raise MissingSecretError(
-            f"the Flyte Secret {PSEUDONYM_SECRET.group}/{PSEUDONYM_SECRET.key} is {'empty' if key is not None else 'missing'} in this pod: "
-            f"create it in the project's namespace (e.g. kubectl -n <project>-<domain> create secret generic {PSEUDONYM_SECRET.group} "
-            f"--from-literal={PSEUDONYM_SECRET.key}=$(openssl rand -hex 32)) and keep it; without it each chunk pod would "
-            "pseudonymise with a key of its own and one patient would become several cases"
+            f"the Flyte Secret {PSEUDONYM_SECRET.group}/{PSEUDONYM_SECRET.key} is "
+            f"{'empty' if key is not None else 'missing'} in this pod: "
+            "create it in the project's namespace (e.g. kubectl -n <project>-<domain> create secret generic "
+            f"{PSEUDONYM_SECRET.group} --from-literal={PSEUDONYM_SECRET.key}=$(openssl rand -hex 32)) and keep it; "
+            "without it each chunk pod would pseudonymise with a key of its own and one patient would become several "
+            "cases"
         )
     return None
 

@@ -3,6 +3,8 @@ it, closes it and renders the summary `pyflyte run` prints."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 from flytekit import Cache, Resources, task
 
@@ -13,7 +15,7 @@ from ssl_models.pretraining import PretrainConfig
 from sslflow.config import RegistryConfig, check_seeds
 from sslflow.data.validation import check_label_fractions
 from sslflow.evaluation import accuracy_metric_key
-from sslflow.ladder import check_initial_weights, check_one_method
+from sslflow.ladder import check_initial_weights, continued_method
 from sslflow.registry.record import Registration
 from sslflow.reporting.summary import pipeline_summary
 from sslflow.reporting.tables import results_markdown
@@ -23,7 +25,7 @@ from tasks.shared import MLFLOW_SECRETS, outages_are_recoverable
 
 
 @task(
-    cache=Cache(version="7"),
+    cache=Cache(version="8"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="1Gi"),
     retries=2,
@@ -37,8 +39,8 @@ def start_pipeline_run(
     shift_source: str,
     source_fingerprints: list[str],
     encoder_name: str,
-    simclr: PretrainConfig,
-    micle: PretrainConfig,
+    generic_pretraining: PretrainConfig,
+    domain_pretraining: PretrainConfig,
     finetune: FinetuneConfig,
     label_fractions: list[float],
     seeds: list[int],
@@ -53,15 +55,17 @@ def start_pipeline_run(
     """
     check_label_fractions(label_fractions)  # before any work: a bad fraction would fail only after training
     check_seeds(seeds)
-    check_one_method(simclr.method, micle.method)
-    check_initial_weights("domain", micle.initial_weights)
+    method = continued_method(  # the domain rungs' (tasks/pretrain.py): the generic rung's
+        generic_pretraining.method, domain_pretraining.method, default_method=PretrainConfig().method
+    )
+    check_initial_weights("domain", domain_pretraining.initial_weights)
     settings = {
         "generic_source": generic_source,
         "domain_source": domain_source,
         "shift_source": shift_source,
         "encoder": encoder_name,
-        "simclr": simclr,
-        "micle": micle,
+        "generic_pretraining": generic_pretraining,
+        "domain_pretraining": dataclasses.replace(domain_pretraining, method=method),
         "finetune": finetune,
         "label_fractions": label_fractions,
         "seeds": seeds,
@@ -72,7 +76,7 @@ def start_pipeline_run(
 
 
 @task(
-    cache=Cache(version="8"),
+    cache=Cache(version="9"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="1Gi"),
     retries=2,

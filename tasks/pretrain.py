@@ -1,8 +1,8 @@
-"""The pretraining ladder (sslflow.ladder.LADDER) with the configured method (PretrainConfig.method: SimCLR,
-MoCo v2, BYOL): pretrain_simclr (generic images), then from its encoder on the domain images:
-pretrain_domain_simclr (views of one image) and pretrain_micle (case pairs: two images of one case), same
-method, epochs and schedule, so the two differ only in the pairing rule. The task names are the SimCLR
-pipeline's; each encoder's ``arm`` names what ran ("moco+micle").
+"""The pretraining ladder (sslflow.ladder.LADDER), one task a rung, with the configured method (PretrainConfig.method:
+SimCLR, MoCo v2, BYOL, DINO, distillation): pretrain_generic (generic images), then from its encoder on the domain
+images: pretrain_domain (views of one image) and pretrain_case_pairs (case pairs: two images of one case), with the
+generic encoder's method (sslflow.ladder.continued_method), same epochs and schedule, so the two differ only in the
+pairing rule. Each encoder's ``arm`` names what ran ("moco+micle").
 
 Every epoch logs the method's loss and, where the dataset has labelled train and val rows, the kNN
 accuracy of the encoder's features (ssl_models.evaluate.KnnMonitor) on the val split."""
@@ -10,6 +10,7 @@ accuracy of the encoder's features (ssl_models.evaluate.KnnMonitor) on the val s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -38,7 +39,7 @@ from sslflow.data.dataset import (
 )
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
-from sslflow.ladder import RUNGS, Rung, arm, check_initial_weights
+from sslflow.ladder import RUNGS, Rung, arm, check_initial_weights, continued_method, method_of
 from sslflow.tracking.initial_weights import InitialWeights, encoder_from_weights
 from sslflow.tracking.runs import stage_run
 from sslflow.training.checkpoints import EpochCheckpoints
@@ -57,9 +58,13 @@ from tasks.shared import (
 )
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = "state-v3"  # ContrastiveRun.state's layout (v2: every rank's generator; v3: MoCo's steps_done): a local checkpoint of another layout is not resumed
+# ContrastiveRun.state's layout (v2: every rank's generator; v3: MoCo's steps_done): a local checkpoint of another
+# layout is not resumed
+STATE_FORMAT = "state-v3"
 
-MONITOR_IMAGES = 1000  # the kNN monitor's bank (train) and queries (val): at most this many labelled images of each (about 2 s an epoch on 2 loaded CPU cores, small_cnn, 28 px)
+# the kNN monitor's bank (train) and queries (val): at most this many labelled images of each (about 2 s an epoch on
+# 2 loaded CPU cores, small_cnn, 28 px)
+MONITOR_IMAGES = 1000
 
 
 def _monitor_rows(manifest: pd.DataFrame) -> pd.Series:
@@ -165,6 +170,13 @@ def _starting_encoder(
     return initial_encoder(None, encoder_name, in_channels, image_size, seed=config.seed), None
 
 
+def _continued_config(config: PretrainConfig, initial: EncoderCheckpoint) -> PretrainConfig:
+    """A domain rung's ``config`` with the method of the encoder it starts from (``initial.arm``'s): LadderError if
+    ``config`` names another method."""
+    method = continued_method(method_of(initial.arm), config.method, default_method=PretrainConfig().method)
+    return dataclasses.replace(config, method=method)
+
+
 def _teacher(config: PretrainConfig, shape: tuple[int, ...]) -> tuple[torch.nn.Module | None, dict]:
     """The frozen teacher of a distillation method (its settings' teacher with teacher_weights) and its lineage params;
     (None, {}) for the other methods."""
@@ -181,6 +193,31 @@ def _teacher(config: PretrainConfig, shape: tuple[int, ...]) -> tuple[torch.nn.M
     return teacher, {"teacher": settings.teacher, "teacher.source": weights.source, "teacher.sha256": weights.sha256}
 
 
+def _stage_params(rung: Rung, dataset: Dataset, encoder_name: str, config: PretrainConfig, lineage: dict) -> dict:
+    """The params of a rung's MLflow stage run: its config, method, arm, encoder, dataset and lineage."""
+    return {
+        "config": config,
+        "method": config.method,
+        "method_settings": config.settings,
+        "arm": arm(config.method, rung.name),
+        "encoder": encoder_name,
+        "dataset": dataset.name,
+        "dataset.sha256": dataset.content_sha256,
+        **lineage,
+    }
+
+
+def _log_outcome(stage: str, collapsed: str, resume_state: dict | None, encoder_file: Path) -> None:
+    """On the stage run: why the representation collapsed (if it did), the epoch a resumed run started after, and
+    the encoder file."""
+    if collapsed:
+        log.warning("%s: %s; its fine-tuned models are not selectable", stage, collapsed)
+        mlflow.set_tag("collapsed", collapsed)
+    if resume_state is not None:
+        mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])
+    mlflow.log_artifact(str(encoder_file), artifact_path="checkpoint")
+
+
 def _pretrain(
     rung: Rung,
     dataset: Dataset,
@@ -194,6 +231,7 @@ def _pretrain(
     """initial None: a new ``encoder_name`` encoder with random weights. rung.case_pairs: MICLe pairs (else two views of
     one image)."""
     show_progress()
+    config = config if initial is None else _continued_config(config, initial)
     stage, case_pairs = rung.stage, rung.case_pairs
     manifest, data, shape = _pretraining_data(dataset, config, case_pairs=case_pairs)
     in_channels, image_size = int(shape[0]), int(shape[-1])
@@ -201,16 +239,7 @@ def _pretrain(
     teacher, teacher_lineage = _teacher(config, shape)
     lineage = {**lineage, **(weights.params() if weights else {}), **teacher_lineage}
     case_ids = manifest["case_id"].tolist() if case_pairs else list(range(len(manifest)))
-    params = {
-        "config": config,
-        "method": config.method,
-        "method_settings": config.settings,
-        "arm": arm(config.method, rung.name),
-        "encoder": encoder_name,
-        "dataset": dataset.name,
-        "dataset.sha256": dataset.content_sha256,
-        **lineage,
-    }
+    params = _stage_params(rung, dataset, encoder_name, config, lineage)
     with stage_run(parent_run_id, stage, params) if is_main_process() else contextlib.nullcontext() as run:
         if run is not None:
             _log_pool(manifest, CasePairSampler(case_ids), case_pairs=case_pairs)
@@ -223,28 +252,15 @@ def _pretrain(
             if is_main_process():
                 checkpoints.save(state_fn())
 
-        resume_state = (
-            checkpoints.load() if is_main_process() else None
-        )  # rank 0's reaches every rank (pretrain_contrastive)
+        resume = checkpoints.load() if is_main_process() else None  # reaches every rank (pretrain_contrastive)
         monitor = _knn_monitor(dataset, config)
         history = pretrain_contrastive(
-            encoder,
-            data,
-            config,
-            on_epoch_end=end_of_epoch,
-            resume_state=resume_state,
-            monitor=monitor,
-            teacher=teacher,
+            encoder, data, config, on_epoch_end=end_of_epoch, resume_state=resume, monitor=monitor, teacher=teacher
         )
         collapsed = METHODS[config.method].collapse_reason(history[-1]) if history else ""
         path, sha256 = save_state_dict(encoder, Path(current_context().working_directory), stage, "encoder.pt")
         if run is not None:
-            if collapsed:
-                log.warning("%s: %s; its fine-tuned models are not selectable", stage, collapsed)
-                mlflow.set_tag("collapsed", collapsed)
-            if resume_state is not None:
-                mlflow.set_tag("resumed_after_epoch", resume_state["epoch"])
-            mlflow.log_artifact(str(path), artifact_path="checkpoint")
+            _log_outcome(stage, collapsed, resume, path)
         if is_main_process():
             checkpoints.clear()
     leave_process_group()  # every rank done: the group's destructor must not run at the worker's exit
@@ -264,7 +280,7 @@ def _pretrain(
 
 @task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
-def pretrain_simclr(
+def pretrain_generic(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """The generic rung: config.method (SimCLR by default, arXiv 2002.05709) from random initialisation, or from the
@@ -274,7 +290,7 @@ def pretrain_simclr(
 
 @task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
-def pretrain_micle(
+def pretrain_case_pairs(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """The case-pairs rung, MICLe's pairing (arXiv 2101.05224) with config.method, from the generic encoder:
@@ -287,7 +303,7 @@ def pretrain_micle(
 
 @task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)
 @outages_are_recoverable
-def pretrain_domain_simclr(
+def pretrain_domain(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
     """The domain rung: config.method continued on the domain images from the generic encoder, without case

@@ -102,7 +102,8 @@ class FinetunedModel:
     image_size: int
     class_names: list[str]
     # where the weights came from: a floor ("pixels", "scratch"), a ladder arm ("simclr", "simclr+domain",
-    # "simclr+micle"; "moco+micle" for MoCo v2: sslflow.ladder) or a student ("simclr+micle+student", tasks/self_train.py)
+    # "simclr+micle"; "moco+micle" for MoCo v2: sslflow.ladder) or a student ("simclr+micle+student",
+    # tasks/self_train.py)
     init: str
     probe: str  # "linear" (encoder frozen) or "finetune" (encoder trained too)
     label_fraction: float
@@ -226,7 +227,8 @@ MLFLOW_SECRETS = {
 }.get(MLFLOW_AUTH)
 if MLFLOW_SECRETS is None:
     raise ValueError(
-        f"SSLFLOW_MLFLOW_AUTH={MLFLOW_AUTH!r}: set it to basic, token or nothing (a tracking server without authentication)"
+        f"SSLFLOW_MLFLOW_AUTH={MLFLOW_AUTH!r}: set it to basic, token or nothing (a tracking server without "
+        "authentication)"
     )
 
 # Workers per pod: the GPUs a training pod requests and the processes Elastic starts in it, one per GPU. Read where
@@ -262,8 +264,9 @@ class ElasticWorkersTask(PytorchElasticFunctionTask):
                 signal_name = killed_by_signal(failure.exitcode)
                 if signal_name is not None:
                     raise FlyteRecoverableException(
-                        f"{RETRIED}a worker process: rank {rank} was killed by {signal_name} (the node's OOM killer or a "
-                        "preemption); if every attempt is, give the pod more memory or lower PretrainConfig.batch_size"
+                        f"{RETRIED}a worker process: rank {rank} was killed by {signal_name} (the node's OOM killer "
+                        "or a preemption); if every attempt is, give the pod more memory or lower "
+                        "PretrainConfig.batch_size"
                     ) from error
             raise
 

@@ -77,7 +77,8 @@ def validate(
         )
         if not report["success"]:
             raise DataValidationError(
-                f"dataset {dataset.name!r} failed {len(report['failures'])} expectation(s) (images are named by their image_key; "
+                f"dataset {dataset.name!r} failed {len(report['failures'])} expectation(s) (images are named by "
+                "their image_key; "
                 "`python -m sslflow.data.image_keys <source> <key>...` names their files):\n  "
                 + "\n  ".join(report["failures"])
             )

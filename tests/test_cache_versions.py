@@ -21,9 +21,9 @@ from cache_versions import (
 )
 
 PRETRAINING = {
-    "tasks.pretrain.pretrain_simclr",
-    "tasks.pretrain.pretrain_micle",
-    "tasks.pretrain.pretrain_domain_simclr",
+    "tasks.pretrain.pretrain_generic",
+    "tasks.pretrain.pretrain_case_pairs",
+    "tasks.pretrain.pretrain_domain",
 }
 
 
@@ -103,7 +103,7 @@ def test_a_refactor_is_recorded_without_a_bump_only_when_said(tmp_path, monkeypa
 
 def test_bump_raises_a_tasks_version_in_its_decorator_and_changes_no_hash(tmp_path, current):
     root = _project_copy(tmp_path)
-    for task in ("tasks.pretrain.pretrain_simclr", "tasks.ingest.join_ingest"):
+    for task in ("tasks.pretrain.pretrain_generic", "tasks.ingest.join_ingest"):
         path, function = root / current[task]["file"], task.rpartition(".")[2]
         # the decorator's literal ("5"; a pretraining task adds "-world1")
         written = cache_versions.version_literal(path, function).value

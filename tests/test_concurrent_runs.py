@@ -22,7 +22,7 @@ TINY_INPUTS = {
     "generic_ingest": {"max_images": 160},
     "domain_ingest": {"proxy_cases": True, "max_images": 310},
     "shift_ingest": {"all_test": True, "max_images": 130},
-    "micle": {"epochs": 1, "batch_size": 64},
+    "domain_pretraining": {"epochs": 1, "batch_size": 64},
     "finetune": {"epochs": 1, "min_steps": 2, "head_warmup_steps": 0},
     "label_fractions": [1.0],
     "registry": {"model_name": MODEL_NAME},
@@ -30,7 +30,7 @@ TINY_INPUTS = {
 
 
 def _start(seed: int, root: Path) -> subprocess.Popen:
-    inputs = {**TINY_INPUTS, "simclr": {"epochs": 1, "batch_size": 64, "seed": seed}}
+    inputs = {**TINY_INPUTS, "generic_pretraining": {"epochs": 1, "batch_size": 64, "seed": seed}}
     command = [*PYFLYTE, "run", "workflows/pipeline.py", "ssl_pipeline"]
     for name, value in inputs.items():
         command += [f"--{name}", json.dumps(value)]
@@ -73,7 +73,7 @@ def test_two_pipelines_at_once_share_store_and_cache(tmp_path):
             for run in all_runs
             if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
         ]
-        assert "register" in stages and "pretrain_simclr" in stages, stages
+        assert "register" in stages and "pretrain_generic" in stages, stages
         assert parent.info.run_id in outputs[1] + outputs[2]
 
     versions = client.search_model_versions(f"name = '{MODEL_NAME}'")

@@ -25,7 +25,7 @@ from sslflow.config import IngestConfig
 from sslflow.tracking.runs import start_parent_run
 from tasks.finetune import finetune_pretrained
 from tasks.ingest import source_fingerprint
-from tasks.pretrain import pretrain_simclr
+from tasks.pretrain import pretrain_generic
 from tasks.shared import FinetunedModel
 from workflows.ingest import ingest
 
@@ -165,7 +165,7 @@ def _collapsing_dino_rung(run_id: str, config: PretrainConfig, finetune_config: 
         config=IngestConfig(max_images=100),
         parent_run_id=run_id,
     )
-    encoder = pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
+    encoder = pretrain_generic(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
     return finetune_pretrained(
         domain=dataset, encoder=encoder, label_fraction=1.0, config=finetune_config, parent_run_id=run_id
     )

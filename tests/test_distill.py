@@ -19,7 +19,7 @@ from sslflow.config import IngestConfig
 from sslflow.files import file_sha256
 from sslflow.tracking.runs import start_parent_run
 from tasks.ingest import source_fingerprint
-from tasks.pretrain import pretrain_simclr
+from tasks.pretrain import pretrain_generic
 from tasks.shared import EncoderCheckpoint
 from workflows.ingest import ingest
 
@@ -85,7 +85,7 @@ def _distilled_rung(run_id: str, config: PretrainConfig) -> EncoderCheckpoint:
         config=IngestConfig(max_images=100),
         parent_run_id=run_id,
     )
-    return pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
+    return pretrain_generic(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 
 
 def test_the_pretraining_task_distils_the_teacher_from_the_users_weights_file(tmp_path):

@@ -75,7 +75,7 @@ def _state(epoch: int) -> dict:
 
 def test_a_corrupt_checkpoint_is_set_aside_and_training_resumes_from_the_previous_one(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("FLYTE_SDK_LOCAL_SANDBOX", str(tmp_path))
-    checkpoints = EpochCheckpoints("pretrain_simclr|dataset|config")
+    checkpoints = EpochCheckpoints("pretrain_generic|dataset|config")
     checkpoints.save(_state(0))
     checkpoints.save(_state(1))
     assert checkpoints.load()["epoch"] == 1
@@ -91,7 +91,7 @@ def test_a_corrupt_checkpoint_is_set_aside_and_training_resumes_from_the_previou
 
 def test_with_no_readable_checkpoint_training_starts_from_scratch(tmp_path, monkeypatch):
     monkeypatch.setenv("FLYTE_SDK_LOCAL_SANDBOX", str(tmp_path))
-    checkpoints = EpochCheckpoints("pretrain_micle|dataset|config")
+    checkpoints = EpochCheckpoints("pretrain_case_pairs|dataset|config")
     checkpoints.local_dir.mkdir(parents=True)
     (checkpoints.local_dir / STATE_FILE).write_bytes(b"not a checkpoint")
     (checkpoints.local_dir / PREVIOUS_STATE_FILE).write_bytes(b"")

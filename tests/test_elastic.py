@@ -15,7 +15,7 @@ from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest
-from tasks.pretrain import pretrain_simclr
+from tasks.pretrain import pretrain_generic
 from sslflow.tracking.runs import start_parent_run
 
 @workflow
@@ -25,7 +25,7 @@ def pretrain_only(run_id: str):
         source="mnist-5k", fingerprint=fingerprint, config=IngestConfig(max_images=300), parent_run_id=run_id
     )
     config = PretrainConfig(epochs=1, batch_size=32, seed=11)
-    pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
+    pretrain_generic(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 
 pretrain_only(run_id=start_parent_run("elastic-test", {}))
 """
@@ -44,7 +44,7 @@ def test_pretraining_task_runs_with_two_elastic_workers(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs(
-        [client.get_experiment_by_name("sslflow").experiment_id], "tags.`sslflow.stage` = 'pretrain_simclr'"
+        [client.get_experiment_by_name("sslflow").experiment_id], "tags.`sslflow.stage` = 'pretrain_generic'"
     )
     assert len(runs) == 1, "only rank 0 logs to MLflow"
     assert runs[0].data.params["world_size"] == "2"

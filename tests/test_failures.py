@@ -142,7 +142,7 @@ def _elastic_failure(tmp_path, exit_code: int) -> FlyteUserRuntimeException:
 
 
 def test_a_worker_killed_by_a_signal_is_retried_a_worker_error_is_not(monkeypatch, tmp_path):
-    from tasks.pretrain import pretrain_simclr
+    from tasks.pretrain import pretrain_generic
 
     assert killed_by_signal(-signal.SIGKILL) == "SIGKILL" and killed_by_signal(1) is None
     raised = {"error": _elastic_failure(tmp_path, -signal.SIGKILL)}
@@ -152,10 +152,10 @@ def test_a_worker_killed_by_a_signal_is_retried_a_worker_error_is_not(monkeypatc
     with pytest.raises(
         FlyteRecoverableException, match=f"error={RETRIED}a worker process: rank 0 was killed by SIGKILL"
     ):
-        pretrain_simclr.execute()
+        pretrain_generic.execute()
     raised["error"] = _elastic_failure(tmp_path, 1)
     with pytest.raises(FlyteUserRuntimeException):
-        pretrain_simclr.execute()
+        pretrain_generic.execute()
 
 
 def test_the_memory_budget_reads_cgroup_v2_and_v1(tmp_path):

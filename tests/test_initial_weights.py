@@ -22,7 +22,7 @@ from sslflow.tracking.initial_weights import InitialWeightsError, encoder_from_w
 from sslflow.tracking.runs import start_parent_run
 from sslflow.training.model_files import load_encoder
 from tasks.ingest import source_fingerprint
-from tasks.pretrain import pretrain_simclr
+from tasks.pretrain import pretrain_generic
 from tasks.shared import EncoderCheckpoint, FinetunedModel
 from workflows.ingest import ingest
 
@@ -120,7 +120,7 @@ def _generic_rung_from_weights(run_id: str, config: PretrainConfig) -> EncoderCh
         config=IngestConfig(max_images=100),
         parent_run_id=run_id,
     )
-    return pretrain_simclr(dataset=dataset, encoder_name=BACKBONE, config=config, parent_run_id=run_id)
+    return pretrain_generic(dataset=dataset, encoder_name=BACKBONE, config=config, parent_run_id=run_id)
 
 
 def test_the_generic_rung_starts_from_the_users_weights_and_records_them(imagenet_style):

@@ -8,7 +8,7 @@ from sslflow.ladder import (
     LadderError,
     arm,
     arm_order,
-    check_one_method,
+    continued_method,
     ladder_arms,
     ladder_steps,
     method_of,
@@ -68,7 +68,9 @@ def test_the_report_iterates_the_ladder_of_the_method_that_ran():
     )
 
 
-def test_a_pipeline_runs_one_method():
-    check_one_method("moco", "moco")
-    with pytest.raises(LadderError, match="method='simclr'.*method='byol'"):
-        check_one_method("simclr", "byol")
+def test_a_pipeline_runs_one_method_given_once():
+    """The domain rungs continue the generic rung's method; their config may leave it at its default or repeat it."""
+    assert continued_method("moco", "simclr", default_method="simclr") == "moco"
+    assert continued_method("moco", "moco", default_method="simclr") == "moco"
+    with pytest.raises(LadderError, match="method='byol'.*method='simclr'"):
+        continued_method("simclr", "byol", default_method="simclr")

@@ -23,8 +23,8 @@ TINY = {  # sizes no other test uses, so Flyte's session-wide cache cannot answe
     "generic_ingest": IngestConfig(max_images=150),
     "domain_ingest": IngestConfig(proxy_cases=True, max_images=300),
     "shift_ingest": IngestConfig(all_test=True, max_images=120),
-    "simclr": PretrainConfig(epochs=1, batch_size=64),
-    "micle": PretrainConfig(epochs=1, batch_size=64),
+    "generic_pretraining": PretrainConfig(epochs=1, batch_size=64),
+    "domain_pretraining": PretrainConfig(epochs=1, batch_size=64),
     "finetune": FinetuneConfig(epochs=1, min_steps=2, head_warmup_steps=0),
     "label_fractions": [1.0],
     "registry": RegistryConfig(model_name=MODEL_NAME),
@@ -42,7 +42,7 @@ def test_tiny_pipeline_logs_and_registers_on_a_live_server(tmp_path, monkeypatch
         assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server stores artifacts
         runs = client.search_runs([experiment.experiment_id], max_results=100)
         stages = {run.data.tags.get("sslflow.stage", "PARENT"): run.info.status for run in runs}
-        for stage in ("PARENT", "pretrain_simclr", "pretrain_micle", "evaluate", "register"):
+        for stage in ("PARENT", "pretrain_generic", "pretrain_case_pairs", "evaluate", "register"):
             assert stages.get(stage) == "FINISHED", (stage, stages)
 
         champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)

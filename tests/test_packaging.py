@@ -28,10 +28,10 @@ CPU_IMAGE, GPU_IMAGE = (
 DEFAULT_IMAGE = "registry.example.com/no-task-may-use-this:0"
 WORKERS_PER_POD = 4  # registered with SSLFLOW_NPROC_PER_NODE=4: pods of 4 GPUs
 TRAINING_TASKS = (
-    "tasks.pretrain.pretrain_simclr",
-    "tasks.pretrain.pretrain_domain_simclr",
-    "tasks.pretrain.pretrain_micle",
-    "workflows.launch_plans.pretrain_simclr_multinode",
+    "tasks.pretrain.pretrain_generic",
+    "tasks.pretrain.pretrain_domain",
+    "tasks.pretrain.pretrain_case_pairs",
+    "workflows.launch_plans.pretrain_generic_multinode",
 )
 
 
@@ -171,9 +171,7 @@ def test_workers_per_pod_travel_into_the_pod(package):
         **POD_ENVIRONMENT,
         **env,
     }
-    script = (
-        "from tasks.pretrain import pretrain_simclr as t; print(t.task_config.nproc_per_node, t.metadata.cache_version)"
-    )
+    script = "from tasks.pretrain import pretrain_generic as t; print(t.task_config.nproc_per_node, t.metadata.cache_version)"
     imported = subprocess.run(
         [sys.executable, "-c", script],
         cwd=PROJECT_ROOT,
@@ -192,8 +190,8 @@ def test_workers_per_pod_travel_into_the_pod(package):
 def test_pretraining_cache_keys_on_the_world_size(package):
     """Steps per epoch and the global batch follow the world size: another number of workers misses the cache."""
     versions = {name: package["tasks"][name]["metadata"]["discoveryVersion"] for name in TRAINING_TASKS}
-    assert versions["tasks.pretrain.pretrain_simclr"].endswith(f"-world{WORKERS_PER_POD}")
-    assert versions["workflows.launch_plans.pretrain_simclr_multinode"].endswith("-world16")  # 2 pods x 8 GPUs
+    assert versions["tasks.pretrain.pretrain_generic"].endswith(f"-world{WORKERS_PER_POD}")
+    assert versions["workflows.launch_plans.pretrain_generic_multinode"].endswith("-world16")  # 2 pods x 8 GPUs
 
 
 def test_mlflow_credentials_are_flyte_secrets(package):
@@ -257,8 +255,8 @@ def test_ingest_decodes_chunks_in_a_map_task_with_bounded_concurrency(package):
 
 def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):
     single, multi = (
-        package["tasks"]["tasks.pretrain.pretrain_simclr"],
-        package["tasks"]["workflows.launch_plans.pretrain_simclr_multinode"],
+        package["tasks"]["tasks.pretrain.pretrain_generic"],
+        package["tasks"]["workflows.launch_plans.pretrain_generic_multinode"],
     )
     assert single["type"] == "python-task"  # Elastic with one node: torchrun inside one pod
     assert multi["type"] == "pytorch"  # a PyTorchJob
@@ -271,7 +269,7 @@ def test_multinode_plan_runs_simclr_as_a_pytorch_job(package):
         for name in ("workflows.pipeline.ssl_pipeline", "workflows.launch_plans.ssl_pipeline_multinode")
     }
     swapped = [
-        n.replace("tasks.pretrain.pretrain_simclr", "workflows.launch_plans.pretrain_simclr_multinode")
+        n.replace("tasks.pretrain.pretrain_generic", "workflows.launch_plans.pretrain_generic_multinode")
         for n in nodes["workflows.pipeline.ssl_pipeline"]
     ]
     assert nodes["workflows.launch_plans.ssl_pipeline_multinode"] == swapped

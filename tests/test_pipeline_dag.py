@@ -25,27 +25,27 @@ def _bindings() -> dict[str, dict[str, tuple[str, str]]]:
     return nodes
 
 
-def test_domain_simclr_is_micles_control():
-    """Same images, initial encoder and config as MICLe: the arms differ only in the pairing rule."""
+def test_domain_rung_is_the_case_pairs_control():
+    """Same images, initial encoder and config as the case pairs rung: the arms differ only in the pairing rule."""
     nodes = _bindings()
-    assert nodes["pretrain_domain_simclr"] == nodes["pretrain_micle"]
-    simclr_node = next(node.id for node in ssl_pipeline.nodes if node.flyte_entity.name.endswith(".pretrain_simclr"))
-    assert nodes["pretrain_micle"]["initial"][0] == simclr_node
+    assert nodes["pretrain_domain"] == nodes["pretrain_case_pairs"]
+    generic_node = next(node.id for node in ssl_pipeline.nodes if node.flyte_entity.name.endswith(".pretrain_generic"))
+    assert nodes["pretrain_case_pairs"]["initial"][0] == generic_node
     by_name = {node.flyte_entity.name.rsplit(".", 1)[-1]: node.id for node in ssl_pipeline.nodes}
     ladder_nodes = [by_name[rung.stage] for rung in LADDER]  # bottom rung first, as finetune_all expects
     assert [node_id for node_id, _ in nodes["finetune_all"]["encoders"]] == ladder_nodes
 
 
-def test_domain_simclr_uses_no_case_pairs(monkeypatch):
+def test_domain_rung_uses_no_case_pairs(monkeypatch):
     calls = []
     monkeypatch.setattr(tasks.pretrain, "_pretrain", lambda *args, **kwargs: calls.append((args, kwargs)))
     initial = SimpleNamespace(content_sha256="abc", mlflow_run_id="r", encoder_name="small_cnn")
-    tasks.pretrain.pretrain_domain_simclr.task_function(dataset=None, initial=initial, config=None, parent_run_id="")
-    tasks.pretrain.pretrain_micle.task_function(dataset=None, initial=initial, config=None, parent_run_id="")
-    (domain_args, domain_kwargs), (micle_args, micle_kwargs) = calls
+    tasks.pretrain.pretrain_domain.task_function(dataset=None, initial=initial, config=None, parent_run_id="")
+    tasks.pretrain.pretrain_case_pairs.task_function(dataset=None, initial=initial, config=None, parent_run_id="")
+    (domain_args, domain_kwargs), (case_pairs_args, case_pairs_kwargs) = calls
     assert domain_args[0] is RUNGS["domain"] and not domain_args[0].case_pairs
-    assert micle_args[0] is RUNGS["case_pairs"] and micle_args[0].case_pairs
-    assert domain_args[1:] == micle_args[1:] and domain_kwargs["lineage"] == micle_kwargs["lineage"]
+    assert case_pairs_args[0] is RUNGS["case_pairs"] and case_pairs_args[0].case_pairs
+    assert domain_args[1:] == case_pairs_args[1:] and domain_kwargs["lineage"] == case_pairs_kwargs["lineage"]
 
 
 def test_only_pretraining_launches_elastic_workers():
@@ -64,5 +64,5 @@ def test_only_pretraining_launches_elastic_workers():
     )
     assert not any(isinstance(task, PytorchElasticFunctionTask) for task in single)
     assert all(task.resources.requests.gpu == "1" for task in single)
-    pretraining = (tasks.pretrain.pretrain_simclr, tasks.pretrain.pretrain_domain_simclr, tasks.pretrain.pretrain_micle)
+    pretraining = (tasks.pretrain.pretrain_generic, tasks.pretrain.pretrain_domain, tasks.pretrain.pretrain_case_pairs)
     assert all(isinstance(task, PytorchElasticFunctionTask) for task in pretraining)

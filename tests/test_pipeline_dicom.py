@@ -48,15 +48,15 @@ def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_iden
             generic_ingest=IngestConfig(max_images=100),
             domain_ingest=domain,
             shift_ingest=shift,
-            simclr=PretrainConfig(epochs=1, batch_size=32),
-            micle=PretrainConfig(epochs=1, batch_size=16),
+            generic_pretraining=PretrainConfig(epochs=1, batch_size=32),
+            domain_pretraining=PretrainConfig(epochs=1, batch_size=16),
             finetune=FinetuneConfig(epochs=1, min_steps=2),
             label_fractions=[1.0],
         )
         assert f"Registered model: {default_model_name(str(folder))} version 1" in summary
         client = MlflowClient(tracking_uri())
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
-        (micle,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")
+        (micle,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_case_pairs'")
         # the header's patients (those of the train and val splits): several images each
         assert (
             1 < micle.data.metrics["cases"] <= files["patient"].nunique()

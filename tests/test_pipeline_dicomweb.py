@@ -60,15 +60,16 @@ def test_pipeline_from_an_archive_query_uses_header_cases_and_shows_no_identifie
             generic_ingest=IngestConfig(max_images=100),
             domain_ingest=domain,
             shift_ingest=shift,
-            simclr=PretrainConfig(epochs=1, batch_size=32),
-            micle=PretrainConfig(epochs=1, batch_size=16),
+            generic_pretraining=PretrainConfig(epochs=1, batch_size=32),
+            domain_pretraining=PretrainConfig(epochs=1, batch_size=16),
             finetune=FinetuneConfig(epochs=1, min_steps=2),
             label_fractions=[1.0],
         )
         assert f"Registered model: {default_model_name(source)} version 1" in summary
         client = MlflowClient(tracking_uri())
         (micle,) = client.search_runs(
-            [client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id], "tags.`sslflow.stage` = 'pretrain_micle'"
+            [client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id],
+            "tags.`sslflow.stage` = 'pretrain_case_pairs'",
         )
         assert (
             1 < micle.data.metrics["cases"] < micle.data.metrics["images"]

@@ -20,8 +20,8 @@ from workflows.pipeline import ssl_pipeline
 SMALL = dict(
     generic_ingest=IngestConfig(max_images=300),
     domain_ingest=IngestConfig(proxy_cases=True, max_images=1200),
-    simclr=PretrainConfig(epochs=1, batch_size=128),
-    micle=PretrainConfig(epochs=1, batch_size=128),
+    generic_pretraining=PretrainConfig(epochs=1, batch_size=128),
+    domain_pretraining=PretrainConfig(epochs=1, batch_size=128),
     finetune=FinetuneConfig(epochs=1, min_steps=3),
     label_fractions=[1.0],
     self_train=SelfTrainConfig(
@@ -77,9 +77,9 @@ def _run_three_times() -> None:
         "ingest:mnist-5k",
         "ingest:optdigits",
         "validate:mnist-5k",
-        "pretrain_simclr",
-        "pretrain_domain_simclr",
-        "pretrain_micle",
+        "pretrain_generic",
+        "pretrain_domain",
+        "pretrain_case_pairs",
         "self_train:simclr+micle+student@1/seed=0",
         "self_train",
         "evaluate",
@@ -124,7 +124,7 @@ def _assert_knn_probe_and_monitor() -> None:
     evaluate_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'evaluate'")[0]
     assert "knn_probe.csv" in {item.path for item in client.list_artifacts(evaluate_run.info.run_id)}
     assert 0 <= evaluate_run.data.metrics["simclr_micle_knn_1_seed0_in_domain_accuracy"] <= 1
-    micle_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")[0]
+    micle_run = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_case_pairs'")[0]
     assert len(client.get_metric_history(micle_run.info.run_id, "knn_accuracy")) == 1  # one epoch
 
 

@@ -61,8 +61,8 @@ def test_pipeline_runs_on_a_user_folder_with_real_cases(tmp_path, monkeypatch):
             generic_ingest=IngestConfig(max_images=200),
             domain_ingest=IngestConfig(),
             shift_ingest=IngestConfig(all_test=True),
-            simclr=PretrainConfig(epochs=1, batch_size=64),
-            micle=PretrainConfig(epochs=1, batch_size=64),
+            generic_pretraining=PretrainConfig(epochs=1, batch_size=64),
+            domain_pretraining=PretrainConfig(epochs=1, batch_size=64),
             finetune=FinetuneConfig(epochs=1, min_steps=3),
             label_fractions=[1.0],
         )
@@ -72,7 +72,7 @@ def test_pipeline_runs_on_a_user_folder_with_real_cases(tmp_path, monkeypatch):
         )
         client = MlflowClient(tracking_uri())
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
-        (micle,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_micle'")
+        (micle,) = client.search_runs([experiment], "tags.`sslflow.stage` = 'pretrain_case_pairs'")
         assert micle.data.metrics["cases"] < micle.data.metrics["images"]  # real cases: several images each
         assert micle.data.metrics["single_image_cases"] > 0  # and some that fall back to two augmentations
         assert "case_ids" not in micle.data.tags  # not PROXY: the folder has real case ids

@@ -5,7 +5,7 @@ files in a moto S3 server, MLflow a server process, the pseudonym key a mounted 
 Chained in the order of workflows/data.py: source_fingerprint -> tracking_store -> start_data_run -> plan_ingest (a list
 of chunk files) -> ingest_chunk (a map task over the file references, each index its own pod) -> join_ingest -> validate
 -> finish_data_run, for PNGs and for a PACS-style DICOM export under S3 prefixes (a pod shares no disk with another, so
-the sources are in the object store); then, for the PNGs, pretrain_simclr (Elastic: torchrun inside the pod) and
+the sources are in the object store); then, for the PNGs, pretrain_generic (Elastic: torchrun inside the pod) and
 finetune_pretrained on its encoder. Every pod's S3 requests go through a proxy (tests/faulty_proxy.py) that records
 them: the join pod reads the chunks' tables and downloads no shard.
 
@@ -140,19 +140,19 @@ def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConf
 
 
 def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: LiteralMap):
-    """pretrain_simclr (an Elastic task: torchrun inside the pod) and finetune_pretrained on its encoder, as pods."""
+    """pretrain_generic (an Elastic task: torchrun inside the pod) and finetune_pretrained on its encoder, as pods."""
     from ssl_models.augment import AugmentConfig
     from ssl_models.finetuning import FinetuneConfig
     from ssl_models.pretraining import PretrainConfig
     from tasks.finetune import finetune_pretrained
-    from tasks.pretrain import pretrain_simclr
+    from tasks.pretrain import pretrain_generic
     from tasks.shared import FinetunedModel
 
     config = PretrainConfig(epochs=1, batch_size=16, augment=AugmentConfig(output_size=16))
-    settings = literals(pretrain_simclr, encoder_name="small_cnn", config=config)
+    settings = literals(pretrain_generic, encoder_name="small_cnn", config=config)
     encoder = runner.run(
-        tasks["tasks.pretrain.pretrain_simclr"],
-        "pretrain-simclr",
+        tasks["tasks.pretrain.pretrain_generic"],
+        "pretrain-generic",
         bind((dataset, "o0", "dataset"), (run, "o0", "parent_run_id"), **settings.literals),
     )
     finetune = FinetuneConfig(
@@ -299,8 +299,8 @@ SMALL_PIPELINE = dict(  # built-in sources, a few hundred images each, one epoch
     generic_ingest=IngestConfig(max_images=200, chunk_images=ONE_CHUNK),
     domain_ingest=IngestConfig(proxy_cases=True, max_images=600, chunk_images=ONE_CHUNK),
     shift_ingest=IngestConfig(all_test=True, max_images=200, chunk_images=ONE_CHUNK),
-    simclr=PretrainConfig(epochs=1, batch_size=64),
-    micle=PretrainConfig(epochs=1, batch_size=64),
+    generic_pretraining=PretrainConfig(epochs=1, batch_size=64),
+    domain_pretraining=PretrainConfig(epochs=1, batch_size=64),
     finetune=FinetuneConfig(epochs=1, min_steps=3),
     label_fractions=[1.0],
     self_train=SelfTrainConfig(steps=3, confidence_threshold=0.0, max_label_fraction=1.0),
@@ -413,8 +413,8 @@ def test_outages_fail_recoverable_and_refusals_do_not(package, tmp_path):
         "domain_source": "mnist-5k",
         "shift_source": "optdigits",
         "encoder_name": "small_cnn",
-        "simclr": PretrainConfig(),
-        "micle": PretrainConfig(),
+        "generic_pretraining": PretrainConfig(),
+        "domain_pretraining": PretrainConfig(),
         "finetune": FinetuneConfig(),
         "seeds": [0],
         "self_train": SelfTrainConfig(),

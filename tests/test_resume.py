@@ -18,7 +18,8 @@ from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest
-from tasks.pretrain import pretrain_simclr
+from tasks.ingest import source_fingerprint
+from tasks.pretrain import pretrain_generic
 from sslflow.tracking.runs import start_parent_run
 
 @workflow
@@ -28,7 +29,7 @@ def pretrain_only(run_id: str):
         source="mnist-5k", fingerprint=fingerprint, config=IngestConfig(max_images=600), parent_run_id=run_id
     )
     config = PretrainConfig(epochs=6, batch_size=64)
-    pretrain_simclr(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
+    pretrain_generic(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 
 pretrain_only(run_id=start_parent_run("resume-test", {}))
 print("DONE")

@@ -1,7 +1,7 @@
 """The pretraining task's own resume, on two ranks: its pod killed after a checkpoint, the retry resumes from the
 previous attempt's checkpoint prefix and ends with weights bitwise equal to an uninterrupted run's.
 
-Each attempt runs what a pod of ``pretrain_simclr`` runs: ``pyflyte-execute`` with the task's resolver, its inputs as a
+Each attempt runs what a pod of ``pretrain_generic`` runs: ``pyflyte-execute`` with the task's resolver, its inputs as a
 literal file, ``--checkpoint-path`` (this attempt's checkpoint prefix) and ``--prev-checkpoint`` (the previous
 attempt's, as Flyte gives a retry), and the Elastic plugin starting two gloo worker ranks. Every attempt has a fresh
 sandbox (a new pod: no local checkpoint), so the retry can resume only from the previous attempt's prefix: the
@@ -31,7 +31,7 @@ from pod_harness import literals
 from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
 from sslflow.tracking.runs import start_parent_run
-from tasks.pretrain import pretrain_simclr
+from tasks.pretrain import pretrain_generic
 from tasks.ingest import source_fingerprint
 from workflows.ingest import ingest
 
@@ -39,7 +39,7 @@ run_id = start_parent_run("task-resume-test", {{}})
 fingerprint = source_fingerprint(source="mnist-5k")
 dataset = ingest(source="mnist-5k", fingerprint=fingerprint, config=IngestConfig(max_images=400), parent_run_id=run_id)
 config = PretrainConfig(method="moco", epochs={EPOCHS}, batch_size=32, seed=5, method_settings={{"queue_size": 64}})
-inputs = literals(pretrain_simclr, dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
+inputs = literals(pretrain_generic, dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 open(sys.argv[1], "wb").write(inputs.to_flyte_idl().SerializeToString())
 """
 
@@ -56,7 +56,7 @@ def _environment(work: Path, attempt: str) -> dict[str, str]:
 
 
 def _start(work: Path, attempt: str, previous: str | None) -> subprocess.Popen:
-    """pyflyte-execute of pretrain_simclr as its pod runs it, checkpointing under work/checkpoints/<attempt>."""
+    """pyflyte-execute of pretrain_generic as its pod runs it, checkpointing under work/checkpoints/<attempt>."""
     command = [
         str(Path(sys.executable).parent / "pyflyte-execute"),
         "--inputs",
@@ -75,7 +75,7 @@ def _start(work: Path, attempt: str, previous: str | None) -> subprocess.Popen:
         "task-module",
         "tasks.pretrain",
         "task-name",
-        "pretrain_simclr",
+        "pretrain_generic",
     ]
     (work / "out" / attempt).mkdir(parents=True)
     log = open(work / f"{attempt}.log", "w")

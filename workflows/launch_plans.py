@@ -1,9 +1,9 @@
 """Launch plans: weekly retraining on freshly fingerprinted data (each execution fingerprints its sources in a pod),
-and the pipeline with multi-node SimCLR.
+and the pipeline with multi-node generic pretraining.
 
     sslflow_weekly_retraining      scheduled_pipeline every Monday 03:00 UTC (CronSchedule; the
                                    schedule's time arrives as the kickoff_time input)
-    sslflow_multinode_pretraining  ssl_pipeline_multinode: ssl_pipeline with SimCLR as a PyTorchJob
+    sslflow_multinode_pretraining  ssl_pipeline_multinode: ssl_pipeline with generic pretraining as a PyTorchJob
                                    of 2 nodes x 8 GPUs (Elastic nnodes=2, nproc_per_node=8)
 
 Register with the schedule switched on (see README, "Run on your cluster"):
@@ -31,7 +31,7 @@ from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig
-from tasks.pretrain import pretrain_simclr
+from tasks.pretrain import pretrain_generic
 from tasks.shared import Dataset, EncoderCheckpoint, content_hash, gpu_task_settings, pretraining_cache
 from workflows.pipeline import ssl_pipeline
 
@@ -50,8 +50,8 @@ def scheduled_pipeline(
     domain_ingest: IngestConfig = PIPELINE_DEFAULTS["domain_ingest"],
     shift_ingest: IngestConfig = PIPELINE_DEFAULTS["shift_ingest"],
     encoder_name: str = PIPELINE_DEFAULTS["encoder_name"],
-    simclr: PretrainConfig = PIPELINE_DEFAULTS["simclr"],
-    micle: PretrainConfig = PIPELINE_DEFAULTS["micle"],
+    generic_pretraining: PretrainConfig = PIPELINE_DEFAULTS["generic_pretraining"],
+    domain_pretraining: PretrainConfig = PIPELINE_DEFAULTS["domain_pretraining"],
     finetune: FinetuneConfig = PIPELINE_DEFAULTS["finetune"],
     label_fractions: list[float] = PIPELINE_DEFAULTS["label_fractions"],
     seeds: list[int] = PIPELINE_DEFAULTS["seeds"],
@@ -71,8 +71,8 @@ def scheduled_pipeline(
         domain_ingest=domain_ingest,
         shift_ingest=shift_ingest,
         encoder_name=encoder_name,
-        simclr=simclr,
-        micle=micle,
+        generic_pretraining=generic_pretraining,
+        domain_pretraining=domain_pretraining,
         finetune=finetune,
         label_fractions=label_fractions,
         seeds=seeds,
@@ -88,18 +88,18 @@ weekly_retraining = LaunchPlan.get_or_create(
 )
 
 
-# A node override (`pretrain_simclr(...).with_overrides(task_config=...)`) cannot do this in flytekit
+# A node override (`pretrain_generic(...).with_overrides(task_config=...)`) cannot do this in flytekit
 # 1.16: it replaces the config on the task object itself, so ssl_pipeline's node would turn
 # multi-node as well. Hence a second task around the same function, with the cluster's numbers.
 @task(
     cache=pretraining_cache("3", ranks=MULTINODE_RANKS, nnodes=MULTINODE_NODES),
     **gpu_task_settings(MULTINODE_RANKS, nnodes=MULTINODE_NODES),
 )
-def pretrain_simclr_multinode(
+def pretrain_generic_multinode(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
-    """pretrain_simclr on MULTINODE_NODES pods x MULTINODE_RANKS GPUs (a PyTorchJob); config.batch_size is per GPU."""
-    return pretrain_simclr.task_function(
+    """pretrain_generic on MULTINODE_NODES pods x MULTINODE_RANKS GPUs (a PyTorchJob); config.batch_size is per GPU."""
+    return pretrain_generic.task_function(
         dataset=dataset, encoder_name=encoder_name, config=config, parent_run_id=parent_run_id
     )
 
@@ -114,12 +114,12 @@ def _ssl_pipeline_with(**replaced_tasks):
     clone.__annotations__, clone.__kwdefaults__ = dict(function.__annotations__), function.__kwdefaults__
     clone.__module__, clone.__name__, clone.__qualname__ = __name__, "ssl_pipeline_multinode", "ssl_pipeline_multinode"
     clone.__doc__ = (
-        "ssl_pipeline with SimCLR pretraining on MULTINODE (pretrain_simclr_multinode); every other node the same."
+        "ssl_pipeline with generic pretraining on MULTINODE (pretrain_generic_multinode); every other node the same."
     )
     return workflow(clone)
 
 
-ssl_pipeline_multinode = _ssl_pipeline_with(pretrain_simclr=pretrain_simclr_multinode)
+ssl_pipeline_multinode = _ssl_pipeline_with(pretrain_generic=pretrain_generic_multinode)
 
 multinode_pretraining = LaunchPlan.get_or_create(
     workflow=ssl_pipeline_multinode,
@@ -127,6 +127,6 @@ multinode_pretraining = LaunchPlan.get_or_create(
     default_inputs={
         "generic_ingest": IngestConfig(max_images=0),  # all 70,000 Fashion-MNIST images
         "encoder_name": "resnet18",
-        "simclr": PretrainConfig(epochs=100),
+        "generic_pretraining": PretrainConfig(epochs=100),
     },
 )

@@ -1,17 +1,19 @@
-"""ssl_pipeline: ingest -> validate -> SimCLR -> {domain SimCLR, MICLe} -> fine-tune (SSL vs floors) -> self-train
--> evaluate -> register.
+"""ssl_pipeline: ingest -> validate -> generic pretraining -> {domain pretraining, with case pairs} -> fine-tune
+(SSL vs floors) -> self-train -> evaluate -> register.
 
 Defaults mirror the MICLe recipe on data that ships in packages: generic pretraining on Fashion-MNIST,
 domain pretraining on MNIST-5k (unlabelled; MICLe with PROXY cases from pixel neighbours, as MNIST has no
-patients, and its control, SimCLR on the same images with the same schedule and no case pairs),
+patients, and its control, the same method on the same images with the same schedule and no case pairs),
 fine-tuning on 1/10/100% of MNIST labels, testing on held-out MNIST and on optdigits (a real shift).
 
     pyflyte run workflows/pipeline.py ssl_pipeline
     pyflyte run workflows/pipeline.py ssl_pipeline --domain_source ./my_scans --shift_source ./other_site
-    pyflyte run workflows/pipeline.py ssl_pipeline --simclr '{"method": "moco", "epochs": 4}' --micle '{"method": "moco", "epochs": 4}'
+    pyflyte run workflows/pipeline.py ssl_pipeline --generic_pretraining '{"method": "moco", "epochs": 4}'
 
-The method (SimCLR, MoCo v2, BYOL, DINO, distillation: ssl_models.methods.METHODS) is the pretraining configs'
-``method``; the ladder's arms are named after it (sslflow.ladder), so MoCo v2's are "moco", "moco+domain", "moco+micle".
+The method (SimCLR, MoCo v2, BYOL, DINO, distillation: ssl_models.methods.METHODS) is the generic pretraining
+config's ``method``; the domain rungs continue the method of the encoder they start from
+(sslflow.ladder.continued_method). The ladder's arms are named after it: MoCo v2's are "moco", "moco+domain",
+"moco+micle".
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tasks.evaluate import evaluate
 from tasks.finetune import finetune_all
 from tasks.ingest import source_fingerprint
 from tasks.pipeline_run import report, start_pipeline_run
-from tasks.pretrain import pretrain_domain_simclr, pretrain_micle, pretrain_simclr
+from tasks.pretrain import pretrain_case_pairs, pretrain_domain, pretrain_generic
 from tasks.register import register
 from tasks.self_train import self_train as self_train_task
 from tasks.store import tracking_store
@@ -36,7 +38,7 @@ from workflows.ingest import ingest
 
 DEFAULT_LABEL_FRACTIONS = [0.01, 0.1, 1.0]
 DEFAULT_SEEDS = [0]  # fine-tuning seeds; benchmarks/quality.py runs 3 for intervals
-# The defaults fit `make run` in 600 s on 2 CPU cores (README, "Time budget"); larger settings: launch plans, quality.py.
+# The defaults fit `make run` in 600 s on 2 CPU cores (README, "Time budget"); larger ones: launch plans, quality.py.
 
 
 @workflow
@@ -48,12 +50,8 @@ def ssl_pipeline(
     domain_ingest: IngestConfig = IngestConfig(proxy_cases=True),
     shift_ingest: IngestConfig = IngestConfig(all_test=True),
     encoder_name: str = "small_cnn",
-    simclr: PretrainConfig = PretrainConfig(
-        epochs=4
-    ),  # the generic rung; its method (simclr, moco, byol) names the arms
-    micle: PretrainConfig = PretrainConfig(
-        epochs=4
-    ),  # both domain rungs': they differ only in the pairs; same method as simclr's
+    generic_pretraining: PretrainConfig = PretrainConfig(epochs=4),  # the generic rung; its method names the arms
+    domain_pretraining: PretrainConfig = PretrainConfig(epochs=4),  # both domain rungs'; method: the generic rung's
     finetune: FinetuneConfig = FinetuneConfig(
         epochs=5, min_steps=200
     ),  # every arm alike: 200+ steps, early stopping on the validation fold
@@ -73,8 +71,8 @@ def ssl_pipeline(
         shift_source=shift_source,
         source_fingerprints=[generic_fingerprint, domain_fingerprint, shift_fingerprint],
         encoder_name=encoder_name,
-        simclr=simclr,
-        micle=micle,
+        generic_pretraining=generic_pretraining,
+        domain_pretraining=domain_pretraining,
         finetune=finetune,
         label_fractions=label_fractions,
         seeds=seeds,
@@ -103,21 +101,25 @@ def ssl_pipeline(
         label_fractions=[],
         parent_run_id=run_id,
     )
-    simclr_encoder = pretrain_simclr(dataset=generic, encoder_name=encoder_name, config=simclr, parent_run_id=run_id)
-    domain_simclr_encoder = pretrain_domain_simclr(
-        dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id
+    generic_encoder = pretrain_generic(
+        dataset=generic, encoder_name=encoder_name, config=generic_pretraining, parent_run_id=run_id
     )
-    micle_encoder = pretrain_micle(dataset=domain, initial=simclr_encoder, config=micle, parent_run_id=run_id)
+    domain_encoder = pretrain_domain(
+        dataset=domain, initial=generic_encoder, config=domain_pretraining, parent_run_id=run_id
+    )
+    case_pairs_encoder = pretrain_case_pairs(
+        dataset=domain, initial=generic_encoder, config=domain_pretraining, parent_run_id=run_id
+    )
     models = finetune_all(
         domain=domain,
-        encoders=[simclr_encoder, domain_simclr_encoder, micle_encoder],  # sslflow.ladder.LADDER, bottom rung first
+        encoders=[generic_encoder, domain_encoder, case_pairs_encoder],  # sslflow.ladder.LADDER, bottom rung first
         label_fractions=label_fractions,
         seeds=seeds,
         config=finetune,
         parent_run_id=run_id,
     )
     models = self_train_task(
-        models=models, domain=domain, encoder=micle_encoder, config=self_train, parent_run_id=run_id
+        models=models, domain=domain, encoder=case_pairs_encoder, config=self_train, parent_run_id=run_id
     )
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
     registration = register(

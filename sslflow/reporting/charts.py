@@ -81,7 +81,7 @@ EMBEDDING_MIN_POINTS = 10  # fewer make no picture (UMAP fails on 2 points)
 def umap_points(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """(N, D) features -> (N, 2) UMAP coordinates (McInnes et al. 2018, arXiv 1802.03426); the same for the
     same features and seed (single-threaded, numba's random state seeded)."""
-    import umap  # here, not at the top: its import (numba, pynndescent) takes seconds that loading the workflows need not pay
+    import umap  # here, not at the top: its import (numba, pynndescent) takes seconds the workflows need not pay
 
     neighbours = max(2, min(15, len(features) - 1))  # UMAP needs 2 <= n_neighbors < N
     reducer = umap.UMAP(

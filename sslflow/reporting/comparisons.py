@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 
 from sslflow.evaluation import unpack_cases, unpack_correct
-from sslflow.ladder import FLOORS, STUDENT_SUFFIX, is_self_supervised
+from sslflow.ladder import FLOORS, SCRATCH_ARM, STUDENT_SUFFIX, is_self_supervised, student_arm
 from sslflow.reporting.intervals import paired_case_bootstrap, paired_verdict
 
 TEN_TIMES = {
-    "best_at_1pct_vs_scratch_at_10pct": (0.01, 0.1, "scratch"),
-    "best_at_10pct_vs_scratch_at_100pct": (0.1, 1.0, "scratch"),
-    "best_at_1pct_vs_scratch_student_at_10pct": (0.01, 0.1, "scratch" + STUDENT_SUFFIX),
+    "best_at_1pct_vs_scratch_at_10pct": (0.01, 0.1, SCRATCH_ARM),
+    "best_at_10pct_vs_scratch_at_100pct": (0.1, 1.0, SCRATCH_ARM),
+    "best_at_1pct_vs_scratch_student_at_10pct": (0.01, 0.1, student_arm(SCRATCH_ARM)),
 }
 VERDICT_WORDS = {
     "gain": "met",
@@ -121,7 +121,7 @@ def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
         best_ssl = best_on_validation(results, fraction, ssl)
         if (
             best_ssl is not None
-            and (found := compare_arms(results, best_ssl, fraction, ("scratch", "finetune"), fraction)) is not None
+            and (found := compare_arms(results, best_ssl, fraction, (SCRATCH_ARM, "finetune"), fraction)) is not None
         ):
             comparisons[f"pretraining_adds_at_{fraction:g}"] = found
         students = [
@@ -129,7 +129,7 @@ def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
         ]
         for student in sorted(students):
             found = compare_arms(
-                results, (student, "finetune"), fraction, ("scratch" + STUDENT_SUFFIX, "finetune"), fraction
+                results, (student, "finetune"), fraction, (student_arm(SCRATCH_ARM), "finetune"), fraction
             )
             if found is not None:
                 comparisons[f"pretraining_adds_with_student_at_{fraction:g}"] = found
@@ -139,7 +139,8 @@ def label_efficiency_comparisons(results: pd.DataFrame) -> dict[str, dict]:
 def comparison_lines(comparisons: dict[str, dict]) -> list[str]:
     """One printable line per comparison, with the labels each side used (training + validation)."""
     return [
-        f"{name}: {c['ours']} ({c['ours_labels']} labels) {c['ours_accuracy']:.4f} vs {c['theirs']} ({c['theirs_labels']} labels)"
+        f"{name}: {c['ours']} ({c['ours_labels']} labels) {c['ours_accuracy']:.4f} vs {c['theirs']} "
+        f"({c['theirs_labels']} labels)"
         f" {c['theirs_accuracy']:.4f}, difference {c['difference']} -> {c['verdict']}"
         for name, c in comparisons.items()
     ]

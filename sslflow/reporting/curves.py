@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from sslflow.evaluation import unpack_cases, unpack_correct
-from sslflow.ladder import STUDENT_SUFFIX, is_self_supervised
+from sslflow.ladder import SCRATCH_ARM, is_self_supervised, student_arm
 from sslflow.reporting.comparisons import best_on_validation, non_self_supervised
 from sslflow.reporting.intervals import case_bootstrap_accuracy
 from sslflow.reporting.label_savings import labels_saved, savings_curve_figure
 
-SCRATCH, SCRATCH_STUDENT = ("scratch", "finetune"), ("scratch" + STUDENT_SUFFIX, "finetune")
+SCRATCH, SCRATCH_STUDENT = (SCRATCH_ARM, "finetune"), (student_arm(SCRATCH_ARM), "finetune")
 
 
 def _points(results: pd.DataFrame, choose) -> list[tuple[float, tuple[str, str], pd.DataFrame]]:
@@ -47,7 +47,7 @@ def curve_choices(results: pd.DataFrame) -> dict:
     ssl = [init for init in inits if is_self_supervised(init)]
     floors = non_self_supervised(inits)
     return {
-        "scratch": lambda fraction: SCRATCH,
+        SCRATCH_ARM: lambda fraction: SCRATCH,
         "scratch + student": lambda fraction: SCRATCH_STUDENT,
         "best without self-supervision": lambda fraction: best_on_validation(results, fraction, floors),
         "best self-supervised": lambda fraction: best_on_validation(results, fraction, ssl),

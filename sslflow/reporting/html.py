@@ -16,7 +16,10 @@ def evaluation_html(results: pd.DataFrame, figures: dict[str, bytes]) -> str:
         f'<h4>{html.escape(name)}</h4><img src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
         for name, png in figures.items()
     )
-    tables = f"<h4>Accuracy</h4><pre>{html.escape(results_markdown(results))}</pre><h4>Corruptions</h4><pre>{html.escape(corruption_markdown(results))}</pre>"
+    tables = (
+        f"<h4>Accuracy</h4><pre>{html.escape(results_markdown(results))}</pre>"
+        f"<h4>Corruptions</h4><pre>{html.escape(corruption_markdown(results))}</pre>"
+    )
     return images + tables + results.to_html(index=False, float_format=lambda v: f"{v:.4f}")
 
 
@@ -27,7 +30,8 @@ def validation_html(dataset_name: str, report: dict) -> str:
             config = item["expectation_config"]
             status = "pass" if item["success"] else "FAIL"
             rows.append(
-                f"<tr><td>{status}</td><td>{suite}</td><td>{html.escape(config['type'])}</td><td>{html.escape(str(config['kwargs'].get('column', '')))}</td></tr>"
+                f"<tr><td>{status}</td><td>{suite}</td><td>{html.escape(config['type'])}</td>"
+                f"<td>{html.escape(str(config['kwargs'].get('column', '')))}</td></tr>"
             )
     ingest_summary = report.get("ingest", {})
     skipped = [f"<li>{html.escape(item['problem'])}</li>" for item in ingest_summary.get("quarantined", [])]
@@ -40,5 +44,6 @@ def validation_html(dataset_name: str, report: dict) -> str:
         + "</table>"
         + (f"<p>Quarantined by ingest ({len(skipped)}):</p><ul>{''.join(skipped)}</ul>" if skipped else "")
         + "".join(f"<p>Warning: {html.escape(warning)}</p>" for warning in report.get("warnings", []))
-        + f"<p>Duplicates dropped by ingest: {html.escape(json.dumps(ingest_summary.get('duplicate_examples', [])))}</p>"
+        + "<p>Duplicates dropped by ingest: "
+        + f"{html.escape(json.dumps(ingest_summary.get('duplicate_examples', [])))}</p>"
     )

@@ -162,7 +162,8 @@ def answers_per_seed(correct: np.ndarray, name: str, *, ndim: int) -> np.ndarray
         correct = correct[None]
     if correct.ndim != ndim or correct.size == 0:
         raise ValueError(
-            f"{name} must be a non-empty {ndim}-D array with one row per seed (a single seed may drop that axis); got shape {correct.shape}"
+            f"{name} must be a non-empty {ndim}-D array with one row per seed (a single seed may drop that axis); "
+            f"got shape {correct.shape}"
         )
     if correct.dtype != bool and not np.isin(correct, (0, 1)).all():
         raise ValueError(f"{name} must say right (True/1) or wrong (False/0) per image; it holds other values")
@@ -262,7 +263,8 @@ def paired_case_bootstrap(
     ours, theirs = answers_per_seed(ours, "ours", ndim=2), answers_per_seed(theirs, "theirs", ndim=2)
     if ours.shape != theirs.shape:
         raise ValueError(
-            f"ours and theirs must be answers of the same seeds on the same images; got shapes {ours.shape} and {theirs.shape}"
+            f"ours and theirs must be answers of the same seeds on the same images; got shapes {ours.shape} and "
+            f"{theirs.shape}"
         )
     totals = case_totals(np.stack([ours, theirs], axis=1), cases)  # (S, 2, C)
     seeds, _, n_cases = totals.correct.shape

@@ -31,11 +31,13 @@ def labels_needed(labels: np.ndarray, accuracies: np.ndarray, target: float) -> 
     labels, accuracies = np.asarray(labels, dtype=float), np.asarray(accuracies, dtype=float)
     if labels.ndim != 1 or labels.shape != accuracies.shape or labels.size == 0:
         raise ValueError(
-            f"labels and accuracies must be two 1-D arrays of the same length; got shapes {labels.shape} and {accuracies.shape}"
+            f"labels and accuracies must be two 1-D arrays of the same length; got shapes {labels.shape} and "
+            f"{accuracies.shape}"
         )
     if not (labels > 0).all() or not (np.diff(labels) > 0).all() or not np.isfinite(accuracies).all():
         raise ValueError(
-            f"labels must be positive and strictly increasing and accuracies finite; got {labels.tolist()} and {accuracies.tolist()}"
+            f"labels must be positive and strictly increasing and accuracies finite; got {labels.tolist()} and "
+            f"{accuracies.tolist()}"
         )
     reached = np.flatnonzero(accuracies >= target)
     if reached.size == 0:
@@ -103,7 +105,8 @@ def labels_saved(
     if baseline.shape[:2] != (reference.shape[0], baseline_labels.size) or baseline.shape[2] != reference.shape[1]:
         raise ValueError(
             f"baseline_correct must be (seeds, budgets, images) = ({reference.shape[0]}, {baseline_labels.size}, "
-            f"{reference.shape[1]}) to match reference_correct {reference.shape} and baseline_labels; got {baseline.shape}"
+            f"{reference.shape[1]}) to match reference_correct {reference.shape} and baseline_labels; got "
+            f"{baseline.shape}"
         )
     if reference_labels <= 0:
         raise ValueError(f"reference_labels must be a positive label count; got {reference_labels}")

@@ -90,7 +90,8 @@ def quality_chart(reports: list[dict]) -> bytes:
         )
         axis.set_xticks(list(positions), classes, fontsize=7)
         axis.set_title(
-            f"{report.get('start', '')} student, {report['label_fraction']:g} of labels, threshold {report['threshold']:g}",
+            f"{report.get('start', '')} student, {report['label_fraction']:g} of labels, threshold "
+            f"{report['threshold']:g}",
             fontsize=9,
         )
     axes[0][0].set_ylabel("validation fold, by true class")
@@ -102,10 +103,10 @@ def quality_html(reports: list[dict], chart: bytes) -> str:
     """The Deck page: what the numbers mean, the summary table, the chart, the per-class table."""
     return (
         "<h3>Self-training: pseudo-label quality (val split)</h3>"
-        "<p>The FixMatch student labels with its own predictions. coverage: share of val images the student is confident "
-        "about at the threshold (would be pseudo-labelled); pseudo_label_accuracy: accuracy of those labels; ece: the "
-        "student's calibration error; mask_rate: share of pool images that passed the threshold during training; "
-        "a student that does not beat its teacher on val is reported and never registered.</p>"
+        "<p>The FixMatch student labels with its own predictions. coverage: share of val images the student is "
+        "confident about at the threshold (would be pseudo-labelled); pseudo_label_accuracy: accuracy of those "
+        "labels; ece: the student's calibration error; mask_rate: share of pool images that passed the threshold "
+        "during training; a student that does not beat its teacher on val is reported and never registered.</p>"
         f"<pre>{html.escape(quality_markdown(reports))}</pre>"
         f'<img src="data:image/png;base64,{base64.b64encode(chart).decode()}"/>'
         + per_class_table(reports).to_html(index=False, float_format=lambda v: f"{v:.4f}")

@@ -19,25 +19,26 @@ def pipeline_summary(results: pd.DataFrame, registration: Registration, parent_r
     return "\n".join(
         [
             "Accuracy on the in-domain test split and the shift set, ECE in-domain (pixels: linear on raw pixels;",
-            "scratch: random init; simclr: generic SimCLR; +domain: SimCLR continued on the domain; +micle: with case pairs;",
-            "+student: a FixMatch student of that fine-tuned model). Labels: the budget at each fraction, training + validation",
-            "folds; every choice (early stopping, the search, the probe's regularisation, the student's checkpoint, the best arm)",
-            "was made on the validation fold:",
+            "scratch: random init; simclr, moco, ...: the method on generic images; +domain: continued on the domain;",
+            "+micle: with case pairs; +student: a FixMatch student of that fine-tuned model). Labels: the budget at",
+            "each fraction, training + validation folds; every choice (early stopping, the search, the probe's",
+            "regularisation, the student's checkpoint, the best arm) was made on the validation fold:",
             results_markdown(results),
-            f"This run's verdicts ({_seeds_note(results)}; the arms chosen on validation; each interval is of the paired",
-            "difference on the in-domain test split, from a bootstrap over test cases, not images):",
+            f"This run's verdicts ({_seeds_note(results)}; the arms chosen on validation; each interval is of the",
+            "paired difference on the in-domain test split, from a bootstrap over test cases, not images):",
             *comparison_lines(label_efficiency_comparisons(results)),
             "",
             "In-domain effect of each pretraining step:",
             *[f"  {line}" for line in effect_lines(results)],
             "",
-            f"Charts: {', '.join(f'charts/{name}.png' for name in CHARTS)} in the 'evaluate' stage run under the parent run"
-            " below, and the Flyte Deck 'evaluation' of the evaluate task.",
+            f"Charts: {', '.join(f'charts/{name}.png' for name in CHARTS)} in the 'evaluate' stage run under the "
+            "parent run below, and the Flyte Deck 'evaluation' of the evaluate task.",
             "",
             f"MLflow parent run: {parent_run_id} ({tracking_uri})",
             (
-                f"Registered model: {registration.model_name} version {registration.version} aliases {', '.join(registration.aliases)}"
-                f" (selected: {registration.init} {registration.probe} at label fraction {registration.label_fraction:g})"
+                f"Registered model: {registration.model_name} version {registration.version} aliases "
+                f"{', '.join(registration.aliases)} (selected: {registration.init} {registration.probe} at label "
+                f"fraction {registration.label_fraction:g})"
             ),
             f"Promotion gate: {registration.decision}",
             f"Champion: {registration.model_name} version {registration.champion_version or '(none)'}",
@@ -62,7 +63,8 @@ def dataset_summary(
     lines = [
         f"dataset {name!r} is valid: {num_images} images, {summary.get('cases', '?')} cases, "
         f"{summary.get('labelled', '?')} labelled, splits {summary.get('split_counts', {})}",
-        f"duplicates dropped: {summary.get('duplicates_dropped', 0)}; quarantined: {len(quarantined)} (held back: {summary.get('held_back', {})})",
+        f"duplicates dropped: {summary.get('duplicates_dropped', 0)}; quarantined: {len(quarantined)} (held back: "
+        f"{summary.get('held_back', {})})",
         *[f"  quarantined {item['problem']}" for item in quarantined],
         f"not listed in metadata.csv, not used: {summary.get('unlisted_files', {}).get('count', 0)} image file(s)",
         *[f"warning: {warning}" for warning in summary.get("warnings", [])],

@@ -73,7 +73,8 @@ def effect_lines(results: pd.DataFrame) -> list[str]:
             if init == ours and (theirs, probe, fraction) in summary:
                 baseline = summary[(theirs, probe, fraction)]["in-domain"]
                 lines.append(
-                    f"{step} ({probe}, {fraction:g}): {cells['in-domain']} vs {baseline} -> {verdict(cells['in-domain'], baseline)}"
+                    f"{step} ({probe}, {fraction:g}): {cells['in-domain']} vs {baseline} -> "
+                    f"{verdict(cells['in-domain'], baseline)}"
                 )
     return lines
 

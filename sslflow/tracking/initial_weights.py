@@ -91,7 +91,8 @@ def fetch_weights(uri: str, folder: Path) -> Path:
     path = Path(uri).expanduser()
     if not path.is_file():
         raise InitialWeightsError(
-            f"initial weights {uri}: no such file; give a local file, s3://bucket/key, models:/name/version or runs:/id/path"
+            f"initial weights {uri}: no such file; give a local file, s3://bucket/key, models:/name/version or "
+            "runs:/id/path"
         )
     return path
 
@@ -127,7 +128,8 @@ def _folder_tensors(folder: Path, uri: str) -> dict:
     files = sorted(path for path in folder.rglob("*") if path.suffix in WEIGHT_SUFFIXES)
     if len(files) != 1:
         raise ValueError(
-            f"the folder holds {len(files)} weight files ({', '.join(p.name for p in files[:5])}); point the URI at one of them"
+            f"the folder holds {len(files)} weight files ({', '.join(p.name for p in files[:5])}); point the URI at "
+            "one of them"
         )
     return read_weights_file(files[0])
 

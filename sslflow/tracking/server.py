@@ -50,7 +50,8 @@ def explain_unreachable_server() -> Iterator[None]:
             raise
         raise TrackingServerUnavailable(
             f"{SERVICE} {tracking_uri()} did not answer after {MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries "
-            f"(MLFLOW_HTTP_REQUEST_MAX_RETRIES; MLFLOW_HTTP_REQUEST_TIMEOUT={MLFLOW_HTTP_REQUEST_TIMEOUT.get()} s per try). "
+            f"(MLFLOW_HTTP_REQUEST_MAX_RETRIES; MLFLOW_HTTP_REQUEST_TIMEOUT={MLFLOW_HTTP_REQUEST_TIMEOUT.get()} s "
+            "per try). "
             f"{WHAT_TO_DO} Last error: {error}",
             service=SERVICE,
             uri=tracking_uri(),

@@ -61,8 +61,9 @@ def tracking_uri() -> str:
     if not uri:
         if os.environ.get("FLYTE_INTERNAL_EXECUTION_ID"):  # set in every pod of a Flyte cluster execution
             raise RuntimeError(
-                "MLFLOW_TRACKING_URI is not set in this Flyte pod, so each task would log to its own throw-away sqlite file. "
-                "Register or run with --env MLFLOW_TRACKING_URI=http://<your mlflow server>:5000 (see README, 'Run on your cluster')."
+                "MLFLOW_TRACKING_URI is not set in this Flyte pod, so each task would log to its own throw-away "
+                "sqlite file. Register or run with --env MLFLOW_TRACKING_URI=http://<your mlflow server>:5000 (see "
+                "README, 'Run on your cluster')."
             )
         uri = f"sqlite:///{Path.cwd().resolve() / DEFAULT_DATABASE}"
     uri = _move_credentials_to_environment(uri)

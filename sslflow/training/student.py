@@ -27,7 +27,7 @@ from ssl_models.finetuning import validation_scores
 from ssl_models.fixmatch import SelfTrainConfig, train_fixmatch
 from ssl_models.heads import Classifier
 from ssl_models.metrics import expected_calibration_error
-from sslflow.ladder import FLOORS
+from sslflow.ladder import FLOORS, SCRATCH_ARM
 from sslflow.training.labelled_subset import labelled_subset_rows
 from sslflow.training.selection import select_best
 
@@ -115,7 +115,7 @@ def student_starts(models: list, top_rung_arm: str) -> list[tuple]:
     floors = [model for model in models if model.init in FLOORS]
     return [
         (student_start(models, top_rung_arm), select_best(models)),
-        (student_start(models, "scratch"), select_best(floors)),
+        (student_start(models, SCRATCH_ARM), select_best(floors)),
     ]
 
 
@@ -125,7 +125,8 @@ def student_start(models: list, arm: str):
     starts = [model for model in models if (model.init, model.probe) == (arm, "finetune")]
     if len(starts) != 1:
         raise ValueError(
-            f"self-training continues the model fine-tuned from the {arm} encoder; found {len(starts)} among {sorted((m.init, m.probe) for m in models)}"
+            f"self-training continues the model fine-tuned from the {arm} encoder; found {len(starts)} among "
+            f"{sorted((m.init, m.probe) for m in models)}"
         )
     return starts[0]
 
