@@ -40,6 +40,34 @@ def _labelled_train_and_val(domain: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
     return read_rows(domain, labelled_in("train", "val"))
 
 
+STOPPING_METRICS = (
+    "budget_steps",
+    "stopped_step",
+    "best_step",
+    "best_val_accuracy",
+    "evaluations",
+    "early_stopped",
+    "best_at_budget_end",
+)
+
+
+def _log_history(history: list[dict], *, linear_probe: bool) -> None:
+    """On the stage run: the training curve per step, where full fine-tuning stopped, and the probe's fit (converged
+    or not, and the L2 strength validation chose)."""
+    for record in history:
+        curve = {
+            "train_loss": record["loss"],
+            "train_accuracy": record["accuracy"],
+            "val_accuracy_at_step": record.get("val_accuracy"),
+        }
+        mlflow.log_metrics({k: v for k, v in curve.items() if v is not None}, step=record.get("step", record["epoch"]))
+    last = history[-1]
+    mlflow.log_metrics({k: float(last[k]) for k in STOPPING_METRICS if k in last})
+    if linear_probe:
+        mlflow.log_metrics({"probe_converged": float(last["converged"]), "probe_inverse_l2": last["inverse_l2"]})
+        mlflow.set_tag("probe_stop_reason", last["stop_reason"])
+
+
 def _finetune(
     domain: Dataset,
     initial: EncoderCheckpoint | None,
@@ -56,13 +84,8 @@ def _finetune(
     show_progress()
     manifest, images = _labelled_train_and_val(domain)
     in_channels, image_size = int(images.shape[1]), int(images.shape[-1])
-    encoder = initial_encoder(
-        None if initial is None else initial.checkpoint.download(),
-        encoder_name,
-        in_channels,
-        image_size,
-        seed=config.seed,
-    )
+    weights = None if initial is None else initial.checkpoint.download()
+    encoder = initial_encoder(weights, encoder_name, in_channels, image_size, seed=config.seed)
     subset = labelled_subset(manifest, images, label_fraction, config.seed, domain.name)
     validation = (torch.from_numpy(subset.val_images), subset.val_labels)
     params = {
@@ -75,45 +98,13 @@ def _finetune(
         **lineage,
     }
     with stage_run(parent_run_id, f"finetune:{init}/{probe}@{label_fraction:g}/seed={config.seed}", params) as run:
-        model, history = finetune(
-            encoder,
-            torch.from_numpy(subset.images),
-            subset.labels,
-            len(subset.class_names),
-            config,
-            validation=validation,
-        )
-        for record in history:
-            curve = {
-                "train_loss": record["loss"],
-                "train_accuracy": record["accuracy"],
-                "val_accuracy_at_step": record.get("val_accuracy"),
-            }
-            mlflow.log_metrics(
-                {k: v for k, v in curve.items() if v is not None}, step=record.get("step", record["epoch"])
-            )
-        stopping = (
-            "budget_steps",
-            "stopped_step",
-            "best_step",
-            "best_val_accuracy",
-            "evaluations",
-            "early_stopped",
-            "best_at_budget_end",
-        )
-        mlflow.log_metrics(
-            {k: float(history[-1][k]) for k in stopping if k in history[-1]}
-        )  # full fine-tuning: where it stopped
-        if config.linear_probe:  # the probe's fit: converged or not, and the L2 strength validation chose
-            mlflow.log_metrics(
-                {"probe_converged": float(history[-1]["converged"]), "probe_inverse_l2": history[-1]["inverse_l2"]}
-            )
-            mlflow.set_tag("probe_stop_reason", history[-1]["stop_reason"])
+        images_in, classes = torch.from_numpy(subset.images), len(subset.class_names)
+        model, history = finetune(encoder, images_in, subset.labels, classes, config, validation=validation)
+        _log_history(history, linear_probe=config.linear_probe)
         val_accuracy, val_loss = validation_scores(model, validation[0], validation[1], config.augment)
         fit = fit_summary(history[-1])
-        mlflow.log_metrics(
-            {"val_accuracy": val_accuracy, "val_loss": val_loss, "final_train_accuracy": fit.final_train_accuracy}
-        )
+        scores = {"val_accuracy": val_accuracy, "val_loss": val_loss, "final_train_accuracy": fit.final_train_accuracy}
+        mlflow.log_metrics(scores)
         mlflow.set_tag("chosen_on_validation", fit.chosen)
         path, sha256 = save_state_dict(model, Path(current_context().working_directory), "finetune", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")

@@ -69,6 +69,19 @@ def _classifier(model: FinetunedModel):
     )
 
 
+def _log_curve(history: list[dict]) -> None:
+    """The student's training curve on its stage run, per step."""
+    for record in history:
+        curve = {
+            "train_loss": record["loss"],
+            "labelled_loss": record["labelled_loss"],
+            "unlabelled_loss": record["unlabelled_loss"],
+            "step_mask_rate": record["mask_rate"],
+            "val_accuracy_at_step": record.get("val_accuracy"),
+        }
+        mlflow.log_metrics({k: v for k, v in curve.items() if v is not None}, step=record["step"])
+
+
 def _train_student(
     data_source,
     teacher: FinetunedModel,
@@ -85,48 +98,23 @@ def _train_student(
     params = {
         "config": config,
         "label_fraction": fraction,
-        "teacher.init": teacher.init,
-        "teacher.probe": teacher.probe,
-        "teacher.sha256": teacher.content_sha256,
         "start.init": start.init,
         "start.sha256": start.content_sha256,
     }
+    params |= {"teacher.init": teacher.init, "teacher.probe": teacher.probe, "teacher.sha256": teacher.content_sha256}
     with stage_run(parent_run_id, f"self_train:{arm}@{fraction:g}/seed={seed}", params) as run:
-        log.info(
-            "self-training %s at %g (seed %d): %d labelled + %d val labels, %d pool images",
-            arm,
-            fraction,
-            seed,
-            len(data.labels),
-            len(data.val_labels),
-            len(data.pool_images),
-        )
-        result = run_self_training(
-            _classifier(teacher), _classifier(start), data, dataclasses.replace(config, seed=seed)
-        )  # the seed of its teacher
-        for record in result.history:
-            curve = {
-                "train_loss": record["loss"],
-                "labelled_loss": record["labelled_loss"],
-                "unlabelled_loss": record["unlabelled_loss"],
-                "step_mask_rate": record["mask_rate"],
-                "val_accuracy_at_step": record.get("val_accuracy"),
-            }
-            mlflow.log_metrics({k: v for k, v in curve.items() if v is not None}, step=record["step"])
-        report = {
-            "label_fraction": fraction,
-            "seed": seed,
-            "teacher": f"{teacher.init} {teacher.probe}",
-            "start": start.init,
-            **result.report,
-        }
-        mlflow.log_metrics(
-            {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k != "label_fraction"}
-        )
+        sizes = len(data.labels), len(data.val_labels), len(data.pool_images)
+        log.info("self-training %s at %g (seed %d): %d labelled + %d val, %d pool images", arm, fraction, seed, *sizes)
+        seeded = dataclasses.replace(config, seed=seed)  # the seed of its teacher
+        result = run_self_training(_classifier(teacher), _classifier(start), data, seeded)
+        _log_curve(result.history)
+        report = {"label_fraction": fraction, "seed": seed, "teacher": f"{teacher.init} {teacher.probe}"}
+        report |= {"start": start.init, **result.report}
+        numbers = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k != "label_fraction"}
+        mlflow.log_metrics(numbers)
         mlflow.log_text(json.dumps(report, indent=1), "pseudo_label_quality.json")
-        path, sha256 = save_state_dict(
-            result.student, Path(current_context().working_directory), "student", "classifier.pt"
-        )
+        work = Path(current_context().working_directory)
+        path, sha256 = save_state_dict(result.student, work, "student", "classifier.pt")
         mlflow.log_artifact(str(path), artifact_path="checkpoint")
     student = FinetunedModel(
         checkpoint=FlyteFile(str(path)),

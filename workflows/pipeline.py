@@ -41,6 +41,21 @@ DEFAULT_SEEDS = [0]  # fine-tuning seeds; benchmarks/quality.py runs 3 for inter
 # The defaults fit `make run` in 600 s on 2 CPU cores (README, "Time budget"); larger ones: launch plans, quality.py.
 
 
+def _ingested(source, fingerprint, ingest_config, validation, label_fractions, run_id):
+    """The nodes of one source in the DAG: ingest (cached on the source's fingerprint), then validate. A helper that
+    builds nodes when the workflow is compiled, not a sub-workflow: the DAG is the same as writing them out."""
+    dataset = ingest(source=source, fingerprint=fingerprint, config=ingest_config, parent_run_id=run_id)
+    return validate(dataset=dataset, config=validation, label_fractions=label_fractions, parent_run_id=run_id)
+
+
+def _domain_rungs(domain, generic_encoder, domain_pretraining, run_id) -> list:
+    """The domain and case-pairs pretraining nodes, both continuing the generic rung's encoder (sslflow.ladder.LADDER;
+    compiled into the DAG like _ingested). The generic rung's node stays in ssl_pipeline itself, where the multinode
+    plan (workflows/launch_plans.py) swaps its task."""
+    continued = {"dataset": domain, "initial": generic_encoder, "config": domain_pretraining, "parent_run_id": run_id}
+    return [pretrain_domain(**continued), pretrain_case_pairs(**continued)]
+
+
 @workflow
 def ssl_pipeline(
     generic_source: str = "fashion-mnist",
@@ -52,9 +67,8 @@ def ssl_pipeline(
     encoder_name: str = "small_cnn",
     generic_pretraining: PretrainConfig = PretrainConfig(epochs=4),  # the generic rung; its method names the arms
     domain_pretraining: PretrainConfig = PretrainConfig(epochs=4),  # both domain rungs'; method: the generic rung's
-    finetune: FinetuneConfig = FinetuneConfig(
-        epochs=5, min_steps=200
-    ),  # every arm alike: 200+ steps, early stopping on the validation fold
+    # every arm alike: 200+ steps, early stopping on the validation fold
+    finetune: FinetuneConfig = FinetuneConfig(epochs=5, min_steps=200),
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     seeds: list[int] = DEFAULT_SEEDS,
     self_train: SelfTrainConfig = SelfTrainConfig(),
@@ -79,47 +93,24 @@ def ssl_pipeline(
         self_train=self_train,
         registry=registry,
     )
-    generic = validate(
-        dataset=ingest(
-            source=generic_source, fingerprint=generic_fingerprint, config=generic_ingest, parent_run_id=run_id
-        ),
-        config=ValidationConfig(),
-        label_fractions=[],
-        parent_run_id=run_id,
-    )
-    domain = validate(
-        dataset=ingest(
-            source=domain_source, fingerprint=domain_fingerprint, config=domain_ingest, parent_run_id=run_id
-        ),
-        config=ValidationConfig(),
-        label_fractions=label_fractions,
-        parent_run_id=run_id,
-    )
-    shift = validate(
-        dataset=ingest(source=shift_source, fingerprint=shift_fingerprint, config=shift_ingest, parent_run_id=run_id),
-        config=ValidationConfig(require_labels=True),
-        label_fractions=[],
-        parent_run_id=run_id,
-    )
+    generic = _ingested(generic_source, generic_fingerprint, generic_ingest, ValidationConfig(), [], run_id)
+    domain = _ingested(domain_source, domain_fingerprint, domain_ingest, ValidationConfig(), label_fractions, run_id)
+    shift_validation = ValidationConfig(require_labels=True)
+    shift = _ingested(shift_source, shift_fingerprint, shift_ingest, shift_validation, [], run_id)
     generic_encoder = pretrain_generic(
         dataset=generic, encoder_name=encoder_name, config=generic_pretraining, parent_run_id=run_id
     )
-    domain_encoder = pretrain_domain(
-        dataset=domain, initial=generic_encoder, config=domain_pretraining, parent_run_id=run_id
-    )
-    case_pairs_encoder = pretrain_case_pairs(
-        dataset=domain, initial=generic_encoder, config=domain_pretraining, parent_run_id=run_id
-    )
+    encoders = [generic_encoder, *_domain_rungs(domain, generic_encoder, domain_pretraining, run_id)]  # bottom first
     models = finetune_all(
         domain=domain,
-        encoders=[generic_encoder, domain_encoder, case_pairs_encoder],  # sslflow.ladder.LADDER, bottom rung first
+        encoders=encoders,
         label_fractions=label_fractions,
         seeds=seeds,
         config=finetune,
         parent_run_id=run_id,
     )
     models = self_train_task(
-        models=models, domain=domain, encoder=case_pairs_encoder, config=self_train, parent_run_id=run_id
+        models=models, domain=domain, encoder=encoders[-1], config=self_train, parent_run_id=run_id
     )
     results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
     registration = register(
