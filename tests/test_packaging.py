@@ -171,7 +171,10 @@ def test_workers_per_pod_travel_into_the_pod(package):
         **POD_ENVIRONMENT,
         **env,
     }
-    script = "from tasks.pretrain import pretrain_generic as t; print(t.task_config.nproc_per_node, t.metadata.cache_version)"
+    script = (
+        "from tasks.pretrain import pretrain_generic as t; "
+        "print(t.task_config.nproc_per_node, t.metadata.cache_version)"
+    )
     imported = subprocess.run(
         [sys.executable, "-c", script],
         cwd=PROJECT_ROOT,
