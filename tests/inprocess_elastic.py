@@ -1,8 +1,9 @@
 """Test helper: run Elastic training tasks in the calling process instead of torch-elastic workers.
 
 Locally, every Elastic task launches a worker process that re-imports the project (about 10 s of CPU
-here) and is polled every monitor_interval (5 s); a tiny pipeline has eight such tasks, so they would
-dominate tests whose subject is MLflow and Flyte's cache, not Elastic (tested on its own elsewhere).
+here) and rendezvouses; a pipeline has three such tasks (the pretrainings), a large share of tests whose subject
+is MLflow, Flyte's cache or a data source, not Elastic (tested on its own elsewhere, and in test_pipeline_e2e and
+test_pods' pipeline runs).
 The task function itself is the same; only the launcher is skipped.
 
     with_inprocess_elastic(monkeypatch)                                   # in a test

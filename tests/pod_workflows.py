@@ -7,11 +7,16 @@ map task) one pod per item of its mapped input; a dynamic task's pod returns the
 (DynamicJobSpec: its nodes, their task templates, its output bindings) and that is run here, node by node, in turn.
 Nothing is hard-coded about the pipeline: a new node in the workflow is run like the others.
 
-Not done, as propeller would: retries, caching, parallel nodes, branch and gate nodes (none in sslflow).
+Nodes whose upstream nodes are done run in parallel, as propeller runs them, at most ``parallel_pods`` pods at once
+(two by default: a 2-core machine's worth of pod start-ups).
+
+Not done, as propeller would: retries, caching, branch and gate nodes (none in sslflow).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from flyteidl.core import dynamic_job_pb2, literals_pb2
@@ -30,9 +35,13 @@ class WorkflowWalk:
 
     runner: PodRunner
     package: Package
+    parallel_pods: int = 2
     nodes: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, LiteralMap] = field(default_factory=dict)
     outputs: dict[str, LiteralMap] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._pods = threading.BoundedSemaphore(self.parallel_pods)
 
     def run(self, workflow: str, inputs: LiteralMap) -> LiteralMap:
         """Run the workflow named ``workflow`` (e.g. "workflows.pipeline.ssl_pipeline") on ``inputs``: its outputs."""
@@ -42,12 +51,27 @@ class WorkflowWalk:
     def _run_nodes(
         self, nodes: list, output_bindings: list, inputs: LiteralMap, tasks: dict[str, SerializedTask], path: str
     ) -> LiteralMap:
+        """Every node in a thread of its own that waits for its upstream nodes' results, then runs; the results of
+        ``output_bindings``."""
         results = {START_NODE: inputs.to_flyte_idl()}
-        for node in _in_order(nodes):
+        ids = {node.id for node in nodes}
+        done: dict[str, Future] = {}
+
+        def run_after_upstream(node) -> None:
+            for upstream in node.upstream_node_ids:
+                if upstream in ids:
+                    done[upstream].result()  # re-raises an upstream node's failure
             node_inputs = literals_pb2.LiteralMap(literals={b.var: _resolve(b.binding, results) for b in node.inputs})
             results[node.id] = self._run_node(
                 node, LiteralMap.from_flyte_idl(node_inputs), tasks, f"{path}{node.id}"
             ).to_flyte_idl()
+
+        ordered = _in_order(nodes)  # every node submitted after its upstream nodes: their futures exist
+        with ThreadPoolExecutor(max_workers=max(len(ordered), 1)) as threads:
+            for node in ordered:
+                done[node.id] = threads.submit(run_after_upstream, node)
+            for node in ordered:
+                done[node.id].result()
         return LiteralMap.from_flyte_idl(
             literals_pb2.LiteralMap(literals={b.var: _resolve(b.binding, results) for b in output_bindings})
         )
@@ -63,12 +87,14 @@ class WorkflowWalk:
             task = tasks[node.array_node.node.task_node.reference_id.name]
             size = len(next(iter(inputs.literals.values())).collection.literals)
             self.nodes[path], self.inputs[path] = task.name, inputs
-            self.outputs[path] = self.runner.run_map(task, path.replace("/", "-"), inputs, size)
+            with self._pods:
+                self.outputs[path] = self.runner.run_map(task, path.replace("/", "-"), inputs, size)
             return self.outputs[path]
         assert target == "task_node", f"node {path} is a {target} node: the walk runs task, workflow and array nodes"
         task = tasks[node.task_node.reference_id.name]
         self.nodes[path], self.inputs[path] = task.name, inputs
-        result = self.runner.execute(task, path.replace("/", "-"), inputs)
+        with self._pods:
+            result = self.runner.execute(task, path.replace("/", "-"), inputs)
         if isinstance(result, dynamic_job_pb2.DynamicJobSpec):  # the pod compiled a sub-workflow: run it
             result = self._run_dynamic(result, tasks, path)
         self.outputs[path] = result

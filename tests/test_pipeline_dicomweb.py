@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from dicom_files import PLANTED, write_pacs_folder
 from flytekit.core.local_cache import LocalTaskCache
+from inprocess_elastic import with_inprocess_elastic
 from live_mlflow import mlflow_at
 from mlflow.tracking import MlflowClient
 from orthanc import MISSING, orthanc_server
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
 def test_pipeline_from_an_archive_query_uses_header_cases_and_shows_no_identifier(tmp_path, monkeypatch, capfd):
+    with_inprocess_elastic(monkeypatch)  # its subject is the source; the Elastic launcher: test_pipeline_e2e, test_pods
     monkeypatch.setenv(KEY_ENV, "pipeline-dicomweb-key-0123456789abcdef")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # Flyte's local cache, searched below
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "ingest-cache"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from flytekit.core.local_cache import LocalTaskCache
+from inprocess_elastic import with_inprocess_elastic
 from live_mlflow import mlflow_at
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -50,6 +51,7 @@ def write_scan_folder(root, count=360) -> pd.DataFrame:
 
 
 def test_pipeline_runs_on_a_user_folder_with_real_cases(tmp_path, monkeypatch):
+    with_inprocess_elastic(monkeypatch)  # its subject is the source; the Elastic launcher: test_pipeline_e2e, test_pods
     folder = tmp_path / "scans"
     write_scan_folder(folder)
     LocalTaskCache.clear()
