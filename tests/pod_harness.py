@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,10 +202,12 @@ class PodRunner:
         setup_endpoint: str | None = None,
         fast_archive: Path | None = None,
         python_path: tuple[Path, ...] = (),
+        parallel_items: int = 2,
     ):
         """endpoint: the object store as the pods see it; setup_endpoint: as this process sees it (default: the same);
         fast_archive: the code archive of a fast package (uploaded here; the pods run the code from it);
-        python_path: folders put on every pod's PYTHONPATH before the code (a test's sitecustomize)."""
+        python_path: folders put on every pod's PYTHONPATH before the code (a test's sitecustomize);
+        parallel_items: how many of a map task's pods run at once (an ArrayNode runs them in parallel)."""
         self.work, self.endpoint, self.bucket = work, endpoint, bucket
         self.registered, self.secrets = dict(registered or {}), dict(secrets or {})
         self.execution = f"pod-test-{uuid.uuid4().hex[:8]}"
@@ -218,6 +221,7 @@ class PodRunner:
         if bucket not in {entry["Name"] for entry in self.s3.list_buckets()["Buckets"]}:
             self.s3.create_bucket(Bucket=bucket)
         self.literal_files: dict[str, int] = {}
+        self.parallel_items = parallel_items
         self.python_path = [*map(str, python_path), *([] if fast_archive else [str(PROJECT_ROOT)])]
         self.code_archive = None
         if (
@@ -251,10 +255,13 @@ class PodRunner:
         takes the item at its index; the outputs are gathered in index order into one collection per output."""
         prefix = f"s3://{self.bucket}/metadata/{self.execution}/{node}"
         self._put(f"{prefix}/inputs.pb", inputs)
-        outputs = []
-        for index in range(size):
+
+        def run_item(index: int) -> LiteralMap:
             self._start(task, f"{node}-{index}", prefix, f"{prefix}/{index}", index=index)
-            outputs.append(self._get(f"{prefix}/{index}/outputs.pb"))
+            return self._get(f"{prefix}/{index}/outputs.pb")
+
+        with ThreadPoolExecutor(max_workers=self.parallel_items) as pods:
+            outputs = list(pods.map(run_item, range(size)))  # in index order; the first failure is raised
         names = outputs[0].literals.keys() if outputs else []
         return LiteralMap(
             {name: Literal(collection=LiteralCollection([o.literals[name] for o in outputs])) for name in names}
