@@ -412,6 +412,7 @@ def test_outages_fail_recoverable_and_refusals_do_not(package, tmp_path):
         "generic_source": "mnist-5k",
         "domain_source": "mnist-5k",
         "shift_source": "optdigits",
+        "source_fingerprints": ["0" * 64, "1" * 64, "2" * 64],  # source_fingerprint's outputs, one per source
         "encoder_name": "small_cnn",
         "generic_pretraining": PretrainConfig(),
         "domain_pretraining": PretrainConfig(),
