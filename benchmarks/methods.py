@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import os
 import resource
 import sys
 import time
@@ -34,12 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import fashion_mnist_split, parse_arguments, write_result  # noqa: E402
-from benchmarks.vs_lightly import SIZE, PilImages, knn, train_ours  # noqa: E402
+from benchmarks.vs_lightly import SIZE, knn, pil_loader, seconds_since, simclr_transform, train_ours  # noqa: E402
 from ssl_models.augment import AugmentConfig  # noqa: E402
 from ssl_models.device import pick_device  # noqa: E402
 from ssl_models.encoders import build_encoder  # noqa: E402
@@ -103,16 +101,9 @@ def train_lightly(
 ) -> float:
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms import SimCLRTransform
     from lightly.utils.scheduler import cosine_schedule
 
-    transform = SimCLRTransform(
-        input_size=SIZE,
-        min_scale=config.augment.crop_scale[0],
-        hf_prob=config.augment.flip_probability,
-        rr_prob=0.0,
-        normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
-    )
+    transform = simclr_transform(config)
     encoder, heads = encoder.to(device), _lightly_heads(method, encoder, config).to(device)
     targets = (copy.deepcopy(encoder), copy.deepcopy(heads["projection"])) if method != "simclr" else None
     for target in targets or ():
@@ -126,15 +117,7 @@ def train_lightly(
     optimizer = torch.optim.AdamW(
         [*encoder.parameters(), *heads.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    loader = DataLoader(
-        PilImages(images, transform),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=os.cpu_count() or 1,
-        persistent_workers=True,
-        pin_memory=device.type == "cuda",
-    )
+    loader = pil_loader(images, transform, config, device)
     total, step, started = config.epochs * len(loader), 0, time.perf_counter()
     for _ in range(config.epochs):
         for view_a, view_b in loader:
@@ -149,9 +132,7 @@ def train_lightly(
             loss.backward()
             optimizer.step()
             step += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+    return seconds_since(started, device)
 
 
 def _lightly_dino_transform(config: PretrainConfig):
@@ -201,15 +182,7 @@ def train_lightly_dino(
     optimizer = torch.optim.AdamW(
         [*encoder.parameters(), *head.parameters()], lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    loader = DataLoader(
-        PilImages(images, transform),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=os.cpu_count() or 1,
-        persistent_workers=True,
-        pin_memory=device.type == "cuda",
-    )
+    loader = pil_loader(images, transform, config, device)
     total, step, started = config.epochs * len(loader), 0, time.perf_counter()
     for epoch in range(config.epochs):
         for views in loader:
@@ -225,9 +198,7 @@ def train_lightly_dino(
             loss.backward()
             optimizer.step()
             step += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+    return seconds_since(started, device)
 
 
 def summarise(rows: dict[str, dict], methods) -> dict[str, dict]:

@@ -112,22 +112,22 @@ def identical_across_ranks(states: list[dict]) -> bool:
     return all(torch.equal(state[name], states[0][name]) for state in states[1:] for name in shared)
 
 
+def _job_data(
+    work: Path, sizes: tuple[int, ...], *, method: str, epochs: int, batch_size: int
+) -> tuple[int, list[str]]:
+    """(the number of images, the workers' options) of a job of ``method`` streaming shards of ``sizes`` images, written
+    under ``work``/data."""
+    num_images = write_shards(work / "data", sizes)
+    options = ["--data", str(work / "data"), "--epochs", str(epochs), "--batch-size", str(batch_size)]
+    return num_images, [*options, "--method", method]
+
+
 def coverage(
     world_size: int, work: Path, sizes: tuple[int, ...], *, method: str = "simclr", epochs: int = 2, batch_size: int = 5
 ) -> dict:
     """Run a ``world_size``-rank job of ``method`` streaming the shards of ``sizes``; what the module docstring lists,
     for one W."""
-    num_images = write_shards(work / "data", sizes)
-    options = [
-        "--data",
-        str(work / "data"),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        str(batch_size),
-        "--method",
-        method,
-    ]
+    num_images, options = _job_data(work, sizes, method=method, epochs=epochs, batch_size=batch_size)
     ranks = _finish(start_job(world_size, work, f"w{world_size}", options), work, f"w{world_size}")
     return _job_summary(ranks, num_images, epochs, work, f"w{world_size}")
 
@@ -182,17 +182,7 @@ def resume(
     """Two ranks on two nodes: an uninterrupted job, and one killed with SIGKILL after epoch ``killed_after``'s
     checkpoint and started again on fresh nodes; whether their final weights are bitwise equal, what the restart did,
     and the uninterrupted job's coverage and agreement across ranks (``uninterrupted_*``)."""
-    num_images = write_shards(work / "data", sizes)
-    options = [
-        "--data",
-        str(work / "data"),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        str(batch_size),
-        "--method",
-        method,
-    ]
+    num_images, options = _job_data(work, sizes, method=method, epochs=epochs, batch_size=batch_size)
     uninterrupted = _job_summary(
         _finish(start_job(2, work, "uninterrupted", options, nodes=2), work, "uninterrupted"),
         num_images,

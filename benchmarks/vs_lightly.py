@@ -47,33 +47,51 @@ class PilImages(Dataset):
         return self.transform(Image.fromarray(self.images[index, 0]).convert("RGB"))
 
 
-def train_lightly(images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device) -> float:
-    from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
+def simclr_transform(config: PretrainConfig):
+    """lightly's SimCLRTransform with our view settings (crop scale, flip probability; no rotation; to [-1, 1])."""
     from lightly.transforms import SimCLRTransform
 
-    transform = SimCLRTransform(
+    return SimCLRTransform(
         input_size=SIZE,
         min_scale=config.augment.crop_scale[0],
         hf_prob=config.augment.flip_probability,
         rr_prob=0.0,
         normalize={"mean": [0.5] * 3, "std": [0.5] * 3},
     )
+
+
+def pil_loader(images: np.ndarray, transform, config: PretrainConfig, device: torch.device) -> DataLoader:
+    """lightly's side's loader: ``transform`` on the images (N, 1, H, W) uint8 as PIL images, config.batch_size a
+    batch, shuffled, the last partial batch dropped, one worker process per core (kept between epochs)."""
+    return DataLoader(
+        PilImages(images, transform),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=os.cpu_count() or 1,
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def seconds_since(started: float, device: torch.device) -> float:
+    """Wall seconds from ``started`` (time.perf_counter) until the work queued on ``device`` is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def train_lightly(images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device) -> float:
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+
+    transform = simclr_transform(config)
     model = torch.nn.Sequential(encoder, SimCLRProjectionHead(encoder.feature_dim, 256, config.projection_dim)).to(
         device
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = NTXentLoss(temperature=config.settings.temperature)
-    workers = os.cpu_count() or 1
-    loader = DataLoader(
-        PilImages(images, transform),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        persistent_workers=True,
-        pin_memory=device.type == "cuda",
-    )
+    loader = pil_loader(images, transform, config, device)
     started = time.perf_counter()
     for _ in range(config.epochs):
         for view_a, view_b in loader:
@@ -82,9 +100,7 @@ def train_lightly(images: np.ndarray, encoder: torch.nn.Module, config: Pretrain
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+    return seconds_since(started, device)
 
 
 def train_ours(images: np.ndarray, encoder: torch.nn.Module, config: PretrainConfig, device: torch.device) -> float:

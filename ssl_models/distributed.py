@@ -51,6 +51,26 @@ def rank_device(local_rank: int, cuda_devices: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+AUTO_WORKERS = "auto"  # torchrun's --nproc-per-node auto: the node's GPUs decide
+
+
+def workers_per_node(setting: int | str, cuda_devices: int) -> int:
+    """The worker processes a node (a pod) starts for ``setting``: an integer as given, or ``"auto"`` (AUTO_WORKERS):
+    one per GPU of the node (``cuda_devices``, as torchrun's ``--nproc-per-node auto``), and one on a node without
+    GPUs (torchrun starts one per CPU core there: ranks that share the node's cores only split them).
+
+    Raises ValueError for anything else, naming the setting (Elastic nproc_per_node / SSLFLOW_NPROC_PER_NODE).
+    """
+    if setting == AUTO_WORKERS:
+        return max(cuda_devices, 1)
+    if isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
+        return setting
+    raise ValueError(
+        f"workers per node {setting!r} (Elastic nproc_per_node / SSLFLOW_NPROC_PER_NODE): give an integer >= 1 or "
+        f"{AUTO_WORKERS!r} (one worker per GPU of the node, one without GPUs)"
+    )
+
+
 def backend_for(device: torch.device) -> str:
     """The process-group backend for processes training on ``device``: NCCL between GPUs, gloo between CPUs."""
     return "nccl" if device.type == "cuda" else "gloo"

@@ -6,22 +6,25 @@ temporary path an artifact was written to. Their files are in the formats of ssl
 folder: sslflow/data/dataset.py; checkpoints: torch state dicts read with ``weights_only=True``).
 
 Training tasks declare the GPU image and request, an accelerator and Elastic (torchrun): locally one
-worker process; on a cluster ``SSLFLOW_NPROC_PER_NODE`` workers per pod (default 1), and a
-PyTorchJob of ``nnodes`` pods when nnodes > 1. ``Cache(serialize=True)`` on them: a scheduled and a
-manual run with the same inputs wait for one another instead of both occupying GPUs.
+worker process; on a cluster ``SSLFLOW_NPROC_PER_NODE`` workers per pod (default 1; "auto": one per
+GPU the pod can use), and a PyTorchJob of ``nnodes`` pods when nnodes > 1. ``Cache(serialize=True)``
+on them: a scheduled and a manual run with the same inputs wait for one another instead of both
+occupying GPUs.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from flytekit import Cache, FlyteContextManager, Resources, Secret
 from flytekit.core.task import TaskPlugins
 from flytekit.exceptions.user import FlyteRecoverableException, FlyteUserRuntimeException
@@ -34,9 +37,12 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from images.specs import gpu_image
 from ssl_models.device import check_gpus
+from ssl_models.distributed import AUTO_WORKERS, workers_per_node
 from sslflow.data import shard_fetch
 from sslflow.data.dataset import present_shards, read_images, read_summary
 from sslflow.failures import infrastructure_failure, killed_by_signal
+
+log = logging.getLogger(__name__)
 
 
 def outages_are_recoverable(task_function: Callable) -> Callable:
@@ -231,12 +237,12 @@ if MLFLOW_SECRETS is None:
         "authentication)"
     )
 
-# Workers per pod: the GPUs a training pod requests and the processes Elastic starts in it, one per GPU. Read where
-# the tasks are registered (SSLFLOW_NPROC_PER_NODE, default 1) and sent into the pod in the task's environment, so
-# the pod's import of this module builds the same Elastic config (the plugin launches task_config.nproc_per_node
-# workers) and the pod checks that it can use that many GPUs (GPUS_PER_POD_VARIABLE, outages_are_recoverable).
+# Workers per pod, read where the tasks are registered and sent into the pod in the task's environment (the pod imports
+# this module again): SSLFLOW_NPROC_PER_NODE, an integer N (default 1: pods of N GPUs, N workers) or "auto" (one
+# worker per GPU the pod can use, decided in the pod: ssl_models.distributed.workers_per_node), and with "auto"
+# SSLFLOW_GPUS_PER_POD, the GPUs each pod requests (default 1). In the pod GPUS_PER_POD_VARIABLE is also the number
+# of GPUs it checks it can use (outages_are_recoverable).
 NPROC_VARIABLE, GPUS_PER_POD_VARIABLE = "SSLFLOW_NPROC_PER_NODE", "SSLFLOW_GPUS_PER_POD"
-NPROC_PER_NODE = int(os.environ.get(NPROC_VARIABLE, "1"))
 RETRIED = "retried: infrastructure failure of "  # how a recoverable failure's message starts (Flyte retries the task)
 
 # What one rank (one GPU) of a training pod gets; a pod of n ranks gets n times as much, as requests and limits.
@@ -246,16 +252,72 @@ CPU_PER_RANK, MEMORY_PER_RANK_GIB, SHARED_MEMORY_PER_RANK_GIB, DISK_PER_RANK_GIB
 GPU_TASK_TIMEOUT = timedelta(hours=24)  # a hung rendezvous or collective ends the attempt (then Flyte's retries)
 
 
+@dataclass(frozen=True)
+class PodWorkers:
+    """A training pod as registered: ``gpus`` GPUs requested and ``workers`` Elastic worker processes, an integer or
+    "auto" (AUTO_WORKERS: one per GPU the pod can use, counted in the pod when the task starts)."""
+
+    workers: int | str
+    gpus: int
+
+    @property
+    def ranks(self) -> int:
+        """The workers the pod runs when it can use the GPUs it requested (one without GPUs): what its CPU, memory,
+        shared memory and disk are for and what its cache key counts (workers_per_node, as in the pod)."""
+        return workers_per_node(self.workers, self.gpus)
+
+    @classmethod
+    def registered(cls, environment: Mapping[str, str]) -> PodWorkers:
+        """The pods ``environment`` registers (NPROC_VARIABLE, GPUS_PER_POD_VARIABLE); ValueError naming the variable
+        for a value that is neither, or for integer workers on another number of GPUs (one worker per GPU)."""
+        setting = environment.get(NPROC_VARIABLE, "1").strip()
+        workers = setting if setting == AUTO_WORKERS else int(setting) if setting.isdigit() else None
+        gpus = environment.get(GPUS_PER_POD_VARIABLE, str(workers if isinstance(workers, int) else 1)).strip()
+        if workers is None or workers == 0 or not gpus.isdigit():
+            raise ValueError(
+                f"{NPROC_VARIABLE}={setting!r}, {GPUS_PER_POD_VARIABLE}={gpus!r}: set {NPROC_VARIABLE} to the workers "
+                f"per pod (an integer >= 1, the pod's GPUs, or {AUTO_WORKERS}: one per GPU the pod can use) and, with "
+                f"{AUTO_WORKERS}, {GPUS_PER_POD_VARIABLE} to the GPUs each pod requests"
+            )
+        if isinstance(workers, int) and int(gpus) not in (0, workers):
+            raise ValueError(
+                f"{NPROC_VARIABLE}={workers} workers on pods of {GPUS_PER_POD_VARIABLE}={gpus} GPUs: one worker per "
+                f"GPU; set only {NPROC_VARIABLE}, or {NPROC_VARIABLE}={AUTO_WORKERS} with {GPUS_PER_POD_VARIABLE}"
+            )
+        return cls(workers, int(gpus))
+
+
+POD_WORKERS = PodWorkers.registered(os.environ)
+
+
 class ElasticWorkers(Elastic):
-    """flytekitplugins.kfpytorch's Elastic config, run by ElasticWorkersTask (a worker killed by a signal is
-    retried)."""
+    """flytekitplugins.kfpytorch's Elastic config, run by ElasticWorkersTask: nproc_per_node may be "auto" (counted in
+    the pod; a worker killed by a signal is retried)."""
 
 
 class ElasticWorkersTask(PytorchElasticFunctionTask):
-    """The Elastic plugin's task (torchrun in the pod), but a worker process killed by a signal (the node's OOM killer,
-    a preemption) fails the attempt as recoverable, so Flyte retries it; the plugin reports it as the user's error."""
+    """The Elastic plugin's task (torchrun in the pod), but its workers counted in the pod when nproc_per_node is "auto"
+    (torchrun's --nproc-per-node auto: the plugin takes an integer), and a worker process killed by a signal (the
+    node's OOM killer, a preemption) failing the attempt as recoverable, so Flyte retries it; the plugin reports it as
+    the user's error."""
 
     def execute(self, **kwargs):
+        registered = self.task_config
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        workers = workers_per_node(registered.nproc_per_node, cuda_devices)
+        log.info(
+            "%d Elastic worker(s) in this pod (nproc_per_node=%s, %d GPU(s))",
+            workers,
+            registered.nproc_per_node,
+            cuda_devices,
+        )
+        self._task_config = replace(registered, nproc_per_node=workers)
+        try:
+            return self._launch(**kwargs)
+        finally:
+            self._task_config = registered
+
+    def _launch(self, **kwargs):
         try:
             return super().execute(**kwargs)
         except FlyteUserRuntimeException as error:
@@ -274,27 +336,31 @@ class ElasticWorkersTask(PytorchElasticFunctionTask):
 TaskPlugins.register_pythontask_plugin(ElasticWorkers, ElasticWorkersTask)
 
 
-def rank_resources(ranks: int) -> Resources:
-    """The requests (and limits) of a pod of ``ranks`` training processes: per rank CPU_PER_RANK cores,
-    MEMORY_PER_RANK_GIB GiB, DISK_PER_RANK_GIB GiB of ephemeral storage and one GPU."""
-    memory, disk = f"{MEMORY_PER_RANK_GIB * ranks}Gi", f"{DISK_PER_RANK_GIB * ranks}Gi"
-    return Resources(cpu=str(CPU_PER_RANK * ranks), mem=memory, gpu=str(ranks), ephemeral_storage=disk)
+def rank_resources(pod: PodWorkers) -> Resources:
+    """The requests (and limits) of a training pod: its GPUs, and per rank (PodWorkers.ranks) CPU_PER_RANK cores,
+    MEMORY_PER_RANK_GIB GiB and DISK_PER_RANK_GIB GiB of ephemeral storage."""
+    memory, disk = f"{MEMORY_PER_RANK_GIB * pod.ranks}Gi", f"{DISK_PER_RANK_GIB * pod.ranks}Gi"
+    return Resources(cpu=str(CPU_PER_RANK * pod.ranks), mem=memory, gpu=str(pod.gpus), ephemeral_storage=disk)
 
 
-def gpu_task_settings(ranks: int, *, nnodes: int = 1) -> dict:
-    """The @task settings of a training task of ``nnodes`` pods of ``ranks`` GPUs each, an Elastic worker per GPU: the
-    GPU image, resources that follow the ranks (rank_resources; shared memory too), the A100 accelerator, the workers
-    per pod in the pod's environment, MLflow's credentials (MLFLOW_SECRETS), retries on preemptible (``interruptible``)
-    nodes and a timeout. monitor_interval: the launcher polls its workers every second (the default 5 s adds up to 5 s
-    to every task). Shared memory comes from the task's shared_memory, not Elastic's deprecated increase_shared_mem."""
+def gpu_task_settings(pod: PodWorkers, *, nnodes: int = 1) -> dict:
+    """The @task settings of a training task of ``nnodes`` pods like ``pod``: the GPU image, resources that follow the
+    ranks (rank_resources; shared memory too), the A100 accelerator, the workers and GPUs per pod in the pod's
+    environment, MLflow's credentials (MLFLOW_SECRETS), retries on preemptible (``interruptible``) nodes and a timeout.
+    monitor_interval: the launcher polls its workers every second (the default 5 s adds up to 5 s to every task).
+    Shared memory comes from the task's shared_memory, not Elastic's deprecated increase_shared_mem. "auto" workers
+    need one pod (a PyTorchJob's Elastic config takes an integer)."""
+    if nnodes > 1 and pod.workers == AUTO_WORKERS:
+        raise ValueError(f"{NPROC_VARIABLE}={AUTO_WORKERS} runs on one pod; give the workers of {nnodes} pods")
+    elastic = ElasticWorkers(nnodes=nnodes, nproc_per_node=pod.workers, monitor_interval=1, increase_shared_mem=False)
     return dict(
         container_image=gpu_image,
-        requests=rank_resources(ranks),
-        limits=rank_resources(ranks),
+        requests=rank_resources(pod),
+        limits=rank_resources(pod),
         accelerator=A100,
-        shared_memory=f"{SHARED_MEMORY_PER_RANK_GIB * ranks}Gi",
-        environment={NPROC_VARIABLE: str(ranks), GPUS_PER_POD_VARIABLE: str(ranks)},
-        task_config=ElasticWorkers(nnodes=nnodes, nproc_per_node=ranks, monitor_interval=1, increase_shared_mem=False),
+        shared_memory=f"{SHARED_MEMORY_PER_RANK_GIB * pod.ranks}Gi",
+        environment={NPROC_VARIABLE: str(pod.workers), GPUS_PER_POD_VARIABLE: str(pod.gpus)},
+        task_config=elastic,
         secret_requests=MLFLOW_SECRETS,
         retries=2,
         interruptible=True,
@@ -302,21 +368,21 @@ def gpu_task_settings(ranks: int, *, nnodes: int = 1) -> dict:
     )
 
 
-def pretraining_cache(version: str, *, ranks: int = NPROC_PER_NODE, nnodes: int = 1) -> Cache:
-    """The cache of a pretraining task on ``nnodes`` pods of ``ranks`` workers: the world size is part of the cache
-    version, because the global batch (PretrainConfig.batch_size per rank) and the steps per epoch follow it; the same
-    inputs on another number of workers train another model. Serialized: a scheduled and a manual run with the same
-    inputs wait for one another instead of both occupying GPUs."""
-    return pipeline_cache(f"{version}-world{ranks * nnodes}", serialize=True)
+def pretraining_cache(version: str, *, pod: PodWorkers = POD_WORKERS, nnodes: int = 1) -> Cache:
+    """The cache of a pretraining task on ``nnodes`` pods like ``pod``: the world size (PodWorkers.ranks x nnodes) is
+    part of the cache version, because the global batch (PretrainConfig.batch_size per rank) and the steps per epoch
+    follow it; the same inputs on another number of workers train another model. Serialized: a scheduled and a manual
+    run with the same inputs wait for one another instead of both occupying GPUs."""
+    return pipeline_cache(f"{version}-world{pod.ranks * nnodes}", serialize=True)
 
 
-GPU_TASK_SETTINGS = gpu_task_settings(NPROC_PER_NODE)
+GPU_TASK_SETTINGS = gpu_task_settings(POD_WORKERS)
 
 # Fine-tuning on a few hundred labels gains nothing from data parallelism: one process on one GPU, no Elastic.
 # An Elastic task with one worker still spawns a worker process per call, which re-imports torch,
 # torchvision, mlflow and the task module and rendezvouses (torch's rendezvous events walk
 # inspect.stack()): ~20 s per call locally under load, for each of finetune_all's 27 tasks.
 FINETUNE_TASK_SETTINGS = {
-    **{key: value for key, value in gpu_task_settings(1).items() if key != "task_config"},
+    **{key: value for key, value in gpu_task_settings(PodWorkers(1, 1)).items() if key != "task_config"},
     "environment": {GPUS_PER_POD_VARIABLE: "1"},
 }

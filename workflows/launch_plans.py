@@ -32,11 +32,11 @@ from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig
 from tasks.pretrain import pretrain_generic
-from tasks.shared import Dataset, EncoderCheckpoint, content_hash, gpu_task_settings, pretraining_cache
+from tasks.shared import Dataset, EncoderCheckpoint, PodWorkers, content_hash, gpu_task_settings, pretraining_cache
 from workflows.pipeline import ssl_pipeline
 
 WEEKLY_CRON = "0 3 * * 1"
-MULTINODE_NODES, MULTINODE_RANKS = 2, 8  # pods, GPUs (Elastic workers) per pod
+MULTINODE_NODES, MULTINODE_POD = 2, PodWorkers(workers=8, gpus=8)  # pods, each 8 GPUs and an Elastic worker per GPU
 PIPELINE_DEFAULTS = ssl_pipeline.python_interface.default_inputs_as_kwargs
 
 
@@ -92,13 +92,13 @@ weekly_retraining = LaunchPlan.get_or_create(
 # 1.16: it replaces the config on the task object itself, so ssl_pipeline's node would turn
 # multi-node as well. Hence a second task around the same function, with the cluster's numbers.
 @task(
-    cache=pretraining_cache("3", ranks=MULTINODE_RANKS, nnodes=MULTINODE_NODES),
-    **gpu_task_settings(MULTINODE_RANKS, nnodes=MULTINODE_NODES),
+    cache=pretraining_cache("3", pod=MULTINODE_POD, nnodes=MULTINODE_NODES),
+    **gpu_task_settings(MULTINODE_POD, nnodes=MULTINODE_NODES),
 )
 def pretrain_generic_multinode(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
 ) -> Annotated[EncoderCheckpoint, HashMethod(content_hash)]:
-    """pretrain_generic on MULTINODE_NODES pods x MULTINODE_RANKS GPUs (a PyTorchJob); config.batch_size is per GPU."""
+    """pretrain_generic on MULTINODE_NODES pods of MULTINODE_POD (a PyTorchJob); config.batch_size is per GPU."""
     return pretrain_generic.task_function(
         dataset=dataset, encoder_name=encoder_name, config=config, parent_run_id=parent_run_id
     )
