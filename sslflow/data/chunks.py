@@ -55,10 +55,12 @@ import pandas as pd
 
 from ssl_models.shards import SHARD_SUFFIX
 from sslflow.config import IngestConfig
-from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_shards
+from sslflow.data.dataset import labelled_cases, read_manifest, write_case_shards, write_dataset
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.listing import read_listing, refuse_no_images, refuse_unmatched
-from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest, public_quarantined
+from sslflow.data.manifest import decoded_table, public_quarantined
+from sslflow.data.manifest_join import ChunkTables, ImageFacts, image_facts, kept_rows
+from sslflow.data.manifest_join import write_manifest as write_manifest_streamed
 from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import Source, named_source, open_source
@@ -435,54 +437,61 @@ def _listing_sha256(reports: list[ChunkReport]) -> str:
 
 def join_chunks(
     chunks: list[DecodedChunk], config: IngestConfig, directory: Path, *, contents: dict[str, Path] | None = None
-) -> tuple[str, pd.DataFrame, dict]:
+) -> tuple[str, dict]:
     """Join decoded chunks into the dataset at ``directory``: deduplicate, subsample, cases and splits over all of
-    them (sslflow/data/manifest.py), in source-listing order. Reads only the chunks' tables; the dataset's shard
-    table points at their shards where they are (sslflow/data/dataset.py). contents: folders moved into the dataset
-    (assemble_dataset). Returns (content sha256, manifest, summary)."""
-    tables = [pd.read_parquet(chunk.tables / CHUNK_TABLE) for chunk in chunks]
-    locations = {
-        shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}"
-        for chunk, table in zip(chunks, tables)
-        for shard in table["shard"].unique()
-    }
-    table = pd.concat(tables, ignore_index=True).sort_values("listing_position", kind="stable").reset_index(drop=True)
+    them, in source-listing order, streamed (sslflow/data/manifest_join.py: a few numbers per image are held, not the
+    table). Reads only the chunks' tables; the dataset's shard table points at their shards where they are
+    (sslflow/data/dataset.py). contents: folders moved into the dataset (write_dataset). Returns (content sha256,
+    summary)."""
     reports: list[ChunkReport] = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
-    if table.empty:  # every chunk's files were skipped or held back
+    tables = ChunkTables([chunk.tables / CHUNK_TABLE for chunk in chunks])
+    facts = image_facts(tables.files)
+    if not len(facts.chunk):  # every chunk's files were skipped or held back
         refuse_no_images(
             reports[0]["source"],
             *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")),
         )
-    manifest, keep, summary = finish_manifest(table, config)
-    manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[
-        list(MANIFEST_COLUMNS)
-    ]
+    locations = {
+        shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}"
+        for index, chunk in enumerate(chunks)
+        for shard in facts.shards[index]
+    }
+    keep, dropped = kept_rows(facts, config, functools.partial(tables.values, facts))
     _refuse_unmatched_rows(chunks, reports)
+
+    def write_manifest(manifest_file: Path) -> tuple[set[str], dict]:
+        counts = write_manifest_streamed(facts, keep, config, tables, manifest_file)
+        described = counts.summary(config)
+        summary = {"images": described.pop("images"), **dropped, **described, **_chunk_summary(reports, facts)}
+        summary["shards"] = len(counts.shards)
+        if summary["unlisted_files"]["count"]:
+            summary["warnings"] = [*summary["warnings"], unlisted_warning(summary["unlisted_files"])]
+        return counts.shards, summary
+
+    return write_dataset(directory, write_manifest, locations, contents=contents)
+
+
+def _chunk_summary(reports: list[ChunkReport], facts: ImageFacts) -> dict:
+    """The summary's keys summed over the chunks' reports."""
     read = (
         {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]}
         if reports[0]["read"]
         else {}
     )
-    summary |= {
+    return {
         "unlisted_files": unlisted_files([report["unlisted"] for report in reports if report.get("unlisted")]),
         "quarantined": [item for report in reports for item in report["quarantined"]],
-        "skipped_non_image": _summed(
-            [report["skipped_non_image"] for report in reports]
-        ),  # DICOM objects without an image, by SOP class
-        "held_back": _summed(
-            [report["held_back"] for report in reports]
-        ),  # images held back, by reason (BurnedInAnnotation YES)
+        # DICOM objects without an image, by SOP class
+        "skipped_non_image": _summed([report["skipped_non_image"] for report in reports]),
+        # images held back, by reason (BurnedInAnnotation YES)
+        "held_back": _summed([report["held_back"] for report in reports]),
         "listing_sha256": _listing_sha256(reports),
         "read": read,  # summed over chunks; a chunk served from Flyte's cache reports what it did when it ran
         "chunks": [
-            {"decoding": report["decoding"], "images": len(chunk_table)} for report, chunk_table in zip(reports, tables)
+            {"decoding": report["decoding"], "images": images}
+            for report, images in zip(reports, facts.images_per_chunk)
         ],
-        "shards": int(manifest["shard"].nunique()),
     }
-    if summary["unlisted_files"]["count"]:
-        summary["warnings"] = [*summary.get("warnings", []), unlisted_warning(summary["unlisted_files"])]
-    sha256 = assemble_dataset(directory, manifest, locations, summary, contents=contents)
-    return sha256, manifest, summary
 
 
 def unlisted_files(reported: list[dict]) -> dict:
@@ -556,4 +565,5 @@ def ingest_source(
                 _decode_chunk_file(chunk_file, folder, pseudonym_key=pseudonym_key)
         contents = {f"{CHUNKS}/{folder.name}": folder for folder in folders}
         chunks = [DecodedChunk(folder, f"{CHUNKS}/{folder.name}/{SHARDS}") for folder in folders]
-        return join_chunks(chunks, config, directory, contents=contents)
+        sha256, summary = join_chunks(chunks, config, directory, contents=contents)
+    return sha256, read_manifest(directory), summary
