@@ -145,7 +145,7 @@ def source_fingerprint(source: str) -> str:
 
 
 @task(
-    cache=Cache(version="9"),
+    cache=Cache(version="10"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="2Gi"),
     retries=2,
