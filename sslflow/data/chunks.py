@@ -64,7 +64,7 @@ from sslflow.data.dicom import HEADER_PROBE_BYTES, frames_in_header
 from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.listing import MAX_LISTED_PROBLEMS, read_listing, refuse_no_images, refuse_unmatched
 from sslflow.data.manifest import decoded_table, public_quarantined
-from sslflow.data.manifest_join import ChunkTables, ImageFacts, image_facts, kept_rows
+from sslflow.data.manifest_join import ChunkTables, ImageFacts, image_facts, kept_rows, located, system_memory_pool
 from sslflow.data.manifest_join import write_manifest as write_manifest_streamed
 from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
@@ -449,6 +449,13 @@ def join_chunks(
     table). Reads only the chunks' tables; the dataset's shard table points at their shards where they are
     (sslflow/data/dataset.py). contents: folders moved into the dataset (write_dataset). Returns (content sha256,
     summary)."""
+    with system_memory_pool():  # memory pyarrow frees goes back: the join reads every chunk table, one at a time
+        return _join(chunks, config, directory, contents)
+
+
+def _join(
+    chunks: list[DecodedChunk], config: IngestConfig, directory: Path, contents: dict[str, Path] | None
+) -> tuple[str, dict]:
     reports: list[ChunkReport] = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
     tables = ChunkTables([chunk.tables / CHUNK_TABLE for chunk in chunks])
     facts = image_facts(tables.files)
@@ -463,6 +470,7 @@ def join_chunks(
         for shard in facts.shards[index]
     }
     keep, dropped = kept_rows(facts, config, functools.partial(tables.values, facts))
+    facts = located(facts)  # the write reads where each row is, not its digests
     _refuse_unmatched_rows(chunks, reports)
 
     def write_manifest(manifest_file: Path) -> tuple[set[str], dict]:
