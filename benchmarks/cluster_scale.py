@@ -216,12 +216,17 @@ def child_join(chunk_folders: str, dataset: str) -> dict:
     folders = [Path(line) for line in Path(chunk_folders).read_text().splitlines()]
     chunks = [DecodedChunk(folder, str(folder / SHARDS)) for folder in folders]
     before = _io_bytes()
-    sha256, manifest, _ = join_chunks(
+    sha256, summary = join_chunks(
         chunks, IngestConfig(image_size=image_size(), chunk_images=CHUNK_IMAGES), Path(dataset)
     )
     moved = _io_bytes() - before
     shard_bytes = sum(path.stat().st_size for folder in folders for path in (folder / SHARDS).iterdir())
-    return {"images": len(manifest), "sha256": sha256, "join_bytes_moved": moved, "dataset_shard_bytes": shard_bytes}
+    return {
+        "images": summary["images"],
+        "sha256": sha256,
+        "join_bytes_moved": moved,
+        "dataset_shard_bytes": shard_bytes,
+    }
 
 
 def run_child(arguments: list[str]) -> tuple[dict, float, float]:

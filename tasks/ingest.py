@@ -145,7 +145,7 @@ def source_fingerprint(source: str) -> str:
 
 
 @task(
-    cache=Cache(version="9"),
+    cache=Cache(version="10"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="2Gi"),
     retries=2,
@@ -199,7 +199,7 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
 
 
 @task(
-    cache=pipeline_cache("9"),
+    cache=pipeline_cache("10"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="4Gi"),
     retries=2,
@@ -215,12 +215,12 @@ def join_ingest(
     with stage_run(parent_run_id, f"ingest:{name}", {"source": source, "config": config}) as run:
         work = Path(current_context().working_directory)
         directory = work / f"dataset-{name}"
-        sha256, manifest, summary = join_chunks(_chunk_tables(chunks, work / "chunk-tables"), config, directory)
+        sha256, summary = join_chunks(_chunk_tables(chunks, work / "chunk-tables"), config, directory)
         _log_summary(summary, sha256)
     return Dataset(
         directory=FlyteDirectory(str(directory)),
         name=name,
-        num_images=len(manifest),
+        num_images=summary["images"],
         content_sha256=sha256,
         mlflow_run_id=run.info.run_id,
     )

@@ -22,6 +22,7 @@ from moto_s3 import moto_s3_server, s3_environment
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from sslflow.config import IngestConfig
+from sslflow.data import chunks as chunks_module
 from sslflow.data.chunks import chunk_json, decode_chunk, ingest_source, plan_chunks
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
@@ -567,3 +568,35 @@ def test_a_chunk_reads_sop_instance_metadata_by_key_and_refuses_it_changed_since
         ):
             decode_chunk(chunks[1], tmp_path / "chunk-1")
     assert not (tmp_path / "chunk-1").exists()
+
+
+def _multiframe_export(root: Path, files: int, frames: int) -> Path:
+    """A PACS export of ``files`` multi-frame objects of ``frames`` frames each (8 x 8), no suffix, one patient each."""
+    for index in range(files):
+        pixels = np.random.default_rng(index).integers(0, 4096, (frames, 8, 8), dtype=np.int16)
+        write_dicom(root / f"patient{index:03d}" / "IM0000", pixels, PatientID=f"P-{index:03d}")
+    return root
+
+
+def test_a_chunk_of_multi_frame_objects_holds_at_most_twice_chunk_images_frames(tmp_path, monkeypatch, s3_calls):
+    """The plan reads the header of each large DICOM object (here: every one; a ranged GET on S3) for its
+    NumberOfFrames, and cuts chunks by images, not files: 12 objects of 8 frames with chunk_images=4 are 12 chunks of
+    8 images, never several objects (up to 64 images) in one."""
+    monkeypatch.setattr(chunks_module, "FRAME_PROBE_BYTES", 0)
+    folder = _multiframe_export(tmp_path / "export", files=12, frames=8)
+    config = IngestConfig(image_size=8, chunk_images=4)
+    assert [len(chunk["records"]) for chunk in plan_chunks(str(folder), config)] == [1] * 12
+    _, manifest, summary = ingest_source(str(folder), config, tmp_path / "dataset")
+    assert len(manifest) == 96 and [chunk["images"] for chunk in summary["chunks"]] == [8] * 12
+    one_frame = IngestConfig(image_size=8, chunk_images=4, dicom_frames="middle")  # one image per object: not read
+    assert sum(len(chunk["records"]) for chunk in plan_chunks(str(folder), one_frame)) == 12
+    with moto_s3_server(tmp_path) as endpoint:
+        s3_environment(monkeypatch, endpoint)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="hospital")
+        for path in sorted(folder.rglob("IM*")):
+            client.put_object(Bucket="hospital", Key=f"export/{path.relative_to(folder)}", Body=path.read_bytes())
+        s3_calls.clear()
+        assert [len(chunk["records"]) for chunk in plan_chunks("s3://hospital/export", config)] == [1] * 12
+    ranged = [byte_range for operation, key, byte_range in s3_calls if operation == "GetObject" and "IM" in key]
+    assert ranged == ["bytes=0-65535"] * 12

@@ -5,6 +5,7 @@ tables only (its shards stay where the chunks wrote them), and a shard gone from
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,34 @@ def test_an_ingested_dataset_references_its_shards_and_names_a_missing_one(tmp_p
     shard_path(tmp_path / "moved", shard).unlink()
     with pytest.raises(ShardError, match=f"shard {shard} is missing: .*chunks/chunk-.*; ingest the source again"):
         read_images(tmp_path / "moved", manifest)
+
+
+def _plan_and_chunk_peaks(folder: Path, config: IngestConfig, work: Path) -> tuple[int, int]:
+    """The peaks of the memory tracemalloc traces (Python objects, numpy arrays) while ``folder`` is planned and while
+    its first chunk is decoded (into ``work``/chunk)."""
+    tracemalloc.start()
+    try:
+        chunk_files = plan_to_files(str(folder), config, work / "plan")
+        plan = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        decode_chunk(chunk_files[0].read_text(), work / "chunk")
+        return plan, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_plan_and_a_chunk_hold_a_batch_of_sop_instance_rows_not_the_file(tmp_path):
+    """Metadata keyed by SOPInstanceUID is checked by the plan and read by each chunk a batch at a time: 30,000 more
+    rows take the plan and a chunk of one file a few bytes a row at most (holding the rows took about 1 KB a row)."""
+    config = IngestConfig(image_size=16, chunk_images=1)
+    peaks = {}
+    for extra in (10_000, 40_000):
+        folder = _uid_keyed_folder(tmp_path / f"pacs-{extra}", extra)
+        peaks[extra] = _plan_and_chunk_peaks(folder, config, tmp_path / f"work-{extra}")
+        assert json.loads((tmp_path / f"work-{extra}" / "chunk" / CHUNK_REPORT).read_text())["instance_rows"] == (
+            3 + extra
+        )
+    for step, small, large in zip(("plan", "chunk"), peaks[10_000], peaks[40_000]):
+        assert (large - small) / 30_000 < 100, (
+            f"the {step} peaked at {small} bytes with 10,003 rows, {large} with 40,003"
+        )

@@ -8,7 +8,9 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   plan's literal grows with the number of chunks, not files. Records are ordered by case (the file path when there is
   none) and a chunk ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
   boundaries), so adding files changes only the chunks they fall into; it also ends before a case that would take its
-  files over ``IngestConfig.chunk_megabytes`` (sizes from the listing: a multi-frame object is one file of many images).
+  files over ``IngestConfig.chunk_megabytes`` (sizes from the listing) or its images over MAX_CHUNK_FACTOR x
+  chunk_images (a multi-frame object is one file of many images: the plan reads the header of each DICOM object of
+  FRAME_PROBE_BYTES or more for its NumberOfFrames).
   The images of one case are in one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index
   ranges. ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
   and the process pool start them in that order.
@@ -25,10 +27,11 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   chunk document); a DICOM case comes from the header, known only after decoding, so the images of one
   patient share a chunk only when their files sort together (as in a PACS export's patient folders).
   Files without an image suffix are candidates the chunk reads and skips unless they are DICOM (the plan reads
-  none of them). Metadata keyed by SOPInstanceUID is read by every chunk, that one file and no listing (its sha256
-  is in the chunk document, so a changed metadata.csv re-decodes, and a chunk refuses one changed since the plan);
-  each chunk lists the rows it matched (instance_rows.parquet, by position), and the join refuses the rows that no
-  chunk matched.
+  none of them). Metadata keyed by SOPInstanceUID is checked by the plan and read by every chunk, that one file and
+  no listing (its sha256 is in the chunk document, so a changed metadata.csv re-decodes, and a chunk refuses one
+  changed since the plan), a batch at a time once its files are decoded, keeping the rows of its images' UIDs alone
+  (sslflow/data/instance_metadata.py); each chunk lists the rows it matched (instance_rows.parquet, by position),
+  and the join refuses the rows that no chunk matched.
 - **Files metadata.csv does not list.** The plan counts the image files it leaves out (``Source.unlisted``) and
   refuses them under ``IngestConfig.unlisted_files="refuse"``; otherwise the first chunk document carries the count
   and the first UNLISTED_NAMED paths, its task reports them by key, and the join puts them in the summary
@@ -55,19 +58,27 @@ import pandas as pd
 
 from ssl_models.shards import SHARD_SUFFIX
 from sslflow.config import IngestConfig
-from sslflow.data.dataset import assemble_dataset, labelled_cases, write_case_shards
+from sslflow.data.dataset import labelled_cases, read_manifest, write_case_shards, write_dataset
 from sslflow.data.decode_cache import DecodeCache
-from sslflow.data.listing import read_listing, refuse_no_images, refuse_unmatched
-from sslflow.data.manifest import MANIFEST_COLUMNS, decoded_table, finish_manifest, public_quarantined
+from sslflow.data.dicom import HEADER_PROBE_BYTES, frames_in_header
+from sslflow.data.instance_metadata import InstanceMetadata
+from sslflow.data.listing import MAX_LISTED_PROBLEMS, read_listing, refuse_no_images, refuse_unmatched
+from sslflow.data.manifest import decoded_table, public_quarantined
+from sslflow.data.manifest_join import ChunkTables, ImageFacts, image_facts, kept_rows, located, system_memory_pool
+from sslflow.data.manifest_join import write_manifest as write_manifest_streamed
 from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import Source, named_source, open_source
-from sslflow.data.types import SourceError, SourceImages
+from sslflow.data.types import DICOM_SUFFIXES, SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
 CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
 # The largest chunk, in chunk_images: a chunk pod's memory is sized for it (the cuts give chunk_images on average)
 MAX_CHUNK_FACTOR = 2
+# Files of at least this many bytes that may be multi-frame DICOM: the plan reads the first HEADER_PROBE_BYTES of each
+# for its NumberOfFrames (a ranged GET on S3), so that a chunk of multi-frame objects holds at most MAX_CHUNK_FACTOR x
+# chunk_images images; a smaller file counts as one image (1 MiB holds 16 frames of 256 x 256 at 8 bits).
+FRAME_PROBE_BYTES = 2**20
 DECODE_SETTINGS = (
     "image_size",
     "channels",
@@ -134,33 +145,36 @@ def _cut(
     key: Callable[[T], str],
     identity: Callable[[T], str],
     size: Callable[[T], int],
+    images: Callable[[T], int],
     config: IngestConfig,
 ) -> Iterator[list[T]]:
     """``items`` (in order of ``key``, their case key) in chunks, streamed and content-defined: each item whose
     ``identity`` (its path in the source) hashes to 0 modulo chunk_images ends its chunk at the next case boundary;
     a chunk also ends once it has MAX_CHUNK_FACTOR x chunk_images images, and before a case whose first item's
-    ``size`` (bytes, from the listing) would take it over chunk_megabytes (all only between cases: a case larger than
-    that is one chunk). A chunk holds chunk_images images on average whatever the number of images per case (a cut
-    decided per case would make it that many times larger) and at most chunk_megabytes of files whatever their
-    frames (a multi-frame object is one file of many images); adding a file changes its own chunk (and splits it
-    when its path is one that cuts; a cut for bytes can move the cuts after it until the next content-defined one).
-    Holds one chunk."""
+    ``size`` (bytes, from the listing) would take it over chunk_megabytes, or whose ``images`` (its frames: a
+    multi-frame object is one file of many images) would take it over MAX_CHUNK_FACTOR x chunk_images (all only
+    between cases: a case larger than that is one chunk). A chunk holds chunk_images files on average whatever the
+    number of images per case (a cut decided per case would make it that many times larger), at most chunk_megabytes
+    of files and MAX_CHUNK_FACTOR x chunk_images images; adding a file changes its own chunk (and splits it
+    when its path is one that cuts; a cut for bytes or images can move the cuts after it until the next
+    content-defined one). Holds one chunk."""
     chunk: list[T] = []
-    previous, cut_due, chunk_bytes = None, False, 0
+    previous, cut_due, chunk_bytes, chunk_images = None, False, 0, 0
     for item in items:
-        current, item_bytes = key(item), max(0, size(item))
+        current, item_bytes, item_images = key(item), max(0, size(item)), max(1, images(item))
         if chunk and current != previous:
             if current < previous:
                 raise ValueError(f"the listing is not in case order: {current!r} after {previous!r}")
             full = (
-                len(chunk) >= MAX_CHUNK_FACTOR * config.chunk_images
+                chunk_images + item_images > MAX_CHUNK_FACTOR * config.chunk_images
                 or chunk_bytes + item_bytes > config.chunk_megabytes * 2**20
             )
             if cut_due or full:
                 yield chunk
-                chunk, cut_due, chunk_bytes = [], False, 0
+                chunk, cut_due, chunk_bytes, chunk_images = [], False, 0, 0
         chunk.append(item)
         chunk_bytes += item_bytes
+        chunk_images += item_images
         cut_due = (
             cut_due or int(hashlib.sha256(identity(item).encode()).hexdigest()[:12], 16) % config.chunk_images == 0
         )
@@ -225,7 +239,8 @@ def _listed_chunks(opened: Source, header: ChunkDocument, config: IngestConfig) 
     carries the image files metadata.csv does not list (``unlisted``: its task reports them by key)."""
     by_instance = opened.instance_rows()
     if by_instance is not None:
-        header = ChunkDocument(**header, instance_metadata={"file": METADATA_FILE, "sha256": by_instance.sha256})
+        by_instance.check()  # every UID given, none twice: refused here, before any chunk decodes
+        header = ChunkDocument(**header, instance_metadata={"file": METADATA_FILE, "sha256": by_instance.sha256()})
     unlisted = _unlisted(opened, config)
     empty = True
     case, path, size = (
@@ -233,12 +248,23 @@ def _listed_chunks(opened: Source, header: ChunkDocument, config: IngestConfig) 
         lambda item: item[1].source_path,
         lambda item: item[1].size_bytes,
     )
-    for chunk in _cut(opened.records(), case, path, size, config):
+    images = functools.partial(_images_of, opened, config)
+    for chunk in _cut(opened.records(), case, path, size, lambda item: images(item[1]), config):
         records = [[position, vars(record), digest] for position, record, digest in chunk]
         yield ChunkDocument(**header, records=records, **({"unlisted": unlisted} if empty and unlisted else {}))
         empty = False
     if empty:
         read_listing([], lambda record: b"", config, None, opened.uri)  # raises the empty-source SourceError
+
+
+def _images_of(opened: Source, config: IngestConfig, record: ImageRecord) -> int:
+    """The images a listed file becomes, as the plan can know it without reading the file: the NumberOfFrames in the
+    header of a DICOM object (by suffix, or a candidate without one) of FRAME_PROBE_BYTES or more when every frame is
+    kept (IngestConfig.dicom_frames "all"; HEADER_PROBE_BYTES read), else 1."""
+    dicom = record.sniff or record.source_path.lower().endswith(DICOM_SUFFIXES)
+    if not dicom or config.dicom_frames != "all" or record.size_bytes < FRAME_PROBE_BYTES:
+        return 1
+    return frames_in_header(opened.read_head(record, HEADER_PROBE_BYTES))
 
 
 def _chunk_images(chunk: ChunkDocument) -> int:
@@ -258,35 +284,32 @@ def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
     )
 
 
-def _decode(
-    chunk: ChunkDocument, config: IngestConfig, pseudonyms: Pseudonyms
-) -> tuple[SourceImages, list[int], list[dict] | None]:
-    """(decoded images of a chunk, each one's position in the source listing (frames of a DICOM object share it),
-    the source's metadata rows keyed by SOPInstanceUID or None)."""
+def _decode(chunk: ChunkDocument, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int]]:
+    """(decoded images of a chunk, each one's position in the source listing (frames of a DICOM object share it))."""
     opened = open_source(chunk["source"])
     packaged = opened.packaged_images(config.image_size, config.channels)
     if packaged is not None:  # a chunk of a packaged source is an index range
-        return _slice(packaged, chunk["start"], chunk["stop"]), list(range(chunk["start"], chunk["stop"])), None
+        return _slice(packaged, chunk["start"], chunk["stop"]), list(range(chunk["start"], chunk["stop"]))
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
-    by_instance = _instance_rows(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
+    by_instance = _instance_metadata(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
     images = read_listing(
         records, opened.read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance
     )
     position = {fields["source_path"]: index for index, fields, _ in chunk["records"]}
-    return images, [position[path.split("#frame=")[0]] for path in images.source_paths], by_instance
+    return images, [position[path.split("#frame=")[0]] for path in images.source_paths]
 
 
-def _instance_rows(opened: Source, expected: dict) -> list[dict]:
-    """The source's metadata rows keyed by SOPInstanceUID, read again (one file: no listing) and checked to be the
-    file the plan read (``expected``: its name and sha256); SourceError if it changed or went away since."""
+def _instance_metadata(opened: Source, expected: dict) -> InstanceMetadata:
+    """The source's metadata file keyed by SOPInstanceUID (one file: no listing), checked to be the file the plan
+    read (``expected``: its name and sha256); SourceError if it changed or went away since."""
     found = opened.instance_rows()
-    if found is None or found.sha256 != expected["sha256"]:
+    if found is None or found.sha256() != expected["sha256"]:
         raise SourceError(
             f"source {opened.uri}: {expected['file']} "
             f"{'is no longer keyed by SOPInstanceUID or is gone' if found is None else 'changed'} "
             "since ingest listed the source (its sha256 is in the chunk document); run ingest again"
         )
-    return found.rows
+    return found
 
 
 def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
@@ -299,7 +322,7 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     chunk: ChunkDocument = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])
     pseudonyms = Pseudonyms(pseudonym_key)
-    images, positions, instance_rows = _decode(chunk, config, pseudonyms)
+    images, positions = _decode(chunk, config, pseudonyms)
     table = decoded_table(images, config)
     if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
         table["case_id"] = [
@@ -316,11 +339,10 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
         table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(
             staging / CHUNK_TABLE, index=False
         )
-        if instance_rows is not None:
-            _matched_rows(instance_rows, images.unmatched_instance_rows).to_parquet(
-                staging / INSTANCE_ROWS, index=False
-            )
-        report = _report(chunk, table, images, instance_rows, pseudonyms)
+        if images.instance_row_count is not None:
+            matched = np.array(images.matched_instance_rows, dtype=np.int64)
+            pd.DataFrame({"row": matched}).to_parquet(staging / INSTANCE_ROWS, index=False)
+        report = _report(chunk, table, images, pseudonyms)
         (staging / CHUNK_REPORT).write_text(json.dumps(report))
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
@@ -334,7 +356,6 @@ def _report(
     chunk: ChunkDocument,
     table: pd.DataFrame,
     images: SourceImages,
-    instance_rows: list[dict] | None,
     pseudonyms: Pseudonyms,
 ) -> ChunkReport:
     """The chunk's report (ChunkReport). Files metadata.csv does not list are named by key: their paths stay in the
@@ -349,22 +370,9 @@ def _report(
         read=images.read_stats,
         skipped_non_image=images.skipped,
         chunk_sha256=_chunk_identity(chunk),  # the chunk document: its files and their content hashes
-        instance_rows=None if instance_rows is None else len(instance_rows),
+        instance_rows=images.instance_row_count,
         decoding=uuid.uuid4().hex,
         **({"unlisted": keys} if keys["count"] else {}),
-    )
-
-
-def _matched_rows(instance_rows: list[dict], unmatched: list[str]) -> pd.DataFrame:
-    """``row``: positions in ``instance_rows`` (the metadata rows keyed by SOPInstanceUID) of the rows a chunk
-    matched."""
-    missed = set(unmatched)
-    return pd.DataFrame(
-        {
-            "row": np.array(
-                [index for index, row in enumerate(instance_rows) if row["where"] not in missed], dtype=np.int64
-            )
-        }
     )
 
 
@@ -388,25 +396,25 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
 
 def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[ChunkReport]) -> None:
     """SourceError naming the metadata rows keyed by SOPInstanceUID that no chunk matched (each chunk's
-    instance_rows.parquet lists those it did: O(rows) in all). The rows are read again only to name them."""
+    instance_rows.parquet lists the positions of those it did: a byte per row is held)."""
     counts = {report["instance_rows"] for report in reports if report.get("instance_rows") is not None}
     if not counts:
         return
-    matched = set()
+    matched = np.zeros(max(counts), dtype=bool)
     for chunk, report in zip(chunks, reports):
         if report.get("instance_rows") is not None:
-            matched.update(pd.read_parquet(chunk.tables / INSTANCE_ROWS)["row"].tolist())
-    unmatched = sorted(set(range(max(counts))) - matched)
-    if unmatched:
+            matched[pd.read_parquet(chunk.tables / INSTANCE_ROWS)["row"].to_numpy()] = True
+    unmatched = np.flatnonzero(~matched)
+    if len(unmatched):
         source = reports[0]["source"]
         found = open_source(source).instance_rows()
-        rows = found.rows if found is not None else []
-        if len(counts) > 1 or len(rows) != max(counts):
+        if len(counts) > 1 or found is None or found.row_count() != max(counts):
             raise SourceError(
                 f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by "
                 "SOPInstanceUID); ingest it again"
             )
-        refuse_unmatched(source, [rows[index]["where"] for index in unmatched])
+        named = [found.row_where(int(position)) for position in unmatched[:MAX_LISTED_PROBLEMS]]
+        refuse_unmatched(source, named, count=len(unmatched))
 
 
 def _chunk_identity(chunk: ChunkDocument) -> str:
@@ -435,54 +443,69 @@ def _listing_sha256(reports: list[ChunkReport]) -> str:
 
 def join_chunks(
     chunks: list[DecodedChunk], config: IngestConfig, directory: Path, *, contents: dict[str, Path] | None = None
-) -> tuple[str, pd.DataFrame, dict]:
+) -> tuple[str, dict]:
     """Join decoded chunks into the dataset at ``directory``: deduplicate, subsample, cases and splits over all of
-    them (sslflow/data/manifest.py), in source-listing order. Reads only the chunks' tables; the dataset's shard
-    table points at their shards where they are (sslflow/data/dataset.py). contents: folders moved into the dataset
-    (assemble_dataset). Returns (content sha256, manifest, summary)."""
-    tables = [pd.read_parquet(chunk.tables / CHUNK_TABLE) for chunk in chunks]
-    locations = {
-        shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}"
-        for chunk, table in zip(chunks, tables)
-        for shard in table["shard"].unique()
-    }
-    table = pd.concat(tables, ignore_index=True).sort_values("listing_position", kind="stable").reset_index(drop=True)
+    them, in source-listing order, streamed (sslflow/data/manifest_join.py: a few numbers per image are held, not the
+    table). Reads only the chunks' tables; the dataset's shard table points at their shards where they are
+    (sslflow/data/dataset.py). contents: folders moved into the dataset (write_dataset). Returns (content sha256,
+    summary)."""
+    with system_memory_pool():  # memory pyarrow frees goes back: the join reads every chunk table, one at a time
+        return _join(chunks, config, directory, contents)
+
+
+def _join(
+    chunks: list[DecodedChunk], config: IngestConfig, directory: Path, contents: dict[str, Path] | None
+) -> tuple[str, dict]:
     reports: list[ChunkReport] = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
-    if table.empty:  # every chunk's files were skipped or held back
+    tables = ChunkTables([chunk.tables / CHUNK_TABLE for chunk in chunks])
+    facts = image_facts(tables.files)
+    if not len(facts.chunk):  # every chunk's files were skipped or held back
         refuse_no_images(
             reports[0]["source"],
             *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")),
         )
-    manifest, keep, summary = finish_manifest(table, config)
-    manifest = manifest.assign(shard=table["shard"].to_numpy()[keep], shard_row=table["shard_row"].to_numpy()[keep])[
-        list(MANIFEST_COLUMNS)
-    ]
+    locations = {
+        shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}"
+        for index, chunk in enumerate(chunks)
+        for shard in facts.shards[index]
+    }
+    keep, dropped = kept_rows(facts, config, functools.partial(tables.values, facts))
+    facts = located(facts)  # the write reads where each row is, not its digests
     _refuse_unmatched_rows(chunks, reports)
+
+    def write_manifest(manifest_file: Path) -> tuple[set[str], dict]:
+        counts = write_manifest_streamed(facts, keep, config, tables, manifest_file)
+        described = counts.summary(config)
+        summary = {"images": described.pop("images"), **dropped, **described, **_chunk_summary(reports, facts)}
+        summary["shards"] = len(counts.shards)
+        if summary["unlisted_files"]["count"]:
+            summary["warnings"] = [*summary["warnings"], unlisted_warning(summary["unlisted_files"])]
+        return counts.shards, summary
+
+    return write_dataset(directory, write_manifest, locations, contents=contents)
+
+
+def _chunk_summary(reports: list[ChunkReport], facts: ImageFacts) -> dict:
+    """The summary's keys summed over the chunks' reports."""
     read = (
         {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]}
         if reports[0]["read"]
         else {}
     )
-    summary |= {
+    return {
         "unlisted_files": unlisted_files([report["unlisted"] for report in reports if report.get("unlisted")]),
         "quarantined": [item for report in reports for item in report["quarantined"]],
-        "skipped_non_image": _summed(
-            [report["skipped_non_image"] for report in reports]
-        ),  # DICOM objects without an image, by SOP class
-        "held_back": _summed(
-            [report["held_back"] for report in reports]
-        ),  # images held back, by reason (BurnedInAnnotation YES)
+        # DICOM objects without an image, by SOP class
+        "skipped_non_image": _summed([report["skipped_non_image"] for report in reports]),
+        # images held back, by reason (BurnedInAnnotation YES)
+        "held_back": _summed([report["held_back"] for report in reports]),
         "listing_sha256": _listing_sha256(reports),
         "read": read,  # summed over chunks; a chunk served from Flyte's cache reports what it did when it ran
         "chunks": [
-            {"decoding": report["decoding"], "images": len(chunk_table)} for report, chunk_table in zip(reports, tables)
+            {"decoding": report["decoding"], "images": images}
+            for report, images in zip(reports, facts.images_per_chunk)
         ],
-        "shards": int(manifest["shard"].nunique()),
     }
-    if summary["unlisted_files"]["count"]:
-        summary["warnings"] = [*summary.get("warnings", []), unlisted_warning(summary["unlisted_files"])]
-    sha256 = assemble_dataset(directory, manifest, locations, summary, contents=contents)
-    return sha256, manifest, summary
 
 
 def unlisted_files(reported: list[dict]) -> dict:
@@ -556,4 +579,5 @@ def ingest_source(
                 _decode_chunk_file(chunk_file, folder, pseudonym_key=pseudonym_key)
         contents = {f"{CHUNKS}/{folder.name}": folder for folder in folders}
         chunks = [DecodedChunk(folder, f"{CHUNKS}/{folder.name}/{SHARDS}") for folder in folders]
-        return join_chunks(chunks, config, directory, contents=contents)
+        sha256, summary = join_chunks(chunks, config, directory, contents=contents)
+    return sha256, read_manifest(directory), summary

@@ -87,7 +87,8 @@ def dataset_sha256(manifest_file: Path, shard_hashes: Iterable[str], listing_sha
     """The content hash of a dataset: its manifest's bytes, the sorted hashes of its shards and, when ingest gives
     one, the hash of the whole listing it read (listing_sha256: kept, quarantined, held back and skipped files
     alike), so that validate, keyed on this hash, reports afresh after any change to the source."""
-    digest = hashlib.sha256(manifest_file.read_bytes())
+    with open(manifest_file, "rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256")  # read in blocks: a manifest of 10^6 rows is not held
     for shard in sorted(set(shard_hashes)):
         digest.update(shard.encode())
     if listing_sha256:
@@ -103,7 +104,29 @@ def assemble_dataset(
     *,
     contents: Mapping[str, Path] | None = None,
 ) -> str:
-    """Write a dataset from a finished manifest and where its shards are; return its content sha256.
+    """Write a dataset from a finished manifest (a table in memory) and where its shards are; return its content
+    sha256. See write_dataset."""
+    if tuple(manifest.columns) != MANIFEST_COLUMNS:
+        raise ValueError(
+            f"manifest columns {list(manifest.columns)} differ from MANIFEST_COLUMNS {list(MANIFEST_COLUMNS)}"
+        )
+
+    def write_manifest(manifest_file: Path) -> tuple[set[str], dict]:
+        manifest.reset_index(drop=True).to_parquet(manifest_file, index=False)
+        return set(manifest["shard"]), summary
+
+    return write_dataset(directory, write_manifest, locations, contents=contents)[0]
+
+
+def write_dataset(
+    directory: Path,
+    write_manifest: Callable[[Path], tuple[set[str], dict]],
+    locations: Mapping[str, str],
+    *,
+    contents: Mapping[str, Path] | None = None,
+) -> tuple[str, dict]:
+    """Write a dataset whose manifest ``write_manifest`` writes (to the path it is given; it returns the shards the
+    manifest names and the dataset's summary); return (its content sha256, the summary).
 
     locations: shard sha256 -> location (a URI, an absolute path, or a path relative to the dataset folder; see
     the module docstring); every shard the manifest names must have one, and a local one must exist. No shard is
@@ -112,26 +135,22 @@ def assemble_dataset(
     which is renamed into place: an interrupted write leaves no half-written dataset, and a previous dataset at
     ``directory`` is removed only once the new one is in place (``_swap_in``).
     """
-    if tuple(manifest.columns) != MANIFEST_COLUMNS:
-        raise ValueError(
-            f"manifest columns {list(manifest.columns)} differ from MANIFEST_COLUMNS {list(MANIFEST_COLUMNS)}"
-        )
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
+        shards, summary = write_manifest(staging / MANIFEST_FILE)  # before ``contents`` move: it may read them
         for name, folder in (contents or {}).items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(folder, staging / name)  # a rename: the folders are beside ``directory``
-        shards = sorted(set(manifest["shard"]))
+        shards = sorted(shards)
         _shard_table(shards, locations, staging).to_parquet(staging / SHARD_TABLE, index=False)
-        manifest.reset_index(drop=True).to_parquet(staging / MANIFEST_FILE, index=False)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
         sha256 = dataset_sha256(staging / MANIFEST_FILE, shards, summary.get("listing_sha256", ""))
         _swap_in(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return sha256
+    return sha256, summary
 
 
 def _shard_table(shards: list[str], locations: Mapping[str, str], staging: Path) -> pd.DataFrame:

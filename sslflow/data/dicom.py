@@ -50,6 +50,7 @@ from sslflow.data.types import UndecodableImageError
 
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 PREAMBLE_BYTES = DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)
+HEADER_PROBE_BYTES = 64 * 2**10  # bytes of a file read to find its NumberOfFrames (frames_in_header)
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # transfer syntaxes whose frames end with an EOI (JPEG, JPEG-LS) or EOC (JPEG 2000, HTJ2K) marker: FF D9
 MARKED_SYNTAXES = (
@@ -135,6 +136,17 @@ class DicomImage:
 def has_dicom_preamble(head: bytes) -> bool:
     """Whether a file's first PREAMBLE_BYTES bytes hold the DICOM magic ``DICM`` at offset 128."""
     return head[DICOM_MAGIC_OFFSET:PREAMBLE_BYTES] == DICOM_MAGIC
+
+
+def frames_in_header(head: bytes) -> int:
+    """NumberOfFrames of the DICOM object whose first bytes are ``head`` (its header: the plan reads
+    HEADER_PROBE_BYTES of large objects, sslflow/data/chunks.py); 1 when it has none or the header is not whole in
+    ``head`` (counted as one image: its chunk is cut by its bytes alone)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except Exception:  # pydicom raises many types for a cut or bad header; the chunk that decodes it refuses it
+        return 1
 
 
 def _text(ds: Dataset, keyword: str) -> str:

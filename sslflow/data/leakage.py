@@ -9,7 +9,7 @@ DICOM study or series (one patient's studies may still be split apart); "proxy" 
 
 from __future__ import annotations
 
-import pandas as pd
+from collections.abc import Mapping
 
 WEAKER_SOURCES = ("study", "series")
 HOW_TO_GIVE_CASE_IDS = (
@@ -19,10 +19,10 @@ HOW_TO_GIVE_CASE_IDS = (
 )
 
 
-def case_id_sources(case_sources: pd.Series) -> dict:
-    """{"from": images per source of their case id, "weaker": images grouped by study or series, "none": without
-    one}."""
-    counts = {str(source): int(count) for source, count in case_sources.value_counts().sort_index().items()}
+def case_id_sources(images_per_source: Mapping[str, int]) -> dict:
+    """{"from": images per source of their case id (``images_per_source``), "weaker": images grouped by study or
+    series, "none": without one}."""
+    counts = {str(source): int(count) for source, count in sorted(images_per_source.items())}
     return {
         "from": counts,
         "weaker": sum(counts.get(source, 0) for source in WEAKER_SOURCES),

@@ -25,6 +25,7 @@ from sslflow.data.dicom import (
     decode_dicom,
     has_dicom_preamble,
 )
+from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.metadata import UNKNOWN_SIZE, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages, UndecodableImageError
@@ -215,19 +216,13 @@ def _quarantined(record: ImageRecord, key: str, error: Exception, held_back: str
     }
 
 
-def _rows_by_instance(rows: list[dict] | None, pseudonyms: Pseudonyms) -> dict[str, dict]:
-    """Metadata rows keyed by SOPInstanceUID (sslflow.data.metadata.instance_rows) by the UID's pseudonym."""
-    return {
-        pseudonyms.pseudonym("instance", row["uid"]): {key: value for key, value in row.items() if key != "uid"}
-        for row in rows or []
-    }
-
-
-def refuse_unmatched(source: str, unmatched: list[str]) -> None:
-    """SourceError naming the metadata rows (their "where") whose SOPInstanceUID no DICOM image of the source has."""
+def refuse_unmatched(source: str, unmatched: list[str], *, count: int | None = None) -> None:
+    """SourceError naming the metadata rows (their "where") whose SOPInstanceUID no DICOM image of the source has;
+    count: how many there are, when ``unmatched`` names the first MAX_LISTED_PROBLEMS alone."""
     if unmatched:
         raise SourceError(
-            f"source {source}: {len(unmatched)} metadata row(s) name a SOPInstanceUID that no DICOM image here has "
+            f"source {source}: {count or len(unmatched)} metadata row(s) name a SOPInstanceUID that no DICOM image "
+            "here has "
             f"(a file missing, or a non-image object): {'; '.join(unmatched[:MAX_LISTED_PROBLEMS])}. "
             "Add the DICOM files these rows name, or remove the rows"
         )
@@ -273,6 +268,32 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
     )
 
 
+def _decode_records(
+    records: list[ImageRecord],
+    read_bytes: Callable[[ImageRecord], bytes],
+    config: IngestConfig,
+    cache: DecodeCache,
+    stats: dict,
+    pseudonyms: Pseudonyms,
+) -> tuple[list[tuple], list[dict], dict[str, int], dict[str, int]]:
+    """(record, image key, decoded image) of each decoded record; the quarantined files; the non-image objects
+    skipped and the images held back, counted by SOP class and by reason (read_listing)."""
+    decoded, quarantined, skipped, held_back = [], [], {}, {}
+    for record in records:
+        key = pseudonyms.pseudonym("file", record.source_path)
+        try:
+            image, record = _decode_record(record, read_bytes, config, cache, stats, pseudonyms)
+            decoded.append((record, key, image))
+        except NonImageObject as error:
+            skipped[error.sop_class] = skipped.get(error.sop_class, 0) + 1
+        except HeldBackImage as error:
+            quarantined.append(_quarantined(record, key, error, error.reason))
+            held_back[error.reason] = held_back.get(error.reason, 0) + 1
+        except UndecodableImageError as error:
+            quarantined.append(_quarantined(record, key, error))
+    return decoded, quarantined, skipped, held_back
+
+
 def read_listing(
     records: list[ImageRecord],
     read_bytes: Callable[[ImageRecord], bytes],
@@ -280,7 +301,7 @@ def read_listing(
     cache: DecodeCache,
     source: str,
     pseudonyms: Pseudonyms | None = None,
-    instance_rows: list[dict] | None = None,
+    instance_metadata: InstanceMetadata | None = None,
 ) -> SourceImages:
     """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
 
@@ -289,9 +310,11 @@ def read_listing(
     or key file). Non-image DICOM objects are skipped and counted by SOP class, and so are candidates without an
     image suffix that are not DICOM (NOT_DICOM, NOT_READ: not counted as listed); images with BurnedInAnnotation YES
     are held back (listed with the quarantined, not counted against max_bad_fraction).
-    instance_rows: metadata rows keyed by SOPInstanceUID (labels, cases, sites of DICOM objects); the records are
-    one ingest chunk of the source, so rows not matched here are returned in unmatched_instance_rows, refused by
-    the join (sslflow/data/chunks.py) when no chunk matched them.
+    instance_metadata: a metadata file keyed by SOPInstanceUID (labels, cases, sites of DICOM objects), read once the
+    records are decoded for the rows of their UIDs alone (InstanceMetadata.matching); the records are one ingest
+    chunk of the source, so the positions of the rows matched here are returned in matched_instance_rows (with the
+    file's row count in instance_row_count), and the join (sslflow/data/chunks.py) refuses the rows no chunk
+    matched.
     The records may be a chunk whose files were all skipped or held back: it has no images (``pixels`` (0, C, H, W)),
     and the join refuses a source none of whose chunks has any (refuse_no_images).
     Raises SourceError for an empty listing, UndecodableImageError naming every bad file when there are more than
@@ -301,21 +324,14 @@ def read_listing(
         _refuse_empty(source)
     pseudonyms = pseudonyms or Pseudonyms()
     stats = {"listed": len(records), "decoded": 0, "decode_cache_hits": 0, "files_read": 0, "bytes_read": 0}
-    rows, quarantined, skipped, held_back = [], [], {}, {}
-    by_instance, matched = _rows_by_instance(instance_rows, pseudonyms), set()
-    for record in records:
-        key = pseudonyms.pseudonym("file", record.source_path)
-        try:
-            image, record = _decode_record(record, read_bytes, config, cache, stats, pseudonyms)
-            rows.extend(_rows(record, key, image, by_instance))
-            matched.add(getattr(image, "instance", ""))
-        except NonImageObject as error:
-            skipped[error.sop_class] = skipped.get(error.sop_class, 0) + 1
-        except HeldBackImage as error:
-            quarantined.append(_quarantined(record, key, error, error.reason))
-            held_back[error.reason] = held_back.get(error.reason, 0) + 1
-        except UndecodableImageError as error:
-            quarantined.append(_quarantined(record, key, error))
+    decoded, quarantined, skipped, held_back = _decode_records(records, read_bytes, config, cache, stats, pseudonyms)
+    by_instance, row_count = (
+        instance_metadata.matching(pseudonyms, {getattr(image, "instance", "") for _, _, image in decoded} - {""})
+        if instance_metadata is not None
+        else ({}, None)
+    )
+    rows = [row for record, key, image in decoded for row in _rows(record, key, image, by_instance)]
+    del decoded  # the rows hold the pixels
     # candidates that turned out not to be images
     stats["listed"] -= skipped.get(NOT_DICOM, 0) + skipped.get(NOT_READ, 0)
     _refuse_bad(source, quarantined, stats["listed"], config, none_left=not rows)
@@ -326,14 +342,15 @@ def read_listing(
         read_stats=stats,
         skipped=skipped,
         held_back=held_back,
-        unmatched_instance_rows=[row["where"] for key, row in by_instance.items() if key not in matched],
+        matched_instance_rows=sorted(row["position"] for row in by_instance.values()),
+        instance_row_count=row_count,
     )
 
 
 def _source_images(rows: list[ImageRow], shape: tuple[int, int, int], **files) -> SourceImages:
     """rows as SourceImages; shape: (C, H, W) of an image, for the (0, C, H, W) pixels of a chunk without any; files:
     the SourceImages fields about the files rather than the images (quarantined, read_stats, skipped, held_back,
-    unmatched_instance_rows)."""
+    matched_instance_rows, instance_row_count)."""
 
     def column(name: str) -> list:
         return [getattr(row, name) for row in rows]

@@ -76,19 +76,23 @@ def deduplicate(hashes: list[str], labels: list, image_keys: list[str]) -> tuple
             if labels[row] != labels[labelled[0]]
         ]
     if conflicts:
-        more = (
-            f"\n  ... and {len(conflicts) - MAX_LISTED_CONFLICTS} more" if len(conflicts) > MAX_LISTED_CONFLICTS else ""
-        )
-        raise SourceError(
-            f"{len(conflicts)} pair(s) of identical images (same decoded pixels) have different labels; only one copy "
-            "is kept, so one label would be dropped silently (the images are named by their keys):\n  "
-            + "\n  ".join(conflicts[:MAX_LISTED_CONFLICTS])
-            + more
-            + "\nCorrect the label or remove the copy; `python -m sslflow.data.image_keys <source> <key>...` names "
-            "their files"
-        )
+        refuse_label_conflicts(conflicts)
     kept = set(keep)
     return np.array(sorted(kept), dtype=np.int64), [image_keys[i] for i in range(len(hashes)) if i not in kept]
+
+
+def refuse_label_conflicts(conflicts: list[str]) -> None:
+    """SourceError naming the pairs of identical images with different labels (``conflicts``: one sentence a pair,
+    "<key> (label <label>) and <key> (label <label>)"), the first MAX_LISTED_CONFLICTS of them."""
+    more = f"\n  ... and {len(conflicts) - MAX_LISTED_CONFLICTS} more" if len(conflicts) > MAX_LISTED_CONFLICTS else ""
+    raise SourceError(
+        f"{len(conflicts)} pair(s) of identical images (same decoded pixels) have different labels; only one copy "
+        "is kept, so one label would be dropped silently (the images are named by their keys):\n  "
+        + "\n  ".join(conflicts[:MAX_LISTED_CONFLICTS])
+        + more
+        + "\nCorrect the label or remove the copy; `python -m sslflow.data.image_keys <source> <key>...` names "
+        "their files"
+    )
 
 
 def public_quarantined(quarantined: list[dict]) -> list[dict]:
@@ -206,7 +210,7 @@ def finish_manifest(table: pd.DataFrame, config: IngestConfig) -> tuple[pd.DataF
     manifest["split"] = [
         split_of_case(case, config.seed, train, val, config.gate_fraction) for case in manifest["case_id"]
     ]
-    sources = case_id_sources(manifest["case_source"])
+    sources = case_id_sources(manifest["case_source"].value_counts().to_dict())
     manifest = manifest[list(IMAGE_COLUMNS)]
     summary = {
         "images": len(manifest),

@@ -114,7 +114,7 @@ def parse_metadata_csv(data: bytes, where: str) -> pd.DataFrame:
         ) from error
 
 
-def _text(value) -> str | None:
+def cell_text(value) -> str | None:
     """A metadata cell as a stripped string, None when blank or missing (ints stay ints: 3.0 -> '3')."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         return None
@@ -205,9 +205,9 @@ def path_row(record: dict, row_where: str) -> dict:
     """One metadata row (a record of a table with a ``path`` column) as a dict (path, case_id, site, label, where);
     SourceError naming ``row_where`` for a path that is empty, absolute, has '..' or is too long."""
     return {
-        "path": check_relative_path(_text(record["path"]) or "", row_where),
-        "case_id": _text(record.get("case_id")),
-        "site": _text(record.get("site")) or "default",
+        "path": check_relative_path(cell_text(record["path"]) or "", row_where),
+        "case_id": cell_text(record.get("case_id")),
+        "site": cell_text(record.get("site")) or "default",
         "label": canonical_label(record.get("label")),
         "where": row_where,
     }
@@ -226,56 +226,6 @@ def keyed_by_instance(table: pd.DataFrame) -> bool:
     """Whether a metadata table names DICOM files by SOPInstanceUID (a ``sop_instance_uid`` column, no ``path``)."""
     columns = {str(column).strip() for column in table.columns}
     return INSTANCE_COLUMN in columns and "path" not in columns
-
-
-def instance_rows(table: pd.DataFrame, where: str, first_row: int) -> list[dict]:
-    """Rows of a metadata table keyed by SOPInstanceUID: dicts (uid, case_id, site, label, where).
-
-    The UID identifies a study of a person: messages name the row, never the value, and read_listing
-    matches rows by the UID's pseudonym, so the UID itself goes no further than this function's caller.
-    """
-    table = table.rename(columns=lambda column: str(column).strip())
-    rows, first_seen = [], {}
-    for index, record in enumerate(table.to_dict("records")):
-        row_where = f"{where} row {first_row + index}, column '{INSTANCE_COLUMN}'"
-        uid = _text(record[INSTANCE_COLUMN])
-        if not uid:
-            raise SourceError(
-                f"{row_where}: empty; each row names the SOPInstanceUID (0008,0018) of one DICOM file: fill it in or "
-                "remove the row"
-            )
-        if uid in first_seen:
-            raise SourceError(
-                f"{row_where}: the same SOPInstanceUID as row {first_seen[uid]}; list each DICOM object once"
-            )
-        first_seen[uid] = first_row + index
-        rows.append(
-            {
-                "uid": uid,
-                "case_id": _text(record.get("case_id")),
-                "site": _text(record.get("site")) or "default",
-                "label": canonical_label(record.get("label")),
-                "where": row_where,
-            }
-        )
-    return rows
-
-
-@dataclass(frozen=True)
-class InstanceRows:
-    """A metadata file keyed by SOPInstanceUID: its rows (instance_rows) and the sha256 of its bytes, which a plan
-    puts in each chunk document so that a chunk reading the file again sees whether it changed."""
-
-    rows: list[dict]
-    sha256: str
-
-
-def read_instance_rows(table: pd.DataFrame, data: bytes, where: str) -> InstanceRows | None:
-    """The rows of a metadata.csv (its bytes ``data``, parsed as ``table``) when it is keyed by SOPInstanceUID, else
-    None."""
-    if not keyed_by_instance(table):
-        return None
-    return InstanceRows(instance_rows(table, where, first_row=2), hashlib.sha256(data).hexdigest())
 
 
 def in_case_order(rows: list[dict]) -> list[tuple[int, dict]]:

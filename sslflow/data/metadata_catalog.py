@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -53,7 +54,7 @@ class MetadataCatalog:
         """Every row checked (SourceError naming the first failing rows, and how many fail) into ``rows``."""
         problems, failing, position, line = [], 0, 0, 2
         check_path_column(metadata_header(csv_file, self.where), self.where)  # the header, even with no rows
-        for batch in _csv_batches(csv_file, self.where, rows=ROW_BATCH):
+        for batch in csv_batches(csv_file, self.where, rows=ROW_BATCH):
             batch = check_path_column(batch, self.where)
             for record in batch.to_dict("records"):
                 try:
@@ -106,12 +107,13 @@ class MetadataCatalog:
             yield path
 
 
-def metadata_header(csv_file: Path, where: str) -> pd.DataFrame:
-    """The CSV's header as an empty table (its columns); SourceError if it is not CSV."""
-    return next(_csv_batches(csv_file, where, rows=0))
+def metadata_header(csv_file: Path | BinaryIO, where: str) -> pd.DataFrame:
+    """The CSV's header as an empty table (its columns); SourceError if it is not CSV. csv_file: a path or an open
+    binary file."""
+    return next(csv_batches(csv_file, where, rows=0))
 
 
-def _csv_batches(csv_file: Path, where: str, rows: int) -> Iterator[pd.DataFrame]:
+def csv_batches(csv_file: Path | BinaryIO, where: str, rows: int) -> Iterator[pd.DataFrame]:
     """The CSV's rows as tables of strings, ``rows`` at a time (0: its header alone, as one empty table); SourceError
     if it is not CSV (as parse_metadata_csv)."""
     settings = dict(dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8")

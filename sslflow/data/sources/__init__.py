@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from sslflow.data.metadata import ImageRecord, InstanceRows
+from sslflow.data.instance_metadata import InstanceMetadata
+from sslflow.data.metadata import ImageRecord
 from sslflow.data.sources.builtin import BUILTIN_SOURCES, BuiltinSource
 from sslflow.data.sources.dicomweb import DicomwebSource
 from sslflow.data.sources.folder import FolderSource
@@ -47,8 +48,9 @@ class Source(Protocol):
         sees it, without the address of the server that answered (a replica, a proxy): the files are the same;
         uri_without_server: the uri so.
     fingerprint(): the cache key of ingest (sslflow/data/fingerprint.py): changes whenever what ingest reads does.
-    read_bytes(record): the bytes of one listed file.
-    instance_rows(): the metadata rows keyed by SOPInstanceUID and the sha256 of their file, or None.
+    read_bytes(record): the bytes of one listed file; read_head(record, count): its first ``count`` bytes (b"" where
+        a file's bytes cannot be read in part: DICOMweb, built-in).
+    instance_rows(): the metadata file keyed by SOPInstanceUID (InstanceMetadata: read in batches), or None.
     unlisted(): the paths of image files (by suffix) under the source's root that its metadata.csv does not list,
         streamed in path order (ingest does not read them: it counts them); none without such metadata.
     check_service(timeout_s): one request, no retry, to the service that holds the source (S3 endpoint, archive):
@@ -80,7 +82,9 @@ class Source(Protocol):
 
     def read_bytes(self, record: ImageRecord) -> bytes: ...
 
-    def instance_rows(self) -> InstanceRows | None: ...
+    def read_head(self, record: ImageRecord, count: int) -> bytes: ...
+
+    def instance_rows(self) -> InstanceMetadata | None: ...
 
     def unlisted(self) -> Iterator[str]: ...
 

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from sslflow.data.fingerprint import FileDigests, encode_fingerprint
-from sslflow.data.metadata import ImageRecord, InstanceRows
+from sslflow.data.instance_metadata import InstanceMetadata
+from sslflow.data.metadata import ImageRecord
 from sslflow.data.types import SourceError, SourceImages
 
 BUILTIN_SOURCES = ("fashion-mnist", "mnist-5k", "optdigits")
@@ -218,7 +219,10 @@ class BuiltinSource:
             "own"
         )
 
-    def instance_rows(self) -> InstanceRows | None:
+    def read_head(self, record: ImageRecord, count: int) -> bytes:
+        return b""  # a packaged array: no file
+
+    def instance_rows(self) -> InstanceMetadata | None:
         return None
 
     def unlisted(self) -> Iterator[str]:

@@ -37,22 +37,20 @@ from itertools import islice
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import pandas as pd
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from sslflow.data.dicom import IDENTIFYING_KEYWORDS
 from sslflow.data.fingerprint import encode_fingerprint
+from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.metadata import (
     METADATA_FILE,
     UNKNOWN_SIZE,
     ImageRecord,
-    InstanceRows,
     keyed_by_instance,
     located_name,
-    parse_metadata_csv,
-    read_instance_rows,
     safe_name,
 )
+from sslflow.data.metadata_catalog import metadata_header
 from sslflow.data.sources.dicomweb_http import (
     archive_client,
     archive_errors,
@@ -60,7 +58,7 @@ from sslflow.data.sources.dicomweb_http import (
     check_archive,
     retrieve_instance_bytes,
 )
-from sslflow.data.sources.s3 import parse_s3_uri, read_object, s3_client
+from sslflow.data.sources.s3 import download_object, parse_s3_uri, s3_client
 from sslflow.data.types import SourceError, SourceImages
 
 SCHEMES = ("dicomweb+http://", "dicomweb+https://")
@@ -321,8 +319,8 @@ class DicomwebSource:
             for path, instances in rows:
                 digest.update(f"{path} {instances}\n".encode())
                 count += 1
-        metadata = self._metadata()
-        listing = [hashlib.sha256(metadata[0]).hexdigest() if metadata else None, count, digest.hexdigest()]
+        metadata = self.instance_rows()
+        listing = [metadata.sha256() if metadata is not None else None, count, digest.hexdigest()]
         return encode_fingerprint("dicomweb", self.uri, listing, [])
 
     def unlisted(self) -> Iterator[str]:
@@ -335,33 +333,41 @@ class DicomwebSource:
         seconds."""
         check_archive(self.query.base_url, timeout_s)
 
+    def read_head(self, record: ImageRecord, count: int) -> bytes:
+        return b""  # an instance is retrieved whole (WADO-RS); its listing gives no size to probe by
+
     def read_bytes(self, record: ImageRecord) -> bytes:
         uids = tuple(record.source_path.split("/"))
         return retrieve_instance_bytes(self.session, self.query.base_url, uids, "retrieving an instance (WADO-RS)")
 
-    def _metadata(self) -> tuple[bytes, pd.DataFrame] | None:
-        """(bytes, table) of the metadata file the URI names, None without one; SourceError if it is not keyed by
-        SOPInstanceUID (an archive has no paths to name)."""
+    @functools.cached_property
+    def _metadata_file(self) -> Path | None:
+        """The metadata file the URI names, local (one in S3 downloaded, streamed, into a temporary folder this
+        source keeps), None without one; SourceError if it cannot be read or is not keyed by SOPInstanceUID (an
+        archive has no paths to name)."""
         where = self.query.metadata
         if not where:
             return None
         if where.startswith("s3://"):
-            bucket, prefix = parse_s3_uri(where)
-            data = read_object(s3_client(), bucket, prefix.rstrip("/"))
+            bucket, key = parse_s3_uri(where)
+            self._scratch = tempfile.TemporaryDirectory(prefix="sslflow-dicomweb-metadata-")
+            path = Path(self._scratch.name) / METADATA_FILE
+            if not download_object(s3_client(), bucket, key.rstrip("/"), path):
+                raise SourceError(f"source {self.uri}: metadata {where} cannot be read (no such object)")
         else:
+            path = Path(where)
             try:
-                data = Path(where).read_bytes()
+                path.open("rb").close()
             except OSError as error:
                 raise SourceError(f"source {self.uri}: metadata {where} cannot be read ({error.strerror})") from error
-        table = parse_metadata_csv(data, where)
-        if not keyed_by_instance(table):
+        if not keyed_by_instance(metadata_header(path, where)):
             raise SourceError(
                 f"{where}: the metadata of a DICOMweb source names instances by a sop_instance_uid column (no path "
                 f"column), as a {METADATA_FILE} keyed by SOPInstanceUID"
             )
-        return data, table
+        return path
 
-    def instance_rows(self) -> InstanceRows | None:
-        """The rows of the metadata file keyed by SOPInstanceUID, None without one."""
-        metadata = self._metadata()
-        return read_instance_rows(metadata[1], metadata[0], self.query.metadata) if metadata is not None else None
+    def instance_rows(self) -> InstanceMetadata | None:
+        """The metadata file keyed by SOPInstanceUID, None without one."""
+        path = self._metadata_file
+        return InstanceMetadata(path, self.query.metadata) if path is not None else None

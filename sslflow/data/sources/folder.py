@@ -25,10 +25,10 @@ import pandas as pd
 
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
 from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
+from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.metadata import (
     METADATA_FILE,
     ImageRecord,
-    InstanceRows,
     in_case_order,
     keyed_by_instance,
     located_name,
@@ -36,10 +36,10 @@ from sslflow.data.metadata import (
     metadata_rows,
     missing_file,
     parse_metadata_csv,
-    read_instance_rows,
     refuse_rows,
     safe_name,
 )
+from sslflow.data.metadata_catalog import metadata_header
 from sslflow.data.regular_files import stat_regular_file
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
 
@@ -220,20 +220,27 @@ class FolderSource:
     def uri_without_server(self) -> str:
         return self.uri
 
-    def _metadata(self) -> tuple[Path, bytes, pd.DataFrame] | None:
-        """(path, bytes, table) of the folder's metadata.csv, None if it has none."""
+    def _metadata(self) -> tuple[Path, pd.DataFrame | None] | None:
+        """(path, table) of the folder's metadata.csv, None if it has none; the table None when it is keyed by
+        SOPInstanceUID (its header alone is read: InstanceMetadata reads the rows in batches). The file is opened
+        once."""
         path = folder_metadata_file(self.root)
         if path is None:
             return None
-        data = path.read_bytes()
-        return path, data, parse_metadata_csv(data, str(self.root / METADATA_FILE))
+        where = str(self.root / METADATA_FILE)
+        with path.open("rb") as file:
+            if keyed_by_instance(metadata_header(file, where)):
+                return path, None
+            file.seek(0)
+            data = file.read()
+        return path, parse_metadata_csv(data, where)
 
-    def _listed(self, metadata: tuple[Path, bytes, pd.DataFrame] | None) -> list[tuple[int, ImageRecord]] | None:
+    def _listed(self, metadata: tuple[Path, pd.DataFrame | None] | None) -> list[tuple[int, ImageRecord]] | None:
         """(row position, record) of the files metadata.csv lists, in case order; None without metadata naming paths."""
-        if metadata is None or keyed_by_instance(metadata[2]):
+        if metadata is None or metadata[1] is None:
             return None
         where = str(self.root / METADATA_FILE)
-        rows = metadata_rows(metadata[2], where, first_row=2)
+        rows = metadata_rows(metadata[1], where, first_row=2)
         return in_case_order_records(rows, local_records(self.root, rows, where))
 
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
@@ -272,24 +279,27 @@ class FolderSource:
     def read_bytes(self, record: ImageRecord) -> bytes:
         return Path(record.location).read_bytes()
 
-    def instance_rows(self) -> InstanceRows | None:
-        """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None."""
-        metadata = self._metadata()
-        return (
-            read_instance_rows(metadata[2], metadata[1], str(self.root / METADATA_FILE))
-            if metadata is not None
-            else None
-        )
+    def read_head(self, record: ImageRecord, count: int) -> bytes:
+        with open(record.location, "rb") as file:
+            return file.read(count)
+
+    def instance_rows(self) -> InstanceMetadata | None:
+        """metadata.csv when it names DICOM files by SOPInstanceUID (its header alone is read here), else None."""
+        path = folder_metadata_file(self.root)
+        where = str(self.root / METADATA_FILE)
+        if path is None or not keyed_by_instance(metadata_header(path, where)):
+            return None
+        return InstanceMetadata(path, where)
 
     def unlisted(self) -> Iterator[str]:
         """The image files (by suffix) in the folder that its metadata.csv does not list, in path order (none without
         metadata naming paths)."""
         return self._unlisted(self._metadata())
 
-    def _unlisted(self, metadata: tuple[Path, bytes, pd.DataFrame] | None) -> Iterator[str]:
-        if metadata is None or keyed_by_instance(metadata[2]):
+    def _unlisted(self, metadata: tuple[Path, pd.DataFrame | None] | None) -> Iterator[str]:
+        if metadata is None or metadata[1] is None:
             return
-        listed = {row["path"] for row in metadata_rows(metadata[2], str(self.root / METADATA_FILE), first_row=2)}
+        listed = {row["path"] for row in metadata_rows(metadata[1], str(self.root / METADATA_FILE), first_row=2)}
         suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
         yield from (
             path

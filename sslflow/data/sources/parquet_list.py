@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
-from sslflow.data.metadata import ImageRecord, InstanceRows, located_name, metadata_rows, safe_name
+from sslflow.data.instance_metadata import InstanceMetadata
+from sslflow.data.metadata import ImageRecord, located_name, metadata_rows, safe_name
 from sslflow.data.regular_files import stat_regular_file
 from sslflow.data.sources.folder import in_case_order_records, local_records
 from sslflow.data.types import SourceError, SourceImages
@@ -90,7 +91,11 @@ class ParquetListSource:
     def read_bytes(self, record: ImageRecord) -> bytes:
         return Path(record.location).read_bytes()
 
-    def instance_rows(self) -> InstanceRows | None:
+    def read_head(self, record: ImageRecord, count: int) -> bytes:
+        with open(record.location, "rb") as file:
+            return file.read(count)
+
+    def instance_rows(self) -> InstanceMetadata | None:
         return None  # a parquet list names files by path
 
     def unlisted(self) -> Iterator[str]:

@@ -34,17 +34,15 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, Inc
 from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from sslflow.data.fingerprint import encode_sorted_fingerprint
+from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.metadata import (
     METADATA_FILE,
     ImageRecord,
-    InstanceRows,
     check_relative_path,
     keyed_by_instance,
     located_name,
     metadata_file_name,
     missing_file,
-    parse_metadata_csv,
-    read_instance_rows,
     refuse_rows,
     safe_name,
 )
@@ -152,6 +150,21 @@ def read_object(client, bucket: str, key: str) -> bytes:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def download_object(client, bucket: str, key: str, path: Path) -> bool:
+    """Write the object at ``key`` to ``path``, streamed (never whole in memory); False when there is no such
+    object."""
+    with s3_errors(f"reading s3://{bucket}/{key}"):
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return False
+            raise
+        with path.open("wb") as file:
+            shutil.copyfileobj(body, file, METADATA_READ_BYTES)
+    return True
+
+
 def _without_endpoint(version_key: str) -> str:
     return version_key.split(" ", 1)[-1]
 
@@ -202,16 +215,7 @@ class S3Source:
         key = f"{self.prefix}{METADATA_FILE}"
         self._scratch = tempfile.TemporaryDirectory(prefix="sslflow-s3-metadata-")
         path = Path(self._scratch.name) / METADATA_FILE
-        with s3_errors(f"reading s3://{self.bucket}/{key}"):
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return None
-                raise
-            with path.open("wb") as file:
-                shutil.copyfileobj(body, file, METADATA_READ_BYTES)
-        return path
+        return path if download_object(self.client, self.bucket, key, path) else None
 
     @functools.cached_property
     def _metadata_by_path(self) -> bool:
@@ -319,11 +323,14 @@ class S3Source:
     def read_bytes(self, record: ImageRecord) -> bytes:
         return read_object(self.client, self.bucket, record.location.removeprefix(f"s3://{self.bucket}/"))
 
-    def instance_rows(self) -> InstanceRows | None:
-        """The rows of metadata.csv when it names DICOM files by SOPInstanceUID, else None (its header alone is read):
-        one GET, no listing."""
+    def read_head(self, record: ImageRecord, count: int) -> bytes:
+        key = record.location.removeprefix(f"s3://{self.bucket}/")
+        with s3_errors(f"reading the first {count} bytes of s3://{self.bucket}/{key}"):
+            return self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{count - 1}")["Body"].read()
+
+    def instance_rows(self) -> InstanceMetadata | None:
+        """metadata.csv when it names DICOM files by SOPInstanceUID, else None (its header alone is read): one GET
+        (streamed to disk), no listing."""
         if self._metadata_file is None or self._metadata_by_path:
             return None
-        data = self._metadata_file.read_bytes()
-        where = f"{self.where}{METADATA_FILE}"
-        return read_instance_rows(parse_metadata_csv(data, where), data, where)
+        return InstanceMetadata(self._metadata_file, f"{self.where}{METADATA_FILE}")
