@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from sslflow.data.metadata import ImageRecord, InstanceRows, safe_name
+from sslflow.data.instance_metadata import InstanceMetadata
+from sslflow.data.metadata import ImageRecord, safe_name
 from sslflow.data.types import SourceImages
 
 SCHEME = "toy://"
@@ -72,7 +73,10 @@ class ToySource:
     def read_bytes(self, record: ImageRecord) -> bytes:
         return _png(int(record.source_path.removeprefix("img").removesuffix(".png")))
 
-    def instance_rows(self) -> InstanceRows | None:
+    def read_head(self, record: ImageRecord, count: int) -> bytes:
+        return self.read_bytes(record)[:count]
+
+    def instance_rows(self) -> InstanceMetadata | None:
         return None
 
     def unlisted(self) -> Iterator[str]:

@@ -41,7 +41,8 @@ from sslflow.data.metadata import (
 )
 from sslflow.data.metadata_catalog import metadata_header
 from sslflow.data.regular_files import stat_regular_file
-from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages
+from sslflow.data.sources.local_files import LocalFiles
+from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
 
 
 class _Resolver:
@@ -186,7 +187,7 @@ def found_files(root: Path) -> Iterator[ImageRecord]:
         yield ImageRecord(source_path=relative, location=path, size_bytes=status.st_size, sniff=not by_name)
 
 
-class FolderSource:
+class FolderSource(LocalFiles):
     """A local folder as a Source (sslflow/data/sources/__init__.py; rules: the module docstring)."""
 
     kind = "folder"
@@ -207,18 +208,6 @@ class FolderSource:
     def display_name(self) -> str:
         """The folder's name and 8 hex of its absolute path."""
         return located_name(self.name, str(self.root.resolve()))
-
-    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
-        """None: its images are files, listed by ``records``."""
-        return None
-
-    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
-        """The record as it is: local files name no server."""
-        return fields, digest
-
-    @property
-    def uri_without_server(self) -> str:
-        return self.uri
 
     def _metadata(self) -> tuple[Path, pd.DataFrame | None] | None:
         """(path, table) of the folder's metadata.csv, None if it has none; the table None when it is keyed by
@@ -276,13 +265,6 @@ class FolderSource:
         unlisted = list(self._unlisted(metadata))  # by name only: the summary counts them, ingest reads none
         return encode_fingerprint("folder", self.uri, [listing, unlisted] if unlisted else listing, files)
 
-    def read_bytes(self, record: ImageRecord) -> bytes:
-        return Path(record.location).read_bytes()
-
-    def read_head(self, record: ImageRecord, count: int) -> bytes:
-        with open(record.location, "rb") as file:
-            return file.read(count)
-
     def instance_rows(self) -> InstanceMetadata | None:
         """metadata.csv when it names DICOM files by SOPInstanceUID (its header alone is read here), else None."""
         path = folder_metadata_file(self.root)
@@ -306,6 +288,3 @@ class FolderSource:
             for path in walk_files(self.root)
             if path not in listed and os.path.splitext(path)[1].lower() in suffixes
         )
-
-    def check_service(self, timeout_s: float) -> None:
-        """Nothing to check: the files are local."""

@@ -20,7 +20,8 @@ from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.metadata import ImageRecord, located_name, metadata_rows, safe_name
 from sslflow.data.regular_files import stat_regular_file
 from sslflow.data.sources.folder import in_case_order_records, local_records
-from sslflow.data.types import SourceError, SourceImages
+from sslflow.data.sources.local_files import LocalFiles
+from sslflow.data.types import SourceError
 
 
 def list_parquet_list(image_list: Path) -> list[tuple[int, ImageRecord]]:
@@ -38,7 +39,7 @@ def list_parquet_list(image_list: Path) -> list[tuple[int, ImageRecord]]:
     return in_case_order_records(rows, local_records(image_list.parent, rows, str(image_list)))
 
 
-class ParquetListSource:
+class ParquetListSource(LocalFiles):
     """A parquet image list as a Source (sslflow/data/sources/__init__.py)."""
 
     kind = "parquet"
@@ -59,18 +60,6 @@ class ParquetListSource:
         """The list's name and 8 hex of its absolute path."""
         return located_name(self.name, str(self.image_list.resolve()))
 
-    def packaged_images(self, image_size: int, channels: int) -> SourceImages | None:
-        """None: its images are files, listed by ``records``."""
-        return None
-
-    def without_server(self, fields: dict, digest: str) -> tuple[dict, str]:
-        """The record as it is: local files name no server."""
-        return fields, digest
-
-    @property
-    def uri_without_server(self) -> str:
-        return self.uri
-
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
         """The rows of the list in case order, each with its file's sha256."""
         listed = list_parquet_list(self.image_list)
@@ -88,19 +77,9 @@ class ParquetListSource:
             files = digests.records([(record.source_path, record.location, record.location) for record in records])
         return encode_fingerprint("parquet", self.uri, listing, files)
 
-    def read_bytes(self, record: ImageRecord) -> bytes:
-        return Path(record.location).read_bytes()
-
-    def read_head(self, record: ImageRecord, count: int) -> bytes:
-        with open(record.location, "rb") as file:
-            return file.read(count)
-
     def instance_rows(self) -> InstanceMetadata | None:
         return None  # a parquet list names files by path
 
     def unlisted(self) -> Iterator[str]:
         """None: no folder is listed."""
         return iter(())
-
-    def check_service(self, timeout_s: float) -> None:
-        """Nothing to check: the files are local."""
