@@ -1,4 +1,5 @@
-"""Test isolation: every test session gets its own HOME (Flyte's local cache), sandbox and MLflow store."""
+"""Test isolation: every test session (each pytest-xdist worker is one) gets its own HOME (Flyte's local cache), sandbox
+and MLflow store; with several workers, each worker's PyTorch gets its share of the cores."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ os.environ["GX_ANALYTICS_ENABLED"] = "False"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# pytest-xdist runs one session per worker (pyproject's addopts): n workers each with every core's worth of intra-op
+# threads would oversubscribe the CPU. Processes the tests start (pyflyte, servers) keep PyTorch's default as for users.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 def pytest_sessionfinish(session, exitstatus):
