@@ -1,4 +1,5 @@
-"""Test isolation: every test session gets its own HOME (Flyte's local cache), sandbox and MLflow store."""
+"""Test isolation: every test session (each pytest-xdist worker is one) gets its own HOME (Flyte's local cache), sandbox
+and MLflow store; with several workers, each worker's PyTorch gets its share of the cores."""
 
 from __future__ import annotations
 
@@ -19,6 +20,36 @@ os.environ["GX_ANALYTICS_ENABLED"] = "False"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# pytest-xdist runs one session per worker (`-n`, pyproject's addopts): n workers each with every core's worth of
+# intra-op threads would oversubscribe the CPU. Processes the tests start (pyflyte, servers) keep PyTorch's default, as
+# for users.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+# The files that run longest (end-to-end pipelines, pods, benchmark smoke runs: minutes each), started first.
+# pytest-xdist hands each worker whole files (pyproject's addopts: --dist loadfile, in this order); one of these begun
+# last would keep one worker busy for minutes after the other has finished.
+LONGEST_FIRST = (
+    "test_pipeline_pods.py",
+    "test_pods.py",
+    "test_concurrent_runs.py",
+    "test_self_training.py",
+    "test_engine.py",
+    "test_pipeline_e2e.py",
+    "test_tracking_store.py",
+    "test_refusals.py",
+    "test_multirank.py",
+    "test_elastic.py",
+)
+assert all((Path(__file__).parent / name).is_file() for name in LONGEST_FIRST), "a LONGEST_FIRST file was renamed"
+
+
+def pytest_collection_modifyitems(items):
+    """The LONGEST_FIRST files' tests first, in that order; the other files after them, in pytest's order."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def pytest_sessionfinish(session, exitstatus):

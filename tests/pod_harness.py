@@ -381,6 +381,26 @@ class PodRunner:
         return LiteralMap.from_flyte_idl(message)
 
 
+PSEUDONYM_KEY = "9f" * 32  # the sslflow/pseudonym_key Secret of registered_runner's pods
+
+
+def registered_runner(work: Path, endpoint: str, mlflow_uri: str, *, s3_endpoint: str | None = None, **options):
+    """A PodRunner whose pods get what a user passes with `pyflyte register --env` (README: run on your cluster): the
+    tracking server ``mlflow_uri`` and the object store (``s3_endpoint`` as the pods see it, default ``endpoint``), and
+    the PSEUDONYM_KEY Secret; ``options`` as PodRunner takes them."""
+    registered = {
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "AWS_ENDPOINT_URL": s3_endpoint or endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    secrets = {("sslflow", "pseudonym_key"): PSEUDONYM_KEY}
+    return PodRunner(
+        work, s3_endpoint or endpoint, registered=registered, secrets=secrets, setup_endpoint=endpoint, **options
+    )
+
+
 def _parsed(message_type, body: bytes):
     message = message_type()
     message.ParseFromString(body)

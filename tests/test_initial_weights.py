@@ -71,7 +71,9 @@ def test_s3_object_is_downloaded_and_loaded(imagenet_style, tmp_path, monkeypatc
 
 def test_mlflow_run_artifact_and_registered_model_are_loaded(imagenet_style, tmp_path):
     network, path = imagenet_style
-    with mlflow.start_run() as run:
+    # the store's Default experiment keeps artifacts in ./mlruns, the project folder; this test's stay in tmp_path
+    experiment = mlflow.create_experiment(f"weights-{uuid.uuid4().hex[:8]}", (tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_artifact(str(path), artifact_path="weights")
     encoder, weights = encoder_from_weights(
         f"runs:/{run.info.run_id}/weights/resnet18_rgb.pth", BACKBONE, 1, 32, tmp_path / "a"
@@ -81,7 +83,7 @@ def test_mlflow_run_artifact_and_registered_model_are_loaded(imagenet_style, tmp
     grey_network = encoder_from_weights(str(path), BACKBONE, 1, 32, tmp_path)[
         0
     ]  # a registered 1-channel encoder of this project
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment):
         mlflow.pytorch.log_model(
             grey_network.eval(),
             name="model",

@@ -7,12 +7,10 @@ of chunk files) -> ingest_chunk (a map task over the file references, each index
 -> finish_data_run, for PNGs and for a PACS-style DICOM export under S3 prefixes (a pod shares no disk with another, so
 the sources are in the object store); then, for the PNGs, pretrain_generic (Elastic: torchrun inside the pod) and
 finetune_pretrained on its encoder. Every pod's S3 requests go through a proxy (tests/faulty_proxy.py) that records
-them: the join pod reads the chunks' tables and downloads no shard.
+them: the join pod reads the chunks' tables and downloads no shard. The pipeline's first pod fails as Flyte must see
+it: an outage recoverable, a refusal not.
 
-Then the whole of workflows/pipeline.py ssl_pipeline, fast-registered (the pods download the code archive, as after
-`pyflyte run --remote`), walked node by node as propeller does (tests/pod_workflows.py): every task, the ingest
-sub-workflows and their map tasks, the dynamic fine-tuning's compiled nodes, with the failures Flyte would retry
-told apart from those it would not, and no pod reporting to anything but the configured services.
+The whole pipeline as pods: tests/test_pipeline_pods.py.
 """
 
 from __future__ import annotations
@@ -26,10 +24,17 @@ from dicom_files import write_pacs_folder
 from flytekit.models.literals import LiteralMap
 from live_mlflow import MlflowServer, free_port
 from moto_s3 import moto_s3_server, s3_environment
-from network_audit import audited_python_path, network_events, telemetry_stores
 from PIL import Image
-from pod_harness import PodFailed, PodRunner, bind, literals, python_value, serialized_package
-from pod_workflows import WorkflowWalk
+from pod_harness import (
+    PSEUDONYM_KEY,
+    PodFailed,
+    PodRunner,
+    bind,
+    literals,
+    python_value,
+    registered_runner,
+    serialized_package,
+)
 
 from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
@@ -38,7 +43,6 @@ from sslflow.config import IngestConfig, ValidationConfig
 from tasks.shared import Dataset
 
 LITERAL_LIMIT = 2**20  # bytes: far below flytepropeller's maxDownloadMBs (2 MB by default)
-PSEUDONYM_KEY = "9f" * 32
 
 
 @pytest.fixture(scope="module")
@@ -166,22 +170,6 @@ def _pretrain_and_finetune(runner: PodRunner, tasks, dataset: LiteralMap, run: L
     return python_value(model.literals["o0"], FinetunedModel)
 
 
-def _pod_runner(
-    tmp_path: Path, endpoint: str, mlflow_uri: str, *, s3_endpoint: str | None = None, **options
-) -> PodRunner:
-    registered = {  # what a user passes with `pyflyte register --env` (README: run on your cluster)
-        "MLFLOW_TRACKING_URI": mlflow_uri,
-        "AWS_ENDPOINT_URL": s3_endpoint or endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    secrets = {("sslflow", "pseudonym_key"): PSEUDONYM_KEY}
-    return PodRunner(
-        tmp_path, s3_endpoint or endpoint, registered=registered, secrets=secrets, setup_endpoint=endpoint, **options
-    )
-
-
 def _check_pod_run(runner: PodRunner, tmp_path: Path, result: dict) -> Dataset:
     """What every pod run must show: several chunk pods, the Dataset in the object store, literal files under 1 MB, a
     join that downloaded no shard (but its chunks' tables), nothing left in a pod's working directory. Returns the
@@ -234,7 +222,7 @@ def test_pngs_through_failing_s3_requests_as_pods_then_pretraining_and_fine_tuni
         _upload(tmp_path / "scans", "scans", "site-a")
         expected, _, _ = ingest_source("s3://scans/site-a", config, tmp_path / "expected")
         with FaultyS3Proxy(endpoint, slow_down_every=5, reset_every=7) as proxy:
-            runner = _pod_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
+            runner = registered_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
             result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config, proxy)
             before_training = len(proxy.requests)
             model = _pretrain_and_finetune(runner, tasks, result["dataset"], result["run"])
@@ -260,7 +248,7 @@ def test_a_pacs_export_in_s3_runs_as_pods(tmp_path, monkeypatch, tasks):
         with FaultyS3Proxy(
             endpoint, slow_down_every=10**9, reset_every=10**9
         ) as proxy:  # no faults: it records the requests
-            runner = _pod_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
+            runner = registered_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
             result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config, proxy)
             _check_pod_run(runner, tmp_path, result)
 
@@ -292,116 +280,6 @@ def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monke
                 runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), 1)
 
 
-PIPELINE = "workflows.pipeline.ssl_pipeline"
-ONE_CHUNK = 100_000  # chunk_images: each built-in source in one chunk pod (the data workflow's tests above cut several)
-SMALL_PIPELINE = dict(  # built-in sources, a few hundred images each, one epoch, one label fraction, one seed
-    generic_source="mnist-5k",  # a chunk pod of fashion-mnist would decode all 60,000 (max_images applies at the join)
-    generic_ingest=IngestConfig(max_images=200, chunk_images=ONE_CHUNK),
-    domain_ingest=IngestConfig(proxy_cases=True, max_images=600, chunk_images=ONE_CHUNK),
-    shift_ingest=IngestConfig(all_test=True, max_images=200, chunk_images=ONE_CHUNK),
-    generic_pretraining=PretrainConfig(epochs=1, batch_size=64),
-    domain_pretraining=PretrainConfig(epochs=1, batch_size=64),
-    finetune=FinetuneConfig(epochs=1, min_steps=3),
-    label_fractions=[1.0],
-    self_train=SelfTrainConfig(steps=3, confidence_threshold=0.0, max_label_fraction=1.0),
-)
-
-
-@pytest.fixture(scope="module")
-def pipeline_pods(tmp_path_factory, package):
-    """ssl_pipeline, fast-registered, run node by node as pods against a moto S3 server and an MLflow server, every
-    pod's network events recorded; the walk (what ran, each node's inputs and outputs), its summary, the services."""
-    from workflows.pipeline import ssl_pipeline
-
-    work = tmp_path_factory.mktemp("pipeline-pods")
-    audit = audited_python_path(work / "audit")
-    with (
-        pytest.MonkeyPatch.context() as monkeypatch,
-        moto_s3_server(work) as endpoint,
-        MlflowServer(work / "mlflow") as mlflow,
-    ):
-        s3_environment(monkeypatch, endpoint)
-        runner = _pod_runner(work, endpoint, mlflow.uri, fast_archive=package.fast_archive, python_path=(audit,))
-        walk = WorkflowWalk(runner, package)
-        inputs = package.defaults[PIPELINE].literals | literals(ssl_pipeline, **SMALL_PIPELINE).literals
-        outputs = walk.run(PIPELINE, LiteralMap(inputs))
-        services = {endpoint.removeprefix("http://"), mlflow.uri.removeprefix("http://")}
-        summary = python_value(outputs.literals["o0"], str)
-        yield {
-            "walk": walk,
-            "package": package,
-            "work": work,
-            "audit": audit,
-            "summary": summary,
-            "services": services,
-            "endpoint": endpoint,
-        }
-
-
-def _task_nodes(package, workflow: str) -> set[str]:
-    """The tasks of ``workflow``'s nodes and of its sub-workflows' nodes (a map task's, an array node's), by name."""
-    names = set()
-    for node in package.workflows[workflow].nodes:
-        target = node.WhichOneof("target")
-        if target == "workflow_node":
-            names |= _task_nodes(package, node.workflow_node.sub_workflow_ref.name)
-        elif target == "array_node":
-            names.add(node.array_node.node.task_node.reference_id.name)
-        else:
-            names.add(node.task_node.reference_id.name)
-    return names
-
-
-def test_every_task_of_the_pipeline_runs_as_a_fast_registered_pod(pipeline_pods):
-    """Every node of ssl_pipeline ran as a pod that downloaded the code archive; finetune_all's pod compiled the
-    fine-tuning nodes (the floors and each pretrained encoder x {linear probe, fine-tune}) and each ran as a pod."""
-    walk, package, summary = pipeline_pods["walk"], pipeline_pods["package"], pipeline_pods["summary"]
-    ran = set(walk.nodes.values())
-    assert _task_nodes(package, PIPELINE) <= ran, _task_nodes(package, PIPELINE) - ran
-    assert {
-        "tasks.finetune.finetune_all",
-        "tasks.self_train.self_train",
-        "tasks.evaluate.evaluate",
-        "tasks.register.register",
-        "tasks.pipeline_run.report",
-    } <= ran
-    dynamic = next(path for path, name in walk.nodes.items() if name == "tasks.finetune.finetune_all")
-    compiled = sorted(name for path, name in walk.nodes.items() if path.startswith(f"{dynamic}/"))
-    assert compiled.count("tasks.finetune.finetune_pretrained") == 6 and {
-        "tasks.finetune.probe_pixels",
-        "tasks.finetune.finetune_scratch",
-    } <= set(compiled)
-    assert all(task.args[0] == "pyflyte-fast-execute" for task in package.tasks.values())
-    pods = sorted((pipeline_pods["work"] / "pods").iterdir())
-    assert len(pods) >= len(walk.nodes) and all((pod / "root" / "tasks" / "finetune.py").is_file() for pod in pods), (
-        "every pod ran the archive's code"
-    )
-    assert "Registered model: sslflow-mnist-5k version 1" in summary and "| simclr+micle | finetune | 1 (" in summary
-
-
-def test_no_pod_of_the_pipeline_reports_home(pipeline_pods):
-    """No pod of the whole run leaves a telemetry store (ONNX Runtime's device id and event queue: the register pod
-    checks the ONNX export) or looks up or connects to anything but the object store, the tracking server and
-    Flyte's statsd (flytekit's StatsConfig: the cluster's own metrics, on the pod's node)."""
-    from flytekit.configuration import StatsConfig
-
-    statsd = StatsConfig.auto()
-    pods = sorted((pipeline_pods["work"] / "pods").iterdir())
-    assert not [store for pod in pods for store in telemetry_stores(pod / "home")]
-    events = network_events(pipeline_pods["audit"])
-    assert any(event["event"] == "connect" for event in events), "the audit hook recorded the pods' connections"
-    services = pipeline_pods["services"] | {
-        f"{statsd.host}:{statsd.port}"
-    }  # flytekit's task metrics to the node's statsd
-    lookups = {f"{event['host']}:{event['port']}" for event in events if event["event"] == "lookup"}
-    connects = {
-        ":".join(map(str, event["address"]))
-        for event in events
-        if event["event"] == "connect" and event["family"] != "AF_UNIX"
-    }
-    assert lookups <= services and connects <= services, (lookups - services, connects - services)
-
-
 def test_outages_fail_recoverable_and_refusals_do_not(package, tmp_path):
     """The pipeline's first stage as Flyte would see it fail: with the tracking server down (an outage) its pod
     writes a RECOVERABLE error (Flyte retries it); with a label fraction over 1 (a refusal) a NON_RECOVERABLE one."""
@@ -424,7 +302,9 @@ def test_outages_fail_recoverable_and_refusals_do_not(package, tmp_path):
     }
     task = package.tasks["tasks.pipeline_run.start_pipeline_run"]
     with moto_s3_server(tmp_path) as endpoint:
-        runner = _pod_runner(tmp_path, endpoint, f"http://127.0.0.1:{free_port()}", fast_archive=package.fast_archive)
+        runner = registered_runner(
+            tmp_path, endpoint, f"http://127.0.0.1:{free_port()}", fast_archive=package.fast_archive
+        )
         runner.registered["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         with pytest.raises(PodFailed) as outage:
             runner.run(task, "tracking-server-down", literals(start_pipeline_run, label_fractions=[1.0], **settings))

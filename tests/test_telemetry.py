@@ -2,7 +2,8 @@
 
 Here: a local process started with none of the switches in its environment (a bare `pyflyte run`, a pod of an image
 built elsewhere) that imports sslflow and checks an ONNX export, as the register task does, leaves no telemetry store in
-its HOME and looks nothing up. The whole pipeline's pods: tests/test_pods.py (test_no_pod_of_the_pipeline_reports_home).
+its HOME and looks nothing up. The whole pipeline's pods: tests/test_pipeline_pods.py
+(test_no_pod_of_the_pipeline_reports_home).
 """
 
 from __future__ import annotations
