@@ -44,17 +44,26 @@ def make_run_block(path: Path) -> list[str]:
     )  # the latter: older summaries
     saving = lines[start : lines.index("", start)]
     cpu = f" ({header['cpu']})" if "cpu" in header else ""
+    load = header.get("load average at the end (1, 5, 15 min)", "?")
     return [
         f"`make run`, one seed, cold, on a {header['machine'].replace(', cpu', ', no GPU')}{cpu}"
         f" (`{path.relative_to(RESULTS.parent.parent)}`, commit {header['commit']}"
-        f"{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']},"
-        f" load {header.get('load average at the end (1, 5, 15 min)', '?')}):"
-        f" `make run` wall time {header['wall time']}.",
+        f"{' (dirty)' if header['dirty'] == 'True' else ''}, {header['date']}, load {load}):"
+        f" `make run` wall time {header['wall time']}{_shared_machine(header['machine'], load)}.",
         "",
         *table,
         "",
         *[f"- {line}" if i else f"{line}" for i, line in enumerate(saving)],
     ]
+
+
+def _shared_machine(machine: str, load: str) -> str:
+    """A caveat when the 15-minute load average at the end was above the machine's cores: other work shared them, so
+    the wall time is not the pipeline's own ("" otherwise, or when the header does not say)."""
+    cores, loads = re.match(r"(\d+)-core", machine), re.findall(r"[\d.]+", load)
+    if cores is None or len(loads) != 3 or float(loads[2]) <= int(cores.group(1)):
+        return ""
+    return f" (taken while other work shared the {cores.group(1)} cores: not the pipeline's own time)"
 
 
 def quality_block(path: Path) -> list[str]:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.readme_tables import _shared_machine
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -51,3 +53,9 @@ def test_the_configuration_reference_matches_the_dataclasses():
         [sys.executable, "docs/generate_configuration.py", "--check"], cwd=ROOT, capture_output=True, text=True
     )
     assert completed.returncode == 0, completed.stderr
+
+
+def test_a_make_run_time_taken_on_a_shared_machine_says_so():
+    assert _shared_machine("2-core x86_64 CPU, cpu", "2.1, 4.2, 6.2").startswith(" (taken while other work shared")
+    assert _shared_machine("2-core x86_64 CPU, cpu", "1.0, 1.2, 1.9") == ""
+    assert _shared_machine("2-core x86_64 CPU, cpu", "?") == ""
