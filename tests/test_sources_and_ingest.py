@@ -263,7 +263,14 @@ def test_chunks_hold_about_chunk_images_images_whatever_the_images_per_case():
     chunk it falls into."""
     files = [(f"patient{index // 4:05d}", f"patient{index // 4:05d}/image{index % 4}") for index in range(8192)]
     chunks = list(
-        _cut(files, lambda item: item[0], lambda item: item[1], lambda item: 1000, IngestConfig(chunk_images=64))
+        _cut(
+            files,
+            lambda item: item[0],
+            lambda item: item[1],
+            lambda item: 1000,
+            lambda item: 1,
+            IngestConfig(chunk_images=64),
+        )
     )
     sizes = [len(chunk) for chunk in chunks]
     assert sum(sizes) == 8192 and max(sizes) <= 2 * 64 and 40 <= np.mean(sizes) <= 100
@@ -275,7 +282,14 @@ def test_chunks_hold_about_chunk_images_images_whatever_the_images_per_case():
             break
     added = sorted([*files, (name.split("/")[0], name)])
     again = list(
-        _cut(added, lambda item: item[0], lambda item: item[1], lambda item: 1000, IngestConfig(chunk_images=64))
+        _cut(
+            added,
+            lambda item: item[0],
+            lambda item: item[1],
+            lambda item: 1000,
+            lambda item: 1,
+            IngestConfig(chunk_images=64),
+        )
     )
     changed = [chunk for chunk in again if chunk not in chunks]
     assert len(again) == len(chunks) and len(changed) == 1 and (name.split("/")[0], name) in changed[0]
@@ -290,7 +304,7 @@ def test_chunks_hold_at_most_chunk_megabytes_of_files_whatever_their_count(tmp_p
     files += [(f"small{index:03d}", f"small{index:03d}/image.dcm", 100_000) for index in range(40)]
     files += [("zz-large-case", f"zz-large-case/cine{index}.dcm", 400 * megabyte) for index in range(4)]
     config = IngestConfig(chunk_images=4096, chunk_megabytes=1024)
-    chunks = list(_cut(files, lambda item: item[0], lambda item: item[1], lambda item: item[2], config))
+    chunks = list(_cut(files, lambda item: item[0], lambda item: item[1], lambda item: item[2], lambda item: 1, config))
     chunk_bytes = [sum(size for _, _, size in chunk) for chunk in chunks]
     assert sum(len(chunk) for chunk in chunks) == len(files)
     assert all(
