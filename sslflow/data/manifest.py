@@ -178,6 +178,22 @@ def decoded_table(images: SourceImages, config: IngestConfig) -> pd.DataFrame:
     )
 
 
+def with_cases_and_splits(rows: pd.DataFrame, has_cases: bool, config: IngestConfig) -> pd.DataFrame:
+    """``rows`` (image_key, sha256, case_id) with a case for every image and its split: an image without a case is a
+    case of its own, named from its key when some image of the source has a case (``has_cases``), else from its
+    content; the split is the case's (split_of_case). Changes ``rows`` in place and returns it."""
+    fallback = [
+        f"image-{hashlib.sha256(key.encode()).hexdigest()[:12]}" if has_cases else f"image-{digest[:16]}"
+        for key, digest in zip(rows["image_key"], rows["sha256"])
+    ]
+    rows["case_id"] = [
+        case if case is not None and not pd.isna(case) else other for case, other in zip(rows["case_id"], fallback)
+    ]
+    train, val = (0.0, 0.0) if config.all_test else (config.train_fraction, config.val_fraction)
+    rows["split"] = [split_of_case(case, config.seed, train, val, config.gate_fraction) for case in rows["case_id"]]
+    return rows
+
+
 def finish_manifest(table: pd.DataFrame, config: IngestConfig) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """Deduplicate, subsample, name cases, assign splits. table: decoded_table rows (of one or many chunks, in
     source order; extra columns are carried in the index). Returns (manifest (IMAGE_COLUMNS), rows of
@@ -198,18 +214,7 @@ def finish_manifest(table: pd.DataFrame, config: IngestConfig) -> tuple[pd.DataF
     if config.max_images and len(keep) > config.max_images:
         keep = np.sort(np.random.default_rng(config.seed).choice(keep, config.max_images, replace=False))
     manifest = table.iloc[keep].reset_index(drop=True)
-    has_cases = manifest["case_id"].notna().any()
-    fallback = [
-        f"image-{hashlib.sha256(key.encode()).hexdigest()[:12]}" if has_cases else f"image-{digest[:16]}"
-        for key, digest in zip(manifest["image_key"], manifest["sha256"])
-    ]
-    manifest["case_id"] = [
-        case if case is not None and not pd.isna(case) else other for case, other in zip(manifest["case_id"], fallback)
-    ]
-    train, val = (0.0, 0.0) if config.all_test else (config.train_fraction, config.val_fraction)
-    manifest["split"] = [
-        split_of_case(case, config.seed, train, val, config.gate_fraction) for case in manifest["case_id"]
-    ]
+    manifest = with_cases_and_splits(manifest, manifest["case_id"].notna().any(), config)
     sources = case_id_sources(manifest["case_source"].value_counts().to_dict())
     manifest = manifest[list(IMAGE_COLUMNS)]
     summary = {

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from sslflow.config import IngestConfig
 from sslflow.data.dicom_identity import deidentification
 from sslflow.data.leakage import case_id_sources, leakage_warnings
-from sslflow.data.manifest import MANIFEST_COLUMNS, refuse_label_conflicts, split_of_case
+from sslflow.data.manifest import MANIFEST_COLUMNS, refuse_label_conflicts, with_cases_and_splits
 
 BATCH_ROWS = 8192  # manifest rows written at a time
 TABLES_KEPT = 2  # chunk tables held while the manifest is written (the batches of a listing order the chunks share)
@@ -236,17 +236,8 @@ class ChunkTables:
 
 def _finished(batch: pd.DataFrame, has_cases: bool, config: IngestConfig) -> pd.DataFrame:
     """Chunk-table rows as manifest rows (MANIFEST_COLUMNS): finish_manifest's case names for the images without
-    a case (``has_cases``: whether any kept image has one) and its splits."""
-    fallback = [
-        f"image-{hashlib.sha256(key.encode()).hexdigest()[:12]}" if has_cases else f"image-{digest[:16]}"
-        for key, digest in zip(batch["image_key"], batch["sha256"])
-    ]
-    batch["case_id"] = [
-        case if case is not None and not pd.isna(case) else other for case, other in zip(batch["case_id"], fallback)
-    ]
-    train, val = (0.0, 0.0) if config.all_test else (config.train_fraction, config.val_fraction)
-    batch["split"] = [split_of_case(case, config.seed, train, val, config.gate_fraction) for case in batch["case_id"]]
-    return batch[list(MANIFEST_COLUMNS)]
+    a case (``has_cases``: whether any kept image has one) and its splits (with_cases_and_splits)."""
+    return with_cases_and_splits(batch, has_cases, config)[list(MANIFEST_COLUMNS)]
 
 
 @dataclasses.dataclass
