@@ -257,21 +257,18 @@ def test_the_plan_of_an_s3_prefix_yields_a_chunk_from_the_first_listing_page(mon
     assert sum(len(chunk["records"]) for chunk in chunks) + len(first["records"]) == 5000 and bucket.served == 5
 
 
+def _chunks_of_single_images(files: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """_cut over (case, path) items of 1000 bytes and one image each, chunk_images 64."""
+    size, images = (lambda item: 1000), (lambda item: 1)
+    return list(_cut(files, lambda item: item[0], lambda item: item[1], size, images, IngestConfig(chunk_images=64)))
+
+
 def test_chunks_hold_about_chunk_images_images_whatever_the_images_per_case():
     """4 images per patient, chunk_images 64: chunks average about 64 images and hold at most 2 x 64 (a cut decided per
     case, the old rule, made them about 4 times larger, up to a 4 x chunk_images cap); a file added changes only the
     chunk it falls into."""
     files = [(f"patient{index // 4:05d}", f"patient{index // 4:05d}/image{index % 4}") for index in range(8192)]
-    chunks = list(
-        _cut(
-            files,
-            lambda item: item[0],
-            lambda item: item[1],
-            lambda item: 1000,
-            lambda item: 1,
-            IngestConfig(chunk_images=64),
-        )
-    )
+    chunks = _chunks_of_single_images(files)
     sizes = [len(chunk) for chunk in chunks]
     assert sum(sizes) == 8192 and max(sizes) <= 2 * 64 and 40 <= np.mean(sizes) <= 100
     assert all(
@@ -281,16 +278,7 @@ def test_chunks_hold_about_chunk_images_images_whatever_the_images_per_case():
         if int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) % 64:
             break
     added = sorted([*files, (name.split("/")[0], name)])
-    again = list(
-        _cut(
-            added,
-            lambda item: item[0],
-            lambda item: item[1],
-            lambda item: 1000,
-            lambda item: 1,
-            IngestConfig(chunk_images=64),
-        )
-    )
+    again = _chunks_of_single_images(added)
     changed = [chunk for chunk in again if chunk not in chunks]
     assert len(again) == len(chunks) and len(changed) == 1 and (name.split("/")[0], name) in changed[0]
 
