@@ -22,7 +22,6 @@ from sslflow.training.labelled_subset import labelled_subset
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import show_progress
 from tasks.shared import (
-    FINETUNE_TASK_SETTINGS,
     Dataset,
     EncoderCheckpoint,
     FinetunedModel,
@@ -32,6 +31,7 @@ from tasks.shared import (
     pipeline_cache,
     read_rows,
 )
+from tasks.training_pods import FINETUNE_TASK_SETTINGS, gpus_usable
 
 
 def _labelled_train_and_val(domain: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
@@ -131,6 +131,7 @@ def _finetune(
 
 
 @task(cache=pipeline_cache("8"), **FINETUNE_TASK_SETTINGS)
+@gpus_usable
 @outages_are_recoverable
 def finetune_pretrained(
     domain: Dataset, encoder: EncoderCheckpoint, label_fraction: float, config: FinetuneConfig, parent_run_id: str
@@ -154,6 +155,7 @@ def finetune_pretrained(
 
 
 @task(cache=pipeline_cache("6"), **FINETUNE_TASK_SETTINGS)
+@gpus_usable
 @outages_are_recoverable
 def finetune_scratch(
     domain: Dataset, encoder_name: str, label_fraction: float, config: FinetuneConfig, parent_run_id: str
@@ -163,6 +165,7 @@ def finetune_scratch(
 
 
 @task(cache=pipeline_cache("6"), **FINETUNE_TASK_SETTINGS)
+@gpus_usable
 @outages_are_recoverable
 def probe_pixels(
     domain: Dataset, label_fraction: float, config: FinetuneConfig, parent_run_id: str

@@ -46,16 +46,15 @@ from sslflow.training.checkpoints import EpochCheckpoints
 from sslflow.training.model_files import initial_encoder, save_state_dict
 from sslflow.training.progress import is_main_process, show_progress
 from tasks.shared import (
-    GPU_TASK_SETTINGS,
     Dataset,
     EncoderCheckpoint,
     content_hash,
     dataset_without_shards,
     node_shards_folder,
     outages_are_recoverable,
-    pretraining_cache,
     read_rows,
 )
+from tasks.training_pods import GPU_TASK_SETTINGS, gpus_usable, pretraining_cache
 
 log = logging.getLogger(__name__)
 # ContrastiveRun.state's layout (v2: every rank's generator; v3: MoCo's steps_done): a local checkpoint of another
@@ -279,6 +278,7 @@ def _pretrain(
 
 
 @task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
+@gpus_usable
 @outages_are_recoverable
 def pretrain_generic(
     dataset: Dataset, encoder_name: str, config: PretrainConfig, parent_run_id: str
@@ -289,6 +289,7 @@ def pretrain_generic(
 
 
 @task(cache=pretraining_cache("5"), **GPU_TASK_SETTINGS)
+@gpus_usable
 @outages_are_recoverable
 def pretrain_case_pairs(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str
@@ -302,6 +303,7 @@ def pretrain_case_pairs(
 
 
 @task(cache=pretraining_cache("4"), **GPU_TASK_SETTINGS)
+@gpus_usable
 @outages_are_recoverable
 def pretrain_domain(
     dataset: Dataset, initial: EncoderCheckpoint, config: PretrainConfig, parent_run_id: str

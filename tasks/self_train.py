@@ -38,7 +38,6 @@ from sslflow.training.model_files import load_classifier, save_state_dict
 from sslflow.training.progress import show_progress
 from sslflow.training.student import run_self_training, self_training_data, student_starts
 from tasks.shared import (
-    FINETUNE_TASK_SETTINGS,
     Dataset,
     EncoderCheckpoint,
     FinetunedModel,
@@ -47,6 +46,7 @@ from tasks.shared import (
     pipeline_cache,
     read_rows,
 )
+from tasks.training_pods import FINETUNE_TASK_SETTINGS, gpus_usable
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ def _log_report(reports: list[dict]) -> None:
 
 
 @task(cache=pipeline_cache("8"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@gpus_usable
 @outages_are_recoverable
 def self_train(
     models: list[FinetunedModel],

@@ -18,7 +18,8 @@ from sslflow.data.types import SourceError
 from sslflow.errors import Refusal
 from sslflow.failures import infrastructure_failure, killed_by_signal
 from sslflow.tracking.server import TrackingServerUnavailable
-from tasks.shared import GPUS_PER_POD_VARIABLE, RETRIED, outages_are_recoverable
+from tasks.shared import RETRIED, outages_are_recoverable
+from tasks.training_pods import GPUS_PER_POD_VARIABLE, gpus_usable
 
 
 def _failing(error: BaseException):
@@ -124,10 +125,10 @@ def test_a_pod_given_gpus_it_cannot_use_fails_at_once_naming_driver_and_cuda(mon
     ran = []
     monkeypatch.setenv(GPUS_PER_POD_VARIABLE, "1")
     with pytest.raises(GpuUnavailable):
-        outages_are_recoverable(lambda: ran.append(1))()
+        gpus_usable(lambda: ran.append(1))()
     assert ran == [], "the task body never starts on the CPU"
     monkeypatch.delenv(GPUS_PER_POD_VARIABLE)
-    outages_are_recoverable(lambda: ran.append(1))()  # locally (no GPUs requested) the task runs where it is
+    gpus_usable(lambda: ran.append(1))()  # locally (no GPUs requested) the task runs where it is
     assert ran == [1]
 
 
@@ -146,3 +147,20 @@ def test_the_memory_budget_reads_cgroup_v2_and_v1(tmp_path):
     (tmp_path / "v1" / "memory" / "memory.limit_in_bytes").write_text("17179869184\n")
     assert cgroup_memory_limit(tmp_path / "v1") == 16 * 2**30
     assert cgroup_memory_limit(tmp_path / "none") is None
+
+
+def test_every_task_given_gpus_checks_them_before_it_starts(monkeypatch):
+    """Each task whose pod requests GPUs (its environment names GPUS_PER_POD_VARIABLE: tasks/training_pods.py) fails
+    at once, before reading an input, when torch cannot use them; a task without GPUs does not check."""
+    from tasks import finetune, ingest, pretrain, self_train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    given_gpus = []
+    for module in (pretrain, finetune, self_train, ingest):
+        for task in vars(module).values():
+            if getattr(task, "environment", None) and GPUS_PER_POD_VARIABLE in task.environment:
+                given_gpus.append(task.name)
+                monkeypatch.setenv(GPUS_PER_POD_VARIABLE, task.environment[GPUS_PER_POD_VARIABLE])
+                with pytest.raises(GpuUnavailable):
+                    task.task_function(**dict.fromkeys(task.python_interface.inputs))
+    assert len(given_gpus) == 7 and not any(name.startswith("tasks.ingest") for name in given_gpus), given_gpus

@@ -133,7 +133,7 @@ def _resources(container: dict, kind: str) -> dict[str, str]:
 
 def test_training_pods_get_resources_per_worker(package):
     """CPU, memory, ephemeral storage (limits too), shared memory follow the GPUs; preemptible with a timeout."""
-    from tasks.shared import CPU_PER_RANK, DISK_PER_RANK_GIB, MEMORY_PER_RANK_GIB, SHARED_MEMORY_PER_RANK_GIB
+    from tasks.training_pods import CPU_PER_RANK, DISK_PER_RANK_GIB, MEMORY_PER_RANK_GIB, SHARED_MEMORY_PER_RANK_GIB
 
     for name, ranks in [(name, WORKERS_PER_POD) for name in TRAINING_TASKS[:3]] + [
         (TRAINING_TASKS[3], 8),

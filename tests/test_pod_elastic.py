@@ -157,7 +157,7 @@ def test_a_killed_worker_is_retried_a_refused_input_is_not(registered, pods):
 def test_workers_per_pod_settings():
     """What a pod starts for each setting, and the pods each registration describes."""
     from ssl_models.distributed import workers_per_node
-    from tasks.shared import PodWorkers, gpu_task_settings
+    from tasks.training_pods import PodWorkers, gpu_task_settings
 
     assert [workers_per_node("auto", gpus) for gpus in (0, 1, 8)] == [1, 1, 8]
     assert workers_per_node(2, 0) == 2 and workers_per_node(4, 4) == 4

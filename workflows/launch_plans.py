@@ -32,7 +32,8 @@ from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig, RegistryConfig
 from tasks.pretrain import pretrain_generic
-from tasks.shared import Dataset, EncoderCheckpoint, PodWorkers, content_hash, gpu_task_settings, pretraining_cache
+from tasks.shared import Dataset, EncoderCheckpoint, content_hash
+from tasks.training_pods import PodWorkers, gpu_task_settings, pretraining_cache
 from workflows.pipeline import ssl_pipeline
 
 WEEKLY_CRON = "0 3 * * 1"
