@@ -4,6 +4,7 @@ tables only (its shards stay where the chunks wrote them), and a shard gone from
 
 from __future__ import annotations
 
+import io
 import json
 import tracemalloc
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 
 from ssl_models.shards import ShardError
 from sslflow.config import IngestConfig
+from sslflow.data import fingerprint, metadata_catalog
 from sslflow.data.chunks import CHUNK_REPORT, decode_chunk, ingest_source, plan_to_files
 from sslflow.data.dataset import SHARD_TABLE, read_images, read_manifest, shard_locations, shard_path
 from sslflow.data.sources import fingerprint_source
@@ -148,3 +150,56 @@ def test_the_plan_and_a_chunk_hold_a_batch_of_sop_instance_rows_not_the_file(tmp
         assert (large - small) / 30_000 < 100, (
             f"the {step} peaked at {small} bytes with 10,003 rows, {large} with 40,003"
         )
+
+
+def _path_keyed_folder(root: Path, rows: int) -> Path:
+    """``rows`` small PNG files, 100 a subfolder (the walk that finds files metadata.csv does not list holds one
+    folder's names at a time), and a metadata.csv naming each by path, four files a case."""
+    pngs = []
+    for value in range(4):
+        encoded = io.BytesIO()
+        Image.fromarray(np.full((2, 2), value * 60, dtype=np.uint8)).save(encoded, format="PNG")
+        pngs.append(encoded.getvalue())
+    paths = [f"s{index // 100:03d}/img{index:05d}.png" for index in range(rows)]
+    for index, path in enumerate(paths):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(pngs[index % 4])
+    lines = "".join(f"{path},p{index // 4},{index % 2}\n" for index, path in enumerate(paths))
+    (root / "metadata.csv").write_text("path,case_id,label\n" + lines)
+    return root
+
+
+def _peak_bytes(work, *arguments) -> int:
+    """The peak of the memory tracemalloc traces while ``work(*arguments)`` runs."""
+    tracemalloc.start()
+    try:
+        work(*arguments)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_plan_holds_a_batch_of_a_folders_path_keyed_metadata_rows_not_the_file(tmp_path, monkeypatch):
+    """A folder's metadata.csv naming files by path is read by the plan and the fingerprint a batch of rows at a time
+    into a catalog on disk (sslflow/data/metadata_catalog.py, as for an S3 prefix): 6,000 more rows and files take
+    them a few bytes a row at most (holding the rows, their records and a sort by case took about 1 KB a row). Every
+    row is planned."""
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")  # as in the task images
+    # batches smaller than the rows: CSV rows parsed, files recorded, files hashed at a time
+    monkeypatch.setattr(metadata_catalog, "ROW_BATCH", 500)
+    monkeypatch.setattr(metadata_catalog, "OBJECT_BATCH", 500)
+    monkeypatch.setattr(fingerprint, "HASH_BATCH", 16)
+    config = IngestConfig(image_size=8, chunk_images=256)
+    peaks = {}
+    for rows in (2_000, 8_000):
+        folder = _path_keyed_folder(tmp_path / f"folder-{rows}", rows)
+        plan = _peak_bytes(plan_to_files, str(folder), config, tmp_path / f"plan-{rows}")
+        peaks[rows] = plan, _peak_bytes(fingerprint_source, str(folder))
+        chunks = [
+            [fields["case_id"] for _, fields, _ in json.loads(path.read_text())["records"]]
+            for path in (tmp_path / f"plan-{rows}").iterdir()
+        ]
+        assert all(cases == sorted(cases) for cases in chunks), "each chunk's files in case order"
+        assert sorted(case for cases in chunks for case in cases) == sorted(f"p{index // 4}" for index in range(rows))
+    for step, small, large in zip(("plan", "fingerprint"), peaks[2_000], peaks[8_000]):
+        assert (large - small) / 6_000 < 100, f"the {step} peaked at {small} bytes with 2,000 rows, {large} with 8,000"

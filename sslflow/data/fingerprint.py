@@ -226,17 +226,26 @@ class FileDigests:
         if sha256 is None:
             started_ns = time.time_ns()
             sha256, after = sha256_of_regular_file(path, where, name)
-            if _version(after) == _version(status) and started_ns - status.st_mtime_ns >= RECENT_SECONDS * 10**9:
+            settled = started_ns - status.st_mtime_ns >= RECENT_SECONDS * 10**9
+            # without a cache (off, or given up) nothing is kept: memory does not grow with the files
+            if settled and _version(after) == _version(status) and self.connection is not None:
                 self.new_rows.append((key, _version(status), sha256))  # list.append is atomic under the GIL
             status = after
         return [name, status.st_size, sha256]
 
 
-def digested(records: Iterable[ImageRecord]) -> Iterator[tuple[ImageRecord, str]]:
-    """(record, sha256 of its file) for local records, in their order, hashed HASH_BATCH x 16 at a time: a listing
-    streams through in bounded memory. Through the digest cache (FileDigests), saved once every record is through."""
+def digested_entries(records: Iterable[ImageRecord]) -> Iterator[tuple[ImageRecord, list]]:
+    """(record, its fingerprint entry [source path, size, sha256 of its file]) for local records, in their order, hashed
+    HASH_BATCH x 16 at a time: a listing streams through in bounded memory. Through the digest cache (FileDigests),
+    saved once every record is through."""
     records = iter(records)
     with FileDigests() as digests:
         while batch := list(islice(records, HASH_BATCH * 16)):
-            hashed = digests.records([(record.source_path, record.location, record.location) for record in batch])
-            yield from ((record, sha256) for record, (_, _, sha256) in zip(batch, hashed))
+            yield from zip(
+                batch, digests.records([(record.source_path, record.location, record.location) for record in batch])
+            )
+
+
+def digested(records: Iterable[ImageRecord]) -> Iterator[tuple[ImageRecord, str]]:
+    """(record, sha256 of its file) for local records, in their order, streamed (digested_entries)."""
+    return ((record, sha256) for record, (_, _, sha256) in digested_entries(records))

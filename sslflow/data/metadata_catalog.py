@@ -1,10 +1,11 @@
 """A metadata.csv that names files by path, joined with a source's listing on disk: memory bounded by a batch.
 
-An S3 prefix of 10^6 objects with a metadata.csv of 10^6 rows would otherwise be held whole by the plan pod (the
+An S3 prefix or a folder of 10^6 files with a metadata.csv of 10^6 rows would otherwise be held whole by the plan (the
 rows, the listed objects, a sort by case). Here the CSV is read ROW_BATCH rows at a time and each row checked by the
 rules of sslflow/data/metadata.py (metadata_rows: path checked, listed once) into a sqlite table on the local disk;
-the listing goes into a second table; the rows come back in case order (in_case_order's order: case_id, else the
-path; then the path: sqlite's BINARY collation is Python's str order) joined with their objects.
+the listing (an S3 prefix's objects; a folder's files that the rows name, each checked) goes into a second table; the
+rows come back in case order (in_case_order's order: case_id, else the path; then the path: sqlite's BINARY collation
+is Python's str order) joined with their objects.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class MetadataCatalog:
     ``rows``: position (among the valid rows, in file order), line (the CSV line), the row's fields and its case
     key; ``objects``: path and what the listing says of it (a JSON-free tuple: key, size, version)."""
 
-    def __init__(self, csv_file: Path, where: str):
+    def __init__(self, csv_file: Path | BinaryIO, where: str):
         self.where = where
         self._folder = tempfile.TemporaryDirectory(prefix="sslflow-metadata-")
         self.database = sqlite3.connect(Path(self._folder.name) / "catalog.sqlite")
@@ -50,10 +51,12 @@ class MetadataCatalog:
         self.database.close()
         self._folder.cleanup()
 
-    def _load_rows(self, csv_file: Path) -> None:
+    def _load_rows(self, csv_file: Path | BinaryIO) -> None:
         """Every row checked (SourceError naming the first failing rows, and how many fail) into ``rows``."""
         problems, failing, position, line = [], 0, 0, 2
         check_path_column(metadata_header(csv_file, self.where), self.where)  # the header, even with no rows
+        if not isinstance(csv_file, Path):
+            csv_file.seek(0)  # an open file: its rows are read from its start again
         for batch in csv_batches(csv_file, self.where, rows=ROW_BATCH):
             batch = check_path_column(batch, self.where)
             for record in batch.to_dict("records"):
@@ -89,13 +92,29 @@ class MetadataCatalog:
 
     def rows_in_case_order(self) -> Iterator[tuple[int, dict, tuple[str, int, str]]]:
         """(position, row, (key, size, version) of its object) of every row with an object, in case order, streamed."""
+        return self._rows_with_objects("rows.case_key, rows.path")
+
+    def rows_in_path_order(self) -> Iterator[tuple[int, dict, tuple[str, int, str]]]:
+        """rows_in_case_order's rows in path order (a fingerprint's: sslflow/data/fingerprint.py), streamed."""
+        return self._rows_with_objects("rows.path")
+
+    def _rows_with_objects(self, order: str) -> Iterator[tuple[int, dict, tuple[str, int, str]]]:
         query = (
             "SELECT rows.position, rows.path, rows.case_id, rows.site, rows.label, rows.row_where, objects.key, "
-            "objects.size, "
-            "objects.version FROM rows JOIN objects ON objects.path = rows.path ORDER BY rows.case_key, rows.path"
+            f"objects.size, objects.version FROM rows JOIN objects ON objects.path = rows.path ORDER BY {order}"
         )
         for position, *fields, key, size, version in self.database.execute(query):
             yield position, dict(zip(ROW_COLUMNS, fields)), (key, size, version)
+
+    def rows(self) -> Iterator[dict]:
+        """Every row (path, case_id, site, label, where), in file order, streamed."""
+        query = "SELECT path, case_id, site, label, row_where FROM rows ORDER BY position"
+        for fields in self.database.execute(query):
+            yield dict(zip(ROW_COLUMNS, fields))
+
+    def names(self, path: str) -> bool:
+        """Whether a row names ``path``."""
+        return self.database.execute("SELECT 1 FROM rows WHERE path = ?", (path,)).fetchone() is not None
 
     def unlisted(self) -> Iterator[str]:
         """Paths of listed objects that no row names, in path order, streamed."""

@@ -8,7 +8,9 @@ A case variant of the metadata file name (``Metadata.csv``, ``METADATA.CSV``) is
 ignored. Files are only ever opened for reading.
 
 Without metadata the files are walked in path order and streamed (each folder is sorted when the walk
-reaches it). Files without an image or DICOM suffix are listed as candidates, unread: the chunk that
+reaches it). A metadata.csv naming files by path is read a batch of rows at a time into a sqlite file on disk with
+the file each row names (sslflow/data/metadata_catalog.py, as for an S3 prefix), so the plan holds neither its rows
+nor the files. Files without an image or DICOM suffix are listed as candidates, unread: the chunk that
 reads them decodes those that start with a DICOM preamble and skips the others (sslflow/data/listing.py).
 The fingerprint (sslflow/data/fingerprint.py) lists a folder with these same functions and checks; it
 reads the first bytes of each candidate and covers those that are DICOM, the files ingest decodes.
@@ -16,30 +18,29 @@ reads the first bytes of each candidate and covers those that are DICOM, the fil
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import pandas as pd
-
 from sslflow.data.dicom import PREAMBLE_BYTES, has_dicom_preamble
-from sslflow.data.fingerprint import FileDigests, digested, encode_fingerprint
+from sslflow.data.fingerprint import FileDigests, digested, digested_entries, encode_sorted_fingerprint
 from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.metadata import (
     METADATA_FILE,
+    ROWS_NAMED,
     ImageRecord,
     in_case_order,
     keyed_by_instance,
     located_name,
     metadata_file_name,
-    metadata_rows,
     missing_file,
-    parse_metadata_csv,
     refuse_rows,
     safe_name,
 )
-from sslflow.data.metadata_catalog import metadata_header
+from sslflow.data.metadata_catalog import MetadataCatalog, metadata_header
 from sslflow.data.regular_files import stat_regular_file
 from sslflow.data.sources.local_files import LocalFiles
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError
@@ -96,19 +97,29 @@ def folder_metadata_file(root: Path) -> Path | None:
     return resolve_inside(root, METADATA_FILE, str(root / METADATA_FILE))
 
 
-def local_records(root: Path, rows: list[dict], what: str) -> list[ImageRecord]:
-    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords, in the rows' order;
-    SourceError naming the first row (of ``what``, the metadata file) whose file is missing or refused, and how many."""
+def _row_files(root: Path, rows: Iterable[dict]) -> Iterator[tuple[dict, tuple[str, os.stat_result] | SourceError]]:
+    """(row, (real path, os.stat) of the file it names under ``root``, or the SourceError refusing the row: the file
+    is missing, outside the folder or not a regular file) of each metadata row, streamed in the rows' order."""
     resolver = _Resolver(root)
-    records, problems = [], []
     for row in rows:
         try:
-            path, status = resolver.regular_file_inside(
+            found = resolver.regular_file_inside(
                 row["path"], row["where"], missing=missing_file(row["path"], str(root))
             )
         except SourceError as problem:
-            problems.append(problem)
+            found = problem
+        yield row, found
+
+
+def local_records(root: Path, rows: list[dict], what: str) -> list[ImageRecord]:
+    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords, in the rows' order;
+    SourceError naming the first row (of ``what``, the metadata file) whose file is missing or refused, and how many."""
+    records, problems = [], []
+    for row, found in _row_files(root, rows):
+        if isinstance(found, SourceError):
+            problems.append(found)
             continue
+        path, status = found
         records.append(
             ImageRecord(
                 source_path=row["path"],
@@ -121,6 +132,26 @@ def local_records(root: Path, rows: list[dict], what: str) -> list[ImageRecord]:
         )
     refuse_rows(problems, what)
     return records
+
+
+def add_local_files(catalog: MetadataCatalog, root: Path, what: str) -> MetadataCatalog:
+    """``catalog`` (metadata rows of files under ``root``) with the file each row names as its object (real path, size
+    in bytes, no version), the rows read from it in file order, a batch at a time; SourceError naming the first rows (of
+    ``what``, the metadata file) whose file is missing or refused, and how many (as local_records)."""
+    problems, failing = [], 0
+
+    def files() -> Iterator[tuple[str, str, int, str]]:
+        nonlocal failing
+        for row, found in _row_files(root, catalog.rows()):
+            if isinstance(found, SourceError):
+                failing += 1
+                problems.extend([found] if len(problems) < ROWS_NAMED else [])
+            else:
+                yield row["path"], found[0], found[1].st_size, ""
+
+    catalog.add_objects(files())
+    refuse_rows(problems, what, count=failing)
+    return catalog
 
 
 def in_case_order_records(rows: list[dict], records: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
@@ -209,82 +240,96 @@ class FolderSource(LocalFiles):
         """The folder's name and 8 hex of its absolute path."""
         return located_name(self.name, str(self.root.resolve()))
 
-    def _metadata(self) -> tuple[Path, pd.DataFrame | None] | None:
-        """(path, table) of the folder's metadata.csv, None if it has none; the table None when it is keyed by
-        SOPInstanceUID (its header alone is read: InstanceMetadata reads the rows in batches). The file is opened
-        once."""
-        path = folder_metadata_file(self.root)
-        if path is None:
-            return None
-        where = str(self.root / METADATA_FILE)
-        with path.open("rb") as file:
-            if keyed_by_instance(metadata_header(file, where)):
-                return path, None
-            file.seek(0)
-            data = file.read()
-        return path, parse_metadata_csv(data, where)
+    @property
+    def _where(self) -> str:
+        return str(self.root / METADATA_FILE)
 
-    def _listed(self, metadata: tuple[Path, pd.DataFrame | None] | None) -> list[tuple[int, ImageRecord]] | None:
-        """(row position, record) of the files metadata.csv lists, in case order; None without metadata naming paths."""
-        if metadata is None or metadata[1] is None:
+    @functools.cached_property
+    def _metadata_file(self) -> Path | None:
+        """The folder's metadata.csv (resolved, checked: folder_metadata_file), None if it has none."""
+        return folder_metadata_file(self.root)
+
+    @functools.cached_property
+    def _catalog(self) -> MetadataCatalog | None:
+        """metadata.csv's rows on disk, read a batch at a time and checked (sslflow/data/metadata_catalog.py), when it
+        names files by path; None without metadata or with metadata keyed by SOPInstanceUID (its header alone is read:
+        InstanceMetadata reads the rows in batches). The file is opened once."""
+        if self._metadata_file is None:
             return None
-        where = str(self.root / METADATA_FILE)
-        rows = metadata_rows(metadata[1], where, first_row=2)
-        return in_case_order_records(rows, local_records(self.root, rows, where))
+        with self._metadata_file.open("rb") as file:
+            if keyed_by_instance(metadata_header(file, self._where)):
+                return None
+            file.seek(0)
+            return MetadataCatalog(file, self._where)
+
+    @functools.cached_property
+    def _listed_files(self) -> MetadataCatalog | None:
+        """_catalog with the file each row names, each checked once (add_local_files); None as _catalog."""
+        return None if self._catalog is None else add_local_files(self._catalog, self.root, self._where)
+
+    def _listed(self, *, in_path_order: bool = False) -> Iterator[tuple[int, ImageRecord]] | None:
+        """(row position, record) of the files metadata.csv lists, in case order (or by path), streamed from its
+        catalog; None without metadata naming paths. Every row's file is checked before the first comes."""
+        if self._listed_files is None:
+            return None
+        rows = self._listed_files.rows_in_path_order() if in_path_order else self._listed_files.rows_in_case_order()
+        return (
+            (
+                position,
+                ImageRecord(
+                    source_path=row["path"],
+                    location=location,
+                    size_bytes=size,
+                    case_id=row["case_id"],
+                    site=row["site"],
+                    label=row["label"],
+                ),
+            )
+            for position, row, (location, size, _) in rows
+        )
 
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
         """The rows of metadata.csv in case order, or else (no metadata, or metadata keyed by SOPInstanceUID) the
-        folder's files (found_files) streamed in path order; each with its sha256 (sslflow/data/fingerprint.py)."""
-        listed = self._listed(self._metadata())
-        if listed is None:
-            yield from (
-                (position, record, sha256) for position, (record, sha256) in enumerate(digested(found_files(self.root)))
-            )
-        else:
-            positions = [position for position, _ in listed]
-            yield from (
-                (position, record, sha256)
-                for position, (record, sha256) in zip(positions, digested(record for _, record in listed))
-            )
+        folder's files (found_files) in path order; each with its sha256 (sslflow/data/fingerprint.py), streamed."""
+        listed = self._listed()
+        positions, records = itertools.tee(enumerate(found_files(self.root)) if listed is None else listed)
+        for (position, _), (record, sha256) in zip(positions, digested(record for _, record in records)):
+            yield position, record, sha256
 
     def fingerprint(self) -> str:
         """metadata.csv and the files ingest decodes: those it lists, or every file with an image suffix and every
-        candidate that starts with a DICOM preamble (ingest skips the others, so they change nothing)."""
-        metadata = self._metadata()
-        listed = self._listed(metadata)
+        candidate that starts with a DICOM preamble (ingest skips the others, so they change nothing). The files are
+        hashed as they stream in path order (the catalog's, or the walk's), never all held."""
+        listed = self._listed(in_path_order=True)
         records = (
-            [record for _, record in listed]
+            (record for _, record in listed)
             if listed is not None
-            else [
+            else (
                 record for record in found_files(self.root) if not record.sniff or _has_dicom_content(record.location)
-            ]
+            )
         )
         with FileDigests() as digests:
-            listing = digests.record(METADATA_FILE, metadata[0], str(metadata[0])) if metadata is not None else None
-            files = digests.records([(record.source_path, record.location, record.location) for record in records])
-        unlisted = list(self._unlisted(metadata))  # by name only: the summary counts them, ingest reads none
-        return encode_fingerprint("folder", self.uri, [listing, unlisted] if unlisted else listing, files)
+            metadata = self._metadata_file
+            listing = digests.record(METADATA_FILE, metadata, str(metadata)) if metadata is not None else None
+        unlisted = list(self.unlisted())  # by name only: the summary counts them, ingest reads none
+        files = (entry for _, entry in digested_entries(records))
+        return encode_sorted_fingerprint("folder", self.uri, [listing, unlisted] if unlisted else listing, files)
 
     def instance_rows(self) -> InstanceMetadata | None:
         """metadata.csv when it names DICOM files by SOPInstanceUID (its header alone is read here), else None."""
-        path = folder_metadata_file(self.root)
-        where = str(self.root / METADATA_FILE)
-        if path is None or not keyed_by_instance(metadata_header(path, where)):
+        path = self._metadata_file
+        if path is None or not keyed_by_instance(metadata_header(path, self._where)):
             return None
-        return InstanceMetadata(path, where)
+        return InstanceMetadata(path, self._where)
 
     def unlisted(self) -> Iterator[str]:
         """The image files (by suffix) in the folder that its metadata.csv does not list, in path order (none without
-        metadata naming paths)."""
-        return self._unlisted(self._metadata())
-
-    def _unlisted(self, metadata: tuple[Path, pd.DataFrame | None] | None) -> Iterator[str]:
-        if metadata is None or metadata[1] is None:
+        metadata naming paths): each file looked up in the catalog of its rows."""
+        if self._catalog is None:
             return
-        listed = {row["path"] for row in metadata_rows(metadata[1], str(self.root / METADATA_FILE), first_row=2)}
         suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
         yield from (
             path
             for path in walk_files(self.root)
-            if path not in listed and os.path.splitext(path)[1].lower() in suffixes
+            if os.path.splitext(path)[1].lower() in suffixes and not self._catalog.names(path)
         )
