@@ -36,8 +36,9 @@ from flytekitplugins.kfpytorch.task import PytorchElasticFunctionTask
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from images.specs import gpu_image
+from ssl_models.cpu_threads import use_the_pods_cpus
 from ssl_models.device import check_gpus
-from ssl_models.distributed import AUTO_WORKERS, workers_per_node
+from ssl_models.distributed import AUTO_WORKERS, local_world_size, workers_per_node
 from sslflow.data import shard_fetch
 from sslflow.data.dataset import present_shards, read_images, read_summary
 from sslflow.failures import infrastructure_failure, killed_by_signal
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 def outages_are_recoverable(task_function: Callable) -> Callable:
     """Under ``@task``: the task's failures classified (sslflow.failures). A pod given GPUs (GPUS_PER_POD_VARIABLE, set
     by the GPU tasks' ``environment``) that cannot use them fails at once (ssl_models.device.check_gpus: the driver
-    and CUDA versions), not retried and never trained on the CPU instead. An infrastructure failure during the task
+    and CUDA versions), not retried and never trained on the CPU instead. PyTorch's threads are sized to the pod's CPU
+    limit (ssl_models.cpu_threads), not the node's cores. An infrastructure failure during the task
     (a service that stops answering, NCCL, CUDA) is raised as FlyteRecoverableException, so Flyte retries it (the
     task's ``retries``), its message starting "retried: infrastructure failure"; anything else (a refusal of the
     input: sslflow.errors.Refusal, a bug) fails the task as the user's error, not retried."""
@@ -56,6 +58,7 @@ def outages_are_recoverable(task_function: Callable) -> Callable:
     @functools.wraps(task_function)
     def run(*args, **kwargs):
         check_gpus(int(os.environ.get(GPUS_PER_POD_VARIABLE, "0")))
+        use_the_pods_cpus(local_world_size())
         try:
             return task_function(*args, **kwargs)
         except Exception as error:
