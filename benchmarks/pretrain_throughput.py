@@ -8,7 +8,8 @@
 Printed and saved: images/s (pairs of views per second) and peak memory of each, and a/b, a/c.
 
     python benchmarks/pretrain_throughput.py            # GPU: 32 px (batch 512) and 224 px (batch 256), ResNet-18
-    python benchmarks/pretrain_throughput.py --quick    # CPU smoke run: small batches, few steps
+    python benchmarks/pretrain_throughput.py --quick    # CPU run: small batches, few steps
+    python benchmarks/pretrain_throughput.py --smoke    # a few steps of tiny batches: the script works (tests use it)
 """
 
 from __future__ import annotations
@@ -154,11 +155,15 @@ def measure_ceiling(size, batch, steps, device) -> dict:
 
 
 def main() -> None:
-    args = parse_arguments(__doc__)
+    args = parse_arguments(__doc__, extra_flags={"--smoke": "tiny settings: to check that the script works"})
     device = pick_device()
     torch.backends.cudnn.benchmark = True
     workers = os.cpu_count() or 1
-    settings = [(32, 512, 4096, 30), (224, 256, 1024, 12)] if not args.quick else [(32, 32, 128, 3), (224, 4, 16, 2)]
+    settings = {  # (image size, batch, images, measured steps)
+        "gpu": [(32, 512, 4096, 30), (224, 256, 1024, 12)],
+        "quick": [(32, 32, 128, 3), (224, 4, 16, 2)],
+        "smoke": [(32, 8, 16, 1), (224, 2, 4, 1)],
+    }["smoke" if args.smoke else "quick" if args.quick else "gpu"]
     results = {}
     for size, batch, count, steps in settings:
         images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8)
@@ -185,7 +190,9 @@ def main() -> None:
             flush=True,
         )
     path = write_result(
-        "pretrain_throughput" + ("-quick" if args.quick else ""), {"device": str(device), "results": results}, args.out
+        "pretrain_throughput" + ("-smoke" if args.smoke else "-quick" if args.quick else ""),
+        {"device": str(device), "results": results},
+        args.out,
     )
     print(f"saved {path}")
 

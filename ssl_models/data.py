@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssl_models.cpu_threads import CGROUP_ROOT
 from ssl_models.micle import CasePairSampler
 from ssl_models.shards import ShardRows
 
@@ -58,7 +59,6 @@ def memory_budget_bytes(budget_megabytes: int = 0, local_world_size: int = 1) ->
     return int(MEMORY_BUDGET_FRACTION * min(limit or physical, physical)) // local_world_size
 
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_MEMORY_FILES = ("memory.max", "memory/memory.limit_in_bytes")  # cgroup v2, then v1 (a pod's own cgroup)
 
 

@@ -25,6 +25,7 @@ from flytekit.exceptions.user import FlyteRecoverableException
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 
+from ssl_models.cpu_threads import use_the_pods_cpus
 from sslflow.data import shard_fetch
 from sslflow.data.dataset import present_shards, read_images, read_summary
 from sslflow.failures import infrastructure_failure
@@ -37,10 +38,12 @@ def outages_are_recoverable(task_function: Callable) -> Callable:
     (a service that stops answering, NCCL, CUDA) is raised as FlyteRecoverableException, so Flyte retries it (the
     task's ``retries``), its message starting RETRIED; anything else (a refusal of the input: sslflow.errors.Refusal,
     a bug) fails the task as the user's error, not retried. A task given GPUs also checks them first
-    (tasks.training_pods.gpus_usable)."""
+    (tasks.training_pods.gpus_usable). PyTorch's threads are sized to the pod's CPU limit, not the node's cores
+    (ssl_models.cpu_threads)."""
 
     @functools.wraps(task_function)
     def run(*args, **kwargs):
+        use_the_pods_cpus()
         try:
             return task_function(*args, **kwargs)
         except Exception as error:

@@ -1,5 +1,5 @@
 """Test isolation: every test session (each pytest-xdist worker is one) gets its own HOME (Flyte's local cache), sandbox
-and MLflow store; with several workers, each worker's PyTorch gets its share of the cores."""
+and MLflow store; with several workers, each worker's PyTorch, and its child processes', gets its share of the cores."""
 
 from __future__ import annotations
 
@@ -16,17 +16,16 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_session_root / 'mlflow.db'}"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 (_session_root / "home").mkdir()
+# pytest-xdist runs one session per worker (`-n`, pyproject's addopts); each worker, and every process it starts
+# (pyflyte, pods, torch-elastic workers, benchmark runs), gets its share of the cores as PyTorch's thread count, as a
+# pod gets its CPU limit (ssl_models.cpu_threads). With every core's worth of threads in each, OpenMP's threads would
+# spin against each other: a linear probe took 7x its wall time with two threads beside a busy core.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-# pytest-xdist runs one session per worker (`-n`, pyproject's addopts): n workers each with every core's worth of
-# intra-op threads would oversubscribe the CPU. Processes the tests start (pyflyte, servers) keep PyTorch's default, as
-# for users.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-
 
 # The files that run longest (end-to-end pipelines, pods, benchmark smoke runs: minutes each), started first.
 # pytest-xdist hands each worker whole files (pyproject's addopts: --dist loadfile, in this order); one of these begun

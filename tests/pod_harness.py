@@ -338,6 +338,7 @@ class PodRunner:
             "FLYTE_SECRETS_DEFAULT_DIR": str(folder / "secrets"),
             **self.registered,
             **self._no_gpus(task),
+            **self._cpu_share(),
         }
         if index is not None:
             environment |= {
@@ -345,6 +346,13 @@ class PodRunner:
                 "FLYTE_K8S_ARRAY_INDEX": str(index),
             }
         return environment
+
+    @staticmethod
+    def _cpu_share() -> dict[str, str]:
+        """The share of this machine's cores a test worker has (tests/conftest.py sets OMP_NUM_THREADS under
+        pytest-xdist), passed on as the pod's thread count: what a pod's CPU limit gives it on a node
+        (ssl_models.cpu_threads). Without it, every pod here would run a thread per core beside the other pods."""
+        return {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]} if "OMP_NUM_THREADS" in os.environ else {}
 
     @staticmethod
     def _no_gpus(task: SerializedTask) -> dict[str, str]:

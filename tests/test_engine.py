@@ -106,16 +106,16 @@ def test_knn_accuracy_on_clustered_features():
 def test_throughput_benchmark_quick_run_writes_its_result(tmp_path):
     root = Path(__file__).resolve().parents[1]
     completed = subprocess.run(
-        [sys.executable, "benchmarks/pretrain_throughput.py", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "benchmarks/pretrain_throughput.py", "--smoke", "--out", str(tmp_path)],
         cwd=root,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    (result,) = tmp_path.glob("pretrain_throughput-quick-*.json")
+    (result,) = tmp_path.glob("pretrain_throughput-smoke-*.json")
     record = json.loads(result.read_text())
-    assert record["command"].endswith("--quick --out " + str(tmp_path)) and record["machine"]["cpu_count"]
+    assert record["command"].endswith("--smoke --out " + str(tmp_path)) and record["machine"]["cpu_count"]
     for row in record["results"].values():
         assert row["engine_over_dataloader"] > 0 and row["engine"]["peak_memory_mb"] > 0
 
