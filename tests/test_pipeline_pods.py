@@ -1,16 +1,23 @@
 """The whole of workflows/pipeline.py ssl_pipeline, fast-registered (the pods download the code archive, as after
 `pyflyte run --remote`), walked node by node as propeller does (tests/pod_workflows.py): every task a pod
 (tests/pod_harness.py) against a moto S3 server and an MLflow server process, the ingest sub-workflows and their map
-tasks, the dynamic fine-tuning's compiled nodes; and no pod reporting to anything but the configured services.
+tasks, the dynamic fine-tuning's compiled nodes; every stage logged on that live tracking server (sqlite backend,
+proxied artifacts), the model registered there and loaded by alias over HTTP; and no pod reporting to anything but the
+configured services.
 
 The data workflow's pods, one task at a time: tests/test_pods.py.
 """
 
 from __future__ import annotations
 
+import json
+
+import mlflow
+import numpy as np
 import pytest
 from flytekit.models.literals import LiteralMap
-from live_mlflow import MlflowServer
+from live_mlflow import MlflowServer, mlflow_at
+from mlflow.tracking import MlflowClient
 from moto_s3 import moto_s3_server, s3_environment
 from network_audit import audited_python_path, network_events, telemetry_stores
 from pod_harness import literals, python_value, registered_runner, serialized_package
@@ -20,6 +27,8 @@ from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
+from sslflow.registry.aliases import CHAMPION, COMPLETE, STATE_TAG
+from sslflow.tracking.store import EXPERIMENT_NAME
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +80,7 @@ def pipeline_pods(tmp_path_factory, package):
             "summary": summary,
             "services": services,
             "endpoint": endpoint,
+            "mlflow": mlflow,
         }
 
 
@@ -136,3 +146,25 @@ def test_no_pod_of_the_pipeline_reports_home(pipeline_pods):
         if event["event"] == "connect" and event["family"] != "AF_UNIX"
     }
     assert lookups <= services and connects <= services, (lookups - services, connects - services)
+
+
+def test_every_stage_logs_and_the_model_registers_on_the_live_tracking_server(pipeline_pods, monkeypatch):
+    """The pods' MLflow runs, the registered version and its files are on the `mlflow server` process (its sqlite
+    store, artifacts proxied into its folder); the champion loads by alias over HTTP and predicts."""
+    server, summary = pipeline_pods["mlflow"], pipeline_pods["summary"]
+    name = "sslflow-mnist-5k"
+    assert f"Registered model: {name} version 1" in summary and server.uri in summary
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server stores artifacts
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    stages = {run.data.tags.get("sslflow.stage", "PARENT"): run.info.status for run in runs}
+    for stage in ("PARENT", "pretrain_generic", "pretrain_case_pairs", "evaluate", "register"):
+        assert stages.get(stage) == "FINISHED", (stage, stages)
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    assert champion.version == "1" and champion.tags[STATE_TAG] == COMPLETE
+    assert any((server.root / "artifacts").rglob("MLmodel"))
+    with mlflow_at(monkeypatch, server.uri):
+        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    probabilities = model.predict(np.zeros((2, 1, 28, 28), dtype=np.float32))
+    assert probabilities.shape == (2, len(json.loads(champion.tags["class_names"])))
