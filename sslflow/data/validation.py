@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from collections.abc import Sequence
 
@@ -29,6 +28,7 @@ import pandas as pd  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from sslflow.config import ValidationConfig  # noqa: E402
+from sslflow.data.label_fractions import check_label_fractions  # noqa: E402
 from sslflow.data.manifest import MANIFEST_COLUMNS  # noqa: E402
 from sslflow.data.metadata import canonical_label  # noqa: E402
 from sslflow.data.validation_advice import what_to_do  # noqa: E402
@@ -42,10 +42,6 @@ SPLITS = ("train", "val", "gate", "test")
 
 class DataValidationError(Refusal, ValueError):
     """The dataset failed validation; the message lists every failing expectation."""
-
-
-class LabelFractionError(Refusal, ValueError):
-    """A label fraction outside (0, 1]."""
 
 
 def _suite(name: str, expectations: list) -> gx.ExpectationSuite:
@@ -92,20 +88,6 @@ def manifest_expectations(config: ValidationConfig, image_count: int) -> list:
         ]  # "1.0" allows "1", as ingest spells it
         expectations.append(E.ExpectColumnValuesToBeInSet(column="label", value_set=allowed))
     return expectations
-
-
-def check_label_fractions(label_fractions: Sequence[float]) -> None:
-    """LabelFractionError (a ValueError) naming the offending entry unless every fraction f is a number with 0 < f <= 1.
-
-    A label fraction is the share of the training labels one fine-tune uses (1.0: all of them); an
-    empty list (no fine-tuning) is fine.
-    """
-    for index, fraction in enumerate(label_fractions):
-        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
-            raise LabelFractionError(
-                f"label_fractions[{index}] = {fraction!r} is not a fraction in (0, 1]: each is the share of the "
-                "training labels one fine-tune uses, so it must be above 0 and at most 1 (e.g. [0.01, 0.1, 1.0])"
-            )
 
 
 def label_count_expectations(label_fractions: Sequence[float]) -> list:
