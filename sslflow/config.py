@@ -1,11 +1,13 @@
 """Frozen configuration dataclasses of the tasks that ssl_models does not already define.
 
-Defaults run the whole pipeline on a 2-core laptop; cluster-scale numbers live in launch plans.
+Defaults run the whole pipeline on a 2-core laptop; cluster-scale numbers live in launch plans. The checks of the run's
+seeds and label fractions, made before anything runs, are here too (no great-expectations needed for them).
 PretrainConfig, FinetuneConfig and AugmentConfig come from ssl_models.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +26,24 @@ def check_seeds(seeds: Sequence[int]) -> None:
         or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
     ):
         raise SeedsError(f"seeds = {list(seeds)!r}: give a non-empty list of distinct integers, e.g. [0] or [0, 1, 2]")
+
+
+class LabelFractionError(Refusal, ValueError):
+    """A label fraction outside (0, 1]."""
+
+
+def check_label_fractions(label_fractions: Sequence[float]) -> None:
+    """LabelFractionError (a ValueError) naming the offending entry unless every fraction f is a number with 0 < f <= 1.
+
+    A label fraction is the share of the training labels one fine-tune uses (1.0: all of them); an
+    empty list (no fine-tuning) is fine.
+    """
+    for index, fraction in enumerate(label_fractions):
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+            raise LabelFractionError(
+                f"label_fractions[{index}] = {fraction!r} is not a fraction in (0, 1]: each is the share of the "
+                "training labels one fine-tune uses, so it must be above 0 and at most 1 (e.g. [0.01, 0.1, 1.0])"
+            )
 
 
 UNLISTED_FILES_CHOICES = ("warn", "refuse")

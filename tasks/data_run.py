@@ -7,8 +7,7 @@ import json
 from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
-from sslflow.config import IngestConfig, ValidationConfig
-from sslflow.data.label_fractions import check_label_fractions
+from sslflow.config import IngestConfig, ValidationConfig, check_label_fractions
 from sslflow.reporting.summary import dataset_summary
 from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri

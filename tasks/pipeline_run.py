@@ -12,8 +12,7 @@ from images.specs import cpu_image
 from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.pretraining import PretrainConfig
-from sslflow.config import RegistryConfig, check_seeds
-from sslflow.data.label_fractions import check_label_fractions
+from sslflow.config import RegistryConfig, check_label_fractions, check_seeds
 from sslflow.evaluation import accuracy_metric_key
 from sslflow.ladder import check_initial_weights, continued_method
 from sslflow.registry.record import Registration

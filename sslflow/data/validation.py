@@ -27,8 +27,10 @@ import great_expectations as gx  # noqa: E402
 import pandas as pd  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
-from sslflow.config import ValidationConfig  # noqa: E402
-from sslflow.data.label_fractions import check_label_fractions  # noqa: E402
+from sslflow.config import (
+    ValidationConfig,  # noqa: E402
+    check_label_fractions,  # noqa: E402
+)
 from sslflow.data.manifest import MANIFEST_COLUMNS  # noqa: E402
 from sslflow.data.metadata import canonical_label  # noqa: E402
 from sslflow.data.validation_advice import what_to_do  # noqa: E402
