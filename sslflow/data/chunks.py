@@ -9,8 +9,8 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   none) and a chunk ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
   boundaries), so adding files changes only the chunks they fall into; it also ends before a case that would take its
   files over ``IngestConfig.chunk_megabytes`` (sizes from the listing) or its images over MAX_CHUNK_FACTOR x
-  chunk_images (a multi-frame object is one file of many images: the plan reads the header of each DICOM object of
-  FRAME_PROBE_BYTES or more for its NumberOfFrames).
+  chunk_images (a multi-frame object is one file of many images: the plan reads the header of each file of
+  FRAME_PROBE_BYTES or more without an image suffix, DICOM by suffix or not, for its NumberOfFrames).
   The images of one case are in one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index
   ranges. ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
   and the process pool start them in that order.
@@ -69,7 +69,7 @@ from sslflow.data.manifest_join import write_manifest as write_manifest_streamed
 from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import Source, named_source, open_source
-from sslflow.data.types import DICOM_SUFFIXES, SourceError, SourceImages
+from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
 CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
@@ -259,10 +259,11 @@ def _listed_chunks(opened: Source, header: ChunkDocument, config: IngestConfig) 
 
 def _images_of(opened: Source, config: IngestConfig, record: ImageRecord) -> int:
     """The images a listed file becomes, as the plan can know it without reading the file: the NumberOfFrames in the
-    header of a DICOM object (by suffix, or a candidate without one) of FRAME_PROBE_BYTES or more when every frame is
-    kept (IngestConfig.dicom_frames "all"; HEADER_PROBE_BYTES read), else 1."""
-    dicom = record.sniff or record.source_path.lower().endswith(DICOM_SUFFIXES)
-    if not dicom or config.dicom_frames != "all" or record.size_bytes < FRAME_PROBE_BYTES:
+    header of a file that may be DICOM (any but an image suffix's: a chunk decodes a file by its bytes, and a
+    metadata.csv lists PACS exports' files without a suffix) of FRAME_PROBE_BYTES or more when every frame is kept
+    (IngestConfig.dicom_frames "all"; HEADER_PROBE_BYTES read; 1 for a header without frames), else 1."""
+    image = record.source_path.lower().endswith(IMAGE_SUFFIXES)
+    if image or config.dicom_frames != "all" or record.size_bytes < FRAME_PROBE_BYTES:
         return 1
     return frames_in_header(opened.read_head(record, HEADER_PROBE_BYTES))
 
