@@ -157,20 +157,22 @@ def returning_memory_pool() -> Iterator[None]:
 # image without one
 CANDIDATES = """
 CREATE TABLE candidates AS
-SELECT image FROM facts WHERE instance IS NULL
+SELECT image, sha256, label FROM facts WHERE instance IS NULL
 UNION ALL
-SELECT image FROM (
-    SELECT image, row_number() OVER (PARTITION BY instance ORDER BY lossless DESC, label < 0, image) AS place
+SELECT image, sha256, label FROM (
+    SELECT image, sha256, label,
+        row_number() OVER (PARTITION BY instance ORDER BY lossless DESC, label < 0, image) AS place
     FROM facts WHERE instance IS NOT NULL
 ) WHERE place = 1
 """
 # deduplicate: per image content, its first labelled copy (else its first) heads the copies; a labelled copy with
-# another label than the head's clashes (ordered by the copies' first image, then its own)
+# another label than the head's clashes (ordered by the copies' first image, then its own). The candidates carry
+# what it reads: no lookup into ``facts`` in an order other than its own, which would read a page per image.
 COPIES = """
 CREATE TABLE copies AS
 SELECT image, label, place, first_value(label) OVER content AS head_label, first_value(image) OVER content AS head,
     min(image) OVER (PARTITION BY sha256) AS first_seen
-FROM (SELECT image, sha256, label, row_number() OVER content AS place FROM candidates JOIN facts USING (image)
+FROM (SELECT image, sha256, label, row_number() OVER content AS place FROM candidates
       WINDOW content AS (PARTITION BY sha256 ORDER BY label < 0, image))
 WINDOW content AS (PARTITION BY sha256 ORDER BY place)
 """
