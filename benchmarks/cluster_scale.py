@@ -4,8 +4,10 @@ as each task is a pod of its own.
 
 For each N: a moto S3 server (tests/moto_s3.py) behind a proxy that counts the requests (tests/faulty_proxy.py, no
 faults) holds N small synthetic DICOM files without a suffix, four per patient, under patient folders; every
-MULTIFRAME_EVERY-th file is a multi-frame object of FRAMES frames (each frame an image); a metadata.csv at the prefix
-names every file by path with its case (the patient folder) and a label. Then, in separate processes whose peak
+MULTIFRAME_EVERY-th file is a multi-frame object of FRAMES frames (each frame an image), and every LARGE_EVERY-th
+file one of LARGE_SIDE x LARGE_SIDE frames, over the FRAME_PROBE_BYTES (1 MiB) from which the plan reads a file's
+DICOM header for its frames (so the plan's header reads and its cut by frames run at scale); a metadata.csv at the
+prefix names every file by path with its case (the patient folder) and a label. Then, in separate processes whose peak
 resident set is sampled from /proc:
 
 - launch: what `pyflyte run --remote` does where it is launched: ssl_pipeline and validate_data compiled and
@@ -51,6 +53,9 @@ IMAGES_PER_PATIENT = 4
 SIDE = 32
 IMAGE_SIZE = 224  # ingest's image size by default (--image-size): the join's bytes are compared with the dataset's
 MULTIFRAME_EVERY, FRAMES = 10, 8  # every 10th file a multi-frame object of 8 frames (8 images)
+# every 100th file (a multi-frame one) of 8 frames of 256 x 256: 1 MiB of pixels, over chunks.FRAME_PROBE_BYTES with
+# its header; every 100th, not every 10th, so that 10^5 files upload 1 GB and not 10
+LARGE_EVERY, LARGE_SIDE = 100, 256
 LABELS = 3
 CHUNK_IMAGES = 4096  # IngestConfig's default: a chunk pod's memory is chosen for the pod, not the source
 BUCKET, PREFIX = "hospital", "pacs-export"
@@ -59,8 +64,8 @@ UPLOAD_THREADS = 16
 
 
 def dicom_bytes(index: int) -> bytes:
-    """A small CT image (SIDE x SIDE, 12 bits; FRAMES of them for every MULTIFRAME_EVERY-th index) of patient
-    index // IMAGES_PER_PATIENT, as a DICOM Part 10 file."""
+    """A small CT image (SIDE x SIDE, 12 bits; FRAMES of them for every MULTIFRAME_EVERY-th index, of LARGE_SIDE x
+    LARGE_SIDE for every LARGE_EVERY-th) of patient index // IMAGES_PER_PATIENT, as a DICOM Part 10 file."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
@@ -74,13 +79,13 @@ def dicom_bytes(index: int) -> bytes:
     patient = index // IMAGES_PER_PATIENT
     ds.PatientID, ds.StudyInstanceUID = f"MRN{patient:07d}", f"1.2.826.0.1.3680043.8.499.{patient + 1}"
     ds.SeriesInstanceUID, ds.Modality = f"1.2.826.0.1.3680043.8.500.{patient + 1}", "CT"
-    ds.Rows = ds.Columns = SIDE
+    ds.Rows = ds.Columns = LARGE_SIDE if index % LARGE_EVERY == 0 else SIDE
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     frames = FRAMES if index % MULTIFRAME_EVERY == 0 else 1
     if frames > 1:
         ds.NumberOfFrames = frames
-    ds.PixelData = rng.integers(0, 4096, (frames, SIDE, SIDE), dtype=np.uint16).tobytes()
+    ds.PixelData = rng.integers(0, 4096, (frames, ds.Rows, ds.Columns), dtype=np.uint16).tobytes()
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -336,6 +341,8 @@ def main() -> None:
         "image_side": SIDE,
         "multiframe_every": MULTIFRAME_EVERY,
         "frames": FRAMES,
+        "large_every": LARGE_EVERY,
+        "large_side": LARGE_SIDE,
         "metadata_csv": "path,case_id,label",
         "chunk_workers": workers,
     }

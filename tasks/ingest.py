@@ -145,7 +145,7 @@ def source_fingerprint(source: str) -> str:
 
 
 @task(
-    cache=Cache(version="10"),
+    cache=Cache(version="11"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="2Gi"),
     retries=2,
@@ -161,7 +161,7 @@ def plan_ingest(source: str, fingerprint: str, config: IngestConfig) -> list[Chu
 
 
 @task(
-    cache=Cache(version="8"),
+    cache=Cache(version="9"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="4Gi"),
     retries=2,
@@ -199,7 +199,7 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
 
 
 @task(
-    cache=pipeline_cache("10"),
+    cache=pipeline_cache("11"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="4Gi"),
     retries=2,

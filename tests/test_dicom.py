@@ -600,3 +600,15 @@ def test_a_chunk_of_multi_frame_objects_holds_at_most_twice_chunk_images_frames(
         assert [len(chunk["records"]) for chunk in plan_chunks("s3://hospital/export", config)] == [1] * 12
     ranged = [byte_range for operation, key, byte_range in s3_calls if operation == "GetObject" and "IM" in key]
     assert ranged == ["bytes=0-65535"] * 12
+
+
+def test_the_plan_reads_the_frames_of_large_objects_a_metadata_csv_lists_without_a_suffix(tmp_path, monkeypatch):
+    """A PACS export with a metadata.csv naming its suffixless files by path: the plan reads each large object's
+    header for its NumberOfFrames as it does for an unlisted one, so 12 objects of 8 frames with chunk_images=4 are
+    12 chunks, not 3 of 4 files (32 images each)."""
+    monkeypatch.setattr(chunks_module, "FRAME_PROBE_BYTES", 0)
+    folder = _multiframe_export(tmp_path / "export", files=12, frames=8)
+    rows = [f"patient{index:03d}/IM0000,P-{index:03d},{index % 2}" for index in range(12)]
+    (folder / "metadata.csv").write_text("path,case_id,label\n" + "\n".join(rows) + "\n")
+    config = IngestConfig(image_size=8, chunk_images=4)
+    assert [len(chunk["records"]) for chunk in plan_chunks(str(folder), config)] == [1] * 12

@@ -9,8 +9,8 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   none) and a chunk ends before a case whose key hashes to 0 modulo ``IngestConfig.chunk_images`` (content-defined
   boundaries), so adding files changes only the chunks they fall into; it also ends before a case that would take its
   files over ``IngestConfig.chunk_megabytes`` (sizes from the listing) or its images over MAX_CHUNK_FACTOR x
-  chunk_images (a multi-frame object is one file of many images: the plan reads the header of each DICOM object of
-  FRAME_PROBE_BYTES or more for its NumberOfFrames).
+  chunk_images (a multi-frame object is one file of many images: the plan reads the header of each file of
+  FRAME_PROBE_BYTES or more without an image suffix, DICOM by suffix or not, for its NumberOfFrames).
   The images of one case are in one chunk, and so in one shard. Built-in sources (in-memory arrays) are cut by index
   ranges. ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
   and the process pool start them in that order.
@@ -64,12 +64,12 @@ from sslflow.data.dicom import HEADER_PROBE_BYTES, frames_in_header
 from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.listing import MAX_LISTED_PROBLEMS, read_listing, refuse_no_images, refuse_unmatched
 from sslflow.data.manifest import decoded_table, public_quarantined
-from sslflow.data.manifest_join import ChunkTables, ImageFacts, image_facts, kept_rows, located, system_memory_pool
+from sslflow.data.manifest_join import ChunkTables, JoinFacts, image_facts, kept_rows, returning_memory_pool
 from sslflow.data.manifest_join import write_manifest as write_manifest_streamed
 from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import Source, named_source, open_source
-from sslflow.data.types import DICOM_SUFFIXES, SourceError, SourceImages
+from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
 CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
@@ -259,10 +259,11 @@ def _listed_chunks(opened: Source, header: ChunkDocument, config: IngestConfig) 
 
 def _images_of(opened: Source, config: IngestConfig, record: ImageRecord) -> int:
     """The images a listed file becomes, as the plan can know it without reading the file: the NumberOfFrames in the
-    header of a DICOM object (by suffix, or a candidate without one) of FRAME_PROBE_BYTES or more when every frame is
-    kept (IngestConfig.dicom_frames "all"; HEADER_PROBE_BYTES read), else 1."""
-    dicom = record.sniff or record.source_path.lower().endswith(DICOM_SUFFIXES)
-    if not dicom or config.dicom_frames != "all" or record.size_bytes < FRAME_PROBE_BYTES:
+    header of a file that may be DICOM (any but an image suffix's: a chunk decodes a file by its bytes, and a
+    metadata.csv lists PACS exports' files without a suffix) of FRAME_PROBE_BYTES or more when every frame is kept
+    (IngestConfig.dicom_frames "all"; HEADER_PROBE_BYTES read; 1 for a header without frames), else 1."""
+    image = record.source_path.lower().endswith(IMAGE_SUFFIXES)
+    if image or config.dicom_frames != "all" or record.size_bytes < FRAME_PROBE_BYTES:
         return 1
     return frames_in_header(opened.read_head(record, HEADER_PROBE_BYTES))
 
@@ -445,11 +446,11 @@ def join_chunks(
     chunks: list[DecodedChunk], config: IngestConfig, directory: Path, *, contents: dict[str, Path] | None = None
 ) -> tuple[str, dict]:
     """Join decoded chunks into the dataset at ``directory``: deduplicate, subsample, cases and splits over all of
-    them, in source-listing order, streamed (sslflow/data/manifest_join.py: a few numbers per image are held, not the
-    table). Reads only the chunks' tables; the dataset's shard table points at their shards where they are
-    (sslflow/data/dataset.py). contents: folders moved into the dataset (write_dataset). Returns (content sha256,
-    summary)."""
-    with system_memory_pool():  # memory pyarrow frees goes back: the join reads every chunk table, one at a time
+    them, in source-listing order, streamed (sslflow/data/manifest_join.py: the facts per image in sqlite on the
+    local disk; no table held). Reads only the chunks' tables; the dataset's shard table points at their shards where
+    they are (sslflow/data/dataset.py). contents: folders moved into the dataset (write_dataset). Returns (content
+    sha256, summary)."""
+    with returning_memory_pool():  # memory pyarrow frees goes back: the join reads every chunk table, one at a time
         return _join(chunks, config, directory, contents)
 
 
@@ -458,34 +459,33 @@ def _join(
 ) -> tuple[str, dict]:
     reports: list[ChunkReport] = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
     tables = ChunkTables([chunk.tables / CHUNK_TABLE for chunk in chunks])
-    facts = image_facts(tables.files)
-    if not len(facts.chunk):  # every chunk's files were skipped or held back
-        refuse_no_images(
-            reports[0]["source"],
-            *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")),
-        )
-    locations = {
-        shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}"
-        for index, chunk in enumerate(chunks)
-        for shard in facts.shards[index]
-    }
-    keep, dropped = kept_rows(facts, config, functools.partial(tables.values, facts))
-    facts = located(facts)  # the write reads where each row is, not its digests
-    _refuse_unmatched_rows(chunks, reports)
+    with image_facts(tables.files) as facts:
+        if not facts.images:  # every chunk's files were skipped or held back
+            refuse_no_images(
+                reports[0]["source"],
+                *(_summed([report[name] for report in reports]) for name in ("skipped_non_image", "held_back")),
+            )
+        locations = {
+            shard: f"{chunk.shards.rstrip('/')}/{shard}{SHARD_SUFFIX}"
+            for index, chunk in enumerate(chunks)
+            for shard in facts.shards[index]
+        }
+        dropped = kept_rows(facts, config, functools.partial(tables.values, facts))
+        _refuse_unmatched_rows(chunks, reports)
 
-    def write_manifest(manifest_file: Path) -> tuple[set[str], dict]:
-        counts = write_manifest_streamed(facts, keep, config, tables, manifest_file)
-        described = counts.summary(config)
-        summary = {"images": described.pop("images"), **dropped, **described, **_chunk_summary(reports, facts)}
-        summary["shards"] = len(counts.shards)
-        if summary["unlisted_files"]["count"]:
-            summary["warnings"] = [*summary["warnings"], unlisted_warning(summary["unlisted_files"])]
-        return counts.shards, summary
+        def write_manifest(manifest_file: Path) -> tuple[set[str], dict]:
+            counts = write_manifest_streamed(facts, config, tables, manifest_file)
+            described = counts.summary(config)
+            summary = {"images": described.pop("images"), **dropped, **described, **_chunk_summary(reports, facts)}
+            summary["shards"] = len(counts.shards)
+            if summary["unlisted_files"]["count"]:
+                summary["warnings"] = [*summary["warnings"], unlisted_warning(summary["unlisted_files"])]
+            return counts.shards, summary
 
-    return write_dataset(directory, write_manifest, locations, contents=contents)
+        return write_dataset(directory, write_manifest, locations, contents=contents)
 
 
-def _chunk_summary(reports: list[ChunkReport], facts: ImageFacts) -> dict:
+def _chunk_summary(reports: list[ChunkReport], facts: JoinFacts) -> dict:
     """The summary's keys summed over the chunks' reports."""
     read = (
         {key: sum(report["read"].get(key, 0) for report in reports) for key in reports[0]["read"]}

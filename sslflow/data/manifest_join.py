@@ -1,21 +1,22 @@
 """The dataset manifest of many chunk tables, streamed: finish_manifest's decisions over every chunk of an ingest
-(sslflow/data/chunks.py) without holding the joined table.
+(sslflow/data/chunks.py) without holding the joined table, nor anything per image, in memory.
 
 finish_manifest (sslflow/data/manifest.py) deduplicates, subsamples, names cases and draws splits on one table in
 memory: about 2 KB an image as pandas objects, which a join of 10^6 images cannot hold. Here:
 
-1. ``image_facts`` reads each chunk table in turn and keeps, per image, the few fixed-size numbers the decisions
-   need (``ImageFacts``: chunk and row, the first 16 bytes of its sha256, a 16-byte BLAKE2b digest of its
-   SOPInstanceUID pseudonym, lossless, a label code, whether it has a case): about 45 bytes an image (and its
-   listing position while they are put in order);
-2. ``kept_rows`` makes the decisions of finish_manifest on those arrays (one_per_instance, deduplicate, the
-   max_images draw), with the same rows kept in the same order, and the same refusal of identical images with
-   different labels;
-3. ``write_manifest`` writes the kept rows to manifest.parquet in listing order, BATCH_ROWS at a time, each batch
-   taken from the chunk tables it needs (read again, the last TABLES_KEPT of them kept), naming cases and drawing
-   splits as finish_manifest does; the summary's counts are summed as the batches pass.
+1. ``image_facts`` reads each chunk table in turn into a sqlite file on the local disk (``JoinFacts``: per image, its
+   chunk and row, the first 16 bytes of its sha256, a 16-byte BLAKE2b digest of its SOPInstanceUID pseudonym,
+   lossless, a label code, whether it has a case), numbered in listing order by sqlite's sort;
+2. ``kept_rows`` makes the decisions of finish_manifest in SQL (one_per_instance, deduplicate: window functions
+   over the facts), with the same rows kept in the same order, and the same refusal of identical images with
+   different labels; the max_images draw takes the kept images' numbers (8 bytes each) for numpy's draw;
+3. ``write_manifest`` writes the kept rows to manifest.parquet in listing order, BATCH_ROWS at a time as sqlite
+   returns them, each batch taken from the chunk tables it needs (read again, the last TABLES_KEPT of them kept),
+   naming cases and drawing splits as finish_manifest does; the summary's counts are summed as the batches pass.
 
-Memory: the facts, one batch and TABLES_KEPT chunk tables, whatever the number of images.
+Memory: sqlite's page cache (CACHE_KIB) and sorter, one batch and TABLES_KEPT chunk tables, whatever the number of
+images (and, with max_images, 8 bytes per kept image for the draw). Disk: about 100 bytes per image in the
+temporary folder (a pod's ephemeral storage), removed when the join ends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import sqlite3
+import tempfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,150 +44,153 @@ BATCH_ROWS = 8192  # manifest rows written at a time
 TABLES_KEPT = 2  # chunk tables held while the manifest is written (the batches of a listing order the chunks share)
 FACT_COLUMNS = ("listing_position", "sha256", "instance", "lossless", "label", "case_id", "shard")
 DUPLICATE_EXAMPLES = 20
+CACHE_KIB = 1024  # sqlite's page cache for the facts (its sorter spills to temporary files beyond it)
+LISTED_TABLE = (
+    "CREATE TABLE listed (position INTEGER NOT NULL, chunk INTEGER NOT NULL, row INTEGER NOT NULL, sha256 BLOB NOT "
+    "NULL, instance BLOB, lossless INTEGER NOT NULL, label INTEGER NOT NULL, has_case INTEGER NOT NULL)"
+)
+FACTS_TABLE = (
+    "CREATE TABLE facts (image INTEGER PRIMARY KEY, chunk INTEGER NOT NULL, row INTEGER NOT NULL, sha256 BLOB NOT "
+    "NULL, instance BLOB, lossless INTEGER NOT NULL, label INTEGER NOT NULL, has_case INTEGER NOT NULL)"
+)
+# a scratch file: no journal, no sync; sorts spill to temporary files once the page cache is full
+PRAGMAS = ("journal_mode = OFF", "synchronous = OFF", f"cache_size = -{CACHE_KIB}", "temp_store = FILE")
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageFacts:
-    """Per image of every chunk table, in listing order (stable: the frames of an object keep theirs), (N,) arrays:
-    chunk and row (where its row is), sha256 (S16: the first 128 bits of the decoded pixels' sha256, which tell
-    images apart as surely as all 256), instance (S16: BLAKE2b of its
-    SOPInstanceUID pseudonym, b"" for none), lossless, label (a code: -1 for none), has_case. labels: code -> label.
-    shards: every shard a chunk table names. images_per_chunk: rows of each chunk table."""
+@dataclasses.dataclass
+class JoinFacts:
+    """The facts of every image of the chunk tables, in a sqlite file (``database``). Table ``facts``: image (1, 2,
+    ...: listing order, stable: the frames of an object keep theirs), chunk and row (where its row is), sha256 (16
+    bytes: the first 128 bits of the decoded pixels' sha256, which tell images apart as surely as all 256), instance
+    (16 bytes: BLAKE2b of its SOPInstanceUID pseudonym, NULL for none), lossless, label (a code: -1 for none),
+    has_case. labels: code -> label. shards: every shard a chunk table names. images_per_chunk: rows of each chunk
+    table."""
 
-    chunk: np.ndarray
-    row: np.ndarray
-    sha256: np.ndarray
-    instance: np.ndarray
-    lossless: np.ndarray
-    label: np.ndarray
-    has_case: np.ndarray
+    database: sqlite3.Connection
     labels: list[str]
     shards: dict[int, list[str]]
     images_per_chunk: list[int]
 
+    @property
+    def images(self) -> int:
+        return sum(self.images_per_chunk)
 
-def image_facts(table_files: list[Path]) -> ImageFacts:
-    """The ImageFacts of the chunk tables at ``table_files`` (chunk.parquet each), read one at a time into arrays
-    allocated once (their lengths from the files' footers), then put in listing order a column at a time."""
-    codes: dict[str, int] = {}
-    counts = [pq.ParquetFile(path).metadata.num_rows for path in table_files]
-    columns = {name: np.empty(sum(counts), dtype) for name, dtype in FACT_DTYPES.items()}
-    shards, start = {}, 0
-    for index, path in enumerate(table_files):
-        table = pd.read_parquet(path, columns=list(FACT_COLUMNS))
-        stop = start + len(table)
-        shards[index] = sorted(table["shard"].unique())
-        columns["position"][start:stop] = table["listing_position"].to_numpy(dtype=np.int64)
-        columns["chunk"][start:stop] = index
-        columns["row"][start:stop] = np.arange(len(table))
-        for name, values in _facts_of(table, codes).items():
-            columns[name][start:stop] = values
-        start = stop
-        del table
-    order = np.argsort(columns.pop("position"), kind="stable")
-    for name in list(columns):  # one column at a time: the facts are held once, and one column twice
-        columns[name] = columns.pop(name)[order]
-    return ImageFacts(**columns, labels=list(codes), shards=shards, images_per_chunk=counts)
-
-
-FACT_DTYPES = {
-    "position": np.int64,
-    "chunk": np.int32,
-    "row": np.int32,
-    "sha256": "S16",
-    "instance": "S16",
-    "lossless": bool,
-    "label": np.int32,
-    "has_case": bool,
-}
-FACT_NAMES = ("sha256", "instance", "lossless", "label", "has_case")
-
-
-def _facts_of(table: pd.DataFrame, codes: dict[str, int]) -> dict[str, np.ndarray]:
-    """FACT_NAMES of one chunk table's rows; ``codes`` (label -> code) grows with the labels met."""
-    labels = [None if pd.isna(label) else str(label) for label in table["label"]]
-    return {
-        "sha256": np.array([bytes.fromhex(digest[:32]) for digest in table["sha256"]], dtype="S16"),
-        "instance": np.array(
-            [
-                hashlib.blake2b(instance.encode(), digest_size=16).digest() if instance else b""
-                for instance in table["instance"]
-            ],
-            dtype="S16",
-        ),
-        "lossless": table["lossless"].to_numpy(dtype=bool),
-        "label": np.array([-1 if label is None else codes.setdefault(label, len(codes)) for label in labels], np.int32),
-        "has_case": np.array([case is not None and not pd.isna(case) for case in table["case_id"]], dtype=bool),
-    }
+    def located(self, images: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk, row) of each of ``images`` (numbers in ``facts``), (len(images),) int64 arrays."""
+        found = [
+            self.database.execute("SELECT chunk, row FROM facts WHERE image = ?", (image,)).fetchone()
+            for image in images
+        ]
+        located = np.array(found, dtype=np.int64).reshape(-1, 2)
+        return located[:, 0], located[:, 1]
 
 
 @contextlib.contextmanager
-def system_memory_pool() -> Iterator[None]:
-    """pyarrow allocates from the C library's allocator while this runs, then from the pool it used before.
-    pyarrow's default pool (mimalloc on Linux) keeps pages of freed buffers: a join that reads its chunk tables one
-    after another peaked 61 MiB higher at 22 chunks than at 2 with it, 21 MiB with the system allocator."""
+def image_facts(table_files: list[Path]) -> Iterator[JoinFacts]:
+    """The JoinFacts of the chunk tables at ``table_files`` (chunk.parquet each), read one at a time into a sqlite
+    file in a temporary folder of its own (removed on exit), then numbered in listing order."""
+    with tempfile.TemporaryDirectory(prefix="sslflow-join-") as folder:
+        database = sqlite3.connect(Path(folder) / "facts.sqlite")
+        try:
+            for pragma in PRAGMAS:
+                database.execute(f"PRAGMA {pragma}")
+            database.execute(LISTED_TABLE)
+            codes: dict[str, int] = {}
+            shards, counts = {}, []
+            for index, path in enumerate(table_files):
+                table = pd.read_parquet(path, columns=list(FACT_COLUMNS))
+                shards[index] = sorted(table["shard"].unique())
+                counts.append(len(table))
+                database.executemany(
+                    "INSERT INTO listed VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _facts_of(table, index, codes)
+                )
+                del table
+            database.execute(FACTS_TABLE)
+            database.execute(
+                "INSERT INTO facts (chunk, row, sha256, instance, lossless, label, has_case) SELECT chunk, row, "
+                "sha256, instance, lossless, label, has_case FROM listed ORDER BY position, chunk, row"
+            )
+            database.execute("DROP TABLE listed")
+            yield JoinFacts(database, labels=list(codes), shards=shards, images_per_chunk=counts)
+        finally:
+            database.close()
+
+
+def _facts_of(table: pd.DataFrame, chunk: int, codes: dict[str, int]) -> Iterator[tuple]:
+    """The ``listed`` rows of one chunk table's rows (chunk number ``chunk``); ``codes`` (label -> code) grows with
+    the labels met."""
+    for row, (position, digest, instance, lossless, label, case) in enumerate(
+        zip(*(table[name] for name in FACT_COLUMNS[:6]))
+    ):
+        yield (
+            int(position),
+            chunk,
+            row,
+            bytes.fromhex(digest[:32]),
+            hashlib.blake2b(instance.encode(), digest_size=16).digest() if instance else None,
+            bool(lossless),
+            -1 if pd.isna(label) else codes.setdefault(str(label), len(codes)),
+            case is not None and not pd.isna(case),
+        )
+
+
+@contextlib.contextmanager
+def returning_memory_pool() -> Iterator[None]:
+    """pyarrow allocates from jemalloc, which returns freed pages at once (decay 0), while this runs (from the C
+    library's allocator where pyarrow is built without jemalloc), then from the pool it used before. The join reads
+    its chunk tables one after another: reading 20 of them (TABLES_KEPT held) grew the resident set by 18 MiB with
+    the C library's allocator, 90 MiB with pyarrow's default pool (mimalloc), and not at all with jemalloc."""
     previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
     try:
         yield
     finally:
         pa.set_memory_pool(previous)
 
 
-def located(facts: ImageFacts) -> ImageFacts:
-    """``facts`` with only what write_manifest reads (chunk, row, has_case): the rest is freed before the manifest is
-    written."""
-    empty = np.zeros(0)
-    return dataclasses.replace(facts, sha256=empty, instance=empty, lossless=empty, label=empty)
+# one_per_instance: per SOPInstanceUID, the first lossless copy, else the first labelled one, else the first; every
+# image without one
+CANDIDATES = """
+CREATE TABLE candidates AS
+SELECT image, sha256, label FROM facts WHERE instance IS NULL
+UNION ALL
+SELECT image, sha256, label FROM (
+    SELECT image, sha256, label,
+        row_number() OVER (PARTITION BY instance ORDER BY lossless DESC, label < 0, image) AS place
+    FROM facts WHERE instance IS NOT NULL
+) WHERE place = 1
+"""
+# deduplicate: per image content, its first labelled copy (else its first) heads the copies; a labelled copy with
+# another label than the head's clashes (ordered by the copies' first image, then its own). The candidates carry
+# what it reads: no lookup into ``facts`` in an order other than its own, which would read a page per image.
+COPIES = """
+CREATE TABLE copies AS
+SELECT image, label, place, first_value(label) OVER content AS head_label, first_value(image) OVER content AS head,
+    min(image) OVER (PARTITION BY sha256) AS first_seen
+FROM (SELECT image, sha256, label, row_number() OVER content AS place FROM candidates
+      WINDOW content AS (PARTITION BY sha256 ORDER BY label < 0, image))
+WINDOW content AS (PARTITION BY sha256 ORDER BY place)
+"""
 
 
-def _first_of_groups(sorted_keys: np.ndarray) -> np.ndarray:
-    """(N,) bool: the element starts a run of equal keys in ``sorted_keys``."""
-    return np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(sorted_keys) else np.zeros(0, dtype=bool)
-
-
-def one_per_instance(facts: ImageFacts) -> np.ndarray:
-    """manifest.one_per_instance on the facts: the rows kept (ascending), one per SOPInstanceUID (the first lossless
-    copy, else the first labelled one, else the first) and every row without one."""
-    rows = np.arange(len(facts.instance))
-    with_instance = facts.instance != b""
-    candidates = rows[with_instance]
-    order = np.lexsort(
-        (candidates, facts.label[candidates] < 0, ~facts.lossless[candidates], facts.instance[candidates])
-    )
-    best = candidates[order][_first_of_groups(facts.instance[candidates][order])]
-    return np.sort(np.concatenate([rows[~with_instance], best]))
-
-
-def deduplicate(facts: ImageFacts, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """manifest.deduplicate on the facts of ``rows`` (ascending): (rows kept, ascending; rows dropped, ascending;
-    (first labelled row, row) of each pair of identical images with different labels, in deduplicate's order)."""
-    positions = np.arange(len(rows))
-    digests, labels = facts.sha256[rows], facts.label[rows]
-    order = np.lexsort((positions, labels < 0, digests))  # by image, its labelled rows first, each in listing order
-    starts = _first_of_groups(digests[order])
-    group = np.cumsum(starts) - 1
-    head = order[starts]  # per image: its first labelled row, else its first
-    sorted_labels = labels[order]
-    clash = (sorted_labels >= 0) & (sorted_labels != labels[head][group])
-    group_first_seen = np.minimum.reduceat(positions[order], np.flatnonzero(starts)) if len(order) else positions
-    pairs = sorted(
-        zip(group_first_seen[group[clash]], positions[order][clash], head[group[clash]]), key=lambda item: item[:2]
-    )
-    kept = np.zeros(len(rows), dtype=bool)
-    kept[head] = True
-    return rows[kept], rows[~kept], [(int(rows[first]), int(rows[other])) for _, other, first in pairs]
-
-
-def kept_rows(facts: ImageFacts, config: IngestConfig, values: Callable) -> tuple[np.ndarray, dict]:
-    """finish_manifest's rows kept (indices into ``facts``, ascending) and its summary counts of dropped images;
-    ``values(rows, column)``: a chunk-table column's values at ``rows`` (to name images in messages). SourceError
-    naming identical images with different labels (as manifest.deduplicate)."""
-    instances = one_per_instance(facts)
-    keep, dropped, clashes = deduplicate(facts, instances)
+def kept_rows(facts: JoinFacts, config: IngestConfig, values: Callable) -> dict:
+    """finish_manifest's images kept (table ``kept`` of the facts' database: image numbers) and its summary counts of
+    dropped images; ``values(images, column)``: a chunk-table column's values of ``images`` (to name images in
+    messages). SourceError naming identical images with different labels (as manifest.deduplicate)."""
+    database = facts.database
+    database.execute(CANDIDATES)
+    database.execute(COPIES)
+    clashes = database.execute(
+        "SELECT head, image FROM copies WHERE label >= 0 AND label != head_label ORDER BY first_seen, image"
+    ).fetchall()
     if clashes:
-        firsts, others = [first for first, _ in clashes], [other for _, other in clashes]
-        keys, labels = values(firsts + others, "image_key"), values(firsts + others, "label")
+        images = [head for head, _ in clashes] + [image for _, image in clashes]
+        keys, labels = values(images, "image_key"), values(images, "label")
         count = len(clashes)
         refuse_label_conflicts(
             [
@@ -192,13 +198,30 @@ def kept_rows(facts: ImageFacts, config: IngestConfig, values: Callable) -> tupl
                 for i in range(count)
             ]
         )
-    if config.max_images and len(keep) > config.max_images:
-        keep = np.sort(np.random.default_rng(config.seed).choice(keep, config.max_images, replace=False))
-    return keep, {
-        "duplicates_dropped": len(dropped),
-        "duplicate_examples": values(dropped[:DUPLICATE_EXAMPLES].tolist(), "image_key"),
-        "instance_copies_dropped": len(facts.instance) - len(instances),
+    database.execute("CREATE TABLE kept (image INTEGER PRIMARY KEY)")
+    database.execute("INSERT INTO kept SELECT image FROM copies WHERE place = 1 ORDER BY image")
+    kept = database.execute("SELECT count(*) FROM kept").fetchone()[0]
+    if config.max_images and kept > config.max_images:
+        _draw(database, config)
+    (candidates,) = database.execute("SELECT count(*) FROM candidates").fetchone()
+    examples = database.execute(
+        "SELECT image FROM copies WHERE place > 1 ORDER BY image LIMIT ?", (DUPLICATE_EXAMPLES,)
+    )
+    return {
+        "duplicates_dropped": candidates - kept,
+        "duplicate_examples": values([image for (image,) in examples.fetchall()], "image_key"),
+        "instance_copies_dropped": facts.images - candidates,
     }
+
+
+def _draw(database: sqlite3.Connection, config: IngestConfig) -> None:
+    """Keep config.max_images of the ``kept`` images, drawn as finish_manifest draws them (numpy's choice with
+    config.seed over the kept images in listing order): 8 bytes per kept image while it draws."""
+    kept = np.fromiter((image for (image,) in database.execute("SELECT image FROM kept ORDER BY image")), np.int64)
+    drawn = np.sort(np.random.default_rng(config.seed).choice(kept, config.max_images, replace=False))
+    del kept
+    database.execute("DELETE FROM kept")
+    database.executemany("INSERT INTO kept VALUES (?)", ((int(image),) for image in drawn))
 
 
 class ChunkTables:
@@ -216,9 +239,8 @@ class ChunkTables:
         self._kept.move_to_end(index)
         return self._kept[index]
 
-    def rows(self, facts: ImageFacts, rows: np.ndarray) -> pd.DataFrame:
-        """The chunk-table rows of the images ``rows`` (indices into ``facts``), in that order."""
-        chunks, within = facts.chunk[rows], facts.row[rows]
+    def rows(self, chunks: np.ndarray, within: np.ndarray) -> pd.DataFrame:
+        """The rows ``within`` (their numbers in their chunk tables) of the chunk tables ``chunks``, in that order."""
         pieces, places = [], []
         for chunk in dict.fromkeys(chunks.tolist()):  # each chunk once, in the order the rows first need it
             where = np.flatnonzero(chunks == chunk)
@@ -227,11 +249,11 @@ class ChunkTables:
         joined = pd.concat(pieces, ignore_index=True)
         return joined.iloc[np.argsort(np.concatenate(places), kind="stable")].reset_index(drop=True)
 
-    def values(self, facts: ImageFacts, rows: list[int], column: str) -> list:
-        """A column's values (None for a missing one) at the images ``rows`` (indices into ``facts``)."""
-        if not rows:
+    def values(self, facts: JoinFacts, images: list[int], column: str) -> list:
+        """A column's values (None for a missing one) of the images ``images`` (numbers in ``facts``)."""
+        if not images:
             return []
-        return [None if pd.isna(value) else value for value in self.rows(facts, np.asarray(rows))[column]]
+        return [None if pd.isna(value) else value for value in self.rows(*facts.located(images))[column]]
 
 
 def _finished(batch: pd.DataFrame, has_cases: bool, config: IngestConfig) -> pd.DataFrame:
@@ -290,19 +312,23 @@ class ManifestCounts:
         }
 
 
-def write_manifest(
-    facts: ImageFacts, keep: np.ndarray, config: IngestConfig, tables: ChunkTables, path: Path
-) -> ManifestCounts:
-    """Write the images ``keep`` (indices into ``facts``, ascending: listing order) as the manifest (MANIFEST_COLUMNS)
-    at ``path``, BATCH_ROWS rows at a time; returns their counts."""
-    has_cases = bool(facts.has_case[keep].any())
+def write_manifest(facts: JoinFacts, config: IngestConfig, tables: ChunkTables, path: Path) -> ManifestCounts:
+    """Write the images ``kept`` (kept_rows' table in ``facts``) as the manifest (MANIFEST_COLUMNS) at ``path``, in
+    listing order, BATCH_ROWS rows at a time; returns their counts."""
+    (has_cases,) = facts.database.execute(
+        "SELECT EXISTS (SELECT 1 FROM kept JOIN facts USING (image) WHERE has_case)"
+    ).fetchone()
+    located = facts.database.execute("SELECT chunk, row FROM kept JOIN facts USING (image) ORDER BY image")
     counts, writer = ManifestCounts(), None
     try:
-        for start in range(0, len(keep), BATCH_ROWS):
-            rows = tables.rows(facts, keep[start : start + BATCH_ROWS])
-            batch = _finished(rows, has_cases, config)
-            counts.add(batch, rows["case_source"])
-            arrow = pa.Table.from_pandas(batch, schema=None if writer is None else writer.schema, preserve_index=False)
+        while batch := located.fetchmany(BATCH_ROWS):
+            where = np.array(batch, dtype=np.int64)
+            rows = tables.rows(where[:, 0], where[:, 1])
+            finished = _finished(rows, bool(has_cases), config)
+            counts.add(finished, rows["case_source"])
+            arrow = pa.Table.from_pandas(
+                finished, schema=None if writer is None else writer.schema, preserve_index=False
+            )
             writer = writer or pq.ParquetWriter(path, arrow.schema)
             writer.write_table(arrow)
     finally:
