@@ -198,10 +198,15 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
     return decoded
 
 
+# The join's /tmp: the chunks' tables (~400 B per image) and its sqlite facts (~105 B per image) with their sort
+# files; about 1 GB at 10^6 images, room for several million.
+JOIN_SCRATCH = "8Gi"
+
+
 @task(
     cache=pipeline_cache("11"),
     container_image=cpu_image,
-    requests=Resources(cpu="1", mem="4Gi"),
+    requests=Resources(cpu="1", mem="4Gi", ephemeral_storage=JOIN_SCRATCH),
     retries=2,
     secret_requests=MLFLOW_SECRETS,
 )

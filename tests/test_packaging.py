@@ -251,6 +251,8 @@ def test_ingest_decodes_chunks_in_a_map_task_with_bounded_concurrency(package):
     assert package["tasks"]["tasks.ingest.ingest_chunk"]["metadata"].get("discoverable"), (
         "a chunk of unchanged files is a cache hit"
     )
+    join = _resources(_container(package["tasks"]["tasks.ingest.join_ingest"]), "requests")
+    assert join["EPHEMERAL_STORAGE"] == "8Gi", "the join's scratch (chunk tables, sqlite facts and sorts) is on disk"
     assert "workflows.ingest.ingest" in {
         _node_target(node) for node in package["workflows"]["workflows.pipeline.ssl_pipeline"]["nodes"]
     }
