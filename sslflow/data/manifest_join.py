@@ -63,11 +63,10 @@ class JoinFacts:
     ...: listing order, stable: the frames of an object keep theirs), chunk and row (where its row is), sha256 (16
     bytes: the first 128 bits of the decoded pixels' sha256, which tell images apart as surely as all 256), instance
     (16 bytes: BLAKE2b of its SOPInstanceUID pseudonym, NULL for none), lossless, label (a code: -1 for none),
-    has_case. labels: code -> label. shards: every shard a chunk table names. images_per_chunk: rows of each chunk
+    has_case. shards: every shard a chunk table names. images_per_chunk: rows of each chunk
     table."""
 
     database: sqlite3.Connection
-    labels: list[str]
     shards: dict[int, list[str]]
     images_per_chunk: list[int]
 
@@ -111,7 +110,7 @@ def image_facts(table_files: list[Path]) -> Iterator[JoinFacts]:
                 "sha256, instance, lossless, label, has_case FROM listed ORDER BY position, chunk, row"
             )
             database.execute("DROP TABLE listed")
-            yield JoinFacts(database, labels=list(codes), shards=shards, images_per_chunk=counts)
+            yield JoinFacts(database, shards=shards, images_per_chunk=counts)
         finally:
             database.close()
 
