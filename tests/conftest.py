@@ -19,7 +19,8 @@ os.environ["GX_ANALYTICS_ENABLED"] = "False"
 # pytest-xdist runs one session per worker (`-n`, pyproject's addopts); each worker, and every process it starts
 # (pyflyte, pods, torch-elastic workers, benchmark runs), gets its share of the cores as PyTorch's thread count, as a
 # pod gets its CPU limit (ssl_models.cpu_threads). With every core's worth of threads in each, OpenMP's threads would
-# spin against each other: a linear probe took 7x its wall time with two threads beside a busy core.
+# spin against each other: a linear probe took 4.5x its wall time with two threads beside a busy core
+# (benchmarks/probe_threads.py).
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
