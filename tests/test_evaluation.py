@@ -1,4 +1,8 @@
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,8 @@ from sslflow.reporting.tables import corruption_markdown, effect_lines, results_
 from sslflow.tracking.runs import start_parent_run
 from tasks.evaluate import evaluate
 from tasks.shared import Dataset, FinetunedModel
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_metrics_on_a_hand_made_example():
@@ -147,6 +153,32 @@ def test_umap_picture_is_seeded_separates_what_differs_and_caps_its_points():
     ).mean() > 0.95  # a point's nearest neighbour in the picture shares its label
     sites = np.array(["site-1"] * 60 + ["site-2"] * 40)
     assert embedding_figure(features, labels, sites, "test", max_points=EMBEDDING_MIN_POINTS).startswith(b"\x89PNG")
+
+
+UMAP_IN_A_PROCESS = """
+import json, numpy as np, umap
+from sslflow.reporting.charts import umap_points
+points = umap_points(np.random.default_rng(0).normal(size=(40, 8)), seed=0)
+# functions umap-learn compiles without numba's cache: the fit's neighbour weights and its layout's epochs
+compiled = [umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
+            umap.layouts._nb_optimize_layout_euclidean_single_epoch]
+print(json.dumps({"points": points.tolist(), "loaded": [sum(f.stats.cache_hits.values()) for f in compiled]}))
+"""
+
+
+def test_a_later_process_loads_umaps_compiled_functions_from_numbas_cache():
+    """umap-learn compiles its numba functions in every process; the picture keeps them in numba's cache, so a later
+    process (the next evaluate, a rerun) loads them and draws the same points."""
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", UMAP_IN_A_PROCESS], env=environment, capture_output=True, text=True, check=True
+            ).stdout.splitlines()[-1]
+        )
+        for _ in range(2)
+    ]
+    assert all(runs[1]["loaded"]) and runs[1]["points"] == runs[0]["points"]
 
 
 def test_evaluate_logs_the_umap_picture_to_mlflow_and_the_deck(tmp_path):

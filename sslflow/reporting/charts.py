@@ -78,11 +78,27 @@ EMBEDDING_MAX_POINTS = 2000  # UMAP's layout time grows with the points; more ad
 EMBEDDING_MIN_POINTS = 10  # fewer make no picture (UMAP fails on 2 points)
 
 
+def cache_umap_compilation(umap) -> None:
+    """Let numba keep umap-learn's compiled functions on disk and load them in later processes. umap-learn compiles
+    them (numba JIT, without numba's cache) in every process that fits: seconds of CPU before even a picture of a
+    hundred points, paid by each evaluate and each local pipeline run (benchmarks/umap_cache.py). numba's cache is
+    keyed by each function's source and this CPU; it lives in NUMBA_CACHE_DIR when set, else beside umap's sources when
+    that folder is writable, else in the user's cache folder. Only umap's own modules, whose functions it calls by
+    name."""
+    from numba.core.dispatcher import Dispatcher
+
+    for module in (umap.umap_, umap.layouts, umap.spectral, umap.utils, umap.distances, umap.sparse):
+        for function in vars(module).values():
+            if isinstance(function, Dispatcher) and function.py_func.__module__ == module.__name__:
+                function.enable_caching()
+
+
 def umap_points(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """(N, D) features -> (N, 2) UMAP coordinates (McInnes et al. 2018, arXiv 1802.03426); the same for the
     same features and seed (single-threaded, numba's random state seeded)."""
     import umap  # here, not at the top: its import (numba, pynndescent) takes seconds the workflows need not pay
 
+    cache_umap_compilation(umap)
     neighbours = max(2, min(15, len(features) - 1))  # UMAP needs 2 <= n_neighbors < N
     reducer = umap.UMAP(
         n_components=2, n_neighbors=neighbours, min_dist=0.1, init="pca", n_epochs=200, random_state=seed, n_jobs=1
