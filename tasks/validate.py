@@ -15,7 +15,6 @@ from flytekit import Deck, HashMethod, Resources, task
 from images.specs import cpu_image
 from sslflow.config import ValidationConfig
 from sslflow.data.dataset import count_stored_images, read_manifest, read_summary
-from sslflow.data.validation import DataValidationError, validate_manifest
 from sslflow.reporting.html import validation_html
 from sslflow.tracking.runs import stage_run
 from tasks.shared import (
@@ -45,6 +44,10 @@ def validate(
 
     label_fractions: the fine-tuning fractions this dataset must support (empty: not fine-tuned on).
     """
+    # here, not at the top: great-expectations takes about 2 s of CPU to import, which every `pyflyte run` of the
+    # workflows (a refusal of its inputs included) would pay before any task runs
+    from sslflow.data.validation import DataValidationError, validate_manifest
+
     params = {"config": config, "label_fractions": label_fractions, "dataset.sha256": dataset.content_sha256}
     with stage_run(parent_run_id, f"validate:{dataset.name}", params):
         folder, _ = dataset_without_shards(

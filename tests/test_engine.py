@@ -35,10 +35,17 @@ def test_unknown_encoder_is_named():
         build_encoder("vit", 3)
 
 
-def test_the_task_modules_import_torchvision_only_for_a_resnet():
-    """torchvision takes about 2 s to import; a task process training small_cnn never needs it."""
-    code = "import sys, tasks.finetune, tasks.pretrain; sys.exit('torchvision' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
+def test_the_task_modules_import_torchvision_only_for_a_resnet_and_great_expectations_only_to_validate():
+    """torchvision takes about 2 s to import, great-expectations about 2 s: a task process training small_cnn never
+    needs the first, and loading the workflows (every `pyflyte run`, before any task) needs neither."""
+    code = (
+        "import sys, tasks.finetune, tasks.pretrain; torchvision = 'torchvision' in sys.modules; "
+        "import workflows.pipeline, workflows.data; print(torchvision, 'great_expectations' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["False", "False"], result.stdout + result.stderr[-2000:]
 
 
 def test_lars_and_schedule_reduce_a_quadratic():
