@@ -2,7 +2,7 @@
 
 Locally, every Elastic task launches a worker process that re-imports the project (about 10 s of CPU
 here) and rendezvouses; a pipeline has three such tasks (the pretrainings), a large share of tests whose subject
-is MLflow, Flyte's cache or a data source, not Elastic (tested on its own elsewhere, and in test_pipeline_e2e and
+is MLflow, Flyte's cache or a data source, not Elastic (tested on its own in test_elastic and test_pod_elastic, and in
 the pod runs of test_pods and test_pipeline_pods).
 The task function itself is the same; only the launcher is skipped.
 

@@ -24,7 +24,7 @@ from workflows.pipeline import ssl_pipeline
 
 
 def test_pipeline_on_a_pacs_export_uses_header_cases_and_sites_and_shows_no_identifier(tmp_path, monkeypatch, capfd):
-    with_inprocess_elastic(monkeypatch)  # its subject is the source; the Elastic launcher: test_pipeline_e2e, test_pods
+    with_inprocess_elastic(monkeypatch)  # its subject is the source; the Elastic launcher: test_elastic, test_pods
     key = "pipeline-test-key-0123456789abcdef"
     monkeypatch.setenv(KEY_ENV, key)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # Flyte's local cache, searched below

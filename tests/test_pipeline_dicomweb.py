@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
 def test_pipeline_from_an_archive_query_uses_header_cases_and_shows_no_identifier(tmp_path, monkeypatch, capfd):
-    with_inprocess_elastic(monkeypatch)  # its subject is the source; the Elastic launcher: test_pipeline_e2e, test_pods
+    with_inprocess_elastic(monkeypatch)  # its subject is the source; the Elastic launcher: test_elastic, test_pods
     monkeypatch.setenv(KEY_ENV, "pipeline-dicomweb-key-0123456789abcdef")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # Flyte's local cache, searched below
     monkeypatch.setenv("SSLFLOW_INGEST_CACHE", str(tmp_path / "ingest-cache"))

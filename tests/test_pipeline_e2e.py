@@ -1,5 +1,6 @@
 """The whole ssl_pipeline on a small slice of the real data: fresh, cached, new fine-tuning settings, another MLflow
-store."""
+store. The Elastic tasks run in this process (tests/inprocess_elastic.py): the launcher runs in the pods of
+test_pipeline_pods and test_pods, and locally in test_elastic."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 
 import mlflow
 from flytekit.core.local_cache import LocalTaskCache
+from inprocess_elastic import with_inprocess_elastic
 from live_mlflow import mlflow_at
 from mlflow.tracking import MlflowClient
 
@@ -18,10 +20,10 @@ from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
 from workflows.pipeline import ssl_pipeline
 
 SMALL = dict(
-    generic_ingest=IngestConfig(max_images=300),
-    domain_ingest=IngestConfig(proxy_cases=True, max_images=1200),
-    generic_pretraining=PretrainConfig(epochs=1, batch_size=128),
-    domain_pretraining=PretrainConfig(epochs=1, batch_size=128),
+    generic_ingest=IngestConfig(max_images=200),
+    domain_ingest=IngestConfig(proxy_cases=True, max_images=600),
+    generic_pretraining=PretrainConfig(epochs=1, batch_size=64),
+    domain_pretraining=PretrainConfig(epochs=1, batch_size=64),
     finetune=FinetuneConfig(epochs=1, min_steps=3),
     label_fractions=[1.0],
     self_train=SelfTrainConfig(
@@ -41,6 +43,7 @@ def _stage_runs() -> list[str]:
 
 def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path, monkeypatch):
     # Its own MLflow store and an empty Flyte cache: other tests' cached tasks must not answer for ours.
+    with_inprocess_elastic(monkeypatch)
     LocalTaskCache.clear()
     with mlflow_at(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}"):
         _run_three_times()

@@ -51,7 +51,7 @@ def write_scan_folder(root, count=360) -> pd.DataFrame:
 
 
 def test_pipeline_runs_on_a_user_folder_with_real_cases(tmp_path, monkeypatch):
-    with_inprocess_elastic(monkeypatch)  # its subject is the source; the Elastic launcher: test_pipeline_e2e, test_pods
+    with_inprocess_elastic(monkeypatch)  # its subject is the source; the Elastic launcher: test_elastic, test_pods
     folder = tmp_path / "scans"
     write_scan_folder(folder)
     LocalTaskCache.clear()
