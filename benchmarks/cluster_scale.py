@@ -333,6 +333,42 @@ def measure(count: int, work: Path, workers: int) -> dict:
     }
 
 
+def compared(results: list[dict]) -> dict:
+    """The largest N's figures over the smallest's (two sizes or more) and the targets met."""
+    payload: dict = {"targets": {}}
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        payload["largest_over_smallest"] = {
+            "files": large["files"] / small["files"],
+            **{
+                f"{step}_peak_rss": round(
+                    large["steps"][step]["peak_rss_mib"] / small["steps"][step]["peak_rss_mib"], 3
+                )
+                for step in ("fingerprint", "plan", "chunks", "join")
+            },
+            "largest_literal": round(large["largest_literal_bytes"] / small["largest_literal_bytes"], 3),
+        }
+        payload["targets"] = {
+            **{
+                f"{step}_rss_ratio_at_most_1.25": payload["largest_over_smallest"][f"{step}_peak_rss"] <= 1.25
+                for step in ("plan", "chunks", "join")
+            },
+            "join_bytes_ratio_at_most_0.01": all(result["join_bytes_over_dataset_bytes"] <= 0.01 for result in results),
+            "largest_literal_at_most_1MB": large["largest_literal_bytes"] <= 2**20,
+        }
+    if results:
+        payload["targets"]["no_s3_request_from_the_launching_process"] = all(
+            not result["s3_requests"]["launch"] for result in results
+        )
+        # a chunk holds under its batch_images + one file's frames decoded at once, whatever its files' frames
+        payload["targets"]["chunk_held_under_batch_plus_a_files_frames"] = all(
+            chunk["decoded_at_most"] < chunk["batch_images"] + FRAMES
+            for result in results
+            for chunk in result["chunks_held"]
+        )
+    return payload
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated N")
@@ -361,37 +397,7 @@ def main() -> None:
         "metadata_csv": "path,case_id,label",
         "chunk_workers": workers,
     }
-    payload = {"settings": settings, "results": results}
-    if len(results) >= 2:
-        small, large = results[0], results[-1]
-        payload["largest_over_smallest"] = {
-            "files": large["files"] / small["files"],
-            **{
-                f"{step}_peak_rss": round(
-                    large["steps"][step]["peak_rss_mib"] / small["steps"][step]["peak_rss_mib"], 3
-                )
-                for step in ("fingerprint", "plan", "chunks", "join")
-            },
-            "largest_literal": round(large["largest_literal_bytes"] / small["largest_literal_bytes"], 3),
-        }
-        payload["targets"] = {
-            **{
-                f"{step}_rss_ratio_at_most_1.25": payload["largest_over_smallest"][f"{step}_peak_rss"] <= 1.25
-                for step in ("plan", "chunks", "join")
-            },
-            "join_bytes_ratio_at_most_0.01": all(result["join_bytes_over_dataset_bytes"] <= 0.01 for result in results),
-            "largest_literal_at_most_1MB": large["largest_literal_bytes"] <= 2**20,
-        }
-    if results:
-        payload.setdefault("targets", {})["no_s3_request_from_the_launching_process"] = all(
-            not result["s3_requests"]["launch"] for result in results
-        )
-        # a chunk holds under its batch_images + one file's frames decoded at once, whatever its files' frames
-        payload["targets"]["chunk_held_under_batch_plus_a_files_frames"] = all(
-            chunk["decoded_at_most"] < chunk["batch_images"] + FRAMES
-            for result in results
-            for chunk in result["chunks_held"]
-        )
+    payload = {"settings": settings, "results": results, **compared(results)}
     print(json.dumps(payload))
     from benchmarks.common import write_result  # here: it imports torch, which the children need not carry
 
