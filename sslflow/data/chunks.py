@@ -90,7 +90,8 @@ CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
 MAX_CHUNK_FACTOR = 2
 # Files of at least this many bytes that may be multi-frame DICOM: the plan reads the first HEADER_PROBE_BYTES of each
 # for its NumberOfFrames (a ranged GET on S3), so that a chunk of multi-frame objects holds at most MAX_CHUNK_FACTOR x
-# chunk_images images; a smaller file counts as one image (1 MiB holds 16 frames of 256 x 256 at 8 bits).
+# chunk_images images; a smaller file counts as one image (1 MiB holds 16 frames of 256 x 256 at 8 bits, compressed
+# many more): its chunk task decodes in sub-batches when the files hold more (sslflow/data/sub_batches.py).
 FRAME_PROBE_BYTES = 2**20
 DECODE_SETTINGS = (
     "image_size",
