@@ -27,6 +27,7 @@ from sslflow.data.chunks import (
     ingest_source,
     plan_chunks,
 )
+from sslflow.data.types import UndecodableImageError
 
 FRAMES = 6  # per object: 6 frames of 8 x 8, a few KiB on disk
 SPLIT = IngestConfig(image_size=8, chunk_images=8, max_bad_fraction=0.5)  # at most 16 images held decoded
@@ -115,3 +116,26 @@ def test_a_chunks_memory_grows_with_its_batch_not_with_its_files_frames(export, 
     half = _peak_decoding({**chunk, "records": chunk["records"][:24]}, tmp_path / "half")
     whole = _peak_decoding({**chunk, "records": chunk["records"][:48]}, tmp_path / "whole")
     assert (whole - half) / (24 * FRAMES) < 128 * 128 / 4, (half, whole)
+
+
+def test_a_case_over_the_batch_is_held_whole_and_bad_files_count_over_the_whole_chunk(tmp_path):
+    """A patient of 6 objects (36 frames) in a chunk decoded 8 images at a time stays in one shard (held whole, at
+    most a batch and a file more), and max_bad_fraction applies to the whole chunk, whose refusal leaves nothing."""
+    root = tmp_path / "export"
+    for index in range(10):
+        patient = 0 if index < 6 else index
+        pixels = np.random.default_rng(index).integers(0, 4096, (FRAMES, 8, 8), dtype=np.int16)
+        write_dicom(root / f"patient{patient:03d}" / f"IM{index:04d}", pixels, PatientID=f"P-{patient:03d}")
+    (root / "zz").mkdir()
+    (root / "zz" / "IM9999.dcm").write_bytes(b"not a DICOM file" * 20)
+    (chunk,) = plan_chunks(str(root), IngestConfig(image_size=8, max_bad_fraction=0.1))  # 1 of 11 files allowed
+    folder = decode_chunk(chunk_json({**chunk, "batch_images": 8}), tmp_path / "chunk")
+    table, report = pd.read_parquet(folder / CHUNK_TABLE), json.loads((folder / CHUNK_REPORT).read_text())
+    assert len(table) == 10 * FRAMES and report["sub_batches"] > 1
+    assert (table.groupby("case_id")["shard"].nunique() == 1).all()
+    assert 6 * FRAMES <= report["decoded_at_most"] < 6 * FRAMES + 8 + FRAMES
+    assert len(report["quarantined"]) == 1 and report["read"]["listed"] == 11
+    strict = {**chunk, "decode": {**chunk["decode"], "max_bad_fraction": 0.0}, "batch_images": 8}
+    with pytest.raises(UndecodableImageError, match="1 of 11 image files cannot be decoded"):
+        decode_chunk(chunk_json(strict), tmp_path / "strict")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["chunk", "export"]
