@@ -101,7 +101,9 @@ class IngestConfig:
     chunk_images: about this many images per ingest chunk on average, at most twice as many (one map-task pod;
         its memory grows with it, not with the source: about 150 KiB per 224-px gray image, so the 4,096 default keeps
         the largest chunk near 1.2 GiB at 224 px gray, RGB images hold three times the pixels; ingest_chunk requests 4
-        GiB): sslflow/data/chunks.py. Changing it re-decodes everything.
+        GiB). A chunk whose small multi-frame files hold more frames than that is decoded twice chunk_images images
+        at a time, each batch's shards written before the next: sslflow/data/chunks.py. Changing it re-decodes
+        everything.
     chunk_megabytes: at most this many megabytes of files (their sizes from the listing) per ingest chunk, whatever
         the number of files: a few large multi-frame DICOM objects (each frame an image, up to max_file_bytes each)
         make a chunk of their own instead of overrunning its pod's memory. A case larger than this is one chunk.

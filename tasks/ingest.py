@@ -145,7 +145,7 @@ def source_fingerprint(source: str) -> str:
 
 
 @task(
-    cache=Cache(version="11"),
+    cache=Cache(version="12"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="2Gi"),
     retries=2,
@@ -161,7 +161,7 @@ def plan_ingest(source: str, fingerprint: str, config: IngestConfig) -> list[Chu
 
 
 @task(
-    cache=Cache(version="9"),
+    cache=Cache(version="10"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="4Gi"),
     retries=2,
@@ -169,7 +169,8 @@ def plan_ingest(source: str, fingerprint: str, config: IngestConfig) -> list[Chu
 )
 @outages_are_recoverable
 def ingest_chunk(chunk: ChunkFile) -> FlyteDirectory:
-    """Decode one chunk into shards + its tables; memory grows with IngestConfig.chunk_images, not the source.
+    """Decode one chunk into shards + its tables, a sub-batch of images at a time; memory grows with
+    IngestConfig.chunk_images, not with the source nor with the frames its files hold.
     DICOM identities are pseudonymised with the Flyte Secret sslflow/pseudonym_key (never in the chunk document)."""
     document = Path(chunk.download())
     folder = Path(current_context().working_directory) / f"chunk-{chunk_file_sha256(document)[:16]}"

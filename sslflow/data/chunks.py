@@ -16,16 +16,22 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   and the process pool start them in that order.
 - **Bounded memory, tables only.** ``plan_chunks`` cuts while the source (sslflow/data/sources/: ``open_source``)
   streams its records in case order, so it holds one chunk, not the listing (a metadata table is sorted by case first:
-  on S3 through a sqlite file on disk, sslflow/data/metadata_catalog.py); a chunk task holds one chunk's images; the
-  join reads only the chunks' tables (chunk.parquet, chunk.json) and writes the dataset's tables: its shard table points
-  at the chunks' shards where they were written (sslflow/data/dataset.py), no shard is read or copied.
+  on S3 through a sqlite file on disk, sslflow/data/metadata_catalog.py); a chunk task holds at most about the chunk
+  document's ``batch_images`` decoded images (MAX_CHUNK_FACTOR x chunk_images, or the images the plan counted when
+  more) plus one file's frames, whatever its files hold: a file under FRAME_PROBE_BYTES counts as one image in the
+  plan but may hold hundreds of frames, so the task decodes its files a sub-batch at a time and writes each
+  sub-batch's shards before it decodes the next (sslflow/data/sub_batches.py; chunk.json reports
+  ``decoded_at_most``); the join reads only the chunks' tables (chunk.parquet, chunk.json) and writes the
+  dataset's tables: its shard table points at the chunks' shards where they were written
+  (sslflow/data/dataset.py), no shard is read or copied.
 - **Nothing half-written.** A chunk is decoded into a temporary folder renamed on success; the join
   writes the dataset atomically (sslflow/data/dataset.py).
-- ``IngestConfig.max_bad_fraction`` applies per chunk; PROXY cases (``proxy_cases``) are pixel
-  neighbours within a chunk.
+- ``IngestConfig.max_bad_fraction`` applies per chunk (over all its sub-batches); PROXY cases (``proxy_cases``) are
+  pixel neighbours within a chunk (within a sub-batch for a chunk decoded in several).
 - **DICOM.** A chunk task decodes DICOM with the pseudonym key it is given (the Flyte Secret, never in the
   chunk document); a DICOM case comes from the header, known only after decoding, so the images of one
-  patient share a chunk only when their files sort together (as in a PACS export's patient folders).
+  patient share a chunk (and a sub-batch) only when their files sort together (as in a PACS export's patient
+  folders).
   Files without an image suffix are candidates the chunk reads and skips unless they are DICOM (the plan reads
   none of them). Metadata keyed by SOPInstanceUID is checked by the plan and read by every chunk, that one file and
   no listing (its sha256 is in the chunk document, so a changed metadata.csv re-decodes, and a chunk refuses one
@@ -62,13 +68,20 @@ from sslflow.data.dataset import labelled_cases, read_manifest, write_case_shard
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.dicom import HEADER_PROBE_BYTES, frames_in_header
 from sslflow.data.instance_metadata import InstanceMetadata
-from sslflow.data.listing import MAX_LISTED_PROBLEMS, read_listing, refuse_no_images, refuse_unmatched
+from sslflow.data.listing import (
+    MAX_LISTED_PROBLEMS,
+    ListingReader,
+    read_listing,
+    refuse_no_images,
+    refuse_unmatched,
+)
 from sslflow.data.manifest import decoded_table, public_quarantined
 from sslflow.data.manifest_join import ChunkTables, JoinFacts, image_facts, kept_rows, returning_memory_pool
 from sslflow.data.manifest_join import write_manifest as write_manifest_streamed
 from sslflow.data.metadata import METADATA_FILE, UNLISTED_NAMED, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.sources import Source, named_source, open_source
+from sslflow.data.sub_batches import OneBatch, SubBatches
 from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
 
 CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
@@ -77,7 +90,8 @@ CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
 MAX_CHUNK_FACTOR = 2
 # Files of at least this many bytes that may be multi-frame DICOM: the plan reads the first HEADER_PROBE_BYTES of each
 # for its NumberOfFrames (a ranged GET on S3), so that a chunk of multi-frame objects holds at most MAX_CHUNK_FACTOR x
-# chunk_images images; a smaller file counts as one image (1 MiB holds 16 frames of 256 x 256 at 8 bits).
+# chunk_images images; a smaller file counts as one image (1 MiB holds 16 frames of 256 x 256 at 8 bits, compressed
+# many more): its chunk task decodes in sub-batches when the files hold more (sslflow/data/sub_batches.py).
 FRAME_PROBE_BYTES = 2**20
 DECODE_SETTINGS = (
     "image_size",
@@ -108,6 +122,12 @@ class ChunkDocument(TypedDict, total=False):
     instance_metadata ({"file", "sha256"} of metadata keyed by SOPInstanceUID), unlisted ({"count", "paths"} of the
     image files metadata.csv does not list: the first chunk only). A packaged source (``Source.packaged_images``):
     fingerprint, and start and stop, the index range. proxy_tag: 8 hex of the rest, with IngestConfig.proxy_cases.
+    batch_images (a source of files): the most images its task decodes before it writes their shards
+    (sslflow/data/sub_batches.py): MAX_CHUNK_FACTOR x IngestConfig.chunk_images, or the images the plan counted in
+    the chunk when more (the cut goes over by the rest of a case), so that a chunk holding the images it was cut for
+    is decoded in one piece. It says how the task holds the images, not which: it is left out of the document's
+    identity and proxy_tag (decoded under another batch_images, a chunk has the same images, its shards cut
+    elsewhere when it held more than either).
     """
 
     source: str
@@ -120,13 +140,17 @@ class ChunkDocument(TypedDict, total=False):
     start: int
     stop: int
     proxy_tag: str
+    batch_images: int
 
 
 class ChunkReport(TypedDict, total=False):
     """A decoded chunk's chunk.json, read by the join: counts, the quarantined and held-back files by image key, read
     statistics, its chunk document's sha256 (chunk_sha256), the metadata rows keyed by SOPInstanceUID it was given
-    (instance_rows: None without; which it matched: instance_rows.parquet), ``decoding`` (names this decoding) and,
-    in the first chunk only, ``unlisted`` ({"count", "keys"} of the image files metadata.csv does not list)."""
+    (instance_rows: None without; which it matched: instance_rows.parquet), ``decoding`` (names this decoding), in
+    the first chunk only, ``unlisted`` ({"count", "keys"} of the image files metadata.csv does not list), and how it
+    held them: ``decoded_at_most`` (the most images held decoded at once: under the chunk document's batch_images
+    plus one file's frames, unless a case holds more: it is held whole, with up to batch_images more) in
+    ``sub_batches`` (how many times it wrote shards; sslflow/data/sub_batches.py)."""
 
     source: str
     images: int
@@ -138,6 +162,8 @@ class ChunkReport(TypedDict, total=False):
     instance_rows: int | None
     decoding: str
     unlisted: dict
+    decoded_at_most: int
+    sub_batches: int
 
 
 def _cut(
@@ -198,11 +224,13 @@ def plan_chunks(source: str, config: IngestConfig) -> Iterator[ChunkDocument]:
     )
     for chunk in chunks:
         # PROXY case ids are made per chunk: the tag (from the chunk's own content) keeps those of two chunks apart
-        yield (
-            {**chunk, "proxy_tag": hashlib.sha256(json.dumps(chunk, sort_keys=True).encode()).hexdigest()[:8]}
-            if config.proxy_cases
-            else chunk
-        )
+        content = json.dumps(_what_it_decodes(chunk), sort_keys=True).encode()
+        yield {**chunk, "proxy_tag": hashlib.sha256(content).hexdigest()[:8]} if config.proxy_cases else chunk
+
+
+def _what_it_decodes(chunk: ChunkDocument) -> dict:
+    """The chunk document without batch_images: how its task holds the images, not which it decodes."""
+    return {key: value for key, value in chunk.items() if key != "batch_images"}
 
 
 def _index_range_chunks(
@@ -248,10 +276,17 @@ def _listed_chunks(opened: Source, header: ChunkDocument, config: IngestConfig) 
         lambda item: item[1].source_path,
         lambda item: item[1].size_bytes,
     )
-    images = functools.partial(_images_of, opened, config)
-    for chunk in _cut(opened.records(), case, path, size, lambda item: images(item[1]), config):
+    counted: dict[int, int] = {}  # the images of each file of the chunk being cut, by listing position
+
+    def images(item: tuple) -> int:
+        counted[item[0]] = max(1, _images_of(opened, config, item[1]))
+        return counted[item[0]]
+
+    for chunk in _cut(opened.records(), case, path, size, images, config):
         records = [[position, vars(record), digest] for position, record, digest in chunk]
-        yield ChunkDocument(**header, records=records, **({"unlisted": unlisted} if empty and unlisted else {}))
+        batch_images = max(MAX_CHUNK_FACTOR * config.chunk_images, sum(counted.pop(item[0]) for item in chunk))
+        first = {"unlisted": unlisted} if empty and unlisted else {}
+        yield ChunkDocument(**header, records=records, batch_images=batch_images, **first)
         empty = False
     if empty:
         read_listing([], lambda record: b"", config, None, opened.uri)  # raises the empty-source SourceError
@@ -285,19 +320,26 @@ def _slice(images: SourceImages, start: int, stop: int) -> SourceImages:
     )
 
 
-def _decode(chunk: ChunkDocument, config: IngestConfig, pseudonyms: Pseudonyms) -> tuple[SourceImages, list[int]]:
-    """(decoded images of a chunk, each one's position in the source listing (frames of a DICOM object share it))."""
+def _decoded_batches(chunk: ChunkDocument, config: IngestConfig, pseudonyms: Pseudonyms) -> SubBatches | OneBatch:
+    """A chunk's images as sub-batches (SubBatches, sslflow/data/sub_batches.py: at most about the chunk document's
+    batch_images decoded at once); a packaged source's index range as one (OneBatch)."""
     opened = open_source(chunk["source"])
     packaged = opened.packaged_images(config.image_size, config.channels)
     if packaged is not None:  # a chunk of a packaged source is an index range
-        return _slice(packaged, chunk["start"], chunk["stop"]), list(range(chunk["start"], chunk["stop"]))
+        return OneBatch(_slice(packaged, chunk["start"], chunk["stop"]))
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
     by_instance = _instance_metadata(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
-    images = read_listing(
-        records, opened.read_bytes, config, DecodeCache.for_config(config), chunk["source"], pseudonyms, by_instance
-    )
+    cache = DecodeCache.for_config(config)
+    reader = ListingReader(opened.read_bytes, config, cache, chunk["source"], pseudonyms, by_instance)
+    return SubBatches(records, reader, chunk["batch_images"])
+
+
+def _listing_positions(chunk: ChunkDocument, images: SourceImages) -> list[int]:
+    """Each image's position in the source listing (frames of a DICOM object share it)."""
+    if "records" not in chunk:
+        return list(range(chunk["start"], chunk["start"] + len(images.pixels)))
     position = {fields["source_path"]: index for index, fields, _ in chunk["records"]}
-    return images, [position[path.split("#frame=")[0]] for path in images.source_paths]
+    return [position[path.split("#frame=")[0]] for path in images.source_paths]
 
 
 def _instance_metadata(opened: Source, expected: dict) -> InstanceMetadata:
@@ -316,34 +358,28 @@ def _instance_metadata(opened: Source, expected: dict) -> InstanceMetadata:
 def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
     """Decode one chunk (a chunk document, JSON) into ``directory``: chunk.parquet (decoded_table + listing position,
     shard, shard_row), shards/<sha256>.npy, chunk.json (the report: counts, quarantined and held-back files by image
-    key, read statistics, the chunk document's sha256) and, for metadata keyed by SOPInstanceUID, instance_rows.parquet
-    (``row``: the metadata rows this chunk matched, by position). No path is written: the table and the report know
-    images by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
-    fallbacks). Written to a temporary folder, renamed on success."""
+    key, read statistics, the most images held decoded at once, the chunk document's sha256) and, for metadata keyed
+    by SOPInstanceUID, instance_rows.parquet (``row``: the metadata rows this chunk matched, by position). No path is
+    written: the table and the report know images by image_key. DICOM identities are pseudonymised with
+    ``pseudonym_key`` (else sslflow/data/pseudonyms.py's fallbacks). The files are decoded a sub-batch at a time
+    (sslflow/data/sub_batches.py), each sub-batch's shards written before the next is decoded. Written to a temporary
+    folder, renamed on success."""
     chunk: ChunkDocument = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])
     pseudonyms = Pseudonyms(pseudonym_key)
-    images, positions = _decode(chunk, config, pseudonyms)
-    table = decoded_table(images, config)
-    if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
-        table["case_id"] = [
-            case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]
-        ]
+    batches = _decoded_batches(chunk, config, pseudonyms)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
-        case_keys = [case if case is not None else key for case, key in zip(table["case_id"], table["image_key"])]
-        labelled = labelled_cases(case_keys, table["label"].tolist())
-        shard, row = write_case_shards(
-            staging / SHARDS, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20
-        )
-        table.assign(listing_position=positions, shard=shard, shard_row=row).to_parquet(
-            staging / CHUNK_TABLE, index=False
-        )
-        if images.instance_row_count is not None:
-            matched = np.array(images.matched_instance_rows, dtype=np.int64)
+        # map, not a loop: no name holds a written sub-batch while the next one is decoded
+        tables = list(map(functools.partial(_write_batch, chunk, config, staging / SHARDS), batches))
+        table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+        table.to_parquet(staging / CHUNK_TABLE, index=False)
+        files = batches.files()
+        if files["instance_row_count"] is not None:
+            matched = np.array(files["matched_instance_rows"], dtype=np.int64)
             pd.DataFrame({"row": matched}).to_parquet(staging / INSTANCE_ROWS, index=False)
-        report = _report(chunk, table, images, pseudonyms)
+        report = _report(chunk, table, files, pseudonyms, batches)
         (staging / CHUNK_REPORT).write_text(json.dumps(report))
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
@@ -353,27 +389,45 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
     return directory
 
 
+def _write_batch(chunk: ChunkDocument, config: IngestConfig, shards: Path, images: SourceImages) -> pd.DataFrame:
+    """Write one sub-batch's images (pixels (n, C, H, W)) as shards into ``shards`` (write_case_shards: a case in one
+    shard, labelled cases apart); returns its rows of chunk.parquet (decoded_table + listing_position, shard,
+    shard_row)."""
+    table = decoded_table(images, config)
+    if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
+        table["case_id"] = [
+            case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]
+        ]
+    case_keys = [case if case is not None else key for case, key in zip(table["case_id"], table["image_key"])]
+    labelled = labelled_cases(case_keys, table["label"].tolist())
+    shard, row = write_case_shards(shards, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20)
+    return table.assign(listing_position=_listing_positions(chunk, images), shard=shard, shard_row=row)
+
+
 def _report(
     chunk: ChunkDocument,
     table: pd.DataFrame,
-    images: SourceImages,
+    files: dict,
     pseudonyms: Pseudonyms,
+    batches: SubBatches | OneBatch,
 ) -> ChunkReport:
-    """The chunk's report (ChunkReport). Files metadata.csv does not list are named by key: their paths stay in the
-    chunk document."""
+    """The chunk's report (ChunkReport); files: the SourceImages fields about the chunk's files (ListingReader.files).
+    Files metadata.csv does not list are named by key: their paths stay in the chunk document."""
     unlisted = chunk.get("unlisted") or {"count": 0, "paths": []}
     keys = {"count": unlisted["count"], "keys": [pseudonyms.pseudonym("file", path) for path in unlisted["paths"]]}
     return ChunkReport(
         source=chunk["source"],
         images=len(table),
-        quarantined=public_quarantined(images.quarantined),
-        held_back=images.held_back,
-        read=images.read_stats,
-        skipped_non_image=images.skipped,
+        quarantined=public_quarantined(files["quarantined"]),
+        held_back=files["held_back"],
+        read=files["read_stats"],
+        skipped_non_image=files["skipped"],
         chunk_sha256=_chunk_identity(chunk),  # the chunk document: its files and their content hashes
-        instance_rows=images.instance_row_count,
+        instance_rows=files["instance_row_count"],
         decoding=uuid.uuid4().hex,
         **({"unlisted": keys} if keys["count"] else {}),
+        decoded_at_most=batches.decoded_at_most,
+        sub_batches=batches.count,
     )
 
 
@@ -422,7 +476,7 @@ def _chunk_identity(chunk: ChunkDocument) -> str:
     """sha256 of a chunk document, S3 version keys without their endpoint and DICOMweb URLs without the archive's
     address: which server (a replica, a proxy) answered does not change the files."""
     source = named_source(chunk["source"])
-    identity = {**chunk, "source": source.uri_without_server}
+    identity = {**_what_it_decodes(chunk), "source": source.uri_without_server}
     if "records" in chunk:
         identity["records"] = [
             [index, *source.without_server(fields, digest)] for index, fields, digest in chunk["records"]

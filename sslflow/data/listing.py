@@ -268,30 +268,90 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
     )
 
 
-def _decode_records(
-    records: list[ImageRecord],
-    read_bytes: Callable[[ImageRecord], bytes],
-    config: IngestConfig,
-    cache: DecodeCache,
-    stats: dict,
-    pseudonyms: Pseudonyms,
-) -> tuple[list[tuple], list[dict], dict[str, int], dict[str, int]]:
-    """(record, image key, decoded image) of each decoded record; the quarantined files; the non-image objects
-    skipped and the images held back, counted by SOP class and by reason (read_listing)."""
-    decoded, quarantined, skipped, held_back = [], [], {}, {}
-    for record in records:
-        key = pseudonyms.pseudonym("file", record.source_path)
+class ListingReader:
+    """Decodes the records of a listing one at a time (``decode``), turns decoded files into image rows (``rows``)
+    and gathers what is reported about the files across calls (``files``): read_listing reads a listing in one
+    piece, sslflow/data/sub_batches.py a chunk a sub-batch at a time, with the same counts, quarantine and metadata
+    matches. read_bytes, config, cache, source, pseudonyms, instance_metadata: as read_listing takes them.
+    """
+
+    def __init__(
+        self,
+        read_bytes: Callable[[ImageRecord], bytes],
+        config: IngestConfig,
+        cache: DecodeCache,
+        source: str,
+        pseudonyms: Pseudonyms | None = None,
+        instance_metadata: InstanceMetadata | None = None,
+    ):
+        self.read_bytes, self.config, self.cache, self.source = read_bytes, config, cache, source
+        self.pseudonyms = pseudonyms or Pseudonyms()
+        self.instance_metadata = instance_metadata
+        self.stats = {"listed": 0, "decoded": 0, "decode_cache_hits": 0, "files_read": 0, "bytes_read": 0}
+        self.quarantined: list[dict] = []
+        self.skipped: dict[str, int] = {}  # non-image objects, by SOP class
+        self.held_back: dict[str, int] = {}  # images held back, by reason
+        self.matched_rows: set[int] = set()  # positions of the instance metadata rows matched
+        self.instance_row_count: int | None = None
+        self.images = 0  # image rows made
+
+    def decode(self, record: ImageRecord) -> tuple[ImageRecord, str, DecodedImage | DicomImage] | None:
+        """(the record with its size known, its image key, its decoded image), or None for a file quarantined, held
+        back or skipped (counted)."""
+        self.stats["listed"] += 1
+        key = self.pseudonyms.pseudonym("file", record.source_path)
         try:
-            image, record = _decode_record(record, read_bytes, config, cache, stats, pseudonyms)
-            decoded.append((record, key, image))
+            image, record = _decode_record(
+                record, self.read_bytes, self.config, self.cache, self.stats, self.pseudonyms
+            )
+            return record, key, image
         except NonImageObject as error:
-            skipped[error.sop_class] = skipped.get(error.sop_class, 0) + 1
+            self.skipped[error.sop_class] = self.skipped.get(error.sop_class, 0) + 1
         except HeldBackImage as error:
-            quarantined.append(_quarantined(record, key, error, error.reason))
-            held_back[error.reason] = held_back.get(error.reason, 0) + 1
+            self.quarantined.append(_quarantined(record, key, error, error.reason))
+            self.held_back[error.reason] = self.held_back.get(error.reason, 0) + 1
         except UndecodableImageError as error:
-            quarantined.append(_quarantined(record, key, error))
-    return decoded, quarantined, skipped, held_back
+            self.quarantined.append(_quarantined(record, key, error))
+        return None
+
+    def rows(self, decoded: list[tuple[ImageRecord, str, DecodedImage | DicomImage]]) -> list[ImageRow]:
+        """The image rows of ``decoded`` (``decode``'s results), labelled, cased and sited by the instance metadata
+        rows of their UIDs (InstanceMetadata.matching: the file read once per call)."""
+        by_instance: dict[str, dict] = {}
+        if self.instance_metadata is not None:
+            wanted = {getattr(image, "instance", "") for _, _, image in decoded} - {""}
+            by_instance, self.instance_row_count = self.instance_metadata.matching(self.pseudonyms, wanted)
+            self.matched_rows.update(row["position"] for row in by_instance.values())
+        rows = [row for record, key, image in decoded for row in _rows(record, key, image, by_instance)]
+        self.images += len(rows)
+        return rows
+
+    def files(self) -> dict:
+        """The SourceImages fields about the files read so far (quarantined, read_stats, skipped, held_back,
+        matched_instance_rows, instance_row_count), once every record is decoded; UndecodableImageError when the bad
+        files are more than config.max_bad_fraction of those listed allows, or no image is left (_refuse_bad)."""
+        stats = dict(self.stats)
+        # candidates that turned out not to be images
+        stats["listed"] -= self.skipped.get(NOT_DICOM, 0) + self.skipped.get(NOT_READ, 0)
+        _refuse_bad(self.source, self.quarantined, stats["listed"], self.config, none_left=not self.images)
+        return {
+            "quarantined": self.quarantined,
+            "read_stats": stats,
+            "skipped": self.skipped,
+            "held_back": self.held_back,
+            "matched_instance_rows": sorted(self.matched_rows),
+            "instance_row_count": self.instance_row_count,
+        }
+
+    def source_images(self, rows: list[ImageRow], **files) -> SourceImages:
+        """``rows`` as SourceImages (pixels (N, C, H, W), (0, C, H, W) for none); files: ``files()``, or nothing for
+        a part of the listing."""
+        return _source_images(rows, (self.config.channels, self.config.image_size, self.config.image_size), **files)
+
+
+def image_count(image: DecodedImage | DicomImage) -> int:
+    """The images one decoded file becomes: its frames (DICOM), else 1."""
+    return len(image.pixels) if isinstance(image, DicomImage) else 1
 
 
 def read_listing(
@@ -322,29 +382,11 @@ def read_listing(
     """
     if not records:
         _refuse_empty(source)
-    pseudonyms = pseudonyms or Pseudonyms()
-    stats = {"listed": len(records), "decoded": 0, "decode_cache_hits": 0, "files_read": 0, "bytes_read": 0}
-    decoded, quarantined, skipped, held_back = _decode_records(records, read_bytes, config, cache, stats, pseudonyms)
-    by_instance, row_count = (
-        instance_metadata.matching(pseudonyms, {getattr(image, "instance", "") for _, _, image in decoded} - {""})
-        if instance_metadata is not None
-        else ({}, None)
-    )
-    rows = [row for record, key, image in decoded for row in _rows(record, key, image, by_instance)]
+    reader = ListingReader(read_bytes, config, cache, source, pseudonyms, instance_metadata)
+    decoded = [item for item in map(reader.decode, records) if item is not None]
+    rows = reader.rows(decoded)
     del decoded  # the rows hold the pixels
-    # candidates that turned out not to be images
-    stats["listed"] -= skipped.get(NOT_DICOM, 0) + skipped.get(NOT_READ, 0)
-    _refuse_bad(source, quarantined, stats["listed"], config, none_left=not rows)
-    return _source_images(
-        rows,
-        (config.channels, config.image_size, config.image_size),
-        quarantined=quarantined,
-        read_stats=stats,
-        skipped=skipped,
-        held_back=held_back,
-        matched_instance_rows=sorted(row["position"] for row in by_instance.values()),
-        instance_row_count=row_count,
-    )
+    return reader.source_images(rows, **reader.files())
 
 
 def _source_images(rows: list[ImageRow], shape: tuple[int, int, int], **files) -> SourceImages:
