@@ -34,10 +34,9 @@ import torch  # noqa: E402
 LONGEST_FIRST = (
     "test_pipeline_pods.py",
     "test_pods.py",
-    "test_concurrent_runs.py",
+    "test_pipeline_e2e.py",
     "test_self_training.py",
     "test_engine.py",
-    "test_pipeline_e2e.py",
     "test_tracking_store.py",
     "test_refusals.py",
     "test_multirank.py",
