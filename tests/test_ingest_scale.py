@@ -10,6 +10,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from flytekit import FlyteContextManager
 from flytekit.core.type_engine import TypeEngine
@@ -20,7 +21,7 @@ from sslflow.config import IngestConfig
 from sslflow.data import fingerprint, metadata_catalog
 from sslflow.data.chunks import CHUNK_REPORT, decode_chunk, ingest_source, plan_to_files
 from sslflow.data.dataset import SHARD_TABLE, read_images, read_manifest, shard_locations, shard_path
-from sslflow.data.sources import fingerprint_source
+from sslflow.data.sources import fingerprint_source, parquet_list
 from sslflow.data.types import SourceError
 
 
@@ -195,6 +196,34 @@ def test_the_plan_holds_a_batch_of_a_folders_path_keyed_metadata_rows_not_the_fi
         folder = _path_keyed_folder(tmp_path / f"folder-{rows}", rows)
         plan = _peak_bytes(plan_to_files, str(folder), config, tmp_path / f"plan-{rows}")
         peaks[rows] = plan, _peak_bytes(fingerprint_source, str(folder))
+        chunks = [
+            [fields["case_id"] for _, fields, _ in json.loads(path.read_text())["records"]]
+            for path in (tmp_path / f"plan-{rows}").iterdir()
+        ]
+        assert all(cases == sorted(cases) for cases in chunks), "each chunk's files in case order"
+        assert sorted(case for cases in chunks for case in cases) == sorted(f"p{index // 4}" for index in range(rows))
+    for step, small, large in zip(("plan", "fingerprint"), peaks[2_000], peaks[8_000]):
+        assert (large - small) / 6_000 < 100, f"the {step} peaked at {small} bytes with 2,000 rows, {large} with 8,000"
+
+
+def test_the_plan_holds_a_batch_of_a_parquet_lists_rows_not_the_list(tmp_path, monkeypatch):
+    """A parquet image list is read by the plan and the fingerprint a record batch at a time into a catalog on disk
+    (sslflow/data/sources/parquet_list.py, as a folder's metadata.csv): 6,000 more rows and files take them a few
+    bytes a row at most (reading the whole table, holding its rows, their records and a sort by case took about
+    1 KB a row). Every row is planned, in case order."""
+    monkeypatch.setenv("SSLFLOW_INGEST_CACHE", "off")  # as in the task images
+    # batches smaller than the rows: parquet rows read, files recorded, files hashed at a time
+    monkeypatch.setattr(parquet_list, "ROW_BATCH", 500)
+    monkeypatch.setattr(metadata_catalog, "OBJECT_BATCH", 500)
+    monkeypatch.setattr(fingerprint, "HASH_BATCH", 16)
+    config = IngestConfig(image_size=8, chunk_images=256)
+    peaks = {}
+    for rows in (2_000, 8_000):
+        folder = _path_keyed_folder(tmp_path / f"folder-{rows}", rows)
+        image_list = folder / "cohort.parquet"  # the rows in reverse: the plan sorts them by case
+        pd.read_csv(folder / "metadata.csv", dtype=str).iloc[::-1].to_parquet(image_list, index=False)
+        plan = _peak_bytes(plan_to_files, str(image_list), config, tmp_path / f"plan-{rows}")
+        peaks[rows] = plan, _peak_bytes(fingerprint_source, str(image_list))
         chunks = [
             [fields["case_id"] for _, fields, _ in json.loads(path.read_text())["records"]]
             for path in (tmp_path / f"plan-{rows}").iterdir()

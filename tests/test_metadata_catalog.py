@@ -16,7 +16,7 @@ WHERE = "s3://scans/site-a/metadata.csv"
 
 def _catalog(tmp_path, text: str) -> MetadataCatalog:
     (tmp_path / "metadata.csv").write_text(text)
-    return MetadataCatalog(tmp_path / "metadata.csv", WHERE)
+    return MetadataCatalog.from_csv(tmp_path / "metadata.csv", WHERE)
 
 
 def test_rows_come_in_the_in_memory_case_order_with_their_objects(tmp_path, monkeypatch):

@@ -15,12 +15,12 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   ranges. ``plan_to_files`` writes each chunk to a file as it is cut and lists the largest chunks first: the map task
   and the process pool start them in that order.
 - **Bounded memory, tables only.** ``plan_chunks`` cuts while the source (sslflow/data/sources/: ``open_source``)
-  streams its records in case order, so it holds one chunk, not the listing (a metadata table is sorted by case first:
-  on S3 through a sqlite file on disk, sslflow/data/metadata_catalog.py); a chunk task holds at most about the chunk
-  document's ``batch_images`` decoded images (MAX_CHUNK_FACTOR x chunk_images, or the images the plan counted when
-  more) plus one file's frames, whatever its files hold: a file under FRAME_PROBE_BYTES counts as one image in the
-  plan but may hold hundreds of frames, so the task decodes its files a sub-batch at a time and writes each
-  sub-batch's shards before it decodes the next (sslflow/data/sub_batches.py; chunk.json reports
+  streams its records in case order, so it holds one chunk, not the listing (a metadata table or a parquet image list
+  is sorted by case first, through a sqlite file on disk: sslflow/data/metadata_catalog.py); a chunk task holds at
+  most about the chunk document's ``batch_images`` decoded images (MAX_CHUNK_FACTOR x chunk_images, or the images the
+  plan counted when more) plus one file's frames, whatever its files hold: a file under FRAME_PROBE_BYTES counts as
+  one image in the plan but may hold hundreds of frames, so the task decodes its files a sub-batch at a time and
+  writes each sub-batch's shards before it decodes the next (sslflow/data/sub_batches.py; chunk.json reports
   ``decoded_at_most``); the join reads only the chunks' tables (chunk.parquet, chunk.json) and writes the
   dataset's tables: its shard table points at the chunks' shards where they were written
   (sslflow/data/dataset.py), no shard is read or copied.

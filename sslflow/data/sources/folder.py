@@ -32,7 +32,6 @@ from sslflow.data.metadata import (
     METADATA_FILE,
     ROWS_NAMED,
     ImageRecord,
-    in_case_order,
     keyed_by_instance,
     located_name,
     metadata_file_name,
@@ -111,29 +110,6 @@ def _row_files(root: Path, rows: Iterable[dict]) -> Iterator[tuple[dict, tuple[s
         yield row, found
 
 
-def local_records(root: Path, rows: list[dict], what: str) -> list[ImageRecord]:
-    """Metadata rows (sslflow.data.metadata.metadata_rows) of files under ``root`` as ImageRecords, in the rows' order;
-    SourceError naming the first row (of ``what``, the metadata file) whose file is missing or refused, and how many."""
-    records, problems = [], []
-    for row, found in _row_files(root, rows):
-        if isinstance(found, SourceError):
-            problems.append(found)
-            continue
-        path, status = found
-        records.append(
-            ImageRecord(
-                source_path=row["path"],
-                location=path,
-                size_bytes=status.st_size,
-                case_id=row["case_id"],
-                site=row["site"],
-                label=row["label"],
-            )
-        )
-    refuse_rows(problems, what)
-    return records
-
-
 def add_local_files(catalog: MetadataCatalog, root: Path, what: str) -> MetadataCatalog:
     """``catalog`` (metadata rows of files under ``root``) with the file each row names as its object (real path, size
     in bytes, no version), the rows read from it in file order, a batch at a time; SourceError naming the first rows (of
@@ -154,9 +130,29 @@ def add_local_files(catalog: MetadataCatalog, root: Path, what: str) -> Metadata
     return catalog
 
 
-def in_case_order_records(rows: list[dict], records: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
-    """(row position, record) of metadata rows and their records (in row order), in case order (in_case_order)."""
-    return [(position, records[position]) for position, _ in in_case_order(rows)]
+def catalog_records(catalog: MetadataCatalog, *, in_path_order: bool = False) -> Iterator[tuple[int, ImageRecord]]:
+    """(row position, record) of the files a catalog's rows name (add_local_files), in case order (or by path),
+    streamed from it."""
+    rows = catalog.rows_in_path_order() if in_path_order else catalog.rows_in_case_order()
+    for position, row, (location, size, _) in rows:
+        yield (
+            position,
+            ImageRecord(
+                source_path=row["path"],
+                location=location,
+                size_bytes=size,
+                case_id=row["case_id"],
+                site=row["site"],
+                label=row["label"],
+            ),
+        )
+
+
+def digested_records(listed: Iterable[tuple[int, ImageRecord]]) -> Iterator[tuple[int, ImageRecord, str]]:
+    """(row position, record, sha256 of its file) of local records, in their order, streamed (digested)."""
+    positions, records = itertools.tee(listed)
+    for (position, _), (record, sha256) in zip(positions, digested(record for _, record in records)):
+        yield position, record, sha256
 
 
 def _has_dicom_content(path: str) -> bool:
@@ -260,7 +256,7 @@ class FolderSource(LocalFiles):
             if keyed_by_instance(metadata_header(file, self._where)):
                 return None
             file.seek(0)
-            return MetadataCatalog(file, self._where)
+            return MetadataCatalog.from_csv(file, self._where)
 
     @functools.cached_property
     def _listed_files(self) -> MetadataCatalog | None:
@@ -272,29 +268,13 @@ class FolderSource(LocalFiles):
         catalog; None without metadata naming paths. Every row's file is checked before the first comes."""
         if self._listed_files is None:
             return None
-        rows = self._listed_files.rows_in_path_order() if in_path_order else self._listed_files.rows_in_case_order()
-        return (
-            (
-                position,
-                ImageRecord(
-                    source_path=row["path"],
-                    location=location,
-                    size_bytes=size,
-                    case_id=row["case_id"],
-                    site=row["site"],
-                    label=row["label"],
-                ),
-            )
-            for position, row, (location, size, _) in rows
-        )
+        return catalog_records(self._listed_files, in_path_order=in_path_order)
 
     def records(self) -> Iterator[tuple[int, ImageRecord, str]]:
         """The rows of metadata.csv in case order, or else (no metadata, or metadata keyed by SOPInstanceUID) the
         folder's files (found_files) in path order; each with its sha256 (sslflow/data/fingerprint.py), streamed."""
         listed = self._listed()
-        positions, records = itertools.tee(enumerate(found_files(self.root)) if listed is None else listed)
-        for (position, _), (record, sha256) in zip(positions, digested(record for _, record in records)):
-            yield position, record, sha256
+        yield from digested_records(enumerate(found_files(self.root)) if listed is None else listed)
 
     def fingerprint(self) -> str:
         """metadata.csv and the files ingest decodes: those it lists, or every file with an image suffix and every

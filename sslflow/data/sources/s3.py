@@ -228,7 +228,7 @@ class S3Source:
     def _catalog(self) -> MetadataCatalog:
         """metadata.csv's rows and the listing, joined on disk (sslflow/data/metadata_catalog.py): read once, and
         memory does not grow with the rows or objects."""
-        catalog = MetadataCatalog(self._metadata_file, f"{self.where}{METADATA_FILE}")
+        catalog = MetadataCatalog.from_csv(self._metadata_file, f"{self.where}{METADATA_FILE}")
         catalog.add_objects(
             (path, item["Key"], int(item["Size"]), item["ETag"]) for path, item in self._objects(refuse_variants=True)
         )
