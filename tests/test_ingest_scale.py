@@ -180,6 +180,25 @@ def _peak_bytes(work, *arguments) -> int:
         tracemalloc.stop()
 
 
+def _check_the_plan_and_fingerprint_hold_a_batch(tmp_path, source_of) -> None:
+    """Plan and fingerprint the source ``source_of(folder)`` makes of _path_keyed_folder's folders of 2,000 and 8,000
+    rows: every row planned, each chunk in case order, and the 6,000 more rows take each step under 100 bytes a row."""
+    config = IngestConfig(image_size=8, chunk_images=256)
+    peaks = {}
+    for rows in (2_000, 8_000):
+        source = source_of(_path_keyed_folder(tmp_path / f"folder-{rows}", rows))
+        plan = _peak_bytes(plan_to_files, source, config, tmp_path / f"plan-{rows}")
+        peaks[rows] = plan, _peak_bytes(fingerprint_source, source)
+        chunks = [
+            [fields["case_id"] for _, fields, _ in json.loads(path.read_text())["records"]]
+            for path in (tmp_path / f"plan-{rows}").iterdir()
+        ]
+        assert all(cases == sorted(cases) for cases in chunks), "each chunk's files in case order"
+        assert sorted(case for cases in chunks for case in cases) == sorted(f"p{index // 4}" for index in range(rows))
+    for step, small, large in zip(("plan", "fingerprint"), peaks[2_000], peaks[8_000]):
+        assert (large - small) / 6_000 < 100, f"the {step} peaked at {small} bytes with 2,000 rows, {large} with 8,000"
+
+
 def test_the_plan_holds_a_batch_of_a_folders_path_keyed_metadata_rows_not_the_file(tmp_path, monkeypatch):
     """A folder's metadata.csv naming files by path is read by the plan and the fingerprint a batch of rows at a time
     into a catalog on disk (sslflow/data/metadata_catalog.py, as for an S3 prefix): 6,000 more rows and files take
@@ -190,20 +209,14 @@ def test_the_plan_holds_a_batch_of_a_folders_path_keyed_metadata_rows_not_the_fi
     monkeypatch.setattr(metadata_catalog, "ROW_BATCH", 500)
     monkeypatch.setattr(metadata_catalog, "OBJECT_BATCH", 500)
     monkeypatch.setattr(fingerprint, "HASH_BATCH", 16)
-    config = IngestConfig(image_size=8, chunk_images=256)
-    peaks = {}
-    for rows in (2_000, 8_000):
-        folder = _path_keyed_folder(tmp_path / f"folder-{rows}", rows)
-        plan = _peak_bytes(plan_to_files, str(folder), config, tmp_path / f"plan-{rows}")
-        peaks[rows] = plan, _peak_bytes(fingerprint_source, str(folder))
-        chunks = [
-            [fields["case_id"] for _, fields, _ in json.loads(path.read_text())["records"]]
-            for path in (tmp_path / f"plan-{rows}").iterdir()
-        ]
-        assert all(cases == sorted(cases) for cases in chunks), "each chunk's files in case order"
-        assert sorted(case for cases in chunks for case in cases) == sorted(f"p{index // 4}" for index in range(rows))
-    for step, small, large in zip(("plan", "fingerprint"), peaks[2_000], peaks[8_000]):
-        assert (large - small) / 6_000 < 100, f"the {step} peaked at {small} bytes with 2,000 rows, {large} with 8,000"
+    _check_the_plan_and_fingerprint_hold_a_batch(tmp_path, str)
+
+
+def _parquet_list_of(folder) -> str:
+    """_path_keyed_folder's metadata.csv as a parquet image list, its rows in reverse (the plan sorts them by case)."""
+    image_list = folder / "cohort.parquet"
+    pd.read_csv(folder / "metadata.csv", dtype=str).iloc[::-1].to_parquet(image_list, index=False)
+    return str(image_list)
 
 
 def test_the_plan_holds_a_batch_of_a_parquet_lists_rows_not_the_list(tmp_path, monkeypatch):
@@ -216,19 +229,4 @@ def test_the_plan_holds_a_batch_of_a_parquet_lists_rows_not_the_list(tmp_path, m
     monkeypatch.setattr(parquet_list, "ROW_BATCH", 500)
     monkeypatch.setattr(metadata_catalog, "OBJECT_BATCH", 500)
     monkeypatch.setattr(fingerprint, "HASH_BATCH", 16)
-    config = IngestConfig(image_size=8, chunk_images=256)
-    peaks = {}
-    for rows in (2_000, 8_000):
-        folder = _path_keyed_folder(tmp_path / f"folder-{rows}", rows)
-        image_list = folder / "cohort.parquet"  # the rows in reverse: the plan sorts them by case
-        pd.read_csv(folder / "metadata.csv", dtype=str).iloc[::-1].to_parquet(image_list, index=False)
-        plan = _peak_bytes(plan_to_files, str(image_list), config, tmp_path / f"plan-{rows}")
-        peaks[rows] = plan, _peak_bytes(fingerprint_source, str(image_list))
-        chunks = [
-            [fields["case_id"] for _, fields, _ in json.loads(path.read_text())["records"]]
-            for path in (tmp_path / f"plan-{rows}").iterdir()
-        ]
-        assert all(cases == sorted(cases) for cases in chunks), "each chunk's files in case order"
-        assert sorted(case for cases in chunks for case in cases) == sorted(f"p{index // 4}" for index in range(rows))
-    for step, small, large in zip(("plan", "fingerprint"), peaks[2_000], peaks[8_000]):
-        assert (large - small) / 6_000 < 100, f"the {step} peaked at {small} bytes with 2,000 rows, {large} with 8,000"
+    _check_the_plan_and_fingerprint_hold_a_batch(tmp_path, _parquet_list_of)
