@@ -17,7 +17,7 @@ from PIL import Image
 
 from sslflow.config import IngestConfig, ValidationConfig
 from sslflow.data.image_keys import paths_of_keys
-from sslflow.data.listing import read_listing
+from sslflow.data.listing import ListingReader
 from sslflow.data.manifest import decoded_table, finish_manifest
 from sslflow.data.metadata import ImageRecord, metadata_rows, parse_metadata_csv
 from sslflow.data.pseudonyms import Pseudonyms
@@ -317,7 +317,7 @@ def test_file_over_max_file_bytes_is_refused_without_reading_it(tmp_path):
         return small if record.source_path == "small.png" else large
 
     config = IngestConfig(image_size=16, max_bad_fraction=0.5, max_file_bytes=10**6)
-    images = read_listing(records, read_bytes, config, DecodeCache(tmp_path / "cache", 16, 1), "test")
+    images = ListingReader(read_bytes, config, DecodeCache(tmp_path / "cache", 16, 1), "test").read(records)
     assert read == ["small.png"] and images.source_paths == ["small.png"]
     (quarantined,) = images.quarantined
     assert quarantined["source_path"] == "huge.png" and quarantined["problem"] == (

@@ -71,7 +71,7 @@ from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.listing import (
     MAX_LISTED_PROBLEMS,
     ListingReader,
-    read_listing,
+    refuse_empty,
     refuse_no_images,
     refuse_unmatched,
 )
@@ -289,7 +289,7 @@ def _listed_chunks(opened: Source, header: ChunkDocument, config: IngestConfig) 
         yield ChunkDocument(**header, records=records, batch_images=batch_images, **first)
         empty = False
     if empty:
-        read_listing([], lambda record: b"", config, None, opened.uri)  # raises the empty-source SourceError
+        refuse_empty(opened.uri)
 
 
 def _images_of(opened: Source, config: IngestConfig, record: ImageRecord) -> int:

@@ -246,7 +246,7 @@ def _refuse_bad(source: str, quarantined: list[dict], listed: int, config: Inges
         )
 
 
-def _refuse_empty(source: str) -> None:
+def refuse_empty(source: str) -> None:
     raise SourceError(
         f"source {source} is empty: it lists no images (no metadata rows, or no files ending in "
         f"{', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} nor DICOM files found by content); point the source at the "
@@ -258,7 +258,7 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
     """SourceError for a source none of whose chunks decoded an image: empty when every file it listed without an
     image suffix turned out not to be DICOM, else naming what was left out (skipped by kind, held back by reason)."""
     if not held_back and set(skipped) <= {NOT_DICOM, NOT_READ}:
-        _refuse_empty(source)
+        refuse_empty(source)
     left_out = [f"{n} {k}" for k, n in sorted(skipped.items())] + [
         f"{n} held back ({k})" for k, n in sorted(held_back.items())
     ]
@@ -270,9 +270,15 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
 
 class ListingReader:
     """Decodes the records of a listing one at a time (``decode``), turns decoded files into image rows (``rows``)
-    and gathers what is reported about the files across calls (``files``): read_listing reads a listing in one
-    piece, sslflow/data/sub_batches.py a chunk a sub-batch at a time, with the same counts, quarantine and metadata
-    matches. read_bytes, config, cache, source, pseudonyms, instance_metadata: as read_listing takes them.
+    and gathers what is reported about the files across calls (``files``): ``read`` reads a listing in one piece,
+    sslflow/data/sub_batches.py a chunk a sub-batch at a time, with the same counts, quarantine and metadata matches.
+
+    read_bytes: reads one record's file (only called for bytes the cache cannot vouch for).
+    pseudonyms: for DICOM identities and image keys (the HMAC of each path; default: the key from the environment
+    or key file). instance_metadata: a metadata file keyed by SOPInstanceUID (labels, cases, sites of DICOM objects),
+    read for the rows of the decoded files' UIDs alone (InstanceMetadata.matching); the records are one ingest chunk
+    of the source, so the positions of the rows matched are returned in matched_instance_rows (with the file's row
+    count in instance_row_count), and the join (sslflow/data/chunks.py) refuses the rows no chunk matched.
     """
 
     def __init__(
@@ -348,45 +354,28 @@ class ListingReader:
         a part of the listing."""
         return _source_images(rows, (self.config.channels, self.config.image_size, self.config.image_size), **files)
 
+    def read(self, records: list[ImageRecord]) -> SourceImages:
+        """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
+
+        Non-image DICOM objects are skipped and counted by SOP class, and so are candidates without an image suffix
+        that are not DICOM (NOT_DICOM, NOT_READ: not counted as listed); images with BurnedInAnnotation YES are held
+        back (listed with the quarantined, not counted against max_bad_fraction). The records may be a chunk whose
+        files were all skipped or held back: it has no images (``pixels`` (0, C, H, W)), and the join refuses a
+        source none of whose chunks has any (refuse_no_images). Raises SourceError for an empty listing,
+        UndecodableImageError naming every bad file when there are more than the allowed fraction (or no image is
+        left).
+        """
+        if not records:
+            refuse_empty(self.source)
+        decoded = [item for item in map(self.decode, records) if item is not None]
+        rows = self.rows(decoded)
+        del decoded  # the rows hold the pixels
+        return self.source_images(rows, **self.files())
+
 
 def image_count(image: DecodedImage | DicomImage) -> int:
     """The images one decoded file becomes: its frames (DICOM), else 1."""
     return len(image.pixels) if isinstance(image, DicomImage) else 1
-
-
-def read_listing(
-    records: list[ImageRecord],
-    read_bytes: Callable[[ImageRecord], bytes],
-    config: IngestConfig,
-    cache: DecodeCache,
-    source: str,
-    pseudonyms: Pseudonyms | None = None,
-    instance_metadata: InstanceMetadata | None = None,
-) -> SourceImages:
-    """Decode every record into SourceImages; quarantine up to config.max_bad_fraction undecodable ones.
-
-    read_bytes: reads one record's file (only called for bytes the cache cannot vouch for).
-    pseudonyms: for DICOM identities and image keys (the HMAC of each path; default: the key from the environment
-    or key file). Non-image DICOM objects are skipped and counted by SOP class, and so are candidates without an
-    image suffix that are not DICOM (NOT_DICOM, NOT_READ: not counted as listed); images with BurnedInAnnotation YES
-    are held back (listed with the quarantined, not counted against max_bad_fraction).
-    instance_metadata: a metadata file keyed by SOPInstanceUID (labels, cases, sites of DICOM objects), read once the
-    records are decoded for the rows of their UIDs alone (InstanceMetadata.matching); the records are one ingest
-    chunk of the source, so the positions of the rows matched here are returned in matched_instance_rows (with the
-    file's row count in instance_row_count), and the join (sslflow/data/chunks.py) refuses the rows no chunk
-    matched.
-    The records may be a chunk whose files were all skipped or held back: it has no images (``pixels`` (0, C, H, W)),
-    and the join refuses a source none of whose chunks has any (refuse_no_images).
-    Raises SourceError for an empty listing, UndecodableImageError naming every bad file when there are more than
-    the allowed fraction (or no image is left).
-    """
-    if not records:
-        _refuse_empty(source)
-    reader = ListingReader(read_bytes, config, cache, source, pseudonyms, instance_metadata)
-    decoded = [item for item in map(reader.decode, records) if item is not None]
-    rows = reader.rows(decoded)
-    del decoded  # the rows hold the pixels
-    return reader.source_images(rows, **reader.files())
 
 
 def _source_images(rows: list[ImageRow], shape: tuple[int, int, int], **files) -> SourceImages:

@@ -12,7 +12,7 @@ images stay in one shard, as sslflow/data/dataset.py's write_case_shards promise
 A DICOM image's case comes from its header (or the metadata row of its SOPInstanceUID), known only once decoded: the
 images of a case whose files are not next to each other in the chunk may land in two sub-batches (and two shards),
 as they may in two chunks. An image without a case is a case of its own. A chunk whose images fit in one sub-batch
-is decoded in one piece, as read_listing reads a listing.
+is decoded in one piece, as ListingReader.read reads a listing.
 """
 
 from __future__ import annotations
