@@ -8,7 +8,7 @@ from flytekit import Cache, Resources, task
 
 from images.specs import cpu_image
 from sslflow.config import IngestConfig, ValidationConfig, check_label_fractions
-from sslflow.reporting.summary import dataset_summary
+from sslflow.reporting.dataset_report import dataset_summary
 from sslflow.tracking.runs import finish_parent_run, record_on_parent, start_parent_run
 from sslflow.tracking.store import tracking_uri
 from tasks.shared import MLFLOW_SECRETS, Dataset, ingest_summary, outages_are_recoverable

@@ -15,7 +15,7 @@ from flytekit import Deck, HashMethod, Resources, task
 from images.specs import cpu_image
 from sslflow.config import ValidationConfig
 from sslflow.data.dataset import count_stored_images, read_manifest, read_summary
-from sslflow.reporting.html import validation_html
+from sslflow.reporting.dataset_report import validation_html
 from sslflow.tracking.runs import stage_run
 from tasks.shared import (
     MLFLOW_SECRETS,

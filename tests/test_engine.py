@@ -48,6 +48,20 @@ def test_the_task_modules_import_torchvision_only_for_a_resnet_and_great_expecta
     assert result.stdout.split() == ["False", "False"], result.stdout + result.stderr[-2000:]
 
 
+def test_the_data_workflow_and_its_task_modules_load_without_pytorch():
+    """The data workflow's pods (source_fingerprint, tracking_store, start/finish_data_run, plan_ingest, ingest_chunk,
+    join_ingest, validate) and every `pyflyte run workflows/data.py` import neither PyTorch nor scikit-learn (about
+    2.5 s of CPU in each process): what they report on a dataset needs no model."""
+    code = (
+        "import sys, workflows.data, tasks.data_run, tasks.ingest, tasks.store, tasks.validate; "
+        "print(*(name in sys.modules for name in ('torch', 'sklearn')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["False", "False"], result.stdout + result.stderr[-2000:]
+
+
 def test_lars_and_schedule_reduce_a_quadratic():
     weight = torch.nn.Parameter(torch.ones(4, 4) * 3)
     optimizer = LARS([weight], lr=0.5, weight_decay=0.0, trust_coefficient=0.1)

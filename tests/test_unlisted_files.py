@@ -17,7 +17,7 @@ from sslflow.config import IngestConfig, ValidationConfig
 from sslflow.data.image_keys import paths_of_keys
 from sslflow.data.sources import fingerprint_source
 from sslflow.data.types import SourceError
-from sslflow.reporting.summary import dataset_summary
+from sslflow.reporting.dataset_report import dataset_summary
 from sslflow.tracking.runs import start_parent_run
 from sslflow.tracking.store import client
 from tasks.ingest import source_fingerprint

@@ -1,8 +1,6 @@
-"""The closing text `pyflyte run` prints: for the pipeline, and for a dataset checked by validate_data."""
+"""The closing text `pyflyte run` prints for the pipeline (a dataset's: sslflow/reporting/dataset_report.py)."""
 
 from __future__ import annotations
-
-import json
 
 import pandas as pd
 
@@ -53,36 +51,3 @@ def _seeds_note(results: pd.DataFrame) -> str:
         if len(seeds) > 1
         else "one seed: retraining variance is not in the interval"
     )
-
-
-def dataset_summary(
-    name: str, num_images: int, content_sha256: str, summary: dict, parent_run_id: str, tracking_uri: str
-) -> str:
-    """What a valid dataset holds (ingest's summary.json) and where its MLflow run is."""
-    quarantined = summary.get("quarantined", [])
-    lines = [
-        f"dataset {name!r} is valid: {num_images} images, {summary.get('cases', '?')} cases, "
-        f"{summary.get('labelled', '?')} labelled, splits {summary.get('split_counts', {})}",
-        f"duplicates dropped: {summary.get('duplicates_dropped', 0)}; quarantined: {len(quarantined)} (held back: "
-        f"{summary.get('held_back', {})})",
-        *[f"  quarantined {item['problem']}" for item in quarantined],
-        f"not listed in metadata.csv, not used: {summary.get('unlisted_files', {}).get('count', 0)} image file(s)",
-        *[f"warning: {warning}" for warning in summary.get("warnings", [])],
-        f"sites: {summary.get('sites', {})}; modalities: {summary.get('modalities', {})}",
-        f"skipped (DICOM objects without an image): {summary.get('skipped_non_image', {})}",
-        f"content sha256: {content_sha256}",
-        f"MLflow parent run: {parent_run_id} ({tracking_uri})",
-        json.dumps(
-            {
-                "images": num_images,
-                "cases": summary.get("cases"),
-                "sites": len(summary.get("sites", {})),
-                "modalities": summary.get("modalities", {}),
-                "skipped": sum(summary.get("skipped_non_image", {}).values()),
-                "quarantined": len(quarantined),
-                "unlisted_files": summary.get("unlisted_files", {}).get("count", 0),
-            },
-            sort_keys=True,
-        ),  # the last line: machine-readable
-    ]
-    return "\n".join(lines)
