@@ -44,6 +44,7 @@ from sslflow.training.model_files import load_classifier
 from sslflow.training.progress import show_progress
 from tasks.shared import (
     MLFLOW_SECRETS,
+    REPORT_DECKS,
     Dataset,
     FinetunedModel,
     labelled_in,
@@ -136,7 +137,7 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
     cache=pipeline_cache("10"),
     container_image=cpu_image,
     requests=Resources(cpu="2", mem="8Gi"),
-    enable_deck=True,
+    **REPORT_DECKS,
     retries=2,
     secret_requests=MLFLOW_SECRETS,
 )

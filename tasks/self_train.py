@@ -38,6 +38,7 @@ from sslflow.training.model_files import load_classifier, save_state_dict
 from sslflow.training.progress import show_progress
 from sslflow.training.student import run_self_training, self_training_data, student_starts
 from tasks.shared import (
+    REPORT_DECKS,
     Dataset,
     EncoderCheckpoint,
     FinetunedModel,
@@ -155,7 +156,7 @@ def _log_report(reports: list[dict]) -> None:
     mlflow.log_text(per_class_table(reports).to_csv(index=False), "pseudo_labels_per_class.csv")
 
 
-@task(cache=pipeline_cache("8"), enable_deck=True, **FINETUNE_TASK_SETTINGS)
+@task(cache=pipeline_cache("8"), **REPORT_DECKS, **FINETUNE_TASK_SETTINGS)
 @gpus_usable
 @outages_are_recoverable
 def self_train(

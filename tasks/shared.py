@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from flytekit import Cache, FlyteContextManager, Secret
+from flytekit.deck import DeckField
 from flytekit.exceptions.user import FlyteRecoverableException
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
@@ -29,6 +30,14 @@ from ssl_models.cpu_threads import use_the_pods_cpus
 from sslflow.data import shard_fetch
 from sslflow.data.dataset import present_shards, read_images, read_summary
 from sslflow.failures import infrastructure_failure
+
+# The Decks of a task with a report (validate, self_train, evaluate) beside its own: flytekit's defaults but the
+# "Dependencies" deck, which runs `pip list` and `pip freeze` in the pod at every execution (the image's packages are
+# requirements.lock, not a per-run finding).
+REPORT_DECKS = {
+    "enable_deck": True,
+    "deck_fields": (DeckField.SOURCE_CODE, DeckField.TIMELINE, DeckField.INPUT, DeckField.OUTPUT),
+}
 
 RETRIED = "retried: infrastructure failure of "  # how a recoverable failure's message starts (Flyte retries the task)
 

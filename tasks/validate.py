@@ -19,6 +19,7 @@ from sslflow.reporting.dataset_report import validation_html
 from sslflow.tracking.runs import stage_run
 from tasks.shared import (
     MLFLOW_SECRETS,
+    REPORT_DECKS,
     Dataset,
     content_hash,
     dataset_without_shards,
@@ -32,7 +33,7 @@ from tasks.shared import (
     cache=pipeline_cache("8"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="4Gi"),
-    enable_deck=True,
+    **REPORT_DECKS,
     retries=2,
     secret_requests=MLFLOW_SECRETS,
 )

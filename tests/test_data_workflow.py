@@ -87,8 +87,15 @@ def write_photo_folder(root: Path) -> pd.DataFrame:
     return metadata
 
 
-def test_real_photos_of_mixed_sizes_and_modes_ingest_and_validate(tmp_path):
+def test_real_photos_of_mixed_sizes_and_modes_ingest_and_validate(tmp_path, monkeypatch):
+    """... and validate renders its Deck without running `pip list` and `pip freeze` (flytekit's Dependencies deck):
+    a task with a report starts no pip process."""
     metadata = write_photo_folder(tmp_path / "photos")
+    commands = []
+    check_output = subprocess.check_output
+    monkeypatch.setattr(
+        subprocess, "check_output", lambda args, **kw: commands.append(args) or check_output(args, **kw)
+    )
     run_id = start_parent_run("test-photos", {})
     dataset = ingest_and_validate(
         source=str(tmp_path / "photos"),
@@ -107,6 +114,7 @@ def test_real_photos_of_mixed_sizes_and_modes_ingest_and_validate(tmp_path):
     assert manifest["label"].notna().sum() == 4 and set(manifest["site"]) == {"site-0", "site-1"}
     assert "scanner" not in manifest.columns  # extra metadata columns are ignored
     assert all(images[i].std() > 10 for i in range(12))  # real image content survived every mode
+    assert not [command for command in commands if "pip" in command], commands
 
     stage_runs = client().search_runs(
         [client().get_run(run_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
