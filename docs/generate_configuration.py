@@ -30,7 +30,7 @@ def _config_classes() -> list[type]:
     from ssl_models.fixmatch import SelfTrainConfig
     from ssl_models.methods import METHODS
     from ssl_models.pretraining import PretrainConfig
-    from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
+    from sslflow.config import EvaluationConfig, IngestConfig, RegistryConfig, ValidationConfig
 
     return [
         IngestConfig,
@@ -40,6 +40,7 @@ def _config_classes() -> list[type]:
         FinetuneConfig,
         SelfTrainConfig,
         AugmentConfig,
+        EvaluationConfig,
         RegistryConfig,
     ]
 

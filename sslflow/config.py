@@ -188,6 +188,42 @@ class ValidationConfig:
     allowed_labels: list[str] = field(default_factory=list)
 
 
+CORRUPTION_SEVERITIES = (
+    1,
+    2,
+    3,
+)  # the severities ssl_models/corruptions.py defines (ssl_models.corruptions.SEVERITIES)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The corruption suite evaluate runs beside the in-domain test split and the shift set.
+
+    Every corruption of ssl_models/corruptions.py at each of ``severities``, on (at most ``corruption_images`` of) the
+    in-domain test split, for every model (Hendrycks & Dietterich 2019, arXiv 1903.12261). On a CPU the suite is most
+    of evaluate's time (15 sets by default): fewer severities or images make it cheaper.
+
+    severities: the corruption severities to evaluate, each in CORRUPTION_SEVERITIES (one set per corruption each).
+    corruption_images: the in-domain test images each corrupted set holds at most (a fixed random subset).
+    """
+
+    severities: tuple[int, ...] = CORRUPTION_SEVERITIES
+    corruption_images: int = 256
+
+    def __post_init__(self) -> None:
+        severities = list(self.severities)
+        if (
+            not severities
+            or len(set(severities)) != len(severities)
+            or not set(severities) <= set(CORRUPTION_SEVERITIES)
+        ):
+            raise ValueError(
+                f"EvaluationConfig.severities must be distinct values of {CORRUPTION_SEVERITIES}, got {severities}"
+            )
+        if self.corruption_images < 1:
+            raise ValueError(f"EvaluationConfig.corruption_images must be positive, got {self.corruption_images}")
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
     """MLflow model registry: the model each run adds a version to, and the promotion gate's thresholds.

@@ -18,18 +18,16 @@ import torch
 from torch import nn
 
 from ssl_models.augment import FINETUNE_AUGMENT
-from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from ssl_models.corruptions import CORRUPTIONS, corrupt
 from ssl_models.evaluate import extract_features, knn_accuracy, predict_probabilities
 from ssl_models.metrics import classification_metrics, per_class_accuracy
+from sslflow.config import EvaluationConfig
 from sslflow.data.labels import class_indices
 from sslflow.data.manifest import labelled_rows
 from sslflow.training.labelled_subset import labelled_subset
 from sslflow.training.selection import select_best  # noqa: F401  (the selection rule, re-exported beside evaluation)
 
 METRICS = ["accuracy", "macro_f1", "auc_ovr", "ece"]
-# The corruption suite (15 sets) dominates evaluation time on a CPU: it runs on a fixed random subset of
-# the in-domain test split of at most this many images (all of it when smaller).
-CORRUPTION_IMAGES = 256
 # num_labels + val_labels: the labels a model used (its budget's training and validation folds); chosen, best_step and
 # final_train_accuracy: what its search chose on validation and where it stopped; correct and cases (in-domain test rows
 # only): which images it got right and the case of each, for intervals that resample cases (sslflow/reporting/).
@@ -121,10 +119,16 @@ def _labelled_test_split(
 
 
 def evaluation_sets(
-    in_domain: DatasetTable, shift: DatasetTable, class_names: Sequence[str], *, names: tuple[str, str]
+    in_domain: DatasetTable,
+    shift: DatasetTable,
+    class_names: Sequence[str],
+    *,
+    names: tuple[str, str],
+    config: EvaluationConfig = EvaluationConfig(),
 ) -> list[EvaluationSet]:
-    """In-domain test, each site of it (if several), the shift set, and each corruption x severity of (at
-    most CORRUPTION_IMAGES of) the in-domain test split. names: (in-domain, shift) dataset names for messages."""
+    """In-domain test, each site of it (if several), the shift set, and each corruption x config.severities of (at
+    most config.corruption_images of: a fixed random subset) the in-domain test split. names: (in-domain, shift)
+    dataset names for messages. The corruption suite dominates evaluation time on a CPU (15 sets by default)."""
     images, labels, sites = _labelled_test_split(in_domain, names[0], class_names)
     sets = [("in_domain", "in_domain", images, labels)]
     if len(set(sites)) > 1:
@@ -134,10 +138,10 @@ def evaluation_sets(
         ]
     shift_images, shift_labels, _ = _labelled_test_split(shift, names[1], class_names)
     sets.append(("shift", "shift", shift_images, shift_labels))
-    subset = np.sort(np.random.default_rng(0).permutation(len(labels))[:CORRUPTION_IMAGES])
+    subset = np.sort(np.random.default_rng(0).permutation(len(labels))[: config.corruption_images])
     pixels = torch.from_numpy(images[subset])
     for name in CORRUPTIONS:
-        for severity in SEVERITIES:
+        for severity in config.severities:
             sets.append((f"{name}@{severity}", "corruption", corrupt(pixels, name, severity).numpy(), labels[subset]))
     return sets
 

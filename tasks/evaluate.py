@@ -23,6 +23,7 @@ from images.specs import cpu_image
 from ssl_models.augment import FINETUNE_AUGMENT
 from ssl_models.corruptions import CORRUPTIONS
 from ssl_models.evaluate import extract_features
+from sslflow.config import EvaluationConfig
 from sslflow.data.manifest import labelled_rows
 from sslflow.evaluation import (
     KNN_COLUMNS,
@@ -134,7 +135,7 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
 
 
 @task(
-    cache=pipeline_cache("10"),
+    cache=pipeline_cache("11"),
     container_image=cpu_image,
     requests=Resources(cpu="2", mem="8Gi"),
     **REPORT_DECKS,
@@ -142,15 +143,29 @@ def _log_report(results: pd.DataFrame, per_class: dict, embedding: dict[str, byt
     secret_requests=MLFLOW_SECRETS,
 )
 @outages_are_recoverable
-def evaluate(models: list[FinetunedModel], in_domain: Dataset, shift: Dataset, parent_run_id: str) -> pd.DataFrame:
-    """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS."""
+def evaluate(
+    models: list[FinetunedModel],
+    in_domain: Dataset,
+    shift: Dataset,
+    parent_run_id: str,
+    config: EvaluationConfig = EvaluationConfig(),
+) -> pd.DataFrame:
+    """One row per (model, evaluation set); see sslflow.evaluation.RESULT_COLUMNS. config: the corruption suite."""
     rows, per_class = [], {}
     show_progress()
     with stage_run(
-        parent_run_id, "evaluate", {"in_domain": in_domain.name, "shift": shift.name, "corruptions": list(CORRUPTIONS)}
+        parent_run_id,
+        "evaluate",
+        {
+            "in_domain": in_domain.name,
+            "shift": shift.name,
+            "corruptions": list(CORRUPTIONS),
+            "severities": list(config.severities),
+            "corruption_images": config.corruption_images,
+        },
     ):
         tables = tuple(_labelled_test_rows(data) for data in (in_domain, shift))
-        sets = evaluation_sets(*tables, models[0].class_names, names=(in_domain.name, shift.name))
+        sets = evaluation_sets(*tables, models[0].class_names, names=(in_domain.name, shift.name), config=config)
         cases = in_domain_test_cases(tables[0])
         log.info(
             "evaluate: %d models on %d sets (%d images)",

@@ -19,8 +19,10 @@ from ssl_models.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ssl_models.encoders import build_encoder
 from ssl_models.heads import Classifier
 from ssl_models.metrics import classification_metrics, expected_calibration_error, one_vs_rest_auc, per_class_accuracy
+from sslflow.config import EvaluationConfig
 from sslflow.data.manifest import MANIFEST_COLUMNS
 from sslflow.data.sources.builtin import read_mnist_5k
+from sslflow.evaluation import evaluation_sets
 from sslflow.reporting.charts import EMBEDDING_MIN_POINTS, embedding_figure, report_figures, umap_points
 from sslflow.reporting.html import evaluation_html
 from sslflow.reporting.tables import corruption_markdown, effect_lines, results_markdown
@@ -73,6 +75,21 @@ def test_corrupt_refuses_bad_arguments():
         corrupt(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "snow", 1)
     with pytest.raises(ValueError, match="severity"):
         corrupt(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "contrast", 4)
+
+
+def test_the_corruption_suite_runs_the_configured_severities_on_at_most_corruption_images():
+    """EvaluationConfig picks the corruption severities and caps each corrupted set; by default every severity
+    corrupt() knows; a severity it does not know, none, a repeated one or no image is refused naming the field."""
+    manifest = pd.DataFrame({"split": "test", "label": pd.array(["0", "1"] * 15, dtype="string"), "site": "default"})
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 1, 8, 8), dtype=np.uint8)
+    config = EvaluationConfig(severities=(2,), corruption_images=12)
+    sets = evaluation_sets((manifest, pixels), (manifest, pixels), ["0", "1"], names=("a", "b"), config=config)
+    assert [name for name, *_ in sets] == ["in_domain", "shift", *(f"{name}@2" for name in CORRUPTIONS)]
+    assert all(len(labels) == 12 for _, kind, _, labels in sets if kind == "corruption")
+    assert EvaluationConfig().severities == SEVERITIES
+    for bad in ({"severities": ()}, {"severities": (4,)}, {"severities": (1, 1)}, {"corruption_images": 0}):
+        with pytest.raises(ValueError, match="EvaluationConfig"):
+            EvaluationConfig(**bad)
 
 
 ARMS = [("pixels", "linear"), ("scratch", "finetune")] + [

@@ -26,7 +26,7 @@ from pod_workflows import WorkflowWalk
 from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.pretraining import PretrainConfig
-from sslflow.config import IngestConfig
+from sslflow.config import EvaluationConfig, IngestConfig
 from sslflow.registry.aliases import CHAMPION, COMPLETE, STATE_TAG
 from sslflow.tracking.store import EXPERIMENT_NAME
 
@@ -49,6 +49,7 @@ SMALL_PIPELINE = dict(  # built-in sources, a few hundred images each, one epoch
     finetune=FinetuneConfig(epochs=1, min_steps=3),
     label_fractions=[1.0],
     self_train=SelfTrainConfig(steps=3, confidence_threshold=0.0, max_label_fraction=1.0),
+    evaluation=EvaluationConfig(severities=(2,)),  # 7 evaluation sets, not 17
 )
 
 

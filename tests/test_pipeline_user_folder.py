@@ -13,7 +13,7 @@ from PIL import Image
 
 from ssl_models.finetuning import FinetuneConfig
 from ssl_models.pretraining import PretrainConfig
-from sslflow.config import IngestConfig
+from sslflow.config import EvaluationConfig, IngestConfig
 from sslflow.data.sources.builtin import read_mnist_5k
 from sslflow.registry.names import default_model_name
 from sslflow.tracking.store import EXPERIMENT_NAME, tracking_uri
@@ -67,6 +67,7 @@ def test_pipeline_runs_on_a_user_folder_with_real_cases(tmp_path, monkeypatch):
             domain_pretraining=PretrainConfig(epochs=1, batch_size=64),
             finetune=FinetuneConfig(epochs=1, min_steps=3),
             label_fractions=[1.0],
+            evaluation=EvaluationConfig(severities=(3,)),  # 7 evaluation sets, not 17
         )
         assert (
             "| simclr+micle | finetune | 1 (" in summary

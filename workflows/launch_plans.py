@@ -30,7 +30,7 @@ from flytekit import (
 from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.pretraining import PretrainConfig
-from sslflow.config import IngestConfig, RegistryConfig
+from sslflow.config import EvaluationConfig, IngestConfig, RegistryConfig
 from tasks.pretrain import pretrain_generic
 from tasks.shared import Dataset, EncoderCheckpoint, content_hash
 from tasks.training_pods import PodWorkers, gpu_task_settings, pretraining_cache
@@ -57,6 +57,7 @@ def scheduled_pipeline(
     label_fractions: list[float] = PIPELINE_DEFAULTS["label_fractions"],
     seeds: list[int] = PIPELINE_DEFAULTS["seeds"],
     self_train: SelfTrainConfig = PIPELINE_DEFAULTS["self_train"],
+    evaluation: EvaluationConfig = PIPELINE_DEFAULTS["evaluation"],
     registry: RegistryConfig = PIPELINE_DEFAULTS["registry"],
 ) -> str:
     """ssl_pipeline (a subworkflow) with ssl_pipeline's inputs and defaults, started at kickoff_time (the schedule's).
@@ -78,6 +79,7 @@ def scheduled_pipeline(
         label_fractions=label_fractions,
         seeds=seeds,
         self_train=self_train,
+        evaluation=evaluation,
         registry=registry,
     )
 

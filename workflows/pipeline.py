@@ -24,7 +24,7 @@ import workflows.refusals  # noqa: F401  (refused inputs print as one message: s
 from ssl_models.finetuning import FinetuneConfig
 from ssl_models.fixmatch import SelfTrainConfig
 from ssl_models.pretraining import PretrainConfig
-from sslflow.config import IngestConfig, RegistryConfig, ValidationConfig
+from sslflow.config import EvaluationConfig, IngestConfig, RegistryConfig, ValidationConfig
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune_all
 from tasks.ingest import source_fingerprint
@@ -72,6 +72,7 @@ def ssl_pipeline(
     label_fractions: list[float] = DEFAULT_LABEL_FRACTIONS,
     seeds: list[int] = DEFAULT_SEEDS,
     self_train: SelfTrainConfig = SelfTrainConfig(),
+    evaluation: EvaluationConfig = EvaluationConfig(),  # the corruption suite beside the in-domain and shift sets
     registry: RegistryConfig = RegistryConfig(),
 ) -> str:
     # the first steps, in pods: services checked, each source fingerprinted (the cache key of its ingest)
@@ -95,8 +96,7 @@ def ssl_pipeline(
     )
     generic = _ingested(generic_source, generic_fingerprint, generic_ingest, ValidationConfig(), [], run_id)
     domain = _ingested(domain_source, domain_fingerprint, domain_ingest, ValidationConfig(), label_fractions, run_id)
-    shift_validation = ValidationConfig(require_labels=True)
-    shift = _ingested(shift_source, shift_fingerprint, shift_ingest, shift_validation, [], run_id)
+    shift = _ingested(shift_source, shift_fingerprint, shift_ingest, ValidationConfig(require_labels=True), [], run_id)
     generic_encoder = pretrain_generic(
         dataset=generic, encoder_name=encoder_name, config=generic_pretraining, parent_run_id=run_id
     )
@@ -112,7 +112,7 @@ def ssl_pipeline(
     models = self_train_task(
         models=models, domain=domain, encoder=encoders[-1], config=self_train, parent_run_id=run_id
     )
-    results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id)
+    results = evaluate(models=models, in_domain=domain, shift=shift, parent_run_id=run_id, config=evaluation)
     registration = register(
         models=models, in_domain=domain, shift=shift, config=registry, domain_source=domain_source, parent_run_id=run_id
     )
