@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import mlflow
 from flytekit import Cache, FlyteContextManager, HashMethod, Resources, Secret, current_context, task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
@@ -46,9 +45,10 @@ from sslflow.data.chunks import (
 from sslflow.data.sources import fingerprint_source, source_name
 from sslflow.data.sources.dicomweb_http import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
 from sslflow.errors import Refusal
-from sslflow.services import check_services
-from sslflow.tracking.runs import stage_run
 from tasks.shared import MLFLOW_SECRETS, Dataset, content_hash, outages_are_recoverable, pipeline_cache
+
+# MLflow (about 1.5 s of CPU to import) is imported in source_fingerprint and join_ingest, the tasks that talk to the
+# tracking server: the pods of plan_ingest and ingest_chunk (hundreds of chunks at 10^6 files) never load it.
 
 # Chunk pods decoding at once (the map task's concurrency); set where the workflow is registered.
 INGEST_CONCURRENCY = int(os.environ.get("SSLFLOW_INGEST_CONCURRENCY", "16"))
@@ -96,6 +96,8 @@ def _pseudonym_key() -> str | None:
 
 
 def _log_summary(summary: dict, sha256: str) -> None:
+    import mlflow
+
     mlflow.log_metrics(
         {
             "images": summary["images"],
@@ -140,6 +142,8 @@ def source_fingerprint(source: str) -> str:
     each, sslflow/services.py: UnreachableService names the one that did not answer), then the source's fingerprint
     (sslflow/data/fingerprint.py: a sha256 that changes whenever what ingest reads does) is computed here, in the
     pod."""
+    from sslflow.services import check_services
+
     check_services([source])
     return fingerprint_source(source)
 
@@ -217,6 +221,8 @@ def join_ingest(
 ) -> Annotated[Dataset, HashMethod(content_hash)]:
     """Deduplicate, subsample, cases and splits over every chunk; write the Dataset (manifest + summary + a shard
     table pointing at the chunks' shards). Reads only the chunks' tables."""
+    from sslflow.tracking.runs import stage_run
+
     name = source_name(source)
     with stage_run(parent_run_id, f"ingest:{name}", {"source": source, "config": config}) as run:
         work = Path(current_context().working_directory)

@@ -62,6 +62,16 @@ def test_the_data_workflow_and_its_task_modules_load_without_pytorch():
     assert result.stdout.split() == ["False", "False"], result.stdout + result.stderr[-2000:]
 
 
+def test_the_plan_and_chunk_pods_load_without_mlflow():
+    """plan_ingest's and ingest_chunk's pods (hundreds of chunks at 10^6 files) import tasks.ingest without MLflow
+    (about 1.5 s of CPU each): only source_fingerprint and join_ingest talk to the tracking server."""
+    code = "import sys, tasks.ingest; print('mlflow' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["False"], result.stdout + result.stderr[-2000:]
+
+
 def test_lars_and_schedule_reduce_a_quadratic():
     weight = torch.nn.Parameter(torch.ones(4, 4) * 3)
     optimizer = LARS([weight], lr=0.5, weight_decay=0.0, trust_coefficient=0.1)
