@@ -96,12 +96,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
-    """Write {command, machine, date, ...payload} as JSON; returns the path."""
+    """Write {command, machine, date, ...payload} as JSON to <name>-<device>-<yyyymmdd>.json, or, when a result of
+    that name is there already (a committed one), to <name>-<device>-<yyyymmdd>T<hhmm>.json; returns the path."""
     out_dir = Path(out_dir) if out_dir else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     device = "gpu" if torch.cuda.is_available() else "cpu"
     path = out_dir / f"{name}-{device}-{now:%Y%m%d}.json"
+    if path.exists():
+        path = out_dir / f"{name}-{device}-{now:%Y%m%dT%H%M}.json"
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": now.isoformat(timespec="seconds"),

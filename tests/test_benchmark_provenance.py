@@ -2,12 +2,13 @@
 
 import ast
 import importlib.util
+import json
 import re
 import shutil
 import sys
 from pathlib import Path
 
-from benchmarks.common import CODE_FOLDERS, code_sha256, machine
+from benchmarks.common import CODE_FOLDERS, code_sha256, machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = {"benchmarks", "images", "ssl_models", "sslflow", "tasks", "workflows"}
@@ -16,6 +17,13 @@ PROJECT_PACKAGES = {"benchmarks", "images", "ssl_models", "sslflow", "tasks", "w
 def test_results_carry_commit_dirty_flag_and_code_hash():
     info = machine()
     assert info["commit"] and isinstance(info["dirty"], bool) and len(info["code_sha256"]) == 64
+
+
+def test_a_second_result_of_a_day_never_overwrites_the_first(tmp_path):
+    """A benchmark run again on the day of a committed result writes beside it (a time-stamped name)."""
+    first = write_result("example", {"run": 1}, tmp_path)
+    second = write_result("example", {"run": 2}, tmp_path)
+    assert first != second and json.loads(first.read_text())["run"] == 1 and json.loads(second.read_text())["run"] == 2
 
 
 def test_code_hash_follows_every_code_file(tmp_path):
