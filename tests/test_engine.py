@@ -48,28 +48,29 @@ def test_the_task_modules_import_torchvision_only_for_a_resnet_and_great_expecta
     assert result.stdout.split() == ["False", "False"], result.stdout + result.stderr[-2000:]
 
 
+def _loaded_after_importing(modules: str, packages: tuple[str, ...]) -> set[str]:
+    """Which of ``packages`` a fresh Python process has loaded once it imported ``modules`` (comma-separated), as a
+    pod or a `pyflyte run` does."""
+    code = f"import sys, {modules}; print(*(name for name in {packages!r} if name in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.split())
+
+
 def test_the_data_workflow_and_its_task_modules_load_without_pytorch():
     """The data workflow's pods (source_fingerprint, tracking_store, start/finish_data_run, plan_ingest, ingest_chunk,
     join_ingest, validate) and every `pyflyte run workflows/data.py` import neither PyTorch nor scikit-learn (about
     2.5 s of CPU in each process): what they report on a dataset needs no model."""
-    code = (
-        "import sys, workflows.data, tasks.data_run, tasks.ingest, tasks.store, tasks.validate; "
-        "print(*(name in sys.modules for name in ('torch', 'sklearn')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
-    )
-    assert result.stdout.split() == ["False", "False"], result.stdout + result.stderr[-2000:]
+    modules = "workflows.data, tasks.data_run, tasks.ingest, tasks.store, tasks.validate"
+    assert _loaded_after_importing(modules, ("torch", "sklearn")) == set()
 
 
 def test_the_plan_and_chunk_pods_load_without_mlflow():
     """plan_ingest's and ingest_chunk's pods (hundreds of chunks at 10^6 files) import tasks.ingest without MLflow
     (about 1.5 s of CPU each): only source_fingerprint and join_ingest talk to the tracking server."""
-    code = "import sys, tasks.ingest; print('mlflow' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
-    )
-    assert result.stdout.split() == ["False"], result.stdout + result.stderr[-2000:]
+    assert _loaded_after_importing("tasks.ingest", ("mlflow",)) == set()
 
 
 def test_lars_and_schedule_reduce_a_quadratic():
