@@ -95,16 +95,21 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+_WRITTEN: dict[tuple[Path, str], Path] = {}  # (folder, name) -> the file this process writes that result to
+
+
 def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     """Write {command, machine, date, ...payload} as JSON to <name>-<device>-<yyyymmdd>.json, or, when a result of
-    that name is there already (a committed one), to <name>-<device>-<yyyymmdd>T<hhmm>.json; returns the path."""
+    that name is there already from another run (a committed one), to <name>-<device>-<yyyymmdd>T<hhmm>.json; a run
+    that writes its result again (after each seed, say) updates its own file. Returns the path."""
     out_dir = Path(out_dir) if out_dir else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    path = out_dir / f"{name}-{device}-{now:%Y%m%d}.json"
-    if path.exists():
+    path = _WRITTEN.get((out_dir, name), out_dir / f"{name}-{device}-{now:%Y%m%d}.json")
+    if path.exists() and (out_dir, name) not in _WRITTEN:
         path = out_dir / f"{name}-{device}-{now:%Y%m%dT%H%M}.json"
+    _WRITTEN[(out_dir, name)] = path
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": now.isoformat(timespec="seconds"),

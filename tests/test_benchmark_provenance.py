@@ -19,11 +19,19 @@ def test_results_carry_commit_dirty_flag_and_code_hash():
     assert info["commit"] and isinstance(info["dirty"], bool) and len(info["code_sha256"]) == 64
 
 
-def test_a_second_result_of_a_day_never_overwrites_the_first(tmp_path):
-    """A benchmark run again on the day of a committed result writes beside it (a time-stamped name)."""
-    first = write_result("example", {"run": 1}, tmp_path)
-    second = write_result("example", {"run": 2}, tmp_path)
-    assert first != second and json.loads(first.read_text())["run"] == 1 and json.loads(second.read_text())["run"] == 2
+def test_a_run_updates_its_own_result_and_never_overwrites_anothers(tmp_path):
+    """A benchmark that writes its result again (after each seed) updates its own file; a run on the day of a
+    committed result writes beside it (a time-stamped name)."""
+    first = write_result("example", {"seeds_done": [0]}, tmp_path)
+    assert write_result("example", {"seeds_done": [0, 1]}, tmp_path) == first
+    assert json.loads(first.read_text())["seeds_done"] == [0, 1]
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    earlier = committed / first.name
+    earlier.write_text('{"run": "committed"}')
+    later = write_result("example", {"run": "later"}, committed)
+    assert later != earlier and json.loads(earlier.read_text()) == {"run": "committed"}
+    assert json.loads(later.read_text())["run"] == "later"
 
 
 def test_code_hash_follows_every_code_file(tmp_path):
