@@ -106,10 +106,10 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    path = _WRITTEN.get((out_dir, name), out_dir / f"{name}-{device}-{now:%Y%m%d}.json")
-    if path.exists() and (out_dir, name) not in _WRITTEN:
-        path = out_dir / f"{name}-{device}-{now:%Y%m%dT%H%M}.json"
-    _WRITTEN[(out_dir, name)] = path
+    if (out_dir, name) not in _WRITTEN:
+        path = out_dir / f"{name}-{device}-{now:%Y%m%d}.json"
+        _WRITTEN[(out_dir, name)] = out_dir / f"{name}-{device}-{now:%Y%m%dT%H%M}.json" if path.exists() else path
+    path = _WRITTEN[(out_dir, name)]
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": now.isoformat(timespec="seconds"),

@@ -188,11 +188,8 @@ class ValidationConfig:
     allowed_labels: list[str] = field(default_factory=list)
 
 
-CORRUPTION_SEVERITIES = (
-    1,
-    2,
-    3,
-)  # the severities ssl_models/corruptions.py defines (ssl_models.corruptions.SEVERITIES)
+# The severities ssl_models/corruptions.py defines (its SEVERITIES; that module imports torch, this one must not).
+CORRUPTION_SEVERITIES = (1, 2, 3)
 
 
 @dataclass(frozen=True)
