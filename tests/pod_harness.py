@@ -6,10 +6,12 @@ with the environment its pod spec declares, Secrets mounted as files, and its in
 files (``inputs.pb``, ``outputs.pb``) in the object store. ``PodRunner.run`` does the same here:
 
 - the template's own ``args``, with ``{{.input}}``, ``{{.outputPrefix}}`` etc. filled in as propeller does;
-- a fresh process with an empty working directory, its own HOME and TMPDIR, and only the environment a pod
+- a new process with an empty working directory, its own HOME and TMPDIR, and only the environment a pod
   has: the image's variables (images/specs.py), the template's, what Flyte injects (object-store endpoint and
   credentials, FLYTE_INTERNAL_*), what the user registers with ``--env`` (``registered``), Secrets as files
-  under FLYTE_SECRETS_DEFAULT_DIR; nothing else of this process's environment;
+  under FLYTE_SECRETS_DEFAULT_DIR; nothing else of this process's environment. The process is a fork of a warm
+  interpreter that imported PyTorch, MLflow and pandas once (tests/warm_python.py says what that changes; this
+  project's modules and flytekit are imported in the pod); ``SSLFLOW_TEST_COLD_PODS=1`` starts each by exec;
 - inputs written to and outputs read from an ``s3://`` prefix on a real (moto) S3 server;
 - a map task's subtask with the index propeller gives it (BATCH_JOB_ARRAY_INDEX_VAR_NAME), over the collection
   the previous node returned (plan_ingest's chunk-file references: blob literals, each with its cache hash), its
@@ -34,6 +36,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,9 +55,12 @@ from flyteidl.core import (
     workflow_pb2 as core_workflow_pb2,
 )
 from flytekit.models.literals import Literal, LiteralCollection, LiteralMap
+from warm_python import WarmPython, server_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# SSLFLOW_TEST_COLD_PODS=1: every pod a fresh process (exec), not a fork of the warm interpreter (tests/warm_python.py).
+COLD_PODS = os.environ.get("SSLFLOW_TEST_COLD_PODS") == "1"
 CPU_IMAGE, GPU_IMAGE = "registry.example.com/sslflow-cpu:pod-test", "registry.example.com/sslflow-gpu:pod-test"
 
 
@@ -286,19 +292,19 @@ class PodRunner:
         }
         args = [values.get(arg, arg) for arg in self._fast_args(task.args, folder)]
         command = [str(BIN / args[0]), *args[1:]]
-        result = subprocess.run(
-            command,
-            cwd=folder / "cwd",
-            env=self._environment(task, folder, index),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        (folder / "log.txt").write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"pod {pod} ({task.name}) exited with {result.returncode}:\n{(result.stdout + result.stderr)[-4000:]}"
-            )
+        environment = self._environment(task, folder, index)
+        log = folder / "log.txt"
+        if COLD_PODS:
+            with open(log, "wb") as output:
+                returncode = subprocess.run(
+                    command, cwd=folder / "cwd", env=environment, stdout=output, stderr=subprocess.STDOUT, timeout=600
+                ).returncode
+        else:
+            warm = warm_python()
+            environment["PATH"] = f"{warm.shim_folder()}:{environment['PATH']}"  # fast-execute's child starts warm too
+            returncode = warm.run(command, env=environment, cwd=folder / "cwd", output=log, timeout=600)
+        if returncode != 0:
+            raise RuntimeError(f"pod {pod} ({task.name}) exited with {returncode}:\n{log.read_text()[-4000:]}")
         error = self._read(f"{output_prefix}/error.pb")
         if error is not None:  # the task failed: pyflyte-execute writes error.pb (what Flyte shows) and exits 0
             raise PodFailed(pod, task.name, _parsed(errors_pb2.ErrorDocument, error))
@@ -387,6 +393,22 @@ class PodRunner:
         message = literals_pb2.LiteralMap()
         message.ParseFromString(body)
         return LiteralMap.from_flyte_idl(message)
+
+
+_warm_python: WarmPython | None = None
+
+
+def warm_python() -> WarmPython:
+    """This test process's warm interpreter server for pods (tests/warm_python.py), started on first use with what
+    every pod's environment holds in common."""
+    global _warm_python
+    if _warm_python is None:
+        from images.specs import POD_ENVIRONMENT
+
+        folder = Path(tempfile.mkdtemp(prefix="warm-python-"))  # short: a Unix socket's path has at most 107 bytes
+        common = {**POD_ENVIRONMENT, **PodRunner._cpu_share(), "HOME": str(folder), "TMPDIR": str(folder)}
+        _warm_python = WarmPython(folder, server_environment(common))
+    return _warm_python
 
 
 PSEUDONYM_KEY = "9f" * 32  # the sslflow/pseudonym_key Secret of registered_runner's pods

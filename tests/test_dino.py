@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from flytekit import workflow
+from inprocess_elastic import with_inprocess_elastic
 
 from ssl_models.augment import AugmentConfig
 from ssl_models.data import InMemoryPairs
@@ -171,9 +172,10 @@ def _collapsing_dino_rung(run_id: str, config: PretrainConfig, finetune_config: 
     )
 
 
-def test_a_collapsed_pretraining_stage_is_tagged_and_its_models_are_not_selectable():
+def test_a_collapsed_pretraining_stage_is_tagged_and_its_models_are_not_selectable(monkeypatch):
     """The pipeline's tasks: the collapsed DINO rung's MLflow run carries the reason, and the model fine-tuned from it
     is evaluated but never selected (FinetunedModel.selectable)."""
+    with_inprocess_elastic(monkeypatch)  # the subject is the task, not the launcher (test_elastic)
     config = PretrainConfig(
         method="dino",
         epochs=1,

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flytekit import workflow
+from inprocess_elastic import with_inprocess_elastic
 
 from ssl_models.augment import AugmentConfig
 from ssl_models.data import InMemoryPairs
@@ -88,9 +89,10 @@ def _distilled_rung(run_id: str, config: PretrainConfig) -> EncoderCheckpoint:
     return pretrain_generic(dataset=dataset, encoder_name="small_cnn", config=config, parent_run_id=run_id)
 
 
-def test_the_pretraining_task_distils_the_teacher_from_the_users_weights_file(tmp_path):
+def test_the_pretraining_task_distils_the_teacher_from_the_users_weights_file(tmp_path, monkeypatch):
     """A teacher saved as a 3-channel timm checkpoint (an ImageNet-style download) teaches the 1-channel pipeline's
     small_cnn; the stage run records the teacher, its weights' source and sha256; the arm is the method's."""
+    with_inprocess_elastic(monkeypatch)  # the subject is the task, not the launcher (test_elastic)
     import timm
 
     path = tmp_path / "teacher.pth"

@@ -11,6 +11,7 @@ import mlflow
 import pytest
 import torch
 from flytekit import workflow
+from inprocess_elastic import with_inprocess_elastic
 from moto_s3 import moto_s3_server, s3_environment
 
 from ssl_models.pretraining import PretrainConfig
@@ -125,9 +126,10 @@ def _generic_rung_from_weights(run_id: str, config: PretrainConfig) -> EncoderCh
     return pretrain_generic(dataset=dataset, encoder_name=BACKBONE, config=config, parent_run_id=run_id)
 
 
-def test_the_generic_rung_starts_from_the_users_weights_and_records_them(imagenet_style):
+def test_the_generic_rung_starts_from_the_users_weights_and_records_them(imagenet_style, monkeypatch):
     """epochs=0: the user's weights are the generic rung as they are; their source and sha256 are the stage run's
     params, the encoder's lineage, and the tags a registered model of its ladder carries."""
+    with_inprocess_elastic(monkeypatch)  # the subject is the task, not the launcher (test_elastic)
     network, path = imagenet_style
     config = PretrainConfig(epochs=0, initial_weights=str(path))
     encoder = _generic_rung_from_weights(run_id=start_parent_run("weights-rung-test", {}), config=config)

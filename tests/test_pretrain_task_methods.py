@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 from flytekit import workflow
+from inprocess_elastic import with_inprocess_elastic
 
 from ssl_models.pretraining import PretrainConfig
 from sslflow.config import IngestConfig
@@ -32,7 +33,8 @@ def _moco_generic_and_domain_rungs(run_id: str) -> tuple[EncoderCheckpoint, Enco
     return generic, pretrain_domain(dataset=dataset, initial=generic, config=domain_config, parent_run_id=run_id)
 
 
-def test_moco_pretraining_task_logs_knn_accuracy_per_epoch():
+def test_moco_pretraining_task_logs_knn_accuracy_per_epoch(monkeypatch):
+    with_inprocess_elastic(monkeypatch)  # the subject is the method's logging, not the launcher (test_elastic)
     encoder, domain = _moco_generic_and_domain_rungs(run_id=start_parent_run("methods-task-test", {}))
     assert encoder.arm == "moco" and domain.arm == "moco+domain"  # the method is given once
     client = mlflow.tracking.MlflowClient()
