@@ -1,0 +1,138 @@
+"""`make test` of this checkout beside another's (``--base``), at the same time, each in its own cgroup with a CPU
+quota: the suite's wall time and CPU seconds on a slower machine, measured side by side.
+
+The suite has a budget on CI's 2-core machine (25 minutes); this one is faster. Each run gets ``--cpus`` CPUs' worth of
+time (a CFS quota of the cgroup v1 ``cpu`` controller: 1 of 2 cores halves the machine) and, with ``--avx2``,
+PyTorch's and oneDNN's AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), as on an AVX2-only CPU. Both suites run
+at once, so whatever the host does in between falls on both. The ``cpuacct`` controller counts each suite's CPU
+seconds (its whole process tree: pods, `pyflyte` runs, servers).
+
+Needs root and cgroup v1 (``/sys/fs/cgroup/cpu``, ``/sys/fs/cgroup/cpuacct``). The base checkout (a `git worktree`
+of an older commit) runs on this checkout's virtual environment: its folder is put first on PYTHONPATH.
+
+    python benchmarks/suite_time.py --base ../base-worktree --cpus 1 --avx2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import PROJECT_ROOT, write_result  # noqa: E402
+
+CGROUPS = Path("/sys/fs/cgroup")
+PERIOD_US = 100_000
+
+
+def _cgroup(name: str, cpus: float) -> dict[str, Path]:
+    """The cpu and cpuacct cgroups ``name`` (made afresh), the cpu one limited to ``cpus`` CPUs' worth of time."""
+    folders = {}
+    for controller in ("cpu", "cpuacct"):
+        folder = CGROUPS / controller / name
+        if folder.exists():
+            folder.rmdir()
+        folder.mkdir()
+        folders[controller] = folder
+    (folders["cpu"] / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+    (folders["cpu"] / "cpu.cfs_quota_us").write_text(str(int(cpus * PERIOD_US)))
+    return folders
+
+
+def _start(checkout: Path, name: str, cpus: float, avx2: bool, log: Path) -> tuple[subprocess.Popen, dict, float]:
+    """`make test` in ``checkout``, in the cgroups ``name``, its output into ``log``."""
+    groups = _cgroup(name, cpus)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(checkout),
+        "PYTEST_ADDOPTS": f"--basetemp={Path('/tmp') / name} --durations=25",
+    }
+    if avx2:
+        environment |= {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+    def enter_cgroups() -> None:  # in the child, before exec: make and everything it starts are counted
+        for folder in groups.values():
+            (folder / "tasks").write_text(str(os.getpid()))
+
+    output = open(log, "w")  # noqa: SIM115 (the child keeps its own copy; closed when this process ends)
+    process = subprocess.Popen(
+        ["make", "test"],
+        cwd=checkout,
+        env=environment,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        preexec_fn=enter_cgroups,
+    )
+    return process, groups, time.monotonic()
+
+
+def _summary(log: Path) -> dict:
+    """pytest's last line: counts of passed, failed, ... and its seconds."""
+    lines = [line for line in log.read_text().splitlines() if re.search(r"\d+ passed|\d+ failed", line)]
+    if not lines:
+        return {"pytest_line": None}
+    last = lines[-1]
+    counts = {word: int(number) for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", last)}
+    seconds = re.search(r"in ([\d.]+)s", last)
+    return {"pytest_line": last.strip("= "), "tests": counts, "pytest_seconds": float(seconds[1]) if seconds else None}
+
+
+def _commit(checkout: Path) -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="the other checkout (a worktree of an older commit)")
+    parser.add_argument("--cpus", type=float, default=1.0, help="CPUs' worth of time each suite gets")
+    parser.add_argument("--avx2", action="store_true", help="PyTorch and oneDNN limited to AVX2 kernels")
+    parser.add_argument("--name", default="suite_time-sidebyside", help="the result's name")
+    arguments = parser.parse_args()
+    checkouts = {"this": PROJECT_ROOT, "base": arguments.base.resolve()}
+    logs = {which: Path("/tmp") / f"sslflow-suite-{which}.log" for which in checkouts}
+    started = {
+        which: _start(checkout, f"sslflow-suite-{which}", arguments.cpus, arguments.avx2, logs[which])
+        for which, checkout in checkouts.items()
+    }
+    runs = {}
+    for which, (process, groups, start) in started.items():
+        status = process.wait()
+        runs[which] = {
+            **_commit(checkouts[which]),
+            "checkout": str(checkouts[which]),
+            "make_test_exit_status": status,
+            "make_test_wall_seconds": round(time.monotonic() - start, 1),
+            "cpu_seconds": round(int((groups["cpuacct"] / "cpuacct.usage").read_text()) / 1e9, 1),
+            "cpu_stat": dict(line.split() for line in (groups["cpu"] / "cpu.stat").read_text().splitlines()),
+            "log": str(logs[which]),
+            **_summary(logs[which]),
+        }
+    ratio = {key: round(runs["this"][key] / runs["base"][key], 3) for key in ("make_test_wall_seconds", "cpu_seconds")}
+    path = write_result(
+        arguments.name,
+        {"cpus_each": arguments.cpus, "avx2": arguments.avx2, "runs": runs, "this_over_base": ratio},
+    )
+    print(path)
+    for which, run in runs.items():
+        print(
+            which,
+            run["commit"],
+            run["make_test_wall_seconds"],
+            "s wall,",
+            run["cpu_seconds"],
+            "s CPU,",
+            run.get("tests"),
+        )
+
+
+if __name__ == "__main__":
+    main()
