@@ -32,7 +32,9 @@ runs its nodes.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -406,6 +408,7 @@ def warm_python() -> WarmPython:
         from images.specs import POD_ENVIRONMENT
 
         folder = Path(tempfile.mkdtemp(prefix="warm-python-"))  # short: a Unix socket's path has at most 107 bytes
+        atexit.register(shutil.rmtree, folder, True)  # after the server stops (atexit runs the later first)
         common = {**POD_ENVIRONMENT, **PodRunner._cpu_share(), "HOME": str(folder), "TMPDIR": str(folder)}
         _warm_python = WarmPython(folder, server_environment(common))
     return _warm_python

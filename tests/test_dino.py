@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from flytekit import workflow
 from inprocess_elastic import with_inprocess_elastic
+from ranks import spawn_ranks
 
 from ssl_models.augment import AugmentConfig
 from ssl_models.data import InMemoryPairs
@@ -151,7 +152,7 @@ def test_dino_under_ddp_keeps_one_centre_and_one_student():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_dino_worker, args=(port, results), nprocs=WORLD_SIZE, join=True)
+    spawn_ranks(_dino_worker, args=(port, results), nprocs=WORLD_SIZE)
     (loss_0, entropy_0, center_0, head_0), (loss_1, entropy_1, center_1, head_1) = results[0], results[1]
     assert (loss_0, entropy_0) == (loss_1, entropy_1)
     assert torch.allclose(center_0, center_1, atol=1e-6) and center_0.abs().sum() > 0

@@ -7,6 +7,7 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ranks import spawn_ranks
 
 from ssl_models.losses import NTXentLoss
 
@@ -43,7 +44,7 @@ def _free_port() -> int:
 def test_gathered_loss_and_gradients_equal_single_process():
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD_SIZE, join=True)
+    spawn_ranks(_worker, args=(_free_port(), results), nprocs=WORLD_SIZE)
 
     z_a, z_b = (t.clone().requires_grad_() for t in _global_batch())
     single = NTXentLoss(TAU)(z_a, z_b)
@@ -84,7 +85,7 @@ def _pretrain_worker(rank: int, port: int, results) -> None:
 def test_pretraining_runs_data_parallel_and_keeps_ranks_in_sync():
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_pretrain_worker, args=(_free_port(), results), nprocs=WORLD_SIZE, join=True)
+    spawn_ranks(_pretrain_worker, args=(_free_port(), results), nprocs=WORLD_SIZE)
     losses_0, weights_0 = results[0]
     losses_1, weights_1 = results[1]
     assert losses_0 == losses_1  # the logged loss is the mean across ranks
@@ -133,7 +134,7 @@ def test_every_rank_resumes_rank_zeros_checkpoint_from_the_same_epoch():
     )
     manager = mp.Manager()
     results = manager.dict(state=states[0])
-    mp.spawn(_resume_worker, args=(_free_port(), results), nprocs=WORLD_SIZE, join=True)
+    spawn_ranks(_resume_worker, args=(_free_port(), results), nprocs=WORLD_SIZE)
     (epochs_0, weights_0), (epochs_1, weights_1) = results[0], results[1]
     assert epochs_0 == epochs_1 == [1, 2]
     for name, tensor in weights_0.items():

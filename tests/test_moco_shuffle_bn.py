@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from ranks import spawn_ranks
 from torch import nn
 
 from ssl_models.methods.moco import MoCoV2
@@ -115,7 +116,7 @@ def test_gloo_ranks_encode_keys_after_a_shuffle_across_ranks_and_get_their_own_b
     """Under torchrun the BatchNorm groups are the ranks (the paper's per-GPU BatchNorm): each rank encodes its
     queries whole, and a shuffled share of every rank's key views."""
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(_free_port(), results), nprocs=WORLD_SIZE, join=True)
+    spawn_ranks(_rank, args=(_free_port(), results), nprocs=WORLD_SIZE)
     for rank in range(WORLD_SIZE):
         calls, keys_in_order = results[rank]
         own = set(range(1000 * rank, 1000 * rank + PAIRS)) | set(range(1000 * rank + 100, 1000 * rank + 100 + PAIRS))
