@@ -99,6 +99,7 @@ def main() -> None:
     arguments = parser.parse_args()
     checkouts = {"this": PROJECT_ROOT, "base": arguments.base.resolve()}
     logs = {which: Path("/tmp") / f"sslflow-suite-{which}.log" for which in checkouts}
+    commits = {which: _commit(checkout) for which, checkout in checkouts.items()}  # before: a commit may land meanwhile
     started = {
         which: _start(checkout, f"sslflow-suite-{which}", arguments.cpus, arguments.avx2, logs[which])
         for which, checkout in checkouts.items()
@@ -107,7 +108,7 @@ def main() -> None:
     for which, (process, groups, start) in started.items():
         status = process.wait()
         runs[which] = {
-            **_commit(checkouts[which]),
+            **commits[which],
             "checkout": str(checkouts[which]),
             "make_test_exit_status": status,
             "make_test_wall_seconds": round(time.monotonic() - start, 1),
