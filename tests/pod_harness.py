@@ -40,6 +40,7 @@ import sys
 import tarfile
 import tempfile
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ from flyteidl.core import (
     workflow_pb2 as core_workflow_pb2,
 )
 from flytekit.models.literals import Literal, LiteralCollection, LiteralMap
-from warm_python import WarmPython, server_environment
+from warm_python import WarmPython, WarmPythonUnavailable, server_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -296,13 +297,13 @@ class PodRunner:
         command = [str(BIN / args[0]), *args[1:]]
         environment = self._environment(task, folder, index)
         log = folder / "log.txt"
-        if COLD_PODS:
+        warm = None if COLD_PODS else warm_python()
+        if warm is None:
             with open(log, "wb") as output:
                 returncode = subprocess.run(
                     command, cwd=folder / "cwd", env=environment, stdout=output, stderr=subprocess.STDOUT, timeout=600
                 ).returncode
         else:
-            warm = warm_python()
             environment["PATH"] = f"{warm.shim_folder()}:{environment['PATH']}"  # fast-execute's child starts warm too
             returncode = warm.run(command, env=environment, cwd=folder / "cwd", output=log, timeout=600)
         if returncode != 0:
@@ -398,19 +399,26 @@ class PodRunner:
 
 
 _warm_python: WarmPython | None = None
+_warm_python_unavailable = False
 
 
-def warm_python() -> WarmPython:
+def warm_python() -> WarmPython | None:
     """This test process's warm interpreter server for pods (tests/warm_python.py), started on first use with what
-    every pod's environment holds in common."""
-    global _warm_python
-    if _warm_python is None:
+    every pod's environment holds in common; None where it cannot run (pods then start by exec, with a warning)."""
+    global _warm_python, _warm_python_unavailable
+    if _warm_python is None and not _warm_python_unavailable:
         from images.specs import POD_ENVIRONMENT
 
         folder = Path(tempfile.mkdtemp(prefix="warm-python-"))  # short: a Unix socket's path has at most 107 bytes
         atexit.register(shutil.rmtree, folder, True)  # after the server stops (atexit runs the later first)
         common = {**POD_ENVIRONMENT, **PodRunner._cpu_share(), "HOME": str(folder), "TMPDIR": str(folder)}
-        _warm_python = WarmPython(folder, server_environment(common))
+        try:
+            server = WarmPython(folder, server_environment(common))
+            server.start()
+            _warm_python = server
+        except WarmPythonUnavailable as error:
+            warnings.warn(f"pods start by exec: {error}", stacklevel=2)
+            _warm_python_unavailable = True
     return _warm_python
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from warm_python import WarmPython, server_environment
+from warm_python import WarmPython, WarmPythonUnavailable, server_environment
 
 REPORT = """
 import atexit, json, os, sys, tempfile, threading, time
@@ -121,3 +121,14 @@ def test_a_program_past_its_time_is_killed(warm, tmp_path):
     assert not Path(f"/proc/{pid}").exists(), "the server reaps the killed child"
     quick = _script(tmp_path, "quick", "")
     assert warm.run([str(quick)], env={}, cwd=tmp_path, output=tmp_path / "log", timeout=30) == 0, "the server lives on"
+
+
+def test_without_pidfd_open_the_server_says_so_and_does_not_start(tmp_path):
+    """Where the kernel (or a sandbox) lacks pidfd_open, start() raises WarmPythonUnavailable: the pod harness then
+    starts pods by exec."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\ndel os.pidfd_open\n")
+    server = WarmPython(tmp_path / "server", server_environment({"PYTHONPATH": str(site)}), preloaded=())
+    with pytest.raises(WarmPythonUnavailable, match="no pidfd_open"):
+        server.start()

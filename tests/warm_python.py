@@ -48,6 +48,10 @@ def server_environment(extra: dict[str, str]) -> dict[str, str]:
     return {"PATH": f"{BIN}:/usr/bin:/bin", "LANG": "C.UTF-8", **extra}
 
 
+class WarmPythonUnavailable(RuntimeError):
+    """The server cannot run here (no ``os.pidfd_open``): start programs by exec instead."""
+
+
 class WarmPython:
     """A warm interpreter server (started on first use, stopped with this process) and its client."""
 
@@ -90,6 +94,10 @@ class WarmPython:
             shim.chmod(0o755)
         return shim.parent
 
+    def start(self) -> None:
+        """Start the server now (it starts on first use otherwise); WarmPythonUnavailable where it cannot run."""
+        self._ensure_started()
+
     def _ensure_started(self) -> None:
         with self._lock:
             if self._server is not None and self._server.poll() is None:
@@ -105,7 +113,7 @@ class WarmPython:
             )
             ready = self._server.stdout.readline()
             if ready != b"ready\n":
-                raise RuntimeError(f"the warm Python server did not start: {ready!r}")
+                raise WarmPythonUnavailable(f"the warm Python server did not start: {ready.decode().strip()!r}")
             atexit.register(self.stop)
 
     def stop(self) -> None:
@@ -146,6 +154,12 @@ def _serve(socket_path: str) -> dict:
     waiting = selectors.DefaultSelector()
     waiting.register(listener, selectors.EVENT_READ, "request")
     waiting.register(sys.stdin, selectors.EVENT_READ, "stdin")
+    try:  # how the server learns that a child ended (Linux 5.3 and later)
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError) as error:
+        sys.stdout.write(f"no pidfd_open: {error}\n")
+        sys.stdout.flush()
+        sys.exit(1)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while True:
