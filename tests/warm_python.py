@@ -64,27 +64,14 @@ class WarmPython:
     def run(self, argv: list[str], *, env: dict[str, str], cwd: Path, output: Path, timeout: float) -> int:
         """Run the script ``argv[0]`` (a Python console script) with ``argv``, ``env`` and ``cwd``, its output and
         error into ``output``; its return code as ``subprocess.run`` gives it (-N: ended by signal N)."""
+        self.start()
         with open(output, "wb") as log, open(os.devnull, "rb") as nothing:
-            return self.run_with(
-                argv, env=env, cwd=cwd, descriptors=(nothing.fileno(), log.fileno(), log.fileno()), timeout=timeout
-            )
-
-    def run_with(
-        self,
-        argv: list[str],
-        *,
-        env: dict[str, str],
-        cwd: Path,
-        descriptors: tuple[int, int, int],
-        timeout: float | None,
-    ) -> int:
-        """``run`` with the child's standard input, output and error given as descriptors."""
-        self._ensure_started()
-        return run_in_server(str(self.socket_path), argv, env, str(cwd), descriptors, timeout)
+            descriptors = (nothing.fileno(), log.fileno(), log.fileno())
+            return run_in_server(str(self.socket_path), argv, env, str(cwd), descriptors, timeout)
 
     def shim_folder(self, real: Path = BIN / "pyflyte-execute") -> Path:
         """A folder with a script named as ``real`` that runs ``real`` through this server: put it first on PATH."""
-        self._ensure_started()
+        self.start()
         shim = self.folder / "shim" / real.name
         if not shim.exists():
             shim.parent.mkdir(parents=True, exist_ok=True)
@@ -95,10 +82,8 @@ class WarmPython:
         return shim.parent
 
     def start(self) -> None:
-        """Start the server now (it starts on first use otherwise); WarmPythonUnavailable where it cannot run."""
-        self._ensure_started()
-
-    def _ensure_started(self) -> None:
+        """Start the server unless it runs (``run`` and ``shim_folder`` start it); WarmPythonUnavailable where it
+        cannot run."""
         with self._lock:
             if self._server is not None and self._server.poll() is None:
                 return
