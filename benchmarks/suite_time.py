@@ -1,11 +1,11 @@
 """`make test` of this checkout beside another's (``--base``), at the same time, each in its own cgroup with a CPU
 quota: the suite's wall time and CPU seconds on a slower machine, measured side by side.
 
-The suite has a budget on CI's 2-core machine (25 minutes); this one is faster. Each run gets ``--cpus`` CPUs' worth of
-time (a CFS quota of the cgroup v1 ``cpu`` controller: 1 of 2 cores halves the machine) and, with ``--avx2``,
-PyTorch's and oneDNN's AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), as on an AVX2-only CPU. Both suites run
-at once, so whatever the host does in between falls on both. The ``cpuacct`` controller counts each suite's CPU
-seconds (its whole process tree: pods, `pyflyte` runs, servers).
+The suite has a budget on CI's 2-core machine (25 minutes), which is slower than most development machines. Each run
+gets ``--cpus`` CPUs' worth of time (a CFS quota of the cgroup v1 ``cpu`` controller: 1 of 2 cores halves the machine)
+and, with ``--avx2``, PyTorch's and oneDNN's AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), as on an AVX2-only
+CPU. Both suites run at once, so whatever the host does in between falls on both. The ``cpuacct`` controller counts
+each suite's CPU seconds (its whole process tree: pods, `pyflyte` runs, servers).
 
 Needs root and cgroup v1 (``/sys/fs/cgroup/cpu``, ``/sys/fs/cgroup/cpuacct``). The base checkout (a `git worktree`
 of an older commit) runs on this checkout's virtual environment: its folder is put first on PYTHONPATH.

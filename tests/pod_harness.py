@@ -33,6 +33,7 @@ runs its nodes.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import subprocess
@@ -398,28 +399,22 @@ class PodRunner:
         return LiteralMap.from_flyte_idl(message)
 
 
-_warm_python: WarmPython | None = None
-_warm_python_unavailable = False
-
-
+@functools.cache
 def warm_python() -> WarmPython | None:
     """This test process's warm interpreter server for pods (tests/warm_python.py), started on first use with what
     every pod's environment holds in common; None where it cannot run (pods then start by exec, with a warning)."""
-    global _warm_python, _warm_python_unavailable
-    if _warm_python is None and not _warm_python_unavailable:
-        from images.specs import POD_ENVIRONMENT
+    from images.specs import POD_ENVIRONMENT
 
-        folder = Path(tempfile.mkdtemp(prefix="warm-python-"))  # short: a Unix socket's path has at most 107 bytes
-        atexit.register(shutil.rmtree, folder, True)  # after the server stops (atexit runs the later first)
-        common = {**POD_ENVIRONMENT, **PodRunner._cpu_share(), "HOME": str(folder), "TMPDIR": str(folder)}
-        try:
-            server = WarmPython(folder, server_environment(common))
-            server.start()
-            _warm_python = server
-        except WarmPythonUnavailable as error:
-            warnings.warn(f"pods start by exec: {error}", stacklevel=2)
-            _warm_python_unavailable = True
-    return _warm_python
+    folder = Path(tempfile.mkdtemp(prefix="warm-python-"))  # short: a Unix socket's path has at most 107 bytes
+    atexit.register(shutil.rmtree, folder, True)  # after the server stops (atexit runs the later first)
+    common = {**POD_ENVIRONMENT, **PodRunner._cpu_share(), "HOME": str(folder), "TMPDIR": str(folder)}
+    server = WarmPython(folder, server_environment(common))
+    try:
+        server.start()
+    except WarmPythonUnavailable as error:
+        warnings.warn(f"pods start by exec: {error}", stacklevel=2)
+        return None
+    return server
 
 
 PSEUDONYM_KEY = "9f" * 32  # the sslflow/pseudonym_key Secret of registered_runner's pods
