@@ -28,18 +28,30 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# The files that run longest (end-to-end pipelines, pods, benchmark smoke runs: minutes each), started first.
-# pytest-xdist hands each worker whole files (pyproject's addopts: --dist loadfile, in this order); one of these begun
-# last would keep one worker busy for minutes after the other has finished.
+# The files that run longest (end-to-end pipelines, pods, killed and resumed training, live tracking servers, benchmark
+# smoke runs: a minute or more each), started first, longest first (per-file times of a whole `make test`, pytest's
+# --durations). pytest-xdist hands each worker whole files (pyproject's addopts: --dist loadfile, in this order); one
+# of these begun last would keep one worker busy for minutes after the other has finished. Replayed with xdist's
+# scheduling on the per-test times of one run, the 9 files listed before ended 1,616 and 1,882 s into the run on the
+# two workers, these 18 at 1,758 and 1,741 s.
 LONGEST_FIRST = (
     "test_pipeline_pods.py",
-    "test_pods.py",
+    "test_task_resume_multirank.py",
+    "test_registry.py",
+    "test_pipeline_user_folder.py",
     "test_pipeline_e2e.py",
-    "test_self_training.py",
-    "test_engine.py",
-    "test_tracking_store.py",
-    "test_refusals.py",
+    "test_pods.py",
+    "test_resume.py",
     "test_multirank.py",
+    "test_self_training.py",
+    "test_shards.py",
+    "test_engine.py",
+    "test_pod_elastic.py",
+    "test_fingerprint.py",
+    "test_evaluation.py",
+    "test_tracking_store.py",
+    "test_s3_source.py",
+    "test_refusals.py",
     "test_elastic.py",
 )
 assert all((Path(__file__).parent / name).is_file() for name in LONGEST_FIRST), "a LONGEST_FIRST file was renamed"
