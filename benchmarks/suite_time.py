@@ -7,10 +7,17 @@ and, with ``--avx2``, PyTorch's and oneDNN's AVX2 kernels (ATEN_CPU_CAPABILITY, 
 CPU. Both suites run at once, so whatever the host does in between falls on both. The ``cpuacct`` controller counts
 each suite's CPU seconds (its whole process tree: pods, `pyflyte` runs, servers).
 
+A quota on the whole suite lets one worker use a whole core while the other idles, so a suite's tail (one worker left)
+runs at full speed there, which a slower 2-core machine does not. With ``--worker-cpus`` each pytest-xdist worker (and
+all it starts) gets a cgroup of its own inside its suite's, with that quota: ``--cpus 1 --worker-cpus 0.5`` is two
+cores at half speed. A pytest plugin (WORKER_PLUGIN, written to a temporary folder put on PYTHONPATH and loaded with
+``-p``) moves each worker into its cgroup when it starts, so a checkout needs no code of its own for it.
+
 Needs root and cgroup v1 (``/sys/fs/cgroup/cpu``, ``/sys/fs/cgroup/cpuacct``). The base checkout (a `git worktree`
 of an older commit) runs on this checkout's virtual environment: its folder is put first on PYTHONPATH.
 
     python benchmarks/suite_time.py --base ../base-worktree --cpus 1 --avx2
+    python benchmarks/suite_time.py --base ../base-worktree --cpus 1 --worker-cpus 0.5 --avx2
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +37,25 @@ from benchmarks.common import PROJECT_ROOT, write_result  # noqa: E402
 
 CGROUPS = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
+WORKER_PLUGIN = f'''"""Each pytest-xdist worker into a cgroup of its own inside $SSLFLOW_SUITE_CGROUP, with a quota of
+$SSLFLOW_WORKER_CPUS CPUs (benchmarks/suite_time.py --worker-cpus)."""
+import os
+from pathlib import Path
+
+
+def pytest_configure(config):
+    worker, suite = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("SSLFLOW_SUITE_CGROUP")
+    if not worker or not suite:
+        return
+    for controller in ("cpu", "cpuacct"):
+        folder = Path("{CGROUPS}") / controller / suite / worker
+        folder.mkdir(exist_ok=True)
+        if controller == "cpu":
+            (folder / "cpu.cfs_period_us").write_text("{PERIOD_US}")
+            quota = int(float(os.environ["SSLFLOW_WORKER_CPUS"]) * {PERIOD_US})
+            (folder / "cpu.cfs_quota_us").write_text(str(quota))
+        (folder / "cgroup.procs").write_text(str(os.getpid()))
+'''
 
 
 def _cgroup(name: str, cpus: float) -> dict[str, Path]:
@@ -37,6 +64,9 @@ def _cgroup(name: str, cpus: float) -> dict[str, Path]:
     for controller in ("cpu", "cpuacct"):
         folder = CGROUPS / controller / name
         if folder.exists():
+            for worker in folder.iterdir():  # a worker's cgroup from an earlier run (empty: its processes ended)
+                if worker.is_dir():
+                    worker.rmdir()
             folder.rmdir()
         folder.mkdir()
         folders[controller] = folder
@@ -45,14 +75,23 @@ def _cgroup(name: str, cpus: float) -> dict[str, Path]:
     return folders
 
 
-def _start(checkout: Path, name: str, cpus: float, avx2: bool, log: Path) -> tuple[subprocess.Popen, dict, float]:
-    """`make test` in ``checkout``, in the cgroups ``name``, its output into ``log``."""
+def _start(
+    checkout: Path, name: str, cpus: float, worker_cpus: float | None, avx2: bool, log: Path
+) -> tuple[subprocess.Popen, dict, float]:
+    """`make test` in ``checkout``, in the cgroups ``name`` (each xdist worker in its own with ``worker_cpus``), its
+    output into ``log``; every test's times in the log (``--durations=0``: benchmarks/suite_order.py reads them)."""
     groups = _cgroup(name, cpus)
     environment = {
         **os.environ,
         "PYTHONPATH": str(checkout),
-        "PYTEST_ADDOPTS": f"--basetemp={Path('/tmp') / name} --durations=25",
+        "PYTEST_ADDOPTS": f"--basetemp={Path('/tmp') / name} --durations=0",
     }
+    if worker_cpus:
+        plugin = Path(tempfile.mkdtemp(prefix="sslflow-suite-plugin-"))
+        (plugin / "sslflow_worker_cgroup.py").write_text(WORKER_PLUGIN)
+        environment["PYTHONPATH"] += f"{os.pathsep}{plugin}"
+        environment["PYTEST_ADDOPTS"] += " -p sslflow_worker_cgroup"
+        environment |= {"SSLFLOW_SUITE_CGROUP": name, "SSLFLOW_WORKER_CPUS": str(worker_cpus)}
     if avx2:
         environment |= {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
@@ -94,6 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="the other checkout (a worktree of an older commit)")
     parser.add_argument("--cpus", type=float, default=1.0, help="CPUs' worth of time each suite gets")
+    parser.add_argument("--worker-cpus", type=float, help="CPUs' worth of time each pytest-xdist worker gets")
     parser.add_argument("--avx2", action="store_true", help="PyTorch and oneDNN limited to AVX2 kernels")
     parser.add_argument("--name", default="suite_time-sidebyside", help="the result's name")
     arguments = parser.parse_args()
@@ -101,7 +141,9 @@ def main() -> None:
     logs = {which: Path("/tmp") / f"sslflow-suite-{which}.log" for which in checkouts}
     commits = {which: _commit(checkout) for which, checkout in checkouts.items()}  # before: a commit may land meanwhile
     started = {
-        which: _start(checkout, f"sslflow-suite-{which}", arguments.cpus, arguments.avx2, logs[which])
+        which: _start(
+            checkout, f"sslflow-suite-{which}", arguments.cpus, arguments.worker_cpus, arguments.avx2, logs[which]
+        )
         for which, checkout in checkouts.items()
     }
     runs = {}
@@ -120,7 +162,13 @@ def main() -> None:
     ratio = {key: round(runs["this"][key] / runs["base"][key], 3) for key in ("make_test_wall_seconds", "cpu_seconds")}
     path = write_result(
         arguments.name,
-        {"cpus_each": arguments.cpus, "avx2": arguments.avx2, "runs": runs, "this_over_base": ratio},
+        {
+            "cpus_each": arguments.cpus,
+            "worker_cpus": arguments.worker_cpus,
+            "avx2": arguments.avx2,
+            "runs": runs,
+            "this_over_base": ratio,
+        },
     )
     print(path)
     for which, run in runs.items():

@@ -1,5 +1,7 @@
 """benchmarks/suite_time.py reads each suite's result from pytest's last line, whatever else the log holds."""
 
+import os
+
 from benchmarks.suite_time import _summary
 
 
@@ -21,3 +23,25 @@ def test_a_log_without_pytest_s_line_says_so(tmp_path):
     log = tmp_path / "make_test.log"
     log.write_text("ruff check .\nFound 1 error.\n")
     assert _summary(log) == {"pytest_line": None}
+
+
+def test_the_worker_plugin_puts_each_worker_in_a_cgroup_of_its_own_with_its_quota(tmp_path, monkeypatch):
+    from benchmarks.suite_time import CGROUPS, WORKER_PLUGIN
+
+    for controller in ("cpu", "cpuacct"):
+        (tmp_path / controller / "suite").mkdir(parents=True)
+    plugin: dict = {}
+    exec(WORKER_PLUGIN.replace(str(CGROUPS), str(tmp_path)), plugin)  # the same file, its cgroups under tmp_path
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    plugin["pytest_configure"](None)  # not a worker (the controller, or -n 0): stays where it is
+    assert not (tmp_path / "cpu" / "suite" / "gw0").exists()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setenv("SSLFLOW_SUITE_CGROUP", "suite")
+    monkeypatch.setenv("SSLFLOW_WORKER_CPUS", "0.5")
+    plugin["pytest_configure"](None)
+    worker = tmp_path / "cpu" / "suite" / "gw0"
+    assert (worker / "cpu.cfs_quota_us").read_text() == "50000" and (
+        worker / "cpu.cfs_period_us"
+    ).read_text() == "100000"
+    for controller in ("cpu", "cpuacct"):
+        assert (tmp_path / controller / "suite" / "gw0" / "cgroup.procs").read_text() == str(os.getpid())
