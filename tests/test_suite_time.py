@@ -1,5 +1,5 @@
-"""benchmarks/suite_time.py reads each suite's result from pytest's last line, whatever else the log holds, and its worker
-plugin puts each pytest-xdist worker in a cgroup of its own."""
+"""benchmarks/suite_time.py reads each suite's result from pytest's last line, whatever else the log holds; its
+worker plugin puts each pytest-xdist worker in a cgroup of its own."""
 
 import os
 
