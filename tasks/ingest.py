@@ -11,7 +11,8 @@ shard is downloaded or copied (sslflow/data/chunks.py, sslflow/data/dataset.py).
 
 Bad input stops the run here, before any training, with a SourceError naming the file, row or key
 (sslflow/data/sources/ lists the sources, sslflow/data/metadata.py the metadata rules). DICOM
-identities and the image keys that replace file paths are pseudonymised by the chunk tasks with the key of
+identities and the image keys that replace file paths are pseudonymised by the chunk tasks (and the UIDs of
+metadata keyed by SOPInstanceUID by the plan and the join) with the key of
 the Flyte Secret sslflow/pseudonym_key when it is mounted (sslflow/data/pseudonyms.py for the local
 fallbacks): paths are in the plan and the chunk documents only, never in a chunk's output or the Dataset. Raw inputs
 are only read; chunks and the dataset are written to temporary folders and renamed into place, so a
@@ -20,7 +21,6 @@ failed chunk or join leaves nothing a later run could mistake for a dataset.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -34,7 +34,6 @@ from sslflow.config import IngestConfig
 from sslflow.data.chunks import (
     CHUNK_REPORT,
     CHUNK_TABLE,
-    INSTANCE_ROWS,
     SHARDS,
     DecodedChunk,
     chunk_file_sha256,
@@ -149,23 +148,25 @@ def source_fingerprint(source: str) -> str:
 
 
 @task(
-    cache=Cache(version="12"),
+    cache=Cache(version="13"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="2Gi"),
     retries=2,
-    secret_requests=DICOMWEB_SECRETS,
+    secret_requests=[PSEUDONYM_SECRET, *DICOMWEB_SECRETS],
 )
 @outages_are_recoverable
 def plan_ingest(source: str, fingerprint: str, config: IngestConfig) -> list[ChunkFile]:
     """The chunks of ``source``, each a JSON file (decode settings + files with their content hashes), the chunks
     with the most images first; nothing is decoded. fingerprint: source_fingerprint's output, there for the cache key
-    (the source as it was when this execution started)."""
+    (the source as it was when this execution started). Metadata keyed by SOPInstanceUID is checked here and its
+    labelled rows named in the chunk documents by digests of their UIDs' pseudonyms: the Flyte Secret
+    sslflow/pseudonym_key, the key the chunks decode with."""
     folder = Path(current_context().working_directory) / "plan"
-    return [FlyteFile(str(path)) for path in plan_to_files(source, config, folder)]
+    return [FlyteFile(str(path)) for path in plan_to_files(source, config, folder, pseudonym_key=_pseudonym_key())]
 
 
 @task(
-    cache=Cache(version="10"),
+    cache=Cache(version="11"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="4Gi"),
     retries=2,
@@ -193,12 +194,8 @@ def _chunk_tables(chunks: list[FlyteDirectory], work: Path) -> list[DecodedChunk
             continue
         tables = work / f"chunk-{index:05d}"
         tables.mkdir(parents=True)
-        for name in (CHUNK_REPORT, CHUNK_TABLE, INSTANCE_ROWS):
-            if (
-                name != INSTANCE_ROWS
-                or json.loads((tables / CHUNK_REPORT).read_text()).get("instance_rows") is not None
-            ):
-                file_access.get_data(f"{location}/{name}", str(tables / name))
+        for name in (CHUNK_REPORT, CHUNK_TABLE):
+            file_access.get_data(f"{location}/{name}", str(tables / name))
         decoded.append(DecodedChunk(tables, f"{location}/{SHARDS}"))
     return decoded
 
@@ -209,25 +206,27 @@ JOIN_SCRATCH = "8Gi"
 
 
 @task(
-    cache=pipeline_cache("11"),
+    cache=pipeline_cache("12"),
     container_image=cpu_image,
     requests=Resources(cpu="1", mem="4Gi", ephemeral_storage=JOIN_SCRATCH),
     retries=2,
-    secret_requests=MLFLOW_SECRETS,
+    secret_requests=[PSEUDONYM_SECRET, *MLFLOW_SECRETS],
 )
 @outages_are_recoverable
 def join_ingest(
     source: str, chunks: list[FlyteDirectory], config: IngestConfig, parent_run_id: str
 ) -> Annotated[Dataset, HashMethod(content_hash)]:
     """Deduplicate, subsample, cases and splits over every chunk; write the Dataset (manifest + summary + a shard
-    table pointing at the chunks' shards). Reads only the chunks' tables."""
+    table pointing at the chunks' shards). Reads the chunks' tables, not their shards, and the source's metadata
+    keyed by SOPInstanceUID when it has one (its UIDs pseudonymised with the Flyte Secret sslflow/pseudonym_key)."""
     from sslflow.tracking.runs import stage_run
 
     name = source_name(source)
     with stage_run(parent_run_id, f"ingest:{name}", {"source": source, "config": config}) as run:
         work = Path(current_context().working_directory)
         directory = work / f"dataset-{name}"
-        sha256, summary = join_chunks(_chunk_tables(chunks, work / "chunk-tables"), config, directory)
+        tables = _chunk_tables(chunks, work / "chunk-tables")
+        sha256, summary = join_chunks(tables, config, directory, pseudonym_key=_pseudonym_key())
         _log_summary(summary, sha256)
     return Dataset(
         directory=FlyteDirectory(str(directory)),

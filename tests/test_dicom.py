@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import botocore.client
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from dicom_files import PLANTED, PLANTED_FRAGMENTS, write_dicom, write_pacs_folder
@@ -23,7 +24,16 @@ from pydicom.data import get_testdata_file, get_testdata_files
 
 from sslflow.config import IngestConfig
 from sslflow.data import chunks as chunks_module
-from sslflow.data.chunks import chunk_json, decode_chunk, ingest_source, plan_chunks
+from sslflow.data.chunks import (
+    DecodedChunk,
+    chunk_json,
+    decode_chunk,
+    ingest_source,
+    join_chunks,
+    plan_chunks,
+    plan_to_files,
+)
+from sslflow.data.dataset import read_manifest
 from sslflow.data.dicom import NonImageObject, decode_dicom, has_dicom_preamble
 from sslflow.data.pseudonyms import KEY_ENV, KEY_FILE_ENV, Pseudonyms
 from sslflow.data.sources import fingerprint_source as fingerprint_folder
@@ -545,29 +555,126 @@ def test_an_s3_plan_reads_no_object_without_an_image_suffix_and_the_chunks_skip_
     assert len(summary["chunks"]) > 1 and [operation for operation, _, _ in s3_calls].count("ListObjectsV2") == 1
 
 
-def test_a_chunk_reads_sop_instance_metadata_by_key_and_refuses_it_changed_since_the_plan(
+def test_the_plan_and_the_join_read_sop_instance_metadata_once_each_and_no_chunk_reads_it(
     tmp_path, monkeypatch, s3_calls
 ):
-    folder, _ = _uid_keyed_folder(tmp_path / "pacs")
+    """Metadata keyed by SOPInstanceUID at an S3 prefix: one GET of metadata.csv by the plan, none by any chunk, one
+    by the join. A metadata.csv changed after the plan is refused by the join, naming the file, not a UID."""
+    folder, uids = _uid_keyed_folder(tmp_path / "pacs")
+    config = IngestConfig(image_size=16, chunk_images=1)
+    metadata_gets = lambda: s3_calls.count(("GetObject", "site-a/metadata.csv", None))  # noqa: E731
     with moto_s3_server(tmp_path) as endpoint:
         s3_environment(monkeypatch, endpoint)
         client = boto3.client("s3")
         _uid_keyed_prefix(client, folder)
-        chunks = [
-            chunk_json(chunk)
-            for chunk in plan_chunks("s3://hospital/site-a", IngestConfig(image_size=16, chunk_images=1))
-        ]
         s3_calls.clear()
-        decode_chunk(chunks[0], tmp_path / "chunk-0")
-        assert "ListObjectsV2" not in [operation for operation, _, _ in s3_calls]
-        assert s3_calls.count(("GetObject", "site-a/metadata.csv", None)) == 1
+        chunk_files = plan_to_files("s3://hospital/site-a", config, tmp_path / "plan")
+        assert len(chunk_files) > 1 and metadata_gets() == 1
+        s3_calls.clear()
+        chunks = [
+            DecodedChunk(
+                decode_chunk(path.read_text(), tmp_path / f"chunk-{index}"), str(tmp_path / f"chunk-{index}/shards")
+            )
+            for index, path in enumerate(chunk_files)
+        ]
+        assert metadata_gets() == 0 and any(key.startswith("site-a/export/IM") for _, key, _ in s3_calls)
+        join_chunks(chunks, config, tmp_path / "dataset")
+        assert metadata_gets() == 1
+        manifest = read_manifest(tmp_path / "dataset").set_index("image_key")
+        assert manifest.loc[_image_key("export/IM0001"), ["label", "case_id"]].tolist() == ["malignant", "case-7"]
         metadata = (folder / "metadata.csv").read_bytes().replace(b"malignant", b"benign")
         client.put_object(Bucket="hospital", Key="site-a/metadata.csv", Body=metadata)
         with pytest.raises(
             SourceError, match=r"s3://hospital/site-a: metadata.csv changed since ingest listed the source"
-        ):
-            decode_chunk(chunks[1], tmp_path / "chunk-1")
-    assert not (tmp_path / "chunk-1").exists()
+        ) as refused:
+            join_chunks(chunks, config, tmp_path / "dataset-2")
+    assert not (tmp_path / "dataset-2").exists() and not any(uid in str(refused.value) for uid in uids)
+
+
+def _labelled_export(root: Path) -> Path:
+    """Eight extensionless CT objects of eight patients (P6: 3 frames, P7: 2 frames, the others 1) and a metadata.csv
+    keyed by SOPInstanceUID: P0 benign; P1 no label, case-7, site-x; P2 malignant, case-8; P5 benign, site-y; P6
+    malignant, case-9; no row for P3, P4, P7."""
+    uids = []
+    for index in range(8):
+        frames = {6: 3, 7: 2}.get(index, 1)
+        pixels = np.random.default_rng(index).integers(0, 4000, (frames, 8, 8) if frames > 1 else (8, 8), np.int16)
+        path = write_dicom(root / f"P{index}" / "IM0000", pixels, PatientID=f"P-{index}", InstitutionName="North")
+        uids.append(str(pydicom.dcmread(path).SOPInstanceUID))
+    rows = [
+        f"{uids[0]},benign,,",
+        f"{uids[1]},,case-7,site-x",
+        f"{uids[2]},malignant,case-8,",
+        f"{uids[5]},benign,,site-y",
+        f"{uids[6]},malignant,case-9,",
+    ]
+    (root / "metadata.csv").write_text("sop_instance_uid,label,case_id,site\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def _ingest_with_metadata_away(folder: Path, config: IngestConfig, work: Path) -> tuple[pd.DataFrame, dict]:
+    """(manifest, summary) of ``folder`` planned, its chunks decoded while its metadata.csv is moved out of it, and
+    joined with it back: a chunk that read the file would fail (it is gone)."""
+    chunk_files = plan_to_files(str(folder), config, work / "plan")
+    (folder / "metadata.csv").rename(work / "metadata.csv")
+    try:
+        folders = [decode_chunk(path.read_text(), work / f"chunk-{index}") for index, path in enumerate(chunk_files)]
+    finally:
+        (work / "metadata.csv").rename(folder / "metadata.csv")
+    chunks = [DecodedChunk(path, str(path / "shards")) for path in folders]
+    _, summary = join_chunks(chunks, config, work / "dataset")
+    return read_manifest(work / "dataset"), summary
+
+
+def test_labelled_dicom_objects_are_in_shards_apart_though_no_chunk_reads_the_sop_instance_metadata(tmp_path):
+    """The chunk documents name the labelled rows: one chunk of every object puts the six labelled images (P0, P2,
+    P5, P6's three frames) in shards that hold no unlabelled one. The join applies the rows as a chunk that read the
+    file did: a row's label, its case (case_source "metadata") when given, its site unless blank."""
+    folder = _labelled_export(tmp_path / "export")
+    config = IngestConfig(image_size=8, chunk_images=64)
+    manifest, summary = _ingest_with_metadata_away(folder, config, tmp_path)
+    assert summary["chunks"] and len(summary["chunks"]) == 1 and len(manifest) == 11
+    labelled = manifest["label"].notna()
+    assert labelled.sum() == 6 and not set(manifest["shard"][labelled]) & set(manifest["shard"][~labelled])
+    rows = manifest.set_index("image_key")
+    expected = {"P0": ("benign", None, None), "P1": (None, "case-7", "site-x"), "P2": ("malignant", "case-8", None)}
+    expected |= {"P3": (None, None, None), "P4": (None, None, None), "P5": ("benign", None, "site-y")}
+    header_site = rows.loc[_image_key("P3/IM0000"), "site"]
+    for patient, (label, case, site) in expected.items():
+        row = rows.loc[_image_key(f"{patient}/IM0000")]
+        assert (None if pd.isna(row["label"]) else row["label"]) == label, patient
+        assert row["case_id"] == case if case else row["case_id"].startswith("patient-"), patient
+        assert row["site"] == (site or header_site), patient
+    assert header_site not in ("site-x", "site-y", "default")
+    assert summary["case_ids"]["from"] == {"metadata": 5, "patient": 6} and summary["labelled"] == 6
+
+
+def test_every_frame_of_a_multi_frame_object_gets_its_sop_instance_row(tmp_path):
+    """P6's three frames take its row's label and case, in a labelled shard, one file per chunk; P7's two frames (no
+    row) keep the header's case and no label, in an unlabelled one."""
+    folder = _labelled_export(tmp_path / "export")
+    manifest, summary = _ingest_with_metadata_away(folder, IngestConfig(image_size=8, chunk_images=1), tmp_path)
+    assert len(summary["chunks"]) == 8
+    frames = {
+        patient: manifest[manifest["image_key"].str.startswith(_image_key(f"{patient}/IM0000") + "#frame=")]
+        for patient in ("P6", "P7")
+    }
+    assert len(frames["P6"]) == 3 and len(frames["P7"]) == 2
+    assert frames["P6"]["label"].tolist() == ["malignant"] * 3 and frames["P6"]["case_id"].tolist() == ["case-9"] * 3
+    assert frames["P7"]["label"].isna().all() and frames["P7"]["case_id"].str.startswith("patient-").all()
+    assert set(manifest[manifest["shard"].isin(frames["P6"]["shard"])]["label"].isna()) == {False}
+    assert set(manifest[manifest["shard"].isin(frames["P7"]["shard"])]["label"].isna()) == {True}
+
+
+def test_a_single_labelled_sop_instance_row_puts_its_object_in_shards_apart(tmp_path):
+    """One labelled row (P6, three frames) in one chunk of every object: its frames alone in labelled shards."""
+    folder = _labelled_export(tmp_path / "export")
+    uid = pydicom.dcmread(folder / "P6" / "IM0000", stop_before_pixels=True).SOPInstanceUID
+    (folder / "metadata.csv").write_text(f"sop_instance_uid,label\n{uid},malignant\n")
+    manifest, _ = _ingest_with_metadata_away(folder, IngestConfig(image_size=8, chunk_images=64), tmp_path)
+    labelled = manifest["label"].notna()
+    assert labelled.sum() == 3 and manifest["image_key"][labelled].str.startswith(_image_key("P6/IM0000")).all()
+    assert not set(manifest["shard"][labelled]) & set(manifest["shard"][~labelled])
 
 
 def _multiframe_export(root: Path, files: int, frames: int) -> Path:

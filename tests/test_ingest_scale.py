@@ -76,9 +76,9 @@ def _uid_keyed_folder(root: Path, extra_rows: int) -> Path:
     return root
 
 
-def test_a_chunk_report_counts_unmatched_metadata_rows_and_the_join_names_at_most_fifty(tmp_path):
-    """The report of a chunk holds counts, not the rows it did not match: 3 or 503 metadata rows, the same size. The
-    join refuses the rows no chunk matched (all 500), naming 50 of them."""
+def test_a_chunk_report_does_not_grow_with_unmatched_metadata_rows_and_the_join_names_at_most_fifty(tmp_path):
+    """The report of a chunk names the metadata file (its sha256), not its rows: 3 or 503 metadata rows, the same
+    size. The join refuses the rows no image matched (all 500), naming 50 of them."""
     config = IngestConfig(image_size=16, chunk_images=1)
     sizes = {}
     for extra in (0, 500):
@@ -92,7 +92,7 @@ def test_a_chunk_report_counts_unmatched_metadata_rows_and_the_join_names_at_mos
                 {key: value for key, value in report.items() if key not in ("decoding", "chunk_sha256", "source")}
             )
         )
-        assert report["instance_rows"] == 3 + extra
+        assert report["instance_metadata"]["file"] == "metadata.csv"
     assert abs(sizes[500] - sizes[0]) <= 8, sizes
     with pytest.raises(SourceError, match=r"500 metadata row\(s\) name a SOPInstanceUID") as refused:
         ingest_source(str(tmp_path / "pacs-500"), config, tmp_path / "dataset")
@@ -137,16 +137,16 @@ def _plan_and_chunk_peaks(folder: Path, config: IngestConfig, work: Path) -> tup
 
 
 def test_the_plan_and_a_chunk_hold_a_batch_of_sop_instance_rows_not_the_file(tmp_path):
-    """Metadata keyed by SOPInstanceUID is checked by the plan and read by each chunk a batch at a time: 30,000 more
-    rows take the plan and a chunk of one file a few bytes a row at most (holding the rows took about 1 KB a row)."""
+    """Metadata keyed by SOPInstanceUID is checked by the plan a batch at a time, and a chunk of one file holds the
+    digests of the labelled rows its document names: 30,000 more labelled rows take the plan and the chunk under 100
+    bytes a row (holding the rows took about 1 KB a row)."""
     config = IngestConfig(image_size=16, chunk_images=1)
     peaks = {}
     for extra in (10_000, 40_000):
         folder = _uid_keyed_folder(tmp_path / f"pacs-{extra}", extra)
         peaks[extra] = _plan_and_chunk_peaks(folder, config, tmp_path / f"work-{extra}")
-        assert json.loads((tmp_path / f"work-{extra}" / "chunk" / CHUNK_REPORT).read_text())["instance_rows"] == (
-            3 + extra
-        )
+        report = json.loads((tmp_path / f"work-{extra}" / "chunk" / CHUNK_REPORT).read_text())
+        assert report["instance_metadata"]["file"] == "metadata.csv"
     for step, small, large in zip(("plan", "chunk"), peaks[10_000], peaks[40_000]):
         assert (large - small) / 30_000 < 100, (
             f"the {step} peaked at {small} bytes with 10,003 rows, {large} with 40,003"

@@ -55,7 +55,6 @@ def _chunk(folder: Path, index: int, rows: int) -> DecodedChunk:
         "read": {},
         "skipped_non_image": {},
         "chunk_sha256": f"{index:064x}",
-        "instance_rows": None,
         "decoding": f"{index:032x}",
     }
     (folder / CHUNK_REPORT).write_text(json.dumps(report))

@@ -56,7 +56,7 @@ def _chunks(folder: Path, *, conflicting: bool = False) -> tuple[list[DecodedChu
         (folder / f"chunk-{index}").mkdir(parents=True)
         table.to_parquet(folder / f"chunk-{index}" / CHUNK_TABLE, index=False)
         report = {"source": "s3://b/p", "images": ROWS, "quarantined": [], "held_back": {}, "read": {}}
-        report |= {"skipped_non_image": {}, "chunk_sha256": f"{index:064x}", "instance_rows": None, "decoding": "d"}
+        report |= {"skipped_non_image": {}, "chunk_sha256": f"{index:064x}", "decoding": "d"}
         (folder / f"chunk-{index}" / CHUNK_REPORT).write_text(json.dumps(report))
         chunks.append(DecodedChunk(folder / f"chunk-{index}", f"s3://b/chunk-{index}/shards"))
         tables.append(table)

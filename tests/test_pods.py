@@ -15,10 +15,12 @@ The whole pipeline as pods: tests/test_pipeline_pods.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import boto3
 import numpy as np
+import pydicom
 import pytest
 from dicom_files import write_pacs_folder
 from flytekit.models.literals import LiteralMap
@@ -85,9 +87,16 @@ def _shard_gets(requests: list[tuple[str, str]]) -> list[str]:
     ]
 
 
+def _with_requests(proxy, run, *arguments) -> tuple:
+    """(``run(*arguments)``, the requests ``proxy`` recorded while it ran: a pod's, the pods running one at a time)."""
+    before = len(proxy.requests)
+    result = run(*arguments)
+    return result, proxy.requests[before:]
+
+
 def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConfig, proxy) -> dict:
     """Every task of workflows/data.py validate_data as a pod, in the workflow's order; the final outputs, and the
-    shard GETs of the join pod (from ``proxy``'s requests, the pods running one at a time)."""
+    requests ({"plan", "chunk", "join"}) of the plan pod, the chunk pods and the join pod (from ``proxy``'s)."""
     from tasks.data_run import finish_data_run, start_data_run
     from tasks.ingest import join_ingest, plan_ingest, source_fingerprint
     from tasks.validate import validate
@@ -105,7 +114,10 @@ def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConf
     plan_inputs = bind(
         (fingerprint, "o0", "fingerprint"), **literals(plan_ingest, source=source, config=config).literals
     )
-    plan = runner.run(tasks["tasks.ingest.plan_ingest"], "plan-ingest", plan_inputs)
+    requests = {}
+    plan, requests["plan"] = _with_requests(
+        proxy, runner.run, tasks["tasks.ingest.plan_ingest"], "plan-ingest", plan_inputs
+    )
     references = plan.literals["o0"].collection.literals
     assert all(reference.scalar.blob.uri.startswith("s3://flyte/raw/") for reference in references), (
         "the plan is files in the object store"
@@ -113,15 +125,15 @@ def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConf
     assert len({reference.hash for reference in references}) == len(references) and all(
         len(reference.hash) == 64 for reference in references
     )
-    decoded = runner.run_map(tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), len(references))
+    chunks = (tasks["map:ingest_chunk"], "ingest-chunk", bind((plan, "o0", "chunk")), len(references))
+    decoded, requests["chunk"] = _with_requests(proxy, runner.run_map, *chunks)
     join_inputs = bind(
         (decoded, "o0", "chunks"),
         (run, "o0", "parent_run_id"),
         **literals(join_ingest, source=source, config=config).literals,
     )
-    before_join = len(proxy.requests)
-    dataset = runner.run(tasks["tasks.ingest.join_ingest"], "join-ingest", join_inputs)
-    join_requests = proxy.requests[before_join:]
+    join = (tasks["tasks.ingest.join_ingest"], "join-ingest", join_inputs)
+    dataset, requests["join"] = _with_requests(proxy, runner.run, *join)
     checks = literals(validate, config=ValidationConfig(), label_fractions=[])
     valid = runner.run(
         tasks["tasks.validate.validate"],
@@ -139,7 +151,7 @@ def _run_data_workflow(runner: PodRunner, tasks, source: str, config: IngestConf
         "dataset": valid,
         "run": run,
         "summary": python_value(summary.literals["o0"], str),
-        "join_requests": join_requests,
+        "requests": requests,
     }
 
 
@@ -175,10 +187,10 @@ def _check_pod_run(runner: PodRunner, tmp_path: Path, result: dict) -> Dataset:
     join that downloaded no shard (but its chunks' tables), nothing left in a pod's working directory. Returns the
     Dataset."""
     dataset = python_value(result["dataset"].literals["o0"], Dataset)
-    join_gets = [path for method, path in result["join_requests"] if method == "GET"]
+    join_gets = [path for method, path in result["requests"]["join"] if method == "GET"]
     assert any(path.split("?")[0].endswith("/chunk.parquet") for path in join_gets), "the join read the chunks' tables"
-    assert not _shard_gets(result["join_requests"]), (
-        f"the join pod downloaded shards: {_shard_gets(result['join_requests'])[:3]}"
+    assert not _shard_gets(result["requests"]["join"]), (
+        f"the join pod downloaded shards: {_shard_gets(result['requests']['join'])[:3]}"
     )
     shard_keys = [key for key in _keys(runner, "raw/") if "/shards/" in key and key.endswith(".npy")]
     assert len(shard_keys) >= result["chunks"], "the chunk pods wrote their shards to the object store"
@@ -237,8 +249,27 @@ def test_pngs_through_failing_s3_requests_as_pods_then_pretraining_and_fine_tuni
     )
 
 
+def _metadata_gets(requests: list[tuple[str, str]]) -> int:
+    """How many of a proxy's ``requests`` GET the source's metadata.csv."""
+    return sum(1 for method, path in requests if method == "GET" and path.split("?")[0].endswith("/metadata.csv"))
+
+
+def _label_by_sop_instance_uid(folder: Path, images: list[str]) -> None:
+    """A metadata.csv in ``folder`` keyed by the SOPInstanceUIDs of the DICOM files ``images`` (paths in it): every
+    other object labelled, the first given a case."""
+    uids = sorted({str(pydicom.dcmread(folder / path, stop_before_pixels=True).SOPInstanceUID) for path in images})
+    rows = [
+        f"{uid},{'class' + str(index % 4 // 2) if index % 2 == 0 else ''},{'' if index else 'case-1'}"
+        for index, uid in enumerate(uids)
+    ]
+    (folder / "metadata.csv").write_text("sop_instance_uid,label,case_id\n" + "\n".join(rows) + "\n")
+
+
 def test_a_pacs_export_in_s3_runs_as_pods(tmp_path, monkeypatch, tasks):
-    write_pacs_folder(tmp_path / "scans", copies=2, patients=3)
+    """A PACS export labelled by SOPInstanceUID: the plan pod and the join pod GET its metadata.csv once each, no chunk
+    pod does."""
+    exported = write_pacs_folder(tmp_path / "scans", copies=2, patients=3)
+    _label_by_sop_instance_uid(tmp_path / "scans", exported["path"].tolist())
     config = IngestConfig(image_size=16, chunk_images=8, shard_megabytes=1)
     from faulty_proxy import FaultyS3Proxy
 
@@ -250,7 +281,12 @@ def test_a_pacs_export_in_s3_runs_as_pods(tmp_path, monkeypatch, tasks):
         ) as proxy:  # no faults: it records the requests
             runner = registered_runner(tmp_path, endpoint, mlflow.uri, s3_endpoint=proxy.endpoint)
             result = _run_data_workflow(runner, tasks, "s3://scans/site-a", config, proxy)
-            _check_pod_run(runner, tmp_path, result)
+            dataset = _check_pod_run(runner, tmp_path, result)
+            summary_key = dataset.directory.remote_source.removeprefix("s3://flyte/").rstrip("/") + "/summary.json"
+            summary = json.loads(runner.s3.get_object(Bucket=runner.bucket, Key=summary_key)["Body"].read())
+    assert summary["labelled"] > 0 and summary["case_ids"]["from"]["metadata"] >= 1, "the join applied the rows"
+    gets = {step: _metadata_gets(requests) for step, requests in result["requests"].items()}
+    assert gets == {"plan": 1, "chunk": 0, "join": 1}, gets
 
 
 def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monkeypatch, tasks):
@@ -269,7 +305,10 @@ def test_a_chunk_pod_without_the_pseudonym_secret_refuses_to_run(tmp_path, monke
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-        planner = PodRunner(tmp_path, endpoint, registered=registered, secrets={})
+        # the plan pod has the Secret: it pseudonymises the UIDs of metadata keyed by SOPInstanceUID with it
+        planner = PodRunner(
+            tmp_path, endpoint, registered=registered, secrets={("sslflow", "pseudonym_key"): PSEUDONYM_KEY}
+        )
         plan_inputs = literals(
             plan_ingest, source="s3://scans/site-a", fingerprint="not checked by the plan", config=config
         )

@@ -33,11 +33,18 @@ decoding as a map task; ``ingest_source`` runs the same three steps in one proce
   patient share a chunk (and a sub-batch) only when their files sort together (as in a PACS export's patient
   folders).
   Files without an image suffix are candidates the chunk reads and skips unless they are DICOM (the plan reads
-  none of them). Metadata keyed by SOPInstanceUID is checked by the plan and read by every chunk, that one file and
-  no listing (its sha256 is in the chunk document, so a changed metadata.csv re-decodes, and a chunk refuses one
-  changed since the plan), a batch at a time once its files are decoded, keeping the rows of its images' UIDs alone
-  (sslflow/data/instance_metadata.py); each chunk lists the rows it matched (instance_rows.parquet, by position),
-  and the join refuses the rows that no chunk matched.
+  none of them).
+- **Metadata keyed by SOPInstanceUID** is read twice, never by a chunk. The plan reads it once, a batch at a time
+  (sslflow/data/instance_metadata.py): it checks it (every UID given, none twice), pseudonymises each labelled row's
+  UID with the key the chunks use and puts in every chunk document the file's sha256 and the sorted 8-byte digests of
+  the labelled rows' pseudonyms (``instance_metadata``: one hex string, 16 bytes of JSON a labelled row, a few KB
+  for a few hundred labels; beyond a batch, the plan holds that string: O(labelled rows)). A changed metadata.csv
+  changes every chunk document, so it re-decodes the chunks and re-runs the join. A chunk counts an image whose
+  object's digest is listed as labelled when it cuts its shards (labelled cases in shards apart), and otherwise
+  keeps the header's case and site and no label. The join checks the file is the one planned (its sha256), streams
+  it into a sqlite table of its scratch file, applies each row to the images of its object and refuses the rows no
+  image matched (sslflow/data/instance_rows.py): one GET of the file by the plan and one by the join, none by the
+  chunks.
 - **Files metadata.csv does not list.** The plan counts the image files it leaves out (``Source.unlisted``) and
   refuses them under ``IngestConfig.unlisted_files="refuse"``; otherwise the first chunk document carries the count
   and the first UNLISTED_NAMED paths, its task reports them by key, and the join puts them in the summary
@@ -67,7 +74,7 @@ from sslflow.config import IngestConfig
 from sslflow.data.dataset import labelled_cases, read_manifest, write_case_shards, write_dataset
 from sslflow.data.decode_cache import DecodeCache
 from sslflow.data.dicom import HEADER_PROBE_BYTES, frames_in_header
-from sslflow.data.instance_metadata import InstanceMetadata
+from sslflow.data.instance_metadata import InstanceMetadata, listed_labelled
 from sslflow.data.listing import (
     MAX_LISTED_PROBLEMS,
     ListingReader,
@@ -84,7 +91,7 @@ from sslflow.data.sources import Source, named_source, open_source
 from sslflow.data.sub_batches import OneBatch, SubBatches
 from sslflow.data.types import IMAGE_SUFFIXES, SourceError, SourceImages
 
-CHUNK_TABLE, CHUNK_REPORT, INSTANCE_ROWS, SHARDS = "chunk.parquet", "chunk.json", "instance_rows.parquet", "shards"
+CHUNK_TABLE, CHUNK_REPORT, SHARDS = "chunk.parquet", "chunk.json", "shards"
 CHUNKS = "chunks"  # where ingest_source's dataset keeps its chunk folders
 # The largest chunk, in chunk_images: a chunk pod's memory is sized for it (the cuts give chunk_images on average)
 MAX_CHUNK_FACTOR = 2
@@ -119,7 +126,8 @@ class ChunkDocument(TypedDict, total=False):
 
     source, kind: the source's URI and kind (sslflow/data/sources/); decode: the IngestConfig settings decoding uses
     (DECODE_SETTINGS). A source of files: records ([listing position, ImageRecord fields, content digest] each),
-    instance_metadata ({"file", "sha256"} of metadata keyed by SOPInstanceUID), unlisted ({"count", "paths"} of the
+    instance_metadata ({"file", "sha256", "labelled"} of metadata keyed by SOPInstanceUID; labelled: the digests of
+    its labelled rows' UID pseudonyms, InstanceMetadata.check), unlisted ({"count", "paths"} of the
     image files metadata.csv does not list: the first chunk only). A packaged source (``Source.packaged_images``):
     fingerprint, and start and stop, the index range. proxy_tag: 8 hex of the rest, with IngestConfig.proxy_cases.
     batch_images (a source of files): the most images its task decodes before it writes their shards
@@ -145,8 +153,8 @@ class ChunkDocument(TypedDict, total=False):
 
 class ChunkReport(TypedDict, total=False):
     """A decoded chunk's chunk.json, read by the join: counts, the quarantined and held-back files by image key, read
-    statistics, its chunk document's sha256 (chunk_sha256), the metadata rows keyed by SOPInstanceUID it was given
-    (instance_rows: None without; which it matched: instance_rows.parquet), ``decoding`` (names this decoding), in
+    statistics, its chunk document's sha256 (chunk_sha256), the metadata keyed by SOPInstanceUID it was planned with
+    (instance_metadata: {"file", "sha256"}, absent without; the join applies it), ``decoding`` (names this decoding), in
     the first chunk only, ``unlisted`` ({"count", "keys"} of the image files metadata.csv does not list), and how it
     held them: ``decoded_at_most`` (the most images held decoded at once: under the chunk document's batch_images
     plus one file's frames, unless a case holds more: it is held whole, with up to batch_images more) in
@@ -159,7 +167,7 @@ class ChunkReport(TypedDict, total=False):
     read: dict[str, int]
     skipped_non_image: dict[str, int]
     chunk_sha256: str
-    instance_rows: int | None
+    instance_metadata: dict[str, str]
     decoding: str
     unlisted: dict
     decoded_at_most: int
@@ -209,16 +217,18 @@ def _cut(
         yield chunk
 
 
-def plan_chunks(source: str, config: IngestConfig) -> Iterator[ChunkDocument]:
+def plan_chunks(source: str, config: IngestConfig, *, pseudonym_key: str | None = None) -> Iterator[ChunkDocument]:
     """The chunks of ``source`` as documents, streamed in listing order while the source is listed (see the module
-    docstring); SourceError for an empty source. Built-in sources are cut by index ranges."""
+    docstring); SourceError for an empty source. Built-in sources are cut by index ranges. pseudonym_key: the key
+    the chunks decode with (else sslflow/data/pseudonyms.py's fallbacks), for the labelled rows of metadata keyed by
+    SOPInstanceUID."""
     opened = open_source(source)
     header = ChunkDocument(
         source=source, kind=opened.kind, decode={name: getattr(config, name) for name in DECODE_SETTINGS}
     )
     packaged = opened.packaged_images(config.image_size, config.channels)
     chunks = (
-        _listed_chunks(opened, header, config)
+        _listed_chunks(opened, header, config, Pseudonyms(pseudonym_key))
         if packaged is None
         else _index_range_chunks(opened, len(packaged.pixels), header, config)
     )
@@ -261,14 +271,18 @@ def _unlisted(opened: Source, config: IngestConfig) -> dict | None:
     return {"count": count, "paths": first} if count else None
 
 
-def _listed_chunks(opened: Source, header: ChunkDocument, config: IngestConfig) -> Iterator[ChunkDocument]:
+def _listed_chunks(
+    opened: Source, header: ChunkDocument, config: IngestConfig, pseudonyms: Pseudonyms
+) -> Iterator[ChunkDocument]:
     """Chunks of (listing position, record fields, content digest), cut from the source's records as they stream in.
-    Metadata keyed by SOPInstanceUID is named by its sha256: each chunk reads it again and checks it. The first chunk
-    carries the image files metadata.csv does not list (``unlisted``: its task reports them by key)."""
+    Metadata keyed by SOPInstanceUID is named by its sha256, with the digests of its labelled rows' UID pseudonyms
+    (under ``pseudonyms``): no chunk reads it, the join does. The first chunk carries the image files metadata.csv
+    does not list (``unlisted``: its task reports them by key)."""
     by_instance = opened.instance_rows()
     if by_instance is not None:
-        by_instance.check()  # every UID given, none twice: refused here, before any chunk decodes
-        header = ChunkDocument(**header, instance_metadata={"file": METADATA_FILE, "sha256": by_instance.sha256()})
+        labelled = by_instance.check(pseudonyms)  # every UID given, none twice: refused before any chunk decodes
+        metadata = {"file": METADATA_FILE, "sha256": by_instance.sha256(), "labelled": labelled}
+        header = ChunkDocument(**header, instance_metadata=metadata)
     unlisted = _unlisted(opened, config)
     empty = True
     case, path, size = (
@@ -328,9 +342,8 @@ def _decoded_batches(chunk: ChunkDocument, config: IngestConfig, pseudonyms: Pse
     if packaged is not None:  # a chunk of a packaged source is an index range
         return OneBatch(_slice(packaged, chunk["start"], chunk["stop"]))
     records = [ImageRecord(**fields) for _, fields, _ in chunk["records"]]
-    by_instance = _instance_metadata(opened, chunk["instance_metadata"]) if chunk.get("instance_metadata") else None
     cache = DecodeCache.for_config(config)
-    reader = ListingReader(opened.read_bytes, config, cache, chunk["source"], pseudonyms, by_instance)
+    reader = ListingReader(opened.read_bytes, config, cache, chunk["source"], pseudonyms)
     return SubBatches(records, reader, chunk["batch_images"])
 
 
@@ -342,28 +355,15 @@ def _listing_positions(chunk: ChunkDocument, images: SourceImages) -> list[int]:
     return [position[path.split("#frame=")[0]] for path in images.source_paths]
 
 
-def _instance_metadata(opened: Source, expected: dict) -> InstanceMetadata:
-    """The source's metadata file keyed by SOPInstanceUID (one file: no listing), checked to be the file the plan
-    read (``expected``: its name and sha256); SourceError if it changed or went away since."""
-    found = opened.instance_rows()
-    if found is None or found.sha256() != expected["sha256"]:
-        raise SourceError(
-            f"source {opened.uri}: {expected['file']} "
-            f"{'is no longer keyed by SOPInstanceUID or is gone' if found is None else 'changed'} "
-            "since ingest listed the source (its sha256 is in the chunk document); run ingest again"
-        )
-    return found
-
-
 def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None = None) -> Path:
     """Decode one chunk (a chunk document, JSON) into ``directory``: chunk.parquet (decoded_table + listing position,
     shard, shard_row), shards/<sha256>.npy, chunk.json (the report: counts, quarantined and held-back files by image
-    key, read statistics, the most images held decoded at once, the chunk document's sha256) and, for metadata keyed
-    by SOPInstanceUID, instance_rows.parquet (``row``: the metadata rows this chunk matched, by position). No path is
-    written: the table and the report know images by image_key. DICOM identities are pseudonymised with
-    ``pseudonym_key`` (else sslflow/data/pseudonyms.py's fallbacks). The files are decoded a sub-batch at a time
-    (sslflow/data/sub_batches.py), each sub-batch's shards written before the next is decoded. Written to a temporary
-    folder, renamed on success."""
+    key, read statistics, the most images held decoded at once, the chunk document's sha256). Metadata keyed by
+    SOPInstanceUID is not read: the chunk document's digests of its labelled rows say which images count as labelled
+    when the shards are cut, and the join applies the rows. No path is written: the table and the report know images
+    by image_key. DICOM identities are pseudonymised with ``pseudonym_key`` (else sslflow/data/pseudonyms.py's
+    fallbacks). The files are decoded a sub-batch at a time (sslflow/data/sub_batches.py), each sub-batch's shards
+    written before the next is decoded. Written to a temporary folder, renamed on success."""
     chunk: ChunkDocument = json.loads(chunk_json)
     config = IngestConfig(**chunk["decode"])
     pseudonyms = Pseudonyms(pseudonym_key)
@@ -375,11 +375,7 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
         tables = list(map(functools.partial(_write_batch, chunk, config, staging / SHARDS), batches))
         table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
         table.to_parquet(staging / CHUNK_TABLE, index=False)
-        files = batches.files()
-        if files["instance_row_count"] is not None:
-            matched = np.array(files["matched_instance_rows"], dtype=np.int64)
-            pd.DataFrame({"row": matched}).to_parquet(staging / INSTANCE_ROWS, index=False)
-        report = _report(chunk, table, files, pseudonyms, batches)
+        report = _report(chunk, table, batches.files(), pseudonyms, batches)
         (staging / CHUNK_REPORT).write_text(json.dumps(report))
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
@@ -391,7 +387,8 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
 
 def _write_batch(chunk: ChunkDocument, config: IngestConfig, shards: Path, images: SourceImages) -> pd.DataFrame:
     """Write one sub-batch's images (pixels (n, C, H, W)) as shards into ``shards`` (write_case_shards: a case in one
-    shard, labelled cases apart); returns its rows of chunk.parquet (decoded_table + listing_position, shard,
+    shard, labelled cases apart, an image whose metadata row keyed by SOPInstanceUID has a label counting as
+    labelled: _labels_for_shards); returns its rows of chunk.parquet (decoded_table + listing_position, shard,
     shard_row)."""
     table = decoded_table(images, config)
     if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
@@ -399,9 +396,31 @@ def _write_batch(chunk: ChunkDocument, config: IngestConfig, shards: Path, image
             case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]
         ]
     case_keys = [case if case is not None else key for case, key in zip(table["case_id"], table["image_key"])]
-    labelled = labelled_cases(case_keys, table["label"].tolist())
+    labelled = labelled_cases(case_keys, _labels_for_shards(chunk, table))
     shard, row = write_case_shards(shards, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20)
     return table.assign(listing_position=_listing_positions(chunk, images), shard=shard, shard_row=row)
+
+
+# What an image whose object has a labelled metadata row keyed by SOPInstanceUID counts as when shards are cut (the
+# chunk does not know the label; never written: the join applies the row)
+LISTED_LABEL = "labelled in metadata"
+
+
+def _labels_for_shards(chunk: ChunkDocument, table: pd.DataFrame) -> list:
+    """The labels labelled_cases reads for a sub-batch's rows (``table``, decoded_table): each image's, LISTED_LABEL
+    for an unlabelled one whose object the chunk document's instance_metadata lists as labelled."""
+    labels = table["label"].tolist()
+    metadata = chunk.get("instance_metadata")
+    if not metadata:
+        return labels
+    listed = listed_labelled(table["instance"].tolist(), metadata["labelled"])
+    return [LISTED_LABEL if is_listed and pd.isna(label) else label for label, is_listed in zip(labels, listed)]
+
+
+def _planned_metadata(chunk: ChunkDocument) -> dict[str, str]:
+    """{"file", "sha256"} of the metadata keyed by SOPInstanceUID a chunk was planned with: what its report tells the
+    join."""
+    return {"file": chunk["instance_metadata"]["file"], "sha256": chunk["instance_metadata"]["sha256"]}
 
 
 def _report(
@@ -423,7 +442,7 @@ def _report(
         read=files["read_stats"],
         skipped_non_image=files["skipped"],
         chunk_sha256=_chunk_identity(chunk),  # the chunk document: its files and their content hashes
-        instance_rows=files["instance_row_count"],
+        **({"instance_metadata": _planned_metadata(chunk)} if chunk.get("instance_metadata") else {}),
         decoding=uuid.uuid4().hex,
         **({"unlisted": keys} if keys["count"] else {}),
         decoded_at_most=batches.decoded_at_most,
@@ -433,9 +452,9 @@ def _report(
 
 @dataclasses.dataclass(frozen=True)
 class DecodedChunk:
-    """A decoded chunk as the join sees it. tables: a local folder holding its chunk.parquet, chunk.json (and
-    instance_rows.parquet); shards: where its shards/ folder is (a URI, an absolute path, or a path relative to the
-    dataset folder), which the dataset's shard table points into. The join reads the tables, never the shards."""
+    """A decoded chunk as the join sees it. tables: a local folder holding its chunk.parquet and chunk.json; shards:
+    where its shards/ folder is (a URI, an absolute path, or a path relative to the dataset folder), which the
+    dataset's shard table points into. The join reads the tables, never the shards."""
 
     tables: Path
     shards: str
@@ -449,27 +468,21 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def _refuse_unmatched_rows(chunks: list[DecodedChunk], reports: list[ChunkReport]) -> None:
-    """SourceError naming the metadata rows keyed by SOPInstanceUID that no chunk matched (each chunk's
-    instance_rows.parquet lists the positions of those it did: a byte per row is held)."""
-    counts = {report["instance_rows"] for report in reports if report.get("instance_rows") is not None}
-    if not counts:
-        return
-    matched = np.zeros(max(counts), dtype=bool)
-    for chunk, report in zip(chunks, reports):
-        if report.get("instance_rows") is not None:
-            matched[pd.read_parquet(chunk.tables / INSTANCE_ROWS)["row"].to_numpy()] = True
-    unmatched = np.flatnonzero(~matched)
-    if len(unmatched):
-        source = reports[0]["source"]
-        found = open_source(source).instance_rows()
-        if len(counts) > 1 or found is None or found.row_count() != max(counts):
-            raise SourceError(
-                f"source {source}: its metadata.csv changed while it was ingested ({sorted(counts)} rows keyed by "
-                "SOPInstanceUID); ingest it again"
-            )
-        named = [found.row_where(int(position)) for position in unmatched[:MAX_LISTED_PROBLEMS]]
-        refuse_unmatched(source, named, count=len(unmatched))
+def _planned_instance_metadata(reports: list[ChunkReport]) -> InstanceMetadata | None:
+    """The source's metadata keyed by SOPInstanceUID that the chunks were planned with (their reports'
+    instance_metadata), None without; SourceError if it changed or went away since the plan (its sha256 differs)."""
+    planned = {json.dumps(report["instance_metadata"]) for report in reports if report.get("instance_metadata")}
+    if not planned:
+        return None
+    source, expected = reports[0]["source"], json.loads(min(planned))
+    found = open_source(source).instance_rows()
+    if len(planned) > 1 or found is None or found.sha256() != expected["sha256"]:
+        raise SourceError(
+            f"source {source}: {expected['file']} "
+            f"{'is no longer keyed by SOPInstanceUID or is gone' if found is None else 'changed'} "
+            "since ingest listed the source (its sha256 is in the chunk document); run ingest again"
+        )
+    return found
 
 
 def _chunk_identity(chunk: ChunkDocument) -> str:
@@ -497,23 +510,33 @@ def _listing_sha256(reports: list[ChunkReport]) -> str:
 
 
 def join_chunks(
-    chunks: list[DecodedChunk], config: IngestConfig, directory: Path, *, contents: dict[str, Path] | None = None
+    chunks: list[DecodedChunk],
+    config: IngestConfig,
+    directory: Path,
+    *,
+    contents: dict[str, Path] | None = None,
+    pseudonym_key: str | None = None,
 ) -> tuple[str, dict]:
     """Join decoded chunks into the dataset at ``directory``: deduplicate, subsample, cases and splits over all of
     them, in source-listing order, streamed (sslflow/data/manifest_join.py: the facts per image in sqlite on the
-    local disk; no table held). Reads only the chunks' tables; the dataset's shard table points at their shards where
-    they are (sslflow/data/dataset.py). contents: folders moved into the dataset (write_dataset). Returns (content
-    sha256, summary)."""
+    local disk; no table held). Reads the chunks' tables, not their shards, and the source's metadata keyed by
+    SOPInstanceUID when the chunks were planned with one (its UIDs pseudonymised with ``pseudonym_key``, the key the
+    chunks decoded with); the dataset's shard table points at their shards where they are (sslflow/data/dataset.py).
+    contents: folders moved into the dataset (write_dataset). Returns (content sha256, summary)."""
     with returning_memory_pool():  # memory pyarrow frees goes back: the join reads every chunk table, one at a time
-        return _join(chunks, config, directory, contents)
+        return _join(chunks, config, directory, contents, Pseudonyms(pseudonym_key))
 
 
 def _join(
-    chunks: list[DecodedChunk], config: IngestConfig, directory: Path, contents: dict[str, Path] | None
+    chunks: list[DecodedChunk],
+    config: IngestConfig,
+    directory: Path,
+    contents: dict[str, Path] | None,
+    pseudonyms: Pseudonyms,
 ) -> tuple[str, dict]:
     reports: list[ChunkReport] = [json.loads((chunk.tables / CHUNK_REPORT).read_text()) for chunk in chunks]
     tables = ChunkTables([chunk.tables / CHUNK_TABLE for chunk in chunks])
-    with image_facts(tables.files) as facts:
+    with image_facts(tables.files, _planned_instance_metadata(reports), pseudonyms) as facts:
         if not facts.images:  # every chunk's files were skipped or held back
             refuse_no_images(
                 reports[0]["source"],
@@ -525,7 +548,9 @@ def _join(
             for shard in facts.shards[index]
         }
         dropped = kept_rows(facts, config, functools.partial(tables.values, facts))
-        _refuse_unmatched_rows(chunks, reports)
+        if facts.instance_rows is not None:
+            count, unmatched = facts.instance_rows.unmatched(MAX_LISTED_PROBLEMS)
+            refuse_unmatched(reports[0]["source"], unmatched, count=count)
 
         def write_manifest(manifest_file: Path) -> tuple[set[str], dict]:
             counts = write_manifest_streamed(facts, config, tables, manifest_file)
@@ -587,13 +612,13 @@ def chunk_json(chunk: ChunkDocument) -> str:
     return json.dumps(chunk, sort_keys=True, separators=(",", ":"))
 
 
-def plan_to_files(source: str, config: IngestConfig, folder: Path) -> list[Path]:
-    """plan_chunks, each chunk document written to ``folder``/chunk-<its sha256>.json as it comes (never all of them
-    in memory); returns the paths, the chunks with the most images first (the map task and the process pool start
-    them in that order), ties in listing order."""
+def plan_to_files(source: str, config: IngestConfig, folder: Path, *, pseudonym_key: str | None = None) -> list[Path]:
+    """plan_chunks (with ``pseudonym_key``, the key the chunks decode with), each chunk document written to
+    ``folder``/chunk-<its sha256>.json as it comes (never all of them in memory); returns the paths, the chunks with
+    the most images first (the map task and the process pool start them in that order), ties in listing order."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[tuple[int, Path]] = []
-    for chunk in plan_chunks(source, config):
+    for chunk in plan_chunks(source, config, pseudonym_key=pseudonym_key):
         path = folder / f"chunk-{_chunk_identity(chunk)}.json"
         path.write_text(chunk_json(chunk))
         written.append((_chunk_images(chunk), path))
@@ -620,18 +645,19 @@ def ingest_source(
         if workers > 1:
             spawn = multiprocessing.get_context("spawn")  # a worker holds its chunk and the decoding modules (no torch)
             with ProcessPoolExecutor(1, mp_context=spawn) as planner:
-                chunk_files = planner.submit(plan_to_files, source, config, Path(work) / "plan").result()
+                plan = functools.partial(plan_to_files, pseudonym_key=pseudonym_key)
+                chunk_files = planner.submit(plan, source, config, Path(work) / "plan").result()
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
             # a process per chunk, as a pod per chunk: memory a long-lived worker kept from earlier chunks is uncounted
             with ProcessPoolExecutor(workers, mp_context=spawn, max_tasks_per_child=1) as pool:
                 decode = functools.partial(_decode_chunk_file, pseudonym_key=pseudonym_key)
                 list(pool.map(decode, chunk_files, folders))
         else:
-            chunk_files = plan_to_files(source, config, Path(work) / "plan")
+            chunk_files = plan_to_files(source, config, Path(work) / "plan", pseudonym_key=pseudonym_key)
             folders = [Path(work) / f"chunk-{index:05d}" for index in range(len(chunk_files))]
             for chunk_file, folder in zip(chunk_files, folders):
                 _decode_chunk_file(chunk_file, folder, pseudonym_key=pseudonym_key)
         contents = {f"{CHUNKS}/{folder.name}": folder for folder in folders}
         chunks = [DecodedChunk(folder, f"{CHUNKS}/{folder.name}/{SHARDS}") for folder in folders]
-        sha256, summary = join_chunks(chunks, config, directory, contents=contents)
+        sha256, summary = join_chunks(chunks, config, directory, contents=contents, pseudonym_key=pseudonym_key)
     return sha256, read_manifest(directory), summary

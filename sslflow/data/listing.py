@@ -25,7 +25,6 @@ from sslflow.data.dicom import (
     decode_dicom,
     has_dicom_preamble,
 )
-from sslflow.data.instance_metadata import InstanceMetadata
 from sslflow.data.metadata import UNKNOWN_SIZE, ImageRecord
 from sslflow.data.pseudonyms import Pseudonyms
 from sslflow.data.types import DICOM_SUFFIXES, IMAGE_SUFFIXES, SourceError, SourceImages, UndecodableImageError
@@ -160,14 +159,12 @@ def _decode_record(
     return image, record
 
 
-def _rows(
-    record: ImageRecord, key: str, image: DecodedImage | DicomImage, by_instance: dict[str, dict]
-) -> list[ImageRow]:
+def _rows(record: ImageRecord, key: str, image: DecodedImage | DicomImage) -> list[ImageRow]:
     """The manifest rows one record becomes: one per image, one per frame of a multi-frame DICOM object.
 
     key: the image's pseudonymous key (image_key). A DICOM file's case and site come from its header unless
-    the metadata names them (a site of "default" counts as unnamed); by_instance: metadata rows keyed by
-    SOPInstanceUID pseudonym, whose label, case and site apply to the DICOM object of that UID. Frames
+    the record's metadata names them (a site of "default" counts as unnamed). Metadata rows keyed by SOPInstanceUID
+    are applied by the join (sslflow/data/instance_rows.py: the same precedence, to every frame of the object). Frames
     are ``<path or key>#frame=<n>``; case_source says where the case came from (the leakage guard).
     """
     file = {"size_bytes": record.size_bytes, "mode": image.mode, "width": image.width, "height": image.height}
@@ -178,8 +175,6 @@ def _rows(
                 record.label, record.source_path, key, image.pixels, record.case_id, case_source, record.site, **file
             )
         ]
-    listed = by_instance.get(image.instance) if image.instance else None
-    named = listed or {"label": record.label, "case_id": record.case_id, "site": record.site}
     frames = len(image.pixels)
 
     def frame(text: str, index: int) -> str:
@@ -187,13 +182,13 @@ def _rows(
 
     return [
         ImageRow(
-            label=named["label"],
+            label=record.label,
             source_path=frame(record.source_path, index),
             image_key=frame(key, index),
             pixels=pixels,
-            case_id=named["case_id"] or image.case_id,
-            case_source="metadata" if named["case_id"] else image.case_level or "none",
-            site=named["site"] if named["site"] != "default" else image.site,
+            case_id=record.case_id or image.case_id,
+            case_source="metadata" if record.case_id else image.case_level or "none",
+            site=record.site if record.site != "default" else image.site,
             modality=image.modality,
             instance=frame(image.instance, index),
             lossless=image.lossless,
@@ -271,14 +266,12 @@ def refuse_no_images(source: str, skipped: dict[str, int], held_back: dict[str, 
 class ListingReader:
     """Decodes the records of a listing one at a time (``decode``), turns decoded files into image rows (``rows``)
     and gathers what is reported about the files across calls (``files``): ``read`` reads a listing in one piece,
-    sslflow/data/sub_batches.py a chunk a sub-batch at a time, with the same counts, quarantine and metadata matches.
+    sslflow/data/sub_batches.py a chunk a sub-batch at a time, with the same counts and quarantine.
 
     read_bytes: reads one record's file (only called for bytes the cache cannot vouch for).
     pseudonyms: for DICOM identities and image keys (the HMAC of each path; default: the key from the environment
-    or key file). instance_metadata: a metadata file keyed by SOPInstanceUID (labels, cases, sites of DICOM objects),
-    read for the rows of the decoded files' UIDs alone (InstanceMetadata.matching); the records are one ingest chunk
-    of the source, so the positions of the rows matched are returned in matched_instance_rows (with the file's row
-    count in instance_row_count), and the join (sslflow/data/chunks.py) refuses the rows no chunk matched.
+    or key file). Metadata keyed by SOPInstanceUID is never read here: the join applies it
+    (sslflow/data/instance_rows.py).
     """
 
     def __init__(
@@ -288,17 +281,13 @@ class ListingReader:
         cache: DecodeCache,
         source: str,
         pseudonyms: Pseudonyms | None = None,
-        instance_metadata: InstanceMetadata | None = None,
     ):
         self.read_bytes, self.config, self.cache, self.source = read_bytes, config, cache, source
         self.pseudonyms = pseudonyms or Pseudonyms()
-        self.instance_metadata = instance_metadata
         self.stats = {"listed": 0, "decoded": 0, "decode_cache_hits": 0, "files_read": 0, "bytes_read": 0}
         self.quarantined: list[dict] = []
         self.skipped: dict[str, int] = {}  # non-image objects, by SOP class
         self.held_back: dict[str, int] = {}  # images held back, by reason
-        self.matched_rows: set[int] = set()  # positions of the instance metadata rows matched
-        self.instance_row_count: int | None = None
         self.images = 0  # image rows made
 
     def decode(self, record: ImageRecord) -> tuple[ImageRecord, str, DecodedImage | DicomImage] | None:
@@ -321,20 +310,14 @@ class ListingReader:
         return None
 
     def rows(self, decoded: list[tuple[ImageRecord, str, DecodedImage | DicomImage]]) -> list[ImageRow]:
-        """The image rows of ``decoded`` (``decode``'s results), labelled, cased and sited by the instance metadata
-        rows of their UIDs (InstanceMetadata.matching: the file read once per call)."""
-        by_instance: dict[str, dict] = {}
-        if self.instance_metadata is not None:
-            wanted = {getattr(image, "instance", "") for _, _, image in decoded} - {""}
-            by_instance, self.instance_row_count = self.instance_metadata.matching(self.pseudonyms, wanted)
-            self.matched_rows.update(row["position"] for row in by_instance.values())
-        rows = [row for record, key, image in decoded for row in _rows(record, key, image, by_instance)]
+        """The image rows of ``decoded`` (``decode``'s results)."""
+        rows = [row for record, key, image in decoded for row in _rows(record, key, image)]
         self.images += len(rows)
         return rows
 
     def files(self) -> dict:
-        """The SourceImages fields about the files read so far (quarantined, read_stats, skipped, held_back,
-        matched_instance_rows, instance_row_count), once every record is decoded; UndecodableImageError when the bad
+        """The SourceImages fields about the files read so far (quarantined, read_stats, skipped, held_back), once
+        every record is decoded; UndecodableImageError when the bad
         files are more than config.max_bad_fraction of those listed allows, or no image is left (_refuse_bad)."""
         stats = dict(self.stats)
         # candidates that turned out not to be images
@@ -345,8 +328,6 @@ class ListingReader:
             "read_stats": stats,
             "skipped": self.skipped,
             "held_back": self.held_back,
-            "matched_instance_rows": sorted(self.matched_rows),
-            "instance_row_count": self.instance_row_count,
         }
 
     def source_images(self, rows: list[ImageRow], **files) -> SourceImages:
@@ -380,8 +361,7 @@ def image_count(image: DecodedImage | DicomImage) -> int:
 
 def _source_images(rows: list[ImageRow], shape: tuple[int, int, int], **files) -> SourceImages:
     """rows as SourceImages; shape: (C, H, W) of an image, for the (0, C, H, W) pixels of a chunk without any; files:
-    the SourceImages fields about the files rather than the images (quarantined, read_stats, skipped, held_back,
-    matched_instance_rows, instance_row_count)."""
+    the SourceImages fields about the files rather than the images (quarantined, read_stats, skipped, held_back)."""
 
     def column(name: str) -> list:
         return [getattr(row, name) for row in rows]

@@ -6,7 +6,9 @@ memory: about 2 KB an image as pandas objects, which a join of 10^6 images canno
 
 1. ``image_facts`` reads each chunk table in turn into a sqlite file on the local disk (``JoinFacts``: per image, its
    chunk and row, the first 16 bytes of its sha256, a 16-byte BLAKE2b digest of its SOPInstanceUID pseudonym,
-   lossless, a label code, whether it has a case), numbered in listing order by sqlite's sort;
+   lossless, a label code, whether it has a case), numbered in listing order by sqlite's sort; metadata keyed by
+   SOPInstanceUID is streamed into the same file first (sslflow/data/instance_rows.py) and its rows applied to
+   each chunk table's rows as they are read (and again to each batch ``write_manifest`` takes);
 2. ``kept_rows`` makes the decisions of finish_manifest in SQL (one_per_instance, deduplicate: window functions
    over the facts), with the same rows kept in the same order, and the same refusal of identical images with
    different labels; the max_images draw takes the kept images' numbers (8 bytes each) for numpy's draw;
@@ -37,8 +39,11 @@ import pyarrow.parquet as pq
 
 from sslflow.config import IngestConfig
 from sslflow.data.dicom_identity import deidentification
+from sslflow.data.instance_metadata import InstanceMetadata
+from sslflow.data.instance_rows import APPLIED_COLUMNS, InstanceRows
 from sslflow.data.leakage import case_id_sources, leakage_warnings
 from sslflow.data.manifest import MANIFEST_COLUMNS, refuse_label_conflicts, with_cases_and_splits
+from sslflow.data.pseudonyms import Pseudonyms
 
 BATCH_ROWS = 8192  # manifest rows written at a time
 TABLES_KEPT = 2  # chunk tables held while the manifest is written (the batches of a listing order the chunks share)
@@ -63,12 +68,18 @@ class JoinFacts:
     ...: listing order, stable: the frames of an object keep theirs), chunk and row (where its row is), sha256 (16
     bytes: the first 128 bits of the decoded pixels' sha256, which tell images apart as surely as all 256), instance
     (16 bytes: BLAKE2b of its SOPInstanceUID pseudonym, NULL for none), lossless, label (a code: -1 for none),
-    has_case. shards: every shard a chunk table names. images_per_chunk: rows of each chunk
-    table."""
+    has_case (label and has_case with the metadata rows keyed by SOPInstanceUID applied). shards: every shard a chunk
+    table names. images_per_chunk: rows of each chunk table. instance_rows: those metadata rows (table
+    ``instance_rows`` of the same file), None without."""
 
     database: sqlite3.Connection
     shards: dict[int, list[str]]
     images_per_chunk: list[int]
+    instance_rows: InstanceRows | None = None
+
+    def applied(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Chunk-table rows with the metadata rows keyed by SOPInstanceUID of their objects applied (InstanceRows)."""
+        return rows if self.instance_rows is None else self.instance_rows.apply(rows)
 
     @property
     def images(self) -> int:
@@ -85,19 +96,27 @@ class JoinFacts:
 
 
 @contextlib.contextmanager
-def image_facts(table_files: list[Path]) -> Iterator[JoinFacts]:
+def image_facts(
+    table_files: list[Path], metadata: InstanceMetadata | None = None, pseudonyms: Pseudonyms | None = None
+) -> Iterator[JoinFacts]:
     """The JoinFacts of the chunk tables at ``table_files`` (chunk.parquet each), read one at a time into a sqlite
-    file in a temporary folder of its own (removed on exit), then numbered in listing order."""
+    file in a temporary folder of its own (removed on exit), then numbered in listing order. metadata: the source's
+    metadata keyed by SOPInstanceUID (its UIDs pseudonymised with ``pseudonyms``), applied to every image and its
+    rows marked as matched (InstanceRows)."""
     with tempfile.TemporaryDirectory(prefix="sslflow-join-") as folder:
         database = sqlite3.connect(Path(folder) / "facts.sqlite")
         try:
             for pragma in PRAGMAS:
                 database.execute(f"PRAGMA {pragma}")
             database.execute(LISTED_TABLE)
+            rows = InstanceRows(database, metadata, pseudonyms or Pseudonyms()) if metadata is not None else None
+            columns = list(dict.fromkeys(FACT_COLUMNS + APPLIED_COLUMNS)) if rows is not None else list(FACT_COLUMNS)
             codes: dict[str, int] = {}
             shards, counts = {}, []
             for index, path in enumerate(table_files):
-                table = read_chunk_table(path, list(FACT_COLUMNS)).to_pandas()
+                table = read_chunk_table(path, columns).to_pandas()
+                if rows is not None:
+                    rows.apply(table, mark=True)
                 shards[index] = sorted(table["shard"].unique())
                 counts.append(len(table))
                 database.executemany(
@@ -110,7 +129,7 @@ def image_facts(table_files: list[Path]) -> Iterator[JoinFacts]:
                 "sha256, instance, lossless, label, has_case FROM listed ORDER BY position, chunk, row"
             )
             database.execute("DROP TABLE listed")
-            yield JoinFacts(database, shards=shards, images_per_chunk=counts)
+            yield JoinFacts(database, shards=shards, images_per_chunk=counts, instance_rows=rows)
         finally:
             database.close()
 
@@ -261,7 +280,7 @@ class ChunkTables:
         """A column's values (None for a missing one) of the images ``images`` (numbers in ``facts``)."""
         if not images:
             return []
-        return [None if pd.isna(value) else value for value in self.rows(*facts.located(images))[column]]
+        return [None if pd.isna(value) else value for value in facts.applied(self.rows(*facts.located(images)))[column]]
 
 
 def _finished(batch: pd.DataFrame, has_cases: bool, config: IngestConfig) -> pd.DataFrame:
@@ -331,7 +350,7 @@ def write_manifest(facts: JoinFacts, config: IngestConfig, tables: ChunkTables, 
     try:
         while batch := located.fetchmany(BATCH_ROWS):
             where = np.array(batch, dtype=np.int64)
-            rows = tables.rows(where[:, 0], where[:, 1])
+            rows = facts.applied(tables.rows(where[:, 0], where[:, 1]))
             finished = _finished(rows, bool(has_cases), config)
             counts.add(finished, rows["case_source"])
             arrow = pa.Table.from_pandas(

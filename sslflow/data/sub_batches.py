@@ -9,10 +9,11 @@ kept back for the next sub-batch), whose shards its caller writes before more fi
 batch_images + the frames of one file are held decoded at once, a case larger than that being held whole (its
 images stay in one shard, as sslflow/data/dataset.py's write_case_shards promises).
 
-A DICOM image's case comes from its header (or the metadata row of its SOPInstanceUID), known only once decoded: the
-images of a case whose files are not next to each other in the chunk may land in two sub-batches (and two shards),
-as they may in two chunks. An image without a case is a case of its own. A chunk whose images fit in one sub-batch
-is decoded in one piece, as ListingReader.read reads a listing.
+A DICOM image's case comes from its header, known only once decoded (a metadata row keyed by its SOPInstanceUID that
+names another case is applied by the join: the shards are cut by the header's): the images of a case whose files are
+not next to each other in the chunk may land in two sub-batches (and two shards), as they may in two chunks. An
+image without a case is a case of its own. A chunk whose images fit in one sub-batch is decoded in one piece, as
+ListingReader.read reads a listing.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class SubBatches:
     the sub-batches. A chunk without any image is one empty sub-batch.
 
     Once a single case holds batch_images images, it is held whole and checked for its end after every further
-    batch_images images decoded (not after every file: each check reads the instance metadata file), so the
-    sub-batch that ends it holds up to batch_images more."""
+    batch_images images decoded (not after every file), so the sub-batch that ends it holds up to batch_images
+    more."""
 
     def __init__(self, records: list[ImageRecord], reader: ListingReader, batch_images: int):
         if batch_images < 1:
@@ -97,5 +98,5 @@ class OneBatch:
         yield self.images
 
     def files(self) -> dict:
-        names = ("quarantined", "read_stats", "skipped", "held_back", "matched_instance_rows", "instance_row_count")
+        names = ("quarantined", "read_stats", "skipped", "held_back")
         return {name: getattr(self.images, name) for name in names}

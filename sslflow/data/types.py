@@ -34,9 +34,6 @@ class SourceImages:
     read_stats: dict = field(default_factory=dict)  # listed / decoded / decode_cache_hits / bytes_read
     modalities: list[str | None] = field(default_factory=list)  # DICOM Modality per image (None: not DICOM); [] = none
     skipped: dict[str, int] = field(default_factory=dict)  # non-image DICOM objects skipped, by SOP class
-    # metadata keyed by SOPInstanceUID: the positions of the rows an image here has, and the file's rows (None: none)
-    matched_instance_rows: list[int] = field(default_factory=list)
-    instance_row_count: int | None = None
     # what the dataset knows an image by (source_paths never leave ingest): "file-" + HMAC of the path; [] = the paths
     # themselves (built-in data sets, whose paths name no one)
     image_keys: list[str] = field(default_factory=list)

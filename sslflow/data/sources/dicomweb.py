@@ -370,4 +370,4 @@ class DicomwebSource:
     def instance_rows(self) -> InstanceMetadata | None:
         """The metadata file keyed by SOPInstanceUID, None without one."""
         path = self._metadata_file
-        return InstanceMetadata(path, self.query.metadata) if path is not None else None
+        return InstanceMetadata(path, self.query.metadata, owner=self) if path is not None else None

@@ -333,4 +333,4 @@ class S3Source:
         (streamed to disk), no listing."""
         if self._metadata_file is None or self._metadata_by_path:
             return None
-        return InstanceMetadata(self._metadata_file, f"{self.where}{METADATA_FILE}")
+        return InstanceMetadata(self._metadata_file, f"{self.where}{METADATA_FILE}", owner=self)
