@@ -78,7 +78,7 @@ def test_registered_with_dicomweb_auth_the_ingest_tasks_request_its_flyte_secret
     assert printed.strip().splitlines()[-1] == str(
         sorted(
             [("sslflow-dicomweb", "password", PASSWORD_ENV), ("sslflow-dicomweb", "username", USERNAME_ENV)] * 2
-            + [("sslflow", "pseudonym_key", None)]
+            + [("sslflow", "pseudonym_key", None)] * 2  # the plan pseudonymises a metadata.csv's UIDs too
         )
     )
 
