@@ -29,11 +29,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # The files that run longest (end-to-end pipelines, pods, killed and resumed training, live tracking servers, benchmark
-# smoke runs: a minute or more each), started first, longest first (per-file times of a whole `make test`, pytest's
-# --durations). pytest-xdist hands each worker whole files (pyproject's addopts: --dist loadfile, in this order); one
-# of these begun last would keep one worker busy for minutes after the other has finished. Replayed with xdist's
-# scheduling on the per-test times of one run, the 9 files listed before ended 1,616 and 1,882 s into the run on the
-# two workers, these 18 at 1,758 and 1,741 s.
+# smoke runs: a minute or more each), started first, longest first. pytest-xdist hands each worker whole files
+# (pyproject's addopts: --dist loadfile, in this order); one of these begun last would keep one worker busy for minutes
+# after the other has finished. benchmarks/suite_order.py replays the scheduling on a run's per-test times: with the 9
+# files listed before, the last worker ended 3.8-4.7% later on the times of two runs (benchmarks/results/suite_order-*).
 LONGEST_FIRST = (
     "test_pipeline_pods.py",
     "test_task_resume_multirank.py",
