@@ -42,7 +42,7 @@ def write_arrays(directory: Path, manifest: pd.DataFrame, images: np.ndarray) ->
     with tempfile.TemporaryDirectory(prefix=f".{directory.name}.shards-", dir=directory.parent) as folder:
         case_ids = manifest["case_id"].astype(str).tolist()
         shard, row = write_case_shards(
-            Path(folder) / "shards", images, case_ids, labelled_cases(case_ids, manifest["label"].tolist())
+            Path(folder) / "shards", images, case_ids, labelled_cases(case_ids, manifest["label"].notna().to_numpy())
         )
         locations = {sha256: f"shards/{sha256}{SHARD_SUFFIX}" for sha256 in set(shard)}
         return assemble_dataset(

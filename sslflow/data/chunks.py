@@ -388,7 +388,7 @@ def decode_chunk(chunk_json: str, directory: Path, *, pseudonym_key: str | None 
 def _write_batch(chunk: ChunkDocument, config: IngestConfig, shards: Path, images: SourceImages) -> pd.DataFrame:
     """Write one sub-batch's images (pixels (n, C, H, W)) as shards into ``shards`` (write_case_shards: a case in one
     shard, labelled cases apart, an image whose metadata row keyed by SOPInstanceUID has a label counting as
-    labelled: _labels_for_shards); returns its rows of chunk.parquet (decoded_table + listing_position, shard,
+    labelled: _has_label); returns its rows of chunk.parquet (decoded_table + listing_position, shard,
     shard_row)."""
     table = decoded_table(images, config)
     if chunk.get("proxy_tag") and table["case_id_is_proxy"].any():
@@ -396,25 +396,20 @@ def _write_batch(chunk: ChunkDocument, config: IngestConfig, shards: Path, image
             case.replace("proxy-nn-", f"proxy-nn-{chunk['proxy_tag']}-", 1) for case in table["case_id"]
         ]
     case_keys = [case if case is not None else key for case, key in zip(table["case_id"], table["image_key"])]
-    labelled = labelled_cases(case_keys, _labels_for_shards(chunk, table))
+    labelled = labelled_cases(case_keys, _has_label(chunk, table))
     shard, row = write_case_shards(shards, images.pixels, case_keys, labelled, config.shard_megabytes * 2**20)
     return table.assign(listing_position=_listing_positions(chunk, images), shard=shard, shard_row=row)
 
 
-# What an image whose object has a labelled metadata row keyed by SOPInstanceUID counts as when shards are cut (the
-# chunk does not know the label; never written: the join applies the row)
-LISTED_LABEL = "labelled in metadata"
-
-
-def _labels_for_shards(chunk: ChunkDocument, table: pd.DataFrame) -> list:
-    """The labels labelled_cases reads for a sub-batch's rows (``table``, decoded_table): each image's, LISTED_LABEL
-    for an unlabelled one whose object the chunk document's instance_metadata lists as labelled."""
-    labels = table["label"].tolist()
+def _has_label(chunk: ChunkDocument, table: pd.DataFrame) -> np.ndarray:
+    """(n,) bool for a sub-batch's rows (``table``, decoded_table), as its shards are cut: the image has a label, or
+    its object has a labelled metadata row keyed by SOPInstanceUID (the chunk document's instance_metadata lists it;
+    the join applies the row's label)."""
+    has_label = table["label"].notna().to_numpy()
     metadata = chunk.get("instance_metadata")
     if not metadata:
-        return labels
-    listed = listed_labelled(table["instance"].tolist(), metadata["labelled"])
-    return [LISTED_LABEL if is_listed and pd.isna(label) else label for label, is_listed in zip(labels, listed)]
+        return has_label
+    return has_label | listed_labelled(table["instance"].tolist(), metadata["labelled"])
 
 
 def _planned_metadata(chunk: ChunkDocument) -> dict[str, str]:

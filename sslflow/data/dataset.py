@@ -42,11 +42,10 @@ SUMMARY_FILE = "summary.json"
 DEFAULT_SHARD_BYTES = 128 * 2**20
 
 
-def labelled_cases(case_ids: list[str], labels: list) -> np.ndarray:
-    """(N,) bool: the row's case has at least one labelled image (``labels``: None or NA when unlabelled)."""
+def labelled_cases(case_ids: list[str], has_label: np.ndarray) -> np.ndarray:
+    """(N,) bool: the row's case has at least one labelled image (``has_label``: (N,) bool, the image is labelled)."""
     cases = np.asarray(case_ids, dtype=object).astype(str)
-    labelled = np.array([label is not None and not pd.isna(label) for label in labels], dtype=bool)
-    return np.isin(cases, np.unique(cases[labelled]))
+    return np.isin(cases, np.unique(cases[np.asarray(has_label, dtype=bool)]))
 
 
 def write_case_shards(
