@@ -16,8 +16,12 @@ cores at half speed. A pytest plugin (WORKER_PLUGIN, written to a temporary fold
 Needs root and cgroup v1 (``/sys/fs/cgroup/cpu``, ``/sys/fs/cgroup/cpuacct``). The base checkout (a `git worktree`
 of an older commit) runs on this checkout's virtual environment: its folder is put first on PYTHONPATH.
 
+Without ``--base`` (and ``--cpus``), this checkout's suite runs alone on the whole machine: its wall time where the
+machine is the one a budget names (CI's 2-core AVX2-only CPU), not an emulation of it.
+
     python benchmarks/suite_time.py --base ../base-worktree --cpus 1 --avx2
     python benchmarks/suite_time.py --base ../base-worktree --cpus 1 --worker-cpus 0.5 --avx2
+    python benchmarks/suite_time.py --name suite_time-alone
 """
 
 from __future__ import annotations
@@ -58,8 +62,9 @@ def pytest_configure(config):
 '''
 
 
-def _cgroup(name: str, cpus: float) -> dict[str, Path]:
-    """The cpu and cpuacct cgroups ``name`` (made afresh), the cpu one limited to ``cpus`` CPUs' worth of time."""
+def _cgroup(name: str, cpus: float | None) -> dict[str, Path]:
+    """The cpu and cpuacct cgroups ``name`` (made afresh), the cpu one limited to ``cpus`` CPUs' worth of time (no
+    limit for None)."""
     folders = {}
     for controller in ("cpu", "cpuacct"):
         folder = CGROUPS / controller / name
@@ -71,12 +76,12 @@ def _cgroup(name: str, cpus: float) -> dict[str, Path]:
         folder.mkdir()
         folders[controller] = folder
     (folders["cpu"] / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-    (folders["cpu"] / "cpu.cfs_quota_us").write_text(str(int(cpus * PERIOD_US)))
+    (folders["cpu"] / "cpu.cfs_quota_us").write_text(str(int(cpus * PERIOD_US)) if cpus is not None else "-1")
     return folders
 
 
 def _start(
-    checkout: Path, name: str, cpus: float, worker_cpus: float | None, avx2: bool, log: Path
+    checkout: Path, name: str, cpus: float | None, worker_cpus: float | None, avx2: bool, log: Path
 ) -> tuple[subprocess.Popen, dict, float]:
     """`make test` in ``checkout``, in the cgroups ``name`` (each xdist worker in its own with ``worker_cpus``), its
     output into ``log``; every test's times in the log (``--durations=0``: benchmarks/suite_order.py reads them)."""
@@ -129,15 +134,22 @@ def _commit(checkout: Path) -> dict:
     return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
+def _this_over_base(runs: dict[str, dict]) -> dict[str, float] | None:
+    """This suite's wall time and CPU seconds over the base's; None for a suite run alone."""
+    if "base" not in runs:
+        return None
+    return {key: round(runs["this"][key] / runs["base"][key], 3) for key in ("make_test_wall_seconds", "cpu_seconds")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, required=True, help="the other checkout (a worktree of an older commit)")
-    parser.add_argument("--cpus", type=float, default=1.0, help="CPUs' worth of time each suite gets")
+    parser.add_argument("--base", type=Path, help="the other checkout (a worktree of an older commit); none: alone")
+    parser.add_argument("--cpus", type=float, help="CPUs' worth of time each suite gets (default: no limit)")
     parser.add_argument("--worker-cpus", type=float, help="CPUs' worth of time each pytest-xdist worker gets")
     parser.add_argument("--avx2", action="store_true", help="PyTorch and oneDNN limited to AVX2 kernels")
     parser.add_argument("--name", default="suite_time-sidebyside", help="the result's name")
     arguments = parser.parse_args()
-    checkouts = {"this": PROJECT_ROOT, "base": arguments.base.resolve()}
+    checkouts = {"this": PROJECT_ROOT} | ({"base": arguments.base.resolve()} if arguments.base else {})
     logs = {which: Path("/tmp") / f"sslflow-suite-{which}.log" for which in checkouts}
     commits = {which: _commit(checkout) for which, checkout in checkouts.items()}  # before: a commit may land meanwhile
     started = {
@@ -159,7 +171,7 @@ def main() -> None:
             "log": str(logs[which]),
             **_summary(logs[which]),
         }
-    ratio = {key: round(runs["this"][key] / runs["base"][key], 3) for key in ("make_test_wall_seconds", "cpu_seconds")}
+    ratio = _this_over_base(runs)
     path = write_result(
         arguments.name,
         {

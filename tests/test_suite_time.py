@@ -46,3 +46,20 @@ def test_the_worker_plugin_puts_each_worker_in_a_cgroup_of_its_own_with_its_quot
     ).read_text() == "100000"
     for controller in ("cpu", "cpuacct"):
         assert (tmp_path / controller / "suite" / "gw0" / "cgroup.procs").read_text() == str(os.getpid())
+
+
+def test_a_suite_alone_has_no_cpu_limit_and_no_ratio(tmp_path, monkeypatch):
+    import benchmarks.suite_time as suite_time
+
+    for controller in ("cpu", "cpuacct"):
+        (tmp_path / controller).mkdir()
+    monkeypatch.setattr(suite_time, "CGROUPS", tmp_path)
+    assert (suite_time._cgroup("alone", None)["cpu"] / "cpu.cfs_quota_us").read_text() == "-1"
+    assert (suite_time._cgroup("half", 0.5)["cpu"] / "cpu.cfs_quota_us").read_text() == "50000"
+    run = {"make_test_wall_seconds": 1200.0, "cpu_seconds": 2000.0}
+    assert suite_time._this_over_base({"this": run}) is None
+    base = {"make_test_wall_seconds": 1500.0, "cpu_seconds": 2000.0}
+    assert suite_time._this_over_base({"this": run, "base": base}) == {
+        "make_test_wall_seconds": 0.8,
+        "cpu_seconds": 1.0,
+    }
