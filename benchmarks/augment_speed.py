@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parse_arguments, write_result  # noqa: E402
-from ssl_models.augment import AugmentConfig, augment  # noqa: E402
-from ssl_models.device import pick_device  # noqa: E402
+from benchmarks.common import parse_arguments, write_result
+from ssl_models.augment import AugmentConfig, augment
+from ssl_models.device import pick_device
 
 
 def kornia_pipeline(size: int):

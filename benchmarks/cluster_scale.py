@@ -51,7 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.data_scale import run_measured  # noqa: E402
+from benchmarks.data_scale import run_measured
 
 IMAGES_PER_PATIENT = 4
 SIDE = 32

@@ -20,14 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pydicom  # noqa: E402
-from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian
 
-from benchmarks.common import parse_arguments, write_result  # noqa: E402
-from sslflow.config import IngestConfig  # noqa: E402
-from sslflow.data.dicom import decode_dicom  # noqa: E402
-from sslflow.data.pseudonyms import Pseudonyms  # noqa: E402
+from benchmarks.common import parse_arguments, write_result
+from sslflow.config import IngestConfig
+from sslflow.data.dicom import decode_dicom
+from sslflow.data.pseudonyms import Pseudonyms
 
 IMAGE_SIZE = 224
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cluster_scale import dicom_bytes  # noqa: E402
-from benchmarks.data_scale import run_measured  # noqa: E402
+from benchmarks.cluster_scale import dicom_bytes
+from benchmarks.data_scale import run_measured
 
 IMAGE_SIZE = 64
 CHUNK_IMAGES = 512

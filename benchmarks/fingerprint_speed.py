@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parse_arguments, write_result  # noqa: E402
+from benchmarks.common import parse_arguments, write_result
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FILES_PER_FOLDER = 1000

@@ -34,17 +34,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parse_arguments, write_result  # noqa: E402
-from benchmarks.quality import SETTINGS as QUALITY_SETTINGS  # noqa: E402
-from benchmarks.quality import load_data, train_arm  # noqa: E402
-from ssl_models.data import InMemoryPairs  # noqa: E402
-from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.finetuning import FinetuneConfig, finetune  # noqa: E402
-from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
-from sslflow.evaluation import evaluate_classifier  # noqa: E402
-from sslflow.reporting.comparisons import compare_arms  # noqa: E402
-from sslflow.tracking.initial_weights import encoder_from_weights  # noqa: E402
-from sslflow.training.labelled_subset import labelled_subset  # noqa: E402
+from benchmarks.common import parse_arguments, write_result
+from benchmarks.quality import SETTINGS as QUALITY_SETTINGS
+from benchmarks.quality import load_data, train_arm
+from ssl_models.data import InMemoryPairs
+from ssl_models.encoders import build_encoder
+from ssl_models.finetuning import FinetuneConfig, finetune
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
+from sslflow.evaluation import evaluate_classifier
+from sslflow.reporting.comparisons import compare_arms
+from sslflow.tracking.initial_weights import encoder_from_weights
+from sslflow.training.labelled_subset import labelled_subset
 
 FRACTION = 0.01
 SEEDS = (0, 1, 2)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, machine  # noqa: E402
+from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, machine
 
 SUMMARY_START = "Accuracy on the in-domain test split"
 

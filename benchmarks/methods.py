@@ -36,12 +36,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import fashion_mnist_split, parse_arguments, write_result  # noqa: E402
-from benchmarks.vs_lightly import SIZE, knn, pil_loader, seconds_since, simclr_transform, train_ours  # noqa: E402
-from ssl_models.augment import AugmentConfig  # noqa: E402
-from ssl_models.device import pick_device  # noqa: E402
-from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.pretraining import PretrainConfig  # noqa: E402
+from benchmarks.common import fashion_mnist_split, parse_arguments, write_result
+from benchmarks.vs_lightly import SIZE, knn, pil_loader, seconds_since, simclr_transform, train_ours
+from ssl_models.augment import AugmentConfig
+from ssl_models.device import pick_device
+from ssl_models.encoders import build_encoder
+from ssl_models.pretraining import PretrainConfig
 
 METHODS = ("simclr", "moco", "byol", "dino")
 TIME_RATIO_TARGET = 0.7  # sslflow's training time at most this share of lightly's, kNN accuracy at least lightly's

@@ -42,9 +42,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PROJECT_ROOT, parse_arguments, write_result  # noqa: E402
-from ssl_models.data import padded_images  # noqa: E402
-from ssl_models.shards import write_shard  # noqa: E402
+from benchmarks.common import PROJECT_ROOT, parse_arguments, write_result
+from ssl_models.data import padded_images
+from ssl_models.shards import write_shard
 
 WORKER = Path(__file__).resolve().parent / "multirank_worker.py"
 QUICK_SHARD_SIZES = (7, 3, 11, 5, 2, 9)  # 37 images: W = 2 pads 1, W = 3 pads 2

@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_models.augment import AugmentConfig  # noqa: E402
-from ssl_models.data import StreamingPairs  # noqa: E402
-from ssl_models.distributed import init_from_environment, is_distributed  # noqa: E402
-from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
-from ssl_models.shards import ShardRows  # noqa: E402
+from ssl_models.augment import AugmentConfig
+from ssl_models.data import StreamingPairs
+from ssl_models.distributed import init_from_environment, is_distributed
+from ssl_models.encoders import build_encoder
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
+from ssl_models.shards import ShardRows
 
 QUEUE_SIZE = (
     128  # MoCo's queue of negatives: under the images of an epoch (601 in the full run), as PretrainConfig advises

@@ -25,13 +25,13 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parse_arguments, peak_memory_mb, write_result  # noqa: E402
-from ssl_models.augment import AugmentConfig  # noqa: E402
-from ssl_models.data import InMemoryPairs  # noqa: E402
-from ssl_models.device import autocast, pick_device  # noqa: E402
-from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.methods.simclr import SimCLR  # noqa: E402
-from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
+from benchmarks.common import parse_arguments, peak_memory_mb, write_result
+from ssl_models.augment import AugmentConfig
+from ssl_models.data import InMemoryPairs
+from ssl_models.device import autocast, pick_device
+from ssl_models.encoders import build_encoder
+from ssl_models.methods.simclr import SimCLR
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 
 
 class TwoViews(Dataset):

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parse_arguments, write_result  # noqa: E402
-from ssl_models.probe import fit_linear_probe  # noqa: E402
-from sslflow.data.sources.builtin import mnist_5k_path  # noqa: E402
+from benchmarks.common import parse_arguments, write_result
+from ssl_models.probe import fit_linear_probe
+from sslflow.data.sources.builtin import mnist_5k_path
 
 TRAIN, VAL = 829, 133
 BUSY_LOOP = "import time\nwhile True:\n    sum(range(10**6))\n"  # one core busy, in pure Python (no threads)

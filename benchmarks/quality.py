@@ -39,23 +39,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parse_arguments, write_result  # noqa: E402
-from ssl_models.data import InMemoryPairs  # noqa: E402
-from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.finetuning import FinetuneConfig, finetune, validation_scores  # noqa: E402
-from ssl_models.fixmatch import SelfTrainConfig  # noqa: E402
-from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
-from sslflow.config import IngestConfig  # noqa: E402
-from sslflow.data.chunks import ingest_source  # noqa: E402
-from sslflow.data.dataset import read_images  # noqa: E402
-from sslflow.evaluation import evaluate_classifier, evaluation_sets, in_domain_test_cases  # noqa: E402
-from sslflow.ladder import LADDER, PIXELS_ARM, PIXELS_ENCODER, SCRATCH_ARM, arm, student_arm  # noqa: E402
-from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons  # noqa: E402
-from sslflow.reporting.curves import headlines, savings_curves  # noqa: E402
-from sslflow.reporting.label_savings import savings_curve_figure  # noqa: E402
-from sslflow.training.fit import fit_summary  # noqa: E402
-from sslflow.training.labelled_subset import labelled_subset  # noqa: E402
-from sslflow.training.student import run_self_training, self_training_data, student_starts  # noqa: E402
+from benchmarks.common import parse_arguments, write_result
+from ssl_models.data import InMemoryPairs
+from ssl_models.encoders import build_encoder
+from ssl_models.finetuning import FinetuneConfig, finetune, validation_scores
+from ssl_models.fixmatch import SelfTrainConfig
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
+from sslflow.config import IngestConfig
+from sslflow.data.chunks import ingest_source
+from sslflow.data.dataset import read_images
+from sslflow.evaluation import evaluate_classifier, evaluation_sets, in_domain_test_cases
+from sslflow.ladder import LADDER, PIXELS_ARM, PIXELS_ENCODER, SCRATCH_ARM, arm, student_arm
+from sslflow.reporting.comparisons import comparison_lines, label_efficiency_comparisons
+from sslflow.reporting.curves import headlines, savings_curves
+from sslflow.reporting.label_savings import savings_curve_figure
+from sslflow.training.fit import fit_summary
+from sslflow.training.labelled_subset import labelled_subset
+from sslflow.training.student import run_self_training, self_training_data, student_starts
 
 SEARCH = dict(learning_rates=[1e-3, 3e-3], weight_decays=[1e-4, 1e-2])
 SETTINGS = {

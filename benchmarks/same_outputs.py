@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 RENAMED = {"pretrain_simclr": "pretrain_generic", "pretrain_domain_simclr": "pretrain_domain"}
 RENAMED["pretrain_micle"] = "pretrain_case_pairs"

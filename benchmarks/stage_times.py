@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 STAGE_TAG = "sslflow.stage"  # on every stage run (sslflow/tracking/runs.py)
 PARENT_TAG = ("sslflow.kind", "pipeline")  # on the pipeline's parent run

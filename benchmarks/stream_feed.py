@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import parse_arguments, write_result  # noqa: E402
-from ssl_models.data import StreamingPairs  # noqa: E402
-from ssl_models.shards import ShardRows  # noqa: E402
-from sslflow.data.dataset import shard_path, write_case_shards  # noqa: E402
+from benchmarks.common import parse_arguments, write_result
+from ssl_models.data import StreamingPairs
+from ssl_models.shards import ShardRows
+from sslflow.data.dataset import shard_path, write_case_shards
 
 SHAPES = {"gray-224": (1, 224, 224), "rgb-224": (3, 224, 224), "gray-28": (1, 28, 28)}
 BUFFER_SHARDS = 4

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PROJECT_ROOT, write_result  # noqa: E402
+from benchmarks.common import PROJECT_ROOT, write_result
 
 WORKERS = 2
 HANDED_OUT_BELOW = 3  # xdist's loadscope scheduler hands a worker another file when it has at most 2 tests left

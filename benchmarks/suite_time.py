@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PROJECT_ROOT, write_result  # noqa: E402
+from benchmarks.common import PROJECT_ROOT, write_result
 
 CGROUPS = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PROJECT_ROOT, parse_arguments, write_result  # noqa: E402
+from benchmarks.common import PROJECT_ROOT, parse_arguments, write_result
 
 POINTS, FEATURES = 131, 64
 CHILD = f"""

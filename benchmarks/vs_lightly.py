@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import fashion_mnist_split, parse_arguments, write_result  # noqa: E402
-from ssl_models.augment import AugmentConfig  # noqa: E402
-from ssl_models.data import InMemoryPairs  # noqa: E402
-from ssl_models.device import pick_device  # noqa: E402
-from ssl_models.encoders import build_encoder  # noqa: E402
-from ssl_models.evaluate import extract_features, knn_accuracy  # noqa: E402
-from ssl_models.pretraining import PretrainConfig, pretrain_contrastive  # noqa: E402
+from benchmarks.common import fashion_mnist_split, parse_arguments, write_result
+from ssl_models.augment import AugmentConfig
+from ssl_models.data import InMemoryPairs
+from ssl_models.device import pick_device
+from ssl_models.encoders import build_encoder
+from ssl_models.evaluate import extract_features, knn_accuracy
+from ssl_models.pretraining import PretrainConfig, pretrain_contrastive
 
 SIZE = 28
 
