@@ -22,6 +22,7 @@ machine is the one a budget names (CI's 2-core AVX2-only CPU), not an emulation 
     python benchmarks/suite_time.py --base ../base-worktree --cpus 1 --avx2
     python benchmarks/suite_time.py --base ../base-worktree --cpus 1 --worker-cpus 0.5 --avx2
     python benchmarks/suite_time.py --name suite_time-alone
+    python benchmarks/suite_time.py --this ../old-worktree --name suite_time-alone-old   # an older suite, alone
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ def _commit(checkout: Path) -> dict:
     return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
+def _checkouts(this: Path | None, base: Path | None) -> dict[str, Path]:
+    """The checkouts whose suites run: "this" (this one unless given) and, when given, "base"."""
+    return {"this": this.resolve() if this else PROJECT_ROOT} | ({"base": base.resolve()} if base else {})
+
+
 def _this_over_base(runs: dict[str, dict]) -> dict[str, float] | None:
     """This suite's wall time and CPU seconds over the base's; None for a suite run alone."""
     if "base" not in runs:
@@ -144,12 +150,13 @@ def _this_over_base(runs: dict[str, dict]) -> dict[str, float] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, help="the other checkout (a worktree of an older commit); none: alone")
+    parser.add_argument("--this", type=Path, help="the checkout timed as 'this' (default: this one)")
     parser.add_argument("--cpus", type=float, help="CPUs' worth of time each suite gets (default: no limit)")
     parser.add_argument("--worker-cpus", type=float, help="CPUs' worth of time each pytest-xdist worker gets")
     parser.add_argument("--avx2", action="store_true", help="PyTorch and oneDNN limited to AVX2 kernels")
     parser.add_argument("--name", default="suite_time-sidebyside", help="the result's name")
     arguments = parser.parse_args()
-    checkouts = {"this": PROJECT_ROOT} | ({"base": arguments.base.resolve()} if arguments.base else {})
+    checkouts = _checkouts(arguments.this, arguments.base)
     logs = {which: Path("/tmp") / f"sslflow-suite-{which}.log" for which in checkouts}
     commits = {which: _commit(checkout) for which, checkout in checkouts.items()}  # before: a commit may land meanwhile
     started = {

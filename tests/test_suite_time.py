@@ -63,3 +63,11 @@ def test_a_suite_alone_has_no_cpu_limit_and_no_ratio(tmp_path, monkeypatch):
         "make_test_wall_seconds": 0.8,
         "cpu_seconds": 1.0,
     }
+
+
+def test_the_suite_timed_is_this_checkout_unless_another_is_named(tmp_path):
+    from benchmarks.suite_time import PROJECT_ROOT, _checkouts
+
+    assert _checkouts(None, None) == {"this": PROJECT_ROOT}
+    assert _checkouts(tmp_path / "old", None) == {"this": tmp_path / "old"}
+    assert _checkouts(None, tmp_path / "base") == {"this": PROJECT_ROOT, "base": tmp_path / "base"}
