@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--name", default="suite_time-sidebyside", help="the result's name")
     arguments = parser.parse_args()
     checkouts = _checkouts(arguments.this, arguments.base)
-    logs = {which: Path("/tmp") / f"sslflow-suite-{which}.log" for which in checkouts}
+    logs = {which: Path("/tmp") / f"{arguments.name}-{which}.log" for which in checkouts}  # one run's kept by the next
     commits = {which: _commit(checkout) for which, checkout in checkouts.items()}  # before: a commit may land meanwhile
     started = {
         which: _start(
